@@ -53,3 +53,15 @@ export interface TimeWindow {
 export interface SuccessorList extends History {
   readonly successors: ReadonlyArray<{ readonly cluster: string; readonly users: number }>;
 }
+
+/**
+ * Progress of a long job. Jobs report through this; the CLI renders it (a bar on a TTY, periodic lines
+ * otherwise) and tests ignore it.
+ */
+export interface ProgressSink {
+  start(label: string, total: number): void;
+  update(done: number, detail?: Record<string, string | number>): void;
+  stop(): void;
+}
+
+export const SILENT_PROGRESS: ProgressSink = { start() {}, update() {}, stop() {} };

@@ -1,0 +1,152 @@
+/**
+ * freshrec.config.json: one zod schema is the single source of the options, their defaults and their
+ * documentation (`freshrec config --print-defaults` and `--describe` are generated from it). Config loading is
+ * kept apart from the jobs: the CLI turns the validated config into each job's `XxxOptions`.
+ */
+import { existsSync, readFileSync } from "node:fs";
+import { z } from "zod";
+import { ConfigError } from "../domain/errors.js";
+
+const positiveInt = () => z.number().int().positive();
+
+export const configSchema = z
+  .object({
+    data: z
+      .object({
+        positiveMin: z
+          .number()
+          .nullable()
+          .default(null)
+          .describe(
+            "Minimum engagement value that counts as positive. null = the dataset's own default recorded at ingestion (MovieLens: movielens.positiveRating; synthetic: 0.5; generic files: any event, engagement or not, is positive unless this is set).",
+          ),
+        badRowThreshold: z
+          .number()
+          .min(0)
+          .max(1)
+          .default(0.01)
+          .describe("Largest share of bad rows a file may have; above it the ingest fails with exit code 2 and writes nothing."),
+        reportedBadRows: positiveInt().default(20).describe("How many bad rows are listed (file, line, field) in an ingest report."),
+      })
+      .strict()
+      .prefault({}),
+    movielens: z
+      .object({
+        positiveRating: z.number().min(0).max(5).default(4).describe("A rating at or above this is positive engagement."),
+        minClusterItems: z
+          .number()
+          .int()
+          .min(1)
+          .nullable()
+          .default(null)
+          .describe(
+            "Smallest genre combination kept as its own cluster; smaller ones merge into their nearest parent. null = max(5, round(movies / 400)).",
+          ),
+      })
+      .strict()
+      .prefault({}),
+    drift: z
+      .object({
+        topK: positiveInt().default(5).describe("How many top successors of a pair are compared month over month (the paper: 5)."),
+        minSupport: positiveInt()
+          .default(10)
+          .describe("Transitions (distinct users per triple) a pair needs in a month for its top successors to be compared."),
+      })
+      .strict()
+      .prefault({}),
+    synth: z
+      .object({
+        seed: z.number().int().default(42).describe("Seed of the synthetic platform; the same seed gives the same events."),
+        start: z.iso.date().default("2025-01-01").describe("First day of the synthetic period (UTC)."),
+        months: positiveInt().max(60).default(12).describe("Length of the synthetic period in calendar months."),
+        users: positiveInt().nullable().default(null).describe("Simulated users. null = the platform's default scale."),
+        targetJaccard: z
+          .number()
+          .gt(0)
+          .lt(1)
+          .default(0.17)
+          .describe("Month-over-month Jaccard of top-5 successors the drift is calibrated to (the paper measured 0.17)."),
+      })
+      .strict()
+      .prefault({}),
+  })
+  .strict();
+
+export type FreshrecConfig = z.infer<typeof configSchema>;
+
+export const DEFAULT_CONFIG_FILE = "freshrec.config.json";
+
+/** The defaults, as a valid config file. */
+export function defaultConfig(): FreshrecConfig {
+  return configSchema.parse({});
+}
+
+/** One line per option: path, default and meaning, generated from the schema. */
+export function describeConfig(): { path: string; default: unknown; description: string }[] {
+  const schema = z.toJSONSchema(configSchema, { io: "input" }) as JsonSchemaNode;
+  const rows: { path: string; default: unknown; description: string }[] = [];
+  const walk = (node: JsonSchemaNode, path: string): void => {
+    if (node.type === "object" && node.properties) {
+      for (const [key, child] of Object.entries(node.properties)) walk(child, path ? `${path}.${key}` : key);
+      return;
+    }
+    rows.push({ path, default: node.default, description: node.description ?? "" });
+  };
+  walk(schema, "");
+  return rows;
+}
+
+interface JsonSchemaNode {
+  type?: string;
+  properties?: Record<string, JsonSchemaNode>;
+  default?: unknown;
+  description?: string;
+}
+
+/**
+ * Loads and validates a config file. An explicitly named file must exist; the default file name is optional.
+ * Errors name the field, the value found and what was expected.
+ */
+export function loadConfig(file: string | undefined): { config: FreshrecConfig; source: string | null } {
+  const path = file ?? DEFAULT_CONFIG_FILE;
+  if (!existsSync(path)) {
+    if (file !== undefined) throw new ConfigError(`config file ${path} does not exist`);
+    return { config: defaultConfig(), source: null };
+  }
+  let raw: unknown;
+  try {
+    raw = JSON.parse(readFileSync(path, "utf8"));
+  } catch (error) {
+    throw new ConfigError(`${path}: not valid JSON (${(error as Error).message})`);
+  }
+  return { config: parseConfig(raw, path), source: path };
+}
+
+export function parseConfig(raw: unknown, source = "config"): FreshrecConfig {
+  const result = configSchema.safeParse(raw);
+  if (result.success) return result.data;
+  const issues = result.error.issues.flatMap((issue) => {
+    if (issue.code === "unrecognized_keys") {
+      return issue.keys.map((key) => {
+        const path = [...issue.path.map(String), key].join(".");
+        return { path, message: `field "${path}" is not an option (see freshrec config --describe)` };
+      });
+    }
+    const path = issue.path.map(String).join(".") || "(root)";
+    const value = valueAt(raw, issue.path);
+    const found = value === undefined ? "nothing" : JSON.stringify(value);
+    const said = issue.message.replace(/^Invalid input: /, "");
+    const expected = /^expected/i.test(said) ? said : `expected ${said}`;
+    return [{ path, message: `field "${path}": got ${found}; ${expected}` }];
+  });
+  throw new ConfigError(`${source}: ${issues.map((i) => i.message).join("; ")}`, issues);
+}
+
+function valueAt(raw: unknown, path: readonly PropertyKey[]): unknown {
+  let node: unknown = raw;
+  for (const key of path) {
+    if (node === null || typeof node !== "object") return undefined;
+    node = (node as Record<PropertyKey, unknown>)[key];
+  }
+  return node;
+}

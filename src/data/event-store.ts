@@ -1,0 +1,320 @@
+/**
+ * The event store: a DuckDB database in the workspace holding clusters, items, users and events in the generic
+ * schema of DESIGN.md. Ids are the user's strings; dense integer keys sit beside them so that mining (window
+ * functions over millions of events) sorts and joins integers, not strings.
+ *
+ * Appending is idempotent and atomic: an event is identified by (user, item, ts), a re-ingested file adds nothing
+ * twice, and one `append` call commits clusters, items and events together or not at all.
+ *
+ * @example
+ * const store = await EventStore.open(".freshrec/events.duckdb");
+ * await store.append({ clusters, items, events: EventColumns.fromEvents(list) });
+ * const counts = await store.counts();
+ */
+import { mkdirSync } from "node:fs";
+import { dirname } from "node:path";
+import {
+  DuckDBConnection,
+  DuckDBDataChunk,
+  DuckDBInstance,
+  FLOAT,
+  INTEGER,
+  BIGINT,
+  VARCHAR,
+  type DuckDBType,
+  type DuckDBValue,
+} from "@duckdb/node-api";
+import type { Cluster, EngagementEvent, Item } from "../domain/types.js";
+import { FreshrecError } from "../domain/errors.js";
+
+/** A block of events in columns; user and item are indexes into the batch's dictionaries. */
+export interface EventChunk {
+  readonly length: number;
+  readonly userIndex: Int32Array;
+  readonly itemIndex: Int32Array;
+  /** Epoch milliseconds. */
+  readonly ts: Float64Array;
+  /** NaN means "no engagement value" (the event counts as engaged). */
+  readonly engagement: Float32Array;
+}
+
+/** Events to append: two dictionaries and chunks that index into them. */
+export interface EventBatch {
+  readonly userIds: readonly string[];
+  readonly itemIds: readonly string[];
+  readonly chunks: Iterable<EventChunk> | AsyncIterable<EventChunk>;
+}
+
+export interface AppendRequest {
+  readonly clusters?: readonly Cluster[];
+  readonly items?: readonly Item[];
+  readonly events?: EventBatch;
+  /** Dataset facts kept with the data (for example the engagement threshold that means "positive"). */
+  readonly meta?: Readonly<Record<string, string>>;
+}
+
+export interface AppendResult {
+  readonly clustersAdded: number;
+  readonly itemsAdded: number;
+  readonly eventsAdded: number;
+  /** Events already in the store or repeated within the batch. */
+  readonly skippedDuplicates: number;
+}
+
+export interface StoreCounts {
+  readonly events: number;
+  readonly items: number;
+  readonly clusters: number;
+  readonly users: number;
+  /** Epoch ms of the first and last event; null when empty. */
+  readonly firstTs: number | null;
+  readonly lastTs: number | null;
+}
+
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS clusters (cluster_key INTEGER PRIMARY KEY, cluster_id VARCHAR NOT NULL UNIQUE, description VARCHAR NOT NULL);
+CREATE TABLE IF NOT EXISTS items (item_key INTEGER PRIMARY KEY, item_id VARCHAR NOT NULL UNIQUE, cluster_key INTEGER NOT NULL, title VARCHAR);
+CREATE TABLE IF NOT EXISTS users (user_key INTEGER PRIMARY KEY, user_id VARCHAR NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS events (user_key INTEGER NOT NULL, item_key INTEGER NOT NULL, ts TIMESTAMP NOT NULL, engagement FLOAT);
+CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL);
+`;
+
+/** Rows per appender chunk: DuckDB's vector size. */
+const CHUNK_ROWS = 2048;
+
+export class EventStore {
+  private constructor(
+    private readonly instance: DuckDBInstance,
+    readonly connection: DuckDBConnection,
+    readonly path: string,
+  ) {}
+
+  /** Opens (creating if needed) the store at `path`; ":memory:" gives a throwaway store. */
+  static async open(path: string): Promise<EventStore> {
+    if (path !== ":memory:") mkdirSync(dirname(path), { recursive: true });
+    let instance: DuckDBInstance;
+    try {
+      instance = await DuckDBInstance.create(path);
+    } catch (error) {
+      throw new FreshrecError("INTERNAL", `cannot open the event store ${path}: ${(error as Error).message}`, { cause: error });
+    }
+    const connection = await instance.connect();
+    await connection.run(SCHEMA);
+    return new EventStore(instance, connection, path);
+  }
+
+  close(): void {
+    this.connection.closeSync();
+    this.instance.closeSync();
+  }
+
+  /** Runs a query and returns its rows as plain JS objects (BIGINT as bigint, TIMESTAMP as Date). */
+  async query<Row = Record<string, unknown>>(sql: string, params?: Record<string, DuckDBValue>): Promise<Row[]> {
+    try {
+      const reader = await this.connection.runAndReadAll(sql, params);
+      return reader.getRowObjectsJS() as Row[];
+    } catch (error) {
+      throw new FreshrecError("INTERNAL", `event store query failed: ${(error as Error).message}\n${sql}`, { cause: error });
+    }
+  }
+
+  async counts(): Promise<StoreCounts> {
+    const [row] = await this.query<{ events: bigint; items: bigint; clusters: bigint; users: bigint; first: number | null; last: number | null }>(`
+      SELECT (SELECT count(*) FROM events) AS events, (SELECT count(*) FROM items) AS items,
+             (SELECT count(*) FROM clusters) AS clusters, (SELECT count(*) FROM users) AS users,
+             (SELECT epoch_ms(min(ts)) FROM events) AS first, (SELECT epoch_ms(max(ts)) FROM events) AS last`);
+    return {
+      events: Number(row.events),
+      items: Number(row.items),
+      clusters: Number(row.clusters),
+      users: Number(row.users),
+      firstTs: row.first === null ? null : Number(row.first),
+      lastTs: row.last === null ? null : Number(row.last),
+    };
+  }
+
+  async clusters(): Promise<Cluster[]> {
+    const rows = await this.query<{ cluster_id: string; description: string }>(
+      "SELECT cluster_id, description FROM clusters ORDER BY cluster_key",
+    );
+    return rows.map((r) => ({ id: r.cluster_id, description: r.description }));
+  }
+
+  /** Item ids already known, mapped to their cluster ids (for validating events against the catalog). */
+  async itemClusters(): Promise<Map<string, string>> {
+    const rows = await this.query<{ item_id: string; cluster_id: string }>(
+      "SELECT i.item_id, c.cluster_id FROM items i JOIN clusters c USING (cluster_key)",
+    );
+    return new Map(rows.map((r) => [r.item_id, r.cluster_id]));
+  }
+
+  async getMeta(key: string): Promise<string | null> {
+    const rows = await this.query<{ value: string }>("SELECT value FROM meta WHERE key = $key", { key });
+    return rows[0]?.value ?? null;
+  }
+
+  /**
+   * Appends clusters, items and events in one transaction. Clusters and items are upserted by id (a changed
+   * description, cluster or title replaces the old one); events are inserted unless (user, item, ts) exists.
+   */
+  async append(request: AppendRequest): Promise<AppendResult> {
+    const c = this.connection;
+    await c.run("BEGIN TRANSACTION");
+    try {
+      const clustersAdded = request.clusters?.length ? await this.upsertClusters(request.clusters) : 0;
+      const itemsAdded = request.items?.length ? await this.upsertItems(request.items) : 0;
+      let eventsAdded = 0;
+      let skippedDuplicates = 0;
+      if (request.events) ({ eventsAdded, skippedDuplicates } = await this.insertEvents(request.events));
+      for (const [key, value] of Object.entries(request.meta ?? {})) {
+        await c.run("INSERT OR REPLACE INTO meta VALUES ($key, $value)", { key, value });
+      }
+      await c.run("COMMIT");
+      return { clustersAdded, itemsAdded, eventsAdded, skippedDuplicates };
+    } catch (error) {
+      await c.run("ROLLBACK");
+      throw error instanceof FreshrecError
+        ? error
+        : new FreshrecError("INTERNAL", `appending to the event store failed, nothing was written: ${(error as Error).message}`, { cause: error });
+    } finally {
+      await c.run("DROP TABLE IF EXISTS stage_clusters; DROP TABLE IF EXISTS stage_items; DROP TABLE IF EXISTS stage_users; DROP TABLE IF EXISTS stage_item_dict; DROP TABLE IF EXISTS stage_events;");
+    }
+  }
+
+  private async upsertClusters(clusters: readonly Cluster[]): Promise<number> {
+    const c = this.connection;
+    await c.run("CREATE OR REPLACE TEMP TABLE stage_clusters (pos INTEGER, cluster_id VARCHAR, description VARCHAR)");
+    await this.appendRows("stage_clusters", [INTEGER, VARCHAR, VARCHAR], clusters.map((cl, i) => [i, cl.id, cl.description]));
+    await c.run(`UPDATE clusters SET description = s.description FROM stage_clusters s
+                 WHERE clusters.cluster_id = s.cluster_id AND clusters.description <> s.description`);
+    const before = await this.scalar("SELECT count(*) FROM clusters");
+    await c.run(`INSERT INTO clusters
+      SELECT (SELECT coalesce(max(cluster_key), 0) FROM clusters) + row_number() OVER (ORDER BY pos), cluster_id, description
+      FROM stage_clusters s WHERE NOT EXISTS (SELECT 1 FROM clusters c WHERE c.cluster_id = s.cluster_id)`);
+    return (await this.scalar("SELECT count(*) FROM clusters")) - before;
+  }
+
+  private async upsertItems(items: readonly Item[]): Promise<number> {
+    const c = this.connection;
+    await c.run("CREATE OR REPLACE TEMP TABLE stage_items (pos INTEGER, item_id VARCHAR, cluster_id VARCHAR, title VARCHAR)");
+    await this.appendRows("stage_items", [INTEGER, VARCHAR, VARCHAR, VARCHAR], items.map((it, i) => [i, it.id, it.clusterId, it.title ?? null]));
+    const unknown = await this.query<{ cluster_id: string; item_id: string }>(
+      `SELECT s.cluster_id, s.item_id FROM stage_items s LEFT JOIN clusters c USING (cluster_id) WHERE c.cluster_key IS NULL LIMIT 1`,
+    );
+    if (unknown.length) {
+      throw new FreshrecError("BAD_INPUT", `item ${unknown[0].item_id} names cluster ${unknown[0].cluster_id}, which is not in the catalog`);
+    }
+    await c.run(`UPDATE items SET cluster_key = c.cluster_key, title = coalesce(s.title, items.title)
+                 FROM stage_items s JOIN clusters c USING (cluster_id)
+                 WHERE items.item_id = s.item_id AND (items.cluster_key <> c.cluster_key OR items.title IS DISTINCT FROM coalesce(s.title, items.title))`);
+    const before = await this.scalar("SELECT count(*) FROM items");
+    await c.run(`INSERT INTO items
+      SELECT (SELECT coalesce(max(item_key), 0) FROM items) + row_number() OVER (ORDER BY s.pos), s.item_id, c.cluster_key, s.title
+      FROM stage_items s JOIN clusters c USING (cluster_id)
+      WHERE NOT EXISTS (SELECT 1 FROM items i WHERE i.item_id = s.item_id)`);
+    return (await this.scalar("SELECT count(*) FROM items")) - before;
+  }
+
+  private async insertEvents(batch: EventBatch): Promise<{ eventsAdded: number; skippedDuplicates: number }> {
+    const c = this.connection;
+    await c.run("CREATE OR REPLACE TEMP TABLE stage_users (idx INTEGER, user_id VARCHAR)");
+    await this.appendRows("stage_users", [INTEGER, VARCHAR], batch.userIds.map((id, i) => [i, id]));
+    await c.run(`INSERT INTO users
+      SELECT (SELECT coalesce(max(user_key), 0) FROM users) + row_number() OVER (ORDER BY idx), user_id
+      FROM stage_users s WHERE NOT EXISTS (SELECT 1 FROM users u WHERE u.user_id = s.user_id)`);
+    await c.run("CREATE OR REPLACE TEMP TABLE stage_item_dict (idx INTEGER, item_id VARCHAR)");
+    await this.appendRows("stage_item_dict", [INTEGER, VARCHAR], batch.itemIds.map((id, i) => [i, id]));
+    const missing = await this.query<{ item_id: string }>(
+      "SELECT d.item_id FROM stage_item_dict d LEFT JOIN items i USING (item_id) WHERE i.item_key IS NULL LIMIT 1",
+    );
+    if (missing.length) throw new FreshrecError("BAD_INPUT", `events name item ${missing[0].item_id}, which is not in the catalog`);
+
+    await c.run("CREATE OR REPLACE TEMP TABLE stage_events (u INTEGER, i INTEGER, ts BIGINT, e FLOAT)");
+    const appender = await c.createAppender("stage_events");
+    let staged = 0;
+    const types: DuckDBType[] = [INTEGER, INTEGER, BIGINT, FLOAT];
+    for await (const chunk of batch.chunks) {
+      for (let start = 0; start < chunk.length; start += CHUNK_ROWS) {
+        const n = Math.min(CHUNK_ROWS, chunk.length - start);
+        const users = new Array<number>(n);
+        const items = new Array<number>(n);
+        const ts = new Array<bigint>(n);
+        const eng = new Array<number | null>(n);
+        for (let k = 0; k < n; k++) {
+          users[k] = chunk.userIndex[start + k];
+          items[k] = chunk.itemIndex[start + k];
+          ts[k] = BigInt(Math.round(chunk.ts[start + k]));
+          const e = chunk.engagement[start + k];
+          eng[k] = Number.isNaN(e) ? null : e;
+        }
+        const dataChunk = DuckDBDataChunk.create(types, n);
+        dataChunk.setColumnValues(0, users);
+        dataChunk.setColumnValues(1, items);
+        dataChunk.setColumnValues(2, ts);
+        dataChunk.setColumnValues(3, eng);
+        appender.appendDataChunk(dataChunk);
+      }
+      staged += chunk.length;
+    }
+    appender.closeSync();
+
+    const before = await this.scalar("SELECT count(*) FROM events");
+    // An event's identity is (user, item, ts); the first engagement value seen for it wins.
+    await c.run(`INSERT INTO events
+      SELECT n.user_key, n.item_key, n.ts, n.engagement FROM (
+        SELECT u.user_key, it.item_key, epoch_ms(s.ts) AS ts, first(s.e) AS engagement
+        FROM stage_events s
+        JOIN stage_users su ON su.idx = s.u JOIN users u ON u.user_id = su.user_id
+        JOIN stage_item_dict si ON si.idx = s.i JOIN items it ON it.item_id = si.item_id
+        GROUP BY ALL
+      ) n
+      ANTI JOIN events e ON e.user_key = n.user_key AND e.item_key = n.item_key AND e.ts = n.ts`);
+    const eventsAdded = (await this.scalar("SELECT count(*) FROM events")) - before;
+    return { eventsAdded, skippedDuplicates: staged - eventsAdded };
+  }
+
+  private async appendRows(table: string, types: DuckDBType[], rows: readonly (readonly DuckDBValue[])[]): Promise<void> {
+    const appender = await this.connection.createAppender(table);
+    for (let start = 0; start < rows.length; start += CHUNK_ROWS) {
+      const slice = rows.slice(start, start + CHUNK_ROWS);
+      const chunk = DuckDBDataChunk.create(types, slice.length);
+      for (let col = 0; col < types.length; col++) chunk.setColumnValues(col, slice.map((r) => r[col]));
+      appender.appendDataChunk(chunk);
+    }
+    appender.closeSync();
+  }
+
+  private async scalar(sql: string): Promise<number> {
+    const reader = await this.connection.runAndReadAll(sql);
+    return Number(reader.getRows()[0][0]);
+  }
+}
+
+/** Builds an EventBatch from plain events (tests, the HTTP intake, small files). */
+export function eventBatchFromEvents(events: readonly EngagementEvent[]): EventBatch {
+  const users = new Map<string, number>();
+  const items = new Map<string, number>();
+  const chunk = {
+    length: events.length,
+    userIndex: new Int32Array(events.length),
+    itemIndex: new Int32Array(events.length),
+    ts: new Float64Array(events.length),
+    engagement: new Float32Array(events.length),
+  };
+  events.forEach((e, k) => {
+    chunk.userIndex[k] = dictionaryIndex(users, e.userId);
+    chunk.itemIndex[k] = dictionaryIndex(items, e.itemId);
+    chunk.ts[k] = e.ts;
+    chunk.engagement[k] = e.engagement ?? Number.NaN;
+  });
+  return { userIds: [...users.keys()], itemIds: [...items.keys()], chunks: [chunk] };
+}
+
+export function dictionaryIndex(dictionary: Map<string, number>, id: string): number {
+  let index = dictionary.get(id);
+  if (index === undefined) {
+    index = dictionary.size;
+    dictionary.set(id, index);
+  }
+  return index;
+}
