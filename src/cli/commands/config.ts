@@ -1,0 +1,23 @@
+import type { Command } from "commander";
+import { defaultConfig, describeConfig } from "../config.js";
+import { action } from "../run.js";
+
+export function registerConfig(program: Command): void {
+  program
+    .command("config")
+    .description("show the configuration: defaults, documentation, or the validated effective config")
+    .option("--print-defaults", "print a complete freshrec.config.json with every default")
+    .option("--describe", "list every option with its default and meaning")
+    .addHelpText("after", "\nExamples:\n  freshrec config --print-defaults > freshrec.config.json\n  freshrec config --describe\n  freshrec config --config my.json   (validates my.json and prints the effective config)")
+    .action(
+      action(async (ctx, command) => {
+        const opts = command.opts<{ printDefaults?: boolean; describe?: boolean }>();
+        if (opts.describe) {
+          const rows = describeConfig();
+          return { json: { options: rows }, text: rows.map((r) => `${r.path} = ${JSON.stringify(r.default)}\n    ${r.description}`).join("\n") };
+        }
+        const config = opts.printDefaults ? defaultConfig() : ctx.config;
+        return { json: config, text: JSON.stringify(config, null, 2) };
+      }),
+    );
+}

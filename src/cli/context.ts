@@ -1,0 +1,57 @@
+/**
+ * What every command receives: the workspace, the validated config and how to print its result. A command
+ * returns one result object; with --json it is printed as exactly one JSON object on stdout, otherwise the
+ * command's human rendering is printed. Logs and progress go to stderr.
+ */
+import type { Command } from "commander";
+import { EventStore } from "../data/event-store.js";
+import type { ProgressSink } from "../domain/types.js";
+import { loadConfig, type FreshrecConfig } from "./config.js";
+import { progressSink } from "./progress.js";
+import { workspacePaths, type WorkspacePaths } from "./workspace.js";
+
+export interface GlobalOptions {
+  workspace: string;
+  config?: string;
+  json?: boolean;
+}
+
+export interface CommandContext {
+  readonly paths: WorkspacePaths;
+  readonly config: FreshrecConfig;
+  readonly json: boolean;
+  readonly progress: ProgressSink;
+  /** Prints a line for people on stderr (never stdout, which belongs to the result). */
+  log(line: string): void;
+  openEvents(): Promise<EventStore>;
+  /** The engagement threshold for "positive": the config's, else the one the dataset recorded at ingestion. */
+  positiveMin(store: EventStore): Promise<number | null>;
+}
+
+export function contextOf(command: Command): CommandContext {
+  const globals = command.optsWithGlobals<GlobalOptions>();
+  const { config } = loadConfig(globals.config);
+  const paths = workspacePaths(globals.workspace);
+  const json = Boolean(globals.json);
+  return {
+    paths,
+    config,
+    json,
+    progress: progressSink(),
+    log: (line) => process.stderr.write(`${line}\n`),
+    openEvents: () => EventStore.open(paths.events),
+    positiveMin: async (store) => {
+      if (config.data.positiveMin !== null) return config.data.positiveMin;
+      const recorded = await store.getMeta("positive_min");
+      return recorded === null ? null : Number(recorded);
+    },
+  };
+}
+
+/** The result of a command: the JSON object and, for people, the text to print instead. */
+export interface CommandResult {
+  readonly json: object;
+  readonly text: string;
+  /** 0 by default; 1 for a failed run (a halted gate). */
+  readonly exitCode?: 0 | 1;
+}

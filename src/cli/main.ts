@@ -1,0 +1,42 @@
+/**
+ * The freshrec CLI. Global options on every command: --workspace, --config, --json. Exit codes: 0 success,
+ * 1 failed run, 2 bad usage or bad input.
+ */
+import { Command, CommanderError } from "commander";
+import { registerAnalyze } from "./commands/analyze.js";
+import { registerConfig } from "./commands/config.js";
+import { registerIngest } from "./commands/ingest.js";
+import { DEFAULT_WORKSPACE } from "./workspace.js";
+
+export function buildProgram(): Command {
+  const program = new Command("freshrec")
+    .description("keeps an LLM-powered interest-exploration recommender fresh (fine-tuning + RAG table refreshes)")
+    .option("--workspace <dir>", "where freshrec keeps its state", DEFAULT_WORKSPACE)
+    .option("--config <file>", "config file (default: freshrec.config.json if present)")
+    .option("--json", "print exactly one JSON object with the result on stdout")
+    .showHelpAfterError()
+    .exitOverride();
+  registerConfig(program);
+  registerIngest(program);
+  registerAnalyze(program);
+  for (const command of program.commands) {
+    command.exitOverride();
+    for (const sub of command.commands) sub.exitOverride();
+  }
+  return program;
+}
+
+export async function main(argv: readonly string[]): Promise<void> {
+  try {
+    await buildProgram().parseAsync(argv as string[]);
+  } catch (error) {
+    if (error instanceof CommanderError) {
+      // Help and version are successes; anything else commander rejects is bad usage.
+      process.exitCode = error.code === "commander.helpDisplayed" || error.code === "commander.version" || error.code === "commander.help" ? 0 : 2;
+      return;
+    }
+    throw error;
+  }
+}
+
+await main(process.argv);

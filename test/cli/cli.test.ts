@@ -1,0 +1,76 @@
+import { describe, expect, it } from "vitest";
+import { execFileSync, spawnSync } from "node:child_process";
+import { mkdtempSync, writeFileSync, existsSync, readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+
+const ROOT = join(import.meta.dirname, "../..");
+const BIN = join(ROOT, "bin/freshrec.js");
+const ML_SMALL = join(ROOT, "../shared/datasets/movielens-latest-small");
+
+function freshrec(args: string[], cwd = ROOT): { status: number; stdout: string; stderr: string } {
+  const r = spawnSync(process.execPath, [BIN, ...args], { cwd, encoding: "utf8", timeout: 120_000 });
+  return { status: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
+}
+
+describe("freshrec CLI contract", () => {
+  const ws = mkdtempSync(join(tmpdir(), "freshrec-cli-"));
+
+  it("ingests MovieLens and prints exactly one JSON object with --json", () => {
+    const r = freshrec(["--workspace", ws, "--json", "ingest", "--dataset", "movielens", "--path", ML_SMALL]);
+    expect(r.status).toBe(0);
+    const lines = r.stdout.trim().split("\n");
+    expect(lines).toHaveLength(1);
+    const result = JSON.parse(lines[0]);
+    expect(result).toMatchObject({ events: 100836, items: 9742, badRows: 0, skippedDuplicates: 0 });
+    expect(typeof result.clusters).toBe("number");
+  });
+
+  it("analyses drift and writes the reports", () => {
+    const config = join(ws, "low-support.json");
+    writeFileSync(config, JSON.stringify({ drift: { minSupport: 3 } }));
+    const r = freshrec(["--workspace", ws, "--config", config, "--json", "analyze", "drift"]);
+    expect(r.status).toBe(0);
+    const result = JSON.parse(r.stdout);
+    expect(result.pairsCompared).toBeGreaterThan(0);
+    expect(result.meanJaccard).toBeGreaterThan(0);
+    expect(result.meanJaccard).toBeLessThan(1);
+    expect(result.months.length).toBeGreaterThan(0);
+    expect(result.months[0]).toEqual({ month: expect.stringMatching(/^\d{4}-\d{2}$/), meanJaccard: expect.any(Number), pairs: expect.any(Number) });
+    const html = readFileSync(result.reports.html, "utf8");
+    expect(html).toContain("<svg");
+    expect(existsSync(result.reports.md)).toBe(true);
+  });
+
+  it("exits 2 with the field named on a bad config", () => {
+    const config = join(ws, "bad.json");
+    writeFileSync(config, JSON.stringify({ drift: { topK: -1 } }));
+    const r = freshrec(["--workspace", ws, "--config", config, "--json", "analyze", "drift"]);
+    expect(r.status).toBe(2);
+    expect(r.stderr).toContain('field "drift.topK": got -1');
+    expect(JSON.parse(r.stdout).error.code).toBe("BAD_CONFIG");
+  });
+
+  it("exits 2 on bad usage and bad input, 0 on help", () => {
+    expect(freshrec(["no-such-command"]).status).toBe(2);
+    expect(freshrec(["--workspace", ws, "analyze", "drift", "--to", "yesterday"]).status).toBe(2);
+    const bad = freshrec(["--workspace", ws, "ingest", "--dataset", "movielens", "--path", ws]);
+    expect(bad.status).toBe(2);
+    expect(bad.stderr).toContain("not a MovieLens folder");
+    const help = freshrec(["ingest", "--help"]);
+    expect(help.status).toBe(0);
+    expect(help.stdout).toContain("Examples:");
+  });
+
+  it("prints the documented defaults as a valid config", () => {
+    const r = freshrec(["config", "--print-defaults"]);
+    expect(r.status).toBe(0);
+    const defaults = JSON.parse(r.stdout);
+    expect(defaults.drift).toEqual({ topK: 5, minSupport: 10 });
+    const file = join(ws, "defaults.json");
+    writeFileSync(file, r.stdout);
+    expect(freshrec(["--config", file, "config"]).status).toBe(0);
+    const described = execFileSync(process.execPath, [BIN, "config", "--describe"], { encoding: "utf8" });
+    expect(described).toContain("data.badRowThreshold = 0.01");
+  });
+});
