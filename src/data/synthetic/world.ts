@@ -171,6 +171,8 @@ export interface Exposure {
   readonly outcome: ExposureOutcome;
   /** Watch fraction of the click; null without a click. */
   readonly engagement: number | null;
+  /** The observed history right after the response: a satisfied novel click makes the cluster its c2. */
+  readonly historyAfter: History | null;
 }
 
 export interface LiveSimulationHooks {
@@ -696,7 +698,13 @@ export class SyntheticWorld {
   }
 
   /** @internal The response of a user to one recommended slot (the live half of the behaviour model). */
-  respond(user: SimulatedUser, slot: RecommendationSlot, rank: number, at: number, history: History | null): Exposure {
+  respond(
+    user: SimulatedUser,
+    slot: RecommendationSlot,
+    rank: number,
+    at: number,
+    history: History | null,
+  ): Omit<Exposure, "historyAfter"> {
     const c = this.clusterIndex(slot.clusterId);
     if (c < 0) throw new BadInputError(`policy recommended unknown cluster "${slot.clusterId}"`);
     const rng = user.liveRng;
@@ -796,17 +804,19 @@ export class LiveEnvironment {
         const slate = await policy.recommend(currentUser, history, start);
         let ts = start;
         for (let rank = 0; rank < slate.length; rank++) {
-          const exposure = world.respond(user, slate[rank], rank, ts, history);
+          const response = world.respond(user, slate[rank], rank, ts, history);
           exposures++;
-          outcomes[exposure.outcome]++;
-          hooks.onExposure?.(exposure);
-          if (exposure.clicked && exposure.itemId !== null && exposure.engagement !== null) {
+          outcomes[response.outcome]++;
+          if (response.clicked && response.itemId !== null && response.engagement !== null) {
             clicks++;
-            sink.push(user.index, world.itemIndex(exposure.itemId), ts, exposure.engagement, exposure.outcome === "satisfied");
-            if (exposure.outcome === "satisfied") world.observePositive(user, world.clusterIndex(exposure.clusterId));
+            const satisfied = response.outcome === "satisfied";
+            sink.push(user.index, world.itemIndex(response.itemId), ts, response.engagement, satisfied);
+            // The same history update as an organic positive event: one model for both paths.
+            if (satisfied) world.observePositive(user, world.clusterIndex(response.clusterId));
             ts += 15_000 + user.liveRng.next() * 90_000;
             user.lastTs = ts;
           }
+          hooks.onExposure?.({ ...response, historyAfter: world.observedHistory(user) });
         }
         world.runSession(user, ts, sink);
         world.scheduleNextSession(user);
