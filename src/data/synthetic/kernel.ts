@@ -63,6 +63,11 @@ const SIGMA_DRIFT = 1.5;
 const BETA_OLDER = 0.6;
 const SEASON_BONUS = 0.8;
 const TOP_N = 5;
+/**
+ * Scales every logit. Rankings, hence the calibrated top-5 Jaccard, do not depend on it; it sets how much mass the
+ * top successors carry, i.e. how reliably a finite sample recovers them.
+ */
+const SHARPNESS = 1;
 
 /** Extra months beyond the world's end for which the kernel is defined (live simulations after the data). */
 export const KERNEL_EXTRA_MONTHS = 24;
@@ -210,8 +215,8 @@ export class SuccessorKernel {
     for (let a = 0; a < K; a++) {
       for (let n = 0; n < K; n++) {
         const i = a * K + n;
-        ea[i] = Math.exp(W_STATIC * this.staticAffinity[i] + SIGMA_DRIFT * A[i] + appeal[n]);
-        eb[i] = Math.exp(BETA_OLDER * (W_STATIC * this.staticAffinity[i] + SIGMA_DRIFT * B[i]));
+        ea[i] = Math.exp(SHARPNESS * (W_STATIC * this.staticAffinity[i] + SIGMA_DRIFT * A[i] + appeal[n]));
+        eb[i] = Math.exp(SHARPNESS * BETA_OLDER * (W_STATIC * this.staticAffinity[i] + SIGMA_DRIFT * B[i]));
       }
     }
     const t = { ea, eb, active: this.activeByMonth[m] };
