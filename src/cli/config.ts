@@ -59,7 +59,11 @@ export const configSchema = z
         seed: z.number().int().default(42).describe("Seed of the synthetic platform; the same seed gives the same events."),
         start: z.iso.date().default("2025-01-01").describe("First day of the synthetic period (UTC)."),
         months: positiveInt().max(60).default(12).describe("Length of the synthetic period in calendar months."),
-        users: positiveInt().nullable().default(null).describe("Simulated users. null = the platform's default scale."),
+        users: positiveInt().nullable().default(null).describe("Simulated users. null = the scale's default (20,000; --quick 3,000)."),
+        targetEvents: positiveInt()
+          .nullable()
+          .default(null)
+          .describe("Expected number of generated events. null = the scale's default (3,000,000; --quick 300,000)."),
         targetJaccard: z
           .number()
           .gt(0)

@@ -6,6 +6,7 @@ import { Command, CommanderError } from "commander";
 import { registerAnalyze } from "./commands/analyze.js";
 import { registerConfig } from "./commands/config.js";
 import { registerIngest } from "./commands/ingest.js";
+import { registerSynth } from "./commands/synth.js";
 import { DEFAULT_WORKSPACE } from "./workspace.js";
 
 export function buildProgram(): Command {
@@ -18,6 +19,7 @@ export function buildProgram(): Command {
     .exitOverride();
   registerConfig(program);
   registerIngest(program);
+  registerSynth(program);
   registerAnalyze(program);
   for (const command of program.commands) {
     command.exitOverride();

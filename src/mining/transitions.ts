@@ -51,27 +51,8 @@ function params(window: Partial<TimeWindow> & { to: number }, options: MiningOpt
  * Sorted by pair, then users descending, then cluster id, so results are deterministic.
  */
 export async function countTransitions(store: EventStore, window: TimeWindow, options: MiningOptions = {}): Promise<TransitionCount[]> {
-  const rows = await store.query<{ c1: string; c2: string; next: string; users: bigint }>(
-    `WITH ${sequenceSql(options)},
-     trip AS (
-       SELECT user_key, ts,
-              lag(cluster_key, 2) OVER w AS c1, lag(cluster_key, 1) OVER w AS c2, cluster_key AS cn
-       FROM seq WINDOW w AS (PARTITION BY user_key ORDER BY ts, item_key)
-     ),
-     counted AS (
-       SELECT c1, c2, cn, count(DISTINCT user_key) AS users FROM trip
-       WHERE c1 IS NOT NULL AND cn <> c1 AND ts >= epoch_ms($from::BIGINT)
-       GROUP BY c1, c2, cn
-     )
-     SELECT k1.cluster_id AS c1, k2.cluster_id AS c2, kn.cluster_id AS next, users
-     FROM counted
-     JOIN clusters k1 ON k1.cluster_key = counted.c1
-     JOIN clusters k2 ON k2.cluster_key = counted.c2
-     JOIN clusters kn ON kn.cluster_key = counted.cn
-     ORDER BY c1, c2, users DESC, next`,
-    params(window, options),
-  );
-  return rows.map((r) => ({ c1: r.c1, c2: r.c2, next: r.next, users: Number(r.users) }));
+  const byMonth = await countTriples(store, window, options, false);
+  return byMonth.get("") ?? [];
 }
 
 /** Transition counts per calendar month (UTC) of the `next` event, for drift analysis. */
@@ -80,31 +61,43 @@ export async function countTransitionsByMonth(
   window: TimeWindow,
   options: MiningOptions = {},
 ): Promise<Map<string, TransitionCount[]>> {
-  const rows = await store.query<{ month: string; c1: string; c2: string; next: string; users: bigint }>(
+  return countTriples(store, window, options, true);
+}
+
+/**
+ * The one transition query. Results come back as integer columns (cluster keys) and are mapped to cluster
+ * ids here: building JS objects row by row from DuckDB costs more than the query itself at 10M events.
+ */
+async function countTriples(store: EventStore, window: TimeWindow, options: MiningOptions, monthly: boolean): Promise<Map<string, TransitionCount[]>> {
+  const month = monthly ? "strftime(date_trunc('month', ts), '%Y-%m')" : "''";
+  const reader = await store.connection.runAndReadAll(
     `WITH ${sequenceSql(options)},
      trip AS (
        SELECT user_key, ts,
               lag(cluster_key, 2) OVER w AS c1, lag(cluster_key, 1) OVER w AS c2, cluster_key AS cn
        FROM seq WINDOW w AS (PARTITION BY user_key ORDER BY ts, item_key)
-     ),
-     counted AS (
-       SELECT strftime(date_trunc('month', ts), '%Y-%m') AS month, c1, c2, cn, count(DISTINCT user_key) AS users FROM trip
-       WHERE c1 IS NOT NULL AND cn <> c1 AND ts >= epoch_ms($from::BIGINT)
-       GROUP BY ALL
      )
-     SELECT month, k1.cluster_id AS c1, k2.cluster_id AS c2, kn.cluster_id AS next, users
-     FROM counted
-     JOIN clusters k1 ON k1.cluster_key = counted.c1
-     JOIN clusters k2 ON k2.cluster_key = counted.c2
-     JOIN clusters kn ON kn.cluster_key = counted.cn
-     ORDER BY month, c1, c2, users DESC, next`,
+     SELECT ${month} AS month, c1, c2, cn, count(DISTINCT user_key)::INTEGER AS users FROM trip
+     WHERE c1 IS NOT NULL AND cn <> c1 AND ts >= epoch_ms($from::BIGINT)
+     GROUP BY ALL`,
     params(window, options),
   );
+  const ids = new Map((await store.query<{ k: number; id: string }>("SELECT cluster_key AS k, cluster_id AS id FROM clusters")).map((r) => [r.k, r.id]));
+  const [months, c1s, c2s, cns, users] = reader.getColumns() as [string[], number[], number[], number[], number[]];
+  const order = Array.from(months.keys()).map((k) => ({
+    month: months[k],
+    c1: ids.get(c1s[k])!,
+    c2: ids.get(c2s[k])!,
+    next: ids.get(cns[k])!,
+    users: users[k],
+  }));
+  const cmp = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
+  order.sort((a, b) => cmp(a.month, b.month) || cmp(a.c1, b.c1) || cmp(a.c2, b.c2) || b.users - a.users || cmp(a.next, b.next));
   const byMonth = new Map<string, TransitionCount[]>();
-  for (const r of rows) {
+  for (const r of order) {
     let list = byMonth.get(r.month);
     if (!list) byMonth.set(r.month, (list = []));
-    list.push({ c1: r.c1, c2: r.c2, next: r.next, users: Number(r.users) });
+    list.push({ c1: r.c1, c2: r.c2, next: r.next, users: r.users });
   }
   return byMonth;
 }
