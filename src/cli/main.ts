@@ -5,6 +5,7 @@
 import { Command, CommanderError } from "commander";
 import { registerAnalyze } from "./commands/analyze.js";
 import { registerConfig } from "./commands/config.js";
+import { registerDemo } from "./commands/demo.js";
 import { registerIngest } from "./commands/ingest.js";
 import { registerSynth } from "./commands/synth.js";
 import { DEFAULT_WORKSPACE } from "./workspace.js";
@@ -17,6 +18,7 @@ export function buildProgram(): Command {
     .option("--json", "print exactly one JSON object with the result on stdout")
     .showHelpAfterError()
     .exitOverride();
+  registerDemo(program);
   registerConfig(program);
   registerIngest(program);
   registerSynth(program);

@@ -35,6 +35,7 @@ class LineProgress implements ProgressSink {
   private label = "";
   private total = 0;
   private last = 0;
+  private done = 0;
   start(label: string, total: number): void {
     this.label = label;
     this.total = total;
@@ -42,6 +43,7 @@ class LineProgress implements ProgressSink {
     process.stderr.write(`${label}: started (${total} steps)\n`);
   }
   update(done: number, detail?: Record<string, string | number>): void {
+    this.done = done;
     // Wall time only paces log lines; it never feeds a result.
     const now = performance.now();
     if (now - this.last < LINE_INTERVAL_MS && done < this.total) return;
@@ -49,7 +51,10 @@ class LineProgress implements ProgressSink {
     const pct = this.total ? ((100 * done) / this.total).toFixed(0) : "?";
     process.stderr.write(`${this.label}: ${done}/${this.total} (${pct}%) ${formatDetail(detail)}\n`);
   }
-  stop(): void {}
+  stop(): void {
+    if (this.label) process.stderr.write(`${this.label}: done (${this.done})\n`);
+    this.label = "";
+  }
 }
 
 function formatDetail(detail?: Record<string, string | number>): string {
