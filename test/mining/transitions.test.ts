@@ -31,6 +31,22 @@ describe("transition mining", () => {
     store.close();
   });
 
+  it("orders events with equal timestamps by item, deterministically", async () => {
+    // c1 and b1 at the same instant: catalog order puts b before c, so the sequence is a b c d.
+    const same = T0 + DAY;
+    const store = await storeWith([
+      { userId: "u1", itemId: "a1", ts: T0 },
+      { userId: "u1", itemId: "c1", ts: same },
+      { userId: "u1", itemId: "b1", ts: same },
+      { userId: "u1", itemId: "d1", ts: T0 + 2 * DAY },
+    ]);
+    expect(await countTransitions(store, ALL)).toEqual([
+      { c1: "a", c2: "b", next: "c", users: 1 },
+      { c1: "b", c2: "c", next: "d", users: 1 },
+    ]);
+    store.close();
+  });
+
   it("counts each user at most once per triple per window", async () => {
     const events = [
       ...visits("u1", ["a1", "b1", "c1", "a1", "b1", "c1"]), // (a,b)->c twice, (b,c)->a, (c,a)->b
