@@ -38,3 +38,11 @@ export function timeOption(name: string, value: string | undefined): number | un
   if (Number.isNaN(parsed)) throw new BadInputError(`--${name}: ${JSON.stringify(value)} is not a time (use ISO-8601 like 2025-03-01, or unix seconds/milliseconds)`);
   return parsed;
 }
+
+/** Parses a positive integer CLI option or fails naming the option. */
+export function positiveInt(name: string, value: string | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  const n = Number(value);
+  if (!Number.isInteger(n) || n <= 0) throw new BadInputError(`--${name}: expected a positive integer, got ${JSON.stringify(value)}`);
+  return n;
+}

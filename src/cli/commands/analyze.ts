@@ -2,7 +2,7 @@ import type { Command } from "commander";
 import { writeDriftReport } from "../../evaluation/drift-report.js";
 import { analyzeDrift } from "../../mining/drift.js";
 import { BadInputError } from "../../domain/errors.js";
-import { action, timeOption } from "../run.js";
+import { action, positiveInt, timeOption } from "../run.js";
 
 export function registerAnalyze(program: Command): void {
   const analyze = program.command("analyze").description("analyses of the event store");
@@ -11,16 +11,20 @@ export function registerAnalyze(program: Command): void {
     .description("month-over-month Jaccard of each pair's top successors (the paper's drift measure)")
     .option("--from <time>", "first event time considered (ISO-8601 or unix s/ms); default: the first event")
     .option("--to <time>", "end of the period, exclusive; default: after the last event")
-    .addHelpText("after", "\nExample:\n  freshrec analyze drift --json")
+    .option("--min-support <n>", "transitions a pair needs in a month to be compared (default: drift.minSupport)")
+    .option("--top-k <n>", "successors compared per pair (default: drift.topK)")
+    .addHelpText("after", "\nExamples:\n  freshrec analyze drift --json\n  freshrec analyze drift --min-support 3   (sparse data such as MovieLens)")
     .action(
       action(async (ctx, command) => {
-        const opts = command.opts<{ from?: string; to?: string }>();
+        const opts = command.opts<{ from?: string; to?: string; minSupport?: string; topK?: string }>();
+        const minSupport = positiveInt("min-support", opts.minSupport) ?? ctx.config.drift.minSupport;
+        const topK = positiveInt("top-k", opts.topK) ?? ctx.config.drift.topK;
         const store = await ctx.openEvents();
         try {
           const counts = await store.counts();
           if (counts.events === 0) throw new BadInputError(`the event store ${ctx.paths.events} is empty: run freshrec ingest or freshrec synth first`);
           const window = { from: timeOption("from", opts.from) ?? counts.firstTs!, to: timeOption("to", opts.to) ?? counts.lastTs! + 1 };
-          const drift = await analyzeDrift(store, window, { ...ctx.config.drift, positiveMin: await ctx.positiveMin(store) });
+          const drift = await analyzeDrift(store, window, { minSupport, topK, positiveMin: await ctx.positiveMin(store) });
           const dataset = (await store.getMeta("dataset")) ?? "events";
           const reports = writeDriftReport(ctx.paths.reports, drift, dataset);
           const text = [

@@ -1,9 +1,8 @@
 import type { Command } from "commander";
 import { ingestSynthetic } from "../../data/ingest/synthetic.js";
 import { SYNTHETIC_DEFAULTS, SYNTHETIC_QUICK, SyntheticWorld, type SyntheticOptions } from "../../data/synthetic/index.js";
-import { BadInputError } from "../../domain/errors.js";
 import type { FreshrecConfig } from "../config.js";
-import { action } from "../run.js";
+import { action, positiveInt } from "../run.js";
 
 export interface SynthFlags {
   quick?: boolean;
@@ -13,23 +12,17 @@ export interface SynthFlags {
   months?: string;
 }
 
-function intFlag(name: string, value: string | undefined): number | undefined {
-  if (value === undefined) return undefined;
-  const n = Number(value);
-  if (!Number.isInteger(n) || n <= 0) throw new BadInputError(`--${name}: expected a positive integer, got ${JSON.stringify(value)}`);
-  return n;
-}
 
 /** The synthetic world's options: the scale preset, then the config, then flags. */
 export function syntheticOptions(config: FreshrecConfig["synth"], flags: SynthFlags): SyntheticOptions {
   const base = flags.quick ? SYNTHETIC_QUICK : SYNTHETIC_DEFAULTS;
   return {
     ...base,
-    seed: intFlag("seed", flags.seed) ?? config.seed,
+    seed: positiveInt("seed", flags.seed) ?? config.seed,
     start: config.start,
-    months: intFlag("months", flags.months) ?? config.months,
-    users: intFlag("users", flags.users) ?? config.users ?? base.users,
-    targetEvents: intFlag("events", flags.events) ?? config.targetEvents ?? base.targetEvents,
+    months: positiveInt("months", flags.months) ?? config.months,
+    users: positiveInt("users", flags.users) ?? config.users ?? base.users,
+    targetEvents: positiveInt("events", flags.events) ?? config.targetEvents ?? base.targetEvents,
     targetJaccard: config.targetJaccard,
   };
 }
