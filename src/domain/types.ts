@@ -65,3 +65,14 @@ export interface ProgressSink {
 }
 
 export const SILENT_PROGRESS: ProgressSink = { start() {}, update() {}, stop() {} };
+
+/** A cluster with a score (a probability for LLM tables, a count share for baselines). */
+export interface ScoredCluster {
+  readonly cluster: string;
+  readonly score: number;
+}
+
+/** One row of a table: the ranked novel clusters predicted for a history pair (never c1 or c2). */
+export interface TableRow extends History {
+  readonly answers: readonly ScoredCluster[];
+}
