@@ -1,0 +1,138 @@
+/**
+ * RAG retrieval (the fast path): recount novel transitions over a recent window before the as-of time and pick,
+ * per history pair, the context the prompt will carry. The paper's choice is the default: instance level (one
+ * context per pair), frequency based, top-1 (arXiv 2510.20260 §1.4). The alternatives it compared are options for
+ * ablations:
+ * - `trend`: per pair, the successors whose count rose most versus the window just before;
+ * - `global`: one context for every prompt, the successors that dominate the `globalPairs` most frequent recent
+ *   transitions (the paper's "top-100 pairs" variant, rejected there as noisy for the target pair).
+ *
+ * Counting is by distinct users per triple (see mining), so one account replaying a transition a thousand times
+ * weighs as much as one user doing it once: a burst cannot move a pair's context on its own.
+ *
+ * @example
+ * const snapshot = await retrieveContexts(store, asOf, { windowDays: 7, topN: 1 });
+ * const context = contextFor(snapshot, "baking", "coffee"); // { successors: ["latte-art"] } or undefined
+ */
+import { createHash } from "node:crypto";
+import type { EventStore } from "../data/event-store.js";
+import { DAY_MS } from "../domain/clock.js";
+import { BadInputError } from "../domain/errors.js";
+import type { TimeWindow, TransitionCount } from "../domain/types.js";
+import type { PromptContext } from "../llm/prompt.js";
+import { pairKey } from "../mining/successors.js";
+import { countTransitions } from "../mining/transitions.js";
+
+export type RagMode = "frequency" | "trend" | "global";
+
+export interface RagOptions {
+  /** Days of events before the as-of time that are recounted. @defaultValue 7 */
+  readonly windowDays?: number;
+  /** Successors put into each prompt. @defaultValue 1 (the paper found top-1 sufficient) */
+  readonly topN?: number;
+  /** Distinct users a successor needs in the window to be retrieved. @defaultValue 2 */
+  readonly minSupport?: number;
+  /** @defaultValue "frequency" */
+  readonly mode?: RagMode;
+  /** Global mode: how many of the most frequent transitions build the shared context. @defaultValue 100 */
+  readonly globalPairs?: number;
+  /** Engagement threshold for positive events (see MiningOptions). @defaultValue null */
+  readonly positiveMin?: number | null;
+}
+
+export const RAG_DEFAULTS = { windowDays: 7, topN: 1, minSupport: 2, mode: "frequency", globalPairs: 100 } as const;
+
+/** The retrieved contexts of one refresh, with what made them. */
+export interface RagSnapshot {
+  readonly asOf: number;
+  readonly window: TimeWindow;
+  readonly mode: RagMode;
+  readonly topN: number;
+  readonly minSupport: number;
+  /** Per pair (pairKey) in frequency and trend modes. */
+  readonly contexts: ReadonlyMap<string, PromptContext>;
+  /** The one shared context in global mode. */
+  readonly global: PromptContext | null;
+  /** Transitions (distinct users per triple, summed) counted in the window. */
+  readonly transitions: number;
+}
+
+/** Retrieves contexts from events in [asOf - windowDays, asOf); nothing at or after asOf is read. */
+export async function retrieveContexts(store: EventStore, asOf: number, options: RagOptions = {}): Promise<RagSnapshot> {
+  const o = resolve(options);
+  const window = { from: asOf - o.windowDays * DAY_MS, to: asOf };
+  const mining = { positiveMin: options.positiveMin ?? null };
+  const recent = await countTransitions(store, window, mining);
+  const previous = o.mode === "trend" ? await countTransitions(store, { from: window.from - o.windowDays * DAY_MS, to: window.from }, mining) : [];
+  return { asOf, window, ...contextsFromCounts(recent, previous, o) };
+}
+
+function resolve(options: RagOptions): Required<Omit<RagOptions, "positiveMin">> {
+  const o = { ...RAG_DEFAULTS, ...stripUndefined(options) } as Required<Omit<RagOptions, "positiveMin">>;
+  if (!(o.windowDays > 0)) throw new BadInputError(`rag.windowDays: expected a positive number of days, got ${o.windowDays}`);
+  for (const key of ["topN", "minSupport", "globalPairs"] as const) {
+    if (!Number.isInteger(o[key]) || o[key] < 1) throw new BadInputError(`rag.${key}: expected a positive integer, got ${o[key]}`);
+  }
+  if (!["frequency", "trend", "global"].includes(o.mode)) throw new BadInputError(`rag.mode: expected frequency, trend or global, got ${JSON.stringify(o.mode)}`);
+  return o;
+}
+
+function stripUndefined<T extends object>(o: T): Partial<T> {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
+}
+
+const byCount = (a: { cluster: string; score: number }, b: { cluster: string; score: number }) =>
+  b.score - a.score || (a.cluster < b.cluster ? -1 : a.cluster > b.cluster ? 1 : 0);
+
+/** The pure part of retrieval: window counts in, contexts out. */
+export function contextsFromCounts(
+  recent: readonly TransitionCount[],
+  previous: readonly TransitionCount[],
+  options: RagOptions = {},
+): Omit<RagSnapshot, "asOf" | "window"> {
+  const o = resolve(options);
+  const transitions = recent.reduce((s, t) => s + t.users, 0);
+  const base = { mode: o.mode, topN: o.topN, minSupport: o.minSupport, transitions };
+  if (o.mode === "global") {
+    const top = [...recent].sort((a, b) => b.users - a.users || (pairKey(a.c1, a.c2) + a.next < pairKey(b.c1, b.c2) + b.next ? -1 : 1)).slice(0, o.globalPairs);
+    const totals = new Map<string, number>();
+    for (const t of top) if (t.users >= o.minSupport) totals.set(t.next, (totals.get(t.next) ?? 0) + t.users);
+    const ranked = [...totals].map(([cluster, score]) => ({ cluster, score })).sort(byCount);
+    // Keep spares: a pair's own clusters are dropped from the shared context when its prompt is built.
+    const successors = ranked.slice(0, o.topN + 2).map((r) => r.cluster);
+    return { ...base, contexts: new Map(), global: successors.length ? { successors } : null };
+  }
+  const earlier = new Map<string, number>();
+  if (o.mode === "trend") for (const t of previous) earlier.set(`${pairKey(t.c1, t.c2)}\u0000${t.next}`, t.users);
+  const candidates = new Map<string, { cluster: string; score: number }[]>();
+  for (const t of recent) {
+    if (t.users < o.minSupport) continue;
+    const score = o.mode === "trend" ? t.users - (earlier.get(`${pairKey(t.c1, t.c2)}\u0000${t.next}`) ?? 0) : t.users;
+    if (o.mode === "trend" && score <= 0) continue;
+    const key = pairKey(t.c1, t.c2);
+    let list = candidates.get(key);
+    if (!list) candidates.set(key, (list = []));
+    list.push({ cluster: t.next, score });
+  }
+  const contexts = new Map<string, PromptContext>();
+  for (const [key, list] of candidates) contexts.set(key, { successors: list.sort(byCount).slice(0, o.topN).map((c) => c.cluster) });
+  return { ...base, contexts, global: null };
+}
+
+/** The context a pair's prompt carries under a snapshot, or undefined (the prompt then has no RAG part). */
+export function contextFor(snapshot: Pick<RagSnapshot, "contexts" | "global" | "topN">, c1: string, c2: string): PromptContext | undefined {
+  if (snapshot.global) {
+    const successors = snapshot.global.successors.filter((s) => s !== c1 && s !== c2).slice(0, snapshot.topN);
+    return successors.length ? { successors } : undefined;
+  }
+  return snapshot.contexts.get(pairKey(c1, c2));
+}
+
+/**
+ * A short stable key of a context: equal keys mean equal prompts, which is what lets an incremental table build
+ * copy a pair's answers instead of scoring it again. No context has the key "".
+ */
+export function contextKey(context: PromptContext | undefined): string {
+  if (!context || context.successors.length === 0) return "";
+  return createHash("sha1").update(context.successors.join("\u0000")).digest("hex").slice(0, 16);
+}
