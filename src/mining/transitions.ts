@@ -141,3 +141,42 @@ export async function historiesAsOf(
   );
   return new Map(rows.map((r) => [r.user_id, { c1: r.c1, c2: r.c2 }]));
 }
+
+/** A held-out user: their history when the window's first novel transition happened, and what they did next. */
+export interface FutureExample extends History {
+  readonly userId: string;
+  /** Distinct clusters the user engaged with positively from that transition on, inside the window. */
+  readonly later: readonly string[];
+}
+
+/**
+ * For each user with a novel transition in [from, to): the history (c1, c2) of their first one, and the clusters
+ * they went on to engage with inside the window. This is what test recall scores a table's answer against.
+ */
+export async function futureExamples(store: EventStore, window: TimeWindow, options: MiningOptions = {}): Promise<FutureExample[]> {
+  const rows = await store.query<{ user_id: string; c1: string; c2: string; later: string[] }>(
+    `WITH ${sequenceSql(options, await orderKeySql(store))},
+     trip AS (
+       SELECT user_key, ts, order_key,
+              lag(cluster_key, 2) OVER w AS c1, lag(cluster_key, 1) OVER w AS c2, cluster_key AS cn
+       FROM seq WINDOW w AS (PARTITION BY user_key ORDER BY order_key)
+     ),
+     first_novel AS (
+       SELECT user_key, arg_min(c1, order_key) AS c1, arg_min(c2, order_key) AS c2, min(order_key) AS start_key
+       FROM trip WHERE c1 IS NOT NULL AND cn <> c1 AND ts >= epoch_ms($from::BIGINT)
+       GROUP BY user_key
+     ),
+     later AS (
+       SELECT f.user_key, list(DISTINCT k.cluster_id ORDER BY k.cluster_id) AS later
+       FROM first_novel f JOIN seq s ON s.user_key = f.user_key AND s.order_key >= f.start_key
+       JOIN clusters k ON k.cluster_key = s.cluster_key
+       GROUP BY f.user_key
+     )
+     SELECT u.user_id, k1.cluster_id AS c1, k2.cluster_id AS c2, later.later
+     FROM first_novel f JOIN later USING (user_key) JOIN users u USING (user_key)
+     JOIN clusters k1 ON k1.cluster_key = f.c1 JOIN clusters k2 ON k2.cluster_key = f.c2
+     ORDER BY u.user_id`,
+    params(window, options),
+  );
+  return rows.map((r) => ({ userId: r.user_id, c1: r.c1, c2: r.c2, later: r.later }));
+}

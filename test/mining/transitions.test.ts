@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { EventStore, eventBatchFromEvents } from "../../src/data/event-store.js";
-import { countTransitions, countTransitionsByMonth, historiesAsOf } from "../../src/mining/transitions.js";
+import { countTransitions, countTransitionsByMonth, futureExamples, historiesAsOf } from "../../src/mining/transitions.js";
 import { jaccard, successorLists } from "../../src/mining/successors.js";
 import type { EngagementEvent } from "../../src/domain/types.js";
 
@@ -152,5 +152,17 @@ describe("successor lists", () => {
     expect(jaccard(["a", "b"], ["b", "c"])).toBeCloseTo(1 / 3);
     expect(jaccard(["a"], ["a"])).toBe(1);
     expect(jaccard(["a"], ["b"])).toBe(0);
+  });
+});
+
+describe("future examples for test recall", () => {
+  it("takes each user's first novel transition in the window and what followed, before the window end", async () => {
+    const store = await storeWith([
+      ...visits("u1", ["a1", "b1", "c1", "d1", "a1", "e1"]), // days 0..5
+      ...visits("u2", ["a1", "b1"]), // no novel transition
+    ]);
+    const window = { from: T0 + 3 * DAY, to: T0 + 5 * DAY }; // holds d (day 3) and a (day 4)
+    expect(await futureExamples(store, window)).toEqual([{ userId: "u1", c1: "b", c2: "c", later: ["a", "d"] }]);
+    store.close();
   });
 });
