@@ -7,6 +7,7 @@
  * const units = users.map((u) => ({ a: [hitsA[u], tries[u]], b: [hitsB[u], tries[u]] }));
  * const { delta, ci95 } = bootstrapRatioDelta(units, { seed: 1 });
  */
+import { seededRandom } from "../domain/random.js";
 
 /** One user's numerator and denominator under arm/strategy a and b (a user may be absent from one: [0, 0]). */
 export interface PairedUnit {
@@ -38,7 +39,7 @@ function ratio(num: number, den: number): number {
 
 export function bootstrapRatioDelta(units: readonly PairedUnit[], options: BootstrapOptions = {}): BootstrapResult {
   const resamples = options.resamples ?? 1000;
-  const random = mulberry32(options.seed ?? 1);
+  const random = seededRandom(options.seed ?? 1);
   const stat = (an: number, ad: number, bn: number, bd: number): number => {
     const a = ratio(an, ad);
     const b = ratio(bn, bd);
@@ -83,15 +84,4 @@ export function quantile(sorted: readonly number[], q: number): number {
   const lo = Math.floor(pos);
   const hi = Math.ceil(pos);
   return sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo);
-}
-
-function mulberry32(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let x = state;
-    x = Math.imul(x ^ (x >>> 15), x | 1);
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  };
 }

@@ -19,6 +19,7 @@
 import type { EventStore } from "../data/event-store.js";
 import { DAY_MS } from "../domain/clock.js";
 import { BadInputError } from "../domain/errors.js";
+import { seededRandom } from "../domain/random.js";
 import type { TimeWindow, Transition } from "../domain/types.js";
 import { countTransitions, futureExamples, type FutureExample, type MiningOptions } from "../mining/transitions.js";
 
@@ -98,16 +99,9 @@ export function diversify(
   return kept;
 }
 
-/** Fisher-Yates with a small seeded generator (mulberry32), so a curation is reproducible for its as-of time. */
+/** Fisher-Yates with a seeded generator, so a curation is reproducible for its as-of time. */
 function shuffle<T>(items: T[], seed: number): void {
-  let state = (Math.floor(seed / 1000) ^ 0x9e3779b9) >>> 0;
-  const next = () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let x = state;
-    x = Math.imul(x ^ (x >>> 15), x | 1);
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  };
+  const next = seededRandom((Math.floor(seed / 1000) ^ 0x9e3779b9) >>> 0);
   for (let i = items.length - 1; i > 0; i--) {
     const j = Math.floor(next() * (i + 1));
     [items[i], items[j]] = [items[j], items[i]];
