@@ -52,7 +52,10 @@ export interface FineTuningSet {
 }
 
 export async function curateFineTuningSet(store: EventStore, asOf: number, options: CurationOptions = {}): Promise<FineTuningSet> {
-  const o = { ...CURATION_DEFAULTS, ...Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) } as typeof CURATION_DEFAULTS & MiningOptions;
+  const o = { ...CURATION_DEFAULTS, ...Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) } as Required<
+    Omit<CurationOptions, "positiveMin">
+  > &
+    MiningOptions;
   if (!(o.testDays > 0 && o.windowDays > o.testDays)) {
     throw new BadInputError(`finetune curation: testDays (${o.testDays}) must be positive and below windowDays (${o.windowDays})`);
   }
@@ -75,7 +78,7 @@ export async function curateFineTuningSet(store: EventStore, asOf: number, optio
 /** The diversification step (pure): counts in, capped samples out, in a seeded order. */
 export function diversify(
   counts: readonly { c1: string; c2: string; next: string; users: number }[],
-  options: Pick<typeof CURATION_DEFAULTS, "maxSamples" | "maxPerPair" | "maxTargetShare" | "maxPerTriple">,
+  options: Required<Pick<CurationOptions, "maxSamples" | "maxPerPair" | "maxTargetShare" | "maxPerTriple">>,
   seed: number,
 ): Transition[] {
   const pool: Transition[] = [];
