@@ -12,7 +12,7 @@
  */
 import { listValue } from "@duckdb/node-api";
 import type { EventStore } from "../data/event-store.js";
-import type { History, TimeWindow, TransitionCount } from "../domain/types.js";
+import type { History, TimeWindow, Transition, TransitionCount } from "../domain/types.js";
 
 export interface MiningOptions {
   /**
@@ -179,4 +179,58 @@ export async function futureExamples(store: EventStore, window: TimeWindow, opti
     params(window, options),
   );
   return rows.map((r) => ({ userId: r.user_id, c1: r.c1, c2: r.c2, later: r.later }));
+}
+
+/** One user's novel transition with its time and the clusters that followed it (for replay scoring). */
+export interface TimedTransition extends Transition {
+  readonly userId: string;
+  readonly ts: number;
+  /** The next `horizon` distinct-run clusters from this transition on (the first is `next`). */
+  readonly horizon: readonly string[];
+}
+
+/**
+ * Every novel transition whose `next` event lies in [from, to), with the user's following clusters up to
+ * `horizon` runs, read only from events before `to`. Not deduplicated per user: replay scores each real
+ * transition against the table that was live at its moment.
+ */
+export async function timedTransitions(
+  store: EventStore,
+  window: TimeWindow,
+  options: MiningOptions & { horizon?: number } = {},
+): Promise<TimedTransition[]> {
+  const horizon = options.horizon ?? 5;
+  const leads = Array.from({ length: horizon - 1 }, (_, k) => `lead(cluster_key, ${k + 1}) OVER w AS h${k + 1}`).join(", ");
+  const reader = await store.connection.runAndReadAll(
+    `WITH ${sequenceSql(options, await orderKeySql(store))},
+     trip AS (
+       SELECT user_key, ts, lag(cluster_key, 2) OVER w AS c1, lag(cluster_key, 1) OVER w AS c2, cluster_key AS cn${leads ? `, ${leads}` : ""}
+       FROM seq WINDOW w AS (PARTITION BY user_key ORDER BY order_key)
+     )
+     SELECT u.user_id, epoch_ms(trip.ts) AS ts, c1, c2, cn${Array.from({ length: horizon - 1 }, (_, k) => `, h${k + 1}`).join("")}
+     FROM trip JOIN users u USING (user_key)
+     WHERE c1 IS NOT NULL AND cn <> c1 AND trip.ts >= epoch_ms($from::BIGINT)
+     ORDER BY trip.ts, u.user_id`,
+    params(window, options),
+  );
+  const ids = new Map((await store.query<{ k: number; id: string }>("SELECT cluster_key AS k, cluster_id AS id FROM clusters")).map((r) => [r.k, r.id]));
+  const columns = reader.getColumns();
+  const out: TimedTransition[] = [];
+  for (let r = 0; r < reader.currentRowCount; r++) {
+    const after: string[] = [ids.get(columns[4][r] as number)!];
+    for (let k = 0; k < horizon - 1; k++) {
+      const key = columns[5 + k][r];
+      if (key === null) break;
+      after.push(ids.get(key as number)!);
+    }
+    out.push({
+      userId: columns[0][r] as string,
+      ts: Number(columns[1][r]),
+      c1: ids.get(columns[2][r] as number)!,
+      c2: ids.get(columns[3][r] as number)!,
+      next: after[0],
+      horizon: after,
+    });
+  }
+  return out;
 }

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { EventStore, eventBatchFromEvents } from "../../src/data/event-store.js";
-import { countTransitions, countTransitionsByMonth, futureExamples, historiesAsOf } from "../../src/mining/transitions.js";
+import { countTransitions, countTransitionsByMonth, futureExamples, historiesAsOf, timedTransitions } from "../../src/mining/transitions.js";
 import { jaccard, successorLists } from "../../src/mining/successors.js";
 import type { EngagementEvent } from "../../src/domain/types.js";
 
@@ -163,6 +163,20 @@ describe("future examples for test recall", () => {
     ]);
     const window = { from: T0 + 3 * DAY, to: T0 + 5 * DAY }; // holds d (day 3) and a (day 4)
     expect(await futureExamples(store, window)).toEqual([{ userId: "u1", c1: "b", c2: "c", later: ["a", "d"] }]);
+    store.close();
+  });
+});
+
+describe("timed transitions for replay", () => {
+  it("lists each transition with its time and the following clusters, never past the window end", async () => {
+    const store = await storeWith(visits("u1", ["a1", "b1", "c1", "d1", "e1", "a1"])); // days 0..5
+    const window = { from: T0 + 2 * DAY, to: T0 + 5 * DAY }; // c, d, e
+    const got = await timedTransitions(store, window, { horizon: 3 });
+    expect(got).toEqual([
+      { userId: "u1", ts: T0 + 2 * DAY, c1: "a", c2: "b", next: "c", horizon: ["c", "d", "e"] },
+      { userId: "u1", ts: T0 + 3 * DAY, c1: "b", c2: "c", next: "d", horizon: ["d", "e"] },
+      { userId: "u1", ts: T0 + 4 * DAY, c1: "c", c2: "d", next: "e", horizon: ["e"] },
+    ]);
     store.close();
   });
 });
