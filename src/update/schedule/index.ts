@@ -1,0 +1,10 @@
+/**
+ * The scheduler of the hybrid strategy: cadences, the Scheduler (simulate and live drivers over one core), the run
+ * log contract and its SQLite adapter. See scheduler.ts for the semantics and a runnable example.
+ */
+export * from "./cadence.js";
+export * from "./errors.js";
+export * from "./scheduler.js";
+export * from "./sqlite-store.js";
+export * from "./store.js";
+export * from "./types.js";
