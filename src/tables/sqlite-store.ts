@@ -364,6 +364,10 @@ export class SqliteTableStore implements TableStore {
     return row.idx;
   }
 
+  private forgetClustersFrom(idx: number): void {
+    for (const id of this.clusterIds.splice(idx)) this.clusterIndex.delete(id);
+  }
+
   /** Index of a cluster id for reading, or undefined when no table ever used it. */
   private clusterIdxForRead(id: string): number | undefined {
     if (!this.clusterIndex.has(id)) this.loadClusters();
@@ -447,7 +451,15 @@ export class SqliteTableStore implements TableStore {
     let written = 0;
     let batch: TableBuildRow[] = [];
     const flush = () => {
-      writeBatch.immediate(batch);
+      const known = this.clusterIds.length;
+      try {
+        writeBatch.immediate(batch);
+      } catch (error) {
+        // The rollback also undid the dictionary entries this batch added; forget them, or a later insert could
+        // reuse their indices for other clusters while this cache still maps the old ids to them.
+        this.forgetClustersFrom(known);
+        throw error;
+      }
       written += batch.length;
       batch = [];
     };
@@ -633,8 +645,12 @@ export class SqliteTableStore implements TableStore {
 
   // ---------------------------------------------------------------------------------------------- rows
 
-  *rows(version: string): IterableIterator<StoredTableRow> {
-    const seq = this.record(version).seq;
+  rows(version: string): IterableIterator<StoredTableRow> {
+    // Resolved before iterating, so an unknown version fails at the call, not at the first `next()`.
+    return this.pages(this.record(version).seq);
+  }
+
+  private *pages(seq: number): IterableIterator<StoredTableRow> {
     let c1 = -1;
     let c2 = -1;
     for (;;) {

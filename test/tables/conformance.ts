@@ -214,7 +214,19 @@ export function tableStoreConformance(adapter: string, open: (clock: VirtualCloc
       expect(code(() => b.append([{ c1: "a", c2: "b", answers: [{ cluster: "c", score: Number.NaN }] }]))).toBe("BAD_INPUT");
       b.append([{ c1: "a", c2: "b", answers: [{ cluster: "c", score: 0.5 }] }]);
       expect(() => b.append([{ c1: "a", c2: "b", answers: [] }])).toThrow(/\(a, b\) written twice/);
-      expect(b.finish(STATS).rows).toBe(1);
+      // A batch that fails rolls back the clusters it introduced; later rows must still decode to their own names.
+      expect(() =>
+        b.append([
+          { c1: "x", c2: "y", answers: [{ cluster: "z", score: 0.5 }] },
+          { c1: "a", c2: "b", answers: [] },
+        ]),
+      ).toThrow(/written twice/);
+      b.append([{ c1: "p", c2: "q", answers: [{ cluster: "r", score: 0.75 }] }]);
+      expect(b.finish(STATS).rows).toBe(2);
+      expect(store.lookup(b.version, "x", "y")).toBeUndefined();
+      expect(store.lookup(b.version, "p", "q")).toEqual({ c1: "p", c2: "q", answers: [{ cluster: "r", score: 0.75 }], contextKey: null });
+      expect(byPair([...store.rows(b.version)]).map((r) => `${r.c1}${r.c2}`)).toEqual(["ab", "pq"]);
+      expect(code(() => store.rows("t000404"))).toBe("NOT_FOUND");
     });
 
     it("stores evaluation metrics after the build, merging by default", () => {
