@@ -8,6 +8,9 @@
  * Semantics, after Temporal's schedules:
  * - **as-of**: a run's as-of time is its due time, never later than the clock, whether it runs on time, late
  *   (catch-up) or after an overlap (buffered); the same due time gives the same run live and in replay.
+ * - **virtual durations**: in simulation a run takes no virtual time unless its outcome reports `simulatedMs`; the
+ *   clock then moves on by that much, so overlap is modelled as it would happen live (a 3-day fine-tune skips the
+ *   refreshes due meanwhile). The live driver needs no such report: real time passes.
  * - **same instant**: jobs due at the same time form one batch run one after the other in definition order (so a
  *   refresh due with a fine-tune uses the new model); that is not an overlap.
  * - **overlap**: a due time that falls while a batch is running (any job: they share the machine) is skipped and

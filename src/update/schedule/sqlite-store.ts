@@ -79,7 +79,7 @@ export class SqliteScheduleStore implements ScheduleStore {
 
   /** Opens (creating if needed) the store at `path`; ":memory:" gives a private in-memory database. */
   static open(path: string): SqliteScheduleStore {
-    let db: Database.Database;
+    let db: Database.Database | undefined;
     try {
       if (path !== ":memory:") mkdirSync(dirname(path), { recursive: true });
       db = new Database(path);
@@ -93,6 +93,7 @@ export class SqliteScheduleStore implements ScheduleStore {
       db.exec(SCHEMA);
       db.pragma(`user_version = ${SCHEMA_VERSION}`);
     } catch (error) {
+      db?.close();
       throw new ScheduleStoreError(`cannot open the schedule store ${path}: ${String(error)}`, "open", { cause: error });
     }
     return new SqliteScheduleStore(db);
@@ -115,8 +116,8 @@ export class SqliteScheduleStore implements ScheduleStore {
           end.endedAt,
           end.status,
           end.durationSeconds,
-          end.cost === null ? null : JSON.stringify(end.cost),
-          end.detail === null ? null : JSON.stringify(end.detail),
+          end.cost === null ? null : jsonOf(end.cost),
+          end.detail === null ? null : jsonOf(end.detail),
           end.error,
           id,
         ),
@@ -194,6 +195,15 @@ export class SqliteScheduleStore implements ScheduleStore {
       if (error instanceof ScheduleStoreError) throw error;
       throw new ScheduleStoreError(`schedule store: ${String(error)}`, statement, { cause: error });
     }
+  }
+}
+
+/** A job's detail is its own business: one that JSON cannot hold must not lose the run's record. */
+function jsonOf(value: unknown): string {
+  try {
+    return JSON.stringify(value);
+  } catch (error) {
+    return JSON.stringify({ unserialisable: error instanceof Error ? error.message : String(error) });
   }
 }
 
