@@ -242,6 +242,11 @@ export class SqliteTableStore implements TableStore {
     // FULL: a committed publish survives power loss too; it costs one sync per transaction, and rows are written in
     // large batches, so it is cheap here.
     this.db.pragma("synchronous = FULL");
+    // One IMMEDIATE transaction, so two processes opening a new file at once do not both write the schema row.
+    this.db.transaction(() => this.createSchema()).immediate();
+  }
+
+  private createSchema(): void {
     this.db.exec(`
       CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
       CREATE TABLE IF NOT EXISTS clusters (idx INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE);
@@ -328,13 +333,18 @@ export class SqliteTableStore implements TableStore {
   }
 
   live(): TableInfo | undefined {
-    const { live } = this.stackState();
-    return live === null ? undefined : this.get(versionId(live));
+    // Pointer and metadata read in one transaction: one snapshot, even while another process publishes.
+    return this.db.transaction(() => {
+      const { live } = this.stackState();
+      return live === null ? undefined : this.get(versionId(live));
+    })();
   }
 
   previousLive(): TableInfo | undefined {
-    const { previous } = this.stackState();
-    return previous === null ? undefined : this.get(versionId(previous));
+    return this.db.transaction(() => {
+      const { previous } = this.stackState();
+      return previous === null ? undefined : this.get(versionId(previous));
+    })();
   }
 
   publishHistory(): PublishEvent[] {

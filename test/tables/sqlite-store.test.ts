@@ -43,6 +43,25 @@ describe("SqliteTableStore on disk", () => {
     again.close();
   });
 
+  it("two connections to one file see each other's builds, publishes and rollbacks", () => {
+    const file = nextFile();
+    const { store: a, live } = storeWithLiveTable(file);
+    const b = SqliteTableStore.open(file, new VirtualClock(Date.UTC(2025, 2, 2)));
+    expect(b.live()?.version).toBe(live);
+    // b adds clusters a has never seen; a must decode them from the shared dictionary.
+    const build = b.beginBuild(META);
+    build.append(tableRows(clusterNames(12).map((c) => `${c}-new`), 1));
+    const next = build.finish(STATS).version;
+    a.publish(next, { actor: "a" });
+    expect(b.live()?.version).toBe(next);
+    expect(a.lookup(next, "c001-new", "c002-new")).toEqual(b.lookup(next, "c001-new", "c002-new"));
+    expect(b.rollback().version).toBe(live);
+    expect(a.live()?.version).toBe(live);
+    expect(a.get(next).status).toBe("retired");
+    a.close();
+    b.close();
+  });
+
   it("a build dropped without finishing leaves the live table live and is marked failed on reopen", () => {
     const file = nextFile();
     const { store, live } = storeWithLiveTable(file);
