@@ -4,6 +4,7 @@
  */
 export * from "./cadence.js";
 export * from "./errors.js";
+export * from "./hybrid.js";
 export * from "./scheduler.js";
 export * from "./sqlite-store.js";
 export * from "./store.js";

@@ -309,6 +309,8 @@ export class Scheduler {
     const now = this.clock.now();
     const state = this.store.transaction(() => {
       const before = this.stateOf(scheduled, now);
+      // Not paused: nothing to resume, and its open due times must stay open for catch-up.
+      if (!before.paused) return before;
       // Up to just before now: a due time at exactly now (the end of a simulated window) still runs.
       const resumed = { ...this.consumeWhilePaused(scheduled, before, now - 1), paused: false, pauseReason: null, pausedAt: null, consecutiveFailures: 0 };
       this.store.saveJobState(resumed);

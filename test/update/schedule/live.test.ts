@@ -197,4 +197,32 @@ describe("live driver (fake timers)", () => {
       ["2025-01-01T12:00:30Z", "2025-01-02T12:00:30Z"].map((d) => [t(d), t(d)]),
     );
   });
+
+  it("a pause made by another process on the same store is honoured at the next look", async () => {
+    const calls: Call[] = [];
+    const jobs = [job("refresh", "every 1 day from 2025-01-01", calls)];
+    const { store } = live(jobs, { recheckMs: HOUR });
+    await vi.advanceTimersByTimeAsync(2 * HOUR); // 01-01 ran
+    // `freshrec schedule pause refresh` in another process: its own Scheduler over the same store.
+    new Scheduler({ jobs, store, clock: new SystemClock() }).pause("refresh", "operator");
+    await vi.advanceTimersByTimeAsync(3 * DAY_MS);
+    expect(calls.map((c) => c.asOf)).toEqual([t("2025-01-01")]);
+    expect(store.jobState("refresh")).toMatchObject({ paused: true, pauseReason: "operator" });
+  });
+
+  it("resuming a job that is not paused changes nothing (its missed due times stay open for catch-up)", async () => {
+    const calls: Call[] = [];
+    const store = SqliteScheduleStore.open(":memory:");
+    stores.push(store);
+    const jobs = [job("refresh", "every 1 day from 2025-01-01", calls)];
+    const first = live(jobs, {}, store);
+    await vi.advanceTimersByTimeAsync(2 * HOUR);
+    await first.scheduler.stop();
+    vi.setSystemTime(t("2025-01-05T12:00:00Z"));
+    const before = store.jobState("refresh");
+    expect(new Scheduler({ jobs, store, clock: new SystemClock() }).resume("refresh")).toEqual(before);
+    live(jobs, {}, store);
+    await vi.advanceTimersByTimeAsync(0);
+    expect(calls.at(-1)).toMatchObject({ trigger: "catch-up", asOf: t("2025-01-05") });
+  });
 });

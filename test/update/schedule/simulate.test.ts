@@ -11,6 +11,7 @@ import {
   ScheduleUsageError,
   SqliteScheduleStore,
   UnknownJobError,
+  hybridJobs,
   readScheduleStatus,
   scheduleStorePath,
   type JobContext,
@@ -95,14 +96,21 @@ describe("simulate: cadence", () => {
     expect(refresh.nextDue).toBe(t("2025-04-01"));
   });
 
-  it("the default refresh cadence falls on the epoch's even days", async () => {
+  it("hybridJobs gives the paper's defaults: monthly fine-tune, refresh every 2 (epoch) days", async () => {
     const calls: Call[] = [];
     const clock = new VirtualClock(t("2025-01-01"));
-    await scheduler([job("refresh", DEFAULT_REFRESH_CADENCE, calls)], clock).simulate({
-      from: t("2025-01-01"),
-      to: t("2025-01-08"),
+    const jobs = hybridJobs({
+      finetune: job("finetune", "unused", calls).run,
+      refresh: job("refresh", "unused", calls).run,
     });
-    expect(asOfs(calls, "refresh")).toEqual(["2025-01-02", "2025-01-04", "2025-01-06"]);
+    expect(jobs.map((j) => [j.name, j.cadence])).toEqual([
+      ["finetune", DEFAULT_FINETUNE_CADENCE],
+      ["refresh", DEFAULT_REFRESH_CADENCE],
+    ]);
+    await scheduler(jobs, clock).simulate({ from: t("2025-01-01"), to: t("2025-02-08") });
+    expect(asOfs(calls, "finetune")).toEqual(["2025-01-01", "2025-02-01"]);
+    expect(asOfs(calls, "refresh").slice(0, 3)).toEqual(["2025-01-02", "2025-01-04", "2025-01-06"]);
+    expect(asOfs(calls, "refresh")).toHaveLength(19);
   });
 
   it("consecutive windows give the same runs as one window (due times at `to` wait for the next window)", async () => {
