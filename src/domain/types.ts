@@ -43,6 +43,11 @@ export interface TransitionCount extends Transition {
   readonly users: number;
 }
 
+/** The key of a history pair in maps (ids may hold any character but NUL). */
+export function pairKey(c1: string, c2: string): string {
+  return `${c1}\u0000${c2}`;
+}
+
 /** A half-open time window [from, to) in epoch milliseconds. */
 export interface TimeWindow {
   readonly from: number;

@@ -2,7 +2,7 @@
  * Successor lists: for each history pair, its most frequent next clusters. Pure functions over mined counts,
  * shared by drift analysis and (later) RAG retrieval.
  */
-import type { SuccessorList, TransitionCount } from "../domain/types.js";
+import { pairKey, type SuccessorList, type TransitionCount } from "../domain/types.js";
 
 export interface SuccessorOptions {
   /**
@@ -17,9 +17,6 @@ export interface SuccessorOptions {
   readonly minSupport?: number;
 }
 
-export function pairKey(c1: string, c2: string): string {
-  return `${c1}\u0000${c2}`;
-}
 
 /**
  * Groups counts by pair and keeps the top-k successors, ranked by users descending, ties broken by cluster id

@@ -31,7 +31,7 @@ import { dirname, join, resolve } from "node:path";
 import type { Clock } from "../domain/clock.js";
 import { FreshrecError } from "../domain/errors.js";
 import type { History } from "../domain/types.js";
-import { pairKey } from "../mining/successors.js";
+import { pairKey } from "../domain/types.js";
 import { ANSWER_BYTES, decodeAnswersInto, encodeAnswers } from "./answer-blob.js";
 import type {
   PackedTable,

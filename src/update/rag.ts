@@ -20,7 +20,7 @@ import { DAY_MS } from "../domain/clock.js";
 import { BadInputError } from "../domain/errors.js";
 import type { TimeWindow, TransitionCount } from "../domain/types.js";
 import type { PromptContext } from "../llm/prompt.js";
-import { pairKey } from "../mining/successors.js";
+import { pairKey } from "../domain/types.js";
 import { countTransitions } from "../mining/transitions.js";
 
 export type RagMode = "frequency" | "trend" | "global";
