@@ -73,6 +73,46 @@ export const configSchema = z
       })
       .strict()
       .prefault({}),
+    rag: z
+      .object({
+        windowDays: z.number().positive().default(7).describe("Days of recent events recounted at each RAG refresh."),
+        topN: positiveInt().default(1).describe("Retrieved successors put into each prompt (the paper found top-1 sufficient)."),
+        minSupport: positiveInt().default(2).describe("Distinct users a successor needs in the window to be retrieved (one account alone never sets a context)."),
+        mode: z.enum(["frequency", "trend", "global"]).default("frequency").describe("frequency (the paper's choice), trend (largest rise vs the previous window) or global (one context from the top pairs)."),
+        globalPairs: positiveInt().default(100).describe("Global mode: how many of the most frequent transitions build the shared context."),
+      })
+      .strict()
+      .prefault({}),
+    finetune: z
+      .object({
+        windowDays: positiveInt().default(90).describe("Days of events before the as-of time that fine-tuning samples come from."),
+        testDays: positiveInt().default(14).describe("The most recent days of that window, held out for test recall and never trained on."),
+        maxSamples: positiveInt().default(6000).describe("Training samples per run (the paper: thousands)."),
+        maxPerPair: positiveInt().default(24).describe("Cap of samples per history pair."),
+        maxTargetShare: z.number().gt(0).max(1).default(0.04).describe("Largest share of samples one target cluster may take."),
+        maxPerTriple: positiveInt().default(8).describe("Cap of samples per (c1, c2, next) triple (one per distinct user up to this)."),
+        minExactMatchRate: z.number().min(0).max(1).default(0.9).describe("Gate: share of generated answers that exactly name a cluster."),
+        minTestRecall: z.number().min(0).max(1).default(0.015).describe("Gate: share of held-out users whose predicted cluster appears in their later clusters."),
+      })
+      .strict()
+      .prefault({}),
+    tables: z
+      .object({
+        topN: positiveInt().max(50).default(10).describe("Ranked novel clusters kept per pair."),
+        keep: positiveInt().default(20).describe("Table versions kept; older ones are garbage-collected (never the live one or its rollback target)."),
+      })
+      .strict()
+      .prefault({}),
+    schedule: z
+      .object({
+        finetuneCadence: z.string().min(1).default("0 0 1 * *").describe("When fine-tuning runs: a UTC cron pattern or 'every N days [from ISO]' (default: monthly)."),
+        refreshCadence: z.string().min(1).default("every 2 days").describe("When the RAG refresh runs (default: every 2 days, the paper's sub-weekly cadence)."),
+        overlap: z.enum(["skip", "buffer-one"]).default("skip").describe("A job due while another runs is skipped (counted) or run right after."),
+        catchupWindowDays: z.number().min(0).default(365).describe("Missed runs within this window run once (coalesced) at start-up; older ones count as missed."),
+        maxConsecutiveFailures: positiveInt().default(3).describe("Failures in a row that pause a job."),
+      })
+      .strict()
+      .prefault({}),
   })
   .strict();
 

@@ -5,6 +5,8 @@
  */
 import type { Command } from "commander";
 import { EventStore } from "../data/event-store.js";
+import { SystemClock, type Clock } from "../domain/clock.js";
+import { SqliteTableStore } from "../tables/index.js";
 import type { ProgressSink } from "../domain/types.js";
 import { loadConfig, type FreshrecConfig } from "./config.js";
 import { progressSink } from "./progress.js";
@@ -24,6 +26,9 @@ export interface CommandContext {
   /** Prints a line for people on stderr (never stdout, which belongs to the result). */
   log(line: string): void;
   openEvents(): Promise<EventStore>;
+  openTables(): SqliteTableStore;
+  /** The wall clock: the CLI is the one place where "now" comes from the system. */
+  readonly clock: Clock;
   /** The engagement threshold for "positive": the config's, else the one the dataset recorded at ingestion. */
   positiveMin(store: EventStore): Promise<number | null>;
 }
@@ -33,6 +38,7 @@ export function contextOf(command: Command): CommandContext {
   const { config } = loadConfig(globals.config);
   const paths = workspacePaths(globals.workspace);
   const json = Boolean(globals.json);
+  const clock = new SystemClock();
   return {
     paths,
     config,
@@ -40,6 +46,8 @@ export function contextOf(command: Command): CommandContext {
     progress: progressSink(),
     log: (line) => process.stderr.write(`${line}\n`),
     openEvents: () => EventStore.open(paths.events),
+    openTables: () => SqliteTableStore.open(paths.tables, clock),
+    clock,
     positiveMin: async (store) => {
       if (config.data.positiveMin !== null) return config.data.positiveMin;
       const recorded = await store.getMeta("positive_min");

@@ -8,6 +8,7 @@ import { registerConfig } from "./commands/config.js";
 import { registerDemo } from "./commands/demo.js";
 import { registerIngest } from "./commands/ingest.js";
 import { registerSynth } from "./commands/synth.js";
+import { registerTables } from "./commands/tables.js";
 import { DEFAULT_WORKSPACE } from "./workspace.js";
 
 export function buildProgram(): Command {
@@ -22,6 +23,7 @@ export function buildProgram(): Command {
   registerConfig(program);
   registerIngest(program);
   registerSynth(program);
+  registerTables(program);
   registerAnalyze(program);
   for (const command of program.commands) {
     command.exitOverride();

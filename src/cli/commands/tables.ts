@@ -1,0 +1,102 @@
+import type { Command } from "commander";
+import { BadInputError } from "../../domain/errors.js";
+import type { TableInfo } from "../../tables/index.js";
+import { action, positiveInt } from "../run.js";
+
+const day = (ms: number | null) => (ms === null ? "-" : new Date(ms).toISOString().slice(0, 16).replace("T", " "));
+
+function summary(t: TableInfo): string {
+  const rag = t.ragAsOf === null ? "no RAG" : `RAG as of ${day(t.ragAsOf)} (${t.ragWindowDays} d)`;
+  return `${t.version}  ${t.status.padEnd(8)} model ${t.modelVersion}  ${rag}  ${t.rows} pairs  built ${day(t.createdAt)}${t.strategy ? `  [${t.strategy}]` : ""}`;
+}
+
+export function registerTables(program: Command): void {
+  const tables = program.command("tables").description("versioned recommendation tables: list, inspect, publish, roll back");
+  tables
+    .command("list")
+    .description("all table versions, newest last, and which one is live")
+    .addHelpText("after", "\nExample:\n  freshrec tables list --json")
+    .action(
+      action(async (ctx) => {
+        const store = ctx.openTables();
+        try {
+          const list = store.list();
+          const live = store.live()?.version ?? null;
+          return {
+            json: { live, tables: list.map((t) => ({ version: t.version, modelVersion: t.modelVersion, createdAt: new Date(t.createdAt).toISOString(), status: t.status, ragAsOf: t.ragAsOf, rows: t.rows, strategy: t.strategy, stats: t.stats })) },
+            text: list.length ? list.map(summary).join("\n") : "no tables yet: run freshrec refresh",
+          };
+        } finally {
+          store.close();
+        }
+      }),
+    );
+  tables
+    .command("show <version>")
+    .description("one table's metadata and rows (version 'live' for the live one)")
+    .option("--pair <c1,c2>", "only this history pair")
+    .option("--limit <n>", "rows to print", "20")
+    .addHelpText("after", "\nExamples:\n  freshrec tables show live --limit 5\n  freshrec tables show t000003 --pair baking,coffee")
+    .action(
+      action(async (ctx, command) => {
+        const [versionArg] = command.args;
+        const opts = command.opts<{ pair?: string; limit: string }>();
+        const limit = positiveInt("limit", opts.limit)!;
+        const store = ctx.openTables();
+        try {
+          const version = versionArg === "live" ? store.live()?.version : versionArg;
+          if (!version) throw new BadInputError("no table is live yet");
+          const info = store.get(version);
+          let rows;
+          if (opts.pair) {
+            const [c1, c2] = opts.pair.split(",");
+            if (!c1 || !c2) throw new BadInputError(`--pair: expected c1,c2, got ${JSON.stringify(opts.pair)}`);
+            const row = store.lookup(version, c1, c2);
+            rows = row ? [row] : [];
+          } else {
+            rows = [];
+            for (const row of store.rows(version)) {
+              rows.push(row);
+              if (rows.length >= limit) break;
+            }
+          }
+          const text = [summary(info), ...rows.map((r) => `  (${r.c1}, ${r.c2}) -> ${r.answers.map((a) => `${a.cluster} ${a.score.toFixed(3)}`).join(", ")}`)].join("\n");
+          return { json: { ...info, rows: rows.map((r) => ({ c1: r.c1, c2: r.c2, answers: r.answers })) }, text };
+        } finally {
+          store.close();
+        }
+      }),
+    );
+  tables
+    .command("publish <version>")
+    .description("make a ready (or retired) table live: an atomic pointer flip")
+    .option("--reason <text>", "why, kept in the publish history")
+    .addHelpText("after", "\nExample:\n  freshrec tables publish t000004 --reason 'manual refresh'")
+    .action(
+      action(async (ctx, command) => {
+        const store = ctx.openTables();
+        try {
+          const info = store.publish(command.args[0], { actor: "cli", reason: command.opts<{ reason?: string }>().reason ?? null });
+          return { json: { live: info.version, table: info }, text: `live: ${summary(info)}` };
+        } finally {
+          store.close();
+        }
+      }),
+    );
+  tables
+    .command("rollback")
+    .description("make the previously live table live again")
+    .option("--reason <text>", "why, kept in the publish history")
+    .addHelpText("after", "\nExample:\n  freshrec tables rollback --reason 'hit rate dropped'")
+    .action(
+      action(async (ctx, command) => {
+        const store = ctx.openTables();
+        try {
+          const info = store.rollback({ actor: "cli", reason: command.opts<{ reason?: string }>().reason ?? null });
+          return { json: { live: info.version, table: info }, text: `live again: ${summary(info)}` };
+        } finally {
+          store.close();
+        }
+      }),
+    );
+}
