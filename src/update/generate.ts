@@ -1,0 +1,119 @@
+/**
+ * The bulk table build (`freshrec refresh`): for every ordered pair (c1 != c2) build the prompt, with its
+ * retrieved context when there is one, score it, and keep the top-n novel clusters (never c1 or c2).
+ *
+ * Incremental by default: a pair is re-scored only when its context changed since the last table built with the
+ * same model and template (compared through context keys); otherwise its row is copied in SQL. `full` re-scores
+ * everything. The build writes into a new table version that becomes visible only when published; a failure or
+ * an abort marks it failed and leaves the live table untouched, and a crash is found and marked on the next open.
+ *
+ * Every strategy builds its table here: the LLM through its scorer, the non-LLM baselines through theirs.
+ *
+ * @example
+ * const built = await buildTable({ store: tables, clusters, scorer, modelVersion: "m000002", templateHash, rag: snapshot });
+ * tables.publish(built.table.version);
+ */
+import { pairKey, type ScoredCluster } from "../domain/types.js";
+import { FreshrecError } from "../domain/errors.js";
+import { SILENT_PROGRESS, type ProgressSink } from "../domain/types.js";
+import type { PromptInput } from "../llm/prompt.js";
+import type { TableBuildRow, TableInfo, TableStore } from "../tables/index.js";
+import { contextFor, contextKey, type RagSnapshot } from "./rag.js";
+
+/** Scores prompts over the cluster vocabulary: the part of a language model (or baseline) a table build needs. */
+export interface PromptScorer {
+  /** For each prompt, clusters ranked best first with scores; at least `topN` when the vocabulary allows. */
+  score(prompts: readonly PromptInput[], topN: number, signal?: AbortSignal): Promise<ScoredCluster[][]>;
+}
+
+export interface BuildTableOptions {
+  readonly store: TableStore;
+  /** Cluster ids of the vocabulary; every ordered pair of them gets a row. */
+  readonly clusters: readonly string[];
+  readonly scorer: PromptScorer;
+  readonly modelVersion: string;
+  readonly templateHash: string;
+  /** The RAG snapshot whose contexts go into the prompts; null builds the no-RAG table. */
+  readonly rag?: RagSnapshot | null;
+  /** Re-score every pair instead of copying unchanged ones. @defaultValue false */
+  readonly full?: boolean;
+  /** @defaultValue 10 */
+  readonly topN?: number;
+  /** Prompts per scorer call. @defaultValue 1024 */
+  readonly batchSize?: number;
+  readonly strategy?: string | null;
+  readonly progress?: ProgressSink;
+  readonly signal?: AbortSignal;
+}
+
+export interface BuildTableResult {
+  readonly table: TableInfo;
+  readonly pairs: number;
+  readonly rescored: number;
+  readonly copied: number;
+  readonly seconds: number;
+  readonly promptsPerSecond: number;
+}
+
+/** The newest finished table of this model and template: what an incremental build copies from. */
+export function previousTable(store: TableStore, modelVersion: string, templateHash: string): TableInfo | null {
+  return store.list({ modelVersion, templateHash, status: ["ready", "live", "retired"] }).at(-1) ?? null;
+}
+
+export async function buildTable(options: BuildTableOptions): Promise<BuildTableResult> {
+  const started = process.hrtime.bigint();
+  const topN = options.topN ?? 10;
+  const batchSize = options.batchSize ?? 1024;
+  const progress = options.progress ?? SILENT_PROGRESS;
+  const rag = options.rag ?? null;
+  const previous = options.full ? null : previousTable(options.store, options.modelVersion, options.templateHash);
+  const previousKeys = previous ? options.store.contextKeys(previous.version) : null;
+
+  const copy: { c1: string; c2: string }[] = [];
+  const rescore: { input: PromptInput; key: string }[] = [];
+  for (const c1 of options.clusters) {
+    for (const c2 of options.clusters) {
+      if (c1 === c2) continue;
+      const context = rag ? contextFor(rag, c1, c2) : undefined;
+      const key = contextKey(context);
+      if (previousKeys && previousKeys.get(pairKey(c1, c2)) === key) copy.push({ c1, c2 });
+      else rescore.push({ input: context ? { history: { c1, c2 }, context } : { history: { c1, c2 } }, key });
+    }
+  }
+
+  const builder = options.store.beginBuild({
+    modelVersion: options.modelVersion,
+    templateHash: options.templateHash,
+    ragAsOf: rag?.asOf ?? null,
+    ragWindowDays: rag ? (rag.window.to - rag.window.from) / 86_400_000 : null,
+    ragOptions: rag ? { mode: rag.mode, topN: rag.topN, minSupport: rag.minSupport, pairsWithContext: rag.contexts.size, global: rag.global } : null,
+    strategy: options.strategy ?? null,
+    parent: copy.length && previous ? previous.version : null,
+  });
+  try {
+    const copied = copy.length && previous ? builder.copyRows(previous.version, copy) : 0;
+    progress.start(`scoring ${rescore.length} pairs`, rescore.length);
+    for (let start = 0; start < rescore.length; start += batchSize) {
+      if (options.signal?.aborted) throw new FreshrecError("CANCELLED", "table build cancelled");
+      const batch = rescore.slice(start, start + batchSize);
+      const ranked = await options.scorer.score(batch.map((b) => b.input), topN + 2, options.signal);
+      const rows: TableBuildRow[] = batch.map((b, k) => {
+        const { c1, c2 } = b.input.history;
+        const answers = ranked[k].filter((a) => a.cluster !== c1 && a.cluster !== c2).slice(0, topN);
+        return { c1, c2, answers, contextKey: b.key };
+      });
+      builder.append(rows);
+      progress.update(Math.min(start + batchSize, rescore.length), { pairs: start + batch.length });
+    }
+    progress.stop();
+    const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+    const promptsPerSecond = rescore.length / Math.max(seconds, 1e-9);
+    const pairs = copy.length + rescore.length;
+    const table = builder.finish({ pairs, rescored: rescore.length, copied, seconds, promptsPerSecond });
+    return { table, pairs, rescored: rescore.length, copied, seconds, promptsPerSecond };
+  } catch (error) {
+    progress.stop();
+    builder.fail(error instanceof Error ? error.message : String(error));
+    throw error;
+  }
+}
