@@ -1,0 +1,84 @@
+/**
+ * The RAG refresh job (the fast path): recount the recent window before the as-of time, retrieve each pair's
+ * context, rebuild the table with the *current* model (incrementally), publish it, and garbage-collect old
+ * versions. No weights change. `schedule run`, `refresh` and replay all call this one function.
+ *
+ * @example
+ * const result = await runRefresh(asOf, { events, tables, clusters, model: { version, scorer }, templateHash });
+ */
+import type { EventStore } from "../data/event-store.js";
+import type { ProgressSink } from "../domain/types.js";
+import type { TableStore } from "../tables/index.js";
+import { buildTable, type PromptScorer } from "./generate.js";
+import { retrieveContexts, type RagOptions } from "./rag.js";
+
+export interface RefreshOptions {
+  readonly events: EventStore;
+  readonly tables: TableStore;
+  readonly clusters: readonly string[];
+  /** The model (or baseline) that scores the prompts, with the version recorded in the table. */
+  readonly model: { readonly version: string; readonly scorer: PromptScorer };
+  readonly templateHash: string;
+  /** Retrieval options; null builds a table without RAG context (the fine-tuned model alone). */
+  readonly rag?: (RagOptions & { positiveMin?: number | null }) | null;
+  /** @defaultValue false */
+  readonly full?: boolean;
+  /** @defaultValue 10 */
+  readonly topN?: number;
+  /** Publish the new table when it is built. @defaultValue true */
+  readonly publish?: boolean;
+  /** Table versions to keep after publishing (gc). @defaultValue 20 */
+  readonly keep?: number;
+  readonly strategy?: string | null;
+  readonly progress?: ProgressSink;
+  readonly signal?: AbortSignal;
+}
+
+export interface RefreshResult {
+  readonly tableVersion: string;
+  readonly modelVersion: string;
+  readonly pairs: number;
+  readonly rescored: number;
+  readonly copied: number;
+  readonly seconds: number;
+  readonly promptsPerSecond: number;
+  readonly published: boolean;
+  readonly asOf: number;
+  readonly pairsWithContext: number;
+  readonly transitionsInWindow: number;
+}
+
+export async function runRefresh(asOf: number, options: RefreshOptions): Promise<RefreshResult> {
+  const snapshot = options.rag === null ? null : await retrieveContexts(options.events, asOf, options.rag ?? {});
+  const built = await buildTable({
+    store: options.tables,
+    clusters: options.clusters,
+    scorer: options.model.scorer,
+    modelVersion: options.model.version,
+    templateHash: options.templateHash,
+    rag: snapshot,
+    full: options.full,
+    topN: options.topN,
+    strategy: options.strategy,
+    progress: options.progress,
+    signal: options.signal,
+  });
+  const publish = options.publish ?? true;
+  if (publish) {
+    options.tables.publish(built.table.version, { actor: "refresh", reason: `refresh as of ${new Date(asOf).toISOString()}` });
+    options.tables.gc(options.keep ?? 20);
+  }
+  return {
+    tableVersion: built.table.version,
+    modelVersion: options.model.version,
+    pairs: built.pairs,
+    rescored: built.rescored,
+    copied: built.copied,
+    seconds: built.seconds,
+    promptsPerSecond: built.promptsPerSecond,
+    published: publish,
+    asOf,
+    pairsWithContext: snapshot ? (snapshot.global ? built.pairs : snapshot.contexts.size) : 0,
+    transitionsInWindow: snapshot?.transitions ?? 0,
+  };
+}
