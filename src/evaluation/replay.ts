@@ -1,0 +1,228 @@
+/**
+ * Replay evaluation: for each strategy, drive the production scheduler with a virtual clock over a past period,
+ * calling the very same job functions as `schedule run` (only the clock and the data window differ), capture every
+ * table it publishes with its publish time, then score every real novel transition of the period against the
+ * table that was live at its moment. Differences between strategies get bootstrap confidence intervals over users.
+ *
+ * @example
+ * const result = await replay({ events, window: { from, to }, strategies: [hybridSetup, baselineSetup] });
+ */
+import type { EventStore } from "../data/event-store.js";
+import { VirtualClock } from "../domain/clock.js";
+import type { TimeWindow } from "../domain/types.js";
+import { timedTransitions, type MiningOptions } from "../mining/transitions.js";
+import { TableLookup, type TableStore } from "../tables/index.js";
+import { Scheduler, SqliteScheduleStore, type JobDefinition, type RunRecord } from "../update/schedule/index.js";
+import { bootstrapRatioDelta, type PairedUnit } from "./bootstrap.js";
+import { scoreTransitions, type LiveTableEntry, type ReplayScore } from "./scoring.js";
+
+/** A strategy ready to replay: its jobs (production job functions) and the table store they publish into. */
+export interface StrategyInstance {
+  readonly jobs: readonly JobDefinition[];
+  readonly tables: TableStore;
+  close(): Promise<void> | void;
+}
+
+export interface StrategySetup {
+  readonly name: string;
+  create(): Promise<StrategyInstance>;
+}
+
+export interface ReplayOptions extends MiningOptions {
+  readonly events: EventStore;
+  readonly window: TimeWindow;
+  readonly strategies: readonly StrategySetup[];
+  /** Clusters after a transition that count for the horizon hit. @defaultValue 5 */
+  readonly horizon?: number;
+  /** @defaultValue 5 */
+  readonly k?: number;
+  /** Price of a million prompt tokens on a hosted LLM, for the cost estimate. @defaultValue 0.1 */
+  readonly pricePerMillionTokens?: number;
+  /** Prompt tokens per scored pair, for the hosted estimate. @defaultValue 40 */
+  readonly tokensPerPrompt?: number;
+  /** Bootstrap resamples. @defaultValue 1000 */
+  readonly resamples?: number;
+  /** Called after each run of each strategy (progress lines). */
+  readonly onRun?: (strategy: string, run: RunRecord) => void;
+}
+
+export interface StrategyCost {
+  readonly trainingTokens: number;
+  readonly promptsScored: number;
+  readonly cpuSeconds: number;
+  readonly runs: number;
+  readonly hostedEstimateUsd: number;
+}
+
+export interface StrategyResult {
+  readonly hit1: number;
+  readonly hit5: number;
+  readonly horizonHit: number;
+  readonly coverage: number;
+  /** Mean popularity rank (1 = most frequent next cluster of the period) of the clusters served as top-1. */
+  readonly popularityRank: number;
+  readonly cost: StrategyCost;
+  /** Mean age, in days, of the newest data behind the live table, over the scored transitions. */
+  readonly stalenessDays: number;
+  readonly tablesPublished: number;
+  readonly transitions: number;
+  readonly unserved: number;
+  /** Hit@1 per week of the period, for the chart. */
+  readonly weekly: { readonly week: string; readonly hit1: number; readonly transitions: number }[];
+}
+
+export interface Comparison {
+  readonly a: string;
+  readonly b: string;
+  readonly metric: "hit1" | "hit5" | "horizonHit";
+  readonly delta: number;
+  readonly ci95: readonly [number, number];
+}
+
+export interface ReplayResult {
+  readonly window: TimeWindow;
+  readonly transitions: number;
+  readonly users: number;
+  readonly strategies: Record<string, StrategyResult>;
+  readonly comparisons: Comparison[];
+  /** The published tables of each strategy, in order (version, publish time). */
+  readonly timelines: Record<string, { version: string; publishedAt: number; dataAsOf: number }[]>;
+}
+
+interface CapturedTable extends LiveTableEntry {
+  readonly dataAsOf: number;
+}
+
+export async function replay(options: ReplayOptions): Promise<ReplayResult> {
+  const horizon = options.horizon ?? 5;
+  const transitions = await timedTransitions(options.events, options.window, { positiveMin: options.positiveMin, horizon });
+  const popularity = new Map<string, number>();
+  for (const t of transitions) popularity.set(t.next, (popularity.get(t.next) ?? 0) + 1);
+  const popularityRank = new Map([...popularity].sort((a, b) => b[1] - a[1]).map(([c], k) => [c, k + 1]));
+
+  const strategies: Record<string, StrategyResult> = {};
+  const scores = new Map<string, ReplayScore>();
+  const timelines: ReplayResult["timelines"] = {};
+  for (const setup of options.strategies) {
+    const instance = await setup.create();
+    const scheduleStore = SqliteScheduleStore.open(":memory:");
+    const captured: CapturedTable[] = [];
+    const cost = { trainingTokens: 0, promptsScored: 0, cpuSeconds: 0, runs: 0 };
+    try {
+      const scheduler = new Scheduler({
+        jobs: instance.jobs,
+        store: scheduleStore,
+        clock: new VirtualClock(options.window.from),
+        onRun: (run) => {
+          cost.runs++;
+          cost.trainingTokens += run.cost?.tokensTrained ?? 0;
+          cost.promptsScored += run.cost?.promptsScored ?? 0;
+          cost.cpuSeconds += run.cost?.cpuSeconds ?? 0;
+          const published = run.status === "succeeded" ? (run.detail?.publishedTable as string | undefined) : undefined;
+          if (published) {
+            const lookup = TableLookup.load(instance.tables, published);
+            captured.push({
+              version: published,
+              publishedAt: run.due,
+              dataAsOf: Number(run.detail?.dataAsOf ?? run.due),
+              answers: (c1, c2) => (lookup.get(c1, c2) ?? []).map((a) => a.cluster),
+            });
+          }
+          options.onRun?.(setup.name, run);
+        },
+      });
+      await scheduler.simulate({ from: options.window.from, to: options.window.to });
+    } finally {
+      scheduleStore.close();
+      await instance.close();
+    }
+    const score = scoreTransitions(transitions, captured, { k: options.k ?? 5 });
+    scores.set(setup.name, score);
+    timelines[setup.name] = captured.map((c) => ({ version: c.version, publishedAt: c.publishedAt, dataAsOf: c.dataAsOf }));
+    strategies[setup.name] = {
+      hit1: score.hit1,
+      hit5: score.hitK,
+      horizonHit: score.horizonHit,
+      coverage: score.coverage,
+      popularityRank: meanServedRank(score.served, popularityRank),
+      cost: {
+        ...cost,
+        hostedEstimateUsd: (cost.promptsScored * (options.tokensPerPrompt ?? 40) * (options.pricePerMillionTokens ?? 0.1)) / 1e6,
+      },
+      stalenessDays: staleness(transitions, captured),
+      tablesPublished: captured.length,
+      transitions: score.transitions,
+      unserved: score.unserved,
+      weekly: weeklyHits(transitions, captured, options.window.from),
+    };
+  }
+  return {
+    window: options.window,
+    transitions: transitions.length,
+    users: new Set(transitions.map((t) => t.userId)).size,
+    strategies,
+    comparisons: compare(scores, options.resamples ?? 1000),
+    timelines,
+  };
+}
+
+function meanServedRank(served: ReadonlyMap<string, number>, rank: ReadonlyMap<string, number>): number {
+  let sum = 0;
+  let n = 0;
+  for (const [cluster, count] of served) {
+    sum += (rank.get(cluster) ?? rank.size + 1) * count;
+    n += count;
+  }
+  return n ? sum / n : Number.NaN;
+}
+
+function staleness(transitions: readonly { ts: number }[], tables: readonly CapturedTable[]): number {
+  const sorted = [...tables].sort((a, b) => a.publishedAt - b.publishedAt);
+  let sum = 0;
+  let n = 0;
+  let k = -1;
+  for (const t of [...transitions].sort((a, b) => a.ts - b.ts)) {
+    while (k + 1 < sorted.length && sorted[k + 1].publishedAt <= t.ts) k++;
+    if (k < 0) continue;
+    sum += (t.ts - sorted[k].dataAsOf) / 86_400_000;
+    n++;
+  }
+  return n ? sum / n : Number.NaN;
+}
+
+function weeklyHits(transitions: readonly import("../mining/transitions.js").TimedTransition[], tables: readonly CapturedTable[], from: number) {
+  const weeks = new Map<number, import("../mining/transitions.js").TimedTransition[]>();
+  for (const t of transitions) {
+    const w = Math.floor((t.ts - from) / (7 * 86_400_000));
+    let list = weeks.get(w);
+    if (!list) weeks.set(w, (list = []));
+    list.push(t);
+  }
+  return [...weeks.keys()].sort((a, b) => a - b).map((w) => {
+    const s = scoreTransitions(weeks.get(w)!, tables);
+    return { week: new Date(from + w * 7 * 86_400_000).toISOString().slice(0, 10), hit1: s.hit1, transitions: s.transitions };
+  });
+}
+
+/** Every pair of strategies, every metric: b - a with a 95% bootstrap interval over users. */
+function compare(scores: ReadonlyMap<string, ReplayScore>, resamples: number): Comparison[] {
+  const names = [...scores.keys()];
+  const out: Comparison[] = [];
+  const field = { hit1: "hit1", hit5: "hitK", horizonHit: "horizonHit" } as const;
+  for (let i = 0; i < names.length; i++) {
+    for (let j = i + 1; j < names.length; j++) {
+      const a = scores.get(names[i])!;
+      const b = scores.get(names[j])!;
+      for (const metric of ["hit1", "hit5", "horizonHit"] as const) {
+        const units: PairedUnit[] = [];
+        for (const [user, ua] of a.perUser) {
+          const ub = b.perUser.get(user)!;
+          units.push({ a: [ua[field[metric]], ua.transitions], b: [ub[field[metric]], ub.transitions] });
+        }
+        const r = bootstrapRatioDelta(units, { resamples, seed: 17 });
+        out.push({ a: names[i], b: names[j], metric, delta: r.delta, ci95: r.ci95 });
+      }
+    }
+  }
+  return out;
+}

@@ -1,0 +1,60 @@
+/**
+ * The update jobs as the scheduler runs them: thin adapters from a due time (the as-of time) to the job functions
+ * (`runRefresh`, later fine-tuning), reporting status, cost and what was published. `schedule run`,
+ * `schedule run --simulate` and replay evaluation all schedule these same functions.
+ */
+import type { EventStore } from "../data/event-store.js";
+import { DAY_MS } from "../domain/clock.js";
+import type { TableStore } from "../tables/index.js";
+import { countTransitions } from "../mining/transitions.js";
+import { novelPopularity, PopularNovelScorer, SuccessorScorer } from "./baselines.js";
+import type { PromptScorer } from "./generate.js";
+import { RAG_DEFAULTS, type RagOptions } from "./rag.js";
+import { runRefresh, type RefreshOptions } from "./refresh.js";
+import type { JobRun } from "./schedule/index.js";
+
+/** A refresh job over a model chosen at run time (the current live model of the loop). */
+export function refreshJob(
+  base: Omit<RefreshOptions, "model" | "signal">,
+  currentModel: () => Promise<{ version: string; scorer: PromptScorer; dataAsOf: number }>,
+): JobRun {
+  return async ({ asOf, signal }) => {
+    const model = await currentModel();
+    const result = await runRefresh(asOf, { ...base, model, signal });
+    return {
+      status: "succeeded",
+      cost: { promptsScored: result.rescored },
+      detail: {
+        publishedTable: result.published ? result.tableVersion : undefined,
+        tableVersion: result.tableVersion,
+        modelVersion: result.modelVersion,
+        rescored: result.rescored,
+        copied: result.copied,
+        pairsWithContext: result.pairsWithContext,
+        // A RAG table carries data up to its as-of time; a table without RAG only what its model was trained on.
+        dataAsOf: base.rag === null ? model.dataAsOf : asOf,
+      },
+    };
+  };
+}
+
+export type BaselineName = "successor-top1" | "popular-novel";
+
+/**
+ * A refresh job for a non-LLM baseline: its "model" is recomputed from the same recent window RAG reads, then the
+ * same table build and publish run.
+ */
+export function baselineRefreshJob(
+  kind: BaselineName,
+  base: Omit<RefreshOptions, "model" | "signal"> & { events: EventStore; tables: TableStore; rag: RagOptions & { positiveMin?: number | null } },
+): JobRun {
+  return async (context) => {
+    const windowDays = base.rag.windowDays ?? RAG_DEFAULTS.windowDays;
+    const counts = await countTransitions(base.events, { from: context.asOf - windowDays * DAY_MS, to: context.asOf }, { positiveMin: base.rag.positiveMin ?? null });
+    const popularity = novelPopularity(counts, base.clusters);
+    const scorer = kind === "successor-top1" ? new SuccessorScorer(popularity) : new PopularNovelScorer(popularity);
+    // The version names the data: a baseline's answers change with every window, so its tables are never copied.
+    const version = `${kind}@${new Date(context.asOf).toISOString().slice(0, 10)}`;
+    return refreshJob(base, async () => ({ version, scorer, dataAsOf: context.asOf }))(context);
+  };
+}
