@@ -15,6 +15,10 @@ export interface ReportSection {
   readonly paragraphs?: readonly string[];
   readonly table?: { readonly columns: readonly string[]; readonly rows: readonly (readonly (string | number)[])[] };
   readonly chart?: { readonly title: string; readonly yLabel: string; readonly series: readonly LineSeries[]; readonly reference?: { readonly y: number; readonly label: string } };
+  /** Labelled points (e.g. cost vs quality per strategy). */
+  readonly scatter?: { readonly title: string; readonly xLabel: string; readonly yLabel: string; readonly points: readonly { readonly label: string; readonly x: number; readonly y: number }[] };
+  /** One bar per label. */
+  readonly bars?: { readonly title: string; readonly yLabel: string; readonly bars: readonly { readonly label: string; readonly value: number }[] };
 }
 
 export interface Report {
@@ -57,9 +61,7 @@ export function renderMarkdown(report: Report): string {
       for (const row of s.table.rows) out.push(`| ${row.map(formatCell).join(" | ")} |`);
       out.push("");
     }
-    if (s.chart) {
-      out.push(`_${s.chart.title}: see the HTML report for the chart._`, "");
-    }
+    for (const chart of [s.chart, s.scatter, s.bars]) if (chart) out.push(`_${chart.title}: see the HTML report for the chart._`, "");
   }
   return out.join("\n");
 }
@@ -73,6 +75,8 @@ export function renderHtml(report: Report): string {
     body.push(`<section><h2>${escapeHtml(s.heading)}</h2>`);
     for (const p of s.paragraphs ?? []) body.push(`<p>${escapeHtml(p)}</p>`);
     if (s.chart) body.push(lineChartSvg(s.chart));
+    if (s.scatter) body.push(scatterSvg(s.scatter));
+    if (s.bars) body.push(barChartSvg(s.bars));
     if (s.table) {
       body.push("<table><thead><tr>", ...s.table.columns.map((c) => `<th>${escapeHtml(c)}</th>`), "</tr></thead><tbody>");
       for (const row of s.table.rows) body.push(`<tr>${row.map((v) => `<td>${escapeHtml(formatCell(v))}</td>`).join("")}</tr>`);
@@ -150,4 +154,74 @@ function niceCeil(v: number): number {
   const p = 10 ** Math.floor(Math.log10(v));
   for (const m of [1, 2, 2.5, 5, 10]) if (m * p >= v) return m * p;
   return 10 * p;
+}
+
+/** A scatter of labelled points with linear axes from 0, as inline SVG. */
+export function scatterSvg(chart: NonNullable<ReportSection["scatter"]>): string {
+  const width = 760;
+  const height = 340;
+  const margin = { left: 64, right: 40, top: 32, bottom: 52 };
+  const plotW = width - margin.left - margin.right;
+  const plotH = height - margin.top - margin.bottom;
+  const finite = chart.points.filter((p) => Number.isFinite(p.x) && Number.isFinite(p.y));
+  const xTop = niceCeil(Math.max(1e-9, ...finite.map((p) => p.x)) * 1.1);
+  const yTop = niceCeil(Math.max(1e-9, ...finite.map((p) => p.y)) * 1.1);
+  const xPos = (x: number) => margin.left + (x / xTop) * plotW;
+  const yPos = (y: number) => margin.top + plotH - (y / yTop) * plotH;
+  const parts = [
+    `<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 ${width} ${height}" role="img" aria-label="${escapeHtml(chart.title)}">`,
+    `<text x="${margin.left}" y="18" font-size="14" font-weight="600">${escapeHtml(chart.title)}</text>`,
+    `<line x1="${margin.left}" x2="${margin.left + plotW}" y1="${margin.top + plotH}" y2="${margin.top + plotH}" stroke="#57606a"/>`,
+    `<line x1="${margin.left}" x2="${margin.left}" y1="${margin.top}" y2="${margin.top + plotH}" stroke="#57606a"/>`,
+  ];
+  for (let k = 0; k <= 4; k++) {
+    const x = (xTop * k) / 4;
+    const y = (yTop * k) / 4;
+    parts.push(
+      `<text x="${xPos(x)}" y="${margin.top + plotH + 16}" font-size="11" text-anchor="middle">${+x.toPrecision(3)}</text>`,
+      `<text x="${margin.left - 6}" y="${yPos(y) + 4}" font-size="11" text-anchor="end">${+y.toPrecision(3)}</text>`,
+    );
+  }
+  parts.push(
+    `<text x="${margin.left + plotW / 2}" y="${height - 8}" font-size="12" text-anchor="middle">${escapeHtml(chart.xLabel)}</text>`,
+    `<text x="14" y="${margin.top + plotH / 2}" font-size="12" transform="rotate(-90 14 ${margin.top + plotH / 2})" text-anchor="middle">${escapeHtml(chart.yLabel)}</text>`,
+  );
+  finite.forEach((p, k) => {
+    const color = PALETTE[k % PALETTE.length];
+    parts.push(
+      `<circle cx="${xPos(p.x).toFixed(1)}" cy="${yPos(p.y).toFixed(1)}" r="5" fill="${color}"/>`,
+      `<text x="${(xPos(p.x) + 8).toFixed(1)}" y="${(yPos(p.y) - 6).toFixed(1)}" font-size="11" fill="${color}">${escapeHtml(p.label)}</text>`,
+    );
+  });
+  parts.push("</svg>");
+  return parts.join("\n");
+}
+
+/** Vertical bars, one per label, as inline SVG. */
+export function barChartSvg(chart: NonNullable<ReportSection["bars"]>): string {
+  const width = 760;
+  const height = 300;
+  const margin = { left: 64, right: 20, top: 32, bottom: 64 };
+  const plotW = width - margin.left - margin.right;
+  const plotH = height - margin.top - margin.bottom;
+  const values = chart.bars.map((b) => (Number.isFinite(b.value) ? b.value : 0));
+  const top = niceCeil(Math.max(1e-9, ...values) * 1.1);
+  const slot = plotW / Math.max(1, chart.bars.length);
+  const parts = [
+    `<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 ${width} ${height}" role="img" aria-label="${escapeHtml(chart.title)}">`,
+    `<text x="${margin.left}" y="18" font-size="14" font-weight="600">${escapeHtml(chart.title)}</text>`,
+    `<text x="14" y="${margin.top + plotH / 2}" font-size="12" transform="rotate(-90 14 ${margin.top + plotH / 2})" text-anchor="middle">${escapeHtml(chart.yLabel)}</text>`,
+  ];
+  chart.bars.forEach((b, k) => {
+    const v = values[k];
+    const h = (v / top) * plotH;
+    const x = margin.left + k * slot + slot * 0.15;
+    parts.push(
+      `<rect x="${x.toFixed(1)}" y="${(margin.top + plotH - h).toFixed(1)}" width="${(slot * 0.7).toFixed(1)}" height="${h.toFixed(1)}" fill="${PALETTE[k % PALETTE.length]}"/>`,
+      `<text x="${(x + slot * 0.35).toFixed(1)}" y="${(margin.top + plotH - h - 4).toFixed(1)}" font-size="11" text-anchor="middle">${+v.toPrecision(3)}</text>`,
+      `<text x="${(x + slot * 0.35).toFixed(1)}" y="${margin.top + plotH + 16}" font-size="11" text-anchor="middle">${escapeHtml(b.label)}</text>`,
+    );
+  });
+  parts.push("</svg>");
+  return parts.join("\n");
 }

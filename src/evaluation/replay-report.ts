@@ -1,0 +1,64 @@
+/** The replay report: strategies side by side (quality, cost, staleness), differences with 95% CIs, charts. */
+import type { ReplayResult } from "./replay.js";
+import { writeReport, type WrittenReport } from "./report.js";
+
+const pct = (v: number) => (Number.isFinite(v) ? `${(100 * v).toFixed(2)}%` : "-");
+
+export function writeReplayReport(reportsDir: string, result: ReplayResult, source: string): WrittenReport {
+  const names = Object.keys(result.strategies);
+  const s = result.strategies;
+  const day = (ms: number) => new Date(ms).toISOString().slice(0, 10);
+  return writeReport(reportsDir, {
+    name: "replay",
+    title: `Replay ${day(result.window.from)} .. ${day(result.window.to)} (${source})`,
+    json: { ...result, source },
+    sections: [
+      {
+        heading: "Strategies",
+        paragraphs: [
+          `${result.transitions} real novel transitions of ${result.users} users, each scored against the table its strategy had live at that moment. hit@1: the table's first answer is the next novel cluster; hit@5: among its five; horizon hit: the first answer appears among the user's next clusters.`,
+        ],
+        table: {
+          columns: ["strategy", "hit@1", "hit@5", "horizon hit", "coverage", "popularity rank", "staleness (days)", "tables", "prompts scored", "training tokens", "CPU s", "hosted est. $"],
+          rows: names.map((n) => [
+            n,
+            pct(s[n].hit1),
+            pct(s[n].hit5),
+            pct(s[n].horizonHit),
+            s[n].coverage,
+            Number(s[n].popularityRank.toFixed(1)),
+            Number(s[n].stalenessDays.toFixed(2)),
+            s[n].tablesPublished,
+            s[n].cost.promptsScored,
+            s[n].cost.trainingTokens,
+            Number(s[n].cost.cpuSeconds.toFixed(1)),
+            Number(s[n].cost.hostedEstimateUsd.toFixed(4)),
+          ]),
+        },
+      },
+      {
+        heading: "Hit rate over time",
+        chart: {
+          title: "Weekly hit@1 per strategy",
+          yLabel: "hit@1",
+          series: names.map((n) => ({ name: n, points: s[n].weekly.map((w) => ({ x: w.week, y: w.hit1 })) })),
+        },
+      },
+      {
+        heading: "Cost versus quality",
+        scatter: { title: "Prompts scored vs hit@1", xLabel: "prompts scored over the period", yLabel: "hit@1", points: names.map((n) => ({ label: n, x: s[n].cost.promptsScored, y: s[n].hit1 })) },
+      },
+      {
+        heading: "Staleness",
+        bars: { title: "Mean age of the newest data behind the live table (days)", yLabel: "days", bars: names.map((n) => ({ label: n, value: s[n].stalenessDays })) },
+      },
+      {
+        heading: "Differences (b - a, 95% bootstrap CI over users)",
+        table: {
+          columns: ["a", "b", "metric", "delta", "95% CI"],
+          rows: result.comparisons.map((c) => [c.a, c.b, c.metric, pct(c.delta), `[${pct(c.ci95[0])}, ${pct(c.ci95[1])}]`]),
+        },
+      },
+    ],
+  });
+}
