@@ -92,6 +92,8 @@ async function countTriples(store: EventStore, window: TimeWindow, options: Mini
      GROUP BY ALL`,
     params(window, options),
   );
+  // An empty result has no column vectors at all.
+  if (reader.currentRowCount === 0) return new Map();
   const ids = new Map((await store.query<{ k: number; id: string }>("SELECT cluster_key AS k, cluster_id AS id FROM clusters")).map((r) => [r.k, r.id]));
   const [months, c1s, c2s, cns, users] = reader.getColumns() as [string[], number[], number[], number[], number[]];
   const order = Array.from(months.keys()).map((k) => ({

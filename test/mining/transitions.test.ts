@@ -47,6 +47,14 @@ describe("transition mining", () => {
     store.close();
   });
 
+  it("returns nothing, not an error, for a window without transitions", async () => {
+    const store = await storeWith(visits("u1", ["a1", "b1", "c1"]));
+    expect(await countTransitions(store, { from: T0 + 100 * DAY, to: T0 + 200 * DAY })).toEqual([]);
+    expect(await countTransitionsByMonth(store, { from: T0 + 100 * DAY, to: T0 + 200 * DAY })).toEqual(new Map());
+    expect(await timedTransitions(store, { from: T0 + 100 * DAY, to: T0 + 200 * DAY })).toEqual([]);
+    store.close();
+  });
+
   it("counts each user at most once per triple per window", async () => {
     const events = [
       ...visits("u1", ["a1", "b1", "c1", "a1", "b1", "c1"]), // (a,b)->c twice, (b,c)->a, (c,a)->b
