@@ -11,6 +11,10 @@
  *    until `maxSamples` (6,000, the paper's "thousands") are kept.
  * So a pair keeps its frequency ranking (a popular successor still has more samples), but no pair, target or
  * single transition can take over the set.
+ * 4. Samples carry RAG context the way refreshes will: the training part is cut into weeks (`rag.windowDays`), and
+ *    a sample of week w gets, with probability `contextShare` (0.5), the context retrieved from the week before w
+ *    (so never from its own or later data). The other samples have no context. The model thus learns to answer
+ *    both prompt forms, and to use a retrieved successor as evidence rather than copy it.
  *
  * @example
  * const set = await curateFineTuningSet(store, Date.parse("2025-07-01"));
@@ -20,7 +24,10 @@ import type { EventStore } from "../data/event-store.js";
 import { DAY_MS } from "../domain/clock.js";
 import { BadInputError } from "../domain/errors.js";
 import { seededRandom } from "../domain/random.js";
-import type { TimeWindow, Transition } from "../domain/types.js";
+import type { TimeWindow, TransitionCount } from "../domain/types.js";
+import { sampleOf, type TrainingSample } from "../llm/contracts.js";
+import type { PromptContext } from "../llm/prompt.js";
+import { contextFor, contextsFromCounts, RAG_DEFAULTS, type RagOptions } from "./rag.js";
 import { countTransitions, futureExamples, type FutureExample, type MiningOptions } from "../mining/transitions.js";
 
 export interface CurationOptions extends MiningOptions {
@@ -34,17 +41,21 @@ export interface CurationOptions extends MiningOptions {
   readonly maxPerPair?: number;
   /** Share of maxSamples one target cluster may take. @defaultValue 0.04 */
   readonly maxTargetShare?: number;
-  /** @defaultValue 8 */
+  /** Cap of samples per triple and week. @defaultValue 8 */
   readonly maxPerTriple?: number;
+  /** Share of samples that carry their week's retrieved context. @defaultValue 0.5 */
+  readonly contextShare?: number;
+  /** How the context of a sample is retrieved (the refresh's own options). @defaultValue RAG defaults */
+  readonly rag?: RagOptions;
 }
 
-export const CURATION_DEFAULTS = { windowDays: 90, testDays: 14, maxSamples: 6000, maxPerPair: 24, maxTargetShare: 0.04, maxPerTriple: 8 } as const;
+export const CURATION_DEFAULTS = { windowDays: 90, testDays: 14, maxSamples: 6000, maxPerPair: 24, maxTargetShare: 0.04, maxPerTriple: 8, contextShare: 0.5 } as const;
 
 export interface FineTuningSet {
   readonly asOf: number;
   readonly trainWindow: TimeWindow;
   readonly testWindow: TimeWindow;
-  readonly train: readonly Transition[];
+  readonly train: readonly TrainingSample[];
   /** Held-out users of the test slice, for test recall. */
   readonly test: readonly FutureExample[];
   /** Transitions available before diversification (distinct users per triple, summed). */
@@ -53,7 +64,7 @@ export interface FineTuningSet {
 
 export async function curateFineTuningSet(store: EventStore, asOf: number, options: CurationOptions = {}): Promise<FineTuningSet> {
   const o = { ...CURATION_DEFAULTS, ...Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) } as Required<
-    Omit<CurationOptions, "positiveMin">
+    Omit<CurationOptions, "positiveMin" | "rag">
   > &
     MiningOptions;
   if (!(o.testDays > 0 && o.windowDays > o.testDays)) {
@@ -63,34 +74,38 @@ export async function curateFineTuningSet(store: EventStore, asOf: number, optio
   const trainWindow = { from: asOf - o.windowDays * DAY_MS, to: split };
   const testWindow = { from: split, to: asOf };
   const mining = { positiveMin: o.positiveMin ?? null };
-  const counts = await countTransitions(store, trainWindow, mining);
+  const weekMs = (options.rag?.windowDays ?? RAG_DEFAULTS.windowDays) * DAY_MS;
+  const pool: (TransitionCount & { context?: PromptContext })[] = [];
+  let previous = await countTransitions(store, { from: trainWindow.from - weekMs, to: trainWindow.from }, mining);
+  for (let from = trainWindow.from; from < trainWindow.to; from += weekMs) {
+    const week = await countTransitions(store, { from, to: Math.min(from + weekMs, trainWindow.to) }, mining);
+    const retrieved = contextsFromCounts(previous, [], options.rag ?? {});
+    for (const t of week) pool.push({ ...t, context: contextFor(retrieved, t.c1, t.c2) });
+    previous = week;
+  }
   const test = await futureExamples(store, testWindow, mining);
-  return {
-    asOf,
-    trainWindow,
-    testWindow,
-    train: diversify(counts, o, asOf),
-    test,
-    available: counts.reduce((s, t) => s + t.users, 0),
-  };
+  const chosen = diversify(pool, o, asOf);
+  const coin = seededRandom((Math.floor(asOf / 1000) ^ 0x5bd1e995) >>> 0);
+  const train = chosen.map((t) => sampleOf(t, t.context && coin() < o.contextShare ? t.context.successors : undefined));
+  return { asOf, trainWindow, testWindow, train, test, available: pool.reduce((s, t) => s + t.users, 0) };
 }
 
 /** The diversification step (pure): counts in, capped samples out, in a seeded order. */
-export function diversify(
-  counts: readonly { c1: string; c2: string; next: string; users: number }[],
+export function diversify<T extends TransitionCount>(
+  counts: readonly T[],
   options: Required<Pick<CurationOptions, "maxSamples" | "maxPerPair" | "maxTargetShare" | "maxPerTriple">>,
   seed: number,
-): Transition[] {
-  const pool: Transition[] = [];
+): T[] {
+  const pool: T[] = [];
   for (const t of counts) {
     const n = Math.min(t.users, options.maxPerTriple);
-    for (let k = 0; k < n; k++) pool.push({ c1: t.c1, c2: t.c2, next: t.next });
+    for (let k = 0; k < n; k++) pool.push(t);
   }
   shuffle(pool, seed);
   const maxPerTarget = Math.max(1, Math.floor(options.maxTargetShare * options.maxSamples));
   const perPair = new Map<string, number>();
   const perTarget = new Map<string, number>();
-  const kept: Transition[] = [];
+  const kept: T[] = [];
   for (const s of pool) {
     if (kept.length >= options.maxSamples) break;
     const pair = `${s.c1}\u0000${s.c2}`;

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { diversify, curateFineTuningSet } from "../../src/update/curation.js";
-import { EventStore } from "../../src/data/event-store.js";
+import { EventStore, eventBatchFromEvents } from "../../src/data/event-store.js";
 import { ingestSynthetic } from "../../src/data/ingest/synthetic.js";
 import { SyntheticWorld, SYNTHETIC_QUICK } from "../../src/data/synthetic/index.js";
 
@@ -41,11 +41,41 @@ describe("fine-tuning curation", () => {
     expect(set.testWindow).toEqual({ from: asOf - 10 * 86_400_000, to: asOf });
     expect(set.train.length).toBeGreaterThan(500);
     expect(set.test.length).toBeGreaterThan(50);
-    for (const s of set.train) expect(new Set([s.c1, s.c2, s.next]).size).toBe(3);
+    for (const s of set.train) expect(new Set([s.prompt.history.c1, s.prompt.history.c2, s.answer]).size).toBe(3);
+    const withContext = set.train.filter((s) => s.prompt.context).length / set.train.length;
+    expect(withContext).toBeGreaterThan(0); // sparse weekly contexts in this small world
+    expect(withContext).toBeLessThan(0.55);
     // Reproducible for an as-of time (the shuffle is seeded by it).
     const again = await curateFineTuningSet(store, asOf, { positiveMin: 0.5, windowDays: 60, testDays: 10 });
     expect(again).toEqual(set);
     await expect(curateFineTuningSet(store, asOf, { windowDays: 10, testDays: 10 })).rejects.toThrow(/testDays/);
+    store.close();
+  });
+});
+
+describe("context of training samples", () => {
+  it("comes from the week before the sample, never from its own week", async () => {
+    const clusters = ["a", "b", "c", "d"].map((id) => ({ id, description: id }));
+    const items = clusters.map((c) => ({ id: `${c.id}1`, clusterId: c.id }));
+    const DAY = 86_400_000;
+    const asOf = Date.UTC(2025, 0, 29);
+    const path = (user: string, next: string, at: number) =>
+      ["a1", "b1", `${next}1`].map((itemId, k) => ({ userId: user, itemId, ts: at + k * 1000 }));
+    const events = [
+      // Week 1 (Jan 1-8): a, b -> c by three users. Week 2 (Jan 8-15): a, b -> d by three users.
+      ...["u1", "u2", "u3"].flatMap((u, k) => path(u, "c", Date.UTC(2025, 0, 2) + k * DAY)),
+      ...["u4", "u5", "u6"].flatMap((u, k) => path(u, "d", Date.UTC(2025, 0, 9) + k * DAY)),
+    ];
+    const store = await EventStore.open(":memory:");
+    await store.append({ clusters, items, events: eventBatchFromEvents(events) });
+    const set = await curateFineTuningSet(store, asOf, { windowDays: 28, testDays: 14, contextShare: 1, rag: { windowDays: 7, minSupport: 2 } });
+    // Train part: Jan 1-15. Week-1 samples have no earlier data (no context); week-2 samples carry week 1's c.
+    const toD = set.train.filter((s) => s.answer === "d");
+    const toC = set.train.filter((s) => s.answer === "c");
+    expect(toD).toHaveLength(3);
+    expect(toC).toHaveLength(3);
+    for (const s of toD) expect(s.prompt.context).toEqual({ successors: ["c"] });
+    for (const s of toC) expect(s.prompt.context).toBeUndefined();
     store.close();
   });
 });
