@@ -1,0 +1,117 @@
+/**
+ * The fine-tuning job (the slow path, monthly by default): curate samples from the fine-tuning window, continue
+ * training the live model (or the base model), register the candidate, then run the paper's gates. Pass: the
+ * candidate goes live. Fail: it is `halted`, the previous model stays live, and `freshrec review` decides.
+ *
+ * @example
+ * const outcome = await runFinetune(asOf, { events, registry, trainer, openModel, clusters, modelsDir });
+ */
+import { join } from "node:path";
+import type { EventStore } from "../data/event-store.js";
+import { DAY_MS } from "../domain/clock.js";
+import { FreshrecError } from "../domain/errors.js";
+import type { LanguageModel, TrainOptions, Trainer, TrainResult } from "../llm/contracts.js";
+import { curateFineTuningSet, type CurationOptions, type FineTuningSet } from "./curation.js";
+import { evaluateGates, type GateOptions, type GateResult } from "./gates.js";
+
+/** The model versions the job reads and writes: what it needs of the model registry. */
+export interface FinetuneRegistry {
+  /** The live model, or null before any model went live. */
+  live(): { readonly version: string; readonly path: string } | null;
+  /** Registers a new candidate and returns its version. */
+  registerCandidate(entry: {
+    readonly parent: string | null;
+    readonly path: string;
+    readonly kind: "base" | "fine-tuned";
+    readonly dataWindow: { readonly from: number; readonly to: number };
+    readonly trainSamples: number;
+    readonly metrics: Readonly<Record<string, unknown>>;
+  }): string;
+  /** Moves a candidate to live (the previous live model retires) or to halted, with the reason. */
+  decide(version: string, decision: "live" | "halted", reason: string, metrics: Readonly<Record<string, unknown>>): void;
+}
+
+export interface FinetuneOptions {
+  readonly events: EventStore;
+  readonly registry: FinetuneRegistry;
+  readonly trainer: Trainer;
+  /** Opens a model file for the gates' scoring and generation. */
+  readonly openModel: (path: string) => Promise<LanguageModel>;
+  /** Where model files go; each run writes `<modelsDir>/<name>.gguf`. */
+  readonly modelsDir: string;
+  readonly curation?: CurationOptions;
+  readonly gates?: GateOptions;
+  readonly train?: Omit<TrainOptions, "from" | "outputPath" | "signal" | "onProgress">;
+  /** Generation probes for the exact-match gate (histories of the test slice). @defaultValue 200 */
+  readonly generationProbes?: number;
+  readonly onProgress?: TrainOptions["onProgress"];
+  readonly signal?: AbortSignal;
+}
+
+export interface FinetuneResult {
+  readonly modelVersion: string;
+  readonly status: "live" | "halted";
+  readonly gates: GateResult;
+  readonly trainTokens: number;
+  readonly seconds: number;
+  readonly parent: string | null;
+  readonly set: Pick<FineTuningSet, "trainWindow" | "testWindow" | "available"> & { trainSamples: number; testExamples: number };
+  readonly training: Pick<TrainResult, "bestEpoch" | "stoppedEarly" | "tokensPerSecond" | "epochs">;
+}
+
+export async function runFinetune(asOf: number, options: FinetuneOptions): Promise<FinetuneResult> {
+  const started = process.hrtime.bigint();
+  const parent = options.registry.live();
+  const set = await curateFineTuningSet(options.events, asOf, options.curation);
+  if (set.train.length === 0) {
+    throw new FreshrecError("BAD_INPUT", `no novel transitions to fine-tune on in the ${(set.trainWindow.to - set.trainWindow.from) / DAY_MS} days before ${new Date(set.trainWindow.to).toISOString()}`);
+  }
+  const outputPath = join(options.modelsDir, `finetune-${new Date(asOf).toISOString().slice(0, 10)}-${process.pid}-${Number(process.hrtime.bigint() % 1_000_000n)}.gguf`);
+  const training = await options.trainer.train(set.train, {
+    ...options.train,
+    from: parent?.path,
+    outputPath,
+    signal: options.signal,
+    onProgress: options.onProgress,
+  });
+  const gates = await measureGates(await options.openModel(training.modelPath), set, options);
+  const metrics = { ...gates, bestEpoch: training.bestEpoch, trainTokens: training.trainTokens };
+  const version = options.registry.registerCandidate({
+    parent: parent?.version ?? null,
+    path: training.modelPath,
+    kind: "fine-tuned",
+    dataWindow: set.trainWindow,
+    trainSamples: set.train.length,
+    metrics,
+  });
+  const status = gates.passed ? "live" : "halted";
+  options.registry.decide(version, status, gates.passed ? "gates passed" : gates.reasons.join("; "), metrics);
+  return {
+    modelVersion: version,
+    status,
+    gates,
+    trainTokens: training.trainTokens,
+    seconds: Number(process.hrtime.bigint() - started) / 1e9,
+    parent: parent?.version ?? null,
+    set: { trainWindow: set.trainWindow, testWindow: set.testWindow, available: set.available, trainSamples: set.train.length, testExamples: set.test.length },
+    training: { bestEpoch: training.bestEpoch, stoppedEarly: training.stoppedEarly, tokensPerSecond: training.tokensPerSecond, epochs: training.epochs },
+  };
+}
+
+/**
+ * The gates on a candidate: test recall from its top-1 answer for each held-out history, exact-match rate from
+ * constrained generations on a sample of those histories.
+ */
+export async function measureGates(model: LanguageModel, set: Pick<FineTuningSet, "test">, options: Pick<FinetuneOptions, "gates" | "generationProbes" | "signal">): Promise<GateResult> {
+  try {
+    const prompts = set.test.map((e) => ({ history: { c1: e.c1, c2: e.c2 } }));
+    const ranked = prompts.length ? await model.score(prompts, 1, options.signal) : [];
+    const predictions = ranked.map((r) => r[0]?.cluster ?? null);
+    const probes = prompts.slice(0, options.generationProbes ?? 200);
+    const generated: (string | null)[] = [];
+    for (const p of probes) generated.push((await model.generate(p, options.signal)).cluster);
+    return evaluateGates(generated, set.test, predictions, options.gates);
+  } finally {
+    await model.close();
+  }
+}
