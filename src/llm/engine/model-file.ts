@@ -116,8 +116,12 @@ export function createModelFile(path: string, vocab: Vocabulary, shape: ModelSha
     tensors.push(
       onesTensor(`${p}attn_norm.weight`, d),
       randomTensor(`${p}attn_q.weight`, [d, d], std, normal),
-      randomTensor(`${p}attn_k.weight`, [d, d], std, normal),
-      randomTensor(`${p}attn_v.weight`, [d, d], std, normal),
+      // Keys and values stay frozen too: llama.cpp trains through its KV cache, whose writes (set_rows) cut the
+      // gradient to attn_k/attn_v. Frozen full-rank random projections keep attention fully expressive (the
+      // trainable q and output matrices absorb them), but only at unit scale: at 0.02 the keys are so small that
+      // the queries would have to grow 50x before attention could focus, and answers stayed at chance.
+      randomTensor(`${p}attn_k.weight`, [d, d], 1 / Math.sqrt(d), normal),
+      randomTensor(`${p}attn_v.weight`, [d, d], 1 / Math.sqrt(d), normal),
       // Residual outputs start smaller so a fresh stack is close to identity (GPT-2's scaled init).
       randomTensor(`${p}attn_output.weight`, [d, d], std / Math.sqrt(2 * layers), normal),
       onesTensor(`${p}ffn_norm.weight`, d),

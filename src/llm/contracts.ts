@@ -1,0 +1,154 @@
+/**
+ * The two contracts of the LLM layer. Every backend (embedded llama.cpp engine, any GGUF through node-llama-cpp,
+ * an OpenAI-compatible server) implements `LanguageModel`; backends that can change weights implement `Trainer`.
+ * test/llm/conformance.ts is the one suite every backend runs.
+ *
+ * @example
+ * const model = await EmbeddedLanguageModel.open("/ws/models/m000001.gguf");
+ * const [ranked] = await model.score([{ history: { c1: "baking", c2: "hiking" } }], 10);
+ * const answer = await model.generate({ history: { c1: "baking", c2: "hiking" } });
+ * await model.close();
+ */
+import type { Cluster, ScoredCluster, Transition } from "../domain/types.js";
+import type { PromptInput } from "./prompt.js";
+
+export type { PromptInput, PromptContext } from "./prompt.js";
+
+/** What a loaded model says about itself; recorded with every table made with it. */
+export interface LanguageModelInfo {
+  /** The backend's kind: "embedded", "gguf", "openai". */
+  readonly backend: string;
+  /** File path or server model name. */
+  readonly source: string;
+  /** The clusters the model may answer with (its answer vocabulary), in the model's own order. */
+  readonly clusters: readonly Cluster[];
+  /** Hash of the prompt template the model's prompts are rendered with. */
+  readonly templateHash: string;
+  /** Hash of the vocabulary, when the backend has its own (embedded models). */
+  readonly vocabularyHash?: string;
+}
+
+/** One constrained generation: the text the model produced and the cluster it names, if any. */
+export interface GeneratedAnswer {
+  /** The generated text, trimmed. */
+  readonly text: string;
+  /** The cluster whose description equals `text` exactly, or null (an exact-match failure). */
+  readonly cluster: string | null;
+}
+
+export interface ScoreOptions {
+  /**
+   * Leave the history's own clusters out of the ranking (the task asks for a *novel* interest).
+   * @defaultValue true
+   */
+  readonly excludeHistory?: boolean;
+}
+
+export interface LanguageModel {
+  readonly info: LanguageModelInfo;
+  /**
+   * For each prompt, the allowed answers (clusters) ranked best first with their probability (softmax over the
+   * allowed answers only), at most `topN`. Deterministic run to run. Same shape as the table build's scorer.
+   */
+  score(prompts: readonly PromptInput[], topN: number, signal?: AbortSignal, options?: ScoreOptions): Promise<ScoredCluster[][]>;
+  /** One answer generated under a grammar that only admits cluster descriptions (greedy, deterministic). */
+  generate(prompt: PromptInput, signal?: AbortSignal): Promise<GeneratedAnswer>;
+  close(): Promise<void>;
+}
+
+/** One supervised example: the prompt and the cluster id that followed. */
+export interface TrainingSample {
+  readonly prompt: PromptInput;
+  readonly answer: string;
+}
+
+/** Builds the training sample of a transition, optionally with its RAG context. */
+export function sampleOf(t: Transition, successors?: readonly string[]): TrainingSample {
+  return {
+    prompt: successors && successors.length > 0 ? { history: { c1: t.c1, c2: t.c2 }, context: { successors } } : { history: { c1: t.c1, c2: t.c2 } },
+    answer: t.next,
+  };
+}
+
+/** Free text followed by the cluster it belongs to (catalog lines: item titles, descriptions). */
+export interface CatalogLine {
+  readonly text: string;
+  readonly cluster: string;
+}
+
+/** Progress of one training run, reported after every epoch and (as `step`) while an epoch runs. */
+export type TrainingEvent =
+  | {
+      readonly type: "step";
+      readonly epoch: number;
+      readonly epochs: number;
+      /** Fraction of the epoch done, 0..1. */
+      readonly fraction: number;
+      readonly tokensPerSecond: number;
+    }
+  | ({ readonly type: "epoch" } & EpochReport);
+
+export interface EpochReport {
+  readonly epoch: number;
+  readonly epochs: number;
+  readonly learningRate: number;
+  /** Mean next-token loss and accuracy over the training windows (language-model loss on every token). */
+  readonly trainLoss: number;
+  readonly trainAccuracy: number;
+  /** Answer-token loss (-log p of the true next cluster, softmax over the allowed answers) on the validation set. */
+  readonly validationLoss: number | null;
+  /** Top-1 accuracy of the answer on the validation set. */
+  readonly validationAccuracy: number | null;
+  readonly tokensPerSecond: number;
+  readonly seconds: number;
+  /** File of this epoch's checkpoint. */
+  readonly checkpoint: string;
+}
+
+export interface TrainOptions {
+  /**
+   * Continue training this model file (fine-tuning); absent starts from the trainer's fresh initialisation.
+   */
+  readonly from?: string;
+  /** Where the final (best) model goes. */
+  readonly outputPath: string;
+  /** Directory for one checkpoint per epoch. @defaultValue dirname(outputPath)/checkpoints */
+  readonly checkpointDir?: string;
+  /** Samples held out to pick the best epoch and stop early; absent takes `validationFraction` of `samples`. */
+  readonly validation?: readonly TrainingSample[];
+  /** @defaultValue 0.1 (when `validation` is absent) */
+  readonly validationFraction?: number;
+  /** Extra catalog lines trained alongside the samples (base model pre-training). */
+  readonly catalog?: readonly CatalogLine[];
+  /** @defaultValue 8 */
+  readonly epochs?: number;
+  /** Peak AdamW learning rate; warm-up over the first epoch's share, then cosine decay to 10%. @defaultValue 2e-3 */
+  readonly learningRate?: number;
+  /** @defaultValue 0.01 */
+  readonly weightDecay?: number;
+  /** Epochs without validation improvement before stopping. @defaultValue 2 */
+  readonly patience?: number;
+  /** Seed of the shuffles. @defaultValue 1 */
+  readonly seed?: number;
+  readonly signal?: AbortSignal;
+  readonly onProgress?: (event: TrainingEvent) => void;
+}
+
+export interface TrainResult {
+  readonly modelPath: string;
+  readonly epochs: readonly EpochReport[];
+  /** Epoch whose checkpoint became the model (1-based). */
+  readonly bestEpoch: number;
+  readonly stoppedEarly: boolean;
+  /** Tokens trained on, all epochs. */
+  readonly trainTokens: number;
+  readonly tokensPerSecond: number;
+  readonly seconds: number;
+  readonly trainSamples: number;
+  readonly validationSamples: number;
+}
+
+export interface Trainer {
+  /** Trains (or continues training `options.from`) on the samples; rejects with CANCELLED when aborted. */
+  train(samples: readonly TrainingSample[], options: TrainOptions): Promise<TrainResult>;
+}

@@ -1,0 +1,269 @@
+/**
+ * The embedded `Trainer`: full-weight F32 training of a small llama model through llama.cpp's training API, in a
+ * child process (train-worker.ts) so the caller's event loop stays free and a cancel stops it mid-epoch.
+ *
+ * Loss: llama.cpp's training API takes a dense next-token label for every position (a label of -1 would write
+ * outside its label row), so answer-only masking is impossible; the model is trained as a full language model on
+ * the packed prompts. The template words are learnt quickly and then cost nothing; the answer token after each
+ * prompt is what validation measures (answer-token loss and top-1 over the allowed answers), and the best
+ * validation epoch becomes the model.
+ *
+ * @example
+ * const trainer = new EmbeddedTrainer({ init: { clusters } });
+ * const result = await trainer.train(samples, { outputPath: "/ws/models/m1.gguf", epochs: 6, onProgress: console.log });
+ */
+import { fork } from "node:child_process";
+import { mkdirSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { createInterface } from "node:readline";
+import { fileURLToPath } from "node:url";
+import { FreshrecError } from "../../domain/errors.js";
+import type { Cluster } from "../../domain/types.js";
+import type { CatalogLine, EpochReport, TrainOptions, TrainResult, Trainer, TrainingSample } from "../contracts.js";
+import { renderPrompt } from "../prompt.js";
+import { assertPinnedEngine } from "./llama-api.js";
+import { type ModelShape, REFERENCE_SHAPE, createModelFile, readModelFile } from "./model-file.js";
+import type { TrainJob, ValidationPrompt, WorkerMessage } from "./train-worker.js";
+import { BOS_ID, CLUSTER_BASE, type Vocabulary, buildVocabulary } from "./vocabulary.js";
+
+export interface FreshModelOptions {
+  readonly clusters: readonly Cluster[];
+  /** Text whose words may enter the vocabulary (item titles). */
+  readonly extraText?: readonly string[];
+  /** @defaultValue 2048 */
+  readonly maxVocabulary?: number;
+  /** @defaultValue REFERENCE_SHAPE (d=128, 2 layers, 4 heads, ff=512, 512-token windows) */
+  readonly shape?: ModelShape;
+  /** @defaultValue 1 */
+  readonly seed?: number;
+}
+
+export interface EmbeddedTrainerOptions {
+  /** How to create the first model when `TrainOptions.from` is absent. */
+  readonly init?: FreshModelOptions;
+  /**
+   * CPU threads of the training context. 2 on the 2-core reference machine (6.8k tokens/s with 1).
+   * @defaultValue 2
+   */
+  readonly threads?: number;
+}
+
+/** Token sequence of one sample: BOS, the rendered prompt, the answer's cluster token. */
+export function sampleTokens(vocab: Vocabulary, sample: TrainingSample): number[] {
+  return [BOS_ID, ...vocab.encode(renderPrompt(sample.prompt, vocab.descriptions)), vocab.clusterToken(sample.answer)];
+}
+
+/** Prompt tokens (what the model reads before answering). */
+export function promptTokens(vocab: Vocabulary, prompt: TrainingSample["prompt"]): number[] {
+  return [BOS_ID, ...vocab.encode(renderPrompt(prompt, vocab.descriptions))];
+}
+
+function catalogTokens(vocab: Vocabulary, line: CatalogLine): number[] {
+  // Words, not phrases: a catalog line exists to tie the words of titles and descriptions to the cluster token.
+  return [BOS_ID, ...vocab.encode(`${line.text} .`, { phrases: false }), vocab.clusterToken(line.cluster)];
+}
+
+function validationPrompt(vocab: Vocabulary, s: TrainingSample): ValidationPrompt {
+  const excluded = [s.prompt.history.c1, s.prompt.history.c2]
+    .filter((c) => c !== s.answer)
+    .map((c) => vocab.clusterToken(c) - CLUSTER_BASE);
+  return { prompt: promptTokens(vocab, s.prompt), answer: vocab.clusterToken(s.answer) - CLUSTER_BASE, excluded };
+}
+
+/** Deterministic split: every k-th sample of a seeded order goes to validation. */
+function splitValidation(samples: readonly TrainingSample[], fraction: number, seed: number): [TrainingSample[], TrainingSample[]] {
+  if (fraction <= 0 || samples.length < 10) return [[...samples], []];
+  const idx = samples.map((_, i) => i);
+  let a = seed >>> 0 || 1;
+  for (let i = idx.length - 1; i > 0; i--) {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = Math.imul(a ^ (a >>> 15), a | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    const j = Math.floor((((t ^ (t >>> 14)) >>> 0) / 4294967296) * (i + 1));
+    [idx[i], idx[j]] = [idx[j], idx[i]];
+  }
+  const nVal = Math.max(1, Math.round(samples.length * fraction));
+  const val = new Set(idx.slice(0, nVal));
+  return [samples.filter((_, i) => !val.has(i)), samples.filter((_, i) => val.has(i))];
+}
+
+function workerEntry(): { file: string; execArgv: string[] } {
+  const self = fileURLToPath(import.meta.url);
+  if (self.endsWith(".ts")) {
+    // Running from source (tsx, vitest): the child needs the TypeScript loader too.
+    return { file: join(dirname(self), "train-worker.ts"), execArgv: ["--import", "tsx"] };
+  }
+  return { file: join(dirname(self), "train-worker.js"), execArgv: [] };
+}
+
+export class EmbeddedTrainer implements Trainer {
+  constructor(private readonly options: EmbeddedTrainerOptions = {}) {}
+
+  async train(samples: readonly TrainingSample[], options: TrainOptions): Promise<TrainResult> {
+    assertPinnedEngine();
+    if (options.signal?.aborted) throw new FreshrecError("CANCELLED", "training was cancelled before it started");
+    const started = process.hrtime.bigint();
+    const checkpointDir = options.checkpointDir ?? join(dirname(options.outputPath), "checkpoints");
+    mkdirSync(checkpointDir, { recursive: true });
+    mkdirSync(dirname(options.outputPath), { recursive: true });
+
+    let startPath: string;
+    let vocab: Vocabulary;
+    let window: number;
+    if (options.from) {
+      const info = readModelFile(options.from);
+      startPath = options.from;
+      vocab = info.vocabulary;
+      window = info.shape.contextLength;
+    } else {
+      const init = this.options.init;
+      if (!init) throw new FreshrecError("BAD_INPUT", "training from scratch needs EmbeddedTrainerOptions.init (clusters)");
+      vocab = buildVocabulary({ clusters: init.clusters, extraText: init.extraText, maxSize: init.maxVocabulary });
+      const shape = init.shape ?? REFERENCE_SHAPE;
+      startPath = join(checkpointDir, "init.gguf");
+      createModelFile(startPath, vocab, shape, { seed: init.seed ?? 1 });
+      window = shape.contextLength;
+    }
+
+    const seed = options.seed ?? 1;
+    const [trainSamples, validationSamples] = options.validation
+      ? [[...samples], [...options.validation]]
+      : splitValidation(samples, options.validationFraction ?? 0.1, seed);
+    if (trainSamples.length === 0) throw new FreshrecError("BAD_INPUT", "no training samples");
+    const sequences = [...trainSamples.map((s) => sampleTokens(vocab, s)), ...(options.catalog ?? []).map((l) => catalogTokens(vocab, l))];
+    const epochs = options.epochs ?? 8;
+    const job: TrainJob = {
+      modelPath: startPath,
+      outputPath: options.outputPath,
+      checkpointDir,
+      sequences,
+      validation: validationSamples.map((s) => validationPrompt(vocab, s)),
+      answerBase: CLUSTER_BASE,
+      answerCount: vocab.clusterIds.length,
+      window,
+      epochs,
+      learningRate: options.learningRate ?? 2e-3,
+      weightDecay: options.weightDecay ?? 0.01,
+      patience: options.patience ?? 2,
+      seed,
+      threads: this.options.threads ?? 2,
+    };
+
+    const reports: EpochReport[] = [];
+    let trainTokens = 0;
+    let trainSeconds = 0;
+    const done = await runWorker(job, options, (m) => {
+      if (m.type === "step") {
+        options.onProgress?.({ type: "step", epoch: m.epoch, epochs, fraction: m.fraction, tokensPerSecond: m.tokensPerSecond });
+      } else if (m.type === "epoch") {
+        trainTokens += m.tokens;
+        trainSeconds += m.seconds;
+        const report: EpochReport = {
+          epoch: m.epoch,
+          epochs,
+          learningRate: m.learningRate,
+          trainLoss: m.trainLoss,
+          trainAccuracy: m.trainAccuracy,
+          validationLoss: m.validationLoss,
+          validationAccuracy: m.validationAccuracy,
+          tokensPerSecond: m.tokensPerSecond,
+          seconds: m.seconds,
+          checkpoint: m.checkpoint,
+        };
+        reports.push(report);
+        options.onProgress?.({ type: "epoch", ...report });
+      }
+    });
+    return {
+      modelPath: options.outputPath,
+      epochs: reports,
+      bestEpoch: done.bestEpoch,
+      stoppedEarly: done.stoppedEarly,
+      trainTokens,
+      tokensPerSecond: trainSeconds > 0 ? trainTokens / trainSeconds : 0,
+      seconds: Number(process.hrtime.bigint() - started) / 1e9,
+      trainSamples: trainSamples.length,
+      validationSamples: validationSamples.length,
+    };
+  }
+}
+
+function runWorker(
+  job: TrainJob,
+  options: TrainOptions,
+  onMessage: (m: WorkerMessage) => void,
+): Promise<{ bestEpoch: number; stoppedEarly: boolean }> {
+  const entry = workerEntry();
+  return new Promise((resolve, reject) => {
+    const child = fork(entry.file, [], {
+      execArgv: entry.execArgv,
+      // fd 3 carries progress lines (written synchronously by the worker); IPC only delivers the job.
+      stdio: ["ignore", "ignore", "pipe", "pipe", "ipc"],
+      serialization: "advanced",
+    });
+    let settled = false;
+    let done: { bestEpoch: number; stoppedEarly: boolean } | null = null;
+    let workerError: string | null = null;
+    const stderr: string[] = [];
+    const onAbort = () => {
+      if (settled) return;
+      settled = true;
+      child.kill("SIGKILL");
+      reject(new FreshrecError("CANCELLED", "training was cancelled"));
+    };
+    options.signal?.addEventListener("abort", onAbort, { once: true });
+    child.stderr?.on("data", (d: Buffer) => {
+      stderr.push(d.toString());
+      if (stderr.length > 50) stderr.shift();
+    });
+    let exit: { code: number | null; signal: NodeJS.Signals | null } | null = null;
+    let eventsClosed = false;
+    const finish = () => {
+      // Both the exit and the end of the event pipe: the "done" line may arrive after the exit event.
+      if (!exit || !eventsClosed || settled) return;
+      settled = true;
+      options.signal?.removeEventListener("abort", onAbort);
+      const { code, signal } = exit;
+      if (code === 0 && done) resolve(done);
+      else {
+        const tail = stderr.join("").trim().split("\n").slice(-6).join("\n");
+        reject(
+          new FreshrecError(
+            "ENGINE",
+            `training failed (${workerError ?? (signal ? `killed by ${signal}` : `exit code ${code}`)})${tail ? `: ${tail}` : ""}`,
+          ),
+        );
+      }
+    };
+    const events = child.stdio[3];
+    if (!events || !("on" in events)) eventsClosed = true;
+    else {
+      const lines = createInterface({ input: events as NodeJS.ReadableStream });
+      lines.on("close", () => {
+        eventsClosed = true;
+        finish();
+      });
+      lines.on("line", (line) => {
+        let m: WorkerMessage;
+        try {
+          m = JSON.parse(line) as WorkerMessage;
+        } catch {
+          return;
+        }
+        if (m.type === "done") done = { bestEpoch: m.bestEpoch, stoppedEarly: m.stoppedEarly };
+        else if (m.type === "error") workerError = m.message;
+        else if (!settled) onMessage(m);
+      });
+    }
+    child.on("error", (e) => {
+      if (settled) return;
+      settled = true;
+      reject(new FreshrecError("ENGINE", `the training process could not start: ${e.message}`, { cause: e }));
+    });
+    child.on("exit", (code, signal) => {
+      exit = { code, signal };
+      finish();
+    });
+    child.send(job);
+  });
+}

@@ -1,0 +1,282 @@
+/**
+ * The model registry: every model version freshrec made, with its lineage, training window, sample counts,
+ * metrics, file and sha256, and status history. One SQLite file, `<workspace>/registry.sqlite`.
+ *
+ * "Make live" is one IMMEDIATE transaction: the previous live model becomes retired and the new one live, so at
+ * every moment readers see exactly one live model (or none before the first).
+ *
+ * @example
+ * const registry = new ModelRegistry("./.freshrec", clock);
+ * const v = registry.register({ kind: "base", filePath, metrics: { top1: 0.21 }, trainSamples: 9000 });
+ * registry.makeLive(v.version, "pretrained base model");
+ */
+import Database from "better-sqlite3";
+import { createHash } from "node:crypto";
+import { createReadStream, mkdirSync } from "node:fs";
+import { join } from "node:path";
+import type { Clock } from "../domain/clock.js";
+import { FreshrecError } from "../domain/errors.js";
+import type { TimeWindow } from "../domain/types.js";
+
+export type ModelKind = "base" | "fine-tuned";
+export type ModelStatus = "candidate" | "live" | "halted" | "rejected" | "retired";
+
+export interface ModelVersion {
+  /** "m000001", "m000002", ... in creation order. */
+  readonly version: string;
+  readonly parent: string | null;
+  readonly kind: ModelKind;
+  readonly status: ModelStatus;
+  /** Data window the training samples came from (null when unknown). */
+  readonly window: TimeWindow | null;
+  readonly trainSamples: number;
+  readonly validationSamples: number;
+  readonly metrics: Record<string, unknown>;
+  readonly filePath: string;
+  readonly sha256: string;
+  readonly templateHash: string | null;
+  readonly vocabularyHash: string | null;
+  readonly createdAt: number;
+}
+
+export interface StatusChange {
+  readonly version: string;
+  readonly from: ModelStatus | null;
+  readonly to: ModelStatus;
+  readonly reason: string;
+  readonly at: number;
+}
+
+export interface RegisterModelInput {
+  readonly kind: ModelKind;
+  readonly parent?: string | null;
+  readonly filePath: string;
+  /** Computed from the file when absent. */
+  readonly sha256?: string;
+  readonly window?: TimeWindow | null;
+  readonly trainSamples?: number;
+  readonly validationSamples?: number;
+  readonly metrics?: Record<string, unknown>;
+  readonly templateHash?: string | null;
+  readonly vocabularyHash?: string | null;
+  /** @defaultValue "candidate" */
+  readonly status?: ModelStatus;
+  readonly reason?: string;
+}
+
+/** sha256 of a file, streamed. */
+export async function fileSha256(path: string): Promise<string> {
+  const hash = createHash("sha256");
+  for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
+  return hash.digest("hex");
+}
+
+interface Row {
+  version: string;
+  parent: string | null;
+  kind: ModelKind;
+  status: ModelStatus;
+  window_from: number | null;
+  window_to: number | null;
+  train_samples: number;
+  validation_samples: number;
+  metrics: string;
+  file_path: string;
+  sha256: string;
+  template_hash: string | null;
+  vocabulary_hash: string | null;
+  created_at: number;
+}
+
+function fromRow(r: Row): ModelVersion {
+  return {
+    version: r.version,
+    parent: r.parent,
+    kind: r.kind,
+    status: r.status,
+    window: r.window_from !== null && r.window_to !== null ? { from: r.window_from, to: r.window_to } : null,
+    trainSamples: r.train_samples,
+    validationSamples: r.validation_samples,
+    metrics: JSON.parse(r.metrics) as Record<string, unknown>,
+    filePath: r.file_path,
+    sha256: r.sha256,
+    templateHash: r.template_hash,
+    vocabularyHash: r.vocabulary_hash,
+    createdAt: r.created_at,
+  };
+}
+
+const SCHEMA_VERSION = 1;
+
+export class ModelRegistry {
+  private readonly db: Database.Database;
+
+  /** Opens (creating if needed) `<workspace>/registry.sqlite`; models live in `<workspace>/models/`. */
+  constructor(
+    readonly workspace: string,
+    private readonly clock: Clock,
+  ) {
+    mkdirSync(workspace, { recursive: true });
+    this.db = new Database(join(workspace, "registry.sqlite"));
+    this.db.pragma("journal_mode = WAL");
+    this.db.pragma("busy_timeout = 5000");
+    const userVersion = this.db.pragma("user_version", { simple: true }) as number;
+    if (userVersion > SCHEMA_VERSION) {
+      this.db.close();
+      throw new FreshrecError("INTERNAL", `registry.sqlite has schema ${userVersion}, newer than this freshrec (${SCHEMA_VERSION})`);
+    }
+    this.db.transaction(() => {
+      this.db.exec(`
+        CREATE TABLE IF NOT EXISTS models (
+          seq INTEGER PRIMARY KEY AUTOINCREMENT,
+          version TEXT NOT NULL UNIQUE,
+          parent TEXT REFERENCES models(version),
+          kind TEXT NOT NULL CHECK (kind IN ('base','fine-tuned')),
+          status TEXT NOT NULL CHECK (status IN ('candidate','live','halted','rejected','retired')),
+          window_from INTEGER, window_to INTEGER,
+          train_samples INTEGER NOT NULL DEFAULT 0,
+          validation_samples INTEGER NOT NULL DEFAULT 0,
+          metrics TEXT NOT NULL DEFAULT '{}',
+          file_path TEXT NOT NULL,
+          sha256 TEXT NOT NULL,
+          template_hash TEXT, vocabulary_hash TEXT,
+          created_at INTEGER NOT NULL
+        );
+        -- At most one live model, enforced by the database itself.
+        CREATE UNIQUE INDEX IF NOT EXISTS one_live ON models(status) WHERE status = 'live';
+        CREATE TABLE IF NOT EXISTS status_changes (
+          id INTEGER PRIMARY KEY AUTOINCREMENT,
+          version TEXT NOT NULL REFERENCES models(version),
+          from_status TEXT, to_status TEXT NOT NULL, reason TEXT NOT NULL, at INTEGER NOT NULL
+        );
+      `);
+      this.db.pragma(`user_version = ${SCHEMA_VERSION}`);
+    }).immediate();
+  }
+
+  /** Directory for model files and checkpoints. */
+  get modelsDir(): string {
+    const dir = join(this.workspace, "models");
+    mkdirSync(dir, { recursive: true });
+    return dir;
+  }
+
+  /** The version name the next registration will get (for naming files before registering). */
+  nextVersion(): string {
+    const row = this.db.prepare("SELECT COALESCE(MAX(seq), 0) AS n FROM models").get() as { n: number };
+    return `m${String(row.n + 1).padStart(6, "0")}`;
+  }
+
+  async register(input: RegisterModelInput): Promise<ModelVersion> {
+    const sha256 = input.sha256 ?? (await fileSha256(input.filePath));
+    const status = input.status ?? "candidate";
+    if (status === "live") throw new FreshrecError("BAD_INPUT", "register as candidate, then makeLive");
+    const now = this.clock.now();
+    return this.db.transaction(() => {
+      if (input.parent && !this.get(input.parent)) throw new FreshrecError("NOT_FOUND", `parent model ${input.parent} does not exist`);
+      const version = this.nextVersion();
+      this.db
+        .prepare(
+          `INSERT INTO models (version, parent, kind, status, window_from, window_to, train_samples, validation_samples,
+             metrics, file_path, sha256, template_hash, vocabulary_hash, created_at)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+        )
+        .run(
+          version,
+          input.parent ?? null,
+          input.kind,
+          status,
+          input.window?.from ?? null,
+          input.window?.to ?? null,
+          input.trainSamples ?? 0,
+          input.validationSamples ?? 0,
+          JSON.stringify(input.metrics ?? {}),
+          input.filePath,
+          sha256,
+          input.templateHash ?? null,
+          input.vocabularyHash ?? null,
+          now,
+        );
+      this.recordChange(version, null, status, input.reason ?? "registered", now);
+      return this.get(version)!;
+    }).immediate();
+  }
+
+  get(version: string): ModelVersion | null {
+    const row = this.db.prepare("SELECT * FROM models WHERE version = ?").get(version) as Row | undefined;
+    return row ? fromRow(row) : null;
+  }
+
+  list(filter: { status?: readonly ModelStatus[]; kind?: ModelKind } = {}): ModelVersion[] {
+    const rows = this.db.prepare("SELECT * FROM models ORDER BY seq").all() as Row[];
+    return rows
+      .map(fromRow)
+      .filter((m) => (!filter.status || filter.status.includes(m.status)) && (!filter.kind || m.kind === filter.kind));
+  }
+
+  live(): ModelVersion | null {
+    const row = this.db.prepare("SELECT * FROM models WHERE status = 'live'").get() as Row | undefined;
+    return row ? fromRow(row) : null;
+  }
+
+  history(version?: string): StatusChange[] {
+    const rows = (
+      version
+        ? this.db.prepare("SELECT * FROM status_changes WHERE version = ? ORDER BY id").all(version)
+        : this.db.prepare("SELECT * FROM status_changes ORDER BY id").all()
+    ) as { version: string; from_status: ModelStatus | null; to_status: ModelStatus; reason: string; at: number }[];
+    return rows.map((r) => ({ version: r.version, from: r.from_status, to: r.to_status, reason: r.reason, at: r.at }));
+  }
+
+  /** Makes `version` the one live model; the previous live model becomes retired, in one transaction. */
+  makeLive(version: string, reason: string): ModelVersion {
+    const now = this.clock.now();
+    return this.db.transaction(() => {
+      const target = this.get(version);
+      if (!target) throw new FreshrecError("NOT_FOUND", `model ${version} does not exist`);
+      if (target.status === "live") return target;
+      if (target.status === "rejected") throw new FreshrecError("BAD_INPUT", `model ${version} was rejected and cannot go live`);
+      const previous = this.live();
+      if (previous) {
+        this.db.prepare("UPDATE models SET status = 'retired' WHERE version = ?").run(previous.version);
+        this.recordChange(previous.version, "live", "retired", `replaced by ${version}`, now);
+      }
+      this.db.prepare("UPDATE models SET status = 'live' WHERE version = ?").run(version);
+      this.recordChange(version, target.status, "live", reason, now);
+      return this.get(version)!;
+    }).immediate();
+  }
+
+  /** Any status change other than going live (halted, rejected, retired, back to candidate). */
+  setStatus(version: string, status: Exclude<ModelStatus, "live">, reason: string): ModelVersion {
+    const now = this.clock.now();
+    return this.db.transaction(() => {
+      const target = this.get(version);
+      if (!target) throw new FreshrecError("NOT_FOUND", `model ${version} does not exist`);
+      if (target.status === status) return target;
+      this.db.prepare("UPDATE models SET status = ? WHERE version = ?").run(status, version);
+      this.recordChange(version, target.status, status, reason, now);
+      return this.get(version)!;
+    }).immediate();
+  }
+
+  /** Merges metrics into a model's record (gates computed after registration). */
+  updateMetrics(version: string, metrics: Record<string, unknown>): ModelVersion {
+    return this.db.transaction(() => {
+      const target = this.get(version);
+      if (!target) throw new FreshrecError("NOT_FOUND", `model ${version} does not exist`);
+      this.db.prepare("UPDATE models SET metrics = ? WHERE version = ?").run(JSON.stringify({ ...target.metrics, ...metrics }), version);
+      return this.get(version)!;
+    }).immediate();
+  }
+
+  close(): void {
+    this.db.close();
+  }
+
+  private recordChange(version: string, from: ModelStatus | null, to: ModelStatus, reason: string, at: number): void {
+    this.db
+      .prepare("INSERT INTO status_changes (version, from_status, to_status, reason, at) VALUES (?, ?, ?, ?, ?)")
+      .run(version, from, to, reason, at);
+  }
+}
