@@ -75,10 +75,11 @@ export class BatchScorer {
   /** A scorer on an already loaded model (the trainer scores its validation set on the weights it trains). */
   static onModel(api: LlamaApi, model: NativePointer, options: BatchScorerOptions, ownsModel = false): BatchScorer {
     const full: Required<BatchScorerOptions> = {
-      sequences: 48,
-      maxPromptTokens: 64,
-      threads: 2,
-      ...options,
+      answerBase: options.answerBase,
+      answerCount: options.answerCount,
+      sequences: options.sequences ?? 48,
+      maxPromptTokens: options.maxPromptTokens ?? 64,
+      threads: options.threads ?? 2,
     };
     const capacity = full.sequences * full.maxPromptTokens;
     const ctx = createContext(api, model, {

@@ -1,0 +1,70 @@
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import { EmbeddedLanguageModel } from "../../src/llm/backends/embedded.js";
+import type { TrainingEvent } from "../../src/llm/contracts.js";
+import { EmbeddedTrainer } from "../../src/llm/engine/trainer.js";
+import { readModelFile } from "../../src/llm/engine/model-file.js";
+import { languageModelConformance } from "./conformance.js";
+import { CLUSTERS, TINY_SHAPE, tempWorkspace, toySamples } from "./fixtures.js";
+
+const ws = tempWorkspace();
+let trainedPath = "";
+
+async function trainTiny(epochs = 2): Promise<string> {
+  if (trainedPath) return trainedPath;
+  const trainer = new EmbeddedTrainer({ init: { clusters: CLUSTERS, shape: TINY_SHAPE } });
+  const result = await trainer.train(toySamples(400), { outputPath: join(ws, "models", "tiny.gguf"), epochs, patience: 99 });
+  trainedPath = result.modelPath;
+  return trainedPath;
+}
+
+describe("embedded trainer (real llama.cpp training, tiny model)", () => {
+  it("trains in a child process with per-epoch progress, checkpoints and a loadable output", async () => {
+    const events: TrainingEvent[] = [];
+    const trainer = new EmbeddedTrainer({ init: { clusters: CLUSTERS, shape: TINY_SHAPE } });
+    const out = join(ws, "models", "smoke.gguf");
+    const result = await trainer.train(toySamples(400), { outputPath: out, epochs: 2, patience: 99, onProgress: (e) => events.push(e) });
+    expect(existsSync(out)).toBe(true);
+    expect(result.epochs).toHaveLength(2);
+    expect(result.trainTokens).toBeGreaterThan(0);
+    expect(result.validationSamples).toBe(40);
+    const epochs = events.filter((e) => e.type === "epoch");
+    expect(epochs.map((e) => e.epoch)).toEqual([1, 2]);
+    for (const e of result.epochs) {
+      expect(Number.isFinite(e.trainLoss)).toBe(true);
+      expect(e.validationAccuracy).toBeGreaterThanOrEqual(0);
+      expect(existsSync(e.checkpoint)).toBe(true);
+      expect(readModelFile(e.checkpoint).clusters).toHaveLength(CLUSTERS.length);
+    }
+    // The learning-rate schedule decays from the peak.
+    expect(result.epochs[1].learningRate).toBeLessThan(result.epochs[0].learningRate);
+    trainedPath = out;
+  });
+
+  it("continues training from an existing model (fine-tuning) and keeps its vocabulary", async () => {
+    const from = await trainTiny();
+    const out = join(ws, "models", "tuned.gguf");
+    const result = await new EmbeddedTrainer().train(toySamples(200, 9), { from, outputPath: out, epochs: 1 });
+    expect(result.epochs).toHaveLength(1);
+    expect(readModelFile(out).vocabularyHash).toBe(readModelFile(from).vocabularyHash);
+  });
+
+  it("is cancellable: an abort rejects with CANCELLED and leaves no output", async () => {
+    const controller = new AbortController();
+    const trainer = new EmbeddedTrainer({ init: { clusters: CLUSTERS, shape: TINY_SHAPE } });
+    const out = join(ws, "models", "cancelled.gguf");
+    const run = trainer.train(toySamples(2000), {
+      outputPath: out,
+      epochs: 50,
+      signal: controller.signal,
+      onProgress: (e) => {
+        if (e.type === "epoch") controller.abort();
+      },
+    });
+    await expect(run).rejects.toMatchObject({ code: "CANCELLED" });
+    expect(existsSync(out)).toBe(false);
+  });
+});
+
+languageModelConformance("embedded", async () => ({ model: await EmbeddedLanguageModel.open(await trainTiny()) }));

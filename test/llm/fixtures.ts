@@ -1,0 +1,42 @@
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { Cluster } from "../../src/domain/types.js";
+import type { TrainingSample } from "../../src/llm/contracts.js";
+
+export function tempWorkspace(prefix = "freshrec-llm-"): string {
+  return mkdtempSync(join(tmpdir(), prefix));
+}
+
+export const CLUSTERS: Cluster[] = [
+  { id: "baking", description: "baking, desserts, pastry" },
+  { id: "hiking", description: "hiking, trails, mountains" },
+  { id: "jazz", description: "jazz, vinyl, saxophone" },
+  { id: "chess", description: "chess, openings" },
+  { id: "garden", description: "gardening, roses, compost" },
+  { id: "cars", description: "cars, engines" },
+  { id: "poetry", description: "poetry" },
+  { id: "space", description: "space, rockets, astronomy" },
+];
+
+/** A seeded toy platform: the next cluster mostly follows the second history cluster. */
+export function toySamples(n: number, seed = 3): TrainingSample[] {
+  let s = seed;
+  const rnd = () => {
+    s = (s * 1103515245 + 12345) & 0x7fffffff;
+    return s / 0x7fffffff;
+  };
+  const ids = CLUSTERS.map((c) => c.id);
+  const out: TrainingSample[] = [];
+  while (out.length < n) {
+    const a = Math.floor(rnd() * ids.length);
+    const b = Math.floor(rnd() * ids.length);
+    if (a === b) continue;
+    const next = rnd() < 0.7 ? (b + 1) % ids.length : Math.floor(rnd() * ids.length);
+    if (next === a || next === b) continue;
+    out.push({ prompt: { history: { c1: ids[a], c2: ids[b] } }, answer: ids[next] });
+  }
+  return out;
+}
+
+export const TINY_SHAPE = { embedding: 32, layers: 1, heads: 2, feedForward: 64, contextLength: 256 } as const;
