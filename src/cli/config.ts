@@ -91,8 +91,19 @@ export const configSchema = z
         maxPerPair: positiveInt().default(24).describe("Cap of samples per history pair."),
         maxTargetShare: z.number().gt(0).max(1).default(0.04).describe("Largest share of samples one target cluster may take."),
         maxPerTriple: positiveInt().default(8).describe("Cap of samples per (c1, c2, next) triple (one per distinct user up to this)."),
+        epochs: positiveInt().default(4).describe("Training epochs of a fine-tune (the best validation epoch is kept; early stop on no improvement)."),
+        learningRate: z.number().positive().nullable().default(null).describe("Peak AdamW learning rate of a fine-tune. null = the trainer's default."),
         minExactMatchRate: z.number().min(0).max(1).default(0.9).describe("Gate: share of generated answers that exactly name a cluster."),
         minTestRecall: z.number().min(0).max(1).default(0.015).describe("Gate: share of held-out users whose predicted cluster appears in their later clusters."),
+      })
+      .strict()
+      .prefault({}),
+    pretrain: z
+      .object({
+        windowDays: positiveInt().default(90).describe("Days of events before the as-of time the base model is trained on."),
+        heldOutDays: positiveInt().default(14).describe("The most recent of those days, held out to compare the model's top-1 with the most-popular-next baseline."),
+        epochs: positiveInt().default(8).describe("Training epochs of the base model."),
+        maxSamples: positiveInt().default(60000).describe("Most recent transitions used for pretraining at most."),
       })
       .strict()
       .prefault({}),

@@ -7,6 +7,8 @@ import { registerAnalyze } from "./commands/analyze.js";
 import { registerConfig } from "./commands/config.js";
 import { registerDemo } from "./commands/demo.js";
 import { registerIngest } from "./commands/ingest.js";
+import { registerModels } from "./commands/models.js";
+import { registerRefresh } from "./commands/refresh.js";
 import { registerSynth } from "./commands/synth.js";
 import { registerTables } from "./commands/tables.js";
 import { DEFAULT_WORKSPACE } from "./workspace.js";
@@ -23,6 +25,8 @@ export function buildProgram(): Command {
   registerConfig(program);
   registerIngest(program);
   registerSynth(program);
+  registerModels(program);
+  registerRefresh(program);
   registerTables(program);
   registerAnalyze(program);
   for (const command of program.commands) {

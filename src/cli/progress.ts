@@ -2,6 +2,7 @@
  * Renders job progress: a cli-progress bar on a TTY, a line every few seconds otherwise (CI logs, pipes).
  * Always on stderr, so `--json` output on stdout stays one clean object.
  */
+import type { TrainingEvent } from "../llm/contracts.js";
 import cliProgress from "cli-progress";
 import type { ProgressSink } from "../domain/types.js";
 
@@ -36,8 +37,10 @@ class LineProgress implements ProgressSink {
   private total = 0;
   private last = 0;
   private done = 0;
+  private printedTotal = false;
   start(label: string, total: number): void {
     this.label = label;
+    this.printedTotal = false;
     this.total = total;
     this.last = 0;
     process.stderr.write(`${label}: started (${total} steps)\n`);
@@ -46,7 +49,9 @@ class LineProgress implements ProgressSink {
     this.done = done;
     // Wall time only paces log lines; it never feeds a result.
     const now = performance.now();
-    if (now - this.last < LINE_INTERVAL_MS && done < this.total) return;
+    // Throttled, except that reaching the total is printed once.
+    if (done >= this.total ? this.printedTotal : now - this.last < LINE_INTERVAL_MS) return;
+    if (done >= this.total) this.printedTotal = true;
     this.last = now;
     const pct = this.total ? ((100 * done) / this.total).toFixed(0) : "?";
     process.stderr.write(`${this.label}: ${done}/${this.total} (${pct}%) ${formatDetail(detail)}\n`);
@@ -62,4 +67,26 @@ function formatDetail(detail?: Record<string, string | number>): string {
   return Object.entries(detail)
     .map(([k, v]) => `${k}=${typeof v === "number" && !Number.isInteger(v) ? v.toFixed(3) : v}`)
     .join(" ");
+}
+
+/**
+ * Training progress on a sink: one bar (or periodic lines) per epoch with tokens/s, then one line per epoch with
+ * train loss/accuracy and the validation answer loss/accuracy.
+ */
+export function trainingProgress(progress: ProgressSink, log: (line: string) => void, label = "training"): (event: TrainingEvent) => void {
+  let epoch = 0;
+  return (event) => {
+    if (event.type === "step") {
+      if (event.epoch !== epoch) {
+        epoch = event.epoch;
+        progress.start(`${label} epoch ${event.epoch}/${event.epochs}`, 100);
+      }
+      progress.update(Math.round(event.fraction * 100), { "tok/s": Math.round(event.tokensPerSecond) });
+      return;
+    }
+    progress.stop();
+    epoch = 0;
+    const val = event.validationLoss === null ? "" : ` validation loss ${event.validationLoss.toFixed(3)} top-1 ${(event.validationAccuracy ?? 0).toFixed(3)}`;
+    log(`${label} epoch ${event.epoch}: train loss ${event.trainLoss.toFixed(3)} accuracy ${event.trainAccuracy.toFixed(3)}${val} (${Math.round(event.tokensPerSecond)} tok/s)`);
+  };
 }

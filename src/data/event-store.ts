@@ -140,6 +140,18 @@ export class EventStore {
     return rows.map((r) => ({ id: r.cluster_id, description: r.description }));
   }
 
+  /** Items that have a title, most engaged first (the catalog text a base model learns from). */
+  async titledItems(limit: number): Promise<Item[]> {
+    const rows = await this.query<{ item_id: string; cluster_id: string; title: string }>(
+      `SELECT i.item_id, c.cluster_id, i.title FROM items i JOIN clusters c USING (cluster_key)
+       LEFT JOIN (SELECT item_key, count(*) AS n FROM events GROUP BY item_key) e USING (item_key)
+       WHERE i.title IS NOT NULL AND trim(i.title) <> ''
+       ORDER BY coalesce(e.n, 0) DESC, i.item_key LIMIT $limit`,
+      { limit },
+    );
+    return rows.map((r) => ({ id: r.item_id, clusterId: r.cluster_id, title: r.title }));
+  }
+
   /** Item ids already known, mapped to their cluster ids (for validating events against the catalog). */
   async itemClusters(): Promise<Map<string, string>> {
     const rows = await this.query<{ item_id: string; cluster_id: string }>(

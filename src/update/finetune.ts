@@ -26,7 +26,7 @@ export interface FinetuneRegistry {
     readonly dataWindow: { readonly from: number; readonly to: number };
     readonly trainSamples: number;
     readonly metrics: Readonly<Record<string, unknown>>;
-  }): string;
+  }): Promise<string>;
   /** Moves a candidate to live (the previous live model retires) or to halted, with the reason. */
   decide(version: string, decision: "live" | "halted", reason: string, metrics: Readonly<Record<string, unknown>>): void;
 }
@@ -76,7 +76,7 @@ export async function runFinetune(asOf: number, options: FinetuneOptions): Promi
   });
   const gates = await measureGates(await options.openModel(training.modelPath), set, options);
   const metrics = { ...gates, bestEpoch: training.bestEpoch, trainTokens: training.trainTokens };
-  const version = options.registry.registerCandidate({
+  const version = await options.registry.registerCandidate({
     parent: parent?.version ?? null,
     path: training.modelPath,
     kind: "fine-tuned",

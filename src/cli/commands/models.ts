@@ -1,0 +1,148 @@
+/**
+ * The model side of the loop: `pretrain` (the base model), `finetune` (monthly, behind the gates), `review`
+ * (a human decides on a halted candidate) and `models list`.
+ */
+import type { Command } from "commander";
+import { DAY_MS } from "../../domain/clock.js";
+import { BadInputError } from "../../domain/errors.js";
+import { pretrainBaseModel } from "../../llm/pretrain.js";
+import { ModelRegistry, type ModelVersion } from "../../llm/registry.js";
+import { timedTransitions } from "../../mining/transitions.js";
+import { finetuneOutcome } from "../../update/loop.js";
+import { openLoop, resolveAsOf } from "../loop-context.js";
+import { trainingProgress } from "../progress.js";
+import { action, positiveInt } from "../run.js";
+
+const iso = (ms: number) => new Date(ms).toISOString();
+const pct = (x: number) => `${(100 * x).toFixed(2)}%`;
+
+function modelLine(m: ModelVersion): string {
+  const window = m.window ? `data ${iso(m.window.from).slice(0, 10)}..${iso(m.window.to).slice(0, 10)}` : "data -";
+  return `${m.version}  ${m.status.padEnd(9)} ${m.kind.padEnd(10)} parent ${m.parent ?? "-"}  ${window}  ${m.trainSamples} samples  ${iso(m.createdAt).slice(0, 16)}`;
+}
+
+export function registerModels(program: Command): void {
+  program
+    .command("pretrain")
+    .description("train the base model from the catalog and the transitions before the as-of time; report top-1 vs most-popular-next")
+    .option("--as-of <time>", "use only data before this time (default: now, or just after the newest event)")
+    .option("--epochs <n>", "training epochs (default: pretrain.epochs)")
+    .addHelpText("after", "\nExamples:\n  freshrec pretrain\n  freshrec pretrain --as-of 2025-06-01 --epochs 4 --json")
+    .action(
+      action(async (ctx, command) => {
+        const opts = command.opts<{ asOf?: string; epochs?: string }>();
+        const epochs = positiveInt("epochs", opts.epochs) ?? ctx.config.pretrain.epochs;
+        const events = await ctx.openEvents();
+        try {
+          const asOf = await resolveAsOf(ctx, events, opts.asOf);
+          const { windowDays, heldOutDays, maxSamples } = ctx.config.pretrain;
+          if (heldOutDays >= windowDays) throw new BadInputError(`pretrain.heldOutDays (${heldOutDays}) must be smaller than pretrain.windowDays (${windowDays})`);
+          const positiveMin = await ctx.positiveMin(events);
+          const split = asOf - heldOutDays * DAY_MS;
+          const window = { from: asOf - windowDays * DAY_MS, to: split };
+          const transitions = (await timedTransitions(events, window, { positiveMin, horizon: 1 })).slice(-maxSamples);
+          if (transitions.length === 0) throw new BadInputError(`no novel transitions between ${iso(window.from)} and ${iso(window.to)} to pretrain on`);
+          const heldOut = await timedTransitions(events, { from: split, to: asOf }, { positiveMin, horizon: 1 });
+          const clusters = await events.clusters();
+          const items = await events.titledItems(20_000);
+          ctx.log(`pretraining on ${transitions.length} transitions of ${iso(window.from).slice(0, 10)}..${iso(window.to).slice(0, 10)}, ${clusters.length} clusters, ${items.length} titled items; ${heldOut.length} held-out transitions`);
+          const result = await pretrainBaseModel({
+            workspace: ctx.paths.root,
+            clock: ctx.clock,
+            clusters,
+            items,
+            transitions,
+            heldOut,
+            window,
+            epochs,
+            onProgress: trainingProgress(ctx.progress, ctx.log, "pretraining"),
+          });
+          const e = result.evaluation;
+          const text = [
+            `base model ${result.modelVersion} (${result.status}) written to ${result.modelPath}`,
+            `  ${result.training.trainSamples} training samples, best epoch ${result.training.bestEpoch}/${result.training.epochs.length}, ${result.trainTokens} tokens at ${Math.round(result.training.tokensPerSecond)} tok/s, ${result.seconds.toFixed(1)} s`,
+            e
+              ? `  held-out top-1 on ${e.transitions} transitions: model ${pct(e.modelTop1)} vs most-popular-next ${pct(e.mostPopularTop1)}`
+              : "  no held-out transitions: nothing to compare",
+          ].join("\n");
+          return { json: { ...result, asOf: iso(asOf), window: { from: iso(window.from), to: iso(window.to) } }, text };
+        } finally {
+          events.close();
+        }
+      }),
+    );
+
+  program
+    .command("finetune")
+    .description("continue training the live model on curated recent transitions, then gate it: pass goes live, fail halts (exit 1)")
+    .option("--as-of <time>", "fine-tune on data before this time (default: now, or just after the newest event)")
+    .addHelpText("after", "\nExamples:\n  freshrec finetune\n  freshrec finetune --as-of 2025-07-01 --json")
+    .action(
+      action(async (ctx, command) => {
+        const opts = command.opts<{ asOf?: string }>();
+        const open = await openLoop(ctx);
+        try {
+          const asOf = await resolveAsOf(ctx, open.events, opts.asOf);
+          if (!open.registry.live()) throw new BadInputError("no live model to fine-tune: run freshrec pretrain first");
+          const result = await open.loop.finetune(asOf);
+          const g = result.gates;
+          const text = [
+            `${result.modelVersion} (parent ${result.parent ?? "-"}): ${result.status === "live" ? "gates passed, now live" : "HALTED, the previous model stays live"}`,
+            `  trained on ${result.set.trainSamples} curated samples of ${iso(result.set.trainWindow.from).slice(0, 10)}..${iso(result.set.trainWindow.to).slice(0, 10)} (${result.set.available} available), ${result.trainTokens} tokens, ${result.seconds.toFixed(1)} s`,
+            `  exact-match rate ${pct(g.exactMatchRate)} (gate ${pct(ctx.config.finetune.minExactMatchRate)}), test recall ${pct(g.testRecall)} on ${g.testExamples} test histories (gate ${pct(ctx.config.finetune.minTestRecall)})`,
+            ...g.reasons.map((r) => `  gate failed: ${r}`),
+            ...(result.status === "halted" ? [`  decide with: freshrec review approve|reject ${result.modelVersion} --reason TEXT`] : []),
+          ].join("\n");
+          return { json: { ...result, outcome: finetuneOutcome(result).status }, text, exitCode: result.status === "live" ? 0 : 1 };
+        } finally {
+          await open.close();
+        }
+      }),
+    );
+
+  program
+    .command("review <decision> <version>")
+    .description("decide on a halted (or candidate) model: approve makes it live, reject retires it for good")
+    .requiredOption("--reason <text>", "why (recorded with the time)")
+    .addHelpText("after", "\nExamples:\n  freshrec review approve m000003 --reason \"recall dip explained by a holiday week\"\n  freshrec review reject m000003 --reason \"answers off-list\"")
+    .action(
+      action(async (ctx, command) => {
+        const [decision, version] = command.args;
+        const { reason } = command.opts<{ reason: string }>();
+        if (decision !== "approve" && decision !== "reject") throw new BadInputError(`decision must be approve or reject, got ${JSON.stringify(decision)}`);
+        if (reason.trim() === "") throw new BadInputError("--reason must not be empty");
+        const registry = new ModelRegistry(ctx.paths.root, ctx.clock);
+        try {
+          const model = registry.get(version);
+          if (!model) throw new BadInputError(`unknown model version ${JSON.stringify(version)} (see freshrec models list)`);
+          if (model.status !== "halted" && model.status !== "candidate") {
+            throw new BadInputError(`${version} is ${model.status}: only halted or candidate models are reviewed`);
+          }
+          const decided = decision === "approve" ? registry.makeLive(version, `approved: ${reason}`) : registry.setStatus(version, "rejected", `rejected: ${reason}`);
+          const change = registry.history(version).at(-1)!;
+          return {
+            json: { model: decided, change },
+            text: `${version} is now ${decided.status} (${change.reason}, ${iso(change.at)})`,
+          };
+        } finally {
+          registry.close();
+        }
+      }),
+    );
+
+  const models = program.command("models").description("the model registry");
+  models
+    .command("list")
+    .description("every model version with lineage, status and data window")
+    .action(
+      action(async (ctx) => {
+        const registry = new ModelRegistry(ctx.paths.root, ctx.clock);
+        try {
+          const list = registry.list();
+          return { json: { live: registry.live()?.version ?? null, models: list }, text: list.length ? list.map(modelLine).join("\n") : "no models yet: run freshrec pretrain" };
+        } finally {
+          registry.close();
+        }
+      }),
+    );
+}

@@ -1,0 +1,212 @@
+/**
+ * `refresh` (one RAG refresh now) and `schedule run|status|pause|resume` (the two jobs on their cadences, live or
+ * simulated on a virtual clock over past data).
+ */
+import type { Command } from "commander";
+import { VirtualClock } from "../../domain/clock.js";
+import { BadInputError } from "../../domain/errors.js";
+import { runRefresh } from "../../update/refresh.js";
+import { PROMPT_TEMPLATE_HASH } from "../../llm/prompt.js";
+import {
+  Scheduler,
+  SqliteScheduleStore,
+  hybridJobs,
+  readScheduleStatus,
+  scheduleStorePath,
+  type JobDefinition,
+  type RunRecord,
+  type ScheduleStatus,
+} from "../../update/schedule/index.js";
+import type { FreshrecConfig } from "../config.js";
+import type { CommandContext } from "../context.js";
+import { openLoop, resolveAsOf, type OpenLoop } from "../loop-context.js";
+import { action, timeOption } from "../run.js";
+
+const iso = (ms: number) => new Date(ms).toISOString();
+
+/** One log line per run: what ran, for which due time, how it ended and what it produced. */
+export function runLine(run: RunRecord): string {
+  const d = run.detail ?? {};
+  const what =
+    run.job === "finetune"
+      ? `model ${String(d.modelVersion ?? "-")} ${String(d.modelStatus ?? "")} exact-match ${fmt(d.exactMatchRate)} recall ${fmt(d.testRecall)}`
+      : `table ${String(d.tableVersion ?? "-")} (model ${String(d.modelVersion ?? "-")}) rescored ${String(d.rescored ?? 0)} copied ${String(d.copied ?? 0)} contexts ${String(d.pairsWithContext ?? 0)}`;
+  const took = run.durationSeconds === null ? "" : ` in ${run.durationSeconds.toFixed(1)} s`;
+  return `${iso(run.due).slice(0, 16)}Z ${run.job.padEnd(8)} ${run.status.padEnd(9)} ${run.status === "succeeded" || run.status === "halted" ? what : (run.error ?? "")}${took}${run.status === "halted" ? ` (${run.error ?? ""})` : ""}`;
+}
+
+function fmt(x: unknown): string {
+  return typeof x === "number" ? `${(100 * x).toFixed(1)}%` : "-";
+}
+
+function statusLines(status: ScheduleStatus): string[] {
+  return status.jobs.map((j) => {
+    const last = j.lastRun ? `last ${j.lastRun.status} at ${iso(j.lastRun.due).slice(0, 16)}Z` : "never ran";
+    const next = j.paused ? `PAUSED: ${j.pauseReason ?? ""}` : `next due ${j.nextDue === null ? "-" : `${iso(j.nextDue).slice(0, 16)}Z`}`;
+    const c = j.counters;
+    return `${j.job.padEnd(8)} ${j.cadence.padEnd(14)} ${last}; ${next}; runs ${c.runs} (ok ${c.succeeded}, failed ${c.failed}, halted ${c.halted}, skipped ${c.skipped}, missed ${c.missed})`;
+  });
+}
+
+function schedulerOptions(config: FreshrecConfig["schedule"]) {
+  return { overlap: config.overlap, catchupWindowMs: config.catchupWindowDays * 86_400_000, maxConsecutiveFailures: config.maxConsecutiveFailures };
+}
+
+function jobsOf(open: OpenLoop, config: FreshrecConfig): JobDefinition[] {
+  return hybridJobs({
+    finetune: open.loop.finetuneJob(),
+    refresh: open.loop.refreshJob(),
+    finetuneCadence: config.schedule.finetuneCadence,
+    refreshCadence: config.schedule.refreshCadence,
+  });
+}
+
+export function registerRefresh(program: Command): void {
+  program
+    .command("refresh")
+    .description("RAG refresh now: recount the recent window, rebuild the table with the live model (incrementally), publish")
+    .option("--as-of <time>", "retrieve from data before this time (default: now, or just after the newest event)")
+    .option("--full", "re-score every pair instead of copying those whose context did not change")
+    .option("--no-publish", "build and keep the table without making it live")
+    .addHelpText("after", "\nExamples:\n  freshrec refresh\n  freshrec refresh --as-of 2025-06-03 --full --json")
+    .action(
+      action(async (ctx, command) => {
+        const opts = command.opts<{ asOf?: string; full?: boolean; publish: boolean }>();
+        const open = await openLoop(ctx);
+        try {
+          const asOf = await resolveAsOf(ctx, open.events, opts.asOf);
+          const model = await open.loop.liveModel();
+          const result = await runRefresh(asOf, {
+            events: open.events,
+            tables: open.tables,
+            clusters: open.clusters,
+            model,
+            templateHash: PROMPT_TEMPLATE_HASH,
+            rag: { ...ctx.config.rag, positiveMin: open.positiveMin },
+            full: Boolean(opts.full),
+            topN: ctx.config.tables.topN,
+            keep: ctx.config.tables.keep,
+            publish: opts.publish,
+            progress: ctx.progress,
+          });
+          const text = [
+            `table ${result.tableVersion} ${result.published ? "published" : "built (not published)"}: model ${result.modelVersion}, RAG as of ${iso(asOf)} (${ctx.config.rag.windowDays} d, ${result.transitionsInWindow} transitions, ${result.pairsWithContext} pairs with context)`,
+            `  ${result.pairs} pairs: ${result.rescored} re-scored, ${result.copied} copied; ${Math.round(result.promptsPerSecond)} prompts/s, ${result.seconds.toFixed(1)} s`,
+          ].join("\n");
+          return { json: { ...result, asOf: iso(asOf) }, text };
+        } finally {
+          await open.close();
+        }
+      }),
+    );
+
+  const schedule = program.command("schedule").description("the hybrid schedule: monthly fine-tuning behind gates, RAG refresh every few days");
+  schedule
+    .command("run")
+    .description("run both jobs on their cadences until stopped (Ctrl-C), or --simulate them over past data on a virtual clock")
+    .option("--simulate", "replay the schedule over [--from, --to) on a virtual clock, with the real jobs")
+    .option("--from <time>", "start of the simulated period")
+    .option("--to <time>", "end of the simulated period (default: just after the newest event)")
+    .addHelpText("after", "\nExamples:\n  freshrec schedule run\n  freshrec schedule run --simulate --from 2025-10-01 --to 2025-12-01")
+    .action(action(async (ctx, command) => runSchedule(ctx, command.opts())));
+
+  schedule
+    .command("status")
+    .description("each job's cadence, last run, next due time, counters and pause state")
+    .action(
+      action(async (ctx) => {
+        const store = SqliteScheduleStore.open(scheduleStorePath(ctx.paths.root));
+        try {
+          const definitions = [
+            { name: "finetune", cadence: ctx.config.schedule.finetuneCadence },
+            { name: "refresh", cadence: ctx.config.schedule.refreshCadence },
+          ];
+          const status = readScheduleStatus(store, definitions, ctx.clock.now(), null);
+          const recent = store.runs({ limit: 10 });
+          return { json: { ...status, recent }, text: [...statusLines(status), ...(recent.length ? ["recent runs:", ...recent.map(runLine)] : [])].join("\n") };
+        } finally {
+          store.close();
+        }
+      }),
+    );
+
+  for (const verb of ["pause", "resume"] as const) {
+    schedule
+      .command(`${verb} <job>`)
+      .description(verb === "pause" ? "pause a job (finetune or refresh) until resumed" : "resume a paused job (after a halted fine-tune was reviewed, for example)")
+      .option("--reason <text>", "why (pause only)")
+      .action(
+        action(async (ctx, command) => {
+          const [job] = command.args;
+          if (job !== "finetune" && job !== "refresh") throw new BadInputError(`job must be finetune or refresh, got ${JSON.stringify(job)}`);
+          const store = SqliteScheduleStore.open(scheduleStorePath(ctx.paths.root));
+          try {
+            const noop = async () => ({ status: "succeeded" as const });
+            const scheduler = new Scheduler({
+              jobs: hybridJobs({ finetune: noop, refresh: noop, finetuneCadence: ctx.config.schedule.finetuneCadence, refreshCadence: ctx.config.schedule.refreshCadence }),
+              store,
+              clock: ctx.clock,
+            });
+            const state = verb === "pause" ? scheduler.pause(job, command.opts<{ reason?: string }>().reason ?? "paused by hand") : scheduler.resume(job);
+            return { json: state, text: `${job}: ${state.paused ? `paused (${state.pauseReason})` : "running on its cadence"}` };
+          } finally {
+            store.close();
+          }
+        }),
+      );
+  }
+}
+
+async function runSchedule(ctx: CommandContext, opts: { simulate?: boolean; from?: string; to?: string }) {
+  const open = await openLoop(ctx);
+  try {
+    if (!open.registry.live()) throw new BadInputError("no live model: run freshrec pretrain first");
+    const jobs = jobsOf(open, ctx.config);
+    const lines: string[] = [];
+    const onRun = (run: RunRecord) => {
+      const line = runLine(run);
+      lines.push(line);
+      ctx.log(line);
+    };
+    if (opts.simulate) {
+      const from = timeOption("from", opts.from);
+      if (from === undefined) throw new BadInputError("--simulate needs --from TIME");
+      const to = timeOption("to", opts.to) ?? (await resolveAsOf(ctx, open.events, undefined));
+      if (!(to > from)) throw new BadInputError(`--to (${iso(to)}) must be after --from (${iso(from)})`);
+      // The simulation's run log is its own file, so a simulated month never pollutes the live schedule's state.
+      const store = SqliteScheduleStore.open(scheduleStorePath(ctx.paths.root).replace(/\.sqlite$/, ".simulated.sqlite"));
+      try {
+        const scheduler = new Scheduler({ jobs, store, clock: new VirtualClock(from), ...schedulerOptions(ctx.config.schedule), onRun });
+        const result = await scheduler.simulate({ from, to });
+        return {
+          json: { simulated: { from: iso(from), to: iso(to) }, runs: result.runs, status: result.status },
+          text: [`simulated ${iso(from)} .. ${iso(to)}: ${result.runs.length} runs`, ...lines, ...statusLines(result.status)].join("\n"),
+        };
+      } finally {
+        store.close();
+      }
+    }
+    const store = SqliteScheduleStore.open(scheduleStorePath(ctx.paths.root));
+    try {
+      const scheduler = new Scheduler({ jobs, store, clock: ctx.clock, ...schedulerOptions(ctx.config.schedule), onRun });
+      const stop = () => {
+        ctx.log("stopping: the running job is cancelled, its partial table is marked failed");
+        void scheduler.stop();
+      };
+      process.once("SIGINT", stop);
+      process.once("SIGTERM", stop);
+      for (const line of statusLines(scheduler.status())) ctx.log(line);
+      try {
+        await scheduler.start();
+      } finally {
+        process.off("SIGINT", stop);
+        process.off("SIGTERM", stop);
+      }
+      return { json: { runs: lines.length, status: scheduler.status() }, text: [`stopped after ${lines.length} runs`, ...statusLines(scheduler.status())].join("\n") };
+    } finally {
+      store.close();
+    }
+  } finally {
+    await open.close();
+  }
+}

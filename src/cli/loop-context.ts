@@ -1,0 +1,86 @@
+/**
+ * What the update commands (pretrain, finetune, review, refresh, schedule) share: the workspace's stores opened
+ * together, the loop settings from the config, and the as-of time rule.
+ */
+import type { EventStore } from "../data/event-store.js";
+import { BadInputError } from "../domain/errors.js";
+import { ModelRegistry } from "../llm/registry.js";
+import type { SqliteTableStore } from "../tables/index.js";
+import { UpdateLoop, type LoopSettings } from "../update/loop.js";
+import type { FreshrecConfig } from "./config.js";
+import type { CommandContext } from "./context.js";
+import { trainingProgress } from "./progress.js";
+import { timeOption } from "./run.js";
+
+export function loopSettings(config: FreshrecConfig, positiveMin: number | null): LoopSettings {
+  const f = config.finetune;
+  return {
+    rag: config.rag,
+    curation: {
+      windowDays: f.windowDays,
+      testDays: f.testDays,
+      maxSamples: f.maxSamples,
+      maxPerPair: f.maxPerPair,
+      maxTargetShare: f.maxTargetShare,
+      maxPerTriple: f.maxPerTriple,
+    },
+    gates: { minExactMatchRate: f.minExactMatchRate, minTestRecall: f.minTestRecall },
+    training: { epochs: f.epochs, learningRate: f.learningRate ?? undefined },
+    tables: config.tables,
+    positiveMin,
+  };
+}
+
+/**
+ * The as-of time of a command: `--as-of` when given, else "now", but never later than just after the newest event
+ * (a workspace of past data, like the synthetic platform, is then treated as if it ran at its end).
+ */
+export async function resolveAsOf(ctx: CommandContext, events: EventStore, value: string | undefined): Promise<number> {
+  const given = timeOption("as-of", value);
+  if (given !== undefined) return given;
+  const counts = await events.counts();
+  if (counts.lastTs === null) throw new BadInputError("the event store is empty: run freshrec ingest, synth or demo first");
+  return Math.min(ctx.clock.now(), counts.lastTs + 1);
+}
+
+export interface OpenLoop {
+  readonly events: EventStore;
+  readonly tables: SqliteTableStore;
+  readonly registry: ModelRegistry;
+  readonly loop: UpdateLoop;
+  readonly positiveMin: number | null;
+  readonly clusters: readonly string[];
+  close(): Promise<void>;
+}
+
+/** Opens the event store, table store and model registry of the workspace and the loop over them. */
+export async function openLoop(ctx: CommandContext): Promise<OpenLoop> {
+  const events = await ctx.openEvents();
+  const tables = ctx.openTables();
+  const registry = new ModelRegistry(ctx.paths.root, ctx.clock);
+  const positiveMin = await ctx.positiveMin(events);
+  const clusters = (await events.clusters()).map((c) => c.id);
+  const loop = new UpdateLoop({
+    events,
+    tables,
+    registry,
+    clusters,
+    settings: loopSettings(ctx.config, positiveMin),
+    progress: ctx.progress,
+    onTraining: trainingProgress(ctx.progress, ctx.log, "fine-tuning"),
+  });
+  return {
+    events,
+    tables,
+    registry,
+    loop,
+    positiveMin,
+    clusters,
+    close: async () => {
+      await loop.close();
+      registry.close();
+      tables.close();
+      events.close();
+    },
+  };
+}

@@ -1,0 +1,196 @@
+/**
+ * The hybrid update loop assembled from its parts: the model registry of a workspace, its table store, the event
+ * store and the embedded engine. `freshrec finetune`, `freshrec refresh`, `freshrec schedule run [--simulate]` and
+ * replay evaluation all get their job functions from here, so the code that runs in production is the code that is
+ * simulated and evaluated.
+ *
+ * @example
+ * const loop = new UpdateLoop({ events, tables, registry, clusters, settings });
+ * const jobs = hybridJobs({ finetune: loop.finetuneJob(), refresh: loop.refreshJob() });
+ * await new Scheduler({ jobs, store, clock }).simulate({ from, to });
+ * await loop.close();
+ */
+import type { EventStore } from "../data/event-store.js";
+import { FreshrecError } from "../domain/errors.js";
+import type { ProgressSink } from "../domain/types.js";
+import type { LanguageModel, Trainer, TrainingEvent } from "../llm/contracts.js";
+import { EmbeddedLanguageModel } from "../llm/backends/embedded.js";
+import { EmbeddedTrainer } from "../llm/engine/trainer.js";
+import type { ModelRegistry } from "../llm/registry.js";
+import { PROMPT_TEMPLATE_HASH } from "../llm/prompt.js";
+import type { TableStore } from "../tables/index.js";
+import type { CurationOptions } from "./curation.js";
+import { runFinetune, type FinetuneRegistry, type FinetuneResult } from "./finetune.js";
+import type { GateOptions } from "./gates.js";
+import type { PromptScorer } from "./generate.js";
+import { refreshJob } from "./jobs.js";
+import type { RagOptions } from "./rag.js";
+import type { JobOutcome, JobRun } from "./schedule/index.js";
+
+/** The knobs of the loop, as the config file's `rag`, `finetune` and `tables` sections give them. */
+export interface LoopSettings {
+  readonly rag: RagOptions;
+  readonly curation: CurationOptions;
+  readonly gates: GateOptions;
+  readonly training: { readonly epochs?: number; readonly learningRate?: number };
+  readonly tables: { readonly topN: number; readonly keep: number };
+  /** Engagement threshold of a positive event (null: every event counts). */
+  readonly positiveMin: number | null;
+}
+
+export interface UpdateLoopOptions {
+  readonly events: EventStore;
+  readonly tables: TableStore;
+  readonly registry: ModelRegistry;
+  /** Cluster ids; every ordered pair of them gets a table row. */
+  readonly clusters: readonly string[];
+  readonly settings: LoopSettings;
+  /** @defaultValue the embedded trainer */
+  readonly trainer?: Trainer;
+  /** @defaultValue EmbeddedLanguageModel.open */
+  readonly openModel?: (path: string) => Promise<LanguageModel>;
+  /** Strategy name recorded on the tables (replay). */
+  readonly strategy?: string | null;
+  readonly progress?: ProgressSink;
+  readonly onTraining?: (event: TrainingEvent) => void;
+}
+
+/** The registry as the fine-tuning job sees it: live model, candidates, gate decisions. */
+export function finetuneRegistryOf(registry: ModelRegistry): FinetuneRegistry {
+  return {
+    live: () => {
+      const live = registry.live();
+      return live ? { version: live.version, path: live.filePath } : null;
+    },
+    registerCandidate: async (entry) =>
+      (
+        await registry.register({
+          kind: entry.kind,
+          parent: entry.parent,
+          filePath: entry.path,
+          window: entry.dataWindow,
+          trainSamples: entry.trainSamples,
+          metrics: { ...entry.metrics },
+          templateHash: PROMPT_TEMPLATE_HASH,
+          reason: "fine-tuned candidate",
+        })
+      ).version,
+    decide: (version, decision, reason, metrics) => {
+      registry.updateMetrics(version, { ...metrics });
+      if (decision === "live") registry.makeLive(version, reason);
+      else registry.setStatus(version, "halted", reason);
+    },
+  };
+}
+
+/** A model opened for scoring, with what a table records about it. */
+export interface ServingModel {
+  readonly version: string;
+  readonly scorer: PromptScorer;
+  /** End of the training data of the model (what a table without RAG knows up to). */
+  readonly dataAsOf: number;
+}
+
+export class UpdateLoop {
+  private open: { version: string; model: LanguageModel } | null = null;
+
+  constructor(private readonly options: UpdateLoopOptions) {}
+
+  /** The registry's live model, opened once per version (a refresh after a fine-tune picks up the new one). */
+  async liveModel(): Promise<ServingModel> {
+    const live = this.options.registry.live();
+    if (!live) throw new FreshrecError("BAD_INPUT", "no live model yet: run `freshrec pretrain` first");
+    if (this.open?.version !== live.version) {
+      await this.open?.model.close();
+      this.open = null;
+      const model = await (this.options.openModel ?? ((p: string) => EmbeddedLanguageModel.open(p)))(live.filePath);
+      this.open = { version: live.version, model };
+    }
+    return { version: live.version, scorer: this.open.model, dataAsOf: live.window?.to ?? live.createdAt };
+  }
+
+  /** Fine-tune at the as-of time; the outcome is `halted` when a gate fails (the scheduler then pauses the job). */
+  async finetune(asOf: number, signal?: AbortSignal): Promise<FinetuneResult> {
+    const { settings } = this.options;
+    return runFinetune(asOf, {
+      events: this.options.events,
+      registry: finetuneRegistryOf(this.options.registry),
+      trainer: this.options.trainer ?? new EmbeddedTrainer(),
+      openModel: this.options.openModel ?? ((p) => EmbeddedLanguageModel.open(p)),
+      modelsDir: this.options.registry.modelsDir,
+      curation: { ...settings.curation, rag: { ...settings.rag, positiveMin: settings.positiveMin } },
+      gates: settings.gates,
+      train: settings.training,
+      onProgress: this.options.onTraining,
+      signal,
+    });
+  }
+
+  finetuneJob(): JobRun {
+    return async ({ asOf, signal }) => finetuneOutcome(await this.finetune(asOf, signal));
+  }
+
+  /** The RAG refresh job (rag null: the table of the model alone, as the fine-tuning-only strategies serve). */
+  refreshJob(overrides: { rag?: RagOptions | null; full?: boolean } = {}): JobRun {
+    const { settings } = this.options;
+    const rag = overrides.rag === null ? null : { ...settings.rag, ...(overrides.rag ?? {}), positiveMin: settings.positiveMin };
+    return refreshJob(
+      {
+        events: this.options.events,
+        tables: this.options.tables,
+        clusters: this.options.clusters,
+        templateHash: PROMPT_TEMPLATE_HASH,
+        rag,
+        full: overrides.full,
+        topN: settings.tables.topN,
+        keep: settings.tables.keep,
+        strategy: this.options.strategy ?? null,
+        progress: this.options.progress,
+      },
+      () => this.liveModel(),
+    );
+  }
+
+  async close(): Promise<void> {
+    await this.open?.model.close();
+    this.open = null;
+  }
+}
+
+/** A fine-tuning result as a run of the scheduler: halted gates pause the job until a human reviews. */
+export function finetuneOutcome(result: FinetuneResult): JobOutcome {
+  return {
+    status: result.status === "live" ? "succeeded" : "halted",
+    cost: { tokensTrained: result.trainTokens },
+    detail: {
+      modelVersion: result.modelVersion,
+      modelStatus: result.status,
+      parent: result.parent,
+      exactMatchRate: result.gates.exactMatchRate,
+      testRecall: result.gates.testRecall,
+      trainSamples: result.set.trainSamples,
+      testExamples: result.set.testExamples,
+    },
+    error: result.status === "halted" ? `gates failed: ${result.gates.reasons.join("; ")}` : undefined,
+  };
+}
+
+/** Runs jobs one after the other as one run (a fine-tune followed by its table build); stops at the first non-success. */
+export function inSequence(...runs: JobRun[]): JobRun {
+  return async (context) => {
+    let merged: JobOutcome = { status: "succeeded" };
+    for (const run of runs) {
+      const outcome = await run(context);
+      merged = {
+        ...outcome,
+        cost: {
+          tokensTrained: (merged.cost?.tokensTrained ?? 0) + (outcome.cost?.tokensTrained ?? 0),
+          promptsScored: (merged.cost?.promptsScored ?? 0) + (outcome.cost?.promptsScored ?? 0),
+        },
+        detail: { ...merged.detail, ...outcome.detail },
+      };
+      if (outcome.status !== "succeeded") break;
+    }
+    return merged;
+  };
+}
