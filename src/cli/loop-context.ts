@@ -5,6 +5,10 @@
 import type { EventStore } from "../data/event-store.js";
 import { BadInputError } from "../domain/errors.js";
 import { ModelRegistry } from "../llm/registry.js";
+import { pretrainBaseModel, type PretrainResult } from "../llm/pretrain.js";
+import { timedTransitions } from "../mining/transitions.js";
+import { DAY_MS } from "../domain/clock.js";
+import type { TimeWindow } from "../domain/types.js";
 import type { SqliteTableStore } from "../tables/index.js";
 import { UpdateLoop, type LoopSettings } from "../update/loop.js";
 import type { FreshrecConfig } from "./config.js";
@@ -42,6 +46,49 @@ export async function resolveAsOf(ctx: CommandContext, events: EventStore, value
   if (counts.lastTs === null) throw new BadInputError("the event store is empty: run freshrec ingest, synth or demo first");
   return Math.min(ctx.clock.now(), counts.lastTs + 1);
 }
+
+/**
+ * Trains a base model on the transitions of the `pretrain.windowDays` before `asOf` (the last `heldOutDays` held out
+ * to compare its top-1 with the most-popular-next baseline when `heldOut`), registered in `workspace`.
+ */
+export async function trainBaseModel(
+  ctx: CommandContext,
+  events: EventStore,
+  asOf: number,
+  workspace: string,
+  options: { epochs: number; heldOut: boolean },
+): Promise<{ result: PretrainResult; window: TimeWindow }> {
+  const { windowDays, heldOutDays, maxSamples } = ctx.config.pretrain;
+  if (options.heldOut && heldOutDays >= windowDays) {
+    throw new BadInputError(`pretrain.heldOutDays (${heldOutDays}) must be smaller than pretrain.windowDays (${windowDays})`);
+  }
+  const positiveMin = await ctx.positiveMin(events);
+  const split = options.heldOut ? asOf - heldOutDays * DAY_MS : asOf;
+  const window = { from: asOf - windowDays * DAY_MS, to: split };
+  const transitions = (await timedTransitions(events, window, { positiveMin, horizon: 1 })).slice(-maxSamples);
+  if (transitions.length === 0) throw new BadInputError(`no novel transitions between ${iso(window.from)} and ${iso(window.to)} to pretrain on`);
+  const heldOut = options.heldOut ? await timedTransitions(events, { from: split, to: asOf }, { positiveMin, horizon: 1 }) : [];
+  const clusters = await events.clusters();
+  const items = await events.titledItems(20_000);
+  ctx.log(
+    `pretraining on ${transitions.length} transitions of ${iso(window.from).slice(0, 10)}..${iso(window.to).slice(0, 10)}, ${clusters.length} clusters, ${items.length} titled items` +
+      (options.heldOut ? `; ${heldOut.length} held-out transitions` : ""),
+  );
+  const result = await pretrainBaseModel({
+    workspace,
+    clock: ctx.clock,
+    clusters,
+    items,
+    transitions,
+    heldOut,
+    window,
+    epochs: options.epochs,
+    onProgress: trainingProgress(ctx.progress, ctx.log, "pretraining"),
+  });
+  return { result, window };
+}
+
+const iso = (ms: number) => new Date(ms).toISOString();
 
 export interface OpenLoop {
   readonly events: EventStore;

@@ -6,6 +6,7 @@ import { Command, CommanderError } from "commander";
 import { registerAnalyze } from "./commands/analyze.js";
 import { registerConfig } from "./commands/config.js";
 import { registerDemo } from "./commands/demo.js";
+import { registerEvaluate } from "./commands/evaluate.js";
 import { registerIngest } from "./commands/ingest.js";
 import { registerModels } from "./commands/models.js";
 import { registerRefresh } from "./commands/refresh.js";
@@ -29,6 +30,7 @@ export function buildProgram(): Command {
   registerRefresh(program);
   registerTables(program);
   registerAnalyze(program);
+  registerEvaluate(program);
   for (const command of program.commands) {
     command.exitOverride();
     for (const sub of command.commands) sub.exitOverride();

@@ -49,6 +49,17 @@ export function writeReplayReport(reportsDir: string, result: ReplayResult, sour
         scatter: { title: "Prompts scored vs hit@1", xLabel: "prompts scored over the period", yLabel: "hit@1", points: names.map((n) => ({ label: n, x: s[n].cost.promptsScored, y: s[n].hit1 })) },
       },
       {
+        heading: "Churn",
+        paragraphs: [
+          "Agreement with the no-RAG table: the share of history pairs whose top-1 answer equals the top-1 of the reference strategy's first table (the fine-tuned model without retrieved context); the paper reports how much RAG moves the answers this way. Consecutive agreement: the share of pairs whose top-1 survives from one published table to the next.",
+        ],
+        table: {
+          columns: ["strategy", "agreement with no-RAG table", "consecutive agreement"],
+          rows: names.map((n) => [n, optPct(s[n].agreementWithNoRag), optPct(s[n].consecutiveAgreement)]),
+        },
+        bars: { title: "Share of pairs whose top-1 equals the no-RAG table's", yLabel: "share", bars: names.filter((n) => s[n].agreementWithNoRag !== null).map((n) => ({ label: n, value: s[n].agreementWithNoRag! })) },
+      },
+      {
         heading: "Staleness",
         bars: { title: "Mean age of the newest data behind the live table (days)", yLabel: "days", bars: names.map((n) => ({ label: n, value: s[n].stalenessDays })) },
       },
@@ -61,4 +72,8 @@ export function writeReplayReport(reportsDir: string, result: ReplayResult, sour
       },
     ],
   });
+}
+
+function optPct(x: number | null): string {
+  return x === null ? "-" : `${(100 * x).toFixed(1)}%`;
 }

@@ -25,7 +25,8 @@ export interface StrategyInstance {
 
 export interface StrategySetup {
   readonly name: string;
-  create(): Promise<StrategyInstance>;
+  /** Builds the strategy's stores and jobs; `clock` is the virtual clock its scheduler will drive. */
+  create(clock: VirtualClock): Promise<StrategyInstance>;
 }
 
 export interface ReplayOptions extends MiningOptions {
@@ -42,6 +43,13 @@ export interface ReplayOptions extends MiningOptions {
   readonly tokensPerPrompt?: number;
   /** Bootstrap resamples. @defaultValue 1000 */
   readonly resamples?: number;
+  /**
+   * Cluster ids whose ordered pairs the churn metrics compare; absent skips churn. Churn against the no-RAG table
+   * compares with the first table of the `reference` strategy.
+   */
+  readonly clusters?: readonly string[];
+  /** @defaultValue "static" */
+  readonly reference?: string;
   /** Called after each run of each strategy (progress lines). */
   readonly onRun?: (strategy: string, run: RunRecord) => void;
 }
@@ -67,6 +75,12 @@ export interface StrategyResult {
   readonly tablesPublished: number;
   readonly transitions: number;
   readonly unserved: number;
+  /**
+   * Churn: mean share of pairs whose top-1 is unchanged from one published table to the next (null with fewer than
+   * two tables), and mean share of pairs whose top-1 equals the reference no-RAG table's (null without one).
+   */
+  readonly consecutiveAgreement: number | null;
+  readonly agreementWithNoRag: number | null;
   /** Hit@1 per week of the period, for the chart. */
   readonly weekly: { readonly week: string; readonly hit1: number; readonly transitions: number }[];
 }
@@ -103,16 +117,22 @@ export async function replay(options: ReplayOptions): Promise<ReplayResult> {
   const strategies: Record<string, StrategyResult> = {};
   const scores = new Map<string, ReplayScore>();
   const timelines: ReplayResult["timelines"] = {};
-  for (const setup of options.strategies) {
-    const instance = await setup.create();
+  const top1s = new Map<string, string[][]>();
+  const reference = options.reference ?? "static";
+  // The reference strategy runs first so every other strategy can be compared with its no-RAG table.
+  const ordered = [...options.strategies].sort((a, b) => Number(b.name === reference) - Number(a.name === reference));
+  for (const setup of ordered) {
+    const clock = new VirtualClock(options.window.from);
+    const instance = await setup.create(clock);
     const scheduleStore = SqliteScheduleStore.open(":memory:");
     const captured: CapturedTable[] = [];
+    const tops: string[][] = [];
     const cost = { trainingTokens: 0, promptsScored: 0, cpuSeconds: 0, runs: 0 };
     try {
       const scheduler = new Scheduler({
         jobs: instance.jobs,
         store: scheduleStore,
-        clock: new VirtualClock(options.window.from),
+        clock,
         onRun: (run) => {
           cost.runs++;
           cost.trainingTokens += run.cost?.tokensTrained ?? 0;
@@ -127,6 +147,7 @@ export async function replay(options: ReplayOptions): Promise<ReplayResult> {
               dataAsOf: Number(run.detail?.dataAsOf ?? run.due),
               answers: (c1, c2) => (lookup.get(c1, c2) ?? []).map((a) => a.cluster),
             });
+            if (options.clusters) tops.push(topOnes(options.clusters, (c1, c2) => lookup.get(c1, c2)?.[0]?.cluster ?? ""));
           }
           options.onRun?.(setup.name, run);
         },
@@ -136,7 +157,9 @@ export async function replay(options: ReplayOptions): Promise<ReplayResult> {
       scheduleStore.close();
       await instance.close();
     }
+    top1s.set(setup.name, tops);
     const score = scoreTransitions(transitions, captured, { k: options.k ?? 5 });
+    const noRag = top1s.get(reference)?.[0];
     scores.set(setup.name, score);
     timelines[setup.name] = captured.map((c) => ({ version: c.version, publishedAt: c.publishedAt, dataAsOf: c.dataAsOf }));
     strategies[setup.name] = {
@@ -150,6 +173,8 @@ export async function replay(options: ReplayOptions): Promise<ReplayResult> {
         hostedEstimateUsd: (cost.promptsScored * (options.tokensPerPrompt ?? 40) * (options.pricePerMillionTokens ?? 0.1)) / 1e6,
       },
       stalenessDays: staleness(transitions, captured),
+      consecutiveAgreement: tops.length < 2 ? null : mean(tops.slice(1).map((t, i) => agreement(tops[i], t))),
+      agreementWithNoRag: noRag && tops.length ? mean(tops.map((t) => agreement(noRag, t))) : null,
       tablesPublished: captured.length,
       transitions: score.transitions,
       unserved: score.unserved,
@@ -164,6 +189,23 @@ export async function replay(options: ReplayOptions): Promise<ReplayResult> {
     comparisons: compare(scores, options.resamples ?? 1000),
     timelines,
   };
+}
+
+/** Top-1 answer of every ordered pair, in a fixed pair order. */
+function topOnes(clusters: readonly string[], top: (c1: string, c2: string) => string): string[] {
+  const out: string[] = [];
+  for (const c1 of clusters) for (const c2 of clusters) if (c1 !== c2) out.push(top(c1, c2));
+  return out;
+}
+
+function agreement(a: readonly string[], b: readonly string[]): number {
+  let same = 0;
+  for (let i = 0; i < a.length; i++) if (a[i] === b[i]) same++;
+  return a.length ? same / a.length : Number.NaN;
+}
+
+function mean(xs: readonly number[]): number {
+  return xs.length ? xs.reduce((s, x) => s + x, 0) / xs.length : Number.NaN;
 }
 
 function meanServedRank(served: ReadonlyMap<string, number>, rank: ReadonlyMap<string, number>): number {

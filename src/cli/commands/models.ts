@@ -3,14 +3,10 @@
  * (a human decides on a halted candidate) and `models list`.
  */
 import type { Command } from "commander";
-import { DAY_MS } from "../../domain/clock.js";
 import { BadInputError } from "../../domain/errors.js";
-import { pretrainBaseModel } from "../../llm/pretrain.js";
 import { ModelRegistry, type ModelVersion } from "../../llm/registry.js";
-import { timedTransitions } from "../../mining/transitions.js";
 import { finetuneOutcome } from "../../update/loop.js";
-import { openLoop, resolveAsOf } from "../loop-context.js";
-import { trainingProgress } from "../progress.js";
+import { openLoop, resolveAsOf, trainBaseModel } from "../loop-context.js";
 import { action, positiveInt } from "../run.js";
 
 const iso = (ms: number) => new Date(ms).toISOString();
@@ -35,28 +31,7 @@ export function registerModels(program: Command): void {
         const events = await ctx.openEvents();
         try {
           const asOf = await resolveAsOf(ctx, events, opts.asOf);
-          const { windowDays, heldOutDays, maxSamples } = ctx.config.pretrain;
-          if (heldOutDays >= windowDays) throw new BadInputError(`pretrain.heldOutDays (${heldOutDays}) must be smaller than pretrain.windowDays (${windowDays})`);
-          const positiveMin = await ctx.positiveMin(events);
-          const split = asOf - heldOutDays * DAY_MS;
-          const window = { from: asOf - windowDays * DAY_MS, to: split };
-          const transitions = (await timedTransitions(events, window, { positiveMin, horizon: 1 })).slice(-maxSamples);
-          if (transitions.length === 0) throw new BadInputError(`no novel transitions between ${iso(window.from)} and ${iso(window.to)} to pretrain on`);
-          const heldOut = await timedTransitions(events, { from: split, to: asOf }, { positiveMin, horizon: 1 });
-          const clusters = await events.clusters();
-          const items = await events.titledItems(20_000);
-          ctx.log(`pretraining on ${transitions.length} transitions of ${iso(window.from).slice(0, 10)}..${iso(window.to).slice(0, 10)}, ${clusters.length} clusters, ${items.length} titled items; ${heldOut.length} held-out transitions`);
-          const result = await pretrainBaseModel({
-            workspace: ctx.paths.root,
-            clock: ctx.clock,
-            clusters,
-            items,
-            transitions,
-            heldOut,
-            window,
-            epochs,
-            onProgress: trainingProgress(ctx.progress, ctx.log, "pretraining"),
-          });
+          const { result, window } = await trainBaseModel(ctx, events, asOf, ctx.paths.root, { epochs, heldOut: true });
           const e = result.evaluation;
           const text = [
             `base model ${result.modelVersion} (${result.status}) written to ${result.modelPath}`,

@@ -1,0 +1,145 @@
+/**
+ * `freshrec evaluate replay`: the paper's comparison (fine-tuning, RAG, hybrid and the non-LLM baselines) on the
+ * workspace's own logs, through the production scheduler on a virtual clock.
+ */
+import type { Command } from "commander";
+import { join } from "node:path";
+import { BadInputError } from "../../domain/errors.js";
+import { replay } from "../../evaluation/replay.js";
+import { writeReplayReport } from "../../evaluation/replay-report.js";
+import { ALL_STRATEGIES, LLM_STRATEGIES, parseStrategies, strategySetups } from "../../evaluation/strategies.js";
+import { ModelRegistry } from "../../llm/registry.js";
+import { loopSettings, resolveAsOf, trainBaseModel } from "../loop-context.js";
+import { trainingProgress } from "../progress.js";
+import { action, positiveInt, timeOption } from "../run.js";
+import { runLine } from "./refresh.js";
+
+const iso = (ms: number) => new Date(ms).toISOString();
+const pct = (x: number) => `${(100 * x).toFixed(2)}%`;
+
+interface ReplayFlags {
+  from?: string;
+  to?: string;
+  strategies: string;
+  refreshDays: string;
+  ragTop?: string;
+  ragMode?: string;
+  ragScope?: string;
+  horizon: string;
+  resamples: string;
+  price?: string;
+  label?: string;
+}
+
+export function registerEvaluate(program: Command): void {
+  const evaluate = program.command("evaluate").description("offline evaluation on the workspace's logs");
+  evaluate
+    .command("replay")
+    .description("simulate each strategy's schedule over a past period and score every real transition against the table live at its moment")
+    .requiredOption("--from <time>", "start of the replayed period (the start model is trained on data before it)")
+    .option("--to <time>", "end of the period (default: just after the newest event)")
+    .option("--strategies <list>", `comma-separated, from: ${ALL_STRATEGIES.join(", ")}`, ALL_STRATEGIES.join(","))
+    .option("--refresh-days <list>", "RAG refresh cadence in days; several (1,2,4,7) expand each refreshing strategy into one per cadence", "2")
+    .option("--rag-top <n>", "retrieved successors per prompt (ablation: 1 vs 3; default rag.topN)")
+    .option("--rag-mode <mode>", "frequency | trend (ablation; default rag.mode)")
+    .option("--rag-scope <scope>", "instance | global: per-pair contexts or one shared context (ablation)")
+    .option("--horizon <n>", "clusters after a transition that count for the horizon hit", "5")
+    .option("--resamples <n>", "bootstrap resamples for the confidence intervals", "1000")
+    .option("--price <usd>", "hosted LLM price per million prompt tokens for the cost estimate", "0.1")
+    .option("--label <text>", "data set name in the report (default: the workspace folder)")
+    .addHelpText(
+      "after",
+      "\nExamples:\n  freshrec evaluate replay --from 2025-10-01 --to 2026-01-01\n  freshrec evaluate replay --from 2025-10-01 --strategies hybrid,rag,successor-top1 --refresh-days 1,2,4,7",
+    )
+    .action(
+      action(async (ctx, command) => {
+        const f = command.opts<ReplayFlags>();
+        const names = parseStrategies(f.strategies);
+        const refreshDays = f.refreshDays.split(",").map((d) => positiveInt("refresh-days", d.trim())!);
+        const horizon = positiveInt("horizon", f.horizon)!;
+        const resamples = positiveInt("resamples", f.resamples)!;
+        const price = Number(f.price);
+        if (!(price >= 0)) throw new BadInputError(`--price: expected a non-negative number, got ${JSON.stringify(f.price)}`);
+        if (f.ragMode !== undefined && f.ragMode !== "frequency" && f.ragMode !== "trend") throw new BadInputError(`--rag-mode: expected frequency or trend, got ${JSON.stringify(f.ragMode)}`);
+        if (f.ragScope !== undefined && f.ragScope !== "instance" && f.ragScope !== "global") throw new BadInputError(`--rag-scope: expected instance or global, got ${JSON.stringify(f.ragScope)}`);
+        const from = timeOption("from", f.from)!;
+        const events = await ctx.openEvents();
+        try {
+          const to = timeOption("to", f.to) ?? (await resolveAsOf(ctx, events, undefined));
+          if (!(to > from)) throw new BadInputError(`--to (${iso(to)}) must be after --from (${iso(from)})`);
+          const positiveMin = await ctx.positiveMin(events);
+          const rag = {
+            ...ctx.config.rag,
+            ...(f.ragTop ? { topN: positiveInt("rag-top", f.ragTop)! } : {}),
+            ...(f.ragMode ? { mode: f.ragMode as "frequency" | "trend" } : {}),
+            ...(f.ragScope === "global" ? { mode: "global" as const } : {}),
+          };
+          const settings = loopSettings({ ...ctx.config, rag }, positiveMin);
+          const workDir = join(ctx.paths.root, "replay");
+          const startModel = names.some((n) => (LLM_STRATEGIES as readonly string[]).includes(n)) ? await startModelFor(ctx, events, from, join(workDir, `start-${iso(from).slice(0, 10)}`)) : null;
+          const clusters = (await events.clusters()).map((c) => c.id);
+          const setups = strategySetups(names, {
+            events,
+            window: { from, to },
+            clusters,
+            settings,
+            startModel: startModel ?? { path: "", window: null, version: "-" },
+            workDir,
+            finetuneCadence: ctx.config.schedule.finetuneCadence,
+            onTraining: (strategy, e) => trainingProgress(ctx.progress, ctx.log, `${strategy} fine-tuning`)(e),
+          }, refreshDays);
+          ctx.log(`replaying ${setups.map((s) => s.name).join(", ")} over ${iso(from)} .. ${iso(to)}`);
+          const result = await replay({
+            events,
+            window: { from, to },
+            strategies: setups,
+            positiveMin,
+            horizon,
+            resamples,
+            pricePerMillionTokens: price,
+            clusters,
+            onRun: (strategy, run) => ctx.log(`[${strategy}] ${runLine(run)}`),
+          });
+          const label = f.label ?? ctx.paths.root.split("/").filter(Boolean).at(-1) ?? "workspace";
+          const report = writeReplayReport(ctx.paths.reports, result, label);
+          const s = result.strategies;
+          const rows = Object.keys(s).map(
+            (n) =>
+              `  ${n.padEnd(20)} hit@1 ${pct(s[n].hit1).padStart(7)}  hit@5 ${pct(s[n].hit5).padStart(7)}  horizon ${pct(s[n].horizonHit).padStart(7)}  coverage ${String(s[n].coverage).padStart(4)}  staleness ${s[n].stalenessDays.toFixed(1).padStart(5)} d  tables ${String(s[n].tablesPublished).padStart(3)}  prompts ${String(s[n].cost.promptsScored).padStart(8)}  train tokens ${String(s[n].cost.trainingTokens).padStart(9)}`,
+          );
+          const text = [
+            `replay ${iso(from).slice(0, 10)} .. ${iso(to).slice(0, 10)}: ${result.transitions} novel transitions of ${result.users} users`,
+            ...(startModel ? [`start model: ${startModel.version} trained on ${startModel.window ? `${iso(startModel.window.from).slice(0, 10)}..${iso(startModel.window.to).slice(0, 10)}` : "?"}`] : []),
+            ...rows,
+            `reports: ${report.html}`,
+            `         ${report.md}`,
+            `         ${report.json}`,
+          ].join("\n");
+          return { json: { ...result, startModel, reports: report }, text };
+        } finally {
+          events.close();
+        }
+      }),
+    );
+}
+
+/** The model every LLM strategy starts from: trained on data before `from` only, cached per start date. */
+async function startModelFor(
+  ctx: Parameters<typeof trainBaseModel>[0],
+  events: Parameters<typeof trainBaseModel>[1],
+  from: number,
+  dir: string,
+): Promise<{ path: string; window: { from: number; to: number } | null; version: string }> {
+  const registry = new ModelRegistry(dir, ctx.clock);
+  try {
+    const cached = registry.live();
+    if (cached && cached.window && cached.window.to <= from) {
+      ctx.log(`start model: reusing ${cached.version} of ${dir}`);
+      return { path: cached.filePath, window: cached.window, version: cached.version };
+    }
+  } finally {
+    registry.close();
+  }
+  const { result, window } = await trainBaseModel(ctx, events, from, dir, { epochs: ctx.config.pretrain.epochs, heldOut: false });
+  return { path: result.modelPath, window, version: result.modelVersion };
+}

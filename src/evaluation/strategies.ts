@@ -1,0 +1,155 @@
+/**
+ * The strategies of replay evaluation, each one a set of production jobs on the scheduler (arXiv 2510.20260 §4):
+ *
+ * - `static`: the start model, one table without RAG, never updated;
+ * - `finetune-monthly`: monthly fine-tunes (behind the gates), each followed by a table without RAG;
+ * - `rag`: the start model, RAG refresh every N days;
+ * - `hybrid`: monthly fine-tunes plus RAG every N days (the paper's proposal);
+ * - `rag-day1-frozen`: one RAG table on the first day, then frozen (the paper's variant);
+ * - `successor-top1`, `popular-novel`: the non-LLM baselines, recomputed every N days from the RAG window.
+ *
+ * Every LLM strategy starts from the same start model (trained only on data before the period), registered live in
+ * its own registry and table store under the replay's work directory, so strategies never see each other's state.
+ *
+ * @example
+ * const setups = strategySetups(["static", "hybrid", "successor-top1"], env);
+ * const result = await replay({ events, window, strategies: setups });
+ */
+import { mkdirSync, rmSync } from "node:fs";
+import { join } from "node:path";
+import type { EventStore } from "../data/event-store.js";
+import { BadInputError } from "../domain/errors.js";
+import type { ProgressSink, TimeWindow } from "../domain/types.js";
+import type { TrainingEvent } from "../llm/contracts.js";
+import { ModelRegistry } from "../llm/registry.js";
+import { SqliteTableStore } from "../tables/index.js";
+import { baselineRefreshJob, type BaselineName } from "../update/jobs.js";
+import { UpdateLoop, inSequence, type LoopSettings } from "../update/loop.js";
+import type { JobDefinition, JobRun } from "../update/schedule/index.js";
+import type { StrategySetup } from "./replay.js";
+
+export const LLM_STRATEGIES = ["static", "finetune-monthly", "rag", "hybrid", "rag-day1-frozen"] as const;
+export const BASELINE_STRATEGIES = ["successor-top1", "popular-novel"] as const;
+export const ALL_STRATEGIES = [...LLM_STRATEGIES, ...BASELINE_STRATEGIES] as const;
+export type StrategyName = (typeof ALL_STRATEGIES)[number];
+
+/** Strategies whose cadence includes a RAG refresh every N days (the ones a refresh-days ablation varies). */
+const REFRESHING: ReadonlySet<string> = new Set(["rag", "hybrid", "successor-top1", "popular-novel"]);
+
+export interface StrategyEnvironment {
+  readonly events: EventStore;
+  readonly window: TimeWindow;
+  readonly clusters: readonly string[];
+  readonly settings: LoopSettings;
+  /** The model every LLM strategy starts from (trained on data before `window.from` only). */
+  readonly startModel: { readonly path: string; readonly window: TimeWindow | null; readonly version: string };
+  /** Where each strategy keeps its registry and tables (one folder per strategy, wiped first). */
+  readonly workDir: string;
+  /** @defaultValue "0 0 1 * *" */
+  readonly finetuneCadence?: string;
+  readonly progress?: ProgressSink;
+  readonly onTraining?: (strategy: string, event: TrainingEvent) => void;
+}
+
+/** Parses a comma-separated strategy list, refusing unknown names. */
+export function parseStrategies(list: string): StrategyName[] {
+  const names = list.split(",").map((s) => s.trim()).filter((s) => s !== "");
+  if (names.length === 0) throw new BadInputError("--strategies: empty list");
+  for (const n of names) {
+    if (!(ALL_STRATEGIES as readonly string[]).includes(n)) {
+      throw new BadInputError(`--strategies: unknown strategy ${JSON.stringify(n)} (known: ${ALL_STRATEGIES.join(", ")})`);
+    }
+  }
+  return [...new Set(names)] as StrategyName[];
+}
+
+/**
+ * The setups for the named strategies. With several refresh cadences (an ablation), each refreshing strategy is
+ * expanded into one per cadence, named `hybrid@4d` and so on.
+ */
+export function strategySetups(names: readonly StrategyName[], env: StrategyEnvironment, refreshDays: readonly number[] = [2]): StrategySetup[] {
+  const out: StrategySetup[] = [];
+  for (const name of names) {
+    if (REFRESHING.has(name) && refreshDays.length > 1) {
+      for (const d of refreshDays) out.push(setupOf(name, `${name}@${d}d`, d, env));
+    } else out.push(setupOf(name, name, refreshDays[0] ?? 2, env));
+  }
+  return out;
+}
+
+function setupOf(kind: StrategyName, label: string, refreshDays: number, env: StrategyEnvironment): StrategySetup {
+  const start = new Date(env.window.from).toISOString();
+  const every = `every ${refreshDays} days from ${start}`;
+  // "Once, at the start": an interval longer than any replay period.
+  const once = `every 36500 days from ${start}`;
+  const finetuneCadence = env.finetuneCadence ?? "0 0 1 * *";
+  return {
+    name: label,
+    async create(clock) {
+      const dir = join(env.workDir, label.replace(/[^a-zA-Z0-9@._-]/g, "_"));
+      rmSync(dir, { recursive: true, force: true });
+      mkdirSync(dir, { recursive: true });
+      const tables = SqliteTableStore.open(join(dir, "tables.sqlite"), clock);
+      if (kind === "successor-top1" || kind === "popular-novel") {
+        const run = baselineRefreshJob(kind satisfies BaselineName, {
+          events: env.events,
+          tables,
+          clusters: env.clusters,
+          templateHash: "baseline",
+          topN: env.settings.tables.topN,
+          keep: env.settings.tables.keep,
+          strategy: label,
+          rag: { ...env.settings.rag, positiveMin: env.settings.positiveMin },
+        });
+        return { jobs: [{ name: "refresh", cadence: every, run }], tables, close: () => tables.close() };
+      }
+      const registry = new ModelRegistry(dir, clock);
+      await registry.register({
+        kind: "base",
+        filePath: env.startModel.path,
+        window: env.startModel.window,
+        status: "live",
+        reason: `start model ${env.startModel.version} of the replay`,
+      });
+      const loop = new UpdateLoop({
+        events: env.events,
+        tables,
+        registry,
+        clusters: env.clusters,
+        settings: env.settings,
+        strategy: label,
+        progress: env.progress,
+        onTraining: env.onTraining ? (e) => env.onTraining!(label, e) : undefined,
+      });
+      const noRag = loop.refreshJob({ rag: null });
+      // The start model is the fine-tune of the first instant (trained on the window before it), so a monthly
+      // fine-tune due exactly then has nothing left to do; later ones continue training it.
+      const finetune: JobRun = async (context) =>
+        context.asOf <= env.window.from ? { status: "succeeded", detail: { modelVersion: env.startModel.version, skipped: "start model" } } : loop.finetuneJob()(context);
+      const jobs: JobDefinition[] = {
+        static: [{ name: "refresh", cadence: once, run: noRag }],
+        "finetune-monthly": [
+          // The scheduler runs jobs due at the same time in definition order: a fine-tune on the first day comes
+          // before nothing else, and the start table exists from the first instant.
+          { name: "start-table", cadence: once, run: noRag },
+          { name: "finetune", cadence: finetuneCadence, run: inSequence(finetune, noRag) },
+        ],
+        rag: [{ name: "refresh", cadence: every, run: loop.refreshJob() }],
+        hybrid: [
+          { name: "finetune", cadence: finetuneCadence, run: finetune },
+          { name: "refresh", cadence: every, run: loop.refreshJob() },
+        ],
+        "rag-day1-frozen": [{ name: "refresh", cadence: once, run: loop.refreshJob() }],
+      }[kind];
+      return {
+        jobs,
+        tables,
+        close: async () => {
+          await loop.close();
+          registry.close();
+          tables.close();
+        },
+      };
+    },
+  };
+}
