@@ -98,6 +98,16 @@ export const configSchema = z
       })
       .strict()
       .prefault({}),
+    model: z
+      .object({
+        embedding: positiveInt().default(128).describe("Embedding width of the embedded model created by pretrain (must divide by heads)."),
+        layers: positiveInt().max(32).default(2).describe("Transformer blocks of the embedded model."),
+        heads: positiveInt().default(4).describe("Attention heads per block."),
+        feedForward: positiveInt().default(512).describe("Feed-forward width per block."),
+      })
+      .strict()
+      .refine((m) => m.embedding % m.heads === 0, { message: "model.embedding must be a multiple of model.heads", path: ["embedding"] })
+      .prefault({}),
     pretrain: z
       .object({
         windowDays: positiveInt().default(90).describe("Days of events before the as-of time the base model is trained on."),

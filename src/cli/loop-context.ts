@@ -6,6 +6,7 @@ import type { EventStore } from "../data/event-store.js";
 import { BadInputError } from "../domain/errors.js";
 import { ModelRegistry } from "../llm/registry.js";
 import { pretrainBaseModel, type PretrainResult } from "../llm/pretrain.js";
+import { REFERENCE_SHAPE } from "../llm/engine/model-file.js";
 import { timedTransitions } from "../mining/transitions.js";
 import { DAY_MS } from "../domain/clock.js";
 import type { TimeWindow } from "../domain/types.js";
@@ -83,6 +84,7 @@ export async function trainBaseModel(
     heldOut,
     window,
     epochs: options.epochs,
+    shape: { ...REFERENCE_SHAPE, ...ctx.config.model },
     onProgress: trainingProgress(ctx.progress, ctx.log, "pretraining"),
   });
   return { result, window };

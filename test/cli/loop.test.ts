@@ -1,0 +1,100 @@
+/**
+ * The hybrid loop from the CLI on a small synthetic world with a tiny real model: pretrain, refresh (incremental),
+ * finetune through the gates (pass and halt), review, a simulated month of the schedule, and replay.
+ */
+import { describe, expect, it } from "vitest";
+import { spawnSync } from "node:child_process";
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+
+const ROOT = join(import.meta.dirname, "../..");
+const BIN = join(ROOT, "bin/freshrec.js");
+
+function freshrec(args: string[]): { status: number; json: any; stderr: string } {
+  const r = spawnSync(process.execPath, [BIN, ...args, "--json"], { cwd: ROOT, encoding: "utf8", timeout: 300_000 });
+  let json: unknown = null;
+  try {
+    json = JSON.parse(r.stdout);
+  } catch {
+    json = { unparsable: r.stdout };
+  }
+  return { status: r.status ?? -1, json, stderr: r.stderr };
+}
+
+describe("the hybrid loop from the CLI", () => {
+  const ws = mkdtempSync(join(tmpdir(), "freshrec-loop-"));
+  const tiny = {
+    model: { embedding: 32, layers: 1, heads: 2, feedForward: 64 },
+    pretrain: { epochs: 1, windowDays: 45, heldOutDays: 7, maxSamples: 3000 },
+    finetune: { epochs: 1, windowDays: 30, testDays: 7, maxSamples: 600, minExactMatchRate: 0.5, minTestRecall: 0 },
+    rag: { minSupport: 1 },
+  };
+  const passing = join(ws, "passing.json");
+  const halting = join(ws, "halting.json");
+  writeFileSync(passing, JSON.stringify(tiny));
+  writeFileSync(halting, JSON.stringify({ ...tiny, finetune: { ...tiny.finetune, minTestRecall: 1 } }));
+  const run = (config: string, ...args: string[]) => freshrec(["--workspace", ws, "--config", config, ...args]);
+
+  it("pretrains, refreshes, fine-tunes behind the gates, reviews and simulates the schedule", () => {
+    expect(run(passing, "synth", "--quick", "--users", "500", "--events", "60000", "--months", "4").status).toBe(0);
+
+    // No model yet: the loop says what to do, as bad usage.
+    const early = run(passing, "refresh");
+    expect(early.status).toBe(2);
+    expect(early.json.error.message).toMatch(/pretrain/);
+
+    const base = run(passing, "pretrain", "--as-of", "2025-04-01");
+    expect(base.status, base.stderr).toBe(0);
+    expect(base.json).toMatchObject({ modelVersion: "m000001", status: "live" });
+    expect(base.json.evaluation.transitions).toBeGreaterThan(0);
+    expect(base.json.window.to).toBe("2025-03-25T00:00:00.000Z"); // 7 held-out days before the as-of time
+
+    const first = run(passing, "refresh", "--as-of", "2025-04-01");
+    expect(first.status, first.stderr).toBe(0);
+    expect(first.json.pairs).toBe(120 * 119);
+    expect(first.json.rescored).toBe(first.json.pairs); // nothing to copy from
+    expect(first.json.published).toBe(true);
+    // Same model, same window: every context is unchanged, so every pair is copied.
+    const again = run(passing, "refresh", "--as-of", "2025-04-01");
+    expect(again.json).toMatchObject({ rescored: 0, copied: first.json.pairs });
+    const full = run(passing, "refresh", "--as-of", "2025-04-01", "--full");
+    expect(full.json).toMatchObject({ rescored: first.json.pairs, copied: 0 });
+
+    const pass = run(passing, "finetune", "--as-of", "2025-04-15");
+    expect(pass.status, pass.stderr).toBe(0);
+    expect(pass.json).toMatchObject({ modelVersion: "m000002", status: "live", parent: "m000001" });
+    expect(pass.json.set.trainWindow.to).toBeLessThanOrEqual(Date.parse("2025-04-15"));
+
+    const halt = run(halting, "finetune", "--as-of", "2025-04-20");
+    expect(halt.status).toBe(1);
+    expect(halt.json).toMatchObject({ modelVersion: "m000003", status: "halted", parent: "m000002" });
+    expect(halt.json.gates.reasons.join(" ")).toMatch(/recall/);
+    let models = run(passing, "models", "list").json;
+    expect(models.live).toBe("m000002");
+
+    const bad = run(passing, "review", "approve", "m000002", "--reason", "already live");
+    expect(bad.status).toBe(2);
+    const approve = run(passing, "review", "approve", "m000003", "--reason", "recall dip from a holiday week");
+    expect(approve.status, approve.stderr).toBe(0);
+    expect(approve.json.change).toMatchObject({ to: "live", reason: expect.stringContaining("holiday week") });
+    models = run(passing, "models", "list").json;
+    expect(models.live).toBe("m000003");
+    expect(models.models.find((m: { version: string }) => m.version === "m000002").status).toBe("retired");
+
+    // A simulated month of the schedule: refresh every 2 days (from the Unix epoch), fine-tune on May 1st.
+    const sim = run(passing, "schedule", "run", "--simulate", "--from", "2025-04-21", "--to", "2025-05-06");
+    expect(sim.status, sim.stderr).toBe(0);
+    const runs = sim.json.runs as { job: string; status: string; due: number; detail: Record<string, unknown> }[];
+    expect(runs.filter((r) => r.job === "finetune").map((r) => new Date(r.due).toISOString())).toEqual(["2025-05-01T00:00:00.000Z"]);
+    const refreshes = runs.filter((r) => r.job === "refresh");
+    expect(refreshes.length).toBe(7);
+    expect(refreshes.every((r) => r.status === "succeeded")).toBe(true);
+    // The refresh due with the fine-tune runs after it, with the new model.
+    const afterFinetune = refreshes.find((r) => r.due >= Date.parse("2025-05-01"))!;
+    expect(afterFinetune.detail.modelVersion).toBe(runs.find((r) => r.job === "finetune")!.detail.modelVersion);
+    // The live schedule's state is untouched by a simulation.
+    const status = run(passing, "schedule", "status");
+    expect(status.json.recent).toEqual([]);
+  }, 600_000);
+});
