@@ -6,6 +6,7 @@
 import type { Command } from "commander";
 import { EventStore } from "../data/event-store.js";
 import { SystemClock, type Clock } from "../domain/clock.js";
+import { FreshrecError } from "../domain/errors.js";
 import { SqliteTableStore } from "../tables/index.js";
 import type { ProgressSink } from "../domain/types.js";
 import { loadConfig, type FreshrecConfig } from "./config.js";
@@ -27,6 +28,11 @@ export interface CommandContext {
   log(line: string): void;
   openEvents(): Promise<EventStore>;
   openTables(): SqliteTableStore;
+  /**
+   * Aborted by the first Ctrl-C (SIGINT) or SIGTERM, so a long job stops cleanly (a partial table is marked failed,
+   * training is cancelled); a second signal exits at once.
+   */
+  readonly signal: AbortSignal;
   /** The wall clock: the CLI is the one place where "now" comes from the system. */
   readonly clock: Clock;
   /** The engagement threshold for "positive": the config's, else the one the dataset recorded at ingestion. */
@@ -42,6 +48,7 @@ export function contextOf(command: Command): CommandContext {
   return {
     paths,
     config,
+    signal: interruptSignal(),
     json,
     progress: progressSink(),
     log: (line) => process.stderr.write(`${line}\n`),
@@ -62,4 +69,20 @@ export interface CommandResult {
   readonly text: string;
   /** 0 by default; 1 for a failed run (a halted gate). */
   readonly exitCode?: 0 | 1;
+}
+
+let interrupt: AbortController | null = null;
+
+function interruptSignal(): AbortSignal {
+  if (interrupt) return interrupt.signal;
+  const controller = new AbortController();
+  interrupt = controller;
+  const onSignal = (name: NodeJS.Signals) => {
+    if (controller.signal.aborted) process.exit(130);
+    process.stderr.write(`freshrec: ${name}: stopping (again to exit at once)\n`);
+    controller.abort(new FreshrecError("CANCELLED", `interrupted by ${name}`));
+  };
+  process.on("SIGINT", onSignal);
+  process.on("SIGTERM", onSignal);
+  return controller.signal;
 }

@@ -85,6 +85,7 @@ export async function trainBaseModel(
     window,
     epochs: options.epochs,
     shape: { ...REFERENCE_SHAPE, ...ctx.config.model },
+    signal: ctx.signal,
     onProgress: trainingProgress(ctx.progress, ctx.log, "pretraining"),
   });
   return { result, window };

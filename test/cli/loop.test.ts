@@ -3,7 +3,7 @@
  * finetune through the gates (pass and halt), review, a simulated month of the schedule, and replay.
  */
 import { describe, expect, it } from "vitest";
-import { spawnSync } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -22,6 +22,25 @@ function freshrec(args: string[]): { status: number; json: any; stderr: string }
   return { status: r.status ?? -1, json, stderr: r.stderr };
 }
 
+/** Starts a command, sends SIGINT once its progress has started, and resolves with its exit code and output. */
+function interrupted(args: string[]): Promise<{ status: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [BIN, ...args, "--json"], { cwd: ROOT });
+    let stdout = "";
+    let stderr = "";
+    let sent = false;
+    child.stdout.on("data", (d) => (stdout += d));
+    child.stderr.on("data", (d) => {
+      stderr += d;
+      if (!sent && /started/.test(stderr)) {
+        sent = true;
+        child.kill("SIGINT");
+      }
+    });
+    child.on("exit", (status) => resolve({ status, stdout, stderr }));
+  });
+}
+
 describe("the hybrid loop from the CLI", () => {
   const ws = mkdtempSync(join(tmpdir(), "freshrec-loop-"));
   const tiny = {
@@ -36,7 +55,7 @@ describe("the hybrid loop from the CLI", () => {
   writeFileSync(halting, JSON.stringify({ ...tiny, finetune: { ...tiny.finetune, minTestRecall: 1 } }));
   const run = (config: string, ...args: string[]) => freshrec(["--workspace", ws, "--config", config, ...args]);
 
-  it("pretrains, refreshes, fine-tunes behind the gates, reviews and simulates the schedule", () => {
+  it("pretrains, refreshes, fine-tunes behind the gates, reviews and simulates the schedule", async () => {
     expect(run(passing, "synth", "--quick", "--users", "500", "--events", "60000", "--months", "4").status).toBe(0);
 
     // No model yet: the loop says what to do, as bad usage.
@@ -60,6 +79,17 @@ describe("the hybrid loop from the CLI", () => {
     expect(again.json).toMatchObject({ rescored: 0, copied: first.json.pairs });
     const full = run(passing, "refresh", "--as-of", "2025-04-01", "--full");
     expect(full.json).toMatchObject({ rescored: first.json.pairs, copied: 0 });
+
+    // Ctrl-C mid-build: the live table stays live, the partial build is marked failed, a re-run builds cleanly.
+    const stopped = await interrupted(["--workspace", ws, "--config", passing, "refresh", "--as-of", "2025-04-03", "--full"]);
+    expect(stopped.status, stopped.stderr).toBe(1);
+    expect(JSON.parse(stopped.stdout).error.code).toBe("CANCELLED");
+    const afterStop = run(passing, "tables", "list").json;
+    expect(afterStop.live).toBe(full.json.tableVersion);
+    expect(afterStop.tables.at(-1).status).toBe("failed");
+    const rerun = run(passing, "refresh", "--as-of", "2025-04-03");
+    expect(rerun.status, rerun.stderr).toBe(0);
+    expect(run(passing, "tables", "list").json.live).toBe(rerun.json.tableVersion);
 
     const pass = run(passing, "finetune", "--as-of", "2025-04-15");
     expect(pass.status, pass.stderr).toBe(0);

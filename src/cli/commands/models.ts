@@ -59,7 +59,7 @@ export function registerModels(program: Command): void {
         try {
           const asOf = await resolveAsOf(ctx, open.events, opts.asOf);
           if (!open.registry.live()) throw new BadInputError("no live model to fine-tune: run freshrec pretrain first");
-          const result = await open.loop.finetune(asOf);
+          const result = await open.loop.finetune(asOf, ctx.signal);
           const g = result.gates;
           const text = [
             `${result.modelVersion} (parent ${result.parent ?? "-"}): ${result.status === "live" ? "gates passed, now live" : "HALTED, the previous model stays live"}`,

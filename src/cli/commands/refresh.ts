@@ -88,6 +88,7 @@ export function registerRefresh(program: Command): void {
             keep: ctx.config.tables.keep,
             publish: opts.publish,
             progress: ctx.progress,
+            signal: ctx.signal,
           });
           const text = [
             `table ${result.tableVersion} ${result.published ? "published" : "built (not published)"}: model ${result.modelVersion}, RAG as of ${iso(asOf)} (${ctx.config.rag.windowDays} d, ${result.transitionsInWindow} transitions, ${result.pairsWithContext} pairs with context)`,
@@ -193,14 +194,12 @@ async function runSchedule(ctx: CommandContext, opts: { simulate?: boolean; from
         ctx.log("stopping: the running job is cancelled, its partial table is marked failed");
         void scheduler.stop();
       };
-      process.once("SIGINT", stop);
-      process.once("SIGTERM", stop);
+      ctx.signal.addEventListener("abort", stop, { once: true });
       for (const line of statusLines(scheduler.status())) ctx.log(line);
       try {
         await scheduler.start();
       } finally {
-        process.off("SIGINT", stop);
-        process.off("SIGTERM", stop);
+        ctx.signal.removeEventListener("abort", stop);
       }
       return { json: { runs: lines.length, status: scheduler.status() }, text: [`stopped after ${lines.length} runs`, ...statusLines(scheduler.status())].join("\n") };
     } finally {
