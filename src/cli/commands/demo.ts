@@ -7,7 +7,8 @@ import { writeDriftReport } from "../../evaluation/drift-report.js";
 import { analyzeDrift } from "../../mining/drift.js";
 import { successorLists } from "../../mining/successors.js";
 import { countTransitions } from "../../mining/transitions.js";
-import { action } from "../run.js";
+import { action, positiveInt } from "../run.js";
+import { runDemoLoop } from "./demo-loop.js";
 import { addSynthFlags, syntheticOptions, type SynthFlags } from "./synth.js";
 
 const DAY_MS = 86_400_000;
@@ -18,24 +19,30 @@ export function registerDemo(program: Command): void {
       .command("demo")
       .description("the whole loop on the synthetic platform (or MovieLens): data, transition mining, drift analysis")
       .option("--dataset <name>", "synthetic (default) or movielens")
-      .option("--path <dir>", "the MovieLens folder with --dataset movielens"),
+      .option("--path <dir>", "the MovieLens folder with --dataset movielens")
+      .option("--loop-months <n>", "months of the hybrid loop simulated at the end of the data (0 skips the loop)", "2")
+      .option("--epochs <n>", "base model training epochs", "2"),
   )
     .addHelpText("after", "\nExamples:\n  freshrec demo --quick\n  freshrec demo --dataset movielens --path ../shared/datasets/movielens-latest-small")
     .action(
       action(async (ctx, command) => {
-        const opts = command.opts<SynthFlags & { dataset?: string; path?: string }>();
+        const opts = command.opts<SynthFlags & { dataset?: string; path?: string; loopMonths: string; epochs: string }>();
+        const loopMonths = opts.loopMonths === "0" ? 0 : positiveInt("loop-months", opts.loopMonths)!;
+        const epochs = positiveInt("epochs", opts.epochs)!;
+        const steps = loopMonths > 0 ? 5 : 3;
         const dataset = opts.dataset ?? "synthetic";
         const store = await ctx.openEvents();
+        let closed = false;
         try {
           const lines: string[] = [];
           let data: Record<string, unknown>;
           if (dataset === "synthetic") {
             const world = new SyntheticWorld(syntheticOptions(ctx.config.synth, opts));
-            ctx.log(`1/3 synthesizing ${world.options.targetEvents.toLocaleString("en")} events for ${world.options.users} users (seed ${world.options.seed})`);
+            ctx.log(`1/${steps} synthesizing ${world.options.targetEvents.toLocaleString("en")} events for ${world.options.users} users (seed ${world.options.seed})`);
             data = { ...(await ingestSynthetic(store, world, ctx.progress)) };
           } else if (dataset === "movielens") {
             if (!opts.path) throw new BadInputError("--dataset movielens needs --path DIR");
-            ctx.log(`1/3 ingesting ${opts.path}`);
+            ctx.log(`1/${steps} ingesting ${opts.path}`);
             data = { ...(await ingestMovieLens(store, opts.path, { ...ctx.config.data, ...ctx.config.movielens })) };
           } else throw new BadInputError(`--dataset: unknown dataset ${JSON.stringify(dataset)} (known: synthetic, movielens)`);
           const counts = await store.counts();
@@ -43,7 +50,7 @@ export function registerDemo(program: Command): void {
           const positiveMin = await ctx.positiveMin(store);
           lines.push(`data: ${counts.events} events, ${counts.users} users, ${counts.items} items, ${counts.clusters} clusters (${new Date(counts.firstTs!).toISOString().slice(0, 10)} .. ${new Date(counts.lastTs!).toISOString().slice(0, 10)})`);
 
-          ctx.log("2/3 mining novel transitions of the last 30 days");
+          ctx.log(`2/${steps} mining novel transitions of the last 30 days`);
           const end = counts.lastTs! + 1;
           const recent = await countTransitions(store, { from: end - 30 * DAY_MS, to: end }, { positiveMin });
           const descriptions = new Map((await store.clusters()).map((c) => [c.id, c.description]));
@@ -56,17 +63,24 @@ export function registerDemo(program: Command): void {
             lines.push(`  [${descriptions.get(t.c1)}] -> [${descriptions.get(t.c2)}]  =>  [${descriptions.get(t.successors[0].cluster)}]  (${t.users} users)`);
           }
 
-          ctx.log("3/3 analysing month-over-month drift of top successors");
+          ctx.log(`3/${steps} analysing month-over-month drift of top successors`);
           const drift = await analyzeDrift(store, { from: counts.firstTs!, to: end }, { ...ctx.config.drift, positiveMin });
           const reports = writeDriftReport(ctx.paths.reports, drift, dataset);
           lines.push(
             `drift: mean Jaccard of top-${drift.topK} successors month over month ${drift.meanJaccard.toFixed(3)} (variance ${drift.varianceJaccard.toFixed(3)}, ${drift.pairsCompared} pair-months with >= ${drift.minSupport} transitions); the paper measured 0.17`,
             `reports: ${reports.html}`,
           );
-          const json = { dataset, data, store: counts, recentTransitions: recent.length, drift: { ...drift, reports } };
+          let loop: Awaited<ReturnType<typeof runDemoLoop>> | null = null;
+          if (loopMonths > 0) {
+            store.close();
+            closed = true;
+            loop = await runDemoLoop(ctx, end, loopMonths, epochs, steps);
+            lines.push(...loop.lines);
+          }
+          const json = { dataset, data, store: counts, recentTransitions: recent.length, drift: { ...drift, reports }, loop: loop?.json ?? null };
           return { json, text: lines.join("\n") };
         } finally {
-          store.close();
+          if (!closed) store.close();
         }
       }),
     );

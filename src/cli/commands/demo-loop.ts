@@ -1,0 +1,94 @@
+/**
+ * The demo's hybrid loop: a base model trained on everything before the last months of the data, then the real
+ * schedule (monthly fine-tunes behind the gates, RAG refresh every 2 days) simulated over those months on a virtual
+ * clock, publishing into the workspace's table store, with a summary per month scored on the month's real
+ * transitions against the table that was live at each moment.
+ */
+import { VirtualClock } from "../../domain/clock.js";
+import { scoreTransitions, type LiveTableEntry } from "../../evaluation/scoring.js";
+import { timedTransitions } from "../../mining/transitions.js";
+import { TableLookup } from "../../tables/index.js";
+import { Scheduler, SqliteScheduleStore, hybridJobs, scheduleStorePath, type JobRun, type RunRecord } from "../../update/schedule/index.js";
+import type { CommandContext } from "../context.js";
+import { openLoop, trainBaseModel } from "../loop-context.js";
+import { runLine } from "./refresh.js";
+
+const iso = (ms: number) => new Date(ms).toISOString();
+const pct = (x: number) => `${(100 * x).toFixed(1)}%`;
+
+export async function runDemoLoop(ctx: CommandContext, end: number, months: number, epochs: number, steps: number) {
+  const last = new Date(end - 1);
+  const from = Date.UTC(last.getUTCFullYear(), last.getUTCMonth() - months + 1, 1);
+  const lines: string[] = [];
+  const open = await openLoop(ctx);
+  try {
+    const live = open.registry.live();
+    let base: Record<string, unknown>;
+    if (live && live.window && live.window.to <= from) {
+      ctx.log(`4/${steps} reusing the live model ${live.version} (trained on data before ${iso(from).slice(0, 10)})`);
+      base = { modelVersion: live.version, reused: true };
+      lines.push(`base model: ${live.version} (reused)`);
+    } else {
+      ctx.log(`4/${steps} pretraining the base model on data before ${iso(from).slice(0, 10)}`);
+      // pretrain registers through its own connection to the registry; this one sees the new version at once.
+      const { result } = await trainBaseModel(ctx, open.events, from, ctx.paths.root, { epochs, heldOut: true });
+      if (open.registry.live()?.version !== result.modelVersion) open.registry.makeLive(result.modelVersion, "demo: new base model");
+      const e = result.evaluation;
+      base = { modelVersion: result.modelVersion, evaluation: e, trainTokens: result.trainTokens, seconds: result.seconds };
+      lines.push(
+        `base model ${result.modelVersion}: ${result.training.trainSamples} samples, ${result.seconds.toFixed(0)} s` +
+          (e ? `; held-out top-1 ${pct(e.modelTop1)} vs most-popular-next ${pct(e.mostPopularTop1)} (${e.transitions} transitions)` : ""),
+      );
+    }
+
+    ctx.log(`5/${steps} simulating the hybrid schedule ${iso(from).slice(0, 10)} .. ${iso(end).slice(0, 10)} (fine-tune ${ctx.config.schedule.finetuneCadence}, refresh ${ctx.config.schedule.refreshCadence})`);
+    // The base model is the fine-tune of the first instant; the monthly fine-tunes after it continue training it.
+    const finetune: JobRun = async (context) => (context.asOf <= from ? { status: "succeeded", detail: { skipped: "base model" } } : open.loop.finetuneJob()(context));
+    const timeline: LiveTableEntry[] = [];
+    const runs: RunRecord[] = [];
+    const store = SqliteScheduleStore.open(scheduleStorePath(ctx.paths.root).replace(/\.sqlite$/, ".demo.sqlite"));
+    try {
+      const scheduler = new Scheduler({
+        jobs: hybridJobs({ finetune, refresh: open.loop.refreshJob(), finetuneCadence: ctx.config.schedule.finetuneCadence, refreshCadence: `every 2 days from ${iso(from)}` }),
+        store,
+        clock: new VirtualClock(from),
+        onRun: (run) => {
+          runs.push(run);
+          ctx.log(runLine(run));
+          const published = run.status === "succeeded" ? (run.detail?.publishedTable as string | undefined) : undefined;
+          if (published) {
+            const lookup = TableLookup.load(open.tables, published);
+            timeline.push({ version: published, publishedAt: run.due, answers: (c1, c2) => (lookup.get(c1, c2) ?? []).map((a) => a.cluster) });
+          }
+        },
+      });
+      await scheduler.simulate({ from, to: end });
+    } finally {
+      store.close();
+    }
+
+    const transitions = await timedTransitions(open.events, { from, to: end }, { positiveMin: open.positiveMin });
+    const monthly: Record<string, unknown>[] = [];
+    for (let m = 0; m < months; m++) {
+      const start = Date.UTC(new Date(from).getUTCFullYear(), new Date(from).getUTCMonth() + m, 1);
+      const stop = Math.min(end, Date.UTC(new Date(from).getUTCFullYear(), new Date(from).getUTCMonth() + m + 1, 1));
+      const inMonth = runs.filter((r) => r.due >= start && r.due < stop);
+      const tuned = inMonth.find((r) => r.job === "finetune" && !r.detail?.skipped);
+      const refreshes = inMonth.filter((r) => r.job === "refresh" && r.status === "succeeded");
+      const rescored = refreshes.reduce((s, r) => s + Number(r.detail?.rescored ?? 0), 0);
+      const pairs = refreshes.reduce((s, r) => s + Number(r.detail?.rescored ?? 0) + Number(r.detail?.copied ?? 0), 0);
+      const score = scoreTransitions(transitions.filter((t) => t.ts >= start && t.ts < stop), timeline);
+      const fine = tuned
+        ? `fine-tune ${String(tuned.detail?.modelVersion ?? "-")} ${tuned.status === "succeeded" ? "went live" : tuned.status.toUpperCase()} (exact-match ${pct(Number(tuned.detail?.exactMatchRate ?? 0))}, test recall ${pct(Number(tuned.detail?.testRecall ?? 0))})`
+        : "no fine-tune (base model)";
+      lines.push(
+        `${iso(start).slice(0, 7)}: ${fine}; ${refreshes.length} RAG refreshes, ${pairs ? pct(rescored / pairs) : "-"} of pairs re-scored; served hit@1 ${pct(score.hit1)}, hit@5 ${pct(score.hitK)} on ${score.transitions} transitions`,
+      );
+      monthly.push({ month: iso(start).slice(0, 7), finetune: tuned ?? null, refreshes: refreshes.length, rescored, pairs, hit1: score.hit1, hit5: score.hitK, transitions: score.transitions });
+    }
+    lines.push(`live table ${open.tables.live()?.version ?? "-"}, live model ${open.registry.live()?.version ?? "-"}; inspect with: freshrec tables list, freshrec models list`);
+    return { lines, json: { from: iso(from), to: iso(end), base, monthly, runs: runs.length } };
+  } finally {
+    await open.close();
+  }
+}
