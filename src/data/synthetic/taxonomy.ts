@@ -229,17 +229,28 @@ const DOMAINS: readonly DomainSpec[] = [
 export interface TaxonomyOptions {
   /**
    * Clusters kept per domain (the first N in each domain's list; the seasonal and launched ones are listed last).
+   * Above 10, format variants of the domain's evergreen clusters are added ("..., beginner guides"), up to 25 per
+   * domain (300 clusters), for scale tests of tables that grow with the square of the cluster count.
    * @defaultValue 10
    */
   clustersPerDomain?: number;
 }
+
+/** Formats that turn an evergreen cluster into a distinct, still readable variant. */
+const VARIANT_FORMATS = ["beginner guides", "live streams", "deep dives"] as const;
 
 /** The taxonomy, in a stable order (domain by domain). */
 export function buildTaxonomy(options: TaxonomyOptions = {}): SyntheticCluster[] {
   const perDomain = options.clustersPerDomain ?? 10;
   const out: SyntheticCluster[] = [];
   for (const d of DOMAINS) {
-    for (const spec of d.clusters.slice(0, perDomain)) {
+    const evergreen = d.clusters.filter((c) => !c.season && c.launch === undefined);
+    const variants = Array.from({ length: Math.max(0, perDomain - d.clusters.length) }, (_, k) => {
+      const base = evergreen[k % evergreen.length];
+      const format = VARIANT_FORMATS[Math.floor(k / evergreen.length) % VARIANT_FORMATS.length];
+      return { id: `${base.id}-${format.replace(/ /g, "-")}`, description: `${base.description}, ${format}` };
+    });
+    for (const spec of [...d.clusters.slice(0, perDomain), ...variants] as typeof d.clusters) {
       out.push({
         id: spec.id,
         description: spec.description,

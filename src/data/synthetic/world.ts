@@ -69,7 +69,7 @@ export interface SyntheticOptions {
   targetEvents: number;
   /** Mean events per session. @defaultValue 5 */
   eventsPerSession: number;
-  /** Clusters per domain (12 domains; 10 gives 120 clusters). @defaultValue 10 */
+  /** Clusters per domain (12 domains; 10 gives 120 clusters, 25 gives 300 with format variants). @defaultValue 10 */
   clustersPerDomain: number;
   /** Mean items per cluster; popular clusters get more (between a quarter and 4x of this). @defaultValue 80 */
   itemsPerCluster: number;
@@ -304,8 +304,8 @@ function validate(o: SyntheticOptions): void {
   if (!Number.isInteger(o.users) || o.users < 1) bad("users", "an integer >= 1");
   if (!(o.targetEvents > 0)) bad("targetEvents", "a number > 0");
   if (!(o.eventsPerSession >= 1)) bad("eventsPerSession", "a number >= 1");
-  if (!Number.isInteger(o.clustersPerDomain) || o.clustersPerDomain < 3 || o.clustersPerDomain > 10)
-    bad("clustersPerDomain", "an integer in [3, 10]");
+  if (!Number.isInteger(o.clustersPerDomain) || o.clustersPerDomain < 3 || o.clustersPerDomain > 25)
+    bad("clustersPerDomain", "an integer in [3, 25]");
   if (!(o.itemsPerCluster >= 4)) bad("itemsPerCluster", "a number >= 4");
   if (!(o.targetJaccard > 0 && o.targetJaccard < 1)) bad("targetJaccard", "a number in (0, 1)");
   if (!(o.positiveThreshold > 0 && o.positiveThreshold < 1)) bad("positiveThreshold", "a number in (0, 1)");

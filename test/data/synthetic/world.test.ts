@@ -68,6 +68,19 @@ describe("taxonomy", () => {
     expect(clusters.filter((c) => c.launchOffsetMonths !== undefined).length).toBeGreaterThanOrEqual(5);
   });
 
+  it("scales to 300 clusters with readable format variants of evergreen clusters", () => {
+    const clusters = buildTaxonomy({ clustersPerDomain: 25 });
+    expect(clusters).toHaveLength(300);
+    expect(new Set(clusters.map((c) => c.id)).size).toBe(300);
+    expect(new Set(clusters.map((c) => c.description)).size).toBe(300);
+    const variant = clusters.find((c) => c.id === "baking-beginner-guides")!;
+    expect(variant.description).toBe("baking, desserts, pastry, beginner guides");
+    expect(variant.season).toBeUndefined();
+    // The first 10 of each domain are the named taxonomy, unchanged.
+    expect(buildTaxonomy().map((c) => c.id)).toEqual(clusters.filter((c) => !/-(beginner-guides|live-streams|deep-dives)$/.test(c.id)).map((c) => c.id));
+    expect(() => new SyntheticWorld({ ...SMALL, clustersPerDomain: 26 })).toThrow(/clustersPerDomain/);
+  });
+
   it("gives items readable titles from their cluster's keywords and stable ids", () => {
     const world = new SyntheticWorld({ ...SMALL });
     const items = world.items();
