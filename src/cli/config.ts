@@ -134,6 +134,46 @@ export const configSchema = z
       })
       .strict()
       .prefault({}),
+    serve: z
+      .object({
+        port: z.number().int().min(0).max(65535).default(8080).describe("TCP port of `freshrec serve` (0 = any free port)."),
+        host: z.string().min(1).default("127.0.0.1").describe("Interface to listen on; 0.0.0.0 exposes the API beyond this machine."),
+        adminToken: z
+          .string()
+          .min(16)
+          .nullable()
+          .default(null)
+          .describe("Bearer token of the admin routes (publish, rollback, model review, schedule status, experiments); the environment variable FRESHREC_ADMIN_TOKEN wins. null = admin routes answer 403. At least 16 characters."),
+        bodyLimitBytes: positiveInt().default(1_048_576).describe("Largest request body; a bigger one gets 413."),
+        maxBatchEvents: positiveInt().default(10_000).describe("Most events one POST /v1/events may carry; more gets 413."),
+        unknownItems: z
+          .enum(["reject", "skip"])
+          .default("reject")
+          .describe("Events naming an item that is not in the catalog: reject the whole batch with 400 (naming the index), or skip those events and count them."),
+        reloadIntervalMs: positiveInt().default(1000).describe("How often the server looks at the table store's live pointer and the model registry (a publish by another process shows within this)."),
+        defaultN: positiveInt().max(50).default(10).describe("Exploration clusters returned when a request has no n."),
+        maxN: positiveInt().max(50).default(50).describe("Largest n a request may ask for."),
+        itemsPerCluster: positiveInt().max(100).default(3).describe("Items grounded into each recommended cluster."),
+        logLevel: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info").describe("Level of the server's structured (pino) logs on stderr."),
+        groundingWindowDays: positiveInt().default(30).describe("Days of recent events the item grounding (co-visitation, popularity) and the cold-start answer are computed from."),
+        groundingRebuildMinutes: positiveInt().default(60).describe("How often the grounding index is rebuilt from the event store."),
+        covisitationSpan: positiveInt().max(50).default(5).describe("Two positive events of one user at most this many positive events apart count as a co-visit."),
+        recentItems: positiveInt().max(100).default(10).describe("The user's most recent positively engaged items that co-visitation starts from."),
+      })
+      .strict()
+      .prefault({}),
+    experiment: z
+      .object({
+        attributionHours: z.number().positive().default(24).describe("An event on a recommended cluster within this many hours after the exposure is that exposure's outcome."),
+        slateSize: positiveInt().max(50).default(3).describe("Clusters shown per exploration slate in `experiment simulate`."),
+        days: positiveInt().max(120).default(14).describe("Simulated days of `experiment simulate`."),
+        refreshDays: positiveInt().default(2).describe("Days between the treatment's RAG refreshes in `experiment simulate`."),
+        users: positiveInt().nullable().default(null).describe("Simulated users of `experiment simulate` (the first N of the synthetic platform). null = all."),
+        resamples: positiveInt().default(1000).describe("Bootstrap resamples (over users) behind the 95% confidence intervals."),
+        flushIntervalMs: positiveInt().default(1000).describe("How often the server writes buffered exposures to the event store."),
+      })
+      .strict()
+      .prefault({}),
   })
   .strict();
 

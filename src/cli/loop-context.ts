@@ -7,7 +7,10 @@ import { BadInputError } from "../domain/errors.js";
 import { ModelRegistry } from "../llm/registry.js";
 import { pretrainBaseModel, type PretrainResult } from "../llm/pretrain.js";
 import { REFERENCE_SHAPE } from "../llm/engine/model-file.js";
-import { timedTransitions } from "../mining/transitions.js";
+import { futureExamples, timedTransitions } from "../mining/transitions.js";
+import { EmbeddedLanguageModel } from "../llm/backends/embedded.js";
+import { measureGates } from "../update/finetune.js";
+import type { GateResult } from "../update/gates.js";
 import { DAY_MS } from "../domain/clock.js";
 import type { TimeWindow } from "../domain/types.js";
 import type { SqliteTableStore } from "../tables/index.js";
@@ -58,7 +61,7 @@ export async function trainBaseModel(
   asOf: number,
   workspace: string,
   options: { epochs: number; heldOut: boolean },
-): Promise<{ result: PretrainResult; window: TimeWindow }> {
+): Promise<{ result: PretrainResult; window: TimeWindow; gates: GateResult | null }> {
   const { windowDays, heldOutDays, maxSamples } = ctx.config.pretrain;
   if (options.heldOut && heldOutDays >= windowDays) {
     throw new BadInputError(`pretrain.heldOutDays (${heldOutDays}) must be smaller than pretrain.windowDays (${windowDays})`);
@@ -88,7 +91,17 @@ export async function trainBaseModel(
     signal: ctx.signal,
     onProgress: trainingProgress(ctx.progress, ctx.log, "pretraining"),
   });
-  return { result, window };
+  // The base model faces the same gates a fine-tune does, on the held-out days: it goes live anyway (there is
+  // nothing to fall back to), but the user sees at once whether the next fine-tune has a bar it can pass.
+  let gates: GateResult | null = null;
+  if (options.heldOut) {
+    const test = await futureExamples(events, { from: split, to: asOf }, { positiveMin });
+    if (test.length > 0) {
+      const f = ctx.config.finetune;
+      gates = await measureGates(await EmbeddedLanguageModel.open(result.modelPath), { test }, { gates: { minExactMatchRate: f.minExactMatchRate, minTestRecall: f.minTestRecall }, signal: ctx.signal });
+    }
+  }
+  return { result, window, gates };
 }
 
 const iso = (ms: number) => new Date(ms).toISOString();

@@ -67,6 +67,9 @@ describe("the hybrid loop from the CLI", () => {
     expect(base.status, base.stderr).toBe(0);
     expect(base.json).toMatchObject({ modelVersion: "m000001", status: "live" });
     expect(base.json.evaluation.transitions).toBeGreaterThan(0);
+    // The base model faces the fine-tuning gates on the held-out days (reported; it goes live regardless).
+    expect(base.json.gates).toMatchObject({ exactMatchRate: 1, passed: true, testExamples: expect.any(Number) });
+    expect(base.json.gates.testExamples).toBeGreaterThan(0);
     expect(base.json.window.to).toBe("2025-03-25T00:00:00.000Z"); // 7 held-out days before the as-of time
 
     const first = run(passing, "refresh", "--as-of", "2025-04-01");

@@ -31,7 +31,7 @@ export function registerModels(program: Command): void {
         const events = await ctx.openEvents();
         try {
           const asOf = await resolveAsOf(ctx, events, opts.asOf);
-          const { result, window } = await trainBaseModel(ctx, events, asOf, ctx.paths.root, { epochs, heldOut: true });
+          const { result, window, gates } = await trainBaseModel(ctx, events, asOf, ctx.paths.root, { epochs, heldOut: true });
           const e = result.evaluation;
           const text = [
             `base model ${result.modelVersion} (${result.status}) written to ${result.modelPath}`,
@@ -39,8 +39,11 @@ export function registerModels(program: Command): void {
             e
               ? `  held-out top-1 on ${e.transitions} transitions: model ${pct(e.modelTop1)} vs most-popular-next ${pct(e.mostPopularTop1)}`
               : "  no held-out transitions: nothing to compare",
+            ...(gates
+              ? [`  gates on the held-out days: exact-match ${pct(gates.exactMatchRate)}, test recall ${pct(gates.testRecall)} on ${gates.testExamples} histories: ${gates.passed ? "would pass" : `would fail (${gates.reasons.join("; ")})`}`]
+              : []),
           ].join("\n");
-          return { json: { ...result, asOf: iso(asOf), window: { from: iso(window.from), to: iso(window.to) } }, text };
+          return { json: { ...result, gates, asOf: iso(asOf), window: { from: iso(window.from), to: iso(window.to) } }, text };
         } finally {
           events.close();
         }
