@@ -7,9 +7,11 @@ import { registerAnalyze } from "./commands/analyze.js";
 import { registerConfig } from "./commands/config.js";
 import { registerDemo } from "./commands/demo.js";
 import { registerEvaluate } from "./commands/evaluate.js";
+import { registerExperiment } from "./commands/experiment.js";
 import { registerIngest } from "./commands/ingest.js";
 import { registerModels } from "./commands/models.js";
 import { registerRefresh } from "./commands/refresh.js";
+import { registerServe } from "./commands/serve.js";
 import { registerSynth } from "./commands/synth.js";
 import { registerTables } from "./commands/tables.js";
 import { DEFAULT_WORKSPACE } from "./workspace.js";
@@ -31,6 +33,8 @@ export function buildProgram(): Command {
   registerTables(program);
   registerAnalyze(program);
   registerEvaluate(program);
+  registerExperiment(program);
+  registerServe(program);
   for (const command of program.commands) {
     command.exitOverride();
     for (const sub of command.commands) sub.exitOverride();

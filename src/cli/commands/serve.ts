@@ -1,0 +1,201 @@
+/**
+ * `freshrec serve [--port N] [--host H] [--schedule]`: the HTTP API over the workspace until Ctrl-C.
+ *
+ * The server owns the workspace's event store while it runs (DuckDB allows one process per file): `refresh`,
+ * `finetune`, `schedule run` and `experiment create|analyze` cannot open it meanwhile. Either run the hybrid schedule
+ * inside the server (`--schedule`: the same jobs as `schedule run`, over the server's own store connection), or stop
+ * the server for them, or use the admin routes (publish, rollback, review, experiments). Tables and models published
+ * or reviewed by other processes (`tables publish`, `review`) are picked up within serve.reloadIntervalMs.
+ */
+import type { Command } from "commander";
+import { BadInputError } from "../../domain/errors.js";
+import { ModelRegistry } from "../../llm/registry.js";
+import { startServer, type RunningServer, type ServeOptions } from "../../serving/index.js";
+import { UpdateLoop } from "../../update/loop.js";
+import { Scheduler, SqliteScheduleStore, hybridJobs, readScheduleStatus, scheduleStorePath } from "../../update/schedule/index.js";
+import type { FreshrecConfig } from "../config.js";
+import type { CommandContext } from "../context.js";
+import { loopSettings } from "../loop-context.js";
+import { trainingProgress } from "../progress.js";
+import { action, positiveInt } from "../run.js";
+import { runLine } from "./refresh.js";
+
+/** The admin token: FRESHREC_ADMIN_TOKEN wins over serve.adminToken; empty means none. */
+export function adminToken(config: FreshrecConfig): string | null {
+  const fromEnv = process.env.FRESHREC_ADMIN_TOKEN;
+  if (fromEnv !== undefined && fromEnv !== "") return fromEnv;
+  return config.serve.adminToken;
+}
+
+/** The server options of the config's `serve` and `experiment` sections. */
+export function serveOptions(ctx: CommandContext): Omit<ServeOptions, "workspace"> {
+  const s = ctx.config.serve;
+  const positiveMin = ctx.config.data.positiveMin;
+  return {
+    host: s.host,
+    port: s.port,
+    adminToken: adminToken(ctx.config),
+    bodyLimitBytes: s.bodyLimitBytes,
+    maxBatchEvents: s.maxBatchEvents,
+    unknownItems: s.unknownItems,
+    reloadIntervalMs: s.reloadIntervalMs,
+    defaultN: s.defaultN,
+    maxN: s.maxN,
+    itemsPerCluster: s.itemsPerCluster,
+    logLevel: s.logLevel,
+    groundingWindowDays: s.groundingWindowDays,
+    groundingRebuildMinutes: s.groundingRebuildMinutes,
+    covisitationSpan: s.covisitationSpan,
+    recentItems: s.recentItems,
+    attributionHours: ctx.config.experiment.attributionHours,
+    flushIntervalMs: ctx.config.experiment.flushIntervalMs,
+    resamples: ctx.config.experiment.resamples,
+    // null in the config means "the dataset's own threshold", which the server reads from the store.
+    ...(positiveMin === null ? {} : { positiveMin }),
+    clock: ctx.clock,
+  };
+}
+
+export interface WorkspaceServer extends RunningServer {
+  /** Whether the hybrid schedule runs inside this process. */
+  readonly scheduling: boolean;
+}
+
+/**
+ * Starts the API over the command's workspace (the demo calls this with `{ port: 0 }`), optionally with the hybrid
+ * schedule in the same process. `close()` stops the schedule (a running job is cancelled cleanly), the server and
+ * the stores.
+ */
+export async function startWorkspaceServer(
+  ctx: CommandContext,
+  overrides: { port?: number; host?: string; schedule?: boolean; logLevel?: ServeOptions["logLevel"] } = {},
+): Promise<WorkspaceServer> {
+  const events = await ctx.openEvents();
+  const definitions = [
+    { name: "finetune", cadence: ctx.config.schedule.finetuneCadence },
+    { name: "refresh", cadence: ctx.config.schedule.refreshCadence },
+  ];
+  let scheduleParts: { scheduler: Scheduler; running: Promise<void>; close: () => Promise<void> } | null = null;
+  let server: RunningServer;
+  try {
+    if (overrides.schedule) scheduleParts = await startSchedule(ctx, events);
+    server = await startServer({
+      ...serveOptions(ctx),
+      workspace: ctx.paths.root,
+      events,
+      ...(overrides.port === undefined ? {} : { port: overrides.port }),
+      ...(overrides.host === undefined ? {} : { host: overrides.host }),
+      ...(overrides.logLevel === undefined ? {} : { logLevel: overrides.logLevel }),
+      scheduleStatus: () => {
+        if (scheduleParts) return scheduleParts.scheduler.status();
+        const store = SqliteScheduleStore.open(scheduleStorePath(ctx.paths.root));
+        try {
+          return readScheduleStatus(store, definitions, ctx.clock.now(), null);
+        } finally {
+          store.close();
+        }
+      },
+    });
+  } catch (error) {
+    await scheduleParts?.close();
+    events.close();
+    throw error;
+  }
+  let closing: Promise<void> | null = null;
+  return {
+    ...server,
+    scheduling: scheduleParts !== null,
+    close: () =>
+      (closing ??= (async () => {
+        // The schedule first: its jobs read the event store the server is about to release.
+        await scheduleParts?.close();
+        await server.close();
+        events.close();
+      })()),
+  };
+}
+
+/** The hybrid schedule over the server's event store (one DuckDB instance per file and process). */
+async function startSchedule(ctx: CommandContext, events: Awaited<ReturnType<CommandContext["openEvents"]>>) {
+  const tables = ctx.openTables();
+  const registry = new ModelRegistry(ctx.paths.root, ctx.clock);
+  if (!registry.live()) {
+    registry.close();
+    tables.close();
+    throw new BadInputError("--schedule needs a live model: run freshrec pretrain first");
+  }
+  const positiveMin = await ctx.positiveMin(events);
+  const loop = new UpdateLoop({
+    events,
+    tables,
+    registry,
+    clusters: (await events.clusters()).map((c) => c.id),
+    settings: loopSettings(ctx.config, positiveMin),
+    progress: ctx.progress,
+    onTraining: trainingProgress(ctx.progress, ctx.log, "fine-tuning"),
+  });
+  const store = SqliteScheduleStore.open(scheduleStorePath(ctx.paths.root));
+  const s = ctx.config.schedule;
+  const scheduler = new Scheduler({
+    jobs: hybridJobs({ finetune: loop.finetuneJob(), refresh: loop.refreshJob(), finetuneCadence: s.finetuneCadence, refreshCadence: s.refreshCadence }),
+    store,
+    clock: ctx.clock,
+    overlap: s.overlap,
+    catchupWindowMs: s.catchupWindowDays * 86_400_000,
+    maxConsecutiveFailures: s.maxConsecutiveFailures,
+    onRun: (run) => ctx.log(`schedule: ${runLine(run)}`),
+  });
+  const running = scheduler.start().catch((error) => ctx.log(`schedule: stopped on an error: ${(error as Error).message}`));
+  return {
+    scheduler,
+    running,
+    close: async () => {
+      await scheduler.stop();
+      await running;
+      await loop.close();
+      store.close();
+      registry.close();
+      tables.close();
+    },
+  };
+}
+
+export function registerServe(program: Command): void {
+  program
+    .command("serve")
+    .description("serve the exploration API (live table + item grounding), event intake, admin routes, /metrics; until Ctrl-C")
+    .option("--port <n>", "TCP port (default: serve.port, 8080; 0 = any free port)")
+    .option("--host <address>", "interface (default: serve.host, 127.0.0.1)")
+    .option("--schedule", "also run the hybrid schedule (monthly fine-tune, RAG refresh) in this process")
+    .addHelpText(
+      "after",
+      [
+        "",
+        "Examples:",
+        "  freshrec serve --port 8080",
+        "  FRESHREC_ADMIN_TOKEN=$(openssl rand -hex 24) freshrec serve --schedule",
+        "  curl localhost:8080/v1/users/u000123/exploration?n=5",
+        "",
+        "The server holds the event store: run refresh/finetune with --schedule, or while it is stopped, or use the",
+        "admin routes (POST /v1/tables/{v}/publish, /v1/tables/rollback, /v1/models/{v}/approve|reject). API: /openapi.json",
+      ].join("\n"),
+    )
+    .action(
+      action(async (ctx, command) => {
+        const opts = command.opts<{ port?: string; host?: string; schedule?: boolean }>();
+        const port = opts.port === "0" ? 0 : positiveInt("port", opts.port);
+        if (port !== undefined && port > 65535) throw new BadInputError(`--port: ${port} is not a TCP port`);
+        const server = await startWorkspaceServer(ctx, { port, host: opts.host, schedule: Boolean(opts.schedule) });
+        const health = (await (await fetch(`${server.url}/healthz`)).json()) as { table: { version: string } | null; users: number };
+        ctx.log(`freshrec serving on ${server.url} (table ${health.table?.version ?? "none"}, ${health.users} users${server.scheduling ? ", hybrid schedule running" : ""}); Ctrl-C stops`);
+        ctx.log(`  curl ${server.url}/v1/users/USER_ID/exploration?n=5`);
+        ctx.log(`  curl ${server.url}/openapi.json`);
+        await new Promise<void>((resolve) => {
+          if (ctx.signal.aborted) resolve();
+          ctx.signal.addEventListener("abort", () => resolve(), { once: true });
+        });
+        await server.close();
+        return { json: { url: server.url, stopped: true, scheduling: server.scheduling }, text: `stopped serving ${server.url}` };
+      }),
+    );
+}

@@ -1,0 +1,106 @@
+/**
+ * HTTP errors, tRPC style: a stable code union (the domain's codes plus the few only HTTP has) mapped to status
+ * codes in exactly one place, and one error body shape for every route:
+ * `{ "error": { "code", "message", "requestId", "issues"?: [{ "index"?, "field", "message" }] } }`.
+ *
+ * @example
+ * throw new HttpError("UNAUTHORIZED", "admin routes need a bearer token");
+ * reply.status(statusOf(error.code)).send(errorBody(error, request.id));
+ */
+import { BadInputError, FreshrecError, type ErrorCode } from "../domain/errors.js";
+
+export type HttpErrorCode =
+  | ErrorCode
+  | "UNAUTHORIZED" // no bearer token on an admin route
+  | "FORBIDDEN" // a wrong token, or admin routes disabled
+  | "PAYLOAD_TOO_LARGE" // body over serve.bodyLimitBytes, or more events than serve.maxBatchEvents
+  | "CONFLICT" // an idempotency key reused with a different body
+  | "UNSUPPORTED_MEDIA_TYPE"
+  | "NOT_READY"; // the server cannot answer yet (no catalog)
+
+/** The one mapping from error codes to HTTP status codes. */
+export const HTTP_STATUS: Readonly<Record<HttpErrorCode, number>> = {
+  BAD_INPUT: 400,
+  BAD_CONFIG: 500,
+  NOT_FOUND: 404,
+  ENGINE: 503,
+  GATE_FAILED: 409,
+  CANCELLED: 503,
+  INTERNAL: 500,
+  UNAUTHORIZED: 401,
+  FORBIDDEN: 403,
+  PAYLOAD_TOO_LARGE: 413,
+  CONFLICT: 409,
+  UNSUPPORTED_MEDIA_TYPE: 415,
+  NOT_READY: 503,
+};
+
+/** One problem with a request: `index` is the position in a batch (events[index]), `field` the field's path. */
+export interface RequestIssue {
+  readonly index?: number;
+  readonly field: string;
+  readonly message: string;
+}
+
+export class HttpError extends Error {
+  override name = "HttpError";
+  constructor(
+    readonly code: HttpErrorCode,
+    message: string,
+    readonly issues: readonly RequestIssue[] = [],
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+
+  get status(): number {
+    return HTTP_STATUS[this.code];
+  }
+}
+
+export interface ErrorBody {
+  readonly error: {
+    readonly code: HttpErrorCode;
+    readonly message: string;
+    readonly requestId: string;
+    readonly issues?: readonly RequestIssue[];
+  };
+}
+
+/** Fastify's own errors that are the client's fault, by their code. */
+const FASTIFY_CODES: Readonly<Record<string, HttpErrorCode>> = {
+  FST_ERR_CTP_BODY_TOO_LARGE: "PAYLOAD_TOO_LARGE",
+  FST_ERR_CTP_INVALID_MEDIA_TYPE: "UNSUPPORTED_MEDIA_TYPE",
+  FST_ERR_CTP_EMPTY_JSON_BODY: "BAD_INPUT",
+  FST_ERR_CTP_INVALID_CONTENT_LENGTH: "BAD_INPUT",
+  FST_ERR_CTP_INVALID_JSON_BODY: "BAD_INPUT",
+  FST_ERR_VALIDATION: "BAD_INPUT",
+};
+
+/** Any thrown value as an HttpError: domain errors keep their code, Fastify's client errors get theirs. */
+export function toHttpError(error: unknown): HttpError {
+  if (error instanceof HttpError) return error;
+  if (error instanceof BadInputError) {
+    const issues = error.problems.map((p) => ({ field: p.field ?? "", message: p.problem, index: p.line }));
+    return new HttpError("BAD_INPUT", error.message, issues, { cause: error });
+  }
+  if (error instanceof FreshrecError) return new HttpError(error.code, error.message, [], { cause: error });
+  const e = error as { code?: string; statusCode?: number; message?: string };
+  if (e?.code && FASTIFY_CODES[e.code]) return new HttpError(FASTIFY_CODES[e.code], e.message ?? e.code, [], { cause: error });
+  // Fastify marks malformed JSON as a SyntaxError with statusCode 400.
+  if (e?.statusCode === 400) return new HttpError("BAD_INPUT", e.message ?? "bad request", [], { cause: error });
+  if (e?.statusCode === 413) return new HttpError("PAYLOAD_TOO_LARGE", e.message ?? "payload too large", [], { cause: error });
+  if (e?.statusCode === 415) return new HttpError("UNSUPPORTED_MEDIA_TYPE", e.message ?? "unsupported media type", [], { cause: error });
+  return new HttpError("INTERNAL", "internal error (see the server log for its request id)", [], { cause: error });
+}
+
+export function errorBody(error: HttpError, requestId: string): ErrorBody {
+  return {
+    error: {
+      code: error.code,
+      message: error.message,
+      requestId,
+      ...(error.issues.length ? { issues: error.issues } : {}),
+    },
+  };
+}

@@ -1,0 +1,270 @@
+/**
+ * A simulated live A/B test on the synthetic platform: the platform's users are hashed into two arms and, at each
+ * session, shown an exploration slate by the serving path (`Explorer`: table lookup, co-visitation grounding,
+ * cold-start fallback) from their arm's table; they respond with the platform's behaviour model (click, satisfied,
+ * dissatisfied, negative), and their responses change their histories and what they do next.
+ *
+ * Arms (the paper's live test, arXiv 2510.20260 §1.7):
+ * - `control` = finetune-monthly: the table the live (monthly fine-tuned) model builds without retrieval, fixed for
+ *   the whole test (the next monthly fine-tune is not due inside a test of a few days);
+ * - `treatment` = hybrid: the same model with RAG, rebuilt every `refreshDays` from the recent window, which by then
+ *   includes the simulated traffic of both arms, exactly as a RAG refresh in production reads global traffic.
+ *
+ * Both tables are built by the production refresh job (`runRefresh`) with the same model, so the delta is the
+ * contribution of fresh retrieval. Nothing of the workspace changes: the event store is copied into `workDir`, the
+ * simulated events are appended to the copy (that is what the refreshes read), and the tables live in a table store
+ * of their own there. Exposures and outcomes are logged into the copy with the same log and analysed with the same
+ * SQL as a live experiment.
+ *
+ * @example
+ * const result = await runSimulatedExperiment({ eventsPath, workDir, model: { version, scorer }, templateHash, rag: {} });
+ * console.log(result.table.join("\n"));
+ */
+import { copyFileSync, existsSync, mkdirSync, rmSync } from "node:fs";
+import { join } from "node:path";
+import { EventStore, eventBatchFromEvents } from "../../data/event-store.js";
+import { SyntheticWorld, type ExplorationPolicy, type Exposure, type SyntheticOptions } from "../../data/synthetic/index.js";
+import { DAY_MS, VirtualClock } from "../../domain/clock.js";
+import { BadInputError } from "../../domain/errors.js";
+import type { EngagementEvent } from "../../domain/types.js";
+import { SqliteTableStore, TableLookup } from "../../tables/index.js";
+import type { PromptScorer } from "../../update/generate.js";
+import type { RagOptions } from "../../update/rag.js";
+import { runRefresh } from "../../update/refresh.js";
+import { Catalog } from "../catalog.js";
+import { Explorer } from "../exploration.js";
+import { buildGroundingIndex, CoVisitationPolicy, type GroundingIndex } from "../grounding/index.js";
+import { UserIndex } from "../users.js";
+import { analyzeExperiment, renderExperimentTable, type ExperimentAnalysis } from "./analysis.js";
+import { assignArm, parseExperimentDefinition } from "./definition.js";
+import { ExperimentLog } from "./log.js";
+
+export interface SimulatedExperimentOptions {
+  /** The workspace's event store file, made by `freshrec synth`/`demo` (closed: it is copied). */
+  readonly eventsPath: string;
+  /** Scratch folder, wiped first: the copied event store with the simulated traffic and the arms' tables. */
+  readonly workDir: string;
+  /** The model both arms' tables are built with (the live fine-tuned model, or a baseline scorer). */
+  readonly model: { readonly version: string; readonly scorer: PromptScorer };
+  /** Prompt template hash recorded on the tables (PROMPT_TEMPLATE_HASH for an LLM). */
+  readonly templateHash: string;
+  /** Retrieval options of the treatment's refreshes. */
+  readonly rag: RagOptions;
+  /** Positive engagement threshold. @defaultValue the platform's threshold */
+  readonly positiveMin?: number | null;
+  /** @defaultValue 10 */
+  readonly topN?: number;
+  /** Simulated days. @defaultValue 14 */
+  readonly days?: number;
+  /** Days between the treatment's RAG refreshes. @defaultValue 2 */
+  readonly refreshDays?: number;
+  /** The first N users of the platform take part. @defaultValue all */
+  readonly users?: number | null;
+  /** Clusters per slate. @defaultValue 3 */
+  readonly slateSize?: number;
+  /** @defaultValue 3 */
+  readonly itemsPerCluster?: number;
+  /** @defaultValue "simulated-hybrid-vs-finetune-monthly" */
+  readonly name?: string;
+  /** @defaultValue the name */
+  readonly salt?: string;
+  /** @defaultValue 1000 */
+  readonly resamples?: number;
+  /** Grounding window (days). @defaultValue 30 */
+  readonly groundingWindowDays?: number;
+  readonly log?: (line: string) => void;
+  readonly signal?: AbortSignal;
+}
+
+export interface SimulatedRefresh {
+  readonly day: number;
+  readonly arm: string;
+  readonly tableVersion: string;
+  readonly rescored: number;
+  readonly copied: number;
+  readonly pairsWithContext: number;
+  readonly seconds: number;
+}
+
+export interface SimulatedExperimentResult extends ExperimentAnalysis {
+  readonly simulated: {
+    readonly from: string;
+    readonly to: string;
+    readonly days: number;
+    readonly refreshDays: number;
+    readonly users: number;
+    readonly slates: number;
+    readonly clicks: number;
+    readonly events: number;
+    readonly model: string;
+  };
+  readonly tables: { readonly control: string; readonly treatment: readonly string[] };
+  readonly refreshes: readonly SimulatedRefresh[];
+  /** The paper-style table as Markdown lines. */
+  readonly table: readonly string[];
+  readonly workDir: string;
+}
+
+/** The synthetic platform a workspace was generated from, as recorded at ingestion; BAD_INPUT for other data. */
+export async function recordedSyntheticOptions(store: EventStore): Promise<SyntheticOptions> {
+  const raw = await store.getMeta("synthetic_options");
+  if (raw === null) {
+    throw new BadInputError("a simulated A/B needs the synthetic platform's users: this event store was not made by `freshrec synth` or `freshrec demo`");
+  }
+  return JSON.parse(raw) as SyntheticOptions;
+}
+
+export async function runSimulatedExperiment(options: SimulatedExperimentOptions): Promise<SimulatedExperimentResult> {
+  const log = options.log ?? (() => {});
+  const days = options.days ?? 14;
+  const refreshDays = options.refreshDays ?? 2;
+  if (!(days > 0) || !(refreshDays > 0)) throw new BadInputError("days and refreshDays must be positive");
+  if (!existsSync(options.eventsPath)) throw new BadInputError(`no event store at ${options.eventsPath}: run freshrec synth or demo first`);
+  rmSync(options.workDir, { recursive: true, force: true });
+  mkdirSync(options.workDir, { recursive: true });
+  const eventsCopy = join(options.workDir, "events.duckdb");
+  copyFileSync(options.eventsPath, eventsCopy);
+  if (existsSync(`${options.eventsPath}.wal`)) copyFileSync(`${options.eventsPath}.wal`, `${eventsCopy}.wal`);
+
+  const store = await EventStore.open(eventsCopy);
+  let tables: SqliteTableStore | null = null;
+  try {
+    const world = new SyntheticWorld(await recordedSyntheticOptions(store));
+    const start = world.endMs;
+    const clock = new VirtualClock(start);
+    tables = SqliteTableStore.open(join(options.workDir, "tables.sqlite"), clock);
+    const clusters = (await store.clusters()).map((c) => c.id);
+    const positiveMin = options.positiveMin !== undefined ? options.positiveMin : world.options.positiveThreshold;
+    const topN = options.topN ?? 10;
+    const base = { events: store, tables, clusters, model: options.model, templateHash: options.templateHash, topN, publish: false, signal: options.signal };
+    const rag = { ...options.rag, positiveMin };
+    const refreshes: SimulatedRefresh[] = [];
+    const record = (day: number, arm: string, r: Awaited<ReturnType<typeof runRefresh>>) => {
+      refreshes.push({ day, arm, tableVersion: r.tableVersion, rescored: r.rescored, copied: r.copied, pairsWithContext: r.pairsWithContext, seconds: r.seconds });
+      log(`day ${day}: ${arm} table ${r.tableVersion} (model ${r.modelVersion}): ${r.rescored} pairs scored, ${r.copied} copied, ${r.pairsWithContext} with RAG context, ${r.seconds.toFixed(1)} s`);
+    };
+    log(`building the control table (finetune-monthly: model ${options.model.version}, no retrieval) as of ${new Date(start).toISOString()}`);
+    const control = await runRefresh(start, { ...base, rag: null, strategy: "finetune-monthly" });
+    record(0, "control", control);
+    log("building the treatment table (hybrid: the same model with RAG)");
+    let treatment = await runRefresh(start, { ...base, rag, strategy: "hybrid" });
+    record(0, "treatment", treatment);
+    const treatmentVersions = [treatment.tableVersion];
+
+    const catalog = await Catalog.load(store);
+    const users = await UserIndex.load(store, catalog, { positiveMin });
+    const groundingOptions = { windowDays: options.groundingWindowDays ?? 30, positiveMin };
+    let grounding: GroundingIndex = await buildGroundingIndex(store, catalog, groundingOptions);
+    const explorer = new Explorer(catalog, users, () => grounding, new CoVisitationPolicy(() => grounding));
+    const experiments = await ExperimentLog.open(store);
+    const definition = parseExperimentDefinition({
+      name: options.name ?? "simulated-hybrid-vs-finetune-monthly",
+      salt: options.salt,
+      arms: [
+        { name: "control", table: control.tableVersion },
+        { name: "treatment", table: treatment.tableVersion },
+      ],
+    });
+    await experiments.create(definition, start, { replace: true });
+    const lookups: Record<string, TableLookup> = {
+      control: TableLookup.load(tables, control.tableVersion),
+      treatment: TableLookup.load(tables, treatment.tableVersion),
+    };
+
+    const count = Math.min(options.users ?? world.userCount, world.userCount);
+    const participants = Array.from({ length: count }, (_, i) => i);
+    log(`advancing ${count} simulated users to ${new Date(start).toISOString().slice(0, 10)}`);
+    const environment = world.createLiveEnvironment(start, participants);
+    const slateSize = options.slateSize ?? 3;
+    const itemsPerCluster = options.itemsPerCluster ?? 3;
+    const current = new Map<string, { exposureId: string; arm: string }>();
+    let slates = 0;
+    let clicks = 0;
+    let generated = 0;
+    let pending: EngagementEvent[] = [];
+    const policy: ExplorationPolicy = {
+      async recommend(userId, history, at) {
+        const arm = assignArm(definition, userId);
+        const answer = await explorer.explore({ userId, lookup: lookups[arm.name], n: slateSize, itemsPerCluster, history });
+        const exposureId = `${userId}@${Math.round(at)}`;
+        experiments.logExposure({
+          exposureId,
+          experiment: definition.name,
+          arm: arm.name,
+          userId,
+          ts: at,
+          tableVersion: answer.table?.version ?? null,
+          coldStart: answer.coldStart,
+          slots: answer.recommendations.map((r) => ({ rank: r.rank, cluster: r.cluster, items: r.items.map((i) => i.itemId) })),
+        });
+        current.set(userId, { exposureId, arm: arm.name });
+        slates++;
+        return answer.recommendations.map((r) => ({ clusterId: r.cluster, itemIds: r.items.map((i) => i.itemId) }));
+      },
+    };
+    const hooks = {
+      onExposure: (e: Exposure) => {
+        if (e.clicked) clicks++;
+        if (e.outcome === "ignored") return;
+        const exposure = current.get(e.userId)!;
+        experiments.logOutcome({
+          exposureId: exposure.exposureId,
+          experiment: definition.name,
+          arm: exposure.arm,
+          userId: e.userId,
+          rank: e.rank,
+          cluster: e.clusterId,
+          itemId: e.itemId,
+          ts: e.at,
+          outcome: e.outcome,
+          engagement: e.engagement,
+        });
+      },
+      onEvent: (event: EngagementEvent) => {
+        pending.push(event);
+        users.observe(event);
+      },
+    };
+
+    for (let day = 0; day < days; day += refreshDays) {
+      options.signal?.throwIfAborted();
+      const span = Math.min(refreshDays, days - day);
+      const result = await environment.simulateDays(span, policy, hooks);
+      log(`days ${day}-${day + span}: ${result.exposures} slots shown, ${result.clicks} clicks, ${result.outcomes.satisfied} satisfied, ${result.events} events`);
+      generated += pending.length;
+      if (pending.length) await store.append({ events: eventBatchFromEvents(pending) });
+      pending = [];
+      await experiments.flush();
+      if (day + span < days) {
+        clock.set(environment.at);
+        treatment = await runRefresh(environment.at, { ...base, rag, strategy: "hybrid" });
+        record(day + span, "treatment", treatment);
+        treatmentVersions.push(treatment.tableVersion);
+        lookups.treatment = TableLookup.load(tables, treatment.tableVersion);
+        grounding = await buildGroundingIndex(store, catalog, groundingOptions);
+      }
+    }
+    const analysis = await analyzeExperiment(store, await experiments.get(definition.name), { resamples: options.resamples ?? 1000 });
+    return {
+      ...analysis,
+      simulated: {
+        from: new Date(start).toISOString(),
+        to: new Date(start + days * DAY_MS).toISOString(),
+        days,
+        refreshDays,
+        users: count,
+        slates,
+        clicks,
+        events: generated,
+        model: options.model.version,
+      },
+      tables: { control: control.tableVersion, treatment: treatmentVersions },
+      refreshes,
+      table: renderExperimentTable(analysis),
+      workDir: options.workDir,
+    };
+  } finally {
+    tables?.close();
+    store.close();
+  }
+}

@@ -1,0 +1,4 @@
+/** Item grounding: the item policy contract, the embedded policies and the index they read. */
+export * from "./contract.js";
+export * from "./grounding-index.js";
+export * from "./policies.js";

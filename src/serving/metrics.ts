@@ -1,0 +1,129 @@
+/**
+ * Prometheus metrics of the server, rendered in the text exposition format (version 0.0.4) at GET /metrics.
+ * Counters, gauges and one histogram family are enough here, so they are written out directly rather than through
+ * a client library: observing a latency is one binary search and two increments.
+ *
+ * @example
+ * const metrics = new ServerMetrics();
+ * metrics.observeRequest("GET", "/v1/users/:id/exploration", 200, 0.0007);
+ * metrics.coldStarts++;
+ * reply.type(PROMETHEUS_CONTENT_TYPE).send(metrics.render({ liveTable: "t000004", ... }));
+ */
+
+export const PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8";
+
+/** Latency buckets in seconds: serving answers in well under a millisecond, admin routes may take a second. */
+export const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5] as const;
+
+class Histogram {
+  readonly counts = new Float64Array(LATENCY_BUCKETS.length + 1);
+  sum = 0;
+  count = 0;
+  observe(seconds: number): void {
+    let lo = 0;
+    let hi: number = LATENCY_BUCKETS.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (seconds <= LATENCY_BUCKETS[mid]) hi = mid;
+      else lo = mid + 1;
+    }
+    this.counts[lo]++;
+    this.sum += seconds;
+    this.count++;
+  }
+}
+
+/** What the server state contributes at render time. */
+export interface MetricsSnapshot {
+  readonly liveTable: { readonly version: string; readonly modelVersion: string } | null;
+  readonly liveModel: string | null;
+  readonly users: number;
+  readonly experiment: { readonly name: string; readonly arms: readonly string[] } | null;
+  readonly groundingAgeSeconds: number | null;
+}
+
+const escapeLabel = (v: string) => v.replace(/\\/g, "\\\\").replace(/\n/g, "\\n").replace(/"/g, '\\"');
+const labels = (pairs: Record<string, string>) =>
+  `{${Object.entries(pairs)
+    .map(([k, v]) => `${k}="${escapeLabel(v)}"`)
+    .join(",")}}`;
+
+export class ServerMetrics {
+  private readonly latency = new Map<string, { method: string; route: string; histogram: Histogram }>();
+  private readonly requests = new Map<string, { method: string; route: string; status: string; count: number }>();
+  lookupMisses = 0;
+  coldStarts = 0;
+  eventsIngested = 0;
+  eventsSkippedUnknown = 0;
+  duplicateEvents = 0;
+  intakeBatches = 0;
+  idempotentReplays = 0;
+  exposuresLogged = 0;
+  outcomesAttributed = 0;
+  tableReloads = 0;
+  tableReloadErrors = 0;
+  groundingRebuilds = 0;
+  authFailures = 0;
+
+  observeRequest(method: string, route: string, status: number, seconds: number): void {
+    const key = `${method} ${route}`;
+    let entry = this.latency.get(key);
+    if (!entry) this.latency.set(key, (entry = { method, route, histogram: new Histogram() }));
+    entry.histogram.observe(seconds);
+    const statusKey = `${key} ${status}`;
+    const counter = this.requests.get(statusKey);
+    if (counter) counter.count++;
+    else this.requests.set(statusKey, { method, route, status: String(status), count: 1 });
+  }
+
+  render(snapshot: MetricsSnapshot): string {
+    const out: string[] = [];
+    const family = (name: string, type: string, help: string) => out.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
+
+    family("freshrec_http_request_duration_seconds", "histogram", "Latency of HTTP requests by route.");
+    for (const { method, route, histogram } of this.latency.values()) {
+      let cumulative = 0;
+      LATENCY_BUCKETS.forEach((le, k) => {
+        cumulative += histogram.counts[k];
+        out.push(`freshrec_http_request_duration_seconds_bucket${labels({ method, route, le: String(le) })} ${cumulative}`);
+      });
+      out.push(`freshrec_http_request_duration_seconds_bucket${labels({ method, route, le: "+Inf" })} ${histogram.count}`);
+      out.push(`freshrec_http_request_duration_seconds_sum${labels({ method, route })} ${histogram.sum}`);
+      out.push(`freshrec_http_request_duration_seconds_count${labels({ method, route })} ${histogram.count}`);
+    }
+    family("freshrec_http_requests_total", "counter", "HTTP requests by route and status code.");
+    for (const r of this.requests.values()) out.push(`freshrec_http_requests_total${labels({ method: r.method, route: r.route, status: r.status })} ${r.count}`);
+
+    family("freshrec_live_table_info", "gauge", "The table serving the live binding (value 1), with the model that made it.");
+    if (snapshot.liveTable) out.push(`freshrec_live_table_info${labels({ version: snapshot.liveTable.version, model_version: snapshot.liveTable.modelVersion })} 1`);
+    family("freshrec_live_model_info", "gauge", "The model registry's live model (value 1).");
+    if (snapshot.liveModel) out.push(`freshrec_live_model_info${labels({ version: snapshot.liveModel })} 1`);
+    family("freshrec_experiment_info", "gauge", "The active experiment and its arms (value 1 per arm).");
+    if (snapshot.experiment) for (const arm of snapshot.experiment.arms) out.push(`freshrec_experiment_info${labels({ experiment: snapshot.experiment.name, arm })} 1`);
+
+    const counters: [string, string, number][] = [
+      ["freshrec_table_lookup_misses_total", "Exploration requests whose history pair the table had no row for (served the cold-start answer).", this.lookupMisses],
+      ["freshrec_cold_starts_total", "Exploration requests for users with fewer than two clusters (served the cold-start answer).", this.coldStarts],
+      ["freshrec_events_ingested_total", "Events written to the event store by POST /v1/events.", this.eventsIngested],
+      ["freshrec_events_duplicate_total", "Events of accepted batches that were already stored.", this.duplicateEvents],
+      ["freshrec_events_unknown_item_skipped_total", "Events skipped because their item is not in the catalog (unknownItems: skip).", this.eventsSkippedUnknown],
+      ["freshrec_intake_batches_total", "Accepted POST /v1/events batches.", this.intakeBatches],
+      ["freshrec_intake_idempotent_replays_total", "POST /v1/events answered from an earlier request with the same idempotency key.", this.idempotentReplays],
+      ["freshrec_experiment_exposures_total", "Exploration slots logged as experiment exposures.", this.exposuresLogged],
+      ["freshrec_experiment_outcomes_total", "Experiment outcomes attributed from ingested events.", this.outcomesAttributed],
+      ["freshrec_table_reloads_total", "Swaps of an in-memory table after a publish or rollback.", this.tableReloads],
+      ["freshrec_table_reload_errors_total", "Table reloads that failed (the previous table kept serving).", this.tableReloadErrors],
+      ["freshrec_grounding_rebuilds_total", "Rebuilds of the item grounding index.", this.groundingRebuilds],
+      ["freshrec_admin_auth_failures_total", "Admin requests refused (401 or 403).", this.authFailures],
+    ];
+    for (const [name, help, value] of counters) {
+      family(name, "counter", help);
+      out.push(`${name} ${value}`);
+    }
+    family("freshrec_users_known", "gauge", "Users with events held in memory.");
+    out.push(`freshrec_users_known ${snapshot.users}`);
+    family("freshrec_grounding_index_age_seconds", "gauge", "Seconds since the grounding index was built.");
+    if (snapshot.groundingAgeSeconds !== null) out.push(`freshrec_grounding_index_age_seconds ${snapshot.groundingAgeSeconds}`);
+    return `${out.join("\n")}\n`;
+  }
+}

@@ -1,0 +1,485 @@
+/**
+ * The HTTP routes (DESIGN.md, "Contract for users"). Each route is one spec (zod schemas for path, query and body,
+ * success and error responses) registered with Fastify and listed in /openapi.json from the same object. Requests are
+ * parsed with the zod schemas here rather than by Fastify's validator, so that a bad event batch answers with the
+ * index and field of each problem in our error shape.
+ */
+import { randomUUID } from "node:crypto";
+import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
+import type { z } from "zod";
+import { BadInputError } from "../domain/errors.js";
+import type { TableInfo } from "../tables/index.js";
+import { HttpError, errorBody, toHttpError } from "./errors.js";
+import { analyzeExperiment, renderExperimentTable } from "./experiments/analysis.js";
+import { parseExperimentDefinition, type Experiment } from "./experiments/definition.js";
+import { intakeBodySchema, intakeResultSchema } from "./intake.js";
+import { PROMETHEUS_CONTENT_TYPE } from "./metrics.js";
+import { openApiDocument, type RouteSpec } from "./openapi.js";
+import {
+  analysisResponseSchema,
+  experimentCreateBodySchema,
+  experimentSchema,
+  experimentsResponseSchema,
+  explorationParamsSchema,
+  explorationQuerySchema,
+  explorationResponseSchema,
+  healthResponseSchema,
+  nameParamsSchema,
+  publishBodySchema,
+  publishResponseSchema,
+  reviewBodySchema,
+  reviewResponseSchema,
+  scheduleStatusResponseSchema,
+  tableRowParamsSchema,
+  tableRowResponseSchema,
+  tablesResponseSchema,
+  versionParamsSchema,
+} from "./schemas.js";
+import type { ServingState } from "./server.js";
+import { resolveBinding } from "./tables.js";
+
+const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString());
+
+function tableSummary(t: TableInfo) {
+  return {
+    version: t.version,
+    modelVersion: t.modelVersion,
+    createdAt: iso(t.createdAt)!,
+    status: t.status,
+    ragAsOf: iso(t.ragAsOf),
+    rows: t.rows,
+    topN: t.topN,
+    strategy: t.strategy,
+  };
+}
+
+function experimentView(e: Experiment, serving: (table: string) => string | null) {
+  return {
+    name: e.name,
+    salt: e.salt,
+    control: e.control,
+    description: e.description,
+    arms: e.arms.map((a) => ({ ...a, serving: e.status === "active" ? serving(a.table) : null })),
+    status: e.status,
+    createdAt: iso(e.createdAt)!,
+    stoppedAt: iso(e.stoppedAt),
+  };
+}
+
+/** Parses a request part with its schema; a failure is a 400 naming each field. */
+function parseInput<S extends z.ZodType>(schema: S, value: unknown, where: string): z.infer<S> {
+  const result = schema.safeParse(value);
+  if (result.success) return result.data;
+  const issues = result.error.issues.map((i) => ({ field: i.path.map(String).join(".") || where, message: i.message }));
+  throw new HttpError("BAD_INPUT", `invalid ${where}: ${issues.map((i) => `${i.field}: ${i.message}`).join("; ")}`, issues);
+}
+
+type Infer<S> = S extends z.ZodType ? z.infer<S> : undefined;
+
+interface RouteInput<P, Q, B> {
+  readonly params: P;
+  readonly query: Q;
+  readonly body: B;
+  readonly request: FastifyRequest;
+  readonly reply: FastifyReply;
+}
+
+/** Registers the routes and returns their specs (what /openapi.json lists). */
+export function registerRoutes(app: FastifyInstance, state: ServingState): RouteSpec[] {
+  const specs: RouteSpec[] = [];
+  const { metrics, tables, options } = state;
+  const validate = options.validateResponses ?? false;
+  const maxN = options.maxN ?? 50;
+
+  function route<P extends z.ZodObject | undefined, Q extends z.ZodObject | undefined, B extends z.ZodType | undefined>(
+    spec: RouteSpec & { params?: P; querystring?: Q; body?: B },
+    handler: (input: RouteInput<Infer<P>, Infer<Q>, Infer<B>>) => unknown,
+  ): void {
+    specs.push(spec);
+    const success = Object.entries(spec.responses).find(([status]) => status.startsWith("2"))?.[1];
+    const successSchema = success && !("contentType" in success && typeof success.contentType === "string") ? (success as z.ZodType) : null;
+    app.route({
+      method: spec.method,
+      url: spec.url,
+      handler: async (request, reply) => {
+        if (spec.admin) state.authorize(request.headers.authorization);
+        const params = (spec.params ? parseInput(spec.params, request.params, "path parameters") : undefined) as Infer<P>;
+        const query = (spec.querystring ? parseInput(spec.querystring, request.query ?? {}, "query") : undefined) as Infer<Q>;
+        const body = (spec.body ? request.body : undefined) as Infer<B>;
+        const result = await handler({ params, query, body, request, reply });
+        if (validate && successSchema && result !== undefined) successSchema.parse(JSON.parse(JSON.stringify(result)));
+        return result;
+      },
+    });
+  }
+
+  app.addHook("onRequest", (request, reply, done) => {
+    reply.header("x-request-id", request.id);
+    done();
+  });
+  app.addHook("onResponse", (request, reply, done) => {
+    metrics.observeRequest(request.method, request.routeOptions.url ?? "(unmatched)", reply.statusCode, reply.elapsedTime / 1000);
+    done();
+  });
+  app.setErrorHandler((error, request, reply) => {
+    const e = toHttpError(error);
+    if (e.status >= 500) request.log.error({ err: error }, "request failed");
+    else request.log.info({ code: e.code, status: e.status }, e.message);
+    if (e.code === "UNAUTHORIZED") reply.header("www-authenticate", 'Bearer realm="freshrec admin"');
+    reply.status(e.status).send(errorBody(e, request.id));
+  });
+  app.setNotFoundHandler((request, reply) => {
+    const e = new HttpError("NOT_FOUND", `no route ${request.method} ${request.url.split("?")[0]} (see /openapi.json)`);
+    reply.status(e.status).send(errorBody(e, request.id));
+  });
+
+  // ------------------------------------------------------------------------------------------------ exploration
+
+  route(
+    {
+      method: "GET",
+      url: "/v1/users/:id/exploration",
+      tag: "exploration",
+      summary: "Novel interest clusters for a user, each grounded into items",
+      description:
+        "Reads the user's last two distinct positively engaged clusters, looks them up in the live table (or the user's experiment arm's table), and grounds each answer cluster into items the user has not seen (co-visitation from the user's recent items, restricted to the cluster, then recent popularity in the cluster). Users with fewer than two clusters (including users never seen) get the most popular novel interests of the recent window, flagged coldStart.",
+      params: explorationParamsSchema,
+      querystring: explorationQuerySchema(maxN),
+      responses: { 200: explorationResponseSchema },
+      errors: [400],
+    },
+    async ({ params, query, request }) => {
+      const userId = params.id;
+      const assignment = state.armOf(userId);
+      // Taken once: the whole answer comes from this one table version, whatever is published meanwhile.
+      const lookup = tables.lookup(assignment ? assignment.arm.table : "live");
+      const answer = await state.explorer.explore({
+        userId,
+        lookup,
+        n: query.n ?? options.defaultN ?? 10,
+        itemsPerCluster: query.items ?? options.itemsPerCluster ?? 3,
+      });
+      if (answer.coldStart) metrics.coldStarts++;
+      else if (answer.fallback === "lookup-miss") metrics.lookupMisses++;
+      let experiment: { name: string; arm: string; exposureId: string } | null = null;
+      if (assignment) {
+        const exposureId = randomUUID();
+        const slots = answer.recommendations.map((r) => ({ rank: r.rank, cluster: r.cluster, items: r.items.map((i) => i.itemId) }));
+        state.experiments.logExposure({
+          exposureId,
+          experiment: assignment.experiment.name,
+          arm: assignment.arm.name,
+          userId,
+          ts: options.clock.now(),
+          tableVersion: answer.table?.version ?? null,
+          coldStart: answer.coldStart,
+          slots,
+        });
+        metrics.exposuresLogged += slots.length;
+        experiment = { name: assignment.experiment.name, arm: assignment.arm.name, exposureId };
+      }
+      return {
+        userId: answer.userId,
+        history: answer.history,
+        coldStart: answer.coldStart,
+        fallback: answer.fallback,
+        table: answer.table,
+        model: { live: tables.liveModelVersion },
+        experiment,
+        requestId: request.id,
+        recommendations: answer.recommendations,
+      };
+    },
+  );
+
+  // ------------------------------------------------------------------------------------------------ intake
+
+  route(
+    {
+      method: "POST",
+      url: "/v1/events",
+      tag: "events",
+      summary: "Ingest a batch of events (all or nothing, idempotent)",
+      description:
+        "Validates every event, then writes the batch to the event store in one transaction so the next RAG refresh counts it. Bad input answers 400 with each offending index and field and writes nothing. Events whose item is not in the catalog are rejected or skipped (serve.unknownItems). With an Idempotency-Key header a repeated request gets the first answer again; the same key with another body is 409. Events are never stored twice (same user, item and time).",
+      body: intakeBodySchema,
+      headers: [{ name: "Idempotency-Key", description: "Makes a retry safe: the same key and body answer the first result again." }],
+      responses: { 200: intakeResultSchema },
+      errors: [400, 409, 413, 415],
+    },
+    async ({ request }) => {
+      const key = request.headers["idempotency-key"];
+      const result = await state.intake.ingest(request.body, Array.isArray(key) ? key[0] : key);
+      if (result.replayed) metrics.idempotentReplays++;
+      else {
+        metrics.intakeBatches++;
+        metrics.eventsIngested += result.eventsAdded;
+        metrics.duplicateEvents += result.skippedDuplicates;
+        metrics.eventsSkippedUnknown += result.skippedUnknownItems;
+      }
+      return result;
+    },
+  );
+
+  // ------------------------------------------------------------------------------------------------ tables
+
+  route(
+    { method: "GET", url: "/v1/tables", tag: "tables", summary: "Table versions, the live one, and what this server holds in memory", responses: { 200: tablesResponseSchema } },
+    () => ({
+      live: state.tableStore.live()?.version ?? null,
+      serving: tables.bindings(),
+      tables: state.tableStore.list().map(tableSummary),
+    }),
+  );
+
+  route(
+    {
+      method: "GET",
+      url: "/v1/tables/live/:c1/:c2",
+      tag: "tables",
+      summary: "The live table's answers for one history pair (from the in-memory table serving now)",
+      params: tableRowParamsSchema,
+      responses: { 200: tableRowResponseSchema },
+      errors: [404],
+    },
+    ({ params }) => {
+      const lookup = tables.lookup("live");
+      if (!lookup) throw new HttpError("NOT_FOUND", "no table is live yet (run freshrec refresh, or publish one)");
+      const answers = lookup.get(params.c1, params.c2);
+      if (!answers) throw new HttpError("NOT_FOUND", `table ${lookup.version} has no row for (${params.c1}, ${params.c2})`);
+      return {
+        version: lookup.version,
+        modelVersion: lookup.modelVersion,
+        c1: params.c1,
+        c2: params.c2,
+        answers: answers.map((a) => {
+          const c = state.catalog.clusterIndex.get(a.cluster);
+          return { cluster: a.cluster, description: c === undefined ? null : state.catalog.descriptions[c], score: a.score };
+        }),
+      };
+    },
+  );
+
+  route(
+    {
+      method: "POST",
+      url: "/v1/tables/:version/publish",
+      tag: "admin",
+      admin: true,
+      summary: "Publish a ready or retired table (the server swaps to it at once)",
+      params: versionParamsSchema,
+      body: publishBodySchema,
+      responses: { 200: publishResponseSchema },
+      errors: [400, 404],
+    },
+    ({ params, request }) => {
+      const body = parseInput(publishBodySchema, request.body ?? {}, "body");
+      const previous = state.tableStore.live()?.version ?? null;
+      const info = state.tableStore.publish(params.version, { actor: "api", reason: body.reason ?? null });
+      tables.poll();
+      return { live: info.version, previous, serving: tables.lookup("live")?.version ?? null, table: tableSummary(info) };
+    },
+  );
+
+  route(
+    {
+      method: "POST",
+      url: "/v1/tables/rollback",
+      tag: "admin",
+      admin: true,
+      summary: "Make the previously live table live again",
+      body: publishBodySchema,
+      responses: { 200: publishResponseSchema },
+      errors: [400],
+    },
+    ({ request }) => {
+      const body = parseInput(publishBodySchema, request.body ?? {}, "body");
+      const previous = state.tableStore.live()?.version ?? null;
+      const info = state.tableStore.rollback({ actor: "api", reason: body.reason ?? null });
+      tables.poll();
+      return { live: info.version, previous, serving: tables.lookup("live")?.version ?? null, table: tableSummary(info) };
+    },
+  );
+
+  // ------------------------------------------------------------------------------------------------ models
+
+  for (const decision of ["approve", "reject"] as const) {
+    route(
+      {
+        method: "POST",
+        url: `/v1/models/:version/${decision}`,
+        tag: "admin",
+        admin: true,
+        summary:
+          decision === "approve"
+            ? "Approve a halted (or candidate) model: it goes live (as `freshrec review approve`)"
+            : "Reject a halted (or candidate) model for good (as `freshrec review reject`)",
+        params: versionParamsSchema,
+        body: reviewBodySchema,
+        responses: { 200: reviewResponseSchema },
+        errors: [400, 404],
+      },
+      ({ params, request }) => {
+        const { reason } = parseInput(reviewBodySchema, request.body ?? {}, "body");
+        const registry = state.registry;
+        const model = registry.get(params.version);
+        if (!model) throw new HttpError("NOT_FOUND", `unknown model version ${JSON.stringify(params.version)}`);
+        if (model.status !== "halted" && model.status !== "candidate") {
+          throw new HttpError("BAD_INPUT", `${params.version} is ${model.status}: only halted or candidate models are reviewed`);
+        }
+        const decided = decision === "approve" ? registry.makeLive(params.version, `approved: ${reason}`) : registry.setStatus(params.version, "rejected", `rejected: ${reason}`);
+        const change = registry.history(params.version).at(-1)!;
+        tables.poll();
+        return {
+          model: { version: decided.version, status: decided.status, kind: decided.kind, parent: decided.parent },
+          change: { version: change.version, from: change.from, to: change.to, reason: change.reason, at: iso(change.at)! },
+        };
+      },
+    );
+  }
+
+  route(
+    {
+      method: "GET",
+      url: "/v1/schedule/status",
+      tag: "admin",
+      admin: true,
+      summary: "The hybrid schedule: each job's cadence, last run, next due time, counters and pause state",
+      responses: { 200: scheduleStatusResponseSchema },
+    },
+    () => ({ scheduling: Boolean(options.scheduleStatus), status: options.scheduleStatus ? options.scheduleStatus() : null }),
+  );
+
+  // ------------------------------------------------------------------------------------------------ experiments
+
+  const servingVersion = (table: string) => tables.lookup(table)?.version ?? null;
+
+  route(
+    { method: "GET", url: "/v1/experiments", tag: "experiments", admin: true, summary: "Every experiment; the active one serves its arms' tables", responses: { 200: experimentsResponseSchema } },
+    async () => {
+      const list = await state.queue.run(() => state.experiments.list());
+      return { active: state.experiment?.experiment.name ?? null, experiments: list.map((e) => experimentView(e, servingVersion)) };
+    },
+  );
+
+  route(
+    {
+      method: "POST",
+      url: "/v1/experiments",
+      tag: "experiments",
+      admin: true,
+      summary: "Define and start an experiment (arms bound to tables, traffic split, salt)",
+      body: experimentCreateBodySchema,
+      responses: { 200: experimentSchema },
+      errors: [400, 404],
+    },
+    async ({ request }) => {
+      const raw = (request.body ?? {}) as { definition?: unknown; replace?: unknown };
+      if (raw.replace !== undefined && typeof raw.replace !== "boolean") throw new HttpError("BAD_INPUT", "replace: expected a boolean", [{ field: "replace", message: "expected a boolean" }]);
+      let definition;
+      try {
+        definition = parseExperimentDefinition(raw.definition);
+      } catch (error) {
+        if (error instanceof BadInputError) {
+          throw new HttpError("BAD_INPUT", error.message, error.problems.map((p) => ({ field: `definition.${p.field}`, message: p.problem })));
+        }
+        throw error;
+      }
+      for (const arm of definition.arms) resolveBinding(state.tableStore, arm.table);
+      await state.flushExposures();
+      const created = await state.queue.run(() => state.experiments.create(definition, options.clock.now(), { replace: raw.replace === true }));
+      state.activate(created);
+      return experimentView(created, servingVersion);
+    },
+  );
+
+  route(
+    {
+      method: "POST",
+      url: "/v1/experiments/:name/stop",
+      tag: "experiments",
+      admin: true,
+      summary: "Stop an experiment (everyone gets the live table again)",
+      params: nameParamsSchema,
+      responses: { 200: experimentSchema },
+      errors: [404],
+    },
+    async ({ params }) => {
+      await state.flushExposures();
+      const stopped = await state.queue.run(() => state.experiments.stop(params.name, options.clock.now()));
+      if (state.experiment?.experiment.name === stopped.name) state.activate(null);
+      return experimentView(stopped, servingVersion);
+    },
+  );
+
+  route(
+    {
+      method: "GET",
+      url: "/v1/experiments/:name/analysis",
+      tag: "experiments",
+      admin: true,
+      summary: "Per-arm metrics, relative deltas vs the control and 95% bootstrap CIs (the paper's live-results table)",
+      params: nameParamsSchema,
+      responses: { 200: analysisResponseSchema },
+      errors: [404],
+    },
+    async ({ params }) => {
+      await state.flushExposures();
+      const analysis = await state.queue.run(async () => analyzeExperiment(state.events, await state.experiments.get(params.name), { resamples: options.resamples ?? 1000 }));
+      return { ...analysis, table: renderExperimentTable(analysis) };
+    },
+  );
+
+  // ------------------------------------------------------------------------------------------------ operations
+
+  route(
+    {
+      method: "GET",
+      url: "/metrics",
+      tag: "operations",
+      summary: "Prometheus metrics: latency per route, live table and model versions, lookup misses, cold starts, events ingested",
+      responses: { 200: { contentType: PROMETHEUS_CONTENT_TYPE, description: "Prometheus text exposition format 0.0.4" } },
+    },
+    ({ reply }) => {
+      const lookup = tables.lookup("live");
+      reply.type(PROMETHEUS_CONTENT_TYPE);
+      return metrics.render({
+        liveTable: lookup ? { version: lookup.version, modelVersion: lookup.modelVersion } : null,
+        liveModel: tables.liveModelVersion,
+        users: state.users.size,
+        experiment: state.experiment ? { name: state.experiment.experiment.name, arms: state.experiment.experiment.arms.map((a) => a.name) } : null,
+        groundingAgeSeconds: (options.clock.now() - state.groundingBuiltAt) / 1000,
+      });
+    },
+  );
+
+  route(
+    { method: "GET", url: "/healthz", tag: "operations", summary: "Liveness and readiness (ready: a table is live)", responses: { 200: healthResponseSchema } },
+    () => {
+      const lookup = tables.lookup("live");
+      return {
+        status: "ok" as const,
+        ready: lookup !== undefined,
+        table: lookup ? { version: lookup.version, modelVersion: lookup.modelVersion } : null,
+        model: tables.liveModelVersion,
+        users: state.users.size,
+        clusters: state.catalog.clusterCount,
+        items: state.catalog.itemCount,
+        uptimeSeconds: (options.clock.now() - state.startedAt) / 1000,
+      };
+    },
+  );
+
+  let document: Record<string, unknown> | null = null;
+  route(
+    {
+      method: "GET",
+      url: "/openapi.json",
+      tag: "operations",
+      summary: "This document",
+      responses: { 200: { contentType: "application/json", description: "OpenAPI 3.1" } },
+    },
+    () => (document ??= openApiDocument(specs, { title: "freshrec API", version: "1" })),
+  );
+  return specs;
+}

@@ -1,0 +1,174 @@
+/**
+ * Request and response schemas of the HTTP API, in zod: handlers parse requests with them, tests parse responses
+ * with them, and /openapi.json is generated from them (`z.toJSONSchema`), so the three cannot drift apart.
+ */
+import { z } from "zod";
+import { experimentDefinitionSchema } from "./experiments/definition.js";
+
+const historySchema = z.object({ c1: z.string(), c2: z.string() }).describe("The last two distinct positively engaged clusters, c2 the most recent.");
+
+export const tableRefSchema = z.object({ version: z.string(), modelVersion: z.string() }).describe("The table that answered and the model that made it.");
+
+export const explorationParamsSchema = z.object({ id: z.string().min(1).max(256).describe("User id.") });
+
+export function explorationQuerySchema(maxN: number) {
+  return z
+    .object({
+      n: z.coerce.number().int().min(1).max(maxN).optional().describe(`Clusters wanted (1-${maxN}); default serve.defaultN.`),
+      items: z.coerce.number().int().min(0).max(100).optional().describe("Items per cluster (0-100); default serve.itemsPerCluster."),
+    })
+    .strict();
+}
+
+export const recommendedItemSchema = z.object({
+  itemId: z.string(),
+  title: z.string().nullable(),
+  score: z.number(),
+  source: z.string().describe('Which signal chose the item: "co-visitation" or "popularity".'),
+});
+
+export const recommendationSchema = z.object({
+  rank: z.number().int(),
+  cluster: z.string(),
+  description: z.string(),
+  score: z.number().describe("The table's score (a probability), or the cold-start answer's share of novel transitions."),
+  items: z.array(recommendedItemSchema),
+});
+
+export const explorationResponseSchema = z.object({
+  userId: z.string(),
+  history: historySchema.nullable(),
+  coldStart: z.boolean().describe("True when the user has fewer than two distinct positive clusters: the answer is the most popular novel interests."),
+  fallback: z
+    .enum(["cold-start", "lookup-miss", "no-table"])
+    .nullable()
+    .describe("Why the answer is the popular-novel fallback rather than the table's row for the history; null when it is the row."),
+  table: tableRefSchema.nullable(),
+  model: z.object({ live: z.string().nullable().describe("The model registry's live model (may be newer than the table's).") }),
+  experiment: z
+    .object({ name: z.string(), arm: z.string(), exposureId: z.string() })
+    .nullable()
+    .describe("The active experiment, the user's arm and the id this answer is logged under."),
+  requestId: z.string(),
+  recommendations: z.array(recommendationSchema),
+});
+export type ExplorationResponse = z.infer<typeof explorationResponseSchema>;
+
+export const tableSummarySchema = z.object({
+  version: z.string(),
+  modelVersion: z.string(),
+  createdAt: z.string(),
+  status: z.string(),
+  ragAsOf: z.string().nullable(),
+  rows: z.number().int(),
+  topN: z.number().int(),
+  strategy: z.string().nullable(),
+});
+
+export const tablesResponseSchema = z.object({
+  live: z.string().nullable().describe("The version serving now."),
+  serving: z.array(z.object({ binding: z.string(), version: z.string().nullable() })).describe("Every table held in memory and what it serves."),
+  tables: z.array(tableSummarySchema),
+});
+
+export const tableRowParamsSchema = z.object({ c1: z.string().min(1), c2: z.string().min(1) });
+
+export const tableRowResponseSchema = z.object({
+  version: z.string(),
+  modelVersion: z.string(),
+  c1: z.string(),
+  c2: z.string(),
+  answers: z.array(z.object({ cluster: z.string(), description: z.string().nullable(), score: z.number() })),
+});
+
+export const versionParamsSchema = z.object({ version: z.string().min(1).max(64) });
+export const nameParamsSchema = z.object({ name: z.string().min(1).max(64) });
+
+export const publishBodySchema = z.object({ reason: z.string().max(2000).optional().describe("Why; kept in the publish history.") }).strict();
+
+export const publishResponseSchema = z.object({
+  live: z.string().describe("The version live now."),
+  previous: z.string().nullable(),
+  serving: z.string().nullable().describe("The version this server's live binding serves after the swap."),
+  table: tableSummarySchema,
+});
+
+export const reviewBodySchema = z.object({ reason: z.string().trim().min(1).max(2000).describe("Why (recorded with the time).") }).strict();
+
+export const reviewResponseSchema = z.object({
+  model: z.object({ version: z.string(), status: z.string(), kind: z.string(), parent: z.string().nullable() }),
+  change: z.object({ version: z.string(), from: z.string().nullable(), to: z.string(), reason: z.string(), at: z.string() }),
+});
+
+export const experimentCreateBodySchema = z.object({
+  definition: experimentDefinitionSchema,
+  replace: z.boolean().optional().describe("Stop the active experiment, if any, instead of refusing."),
+});
+
+export const experimentSchema = z.object({
+  name: z.string(),
+  salt: z.string(),
+  control: z.string(),
+  description: z.string().nullable(),
+  arms: z.array(z.object({ name: z.string(), table: z.string(), weight: z.number(), serving: z.string().nullable().optional() })),
+  status: z.enum(["active", "stopped"]),
+  createdAt: z.string(),
+  stoppedAt: z.string().nullable(),
+});
+
+export const experimentsResponseSchema = z.object({ active: z.string().nullable(), experiments: z.array(experimentSchema) });
+
+export const analysisResponseSchema = z.object({
+  experiment: z.string(),
+  control: z.string(),
+  users: z.number().int(),
+  resamples: z.number().int(),
+  arms: z.record(
+    z.string(),
+    z.object({
+      users: z.number().int(),
+      exposures: z.number().int(),
+      slots: z.number().int(),
+      satisfied: z.number().int(),
+      dissatisfied: z.number().int(),
+      negative: z.number().int(),
+      metrics: z.record(z.string(), z.number().nullable()),
+    }),
+  ),
+  deltas: z.array(
+    z.object({
+      metric: z.string(),
+      arm: z.string(),
+      control: z.string(),
+      relative: z.number().nullable(),
+      ci95: z.tuple([z.number().nullable(), z.number().nullable()]),
+      significant: z.boolean(),
+    }),
+  ),
+  table: z.array(z.string()).describe("The paper-style table as Markdown lines."),
+});
+
+export const scheduleStatusResponseSchema = z.object({
+  scheduling: z.boolean().describe("Whether this server runs the hybrid schedule (serve --schedule)."),
+  status: z.unknown().describe("The schedule's status: each job's cadence, last run, next due time and counters."),
+});
+
+export const healthResponseSchema = z.object({
+  status: z.literal("ok"),
+  ready: z.boolean().describe("True when a table is live (otherwise every answer is the popular-novel fallback)."),
+  table: tableRefSchema.nullable(),
+  model: z.string().nullable(),
+  users: z.number().int(),
+  clusters: z.number().int(),
+  items: z.number().int(),
+  uptimeSeconds: z.number(),
+});
+
+export const errorResponseSchema = z.object({
+  error: z.object({
+    code: z.string(),
+    message: z.string(),
+    requestId: z.string(),
+    issues: z.array(z.object({ index: z.number().int().optional(), field: z.string(), message: z.string() })).optional(),
+  }),
+});

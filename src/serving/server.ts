@@ -1,0 +1,337 @@
+/**
+ * The serving process: opens the workspace's stores, builds the in-memory state (catalog, users, grounding index,
+ * tables), starts the Fastify app and the background timers (table/model poll, exposure flush, grounding rebuild),
+ * and shuts all of it down cleanly.
+ *
+ * The server owns the event store while it runs (a DuckDB file opens in one process at a time): exploration reads
+ * histories from it and POST /v1/events appends to it. Update jobs either run inside the server (`freshrec serve
+ * --schedule`, which passes its scheduler's status here) or while it is stopped; tables and models may be published
+ * or reviewed from other processes at any time (SQLite WAL), and the server follows within `reloadIntervalMs`.
+ *
+ * @example
+ * const server = await startServer({ workspace: ".freshrec", port: 0 });
+ * const res = await fetch(`${server.url}/v1/users/u000123/exploration?n=5`);
+ * await server.close();
+ */
+import { randomUUID, createHash, timingSafeEqual } from "node:crypto";
+import { join } from "node:path";
+import Fastify, { LogController, type FastifyInstance, type FastifyRequest } from "fastify";
+import { EventStore } from "../data/event-store.js";
+import { SystemClock, type Clock } from "../domain/clock.js";
+import { ModelRegistry } from "../llm/registry.js";
+import { SqliteTableStore, tableStorePath, type TableStore } from "../tables/index.js";
+import { Catalog } from "./catalog.js";
+import { HttpError } from "./errors.js";
+import { assignArm, type Experiment } from "./experiments/definition.js";
+import { ExperimentLog } from "./experiments/log.js";
+import { Explorer } from "./exploration.js";
+import { buildGroundingIndex, CoVisitationPolicy, type GroundingIndex, type ItemPolicy } from "./grounding/index.js";
+import { EventIntake } from "./intake.js";
+import { ServerMetrics } from "./metrics.js";
+import { registerRoutes } from "./routes.js";
+import { StoreQueue } from "./store-queue.js";
+import { ServingTables } from "./tables.js";
+import { UserIndex } from "./users.js";
+
+/** Options of the server; the CLI builds them from the config's `serve` and `experiment` sections. */
+export interface ServeOptions {
+  /** The workspace folder: its tables.sqlite and registry.sqlite (and events.duckdb unless `events` is given). */
+  readonly workspace: string;
+  /** An event store already open in this process (the server then does not close it). @defaultValue <workspace>/events.duckdb */
+  readonly events?: EventStore;
+  /** @defaultValue "127.0.0.1" */
+  readonly host?: string;
+  /** 0 picks a free port. @defaultValue 8080 */
+  readonly port?: number;
+  /** Bearer token of the admin routes; null or empty disables them (403). @defaultValue null */
+  readonly adminToken?: string | null;
+  /** @defaultValue 1_048_576 */
+  readonly bodyLimitBytes?: number;
+  /** @defaultValue 10_000 */
+  readonly maxBatchEvents?: number;
+  /** @defaultValue "reject" */
+  readonly unknownItems?: "reject" | "skip";
+  /** @defaultValue 1000 */
+  readonly reloadIntervalMs?: number;
+  /** @defaultValue 10 */
+  readonly defaultN?: number;
+  /** @defaultValue 50 */
+  readonly maxN?: number;
+  /** @defaultValue 3 */
+  readonly itemsPerCluster?: number;
+  /** pino level. @defaultValue "info" */
+  readonly logLevel?: string;
+  /** Where logs go (one JSON line per write). @defaultValue stderr */
+  readonly logStream?: { write(line: string): void };
+  /** @defaultValue 30 */
+  readonly groundingWindowDays?: number;
+  /** @defaultValue 60 */
+  readonly groundingRebuildMinutes?: number;
+  /** @defaultValue 5 */
+  readonly covisitationSpan?: number;
+  /** @defaultValue 10 */
+  readonly recentItems?: number;
+  /** @defaultValue 24 */
+  readonly attributionHours?: number;
+  /** @defaultValue 1000 */
+  readonly flushIntervalMs?: number;
+  /** @defaultValue 1000 */
+  readonly resamples?: number;
+  /** Positive engagement threshold; undefined = the one the dataset recorded at ingestion. */
+  readonly positiveMin?: number | null;
+  /** @defaultValue the system clock */
+  readonly clock?: Clock;
+  /** A stronger item model; default: co-visitation with popularity fallback over the grounding index. */
+  readonly itemPolicy?: (grounding: () => GroundingIndex) => ItemPolicy;
+  /** The hybrid schedule's status when this process runs it (serve --schedule). */
+  readonly scheduleStatus?: () => unknown;
+  /** Parse every JSON response with its zod schema before sending (tests). @defaultValue false */
+  readonly validateResponses?: boolean;
+}
+
+/** A running server: where it listens and how to stop it. */
+export interface RunningServer {
+  readonly url: string;
+  readonly port: number;
+  readonly app: FastifyInstance;
+  readonly state: ServingState;
+  /** Stops accepting requests, finishes those in flight, flushes exposures, closes what it opened. */
+  close(): Promise<void>;
+}
+
+export interface ActiveExperiment {
+  readonly experiment: Experiment;
+}
+
+/** Everything the routes read; built once per server. */
+export class ServingState {
+  experiment: ActiveExperiment | null = null;
+  groundingBuiltAt: number;
+  readonly startedAt: number;
+  private readonly tokenDigest: Buffer | null;
+
+  constructor(
+    readonly options: ServeOptions & { readonly clock: Clock },
+    readonly events: EventStore,
+    readonly tableStore: TableStore,
+    readonly registry: ModelRegistry,
+    readonly catalog: Catalog,
+    readonly users: UserIndex,
+    private readonly groundingHolder: { current: GroundingIndex },
+    readonly explorer: Explorer,
+    readonly intake: EventIntake,
+    readonly tables: ServingTables,
+    readonly experiments: ExperimentLog,
+    readonly queue: StoreQueue,
+    readonly metrics: ServerMetrics,
+    readonly positiveMin: number | null,
+  ) {
+    this.groundingBuiltAt = options.clock.now();
+    this.startedAt = options.clock.now();
+    const token = options.adminToken ?? null;
+    this.tokenDigest = token ? createHash("sha256").update(token).digest() : null;
+  }
+
+  /**
+   * Checks an admin request's bearer token (constant-time comparison of digests). Never logs or echoes the token.
+   * @throws HttpError 401 without a token, 403 with a wrong one or when no token is configured.
+   */
+  authorize(header: string | undefined): void {
+    if (this.tokenDigest === null) {
+      this.metrics.authFailures++;
+      throw new HttpError("FORBIDDEN", "admin routes are disabled: set serve.adminToken in the config or FRESHREC_ADMIN_TOKEN");
+    }
+    const match = header === undefined ? null : /^Bearer[ \t]+(\S+)[ \t]*$/i.exec(header);
+    if (!match) {
+      this.metrics.authFailures++;
+      throw new HttpError("UNAUTHORIZED", "this admin route needs an Authorization: Bearer <token> header");
+    }
+    const given = createHash("sha256").update(match[1]).digest();
+    if (!timingSafeEqual(given, this.tokenDigest)) {
+      this.metrics.authFailures++;
+      throw new HttpError("FORBIDDEN", "the bearer token is not the admin token");
+    }
+  }
+
+  /** The arm of a user under the active experiment, or null. */
+  armOf(userId: string): { experiment: Experiment; arm: { name: string; table: string } } | null {
+    const active = this.experiment;
+    if (!active) return null;
+    return { experiment: active.experiment, arm: assignArm(active.experiment, userId) };
+  }
+
+  /** Makes an experiment the active one (binding its arms' tables), or clears it. */
+  activate(experiment: Experiment | null): void {
+    if (experiment) for (const arm of experiment.arms) this.tables.bind(arm.table);
+    this.tables.retain(experiment ? experiment.arms.map((a) => a.table) : []);
+    this.experiment = experiment ? { experiment } : null;
+  }
+
+  /** Writes buffered exposures (through the store queue). */
+  async flushExposures(): Promise<void> {
+    if (this.experiments.buffered === 0) return;
+    await this.queue.run(() => this.experiments.flush());
+  }
+
+  get grounding(): GroundingIndex {
+    return this.groundingHolder.current;
+  }
+
+  async rebuildGrounding(): Promise<void> {
+    const next = await this.queue.run(() => buildGroundingIndex(this.events, this.catalog, this.groundingOptions()));
+    this.groundingHolder.current = next;
+    this.groundingBuiltAt = this.options.clock.now();
+    this.metrics.groundingRebuilds++;
+  }
+
+  groundingOptions() {
+    return {
+      windowDays: this.options.groundingWindowDays ?? 30,
+      span: this.options.covisitationSpan ?? 5,
+      positiveMin: this.positiveMin,
+    };
+  }
+}
+
+/** One log line per request (at completion, with status and time); the "incoming" line only at debug level. */
+class OneLinePerRequest extends LogController {
+  override incomingRequest(request: FastifyRequest): void {
+    request.log.debug({ req: request }, "incoming request");
+  }
+}
+
+function requestIdGenerator(): (req: { headers: Record<string, string | string[] | undefined> }) => string {
+  const prefix = randomUUID().slice(0, 8);
+  let n = 0;
+  return (req) => {
+    const given = req.headers["x-request-id"];
+    // A caller's id is kept when it is a sane token, so one id follows a request across services.
+    if (typeof given === "string" && /^[A-Za-z0-9._:-]{1,128}$/.test(given)) return given;
+    return `${prefix}-${(++n).toString(36)}`;
+  };
+}
+
+export async function startServer(input: ServeOptions): Promise<RunningServer> {
+  const options = { ...input, clock: input.clock ?? new SystemClock() };
+  const opened: { close(): void }[] = [];
+  const events = options.events ?? (await EventStore.open(join(options.workspace, "events.duckdb")));
+  if (!options.events) opened.push(events);
+  try {
+    const queue = new StoreQueue();
+    const metrics = new ServerMetrics();
+    const recorded = options.positiveMin === undefined ? await events.getMeta("positive_min") : null;
+    const positiveMin = options.positiveMin !== undefined ? options.positiveMin : recorded === null ? null : Number(recorded);
+    const catalog = await Catalog.load(events);
+    const users = await UserIndex.load(events, catalog, { positiveMin, recentItems: options.recentItems ?? 10 });
+    const grounding = await buildGroundingIndex(events, catalog, {
+      windowDays: options.groundingWindowDays ?? 30,
+      span: options.covisitationSpan ?? 5,
+      positiveMin,
+    });
+    const tableStore = SqliteTableStore.open(tableStorePath(options.workspace), options.clock);
+    opened.push(tableStore);
+    const registry = new ModelRegistry(options.workspace, options.clock);
+    opened.push(registry);
+    const experiments = await ExperimentLog.open(events);
+
+    let app: FastifyInstance | null = null;
+    const tables = new ServingTables(tableStore, registry, {
+      onChange: (change) => {
+        metrics.tableReloads++;
+        app?.log.info({ binding: change.binding, from: change.from, to: change.to }, "table swapped");
+      },
+      onError: (error, binding) => {
+        metrics.tableReloadErrors++;
+        app?.log.error({ err: error, binding }, "table reload failed; the previous table keeps serving");
+      },
+    });
+    tables.poll();
+    // The grounding index is swapped whole on rebuild; readers go through this holder.
+    const holder = { current: grounding };
+    const policy = (options.itemPolicy ?? ((g) => new CoVisitationPolicy(g)))(() => holder.current);
+    const explorer = new Explorer(catalog, users, () => holder.current, policy);
+    let state: ServingState | null = null;
+    const intake = new EventIntake({
+      events,
+      catalog,
+      users,
+      queue,
+      unknownItems: options.unknownItems ?? "reject",
+      maxBatchEvents: options.maxBatchEvents ?? 10_000,
+      now: () => options.clock.now(),
+      attribute: async (batch) => {
+        const active = state?.experiment;
+        if (!active) return 0;
+        // Inside the queue already: flush directly so every exposure before these events can be matched.
+        await experiments.flush();
+        const n = await experiments.attributeOutcomes(active.experiment.name, batch, (options.attributionHours ?? 24) * 3_600_000, positiveMin);
+        metrics.outcomesAttributed += n;
+        return n;
+      },
+    });
+    const serving = new ServingState(options, events, tableStore, registry, catalog, users, holder, explorer, intake, tables, experiments, queue, metrics, positiveMin);
+    state = serving;
+    serving.activate(await experiments.active());
+
+    app = Fastify({
+      logger: {
+        level: options.logLevel ?? "info",
+        ...(options.logStream ? { stream: options.logStream } : {}),
+        // Only these request fields are logged; headers (and so the Authorization token) never are.
+        serializers: {
+          req: (req: { method: string; url: string; ip?: string }) => ({ method: req.method, url: req.url, remoteAddress: req.ip }),
+          res: (res: { statusCode: number }) => ({ statusCode: res.statusCode }),
+        },
+        redact: { paths: ["req.headers.authorization", "headers.authorization", "authorization"], censor: "[redacted]" },
+      },
+      bodyLimit: options.bodyLimitBytes ?? 1_048_576,
+      genReqId: requestIdGenerator(),
+      requestIdHeader: false,
+      logController: new OneLinePerRequest({ requestIdLogLabel: "requestId" }),
+      return503OnClosing: true,
+    });
+    registerRoutes(app, serving);
+    await app.listen({ host: options.host ?? "127.0.0.1", port: options.port ?? 8080 });
+    const address = app.server.address();
+    const port = typeof address === "object" && address ? address.port : (options.port ?? 8080);
+    const host = options.host ?? "127.0.0.1";
+    const url = `http://${host.includes(":") ? `[${host}]` : host === "0.0.0.0" ? "127.0.0.1" : host}:${port}`;
+
+    const timers: NodeJS.Timeout[] = [];
+    timers.push(setInterval(() => tables.poll(), options.reloadIntervalMs ?? 1000));
+    timers.push(
+      setInterval(() => {
+        serving.flushExposures().catch((error) => app?.log.error({ err: error }, "writing exposures failed; kept for the next flush"));
+      }, options.flushIntervalMs ?? 1000),
+    );
+    timers.push(
+      setInterval(
+        () => {
+          serving.rebuildGrounding().catch((error) => app?.log.error({ err: error }, "rebuilding the grounding index failed; the previous one keeps serving"));
+        },
+        (options.groundingRebuildMinutes ?? 60) * 60_000,
+      ),
+    );
+    for (const t of timers) t.unref();
+    app.log.info({ url, users: users.size, clusters: catalog.clusterCount, items: catalog.itemCount, table: tables.lookup()?.version ?? null }, "freshrec serving");
+
+    let closing: Promise<void> | null = null;
+    return {
+      url,
+      port,
+      app,
+      state: serving,
+      close: () =>
+        (closing ??= (async () => {
+          for (const t of timers) clearInterval(t);
+          await app!.close();
+          await queue.idle();
+          await queue.run(() => experiments.flush());
+          for (const o of opened.reverse()) o.close();
+        })()),
+    };
+  } catch (error) {
+    for (const o of opened.reverse()) o.close();
+    throw error;
+  }
+}
