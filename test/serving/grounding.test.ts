@@ -1,0 +1,128 @@
+/**
+ * Item grounding and the user index on data with known answers, and the item policy conformance suite run by both
+ * embedded adapters over a synthetic platform.
+ */
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { EventStore, eventBatchFromEvents } from "../../src/data/event-store.js";
+import { DAY_MS } from "../../src/domain/clock.js";
+import type { EngagementEvent } from "../../src/domain/types.js";
+import { historiesAsOf } from "../../src/mining/transitions.js";
+import { Catalog, CoVisitationPolicy, PopularityPolicy, UserIndex, buildGroundingIndex, type GroundingIndex } from "../../src/serving/index.js";
+import { itemPolicyConformance, type ConformanceSetup } from "./item-policy-conformance.js";
+import { servingWorkspace } from "./fixtures.js";
+
+const END = Date.parse("2025-06-30T00:00:00Z");
+
+/** Three clusters of five items; co-visits and popularity arranged so the right answers are known. */
+async function knownStore(): Promise<EventStore> {
+  const store = await EventStore.open(":memory:");
+  const clusters = ["A", "B", "C"].map((id) => ({ id, description: `cluster ${id}` }));
+  const items = clusters.flatMap((c) => Array.from({ length: 5 }, (_, k) => ({ id: `${c.id.toLowerCase()}${k}`, clusterId: c.id, title: `${c.id} ${k}` })));
+  const events: EngagementEvent[] = [];
+  const visit = (user: string, day: number, ...ids: string[]) => ids.forEach((itemId, k) => events.push({ userId: user, itemId, ts: END - day * DAY_MS + k * 60_000, engagement: 1 }));
+  for (let u = 0; u < 5; u++) visit(`p${u}`, 3, "a0", "b1");
+  for (let u = 0; u < 2; u++) visit(`q${u}`, 3, "a0", "b2");
+  visit("r0", 3, "a1", "b3");
+  for (let u = 0; u < 10; u++) visit(`w${u}`, 2, "b4");
+  // Old co-visits, outside the 30-day window: they count for all-time popularity only.
+  for (let u = 0; u < 20; u++) visit(`o${u}`, 60, "a0", "b0");
+  // A user whose sequence is A, B, A, C (histories and recency).
+  visit("h", 1, "a2", "b2", "a3", "c1");
+  // A dissatisfied event: seen, but not positive.
+  events.push({ userId: "h", itemId: "c4", ts: END - 1000, engagement: 0.1 });
+  await store.append({ clusters, items, events: eventBatchFromEvents(events) });
+  return store;
+}
+
+describe("grounding on known data", () => {
+  let store: EventStore;
+  let catalog: Catalog;
+  let index: GroundingIndex;
+  const item = (id: string) => catalog.itemIndex.get(id)!;
+  const ids = (list: { item: number }[]) => list.map((i) => catalog.itemIds[i.item]);
+
+  beforeAll(async () => {
+    store = await knownStore();
+    catalog = await Catalog.load(store);
+    index = await buildGroundingIndex(store, catalog, { windowDays: 30, positiveMin: 0.5 });
+  });
+  afterAll(() => store.close());
+
+  it("ranks items of the cluster by co-visitation with the user's recent items, then fills with recent popularity", () => {
+    const policy = new CoVisitationPolicy(() => index);
+    const B = catalog.clusterIndex.get("B")!;
+    const [list] = policy.ground({ userId: "x", clusters: [B], n: 5, recent: [item("a0")], isSeen: () => false });
+    expect(ids(list)).toEqual(["b1", "b2", "b4", "b3", "b0"]);
+    expect(list.map((i) => i.source)).toEqual(["co-visitation", "co-visitation", "popularity", "popularity", "popularity"]);
+    expect(list[0].score).toBe(5);
+    expect(list[1].score).toBe(2);
+  });
+
+  it("weighs recent items more (1 / (1 + position)) and excludes what the user saw", () => {
+    const policy = new CoVisitationPolicy(() => index);
+    const B = catalog.clusterIndex.get("B")!;
+    const [list] = policy.ground({ userId: "x", clusters: [B], n: 3, recent: [item("a1"), item("a0")], isSeen: () => false });
+    // b1: 0.5 x 5 = 2.5; b2: 0.5 x 2 = 1; b3: 1 x 1 = 1 (ties by catalog order).
+    expect(ids(list)).toEqual(["b1", "b2", "b3"]);
+    const [unseen] = policy.ground({ userId: "x", clusters: [B], n: 2, recent: [item("a0")], isSeen: (i) => i === item("b1") });
+    expect(ids(unseen)).toEqual(["b2", "b4"]);
+  });
+
+  it("never crosses into another cluster, even when co-visits point there", () => {
+    const policy = new CoVisitationPolicy(() => index);
+    const C = catalog.clusterIndex.get("C")!;
+    const [list] = policy.ground({ userId: "x", clusters: [C], n: 5, recent: [item("a0")], isSeen: () => false });
+    expect(list.every((i) => catalog.itemCluster[i.item] === C)).toBe(true);
+    expect(list.every((i) => i.source === "popularity")).toBe(true);
+  });
+
+  it("popularity ranks recent positive users first, all-time users second", () => {
+    const policy = new PopularityPolicy(() => index);
+    const [list] = policy.ground({ userId: "x", clusters: [catalog.clusterIndex.get("B")!], n: 5, recent: [], isSeen: () => false });
+    expect(ids(list)).toEqual(["b4", "b1", "b2", "b3", "b0"]);
+  });
+
+  it("the user index agrees with mining's histories, and observe() gives the state a reload gives", async () => {
+    const users = await UserIndex.load(store, catalog, { positiveMin: 0.5, recentItems: 3 });
+    const mined = await historiesAsOf(store, END + DAY_MS, { positiveMin: 0.5 });
+    for (const [user, h] of mined) {
+      const state = users.get(user)!;
+      expect({ c1: catalog.clusterIds[state.history!.c1], c2: catalog.clusterIds[state.history!.c2] }).toEqual(h);
+    }
+    const h = users.get("h")!;
+    expect({ c1: catalog.clusterIds[h.history!.c1], c2: catalog.clusterIds[h.history!.c2] }).toEqual({ c1: "A", c2: "C" });
+    expect([...h.recent].map((i) => catalog.itemIds[i])).toEqual(["c1", "a3", "b2"]);
+    expect([...h.seen].map((i) => catalog.itemIds[i]).sort()).toEqual(["a2", "a3", "b2", "c1", "c4"]);
+    expect(users.get("w0")!.history).toBeNull();
+    expect(catalog.clusterIds[users.get("w0")!.lastCluster]).toBe("B");
+
+    const replayed = UserIndex.empty(catalog, { positiveMin: 0.5, recentItems: 3 });
+    const rows = await store.query<{ user_id: string; item_id: string; ts: number; engagement: number | null }>(
+      "SELECT user_id, item_id, epoch_ms(ts) AS ts, engagement FROM events JOIN users USING (user_key) JOIN items USING (item_key) ORDER BY ts, item_key",
+    );
+    for (const r of rows) replayed.observe({ userId: r.user_id, itemId: r.item_id, ts: Number(r.ts), ...(r.engagement === null ? {} : { engagement: r.engagement }) });
+    for (const user of ["h", "p0", "w3", "o7"]) {
+      const a = users.get(user)!;
+      const b = replayed.get(user)!;
+      expect({ ...b, recent: [...b.recent], seen: [...b.seen] }).toEqual({ ...a, recent: [...a.recent], seen: [...a.seen] });
+    }
+  });
+});
+
+describe("conformance", () => {
+  let setup: ConformanceSetup & { events: EventStore; index: GroundingIndex };
+  beforeAll(async () => {
+    const ws = await servingWorkspace({ users: 300, events: 30_000 });
+    const events = await EventStore.open(join(ws.dir, "events.duckdb"));
+    const catalog = await Catalog.load(events);
+    const index = await buildGroundingIndex(events, catalog, { positiveMin: 0.5 });
+    const users = await UserIndex.load(events, catalog, { positiveMin: 0.5 });
+    const requests = Array.from({ length: 8 }, (_, k) => ws.world.userId(k * 7)).map((userId) => ({ userId, recent: users.get(userId)?.recent ?? new Int32Array(0) }));
+    setup = { events, index, catalog, requests, policy: new CoVisitationPolicy(() => index) };
+  });
+  afterAll(() => setup.events.close());
+
+  itemPolicyConformance("co-visitation", () => setup);
+  itemPolicyConformance("popularity", () => ({ ...setup, policy: new PopularityPolicy(() => setup.index) }));
+});
