@@ -61,7 +61,7 @@ export interface ServeOptions {
   readonly itemsPerCluster?: number;
   /** pino level. @defaultValue "info" */
   readonly logLevel?: string;
-  /** Where logs go (one JSON line per write). @defaultValue stderr */
+  /** Where logs go (one JSON line per write). @defaultValue process.stderr */
   readonly logStream?: { write(line: string): void };
   /** @defaultValue 30 */
   readonly groundingWindowDays?: number;
@@ -276,7 +276,8 @@ export async function startServer(input: ServeOptions): Promise<RunningServer> {
     app = Fastify({
       logger: {
         level: options.logLevel ?? "info",
-        ...(options.logStream ? { stream: options.logStream } : {}),
+        // stderr: stdout belongs to the command's result (one JSON object with --json).
+        stream: options.logStream ?? process.stderr,
         // Only these request fields are logged; headers (and so the Authorization token) never are.
         serializers: {
           req: (req: { method: string; url: string; ip?: string }) => ({ method: req.method, url: req.url, remoteAddress: req.ip }),

@@ -79,7 +79,7 @@ function experimentLine(e: { name: string; status: string; control: string; salt
 function writeExperimentReport(ctx: CommandContext, name: string, analysis: ExperimentAnalysis, extra: { title: string; paragraphs: string[]; json: unknown }): WrittenReport {
   const arms = Object.keys(analysis.arms);
   const treatments = arms.filter((a) => a !== analysis.control);
-  const pct = (x: number) => (Number.isFinite(x) ? `${x >= 0 ? "+" : ""}${(100 * x).toFixed(2)}%` : "n/a");
+  const pct = (x: number | null) => (typeof x === "number" && Number.isFinite(x) ? `${x >= 0 ? "+" : ""}${(100 * x).toFixed(2)}%` : "n/a");
   return writeReport(ctx.paths.reports, {
     name: `experiment-${name}`,
     title: extra.title,
@@ -91,7 +91,11 @@ function writeExperimentReport(ctx: CommandContext, name: string, analysis: Expe
           columns: ["metric", ...arms, ...treatments.flatMap((t) => [`${t} delta`, "95% CI"])],
           rows: EXPERIMENT_METRICS.map((metric) => [
             METRIC_LABELS[metric],
-            ...arms.map((a) => analysis.arms[a].metrics[metric]),
+            // NaN (an arm without slots) arrives as null through JSON: both print as n/a.
+            ...arms.map((a) => {
+              const v = analysis.arms[a].metrics[metric];
+              return typeof v === "number" && Number.isFinite(v) ? v : "n/a";
+            }),
             ...treatments.flatMap((t) => {
               const d = analysis.deltas.find((x) => x.metric === metric && x.arm === t)!;
               return [pct(d.relative), `[${pct(d.ci95[0])}, ${pct(d.ci95[1])}]`];

@@ -1,0 +1,79 @@
+/**
+ * `freshrec serve` and `freshrec experiment` as a user runs them: the server holds the workspace's event store, the
+ * experiment commands go through its admin routes with --server, and Ctrl-C stops it cleanly.
+ */
+import { spawn, spawnSync } from "node:child_process";
+import { join } from "node:path";
+import { beforeAll, describe, expect, it } from "vitest";
+import { servingWorkspace, TOKEN, type ServingWorkspace } from "./fixtures.js";
+
+const ROOT = join(import.meta.dirname, "../..");
+const BIN = join(ROOT, "bin/freshrec.js");
+const env = { ...process.env, FRESHREC_ADMIN_TOKEN: TOKEN };
+
+function freshrec(args: string[]): { status: number; json: any; stderr: string } {
+  const r = spawnSync(process.execPath, [BIN, ...args, "--json"], { cwd: ROOT, encoding: "utf8", timeout: 60_000, env });
+  let json: unknown = null;
+  try {
+    json = JSON.parse(r.stdout);
+  } catch {
+    json = { unparsable: r.stdout };
+  }
+  return { status: r.status ?? -1, json, stderr: r.stderr };
+}
+
+let ws: ServingWorkspace;
+beforeAll(async () => {
+  ws = await servingWorkspace();
+});
+
+describe("freshrec experiment and serve", () => {
+  it("creates experiments on a stopped server's workspace, refusing bad arms with exit 2", () => {
+    const created = freshrec(["--workspace", ws.dir, "experiment", "create", "cli-e1", "--arm", `control=${ws.plain}`, "--arm", "treatment=live", "--split", "50,50"]);
+    expect(created.status, created.stderr).toBe(0);
+    expect(created.json).toMatchObject({ name: "cli-e1", status: "active", control: "control", arms: [{ table: ws.plain }, { table: "live" }] });
+    const missing = freshrec(["--workspace", ws.dir, "experiment", "create", "cli-e2", "--arm", "control=t000404", "--arm", "treatment=live"]);
+    expect(missing.status).toBe(2);
+    expect(missing.json.error.code).toBe("NOT_FOUND");
+    const noModel = freshrec(["--workspace", ws.dir, "experiment", "simulate", "--days", "1"]);
+    expect(noModel.status).toBe(2);
+    expect(noModel.json.error.message).toMatch(/no live model/);
+  });
+
+  it("serves until SIGINT; experiment commands reach it with --server and fail clearly without", async () => {
+    const child = spawn(process.execPath, [BIN, "--workspace", ws.dir, "serve", "--port", "0", "--json"], { cwd: ROOT, env });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (d) => (stdout += d));
+    const url = await new Promise<string>((resolve, reject) => {
+      child.stderr.on("data", (d) => {
+        stderr += d;
+        const m = /freshrec serving on (http:\/\/[^ ]+)/.exec(stderr);
+        if (m) resolve(m[1]);
+      });
+      child.on("exit", (code) => reject(new Error(`serve exited ${code}: ${stderr}`)));
+    });
+    try {
+      const explored = (await (await fetch(`${url}/v1/users/${ws.world.userId(1)}/exploration?n=2`)).json()) as any;
+      expect(explored.experiment).toMatchObject({ name: "cli-e1" });
+      expect(explored.table.version).toBe(explored.experiment.arm === "control" ? ws.plain : ws.rag);
+
+      const locked = freshrec(["--workspace", ws.dir, "experiment", "analyze", "cli-e1"]);
+      expect(locked.status).toBe(2);
+      expect(locked.stderr).toMatch(/--server/);
+      const analysis = freshrec(["--workspace", ws.dir, "experiment", "analyze", "cli-e1", "--server", url]);
+      expect(analysis.status, analysis.stderr).toBe(0);
+      expect(analysis.json).toMatchObject({ experiment: "cli-e1", users: 1, arms: { control: expect.any(Object), treatment: expect.any(Object) } });
+      expect(analysis.json.reports.html).toMatch(/experiment-cli-e1\.html$/);
+      const noToken = spawnSync(process.execPath, [BIN, "--workspace", ws.dir, "experiment", "list", "--server", url, "--json"], { cwd: ROOT, encoding: "utf8", env: { ...process.env, FRESHREC_ADMIN_TOKEN: "" } });
+      expect(noToken.status).toBe(2);
+      expect(JSON.parse(noToken.stdout).error.message).toMatch(/401/);
+    } finally {
+      child.kill("SIGINT");
+    }
+    const code = await new Promise<number | null>((resolve) => child.on("exit", resolve));
+    expect(code).toBe(0);
+    expect(JSON.parse(stdout)).toMatchObject({ stopped: true, url });
+    expect(stderr).not.toContain(TOKEN);
+  });
+});
