@@ -16,5 +16,6 @@ export * from "./schemas.js";
 export * from "./server.js";
 export * from "./store-queue.js";
 export * from "./tables.js";
+export * from "./table-loader.js";
 export * from "./users.js";
 export * from "./experiments/index.js";

@@ -14,7 +14,7 @@ import { analyzeExperiment, renderExperimentTable } from "./experiments/analysis
 import { parseExperimentDefinition, type Experiment } from "./experiments/definition.js";
 import { intakeBodySchema, intakeResultSchema } from "./intake.js";
 import { PROMETHEUS_CONTENT_TYPE } from "./metrics.js";
-import { openApiDocument, type RouteSpec } from "./openapi.js";
+import { openApiDocument, serializerSchema, type RouteSpec } from "./openapi.js";
 import {
   analysisResponseSchema,
   experimentCreateBodySchema,
@@ -101,6 +101,7 @@ export function registerRoutes(app: FastifyInstance, state: ServingState): Route
     app.route({
       method: spec.method,
       url: spec.url,
+      ...(spec.compiledSerializer && successSchema ? { schema: { response: { 200: serializerSchema(successSchema) } } } : {}),
       handler: async (request, reply) => {
         if (spec.admin) state.authorize(request.headers.authorization);
         const params = (spec.params ? parseInput(spec.params, request.params, "path parameters") : undefined) as Infer<P>;
@@ -147,6 +148,7 @@ export function registerRoutes(app: FastifyInstance, state: ServingState): Route
       querystring: explorationQuerySchema(maxN),
       responses: { 200: explorationResponseSchema },
       errors: [400],
+      compiledSerializer: true,
     },
     async ({ params, query, request }) => {
       const userId = params.id;
@@ -272,11 +274,11 @@ export function registerRoutes(app: FastifyInstance, state: ServingState): Route
       responses: { 200: publishResponseSchema },
       errors: [400, 404],
     },
-    ({ params, request }) => {
+    async ({ params, request }) => {
       const body = parseInput(publishBodySchema, request.body ?? {}, "body");
       const previous = state.tableStore.live()?.version ?? null;
       const info = state.tableStore.publish(params.version, { actor: "api", reason: body.reason ?? null });
-      tables.poll();
+      await tables.poll();
       return { live: info.version, previous, serving: tables.lookup("live")?.version ?? null, table: tableSummary(info) };
     },
   );
@@ -292,11 +294,11 @@ export function registerRoutes(app: FastifyInstance, state: ServingState): Route
       responses: { 200: publishResponseSchema },
       errors: [400],
     },
-    ({ request }) => {
+    async ({ request }) => {
       const body = parseInput(publishBodySchema, request.body ?? {}, "body");
       const previous = state.tableStore.live()?.version ?? null;
       const info = state.tableStore.rollback({ actor: "api", reason: body.reason ?? null });
-      tables.poll();
+      await tables.poll();
       return { live: info.version, previous, serving: tables.lookup("live")?.version ?? null, table: tableSummary(info) };
     },
   );
@@ -319,7 +321,7 @@ export function registerRoutes(app: FastifyInstance, state: ServingState): Route
         responses: { 200: reviewResponseSchema },
         errors: [400, 404],
       },
-      ({ params, request }) => {
+      async ({ params, request }) => {
         const { reason } = parseInput(reviewBodySchema, request.body ?? {}, "body");
         const registry = state.registry;
         const model = registry.get(params.version);
@@ -329,7 +331,7 @@ export function registerRoutes(app: FastifyInstance, state: ServingState): Route
         }
         const decided = decision === "approve" ? registry.makeLive(params.version, `approved: ${reason}`) : registry.setStatus(params.version, "rejected", `rejected: ${reason}`);
         const change = registry.history(params.version).at(-1)!;
-        tables.poll();
+        await tables.poll();
         return {
           model: { version: decided.version, status: decided.status, kind: decided.kind, parent: decided.parent },
           change: { version: change.version, from: change.from, to: change.to, reason: change.reason, at: iso(change.at)! },
@@ -388,7 +390,7 @@ export function registerRoutes(app: FastifyInstance, state: ServingState): Route
       for (const arm of definition.arms) resolveBinding(state.tableStore, arm.table);
       await state.flushExposures();
       const created = await state.queue.run(() => state.experiments.create(definition, options.clock.now(), { replace: raw.replace === true }));
-      state.activate(created);
+      await state.activate(created);
       return experimentView(created, servingVersion);
     },
   );
@@ -407,7 +409,7 @@ export function registerRoutes(app: FastifyInstance, state: ServingState): Route
     async ({ params }) => {
       await state.flushExposures();
       const stopped = await state.queue.run(() => state.experiments.stop(params.name, options.clock.now()));
-      if (state.experiment?.experiment.name === stopped.name) state.activate(null);
+      if (state.experiment?.experiment.name === stopped.name) await state.activate(null);
       return experimentView(stopped, servingVersion);
     },
   );

@@ -161,8 +161,8 @@ export class ServingState {
   }
 
   /** Makes an experiment the active one (binding its arms' tables), or clears it. */
-  activate(experiment: Experiment | null): void {
-    if (experiment) for (const arm of experiment.arms) this.tables.bind(arm.table);
+  async activate(experiment: Experiment | null): Promise<void> {
+    if (experiment) for (const arm of experiment.arms) await this.tables.bind(arm.table);
     this.tables.retain(experiment ? experiment.arms.map((a) => a.table) : []);
     this.experiment = experiment ? { experiment } : null;
   }
@@ -228,7 +228,8 @@ export async function startServer(input: ServeOptions): Promise<RunningServer> {
       span: options.covisitationSpan ?? 5,
       positiveMin,
     });
-    const tableStore = SqliteTableStore.open(tableStorePath(options.workspace), options.clock);
+    // Small pages: a table loads in slices between requests (see table-loader.ts), and less garbage is alive at once.
+    const tableStore = SqliteTableStore.open(tableStorePath(options.workspace), options.clock, { pageSize: 500 });
     opened.push(tableStore);
     const registry = new ModelRegistry(options.workspace, options.clock);
     opened.push(registry);
@@ -236,16 +237,17 @@ export async function startServer(input: ServeOptions): Promise<RunningServer> {
 
     let app: FastifyInstance | null = null;
     const tables = new ServingTables(tableStore, registry, {
+      rowsPerSlice: 500,
       onChange: (change) => {
         metrics.tableReloads++;
-        app?.log.info({ binding: change.binding, from: change.from, to: change.to }, "table swapped");
+        app?.log.info({ binding: change.binding, from: change.from, to: change.to, cached: change.cached, seconds: change.seconds }, "table swapped");
       },
       onError: (error, binding) => {
         metrics.tableReloadErrors++;
         app?.log.error({ err: error, binding }, "table reload failed; the previous table keeps serving");
       },
     });
-    tables.poll();
+    await tables.poll();
     // The grounding index is swapped whole on rebuild; readers go through this holder.
     const holder = { current: grounding };
     const policy = (options.itemPolicy ?? ((g) => new CoVisitationPolicy(g)))(() => holder.current);
@@ -271,7 +273,7 @@ export async function startServer(input: ServeOptions): Promise<RunningServer> {
     });
     const serving = new ServingState(options, events, tableStore, registry, catalog, users, holder, explorer, intake, tables, experiments, queue, metrics, positiveMin);
     state = serving;
-    serving.activate(await experiments.active());
+    await serving.activate(await experiments.active());
 
     app = Fastify({
       logger: {
@@ -299,7 +301,7 @@ export async function startServer(input: ServeOptions): Promise<RunningServer> {
     const url = `http://${host.includes(":") ? `[${host}]` : host === "0.0.0.0" ? "127.0.0.1" : host}:${port}`;
 
     const timers: NodeJS.Timeout[] = [];
-    timers.push(setInterval(() => tables.poll(), options.reloadIntervalMs ?? 1000));
+    timers.push(setInterval(() => void tables.poll(), options.reloadIntervalMs ?? 1000));
     timers.push(
       setInterval(() => {
         serving.flushExposures().catch((error) => app?.log.error({ err: error }, "writing exposures failed; kept for the next flush"));
@@ -326,6 +328,7 @@ export async function startServer(input: ServeOptions): Promise<RunningServer> {
         (closing ??= (async () => {
           for (const t of timers) clearInterval(t);
           await app!.close();
+          await tables.settle();
           await queue.idle();
           await queue.run(() => experiments.flush());
           for (const o of opened.reverse()) o.close();

@@ -3,9 +3,10 @@
  * pointer), any table an experiment arm is bound to, and the registry's live model version.
  *
  * Hot reload: `poll()` (every `serve.reloadIntervalMs`) reads the live pointer, which another process may have
- * flipped (`freshrec tables publish`, a refresh, SQLite WAL makes the commit visible). A changed pointer loads the
- * new table completely, then swaps one reference (`LiveTable`). A request takes its lookup once and reads only that
- * object, so no response ever mixes two versions and none fails because of a swap.
+ * flipped (`freshrec tables publish`, a refresh; SQLite WAL makes the commit visible). A changed pointer loads the
+ * new table completely (page by page, yielding to requests meanwhile: ./table-loader.ts), then swaps one reference
+ * (`LiveTable`). A request takes its lookup once and reads only that object, so no response ever mixes two versions
+ * and none fails because of a swap. The last few lookups stay cached, so a rollback (or a flip back) is instant.
  *
  * Bindings (what an experiment arm serves):
  * - `live`: the live table, whatever it is at the moment;
@@ -14,21 +15,27 @@
  *
  * @example
  * const tables = new ServingTables(tableStore, registry);
- * tables.poll();                    // at start-up, then on a timer
+ * await tables.poll();              // at start-up, then on a timer
  * const lookup = tables.lookup("live");
  * lookup?.get("baking", "coffee");  // ranked novel clusters
  */
 import { FreshrecError } from "../domain/errors.js";
 import type { ModelRegistry } from "../llm/registry.js";
-import { LiveTable, TableLookup, type TableInfo, type TableLookupOptions, type TableStore } from "../tables/index.js";
+import { LiveTable, type TableInfo, type TableLookup, type TableStore } from "../tables/index.js";
+import { loadLookup, type LoadLookupOptions } from "./table-loader.js";
 
 export interface TableChange {
   readonly binding: string;
   readonly from: string | null;
   readonly to: string | null;
+  /** Whether the lookup came from the cache (no load). */
+  readonly cached: boolean;
+  readonly seconds: number;
 }
 
-export interface ServingTablesOptions extends TableLookupOptions {
+export interface ServingTablesOptions extends LoadLookupOptions {
+  /** Lookups kept in memory besides the ones serving (instant rollback). @defaultValue 2 */
+  readonly cachedLookups?: number;
   /** Called after a binding swapped to another version (logs, metrics). */
   readonly onChange?: (change: TableChange) => void;
   /** Called when a reload failed (the previous table keeps serving). */
@@ -59,7 +66,11 @@ export function resolveBinding(store: TableStore, binding: string): TableInfo | 
 
 export class ServingTables {
   private readonly holders = new Map<string, LiveTable>();
+  /** Recently loaded lookups by version, oldest first. */
+  private readonly cache = new Map<string, TableLookup>();
   private modelVersion: string | null = null;
+  private polling: Promise<void> | null = null;
+  private readonly loading = new Map<string, Promise<TableLookup>>();
 
   constructor(
     private readonly store: TableStore,
@@ -84,13 +95,13 @@ export class ServingTables {
     return this.modelVersion;
   }
 
-  /** Starts following a binding (an experiment arm); loads its table now. */
-  bind(binding: string): TableLookup | undefined {
+  /** Starts following a binding (an experiment arm) and loads its table; throws when the binding names nothing. */
+  async bind(binding: string): Promise<TableLookup | undefined> {
     if (!this.holders.has(binding)) {
       resolveBinding(this.store, binding);
       this.holders.set(binding, new LiveTable());
     }
-    this.reloadBinding(binding);
+    await this.reloadBinding(binding, true);
     return this.lookup(binding);
   }
 
@@ -99,36 +110,81 @@ export class ServingTables {
     for (const binding of [...this.holders.keys()]) if (binding !== "live" && !keep.includes(binding)) this.holders.delete(binding);
   }
 
-  /** Looks at the stores once: swaps in changed tables and reads the live model. Never throws. */
-  poll(): void {
-    for (const binding of this.holders.keys()) this.reloadBinding(binding);
-    try {
-      this.modelVersion = this.registry?.live()?.version ?? null;
-    } catch (error) {
-      this.options.onError?.(error, "model");
+  /**
+   * Looks at the stores once: swaps in changed tables and reads the live model. Never throws (failures go to
+   * `onError` and the previous tables keep serving). Concurrent calls share one pass.
+   */
+  poll(): Promise<void> {
+    if (this.polling) return this.polling.then(() => this.poll());
+    this.polling = (async () => {
+      try {
+        for (const binding of [...this.holders.keys()]) await this.reloadBinding(binding, false);
+        try {
+          this.modelVersion = this.registry?.live()?.version ?? null;
+        } catch (error) {
+          this.options.onError?.(error, "model");
+        }
+      } finally {
+        this.polling = null;
+      }
+    })();
+    return this.polling;
+  }
+
+  /** Resolves when no poll or load is running (before closing the stores). */
+  async settle(): Promise<void> {
+    while (this.polling || this.loading.size) {
+      await this.polling;
+      await Promise.allSettled([...this.loading.values()]);
     }
   }
 
-  private reloadBinding(binding: string): void {
-    const holder = this.holders.get(binding)!;
+  private async reloadBinding(binding: string, rethrow: boolean): Promise<void> {
+    const holder = this.holders.get(binding);
+    if (!holder) return;
     try {
       const before = holder.version ?? null;
       // A fixed version never changes once loaded.
       if (/^t\d+$/.test(binding) && before === binding) return;
       const info = resolveBinding(this.store, binding);
-      if ((info?.version ?? null) === before) return;
+      const version = info?.version ?? null;
+      if (version === before) return;
+      const started = process.hrtime.bigint();
+      const cached = version !== null && this.cached(version) !== undefined;
       // Loaded completely before the swap: readers keep the old lookup until the new one is whole.
-      const next = info ? this.loadShared(info.version) : undefined;
-      holder.swap(next);
-      this.options.onChange?.({ binding, from: before, to: next?.version ?? null });
+      const next = version === null ? undefined : await this.load(version);
+      if (this.holders.get(binding) !== holder) return; // unbound meanwhile
+      const previous = holder.swap(next);
+      if (previous) this.remember(previous);
+      this.options.onChange?.({ binding, from: before, to: version, cached, seconds: Number(process.hrtime.bigint() - started) / 1e9 });
     } catch (error) {
       this.options.onError?.(error, binding);
+      if (rethrow) throw error;
     }
   }
 
-  /** Two bindings on one version share one lookup in memory. */
-  private loadShared(version: string): TableLookup {
-    for (const holder of this.holders.values()) if (holder.version === version) return holder.lookup!;
-    return TableLookup.load(this.store, version, this.options);
+  private cached(version: string): TableLookup | undefined {
+    for (const holder of this.holders.values()) if (holder.version === version) return holder.lookup;
+    return this.cache.get(version);
+  }
+
+  /** One load per version at a time; bindings on one version share one lookup. */
+  private async load(version: string): Promise<TableLookup> {
+    const known = this.cached(version);
+    if (known) return known;
+    let pending = this.loading.get(version);
+    if (!pending) {
+      pending = loadLookup(this.store, version, this.options).finally(() => this.loading.delete(version));
+      this.loading.set(version, pending);
+    }
+    return pending;
+  }
+
+  /** Keeps a lookup that stopped serving, for a quick way back; the oldest fall out. */
+  private remember(lookup: TableLookup): void {
+    this.cache.delete(lookup.version);
+    this.cache.set(lookup.version, lookup);
+    const capacity = this.options.cachedLookups ?? 2;
+    while (this.cache.size > capacity) this.cache.delete(this.cache.keys().next().value!);
   }
 }

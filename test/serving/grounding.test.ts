@@ -45,7 +45,7 @@ describe("grounding on known data", () => {
   beforeAll(async () => {
     store = await knownStore();
     catalog = await Catalog.load(store);
-    index = await buildGroundingIndex(store, catalog, { windowDays: 30, positiveMin: 0.5 });
+    index = await buildGroundingIndex(store, catalog, { windowDays: 30, positiveMin: 0.5, minCovisitUsers: 1 });
   });
   afterAll(() => store.close());
 
@@ -67,6 +67,16 @@ describe("grounding on known data", () => {
     expect(ids(list)).toEqual(["b1", "b2", "b3"]);
     const [unseen] = policy.ground({ userId: "x", clusters: [B], n: 2, recent: [item("a0")], isSeen: (i) => i === item("b1") });
     expect(ids(unseen)).toEqual(["b2", "b4"]);
+  });
+
+  it("by default a pair needs two users to count as co-visited", async () => {
+    const strict = await buildGroundingIndex(store, catalog, { windowDays: 30, positiveMin: 0.5 });
+    const B = catalog.clusterIndex.get("B")!;
+    const [list] = new CoVisitationPolicy(() => strict).ground({ userId: "x", clusters: [B], n: 1, recent: [item("a1")], isSeen: () => false });
+    expect(list).toEqual([{ item: item("b4"), score: 10, source: "popularity" }]);
+    // Left: (a0, b1) and (a0, b2), both directions; gone: (a1, b3) and user h's six pairs.
+    expect(strict.pairs).toBe(4);
+    expect(index.pairs).toBe(4 + 2 + 12);
   });
 
   it("never crosses into another cluster, even when co-visits point there", () => {

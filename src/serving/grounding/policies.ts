@@ -13,8 +13,33 @@
 import type { GroundedItem, GroundingRequest, ItemPolicy } from "./contract.js";
 import type { GroundingIndex } from "./grounding-index.js";
 
+/**
+ * Marks "chosen in this list" without allocating a Set per list: an item is chosen when its stamp equals the list's
+ * generation. Requests run one at a time on the event loop, so one marker per policy suffices.
+ */
+class ChosenMarker {
+  private stamps = new Uint32Array(0);
+  private generation = 0;
+  next(items: number): void {
+    if (this.stamps.length !== items) {
+      this.stamps = new Uint32Array(items);
+      this.generation = 0;
+    }
+    if (++this.generation === 0xffffffff) {
+      this.stamps.fill(0);
+      this.generation = 1;
+    }
+  }
+  has(item: number): boolean {
+    return this.stamps[item] === this.generation;
+  }
+  add(item: number): void {
+    this.stamps[item] = this.generation;
+  }
+}
+
 /** Appends popular items of cluster c not yet chosen nor seen, until `out` holds n. */
-function fillFromPopularity(index: GroundingIndex, c: number, n: number, request: GroundingRequest, out: GroundedItem[], chosen: Set<number>): void {
+function fillFromPopularity(index: GroundingIndex, c: number, n: number, request: GroundingRequest, out: GroundedItem[], chosen: ChosenMarker): void {
   const end = index.popularStart[c + 1];
   for (let p = index.popularStart[c]; p < end && out.length < n; p++) {
     const item = index.popularItem[p];
@@ -26,6 +51,7 @@ function fillFromPopularity(index: GroundingIndex, c: number, n: number, request
 
 export class PopularityPolicy implements ItemPolicy {
   readonly name = "popularity";
+  private readonly chosen = new ChosenMarker();
   constructor(private readonly index: () => GroundingIndex) {}
 
   ground(request: GroundingRequest): GroundedItem[][] {
@@ -33,7 +59,8 @@ export class PopularityPolicy implements ItemPolicy {
     const result: GroundedItem[][] = [];
     for (let k = 0; k < request.clusters.length; k++) {
       const out: GroundedItem[] = [];
-      fillFromPopularity(index, request.clusters[k], request.n, request, out, new Set());
+      this.chosen.next(index.neighborStart.length - 1);
+      fillFromPopularity(index, request.clusters[k], request.n, request, out, this.chosen);
       result.push(out);
     }
     return result;
@@ -44,6 +71,7 @@ export class CoVisitationPolicy implements ItemPolicy {
   readonly name = "co-visitation";
   /** Scratch score per item: reused across calls (requests run one at a time on the event loop). */
   private scores = new Float64Array(0);
+  private readonly chosen = new ChosenMarker();
 
   constructor(private readonly index: () => GroundingIndex) {}
 
@@ -68,17 +96,17 @@ export class CoVisitationPolicy implements ItemPolicy {
           scores[item] += weight * index.neighborWeight[p];
         }
       }
-      const candidates = touched.filter((item) => !request.isSeen(item));
-      candidates.sort((a, b) => scores[b] - scores[a] || a - b);
+      if (touched.length > 1) touched.sort((a, b) => scores[b] - scores[a] || a - b);
       const out: GroundedItem[] = [];
-      const chosen = new Set<number>();
-      for (const item of candidates) {
-        if (out.length >= request.n) break;
-        chosen.add(item);
+      this.chosen.next(items);
+      for (let t = 0; t < touched.length && out.length < request.n; t++) {
+        const item = touched[t];
+        if (request.isSeen(item)) continue;
+        this.chosen.add(item);
         out.push({ item, score: scores[item], source: "co-visitation" });
       }
       for (const item of touched) scores[item] = 0;
-      fillFromPopularity(index, c, request.n, request, out, chosen);
+      fillFromPopularity(index, c, request.n, request, out, this.chosen);
       result.push(out);
     }
     return result;

@@ -1,0 +1,234 @@
+/**
+ * `npm run bench -- serve`: the serving path on this machine.
+ * - GET /v1/users/{id}/exploration over HTTP with autocannon on loopback: a 300-cluster table (89,700 pairs,
+ *   top-10), 100k users with histories on the synthetic platform, random users, default answer (10 clusters x 3
+ *   items). The server runs in its own process, as in production; autocannon in this one.
+ *   Targets: >= 10k requests/s, p99 <= 10 ms.
+ * - In-process table lookup (TableLookup.read, what a request does per history): >= 1M/s.
+ * - Resident memory of a 1,000-cluster table (999,000 pairs, top-10) loaded for serving, in a fresh process: <= 100 MB.
+ * - Publish under load: the live table flipped every 200 ms by another process (this one, through SQLite) during a
+ *   load run; failed requests counted. Target 0.
+ * Keys: serve_rps, serve_p99_ms, lookup_per_s, table_1000_rss_mb, publish_under_load_errors.
+ * Tables are written directly through the table store with synthetic rows (their answers do not matter for speed).
+ */
+import autocannon from "autocannon";
+import { fork } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { EventStore } from "../src/data/event-store.js";
+import { ingestSynthetic } from "../src/data/ingest/synthetic.js";
+import { SyntheticWorld, SYNTHETIC_DEFAULTS } from "../src/data/synthetic/index.js";
+import { SystemClock } from "../src/domain/clock.js";
+import { loadLookup, startServer } from "../src/serving/index.js";
+import { SqliteTableStore, TableLookup, tableStorePath, type TableBuildRow, type TableStore } from "../src/tables/index.js";
+import type { BenchSuiteResult } from "./run.js";
+
+const here = fileURLToPath(import.meta.url);
+const TOKEN = "bench-admin-token-0123456789";
+
+/** Every ordered pair with `topN` distinct answers outside the pair, varied by `salt`. */
+function* syntheticRows(clusters: readonly string[], topN: number, salt: number): Generator<TableBuildRow> {
+  const k = clusters.length;
+  for (let i = 0; i < k; i++) {
+    for (let j = 0; j < k; j++) {
+      if (i === j) continue;
+      const answers: { cluster: string; score: number }[] = [];
+      for (let step = 1; answers.length < topN; step++) {
+        const c = (i * 7 + j * 13 + salt + step * 31) % k;
+        if (c === i || c === j || answers.some((a) => a.cluster === clusters[c])) continue;
+        answers.push({ cluster: clusters[c], score: 1 / (answers.length + 2) });
+      }
+      yield { c1: clusters[i], c2: clusters[j], answers, contextKey: "" };
+    }
+  }
+}
+
+function writeTable(store: TableStore, clusters: readonly string[], salt: number): string {
+  const build = store.beginBuild({ modelVersion: `bench-${salt}`, templateHash: "bench" });
+  const pairs = build.append(syntheticRows(clusters, 10, salt));
+  return build.finish({ pairs, rescored: pairs, copied: 0, seconds: 0 }).version;
+}
+
+/** Child process: serves the workspace and reports its URL and the users it holds a history for. */
+async function serveChild(dir: string): Promise<void> {
+  const started = process.hrtime.bigint();
+  const server = await startServer({ workspace: dir, port: 0, adminToken: TOKEN, logLevel: "warn", reloadIntervalMs: 100 });
+  const withHistory: string[] = [];
+  for (let k = 0; ; k++) {
+    const id = `u${String(k).padStart(6, "0")}`;
+    const state = server.state.users.get(id);
+    if (state === undefined && k > server.state.users.size * 2) break;
+    if (state?.history) withHistory.push(id);
+  }
+  process.send!({ url: server.url, users: server.state.users.size, withHistory, startSeconds: Number(process.hrtime.bigint() - started) / 1e9 });
+  process.on("message", async (m) => {
+    if (m === "stop") {
+      await server.close();
+      process.exit(0);
+    }
+  });
+}
+
+/** Child process: RSS growth of loading a table for serving. */
+async function rssChild(file: string, version: string): Promise<void> {
+  const store = SqliteTableStore.open(file, new SystemClock(), { recoverOnOpen: false, pageSize: 500 });
+  const gc = (globalThis as { gc?: () => void }).gc!;
+  gc();
+  await new Promise((r) => setTimeout(r, 200));
+  const before = process.memoryUsage();
+  // The serving path: page by page into the dense lookup (./src/serving/table-loader.ts).
+  const lookup = await loadLookup(store, version, { rowsPerSlice: 500 });
+  store.close();
+  for (let k = 0; k < 3; k++) {
+    gc();
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  const after = process.memoryUsage();
+  process.send!({ rssMb: (after.rss - before.rss) / 2 ** 20, arrayBuffersMb: (after.arrayBuffers - before.arrayBuffers) / 2 ** 20, rows: lookup.size });
+}
+
+function child<T>(args: string[], execArgv: string[] = []): { message: Promise<T>; send(m: string): void; exited: Promise<void> } {
+  const p = fork(here, args, { execArgv: ["--import", "tsx", ...execArgv], stdio: ["ignore", "inherit", "inherit", "ipc"] });
+  return {
+    message: new Promise<T>((resolve, reject) => {
+      p.once("message", (m) => resolve(m as T));
+      p.once("exit", (code) => reject(new Error(`bench child ${args[0]} exited ${code}`)));
+    }),
+    send: (m) => p.send(m),
+    exited: new Promise((resolve) => p.once("exit", () => resolve())),
+  };
+}
+
+const CONNECTIONS = 16;
+
+async function load(url: string, users: readonly string[], seconds: number, path?: string): Promise<autocannon.Result> {
+  let k = 0;
+  return autocannon({
+    url,
+    connections: CONNECTIONS,
+    duration: seconds,
+    requests: [
+      {
+        method: "GET",
+        setupRequest: (request) => {
+          k = (k + 7919) % users.length;
+          return { ...request, path: path ?? `/v1/users/${users[k]}/exploration` };
+        },
+      },
+    ],
+  });
+}
+
+export async function run(): Promise<BenchSuiteResult> {
+  const dir = mkdtempSync(join(tmpdir(), "freshrec-bench-serve-"));
+  try {
+    // 300 clusters, 100k users, ~15 events each over two months: nearly every user has a history.
+    const world = new SyntheticWorld({ ...SYNTHETIC_DEFAULTS, clustersPerDomain: 25, months: 1, users: 125_000, targetEvents: 2_000_000 });
+    const events = await EventStore.open(join(dir, "events.duckdb"));
+    await ingestSynthetic(events, world);
+    const clusters = (await events.clusters()).map((c) => c.id);
+    events.close();
+    const tables = SqliteTableStore.open(tableStorePath(dir), new SystemClock());
+    const a = writeTable(tables, clusters, 1);
+    const b = writeTable(tables, clusters, 2);
+    const c = writeTable(tables, clusters, 4);
+    tables.publish(a);
+    // Loading a new 300-cluster table for serving (what a publish costs the server once).
+    const loadStarted = process.hrtime.bigint();
+    await loadLookup(tables, c);
+    const tableLoadMs = Number(process.hrtime.bigint() - loadStarted) / 1e6;
+
+    // In-process lookup speed on the 300-cluster table.
+    const lookup = TableLookup.load(tables, a);
+    const buffer = { clusters: new Array<string>(10), scores: new Float64Array(10) };
+    const pairs = Array.from({ length: 4096 }, (_, k) => {
+      const i = (k * 7919) % clusters.length;
+      const j = (i + 1 + ((k * 104729) % (clusters.length - 1))) % clusters.length;
+      return [clusters[i], clusters[j]] as const;
+    });
+    let reads = 0;
+    let checksum = 0;
+    const started = process.hrtime.bigint();
+    while (Number(process.hrtime.bigint() - started) < 2e9) {
+      for (let k = 0; k < pairs.length; k++) checksum += lookup.read(pairs[k][0], pairs[k][1], buffer, 10);
+      reads += pairs.length;
+    }
+    const lookupPerS = reads / (Number(process.hrtime.bigint() - started) / 1e9);
+    if (checksum !== reads * 10) throw new Error("lookup bench read a row without 10 answers");
+
+    // HTTP load against a server in its own process.
+    const server = child<{ url: string; users: number; withHistory: string[]; startSeconds: number }>(["--serve-child", dir]);
+    const { url, users: knownUsers, withHistory: users, startSeconds } = await server.message;
+    await load(url, users, 3); // warm-up: JIT, caches
+    // What this machine delivers right now for a trivial route with the same client: the ceiling for the main run.
+    const ceiling = await load(url, users, 5, "/healthz");
+    const main = await load(url, users, 10);
+    const serveErrors = main.errors + main.timeouts + main.non2xx;
+
+    // Publish under load: this process flips the live pointer through SQLite every 200 ms while the load runs, first
+    // to a table the server never loaded, then back and forth (the previous lookup stays cached: instant rollback).
+    let flips = 0;
+    const flipper = setInterval(() => {
+      tables.publish(flips === 0 ? c : flips % 2 === 1 ? b : c, { actor: "bench" });
+      flips++;
+    }, 200);
+    const underPublish = await load(url, users, 6);
+    clearInterval(flipper);
+    const publishErrors = underPublish.errors + underPublish.timeouts + underPublish.non2xx;
+    server.send("stop");
+    await server.exited;
+    tables.close();
+
+    // RSS of a 1,000-cluster table, measured in a fresh process.
+    const big = SqliteTableStore.open(join(dir, "tables-1000.sqlite"), new SystemClock());
+    const bigClusters = Array.from({ length: 1000 }, (_, k) => `cluster-${String(k).padStart(4, "0")}`);
+    const bigVersion = writeTable(big, bigClusters, 3);
+    big.close();
+    const rss = await child<{ rssMb: number; arrayBuffersMb: number; rows: number }>(["--rss-child", join(dir, "tables-1000.sqlite"), bigVersion], ["--expose-gc"]).message;
+
+    const rps = main.requests.average;
+    const p99 = main.latency.p99;
+    return {
+      results: {
+        serve_rps: rps,
+        serve_p99_ms: p99,
+        lookup_per_s: lookupPerS,
+        table_1000_rss_mb: rss.rssMb,
+        publish_under_load_errors: publishErrors,
+        serve_p50_ms: main.latency.p50,
+        serve_ceiling_healthz_rps: ceiling.requests.average,
+        serve_start_seconds: startSeconds,
+        table_300_load_ms: tableLoadMs,
+        serve_p90_ms: main.latency.p90,
+        serve_errors: serveErrors,
+        serve_users_with_state: knownUsers,
+        serve_users_with_history: users.length,
+        publish_under_load_flips: flips,
+        publish_under_load_rps: underPublish.requests.average,
+        publish_under_load_p99_ms: underPublish.latency.p99,
+        table_1000_array_buffers_mb: rss.arrayBuffersMb,
+      },
+      rows: [
+        { metric: `GET exploration, 300 clusters, ${users.length} users with histories (${knownUsers} in memory), ${CONNECTIONS} connections, n=10 x 3 items`, value: rps, unit: "req/s", target: ">= 10000", met: rps >= 10_000 },
+        { metric: "same client, GET /healthz (this machine's ceiling right now)", value: ceiling.requests.average, unit: "req/s" },
+        { metric: "latency p99", value: p99, unit: "ms", target: "<= 10", met: p99 <= 10 },
+        { metric: "latency p50", value: main.latency.p50, unit: "ms" },
+        { metric: "failed requests in the main run", value: serveErrors, unit: "requests", target: "0", met: serveErrors === 0 },
+        { metric: "in-process table lookup (read of top-10)", value: lookupPerS, unit: "lookups/s", target: ">= 1e6", met: lookupPerS >= 1e6 },
+        { metric: `RSS growth of a 1,000-cluster table (${rss.rows} pairs, top-10)`, value: rss.rssMb, unit: "MB", target: "<= 100", met: rss.rssMb <= 100 },
+        { metric: `failed requests while the live table flipped ${flips} times`, value: publishErrors, unit: "requests", target: "0", met: publishErrors === 0 },
+        { metric: "throughput while flipping", value: underPublish.requests.average, unit: "req/s" },
+        { metric: "loading a new 300-cluster table for serving (once per publish)", value: tableLoadMs, unit: "ms" },
+        { metric: "server start-up (catalog, users, grounding index, tables)", value: startSeconds, unit: "s" },
+        { metric: "latency p99 while flipping", value: underPublish.latency.p99, unit: "ms" },
+      ],
+    };
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+if (process.argv[2] === "--serve-child") await serveChild(process.argv[3]);
+if (process.argv[2] === "--rss-child") await rssChild(process.argv[3], process.argv[4]);
