@@ -15,7 +15,7 @@
  */
 import { randomUUID, createHash, timingSafeEqual } from "node:crypto";
 import { join } from "node:path";
-import Fastify, { LogController, type FastifyInstance, type FastifyRequest } from "fastify";
+import Fastify, { LogController, type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
 import { EventStore } from "../data/event-store.js";
 import { SystemClock, type Clock } from "../domain/clock.js";
 import { ModelRegistry } from "../llm/registry.js";
@@ -197,6 +197,12 @@ export class ServingState {
 class OneLinePerRequest extends LogController {
   override incomingRequest(request: FastifyRequest): void {
     request.log.debug({ req: request }, "incoming request");
+  }
+
+  override requestCompleted(error: Error | null | undefined, request: FastifyRequest, reply: FastifyReply): void {
+    const entry = { method: request.method, url: request.url, statusCode: reply.statusCode, responseTime: reply.elapsedTime };
+    if (error) reply.log.error({ ...entry, err: error }, "request errored");
+    else reply.log.info(entry, "request completed");
   }
 }
 
