@@ -224,7 +224,12 @@ export interface LlamaApi {
     | "ggml_opt_result_free"
     | "ggml_opt_result_reset"
     | "ggml_opt_result_loss"
-    | "ggml_opt_result_accuracy",
+    | "ggml_opt_result_accuracy"
+    | "ggml_get_first_tensor"
+    | "ggml_get_next_tensor"
+    | "ggml_get_name"
+    | "ggml_nelements"
+    | "ggml_set_zero",
     Fn
   >;
   /** Pointer to a C function exported by the libraries (for callbacks llama.cpp expects as pointers). */
@@ -296,6 +301,11 @@ export function loadLlamaApi(): LlamaApi {
       ggmlBase,
       "void ggml_opt_result_accuracy(void *result, _Out_ double *accuracy, _Out_ double *unc)",
     ),
+    ggml_get_first_tensor: f(ggmlBase, "void *ggml_get_first_tensor(void *ctx)"),
+    ggml_get_next_tensor: f(ggmlBase, "void *ggml_get_next_tensor(void *ctx, void *tensor)"),
+    ggml_get_name: f(ggmlBase, "const char *ggml_get_name(void *tensor)"),
+    ggml_nelements: f(ggmlBase, "int64_t ggml_nelements(void *tensor)"),
+    ggml_set_zero: f(ggmlBase, "void *ggml_set_zero(void *tensor)"),
   };
 
   const ring: string[] = [];
@@ -425,4 +435,52 @@ export function allocOptimizerParams(): { ptr: NativePointer; set(p: Record<stri
       koffi.encode(ptr, ggmlOptOptimizerParams, p);
     },
   };
+}
+
+/**
+ * Byte offset of `ctx_static` in llama.cpp v0.4.0's `struct ggml_opt_context` (ggml/src/ggml-opt.cpp): it follows
+ * three pointers (backend_sched, allocated_graph, allocated_graph_copy).
+ */
+export const OPT_CTX_STATIC_OFFSET = 24;
+
+/**
+ * The gradient accumulators of a training run, for `resetGradients`.
+ *
+ * Why: llama.cpp v0.4.0 trains with non-static graphs, for which ggml_opt allocates one persistent gradient
+ * accumulator per parameter (in `ctx_static`) and adds every backward pass into it, but never zeroes it again
+ * after the first step (its reset in `ggml_opt_alloc` runs on `gb_grad`, which `ggml_opt_eval` has already set to
+ * null, and only when opt_period > 1). So optimizer step t used the SUM of all gradients since step 1: measured
+ * with SGD on one repeated window, the weight change of step k was exactly k times that of step 1. With AdamW this
+ * acts like momentum without decay: training overshoots and the validation loss ran away (10.1 nats over 120
+ * answers after one epoch; 127 with 16x more steps).
+ *
+ * Layout knowledge (pinned version only): `ctx_static` holds, in creation order, one accumulator per parameter and
+ * one scalar for the loss, then the AdamW momenta named "AdamW m/v for ...". Everything non-scalar that is not a
+ * momentum is an accumulator; the loss scalar must keep its seed value 1. Call after the first optimizer step
+ * (the context exists from then on), for example from the first epoch callback.
+ */
+export function gradientAccumulators(api: LlamaApi, optCtx: NativePointer): NativePointer[] {
+  const ctxStatic = koffi.decode(optCtx, OPT_CTX_STATIC_OFFSET, "void *") as NativePointer;
+  if (!ctxStatic) throw new FreshrecError("ENGINE", "the optimizer has no static context yet (no training step ran)");
+  const accumulators: NativePointer[] = [];
+  let momenta = 0;
+  for (let t = api.fn.ggml_get_first_tensor(ctxStatic); t; t = api.fn.ggml_get_next_tensor(ctxStatic, t)) {
+    const name = String(api.fn.ggml_get_name(t));
+    if (name.startsWith("AdamW m for ")) momenta++;
+    else if (!name.startsWith("AdamW v for ") && Number(api.fn.ggml_nelements(t)) > 1) accumulators.push(t);
+  }
+  // AdamW keeps one first moment per parameter, and every parameter has one accumulator: a mismatch means the
+  // layout is not the one this code was written for, and zeroing would hit the wrong tensors.
+  if (momenta > 0 && momenta !== accumulators.length) {
+    throw new FreshrecError(
+      "ENGINE",
+      `unexpected llama.cpp optimizer layout: ${accumulators.length} gradient accumulators for ${momenta} parameters`,
+    );
+  }
+  return accumulators;
+}
+
+/** Zeroes the gradient accumulators (see `gradientAccumulators`): call after every optimizer step. */
+export function resetGradients(api: LlamaApi, accumulators: readonly NativePointer[]): void {
+  for (const t of accumulators) api.fn.ggml_set_zero(t);
 }
