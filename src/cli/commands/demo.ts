@@ -9,6 +9,23 @@ import { successorLists } from "../../mining/successors.js";
 import { countTransitions } from "../../mining/transitions.js";
 import { action, positiveInt } from "../run.js";
 import { runDemoLoop } from "./demo-loop.js";
+import { simulateExperiment } from "./experiment.js";
+import { startWorkspaceServer } from "./serve.js";
+import { EventStore } from "../../data/event-store.js";
+import type { CommandContext } from "../context.js";
+
+/** A user with at least two distinct clusters, for the example request. */
+async function userWithHistory(ctx: CommandContext): Promise<string | null> {
+  const store = await EventStore.open(ctx.paths.events);
+  try {
+    const rows = await store.query<{ user_id: string }>(
+      "SELECT u.user_id FROM events e JOIN users u USING (user_key) JOIN items i USING (item_key) GROUP BY u.user_id HAVING count(DISTINCT i.cluster_key) >= 2 ORDER BY u.user_id LIMIT 1",
+    );
+    return rows[0]?.user_id ?? null;
+  } finally {
+    store.close();
+  }
+}
 import { addSynthFlags, syntheticOptions, type SynthFlags } from "./synth.js";
 
 const DAY_MS = 86_400_000;
@@ -21,15 +38,18 @@ export function registerDemo(program: Command): void {
       .option("--dataset <name>", "synthetic (default) or movielens")
       .option("--path <dir>", "the MovieLens folder with --dataset movielens")
       .option("--loop-months <n>", "months of the hybrid loop simulated at the end of the data (0 skips the loop)", "2")
-      .option("--epochs <n>", "base model training epochs", "2"),
+      .option("--epochs <n>", "base model training epochs", "2")
+      .option("--ab-days <n>", "days of the simulated A/B test (hybrid vs finetune-monthly) on the synthetic platform", "7")
+      .option("--serve", "keep serving the API after the demo (Ctrl-C stops it)"),
   )
     .addHelpText("after", "\nExamples:\n  freshrec demo --quick\n  freshrec demo --dataset movielens --path ../shared/datasets/movielens-latest-small")
     .action(
       action(async (ctx, command) => {
-        const opts = command.opts<SynthFlags & { dataset?: string; path?: string; loopMonths: string; epochs: string }>();
+        const opts = command.opts<SynthFlags & { dataset?: string; path?: string; loopMonths: string; epochs: string; abDays: string; serve?: boolean }>();
+        const abDays = positiveInt("ab-days", opts.abDays)!;
         const loopMonths = opts.loopMonths === "0" ? 0 : positiveInt("loop-months", opts.loopMonths)!;
         const epochs = positiveInt("epochs", opts.epochs)!;
-        const steps = loopMonths > 0 ? 5 : 3;
+        const steps = loopMonths > 0 ? 7 : 3;
         const dataset = opts.dataset ?? "synthetic";
         const store = await ctx.openEvents();
         let closed = false;
@@ -77,7 +97,33 @@ export function registerDemo(program: Command): void {
             loop = await runDemoLoop(ctx, end, loopMonths, epochs, steps);
             lines.push(...loop.lines);
           }
-          const json = { dataset, data, store: counts, recentTransitions: recent.length, drift: { ...drift, reports }, loop: loop?.json ?? null };
+          let experiment: Record<string, unknown> | null = null;
+          let server: Record<string, unknown> | null = null;
+          if (loopMonths > 0) {
+            if (dataset === "synthetic") {
+              ctx.log(`6/${steps} simulated A/B on the synthetic platform: hybrid (RAG refreshes) vs finetune-monthly, ${abDays} days`);
+              const ab = await simulateExperiment(ctx, { days: abDays });
+              lines.push(`simulated A/B (${ab.simulated.users} users, ${ab.simulated.days} days):`, ...ab.table.map((l) => `  ${l}`), `  report: ${ab.reports.html}`);
+              experiment = { arms: ab.arms, deltas: ab.deltas, reports: ab.reports };
+            }
+            ctx.log(`7/${steps} starting the API on a free port`);
+            // Read before the server opens the event store: one process holds a DuckDB file at a time.
+            const user = (await userWithHistory(ctx)) ?? "u1";
+            const running = await startWorkspaceServer(ctx, { port: 0 });
+            lines.push(
+              `API at ${running.url} (try):`,
+              `  curl -s '${running.url}/v1/users/${encodeURIComponent(user)}/exploration?n=3'`,
+              `  curl -s ${running.url}/metrics | grep freshrec_`,
+            );
+            server = { url: running.url };
+            if (opts.serve) {
+              process.stdout.write(`${lines.join("\n")}\nserving until Ctrl-C\n`);
+              await new Promise<void>((resolve) => ctx.signal.addEventListener("abort", () => resolve(), { once: true }));
+            }
+            await running.close();
+            lines.push("API stopped (run freshrec serve to keep it up)");
+          }
+          const json = { dataset, data, store: counts, recentTransitions: recent.length, drift: { ...drift, reports }, loop: loop?.json ?? null, experiment, server };
           return { json, text: lines.join("\n") };
         } finally {
           if (!closed) store.close();
