@@ -92,7 +92,10 @@ export interface EpochReport {
   readonly epoch: number;
   readonly epochs: number;
   readonly learningRate: number;
-  /** Mean next-token loss and accuracy over the training windows (language-model loss on every token). */
+  /**
+   * Mean next-token loss and accuracy over the training rows (language-model loss on every position, the EOS
+   * padding after each sample included, so it sits far below the answer loss).
+   */
   readonly trainLoss: number;
   readonly trainAccuracy: number;
   /** Answer-token loss (-log p of the true next cluster, softmax over the allowed answers) on the validation set. */
@@ -122,7 +125,10 @@ export interface TrainOptions {
   readonly catalog?: readonly CatalogLine[];
   /** @defaultValue 8 */
   readonly epochs?: number;
-  /** Peak AdamW learning rate; warm-up over the first epoch's share, then cosine decay to 10%. @defaultValue 2e-3 */
+  /**
+   * Peak AdamW learning rate per optimizer step (one step per sample): linear warm-up over the first 2% of steps
+   * (at most 500), then cosine decay to 10% at the last step. @defaultValue 3e-4
+   */
   readonly learningRate?: number;
   /** @defaultValue 0.01 */
   readonly weightDecay?: number;

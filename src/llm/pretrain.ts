@@ -35,7 +35,7 @@ export interface PretrainOptions {
   readonly shape?: ModelShape;
   /** @defaultValue 8 */
   readonly epochs?: number;
-  /** @defaultValue 2e-3 */
+  /** @defaultValue the trainer's (3e-4) */
   readonly learningRate?: number;
   /** Upper bound on catalog lines from item titles. @defaultValue 5000 */
   readonly maxCatalogLines?: number;

@@ -35,7 +35,10 @@ describe("embedded trainer (real llama.cpp training, tiny model)", () => {
       expect(Number.isFinite(e.trainLoss)).toBe(true);
       expect(e.validationAccuracy).toBeGreaterThanOrEqual(0);
       expect(existsSync(e.checkpoint)).toBe(true);
-      expect(readModelFile(e.checkpoint).clusters).toHaveLength(CLUSTERS.length);
+      const info = readModelFile(e.checkpoint);
+      expect(info.clusters).toHaveLength(CLUSTERS.length);
+      // llama_opt_init overwrites the model's context length with the training row size; the file keeps its own.
+      expect(info.shape.contextLength).toBe(TINY_SHAPE.contextLength);
     }
     // The learning-rate schedule decays from the peak.
     expect(result.epochs[1].learningRate).toBeLessThan(result.epochs[0].learningRate);

@@ -24,7 +24,10 @@ export interface ModelShape {
   readonly heads: number;
   /** @defaultValue 512 */
   readonly feedForward: number;
-  /** Training window in tokens; llama.cpp pads contexts to multiples of 256. @defaultValue 512 */
+  /**
+   * The model's context length (llama.context_length), a multiple of 256 as llama.cpp pads contexts. Training does
+   * not use it: each sample is trained alone in a row as long as the longest sample. @defaultValue 512
+   */
   readonly contextLength: number;
 }
 
@@ -231,11 +234,16 @@ export function readModelFile(path: string): ModelFileInfo {
   };
 }
 
-/** After llama.cpp saved a trained model (dropping unknown keys), writes it again with freshrec's metadata. */
-export function restampModelFile(savedPath: string, targetPath: string, vocab: Vocabulary): void {
+/**
+ * After llama.cpp saved a trained model (dropping unknown keys), writes it again with freshrec's metadata.
+ * `contextLength` restores llama.context_length: llama_opt_init overwrites the model's n_ctx_train with the
+ * training row size, and the saver writes that value.
+ */
+export function restampModelFile(savedPath: string, targetPath: string, vocab: Vocabulary, contextLength?: number): void {
   const clusters = vocab.clusterIds.map((id) => ({ id, description: vocab.descriptions.get(id) ?? "" }));
   restampGguf(savedPath, targetPath, [
     { key: "general.alignment", type: "u32", value: 32 },
+    ...(contextLength !== undefined ? [{ key: "llama.context_length", type: "u32", value: contextLength } as const] : []),
     ...freshrecKvs(vocab, clusters),
   ]);
 }

@@ -18,11 +18,14 @@ import {
   createContext,
   freeBatch,
   int32View,
+  gradientAccumulators,
   loadLlamaApi,
   loadModel,
+  resetGradients,
 } from "./llama-api.js";
 import { BatchScorer } from "./scorer.js";
-import { BOS_ID, EOS_ID } from "./vocabulary.js";
+import { learningRateAt, writeRows } from "./rows.js";
+import { BOS_ID } from "./vocabulary.js";
 
 export interface ValidationPrompt {
   readonly prompt: readonly number[];
@@ -41,7 +44,11 @@ export interface TrainJob {
   readonly validation: readonly ValidationPrompt[];
   readonly answerBase: number;
   readonly answerCount: number;
-  readonly window: number;
+  /**
+   * Tokens per training row (llama_opt_init's n_ctx_train): one sample per row, EOS-padded; at least the longest
+   * sequence.
+   */
+  readonly rowTokens: number;
   readonly epochs: number;
   readonly learningRate: number;
   readonly weightDecay: number;
@@ -91,41 +98,6 @@ function shuffle<T>(items: T[], seed: number): T[] {
   return items;
 }
 
-/**
- * Packs samples into windows of `window` tokens: each sample is followed by EOS, samples never straddle windows,
- * the tail of a window is EOS padding. Labels are the next token (EOS after the last).
- */
-export function packWindows(sequences: readonly (readonly number[])[], window: number): { tokens: Int32Array; labels: Int32Array; count: number } {
-  const rows: number[][] = [];
-  let row: number[] = [];
-  for (const s of sequences) {
-    if (s.length + 1 > window) continue; // cannot happen with the template's prompts; kept safe
-    if (row.length + s.length + 1 > window) {
-      rows.push(row);
-      row = [];
-    }
-    row.push(...s, EOS_ID);
-  }
-  if (row.length > 0) rows.push(row);
-  const tokens = new Int32Array(rows.length * window).fill(EOS_ID);
-  const labels = new Int32Array(rows.length * window).fill(EOS_ID);
-  rows.forEach((r, w) => {
-    const base = w * window;
-    for (let i = 0; i < r.length; i++) {
-      tokens[base + i] = r[i];
-      labels[base + i] = i + 1 < r.length ? r[i + 1] : EOS_ID;
-    }
-  });
-  return { tokens, labels, count: rows.length };
-}
-
-/** Learning rate of an epoch: linear warm-up over the first epoch, cosine decay to 10% of the peak. */
-export function learningRateAt(epoch: number, epochs: number, peak: number): number {
-  if (epochs <= 1) return peak;
-  const progress = (epoch - 1) / (epochs - 1);
-  return peak * (0.1 + 0.9 * 0.5 * (1 + Math.cos(Math.PI * progress)));
-}
-
 async function evaluate(scorer: BatchScorer, validation: readonly ValidationPrompt[], answerCount: number): Promise<{ loss: number; accuracy: number }> {
   const logits = await scorer.score(validation.map((v) => v.prompt));
   let loss = 0;
@@ -150,14 +122,19 @@ async function evaluate(scorer: BatchScorer, validation: readonly ValidationProm
   return { loss: loss / validation.length, accuracy: hits / validation.length };
 }
 
+/** Rows per llama_opt_epoch call: bounds the dataset buffer (rows x context tokens, 2 MiB at 256-token rows). */
+const ROWS_PER_CALL = 1024;
+
 async function run(job: TrainJob): Promise<void> {
   const api: LlamaApi = loadLlamaApi();
   const info = readModelFile(job.modelPath);
   const model = loadModel(api, job.modelPath, { writable: true });
+  // The context only has to hold one row; llama.cpp pads contexts to multiples of 256 (smaller ones trip asserts).
+  const stride = Math.ceil(job.rowTokens / 256) * 256;
   const ctx = createContext(api, model, {
-    nCtx: job.window,
-    nBatch: job.window,
-    nUbatch: job.window,
+    nCtx: stride,
+    nBatch: stride,
+    nUbatch: stride,
     nSeqMax: 1,
     threads: job.threads,
     kvUnified: true,
@@ -175,12 +152,27 @@ async function run(job: TrainJob): Promise<void> {
     api.fn.llama_decode(ctx, batch.value);
     freeBatch(api, batch);
   }
+  const rowsPerEpoch = job.sequences.length;
+  const totalSteps = rowsPerEpoch * job.epochs;
+  const warmup = Math.min(Math.round(totalSteps * 0.02), 500);
   const optimizer = allocOptimizerParams();
-  const setRate = (lr: number) =>
+  let currentRate = 0;
+  const setRate = (lr: number) => {
+    currentRate = lr;
     optimizer.set({ adamw_alpha: lr, adamw_beta1: 0.9, adamw_beta2: 0.999, adamw_eps: 1e-8, adamw_wd: job.weightDecay, sgd_alpha: lr, sgd_wd: 0 });
-  setRate(learningRateAt(1, job.epochs, job.learningRate));
+  };
+  setRate(learningRateAt(0, totalSteps, job.learningRate, warmup));
+  // Isolation: llama_opt_init sets the model's n_ctx_train to this value, and llama_opt_epoch then trains only the
+  // first n_ctx_train tokens of every dataset row, as one sequence, with the KV cache cleared per row (n_batch and
+  // n_ubatch shrink to it, so one row = one optimizer step). One sample per row means each prompt is trained
+  // exactly as it is served: alone. Packing ~30 samples into one 512-token causal window instead let every prompt
+  // attend to the samples before it; with frozen content-only keys (K/V get no gradient) the model cannot learn to
+  // ignore them. Measured (synthetic split, 10k samples, gradients cleared in both runs): packed 7.0% held-out
+  // top-1, no better than the most-popular-next baseline; isolated 11.8%.
+  // Cost: a 14-token step carries fixed work (AdamW over every weight, graph build), so real tokens/s is about half
+  // of 512-token windows on the same machine (2.1-3.3k vs 4-5.8k measured with other processes running).
   api.fn.llama_opt_init(ctx, model, {
-    n_ctx_train: 0,
+    n_ctx_train: job.rowTokens,
     param_filter: api.symbol("llama_opt_param_filter_all"),
     param_filter_ud: null,
     get_opt_pars: api.symbol("ggml_opt_get_constant_optimizer_params"),
@@ -196,18 +188,38 @@ async function run(job: TrainJob): Promise<void> {
 
   let epochNow = 0;
   let epochStart = process.hrtime.bigint();
-  let epochTokens = 0;
+  let stepsBefore = 0; // optimizer steps of earlier epochs and earlier calls in this epoch
+  let rowsDoneInEpoch = 0;
+  let realTokensPerRow = 0;
   let lastStepReport = 0n;
+  let accumulators: NativePointer[] | null = null;
+  let callbackError: unknown = null;
   const stepCallback = koffi.register(
-    (_train: boolean, _opt: NativePointer, _ds: NativePointer, _res: NativePointer, ibatchRaw: number | bigint, ibatchMaxRaw: number | bigint) => {
-      const ibatch = Number(ibatchRaw);
-      const ibatchMax = Number(ibatchMaxRaw);
-      const now = process.hrtime.bigint();
-      if (now - lastStepReport < 250_000_000n && ibatch !== ibatchMax) return;
-      lastStepReport = now;
-      const seconds = Number(now - epochStart) / 1e9;
-      const fraction = ibatchMax > 0 ? ibatch / ibatchMax : 0;
-      emit({ type: "step", epoch: epochNow, fraction, tokensPerSecond: seconds > 0 ? (fraction * epochTokens) / seconds : 0 });
+    (train: boolean, optCtx: NativePointer, _ds: NativePointer, _res: NativePointer, ibatchRaw: number | bigint) => {
+      try {
+        const ibatch = Number(ibatchRaw); // rows done in this call (one row = one step)
+        // Runs after every optimizer step: llama.cpp never clears its gradient accumulators itself (see
+        // gradientAccumulators), so without this every step would add all earlier gradients.
+        if (train) {
+          accumulators ??= gradientAccumulators(api, optCtx);
+          resetGradients(api, accumulators);
+        }
+        // The optimizer reads the parameters struct at every step: a per-step schedule.
+        setRate(learningRateAt(stepsBefore + ibatch, totalSteps, job.learningRate, warmup));
+        const now = process.hrtime.bigint();
+        if (now - lastStepReport < 250_000_000n) return;
+        lastStepReport = now;
+        const seconds = Number(now - epochStart) / 1e9;
+        const rows = rowsDoneInEpoch + ibatch;
+        emit({
+          type: "step",
+          epoch: epochNow,
+          fraction: rows / rowsPerEpoch,
+          tokensPerSecond: seconds > 0 ? (rows * realTokensPerRow) / seconds : 0,
+        });
+      } catch (e) {
+        callbackError ??= e;
+      }
     },
     koffi.pointer(epochCallbackProto),
   );
@@ -216,23 +228,29 @@ async function run(job: TrainJob): Promise<void> {
   let sinceBest = 0;
   let stoppedEarly = false;
   const order = job.sequences.map((_, i) => i);
+  const dataset = api.fn.ggml_opt_dataset_init(26, 26, stride, stride, ROWS_PER_CALL, 1);
+  const dataTokens = int32View(api.fn.ggml_get_data(api.fn.ggml_opt_dataset_data(dataset)), ROWS_PER_CALL * stride);
+  const dataLabels = int32View(api.fn.ggml_get_data(api.fn.ggml_opt_dataset_labels(dataset)), ROWS_PER_CALL * stride);
+  const totalReal = job.sequences.reduce((a, s) => a + s.length, 0);
+  realTokensPerRow = totalReal / Math.max(rowsPerEpoch, 1);
   for (let epoch = 1; epoch <= job.epochs; epoch++) {
     epochNow = epoch;
-    const lr = learningRateAt(epoch, job.epochs, job.learningRate);
-    setRate(lr);
-    // llama_opt_epoch walks the dataset in order; reshuffling the samples and repacking the windows each epoch
-    // gives every epoch a new order and new window neighbours.
+    // llama_opt_epoch walks the dataset in order: a new seeded order every epoch.
     shuffle(order, job.seed * 1000 + epoch);
-    const packed = packWindows(order.map((i) => job.sequences[i]), job.window);
-    const dataset = api.fn.ggml_opt_dataset_init(26, 26, job.window, job.window, packed.count, 1);
-    int32View(api.fn.ggml_get_data(api.fn.ggml_opt_dataset_data(dataset)), packed.tokens.length).set(packed.tokens);
-    int32View(api.fn.ggml_get_data(api.fn.ggml_opt_dataset_labels(dataset)), packed.labels.length).set(packed.labels);
-    epochTokens = packed.tokens.length;
     epochStart = process.hrtime.bigint();
     api.fn.ggml_opt_result_reset(resultTrain);
-    api.fn.llama_opt_epoch(ctx, dataset, resultTrain, null, packed.count, stepCallback, null);
+    let epochTokens = 0;
+    rowsDoneInEpoch = 0;
+    while (rowsDoneInEpoch < rowsPerEpoch) {
+      const count = Math.min(ROWS_PER_CALL, rowsPerEpoch - rowsDoneInEpoch);
+      epochTokens += writeRows(job.sequences, order, rowsDoneInEpoch, count, job.rowTokens, stride, dataTokens, dataLabels);
+      // idata_split = count: the first `count` rows train, none evaluate (stale rows past `count` are never read).
+      api.fn.llama_opt_epoch(ctx, dataset, resultTrain, null, count, stepCallback, null);
+      if (callbackError) throw callbackError;
+      rowsDoneInEpoch += count;
+      stepsBefore += count;
+    }
     const seconds = Number(process.hrtime.bigint() - epochStart) / 1e9;
-    api.fn.ggml_opt_dataset_free(dataset);
     const loss = [0];
     const accuracy = [0];
     const unc = [0];
@@ -243,12 +261,13 @@ async function run(job: TrainJob): Promise<void> {
     const checkpoint = join(job.checkpointDir, `epoch-${String(epoch).padStart(3, "0")}.gguf`);
     const raw = `${checkpoint}.llama`;
     api.fn.llama_model_save_to_file(model, raw);
-    restampModelFile(raw, checkpoint, info.vocabulary);
+    // The saver writes the model's n_ctx_train (the row size set by llama_opt_init) as context_length: restore it.
+    restampModelFile(raw, checkpoint, info.vocabulary, info.shape.contextLength);
     rmSync(raw, { force: true });
     emit({
       type: "epoch",
       epoch,
-      learningRate: lr,
+      learningRate: currentRate,
       trainLoss: loss[0],
       trainAccuracy: accuracy[0],
       validationLoss: val?.loss ?? null,
@@ -267,11 +286,12 @@ async function run(job: TrainJob): Promise<void> {
       break;
     }
   }
+  api.fn.ggml_opt_dataset_free(dataset);
   if (scorer) await scorer.close();
   api.fn.ggml_opt_result_free(resultTrain);
   // The output appears whole or not at all: copy to a temporary name, then rename.
   const tmp = `${job.outputPath}.partial`;
-  restampModelFile(best.path, tmp, info.vocabulary);
+  restampModelFile(best.path, tmp, info.vocabulary, info.shape.contextLength);
   renameSync(tmp, job.outputPath);
   emit({ type: "done", bestEpoch: best.epoch, stoppedEarly });
   koffi.unregister(stepCallback);
