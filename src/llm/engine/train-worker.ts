@@ -299,6 +299,10 @@ async function run(job: TrainJob): Promise<void> {
   api.fn.llama_model_free(model);
 }
 
+// The IPC channel closes when the parent dies (a crash, a test runner's timeout, a second Ctrl-C): training for
+// nobody would hold both cores for minutes, so the worker ends with it.
+process.once("disconnect", () => process.exit(1));
+
 process.once("message", (job: TrainJob) => {
   run(job).then(
     () => process.exit(0),
