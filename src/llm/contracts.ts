@@ -123,7 +123,11 @@ export interface TrainOptions {
   readonly validationFraction?: number;
   /** Extra catalog lines trained alongside the samples (base model pre-training). */
   readonly catalog?: readonly CatalogLine[];
-  /** @defaultValue 8 */
+  /**
+   * Measured on the synthetic split (10k samples, held-out month after): 2 epochs 11.6%, 4 11.8%, 8 10.3% top-1
+   * (the random validation split kept improving to epoch 6: it shares the training period and cannot see drift).
+   * @defaultValue 4
+   */
   readonly epochs?: number;
   /**
    * Peak AdamW learning rate per optimizer step (one step per sample): linear warm-up over the first 2% of steps

@@ -33,7 +33,7 @@ export interface PretrainOptions {
   readonly window?: TimeWindow | null;
   /** @defaultValue REFERENCE_SHAPE */
   readonly shape?: ModelShape;
-  /** @defaultValue 8 */
+  /** @defaultValue 4 (see TrainOptions.epochs) */
   readonly epochs?: number;
   /** @defaultValue the trainer's (3e-4) */
   readonly learningRate?: number;
@@ -112,7 +112,7 @@ export async function pretrainBaseModel(options: PretrainOptions): Promise<Pretr
         outputPath: modelPath,
         checkpointDir: join(dir, "checkpoints"),
         catalog,
-        epochs: options.epochs ?? 8,
+        epochs: options.epochs ?? 4,
         learningRate: options.learningRate,
         signal: options.signal,
         onProgress: options.onProgress,

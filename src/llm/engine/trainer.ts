@@ -147,7 +147,7 @@ export class EmbeddedTrainer implements Trainer {
     // lines are cut to it (at least 16 tokens, so short prompts do not cut every title to a word or two).
     const rowTokens = sampleSequences.reduce((m, s) => Math.max(m, s.length), 16);
     const sequences = [...sampleSequences, ...(options.catalog ?? []).map((l) => catalogTokens(vocab, l, rowTokens))];
-    const epochs = options.epochs ?? 8;
+    const epochs = options.epochs ?? 4;
     const job: TrainJob = {
       modelPath: startPath,
       outputPath: options.outputPath,
