@@ -249,6 +249,8 @@ async function run(job: TrainJob): Promise<void> {
       if (callbackError) throw callbackError;
       rowsDoneInEpoch += count;
       stepsBefore += count;
+      // llama_opt_epoch blocks the event loop; a turn between chunks lets a "disconnect" (parent gone) end us.
+      await new Promise((resolve) => setImmediate(resolve));
     }
     const seconds = Number(process.hrtime.bigint() - epochStart) / 1e9;
     const loss = [0];
