@@ -104,13 +104,13 @@ function setupOf(kind: StrategyName, label: string, refreshDays: number, env: St
         return { jobs: [{ name: "refresh", cadence: every, run }], tables, close: () => tables.close() };
       }
       const registry = new ModelRegistry(dir, clock);
-      await registry.register({
+      const registered = await registry.register({
         kind: "base",
         filePath: env.startModel.path,
         window: env.startModel.window,
-        status: "live",
         reason: `start model ${env.startModel.version} of the replay`,
       });
+      registry.makeLive(registered.version, "the replay's start model");
       const loop = new UpdateLoop({
         events: env.events,
         tables,
