@@ -48,7 +48,10 @@ export function contextOf(command: Command): CommandContext {
   return {
     paths,
     config,
-    signal: interruptSignal(),
+    // Lazily: only a command that can stop cleanly takes over Ctrl-C; the others keep Node's default (exit at once).
+    get signal() {
+      return interruptSignal();
+    },
     json,
     progress: progressSink(),
     log: (line) => process.stderr.write(`${line}\n`),
