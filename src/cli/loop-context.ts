@@ -60,9 +60,10 @@ export async function trainBaseModel(
   events: EventStore,
   asOf: number,
   workspace: string,
-  options: { epochs: number; heldOut: boolean },
+  options: { epochs: number; heldOut: boolean; maxSamples?: number },
 ): Promise<{ result: PretrainResult; window: TimeWindow; gates: GateResult | null }> {
-  const { windowDays, heldOutDays, maxSamples } = ctx.config.pretrain;
+  const { windowDays, heldOutDays } = ctx.config.pretrain;
+  const maxSamples = Math.min(ctx.config.pretrain.maxSamples, options.maxSamples ?? Infinity);
   if (options.heldOut && heldOutDays >= windowDays) {
     throw new BadInputError(`pretrain.heldOutDays (${heldOutDays}) must be smaller than pretrain.windowDays (${windowDays})`);
   }

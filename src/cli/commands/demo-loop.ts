@@ -14,6 +14,8 @@ import { openLoop, trainBaseModel } from "../loop-context.js";
 import { runLine } from "./refresh.js";
 
 const iso = (ms: number) => new Date(ms).toISOString();
+/** The demo's base model learns from the most recent 10,000 transitions, so the whole demo stays a few minutes. */
+const DEMO_PRETRAIN_SAMPLES = 10_000;
 const pct = (x: number) => `${(100 * x).toFixed(1)}%`;
 
 export async function runDemoLoop(ctx: CommandContext, end: number, months: number, epochs: number, steps: number) {
@@ -31,7 +33,7 @@ export async function runDemoLoop(ctx: CommandContext, end: number, months: numb
     } else {
       ctx.log(`4/${steps} pretraining the base model on data before ${iso(from).slice(0, 10)}`);
       // pretrain registers through its own connection to the registry; this one sees the new version at once.
-      const { result } = await trainBaseModel(ctx, open.events, from, ctx.paths.root, { epochs, heldOut: true });
+      const { result } = await trainBaseModel(ctx, open.events, from, ctx.paths.root, { epochs, heldOut: true, maxSamples: DEMO_PRETRAIN_SAMPLES });
       if (open.registry.live()?.version !== result.modelVersion) open.registry.makeLive(result.modelVersion, "demo: new base model");
       const e = result.evaluation;
       base = { modelVersion: result.modelVersion, evaluation: e, trainTokens: result.trainTokens, seconds: result.seconds };
