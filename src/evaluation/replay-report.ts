@@ -57,7 +57,10 @@ export function writeReplayReport(reportsDir: string, result: ReplayResult, sour
           columns: ["strategy", "agreement with no-RAG table", "consecutive agreement"],
           rows: names.map((n) => [n, optPct(s[n].agreementWithNoRag), optPct(s[n].consecutiveAgreement)]),
         },
-        bars: { title: "Share of pairs whose top-1 equals the no-RAG table's", yLabel: "share", bars: names.filter((n) => s[n].agreementWithNoRag !== null).map((n) => ({ label: n, value: s[n].agreementWithNoRag! })) },
+        // The chart only when some strategy has a no-RAG reference to agree with.
+        ...(names.some((n) => s[n].agreementWithNoRag !== null)
+          ? { bars: { title: "Share of pairs whose top-1 equals the no-RAG table's", yLabel: "share", bars: names.filter((n) => s[n].agreementWithNoRag !== null).map((n) => ({ label: n, value: s[n].agreementWithNoRag! })) } }
+          : {}),
       },
       {
         heading: "Staleness",
