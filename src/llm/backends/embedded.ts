@@ -18,7 +18,7 @@ import { promptTokens } from "../engine/trainer.js";
 import { CLUSTER_BASE } from "../engine/vocabulary.js";
 
 export interface EmbeddedModelOptions {
-  /** @defaultValue 2 */
+  /** CPU threads of the scorer (BatchScorerOptions.threads explains the default). @defaultValue 1 */
   readonly threads?: number;
   /** Prompts per llama_decode. @defaultValue 48 */
   readonly sequences?: number;

@@ -39,8 +39,11 @@ export interface BatchScorerOptions {
    */
   readonly maxPromptTokens?: number;
   /**
-   * CPU threads of the context. Two beat one on the 2-core reference machine for batched FFI decoding.
-   * @defaultValue 2
+   * CPU threads of the context. One: on the 2-core reference machine two threads decode faster only while nothing
+   * else runs (7.5k vs 4.2k prompts/s); with other processes on the cores (a training, a refresh, the API server)
+   * llama.cpp's spin barriers made two threads collapse to 229-419 prompts/s in two of three runs, while one
+   * thread stayed at 3.7-4.8k (300-cluster table prompts, alternating runs).
+   * @defaultValue 1
    */
   readonly threads?: number;
 }
@@ -79,7 +82,7 @@ export class BatchScorer {
       answerCount: options.answerCount,
       sequences: options.sequences ?? 48,
       maxPromptTokens: options.maxPromptTokens ?? 64,
-      threads: options.threads ?? 2,
+      threads: options.threads ?? 1,
     };
     const capacity = full.sequences * full.maxPromptTokens;
     const ctx = createContext(api, model, {
