@@ -122,7 +122,7 @@ async function evaluate(scorer: BatchScorer, validation: readonly ValidationProm
   return { loss: loss / validation.length, accuracy: hits / validation.length };
 }
 
-/** Rows per llama_opt_epoch call: bounds the dataset buffer (rows x context tokens, 2 MiB at 256-token rows). */
+/** Rows per llama_opt_epoch call: bounds the dataset buffer (rows x context tokens x 8 bytes, 2 MiB at 256). */
 const ROWS_PER_CALL = 1024;
 
 async function run(job: TrainJob): Promise<void> {
@@ -228,9 +228,6 @@ async function run(job: TrainJob): Promise<void> {
   let sinceBest = 0;
   let stoppedEarly = false;
   const order = job.sequences.map((_, i) => i);
-  const dataset = api.fn.ggml_opt_dataset_init(26, 26, stride, stride, ROWS_PER_CALL, 1);
-  const dataTokens = int32View(api.fn.ggml_get_data(api.fn.ggml_opt_dataset_data(dataset)), ROWS_PER_CALL * stride);
-  const dataLabels = int32View(api.fn.ggml_get_data(api.fn.ggml_opt_dataset_labels(dataset)), ROWS_PER_CALL * stride);
   const totalReal = job.sequences.reduce((a, s) => a + s.length, 0);
   realTokensPerRow = totalReal / Math.max(rowsPerEpoch, 1);
   for (let epoch = 1; epoch <= job.epochs; epoch++) {
@@ -243,9 +240,13 @@ async function run(job: TrainJob): Promise<void> {
     rowsDoneInEpoch = 0;
     while (rowsDoneInEpoch < rowsPerEpoch) {
       const count = Math.min(ROWS_PER_CALL, rowsPerEpoch - rowsDoneInEpoch);
+      // A dataset of exactly `count` rows: llama_opt_epoch runs a forward pass over every row past idata_split.
+      const dataset = api.fn.ggml_opt_dataset_init(26, 26, stride, stride, count, 1);
+      const dataTokens = int32View(api.fn.ggml_get_data(api.fn.ggml_opt_dataset_data(dataset)), count * stride);
+      const dataLabels = int32View(api.fn.ggml_get_data(api.fn.ggml_opt_dataset_labels(dataset)), count * stride);
       epochTokens += writeRows(job.sequences, order, rowsDoneInEpoch, count, job.rowTokens, stride, dataTokens, dataLabels);
-      // idata_split = count: the first `count` rows train, none evaluate (stale rows past `count` are never read).
       api.fn.llama_opt_epoch(ctx, dataset, resultTrain, null, count, stepCallback, null);
+      api.fn.ggml_opt_dataset_free(dataset);
       if (callbackError) throw callbackError;
       rowsDoneInEpoch += count;
       stepsBefore += count;
@@ -288,7 +289,6 @@ async function run(job: TrainJob): Promise<void> {
       break;
     }
   }
-  api.fn.ggml_opt_dataset_free(dataset);
   if (scorer) await scorer.close();
   api.fn.ggml_opt_result_free(resultTrain);
   // The output appears whole or not at all: copy to a temporary name, then rename.
