@@ -169,8 +169,9 @@ async function run(job: TrainJob): Promise<void> {
   // attend to the samples before it; with frozen content-only keys (K/V get no gradient) the model cannot learn to
   // ignore them. Measured (synthetic split, 10k samples, gradients cleared in both runs): packed 7.0% held-out
   // top-1, no better than the most-popular-next baseline; isolated 11.8%.
-  // Cost: a 14-token step carries fixed work (AdamW over every weight, graph build), so real tokens/s is about half
-  // of 512-token windows on the same machine (2.1-3.3k vs 4-5.8k measured with other processes running).
+  // Cost: a 14-token step carries fixed work (AdamW over every weight, graph build, barriers), so real tokens/s is
+  // below 512-token windows: reference shape, quiet 2-core machine, 2.4-2.7k (1 thread; 2 threads no faster)
+  // vs 3.6-4.4k (1 thread) and 5.8-6.0k (2 threads) for packed windows.
   api.fn.llama_opt_init(ctx, model, {
     n_ctx_train: job.rowTokens,
     param_filter: api.symbol("llama_opt_param_filter_all"),

@@ -52,10 +52,10 @@ export interface EmbeddedTrainerOptions {
   readonly init?: FreshModelOptions;
   /**
    * CPU threads of the training context. One: a training step is one short sample (~14 tokens), so each node of
-   * the step's graph carries little work, and with two threads every node ends in a spin barrier. On the 2-core
-   * reference machine two threads were at best 1.2-1.6x faster, but as soon as another process competed
-   * for the cores (a table refresh, a second training, tests) a 10k-sample epoch went from ~45 s to 11 minutes
-   * once and did not finish in 19 minutes another time; one thread stayed at 2.1-2.7k tokens/s throughout.
+   * the step's graph carries little work, and with two threads every node ends in a spin barrier. On the quiet
+   * 2-core reference machine two threads were no faster (2.2-2.3k vs 2.4-2.7k tokens/s), and as soon as another
+   * process competed for the cores (a table refresh, a second training, tests) a 10k-sample epoch went from ~45 s
+   * to 11 minutes once and did not finish in 19 minutes another time; one thread stayed at 2.1-2.7k tokens/s.
    * @defaultValue 1
    */
   readonly threads?: number;
