@@ -19,6 +19,7 @@ import type { FreshrecConfig } from "./config.js";
 import type { CommandContext } from "./context.js";
 import { trainingProgress } from "./progress.js";
 import { timeOption } from "./run.js";
+import { iso } from "./format.js";
 
 export function loopSettings(config: FreshrecConfig, positiveMin: number | null): LoopSettings {
   const f = config.finetune;
@@ -105,7 +106,6 @@ export async function trainBaseModel(
   return { result, window, gates };
 }
 
-const iso = (ms: number) => new Date(ms).toISOString();
 
 export interface OpenLoop {
   readonly events: EventStore;

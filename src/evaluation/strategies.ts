@@ -25,7 +25,7 @@ import { ModelRegistry } from "../llm/registry.js";
 import { SqliteTableStore } from "../tables/index.js";
 import { baselineRefreshJob, type BaselineName } from "../update/jobs.js";
 import { UpdateLoop, inSequence, type LoopSettings } from "../update/loop.js";
-import type { JobDefinition, JobRun } from "../update/schedule/index.js";
+import type { JobDefinition } from "../update/schedule/index.js";
 import type { StrategySetup } from "./replay.js";
 
 export const LLM_STRATEGIES = ["static", "finetune-monthly", "rag", "hybrid", "rag-day1-frozen"] as const;
@@ -122,10 +122,7 @@ function setupOf(kind: StrategyName, label: string, refreshDays: number, env: St
         onTraining: env.onTraining ? (e) => env.onTraining!(label, e) : undefined,
       });
       const noRag = loop.refreshJob({ rag: null });
-      // The start model is the fine-tune of the first instant (trained on the window before it), so a monthly
-      // fine-tune due exactly then has nothing left to do; later ones continue training it.
-      const finetune: JobRun = async (context) =>
-        context.asOf <= env.window.from ? { status: "succeeded", detail: { modelVersion: env.startModel.version, skipped: "start model" } } : loop.finetuneJob()(context);
+      const finetune = loop.finetuneJob({ startModelAt: env.window.from });
       const jobs: JobDefinition[] = {
         static: [{ name: "refresh", cadence: once, run: noRag }],
         "finetune-monthly": [

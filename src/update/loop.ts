@@ -126,8 +126,18 @@ export class UpdateLoop {
     });
   }
 
-  finetuneJob(): JobRun {
-    return async ({ asOf, signal }) => finetuneOutcome(await this.finetune(asOf, signal));
+  /**
+   * The fine-tuning job. `startModelAt`: the live model at that instant already is that month's fine-tune (a base
+   * model trained on the window just before it), so a run due then or earlier has nothing to do; later ones
+   * continue training it.
+   */
+  finetuneJob(options: { startModelAt?: number } = {}): JobRun {
+    return async ({ asOf, signal }) => {
+      if (options.startModelAt !== undefined && asOf <= options.startModelAt) {
+        return { status: "succeeded", detail: { modelVersion: this.options.registry.live()?.version ?? null, skipped: "start model" } };
+      }
+      return finetuneOutcome(await this.finetune(asOf, signal));
+    };
   }
 
   /** The RAG refresh job (rag null: the table of the model alone, as the fine-tuning-only strategies serve). */

@@ -8,15 +8,15 @@ import { VirtualClock } from "../../domain/clock.js";
 import { scoreTransitions, type LiveTableEntry } from "../../evaluation/scoring.js";
 import { timedTransitions } from "../../mining/transitions.js";
 import { TableLookup } from "../../tables/index.js";
-import { Scheduler, SqliteScheduleStore, hybridJobs, scheduleStorePath, type JobRun, type RunRecord } from "../../update/schedule/index.js";
+import { Scheduler, SqliteScheduleStore, hybridJobs, scheduleStorePath, type RunRecord } from "../../update/schedule/index.js";
 import type { CommandContext } from "../context.js";
 import { openLoop, trainBaseModel } from "../loop-context.js";
 import { runLine } from "./refresh.js";
+import { iso, pct as pctOf } from "../format.js";
 
-const iso = (ms: number) => new Date(ms).toISOString();
 /** The demo's base model learns from the most recent 10,000 transitions, so the whole demo stays a few minutes. */
 const DEMO_PRETRAIN_SAMPLES = 10_000;
-const pct = (x: number) => `${(100 * x).toFixed(1)}%`;
+const pct = (x: number) => pctOf(x, 1);
 
 export async function runDemoLoop(ctx: CommandContext, end: number, months: number, epochs: number, steps: number) {
   const last = new Date(end - 1);
@@ -44,8 +44,7 @@ export async function runDemoLoop(ctx: CommandContext, end: number, months: numb
     }
 
     ctx.log(`5/${steps} simulating the hybrid schedule ${iso(from).slice(0, 10)} .. ${iso(end).slice(0, 10)} (fine-tune ${ctx.config.schedule.finetuneCadence}, refresh ${ctx.config.schedule.refreshCadence})`);
-    // The base model is the fine-tune of the first instant; the monthly fine-tunes after it continue training it.
-    const finetune: JobRun = async (context) => (context.asOf <= from ? { status: "succeeded", detail: { skipped: "base model" } } : open.loop.finetuneJob()(context));
+    const finetune = open.loop.finetuneJob({ startModelAt: from });
     const timeline: LiveTableEntry[] = [];
     const runs: RunRecord[] = [];
     const store = SqliteScheduleStore.open(scheduleStorePath(ctx.paths.root).replace(/\.sqlite$/, ".demo.sqlite"));

@@ -13,9 +13,8 @@ import { loopSettings, resolveAsOf, trainBaseModel } from "../loop-context.js";
 import { trainingProgress } from "../progress.js";
 import { action, positiveInt, timeOption } from "../run.js";
 import { runLine } from "./refresh.js";
+import { iso, pct } from "../format.js";
 
-const iso = (ms: number) => new Date(ms).toISOString();
-const pct = (x: number) => `${(100 * x).toFixed(2)}%`;
 
 interface ReplayFlags {
   from?: string;

@@ -8,9 +8,8 @@ import { ModelRegistry, type ModelVersion } from "../../llm/registry.js";
 import { finetuneOutcome } from "../../update/loop.js";
 import { openLoop, resolveAsOf, trainBaseModel } from "../loop-context.js";
 import { action, positiveInt } from "../run.js";
+import { iso, pct } from "../format.js";
 
-const iso = (ms: number) => new Date(ms).toISOString();
-const pct = (x: number) => `${(100 * x).toFixed(2)}%`;
 
 function modelLine(m: ModelVersion): string {
   const window = m.window ? `data ${iso(m.window.from).slice(0, 10)}..${iso(m.window.to).slice(0, 10)}` : "data -";

@@ -21,8 +21,8 @@ import type { FreshrecConfig } from "../config.js";
 import type { CommandContext } from "../context.js";
 import { openLoop, resolveAsOf, type OpenLoop } from "../loop-context.js";
 import { action, timeOption } from "../run.js";
+import { iso } from "../format.js";
 
-const iso = (ms: number) => new Date(ms).toISOString();
 
 /** One log line per run: what ran, for which due time, how it ended and what it produced. */
 export function runLine(run: RunRecord): string {
