@@ -203,6 +203,11 @@ export interface TableStore {
   contextKeys(version: string): Map<string, string | null>;
   /** The whole table in columnar form (what `TableLookup.fromPacked` reads). */
   packed(version: string): PackedTable;
+  /**
+   * `packed`, read `rowsPerPage` rows at a time: the generator yields the rows read so far after each page (a server
+   * lets its event loop run there) and returns the table. NOT_FOUND if the version is garbage-collected meanwhile.
+   */
+  packedInPages(version: string, rowsPerPage: number): Generator<number, PackedTable, void>;
   close(): void;
 }
 

@@ -3,7 +3,8 @@
  *
  * A `TableLookup` is immutable once built. Its clusters get local indices 0..K-1; row (i1, i2) occupies slots
  * [(i1*K + i2) * topN, ... + topN) of `answerIds` (local cluster indices, -1 padding) and `scores`. For 300
- * clusters and top-10 that is 900,000 slots, 7.2 MB, and a lookup is two Map probes and an array read.
+ * clusters and top-10 that is 900,000 slots, 5.4 MB (a 16-bit answer index and a 32-bit score per slot), and a lookup
+ * is two Map probes and an array read.
  *
  * `LiveTable` holds the current lookup in one field. Publishing a new table swaps that single reference, so a
  * reader that took `live.lookup` keeps reading one complete version, however many swaps happen meanwhile, and no
@@ -21,7 +22,7 @@ import type { PackedTable, TableStore } from "./contract.js";
 
 export interface TableLookupOptions {
   /**
-   * Most answer slots (clusters^2 x topN) a lookup may allocate; each slot costs 8 bytes. The dense layout suits
+   * Most answer slots (clusters^2 x topN) a lookup may allocate; each slot costs 6 bytes. The dense layout suits
    * hundreds of clusters, not tens of thousands: refusing early beats an out-of-memory crash while serving.
    * @defaultValue 50_000_000
    */
@@ -48,7 +49,8 @@ export class TableLookup {
     private readonly index: ReadonlyMap<string, number>,
     /** Answers per row; -1 where the table has no row for the pair. */
     private readonly counts: Int16Array,
-    private readonly answerIds: Int32Array,
+    /** Local answer indices: 16 bits suffice, since maxSlots caps K far below 32767 for any topN. */
+    private readonly answerIds: Int16Array,
     private readonly scores: Float32Array,
   ) {
     let size = 0;
@@ -78,9 +80,10 @@ export class TableLookup {
     if (slots > maxSlots) {
       throw new FreshrecError("BAD_INPUT", `tables: ${table.version} needs ${slots} lookup slots (${k} clusters, top-${topN}), over maxSlots ${maxSlots}`);
     }
+    if (k > 0x7fff) throw new FreshrecError("BAD_INPUT", `tables: ${table.version} has ${k} clusters, at most 32767 fit a lookup`);
     if (topN > 0x7fff) throw new FreshrecError("BAD_INPUT", `tables: ${table.version} has ${topN} answers per row, at most 32767 fit a lookup`);
     const counts = new Int16Array(k * k).fill(-1);
-    const answerIds = new Int32Array(slots).fill(-1);
+    const answerIds = new Int16Array(slots).fill(-1);
     const scores = new Float32Array(slots);
     for (let r = 0; r < n; r++) {
       const cell = toLocal[table.c1[r]] * k + toLocal[table.c2[r]];

@@ -177,7 +177,9 @@ function prepareStatements(db: Database.Database) {
     page: db.prepare(`SELECT c1, c2, context_key, answers FROM table_rows
       WHERE table_seq = ? AND (c1, c2) > (?, ?) ORDER BY c1, c2 LIMIT ?`),
     keys: db.prepare("SELECT c1, c2, context_key FROM table_rows WHERE table_seq = ?").raw(),
-    packed: db.prepare("SELECT c1, c2, answers FROM table_rows WHERE table_seq = ? ORDER BY c1, c2").raw(),
+    packedSize: db.prepare("SELECT count(*) AS n, coalesce(max(length(answers)), 0) AS bytes FROM table_rows WHERE table_seq = ?"),
+    packedPage: db.prepare(`SELECT c1, c2, answers FROM table_rows
+      WHERE table_seq = ? AND (c1, c2) > (?, ?) ORDER BY c1, c2 LIMIT ?`).raw(),
     clearCopyPairs: db.prepare("DELETE FROM temp.copy_pairs"),
     insertCopyPair: db.prepare("INSERT OR IGNORE INTO temp.copy_pairs (c1, c2) VALUES (?, ?)"),
     copyPairs: db.prepare(`INSERT INTO table_rows (table_seq, c1, c2, context_key, answers)
@@ -693,21 +695,42 @@ export class SqliteTableStore implements TableStore {
   }
 
   packed(version: string): PackedTable {
+    const pages = this.packedInPages(version, this.pageSize);
+    for (;;) {
+      const step = pages.next();
+      if (step.done) return step.value;
+    }
+  }
+
+  *packedInPages(version: string, rowsPerPage: number): Generator<number, PackedTable, void> {
     const r = this.record(version);
-    const raw = this.sql.packed.all(r.seq) as [number, number, Buffer][];
-    let topN = 0;
-    for (const row of raw) topN = Math.max(topN, row[2].length / ANSWER_BYTES);
-    const n = raw.length;
+    const size = this.sql.packedSize.get(r.seq) as { n: number; bytes: number };
+    const n = size.n;
+    const topN = size.bytes / ANSWER_BYTES;
     const c1 = new Int32Array(n);
     const c2 = new Int32Array(n);
     const answerIds = new Int32Array(n * topN).fill(-1);
     const scores = new Float32Array(n * topN);
-    for (let i = 0; i < n; i++) {
-      const row = raw[i];
-      c1[i] = row[0];
-      c2[i] = row[1];
-      decodeAnswersInto(row[2], answerIds, scores, i * topN);
+    let i = 0;
+    let last: [number, number] = [-1, -1];
+    for (;;) {
+      // Raw pages of (c1, c2, blob) decoded straight into the columns: no row or answer objects, so loading a
+      // million-row table leaves no heap garbage behind (what the resident memory of a served table would pay).
+      const page = this.sql.packedPage.all(r.seq, last[0], last[1], rowsPerPage) as [number, number, Buffer][];
+      for (const row of page) {
+        // Rows added after the count: only an unfinished build grows, and a caller reading one gets what was counted.
+        if (i >= n) break;
+        c1[i] = row[0];
+        c2[i] = row[1];
+        decodeAnswersInto(row[2], answerIds, scores, i * topN);
+        i++;
+      }
+      if (page.length < rowsPerPage || i >= n) break;
+      last = [page[page.length - 1][0], page[page.length - 1][1]];
+      yield i;
     }
+    // Fewer rows than counted: the version was garbage-collected between pages. Never hand out a partial table.
+    if (i !== n) throw new FreshrecError("NOT_FOUND", `table ${version} disappeared while loading (${i} of ${n} rows read)`);
     this.loadClusters();
     return { version, modelVersion: r.model_version, topN, clusters: this.clusterIds.slice(), c1, c2, answerIds, scores };
   }

@@ -252,5 +252,32 @@ export function tableStoreConformance(adapter: string, open: (clock: VirtualCloc
       }
       expect(n).toBe(56);
     });
+
+    it("reads a table in pages, yielding between them, and refuses one collected while it was being read", () => {
+      fresh();
+      const v = built(0);
+      const whole = store.packed(v);
+      const pages = store.packedInPages(v, 10);
+      const yields: number[] = [];
+      let step = pages.next();
+      for (; !step.done; step = pages.next()) yields.push(step.value);
+      // 56 rows in pages of 10: yields after 10..50 rows, then returns the table; paging changes nothing.
+      expect(yields).toEqual([10, 20, 30, 40, 50]);
+      expect(step.value).toEqual(whole);
+      expect(whole.c1).toHaveLength(56);
+      expect(whole.topN).toBe(tableRows(clusters, 0)[0].answers.length);
+      const row = [...store.rows(v)][17];
+      const answers = Array.from({ length: whole.topN }, (_, k) => whole.answerIds[17 * whole.topN + k])
+        .filter((id) => id >= 0)
+        .map((id) => whole.clusters[id]);
+      expect(answers).toEqual(row.answers.map((a) => a.cluster));
+
+      const reading = store.packedInPages(v, 10);
+      reading.next();
+      built(1);
+      built(2);
+      expect(store.gc(1).map((t) => t.version)).toContain(v);
+      expect(code(() => [...reading])).toBe("NOT_FOUND");
+    });
   });
 }
