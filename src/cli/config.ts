@@ -91,6 +91,7 @@ export const configSchema = z
         maxPerPair: positiveInt().default(24).describe("Cap of samples per history pair."),
         maxTargetShare: z.number().gt(0).max(1).default(0.04).describe("Largest share of samples one target cluster may take."),
         maxPerTriple: positiveInt().default(8).describe("Cap of samples per (c1, c2, next) triple (one per distinct user up to this)."),
+        contextShare: z.number().min(0).max(1).default(0.5).describe("Share of samples that carry the RAG context a refresh would have retrieved just before them (the model learns both prompt forms)."),
         epochs: positiveInt().default(4).describe("Training epochs of a fine-tune (the best validation epoch is kept; early stop on no improvement)."),
         learningRate: z.number().positive().nullable().default(null).describe("Peak AdamW learning rate of a fine-tune. null = the trainer's default."),
         minExactMatchRate: z.number().min(0).max(1).default(0.9).describe("Gate: share of generated answers that exactly name a cluster."),
@@ -114,6 +115,7 @@ export const configSchema = z
         heldOutDays: positiveInt().default(14).describe("The most recent of those days, held out to compare the model's top-1 with the most-popular-next baseline."),
         epochs: positiveInt().default(4).describe("Training epochs of the base model (4 scored best on held-out data: 11.8% top-1 vs 10.3% at 8)."),
         maxSamples: positiveInt().default(60000).describe("Most recent transitions used for pretraining at most."),
+        contextShare: z.number().min(0).max(1).default(0.5).describe("Share of transitions that carry the RAG context a refresh would have retrieved just before them, so the base model already reads contexts."),
       })
       .strict()
       .prefault({}),

@@ -7,7 +7,9 @@ import { BadInputError } from "../domain/errors.js";
 import { ModelRegistry } from "../llm/registry.js";
 import { pretrainBaseModel, type PretrainResult } from "../llm/pretrain.js";
 import { REFERENCE_SHAPE } from "../llm/engine/model-file.js";
-import { futureExamples, timedTransitions } from "../mining/transitions.js";
+import { futureExamples, timedTransitions, type TimedTransition } from "../mining/transitions.js";
+import { contextFor, contextsAlong, retrieveContexts, stepAt, type RagOptions } from "../update/rag.js";
+import { seededRandom } from "../domain/random.js";
 import { EmbeddedLanguageModel } from "../llm/backends/embedded.js";
 import { measureGates } from "../update/finetune.js";
 import type { GateResult } from "../update/gates.js";
@@ -32,6 +34,7 @@ export function loopSettings(config: FreshrecConfig, positiveMin: number | null)
       maxPerPair: f.maxPerPair,
       maxTargetShare: f.maxTargetShare,
       maxPerTriple: f.maxPerTriple,
+      contextShare: f.contextShare,
     },
     gates: { minExactMatchRate: f.minExactMatchRate, minTestRecall: f.minTestRecall },
     training: { epochs: f.epochs, learningRate: f.learningRate ?? undefined },
@@ -71,9 +74,12 @@ export async function trainBaseModel(
   const positiveMin = await ctx.positiveMin(events);
   const split = options.heldOut ? asOf - heldOutDays * DAY_MS : asOf;
   const window = { from: asOf - windowDays * DAY_MS, to: split };
-  const transitions = (await timedTransitions(events, window, { positiveMin, horizon: 1 })).slice(-maxSamples);
+  const mined = (await timedTransitions(events, window, { positiveMin, horizon: 1 })).slice(-maxSamples);
+  const transitions = await withRetrievedContexts(events, mined, window, ctx.config.rag, positiveMin, ctx.config.pretrain.contextShare, asOf);
   if (transitions.length === 0) throw new BadInputError(`no novel transitions between ${iso(window.from)} and ${iso(window.to)} to pretrain on`);
   const heldOut = options.heldOut ? await timedTransitions(events, { from: split, to: asOf }, { positiveMin, horizon: 1 }) : [];
+  // The held-out days as a refresh at their start would serve them: one snapshot, nothing from the days themselves.
+  const heldOutSnapshot = options.heldOut ? await retrieveContexts(events, split, { ...ctx.config.rag, positiveMin }) : null;
   const clusters = await events.clusters();
   const items = await events.titledItems(20_000);
   ctx.log(
@@ -87,6 +93,7 @@ export async function trainBaseModel(
     items,
     transitions,
     heldOut,
+    heldOutContexts: heldOutSnapshot ? (c1, c2) => contextFor(heldOutSnapshot, c1, c2)?.successors : undefined,
     window,
     epochs: options.epochs,
     shape: { ...REFERENCE_SHAPE, ...ctx.config.model },
@@ -106,6 +113,30 @@ export async function trainBaseModel(
   return { result, window, gates };
 }
 
+/**
+ * Gives a `share` of the transitions (a seeded coin per transition) the context a refresh would have retrieved just
+ * before them (rag.ts `contextsAlong`), as fine-tuning curation does: a base model that never saw a context in
+ * training has no reason to read one, and RAG refreshes on top of it would change nothing.
+ */
+async function withRetrievedContexts(
+  events: EventStore,
+  transitions: readonly TimedTransition[],
+  window: TimeWindow,
+  rag: RagOptions,
+  positiveMin: number | null,
+  share: number,
+  seed: number,
+): Promise<(TimedTransition & { context?: readonly string[] })[]> {
+  if (share <= 0 || transitions.length === 0) return [...transitions];
+  const steps = await contextsAlong(events, { from: Math.max(window.from, transitions[0].ts), to: window.to }, { ...rag, positiveMin });
+  const coin = seededRandom((Math.floor(seed / 1000) ^ 0x2545f491) >>> 0);
+  return transitions.map((t) => {
+    if (coin() >= share) return t;
+    const step = stepAt(steps, t.ts);
+    const context = step && contextFor(step.snapshot, t.c1, t.c2);
+    return context ? { ...t, context: context.successors } : t;
+  });
+}
 
 export interface OpenLoop {
   readonly events: EventStore;

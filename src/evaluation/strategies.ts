@@ -20,7 +20,7 @@ import { join } from "node:path";
 import type { EventStore } from "../data/event-store.js";
 import { BadInputError } from "../domain/errors.js";
 import type { ProgressSink, TimeWindow } from "../domain/types.js";
-import type { TrainingEvent } from "../llm/contracts.js";
+import type { Trainer, TrainingEvent } from "../llm/contracts.js";
 import { ModelRegistry } from "../llm/registry.js";
 import { SqliteTableStore } from "../tables/index.js";
 import { baselineRefreshJob, type BaselineName } from "../update/jobs.js";
@@ -47,6 +47,8 @@ export interface StrategyEnvironment {
   readonly workDir: string;
   /** @defaultValue "0 0 1 * *" */
   readonly finetuneCadence?: string;
+  /** Trainer of the fine-tunes; a CachingTrainer lets strategies share identical runs. @defaultValue the embedded one */
+  readonly trainer?: Trainer;
   readonly progress?: ProgressSink;
   readonly onTraining?: (strategy: string, event: TrainingEvent) => void;
 }
@@ -117,6 +119,7 @@ function setupOf(kind: StrategyName, label: string, refreshDays: number, env: St
         registry,
         clusters: env.clusters,
         settings: env.settings,
+        trainer: env.trainer,
         strategy: label,
         progress: env.progress,
         onTraining: env.onTraining ? (e) => env.onTraining!(label, e) : undefined,

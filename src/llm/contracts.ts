@@ -154,6 +154,13 @@ export interface TrainResult {
   readonly trainTokens: number;
   readonly tokensPerSecond: number;
   readonly seconds: number;
+  /**
+   * CPU seconds the training used where it ran (the embedded trainer's child process), which the caller's own
+   * process.cpuUsage() does not see; absent when unknown (a hosted job).
+   */
+  readonly cpuSeconds?: number;
+  /** True when the model came from a training cache (an identical run done before); the costs are that run's. */
+  readonly reused?: boolean;
   readonly trainSamples: number;
   readonly validationSamples: number;
 }

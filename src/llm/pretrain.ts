@@ -25,10 +25,15 @@ export interface PretrainOptions {
   readonly clusters: readonly Cluster[];
   /** Items with titles: their words enter the vocabulary and catalog lines tie them to their cluster. */
   readonly items?: readonly Item[];
-  /** Training transitions, all strictly before the as-of time (the caller's responsibility). */
-  readonly transitions: readonly Transition[];
+  /**
+   * Training transitions, all strictly before the as-of time (the caller's responsibility); `context`, when present,
+   * is the retrieved successors the transition's prompt carries (RAG form of the template).
+   */
+  readonly transitions: readonly (Transition & { readonly context?: readonly string[] })[];
   /** Held-out transitions (later than the training ones) for the accuracy report; absent skips it. */
   readonly heldOut?: readonly Transition[];
+  /** Retrieved successors per held-out pair, to report the model's top-1 with RAG contexts as well. */
+  readonly heldOutContexts?: (c1: string, c2: string) => readonly string[] | undefined;
   /** Data window of `transitions`, recorded in the registry. */
   readonly window?: TimeWindow | null;
   /** @defaultValue REFERENCE_SHAPE */
@@ -51,6 +56,10 @@ export interface HeldOutEvaluation {
   readonly modelTop1: number;
   /** Same for the most-popular-next baseline (the most frequent next cluster in training, not in the history). */
   readonly mostPopularTop1: number;
+  /** With `contexts`: the model's top-1 when each prompt carries its retrieved context (the RAG form). */
+  readonly modelTop1WithContext?: number;
+  /** With `contexts`: serving the first retrieved successor itself (most popular novel cluster where none). */
+  readonly successorTop1?: number;
 }
 
 export interface PretrainResult {
@@ -69,6 +78,8 @@ export async function evaluateHeldOut(
   training: readonly Transition[],
   heldOut: readonly Transition[],
   signal?: AbortSignal,
+  /** The retrieved successors each held-out pair's prompt would carry (a refresh at the start of the held-out days). */
+  contexts?: (c1: string, c2: string) => readonly string[] | undefined,
 ): Promise<HeldOutEvaluation> {
   const known = new Set(model.info.clusters.map((c) => c.id));
   const usable = heldOut.filter((t) => known.has(t.c1) && known.has(t.c2) && known.has(t.next));
@@ -87,7 +98,22 @@ export async function evaluateHeldOut(
   );
   const modelHits = ranked.filter((r, i) => r[0]?.cluster === usable[i].next).length;
   const n = Math.max(usable.length, 1);
-  return { transitions: usable.length, modelTop1: modelHits / n, mostPopularTop1: baselineHits / n };
+  const result = { transitions: usable.length, modelTop1: modelHits / n, mostPopularTop1: baselineHits / n };
+  if (!contexts) return result;
+  const retrieved = usable.map((t) => contexts(t.c1, t.c2)?.filter((c) => c !== t.c1 && c !== t.c2));
+  const withContext = await model.score(
+    usable.map((t, i) => (retrieved[i]?.length ? { history: { c1: t.c1, c2: t.c2 }, context: { successors: retrieved[i]! } } : { history: { c1: t.c1, c2: t.c2 } })),
+    1,
+    signal,
+  );
+  let contextHits = 0;
+  let successorHits = 0;
+  usable.forEach((t, i) => {
+    if (withContext[i][0]?.cluster === t.next) contextHits++;
+    const served = retrieved[i]?.[0] ?? popular.find((c) => c !== t.c1 && c !== t.c2);
+    if (served === t.next) successorHits++;
+  });
+  return { ...result, modelTop1WithContext: contextHits / n, successorTop1: successorHits / n };
 }
 
 export async function pretrainBaseModel(options: PretrainOptions): Promise<PretrainResult> {
@@ -107,7 +133,7 @@ export async function pretrainBaseModel(options: PretrainOptions): Promise<Pretr
     });
     const modelPath = join(dir, "model.gguf");
     const training = await trainer.train(
-      options.transitions.map((t) => sampleOf(t)),
+      options.transitions.map((t) => sampleOf(t, t.context)),
       {
         outputPath: modelPath,
         checkpointDir: join(dir, "checkpoints"),
@@ -122,7 +148,7 @@ export async function pretrainBaseModel(options: PretrainOptions): Promise<Pretr
     if (options.heldOut && options.heldOut.length > 0) {
       const model = await EmbeddedLanguageModel.open(modelPath);
       try {
-        evaluation = await evaluateHeldOut(model, options.transitions, options.heldOut, options.signal);
+        evaluation = await evaluateHeldOut(model, options.transitions, options.heldOut, options.signal, options.heldOutContexts);
       } finally {
         await model.close();
       }

@@ -27,7 +27,7 @@ import { seededRandom } from "../domain/random.js";
 import type { TimeWindow, TransitionCount } from "../domain/types.js";
 import { sampleOf, type TrainingSample } from "../llm/contracts.js";
 import type { PromptContext } from "../llm/prompt.js";
-import { contextFor, contextsFromCounts, RAG_DEFAULTS, type RagOptions } from "./rag.js";
+import { contextFor, contextsAlong, type RagOptions } from "./rag.js";
 import { countTransitions, futureExamples, type FutureExample, type MiningOptions } from "../mining/transitions.js";
 
 export interface CurationOptions extends MiningOptions {
@@ -74,14 +74,9 @@ export async function curateFineTuningSet(store: EventStore, asOf: number, optio
   const trainWindow = { from: asOf - o.windowDays * DAY_MS, to: split };
   const testWindow = { from: split, to: asOf };
   const mining = { positiveMin: o.positiveMin ?? null };
-  const weekMs = (options.rag?.windowDays ?? RAG_DEFAULTS.windowDays) * DAY_MS;
   const pool: (TransitionCount & { context?: PromptContext })[] = [];
-  let previous = await countTransitions(store, { from: trainWindow.from - weekMs, to: trainWindow.from }, mining);
-  for (let from = trainWindow.from; from < trainWindow.to; from += weekMs) {
-    const week = await countTransitions(store, { from, to: Math.min(from + weekMs, trainWindow.to) }, mining);
-    const retrieved = contextsFromCounts(previous, [], options.rag ?? {});
-    for (const t of week) pool.push({ ...t, context: contextFor(retrieved, t.c1, t.c2) });
-    previous = week;
+  for (const step of await contextsAlong(store, trainWindow, { ...options.rag, positiveMin: mining.positiveMin })) {
+    for (const t of await countTransitions(store, step, mining)) pool.push({ ...t, context: contextFor(step.snapshot, t.c1, t.c2) });
   }
   const test = await futureExamples(store, testWindow, mining);
   const chosen = diversify(pool, o, asOf);

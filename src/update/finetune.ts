@@ -56,7 +56,7 @@ export interface FinetuneResult {
   readonly seconds: number;
   readonly parent: string | null;
   readonly set: Pick<FineTuningSet, "trainWindow" | "testWindow" | "available"> & { trainSamples: number; testExamples: number };
-  readonly training: Pick<TrainResult, "bestEpoch" | "stoppedEarly" | "tokensPerSecond" | "epochs">;
+  readonly training: Pick<TrainResult, "bestEpoch" | "stoppedEarly" | "tokensPerSecond" | "epochs" | "cpuSeconds" | "reused">;
 }
 
 export async function runFinetune(asOf: number, options: FinetuneOptions): Promise<FinetuneResult> {
@@ -94,7 +94,14 @@ export async function runFinetune(asOf: number, options: FinetuneOptions): Promi
     seconds: Number(process.hrtime.bigint() - started) / 1e9,
     parent: parent?.version ?? null,
     set: { trainWindow: set.trainWindow, testWindow: set.testWindow, available: set.available, trainSamples: set.train.length, testExamples: set.test.length },
-    training: { bestEpoch: training.bestEpoch, stoppedEarly: training.stoppedEarly, tokensPerSecond: training.tokensPerSecond, epochs: training.epochs },
+    training: {
+      bestEpoch: training.bestEpoch,
+      stoppedEarly: training.stoppedEarly,
+      tokensPerSecond: training.tokensPerSecond,
+      epochs: training.epochs,
+      cpuSeconds: training.cpuSeconds,
+      reused: training.reused,
+    },
   };
 }
 

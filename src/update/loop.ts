@@ -171,7 +171,7 @@ export class UpdateLoop {
 export function finetuneOutcome(result: FinetuneResult): JobOutcome {
   return {
     status: result.status === "live" ? "succeeded" : "halted",
-    cost: { tokensTrained: result.trainTokens },
+    cost: { tokensTrained: result.trainTokens, childCpuSeconds: result.training.cpuSeconds ?? 0 },
     detail: {
       modelVersion: result.modelVersion,
       modelStatus: result.status,
@@ -180,6 +180,7 @@ export function finetuneOutcome(result: FinetuneResult): JobOutcome {
       testRecall: result.gates.testRecall,
       trainSamples: result.set.trainSamples,
       testExamples: result.set.testExamples,
+      ...(result.training.reused ? { reusedTraining: true } : {}),
     },
     error: result.status === "halted" ? `gates failed: ${result.gates.reasons.join("; ")}` : undefined,
   };
@@ -196,6 +197,7 @@ export function inSequence(...runs: JobRun[]): JobRun {
         cost: {
           tokensTrained: (merged.cost?.tokensTrained ?? 0) + (outcome.cost?.tokensTrained ?? 0),
           promptsScored: (merged.cost?.promptsScored ?? 0) + (outcome.cost?.promptsScored ?? 0),
+          childCpuSeconds: (merged.cost?.childCpuSeconds ?? 0) + (outcome.cost?.childCpuSeconds ?? 0),
         },
         detail: { ...merged.detail, ...outcome.detail },
       };

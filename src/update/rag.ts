@@ -67,6 +67,41 @@ export async function retrieveContexts(store: EventStore, asOf: number, options:
   return { asOf, window, ...contextsFromCounts(recent, previous, o) };
 }
 
+/** One step of `contextsAlong`: events in [from, to) would have been served with `snapshot`'s contexts. */
+export interface ContextStep {
+  readonly from: number;
+  readonly to: number;
+  readonly snapshot: RagSnapshot;
+}
+
+/**
+ * The contexts refreshes would have put into prompts during a training window: the window is cut into steps of
+ * `windowDays` from its start, and each step gets the snapshot retrieved at its start (from the days just before it,
+ * so never from its own or later data). Training samples given these contexts read exactly what a refresh builds,
+ * for fine-tuning (curation.ts) and the base model alike.
+ */
+export async function contextsAlong(store: EventStore, window: TimeWindow, options: RagOptions = {}): Promise<ContextStep[]> {
+  const stepMs = resolve(options).windowDays * DAY_MS;
+  const steps: ContextStep[] = [];
+  for (let from = window.from; from < window.to; from += stepMs) {
+    steps.push({ from, to: Math.min(from + stepMs, window.to), snapshot: await retrieveContexts(store, from, options) });
+  }
+  return steps;
+}
+
+/** The step of `steps` (ordered, as `contextsAlong` returns them) whose interval holds `ts`, or undefined. */
+export function stepAt(steps: readonly ContextStep[], ts: number): ContextStep | undefined {
+  let lo = 0;
+  let hi = steps.length - 1;
+  while (lo <= hi) {
+    const mid = (lo + hi) >> 1;
+    if (ts < steps[mid].from) hi = mid - 1;
+    else if (ts >= steps[mid].to) lo = mid + 1;
+    else return steps[mid];
+  }
+  return undefined;
+}
+
 function resolve(options: RagOptions): Required<Omit<RagOptions, "positiveMin">> {
   const o = { ...RAG_DEFAULTS, ...stripUndefined(options) } as Required<Omit<RagOptions, "positiveMin">>;
   if (!(o.windowDays > 0)) throw new BadInputError(`rag.windowDays: expected a positive number of days, got ${o.windowDays}`);

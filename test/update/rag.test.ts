@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { EventStore, eventBatchFromEvents } from "../../src/data/event-store.js";
-import { contextFor, contextKey, contextsFromCounts, retrieveContexts } from "../../src/update/rag.js";
+import { contextFor, contextKey, contextsAlong, contextsFromCounts, retrieveContexts, stepAt } from "../../src/update/rag.js";
 import type { EngagementEvent, TransitionCount } from "../../src/domain/types.js";
 
 const t = (c1: string, c2: string, next: string, users: number): TransitionCount => ({ c1, c2, next, users });
@@ -86,5 +86,24 @@ describe("RAG retrieval from the event store", () => {
     expect(snap.window).toEqual({ from: T0 + DAY, to: T0 + 8 * DAY });
     const later = await retrieveContexts(s, T0 + 10 * DAY, { windowDays: 7 });
     expect(contextFor(later, "a", "b")).toEqual({ successors: ["d"] });
+  });
+
+  it("gives each step of a training window the context retrieved just before it, never from the step itself", async () => {
+    // Days 1-2: two users go a,b -> c. Days 8-9: three go a,b -> d. Days 15-16: two go a,b -> e.
+    const events = [
+      ...path("u1", "c", 1), ...path("u2", "c", 2),
+      ...path("u3", "d", 8), ...path("u4", "d", 8), ...path("u5", "d", 9),
+      ...path("u6", "e", 15), ...path("u7", "e", 16),
+    ];
+    const steps = await contextsAlong(await store(events), { from: T0 + 7 * DAY, to: T0 + 20 * DAY }, { windowDays: 7 });
+    expect(steps.map((s) => [(s.from - T0) / DAY, (s.to - T0) / DAY])).toEqual([[7, 14], [14, 20]]);
+    for (const s of steps) expect(s.snapshot.window.to).toBe(s.from);
+    // The step holding days 8-9 serves what days 0-7 showed (c), not its own d; the next step serves d, not e.
+    expect(contextFor(steps[0].snapshot, "a", "b")).toEqual({ successors: ["c"] });
+    expect(contextFor(steps[1].snapshot, "a", "b")).toEqual({ successors: ["d"] });
+    expect(stepAt(steps, T0 + 9 * DAY)).toBe(steps[0]);
+    expect(stepAt(steps, T0 + 14 * DAY)).toBe(steps[1]);
+    expect(stepAt(steps, T0 + 20 * DAY)).toBeUndefined();
+    expect(stepAt(steps, T0 + 6 * DAY)).toBeUndefined();
   });
 });

@@ -9,6 +9,9 @@ import { replay } from "../../evaluation/replay.js";
 import { writeReplayReport } from "../../evaluation/replay-report.js";
 import { ALL_STRATEGIES, LLM_STRATEGIES, parseStrategies, strategySetups } from "../../evaluation/strategies.js";
 import { ModelRegistry } from "../../llm/registry.js";
+import { EmbeddedTrainer } from "../../llm/engine/trainer.js";
+import { CachingTrainer } from "../../llm/training-cache.js";
+import { createHash } from "node:crypto";
 import { loopSettings, resolveAsOf, trainBaseModel } from "../loop-context.js";
 import { trainingProgress } from "../progress.js";
 import { action, positiveInt, timeOption } from "../run.js";
@@ -75,7 +78,14 @@ export function registerEvaluate(program: Command): void {
           };
           const settings = loopSettings({ ...ctx.config, rag }, positiveMin);
           const workDir = join(ctx.paths.root, "replay");
-          const startModel = names.some((n) => (LLM_STRATEGIES as readonly string[]).includes(n)) ? await startModelFor(ctx, events, from, join(workDir, `start-${iso(from).slice(0, 10)}`)) : null;
+          // The start model depends on the period's start and on every setting that shapes it: one cache entry each.
+          const startKey = createHash("sha256")
+            .update(JSON.stringify({ pretrain: ctx.config.pretrain, model: ctx.config.model, rag: ctx.config.rag, positiveMin }))
+            .digest("hex")
+            .slice(0, 8);
+          const startModel = names.some((n) => (LLM_STRATEGIES as readonly string[]).includes(n))
+            ? await startModelFor(ctx, events, from, join(workDir, `start-${iso(from).slice(0, 10)}-${startKey}`))
+            : null;
           const clusters = (await events.clusters()).map((c) => c.id);
           const setups = strategySetups(names, {
             events,
@@ -85,6 +95,8 @@ export function registerEvaluate(program: Command): void {
             startModel: startModel ?? { path: "", window: null, version: "-" },
             workDir,
             finetuneCadence: ctx.config.schedule.finetuneCadence,
+            // finetune-monthly and hybrid run the same fine-tunes, and so does every re-run of a replay: train once.
+            trainer: new CachingTrainer(new EmbeddedTrainer(), join(workDir, "training-cache"), "embedded"),
             onTraining: (strategy, e) => trainingProgress(ctx.progress, ctx.log, `${strategy} fine-tuning`)(e),
           }, refreshDays);
           ctx.log(`replaying ${setups.map((s) => s.name).join(", ")} over ${iso(from)} .. ${iso(to)}`);

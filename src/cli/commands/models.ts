@@ -36,7 +36,10 @@ export function registerModels(program: Command): void {
             `base model ${result.modelVersion} (${result.status}) written to ${result.modelPath}`,
             `  ${result.training.trainSamples} training samples, best epoch ${result.training.bestEpoch}/${result.training.epochs.length}, ${result.trainTokens} tokens at ${Math.round(result.training.tokensPerSecond)} tok/s, ${result.seconds.toFixed(1)} s`,
             e
-              ? `  held-out top-1 on ${e.transitions} transitions: model ${pct(e.modelTop1)} vs most-popular-next ${pct(e.mostPopularTop1)}`
+              ? `  held-out top-1 on ${e.transitions} transitions: model ${pct(e.modelTop1)} vs most-popular-next ${pct(e.mostPopularTop1)}` +
+                (e.modelTop1WithContext !== undefined
+                  ? `; with retrieved contexts: model ${pct(e.modelTop1WithContext)} vs serving the successor itself ${pct(e.successorTop1!)}`
+                  : "")
               : "  no held-out transitions: nothing to compare",
             ...(gates
               ? [`  gates on the held-out days: exact-match ${pct(gates.exactMatchRate)}, test recall ${pct(gates.testRecall)} on ${gates.testExamples} histories: ${gates.passed ? "would pass" : `would fail (${gates.reasons.join("; ")})`}`]

@@ -72,7 +72,7 @@ export type WorkerMessage =
       tokens: number;
       checkpoint: string;
     }
-  | { type: "done"; bestEpoch: number; stoppedEarly: boolean }
+  | { type: "done"; bestEpoch: number; stoppedEarly: boolean; cpuSeconds: number }
   | { type: "error"; message: string };
 
 const EVENT_FD = 3;
@@ -296,7 +296,8 @@ async function run(job: TrainJob): Promise<void> {
   const tmp = `${job.outputPath}.partial`;
   restampModelFile(best.path, tmp, info.vocabulary, info.shape.contextLength);
   renameSync(tmp, job.outputPath);
-  emit({ type: "done", bestEpoch: best.epoch, stoppedEarly });
+  const cpu = process.cpuUsage();
+  emit({ type: "done", bestEpoch: best.epoch, stoppedEarly, cpuSeconds: (cpu.user + cpu.system) / 1e6 });
   koffi.unregister(stepCallback);
   api.fn.llama_free(ctx);
   api.fn.llama_model_free(model);

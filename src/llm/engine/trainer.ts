@@ -200,6 +200,7 @@ export class EmbeddedTrainer implements Trainer {
       trainTokens,
       tokensPerSecond: trainSeconds > 0 ? trainTokens / trainSeconds : 0,
       seconds: Number(process.hrtime.bigint() - started) / 1e9,
+      cpuSeconds: done.cpuSeconds,
       trainSamples: trainSamples.length,
       validationSamples: validationSamples.length,
     };
@@ -210,7 +211,7 @@ function runWorker(
   job: TrainJob,
   options: TrainOptions,
   onMessage: (m: WorkerMessage) => void,
-): Promise<{ bestEpoch: number; stoppedEarly: boolean }> {
+): Promise<{ bestEpoch: number; stoppedEarly: boolean; cpuSeconds: number }> {
   const entry = workerEntry();
   return new Promise((resolve, reject) => {
     const child = fork(entry.file, [], {
@@ -220,7 +221,7 @@ function runWorker(
       serialization: "advanced",
     });
     let settled = false;
-    let done: { bestEpoch: number; stoppedEarly: boolean } | null = null;
+    let done: { bestEpoch: number; stoppedEarly: boolean; cpuSeconds: number } | null = null;
     let workerError: string | null = null;
     const stderr: string[] = [];
     const onAbort = () => {
@@ -268,7 +269,7 @@ function runWorker(
         } catch {
           return;
         }
-        if (m.type === "done") done = { bestEpoch: m.bestEpoch, stoppedEarly: m.stoppedEarly };
+        if (m.type === "done") done = { bestEpoch: m.bestEpoch, stoppedEarly: m.stoppedEarly, cpuSeconds: m.cpuSeconds };
         else if (m.type === "error") workerError = m.message;
         else if (!settled) onMessage(m);
       });

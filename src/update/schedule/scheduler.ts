@@ -460,7 +460,9 @@ export class Scheduler {
       if (end > this.simulating.now()) this.simulating.set(end);
     }
     const { status, error } = judge(outcome, thrown, controller.signal.aborted);
-    const cost: JobCost = { cpuSeconds: (cpu.user + cpu.system) / 1e6, ...(outcome?.cost ?? {}) };
+    const { childCpuSeconds, ...given } = outcome?.cost ?? {};
+    // Training runs in a child process, whose CPU time process.cpuUsage() does not include: the job reports it.
+    const cost: JobCost = { cpuSeconds: (cpu.user + cpu.system) / 1e6 + (childCpuSeconds ?? 0), ...given };
     const endedAt = this.clock.now();
 
     this.store.transaction(() => {

@@ -29,6 +29,8 @@ export interface JobCost {
   readonly tokensTrained?: number;
   readonly promptsScored?: number;
   readonly cpuSeconds?: number;
+  /** CPU seconds of child processes the run started (training workers), added to the measured ones. */
+  readonly childCpuSeconds?: number;
 }
 
 export interface JobOutcome {

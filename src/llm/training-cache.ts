@@ -1,0 +1,76 @@
+/**
+ * A `Trainer` that remembers its runs: a request identical to an earlier one (same starting model bytes, samples,
+ * validation set, catalog and hyper-parameters, same trainer) gets the model trained then instead of a new run.
+ *
+ * Replay evaluation uses one per workspace: `finetune-monthly` and `hybrid` run the very same monthly fine-tune (same
+ * curated set, same parent model while their gates agree), and re-running a replay with another refresh cadence or
+ * RAG ablation repeats all of them. Training is deterministic here (one thread, seeded shuffles), so the cached model
+ * is the one a new run would produce. The result keeps the original run's costs (tokens, CPU seconds), so each
+ * strategy is charged what it would pay alone; `reused: true` says the wall time was not spent again.
+ *
+ * @example
+ * const trainer = new CachingTrainer(new EmbeddedTrainer(), join(workspace, "replay", "training-cache"), "embedded");
+ */
+import { createHash } from "node:crypto";
+import { copyFileSync, existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { dirname, join } from "node:path";
+import type { TrainOptions, TrainResult, Trainer, TrainingSample } from "./contracts.js";
+import { freshrecVersion } from "./engine/model-file.js";
+import { fileSha256 } from "./registry.js";
+
+export class CachingTrainer implements Trainer {
+  /**
+   * @param identity what else decides the output besides the request: the trainer kind and its options (the
+   *   freshrec version is added, so a new release never reuses an older recipe's models).
+   */
+  constructor(
+    private readonly inner: Trainer,
+    private readonly dir: string,
+    private readonly identity: string,
+  ) {}
+
+  async train(samples: readonly TrainingSample[], options: TrainOptions): Promise<TrainResult> {
+    const entry = join(this.dir, await this.key(samples, options));
+    const model = join(entry, "model.gguf");
+    const meta = join(entry, "result.json");
+    if (existsSync(model) && existsSync(meta)) {
+      const earlier = JSON.parse(readFileSync(meta, "utf8")) as TrainResult;
+      placeAtomically(model, options.outputPath);
+      return { ...earlier, modelPath: options.outputPath, reused: true };
+    }
+    const result = await this.inner.train(samples, options);
+    mkdirSync(entry, { recursive: true });
+    // The result first, the model last: an entry counts only when its model exists, so a crash in between leaves
+    // a result without a model, which is ignored and overwritten.
+    writeFileSync(`${meta}.partial`, JSON.stringify(result));
+    renameSync(`${meta}.partial`, meta);
+    placeAtomically(result.modelPath, model);
+    return result;
+  }
+
+  private async key(samples: readonly TrainingSample[], o: TrainOptions): Promise<string> {
+    const hash = createHash("sha256");
+    hash.update(JSON.stringify({ identity: this.identity, freshrec: freshrecVersion(), from: o.from ? await fileSha256(o.from) : null }));
+    hash.update(JSON.stringify(samples));
+    hash.update(
+      JSON.stringify({
+        validation: o.validation ?? null,
+        validationFraction: o.validationFraction ?? null,
+        catalog: o.catalog ?? null,
+        epochs: o.epochs ?? null,
+        learningRate: o.learningRate ?? null,
+        weightDecay: o.weightDecay ?? null,
+        patience: o.patience ?? null,
+        seed: o.seed ?? null,
+      }),
+    );
+    return hash.digest("hex").slice(0, 32);
+  }
+}
+
+/** Copies `from` to `to` through a temporary name, so `to` appears whole or not at all. */
+function placeAtomically(from: string, to: string): void {
+  mkdirSync(dirname(to), { recursive: true });
+  copyFileSync(from, `${to}.partial`);
+  renameSync(`${to}.partial`, to);
+}
