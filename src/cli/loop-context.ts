@@ -83,7 +83,7 @@ export async function trainBaseModel(
   const clusters = await events.clusters();
   const items = await events.titledItems(20_000);
   ctx.log(
-    `pretraining on ${transitions.length} transitions of ${iso(window.from).slice(0, 10)}..${iso(window.to).slice(0, 10)}, ${clusters.length} clusters, ${items.length} titled items` +
+    `pretraining on ${transitions.length} transitions (${transitions.filter((t) => t.context).length} with a retrieved RAG context) of ${iso(window.from).slice(0, 10)}..${iso(window.to).slice(0, 10)}, ${clusters.length} clusters, ${items.length} titled items` +
       (options.heldOut ? `; ${heldOut.length} held-out transitions` : ""),
   );
   const result = await pretrainBaseModel({

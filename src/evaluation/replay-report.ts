@@ -17,6 +17,7 @@ export function writeReplayReport(reportsDir: string, result: ReplayResult, sour
         heading: "Strategies",
         paragraphs: [
           `${result.transitions} real novel transitions of ${result.users} users, each scored against the table its strategy had live at that moment. hit@1: the table's first answer is the next novel cluster; hit@5: among its five; horizon hit: the first answer appears among the user's next clusters.`,
+          "Costs are what each strategy would pay alone: training tokens and CPU seconds include the training worker's; a fine-tune that two strategies run identically (finetune-monthly and hybrid share them) is trained once and charged to both. The hosted estimate prices the prompts scored at the given price per million prompt tokens.",
         ],
         table: {
           columns: ["strategy", "hit@1", "hit@5", "horizon hit", "coverage", "popularity rank", "staleness (days)", "tables", "prompts scored", "training tokens", "CPU s", "hosted est. $"],

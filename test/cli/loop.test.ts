@@ -67,6 +67,13 @@ describe("the hybrid loop from the CLI", () => {
     expect(base.status, base.stderr).toBe(0);
     expect(base.json).toMatchObject({ modelVersion: "m000001", status: "live" });
     expect(base.json.evaluation.transitions).toBeGreaterThan(0);
+    // Held-out top-1 is also measured with the contexts a refresh at the split would retrieve, beside the successor baseline.
+    expect(base.json.evaluation.modelTop1WithContext).toBeGreaterThanOrEqual(0);
+    expect(base.json.evaluation.successorTop1).toBeGreaterThan(0);
+    // Half the transitions carry their retrieved context, as fine-tuning samples do.
+    expect(base.stderr).toMatch(/pretraining on \d+ transitions \((\d+) with a retrieved RAG context\)/);
+    const withContext = Number(/\((\d+) with a retrieved RAG context\)/.exec(base.stderr)![1]);
+    expect(withContext).toBeGreaterThan(0);
     // The base model faces the fine-tuning gates on the held-out days (reported; it goes live regardless).
     expect(base.json.gates).toMatchObject({ exactMatchRate: 1, passed: true, testExamples: expect.any(Number) });
     expect(base.json.gates.testExamples).toBeGreaterThan(0);

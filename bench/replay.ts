@@ -1,0 +1,127 @@
+/**
+ * `npm run bench -- replay`: `evaluate replay` of one year of synthetic events, every strategy (static,
+ * finetune-monthly, rag, hybrid, rag-day1-frozen, successor-top1, popular-novel), RAG every 2 days, monthly
+ * fine-tunes, reference-shape model (d=128, 2 layers). Target: the whole comparison in <= 10 minutes. Key:
+ * replay_year_100_seconds (plus replay_<strategy>_seconds each).
+ *
+ * Sizes: 108 clusters (the taxonomy grows by domain: 9 per domain is the nearest size at or above 100). Training is
+ * what a replay year costs (12 monthly fine-tunes at one sample per optimizer step, ~2.3k tokens/s), so this bench
+ * sizes it down and says so: fine-tunes of 2,000 samples x 2 epochs and a start model of 10,000 samples x 2 epochs
+ * (the defaults are 6,000 x 4 and 60,000 x 4, about 3 minutes per fine-tune and half an hour per start model).
+ * Identical fine-tunes (finetune-monthly and hybrid train the same ones) run once through the replay's training
+ * cache, as `freshrec evaluate replay` does; the cache starts empty.
+ */
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { EventStore } from "../src/data/event-store.js";
+import { ingestSynthetic } from "../src/data/ingest/synthetic.js";
+import { SyntheticWorld, SYNTHETIC_DEFAULTS } from "../src/data/synthetic/index.js";
+import { DAY_MS, VirtualClock } from "../src/domain/clock.js";
+import { EmbeddedTrainer } from "../src/llm/engine/trainer.js";
+import { REFERENCE_SHAPE } from "../src/llm/engine/model-file.js";
+import { pretrainBaseModel } from "../src/llm/pretrain.js";
+import { CachingTrainer } from "../src/llm/training-cache.js";
+import { timedTransitions } from "../src/mining/transitions.js";
+import { replay } from "../src/evaluation/replay.js";
+import { ALL_STRATEGIES, strategySetups } from "../src/evaluation/strategies.js";
+import type { LoopSettings } from "../src/update/loop.js";
+import type { BenchSuiteResult, BenchRow } from "./run.js";
+
+const FINETUNE = { maxSamples: 2000, epochs: 2 };
+const START = { maxSamples: 10_000, epochs: 2, windowDays: 90 };
+
+export async function run(): Promise<BenchSuiteResult> {
+  const dir = mkdtempSync(join(tmpdir(), "freshrec-bench-replay-"));
+  try {
+    // 15 months: three before the replayed year for the start model and the first fine-tune window.
+    const world = new SyntheticWorld({ ...SYNTHETIC_DEFAULTS, clustersPerDomain: 9, months: 15, start: "2025-01-01" });
+    const events = await EventStore.open(join(dir, "events.duckdb"));
+    await ingestSynthetic(events, world);
+    const clusters = await events.clusters();
+    const positiveMin = world.options.positiveThreshold;
+    const from = Date.UTC(2025, 3, 1);
+    const to = Date.UTC(2026, 3, 1);
+    const started = process.hrtime.bigint();
+
+    const startWindow = { from: from - START.windowDays * DAY_MS, to: from };
+    const transitions = (await timedTransitions(events, startWindow, { positiveMin, horizon: 1 })).slice(-START.maxSamples);
+    const start = await pretrainBaseModel({
+      workspace: join(dir, "start"),
+      clock: new VirtualClock(from),
+      clusters,
+      transitions,
+      window: startWindow,
+      epochs: START.epochs,
+      shape: REFERENCE_SHAPE,
+    });
+    const startSeconds = Number(process.hrtime.bigint() - started) / 1e9;
+
+    const settings: LoopSettings = {
+      rag: { windowDays: 7, topN: 1, minSupport: 2, mode: "frequency" },
+      curation: { maxSamples: FINETUNE.maxSamples },
+      gates: {},
+      training: { epochs: FINETUNE.epochs },
+      tables: { topN: 10, keep: 20 },
+      positiveMin,
+    };
+    const wall = new Map<string, number>();
+    let last = process.hrtime.bigint();
+    const setups = strategySetups([...ALL_STRATEGIES], {
+      events,
+      window: { from, to },
+      clusters: clusters.map((c) => c.id),
+      settings,
+      startModel: { path: start.modelPath, window: startWindow, version: start.modelVersion },
+      workDir: join(dir, "replay"),
+      trainer: new CachingTrainer(new EmbeddedTrainer(), join(dir, "replay", "training-cache"), "embedded"),
+    });
+    // Wall time per strategy: from its creation to the next one's (replay runs them one after the other).
+    let current = "";
+    const result = await replay({
+      events,
+      window: { from, to },
+      strategies: setups.map((s) => ({
+        ...s,
+        create: (clock: VirtualClock) => {
+          const now = process.hrtime.bigint();
+          if (current) wall.set(current, Number(now - last) / 1e9);
+          current = s.name;
+          last = now;
+          return s.create(clock);
+        },
+      })),
+      positiveMin,
+      clusters: clusters.map((c) => c.id),
+      resamples: 200,
+    });
+    if (current) wall.set(current, Number(process.hrtime.bigint() - last) / 1e9);
+    const total = Number(process.hrtime.bigint() - started) / 1e9;
+    events.close();
+
+    const results: Record<string, number> = {
+      replay_year_100_seconds: total,
+      replay_start_model_seconds: startSeconds,
+      replay_clusters: clusters.length,
+      replay_transitions: result.transitions,
+    };
+    const rows: BenchRow[] = [
+      {
+        metric: `replay of a year (${clusters.length} clusters, ${result.transitions} transitions, 7 strategies, start model included)`,
+        value: total / 60,
+        unit: "min",
+        target: "<= 10",
+        met: total <= 600,
+      },
+      { metric: `start model (${transitions.length} samples x ${START.epochs} epochs)`, value: startSeconds, unit: "s" },
+    ];
+    for (const [name, seconds] of wall) {
+      results[`replay_${name.replace(/-/g, "_")}_seconds`] = seconds;
+      const s = result.strategies[name];
+      rows.push({ metric: `${name}: ${s.tablesPublished} tables, ${s.cost.trainingTokens} training tokens, hit@1 ${(s.hit1 * 100).toFixed(2)}%`, value: seconds, unit: "s" });
+    }
+    return { results, rows };
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
