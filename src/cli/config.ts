@@ -119,6 +119,58 @@ export const configSchema = z
       })
       .strict()
       .prefault({}),
+    llm: z
+      .object({
+        backend: z
+          .enum(["embedded", "gguf", "openai"])
+          .default("embedded")
+          .describe("Which language model answers prompts: embedded (freshrec's own trained model), gguf (any llama.cpp GGUF file through node-llama-cpp) or openai (any OpenAI-compatible server: OpenAI, vLLM, Ollama, llama.cpp server, freshrec llm serve)."),
+        gguf: z
+          .object({
+            modelPath: z.string().min(1).nullable().default(null).describe("The GGUF file of the gguf backend (Llama, Qwen, Gemma...). Required when llm.backend is gguf."),
+            loraAdapters: z
+              .array(z.object({ path: z.string().min(1), scale: z.number().positive().default(1) }).strict())
+              .default([])
+              .describe("LoRA adapter GGUF files applied on top of the model (a fine-tune delivered as an adapter), with their scale."),
+            contextSize: positiveInt().default(1024).describe("Context length of the gguf backend's llama.cpp context, in tokens (prompt plus answer)."),
+          })
+          .strict()
+          .prefault({}),
+        openai: z
+          .object({
+            baseURL: z.url({ error: "expected an http(s) URL like http://127.0.0.1:8000/v1" }).default("https://api.openai.com/v1").describe("Base URL of the OpenAI-compatible API (with /v1), e.g. http://127.0.0.1:8000/v1 for vLLM or http://127.0.0.1:8081/v1 for freshrec llm serve."),
+            model: z.string().min(1).nullable().default(null).describe("Model name on that server. Required when llm.backend is openai."),
+            apiKeyEnv: z.string().min(1).default("OPENAI_API_KEY").describe("Environment variable holding the API key (never put the key itself in the config). Unset is allowed for local servers."),
+            answer: z
+              .enum(["json_schema", "guided_choice", "text"])
+              .default("json_schema")
+              .describe("How answers are constrained: json_schema (structured output with an enum of cluster descriptions; OpenAI, vLLM, Ollama), guided_choice (vLLM's extension) or text (unconstrained; answers map to clusters by exact match only, which the exact-match gate measures)."),
+            topLogprobs: z.number().int().min(1).max(20).default(20).describe("Alternatives asked per answer token when scoring (OpenAI allows at most 20); ranked answers beyond them are not seen."),
+            concurrency: positiveInt().default(4).describe("Requests in flight at once."),
+            requestsPerMinute: positiveInt().nullable().default(null).describe("Client-side request rate limit. null = none."),
+            tokensPerMinute: positiveInt().nullable().default(null).describe("Client-side token rate limit (prompt estimate plus the answer budget). null = none."),
+            maxRetries: z.number().int().min(0).max(20).default(5).describe("Retries of a request answered 408, 409, 429 or 5xx, or that failed to connect, with exponential backoff (0.5 s doubling to 8 s, or the server's retry-after)."),
+            timeoutMs: positiveInt().default(60_000).describe("Timeout of one request."),
+            maxTokens: positiveInt().default(64).describe("Answer budget per request, in tokens."),
+            seed: z.number().int().default(1).describe("Seed sent with every request (temperature is 0), for answers as repeatable as the server allows."),
+            cache: z.boolean().default(true).describe("Keep every answer in <workspace>/llm-cache.sqlite keyed by a hash of the request, so an unchanged prompt is never paid for twice."),
+            inputPricePerMTok: z.number().min(0).nullable().default(null).describe("Price of one million prompt tokens, for the dry-run cost estimate. null = unknown."),
+            outputPricePerMTok: z.number().min(0).nullable().default(null).describe("Price of one million answer tokens, for the dry-run cost estimate. null = unknown."),
+            fineTuneModel: z.string().min(1).nullable().default(null).describe("Model hosted fine-tuning starts from when there is no fine-tuned model yet. null = llm.openai.model."),
+            fineTunePollMs: positiveInt().default(10_000).describe("How often a hosted fine-tuning job is polled for progress."),
+          })
+          .strict()
+          .prefault({}),
+        serve: z
+          .object({
+            port: z.number().int().min(0).max(65535).default(8081).describe("TCP port of `freshrec llm serve` (0 = any free port)."),
+            host: z.string().min(1).default("127.0.0.1").describe("Interface of `freshrec llm serve`; 0.0.0.0 exposes the model beyond this machine."),
+          })
+          .strict()
+          .prefault({}),
+      })
+      .strict()
+      .prefault({}),
     tables: z
       .object({
         topN: positiveInt().max(50).default(10).describe("Ranked novel clusters kept per pair."),

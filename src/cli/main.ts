@@ -9,6 +9,7 @@ import { registerDemo } from "./commands/demo.js";
 import { registerEvaluate } from "./commands/evaluate.js";
 import { registerExperiment } from "./commands/experiment.js";
 import { registerIngest } from "./commands/ingest.js";
+import { registerLlm } from "./commands/llm.js";
 import { registerModels } from "./commands/models.js";
 import { registerRefresh } from "./commands/refresh.js";
 import { registerServe } from "./commands/serve.js";
@@ -35,6 +36,7 @@ export function buildProgram(): Command {
   registerEvaluate(program);
   registerExperiment(program);
   registerServe(program);
+  registerLlm(program);
   for (const command of program.commands) {
     command.exitOverride();
     for (const sub of command.commands) sub.exitOverride();

@@ -65,3 +65,36 @@ export function renderPrompt(input: PromptInput, descriptions: ReadonlyMap<strin
   parts.push(PROMPT_TEMPLATE.end);
   return parts.join(" ");
 }
+
+/**
+ * Inverse of `renderPrompt`: the prompt a rendered text came from, or null when the text does not follow the
+ * template or names a description outside `clusters`. Servers and trainers that receive prompts as text (an
+ * OpenAI-compatible fine-tuning file) use it to recover the history and context.
+ */
+export function parsePrompt(text: string, descriptions: ReadonlyMap<string, string>): PromptInput | null {
+  const idOf = new Map<string, string>();
+  for (const [id, d] of descriptions) if (!idOf.has(d)) idOf.set(d, id);
+  const [head, tail] = PROMPT_TEMPLATE.history.split("{c1}");
+  const [middle] = tail.split("{c2}");
+  const contextHead = PROMPT_TEMPLATE.context.split("{successors}")[0];
+  const end = ` ${PROMPT_TEMPLATE.end}`;
+  const body = text.trim();
+  if (!body.startsWith(`${head}`) || !body.endsWith(end)) return null;
+  const inner = body.slice(head.length, body.length - end.length);
+  const split = inner.indexOf(middle);
+  if (split < 0) return null;
+  const c1 = idOf.get(inner.slice(0, split));
+  let rest = inner.slice(split + middle.length);
+  let successors: string[] = [];
+  const at = rest.indexOf(` ${contextHead}`);
+  if (at >= 0) {
+    const listed = rest.slice(at + contextHead.length + 1).split(PROMPT_TEMPLATE.successorJoin);
+    rest = rest.slice(0, at);
+    const ids = listed.map((d) => idOf.get(d));
+    if (ids.some((id) => id === undefined)) return null;
+    successors = ids as string[];
+  }
+  const c2 = idOf.get(rest);
+  if (c1 === undefined || c2 === undefined) return null;
+  return successors.length > 0 ? { history: { c1, c2 }, context: { successors } } : { history: { c1, c2 } };
+}

@@ -1,0 +1,113 @@
+import { join } from "node:path";
+import OpenAI, { toFile } from "openai";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { renderPrompt } from "../../src/llm/prompt.js";
+import { startLlmServer, type RunningLlmServer } from "../../src/llm/openai-server.js";
+import { CLUSTERS, tempWorkspace, toySamples } from "./fixtures.js";
+import { silentLog, trainTinyModel } from "./tiny-model.js";
+
+const descriptions = new Map(CLUSTERS.map((c) => [c.id, c.description]));
+const allDescriptions = CLUSTERS.map((c) => c.description);
+const prompt = renderPrompt({ history: { c1: "baking", c2: "hiking" } }, descriptions);
+
+describe("freshrec llm serve (OpenAI-compatible routes over the embedded model, real HTTP)", () => {
+  let server: RunningLlmServer;
+  let client: OpenAI;
+  beforeAll(async () => {
+    const ws = tempWorkspace();
+    const modelPath = await trainTinyModel(ws);
+    server = await startLlmServer({ modelPath, modelName: "tiny", dataDir: join(ws, "llm-server"), port: 0, logStream: silentLog });
+    client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "unused", maxRetries: 0 });
+  });
+  afterAll(async () => {
+    await server?.close();
+  });
+
+  it("lists the served model", async () => {
+    const models = await client.models.list();
+    expect(models.data.map((m) => m.id)).toEqual(["tiny"]);
+  });
+
+  it("answers under a json_schema enum with the constrained distribution as logprobs", async () => {
+    const response = await client.chat.completions.create({
+      model: "tiny",
+      messages: [{ role: "system", content: "ignored" }, { role: "user", content: prompt }],
+      response_format: {
+        type: "json_schema",
+        json_schema: { name: "answer", strict: true, schema: { type: "object", properties: { cluster: { type: "string", enum: allDescriptions } }, required: ["cluster"], additionalProperties: false } },
+      },
+      logprobs: true,
+      top_logprobs: 20,
+      temperature: 0,
+    });
+    const content = response.choices[0].message.content ?? "";
+    const answer = (JSON.parse(content) as { cluster: string }).cluster;
+    expect(allDescriptions).toContain(answer);
+    const tokens = response.choices[0].logprobs?.content ?? [];
+    expect(tokens.map((t) => t.token).join("")).toBe(content);
+    const alternatives = tokens[1].top_logprobs;
+    expect(alternatives.map((a) => a.token).sort()).toEqual([...allDescriptions].sort());
+    expect(alternatives.reduce((s, a) => s + Math.exp(a.logprob), 0)).toBeCloseTo(1, 5);
+    expect(alternatives[0].token).toBe(answer);
+    expect(response.usage?.prompt_tokens).toBeGreaterThan(0);
+  });
+
+  it("answers vLLM's guided_choice with one of the choices as plain text", async () => {
+    const choices = allDescriptions.slice(2, 5);
+    const response = await client.chat.completions.create({
+      model: "tiny",
+      messages: [{ role: "user", content: prompt }],
+      // vLLM's extension, passed through by the openai client as an extra body field.
+      ...({ guided_choice: choices } as object),
+    } as OpenAI.Chat.ChatCompletionCreateParamsNonStreaming);
+    expect(choices).toContain(response.choices[0].message.content);
+  });
+
+  it("generates unconstrained text, greedy at temperature 0 and seeded when sampling", async () => {
+    const ask = (temperature: number, seed: number) =>
+      client.chat.completions.create({ model: "tiny", messages: [{ role: "user", content: prompt }], temperature, seed, max_tokens: 8 });
+    const greedy = await ask(0, 1);
+    expect(typeof greedy.choices[0].message.content).toBe("string");
+    expect((await ask(0, 2)).choices[0].message.content).toBe(greedy.choices[0].message.content);
+    const hot = await ask(2, 7);
+    expect((await ask(2, 7)).choices[0].message.content).toBe(hot.choices[0].message.content);
+    expect(server.stats.unconstrained).toBeGreaterThanOrEqual(4);
+  });
+
+  it("refuses what it cannot do with OpenAI-style errors naming the parameter", async () => {
+    await expect(
+      client.chat.completions.create({ model: "tiny", messages: [{ role: "user", content: prompt }], ...({ guided_choice: ["not a cluster"] } as object) } as OpenAI.Chat.ChatCompletionCreateParamsNonStreaming),
+    ).rejects.toMatchObject({ status: 400, param: "response_format" });
+    await expect(client.chat.completions.create({ model: "nope", messages: [{ role: "user", content: prompt }] })).rejects.toMatchObject({ status: 404, param: "model" });
+    await expect(client.chat.completions.create({ model: "tiny", messages: [{ role: "user", content: prompt }], top_logprobs: 50, logprobs: true })).rejects.toMatchObject({ status: 400, param: "top_logprobs" });
+  });
+
+  it("fine-tunes the served model from an uploaded chat JSONL and serves the result", async () => {
+    const lines = toySamples(120, 5).map((s) =>
+      JSON.stringify({ messages: [{ role: "user", content: renderPrompt(s.prompt, descriptions) }, { role: "assistant", content: descriptions.get(s.answer) }] }),
+    );
+    const file = await client.files.create({ file: await toFile(Buffer.from(lines.join("\n")), "train.jsonl"), purpose: "fine-tune" });
+    expect(file.bytes).toBeGreaterThan(0);
+    const bad = await client.files.create({ file: await toFile(Buffer.from('{"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"x"}]}'), "bad.jsonl"), purpose: "fine-tune" });
+    await expect(client.fineTuning.jobs.create({ model: "tiny", training_file: bad.id })).rejects.toMatchObject({ status: 400, param: "training_file" });
+
+    const job = await client.fineTuning.jobs.create({ model: "tiny", training_file: file.id, hyperparameters: { n_epochs: 1 }, suffix: "test" });
+    let current = job;
+    for (let i = 0; i < 600 && !["succeeded", "failed", "cancelled"].includes(current.status); i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      current = await client.fineTuning.jobs.retrieve(job.id);
+    }
+    expect(current.status).toBe("succeeded");
+    expect(current.fine_tuned_model).toMatch(/^ft:tiny:test:/);
+    expect(current.trained_tokens).toBeGreaterThan(0);
+    const events = await client.fineTuning.jobs.listEvents(job.id);
+    expect(events.data.some((e) => e.type === "metrics")).toBe(true);
+    expect((await client.models.list()).data.map((m) => m.id)).toContain(current.fine_tuned_model);
+    const answer = await client.chat.completions.create({
+      model: current.fine_tuned_model!,
+      messages: [{ role: "user", content: prompt }],
+      ...({ guided_choice: allDescriptions } as object),
+    } as OpenAI.Chat.ChatCompletionCreateParamsNonStreaming);
+    expect(allDescriptions).toContain(answer.choices[0].message.content);
+  });
+});
