@@ -1,0 +1,399 @@
+/**
+ * The `openai` backend: any OpenAI-compatible chat-completions server (OpenAI, vLLM, Ollama, llama.cpp server,
+ * `freshrec llm serve`) through the official `openai` client.
+ *
+ * Every request is the same chat: a system message that lists the cluster descriptions (identical for all pairs, so
+ * servers with prefix caching reuse it) and the user message `renderPrompt(prompt)`, at temperature 0 with a fixed
+ * seed, asking for `logprobs` with `topLogprobs` alternatives. The answer is constrained by `answer`:
+ * - `json_schema` (default): `response_format` json_schema `{ cluster: enum of descriptions }` (OpenAI structured
+ *   outputs, vLLM, Ollama); the answer is the `cluster` field.
+ * - `guided_choice`: vLLM's extension, the answer is one description as plain text.
+ * - `text`: no constraint. The text maps to a cluster only when it equals a description exactly (after trimming);
+ *   anything else is an exact-match failure (`cluster: null`), which is what the exact-match gate measures.
+ *
+ * **Scoring (top-n with probabilities)** uses the same request: the log-probabilities of the first token of the
+ * answer (found in the content after any JSON prefix). Each alternative token at that position is credited to the
+ * candidate descriptions that begin with its text (split evenly when several do), the history's clusters are left
+ * out, and the masses are renormalised over the candidates found: a softmax over the allowed answers, as the
+ * embedded backend computes. It is exact when every description begins with a distinct token (servers whose model
+ * sees one token per cluster, like `freshrec llm serve`); descriptions sharing their first token share its mass.
+ * Only the `topLogprobs` (at most 20) best alternatives are returned by OpenAI-compatible servers, so a ranking has
+ * at most that many answers. A server that returns no logprobs yields its answer alone, with probability 1.
+ *
+ * Costs: one request per prompt, kept in a SQLite response cache keyed by the request's hash (`cachePath`), so an
+ * unchanged pair is never paid twice and `generate` after `score` on the same prompt is free. `estimateCost`
+ * prices a build before it runs. Requests are paced (`RequestPacer`) and retried by the client on 408/409/429/5xx
+ * and connection errors with exponential backoff (0.5 s doubling to 8 s, or the server's retry-after).
+ *
+ * @example
+ * const model = await OpenAiLanguageModel.open({ baseURL: "http://127.0.0.1:8081/v1", model: "m000001", clusters });
+ * const [ranked] = await model.score([{ history: { c1: "baking", c2: "hiking" } }], 10);
+ * await model.close();
+ */
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import OpenAI from "openai";
+import { SystemClock, type Clock } from "../../domain/clock.js";
+import { FreshrecError } from "../../domain/errors.js";
+import type { Cluster, ScoredCluster } from "../../domain/types.js";
+import type { GeneratedAnswer, LanguageModel, LanguageModelInfo, PromptInput, ScoreOptions } from "../contracts.js";
+import { PROMPT_TEMPLATE_HASH, renderPrompt } from "../prompt.js";
+import { RequestPacer } from "./request-pacer.js";
+import { ResponseCache } from "./response-cache.js";
+
+export type AnswerMode = "json_schema" | "guided_choice" | "text";
+
+export interface OpenAiConnectionOptions {
+  /** Base URL with /v1, e.g. http://127.0.0.1:8000/v1. */
+  readonly baseURL: string;
+  /** API key; local servers accept anything. @defaultValue process.env[apiKeyEnv] ?? "unused" */
+  readonly apiKey?: string;
+  /** @defaultValue "OPENAI_API_KEY" */
+  readonly apiKeyEnv?: string;
+  /** Retries on 408/409/429/5xx and connection errors (exponential backoff). @defaultValue 5 */
+  readonly maxRetries?: number;
+  /** @defaultValue 60_000 */
+  readonly timeoutMs?: number;
+}
+
+export interface OpenAiModelOptions extends OpenAiConnectionOptions {
+  /** Model name, or a hosted-model file written by OpenAiTrainer (see `hostedModelName`). */
+  readonly model: string;
+  /** The clusters the model answers with (the event store's). */
+  readonly clusters: readonly Cluster[];
+  /** @defaultValue "json_schema" */
+  readonly answer?: AnswerMode;
+  /** Alternatives per answer token (OpenAI allows 1..20). @defaultValue 20 */
+  readonly topLogprobs?: number;
+  /** @defaultValue 4 */
+  readonly concurrency?: number;
+  /** @defaultValue null (no limit) */
+  readonly requestsPerMinute?: number | null;
+  /** @defaultValue null (no limit) */
+  readonly tokensPerMinute?: number | null;
+  /** Answer budget per request. @defaultValue 64 */
+  readonly maxTokens?: number;
+  /** Sampling temperature; anything but 0 makes answers vary and is for experiments only. @defaultValue 0 */
+  readonly temperature?: number;
+  /** @defaultValue 1 */
+  readonly seed?: number;
+  /** SQLite file of the response cache; null disables it. @defaultValue null */
+  readonly cachePath?: string | null;
+  /** Prices per million tokens, for `estimateCost`. @defaultValue null (unknown) */
+  readonly inputPricePerMTok?: number | null;
+  readonly outputPricePerMTok?: number | null;
+  /** @defaultValue the system clock */
+  readonly clock?: Clock;
+}
+
+/** What a build would cost before it runs (tokens estimated at 4 characters each, OpenAI's rule of thumb). */
+export interface CostEstimate {
+  readonly prompts: number;
+  /** Prompts already in the response cache: free. */
+  readonly cached: number;
+  readonly promptTokens: number;
+  readonly completionTokens: number;
+  /** null when a price is not configured. */
+  readonly usd: number | null;
+}
+
+/** The cached part of an answer. */
+interface RawAnswer {
+  readonly content: string;
+  readonly logprobs: { token: string; logprob: number; top_logprobs: { token: string; logprob: number }[] }[] | null;
+  readonly promptTokens: number;
+  readonly completionTokens: number;
+}
+
+/** The instructions every request carries; also the system message of hosted fine-tuning examples. */
+export function systemMessage(clusters: readonly Cluster[]): string {
+  return [
+    "You predict a user's next novel interest from the two interest clusters they engaged with most recently.",
+    "Answer with exactly one of these interest clusters, copied verbatim, and nothing else; never one of the user's two:",
+    ...clusters.map((c) => `- ${c.description}`),
+  ].join("\n");
+}
+
+/** The chat messages of a prompt (and of a fine-tuning example, with the answer appended). */
+export function chatMessages(prompt: PromptInput, clusters: readonly Cluster[], descriptions: ReadonlyMap<string, string>): { role: "system" | "user"; content: string }[] {
+  return [
+    { role: "system", content: systemMessage(clusters) },
+    { role: "user", content: renderPrompt(prompt, descriptions) },
+  ];
+}
+
+/** How an answer is written in each mode (what a fine-tuned model is trained to produce). */
+export function answerContent(mode: AnswerMode, description: string): string {
+  return mode === "json_schema" ? JSON.stringify({ cluster: description }) : description;
+}
+
+const HOSTED_FORMAT = "freshrec-hosted-model";
+
+/**
+ * A hosted model has no weights here, so the model registry (which records a file and its sha256 per version)
+ * gets a small JSON file naming it: OpenAiTrainer writes one at the requested output path.
+ */
+export function writeHostedModelFile(path: string, hosted: { baseURL: string; model: string; job?: string }): void {
+  writeFileSync(path, `${JSON.stringify({ format: HOSTED_FORMAT, backend: "openai", ...hosted }, null, 2)}\n`);
+}
+
+/** The model name a string stands for: the name inside a hosted-model file, or the string itself. */
+export function hostedModelName(pathOrName: string): string {
+  if (!pathOrName.includes("/") && !pathOrName.endsWith(".json") && !pathOrName.endsWith(".gguf")) return pathOrName;
+  if (!existsSync(pathOrName)) return pathOrName;
+  try {
+    const parsed = JSON.parse(readFileSync(pathOrName, "utf8")) as { format?: string; model?: string };
+    if (parsed.format === HOSTED_FORMAT && typeof parsed.model === "string") return parsed.model;
+  } catch {
+    // not a hosted-model file
+  }
+  throw new FreshrecError("BAD_INPUT", `${pathOrName} is a file but not a hosted-model file (an openai backend needs a model name)`);
+}
+
+/** The openai client for freshrec: no key needed for local servers; failures become FreshrecErrors. */
+export function openAiClient(options: OpenAiConnectionOptions, onHttpRequest?: () => void): OpenAI {
+  const apiKey = options.apiKey ?? process.env[options.apiKeyEnv ?? "OPENAI_API_KEY"] ?? "unused";
+  return new OpenAI({
+    baseURL: options.baseURL,
+    apiKey,
+    maxRetries: options.maxRetries ?? 5,
+    timeout: options.timeoutMs ?? 60_000,
+    // Counting the HTTP requests the client really sends (retries included) is how retries become visible.
+    fetch: (url: string | URL | Request, init?: RequestInit) => {
+      onHttpRequest?.();
+      return fetch(url, init);
+    },
+  });
+}
+
+/** An error of the remote API in freshrec's terms, naming the server and what it said. */
+export function remoteError(error: unknown, baseURL: string, what: string): FreshrecError {
+  if (error instanceof FreshrecError) return error;
+  if (error instanceof OpenAI.APIUserAbortError) return new FreshrecError("CANCELLED", `${what} was cancelled`, { cause: error });
+  if (error instanceof OpenAI.APIConnectionError) {
+    return new FreshrecError("ENGINE", `${what}: cannot reach ${baseURL} (${(error.cause as Error | undefined)?.message ?? error.message})`, { cause: error });
+  }
+  if (error instanceof OpenAI.APIError) {
+    const hint = error.status === 401 ? " (check the API key's environment variable, llm.openai.apiKeyEnv)" : error.status === 404 ? " (check llm.openai.model and baseURL)" : "";
+    return new FreshrecError("ENGINE", `${what}: ${baseURL} answered ${error.status ?? "an error"}: ${error.message}${hint}`, { cause: error });
+  }
+  return new FreshrecError("ENGINE", `${what}: ${(error as Error)?.message ?? String(error)}`, { cause: error });
+}
+
+const estimateTokens = (chars: number) => Math.ceil(chars / 4);
+
+export class OpenAiLanguageModel implements LanguageModel {
+  readonly info: LanguageModelInfo;
+  /** Requests answered (from the cache or the server), HTTP requests sent (retries included), tokens billed. */
+  readonly stats = { requests: 0, cacheHits: 0, httpRequests: 0, promptTokens: 0, completionTokens: 0 };
+  private readonly client: OpenAI;
+  private readonly pacer: RequestPacer;
+  private readonly cache: ResponseCache | null;
+  private readonly descriptions: ReadonlyMap<string, string>;
+  private readonly idOf: ReadonlyMap<string, string>;
+  private readonly model: string;
+  private readonly mode: AnswerMode;
+  private readonly system: string;
+
+  private constructor(private readonly options: OpenAiModelOptions) {
+    this.model = hostedModelName(options.model);
+    this.mode = options.answer ?? "json_schema";
+    this.descriptions = new Map(options.clusters.map((c) => [c.id, c.description]));
+    const idOf = new Map<string, string>();
+    for (const c of options.clusters) {
+      const existing = idOf.get(c.description);
+      if (existing !== undefined) {
+        throw new FreshrecError("BAD_INPUT", `clusters ${JSON.stringify(existing)} and ${JSON.stringify(c.id)} share the description ${JSON.stringify(c.description)}: answers could not be mapped back by exact match`);
+      }
+      idOf.set(c.description, c.id);
+    }
+    this.idOf = idOf;
+    this.system = systemMessage(options.clusters);
+    this.client = openAiClient(options, () => this.stats.httpRequests++);
+    const clock = options.clock ?? new SystemClock();
+    this.pacer = new RequestPacer({ concurrency: options.concurrency, requestsPerMinute: options.requestsPerMinute, tokensPerMinute: options.tokensPerMinute }, clock);
+    this.cache = options.cachePath ? ResponseCache.open(options.cachePath, clock) : null;
+    this.info = { backend: "openai", source: `${options.baseURL.replace(/\/+$/, "")}#${this.model}`, clusters: [...options.clusters], templateHash: PROMPT_TEMPLATE_HASH };
+  }
+
+  static async open(options: OpenAiModelOptions): Promise<OpenAiLanguageModel> {
+    if (options.clusters.length < 2) throw new FreshrecError("BAD_INPUT", "an openai backend needs at least two clusters");
+    const topLogprobs = options.topLogprobs ?? 20;
+    if (!Number.isInteger(topLogprobs) || topLogprobs < 1 || topLogprobs > 20) throw new FreshrecError("BAD_INPUT", `topLogprobs: expected an integer 1..20, got ${topLogprobs}`);
+    return new OpenAiLanguageModel(options);
+  }
+
+  /** Hit and miss counts of the response cache (zeros without one). */
+  get cacheStats(): { hits: number; misses: number } {
+    return this.cache ? { ...this.cache.stats } : { hits: 0, misses: 0 };
+  }
+
+  /** The request body of a prompt; its hash is the cache key. */
+  requestBody(prompt: PromptInput): Record<string, unknown> {
+    const all = [...this.descriptions.values()];
+    const body: Record<string, unknown> = {
+      model: this.model,
+      messages: [
+        { role: "system", content: this.system },
+        { role: "user", content: renderPrompt(prompt, this.descriptions) },
+      ],
+      temperature: this.options.temperature ?? 0,
+      seed: this.options.seed ?? 1,
+      max_tokens: this.options.maxTokens ?? 64,
+      logprobs: true,
+      top_logprobs: this.options.topLogprobs ?? 20,
+    };
+    if (this.mode === "json_schema") {
+      body.response_format = {
+        type: "json_schema",
+        json_schema: {
+          name: "next_interest",
+          strict: true,
+          schema: { type: "object", properties: { cluster: { type: "string", enum: all } }, required: ["cluster"], additionalProperties: false },
+        },
+      };
+    } else if (this.mode === "guided_choice") {
+      body.guided_choice = all;
+    }
+    return body;
+  }
+
+  /** Prices a build of these prompts before it runs; cached prompts are free. */
+  estimateCost(prompts: readonly PromptInput[]): CostEstimate {
+    let cached = 0;
+    let promptTokens = 0;
+    let completionTokens = 0;
+    const longest = Math.max(...[...this.descriptions.values()].map((d) => d.length));
+    for (const p of prompts) {
+      const body = this.requestBody(p);
+      if (this.cache?.has(this.keyOf(body))) {
+        cached++;
+        continue;
+      }
+      const chars = (body.messages as { content: string }[]).reduce((s, m) => s + m.content.length, 0) + (body.response_format ? JSON.stringify(body.response_format).length : 0);
+      promptTokens += estimateTokens(chars);
+      completionTokens += Math.min(this.options.maxTokens ?? 64, estimateTokens(answerContent(this.mode, "x".repeat(longest)).length));
+    }
+    const inPrice = this.options.inputPricePerMTok ?? null;
+    const outPrice = this.options.outputPricePerMTok ?? null;
+    const usd = inPrice === null || outPrice === null ? null : (promptTokens * inPrice + completionTokens * outPrice) / 1e6;
+    return { prompts: prompts.length, cached, promptTokens, completionTokens, usd };
+  }
+
+  async score(prompts: readonly PromptInput[], topN: number, signal?: AbortSignal, options: ScoreOptions = {}): Promise<ScoredCluster[][]> {
+    // Bad cluster ids fail before any request is paid for.
+    const bodies = prompts.map((p) => this.requestBody(p));
+    const excludeHistory = options.excludeHistory ?? true;
+    const answers = await this.askAll(bodies, signal);
+    return answers.map((raw, i) => {
+      const h = prompts[i].history;
+      const excluded = excludeHistory ? new Set([h.c1, h.c2]) : new Set<string>();
+      return this.rank(raw, excluded).slice(0, topN);
+    });
+  }
+
+  async generate(prompt: PromptInput, signal?: AbortSignal): Promise<GeneratedAnswer> {
+    const [raw] = await this.askAll([this.requestBody(prompt)], signal);
+    const text = this.answerText(raw.content);
+    return { text, cluster: this.idOf.get(text) ?? null };
+  }
+
+  async close(): Promise<void> {
+    this.cache?.close();
+  }
+
+  private keyOf(body: Record<string, unknown>): string {
+    return ResponseCache.keyOf({ baseURL: this.options.baseURL.replace(/\/+$/, ""), body });
+  }
+
+  /** All requests, `concurrency` at a time, answers in input order. */
+  private async askAll(bodies: readonly Record<string, unknown>[], signal?: AbortSignal): Promise<RawAnswer[]> {
+    const out: RawAnswer[] = new Array(bodies.length);
+    let next = 0;
+    const worker = async () => {
+      while (next < bodies.length) {
+        const i = next++;
+        out[i] = await this.ask(bodies[i], signal);
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(this.options.concurrency ?? 4, bodies.length) }, worker));
+    return out;
+  }
+
+  private async ask(body: Record<string, unknown>, signal?: AbortSignal): Promise<RawAnswer> {
+    if (signal?.aborted) throw new FreshrecError("CANCELLED", "the request was cancelled");
+    this.stats.requests++;
+    const key = this.keyOf(body);
+    const hit = this.cache?.get<RawAnswer>(key);
+    if (hit) {
+      this.stats.cacheHits++;
+      return hit;
+    }
+    const estimate = estimateTokens(JSON.stringify(body.messages).length) + (this.options.maxTokens ?? 64);
+    let response: OpenAI.Chat.ChatCompletion;
+    try {
+      response = await this.pacer.run(
+        estimate,
+        () => this.client.chat.completions.create(body as unknown as OpenAI.Chat.ChatCompletionCreateParamsNonStreaming, { signal }),
+        signal,
+      );
+    } catch (error) {
+      throw remoteError(error, this.options.baseURL, `the openai backend (model ${this.model})`);
+    }
+    const choice = response.choices[0];
+    if (!choice) throw new FreshrecError("ENGINE", `${this.options.baseURL} answered without a choice`);
+    const raw: RawAnswer = {
+      content: choice.message.content ?? "",
+      logprobs:
+        choice.logprobs?.content?.map((t) => ({ token: t.token, logprob: t.logprob, top_logprobs: (t.top_logprobs ?? []).map((a) => ({ token: a.token, logprob: a.logprob })) })) ?? null,
+      promptTokens: response.usage?.prompt_tokens ?? 0,
+      completionTokens: response.usage?.completion_tokens ?? 0,
+    };
+    this.stats.promptTokens += raw.promptTokens;
+    this.stats.completionTokens += raw.completionTokens;
+    this.cache?.put(key, raw);
+    return raw;
+  }
+
+  /** The answer's text: the `cluster` field under json_schema (the raw text when it is not that JSON), else the text. */
+  private answerText(content: string): string {
+    const text = content.trim();
+    if (this.mode !== "json_schema") return text;
+    try {
+      const parsed = JSON.parse(text) as { cluster?: unknown };
+      if (typeof parsed?.cluster === "string") return parsed.cluster.trim();
+    } catch {
+      // not JSON: an exact-match failure unless the text itself is a description
+    }
+    return text;
+  }
+
+  /** Candidates ranked by the first answer token's alternatives (module comment), best first, ties by cluster order. */
+  private rank(raw: RawAnswer, excluded: ReadonlySet<string>): ScoredCluster[] {
+    const clusters = this.options.clusters;
+    const mass = new Map<string, number>();
+    const text = this.answerText(raw.content);
+    const tokens = raw.logprobs ?? [];
+    let start = text === "" ? -1 : raw.content.indexOf(this.mode === "json_schema" ? JSON.stringify(text).slice(1, -1) : text);
+    if (start < 0) start = 0;
+    let pos = 0;
+    let k = 0;
+    while (k < tokens.length && pos + tokens[k].token.length <= start) pos += tokens[k++].token.length;
+    if (k < tokens.length) {
+      const offset = start - pos;
+      for (const alt of tokens[k].top_logprobs) {
+        const piece = alt.token.slice(offset).replace(/^\s+/, "");
+        if (piece === "") continue;
+        const matches = clusters.filter((c) => c.description.startsWith(piece) || (piece.length > c.description.length && piece.startsWith(c.description)));
+        for (const c of matches) mass.set(c.id, (mass.get(c.id) ?? 0) + Math.exp(alt.logprob) / matches.length);
+      }
+    }
+    const answered = this.idOf.get(text);
+    if (mass.size === 0 && answered !== undefined) mass.set(answered, 1);
+    const order = new Map(clusters.map((c, i) => [c.id, i]));
+    const kept = [...mass].filter(([id, p]) => !excluded.has(id) && p > 0);
+    const sum = kept.reduce((s, [, p]) => s + p, 0);
+    return kept
+      .sort((a, b) => b[1] - a[1] || order.get(a[0])! - order.get(b[0])!)
+      .map(([cluster, p]) => ({ cluster, score: p / sum }));
+  }
+}

@@ -1,0 +1,75 @@
+/**
+ * Answers of a remote language model kept on disk, keyed by the sha256 of the exact request (server, model,
+ * messages, constraint, sampling parameters): a table rebuild whose pairs did not change costs nothing, and a
+ * changed prompt (new RAG context, new model) misses by construction. One SQLite file (WAL) that several processes
+ * may share; a value is written once and never changes.
+ *
+ * @example
+ * const cache = ResponseCache.open("/ws/llm-cache.sqlite");
+ * const key = ResponseCache.keyOf({ baseURL, body });
+ * const hit = cache.get<Answer>(key) ?? (cache.put(key, await ask()), cache.get<Answer>(key));
+ */
+import Database from "better-sqlite3";
+import { createHash } from "node:crypto";
+import { mkdirSync } from "node:fs";
+import { dirname } from "node:path";
+import type { Clock } from "../../domain/clock.js";
+
+export class ResponseCache {
+  /** Lookups answered from the file, and those that were not, since this cache was opened. */
+  readonly stats = { hits: 0, misses: 0 };
+
+  private constructor(
+    private readonly db: Database.Database,
+    private readonly clock: Clock | null,
+  ) {}
+
+  static open(path: string, clock: Clock | null = null): ResponseCache {
+    mkdirSync(dirname(path), { recursive: true });
+    const db = new Database(path);
+    db.pragma("journal_mode = WAL");
+    db.pragma("busy_timeout = 5000");
+    db.exec("CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, value TEXT NOT NULL, created_at INTEGER)");
+    return new ResponseCache(db, clock);
+  }
+
+  /** sha256 of a canonical JSON rendering (object keys sorted), so key order in a request never splits the cache. */
+  static keyOf(request: unknown): string {
+    return createHash("sha256").update(canonicalJson(request)).digest("hex");
+  }
+
+  get<T>(key: string): T | undefined {
+    const row = this.db.prepare("SELECT value FROM responses WHERE key = ?").get(key) as { value: string } | undefined;
+    if (row) this.stats.hits++;
+    else this.stats.misses++;
+    return row ? (JSON.parse(row.value) as T) : undefined;
+  }
+
+  /** True without counting a lookup (dry-run estimates). */
+  has(key: string): boolean {
+    return this.db.prepare("SELECT 1 FROM responses WHERE key = ?").get(key) !== undefined;
+  }
+
+  put(key: string, value: unknown): void {
+    this.db.prepare("INSERT OR IGNORE INTO responses (key, value, created_at) VALUES (?, ?, ?)").run(key, JSON.stringify(value), this.clock?.now() ?? null);
+  }
+
+  get size(): number {
+    return (this.db.prepare("SELECT COUNT(*) AS n FROM responses").get() as { n: number }).n;
+  }
+
+  close(): void {
+    this.db.close();
+  }
+}
+
+export function canonicalJson(value: unknown): string {
+  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(",")}]`;
+  if (value !== null && typeof value === "object") {
+    const entries = Object.entries(value as Record<string, unknown>)
+      .filter(([, v]) => v !== undefined)
+      .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+    return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${canonicalJson(v)}`).join(",")}}`;
+  }
+  return JSON.stringify(value);
+}

@@ -1,0 +1,168 @@
+import { existsSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import Fastify from "fastify";
+import { afterAll, describe, expect, it } from "vitest";
+import { OpenAiLanguageModel, type OpenAiModelOptions } from "../../src/llm/backends/openai.js";
+import { OpenAiTrainer } from "../../src/llm/backends/openai-trainer.js";
+import type { TrainingEvent } from "../../src/llm/contracts.js";
+import { startLlmServer, type RunningLlmServer } from "../../src/llm/openai-server.js";
+import { evaluateGates } from "../../src/update/gates.js";
+import { languageModelConformance } from "./conformance.js";
+import { CLUSTERS, tempWorkspace, toySamples } from "./fixtures.js";
+import { silentLog, trainTinyModel } from "./tiny-model.js";
+
+const ws = tempWorkspace("freshrec-openai-");
+let serverPromise: Promise<RunningLlmServer> | null = null;
+/** One `freshrec llm serve` server (in process, port 0) over a tiny trained model, for every test of this file. */
+function llmServer(): Promise<RunningLlmServer> {
+  serverPromise ??= trainTinyModel(ws).then((modelPath) => startLlmServer({ modelPath, modelName: "tiny", dataDir: join(ws, "llm-server"), port: 0, logStream: silentLog }));
+  return serverPromise;
+}
+async function openModel(extra: Partial<OpenAiModelOptions> = {}): Promise<OpenAiLanguageModel> {
+  const server = await llmServer();
+  return OpenAiLanguageModel.open({ baseURL: `${server.url}/v1`, model: "tiny", clusters: CLUSTERS, maxRetries: 0, ...extra });
+}
+afterAll(async () => {
+  await (await serverPromise)?.close();
+});
+
+languageModelConformance("openai (json_schema) against freshrec llm serve", async () => ({ model: await openModel() }));
+languageModelConformance("openai (guided_choice) against freshrec llm serve", async () => ({ model: await openModel({ answer: "guided_choice" }) }));
+
+describe("openai backend", () => {
+  const prompts = CLUSTERS.slice(0, 4).flatMap((a) => CLUSTERS.slice(0, 4).filter((b) => b !== a).map((b) => ({ history: { c1: a.id, c2: b.id } })));
+
+  it("ranks like the embedded model it talks to (one token per cluster: the logprobs are exact)", async () => {
+    const { EmbeddedLanguageModel } = await import("../../src/llm/backends/embedded.js");
+    const embedded = await EmbeddedLanguageModel.open(join(ws, "models", "tiny.gguf"));
+    const remote = await openModel();
+    try {
+      const [a, b] = [await embedded.score(prompts, 5), await remote.score(prompts, 5)];
+      b.forEach((ranked, i) => {
+        expect(ranked.map((r) => r.cluster)).toEqual(a[i].map((r) => r.cluster));
+        ranked.forEach((r, k) => expect(r.score).toBeCloseTo(a[i][k].score, 4));
+      });
+    } finally {
+      await embedded.close();
+      await remote.close();
+    }
+  });
+
+  it("caches answers by request hash: an unchanged rebuild, even in a new process, sends nothing", async () => {
+    const server = await llmServer();
+    const cachePath = join(ws, "cache", "llm-cache.sqlite");
+    const first = await openModel({ cachePath });
+    const before = server.stats.completions;
+    const a = await first.score(prompts, 3);
+    expect(server.stats.completions - before).toBe(prompts.length);
+    // generate() asks the same request as score(): free.
+    await first.generate(prompts[0]);
+    expect(first.cacheStats).toEqual({ hits: 1, misses: prompts.length });
+    expect(first.estimateCost(prompts).cached).toBe(prompts.length);
+    await first.close();
+    const second = await openModel({ cachePath });
+    expect(await second.score(prompts, 3)).toEqual(a);
+    expect(server.stats.completions - before).toBe(prompts.length);
+    expect(second.stats).toMatchObject({ requests: prompts.length, cacheHits: prompts.length, httpRequests: 0 });
+    // A changed prompt (a RAG context) is a new request.
+    await second.score([{ history: { c1: "baking", c2: "hiking" }, context: { successors: ["jazz"] } }], 3);
+    expect(server.stats.completions - before).toBe(prompts.length + 1);
+    await second.close();
+  });
+
+  it("estimates the cost of a build before it runs (prompts x tokens x price)", async () => {
+    const model = await openModel({ inputPricePerMTok: 0.15, outputPricePerMTok: 0.6 });
+    const estimate = model.estimateCost(prompts);
+    expect(estimate.prompts).toBe(prompts.length);
+    expect(estimate.cached).toBe(0);
+    expect(estimate.promptTokens).toBeGreaterThan(prompts.length * 50);
+    expect(estimate.usd).toBeCloseTo((estimate.promptTokens * 0.15 + estimate.completionTokens * 0.6) / 1e6, 10);
+    expect((await openModel()).estimateCost(prompts).usd).toBeNull();
+  });
+
+  it("maps plain-text answers by exact match only; off-list answers fail the exact-match gate", async () => {
+    // Unconstrained and sampled hot, the tiny model often answers words that are not a description.
+    const model = await openModel({ answer: "text", temperature: 1.5, seed: 11 });
+    const answers = [];
+    for (const p of prompts) answers.push(await model.generate(p));
+    const offList = answers.filter((a) => a.cluster === null);
+    expect(offList.length).toBeGreaterThan(0);
+    for (const a of offList) expect(CLUSTERS.map((c) => c.description)).not.toContain(a.text);
+    for (const a of answers.filter((x) => x.cluster !== null)) expect(CLUSTERS.find((c) => c.id === a.cluster)?.description).toBe(a.text);
+    const gates = evaluateGates(answers.map((a) => a.cluster), [], [], { minExactMatchRate: 0.9 });
+    expect(gates.exactMatchRate).toBeCloseTo((answers.length - offList.length) / answers.length, 10);
+    expect(gates.passed).toBe(false);
+    // Constrained answers always name a cluster.
+    const constrained = await openModel();
+    for (const p of prompts.slice(0, 4)) expect((await constrained.generate(p)).cluster).not.toBeNull();
+  });
+
+  it("retries 429 and 5xx answers with backoff (a real loopback server that is overloaded twice)", async () => {
+    const app = Fastify();
+    let calls = 0;
+    app.post("/v1/chat/completions", async (_request, reply) => {
+      calls++;
+      if (calls === 1) return reply.status(429).header("retry-after-ms", "20").send({ error: { message: "rate limited", type: "requests", param: null, code: null } });
+      if (calls === 2) return reply.status(503).header("retry-after-ms", "20").send({ error: { message: "overloaded", type: "server_error", param: null, code: null } });
+      const content = JSON.stringify({ cluster: "jazz, vinyl, saxophone" });
+      return {
+        id: "x",
+        object: "chat.completion",
+        created: 0,
+        model: "m",
+        choices: [{ index: 0, message: { role: "assistant", content, refusal: null }, logprobs: null, finish_reason: "stop" }],
+        usage: { prompt_tokens: 10, completion_tokens: 3, total_tokens: 13 },
+      };
+    });
+    await app.listen({ host: "127.0.0.1", port: 0 });
+    const port = (app.server.address() as { port: number }).port;
+    try {
+      const model = await OpenAiLanguageModel.open({ baseURL: `http://127.0.0.1:${port}/v1`, model: "m", clusters: CLUSTERS, maxRetries: 3 });
+      const answer = await model.generate({ history: { c1: "baking", c2: "hiking" } });
+      expect(answer).toEqual({ text: "jazz, vinyl, saxophone", cluster: "jazz" });
+      expect(calls).toBe(3);
+      expect(model.stats.httpRequests).toBe(3);
+      // Without logprobs, the answer alone is the ranking.
+      expect(await model.score([{ history: { c1: "baking", c2: "hiking" } }], 3)).toEqual([[{ cluster: "jazz", score: 1 }]]);
+      const impatient = await OpenAiLanguageModel.open({ baseURL: `http://127.0.0.1:${port}/v1`, model: "m", clusters: CLUSTERS, maxRetries: 0 });
+      calls = 0;
+      await expect(impatient.generate({ history: { c1: "baking", c2: "hiking" } })).rejects.toMatchObject({ code: "ENGINE", message: expect.stringMatching(/answered 429/) });
+    } finally {
+      await app.close();
+    }
+  });
+
+  it("says which server it cannot reach", async () => {
+    const model = await OpenAiLanguageModel.open({ baseURL: "http://127.0.0.1:9/v1", model: "m", clusters: CLUSTERS, maxRetries: 0 });
+    await expect(model.generate({ history: { c1: "baking", c2: "hiking" } })).rejects.toMatchObject({ code: "ENGINE", message: expect.stringMatching(/cannot reach http:\/\/127\.0\.0\.1:9\/v1/) });
+  });
+});
+
+describe("hosted fine-tuning (OpenAiTrainer against freshrec llm serve)", () => {
+  it("uploads the samples, runs the job with progress, and names the new model in a hosted-model file", async () => {
+    const server = await llmServer();
+    const trainer = new OpenAiTrainer({ baseURL: `${server.url}/v1`, model: "tiny", clusters: CLUSTERS, pollIntervalMs: 50, maxRetries: 0 });
+    expect(trainer.jsonl(toySamples(1)).split("\n")).toHaveLength(1);
+    const events: TrainingEvent[] = [];
+    const out = join(ws, "models", "hosted-1.json");
+    const result = await trainer.train(toySamples(150, 4), { outputPath: out, epochs: 1, validation: toySamples(20, 8), onProgress: (e) => events.push(e) });
+    expect(result.modelPath).toBe(out);
+    expect(existsSync(out)).toBe(true);
+    const hosted = JSON.parse(readFileSync(out, "utf8")) as { model: string };
+    expect(hosted.model).toMatch(/^ft:tiny:freshrec:/);
+    expect(result.trainTokens).toBeGreaterThan(0);
+    expect(events.some((e) => e.type === "step")).toBe(true);
+    // The next fine-tune continues the hosted model, and the backend opens it from the file.
+    const model = await openModel({ model: out });
+    expect(model.info.source).toContain(hosted.model);
+    expect((await model.generate({ history: { c1: "baking", c2: "hiking" } })).cluster).not.toBeNull();
+    const next = await trainer.train(toySamples(60, 6), { from: out, outputPath: join(ws, "models", "hosted-2.json"), epochs: 1 });
+    expect((JSON.parse(readFileSync(next.modelPath, "utf8")) as { model: string }).model).toMatch(/^ft:tiny:freshrec:/);
+  });
+
+  it("reports a failed job with the server's reason", async () => {
+    const server = await llmServer();
+    const trainer = new OpenAiTrainer({ baseURL: `${server.url}/v1`, model: "no-such-model", clusters: CLUSTERS, pollIntervalMs: 50, maxRetries: 0 });
+    await expect(trainer.train(toySamples(20), { outputPath: join(ws, "models", "never.json"), epochs: 1 })).rejects.toMatchObject({ code: "ENGINE", message: expect.stringMatching(/404.*no-such-model/) });
+  });
+});
