@@ -1,0 +1,217 @@
+/**
+ * The `gguf` backend: any llama.cpp GGUF model (Llama, Qwen, Gemma, ... or a freshrec model file) through
+ * node-llama-cpp, reading freshrec's prompt template as plain text with the model's own tokenizer.
+ *
+ * - **Generation:** greedy, under a GBNF grammar whose only sentences are the cluster descriptions (an optional
+ *   leading space first, as tokenizers put words after a space); the text maps back to a cluster by exact match.
+ * - **Scoring (top-n):** each candidate description's log-probability as the continuation of the prompt,
+ *   log P(" " + description | prompt) = the sum of its tokens' log-probabilities, then a softmax over the allowed
+ *   candidates (the history's clusters left out). Candidates are walked as a token trie, so a token prefix shared by
+ *   several descriptions (and the prompt itself) is evaluated once per prompt; the prompt is evaluated from an empty
+ *   context every time, so a prompt's scores never depend on what was scored before it. Longer descriptions are not
+ *   normalised by length: the probability of the whole answer is what generation would follow.
+ * - One context with one sequence and `threads: 1` (ENGINE-NOTES.md: two threads were 3-27x slower on 2 cores;
+ *   multi-sequence probability maps were unreliable), calls serialised. Scale out with processes.
+ * - LoRA adapters (`loraAdapters`) are applied to the context: a fine-tune delivered as an adapter file is a new
+ *   model version without copying the base weights.
+ *
+ * @example
+ * const model = await GgufLanguageModel.open({ modelPath: "/models/qwen2.5-0.5b-instruct-q8_0.gguf", clusters });
+ * const [ranked] = await model.score([{ history: { c1: "baking", c2: "hiking" } }], 10);
+ * await model.close();
+ */
+import { existsSync } from "node:fs";
+import { getLlama, LlamaCompletion, LlamaLogLevel, type Llama, type LlamaContext, type LlamaContextSequence, type LlamaGrammar, type LlamaModel, type Token } from "node-llama-cpp";
+import { FreshrecError } from "../../domain/errors.js";
+import type { Cluster, ScoredCluster } from "../../domain/types.js";
+import type { GeneratedAnswer, LanguageModel, LanguageModelInfo, PromptInput, ScoreOptions } from "../contracts.js";
+import { PROMPT_TEMPLATE_HASH, renderPrompt } from "../prompt.js";
+import { assertPinnedEngine } from "../engine/llama-api.js";
+
+export interface GgufModelOptions {
+  readonly modelPath: string;
+  /** The clusters the model answers with (the event store's). */
+  readonly clusters: readonly Cluster[];
+  /** LoRA adapters applied on top of the model. @defaultValue [] */
+  readonly loraAdapters?: readonly { readonly path: string; readonly scale?: number }[];
+  /** Context length in tokens (prompt plus answer). @defaultValue 1024 */
+  readonly contextSize?: number;
+}
+
+let llamaPromise: Promise<Llama> | null = null;
+/** One llama.cpp instance per process; never a GPU probe, download or build (ENGINE-NOTES.md). */
+function sharedLlama(): Promise<Llama> {
+  llamaPromise ??= getLlama({ gpu: false, build: "never", logLevel: LlamaLogLevel.error });
+  return llamaPromise;
+}
+
+/** GBNF string literal of a text. */
+function gbnfLiteral(text: string): string {
+  return `"${[...text].map((ch) => (ch === '"' ? '\\"' : ch === "\\" ? "\\\\" : ch === "\n" ? "\\n" : ch === "\r" ? "\\r" : ch)).join("")}"`;
+}
+
+/** The grammar whose sentences are exactly the descriptions (after an optional space). */
+export function descriptionGrammar(descriptions: readonly string[]): string {
+  return `root ::= " "? answer\nanswer ::= ${descriptions.map(gbnfLiteral).join(" | ")}\n`;
+}
+
+interface TrieNode {
+  readonly children: Map<Token, TrieNode>;
+  /** Candidates whose token sequence ends here. */
+  readonly ends: number[];
+}
+
+export class GgufLanguageModel implements LanguageModel {
+  readonly info: LanguageModelInfo;
+  private queue: Promise<unknown> = Promise.resolve();
+  private readonly descriptions: ReadonlyMap<string, string>;
+  private readonly idOf: ReadonlyMap<string, string>;
+
+  private constructor(
+    private readonly options: GgufModelOptions,
+    private readonly model: LlamaModel,
+    private readonly context: LlamaContext,
+    private readonly sequence: LlamaContextSequence,
+    private readonly grammar: LlamaGrammar,
+  ) {
+    this.descriptions = new Map(options.clusters.map((c) => [c.id, c.description]));
+    this.idOf = new Map(options.clusters.map((c) => [c.description, c.id]));
+    const adapters = (options.loraAdapters ?? []).map((a) => `+lora:${a.path}@${a.scale ?? 1}`).join("");
+    this.info = { backend: "gguf", source: `${options.modelPath}${adapters}`, clusters: [...options.clusters], templateHash: PROMPT_TEMPLATE_HASH };
+  }
+
+  static async open(options: GgufModelOptions): Promise<GgufLanguageModel> {
+    assertPinnedEngine();
+    if (!existsSync(options.modelPath)) throw new FreshrecError("BAD_INPUT", `llm.gguf.modelPath: ${options.modelPath} does not exist`);
+    for (const a of options.loraAdapters ?? []) {
+      if (!existsSync(a.path)) throw new FreshrecError("BAD_INPUT", `llm.gguf.loraAdapters: ${a.path} does not exist`);
+    }
+    if (options.clusters.length < 2) throw new FreshrecError("BAD_INPUT", "a gguf backend needs at least two clusters");
+    const seen = new Map<string, string>();
+    for (const c of options.clusters) {
+      const other = seen.get(c.description);
+      if (other !== undefined) throw new FreshrecError("BAD_INPUT", `clusters ${JSON.stringify(other)} and ${JSON.stringify(c.id)} share a description: answers could not be mapped back by exact match`);
+      seen.set(c.description, c.id);
+    }
+    const llama = await sharedLlama();
+    let model: LlamaModel;
+    try {
+      model = await llama.loadModel({ modelPath: options.modelPath });
+    } catch (error) {
+      throw new FreshrecError("ENGINE", `llama.cpp could not load ${options.modelPath}: ${(error as Error).message}`, { cause: error });
+    }
+    try {
+      const adapters = options.loraAdapters ?? [];
+      const context = await model.createContext({
+        contextSize: options.contextSize ?? 1024,
+        sequences: 1,
+        threads: 1,
+        ...(adapters.length > 0 ? { lora: { adapters: adapters.map((a) => ({ filePath: a.path, scale: a.scale ?? 1 })) } } : {}),
+      });
+      const grammar = await llama.createGrammar({ grammar: descriptionGrammar(options.clusters.map((c) => c.description)) });
+      return new GgufLanguageModel(options, model, context, context.getSequence(), grammar);
+    } catch (error) {
+      await model.dispose();
+      throw new FreshrecError("ENGINE", `llama.cpp could not prepare ${options.modelPath}: ${(error as Error).message}`, { cause: error });
+    }
+  }
+
+  async score(prompts: readonly PromptInput[], topN: number, signal?: AbortSignal, options: ScoreOptions = {}): Promise<ScoredCluster[][]> {
+    const texts = prompts.map((p) => renderPrompt(p, this.descriptions));
+    const excludeHistory = options.excludeHistory ?? true;
+    return this.serial(async () => {
+      const out: ScoredCluster[][] = [];
+      for (let i = 0; i < prompts.length; i++) {
+        if (signal?.aborted) throw new FreshrecError("CANCELLED", "scoring was cancelled");
+        const h = prompts[i].history;
+        const allowed = this.options.clusters.map((c) => !excludeHistory || (c.id !== h.c1 && c.id !== h.c2));
+        const logps = await this.candidateLogProbabilities(texts[i]);
+        let max = -Infinity;
+        logps.forEach((lp, k) => allowed[k] && lp > max && (max = lp));
+        let sum = 0;
+        const weights = logps.map((lp, k) => (allowed[k] ? Math.exp(lp - max) : 0));
+        for (const w of weights) sum += w;
+        const ranked = this.options.clusters
+          .map((c, k) => ({ cluster: c.id, score: weights[k] / sum, k }))
+          .filter((r) => allowed[r.k] && r.score > 0)
+          .sort((a, b) => b.score - a.score || a.k - b.k)
+          .slice(0, topN)
+          .map(({ cluster, score }) => ({ cluster, score }));
+        out.push(ranked);
+      }
+      return out;
+    });
+  }
+
+  async generate(prompt: PromptInput, signal?: AbortSignal): Promise<GeneratedAnswer> {
+    const text = renderPrompt(prompt, this.descriptions);
+    return this.serial(async () => {
+      await this.sequence.clearHistory();
+      const completion = new LlamaCompletion({ contextSequence: this.sequence });
+      const longest = Math.max(...this.options.clusters.map((c) => this.model.tokenize(` ${c.description}`).length));
+      const raw = await completion.generateCompletion(text, { grammar: this.grammar, maxTokens: longest + 2, temperature: 0, signal });
+      const answer = raw.trim();
+      return { text: answer, cluster: this.idOf.get(answer) ?? null };
+    });
+  }
+
+  async close(): Promise<void> {
+    await this.queue;
+    await this.context.dispose();
+    await this.model.dispose();
+  }
+
+  /** One call at a time: the context has one sequence. */
+  private serial<T>(run: () => Promise<T>): Promise<T> {
+    const next = this.queue.then(run);
+    this.queue = next.catch(() => undefined);
+    return next;
+  }
+
+  private tokensOf(text: string): Token[] {
+    const tokens = this.model.tokenize(text);
+    const bos = this.model.tokens.bos;
+    return this.model.tokens.shouldPrependBosToken && bos !== null ? [bos, ...tokens] : tokens;
+  }
+
+  /** log P(" " + description | prompt) for every cluster, in cluster order (module comment). */
+  private async candidateLogProbabilities(promptText: string): Promise<number[]> {
+    const prompt = this.tokensOf(promptText);
+    const root: TrieNode = { children: new Map(), ends: [] };
+    this.options.clusters.forEach((c, k) => {
+      const full = this.tokensOf(`${promptText} ${c.description}`);
+      let shared = 0;
+      while (shared < prompt.length && full[shared] === prompt[shared]) shared++;
+      // A tokenizer may merge across the boundary; then the answer is taken as tokenized on its own.
+      const answer = shared === prompt.length ? full.slice(shared) : this.model.tokenize(` ${c.description}`);
+      let node = root;
+      for (const t of answer) {
+        let child = node.children.get(t);
+        if (!child) node.children.set(t, (child = { children: new Map(), ends: [] }));
+        node = child;
+      }
+      node.ends.push(k);
+    });
+    await this.sequence.clearHistory();
+    const first = await this.sequence.controlledEvaluate(prompt.map((t, i) => (i === prompt.length - 1 ? [t, { generateNext: { probabilities: true } }] : t)));
+    const rootProbabilities = first[prompt.length - 1]?.next.probabilities;
+    if (!rootProbabilities) throw new FreshrecError("ENGINE", "node-llama-cpp returned no probabilities for the prompt");
+    const out = new Array<number>(this.options.clusters.length).fill(-Infinity);
+    const walk = async (node: TrieNode, probabilities: Map<Token, number>, logp: number): Promise<void> => {
+      for (const [token, child] of node.children) {
+        // A token the model gives no probability at all still ranks, far below every other.
+        const lp = logp + Math.log(Math.max(probabilities.get(token) ?? 0, 1e-45));
+        for (const k of child.ends) out[k] = lp;
+        if (child.children.size === 0) continue;
+        const at = this.sequence.nextTokenIndex;
+        const next = await this.sequence.controlledEvaluate([[token, { generateNext: { probabilities: true } }]]);
+        const childProbabilities = next[0]?.next.probabilities;
+        if (!childProbabilities) throw new FreshrecError("ENGINE", "node-llama-cpp returned no probabilities for an answer token");
+        await walk(child, childProbabilities, lp);
+        await this.sequence.eraseContextTokenRanges([{ start: at, end: this.sequence.nextTokenIndex }]);
+      }
+    };
+    await walk(root, rootProbabilities, 0);
+    return out;
+  }
+}
