@@ -6,6 +6,7 @@ import { Command, CommanderError } from "commander";
 import { registerAnalyze } from "./commands/analyze.js";
 import { registerConfig } from "./commands/config.js";
 import { registerDemo } from "./commands/demo.js";
+import { registerDoctor } from "./commands/doctor.js";
 import { registerEvaluate } from "./commands/evaluate.js";
 import { registerExperiment } from "./commands/experiment.js";
 import { registerIngest } from "./commands/ingest.js";
@@ -37,6 +38,7 @@ export function buildProgram(): Command {
   registerExperiment(program);
   registerServe(program);
   registerLlm(program);
+  registerDoctor(program);
   for (const command of program.commands) {
     command.exitOverride();
     for (const sub of command.commands) sub.exitOverride();

@@ -1,0 +1,123 @@
+import { spawnSync } from "node:child_process";
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
+import { diagnoseBackend } from "../../src/cli/commands/doctor.js";
+import { parseConfig } from "../../src/cli/config.js";
+import { languageModelBackend, responseCachePath, writeHostedModelFile } from "../../src/llm/backends/index.js";
+import { writeGguf } from "../../src/llm/engine/gguf.js";
+import { startLlmServer, type RunningLlmServer } from "../../src/llm/openai-server.js";
+import { CLUSTERS, TINY_SHAPE, tempWorkspace } from "./fixtures.js";
+import { silentLog, trainTinyModel } from "./tiny-model.js";
+
+const ws = tempWorkspace("freshrec-backends-");
+let tiny: Promise<string> | null = null;
+const tinyModel = () => (tiny ??= trainTinyModel(ws));
+let server: RunningLlmServer | null = null;
+async function llmServer(): Promise<RunningLlmServer> {
+  server ??= await startLlmServer({ modelPath: await tinyModel(), modelName: "tiny", dataDir: join(ws, "llm-server"), port: 0, logStream: silentLog });
+  return server;
+}
+afterAll(async () => {
+  await server?.close();
+});
+const llm = (section: object) => parseConfig({ llm: section }).llm;
+const clusters = async () => CLUSTERS;
+
+describe("backend factory (config only)", () => {
+  it("embedded: opens model version files; no version yet is NOT_FOUND", async () => {
+    const backend = languageModelBackend(llm({}), { clusters: [], workspace: ws });
+    await expect(backend.openModel(null)).rejects.toMatchObject({ code: "NOT_FOUND" });
+    const model = await backend.openModel(await tinyModel());
+    expect(model.info.backend).toBe("embedded");
+    await model.close();
+    expect(backend.trainer()).not.toBeNull();
+  });
+
+  it("gguf: the configured file, an adapter version on top of it, or another GGUF as the model", async () => {
+    const base = await tinyModel();
+    expect(() => languageModelBackend(llm({ backend: "gguf" }), { clusters: CLUSTERS, workspace: ws })).toThrow(/llm\.gguf\.modelPath/);
+    const backend = languageModelBackend(llm({ backend: "gguf", gguf: { modelPath: base, contextSize: 256 } }), { clusters: CLUSTERS, workspace: ws });
+    expect(backend.trainer()).toBeNull();
+    const adapter = join(ws, "version-adapter.gguf");
+    const d = TINY_SHAPE.embedding;
+    writeGguf(adapter, {
+      kvs: [
+        { key: "general.architecture", type: "string", value: "llama" },
+        { key: "general.type", type: "string", value: "adapter" },
+        { key: "adapter.type", type: "string", value: "lora" },
+        { key: "adapter.lora.alpha", type: "f32", value: 2 },
+      ],
+      tensors: [
+        { name: "blk.0.attn_q.weight.lora_a", dims: [d, 2], data: new Float32Array(d * 2).fill(0.1) },
+        { name: "blk.0.attn_q.weight.lora_b", dims: [2, d], data: new Float32Array(2 * d).fill(0.1) },
+      ],
+    });
+    const adapted = await backend.openModel(adapter);
+    expect(adapted.info.source).toBe(`${base}+lora:${adapter}@1`);
+    await adapted.close();
+    const plain = await backend.openModel(null);
+    expect(plain.info.source).toBe(base);
+    await plain.close();
+  });
+
+  it("openai: a hosted-model file names the server model; other files stand for the configured model", async () => {
+    const s = await llmServer();
+    const settings = llm({ backend: "openai", openai: { baseURL: `${s.url}/v1`, model: "tiny", maxRetries: 0 } });
+    const backend = languageModelBackend(settings, { clusters: CLUSTERS, workspace: ws });
+    const hostedFile = join(ws, "hosted.json");
+    writeHostedModelFile(hostedFile, { baseURL: `${s.url}/v1`, model: "ft:tiny:x:y" });
+    const hosted = await backend.openModel(hostedFile);
+    expect(hosted.info.source).toBe(`${s.url}/v1#ft:tiny:x:y`);
+    await hosted.close();
+    const configured = await backend.openModel(await tinyModel());
+    expect(configured.info.source).toBe(`${s.url}/v1#tiny`);
+    expect((await configured.generate({ history: { c1: "baking", c2: "hiking" } })).cluster).not.toBeNull();
+    await configured.close();
+    expect(responseCachePath(ws)).toBe(join(ws, "llm-cache.sqlite"));
+    expect(backend.trainer()).not.toBeNull();
+  });
+});
+
+describe("freshrec doctor", () => {
+  it("passes every check of a working embedded workspace, and names the missing live model otherwise", async () => {
+    const model = await tinyModel();
+    const ok = await diagnoseBackend({ settings: llm({}), workspace: ws, liveModel: () => model, clusters });
+    expect(ok.passed).toBe(true);
+    expect(ok.checks.map((c) => c.name)).toEqual(["model", "load", "answer", "scoring"]);
+    const missing = await diagnoseBackend({ settings: llm({}), workspace: ws, liveModel: () => null, clusters });
+    expect(missing.passed).toBe(false);
+    expect(missing.checks.at(-1)).toMatchObject({ name: "model", ok: false, detail: expect.stringContaining("freshrec pretrain") });
+  });
+
+  it("checks an openai-compatible server end to end and says what is wrong", async () => {
+    const s = await llmServer();
+    const settings = (extra: object) => llm({ backend: "openai", openai: { baseURL: `${s.url}/v1`, model: "tiny", apiKeyEnv: "FRESHREC_TEST_NO_SUCH_KEY", ...extra } });
+    const ok = await diagnoseBackend({ settings: settings({}), workspace: ws, liveModel: () => null, clusters });
+    expect(ok.passed).toBe(true);
+    expect(ok.checks.map((c) => c.name)).toEqual(["api key", "server", "model", "clusters", "load", "answer", "scoring"]);
+    const wrongModel = await diagnoseBackend({ settings: settings({ model: "gpt-nope", maxRetries: 0 }), workspace: ws, liveModel: () => null, clusters });
+    expect(wrongModel.passed).toBe(false);
+    expect(wrongModel.checks.find((c) => c.name === "model")).toMatchObject({ warning: true });
+    expect(wrongModel.checks.at(-1)).toMatchObject({ name: "answer", detail: expect.stringMatching(/404.*llm\.openai\.model/) });
+    const down = await diagnoseBackend({ settings: settings({ baseURL: "http://127.0.0.1:9/v1" }), workspace: ws, liveModel: () => null, clusters });
+    expect(down.checks.at(-1)).toMatchObject({ name: "server", ok: false, detail: expect.stringMatching(/cannot reach http:\/\/127\.0\.0\.1:9\/v1.*llm\.openai\.baseURL/) });
+    const noKey = await diagnoseBackend({ settings: settings({ baseURL: "https://api.openai.com/v1" }), workspace: ws, liveModel: () => null, clusters });
+    expect(noKey.checks.at(-1)).toMatchObject({ name: "api key", ok: false, detail: expect.stringContaining("FRESHREC_TEST_NO_SUCH_KEY") });
+  });
+
+  it("CLI: exit code 1 with a JSON report when a check fails, 2 for a bad config field", () => {
+    const bin = join(import.meta.dirname, "../../bin/freshrec.js");
+    const config = join(ws, "down.json");
+    writeFileSync(config, JSON.stringify({ llm: { backend: "openai", openai: { baseURL: "http://127.0.0.1:9/v1", model: "m", maxRetries: 0 } } }));
+    const r = spawnSync(process.execPath, [bin, "--workspace", ws, "--config", config, "--json", "doctor"], { encoding: "utf8", timeout: 60_000 });
+    expect(r.status).toBe(1);
+    const report = JSON.parse(r.stdout) as { passed: boolean; checks: { name: string; ok: boolean }[] };
+    expect(report.passed).toBe(false);
+    expect(report.checks.at(-1)).toMatchObject({ name: "server", ok: false });
+    writeFileSync(config, JSON.stringify({ llm: { backend: "vllm" } }));
+    const bad = spawnSync(process.execPath, [bin, "--workspace", ws, "--config", config, "doctor"], { encoding: "utf8", timeout: 60_000 });
+    expect(bad.status).toBe(2);
+    expect(bad.stderr).toContain("llm.backend");
+  });
+});
