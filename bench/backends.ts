@@ -1,0 +1,101 @@
+/**
+ * `npm run bench -- backends`: table-build throughput through each LanguageModel backend on the same model and the
+ * same 100-cluster table (9,900 ordered pairs, top-10), and the openai backend's response-cache hit share on an
+ * incremental refresh (10% of the pairs get a new RAG context, the rest are unchanged).
+ *
+ * - embedded: the batched FFI scorer.
+ * - openai: the `openai` backend (json_schema, concurrency 4) against `freshrec llm serve` in this process over
+ *   loopback HTTP, so the number is the protocol's cost over the same engine.
+ * - gguf: node-llama-cpp reading the prompt as text (one description log-probability per candidate, token trie).
+ *   A freshrec model file has no text merges, so llama.cpp reads it byte by byte (~120 tokens per prompt): the rate
+ *   is measured on `BENCH_BACKENDS_GGUF_PAIRS` pairs (default 200) and says what that path costs, not what a real
+ *   GGUF with a normal tokenizer would.
+ *
+ * `BENCH_BACKENDS_PAIRS` limits the pairs of the embedded and openai builds (smoke runs).
+ */
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { BenchRow, BenchSuiteResult } from "./run.js";
+import type { Cluster } from "../src/domain/types.js";
+import { EmbeddedLanguageModel } from "../src/llm/backends/embedded.js";
+import { GgufLanguageModel } from "../src/llm/backends/gguf.js";
+import { OpenAiLanguageModel } from "../src/llm/backends/openai.js";
+import type { LanguageModel, PromptInput, TrainingSample } from "../src/llm/contracts.js";
+import { EmbeddedTrainer } from "../src/llm/engine/trainer.js";
+import { startLlmServer } from "../src/llm/openai-server.js";
+
+const CLUSTER_COUNT = 100;
+const TOP_N = 10;
+
+function clusters(): Cluster[] {
+  const words = ["baking", "hiking", "jazz", "chess", "garden", "cars", "poetry", "space", "film", "yoga"];
+  const kinds = ["basics", "history", "gear", "events", "stories", "science", "travel", "craft", "news", "art"];
+  return Array.from({ length: CLUSTER_COUNT }, (_, i) => ({ id: `c${String(i).padStart(3, "0")}`, description: `${words[i % 10]}, ${kinds[Math.floor(i / 10)]}` }));
+}
+
+function samples(ids: readonly string[], n: number): TrainingSample[] {
+  let s = 7;
+  const rnd = () => ((s = (s * 1103515245 + 12345) & 0x7fffffff), s / 0x7fffffff);
+  const out: TrainingSample[] = [];
+  while (out.length < n) {
+    const a = Math.floor(rnd() * ids.length);
+    const b = Math.floor(rnd() * ids.length);
+    const next = (b + 1 + Math.floor(rnd() * 3)) % ids.length;
+    if (a === b || next === a || next === b) continue;
+    out.push({ prompt: { history: { c1: ids[a], c2: ids[b] } }, answer: ids[next] });
+  }
+  return out;
+}
+
+async function build(model: LanguageModel, prompts: readonly PromptInput[]): Promise<number> {
+  const t0 = process.hrtime.bigint();
+  await model.score(prompts, TOP_N);
+  return prompts.length / (Number(process.hrtime.bigint() - t0) / 1e9);
+}
+
+export async function run(): Promise<BenchSuiteResult> {
+  const dir = mkdtempSync(join(tmpdir(), "freshrec-bench-backends-"));
+  const cs = clusters();
+  const ids = cs.map((c) => c.id);
+  const trainer = new EmbeddedTrainer({ init: { clusters: cs, shape: { embedding: 64, layers: 1, heads: 2, feedForward: 128, contextLength: 256 } } });
+  const trained = await trainer.train(samples(ids, 2000), { outputPath: join(dir, "model.gguf"), epochs: 1 });
+  const limit = Number(process.env.BENCH_BACKENDS_PAIRS ?? Infinity);
+  const pairs: PromptInput[] = [];
+  for (const c1 of ids) for (const c2 of ids) if (c1 !== c2 && pairs.length < limit) pairs.push({ history: { c1, c2 } });
+
+  const embedded = await EmbeddedLanguageModel.open(trained.modelPath);
+  await embedded.score(pairs.slice(0, 50), TOP_N); // warm-up
+  const embeddedRate = await build(embedded, pairs);
+  await embedded.close();
+
+  const server = await startLlmServer({ modelPath: trained.modelPath, modelName: "bench", dataDir: join(dir, "server"), port: 0, logLevel: "silent" });
+  const cachePath = join(dir, "llm-cache.sqlite");
+  const remote = await OpenAiLanguageModel.open({ baseURL: `${server.url}/v1`, model: "bench", clusters: cs, concurrency: 4, cachePath, maxRetries: 0 });
+  const openaiRate = await build(remote, pairs);
+  await remote.close();
+  // Incremental refresh: every tenth pair gets a retrieved successor in its prompt; the others are unchanged.
+  const refreshed = pairs.map((p, i) => (i % 10 === 0 ? { ...p, context: { successors: [ids[(ids.indexOf(p.history.c2) + 1) % ids.length]] } } : p));
+  const again = await OpenAiLanguageModel.open({ baseURL: `${server.url}/v1`, model: "bench", clusters: cs, concurrency: 4, cachePath, maxRetries: 0 });
+  await again.score(refreshed, TOP_N);
+  const cacheHitShare = again.stats.cacheHits / again.stats.requests;
+  await again.close();
+  await server.close();
+
+  const ggufPairs = pairs.slice(0, Number(process.env.BENCH_BACKENDS_GGUF_PAIRS ?? 200));
+  const gguf = await GgufLanguageModel.open({ modelPath: trained.modelPath, clusters: cs, contextSize: 512 });
+  await gguf.score(ggufPairs.slice(0, 2), TOP_N); // warm-up
+  const ggufRate = await build(gguf, ggufPairs);
+  await gguf.close();
+
+  const rows: BenchRow[] = [
+    { metric: `embedded table build (${pairs.length} pairs, top-${TOP_N})`, value: embeddedRate, unit: "prompts/s" },
+    { metric: `gguf table build (${ggufPairs.length} of the pairs)`, value: ggufRate, unit: "prompts/s" },
+    { metric: `openai backend via freshrec llm serve, loopback (${pairs.length} pairs, concurrency 4)`, value: openaiRate, unit: "prompts/s" },
+    { metric: "response-cache hits on a refresh with 10% of the prompts changed", value: cacheHitShare, unit: "share" },
+  ];
+  return {
+    results: { embedded_prompts_per_s: embeddedRate, gguf_prompts_per_s: ggufRate, openai_prompts_per_s: openaiRate, cache_hit_share: cacheHitShare },
+    rows,
+  };
+}
