@@ -61,8 +61,23 @@ function params(window: Partial<TimeWindow> & { to: number }, options: MiningOpt
  * Sorted by pair, then users descending, then cluster id, so results are deterministic.
  */
 export async function countTransitions(store: EventStore, window: TimeWindow, options: MiningOptions = {}): Promise<TransitionCount[]> {
-  const byMonth = await countTriples(store, window, options, false);
+  const byMonth = await countTriples(store, window, options, { kind: "none" });
   return byMonth.get("") ?? [];
+}
+
+/**
+ * `countTransitions` of consecutive steps in one query: step k is [from + k*stepMs, from + (k+1)*stepMs), keyed
+ * by k, each exactly what `countTransitions` returns for it (a transition's history only depends on earlier
+ * events). Steps without transitions are absent.
+ */
+export async function countTransitionsBySteps(
+  store: EventStore,
+  window: TimeWindow,
+  stepMs: number,
+  options: MiningOptions = {},
+): Promise<Map<number, TransitionCount[]>> {
+  const bySteps = await countTriples(store, window, options, { kind: "steps", stepMs });
+  return new Map([...bySteps].map(([k, v]) => [Number(k), v]));
 }
 
 /** Transition counts per calendar month (UTC) of the `next` event, for drift analysis. */
@@ -71,15 +86,22 @@ export async function countTransitionsByMonth(
   window: TimeWindow,
   options: MiningOptions = {},
 ): Promise<Map<string, TransitionCount[]>> {
-  return countTriples(store, window, options, true);
+  return countTriples(store, window, options, { kind: "month" });
 }
+
+type Bucket = { kind: "none" } | { kind: "month" } | { kind: "steps"; stepMs: number };
 
 /**
  * The one transition query. Results come back as integer columns (cluster keys) and are mapped to cluster
  * ids here: building JS objects row by row from DuckDB costs more than the query itself at 10M events.
  */
-async function countTriples(store: EventStore, window: TimeWindow, options: MiningOptions, monthly: boolean): Promise<Map<string, TransitionCount[]>> {
-  const month = monthly ? "strftime(date_trunc('month', ts), '%Y-%m')" : "''";
+async function countTriples(store: EventStore, window: TimeWindow, options: MiningOptions, bucket: Bucket): Promise<Map<string, TransitionCount[]>> {
+  const month =
+    bucket.kind === "month"
+      ? "strftime(date_trunc('month', ts), '%Y-%m')"
+      : bucket.kind === "steps"
+        ? `CAST(floor((epoch_ms(ts) - $from::BIGINT) / ${Math.round(bucket.stepMs)}) AS BIGINT)::VARCHAR`
+        : "''";
   const reader = await store.connection.runAndReadAll(
     `WITH ${sequenceSql(options, await orderKeySql(store))},
      trip AS (

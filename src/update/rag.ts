@@ -21,7 +21,7 @@ import { BadInputError } from "../domain/errors.js";
 import type { TimeWindow, TransitionCount } from "../domain/types.js";
 import type { PromptContext } from "../llm/prompt.js";
 import { pairKey } from "../domain/types.js";
-import { countTransitions } from "../mining/transitions.js";
+import { countTransitions, countTransitionsBySteps } from "../mining/transitions.js";
 
 export type RagMode = "frequency" | "trend" | "global";
 
@@ -81,10 +81,20 @@ export interface ContextStep {
  * for fine-tuning (curation.ts) and the base model alike.
  */
 export async function contextsAlong(store: EventStore, window: TimeWindow, options: RagOptions = {}): Promise<ContextStep[]> {
-  const stepMs = resolve(options).windowDays * DAY_MS;
+  const o = resolve(options);
+  const stepMs = o.windowDays * DAY_MS;
+  // One query for the whole window, counted per step: a base model's window may span years (1,200 weekly
+  // snapshots for MovieLens), and one query per snapshot took minutes. Two steps before the window start feed the
+  // first snapshot (and its trend baseline).
+  const origin = window.from - 2 * stepMs;
+  const counts = await countTransitionsBySteps(store, { from: origin, to: window.to }, stepMs, { positiveMin: options.positiveMin ?? null });
   const steps: ContextStep[] = [];
-  for (let from = window.from; from < window.to; from += stepMs) {
-    steps.push({ from, to: Math.min(from + stepMs, window.to), snapshot: await retrieveContexts(store, from, options) });
+  for (let k = 0, from = window.from; from < window.to; k++, from += stepMs) {
+    // Step k starts at bucket k + 2; its snapshot reads bucket k + 1 = [from - stepMs, from), as retrieveContexts would.
+    const recent = counts.get(k + 1) ?? [];
+    const previous = o.mode === "trend" ? (counts.get(k) ?? []) : [];
+    const snapshot: RagSnapshot = { asOf: from, window: { from: from - stepMs, to: from }, ...contextsFromCounts(recent, previous, o) };
+    steps.push({ from, to: Math.min(from + stepMs, window.to), snapshot });
   }
   return steps;
 }

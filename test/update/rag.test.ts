@@ -106,4 +106,20 @@ describe("RAG retrieval from the event store", () => {
     expect(stepAt(steps, T0 + 20 * DAY)).toBeUndefined();
     expect(stepAt(steps, T0 + 6 * DAY)).toBeUndefined();
   });
+
+  it("counts all steps in one query, with exactly the snapshots retrieveContexts gives at each step start", async () => {
+    const events: EngagementEvent[] = [];
+    const nexts = ["c", "d", "e"];
+    for (let u = 0; u < 60; u++) events.push(...path(`u${u}`, nexts[(u * 7) % 3 === 0 ? 0 : u % 3], (u * 5) % 40, u * 1000));
+    const s = await store(events);
+    for (const options of [{ windowDays: 3 }, { windowDays: 3, mode: "trend" as const, minSupport: 1 }, { windowDays: 5, mode: "global" as const }, { windowDays: 7, topN: 2 }]) {
+      const steps = await contextsAlong(s, { from: T0 + 9 * DAY, to: T0 + 38 * DAY }, options);
+      expect(steps.length).toBeGreaterThan(3);
+      expect(steps.filter((st) => contextFor(st.snapshot, "a", "b")).length).toBeGreaterThan(1);
+      for (const step of steps) {
+        const one = await retrieveContexts(s, step.from, options);
+        expect(step.snapshot).toEqual(one);
+      }
+    }
+  });
 });
