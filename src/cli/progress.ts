@@ -43,6 +43,7 @@ class LineProgress implements ProgressSink {
     this.printedTotal = false;
     this.total = total;
     this.last = 0;
+    this.done = 0;
     process.stderr.write(`${label}: started (${total} steps)\n`);
   }
   update(done: number, detail?: Record<string, string | number>): void {
