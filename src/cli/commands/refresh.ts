@@ -28,7 +28,9 @@ import { iso } from "../format.js";
 export function runLine(run: RunRecord): string {
   const d = run.detail ?? {};
   const what =
-    run.job === "finetune"
+    run.job === "finetune" && d.skipped
+      ? `nothing to do (${String(d.skipped)}: model ${String(d.modelVersion ?? "-")})`
+      : run.job === "finetune"
       ? `model ${String(d.modelVersion ?? "-")} ${String(d.modelStatus ?? "")} exact-match ${fmt(d.exactMatchRate)} recall ${fmt(d.testRecall)}`
       : `table ${String(d.tableVersion ?? "-")} (model ${String(d.modelVersion ?? "-")}) rescored ${String(d.rescored ?? 0)} copied ${String(d.copied ?? 0)} contexts ${String(d.pairsWithContext ?? 0)}`;
   const took = run.durationSeconds === null ? "" : ` in ${run.durationSeconds.toFixed(1)} s`;
