@@ -1,7 +1,9 @@
 /**
  * `npm run bench -- refresh`: the RAG refresh job on the synthetic platform with 300 clusters (89,700 ordered
  * pairs, top-10): a full build, then an incremental build two days later (only pairs whose retrieved context
- * changed are re-scored). Targets: full build <= 30 s; incremental cost proportional to the changed pairs.
+ * changed are re-scored). Targets: full build <= 30 s; incremental cost proportional to the changed pairs. Times
+ * include the retrieval (recounting the window) that precedes each build; the incremental build's parts are split
+ * into the fixed ones (retrieval, copying unchanged rows) and the model's work, which is what scales with changes.
  * Keys: refresh_full_300_seconds, refresh_incremental_300_seconds, refresh_incremental_rescored_share.
  */
 import { mkdtempSync, rmSync } from "node:fs";
@@ -49,24 +51,40 @@ export async function run(): Promise<BenchSuiteResult> {
     tables.close();
     events.close();
     const share = incremental.rescored / incremental.pairs;
-    // Proportional cost: seconds per re-scored pair of the incremental build relative to the full build's.
-    const perPairRatio = incremental.rescored > 0 ? incremental.seconds / incremental.rescored / (full.seconds / full.rescored) : Number.NaN;
+    // Proportional cost: the model's work (prompts scored, their seconds) per re-scored pair, incremental vs full.
+    // The rest is fixed per refresh whatever changed: recounting the window and copying the unchanged rows.
+    const perPairRatio =
+      incremental.rescored > 0 ? incremental.phases.scoreSeconds / incremental.rescored / (full.phases.scoreSeconds / full.rescored) : Number.NaN;
+    const fixed = (r: typeof full) => r.retrieveSeconds + r.phases.diffSeconds + r.phases.copySeconds;
     return {
       results: {
-        refresh_full_300_seconds: full.seconds,
+        refresh_full_300_seconds: full.retrieveSeconds + full.seconds,
         refresh_full_300_prompts_per_s: full.promptsPerSecond,
-        refresh_incremental_300_seconds: incremental.seconds,
+        refresh_incremental_300_seconds: incremental.retrieveSeconds + incremental.seconds,
         refresh_incremental_rescored_share: share,
         refresh_incremental_cost_per_rescored_pair_ratio: perPairRatio,
+        refresh_incremental_fixed_seconds: fixed(incremental),
+        refresh_incremental_copy_seconds: incremental.phases.copySeconds,
+        refresh_retrieve_seconds: incremental.retrieveSeconds,
+        refresh_full_score_seconds: full.phases.scoreSeconds,
         refresh_pairs_with_context: full.pairsWithContext,
       },
       rows: [
-        { metric: `full build, 300 clusters (${full.pairs} pairs, top-10, ${full.pairsWithContext} with RAG context)`, value: full.seconds, unit: "s", target: "<= 30", met: full.seconds <= 30 },
-        { metric: "full build throughput", value: full.promptsPerSecond, unit: "prompts/s" },
-        { metric: "incremental build two days later", value: incremental.seconds, unit: "s" },
-        { metric: "share of pairs re-scored by the incremental build", value: share, unit: "share" },
         {
-          metric: "incremental seconds per re-scored pair / full build's (1 = cost proportional to changed pairs)",
+          metric: `full refresh, 300 clusters (${full.pairs} pairs, top-10, ${full.pairsWithContext} with RAG context), retrieval included`,
+          value: full.retrieveSeconds + full.seconds,
+          unit: "s",
+          target: "<= 30",
+          met: full.retrieveSeconds + full.seconds <= 30,
+        },
+        { metric: "full build throughput", value: full.promptsPerSecond, unit: "prompts/s" },
+        { metric: "incremental refresh two days later, retrieval included", value: incremental.retrieveSeconds + incremental.seconds, unit: "s" },
+        { metric: "share of pairs re-scored by the incremental build (= share of prompts scored)", value: share, unit: "share" },
+        { metric: "  of which copying the unchanged rows (fixed per refresh)", value: incremental.phases.copySeconds, unit: "s" },
+        { metric: "  of which scoring the re-scored pairs", value: incremental.phases.scoreSeconds, unit: "s" },
+        { metric: "retrieval before the build: recounting the 7-day window over the whole history (fixed)", value: incremental.retrieveSeconds, unit: "s" },
+        {
+          metric: "incremental scoring seconds per re-scored pair / full build's (1 = model cost proportional to changed pairs)",
           value: perPairRatio,
           unit: "ratio",
           target: "~1 (<= 2)",

@@ -53,6 +53,8 @@ export interface BuildTableResult {
   readonly copied: number;
   readonly seconds: number;
   readonly promptsPerSecond: number;
+  /** Where the seconds went: comparing contexts with the previous table, copying unchanged rows, scoring the rest. */
+  readonly phases: { readonly diffSeconds: number; readonly copySeconds: number; readonly scoreSeconds: number };
 }
 
 /** The newest finished table of this model and template: what an incremental build copies from. */
@@ -90,8 +92,10 @@ export async function buildTable(options: BuildTableOptions): Promise<BuildTable
     strategy: options.strategy ?? null,
     parent: copy.length && previous ? previous.version : null,
   });
+  const diffDone = process.hrtime.bigint();
   try {
     const copied = copy.length && previous ? builder.copyRows(previous.version, copy) : 0;
+    const copyDone = process.hrtime.bigint();
     progress.start(`scoring ${rescore.length} pairs`, rescore.length);
     for (let start = 0; start < rescore.length; start += batchSize) {
       if (options.signal?.aborted) throw new FreshrecError("CANCELLED", "table build cancelled");
@@ -106,11 +110,13 @@ export async function buildTable(options: BuildTableOptions): Promise<BuildTable
       progress.update(Math.min(start + batchSize, rescore.length), { pairs: start + batch.length });
     }
     progress.stop();
-    const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+    const done = process.hrtime.bigint();
+    const seconds = Number(done - started) / 1e9;
     const promptsPerSecond = rescore.length / Math.max(seconds, 1e-9);
     const pairs = copy.length + rescore.length;
     const table = builder.finish({ pairs, rescored: rescore.length, copied, seconds, promptsPerSecond });
-    return { table, pairs, rescored: rescore.length, copied, seconds, promptsPerSecond };
+    const phases = { diffSeconds: Number(diffDone - started) / 1e9, copySeconds: Number(copyDone - diffDone) / 1e9, scoreSeconds: Number(done - copyDone) / 1e9 };
+    return { table, pairs, rescored: rescore.length, copied, seconds, promptsPerSecond, phases };
   } catch (error) {
     progress.stop();
     builder.fail(error instanceof Error ? error.message : String(error));

@@ -9,7 +9,7 @@
 import type { EventStore } from "../data/event-store.js";
 import type { ProgressSink } from "../domain/types.js";
 import type { TableStore } from "../tables/index.js";
-import { buildTable, type PromptScorer } from "./generate.js";
+import { buildTable, type BuildTableResult, type PromptScorer } from "./generate.js";
 import { retrieveContexts, type RagOptions } from "./rag.js";
 
 export interface RefreshOptions {
@@ -46,10 +46,15 @@ export interface RefreshResult {
   readonly asOf: number;
   readonly pairsWithContext: number;
   readonly transitionsInWindow: number;
+  /** Seconds spent retrieving the contexts (recounting the window), before the build's own `seconds`. */
+  readonly retrieveSeconds: number;
+  readonly phases: BuildTableResult["phases"];
 }
 
 export async function runRefresh(asOf: number, options: RefreshOptions): Promise<RefreshResult> {
+  const retrieveStarted = process.hrtime.bigint();
   const snapshot = options.rag === null ? null : await retrieveContexts(options.events, asOf, options.rag ?? {});
+  const retrieveSeconds = Number(process.hrtime.bigint() - retrieveStarted) / 1e9;
   const built = await buildTable({
     store: options.tables,
     clusters: options.clusters,
@@ -80,5 +85,7 @@ export async function runRefresh(asOf: number, options: RefreshOptions): Promise
     asOf,
     pairsWithContext: snapshot ? (snapshot.global ? built.pairs : snapshot.contexts.size) : 0,
     transitionsInWindow: snapshot?.transitions ?? 0,
+    retrieveSeconds,
+    phases: built.phases,
   };
 }
