@@ -26,6 +26,7 @@ import { timedTransitions } from "../src/mining/transitions.js";
 import { replay } from "../src/evaluation/replay.js";
 import { ALL_STRATEGIES, strategySetups } from "../src/evaluation/strategies.js";
 import type { LoopSettings } from "../src/update/loop.js";
+import { SnapshotCache } from "../src/update/rag.js";
 import type { BenchSuiteResult, BenchRow } from "./run.js";
 
 const FINETUNE = { maxSamples: 2000, epochs: 2 };
@@ -75,6 +76,7 @@ export async function run(): Promise<BenchSuiteResult> {
       startModel: { path: start.modelPath, window: startWindow, version: start.modelVersion },
       workDir: join(dir, "replay"),
       trainer: new CachingTrainer(new EmbeddedTrainer(), join(dir, "replay", "training-cache"), "embedded"),
+      snapshots: new SnapshotCache(),
     });
     // Wall time per strategy: from its creation to the next one's (replay runs them one after the other).
     let current = "";

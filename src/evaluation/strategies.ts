@@ -25,6 +25,7 @@ import { ModelRegistry } from "../llm/registry.js";
 import { SqliteTableStore } from "../tables/index.js";
 import { baselineRefreshJob, type BaselineName } from "../update/jobs.js";
 import { UpdateLoop, inSequence, type LoopSettings } from "../update/loop.js";
+import type { SnapshotCache } from "../update/rag.js";
 import type { JobDefinition } from "../update/schedule/index.js";
 import type { StrategySetup } from "./replay.js";
 
@@ -49,6 +50,8 @@ export interface StrategyEnvironment {
   readonly finetuneCadence?: string;
   /** Trainer of the fine-tunes; a CachingTrainer lets strategies share identical runs. @defaultValue the embedded one */
   readonly trainer?: Trainer;
+  /** RAG snapshots shared by the strategies (they retrieve at the same instants from the same store). */
+  readonly snapshots?: SnapshotCache;
   readonly progress?: ProgressSink;
   readonly onTraining?: (strategy: string, event: TrainingEvent) => void;
 }
@@ -101,6 +104,7 @@ function setupOf(kind: StrategyName, label: string, refreshDays: number, env: St
           topN: env.settings.tables.topN,
           keep: env.settings.tables.keep,
           strategy: label,
+          snapshots: env.snapshots,
           rag: { ...env.settings.rag, positiveMin: env.settings.positiveMin },
         });
         return { jobs: [{ name: "refresh", cadence: every, run }], tables, close: () => tables.close() };
@@ -120,6 +124,7 @@ function setupOf(kind: StrategyName, label: string, refreshDays: number, env: St
         clusters: env.clusters,
         settings: env.settings,
         trainer: env.trainer,
+        snapshots: env.snapshots,
         strategy: label,
         progress: env.progress,
         onTraining: env.onTraining ? (e) => env.onTraining!(label, e) : undefined,

@@ -24,7 +24,7 @@ import { runFinetune, type FinetuneRegistry, type FinetuneResult } from "./finet
 import type { GateOptions } from "./gates.js";
 import type { PromptScorer } from "./generate.js";
 import { refreshJob } from "./jobs.js";
-import type { RagOptions } from "./rag.js";
+import type { RagOptions, SnapshotCache } from "./rag.js";
 import type { JobOutcome, JobRun } from "./schedule/index.js";
 
 /** The knobs of the loop, as the config file's `rag`, `finetune` and `tables` sections give them. */
@@ -51,6 +51,8 @@ export interface UpdateLoopOptions {
   readonly openModel?: (path: string) => Promise<LanguageModel>;
   /** Strategy name recorded on the tables (replay). */
   readonly strategy?: string | null;
+  /** Snapshots shared with other loops over the same unchanging store (replay). */
+  readonly snapshots?: SnapshotCache;
   readonly progress?: ProgressSink;
   readonly onTraining?: (event: TrainingEvent) => void;
 }
@@ -155,6 +157,7 @@ export class UpdateLoop {
         topN: settings.tables.topN,
         keep: settings.tables.keep,
         strategy: this.options.strategy ?? null,
+        snapshots: this.options.snapshots,
         progress: this.options.progress,
       },
       () => this.liveModel(),

@@ -67,6 +67,31 @@ export async function retrieveContexts(store: EventStore, asOf: number, options:
   return { asOf, window, ...contextsFromCounts(recent, previous, o) };
 }
 
+/**
+ * Snapshots by as-of time and options, shared by every refresh that reads the same unchanging event store: in a
+ * replay, `rag`, `hybrid` and the baselines retrieve at the very same instants, and a retrieval recounts the window
+ * over the whole history (the largest fixed cost of a refresh). Never use one over a store that receives events.
+ */
+export class SnapshotCache {
+  private readonly snapshots = new Map<string, Promise<RagSnapshot>>();
+
+  retrieve(store: EventStore, asOf: number, options: RagOptions = {}): Promise<RagSnapshot> {
+    const key = JSON.stringify([asOf, resolve(options), options.positiveMin ?? null]);
+    let snapshot = this.snapshots.get(key);
+    if (!snapshot) {
+      snapshot = retrieveContexts(store, asOf, options);
+      // A failed retrieval is not remembered: the next refresh tries again.
+      snapshot.catch(() => this.snapshots.delete(key));
+      this.snapshots.set(key, snapshot);
+    }
+    return snapshot;
+  }
+
+  get size(): number {
+    return this.snapshots.size;
+  }
+}
+
 /** One step of `contextsAlong`: events in [from, to) would have been served with `snapshot`'s contexts. */
 export interface ContextStep {
   readonly from: number;

@@ -10,7 +10,7 @@ import type { EventStore } from "../data/event-store.js";
 import type { ProgressSink } from "../domain/types.js";
 import type { TableStore } from "../tables/index.js";
 import { buildTable, type BuildTableResult, type PromptScorer } from "./generate.js";
-import { retrieveContexts, type RagOptions } from "./rag.js";
+import { retrieveContexts, type RagOptions, type SnapshotCache } from "./rag.js";
 
 export interface RefreshOptions {
   readonly events: EventStore;
@@ -30,6 +30,8 @@ export interface RefreshOptions {
   /** Table versions to keep after publishing (gc). @defaultValue 20 */
   readonly keep?: number;
   readonly strategy?: string | null;
+  /** Shared snapshots for runs over an unchanging store (replay); absent retrieves every time. */
+  readonly snapshots?: SnapshotCache;
   readonly progress?: ProgressSink;
   readonly signal?: AbortSignal;
 }
@@ -53,7 +55,9 @@ export interface RefreshResult {
 
 export async function runRefresh(asOf: number, options: RefreshOptions): Promise<RefreshResult> {
   const retrieveStarted = process.hrtime.bigint();
-  const snapshot = options.rag === null ? null : await retrieveContexts(options.events, asOf, options.rag ?? {});
+  const rag = options.rag ?? {};
+  const snapshot =
+    options.rag === null ? null : await (options.snapshots ? options.snapshots.retrieve(options.events, asOf, rag) : retrieveContexts(options.events, asOf, rag));
   const retrieveSeconds = Number(process.hrtime.bigint() - retrieveStarted) / 1e9;
   const built = await buildTable({
     store: options.tables,

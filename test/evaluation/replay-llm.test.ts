@@ -17,6 +17,9 @@ import { pretrainBaseModel } from "../../src/llm/pretrain.js";
 import { timedTransitions } from "../../src/mining/transitions.js";
 import { SqliteTableStore } from "../../src/tables/index.js";
 import type { LoopSettings } from "../../src/update/loop.js";
+import { SnapshotCache } from "../../src/update/rag.js";
+import { CachingTrainer } from "../../src/llm/training-cache.js";
+import { EmbeddedTrainer } from "../../src/llm/engine/trainer.js";
 
 const TINY = { embedding: 32, layers: 1, heads: 2, feedForward: 64, contextLength: 256 } as const;
 const from = Date.UTC(2025, 1, 1);
@@ -67,9 +70,14 @@ describe("replay with LLM strategies", () => {
       workDir: join(dir, name),
     });
     const names: StrategyName[] = ["static", "rag", "hybrid", "successor-top1"];
-    const result = await replay({ events, window: { from, to }, strategies: strategySetups(names, env(events, "all")), positiveMin, resamples: 100, clusters: clusters.map((c) => c.id) });
+    // As `evaluate replay` runs: snapshots shared by the strategies, fine-tunes through the training cache.
+    const snapshots = new SnapshotCache();
+    const shared = { snapshots, trainer: new CachingTrainer(new EmbeddedTrainer(), join(dir, "training-cache"), "embedded") };
+    const result = await replay({ events, window: { from, to }, strategies: strategySetups(names, { ...env(events, "all"), ...shared }), positiveMin, resamples: 100, clusters: clusters.map((c) => c.id) });
 
     const refreshes = Math.ceil((to - from) / (2 * DAY_MS)); // every 2 days from Feb 1: Feb 1, 3, ..., Mar 7
+    // rag, hybrid and the baseline retrieved at the same instants: one snapshot each.
+    expect(snapshots.size).toBe(refreshes);
     expect(result.timelines.static).toHaveLength(1);
     expect(result.timelines.rag).toHaveLength(refreshes);
     expect(result.timelines.hybrid).toHaveLength(refreshes);
@@ -84,23 +92,24 @@ describe("replay with LLM strategies", () => {
       expect(s[name].unserved).toBe(0);
       expect(s[name].hit5).toBeGreaterThanOrEqual(s[name].hit1);
     }
-    // Churn against the start model's no-RAG table: the reference agrees with itself. (The start model is pretrained
-    // without retrieved contexts, so it may ignore them: RAG's agreement is measured, not asserted below 1.)
+    // Churn against the start model's no-RAG table: the reference agrees with itself. (A one-epoch tiny model may
+    // still ignore the contexts: RAG's agreement is measured, not asserted below 1.)
     expect(s.static.agreementWithNoRag).toBe(1);
     expect(s.static.consecutiveAgreement).toBeNull();
     expect(s.rag.agreementWithNoRag).toBeGreaterThan(0);
     expect(s.rag.consecutiveAgreement).not.toBeNull();
     expect(s.rag.stalenessDays).toBeLessThan(s.static.stalenessDays);
 
-    // No leakage: the same replay up to the cut, on the full store and on a store without the events after it.
-    const upToCut = async (store: EventStore, name: string) => {
-      const r = await replay({ events: store, window: { from, to: cut }, strategies: strategySetups(["rag"], { ...env(store, name), window: { from, to: cut } }), positiveMin, resamples: 10 });
+    // No leakage: the same replay up to the cut, on the full store (sharing snapshots, as above) and on a store
+    // without the events after it (retrieving afresh): identical tables, so neither the future nor the cache shows.
+    const upToCut = async (store: EventStore, name: string, cache?: SnapshotCache) => {
+      const r = await replay({ events: store, window: { from, to: cut }, strategies: strategySetups(["rag"], { ...env(store, name), window: { from, to: cut }, snapshots: cache }), positiveMin, resamples: 10 });
       const tables = SqliteTableStore.open(join(dir, name, "rag", "tables.sqlite"), new VirtualClock(cut));
       const rows = r.timelines.rag.map((t) => [...tables.rows(t.version)]);
       tables.close();
       return { timeline: r.timelines.rag, rows, hit1: r.strategies.rag.hit1 };
     };
-    const a = await upToCut(events, "leak-full");
+    const a = await upToCut(events, "leak-full", snapshots);
     const b = await upToCut(cutEvents, "leak-cut");
     expect(a.timeline.length).toBe(Math.ceil((cut - from) / (2 * DAY_MS)));
     expect(b.timeline).toEqual(a.timeline);

@@ -11,6 +11,7 @@ import { ALL_STRATEGIES, LLM_STRATEGIES, parseStrategies, strategySetups } from 
 import { ModelRegistry } from "../../llm/registry.js";
 import { EmbeddedTrainer } from "../../llm/engine/trainer.js";
 import { CachingTrainer } from "../../llm/training-cache.js";
+import { SnapshotCache } from "../../update/rag.js";
 import { createHash } from "node:crypto";
 import { loopSettings, resolveAsOf, trainBaseModel } from "../loop-context.js";
 import { trainingProgress } from "../progress.js";
@@ -97,6 +98,8 @@ export function registerEvaluate(program: Command): void {
             finetuneCadence: ctx.config.schedule.finetuneCadence,
             // finetune-monthly and hybrid run the same fine-tunes, and so does every re-run of a replay: train once.
             trainer: new CachingTrainer(new EmbeddedTrainer(), join(workDir, "training-cache"), "embedded"),
+            // The store does not change during a replay: strategies retrieving at the same instant share it.
+            snapshots: new SnapshotCache(),
             onTraining: (strategy, e) => trainingProgress(ctx.progress, ctx.log, `${strategy} fine-tuning`)(e),
           }, refreshDays);
           ctx.log(`replaying ${setups.map((s) => s.name).join(", ")} over ${iso(from)} .. ${iso(to)}`);
