@@ -11,6 +11,11 @@ import { futureExamples, timedTransitions, type TimedTransition } from "../minin
 import { contextFor, contextsAlong, retrieveContexts, stepAt, type RagOptions } from "../update/rag.js";
 import { seededRandom } from "../domain/random.js";
 import { EmbeddedLanguageModel } from "../llm/backends/embedded.js";
+import { languageModelBackend, writeHostedModelFile } from "../llm/backends/index.js";
+import type { Trainer } from "../llm/contracts.js";
+import { FreshrecError } from "../domain/errors.js";
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
 import { measureGates } from "../update/finetune.js";
 import type { GateResult } from "../update/gates.js";
 import { DAY_MS } from "../domain/clock.js";
@@ -138,6 +143,44 @@ async function withRetrievedContexts(
   });
 }
 
+/** The trainer of a backend that cannot change weights: a fine-tune says what to do instead. */
+function cannotTrain(kind: string): Trainer {
+  return {
+    train: async () => {
+      throw new FreshrecError(
+        "BAD_CONFIG",
+        `llm.backend "${kind}" cannot fine-tune here: deliver a fine-tuned model as a LoRA adapter or GGUF and register it (freshrec pretrain registers the configured model)`,
+      );
+    },
+  };
+}
+
+/**
+ * `pretrain` for a backend that is not the embedded one: the configured model (a GGUF file, or a model on an
+ * OpenAI-compatible server) becomes the base version, registered like a trained one, live when nothing is.
+ */
+export async function registerConfiguredBase(ctx: CommandContext): Promise<{ version: string; status: string; filePath: string; backend: string }> {
+  const llm = ctx.config.llm;
+  const registry = new ModelRegistry(ctx.paths.root, ctx.clock);
+  try {
+    let filePath: string;
+    if (llm.backend === "gguf") {
+      if (!llm.gguf.modelPath) throw new BadInputError('field "llm.gguf.modelPath": got null; expected the GGUF file of the gguf backend');
+      filePath = llm.gguf.modelPath;
+    } else {
+      if (!llm.openai.model) throw new BadInputError('field "llm.openai.model": got null; expected the model name on the server');
+      filePath = join(registry.modelsDir, `${registry.nextVersion()}-hosted.json`);
+      mkdirSync(registry.modelsDir, { recursive: true });
+      writeHostedModelFile(filePath, { baseURL: llm.openai.baseURL, model: llm.openai.model });
+    }
+    const registered = await registry.register({ kind: "base", filePath, reason: `the configured ${llm.backend} model` });
+    const final = registry.live() ? registered : registry.makeLive(registered.version, "first model");
+    return { version: final.version, status: final.status, filePath, backend: llm.backend };
+  } finally {
+    registry.close();
+  }
+}
+
 export interface OpenLoop {
   readonly events: EventStore;
   readonly tables: SqliteTableStore;
@@ -154,12 +197,17 @@ export async function openLoop(ctx: CommandContext): Promise<OpenLoop> {
   const tables = ctx.openTables();
   const registry = new ModelRegistry(ctx.paths.root, ctx.clock);
   const positiveMin = await ctx.positiveMin(events);
-  const clusters = (await events.clusters()).map((c) => c.id);
+  const catalog = await events.clusters();
+  const clusters = catalog.map((c) => c.id);
+  // The configured backend opens model versions and trains new ones: the loop is the same for every backend.
+  const backend = languageModelBackend(ctx.config.llm, { clusters: catalog, workspace: ctx.paths.root, clock: ctx.clock });
   const loop = new UpdateLoop({
     events,
     tables,
     registry,
     clusters,
+    openModel: (path) => backend.openModel(path),
+    trainer: backend.trainer() ?? cannotTrain(backend.kind),
     settings: loopSettings(ctx.config, positiveMin),
     progress: ctx.progress,
     onTraining: trainingProgress(ctx.progress, ctx.log, "fine-tuning"),

@@ -6,7 +6,7 @@ import type { Command } from "commander";
 import { BadInputError } from "../../domain/errors.js";
 import { ModelRegistry, type ModelVersion } from "../../llm/registry.js";
 import { finetuneOutcome } from "../../update/loop.js";
-import { openLoop, resolveAsOf, trainBaseModel } from "../loop-context.js";
+import { openLoop, registerConfiguredBase, resolveAsOf, trainBaseModel } from "../loop-context.js";
 import { action, positiveInt } from "../run.js";
 import { iso, pct } from "../format.js";
 
@@ -27,6 +27,14 @@ export function registerModels(program: Command): void {
       action(async (ctx, command) => {
         const opts = command.opts<{ asOf?: string; epochs?: string }>();
         const epochs = positiveInt("epochs", opts.epochs) ?? ctx.config.pretrain.epochs;
+        if (ctx.config.llm.backend !== "embedded") {
+          // Nothing to train from scratch: the user's model is the base; fine-tunes and refreshes continue from it.
+          const base = await registerConfiguredBase(ctx);
+          return {
+            json: { modelVersion: base.version, status: base.status, backend: base.backend, modelPath: base.filePath, trained: false },
+            text: `base model ${base.version} (${base.status}): the configured ${base.backend} model (${base.filePath}), registered without training`,
+          };
+        }
         const events = await ctx.openEvents();
         try {
           const asOf = await resolveAsOf(ctx, events, opts.asOf);

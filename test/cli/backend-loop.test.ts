@@ -1,0 +1,91 @@
+/**
+ * The update loop with a non-embedded backend, from the CLI: `llm.backend: openai` pointed at a real
+ * OpenAI-compatible server on loopback (`freshrec llm serve`'s server over a tiny trained model). `pretrain`
+ * registers the configured model instead of training; `refresh` builds and publishes the table through HTTP, and an
+ * unchanged rebuild is answered from the response cache.
+ */
+import { spawn } from "node:child_process";
+import { existsSync, mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
+import { startLlmServer, type RunningLlmServer } from "../../src/llm/openai-server.js";
+import { CLUSTERS } from "../llm/fixtures.js";
+import { silentLog, trainTinyModel } from "../llm/tiny-model.js";
+
+const ROOT = join(import.meta.dirname, "../..");
+const BIN = join(ROOT, "bin/freshrec.js");
+
+/** Runs the CLI without blocking this process's event loop: the LLM server answering it lives in this process. */
+function freshrec(args: string[]): Promise<{ status: number | null; json: any; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [BIN, ...args, "--json"], { cwd: ROOT });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (d) => (stdout += d));
+    child.stderr.on("data", (d) => (stderr += d));
+    child.on("close", (status) => {
+      let json: unknown = null;
+      try {
+        json = JSON.parse(stdout);
+      } catch {
+        json = { unparsable: stdout };
+      }
+      resolve({ status, json, stderr });
+    });
+  });
+}
+
+let server: RunningLlmServer | null = null;
+afterAll(async () => {
+  await server?.close();
+});
+
+describe("the loop with llm.backend openai (real server on loopback)", () => {
+  it("registers the configured model as the base, then builds, publishes and rebuilds tables through it", async () => {
+    const ws = mkdtempSync(join(tmpdir(), "freshrec-backend-loop-"));
+    server = await startLlmServer({ modelPath: await trainTinyModel(ws), modelName: "tiny", dataDir: join(ws, "llm-server"), port: 0, logStream: silentLog });
+
+    // A small platform over the model's clusters: 40 users walking through them over two weeks.
+    writeFileSync(join(ws, "clusters.csv"), ["cluster_id,description", ...CLUSTERS.map((c) => `${c.id},"${c.description}"`)].join("\n"));
+    writeFileSync(join(ws, "items.csv"), ["item_id,cluster_id,title", ...CLUSTERS.map((c) => `${c.id}-1,${c.id},${c.id} for beginners`)].join("\n"));
+    const events = ["user_id,item_id,ts"];
+    const t0 = Date.UTC(2025, 5, 1);
+    for (let u = 0; u < 40; u++) {
+      for (let k = 0; k < 6; k++) events.push(`u${u},${CLUSTERS[(u + k * (1 + (u % 3))) % CLUSTERS.length].id}-1,${new Date(t0 + (u * 7 + k * 37) * 3_600_000).toISOString()}`);
+    }
+    writeFileSync(join(ws, "events.csv"), events.join("\n"));
+    const config = join(ws, "freshrec.config.json");
+    writeFileSync(config, JSON.stringify({ llm: { backend: "openai", openai: { baseURL: `${server.url}/v1`, model: "tiny", maxRetries: 0 } }, rag: { minSupport: 1 } }));
+    const cli = (...args: string[]) => freshrec(["--workspace", join(ws, "w"), "--config", config, ...args]);
+
+    const ingest = await cli("ingest", "--clusters", join(ws, "clusters.csv"), "--items", join(ws, "items.csv"), "--events", join(ws, "events.csv"));
+    expect(ingest.status, ingest.stderr).toBe(0);
+
+    const base = await cli("pretrain");
+    expect(base.status, base.stderr).toBe(0);
+    expect(base.json).toMatchObject({ modelVersion: "m000001", status: "live", backend: "openai", trained: false });
+
+    const first = await cli("refresh", "--as-of", "2025-06-20");
+    expect(first.status, first.stderr).toBe(0);
+    const pairs = CLUSTERS.length * (CLUSTERS.length - 1);
+    expect(first.json).toMatchObject({ pairs, rescored: pairs, published: true, modelVersion: "m000001" });
+    expect(first.json.pairsWithContext).toBeGreaterThan(0);
+    expect(existsSync(join(ws, "w", "llm-cache.sqlite"))).toBe(true);
+    const table = await cli("tables", "show", first.json.tableVersion);
+    expect(table.status, table.stderr).toBe(0);
+
+    // A full rebuild asks the same questions: every answer comes from the response cache (the server is not asked).
+    const asked = server.stats.completions;
+    expect(asked).toBeGreaterThanOrEqual(pairs);
+    const again = await cli("refresh", "--as-of", "2025-06-20", "--full");
+    expect(again.status, again.stderr).toBe(0);
+    expect(again.json).toMatchObject({ pairs, rescored: pairs });
+    expect(server.stats.completions).toBe(asked);
+
+    // Fine-tuning with this backend goes through the server's fine-tuning API; no curated data yet is bad input.
+    const tune = await cli("finetune", "--as-of", "2025-06-03");
+    expect(tune.status).toBe(2);
+    expect(tune.json.error.message).toMatch(/no novel transitions/);
+  }, 300_000);
+});
