@@ -30,6 +30,9 @@ export class CachingTrainer implements Trainer {
   ) {}
 
   async train(samples: readonly TrainingSample[], options: TrainOptions): Promise<TrainResult> {
+    // Only continued training is remembered: a model from scratch also depends on the trainer's initialisation
+    // (clusters, vocabulary, shape), which the request does not carry.
+    if (!options.from) return this.inner.train(samples, options);
     const entry = join(this.dir, await this.key(samples, options));
     const model = join(entry, "model.gguf");
     const meta = join(entry, "result.json");

@@ -44,5 +44,12 @@ describe("training cache (real tiny training runs)", () => {
     await trainer.train(samples, { from: first.modelPath, outputPath: join(ws, "e.gguf"), epochs: 1 });
     await new CachingTrainer(counting, cache, "embedded/threads=2").train(samples, { from: base.modelPath, outputPath: join(ws, "f.gguf"), epochs: 1 });
     expect(counting.runs).toBe(5);
+    // From scratch the output also depends on the trainer's initialisation, which the request does not name: never reused.
+    const fresh = new CountingTrainer(new EmbeddedTrainer({ init: { clusters: CLUSTERS, shape: TINY_SHAPE } }));
+    const scratch = new CachingTrainer(fresh, cache, "embedded");
+    await scratch.train(samples, { outputPath: join(ws, "g.gguf"), epochs: 1 });
+    const again = await scratch.train(samples, { outputPath: join(ws, "h.gguf"), epochs: 1 });
+    expect(fresh.runs).toBe(2);
+    expect(again.reused).toBeUndefined();
   });
 });
