@@ -144,7 +144,7 @@ async function withRetrievedContexts(
 }
 
 /** The trainer of a backend that cannot change weights: a fine-tune says what to do instead. */
-function cannotTrain(kind: string): Trainer {
+export function cannotTrain(kind: string): Trainer {
   return {
     train: async () => {
       throw new FreshrecError(
@@ -160,25 +160,32 @@ function cannotTrain(kind: string): Trainer {
  * OpenAI-compatible server) becomes the base version, registered like a trained one, live when nothing is.
  */
 export async function registerConfiguredBase(ctx: CommandContext): Promise<{ version: string; status: string; filePath: string; backend: string }> {
-  const llm = ctx.config.llm;
   const registry = new ModelRegistry(ctx.paths.root, ctx.clock);
   try {
-    let filePath: string;
-    if (llm.backend === "gguf") {
-      if (!llm.gguf.modelPath) throw new BadInputError('field "llm.gguf.modelPath": got null; expected the GGUF file of the gguf backend');
-      filePath = llm.gguf.modelPath;
-    } else {
-      if (!llm.openai.model) throw new BadInputError('field "llm.openai.model": got null; expected the model name on the server');
-      filePath = join(registry.modelsDir, `${registry.nextVersion()}-hosted.json`);
-      mkdirSync(registry.modelsDir, { recursive: true });
-      writeHostedModelFile(filePath, { baseURL: llm.openai.baseURL, model: llm.openai.model });
-    }
-    const registered = await registry.register({ kind: "base", filePath, reason: `the configured ${llm.backend} model` });
+    const filePath = configuredModelFile(ctx, registry.modelsDir, registry.nextVersion());
+    const registered = await registry.register({ kind: "base", filePath, reason: `the configured ${ctx.config.llm.backend} model` });
     const final = registry.live() ? registered : registry.makeLive(registered.version, "first model");
-    return { version: final.version, status: final.status, filePath, backend: llm.backend };
+    return { version: final.version, status: final.status, filePath, backend: ctx.config.llm.backend };
   } finally {
     registry.close();
   }
+}
+
+/**
+ * The file that stands for the configured model of a non-embedded backend in a registry: the GGUF itself, or for a
+ * server model a small model-reference file written into `dir` (what hosted fine-tunes produce too).
+ */
+export function configuredModelFile(ctx: CommandContext, dir: string, name: string): string {
+  const llm = ctx.config.llm;
+  if (llm.backend === "gguf") {
+    if (!llm.gguf.modelPath) throw new BadInputError('field "llm.gguf.modelPath": got null; expected the GGUF file of the gguf backend');
+    return llm.gguf.modelPath;
+  }
+  if (!llm.openai.model) throw new BadInputError('field "llm.openai.model": got null; expected the model name on the server');
+  const file = join(dir, `${name}-hosted.json`);
+  mkdirSync(dir, { recursive: true });
+  writeHostedModelFile(file, { baseURL: llm.openai.baseURL, model: llm.openai.model });
+  return file;
 }
 
 export interface OpenLoop {

@@ -20,7 +20,7 @@ import { join } from "node:path";
 import type { EventStore } from "../data/event-store.js";
 import { BadInputError } from "../domain/errors.js";
 import type { ProgressSink, TimeWindow } from "../domain/types.js";
-import type { Trainer, TrainingEvent } from "../llm/contracts.js";
+import type { LanguageModel, Trainer, TrainingEvent } from "../llm/contracts.js";
 import { ModelRegistry } from "../llm/registry.js";
 import { SqliteTableStore } from "../tables/index.js";
 import { baselineRefreshJob, type BaselineName } from "../update/jobs.js";
@@ -52,6 +52,8 @@ export interface StrategyEnvironment {
   readonly trainer?: Trainer;
   /** RAG snapshots shared by the strategies (they retrieve at the same instants from the same store). */
   readonly snapshots?: SnapshotCache;
+  /** Opens model versions (the configured LLM backend). @defaultValue the embedded backend */
+  readonly openModel?: (path: string) => Promise<LanguageModel>;
   readonly progress?: ProgressSink;
   readonly onTraining?: (strategy: string, event: TrainingEvent) => void;
 }
@@ -124,6 +126,7 @@ function setupOf(kind: StrategyName, label: string, refreshDays: number, env: St
         clusters: env.clusters,
         settings: env.settings,
         trainer: env.trainer,
+        openModel: env.openModel,
         snapshots: env.snapshots,
         strategy: label,
         progress: env.progress,

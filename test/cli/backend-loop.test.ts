@@ -83,6 +83,17 @@ describe("the loop with llm.backend openai (real server on loopback)", () => {
     expect(again.json).toMatchObject({ pairs, rescored: pairs });
     expect(server.stats.completions).toBe(asked);
 
+    // Replay runs the LLM strategies on the configured model too (start model = the server's model).
+    const before = server.stats.completions;
+    const replayed = await cli("evaluate", "replay", "--from", "2025-06-08", "--to", "2025-06-16", "--strategies", "static,rag,successor-top1", "--resamples", "10");
+    expect(replayed.status, replayed.stderr).toBe(0);
+    expect(replayed.json.startModel).toMatchObject({ version: "configured openai model" });
+    expect(Object.keys(replayed.json.strategies)).toEqual(["static", "rag", "successor-top1"]);
+    expect(replayed.json.strategies.rag.tablesPublished).toBe(4);
+    expect(replayed.json.transitions).toBeGreaterThan(0);
+    // Its tables were scored by the server: the RAG prompts of other days than the refreshes above were never asked.
+    expect(server.stats.completions).toBeGreaterThan(before);
+
     // Fine-tuning with this backend goes through the server's fine-tuning API; no curated data yet is bad input.
     const tune = await cli("finetune", "--as-of", "2025-06-03");
     expect(tune.status).toBe(2);

@@ -9,11 +9,11 @@ import { replay } from "../../evaluation/replay.js";
 import { writeReplayReport } from "../../evaluation/replay-report.js";
 import { ALL_STRATEGIES, LLM_STRATEGIES, parseStrategies, strategySetups } from "../../evaluation/strategies.js";
 import { ModelRegistry } from "../../llm/registry.js";
-import { EmbeddedTrainer } from "../../llm/engine/trainer.js";
 import { CachingTrainer } from "../../llm/training-cache.js";
 import { SnapshotCache } from "../../update/rag.js";
 import { createHash } from "node:crypto";
-import { loopSettings, resolveAsOf, trainBaseModel } from "../loop-context.js";
+import { cannotTrain, configuredModelFile, loopSettings, resolveAsOf, trainBaseModel } from "../loop-context.js";
+import { languageModelBackend } from "../../llm/backends/index.js";
 import { trainingProgress } from "../progress.js";
 import { action, positiveInt, timeOption } from "../run.js";
 import { runLine } from "./refresh.js";
@@ -84,10 +84,17 @@ export function registerEvaluate(program: Command): void {
             .update(JSON.stringify({ pretrain: ctx.config.pretrain, model: ctx.config.model, rag: ctx.config.rag, positiveMin }))
             .digest("hex")
             .slice(0, 8);
-          const startModel = names.some((n) => (LLM_STRATEGIES as readonly string[]).includes(n))
-            ? await startModelFor(ctx, events, from, join(workDir, `start-${iso(from).slice(0, 10)}-${startKey}`))
-            : null;
-          const clusters = (await events.clusters()).map((c) => c.id);
+          const catalog = await events.clusters();
+          const backend = languageModelBackend(ctx.config.llm, { clusters: catalog, workspace: ctx.paths.root, clock: ctx.clock });
+          const needsModel = names.some((n) => (LLM_STRATEGIES as readonly string[]).includes(n));
+          // A configured external model is the start model as it is: what it was trained on is outside freshrec's
+          // view, so the no-leakage guarantee covers only the tables and fine-tunes made here.
+          const startModel = !needsModel
+            ? null
+            : backend.kind === "embedded"
+              ? await startModelFor(ctx, events, from, join(workDir, `start-${iso(from).slice(0, 10)}-${startKey}`))
+              : { path: configuredModelFile(ctx, workDir, "start"), window: null, version: `configured ${backend.kind} model` };
+          const clusters = catalog.map((c) => c.id);
           const setups = strategySetups(names, {
             events,
             window: { from, to },
@@ -97,7 +104,8 @@ export function registerEvaluate(program: Command): void {
             workDir,
             finetuneCadence: ctx.config.schedule.finetuneCadence,
             // finetune-monthly and hybrid run the same fine-tunes, and so does every re-run of a replay: train once.
-            trainer: new CachingTrainer(new EmbeddedTrainer(), join(workDir, "training-cache"), "embedded"),
+            trainer: new CachingTrainer(backend.trainer() ?? cannotTrain(backend.kind), join(workDir, "training-cache"), backend.description),
+            openModel: (path) => backend.openModel(path),
             // The store does not change during a replay: strategies retrieving at the same instant share it.
             snapshots: new SnapshotCache(),
             onTraining: (strategy, e) => trainingProgress(ctx.progress, ctx.log, `${strategy} fine-tuning`)(e),
