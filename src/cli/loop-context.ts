@@ -40,6 +40,7 @@ export function loopSettings(config: FreshrecConfig, positiveMin: number | null)
       maxTargetShare: f.maxTargetShare,
       maxPerTriple: f.maxPerTriple,
       contextShare: f.contextShare,
+      contextPeriod: f.contextPeriod,
     },
     gates: { minExactMatchRate: f.minExactMatchRate, minTestRecall: f.minTestRecall },
     training: { epochs: f.epochs, learningRate: f.learningRate ?? undefined },

@@ -27,7 +27,7 @@ import { seededRandom } from "../domain/random.js";
 import type { TimeWindow, TransitionCount } from "../domain/types.js";
 import { sampleOf, type TrainingSample } from "../llm/contracts.js";
 import type { PromptContext } from "../llm/prompt.js";
-import { contextFor, contextsAlong, type RagOptions } from "./rag.js";
+import { contextFor, contextsAlong, RAG_DEFAULTS, type RagOptions } from "./rag.js";
 import { countTransitions, futureExamples, type FutureExample, type MiningOptions } from "../mining/transitions.js";
 
 export interface CurationOptions extends MiningOptions {
@@ -47,6 +47,14 @@ export interface CurationOptions extends MiningOptions {
   readonly contextShare?: number;
   /** How the context of a sample is retrieved (the refresh's own options). @defaultValue RAG defaults */
   readonly rag?: RagOptions;
+  /**
+   * Which week a sample's context comes from. `previous` (the default): the week before the sample's, as a refresh
+   * would have served it. `same`: the sample's own week without the sample's own user, so the context is evidence
+   * from the answer's own period; an experiment for teaching the model to follow a context that contradicts what it
+   * learnt (frequency mode only).
+   * @defaultValue "previous"
+   */
+  readonly contextPeriod?: "previous" | "same";
 }
 
 export const CURATION_DEFAULTS = { windowDays: 90, testDays: 14, maxSamples: 6000, maxPerPair: 24, maxTargetShare: 0.04, maxPerTriple: 8, contextShare: 0.5 } as const;
@@ -75,14 +83,42 @@ export async function curateFineTuningSet(store: EventStore, asOf: number, optio
   const testWindow = { from: split, to: asOf };
   const mining = { positiveMin: o.positiveMin ?? null };
   const pool: (TransitionCount & { context?: PromptContext })[] = [];
-  for (const step of await contextsAlong(store, trainWindow, { ...options.rag, positiveMin: mining.positiveMin })) {
-    for (const t of await countTransitions(store, step, mining)) pool.push({ ...t, context: contextFor(step.snapshot, t.c1, t.c2) });
+  const rag = { ...options.rag, positiveMin: mining.positiveMin };
+  for (const step of await contextsAlong(store, trainWindow, rag)) {
+    const week = await countTransitions(store, step, mining);
+    const sameWeek = options.contextPeriod === "same" ? contextsExcludingOneUser(week, rag) : null;
+    for (const t of week) pool.push({ ...t, context: sameWeek ? sameWeek(t) : contextFor(step.snapshot, t.c1, t.c2) });
   }
   const test = await futureExamples(store, testWindow, mining);
   const chosen = diversify(pool, o, asOf);
   const coin = seededRandom((Math.floor(asOf / 1000) ^ 0x5bd1e995) >>> 0);
   const train = chosen.map((t) => sampleOf(t, t.context && coin() < o.contextShare ? t.context.successors : undefined));
   return { asOf, trainWindow, testWindow, train, test, available: pool.reduce((s, t) => s + t.users, 0) };
+}
+
+/**
+ * Contexts from a week's own counts, each computed as if one user of the sample's triple were not there (that user
+ * is the sample): a triple seen by a single user is then not its own context.
+ */
+export function contextsExcludingOneUser(week: readonly TransitionCount[], rag: RagOptions): (t: TransitionCount) => PromptContext | undefined {
+  const o = { ...RAG_DEFAULTS, ...Object.fromEntries(Object.entries(rag).filter(([, v]) => v !== undefined)) } as typeof RAG_DEFAULTS & RagOptions;
+  if (o.mode !== "frequency") throw new BadInputError(`finetune curation: contextPeriod "same" needs rag.mode "frequency", got ${JSON.stringify(o.mode)}`);
+  const byPair = new Map<string, TransitionCount[]>();
+  for (const t of week) {
+    const key = `${t.c1}\u0000${t.c2}`;
+    let list = byPair.get(key);
+    if (!list) byPair.set(key, (list = []));
+    list.push(t);
+  }
+  return (sample) => {
+    const successors = (byPair.get(`${sample.c1}\u0000${sample.c2}`) ?? [])
+      .map((t) => ({ cluster: t.next, users: t.users - (t.next === sample.next ? 1 : 0) }))
+      .filter((t) => t.users >= o.minSupport)
+      .sort((a, b) => b.users - a.users || (a.cluster < b.cluster ? -1 : a.cluster > b.cluster ? 1 : 0))
+      .slice(0, o.topN)
+      .map((t) => t.cluster);
+    return successors.length ? { successors } : undefined;
+  };
 }
 
 /** The diversification step (pure): counts in, capped samples out, in a seeded order. */

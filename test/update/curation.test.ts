@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { diversify, curateFineTuningSet } from "../../src/update/curation.js";
+import { contextsExcludingOneUser, diversify, curateFineTuningSet } from "../../src/update/curation.js";
 import { EventStore, eventBatchFromEvents } from "../../src/data/event-store.js";
 import { ingestSynthetic } from "../../src/data/ingest/synthetic.js";
 import { SyntheticWorld, SYNTHETIC_QUICK } from "../../src/data/synthetic/index.js";
@@ -77,5 +77,25 @@ describe("context of training samples", () => {
     for (const s of toD) expect(s.prompt.context).toEqual({ successors: ["c"] });
     for (const s of toC) expect(s.prompt.context).toBeUndefined();
     store.close();
+  });
+});
+
+describe("same-week contexts (contextPeriod \"same\")", () => {
+  it("take the pair's most frequent successor of the week without the sample's own user", () => {
+    const week = [
+      { c1: "a", c2: "b", next: "c", users: 3 },
+      { c1: "a", c2: "b", next: "d", users: 3 },
+      { c1: "a", c2: "b", next: "e", users: 1 },
+      { c1: "x", c2: "y", next: "z", users: 2 },
+    ];
+    const context = contextsExcludingOneUser(week, { minSupport: 2 });
+    // A user of (a, b, c) leaves c with 2 against d's 3: d. A user of (a, b, d): c. A user of the rare e: c (tie by id).
+    expect(context(week[0])).toEqual({ successors: ["d"] });
+    expect(context(week[1])).toEqual({ successors: ["c"] });
+    expect(context(week[2])).toEqual({ successors: ["c"] });
+    // Alone with one other user, z falls below the support minimum: no context at all.
+    expect(context(week[3])).toBeUndefined();
+    expect(contextsExcludingOneUser(week, { minSupport: 1 })(week[3])).toEqual({ successors: ["z"] });
+    expect(() => contextsExcludingOneUser(week, { mode: "trend" })).toThrow(/frequency/);
   });
 });
