@@ -13,11 +13,7 @@ import { EmbeddedLanguageModel } from "../src/llm/backends/embedded.js";
 import type { PromptInput, TrainingSample } from "../src/llm/contracts.js";
 import { EmbeddedTrainer, promptTokens } from "../src/llm/engine/trainer.js";
 import { REFERENCE_SHAPE, readModelFile } from "../src/llm/engine/model-file.js";
-
-/** GBNF string literal. */
-function gbnfLiteral(text: string): string {
-  return JSON.stringify(text);
-}
+import { descriptionGrammar } from "../src/llm/backends/gguf.js";
 
 /**
  * The naive path: node-llama-cpp, one context with one sequence and one thread (ENGINE-NOTES: two threads are
@@ -32,7 +28,7 @@ async function naivePromptsPerSecond(modelPath: string, prompts: readonly Prompt
   const context = await model.createContext({ contextSize: 256, threads: 1, sequences: 1 });
   // Token pieces of answer tokens decode with a leading space (the "▁" word prefix).
   const grammar = await llama.createGrammar({
-    grammar: `root ::= " "? ( ${info.clusters.map((c) => gbnfLiteral(c.description)).join(" | ")} )`,
+    grammar: descriptionGrammar(info.clusters.map((c) => c.description)),
   });
   const sequence = context.getSequence();
   const completion = new LlamaCompletion({ contextSequence: sequence });

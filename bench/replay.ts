@@ -26,7 +26,7 @@ import { timedTransitions } from "../src/mining/transitions.js";
 import { replay } from "../src/evaluation/replay.js";
 import { ALL_STRATEGIES, strategySetups } from "../src/evaluation/strategies.js";
 import type { LoopSettings } from "../src/update/loop.js";
-import { SnapshotCache } from "../src/update/rag.js";
+import { SnapshotCache, withRetrievedContexts } from "../src/update/rag.js";
 import type { BenchSuiteResult, BenchRow } from "./run.js";
 
 const FINETUNE = { maxSamples: 2000, epochs: 2 };
@@ -46,7 +46,9 @@ export async function run(): Promise<BenchSuiteResult> {
     const started = process.hrtime.bigint();
 
     const startWindow = { from: from - START.windowDays * DAY_MS, to: from };
-    const transitions = (await timedTransitions(events, startWindow, { positiveMin, horizon: 1 })).slice(-START.maxSamples);
+    // As `evaluate replay` trains its start model: half the transitions carry the context retrieved just before them.
+    const mined = (await timedTransitions(events, startWindow, { positiveMin, horizon: 1 })).slice(-START.maxSamples);
+    const transitions = await withRetrievedContexts(events, mined, startWindow, { windowDays: 7, positiveMin }, 0.5, from);
     const start = await pretrainBaseModel({
       workspace: join(dir, "start"),
       clock: new VirtualClock(from),

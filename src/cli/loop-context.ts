@@ -7,9 +7,8 @@ import { BadInputError } from "../domain/errors.js";
 import { ModelRegistry } from "../llm/registry.js";
 import { pretrainBaseModel, type PretrainResult } from "../llm/pretrain.js";
 import { REFERENCE_SHAPE } from "../llm/engine/model-file.js";
-import { futureExamples, timedTransitions, type TimedTransition } from "../mining/transitions.js";
-import { contextFor, contextsAlong, retrieveContexts, stepAt, type RagOptions } from "../update/rag.js";
-import { seededRandom } from "../domain/random.js";
+import { futureExamples, timedTransitions } from "../mining/transitions.js";
+import { contextFor, retrieveContexts, withRetrievedContexts } from "../update/rag.js";
 import { EmbeddedLanguageModel } from "../llm/backends/embedded.js";
 import { languageModelBackend, writeHostedModelFile } from "../llm/backends/index.js";
 import type { Trainer } from "../llm/contracts.js";
@@ -81,7 +80,7 @@ export async function trainBaseModel(
   const split = options.heldOut ? asOf - heldOutDays * DAY_MS : asOf;
   const window = { from: asOf - windowDays * DAY_MS, to: split };
   const mined = (await timedTransitions(events, window, { positiveMin, horizon: 1 })).slice(-maxSamples);
-  const transitions = await withRetrievedContexts(events, mined, window, ctx.config.rag, positiveMin, ctx.config.pretrain.contextShare, asOf);
+  const transitions = await withRetrievedContexts(events, mined, window, { ...ctx.config.rag, positiveMin }, ctx.config.pretrain.contextShare, asOf);
   if (transitions.length === 0) throw new BadInputError(`no novel transitions between ${iso(window.from)} and ${iso(window.to)} to pretrain on`);
   const heldOut = options.heldOut ? await timedTransitions(events, { from: split, to: asOf }, { positiveMin, horizon: 1 }) : [];
   // The held-out days as a refresh at their start would serve them: one snapshot, nothing from the days themselves.
@@ -117,31 +116,6 @@ export async function trainBaseModel(
     }
   }
   return { result, window, gates };
-}
-
-/**
- * Gives a `share` of the transitions (a seeded coin per transition) the context a refresh would have retrieved just
- * before them (rag.ts `contextsAlong`), as fine-tuning curation does: a base model that never saw a context in
- * training has no reason to read one, and RAG refreshes on top of it would change nothing.
- */
-async function withRetrievedContexts(
-  events: EventStore,
-  transitions: readonly TimedTransition[],
-  window: TimeWindow,
-  rag: RagOptions,
-  positiveMin: number | null,
-  share: number,
-  seed: number,
-): Promise<(TimedTransition & { context?: readonly string[] })[]> {
-  if (share <= 0 || transitions.length === 0) return [...transitions];
-  const steps = await contextsAlong(events, { from: Math.max(window.from, transitions[0].ts), to: window.to }, { ...rag, positiveMin });
-  const coin = seededRandom((Math.floor(seed / 1000) ^ 0x2545f491) >>> 0);
-  return transitions.map((t) => {
-    if (coin() >= share) return t;
-    const step = stepAt(steps, t.ts);
-    const context = step && contextFor(step.snapshot, t.c1, t.c2);
-    return context ? { ...t, context: context.successors } : t;
-  });
 }
 
 /** The trainer of a backend that cannot change weights: a fine-tune says what to do instead. */

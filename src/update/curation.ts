@@ -27,7 +27,7 @@ import { seededRandom } from "../domain/random.js";
 import type { TimeWindow, TransitionCount } from "../domain/types.js";
 import { sampleOf, type TrainingSample } from "../llm/contracts.js";
 import type { PromptContext } from "../llm/prompt.js";
-import { contextFor, contextsAlong, RAG_DEFAULTS, type RagOptions } from "./rag.js";
+import { contextFor, contextsAlong, resolveRagOptions, type RagOptions } from "./rag.js";
 import { countTransitions, futureExamples, type FutureExample, type MiningOptions } from "../mining/transitions.js";
 
 export interface CurationOptions extends MiningOptions {
@@ -101,7 +101,7 @@ export async function curateFineTuningSet(store: EventStore, asOf: number, optio
  * is the sample): a triple seen by a single user is then not its own context.
  */
 export function contextsExcludingOneUser(week: readonly TransitionCount[], rag: RagOptions): (t: TransitionCount) => PromptContext | undefined {
-  const o = { ...RAG_DEFAULTS, ...Object.fromEntries(Object.entries(rag).filter(([, v]) => v !== undefined)) } as typeof RAG_DEFAULTS & RagOptions;
+  const o = resolveRagOptions(rag);
   if (o.mode !== "frequency") throw new BadInputError(`finetune curation: contextPeriod "same" needs rag.mode "frequency", got ${JSON.stringify(o.mode)}`);
   const byPair = new Map<string, TransitionCount[]>();
   for (const t of week) {

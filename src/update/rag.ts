@@ -18,7 +18,8 @@ import { createHash } from "node:crypto";
 import type { EventStore } from "../data/event-store.js";
 import { DAY_MS } from "../domain/clock.js";
 import { BadInputError } from "../domain/errors.js";
-import type { TimeWindow, TransitionCount } from "../domain/types.js";
+import type { TimeWindow, Transition, TransitionCount } from "../domain/types.js";
+import { seededRandom } from "../domain/random.js";
 import type { PromptContext } from "../llm/prompt.js";
 import { pairKey } from "../domain/types.js";
 import { countTransitions, countTransitionsBySteps } from "../mining/transitions.js";
@@ -59,7 +60,7 @@ export interface RagSnapshot {
 
 /** Retrieves contexts from events in [asOf - windowDays, asOf); nothing at or after asOf is read. */
 export async function retrieveContexts(store: EventStore, asOf: number, options: RagOptions = {}): Promise<RagSnapshot> {
-  const o = resolve(options);
+  const o = resolveRagOptions(options);
   const window = { from: asOf - o.windowDays * DAY_MS, to: asOf };
   const mining = { positiveMin: options.positiveMin ?? null };
   const recent = await countTransitions(store, window, mining);
@@ -76,7 +77,7 @@ export class SnapshotCache {
   private readonly snapshots = new Map<string, Promise<RagSnapshot>>();
 
   retrieve(store: EventStore, asOf: number, options: RagOptions = {}): Promise<RagSnapshot> {
-    const key = JSON.stringify([asOf, resolve(options), options.positiveMin ?? null]);
+    const key = JSON.stringify([asOf, resolveRagOptions(options), options.positiveMin ?? null]);
     let snapshot = this.snapshots.get(key);
     if (!snapshot) {
       snapshot = retrieveContexts(store, asOf, options);
@@ -106,7 +107,7 @@ export interface ContextStep {
  * for fine-tuning (curation.ts) and the base model alike.
  */
 export async function contextsAlong(store: EventStore, window: TimeWindow, options: RagOptions = {}): Promise<ContextStep[]> {
-  const o = resolve(options);
+  const o = resolveRagOptions(options);
   const stepMs = o.windowDays * DAY_MS;
   // One query for the whole window, counted per step: a base model's window may span years (1,200 weekly
   // snapshots for MovieLens), and one query per snapshot took minutes. Two steps before the window start feed the
@@ -124,6 +125,30 @@ export async function contextsAlong(store: EventStore, window: TimeWindow, optio
   return steps;
 }
 
+/**
+ * Gives a `share` of the transitions (a seeded coin per transition) the context a refresh would have retrieved just
+ * before them (`contextsAlong`), as fine-tuning curation does: a base model that never saw a context in training has
+ * no reason to read one, and RAG refreshes on top of it would change nothing. `transitions` are in time order.
+ */
+export async function withRetrievedContexts<T extends Transition & { readonly ts: number }>(
+  store: EventStore,
+  transitions: readonly T[],
+  window: TimeWindow,
+  options: RagOptions,
+  share: number,
+  seed: number,
+): Promise<(T & { context?: readonly string[] })[]> {
+  if (share <= 0 || transitions.length === 0) return [...transitions];
+  const steps = await contextsAlong(store, { from: Math.max(window.from, transitions[0].ts), to: window.to }, options);
+  const coin = seededRandom((Math.floor(seed / 1000) ^ 0x2545f491) >>> 0);
+  return transitions.map((t) => {
+    if (coin() >= share) return t;
+    const step = stepAt(steps, t.ts);
+    const context = step && contextFor(step.snapshot, t.c1, t.c2);
+    return context ? { ...t, context: context.successors } : t;
+  });
+}
+
 /** The step of `steps` (ordered, as `contextsAlong` returns them) whose interval holds `ts`, or undefined. */
 export function stepAt(steps: readonly ContextStep[], ts: number): ContextStep | undefined {
   let lo = 0;
@@ -137,7 +162,8 @@ export function stepAt(steps: readonly ContextStep[], ts: number): ContextStep |
   return undefined;
 }
 
-function resolve(options: RagOptions): Required<Omit<RagOptions, "positiveMin">> {
+/** Options with their defaults, validated (BadInputError naming the field). */
+export function resolveRagOptions(options: RagOptions): Required<Omit<RagOptions, "positiveMin">> {
   const o = { ...RAG_DEFAULTS, ...stripUndefined(options) } as Required<Omit<RagOptions, "positiveMin">>;
   if (!(o.windowDays > 0)) throw new BadInputError(`rag.windowDays: expected a positive number of days, got ${o.windowDays}`);
   for (const key of ["topN", "minSupport", "globalPairs"] as const) {
@@ -160,7 +186,7 @@ export function contextsFromCounts(
   previous: readonly TransitionCount[],
   options: RagOptions = {},
 ): Omit<RagSnapshot, "asOf" | "window"> {
-  const o = resolve(options);
+  const o = resolveRagOptions(options);
   const transitions = recent.reduce((s, t) => s + t.users, 0);
   const base = { mode: o.mode, topN: o.topN, minSupport: o.minSupport, transitions };
   if (o.mode === "global") {

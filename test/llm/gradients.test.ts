@@ -8,10 +8,9 @@ import { describe, expect, it } from "vitest";
 import { readGgufFile, readTensorF32 } from "../../src/llm/engine/gguf.js";
 import {
   type NativePointer,
-  allocBatch,
+  pushThreadCount,
   allocOptimizerParams,
   createContext,
-  freeBatch,
   gradientAccumulators,
   int32View,
   loadLlamaApi,
@@ -35,15 +34,7 @@ function sgdStepSizes(reset: boolean, steps: number): number[] {
   const api = loadLlamaApi();
   const model = loadModel(api, path, { writable: true });
   const ctx = createContext(api, model, { nCtx: 256, nBatch: 256, nUbatch: 256, nSeqMax: 1, threads: 1, kvUnified: true });
-  const batch = allocBatch(api, 1);
-  batch.token[0] = BOS_ID;
-  batch.pos[0] = 0;
-  batch.nSeqId[0] = 1;
-  batch.seqId[0][0] = 0;
-  batch.logits[0] = 1;
-  batch.value.n_tokens = 1;
-  api.fn.llama_decode(ctx, batch.value);
-  freeBatch(api, batch);
+  pushThreadCount(api, ctx, BOS_ID);
   const optimizer = allocOptimizerParams();
   optimizer.set({ adamw_alpha: 1e-3, adamw_beta1: 0.9, adamw_beta2: 0.999, adamw_eps: 1e-8, adamw_wd: 0, sgd_alpha: 1e-3, sgd_wd: 0 });
   api.fn.llama_opt_init(ctx, model, {

@@ -13,14 +13,13 @@ import { readModelFile, restampModelFile } from "./model-file.js";
 import {
   type LlamaApi,
   type NativePointer,
-  allocBatch,
   allocOptimizerParams,
   createContext,
-  freeBatch,
   int32View,
   gradientAccumulators,
   loadLlamaApi,
   loadModel,
+  pushThreadCount,
   resetGradients,
 } from "./llama-api.js";
 import { BatchScorer } from "./scorer.js";
@@ -139,19 +138,7 @@ async function run(job: TrainJob): Promise<void> {
     threads: job.threads,
     kvUnified: true,
   });
-  // Thread fix: ggml_opt_eval never passes n_threads to the CPU backend (default 4, 17-44x slower on 2 cores);
-  // one ordinary decode pushes the context's thread count into the backend, and it sticks.
-  {
-    const batch = allocBatch(api, 1);
-    batch.token[0] = BOS_ID;
-    batch.pos[0] = 0;
-    batch.nSeqId[0] = 1;
-    batch.seqId[0][0] = 0;
-    batch.logits[0] = 1;
-    batch.value.n_tokens = 1;
-    api.fn.llama_decode(ctx, batch.value);
-    freeBatch(api, batch);
-  }
+  pushThreadCount(api, ctx, BOS_ID);
   const rowsPerEpoch = job.sequences.length;
   const totalSteps = rowsPerEpoch * job.epochs;
   const warmup = Math.min(Math.round(totalSteps * 0.02), 500);
