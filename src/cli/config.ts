@@ -159,6 +159,16 @@ export const configSchema = z
             outputPricePerMTok: z.number().min(0).nullable().default(null).describe("Price of one million answer tokens, for the dry-run cost estimate. null = unknown."),
             fineTuneModel: z.string().min(1).nullable().default(null).describe("Model hosted fine-tuning starts from when there is no fine-tuned model yet. null = llm.openai.model."),
             fineTunePollMs: positiveInt().default(10_000).describe("How often a hosted fine-tuning job is polled for progress."),
+            batch: z
+              .object({
+                enabled: z.boolean().default(false).describe("Send table builds through the OpenAI Batch API (/v1/batches): half the price on OpenAI, answers within 24 h instead of at once."),
+                minPrompts: positiveInt().default(1000).describe("Builds with fewer prompts to pay for than this go as ordinary requests (small incremental refreshes, gates)."),
+                pollIntervalMs: positiveInt().default(30_000).describe("How often a running batch is polled."),
+                maxRequestsPerBatch: z.number().int().min(1).max(50_000).default(50_000).describe("Requests per batch file (OpenAI's limit is 50,000 and 200 MB); larger builds are split into several batches."),
+                priceFactor: z.number().min(0).max(1).default(0.5).describe("Batch price relative to llm.openai.*PricePerMTok, for the dry-run cost estimate (OpenAI: 0.5)."),
+              })
+              .strict()
+              .prefault({}),
           })
           .strict()
           .prefault({}),

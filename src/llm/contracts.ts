@@ -42,6 +42,22 @@ export interface ScoreOptions {
    * @defaultValue true
    */
   readonly excludeHistory?: boolean;
+  /** Hears how many of the call's prompts are done (long calls: a remote batch job). */
+  readonly onProgress?: (done: number) => void;
+}
+
+/** What scoring some prompts would cost, before any is sent (`refresh --dry-run`). */
+export interface CostEstimate {
+  readonly prompts: number;
+  /** Prompts already answered in a response cache: free. */
+  readonly cached: number;
+  /** Tokens estimated at 4 characters each (OpenAI's rule of thumb). */
+  readonly promptTokens: number;
+  readonly completionTokens: number;
+  /** null when no price is configured (local backends have none). */
+  readonly usd: number | null;
+  /** How the prompts would be sent, e.g. "batch API (2 batches, 50% price)" or "chat completions, concurrency 4". */
+  readonly via: string;
 }
 
 export interface LanguageModel {
@@ -51,6 +67,10 @@ export interface LanguageModel {
    * allowed answers only), at most `topN`. Deterministic run to run. Same shape as the table build's scorer.
    */
   score(prompts: readonly PromptInput[], topN: number, signal?: AbortSignal, options?: ScoreOptions): Promise<ScoredCluster[][]>;
+  /** Prompts a table build should hand over per `score` call (generate.ts PromptScorer). @defaultValue 1024 */
+  readonly promptsPerCall?: number;
+  /** Prices scoring these prompts before it runs; absent for backends that are not paid per token. */
+  estimateCost?(prompts: readonly PromptInput[]): CostEstimate;
   /** One answer generated under a grammar that only admits cluster descriptions (greedy, deterministic). */
   generate(prompt: PromptInput, signal?: AbortSignal): Promise<GeneratedAnswer>;
   close(): Promise<void>;
@@ -166,6 +186,11 @@ export interface TrainResult {
 }
 
 export interface Trainer {
+  /**
+   * How the files it writes end: ".gguf" (weights) unless the trainer says otherwise (a hosted trainer writes a
+   * ".json" reference to the model on its server).
+   */
+  readonly modelFileExtension?: string;
   /** Trains (or continues training `options.from`) on the samples; rejects with CANCELLED when aborted. */
   train(samples: readonly TrainingSample[], options: TrainOptions): Promise<TrainResult>;
 }

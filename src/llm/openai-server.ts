@@ -18,7 +18,11 @@
  *   - `logprobs` / `top_logprobs` (at most 20, as OpenAI): per generated token; under a constraint the probabilities
  *     are those of the constrained distribution (softmax over the allowed answers, like vLLM's processed logprobs),
  *     and the fixed JSON around an enum answer is reported as tokens of probability 1.
- * - `POST /v1/files` (multipart, purpose "fine-tune"), `GET /v1/files/{id}`.
+ * - `POST /v1/files` (multipart, purpose "fine-tune" or "batch"), `GET /v1/files/{id}`, `GET /v1/files/{id}/content`.
+ * - The Batch API: `POST /v1/batches` (endpoint `/v1/chat/completions`, window "24h"), `GET /v1/batches[/{id}]`,
+ *   `POST /v1/batches/{id}/cancel`. Each line of the input file is answered as a chat completion, one batch at a
+ *   time in the background; answers go to an output file and failed lines to an error file (both downloadable),
+ *   with the same line format as OpenAI's (`{ id, custom_id, response: { status_code, request_id, body }, error }`).
  * - `POST /v1/fine_tuning/jobs`, `GET /v1/fine_tuning/jobs[/{id}]`, `GET /v1/fine_tuning/jobs/{id}/events`,
  *   `POST /v1/fine_tuning/jobs/{id}/cancel`: continued training of the named model (the served one or an earlier
  *   fine-tune) by the embedded trainer, one job at a time; the result is served as `ft:<model>:<suffix>:<job id>`.
@@ -188,6 +192,84 @@ interface Job {
   validation: TrainingSample[] | undefined;
 }
 
+const batchBodySchema = z.looseObject({
+  input_file_id: z.string().min(1),
+  endpoint: z.literal("/v1/chat/completions"),
+  completion_window: z.literal("24h"),
+  metadata: z.record(z.string(), z.string()).nullable().optional(),
+});
+
+interface BatchError {
+  readonly code: string;
+  readonly message: string;
+  readonly param: string | null;
+  readonly line: number | null;
+}
+
+interface Batch {
+  readonly id: string;
+  readonly endpoint: string;
+  readonly input_file_id: string;
+  readonly completion_window: string;
+  status: "validating" | "failed" | "in_progress" | "finalizing" | "completed" | "cancelling" | "cancelled";
+  readonly errors: BatchError[];
+  output_file_id: string | null;
+  error_file_id: string | null;
+  readonly created_at: number;
+  in_progress_at: number | null;
+  finalizing_at: number | null;
+  completed_at: number | null;
+  failed_at: number | null;
+  cancelling_at: number | null;
+  cancelled_at: number | null;
+  readonly request_counts: { total: number; completed: number; failed: number };
+  readonly metadata: Record<string, string> | null;
+}
+
+interface BatchLine {
+  readonly custom_id: string;
+  readonly body: unknown;
+}
+
+/** A cancel arrives while the batch runs (a property TypeScript would otherwise narrow away). */
+const cancelRequested = (b: Batch): boolean => b.status === "cancelling";
+
+const batchLineSchema = z.looseObject({ custom_id: z.string().min(1), method: z.literal("POST"), url: z.string(), body: z.looseObject({}) });
+
+/** The request lines of a batch input file; problems go to `errors` with their line numbers (1-based). */
+export function parseBatchFile(text: string, endpoint: string, errors: BatchError[]): BatchLine[] {
+  const lines: BatchLine[] = [];
+  const seen = new Set<string>();
+  text.split("\n").forEach((raw, i) => {
+    if (raw.trim() === "") return;
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(raw);
+    } catch {
+      errors.push({ code: "invalid_json_line", message: `line ${i + 1} is not JSON`, param: null, line: i + 1 });
+      return;
+    }
+    const result = batchLineSchema.safeParse(parsed);
+    if (!result.success) {
+      const issue = result.error.issues[0];
+      errors.push({ code: "invalid_request", message: `line ${i + 1}: ${issue.path.map(String).join(".") || "line"}: ${issue.message}`, param: issue.path.map(String).join(".") || null, line: i + 1 });
+      return;
+    }
+    if (result.data.url !== endpoint) {
+      errors.push({ code: "mismatched_url", message: `line ${i + 1}: url ${result.data.url} is not the batch's endpoint ${endpoint}`, param: "url", line: i + 1 });
+      return;
+    }
+    if (seen.has(result.data.custom_id)) {
+      errors.push({ code: "duplicate_custom_id", message: `line ${i + 1}: custom_id ${result.data.custom_id} appears twice`, param: "custom_id", line: i + 1 });
+      return;
+    }
+    seen.add(result.data.custom_id);
+    lines.push({ custom_id: result.data.custom_id, body: result.data.body });
+  });
+  if (lines.length === 0 && errors.length === 0) errors.push({ code: "empty_file", message: "the input file has no request lines", param: null, line: null });
+  return lines;
+}
+
 /** The longest prompt the server reads, in tokens (freshrec prompts are ~10-40). */
 const MAX_PROMPT_TOKENS = 96;
 const MAX_NEW_TOKENS = 32;
@@ -286,8 +368,9 @@ export async function startLlmServer(options: LlmServerOptions): Promise<Running
   app.get("/v1/models", async () => ({ object: "list", data: [...models.values()].map(modelObject) }));
   app.get<{ Params: { id: string } }>("/v1/models/:id", async (request) => modelObject(modelNamed(request.params.id)));
 
-  app.post("/v1/chat/completions", async (request) => {
-    const body = parseBody(chatBodySchema, request.body);
+  /** One chat completion: the route's answer, and each line of a batch. */
+  const chatCompletion = async (raw: unknown) => {
+    const body = parseBody(chatBodySchema, raw);
     if (body.stream) throw new ApiError(400, "stream: streaming is not supported by this server", "stream");
     if (body.n !== undefined && body.n !== null && body.n !== 1) throw new ApiError(400, "n: only n = 1 is supported", "n");
     const prompt = promptText(body);
@@ -313,7 +396,8 @@ export async function startLlmServer(options: LlmServerOptions): Promise<Running
         usage: { prompt_tokens: answer.promptTokens, completion_tokens: answer.completionTokens, total_tokens: answer.promptTokens + answer.completionTokens },
       };
     });
-  });
+  };
+  app.post("/v1/chat/completions", async (request) => chatCompletion(request.body));
 
   const fileObject = (f: FileRecord) => ({ id: f.id, object: "file", bytes: f.bytes, created_at: f.created_at, filename: f.filename, purpose: f.purpose, status: "processed" });
   app.post("/v1/files", async (request) => {
@@ -337,6 +421,147 @@ export async function startLlmServer(options: LlmServerOptions): Promise<Running
     const f = files.get(request.params.id);
     if (!f) throw new ApiError(404, `No such File object: ${request.params.id}`, "id");
     return fileObject(f);
+  });
+
+  app.get<{ Params: { id: string } }>("/v1/files/:id/content", async (request, reply) => {
+    const f = files.get(request.params.id);
+    if (!f) throw new ApiError(404, `No such File object: ${request.params.id}`, "id");
+    return reply.type("application/octet-stream").send(readFileSync(f.path));
+  });
+  /** A file the server writes itself (batch output and errors). */
+  const storeFile = (purpose: string, filename: string, text: string): FileRecord => {
+    const id = `file-${randomUUID().replace(/-/g, "").slice(0, 24)}`;
+    const path = join(options.dataDir, "files", `${id}.jsonl`);
+    writeFileSync(path, text);
+    const record: FileRecord = { id, bytes: Buffer.byteLength(text), created_at: nowSeconds(), filename, purpose, path };
+    files.set(id, record);
+    return record;
+  };
+
+  // The Batch API: the lines of an uploaded JSONL file answered like POST /v1/chat/completions, in the background,
+  // one batch at a time (the model is the limit, as for fine-tuning), results in an output file and failed lines in
+  // an error file, as OpenAI's batches do.
+  const batches = new Map<string, Batch>();
+  let batchChain: Promise<unknown> = Promise.resolve();
+  const batchObject = (b: Batch) => ({
+    id: b.id,
+    object: "batch",
+    endpoint: b.endpoint,
+    errors: b.errors.length ? { object: "list", data: b.errors } : null,
+    input_file_id: b.input_file_id,
+    completion_window: b.completion_window,
+    status: b.status,
+    output_file_id: b.output_file_id,
+    error_file_id: b.error_file_id,
+    created_at: b.created_at,
+    in_progress_at: b.in_progress_at,
+    expires_at: b.created_at + 86_400,
+    finalizing_at: b.finalizing_at,
+    completed_at: b.completed_at,
+    failed_at: b.failed_at,
+    expired_at: null,
+    cancelling_at: b.cancelling_at,
+    cancelled_at: b.cancelled_at,
+    request_counts: { ...b.request_counts },
+    metadata: b.metadata,
+  });
+  const runBatch = async (b: Batch, lines: BatchLine[]): Promise<void> => {
+    if (b.status === "cancelling") {
+      b.status = "cancelled";
+      b.cancelled_at = nowSeconds();
+      return;
+    }
+    b.status = "in_progress";
+    b.in_progress_at = nowSeconds();
+    const output: string[] = [];
+    const failed: string[] = [];
+    for (const line of lines) {
+      if (cancelRequested(b)) break;
+      const id = `batch_req_${randomUUID().replace(/-/g, "").slice(0, 24)}`;
+      try {
+        const response = await chatCompletion(line.body);
+        output.push(JSON.stringify({ id, custom_id: line.custom_id, response: { status_code: 200, request_id: id, body: response }, error: null }));
+        b.request_counts.completed++;
+      } catch (error) {
+        const api = error instanceof ApiError ? error : new ApiError(500, error instanceof Error ? error.message : String(error));
+        failed.push(
+          JSON.stringify({
+            id,
+            custom_id: line.custom_id,
+            response: { status_code: api.status, request_id: id, body: { error: { message: api.message, type: api.type, param: api.param, code: null } } },
+            error: null,
+          }),
+        );
+        b.request_counts.failed++;
+      }
+    }
+    const cancelling = cancelRequested(b);
+    if (!cancelling) b.status = "finalizing";
+    b.finalizing_at = nowSeconds();
+    if (output.length) b.output_file_id = storeFile("batch_output", `${b.id}_output.jsonl`, `${output.join("\n")}\n`).id;
+    if (failed.length) b.error_file_id = storeFile("batch_output", `${b.id}_error.jsonl`, `${failed.join("\n")}\n`).id;
+    if (cancelling) {
+      b.status = "cancelled";
+      b.cancelled_at = nowSeconds();
+    } else {
+      b.status = "completed";
+      b.completed_at = nowSeconds();
+    }
+  };
+  app.post("/v1/batches", async (request) => {
+    const body = parseBody(batchBodySchema, request.body);
+    const f = files.get(body.input_file_id);
+    if (!f) throw new ApiError(400, `input_file_id: no file ${body.input_file_id} (upload it with POST /v1/files, purpose "batch")`, "input_file_id");
+    if (f.purpose !== "batch") throw new ApiError(400, `input_file_id: file ${f.id} was uploaded with purpose "${f.purpose}", not "batch"`, "input_file_id");
+    const b: Batch = {
+      id: `batch_${randomUUID().replace(/-/g, "").slice(0, 24)}`,
+      endpoint: body.endpoint,
+      input_file_id: f.id,
+      completion_window: body.completion_window,
+      status: "validating",
+      errors: [],
+      output_file_id: null,
+      error_file_id: null,
+      created_at: nowSeconds(),
+      in_progress_at: null,
+      finalizing_at: null,
+      completed_at: null,
+      failed_at: null,
+      cancelling_at: null,
+      cancelled_at: null,
+      request_counts: { total: 0, completed: 0, failed: 0 },
+      metadata: body.metadata ?? null,
+    };
+    batches.set(b.id, b);
+    // Like OpenAI, a file that does not parse fails the whole batch (status "failed" with line errors), not the request.
+    const lines = parseBatchFile(readFileSync(f.path, "utf8"), body.endpoint, b.errors);
+    if (b.errors.length) {
+      b.status = "failed";
+      b.failed_at = nowSeconds();
+      return batchObject(b);
+    }
+    b.request_counts.total = lines.length;
+    batchChain = batchChain.then(() => runBatch(b, lines)).catch((error: unknown) => {
+      b.status = "failed";
+      b.failed_at = nowSeconds();
+      b.errors.push({ code: "server_error", message: error instanceof Error ? error.message : String(error), param: null, line: null });
+    });
+    return batchObject(b);
+  });
+  const batchNamed = (id: string): Batch => {
+    const b = batches.get(id);
+    if (!b) throw new ApiError(404, `No such batch: ${id}`, "batch_id");
+    return b;
+  };
+  app.get("/v1/batches", async () => ({ object: "list", data: [...batches.values()].reverse().map(batchObject), has_more: false }));
+  app.get<{ Params: { id: string } }>("/v1/batches/:id", async (request) => batchObject(batchNamed(request.params.id)));
+  app.post<{ Params: { id: string } }>("/v1/batches/:id/cancel", async (request) => {
+    const b = batchNamed(request.params.id);
+    if (b.status === "validating" || b.status === "in_progress") {
+      b.status = "cancelling";
+      b.cancelling_at = nowSeconds();
+    }
+    return batchObject(b);
   });
 
   const jobObject = (j: Job) => ({
@@ -497,8 +722,10 @@ export async function startLlmServer(options: LlmServerOptions): Promise<Running
     close: () =>
       (closing ??= (async () => {
         for (const j of jobs.values()) j.abort.abort();
+        for (const b of batches.values()) if (b.status === "validating" || b.status === "in_progress") b.status = "cancelling";
         await app.close();
         await trainingChain;
+        await batchChain;
         await modelChain;
         for (const m of models.values()) {
           if (m.scorer) await m.scorer.close();

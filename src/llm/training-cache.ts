@@ -29,12 +29,16 @@ export class CachingTrainer implements Trainer {
     private readonly identity: string,
   ) {}
 
+  get modelFileExtension(): string | undefined {
+    return this.inner.modelFileExtension;
+  }
+
   async train(samples: readonly TrainingSample[], options: TrainOptions): Promise<TrainResult> {
     // Only continued training is remembered: a model from scratch also depends on the trainer's initialisation
     // (clusters, vocabulary, shape), which the request does not carry.
     if (!options.from) return this.inner.train(samples, options);
     const entry = join(this.dir, await this.key(samples, options));
-    const model = join(entry, "model.gguf");
+    const model = join(entry, `model${this.inner.modelFileExtension ?? ".gguf"}`);
     const meta = join(entry, "result.json");
     if (existsSync(model) && existsSync(meta)) {
       const earlier = JSON.parse(readFileSync(meta, "utf8")) as TrainResult;

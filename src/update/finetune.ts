@@ -37,7 +37,7 @@ export interface FinetuneOptions {
   readonly trainer: Trainer;
   /** Opens a model file for the gates' scoring and generation. */
   readonly openModel: (path: string) => Promise<LanguageModel>;
-  /** Where model files go; each run writes `<modelsDir>/<name>.gguf`. */
+  /** Where model files go; each run writes `<modelsDir>/<name>.gguf` (or the trainer's own file ending). */
   readonly modelsDir: string;
   readonly curation?: CurationOptions;
   readonly gates?: GateOptions;
@@ -66,7 +66,7 @@ export async function runFinetune(asOf: number, options: FinetuneOptions): Promi
   if (set.train.length === 0) {
     throw new FreshrecError("BAD_INPUT", `no novel transitions to fine-tune on in the ${(set.trainWindow.to - set.trainWindow.from) / DAY_MS} days before ${new Date(set.trainWindow.to).toISOString()}`);
   }
-  const outputPath = join(options.modelsDir, `finetune-${new Date(asOf).toISOString().slice(0, 10)}-${process.pid}-${Number(process.hrtime.bigint() % 1_000_000n)}.gguf`);
+  const outputPath = join(options.modelsDir, `finetune-${new Date(asOf).toISOString().slice(0, 10)}-${process.pid}-${Number(process.hrtime.bigint() % 1_000_000n)}${options.trainer.modelFileExtension ?? ".gguf"}`);
   const training = await options.trainer.train(set.train, {
     ...options.train,
     from: parent?.path,

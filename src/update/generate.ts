@@ -16,14 +16,25 @@
 import { pairKey, type ScoredCluster } from "../domain/types.js";
 import { FreshrecError } from "../domain/errors.js";
 import { SILENT_PROGRESS, type ProgressSink } from "../domain/types.js";
+import type { CostEstimate } from "../llm/contracts.js";
 import type { PromptInput } from "../llm/prompt.js";
 import type { TableBuildRow, TableInfo, TableStore } from "../tables/index.js";
 import { contextFor, contextKey, type RagSnapshot } from "./rag.js";
 
 /** Scores prompts over the cluster vocabulary: the part of a language model (or baseline) a table build needs. */
 export interface PromptScorer {
-  /** For each prompt, clusters ranked best first with scores; at least `topN` when the vocabulary allows. */
-  score(prompts: readonly PromptInput[], topN: number, signal?: AbortSignal): Promise<ScoredCluster[][]>;
+  /**
+   * For each prompt, clusters ranked best first with scores; at least `topN` when the vocabulary allows.
+   * `options.onProgress` hears how many prompts of this call are done, for scorers that take long per call.
+   */
+  score(prompts: readonly PromptInput[], topN: number, signal?: AbortSignal, options?: { onProgress?: (done: number) => void }): Promise<ScoredCluster[][]>;
+  /**
+   * Prompts the build hands over per call. A scorer that submits work in bulk (the OpenAI Batch API: one batch
+   * per build, not one per 1,024 pairs) asks for all of them at once. @defaultValue 1024
+   */
+  readonly promptsPerCall?: number;
+  /** Prices scoring these prompts before anything is sent; absent for scorers not paid per token. */
+  estimateCost?(prompts: readonly PromptInput[]): CostEstimate;
 }
 
 export interface BuildTableOptions {
@@ -62,15 +73,22 @@ export function previousTable(store: TableStore, modelVersion: string, templateH
   return store.list({ modelVersion, templateHash, status: ["ready", "live", "retired"] }).at(-1) ?? null;
 }
 
-export async function buildTable(options: BuildTableOptions): Promise<BuildTableResult> {
-  const started = process.hrtime.bigint();
-  const topN = options.topN ?? 10;
-  const batchSize = options.batchSize ?? 1024;
-  const progress = options.progress ?? SILENT_PROGRESS;
+/** What a build will do: the rows it copies from the previous table and the prompts it scores. */
+export interface TablePlan {
+  /** The table unchanged rows are copied from (null: a full build). */
+  readonly previous: TableInfo | null;
+  readonly copy: readonly { readonly c1: string; readonly c2: string }[];
+  readonly rescore: readonly { readonly input: PromptInput; readonly key: string }[];
+}
+
+/**
+ * Compares every pair's context with the previous table's (module comment). `buildTable` runs this plan;
+ * `refresh --dry-run` prices it without building anything.
+ */
+export function planTable(options: Pick<BuildTableOptions, "store" | "clusters" | "modelVersion" | "templateHash" | "rag" | "full">): TablePlan {
   const rag = options.rag ?? null;
   const previous = options.full ? null : previousTable(options.store, options.modelVersion, options.templateHash);
   const previousKeys = previous ? options.store.contextKeys(previous.version) : null;
-
   const copy: { c1: string; c2: string }[] = [];
   const rescore: { input: PromptInput; key: string }[] = [];
   for (const c1 of options.clusters) {
@@ -82,6 +100,16 @@ export async function buildTable(options: BuildTableOptions): Promise<BuildTable
       else rescore.push({ input: context ? { history: { c1, c2 }, context } : { history: { c1, c2 } }, key });
     }
   }
+  return { previous, copy, rescore };
+}
+
+export async function buildTable(options: BuildTableOptions): Promise<BuildTableResult> {
+  const started = process.hrtime.bigint();
+  const topN = options.topN ?? 10;
+  const batchSize = options.batchSize ?? options.scorer.promptsPerCall ?? 1024;
+  const progress = options.progress ?? SILENT_PROGRESS;
+  const rag = options.rag ?? null;
+  const { previous, copy, rescore } = planTable(options);
 
   const builder = options.store.beginBuild({
     modelVersion: options.modelVersion,
@@ -100,7 +128,12 @@ export async function buildTable(options: BuildTableOptions): Promise<BuildTable
     for (let start = 0; start < rescore.length; start += batchSize) {
       if (options.signal?.aborted) throw new FreshrecError("CANCELLED", "table build cancelled");
       const batch = rescore.slice(start, start + batchSize);
-      const ranked = await options.scorer.score(batch.map((b) => b.input), topN + 2, options.signal);
+      const ranked = await options.scorer.score(
+        batch.map((b) => b.input),
+        topN + 2,
+        options.signal,
+        { onProgress: (done) => progress.update(start + done, { pairs: start + done }) },
+      );
       const rows: TableBuildRow[] = batch.map((b, k) => {
         const { c1, c2 } = b.input.history;
         const answers = ranked[k].filter((a) => a.cluster !== c1 && a.cluster !== c2).slice(0, topN);

@@ -9,8 +9,9 @@
 import type { EventStore } from "../data/event-store.js";
 import type { ProgressSink } from "../domain/types.js";
 import type { TableStore } from "../tables/index.js";
-import { buildTable, type BuildTableResult, type PromptScorer } from "./generate.js";
-import { retrieveContexts, type RagOptions, type SnapshotCache } from "./rag.js";
+import type { CostEstimate } from "../llm/contracts.js";
+import { buildTable, planTable, type BuildTableResult, type PromptScorer } from "./generate.js";
+import { retrieveContexts, type RagOptions, type RagSnapshot, type SnapshotCache } from "./rag.js";
 
 export interface RefreshOptions {
   readonly events: EventStore;
@@ -53,11 +54,47 @@ export interface RefreshResult {
   readonly phases: BuildTableResult["phases"];
 }
 
+/** What a refresh would do and cost, found without building or sending anything (`refresh --dry-run`). */
+export interface RefreshPlan {
+  readonly asOf: number;
+  readonly modelVersion: string;
+  readonly pairs: number;
+  readonly rescore: number;
+  readonly copy: number;
+  /** The table unchanged rows would be copied from. */
+  readonly copiedFrom: string | null;
+  readonly pairsWithContext: number;
+  readonly transitionsInWindow: number;
+  /** The scorer's price of the prompts to score; null for scorers not paid per token (the embedded model, baselines). */
+  readonly cost: CostEstimate | null;
+}
+
+async function retrieve(asOf: number, options: RefreshOptions): Promise<RagSnapshot | null> {
+  const rag = options.rag ?? {};
+  if (options.rag === null) return null;
+  return options.snapshots ? options.snapshots.retrieve(options.events, asOf, rag) : retrieveContexts(options.events, asOf, rag);
+}
+
+export async function planRefresh(asOf: number, options: RefreshOptions): Promise<RefreshPlan> {
+  const snapshot = await retrieve(asOf, options);
+  const plan = planTable({ store: options.tables, clusters: options.clusters, modelVersion: options.model.version, templateHash: options.templateHash, rag: snapshot, full: options.full });
+  const scorer = options.model.scorer;
+  return {
+    asOf,
+    modelVersion: options.model.version,
+    pairs: plan.copy.length + plan.rescore.length,
+    rescore: plan.rescore.length,
+    copy: plan.copy.length,
+    copiedFrom: plan.copy.length ? (plan.previous?.version ?? null) : null,
+    pairsWithContext: snapshot ? (snapshot.global ? plan.copy.length + plan.rescore.length : snapshot.contexts.size) : 0,
+    transitionsInWindow: snapshot?.transitions ?? 0,
+    cost: scorer.estimateCost ? scorer.estimateCost(plan.rescore.map((r) => r.input)) : null,
+  };
+}
+
 export async function runRefresh(asOf: number, options: RefreshOptions): Promise<RefreshResult> {
   const retrieveStarted = process.hrtime.bigint();
-  const rag = options.rag ?? {};
-  const snapshot =
-    options.rag === null ? null : await (options.snapshots ? options.snapshots.retrieve(options.events, asOf, rag) : retrieveContexts(options.events, asOf, rag));
+  const snapshot = await retrieve(asOf, options);
   const retrieveSeconds = Number(process.hrtime.bigint() - retrieveStarted) / 1e9;
   const built = await buildTable({
     store: options.tables,

@@ -5,7 +5,7 @@
  * unchanged rebuild is answered from the response cache.
  */
 import { spawn } from "node:child_process";
-import { existsSync, mkdtempSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
@@ -56,7 +56,8 @@ describe("the loop with llm.backend openai (real server on loopback)", () => {
     }
     writeFileSync(join(ws, "events.csv"), events.join("\n"));
     const config = join(ws, "freshrec.config.json");
-    writeFileSync(config, JSON.stringify({ llm: { backend: "openai", openai: { baseURL: `${server.url}/v1`, model: "tiny", maxRetries: 0 } }, rag: { minSupport: 1 } }));
+    const openai = { baseURL: `${server.url}/v1`, model: "tiny", maxRetries: 0, inputPricePerMTok: 2, outputPricePerMTok: 8, fineTunePollMs: 50 };
+    writeFileSync(config, JSON.stringify({ llm: { backend: "openai", openai }, rag: { minSupport: 1 }, finetune: { testDays: 5, epochs: 1 } }));
     const cli = (...args: string[]) => freshrec(["--workspace", join(ws, "w"), "--config", config, ...args]);
 
     const ingest = await cli("ingest", "--clusters", join(ws, "clusters.csv"), "--items", join(ws, "items.csv"), "--events", join(ws, "events.csv"));
@@ -83,6 +84,34 @@ describe("the loop with llm.backend openai (real server on loopback)", () => {
     expect(again.json).toMatchObject({ pairs, rescored: pairs });
     expect(server.stats.completions).toBe(asked);
 
+    // A dry run prices a build without building or sending anything: all cached, then a day whose contexts changed.
+    const tablesBefore = (await cli("tables", "list")).json;
+    const cachedRun = await cli("refresh", "--as-of", "2025-06-20", "--full", "--dry-run");
+    expect(cachedRun.status, cachedRun.stderr).toBe(0);
+    expect(cachedRun.json).toMatchObject({ dryRun: true, pairs, rescore: pairs, copy: 0, cost: { prompts: pairs, cached: pairs, promptTokens: 0, usd: 0 } });
+    const changed = await cli("refresh", "--as-of", "2025-06-06", "--dry-run");
+    expect(changed.status, changed.stderr).toBe(0);
+    const cost = changed.json.cost;
+    expect(changed.json.rescore, JSON.stringify(changed.json)).toBeGreaterThan(0);
+    expect(changed.json.rescore + changed.json.copy).toBe(pairs);
+    expect(cost.prompts).toBe(changed.json.rescore);
+    expect(cost.promptTokens).toBeGreaterThan(0);
+    expect(cost.usd).toBeCloseTo((cost.promptTokens * 2 + cost.completionTokens * 8) / 1e6, 12);
+    expect(cost.via).toMatch(/chat completions/);
+    expect((await cli("tables", "list")).json).toEqual(tablesBefore);
+    expect(server.stats.completions).toBe(asked);
+
+    // The same build through the Batch API (cache off, so every prompt goes in a batch) gives the same table.
+    const batchConfig = join(ws, "batch.config.json");
+    writeFileSync(batchConfig, JSON.stringify({ llm: { backend: "openai", openai: { ...openai, cache: false, batch: { enabled: true, minPrompts: 10, pollIntervalMs: 50 } } }, rag: { minSupport: 1 } }));
+    const batchesBefore = ((await (await fetch(`${server.url}/v1/batches`)).json()) as { data: unknown[] }).data.length;
+    const viaBatch = await freshrec(["--workspace", join(ws, "w"), "--config", batchConfig, "refresh", "--as-of", "2025-06-20", "--full", "--no-publish"]);
+    expect(viaBatch.status, viaBatch.stderr).toBe(0);
+    expect(viaBatch.json).toMatchObject({ pairs, rescored: pairs, published: false });
+    expect(((await (await fetch(`${server.url}/v1/batches`)).json()) as { data: unknown[] }).data.length).toBe(batchesBefore + 1);
+    const rowsOf = async (version: string) => (await cli("tables", "show", version)).json;
+    expect((await rowsOf(viaBatch.json.tableVersion)).rows).toEqual((await rowsOf(first.json.tableVersion)).rows);
+
     // Replay runs the LLM strategies on the configured model too (start model = the server's model).
     const before = server.stats.completions;
     const replayed = await cli("evaluate", "replay", "--from", "2025-06-08", "--to", "2025-06-16", "--strategies", "static,rag,successor-top1", "--resamples", "10");
@@ -98,5 +127,13 @@ describe("the loop with llm.backend openai (real server on loopback)", () => {
     const tune = await cli("finetune", "--as-of", "2025-06-03");
     expect(tune.status).toBe(2);
     expect(tune.json.error.message).toMatch(/no novel transitions/);
+    // With data, the hosted job runs and the new version's file is the JSON reference naming the server's model.
+    const tuned = await cli("finetune", "--as-of", "2025-06-21");
+    expect([0, 1], tuned.stderr).toContain(tuned.status);
+    expect(tuned.json.modelVersion).toBe("m000002");
+    const listed = (await cli("models", "list")).json.models as { version: string; filePath: string }[];
+    const file = listed.find((m) => m.version === "m000002")!.filePath;
+    expect(file).toMatch(/\.json$/);
+    expect(JSON.parse(readFileSync(file, "utf8"))).toMatchObject({ backend: "openai", model: expect.stringMatching(/^ft:tiny:/) });
   }, 300_000);
 });

@@ -89,6 +89,13 @@ describe("the hybrid loop from the CLI", () => {
     expect(again.json).toMatchObject({ rescored: 0, copied: first.json.pairs });
     const full = run(passing, "refresh", "--as-of", "2025-04-01", "--full");
     expect(full.json).toMatchObject({ rescored: first.json.pairs, copied: 0 });
+    // A dry run of a later refresh says what it would score; the embedded model has no per-token price; nothing is built.
+    const dry = run(passing, "refresh", "--as-of", "2025-04-03", "--dry-run");
+    expect(dry.status, dry.stderr).toBe(0);
+    expect(dry.json).toMatchObject({ dryRun: true, pairs: first.json.pairs, copiedFrom: full.json.tableVersion, cost: null });
+    expect(dry.json.rescore).toBeGreaterThan(0);
+    expect(dry.json.rescore + dry.json.copy).toBe(first.json.pairs);
+    expect(run(passing, "tables", "list").json.tables.at(-1).version).toBe(full.json.tableVersion);
 
     // Ctrl-C mid-build: the live table stays live, the partial build is marked failed, a re-run builds cleanly.
     const stopped = await interrupted(["--workspace", ws, "--config", passing, "refresh", "--as-of", "2025-04-03", "--full"]);

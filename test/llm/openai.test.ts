@@ -166,3 +166,108 @@ describe("hosted fine-tuning (OpenAiTrainer against freshrec llm serve)", () => 
     await expect(trainer.train(toySamples(20), { outputPath: join(ws, "models", "never.json"), epochs: 1 })).rejects.toMatchObject({ code: "ENGINE", message: expect.stringMatching(/404.*no-such-model/) });
   });
 });
+
+describe("the Batch API (freshrec llm serve's /v1/batches and the backend's batch option)", () => {
+  const prompts = CLUSTERS.flatMap((a) => CLUSTERS.filter((b) => b !== a).map((b) => ({ history: { c1: a.id, c2: b.id } })));
+  const list = async (server: RunningLlmServer) => ((await (await fetch(`${server.url}/v1/batches`)).json()) as { data: { id: string; status: string }[] }).data;
+
+  it("answers every line of an uploaded file, puts failed lines in an error file, and rejects a malformed file whole", async () => {
+    const server = await llmServer();
+    const { default: OpenAI, toFile } = await import("openai");
+    const client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "unused", maxRetries: 0 });
+    const model = await openModel();
+    const line = (id: string, body: Record<string, unknown>) => JSON.stringify({ custom_id: id, method: "POST", url: "/v1/chat/completions", body });
+    const good = model.requestBody(prompts[0]);
+    const jsonl = [line("a", good), line("b", model.requestBody(prompts[1])), line("c", { ...good, model: "no-such-model" })].join("\n");
+    const file = await client.files.create({ file: await toFile(Buffer.from(jsonl), "in.jsonl"), purpose: "batch" });
+    let batch = await client.batches.create({ input_file_id: file.id, endpoint: "/v1/chat/completions", completion_window: "24h" });
+    while (!["completed", "failed", "cancelled"].includes(batch.status)) {
+      await new Promise((r) => setTimeout(r, 20));
+      batch = await client.batches.retrieve(batch.id);
+    }
+    expect(batch.status).toBe("completed");
+    expect(batch.request_counts).toEqual({ total: 3, completed: 2, failed: 1 });
+    const output = (await (await client.files.content(batch.output_file_id!)).text()).trim().split("\n").map((l) => JSON.parse(l));
+    expect(output.map((o) => o.custom_id)).toEqual(["a", "b"]);
+    // The same answer as the chat completion route gives for the same request.
+    const direct = await client.chat.completions.create(good as never);
+    expect(output[0].response.status_code).toBe(200);
+    expect(output[0].response.body.choices[0].message.content).toBe((direct as { choices: { message: { content: string } }[] }).choices[0].message.content);
+    const errors = (await (await client.files.content(batch.error_file_id!)).text()).trim().split("\n").map((l) => JSON.parse(l));
+    expect(errors).toHaveLength(1);
+    expect(errors[0]).toMatchObject({ custom_id: "c", response: { status_code: 404 } });
+
+    // A line that is not a request fails the batch as a whole, naming the line; nothing is answered.
+    const bad = await client.files.create({ file: await toFile(Buffer.from([line("a", good), "{not json", JSON.stringify({ custom_id: "z", method: "GET", url: "/v1/chat/completions", body: {} })].join("\n")), "bad.jsonl"), purpose: "batch" });
+    const failed = await client.batches.create({ input_file_id: bad.id, endpoint: "/v1/chat/completions", completion_window: "24h" });
+    expect(failed.status).toBe("failed");
+    expect(failed.errors?.data?.map((e) => e.line)).toEqual([2, 3]);
+    // A fine-tuning file is not a batch file.
+    await expect(client.batches.create({ input_file_id: (await client.files.create({ file: await toFile(Buffer.from(jsonl), "ft.jsonl"), purpose: "fine-tune" })).id, endpoint: "/v1/chat/completions", completion_window: "24h" })).rejects.toMatchObject({ status: 400 });
+
+    // Cancelling a running batch stops it before its last line.
+    const many = Array.from({ length: 400 }, (_, i) => line(`m${i}`, model.requestBody(prompts[i % prompts.length])));
+    const big = await client.files.create({ file: await toFile(Buffer.from(many.join("\n")), "big.jsonl"), purpose: "batch" });
+    const running = await client.batches.create({ input_file_id: big.id, endpoint: "/v1/chat/completions", completion_window: "24h" });
+    expect((await client.batches.cancel(running.id)).status).toBe("cancelling");
+    let cancelled = await client.batches.retrieve(running.id);
+    while (cancelled.status === "cancelling") {
+      await new Promise((r) => setTimeout(r, 20));
+      cancelled = await client.batches.retrieve(running.id);
+    }
+    expect(cancelled.status).toBe("cancelled");
+    expect(cancelled.request_counts!.completed).toBeLessThan(400);
+  });
+
+  it("scores a build through batches with the same ranking as one request per prompt, then from the cache", async () => {
+    const server = await llmServer();
+    const direct = await openModel();
+    const expected = await direct.score(prompts, 5);
+    const cachePath = join(ws, "batch-cache", "llm-cache.sqlite");
+    const batched = await openModel({ cachePath, batch: { minPrompts: 10, pollIntervalMs: 20, maxRequestsPerBatch: 25 } });
+    expect(batched.promptsPerCall).toBe(Number.POSITIVE_INFINITY);
+    const before = (await list(server)).length;
+    const progress: number[] = [];
+    expect(await batched.score(prompts, 5, undefined, { onProgress: (d) => progress.push(d) })).toEqual(expected);
+    // 56 prompts at most 25 per batch: 3 batches, submitted together.
+    expect(batched.stats).toMatchObject({ batches: 3, batchedRequests: prompts.length, cacheHits: 0 });
+    expect((await list(server)).length - before).toBe(3);
+    expect(progress.at(-1)).toBe(prompts.length);
+    // The answers went into the response cache: the same build again sends nothing.
+    expect(await batched.score(prompts, 5)).toEqual(expected);
+    expect(batched.stats).toMatchObject({ batches: 3, cacheHits: prompts.length });
+    // Fewer uncached prompts than minPrompts go as ordinary requests.
+    const small = [{ history: { c1: "baking", c2: "hiking" }, context: { successors: ["jazz"] } }];
+    const asked = server.stats.completions;
+    await batched.score(small, 3);
+    expect(batched.stats.batches).toBe(3);
+    expect(server.stats.completions - asked).toBe(1);
+    // The estimate says how the build would go and prices it at the batch discount.
+    const priced = await openModel({ inputPricePerMTok: 1, outputPricePerMTok: 4, batch: { minPrompts: 10 } });
+    const unbatched = await openModel({ inputPricePerMTok: 1, outputPricePerMTok: 4 });
+    const [b, u] = [priced.estimateCost(prompts), unbatched.estimateCost(prompts)];
+    expect(b.via).toMatch(/batch API/);
+    expect(u.via).toMatch(/chat completions/);
+    expect(b.usd).toBeCloseTo(u.usd! * 0.5, 12);
+    await batched.close();
+  });
+
+  it("picks up its running batch after the process that submitted it died, instead of paying again", async () => {
+    const server = await llmServer();
+    const cachePath = join(ws, "resume-cache", "llm-cache.sqlite");
+    const before = (await list(server)).length;
+    const { spawn } = await import("node:child_process");
+    const child = spawn(process.execPath, ["--import", "tsx", join(import.meta.dirname, "fixtures", "batch-child.ts"), `${server.url}/v1`, cachePath], { stdio: ["ignore", "pipe", "inherit"] });
+    await new Promise<void>((resolve, reject) => {
+      child.stdout.on("data", (d: Buffer) => d.toString().includes("submitted") && resolve());
+      child.on("exit", (code) => reject(new Error(`child exited with ${code} before submitting`)));
+    });
+    child.kill("SIGKILL");
+    expect((await list(server)).length - before).toBe(1);
+    const resumed = await openModel({ cachePath, batch: { minPrompts: 1, pollIntervalMs: 20 } });
+    const ranked = await resumed.score(prompts, 3);
+    expect(resumed.stats).toMatchObject({ batches: 0, batchedRequests: prompts.length });
+    expect((await list(server)).length - before).toBe(1);
+    expect(ranked).toEqual(await (await openModel()).score(prompts, 3));
+  });
+});

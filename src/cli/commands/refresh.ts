@@ -5,7 +5,7 @@
 import type { Command } from "commander";
 import { VirtualClock } from "../../domain/clock.js";
 import { BadInputError } from "../../domain/errors.js";
-import { runRefresh } from "../../update/refresh.js";
+import { planRefresh, runRefresh, type RefreshOptions, type RefreshPlan } from "../../update/refresh.js";
 import { PROMPT_TEMPLATE_HASH } from "../../llm/prompt.js";
 import {
   Scheduler,
@@ -35,6 +35,20 @@ export function runLine(run: RunRecord): string {
       : `table ${String(d.tableVersion ?? "-")} (model ${String(d.modelVersion ?? "-")}) rescored ${String(d.rescored ?? 0)} copied ${String(d.copied ?? 0)} contexts ${String(d.pairsWithContext ?? 0)}`;
   const took = run.durationSeconds === null ? "" : ` in ${run.durationSeconds.toFixed(1)} s`;
   return `${iso(run.due).slice(0, 16)}Z ${run.job.padEnd(8)} ${run.status.padEnd(9)} ${run.status === "succeeded" || run.status === "halted" ? what : (run.error ?? "")}${took}${run.status === "halted" ? ` (${run.error ?? ""})` : ""}`;
+}
+
+/** The dry run's report: what would be scored, from which table the rest is copied, and the price. */
+function planText(plan: RefreshPlan, windowDays: number, backend: string): string {
+  const n = (x: number) => x.toLocaleString("en-US");
+  const c = plan.cost;
+  const cost = c
+    ? `  cost: ${n(c.prompts - c.cached)} prompts to pay for (${n(c.cached)} already in the response cache), ~${n(c.promptTokens)} prompt + ~${n(c.completionTokens)} answer tokens, ${c.usd === null ? "price unknown (set llm.openai.inputPricePerMTok and outputPricePerMTok)" : `~$${c.usd.toFixed(c.usd < 1 ? 4 : 2)}`} via ${c.via}`
+    : `  cost: ${backend} backend, scored on this machine (no per-token price)`;
+  return [
+    `dry run, nothing built: model ${plan.modelVersion}, RAG as of ${iso(plan.asOf)} (${windowDays} d, ${n(plan.transitionsInWindow)} transitions, ${n(plan.pairsWithContext)} pairs with context)`,
+    `  ${n(plan.pairs)} pairs: ${n(plan.rescore)} to score, ${n(plan.copy)} to copy${plan.copiedFrom ? ` from ${plan.copiedFrom}` : ""}`,
+    cost,
+  ].join("\n");
 }
 
 function fmt(x: unknown): string {
@@ -70,15 +84,16 @@ export function registerRefresh(program: Command): void {
     .option("--as-of <time>", "retrieve from data before this time (default: now, or just after the newest event)")
     .option("--full", "re-score every pair instead of copying those whose context did not change")
     .option("--no-publish", "build and keep the table without making it live")
-    .addHelpText("after", "\nExamples:\n  freshrec refresh\n  freshrec refresh --as-of 2025-06-03 --full --json")
+    .option("--dry-run", "say what the refresh would score and what that would cost (prompts x tokens x price), build nothing")
+    .addHelpText("after", "\nExamples:\n  freshrec refresh\n  freshrec refresh --dry-run\n  freshrec refresh --as-of 2025-06-03 --full --json")
     .action(
       action(async (ctx, command) => {
-        const opts = command.opts<{ asOf?: string; full?: boolean; publish: boolean }>();
+        const opts = command.opts<{ asOf?: string; full?: boolean; publish: boolean; dryRun?: boolean }>();
         const open = await openLoop(ctx);
         try {
           const asOf = await resolveAsOf(ctx, open.events, opts.asOf);
           const model = await open.loop.liveModel();
-          const result = await runRefresh(asOf, {
+          const options: RefreshOptions = {
             events: open.events,
             tables: open.tables,
             clusters: open.clusters,
@@ -91,7 +106,12 @@ export function registerRefresh(program: Command): void {
             publish: opts.publish,
             progress: ctx.progress,
             signal: ctx.signal,
-          });
+          };
+          if (opts.dryRun) {
+            const plan = await planRefresh(asOf, options);
+            return { json: { dryRun: true, ...plan, asOf: iso(asOf) }, text: planText(plan, ctx.config.rag.windowDays, ctx.config.llm.backend) };
+          }
+          const result = await runRefresh(asOf, options);
           const text = [
             `table ${result.tableVersion} ${result.published ? "published" : "built (not published)"}: model ${result.modelVersion}, RAG as of ${iso(asOf)} (${ctx.config.rag.windowDays} d, ${result.transitionsInWindow} transitions, ${result.pairsWithContext} pairs with context)`,
             `  ${result.pairs} pairs: ${result.rescored} re-scored, ${result.copied} copied; ${Math.round(result.promptsPerSecond)} prompts/s, ${result.seconds.toFixed(1)} s`,

@@ -28,7 +28,7 @@ import { OpenAiTrainer } from "./openai-trainer.js";
 
 export { EmbeddedLanguageModel } from "./embedded.js";
 export { GgufLanguageModel, type GgufModelOptions } from "./gguf.js";
-export { OpenAiLanguageModel, type OpenAiModelOptions, type CostEstimate, type AnswerMode, hostedModelName, writeHostedModelFile, openAiClient, remoteError } from "./openai.js";
+export { OpenAiLanguageModel, type OpenAiModelOptions, type BatchSettings, type CostEstimate, type AnswerMode, hostedModelName, writeHostedModelFile, openAiClient, remoteError } from "./openai.js";
 export { OpenAiTrainer, type OpenAiTrainerOptions } from "./openai-trainer.js";
 export { ResponseCache } from "./response-cache.js";
 export { RequestPacer, type RequestPacerOptions } from "./request-pacer.js";
@@ -61,6 +61,7 @@ export interface LlmBackendSettings {
     readonly outputPricePerMTok: number | null;
     readonly fineTuneModel: string | null;
     readonly fineTunePollMs: number;
+    readonly batch: { readonly enabled: boolean; readonly minPrompts: number; readonly pollIntervalMs: number; readonly maxRequestsPerBatch: number; readonly priceFactor: number };
   };
 }
 
@@ -150,6 +151,7 @@ export function languageModelBackend(settings: LlmBackendSettings, context: Back
             cachePath: o.cache ? responseCachePath(context.workspace) : null,
             inputPricePerMTok: o.inputPricePerMTok,
             outputPricePerMTok: o.outputPricePerMTok,
+            batch: o.batch.enabled ? o.batch : null,
             clock: context.clock,
           });
         },

@@ -21,7 +21,7 @@ import type OpenAI from "openai";
 import { FreshrecError } from "../../domain/errors.js";
 import type { Cluster } from "../../domain/types.js";
 import type { TrainOptions, TrainResult, Trainer, TrainingSample } from "../contracts.js";
-import { type AnswerMode, type OpenAiConnectionOptions, answerContent, chatMessages, hostedModelName, openAiClient, remoteError, writeHostedModelFile } from "./openai.js";
+import { type AnswerMode, type OpenAiConnectionOptions, abortableSleep, answerContent, chatMessages, hostedModelName, openAiClient, remoteError, writeHostedModelFile } from "./openai.js";
 
 export interface OpenAiTrainerOptions extends OpenAiConnectionOptions {
   /** Model the first fine-tune starts from (later ones continue `TrainOptions.from`). */
@@ -38,6 +38,8 @@ export interface OpenAiTrainerOptions extends OpenAiConnectionOptions {
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 
 export class OpenAiTrainer implements Trainer {
+  /** The weights stay on the server: what this trainer writes is a small JSON file naming the new model. */
+  readonly modelFileExtension = ".json";
   private readonly client: OpenAI;
 
   constructor(private readonly options: OpenAiTrainerOptions) {
@@ -84,7 +86,7 @@ export class OpenAiTrainer implements Trainer {
       jobId = job.id;
       const seen = new Set<string>();
       while (!TERMINAL.has(job.status)) {
-        await sleep(this.options.pollIntervalMs ?? 10_000, options.signal);
+        await abortableSleep(this.options.pollIntervalMs ?? 10_000, options.signal);
         job = await this.client.fineTuning.jobs.retrieve(job.id, { signal: options.signal });
         const events = await this.client.fineTuning.jobs.listEvents(job.id, { limit: 100 }, { signal: options.signal });
         for (const e of [...events.data].reverse()) {
@@ -125,19 +127,4 @@ export class OpenAiTrainer implements Trainer {
       throw remoteError(error, this.options.baseURL, where);
     }
   }
-}
-
-function sleep(ms: number, signal?: AbortSignal): Promise<void> {
-  return new Promise((resolve, reject) => {
-    if (signal?.aborted) return reject(new FreshrecError("CANCELLED", "cancelled"));
-    const timer = setTimeout(() => {
-      signal?.removeEventListener("abort", onAbort);
-      resolve();
-    }, ms);
-    const onAbort = () => {
-      clearTimeout(timer);
-      reject(new FreshrecError("CANCELLED", "cancelled"));
-    };
-    signal?.addEventListener("abort", onAbort, { once: true });
-  });
 }

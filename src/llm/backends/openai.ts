@@ -25,17 +25,24 @@
  * prices a build before it runs. Requests are paced (`RequestPacer`) and retried by the client on 408/409/429/5xx
  * and connection errors with exponential backoff (0.5 s doubling to 8 s, or the server's retry-after).
  *
+ * **Batch API** (`batch`): a table build then hands over all its uncached prompts in one call, and when there are at
+ * least `minPrompts` of them they go as JSONL files through `/v1/files` + `/v1/batches` (half price on OpenAI,
+ * answers within 24 h) instead of one request each; the same cache receives the answers, so the ranking is the same
+ * as through chat completions (`askInBatches` says how interruptions, failed lines and cancellation are handled).
+ *
  * @example
  * const model = await OpenAiLanguageModel.open({ baseURL: "http://127.0.0.1:8081/v1", model: "m000001", clusters });
  * const [ranked] = await model.score([{ history: { c1: "baking", c2: "hiking" } }], 10);
  * await model.close();
  */
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
-import OpenAI from "openai";
+import OpenAI, { toFile } from "openai";
 import { SystemClock, type Clock } from "../../domain/clock.js";
 import { FreshrecError } from "../../domain/errors.js";
 import type { Cluster, ScoredCluster } from "../../domain/types.js";
-import type { GeneratedAnswer, LanguageModel, LanguageModelInfo, PromptInput, ScoreOptions } from "../contracts.js";
+import type { CostEstimate, GeneratedAnswer, LanguageModel, LanguageModelInfo, PromptInput, ScoreOptions } from "../contracts.js";
+
+export type { CostEstimate } from "../contracts.js";
 import { PROMPT_TEMPLATE_HASH, renderPrompt } from "../prompt.js";
 import { RequestPacer } from "./request-pacer.js";
 import { ResponseCache } from "./response-cache.js";
@@ -81,20 +88,26 @@ export interface OpenAiModelOptions extends OpenAiConnectionOptions {
   /** Prices per million tokens, for `estimateCost`. @defaultValue null (unknown) */
   readonly inputPricePerMTok?: number | null;
   readonly outputPricePerMTok?: number | null;
+  /** Table builds through the OpenAI Batch API (module comment); null sends every prompt as its own request. @defaultValue null */
+  readonly batch?: BatchSettings | null;
   /** @defaultValue the system clock */
   readonly clock?: Clock;
 }
 
-/** What a build would cost before it runs (tokens estimated at 4 characters each, OpenAI's rule of thumb). */
-export interface CostEstimate {
-  readonly prompts: number;
-  /** Prompts already in the response cache: free. */
-  readonly cached: number;
-  readonly promptTokens: number;
-  readonly completionTokens: number;
-  /** null when a price is not configured. */
-  readonly usd: number | null;
+/** The Batch API option: asynchronous, at half the price on OpenAI, results within `completion_window`. */
+export interface BatchSettings {
+  /** Calls with fewer uncached prompts than this go as ordinary requests (gates, small refreshes). @defaultValue 1000 */
+  readonly minPrompts?: number;
+  /** How often a running batch is polled. @defaultValue 30_000 */
+  readonly pollIntervalMs?: number;
+  /** OpenAI's limit is 50,000 requests (and 200 MB) per batch; larger builds are split. @defaultValue 50_000 */
+  readonly maxRequestsPerBatch?: number;
+  /** The batch price relative to the per-request price, for `estimateCost`. @defaultValue 0.5 (OpenAI's batch discount) */
+  readonly priceFactor?: number;
 }
+
+/** Bytes of one batch input file: OpenAI accepts up to 200 MB. */
+const MAX_BATCH_BYTES = 190_000_000;
 
 /** The cached part of an answer. */
 interface RawAnswer {
@@ -166,6 +179,22 @@ export function openAiClient(options: OpenAiConnectionOptions, onHttpRequest?: (
 }
 
 /** An error of the remote API in freshrec's terms, naming the server and what it said. */
+/** Waits `ms`, or rejects with CANCELLED as soon as the signal aborts. */
+export function abortableSleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) return reject(new FreshrecError("CANCELLED", "cancelled"));
+    const timer = setTimeout(() => {
+      signal?.removeEventListener("abort", onAbort);
+      resolve();
+    }, ms);
+    const onAbort = () => {
+      clearTimeout(timer);
+      reject(new FreshrecError("CANCELLED", "cancelled"));
+    };
+    signal?.addEventListener("abort", onAbort, { once: true });
+  });
+}
+
 export function remoteError(error: unknown, baseURL: string, what: string): FreshrecError {
   if (error instanceof FreshrecError) return error;
   if (error instanceof OpenAI.APIUserAbortError) return new FreshrecError("CANCELLED", `${what} was cancelled`, { cause: error });
@@ -184,7 +213,7 @@ const estimateTokens = (chars: number) => Math.ceil(chars / 4);
 export class OpenAiLanguageModel implements LanguageModel {
   readonly info: LanguageModelInfo;
   /** Requests answered (from the cache or the server), HTTP requests sent (retries included), tokens billed. */
-  readonly stats = { requests: 0, cacheHits: 0, httpRequests: 0, promptTokens: 0, completionTokens: 0 };
+  readonly stats = { requests: 0, cacheHits: 0, httpRequests: 0, promptTokens: 0, completionTokens: 0, batches: 0, batchedRequests: 0 };
   private readonly client: OpenAI;
   private readonly pacer: RequestPacer;
   private readonly cache: ResponseCache | null;
@@ -220,6 +249,11 @@ export class OpenAiLanguageModel implements LanguageModel {
     const topLogprobs = options.topLogprobs ?? 20;
     if (!Number.isInteger(topLogprobs) || topLogprobs < 1 || topLogprobs > 20) throw new FreshrecError("BAD_INPUT", `topLogprobs: expected an integer 1..20, got ${topLogprobs}`);
     return new OpenAiLanguageModel(options);
+  }
+
+  /** With the Batch API a table build hands over all its prompts at once: one batch (or a few) per build. */
+  get promptsPerCall(): number | undefined {
+    return this.options.batch ? Number.POSITIVE_INFINITY : undefined;
   }
 
   /** Hit and miss counts of the response cache (zeros without one). */
@@ -275,15 +309,21 @@ export class OpenAiLanguageModel implements LanguageModel {
     }
     const inPrice = this.options.inputPricePerMTok ?? null;
     const outPrice = this.options.outputPricePerMTok ?? null;
-    const usd = inPrice === null || outPrice === null ? null : (promptTokens * inPrice + completionTokens * outPrice) / 1e6;
-    return { prompts: prompts.length, cached, promptTokens, completionTokens, usd };
+    const uncached = prompts.length - cached;
+    const batched = this.usesBatch(uncached);
+    const factor = batched ? (this.options.batch?.priceFactor ?? 0.5) : 1;
+    const usd = inPrice === null || outPrice === null ? null : (factor * (promptTokens * inPrice + completionTokens * outPrice)) / 1e6;
+    const via = batched
+      ? `batch API (${Math.ceil(uncached / (this.options.batch?.maxRequestsPerBatch ?? 50_000))} batch(es) or more, price x ${factor})`
+      : `chat completions, ${this.options.concurrency ?? 4} at a time`;
+    return { prompts: prompts.length, cached, promptTokens, completionTokens, usd, via };
   }
 
   async score(prompts: readonly PromptInput[], topN: number, signal?: AbortSignal, options: ScoreOptions = {}): Promise<ScoredCluster[][]> {
     // Bad cluster ids fail before any request is paid for.
     const bodies = prompts.map((p) => this.requestBody(p));
     const excludeHistory = options.excludeHistory ?? true;
-    const answers = await this.askAll(bodies, signal);
+    const answers = await this.askAll(bodies, signal, options.onProgress);
     return answers.map((raw, i) => {
       const h = prompts[i].history;
       const excluded = excludeHistory ? new Set([h.c1, h.c2]) : new Set<string>();
@@ -305,40 +345,153 @@ export class OpenAiLanguageModel implements LanguageModel {
     return ResponseCache.keyOf({ baseURL: this.options.baseURL.replace(/\/+$/, ""), body });
   }
 
-  /** All requests, `concurrency` at a time, answers in input order. */
-  private async askAll(bodies: readonly Record<string, unknown>[], signal?: AbortSignal): Promise<RawAnswer[]> {
-    const out: RawAnswer[] = new Array(bodies.length);
-    let next = 0;
-    const worker = async () => {
-      while (next < bodies.length) {
-        const i = next++;
-        out[i] = await this.ask(bodies[i], signal);
-      }
-    };
-    await Promise.all(Array.from({ length: Math.min(this.options.concurrency ?? 4, bodies.length) }, worker));
-    return out;
+  private usesBatch(uncached: number): boolean {
+    return this.options.batch != null && uncached > 0 && uncached >= (this.options.batch.minPrompts ?? 1000);
   }
 
-  private async ask(body: Record<string, unknown>, signal?: AbortSignal): Promise<RawAnswer> {
-    if (signal?.aborted) throw new FreshrecError("CANCELLED", "the request was cancelled");
-    this.stats.requests++;
-    const key = this.keyOf(body);
-    const hit = this.cache?.get<RawAnswer>(key);
-    if (hit) {
-      this.stats.cacheHits++;
-      return hit;
-    }
-    const estimate = estimateTokens(JSON.stringify(body.messages).length) + (this.options.maxTokens ?? 64);
-    let response: OpenAI.Chat.ChatCompletion;
-    try {
-      response = await this.pacer.run(
-        estimate,
-        () => this.client.chat.completions.create(body as unknown as OpenAI.Chat.ChatCompletionCreateParamsNonStreaming, { signal }),
+  /**
+   * All requests, answers in input order: cached ones first, then the rest either through the Batch API (when
+   * configured and enough are missing) or `concurrency` at a time.
+   */
+  private async askAll(bodies: readonly Record<string, unknown>[], signal?: AbortSignal, onProgress?: (done: number) => void): Promise<RawAnswer[]> {
+    const out: (RawAnswer | undefined)[] = new Array(bodies.length);
+    const missing: number[] = [];
+    bodies.forEach((body, i) => {
+      const hit = this.cache?.get<RawAnswer>(this.keyOf(body));
+      if (hit) {
+        this.stats.requests++;
+        this.stats.cacheHits++;
+        out[i] = hit;
+      } else missing.push(i);
+    });
+    let done = bodies.length - missing.length;
+    if (done > 0) onProgress?.(done);
+    if (this.usesBatch(missing.length)) {
+      const answered = await this.askInBatches(
+        missing.map((i) => bodies[i]),
         signal,
+        (n) => onProgress?.(done + n),
       );
-    } catch (error) {
-      throw remoteError(error, this.options.baseURL, `the openai backend (model ${this.model})`);
+      missing.forEach((i, k) => (out[i] = answered[k]));
+      return out as RawAnswer[];
     }
+    let next = 0;
+    const worker = async () => {
+      while (next < missing.length) {
+        const i = missing[next++];
+        out[i] = await this.ask(bodies[i], signal);
+        onProgress?.(++done);
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(this.options.concurrency ?? 4, missing.length) }, worker));
+    return out as RawAnswer[];
+  }
+
+  /**
+   * The Batch API path: the requests as JSONL lines (custom_id = the cache key), split into files of at most
+   * `maxRequestsPerBatch` lines and 190 MB, uploaded and submitted together, polled until they end. Each batch is
+   * recorded in the response cache's file under the hash of its lines, so a build that is interrupted (or whose
+   * process dies) picks up the batches already running instead of paying for them again. Lines that fail inside a
+   * batch, and lines of a batch that expired, are sent again as ordinary requests; a batch that fails as a whole
+   * (its file rejected) fails the build with the server's reasons. Cancelling the build cancels its batches.
+   */
+  private async askInBatches(bodies: readonly Record<string, unknown>[], signal: AbortSignal | undefined, onProgress: (done: number) => void): Promise<RawAnswer[]> {
+    const settings = this.options.batch!;
+    const keys = bodies.map((b) => this.keyOf(b));
+    const lines = bodies.map((body, i) => JSON.stringify({ custom_id: keys[i], method: "POST", url: "/v1/chat/completions", body }));
+    const perBatch = settings.maxRequestsPerBatch ?? 50_000;
+    const chunks: { start: number; end: number }[] = [];
+    for (let start = 0; start < lines.length; ) {
+      let end = start;
+      let bytes = 0;
+      while (end < lines.length && end - start < perBatch && (end === start || bytes + lines[end].length + 1 <= MAX_BATCH_BYTES)) bytes += lines[end++].length + 1;
+      chunks.push({ start, end });
+      start = end;
+    }
+    const where = `the openai backend's batch (model ${this.model})`;
+    const results = new Map<string, RawAnswer>();
+    const running: { id: string; chunk: string; start: number; end: number; done: number }[] = [];
+    const retry: number[] = [];
+    try {
+      for (const { start, end } of chunks) {
+        const chunk = ResponseCache.keyOf(keys.slice(start, end));
+        let id = this.cache?.batchOf(chunk) ?? null;
+        if (id !== null) {
+          const earlier = await this.client.batches.retrieve(id, { signal });
+          if (earlier.status === "failed" || earlier.status === "cancelling" || earlier.status === "cancelled") id = null;
+        }
+        if (id === null) {
+          const jsonl = Buffer.from(`${lines.slice(start, end).join("\n")}\n`);
+          const file = await this.client.files.create({ file: await toFile(jsonl, "freshrec-batch.jsonl"), purpose: "batch" }, { signal });
+          const batch = await this.client.batches.create(
+            { input_file_id: file.id, endpoint: "/v1/chat/completions", completion_window: "24h", metadata: { freshrec: "table build", requests: String(end - start) } },
+            { signal },
+          );
+          id = batch.id;
+          this.cache?.recordBatch(chunk, id);
+          this.stats.batches++;
+        }
+        running.push({ id, chunk, start, end, done: 0 });
+      }
+      const size = (c: { start: number; end: number }) => c.end - c.start;
+      let finished = 0;
+      while (running.length > 0) {
+        for (let k = 0; k < running.length; ) {
+          const r = running[k];
+          const batch = await this.client.batches.retrieve(r.id, { signal });
+          r.done = (batch.request_counts?.completed ?? 0) + (batch.request_counts?.failed ?? 0);
+          if (batch.status === "failed" || batch.status === "cancelling" || batch.status === "cancelled") {
+            this.cache?.forgetBatch(r.chunk);
+            running.splice(k, 1);
+            const reasons = batch.errors?.data?.map((e) => `${e.line ? `line ${e.line}: ` : ""}${e.message ?? e.code ?? ""}`).join("; ");
+            throw new FreshrecError("ENGINE", `${where}: batch ${r.id} ${batch.status}${reasons ? `: ${reasons}` : ""}`);
+          }
+          if (batch.status === "completed" || batch.status === "expired") {
+            for (const fileId of [batch.output_file_id, batch.error_file_id]) {
+              if (!fileId) continue;
+              const text = await (await this.client.files.content(fileId, { signal })).text();
+              for (const line of text.split("\n")) if (line.trim() !== "") this.takeBatchLine(line, results);
+            }
+            for (let i = r.start; i < r.end; i++) if (!results.has(keys[i])) retry.push(i);
+            this.cache?.forgetBatch(r.chunk);
+            running.splice(k, 1);
+            finished += size(r);
+            continue;
+          }
+          k++;
+        }
+        onProgress(finished + running.reduce((s, r) => s + r.done, 0));
+        if (running.length > 0) await abortableSleep(settings.pollIntervalMs ?? 30_000, signal);
+      }
+    } catch (error) {
+      if (signal?.aborted) {
+        for (const r of running) {
+          await this.client.batches.cancel(r.id).catch(() => undefined);
+          this.cache?.forgetBatch(r.chunk);
+        }
+        throw new FreshrecError("CANCELLED", "the table build's batches were cancelled", { cause: error });
+      }
+      throw remoteError(error, this.options.baseURL, where);
+    }
+    // Lines that failed or expired inside a batch go again one by one (the server's answer, not a second batch wait).
+    for (const i of retry) results.set(keys[i], await this.ask(bodies[i], signal));
+    onProgress(bodies.length);
+    return keys.map((k) => results.get(k)!);
+  }
+
+  /** One line of a batch's output or error file: a successful answer is kept (and cached); a failure is left for a retry. */
+  private takeBatchLine(line: string, results: Map<string, RawAnswer>): void {
+    const parsed = JSON.parse(line) as { custom_id?: string; response?: { status_code?: number; body?: OpenAI.Chat.ChatCompletion } | null };
+    const body = parsed.response?.body;
+    if (!parsed.custom_id || parsed.response?.status_code !== 200 || !body?.choices?.[0]) return;
+    this.stats.requests++;
+    this.stats.batchedRequests++;
+    const raw = this.rawAnswer(body);
+    this.cache?.put(parsed.custom_id, raw);
+    results.set(parsed.custom_id, raw);
+  }
+
+  private rawAnswer(response: OpenAI.Chat.ChatCompletion): RawAnswer {
     const choice = response.choices[0];
     if (!choice) throw new FreshrecError("ENGINE", `${this.options.baseURL} answered without a choice`);
     const raw: RawAnswer = {
@@ -350,6 +503,26 @@ export class OpenAiLanguageModel implements LanguageModel {
     };
     this.stats.promptTokens += raw.promptTokens;
     this.stats.completionTokens += raw.completionTokens;
+    return raw;
+  }
+
+  /** One request to the server (askAll has already looked in the cache); the answer is cached. */
+  private async ask(body: Record<string, unknown>, signal?: AbortSignal): Promise<RawAnswer> {
+    if (signal?.aborted) throw new FreshrecError("CANCELLED", "the request was cancelled");
+    this.stats.requests++;
+    const key = this.keyOf(body);
+    const estimate = estimateTokens(JSON.stringify(body.messages).length) + (this.options.maxTokens ?? 64);
+    let response: OpenAI.Chat.ChatCompletion;
+    try {
+      response = await this.pacer.run(
+        estimate,
+        () => this.client.chat.completions.create(body as unknown as OpenAI.Chat.ChatCompletionCreateParamsNonStreaming, { signal }),
+        signal,
+      );
+    } catch (error) {
+      throw remoteError(error, this.options.baseURL, `the openai backend (model ${this.model})`);
+    }
+    const raw = this.rawAnswer(response);
     this.cache?.put(key, raw);
     return raw;
   }

@@ -30,6 +30,8 @@ export class ResponseCache {
     db.pragma("journal_mode = WAL");
     db.pragma("busy_timeout = 5000");
     db.exec("CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, value TEXT NOT NULL, created_at INTEGER)");
+    // Batch API jobs still running, by the hash of their request lines: a restarted build resumes them.
+    db.exec("CREATE TABLE IF NOT EXISTS batches (chunk TEXT PRIMARY KEY, batch_id TEXT NOT NULL, created_at INTEGER)");
     return new ResponseCache(db, clock);
   }
 
@@ -52,6 +54,19 @@ export class ResponseCache {
 
   put(key: string, value: unknown): void {
     this.db.prepare("INSERT OR IGNORE INTO responses (key, value, created_at) VALUES (?, ?, ?)").run(key, JSON.stringify(value), this.clock?.now() ?? null);
+  }
+
+  /** The running batch submitted for these request lines, if any. */
+  batchOf(chunk: string): string | null {
+    return (this.db.prepare("SELECT batch_id FROM batches WHERE chunk = ?").get(chunk) as { batch_id: string } | undefined)?.batch_id ?? null;
+  }
+
+  recordBatch(chunk: string, batchId: string): void {
+    this.db.prepare("INSERT OR REPLACE INTO batches (chunk, batch_id, created_at) VALUES (?, ?, ?)").run(chunk, batchId, this.clock?.now() ?? null);
+  }
+
+  forgetBatch(chunk: string): void {
+    this.db.prepare("DELETE FROM batches WHERE chunk = ?").run(chunk);
   }
 
   get size(): number {
