@@ -11,11 +11,17 @@
  *   is measured on `BENCH_BACKENDS_GGUF_PAIRS` pairs (default 200) and says what that path costs, not what a real
  *   GGUF with a normal tokenizer would.
  *
+ *   The same pairs are then split over `BENCH_BACKENDS_GGUF_PROCESSES` (default 2) child processes, each with its
+ *   own `threads: 1` context (the scale-out the backend's docs suggest), timed from a common start signal after the
+ *   models are loaded: `gguf_processes_speedup` says whether that is faster than one process on this machine.
+ *
  * `BENCH_BACKENDS_PAIRS` limits the pairs of the embedded and openai builds (smoke runs).
  */
+import { fork } from "node:child_process";
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 import type { BenchRow, BenchSuiteResult } from "./run.js";
 import type { Cluster } from "../src/domain/types.js";
 import { EmbeddedLanguageModel } from "../src/llm/backends/embedded.js";
@@ -25,6 +31,7 @@ import type { LanguageModel, PromptInput, TrainingSample } from "../src/llm/cont
 import { EmbeddedTrainer } from "../src/llm/engine/trainer.js";
 import { startLlmServer } from "../src/llm/openai-server.js";
 
+const here = fileURLToPath(import.meta.url);
 const CLUSTER_COUNT = 100;
 const TOP_N = 10;
 
@@ -87,15 +94,63 @@ export async function run(): Promise<BenchSuiteResult> {
   await gguf.score(ggufPairs.slice(0, 2), TOP_N); // warm-up
   const ggufRate = await build(gguf, ggufPairs);
   await gguf.close();
+  const processes = Number(process.env.BENCH_BACKENDS_GGUF_PROCESSES ?? 2);
+  const ggufParallelRate = await ggufInProcesses(trained.modelPath, ggufPairs, processes);
 
   const rows: BenchRow[] = [
     { metric: `embedded table build (${pairs.length} pairs, top-${TOP_N})`, value: embeddedRate, unit: "prompts/s" },
     { metric: `gguf table build (${ggufPairs.length} of the pairs)`, value: ggufRate, unit: "prompts/s" },
+    { metric: `gguf, the same pairs over ${processes} processes (threads: 1 each)`, value: ggufParallelRate, unit: "prompts/s" },
+    { metric: `gguf speed-up of ${processes} processes over 1`, value: ggufParallelRate / ggufRate, unit: "x" },
     { metric: `openai backend via freshrec llm serve, loopback (${pairs.length} pairs, concurrency 4)`, value: openaiRate, unit: "prompts/s" },
     { metric: "response-cache hits on a refresh with 10% of the prompts changed", value: cacheHitShare, unit: "share" },
   ];
   return {
-    results: { embedded_prompts_per_s: embeddedRate, gguf_prompts_per_s: ggufRate, openai_prompts_per_s: openaiRate, cache_hit_share: cacheHitShare },
+    results: {
+      embedded_prompts_per_s: embeddedRate,
+      gguf_prompts_per_s: ggufRate,
+      openai_prompts_per_s: openaiRate,
+      cache_hit_share: cacheHitShare,
+      gguf_processes: processes,
+      gguf_processes_prompts_per_s: ggufParallelRate,
+      gguf_processes_speedup: ggufParallelRate / ggufRate,
+    },
     rows,
   };
 }
+
+/** Scores `pairs` split over `n` child processes started together once all have loaded the model; prompts/s overall. */
+async function ggufInProcesses(modelPath: string, pairs: readonly PromptInput[], n: number): Promise<number> {
+  const share = Math.ceil(pairs.length / n);
+  const children = Array.from({ length: n }, (_, k) => {
+    const child = fork(here, ["--gguf-child", modelPath, JSON.stringify(pairs.slice(k * share, (k + 1) * share))], {
+      execArgv: ["--import", "tsx"],
+      stdio: ["ignore", "inherit", "inherit", "ipc"],
+    });
+    const next = () => new Promise<{ seconds?: number }>((resolve) => child.once("message", (m) => resolve(m as { seconds?: number })));
+    return { child, next };
+  });
+  await Promise.all(children.map((c) => c.next())); // loaded and warmed up
+  const done = children.map((c) => c.next());
+  const t0 = process.hrtime.bigint();
+  for (const c of children) c.child.send("go");
+  await Promise.all(done);
+  const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+  for (const c of children) c.child.kill();
+  return pairs.length / seconds;
+}
+
+/** Child process of ggufInProcesses: loads the model, warms up, waits for "go", scores its share. */
+async function ggufChild(modelPath: string, pairsJson: string): Promise<void> {
+  const pairs = JSON.parse(pairsJson) as PromptInput[];
+  const model = await GgufLanguageModel.open({ modelPath, clusters: clusters(), contextSize: 512 });
+  await model.score(pairs.slice(0, 2), TOP_N);
+  process.once("message", async () => {
+    const t0 = process.hrtime.bigint();
+    await model.score(pairs, TOP_N);
+    process.send!({ seconds: Number(process.hrtime.bigint() - t0) / 1e9 });
+  });
+  process.send!({});
+}
+
+if (process.argv[2] === "--gguf-child") await ggufChild(process.argv[3], process.argv[4]);

@@ -10,7 +10,7 @@ import { timedTransitions } from "../../mining/transitions.js";
 import { TableLookup } from "../../tables/index.js";
 import { Scheduler, SqliteScheduleStore, hybridJobs, scheduleStorePath, type RunRecord } from "../../update/schedule/index.js";
 import type { CommandContext } from "../context.js";
-import { openLoop, trainBaseModel } from "../loop-context.js";
+import { openLoop, registerConfiguredBase, trainBaseModel } from "../loop-context.js";
 import { runLine } from "./refresh.js";
 import { iso, pct as pctOf } from "../format.js";
 
@@ -26,7 +26,15 @@ export async function runDemoLoop(ctx: CommandContext, end: number, months: numb
   try {
     const live = open.registry.live();
     let base: Record<string, unknown>;
-    if (live && live.window && live.window.to <= from) {
+    if (ctx.config.llm.backend !== "embedded") {
+      // Another backend's model is used as it is (its training is outside freshrec): the demo registers it as the
+      // base, like `pretrain` does, and the loop below fine-tunes it through the backend's trainer.
+      const version = live?.version ?? (await registerConfiguredBase(ctx)).version;
+      if (open.registry.live()?.version !== version) open.registry.makeLive(version, "demo: the configured model");
+      ctx.log(`4/${steps} using the configured ${ctx.config.llm.backend} model as the base model (${version})`);
+      base = { modelVersion: version, backend: ctx.config.llm.backend, trained: false };
+      lines.push(`base model: ${version}, the configured ${ctx.config.llm.backend} model (not trained here)`);
+    } else if (live && live.window && live.window.to <= from) {
       ctx.log(`4/${steps} reusing the live model ${live.version} (trained on data before ${iso(from).slice(0, 10)})`);
       base = { modelVersion: live.version, reused: true };
       lines.push(`base model: ${live.version} (reused)`);
