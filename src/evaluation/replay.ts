@@ -52,6 +52,13 @@ export interface ReplayOptions extends MiningOptions {
   readonly reference?: string;
   /** Called after each run of each strategy (progress lines). */
   readonly onRun?: (strategy: string, run: RunRecord) => void;
+  /**
+   * Strategies replayed at once. Each has its own clock, stores and jobs, so results do not depend on it; side by
+   * side, one strategy's training (one thread) leaves the other core to another's table builds. Give the strategies
+   * that share fine-tunes one `CachingTrainer`: an identical fine-tune requested by two of them runs once.
+   * @defaultValue 1
+   */
+  readonly parallel?: number;
 }
 
 export interface StrategyCost {
@@ -73,6 +80,8 @@ export interface StrategyResult {
   /** Mean age, in days, of the newest data behind the live table, over the scored transitions. */
   readonly stalenessDays: number;
   readonly tablesPublished: number;
+  /** Wall time of replaying the strategy (its training, refreshes and table loads; strategies may overlap). */
+  readonly wallSeconds: number;
   readonly transitions: number;
   readonly unserved: number;
   /**
@@ -119,44 +128,29 @@ export async function replay(options: ReplayOptions): Promise<ReplayResult> {
   const timelines: ReplayResult["timelines"] = {};
   const top1s = new Map<string, string[][]>();
   const reference = options.reference ?? "static";
-  // The reference strategy runs first so every other strategy can be compared with its no-RAG table.
+  // The reference strategy comes first (and is scored first) so every other one can be compared with its no-RAG table.
   const ordered = [...options.strategies].sort((a, b) => Number(b.name === reference) - Number(a.name === reference));
-  for (const setup of ordered) {
-    const clock = new VirtualClock(options.window.from);
-    const instance = await setup.create(clock);
-    const scheduleStore = SqliteScheduleStore.open(":memory:");
-    const captured: CapturedTable[] = [];
-    const tops: string[][] = [];
-    const cost = { trainingTokens: 0, promptsScored: 0, cpuSeconds: 0, runs: 0 };
-    try {
-      const scheduler = new Scheduler({
-        jobs: instance.jobs,
-        store: scheduleStore,
-        clock,
-        onRun: (run) => {
-          cost.runs++;
-          cost.trainingTokens += run.cost?.tokensTrained ?? 0;
-          cost.promptsScored += run.cost?.promptsScored ?? 0;
-          cost.cpuSeconds += run.cost?.cpuSeconds ?? 0;
-          const published = run.status === "succeeded" ? (run.detail?.publishedTable as string | undefined) : undefined;
-          if (published) {
-            const lookup = TableLookup.load(instance.tables, published);
-            captured.push({
-              version: published,
-              publishedAt: run.due,
-              dataAsOf: Number(run.detail?.dataAsOf ?? run.due),
-              answers: (c1, c2) => (lookup.get(c1, c2) ?? []).map((a) => a.cluster),
-            });
-            if (options.clusters) tops.push(topOnes(options.clusters, (c1, c2) => lookup.get(c1, c2)?.[0]?.cluster ?? ""));
-          }
-          options.onRun?.(setup.name, run);
-        },
-      });
-      await scheduler.simulate({ from: options.window.from, to: options.window.to });
-    } finally {
-      scheduleStore.close();
-      await instance.close();
+  const runs = new Map<string, StrategyRun>();
+  let next = 0;
+  let failed = false;
+  // A small pool: each worker takes the next strategy; after a failure no new one starts, the running ones finish.
+  const workers = Array.from({ length: Math.max(1, Math.min(options.parallel ?? 1, ordered.length)) }, async () => {
+    while (next < ordered.length && !failed) {
+      const setup = ordered[next++];
+      try {
+        runs.set(setup.name, await runStrategy(setup, options));
+      } catch (error) {
+        failed = true;
+        throw error;
+      }
     }
+  });
+  const settled = await Promise.allSettled(workers);
+  const rejected = settled.find((r): r is PromiseRejectedResult => r.status === "rejected");
+  if (rejected) throw rejected.reason;
+
+  for (const setup of ordered) {
+    const { captured, tops, cost, wallSeconds } = runs.get(setup.name)!;
     top1s.set(setup.name, tops);
     const score = scoreTransitions(transitions, captured, { k: options.k ?? 5 });
     const noRag = top1s.get(reference)?.[0];
@@ -176,6 +170,7 @@ export async function replay(options: ReplayOptions): Promise<ReplayResult> {
       consecutiveAgreement: tops.length < 2 ? null : mean(tops.slice(1).map((t, i) => agreement(tops[i], t))),
       agreementWithNoRag: noRag && tops.length ? mean(tops.map((t) => agreement(noRag, t))) : null,
       tablesPublished: captured.length,
+      wallSeconds,
       transitions: score.transitions,
       unserved: score.unserved,
       weekly: weeklyHits(transitions, captured, options.window.from),
@@ -189,6 +184,55 @@ export async function replay(options: ReplayOptions): Promise<ReplayResult> {
     comparisons: compare(scores, options.resamples ?? 1000),
     timelines,
   };
+}
+
+/** What replaying one strategy produced, before scoring. */
+interface StrategyRun {
+  readonly captured: CapturedTable[];
+  readonly tops: string[][];
+  readonly cost: { trainingTokens: number; promptsScored: number; cpuSeconds: number; runs: number };
+  readonly wallSeconds: number;
+}
+
+/** Drives one strategy's scheduler over the window and captures every table it publishes. */
+async function runStrategy(setup: StrategySetup, options: ReplayOptions): Promise<StrategyRun> {
+  const started = process.hrtime.bigint();
+  const clock = new VirtualClock(options.window.from);
+  const instance = await setup.create(clock);
+  const scheduleStore = SqliteScheduleStore.open(":memory:");
+  const captured: CapturedTable[] = [];
+  const tops: string[][] = [];
+  const cost = { trainingTokens: 0, promptsScored: 0, cpuSeconds: 0, runs: 0 };
+  try {
+    const scheduler = new Scheduler({
+      jobs: instance.jobs,
+      store: scheduleStore,
+      clock,
+      onRun: (run) => {
+        cost.runs++;
+        cost.trainingTokens += run.cost?.tokensTrained ?? 0;
+        cost.promptsScored += run.cost?.promptsScored ?? 0;
+        cost.cpuSeconds += run.cost?.cpuSeconds ?? 0;
+        const published = run.status === "succeeded" ? (run.detail?.publishedTable as string | undefined) : undefined;
+        if (published) {
+          const lookup = TableLookup.load(instance.tables, published);
+          captured.push({
+            version: published,
+            publishedAt: run.due,
+            dataAsOf: Number(run.detail?.dataAsOf ?? run.due),
+            answers: (c1, c2) => (lookup.get(c1, c2) ?? []).map((a) => a.cluster),
+          });
+          if (options.clusters) tops.push(topOnes(options.clusters, (c1, c2) => lookup.get(c1, c2)?.[0]?.cluster ?? ""));
+        }
+        options.onRun?.(setup.name, run);
+      },
+    });
+    await scheduler.simulate({ from: options.window.from, to: options.window.to });
+  } finally {
+    scheduleStore.close();
+    await instance.close();
+  }
+  return { captured, tops, cost, wallSeconds: Number(process.hrtime.bigint() - started) / 1e9 };
 }
 
 /** Top-1 answer of every ordered pair, in a fixed pair order. */

@@ -19,6 +19,9 @@ import { freshrecVersion } from "./engine/model-file.js";
 import { fileSha256 } from "./registry.js";
 
 export class CachingTrainer implements Trainer {
+  /** Runs in progress by key: an identical request waits for the run instead of training the same model twice. */
+  private readonly running = new Map<string, Promise<unknown>>();
+
   /**
    * @param identity what else decides the output besides the request: the trainer kind and its options (the
    *   freshrec version is added, so a new release never reuses an older recipe's models).
@@ -37,7 +40,11 @@ export class CachingTrainer implements Trainer {
     // Only continued training is remembered: a model from scratch also depends on the trainer's initialisation
     // (clusters, vocabulary, shape), which the request does not carry.
     if (!options.from) return this.inner.train(samples, options);
-    const entry = join(this.dir, await this.key(samples, options));
+    const key = await this.key(samples, options);
+    // Strategies replayed side by side ask for the same fine-tune at nearly the same time: the second waits for the
+    // first run and then takes its model from the cache (or trains itself if that run failed).
+    for (let pending = this.running.get(key); pending; pending = this.running.get(key)) await pending.catch(() => undefined);
+    const entry = join(this.dir, key);
     const model = join(entry, `model${this.inner.modelFileExtension ?? ".gguf"}`);
     const meta = join(entry, "result.json");
     if (existsSync(model) && existsSync(meta)) {
@@ -45,14 +52,23 @@ export class CachingTrainer implements Trainer {
       placeAtomically(model, options.outputPath);
       return { ...earlier, modelPath: options.outputPath, reused: true };
     }
-    const result = await this.inner.train(samples, options);
-    mkdirSync(entry, { recursive: true });
-    // The result first, the model last: an entry counts only when its model exists, so a crash in between leaves
-    // a result without a model, which is ignored and overwritten.
-    writeFileSync(`${meta}.partial`, JSON.stringify(result));
-    renameSync(`${meta}.partial`, meta);
-    placeAtomically(result.modelPath, model);
-    return result;
+    // The run counts as in progress until its entry is written, so a waiter always finds it.
+    const run = (async () => {
+      const result = await this.inner.train(samples, options);
+      mkdirSync(entry, { recursive: true });
+      // The result first, the model last: an entry counts only when its model exists, so a crash in between leaves
+      // a result without a model, which is ignored and overwritten.
+      writeFileSync(`${meta}.partial`, JSON.stringify(result));
+      renameSync(`${meta}.partial`, meta);
+      placeAtomically(result.modelPath, model);
+      return result;
+    })();
+    this.running.set(key, run);
+    try {
+      return await run;
+    } finally {
+      this.running.delete(key);
+    }
   }
 
   private async key(samples: readonly TrainingSample[], o: TrainOptions): Promise<string> {

@@ -11,11 +11,18 @@ import type { PromptScorer } from "./generate.js";
 
 /** Next-cluster popularity over counted transitions, most frequent first (ties by id). */
 export function novelPopularity(counts: readonly TransitionCount[], clusters: readonly string[]): ScoredCluster[] {
+  const nextUsers = new Map<string, number>();
+  for (const t of counts) nextUsers.set(t.next, (nextUsers.get(t.next) ?? 0) + t.users);
+  return rankNextClusters(nextUsers, clusters);
+}
+
+/** `novelPopularity` from users per next cluster (a RAG snapshot's `nextUsers`): every cluster, shares of the total. */
+export function rankNextClusters(nextUsers: ReadonlyMap<string, number>, clusters: readonly string[]): ScoredCluster[] {
   const totals = new Map<string, number>(clusters.map((c) => [c, 0]));
   let sum = 0;
-  for (const t of counts) {
-    totals.set(t.next, (totals.get(t.next) ?? 0) + t.users);
-    sum += t.users;
+  for (const [next, users] of nextUsers) {
+    totals.set(next, (totals.get(next) ?? 0) + users);
+    sum += users;
   }
   return [...totals]
     .map(([cluster, n]) => ({ cluster, score: sum ? n / sum : 0 }))

@@ -4,12 +4,10 @@
  * `schedule run --simulate` and replay evaluation all schedule these same functions.
  */
 import type { EventStore } from "../data/event-store.js";
-import { DAY_MS } from "../domain/clock.js";
 import type { TableStore } from "../tables/index.js";
-import { countTransitions } from "../mining/transitions.js";
-import { novelPopularity, PopularNovelScorer, SuccessorScorer } from "./baselines.js";
+import { PopularNovelScorer, rankNextClusters, SuccessorScorer } from "./baselines.js";
 import type { PromptScorer } from "./generate.js";
-import { RAG_DEFAULTS, type RagOptions } from "./rag.js";
+import { SnapshotCache, type RagOptions } from "./rag.js";
 import { runRefresh, type RefreshOptions } from "./refresh.js";
 import type { JobRun } from "./schedule/index.js";
 
@@ -49,12 +47,14 @@ export function baselineRefreshJob(
   base: Omit<RefreshOptions, "model" | "signal"> & { events: EventStore; tables: TableStore; rag: RagOptions & { positiveMin?: number | null } },
 ): JobRun {
   return async (context) => {
-    const windowDays = base.rag.windowDays ?? RAG_DEFAULTS.windowDays;
-    const counts = await countTransitions(base.events, { from: context.asOf - windowDays * DAY_MS, to: context.asOf }, { positiveMin: base.rag.positiveMin ?? null });
-    const popularity = novelPopularity(counts, base.clusters);
+    // One retrieval gives both the popularity and the prompts' contexts: the refresh below reads the same snapshot
+    // (a cache shared by every run in a replay, else one for this run).
+    const snapshots = base.snapshots ?? new SnapshotCache();
+    const snapshot = await snapshots.retrieve(base.events, context.asOf, base.rag);
+    const popularity = rankNextClusters(snapshot.nextUsers, base.clusters);
     const scorer = kind === "successor-top1" ? new SuccessorScorer(popularity) : new PopularNovelScorer(popularity);
     // The version names the data: a baseline's answers change with every window, so its tables are never copied.
     const version = `${kind}@${new Date(context.asOf).toISOString().slice(0, 10)}`;
-    return refreshJob(base, async () => ({ version, scorer, dataAsOf: context.asOf }))(context);
+    return refreshJob({ ...base, snapshots }, async () => ({ version, scorer, dataAsOf: context.asOf }))(context);
   };
 }

@@ -56,6 +56,11 @@ export interface RagSnapshot {
   readonly global: PromptContext | null;
   /** Transitions (distinct users per triple, summed) counted in the window. */
   readonly transitions: number;
+  /**
+   * Per next cluster, the distinct users of its triples in the window, summed: the recent novel popularity the
+   * `popular-novel` and `successor-top1` baselines rank by, kept here so they need no second count of the window.
+   */
+  readonly nextUsers: ReadonlyMap<string, number>;
 }
 
 /** Retrieves contexts from events in [asOf - windowDays, asOf); nothing at or after asOf is read. */
@@ -188,7 +193,9 @@ export function contextsFromCounts(
 ): Omit<RagSnapshot, "asOf" | "window"> {
   const o = resolveRagOptions(options);
   const transitions = recent.reduce((s, t) => s + t.users, 0);
-  const base = { mode: o.mode, topN: o.topN, minSupport: o.minSupport, transitions };
+  const nextUsers = new Map<string, number>();
+  for (const t of recent) nextUsers.set(t.next, (nextUsers.get(t.next) ?? 0) + t.users);
+  const base = { mode: o.mode, topN: o.topN, minSupport: o.minSupport, transitions, nextUsers };
   if (o.mode === "global") {
     const top = [...recent].sort((a, b) => b.users - a.users || (pairKey(a.c1, a.c2) + a.next < pairKey(b.c1, b.c2) + b.next ? -1 : 1)).slice(0, o.globalPairs);
     const totals = new Map<string, number>();

@@ -73,7 +73,8 @@ describe("replay with LLM strategies", () => {
     // As `evaluate replay` runs: snapshots shared by the strategies, fine-tunes through the training cache.
     const snapshots = new SnapshotCache();
     const shared = { snapshots, trainer: new CachingTrainer(new EmbeddedTrainer(), join(dir, "training-cache"), "embedded") };
-    const result = await replay({ events, window: { from, to }, strategies: strategySetups(names, { ...env(events, "all"), ...shared }), positiveMin, resamples: 100, clusters: clusters.map((c) => c.id) });
+    // Two at a time, as `evaluate replay` runs by default.
+    const result = await replay({ events, window: { from, to }, strategies: strategySetups(names, { ...env(events, "all"), ...shared }), positiveMin, resamples: 100, clusters: clusters.map((c) => c.id), parallel: 2 });
 
     const refreshes = Math.ceil((to - from) / (2 * DAY_MS)); // every 2 days from Feb 1: Feb 1, 3, ..., Mar 7
     // rag, hybrid and the baseline retrieved at the same instants: one snapshot each.
@@ -109,6 +110,23 @@ describe("replay with LLM strategies", () => {
       tables.close();
       return { timeline: r.timelines.rag, rows, hit1: r.strategies.rag.hit1 };
     };
+    // Side by side or one after the other, with or without the shared caches: the same tables and the same scores.
+    const alone = await replay({
+      events,
+      window: { from, to },
+      strategies: strategySetups(["static", "hybrid"], { ...env(events, "alone"), trainer: new CachingTrainer(new EmbeddedTrainer(), join(dir, "training-cache-2"), "embedded") }),
+      positiveMin,
+      resamples: 100,
+      clusters: clusters.map((c) => c.id),
+    });
+    for (const name of ["static", "hybrid"]) {
+      const { wallSeconds: _a, cost: costAlone, ...restAlone } = alone.strategies[name];
+      const { wallSeconds: _b, cost: costSide, ...restSide } = s[name];
+      expect(restAlone).toEqual(restSide);
+      expect(costAlone.trainingTokens).toBe(costSide.trainingTokens);
+      expect(costAlone.promptsScored).toBe(costSide.promptsScored);
+    }
+
     const a = await upToCut(events, "leak-full", snapshots);
     const b = await upToCut(cutEvents, "leak-cut");
     expect(a.timeline.length).toBe(Math.ceil((cut - from) / (2 * DAY_MS)));

@@ -52,4 +52,19 @@ describe("training cache (real tiny training runs)", () => {
     expect(fresh.runs).toBe(2);
     expect(again.reused).toBeUndefined();
   });
+
+  it("runs an identical request made while the first is still training once (strategies replayed side by side)", async () => {
+    const ws = tempWorkspace();
+    const base = await new EmbeddedTrainer({ init: { clusters: CLUSTERS, shape: TINY_SHAPE } }).train(toySamples(200), { outputPath: join(ws, "base.gguf"), epochs: 1 });
+    const counting = new CountingTrainer(new EmbeddedTrainer());
+    const trainer = new CachingTrainer(counting, join(ws, "cache"), "embedded");
+    const samples = toySamples(150, 5);
+    const [a, b] = await Promise.all([
+      trainer.train(samples, { from: base.modelPath, outputPath: join(ws, "a.gguf"), epochs: 1 }),
+      trainer.train(samples, { from: base.modelPath, outputPath: join(ws, "b.gguf"), epochs: 1 }),
+    ]);
+    expect(counting.runs).toBe(1);
+    expect([a.reused, b.reused]).toEqual([undefined, true]);
+    expect(readFileSync(b.modelPath).equals(readFileSync(a.modelPath))).toBe(true);
+  });
 });

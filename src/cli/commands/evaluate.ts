@@ -32,6 +32,7 @@ interface ReplayFlags {
   resamples: string;
   price?: string;
   label?: string;
+  parallel: string;
 }
 
 export function registerEvaluate(program: Command): void {
@@ -50,6 +51,7 @@ export function registerEvaluate(program: Command): void {
     .option("--resamples <n>", "bootstrap resamples for the confidence intervals", "1000")
     .option("--price <usd>", "hosted LLM price per million prompt tokens for the cost estimate", "0.1")
     .option("--label <text>", "data set name in the report (default: the workspace folder)")
+    .option("--parallel <n>", "strategies replayed at once (one's training leaves a core to another's table builds; results do not depend on it)", "2")
     .addHelpText(
       "after",
       "\nExamples:\n  freshrec evaluate replay --from 2025-10-01 --to 2026-01-01\n  freshrec evaluate replay --from 2025-10-01 --strategies hybrid,rag,successor-top1 --refresh-days 1,2,4,7",
@@ -61,6 +63,7 @@ export function registerEvaluate(program: Command): void {
         const refreshDays = f.refreshDays.split(",").map((d) => positiveInt("refresh-days", d.trim())!);
         const horizon = positiveInt("horizon", f.horizon)!;
         const resamples = positiveInt("resamples", f.resamples)!;
+        const parallel = positiveInt("parallel", f.parallel)!;
         const price = Number(f.price);
         if (!(price >= 0)) throw new BadInputError(`--price: expected a non-negative number, got ${JSON.stringify(f.price)}`);
         if (f.ragMode !== undefined && f.ragMode !== "frequency" && f.ragMode !== "trend") throw new BadInputError(`--rag-mode: expected frequency or trend, got ${JSON.stringify(f.ragMode)}`);
@@ -120,6 +123,7 @@ export function registerEvaluate(program: Command): void {
             resamples,
             pricePerMillionTokens: price,
             clusters,
+            parallel,
             onRun: (strategy, run) => ctx.log(`[${strategy}] ${runLine(run)}`),
           });
           const label = f.label ?? ctx.paths.root.split("/").filter(Boolean).at(-1) ?? "workspace";
