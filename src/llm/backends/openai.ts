@@ -222,6 +222,8 @@ export class OpenAiLanguageModel implements LanguageModel {
   private readonly model: string;
   private readonly mode: AnswerMode;
   private readonly system: string;
+  /** The answer constraint, the same object in every request body (a build holds many bodies at once). */
+  private readonly constraint: unknown;
 
   private constructor(private readonly options: OpenAiModelOptions) {
     this.model = hostedModelName(options.model);
@@ -237,6 +239,18 @@ export class OpenAiLanguageModel implements LanguageModel {
     }
     this.idOf = idOf;
     this.system = systemMessage(options.clusters);
+    const all = options.clusters.map((c) => c.description);
+    this.constraint =
+      this.mode === "guided_choice"
+        ? all
+        : {
+            type: "json_schema",
+            json_schema: {
+              name: "next_interest",
+              strict: true,
+              schema: { type: "object", properties: { cluster: { type: "string", enum: all } }, required: ["cluster"], additionalProperties: false },
+            },
+          };
     this.client = openAiClient(options, () => this.stats.httpRequests++);
     const clock = options.clock ?? new SystemClock();
     this.pacer = new RequestPacer({ concurrency: options.concurrency, requestsPerMinute: options.requestsPerMinute, tokensPerMinute: options.tokensPerMinute }, clock);
@@ -263,7 +277,6 @@ export class OpenAiLanguageModel implements LanguageModel {
 
   /** The request body of a prompt; its hash is the cache key. */
   requestBody(prompt: PromptInput): Record<string, unknown> {
-    const all = [...this.descriptions.values()];
     const body: Record<string, unknown> = {
       model: this.model,
       messages: [
@@ -276,18 +289,8 @@ export class OpenAiLanguageModel implements LanguageModel {
       logprobs: true,
       top_logprobs: this.options.topLogprobs ?? 20,
     };
-    if (this.mode === "json_schema") {
-      body.response_format = {
-        type: "json_schema",
-        json_schema: {
-          name: "next_interest",
-          strict: true,
-          schema: { type: "object", properties: { cluster: { type: "string", enum: all } }, required: ["cluster"], additionalProperties: false },
-        },
-      };
-    } else if (this.mode === "guided_choice") {
-      body.guided_choice = all;
-    }
+    if (this.mode === "json_schema") body.response_format = this.constraint;
+    else if (this.mode === "guided_choice") body.guided_choice = this.constraint;
     return body;
   }
 
@@ -398,22 +401,24 @@ export class OpenAiLanguageModel implements LanguageModel {
   private async askInBatches(bodies: readonly Record<string, unknown>[], signal: AbortSignal | undefined, onProgress: (done: number) => void): Promise<RawAnswer[]> {
     const settings = this.options.batch!;
     const keys = bodies.map((b) => this.keyOf(b));
-    const lines = bodies.map((body, i) => JSON.stringify({ custom_id: keys[i], method: "POST", url: "/v1/chat/completions", body }));
     const perBatch = settings.maxRequestsPerBatch ?? 50_000;
-    const chunks: { start: number; end: number }[] = [];
-    for (let start = 0; start < lines.length; ) {
-      let end = start;
-      let bytes = 0;
-      while (end < lines.length && end - start < perBatch && (end === start || bytes + lines[end].length + 1 <= MAX_BATCH_BYTES)) bytes += lines[end++].length + 1;
-      chunks.push({ start, end });
-      start = end;
-    }
     const where = `the openai backend's batch (model ${this.model})`;
     const results = new Map<string, RawAnswer>();
     const running: { id: string; chunk: string; start: number; end: number; done: number }[] = [];
     const retry: number[] = [];
     try {
-      for (const { start, end } of chunks) {
+      // Each file's lines are written only when it is submitted: a build's JSONL can be far larger than memory.
+      for (let start = 0; start < bodies.length; ) {
+        const lines: string[] = [];
+        let bytes = 0;
+        let end = start;
+        while (end < bodies.length && end - start < perBatch) {
+          const line = JSON.stringify({ custom_id: keys[end], method: "POST", url: "/v1/chat/completions", body: bodies[end] });
+          if (end > start && bytes + line.length + 1 > MAX_BATCH_BYTES) break;
+          lines.push(line);
+          bytes += line.length + 1;
+          end++;
+        }
         const chunk = ResponseCache.keyOf(keys.slice(start, end));
         let id = this.cache?.batchOf(chunk) ?? null;
         if (id !== null) {
@@ -421,7 +426,7 @@ export class OpenAiLanguageModel implements LanguageModel {
           if (earlier.status === "failed" || earlier.status === "cancelling" || earlier.status === "cancelled") id = null;
         }
         if (id === null) {
-          const jsonl = Buffer.from(`${lines.slice(start, end).join("\n")}\n`);
+          const jsonl = Buffer.from(`${lines.join("\n")}\n`);
           const file = await this.client.files.create({ file: await toFile(jsonl, "freshrec-batch.jsonl"), purpose: "batch" }, { signal });
           const batch = await this.client.batches.create(
             { input_file_id: file.id, endpoint: "/v1/chat/completions", completion_window: "24h", metadata: { freshrec: "table build", requests: String(end - start) } },
@@ -432,6 +437,7 @@ export class OpenAiLanguageModel implements LanguageModel {
           this.stats.batches++;
         }
         running.push({ id, chunk, start, end, done: 0 });
+        start = end;
       }
       const size = (c: { start: number; end: number }) => c.end - c.start;
       let finished = 0;
