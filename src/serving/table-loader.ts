@@ -1,9 +1,9 @@
 /**
  * Loads a table version into a serving lookup without stalling requests: rows are read page by page (the store's
- * `packedInPages`) and the loader yields to the event loop between pages, so requests keep being answered from the
- * current table while the next one loads; only the final dense layout (`TableLookup.fromPacked`) runs in one
- * piece. The intermediate columns are dropped once the lookup exists, so the resident cost of a table is its lookup
- * (6 bytes per answer slot, clusters^2 x topN).
+ * `packedPages`) and the loader yields to the event loop between pages, so requests keep being answered from the
+ * current table while the next one loads. Pages are decoded straight into the lookup's dense arrays
+ * (`TableLookup.builder`), so the resident cost of a table is its lookup (6 bytes per answer slot,
+ * clusters^2 x topN) and loading never holds a second copy of the table.
  *
  * @example
  * const lookup = await loadLookup(store, "t000042");
@@ -18,9 +18,28 @@ export interface LoadLookupOptions extends TableLookupOptions {
 const yieldToEventLoop = () => new Promise<void>((resolve) => setImmediate(resolve));
 
 export async function loadLookup(store: TableStore, version: string, options: LoadLookupOptions = {}): Promise<TableLookup> {
-  const pages = store.packedInPages(version, options.rowsPerSlice ?? 2000);
+  const rowsPerSlice = options.rowsPerSlice ?? 2000;
+  const pages = store.packedPages(version, rowsPerSlice);
+  let builder: ReturnType<typeof TableLookup.builder>;
+  for (let step = pages.next(); ; step = pages.next()) {
+    if (step.done) {
+      // A table without rows yields no page.
+      builder ??= TableLookup.builder(step.value, options);
+      if (builder) return builder.finish();
+      break;
+    }
+    builder ??= TableLookup.builder(step.value.header, options);
+    // Too many clusters in the dictionary for the dense layout over all of them (the table itself may use fewer).
+    if (!builder) {
+      pages.return(undefined as never);
+      break;
+    }
+    builder.add(step.value);
+    await yieldToEventLoop();
+  }
+  const packed = store.packedInPages(version, rowsPerSlice);
   for (;;) {
-    const step = pages.next();
+    const step = packed.next();
     if (step.done) return TableLookup.fromPacked(step.value, options);
     await yieldToEventLoop();
   }

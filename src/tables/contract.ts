@@ -117,6 +117,30 @@ export interface PackedTable {
   readonly scores: Float32Array;
 }
 
+/** What `packedPages` knows of a table before its rows: `PackedTable` without the columns. */
+export interface PackedTableHeader {
+  readonly version: string;
+  readonly modelVersion: string;
+  readonly topN: number;
+  /** Dictionary of cluster ids the pages' index arrays point into (may hold clusters this table does not use). */
+  readonly clusters: readonly string[];
+  /** Rows the table has. */
+  readonly rows: number;
+}
+
+/**
+ * One page of `packedPages`: rows 0..count-1 of the columns, laid out as in `PackedTable`. The columns are reused
+ * for the next page, so a reader copies what it keeps before asking for the next one.
+ */
+export interface PackedPage {
+  readonly header: PackedTableHeader;
+  readonly count: number;
+  readonly c1: Int32Array;
+  readonly c2: Int32Array;
+  readonly answerIds: Int32Array;
+  readonly scores: Float32Array;
+}
+
 /** Who asked for a publish or rollback, and why; both optional, kept in the publish history. */
 export interface PublishOptions {
   /** @defaultValue null */
@@ -208,6 +232,13 @@ export interface TableStore {
    * lets its event loop run there) and returns the table. NOT_FOUND if the version is garbage-collected meanwhile.
    */
   packedInPages(version: string, rowsPerPage: number): Generator<number, PackedTable, void>;
+  /**
+   * The rows of a version as pages of columns, `rowsPerPage` rows at a time, without ever holding the whole table:
+   * for loaders that decode straight into their own structure (a serving lookup), so loading does not need
+   * memory for a second copy of the table. Returns the header once every row was yielded; NOT_FOUND as
+   * `packedInPages`.
+   */
+  packedPages(version: string, rowsPerPage: number): Generator<PackedPage, PackedTableHeader, void>;
   close(): void;
 }
 

@@ -2,4 +2,4 @@
 export * from "./contract.js";
 export * from "./errors.js";
 export { SqliteTableStore, tableStorePath, versionId, type SqliteTableStoreOptions } from "./sqlite-store.js";
-export { LiveTable, TableLookup, type AnswerBuffer, type TableLookupOptions } from "./lookup.js";
+export { LiveTable, TableLookup, TableLookupBuilder, type AnswerBuffer, type TableLookupOptions } from "./lookup.js";

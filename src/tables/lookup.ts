@@ -18,7 +18,7 @@
  */
 import { FreshrecError } from "../domain/errors.js";
 import type { ScoredCluster, TableRow } from "../domain/types.js";
-import type { PackedTable, TableStore } from "./contract.js";
+import type { PackedPage, PackedTable, PackedTableHeader, TableStore } from "./contract.js";
 
 export interface TableLookupOptions {
   /**
@@ -100,6 +100,32 @@ export class TableLookup {
     return new TableLookup(table.version, table.modelVersion, topN, clusters, new Map(clusters.map((c, i) => [c, i])), counts, answerIds, scores);
   }
 
+  /**
+   * Starts a lookup that is filled page by page (`TableStore.packedPages`): rows are decoded straight into the
+   * dense arrays, so loading holds no second copy of the table (a 1,000-cluster table's packed columns are 88 MB,
+   * more than its lookup, and the allocator kept much of that after they were freed). The arrays are laid out over
+   * the store's whole cluster dictionary; `finish` narrows them to the clusters the table uses when that is fewer
+   * (a dictionary that remembers clusters of older tables), which is what `fromPacked` builds directly.
+   * @returns undefined when the dictionary-wide arrays would exceed `maxSlots`: use `fromPacked` then.
+   */
+  static builder(header: PackedTableHeader, options: TableLookupOptions = {}): TableLookupBuilder | undefined {
+    const g = header.clusters.length;
+    const slots = g * g * header.topN;
+    if (slots > (options.maxSlots ?? 50_000_000) || g > 0x7fff || header.topN > 0x7fff) return undefined;
+    return new TableLookupBuilder(header, options);
+  }
+
+  /** @internal The constructor, for the builder. */
+  static assemble(
+    header: PackedTableHeader,
+    clusters: readonly string[],
+    counts: Int16Array,
+    answerIds: Int16Array,
+    scores: Float32Array,
+  ): TableLookup {
+    return new TableLookup(header.version, header.modelVersion, header.topN, clusters, new Map(clusters.map((c, i) => [c, i])), counts, answerIds, scores);
+  }
+
   /** Builds a lookup from plain rows (other adapters, tests). Scores are kept as 32-bit floats, as stores do. */
   static fromRows(meta: { readonly version: string; readonly modelVersion: string }, rows: Iterable<TableRow>, options: TableLookupOptions = {}): TableLookup {
     const list = [...rows];
@@ -171,6 +197,23 @@ export class TableLookup {
     return n;
   }
 
+  /**
+   * `read` by local indices (`clusterIndex`): copies up to `limit` answers' local cluster indices and scores into
+   * caller-owned arrays, for callers that map clusters to their own indices once per table instead of by id.
+   * @returns the number of answers copied, or -1 when there is no such row (also for an index of -1).
+   */
+  readAt(i1: number, i2: number, ids: Int32Array, scores: Float64Array, limit = this.topN): number {
+    const m = this.countAt(i1, i2);
+    if (m < 0) return -1;
+    const base = (i1 * this.clusters.length + i2) * this.topN;
+    const n = Math.min(m, limit, ids.length, scores.length);
+    for (let a = 0; a < n; a++) {
+      ids[a] = this.answerIds[base + a];
+      scores[a] = this.scores[base + a];
+    }
+    return n;
+  }
+
   /** Every row, ordered by local cluster index (for export and tests; serving uses `get`/`read`). */
   *rows(): IterableIterator<TableRow> {
     const k = this.clusters.length;
@@ -179,6 +222,84 @@ export class TableLookup {
         if (this.counts[i1 * k + i2] >= 0) yield { c1: this.clusters[i1], c2: this.clusters[i2], answers: this.get(this.clusters[i1], this.clusters[i2])! };
       }
     }
+  }
+}
+
+/** Fills a lookup page by page (`TableLookup.builder`). */
+export class TableLookupBuilder {
+  private readonly g: number;
+  private readonly counts: Int16Array;
+  private readonly answerIds: Int16Array;
+  private readonly scores: Float32Array;
+  private readonly used: Uint8Array;
+
+  constructor(
+    private readonly header: PackedTableHeader,
+    private readonly options: TableLookupOptions,
+  ) {
+    const g = header.clusters.length;
+    this.g = g;
+    this.counts = new Int16Array(g * g).fill(-1);
+    this.answerIds = new Int16Array(g * g * header.topN).fill(-1);
+    this.scores = new Float32Array(g * g * header.topN);
+    this.used = new Uint8Array(g);
+  }
+
+  /** Copies one page's rows in (a page's columns are reused by the store: nothing of it is kept). */
+  add(page: PackedPage): void {
+    const { g, counts, answerIds, scores, used } = this;
+    const topN = this.header.topN;
+    for (let r = 0; r < page.count; r++) {
+      const c1 = page.c1[r];
+      const c2 = page.c2[r];
+      if (!(c1 >= 0 && c1 < g && c2 >= 0 && c2 < g)) throw new FreshrecError("INTERNAL", `tables: ${this.header.version} has a row outside its cluster dictionary`);
+      used[c1] = used[c2] = 1;
+      const cell = c1 * g + c2;
+      let m = 0;
+      for (let a = 0; a < topN; a++) {
+        const id = page.answerIds[r * topN + a];
+        if (id < 0) break;
+        if (id >= g) throw new FreshrecError("INTERNAL", `tables: ${this.header.version} has an answer outside its cluster dictionary`);
+        used[id] = 1;
+        answerIds[cell * topN + a] = id;
+        scores[cell * topN + a] = page.scores[r * topN + a];
+        m++;
+      }
+      counts[cell] = m;
+    }
+  }
+
+  /** The lookup, over the clusters the table uses (dictionary order), as `fromPacked` would build it. */
+  finish(): TableLookup {
+    const { g, used, header } = this;
+    const topN = header.topN;
+    const clusters: string[] = [];
+    const toLocal = new Int32Array(g).fill(-1);
+    for (let c = 0; c < g; c++) if (used[c]) toLocal[c] = clusters.push(header.clusters[c]) - 1;
+    const k = clusters.length;
+    if (k === g) return TableLookup.assemble(header, clusters, this.counts, this.answerIds, this.scores);
+    // The dictionary holds clusters this table does not use: move the rows to the narrower layout.
+    const slots = k * k * topN;
+    const maxSlots = this.options.maxSlots ?? 50_000_000;
+    if (slots > maxSlots) throw new FreshrecError("BAD_INPUT", `tables: ${header.version} needs ${slots} lookup slots (${k} clusters, top-${topN}), over maxSlots ${maxSlots}`);
+    const counts = new Int16Array(k * k).fill(-1);
+    const answerIds = new Int16Array(slots).fill(-1);
+    const scores = new Float32Array(slots);
+    for (let c1 = 0; c1 < g; c1++) {
+      if (toLocal[c1] < 0) continue;
+      for (let c2 = 0; c2 < g; c2++) {
+        const m = this.counts[c1 * g + c2];
+        if (m < 0) continue;
+        const from = (c1 * g + c2) * topN;
+        const cell = toLocal[c1] * k + toLocal[c2];
+        for (let a = 0; a < m; a++) {
+          answerIds[cell * topN + a] = toLocal[this.answerIds[from + a]];
+          scores[cell * topN + a] = this.scores[from + a];
+        }
+        counts[cell] = m;
+      }
+    }
+    return TableLookup.assemble(header, clusters, counts, answerIds, scores);
   }
 }
 

@@ -272,6 +272,27 @@ export function tableStoreConformance(adapter: string, open: (clock: VirtualCloc
         .map((id) => whole.clusters[id]);
       expect(answers).toEqual(row.answers.map((a) => a.cluster));
 
+      // packedPages: the same rows as pages of reused columns, then the header.
+      const pageWise = store.packedPages(v, 10);
+      const counts: number[] = [];
+      const c1: number[] = [];
+      const answerIds: number[] = [];
+      const scores: number[] = [];
+      let page = pageWise.next();
+      for (; !page.done; page = pageWise.next()) {
+        const { count, header } = page.value;
+        counts.push(count);
+        expect(header).toMatchObject({ version: v, rows: 56, topN: whole.topN });
+        c1.push(...page.value.c1.subarray(0, count));
+        answerIds.push(...page.value.answerIds.subarray(0, count * whole.topN));
+        scores.push(...page.value.scores.subarray(0, count * whole.topN));
+      }
+      expect(counts).toEqual([10, 10, 10, 10, 10, 6]);
+      expect(page.value).toEqual({ version: v, modelVersion: whole.modelVersion, topN: whole.topN, clusters: whole.clusters, rows: 56 });
+      expect(c1).toEqual([...whole.c1]);
+      expect(answerIds).toEqual([...whole.answerIds]);
+      expect(scores).toEqual([...whole.scores]);
+
       const reading = store.packedInPages(v, 10);
       reading.next();
       built(1);

@@ -3,6 +3,7 @@ import { VirtualClock } from "../../src/domain/clock.js";
 import type { TableRow } from "../../src/domain/types.js";
 import { LiveTable, TableLookup } from "../../src/tables/lookup.js";
 import { SqliteTableStore } from "../../src/tables/sqlite-store.js";
+import { loadLookup } from "../../src/serving/table-loader.js";
 import { byPair } from "./conformance.js";
 import { STATS, clusterNames, tableRows } from "./fixtures/rows.js";
 
@@ -65,6 +66,45 @@ describe("TableLookup", () => {
   it("refuses a table too large for the dense layout", () => {
     const { versions } = storeWith(0);
     expect(() => TableLookup.load(store, versions[0], { maxSlots: 1000 })).toThrow(/maxSlots 1000/);
+  });
+});
+
+describe("loadLookup (page by page into the dense arrays)", () => {
+  const same = (a: TableLookup, b: TableLookup) => {
+    expect(a).toMatchObject({ version: b.version, modelVersion: b.modelVersion, topN: b.topN, size: b.size, clusters: b.clusters });
+    expect([...a.rows()]).toEqual([...b.rows()]);
+  };
+
+  it("builds the lookup fromPacked builds, in any page size", async () => {
+    const { versions } = storeWith(0, 3);
+    for (const rowsPerSlice of [1, 7, 380, 5000]) {
+      for (const v of versions) same(await loadLookup(store, v, { rowsPerSlice }), TableLookup.load(store, v));
+    }
+  });
+
+  it("narrows to the clusters a table uses when the store's dictionary remembers others", async () => {
+    const { versions } = storeWith(1);
+    const b = store.beginBuild(META);
+    b.append(tableRows(clusterNames(30).slice(20), 0, 4)); // ten clusters of their own: 30 in the dictionary
+    const narrow = b.finish(STATS).version;
+    for (const v of [...versions, narrow]) same(await loadLookup(store, v, { rowsPerSlice: 13 }), TableLookup.load(store, v));
+    expect([...(await loadLookup(store, narrow)).clusters].sort()).toEqual(clusterNames(30).slice(20));
+  });
+
+  it("falls back to the packed columns when the dictionary is too wide for the dense layout, and refuses what fromPacked refuses", async () => {
+    const { versions } = storeWith(1);
+    const b = store.beginBuild(META);
+    b.append(tableRows(clusterNames(30).slice(20), 0, 4));
+    const narrow = b.finish(STATS).version;
+    // 30^2 x 10 slots over the dictionary, 10^2 x 10 over the table's own clusters.
+    same(await loadLookup(store, narrow, { maxSlots: 2000 }), TableLookup.load(store, narrow));
+    await expect(loadLookup(store, versions[0], { maxSlots: 1000 })).rejects.toThrow(/maxSlots 1000/);
+  });
+
+  it("loads a table without rows", async () => {
+    store = SqliteTableStore.open(":memory:", new VirtualClock(Date.UTC(2025, 2, 1)));
+    const empty = store.beginBuild(META).finish(STATS).version;
+    expect((await loadLookup(store, empty)).size).toBe(0);
   });
 });
 
