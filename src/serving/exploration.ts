@@ -16,7 +16,7 @@
 import type { History } from "../domain/types.js";
 import type { TableLookup } from "../tables/index.js";
 import type { Catalog } from "./catalog.js";
-import type { GroundingIndex, ItemPolicy } from "./grounding/index.js";
+import type { GroundedItem, GroundingIndex, ItemPolicy } from "./grounding/index.js";
 import { UserIndex, type UserState } from "./users.js";
 
 export type ExplorationFallback = "cold-start" | "lookup-miss" | "no-table";
@@ -59,7 +59,31 @@ export interface ExploreRequest {
   readonly history?: History | null;
 }
 
+/**
+ * An answer in catalog indices, before ids and titles are attached: what `Explorer.present` turns into an
+ * `ExplorationAnswer` and what the HTTP route writes as JSON directly (./exploration-json.ts).
+ */
+export interface IndexedExplorationAnswer {
+  readonly userId: string;
+  /** Cluster indices of the history; null for a cold start. */
+  readonly history: { readonly c1: number; readonly c2: number } | null;
+  readonly coldStart: boolean;
+  readonly fallback: ExplorationFallback | null;
+  readonly table: { readonly version: string; readonly modelVersion: string } | null;
+  /** Cluster indices, in rank order, with their scores. */
+  readonly clusters: readonly number[];
+  readonly scores: readonly number[];
+  /** Per cluster (same order), its items as the item policy chose them. */
+  readonly items: readonly (readonly GroundedItem[])[];
+}
+
 export class Explorer {
+  /** Per table: its local cluster index -> catalog index, and catalog index -> local (-1: not in the table). */
+  private readonly tableIndices = new WeakMap<TableLookup, { readonly toCatalog: Int32Array; readonly toLocal: Int32Array }>();
+  /** Scratch for one table row (requests run one at a time on the event loop). */
+  private rowIds = new Int32Array(0);
+  private rowScores = new Float64Array(0);
+
   constructor(
     private readonly catalog: Catalog,
     private readonly users: UserIndex,
@@ -68,7 +92,16 @@ export class Explorer {
   ) {}
 
   async explore(request: ExploreRequest): Promise<ExplorationAnswer> {
-    const { catalog } = this;
+    return this.present(await this.exploreIndexed(request));
+  }
+
+  /** The catalog this explorer answers from (its ids, descriptions and titles name the answer's indices). */
+  get answerCatalog(): Catalog {
+    return this.catalog;
+  }
+
+  /** `explore`, in catalog indices. */
+  async exploreIndexed(request: ExploreRequest): Promise<IndexedExplorationAnswer> {
     const state = this.users.get(request.userId);
     const history = request.history !== undefined ? this.historyIndices(request.history) : (state?.history ?? null);
     const lookup = request.lookup;
@@ -77,44 +110,83 @@ export class Explorer {
     let fallback: ExplorationFallback | null = null;
     if (history === null) fallback = "cold-start";
     else if (!lookup) fallback = "no-table";
-    else {
-      const answers = lookup.get(catalog.clusterIds[history.c1], catalog.clusterIds[history.c2]);
-      if (answers === undefined) fallback = "lookup-miss";
-      else {
-        for (const a of answers) {
-          if (clusters.length >= request.n) break;
-          const c = catalog.clusterIndex.get(a.cluster);
-          // A cluster the catalog does not know has no items to show; it is left out rather than served empty.
-          if (c === undefined) continue;
-          clusters.push(c);
-          scores.push(a.score);
-        }
-      }
-    }
+    else if (!this.readRow(lookup, history, request.n, clusters, scores)) fallback = "lookup-miss";
     if (fallback !== null) this.coldStartAnswer(request.n, history, state, clusters, scores);
 
-    const grounded = await this.policy.ground({
+    const items = await this.policy.ground({
       userId: request.userId,
       clusters,
       n: request.itemsPerCluster,
       recent: state?.recent ?? EMPTY,
       isSeen: state ? (item) => UserIndex.hasSeen(state, item) : NEVER_SEEN,
     });
-    const recommendations: Recommendation[] = clusters.map((c, k) => ({
-      rank: k,
-      cluster: catalog.clusterIds[c],
-      description: catalog.descriptions[c],
-      score: scores[k],
-      items: (grounded[k] ?? []).map((g) => ({ itemId: catalog.itemIds[g.item], title: catalog.itemTitles[g.item], score: g.score, source: g.source })),
-    }));
     return {
       userId: request.userId,
-      history: history && { c1: catalog.clusterIds[history.c1], c2: catalog.clusterIds[history.c2] },
+      history,
       coldStart: history === null,
       fallback,
       table: lookup ? { version: lookup.version, modelVersion: lookup.modelVersion } : null,
+      clusters,
+      scores,
+      items,
+    };
+  }
+
+  /** Ids, descriptions and titles for an indexed answer. */
+  present(answer: IndexedExplorationAnswer): ExplorationAnswer {
+    const { catalog } = this;
+    const recommendations: Recommendation[] = answer.clusters.map((c, k) => ({
+      rank: k,
+      cluster: catalog.clusterIds[c],
+      description: catalog.descriptions[c],
+      score: answer.scores[k],
+      items: (answer.items[k] ?? []).map((g) => ({ itemId: catalog.itemIds[g.item], title: catalog.itemTitles[g.item], score: g.score, source: g.source })),
+    }));
+    const history = answer.history;
+    return {
+      userId: answer.userId,
+      history: history && { c1: catalog.clusterIds[history.c1], c2: catalog.clusterIds[history.c2] },
+      coldStart: answer.coldStart,
+      fallback: answer.fallback,
+      table: answer.table,
       recommendations,
     };
+  }
+
+  /**
+   * Appends the table row of a history (catalog indices) to `clusters`/`scores`, at most n answers.
+   * @returns false when the table has no row for the pair.
+   */
+  private readRow(lookup: TableLookup, history: { c1: number; c2: number }, n: number, clusters: number[], scores: number[]): boolean {
+    const { toCatalog, toLocal } = this.indicesOf(lookup);
+    if (this.rowIds.length < lookup.topN) {
+      this.rowIds = new Int32Array(lookup.topN);
+      this.rowScores = new Float64Array(lookup.topN);
+    }
+    const m = lookup.readAt(toLocal[history.c1], toLocal[history.c2], this.rowIds, this.rowScores, lookup.topN);
+    if (m < 0) return false;
+    for (let a = 0; a < m && clusters.length < n; a++) {
+      const c = toCatalog[this.rowIds[a]];
+      // A cluster the catalog does not know has no items to show; it is left out rather than served empty.
+      if (c < 0) continue;
+      clusters.push(c);
+      scores.push(this.rowScores[a]);
+    }
+    return true;
+  }
+
+  /** Index maps between a table's clusters and the catalog's, made once per table (a lookup never changes). */
+  private indicesOf(lookup: TableLookup): { readonly toCatalog: Int32Array; readonly toLocal: Int32Array } {
+    let known = this.tableIndices.get(lookup);
+    if (known === undefined) {
+      const toCatalog = Int32Array.from(lookup.clusters, (id) => this.catalog.clusterIndex.get(id) ?? -1);
+      const toLocal = new Int32Array(this.catalog.clusterCount).fill(-1);
+      toCatalog.forEach((c, local) => {
+        if (c >= 0) toLocal[c] = local;
+      });
+      this.tableIndices.set(lookup, (known = { toCatalog, toLocal }));
+    }
+    return known;
   }
 
   private historyIndices(history: History | null): { c1: number; c2: number } | null {

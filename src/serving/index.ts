@@ -9,6 +9,7 @@
 export * from "./catalog.js";
 export * from "./errors.js";
 export * from "./exploration.js";
+export * from "./exploration-json.js";
 export * from "./grounding/index.js";
 export * from "./intake.js";
 export * from "./metrics.js";

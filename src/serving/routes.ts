@@ -14,7 +14,8 @@ import { analyzeExperiment, renderExperimentTable } from "./experiments/analysis
 import { parseExperimentDefinition, type Experiment } from "./experiments/definition.js";
 import { intakeBodySchema, intakeResultSchema } from "./intake.js";
 import { PROMETHEUS_CONTENT_TYPE } from "./metrics.js";
-import { openApiDocument, serializerSchema, type RouteSpec } from "./openapi.js";
+import { ExplorationJsonWriter, explorationResponse } from "./exploration-json.js";
+import { openApiDocument, type RouteSpec } from "./openapi.js";
 import {
   analysisResponseSchema,
   experimentCreateBodySchema,
@@ -74,6 +75,11 @@ function parseInput<S extends z.ZodType>(schema: S, value: unknown, where: strin
   throw new HttpError("BAD_INPUT", `invalid ${where}: ${issues.map((i) => `${i.field}: ${i.message}`).join("; ")}`, issues);
 }
 
+/** A handler's body already written as JSON (the route checked it when `validateResponses` is on). */
+class SerializedJson {
+  constructor(readonly json: string) {}
+}
+
 type Infer<S> = S extends z.ZodType ? z.infer<S> : undefined;
 
 interface RouteInput<P, Q, B> {
@@ -101,13 +107,17 @@ export function registerRoutes(app: FastifyInstance, state: ServingState): Route
     app.route({
       method: spec.method,
       url: spec.url,
-      ...(spec.compiledSerializer && successSchema ? { schema: { response: { 200: serializerSchema(successSchema) } } } : {}),
       handler: async (request, reply) => {
         if (spec.admin) state.authorize(request.headers.authorization);
         const params = (spec.params ? parseInput(spec.params, request.params, "path parameters") : undefined) as Infer<P>;
         const query = (spec.querystring ? parseInput(spec.querystring, request.query ?? {}, "query") : undefined) as Infer<Q>;
         const body = (spec.body ? request.body : undefined) as Infer<B>;
         const result = await handler({ params, query, body, request, reply });
+        if (result instanceof SerializedJson) {
+          // A string with a JSON content type goes out as it is (Fastify serializes only non-strings).
+          reply.type("application/json; charset=utf-8");
+          return result.json;
+        }
         if (validate && successSchema && result !== undefined) successSchema.parse(JSON.parse(JSON.stringify(result)));
         return result;
       },
@@ -148,14 +158,14 @@ export function registerRoutes(app: FastifyInstance, state: ServingState): Route
       querystring: explorationQuerySchema(maxN),
       responses: { 200: explorationResponseSchema },
       errors: [400],
-      compiledSerializer: true,
     },
     async ({ params, query, request }) => {
       const userId = params.id;
       const assignment = state.armOf(userId);
       // Taken once: the whole answer comes from this one table version, whatever is published meanwhile.
       const lookup = tables.lookup(assignment ? assignment.arm.table : "live");
-      const answer = await state.explorer.explore({
+      const explorer = state.explorer;
+      const answer = await explorer.exploreIndexed({
         userId,
         lookup,
         n: query.n ?? options.defaultN ?? 10,
@@ -166,7 +176,8 @@ export function registerRoutes(app: FastifyInstance, state: ServingState): Route
       let experiment: { name: string; arm: string; exposureId: string } | null = null;
       if (assignment) {
         const exposureId = randomUUID();
-        const slots = answer.recommendations.map((r) => ({ rank: r.rank, cluster: r.cluster, items: r.items.map((i) => i.itemId) }));
+        const { catalog } = state;
+        const slots = answer.clusters.map((c, rank) => ({ rank, cluster: catalog.clusterIds[c], items: (answer.items[rank] ?? []).map((i) => catalog.itemIds[i.item]) }));
         state.experiments.logExposure({
           exposureId,
           experiment: assignment.experiment.name,
@@ -180,17 +191,15 @@ export function registerRoutes(app: FastifyInstance, state: ServingState): Route
         metrics.exposuresLogged += slots.length;
         experiment = { name: assignment.experiment.name, arm: assignment.arm.name, exposureId };
       }
-      return {
-        userId: answer.userId,
-        history: answer.history,
-        coldStart: answer.coldStart,
-        fallback: answer.fallback,
-        table: answer.table,
-        model: { live: tables.liveModelVersion },
-        experiment,
-        requestId: request.id,
-        recommendations: answer.recommendations,
-      };
+      const extras = { model: { live: tables.liveModelVersion }, experiment, requestId: request.id };
+      // The body is written from the indexed answer (./exploration-json.ts); the object is built only to check it.
+      const json = ExplorationJsonWriter.of(explorer.answerCatalog).write(answer, extras);
+      if (validate) {
+        const response = explorationResponse(explorer.present(answer), extras);
+        if (json !== JSON.stringify(response)) throw new Error("the exploration JSON writer wrote other JSON than JSON.stringify of the response");
+        explorationResponseSchema.parse(JSON.parse(json));
+      }
+      return new SerializedJson(json);
     },
   );
 

@@ -71,6 +71,8 @@ export class CoVisitationPolicy implements ItemPolicy {
   readonly name = "co-visitation";
   /** Scratch score per item: reused across calls (requests run one at a time on the event loop). */
   private scores = new Float64Array(0);
+  /** Scratch: per cluster, 1 + the position of its first request in `clusters`, 0 when not requested. */
+  private slotOf = new Int32Array(0);
   private readonly chosen = new ChosenMarker();
 
   constructor(private readonly index: () => GroundingIndex) {}
@@ -79,46 +81,80 @@ export class CoVisitationPolicy implements ItemPolicy {
     const index = this.index();
     const items = index.neighborStart.length - 1;
     if (this.scores.length !== items) this.scores = new Float64Array(items);
+    const clusterCount = index.popularStart.length - 1;
+    if (this.slotOf.length !== clusterCount) this.slotOf = new Int32Array(clusterCount);
     const scores = this.scores;
-    const result: GroundedItem[][] = [];
-    const touched: number[] = [];
-    for (let k = 0; k < request.clusters.length; k++) {
-      const c = request.clusters[k];
-      touched.length = 0;
-      for (let r = 0; r < request.recent.length; r++) {
-        const source = request.recent[r];
-        if (source < 0 || source >= items) continue;
-        const weight = 1 / (1 + r);
-        const end = index.neighborStart[source + 1];
-        for (let p = lowerBound(index.neighborCluster, index.neighborStart[source], end, c); p < end && index.neighborCluster[p] === c; p++) {
-          const item = index.neighborItem[p];
-          if (scores[item] === 0) touched.push(item);
-          scores[item] += weight * index.neighborWeight[p];
-        }
+    const slotOf = this.slotOf;
+    const wanted = request.clusters;
+    const touched: number[][] = [];
+    for (let k = 0; k < wanted.length; k++) {
+      const c = wanted[k];
+      if (c >= 0 && c < clusterCount && slotOf[c] === 0) slotOf[c] = k + 1;
+      touched.push([]);
+    }
+    // One pass over each recent item's neighbours for all requested clusters at once (a neighbour list holds a few
+    // dozen entries; searching it once per cluster cost more than scanning it). Recent items are visited in order,
+    // so every item's score is summed in the same order as one cluster at a time would: the same floats.
+    const { neighborStart, neighborCluster, neighborItem, neighborWeight } = index;
+    const recent = request.recent;
+    for (let r = 0; r < recent.length; r++) {
+      const source = recent[r];
+      if (source < 0 || source >= items) continue;
+      const weight = 1 / (1 + r);
+      const end = neighborStart[source + 1];
+      for (let p = neighborStart[source]; p < end; p++) {
+        const slot = slotOf[neighborCluster[p]];
+        if (slot === 0) continue;
+        const item = neighborItem[p];
+        if (scores[item] === 0) touched[slot - 1].push(item);
+        scores[item] += weight * neighborWeight[p];
       }
-      if (touched.length > 1) touched.sort((a, b) => scores[b] - scores[a] || a - b);
+    }
+    const result: GroundedItem[][] = [];
+    for (let k = 0; k < wanted.length; k++) {
+      const c = wanted[k];
+      // A cluster asked for twice is ranked from its first slot's candidates: the same list again.
+      const candidates = c >= 0 && c < clusterCount ? touched[slotOf[c] - 1] : [];
       const out: GroundedItem[] = [];
       this.chosen.next(items);
-      for (let t = 0; t < touched.length && out.length < request.n; t++) {
-        const item = touched[t];
+      for (let t = 0; t < candidates.length && out.length < request.n; t++) {
+        // The best remaining candidate moves to t: only as much of the list is ordered as n unseen items need.
+        const item = takeBest(candidates, t, scores);
         if (request.isSeen(item)) continue;
         this.chosen.add(item);
         out.push({ item, score: scores[item], source: "co-visitation" });
       }
-      for (const item of touched) scores[item] = 0;
       fillFromPopularity(index, c, request.n, request, out, this.chosen);
       result.push(out);
+    }
+    for (let k = 0; k < wanted.length; k++) {
+      const c = wanted[k];
+      if (c < 0 || c >= clusterCount || slotOf[c] !== k + 1) continue;
+      for (const item of touched[k]) scores[item] = 0;
+      slotOf[c] = 0;
     }
     return result;
   }
 }
 
-/** First position in [lo, hi) whose value is >= target (values sorted ascending). */
-function lowerBound(values: Int32Array, lo: number, hi: number, target: number): number {
-  while (lo < hi) {
-    const mid = (lo + hi) >>> 1;
-    if (values[mid] < target) lo = mid + 1;
-    else hi = mid;
+/**
+ * Swaps the best of list[from..] to `from` and returns it: highest score, ties by lower item index (one step of a
+ * selection sort, so the first k steps give the first k items of the fully sorted list).
+ */
+function takeBest(list: number[], from: number, scores: Float64Array): number {
+  let best = from;
+  let bestItem = list[from];
+  let bestScore = scores[bestItem];
+  for (let j = from + 1; j < list.length; j++) {
+    const item = list[j];
+    const score = scores[item];
+    if (score > bestScore || (score === bestScore && item < bestItem)) {
+      best = j;
+      bestItem = item;
+      bestScore = score;
+    }
   }
-  return lo;
+  list[best] = list[from];
+  list[from] = bestItem;
+  return bestItem;
 }
