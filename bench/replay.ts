@@ -25,7 +25,7 @@ import { pretrainBaseModel } from "../src/llm/pretrain.js";
 import { CachingTrainer } from "../src/llm/training-cache.js";
 import { timedTransitions } from "../src/mining/transitions.js";
 import { replay } from "../src/evaluation/replay.js";
-import { ALL_STRATEGIES, strategySetups } from "../src/evaluation/strategies.js";
+import { ALL_STRATEGIES, primeSnapshots, strategySetups, type StrategyEnvironment } from "../src/evaluation/strategies.js";
 import type { LoopSettings } from "../src/update/loop.js";
 import { SnapshotCache, withRetrievedContexts } from "../src/update/rag.js";
 import type { BenchSuiteResult, BenchRow } from "./run.js";
@@ -71,7 +71,7 @@ export async function run(): Promise<BenchSuiteResult> {
       tables: { topN: 10, keep: 20 },
       positiveMin,
     };
-    const setups = strategySetups([...ALL_STRATEGIES], {
+    const env: StrategyEnvironment = {
       events,
       window: { from, to },
       clusters: clusters.map((c) => c.id),
@@ -80,7 +80,9 @@ export async function run(): Promise<BenchSuiteResult> {
       workDir: join(dir, "replay"),
       trainer: new CachingTrainer(new EmbeddedTrainer(), join(dir, "replay", "training-cache"), "embedded"),
       snapshots: new SnapshotCache(),
-    });
+    };
+    const setups = strategySetups([...ALL_STRATEGIES], env);
+    await primeSnapshots([...ALL_STRATEGIES], env);
     const result = await replay({
       events,
       window: { from, to },

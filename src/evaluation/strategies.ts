@@ -18,6 +18,7 @@
 import { mkdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import type { EventStore } from "../data/event-store.js";
+import { DAY_MS } from "../domain/clock.js";
 import { BadInputError } from "../domain/errors.js";
 import type { ProgressSink, TimeWindow } from "../domain/types.js";
 import type { LanguageModel, Trainer, TrainingEvent } from "../llm/contracts.js";
@@ -82,6 +83,18 @@ export function strategySetups(names: readonly StrategyName[], env: StrategyEnvi
     } else out.push(setupOf(name, name, refreshDays[0] ?? 2, env));
   }
   return out;
+}
+
+/**
+ * Counts, in one query, the RAG windows every refreshing strategy of `strategySetups(names, env, refreshDays)` will
+ * retrieve (the refresh instants of each cadence), into `env.snapshots`: the refreshes then only read them. The
+ * snapshots are the ones a refresh would retrieve alone (test/update/rag.test.ts).
+ */
+export async function primeSnapshots(names: readonly StrategyName[], env: StrategyEnvironment, refreshDays: readonly number[] = [2]): Promise<void> {
+  if (!env.snapshots || !names.some((n) => REFRESHING.has(n))) return;
+  const asOfs = new Set<number>();
+  for (const d of refreshDays) for (let t = env.window.from; t < env.window.to; t += d * DAY_MS) asOfs.add(t);
+  await env.snapshots.prime(env.events, [...asOfs], { ...env.settings.rag, positiveMin: env.settings.positiveMin });
 }
 
 function setupOf(kind: StrategyName, label: string, refreshDays: number, env: StrategyEnvironment): StrategySetup {

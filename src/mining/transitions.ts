@@ -80,6 +80,24 @@ export async function countTransitionsBySteps(
   return new Map([...bySteps].map(([k, v]) => [Number(k), v]));
 }
 
+/**
+ * `countTransitions` of many windows of one length in one query: for each end T in `ends`, the window
+ * [T - windowMs, T), keyed by T, each exactly what `countTransitions` returns for it (a transition belongs to every
+ * window that holds its `next` event; its history only depends on earlier events). Windows may overlap, as the
+ * 7-day windows of refreshes every 2 days do. Windows without transitions are absent.
+ */
+export async function countTransitionsForWindows(
+  store: EventStore,
+  ends: readonly number[],
+  windowMs: number,
+  options: MiningOptions = {},
+): Promise<Map<number, TransitionCount[]>> {
+  const list = [...new Set(ends.map((e) => Math.round(e)))].sort((a, b) => a - b);
+  if (list.length === 0) return new Map();
+  const byEnd = await countTriples(store, { from: list[0] - windowMs, to: list.at(-1)! }, options, { kind: "windows", ends: list, windowMs: Math.round(windowMs) });
+  return new Map([...byEnd].map(([k, v]) => [Number(k), v]));
+}
+
 /** Transition counts per calendar month (UTC) of the `next` event, for drift analysis. */
 export async function countTransitionsByMonth(
   store: EventStore,
@@ -89,7 +107,7 @@ export async function countTransitionsByMonth(
   return countTriples(store, window, options, { kind: "month" });
 }
 
-type Bucket = { kind: "none" } | { kind: "month" } | { kind: "steps"; stepMs: number };
+type Bucket = { kind: "none" } | { kind: "month" } | { kind: "steps"; stepMs: number } | { kind: "windows"; ends: readonly number[]; windowMs: number };
 
 /**
  * The one transition query. Results come back as integer columns (cluster keys) and are mapped to cluster
@@ -101,7 +119,16 @@ async function countTriples(store: EventStore, window: TimeWindow, options: Mini
       ? "strftime(date_trunc('month', ts), '%Y-%m')"
       : bucket.kind === "steps"
         ? `CAST(floor((epoch_ms(ts) - $from::BIGINT) / ${Math.round(bucket.stepMs)}) AS BIGINT)::VARCHAR`
-        : "''";
+        : bucket.kind === "windows"
+          ? "window_end::VARCHAR"
+          : "''";
+  // Windows: each transition joins every window end T with T - windowMs <= ts < T (a range join DuckDB runs as one
+  // pass over the sorted ends), so overlapping windows cost one scan of the history, not one each.
+  const windows =
+    bucket.kind === "windows"
+      ? `JOIN (SELECT unnest([${bucket.ends.map((e) => `${Math.round(e)}`).join(",")}]::BIGINT[]) AS window_end) w
+           ON epoch_ms(trip.ts) >= w.window_end - ${bucket.windowMs} AND epoch_ms(trip.ts) < w.window_end`
+      : "";
   const reader = await store.connection.runAndReadAll(
     `WITH ${sequenceSql(options, await orderKeySql(store))},
      trip AS (
@@ -109,7 +136,7 @@ async function countTriples(store: EventStore, window: TimeWindow, options: Mini
               lag(cluster_key, 2) OVER w AS c1, lag(cluster_key, 1) OVER w AS c2, cluster_key AS cn
        FROM seq WINDOW w AS (PARTITION BY user_key ORDER BY order_key)
      )
-     SELECT ${month} AS month, c1, c2, cn, count(DISTINCT user_key)::INTEGER AS users FROM trip
+     SELECT ${month} AS month, c1, c2, cn, count(DISTINCT user_key)::INTEGER AS users FROM trip ${windows}
      WHERE c1 IS NOT NULL AND cn <> c1 AND ts >= epoch_ms($from::BIGINT)
      GROUP BY ALL`,
     params(window, options),

@@ -22,7 +22,7 @@ import type { TimeWindow, Transition, TransitionCount } from "../domain/types.js
 import { seededRandom } from "../domain/random.js";
 import type { PromptContext } from "../llm/prompt.js";
 import { pairKey } from "../domain/types.js";
-import { countTransitions, countTransitionsBySteps } from "../mining/transitions.js";
+import { countTransitions, countTransitionsBySteps, countTransitionsForWindows } from "../mining/transitions.js";
 
 export type RagMode = "frequency" | "trend" | "global";
 
@@ -64,12 +64,19 @@ export interface RagSnapshot {
 }
 
 /** Retrieves contexts from events in [asOf - windowDays, asOf); nothing at or after asOf is read. */
-export async function retrieveContexts(store: EventStore, asOf: number, options: RagOptions = {}): Promise<RagSnapshot> {
+export async function retrieveContexts(
+  store: EventStore,
+  asOf: number,
+  options: RagOptions = {},
+  /** Windows counted earlier (SnapshotCache.prime); a window it does not know is counted here. */
+  counted?: (window: TimeWindow) => readonly TransitionCount[] | undefined,
+): Promise<RagSnapshot> {
   const o = resolveRagOptions(options);
   const window = { from: asOf - o.windowDays * DAY_MS, to: asOf };
   const mining = { positiveMin: options.positiveMin ?? null };
-  const recent = await countTransitions(store, window, mining);
-  const previous = o.mode === "trend" ? await countTransitions(store, { from: window.from - o.windowDays * DAY_MS, to: window.from }, mining) : [];
+  const count = async (w: TimeWindow) => counted?.(w) ?? (await countTransitions(store, w, mining));
+  const recent = await count(window);
+  const previous = o.mode === "trend" ? await count({ from: window.from - o.windowDays * DAY_MS, to: window.from }) : [];
   return { asOf, window, ...contextsFromCounts(recent, previous, o) };
 }
 
@@ -80,12 +87,30 @@ export async function retrieveContexts(store: EventStore, asOf: number, options:
  */
 export class SnapshotCache {
   private readonly snapshots = new Map<string, Promise<RagSnapshot>>();
+  /** Windows counted ahead by `prime`, by end, length and positive threshold. */
+  private readonly counts = new Map<string, readonly TransitionCount[]>();
+
+  /**
+   * Counts the windows of the retrievals due at `asOfs` (and their trend baselines) in one query, ahead of the
+   * refreshes: a replay year of refreshes every 2 days is 183 windows, ~0.5 s each counted one by one over the whole
+   * history, and those queries take both cores from the training running beside them.
+   */
+  async prime(store: EventStore, asOfs: readonly number[], options: RagOptions = {}): Promise<void> {
+    const o = resolveRagOptions(options);
+    const windowMs = o.windowDays * DAY_MS;
+    const positiveMin = options.positiveMin ?? null;
+    const ends = o.mode === "trend" ? [...asOfs, ...asOfs.map((t) => t - windowMs)] : [...asOfs];
+    const missing = ends.filter((end) => !this.counts.has(countsKey(end, windowMs, positiveMin)));
+    const counted = await countTransitionsForWindows(store, missing, windowMs, { positiveMin });
+    for (const end of missing) this.counts.set(countsKey(end, windowMs, positiveMin), counted.get(Math.round(end)) ?? []);
+  }
 
   retrieve(store: EventStore, asOf: number, options: RagOptions = {}): Promise<RagSnapshot> {
     const key = JSON.stringify([asOf, resolveRagOptions(options), options.positiveMin ?? null]);
     let snapshot = this.snapshots.get(key);
     if (!snapshot) {
-      snapshot = retrieveContexts(store, asOf, options);
+      const positiveMin = options.positiveMin ?? null;
+      snapshot = retrieveContexts(store, asOf, options, (w) => this.counts.get(countsKey(w.to, w.to - w.from, positiveMin)));
       // A failed retrieval is not remembered: the next refresh tries again.
       snapshot.catch(() => this.snapshots.delete(key));
       this.snapshots.set(key, snapshot);
@@ -96,6 +121,10 @@ export class SnapshotCache {
   get size(): number {
     return this.snapshots.size;
   }
+}
+
+function countsKey(end: number, windowMs: number, positiveMin: number | null): string {
+  return `${Math.round(end)}|${Math.round(windowMs)}|${positiveMin}`;
 }
 
 /** One step of `contextsAlong`: events in [from, to) would have been served with `snapshot`'s contexts. */

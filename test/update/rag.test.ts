@@ -1,6 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { EventStore, eventBatchFromEvents } from "../../src/data/event-store.js";
-import { contextFor, contextKey, contextsAlong, contextsFromCounts, retrieveContexts, stepAt } from "../../src/update/rag.js";
+import { countTransitions, countTransitionsForWindows } from "../../src/mining/transitions.js";
+import { contextFor, contextKey, contextsAlong, contextsFromCounts, retrieveContexts, SnapshotCache, stepAt } from "../../src/update/rag.js";
 import type { EngagementEvent, TransitionCount } from "../../src/domain/types.js";
 
 const t = (c1: string, c2: string, next: string, users: number): TransitionCount => ({ c1, c2, next, users });
@@ -121,5 +122,31 @@ describe("RAG retrieval from the event store", () => {
         expect(step.snapshot).toEqual(one);
       }
     }
+  });
+
+  it("primes overlapping refresh windows in one query: every snapshot equals a retrieval of its own", async () => {
+    const events: EngagementEvent[] = [];
+    const nexts = ["c", "d", "e"];
+    for (let u = 0; u < 40; u++) {
+      // Each user walks a,b -> next twice, a few days apart: the same triple in several overlapping windows.
+      events.push(...path(`u${u}`, nexts[u % 3], (u * 3) % 30, u * 1000));
+      events.push(...path(`u${u}`, nexts[u % 3], ((u * 3) % 30) + 2, u * 1000));
+    }
+    const s = await store(events);
+    const asOfs = Array.from({ length: 16 }, (_, k) => T0 + (4 + 2 * k) * DAY);
+    const byWindow = await countTransitionsForWindows(s, asOfs, 7 * DAY);
+    for (const end of asOfs) expect(byWindow.get(end) ?? []).toEqual(await countTransitions(s, { from: end - 7 * DAY, to: end }));
+    expect([...byWindow.values()].some((counts) => counts.some((c) => c.users > 1))).toBe(true);
+    for (const options of [{ windowDays: 7 }, { windowDays: 7, mode: "trend" as const, minSupport: 1 }, { windowDays: 7, mode: "global" as const }]) {
+      const cache = new SnapshotCache();
+      await cache.prime(s, asOfs, options);
+      for (const asOf of asOfs) expect(await cache.retrieve(s, asOf, options)).toEqual(await retrieveContexts(s, asOf, options));
+    }
+    // The refreshes read the primed counts, not the store: emptied after priming, it is never asked again.
+    const emptied = await store(events);
+    const primed = new SnapshotCache();
+    await primed.prime(emptied, asOfs, { windowDays: 7 });
+    await emptied.query("DELETE FROM events");
+    for (const asOf of asOfs) expect(await primed.retrieve(emptied, asOf, { windowDays: 7 })).toEqual(await retrieveContexts(s, asOf, { windowDays: 7 }));
   });
 });

@@ -7,7 +7,7 @@ import { join } from "node:path";
 import { BadInputError } from "../../domain/errors.js";
 import { replay } from "../../evaluation/replay.js";
 import { writeReplayReport } from "../../evaluation/replay-report.js";
-import { ALL_STRATEGIES, LLM_STRATEGIES, parseStrategies, strategySetups } from "../../evaluation/strategies.js";
+import { ALL_STRATEGIES, LLM_STRATEGIES, parseStrategies, primeSnapshots, strategySetups, type StrategyEnvironment } from "../../evaluation/strategies.js";
 import { ModelRegistry } from "../../llm/registry.js";
 import { CachingTrainer } from "../../llm/training-cache.js";
 import { SnapshotCache } from "../../update/rag.js";
@@ -98,7 +98,7 @@ export function registerEvaluate(program: Command): void {
               ? await startModelFor(ctx, events, from, join(workDir, `start-${iso(from).slice(0, 10)}-${startKey}`))
               : { path: configuredModelFile(ctx, workDir, "start"), window: null, version: `configured ${backend.kind} model` };
           const clusters = catalog.map((c) => c.id);
-          const setups = strategySetups(names, {
+          const env: StrategyEnvironment = {
             events,
             window: { from, to },
             clusters,
@@ -112,7 +112,10 @@ export function registerEvaluate(program: Command): void {
             // The store does not change during a replay: strategies retrieving at the same instant share it.
             snapshots: new SnapshotCache(),
             onTraining: (strategy, e) => trainingProgress(ctx.progress, ctx.log, `${strategy} fine-tuning`)(e),
-          }, refreshDays);
+          };
+          const setups = strategySetups(names, env, refreshDays);
+          // Every refresh instant's RAG window counted in one query before the strategies start.
+          await primeSnapshots(names, env, refreshDays);
           ctx.log(`replaying ${setups.map((s) => s.name).join(", ")} over ${iso(from)} .. ${iso(to)}`);
           const result = await replay({
             events,
