@@ -134,12 +134,7 @@ export async function replay(options: ReplayOptions): Promise<ReplayResult> {
   let next = 0;
   let failed = false;
   // A small pool: each worker takes the next strategy; after a failure no new one starts, the running ones finish.
-  const parallel = Math.max(1, Math.min(options.parallel ?? 1, ordered.length));
-  // Side by side, a DuckDB query (a fine-tune's curation, a retrieval) would take every core, including the one a
-  // training process runs on: the strategies' queries get one thread while more than one strategy runs.
-  const [setting] = parallel > 1 ? await options.events.query<{ threads: number }>("SELECT current_setting('threads')::INTEGER AS threads") : [];
-  if (setting) await options.events.query("SET threads = 1");
-  const workers = Array.from({ length: parallel }, async () => {
+  const workers = Array.from({ length: Math.max(1, Math.min(options.parallel ?? 1, ordered.length)) }, async () => {
     while (next < ordered.length && !failed) {
       const setup = ordered[next++];
       try {
@@ -150,9 +145,7 @@ export async function replay(options: ReplayOptions): Promise<ReplayResult> {
       }
     }
   });
-  const settled = await Promise.allSettled(workers).finally(async () => {
-    if (setting) await options.events.query(`SET threads = ${Number(setting.threads)}`);
-  });
+  const settled = await Promise.allSettled(workers);
   const rejected = settled.find((r): r is PromiseRejectedResult => r.status === "rejected");
   if (rejected) throw rejected.reason;
 
