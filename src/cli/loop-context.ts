@@ -13,8 +13,8 @@ import { EmbeddedLanguageModel } from "../llm/backends/embedded.js";
 import { languageModelBackend, writeHostedModelFile } from "../llm/backends/index.js";
 import type { Trainer } from "../llm/contracts.js";
 import { FreshrecError } from "../domain/errors.js";
-import { mkdirSync } from "node:fs";
-import { join } from "node:path";
+import { copyFileSync, existsSync, mkdirSync } from "node:fs";
+import { dirname, extname, join } from "node:path";
 import { measureGates } from "../update/finetune.js";
 import type { GateResult } from "../update/gates.js";
 import { DAY_MS } from "../domain/clock.js";
@@ -124,8 +124,27 @@ export function cannotTrain(kind: string): Trainer {
     train: async () => {
       throw new FreshrecError(
         "BAD_CONFIG",
-        `llm.backend "${kind}" cannot fine-tune here: deliver a fine-tuned model as a LoRA adapter or GGUF and register it (freshrec pretrain registers the configured model)`,
+        `llm.backend "${kind}" cannot fine-tune here: fine-tune elsewhere and gate the result with freshrec finetune --model FILE (a LoRA adapter or a GGUF)`,
       );
+    },
+  };
+}
+
+/**
+ * The "trainer" of `finetune --model`: a model fine-tuned elsewhere (a LoRA adapter for llm.gguf.modelPath, a GGUF, a
+ * freshrec model file, or for the openai backend a model name on the server) becomes the candidate, so it goes
+ * through the same curation (for the test slice), gates and registration as a model trained here.
+ */
+export function deliveredModel(model: string, llm: FreshrecConfig["llm"]): Trainer {
+  const isFile = existsSync(model);
+  if (!isFile && llm.backend !== "openai") throw new BadInputError(`--model: ${model} does not exist (a model file: a GGUF, a LoRA adapter, a freshrec model)`);
+  return {
+    modelFileExtension: isFile ? (extname(model) || ".gguf") : ".json",
+    train: async (_samples, options) => {
+      mkdirSync(dirname(options.outputPath), { recursive: true });
+      if (isFile) copyFileSync(model, options.outputPath);
+      else writeHostedModelFile(options.outputPath, { baseURL: llm.openai.baseURL, model });
+      return { modelPath: options.outputPath, epochs: [], bestEpoch: 0, stoppedEarly: false, trainTokens: 0, tokensPerSecond: 0, seconds: 0, trainSamples: 0, validationSamples: 0 };
     },
   };
 }
@@ -174,7 +193,7 @@ export interface OpenLoop {
 }
 
 /** Opens the event store, table store and model registry of the workspace and the loop over them. */
-export async function openLoop(ctx: CommandContext): Promise<OpenLoop> {
+export async function openLoop(ctx: CommandContext, overrides: { trainer?: Trainer } = {}): Promise<OpenLoop> {
   const events = await ctx.openEvents();
   const tables = ctx.openTables();
   const registry = new ModelRegistry(ctx.paths.root, ctx.clock);
@@ -189,7 +208,7 @@ export async function openLoop(ctx: CommandContext): Promise<OpenLoop> {
     registry,
     clusters,
     openModel: (path) => backend.openModel(path),
-    trainer: backend.trainer() ?? cannotTrain(backend.kind),
+    trainer: overrides.trainer ?? backend.trainer() ?? cannotTrain(backend.kind),
     settings: loopSettings(ctx.config, positiveMin),
     progress: ctx.progress,
     onTraining: trainingProgress(ctx.progress, ctx.log, "fine-tuning"),

@@ -13,7 +13,7 @@ import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { startLlmServer, type RunningLlmServer } from "../../src/llm/openai-server.js";
 import { CLUSTERS } from "../llm/fixtures.js";
-import { silentLog, trainTinyModel } from "../llm/tiny-model.js";
+import { silentLog, trainTinyModel, writeLora } from "../llm/tiny-model.js";
 
 const ROOT = join(import.meta.dirname, "../..");
 const BIN = join(ROOT, "bin/freshrec.js");
@@ -176,6 +176,17 @@ describe("the loop with the non-embedded backends, from the CLI", () => {
     // A gguf model cannot be fine-tuned here: the error says what to do instead.
     const tune = await cli("finetune", "--as-of", "2025-06-21");
     expect(tune.status).toBe(2);
-    expect(tune.json.error.message).toMatch(/cannot fine-tune here.*LoRA adapter/);
+    expect(tune.json.error.message).toMatch(/cannot fine-tune here.*--model FILE.*LoRA adapter/);
+    // A fine-tune delivered as a LoRA adapter goes through the same gates and becomes a new version.
+    const adapter = join(ws, "adapter-2025-06.gguf");
+    writeLora(adapter, 0.5);
+    const delivered = await cli("finetune", "--as-of", "2025-06-21", "--model", adapter);
+    expect([0, 1], delivered.stderr).toContain(delivered.status);
+    expect(delivered.json).toMatchObject({ modelVersion: "m000002", parent: "m000001", trainTokens: 0 });
+    expect(delivered.json.gates.testExamples).toBeGreaterThan(0);
+    const versions = (await cli("models", "list")).json.models as { version: string; filePath: string }[];
+    const copied = versions.find((m) => m.version === "m000002")!.filePath;
+    expect(readFileSync(copied).equals(readFileSync(adapter))).toBe(true);
+    expect((await cli("finetune", "--model", join(ws, "missing.gguf"))).status).toBe(2);
   }, 600_000);
 });

@@ -1,36 +1,14 @@
 import { join } from "node:path";
 import { describe, expect, it, afterAll } from "vitest";
 import { GgufLanguageModel, descriptionGrammar } from "../../src/llm/backends/gguf.js";
-import { writeGguf } from "../../src/llm/engine/gguf.js";
 import { languageModelConformance } from "./conformance.js";
-import { CLUSTERS, TINY_SHAPE, tempWorkspace } from "./fixtures.js";
-import { trainTinyModel } from "./tiny-model.js";
+import { CLUSTERS, tempWorkspace } from "./fixtures.js";
+import { trainTinyModel, writeLora } from "./tiny-model.js";
 
 const ws = tempWorkspace("freshrec-gguf-");
 let modelPromise: Promise<string> | null = null;
 /** A GGUF written and trained by freshrec's own engine: to node-llama-cpp it is just another llama GGUF file. */
 const tinyGguf = () => (modelPromise ??= trainTinyModel(ws));
-
-/** A LoRA adapter on every layer's attn_q (the adapter GGUF layout of ENGINE-NOTES.md). */
-function writeLora(path: string, value: number): void {
-  const d = TINY_SHAPE.embedding;
-  const r = 4;
-  const tensors = [];
-  for (let i = 0; i < TINY_SHAPE.layers; i++) {
-    tensors.push({ name: `blk.${i}.attn_q.weight.lora_a`, dims: [d, r], data: new Float32Array(d * r).fill(value) });
-    tensors.push({ name: `blk.${i}.attn_q.weight.lora_b`, dims: [r, d], data: new Float32Array(r * d).map((_, k) => (k % 3 === 0 ? value : -value)) });
-  }
-  writeGguf(path, {
-    kvs: [
-      { key: "general.architecture", type: "string", value: "llama" },
-      { key: "general.type", type: "string", value: "adapter" },
-      { key: "adapter.type", type: "string", value: "lora" },
-      { key: "adapter.lora.alpha", type: "f32", value: r },
-      { key: "general.alignment", type: "u32", value: 32 },
-    ],
-    tensors,
-  });
-}
 
 languageModelConformance("gguf (node-llama-cpp, freshrec-written GGUF)", async () => ({
   model: await GgufLanguageModel.open({ modelPath: await tinyGguf(), clusters: CLUSTERS, contextSize: 256 }),

@@ -6,7 +6,7 @@ import type { Command } from "commander";
 import { BadInputError } from "../../domain/errors.js";
 import { ModelRegistry, type ModelVersion } from "../../llm/registry.js";
 import { finetuneOutcome } from "../../update/loop.js";
-import { openLoop, registerConfiguredBase, resolveAsOf, trainBaseModel } from "../loop-context.js";
+import { deliveredModel, openLoop, registerConfiguredBase, resolveAsOf, trainBaseModel } from "../loop-context.js";
 import { action, positiveInt } from "../run.js";
 import { iso, pct } from "../format.js";
 
@@ -64,11 +64,12 @@ export function registerModels(program: Command): void {
     .command("finetune")
     .description("continue training the live model on curated recent transitions, then gate it: pass goes live, fail halts (exit 1)")
     .option("--as-of <time>", "fine-tune on data before this time (default: now, or just after the newest event)")
-    .addHelpText("after", "\nExamples:\n  freshrec finetune\n  freshrec finetune --as-of 2025-07-01 --json")
+    .option("--model <file>", "gate a model fine-tuned elsewhere instead of training (a LoRA adapter or GGUF; for llm.backend openai also a model name on the server); it becomes a new version like a fine-tune made here")
+    .addHelpText("after", "\nExamples:\n  freshrec finetune\n  freshrec finetune --as-of 2025-07-01 --json\n  freshrec finetune --model adapters/2025-07.gguf")
     .action(
       action(async (ctx, command) => {
-        const opts = command.opts<{ asOf?: string }>();
-        const open = await openLoop(ctx);
+        const opts = command.opts<{ asOf?: string; model?: string }>();
+        const open = await openLoop(ctx, opts.model === undefined ? {} : { trainer: deliveredModel(opts.model, ctx.config.llm) });
         try {
           const asOf = await resolveAsOf(ctx, open.events, opts.asOf);
           if (!open.registry.live()) throw new BadInputError("no live model to fine-tune: run freshrec pretrain first");
@@ -76,7 +77,9 @@ export function registerModels(program: Command): void {
           const g = result.gates;
           const text = [
             `${result.modelVersion} (parent ${result.parent ?? "-"}): ${result.status === "live" ? "gates passed, now live" : "HALTED, the previous model stays live"}`,
-            `  trained on ${result.set.trainSamples} curated samples of ${iso(result.set.trainWindow.from).slice(0, 10)}..${iso(result.set.trainWindow.to).slice(0, 10)} (${result.set.available} available), ${result.trainTokens} tokens, ${result.seconds.toFixed(1)} s`,
+            opts.model === undefined
+              ? `  trained on ${result.set.trainSamples} curated samples of ${iso(result.set.trainWindow.from).slice(0, 10)}..${iso(result.set.trainWindow.to).slice(0, 10)} (${result.set.available} available), ${result.trainTokens} tokens, ${result.seconds.toFixed(1)} s`
+              : `  delivered model ${opts.model} (not trained here), gated on the test slice of ${iso(result.set.testWindow.from).slice(0, 10)}..${iso(result.set.testWindow.to).slice(0, 10)}, ${result.seconds.toFixed(1)} s`,
             `  exact-match rate ${pct(g.exactMatchRate)} (gate ${pct(ctx.config.finetune.minExactMatchRate)}), test recall ${pct(g.testRecall)} on ${g.testExamples} test histories (gate ${pct(ctx.config.finetune.minTestRecall)})`,
             ...g.reasons.map((r) => `  gate failed: ${r}`),
             ...(result.status === "halted" ? [`  decide with: freshrec review approve|reject ${result.modelVersion} --reason TEXT`] : []),
