@@ -162,7 +162,7 @@ export const configSchema = z
             batch: z
               .object({
                 enabled: z.boolean().default(false).describe("Send table builds through the OpenAI Batch API (/v1/batches): half the price on OpenAI, answers within 24 h instead of at once."),
-                minPrompts: positiveInt().default(1000).describe("Builds with fewer prompts to pay for than this go as ordinary requests (small incremental refreshes, gates)."),
+                minPrompts: positiveInt().default(1000).describe("Calls with fewer distinct uncached prompts than this go as ordinary requests (small incremental refreshes, gates with few test histories)."),
                 pollIntervalMs: positiveInt().default(30_000).describe("How often a running batch is polled."),
                 maxRequestsPerBatch: z.number().int().min(1).max(50_000).default(50_000).describe("Requests per batch file (OpenAI's limit is 50,000 and 200 MB); larger builds are split into several batches."),
                 priceFactor: z.number().min(0).max(1).default(0.5).describe("Batch price relative to llm.openai.*PricePerMTok, for the dry-run cost estimate (OpenAI: 0.5)."),

@@ -10,10 +10,10 @@ import { REFERENCE_SHAPE } from "../llm/engine/model-file.js";
 import { futureExamples, timedTransitions } from "../mining/transitions.js";
 import { contextFor, retrieveContexts, withRetrievedContexts } from "../update/rag.js";
 import { EmbeddedLanguageModel } from "../llm/backends/embedded.js";
-import { languageModelBackend, writeHostedModelFile } from "../llm/backends/index.js";
+import { hostedModelName, languageModelBackend, writeHostedModelFile } from "../llm/backends/index.js";
 import type { Trainer } from "../llm/contracts.js";
 import { FreshrecError } from "../domain/errors.js";
-import { copyFileSync, existsSync, mkdirSync } from "node:fs";
+import { closeSync, copyFileSync, existsSync, mkdirSync, openSync, readSync } from "node:fs";
 import { dirname, extname, join } from "node:path";
 import { measureGates } from "../update/finetune.js";
 import type { GateResult } from "../update/gates.js";
@@ -138,6 +138,24 @@ export function cannotTrain(kind: string): Trainer {
 export function deliveredModel(model: string, llm: FreshrecConfig["llm"]): Trainer {
   const isFile = existsSync(model);
   if (!isFile && llm.backend !== "openai") throw new BadInputError(`--model: ${model} does not exist (a model file: a GGUF, a LoRA adapter, a freshrec model)`);
+  // The file must be what the configured backend opens, or the gates would silently measure another model.
+  if (isFile && llm.backend === "openai") {
+    try {
+      hostedModelName(model);
+    } catch {
+      throw new BadInputError(`--model: ${model} is not a hosted-model file (llm.backend openai takes a model name on the server, or the .json file a hosted fine-tune writes)`);
+    }
+  }
+  if (isFile && llm.backend !== "openai") {
+    const magic = Buffer.alloc(4);
+    const fd = openSync(model, "r");
+    try {
+      readSync(fd, magic, 0, 4, 0);
+    } finally {
+      closeSync(fd);
+    }
+    if (magic.toString("latin1") !== "GGUF") throw new BadInputError(`--model: ${model} is not a GGUF file (llm.backend ${llm.backend} takes a GGUF model${llm.backend === "gguf" ? " or LoRA adapter" : " written by freshrec"})`);
+  }
   return {
     modelFileExtension: isFile ? (extname(model) || ".gguf") : ".json",
     train: async (_samples, options) => {

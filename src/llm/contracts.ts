@@ -56,7 +56,7 @@ export interface CostEstimate {
   readonly completionTokens: number;
   /** null when no price is configured (local backends have none). */
   readonly usd: number | null;
-  /** How the prompts would be sent, e.g. "batch API (2 batches, 50% price)" or "chat completions, concurrency 4". */
+  /** How the prompts would be sent, e.g. "batch API (1 batch(es) or more, price x 0.5)" or "chat completions, 4 at a time". */
   readonly via: string;
 }
 

@@ -67,8 +67,10 @@ export interface LlmServerOptions {
   readonly logLevel?: string;
   /** Where logs go. @defaultValue process.stderr */
   readonly logStream?: { write(line: string): void };
-  /** @defaultValue 8 MiB (training files) */
+  /** Body limit of every route but the file upload. @defaultValue 8 MiB */
   readonly bodyLimitBytes?: number;
+  /** Body limit of POST /v1/files (training and batch files). @defaultValue 200 MiB, OpenAI's batch file limit */
+  readonly fileLimitBytes?: number;
   /** @defaultValue the system clock */
   readonly clock?: Clock;
 }
@@ -400,7 +402,8 @@ export async function startLlmServer(options: LlmServerOptions): Promise<Running
   app.post("/v1/chat/completions", async (request) => chatCompletion(request.body));
 
   const fileObject = (f: FileRecord) => ({ id: f.id, object: "file", bytes: f.bytes, created_at: f.created_at, filename: f.filename, purpose: f.purpose, status: "processed" });
-  app.post("/v1/files", async (request) => {
+  // Batch input files run to hundreds of MB (OpenAI takes up to 200 MB): this route has its own body limit.
+  app.post("/v1/files", { bodyLimit: options.fileLimitBytes ?? 200 * 1024 * 1024 }, async (request) => {
     const contentType = request.headers["content-type"] ?? "";
     if (!contentType.startsWith("multipart/form-data")) throw new ApiError(415, "POST /v1/files takes multipart/form-data with fields purpose and file");
     // undici (Node's fetch) parses multipart bodies; no extra dependency for one route.

@@ -21,21 +21,23 @@ export async function loadLookup(store: TableStore, version: string, options: Lo
   const rowsPerSlice = options.rowsPerSlice ?? 2000;
   const pages = store.packedPages(version, rowsPerSlice);
   let builder: ReturnType<typeof TableLookup.builder>;
-  for (let step = pages.next(); ; step = pages.next()) {
-    if (step.done) {
-      // A table without rows yields no page.
-      builder ??= TableLookup.builder(step.value, options);
-      if (builder) return builder.finish();
-      break;
+  try {
+    for (let step = pages.next(); ; step = pages.next()) {
+      if (step.done) {
+        // A table without rows yields no page.
+        builder ??= TableLookup.builder(step.value, options);
+        if (builder) return builder.finish();
+        break;
+      }
+      builder ??= TableLookup.builder(step.value.header, options);
+      // Too many clusters in the dictionary for the dense layout over all of them (the table itself may use fewer).
+      if (!builder) break;
+      builder.add(step.value);
+      await yieldToEventLoop();
     }
-    builder ??= TableLookup.builder(step.value.header, options);
-    // Too many clusters in the dictionary for the dense layout over all of them (the table itself may use fewer).
-    if (!builder) {
-      pages.return(undefined as never);
-      break;
-    }
-    builder.add(step.value);
-    await yieldToEventLoop();
+  } finally {
+    // Ends the scan however the loop ends (a full dictionary, an error), so the store's scan settings are restored.
+    pages.return(undefined as never);
   }
   const packed = store.packedInPages(version, rowsPerSlice);
   for (;;) {

@@ -207,6 +207,9 @@ function prepareStatements(db: Database.Database) {
 type Statements = ReturnType<typeof prepareStatements>;
 
 export class SqliteTableStore implements TableStore {
+  /** Page scans in progress (packedPages) and the connection's cache size to restore when the last one ends. */
+  private openScans = 0;
+  private cacheSizeOutsideScans = 0;
   private readonly batchSize: number;
   private readonly pageSize: number;
   private readonly file: string;
@@ -748,13 +751,16 @@ export class SqliteTableStore implements TableStore {
     const perPage = Math.max(1, Math.min(rowsPerPage, n));
     // A scan reads each database page once, so caching them gains nothing, and what the page cache grows to stays
     // in the process after (the allocator keeps it): 14 MB of a 1,000-cluster table's load with the default cache.
-    // The scan runs with a small cache; the connection's own size comes back when it ends.
-    const cacheSize = this.db.pragma("cache_size", { simple: true }) as number;
-    this.db.pragma(`cache_size = ${SCAN_CACHE_SIZE}`);
+    // The scan runs with a small cache; the connection's own size comes back when the last open scan ends (scans
+    // are generators: two loads may interleave, and each may end in any order).
+    if (this.openScans++ === 0) {
+      this.cacheSizeOutsideScans = this.db.pragma("cache_size", { simple: true }) as number;
+      this.db.pragma(`cache_size = ${SCAN_CACHE_SIZE}`);
+    }
     try {
       return yield* this.scanPages(r.seq, header, perPage, rowsPerPage);
     } finally {
-      this.db.pragma(`cache_size = ${cacheSize}`);
+      if (--this.openScans === 0) this.db.pragma(`cache_size = ${this.cacheSizeOutsideScans}`);
     }
   }
 

@@ -187,6 +187,11 @@ describe("the loop with the non-embedded backends, from the CLI", () => {
     const versions = (await cli("models", "list")).json.models as { version: string; filePath: string }[];
     const copied = versions.find((m) => m.version === "m000002")!.filePath;
     expect(readFileSync(copied).equals(readFileSync(adapter))).toBe(true);
-    expect((await cli("finetune", "--model", join(ws, "missing.gguf"))).status).toBe(2);
+    const missing = await cli("finetune", "--model", join(ws, "missing.gguf"));
+    expect(missing.status).toBe(2);
+    expect(missing.json.error.message).toMatch(/missing\.gguf does not exist/);
+    const notGguf = await cli("finetune", "--model", join(ws, "events.csv"));
+    expect(notGguf.status).toBe(2);
+    expect(notGguf.json.error.message).toMatch(/events\.csv is not a GGUF file/);
   }, 600_000);
 });

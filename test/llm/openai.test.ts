@@ -233,6 +233,13 @@ describe("the Batch API (freshrec llm serve's /v1/batches and the backend's batc
     expect(batched.stats).toMatchObject({ batches: 3, batchedRequests: prompts.length, cacheHits: 0 });
     expect((await list(server)).length - before).toBe(3);
     expect(progress.at(-1)).toBe(prompts.length);
+    // Progress only rises, and never past the prompts there are.
+    progress.forEach((p, i) => expect(p).toBeGreaterThanOrEqual(progress[i - 1] ?? 0));
+    expect(Math.max(...progress)).toBe(prompts.length);
+    // Repeated prompts (held-out users sharing a history) are one batch line each, answered for every copy.
+    const twice = await openModel({ cachePath: join(ws, "batch-cache-2", "llm-cache.sqlite"), batch: { minPrompts: 10, pollIntervalMs: 20 } });
+    expect(await twice.score([...prompts, ...prompts], 5)).toEqual([...expected, ...expected]);
+    expect(twice.stats).toMatchObject({ batches: 1, batchedRequests: prompts.length });
     // The answers went into the response cache: the same build again sends nothing.
     expect(await batched.score(prompts, 5)).toEqual(expected);
     expect(batched.stats).toMatchObject({ batches: 3, cacheHits: prompts.length });
@@ -252,10 +259,8 @@ describe("the Batch API (freshrec llm serve's /v1/batches and the backend's batc
     await batched.close();
   });
 
-  it("picks up its running batch after the process that submitted it died, instead of paying again", async () => {
-    const server = await llmServer();
-    const cachePath = join(ws, "resume-cache", "llm-cache.sqlite");
-    const before = (await list(server)).length;
+  /** Runs the child that submits a build's batch and kills it once the batch is running. */
+  async function submitAndDie(server: RunningLlmServer, cachePath: string): Promise<void> {
     const { spawn } = await import("node:child_process");
     const child = spawn(process.execPath, ["--import", "tsx", join(import.meta.dirname, "fixtures", "batch-child.ts"), `${server.url}/v1`, cachePath], { stdio: ["ignore", "pipe", "inherit"] });
     await new Promise<void>((resolve, reject) => {
@@ -263,6 +268,35 @@ describe("the Batch API (freshrec llm serve's /v1/batches and the backend's batc
       child.on("exit", (code) => reject(new Error(`child exited with ${code} before submitting`)));
     });
     child.kill("SIGKILL");
+  }
+
+  it("submits again when the server no longer knows the recorded batch", async () => {
+    const server = await llmServer();
+    const cachePath = join(ws, "forgotten-cache", "llm-cache.sqlite");
+    await submitAndDie(server, cachePath);
+    const { default: Database } = await import("better-sqlite3");
+    const db = new Database(cachePath);
+    db.prepare("UPDATE batches SET batch_id = 'batch_forgotten_by_the_server'").run();
+    db.close();
+    const resumed = await openModel({ cachePath, batch: { minPrompts: 1, pollIntervalMs: 20 } });
+    expect(await resumed.score(prompts, 3)).toEqual(await (await openModel()).score(prompts, 3));
+    expect(resumed.stats).toMatchObject({ batches: 1, batchedRequests: prompts.length });
+  });
+
+  it("takes batch files beyond the 8 MiB body limit of the other routes", async () => {
+    const server = await llmServer();
+    const { default: OpenAI, toFile } = await import("openai");
+    const client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "unused", maxRetries: 0 });
+    const big = Buffer.alloc(9 * 1024 * 1024, 0x20);
+    const file = await client.files.create({ file: await toFile(big, "big.jsonl"), purpose: "batch" });
+    expect(file.bytes).toBe(big.length);
+  });
+
+  it("picks up its running batch after the process that submitted it died, instead of paying again", async () => {
+    const server = await llmServer();
+    const cachePath = join(ws, "resume-cache", "llm-cache.sqlite");
+    const before = (await list(server)).length;
+    await submitAndDie(server, cachePath);
     expect((await list(server)).length - before).toBe(1);
     const resumed = await openModel({ cachePath, batch: { minPrompts: 1, pollIntervalMs: 20 } });
     const ranked = await resumed.score(prompts, 3);

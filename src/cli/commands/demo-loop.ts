@@ -29,7 +29,10 @@ export async function runDemoLoop(ctx: CommandContext, end: number, months: numb
     if (ctx.config.llm.backend !== "embedded") {
       // Another backend's model is used as it is (its training is outside freshrec): the demo registers it as the
       // base, like `pretrain` does, and the loop below fine-tunes it through the backend's trainer.
-      const version = live?.version ?? (await registerConfiguredBase(ctx)).version;
+      // Only a base version without data after the demo's start is reused: a fine-tune from an earlier demo run has
+      // seen the months it would be scored on.
+      const reusable = live && live.kind === "base" && (live.window === null || live.window.to <= from);
+      const version = reusable ? live.version : (await registerConfiguredBase(ctx)).version;
       if (open.registry.live()?.version !== version) open.registry.makeLive(version, "demo: the configured model");
       ctx.log(`4/${steps} using the configured ${ctx.config.llm.backend} model as the base model (${version})`);
       base = { modelVersion: version, backend: ctx.config.llm.backend, trained: false };

@@ -178,7 +178,6 @@ export function openAiClient(options: OpenAiConnectionOptions, onHttpRequest?: (
   });
 }
 
-/** An error of the remote API in freshrec's terms, naming the server and what it said. */
 /** Waits `ms`, or rejects with CANCELLED as soon as the signal aborts. */
 export function abortableSleep(ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve, reject) => {
@@ -195,6 +194,7 @@ export function abortableSleep(ms: number, signal?: AbortSignal): Promise<void> 
   });
 }
 
+/** An error of the remote API in freshrec's terms, naming the server and what it said. */
 export function remoteError(error: unknown, baseURL: string, what: string): FreshrecError {
   if (error instanceof FreshrecError) return error;
   if (error instanceof OpenAI.APIUserAbortError) return new FreshrecError("CANCELLED", `${what} was cancelled`, { cause: error });
@@ -357,37 +357,58 @@ export class OpenAiLanguageModel implements LanguageModel {
    * configured and enough are missing) or `concurrency` at a time.
    */
   private async askAll(bodies: readonly Record<string, unknown>[], signal?: AbortSignal, onProgress?: (done: number) => void): Promise<RawAnswer[]> {
-    const out: (RawAnswer | undefined)[] = new Array(bodies.length);
-    const missing: number[] = [];
+    // Equal requests (many held-out users share a history) are asked once: paid once, and one batch line each.
+    const byKey = new Map<string, { body: Record<string, unknown>; at: number[] }>();
     bodies.forEach((body, i) => {
-      const hit = this.cache?.get<RawAnswer>(this.keyOf(body));
-      if (hit) {
-        this.stats.requests++;
-        this.stats.cacheHits++;
-        out[i] = hit;
-      } else missing.push(i);
+      const key = this.keyOf(body);
+      const entry = byKey.get(key);
+      if (entry) entry.at.push(i);
+      else byKey.set(key, { body, at: [i] });
     });
-    let done = bodies.length - missing.length;
-    if (done > 0) onProgress?.(done);
-    if (this.usesBatch(missing.length)) {
-      const answered = await this.askInBatches(
-        missing.map((i) => bodies[i]),
-        signal,
-        (n) => onProgress?.(done + n),
-      );
-      missing.forEach((i, k) => (out[i] = answered[k]));
-      return out as RawAnswer[];
+    const out: RawAnswer[] = new Array(bodies.length);
+    const missing: { key: string; body: Record<string, unknown>; at: number[] }[] = [];
+    let done = 0;
+    for (const [key, entry] of byKey) {
+      const hit = this.cache?.get<RawAnswer>(key);
+      if (!hit) {
+        missing.push({ key, ...entry });
+        continue;
+      }
+      this.stats.requests++;
+      this.stats.cacheHits++;
+      for (const i of entry.at) out[i] = hit;
+      done += entry.at.length;
     }
+    if (done > 0) onProgress?.(done);
+    const answered = this.usesBatch(missing.length)
+      ? await this.askInBatches(
+          missing.map((m) => m.body),
+          missing.map((m) => m.key),
+          signal,
+          (k) => onProgress?.(done + k),
+        )
+      : await this.askEach(missing.map((m) => m.body), signal, (n) => onProgress?.(done + n));
+    missing.forEach((m, k) => {
+      for (const i of m.at) out[i] = answered[k];
+    });
+    onProgress?.(bodies.length);
+    return out;
+  }
+
+  /** Requests one by one, `concurrency` in flight; `onProgress` hears how many are answered. */
+  private async askEach(bodies: readonly Record<string, unknown>[], signal: AbortSignal | undefined, onProgress: (done: number) => void): Promise<RawAnswer[]> {
+    const out: RawAnswer[] = new Array(bodies.length);
     let next = 0;
+    let answered = 0;
     const worker = async () => {
-      while (next < missing.length) {
-        const i = missing[next++];
+      while (next < bodies.length) {
+        const i = next++;
         out[i] = await this.ask(bodies[i], signal);
-        onProgress?.(++done);
+        onProgress(++answered);
       }
     };
-    await Promise.all(Array.from({ length: Math.min(this.options.concurrency ?? 4, missing.length) }, worker));
-    return out as RawAnswer[];
+    await Promise.all(Array.from({ length: Math.min(this.options.concurrency ?? 4, bodies.length) }, worker));
+    return out;
   }
 
   /**
@@ -398,14 +419,19 @@ export class OpenAiLanguageModel implements LanguageModel {
    * batch, and lines of a batch that expired, are sent again as ordinary requests; a batch that fails as a whole
    * (its file rejected) fails the build with the server's reasons. Cancelling the build cancels its batches.
    */
-  private async askInBatches(bodies: readonly Record<string, unknown>[], signal: AbortSignal | undefined, onProgress: (done: number) => void): Promise<RawAnswer[]> {
+  private async askInBatches(
+    bodies: readonly Record<string, unknown>[],
+    keys: readonly string[],
+    signal: AbortSignal | undefined,
+    onProgress: (done: number) => void,
+  ): Promise<RawAnswer[]> {
     const settings = this.options.batch!;
-    const keys = bodies.map((b) => this.keyOf(b));
     const perBatch = settings.maxRequestsPerBatch ?? 50_000;
     const where = `the openai backend's batch (model ${this.model})`;
     const results = new Map<string, RawAnswer>();
     const running: { id: string; chunk: string; start: number; end: number; done: number }[] = [];
     const retry: number[] = [];
+    let finishedBeforeRetry = 0;
     try {
       // Each file's lines are written only when it is submitted: a build's JSONL can be far larger than memory.
       for (let start = 0; start < bodies.length; ) {
@@ -414,16 +440,25 @@ export class OpenAiLanguageModel implements LanguageModel {
         let end = start;
         while (end < bodies.length && end - start < perBatch) {
           const line = JSON.stringify({ custom_id: keys[end], method: "POST", url: "/v1/chat/completions", body: bodies[end] });
-          if (end > start && bytes + line.length + 1 > MAX_BATCH_BYTES) break;
+          // Bytes, not characters: descriptions in other scripts take 2-3 bytes a character in the UTF-8 file.
+          const size = Buffer.byteLength(line) + 1;
+          if (end > start && bytes + size > MAX_BATCH_BYTES) break;
           lines.push(line);
-          bytes += line.length + 1;
+          bytes += size;
           end++;
         }
         const chunk = ResponseCache.keyOf(keys.slice(start, end));
         let id = this.cache?.batchOf(chunk) ?? null;
         if (id !== null) {
-          const earlier = await this.client.batches.retrieve(id, { signal });
-          if (earlier.status === "failed" || earlier.status === "cancelling" || earlier.status === "cancelled") id = null;
+          // A batch the server no longer knows (deleted, or a restarted local server) is submitted again.
+          const earlier = await this.client.batches.retrieve(id, { signal }).catch((error: unknown) => {
+            if (error instanceof OpenAI.NotFoundError) return null;
+            throw error;
+          });
+          if (earlier === null || earlier.status === "failed" || earlier.status === "cancelling" || earlier.status === "cancelled") {
+            this.cache?.forgetBatch(chunk);
+            id = null;
+          }
         }
         if (id === null) {
           const jsonl = Buffer.from(`${lines.join("\n")}\n`);
@@ -439,13 +474,12 @@ export class OpenAiLanguageModel implements LanguageModel {
         running.push({ id, chunk, start, end, done: 0 });
         start = end;
       }
-      const size = (c: { start: number; end: number }) => c.end - c.start;
       let finished = 0;
       while (running.length > 0) {
         for (let k = 0; k < running.length; ) {
           const r = running[k];
           const batch = await this.client.batches.retrieve(r.id, { signal });
-          r.done = (batch.request_counts?.completed ?? 0) + (batch.request_counts?.failed ?? 0);
+          r.done = batch.request_counts?.completed ?? 0;
           if (batch.status === "failed" || batch.status === "cancelling" || batch.status === "cancelled") {
             this.cache?.forgetBatch(r.chunk);
             running.splice(k, 1);
@@ -458,10 +492,12 @@ export class OpenAiLanguageModel implements LanguageModel {
               const text = await (await this.client.files.content(fileId, { signal })).text();
               for (const line of text.split("\n")) if (line.trim() !== "") this.takeBatchLine(line, results);
             }
-            for (let i = r.start; i < r.end; i++) if (!results.has(keys[i])) retry.push(i);
+            for (let i = r.start; i < r.end; i++) {
+              if (results.has(keys[i])) finished++;
+              else retry.push(i);
+            }
             this.cache?.forgetBatch(r.chunk);
             running.splice(k, 1);
-            finished += size(r);
             continue;
           }
           k++;
@@ -469,6 +505,7 @@ export class OpenAiLanguageModel implements LanguageModel {
         onProgress(finished + running.reduce((s, r) => s + r.done, 0));
         if (running.length > 0) await abortableSleep(settings.pollIntervalMs ?? 30_000, signal);
       }
+      finishedBeforeRetry = finished;
     } catch (error) {
       if (signal?.aborted) {
         for (const r of running) {
@@ -479,9 +516,13 @@ export class OpenAiLanguageModel implements LanguageModel {
       }
       throw remoteError(error, this.options.baseURL, where);
     }
-    // Lines that failed or expired inside a batch go again one by one (the server's answer, not a second batch wait).
-    for (const i of retry) results.set(keys[i], await this.ask(bodies[i], signal));
-    onProgress(bodies.length);
+    // Lines that failed or expired inside a batch go again as ordinary requests (not a second wait for a batch).
+    const again = await this.askEach(
+      retry.map((i) => bodies[i]),
+      signal,
+      (n) => onProgress(finishedBeforeRetry + n),
+    );
+    retry.forEach((i, k) => results.set(keys[i], again[k]));
     return keys.map((k) => results.get(k)!);
   }
 
