@@ -7,13 +7,14 @@ import { BadInputError } from "../domain/errors.js";
 import { ModelRegistry } from "../llm/registry.js";
 import { pretrainBaseModel, type PretrainResult } from "../llm/pretrain.js";
 import { REFERENCE_SHAPE } from "../llm/engine/model-file.js";
+import { readGgufFile } from "../llm/engine/gguf.js";
 import { futureExamples, timedTransitions } from "../mining/transitions.js";
 import { contextFor, retrieveContexts, withRetrievedContexts } from "../update/rag.js";
 import { EmbeddedLanguageModel } from "../llm/backends/embedded.js";
 import { hostedModelName, languageModelBackend, writeHostedModelFile } from "../llm/backends/index.js";
 import type { Trainer } from "../llm/contracts.js";
 import { FreshrecError } from "../domain/errors.js";
-import { closeSync, copyFileSync, existsSync, mkdirSync, openSync, readSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync } from "node:fs";
 import { dirname, extname, join } from "node:path";
 import { measureGates } from "../update/finetune.js";
 import type { GateResult } from "../update/gates.js";
@@ -147,15 +148,13 @@ export function deliveredModel(model: string, llm: FreshrecConfig["llm"]): Train
     }
   }
   if (isFile && llm.backend !== "openai") {
-    const magic = Buffer.alloc(4);
-    const fd = openSync(model, "r");
     try {
-      readSync(fd, magic, 0, 4, 0);
-    } finally {
-      closeSync(fd);
+      readGgufFile(model);
+    } catch (error) {
+      throw new BadInputError(`--model: ${model} is not a GGUF file (llm.backend ${llm.backend} takes a GGUF model${llm.backend === "gguf" ? " or LoRA adapter" : " written by freshrec"}): ${(error as Error).message}`);
     }
-    if (magic.toString("latin1") !== "GGUF") throw new BadInputError(`--model: ${model} is not a GGUF file (llm.backend ${llm.backend} takes a GGUF model${llm.backend === "gguf" ? " or LoRA adapter" : " written by freshrec"})`);
   }
+
   return {
     modelFileExtension: isFile ? (extname(model) || ".gguf") : ".json",
     train: async (_samples, options) => {

@@ -49,7 +49,7 @@ export interface ScoreOptions {
 /** What scoring some prompts would cost, before any is sent (`refresh --dry-run`). */
 export interface CostEstimate {
   readonly prompts: number;
-  /** Prompts already answered in a response cache: free. */
+  /** Prompts that cost nothing: answered in a response cache, or repeats of an earlier prompt of the same call. */
   readonly cached: number;
   /** Tokens estimated at 4 characters each (OpenAI's rule of thumb). */
   readonly promptTokens: number;

@@ -66,21 +66,6 @@ export async function countTransitions(store: EventStore, window: TimeWindow, op
 }
 
 /**
- * `countTransitions` of consecutive steps in one query: step k is [from + k*stepMs, from + (k+1)*stepMs), keyed
- * by k, each exactly what `countTransitions` returns for it (a transition's history only depends on earlier
- * events). Steps without transitions are absent.
- */
-export async function countTransitionsBySteps(
-  store: EventStore,
-  window: TimeWindow,
-  stepMs: number,
-  options: MiningOptions = {},
-): Promise<Map<number, TransitionCount[]>> {
-  const bySteps = await countTriples(store, window, options, { kind: "steps", stepMs });
-  return new Map([...bySteps].map(([k, v]) => [Number(k), v]));
-}
-
-/**
  * `countTransitions` of many windows of one length in one query: for each end T in `ends`, the window
  * [T - windowMs, T), keyed by T, each exactly what `countTransitions` returns for it (a transition belongs to every
  * window that holds its `next` event; its history only depends on earlier events). Windows may overlap, as the
@@ -107,7 +92,7 @@ export async function countTransitionsByMonth(
   return countTriples(store, window, options, { kind: "month" });
 }
 
-type Bucket = { kind: "none" } | { kind: "month" } | { kind: "steps"; stepMs: number } | { kind: "windows"; ends: readonly number[]; windowMs: number };
+type Bucket = { kind: "none" } | { kind: "month" } | { kind: "windows"; ends: readonly number[]; windowMs: number };
 
 /**
  * The one transition query. Results come back as integer columns (cluster keys) and are mapped to cluster
@@ -117,11 +102,9 @@ async function countTriples(store: EventStore, window: TimeWindow, options: Mini
   const month =
     bucket.kind === "month"
       ? "strftime(date_trunc('month', ts), '%Y-%m')"
-      : bucket.kind === "steps"
-        ? `CAST(floor((epoch_ms(ts) - $from::BIGINT) / ${Math.round(bucket.stepMs)}) AS BIGINT)::VARCHAR`
-        : bucket.kind === "windows"
-          ? "window_end::VARCHAR"
-          : "''";
+      : bucket.kind === "windows"
+        ? "window_end::VARCHAR"
+        : "''";
   // Windows: each transition joins every window end T with T - windowMs <= ts < T (a range join DuckDB runs as one
   // pass over the sorted ends), so overlapping windows cost one scan of the history, not one each.
   const windows =

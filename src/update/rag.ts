@@ -22,7 +22,7 @@ import type { TimeWindow, Transition, TransitionCount } from "../domain/types.js
 import { seededRandom } from "../domain/random.js";
 import type { PromptContext } from "../llm/prompt.js";
 import { pairKey } from "../domain/types.js";
-import { countTransitions, countTransitionsBySteps, countTransitionsForWindows } from "../mining/transitions.js";
+import { countTransitions, countTransitionsForWindows } from "../mining/transitions.js";
 
 export type RagMode = "frequency" | "trend" | "global";
 
@@ -143,16 +143,17 @@ export interface ContextStep {
 export async function contextsAlong(store: EventStore, window: TimeWindow, options: RagOptions = {}): Promise<ContextStep[]> {
   const o = resolveRagOptions(options);
   const stepMs = o.windowDays * DAY_MS;
-  // One query for the whole window, counted per step: a base model's window may span years (1,200 weekly
-  // snapshots for MovieLens), and one query per snapshot took minutes. Two steps before the window start feed the
-  // first snapshot (and its trend baseline).
-  const origin = window.from - 2 * stepMs;
-  const counts = await countTransitionsBySteps(store, { from: origin, to: window.to }, stepMs, { positiveMin: options.positiveMin ?? null });
+  // One query for all the steps' windows (as SnapshotCache.prime counts a replay's): a base model's window may span
+  // years (1,200 weekly snapshots for MovieLens), and one query per snapshot took minutes.
+  const starts: number[] = [];
+  for (let from = window.from; from < window.to; from += stepMs) starts.push(from);
+  const ends = o.mode === "trend" ? [...starts, ...starts.map((t) => t - stepMs)] : starts;
+  const counts = await countTransitionsForWindows(store, ends, stepMs, { positiveMin: options.positiveMin ?? null });
   const steps: ContextStep[] = [];
-  for (let k = 0, from = window.from; from < window.to; k++, from += stepMs) {
-    // Step k starts at bucket k + 2; its snapshot reads bucket k + 1 = [from - stepMs, from), as retrieveContexts would.
-    const recent = counts.get(k + 1) ?? [];
-    const previous = o.mode === "trend" ? (counts.get(k) ?? []) : [];
+  for (const from of starts) {
+    // Each step's snapshot reads [from - stepMs, from), as retrieveContexts at its start would.
+    const recent = counts.get(from) ?? [];
+    const previous = o.mode === "trend" ? (counts.get(from - stepMs) ?? []) : [];
     const snapshot: RagSnapshot = { asOf: from, window: { from: from - stepMs, to: from }, ...contextsFromCounts(recent, previous, o) };
     steps.push({ from, to: Math.min(from + stepMs, window.to), snapshot });
   }

@@ -300,15 +300,21 @@ export class OpenAiLanguageModel implements LanguageModel {
     let promptTokens = 0;
     let completionTokens = 0;
     const longest = Math.max(...[...this.descriptions.values()].map((d) => d.length));
+    const answerTokens = Math.min(this.options.maxTokens ?? 64, estimateTokens(answerContent(this.mode, "x".repeat(longest)).length));
+    // The constraint is the same object in every body: its size is measured once, not per prompt.
+    const constraintChars = this.mode === "json_schema" ? JSON.stringify(this.constraint).length : 0;
+    // Free as askAll sends them: prompts already in the cache, and repeats of an earlier prompt of the same call.
+    const seen = new Set<string>();
     for (const p of prompts) {
       const body = this.requestBody(p);
-      if (this.cache?.has(this.keyOf(body))) {
+      const key = this.keyOf(body);
+      if (seen.has(key) || this.cache?.has(key)) {
         cached++;
         continue;
       }
-      const chars = (body.messages as { content: string }[]).reduce((s, m) => s + m.content.length, 0) + (body.response_format ? JSON.stringify(body.response_format).length : 0);
-      promptTokens += estimateTokens(chars);
-      completionTokens += Math.min(this.options.maxTokens ?? 64, estimateTokens(answerContent(this.mode, "x".repeat(longest)).length));
+      seen.add(key);
+      promptTokens += estimateTokens((body.messages as { content: string }[]).reduce((s, m) => s + m.content.length, 0) + constraintChars);
+      completionTokens += answerTokens;
     }
     const inPrice = this.options.inputPricePerMTok ?? null;
     const outPrice = this.options.outputPricePerMTok ?? null;
