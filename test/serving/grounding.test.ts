@@ -79,6 +79,29 @@ describe("grounding on known data", () => {
     expect(index.pairs).toBe(4 + 2 + 12);
   });
 
+  it("groups each item's neighbours into one run per cluster, covering the list in order", () => {
+    const { itemRuns, runCluster, runOffset, neighborStart, neighborCluster } = index;
+    let multi = 0;
+    for (let i = 0; i < catalog.itemCount; i++) {
+      const runs = itemRuns[i + 1] - itemRuns[i];
+      if (runs === 0) {
+        expect(neighborStart[i + 1]).toBe(neighborStart[i]);
+        continue;
+      }
+      if (runs > 1) multi++;
+      expect(runOffset[itemRuns[i]]).toBe(neighborStart[i]);
+      expect(runOffset[itemRuns[i + 1]]).toBe(neighborStart[i + 1]);
+      for (let q = itemRuns[i]; q < itemRuns[i + 1]; q++) {
+        expect(runOffset[q + 1]).toBeGreaterThan(runOffset[q]);
+        for (let p = runOffset[q]; p < runOffset[q + 1]; p++) expect(neighborCluster[p]).toBe(runCluster[q]);
+        if (q > itemRuns[i]) expect(runCluster[q]).not.toBe(runCluster[q - 1]);
+      }
+    }
+    // User h's a2, b2, a3, c1 gives a2 neighbours in three clusters.
+    expect(itemRuns[item("a2") + 1] - itemRuns[item("a2")]).toBe(3);
+    expect(multi).toBeGreaterThan(1);
+  });
+
   it("never crosses into another cluster, even when co-visits point there", () => {
     const policy = new CoVisitationPolicy(() => index);
     const C = catalog.clusterIndex.get("C")!;

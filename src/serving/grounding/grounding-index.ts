@@ -50,6 +50,15 @@ export interface GroundingIndex {
   readonly neighborItem: Int32Array;
   readonly neighborCluster: Int32Array;
   readonly neighborWeight: Float32Array;
+  /**
+   * The neighbours of one item in one cluster form a run: item i's runs are k = itemRuns[i] .. itemRuns[i+1]-1, run
+   * k holds the entries runOffset[k] .. runOffset[k+1]-1, all of cluster runCluster[k]. A request restricted to a
+   * few clusters skips a run at once instead of testing each of its entries (an item has neighbours in several
+   * clusters: ~1,460 entries per request on the serve bench's world, in ~7 runs per recent item).
+   */
+  readonly itemRuns: Int32Array;
+  readonly runCluster: Int32Array;
+  readonly runOffset: Int32Array;
   /** Popular items of cluster c are entries popularStart[c] .. popularStart[c+1]-1, best first. */
   readonly popularStart: Int32Array;
   readonly popularItem: Int32Array;
@@ -89,7 +98,7 @@ export async function buildGroundingIndex(store: EventStore, catalog: Catalog, o
   );
   const n = covisits.currentRowCount;
   const [is, js, weights] = n ? (covisits.getColumns() as [number[], number[], number[]]) : [[], [], []];
-  const { neighborStart, neighborItem, neighborCluster, neighborWeight } = rankNeighbors(catalog, is, js, weights, perCluster);
+  const { neighborStart, neighborItem, neighborCluster, neighborWeight, itemRuns, runCluster, runOffset } = rankNeighbors(catalog, is, js, weights, perCluster);
   const total = neighborItem.length;
 
   const popular = await store.connection.runAndReadAll(
@@ -135,6 +144,9 @@ export async function buildGroundingIndex(store: EventStore, catalog: Catalog, o
     neighborItem,
     neighborCluster,
     neighborWeight,
+    itemRuns,
+    runCluster,
+    runOffset,
     popularStart,
     popularItem,
     popularWeight,
@@ -197,5 +209,14 @@ function rankNeighbors(catalog: Catalog, is: readonly number[], js: readonly num
     neighborCluster[k] = cluster[nItem[p]];
     neighborWeight[k] = nWeight[p];
   });
-  return { neighborStart: keep, neighborItem, neighborCluster, neighborWeight };
+  // Runs: a new one at each item's first entry and wherever the cluster changes within an item.
+  const itemRuns = new Int32Array(items + 1);
+  const runStarts: number[] = [];
+  for (let i = 0; i < items; i++) {
+    for (let k = keep[i]; k < keep[i + 1]; k++) if (k === keep[i] || neighborCluster[k] !== neighborCluster[k - 1]) runStarts.push(k);
+    itemRuns[i + 1] = runStarts.length;
+  }
+  const runOffset = Int32Array.from([...runStarts, kept.length]);
+  const runCluster = Int32Array.from(runStarts, (k) => neighborCluster[k]);
+  return { neighborStart: keep, neighborItem, neighborCluster, neighborWeight, itemRuns, runCluster, runOffset };
 }

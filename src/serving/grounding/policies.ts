@@ -92,22 +92,26 @@ export class CoVisitationPolicy implements ItemPolicy {
       if (c >= 0 && c < clusterCount && slotOf[c] === 0) slotOf[c] = k + 1;
       touched.push([]);
     }
-    // One pass over each recent item's neighbours for all requested clusters at once (a neighbour list holds a few
-    // dozen entries; searching it once per cluster cost more than scanning it). Recent items are visited in order,
-    // so every item's score is summed in the same order as one cluster at a time would: the same floats.
-    const { neighborStart, neighborCluster, neighborItem, neighborWeight } = index;
+    // One pass over each recent item's neighbour runs (one per cluster) for all requested clusters at once: a run
+    // of a cluster not requested is skipped whole. Recent items are visited in order, so every item's score is
+    // summed in the same order as one cluster at a time would: the same floats.
+    const { itemRuns, runCluster, runOffset, neighborItem, neighborWeight } = index;
     const recent = request.recent;
     for (let r = 0; r < recent.length; r++) {
       const source = recent[r];
       if (source < 0 || source >= items) continue;
       const weight = 1 / (1 + r);
-      const end = neighborStart[source + 1];
-      for (let p = neighborStart[source]; p < end; p++) {
-        const slot = slotOf[neighborCluster[p]];
+      const lastRun = itemRuns[source + 1];
+      for (let q = itemRuns[source]; q < lastRun; q++) {
+        const slot = slotOf[runCluster[q]];
         if (slot === 0) continue;
-        const item = neighborItem[p];
-        if (scores[item] === 0) touched[slot - 1].push(item);
-        scores[item] += weight * neighborWeight[p];
+        const list = touched[slot - 1];
+        const end = runOffset[q + 1];
+        for (let p = runOffset[q]; p < end; p++) {
+          const item = neighborItem[p];
+          if (scores[item] === 0) list.push(item);
+          scores[item] += weight * neighborWeight[p];
+        }
       }
     }
     const result: GroundedItem[][] = [];
