@@ -26,6 +26,7 @@ import { ModelRegistry } from "../llm/registry.js";
 import { SqliteTableStore } from "../tables/index.js";
 import { baselineRefreshJob, type BaselineName } from "../update/jobs.js";
 import { UpdateLoop, inSequence, type LoopSettings } from "../update/loop.js";
+import type { FinetuneMemo } from "../update/finetune.js";
 import type { SnapshotCache } from "../update/rag.js";
 import type { JobDefinition } from "../update/schedule/index.js";
 import type { StrategySetup } from "./replay.js";
@@ -38,13 +39,22 @@ export type StrategyName = (typeof ALL_STRATEGIES)[number];
 /** Strategies whose cadence includes a RAG refresh every N days (the ones a refresh-days ablation varies). */
 const REFRESHING: ReadonlySet<string> = new Set(["rag", "hybrid", "successor-top1", "popular-novel"]);
 
+export interface StartModel {
+  readonly path: string;
+  readonly window: TimeWindow | null;
+  readonly version: string;
+}
+
 export interface StrategyEnvironment {
   readonly events: EventStore;
   readonly window: TimeWindow;
   readonly clusters: readonly string[];
   readonly settings: LoopSettings;
-  /** The model every LLM strategy starts from (trained on data before `window.from` only). */
-  readonly startModel: { readonly path: string; readonly window: TimeWindow | null; readonly version: string };
+  /**
+   * The model every LLM strategy starts from (trained on data before `window.from` only). A promise lets the
+   * strategies that need no model (the baselines) replay while it trains.
+   */
+  readonly startModel: StartModel | Promise<StartModel>;
   /** Where each strategy keeps its registry and tables (one folder per strategy, wiped first). */
   readonly workDir: string;
   /** @defaultValue "0 0 1 * *" */
@@ -53,6 +63,8 @@ export interface StrategyEnvironment {
   readonly trainer?: Trainer;
   /** RAG snapshots shared by the strategies (they retrieve at the same instants from the same store). */
   readonly snapshots?: SnapshotCache;
+  /** Curated sets and gate results shared by the fine-tuning strategies (same instants, same store). */
+  readonly finetuneMemo?: FinetuneMemo;
   /** Opens model versions (the configured LLM backend). @defaultValue the embedded backend */
   readonly openModel?: (path: string) => Promise<LanguageModel>;
   readonly progress?: ProgressSink;
@@ -103,8 +115,11 @@ function setupOf(kind: StrategyName, label: string, refreshDays: number, env: St
   // "Once, at the start": an interval longer than any replay period.
   const once = `every 36500 days from ${start}`;
   const finetuneCadence = env.finetuneCadence ?? "0 0 1 * *";
+  const llm = kind !== "successor-top1" && kind !== "popular-novel";
   return {
     name: label,
+    ready: llm ? Promise.resolve(env.startModel) : undefined,
+    fineTunes: kind === "finetune-monthly" || kind === "hybrid",
     async create(clock) {
       const dir = join(env.workDir, label.replace(/[^a-zA-Z0-9@._-]/g, "_"));
       rmSync(dir, { recursive: true, force: true });
@@ -124,12 +139,13 @@ function setupOf(kind: StrategyName, label: string, refreshDays: number, env: St
         });
         return { jobs: [{ name: "refresh", cadence: every, run }], tables, close: () => tables.close() };
       }
+      const startModel = await env.startModel;
       const registry = new ModelRegistry(dir, clock);
       const registered = await registry.register({
         kind: "base",
-        filePath: env.startModel.path,
-        window: env.startModel.window,
-        reason: `start model ${env.startModel.version} of the replay`,
+        filePath: startModel.path,
+        window: startModel.window,
+        reason: `start model ${startModel.version} of the replay`,
       });
       registry.makeLive(registered.version, "the replay's start model");
       const loop = new UpdateLoop({
@@ -141,6 +157,7 @@ function setupOf(kind: StrategyName, label: string, refreshDays: number, env: St
         trainer: env.trainer,
         openModel: env.openModel,
         snapshots: env.snapshots,
+        finetuneMemo: env.finetuneMemo,
         strategy: label,
         progress: env.progress,
         onTraining: env.onTraining ? (e) => env.onTraining!(label, e) : undefined,

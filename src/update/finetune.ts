@@ -11,6 +11,7 @@ import type { EventStore } from "../data/event-store.js";
 import { DAY_MS } from "../domain/clock.js";
 import { FreshrecError } from "../domain/errors.js";
 import type { LanguageModel, TrainOptions, Trainer, TrainResult } from "../llm/contracts.js";
+import { fileSha256 } from "../llm/registry.js";
 import { curateFineTuningSet, type CurationOptions, type FineTuningSet } from "./curation.js";
 import { evaluateGates, type GateOptions, type GateResult } from "./gates.js";
 
@@ -46,6 +47,44 @@ export interface FinetuneOptions {
   readonly generationProbes?: number;
   readonly onProgress?: TrainOptions["onProgress"];
   readonly signal?: AbortSignal;
+  /** Curated sets and gate results shared with other jobs over the same unchanging store (replay). */
+  readonly memo?: FinetuneMemo;
+}
+
+/**
+ * What fine-tuning jobs over one unchanging event store can share: the curated set of an as-of time, and the gates of
+ * a model (by its bytes) on that set. Replay uses one: finetune-monthly and the hybrid fine-tune at the same instants
+ * with the same settings, and with the training cache their candidates are the same bytes, so the hybrid's 11
+ * curations (~2.5 s of DuckDB each on the replay bench) and gates (~1.7 s) were repeats. Like the training cache,
+ * it changes no result: a set or a gate is computed from the same inputs either way. A failure is not remembered.
+ *
+ * @example
+ * const memo = new FinetuneMemo();
+ * await runFinetune(asOf, { ...options, memo }); // a second job at the same asOf reuses the set and the gates
+ */
+export class FinetuneMemo {
+  private readonly sets = new Map<string, Promise<FineTuningSet>>();
+  private readonly gates = new Map<string, Promise<GateResult>>();
+
+  curate(events: EventStore, asOf: number, options: CurationOptions = {}): Promise<FineTuningSet> {
+    return remembered(this.sets, JSON.stringify([asOf, options]), () => curateFineTuningSet(events, asOf, options));
+  }
+
+  /** The gates of the model at `modelPath` on the set of `asOf` and `curation`; `measure` runs them when new. */
+  async gate(modelPath: string, asOf: number, curation: CurationOptions, options: Pick<FinetuneOptions, "gates" | "generationProbes">, measure: () => Promise<GateResult>): Promise<GateResult> {
+    const key = JSON.stringify([await fileSha256(modelPath), asOf, curation, options.gates ?? {}, options.generationProbes ?? null]);
+    return remembered(this.gates, key, measure);
+  }
+}
+
+function remembered<T>(map: Map<string, Promise<T>>, key: string, compute: () => Promise<T>): Promise<T> {
+  let value = map.get(key);
+  if (!value) {
+    value = compute();
+    value.catch(() => map.delete(key));
+    map.set(key, value);
+  }
+  return value;
 }
 
 export interface FinetuneResult {
@@ -62,7 +101,7 @@ export interface FinetuneResult {
 export async function runFinetune(asOf: number, options: FinetuneOptions): Promise<FinetuneResult> {
   const started = process.hrtime.bigint();
   const parent = options.registry.live();
-  const set = await curateFineTuningSet(options.events, asOf, options.curation);
+  const set = await (options.memo ? options.memo.curate(options.events, asOf, options.curation) : curateFineTuningSet(options.events, asOf, options.curation));
   if (set.train.length === 0) {
     throw new FreshrecError("BAD_INPUT", `no novel transitions to fine-tune on in the ${(set.trainWindow.to - set.trainWindow.from) / DAY_MS} days before ${new Date(set.trainWindow.to).toISOString()}`);
   }
@@ -74,7 +113,8 @@ export async function runFinetune(asOf: number, options: FinetuneOptions): Promi
     signal: options.signal,
     onProgress: options.onProgress,
   });
-  const gates = await measureGates(await options.openModel(training.modelPath), set, options);
+  const measure = async () => measureGates(await options.openModel(training.modelPath), set, options);
+  const gates = await (options.memo ? options.memo.gate(training.modelPath, asOf, options.curation ?? {}, options, measure) : measure());
   const metrics = { ...gates, bestEpoch: training.bestEpoch, trainTokens: training.trainTokens };
   const version = await options.registry.registerCandidate({
     parent: parent?.version ?? null,

@@ -20,7 +20,7 @@ import type { ModelRegistry } from "../llm/registry.js";
 import { PROMPT_TEMPLATE_HASH } from "../llm/prompt.js";
 import type { TableStore } from "../tables/index.js";
 import type { CurationOptions } from "./curation.js";
-import { runFinetune, type FinetuneRegistry, type FinetuneResult } from "./finetune.js";
+import { runFinetune, type FinetuneMemo, type FinetuneRegistry, type FinetuneResult } from "./finetune.js";
 import type { GateOptions } from "./gates.js";
 import type { PromptScorer } from "./generate.js";
 import { refreshJob } from "./jobs.js";
@@ -53,6 +53,8 @@ export interface UpdateLoopOptions {
   readonly strategy?: string | null;
   /** Snapshots shared with other loops over the same unchanging store (replay). */
   readonly snapshots?: SnapshotCache;
+  /** Curated sets and gate results shared with other loops over the same unchanging store (replay). */
+  readonly finetuneMemo?: FinetuneMemo;
   readonly progress?: ProgressSink;
   readonly onTraining?: (event: TrainingEvent) => void;
 }
@@ -125,6 +127,7 @@ export class UpdateLoop {
       train: settings.training,
       onProgress: this.options.onTraining,
       signal,
+      memo: this.options.finetuneMemo,
     });
   }
 

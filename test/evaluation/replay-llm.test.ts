@@ -17,6 +17,7 @@ import { pretrainBaseModel } from "../../src/llm/pretrain.js";
 import { timedTransitions } from "../../src/mining/transitions.js";
 import { SqliteTableStore } from "../../src/tables/index.js";
 import type { LoopSettings } from "../../src/update/loop.js";
+import { FinetuneMemo } from "../../src/update/finetune.js";
 import { SnapshotCache } from "../../src/update/rag.js";
 import { CachingTrainer } from "../../src/llm/training-cache.js";
 import { EmbeddedTrainer } from "../../src/llm/engine/trainer.js";
@@ -70,11 +71,29 @@ describe("replay with LLM strategies", () => {
       workDir: join(dir, name),
     });
     const names: StrategyName[] = ["static", "rag", "hybrid", "successor-top1"];
-    // As `evaluate replay` runs: snapshots shared by the strategies, fine-tunes through the training cache.
+    // As `evaluate replay` runs: snapshots shared by the strategies, fine-tunes through the training cache and the
+    // fine-tuning memo, the start model still training when the replay starts (the baseline goes first).
     const snapshots = new SnapshotCache();
-    const shared = { snapshots, trainer: new CachingTrainer(new EmbeddedTrainer(), join(dir, "training-cache"), "embedded") };
-    // Two at a time, as `evaluate replay` runs by default.
-    const result = await replay({ events, window: { from, to }, strategies: strategySetups(names, { ...env(events, "all"), ...shared }), positiveMin, resamples: 100, clusters: clusters.map((c) => c.id), parallel: 2 });
+    const shared = { snapshots, trainer: new CachingTrainer(new EmbeddedTrainer(), join(dir, "training-cache"), "embedded"), finetuneMemo: new FinetuneMemo() };
+    let releaseStart!: () => void;
+    const startModel = new Promise<void>((r) => (releaseStart = r)).then(() => env(events, "all").startModel);
+    const started: string[] = [];
+    const result0 = replay({
+      events,
+      window: { from, to },
+      strategies: strategySetups(names, { ...env(events, "all"), ...shared, startModel }),
+      positiveMin,
+      resamples: 100,
+      clusters: clusters.map((c) => c.id),
+      parallel: 3,
+      // The start model is "trained" once the baseline has published: a pool that waited for it would never finish.
+      onRun: (strategy) => {
+        if (!started.includes(strategy)) started.push(strategy);
+        if (strategy === "successor-top1") releaseStart();
+      },
+    });
+    const result = await result0;
+    expect(started[0]).toBe("successor-top1");
 
     const refreshes = Math.ceil((to - from) / (2 * DAY_MS)); // every 2 days from Feb 1: Feb 1, 3, ..., Mar 7
     // rag, hybrid and the baseline retrieved at the same instants: one snapshot each.

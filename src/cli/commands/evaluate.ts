@@ -10,6 +10,7 @@ import { writeReplayReport } from "../../evaluation/replay-report.js";
 import { ALL_STRATEGIES, LLM_STRATEGIES, parseStrategies, primeSnapshots, strategySetups, type StrategyEnvironment } from "../../evaluation/strategies.js";
 import { ModelRegistry } from "../../llm/registry.js";
 import { CachingTrainer } from "../../llm/training-cache.js";
+import { FinetuneMemo } from "../../update/finetune.js";
 import { SnapshotCache } from "../../update/rag.js";
 import { createHash } from "node:crypto";
 import { cannotTrain, configuredModelFile, loopSettings, resolveAsOf, trainBaseModel } from "../loop-context.js";
@@ -51,7 +52,7 @@ export function registerEvaluate(program: Command): void {
     .option("--resamples <n>", "bootstrap resamples for the confidence intervals", "1000")
     .option("--price <usd>", "hosted LLM price per million prompt tokens for the cost estimate", "0.1")
     .option("--label <text>", "data set name in the report (default: the workspace folder)")
-    .option("--parallel <n>", "strategies replayed at once (one's training leaves a core to another's table builds; results do not depend on it)", "2")
+    .option("--parallel <n>", "strategies replayed at once (fine-tuning ones share each training and wait for it; others use the time; results do not depend on it)", "3")
     .addHelpText(
       "after",
       "\nExamples:\n  freshrec evaluate replay --from 2025-10-01 --to 2026-01-01\n  freshrec evaluate replay --from 2025-10-01 --strategies hybrid,rag,successor-top1 --refresh-days 1,2,4,7",
@@ -91,12 +92,15 @@ export function registerEvaluate(program: Command): void {
           const backend = languageModelBackend(ctx.config.llm, { clusters: catalog, workspace: ctx.paths.root, clock: ctx.clock });
           const needsModel = names.some((n) => (LLM_STRATEGIES as readonly string[]).includes(n));
           // A configured external model is the start model as it is: what it was trained on is outside freshrec's
-          // view, so the no-leakage guarantee covers only the tables and fine-tunes made here.
+          // view, so the no-leakage guarantee covers only the tables and fine-tunes made here. The embedded one
+          // trains while the baselines replay (the strategies wait for it; a failure fails the replay).
           const startModel = !needsModel
             ? null
             : backend.kind === "embedded"
-              ? await startModelFor(ctx, events, from, join(workDir, `start-${iso(from).slice(0, 10)}-${startKey}`))
-              : { path: configuredModelFile(ctx, workDir, "start"), window: null, version: `configured ${backend.kind} model` };
+              ? startModelFor(ctx, events, from, join(workDir, `start-${iso(from).slice(0, 10)}-${startKey}`))
+              : Promise.resolve({ path: configuredModelFile(ctx, workDir, "start"), window: null, version: `configured ${backend.kind} model` });
+          // Awaited by the LLM strategies and below; this keeps a failure that comes before them from going unhandled.
+          startModel?.catch(() => undefined);
           const clusters = catalog.map((c) => c.id);
           const env: StrategyEnvironment = {
             events,
@@ -111,6 +115,8 @@ export function registerEvaluate(program: Command): void {
             openModel: (path) => backend.openModel(path),
             // The store does not change during a replay: strategies retrieving at the same instant share it.
             snapshots: new SnapshotCache(),
+            // ...and the same curated sets and gates for their identical fine-tunes.
+            finetuneMemo: new FinetuneMemo(),
             onTraining: (strategy, e) => trainingProgress(ctx.progress, ctx.log, `${strategy} fine-tuning`)(e),
           };
           const setups = strategySetups(names, env, refreshDays);
@@ -129,6 +135,7 @@ export function registerEvaluate(program: Command): void {
             parallel,
             onRun: (strategy, run) => ctx.log(`[${strategy}] ${runLine(run)}`),
           });
+          const start = startModel && (await startModel);
           const label = f.label ?? ctx.paths.root.split("/").filter(Boolean).at(-1) ?? "workspace";
           const report = writeReplayReport(ctx.paths.reports, result, label);
           const s = result.strategies;
@@ -138,13 +145,13 @@ export function registerEvaluate(program: Command): void {
           );
           const text = [
             `replay ${iso(from).slice(0, 10)} .. ${iso(to).slice(0, 10)}: ${result.transitions} novel transitions of ${result.users} users`,
-            ...(startModel ? [`start model: ${startModel.version} trained on ${startModel.window ? `${iso(startModel.window.from).slice(0, 10)}..${iso(startModel.window.to).slice(0, 10)}` : "?"}`] : []),
+            ...(start ? [`start model: ${start.version} trained on ${start.window ? `${iso(start.window.from).slice(0, 10)}..${iso(start.window.to).slice(0, 10)}` : "?"}`] : []),
             ...rows,
             `reports: ${report.html}`,
             `         ${report.md}`,
             `         ${report.json}`,
           ].join("\n");
-          return { json: { ...result, startModel, reports: report }, text };
+          return { json: { ...result, startModel: start, reports: report }, text };
         } finally {
           events.close();
         }

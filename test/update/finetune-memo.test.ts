@@ -1,0 +1,91 @@
+/**
+ * The fine-tuning memo of replay: two loops fine-tuning at the same instant over the same store share the curated
+ * set and the gates of their identical candidate (same bytes through the training cache), and get what a loop
+ * without the memo gets.
+ */
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import { EventStore } from "../../src/data/event-store.js";
+import { ingestSynthetic } from "../../src/data/ingest/synthetic.js";
+import { SyntheticWorld, SYNTHETIC_QUICK } from "../../src/data/synthetic/index.js";
+import { DAY_MS, VirtualClock } from "../../src/domain/clock.js";
+import { EmbeddedLanguageModel } from "../../src/llm/backends/embedded.js";
+import { EmbeddedTrainer } from "../../src/llm/engine/trainer.js";
+import { pretrainBaseModel } from "../../src/llm/pretrain.js";
+import { ModelRegistry } from "../../src/llm/registry.js";
+import { CachingTrainer } from "../../src/llm/training-cache.js";
+import { timedTransitions } from "../../src/mining/transitions.js";
+import { SqliteTableStore } from "../../src/tables/index.js";
+import { FinetuneMemo } from "../../src/update/finetune.js";
+import { UpdateLoop, type LoopSettings } from "../../src/update/loop.js";
+
+const TINY = { embedding: 32, layers: 1, heads: 2, feedForward: 64, contextLength: 256 } as const;
+
+describe("fine-tuning memo", () => {
+  it("shares the curated set and the gates of an identical fine-tune, with the results of a run without it", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "freshrec-finetune-memo-"));
+    const world = new SyntheticWorld({ ...SYNTHETIC_QUICK, clustersPerDomain: 3, users: 800, targetEvents: 80_000, months: 3 });
+    const events = await EventStore.open(join(dir, "events.duckdb"));
+    await ingestSynthetic(events, world);
+    const positiveMin = world.options.positiveThreshold;
+    const clusters = await events.clusters();
+    const asOf = Date.UTC(2025, 2, 1);
+    const startWindow = { from: asOf - 60 * DAY_MS, to: asOf - 30 * DAY_MS };
+    const start = await pretrainBaseModel({
+      workspace: join(dir, "start"),
+      clock: new VirtualClock(startWindow.to),
+      clusters,
+      transitions: await timedTransitions(events, startWindow, { positiveMin, horizon: 1 }),
+      window: startWindow,
+      shape: TINY,
+      epochs: 1,
+    });
+    const settings: LoopSettings = {
+      rag: { windowDays: 7, topN: 1, minSupport: 1, mode: "frequency" },
+      curation: { windowDays: 30, testDays: 7, maxSamples: 300 },
+      gates: { minExactMatchRate: 0, minTestRecall: 0 },
+      training: { epochs: 1 },
+      tables: { topN: 5, keep: 10 },
+      positiveMin,
+    };
+    const opened: string[] = [];
+    const openModel = (path: string) => (opened.push(path), EmbeddedLanguageModel.open(path));
+    const memo = new FinetuneMemo();
+    const trainer = new CachingTrainer(new EmbeddedTrainer(), join(dir, "training-cache"), "embedded");
+    const finetuneIn = async (name: string, shared: { memo?: FinetuneMemo; trainer: CachingTrainer }) => {
+      const clock = new VirtualClock(asOf);
+      const registry = new ModelRegistry(join(dir, name), clock);
+      const base = await registry.register({ kind: "base", filePath: start.modelPath, window: startWindow, reason: "start" });
+      registry.makeLive(base.version, "start");
+      const tables = SqliteTableStore.open(join(dir, name, "tables.sqlite"), clock);
+      const loop = new UpdateLoop({ events, tables, registry, clusters: clusters.map((c) => c.id), settings, openModel, trainer: shared.trainer, finetuneMemo: shared.memo });
+      try {
+        return await loop.finetune(asOf);
+      } finally {
+        await loop.close();
+        registry.close();
+        tables.close();
+      }
+    };
+
+    // Side by side, as two strategies of a replay: one training, one curation, one gate measurement.
+    const [a, b] = await Promise.all([finetuneIn("a", { memo, trainer }), finetuneIn("b", { memo, trainer })]);
+    expect(opened).toHaveLength(1);
+    expect(b.gates).toEqual(a.gates);
+    expect(b.set).toEqual(a.set);
+    expect([a.training.reused, b.training.reused].filter(Boolean)).toHaveLength(1);
+    // A third, later: the set and gates come from the memo, no model is opened.
+    const c = await finetuneIn("c", { memo, trainer });
+    expect(opened).toHaveLength(1);
+    expect(c.gates).toEqual(a.gates);
+    // Without the memo (and with a training cache of its own): trained, curated and gated afresh, the same outcome.
+    const alone = await finetuneIn("alone", { trainer: new CachingTrainer(new EmbeddedTrainer(), join(dir, "training-cache-2"), "embedded") });
+    expect(opened).toHaveLength(2);
+    expect(alone.gates).toEqual(a.gates);
+    expect(alone.set).toEqual(a.set);
+    expect(alone.trainTokens).toBe(a.trainTokens);
+    events.close();
+  }, 300_000);
+});
