@@ -40,6 +40,8 @@ const PARALLEL = 3;
 
 export async function run(): Promise<BenchSuiteResult> {
   const dir = mkdtempSync(join(tmpdir(), "freshrec-bench-replay-"));
+  // Settled before the folder goes, also when the replay fails while the start model still trains.
+  let startSettled: Promise<unknown> | undefined;
   try {
     // 15 months: three before the replayed year for the start model and the first fine-tune window.
     const world = new SyntheticWorld({ ...SYNTHETIC_DEFAULTS, clustersPerDomain: 9, months: 15, start: "2025-01-01" });
@@ -55,7 +57,7 @@ export async function run(): Promise<BenchSuiteResult> {
     // As `evaluate replay` trains its start model: half the transitions carry the context retrieved just before
     // them; and as there, the baselines replay while it trains.
     let startSeconds = Number.NaN;
-    const startModel = (async () => {
+    const startTraining = (async () => {
       const mined = (await timedTransitions(events, startWindow, { positiveMin, horizon: 1 })).slice(-START.maxSamples);
       const transitions = await withRetrievedContexts(events, mined, startWindow, { windowDays: 7, positiveMin }, 0.5, from);
       const start = await pretrainBaseModel({
@@ -70,7 +72,7 @@ export async function run(): Promise<BenchSuiteResult> {
       startSeconds = Number(process.hrtime.bigint() - started) / 1e9;
       return { path: start.modelPath, window: startWindow, version: start.modelVersion, samples: transitions.length };
     })();
-    startModel.catch(() => undefined);
+    startSettled = startTraining.catch(() => undefined);
 
     const settings: LoopSettings = {
       rag: { windowDays: 7, topN: 1, minSupport: 2, mode: "frequency" },
@@ -85,11 +87,11 @@ export async function run(): Promise<BenchSuiteResult> {
       window: { from, to },
       clusters: clusters.map((c) => c.id),
       settings,
-      startModel,
+      startModel: startTraining,
       workDir: join(dir, "replay"),
       trainer: new CachingTrainer(new EmbeddedTrainer(), join(dir, "replay", "training-cache"), "embedded"),
       snapshots: new SnapshotCache(),
-      finetuneMemo: new FinetuneMemo(),
+      finetuneMemo: new FinetuneMemo(events),
     };
     const setups = strategySetups([...ALL_STRATEGIES], env);
     await primeSnapshots([...ALL_STRATEGIES], env);
@@ -119,7 +121,7 @@ export async function run(): Promise<BenchSuiteResult> {
         target: "<= 10",
         met: total <= 600,
       },
-      { metric: `start model (${(await startModel).samples} samples x ${START.epochs} epochs; the baselines replay meanwhile)`, value: startSeconds, unit: "s" },
+      { metric: `start model (${(await startTraining).samples} samples x ${START.epochs} epochs; the baselines replay meanwhile)`, value: startSeconds, unit: "s" },
       { metric: `replay of the strategies after the start model, ${PARALLEL} at a time (wall)`, value: total - startSeconds, unit: "s" },
     ];
     for (const [name, s] of Object.entries(result.strategies)) {
@@ -128,6 +130,7 @@ export async function run(): Promise<BenchSuiteResult> {
     }
     return { results, rows };
   } finally {
+    await startSettled;
     rmSync(dir, { recursive: true, force: true });
   }
 }

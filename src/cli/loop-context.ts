@@ -70,7 +70,7 @@ export async function trainBaseModel(
   events: EventStore,
   asOf: number,
   workspace: string,
-  options: { epochs: number; heldOut: boolean; maxSamples?: number },
+  options: { epochs: number; heldOut: boolean; maxSamples?: number; signal?: AbortSignal },
 ): Promise<{ result: PretrainResult; window: TimeWindow; gates: GateResult | null }> {
   const { windowDays, heldOutDays } = ctx.config.pretrain;
   const maxSamples = Math.min(ctx.config.pretrain.maxSamples, options.maxSamples ?? Infinity);
@@ -103,7 +103,7 @@ export async function trainBaseModel(
     window,
     epochs: options.epochs,
     shape: { ...REFERENCE_SHAPE, ...ctx.config.model },
-    signal: ctx.signal,
+    signal: options.signal ?? ctx.signal,
     onProgress: trainingProgress(ctx.progress, ctx.log, "pretraining"),
   });
   // The base model faces the same gates a fine-tune does, on the held-out days: it goes live anyway (there is

@@ -37,7 +37,7 @@ export interface StrategySetup {
    * is the replay's longest path, and side by side they share each training (training cache), curated set and gate
    * measurement (FinetuneMemo), so the others fill the remaining slots around them.
    */
-  readonly fineTunes?: boolean;
+  readonly finetunes?: boolean;
 }
 
 export interface ReplayOptions extends MiningOptions {
@@ -196,31 +196,33 @@ export async function replay(options: ReplayOptions): Promise<ReplayResult> {
  *
  * Measured on the replay bench (a year, 7 strategies, FinetuneMemo and training cache shared): finetune-monthly and
  * the hybrid side by side 10.04 min at 2 slots; one fine-tuning strategy at a time (the hybrid after
- * finetune-monthly, reading every fine-tune from the cache) 10.51 min; side by side at 3 slots 9.37 min, as the two
- * fine-tuning strategies spend much of their time waiting for one shared training.
+ * finetune-monthly, reading every fine-tune from the cache) 10.51 min; side by side at 3 slots 9.37 and 9.92 min,
+ * as the two fine-tuning strategies spend much of their time waiting for one shared training.
  */
 export async function runPool(setups: readonly StrategySetup[], parallel: number, run: (setup: StrategySetup) => Promise<void>): Promise<void> {
-  const pending = [...setups].sort((a, b) => Number(b.fineTunes ?? false) - Number(a.fineTunes ?? false));
+  const pending = [...setups].sort((a, b) => Number(b.finetunes ?? false) - Number(a.finetunes ?? false));
   const ready = new Set<StrategySetup>(pending.filter((s) => s.ready === undefined));
   let failed = false;
-  let wake: () => void = () => {};
-  let changed = new Promise<void>((resolve) => (wake = resolve));
-  const signal = () => {
-    wake();
-    changed = new Promise<void>((resolve) => (wake = resolve));
+  // Slots with nothing ready wait on `woken`, which settles when a strategy becomes ready or ends (a failure must
+  // wake them to stop).
+  let resolveWoken: () => void = () => {};
+  let woken = new Promise<void>((resolve) => (resolveWoken = resolve));
+  const wakeSlots = () => {
+    resolveWoken();
+    woken = new Promise<void>((resolve) => (resolveWoken = resolve));
   };
   for (const s of pending) {
     // A rejected readiness counts as ready: the strategy's create() then fails with the cause.
     s.ready?.then(
-      () => (ready.add(s), signal()),
-      () => (ready.add(s), signal()),
+      () => (ready.add(s), wakeSlots()),
+      () => (ready.add(s), wakeSlots()),
     );
   }
   const slot = async () => {
     while (pending.length > 0 && !failed) {
       const k = pending.findIndex((s) => ready.has(s));
       if (k < 0) {
-        await changed;
+        await woken;
         continue;
       }
       const [setup] = pending.splice(k, 1);
@@ -230,7 +232,7 @@ export async function runPool(setups: readonly StrategySetup[], parallel: number
         failed = true;
         throw error;
       } finally {
-        signal();
+        wakeSlots();
       }
     }
   };

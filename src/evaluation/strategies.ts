@@ -119,7 +119,7 @@ function setupOf(kind: StrategyName, label: string, refreshDays: number, env: St
   return {
     name: label,
     ready: llm ? Promise.resolve(env.startModel) : undefined,
-    fineTunes: kind === "finetune-monthly" || kind === "hybrid",
+    finetunes: kind === "finetune-monthly" || kind === "hybrid",
     async create(clock) {
       const dir = join(env.workDir, label.replace(/[^a-zA-Z0-9@._-]/g, "_"));
       rmSync(dir, { recursive: true, force: true });

@@ -55,25 +55,34 @@ export interface FinetuneOptions {
  * What fine-tuning jobs over one unchanging event store can share: the curated set of an as-of time, and the gates of
  * a model (by its bytes) on that set. Replay uses one: finetune-monthly and the hybrid fine-tune at the same instants
  * with the same settings, and with the training cache their candidates are the same bytes, so the hybrid's 11
- * curations (~2.5 s of DuckDB each on the replay bench) and gates (~1.7 s) were repeats. Like the training cache,
- * it changes no result: a set or a gate is computed from the same inputs either way. A failure is not remembered.
+ * curations (~2.5 s of DuckDB each on the replay bench) and gates (~1.7 s) were repeats. A set or a gate comes from
+ * the same inputs either way, so results do not change with a deterministic backend (the embedded one); a shared
+ * gate measurement runs under the first caller's abort signal. A failure is not remembered.
  *
  * @example
- * const memo = new FinetuneMemo();
+ * const memo = new FinetuneMemo(events);
  * await runFinetune(asOf, { ...options, memo }); // a second job at the same asOf reuses the set and the gates
  */
 export class FinetuneMemo {
   private readonly sets = new Map<string, Promise<FineTuningSet>>();
   private readonly gates = new Map<string, Promise<GateResult>>();
 
-  curate(events: EventStore, asOf: number, options: CurationOptions = {}): Promise<FineTuningSet> {
-    return remembered(this.sets, JSON.stringify([asOf, options]), () => curateFineTuningSet(events, asOf, options));
+  /** @param events the store every set and gate of this memo comes from (it must not change while the memo lives) */
+  constructor(readonly events: EventStore) {}
+
+  curate(asOf: number, options: CurationOptions = {}): Promise<FineTuningSet> {
+    return remembered(this.sets, JSON.stringify([asOf, options]), () => curateFineTuningSet(this.events, asOf, options));
   }
 
   /** The gates of the model at `modelPath` on the set of `asOf` and `curation`; `measure` runs them when new. */
   async gate(modelPath: string, asOf: number, curation: CurationOptions, options: Pick<FinetuneOptions, "gates" | "generationProbes">, measure: () => Promise<GateResult>): Promise<GateResult> {
     const key = JSON.stringify([await fileSha256(modelPath), asOf, curation, options.gates ?? {}, options.generationProbes ?? null]);
     return remembered(this.gates, key, measure);
+  }
+
+  /** Sets and gate results remembered (a replay's fine-tuning strategies: one of each per fine-tune). */
+  get size(): { readonly sets: number; readonly gates: number } {
+    return { sets: this.sets.size, gates: this.gates.size };
   }
 }
 
@@ -101,7 +110,8 @@ export interface FinetuneResult {
 export async function runFinetune(asOf: number, options: FinetuneOptions): Promise<FinetuneResult> {
   const started = process.hrtime.bigint();
   const parent = options.registry.live();
-  const set = await (options.memo ? options.memo.curate(options.events, asOf, options.curation) : curateFineTuningSet(options.events, asOf, options.curation));
+  if (options.memo && options.memo.events !== options.events) throw new Error("FinetuneMemo: the memo belongs to another event store");
+  const set = await (options.memo ? options.memo.curate(asOf, options.curation) : curateFineTuningSet(options.events, asOf, options.curation));
   if (set.train.length === 0) {
     throw new FreshrecError("BAD_INPUT", `no novel transitions to fine-tune on in the ${(set.trainWindow.to - set.trainWindow.from) / DAY_MS} days before ${new Date(set.trainWindow.to).toISOString()}`);
   }

@@ -27,8 +27,8 @@ describe("replay pool", () => {
     const startModel = deferred();
     const setups = [
       setup("static", { ready: startModel.promise }),
-      setup("finetune-monthly", { ready: startModel.promise, fineTunes: true }),
-      setup("hybrid", { ready: startModel.promise, fineTunes: true }),
+      setup("finetune-monthly", { ready: startModel.promise, finetunes: true }),
+      setup("hybrid", { ready: startModel.promise, finetunes: true }),
       setup("successor-top1"),
       setup("popular-novel"),
     ];
@@ -76,6 +76,18 @@ describe("replay pool", () => {
     slow.resolve();
     expect(await outcome).toBe("b failed");
     expect(log).toEqual(["start a", "start b", "end a"]);
+  });
+
+  it("wakes a slot waiting for a start model when another strategy fails, and stops", async () => {
+    const never = new Promise<void>(() => {});
+    const ran: string[] = [];
+    const pool = runPool([setup("successor-top1"), setup("static", { ready: never })], 2, async (s) => {
+      ran.push(s.name);
+      await settle();
+      throw new Error(`${s.name} failed`);
+    });
+    await expect(pool).rejects.toThrow("successor-top1 failed");
+    expect(ran).toEqual(["successor-top1"]);
   });
 
   it("starts a strategy whose readiness failed, so its own create() reports the cause", async () => {

@@ -74,7 +74,7 @@ describe("replay with LLM strategies", () => {
     // As `evaluate replay` runs: snapshots shared by the strategies, fine-tunes through the training cache and the
     // fine-tuning memo, the start model still training when the replay starts (the baseline goes first).
     const snapshots = new SnapshotCache();
-    const shared = { snapshots, trainer: new CachingTrainer(new EmbeddedTrainer(), join(dir, "training-cache"), "embedded"), finetuneMemo: new FinetuneMemo() };
+    const shared = { snapshots, trainer: new CachingTrainer(new EmbeddedTrainer(), join(dir, "training-cache"), "embedded"), finetuneMemo: new FinetuneMemo(events) };
     let releaseStart!: () => void;
     const startModel = new Promise<void>((r) => (releaseStart = r)).then(() => env(events, "all").startModel);
     const started: string[] = [];
@@ -86,7 +86,8 @@ describe("replay with LLM strategies", () => {
       resamples: 100,
       clusters: clusters.map((c) => c.id),
       parallel: 3,
-      // The start model is "trained" once the baseline has published: a pool that waited for it would never finish.
+      // The start model is "trained" once the baseline has published: a pool that held the baseline back until the
+      // start model was there would never finish (the test times out).
       onRun: (strategy) => {
         if (!started.includes(strategy)) started.push(strategy);
         if (strategy === "successor-top1") releaseStart();

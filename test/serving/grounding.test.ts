@@ -80,7 +80,7 @@ describe("grounding on known data", () => {
   });
 
   it("groups each item's neighbours into one run per cluster, covering the list in order", () => {
-    const { itemRuns, runCluster, runOffset, neighborStart, neighborCluster } = index;
+    const { itemRuns, runCluster, runOffset, neighborStart, neighborItem } = index;
     let multi = 0;
     for (let i = 0; i < catalog.itemCount; i++) {
       const runs = itemRuns[i + 1] - itemRuns[i];
@@ -93,7 +93,7 @@ describe("grounding on known data", () => {
       expect(runOffset[itemRuns[i + 1]]).toBe(neighborStart[i + 1]);
       for (let q = itemRuns[i]; q < itemRuns[i + 1]; q++) {
         expect(runOffset[q + 1]).toBeGreaterThan(runOffset[q]);
-        for (let p = runOffset[q]; p < runOffset[q + 1]; p++) expect(neighborCluster[p]).toBe(runCluster[q]);
+        for (let p = runOffset[q]; p < runOffset[q + 1]; p++) expect(catalog.itemCluster[neighborItem[p]]).toBe(runCluster[q]);
         if (q > itemRuns[i]) expect(runCluster[q]).not.toBe(runCluster[q - 1]);
       }
     }

@@ -52,7 +52,7 @@ describe("fine-tuning memo", () => {
     };
     const opened: string[] = [];
     const openModel = (path: string) => (opened.push(path), EmbeddedLanguageModel.open(path));
-    const memo = new FinetuneMemo();
+    const memo = new FinetuneMemo(events);
     const trainer = new CachingTrainer(new EmbeddedTrainer(), join(dir, "training-cache"), "embedded");
     const finetuneIn = async (name: string, shared: { memo?: FinetuneMemo; trainer: CachingTrainer }) => {
       const clock = new VirtualClock(asOf);
@@ -73,12 +73,15 @@ describe("fine-tuning memo", () => {
     // Side by side, as two strategies of a replay: one training, one curation, one gate measurement.
     const [a, b] = await Promise.all([finetuneIn("a", { memo, trainer }), finetuneIn("b", { memo, trainer })]);
     expect(opened).toHaveLength(1);
+    // Both loops asked for one key each: one curated set, one gate measurement.
+    expect(memo.size).toEqual({ sets: 1, gates: 1 });
     expect(b.gates).toEqual(a.gates);
     expect(b.set).toEqual(a.set);
     expect([a.training.reused, b.training.reused].filter(Boolean)).toHaveLength(1);
     // A third, later: the set and gates come from the memo, no model is opened.
     const c = await finetuneIn("c", { memo, trainer });
     expect(opened).toHaveLength(1);
+    expect(memo.size).toEqual({ sets: 1, gates: 1 });
     expect(c.gates).toEqual(a.gates);
     // Without the memo (and with a training cache of its own): trained, curated and gated afresh, the same outcome.
     const alone = await finetuneIn("alone", { trainer: new CachingTrainer(new EmbeddedTrainer(), join(dir, "training-cache-2"), "embedded") });
@@ -86,6 +89,10 @@ describe("fine-tuning memo", () => {
     expect(alone.gates).toEqual(a.gates);
     expect(alone.set).toEqual(a.set);
     expect(alone.trainTokens).toBe(a.trainTokens);
+    // A memo serves one store only.
+    const other = await EventStore.open(":memory:");
+    await expect(finetuneIn("d", { memo: new FinetuneMemo(other), trainer })).rejects.toThrow(/another event store/);
+    other.close();
     events.close();
   }, 300_000);
 });

@@ -7,7 +7,7 @@ import { join } from "node:path";
 import { BadInputError } from "../../domain/errors.js";
 import { replay } from "../../evaluation/replay.js";
 import { writeReplayReport } from "../../evaluation/replay-report.js";
-import { ALL_STRATEGIES, LLM_STRATEGIES, parseStrategies, primeSnapshots, strategySetups, type StrategyEnvironment } from "../../evaluation/strategies.js";
+import { ALL_STRATEGIES, LLM_STRATEGIES, parseStrategies, primeSnapshots, strategySetups, type StartModel, type StrategyEnvironment } from "../../evaluation/strategies.js";
 import { ModelRegistry } from "../../llm/registry.js";
 import { CachingTrainer } from "../../llm/training-cache.js";
 import { FinetuneMemo } from "../../update/finetune.js";
@@ -71,6 +71,12 @@ export function registerEvaluate(program: Command): void {
         if (f.ragScope !== undefined && f.ragScope !== "instance" && f.ragScope !== "global") throw new BadInputError(`--rag-scope: expected instance or global, got ${JSON.stringify(f.ragScope)}`);
         const from = timeOption("from", f.from)!;
         const events = await ctx.openEvents();
+        // The embedded start model trains while the baselines replay; a failure elsewhere stops it before the
+        // events store closes under it.
+        const stopStart = new AbortController();
+        const onInterrupt = () => stopStart.abort();
+        ctx.signal.addEventListener("abort", onInterrupt, { once: true });
+        let startModel: Promise<StartModel> | null = null;
         try {
           const to = timeOption("to", f.to) ?? (await resolveAsOf(ctx, events, undefined));
           if (!(to > from)) throw new BadInputError(`--to (${iso(to)}) must be after --from (${iso(from)})`);
@@ -94,10 +100,10 @@ export function registerEvaluate(program: Command): void {
           // A configured external model is the start model as it is: what it was trained on is outside freshrec's
           // view, so the no-leakage guarantee covers only the tables and fine-tunes made here. The embedded one
           // trains while the baselines replay (the strategies wait for it; a failure fails the replay).
-          const startModel = !needsModel
+          startModel = !needsModel
             ? null
             : backend.kind === "embedded"
-              ? startModelFor(ctx, events, from, join(workDir, `start-${iso(from).slice(0, 10)}-${startKey}`))
+              ? startModelFor(ctx, events, from, join(workDir, `start-${iso(from).slice(0, 10)}-${startKey}`), stopStart.signal)
               : Promise.resolve({ path: configuredModelFile(ctx, workDir, "start"), window: null, version: `configured ${backend.kind} model` });
           // Awaited by the LLM strategies and below; this keeps a failure that comes before them from going unhandled.
           startModel?.catch(() => undefined);
@@ -116,7 +122,7 @@ export function registerEvaluate(program: Command): void {
             // The store does not change during a replay: strategies retrieving at the same instant share it.
             snapshots: new SnapshotCache(),
             // ...and the same curated sets and gates for their identical fine-tunes.
-            finetuneMemo: new FinetuneMemo(),
+            finetuneMemo: new FinetuneMemo(events),
             onTraining: (strategy, e) => trainingProgress(ctx.progress, ctx.log, `${strategy} fine-tuning`)(e),
           };
           const setups = strategySetups(names, env, refreshDays);
@@ -152,7 +158,12 @@ export function registerEvaluate(program: Command): void {
             `         ${report.json}`,
           ].join("\n");
           return { json: { ...result, startModel: start, reports: report }, text };
+        } catch (error) {
+          stopStart.abort();
+          throw error;
         } finally {
+          ctx.signal.removeEventListener("abort", onInterrupt);
+          await startModel?.catch(() => undefined);
           events.close();
         }
       }),
@@ -165,7 +176,8 @@ async function startModelFor(
   events: Parameters<typeof trainBaseModel>[1],
   from: number,
   dir: string,
-): Promise<{ path: string; window: { from: number; to: number } | null; version: string }> {
+  signal: AbortSignal,
+): Promise<StartModel> {
   const registry = new ModelRegistry(dir, ctx.clock);
   try {
     const cached = registry.live();
@@ -176,6 +188,6 @@ async function startModelFor(
   } finally {
     registry.close();
   }
-  const { result, window } = await trainBaseModel(ctx, events, from, dir, { epochs: ctx.config.pretrain.epochs, heldOut: false });
+  const { result, window } = await trainBaseModel(ctx, events, from, dir, { epochs: ctx.config.pretrain.epochs, heldOut: false, signal });
   return { path: result.modelPath, window, version: result.modelVersion };
 }

@@ -45,10 +45,12 @@ export interface GroundingIndexOptions {
 export interface GroundingIndex {
   /** [from, to) of the events it was computed from (epoch ms); to is just after the newest event. */
   readonly window: { readonly from: number; readonly to: number };
-  /** Neighbours of item i are entries neighborStart[i] .. neighborStart[i+1]-1, sorted by cluster, then weight. */
+  /**
+   * Neighbours of item i are entries neighborStart[i] .. neighborStart[i+1]-1, sorted by cluster, then weight (their
+   * clusters are in the runs below).
+   */
   readonly neighborStart: Int32Array;
   readonly neighborItem: Int32Array;
-  readonly neighborCluster: Int32Array;
   readonly neighborWeight: Float32Array;
   /**
    * The neighbours of one item in one cluster form a run: item i's runs are k = itemRuns[i] .. itemRuns[i+1]-1, run
@@ -98,7 +100,7 @@ export async function buildGroundingIndex(store: EventStore, catalog: Catalog, o
   );
   const n = covisits.currentRowCount;
   const [is, js, weights] = n ? (covisits.getColumns() as [number[], number[], number[]]) : [[], [], []];
-  const { neighborStart, neighborItem, neighborCluster, neighborWeight, itemRuns, runCluster, runOffset } = rankNeighbors(catalog, is, js, weights, perCluster);
+  const { neighborStart, neighborItem, neighborWeight, itemRuns, runCluster, runOffset } = rankNeighbors(catalog, is, js, weights, perCluster);
   const total = neighborItem.length;
 
   const popular = await store.connection.runAndReadAll(
@@ -142,7 +144,6 @@ export async function buildGroundingIndex(store: EventStore, catalog: Catalog, o
     window: { from, to },
     neighborStart,
     neighborItem,
-    neighborCluster,
     neighborWeight,
     itemRuns,
     runCluster,
@@ -202,21 +203,21 @@ function rankNeighbors(catalog: Catalog, is: readonly number[], js: readonly num
     keep[i + 1] = kept.length;
   }
   const neighborItem = new Int32Array(kept.length);
-  const neighborCluster = new Int32Array(kept.length);
   const neighborWeight = new Float32Array(kept.length);
   kept.forEach((p, k) => {
     neighborItem[k] = nItem[p];
-    neighborCluster[k] = cluster[nItem[p]];
     neighborWeight[k] = nWeight[p];
   });
   // Runs: a new one at each item's first entry and wherever the cluster changes within an item.
   const itemRuns = new Int32Array(items + 1);
   const runStarts: number[] = [];
   for (let i = 0; i < items; i++) {
-    for (let k = keep[i]; k < keep[i + 1]; k++) if (k === keep[i] || neighborCluster[k] !== neighborCluster[k - 1]) runStarts.push(k);
+    for (let k = keep[i]; k < keep[i + 1]; k++) {
+      if (k === keep[i] || cluster[neighborItem[k]] !== cluster[neighborItem[k - 1]]) runStarts.push(k);
+    }
     itemRuns[i + 1] = runStarts.length;
   }
   const runOffset = Int32Array.from([...runStarts, kept.length]);
-  const runCluster = Int32Array.from(runStarts, (k) => neighborCluster[k]);
-  return { neighborStart: keep, neighborItem, neighborCluster, neighborWeight, itemRuns, runCluster, runOffset };
+  const runCluster = Int32Array.from(runStarts, (k) => cluster[neighborItem[k]]);
+  return { neighborStart: keep, neighborItem, neighborWeight, itemRuns, runCluster, runOffset };
 }
