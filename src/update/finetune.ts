@@ -10,6 +10,7 @@ import { join } from "node:path";
 import type { EventStore } from "../data/event-store.js";
 import { DAY_MS } from "../domain/clock.js";
 import { FreshrecError } from "../domain/errors.js";
+import { remembered } from "../domain/memo.js";
 import type { LanguageModel, TrainOptions, Trainer, TrainResult } from "../llm/contracts.js";
 import { fileSha256 } from "../llm/registry.js";
 import { curateFineTuningSet, type CurationOptions, type FineTuningSet } from "./curation.js";
@@ -84,16 +85,6 @@ export class FinetuneMemo {
   get size(): { readonly sets: number; readonly gates: number } {
     return { sets: this.sets.size, gates: this.gates.size };
   }
-}
-
-function remembered<T>(map: Map<string, Promise<T>>, key: string, compute: () => Promise<T>): Promise<T> {
-  let value = map.get(key);
-  if (!value) {
-    value = compute();
-    value.catch(() => map.delete(key));
-    map.set(key, value);
-  }
-  return value;
 }
 
 export interface FinetuneResult {

@@ -19,6 +19,7 @@ import type { EventStore } from "../data/event-store.js";
 import { DAY_MS } from "../domain/clock.js";
 import { BadInputError } from "../domain/errors.js";
 import type { TimeWindow, Transition, TransitionCount } from "../domain/types.js";
+import { remembered } from "../domain/memo.js";
 import { seededRandom } from "../domain/random.js";
 import type { PromptContext } from "../llm/prompt.js";
 import { pairKey } from "../domain/types.js";
@@ -107,15 +108,9 @@ export class SnapshotCache {
 
   retrieve(store: EventStore, asOf: number, options: RagOptions = {}): Promise<RagSnapshot> {
     const key = JSON.stringify([asOf, resolveRagOptions(options), options.positiveMin ?? null]);
-    let snapshot = this.snapshots.get(key);
-    if (!snapshot) {
-      const positiveMin = options.positiveMin ?? null;
-      snapshot = retrieveContexts(store, asOf, options, (w) => this.counts.get(countsKey(w.to, w.to - w.from, positiveMin)));
-      // A failed retrieval is not remembered: the next refresh tries again.
-      snapshot.catch(() => this.snapshots.delete(key));
-      this.snapshots.set(key, snapshot);
-    }
-    return snapshot;
+    const positiveMin = options.positiveMin ?? null;
+    // A failed retrieval is not remembered: the next refresh tries again.
+    return remembered(this.snapshots, key, () => retrieveContexts(store, asOf, options, (w) => this.counts.get(countsKey(w.to, w.to - w.from, positiveMin))));
   }
 
   get size(): number {
