@@ -325,7 +325,7 @@ export class SyntheticWorld {
   /** Epoch ms of the start of month m, for m = 0 .. months + KERNEL_EXTRA_MONTHS. */
   readonly monthStarts: Float64Array;
   readonly startMs: number;
-  /** End of generated events (start of month `months`), exclusive. */
+  /** End of generated events (start of month `months`), exclusive: no event is at or after it. */
   readonly endMs: number;
   /** Items of cluster c are indices itemOffset[c] .. itemOffset[c] + itemCount[c] - 1. */
   readonly itemOffset: Int32Array;
@@ -497,9 +497,18 @@ export class SyntheticWorld {
       buffer = new BatchBuffer(Math.min(size, 1 << 16) + 4096);
       await onBatch(batch);
     };
+    // A session that starts just before the end runs on past it; its events after the end are dropped, so the data
+    // ends where the world says (a demo or replay over "the last months" would otherwise get a stub month of
+    // minutes). The generator still draws them, so every earlier event is the same.
+    const endMs = this.endMs;
+    const sink: EventSink = {
+      push: (userIndex, itemIndex, ts, engagement, positive) => {
+        if (ts < endMs) buffer.push(userIndex, itemIndex, ts, engagement, positive);
+      },
+    };
     for (let u = 0; u < this.options.users; u++) {
       const user = this.createUser(u);
-      this.advanceOrganic(user, this.endMs, buffer);
+      this.advanceOrganic(user, endMs, sink);
       if (buffer.length >= size) await flush();
     }
     await flush();
