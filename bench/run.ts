@@ -1,12 +1,12 @@
 /**
- * `npm run bench -- SUITE`: runs bench/SUITE.ts, prints its table and writes bench/results/SUITE.json as
- * `{ suite, machine, results: { KEY: number } }` (DESIGN.md). A suite module exports
- * `run(): Promise<BenchSuiteResult>`; targets are reported beside the numbers, never asserted in tests.
+ * Benchmark suites: `npm run bench -- SUITE` or `freshrec bench SUITE` runs bench/SUITE.ts, prints its table and
+ * writes bench/results/SUITE.json as `{ suite, machine, results: { KEY: number } }` (DESIGN.md). A suite module
+ * exports `run(): Promise<BenchSuiteResult>`; targets are reported beside the numbers, never asserted in tests.
  */
-import { mkdirSync, writeFileSync, existsSync } from "node:fs";
-import { cpus, totalmem, platform, arch } from "node:os";
+import { existsSync, mkdirSync, readdirSync, writeFileSync } from "node:fs";
+import { arch, cpus, platform, totalmem } from "node:os";
 import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { fileURLToPath, pathToFileURL } from "node:url";
 
 export interface BenchRow {
   /** What was measured, in words. */
@@ -24,24 +24,32 @@ export interface BenchSuiteResult {
   readonly rows: readonly BenchRow[];
 }
 
+export interface BenchOutcome extends BenchSuiteResult {
+  readonly suite: string;
+  readonly machine: { readonly cpus: number; readonly cpuModel: string; readonly memoryGiB: number; readonly platform: string; readonly node: string };
+  /** Where the results were written. */
+  readonly file: string;
+}
+
 const here = dirname(fileURLToPath(import.meta.url));
 
-async function main(): Promise<void> {
-  const suite = process.argv[2];
-  if (!suite || !/^[a-z0-9-]+$/.test(suite) || !existsSync(join(here, `${suite}.ts`))) {
-    process.stderr.write(`usage: npm run bench -- SUITE (a file bench/SUITE.ts); got ${JSON.stringify(suite ?? "")}\n`);
-    process.exit(2);
-  }
-  const mod = (await import(join(here, `${suite}.ts`))) as { run: () => Promise<BenchSuiteResult> };
+/** The suites there are: bench/NAME.ts files other than this runner (names starting with "_" are scratch). */
+export function benchSuites(): string[] {
+  return readdirSync(here)
+    .filter((f) => /^[a-z0-9-]+\.ts$/.test(f) && f !== "run.ts")
+    .map((f) => f.slice(0, -3))
+    .sort();
+}
+
+export function isBenchSuite(suite: string): boolean {
+  return /^[a-z0-9-]+$/.test(suite) && suite !== "run" && existsSync(join(here, `${suite}.ts`));
+}
+
+/** Runs one suite and writes bench/results/SUITE.json. */
+export async function runBenchSuite(suite: string): Promise<BenchOutcome> {
+  if (!isBenchSuite(suite)) throw new Error(`no bench suite ${JSON.stringify(suite)}: one of ${benchSuites().join(", ")}`);
+  const mod = (await import(pathToFileURL(join(here, `${suite}.ts`)).href)) as { run: () => Promise<BenchSuiteResult> };
   const outcome = await mod.run();
-  const table = outcome.rows.map((r) => ({
-    metric: r.metric,
-    value: Number(r.value.toPrecision(4)),
-    unit: r.unit,
-    target: r.target ?? "",
-    met: r.met === undefined ? "" : r.met ? "yes" : "NO",
-  }));
-  console.table(table);
   const machine = {
     cpus: cpus().length,
     cpuModel: cpus()[0]?.model ?? "unknown",
@@ -53,7 +61,29 @@ async function main(): Promise<void> {
   mkdirSync(outDir, { recursive: true });
   const file = join(outDir, `${suite}.json`);
   writeFileSync(file, JSON.stringify({ suite, machine, results: outcome.results }, null, 2) + "\n");
-  console.log(`wrote ${file}`);
+  return { suite, machine, results: outcome.results, rows: outcome.rows, file };
 }
 
-await main();
+/** The rows as printed: 4 significant digits, targets and whether each was met. */
+export function benchTable(rows: readonly BenchRow[]) {
+  return rows.map((r) => ({
+    metric: r.metric,
+    value: Number(r.value.toPrecision(4)),
+    unit: r.unit,
+    target: r.target ?? "",
+    met: r.met === undefined ? "" : r.met ? "yes" : "NO",
+  }));
+}
+
+async function main(): Promise<void> {
+  const suite = process.argv[2];
+  if (!suite || !isBenchSuite(suite)) {
+    process.stderr.write(`usage: npm run bench -- SUITE (one of ${benchSuites().join(", ")}); got ${JSON.stringify(suite ?? "")}\n`);
+    process.exit(2);
+  }
+  const outcome = await runBenchSuite(suite);
+  console.table(benchTable(outcome.rows));
+  console.log(`wrote ${outcome.file}`);
+}
+
+if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) await main();

@@ -2,48 +2,13 @@
  * The freshrec CLI. Global options on every command: --workspace, --config, --json. Exit codes: 0 success,
  * 1 failed run, 2 bad usage or bad input.
  */
-import { Command, CommanderError } from "commander";
-import { registerAnalyze } from "./commands/analyze.js";
-import { registerConfig } from "./commands/config.js";
-import { registerDemo } from "./commands/demo.js";
-import { registerDoctor } from "./commands/doctor.js";
-import { registerEvaluate } from "./commands/evaluate.js";
-import { registerExperiment } from "./commands/experiment.js";
-import { registerIngest } from "./commands/ingest.js";
-import { registerLlm } from "./commands/llm.js";
-import { registerModels } from "./commands/models.js";
-import { registerRefresh } from "./commands/refresh.js";
-import { registerServe } from "./commands/serve.js";
-import { registerSynth } from "./commands/synth.js";
-import { registerTables } from "./commands/tables.js";
-import { DEFAULT_WORKSPACE } from "./workspace.js";
+import { CommanderError } from "commander";
+import { buildProgram } from "./program.js";
 
-export function buildProgram(): Command {
-  const program = new Command("freshrec")
-    .description("keeps an LLM-powered interest-exploration recommender fresh (fine-tuning + RAG table refreshes)")
-    .option("--workspace <dir>", "where freshrec keeps its state", DEFAULT_WORKSPACE)
-    .option("--config <file>", "config file (default: freshrec.config.json if present)")
-    .option("--json", "print exactly one JSON object with the result on stdout")
-    .showHelpAfterError()
-    .exitOverride();
-  registerDemo(program);
-  registerConfig(program);
-  registerIngest(program);
-  registerSynth(program);
-  registerModels(program);
-  registerRefresh(program);
-  registerTables(program);
-  registerAnalyze(program);
-  registerEvaluate(program);
-  registerExperiment(program);
-  registerServe(program);
-  registerLlm(program);
-  registerDoctor(program);
-  for (const command of program.commands) {
-    command.exitOverride();
-    for (const sub of command.commands) sub.exitOverride();
-  }
-  return program;
+/** Whether --json is among the options (before a "--" that ends them). */
+function jsonRequested(argv: readonly string[]): boolean {
+  const end = argv.indexOf("--");
+  return (end < 0 ? argv : argv.slice(0, end)).includes("--json");
 }
 
 export async function main(argv: readonly string[]): Promise<void> {
@@ -52,7 +17,12 @@ export async function main(argv: readonly string[]): Promise<void> {
   } catch (error) {
     if (error instanceof CommanderError) {
       // Help and version are successes; anything else commander rejects is bad usage.
-      process.exitCode = error.code === "commander.helpDisplayed" || error.code === "commander.version" || error.code === "commander.help" ? 0 : 2;
+      const success = error.code === "commander.helpDisplayed" || error.code === "commander.version" || error.code === "commander.help";
+      process.exitCode = success ? 0 : 2;
+      // --json promises one JSON object on stdout, a usage error included (commander printed the why to stderr).
+      if (!success && jsonRequested(argv)) {
+        process.stdout.write(`${JSON.stringify({ error: { code: "BAD_USAGE", message: error.message.replace(/^error: /, "") } })}\n`);
+      }
       return;
     }
     throw error;

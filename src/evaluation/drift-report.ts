@@ -22,8 +22,9 @@ export function writeDriftReport(reportsDir: string, drift: DriftResult, source:
         table: {
           columns: ["metric", "value"],
           rows: [
-            ["mean Jaccard", drift.meanJaccard],
-            ["variance", drift.varianceJaccard],
+            // "-" rather than NaN when nothing was compared (the summary says why).
+            ["mean Jaccard", Number.isFinite(drift.meanJaccard) ? drift.meanJaccard : "-"],
+            ["variance", Number.isFinite(drift.varianceJaccard) ? drift.varianceJaccard : "-"],
             ["pair-months compared", drift.pairsCompared],
             ["paper's mean Jaccard", PAPER_MEAN_JACCARD],
           ],

@@ -1,4 +1,6 @@
+import type { Command } from "commander";
 import { describe, expect, it } from "vitest";
+import { buildProgram } from "../../src/cli/program.js";
 import { execFileSync, spawnSync } from "node:child_process";
 import { mkdtempSync, writeFileSync, existsSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -42,6 +44,15 @@ describe("freshrec CLI contract", () => {
     expect(existsSync(result.reports.md)).toBe(true);
   });
 
+  it("says there is nothing to compare, not NaN, when no pair has the support", () => {
+    const r = freshrec(["--workspace", ws, "analyze", "drift", "--min-support", "100000"]);
+    expect(r.status).toBe(0);
+    expect(r.stdout).toContain("nothing to compare: no history pair had 100000 or more novel transitions in two consecutive months");
+    expect(r.stdout).not.toContain("NaN");
+    const md = readFileSync(r.stdout.match(/, (\S+\.md)/)![1], "utf8");
+    expect(md).not.toContain("NaN");
+  });
+
   it("exits 2 with the field named on a bad config", () => {
     const config = join(ws, "bad.json");
     writeFileSync(config, JSON.stringify({ drift: { topK: -1 } }));
@@ -60,6 +71,47 @@ describe("freshrec CLI contract", () => {
     const help = freshrec(["ingest", "--help"]);
     expect(help.status).toBe(0);
     expect(help.stdout).toContain("Examples:");
+  });
+
+  it("prints one JSON error object on stdout for a usage error with --json", () => {
+    const r = freshrec(["--json", "ingest", "--evnts", "x.csv"]);
+    expect(r.status).toBe(2);
+    const lines = r.stdout.trim().split("\n");
+    expect(lines).toHaveLength(1);
+    expect(JSON.parse(lines[0]).error).toEqual({ code: "BAD_USAGE", message: expect.stringContaining("unknown option '--evnts'") });
+    expect(r.stderr).toContain("--evnts");
+    // Without --json, stdout stays empty (the why is on stderr).
+    expect(freshrec(["tables", "show"]).stdout).toBe("");
+  });
+
+  it("runs bench suites by name and refuses an unknown one with the list (exit 2)", () => {
+    const help = freshrec(["bench", "--help"]);
+    expect(help.status).toBe(0);
+    expect(help.stdout).toMatch(/Suites: .*mining.*serve/);
+    const r = freshrec(["--json", "bench", "no-such-suite"]);
+    expect(r.status).toBe(2);
+    expect(JSON.parse(r.stdout).error.message).toMatch(/unknown bench suite "no-such-suite": one of .*replay.*serve/);
+    expect(freshrec(["bench", "run"]).status).toBe(2); // the runner itself is not a suite
+  });
+
+  it("has an example in the help of every command", () => {
+    // Walks the command tree in process (spawning the CLI per command would take a minute) and renders each
+    // command's help as --help does, text added after it included.
+    const missing: string[] = [];
+    const visit = (command: Command, path: string[]) => {
+      const leaves = command.commands.filter((c) => c.name() !== "help");
+      if (leaves.length === 0) {
+        let help = "";
+        command.configureOutput({ writeOut: (text) => (help += text), writeErr: (text) => (help += text) });
+        command.outputHelp();
+        if (!help.includes("Example")) missing.push(path.join(" "));
+      }
+      for (const sub of leaves) visit(sub, [...path, sub.name()]);
+    };
+    const program = buildProgram();
+    expect(program.commands.length).toBeGreaterThan(10);
+    visit(program, []);
+    expect(missing).toEqual([]);
   });
 
   it("prints the documented defaults as a valid config", () => {

@@ -28,7 +28,9 @@ export function registerAnalyze(program: Command): void {
           const dataset = (await store.getMeta("dataset")) ?? "events";
           const reports = writeDriftReport(ctx.paths.reports, drift, dataset);
           const text = [
-            `drift (${dataset}): mean Jaccard ${drift.meanJaccard.toFixed(3)}, variance ${drift.varianceJaccard.toFixed(3)}, ${drift.pairsCompared} pair-months compared (paper: 0.17)`,
+            drift.pairsCompared > 0
+              ? `drift (${dataset}): mean Jaccard ${drift.meanJaccard.toFixed(3)}, variance ${drift.varianceJaccard.toFixed(3)}, ${drift.pairsCompared} pair-months compared (paper: 0.17)`
+              : `drift (${dataset}): nothing to compare: no history pair had ${minSupport} or more novel transitions in two consecutive months (lower --min-support, now ${minSupport}, or use more data)`,
             ...drift.months.map((m) => `  ${m.month}  ${m.meanJaccard.toFixed(3)}  (${m.pairs} pairs)`),
             `reports: ${reports.html}, ${reports.md}`,
           ].join("\n");

@@ -226,6 +226,7 @@ export function registerExperiment(program: Command): void {
     .command("list")
     .description("every experiment and which one is active")
     .option("--server <url>", "ask a running server")
+    .addHelpText("after", "\nExamples:\n  freshrec experiment list\n  freshrec experiment list --server http://127.0.0.1:8080 --json")
     .action(
       action(async (ctx, command) => {
         const { server } = command.opts<{ server?: string }>();
@@ -240,6 +241,7 @@ export function registerExperiment(program: Command): void {
     .command("stop <name>")
     .description("stop an experiment: everyone is served the live table again")
     .option("--server <url>", "through a running server's admin route")
+    .addHelpText("after", "\nExamples:\n  freshrec experiment stop hybrid-vs-monthly\n  FRESHREC_ADMIN_TOKEN=... freshrec experiment stop hybrid-vs-monthly --server http://127.0.0.1:8080")
     .action(
       action(async (ctx, command) => {
         const [name] = command.args;

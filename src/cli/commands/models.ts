@@ -125,6 +125,7 @@ export function registerModels(program: Command): void {
   models
     .command("list")
     .description("every model version with lineage, status and data window")
+    .addHelpText("after", "\nExample:\n  freshrec models list --json")
     .action(
       action(async (ctx) => {
         const registry = new ModelRegistry(ctx.paths.root, ctx.clock);

@@ -136,6 +136,7 @@ export function registerRefresh(program: Command): void {
   schedule
     .command("status")
     .description("each job's cadence, last run, next due time, counters and pause state")
+    .addHelpText("after", "\nExample:\n  freshrec schedule status --json")
     .action(
       action(async (ctx) => {
         const store = SqliteScheduleStore.open(scheduleStorePath(ctx.paths.root));
@@ -154,10 +155,12 @@ export function registerRefresh(program: Command): void {
     );
 
   for (const verb of ["pause", "resume"] as const) {
-    schedule
+    const command = schedule
       .command(`${verb} <job>`)
-      .description(verb === "pause" ? "pause a job (finetune or refresh) until resumed" : "resume a paused job (after a halted fine-tune was reviewed, for example)")
-      .option("--reason <text>", "why (pause only)")
+      .description(verb === "pause" ? "pause a job (finetune or refresh) until resumed" : "resume a paused job (after a halted fine-tune was reviewed, for example)");
+    if (verb === "pause") command.option("--reason <text>", "why, shown by schedule status");
+    command
+      .addHelpText("after", verb === "pause" ? "\nExample:\n  freshrec schedule pause refresh --reason 'event pipeline outage'" : "\nExample:\n  freshrec schedule resume finetune")
       .action(
         action(async (ctx, command) => {
           const [job] = command.args;
