@@ -211,6 +211,12 @@ export const configSchema = z
           .describe("Bearer token of the admin routes (publish, rollback, model review, schedule status, experiments); the environment variable FRESHREC_ADMIN_TOKEN wins. null = admin routes answer 403. At least 16 characters."),
         bodyLimitBytes: positiveInt().default(1_048_576).describe("Largest request body; a bigger one gets 413."),
         maxBatchEvents: positiveInt().default(10_000).describe("Most events one POST /v1/events may carry; more gets 413."),
+        futureToleranceMs: z
+          .number()
+          .int()
+          .min(0)
+          .default(86_400_000)
+          .describe("How far after the server's now an event's ts may be (client clock skew); a later one makes POST /v1/events answer 400, so one stray future time cannot move the data's end for the next refresh."),
         unknownItems: z
           .enum(["reject", "skip"])
           .default("reject")

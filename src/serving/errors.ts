@@ -67,18 +67,28 @@ export interface ErrorBody {
   };
 }
 
-/** Fastify's own errors that are the client's fault, by their code. */
+/** Fastify's own errors that are the client's fault, by their code (413 and 415 get own messages: `toHttpError`). */
 const FASTIFY_CODES: Readonly<Record<string, HttpErrorCode>> = {
-  FST_ERR_CTP_BODY_TOO_LARGE: "PAYLOAD_TOO_LARGE",
-  FST_ERR_CTP_INVALID_MEDIA_TYPE: "UNSUPPORTED_MEDIA_TYPE",
   FST_ERR_CTP_EMPTY_JSON_BODY: "BAD_INPUT",
   FST_ERR_CTP_INVALID_CONTENT_LENGTH: "BAD_INPUT",
   FST_ERR_CTP_INVALID_JSON_BODY: "BAD_INPUT",
   FST_ERR_VALIDATION: "BAD_INPUT",
 };
 
-/** Any thrown value as an HttpError: domain errors keep their code, Fastify's client errors get theirs. */
-export function toHttpError(error: unknown): HttpError {
+/** What the request said and what the server allows, so Fastify's terse client errors can name both. */
+export interface ErrorContext {
+  /** serve.bodyLimitBytes of this server. */
+  readonly bodyLimitBytes?: number;
+  /** The request's content-type header. */
+  readonly contentType?: string | undefined;
+}
+
+/**
+ * Any thrown value as an HttpError: domain errors keep their code, Fastify's client errors get theirs. Fastify's own
+ * messages ("Request body is too large", "Unsupported Media Type") do not say what would have been accepted, so
+ * those two are rewritten to name the limit and its setting, or the expected content type.
+ */
+export function toHttpError(error: unknown, context: ErrorContext = {}): HttpError {
   if (error instanceof HttpError) return error;
   if (error instanceof BadInputError) {
     const issues = error.problems.map((p) => ({ field: p.field ?? "", message: p.problem, index: p.line }));
@@ -86,12 +96,28 @@ export function toHttpError(error: unknown): HttpError {
   }
   if (error instanceof FreshrecError) return new HttpError(error.code, error.message, [], { cause: error });
   const e = error as { code?: string; statusCode?: number; message?: string };
+  if (e?.code === "FST_ERR_CTP_BODY_TOO_LARGE") {
+    return new HttpError("PAYLOAD_TOO_LARGE", bodyTooLargeMessage(context.bodyLimitBytes), [], { cause: error });
+  }
+  if (e?.code === "FST_ERR_CTP_INVALID_MEDIA_TYPE") {
+    return new HttpError("UNSUPPORTED_MEDIA_TYPE", unsupportedMediaTypeMessage(context.contentType), [], { cause: error });
+  }
   if (e?.code && FASTIFY_CODES[e.code]) return new HttpError(FASTIFY_CODES[e.code], e.message ?? e.code, [], { cause: error });
   // Fastify marks malformed JSON as a SyntaxError with statusCode 400.
   if (e?.statusCode === 400) return new HttpError("BAD_INPUT", e.message ?? "bad request", [], { cause: error });
-  if (e?.statusCode === 413) return new HttpError("PAYLOAD_TOO_LARGE", e.message ?? "payload too large", [], { cause: error });
-  if (e?.statusCode === 415) return new HttpError("UNSUPPORTED_MEDIA_TYPE", e.message ?? "unsupported media type", [], { cause: error });
+  if (e?.statusCode === 413) return new HttpError("PAYLOAD_TOO_LARGE", bodyTooLargeMessage(context.bodyLimitBytes), [], { cause: error });
+  if (e?.statusCode === 415) return new HttpError("UNSUPPORTED_MEDIA_TYPE", unsupportedMediaTypeMessage(context.contentType), [], { cause: error });
   return new HttpError("INTERNAL", "internal error (see the server log for its request id)", [], { cause: error });
+}
+
+function bodyTooLargeMessage(limit: number | undefined): string {
+  const allowed = limit === undefined ? "the server's limit" : `${limit} bytes`;
+  return `request body is larger than ${allowed} (serve.bodyLimitBytes): send fewer events per request, or raise serve.bodyLimitBytes`;
+}
+
+function unsupportedMediaTypeMessage(contentType: string | undefined): string {
+  const given = contentType === undefined || contentType.trim() === "" ? "a body without a content-type" : `content-type ${JSON.stringify(contentType)}`;
+  return `unsupported media type: ${given}; request bodies must be JSON sent as content-type application/json`;
 }
 
 export function errorBody(error: HttpError, requestId: string): ErrorBody {

@@ -2,8 +2,12 @@
  * Event intake (POST /v1/events): a batch of events, validated, written to the event store in one transaction (all
  * or nothing) so the next RAG refresh counts them, and applied to the in-memory user state.
  *
- * - Validation: every event must parse (zod) and its time must be a time; a failure answers 400 naming the event's
- *   index and the field (`events[3].ts`), and writes nothing.
+ * - Validation: every event must parse (zod), its time must be a time and not later than the server clock's now plus
+ *   `futureToleranceMs` (one event from a client whose clock runs years ahead would otherwise become the store's
+ *   newest event, and every refresh as of "the newest event" would then look at an empty recent window). A failure
+ *   answers 400 naming each event's index and field (`events[3].ts`), and writes nothing. All problems of a batch are
+ *   reported in one answer: schema problems, and for each field that parsed, its time or catalog problem, so a client
+ *   fixes its batch in one round trip instead of one round per kind of check.
  * - Unknown items (not in the catalog): `reject` answers 400 naming each index; `skip` drops them and counts them.
  * - Idempotency: with an `Idempotency-Key` header, a repeated request gets the first answer again (`replayed: true`)
  *   and writes nothing; the same key with another body is 409. Keys are kept for 7 days. Independently of keys,
@@ -19,7 +23,8 @@
 import { createHash } from "node:crypto";
 import { z } from "zod";
 import { eventBatchFromEvents, type EventStore } from "../data/event-store.js";
-import { parseTime } from "../domain/clock.js";
+import { DAY_MS, parseTime } from "../domain/clock.js";
+import { ConfigError } from "../domain/errors.js";
 import type { EngagementEvent } from "../domain/types.js";
 import type { Catalog } from "./catalog.js";
 import { HttpError, type RequestIssue } from "./errors.js";
@@ -30,6 +35,11 @@ import type { UserIndex } from "./users.js";
 /** Latest time an event may carry (far beyond anything real; keeps timestamps inside DuckDB's range). */
 const MAX_TS = Date.UTC(9999, 0, 1);
 const KEY_TTL_MS = 7 * 86_400_000;
+/**
+ * How far past the server's now an event's time may be by default: generous for client clocks that drift or sit in
+ * another time zone while writing local time as UTC (at most 14 h), tight enough that a wrong year is refused.
+ */
+export const DEFAULT_FUTURE_TOLERANCE_MS = DAY_MS;
 
 export const intakeEventSchema = z
   .object({
@@ -69,6 +79,12 @@ export interface IntakeOptions {
   readonly unknownItems: "reject" | "skip";
   /** Most events per batch (more is 413). */
   readonly maxBatchEvents: number;
+  /**
+   * How far an event's time may lie after `now()` (client clock skew); later is 400.
+   * @defaultValue DEFAULT_FUTURE_TOLERANCE_MS (1 day)
+   */
+  readonly futureToleranceMs?: number;
+  /** The server clock's now (epoch ms). */
   readonly now: () => number;
   /** Runs after the append, inside the queue: outcome attribution of the active experiment. */
   readonly attribute?: (events: readonly AttributableEvent[]) => Promise<number>;
@@ -91,11 +107,22 @@ interface ParsedEvent {
 
 export class EventIntake {
   private schemaReady = false;
+  private readonly futureToleranceMs: number;
 
-  constructor(private readonly options: IntakeOptions) {}
+  /** @throws ConfigError when `futureToleranceMs` is not a non-negative number of milliseconds. */
+  constructor(private readonly options: IntakeOptions) {
+    const tolerance = options.futureToleranceMs ?? DEFAULT_FUTURE_TOLERANCE_MS;
+    // NaN would silently accept every time (every comparison with it is false); a negative one would refuse "now".
+    if (!(tolerance >= 0)) {
+      throw new ConfigError(`serve.futureToleranceMs: expected a number of milliseconds >= 0, got ${tolerance}`, [
+        { path: "serve.futureToleranceMs", message: "expected a number >= 0" },
+      ]);
+    }
+    this.futureToleranceMs = tolerance;
+  }
 
   async ingest(body: unknown, idempotencyKey: string | undefined): Promise<IntakeResult> {
-    const { catalog, maxBatchEvents } = this.options;
+    const { maxBatchEvents } = this.options;
     const raw = (body as { events?: unknown } | null)?.events;
     if (Array.isArray(raw) && raw.length > maxBatchEvents) {
       throw new HttpError("PAYLOAD_TOO_LARGE", `a batch holds at most ${maxBatchEvents} events (serve.maxBatchEvents), this one ${raw.length}`);
@@ -104,31 +131,26 @@ export class EventIntake {
       throw new HttpError("BAD_INPUT", "Idempotency-Key: 1-200 visible ASCII characters", [{ field: "Idempotency-Key", message: "1-200 visible ASCII characters" }]);
     }
     const parsed = intakeBodySchema.safeParse(body);
-    if (!parsed.success) {
-      const issues = intakeIssues(parsed.error.issues);
-      throw new HttpError("BAD_INPUT", `invalid events: ${describeIssues(issues)}`, issues);
-    }
+    const issues: RequestIssue[] = parsed.success ? [] : intakeIssues(parsed.error.issues);
+    // The time and catalog checks also run over the events of a body that failed the schema (field by field: see
+    // `check`), so that one 400 lists every problem of the batch rather than one kind of problem per round trip.
+    const rawEvents: readonly unknown[] = parsed.success ? parsed.data.events : Array.isArray(raw) ? raw : [];
+    const now = this.options.now();
     const events: ParsedEvent[] = [];
-    const issues: RequestIssue[] = [];
     let skippedUnknownItems = 0;
-    parsed.data.events.forEach((e, index) => {
-      const ts = parseTime(String(e.ts));
-      if (!Number.isFinite(ts) || ts < 0 || ts >= MAX_TS) issues.push({ index, field: "ts", message: `${JSON.stringify(e.ts)} is not a time (ISO-8601 or unix ms/s)` });
-      if (e.engagement !== undefined && e.engagement !== null && !Number.isFinite(e.engagement)) issues.push({ index, field: "engagement", message: "expected a finite number" });
-      if (!catalog.itemIndex.has(e.itemId)) {
-        if (this.options.unknownItems === "reject") issues.push({ index, field: "itemId", message: `item ${JSON.stringify(e.itemId)} is not in the catalog` });
-        else {
-          skippedUnknownItems++;
-          return;
-        }
-      }
-      events.push({
-        index,
-        event: { userId: e.userId, itemId: e.itemId, ts, ...(e.engagement === undefined || e.engagement === null ? {} : { engagement: e.engagement }) },
-        negative: e.feedback === "negative",
-      });
+    rawEvents.forEach((rawEvent, index) => {
+      const checked = this.check(rawEvent, index, now, issues);
+      if (checked === "unknown-item") skippedUnknownItems++;
+      else if (checked !== null) events.push(checked);
     });
-    if (issues.length) throw new HttpError("BAD_INPUT", `invalid events: ${describeIssues(issues)}`, issues.slice(0, 100));
+    if (issues.length || !parsed.success) {
+      // In batch order (body-level problems first), so a client reads them alongside its events.
+      const ordered = issues
+        .map((issue, k) => ({ issue, k }))
+        .sort((a, b) => (a.issue.index ?? -1) - (b.issue.index ?? -1) || a.k - b.k)
+        .map((o) => o.issue);
+      throw new HttpError("BAD_INPUT", `invalid events: ${describeIssues(ordered)}`, ordered.slice(0, 100));
+    }
     const bodyHash = createHash("sha256").update(JSON.stringify(parsed.data)).digest("hex");
     const received = parsed.data.events.length;
     return this.options.queue.run(() => this.write(events, received, skippedUnknownItems, idempotencyKey ?? null, bodyHash));
@@ -184,6 +206,51 @@ export class EventIntake {
     }
     return final;
   }
+
+  /**
+   * The time and catalog checks of event `index`, appending its problems to `issues`. A field is checked only when it
+   * passes its own schema: otherwise the schema's issue already names it, and its value means nothing.
+   * @returns the event to write (meaningful only when the whole body passed its schema); "unknown-item" when it is
+   * dropped (unknownItems: skip); null when it has a problem or is not an object.
+   */
+  private check(raw: unknown, index: number, now: number, issues: RequestIssue[]): ParsedEvent | "unknown-item" | null {
+    if (typeof raw !== "object" || raw === null || Array.isArray(raw)) return null;
+    const fields = intakeEventSchema.shape;
+    const e = raw as Record<string, unknown>;
+    const before = issues.length;
+    let ts = Number.NaN;
+    const given = fields.ts.safeParse(e.ts);
+    if (given.success) {
+      ts = parseTime(String(given.data));
+      if (!Number.isFinite(ts) || ts < 0 || ts >= MAX_TS) issues.push({ index, field: "ts", message: `${JSON.stringify(given.data)} is not a time (ISO-8601 or unix ms/s)` });
+      else if (ts > now + this.futureToleranceMs) issues.push({ index, field: "ts", message: futureMessage(given.data, ts, now, this.futureToleranceMs) });
+    }
+    const itemId = fields.itemId.safeParse(e.itemId);
+    let unknownItem = false;
+    if (itemId.success && !this.options.catalog.itemIndex.has(itemId.data)) {
+      if (this.options.unknownItems === "reject") issues.push({ index, field: "itemId", message: `item ${JSON.stringify(itemId.data)} is not in the catalog` });
+      else unknownItem = true;
+    }
+    if (issues.length > before || !itemId.success) return null;
+    if (unknownItem) return "unknown-item";
+    const engagement = typeof e.engagement === "number" ? { engagement: e.engagement } : {};
+    return { index, event: { userId: String(e.userId), itemId: itemId.data, ts, ...engagement }, negative: e.feedback === "negative" };
+  }
+}
+
+/** Why a time is refused as a future one, with the numbers a client needs to see which clock is wrong. */
+function futureMessage(given: string | number, ts: number, now: number, toleranceMs: number): string {
+  return (
+    `${JSON.stringify(given)} (${new Date(ts).toISOString()}) is in the future: ${duration(ts - now)} after the server's now ${new Date(now).toISOString()}, ` +
+    `more than the ${duration(toleranceMs)} (${toleranceMs} ms, serve.futureToleranceMs) allowed for client clock skew`
+  );
+}
+
+/** A span for people: "1 day", "2.5 hours", "30 seconds". */
+function duration(ms: number): string {
+  const [amount, unit] = ms >= DAY_MS ? [ms / DAY_MS, "day"] : ms >= 3_600_000 ? [ms / 3_600_000, "hour"] : [ms / 1000, "second"];
+  const rounded = Math.round(amount * 10) / 10;
+  return `${rounded} ${unit}${rounded === 1 ? "" : "s"}`;
 }
 
 function describeIssues(issues: readonly RequestIssue[]): string {

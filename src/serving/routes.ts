@@ -132,8 +132,12 @@ export function registerRoutes(app: FastifyInstance, state: ServingState): Route
     metrics.observeRequest(request.method, request.routeOptions.url ?? "(unmatched)", reply.statusCode, reply.elapsedTime / 1000);
     done();
   });
+  // Fastify parses text/plain bodies into strings by default, which then fail the body schema as "expected object,
+  // received string" although the problem is the media type: without the parser, every body that is not
+  // application/json is a 415 naming the type to send, as XML and form bodies already were.
+  app.removeContentTypeParser("text/plain");
   app.setErrorHandler((error, request, reply) => {
-    const e = toHttpError(error);
+    const e = toHttpError(error, { bodyLimitBytes: state.bodyLimitBytes, contentType: request.headers["content-type"] });
     if (e.status >= 500) request.log.error({ err: error }, "request failed");
     else request.log.info({ code: e.code, status: e.status }, e.message);
     if (e.code === "UNAUTHORIZED") reply.header("www-authenticate", 'Bearer realm="freshrec admin"');
@@ -153,7 +157,7 @@ export function registerRoutes(app: FastifyInstance, state: ServingState): Route
       tag: "exploration",
       summary: "Novel interest clusters for a user, each grounded into items",
       description:
-        "Reads the user's last two distinct positively engaged clusters, looks them up in the live table (or the user's experiment arm's table), and grounds each answer cluster into items the user has not seen (co-visitation from the user's recent items, restricted to the cluster, then recent popularity in the cluster). Users with fewer than two clusters (including users never seen) get the most popular novel interests of the recent window, flagged coldStart.",
+        "Reads the user's last two distinct positively engaged clusters, looks them up in the live table (or the user's experiment arm's table), and grounds each answer cluster into items the user has not seen (co-visitation from the user's recent items, restricted to the cluster, then recent popularity in the cluster). Users with fewer than two clusters (including users never seen) get the most popular novel interests of the recent window, flagged coldStart. The answer may hold fewer than n recommendations: a table row holds at most the table's topN clusters (GET /v1/tables shows topN; 10 by default), so n=20 on a top-10 table answers 10; answers naming a cluster the catalog does not know are left out; the cold-start answer holds at most the clusters other than the user's own.",
       params: explorationParamsSchema,
       querystring: explorationQuerySchema(maxN),
       responses: { 200: explorationResponseSchema },
@@ -212,7 +216,7 @@ export function registerRoutes(app: FastifyInstance, state: ServingState): Route
       tag: "events",
       summary: "Ingest a batch of events (all or nothing, idempotent)",
       description:
-        "Validates every event, then writes the batch to the event store in one transaction so the next RAG refresh counts it. Bad input answers 400 with each offending index and field and writes nothing. Events whose item is not in the catalog are rejected or skipped (serve.unknownItems). With an Idempotency-Key header a repeated request gets the first answer again; the same key with another body is 409. Events are never stored twice (same user, item and time).",
+        "Validates every event, then writes the batch to the event store in one transaction so the next RAG refresh counts it. Bad input answers 400 listing every problem of the batch with its index and field, and writes nothing; an event time later than the server's now plus serve.futureToleranceMs (1 day, for client clock skew) is bad input. The body must be application/json (anything else is 415). Events whose item is not in the catalog are rejected or skipped (serve.unknownItems). With an Idempotency-Key header a repeated request gets the first answer again; the same key with another body is 409. Events are never stored twice (same user, item and time).",
       body: intakeBodySchema,
       headers: [{ name: "Idempotency-Key", description: "Makes a retry safe: the same key and body answer the first result again." }],
       responses: { 200: intakeResultSchema },
@@ -358,7 +362,8 @@ export function registerRoutes(app: FastifyInstance, state: ServingState): Route
       summary: "The hybrid schedule: each job's cadence, last run, next due time, counters and pause state",
       responses: { 200: scheduleStatusResponseSchema },
     },
-    () => ({ scheduling: Boolean(options.scheduleStatus), status: options.scheduleStatus ? options.scheduleStatus() : null }),
+    // `scheduling` comes from its own option: the CLI passes `scheduleStatus` with or without --schedule.
+    () => ({ scheduling: options.scheduling ?? false, status: options.scheduleStatus ? options.scheduleStatus() : null }),
   );
 
   // ------------------------------------------------------------------------------------------------ experiments

@@ -14,24 +14,44 @@ export const explorationParamsSchema = z.object({ id: z.string().min(1).max(256)
 export function explorationQuerySchema(maxN: number) {
   return z
     .object({
-      n: z.coerce.number().int().min(1).max(maxN).optional().describe(`Clusters wanted (1-${maxN}); default serve.defaultN.`),
+      n: z.coerce
+        .number()
+        .int()
+        .min(1)
+        .max(maxN)
+        .optional()
+        .describe(
+          `Clusters wanted (1-${maxN}); default serve.defaultN. An upper bound, not a promise: a table row holds at most the table's topN clusters (GET /v1/tables; 10 by default), so a larger n answers fewer.`,
+        ),
       items: z.coerce.number().int().min(0).max(100).optional().describe("Items per cluster (0-100); default serve.itemsPerCluster."),
     })
     .strict();
 }
 
+// The two sources score in different units (see ./grounding/policies.ts), so the descriptions say which is which:
+// a client comparing a co-visitation score with a popularity count would compare weights with head counts.
 export const recommendedItemSchema = z.object({
   itemId: z.string(),
   title: z.string().nullable(),
-  score: z.number(),
-  source: z.string().describe('Which signal chose the item: "co-visitation" or "popularity".'),
+  score: z
+    .number()
+    .describe(
+      'Meaning depends on `source`. "co-visitation": the sum, over the user\'s recent positive items (the most recent weighing 1, the next 1/2, then 1/3...), of the number of users who engaged positively with both items within serve.covisitationSpan positive events of each other in the last serve.groundingWindowDays. "popularity": the number of distinct users who engaged positively with the item in that window. The units differ: compare scores only between items of the same source (with the default policy, co-visitation items come first and popularity fills the rest).',
+    ),
+  source: z
+    .string()
+    .describe('Which signal chose the item, and so what its score counts: "co-visitation" or "popularity" (an item policy given to startServer may name its own).'),
 });
 
 export const recommendationSchema = z.object({
-  rank: z.number().int(),
+  rank: z.number().int().min(0).describe("Position of the cluster in the answer, 0-based (0 is the best answer)."),
   cluster: z.string(),
   description: z.string(),
-  score: z.number().describe("The table's score (a probability), or the cold-start answer's share of novel transitions."),
+  score: z
+    .number()
+    .describe(
+      "The table's score for this cluster (a probability, stored as float32, so 0.1 reads 0.10000000149011612); when fallback is not null, the cluster's share of the novel transitions of the last serve.groundingWindowDays (also float32).",
+    ),
   items: z.array(recommendedItemSchema),
 });
 
@@ -78,7 +98,7 @@ export const tableRowResponseSchema = z.object({
   modelVersion: z.string(),
   c1: z.string(),
   c2: z.string(),
-  answers: z.array(z.object({ cluster: z.string(), description: z.string().nullable(), score: z.number() })),
+  answers: z.array(z.object({ cluster: z.string(), description: z.string().nullable(), score: z.number().describe("The table's score (a probability, stored as float32).") })),
 });
 
 export const versionParamsSchema = z.object({ version: z.string().min(1).max(64) });

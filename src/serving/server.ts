@@ -45,10 +45,16 @@ export interface ServeOptions {
   readonly port?: number;
   /** Bearer token of the admin routes; null or empty disables them (403). @defaultValue null */
   readonly adminToken?: string | null;
-  /** @defaultValue 1_048_576 */
+  /** Largest request body; a bigger one is 413 naming this limit. @defaultValue 1_048_576 */
   readonly bodyLimitBytes?: number;
   /** @defaultValue 10_000 */
   readonly maxBatchEvents?: number;
+  /**
+   * How far after the server clock's now an event's `ts` may be (client clock skew); a later one makes POST
+   * /v1/events answer 400 naming the event, because one event from a clock years ahead would become the store's newest
+   * event and move every "as of the newest event" refresh onto an empty window. @defaultValue 86_400_000 (1 day)
+   */
+  readonly futureToleranceMs?: number;
   /** @defaultValue "reject" */
   readonly unknownItems?: "reject" | "skip";
   /** @defaultValue 1000 */
@@ -83,8 +89,17 @@ export interface ServeOptions {
   readonly clock?: Clock;
   /** A stronger item model; default: co-visitation with popularity fallback over the grounding index. */
   readonly itemPolicy?: (grounding: () => GroundingIndex) => ItemPolicy;
-  /** The hybrid schedule's status when this process runs it (serve --schedule). */
+  /**
+   * The hybrid schedule's status for GET /v1/schedule/status: the running scheduler's (serve --schedule), or the one
+   * recorded in the workspace's schedule store by `schedule run` when this process does not run it.
+   */
   readonly scheduleStatus?: () => unknown;
+  /**
+   * Whether this process runs the hybrid schedule (serve --schedule), as GET /v1/schedule/status reports it. Kept
+   * apart from `scheduleStatus`, which is also given without --schedule (to show the recorded status).
+   * @defaultValue false
+   */
+  readonly scheduling?: boolean;
   /** Parse every JSON response with its zod schema before sending (tests). @defaultValue false */
   readonly validateResponses?: boolean;
 }
@@ -102,6 +117,8 @@ export interface RunningServer {
 export interface ActiveExperiment {
   readonly experiment: Experiment;
 }
+
+const DEFAULT_BODY_LIMIT_BYTES = 1_048_576;
 
 /** Everything the routes read; built once per server. */
 export class ServingState {
@@ -171,6 +188,11 @@ export class ServingState {
   async flushExposures(): Promise<void> {
     if (this.experiments.buffered === 0) return;
     await this.queue.run(() => this.experiments.flush());
+  }
+
+  /** The largest request body Fastify reads (serve.bodyLimitBytes). */
+  get bodyLimitBytes(): number {
+    return this.options.bodyLimitBytes ?? DEFAULT_BODY_LIMIT_BYTES;
   }
 
   get grounding(): GroundingIndex {
@@ -266,6 +288,7 @@ export async function startServer(input: ServeOptions): Promise<RunningServer> {
       queue,
       unknownItems: options.unknownItems ?? "reject",
       maxBatchEvents: options.maxBatchEvents ?? 10_000,
+      ...(options.futureToleranceMs === undefined ? {} : { futureToleranceMs: options.futureToleranceMs }),
       now: () => options.clock.now(),
       attribute: async (batch) => {
         const active = state?.experiment;
@@ -293,7 +316,7 @@ export async function startServer(input: ServeOptions): Promise<RunningServer> {
         },
         redact: { paths: ["req.headers.authorization", "headers.authorization", "authorization"], censor: "[redacted]" },
       },
-      bodyLimit: options.bodyLimitBytes ?? 1_048_576,
+      bodyLimit: serving.bodyLimitBytes,
       genReqId: requestIdGenerator(),
       requestIdHeader: false,
       logController: new OneLinePerRequest({ requestIdLogLabel: "requestId" }),

@@ -6,7 +6,7 @@ import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { EventStore, eventBatchFromEvents } from "../../src/data/event-store.js";
-import { SystemClock } from "../../src/domain/clock.js";
+import { DAY_MS, SystemClock, VirtualClock } from "../../src/domain/clock.js";
 import { ModelRegistry } from "../../src/llm/registry.js";
 import {
   analysisResponseSchema,
@@ -118,6 +118,28 @@ describe("GET /v1/users/{id}/exploration", () => {
     expect(stranger.body.recommendations.map((r: any) => r.cluster)).toEqual(order);
   });
 
+  it("answers fewer than n when n exceeds the table's topN (documented on the route and on n)", async () => {
+    const { status, body } = await get(`/v1/users/${warm}/exploration?n=20&items=0`);
+    expect(status).toBe(200);
+    expect(body.fallback).toBeNull();
+    expect(body.recommendations.map((r: any) => r.rank)).toEqual(Array.from({ length: 10 }, (_, k) => k)); // the fixture's tables are top-10
+    const doc = (await get("/openapi.json")).body.paths["/v1/users/{id}/exploration"].get;
+    expect(doc.description).toMatch(/fewer than n/);
+    expect(doc.parameters.find((p: any) => p.name === "n").description).toMatch(/topN.*a larger n answers fewer/);
+  });
+
+  it("documents rank (0-based, never negative) and what each score means in /openapi.json", async () => {
+    const doc = (await get("/openapi.json")).body;
+    const recommendation = doc.paths["/v1/users/{id}/exploration"].get.responses["200"].content["application/json"].schema.properties.recommendations.items;
+    const { rank, score, items } = recommendation.properties;
+    expect(rank).toMatchObject({ type: "integer", minimum: 0, description: expect.stringContaining("0-based") });
+    expect(score.description).toMatch(/table's score.*float32/);
+    const itemScore = items.items.properties.score;
+    expect(itemScore.description).toMatch(/"co-visitation":.*"popularity":/);
+    expect(itemScore.description).toMatch(/units differ/);
+    expect(JSON.stringify(recommendation)).not.toContain("-9007199254740991");
+  });
+
   it("answers 400 naming the query field for a bad n", async () => {
     for (const q of ["n=0", "n=51", "n=abc", "items=-1", "bogus=1"]) {
       const { status, body } = await get(`/v1/users/${warm}/exploration?${q}`);
@@ -200,6 +222,35 @@ describe("POST /v1/events", () => {
     expect((await post("/v1/events", "{not json")).status).toBe(400);
   });
 
+  it("lists every problem of a batch in one 400: schema problems and, for fields that parsed, time and catalog problems", async () => {
+    const user = "intake-user-all-problems";
+    const { status, body } = await post("/v1/events", {
+      events: [
+        event(user, "2025-02-27T10:00:00Z"),
+        event(user, "yesterday"), // parses (a string), is no time
+        { userId: user, itemId: "no-such-item", ts: "2025-02-27T12:00:00Z" }, // parses, is not in the catalog
+        { userId: user, ts: 5 }, // schema: no itemId
+        { userId: user, itemId: "no-such-item-either", ts: "2025-02-27T12:00:00Z", engagement: "high" }, // schema and catalog
+        { userId: "", itemId: item(), ts: "not a time either" }, // schema (userId) and time
+        7, // schema: not an object
+      ],
+    });
+    expect(status).toBe(400);
+    errorResponseSchema.parse(body);
+    expect(body.error.issues).toEqual([
+      { index: 1, field: "ts", message: expect.stringContaining("not a time") },
+      { index: 2, field: "itemId", message: expect.stringContaining("not in the catalog") },
+      { index: 3, field: "itemId", message: expect.any(String) },
+      { index: 4, field: "engagement", message: expect.any(String) },
+      { index: 4, field: "itemId", message: expect.stringContaining("not in the catalog") },
+      { index: 5, field: "userId", message: expect.any(String) },
+      { index: 5, field: "ts", message: expect.stringContaining("not a time") },
+      { index: 6, field: "(event)", message: expect.any(String) },
+    ]);
+    expect(body.error.message).toMatch(/^invalid events: events\[1\]\.ts: .*; and 5 more$/);
+    expect(await countEvents(user)).toBe(0);
+  });
+
   it("is idempotent: a repeated key answers the first result and writes nothing; another body with that key is 409", async () => {
     const user = "intake-user-3";
     const batch = { events: [event(user, "2025-02-26T10:00:00Z"), event(user, "2025-02-26T10:05:00Z")] };
@@ -226,9 +277,29 @@ describe("POST /v1/events", () => {
     expect(tooMany.body.error.code).toBe("PAYLOAD_TOO_LARGE");
     const huge = await post("/v1/events", { events: [{ ...event("big", "2025-02-01T00:00:00Z"), userId: "x".repeat(1_100_000) }] });
     expect(huge.status).toBe(413);
+    // The answer names the limit and the setting that raises it, not just "too large".
+    expect(huge.body.error).toMatchObject({ code: "PAYLOAD_TOO_LARGE", message: expect.stringMatching(/larger than 1048576 bytes \(serve\.bodyLimitBytes\)/) });
     const text = await post("/v1/events", "userId,itemId", { "content-type": "text/csv" });
     expect(text.status).toBe(415);
+    expect(text.body.error.message).toMatch(/"text\/csv".*application\/json/);
     expect(await countEvents("big")).toBe(0);
+  });
+
+  it("answers 415 naming application/json for a JSON body sent as text/plain (not a 400 about a string), and writes nothing", async () => {
+    const user = "intake-user-text-plain";
+    const batch = JSON.stringify({ events: [event(user, "2025-02-27T10:00:00Z")] });
+    for (const contentType of ["text/plain", "text/plain; charset=utf-8", "application/octet-stream"]) {
+      const { status, body } = await post("/v1/events", batch, { "content-type": contentType });
+      expect(status, contentType).toBe(415);
+      errorResponseSchema.parse(body);
+      expect(body.error.code).toBe("UNSUPPORTED_MEDIA_TYPE");
+      expect(body.error.message).toContain(JSON.stringify(contentType));
+      expect(body.error.message).toContain("application/json");
+    }
+    expect(await countEvents(user)).toBe(0);
+    // The same bytes as application/json are accepted: the type was the only problem.
+    expect((await post("/v1/events", batch)).status).toBe(200);
+    expect(await countEvents(user)).toBe(1);
   });
 });
 
@@ -389,5 +460,114 @@ describe("operations", () => {
     } finally {
       await second.close();
     }
+  });
+});
+
+describe("a server on a virtual clock (event times, schedule status, body limit)", () => {
+  // A second server over the same event store, on a clock that stands at the end of the fixture's events.
+  let clock: VirtualClock;
+  let clocked: RunningServer;
+  const recorded = { now: 0, running: null, jobs: [{ job: "refresh", lastRun: null }] };
+
+  beforeAll(async () => {
+    clock = new VirtualClock(ws.world.endMs);
+    clocked = await startServer({
+      workspace: ws.dir,
+      port: 0,
+      events: server.state.events,
+      clock,
+      adminToken: TOKEN,
+      logLevel: "silent",
+      validateResponses: true,
+      bodyLimitBytes: 4096,
+      // As the CLI passes it without --schedule: the status recorded in the workspace, from a function.
+      scheduleStatus: () => recorded,
+    });
+  });
+  afterAll(async () => {
+    await clocked?.close();
+  });
+
+  const send = async (body: unknown, headers: Record<string, string> = { "content-type": "application/json" }) => {
+    const response = await fetch(`${clocked.url}/v1/events`, { method: "POST", headers, body: typeof body === "string" ? body : JSON.stringify(body) });
+    return { status: response.status, body: (await response.json()) as any };
+  };
+  const eventAt = (userId: string, ts: string | number) => ({ userId, itemId: ws.world.itemId(42), ts });
+  const countOf = async (userId: string) => {
+    const rows = await server.state.queue.run(() => server.state.events.query<{ n: bigint }>("SELECT count(*) AS n FROM events JOIN users USING (user_key) WHERE user_id = $u", { u: userId }));
+    return Number(rows[0].n);
+  };
+  const newest = async () => {
+    const [row] = await server.state.queue.run(() => server.state.events.query<{ t: bigint | number | null }>("SELECT epoch_ms(max(ts)) AS t FROM events"));
+    return Number(row.t);
+  };
+
+  it("refuses, per event, a ts later than the server clock's now plus the 1-day skew tolerance, writing nothing of the batch", async () => {
+    const user = "future-user-1";
+    const now = clock.now();
+    const newestBefore = await newest();
+    const { status, body } = await send({
+      events: [eventAt(user, now - 3_600_000), eventAt(user, "2099-01-01T00:00:00Z"), eventAt(user, now + DAY_MS + 1000), eventAt(user, now + DAY_MS)],
+    });
+    expect(status).toBe(400);
+    errorResponseSchema.parse(body);
+    const nowIso = new Date(now).toISOString();
+    expect(body.error.issues).toEqual([
+      { index: 1, field: "ts", message: expect.stringMatching(/^"2099-01-01T00:00:00Z" \(2099-01-01T00:00:00\.000Z\) is in the future: \d+ days after the server's now/) },
+      { index: 2, field: "ts", message: expect.stringContaining("is in the future: 1 day after") },
+    ]);
+    for (const issue of body.error.issues) {
+      expect(issue.message).toContain(`the server's now ${nowIso}`);
+      expect(issue.message).toContain("serve.futureToleranceMs");
+    }
+    // All or nothing: the valid events of the batch are not written either, and the store's newest time stays.
+    expect(await countOf(user)).toBe(0);
+    expect(await newest()).toBe(newestBefore);
+
+    // Exactly at the tolerance is skew, accepted; the server's clock decides, not the machine's.
+    const accepted = await send({ events: [eventAt(user, now - 3_600_000), eventAt(user, now + DAY_MS)] });
+    expect(accepted.status).toBe(200);
+    expect(accepted.body.eventsAdded).toBe(2);
+    clock.advance(2 * DAY_MS);
+    const later = await send({ events: [eventAt(user, now + DAY_MS + 1000)] });
+    expect(later.status).toBe(200);
+    expect(await countOf(user)).toBe(3);
+  });
+
+  it("takes the skew tolerance from serve.futureToleranceMs and refuses a negative one at start-up", async () => {
+    const strict = await startServer({ workspace: ws.dir, port: 0, events: server.state.events, clock, logLevel: "silent", futureToleranceMs: 60_000 });
+    try {
+      const now = clock.now();
+      const post1 = (ts: number) =>
+        fetch(`${strict.url}/v1/events`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ events: [eventAt("future-user-2", ts)] }) }).then(async (r) => ({ status: r.status, body: (await r.json()) as any }));
+      const refused = await post1(now + 120_000);
+      expect(refused.status).toBe(400);
+      expect(refused.body.error.issues).toEqual([{ index: 0, field: "ts", message: expect.stringContaining("more than the 60 seconds (60000 ms, serve.futureToleranceMs)") }]);
+      expect((await post1(now + 60_000)).status).toBe(200);
+    } finally {
+      await strict.close();
+    }
+    await expect(startServer({ workspace: ws.dir, port: 0, events: server.state.events, clock, logLevel: "silent", futureToleranceMs: -1 })).rejects.toThrow(/serve\.futureToleranceMs/);
+  });
+
+  it("GET /v1/schedule/status answers scheduling: false when only the recorded status is given, true with scheduling: true", async () => {
+    const response = await fetch(`${clocked.url}/v1/schedule/status`, { headers: admin });
+    expect(response.status).toBe(200);
+    expect(await response.json()).toEqual({ scheduling: false, status: recorded });
+    const running = await startServer({ workspace: ws.dir, port: 0, events: server.state.events, clock, adminToken: TOKEN, logLevel: "silent", scheduleStatus: () => recorded, scheduling: true });
+    try {
+      expect(await (await fetch(`${running.url}/v1/schedule/status`, { headers: admin })).json()).toEqual({ scheduling: true, status: recorded });
+    } finally {
+      await running.close();
+    }
+  });
+
+  it("answers 413 naming this server's serve.bodyLimitBytes", async () => {
+    const user = "limit-user";
+    const { status, body } = await send({ events: [{ ...eventAt(user, clock.now()), title: "x".repeat(5000) }] });
+    expect(status).toBe(413);
+    errorResponseSchema.parse(body);
+    expect(body.error).toMatchObject({ code: "PAYLOAD_TOO_LARGE", message: expect.stringContaining("larger than 4096 bytes (serve.bodyLimitBytes)") });
+    expect(await countOf(user)).toBe(0);
   });
 });

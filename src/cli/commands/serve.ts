@@ -37,6 +37,7 @@ export function serveOptions(ctx: CommandContext): Omit<ServeOptions, "workspace
     adminToken: adminToken(ctx.config),
     bodyLimitBytes: s.bodyLimitBytes,
     maxBatchEvents: s.maxBatchEvents,
+    futureToleranceMs: s.futureToleranceMs,
     unknownItems: s.unknownItems,
     reloadIntervalMs: s.reloadIntervalMs,
     defaultN: s.defaultN,
@@ -86,6 +87,8 @@ export async function startWorkspaceServer(
       ...(overrides.port === undefined ? {} : { port: overrides.port }),
       ...(overrides.host === undefined ? {} : { host: overrides.host }),
       ...(overrides.logLevel === undefined ? {} : { logLevel: overrides.logLevel }),
+      // Whether this process runs the schedule (--schedule); the status route reports it beside the recorded state.
+      scheduling: scheduleParts !== null,
       scheduleStatus: () => {
         if (scheduleParts) return scheduleParts.scheduler.status();
         const store = SqliteScheduleStore.open(scheduleStorePath(ctx.paths.root));
