@@ -470,21 +470,49 @@ export function registerRoutes(app: FastifyInstance, state: ServingState): Route
   );
 
   route(
-    { method: "GET", url: "/healthz", tag: "operations", summary: "Liveness and readiness (ready: a table is live)", responses: { 200: healthResponseSchema } },
+    {
+      method: "GET",
+      url: "/healthz",
+      tag: "operations",
+      summary: "Liveness: 200 while the process serves, with readiness in the body (ready: a table is live)",
+      description: "Always 200 while the server runs (a liveness probe). A readiness probe that needs the status code uses GET /readyz.",
+      responses: { 200: healthResponseSchema },
+    },
+    () => health(),
+  );
+
+  route(
+    {
+      method: "GET",
+      url: "/readyz",
+      tag: "operations",
+      summary: "Readiness: 200 when a table is live, 503 until then",
+      description:
+        "For a load balancer or a Kubernetes readiness probe: before the first table is published every exploration answer is the popular-novel fallback, so the instance answers 503 NOT_READY until a table is live (publish one, or run freshrec refresh). The 200 body is that of /healthz.",
+      responses: { 200: healthResponseSchema },
+      errors: [503],
+    },
     () => {
-      const lookup = tables.lookup("live");
-      return {
-        status: "ok" as const,
-        ready: lookup !== undefined,
-        table: lookup ? { version: lookup.version, modelVersion: lookup.modelVersion } : null,
-        model: tables.liveModelVersion,
-        users: state.users.size,
-        clusters: state.catalog.clusterCount,
-        items: state.catalog.itemCount,
-        uptimeSeconds: (options.clock.now() - state.startedAt) / 1000,
-      };
+      const body = health();
+      if (!body.ready) throw new HttpError("NOT_READY", "no table is live yet: every answer would be the cold-start fallback; publish a table (freshrec refresh, or POST /v1/tables/{v}/publish)");
+      return body;
     },
   );
+
+  /** What /healthz and /readyz answer. */
+  function health() {
+    const lookup = tables.lookup("live");
+    return {
+      status: "ok" as const,
+      ready: lookup !== undefined,
+      table: lookup ? { version: lookup.version, modelVersion: lookup.modelVersion } : null,
+      model: tables.liveModelVersion,
+      users: state.users.size,
+      clusters: state.catalog.clusterCount,
+      items: state.catalog.itemCount,
+      uptimeSeconds: (options.clock.now() - state.startedAt) / 1000,
+    };
+  }
 
   let document: Record<string, unknown> | null = null;
   route(

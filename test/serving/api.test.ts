@@ -2,7 +2,8 @@
  * The HTTP API over a real workspace (DuckDB event store, SQLite table store and registry), on loopback: every
  * route, its error paths, and the response schemas the OpenAPI document advertises.
  */
-import { writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { EventStore, eventBatchFromEvents } from "../../src/data/event-store.js";
@@ -415,6 +416,28 @@ describe("operations", () => {
     expect(body).toMatchObject({ status: "ok", ready: true, table: { version: ws.rag } });
   });
 
+  it("GET /readyz answers 200 with the health body when a table is live, 503 NOT_READY before any is (GET /healthz stays 200)", async () => {
+    const ready = await get("/readyz");
+    expect(ready.status).toBe(200);
+    expect(ready.body).toMatchObject({ status: "ok", ready: true, table: { version: ws.rag } });
+    // The same event store, a workspace whose table store has nothing published.
+    const empty = mkdtempSync(join(tmpdir(), "freshrec-readyz-"));
+    const unready = await startServer({ workspace: empty, port: 0, events: server.state.events, adminToken: TOKEN, logLevel: "silent" });
+    try {
+      const notReady = await fetch(`${unready.url}/readyz`);
+      expect(notReady.status).toBe(503);
+      const body = (await notReady.json()) as { error: { code: string; message: string } };
+      expect(body.error.code).toBe("NOT_READY");
+      expect(body.error.message).toContain("no table is live yet");
+      const health = await fetch(`${unready.url}/healthz`);
+      expect(health.status).toBe(200);
+      expect(await health.json()).toMatchObject({ status: "ok", ready: false, table: null });
+    } finally {
+      await unready.close();
+      rmSync(empty, { recursive: true, force: true });
+    }
+  });
+
   it("GET /metrics is Prometheus text with latency per route, versions, misses, cold starts, ingested events", async () => {
     const response = await fetch(`${server.url}/metrics`);
     expect(response.headers.get("content-type")).toMatch(/^text\/plain; version=0.0.4/);
@@ -434,7 +457,7 @@ describe("operations", () => {
     const { status, body } = await get("/openapi.json");
     expect(status).toBe(200);
     expect(body.openapi).toBe("3.1.0");
-    for (const path of ["/v1/users/{id}/exploration", "/v1/events", "/v1/tables", "/v1/tables/live/{c1}/{c2}", "/v1/tables/{version}/publish", "/v1/tables/rollback", "/v1/models/{version}/approve", "/v1/models/{version}/reject", "/metrics", "/healthz"]) {
+    for (const path of ["/v1/users/{id}/exploration", "/v1/events", "/v1/tables", "/v1/tables/live/{c1}/{c2}", "/v1/tables/{version}/publish", "/v1/tables/rollback", "/v1/models/{version}/approve", "/v1/models/{version}/reject", "/metrics", "/healthz", "/readyz"]) {
       expect(body.paths[path], path).toBeDefined();
     }
     expect(body.paths["/v1/tables/rollback"].post.security).toEqual([{ adminToken: [] }]);
