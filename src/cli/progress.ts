@@ -44,7 +44,8 @@ class LineProgress implements ProgressSink {
     this.total = total;
     this.last = 0;
     this.done = 0;
-    process.stderr.write(`${label}: started (${total} steps)\n`);
+    // No unit here: a total may count events, prompts or (training) percent of an epoch; the update lines show it.
+    process.stderr.write(`${label}: started\n`);
   }
   update(done: number, detail?: Record<string, string | number>): void {
     this.done = done;
@@ -58,7 +59,7 @@ class LineProgress implements ProgressSink {
     process.stderr.write(`${this.label}: ${done}/${this.total} (${pct}%) ${formatDetail(detail)}\n`);
   }
   stop(): void {
-    if (this.label) process.stderr.write(`${this.label}: done (${this.done})\n`);
+    if (this.label) process.stderr.write(`${this.label}: done (${this.done} of ${this.total})\n`);
     this.label = "";
   }
 }
@@ -85,6 +86,8 @@ export function trainingProgress(progress: ProgressSink, log: (line: string) => 
       progress.update(Math.round(event.fraction * 100), { "tok/s": Math.round(event.tokensPerSecond) });
       return;
     }
+    // The epoch is whole even when its last step event came before 100% (only if its bar was started).
+    if (epoch !== 0) progress.update(100);
     progress.stop();
     epoch = 0;
     const val = event.validationLoss === null ? "" : ` validation loss ${event.validationLoss.toFixed(3)} top-1 ${(event.validationAccuracy ?? 0).toFixed(3)}`;

@@ -23,7 +23,7 @@ export function registerTables(program: Command): void {
           const list = store.list();
           const live = store.live()?.version ?? null;
           return {
-            json: { live, tables: list.map((t) => ({ version: t.version, modelVersion: t.modelVersion, createdAt: new Date(t.createdAt).toISOString(), status: t.status, ragAsOf: t.ragAsOf, rows: t.rows, strategy: t.strategy, stats: t.stats })) },
+            json: { live, tables: list.map((t) => ({ version: t.version, modelVersion: t.modelVersion, createdAt: new Date(t.createdAt).toISOString(), status: t.status, ragAsOf: t.ragAsOf === null ? null : new Date(t.ragAsOf).toISOString(), rows: t.rows, strategy: t.strategy, stats: t.stats })) },
             text: list.length ? list.map(summary).join("\n") : "no tables yet: run freshrec refresh",
           };
         } finally {
