@@ -135,7 +135,7 @@ export interface TrainOptions {
   readonly from?: string;
   /** Where the final (best) model goes. */
   readonly outputPath: string;
-  /** Directory for one checkpoint per epoch. @defaultValue dirname(outputPath)/checkpoints */
+  /** Directory for one checkpoint per epoch. @defaultValue `${outputPath}.checkpoints` (one per output) */
   readonly checkpointDir?: string;
   /** Samples held out to pick the best epoch and stop early; absent takes `validationFraction` of `samples`. */
   readonly validation?: readonly TrainingSample[];

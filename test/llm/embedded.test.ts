@@ -1,4 +1,4 @@
-import { existsSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { EmbeddedLanguageModel } from "../../src/llm/backends/embedded.js";
@@ -51,6 +51,11 @@ describe("embedded trainer (real llama.cpp training, tiny model)", () => {
     const result = await new EmbeddedTrainer().train(toySamples(200, 9), { from, outputPath: out, epochs: 1 });
     expect(result.epochs).toHaveLength(1);
     expect(readModelFile(out).vocabularyHash).toBe(readModelFile(from).vocabularyHash);
+    // Its checkpoints are its own: a model written beside another in one folder never overwrites the other's epochs.
+    expect(result.epochs[0].checkpoint).toBe(join(`${out}.checkpoints`, "epoch-001.gguf"));
+    const other = await new EmbeddedTrainer().train(toySamples(200, 11), { from, outputPath: join(ws, "models", "tuned-2.gguf"), epochs: 1 });
+    expect(other.epochs[0].checkpoint).not.toBe(result.epochs[0].checkpoint);
+    expect(readFileSync(result.epochs[0].checkpoint).equals(readFileSync(other.epochs[0].checkpoint))).toBe(false);
   });
 
   it("is cancellable: an abort rejects with CANCELLED and leaves no output", async () => {

@@ -118,7 +118,9 @@ export class EmbeddedTrainer implements Trainer {
     assertPinnedEngine();
     if (options.signal?.aborted) throw new FreshrecError("CANCELLED", "training was cancelled before it started");
     const started = process.hrtime.bigint();
-    const checkpointDir = options.checkpointDir ?? join(dirname(options.outputPath), "checkpoints");
+    // One folder per output: fine-tunes write their models side by side into one models folder, and a shared
+    // checkpoints folder let one training overwrite another's epochs (two trainings at once would mix them).
+    const checkpointDir = options.checkpointDir ?? `${options.outputPath}.checkpoints`;
     mkdirSync(checkpointDir, { recursive: true });
     mkdirSync(dirname(options.outputPath), { recursive: true });
 
