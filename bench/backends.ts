@@ -130,7 +130,8 @@ async function ggufInProcesses(modelPath: string, pairs: readonly PromptInput[],
   const children = Array.from({ length: n }, (_, k) => {
     const child = fork(here, ["--gguf-child", modelPath, JSON.stringify(pairs.slice(k * share, (k + 1) * share))], {
       execArgv: ["--import", "tsx"],
-      stdio: ["ignore", "inherit", "inherit", "ipc"],
+      // stdout belongs to `freshrec bench --json`'s one object: the child's output goes to stderr.
+      stdio: ["ignore", 2, 2, "ipc"],
     });
     const next = () => new Promise<{ seconds?: number }>((resolve) => child.once("message", (m) => resolve(m as { seconds?: number })));
     return { child, next };

@@ -3,10 +3,11 @@
  * writes bench/results/SUITE.json as `{ suite, machine, results: { KEY: number } }` (DESIGN.md). A suite module
  * exports `run(): Promise<BenchSuiteResult>`; targets are reported beside the numbers, never asserted in tests.
  */
-import { existsSync, mkdirSync, readdirSync, writeFileSync } from "node:fs";
+import { mkdirSync, writeFileSync } from "node:fs";
 import { arch, cpus, platform, totalmem } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
+import { benchSuites, isBenchSuite } from "../src/cli/bench-suites.js";
 
 export interface BenchRow {
   /** What was measured, in words. */
@@ -32,18 +33,6 @@ export interface BenchOutcome extends BenchSuiteResult {
 }
 
 const here = dirname(fileURLToPath(import.meta.url));
-
-/** The suites there are: bench/NAME.ts files other than this runner (names starting with "_" are scratch). */
-export function benchSuites(): string[] {
-  return readdirSync(here)
-    .filter((f) => /^[a-z0-9-]+\.ts$/.test(f) && f !== "run.ts")
-    .map((f) => f.slice(0, -3))
-    .sort();
-}
-
-export function isBenchSuite(suite: string): boolean {
-  return /^[a-z0-9-]+$/.test(suite) && suite !== "run" && existsSync(join(here, `${suite}.ts`));
-}
 
 /** Runs one suite and writes bench/results/SUITE.json. */
 export async function runBenchSuite(suite: string): Promise<BenchOutcome> {

@@ -215,8 +215,8 @@ export const configSchema = z
           .number()
           .int()
           .min(0)
-          .default(86_400_000)
-          .describe("How far after the server's now an event's ts may be (client clock skew); a later one makes POST /v1/events answer 400, so one stray future time cannot move the data's end for the next refresh."),
+          .default(86_400_000) // = DEFAULT_FUTURE_TOLERANCE_MS of src/serving/intake.ts (not imported: it would load the event store with the config)
+          .describe("How far after the server's now an event's ts may be (client clock skew); a later one makes POST /v1/events answer 400, so one stray future time cannot become the data's newest event (every window counted back from it would be empty)."),
         unknownItems: z
           .enum(["reject", "skip"])
           .default("reject")

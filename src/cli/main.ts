@@ -19,9 +19,10 @@ export async function main(argv: readonly string[]): Promise<void> {
       // Help and version are successes; anything else commander rejects is bad usage.
       const success = error.code === "commander.helpDisplayed" || error.code === "commander.version" || error.code === "commander.help";
       process.exitCode = success ? 0 : 2;
-      // --json promises one JSON object on stdout, a usage error included (commander printed the why to stderr).
+      // --json promises one JSON object on stdout, a usage error included (commander printed the why to stderr); a wrong
+      // argument is BAD_INPUT, the code of every exit-2 input error.
       if (!success && jsonRequested(argv)) {
-        process.stdout.write(`${JSON.stringify({ error: { code: "BAD_USAGE", message: error.message.replace(/^error: /, "") } })}\n`);
+        process.stdout.write(`${JSON.stringify({ error: { code: "BAD_INPUT", message: error.message.replace(/^error: /, "") } })}\n`);
       }
       return;
     }

@@ -4,7 +4,8 @@
  *
  * - Validation: every event must parse (zod), its time must be a time and not later than the server clock's now plus
  *   `futureToleranceMs` (one event from a client whose clock runs years ahead would otherwise become the store's
- *   newest event, and every refresh as of "the newest event" would then look at an empty recent window). A failure
+ *   newest event: the grounding and cold-start windows, the last days before it, would hold nothing, and the CLI's
+ *   default as-of, min(now, newest + 1), would jump to the wall clock). A failure
  *   answers 400 naming each event's index and field (`events[3].ts`), and writes nothing. All problems of a batch are
  *   reported in one answer: schema problems, and for each field that parsed, its time or catalog problem, so a client
  *   fixes its batch in one round trip instead of one round per kind of check.

@@ -81,6 +81,9 @@ describe("the loop with the non-embedded backends, from the CLI", () => {
     expect(existsSync(join(ws, "w", "llm-cache.sqlite"))).toBe(true);
     const table = await cli("tables", "show", first.json.tableVersion);
     expect(table.status, table.stderr).toBe(0);
+    // Times as ISO, as in tables list (the RAG as-of is the refresh's).
+    expect(table.json.createdAt).toMatch(/^\d{4}-\d{2}-\d{2}T/);
+    expect(table.json.ragAsOf).toBe("2025-06-20T00:00:00.000Z");
 
     // A full rebuild asks the same questions: every answer comes from the response cache (the server is not asked).
     const asked = server.stats.completions;

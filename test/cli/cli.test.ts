@@ -78,7 +78,7 @@ describe("freshrec CLI contract", () => {
     expect(r.status).toBe(2);
     const lines = r.stdout.trim().split("\n");
     expect(lines).toHaveLength(1);
-    expect(JSON.parse(lines[0]).error).toEqual({ code: "BAD_USAGE", message: expect.stringContaining("unknown option '--evnts'") });
+    expect(JSON.parse(lines[0]).error).toEqual({ code: "BAD_INPUT", message: expect.stringContaining("unknown option '--evnts'") });
     expect(r.stderr).toContain("--evnts");
     // Without --json, stdout stays empty (the why is on stderr).
     expect(freshrec(["tables", "show"]).stdout).toBe("");

@@ -1,12 +1,11 @@
 /**
  * `freshrec bench SUITE`: the benchmark suites of bench/ (the same runner as `npm run bench -- SUITE`): prints the
  * suite's table (metric, value, unit, target, met) and writes bench/results/SUITE.json. Suites measure on temporary
- * workspaces of their own; the --workspace is not touched. The runner imports a suite (and its load tools) only when
- * it runs. An unknown suite is bad usage (exit code 2).
+ * workspaces of their own; the --workspace is not touched. bench/ is loaded only when a suite runs. An unknown suite is bad usage (exit code 2).
  */
 import type { Command } from "commander";
 import { BadInputError } from "../../domain/errors.js";
-import { benchSuites, benchTable, isBenchSuite, runBenchSuite } from "../../../bench/run.js";
+import { benchSuites, isBenchSuite } from "../bench-suites.js";
 import { action } from "../run.js";
 
 export function registerBench(program: Command): void {
@@ -19,6 +18,8 @@ export function registerBench(program: Command): void {
         const suite = command.args[0];
         if (!isBenchSuite(suite)) throw new BadInputError(`unknown bench suite ${JSON.stringify(suite)}: one of ${benchSuites().join(", ")}`);
         ctx.log(`running bench suite ${suite} (bench/${suite}.ts)`);
+        // The runner (and through it the suite and its load tools) is loaded only to run one.
+        const { benchTable, runBenchSuite } = await import("../../../bench/run.js");
         const outcome = await runBenchSuite(suite);
         const table = benchTable(outcome.rows);
         const width = Math.max(...table.map((r) => r.metric.length));

@@ -3,6 +3,7 @@ import { BadInputError } from "../../domain/errors.js";
 import type { TableInfo } from "../../tables/index.js";
 import { action, positiveInt } from "../run.js";
 
+const isoOrNull = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString());
 const day = (ms: number | null) => (ms === null ? "-" : new Date(ms).toISOString().slice(0, 16).replace("T", " "));
 
 function summary(t: TableInfo): string {
@@ -23,7 +24,7 @@ export function registerTables(program: Command): void {
           const list = store.list();
           const live = store.live()?.version ?? null;
           return {
-            json: { live, tables: list.map((t) => ({ version: t.version, modelVersion: t.modelVersion, createdAt: new Date(t.createdAt).toISOString(), status: t.status, ragAsOf: t.ragAsOf === null ? null : new Date(t.ragAsOf).toISOString(), rows: t.rows, strategy: t.strategy, stats: t.stats })) },
+            json: { live, tables: list.map((t) => ({ version: t.version, modelVersion: t.modelVersion, createdAt: new Date(t.createdAt).toISOString(), status: t.status, ragAsOf: isoOrNull(t.ragAsOf), rows: t.rows, strategy: t.strategy, stats: t.stats })) },
             text: list.length ? list.map(summary).join("\n") : "no tables yet: run freshrec refresh",
           };
         } finally {
@@ -61,7 +62,9 @@ export function registerTables(program: Command): void {
             }
           }
           const text = [summary(info), ...rows.map((r) => `  (${r.c1}, ${r.c2}) -> ${r.answers.map((a) => `${a.cluster} ${a.score.toFixed(3)}`).join(", ")}`)].join("\n");
-          return { json: { ...info, rows: rows.map((r) => ({ c1: r.c1, c2: r.c2, answers: r.answers })) }, text };
+          // Times as ISO, as tables list gives them.
+          const times = { createdAt: isoOrNull(info.createdAt), finishedAt: isoOrNull(info.finishedAt), ragAsOf: isoOrNull(info.ragAsOf) };
+          return { json: { ...info, ...times, rows: rows.map((r) => ({ c1: r.c1, c2: r.c2, answers: r.answers })) }, text };
         } finally {
           store.close();
         }
