@@ -110,18 +110,26 @@ export function registerDemo(program: Command): void {
             // Read before the server opens the event store: one process holds a DuckDB file at a time.
             const user = (await userWithHistory(ctx)) ?? "u1";
             const running = await startWorkspaceServer(ctx, { port: 0 });
+            // One real request, so the demo shows the API answering and not only how to ask it.
+            const exploration = `${running.url}/v1/users/${encodeURIComponent(user)}/exploration?n=3`;
+            const response = await fetch(exploration);
+            const answer = (await response.json()) as { history: { c1: string; c2: string } | null; table: { version: string } | null; recommendations?: { cluster: string; items: unknown[] }[] };
+            const clusters = (answer.recommendations ?? []).map((r) => r.cluster);
             lines.push(
-              `API at ${running.url} (try):`,
-              `  curl -s '${running.url}/v1/users/${encodeURIComponent(user)}/exploration?n=3'`,
+              `API at ${running.url}:`,
+              `  curl -s '${exploration}'`,
+              `  -> ${response.status}: ${user} ${answer.history ? `(${answer.history.c1}, ${answer.history.c2})` : "(cold start)"} -> ${clusters.join(", ")}, each with ${answer.recommendations?.[0]?.items.length ?? 0} items (table ${answer.table?.version ?? "none"})`,
               `  curl -s ${running.url}/metrics | grep freshrec_`,
             );
-            server = { url: running.url };
+            server = { url: running.url, example: { status: response.status, userId: user, clusters, table: answer.table?.version ?? null } };
             if (opts.serve) {
-              process.stdout.write(`${lines.join("\n")}\nserving until Ctrl-C\n`);
+              // With --json, stdout is kept for the one result object printed when the server stops.
+              const out = ctx.json ? process.stderr : process.stdout;
+              out.write(`${lines.join("\n")}\nserving until Ctrl-C\n`);
               await new Promise<void>((resolve) => ctx.signal.addEventListener("abort", () => resolve(), { once: true }));
             }
             await running.close();
-            lines.push("API stopped (run freshrec serve to keep it up)");
+            lines.push(opts.serve ? "API stopped" : "API stopped (demo --serve, or freshrec serve, keeps it up)");
           }
           const json = { dataset, data, store: counts, recentTransitions: recent.length, drift: { ...drift, reports }, loop: loop?.json ?? null, experiment, server };
           return { json, text: lines.join("\n") };
