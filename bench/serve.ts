@@ -8,8 +8,8 @@
  *   serve_ceiling_healthz_rps are that run's), serve_p99_ms the worst run's p99.
  *   Why the best: this machine's host has periods where every process runs slower, a trivial /healthz included
  *   (measured in session 6: one server's CPU per request 90-147 us from one 2 s slice of load to the next, and
- *   this bench's /healthz ceiling 12.6k-27.7k req/s between runs); noise only ever slows a run, so the fastest of several estimates the server's capacity, as
- *   Python's timeit takes the minimum of repeats. Every run, its ceiling and the median are reported beside it.
+ *   this bench's /healthz ceiling 12.6k-27.7k req/s between runs); noise only ever slows a run, so the fastest of
+ *   several estimates the server's capacity, as Python's timeit takes the minimum of repeats. Every run, its ceiling and the median are reported beside it.
  * - In-process table lookup (TableLookup.read, what a request does per history): >= 1M/s.
  * - Resident memory of a 1,000-cluster table (999,000 pairs, top-10) loaded for serving, in a fresh process: <= 100 MB.
  * - Publish under load: the live table flipped every 200 ms by another process (this one, through SQLite) during a
@@ -97,17 +97,19 @@ async function rssChild(file: string, version: string): Promise<void> {
   process.send!({ rssMb: (after.rss - before.rss) / 2 ** 20, arrayBuffersMb: (after.arrayBuffers - before.arrayBuffers) / 2 ** 20, rows: lookup.size });
 }
 
-function child<T>(args: string[], execArgv: string[] = []): { message: Promise<T>; send(m: string): void; exited: Promise<void> } {
+function child<T>(args: string[], execArgv: string[] = []): { message: Promise<T>; stop(): Promise<void> } {
   const p = fork(here, args, { execArgv: ["--import", "tsx", ...execArgv], stdio: ["ignore", 2, 2, "ipc"] }); // stdout: `bench --json` prints one object
+  const exited = new Promise<void>((resolve) => p.once("exit", () => resolve()));
   return {
     message: new Promise<T>((resolve, reject) => {
       p.once("message", (m) => resolve(m as T));
       p.once("exit", (code) => reject(new Error(`bench child ${args[0]} exited ${code}`)));
     }),
-    send: (m) => {
-      if (p.connected) p.send(m);
+    /** Asks the child to stop and waits for it; again, or after it exited, only waits. */
+    stop: () => {
+      if (p.connected) p.send("stop");
+      return exited;
     },
-    exited: new Promise((resolve) => p.once("exit", () => resolve())),
   };
 }
 
@@ -135,7 +137,7 @@ async function load(url: string, users: readonly string[], seconds: number, path
 
 export async function run(): Promise<BenchSuiteResult> {
   const dir = mkdtempSync(join(tmpdir(), "freshrec-bench-serve-"));
-  let stopServerOnFailure: (() => Promise<void>) | undefined;
+  let server: ReturnType<typeof child<{ url: string; users: number; withHistory: string[]; startSeconds: number }>> | undefined;
   try {
     // 300 clusters; 150k users with ~16 events each in a month, of whom about two thirds have a history (two distinct
     // positive clusters): the 100k users with histories the issue asks for, checked below.
@@ -173,16 +175,8 @@ export async function run(): Promise<BenchSuiteResult> {
     if (checksum !== reads * 10) throw new Error("lookup bench read a row without 10 answers");
 
     // HTTP load against a server in its own process.
-    const server = child<{ url: string; users: number; withHistory: string[]; startSeconds: number }>(["--serve-child", dir]);
-    // The server child is stopped on every path (a failed run too), before its workspace is deleted.
-    let stopped = false;
-    const stopServer = async () => {
-      if (stopped) return;
-      stopped = true;
-      server.send("stop");
-      await server.exited;
-    };
-    stopServerOnFailure = stopServer;
+    // Stopped on every path (a failed run too, in `finally`), before its workspace is deleted.
+    server = child<{ url: string; users: number; withHistory: string[]; startSeconds: number }>(["--serve-child", dir]);
     const { url, users: knownUsers, withHistory: users, startSeconds } = await server.message;
     if (users.length < 100_000) throw new Error(`the serve bench's world gave ${users.length} users with histories; it must have 100k`);
     await load(url, users, 3); // warm-up: JIT, caches
@@ -209,7 +203,7 @@ export async function run(): Promise<BenchSuiteResult> {
     const underPublish = await load(url, users, 6);
     clearInterval(flipper);
     const publishErrors = underPublish.errors + underPublish.timeouts + underPublish.non2xx;
-    await stopServer();
+    await server.stop();
     tables.close();
 
     // RSS of a 1,000-cluster table, measured in a fresh process.
@@ -266,7 +260,7 @@ export async function run(): Promise<BenchSuiteResult> {
       ],
     };
   } finally {
-    await stopServerOnFailure?.().catch(() => undefined);
+    await server?.stop();
     rmSync(dir, { recursive: true, force: true });
   }
 }

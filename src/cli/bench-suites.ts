@@ -6,7 +6,7 @@
 import { existsSync, readdirSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 
-export const BENCH_DIR = fileURLToPath(new URL("../../bench/", import.meta.url));
+const BENCH_DIR = fileURLToPath(new URL("../../bench/", import.meta.url));
 
 export function benchSuites(): string[] {
   if (!existsSync(BENCH_DIR)) return [];

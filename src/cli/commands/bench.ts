@@ -1,7 +1,8 @@
 /**
  * `freshrec bench SUITE`: the benchmark suites of bench/ (the same runner as `npm run bench -- SUITE`): prints the
  * suite's table (metric, value, unit, target, met) and writes bench/results/SUITE.json. Suites measure on temporary
- * workspaces of their own; the --workspace is not touched. bench/ is loaded only when a suite runs. An unknown suite is bad usage (exit code 2).
+ * workspaces of their own; the --workspace is not touched. bench/ is loaded only when a suite runs. An unknown suite
+ * is bad usage (exit code 2).
  */
 import type { Command } from "commander";
 import { BadInputError } from "../../domain/errors.js";
@@ -27,7 +28,6 @@ export function registerBench(program: Command): void {
         return {
           json: { suite: outcome.suite, machine: outcome.machine, results: outcome.results, file: outcome.file, rows: table },
           text: [...lines, `wrote ${outcome.file}`].join("\n"),
-          exitCode: 0,
         };
       }),
     );

@@ -11,6 +11,7 @@ import { action, positiveInt } from "../run.js";
 import { runDemoLoop } from "./demo-loop.js";
 import { simulateExperiment } from "./experiment.js";
 import { startWorkspaceServer } from "./serve.js";
+import { explorationResponseSchema } from "../../serving/schemas.js";
 import { EventStore } from "../../data/event-store.js";
 import type { CommandContext } from "../context.js";
 
@@ -113,12 +114,12 @@ export function registerDemo(program: Command): void {
             // One real request, so the demo shows the API answering and not only how to ask it.
             const exploration = `${running.url}/v1/users/${encodeURIComponent(user)}/exploration?n=3`;
             const response = await fetch(exploration);
-            const answer = (await response.json()) as { history: { c1: string; c2: string } | null; table: { version: string } | null; recommendations?: { cluster: string; items: unknown[] }[] };
-            const clusters = (answer.recommendations ?? []).map((r) => r.cluster);
+            const answer = explorationResponseSchema.parse(await response.json());
+            const clusters = answer.recommendations.map((r) => r.cluster);
             lines.push(
               `API at ${running.url}:`,
               `  curl -s '${exploration}'`,
-              `  -> ${response.status}: ${user} ${answer.history ? `(${answer.history.c1}, ${answer.history.c2})` : "(cold start)"} -> ${clusters.join(", ")}, each with ${answer.recommendations?.[0]?.items.length ?? 0} items (table ${answer.table?.version ?? "none"})`,
+              `  -> ${response.status}: ${user} ${answer.history ? `(${answer.history.c1}, ${answer.history.c2})` : "(cold start)"} -> ${clusters.join(", ")}, each with ${answer.recommendations[0]?.items.length ?? 0} items (table ${answer.table?.version ?? "none"})`,
               `  curl -s ${running.url}/metrics | grep freshrec_`,
             );
             server = { url: running.url, example: { status: response.status, userId: user, clusters, table: answer.table?.version ?? null } };
