@@ -43,7 +43,7 @@ export function loopSettings(config: FreshrecConfig, positiveMin: number | null)
       contextPeriod: f.contextPeriod,
     },
     gates: { minExactMatchRate: f.minExactMatchRate, minTestRecall: f.minTestRecall },
-    training: { epochs: f.epochs, learningRate: f.learningRate ?? undefined },
+    training: { epochs: f.epochs, learningRate: f.learningRate ?? undefined, keepCheckpoints: f.keepCheckpoints },
     tables: config.tables,
     positiveMin,
   };
@@ -102,6 +102,7 @@ export async function trainBaseModel(
     heldOutContexts: heldOutSnapshot ? (c1, c2) => contextFor(heldOutSnapshot, c1, c2)?.successors : undefined,
     window,
     epochs: options.epochs,
+    keepCheckpoints: ctx.config.pretrain.keepCheckpoints,
     shape: { ...REFERENCE_SHAPE, ...ctx.config.model },
     signal: options.signal ?? ctx.signal,
     onProgress: trainingProgress(ctx.progress, ctx.log, "pretraining"),

@@ -40,6 +40,8 @@ export interface PretrainOptions {
   readonly shape?: ModelShape;
   /** @defaultValue 4 (see TrainOptions.epochs) */
   readonly epochs?: number;
+  /** @defaultValue false (see TrainOptions.keepCheckpoints) */
+  readonly keepCheckpoints?: boolean;
   /** @defaultValue the trainer's (3e-4) */
   readonly learningRate?: number;
   /** Upper bound on catalog lines from item titles. @defaultValue 5000 */
@@ -139,6 +141,7 @@ export async function pretrainBaseModel(options: PretrainOptions): Promise<Pretr
         checkpointDir: join(dir, "checkpoints"),
         catalog,
         epochs: options.epochs ?? 4,
+        keepCheckpoints: options.keepCheckpoints ?? false,
         learningRate: options.learningRate,
         signal: options.signal,
         onProgress: options.onProgress,

@@ -32,7 +32,7 @@ export interface LoopSettings {
   readonly rag: RagOptions;
   readonly curation: CurationOptions;
   readonly gates: GateOptions;
-  readonly training: { readonly epochs?: number; readonly learningRate?: number };
+  readonly training: { readonly epochs?: number; readonly learningRate?: number; readonly keepCheckpoints?: boolean };
   readonly tables: { readonly topN: number; readonly keep: number };
   /** Engagement threshold of a positive event (null: every event counts). */
   readonly positiveMin: number | null;

@@ -1,4 +1,4 @@
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { EmbeddedLanguageModel } from "../../src/llm/backends/embedded.js";
@@ -24,7 +24,7 @@ describe("embedded trainer (real llama.cpp training, tiny model)", () => {
     const events: TrainingEvent[] = [];
     const trainer = new EmbeddedTrainer({ init: { clusters: CLUSTERS, shape: TINY_SHAPE } });
     const out = join(ws, "models", "smoke.gguf");
-    const result = await trainer.train(toySamples(400), { outputPath: out, epochs: 2, patience: 99, onProgress: (e) => events.push(e) });
+    const result = await trainer.train(toySamples(400), { outputPath: out, epochs: 2, patience: 99, keepCheckpoints: true, onProgress: (e) => events.push(e) });
     expect(existsSync(out)).toBe(true);
     expect(result.epochs).toHaveLength(2);
     expect(result.trainTokens).toBeGreaterThan(0);
@@ -34,8 +34,8 @@ describe("embedded trainer (real llama.cpp training, tiny model)", () => {
     for (const e of result.epochs) {
       expect(Number.isFinite(e.trainLoss)).toBe(true);
       expect(e.validationAccuracy).toBeGreaterThanOrEqual(0);
-      expect(existsSync(e.checkpoint)).toBe(true);
-      const info = readModelFile(e.checkpoint);
+      expect(existsSync(e.checkpoint!)).toBe(true);
+      const info = readModelFile(e.checkpoint!);
       expect(info.clusters).toHaveLength(CLUSTERS.length);
       // llama_opt_init overwrites the model's context length with the training row size; the file keeps its own.
       expect(info.shape.contextLength).toBe(TINY_SHAPE.contextLength);
@@ -48,14 +48,40 @@ describe("embedded trainer (real llama.cpp training, tiny model)", () => {
   it("continues training from an existing model (fine-tuning) and keeps its vocabulary", async () => {
     const from = await trainTiny();
     const out = join(ws, "models", "tuned.gguf");
-    const result = await new EmbeddedTrainer().train(toySamples(200, 9), { from, outputPath: out, epochs: 1 });
+    const result = await new EmbeddedTrainer().train(toySamples(200, 9), { from, outputPath: out, epochs: 1, keepCheckpoints: true });
     expect(result.epochs).toHaveLength(1);
     expect(readModelFile(out).vocabularyHash).toBe(readModelFile(from).vocabularyHash);
     // Its checkpoints are its own: a model written beside another in one folder never overwrites the other's epochs.
     expect(result.epochs[0].checkpoint).toBe(join(`${out}.checkpoints`, "epoch-001.gguf"));
-    const other = await new EmbeddedTrainer().train(toySamples(200, 11), { from, outputPath: join(ws, "models", "tuned-2.gguf"), epochs: 1 });
+    const other = await new EmbeddedTrainer().train(toySamples(200, 11), { from, outputPath: join(ws, "models", "tuned-2.gguf"), epochs: 1, keepCheckpoints: true });
     expect(other.epochs[0].checkpoint).not.toBe(result.epochs[0].checkpoint);
-    expect(readFileSync(result.epochs[0].checkpoint).equals(readFileSync(other.epochs[0].checkpoint))).toBe(false);
+    expect(readFileSync(result.epochs[0].checkpoint!).equals(readFileSync(other.epochs[0].checkpoint!))).toBe(false);
+  });
+
+  it("removes its checkpoints when it ends, unless asked to keep them, and leaves other files in a named folder", async () => {
+    const from = await trainTiny();
+    // The default folder: gone with its epochs; the reports say the files are gone.
+    const out = join(ws, "models", "tidy.gguf");
+    const seen: string[] = [];
+    const result = await new EmbeddedTrainer().train(toySamples(200, 13), {
+      from,
+      outputPath: out,
+      epochs: 2,
+      patience: 99,
+      onProgress: (e) => {
+        if (e.type === "epoch" && e.checkpoint && existsSync(e.checkpoint)) seen.push(e.checkpoint);
+      },
+    });
+    expect(seen).toHaveLength(2); // they existed while the training ran (the best epoch is copied from one)
+    expect(result.epochs.map((e) => e.checkpoint)).toEqual([null, null]);
+    expect(existsSync(`${out}.checkpoints`)).toBe(false);
+    expect(readModelFile(out).vocabularyHash).toBe(readModelFile(from).vocabularyHash);
+    // A folder the caller named (pretraining's models/<version>/checkpoints, say) keeps what the trainer did not write.
+    const named = join(ws, "models", "named-checkpoints");
+    mkdirSync(named, { recursive: true });
+    writeFileSync(join(named, "notes.txt"), "mine");
+    await new EmbeddedTrainer({ init: { clusters: CLUSTERS, shape: TINY_SHAPE } }).train(toySamples(200, 17), { outputPath: join(ws, "models", "scratch.gguf"), checkpointDir: named, epochs: 1 });
+    expect(readdirSync(named)).toEqual(["notes.txt"]);
   });
 
   it("is cancellable: an abort rejects with CANCELLED and leaves no output", async () => {
@@ -72,6 +98,7 @@ describe("embedded trainer (real llama.cpp training, tiny model)", () => {
     });
     await expect(run).rejects.toMatchObject({ code: "CANCELLED" });
     expect(existsSync(out)).toBe(false);
+    expect(existsSync(`${out}.checkpoints`)).toBe(false);
   });
 });
 

@@ -22,7 +22,7 @@
  * const result = await trainer.train(samples, { outputPath: "/ws/models/m1.gguf", epochs: 6, onProgress: console.log });
  */
 import { fork } from "node:child_process";
-import { mkdirSync } from "node:fs";
+import { mkdirSync, readdirSync, rmSync, rmdirSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
@@ -172,31 +172,38 @@ export class EmbeddedTrainer implements Trainer {
     const reports: EpochReport[] = [];
     let trainTokens = 0;
     let trainSeconds = 0;
-    const done = await runWorker(job, options, (m) => {
-      if (m.type === "step") {
-        options.onProgress?.({ type: "step", epoch: m.epoch, epochs, fraction: m.fraction, tokensPerSecond: m.tokensPerSecond });
-      } else if (m.type === "epoch") {
-        trainTokens += m.tokens;
-        trainSeconds += m.seconds;
-        const report: EpochReport = {
-          epoch: m.epoch,
-          epochs,
-          learningRate: m.learningRate,
-          trainLoss: m.trainLoss,
-          trainAccuracy: m.trainAccuracy,
-          validationLoss: m.validationLoss,
-          validationAccuracy: m.validationAccuracy,
-          tokensPerSecond: m.tokensPerSecond,
-          seconds: m.seconds,
-          checkpoint: m.checkpoint,
-        };
-        reports.push(report);
-        options.onProgress?.({ type: "epoch", ...report });
-      }
-    });
+    const keep = options.keepCheckpoints ?? false;
+    let done: Awaited<ReturnType<typeof runWorker>>;
+    try {
+      done = await runWorker(job, options, (m) => {
+        if (m.type === "step") {
+          options.onProgress?.({ type: "step", epoch: m.epoch, epochs, fraction: m.fraction, tokensPerSecond: m.tokensPerSecond });
+        } else if (m.type === "epoch") {
+          trainTokens += m.tokens;
+          trainSeconds += m.seconds;
+          const report: EpochReport = {
+            epoch: m.epoch,
+            epochs,
+            learningRate: m.learningRate,
+            trainLoss: m.trainLoss,
+            trainAccuracy: m.trainAccuracy,
+            validationLoss: m.validationLoss,
+            validationAccuracy: m.validationAccuracy,
+            tokensPerSecond: m.tokensPerSecond,
+            seconds: m.seconds,
+            checkpoint: m.checkpoint,
+          };
+          reports.push(report);
+          options.onProgress?.({ type: "epoch", ...report });
+        }
+      });
+    } finally {
+      rmSync(`${options.outputPath}.partial`, { force: true });
+      if (!keep) removeCheckpoints(checkpointDir);
+    }
     return {
       modelPath: options.outputPath,
-      epochs: reports,
+      epochs: keep ? reports : reports.map((r) => ({ ...r, checkpoint: null })),
       bestEpoch: done.bestEpoch,
       stoppedEarly: done.stoppedEarly,
       trainTokens,
@@ -206,6 +213,26 @@ export class EmbeddedTrainer implements Trainer {
       trainSamples: trainSamples.length,
       validationSamples: validationSamples.length,
     };
+  }
+}
+
+/**
+ * Removes what a training wrote into its checkpoint folder (the initial model, the epochs and an epoch's unfinished
+ * save), and the folder when nothing else is in it: the folder may be one the caller named, so only the trainer's
+ * own file names are touched.
+ */
+function removeCheckpoints(dir: string): void {
+  let names: string[];
+  try {
+    names = readdirSync(dir);
+  } catch {
+    return;
+  }
+  for (const name of names) if (/^(init\.gguf|epoch-\d{3,}\.gguf(\.llama)?)$/.test(name)) rmSync(join(dir, name), { force: true });
+  try {
+    rmdirSync(dir);
+  } catch {
+    // Not empty: the caller keeps other files there.
   }
 }
 
