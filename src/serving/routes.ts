@@ -11,7 +11,7 @@ import { BadInputError } from "../domain/errors.js";
 import type { TableInfo } from "../tables/index.js";
 import { HttpError, errorBody, toHttpError } from "./errors.js";
 import { analyzeExperiment, renderExperimentTable } from "./experiments/analysis.js";
-import { parseExperimentDefinition, type Experiment } from "./experiments/definition.js";
+import { parseExperimentDefinition } from "./experiments/definition.js";
 import { intakeBodySchema, intakeResultSchema } from "./intake.js";
 import { PROMETHEUS_CONTENT_TYPE } from "./metrics.js";
 import { ExplorationJsonWriter, explorationResponse } from "./exploration-json.js";
@@ -38,32 +38,18 @@ import {
 } from "./schemas.js";
 import type { ServingState } from "./server.js";
 import { resolveBinding } from "./tables.js";
-
-const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString());
+import { experimentView, isoTime, scheduleStatusView } from "./views.js";
 
 function tableSummary(t: TableInfo) {
   return {
     version: t.version,
     modelVersion: t.modelVersion,
-    createdAt: iso(t.createdAt)!,
+    createdAt: isoTime(t.createdAt),
     status: t.status,
-    ragAsOf: iso(t.ragAsOf),
+    ragAsOf: isoTime(t.ragAsOf),
     rows: t.rows,
     topN: t.topN,
     strategy: t.strategy,
-  };
-}
-
-function experimentView(e: Experiment, serving: (table: string) => string | null) {
-  return {
-    name: e.name,
-    salt: e.salt,
-    control: e.control,
-    description: e.description,
-    arms: e.arms.map((a) => ({ ...a, serving: e.status === "active" ? serving(a.table) : null })),
-    status: e.status,
-    createdAt: iso(e.createdAt)!,
-    stoppedAt: iso(e.stoppedAt),
   };
 }
 
@@ -347,7 +333,7 @@ export function registerRoutes(app: FastifyInstance, state: ServingState): Route
         await tables.poll();
         return {
           model: { version: decided.version, status: decided.status, kind: decided.kind, parent: decided.parent },
-          change: { version: change.version, from: change.from, to: change.to, reason: change.reason, at: iso(change.at)! },
+          change: { version: change.version, from: change.from, to: change.to, reason: change.reason, at: isoTime(change.at) },
         };
       },
     );
@@ -363,7 +349,7 @@ export function registerRoutes(app: FastifyInstance, state: ServingState): Route
       responses: { 200: scheduleStatusResponseSchema },
     },
     // `scheduling` comes from its own option: the CLI passes `scheduleStatus` with or without --schedule.
-    () => ({ scheduling: options.scheduling ?? false, status: options.scheduleStatus ? options.scheduleStatus() : null }),
+    () => ({ scheduling: options.scheduling ?? false, status: options.scheduleStatus ? scheduleStatusView(options.scheduleStatus()) : null }),
   );
 
   // ------------------------------------------------------------------------------------------------ experiments

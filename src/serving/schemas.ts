@@ -4,6 +4,9 @@
  */
 import { z } from "zod";
 import { experimentDefinitionSchema } from "./experiments/definition.js";
+import { experimentSchema, scheduleStatusSchema } from "./views.js";
+
+export { experimentSchema };
 
 const historySchema = z.object({ c1: z.string(), c2: z.string() }).describe("The last two distinct positively engaged clusters, c2 the most recent.");
 
@@ -125,17 +128,6 @@ export const experimentCreateBodySchema = z.object({
   replace: z.boolean().optional().describe("Stop the active experiment, if any, instead of refusing."),
 });
 
-export const experimentSchema = z.object({
-  name: z.string(),
-  salt: z.string(),
-  control: z.string(),
-  description: z.string().nullable(),
-  arms: z.array(z.object({ name: z.string(), table: z.string(), weight: z.number(), serving: z.string().nullable().optional() })),
-  status: z.enum(["active", "stopped"]),
-  createdAt: z.string(),
-  stoppedAt: z.string().nullable(),
-});
-
 export const experimentsResponseSchema = z.object({ active: z.string().nullable(), experiments: z.array(experimentSchema) });
 
 export const analysisResponseSchema = z.object({
@@ -170,7 +162,7 @@ export const analysisResponseSchema = z.object({
 
 export const scheduleStatusResponseSchema = z.object({
   scheduling: z.boolean().describe("Whether this server runs the hybrid schedule (serve --schedule)."),
-  status: z.unknown().describe("The schedule's status: each job's cadence, last run, next due time and counters."),
+  status: scheduleStatusSchema.nullable().describe("The schedule's status: each job's cadence, last run, next due time and counters (null when the server was given none)."),
 });
 
 export const healthResponseSchema = z.object({

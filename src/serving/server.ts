@@ -19,6 +19,7 @@ import Fastify, { LogController, type FastifyInstance, type FastifyReply, type F
 import { EventStore } from "../data/event-store.js";
 import { SystemClock, type Clock } from "../domain/clock.js";
 import { ModelRegistry } from "../llm/registry.js";
+import type { ScheduleStatus } from "../update/schedule/index.js";
 import { SqliteTableStore, tableStorePath, type TableStore } from "../tables/index.js";
 import { Catalog } from "./catalog.js";
 import { HttpError } from "./errors.js";
@@ -93,7 +94,7 @@ export interface ServeOptions {
    * The hybrid schedule's status for GET /v1/schedule/status: the running scheduler's (serve --schedule), or the one
    * recorded in the workspace's schedule store by `schedule run` when this process does not run it.
    */
-  readonly scheduleStatus?: () => unknown;
+  readonly scheduleStatus?: () => ScheduleStatus;
   /**
    * Whether this process runs the hybrid schedule (serve --schedule), as GET /v1/schedule/status reports it. Kept
    * apart from `scheduleStatus`, which is also given without --schedule (to show the recorded status).

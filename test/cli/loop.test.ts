@@ -111,7 +111,9 @@ describe("the hybrid loop from the CLI", () => {
     const pass = run(passing, "finetune", "--as-of", "2025-04-15");
     expect(pass.status, pass.stderr).toBe(0);
     expect(pass.json).toMatchObject({ modelVersion: "m000002", status: "live", parent: "m000001" });
-    expect(pass.json.set.trainWindow.to).toBeLessThanOrEqual(Date.parse("2025-04-15"));
+    // Times in --json output are ISO like the API's (the stores keep epoch ms).
+    expect(pass.json.set.trainWindow.to).toMatch(/^\d{4}-\d\d-\d\dT.*Z$/);
+    expect(Date.parse(pass.json.set.trainWindow.to)).toBeLessThanOrEqual(Date.parse("2025-04-15"));
 
     const halt = run(halting, "finetune", "--as-of", "2025-04-20");
     expect(halt.status).toBe(1);
@@ -125,23 +127,35 @@ describe("the hybrid loop from the CLI", () => {
     const approve = run(passing, "review", "approve", "m000003", "--reason", "recall dip from a holiday week");
     expect(approve.status, approve.stderr).toBe(0);
     expect(approve.json.change).toMatchObject({ to: "live", reason: expect.stringContaining("holiday week") });
+    expect(approve.json.change.at).toMatch(/^\d{4}-\d\d-\d\dT.*Z$/);
     models = run(passing, "models", "list").json;
     expect(models.live).toBe("m000003");
+    const approved = models.models.find((m: { version: string }) => m.version === "m000003");
+    expect(Date.parse(approved.createdAt)).toBeGreaterThan(0);
+    expect(Date.parse(approved.window.to)).toBeLessThanOrEqual(Date.parse("2025-04-20"));
     expect(models.models.find((m: { version: string }) => m.version === "m000002").status).toBe("retired");
 
     // A simulated month of the schedule: refresh every 2 days (from the Unix epoch), fine-tune on May 1st.
     const sim = run(passing, "schedule", "run", "--simulate", "--from", "2025-04-21", "--to", "2025-05-06");
     expect(sim.status, sim.stderr).toBe(0);
-    const runs = sim.json.runs as { job: string; status: string; due: number; detail: Record<string, unknown> }[];
-    expect(runs.filter((r) => r.job === "finetune").map((r) => new Date(r.due).toISOString())).toEqual(["2025-05-01T00:00:00.000Z"]);
+    const runs = sim.json.runs as { job: string; status: string; due: string; detail: Record<string, unknown> }[];
+    expect(runs.filter((r) => r.job === "finetune").map((r) => r.due)).toEqual(["2025-05-01T00:00:00.000Z"]);
     const refreshes = runs.filter((r) => r.job === "refresh");
     expect(refreshes.length).toBe(7);
     expect(refreshes.every((r) => r.status === "succeeded")).toBe(true);
     // The refresh due with the fine-tune runs after it, with the new model.
-    const afterFinetune = refreshes.find((r) => r.due >= Date.parse("2025-05-01"))!;
+    const afterFinetune = refreshes.find((r) => Date.parse(r.due) >= Date.parse("2025-05-01"))!;
     expect(afterFinetune.detail.modelVersion).toBe(runs.find((r) => r.job === "finetune")!.detail.modelVersion);
     // The live schedule's state is untouched by a simulation.
     const status = run(passing, "schedule", "status");
     expect(status.json.recent).toEqual([]);
+    expect(status.json.jobs.map((j: { job: string; nextDue: string }) => [j.job, Date.parse(j.nextDue) > 0])).toEqual([
+      ["finetune", true],
+      ["refresh", true],
+    ]);
+    // pause and resume answer the job's state, with its times as ISO too.
+    const paused = run(passing, "schedule", "pause", "refresh", "--reason", "event pipeline outage");
+    expect(paused.json).toMatchObject({ job: "refresh", paused: true, pauseReason: "event pipeline outage", pausedAt: expect.stringMatching(/Z$/) });
+    expect(run(passing, "schedule", "resume", "refresh").json).toMatchObject({ paused: false, pausedAt: null });
   }, 600_000);
 });

@@ -21,6 +21,7 @@ import {
   type RunningServer,
 } from "../../src/serving/index.js";
 import { SqliteTableStore, TableLookup, tableStorePath } from "../../src/tables/index.js";
+import { ZERO_COUNTERS, type ScheduleStatus } from "../../src/update/schedule/index.js";
 import { servingWorkspace, TOKEN, type ServingWorkspace } from "./fixtures.js";
 
 let ws: ServingWorkspace;
@@ -490,7 +491,37 @@ describe("a server on a virtual clock (event times, schedule status, body limit)
   // A second server over the same event store, on a clock that stands at the end of the fixture's events.
   let clock: VirtualClock;
   let clocked: RunningServer;
-  const recorded = { now: 0, running: null, jobs: [{ job: "refresh", lastRun: null }] };
+  // A status as a scheduler reports it (epoch ms); the route answers its ISO view.
+  const DUE = Date.UTC(2025, 11, 3);
+  const recorded: ScheduleStatus = {
+    now: DUE + 3_600_000,
+    running: null,
+    jobs: [
+      {
+        job: "refresh",
+        cadence: "every 2 days",
+        paused: false,
+        pauseReason: null,
+        pausedAt: null,
+        consecutiveFailures: 0,
+        counters: { ...ZERO_COUNTERS, runs: 1, succeeded: 1 },
+        lastRun: { id: 7, job: "refresh", due: DUE, trigger: "scheduled", startedAt: DUE + 1000, endedAt: DUE + 61_000, status: "succeeded", durationSeconds: 60, cost: { promptsScored: 46 }, detail: { table: "t000004" }, error: null },
+        nextDue: DUE + 2 * 86_400_000,
+      },
+    ],
+  };
+  const recordedView = {
+    now: "2025-12-03T01:00:00.000Z",
+    running: null,
+    jobs: [
+      {
+        ...recorded.jobs[0],
+        counters: { ...recorded.jobs[0].counters },
+        lastRun: { ...recorded.jobs[0].lastRun!, due: "2025-12-03T00:00:00.000Z", startedAt: "2025-12-03T00:00:01.000Z", endedAt: "2025-12-03T00:01:01.000Z" },
+        nextDue: "2025-12-05T00:00:00.000Z",
+      },
+    ],
+  };
 
   beforeAll(async () => {
     clock = new VirtualClock(ws.world.endMs);
@@ -576,10 +607,11 @@ describe("a server on a virtual clock (event times, schedule status, body limit)
   it("GET /v1/schedule/status answers scheduling: false when only the recorded status is given, true with scheduling: true", async () => {
     const response = await fetch(`${clocked.url}/v1/schedule/status`, { headers: admin });
     expect(response.status).toBe(200);
-    expect(await response.json()).toEqual({ scheduling: false, status: recorded });
+    // Times as ISO, like every other time the API answers (the scheduler keeps epoch ms).
+    expect(await response.json()).toEqual({ scheduling: false, status: recordedView });
     const running = await startServer({ workspace: ws.dir, port: 0, events: server.state.events, clock, adminToken: TOKEN, logLevel: "silent", scheduleStatus: () => recorded, scheduling: true });
     try {
-      expect(await (await fetch(`${running.url}/v1/schedule/status`, { headers: admin })).json()).toEqual({ scheduling: true, status: recorded });
+      expect(await (await fetch(`${running.url}/v1/schedule/status`, { headers: admin })).json()).toEqual({ scheduling: true, status: recordedView });
     } finally {
       await running.close();
     }

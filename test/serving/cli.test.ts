@@ -53,8 +53,10 @@ describe("freshrec experiment and serve", () => {
       });
       child.on("exit", (code) => reject(new Error(`serve exited ${code}: ${stderr}`)));
     });
+    let throughServer: any = null;
     try {
       const explored = (await (await fetch(`${url}/v1/users/${ws.world.userId(1)}/exploration?n=2`)).json()) as any;
+      throughServer = freshrec(["--workspace", ws.dir, "experiment", "list", "--server", url]).json;
       expect(explored.experiment).toMatchObject({ name: "cli-e1" });
       expect(explored.table.version).toBe(explored.experiment.arm === "control" ? ws.plain : ws.rag);
 
@@ -75,5 +77,10 @@ describe("freshrec experiment and serve", () => {
     expect(code).toBe(0);
     expect(JSON.parse(stdout)).toMatchObject({ stopped: true, url });
     expect(stderr).not.toContain(TOKEN);
+    // The same experiment reads the same through the server and from the workspace (ISO times in both).
+    const local = freshrec(["--workspace", ws.dir, "experiment", "list"]).json;
+    const created = (list: any) => list.experiments.find((e: { name: string }) => e.name === "cli-e1").createdAt;
+    expect(created(local)).toMatch(/^\d{4}-\d\d-\d\dT.*Z$/);
+    expect(created(local)).toBe(created(throughServer));
   });
 });

@@ -22,15 +22,14 @@ import {
   renderExperimentTable,
   resolveBinding,
   runSimulatedExperiment,
-  type Experiment,
   type ExperimentAnalysis,
   type SimulatedExperimentResult,
 } from "../../serving/index.js";
 import type { CommandContext } from "../context.js";
 import { action, positiveInt } from "../run.js";
 import { adminToken } from "./serve.js";
+import { experimentView } from "../../serving/views.js";
 
-const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString());
 
 /** Calls an admin route of a running server; its error codes become the CLI's (exit 2 for bad input or auth). */
 async function callServer(ctx: CommandContext, server: string, method: "GET" | "POST", path: string, body?: unknown): Promise<any> {
@@ -216,7 +215,7 @@ export function registerExperiment(program: Command): void {
             tables.close();
           }
           const e = await withLog(ctx, (log) => log.create(definition, ctx.clock.now(), { replace: Boolean(opts.replace) }));
-          created = { ...e, createdAt: iso(e.createdAt), stoppedAt: iso(e.stoppedAt) };
+          created = experimentView(e);
         }
         return { json: created, text: `${experimentLine(created as never)}\nstarted: freshrec serve assigns users by hash and logs exposures; analyze with freshrec experiment analyze ${name}` };
       }),
@@ -230,9 +229,9 @@ export function registerExperiment(program: Command): void {
     .action(
       action(async (ctx, command) => {
         const { server } = command.opts<{ server?: string }>();
-        const list: Experiment[] | Record<string, unknown>[] = server
+        const list: Record<string, unknown>[] = server
           ? (await callServer(ctx, server, "GET", "/v1/experiments")).experiments
-          : await withLog(ctx, (log) => log.list());
+          : (await withLog(ctx, (log) => log.list())).map((e) => experimentView(e));
         return { json: { experiments: list }, text: list.length ? list.map((e) => experimentLine(e as never)).join("\n") : "no experiments yet" };
       }),
     );
@@ -248,7 +247,7 @@ export function registerExperiment(program: Command): void {
         const { server } = command.opts<{ server?: string }>();
         const stopped = server
           ? await callServer(ctx, server, "POST", `/v1/experiments/${encodeURIComponent(name)}/stop`)
-          : await withLog(ctx, (log) => log.stop(name, ctx.clock.now()));
+          : experimentView(await withLog(ctx, (log) => log.stop(name, ctx.clock.now())));
         return { json: stopped, text: experimentLine(stopped) };
       }),
     );

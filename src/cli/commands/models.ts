@@ -9,6 +9,7 @@ import { finetuneOutcome } from "../../update/loop.js";
 import { deliveredModel, openLoop, registerConfiguredBase, resolveAsOf, trainBaseModel } from "../loop-context.js";
 import { action, positiveInt } from "../run.js";
 import { iso, pct } from "../format.js";
+import { modelView, statusChangeView, windowView } from "../../serving/views.js";
 
 
 function modelLine(m: ModelVersion): string {
@@ -84,7 +85,8 @@ export function registerModels(program: Command): void {
             ...g.reasons.map((r) => `  gate failed: ${r}`),
             ...(result.status === "halted" ? [`  decide with: freshrec review approve|reject ${result.modelVersion} --reason TEXT`] : []),
           ].join("\n");
-          return { json: { ...result, outcome: finetuneOutcome(result).status }, text, exitCode: result.status === "live" ? 0 : 1 };
+          const set = { ...result.set, trainWindow: windowView(result.set.trainWindow), testWindow: windowView(result.set.testWindow) };
+          return { json: { ...result, set, outcome: finetuneOutcome(result).status }, text, exitCode: result.status === "live" ? 0 : 1 };
         } finally {
           await open.close();
         }
@@ -112,7 +114,7 @@ export function registerModels(program: Command): void {
           const decided = decision === "approve" ? registry.makeLive(version, `approved: ${reason}`) : registry.setStatus(version, "rejected", `rejected: ${reason}`);
           const change = registry.history(version).at(-1)!;
           return {
-            json: { model: decided, change },
+            json: { model: modelView(decided), change: statusChangeView(change) },
             text: `${version} is now ${decided.status} (${change.reason}, ${iso(change.at)})`,
           };
         } finally {
@@ -131,7 +133,7 @@ export function registerModels(program: Command): void {
         const registry = new ModelRegistry(ctx.paths.root, ctx.clock);
         try {
           const list = registry.list();
-          return { json: { live: registry.live()?.version ?? null, models: list }, text: list.length ? list.map(modelLine).join("\n") : "no models yet: run freshrec pretrain" };
+          return { json: { live: registry.live()?.version ?? null, models: list.map(modelView) }, text: list.length ? list.map(modelLine).join("\n") : "no models yet: run freshrec pretrain" };
         } finally {
           registry.close();
         }

@@ -22,6 +22,7 @@ import type { CommandContext } from "../context.js";
 import { openLoop, resolveAsOf, type OpenLoop } from "../loop-context.js";
 import { action, timeOption } from "../run.js";
 import { iso } from "../format.js";
+import { jobStateView, runRecordView, scheduleStatusView } from "../../serving/views.js";
 
 
 /** One log line per run: what ran, for which due time, how it ended and what it produced. */
@@ -147,7 +148,7 @@ export function registerRefresh(program: Command): void {
           ];
           const status = readScheduleStatus(store, definitions, ctx.clock.now(), null);
           const recent = store.runs({ limit: 10 });
-          return { json: { ...status, recent }, text: [...statusLines(status), ...(recent.length ? ["recent runs:", ...recent.map(runLine)] : [])].join("\n") };
+          return { json: { ...scheduleStatusView(status), recent: recent.map(runRecordView) }, text: [...statusLines(status), ...(recent.length ? ["recent runs:", ...recent.map(runLine)] : [])].join("\n") };
         } finally {
           store.close();
         }
@@ -174,7 +175,7 @@ export function registerRefresh(program: Command): void {
               clock: ctx.clock,
             });
             const state = verb === "pause" ? scheduler.pause(job, command.opts<{ reason?: string }>().reason ?? "paused by hand") : scheduler.resume(job);
-            return { json: state, text: `${job}: ${state.paused ? `paused (${state.pauseReason})` : "running on its cadence"}` };
+            return { json: jobStateView(state), text: `${job}: ${state.paused ? `paused (${state.pauseReason})` : "running on its cadence"}` };
           } finally {
             store.close();
           }
@@ -205,7 +206,7 @@ async function runSchedule(ctx: CommandContext, opts: { simulate?: boolean; from
         const scheduler = new Scheduler({ jobs, store, clock: new VirtualClock(from), ...schedulerOptions(ctx.config.schedule), onRun });
         const result = await scheduler.simulate({ from, to });
         return {
-          json: { simulated: { from: iso(from), to: iso(to) }, runs: result.runs, status: result.status },
+          json: { simulated: { from: iso(from), to: iso(to) }, runs: result.runs.map(runRecordView), status: scheduleStatusView(result.status) },
           text: [`simulated ${iso(from)} .. ${iso(to)}: ${result.runs.length} runs`, ...lines, ...statusLines(result.status)].join("\n"),
         };
       } finally {
@@ -226,7 +227,7 @@ async function runSchedule(ctx: CommandContext, opts: { simulate?: boolean; from
       } finally {
         ctx.signal.removeEventListener("abort", stop);
       }
-      return { json: { runs: lines.length, status: scheduler.status() }, text: [`stopped after ${lines.length} runs`, ...statusLines(scheduler.status())].join("\n") };
+      return { json: { runs: lines.length, status: scheduleStatusView(scheduler.status()) }, text: [`stopped after ${lines.length} runs`, ...statusLines(scheduler.status())].join("\n") };
     } finally {
       store.close();
     }

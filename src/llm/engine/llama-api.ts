@@ -11,7 +11,7 @@
 import koffi from "koffi";
 import { existsSync, readFileSync } from "node:fs";
 import { createRequire } from "node:module";
-import { dirname, join } from "node:path";
+import { join } from "node:path";
 import { FreshrecError } from "../../domain/errors.js";
 
 /** The only node-llama-cpp version whose llama.cpp struct layouts this module declares. */
