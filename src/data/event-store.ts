@@ -25,7 +25,7 @@ import {
   type DuckDBValue,
 } from "@duckdb/node-api";
 import type { Cluster, EngagementEvent, Item } from "../domain/types.js";
-import { FreshrecError } from "../domain/errors.js";
+import { BadInputError, FreshrecError } from "../domain/errors.js";
 
 /** A block of events in columns; user and item are indexes into the batch's dictionaries. */
 export interface EventChunk {
@@ -51,6 +51,13 @@ export interface AppendRequest {
   readonly events?: EventBatch;
   /** Dataset facts kept with the data (for example the engagement threshold that means "positive"). */
   readonly meta?: Readonly<Record<string, string>>;
+  /**
+   * Facts that name the dataset (a dataset adapter's name and options), recorded like `meta`. One store holds one
+   * dataset: when the store holds events and its recorded identity differs (or it has none: other data), the append is
+   * refused before anything is written, naming the difference. Two synthetic worlds share user ids, and a second
+   * dataset would also overwrite the first's positive threshold, so a merge would silently corrupt both.
+   */
+  readonly identity?: Readonly<Record<string, string>>;
 }
 
 export interface AppendResult {
@@ -171,6 +178,7 @@ export class EventStore {
    */
   async append(request: AppendRequest): Promise<AppendResult> {
     const c = this.connection;
+    if (request.identity) await this.checkIdentity(request.identity);
     await c.run("BEGIN TRANSACTION");
     try {
       const clustersAdded = request.clusters?.length ? await this.upsertClusters(request.clusters) : 0;
@@ -178,7 +186,7 @@ export class EventStore {
       let eventsAdded = 0;
       let skippedDuplicates = 0;
       if (request.events) ({ eventsAdded, skippedDuplicates } = await this.insertEvents(request.events));
-      for (const [key, value] of Object.entries(request.meta ?? {})) {
+      for (const [key, value] of Object.entries({ ...request.meta, ...request.identity })) {
         await c.run("INSERT OR REPLACE INTO meta VALUES ($key, $value)", { key, value });
       }
       await c.run("COMMIT");
@@ -191,6 +199,23 @@ export class EventStore {
     } finally {
       await c.run("DROP TABLE IF EXISTS stage_clusters; DROP TABLE IF EXISTS stage_items; DROP TABLE IF EXISTS stage_users; DROP TABLE IF EXISTS stage_item_dict; DROP TABLE IF EXISTS stage_events;");
     }
+  }
+
+  /** @throws BadInputError when the store holds events of another dataset than `identity` names. */
+  private async checkIdentity(identity: Readonly<Record<string, string>>): Promise<void> {
+    const { events } = await this.counts();
+    if (events === 0) return;
+    const name = identity.dataset ?? "this dataset";
+    const differences: string[] = [];
+    for (const [key, value] of Object.entries(identity)) {
+      const recorded = await this.getMeta(key);
+      if (recorded === null) differences.push(`${key} is not recorded (the store holds other data)`);
+      else if (recorded !== value) differences.push(describeDifference(key, recorded, value));
+    }
+    if (differences.length === 0) return;
+    throw new BadInputError(
+      `the event store ${this.path} already holds ${events} events of another dataset than ${name}: ${differences.join("; ")}. One event store holds one dataset (a merge would mix their users and positive thresholds): use another --workspace, or delete the workspace to start over`,
+    );
   }
 
   private async upsertClusters(clusters: readonly Cluster[]): Promise<number> {
@@ -329,4 +354,20 @@ export function dictionaryIndex(dictionary: Map<string, number>, id: string): nu
     dictionary.set(id, index);
   }
   return index;
+}
+
+/** `key: recorded -> requested`, per field when both are JSON objects (the synthetic world's options). */
+function describeDifference(key: string, recorded: string, requested: string): string {
+  const parse = (text: string): Record<string, unknown> | null => {
+    try {
+      const value: unknown = JSON.parse(text);
+      return value !== null && typeof value === "object" && !Array.isArray(value) ? (value as Record<string, unknown>) : null;
+    } catch {
+      return null;
+    }
+  };
+  const [a, b] = [parse(recorded), parse(requested)];
+  if (!a || !b) return `${key} ${JSON.stringify(recorded)} here, ${JSON.stringify(requested)} requested`;
+  const fields = [...new Set([...Object.keys(a), ...Object.keys(b)])].filter((f) => JSON.stringify(a[f]) !== JSON.stringify(b[f]));
+  return `${key} differ in ${fields.map((f) => `${f} (${JSON.stringify(a[f])} here, ${JSON.stringify(b[f])} requested)`).join(", ")}`;
 }

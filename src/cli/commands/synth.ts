@@ -46,7 +46,7 @@ export function registerSynth(program: Command): void {
         const store = await ctx.openEvents();
         try {
           const started = process.hrtime.bigint();
-          const report = await ingestSynthetic(store, world, ctx.json ? ctx.progress : ctx.progress);
+          const report = await ingestSynthetic(store, world, ctx.progress);
           const seconds = Number(process.hrtime.bigint() - started) / 1e9;
           const json = { ...report, seconds, calibration: world.calibration, options };
           const text = [

@@ -100,6 +100,7 @@ export async function commitIngest(
     events: EventColumnsBuilder;
     parsed: readonly ParsedFile[];
     meta?: Record<string, string>;
+    identity?: Record<string, string>;
   },
   options: IngestOptions = {},
 ): Promise<IngestReport> {
@@ -120,6 +121,7 @@ export async function commitIngest(
     items: input.items,
     events: input.events.length ? input.events.toBatch() : undefined,
     meta: input.meta,
+    identity: input.identity,
   });
   return {
     events: result.eventsAdded,

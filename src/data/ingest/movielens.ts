@@ -186,7 +186,8 @@ export async function ingestMovieLens(store: EventStore, dir: string, options: M
       items,
       events,
       parsed: [movieFile, eventFile],
-      meta: { dataset: variant, positive_min: String(positiveRating) },
+      meta: { positive_min: String(positiveRating) },
+      identity: { dataset: variant },
     },
     options,
   );

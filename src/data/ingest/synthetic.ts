@@ -39,11 +39,9 @@ export async function ingestSynthetic(store: EventStore, world: SyntheticWorld, 
       clusters: world.clusters.map((c) => ({ id: c.id, description: c.description })),
       items,
       events: { userIds, itemIds, chunks: chunks as AsyncIterable<EventChunk> },
-      meta: {
-        dataset: "synthetic",
-        positive_min: String(world.options.positiveThreshold),
-        synthetic_options: JSON.stringify(world.options),
-      },
+      meta: { positive_min: String(world.options.positiveThreshold) },
+      // Re-running the same world is idempotent; another seed or scale into the same store is refused.
+      identity: { dataset: "synthetic", synthetic_options: JSON.stringify(world.options) },
     });
     return {
       events: result.eventsAdded,

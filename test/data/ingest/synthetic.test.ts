@@ -25,6 +25,35 @@ describe("synthetic platform into the event store", () => {
     store.close();
   });
 
+  it("refuses to merge another world, or another dataset, into a store that holds one, writing nothing", async () => {
+    const options = { ...SYNTHETIC_QUICK, users: 200, targetEvents: 10_000, batchSize: 4096 };
+    const store = await EventStore.open(":memory:");
+    try {
+      await ingestSynthetic(store, new SyntheticWorld(options));
+      const before = await store.counts();
+      // Another seed: the same user ids with other histories; refused, naming what differs.
+      await expect(ingestSynthetic(store, new SyntheticWorld({ ...options, seed: 7 }))).rejects.toThrow(/another dataset than synthetic: synthetic_options differ in seed \(42 here, 7 requested\).*another --workspace/);
+      await expect(ingestSynthetic(store, new SyntheticWorld({ ...options, users: 300 }))).rejects.toThrow(/users \(200 here, 300 requested\)/);
+      expect(await store.counts()).toEqual(before);
+      expect(JSON.parse((await store.getMeta("synthetic_options"))!)).toMatchObject({ seed: 42, users: 200 });
+      // Events without a dataset identity (the API's intake, generic files) still append: they name no dataset.
+      const more = await store.append({ events: { userIds: ["u000000"], itemIds: [new SyntheticWorld(options).items()[0].id], chunks: [{ length: 1, userIndex: Int32Array.of(0), itemIndex: Int32Array.of(0), ts: Float64Array.of(before.lastTs! + 1), engagement: Float32Array.of(1) }] } });
+      expect(more.eventsAdded).toBe(1);
+    } finally {
+      store.close();
+    }
+    // A synthetic world into a store of other data (no identity recorded) is refused too.
+    const other = await EventStore.open(":memory:");
+    try {
+      const world = new SyntheticWorld(options);
+      await other.append({ clusters: [{ id: "c", description: "mine" }], items: [{ id: "i", clusterId: "c" }], events: { userIds: ["me"], itemIds: ["i"], chunks: [{ length: 1, userIndex: Int32Array.of(0), itemIndex: Int32Array.of(0), ts: Float64Array.of(world.startMs), engagement: Float32Array.of(1) }] } });
+      await expect(ingestSynthetic(other, world)).rejects.toThrow(/dataset is not recorded \(the store holds other data\)/);
+      expect((await other.counts()).events).toBe(1);
+    } finally {
+      other.close();
+    }
+  });
+
   it("hands batches over one at a time and propagates producer errors", async () => {
     const seen: number[] = [];
     for await (const n of pullBatches<number>(async (emit) => {
