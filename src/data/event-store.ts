@@ -201,20 +201,27 @@ export class EventStore {
     }
   }
 
-  /** @throws BadInputError when the store holds events of another dataset than `identity` names. */
-  private async checkIdentity(identity: Readonly<Record<string, string>>): Promise<void> {
+  /**
+   * Checks that an append naming `identity` (see AppendRequest.identity) may go into this store; `append` checks it
+   * too, callers call it first to fail before long work (generating a synthetic world).
+   * @throws BadInputError when the store holds events of another dataset, or of this one with other settings.
+   */
+  async checkIdentity(identity: Readonly<Record<string, string>>): Promise<void> {
     const { events } = await this.counts();
     if (events === 0) return;
     const name = identity.dataset ?? "this dataset";
     const differences: string[] = [];
+    let sameDataset = true;
     for (const [key, value] of Object.entries(identity)) {
       const recorded = await this.getMeta(key);
-      if (recorded === null) differences.push(`${key} is not recorded (the store holds other data)`);
-      else if (recorded !== value) differences.push(describeDifference(key, recorded, value));
+      if (recorded === value) continue;
+      if (key === "dataset") sameDataset = false;
+      differences.push(recorded === null ? `${key} is not recorded (the store holds other data)` : describeDifference(key, recorded, value));
     }
     if (differences.length === 0) return;
+    const what = sameDataset ? `of the ${name} dataset with other settings` : `of another dataset than ${name}`;
     throw new BadInputError(
-      `the event store ${this.path} already holds ${events} events of another dataset than ${name}: ${differences.join("; ")}. One event store holds one dataset (a merge would mix their users and positive thresholds): use another --workspace, or delete the workspace to start over`,
+      `the event store ${this.path} already holds ${events} events ${what}: ${differences.join("; ")}. One event store holds one dataset (a merge would mix their users and positive thresholds): use another --workspace, or delete the workspace to start over`,
     );
   }
 

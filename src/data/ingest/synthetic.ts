@@ -23,6 +23,9 @@ export async function ingestSynthetic(store: EventStore, world: SyntheticWorld, 
   const items = world.items();
   const userIds = Array.from({ length: world.userCount }, (_, k) => world.userId(k));
   const itemIds = items.map((item) => item.id);
+  // Re-running the same world is idempotent; another seed or scale into the same store is refused, before generating.
+  const identity = { dataset: "synthetic", synthetic_options: JSON.stringify(world.options) };
+  await store.checkIdentity(identity);
   let generated = 0;
   let positiveEvents = 0;
   progress.start("synthesizing events", world.options.targetEvents);
@@ -40,8 +43,7 @@ export async function ingestSynthetic(store: EventStore, world: SyntheticWorld, 
       items,
       events: { userIds, itemIds, chunks: chunks as AsyncIterable<EventChunk> },
       meta: { positive_min: String(world.options.positiveThreshold) },
-      // Re-running the same world is idempotent; another seed or scale into the same store is refused.
-      identity: { dataset: "synthetic", synthetic_options: JSON.stringify(world.options) },
+      identity,
     });
     return {
       events: result.eventsAdded,

@@ -32,7 +32,7 @@ describe("synthetic platform into the event store", () => {
       await ingestSynthetic(store, new SyntheticWorld(options));
       const before = await store.counts();
       // Another seed: the same user ids with other histories; refused, naming what differs.
-      await expect(ingestSynthetic(store, new SyntheticWorld({ ...options, seed: 7 }))).rejects.toThrow(/another dataset than synthetic: synthetic_options differ in seed \(42 here, 7 requested\).*another --workspace/);
+      await expect(ingestSynthetic(store, new SyntheticWorld({ ...options, seed: 7 }))).rejects.toThrow(/the synthetic dataset with other settings: synthetic_options differ in seed \(42 here, 7 requested\).*another --workspace/);
       await expect(ingestSynthetic(store, new SyntheticWorld({ ...options, users: 300 }))).rejects.toThrow(/users \(200 here, 300 requested\)/);
       expect(await store.counts()).toEqual(before);
       expect(JSON.parse((await store.getMeta("synthetic_options"))!)).toMatchObject({ seed: 42, users: 200 });
