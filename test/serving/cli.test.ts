@@ -3,8 +3,11 @@
  * experiment commands go through its admin routes with --server, and Ctrl-C stops it cleanly.
  */
 import { spawn, spawnSync } from "node:child_process";
+import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
+import { SystemClock } from "../../src/domain/clock.js";
+import { ModelRegistry } from "../../src/llm/registry.js";
 import { servingWorkspace, TOKEN, type ServingWorkspace } from "./fixtures.js";
 
 const ROOT = join(import.meta.dirname, "../..");
@@ -82,5 +85,43 @@ describe("freshrec experiment and serve", () => {
     const created = (list: any) => list.experiments.find((e: { name: string }) => e.name === "cli-e1").createdAt;
     expect(created(local)).toMatch(/^\d{4}-\d\d-\d\dT.*Z$/);
     expect(created(local)).toBe(created(throughServer));
+  });
+
+  it("serve --schedule runs the hybrid schedule in the server (status says scheduling: true), and needs a live model", async () => {
+    const refused = freshrec(["--workspace", ws.dir, "serve", "--port", "0", "--schedule"]);
+    expect(refused.status).toBe(2);
+    expect(refused.json.error.message).toMatch(/--schedule needs a live model/);
+    // Any file will do as the live model: a new schedule starts at now, so nothing is due within this test.
+    const file = join(ws.dir, "models", "m-test.gguf");
+    mkdirSync(join(ws.dir, "models"), { recursive: true });
+    writeFileSync(file, "not read: no job is due");
+    const registry = new ModelRegistry(ws.dir, new SystemClock());
+    try {
+      const model = await registry.register({ kind: "base", filePath: file });
+      registry.makeLive(model.version, "test");
+    } finally {
+      registry.close();
+    }
+    const child = spawn(process.execPath, [BIN, "--workspace", ws.dir, "serve", "--port", "0", "--schedule", "--json"], { cwd: ROOT, env });
+    let stderr = "";
+    const url = await new Promise<string>((resolve, reject) => {
+      child.stderr.on("data", (d) => {
+        stderr += d;
+        const m = /freshrec serving on (http:\/\/[^ ]+)/.exec(stderr);
+        if (m) resolve(m[1]);
+      });
+      child.on("exit", (code) => reject(new Error(`serve exited ${code}: ${stderr}`)));
+    });
+    try {
+      const response = await fetch(`${url}/v1/schedule/status`, { headers: { authorization: `Bearer ${TOKEN}` } });
+      expect(response.status).toBe(200);
+      const body = (await response.json()) as any;
+      expect(body.scheduling).toBe(true);
+      expect(body.status.jobs.map((j: { job: string }) => j.job).sort()).toEqual(["finetune", "refresh"]);
+      for (const job of body.status.jobs) expect(Date.parse(job.nextDue)).toBeGreaterThan(Date.parse(body.status.now));
+    } finally {
+      child.kill("SIGINT");
+    }
+    expect(await new Promise<number | null>((resolve) => child.on("exit", resolve))).toBe(0);
   });
 });
