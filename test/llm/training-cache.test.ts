@@ -64,7 +64,9 @@ describe("training cache (real tiny training runs)", () => {
       trainer.train(samples, { from: base.modelPath, outputPath: join(ws, "b.gguf"), epochs: 1 }),
     ]);
     expect(counting.runs).toBe(1);
-    expect([a.reused, b.reused]).toEqual([undefined, true]);
+    // Whichever request finishes hashing its inputs first trains (both hash the parent file asynchronously); the
+    // other waits for it and takes its model.
+    expect([a.reused, b.reused].filter((r) => r === true)).toHaveLength(1);
     expect(readFileSync(b.modelPath).equals(readFileSync(a.modelPath))).toBe(true);
   });
 });
