@@ -2,7 +2,7 @@
  * `freshrec serve` and `freshrec experiment` as a user runs them: the server holds the workspace's event store, the
  * experiment commands go through its admin routes with --server, and Ctrl-C stops it cleanly.
  */
-import { spawn, spawnSync } from "node:child_process";
+import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
@@ -25,6 +25,22 @@ function freshrec(args: string[]): { status: number; json: any; stderr: string }
   return { status: r.status ?? -1, json, stderr: r.stderr };
 }
 
+/** `freshrec serve --port 0 --json ARGS` in a child process, once it says where it listens. */
+async function serve(args: string[]): Promise<{ child: ChildProcess; url: string; output: { stdout: string; stderr: string } }> {
+  const child = spawn(process.execPath, [BIN, "--workspace", ws.dir, "serve", "--port", "0", ...args, "--json"], { cwd: ROOT, env });
+  const output = { stdout: "", stderr: "" };
+  child.stdout!.on("data", (d) => (output.stdout += d));
+  const url = await new Promise<string>((resolve, reject) => {
+    child.stderr!.on("data", (d) => {
+      output.stderr += d;
+      const m = /freshrec serving on (http:\/\/[^ ]+)/.exec(output.stderr);
+      if (m) resolve(m[1]);
+    });
+    child.on("exit", (code) => reject(new Error(`serve exited ${code}: ${output.stderr}`)));
+  });
+  return { child, url, output };
+}
+
 let ws: ServingWorkspace;
 beforeAll(async () => {
   ws = await servingWorkspace();
@@ -44,18 +60,7 @@ describe("freshrec experiment and serve", () => {
   });
 
   it("serves until SIGINT; experiment commands reach it with --server and fail clearly without", async () => {
-    const child = spawn(process.execPath, [BIN, "--workspace", ws.dir, "serve", "--port", "0", "--json"], { cwd: ROOT, env });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.on("data", (d) => (stdout += d));
-    const url = await new Promise<string>((resolve, reject) => {
-      child.stderr.on("data", (d) => {
-        stderr += d;
-        const m = /freshrec serving on (http:\/\/[^ ]+)/.exec(stderr);
-        if (m) resolve(m[1]);
-      });
-      child.on("exit", (code) => reject(new Error(`serve exited ${code}: ${stderr}`)));
-    });
+    const { child, url, output } = await serve([]);
     let throughServer: any = null;
     try {
       const explored = (await (await fetch(`${url}/v1/users/${ws.world.userId(1)}/exploration?n=2`)).json()) as any;
@@ -78,8 +83,8 @@ describe("freshrec experiment and serve", () => {
     }
     const code = await new Promise<number | null>((resolve) => child.on("exit", resolve));
     expect(code).toBe(0);
-    expect(JSON.parse(stdout)).toMatchObject({ stopped: true, url });
-    expect(stderr).not.toContain(TOKEN);
+    expect(JSON.parse(output.stdout)).toMatchObject({ stopped: true, url });
+    expect(output.stderr).not.toContain(TOKEN);
     // The same experiment reads the same through the server and from the workspace (ISO times in both).
     const local = freshrec(["--workspace", ws.dir, "experiment", "list"]).json;
     const created = (list: any) => list.experiments.find((e: { name: string }) => e.name === "cli-e1").createdAt;
@@ -102,16 +107,7 @@ describe("freshrec experiment and serve", () => {
     } finally {
       registry.close();
     }
-    const child = spawn(process.execPath, [BIN, "--workspace", ws.dir, "serve", "--port", "0", "--schedule", "--json"], { cwd: ROOT, env });
-    let stderr = "";
-    const url = await new Promise<string>((resolve, reject) => {
-      child.stderr.on("data", (d) => {
-        stderr += d;
-        const m = /freshrec serving on (http:\/\/[^ ]+)/.exec(stderr);
-        if (m) resolve(m[1]);
-      });
-      child.on("exit", (code) => reject(new Error(`serve exited ${code}: ${stderr}`)));
-    });
+    const { child, url } = await serve(["--schedule"]);
     try {
       const response = await fetch(`${url}/v1/schedule/status`, { headers: { authorization: `Bearer ${TOKEN}` } });
       expect(response.status).toBe(200);
