@@ -51,8 +51,6 @@ export class PopularityPolicy implements ItemPolicy {
 
 export class CoVisitationPolicy implements ItemPolicy {
   readonly name = "co-visitation";
-  /** Scratch score per item: reused across calls (requests run one at a time on the event loop). */
-  private scores = new Float64Array(0);
   /** Scratch: per cluster, 1 + the position of its first request in `clusters`, 0 when not requested. */
   private slotOf = new Int32Array(0);
 
@@ -61,17 +59,18 @@ export class CoVisitationPolicy implements ItemPolicy {
   ground(request: GroundingRequest): GroundedItem[][] {
     const index = this.index();
     const items = index.neighborStart.length - 1;
-    if (this.scores.length !== items) this.scores = new Float64Array(items);
     const clusterCount = index.popularStart.length - 1;
     if (this.slotOf.length !== clusterCount) this.slotOf = new Int32Array(clusterCount);
-    const scores = this.scores;
     const slotOf = this.slotOf;
     const wanted = request.clusters;
-    const touched: number[][] = [];
+    // Per requested cluster, its candidates and their summed scores, side by side. A request meets a few dozen
+    // candidates, so finding one in its cluster's short list reads a line or two, where a score array over the
+    // catalog cost a random memory access per candidate.
+    const candidates: Candidates[] = [];
     for (let k = 0; k < wanted.length; k++) {
       const c = wanted[k];
       if (c >= 0 && c < clusterCount && slotOf[c] === 0) slotOf[c] = k + 1;
-      touched.push([]);
+      candidates.push({ items: [], scores: [] });
     }
     // One pass over each recent item's neighbour runs (one per cluster) for all requested clusters at once: a run
     // of a cluster not requested is skipped whole. Recent items are visited in order, so every item's score is
@@ -86,12 +85,15 @@ export class CoVisitationPolicy implements ItemPolicy {
       for (let q = itemRuns[source]; q < lastRun; q++) {
         const slot = slotOf[runCluster[q]];
         if (slot === 0) continue;
-        const list = touched[slot - 1];
+        const list = candidates[slot - 1];
         const end = runOffset[q + 1];
         for (let p = runOffset[q]; p < end; p++) {
           const item = neighborItem[p];
-          if (scores[item] === 0) list.push(item);
-          scores[item] += weight * neighborWeight[p];
+          const at = list.items.indexOf(item);
+          if (at < 0) {
+            list.items.push(item);
+            list.scores.push(weight * neighborWeight[p]);
+          } else list.scores[at] += weight * neighborWeight[p];
         }
       }
     }
@@ -99,45 +101,45 @@ export class CoVisitationPolicy implements ItemPolicy {
     for (let k = 0; k < wanted.length; k++) {
       const c = wanted[k];
       // A cluster asked for twice is ranked from its first slot's candidates: the same list again.
-      const candidates = c >= 0 && c < clusterCount ? touched[slotOf[c] - 1] : [];
+      const list = c >= 0 && c < clusterCount ? candidates[slotOf[c] - 1] : NO_CANDIDATES;
       const out: GroundedItem[] = [];
-      for (let t = 0; t < candidates.length && out.length < request.n; t++) {
+      for (let t = 0; t < list.items.length && out.length < request.n; t++) {
         // The best remaining candidate moves to t: only as much of the list is ordered as n unseen items need.
-        const item = takeBest(candidates, t, scores);
+        takeBest(list, t);
+        const item = list.items[t];
         if (request.isSeen(item)) continue;
-        out.push({ item, score: scores[item], source: "co-visitation" });
+        out.push({ item, score: list.scores[t], source: "co-visitation" });
       }
       fillFromPopularity(index, c, request.n, request, out);
       result.push(out);
     }
     for (let k = 0; k < wanted.length; k++) {
       const c = wanted[k];
-      if (c < 0 || c >= clusterCount || slotOf[c] !== k + 1) continue;
-      for (const item of touched[k]) scores[item] = 0;
-      slotOf[c] = 0;
+      if (c >= 0 && c < clusterCount) slotOf[c] = 0;
     }
     return result;
   }
 }
 
+/** A requested cluster's candidates: `scores[i]` is the summed co-visitation score of `items[i]`. */
+interface Candidates {
+  readonly items: number[];
+  readonly scores: number[];
+}
+
+const NO_CANDIDATES: Candidates = { items: [], scores: [] };
+
 /**
- * Swaps the best of list[from..] to `from` and returns it: highest score, ties by lower item index (one step of a
+ * Swaps the best of the candidates from `from` on to `from`: highest score, ties by lower item index (one step of a
  * selection sort, so the first k steps give the first k items of the fully sorted list).
  */
-function takeBest(list: number[], from: number, scores: Float64Array): number {
+function takeBest(list: Candidates, from: number): void {
+  const { items, scores } = list;
   let best = from;
-  let bestItem = list[from];
-  let bestScore = scores[bestItem];
-  for (let j = from + 1; j < list.length; j++) {
-    const item = list[j];
-    const score = scores[item];
-    if (score > bestScore || (score === bestScore && item < bestItem)) {
-      best = j;
-      bestItem = item;
-      bestScore = score;
-    }
+  for (let j = from + 1; j < items.length; j++) {
+    if (scores[j] > scores[best] || (scores[j] === scores[best] && items[j] < items[best])) best = j;
   }
-  list[best] = list[from];
-  list[from] = bestItem;
-  return bestItem;
+  if (best === from) return;
+  [items[best], items[from]] = [items[from], items[best]];
+  [scores[best], scores[from]] = [scores[from], scores[best]];
 }
