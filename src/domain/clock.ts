@@ -56,7 +56,3 @@ export function parseTime(text: string): number {
   if (!/^\d{4}-\d{2}-\d{2}/.test(withZone)) return Number.NaN;
   return Date.parse(withZone);
 }
-
-export function isoDate(ms: number): string {
-  return new Date(ms).toISOString();
-}

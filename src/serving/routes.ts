@@ -8,7 +8,6 @@ import { randomUUID } from "node:crypto";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import type { z } from "zod";
 import { BadInputError } from "../domain/errors.js";
-import type { TableInfo } from "../tables/index.js";
 import { HttpError, errorBody, toHttpError } from "./errors.js";
 import { analyzeExperiment, renderExperimentTable } from "./experiments/analysis.js";
 import { parseExperimentDefinition } from "./experiments/definition.js";
@@ -38,20 +37,7 @@ import {
 } from "./schemas.js";
 import type { ServingState } from "./server.js";
 import { resolveBinding } from "./tables.js";
-import { experimentView, isoTime, scheduleStatusView } from "./views.js";
-
-function tableSummary(t: TableInfo) {
-  return {
-    version: t.version,
-    modelVersion: t.modelVersion,
-    createdAt: isoTime(t.createdAt),
-    status: t.status,
-    ragAsOf: isoTime(t.ragAsOf),
-    rows: t.rows,
-    topN: t.topN,
-    strategy: t.strategy,
-  };
-}
+import { experimentView, modelView, scheduleStatusView, statusChangeView, tableView } from "./views.js";
 
 /** Parses a request part with its schema; a failure is a 400 naming each field. */
 function parseInput<S extends z.ZodType>(schema: S, value: unknown, where: string): z.infer<S> {
@@ -229,7 +215,7 @@ export function registerRoutes(app: FastifyInstance, state: ServingState): Route
     () => ({
       live: state.tableStore.live()?.version ?? null,
       serving: tables.bindings(),
-      tables: state.tableStore.list().map(tableSummary),
+      tables: state.tableStore.list().map(tableView),
     }),
   );
 
@@ -278,7 +264,7 @@ export function registerRoutes(app: FastifyInstance, state: ServingState): Route
       const previous = state.tableStore.live()?.version ?? null;
       const info = state.tableStore.publish(params.version, { actor: "api", reason: body.reason ?? null });
       await tables.poll();
-      return { live: info.version, previous, serving: tables.lookup("live")?.version ?? null, table: tableSummary(info) };
+      return { live: info.version, previous, serving: tables.lookup("live")?.version ?? null, table: tableView(info) };
     },
   );
 
@@ -298,7 +284,7 @@ export function registerRoutes(app: FastifyInstance, state: ServingState): Route
       const previous = state.tableStore.live()?.version ?? null;
       const info = state.tableStore.rollback({ actor: "api", reason: body.reason ?? null });
       await tables.poll();
-      return { live: info.version, previous, serving: tables.lookup("live")?.version ?? null, table: tableSummary(info) };
+      return { live: info.version, previous, serving: tables.lookup("live")?.version ?? null, table: tableView(info) };
     },
   );
 
@@ -331,10 +317,7 @@ export function registerRoutes(app: FastifyInstance, state: ServingState): Route
         const decided = decision === "approve" ? registry.makeLive(params.version, `approved: ${reason}`) : registry.setStatus(params.version, "rejected", `rejected: ${reason}`);
         const change = registry.history(params.version).at(-1)!;
         await tables.poll();
-        return {
-          model: { version: decided.version, status: decided.status, kind: decided.kind, parent: decided.parent },
-          change: { version: change.version, from: change.from, to: change.to, reason: change.reason, at: isoTime(change.at) },
-        };
+        return { model: modelView(decided), change: statusChangeView(change) };
       },
     );
   }

@@ -4,7 +4,7 @@
  */
 import { z } from "zod";
 import { experimentDefinitionSchema } from "./experiments/definition.js";
-import { experimentSchema, scheduleStatusSchema } from "./views.js";
+import { experimentSchema, modelSchema, scheduleStatusSchema, statusChangeSchema, tableSchema } from "./views.js";
 
 export { experimentSchema };
 
@@ -77,21 +77,10 @@ export const explorationResponseSchema = z.object({
 });
 export type ExplorationResponse = z.infer<typeof explorationResponseSchema>;
 
-export const tableSummarySchema = z.object({
-  version: z.string(),
-  modelVersion: z.string(),
-  createdAt: z.string(),
-  status: z.string(),
-  ragAsOf: z.string().nullable(),
-  rows: z.number().int(),
-  topN: z.number().int(),
-  strategy: z.string().nullable(),
-});
-
 export const tablesResponseSchema = z.object({
   live: z.string().nullable().describe("The version serving now."),
   serving: z.array(z.object({ binding: z.string(), version: z.string().nullable() })).describe("Every table held in memory and what it serves."),
-  tables: z.array(tableSummarySchema),
+  tables: z.array(tableSchema),
 });
 
 export const tableRowParamsSchema = z.object({ c1: z.string().min(1), c2: z.string().min(1) });
@@ -113,15 +102,12 @@ export const publishResponseSchema = z.object({
   live: z.string().describe("The version live now."),
   previous: z.string().nullable(),
   serving: z.string().nullable().describe("The version this server's live binding serves after the swap."),
-  table: tableSummarySchema,
+  table: tableSchema,
 });
 
 export const reviewBodySchema = z.object({ reason: z.string().trim().min(1).max(2000).describe("Why (recorded with the time).") }).strict();
 
-export const reviewResponseSchema = z.object({
-  model: z.object({ version: z.string(), status: z.string(), kind: z.string(), parent: z.string().nullable() }),
-  change: z.object({ version: z.string(), from: z.string().nullable(), to: z.string(), reason: z.string(), at: z.string() }),
-});
+export const reviewResponseSchema = z.object({ model: modelSchema, change: statusChangeSchema });
 
 export const experimentCreateBodySchema = z.object({
   definition: experimentDefinitionSchema,

@@ -8,8 +8,11 @@
  * printJson({ models: registry.list().map(modelView) });
  */
 import { z } from "zod";
+import type { StoreCounts } from "../data/event-store.js";
 import type { TimeWindow } from "../domain/types.js";
+import type { ReplayResult } from "../evaluation/replay.js";
 import type { ModelVersion, StatusChange } from "../llm/registry.js";
+import type { TableInfo } from "../tables/index.js";
 import type { JobState, RunRecord, ScheduleStatus } from "../update/schedule/index.js";
 import type { Experiment } from "./experiments/definition.js";
 
@@ -27,6 +30,39 @@ export function windowView(window: TimeWindow | null): { from: string; to: strin
 
 const isoSchema = z.string().describe("ISO-8601 time (UTC)");
 const windowSchema = z.object({ from: isoSchema, to: isoSchema.describe("ISO-8601 time (UTC), excluded") });
+
+// ---------------------------------------------------------------------------------------------------- tables
+
+export const tableSchema = z.object({
+  version: z.string(),
+  status: z.enum(["building", "ready", "live", "retired", "failed"]),
+  modelVersion: z.string(),
+  templateHash: z.string(),
+  ragAsOf: isoSchema.nullable().describe("The RAG window's end (the data the table knows up to); null without RAG."),
+  ragWindowDays: z.number().nullable(),
+  ragOptions: z.record(z.string(), z.unknown()).nullable(),
+  strategy: z.string().nullable(),
+  parent: z.string().nullable().describe("The table this one was built incrementally from."),
+  stats: z.record(z.string(), z.unknown()).nullable().describe("Build statistics: pairs, rescored, copied, seconds."),
+  metrics: z.record(z.string(), z.unknown()).nullable(),
+  createdAt: isoSchema,
+  finishedAt: isoSchema.nullable(),
+  failure: z.string().nullable(),
+  rows: z.number().int(),
+  topN: z.number().int().describe("Most answers in one row: GET exploration answers at most this many clusters."),
+});
+
+export function tableView(table: TableInfo): z.infer<typeof tableSchema> {
+  return {
+    ...table,
+    ragOptions: table.ragOptions ? { ...table.ragOptions } : null,
+    stats: table.stats ? { ...table.stats } : null,
+    metrics: table.metrics ? { ...table.metrics } : null,
+    ragAsOf: isoTime(table.ragAsOf),
+    createdAt: isoTime(table.createdAt),
+    finishedAt: isoTime(table.finishedAt),
+  };
+}
 
 // ---------------------------------------------------------------------------------------------------- schedule
 
@@ -55,9 +91,18 @@ export function runRecordView(run: RunRecord): z.infer<typeof runRecordSchema> {
     status: run.status,
     durationSeconds: run.durationSeconds,
     cost: run.cost ? { ...run.cost } : null,
-    detail: run.detail ? { ...run.detail } : null,
+    detail: run.detail ? detailView(run.detail) : null,
     error: run.error,
   };
+}
+
+/** Time fields a job puts in its run detail (src/update/jobs.ts); the run log keeps them as epoch ms for replay. */
+const DETAIL_TIMES = ["dataAsOf"] as const;
+
+function detailView(detail: Readonly<Record<string, unknown>>): Record<string, unknown> {
+  const view: Record<string, unknown> = { ...detail };
+  for (const key of DETAIL_TIMES) if (typeof view[key] === "number") view[key] = isoTime(view[key]);
+  return view;
 }
 
 const countersSchema = z.object({
@@ -124,13 +169,35 @@ export function scheduleStatusView(status: ScheduleStatus): z.infer<typeof sched
 
 // ---------------------------------------------------------------------------------------------------- models
 
-export type ModelView = Omit<ModelVersion, "window" | "createdAt"> & { window: { from: string; to: string } | null; createdAt: string };
+export const modelSchema = z.object({
+  version: z.string(),
+  parent: z.string().nullable(),
+  kind: z.enum(["base", "fine-tuned"]),
+  status: z.enum(["candidate", "live", "halted", "rejected", "retired"]),
+  window: windowSchema.nullable().describe("The data window its training samples came from."),
+  trainSamples: z.number().int(),
+  validationSamples: z.number().int(),
+  metrics: z.record(z.string(), z.unknown()).describe("Gate values and training results."),
+  filePath: z.string(),
+  sha256: z.string(),
+  templateHash: z.string().nullable(),
+  vocabularyHash: z.string().nullable(),
+  createdAt: isoSchema,
+});
 
-export function modelView(model: ModelVersion): ModelView {
-  return { ...model, window: windowView(model.window), createdAt: isoTime(model.createdAt) };
+export function modelView(model: ModelVersion): z.infer<typeof modelSchema> {
+  return { ...model, metrics: { ...model.metrics }, window: windowView(model.window), createdAt: isoTime(model.createdAt) };
 }
 
-export function statusChangeView(change: StatusChange): Omit<StatusChange, "at"> & { at: string } {
+export const statusChangeSchema = z.object({
+  version: z.string(),
+  from: z.string().nullable(),
+  to: z.string(),
+  reason: z.string(),
+  at: isoSchema,
+});
+
+export function statusChangeView(change: StatusChange): z.infer<typeof statusChangeSchema> {
   return { ...change, at: isoTime(change.at) };
 }
 
@@ -168,4 +235,20 @@ export function experimentView(e: Experiment, serving?: (table: string) => strin
   };
 }
 
-export { windowSchema };
+// ---------------------------------------------------------------------------------------------------- data, replay
+
+/** The event store's counts, with its first and last event times. */
+export function storeCountsView(counts: StoreCounts): Omit<StoreCounts, "firstTs" | "lastTs"> & { firstTs: string | null; lastTs: string | null } {
+  return { ...counts, firstTs: isoTime(counts.firstTs), lastTs: isoTime(counts.lastTs) };
+}
+
+/** A replay's result: its window and each strategy's published tables (publish time, data as-of) in ISO. */
+export function replayResultView(result: ReplayResult) {
+  return {
+    ...result,
+    window: windowView(result.window),
+    timelines: Object.fromEntries(
+      Object.entries(result.timelines).map(([name, tables]) => [name, tables.map((t) => ({ version: t.version, publishedAt: isoTime(t.publishedAt), dataAsOf: isoTime(t.dataAsOf) }))]),
+    ),
+  };
+}

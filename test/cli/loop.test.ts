@@ -157,5 +157,12 @@ describe("the hybrid loop from the CLI", () => {
     const paused = run(passing, "schedule", "pause", "refresh", "--reason", "event pipeline outage");
     expect(paused.json).toMatchObject({ job: "refresh", paused: true, pauseReason: "event pipeline outage", pausedAt: expect.stringMatching(/Z$/) });
     expect(run(passing, "schedule", "resume", "refresh").json).toMatchObject({ paused: false, pausedAt: null });
+    // Run details carry their data as-of time as ISO too; tables answer the same view as the API's.
+    expect(refreshes[0].detail.dataAsOf).toMatch(/^2025-04-2\dT00:00:00\.000Z$/);
+    const listed = run(passing, "tables", "list").json.tables.at(-1);
+    expect(listed).toMatchObject({ createdAt: expect.stringMatching(/Z$/), finishedAt: expect.stringMatching(/Z$/), ragAsOf: expect.stringMatching(/Z$/), topN: 10 });
+    const rolledBack = run(passing, "tables", "rollback", "--reason", "test");
+    expect(rolledBack.status, rolledBack.stderr).toBe(0);
+    expect(rolledBack.json.table).toMatchObject({ version: rolledBack.json.live, createdAt: expect.stringMatching(/Z$/) });
   }, 600_000);
 });

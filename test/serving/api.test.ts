@@ -505,7 +505,7 @@ describe("a server on a virtual clock (event times, schedule status, body limit)
         pausedAt: null,
         consecutiveFailures: 0,
         counters: { ...ZERO_COUNTERS, runs: 1, succeeded: 1 },
-        lastRun: { id: 7, job: "refresh", due: DUE, trigger: "scheduled", startedAt: DUE + 1000, endedAt: DUE + 61_000, status: "succeeded", durationSeconds: 60, cost: { promptsScored: 46 }, detail: { table: "t000004" }, error: null },
+        lastRun: { id: 7, job: "refresh", due: DUE, trigger: "scheduled", startedAt: DUE + 1000, endedAt: DUE + 61_000, status: "succeeded", durationSeconds: 60, cost: { promptsScored: 46 }, detail: { tableVersion: "t000004", dataAsOf: DUE }, error: null },
         nextDue: DUE + 2 * 86_400_000,
       },
     ],
@@ -517,7 +517,13 @@ describe("a server on a virtual clock (event times, schedule status, body limit)
       {
         ...recorded.jobs[0],
         counters: { ...recorded.jobs[0].counters },
-        lastRun: { ...recorded.jobs[0].lastRun!, due: "2025-12-03T00:00:00.000Z", startedAt: "2025-12-03T00:00:01.000Z", endedAt: "2025-12-03T00:01:01.000Z" },
+        lastRun: {
+          ...recorded.jobs[0].lastRun!,
+          due: "2025-12-03T00:00:00.000Z",
+          startedAt: "2025-12-03T00:00:01.000Z",
+          endedAt: "2025-12-03T00:01:01.000Z",
+          detail: { tableVersion: "t000004", dataAsOf: "2025-12-03T00:00:00.000Z" },
+        },
         nextDue: "2025-12-05T00:00:00.000Z",
       },
     ],

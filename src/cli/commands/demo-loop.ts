@@ -13,6 +13,7 @@ import type { CommandContext } from "../context.js";
 import { openLoop, registerConfiguredBase, trainBaseModel } from "../loop-context.js";
 import { runLine } from "./refresh.js";
 import { iso, pct as pctOf } from "../format.js";
+import { runRecordView } from "../../serving/views.js";
 
 /** The demo's base model learns from the most recent 10,000 transitions, so the whole demo stays a few minutes. */
 const DEMO_PRETRAIN_SAMPLES = 10_000;
@@ -96,7 +97,7 @@ export async function runDemoLoop(ctx: CommandContext, end: number, months: numb
       lines.push(
         `${iso(start).slice(0, 7)}: ${fine}; ${refreshes.length} RAG refreshes, ${pairs ? pct(rescored / pairs) : "-"} of pairs re-scored; served hit@1 ${pct(score.hit1)}, hit@5 ${pct(score.hitK)} on ${score.transitions} transitions`,
       );
-      monthly.push({ month: iso(start).slice(0, 7), finetune: tuned ?? null, refreshes: refreshes.length, rescored, pairs, hit1: score.hit1, hit5: score.hitK, transitions: score.transitions });
+      monthly.push({ month: iso(start).slice(0, 7), finetune: tuned ? runRecordView(tuned) : null, refreshes: refreshes.length, rescored, pairs, hit1: score.hit1, hit5: score.hitK, transitions: score.transitions });
     }
     lines.push(`live table ${open.tables.live()?.version ?? "-"}, live model ${open.registry.live()?.version ?? "-"}; inspect with: freshrec tables list, freshrec models list`);
     return { lines, json: { from: iso(from), to: iso(end), base, monthly, runs: runs.length } };

@@ -28,6 +28,7 @@ async function userWithHistory(ctx: CommandContext): Promise<string | null> {
   }
 }
 import { addSynthFlags, syntheticOptions, type SynthFlags } from "./synth.js";
+import { storeCountsView } from "../../serving/views.js";
 
 const DAY_MS = 86_400_000;
 
@@ -132,7 +133,7 @@ export function registerDemo(program: Command): void {
             await running.close();
             lines.push(opts.serve ? "API stopped" : "API stopped (demo --serve, or freshrec serve, keeps it up)");
           }
-          const json = { dataset, data, store: counts, recentTransitions: recent.length, drift: { ...drift, reports }, loop: loop?.json ?? null, experiment, server };
+          const json = { dataset, data, store: storeCountsView(counts), recentTransitions: recent.length, drift: { ...drift, reports }, loop: loop?.json ?? null, experiment, server };
           return { json, text: lines.join("\n") };
         } finally {
           if (!closed) store.close();

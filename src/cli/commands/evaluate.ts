@@ -19,6 +19,7 @@ import { trainingProgress } from "../progress.js";
 import { action, positiveInt, timeOption } from "../run.js";
 import { runLine } from "./refresh.js";
 import { iso, pct } from "../format.js";
+import { replayResultView, windowView } from "../../serving/views.js";
 
 
 interface ReplayFlags {
@@ -157,7 +158,7 @@ export function registerEvaluate(program: Command): void {
             `         ${report.md}`,
             `         ${report.json}`,
           ].join("\n");
-          return { json: { ...result, startModel: start, reports: report }, text };
+          return { json: { ...replayResultView(result), startModel: start && { ...start, window: windowView(start.window) }, reports: report }, text };
         } catch (error) {
           stopStart.abort();
           throw error;

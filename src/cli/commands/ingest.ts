@@ -3,6 +3,7 @@ import { ingestFiles, type IngestReport } from "../../data/ingest/ingest.js";
 import { ingestMovieLens } from "../../data/ingest/movielens.js";
 import { BadInputError } from "../../domain/errors.js";
 import { action } from "../run.js";
+import { storeCountsView } from "../../serving/views.js";
 
 export function registerIngest(program: Command): void {
   program
@@ -33,7 +34,7 @@ export function registerIngest(program: Command): void {
             report = await ingestFiles(store, { clusters: opts.clusters, items: opts.items, events: opts.events }, options);
           }
           const totals = await store.counts();
-          const json = { ...report, store: totals };
+          const json = { ...report, store: storeCountsView(totals) };
           const lines = [
             `ingested into ${ctx.paths.events}${report.variant ? ` (${report.variant})` : ""}:`,
             `  events added ${report.events}, duplicates skipped ${report.skippedDuplicates}, bad rows ${report.badRows}`,

@@ -54,7 +54,7 @@ export function registerModels(program: Command): void {
               ? [`  gates on the held-out days: exact-match ${pct(gates.exactMatchRate)}, test recall ${pct(gates.testRecall)} on ${gates.testExamples} histories: ${gates.passed ? "would pass" : `would fail (${gates.reasons.join("; ")})`}`]
               : []),
           ].join("\n");
-          return { json: { ...result, gates, asOf: iso(asOf), window: { from: iso(window.from), to: iso(window.to) } }, text };
+          return { json: { ...result, gates, asOf: iso(asOf), window: windowView(window) }, text };
         } finally {
           events.close();
         }

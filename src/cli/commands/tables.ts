@@ -2,8 +2,8 @@ import type { Command } from "commander";
 import { BadInputError } from "../../domain/errors.js";
 import type { TableInfo } from "../../tables/index.js";
 import { action, positiveInt } from "../run.js";
+import { tableView } from "../../serving/views.js";
 
-const isoOrNull = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString());
 const day = (ms: number | null) => (ms === null ? "-" : new Date(ms).toISOString().slice(0, 16).replace("T", " "));
 
 function summary(t: TableInfo): string {
@@ -24,7 +24,7 @@ export function registerTables(program: Command): void {
           const list = store.list();
           const live = store.live()?.version ?? null;
           return {
-            json: { live, tables: list.map((t) => ({ version: t.version, modelVersion: t.modelVersion, createdAt: new Date(t.createdAt).toISOString(), status: t.status, ragAsOf: isoOrNull(t.ragAsOf), rows: t.rows, strategy: t.strategy, stats: t.stats })) },
+            json: { live, tables: list.map(tableView) },
             text: list.length ? list.map(summary).join("\n") : "no tables yet: run freshrec refresh",
           };
         } finally {
@@ -62,9 +62,7 @@ export function registerTables(program: Command): void {
             }
           }
           const text = [summary(info), ...rows.map((r) => `  (${r.c1}, ${r.c2}) -> ${r.answers.map((a) => `${a.cluster} ${a.score.toFixed(3)}`).join(", ")}`)].join("\n");
-          // Times as ISO, as tables list gives them.
-          const times = { createdAt: isoOrNull(info.createdAt), finishedAt: isoOrNull(info.finishedAt), ragAsOf: isoOrNull(info.ragAsOf) };
-          return { json: { ...info, ...times, rows: rows.map((r) => ({ c1: r.c1, c2: r.c2, answers: r.answers })) }, text };
+          return { json: { ...tableView(info), rows: rows.map((r) => ({ c1: r.c1, c2: r.c2, answers: r.answers })) }, text };
         } finally {
           store.close();
         }
@@ -80,7 +78,7 @@ export function registerTables(program: Command): void {
         const store = ctx.openTables();
         try {
           const info = store.publish(command.args[0], { actor: "cli", reason: command.opts<{ reason?: string }>().reason ?? null });
-          return { json: { live: info.version, table: info }, text: `live: ${summary(info)}` };
+          return { json: { live: info.version, table: tableView(info) }, text: `live: ${summary(info)}` };
         } finally {
           store.close();
         }
@@ -96,7 +94,7 @@ export function registerTables(program: Command): void {
         const store = ctx.openTables();
         try {
           const info = store.rollback({ actor: "cli", reason: command.opts<{ reason?: string }>().reason ?? null });
-          return { json: { live: info.version, table: info }, text: `live again: ${summary(info)}` };
+          return { json: { live: info.version, table: tableView(info) }, text: `live again: ${summary(info)}` };
         } finally {
           store.close();
         }
