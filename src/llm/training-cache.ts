@@ -50,7 +50,8 @@ export class CachingTrainer implements Trainer {
     if (existsSync(model) && existsSync(meta)) {
       const earlier = JSON.parse(readFileSync(meta, "utf8")) as TrainResult;
       placeAtomically(model, options.outputPath);
-      return { ...earlier, modelPath: options.outputPath, reused: true };
+      // The earlier run's epoch checkpoints were its own (and are removed unless it kept them): none for this output.
+      return { ...earlier, epochs: earlier.epochs.map((e) => ({ ...e, checkpoint: null })), modelPath: options.outputPath, reused: true };
     }
     // The run counts as in progress until its entry is written, so a waiter always finds it.
     const run = (async () => {

@@ -82,6 +82,11 @@ describe("embedded trainer (real llama.cpp training, tiny model)", () => {
     writeFileSync(join(named, "notes.txt"), "mine");
     await new EmbeddedTrainer({ init: { clusters: CLUSTERS, shape: TINY_SHAPE } }).train(toySamples(200, 17), { outputPath: join(ws, "models", "scratch.gguf"), checkpointDir: named, epochs: 1 });
     expect(readdirSync(named)).toEqual(["notes.txt"]);
+    // A training that fails before its worker starts (an unreadable parent model) leaves no folder either.
+    const broken = join(ws, "models", "broken.gguf");
+    writeFileSync(join(ws, "models", "not-a-model.gguf"), "x");
+    await expect(new EmbeddedTrainer().train(toySamples(20), { from: join(ws, "models", "not-a-model.gguf"), outputPath: broken, epochs: 1 })).rejects.toThrow();
+    expect(existsSync(`${broken}.checkpoints`)).toBe(false);
   });
 
   it("is cancellable: an abort rejects with CANCELLED and leaves no output", async () => {

@@ -123,7 +123,18 @@ export class EmbeddedTrainer implements Trainer {
     const checkpointDir = options.checkpointDir ?? `${options.outputPath}.checkpoints`;
     mkdirSync(checkpointDir, { recursive: true });
     mkdirSync(dirname(options.outputPath), { recursive: true });
+    const keep = options.keepCheckpoints ?? false;
+    try {
+      const result = await this.trainInto(samples, options, checkpointDir, started);
+      return keep ? result : { ...result, epochs: result.epochs.map((e) => ({ ...e, checkpoint: null })) };
+    } finally {
+      // Also when the training failed or was cancelled (and before it started: a bad sample, an unreadable parent).
+      rmSync(`${options.outputPath}.partial`, { force: true });
+      if (!keep) removeCheckpoints(checkpointDir);
+    }
+  }
 
+  private async trainInto(samples: readonly TrainingSample[], options: TrainOptions, checkpointDir: string, started: bigint): Promise<TrainResult> {
     let startPath: string;
     let vocab: Vocabulary;
     if (options.from) {
@@ -172,38 +183,31 @@ export class EmbeddedTrainer implements Trainer {
     const reports: EpochReport[] = [];
     let trainTokens = 0;
     let trainSeconds = 0;
-    const keep = options.keepCheckpoints ?? false;
-    let done: Awaited<ReturnType<typeof runWorker>>;
-    try {
-      done = await runWorker(job, options, (m) => {
-        if (m.type === "step") {
-          options.onProgress?.({ type: "step", epoch: m.epoch, epochs, fraction: m.fraction, tokensPerSecond: m.tokensPerSecond });
-        } else if (m.type === "epoch") {
-          trainTokens += m.tokens;
-          trainSeconds += m.seconds;
-          const report: EpochReport = {
-            epoch: m.epoch,
-            epochs,
-            learningRate: m.learningRate,
-            trainLoss: m.trainLoss,
-            trainAccuracy: m.trainAccuracy,
-            validationLoss: m.validationLoss,
-            validationAccuracy: m.validationAccuracy,
-            tokensPerSecond: m.tokensPerSecond,
-            seconds: m.seconds,
-            checkpoint: m.checkpoint,
-          };
-          reports.push(report);
-          options.onProgress?.({ type: "epoch", ...report });
-        }
-      });
-    } finally {
-      rmSync(`${options.outputPath}.partial`, { force: true });
-      if (!keep) removeCheckpoints(checkpointDir);
-    }
+    const done = await runWorker(job, options, (m) => {
+      if (m.type === "step") {
+        options.onProgress?.({ type: "step", epoch: m.epoch, epochs, fraction: m.fraction, tokensPerSecond: m.tokensPerSecond });
+      } else if (m.type === "epoch") {
+        trainTokens += m.tokens;
+        trainSeconds += m.seconds;
+        const report: EpochReport = {
+          epoch: m.epoch,
+          epochs,
+          learningRate: m.learningRate,
+          trainLoss: m.trainLoss,
+          trainAccuracy: m.trainAccuracy,
+          validationLoss: m.validationLoss,
+          validationAccuracy: m.validationAccuracy,
+          tokensPerSecond: m.tokensPerSecond,
+          seconds: m.seconds,
+          checkpoint: m.checkpoint,
+        };
+        reports.push(report);
+        options.onProgress?.({ type: "epoch", ...report });
+      }
+    });
     return {
       modelPath: options.outputPath,
-      epochs: keep ? reports : reports.map((r) => ({ ...r, checkpoint: null })),
+      epochs: reports,
       bestEpoch: done.bestEpoch,
       stoppedEarly: done.stoppedEarly,
       trainTokens,
@@ -257,7 +261,10 @@ function runWorker(
       if (settled) return;
       settled = true;
       child.kill("SIGKILL");
-      reject(new FreshrecError("CANCELLED", "training was cancelled"));
+      // Rejected once the child is gone, so the caller's clean-up never races a worker still writing checkpoints.
+      const cancelled = () => reject(new FreshrecError("CANCELLED", "training was cancelled"));
+      if (exit) cancelled();
+      else child.once("exit", cancelled);
     };
     options.signal?.addEventListener("abort", onAbort, { once: true });
     child.stderr?.on("data", (d: Buffer) => {
