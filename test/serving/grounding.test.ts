@@ -157,5 +157,51 @@ describe("conformance", () => {
   afterAll(() => setup.events.close());
 
   itemPolicyConformance("co-visitation", () => setup);
+
+  it("co-visitation equals a plain reference ranking, with long recent lists, a repeated cluster, clusters out of range and n of 0", () => {
+    const { index, catalog } = setup;
+    const clusterCount = catalog.clusterCount;
+    /** Every co-visit of the cluster summed per item in recent order, best first (ties: lower item), then popularity. */
+    let longest = 0;
+    const reference = (c: number, n: number, recent: Int32Array, isSeen: (i: number) => boolean): [number, number, string][] => {
+      const scores = new Map<number, number>();
+      recent.forEach((source, r) => {
+        for (let p = index.neighborStart[source]; p < index.neighborStart[source + 1]; p++) {
+          const item = index.neighborItem[p];
+          if (catalog.itemCluster[item] === c) scores.set(item, (scores.get(item) ?? 0) + (1 / (1 + r)) * index.neighborWeight[p]);
+        }
+      });
+      longest = Math.max(longest, scores.size);
+      const out: [number, number, string][] = [...scores]
+        .sort((a, b) => b[1] - a[1] || a[0] - b[0])
+        .filter(([item]) => !isSeen(item))
+        .slice(0, n)
+        .map(([item, score]) => [item, score, "co-visitation"]);
+      if (c >= 0 && c < clusterCount) {
+        for (let p = index.popularStart[c]; p < index.popularStart[c + 1] && out.length < n; p++) {
+          const item = index.popularItem[p];
+          if (!isSeen(item) && !out.some(([i]) => i === item)) out.push([item, index.popularWeight[p], "popularity"]);
+        }
+      }
+      return out;
+    };
+    const policy = new CoVisitationPolicy(() => index);
+    for (let k = 0; k < 40; k++) {
+      // 60 recent items drawn over the catalog: some clusters collect well over 32 candidates (the indexed path).
+      const recent = Int32Array.from({ length: 60 }, (_, r) => (k * 7919 + r * 104729) % catalog.itemCount);
+      const isSeen = (i: number) => i % 11 === k % 11;
+      const clusters = [k % clusterCount, (k * 13) % clusterCount, k % clusterCount, -1, clusterCount + 3, (k * 29) % clusterCount];
+      for (const n of [0, 3, 20]) {
+        const got = policy.ground({ userId: `ref-${k}`, clusters, n, recent, isSeen });
+        expect(got).toHaveLength(clusters.length);
+        clusters.forEach((c, slot) => {
+          const want = reference(c, n, recent, isSeen);
+          expect(got[slot].map((g) => [g.item, g.score, g.source])).toEqual(want);
+        });
+      }
+    }
+    // Some cluster gathered more candidates than the policy scans without an index.
+    expect(longest).toBeGreaterThan(32);
+  });
   itemPolicyConformance("popularity", () => ({ ...setup, policy: new PopularityPolicy(() => setup.index) }));
 });

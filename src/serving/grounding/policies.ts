@@ -64,13 +64,14 @@ export class CoVisitationPolicy implements ItemPolicy {
     const slotOf = this.slotOf;
     const wanted = request.clusters;
     // Per requested cluster, its candidates and their summed scores, side by side. A request meets a few dozen
-    // candidates, so finding one in its cluster's short list reads a line or two, where a score array over the
-    // catalog cost a random memory access per candidate.
+    // candidates (45 on the serve bench's world), so finding one in its cluster's short list reads a line or two,
+    // where a score array over the catalog cost a random memory access per candidate. A list that grows past
+    // LIST_SCAN_LIMIT (many recent items, serve.recentItems up to 100) gets an index, so the cost stays linear.
     const candidates: Candidates[] = [];
     for (let k = 0; k < wanted.length; k++) {
       const c = wanted[k];
       if (c >= 0 && c < clusterCount && slotOf[c] === 0) slotOf[c] = k + 1;
-      candidates.push({ items: [], scores: [] });
+      candidates.push({ items: [], scores: [], index: null });
     }
     // One pass over each recent item's neighbour runs (one per cluster) for all requested clusters at once: a run
     // of a cluster not requested is skipped whole. Recent items are visited in order, so every item's score is
@@ -89,11 +90,15 @@ export class CoVisitationPolicy implements ItemPolicy {
         const end = runOffset[q + 1];
         for (let p = runOffset[q]; p < end; p++) {
           const item = neighborItem[p];
-          const at = list.items.indexOf(item);
-          if (at < 0) {
-            list.items.push(item);
-            list.scores.push(weight * neighborWeight[p]);
-          } else list.scores[at] += weight * neighborWeight[p];
+          const at = list.index ? (list.index.get(item) ?? -1) : list.items.indexOf(item);
+          if (at >= 0) {
+            list.scores[at] += weight * neighborWeight[p];
+            continue;
+          }
+          list.index?.set(item, list.items.length);
+          list.items.push(item);
+          list.scores.push(weight * neighborWeight[p]);
+          if (list.index === null && list.items.length > LIST_SCAN_LIMIT) list.index = new Map(list.items.map((it, k) => [it, k]));
         }
       }
     }
@@ -125,9 +130,12 @@ export class CoVisitationPolicy implements ItemPolicy {
 interface Candidates {
   readonly items: number[];
   readonly scores: number[];
+  /** item -> position, once the list is longer than LIST_SCAN_LIMIT (valid until ranking reorders the list). */
+  index: Map<number, number> | null;
 }
 
-const NO_CANDIDATES: Candidates = { items: [], scores: [] };
+const LIST_SCAN_LIMIT = 32;
+const NO_CANDIDATES: Candidates = { items: [], scores: [], index: null };
 
 /**
  * Swaps the best of the candidates from `from` on to `from`: highest score, ties by lower item index (one step of a
