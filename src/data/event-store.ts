@@ -207,21 +207,24 @@ export class EventStore {
    * @throws BadInputError when the store holds events of another dataset, or of this one with other settings.
    */
   async checkIdentity(identity: Readonly<Record<string, string>>): Promise<void> {
-    const { events } = await this.counts();
-    if (events === 0) return;
+    const { events, items } = await this.counts();
+    // A catalog without events is data too: another dataset's items would be merged into it.
+    if (events === 0 && items === 0) return;
     const name = identity.dataset ?? "this dataset";
     const differences: string[] = [];
     let sameDataset = true;
     for (const [key, value] of Object.entries(identity)) {
       const recorded = await this.getMeta(key);
       if (recorded === value) continue;
+      const difference = recorded === null ? `${key} is not recorded (the store holds other data)` : describeDifference(key, recorded, value);
+      if (difference === null) continue;
       if (key === "dataset") sameDataset = false;
-      differences.push(recorded === null ? `${key} is not recorded (the store holds other data)` : describeDifference(key, recorded, value));
+      differences.push(difference);
     }
     if (differences.length === 0) return;
     const what = sameDataset ? `of the ${name} dataset with other settings` : `of another dataset than ${name}`;
     throw new BadInputError(
-      `the event store ${this.path} already holds ${events} events ${what}: ${differences.join("; ")}. One event store holds one dataset (a merge would mix their users and positive thresholds): use another --workspace, or delete the workspace to start over`,
+      `the event store ${this.path} already holds ${events} events and ${items} items ${what}: ${differences.join("; ")}. One event store holds one dataset (a merge would mix their users and positive thresholds): use another --workspace, or delete the workspace to start over`,
     );
   }
 
@@ -363,8 +366,11 @@ export function dictionaryIndex(dictionary: Map<string, number>, id: string): nu
   return index;
 }
 
-/** `key: recorded -> requested`, per field when both are JSON objects (the synthetic world's options). */
-function describeDifference(key: string, recorded: string, requested: string): string {
+/**
+ * `key: recorded -> requested`, per field when both are JSON objects (the synthetic world's options); null when they
+ * are the same object written in another key order.
+ */
+function describeDifference(key: string, recorded: string, requested: string): string | null {
   const parse = (text: string): Record<string, unknown> | null => {
     try {
       const value: unknown = JSON.parse(text);
@@ -376,5 +382,6 @@ function describeDifference(key: string, recorded: string, requested: string): s
   const [a, b] = [parse(recorded), parse(requested)];
   if (!a || !b) return `${key} ${JSON.stringify(recorded)} here, ${JSON.stringify(requested)} requested`;
   const fields = [...new Set([...Object.keys(a), ...Object.keys(b)])].filter((f) => JSON.stringify(a[f]) !== JSON.stringify(b[f]));
+  if (fields.length === 0) return null;
   return `${key} differ in ${fields.map((f) => `${f} (${JSON.stringify(a[f])} here, ${JSON.stringify(b[f])} requested)`).join(", ")}`;
 }

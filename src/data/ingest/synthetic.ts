@@ -24,7 +24,9 @@ export async function ingestSynthetic(store: EventStore, world: SyntheticWorld, 
   const userIds = Array.from({ length: world.userCount }, (_, k) => world.userId(k));
   const itemIds = items.map((item) => item.id);
   // Re-running the same world is idempotent; another seed or scale into the same store is refused, before generating.
-  const identity = { dataset: "synthetic", synthetic_options: JSON.stringify(world.options) };
+  // batchSize only cuts the stream into appends: the same world in other batches is the same data.
+  const { batchSize: _batchSize, ...worldOptions } = world.options;
+  const identity = { dataset: "synthetic", synthetic_options: JSON.stringify(worldOptions) };
   await store.checkIdentity(identity);
   let generated = 0;
   let positiveEvents = 0;

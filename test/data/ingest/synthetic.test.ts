@@ -1,5 +1,7 @@
+import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { EventStore } from "../../../src/data/event-store.js";
+import { ingestMovieLens } from "../../../src/data/ingest/movielens.js";
 import { ingestSynthetic, pullBatches } from "../../../src/data/ingest/synthetic.js";
 import { SyntheticWorld, SYNTHETIC_QUICK } from "../../../src/data/synthetic/index.js";
 import { countTransitions } from "../../../src/mining/transitions.js";
@@ -34,8 +36,14 @@ describe("synthetic platform into the event store", () => {
       // Another seed: the same user ids with other histories; refused, naming what differs.
       await expect(ingestSynthetic(store, new SyntheticWorld({ ...options, seed: 7 }))).rejects.toThrow(/the synthetic dataset with other settings: synthetic_options differ in seed \(42 here, 7 requested\).*another --workspace/);
       await expect(ingestSynthetic(store, new SyntheticWorld({ ...options, users: 300 }))).rejects.toThrow(/users \(200 here, 300 requested\)/);
+      // Another dataset altogether (MovieLens) is refused the same way.
+      await expect(ingestMovieLens(store, join(import.meta.dirname, "../../../../shared/datasets/movielens-latest-small"))).rejects.toThrow(
+        /another dataset than ml-latest-small: dataset "synthetic" here, "ml-latest-small" requested/,
+      );
       expect(await store.counts()).toEqual(before);
       expect(JSON.parse((await store.getMeta("synthetic_options"))!)).toMatchObject({ seed: 42, users: 200 });
+      // The same world cut into other batches is the same data: accepted, nothing added twice.
+      expect(await ingestSynthetic(store, new SyntheticWorld({ ...options, batchSize: 1000 }))).toMatchObject({ events: 0 });
       // Events without a dataset identity (the API's intake, generic files) still append: they name no dataset.
       const more = await store.append({ events: { userIds: ["u000000"], itemIds: [new SyntheticWorld(options).items()[0].id], chunks: [{ length: 1, userIndex: Int32Array.of(0), itemIndex: Int32Array.of(0), ts: Float64Array.of(before.lastTs! + 1), engagement: Float32Array.of(1) }] } });
       expect(more.eventsAdded).toBe(1);
