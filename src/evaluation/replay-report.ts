@@ -4,14 +4,15 @@ import { writeReport, type WrittenReport } from "./report.js";
 
 const pct = (v: number) => (Number.isFinite(v) ? `${(100 * v).toFixed(2)}%` : "-");
 
-export function writeReplayReport(reportsDir: string, result: ReplayResult, source: string): WrittenReport {
+/** `json` is what the report's JSON file holds (the CLI gives the result's wire form, times as ISO); default the result. */
+export function writeReplayReport(reportsDir: string, result: ReplayResult, source: string, json: object = result): WrittenReport {
   const names = Object.keys(result.strategies);
   const s = result.strategies;
   const day = (ms: number) => new Date(ms).toISOString().slice(0, 10);
   return writeReport(reportsDir, {
     name: "replay",
     title: `Replay ${day(result.window.from)} .. ${day(result.window.to)} (${source})`,
-    json: { ...result, source },
+    json: { ...json, source },
     sections: [
       {
         heading: "Strategies",

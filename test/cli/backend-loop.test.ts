@@ -129,6 +129,10 @@ describe("the loop with the non-embedded backends, from the CLI", () => {
     expect(Object.keys(replayed.json.strategies)).toEqual(["static", "rag", "successor-top1"]);
     expect(replayed.json.strategies.rag.tablesPublished).toBe(4);
     expect(replayed.json.transitions).toBeGreaterThan(0);
+    // Its times are ISO, in the --json output and in the report's JSON file alike.
+    expect(replayed.json.window).toEqual({ from: "2025-06-08T00:00:00.000Z", to: "2025-06-16T00:00:00.000Z" });
+    expect(replayed.json.timelines.rag[0].publishedAt).toMatch(/^2025-06-\d\dT/);
+    expect(JSON.parse(readFileSync(replayed.json.reports.json, "utf8")).window).toEqual(replayed.json.window);
     // Its tables were scored by the server: the RAG prompts of other days than the refreshes above were never asked.
     expect(server.stats.completions).toBeGreaterThan(before);
 

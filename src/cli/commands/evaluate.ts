@@ -144,7 +144,7 @@ export function registerEvaluate(program: Command): void {
           });
           const start = startModel && (await startModel);
           const label = f.label ?? ctx.paths.root.split("/").filter(Boolean).at(-1) ?? "workspace";
-          const report = writeReplayReport(ctx.paths.reports, result, label);
+          const report = writeReplayReport(ctx.paths.reports, result, label, replayResultView(result));
           const s = result.strategies;
           const rows = Object.keys(s).map(
             (n) =>
