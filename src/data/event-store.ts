@@ -53,8 +53,8 @@ export interface AppendRequest {
   readonly meta?: Readonly<Record<string, string>>;
   /**
    * Facts that name the dataset (a dataset adapter's name and options), recorded like `meta`. One store holds one
-   * dataset: when the store holds events and its recorded identity differs (or it has none: other data), the append is
-   * refused before anything is written, naming the difference. Two synthetic worlds share user ids, and a second
+   * dataset: when the store holds events or items and its recorded identity differs (or it has none: other data), the
+   * append is refused before anything is written, naming the difference. Two synthetic worlds share user ids, and a second
    * dataset would also overwrite the first's positive threshold, so a merge would silently corrupt both.
    */
   readonly identity?: Readonly<Record<string, string>>;
@@ -368,7 +368,8 @@ export function dictionaryIndex(dictionary: Map<string, number>, id: string): nu
 
 /**
  * `key: recorded -> requested`, per field when both are JSON objects (the synthetic world's options); null when they
- * are the same object written in another key order.
+ * are the same object written in another key order. A field the request leaves out is not compared: it does not
+ * name the data (stores written before batchSize left the identity recorded it).
  */
 function describeDifference(key: string, recorded: string, requested: string): string | null {
   const parse = (text: string): Record<string, unknown> | null => {
@@ -381,7 +382,7 @@ function describeDifference(key: string, recorded: string, requested: string): s
   };
   const [a, b] = [parse(recorded), parse(requested)];
   if (!a || !b) return `${key} ${JSON.stringify(recorded)} here, ${JSON.stringify(requested)} requested`;
-  const fields = [...new Set([...Object.keys(a), ...Object.keys(b)])].filter((f) => JSON.stringify(a[f]) !== JSON.stringify(b[f]));
+  const fields = Object.keys(b).filter((f) => JSON.stringify(a[f]) !== JSON.stringify(b[f]));
   if (fields.length === 0) return null;
   return `${key} differ in ${fields.map((f) => `${f} (${JSON.stringify(a[f])} here, ${JSON.stringify(b[f])} requested)`).join(", ")}`;
 }

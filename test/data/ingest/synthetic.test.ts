@@ -44,6 +44,10 @@ describe("synthetic platform into the event store", () => {
       expect(JSON.parse((await store.getMeta("synthetic_options"))!)).toMatchObject({ seed: 42, users: 200 });
       // The same world cut into other batches is the same data: accepted, nothing added twice.
       expect(await ingestSynthetic(store, new SyntheticWorld({ ...options, batchSize: 1000 }))).toMatchObject({ events: 0 });
+      // A store written before batchSize left the identity (it recorded the full options) still takes its own world.
+      await store.append({ meta: { synthetic_options: JSON.stringify(new SyntheticWorld(options).options) } });
+      expect(JSON.parse((await store.getMeta("synthetic_options"))!)).toHaveProperty("batchSize", 4096);
+      expect(await ingestSynthetic(store, new SyntheticWorld(options))).toMatchObject({ events: 0 });
       // Events without a dataset identity (the API's intake, generic files) still append: they name no dataset.
       const more = await store.append({ events: { userIds: ["u000000"], itemIds: [new SyntheticWorld(options).items()[0].id], chunks: [{ length: 1, userIndex: Int32Array.of(0), itemIndex: Int32Array.of(0), ts: Float64Array.of(before.lastTs! + 1), engagement: Float32Array.of(1) }] } });
       expect(more.eventsAdded).toBe(1);
