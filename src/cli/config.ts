@@ -5,6 +5,7 @@
  */
 import { existsSync, readFileSync } from "node:fs";
 import { z } from "zod";
+import { DAY_MS } from "../domain/clock.js";
 import { ConfigError } from "../domain/errors.js";
 
 const positiveInt = () => z.number().int().positive();
@@ -217,7 +218,7 @@ export const configSchema = z
           .number()
           .int()
           .min(0)
-          .default(86_400_000) // = DEFAULT_FUTURE_TOLERANCE_MS of src/serving/intake.ts (not imported: it would load the event store with the config)
+          .default(DAY_MS) // the server's own default too (DEFAULT_FUTURE_TOLERANCE_MS, src/serving/intake.ts)
           .describe("How far after the server's now an event's ts may be (client clock skew); a later one makes POST /v1/events answer 400, so one stray future time cannot become the data's newest event (every window counted back from it would be empty)."),
         unknownItems: z
           .enum(["reject", "skip"])

@@ -14,6 +14,8 @@ import { startWorkspaceServer } from "./serve.js";
 import { explorationResponseSchema } from "../../serving/schemas.js";
 import { EventStore } from "../../data/event-store.js";
 import type { CommandContext } from "../context.js";
+import { addSynthFlags, syntheticOptions, type SynthFlags } from "./synth.js";
+import { storeCountsView } from "../../serving/views.js";
 
 /** A user with at least two distinct clusters, for the example request. */
 async function userWithHistory(ctx: CommandContext): Promise<string | null> {
@@ -27,8 +29,6 @@ async function userWithHistory(ctx: CommandContext): Promise<string | null> {
     store.close();
   }
 }
-import { addSynthFlags, syntheticOptions, type SynthFlags } from "./synth.js";
-import { storeCountsView } from "../../serving/views.js";
 
 const DAY_MS = 86_400_000;
 
