@@ -7,6 +7,7 @@
  * throw new HttpError("UNAUTHORIZED", "admin routes need a bearer token");
  * reply.status(statusOf(error.code)).send(errorBody(error, request.id));
  */
+import { MAX_ID_LENGTH } from "../data/ingest/event-fields.js";
 import { BadInputError, FreshrecError, type ErrorCode } from "../domain/errors.js";
 
 export type HttpErrorCode =
@@ -101,6 +102,13 @@ export function toHttpError(error: unknown, context: ErrorContext = {}): HttpErr
   }
   if (e?.code === "FST_ERR_CTP_INVALID_MEDIA_TYPE") {
     return new HttpError("UNSUPPORTED_MEDIA_TYPE", unsupportedMediaTypeMessage(context.contentType), [], { cause: error });
+  }
+  // The router's own errors (answered through `frameworkErrors`, before any route runs).
+  if (e?.code === "FST_ERR_BAD_URL") {
+    return new HttpError("BAD_INPUT", "the request path is not valid percent-encoding (a % must start an escape like %C3%A9, the UTF-8 bytes of a character)", [], { cause: error });
+  }
+  if (e?.code === "FST_ERR_MAX_PARAM_LENGTH") {
+    return new HttpError("BAD_INPUT", `a path parameter is longer than ${MAX_ID_LENGTH} characters (the longest id the API takes)`, [], { cause: error });
   }
   if (e?.code && FASTIFY_CODES[e.code]) return new HttpError(FASTIFY_CODES[e.code], e.message ?? e.code, [], { cause: error });
   // Fastify marks malformed JSON as a SyntaxError with statusCode 400.

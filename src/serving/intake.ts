@@ -24,6 +24,7 @@
 import { createHash } from "node:crypto";
 import { z } from "zod";
 import { eventBatchFromEvents, type EventStore } from "../data/event-store.js";
+import { MAX_ID_LENGTH } from "../data/ingest/event-fields.js";
 import { DAY_MS, parseTime } from "../domain/clock.js";
 import { ConfigError } from "../domain/errors.js";
 import type { EngagementEvent } from "../domain/types.js";
@@ -44,8 +45,8 @@ export const DEFAULT_FUTURE_TOLERANCE_MS = DAY_MS;
 
 export const intakeEventSchema = z
   .object({
-    userId: z.string().min(1).max(256).describe("The user's id (any string)."),
-    itemId: z.string().min(1).max(256).describe("An item of the catalog."),
+    userId: z.string().min(1).max(MAX_ID_LENGTH).describe(`The user's id (any string of at most ${MAX_ID_LENGTH} characters).`),
+    itemId: z.string().min(1).max(MAX_ID_LENGTH).describe("An item of the catalog."),
     ts: z
       .union([z.number(), z.string().min(1)])
       .describe("When: ISO-8601 (a date-time without zone is UTC), or unix milliseconds (or seconds, below 1e11)."),

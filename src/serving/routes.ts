@@ -62,6 +62,20 @@ interface RouteInput<P, Q, B> {
   readonly reply: FastifyReply;
 }
 
+/**
+ * Answers a failed request in the API's error shape. Also the server's `frameworkErrors` handler: the router's own
+ * errors (a path that is not valid percent-encoding) come before any hook or route, and would otherwise answer in
+ * Fastify's shape.
+ */
+export function replyWithError(state: ServingState, error: unknown, request: FastifyRequest, reply: FastifyReply): void {
+  const e = toHttpError(error, { bodyLimitBytes: state.bodyLimitBytes, contentType: request.headers["content-type"] });
+  if (e.status >= 500) request.log.error({ err: error }, "request failed");
+  else request.log.info({ code: e.code, status: e.status }, e.message);
+  if (e.code === "UNAUTHORIZED") reply.header("www-authenticate", 'Bearer realm="freshrec admin"');
+  reply.header("x-request-id", request.id);
+  reply.status(e.status).send(errorBody(e, request.id));
+}
+
 /** Registers the routes and returns their specs (what /openapi.json lists). */
 export function registerRoutes(app: FastifyInstance, state: ServingState): RouteSpec[] {
   const specs: RouteSpec[] = [];
@@ -108,13 +122,7 @@ export function registerRoutes(app: FastifyInstance, state: ServingState): Route
   // received string" although the problem is the media type: without the parser, every body that is not
   // application/json is a 415 naming the type to send, as XML and form bodies already were.
   app.removeContentTypeParser("text/plain");
-  app.setErrorHandler((error, request, reply) => {
-    const e = toHttpError(error, { bodyLimitBytes: state.bodyLimitBytes, contentType: request.headers["content-type"] });
-    if (e.status >= 500) request.log.error({ err: error }, "request failed");
-    else request.log.info({ code: e.code, status: e.status }, e.message);
-    if (e.code === "UNAUTHORIZED") reply.header("www-authenticate", 'Bearer realm="freshrec admin"');
-    reply.status(e.status).send(errorBody(e, request.id));
-  });
+  app.setErrorHandler((error, request, reply) => replyWithError(state, error, request, reply));
   app.setNotFoundHandler((request, reply) => {
     const e = new HttpError("NOT_FOUND", `no route ${request.method} ${request.url.split("?")[0]} (see /openapi.json)`);
     reply.status(e.status).send(errorBody(e, request.id));

@@ -3,6 +3,7 @@
  * with them, and /openapi.json is generated from them (`z.toJSONSchema`), so the three cannot drift apart.
  */
 import { z } from "zod";
+import { MAX_ID_LENGTH } from "../data/ingest/event-fields.js";
 import { experimentDefinitionSchema } from "./experiments/definition.js";
 import { experimentSchema, modelSchema, scheduleStatusSchema, statusChangeSchema, tableSchema } from "./views.js";
 
@@ -12,7 +13,7 @@ const historySchema = z.object({ c1: z.string(), c2: z.string() }).describe("The
 
 export const tableRefSchema = z.object({ version: z.string(), modelVersion: z.string() }).describe("The table that answered and the model that made it.");
 
-export const explorationParamsSchema = z.object({ id: z.string().min(1).max(256).describe("User id.") });
+export const explorationParamsSchema = z.object({ id: z.string().min(1).max(MAX_ID_LENGTH).describe(`User id (at most ${MAX_ID_LENGTH} characters, as POST /v1/events takes).`) });
 
 export function explorationQuerySchema(maxN: number) {
   return z

@@ -17,6 +17,7 @@ import { randomUUID, createHash, timingSafeEqual } from "node:crypto";
 import { join } from "node:path";
 import Fastify, { LogController, type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
 import { EventStore } from "../data/event-store.js";
+import { MAX_ID_LENGTH } from "../data/ingest/event-fields.js";
 import { SystemClock, type Clock } from "../domain/clock.js";
 import { ModelRegistry } from "../llm/registry.js";
 import type { ScheduleStatus } from "../update/schedule/index.js";
@@ -29,7 +30,7 @@ import { Explorer } from "./exploration.js";
 import { buildGroundingIndex, CoVisitationPolicy, type GroundingIndex, type ItemPolicy } from "./grounding/index.js";
 import { EventIntake } from "./intake.js";
 import { ServerMetrics } from "./metrics.js";
-import { registerRoutes } from "./routes.js";
+import { registerRoutes, replyWithError } from "./routes.js";
 import { StoreQueue } from "./store-queue.js";
 import { ServingTables } from "./tables.js";
 import { UserIndex } from "./users.js";
@@ -318,6 +319,10 @@ export async function startServer(input: ServeOptions): Promise<RunningServer> {
         redact: { paths: ["req.headers.authorization", "headers.authorization", "authorization"], censor: "[redacted]" },
       },
       bodyLimit: serving.bodyLimitBytes,
+      // Fastify's default (100) refused ids the intake accepts; the router measures the decoded parameter, the
+      // unit MAX_ID_LENGTH counts in.
+      routerOptions: { maxParamLength: MAX_ID_LENGTH },
+      frameworkErrors: (error, request, reply) => replyWithError(serving, error, request, reply),
       genReqId: requestIdGenerator(),
       requestIdHeader: false,
       logController: new OneLinePerRequest({ requestIdLogLabel: "requestId" }),

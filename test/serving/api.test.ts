@@ -151,6 +151,34 @@ describe("GET /v1/users/{id}/exploration", () => {
     }
     expect((await get(`/v1/users/${warm}/exploration?n=abc`)).body.error.issues[0].field).toBe("n");
   });
+
+  it("serves every user id POST /v1/events accepts (up to 256 characters, encoded or not); a longer id is 400 in the API's error shape", async () => {
+    const item = ws.world.itemId(42);
+    const ascii = `long-${"x".repeat(251)}`;
+    const accented = "é".repeat(256); // 256 characters, 2304 once percent-encoded
+    const ingested = await post("/v1/events", { events: [ascii, accented].map((userId) => ({ userId, itemId: item, ts: "2025-02-27T10:00:00Z" })) });
+    expect(ingested.status).toBe(200);
+    for (const id of [ascii, accented]) {
+      const { status, body } = await get(`/v1/users/${encodeURIComponent(id)}/exploration?n=2`);
+      expect(status, `${id.length} characters`).toBe(200);
+      expect(body.userId).toBe(id);
+    }
+    const tooLong = "y".repeat(257);
+    expect((await post("/v1/events", { events: [{ userId: tooLong, itemId: item, ts: "2025-02-27T10:00:00Z" }] })).status).toBe(400);
+    const { status, body } = await get(`/v1/users/${tooLong}/exploration`);
+    expect(status).toBe(400);
+    errorResponseSchema.parse(body);
+    expect(body.error).toMatchObject({ code: "BAD_INPUT", message: expect.stringContaining("256") });
+  });
+
+  it("answers 400 in the API's error shape for a path that is not valid percent-encoding", async () => {
+    const response = await fetch(`${server.url}/v1/users/%E0%A4%A/exploration`);
+    expect(response.status).toBe(400);
+    const body = (await response.json()) as any;
+    errorResponseSchema.parse(body);
+    expect(body.error).toMatchObject({ code: "BAD_INPUT", message: expect.stringContaining("percent-encoding") });
+    expect(response.headers.get("x-request-id")).toBe(body.error.requestId);
+  });
 });
 
 describe("tables", () => {
