@@ -25,7 +25,8 @@
  * if (live) console.log(store.lookup(live.version, "baking", "running")?.answers);
  */
 import Database from "better-sqlite3";
-import { mkdirSync } from "node:fs";
+import { randomUUID } from "node:crypto";
+import { existsSync, linkSync, mkdirSync, renameSync, rmSync, statSync } from "node:fs";
 import { hostname } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import type { Clock } from "../domain/clock.js";
@@ -84,6 +85,67 @@ const PUBLISHABLE: readonly TableStatus[] = ["ready", "retired"];
 /** The table store file inside a workspace. */
 export function tableStorePath(workspace: string): string {
   return join(workspace, "tables.sqlite");
+}
+
+/**
+ * The table store file cannot be used: not a SQLite database, damaged, or empty. BAD_INPUT (exit 2, like any bad file
+ * the user points freshrec at): nothing freshrec does would repair it, and going on would fail later on a raw SQLite
+ * error or, for an empty file, silently start a new empty store where the tables and the live pointer were.
+ */
+export class TableStoreFileError extends FreshrecError {
+  override name = "TableStoreFileError";
+  constructor(
+    readonly file: string,
+    problem: string,
+    options?: { cause?: unknown },
+  ) {
+    super("BAD_INPUT", `tables: ${file} ${problem}; restore it from a backup, or move it aside to start an empty table store`, options);
+  }
+}
+
+/** SQLite's answer for a file that is not a database, or one whose pages do not read back as written. */
+function isDamagedFile(error: unknown): boolean {
+  const code = (error as { code?: unknown })?.code;
+  return typeof code === "string" && (code === "SQLITE_NOTADB" || code.startsWith("SQLITE_CORRUPT"));
+}
+
+/** Errors of opening `file` named by it: a damaged file is a TableStoreFileError, anything else keeps its cause. */
+function openError(file: string, error: unknown): Error {
+  if (error instanceof FreshrecError) return error;
+  const said = (error as Error)?.message ?? String(error);
+  if ((error as { code?: unknown })?.code === "SQLITE_NOTADB") return new TableStoreFileError(file, `is not a SQLite database (${said})`, { cause: error });
+  if (isDamagedFile(error)) return new TableStoreFileError(file, `is damaged (${said})`, { cause: error });
+  return new FreshrecError("INTERNAL", `tables: cannot open ${file}: ${said}`, { cause: error });
+}
+
+/**
+ * Creates a missing store file whole: the schema is written to a temporary file which is then linked into place, so
+ * the file appears complete or not at all. A 0-byte tables.sqlite is then never one another freshrec process is
+ * creating, and opening can refuse it as truncated. When two processes create the file at once, the first link
+ * wins and the other's (identical, empty) store is dropped.
+ */
+function createStoreFile(file: string, migrate: (db: Database.Database) => void): void {
+  const temp = `${file}.${process.pid}-${randomUUID().slice(0, 8)}.creating`;
+  try {
+    const db = new Database(temp);
+    try {
+      migrate(db);
+    } finally {
+      // Closing checkpoints the WAL into the file, so the linked file holds everything.
+      db.close();
+    }
+    try {
+      linkSync(temp, file);
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      if (code === "EEXIST") return;
+      // A file system without hard links: a rename is atomic too, only not exclusive (a race is not refused).
+      if (code === "EPERM" || code === "ENOTSUP" || code === "EOPNOTSUPP" || code === "ENOSYS") renameSync(temp, file);
+      else throw error;
+    }
+  } finally {
+    for (const leftover of [temp, `${temp}-wal`, `${temp}-shm`]) rmSync(leftover, { force: true });
+  }
 }
 
 export function versionId(seq: number): string {
@@ -236,28 +298,47 @@ export class SqliteTableStore implements TableStore {
     if (!(this.batchSize >= 1) || !(this.pageSize >= 1)) {
       throw new FreshrecError("BAD_INPUT", "tables: batchSize and pageSize must be at least 1");
     }
-    if (file !== ":memory:") mkdirSync(dirname(file), { recursive: true });
     // Each ":memory:" connection is its own database, so each gets its own key for the open-build registry.
     this.file = file === ":memory:" ? `:memory:${++memoryStores}` : resolve(file);
-    this.db = new Database(file, { timeout: options.busyTimeoutMs ?? 5000 });
-    this.migrate();
-    this.sql = prepareStatements(this.db);
-    if (options.recoverOnOpen ?? true) this.recoverStale();
+    if (file !== ":memory:") {
+      mkdirSync(dirname(file), { recursive: true });
+      if (!existsSync(file)) {
+        try {
+          createStoreFile(file, (db) => SqliteTableStore.migrate(db, this.file));
+        } catch (error) {
+          throw openError(this.file, error);
+        }
+      } else if (statSync(file).size === 0) {
+        // SQLite would take an empty file for a new database; freshrec never leaves one (createStoreFile).
+        throw new TableStoreFileError(this.file, "is empty (0 bytes): it was truncated or replaced, and holds no tables");
+      }
+    }
+    let db: Database.Database | null = null;
+    try {
+      db = new Database(file, { timeout: options.busyTimeoutMs ?? 5000 });
+      SqliteTableStore.migrate(db, this.file);
+      this.db = db;
+      this.sql = prepareStatements(db);
+      if (options.recoverOnOpen ?? true) this.recoverStale();
+    } catch (error) {
+      db?.close();
+      throw openError(this.file, error);
+    }
   }
 
-  private migrate(): void {
+  private static migrate(db: Database.Database, file: string): void {
     // auto_vacuum must be set before the first table exists; it lets gc hand freed pages back to the OS.
-    this.db.pragma("auto_vacuum = INCREMENTAL");
-    this.db.pragma("journal_mode = WAL");
+    db.pragma("auto_vacuum = INCREMENTAL");
+    db.pragma("journal_mode = WAL");
     // FULL: a committed publish survives power loss too; it costs one sync per transaction, and rows are written in
     // large batches, so it is cheap here.
-    this.db.pragma("synchronous = FULL");
+    db.pragma("synchronous = FULL");
     // One IMMEDIATE transaction, so two processes opening a new file at once do not both write the schema row.
-    this.db.transaction(() => this.createSchema()).immediate();
+    db.transaction(() => SqliteTableStore.createSchema(db, file)).immediate();
   }
 
-  private createSchema(): void {
-    this.db.exec(`
+  private static createSchema(db: Database.Database, file: string): void {
+    db.exec(`
       CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
       CREATE TABLE IF NOT EXISTS clusters (idx INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE);
       CREATE TABLE IF NOT EXISTS table_versions (
@@ -300,10 +381,10 @@ export class SqliteTableStore implements TableStore {
       );
       CREATE TEMP TABLE IF NOT EXISTS copy_pairs (c1 INTEGER NOT NULL, c2 INTEGER NOT NULL, PRIMARY KEY (c1, c2)) WITHOUT ROWID;
     `);
-    const row = this.db.prepare("SELECT value FROM store_meta WHERE key = 'schema'").get() as { value: string } | undefined;
-    if (!row) this.db.prepare("INSERT INTO store_meta (key, value) VALUES ('schema', ?)").run(SCHEMA_VERSION);
+    const row = db.prepare("SELECT value FROM store_meta WHERE key = 'schema'").get() as { value: string } | undefined;
+    if (!row) db.prepare("INSERT INTO store_meta (key, value) VALUES ('schema', ?)").run(SCHEMA_VERSION);
     else if (row.value !== SCHEMA_VERSION) {
-      throw new FreshrecError("INTERNAL", `tables: ${this.file} has schema ${row.value}, this freshrec reads ${SCHEMA_VERSION}`);
+      throw new FreshrecError("INTERNAL", `tables: ${file} has schema ${row.value}, this freshrec reads ${SCHEMA_VERSION}`);
     }
   }
 

@@ -1,17 +1,22 @@
 /**
- * `freshrec doctor`: checks the configured language-model backend end to end, in the order a failure would show up
+ * `freshrec doctor`: checks the workspace's stores (each file read through, so a damaged one shows here rather than
+ * halfway through a job), then the configured language-model backend end to end, in the order a failure would show up
  * (configuration, reachability, the model loading, the clusters, one constrained answer, scoring), and says for each
  * failed step what is wrong and what to change. Exit code 0 when every check passes, 1 otherwise.
  */
+import Database from "better-sqlite3";
 import type { Command } from "commander";
-import { existsSync } from "node:fs";
+import { existsSync, statSync } from "node:fs";
+import { basename } from "node:path";
 import { EventStore } from "../../data/event-store.js";
 import type { Clock } from "../../domain/clock.js";
 import type { Cluster } from "../../domain/types.js";
-import { type LlmBackendSettings, languageModelBackend, openAiClient, remoteError } from "../../llm/backends/index.js";
+import { type LlmBackendSettings, languageModelBackend, openAiClient, remoteError, responseCachePath } from "../../llm/backends/index.js";
 import type { LanguageModel } from "../../llm/contracts.js";
 import { ModelRegistry } from "../../llm/registry.js";
+import { scheduleStorePath } from "../../update/schedule/index.js";
 import { action } from "../run.js";
+import type { WorkspacePaths } from "../workspace.js";
 
 export interface DoctorCheck {
   readonly name: string;
@@ -40,6 +45,55 @@ export interface DoctorInput {
 
 const message = (e: unknown) => (e instanceof Error ? e.message : String(e));
 
+const RESTORE = "restore it from a backup, or move it aside (freshrec starts an empty one)";
+
+/**
+ * Checks every store file the workspace has (one check each, named by the file; a store not created yet has none):
+ * SQLite files with PRAGMA quick_check, the DuckDB event store read through (`EventStore.verify`). Files are opened
+ * read-only, so the doctor never repairs, creates or migrates anything it looks at.
+ */
+export async function diagnoseStores(paths: WorkspacePaths): Promise<DoctorCheck[]> {
+  const checks: DoctorCheck[] = [];
+  if (existsSync(paths.events)) checks.push(await checkEventStore(paths.events));
+  for (const file of [paths.tables, paths.registry, scheduleStorePath(paths.root), responseCachePath(paths.root)]) {
+    if (existsSync(file)) checks.push(checkSqliteFile(file));
+  }
+  return checks;
+}
+
+async function checkEventStore(file: string): Promise<DoctorCheck> {
+  const name = basename(file);
+  if (statSync(file).size === 0) return { name, ok: false, detail: `${file} is empty (0 bytes): it was truncated or replaced; ${RESTORE}` };
+  try {
+    const rows = await EventStore.verify(file);
+    return { name, ok: true, detail: `${file}: every table read back (${rows.events ?? 0} events)` };
+  } catch (error) {
+    // DuckDB opens a file in one process at a time: a running server is no damage, only a check that cannot run.
+    if (/could not set lock/i.test(message(error))) return { name, ok: true, warning: true, detail: `${file} is held by another process (freshrec serve?): not checked` };
+    return { name, ok: false, detail: `${message(error)}; ${RESTORE}` };
+  }
+}
+
+function checkSqliteFile(file: string): DoctorCheck {
+  const name = basename(file);
+  // SQLite reads an empty file as a new, empty database (quick_check says ok); freshrec never leaves one.
+  if (statSync(file).size === 0) return { name, ok: false, detail: `${file} is empty (0 bytes): it was truncated or replaced; ${RESTORE}` };
+  let db: Database.Database | null = null;
+  try {
+    db = new Database(file, { readonly: true, fileMustExist: true, timeout: 5000 });
+    const found = (db.pragma("quick_check(10)") as { quick_check: string }[]).map((r) => r.quick_check);
+    if (found.length === 1 && found[0] === "ok") return { name, ok: true, detail: `${file}: quick_check ok` };
+    // One row may hold several lines; the first few say enough, the header line says nothing.
+    const lines = found.flatMap((f) => f.split("\n")).filter((l) => l.trim() !== "" && !l.startsWith("*** in database"));
+    const shown = lines.slice(0, 4).join("; ") + (lines.length > 4 ? `; and ${lines.length - 4} more` : "");
+    return { name, ok: false, detail: `${file} is damaged (PRAGMA quick_check: ${shown}); ${RESTORE}` };
+  } catch (error) {
+    return { name, ok: false, detail: `${file} cannot be read as a SQLite database (${message(error)}); ${RESTORE}` };
+  } finally {
+    db?.close();
+  }
+}
+
 /** Runs the checks; never throws for a backend problem (each becomes a failed check). */
 export async function diagnoseBackend(input: DoctorInput): Promise<DoctorReport> {
   const { settings } = input;
@@ -53,7 +107,11 @@ export async function diagnoseBackend(input: DoctorInput): Promise<DoctorReport>
   let clusters: Cluster[] = [];
   let modelPath: string | null = null;
   if (settings.backend === "embedded") {
-    modelPath = input.liveModel();
+    try {
+      modelPath = input.liveModel();
+    } catch (error) {
+      return fail("model", `cannot read the live model from the registry: ${message(error)}`);
+    }
     if (modelPath === null) return fail("model", `no live model in ${input.workspace}: run freshrec pretrain (or freshrec demo) first`);
     if (!existsSync(modelPath)) return fail("model", `the live model's file ${modelPath} is missing`);
     pass("model", modelPath);
@@ -136,11 +194,12 @@ export async function diagnoseBackend(input: DoctorInput): Promise<DoctorReport>
 export function registerDoctor(program: Command): void {
   program
     .command("doctor")
-    .description("check the configured language-model backend end to end (reachable, model loads, one constrained answer)")
+    .description("check the workspace's stores (integrity) and the configured language-model backend end to end (reachable, model loads, one constrained answer)")
     .addHelpText("after", "\nExamples:\n  freshrec doctor\n  freshrec --config vllm.json --json doctor")
     .action(
       action(async (ctx) => {
-        const report = await diagnoseBackend({
+        const stores = await diagnoseStores(ctx.paths);
+        const backend = await diagnoseBackend({
           settings: ctx.config.llm,
           workspace: ctx.paths.root,
           clock: ctx.clock,
@@ -168,9 +227,13 @@ export function registerDoctor(program: Command): void {
             }
           },
         });
+        const report: DoctorReport = { ...backend, passed: backend.passed && stores.every((c) => c.ok), checks: [...stores, ...backend.checks] };
+        const line = (c: DoctorCheck) => `  ${c.ok ? (c.warning ? "!" : "ok") : "FAIL"}  ${c.name}: ${c.detail}`;
         const text = [
+          `workspace stores: ${ctx.paths.root}`,
+          ...(stores.length ? stores.map(line) : ["  (none yet)"]),
           `llm backend: ${report.backend}`,
-          ...report.checks.map((c) => `  ${c.ok ? (c.warning ? "!" : "ok") : "FAIL"}  ${c.name}: ${c.detail}`),
+          ...backend.checks.map(line),
           report.passed ? "all checks passed" : "a check failed: fix it and run freshrec doctor again",
         ].join("\n");
         return { json: report, text, exitCode: report.passed ? 0 : 1 };
