@@ -93,8 +93,10 @@ export function registerRoutes(app: FastifyInstance, state: ServingState): Route
     app.route({
       method: spec.method,
       url: spec.url,
+      // Before the body is read: an unauthenticated caller learns nothing about its body (400, 413, 415) and cannot
+      // make the server parse up to serve.bodyLimitBytes.
+      ...(spec.admin ? { onRequest: async (request: FastifyRequest) => state.authorize(request.headers.authorization) } : {}),
       handler: async (request, reply) => {
-        if (spec.admin) state.authorize(request.headers.authorization);
         const params = (spec.params ? parseInput(spec.params, request.params, "path parameters") : undefined) as Infer<P>;
         const query = (spec.querystring ? parseInput(spec.querystring, request.query ?? {}, "query") : undefined) as Infer<Q>;
         const body = (spec.body ? request.body : undefined) as Infer<B>;

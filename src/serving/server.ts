@@ -217,14 +217,56 @@ export class ServingState {
   }
 }
 
+/**
+ * Query parameters whose values are credentials. The API takes the admin token only in the Authorization header, but
+ * a client that puts one in the URL (as many APIs take it) must not get it into the logs, right or wrong.
+ */
+const SECRET_QUERY_PARAMETERS = new Set(["token", "access_token", "auth", "authorization", "bearer", "api_key", "apikey", "key", "secret", "password"]);
+const REDACTED = "[redacted]";
+
+/** A request URL as it may be logged: the values of credential parameters, and the admin token wherever it appears, redacted. */
+export function redactUrl(url: string, adminToken: string | null): string {
+  let out = url;
+  const q = out.indexOf("?");
+  if (q >= 0) {
+    const pairs = out
+      .slice(q + 1)
+      .split("&")
+      .map((pair) => {
+        const eq = pair.indexOf("=");
+        if (eq < 0) return pair;
+        const name = pair.slice(0, eq);
+        let decoded = name;
+        try {
+          decoded = decodeURIComponent(name.replace(/\+/g, " "));
+        } catch {
+          // A name that is not valid percent-encoding is compared as it is.
+        }
+        return SECRET_QUERY_PARAMETERS.has(decoded.trim().toLowerCase()) ? `${name}=${REDACTED}` : pair;
+      });
+    out = `${out.slice(0, q)}?${pairs.join("&")}`;
+  }
+  // Anywhere else too (a path segment, an unusual parameter name): the configured token is long enough never to
+  // match by chance (serve.adminToken: at least 16 characters).
+  if (adminToken) for (const form of new Set([adminToken, encodeURIComponent(adminToken)])) out = out.split(form).join(REDACTED);
+  return out;
+}
+
 /** One log line per request (at completion, with status and time); the "incoming" line only at debug level. */
 class OneLinePerRequest extends LogController {
+  constructor(
+    options: ConstructorParameters<typeof LogController>[0],
+    private readonly loggedUrl: (url: string) => string,
+  ) {
+    super(options);
+  }
+
   override incomingRequest(request: FastifyRequest): void {
     request.log.debug({ req: request }, "incoming request");
   }
 
   override requestCompleted(error: Error | null | undefined, request: FastifyRequest, reply: FastifyReply): void {
-    const entry = { method: request.method, url: request.url, statusCode: reply.statusCode, responseTime: reply.elapsedTime };
+    const entry = { method: request.method, url: this.loggedUrl(request.url), statusCode: reply.statusCode, responseTime: reply.elapsedTime };
     if (error) reply.log.error({ ...entry, err: error }, "request errored");
     else reply.log.info(entry, "request completed");
   }
@@ -306,14 +348,15 @@ export async function startServer(input: ServeOptions): Promise<RunningServer> {
     state = serving;
     await serving.activate(await experiments.active());
 
+    const loggedUrl = (url: string) => redactUrl(url, options.adminToken ?? null);
     app = Fastify({
       logger: {
         level: options.logLevel ?? "info",
         // stderr: stdout belongs to the command's result (one JSON object with --json).
         stream: options.logStream ?? process.stderr,
-        // Only these request fields are logged; headers (and so the Authorization token) never are.
+        // Only these request fields are logged; headers (and so the Authorization token) never are, URLs redacted.
         serializers: {
-          req: (req: { method: string; url: string; ip?: string }) => ({ method: req.method, url: req.url, remoteAddress: req.ip }),
+          req: (req: { method: string; url: string; ip?: string }) => ({ method: req.method, url: loggedUrl(req.url), remoteAddress: req.ip }),
           res: (res: { statusCode: number }) => ({ statusCode: res.statusCode }),
         },
         redact: { paths: ["req.headers.authorization", "headers.authorization", "authorization"], censor: "[redacted]" },
@@ -325,7 +368,7 @@ export async function startServer(input: ServeOptions): Promise<RunningServer> {
       frameworkErrors: (error, request, reply) => replyWithError(serving, error, request, reply),
       genReqId: requestIdGenerator(),
       requestIdHeader: false,
-      logController: new OneLinePerRequest({ requestIdLogLabel: "requestId" }),
+      logController: new OneLinePerRequest({ requestIdLogLabel: "requestId" }, loggedUrl),
       return503OnClosing: true,
     });
     registerRoutes(app, serving);

@@ -350,6 +350,37 @@ describe("admin routes", () => {
     expect(all).not.toContain(wrong);
   });
 
+  it("authenticate before the body is read: an unauthenticated caller gets 401/403 whatever body it sends, never 400/413/415", async () => {
+    const wrong = { authorization: "Bearer wrong-token-abcdefghijklmnop" };
+    const cases: [string, string | Uint8Array, Record<string, string>][] = [
+      ["malformed JSON", "{not json", { "content-type": "application/json" }],
+      ["a non-JSON media type", "reason=x", { "content-type": "application/x-www-form-urlencoded" }],
+      ["a body over serve.bodyLimitBytes", new Uint8Array(1_100_000).fill(0x20), { "content-type": "application/json" }],
+    ];
+    for (const [what, body, headers] of cases) {
+      for (const [auth, status] of [[{}, 401], [wrong, 403]] as const) {
+        const response = await fetch(`${server.url}/v1/tables/rollback`, { method: "POST", headers: { ...headers, ...auth }, body });
+        expect(response.status, `${what}, ${status}`).toBe(status);
+        errorResponseSchema.parse(await response.json());
+      }
+    }
+    // An admin with the token still gets the body's own problems.
+    expect((await post("/v1/tables/rollback", "{not json", admin)).status).toBe(400);
+  });
+
+  it("never log a token sent in the query string (the configured one or any other)", async () => {
+    const before = logs.length;
+    const wrong = "query-token-that-is-wrong-0123";
+    expect((await get(`/v1/schedule/status?token=${TOKEN}`)).status).toBe(401);
+    expect((await get(`/v1/schedule/status?access_token=${wrong}&x=1`)).status).toBe(401);
+    expect((await get(`/v1/users/${warm}/exploration?api_key=${encodeURIComponent(wrong)}`)).status).toBe(400);
+    const written = logs.slice(before).join("");
+    expect(written).toContain("request completed");
+    expect(written).not.toContain(TOKEN);
+    expect(written).not.toContain(wrong);
+    expect(written).toContain("token=[redacted]");
+  });
+
   it("publish and rollback swap the served table at once", async () => {
     const published = await post(`/v1/tables/${ws.plain}/publish`, { reason: "test" }, admin);
     expect(published.status).toBe(200);

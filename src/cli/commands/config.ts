@@ -1,6 +1,18 @@
 import type { Command } from "commander";
-import { defaultConfig, describeConfig } from "../config.js";
+import { defaultConfig, describeConfig, type FreshrecConfig } from "../config.js";
 import { action } from "../run.js";
+
+/**
+ * The config as it may be shown: the admin token replaced by a marker (terminals, CI logs and pasted bug reports keep
+ * what they print). The marker is shorter than serve.adminToken's minimum, so a printed config saved as a file is
+ * refused rather than served with a wrong token.
+ */
+export function redactSecrets(config: FreshrecConfig): FreshrecConfig {
+  if (config.serve.adminToken === null) return config;
+  return { ...config, serve: { ...config.serve, adminToken: REDACTED } };
+}
+
+const REDACTED = "[redacted]";
 
 export function registerConfig(program: Command): void {
   program
@@ -16,7 +28,7 @@ export function registerConfig(program: Command): void {
           const rows = describeConfig();
           return { json: { options: rows }, text: rows.map((r) => `${r.path} = ${JSON.stringify(r.default)}\n    ${r.description}`).join("\n") };
         }
-        const config = opts.printDefaults ? defaultConfig() : ctx.config;
+        const config = opts.printDefaults ? defaultConfig() : redactSecrets(ctx.config);
         return { json: config, text: JSON.stringify(config, null, 2) };
       }),
     );

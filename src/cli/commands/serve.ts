@@ -8,22 +8,35 @@
  * or reviewed by other processes (`tables publish`, `review`) are picked up within serve.reloadIntervalMs.
  */
 import type { Command } from "commander";
-import { BadInputError } from "../../domain/errors.js";
+import { BadInputError, ConfigError } from "../../domain/errors.js";
 import { ModelRegistry } from "../../llm/registry.js";
 import { startServer, type RunningServer, type ServeOptions } from "../../serving/index.js";
 import { UpdateLoop } from "../../update/loop.js";
 import { Scheduler, SqliteScheduleStore, hybridJobs, readScheduleStatus, scheduleStorePath } from "../../update/schedule/index.js";
-import type { FreshrecConfig } from "../config.js";
+import { configSchema, type FreshrecConfig } from "../config.js";
 import type { CommandContext } from "../context.js";
 import { loopSettings } from "../loop-context.js";
 import { trainingProgress } from "../progress.js";
 import { action, positiveInt } from "../run.js";
 import { runLine } from "./refresh.js";
 
-/** The admin token: FRESHREC_ADMIN_TOKEN wins over serve.adminToken; empty means none. */
+/** serve.adminToken's own rule, so a token from the environment is held to exactly what the config file is. */
+const adminTokenRule = configSchema.shape.serve.unwrap().shape.adminToken;
+
+/**
+ * The admin token: FRESHREC_ADMIN_TOKEN wins over serve.adminToken; empty means none.
+ * @throws ConfigError when FRESHREC_ADMIN_TOKEN breaks serve.adminToken's rule (the message never holds the token).
+ */
 export function adminToken(config: FreshrecConfig): string | null {
   const fromEnv = process.env.FRESHREC_ADMIN_TOKEN;
-  if (fromEnv !== undefined && fromEnv !== "") return fromEnv;
+  if (fromEnv !== undefined && fromEnv !== "") {
+    const checked = adminTokenRule.safeParse(fromEnv);
+    if (!checked.success) {
+      const said = checked.error.issues.map((i) => (i.code === "too_small" ? `at least ${String(i.minimum)} characters` : i.message)).join("; ");
+      throw new ConfigError(`FRESHREC_ADMIN_TOKEN: expected ${said} (the rule of serve.adminToken), got ${fromEnv.length} characters`, [{ path: "FRESHREC_ADMIN_TOKEN", message: `expected ${said}` }]);
+    }
+    return fromEnv;
+  }
   return config.serve.adminToken;
 }
 

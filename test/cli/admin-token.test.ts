@@ -1,0 +1,69 @@
+/**
+ * The admin token through the CLI: FRESHREC_ADMIN_TOKEN obeys the rule serve.adminToken obeys (at least 16
+ * characters), and `freshrec config` never prints the token.
+ */
+import { spawnSync } from "node:child_process";
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterEach, describe, expect, it } from "vitest";
+import { adminToken } from "../../src/cli/commands/serve.js";
+import { parseConfig } from "../../src/cli/config.js";
+import { ConfigError } from "../../src/domain/errors.js";
+
+const BIN = join(import.meta.dirname, "../../bin/freshrec.js");
+const ws = mkdtempSync(join(tmpdir(), "freshrec-admin-token-"));
+
+function freshrec(args: string[], env: Record<string, string> = {}): { status: number | null; stdout: string; stderr: string } {
+  const r = spawnSync(process.execPath, [BIN, "--workspace", ws, ...args], { encoding: "utf8", timeout: 60_000, env: { ...process.env, ...env } });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+describe("the admin token", () => {
+  const saved = process.env.FRESHREC_ADMIN_TOKEN;
+  afterEach(() => {
+    if (saved === undefined) delete process.env.FRESHREC_ADMIN_TOKEN;
+    else process.env.FRESHREC_ADMIN_TOKEN = saved;
+  });
+
+  it("FRESHREC_ADMIN_TOKEN is held to serve.adminToken's rule (at least 16 characters), and the refusal does not echo it", () => {
+    const config = parseConfig({});
+    expect(() => parseConfig({ serve: { adminToken: "short-secret" } })).toThrow(ConfigError);
+    process.env.FRESHREC_ADMIN_TOKEN = "short-secret";
+    let refusal: unknown = null;
+    try {
+      adminToken(config);
+    } catch (error) {
+      refusal = error;
+    }
+    expect(refusal).toBeInstanceOf(ConfigError);
+    expect((refusal as Error).message).toMatch(/FRESHREC_ADMIN_TOKEN.*16 characters/);
+    expect((refusal as Error).message).not.toContain("short-secret");
+    process.env.FRESHREC_ADMIN_TOKEN = "a-long-enough-admin-token";
+    expect(adminToken(config)).toBe("a-long-enough-admin-token");
+    process.env.FRESHREC_ADMIN_TOKEN = "";
+    expect(adminToken(config)).toBeNull(); // empty: none, as documented
+  });
+
+  it("freshrec serve refuses a short FRESHREC_ADMIN_TOKEN with exit 2 before it serves", () => {
+    const r = freshrec(["serve", "--port", "0"], { FRESHREC_ADMIN_TOKEN: "short-secret" });
+    expect(r.status).toBe(2);
+    expect(r.stderr).toMatch(/FRESHREC_ADMIN_TOKEN/);
+    expect(r.stderr).not.toContain("short-secret");
+  });
+
+  it("freshrec config prints the effective config with the admin token redacted (text and --json)", () => {
+    const token = "a-very-secret-admin-token-0123";
+    const file = join(ws, "with-token.json");
+    writeFileSync(file, JSON.stringify({ serve: { adminToken: token } }));
+    const text = freshrec(["--config", file, "config"]);
+    expect(text.status).toBe(0);
+    expect(text.stdout).not.toContain(token);
+    expect(JSON.parse(text.stdout).serve.adminToken).toBe("[redacted]");
+    const json = freshrec(["--config", file, "--json", "config"]);
+    expect(json.stdout).not.toContain(token);
+    expect(JSON.parse(json.stdout).serve.adminToken).toBe("[redacted]");
+    // No token configured: nothing to hide, null stays null.
+    expect(JSON.parse(freshrec(["config"]).stdout).serve.adminToken).toBeNull();
+  });
+});
