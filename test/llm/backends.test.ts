@@ -22,6 +22,9 @@ afterAll(async () => {
   await server?.close();
 });
 const llm = (section: object) => parseConfig({ llm: section }).llm;
+/** freshrec llm serve ignores keys; the backend still needs one (the config cannot declare a keyless server yet). */
+const TEST_KEY_ENV = "FRESHREC_TEST_API_KEY";
+process.env[TEST_KEY_ENV] = "sk-freshrec-test";
 const clusters = async () => CLUSTERS;
 
 describe("backend factory (config only)", () => {
@@ -61,21 +64,40 @@ describe("backend factory (config only)", () => {
     await plain.close();
   });
 
-  it("openai: a hosted-model file names the server model; other files stand for the configured model", async () => {
+  it("openai: a hosted-model file names the server model; no version means the configured model", async () => {
     const s = await llmServer();
-    const settings = llm({ backend: "openai", openai: { baseURL: `${s.url}/v1`, model: "tiny", maxRetries: 0 } });
+    const settings = llm({ backend: "openai", openai: { baseURL: `${s.url}/v1`, model: "tiny", maxRetries: 0, apiKeyEnv: TEST_KEY_ENV } });
     const backend = languageModelBackend(settings, { clusters: CLUSTERS, workspace: ws });
     const hostedFile = join(ws, "hosted.json");
     writeHostedModelFile(hostedFile, { baseURL: `${s.url}/v1`, model: "ft:tiny:x:y" });
     const hosted = await backend.openModel(hostedFile);
     expect(hosted.info.source).toBe(`${s.url}/v1#ft:tiny:x:y`);
     await hosted.close();
-    const configured = await backend.openModel(await tinyModel());
+    const configured = await backend.openModel(null);
     expect(configured.info.source).toBe(`${s.url}/v1#tiny`);
     expect((await configured.generate({ history: { c1: "baking", c2: "hiking" } })).cluster).not.toBeNull();
     await configured.close();
     expect(responseCachePath(ws)).toBe(join(ws, "llm-cache.sqlite"));
     expect(backend.trainer()).not.toBeNull();
+  });
+
+  it("openai: a version file that is missing or is not a hosted-model file is an error naming it, not the configured model served instead", async () => {
+    const s = await llmServer();
+    const backend = languageModelBackend(llm({ backend: "openai", openai: { baseURL: `${s.url}/v1`, model: "tiny", maxRetries: 0, apiKeyEnv: TEST_KEY_ENV } }), { clusters: CLUSTERS, workspace: ws });
+    const gone = join(ws, "models", "m000009-hosted.json");
+    await expect(backend.openModel(gone)).rejects.toMatchObject({ name: "HostedModelFileError", code: "NOT_FOUND", path: gone, message: expect.stringContaining(`${gone}: the file does not exist`) });
+    // An embedded model file (a workspace that switched backends) is not a model on the server.
+    const embedded = await tinyModel();
+    await expect(backend.openModel(embedded)).rejects.toMatchObject({ name: "HostedModelFileError", code: "BAD_INPUT", message: expect.stringContaining(`${embedded}: it is not a hosted-model file`) });
+    const other = join(ws, "other.json");
+    writeFileSync(other, JSON.stringify({ model: "tiny" }));
+    await expect(backend.openModel(other)).rejects.toMatchObject({ code: "BAD_INPUT", path: other });
+  });
+
+  it("openai: an unset API key variable fails opening the model, naming the variable", async () => {
+    const s = await llmServer();
+    const backend = languageModelBackend(llm({ backend: "openai", openai: { baseURL: `${s.url}/v1`, model: "tiny", apiKeyEnv: "FRESHREC_TEST_NO_SUCH_KEY" } }), { clusters: CLUSTERS, workspace: ws });
+    await expect(backend.openModel(null)).rejects.toMatchObject({ name: "MissingApiKeyError", code: "BAD_CONFIG", message: expect.stringContaining("FRESHREC_TEST_NO_SUCH_KEY") });
   });
 });
 
@@ -92,7 +114,7 @@ describe("freshrec doctor", () => {
 
   it("checks an openai-compatible server end to end and says what is wrong", async () => {
     const s = await llmServer();
-    const settings = (extra: object) => llm({ backend: "openai", openai: { baseURL: `${s.url}/v1`, model: "tiny", apiKeyEnv: "FRESHREC_TEST_NO_SUCH_KEY", ...extra } });
+    const settings = (extra: object) => llm({ backend: "openai", openai: { baseURL: `${s.url}/v1`, model: "tiny", apiKeyEnv: TEST_KEY_ENV, ...extra } });
     const ok = await diagnoseBackend({ settings: settings({}), workspace: ws, liveModel: () => null, clusters });
     expect(ok.passed).toBe(true);
     expect(ok.checks.map((c) => c.name)).toEqual(["api key", "server", "model", "clusters", "load", "answer", "scoring"]);
@@ -102,14 +124,14 @@ describe("freshrec doctor", () => {
     expect(wrongModel.checks.at(-1)).toMatchObject({ name: "answer", detail: expect.stringMatching(/404.*llm\.openai\.model/) });
     const down = await diagnoseBackend({ settings: settings({ baseURL: "http://127.0.0.1:9/v1" }), workspace: ws, liveModel: () => null, clusters });
     expect(down.checks.at(-1)).toMatchObject({ name: "server", ok: false, detail: expect.stringMatching(/cannot reach http:\/\/127\.0\.0\.1:9\/v1.*llm\.openai\.baseURL/) });
-    const noKey = await diagnoseBackend({ settings: settings({ baseURL: "https://api.openai.com/v1" }), workspace: ws, liveModel: () => null, clusters });
+    const noKey = await diagnoseBackend({ settings: settings({ baseURL: "https://api.openai.com/v1", apiKeyEnv: "FRESHREC_TEST_NO_SUCH_KEY" }), workspace: ws, liveModel: () => null, clusters });
     expect(noKey.checks.at(-1)).toMatchObject({ name: "api key", ok: false, detail: expect.stringContaining("FRESHREC_TEST_NO_SUCH_KEY") });
   });
 
   it("CLI: exit code 1 with a JSON report when a check fails, 2 for a bad config field", () => {
     const bin = join(import.meta.dirname, "../../bin/freshrec.js");
     const config = join(ws, "down.json");
-    writeFileSync(config, JSON.stringify({ llm: { backend: "openai", openai: { baseURL: "http://127.0.0.1:9/v1", model: "m", maxRetries: 0 } } }));
+    writeFileSync(config, JSON.stringify({ llm: { backend: "openai", openai: { baseURL: "http://127.0.0.1:9/v1", model: "m", maxRetries: 0, apiKeyEnv: TEST_KEY_ENV } } }));
     const r = spawnSync(process.execPath, [bin, "--workspace", ws, "--config", config, "--json", "doctor"], { encoding: "utf8", timeout: 60_000 });
     expect(r.status).toBe(1);
     const report = JSON.parse(r.stdout) as { passed: boolean; checks: { name: string; ok: boolean }[] };

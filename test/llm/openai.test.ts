@@ -2,7 +2,7 @@ import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import Fastify from "fastify";
 import { afterAll, describe, expect, it } from "vitest";
-import { OpenAiLanguageModel, type OpenAiModelOptions } from "../../src/llm/backends/openai.js";
+import { MissingApiKeyError, OpenAiLanguageModel, type OpenAiModelOptions } from "../../src/llm/backends/openai.js";
 import { OpenAiTrainer } from "../../src/llm/backends/openai-trainer.js";
 import type { TrainingEvent } from "../../src/llm/contracts.js";
 import { startLlmServer, type RunningLlmServer } from "../../src/llm/openai-server.js";
@@ -20,7 +20,8 @@ function llmServer(): Promise<RunningLlmServer> {
 }
 async function openModel(extra: Partial<OpenAiModelOptions> = {}): Promise<OpenAiLanguageModel> {
   const server = await llmServer();
-  return OpenAiLanguageModel.open({ baseURL: `${server.url}/v1`, model: "tiny", clusters: CLUSTERS, maxRetries: 0, ...extra });
+  // freshrec llm serve takes no API key: declared keyless (apiKeyEnv null), as a config for it would say.
+  return OpenAiLanguageModel.open({ baseURL: `${server.url}/v1`, model: "tiny", clusters: CLUSTERS, maxRetries: 0, apiKeyEnv: null, ...extra });
 }
 afterAll(async () => {
   await (await serverPromise)?.close();
@@ -117,14 +118,14 @@ describe("openai backend", () => {
     await app.listen({ host: "127.0.0.1", port: 0 });
     const port = (app.server.address() as { port: number }).port;
     try {
-      const model = await OpenAiLanguageModel.open({ baseURL: `http://127.0.0.1:${port}/v1`, model: "m", clusters: CLUSTERS, maxRetries: 3 });
+      const model = await OpenAiLanguageModel.open({ baseURL: `http://127.0.0.1:${port}/v1`, model: "m", clusters: CLUSTERS, maxRetries: 3, apiKeyEnv: null });
       const answer = await model.generate({ history: { c1: "baking", c2: "hiking" } });
       expect(answer).toEqual({ text: "jazz, vinyl, saxophone", cluster: "jazz" });
       expect(calls).toBe(3);
       expect(model.stats.httpRequests).toBe(3);
       // Without logprobs, the answer alone is the ranking.
       expect(await model.score([{ history: { c1: "baking", c2: "hiking" } }], 3)).toEqual([[{ cluster: "jazz", score: 1 }]]);
-      const impatient = await OpenAiLanguageModel.open({ baseURL: `http://127.0.0.1:${port}/v1`, model: "m", clusters: CLUSTERS, maxRetries: 0 });
+      const impatient = await OpenAiLanguageModel.open({ baseURL: `http://127.0.0.1:${port}/v1`, model: "m", clusters: CLUSTERS, maxRetries: 0, apiKeyEnv: null });
       calls = 0;
       await expect(impatient.generate({ history: { c1: "baking", c2: "hiking" } })).rejects.toMatchObject({ code: "ENGINE", message: expect.stringMatching(/answered 429/) });
     } finally {
@@ -133,15 +134,77 @@ describe("openai backend", () => {
   });
 
   it("says which server it cannot reach", async () => {
-    const model = await OpenAiLanguageModel.open({ baseURL: "http://127.0.0.1:9/v1", model: "m", clusters: CLUSTERS, maxRetries: 0 });
+    const model = await OpenAiLanguageModel.open({ baseURL: "http://127.0.0.1:9/v1", model: "m", clusters: CLUSTERS, maxRetries: 0, apiKeyEnv: null });
     await expect(model.generate({ history: { c1: "baking", c2: "hiking" } })).rejects.toMatchObject({ code: "ENGINE", message: expect.stringMatching(/cannot reach http:\/\/127\.0\.0\.1:9\/v1/) });
+  });
+});
+
+describe("API keys: a key from the named variable, or none for a server declared keyless; never a placeholder", () => {
+  /** A real loopback server that answers chat completions and records each request's Authorization header. */
+  async function recordingServer() {
+    const app = Fastify();
+    const seen: (string | undefined)[] = [];
+    app.post("/v1/chat/completions", async (request) => {
+      seen.push(request.headers.authorization);
+      return {
+        id: "x",
+        object: "chat.completion",
+        created: 0,
+        model: "m",
+        choices: [{ index: 0, message: { role: "assistant", content: JSON.stringify({ cluster: "jazz, vinyl, saxophone" }), refusal: null }, logprobs: null, finish_reason: "stop" }],
+        usage: { prompt_tokens: 10, completion_tokens: 3, total_tokens: 13 },
+      };
+    });
+    await app.listen({ host: "127.0.0.1", port: 0 });
+    return { app, seen, baseURL: `http://127.0.0.1:${(app.server.address() as { port: number }).port}/v1` };
+  }
+  const prompt = { history: { c1: "baking", c2: "hiking" } };
+
+  it("an unset or empty key variable is an error naming it, raised before any request (model and trainer)", async () => {
+    const server = await recordingServer();
+    try {
+      delete process.env.FRESHREC_TEST_UNSET_KEY;
+      const open = () => OpenAiLanguageModel.open({ baseURL: server.baseURL, model: "m", clusters: CLUSTERS, apiKeyEnv: "FRESHREC_TEST_UNSET_KEY" });
+      await expect(open()).rejects.toThrow(MissingApiKeyError);
+      await expect(open()).rejects.toMatchObject({ code: "BAD_CONFIG", variable: "FRESHREC_TEST_UNSET_KEY", message: expect.stringMatching(/FRESHREC_TEST_UNSET_KEY \(llm\.openai\.apiKeyEnv\).*not set.*apiKeyEnv to null/) });
+      process.env.FRESHREC_TEST_UNSET_KEY = " ";
+      await expect(open()).rejects.toThrow(MissingApiKeyError);
+      expect(() => new OpenAiTrainer({ baseURL: server.baseURL, model: "m", clusters: CLUSTERS, apiKeyEnv: "FRESHREC_TEST_UNSET_KEY" })).toThrow(MissingApiKeyError);
+      expect(server.seen).toEqual([]);
+    } finally {
+      delete process.env.FRESHREC_TEST_UNSET_KEY;
+      await server.app.close();
+    }
+  });
+
+  it("sends the named variable's key; a server declared keyless (apiKeyEnv null) gets no Authorization header at all", async () => {
+    const server = await recordingServer();
+    try {
+      process.env.FRESHREC_TEST_KEY = "sk-test-123";
+      const keyed = await OpenAiLanguageModel.open({ baseURL: server.baseURL, model: "m", clusters: CLUSTERS, apiKeyEnv: "FRESHREC_TEST_KEY", maxRetries: 0 });
+      expect((await keyed.generate(prompt)).cluster).toBe("jazz");
+      const keyless = await OpenAiLanguageModel.open({ baseURL: server.baseURL, model: "m", clusters: CLUSTERS, apiKeyEnv: null, maxRetries: 0 });
+      expect((await keyless.generate(prompt)).cluster).toBe("jazz");
+      expect(server.seen).toEqual(["Bearer sk-test-123", undefined]);
+    } finally {
+      delete process.env.FRESHREC_TEST_KEY;
+      await server.app.close();
+    }
+  });
+
+  it("refuses a keyless declaration for OpenAI's own API, which always needs a key", async () => {
+    await expect(OpenAiLanguageModel.open({ baseURL: "https://api.openai.com/v1", model: "gpt-4o-mini", clusters: CLUSTERS, apiKeyEnv: null })).rejects.toMatchObject({
+      name: "MissingApiKeyError",
+      code: "BAD_CONFIG",
+      variable: null,
+    });
   });
 });
 
 describe("hosted fine-tuning (OpenAiTrainer against freshrec llm serve)", () => {
   it("uploads the samples, runs the job with progress, and names the new model in a hosted-model file", async () => {
     const server = await llmServer();
-    const trainer = new OpenAiTrainer({ baseURL: `${server.url}/v1`, model: "tiny", clusters: CLUSTERS, pollIntervalMs: 50, maxRetries: 0 });
+    const trainer = new OpenAiTrainer({ baseURL: `${server.url}/v1`, model: "tiny", clusters: CLUSTERS, pollIntervalMs: 50, maxRetries: 0, apiKeyEnv: null });
     expect(trainer.jsonl(toySamples(1)).split("\n")).toHaveLength(1);
     const events: TrainingEvent[] = [];
     const out = join(ws, "models", "hosted-1.json");
@@ -162,7 +225,7 @@ describe("hosted fine-tuning (OpenAiTrainer against freshrec llm serve)", () => 
 
   it("reports a failed job with the server's reason", async () => {
     const server = await llmServer();
-    const trainer = new OpenAiTrainer({ baseURL: `${server.url}/v1`, model: "no-such-model", clusters: CLUSTERS, pollIntervalMs: 50, maxRetries: 0 });
+    const trainer = new OpenAiTrainer({ baseURL: `${server.url}/v1`, model: "no-such-model", clusters: CLUSTERS, pollIntervalMs: 50, maxRetries: 0, apiKeyEnv: null });
     await expect(trainer.train(toySamples(20), { outputPath: join(ws, "models", "never.json"), epochs: 1 })).rejects.toMatchObject({ code: "ENGINE", message: expect.stringMatching(/404.*no-such-model/) });
   });
 });

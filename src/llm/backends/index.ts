@@ -7,8 +7,9 @@
  * - gguf: a GGUF whose `general.type` is "adapter" is a LoRA adapter applied on top of `llm.gguf.modelPath`
  *   (a fine-tune delivered as an adapter); any other GGUF is opened as the model itself; `llm.gguf.modelPath` alone
  *   when no version exists yet.
- * - openai: a hosted-model file (written by hosted fine-tuning) names the model on the server; anything else stands
- *   for the configured `llm.openai.model`.
+ * - openai: a hosted-model file (written by hosted fine-tuning, or by `pretrain` for the configured model) names the
+ *   model on the server; a missing file or any other file is an error naming it (HostedModelFileError). Only
+ *   `openModel(null)` means the configured `llm.openai.model`.
  *
  * @example
  * const backend = languageModelBackend(config.llm, { clusters, workspace: paths.root });
@@ -23,12 +24,27 @@ import { ggufValue, readGgufFile } from "../engine/gguf.js";
 import { EmbeddedTrainer } from "../engine/trainer.js";
 import { EmbeddedLanguageModel } from "./embedded.js";
 import { GgufLanguageModel } from "./gguf.js";
-import { type AnswerMode, OpenAiLanguageModel, hostedModelName } from "./openai.js";
+import { type AnswerMode, OpenAiLanguageModel, readHostedModelFile } from "./openai.js";
 import { OpenAiTrainer } from "./openai-trainer.js";
 
 export { EmbeddedLanguageModel } from "./embedded.js";
 export { GgufLanguageModel, type GgufModelOptions } from "./gguf.js";
-export { OpenAiLanguageModel, type OpenAiModelOptions, type BatchSettings, type CostEstimate, type AnswerMode, hostedModelName, writeHostedModelFile, openAiClient, remoteError } from "./openai.js";
+export {
+  OpenAiLanguageModel,
+  type OpenAiModelOptions,
+  type OpenAiConnectionOptions,
+  type BatchSettings,
+  type CostEstimate,
+  type AnswerMode,
+  hostedModelName,
+  readHostedModelFile,
+  writeHostedModelFile,
+  openAiClient,
+  resolveApiKey,
+  remoteError,
+  MissingApiKeyError,
+  HostedModelFileError,
+} from "./openai.js";
 export { OpenAiTrainer, type OpenAiTrainerOptions } from "./openai-trainer.js";
 export { ResponseCache } from "./response-cache.js";
 export { RequestPacer, type RequestPacerOptions } from "./request-pacer.js";
@@ -46,6 +62,10 @@ export interface LlmBackendSettings {
   readonly openai: {
     readonly baseURL: string;
     readonly model: string | null;
+    /**
+     * Variable holding the API key; it must be set. (OpenAiConnectionOptions.apiKeyEnv also takes null, a declared
+     * keyless server; this field takes it once the config schema does.)
+     */
     readonly apiKeyEnv: string;
     readonly answer: AnswerMode;
     readonly topLogprobs: number;
@@ -128,15 +148,9 @@ export function languageModelBackend(settings: LlmBackendSettings, context: Back
         kind: "openai",
         description: `openai-compatible ${o.baseURL} model ${model} (${o.answer})`,
         openModel: async (path) => {
-          let name = model;
-          if (path !== null) {
-            try {
-              const hosted = hostedModelName(path);
-              if (hosted !== path) name = hosted;
-            } catch {
-              // A model file of another backend (an embedded base model): the configured server model stands for it.
-            }
-          }
+          // A version's file must name a model on the server; anything else is an error naming the file, never the
+          // configured model served in its place (tables and gates would measure a model the registry does not list).
+          const name = path === null ? model : readHostedModelFile(path).model;
           return OpenAiLanguageModel.open({
             ...connection,
             model: name,

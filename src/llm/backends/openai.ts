@@ -20,6 +20,10 @@
  * Only the `topLogprobs` (at most 20) best alternatives are returned by OpenAI-compatible servers, so a ranking has
  * at most that many answers. A server that returns no logprobs yields its answer alone, with probability 1.
  *
+ * API keys: the key comes from the environment variable `apiKeyEnv` names, and an unset variable is an error
+ * (MissingApiKeyError) when the model or trainer is opened; a server that takes no key is declared with
+ * `apiKeyEnv: null`, and then no Authorization header is sent. There is no placeholder key.
+ *
  * Costs: one request per prompt, kept in a SQLite response cache keyed by the request's hash (`cachePath`), so an
  * unchanged pair is never paid twice and `generate` after `score` on the same prompt is free. `estimateCost`
  * prices a build before it runs. Requests are paced (`RequestPacer`) and retried by the client on 408/409/429/5xx
@@ -52,10 +56,15 @@ export type AnswerMode = "json_schema" | "guided_choice" | "text";
 export interface OpenAiConnectionOptions {
   /** Base URL with /v1, e.g. http://127.0.0.1:8000/v1. */
   readonly baseURL: string;
-  /** API key; local servers accept anything. @defaultValue process.env[apiKeyEnv] ?? "unused" */
+  /** The API key itself (scripts and tests); configs name an environment variable instead (`apiKeyEnv`). */
   readonly apiKey?: string;
-  /** @defaultValue "OPENAI_API_KEY" */
-  readonly apiKeyEnv?: string;
+  /**
+   * Environment variable holding the API key. It must be set (non-empty) unless this is null, which declares a
+   * server that takes no key (a local vLLM, Ollama or `freshrec llm serve`): then no Authorization header is sent at
+   * all. There is no implicit keyless mode: an unset variable is a MissingApiKeyError, never a placeholder key.
+   * @defaultValue "OPENAI_API_KEY"
+   */
+  readonly apiKeyEnv?: string | null;
   /** Retries on 408/409/429/5xx and connection errors (exponential backoff). @defaultValue 5 */
   readonly maxRetries?: number;
   /** @defaultValue 60_000 */
@@ -149,6 +158,51 @@ export function writeHostedModelFile(path: string, hosted: { baseURL: string; mo
   writeFileSync(path, `${JSON.stringify({ format: HOSTED_FORMAT, backend: "openai", ...hosted }, null, 2)}\n`);
 }
 
+/** A model version's file that the openai backend cannot serve: missing, unreadable, or not a hosted-model file. */
+export class HostedModelFileError extends FreshrecError {
+  override name = "HostedModelFileError";
+  constructor(
+    readonly path: string,
+    why: string,
+    code: "NOT_FOUND" | "BAD_INPUT",
+    options?: { cause?: unknown },
+  ) {
+    super(code, `the openai backend cannot serve the model version file ${path}: ${why}`, options);
+  }
+}
+
+/**
+ * The server model a model version's file names. Strict where `hostedModelName` is lenient: the file must exist and
+ * be a hosted-model file, because serving some other model in its place would make every table and gate measure a
+ * model the registry does not say is live.
+ */
+export function readHostedModelFile(path: string): { model: string; baseURL: string | null } {
+  if (!existsSync(path)) {
+    throw new HostedModelFileError(path, "the file does not exist (moved or deleted? the model registry records it as this version's file)", "NOT_FOUND");
+  }
+  let text: string;
+  try {
+    text = readFileSync(path, "utf8");
+  } catch (error) {
+    throw new HostedModelFileError(path, `the file cannot be read (${(error as Error).message})`, "BAD_INPUT", { cause: error });
+  }
+  type HostedFile = { format?: unknown; model?: unknown; baseURL?: unknown };
+  let parsed: HostedFile | null;
+  try {
+    parsed = JSON.parse(text) as HostedFile | null;
+  } catch {
+    parsed = null;
+  }
+  if (parsed === null || typeof parsed !== "object" || parsed.format !== HOSTED_FORMAT || typeof parsed.model !== "string" || parsed.model === "") {
+    throw new HostedModelFileError(
+      path,
+      "it is not a hosted-model file (a model of another backend? with llm.backend openai a version is a model on the server; register the configured one with freshrec pretrain)",
+      "BAD_INPUT",
+    );
+  }
+  return { model: parsed.model, baseURL: typeof parsed.baseURL === "string" ? parsed.baseURL : null };
+}
+
 /** The model name a string stands for: the name inside a hosted-model file, or the string itself. */
 export function hostedModelName(pathOrName: string): string {
   if (!pathOrName.includes("/") && !pathOrName.endsWith(".json") && !pathOrName.endsWith(".gguf")) return pathOrName;
@@ -162,12 +216,59 @@ export function hostedModelName(pathOrName: string): string {
   throw new FreshrecError("BAD_INPUT", `${pathOrName} is a file but not a hosted-model file (an openai backend needs a model name)`);
 }
 
-/** The openai client for freshrec: no key needed for local servers; failures become FreshrecErrors. */
+/** The API key's environment variable is unset or empty, and the configuration did not declare a keyless server. */
+export class MissingApiKeyError extends FreshrecError {
+  override name = "MissingApiKeyError";
+  constructor(
+    /** The variable that should hold the key, or null when a keyless server was declared where a key is required. */
+    readonly variable: string | null,
+    readonly baseURL: string,
+  ) {
+    super(
+      "BAD_CONFIG",
+      variable === null
+        ? `llm.openai.apiKeyEnv is null (a server without API keys), but ${baseURL} is OpenAI's API, which always needs a key: name the environment variable holding it`
+        : `the environment variable ${variable} (llm.openai.apiKeyEnv) holding the API key for ${baseURL} is not set; set it, or set llm.openai.apiKeyEnv to null if this server takes no key`,
+    );
+  }
+}
+
+/** OpenAI's own API: it has no keyless mode, so declaring one there is a configuration mistake. */
+const isOpenAiHost = (baseURL: string): boolean => {
+  try {
+    return /(^|\.)openai\.com$/i.test(new URL(baseURL).hostname);
+  } catch {
+    return false;
+  }
+};
+
+/**
+ * The API key requests carry: `apiKey`, else the variable `apiKeyEnv` names; null for a declared keyless server
+ * (`apiKeyEnv: null`). Anything else is a MissingApiKeyError, raised before any request is made.
+ */
+export function resolveApiKey(options: OpenAiConnectionOptions): string | null {
+  if (options.apiKey !== undefined && options.apiKey !== "") return options.apiKey;
+  const variable = options.apiKeyEnv === undefined ? "OPENAI_API_KEY" : options.apiKeyEnv;
+  if (variable === null) {
+    if (isOpenAiHost(options.baseURL)) throw new MissingApiKeyError(null, options.baseURL);
+    return null;
+  }
+  const value = process.env[variable];
+  if (value === undefined || value.trim() === "") throw new MissingApiKeyError(variable, options.baseURL);
+  return value;
+}
+
+/** The openai client for freshrec: the key `resolveApiKey` finds (none for a declared keyless server). */
 export function openAiClient(options: OpenAiConnectionOptions, onHttpRequest?: () => void): OpenAI {
-  const apiKey = options.apiKey ?? process.env[options.apiKeyEnv ?? "OPENAI_API_KEY"] ?? "unused";
+  const apiKey = resolveApiKey(options);
   return new OpenAI({
     baseURL: options.baseURL,
-    apiKey,
+    // The client insists on a credential; for a keyless server the Authorization header is then removed below, so
+    // this placeholder never leaves the process.
+    apiKey: apiKey ?? "keyless",
+    // Never pick up an admin key from the environment and send it to whatever server baseURL names.
+    adminAPIKey: null,
+    ...(apiKey === null ? { defaultHeaders: { Authorization: null } } : {}),
     maxRetries: options.maxRetries ?? 5,
     timeout: options.timeoutMs ?? 60_000,
     // Counting the HTTP requests the client really sends (retries included) is how retries become visible.
