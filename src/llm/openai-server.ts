@@ -18,8 +18,13 @@
  *   - `logprobs` / `top_logprobs` (at most 20, as OpenAI): per generated token; under a constraint the probabilities
  *     are those of the constrained distribution (softmax over the allowed answers, like vLLM's processed logprobs),
  *     and the fixed JSON around an enum answer is reported as tokens of probability 1.
+ * - `POST /v1/completions` (the legacy text route, as vLLM serves it): `prompt` a string or a list of strings, each
+ *   read as plain text; `echo`, `logprobs: k` (0..20) and `max_tokens` (0 with `echo` scores the prompt without
+ *   generating). With `echo` and `logprobs`, every token of the prompt comes back with its log-probability
+ *   (`tokens`, `token_logprobs`, `top_logprobs`, `text_offset`): the probability of a whole answer written after a
+ *   prompt is the sum over its tokens, which is how the `openai` backend ranks clusters exactly.
  * - `POST /v1/files` (multipart, purpose "fine-tune" or "batch"), `GET /v1/files/{id}`, `GET /v1/files/{id}/content`.
- * - The Batch API: `POST /v1/batches` (endpoint `/v1/chat/completions`, window "24h"), `GET /v1/batches[/{id}]`,
+ * - The Batch API: `POST /v1/batches` (endpoint `/v1/chat/completions` or `/v1/completions`, window "24h"), `GET /v1/batches[/{id}]`,
  *   `POST /v1/batches/{id}/cancel`. Each line of the input file is answered as a chat completion, one batch at a
  *   time in the background; answers go to an output file and failed lines to an error file (both downloadable),
  *   with the same line format as OpenAI's (`{ id, custom_id, response: { status_code, request_id, body }, error }`).
@@ -28,6 +33,10 @@
  *   fine-tune) by the embedded trainer, one job at a time; the result is served as `ft:<model>:<suffix>:<job id>`.
  *   Training lines are chat examples `{ "messages": [..., { role: "user", content: PROMPT }, { role: "assistant",
  *   content: DESCRIPTION or {"cluster": DESCRIPTION} }] }` whose prompt follows freshrec's template.
+ *
+ * Tokens: the model's own vocabulary reads each cluster description as one token, so a first-token log-probability
+ * is already a whole answer's. `descriptionTokens: "words"` makes the server read and answer descriptions as their
+ * word tokens instead, as real tokenizers split them, for testing clients against multi-token answers.
  *
  * @example
  * const server = await startLlmServer({ modelPath: "/ws/models/m000001.gguf", dataDir: "/ws/llm-server", port: 0 });
@@ -47,7 +56,7 @@ import { loadLlamaApi } from "./engine/llama-api.js";
 import { type ModelFileInfo, readModelFile } from "./engine/model-file.js";
 import { BatchScorer } from "./engine/scorer.js";
 import { EmbeddedTrainer } from "./engine/trainer.js";
-import { BOS_ID, CLUSTER_BASE, EOS_ID } from "./engine/vocabulary.js";
+import { BOS_ID, BYTE_BASE, CLUSTER_BASE, EOS_ID, type Vocabulary, WORD_PREFIX } from "./engine/vocabulary.js";
 import { parsePrompt } from "./prompt.js";
 
 export interface LlmServerOptions {
@@ -71,16 +80,26 @@ export interface LlmServerOptions {
   readonly bodyLimitBytes?: number;
   /** Body limit of POST /v1/files (training and batch files). @defaultValue 200 MiB, OpenAI's batch file limit */
   readonly fileLimitBytes?: number;
+  /**
+   * How text is read into tokens. "cluster": each cluster description is its model's one answer token, as the model
+   * was trained. "words": descriptions are read and answered as their separate word tokens, the way a general-purpose
+   * tokenizer splits them ("comedy, drama" and "comedy, horror" share their first token), so a client's ranking can
+   * be tested against multi-token answers with shared prefixes over real HTTP. Fine-tuning is the same in both.
+   * @defaultValue "cluster"
+   */
+  readonly descriptionTokens?: DescriptionTokens;
   /** @defaultValue the system clock */
   readonly clock?: Clock;
 }
+
+export type DescriptionTokens = "cluster" | "words";
 
 export interface RunningLlmServer {
   readonly url: string;
   readonly port: number;
   readonly app: FastifyInstance;
   /** Counters: chat completions answered, by kind. */
-  readonly stats: { completions: number; constrained: number; unconstrained: number };
+  readonly stats: { completions: number; constrained: number; unconstrained: number; textCompletions: number };
   /** Waits for running fine-tuning jobs to be cancelled, closes the models and the HTTP server. */
   close(): Promise<void>;
 }
@@ -196,7 +215,7 @@ interface Job {
 
 const batchBodySchema = z.looseObject({
   input_file_id: z.string().min(1),
-  endpoint: z.literal("/v1/chat/completions"),
+  endpoint: z.enum(["/v1/chat/completions", "/v1/completions"]),
   completion_window: z.literal("24h"),
   metadata: z.record(z.string(), z.string()).nullable().optional(),
 });
@@ -299,7 +318,8 @@ export async function startLlmServer(options: LlmServerOptions): Promise<Running
   };
   const files = new Map<string, FileRecord>();
   const jobs = new Map<string, Job>();
-  const stats = { completions: 0, constrained: 0, unconstrained: 0 };
+  const stats = { completions: 0, constrained: 0, unconstrained: 0, textCompletions: 0 };
+  const descriptionTokens = options.descriptionTokens ?? "cluster";
   const maxLoaded = options.loadedModels ?? 2;
   let useCounter = 0;
   // Scoring calls are serialised per scorer (BatchScorer does it); loading and closing go through this chain so a
@@ -377,7 +397,7 @@ export async function startLlmServer(options: LlmServerOptions): Promise<Running
     if (body.n !== undefined && body.n !== null && body.n !== 1) throw new ApiError(400, "n: only n = 1 is supported", "n");
     const prompt = promptText(body);
     return withModel(body.model, async (m) => {
-      const answer = await complete(m.info, m.scorer, body, prompt);
+      const answer = await complete(m.info, m.scorer, body, prompt, descriptionTokens);
       stats.completions++;
       if (answer.constrained) stats.constrained++;
       else stats.unconstrained++;
@@ -400,6 +420,32 @@ export async function startLlmServer(options: LlmServerOptions): Promise<Running
     });
   };
   app.post("/v1/chat/completions", async (request) => chatCompletion(request.body));
+
+  /** One legacy text completion (`completeText` says what it computes): the route's answer, and a batch line's. */
+  const textCompletion = async (raw: unknown) => {
+    const body = parseBody(completionBodySchema, raw);
+    if (body.stream) throw new ApiError(400, "stream: streaming is not supported by this server", "stream");
+    if (body.n !== undefined && body.n !== null && body.n !== 1) throw new ApiError(400, "n: only n = 1 is supported", "n");
+    if (body.best_of !== undefined && body.best_of !== null && body.best_of !== 1) throw new ApiError(400, "best_of: only best_of = 1 is supported", "best_of");
+    if (body.suffix) throw new ApiError(400, "suffix: insertion is not supported", "suffix");
+    if (body.stop !== undefined && body.stop !== null && body.stop.length > 0) throw new ApiError(400, "stop: stop sequences are not supported (generation ends at end of sequence or max_tokens)", "stop");
+    return withModel(body.model, async (m) => {
+      const choices = await completeText(m.info, m.scorer, body, descriptionTokens);
+      stats.textCompletions++;
+      const promptTokens = choices.reduce((n, c) => n + c.promptTokens, 0);
+      const completionTokens = choices.reduce((n, c) => n + c.completionTokens, 0);
+      return {
+        id: `cmpl-${randomUUID()}`,
+        object: "text_completion",
+        created: nowSeconds(),
+        model: m.id,
+        system_fingerprint: `freshrec-${m.info.vocabularyHash}`,
+        choices: choices.map((c, index) => ({ index, text: c.text, logprobs: c.logprobs, finish_reason: c.finish })),
+        usage: { prompt_tokens: promptTokens, completion_tokens: completionTokens, total_tokens: promptTokens + completionTokens },
+      };
+    });
+  };
+  app.post("/v1/completions", async (request) => textCompletion(request.body));
 
   const fileObject = (f: FileRecord) => ({ id: f.id, object: "file", bytes: f.bytes, created_at: f.created_at, filename: f.filename, purpose: f.purpose, status: "processed" });
   // Batch input files run to hundreds of MB (OpenAI takes up to 200 MB): this route has its own body limit.
@@ -482,7 +528,7 @@ export async function startLlmServer(options: LlmServerOptions): Promise<Running
       if (cancelRequested(b)) break;
       const id = `batch_req_${randomUUID().replace(/-/g, "").slice(0, 24)}`;
       try {
-        const response = await chatCompletion(line.body);
+        const response = await (b.endpoint === "/v1/completions" ? textCompletion(line.body) : chatCompletion(line.body));
         output.push(JSON.stringify({ id, custom_id: line.custom_id, response: { status_code: 200, request_id: id, body: response }, error: null }));
         b.request_counts.completed++;
       } catch (error) {
@@ -814,58 +860,77 @@ function topIndices(values: Float64Array, n: number): number[] {
   return [...values.keys()].sort((a, b) => values[b] - values[a] || a - b).slice(0, n);
 }
 
-async function complete(info: ModelFileInfo, scorer: BatchScorer, body: ChatBody, text: string): Promise<Completion> {
-  const vocab = info.vocabulary;
-  const prompt = [BOS_ID, ...vocab.encode(text)];
-  if (prompt.length > MAX_PROMPT_TOKENS) throw new ApiError(400, `messages: the prompt has ${prompt.length} tokens, more than this server's ${MAX_PROMPT_TOKENS}`, "messages");
-  const topK = body.logprobs ? (body.top_logprobs ?? 0) : 0;
-  const constraint = constraintOf(body);
-  const pieceOf = (token: number) => vocab.decode([token]);
-  if (constraint) {
-    // Each cluster is one answer token, so greedy decoding under an enum of descriptions is the best allowed token.
-    const idOf = new Map([...vocab.descriptions].map(([id, d]) => [d, id]));
-    const tokens = constraint.choices.map((choice, k) => {
-      const id = idOf.get(choice);
-      if (id === undefined) throw new ApiError(400, `enum member ${k} (${JSON.stringify(choice)}) is not a cluster description of this model`, "response_format");
-      return vocab.clusterToken(id);
-    });
-    const row = await scorer.score([prompt]);
-    const logps = logSoftmax(row, tokens);
-    const order = topIndices(logps, Math.max(1, topK));
-    const best = order[0];
-    const answer = constraint.choices[best];
-    const answerToken: TokenLogprob = {
-      token: answer,
-      logprob: logps[best],
-      bytes: bytesOf(answer),
-      top_logprobs: order.slice(0, topK).map((k) => ({ token: constraint.choices[k], logprob: logps[k], bytes: bytesOf(constraint.choices[k]) })),
-    };
-    const logprobs = [...(constraint.prefix ? [fixedToken(constraint.prefix)] : []), answerToken, ...(constraint.suffix ? [fixedToken(constraint.suffix)] : [])];
-    return {
-      content: `${constraint.prefix}${constraint.prefix ? JSON.stringify(answer).slice(1, -1) : answer}${constraint.suffix}`,
-      constrained: true,
-      finish: "stop",
-      promptTokens: prompt.length,
-      completionTokens: logprobs.length,
-      logprobs,
-    };
+/**
+ * The tokens the server can emit, end of sequence first: every token but `<unk>` and `<s>`. Unconstrained
+ * generation samples from the softmax over these, and the log-probabilities of echoed text are taken over the same
+ * set, so both routes report one distribution.
+ */
+function emittable(vocab: Vocabulary): number[] {
+  const ids: number[] = [EOS_ID];
+  for (let t = BYTE_BASE; t < vocab.size; t++) ids.push(t);
+  return ids;
+}
+/** Position of a token in `emittable`'s list. */
+const emittableIndex = (token: number): number => (token === EOS_ID ? 0 : token >= BYTE_BASE ? token - BYTE_BASE + 1 : -1);
+
+/** How text becomes tokens: descriptions as their cluster token, or (descriptionTokens "words") as their words. */
+const encodeText = (vocab: Vocabulary, text: string, mode: DescriptionTokens): number[] => vocab.encode(text, { phrases: mode === "cluster" });
+
+/**
+ * Each token of `ids` (vocab.encode of `text`, word-level) with the stretch of `text` it stands for, the whitespace
+ * before it included, so the pieces concatenate to the text and `offset` is where each begins (OpenAI's
+ * `text_offset`). A word spelled in byte tokens is given whole to its first byte token; the others are empty.
+ */
+function tokenSpans(vocab: Vocabulary, text: string, ids: readonly number[]): { text: string; offset: number }[] {
+  const words = [...text.matchAll(/\S+/g)].map((m) => ({ word: m[0], end: m.index + m[0].length }));
+  const out: { text: string; offset: number }[] = [];
+  let w = 0;
+  let at = 0;
+  const take = (count: number) => {
+    const last = words[Math.min(w + count, words.length) - 1];
+    w += count;
+    const span = { text: text.slice(at, last.end), offset: at };
+    at = last.end;
+    return span;
+  };
+  for (let i = 0; i < ids.length; ) {
+    const id = ids[i];
+    if (id >= BYTE_BASE && id < CLUSTER_BASE) {
+      const bytes = Buffer.byteLength(WORD_PREFIX + words[w].word);
+      out.push(take(1));
+      for (let k = 1; k < bytes; k++) out.push({ text: "", offset: at });
+      i += bytes;
+      continue;
+    }
+    const cluster = vocab.clusterOfToken(id);
+    out.push(take(cluster === undefined ? 1 : (vocab.descriptions.get(cluster) ?? "").trim().split(/\s+/).length));
+    i++;
   }
-  // Unconstrained: token by token over the whole vocabulary (specials other than end of sequence left out).
-  const maxNew = Math.min(body.max_completion_tokens ?? body.max_tokens ?? 16, MAX_NEW_TOKENS);
-  const temperature = body.temperature ?? 1;
-  const random = seededRandom((body.seed ?? 0) >>> 0 || 1);
-  const allowed: number[] = [EOS_ID];
-  for (let t = CLUSTER_BASE - 256; t < vocab.size; t++) allowed.push(t);
+  return out;
+}
+
+/**
+ * Unconstrained generation over `emittable` tokens: greedy at temperature 0, else sampled with `seed`, until end of
+ * sequence or `maxNew` tokens. `piece(token, index)` is how token `index` of the answer is written.
+ */
+async function generateFree(
+  vocab: Vocabulary,
+  scorer: BatchScorer,
+  prompt: readonly number[],
+  options: { maxNew: number; temperature: number; seed: number; topK: number; piece: (token: number, index: number) => string },
+): Promise<{ tokens: number[]; logprobs: TokenLogprob[]; finish: "stop" | "length" }> {
+  const random = seededRandom(options.seed >>> 0 || 1);
+  const allowed = emittable(vocab);
   const generated: number[] = [];
   const logprobs: TokenLogprob[] = [];
   let finish: "stop" | "length" = "length";
-  while (generated.length < maxNew) {
+  while (generated.length < options.maxNew) {
     const row = await scorer.score([[...prompt, ...generated]]);
     const logps = logSoftmax(row, allowed);
     let pick: number;
-    if (temperature === 0) pick = topIndices(logps, 1)[0];
+    if (options.temperature === 0) pick = topIndices(logps, 1)[0];
     else {
-      const scaled = logSoftmax(row, allowed, temperature);
+      const scaled = logSoftmax(row, allowed, options.temperature);
       let u = random();
       pick = scaled.length - 1;
       for (let k = 0; k < scaled.length; k++) {
@@ -881,26 +946,214 @@ async function complete(info: ModelFileInfo, scorer: BatchScorer, body: ChatBody
       finish = "stop";
       break;
     }
+    const index = generated.length;
     generated.push(token);
-    const piece = (generated.length > 1 ? " " : "") + pieceOf(token);
+    const piece = options.piece(token, index);
     logprobs.push({
       token: piece,
       logprob: logps[pick],
       bytes: bytesOf(piece),
-      top_logprobs: topIndices(logps, topK).map((k) => {
-        const alt = allowed[k] === EOS_ID ? "" : (generated.length > 1 ? " " : "") + pieceOf(allowed[k]);
+      top_logprobs: topIndices(logps, options.topK).map((k) => {
+        const alt = allowed[k] === EOS_ID ? "" : options.piece(allowed[k], index);
         return { token: alt, logprob: logps[k], bytes: bytesOf(alt) };
       }),
     });
   }
+  return { tokens: generated, logprobs, finish };
+}
+
+interface TrieNode {
+  readonly children: Map<number, TrieNode>;
+  /** The choice whose tokens end here, if any. */
+  end: number | null;
+}
+
+async function complete(info: ModelFileInfo, scorer: BatchScorer, body: ChatBody, text: string, mode: DescriptionTokens): Promise<Completion> {
+  const vocab = info.vocabulary;
+  const prompt = [BOS_ID, ...encodeText(vocab, text, mode)];
+  if (prompt.length > MAX_PROMPT_TOKENS) throw new ApiError(400, `messages: the prompt has ${prompt.length} tokens, more than this server's ${MAX_PROMPT_TOKENS}`, "messages");
+  const topK = body.logprobs ? (body.top_logprobs ?? 0) : 0;
+  const constraint = constraintOf(body);
+  const pieceOf = (token: number) => vocab.decode([token]);
+  if (constraint) {
+    const idOf = new Map([...vocab.descriptions].map(([id, d]) => [d, id]));
+    constraint.choices.forEach((choice, k) => {
+      if (!idOf.has(choice)) throw new ApiError(400, `enum member ${k} (${JSON.stringify(choice)}) is not a cluster description of this model`, "response_format");
+    });
+    const escape = (piece: string) => (constraint.prefix ? JSON.stringify(piece).slice(1, -1) : piece);
+    const wrap = (answer: string, logprobs: TokenLogprob[]): Completion => {
+      const all = [...(constraint.prefix ? [fixedToken(constraint.prefix)] : []), ...logprobs, ...(constraint.suffix ? [fixedToken(constraint.suffix)] : [])];
+      return { content: `${constraint.prefix}${escape(answer)}${constraint.suffix}`, constrained: true, finish: "stop", promptTokens: prompt.length, completionTokens: all.length, logprobs: all };
+    };
+    if (mode === "cluster") {
+      // Each cluster is one answer token, so greedy decoding under an enum of descriptions is the best allowed token.
+      const tokens = constraint.choices.map((choice) => vocab.clusterToken(idOf.get(choice)!));
+      const row = await scorer.score([prompt]);
+      const logps = logSoftmax(row, tokens);
+      const order = topIndices(logps, Math.max(1, topK));
+      const best = order[0];
+      const answer = constraint.choices[best];
+      return wrap(answer, [
+        {
+          token: escape(answer),
+          logprob: logps[best],
+          bytes: bytesOf(escape(answer)),
+          top_logprobs: order.slice(0, topK).map((k) => ({ token: escape(constraint.choices[k]), logprob: logps[k], bytes: bytesOf(escape(constraint.choices[k])) })),
+        },
+      ]);
+    }
+    // Descriptions as words: greedy decoding through the trie of the choices' word tokens, each step a softmax over
+    // the tokens that continue some choice (and end of sequence where a choice is complete), like a grammar-
+    // constrained server's processed logprobs. Choices sharing first words share those steps.
+    const root: TrieNode = { children: new Map(), end: null };
+    constraint.choices.forEach((choice, k) => {
+      let node = root;
+      for (const t of vocab.encode(choice, { phrases: false })) {
+        let child = node.children.get(t);
+        if (!child) node.children.set(t, (child = { children: new Map(), end: null }));
+        node = child;
+      }
+      node.end ??= k;
+    });
+    const generated: number[] = [];
+    const logprobs: TokenLogprob[] = [];
+    let node = root;
+    for (;;) {
+      const options = [...node.children.keys()];
+      if (node.end !== null) options.push(EOS_ID);
+      const row = await scorer.score([[...prompt, ...generated]]);
+      const logps = logSoftmax(row, options);
+      const order = topIndices(logps, Math.max(1, topK));
+      const piece = (token: number) => (token === EOS_ID ? "" : escape((generated.length > 0 ? " " : "") + pieceOf(token)));
+      const best = options[order[0]];
+      if (best === EOS_ID) break;
+      logprobs.push({
+        token: piece(best),
+        logprob: logps[order[0]],
+        bytes: bytesOf(piece(best)),
+        top_logprobs: order.slice(0, topK).map((k) => ({ token: piece(options[k]), logprob: logps[k], bytes: bytesOf(piece(options[k])) })),
+      });
+      generated.push(best);
+      node = node.children.get(best)!;
+      if (node.children.size === 0) break;
+    }
+    return wrap(constraint.choices[node.end!], logprobs);
+  }
+  // Unconstrained: token by token over the whole vocabulary (specials other than end of sequence left out).
+  const free = await generateFree(vocab, scorer, prompt, {
+    maxNew: Math.min(body.max_completion_tokens ?? body.max_tokens ?? 16, MAX_NEW_TOKENS),
+    temperature: body.temperature ?? 1,
+    seed: body.seed ?? 0,
+    topK,
+    piece: (token, index) => (index > 0 ? " " : "") + pieceOf(token),
+  });
   return {
-    content: vocab.decode(generated),
+    content: vocab.decode(free.tokens),
     constrained: false,
-    finish,
+    finish: free.finish,
     promptTokens: prompt.length,
-    completionTokens: generated.length,
-    logprobs,
+    completionTokens: free.tokens.length,
+    logprobs: free.logprobs,
   };
+}
+
+const completionBodySchema = z.looseObject({
+  model: z.string().min(1),
+  prompt: z.union([z.string(), z.array(z.string()).min(1).max(4096)], { error: "expected a string or an array of strings (token arrays are not supported)" }),
+  echo: z.boolean().nullable().optional(),
+  // OpenAI allows up to 5 alternatives here; vLLM allows 20, and so does this server.
+  logprobs: z.number().int().min(0).max(20).nullable().optional(),
+  max_tokens: z.number().int().min(0).nullable().optional(),
+  temperature: z.number().min(0).max(2).nullable().optional(),
+  seed: z.number().int().nullable().optional(),
+  n: z.number().int().nullable().optional(),
+  best_of: z.number().int().nullable().optional(),
+  stream: z.boolean().nullable().optional(),
+  suffix: z.string().nullable().optional(),
+  stop: z.union([z.string(), z.array(z.string())]).nullable().optional(),
+});
+type CompletionBody = z.infer<typeof completionBodySchema>;
+
+interface TextChoice {
+  readonly text: string;
+  readonly finish: "stop" | "length";
+  readonly promptTokens: number;
+  readonly completionTokens: number;
+  readonly logprobs: { tokens: string[]; token_logprobs: number[]; top_logprobs: Record<string, number>[]; text_offset: number[] } | null;
+}
+
+/**
+ * The legacy completions route over the embedded model, OpenAI's semantics: each prompt is read as plain text after
+ * `<s>` (no chat template: the model knows one task), `echo` returns the prompt's tokens too, `max_tokens` 0 with
+ * `echo` scores the prompt without generating, and `logprobs: k` gives every returned token's log-probability
+ * (over `emittable`, the first text token conditioned on `<s>`) with the k best alternatives and the token itself.
+ * The prompts of one request are scored together: their shared prefixes (the same prompt before different answers)
+ * are evaluated once.
+ */
+async function completeText(info: ModelFileInfo, scorer: BatchScorer, body: CompletionBody, mode: DescriptionTokens): Promise<TextChoice[]> {
+  const vocab = info.vocabulary;
+  const texts = typeof body.prompt === "string" ? [body.prompt] : body.prompt;
+  const echo = body.echo ?? false;
+  const topK = body.logprobs ?? null;
+  const maxNew = Math.min(body.max_tokens ?? 16, MAX_NEW_TOKENS);
+  const allowed = emittable(vocab);
+  const encoded = texts.map((text, i) => {
+    const ids = encodeText(vocab, text, mode);
+    if (ids.length === 0) throw new ApiError(400, `prompt${texts.length > 1 ? `.${i}` : ""}: empty (there is no text to complete)`, "prompt");
+    if (ids.length + 1 > MAX_PROMPT_TOKENS) throw new ApiError(400, `prompt${texts.length > 1 ? `.${i}` : ""}: ${ids.length + 1} tokens, more than this server's ${MAX_PROMPT_TOKENS}`, "prompt");
+    return { text, ids, full: [BOS_ID, ...ids] };
+  });
+  // The next-token distribution after every prefix an echo needs, each distinct prefix scored once.
+  const rows = new Map<string, Float64Array>();
+  if (echo && topK !== null) {
+    const wanted = new Map<string, number[]>();
+    for (const e of encoded) for (let i = 1; i < e.full.length; i++) wanted.set(e.full.slice(0, i).join(","), e.full.slice(0, i));
+    const prefixes = [...wanted.values()];
+    const logits = await scorer.score(prefixes);
+    prefixes.forEach((p, k) => rows.set(p.join(","), logSoftmax(logits.subarray(k * vocab.size, (k + 1) * vocab.size), allowed)));
+  }
+  const pieceOf = (token: number) => vocab.decode([token]);
+  const out: TextChoice[] = [];
+  for (const e of encoded) {
+    const tokens: string[] = [];
+    const tokenLogprobs: number[] = [];
+    const top: Record<string, number>[] = [];
+    const offsets: number[] = [];
+    if (echo && topK !== null) {
+      tokenSpans(vocab, e.text, e.ids).forEach((span, i) => {
+        const logps = rows.get(e.full.slice(0, i + 1).join(","))!;
+        const k = emittableIndex(e.ids[i]);
+        const alternatives: Record<string, number> = {};
+        for (const j of topIndices(logps, topK)) alternatives[allowed[j] === EOS_ID ? "" : pieceOf(allowed[j])] = logps[j];
+        alternatives[span.text] = logps[k];
+        tokens.push(span.text);
+        tokenLogprobs.push(logps[k]);
+        top.push(alternatives);
+        offsets.push(span.offset);
+      });
+    }
+    const free =
+      maxNew > 0
+        ? await generateFree(vocab, scorer, e.full, { maxNew, temperature: body.temperature ?? 1, seed: body.seed ?? 0, topK: topK ?? 0, piece: (token) => ` ${pieceOf(token)}` })
+        : { tokens: [], logprobs: [], finish: "length" as const };
+    const head = echo ? e.text : "";
+    let at = head.length;
+    for (const t of free.logprobs) {
+      tokens.push(t.token);
+      tokenLogprobs.push(t.logprob);
+      top.push(Object.fromEntries([...t.top_logprobs.map((a) => [a.token, a.logprob] as const), [t.token, t.logprob] as const]));
+      offsets.push(at);
+      at += t.token.length;
+    }
+    out.push({
+      text: head + free.logprobs.map((t) => t.token).join(""),
+      finish: free.finish,
+      promptTokens: e.full.length,
+      completionTokens: free.tokens.length,
+      logprobs: topK === null ? null : { tokens, token_logprobs: tokenLogprobs, top_logprobs: top, text_offset: offsets },
+    });
+  }
+  return out;
 }
 
 /**
