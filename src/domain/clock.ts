@@ -41,7 +41,7 @@ export function elapsedSeconds(startHr: bigint): number {
 
 /**
  * Parses a user-given time: ISO-8601, or unix seconds / milliseconds (a bare number; values below 1e11 are
- * seconds). Returns NaN when the text is no time.
+ * seconds). Returns NaN when the text is no time, including a date the calendar does not have (`calendarProblem`).
  */
 export function parseTime(text: string): number {
   const t = text.trim();
@@ -54,5 +54,24 @@ export function parseTime(text: string): number {
   // results depend on the machine: treat it as UTC.
   const withZone = /T\d{2}:\d{2}(:\d{2}(\.\d+)?)?$/.test(t) ? `${t}Z` : t;
   if (!/^\d{4}-\d{2}-\d{2}/.test(withZone)) return Number.NaN;
+  if (calendarProblem(t) !== null) return Number.NaN;
   return Date.parse(withZone);
+}
+
+const MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"];
+
+/**
+ * Why the date an ISO-8601 text starts with is not in the calendar ("February 2025 has 28 days"), or null.
+ * Date.parse rolls a day past the month's end over into the next month (2025-02-30 becomes March 2nd), so a
+ * mistyped date would otherwise be taken as another day.
+ */
+export function calendarProblem(text: string): string | null {
+  const m = /^(\d{4})-(\d{2})-(\d{2})/.exec(text.trim());
+  if (!m) return null;
+  const [year, month, day] = [Number(m[1]), Number(m[2]), Number(m[3])];
+  if (month < 1 || month > 12) return `there is no month ${m[2]}`;
+  const leap = (year % 4 === 0 && year % 100 !== 0) || year % 400 === 0;
+  const days = month === 2 ? (leap ? 29 : 28) : [4, 6, 9, 11].includes(month) ? 30 : 31;
+  if (day < 1 || day > days) return `${MONTHS[month - 1]} ${m[1]} has ${days} days`;
+  return null;
 }

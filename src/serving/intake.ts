@@ -2,7 +2,8 @@
  * Event intake (POST /v1/events): a batch of events, validated, written to the event store in one transaction (all
  * or nothing) so the next RAG refresh counts them, and applied to the in-memory user state.
  *
- * - Validation: every event must parse (zod), its time must be a time and not later than the server clock's now plus
+ * - Validation: every event must parse (zod) and pass the rules `freshrec ingest` applies (../data/ingest/event-fields.ts:
+ *   ids, a time the calendar has, an engagement float32 can hold, text that was UTF-8), and its time must not be later than the server clock's now plus
  *   `futureToleranceMs` (one event from a client whose clock runs years ahead would otherwise become the store's
  *   newest event: the grounding and cold-start windows, the last days before it, would hold nothing, and the CLI's
  *   default as-of, min(now, newest + 1), would jump to the wall clock). A failure
@@ -24,8 +25,8 @@
 import { createHash } from "node:crypto";
 import { z } from "zod";
 import { eventBatchFromEvents, type EventStore } from "../data/event-store.js";
-import { MAX_ID_LENGTH } from "../data/ingest/event-fields.js";
-import { DAY_MS, parseTime } from "../domain/clock.js";
+import { eventEngagement, eventTime, idProblem, MAX_ID_LENGTH } from "../data/ingest/event-fields.js";
+import { DAY_MS } from "../domain/clock.js";
 import { ConfigError } from "../domain/errors.js";
 import type { EngagementEvent } from "../domain/types.js";
 import type { Catalog } from "./catalog.js";
@@ -34,8 +35,6 @@ import type { AttributableEvent } from "./experiments/log.js";
 import type { StoreQueue } from "./store-queue.js";
 import type { UserIndex } from "./users.js";
 
-/** Latest time an event may carry (far beyond anything real; keeps timestamps inside DuckDB's range). */
-const MAX_TS = Date.UTC(9999, 0, 1);
 const KEY_TTL_MS = 7 * 86_400_000;
 /**
  * How far past the server's now an event's time may be by default: generous for client clocks that drift or sit in
@@ -50,7 +49,11 @@ export const intakeEventSchema = z
     ts: z
       .union([z.number(), z.string().min(1)])
       .describe("When: ISO-8601 (a date-time without zone is UTC), or unix milliseconds (or seconds, below 1e11)."),
-    engagement: z.number().nullable().optional().describe("The engagement signal (rating, watch fraction...); absent or null = engaged."),
+    engagement: z
+      .number()
+      .nullable()
+      .optional()
+      .describe("The engagement signal (rating, watch fraction...); absent or null = engaged. Stored as float32: a value it cannot hold (beyond ±3.4e38, or so small it would be 0) is refused."),
     feedback: z
       .literal("negative")
       .optional()
@@ -220,23 +223,35 @@ export class EventIntake {
     const fields = intakeEventSchema.shape;
     const e = raw as Record<string, unknown>;
     const before = issues.length;
+    const userId = fields.userId.safeParse(e.userId);
+    const badUser = userId.success ? idProblem(userId.data) : null;
+    if (badUser !== null) issues.push({ index, field: "userId", message: badUser });
     let ts = Number.NaN;
     const given = fields.ts.safeParse(e.ts);
     if (given.success) {
-      ts = parseTime(String(given.data));
-      if (!Number.isFinite(ts) || ts < 0 || ts >= MAX_TS) issues.push({ index, field: "ts", message: `${JSON.stringify(given.data)} is not a time (ISO-8601 or unix ms/s)` });
-      else if (ts > now + this.futureToleranceMs) issues.push({ index, field: "ts", message: futureMessage(given.data, ts, now, this.futureToleranceMs) });
+      const time = eventTime(given.data);
+      if (typeof time !== "number") issues.push({ index, field: "ts", message: time.problem });
+      else if (time > now + this.futureToleranceMs) issues.push({ index, field: "ts", message: futureMessage(given.data, time, now, this.futureToleranceMs) });
+      else ts = time;
     }
     const itemId = fields.itemId.safeParse(e.itemId);
+    const badItem = itemId.success ? idProblem(itemId.data) : null;
     let unknownItem = false;
-    if (itemId.success && !this.options.catalog.itemIndex.has(itemId.data)) {
+    if (badItem !== null) issues.push({ index, field: "itemId", message: badItem });
+    else if (itemId.success && !this.options.catalog.itemIndex.has(itemId.data)) {
       if (this.options.unknownItems === "reject") issues.push({ index, field: "itemId", message: `item ${JSON.stringify(itemId.data)} is not in the catalog` });
       else unknownItem = true;
     }
-    if (issues.length > before || !itemId.success) return null;
+    const rawEngagement = fields.engagement.safeParse(e.engagement);
+    const engagement = rawEngagement.success ? eventEngagement(rawEngagement.data) : null;
+    if (engagement !== null && typeof engagement !== "number") issues.push({ index, field: "engagement", message: engagement.problem });
+    if (issues.length > before || !itemId.success || !userId.success) return null;
     if (unknownItem) return "unknown-item";
-    const engagement = typeof e.engagement === "number" ? { engagement: e.engagement } : {};
-    return { index, event: { userId: String(e.userId), itemId: itemId.data, ts, ...engagement }, negative: e.feedback === "negative" };
+    return {
+      index,
+      event: { userId: userId.data, itemId: itemId.data, ts, ...(typeof engagement === "number" ? { engagement } : {}) },
+      negative: e.feedback === "negative",
+    };
   }
 }
 

@@ -7,6 +7,7 @@
 import { randomUUID } from "node:crypto";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import type { z } from "zod";
+import { decodeUtf8KeepingErrors } from "../data/ingest/event-fields.js";
 import { BadInputError } from "../domain/errors.js";
 import { HttpError, errorBody, toHttpError } from "./errors.js";
 import { analyzeExperiment, renderExperimentTable } from "./experiments/analysis.js";
@@ -124,6 +125,12 @@ export function registerRoutes(app: FastifyInstance, state: ServingState): Route
   // received string" although the problem is the media type: without the parser, every body that is not
   // application/json is a 415 naming the type to send, as XML and form bodies already were.
   app.removeContentTypeParser("text/plain");
+  // Fastify decodes a JSON body with U+FFFD for bytes that are not UTF-8, so an id sent in another encoding would be
+  // stored mangled where `freshrec ingest` refuses the row. Decoded keeping such bytes (as lone surrogates), the
+  // intake's rules refuse them in the field they sit in. Parsing stays Fastify's (prototype-poisoning checks).
+  const parseJson = app.getDefaultJsonParser("error", "error") as (request: FastifyRequest, body: string, done: (error: Error | null, value?: unknown) => void) => void;
+  app.removeContentTypeParser("application/json");
+  app.addContentTypeParser("application/json", { parseAs: "buffer" }, (request, body, done) => parseJson(request, decodeUtf8KeepingErrors(body as Buffer), done));
   app.setErrorHandler((error, request, reply) => replyWithError(state, error, request, reply));
   app.setNotFoundHandler((request, reply) => {
     const e = new HttpError("NOT_FOUND", `no route ${request.method} ${request.url.split("?")[0]} (see /openapi.json)`);

@@ -2,10 +2,10 @@
  * Validation of input records into clusters, items and events. One set of rules for every source (generic
  * files and the MovieLens adapter), so a bad row is judged the same wherever it comes from.
  */
-import { parseTime } from "../../domain/clock.js";
 import type { RowProblem } from "../../domain/errors.js";
 import type { Cluster, Item } from "../../domain/types.js";
 import { dictionaryIndex, type EventBatch, type EventChunk } from "../event-store.js";
+import { eventEngagement, eventTime, idProblem } from "./event-fields.js";
 import type { FieldValue, InputRecord } from "./records.js";
 
 export interface ParsedFile {
@@ -19,16 +19,6 @@ function text(value: FieldValue | undefined): string | null {
   if (value === null || value === undefined) return null;
   const s = value instanceof Date ? value.toISOString() : String(value).trim();
   return s === "" ? null : s;
-}
-
-const MIN_TS = 0; // 1970-01-01
-const MAX_TS = Date.UTC(2200, 0, 1);
-
-function timestamp(value: FieldValue | undefined): number {
-  if (value instanceof Date) return value.getTime();
-  if (typeof value === "number") return Math.abs(value) < 1e11 ? Math.round(value * 1000) : Math.round(value);
-  const s = text(value);
-  return s === null ? Number.NaN : parseTime(s);
 }
 
 /** Visits the readable records of a file, collecting problems for those that are not. */
@@ -118,6 +108,7 @@ export class EventColumnsBuilder {
   }
 }
 
+/** Events of a file, judged by the rules POST /v1/events applies too (./event-fields.ts). */
 export function parseEvents(
   file: string,
   records: readonly InputRecord[],
@@ -125,23 +116,17 @@ export function parseEvents(
   into: EventColumnsBuilder,
 ): ParsedFile {
   return eachRecord(file, records, (r, problem) => {
-    const userId = text(r.values.user_id);
-    const itemId = text(r.values.item_id);
-    if (userId === null) return problem("user_id", "missing");
-    if (itemId === null) return problem("item_id", "missing");
-    const rawTs = r.values.ts;
-    if (text(rawTs) === null) return problem("ts", "missing");
-    const ts = timestamp(rawTs);
-    if (!Number.isFinite(ts) || ts < MIN_TS || ts >= MAX_TS) {
-      return problem("ts", `bad timestamp ${JSON.stringify(rawTs instanceof Date ? rawTs.toISOString() : rawTs)} (ISO-8601 or unix seconds/milliseconds)`);
-    }
-    let engagement = Number.NaN;
-    const rawEngagement = text(r.values.engagement);
-    if (rawEngagement !== null) {
-      engagement = Number(rawEngagement);
-      if (!Number.isFinite(engagement)) return problem("engagement", `not a number: ${JSON.stringify(rawEngagement)}`);
-    }
+    const userId = text(r.values.user_id) ?? "";
+    const itemId = text(r.values.item_id) ?? "";
+    const badUser = idProblem(userId);
+    if (badUser !== null) return problem("user_id", badUser);
+    const badItem = idProblem(itemId);
+    if (badItem !== null) return problem("item_id", badItem);
+    const ts = eventTime(r.values.ts);
+    if (typeof ts !== "number") return problem("ts", ts.problem);
+    const engagement = eventEngagement(r.values.engagement);
+    if (engagement !== null && typeof engagement !== "number") return problem("engagement", engagement.problem);
     if (!knownItems.has(itemId)) return problem("item_id", `unknown item ${JSON.stringify(itemId)}`);
-    into.push(userId, itemId, ts, engagement);
+    into.push(userId, itemId, ts, engagement ?? Number.NaN);
   });
 }
