@@ -4,12 +4,19 @@
  *
  * - **Generation:** greedy, under a GBNF grammar whose only sentences are the cluster descriptions (an optional
  *   leading space first, as tokenizers put words after a space); the text maps back to a cluster by exact match.
- * - **Scoring (top-n):** each candidate description's log-probability as the continuation of the prompt,
- *   log P(" " + description | prompt) = the sum of its tokens' log-probabilities, then a softmax over the allowed
- *   candidates (the history's clusters left out). Candidates are walked as a token trie, so a token prefix shared by
- *   several descriptions (and the prompt itself) is evaluated once per prompt; the prompt is evaluated from an empty
- *   context every time, so a prompt's scores never depend on what was scored before it. Longer descriptions are not
- *   normalised by length: the probability of the whole answer is what generation would follow.
+ * - **Scoring (top-n):** each candidate's whole answer. Every candidate's full text, prompt + " " + description, is
+ *   tokenized as the model reads it; the tokens all candidates share (the prompt, and any first answer tokens common
+ *   to all) are evaluated once, and a candidate's score is the sum of the log-probabilities of its tokens after
+ *   them, so log P(text) up to a constant shared by all candidates. Descriptions of several tokens and descriptions
+ *   sharing first tokens each get the probability of their whole text, and where the tokenizer merges the prompt's
+ *   end into the answer the sums simply start at the first token that differs. When one description's tokens begin
+ *   another's ("documentary" / "documentary nature"), the text alone would credit the shorter with the longer one's
+ *   probability, so every candidate is then scored with the model's end-of-sequence token after it (the answer and
+ *   nothing more). Then a softmax over the allowed candidates (the history's clusters left out). Candidates are
+ *   walked as a token trie, so a prefix shared by several is evaluated once per prompt; the prompt is evaluated from
+ *   an empty context every time, so a prompt's scores never depend on what was scored before it. Longer
+ *   descriptions are not normalised by length: the probability of the whole answer is what generation would follow.
+ *   `info.ranking` reports the method.
  * - One context with one sequence and `threads: 1` (ENGINE-NOTES.md: two threads were 3-27x slower on 2 cores;
  *   multi-sequence probability maps were unreliable), calls serialised. Scale out with processes.
  * - LoRA adapters (`loraAdapters`) are applied to the context: a fine-tune delivered as an adapter file is a new
@@ -62,7 +69,7 @@ interface TrieNode {
 }
 
 export class GgufLanguageModel implements LanguageModel {
-  readonly info: LanguageModelInfo;
+  readonly info: LanguageModelInfo & { readonly ranking: { readonly method: "full-answer"; readonly exact: true; readonly detail: string } };
   private queue: Promise<unknown> = Promise.resolve();
   private readonly descriptions: ReadonlyMap<string, string>;
   private readonly idOf: ReadonlyMap<string, string>;
@@ -77,7 +84,17 @@ export class GgufLanguageModel implements LanguageModel {
     this.descriptions = new Map(options.clusters.map((c) => [c.id, c.description]));
     this.idOf = new Map(options.clusters.map((c) => [c.description, c.id]));
     const adapters = (options.loraAdapters ?? []).map((a) => `+lora:${a.path}@${a.scale ?? 1}`).join("");
-    this.info = { backend: "gguf", source: `${options.modelPath}${adapters}`, clusters: [...options.clusters], templateHash: PROMPT_TEMPLATE_HASH };
+    this.info = {
+      backend: "gguf",
+      source: `${options.modelPath}${adapters}`,
+      clusters: [...options.clusters],
+      templateHash: PROMPT_TEMPLATE_HASH,
+      ranking: {
+        method: "full-answer",
+        exact: true,
+        detail: "each candidate's prompt + answer tokenized as the model reads it; summed log-probabilities of its tokens after those all candidates share (end of sequence included when one answer's tokens begin another's), softmax over the allowed clusters",
+      },
+    };
   }
 
   static async open(options: GgufModelOptions): Promise<GgufLanguageModel> {
@@ -148,8 +165,11 @@ export class GgufLanguageModel implements LanguageModel {
     return this.serial(async () => {
       await this.sequence.clearHistory();
       const completion = new LlamaCompletion({ contextSequence: this.sequence });
-      const longest = Math.max(...this.options.clusters.map((c) => this.model.tokenize(` ${c.description}`).length));
-      const raw = await completion.generateCompletion(text, { grammar: this.grammar, maxTokens: longest + 2, temperature: 0, signal });
+      // Under the grammar the model may spell an answer in other tokens than the tokenizer would (a shorter piece,
+      // then bytes), so the budget is the longest answer's bytes (no token is shorter than a byte), not its tokens:
+      // a budget in tokens cut such answers short ("docume"), which then failed the exact match.
+      const longest = Math.max(...this.options.clusters.map((c) => Buffer.byteLength(` ${c.description}`)));
+      const raw = await completion.generateCompletion(text, { grammar: this.grammar, maxTokens: longest + 1, temperature: 0, signal });
       const answer = raw.trim();
       return { text: answer, cluster: this.idOf.get(answer) ?? null };
     });
@@ -174,32 +194,40 @@ export class GgufLanguageModel implements LanguageModel {
     return this.model.tokens.shouldPrependBosToken && bos !== null ? [bos, ...tokens] : tokens;
   }
 
-  /** log P(" " + description | prompt) for every cluster, in cluster order (module comment). */
+  /**
+   * log P(prompt + " " + description [+ end of sequence]) for every cluster, in cluster order, up to one constant
+   * shared by all (module comment): each candidate's full text is tokenized as the model reads it, the tokens all
+   * candidates share are evaluated once, and the rest are walked as a trie.
+   */
   private async candidateLogProbabilities(promptText: string): Promise<number[]> {
-    const prompt = this.tokensOf(promptText);
+    const sequences = this.options.clusters.map((c) => this.tokensOf(`${promptText} ${c.description}`));
+    if (needsTerminator(sequences)) {
+      const eos = this.model.tokens.eos;
+      if (eos === null) throw new FreshrecError("ENGINE", `${this.options.modelPath} has no end-of-sequence token, and one description's tokens begin another's: their answers cannot be told apart`);
+      for (const s of sequences) s.push(eos);
+    }
+    const shared = commonPrefixLength(sequences);
+    if (shared === 0) throw new FreshrecError("ENGINE", `${this.options.modelPath}: the candidates' texts share no first token (no beginning-of-sequence token?), so their first tokens have no distribution to be read from`);
     const root: TrieNode = { children: new Map(), ends: [] };
-    this.options.clusters.forEach((c, k) => {
-      const full = this.tokensOf(`${promptText} ${c.description}`);
-      let shared = 0;
-      while (shared < prompt.length && full[shared] === prompt[shared]) shared++;
-      // A tokenizer may merge across the boundary; then the answer is taken as tokenized on its own.
-      const answer = shared === prompt.length ? full.slice(shared) : this.model.tokenize(` ${c.description}`);
+    sequences.forEach((tokens, k) => {
       let node = root;
-      for (const t of answer) {
+      for (const t of tokens.slice(shared)) {
         let child = node.children.get(t);
         if (!child) node.children.set(t, (child = { children: new Map(), ends: [] }));
         node = child;
       }
       node.ends.push(k);
     });
+    const prefix = sequences[0].slice(0, shared);
     await this.sequence.clearHistory();
-    const first = await this.sequence.controlledEvaluate(prompt.map((t, i) => (i === prompt.length - 1 ? [t, { generateNext: { probabilities: true } }] : t)));
-    const rootProbabilities = first[prompt.length - 1]?.next.probabilities;
+    const first = await this.sequence.controlledEvaluate(prefix.map((t, i) => (i === prefix.length - 1 ? [t, { generateNext: { probabilities: true } }] : t)));
+    const rootProbabilities = first[prefix.length - 1]?.next.probabilities;
     if (!rootProbabilities) throw new FreshrecError("ENGINE", "node-llama-cpp returned no probabilities for the prompt");
     const out = new Array<number>(this.options.clusters.length).fill(-Infinity);
     const walk = async (node: TrieNode, probabilities: Map<Token, number>, logp: number): Promise<void> => {
       for (const [token, child] of node.children) {
-        // A token the model gives no probability at all still ranks, far below every other.
+        // Probabilities come as float32 (a full softmax at temperature 0); one that underflowed to 0 is floored at
+        // the smallest float32, so its answer still ranks, far below every other.
         const lp = logp + Math.log(Math.max(probabilities.get(token) ?? 0, 1e-45));
         for (const k of child.ends) out[k] = lp;
         if (child.children.size === 0) continue;
@@ -214,4 +242,28 @@ export class GgufLanguageModel implements LanguageModel {
     await walk(root, rootProbabilities, 0);
     return out;
   }
+}
+
+/** True when one token sequence is a prefix of (or equal to) another: their texts alone cannot tell them apart. */
+export function needsTerminator(sequences: readonly (readonly number[])[]): boolean {
+  const sorted = [...sequences].sort((a, b) => {
+    for (let i = 0; i < Math.min(a.length, b.length); i++) if (a[i] !== b[i]) return a[i] - b[i];
+    return a.length - b.length;
+  });
+  for (let i = 1; i < sorted.length; i++) {
+    const [a, b] = [sorted[i - 1], sorted[i]];
+    if (a.length <= b.length && a.every((t, k) => t === b[k])) return true;
+  }
+  return false;
+}
+
+/** Tokens every sequence begins with. */
+function commonPrefixLength(sequences: readonly (readonly number[])[]): number {
+  let n = Math.min(...sequences.map((s) => s.length));
+  for (const s of sequences) {
+    let k = 0;
+    while (k < n && s[k] === sequences[0][k]) k++;
+    n = k;
+  }
+  return n;
 }
