@@ -40,7 +40,7 @@ function scaleOutput(path: string, factor: number): void {
  * A freshrec model file over `clusters` (its vocabulary holds every description word as a token too), random and
  * peaked; `freshrec llm serve` with descriptionTokens "words" reads each description as its words.
  */
-export function writeWordsModel(path: string, clusters: readonly Cluster[], seed = 7): void {
+export function writeWordsModel(path: string, clusters: readonly Cluster[], seed = 1): void {
   createModelFile(path, buildVocabulary({ clusters }), TINY_SHAPE, { seed, name: "genres" });
   scaleOutput(path, 25);
 }

@@ -10,6 +10,12 @@ import { evaluateGates } from "../../src/update/gates.js";
 import { languageModelConformance } from "./conformance.js";
 import { CLUSTERS, tempWorkspace, toySamples } from "./fixtures.js";
 import { silentLog, trainTinyModel } from "./tiny-model.js";
+import { GENRES, writeWordsModel } from "./multi-token-model.js";
+import { loadLlamaApi } from "../../src/llm/engine/llama-api.js";
+import { readModelFile } from "../../src/llm/engine/model-file.js";
+import { BatchScorer } from "../../src/llm/engine/scorer.js";
+import { BOS_ID, BYTE_BASE, EOS_ID } from "../../src/llm/engine/vocabulary.js";
+import { renderPrompt } from "../../src/llm/prompt.js";
 
 const ws = tempWorkspace("freshrec-openai-");
 let serverPromise: Promise<RunningLlmServer> | null = null;
@@ -33,42 +39,57 @@ languageModelConformance("openai (guided_choice) against freshrec llm serve", as
 describe("openai backend", () => {
   const prompts = CLUSTERS.slice(0, 4).flatMap((a) => CLUSTERS.slice(0, 4).filter((b) => b !== a).map((b) => ({ history: { c1: a.id, c2: b.id } })));
 
-  it("ranks like the embedded model it talks to (one token per cluster: the logprobs are exact)", async () => {
+  it("ranks like the embedded model it talks to, by echo and by first tokens (one token per cluster: both exact)", async () => {
     const { EmbeddedLanguageModel } = await import("../../src/llm/backends/embedded.js");
     const embedded = await EmbeddedLanguageModel.open(join(ws, "models", "tiny.gguf"));
-    const remote = await openModel();
+    const echo = await openModel();
+    const firstToken = await openModel({ ranking: "first-token" });
+    expect(echo.info.ranking).toMatchObject({ method: "echo", exact: true });
+    expect(firstToken.info.ranking).toMatchObject({ method: "first-token", exact: false });
     try {
-      const [a, b] = [await embedded.score(prompts, 5), await remote.score(prompts, 5)];
-      b.forEach((ranked, i) => {
-        expect(ranked.map((r) => r.cluster)).toEqual(a[i].map((r) => r.cluster));
-        ranked.forEach((r, k) => expect(r.score).toBeCloseTo(a[i][k].score, 4));
-      });
+      const a = await embedded.score(prompts, 5);
+      for (const remote of [echo, firstToken]) {
+        (await remote.score(prompts, 5)).forEach((ranked, i) => {
+          expect(ranked.map((r) => r.cluster)).toEqual(a[i].map((r) => r.cluster));
+          ranked.forEach((r, k) => expect(r.score).toBeCloseTo(a[i][k].score, 4));
+        });
+      }
     } finally {
       await embedded.close();
-      await remote.close();
+      await echo.close();
+      await firstToken.close();
     }
   });
 
   it("caches answers by request hash: an unchanged rebuild, even in a new process, sends nothing", async () => {
     const server = await llmServer();
     const cachePath = join(ws, "cache", "llm-cache.sqlite");
+    const sent = () => server.stats.completions + server.stats.textCompletions;
     const first = await openModel({ cachePath });
-    const before = server.stats.completions;
+    const before = sent();
     const a = await first.score(prompts, 3);
-    expect(server.stats.completions - before).toBe(prompts.length);
-    // generate() asks the same request as score(): free.
+    expect(server.stats.textCompletions).toBeGreaterThanOrEqual(prompts.length);
+    expect(sent() - before).toBe(prompts.length);
+    // generate() is a chat request, cached in turn.
     await first.generate(prompts[0]);
-    expect(first.cacheStats).toEqual({ hits: 1, misses: prompts.length });
+    await first.generate(prompts[0]);
+    expect(first.cacheStats).toEqual({ hits: 1, misses: prompts.length + 1 });
     expect(first.estimateCost(prompts).cached).toBe(prompts.length);
     await first.close();
     const second = await openModel({ cachePath });
     expect(await second.score(prompts, 3)).toEqual(a);
-    expect(server.stats.completions - before).toBe(prompts.length);
+    expect(sent() - before).toBe(prompts.length + 1);
     expect(second.stats).toMatchObject({ requests: prompts.length, cacheHits: prompts.length, httpRequests: 0 });
     // A changed prompt (a RAG context) is a new request.
     await second.score([{ history: { c1: "baking", c2: "hiking" }, context: { successors: ["jazz"] } }], 3);
-    expect(server.stats.completions - before).toBe(prompts.length + 1);
+    expect(sent() - before).toBe(prompts.length + 2);
     await second.close();
+    // With first-token ranking, generate() asks the very request score() did: free.
+    const chat = await openModel({ cachePath, ranking: "first-token" });
+    await chat.score(prompts.slice(1, 2), 3);
+    await chat.generate(prompts[1]);
+    expect(chat.cacheStats).toEqual({ hits: 1, misses: 1 });
+    await chat.close();
   });
 
   it("estimates the cost of a build before it runs (prompts x tokens x price)", async () => {
@@ -123,8 +144,14 @@ describe("openai backend", () => {
       expect(answer).toEqual({ text: "jazz, vinyl, saxophone", cluster: "jazz" });
       expect(calls).toBe(3);
       expect(model.stats.httpRequests).toBe(3);
-      // Without logprobs, the answer alone is the ranking.
-      expect(await model.score([{ history: { c1: "baking", c2: "hiking" } }], 3)).toEqual([[{ cluster: "jazz", score: 1 }]]);
+      // Without logprobs there is no ranking (the answer alone would look like a certain model), and a server
+      // without the completions route cannot rank by whole answers: both say so.
+      const firstToken = await OpenAiLanguageModel.open({ baseURL: `http://127.0.0.1:${port}/v1`, model: "m", clusters: CLUSTERS, maxRetries: 0, apiKeyEnv: null, ranking: "first-token" });
+      await expect(firstToken.score([{ history: { c1: "baking", c2: "hiking" } }], 3)).rejects.toMatchObject({ name: "RankingUnsupportedError", code: "ENGINE", message: expect.stringContaining("without logprobs") });
+      await expect(model.score([{ history: { c1: "baking", c2: "hiking" } }], 3)).rejects.toMatchObject({
+        name: "RankingUnsupportedError",
+        message: expect.stringMatching(/POST \/v1\/completions answered 404.*set ranking "first-token"/),
+      });
       const impatient = await OpenAiLanguageModel.open({ baseURL: `http://127.0.0.1:${port}/v1`, model: "m", clusters: CLUSTERS, maxRetries: 0, apiKeyEnv: null });
       calls = 0;
       await expect(impatient.generate({ history: { c1: "baking", c2: "hiking" } })).rejects.toMatchObject({ code: "ENGINE", message: expect.stringMatching(/answered 429/) });
@@ -136,6 +163,91 @@ describe("openai backend", () => {
   it("says which server it cannot reach", async () => {
     const model = await OpenAiLanguageModel.open({ baseURL: "http://127.0.0.1:9/v1", model: "m", clusters: CLUSTERS, maxRetries: 0, apiKeyEnv: null });
     await expect(model.generate({ history: { c1: "baking", c2: "hiking" } })).rejects.toMatchObject({ code: "ENGINE", message: expect.stringMatching(/cannot reach http:\/\/127\.0\.0\.1:9\/v1/) });
+  });
+});
+
+describe("ranking through a tokenizer that splits descriptions (llm serve reading descriptions as words)", () => {
+  // "comedy, drama", "comedy, horror" and "comedy, romance" are two tokens each and share the first ("comedy,").
+  let words: RunningLlmServer | null = null;
+  const modelPath = join(ws, "genres.gguf");
+  const wordsServer = async () => {
+    if (!words) {
+      writeWordsModel(modelPath, GENRES);
+      words = await startLlmServer({ modelPath, modelName: "genres", dataDir: join(ws, "llm-server-words"), port: 0, logStream: silentLog, descriptionTokens: "words" });
+    }
+    return words;
+  };
+  afterAll(async () => {
+    await words?.close();
+  });
+  const open = async (extra: Partial<OpenAiModelOptions> = {}) =>
+    OpenAiLanguageModel.open({ baseURL: `${(await wordsServer()).url}/v1`, model: "genres", clusters: GENRES, maxRetries: 0, apiKeyEnv: null, ...extra });
+  const history = { c1: "drama-history", c2: "horror-thriller" };
+
+  /**
+   * The reference, computed on the model file without the server or the backend: each candidate's text (prompt,
+   * a space, the description) as the server reads it in words, one prefix at a time through llama.cpp, the
+   * log-probability of each answer token over the tokens the server can emit, summed; then a softmax over the
+   * allowed clusters.
+   */
+  async function reference(): Promise<Map<string, number>> {
+    const info = readModelFile(modelPath);
+    const vocab = info.vocabulary;
+    const emittable = [EOS_ID, ...Array.from({ length: vocab.size - BYTE_BASE }, (_, i) => BYTE_BASE + i)];
+    const scorer = BatchScorer.open(loadLlamaApi(), modelPath, { answerBase: 0, answerCount: vocab.size, sequences: 1, maxPromptTokens: 128 });
+    try {
+      const promptText = renderPrompt({ history }, new Map(GENRES.map((c) => [c.id, c.description])));
+      const promptTokens = [BOS_ID, ...vocab.encode(promptText, { phrases: false })];
+      const allowed = GENRES.filter((c) => c.id !== history.c1 && c.id !== history.c2);
+      const logps: number[] = [];
+      for (const c of allowed) {
+        const tokens = [BOS_ID, ...vocab.encode(`${promptText} ${c.description}`, { phrases: false })];
+        expect(tokens.slice(0, promptTokens.length)).toEqual(promptTokens);
+        expect(tokens.length - promptTokens.length).toBe(c.description.split(" ").length);
+        let sum = 0;
+        for (let i = promptTokens.length; i < tokens.length; i++) {
+          const row = await scorer.score([tokens.slice(0, i)]);
+          const max = Math.max(...emittable.map((t) => row[t]));
+          const log = Math.log(emittable.reduce((acc, t) => acc + Math.exp(row[t] - max), 0)) + max;
+          sum += row[tokens[i]] - log;
+        }
+        logps.push(sum);
+      }
+      const max = Math.max(...logps);
+      const total = logps.reduce((acc, x) => acc + Math.exp(x - max), 0);
+      return new Map(allowed.map((c, k) => [c.id, Math.exp(logps[k] - max) / total]));
+    } finally {
+      await scorer.close();
+    }
+  }
+
+  it("echo ranks by whole answers, matching the reference; first-token ranking is off on the same prompt", async () => {
+    const exact = await open();
+    const expected = await reference();
+    const [ranked] = await exact.score([{ history }], GENRES.length);
+    expect(ranked.map((r) => r.cluster)).toEqual([...expected].sort((a, b) => b[1] - a[1]).map(([id]) => id));
+    for (const r of ranked) expect(r.score).toBeCloseTo(expected.get(r.cluster)!, 5);
+    // The old method, through the chat route of the same server: the three comedies share "comedy,", so they share
+    // its probability evenly, whatever the model says of the second word.
+    const firstToken = await open({ ranking: "first-token" });
+    const [old] = await firstToken.score([{ history }], GENRES.length);
+    const oldOf = new Map(old.map((r) => [r.cluster, r.score]));
+    expect(oldOf.get("comedy-drama")).toBeCloseTo(oldOf.get("comedy-horror")!, 10);
+    expect(oldOf.get("comedy-drama")).toBeCloseTo(oldOf.get("comedy-romance")!, 10);
+    const error = Math.max(...[...expected].map(([id, p]) => Math.abs((oldOf.get(id) ?? 0) - p)));
+    expect(error).toBeGreaterThan(0.05);
+  });
+
+  it("refuses a cluster set where one description begins another unless the echo template ends the answer", async () => {
+    const clusters = [...GENRES, { id: "documentary-nature", description: "documentary nature" }];
+    const base = { baseURL: "http://127.0.0.1:9/v1", model: "m", clusters, apiKeyEnv: null };
+    await expect(OpenAiLanguageModel.open(base)).rejects.toMatchObject({ code: "BAD_CONFIG", message: expect.stringMatching(/"documentary" and "documentary nature"/) });
+    const ended = await OpenAiLanguageModel.open({ ...base, echoTemplate: { answer: " {answer}</s>" } });
+    expect(ended.info.ranking.method).toBe("echo");
+    expect((ended.echoBody({ history }).prompt as string[]).at(-1)).toMatch(/\. documentary nature<\/s>$/);
+    // First-token ranking does not score whole answers, so it has nothing to refuse.
+    await expect(OpenAiLanguageModel.open({ ...base, ranking: "first-token" })).resolves.toBeDefined();
+    await expect(OpenAiLanguageModel.open({ ...base, echoTemplate: { prompt: "no slot" } })).rejects.toMatchObject({ code: "BAD_CONFIG", message: expect.stringContaining("echoTemplate.prompt") });
   });
 });
 
@@ -308,16 +420,16 @@ describe("the Batch API (freshrec llm serve's /v1/batches and the backend's batc
     expect(batched.stats).toMatchObject({ batches: 3, cacheHits: prompts.length });
     // Fewer uncached prompts than minPrompts go as ordinary requests.
     const small = [{ history: { c1: "baking", c2: "hiking" }, context: { successors: ["jazz"] } }];
-    const asked = server.stats.completions;
+    const asked = server.stats.textCompletions;
     await batched.score(small, 3);
     expect(batched.stats.batches).toBe(3);
-    expect(server.stats.completions - asked).toBe(1);
+    expect(server.stats.textCompletions - asked).toBe(1);
     // The estimate says how the build would go and prices it at the batch discount.
     const priced = await openModel({ inputPricePerMTok: 1, outputPricePerMTok: 4, batch: { minPrompts: 10 } });
     const unbatched = await openModel({ inputPricePerMTok: 1, outputPricePerMTok: 4 });
     const [b, u] = [priced.estimateCost(prompts), unbatched.estimateCost(prompts)];
     expect(b.via).toMatch(/batch API/);
-    expect(u.via).toMatch(/chat completions/);
+    expect(u.via).toMatch(/completions with echo \(8 texts per prompt\), 4 at a time/);
     expect(b.usd).toBeCloseTo(u.usd! * 0.5, 12);
     await batched.close();
   });

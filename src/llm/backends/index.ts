@@ -24,7 +24,7 @@ import { ggufValue, readGgufFile } from "../engine/gguf.js";
 import { EmbeddedTrainer } from "../engine/trainer.js";
 import { EmbeddedLanguageModel } from "./embedded.js";
 import { GgufLanguageModel } from "./gguf.js";
-import { type AnswerMode, OpenAiLanguageModel, readHostedModelFile } from "./openai.js";
+import { type AnswerMode, type EchoTemplate, OpenAiLanguageModel, type RankingMethod, readHostedModelFile } from "./openai.js";
 import { OpenAiTrainer } from "./openai-trainer.js";
 
 export { EmbeddedLanguageModel } from "./embedded.js";
@@ -36,6 +36,10 @@ export {
   type BatchSettings,
   type CostEstimate,
   type AnswerMode,
+  type RankingMethod,
+  type RankingInfo,
+  type EchoTemplate,
+  RankingUnsupportedError,
   hostedModelName,
   readHostedModelFile,
   writeHostedModelFile,
@@ -82,6 +86,10 @@ export interface LlmBackendSettings {
     readonly fineTuneModel: string | null;
     readonly fineTunePollMs: number;
     readonly batch: { readonly enabled: boolean; readonly minPrompts: number; readonly pollIntervalMs: number; readonly maxRequestsPerBatch: number; readonly priceFactor: number };
+    /** How scores are computed (OpenAiModelOptions.ranking); absent is "echo", the exact method. */
+    readonly ranking?: RankingMethod;
+    /** The texts "echo" ranking scores answers in (OpenAiModelOptions.echoTemplate). */
+    readonly echoTemplate?: EchoTemplate;
   };
 }
 
@@ -166,6 +174,8 @@ export function languageModelBackend(settings: LlmBackendSettings, context: Back
             inputPricePerMTok: o.inputPricePerMTok,
             outputPricePerMTok: o.outputPricePerMTok,
             batch: o.batch.enabled ? o.batch : null,
+            ranking: o.ranking,
+            echoTemplate: o.echoTemplate,
             clock: context.clock,
           });
         },

@@ -2,40 +2,62 @@
  * The `openai` backend: any OpenAI-compatible chat-completions server (OpenAI, vLLM, Ollama, llama.cpp server,
  * `freshrec llm serve`) through the official `openai` client.
  *
- * Every request is the same chat: a system message that lists the cluster descriptions (identical for all pairs, so
- * servers with prefix caching reuse it) and the user message `renderPrompt(prompt)`, at temperature 0 with a fixed
- * seed, asking for `logprobs` with `topLogprobs` alternatives. The answer is constrained by `answer`:
+ * Every chat request (answers, and first-token ranking) is the same chat: a system message that lists the cluster
+ * descriptions (identical for all pairs, so servers with prefix caching reuse it) and the user message
+ * `renderPrompt(prompt)`, at temperature 0 with a fixed seed, asking for `logprobs` with `topLogprobs` alternatives. The answer is constrained by `answer`:
  * - `json_schema` (default): `response_format` json_schema `{ cluster: enum of descriptions }` (OpenAI structured
  *   outputs, vLLM, Ollama); the answer is the `cluster` field.
  * - `guided_choice`: vLLM's extension, the answer is one description as plain text.
  * - `text`: no constraint. The text maps to a cluster only when it equals a description exactly (after trimming);
  *   anything else is an exact-match failure (`cluster: null`), which is what the exact-match gate measures.
  *
- * **Scoring (top-n with probabilities)** uses the same request: the log-probabilities of the first token of the
- * answer (found in the content after any JSON prefix). Each alternative token at that position is credited to the
- * candidate descriptions that begin with its text (split evenly when several do), the history's clusters are left
- * out, and the masses are renormalised over the candidates found: a softmax over the allowed answers, as the
- * embedded backend computes. It is exact when every description begins with a distinct token (servers whose model
- * sees one token per cluster, like `freshrec llm serve`); descriptions sharing their first token share its mass.
- * Only the `topLogprobs` (at most 20) best alternatives are returned by OpenAI-compatible servers, so a ranking has
- * at most that many answers. A server that returns no logprobs yields its answer alone, with probability 1.
+ * **Ranking (`score`, top-n with probabilities)** is by one of two methods; `info.ranking` says which, and whether
+ * it is exact.
+ * - `ranking: "echo"` (default, exact): for each prompt one POST /v1/completions request whose `prompt` is a list
+ *   of texts, one per cluster: freshrec's prompt followed by that cluster's answer (`echoTemplate`; by default
+ *   `"{prompt} {answer}"`), with `echo: true, logprobs: 1, max_tokens: 0`. The server returns every token of each
+ *   text with its log-probability; a cluster's score is the sum over the tokens of its answer, as the server's own
+ *   tokenizer splits it, so descriptions of several tokens, and descriptions sharing their first tokens, each get the
+ *   probability of their whole text. The history's clusters are left out and the rest softmaxed: the model's
+ *   probability of each answer given that it answers with one of them. Where a tokenizer merges across the answer's
+ *   start, or texts' tokenizations differ earlier, the sums start at the first token that differs, which keeps them
+ *   exact. A description that begins another ("drama" / "drama history") would also collect the longer one's
+ *   probability, so such a cluster set needs a terminator after `{answer}` (the model's end-of-turn token) and is
+ *   refused without one. Servers: vLLM serves echo with prompt log-probabilities (since 0.2.4), and so does
+ *   `freshrec llm serve`; OpenAI's hosted models do not (chat models have no completions route, and its completion
+ *   model refuses echo with logprobs), nor do Ollama or llama.cpp's server (which refuses echo, or in some builds
+ *   returns log-probabilities of generated tokens only). A server that answers without the echoed answers'
+ *   log-probabilities is a RankingUnsupportedError, never a ranking. The texts are read without a chat template
+ *   unless `echoTemplate` supplies one, and each request bills the prompt once per cluster.
+ * - `ranking: "first-token"` (approximate, for servers without echo): the chat request's log-probabilities of the
+ *   first token of the answer (found in the content after any JSON prefix). Each alternative token at that position
+ *   is credited to the candidate descriptions that begin with its text (split evenly when several do), the
+ *   history's clusters are left out, and the masses are renormalised over the candidates found. Exact only when
+ *   every description begins with a distinct token (`freshrec llm serve`, whose model sees one token per cluster);
+ *   descriptions sharing their first token share its mass, and only `topLogprobs` (at most 20) alternatives come
+ *   back, so a ranking has at most that many answers. A server that returns no logprobs is a
+ *   RankingUnsupportedError (a ranking of the answer alone would look like a certain model).
+ * `generate` always asks the chat route under the answer constraint.
  *
  * API keys: the key comes from the environment variable `apiKeyEnv` names, and an unset variable is an error
  * (MissingApiKeyError) when the model or trainer is opened; a server that takes no key is declared with
  * `apiKeyEnv: null`, and then no Authorization header is sent. There is no placeholder key.
  *
  * Costs: one request per prompt, kept in a SQLite response cache keyed by the request's hash (`cachePath`), so an
- * unchanged pair is never paid twice and `generate` after `score` on the same prompt is free. `estimateCost`
- * prices a build before it runs. Requests are paced (`RequestPacer`) and retried by the client on 408/409/429/5xx
- * and connection errors with exponential backoff (0.5 s doubling to 8 s, or the server's retry-after).
+ * unchanged pair is never paid twice (and with first-token ranking, `generate` after `score` on the same prompt is
+ * free: it is the same request). `estimateCost` prices a build before it runs. Requests are paced (`RequestPacer`)
+ * and retried by the client on 408/409/429/5xx and connection errors with exponential backoff (0.5 s doubling to
+ * 8 s, or the server's retry-after).
  *
  * **Batch API** (`batch`): a table build then hands over all its uncached prompts in one call, and when there are at
  * least `minPrompts` of them they go as JSONL files through `/v1/files` + `/v1/batches` (half price on OpenAI,
- * answers within 24 h) instead of one request each; the same cache receives the answers, so the ranking is the same
- * as through chat completions (`askInBatches` says how interruptions, failed lines and cancellation are handled).
+ * answers within 24 h) instead of one request each, to the ranking's endpoint; the same cache receives the answers,
+ * so the ranking is the same as request by request (`askInBatches` says how interruptions, failed lines and
+ * cancellation are handled).
  *
  * @example
- * const model = await OpenAiLanguageModel.open({ baseURL: "http://127.0.0.1:8081/v1", model: "m000001", clusters });
+ * const model = await OpenAiLanguageModel.open({ baseURL: "http://127.0.0.1:8081/v1", model: "m000001", clusters, apiKeyEnv: null });
+ * model.info.ranking; // { method: "echo", exact: true, ... }
  * const [ranked] = await model.score([{ history: { c1: "baking", c2: "hiking" } }], 10);
  * await model.close();
  */
@@ -99,8 +121,63 @@ export interface OpenAiModelOptions extends OpenAiConnectionOptions {
   readonly outputPricePerMTok?: number | null;
   /** Table builds through the OpenAI Batch API (module comment); null sends every prompt as its own request. @defaultValue null */
   readonly batch?: BatchSettings | null;
+  /**
+   * How `score` ranks clusters (module comment): "echo", each description's whole-answer probability through
+   * POST /v1/completions (exact; vLLM, freshrec llm serve), or "first-token", the first answer token's chat
+   * `top_logprobs` (approximate; for servers without prompt log-probabilities: OpenAI's hosted models, Ollama,
+   * llama.cpp's server). @defaultValue "echo"
+   */
+  readonly ranking?: RankingMethod;
+  /** The text an answer is scored in under "echo". @defaultValue { prompt: "{prompt}", answer: " {answer}" } */
+  readonly echoTemplate?: EchoTemplate;
   /** @defaultValue the system clock */
   readonly clock?: Clock;
+}
+
+export type RankingMethod = "echo" | "first-token";
+
+/**
+ * What "echo" ranking sends for a prompt and a candidate: `prompt` + `answer`, and the answer's tokens are scored.
+ * A chat model served by vLLM can be given its chat template here, e.g. for ChatML
+ * `{ prompt: "<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n",
+ * answer: "{answer}<|im_end|>" }`: where the server's tokenizer reads special tokens written in text (Hugging Face
+ * tokenizers, which vLLM uses, do), the answer is then scored as the model writes it in a chat turn, its end-of-turn
+ * token included.
+ */
+export interface EchoTemplate {
+  /** Text before the answer: `{prompt}` is freshrec's prompt, `{system}` the instructions chat requests carry. */
+  readonly prompt?: string;
+  /**
+   * The answer as written after it: `{answer}` is the description. Text after `{answer}` (an end-of-turn token)
+   * terminates the answer; without it a description that begins another ("drama", "drama history") would also
+   * collect the longer one's probability, so such cluster sets are refused.
+   */
+  readonly answer?: string;
+}
+
+/** Which method ranked a model's clusters, as `info.ranking` reports it. */
+export interface RankingInfo {
+  readonly method: RankingMethod;
+  /** True when each score is the whole answer's probability, normalised over the allowed clusters. */
+  readonly exact: boolean;
+  readonly detail: string;
+}
+
+/** The server cannot rank the way the model was configured to (no prompt log-probabilities, no logprobs at all). */
+export class RankingUnsupportedError extends FreshrecError {
+  override name = "RankingUnsupportedError";
+  constructor(
+    readonly baseURL: string,
+    readonly method: RankingMethod,
+    why: string,
+  ) {
+    super(
+      "ENGINE",
+      method === "echo"
+        ? `${baseURL} cannot rank by whole answers: ${why}. Ranking "echo" needs POST /v1/completions with echo and prompt log-probabilities (vLLM, freshrec llm serve); for servers without them (OpenAI's hosted models, Ollama, llama.cpp's server) set ranking "first-token", which is approximate when descriptions share their first token`
+        : `${baseURL} cannot rank by first tokens: ${why}`,
+    );
+  }
 }
 
 /** The Batch API option: asynchronous, at half the price on OpenAI, results within `completion_window`. */
@@ -118,13 +195,28 @@ export interface BatchSettings {
 /** Bytes of one batch input file: OpenAI accepts up to 200 MB. */
 const MAX_BATCH_BYTES = 190_000_000;
 
-/** The cached part of an answer. */
+/** The cached part of a chat answer. */
 interface RawAnswer {
   readonly content: string;
   readonly logprobs: { token: string; logprob: number; top_logprobs: { token: string; logprob: number }[] }[] | null;
   readonly promptTokens: number;
   readonly completionTokens: number;
 }
+
+/** The cached part of an echo answer: per cluster (option order), its answer's summed token log-probability. */
+interface EchoAnswer {
+  readonly kind: "echo";
+  readonly logprobs: readonly number[];
+  /** Tokens summed per cluster (the answer's, plus any before it where the texts' tokenizations differ). */
+  readonly tokens: readonly number[];
+  readonly promptTokens: number;
+  readonly completionTokens: number;
+}
+
+/** The two requests the backend makes: chat completions (answers, first-token ranking) and echo (exact ranking). */
+type Route = "chat" | "echo";
+const ENDPOINT: Record<Route, "/v1/chat/completions" | "/v1/completions"> = { chat: "/v1/chat/completions", echo: "/v1/completions" };
+type Answer<R extends Route> = R extends "echo" ? EchoAnswer : RawAnswer;
 
 /** The instructions every request carries; also the system message of hosted fine-tuning examples. */
 export function systemMessage(clusters: readonly Cluster[]): string {
@@ -311,8 +403,31 @@ export function remoteError(error: unknown, baseURL: string, what: string): Fres
 
 const estimateTokens = (chars: number) => Math.ceil(chars / 4);
 
+/**
+ * An echo template must place the prompt and the answer once each. Without text after the answer, a description
+ * that begins another would also be credited with the longer one's probability (its answer text is a prefix of the
+ * other's), so that cluster set needs a terminator.
+ */
+function checkEchoTemplate(template: EchoTemplate | undefined, clusters: readonly Cluster[]): void {
+  const prompt = template?.prompt ?? "{prompt}";
+  const answer = template?.answer ?? " {answer}";
+  const once = (text: string, slot: string) => text.split(slot).length === 2;
+  if (!once(prompt, "{prompt}")) throw new FreshrecError("BAD_CONFIG", `echoTemplate.prompt: expected "{prompt}" exactly once, got ${JSON.stringify(prompt)}`);
+  if (!once(answer, "{answer}")) throw new FreshrecError("BAD_CONFIG", `echoTemplate.answer: expected "{answer}" exactly once, got ${JSON.stringify(answer)}`);
+  if (!answer.endsWith("{answer}")) return;
+  const sorted = clusters.map((c) => c.description).sort();
+  for (let i = 1; i < sorted.length; i++) {
+    if (sorted[i].startsWith(sorted[i - 1])) {
+      throw new FreshrecError(
+        "BAD_CONFIG",
+        `descriptions ${JSON.stringify(sorted[i - 1])} and ${JSON.stringify(sorted[i])}: the first begins the second, so ranking "echo" would credit the shorter with the longer one's probability; end echoTemplate.answer with what the model writes after an answer (its end-of-turn token) or make the descriptions distinct`,
+      );
+    }
+  }
+}
+
 export class OpenAiLanguageModel implements LanguageModel {
-  readonly info: LanguageModelInfo;
+  readonly info: LanguageModelInfo & { readonly ranking: RankingInfo };
   /** Requests answered (from the cache or the server), HTTP requests sent (retries included), tokens billed. */
   readonly stats = { requests: 0, cacheHits: 0, httpRequests: 0, promptTokens: 0, completionTokens: 0, batches: 0, batchedRequests: 0 };
   private readonly client: OpenAI;
@@ -325,6 +440,10 @@ export class OpenAiLanguageModel implements LanguageModel {
   private readonly system: string;
   /** The answer constraint, the same object in every request body (a build holds many bodies at once). */
   private readonly constraint: unknown;
+  private readonly ranking: RankingMethod;
+  private readonly echoPrompt: string;
+  /** Each cluster's answer text under "echo", in option order. */
+  private readonly echoAnswers: readonly string[];
 
   private constructor(private readonly options: OpenAiModelOptions) {
     this.model = hostedModelName(options.model);
@@ -356,13 +475,37 @@ export class OpenAiLanguageModel implements LanguageModel {
     const clock = options.clock ?? new SystemClock();
     this.pacer = new RequestPacer({ concurrency: options.concurrency, requestsPerMinute: options.requestsPerMinute, tokensPerMinute: options.tokensPerMinute }, clock);
     this.cache = options.cachePath ? ResponseCache.open(options.cachePath, clock) : null;
-    this.info = { backend: "openai", source: `${options.baseURL.replace(/\/+$/, "")}#${this.model}`, clusters: [...options.clusters], templateHash: PROMPT_TEMPLATE_HASH };
+    this.ranking = options.ranking ?? "echo";
+    this.echoPrompt = options.echoTemplate?.prompt ?? "{prompt}";
+    const answerTemplate = options.echoTemplate?.answer ?? " {answer}";
+    this.echoAnswers = options.clusters.map((c) => answerTemplate.replace("{answer}", () => c.description));
+    this.info = {
+      backend: "openai",
+      source: `${options.baseURL.replace(/\/+$/, "")}#${this.model}`,
+      clusters: [...options.clusters],
+      templateHash: PROMPT_TEMPLATE_HASH,
+      ranking:
+        this.ranking === "echo"
+          ? {
+              method: "echo",
+              exact: true,
+              detail:
+                "each cluster's answer written after the prompt and echoed by POST /v1/completions with prompt log-probabilities; its tokens' log-probabilities summed, softmax over the allowed clusters",
+            }
+          : {
+              method: "first-token",
+              exact: false,
+              detail:
+                "the first answer token's top_logprobs of a chat completion, each credited to the descriptions beginning with it (split evenly); exact only when every description is one token of the server's model",
+            },
+    };
   }
 
   static async open(options: OpenAiModelOptions): Promise<OpenAiLanguageModel> {
     if (options.clusters.length < 2) throw new FreshrecError("BAD_INPUT", "an openai backend needs at least two clusters");
     const topLogprobs = options.topLogprobs ?? 20;
     if (!Number.isInteger(topLogprobs) || topLogprobs < 1 || topLogprobs > 20) throw new FreshrecError("BAD_INPUT", `topLogprobs: expected an integer 1..20, got ${topLogprobs}`);
+    if ((options.ranking ?? "echo") === "echo") checkEchoTemplate(options.echoTemplate, options.clusters);
     return new OpenAiLanguageModel(options);
   }
 
@@ -395,8 +538,26 @@ export class OpenAiLanguageModel implements LanguageModel {
     return body;
   }
 
-  /** Prices a build of these prompts before it runs; cached prompts are free. */
+  /**
+   * The echo request of a prompt (ranking "echo"): one text per cluster, the prompt then that cluster's answer, all
+   * in one request so the server scores the shared prompt once; `max_tokens` 0 asks for no generation.
+   */
+  echoBody(prompt: PromptInput): Record<string, unknown> {
+    const text = this.echoPrompt.replace("{system}", () => this.system).replace("{prompt}", () => renderPrompt(prompt, this.descriptions));
+    return {
+      model: this.model,
+      prompt: this.echoAnswers.map((answer) => text + answer),
+      echo: true,
+      // 1, not 0: some servers read logprobs 0 as "none".
+      logprobs: 1,
+      max_tokens: 0,
+      temperature: 0,
+    };
+  }
+
+  /** Prices a build of these prompts before it runs (the requests `score` sends); cached prompts are free. */
   estimateCost(prompts: readonly PromptInput[]): CostEstimate {
+    const route: Route = this.ranking === "echo" ? "echo" : "chat";
     let cached = 0;
     let promptTokens = 0;
     let completionTokens = 0;
@@ -407,15 +568,20 @@ export class OpenAiLanguageModel implements LanguageModel {
     // Free as askAll sends them: prompts already in the cache, and repeats of an earlier prompt of the same call.
     const seen = new Set<string>();
     for (const p of prompts) {
-      const body = this.requestBody(p);
-      const key = this.keyOf(body);
+      const body = route === "echo" ? this.echoBody(p) : this.requestBody(p);
+      const key = this.keyOf(route, body);
       if (seen.has(key) || this.cache?.has(key)) {
         cached++;
         continue;
       }
       seen.add(key);
-      promptTokens += estimateTokens((body.messages as { content: string }[]).reduce((s, m) => s + m.content.length, 0) + constraintChars);
-      completionTokens += answerTokens;
+      if (route === "echo") {
+        // Every cluster's text is billed in full: the prompt is repeated once per cluster.
+        promptTokens += (body.prompt as string[]).reduce((n, text) => n + estimateTokens(text.length), 0);
+      } else {
+        promptTokens += estimateTokens((body.messages as { content: string }[]).reduce((n, m) => n + m.content.length, 0) + constraintChars);
+        completionTokens += answerTokens;
+      }
     }
     const inPrice = this.options.inputPricePerMTok ?? null;
     const outPrice = this.options.outputPricePerMTok ?? null;
@@ -423,26 +589,27 @@ export class OpenAiLanguageModel implements LanguageModel {
     const batched = this.usesBatch(uncached);
     const factor = batched ? (this.options.batch?.priceFactor ?? 0.5) : 1;
     const usd = inPrice === null || outPrice === null ? null : (factor * (promptTokens * inPrice + completionTokens * outPrice)) / 1e6;
+    const requests = route === "echo" ? `completions with echo (${this.echoAnswers.length} texts per prompt)` : "chat completions";
     const via = batched
-      ? `batch API (${Math.ceil(uncached / (this.options.batch?.maxRequestsPerBatch ?? 50_000))} batch(es) or more, price x ${factor})`
-      : `chat completions, ${this.options.concurrency ?? 4} at a time`;
+      ? `batch API, ${requests} (${Math.ceil(uncached / (this.options.batch?.maxRequestsPerBatch ?? 50_000))} batch(es) or more, price x ${factor})`
+      : `${requests}, ${this.options.concurrency ?? 4} at a time`;
     return { prompts: prompts.length, cached, promptTokens, completionTokens, usd, via };
   }
 
   async score(prompts: readonly PromptInput[], topN: number, signal?: AbortSignal, options: ScoreOptions = {}): Promise<ScoredCluster[][]> {
-    // Bad cluster ids fail before any request is paid for.
-    const bodies = prompts.map((p) => this.requestBody(p));
     const excludeHistory = options.excludeHistory ?? true;
-    const answers = await this.askAll(bodies, signal, options.onProgress);
-    return answers.map((raw, i) => {
-      const h = prompts[i].history;
-      const excluded = excludeHistory ? new Set([h.c1, h.c2]) : new Set<string>();
-      return this.rank(raw, excluded).slice(0, topN);
-    });
+    const excludedOf = (i: number) => (excludeHistory ? new Set([prompts[i].history.c1, prompts[i].history.c2]) : new Set<string>());
+    // Bad cluster ids fail before any request is paid for.
+    if (this.ranking === "echo") {
+      const answers = await this.askAll("echo", prompts.map((p) => this.echoBody(p)), signal, options.onProgress);
+      return answers.map((answer, i) => this.rankByAnswers(answer, excludedOf(i)).slice(0, topN));
+    }
+    const answers = await this.askAll("chat", prompts.map((p) => this.requestBody(p)), signal, options.onProgress);
+    return answers.map((raw, i) => this.rankByFirstToken(raw, excludedOf(i)).slice(0, topN));
   }
 
   async generate(prompt: PromptInput, signal?: AbortSignal): Promise<GeneratedAnswer> {
-    const [raw] = await this.askAll([this.requestBody(prompt)], signal);
+    const [raw] = await this.askAll("chat", [this.requestBody(prompt)], signal);
     const text = this.answerText(raw.content);
     return { text, cluster: this.idOf.get(text) ?? null };
   }
@@ -451,8 +618,10 @@ export class OpenAiLanguageModel implements LanguageModel {
     this.cache?.close();
   }
 
-  private keyOf(body: Record<string, unknown>): string {
-    return ResponseCache.keyOf({ baseURL: this.options.baseURL.replace(/\/+$/, ""), body });
+  private keyOf(route: Route, body: Record<string, unknown>): string {
+    const baseURL = this.options.baseURL.replace(/\/+$/, "");
+    // Chat keys keep their original form, so response caches written before echo ranking existed stay valid.
+    return ResponseCache.keyOf(route === "chat" ? { baseURL, body } : { baseURL, endpoint: ENDPOINT[route], body });
   }
 
   private usesBatch(uncached: number): boolean {
@@ -463,20 +632,20 @@ export class OpenAiLanguageModel implements LanguageModel {
    * All requests, answers in input order: cached ones first, then the rest either through the Batch API (when
    * configured and enough are missing) or `concurrency` at a time.
    */
-  private async askAll(bodies: readonly Record<string, unknown>[], signal?: AbortSignal, onProgress?: (done: number) => void): Promise<RawAnswer[]> {
+  private async askAll<R extends Route>(route: R, bodies: readonly Record<string, unknown>[], signal?: AbortSignal, onProgress?: (done: number) => void): Promise<Answer<R>[]> {
     // Equal requests (many held-out users share a history) are asked once: paid once, and one batch line each.
     const byKey = new Map<string, { body: Record<string, unknown>; at: number[] }>();
     bodies.forEach((body, i) => {
-      const key = this.keyOf(body);
+      const key = this.keyOf(route, body);
       const entry = byKey.get(key);
       if (entry) entry.at.push(i);
       else byKey.set(key, { body, at: [i] });
     });
-    const out: RawAnswer[] = new Array(bodies.length);
+    const out: Answer<R>[] = new Array(bodies.length);
     const missing: { key: string; body: Record<string, unknown>; at: number[] }[] = [];
     let done = 0;
     for (const [key, entry] of byKey) {
-      const hit = this.cache?.get<RawAnswer>(key);
+      const hit = this.cache?.get<Answer<R>>(key);
       if (!hit) {
         missing.push({ key, ...entry });
         continue;
@@ -489,12 +658,13 @@ export class OpenAiLanguageModel implements LanguageModel {
     if (done > 0) onProgress?.(done);
     const answered = this.usesBatch(missing.length)
       ? await this.askInBatches(
+          route,
           missing.map((m) => m.body),
           missing.map((m) => m.key),
           signal,
           (k) => onProgress?.(done + k),
         )
-      : await this.askEach(missing.map((m) => m.body), signal, (n) => onProgress?.(done + n));
+      : await this.askEach(route, missing.map((m) => m.body), signal, (n) => onProgress?.(done + n));
     missing.forEach((m, k) => {
       for (const i of m.at) out[i] = answered[k];
     });
@@ -503,14 +673,14 @@ export class OpenAiLanguageModel implements LanguageModel {
   }
 
   /** Requests one by one, `concurrency` in flight; `onProgress` hears how many are answered. */
-  private async askEach(bodies: readonly Record<string, unknown>[], signal: AbortSignal | undefined, onProgress: (done: number) => void): Promise<RawAnswer[]> {
-    const out: RawAnswer[] = new Array(bodies.length);
+  private async askEach<R extends Route>(route: R, bodies: readonly Record<string, unknown>[], signal: AbortSignal | undefined, onProgress: (done: number) => void): Promise<Answer<R>[]> {
+    const out: Answer<R>[] = new Array(bodies.length);
     let next = 0;
     let answered = 0;
     const worker = async () => {
       while (next < bodies.length) {
         const i = next++;
-        out[i] = await this.ask(bodies[i], signal);
+        out[i] = await this.ask(route, bodies[i], signal);
         onProgress(++answered);
       }
     };
@@ -526,16 +696,19 @@ export class OpenAiLanguageModel implements LanguageModel {
    * batch, and lines of a batch that expired, are sent again as ordinary requests; a batch that fails as a whole
    * (its file rejected) fails the build with the server's reasons. Cancelling the build cancels its batches.
    */
-  private async askInBatches(
+  private async askInBatches<R extends Route>(
+    route: R,
     bodies: readonly Record<string, unknown>[],
     keys: readonly string[],
     signal: AbortSignal | undefined,
     onProgress: (done: number) => void,
-  ): Promise<RawAnswer[]> {
+  ): Promise<Answer<R>[]> {
     const settings = this.options.batch!;
     const perBatch = settings.maxRequestsPerBatch ?? 50_000;
     const where = `the openai backend's batch (model ${this.model})`;
-    const results = new Map<string, RawAnswer>();
+    const endpoint = ENDPOINT[route];
+    const bodyOf = new Map(keys.map((k, i) => [k, bodies[i]]));
+    const results = new Map<string, Answer<R>>();
     const running: { id: string; chunk: string; start: number; end: number; done: number }[] = [];
     const retry: number[] = [];
     let finishedBeforeRetry = 0;
@@ -546,7 +719,7 @@ export class OpenAiLanguageModel implements LanguageModel {
         let bytes = 0;
         let end = start;
         while (end < bodies.length && end - start < perBatch) {
-          const line = JSON.stringify({ custom_id: keys[end], method: "POST", url: "/v1/chat/completions", body: bodies[end] });
+          const line = JSON.stringify({ custom_id: keys[end], method: "POST", url: endpoint, body: bodies[end] });
           // Bytes, not characters: descriptions in other scripts take 2-3 bytes a character in the UTF-8 file.
           const size = Buffer.byteLength(line) + 1;
           if (end > start && bytes + size > MAX_BATCH_BYTES) break;
@@ -571,7 +744,7 @@ export class OpenAiLanguageModel implements LanguageModel {
           const jsonl = Buffer.from(`${lines.join("\n")}\n`);
           const file = await this.client.files.create({ file: await toFile(jsonl, "freshrec-batch.jsonl"), purpose: "batch" }, { signal });
           const batch = await this.client.batches.create(
-            { input_file_id: file.id, endpoint: "/v1/chat/completions", completion_window: "24h", metadata: { freshrec: "table build", requests: String(end - start) } },
+            { input_file_id: file.id, endpoint, completion_window: "24h", metadata: { freshrec: "table build", requests: String(end - start) } },
             { signal },
           );
           id = batch.id;
@@ -597,7 +770,7 @@ export class OpenAiLanguageModel implements LanguageModel {
             for (const fileId of [batch.output_file_id, batch.error_file_id]) {
               if (!fileId) continue;
               const text = await (await this.client.files.content(fileId, { signal })).text();
-              for (const line of text.split("\n")) if (line.trim() !== "") this.takeBatchLine(line, results);
+              for (const line of text.split("\n")) if (line.trim() !== "") this.takeBatchLine(route, line, bodyOf, results);
             }
             for (let i = r.start; i < r.end; i++) {
               if (results.has(keys[i])) finished++;
@@ -625,6 +798,7 @@ export class OpenAiLanguageModel implements LanguageModel {
     }
     // Lines that failed or expired inside a batch go again as ordinary requests (not a second wait for a batch).
     const again = await this.askEach(
+      route,
       retry.map((i) => bodies[i]),
       signal,
       (n) => onProgress(finishedBeforeRetry + n),
@@ -634,15 +808,16 @@ export class OpenAiLanguageModel implements LanguageModel {
   }
 
   /** One line of a batch's output or error file: a successful answer is kept (and cached); a failure is left for a retry. */
-  private takeBatchLine(line: string, results: Map<string, RawAnswer>): void {
-    const parsed = JSON.parse(line) as { custom_id?: string; response?: { status_code?: number; body?: OpenAI.Chat.ChatCompletion } | null };
+  private takeBatchLine<R extends Route>(route: R, line: string, bodyOf: ReadonlyMap<string, Record<string, unknown>>, results: Map<string, Answer<R>>): void {
+    const parsed = JSON.parse(line) as { custom_id?: string; response?: { status_code?: number; body?: OpenAI.Chat.ChatCompletion | OpenAI.Completions.Completion } | null };
     const body = parsed.response?.body;
-    if (!parsed.custom_id || parsed.response?.status_code !== 200 || !body?.choices?.[0]) return;
+    const request = parsed.custom_id === undefined ? undefined : bodyOf.get(parsed.custom_id);
+    if (!parsed.custom_id || !request || parsed.response?.status_code !== 200 || !body?.choices?.[0]) return;
     this.stats.requests++;
     this.stats.batchedRequests++;
-    const raw = this.rawAnswer(body);
-    this.cache?.put(parsed.custom_id, raw);
-    results.set(parsed.custom_id, raw);
+    const answer = (route === "echo" ? this.echoAnswer(request, body as OpenAI.Completions.Completion) : this.rawAnswer(body as OpenAI.Chat.ChatCompletion)) as Answer<R>;
+    this.cache?.put(parsed.custom_id, answer);
+    results.set(parsed.custom_id, answer);
   }
 
   private rawAnswer(response: OpenAI.Chat.ChatCompletion): RawAnswer {
@@ -661,24 +836,93 @@ export class OpenAiLanguageModel implements LanguageModel {
   }
 
   /** One request to the server (askAll has already looked in the cache); the answer is cached. */
-  private async ask(body: Record<string, unknown>, signal?: AbortSignal): Promise<RawAnswer> {
+  private async ask<R extends Route>(route: R, body: Record<string, unknown>, signal?: AbortSignal): Promise<Answer<R>> {
     if (signal?.aborted) throw new FreshrecError("CANCELLED", "the request was cancelled");
     this.stats.requests++;
-    const key = this.keyOf(body);
-    const estimate = estimateTokens(JSON.stringify(body.messages).length) + (this.options.maxTokens ?? 64);
-    let response: OpenAI.Chat.ChatCompletion;
-    try {
-      response = await this.pacer.run(
-        estimate,
-        () => this.client.chat.completions.create(body as unknown as OpenAI.Chat.ChatCompletionCreateParamsNonStreaming, { signal }),
-        signal,
-      );
-    } catch (error) {
-      throw remoteError(error, this.options.baseURL, `the openai backend (model ${this.model})`);
+    const key = this.keyOf(route, body);
+    const where = `the openai backend (model ${this.model})`;
+    let answer: Answer<R>;
+    if (route === "echo") {
+      const estimate = (body.prompt as string[]).reduce((n, text) => n + estimateTokens(text.length), 0);
+      let response: OpenAI.Completions.Completion;
+      try {
+        response = await this.pacer.run(estimate, () => this.client.completions.create(body as unknown as OpenAI.Completions.CompletionCreateParamsNonStreaming, { signal }), signal);
+      } catch (error) {
+        // A server without the route, or one that refuses echo (llama.cpp's: "Only no echo is supported"), says so.
+        if (error instanceof OpenAI.APIError && (error.status === 400 || error.status === 404 || error.status === 422 || error.status === 501) && !/model/i.test(error.message)) {
+          throw new RankingUnsupportedError(this.options.baseURL, "echo", `POST /v1/completions answered ${error.status}: ${error.message}`);
+        }
+        throw remoteError(error, this.options.baseURL, where);
+      }
+      answer = this.echoAnswer(body, response) as Answer<R>;
+    } else {
+      const estimate = estimateTokens(JSON.stringify(body.messages).length) + (this.options.maxTokens ?? 64);
+      let response: OpenAI.Chat.ChatCompletion;
+      try {
+        response = await this.pacer.run(
+          estimate,
+          () => this.client.chat.completions.create(body as unknown as OpenAI.Chat.ChatCompletionCreateParamsNonStreaming, { signal }),
+          signal,
+        );
+      } catch (error) {
+        throw remoteError(error, this.options.baseURL, where);
+      }
+      answer = this.rawAnswer(response) as Answer<R>;
     }
-    const raw = this.rawAnswer(response);
-    this.cache?.put(key, raw);
-    return raw;
+    this.cache?.put(key, answer);
+    return answer;
+  }
+
+  /**
+   * The answers' log-probabilities in an echo response (module comment). Per text, the tokens up to the end of the
+   * text are the echoed ones (a server may append generated tokens); summing starts at the first token that reaches
+   * into the answer, or earlier where the texts' tokenizations differ, so every text's sum starts after the same
+   * tokens and the sums differ exactly by the log-probabilities of what differs. A response without log-
+   * probabilities for those tokens (a server that returns them only for generated text) is refused, never ranked.
+   */
+  private echoAnswer(body: Record<string, unknown>, response: OpenAI.Completions.Completion): EchoAnswer {
+    const texts = body.prompt as string[];
+    const unsupported = (why: string) => new RankingUnsupportedError(this.options.baseURL, "echo", why);
+    const byIndex = new Map(response.choices.map((c) => [c.index, c]));
+    const parsed = texts.map((text, i) => {
+      const lp = byIndex.get(i)?.logprobs;
+      if (!lp?.tokens || !lp.token_logprobs || !lp.text_offset) throw unsupported(`the answer to text ${i} has no token log-probabilities (${byIndex.has(i) ? "logprobs missing" : "no such choice"})`);
+      const offsets = lp.text_offset;
+      let echoed = 0;
+      while (echoed < offsets.length && offsets[echoed] < text.length) echoed++;
+      if (echoed === 0) throw unsupported("no prompt tokens came back (log-probabilities of generated tokens only)");
+      const boundary = text.length - this.echoAnswers[i].length;
+      let start = 0;
+      while (start < echoed && (start + 1 < echoed ? offsets[start + 1] : text.length) <= boundary) start++;
+      if (start === echoed) throw unsupported(`the echoed tokens of text ${i} do not reach its answer`);
+      return { tokens: lp.tokens.slice(0, echoed), logprobs: lp.token_logprobs.slice(0, echoed), start };
+    });
+    let from = Math.min(...parsed.map((p) => p.start));
+    const first = parsed[0].tokens;
+    for (const p of parsed) {
+      let k = 0;
+      while (k < from && p.tokens[k] === first[k]) k++;
+      from = k;
+    }
+    const logprobs = parsed.map((p, i) => {
+      let sum = 0;
+      for (let k = from; k < p.logprobs.length; k++) {
+        const x = p.logprobs[k];
+        if (typeof x !== "number" || !Number.isFinite(x)) throw unsupported(`token ${k} of text ${i} (${JSON.stringify(p.tokens[k])}) came back without a log-probability`);
+        sum += x;
+      }
+      return sum;
+    });
+    const answer: EchoAnswer = {
+      kind: "echo",
+      logprobs,
+      tokens: parsed.map((p) => p.logprobs.length - from),
+      promptTokens: response.usage?.prompt_tokens ?? 0,
+      completionTokens: response.usage?.completion_tokens ?? 0,
+    };
+    this.stats.promptTokens += answer.promptTokens;
+    this.stats.completionTokens += answer.completionTokens;
+    return answer;
   }
 
   /** The answer's text: the `cluster` field under json_schema (the raw text when it is not that JSON), else the text. */
@@ -694,12 +938,28 @@ export class OpenAiLanguageModel implements LanguageModel {
     return text;
   }
 
+  /** Clusters ranked by their whole answers' probabilities (softmax over the allowed ones), ties by cluster order. */
+  private rankByAnswers(answer: EchoAnswer, excluded: ReadonlySet<string>): ScoredCluster[] {
+    const clusters = this.options.clusters;
+    const allowed = clusters.map((c, k) => ({ cluster: c.id, logprob: answer.logprobs[k], k })).filter((c) => !excluded.has(c.cluster));
+    const max = Math.max(...allowed.map((c) => c.logprob));
+    const weights = allowed.map((c) => Math.exp(c.logprob - max));
+    const sum = weights.reduce((a, w) => a + w, 0);
+    return allowed
+      .map((c, j) => ({ cluster: c.cluster, score: weights[j] / sum, k: c.k }))
+      .filter((c) => c.score > 0)
+      .sort((a, b) => b.score - a.score || a.k - b.k)
+      .map(({ cluster, score }) => ({ cluster, score }));
+  }
+
   /** Candidates ranked by the first answer token's alternatives (module comment), best first, ties by cluster order. */
-  private rank(raw: RawAnswer, excluded: ReadonlySet<string>): ScoredCluster[] {
+  private rankByFirstToken(raw: RawAnswer, excluded: ReadonlySet<string>): ScoredCluster[] {
     const clusters = this.options.clusters;
     const mass = new Map<string, number>();
     const text = this.answerText(raw.content);
-    const tokens = raw.logprobs ?? [];
+    // A ranking from the answer alone would look like a confident model; a server without logprobs cannot rank.
+    if (raw.logprobs === null) throw new RankingUnsupportedError(this.options.baseURL, "first-token", "the chat completion came back without logprobs (does the server support logprobs and top_logprobs?)");
+    const tokens = raw.logprobs;
     let start = text === "" ? -1 : raw.content.indexOf(this.mode === "json_schema" ? JSON.stringify(text).slice(1, -1) : text);
     if (start < 0) start = 0;
     let pos = 0;
