@@ -6,7 +6,10 @@
  * Fallbacks, always flagged in the answer:
  * - `cold-start`: the user has fewer than two distinct positive clusters. Answer: the most popular novel interests
  *   of the recent window (clusters users most often moved to as a new interest), minus the user's own cluster.
- * - `lookup-miss`: the live table has no row for the pair (a cluster newer than the table). Same answer, minus c1, c2.
+ * - `unknown-cluster`: the history names a cluster the table does not know (one newer than the table), or, for a
+ *   history the caller gives, one the catalog does not know. Same answer, minus the history's clusters. Told apart
+ *   from a cold start (the user has a history) and from a lookup miss (the table is too old, not short of a row).
+ * - `lookup-miss`: the table knows both clusters but has no row for the pair. Same answer, minus c1, c2.
  * - `no-table`: nothing is published yet. Same answer.
  *
  * @example
@@ -19,7 +22,7 @@ import type { Catalog } from "./catalog.js";
 import type { GroundedItem, GroundingIndex, ItemPolicy } from "./grounding/index.js";
 import { UserIndex, type UserState } from "./users.js";
 
-export type ExplorationFallback = "cold-start" | "lookup-miss" | "no-table";
+export type ExplorationFallback = "cold-start" | "unknown-cluster" | "lookup-miss" | "no-table";
 
 export interface RecommendedItem {
   readonly itemId: string;
@@ -65,7 +68,7 @@ export interface ExploreRequest {
  */
 export interface IndexedExplorationAnswer {
   readonly userId: string;
-  /** Cluster indices of the history; null for a cold start. */
+  /** Cluster indices of the history; null for a cold start, or a given history naming a cluster the catalog lacks. */
   readonly history: { readonly c1: number; readonly c2: number } | null;
   readonly coldStart: boolean;
   readonly fallback: ExplorationFallback | null;
@@ -103,15 +106,27 @@ export class Explorer {
   /** `explore`, in catalog indices. */
   async exploreIndexed(request: ExploreRequest): Promise<IndexedExplorationAnswer> {
     const state = this.users.get(request.userId);
-    const history = request.history !== undefined ? this.historyIndices(request.history) : (state?.history ?? null);
     const lookup = request.lookup;
     const clusters: number[] = [];
     const scores: number[] = [];
+    let history: { c1: number; c2: number } | null;
+    // Catalog indices of the history's clusters, -1 for one the catalog lacks: excluded from a fallback answer.
+    let own: { c1: number; c2: number } | null;
     let fallback: ExplorationFallback | null = null;
-    if (history === null) fallback = "cold-start";
-    else if (!lookup) fallback = "no-table";
-    else if (!this.readRow(lookup, history, request.n, clusters, scores)) fallback = "lookup-miss";
-    if (fallback !== null) this.coldStartAnswer(request.n, history, state, clusters, scores);
+    if (request.history !== undefined && request.history !== null) {
+      own = { c1: this.catalog.clusterIndex.get(request.history.c1) ?? -1, c2: this.catalog.clusterIndex.get(request.history.c2) ?? -1 };
+      history = own.c1 >= 0 && own.c2 >= 0 ? own : null;
+      if (history === null) fallback = "unknown-cluster";
+    } else {
+      history = request.history === null ? null : (state?.history ?? null);
+      own = history;
+    }
+    if (fallback === null) {
+      if (history === null) fallback = "cold-start";
+      else if (!lookup) fallback = "no-table";
+      else fallback = this.readRow(lookup, history, request.n, clusters, scores);
+    }
+    if (fallback !== null) this.coldStartAnswer(request.n, own, state, clusters, scores);
 
     const items = await this.policy.ground({
       userId: request.userId,
@@ -123,7 +138,7 @@ export class Explorer {
     return {
       userId: request.userId,
       history,
-      coldStart: history === null,
+      coldStart: fallback === "cold-start",
       fallback,
       table: lookup ? { version: lookup.version, modelVersion: lookup.modelVersion } : null,
       clusters,
@@ -155,16 +170,17 @@ export class Explorer {
 
   /**
    * Appends the table row of a history (catalog indices) to `clusters`/`scores`, at most n answers.
-   * @returns false when the table has no row for the pair.
+   * @returns null when it did; otherwise why there is no row: a cluster the table does not know, or a missing row.
    */
-  private readRow(lookup: TableLookup, history: { c1: number; c2: number }, n: number, clusters: number[], scores: number[]): boolean {
+  private readRow(lookup: TableLookup, history: { c1: number; c2: number }, n: number, clusters: number[], scores: number[]): "unknown-cluster" | "lookup-miss" | null {
     const { toCatalog, toLocal } = this.indicesOf(lookup);
+    if (toLocal[history.c1] < 0 || toLocal[history.c2] < 0) return "unknown-cluster";
     if (this.rowIds.length < lookup.topN) {
       this.rowIds = new Int32Array(lookup.topN);
       this.rowScores = new Float64Array(lookup.topN);
     }
     const m = lookup.readAt(toLocal[history.c1], toLocal[history.c2], this.rowIds, this.rowScores, lookup.topN);
-    if (m < 0) return false;
+    if (m < 0) return "lookup-miss";
     for (let a = 0; a < m && clusters.length < n; a++) {
       const c = toCatalog[this.rowIds[a]];
       // A cluster the catalog does not know has no items to show; it is left out rather than served empty.
@@ -172,7 +188,7 @@ export class Explorer {
       clusters.push(c);
       scores.push(this.rowScores[a]);
     }
-    return true;
+    return null;
   }
 
   /** Index maps between a table's clusters and the catalog's, made once per table (a lookup never changes). */
@@ -187,13 +203,6 @@ export class Explorer {
       this.tableIndices.set(lookup, (known = { toCatalog, toLocal }));
     }
     return known;
-  }
-
-  private historyIndices(history: History | null): { c1: number; c2: number } | null {
-    if (history === null) return null;
-    const c1 = this.catalog.clusterIndex.get(history.c1);
-    const c2 = this.catalog.clusterIndex.get(history.c2);
-    return c1 === undefined || c2 === undefined ? null : { c1, c2 };
   }
 
   /** The most popular novel interests, minus the clusters the user is in. */

@@ -40,6 +40,8 @@ export interface MetricsSnapshot {
   readonly users: number;
   readonly experiment: { readonly name: string; readonly arms: readonly string[] } | null;
   readonly groundingAgeSeconds: number | null;
+  /** Every table binding the server follows, and whether its latest reload failed. */
+  readonly tableBindings: readonly { readonly binding: string; readonly reloadFailing: boolean }[];
 }
 
 const escapeLabel = (v: string) => v.replace(/\\/g, "\\\\").replace(/\n/g, "\\n").replace(/"/g, '\\"');
@@ -53,6 +55,7 @@ export class ServerMetrics {
   private readonly requests = new Map<string, { method: string; route: string; status: string; count: number }>();
   lookupMisses = 0;
   coldStarts = 0;
+  unknownClusterFallbacks = 0;
   eventsIngested = 0;
   eventsSkippedUnknown = 0;
   duplicateEvents = 0;
@@ -102,8 +105,13 @@ export class ServerMetrics {
     if (snapshot.experiment) for (const arm of snapshot.experiment.arms) out.push(`freshrec_experiment_info${labels({ experiment: snapshot.experiment.name, arm })} 1`);
 
     const counters: [string, string, number][] = [
-      ["freshrec_table_lookup_misses_total", "Exploration requests whose history pair the table had no row for (served the cold-start answer).", this.lookupMisses],
+      ["freshrec_table_lookup_misses_total", "Exploration requests whose history pair the table knows both clusters of but has no row for (served the popular-novel answer).", this.lookupMisses],
       ["freshrec_cold_starts_total", "Exploration requests for users with fewer than two clusters (served the cold-start answer).", this.coldStarts],
+      [
+        "freshrec_unknown_cluster_fallbacks_total",
+        "Exploration requests whose history names a cluster the answering table does not know, one newer than the table (served the popular-novel answer).",
+        this.unknownClusterFallbacks,
+      ],
       ["freshrec_events_ingested_total", "Events written to the event store by POST /v1/events.", this.eventsIngested],
       ["freshrec_events_duplicate_total", "Events of accepted batches that were already stored.", this.duplicateEvents],
       ["freshrec_events_unknown_item_skipped_total", "Events skipped because their item is not in the catalog (unknownItems: skip).", this.eventsSkippedUnknown],
@@ -120,6 +128,8 @@ export class ServerMetrics {
       family(name, "counter", help);
       out.push(`${name} ${value}`);
     }
+    family("freshrec_table_reload_failing", "gauge", "1 while the latest reload of a binding's table failed (it serves an older table than the store says; GET /readyz answers 503), else 0.");
+    for (const b of snapshot.tableBindings) out.push(`freshrec_table_reload_failing${labels({ binding: b.binding })} ${b.reloadFailing ? 1 : 0}`);
     family("freshrec_users_known", "gauge", "Users with events held in memory.");
     out.push(`freshrec_users_known ${snapshot.users}`);
     family("freshrec_grounding_index_age_seconds", "gauge", "Seconds since the grounding index was built.");

@@ -38,7 +38,7 @@ import {
 } from "./schemas.js";
 import type { ServingState } from "./server.js";
 import { resolveBinding } from "./tables.js";
-import { experimentView, modelView, scheduleStatusView, statusChangeView, tableView } from "./views.js";
+import { experimentView, isoTime, modelView, scheduleStatusView, statusChangeView, tableView } from "./views.js";
 
 /** Parses a request part with its schema; a failure is a 400 naming each field. */
 function parseInput<S extends z.ZodType>(schema: S, value: unknown, where: string): z.infer<S> {
@@ -164,7 +164,8 @@ export function registerRoutes(app: FastifyInstance, state: ServingState): Route
         n: query.n ?? options.defaultN ?? 10,
         itemsPerCluster: query.items ?? options.itemsPerCluster ?? 3,
       });
-      if (answer.coldStart) metrics.coldStarts++;
+      if (answer.fallback === "cold-start") metrics.coldStarts++;
+      else if (answer.fallback === "unknown-cluster") metrics.unknownClusterFallbacks++;
       else if (answer.fallback === "lookup-miss") metrics.lookupMisses++;
       let experiment: { name: string; arm: string; exposureId: string } | null = null;
       if (assignment) {
@@ -444,6 +445,7 @@ export function registerRoutes(app: FastifyInstance, state: ServingState): Route
     },
     ({ reply }) => {
       const lookup = tables.lookup("live");
+      const failing = new Set(tables.failures().map((f) => f.binding));
       reply.type(PROMETHEUS_CONTENT_TYPE);
       return metrics.render({
         liveTable: lookup ? { version: lookup.version, modelVersion: lookup.modelVersion } : null,
@@ -451,6 +453,7 @@ export function registerRoutes(app: FastifyInstance, state: ServingState): Route
         users: state.users.size,
         experiment: state.experiment ? { name: state.experiment.experiment.name, arms: state.experiment.experiment.arms.map((a) => a.name) } : null,
         groundingAgeSeconds: (options.clock.now() - state.groundingBuiltAt) / 1000,
+        tableBindings: tables.bindings().map((b) => ({ binding: b.binding, reloadFailing: failing.has(b.binding) })),
       });
     },
   );
@@ -460,7 +463,7 @@ export function registerRoutes(app: FastifyInstance, state: ServingState): Route
       method: "GET",
       url: "/healthz",
       tag: "operations",
-      summary: "Liveness: 200 while the process serves, with readiness in the body (ready: a table is live)",
+      summary: "Liveness: 200 while the process serves, with readiness in the body (ready: a table is live and loads)",
       description: "Always 200 while the server runs (a liveness probe). A readiness probe that needs the status code uses GET /readyz.",
       responses: { 200: healthResponseSchema },
     },
@@ -472,25 +475,31 @@ export function registerRoutes(app: FastifyInstance, state: ServingState): Route
       method: "GET",
       url: "/readyz",
       tag: "operations",
-      summary: "Readiness: 200 when a table is live, 503 until then",
+      summary: "Readiness: 200 when a table is live and every table reload succeeded, 503 otherwise",
       description:
-        "For a load balancer or a Kubernetes readiness probe: before the first table is published every exploration answer is the popular-novel fallback, so the instance answers 503 NOT_READY until a table is live (publish one, or run freshrec refresh). The 200 body is that of /healthz.",
+        "For a load balancer or a Kubernetes readiness probe: before the first table is published every exploration answer is the popular-novel fallback, so the instance answers 503 NOT_READY until a table is live (publish one, or run freshrec refresh). It also answers 503 while the table the store says to serve cannot be loaded (a damaged table, an unreadable store): the instance keeps answering from the table it loaded before, but that is not the published one, and the message names the table and the reason. The 200 body is that of /healthz.",
       responses: { 200: healthResponseSchema },
       errors: [503],
     },
     () => {
       const body = health();
-      if (!body.ready) throw new HttpError("NOT_READY", "no table is live yet: every answer would be the cold-start fallback; publish a table (freshrec refresh, or POST /v1/tables/{v}/publish)");
-      return body;
+      if (body.ready) return body;
+      if (!body.table) throw new HttpError("NOT_READY", "no table is live yet: every answer would be the cold-start fallback; publish a table (freshrec refresh, or POST /v1/tables/{v}/publish)");
+      const failing = body.reloadFailures
+        .map((f) => `${f.binding} could not load ${f.version ?? "its table"} (${f.error}; ${f.attempts} attempt${f.attempts === 1 ? "" : "s"} since ${f.since})`)
+        .join("; ");
+      throw new HttpError("NOT_READY", `table reload failing: ${failing}; still serving ${body.table.version}`);
     },
   );
 
   /** What /healthz and /readyz answer. */
   function health() {
     const lookup = tables.lookup("live");
+    const reloadFailures = tables.failures().map((f) => ({ ...f, since: isoTime(f.since) }));
     return {
       status: "ok" as const,
-      ready: lookup !== undefined,
+      ready: lookup !== undefined && reloadFailures.length === 0,
+      reloadFailures,
       table: lookup ? { version: lookup.version, modelVersion: lookup.modelVersion } : null,
       model: tables.liveModelVersion,
       users: state.users.size,

@@ -64,9 +64,11 @@ export const explorationResponseSchema = z.object({
   history: historySchema.nullable(),
   coldStart: z.boolean().describe("True when the user has fewer than two distinct positive clusters: the answer is the most popular novel interests."),
   fallback: z
-    .enum(["cold-start", "lookup-miss", "no-table"])
+    .enum(["cold-start", "unknown-cluster", "lookup-miss", "no-table"])
     .nullable()
-    .describe("Why the answer is the popular-novel fallback rather than the table's row for the history; null when it is the row."),
+    .describe(
+      'Why the answer is the popular-novel fallback rather than the table\'s row for the history; null when it is the row. "cold-start": fewer than two clusters; "unknown-cluster": the history names a cluster the table does not know (newer than the table); "lookup-miss": the table knows both clusters but has no row for the pair; "no-table": nothing is published yet.',
+    ),
   table: tableRefSchema.nullable(),
   model: z.object({ live: z.string().nullable().describe("The model registry's live model (may be newer than the table's).") }),
   experiment: z
@@ -152,9 +154,22 @@ export const scheduleStatusResponseSchema = z.object({
   status: scheduleStatusSchema.nullable().describe("The schedule's status: each job's cadence, last run, next due time and counters (null when the server was given none)."),
 });
 
+export const reloadFailureSchema = z
+  .object({
+    binding: z.string().describe('What the table serves: "live", or an experiment arm\'s binding.'),
+    version: z.string().nullable().describe("The table that could not be loaded (null when the store could not be read at all)."),
+    error: z.string().describe("Why."),
+    since: z.string().describe("When this run of failures began (ISO-8601)."),
+    attempts: z.number().int().describe("Failed attempts in a row (the server retries every serve.reloadIntervalMs)."),
+  })
+  .describe("A table the server should serve but cannot load; the table it served before keeps serving.");
+
 export const healthResponseSchema = z.object({
   status: z.literal("ok"),
-  ready: z.boolean().describe("True when a table is live (otherwise every answer is the popular-novel fallback)."),
+  ready: z
+    .boolean()
+    .describe("True when a table is live and every table reload succeeded (otherwise every answer is the popular-novel fallback, or comes from a table older than the published one)."),
+  reloadFailures: z.array(reloadFailureSchema).describe("Tables failing to load, one per binding; empty when every reload succeeded."),
   table: tableRefSchema.nullable(),
   model: z.string().nullable(),
   users: z.number().int(),

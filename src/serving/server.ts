@@ -310,6 +310,7 @@ export async function startServer(input: ServeOptions): Promise<RunningServer> {
     let app: FastifyInstance | null = null;
     const tables = new ServingTables(tableStore, registry, {
       rowsPerSlice: 500,
+      now: () => options.clock.now(),
       onChange: (change) => {
         metrics.tableReloads++;
         app?.log.info({ binding: change.binding, from: change.from, to: change.to, cached: change.cached, seconds: change.seconds }, "table swapped");

@@ -19,6 +19,7 @@
  * const lookup = tables.lookup("live");
  * lookup?.get("baking", "coffee");  // ranked novel clusters
  */
+import { SystemClock } from "../domain/clock.js";
 import { FreshrecError } from "../domain/errors.js";
 import type { ModelRegistry } from "../llm/registry.js";
 import { LiveTable, type TableInfo, type TableLookup, type TableStore } from "../tables/index.js";
@@ -33,6 +34,21 @@ export interface TableChange {
   readonly seconds: number;
 }
 
+/**
+ * A binding whose latest reload failed. It keeps serving the table it served before, which is no longer what the
+ * store says it should serve: readiness reports it (GET /readyz) until a reload succeeds.
+ */
+export interface ReloadFailure {
+  readonly binding: string;
+  /** The version that could not be loaded; null when the store could not say which (the pointer read failed). */
+  readonly version: string | null;
+  readonly error: string;
+  /** When this run of failures began (epoch ms). */
+  readonly since: number;
+  /** Failed attempts in a row. */
+  readonly attempts: number;
+}
+
 export interface ServingTablesOptions extends LoadLookupOptions {
   /** Lookups kept in memory besides the ones serving (instant rollback). @defaultValue 2 */
   readonly cachedLookups?: number;
@@ -40,6 +56,8 @@ export interface ServingTablesOptions extends LoadLookupOptions {
   readonly onChange?: (change: TableChange) => void;
   /** Called when a reload failed (the previous table keeps serving). */
   readonly onError?: (error: unknown, binding: string) => void;
+  /** The clock's now (epoch ms), for when a failure began. @defaultValue the system clock */
+  readonly now?: () => number;
 }
 
 const FINISHED = ["ready", "live", "retired"] as const;
@@ -71,6 +89,8 @@ export class ServingTables {
   private modelVersion: string | null = null;
   private polling: Promise<void> | null = null;
   private readonly loading = new Map<string, Promise<TableLookup>>();
+  private readonly failing = new Map<string, ReloadFailure>();
+  private readonly now: () => number;
 
   constructor(
     private readonly store: TableStore,
@@ -78,6 +98,13 @@ export class ServingTables {
     private readonly options: ServingTablesOptions = {},
   ) {
     this.holders.set("live", new LiveTable());
+    const clock = new SystemClock();
+    this.now = options.now ?? (() => clock.now());
+  }
+
+  /** Bindings whose latest reload failed ("live" first); empty when every binding serves what the store says. */
+  failures(): ReloadFailure[] {
+    return [...this.failing.values()].sort((a, b) => (a.binding === "live" ? -1 : b.binding === "live" ? 1 : a.binding.localeCompare(b.binding)));
   }
 
   /** The lookup a binding serves right now (take it once per request). */
@@ -97,17 +124,32 @@ export class ServingTables {
 
   /** Starts following a binding (an experiment arm) and loads its table; throws when the binding names nothing. */
   async bind(binding: string): Promise<TableLookup | undefined> {
-    if (!this.holders.has(binding)) {
+    const added = !this.holders.has(binding);
+    if (added) {
       resolveBinding(this.store, binding);
       this.holders.set(binding, new LiveTable());
     }
-    await this.reloadBinding(binding, true);
+    try {
+      await this.reloadBinding(binding, true);
+    } catch (error) {
+      // The caller learns of it (the experiment is not activated); a binding that never served is not followed.
+      if (added) {
+        this.holders.delete(binding);
+        this.failing.delete(binding);
+      }
+      throw error;
+    }
     return this.lookup(binding);
   }
 
   /** Stops following bindings not in `keep` ("live" is always kept). */
   retain(keep: readonly string[]): void {
-    for (const binding of [...this.holders.keys()]) if (binding !== "live" && !keep.includes(binding)) this.holders.delete(binding);
+    for (const binding of [...this.holders.keys()]) {
+      if (binding !== "live" && !keep.includes(binding)) {
+        this.holders.delete(binding);
+        this.failing.delete(binding);
+      }
+    }
   }
 
   /**
@@ -142,13 +184,19 @@ export class ServingTables {
   private async reloadBinding(binding: string, rethrow: boolean): Promise<void> {
     const holder = this.holders.get(binding);
     if (!holder) return;
+    let attempted: string | null = null;
     try {
       const before = holder.version ?? null;
       // A fixed version never changes once loaded.
       if (/^t\d+$/.test(binding) && before === binding) return;
       const info = resolveBinding(this.store, binding);
       const version = info?.version ?? null;
-      if (version === before) return;
+      attempted = version;
+      if (version === before) {
+        // The store points back at what is served (a rollback past a table that failed to load): nothing fails.
+        this.failing.delete(binding);
+        return;
+      }
       const started = process.hrtime.bigint();
       const cached = version !== null && this.cached(version) !== undefined;
       // Loaded completely before the swap: readers keep the old lookup until the new one is whole.
@@ -156,8 +204,15 @@ export class ServingTables {
       if (this.holders.get(binding) !== holder) return; // unbound meanwhile
       const previous = holder.swap(next);
       if (previous) this.remember(previous);
+      this.failing.delete(binding);
       this.options.onChange?.({ binding, from: before, to: version, cached, seconds: Number(process.hrtime.bigint() - started) / 1e9 });
     } catch (error) {
+      if (this.holders.get(binding) === holder) {
+        const last = this.failing.get(binding);
+        const again = last !== undefined && last.version === attempted;
+        const message = error instanceof Error ? error.message : String(error);
+        this.failing.set(binding, { binding, version: attempted, error: message, since: again ? last.since : this.now(), attempts: again ? last.attempts + 1 : 1 });
+      }
       this.options.onError?.(error, binding);
       if (rethrow) throw error;
     }
