@@ -268,3 +268,54 @@ export async function timedTransitions(
   }
   return out;
 }
+
+/** Every novel transition of a window in columnar form, in time order (ties by user key): what `EvidenceLog` holds. */
+export interface TransitionColumns {
+  readonly users: Int32Array;
+  readonly ts: Float64Array;
+  /** Cluster ids, indexes into `clusters`. */
+  readonly c1: Int32Array;
+  readonly c2: Int32Array;
+  readonly next: Int32Array;
+  readonly clusters: readonly string[];
+}
+
+/**
+ * The novel transitions whose `next` event lies in [from, to), one row per occurrence (not deduplicated), as
+ * integer columns: the raw material every window count of a refresh is cut from, read in one query. Nothing at or
+ * after `to` is read.
+ */
+export async function transitionColumns(store: EventStore, window: TimeWindow, options: MiningOptions = {}): Promise<TransitionColumns> {
+  const reader = await store.connection.runAndReadAll(
+    `WITH ${sequenceSql(options, await orderKeySql(store))},
+     trip AS (
+       SELECT user_key, ts, lag(cluster_key, 2) OVER w AS c1, lag(cluster_key, 1) OVER w AS c2, cluster_key AS cn
+       FROM seq WINDOW w AS (PARTITION BY user_key ORDER BY order_key)
+     )
+     SELECT user_key, epoch_ms(ts) AS ts, c1, c2, cn FROM trip
+     WHERE c1 IS NOT NULL AND cn <> c1 AND ts >= epoch_ms($from::BIGINT)
+     ORDER BY ts, user_key`,
+    params(window, options),
+  );
+  const rows = reader.currentRowCount;
+  const clusterRows = await store.query<{ k: number; id: string }>("SELECT cluster_key AS k, cluster_id AS id FROM clusters ORDER BY cluster_key");
+  const index = new Map(clusterRows.map((r, i) => [r.k, i]));
+  const out = {
+    users: new Int32Array(rows),
+    ts: new Float64Array(rows),
+    c1: new Int32Array(rows),
+    c2: new Int32Array(rows),
+    next: new Int32Array(rows),
+    clusters: clusterRows.map((r) => r.id),
+  };
+  if (rows === 0) return out;
+  const [u, t, a, b, n] = reader.getColumns() as [number[], (number | bigint)[], number[], number[], number[]];
+  for (let r = 0; r < rows; r++) {
+    out.users[r] = u[r];
+    out.ts[r] = Number(t[r]);
+    out.c1[r] = index.get(a[r])!;
+    out.c2[r] = index.get(b[r])!;
+    out.next[r] = index.get(n[r])!;
+  }
+  return out;
+}
