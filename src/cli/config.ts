@@ -81,6 +81,20 @@ export const configSchema = z
         minSupport: positiveInt().default(2).describe("Distinct users a successor needs in the window to be retrieved (one account alone never sets a context)."),
         mode: z.enum(["frequency", "trend", "global"]).default("frequency").describe("frequency (the paper's choice), trend (largest rise vs the previous window) or global (one context from the top pairs)."),
         globalPairs: positiveInt().default(100).describe("Global mode: how many of the most frequent transitions build the shared context."),
+        method: z
+          .enum(["fusion", "prompt"])
+          .default("fusion")
+          .describe("How a refresh uses fresh transitions: fusion (the product's hybrid: each row is the posterior of the LLM's prior for the pair and the fresh counts, backed off to the second cluster and to popularity, with strengths fitted just before the refresh; no prompt re-runs while the model is unchanged) or prompt (the paper's in-prompt RAG: the retrieved successors go into the prompt, rag.mode chooses which)."),
+        fusion: z
+          .object({
+            windowsDays: z.array(z.number().positive()).min(1).default([3, 7, 14, 28, 56, 112, 224, 448]).describe("Evidence window lengths (days) compared at each fusion refresh; the one that best predicts the transitions just before the refresh serves."),
+            fitMinTransitions: positiveInt().default(2000).describe("Transitions (distinct users per triple) the fit slice before a refresh must hold; it grows back from 1 day, doubling, until it does."),
+            fitMaxDays: z.number().positive().default(56).describe("Longest fit slice in days."),
+            fitFloor: positiveInt().default(50).describe("With fewer transitions than this before the refresh nothing is fitted: default strengths serve and the table records why."),
+            priorTopM: positiveInt().default(32).describe("Answers of the LLM prior kept per pair (top-M with probabilities; the rest of its mass is spread evenly). An OpenAI-compatible backend gives at most llm.openai.topLogprobs."),
+          })
+          .strict()
+          .prefault({}),
       })
       .strict()
       .prefault({}),

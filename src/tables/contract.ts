@@ -93,11 +93,14 @@ export interface TableInfo {
  */
 export interface TableBuildRow extends TableRow {
   readonly contextKey?: string | null;
+  /** Why the row says what it says (a fusion row: its weights and counts), stored as JSON; absent for prompted rows. */
+  readonly explanation?: Readonly<Record<string, unknown>> | null;
 }
 
 /** A stored row with its context key. Scores come back as stored (32-bit floats). */
 export interface StoredTableRow extends TableRow {
   readonly contextKey: string | null;
+  readonly explanation?: Readonly<Record<string, unknown>> | null;
 }
 
 /**

@@ -5,9 +5,10 @@
  * - `clusters(idx, id)`: one global dictionary of cluster ids, dense integers from 0. Global rather than per
  *   table so that an incremental build copies rows between versions as opaque values in one SQL statement.
  *   Entries are never deleted or renumbered, so every process may cache them.
- * - `table_rows(table_seq, c1, c2, context_key, answers)`, WITHOUT ROWID, keyed by (table, c1, c2): a point
+ * - `table_rows(table_seq, c1, c2, context_key, answers, explanation)`, WITHOUT ROWID, keyed by (table, c1, c2): a point
  *   lookup is one B-tree probe and a table's rows are one contiguous range (cheap to scan, copy and delete).
- *   `answers` is the 8-bytes-per-answer BLOB of ./answer-blob.ts.
+ *   `answers` is the 8-bytes-per-answer BLOB of ./answer-blob.ts; `explanation` the JSON a fusion row explains
+ *   itself with (weights and counts, ~0.5 KB a row; NULL for prompted rows).
  * - `table_versions`: metadata and status; the version id is "t" + the AUTOINCREMENT sequence, so ids are never
  *   reused, even after gc deletes the newest one.
  * - `live_stack`: the publish stack. Its top is the live table, the entry below is where rollback returns.
@@ -239,9 +240,9 @@ function prepareStatements(db: Database.Database) {
     clusterByIdx: db.prepare("SELECT idx, id FROM clusters WHERE idx >= ? ORDER BY idx"),
     clusterById: db.prepare("SELECT idx FROM clusters WHERE id = ?"),
     insertCluster: db.prepare("INSERT INTO clusters (idx, id) VALUES ((SELECT coalesce(max(idx) + 1, 0) FROM clusters), ?)"),
-    insertRow: db.prepare("INSERT INTO table_rows (table_seq, c1, c2, context_key, answers) VALUES (?, ?, ?, ?, ?)"),
-    row: db.prepare("SELECT context_key, answers FROM table_rows WHERE table_seq = ? AND c1 = ? AND c2 = ?"),
-    page: db.prepare(`SELECT c1, c2, context_key, answers FROM table_rows
+    insertRow: db.prepare("INSERT INTO table_rows (table_seq, c1, c2, context_key, answers, explanation) VALUES (?, ?, ?, ?, ?, ?)"),
+    row: db.prepare("SELECT context_key, answers, explanation FROM table_rows WHERE table_seq = ? AND c1 = ? AND c2 = ?"),
+    page: db.prepare(`SELECT c1, c2, context_key, answers, explanation FROM table_rows
       WHERE table_seq = ? AND (c1, c2) > (?, ?) ORDER BY c1, c2 LIMIT ?`),
     keys: db.prepare("SELECT c1, c2, context_key FROM table_rows WHERE table_seq = ?").raw(),
     packedSize: db.prepare("SELECT count(*) AS n, coalesce(max(length(answers)), 0) AS bytes FROM table_rows WHERE table_seq = ?"),
@@ -249,11 +250,11 @@ function prepareStatements(db: Database.Database) {
       WHERE table_seq = ? AND (c1, c2) > (?, ?) ORDER BY c1, c2 LIMIT ?`).raw(),
     clearCopyPairs: db.prepare("DELETE FROM temp.copy_pairs"),
     insertCopyPair: db.prepare("INSERT OR IGNORE INTO temp.copy_pairs (c1, c2) VALUES (?, ?)"),
-    copyPairs: db.prepare(`INSERT INTO table_rows (table_seq, c1, c2, context_key, answers)
-      SELECT ?, r.c1, r.c2, r.context_key, r.answers FROM temp.copy_pairs p
+    copyPairs: db.prepare(`INSERT INTO table_rows (table_seq, c1, c2, context_key, answers, explanation)
+      SELECT ?, r.c1, r.c2, r.context_key, r.answers, r.explanation FROM temp.copy_pairs p
       JOIN table_rows r ON r.table_seq = ? AND r.c1 = p.c1 AND r.c2 = p.c2`),
-    copyAll: db.prepare(`INSERT INTO table_rows (table_seq, c1, c2, context_key, answers)
-      SELECT ?, c1, c2, context_key, answers FROM table_rows WHERE table_seq = ?`),
+    copyAll: db.prepare(`INSERT INTO table_rows (table_seq, c1, c2, context_key, answers, explanation)
+      SELECT ?, c1, c2, context_key, answers, explanation FROM table_rows WHERE table_seq = ?`),
     stack: db.prepare("SELECT pos, table_seq FROM live_stack ORDER BY pos DESC"),
     push: db.prepare("INSERT INTO live_stack (table_seq) VALUES (?)"),
     popAbove: db.prepare("DELETE FROM live_stack WHERE pos > ?"),
@@ -367,6 +368,7 @@ export class SqliteTableStore implements TableStore {
         c2 INTEGER NOT NULL,
         context_key TEXT,
         answers BLOB NOT NULL,
+        explanation TEXT,
         PRIMARY KEY (table_seq, c1, c2)
       ) WITHOUT ROWID;
       CREATE TABLE IF NOT EXISTS live_stack (pos INTEGER PRIMARY KEY AUTOINCREMENT, table_seq INTEGER NOT NULL);
@@ -381,6 +383,9 @@ export class SqliteTableStore implements TableStore {
       );
       CREATE TEMP TABLE IF NOT EXISTS copy_pairs (c1 INTEGER NOT NULL, c2 INTEGER NOT NULL, PRIMARY KEY (c1, c2)) WITHOUT ROWID;
     `);
+    // Files written before rows could explain themselves get the (nullable) column; old readers ignore it.
+    const columns = db.prepare("PRAGMA table_info(table_rows)").all() as { name: string }[];
+    if (!columns.some((c) => c.name === "explanation")) db.exec("ALTER TABLE table_rows ADD COLUMN explanation TEXT");
     const row = db.prepare("SELECT value FROM store_meta WHERE key = 'schema'").get() as { value: string } | undefined;
     if (!row) db.prepare("INSERT INTO store_meta (key, value) VALUES ('schema', ?)").run(SCHEMA_VERSION);
     else if (row.value !== SCHEMA_VERSION) {
@@ -480,13 +485,14 @@ export class SqliteTableStore implements TableStore {
     return this.clusterIds[idx];
   }
 
-  private decodeRow(c1: number, c2: number, contextKey: string | null, answers: Buffer): StoredTableRow {
+  private decodeRow(c1: number, c2: number, contextKey: string | null, answers: Buffer, explanation: string | null): StoredTableRow {
     const n = answers.length / ANSWER_BYTES;
     const list = new Array<{ cluster: string; score: number }>(n);
     for (let k = 0; k < n; k++) {
       list[k] = { cluster: this.clusterId(answers.readInt32LE(k * ANSWER_BYTES)), score: answers.readFloatLE(k * ANSWER_BYTES + 4) };
     }
-    return { c1: this.clusterId(c1), c2: this.clusterId(c2), answers: list, contextKey };
+    const row = { c1: this.clusterId(c1), c2: this.clusterId(c2), answers: list, contextKey };
+    return explanation === null ? row : { ...row, explanation: JSON.parse(explanation) };
   }
 
   // ---------------------------------------------------------------------------------------------- building
@@ -540,7 +546,7 @@ export class SqliteTableStore implements TableStore {
         const c1 = this.clusterIdxForWrite(row.c1);
         const c2 = this.clusterIdxForWrite(row.c2);
         try {
-          this.sql.insertRow.run(seq, c1, c2, row.contextKey ?? null, encodeAnswers(ids, scores));
+          this.sql.insertRow.run(seq, c1, c2, row.contextKey ?? null, encodeAnswers(ids, scores), row.explanation ? JSON.stringify(row.explanation) : null);
         } catch (error) {
           if (isPrimaryKeyConflict(error)) {
             throw new FreshrecError("BAD_INPUT", `tables: pair (${row.c1}, ${row.c2}) written twice to ${versionId(seq)}`, { cause: error });
@@ -757,8 +763,8 @@ export class SqliteTableStore implements TableStore {
     for (;;) {
       // Pages, not one long-lived statement: better-sqlite3 blocks every other call on the connection while an
       // iterator is open, and a caller may well look things up while walking the rows.
-      const page = this.sql.page.all(seq, c1, c2, this.pageSize) as { c1: number; c2: number; context_key: string | null; answers: Buffer }[];
-      for (const r of page) yield this.decodeRow(r.c1, r.c2, r.context_key, r.answers);
+      const page = this.sql.page.all(seq, c1, c2, this.pageSize) as { c1: number; c2: number; context_key: string | null; answers: Buffer; explanation: string | null }[];
+      for (const r of page) yield this.decodeRow(r.c1, r.c2, r.context_key, r.answers, r.explanation);
       if (page.length < this.pageSize) return;
       c1 = page[page.length - 1].c1;
       c2 = page[page.length - 1].c2;
@@ -770,8 +776,8 @@ export class SqliteTableStore implements TableStore {
     const i1 = this.clusterIdxForRead(c1);
     const i2 = this.clusterIdxForRead(c2);
     if (i1 === undefined || i2 === undefined) return undefined;
-    const r = this.sql.row.get(seq, i1, i2) as { context_key: string | null; answers: Buffer } | undefined;
-    return r && this.decodeRow(i1, i2, r.context_key, r.answers);
+    const r = this.sql.row.get(seq, i1, i2) as { context_key: string | null; answers: Buffer; explanation: string | null } | undefined;
+    return r && this.decodeRow(i1, i2, r.context_key, r.answers, r.explanation);
   }
 
   contextKeys(version: string): Map<string, string | null> {

@@ -35,6 +35,8 @@ export interface PromptScorer {
   readonly promptsPerCall?: number;
   /** Prices scoring these prompts before anything is sent; absent for scorers not paid per token. */
   estimateCost?(prompts: readonly PromptInput[]): CostEstimate;
+  /** Why a prompt of the last `score` call got its answers (fusion: weights and counts), stored with its row. */
+  storedExplanation?(prompt: PromptInput): Readonly<Record<string, unknown>> | undefined;
 }
 
 export interface BuildTableOptions {
@@ -53,6 +55,8 @@ export interface BuildTableOptions {
   /** Prompts per scorer call. @defaultValue 1024 */
   readonly batchSize?: number;
   readonly strategy?: string | null;
+  /** What made a table built without prompts' contexts from fresh data (fusion): recorded instead of `rag`'s. */
+  readonly evidenceMeta?: { readonly asOf: number; readonly windowDays: number; readonly options: Readonly<Record<string, unknown>> } | null;
   readonly progress?: ProgressSink;
   readonly signal?: AbortSignal;
 }
@@ -114,9 +118,11 @@ export async function buildTable(options: BuildTableOptions): Promise<BuildTable
   const builder = options.store.beginBuild({
     modelVersion: options.modelVersion,
     templateHash: options.templateHash,
-    ragAsOf: rag?.asOf ?? null,
-    ragWindowDays: rag ? (rag.window.to - rag.window.from) / 86_400_000 : null,
-    ragOptions: rag ? { mode: rag.mode, topN: rag.topN, minSupport: rag.minSupport, pairsWithContext: rag.contexts.size, global: rag.global } : null,
+    ragAsOf: options.evidenceMeta?.asOf ?? rag?.asOf ?? null,
+    ragWindowDays: options.evidenceMeta?.windowDays ?? (rag ? (rag.window.to - rag.window.from) / 86_400_000 : null),
+    ragOptions:
+      options.evidenceMeta?.options ??
+      (rag ? { method: "prompt", mode: rag.mode, topN: rag.topN, minSupport: rag.minSupport, pairsWithContext: rag.contexts.size, global: rag.global } : null),
     strategy: options.strategy ?? null,
     parent: copy.length && previous ? previous.version : null,
   });
@@ -137,7 +143,8 @@ export async function buildTable(options: BuildTableOptions): Promise<BuildTable
       const rows: TableBuildRow[] = batch.map((b, k) => {
         const { c1, c2 } = b.input.history;
         const answers = ranked[k].filter((a) => a.cluster !== c1 && a.cluster !== c2).slice(0, topN);
-        return { c1, c2, answers, contextKey: b.key };
+        const explanation = options.scorer.storedExplanation?.(b.input);
+        return explanation ? { c1, c2, answers, contextKey: b.key, explanation } : { c1, c2, answers, contextKey: b.key };
       });
       builder.append(rows);
       progress.update(Math.min(start + batchSize, rescore.length), { pairs: start + batch.length });

@@ -6,7 +6,6 @@
 import type { EventStore } from "../data/event-store.js";
 import type { TableStore } from "../tables/index.js";
 import { PopularNovelScorer, rankNextClusters, SuccessorScorer } from "./baselines.js";
-import type { PromptScorer } from "./generate.js";
 import { SnapshotCache, type RagOptions } from "./rag.js";
 import { runRefresh, type RefreshOptions } from "./refresh.js";
 import type { JobRun } from "./schedule/index.js";
@@ -14,11 +13,12 @@ import type { JobRun } from "./schedule/index.js";
 /** A refresh job over a model chosen at run time (the current live model of the loop). */
 export function refreshJob(
   base: Omit<RefreshOptions, "model" | "signal">,
-  currentModel: () => Promise<{ version: string; scorer: PromptScorer; dataAsOf: number }>,
+  currentModel: () => Promise<RefreshOptions["model"] & { dataAsOf: number }>,
 ): JobRun {
   return async ({ asOf, signal }) => {
     const model = await currentModel();
     const result = await runRefresh(asOf, { ...base, model, signal });
+    const fit = result.fusion;
     return {
       status: "succeeded",
       cost: { promptsScored: result.rescored },
@@ -31,12 +31,24 @@ export function refreshJob(
         pairsWithContext: result.pairsWithContext,
         // A RAG table carries data up to its as-of time; a table without RAG only what its model was trained on.
         dataAsOf: base.rag === null ? model.dataAsOf : asOf,
+        ...(fit
+          ? {
+              method: "fusion",
+              evidenceWindowDays: fit.windowDays,
+              evidenceTransitions: result.transitionsInWindow,
+              fit: fit.status,
+              priorWeight: fit.params.tau,
+              alpha: fit.params.alpha,
+              // Nats per transition the LLM prior adds to the fit slice's likelihood over the counts alone.
+              priorGain: fit.countsOnlyPerTransition === null ? null : fit.perTransition - fit.countsOnlyPerTransition,
+            }
+          : {}),
       },
     };
   };
 }
 
-export type BaselineName = "successor-top1" | "popular-novel";
+export type BaselineName = "successor-top1" | "popular-novel" | "counts-backoff";
 
 /**
  * A refresh job for a non-LLM baseline: its "model" is recomputed from the same recent window RAG reads, then the
@@ -46,6 +58,17 @@ export function baselineRefreshJob(
   kind: BaselineName,
   base: Omit<RefreshOptions, "model" | "signal"> & { events: EventStore; tables: TableStore; rag: RagOptions & { positiveMin?: number | null } },
 ): JobRun {
+  if (kind === "counts-backoff") {
+    // The fusion posterior with no LLM prior: the strongest counting baseline, fitted the way the hybrid is.
+    const scorer = { score: async () => { throw new Error("counts-backoff tables are computed, not prompted"); } };
+    return (context) =>
+      refreshJob({ ...base, rag: { ...base.rag, method: "fusion" } }, async () => ({
+        version: `${kind}@${new Date(context.asOf).toISOString().slice(0, 10)}`,
+        scorer,
+        prior: null,
+        dataAsOf: context.asOf,
+      }))(context);
+  }
   return async (context) => {
     // One retrieval gives both the popularity and the prompts' contexts: the refresh below reads the same snapshot
     // (a cache shared by every run in a replay, else one for this run).
@@ -55,6 +78,7 @@ export function baselineRefreshJob(
     const scorer = kind === "successor-top1" ? new SuccessorScorer(popularity) : new PopularNovelScorer(popularity);
     // The version names the data: a baseline's answers change with every window, so its tables are never copied.
     const version = `${kind}@${new Date(context.asOf).toISOString().slice(0, 10)}`;
-    return refreshJob({ ...base, snapshots }, async () => ({ version, scorer, dataAsOf: context.asOf }))(context);
+    // These baselines serve the in-prompt retrieval's own contexts: the prompt method's snapshot, never a fusion.
+    return refreshJob({ ...base, rag: { ...base.rag, method: "prompt" }, snapshots }, async () => ({ version, scorer, dataAsOf: context.asOf }))(context);
   };
 }

@@ -25,6 +25,9 @@ import type { GateOptions } from "./gates.js";
 import type { PromptScorer } from "./generate.js";
 import { refreshJob } from "./jobs.js";
 import type { RagOptions, SnapshotCache } from "./rag.js";
+import { computePrior, loadPrior, resolveFusionOptions, savePrior, type EvidenceCache, type LlmPrior } from "./fusion.js";
+import { remembered } from "../domain/memo.js";
+import { join } from "node:path";
 import type { JobOutcome, JobRun } from "./schedule/index.js";
 
 /** The knobs of the loop, as the config file's `rag`, `finetune` and `tables` sections give them. */
@@ -53,6 +56,8 @@ export interface UpdateLoopOptions {
   readonly strategy?: string | null;
   /** Snapshots shared with other loops over the same unchanging store (replay). */
   readonly snapshots?: SnapshotCache;
+  /** Evidence logs shared with other loops over the same unchanging store (replay). */
+  readonly evidence?: EvidenceCache;
   /** Curated sets and gate results shared with other loops over the same unchanging store (replay). */
   readonly finetuneMemo?: FinetuneMemo;
   readonly progress?: ProgressSink;
@@ -93,10 +98,16 @@ export interface ServingModel {
   readonly scorer: PromptScorer;
   /** End of the training data of the model (what a table without RAG knows up to). */
   readonly dataAsOf: number;
+  /** The model's prior over every pair, for fusion refreshes (computed once per version). */
+  readonly prior: () => Promise<{ prior: LlmPrior; promptsScored: number }>;
+  /** The prior is computed already (in memory or on disk). */
+  readonly priorReady: boolean;
 }
 
 export class UpdateLoop {
   private open: { version: string; model: LanguageModel } | null = null;
+  /** Priors by model version: computed once, kept on disk beside the models (`<version>.prior`). */
+  private readonly priors = new Map<string, Promise<LlmPrior>>();
 
   constructor(private readonly options: UpdateLoopOptions) {}
 
@@ -110,7 +121,28 @@ export class UpdateLoop {
       const model = await (this.options.openModel ?? ((p: string) => EmbeddedLanguageModel.open(p)))(live.filePath);
       this.open = { version: live.version, model };
     }
-    return { version: live.version, scorer: this.open.model, dataAsOf: live.window?.to ?? live.createdAt };
+    const { version } = live;
+    const model = this.open.model;
+    const topM = resolveFusionOptions(this.options.settings.rag.fusion).priorTopM;
+    const file = join(this.options.registry.modelsDir, `${version}.prior`);
+    return {
+      version,
+      scorer: model,
+      dataAsOf: live.window?.to ?? live.createdAt,
+      priorReady: this.priors.has(version) || loadPrior(file, this.options.clusters, topM) !== null,
+      prior: async () => {
+        let promptsScored = 0;
+        const prior = await remembered(this.priors, version, async () => {
+          const saved = loadPrior(file, this.options.clusters, topM);
+          if (saved) return saved;
+          const computed = await computePrior(model, this.options.clusters, { topM });
+          promptsScored = this.options.clusters.length * (this.options.clusters.length - 1);
+          savePrior(file, computed);
+          return computed;
+        });
+        return { prior, promptsScored };
+      },
+    };
   }
 
   /** Fine-tune at the as-of time; the outcome is `halted` when a gate fails (the scheduler then pauses the job). */
@@ -146,7 +178,7 @@ export class UpdateLoop {
   }
 
   /** The RAG refresh job (rag null: the table of the model alone, as the fine-tuning-only strategies serve). */
-  refreshJob(overrides: { rag?: RagOptions | null; full?: boolean } = {}): JobRun {
+  refreshJob(overrides: { rag?: Partial<RagOptions> | null; full?: boolean } = {}): JobRun {
     const { settings } = this.options;
     const rag = overrides.rag === null ? null : { ...settings.rag, ...(overrides.rag ?? {}), positiveMin: settings.positiveMin };
     return refreshJob(
@@ -161,6 +193,7 @@ export class UpdateLoop {
         keep: settings.tables.keep,
         strategy: this.options.strategy ?? null,
         snapshots: this.options.snapshots,
+        evidence: this.options.evidence,
         progress: this.options.progress,
       },
       () => this.liveModel(),

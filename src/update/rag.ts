@@ -24,6 +24,7 @@ import { seededRandom } from "../domain/random.js";
 import type { PromptContext } from "../llm/prompt.js";
 import { pairKey } from "../domain/types.js";
 import { countTransitions, countTransitionsForWindows } from "../mining/transitions.js";
+import type { FusionOptions } from "./fusion.js";
 
 export type RagMode = "frequency" | "trend" | "global";
 
@@ -40,9 +41,19 @@ export interface RagOptions {
   readonly globalPairs?: number;
   /** Engagement threshold for positive events (see MiningOptions). @defaultValue null */
   readonly positiveMin?: number | null;
+  /**
+   * How a refresh uses the fresh transitions: `fusion` (posterior of the LLM prior and the counts, ./fusion.ts) or
+   * `prompt` (the paper's in-prompt RAG; `mode` picks the contexts). Curation and pretraining contexts always come
+   * from `mode`. @defaultValue "fusion"
+   */
+  readonly method?: RagMethod;
+  /** Options of the fusion method. */
+  readonly fusion?: FusionOptions;
 }
 
-export const RAG_DEFAULTS = { windowDays: 7, topN: 1, minSupport: 2, mode: "frequency", globalPairs: 100 } as const;
+export type RagMethod = "fusion" | "prompt";
+
+export const RAG_DEFAULTS = { windowDays: 7, topN: 1, minSupport: 2, mode: "frequency", globalPairs: 100, method: "fusion", fusion: {} } as const;
 
 /** The retrieved contexts of one refresh, with what made them. */
 export interface RagSnapshot {
@@ -200,6 +211,7 @@ export function resolveRagOptions(options: RagOptions): Required<Omit<RagOptions
     if (!Number.isInteger(o[key]) || o[key] < 1) throw new BadInputError(`rag.${key}: expected a positive integer, got ${o[key]}`);
   }
   if (!["frequency", "trend", "global"].includes(o.mode)) throw new BadInputError(`rag.mode: expected frequency, trend or global, got ${JSON.stringify(o.mode)}`);
+  if (!["fusion", "prompt"].includes(o.method)) throw new BadInputError(`rag.method: expected fusion or prompt, got ${JSON.stringify(o.method)}`);
   return o;
 }
 

@@ -11,14 +11,27 @@ import type { ProgressSink } from "../domain/types.js";
 import type { TableStore } from "../tables/index.js";
 import type { CostEstimate } from "../llm/contracts.js";
 import { buildTable, planTable, type BuildTableResult, type PromptScorer } from "./generate.js";
-import { retrieveContexts, type RagOptions, type RagSnapshot, type SnapshotCache } from "./rag.js";
+import { EvidenceLog } from "../mining/evidence.js";
+import { EvidenceCache, FUSION_TEMPLATE, fitFusion, FusionScorer, fusionSpanDays, resolveFusionOptions, type FusionFit, type LlmPrior } from "./fusion.js";
+import { resolveRagOptions, retrieveContexts, type RagMethod, type RagOptions, type RagSnapshot, type SnapshotCache } from "./rag.js";
+import type { PromptInput } from "../llm/prompt.js";
 
 export interface RefreshOptions {
   readonly events: EventStore;
   readonly tables: TableStore;
   readonly clusters: readonly string[];
-  /** The model (or baseline) that scores the prompts, with the version recorded in the table. */
-  readonly model: { readonly version: string; readonly scorer: PromptScorer };
+  /**
+   * The model (or baseline) that scores the prompts, with the version recorded in the table. `prior` gives a fusion
+   * refresh the model's prior (computed once per version; `promptsScored` is what this call paid for it); null
+   * fuses the evidence alone (the counts-backoff baseline).
+   */
+  readonly model: {
+    readonly version: string;
+    readonly scorer: PromptScorer;
+    readonly prior?: (() => Promise<{ prior: LlmPrior; promptsScored: number }>) | null;
+    /** The prior is already computed (a fusion refresh then scores no prompt); for the dry-run price. */
+    readonly priorReady?: boolean;
+  };
   readonly templateHash: string;
   /** Retrieval options; null builds a table without RAG context (the fine-tuned model alone). */
   readonly rag?: (RagOptions & { positiveMin?: number | null }) | null;
@@ -33,6 +46,8 @@ export interface RefreshOptions {
   readonly strategy?: string | null;
   /** Shared snapshots for runs over an unchanging store (replay); absent retrieves every time. */
   readonly snapshots?: SnapshotCache;
+  /** Shared evidence logs for fusion refreshes over an unchanging store (replay); absent reads at every refresh. */
+  readonly evidence?: EvidenceCache;
   readonly progress?: ProgressSink;
   readonly signal?: AbortSignal;
 }
@@ -52,6 +67,8 @@ export interface RefreshResult {
   /** Seconds spent retrieving the contexts (recounting the window), before the build's own `seconds`. */
   readonly retrieveSeconds: number;
   readonly phases: BuildTableResult["phases"];
+  /** The fusion fit (strengths, window, likelihoods); null for an in-prompt refresh. */
+  readonly fusion: FusionFit | null;
 }
 
 /** What a refresh would do and cost, found without building or sending anything (`refresh --dry-run`). */
@@ -67,6 +84,8 @@ export interface RefreshPlan {
   readonly transitionsInWindow: number;
   /** The scorer's price of the prompts to score; null for scorers not paid per token (the embedded model, baselines). */
   readonly cost: CostEstimate | null;
+  /** `fusion`: the prompts are the model's prior, scored once per model version (0 when already computed). */
+  readonly method: RagMethod;
 }
 
 async function retrieve(asOf: number, options: RefreshOptions): Promise<RagSnapshot | null> {
@@ -75,7 +94,13 @@ async function retrieve(asOf: number, options: RefreshOptions): Promise<RagSnaps
   return options.snapshots ? options.snapshots.retrieve(options.events, asOf, rag) : retrieveContexts(options.events, asOf, rag);
 }
 
+/** Whether a refresh with these options fuses evidence with the prior (the default) or prompts with contexts. */
+export function refreshMethod(options: Pick<RefreshOptions, "rag">): RagMethod {
+  return options.rag === null ? "prompt" : resolveRagOptions(options.rag ?? {}).method;
+}
+
 export async function planRefresh(asOf: number, options: RefreshOptions): Promise<RefreshPlan> {
+  if (refreshMethod(options) === "fusion") return planFusionRefresh(asOf, options);
   const snapshot = await retrieve(asOf, options);
   const plan = planTable({ store: options.tables, clusters: options.clusters, modelVersion: options.model.version, templateHash: options.templateHash, rag: snapshot, full: options.full });
   const scorer = options.model.scorer;
@@ -89,10 +114,12 @@ export async function planRefresh(asOf: number, options: RefreshOptions): Promis
     pairsWithContext: snapshot ? (snapshot.global ? plan.copy.length + plan.rescore.length : snapshot.contexts.size) : 0,
     transitionsInWindow: snapshot?.transitions ?? 0,
     cost: scorer.estimateCost ? scorer.estimateCost(plan.rescore.map((r) => r.input)) : null,
+    method: "prompt",
   };
 }
 
 export async function runRefresh(asOf: number, options: RefreshOptions): Promise<RefreshResult> {
+  if (refreshMethod(options) === "fusion") return runFusionRefresh(asOf, options);
   const retrieveStarted = process.hrtime.bigint();
   const snapshot = await retrieve(asOf, options);
   const retrieveSeconds = Number(process.hrtime.bigint() - retrieveStarted) / 1e9;
@@ -128,5 +155,88 @@ export async function runRefresh(asOf: number, options: RefreshOptions): Promise
     transitionsInWindow: snapshot?.transitions ?? 0,
     retrieveSeconds,
     phases: built.phases,
+    fusion: null,
+  };
+}
+
+/** The evidence of a fusion refresh at `asOf`: the log (shared in a replay) and the fitted posterior. */
+async function fuse(asOf: number, options: RefreshOptions, prior: LlmPrior | null) {
+  const rag = resolveRagOptions(options.rag ?? {});
+  const fusionOptions = resolveFusionOptions(rag.fusion);
+  const positiveMin = options.rag?.positiveMin ?? null;
+  const cache = options.evidence ?? new EvidenceCache();
+  const key = `${positiveMin}|${options.clusters.join("\u0001")}`;
+  const log = await cache.log(asOf, (span) => EvidenceLog.load(options.events, span, options.clusters, { positiveMin }), fusionSpanDays(fusionOptions), key);
+  const windowChoice = cache.windowChoice(log, asOf, fusionOptions, key);
+  return fitFusion({ log, asOf, prior, options: fusionOptions, windowChoice });
+}
+
+/**
+ * A fusion refresh: the model's prior (scored once per model version), the fresh evidence before `asOf`, the
+ * strengths fitted on the transitions just before it, one posterior row per pair. Tables are built in full (every
+ * row moves with the evidence) through the same build, publish and gc as every other table.
+ */
+async function runFusionRefresh(asOf: number, options: RefreshOptions): Promise<RefreshResult> {
+  const started = process.hrtime.bigint();
+  const computed = options.model.prior ? await options.model.prior() : null;
+  const fitted = await fuse(asOf, options, computed?.prior ?? null);
+  const retrieveSeconds = Number(process.hrtime.bigint() - started) / 1e9;
+  const built = await buildTable({
+    store: options.tables,
+    clusters: options.clusters,
+    scorer: new FusionScorer(fitted.evidence, computed?.prior ?? null, fitted.params),
+    modelVersion: options.model.version,
+    templateHash: FUSION_TEMPLATE,
+    full: true,
+    topN: options.topN,
+    strategy: options.strategy,
+    evidenceMeta: { asOf, windowDays: fitted.fit.windowDays, options: { method: "fusion", prior: computed ? options.model.version : null, fit: fitted.fit } },
+    progress: options.progress,
+    signal: options.signal,
+  });
+  const publish = options.publish ?? true;
+  if (publish) {
+    options.tables.publish(built.table.version, { actor: "refresh", reason: `fusion refresh as of ${new Date(asOf).toISOString()}` });
+    options.tables.gc(options.keep ?? 20);
+  }
+  return {
+    tableVersion: built.table.version,
+    modelVersion: options.model.version,
+    pairs: built.pairs,
+    // What was paid in prompts: the prior, once per model version; the rows themselves are computed.
+    rescored: computed?.promptsScored ?? 0,
+    copied: 0,
+    seconds: built.seconds,
+    promptsPerSecond: (computed?.promptsScored ?? 0) / Math.max(built.seconds + retrieveSeconds, 1e-9),
+    published: publish,
+    asOf,
+    pairsWithContext: fitted.evidence.pairs.size,
+    transitionsInWindow: fitted.evidence.transitions,
+    retrieveSeconds,
+    phases: built.phases,
+    fusion: fitted.fit,
+  };
+}
+
+/** A fusion refresh's dry run: counting costs nothing to price; prompts are paid only for a prior not yet computed. */
+async function planFusionRefresh(asOf: number, options: RefreshOptions): Promise<RefreshPlan> {
+  const fitted = await fuse(asOf, options, null);
+  const pairs = options.clusters.length * (options.clusters.length - 1);
+  const priorPrompts: PromptInput[] = [];
+  if (options.model.prior && !options.model.priorReady) {
+    for (const c1 of options.clusters) for (const c2 of options.clusters) if (c1 !== c2) priorPrompts.push({ history: { c1, c2 } });
+  }
+  const scorer = options.model.scorer;
+  return {
+    asOf,
+    modelVersion: options.model.version,
+    pairs,
+    rescore: priorPrompts.length,
+    copy: 0,
+    copiedFrom: null,
+    pairsWithContext: fitted.evidence.pairs.size,
+    transitionsInWindow: fitted.evidence.transitions,
+    cost: scorer.estimateCost ? scorer.estimateCost(priorPrompts) : null,
+    method: "fusion",
   };
 }

@@ -1,0 +1,726 @@
+/**
+ * Evidence fusion: the product's hybrid refresh. Each table row is the posterior of a pair's next novel cluster
+ * given the LLM's prior for the pair and the fresh evidence of the refresh window, a hierarchical Dirichlet model
+ * (empirical Bayes):
+ *
+ *     popularity    pop(n)    = (users(n) + 1) / (users + K)                           recent novel popularity
+ *     second        q2(n)     = (users(c2, n) + beta * pop(n)) / (users(c2) + beta)     backoff to the second cluster
+ *     base measure  m(n)      ∝ q2(n)^gamma * llm(n | c1, c2)^tau                       over n not in {c1, c2}
+ *     posterior     p(n)      = (users(c1, c2, n) + alpha * m(n)) / (users(c1, c2) + alpha)
+ *
+ * Counts are distinct users per triple (as everywhere in mining). A dense pair follows its own evidence; a sparse
+ * one leans on the base measure, where the LLM prior and the second cluster's fresh successors meet in a product
+ * of experts whose exponents say how much each is worth. alpha, beta, gamma and tau are fitted by maximum likelihood
+ * at every refresh on the transitions just before its as-of time T (the fit slice [T - d, T)), with the evidence
+ * counted over the window before that slice, so the fit reads nothing at or after T; the window length itself is
+ * chosen the same way among `windowsDays`, and the fit slice is as long as it takes to hold `fitMinTransitions`.
+ * Without an LLM prior (tau = 0) the same posterior is the `counts-backoff` baseline; a fitted tau that falls
+ * towards 0 says the model's prior no longer earns weight against fresh evidence: a drift signal.
+ *
+ * The prior is the model's ranked top-M answers with probabilities for every pair without context (the rest of
+ * the mass spread evenly), computed once per model version: a fusion refresh re-runs no prompt while the model is
+ * unchanged, so its cost is counting and fitting.
+ *
+ * @example
+ * const prior = await computePrior(model, clusters, { topM: 32 });
+ * const fitted = fitFusion({ log, asOf, prior, options: {} });
+ * const scorer = new FusionScorer(fitted.evidence, prior, fitted.params);
+ */
+import { existsSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { DAY_MS } from "../domain/clock.js";
+import { remembered } from "../domain/memo.js";
+import { BadInputError, FreshrecError } from "../domain/errors.js";
+import { pairKey, type ScoredCluster, type TimeWindow } from "../domain/types.js";
+import type { PromptInput } from "../llm/prompt.js";
+import type { EvidenceLog, WindowCounts } from "../mining/evidence.js";
+import type { PromptScorer } from "./generate.js";
+
+export interface FusionOptions {
+  /** Evidence window lengths compared at each refresh (days); the best-fitting one serves. @defaultValue [7, 14, 28, 56, 112, 224, 448] */
+  readonly windowsDays?: readonly number[];
+  /** Transitions (distinct users per triple) the fit slice needs; it grows back in time until it has them. @defaultValue 2000 */
+  readonly fitMinTransitions?: number;
+  /** Longest fit slice (days). @defaultValue 56 */
+  readonly fitMaxDays?: number;
+  /** Fewer fit transitions than this: no fit, the defaults serve and the table says so. @defaultValue 50 */
+  readonly fitFloor?: number;
+  /** Answers of the LLM prior kept per pair (the rest of its mass is spread evenly). @defaultValue 32 */
+  readonly priorTopM?: number;
+}
+
+export const FUSION_DEFAULTS = {
+  windowsDays: [3, 7, 14, 28, 56, 112, 224, 448],
+  fitMinTransitions: 2000,
+  fitMaxDays: 56,
+  fitFloor: 50,
+  priorTopM: 32,
+} as const;
+
+/** The fitted strengths of the posterior (module comment). */
+export interface FusionParams {
+  /** Pseudo-count of the base measure at the pair level: a pair with alpha users weighs half evidence, half base. */
+  readonly alpha: number;
+  /** Pseudo-count of popularity in the second cluster's row. */
+  readonly beta: number;
+  /** Exponent of the second-cluster backoff in the base measure. */
+  readonly gamma: number;
+  /** Exponent of the LLM prior in the base measure (0: no LLM, the counts-backoff baseline). */
+  readonly tau: number;
+}
+
+/** The template hash of fusion tables: prompted tables never copy rows from them, nor they from prompted ones. */
+export const FUSION_TEMPLATE = "fusion-1";
+
+/** Used when there is too little data before the refresh to fit (recorded as such in the table). */
+export const DEFAULT_FUSION_PARAMS: FusionParams = { alpha: 5, beta: 20, gamma: 1, tau: 1 };
+
+/** What a fit found, recorded in the table version. */
+export interface FusionFit {
+  readonly params: FusionParams;
+  /** "fitted", or "default" with the reason when the slice before the refresh was too small. */
+  readonly status: "fitted" | "default";
+  readonly reason: string | null;
+  /** The fit slice and the evidence window it was scored against. */
+  readonly slice: TimeWindow;
+  readonly fitEvidence: TimeWindow;
+  readonly sliceTransitions: number;
+  /** Log-likelihood of the slice under the fitted posterior, total and per transition (nats). */
+  readonly logLikelihood: number;
+  readonly perTransition: number;
+  /** The same with the LLM prior left out (tau = 0, refitted): what the prior earns is the difference. */
+  readonly countsOnlyPerTransition: number | null;
+  /** Evidence window length chosen (days) and the per-transition log-likelihood of each candidate. */
+  readonly windowDays: number;
+  readonly windows: readonly { readonly days: number; readonly perTransition: number }[];
+}
+
+/** The LLM prior of one model version: every pair's top-M answers, the rest of the mass spread evenly. */
+export interface LlmPrior {
+  readonly clusters: readonly string[];
+  readonly topM: number;
+  /** answer[(c1 * K + c2) * topM + k]: cluster index of the k-th answer, -1 past the last. */
+  readonly answer: Int32Array;
+  readonly probability: Float32Array;
+  /** Probability of each cluster of the pair outside its top-M (per pair). */
+  readonly rest: Float32Array;
+}
+
+/** Scores every pair without context once (the prior of a model version). */
+export async function computePrior(
+  scorer: PromptScorer,
+  clusters: readonly string[],
+  options: { topM?: number; signal?: AbortSignal; onProgress?: (done: number, total: number) => void } = {},
+): Promise<LlmPrior> {
+  const K = clusters.length;
+  const topM = Math.min(options.topM ?? FUSION_DEFAULTS.priorTopM, Math.max(1, K - 2));
+  const index = new Map(clusters.map((c, i) => [c, i]));
+  const answer = new Int32Array(K * K * topM).fill(-1);
+  const probability = new Float32Array(K * K * topM);
+  const rest = new Float32Array(K * K);
+  const prompts: PromptInput[] = [];
+  for (const c1 of clusters) for (const c2 of clusters) if (c1 !== c2) prompts.push({ history: { c1, c2 } });
+  const perCall = scorer.promptsPerCall ?? 1024;
+  for (let start = 0; start < prompts.length; start += perCall) {
+    if (options.signal?.aborted) throw new FreshrecError("CANCELLED", "prior computation cancelled");
+    const batch = prompts.slice(start, start + perCall);
+    const ranked = await scorer.score(batch, topM + 2, options.signal);
+    batch.forEach((prompt, k) => {
+      const i1 = index.get(prompt.history.c1)!;
+      const i2 = index.get(prompt.history.c2)!;
+      const p = i1 * K + i2;
+      let kept = 0;
+      let mass = 0;
+      for (const a of ranked[k]) {
+        const n = index.get(a.cluster);
+        if (n === undefined || n === i1 || n === i2 || kept >= topM) continue;
+        if (!(a.score >= 0) || !Number.isFinite(a.score)) {
+          throw new FreshrecError("ENGINE", `prior: the model scored ${a.cluster} for (${prompt.history.c1}, ${prompt.history.c2}) ${a.score}, not a probability`);
+        }
+        answer[p * topM + kept] = n;
+        probability[p * topM + kept] = a.score;
+        mass += a.score;
+        kept++;
+      }
+      if (mass > 1 + 1e-3) {
+        // Scores that are not probabilities (a backend ranking by another measure) are normalised to shares.
+        for (let k2 = 0; k2 < kept; k2++) probability[p * topM + k2] /= mass;
+        mass = 1;
+      }
+      const others = K - 2 - kept;
+      // A floor keeps every cluster possible: a prior that rules a cluster out can never be outvoted by evidence.
+      rest[p] = others > 0 ? Math.max(1 - mass, 1e-4) / others : 0;
+    });
+    options.onProgress?.(Math.min(start + perCall, prompts.length), prompts.length);
+  }
+  return { clusters, topM, answer, probability, rest };
+}
+
+/** Options with defaults, validated (BadInputError naming the `rag.fusion` field). */
+export function resolveFusionOptions(options: FusionOptions = {}): Required<FusionOptions> {
+  const o = { ...FUSION_DEFAULTS, ...Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) } as Required<FusionOptions>;
+  if (o.windowsDays.length === 0 || o.windowsDays.some((d) => !(d > 0))) {
+    throw new BadInputError(`rag.fusion.windowsDays: expected positive numbers of days, got ${JSON.stringify(o.windowsDays)}`);
+  }
+  for (const key of ["fitMinTransitions", "fitFloor", "priorTopM"] as const) {
+    if (!Number.isInteger(o[key]) || o[key] < 1) throw new BadInputError(`rag.fusion.${key}: expected a positive integer, got ${o[key]}`);
+  }
+  if (!(o.fitMaxDays > 0)) throw new BadInputError(`rag.fusion.fitMaxDays: expected a positive number of days, got ${o.fitMaxDays}`);
+  return { ...o, windowsDays: [...o.windowsDays].sort((a, b) => a - b) };
+}
+
+/** How far back a fusion refresh at T reads: the longest window before the longest fit slice. */
+export function fusionSpanDays(options: FusionOptions = {}): number {
+  const o = resolveFusionOptions(options);
+  return Math.max(...o.windowsDays) + o.fitMaxDays;
+}
+
+/** The fit slice before `asOf`: the shortest of 1, 2, 4... days (up to fitMaxDays) holding fitMinTransitions. */
+function fitSlice(log: EvidenceLog, asOf: number, o: Required<FusionOptions>): TimeWindow {
+  for (let days = 1; ; days *= 2) {
+    const d = Math.min(days, o.fitMaxDays);
+    const slice = { from: asOf - d * DAY_MS, to: asOf };
+    // Occurrences bound distinct transitions from above: count only once the cheap bound is met.
+    if (d >= o.fitMaxDays || (log.occurrences(slice) >= o.fitMinTransitions && log.counts(slice).transitions >= o.fitMinTransitions)) return slice;
+  }
+}
+
+/**
+ * The likelihood of a fit slice as a function of the parameters. The base measure's normaliser is the expensive
+ * part, so for fixed (beta, gamma, tau) the base measure of each observation is computed once and alpha is profiled
+ * out with a cheap one-dimensional search. Observations (distinct (pair, next) of the slice, weighted by users) are
+ * flat typed arrays: the fit evaluates them a few thousand times per refresh.
+ */
+class SliceLikelihood {
+  readonly K: number;
+  readonly transitions: number;
+  private readonly logPopularity: Float64Array;
+  /** Per pair of the slice: its clusters and its total users in the evidence window. */
+  private readonly pairC1: Int32Array;
+  private readonly pairC2: Int32Array;
+  private readonly pairEvidence: Float64Array;
+  /** Per observation: its pair (index into the arrays above), next cluster, weight and evidence users. */
+  private readonly obsPair: Int32Array;
+  private readonly obsNext: Int32Array;
+  private readonly obsWeight: Float64Array;
+  private readonly obsEvidence: Float64Array;
+
+  constructor(
+    slice: WindowCounts,
+    private readonly evidence: WindowCounts,
+    private readonly prior: LlmPrior | null,
+  ) {
+    const K = (this.K = evidence.clusters.length);
+    const pairs = [...slice.pairs];
+    const observations = pairs.reduce((n, [, obs]) => n + obs.next.length, 0);
+    this.pairC1 = new Int32Array(pairs.length);
+    this.pairC2 = new Int32Array(pairs.length);
+    this.pairEvidence = new Float64Array(pairs.length);
+    this.obsPair = new Int32Array(observations);
+    this.obsNext = new Int32Array(observations);
+    this.obsWeight = new Float64Array(observations);
+    this.obsEvidence = new Float64Array(observations);
+    let o = 0;
+    let total = 0;
+    pairs.forEach(([p, obs], i) => {
+      this.pairC1[i] = Math.floor(p / K);
+      this.pairC2[i] = p % K;
+      const own = evidence.pairs.get(p);
+      this.pairEvidence[i] = own?.total ?? 0;
+      const at = new Map<number, number>();
+      if (own) own.next.forEach((n, k) => at.set(n, own.users[k]));
+      for (let k = 0; k < obs.next.length; k++, o++) {
+        this.obsPair[o] = i;
+        this.obsNext[o] = obs.next[k];
+        this.obsWeight[o] = obs.users[k];
+        this.obsEvidence[o] = at.get(obs.next[k]) ?? 0;
+      }
+      total += obs.total;
+    });
+    this.transitions = total;
+    this.logPopularity = logPopularity(evidence);
+  }
+
+  /**
+   * Base-measure probability of every observation under (beta, gamma, tau). The normaliser of a pair is its second
+   * cluster's row sum less its own two clusters, corrected on the prior's top-M answers only (outside them the
+   * prior is one constant per pair), so a pair costs O(M), not O(K).
+   */
+  baseOfObservations(beta: number, gamma: number, tau: number): Float64Array {
+    const K = this.K;
+    const logQ2 = logSecondRows(this.evidence, this.logPopularity, beta);
+    const rowExp = new Float64Array(K * K);
+    const rowSum = new Float64Array(K);
+    for (let c2 = 0; c2 < K; c2++) {
+      let sum = 0;
+      for (let n = 0; n < K; n++) sum += rowExp[c2 * K + n] = Math.exp(gamma * logQ2[c2 * K + n]);
+      rowSum[c2] = sum;
+    }
+    const prior = tau > 0 ? this.prior : null;
+    const z = new Float64Array(this.pairC1.length);
+    for (let i = 0; i < z.length; i++) {
+      const c1 = this.pairC1[i];
+      const c2 = this.pairC2[i];
+      const row = c2 * K;
+      z[i] = rowSum[c2] - rowExp[row + c1] - rowExp[row + c2];
+      if (prior) {
+        const p = c1 * K + c2;
+        const rest = Math.pow(prior.rest[p] || 1e-12, tau);
+        z[i] *= rest;
+        for (let k = 0; k < prior.topM; k++) {
+          const n = prior.answer[p * prior.topM + k];
+          if (n < 0) break;
+          z[i] += rowExp[row + n] * (Math.pow(Math.max(prior.probability[p * prior.topM + k], 1e-12), tau) - rest);
+        }
+      }
+    }
+    const out = new Float64Array(this.obsPair.length);
+    for (let o = 0; o < out.length; o++) {
+      const i = this.obsPair[o];
+      const n = this.obsNext[o];
+      const weight = prior ? Math.pow(Math.max(priorProbability(prior, this.pairC1[i] * K + this.pairC2[i], n), 1e-12), tau) : 1;
+      out[o] = (rowExp[this.pairC2[i] * K + n] * weight) / z[i];
+    }
+    return out;
+  }
+
+  /** Total log-likelihood for a given alpha and the base measures of the observations. */
+  logLikelihood(alpha: number, base: Float64Array): number {
+    let ll = 0;
+    for (let o = 0; o < base.length; o++) {
+      ll += this.obsWeight[o] * Math.log((this.obsEvidence[o] + alpha * base[o]) / (this.pairEvidence[this.obsPair[o]] + alpha));
+    }
+    return ll;
+  }
+
+  /** alpha maximising the likelihood for fixed base measures (log-scale golden section). */
+  profileAlpha(base: Float64Array): { alpha: number; ll: number } {
+    const best = goldenMax((a) => this.logLikelihood(Math.exp(a), base), Math.log(1e-2), Math.log(1e4), 0.05);
+    return { alpha: Math.exp(best.x), ll: best.y };
+  }
+}
+
+/** log of smoothed popularity, per cluster. */
+function logPopularity(evidence: WindowCounts): Float64Array {
+  const K = evidence.clusters.length;
+  const total = evidence.transitions + K;
+  return Float64Array.from(evidence.popularity, (u) => Math.log((u + 1) / total));
+}
+
+/** log q2(n | c2) for every c2 and n (module comment), for one beta. */
+function logSecondRows(evidence: WindowCounts, logPop: Float64Array, beta: number): Float64Array {
+  const K = evidence.clusters.length;
+  const out = new Float64Array(K * K);
+  for (let c2 = 0; c2 < K; c2++) {
+    const denominator = evidence.secondTotal[c2] + beta;
+    for (let n = 0; n < K; n++) out[c2 * K + n] = Math.log((evidence.second[c2 * K + n] + beta * Math.exp(logPop[n])) / denominator);
+  }
+  return out;
+}
+
+/** Unnormalised log base measure of pair (c1, c2) into `out`; the pair's own clusters get -Infinity. */
+function baseLogits(out: Float64Array, c1: number, c2: number, K: number, logQ2: Float64Array, prior: LlmPrior | null, gamma: number, tau: number): void {
+  const row = c2 * K;
+  if (prior && tau > 0) {
+    const p = c1 * K + c2;
+    const logRest = tau * Math.log(prior.rest[p] || 1e-12);
+    for (let n = 0; n < K; n++) out[n] = gamma * logQ2[row + n] + logRest;
+    for (let k = 0; k < prior.topM; k++) {
+      const n = prior.answer[p * prior.topM + k];
+      if (n < 0) break;
+      out[n] = gamma * logQ2[row + n] + tau * Math.log(Math.max(prior.probability[p * prior.topM + k], 1e-12));
+    }
+  } else {
+    for (let n = 0; n < K; n++) out[n] = gamma * logQ2[row + n];
+  }
+  out[c1] = Number.NEGATIVE_INFINITY;
+  out[c2] = Number.NEGATIVE_INFINITY;
+}
+
+function logSumExp(xs: Float64Array): number {
+  let max = Number.NEGATIVE_INFINITY;
+  for (const x of xs) if (x > max) max = x;
+  let sum = 0;
+  for (const x of xs) sum += Math.exp(x - max);
+  return max + Math.log(sum);
+}
+
+/** Maximum of a unimodal-enough function on [lo, hi] by golden-section search. */
+function goldenMax(f: (x: number) => number, lo: number, hi: number, tolerance: number): { x: number; y: number } {
+  const ratio = (Math.sqrt(5) - 1) / 2;
+  let a = lo;
+  let b = hi;
+  let x1 = b - ratio * (b - a);
+  let x2 = a + ratio * (b - a);
+  let f1 = f(x1);
+  let f2 = f(x2);
+  while (b - a > tolerance) {
+    if (f1 < f2) {
+      a = x1;
+      x1 = x2;
+      f1 = f2;
+      x2 = a + ratio * (b - a);
+      f2 = f(x2);
+    } else {
+      b = x2;
+      x2 = x1;
+      f2 = f1;
+      x1 = b - ratio * (b - a);
+      f1 = f(x1);
+    }
+  }
+  // The ends are candidates too: the optimum of a strength often sits at its bound (tau = 0 for a useless prior).
+  const candidates = [
+    { x: lo, y: f(lo) },
+    { x: hi, y: f(hi) },
+    f1 >= f2 ? { x: x1, y: f1 } : { x: x2, y: f2 },
+  ];
+  return candidates.reduce((best, c) => (c.y > best.y ? c : best));
+}
+
+/** Maximum-likelihood (alpha, beta, gamma, tau) of a slice; tau stays 0 without a prior. */
+function maximise(likelihood: SliceLikelihood, withPrior: boolean, start: FusionParams, sweeps = 2): { params: FusionParams; ll: number } {
+  let { beta, gamma, tau } = start;
+  if (!withPrior) tau = 0;
+  const evaluate = (b: number, g: number, t: number) => likelihood.profileAlpha(likelihood.baseOfObservations(b, g, t));
+  let current = evaluate(beta, gamma, tau);
+  for (let sweep = 0; sweep < sweeps; sweep++) {
+    beta = Math.exp(goldenMax((x) => evaluate(Math.exp(x), gamma, tau).ll, Math.log(0.1), Math.log(1e4), 0.25).x);
+    gamma = goldenMax((x) => evaluate(beta, x, tau).ll, 0, 2.5, 0.1).x;
+    if (withPrior) tau = goldenMax((x) => evaluate(beta, gamma, x).ll, 0, 3, 0.1).x;
+    current = evaluate(beta, gamma, tau);
+  }
+  return { params: { alpha: current.alpha, beta, gamma, tau }, ll: current.ll };
+}
+
+export interface FitFusionInput {
+  readonly log: EvidenceLog;
+  readonly asOf: number;
+  /** null: the counts-backoff baseline (tau = 0). */
+  readonly prior: LlmPrior | null;
+  readonly options?: FusionOptions;
+  /** A window length already chosen for this instant (shared by strategies refreshing at the same time). */
+  readonly windowChoice?: WindowChoice;
+}
+
+/** The evidence window chosen for an instant, by the counts-only fit (it does not depend on any model). */
+export interface WindowChoice {
+  readonly windowDays: number;
+  readonly windows: readonly { readonly days: number; readonly perTransition: number }[];
+  readonly slice: TimeWindow;
+  readonly sliceTransitions: number;
+}
+
+/**
+ * Chooses the evidence window at `asOf`: for each candidate length W, the counts-only posterior with evidence
+ * [slice.from - W, slice.from) is fitted to the slice; the best per-transition likelihood wins. Candidates are
+ * tried shortest first, up to the first that covers all the data there is.
+ */
+export function chooseWindow(log: EvidenceLog, asOf: number, options: FusionOptions = {}): WindowChoice {
+  const o = resolveFusionOptions(options);
+  if (asOf > log.span.to) throw new FreshrecError("INTERNAL", `fusion: as-of ${new Date(asOf).toISOString()} lies after the evidence log`);
+  const slice = fitSlice(log, asOf, o);
+  const sliceCounts = log.counts(slice);
+  const windows: { days: number; perTransition: number }[] = [];
+  const first = log.firstTs ?? asOf;
+  for (const days of o.windowsDays) {
+    const evidenceWindow = { from: slice.from - days * DAY_MS, to: slice.from };
+    if (evidenceWindow.from < log.span.from) break;
+    if (sliceCounts.transitions < o.fitFloor) break;
+    const likelihood = new SliceLikelihood(sliceCounts, log.counts(evidenceWindow), null);
+    const { ll } = maximise(likelihood, false, DEFAULT_FUSION_PARAMS, 1);
+    windows.push({ days, perTransition: ll / likelihood.transitions });
+    // Longer windows than the data reaches back hold the same evidence: stop once one covers it all. (No stop at
+    // the first dip: on sparse logs the likelihood wobbles at short windows and keeps rising at long ones.)
+    if (evidenceWindow.from <= first) break;
+  }
+  const best = windows.reduce<{ days: number; perTransition: number } | null>((b, w) => (b === null || w.perTransition > b.perTransition ? w : b), null);
+  return { windowDays: best?.days ?? o.windowsDays[o.windowsDays.length - 1], windows, slice, sliceTransitions: sliceCounts.transitions };
+}
+
+/** The fitted posterior at `asOf` and the evidence it serves with ([asOf - W, asOf)). */
+export interface FusionRefresh {
+  readonly fit: FusionFit;
+  readonly params: FusionParams;
+  readonly evidence: WindowCounts;
+}
+
+export function fitFusion(input: FitFusionInput): FusionRefresh {
+  const o = resolveFusionOptions(input.options);
+  const choice = input.windowChoice ?? chooseWindow(input.log, input.asOf, o);
+  const W = choice.windowDays * DAY_MS;
+  const fitEvidence = { from: Math.max(choice.slice.from - W, input.log.span.from), to: choice.slice.from };
+  const evidence = input.log.counts({ from: Math.max(input.asOf - W, input.log.span.from), to: input.asOf });
+  const base = { slice: choice.slice, fitEvidence, sliceTransitions: choice.sliceTransitions, windowDays: choice.windowDays, windows: choice.windows };
+  if (choice.sliceTransitions < o.fitFloor) {
+    const params = input.prior ? DEFAULT_FUSION_PARAMS : { ...DEFAULT_FUSION_PARAMS, tau: 0 };
+    const reason = `only ${choice.sliceTransitions} transitions in ${days(choice.slice)} days before the refresh (fitFloor ${o.fitFloor}): default strengths`;
+    return {
+      params,
+      evidence,
+      fit: { ...base, params, status: "default", reason, logLikelihood: Number.NaN, perTransition: Number.NaN, countsOnlyPerTransition: null },
+    };
+  }
+  const likelihood = new SliceLikelihood(input.log.counts(choice.slice), input.log.counts(fitEvidence), input.prior);
+  const countsOnly = maximise(likelihood, false, DEFAULT_FUSION_PARAMS);
+  const fitted = input.prior ? maximise(likelihood, true, { ...countsOnly.params, tau: 0.5 }) : countsOnly;
+  // The prior is nested (tau = 0 is the counts-only model), so a fit with it never reports less than without it.
+  const chosen = input.prior && fitted.ll < countsOnly.ll ? countsOnly : fitted;
+  return {
+    params: chosen.params,
+    evidence,
+    fit: {
+      ...base,
+      params: chosen.params,
+      status: "fitted",
+      reason: null,
+      logLikelihood: chosen.ll,
+      perTransition: chosen.ll / likelihood.transitions,
+      countsOnlyPerTransition: input.prior ? countsOnly.ll / likelihood.transitions : null,
+    },
+  };
+}
+
+function days(w: TimeWindow): number {
+  return Math.round(((w.to - w.from) / DAY_MS) * 100) / 100;
+}
+
+/** Why a row says what it says: the weights and the counts behind each answer. */
+export type RowExplanation = {
+  /** Distinct users of the pair in the evidence window, and of its second cluster. */
+  readonly pairUsers: number;
+  readonly secondUsers: number;
+  /** Share of the posterior from the pair's own evidence (U / (U + alpha)); the rest is the base measure. */
+  readonly evidenceWeight: number;
+  readonly answers: readonly {
+    readonly cluster: string;
+    readonly posterior: number;
+    readonly pairUsers: number;
+    readonly secondUsers: number;
+    /** The LLM prior's probability (null without a prior). */
+    readonly llmPrior: number | null;
+    /** The base measure (second-cluster backoff x LLM prior). */
+    readonly base: number;
+  }[];
+};
+
+/**
+ * What a fusion row stores to explain itself (compact: a 300-cluster table has 89,700 rows): the pair's users, its
+ * second cluster's users, the evidence weight, and per answer, in the row's answer order, [pair users,
+ * second-cluster users, LLM prior or null, base measure]. `explanationOf` turns it back into a `RowExplanation`.
+ */
+export type StoredExplanation = {
+  readonly u: number;
+  readonly s: number;
+  readonly w: number;
+  readonly a: readonly (readonly [number, number, number | null, number])[];
+};
+
+/** A stored row's explanation, or null for a row that has none (a prompted table's). */
+export function explanationOf(row: { readonly answers: readonly ScoredCluster[]; readonly explanation?: unknown }): RowExplanation | null {
+  const e = row.explanation as StoredExplanation | null | undefined;
+  if (!e || !Array.isArray(e.a)) return null;
+  return {
+    pairUsers: e.u,
+    secondUsers: e.s,
+    evidenceWeight: e.w,
+    answers: row.answers.map((answer, k) => ({
+      cluster: answer.cluster,
+      posterior: answer.score,
+      pairUsers: e.a[k]?.[0] ?? 0,
+      secondUsers: e.a[k]?.[1] ?? 0,
+      llmPrior: e.a[k]?.[2] ?? null,
+      base: e.a[k]?.[3] ?? 0,
+    })),
+  };
+}
+
+/**
+ * A table scorer over a fitted posterior: the build path of every other table (publish, abort, failure marking)
+ * with answers computed, not prompted. `explain` returns what the last `score` call computed for the prompt.
+ */
+export class FusionScorer implements PromptScorer {
+  readonly promptsPerCall = 4096;
+  private readonly K: number;
+  private readonly index: Map<string, number>;
+  private readonly logQ2: Float64Array;
+  private readonly logm: Float64Array;
+  private readonly users: Float64Array;
+  private readonly value: Float64Array;
+  private explained = new Map<string, StoredExplanation>();
+
+  constructor(
+    private readonly evidence: WindowCounts,
+    private readonly prior: LlmPrior | null,
+    private readonly params: FusionParams,
+  ) {
+    this.K = evidence.clusters.length;
+    this.index = new Map(evidence.clusters.map((c, i) => [c, i]));
+    if (prior && (prior.clusters.length !== this.K || prior.clusters.some((c, i) => c !== evidence.clusters[i]))) {
+      throw new FreshrecError("INTERNAL", "fusion: the prior and the evidence index different cluster lists");
+    }
+    this.logQ2 = logSecondRows(evidence, logPopularity(evidence), params.beta);
+    this.logm = new Float64Array(this.K);
+    this.users = new Float64Array(this.K);
+    this.value = new Float64Array(this.K);
+  }
+
+  async score(prompts: readonly PromptInput[], topN: number): Promise<ScoredCluster[][]> {
+    this.explained = new Map();
+    return prompts.map((p) => {
+      const { c1, c2 } = p.history;
+      const row = this.row(c1, c2, topN);
+      this.explained.set(pairKey(c1, c2), row.explanation);
+      return row.answers;
+    });
+  }
+
+  explain(prompt: PromptInput, topN: number): RowExplanation {
+    const { c1, c2 } = prompt.history;
+    let stored = this.explained.get(pairKey(c1, c2));
+    let answers: ScoredCluster[] | null = null;
+    if (!stored || stored.a.length < topN) {
+      const row = this.row(c1, c2, topN);
+      stored = row.explanation;
+      answers = row.answers;
+    }
+    answers ??= this.row(c1, c2, topN).answers;
+    return explanationOf({ answers: answers.slice(0, topN), explanation: { ...stored, a: stored.a.slice(0, topN) } })!;
+  }
+
+  /** `explain`'s stored form for a prompt scored by the last `score` call (what a table build writes). */
+  storedExplanation(prompt: PromptInput): StoredExplanation | undefined {
+    return this.explained.get(pairKey(prompt.history.c1, prompt.history.c2));
+  }
+
+  private indexOf(cluster: string): number {
+    const i = this.index.get(cluster);
+    if (i === undefined) throw new FreshrecError("BAD_INPUT", `fusion: cluster ${JSON.stringify(cluster)} is not in the table's vocabulary`);
+    return i;
+  }
+
+  private row(c1: string, c2: string, topN: number): { answers: ScoredCluster[]; explanation: StoredExplanation } {
+    const K = this.K;
+    const i1 = this.indexOf(c1);
+    const i2 = this.indexOf(c2);
+    const { alpha, gamma, tau } = this.params;
+    const logm = this.logm;
+    baseLogits(logm, i1, i2, K, this.logQ2, this.prior, gamma, tau);
+    const lse = logSumExp(logm);
+    const own = this.evidence.pairs.get(i1 * K + i2);
+    const users = this.users;
+    users.fill(0);
+    if (own) for (let k = 0; k < own.next.length; k++) users[own.next[k]] = own.users[k];
+    const denominator = (own?.total ?? 0) + alpha;
+    // Top-n by insertion into a short sorted list: K posteriors, n kept. Equal posteriors (clusters nothing has
+    // ever been seen for, without a prior) keep the cluster order; their explanations show the zero counts.
+    const top: number[] = [];
+    const value = this.value;
+    for (let n = 0; n < K; n++) {
+      if (n === i1 || n === i2) continue;
+      value[n] = (users[n] + alpha * Math.exp(logm[n] - lse)) / denominator;
+      if (top.length === topN && value[n] <= value[top[topN - 1]]) continue;
+      let at = top.length;
+      while (at > 0 && value[top[at - 1]] < value[n]) at--;
+      top.splice(at, 0, n);
+      if (top.length > topN) top.pop();
+    }
+    const p = i1 * K + i2;
+    return {
+      answers: top.map((n) => ({ cluster: this.evidence.clusters[n], score: value[n] })),
+      explanation: {
+        u: own?.total ?? 0,
+        s: this.evidence.secondTotal[i2],
+        w: round((own?.total ?? 0) / denominator),
+        a: top.map((n) => [users[n], this.evidence.second[i2 * K + n], this.prior ? round(priorProbability(this.prior, p, n)) : null, round(Math.exp(logm[n] - lse))] as const),
+      },
+    };
+  }
+}
+
+/** Four significant digits: what an explanation needs, at a fraction of the stored size of full doubles. */
+function round(x: number): number {
+  return Number(x.toPrecision(4));
+}
+
+function priorProbability(prior: LlmPrior, p: number, n: number): number {
+  for (let k = 0; k < prior.topM; k++) {
+    const a = prior.answer[p * prior.topM + k];
+    if (a < 0) break;
+    if (a === n) return prior.probability[p * prior.topM + k];
+  }
+  return prior.rest[p];
+}
+
+/**
+ * Evidence logs and window choices shared by every fusion refresh over one unchanging store (a replay): the log of
+ * the whole replay span is read once, and strategies refreshing at the same instant share the window choice (it
+ * depends on the counts only). Each refresh still reads only windows before its own as-of time. In production
+ * (`cover` absent) every refresh reads its own log, so events ingested since the last refresh count.
+ */
+export class EvidenceCache {
+  private readonly logs = new Map<string, Promise<EvidenceLog>>();
+  private readonly choices = new Map<string, WindowChoice>();
+
+  /** `cover`: the as-of times to expect (a replay's window); the log then spans it once. */
+  constructor(private readonly cover: TimeWindow | null = null) {}
+
+  log(asOf: number, read: (span: TimeWindow) => Promise<EvidenceLog>, spanDays: number, key: string): Promise<EvidenceLog> {
+    const span =
+      this.cover && asOf >= this.cover.from && asOf <= this.cover.to
+        ? { from: this.cover.from - spanDays * DAY_MS, to: this.cover.to }
+        : { from: asOf - spanDays * DAY_MS, to: asOf };
+    return remembered(this.logs, `${key}|${span.from}|${span.to}`, () => read(span));
+  }
+
+  windowChoice(log: EvidenceLog, asOf: number, options: FusionOptions, key: string): WindowChoice {
+    const id = `${key}|${asOf}|${JSON.stringify(resolveFusionOptions(options))}`;
+    let choice = this.choices.get(id);
+    if (!choice) this.choices.set(id, (choice = chooseWindow(log, asOf, options)));
+    return choice;
+  }
+}
+
+const PRIOR_MAGIC = "freshrec-prior-1";
+
+/**
+ * Writes a prior next to its model (`<models>/<version>.prior`): a JSON header line (format, clusters, topM) and
+ * the three arrays. Written to a temporary name and renamed, so a reader never sees half a file.
+ */
+export function savePrior(path: string, prior: LlmPrior): void {
+  const header = Buffer.from(`${JSON.stringify({ format: PRIOR_MAGIC, clusters: prior.clusters, topM: prior.topM })}\n`);
+  const body = [prior.answer, prior.probability, prior.rest].map((a) => Buffer.from(a.buffer, a.byteOffset, a.byteLength));
+  const partial = `${path}.partial`;
+  writeFileSync(partial, Buffer.concat([header, ...body]));
+  renameSync(partial, path);
+}
+
+/**
+ * Reads a prior saved by `savePrior`; null when there is none or it was made for other clusters or another topM
+ * (it is then computed again). A file that is there but unreadable is an error naming it.
+ */
+export function loadPrior(path: string, clusters: readonly string[], topM: number): LlmPrior | null {
+  if (!existsSync(path)) return null;
+  const data = readFileSync(path);
+  const newline = data.indexOf(10);
+  let header: { format?: string; clusters?: string[]; topM?: number };
+  try {
+    header = JSON.parse(data.subarray(0, newline).toString("utf8"));
+  } catch (error) {
+    throw new FreshrecError("ENGINE", `prior file ${path} is corrupt (bad header): delete it to compute the prior again`, { cause: error });
+  }
+  if (header.format !== PRIOR_MAGIC || header.topM !== topM || JSON.stringify(header.clusters) !== JSON.stringify(clusters)) return null;
+  const K = clusters.length;
+  const sizes = [K * K * topM * 4, K * K * topM * 4, K * K * 4];
+  if (data.length - newline - 1 !== sizes[0] + sizes[1] + sizes[2]) {
+    throw new FreshrecError("ENGINE", `prior file ${path} is truncated: delete it to compute the prior again`);
+  }
+  // Copied out of the file buffer: typed arrays need aligned offsets.
+  let at = newline + 1;
+  const take = (bytes: number) => {
+    const copy = new Uint8Array(bytes);
+    copy.set(data.subarray(at, at + bytes));
+    at += bytes;
+    return copy.buffer;
+  };
+  return { clusters, topM, answer: new Int32Array(take(sizes[0])), probability: new Float32Array(take(sizes[1])), rest: new Float32Array(take(sizes[2])) };
+}

@@ -1,0 +1,228 @@
+/**
+ * Evidence fusion: the posterior on hand-made counts (a dense pair follows its evidence, a sparse one falls back to
+ * its second cluster, a pair without any evidence follows the prior), the fit (it gives an informative prior weight
+ * and a useless one none, and never reads at or after the refresh time), the row explanations, and the evidence
+ * log against the SQL count it stands in for.
+ */
+import { describe, expect, it } from "vitest";
+import { EventStore } from "../../src/data/event-store.js";
+import { ingestSynthetic } from "../../src/data/ingest/synthetic.js";
+import { SyntheticWorld, SYNTHETIC_QUICK } from "../../src/data/synthetic/index.js";
+import { DAY_MS } from "../../src/domain/clock.js";
+import { seededRandom } from "../../src/domain/random.js";
+import { EvidenceLog } from "../../src/mining/evidence.js";
+import { countTransitions, type TransitionColumns } from "../../src/mining/transitions.js";
+import { chooseWindow, explanationOf, fitFusion, FusionScorer, loadPrior, savePrior, type LlmPrior } from "../../src/update/fusion.js";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+
+const CLUSTERS = ["a", "b", "c", "d", "e", "f", "g", "h"];
+const K = CLUSTERS.length;
+const T = Date.UTC(2025, 5, 1);
+
+interface Row {
+  readonly user: number;
+  readonly ts: number;
+  readonly c1: string;
+  readonly c2: string;
+  readonly next: string;
+}
+
+function columns(rows: readonly Row[]): TransitionColumns {
+  const sorted = [...rows].sort((x, y) => x.ts - y.ts || x.user - y.user);
+  const at = (c: string) => CLUSTERS.indexOf(c);
+  return {
+    users: Int32Array.from(sorted, (r) => r.user),
+    ts: Float64Array.from(sorted, (r) => r.ts),
+    c1: Int32Array.from(sorted, (r) => at(r.c1)),
+    c2: Int32Array.from(sorted, (r) => at(r.c2)),
+    next: Int32Array.from(sorted, (r) => at(r.next)),
+    clusters: CLUSTERS,
+  };
+}
+
+const span = { from: T - 600 * DAY_MS, to: T };
+const logOf = (rows: readonly Row[]) => EvidenceLog.fromColumns(columns(rows), span, CLUSTERS);
+
+/** `n` distinct users making (c1, c2) -> next a day before T. */
+function made(c1: string, c2: string, next: string, n: number, firstUser = 0, daysBefore = 1): Row[] {
+  return Array.from({ length: n }, (_, k) => ({ user: firstUser + k, ts: T - daysBefore * DAY_MS + k, c1, c2, next }));
+}
+
+/** A prior that puts `p` on one answer per pair and spreads the rest. */
+function priorFavouring(answer: (c1: number, c2: number) => number, p: number): LlmPrior {
+  const topM = 1;
+  const a = new Int32Array(K * K).fill(-1);
+  const prob = new Float32Array(K * K);
+  const rest = new Float32Array(K * K);
+  for (let i = 0; i < K; i++) {
+    for (let j = 0; j < K; j++) {
+      if (i === j) continue;
+      a[i * K + j] = answer(i, j);
+      prob[i * K + j] = p;
+      rest[i * K + j] = (1 - p) / (K - 3);
+    }
+  }
+  return { clusters: CLUSTERS, topM, answer: a, probability: prob, rest };
+}
+
+describe("fusion posterior", () => {
+  // A backoff exponent below 1 (as fits on sparse data find): the second cluster's row informs, the prior leads.
+  const params = { alpha: 4, beta: 10, gamma: 0.3, tau: 1 };
+  // (a, b) is dense: 20 users went to c. (d, b) is sparse: no users of its own, but b's successors went to e (30
+  // users through other first clusters). (g, h) has nothing at all, nor has h.
+  const rows = [...made("a", "b", "c", 20), ...made("f", "b", "e", 30, 100), ...made("a", "c", "d", 5, 200)];
+  const evidence = logOf(rows).counts({ from: T - 14 * DAY_MS, to: T });
+  const prior = priorFavouring(() => CLUSTERS.indexOf("f"), 0.6);
+
+  it("a dense pair follows its own evidence, even against the prior", async () => {
+    const [answers] = await new FusionScorer(evidence, prior, params).score([{ history: { c1: "a", c2: "b" } }], 3);
+    expect(answers[0].cluster).toBe("c");
+    expect(answers[0].score).toBeGreaterThan(0.7);
+  });
+
+  it("a sparse pair falls back to its second cluster's successors; a pair with no evidence follows the prior", async () => {
+    const scorer = new FusionScorer(evidence, null, { ...params, gamma: 1, tau: 0 });
+    const [[sparse]] = await scorer.score([{ history: { c1: "d", c2: "b" } }], 1);
+    expect(sparse.cluster).toBe("e");
+    const [[empty]] = await new FusionScorer(evidence, prior, params).score([{ history: { c1: "g", c2: "h" } }], 1);
+    expect(empty.cluster).toBe("f");
+    // Without a prior and without evidence, popularity decides: e is the most frequent next cluster.
+    const [[popular]] = await scorer.score([{ history: { c1: "g", c2: "h" } }], 1);
+    expect(popular.cluster).toBe("e");
+  });
+
+  it("rows are distributions over novel clusters and explain themselves with their counts", async () => {
+    const scorer = new FusionScorer(evidence, prior, params);
+    const [answers] = await scorer.score([{ history: { c1: "a", c2: "b" } }], K);
+    // What a build stores reads back as the same explanation.
+    expect(explanationOf({ answers, explanation: scorer.storedExplanation({ history: { c1: "a", c2: "b" } }) })).toEqual(scorer.explain({ history: { c1: "a", c2: "b" } }, K));
+    expect(answers.map((a) => a.cluster)).not.toContain("a");
+    expect(answers.map((a) => a.cluster)).not.toContain("b");
+    expect(answers.reduce((s, a) => s + a.score, 0)).toBeCloseTo(1, 6);
+    const e = scorer.explain({ history: { c1: "a", c2: "b" } }, 3);
+    expect(e.pairUsers).toBe(20);
+    expect(e.secondUsers).toBe(50);
+    expect(e.evidenceWeight).toBeCloseTo(20 / 24, 3);
+    expect(e.answers[0]).toMatchObject({ cluster: "c", pairUsers: 20, secondUsers: 20 });
+    // The explanation's numbers reproduce the row's score: (users + alpha * base) / (pair users + alpha).
+    for (const a of e.answers) expect(a.posterior).toBeCloseTo((a.pairUsers + params.alpha * a.base) / (e.pairUsers + params.alpha), 3);
+    expect(e.answers.map((a) => a.cluster)).toEqual(answers.slice(0, 3).map((a) => a.cluster));
+  });
+});
+
+/**
+ * A drifting world in miniature: each pair's true successor distribution puts most mass on one cluster that
+ * changes every 10 days for a third of the pairs; users arrive at random times.
+ */
+function world(seed: number, days = 60, perDay = 120): { rows: Row[]; truth: (c1: number, c2: number) => number } {
+  const random = seededRandom(seed);
+  const favourite = (c1: number, c2: number, epoch: number) => {
+    const shift = (c1 * 3 + c2) % 3 === 0 ? epoch : 0;
+    let n = (c1 * 5 + c2 * 3 + shift) % K;
+    while (n === c1 || n === c2) n = (n + 1) % K;
+    return n;
+  };
+  const rows: Row[] = [];
+  let user = 0;
+  for (let d = days; d >= 1; d--) {
+    for (let k = 0; k < perDay; k++) {
+      const c1 = Math.floor(random() * K);
+      let c2 = Math.floor(random() * K);
+      if (c2 === c1) c2 = (c2 + 1) % K;
+      let next = random() < 0.6 ? favourite(c1, c2, Math.floor(d / 10)) : Math.floor(random() * K);
+      while (next === c1 || next === c2) next = (next + 1) % K;
+      rows.push({ user: user++, ts: T - d * DAY_MS + Math.floor(random() * DAY_MS), c1: CLUSTERS[c1], c2: CLUSTERS[c2], next: CLUSTERS[next] });
+    }
+  }
+  return { rows, truth: (c1, c2) => favourite(c1, c2, 0) };
+}
+
+describe("fusion fit", () => {
+  it("gives an informative prior weight and a misleading one little, and beats counting alone only with the first", () => {
+    const { rows, truth } = world(7);
+    const log = logOf(rows);
+    const options = { fitMinTransitions: 200 };
+    const informed = fitFusion({ log, asOf: T, prior: priorFavouring(truth, 0.6), options });
+    const misled = fitFusion({ log, asOf: T, prior: priorFavouring((c1, c2) => [0, 1, 2, 3].find((n) => n !== c1 && n !== c2 && n !== truth(c1, c2))!, 0.6), options });
+    expect(informed.fit.status).toBe("fitted");
+    expect(informed.params.tau).toBeGreaterThan(0.3);
+    expect(misled.params.tau).toBeLessThan(informed.params.tau / 2);
+    expect(informed.fit.perTransition - informed.fit.countsOnlyPerTransition!).toBeGreaterThan(0.01);
+    expect(misled.fit.perTransition - misled.fit.countsOnlyPerTransition!).toBeLessThan(0.005);
+    // The window is chosen among the candidates that the data reaches, by the fit slice's likelihood.
+    expect(informed.fit.windows.length).toBeGreaterThan(2);
+    const best = informed.fit.windows.reduce((b, w) => (w.perTransition > b.perTransition ? w : b));
+    expect(informed.fit.windowDays).toBe(best.days);
+    expect(informed.evidence.window).toEqual({ from: T - best.days * DAY_MS, to: T });
+  });
+
+  it("never reads at or after the refresh time: a log cut at T fits the same strengths", () => {
+    const { rows, truth } = world(11, 80);
+    const asOf = T - 10 * DAY_MS;
+    const prior = priorFavouring(truth, 0.5);
+    const full = fitFusion({ log: logOf(rows), asOf, prior, options: { fitMinTransitions: 200 } });
+    // Everything at or after asOf replaced by a burst that would move every strength if it were read.
+    const cut = rows.filter((r) => r.ts < asOf);
+    const burst = Array.from({ length: 3000 }, (_, k) => ({ user: 10_000 + k, ts: asOf + (k % 5) * DAY_MS, c1: "a", c2: "b", next: "h" }));
+    const poisoned = fitFusion({ log: logOf([...cut, ...burst]), asOf, prior, options: { fitMinTransitions: 200 } });
+    expect(poisoned.params).toEqual(full.params);
+    expect(poisoned.fit).toEqual(full.fit);
+    expect(poisoned.evidence.transitions).toBe(full.evidence.transitions);
+  });
+
+  it("with too little data before the refresh, says so and serves default strengths", () => {
+    const log = logOf(made("a", "b", "c", 10));
+    const refresh = fitFusion({ log, asOf: T, prior: null, options: { fitMinTransitions: 200, fitFloor: 50 } });
+    expect(refresh.fit.status).toBe("default");
+    expect(refresh.fit.reason).toMatch(/only 10 transitions/);
+    expect(refresh.params.tau).toBe(0);
+  });
+
+  it("stops lengthening the window once it covers all the data", () => {
+    const log = logOf(made("a", "b", "c", 300, 0, 3));
+    const choice = chooseWindow(log, T, { fitMinTransitions: 10, windowsDays: [1, 2, 4, 8, 16, 32] });
+    expect(choice.windows.at(-1)!.days).toBeLessThan(32);
+  });
+});
+
+describe("prior files", () => {
+  it("round-trip, and are ignored when made for other clusters", () => {
+    const dir = mkdtempSync(join(tmpdir(), "freshrec-prior-"));
+    const prior = priorFavouring((c1, c2) => (c1 + c2 + 1) % K === c1 || (c1 + c2 + 1) % K === c2 ? (c1 + c2 + 2) % K : (c1 + c2 + 1) % K, 0.4);
+    savePrior(join(dir, "m1.prior"), prior);
+    expect(loadPrior(join(dir, "m1.prior"), CLUSTERS, 1)).toEqual(prior);
+    expect(loadPrior(join(dir, "m1.prior"), [...CLUSTERS, "z"], 1)).toBeNull();
+    expect(loadPrior(join(dir, "absent.prior"), CLUSTERS, 1)).toBeNull();
+  });
+});
+
+describe("evidence log", () => {
+  it("counts every window exactly as the SQL count of distinct users per triple", async () => {
+    const world = new SyntheticWorld({ ...SYNTHETIC_QUICK, clustersPerDomain: 3, users: 600, targetEvents: 60_000, months: 2 });
+    const store = await EventStore.open(":memory:");
+    await ingestSynthetic(store, world);
+    const positiveMin = world.options.positiveThreshold;
+    const clusters = (await store.clusters()).map((c) => c.id);
+    const start = Date.parse(world.options.start);
+    const log = await EvidenceLog.load(store, { from: start, to: start + 60 * DAY_MS }, clusters, { positiveMin });
+    expect(log.size).toBeGreaterThan(1000);
+    for (const [from, days] of [
+      [start + 20 * DAY_MS, 7],
+      [start + 3 * DAY_MS, 30],
+      [start + 45.5 * DAY_MS, 2],
+    ] as const) {
+      const window = { from, to: from + days * DAY_MS };
+      const sql = await countTransitions(store, window, { positiveMin });
+      const counts = log.counts(window);
+      const fromLog: { c1: string; c2: string; next: string; users: number }[] = [];
+      for (const [p, e] of counts.pairs) e.next.forEach((n, k) => fromLog.push({ c1: clusters[Math.floor(p / clusters.length)], c2: clusters[p % clusters.length], next: clusters[n], users: e.users[k] }));
+      const key = (t: { c1: string; c2: string; next: string }) => `${t.c1}|${t.c2}|${t.next}`;
+      expect(new Map(fromLog.map((t) => [key(t), t.users]))).toEqual(new Map(sql.map((t) => [key(t), t.users])));
+      expect(counts.transitions).toBe(sql.reduce((s, t) => s + t.users, 0));
+    }
+    expect(() => log.counts({ from: start - DAY_MS, to: start })).toThrow(/outside the log/);
+    store.close();
+  });
+});
