@@ -1,6 +1,7 @@
 /** The replay report: strategies side by side (quality, cost, staleness), differences with 95% CIs, charts. */
 import type { ReplayResult } from "./replay.js";
 import { writeReport, type WrittenReport } from "./report.js";
+import { SEGMENT_EVIDENCE_DAYS, SEGMENT_NEW_DAYS } from "./segments.js";
 
 const pct = (v: number) => (Number.isFinite(v) ? `${(100 * v).toFixed(2)}%` : "-");
 
@@ -38,6 +39,20 @@ export function writeReplayReport(reportsDir: string, result: ReplayResult, sour
           ]),
         },
       },
+      ...(names.length && Object.keys(s[names[0]].segments).length
+        ? [
+            {
+              heading: "Segments",
+              paragraphs: [
+                `hit@1 / hit@5 per segment. evidence: the pair's distinct users in the ${SEGMENT_EVIDENCE_DAYS} days before the transition's day (none 0-1, sparse 2-4, dense 5+); cluster:new, user:new: the next cluster, or the user, first seen within ${SEGMENT_NEW_DAYS} days before. A prior that carries knowledge the counts lack shows where the counts are thin.`,
+              ],
+              table: {
+                columns: ["strategy", ...Object.keys(s[names[0]].segments).map((g) => `${g} (${s[names[0]].segments[g].transitions})`)],
+                rows: names.map((n) => [n, ...Object.values(s[n].segments).map((g) => `${pct(g.hit1)} / ${pct(g.hit5)}`)]),
+              },
+            },
+          ]
+        : []),
       {
         heading: "Hit rate over time",
         chart: {

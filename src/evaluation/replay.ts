@@ -10,7 +10,8 @@
 import type { EventStore } from "../data/event-store.js";
 import { VirtualClock } from "../domain/clock.js";
 import type { TimeWindow } from "../domain/types.js";
-import { timedTransitions, type MiningOptions } from "../mining/transitions.js";
+import { timedTransitions, type MiningOptions, type TimedTransition } from "../mining/transitions.js";
+import { segmentLabels, segmentOf } from "./segments.js";
 import { TableLookup, type TableStore } from "../tables/index.js";
 import { Scheduler, SqliteScheduleStore, type JobDefinition, type RunRecord } from "../update/schedule/index.js";
 import { bootstrapRatioDelta, type PairedUnit } from "./bootstrap.js";
@@ -103,6 +104,8 @@ export interface StrategyResult {
   readonly agreementWithNoRag: number | null;
   /** Hit@1 per week of the period, for the chart. */
   readonly weekly: { readonly week: string; readonly hit1: number; readonly transitions: number }[];
+  /** The same metrics per segment (./segments.ts): where the strategy wins or loses. */
+  readonly segments: Record<string, { readonly transitions: number; readonly hit1: number; readonly hit5: number }>;
 }
 
 export interface Comparison {
@@ -130,6 +133,9 @@ interface CapturedTable extends LiveTableEntry {
 export async function replay(options: ReplayOptions): Promise<ReplayResult> {
   const horizon = options.horizon ?? 5;
   const transitions = await timedTransitions(options.events, options.window, { positiveMin: options.positiveMin, horizon });
+  const bySegment = options.clusters
+    ? segmentOf(transitions, await segmentLabels(options.events, transitions, options.clusters, { positiveMin: options.positiveMin }))
+    : new Map<string, TimedTransition[]>();
   const popularity = new Map<string, number>();
   for (const t of transitions) popularity.set(t.next, (popularity.get(t.next) ?? 0) + 1);
   const popularityRank = new Map([...popularity].sort((a, b) => b[1] - a[1]).map(([c], k) => [c, k + 1]));
@@ -142,11 +148,17 @@ export async function replay(options: ReplayOptions): Promise<ReplayResult> {
   // The reference strategy comes first (and is scored first) so every other one can be compared with its no-RAG table.
   const ordered = [...options.strategies].sort((a, b) => Number(b.name === reference) - Number(a.name === reference));
   // Each strategy is scored as soon as its replay ends, on the main thread while others may still be training.
-  const runs = new Map<string, StrategyRun & { score: ReplayScore; weekly: StrategyResult["weekly"]; staleness: number }>();
+  const runs = new Map<string, StrategyRun & { score: ReplayScore; weekly: StrategyResult["weekly"]; staleness: number; segments: StrategyResult["segments"] }>();
   await runPool(ordered, options.parallel ?? 1, async (setup) => {
     const run = await runStrategy(setup, options);
+    const segments: Record<string, { transitions: number; hit1: number; hit5: number }> = {};
+    for (const [name, list] of bySegment) {
+      const s = scoreTransitions(list, run.captured, { k: options.k ?? 5 });
+      segments[name] = { transitions: s.transitions, hit1: s.hit1, hit5: s.hitK };
+    }
     runs.set(setup.name, {
       ...run,
+      segments,
       score: scoreTransitions(transitions, run.captured, { k: options.k ?? 5 }),
       weekly: weeklyHits(transitions, run.captured, options.window.from),
       staleness: staleness(transitions, run.captured),
@@ -154,7 +166,7 @@ export async function replay(options: ReplayOptions): Promise<ReplayResult> {
   });
 
   for (const setup of ordered) {
-    const { captured, tops, cost, wallSeconds, score, weekly, staleness: stalenessDays } = runs.get(setup.name)!;
+    const { captured, tops, cost, wallSeconds, score, weekly, staleness: stalenessDays, segments } = runs.get(setup.name)!;
     top1s.set(setup.name, tops);
     const noRag = top1s.get(reference)?.[0];
     scores.set(setup.name, score);
@@ -177,6 +189,7 @@ export async function replay(options: ReplayOptions): Promise<ReplayResult> {
       transitions: score.transitions,
       unserved: score.unserved,
       weekly,
+      segments,
     };
   }
   return {

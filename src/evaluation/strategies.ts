@@ -3,10 +3,15 @@
  *
  * - `static`: the start model, one table without RAG, never updated;
  * - `finetune-monthly`: monthly fine-tunes (behind the gates), each followed by a table without RAG;
- * - `rag`: the start model, RAG refresh every N days;
- * - `hybrid`: monthly fine-tunes plus RAG every N days (the paper's proposal);
- * - `rag-day1-frozen`: one RAG table on the first day, then frozen (the paper's variant);
- * - `successor-top1`, `popular-novel`: the non-LLM baselines, recomputed every N days from the RAG window.
+ * - `rag`: the start model, the paper's in-prompt RAG refresh every N days;
+ * - `hybrid`: the product's hybrid: monthly fine-tunes plus a fusion refresh every N days (the live model's prior
+ *   and the fresh evidence as a posterior, src/update/fusion.ts);
+ * - `paper-hybrid`: the paper's hybrid: monthly fine-tunes plus in-prompt RAG every N days;
+ * - `fusion-static`: the start model's prior fused with fresh evidence every N days, never fine-tuned;
+ * - `rag-day1-frozen`: one in-prompt RAG table on the first day, then frozen (the paper's variant);
+ * - `counts-backoff`: the fusion posterior without an LLM prior (pair, second cluster, popularity), fitted the
+ *   same way: the strongest counting baseline, which the LLM must beat to earn its place;
+ * - `successor-top1`, `popular-novel`: the simple non-LLM baselines, recomputed every N days from the RAG window.
  *
  * Every LLM strategy starts from the same start model (trained only on data before the period), registered live in
  * its own registry and table store under the replay's work directory, so strategies never see each other's state.
@@ -28,16 +33,18 @@ import { baselineRefreshJob, type BaselineName } from "../update/jobs.js";
 import { UpdateLoop, inSequence, type LoopSettings } from "../update/loop.js";
 import type { FinetuneMemo } from "../update/finetune.js";
 import type { SnapshotCache } from "../update/rag.js";
+import type { EvidenceCache } from "../update/fusion.js";
 import type { JobDefinition } from "../update/schedule/index.js";
 import type { StrategySetup } from "./replay.js";
 
-export const LLM_STRATEGIES = ["static", "finetune-monthly", "rag", "hybrid", "rag-day1-frozen"] as const;
-export const BASELINE_STRATEGIES = ["successor-top1", "popular-novel"] as const;
+export const LLM_STRATEGIES = ["static", "finetune-monthly", "rag", "hybrid", "paper-hybrid", "fusion-static", "rag-day1-frozen"] as const;
+export const BASELINE_STRATEGIES = ["counts-backoff", "successor-top1", "popular-novel"] as const;
 export const ALL_STRATEGIES = [...LLM_STRATEGIES, ...BASELINE_STRATEGIES] as const;
 export type StrategyName = (typeof ALL_STRATEGIES)[number];
 
 /** Strategies whose cadence includes a RAG refresh every N days (the ones a refresh-days ablation varies). */
-const REFRESHING: ReadonlySet<string> = new Set(["rag", "hybrid", "successor-top1", "popular-novel"]);
+const REFRESHING: ReadonlySet<string> = new Set(["rag", "hybrid", "paper-hybrid", "fusion-static", "counts-backoff", "successor-top1", "popular-novel"]);
+const BASELINES: ReadonlySet<string> = new Set(BASELINE_STRATEGIES);
 
 export interface StartModel {
   readonly path: string;
@@ -63,6 +70,8 @@ export interface StrategyEnvironment {
   readonly trainer?: Trainer;
   /** RAG snapshots shared by the strategies (they retrieve at the same instants from the same store). */
   readonly snapshots?: SnapshotCache;
+  /** Evidence logs and window choices shared by the fusion strategies (same instants, same store). */
+  readonly evidence?: EvidenceCache;
   /** Curated sets and gate results shared by the fine-tuning strategies (same instants, same store). */
   readonly finetuneMemo?: FinetuneMemo;
   /** Opens model versions (the configured LLM backend). @defaultValue the embedded backend */
@@ -115,17 +124,17 @@ function setupOf(kind: StrategyName, label: string, refreshDays: number, env: St
   // "Once, at the start": an interval longer than any replay period.
   const once = `every 36500 days from ${start}`;
   const finetuneCadence = env.finetuneCadence ?? "0 0 1 * *";
-  const llm = kind !== "successor-top1" && kind !== "popular-novel";
+  const llm = !BASELINES.has(kind);
   return {
     name: label,
     ready: llm ? Promise.resolve(env.startModel) : undefined,
-    finetunes: kind === "finetune-monthly" || kind === "hybrid",
+    finetunes: kind === "finetune-monthly" || kind === "hybrid" || kind === "paper-hybrid",
     async create(clock) {
       const dir = join(env.workDir, label.replace(/[^a-zA-Z0-9@._-]/g, "_"));
       rmSync(dir, { recursive: true, force: true });
       mkdirSync(dir, { recursive: true });
       const tables = SqliteTableStore.open(join(dir, "tables.sqlite"), clock);
-      if (kind === "successor-top1" || kind === "popular-novel") {
+      if (kind === "successor-top1" || kind === "popular-novel" || kind === "counts-backoff") {
         const run = baselineRefreshJob(kind satisfies BaselineName, {
           events: env.events,
           tables,
@@ -135,6 +144,7 @@ function setupOf(kind: StrategyName, label: string, refreshDays: number, env: St
           keep: env.settings.tables.keep,
           strategy: label,
           snapshots: env.snapshots,
+          evidence: env.evidence,
           rag: { ...env.settings.rag, positiveMin: env.settings.positiveMin },
         });
         return { jobs: [{ name: "refresh", cadence: every, run }], tables, close: () => tables.close() };
@@ -157,12 +167,15 @@ function setupOf(kind: StrategyName, label: string, refreshDays: number, env: St
         trainer: env.trainer,
         openModel: env.openModel,
         snapshots: env.snapshots,
+        evidence: env.evidence,
         finetuneMemo: env.finetuneMemo,
         strategy: label,
         progress: env.progress,
         onTraining: env.onTraining ? (e) => env.onTraining!(label, e) : undefined,
       });
       const noRag = loop.refreshJob({ rag: null });
+      const prompted = loop.refreshJob({ rag: { method: "prompt" } });
+      const fused = loop.refreshJob({ rag: { method: "fusion" } });
       const finetune = loop.finetuneJob({ startModelAt: env.window.from });
       const jobs: JobDefinition[] = {
         static: [{ name: "refresh", cadence: once, run: noRag }],
@@ -172,12 +185,17 @@ function setupOf(kind: StrategyName, label: string, refreshDays: number, env: St
           { name: "start-table", cadence: once, run: noRag },
           { name: "finetune", cadence: finetuneCadence, run: inSequence(finetune, noRag) },
         ],
-        rag: [{ name: "refresh", cadence: every, run: loop.refreshJob() }],
+        rag: [{ name: "refresh", cadence: every, run: prompted }],
         hybrid: [
           { name: "finetune", cadence: finetuneCadence, run: finetune },
-          { name: "refresh", cadence: every, run: loop.refreshJob() },
+          { name: "refresh", cadence: every, run: fused },
         ],
-        "rag-day1-frozen": [{ name: "refresh", cadence: once, run: loop.refreshJob() }],
+        "paper-hybrid": [
+          { name: "finetune", cadence: finetuneCadence, run: finetune },
+          { name: "refresh", cadence: every, run: prompted },
+        ],
+        "fusion-static": [{ name: "refresh", cadence: every, run: fused }],
+        "rag-day1-frozen": [{ name: "refresh", cadence: once, run: prompted }],
       }[kind];
       return {
         jobs,

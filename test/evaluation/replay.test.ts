@@ -8,6 +8,7 @@ import { SqliteTableStore } from "../../src/tables/index.js";
 import { baselineRefreshJob, type BaselineName } from "../../src/update/jobs.js";
 import { countTransitions } from "../../src/mining/transitions.js";
 import { writeReplayReport } from "../../src/evaluation/replay-report.js";
+import { EvidenceCache } from "../../src/update/fusion.js";
 import { mkdtempSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -20,11 +21,13 @@ describe("replay evaluation", () => {
     const clusters = (await events.clusters()).map((c) => c.id);
     const from = Date.UTC(2025, 2, 1);
     const to = Date.UTC(2025, 3, 1);
+    // As `evaluate replay` does: one evidence log of the period for the fusion refreshes.
+    const evidence = new EvidenceCache({ from, to });
     const setup = (name: string, kind: BaselineName, cadence: string): StrategySetup => ({
       name,
       async create() {
         const tables = SqliteTableStore.open(":memory:", new VirtualClock(from));
-        const job = baselineRefreshJob(kind, { events, tables, clusters, templateHash: "baseline", topN: 5, rag: { windowDays: 7, positiveMin: 0.5 } });
+        const job = baselineRefreshJob(kind, { events, tables, clusters, templateHash: "baseline", topN: 5, evidence, rag: { windowDays: 7, positiveMin: 0.5 } });
         return { jobs: [{ name: "refresh", cadence, run: job }], tables, close: () => tables.close() };
       },
     });
@@ -37,7 +40,9 @@ describe("replay evaluation", () => {
         setup("popular-novel", "popular-novel", "every 2 days from 2025-03-01"),
         setup("successor-top1", "successor-top1", "every 2 days from 2025-03-01"),
         setup("successor-frozen", "successor-top1", "every 3650 days from 2025-03-01"),
+        setup("counts-backoff", "counts-backoff", "every 2 days from 2025-03-01"),
       ],
+      clusters,
     });
     const truth = await countTransitions(events, { from, to }, { positiveMin: 0.5 });
     expect(result.transitions).toBeGreaterThanOrEqual(truth.length);
@@ -53,6 +58,17 @@ describe("replay evaluation", () => {
     expect(s["successor-top1"].hit1).toBeGreaterThan(s["popular-novel"].hit1);
     expect(s["popular-novel"].coverage).toBeLessThan(s["successor-top1"].coverage);
     expect(s["successor-top1"].stalenessDays).toBeLessThan(s["successor-frozen"].stalenessDays);
+    // The fitted backoff of every successor count beats serving the top retrieved successor.
+    expect(s["counts-backoff"].hit1).toBeGreaterThan(s["successor-top1"].hit1);
+    expect(s["counts-backoff"].cost.promptsScored).toBe(0);
+    // Segments partition the transitions by the pair's evidence; every strategy is scored on each.
+    for (const name of Object.keys(s)) {
+      const g = s[name].segments;
+      expect(g["evidence:none"].transitions + g["evidence:sparse"].transitions + g["evidence:dense"].transitions).toBe(s[name].transitions);
+      expect(g["evidence:dense"].transitions).toBeGreaterThan(0);
+    }
+    // Where a pair has dense evidence, serving it beats one popularity ranking by far.
+    expect(s["successor-top1"].segments["evidence:dense"].hit1).toBeGreaterThan(s["popular-novel"].segments["evidence:dense"].hit1);
     const cmp = result.comparisons.find((c) => c.a === "popular-novel" && c.b === "successor-top1" && c.metric === "hit1")!;
     expect(cmp.delta).toBeCloseTo(s["successor-top1"].hit1 - s["popular-novel"].hit1, 10);
     expect(cmp.ci95[0]).toBeLessThanOrEqual(cmp.delta);
@@ -62,6 +78,7 @@ describe("replay evaluation", () => {
     expect(html.match(/<svg/g)).toHaveLength(3);
     expect(html).toContain("successor-frozen");
     expect(readFileSync(paths.md, "utf8")).toContain("| successor-top1 |");
+    expect(readFileSync(paths.md, "utf8")).toContain("## Segments");
     events.close();
   });
 });

@@ -12,6 +12,8 @@ import { ModelRegistry } from "../../llm/registry.js";
 import { CachingTrainer } from "../../llm/training-cache.js";
 import { FinetuneMemo } from "../../update/finetune.js";
 import { SnapshotCache } from "../../update/rag.js";
+import { EvidenceCache } from "../../update/fusion.js";
+import type { FreshrecConfig } from "../config.js";
 import { createHash } from "node:crypto";
 import { cannotTrain, configuredModelFile, loopSettings, resolveAsOf, trainBaseModel } from "../loop-context.js";
 import { languageModelBackend } from "../../llm/backends/index.js";
@@ -92,7 +94,7 @@ export function registerEvaluate(program: Command): void {
           const workDir = join(ctx.paths.root, "replay");
           // The start model depends on the period's start and on every setting that shapes it: one cache entry each.
           const startKey = createHash("sha256")
-            .update(JSON.stringify({ pretrain: ctx.config.pretrain, model: ctx.config.model, rag: ctx.config.rag, positiveMin }))
+            .update(JSON.stringify({ pretrain: ctx.config.pretrain, model: ctx.config.model, rag: promptRagSettings(ctx.config.rag), positiveMin }))
             .digest("hex")
             .slice(0, 8);
           const catalog = await events.clusters();
@@ -122,6 +124,8 @@ export function registerEvaluate(program: Command): void {
             openModel: (path) => backend.openModel(path),
             // The store does not change during a replay: strategies retrieving at the same instant share it.
             snapshots: new SnapshotCache(),
+            // ...and the fusion strategies one evidence log of the whole period (each refresh counts only before it).
+            evidence: new EvidenceCache({ from, to }),
             // ...and the same curated sets and gates for their identical fine-tunes.
             finetuneMemo: new FinetuneMemo(events),
             onTraining: (strategy, e) => trainingProgress(ctx.progress, ctx.log, `${strategy} fine-tuning`)(e),
@@ -169,6 +173,12 @@ export function registerEvaluate(program: Command): void {
         }
       }),
     );
+}
+
+/** The RAG settings a start model's training reads (its contexts): the fusion ones do not shape it. */
+function promptRagSettings(rag: FreshrecConfig["rag"]): Omit<FreshrecConfig["rag"], "method" | "fusion"> {
+  const { method: _method, fusion: _fusion, ...prompt } = rag;
+  return prompt;
 }
 
 /** The model every LLM strategy starts from: trained on data before `from` only, cached per start date. */

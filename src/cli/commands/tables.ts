@@ -1,4 +1,5 @@
 import type { Command } from "commander";
+import { explanationOf, type RowExplanation } from "../../update/fusion.js";
 import { BadInputError } from "../../domain/errors.js";
 import type { TableInfo } from "../../tables/index.js";
 import { action, positiveInt } from "../run.js";
@@ -61,8 +62,14 @@ export function registerTables(program: Command): void {
               if (rows.length >= limit) break;
             }
           }
-          const text = [summary(info), ...rows.map((r) => `  (${r.c1}, ${r.c2}) -> ${r.answers.map((a) => `${a.cluster} ${a.score.toFixed(3)}`).join(", ")}`)].join("\n");
-          return { json: { ...tableView(info), rows: rows.map((r) => ({ c1: r.c1, c2: r.c2, answers: r.answers })) }, text };
+          const text = [
+            summary(info),
+            ...rows.flatMap((r) => [
+              `  (${r.c1}, ${r.c2}) -> ${r.answers.map((a) => `${a.cluster} ${a.score.toFixed(3)}`).join(", ")}`,
+              ...(opts.pair ? explanationLines(explanationOf(r)) : []),
+            ]),
+          ].join("\n");
+          return { json: { ...tableView(info), rows: rows.map((r) => ({ c1: r.c1, c2: r.c2, answers: r.answers, explanation: explanationOf(r) })) }, text };
         } finally {
           store.close();
         }
@@ -100,4 +107,16 @@ export function registerTables(program: Command): void {
         }
       }),
     );
+}
+
+/** A fusion row's explanation for people: how much is the pair's own evidence, and the counts behind each answer. */
+function explanationLines(e: RowExplanation | null): string[] {
+  if (!e) return ["    (no explanation: a prompted table's row is the model's answer to its prompt)"];
+  return [
+    `    evidence weight ${(e.evidenceWeight * 100).toFixed(1)}% (pair: ${e.pairUsers} users in the window; second cluster: ${e.secondUsers}), prior and backoff ${((1 - e.evidenceWeight) * 100).toFixed(1)}%`,
+    ...e.answers.map(
+      (a) =>
+        `    ${a.cluster.padEnd(24)} posterior ${a.posterior.toFixed(4)}  pair users ${String(a.pairUsers).padStart(4)}  second-cluster users ${String(a.secondUsers).padStart(5)}  base ${a.base.toFixed(4)}${a.llmPrior === null ? "" : `  llm prior ${a.llmPrior.toFixed(4)}`}`,
+    ),
+  ];
 }
