@@ -73,12 +73,13 @@ export function baselineRefreshJob(
     // One retrieval gives both the popularity and the prompts' contexts: the refresh below reads the same snapshot
     // (a cache shared by every run in a replay, else one for this run).
     const snapshots = base.snapshots ?? new SnapshotCache();
-    const snapshot = await snapshots.retrieve(base.events, context.asOf, base.rag);
+    // These baselines serve the in-prompt retrieval's own contexts: the prompt method's snapshot, never a fusion.
+    const rag = { ...base.rag, method: "prompt" as const };
+    const snapshot = await snapshots.retrieve(base.events, context.asOf, rag);
     const popularity = rankNextClusters(snapshot.nextUsers, base.clusters);
     const scorer = kind === "successor-top1" ? new SuccessorScorer(popularity) : new PopularNovelScorer(popularity);
     // The version names the data: a baseline's answers change with every window, so its tables are never copied.
     const version = `${kind}@${new Date(context.asOf).toISOString().slice(0, 10)}`;
-    // These baselines serve the in-prompt retrieval's own contexts: the prompt method's snapshot, never a fusion.
-    return refreshJob({ ...base, rag: { ...base.rag, method: "prompt" }, snapshots }, async () => ({ version, scorer, dataAsOf: context.asOf }))(context);
+    return refreshJob({ ...base, rag, snapshots }, async () => ({ version, scorer, dataAsOf: context.asOf }))(context);
   };
 }

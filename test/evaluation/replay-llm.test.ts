@@ -19,6 +19,7 @@ import { SqliteTableStore } from "../../src/tables/index.js";
 import type { LoopSettings } from "../../src/update/loop.js";
 import { FinetuneMemo } from "../../src/update/finetune.js";
 import { SnapshotCache } from "../../src/update/rag.js";
+import { EvidenceCache } from "../../src/update/fusion.js";
 import { CachingTrainer } from "../../src/llm/training-cache.js";
 import { EmbeddedTrainer } from "../../src/llm/engine/trainer.js";
 
@@ -74,7 +75,12 @@ describe("replay with LLM strategies", () => {
     // As `evaluate replay` runs: snapshots shared by the strategies, fine-tunes through the training cache and the
     // fine-tuning memo, the start model still training when the replay starts (the baseline goes first).
     const snapshots = new SnapshotCache();
-    const shared = { snapshots, trainer: new CachingTrainer(new EmbeddedTrainer(), join(dir, "training-cache"), "embedded"), finetuneMemo: new FinetuneMemo(events) };
+    const shared = {
+      snapshots,
+      evidence: new EvidenceCache({ from, to }),
+      trainer: new CachingTrainer(new EmbeddedTrainer(), join(dir, "training-cache"), "embedded"),
+      finetuneMemo: new FinetuneMemo(events),
+    };
     let releaseStart!: () => void;
     const startModel = new Promise<void>((r) => (releaseStart = r)).then(() => env(events, "all").startModel);
     const started: string[] = [];
@@ -97,7 +103,7 @@ describe("replay with LLM strategies", () => {
     expect(started[0]).toBe("successor-top1");
 
     const refreshes = Math.ceil((to - from) / (2 * DAY_MS)); // every 2 days from Feb 1: Feb 1, 3, ..., Mar 7
-    // rag, hybrid and the baseline retrieved at the same instants: one snapshot each.
+    // rag and the baseline retrieved at the same instants: one snapshot each (the hybrid fuses evidence instead).
     expect(snapshots.size).toBe(refreshes);
     expect(result.timelines.static).toHaveLength(1);
     expect(result.timelines.rag).toHaveLength(refreshes);
@@ -120,15 +126,21 @@ describe("replay with LLM strategies", () => {
     expect(s.rag.agreementWithNoRag).toBeGreaterThan(0);
     expect(s.rag.consecutiveAgreement).not.toBeNull();
     expect(s.rag.stalenessDays).toBeLessThan(s.static.stalenessDays);
+    // The hybrid's refreshes fuse the live model's prior with the evidence: prompts are paid once per model version
+    // (the start model's prior, then the fine-tuned one's), not at every refresh.
+    const pairs = clusters.length * (clusters.length - 1);
+    expect(s.hybrid.cost.promptsScored).toBe(2 * pairs);
+    expect(s.hybrid.stalenessDays).toBeLessThan(s.static.stalenessDays);
 
     // No leakage: the same replay up to the cut, on the full store (sharing snapshots, as above) and on a store
     // without the events after it (retrieving afresh): identical tables, so neither the future nor the cache shows.
-    const upToCut = async (store: EventStore, name: string, cache?: SnapshotCache) => {
-      const r = await replay({ events: store, window: { from, to: cut }, strategies: strategySetups(["rag"], { ...env(store, name), window: { from, to: cut }, snapshots: cache }), positiveMin, resamples: 10 });
-      const tables = SqliteTableStore.open(join(dir, name, "rag", "tables.sqlite"), new VirtualClock(cut));
-      const rows = r.timelines.rag.map((t) => [...tables.rows(t.version)]);
+    const upToCut = async (store: EventStore, name: string, strategy: StrategyName, caches: { snapshots?: SnapshotCache; evidence?: EvidenceCache } = {}) => {
+      const r = await replay({ events: store, window: { from, to: cut }, strategies: strategySetups([strategy], { ...env(store, name), window: { from, to: cut }, ...caches }), positiveMin, resamples: 10 });
+      const tables = SqliteTableStore.open(join(dir, name, strategy, "tables.sqlite"), new VirtualClock(cut));
+      const rows = r.timelines[strategy].map((t) => [...tables.rows(t.version)]);
+      const meta = r.timelines[strategy].map((t) => tables.get(t.version).ragOptions);
       tables.close();
-      return { timeline: r.timelines.rag, rows, hit1: r.strategies.rag.hit1 };
+      return { timeline: r.timelines[strategy], rows, meta, hit1: r.strategies[strategy].hit1 };
     };
     // Side by side or one after the other, with or without the shared caches: the same tables and the same scores.
     const alone = await replay({
@@ -147,12 +159,20 @@ describe("replay with LLM strategies", () => {
       expect(costAlone.promptsScored).toBe(costSide.promptsScored);
     }
 
-    const a = await upToCut(events, "leak-full", snapshots);
-    const b = await upToCut(cutEvents, "leak-cut");
+    const a = await upToCut(events, "leak-full", "rag", { snapshots });
+    const b = await upToCut(cutEvents, "leak-cut", "rag");
     expect(a.timeline.length).toBe(Math.ceil((cut - from) / (2 * DAY_MS)));
     expect(b.timeline).toEqual(a.timeline);
     expect(b.rows).toEqual(a.rows);
     expect(b.hit1).toBe(a.hit1);
+    // The fusion hybrid too: its evidence log read over the whole period on the full store (each refresh counting
+    // only before its time) and afresh per refresh on the cut store give the same rows, fits and explanations.
+    const c = await upToCut(events, "leak-full-hybrid", "hybrid", { evidence: new EvidenceCache({ from, to }) });
+    const d = await upToCut(cutEvents, "leak-cut-hybrid", "hybrid");
+    expect(c.rows.flat().some((r) => r.explanation)).toBe(true);
+    expect(d.timeline).toEqual(c.timeline);
+    expect(d.rows).toEqual(c.rows);
+    expect(d.meta).toEqual(c.meta);
     events.close();
     cutEvents.close();
   }, 600_000);
