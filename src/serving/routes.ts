@@ -4,6 +4,7 @@
  * parsed with the zod schemas here rather than by Fastify's validator, so that a bad event batch answers with the
  * index and field of each problem in our error shape.
  */
+import { explanationOf } from "../update/fusion.js";
 import { randomUUID } from "node:crypto";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import type { z } from "zod";
@@ -261,6 +262,8 @@ export function registerRoutes(app: FastifyInstance, state: ServingState): Route
           const c = state.catalog.clusterIndex.get(a.cluster);
           return { cluster: a.cluster, description: c === undefined ? null : state.catalog.descriptions[c], score: a.score };
         }),
+        // The explanation is read from the store (an inspection route, not the serving path).
+        explanation: explanationOf(state.tableStore.lookup(lookup.version, params.c1, params.c2) ?? { answers: [] }),
       };
     },
   );

@@ -94,6 +94,24 @@ export const tableRowResponseSchema = z.object({
   c1: z.string(),
   c2: z.string(),
   answers: z.array(z.object({ cluster: z.string(), description: z.string().nullable(), score: z.number().describe("The table's score (a probability, stored as float32).") })),
+  explanation: z
+    .object({
+      pairUsers: z.number().describe("Distinct users of the pair in the evidence window."),
+      secondUsers: z.number().describe("Distinct users of the pair's second cluster's transitions in the window."),
+      evidenceWeight: z.number().describe("Share of the posterior from the pair's own evidence; the rest is the base measure (LLM prior x second-cluster backoff)."),
+      answers: z.array(
+        z.object({
+          cluster: z.string(),
+          posterior: z.number(),
+          pairUsers: z.number(),
+          secondUsers: z.number(),
+          llmPrior: z.number().nullable().describe("The LLM prior's probability of the answer (null: no prior, the counts-backoff baseline)."),
+          base: z.number().describe("The base measure of the answer."),
+        }),
+      ),
+    })
+    .nullable()
+    .describe("Why a fusion row says what it says; null for a prompted table's row."),
 });
 
 export const versionParamsSchema = z.object({ version: z.string().min(1).max(64) });

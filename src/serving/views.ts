@@ -7,6 +7,7 @@
  * reply.send(scheduleStatusView(scheduler.status()));
  * printJson({ models: registry.list().map(modelView) });
  */
+import type { FusionFit } from "../update/fusion.js";
 import { z } from "zod";
 import type { StoreCounts } from "../data/event-store.js";
 import type { TimeWindow } from "../domain/types.js";
@@ -251,4 +252,9 @@ export function replayResultView(result: ReplayResult) {
       Object.entries(result.timelines).map(([name, tables]) => [name, tables.map((t) => ({ version: t.version, publishedAt: isoTime(t.publishedAt), dataAsOf: isoTime(t.dataAsOf) }))]),
     ),
   };
+}
+
+/** A fusion fit's wire form (times as ISO), for refresh --json and the API. */
+export function fusionFitView(fit: FusionFit) {
+  return { ...fit, slice: windowView(fit.slice), fitEvidence: windowView(fit.fitEvidence) };
 }

@@ -187,7 +187,7 @@ describe("tables", () => {
     expect(status).toBe(200);
     tablesResponseSchema.parse(body);
     expect(body.live).toBe(ws.rag);
-    expect(body.tables.map((t: any) => t.version)).toEqual([ws.plain, ws.rag]);
+    expect(body.tables.map((t: any) => t.version)).toEqual([ws.plain, ws.rag, ws.fusion]);
     expect(body.serving).toContainEqual({ binding: "live", version: ws.rag });
   });
 
@@ -379,6 +379,30 @@ describe("admin routes", () => {
     expect(written).not.toContain(TOKEN);
     expect(written).not.toContain(wrong);
     expect(written).toContain("token=[redacted]");
+  });
+
+  it("GET /v1/tables/live/{c1}/{c2} explains a fusion row with the counts behind it (a prompted row has none)", async () => {
+    const prompted = await get(`/v1/tables/live/${warmHistory.c1}/${warmHistory.c2}`);
+    expect(prompted.body.explanation).toBeNull();
+    expect((await post(`/v1/tables/${ws.fusion}/publish`, { reason: "explain" }, admin)).status).toBe(200);
+    try {
+      const { status, body } = await get(`/v1/tables/live/${warmHistory.c1}/${warmHistory.c2}`);
+      expect(status).toBe(200);
+      tableRowResponseSchema.parse(body);
+      expect(body.version).toBe(ws.fusion);
+      const e = body.explanation;
+      expect(e.answers.map((a: { cluster: string }) => a.cluster)).toEqual(body.answers.map((a: { cluster: string }) => a.cluster));
+      expect(e.evidenceWeight).toBeGreaterThanOrEqual(0);
+      expect(e.evidenceWeight).toBeLessThanOrEqual(1);
+      // No LLM prior in the counts-backoff table; the counts are what the pair and its second cluster had.
+      for (const a of e.answers) {
+        expect(a.llmPrior).toBeNull();
+        expect(a.pairUsers).toBeLessThanOrEqual(e.pairUsers);
+        expect(a.secondUsers).toBeLessThanOrEqual(e.secondUsers);
+      }
+    } finally {
+      expect((await post("/v1/tables/rollback", {}, admin)).status).toBe(200);
+    }
   });
 
   it("publish and rollback swap the served table at once", async () => {

@@ -1,7 +1,7 @@
 /**
  * A small real workspace for the serving tests: a synthetic platform in DuckDB and two tables built by the
  * production refresh job with the non-LLM scorers (no model training needed): a table without retrieval
- * (popular-novel answers) and a RAG table (the retrieved top successor first).
+ * (popular-novel answers), a RAG table (the retrieved top successor first) and a fusion table of the counts.
  */
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -22,6 +22,8 @@ export interface ServingWorkspace {
   readonly plain: string;
   /** Version of the RAG table (published, live). */
   readonly rag: string;
+  /** Version of a fusion table of the counts (the counts-backoff posterior; ready, not published). */
+  readonly fusion: string;
   readonly clusters: readonly string[];
 }
 
@@ -44,12 +46,18 @@ export async function servingWorkspace(options: { users?: number; events?: numbe
       const plain = await runRefresh(asOf, { ...base, rag: null, model: { version: "popular", scorer: new PopularNovelScorer(popularity) }, strategy: "finetune-monthly" });
       const rag = await runRefresh(asOf, {
         ...base,
-        rag: { windowDays: 14, minSupport: 1, positiveMin },
+        rag: { windowDays: 14, minSupport: 1, positiveMin, method: "prompt" },
         model: { version: "successor", scorer: new SuccessorScorer(popularity) },
-        strategy: "hybrid",
+        strategy: "paper-hybrid",
+      });
+      const fusion = await runRefresh(asOf, {
+        ...base,
+        rag: { positiveMin, method: "fusion", fusion: { fitMinTransitions: 300 } },
+        model: { version: "counts-backoff", scorer: new PopularNovelScorer(popularity), prior: null },
+        strategy: "counts-backoff",
       });
       tables.publish(rag.tableVersion, { actor: "test" });
-      return { dir, world, plain: plain.tableVersion, rag: rag.tableVersion, clusters };
+      return { dir, world, plain: plain.tableVersion, rag: rag.tableVersion, fusion: fusion.tableVersion, clusters };
     } finally {
       tables.close();
     }

@@ -22,7 +22,7 @@ import type { CommandContext } from "../context.js";
 import { openLoop, resolveAsOf, type OpenLoop } from "../loop-context.js";
 import { action, timeOption } from "../run.js";
 import { iso } from "../format.js";
-import { jobStateView, runRecordView, scheduleStatusView } from "../../serving/views.js";
+import { fusionFitView, jobStateView, runRecordView, scheduleStatusView } from "../../serving/views.js";
 
 
 /** One log line per run: what ran, for which due time, how it ended and what it produced. */
@@ -33,6 +33,8 @@ export function runLine(run: RunRecord): string {
       ? `nothing to do (${String(d.skipped)}: model ${String(d.modelVersion ?? "-")})`
       : run.job === "finetune"
       ? `model ${String(d.modelVersion ?? "-")} ${String(d.modelStatus ?? "")} exact-match ${fmt(d.exactMatchRate)} recall ${fmt(d.testRecall)}`
+      : d.method === "fusion"
+      ? `table ${String(d.tableVersion ?? "-")} (model ${String(d.modelVersion ?? "-")}) fusion: ${String(d.evidenceWindowDays)} d evidence, ${String(d.evidenceTransitions ?? 0)} transitions, ${String(d.pairsWithContext ?? 0)} pairs with evidence; prior weight ${typeof d.priorWeight === "number" ? d.priorWeight.toFixed(2) : "-"}${typeof d.priorGain === "number" ? ` (+${d.priorGain.toFixed(3)} nats/transition)` : ""}; ${String(d.rescored ?? 0)} prompts`
       : `table ${String(d.tableVersion ?? "-")} (model ${String(d.modelVersion ?? "-")}) rescored ${String(d.rescored ?? 0)} copied ${String(d.copied ?? 0)} contexts ${String(d.pairsWithContext ?? 0)}`;
   const took = run.durationSeconds === null ? "" : ` in ${run.durationSeconds.toFixed(1)} s`;
   return `${iso(run.due).slice(0, 16)}Z ${run.job.padEnd(8)} ${run.status.padEnd(9)} ${run.status === "succeeded" || run.status === "halted" ? what : (run.error ?? "")}${took}${run.status === "halted" ? ` (${run.error ?? ""})` : ""}`;
@@ -45,6 +47,14 @@ function planText(plan: RefreshPlan, windowDays: number, backend: string): strin
   const cost = c
     ? `  cost: ${n(c.prompts - c.cached)} prompts to pay for (${n(c.cached)} already in the response cache), ~${n(c.promptTokens)} prompt + ~${n(c.completionTokens)} answer tokens, ${c.usd === null ? "price unknown (set llm.openai.inputPricePerMTok and outputPricePerMTok)" : `~$${c.usd.toFixed(c.usd < 1 ? 4 : 2)}`} via ${c.via}`
     : `  cost: ${backend} backend, scored on this machine (no per-token price)`;
+  if (plan.method === "fusion") {
+    return [
+      `dry run, nothing built: model ${plan.modelVersion}, fusion as of ${iso(plan.asOf)} (${n(plan.transitionsInWindow)} transitions in the fitted evidence window, ${n(plan.pairsWithContext)} pairs with evidence)`,
+      `  ${n(plan.pairs)} pairs, each computed from the counts and the model's prior: no prompt is re-run while the model is unchanged`,
+      plan.rescore === 0 ? "  cost: counting and fitting only (the prior of this model is computed already)" : `  the prior of ${plan.modelVersion} is not computed yet: ${n(plan.rescore)} prompts, once for this model version`,
+      ...(plan.rescore > 0 ? [cost] : []),
+    ].join("\n");
+  }
   return [
     `dry run, nothing built: model ${plan.modelVersion}, RAG as of ${iso(plan.asOf)} (${windowDays} d, ${n(plan.transitionsInWindow)} transitions, ${n(plan.pairsWithContext)} pairs with context)`,
     `  ${n(plan.pairs)} pairs: ${n(plan.rescore)} to score, ${n(plan.copy)} to copy${plan.copiedFrom ? ` from ${plan.copiedFrom}` : ""}`,
@@ -113,11 +123,18 @@ export function registerRefresh(program: Command): void {
             return { json: { dryRun: true, ...plan, asOf: iso(asOf) }, text: planText(plan, ctx.config.rag.windowDays, ctx.config.llm.backend) };
           }
           const result = await runRefresh(asOf, options);
-          const text = [
-            `table ${result.tableVersion} ${result.published ? "published" : "built (not published)"}: model ${result.modelVersion}, RAG as of ${iso(asOf)} (${ctx.config.rag.windowDays} d, ${result.transitionsInWindow} transitions, ${result.pairsWithContext} pairs with context)`,
-            `  ${result.pairs} pairs: ${result.rescored} re-scored, ${result.copied} copied; ${Math.round(result.promptsPerSecond)} prompts/s, ${result.seconds.toFixed(1)} s`,
-          ].join("\n");
-          return { json: { ...result, asOf: iso(asOf) }, text };
+          const fit = result.fusion;
+          const text = fit
+            ? [
+                `table ${result.tableVersion} ${result.published ? "published" : "built (not published)"}: model ${result.modelVersion}, fusion as of ${iso(asOf)} (${fit.windowDays} d evidence, ${result.transitionsInWindow} transitions, ${result.pairsWithContext} pairs with evidence)`,
+                `  fit on ${fit.sliceTransitions} transitions of ${iso(fit.slice.from)}..${iso(fit.slice.to)} (${fit.status}${fit.reason ? `: ${fit.reason}` : ""}): prior weight ${fit.params.tau.toFixed(2)}, pair strength ${fit.params.alpha.toFixed(1)}, backoff ${fit.params.gamma.toFixed(2)} / ${fit.params.beta.toFixed(1)}; ${Number.isFinite(fit.perTransition) ? `${fit.perTransition.toFixed(3)} nats/transition` : "no likelihood"}${fit.countsOnlyPerTransition === null ? "" : ` (counts alone ${fit.countsOnlyPerTransition.toFixed(3)})`}`,
+                `  ${result.pairs} pairs computed; ${result.rescored} prompts scored (the model's prior, once per version); ${(result.retrieveSeconds + result.seconds).toFixed(1)} s`,
+              ].join("\n")
+            : [
+                `table ${result.tableVersion} ${result.published ? "published" : "built (not published)"}: model ${result.modelVersion}, RAG as of ${iso(asOf)} (${ctx.config.rag.windowDays} d, ${result.transitionsInWindow} transitions, ${result.pairsWithContext} pairs with context)`,
+                `  ${result.pairs} pairs: ${result.rescored} re-scored, ${result.copied} copied; ${Math.round(result.promptsPerSecond)} prompts/s, ${result.seconds.toFixed(1)} s`,
+              ].join("\n");
+          return { json: { ...result, asOf: iso(asOf), fusion: fit && fusionFitView(fit) }, text };
         } finally {
           await open.close();
         }
