@@ -126,6 +126,10 @@ describe("freshrec doctor", () => {
     expect(down.checks.at(-1)).toMatchObject({ name: "server", ok: false, detail: expect.stringMatching(/cannot reach http:\/\/127\.0\.0\.1:9\/v1.*llm\.openai\.baseURL/) });
     const noKey = await diagnoseBackend({ settings: settings({ baseURL: "https://api.openai.com/v1", apiKeyEnv: "FRESHREC_TEST_NO_SUCH_KEY" }), workspace: ws, liveModel: () => null, clusters });
     expect(noKey.checks.at(-1)).toMatchObject({ name: "api key", ok: false, detail: expect.stringContaining("FRESHREC_TEST_NO_SUCH_KEY") });
+    // A local server needs its key too unless the config says it takes none: a failed check naming the variable.
+    const localNoKey = await diagnoseBackend({ settings: settings({ apiKeyEnv: "FRESHREC_TEST_NO_SUCH_KEY" }), workspace: ws, liveModel: () => null, clusters });
+    expect(localNoKey.passed).toBe(false);
+    expect(localNoKey.checks.at(-1)).toMatchObject({ name: "api key", ok: false, detail: expect.stringMatching(/FRESHREC_TEST_NO_SUCH_KEY.*not set.*apiKeyEnv to null/) });
   });
 
   it("CLI: exit code 1 with a JSON report when a check fails, 2 for a bad config field", () => {

@@ -11,7 +11,7 @@ import { basename } from "node:path";
 import { EventStore } from "../../data/event-store.js";
 import type { Clock } from "../../domain/clock.js";
 import type { Cluster } from "../../domain/types.js";
-import { type LlmBackendSettings, languageModelBackend, openAiClient, remoteError, responseCachePath } from "../../llm/backends/index.js";
+import { type LlmBackendSettings, MissingApiKeyError, languageModelBackend, openAiClient, remoteError, responseCachePath } from "../../llm/backends/index.js";
 import type { LanguageModel } from "../../llm/contracts.js";
 import { ModelRegistry } from "../../llm/registry.js";
 import { scheduleStorePath } from "../../update/schedule/index.js";
@@ -94,6 +94,14 @@ function checkSqliteFile(file: string): DoctorCheck {
   }
 }
 
+/** "ranking echo (auto; exact): " for a model that says how it ranks (the openai and gguf backends), else "". */
+function rankingOf(model: LanguageModel): string {
+  const ranking = (model.info as { ranking?: { method?: unknown; configured?: unknown; exact?: unknown } }).ranking;
+  if (!ranking || typeof ranking.method !== "string") return "";
+  const auto = ranking.configured === "auto" ? "auto; " : "";
+  return `ranking ${ranking.method} (${auto}${ranking.exact === true ? "exact" : "approximate"}): `;
+}
+
 /** Runs the checks; never throws for a backend problem (each becomes a failed check). */
 export async function diagnoseBackend(input: DoctorInput): Promise<DoctorReport> {
   const { settings } = input;
@@ -124,13 +132,16 @@ export async function diagnoseBackend(input: DoctorInput): Promise<DoctorReport>
   } else {
     const o = settings.openai;
     if (o.model === null) return fail("model", "llm.openai.model is not set: put the model name the server serves there (GET <baseURL>/models lists them)");
-    const key = process.env[o.apiKeyEnv];
-    const hosted = /(^|\.)openai\.com$/.test(new URL(o.baseURL).hostname);
-    if (!key) {
-      if (hosted) return fail("api key", `the environment variable ${o.apiKeyEnv} (llm.openai.apiKeyEnv) is not set; ${o.baseURL} needs a key`);
-      pass("api key", `${o.apiKeyEnv} not set (fine for a local server)`, true);
-    } else pass("api key", `${o.apiKeyEnv} is set`);
-    const client = openAiClient({ baseURL: o.baseURL, apiKeyEnv: o.apiKeyEnv, maxRetries: 0, timeoutMs: Math.min(o.timeoutMs, 15_000) });
+    // The backend's own rule (resolveApiKey): a named variable must be set, null declares a keyless server (refused
+    // for OpenAI's API). Checked here so a missing key is a failed check naming the variable, not a crash.
+    const connection = { baseURL: o.baseURL, apiKeyEnv: o.apiKeyEnv, maxRetries: 0, timeoutMs: Math.min(o.timeoutMs, 15_000) };
+    let client: ReturnType<typeof openAiClient>;
+    try {
+      client = openAiClient(connection);
+    } catch (error) {
+      return fail(error instanceof MissingApiKeyError ? "api key" : "server", message(error));
+    }
+    pass("api key", o.apiKeyEnv === null ? "none (llm.openai.apiKeyEnv is null: a server that takes no key; no Authorization header is sent)" : `${o.apiKeyEnv} is set`);
     let served: string[];
     try {
       served = (await client.models.list()).data.map((m) => m.id);
@@ -180,8 +191,9 @@ export async function diagnoseBackend(input: DoctorInput): Promise<DoctorReport>
     }
     try {
       const [ranked] = await model.score([prompt], 5);
-      if (ranked.length <= 1 && ids.length > 3) pass("scoring", "the server returned no usable logprobs: rankings hold only the answer (top-1)", true);
-      else pass("scoring", `top ${ranked.length}: ${ranked.map((r) => `${r.cluster} ${r.score.toFixed(3)}`).join(", ")}`);
+      const ranking = rankingOf(model);
+      if (ranked.length <= 1 && ids.length > 3) pass("scoring", `${ranking}the server returned no usable logprobs: rankings hold only the answer (top-1)`, true);
+      else pass("scoring", `${ranking}top ${ranked.length}: ${ranked.map((r) => `${r.cluster} ${r.score.toFixed(3)}`).join(", ")}`);
     } catch (error) {
       return fail("scoring", message(error));
     }
