@@ -158,12 +158,40 @@ export const configSchema = z
           .object({
             baseURL: z.url({ error: "expected an http(s) URL like http://127.0.0.1:8000/v1" }).default("https://api.openai.com/v1").describe("Base URL of the OpenAI-compatible API (with /v1), e.g. http://127.0.0.1:8000/v1 for vLLM or http://127.0.0.1:8081/v1 for freshrec llm serve."),
             model: z.string().min(1).nullable().default(null).describe("Model name on that server. Required when llm.backend is openai."),
-            apiKeyEnv: z.string().min(1).default("OPENAI_API_KEY").describe("Environment variable holding the API key (never put the key itself in the config). Unset is allowed for local servers."),
+            apiKeyEnv: z
+              .string()
+              .min(1)
+              .nullable()
+              .default("OPENAI_API_KEY")
+              .describe(
+                "Environment variable holding the API key (never put the key itself in the config); it must be set when freshrec talks to the server (an unset one is an error naming it). null declares a server that takes no key (a local vLLM, Ollama, llama.cpp server or freshrec llm serve): no Authorization header is sent. null is refused for OpenAI's own API.",
+              ),
             answer: z
               .enum(["json_schema", "guided_choice", "text"])
               .default("json_schema")
               .describe("How answers are constrained: json_schema (structured output with an enum of cluster descriptions; OpenAI, vLLM, Ollama), guided_choice (vLLM's extension) or text (unconstrained; answers map to clusters by exact match only, which the exact-match gate measures)."),
             topLogprobs: z.number().int().min(1).max(20).default(20).describe("Alternatives asked per answer token when scoring (OpenAI allows at most 20); ranked answers beyond them are not seen."),
+            ranking: z
+              .enum(["auto", "echo", "first-token"])
+              .default("auto")
+              .describe(
+                'How clusters are ranked with probabilities. echo: each description\'s whole-answer probability, from POST /v1/completions with echo and prompt log-probabilities (exact for descriptions of several tokens; vLLM and freshrec llm serve support it; the prompt is billed once per cluster). first-token: the first answer token\'s top_logprobs of a chat completion (approximate: descriptions sharing a first token share its probability, at most llm.openai.topLogprobs answers; for OpenAI\'s hosted models, Ollama and llama.cpp\'s server, which cannot echo). auto: first-token when baseURL is OpenAI\'s own API (openai.com), echo for any other server; a server that cannot echo fails the ranking with an error saying to set first-token.',
+              ),
+            echoTemplate: z
+              .object({
+                prompt: z
+                  .string()
+                  .refine((t) => t.split("{prompt}").length === 2, { error: 'expected a text with "{prompt}" exactly once' })
+                  .default("{prompt}")
+                  .describe("Text before the answer under ranking echo: {prompt} is freshrec's prompt (exactly once), {system} the instructions chat requests carry. With vLLM, the model's chat template written out (e.g. ChatML up to the assistant turn) scores answers as the model writes them in a chat."),
+                answer: z
+                  .string()
+                  .refine((t) => t.split("{answer}").length === 2, { error: 'expected a text with "{answer}" exactly once' })
+                  .default(" {answer}")
+                  .describe("The answer after it under ranking echo: {answer} is the description (exactly once). Text after {answer} (the model's end-of-turn token, e.g. <|im_end|>) ends the answer; without it a cluster set where one description begins another (\"drama\", \"drama history\") is refused."),
+              })
+              .strict()
+              .prefault({}),
             concurrency: positiveInt().default(4).describe("Requests in flight at once."),
             requestsPerMinute: positiveInt().nullable().default(null).describe("Client-side request rate limit. null = none."),
             tokensPerMinute: positiveInt().nullable().default(null).describe("Client-side token rate limit (prompt estimate plus the answer budget). null = none."),

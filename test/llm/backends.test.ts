@@ -4,7 +4,7 @@ import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { diagnoseBackend } from "../../src/cli/commands/doctor.js";
 import { parseConfig } from "../../src/cli/config.js";
-import { languageModelBackend, responseCachePath, writeHostedModelFile } from "../../src/llm/backends/index.js";
+import { type OpenAiLanguageModel, languageModelBackend, responseCachePath, writeHostedModelFile } from "../../src/llm/backends/index.js";
 import { writeGguf } from "../../src/llm/engine/gguf.js";
 import { startLlmServer, type RunningLlmServer } from "../../src/llm/openai-server.js";
 import { CLUSTERS, TINY_SHAPE, tempWorkspace } from "./fixtures.js";
@@ -22,7 +22,7 @@ afterAll(async () => {
   await server?.close();
 });
 const llm = (section: object) => parseConfig({ llm: section }).llm;
-/** freshrec llm serve ignores keys; the backend still needs one (the config cannot declare a keyless server yet). */
+/** A key in a variable, for the tests of configs that name one (freshrec llm serve itself ignores keys). */
 const TEST_KEY_ENV = "FRESHREC_TEST_API_KEY";
 process.env[TEST_KEY_ENV] = "sk-freshrec-test";
 const clusters = async () => CLUSTERS;
@@ -94,6 +94,34 @@ describe("backend factory (config only)", () => {
     await expect(backend.openModel(other)).rejects.toMatchObject({ code: "BAD_INPUT", path: other });
   });
 
+  it("openai config: apiKeyEnv null (keyless), ranking auto by default (first-token on OpenAI's API, echo elsewhere), echoTemplate", async () => {
+    const defaults = llm({ backend: "openai" }).openai;
+    expect(defaults).toMatchObject({ apiKeyEnv: "OPENAI_API_KEY", ranking: "auto", echoTemplate: { prompt: "{prompt}", answer: " {answer}" } });
+    const s = await llmServer();
+    const keyless = languageModelBackend(llm({ backend: "openai", openai: { baseURL: `${s.url}/v1`, model: "tiny", maxRetries: 0, apiKeyEnv: null } }), { clusters: CLUSTERS, workspace: ws });
+    const local = (await keyless.openModel(null)) as OpenAiLanguageModel;
+    expect(local.info.ranking).toMatchObject({ method: "echo", configured: "auto", exact: true });
+    expect((await local.score([{ history: { c1: "baking", c2: "hiking" } }], 3))[0]).toHaveLength(3);
+    await local.close();
+    // OpenAI's API cannot echo: auto ranks by first tokens there (opening sends nothing, so no server is needed).
+    const hosted = languageModelBackend(llm({ backend: "openai", openai: { model: "gpt-4o-mini", apiKeyEnv: TEST_KEY_ENV } }), { clusters: CLUSTERS, workspace: ws });
+    const remote = (await hosted.openModel(null)) as OpenAiLanguageModel;
+    expect(remote.info.ranking).toMatchObject({ method: "first-token", configured: "auto", exact: false });
+    await remote.close();
+    // An explicit method is taken as it is, and echoTemplate reaches the echo request.
+    const pinned = languageModelBackend(
+      llm({ backend: "openai", openai: { baseURL: `${s.url}/v1`, model: "tiny", apiKeyEnv: null, ranking: "echo", echoTemplate: { prompt: "Q: {prompt}", answer: " {answer}." } } }),
+      { clusters: CLUSTERS, workspace: ws },
+    );
+    const echo = (await pinned.openModel(null)) as OpenAiLanguageModel;
+    expect(echo.info.ranking).toMatchObject({ method: "echo", configured: "echo" });
+    expect((echo.echoBody({ history: { c1: "baking", c2: "hiking" } }).prompt as string[])[0]).toMatch(/^Q: .* [^ ]+\.$/s);
+    await echo.close();
+    expect(() => llm({ backend: "openai", openai: { ranking: "exact" } })).toThrow(/llm\.openai\.ranking/);
+    expect(() => llm({ backend: "openai", openai: { echoTemplate: { answer: "no slot" } } })).toThrow(/llm\.openai\.echoTemplate\.answer.*"\{answer\}" exactly once/);
+    expect(() => llm({ backend: "openai", openai: { apiKeyEnv: "" } })).toThrow(/llm\.openai\.apiKeyEnv/);
+  });
+
   it("openai: an unset API key variable fails opening the model, naming the variable", async () => {
     const s = await llmServer();
     const backend = languageModelBackend(llm({ backend: "openai", openai: { baseURL: `${s.url}/v1`, model: "tiny", apiKeyEnv: "FRESHREC_TEST_NO_SUCH_KEY" } }), { clusters: CLUSTERS, workspace: ws });
@@ -130,6 +158,12 @@ describe("freshrec doctor", () => {
     const localNoKey = await diagnoseBackend({ settings: settings({ apiKeyEnv: "FRESHREC_TEST_NO_SUCH_KEY" }), workspace: ws, liveModel: () => null, clusters });
     expect(localNoKey.passed).toBe(false);
     expect(localNoKey.checks.at(-1)).toMatchObject({ name: "api key", ok: false, detail: expect.stringMatching(/FRESHREC_TEST_NO_SUCH_KEY.*not set.*apiKeyEnv to null/) });
+    const keyless = await diagnoseBackend({ settings: settings({ apiKeyEnv: null }), workspace: ws, liveModel: () => null, clusters });
+    expect(keyless.passed, JSON.stringify(keyless.checks)).toBe(true);
+    expect(keyless.checks[0]).toMatchObject({ name: "api key", ok: true, detail: expect.stringContaining("takes no key") });
+    expect(keyless.checks.at(-1)).toMatchObject({ name: "scoring", detail: expect.stringMatching(/^ranking echo \(auto; exact\): top /) });
+    const keylessOnOpenAi = await diagnoseBackend({ settings: settings({ baseURL: "https://api.openai.com/v1", apiKeyEnv: null }), workspace: ws, liveModel: () => null, clusters });
+    expect(keylessOnOpenAi.checks.at(-1)).toMatchObject({ name: "api key", ok: false, detail: expect.stringContaining("always needs a key") });
   });
 
   it("CLI: exit code 1 with a JSON report when a check fails, 2 for a bad config field", () => {

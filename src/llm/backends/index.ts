@@ -24,7 +24,7 @@ import { ggufValue, readGgufFile } from "../engine/gguf.js";
 import { EmbeddedTrainer } from "../engine/trainer.js";
 import { EmbeddedLanguageModel } from "./embedded.js";
 import { GgufLanguageModel } from "./gguf.js";
-import { type AnswerMode, type EchoTemplate, OpenAiLanguageModel, type RankingMethod, readHostedModelFile } from "./openai.js";
+import { type AnswerMode, type EchoTemplate, OpenAiLanguageModel, type RankingOption, readHostedModelFile } from "./openai.js";
 import { OpenAiTrainer } from "./openai-trainer.js";
 
 export { EmbeddedLanguageModel } from "./embedded.js";
@@ -37,6 +37,7 @@ export {
   type CostEstimate,
   type AnswerMode,
   type RankingMethod,
+  type RankingOption,
   type RankingInfo,
   type EchoTemplate,
   RankingUnsupportedError,
@@ -45,6 +46,7 @@ export {
   writeHostedModelFile,
   openAiClient,
   resolveApiKey,
+  resolveRanking,
   remoteError,
   MissingApiKeyError,
   HostedModelFileError,
@@ -66,11 +68,8 @@ export interface LlmBackendSettings {
   readonly openai: {
     readonly baseURL: string;
     readonly model: string | null;
-    /**
-     * Variable holding the API key; it must be set. (OpenAiConnectionOptions.apiKeyEnv also takes null, a declared
-     * keyless server; this field takes it once the config schema does.)
-     */
-    readonly apiKeyEnv: string;
+    /** Variable holding the API key, which must then be set; null declares a server that takes no key. */
+    readonly apiKeyEnv: string | null;
     readonly answer: AnswerMode;
     readonly topLogprobs: number;
     readonly concurrency: number;
@@ -86,8 +85,8 @@ export interface LlmBackendSettings {
     readonly fineTuneModel: string | null;
     readonly fineTunePollMs: number;
     readonly batch: { readonly enabled: boolean; readonly minPrompts: number; readonly pollIntervalMs: number; readonly maxRequestsPerBatch: number; readonly priceFactor: number };
-    /** How scores are computed (OpenAiModelOptions.ranking); absent is "echo", the exact method. */
-    readonly ranking?: RankingMethod;
+    /** How scores are computed (OpenAiModelOptions.ranking); absent is "auto" (echo except on OpenAI's own API). */
+    readonly ranking?: RankingOption;
     /** The texts "echo" ranking scores answers in (OpenAiModelOptions.echoTemplate). */
     readonly echoTemplate?: EchoTemplate;
   };

@@ -12,8 +12,11 @@
  *   anything else is an exact-match failure (`cluster: null`), which is what the exact-match gate measures.
  *
  * **Ranking (`score`, top-n with probabilities)** is by one of two methods; `info.ranking` says which, and whether
- * it is exact.
- * - `ranking: "echo"` (default, exact): for each prompt one POST /v1/completions request whose `prompt` is a list
+ * it is exact. `ranking: "auto"` (the default) picks by `baseURL`: "first-token" for OpenAI's own API (a host under
+ * openai.com), which cannot echo, and "echo" for every other server. It is decided from the URL alone, once, when
+ * the model opens: a server that turns out not to echo is a RankingUnsupportedError naming the fix (set "first-token"),
+ * never a silent switch to the approximate method.
+ * - `ranking: "echo"` (exact): for each prompt one POST /v1/completions request whose `prompt` is a list
  *   of texts, one per cluster: freshrec's prompt followed by that cluster's answer (`echoTemplate`; by default
  *   `"{prompt} {answer}"`), with `echo: true, logprobs: 1, max_tokens: 0`. The server returns every token of each
  *   text with its log-probability; a cluster's score is the sum over the tokens of its answer, as the server's own
@@ -57,7 +60,7 @@
  *
  * @example
  * const model = await OpenAiLanguageModel.open({ baseURL: "http://127.0.0.1:8081/v1", model: "m000001", clusters, apiKeyEnv: null });
- * model.info.ranking; // { method: "echo", exact: true, ... }
+ * model.info.ranking; // { method: "echo", configured: "auto", exact: true, ... }
  * const [ranked] = await model.score([{ history: { c1: "baking", c2: "hiking" } }], 10);
  * await model.close();
  */
@@ -125,16 +128,20 @@ export interface OpenAiModelOptions extends OpenAiConnectionOptions {
    * How `score` ranks clusters (module comment): "echo", each description's whole-answer probability through
    * POST /v1/completions (exact; vLLM, freshrec llm serve), or "first-token", the first answer token's chat
    * `top_logprobs` (approximate; for servers without prompt log-probabilities: OpenAI's hosted models, Ollama,
-   * llama.cpp's server). @defaultValue "echo"
+   * llama.cpp's server), or "auto": "first-token" when `baseURL` is OpenAI's own API, "echo" otherwise
+   * (`resolveRanking`). @defaultValue "auto"
    */
-  readonly ranking?: RankingMethod;
-  /** The text an answer is scored in under "echo". @defaultValue { prompt: "{prompt}", answer: " {answer}" } */
+  readonly ranking?: RankingOption;
+  /** The text an answer is scored in under "echo" (unused by "first-token"). @defaultValue { prompt: "{prompt}", answer: " {answer}" } */
   readonly echoTemplate?: EchoTemplate;
   /** @defaultValue the system clock */
   readonly clock?: Clock;
 }
 
+/** The method a model ranks with (`info.ranking.method`). */
 export type RankingMethod = "echo" | "first-token";
+/** What a configuration may ask for: a method, or "auto" (`resolveRanking`). */
+export type RankingOption = RankingMethod | "auto";
 
 /**
  * What "echo" ranking sends for a prompt and a candidate: `prompt` + `answer`, and the answer's tokens are scored.
@@ -158,6 +165,8 @@ export interface EchoTemplate {
 /** Which method ranked a model's clusters, as `info.ranking` reports it. */
 export interface RankingInfo {
   readonly method: RankingMethod;
+  /** What the options asked for: the method itself, or "auto" (which chose `method` from the base URL). */
+  readonly configured: RankingOption;
   /** True when each score is the whole answer's probability, normalised over the allowed clusters. */
   readonly exact: boolean;
   readonly detail: string;
@@ -335,6 +344,19 @@ const isOpenAiHost = (baseURL: string): boolean => {
 };
 
 /**
+ * The method `ranking` stands for at `baseURL`. "auto" is "first-token" for OpenAI's own API, whose models cannot
+ * echo prompt log-probabilities (chat models have no completions route; its completion model refuses echo with
+ * logprobs), and "echo" for any other server, where the exact method is worth trying first: vLLM and
+ * `freshrec llm serve` support it, and a server that does not (Ollama, llama.cpp's server) fails the first ranking
+ * with a RankingUnsupportedError saying to set "first-token".
+ */
+export function resolveRanking(ranking: RankingOption | undefined, baseURL: string): RankingMethod {
+  const option = ranking ?? "auto";
+  if (option !== "auto") return option;
+  return isOpenAiHost(baseURL) ? "first-token" : "echo";
+}
+
+/**
  * The API key requests carry: `apiKey`, else the variable `apiKeyEnv` names; null for a declared keyless server
  * (`apiKeyEnv: null`). Anything else is a MissingApiKeyError, raised before any request is made.
  */
@@ -475,7 +497,7 @@ export class OpenAiLanguageModel implements LanguageModel {
     const clock = options.clock ?? new SystemClock();
     this.pacer = new RequestPacer({ concurrency: options.concurrency, requestsPerMinute: options.requestsPerMinute, tokensPerMinute: options.tokensPerMinute }, clock);
     this.cache = options.cachePath ? ResponseCache.open(options.cachePath, clock) : null;
-    this.ranking = options.ranking ?? "echo";
+    this.ranking = resolveRanking(options.ranking, options.baseURL);
     this.echoPrompt = options.echoTemplate?.prompt ?? "{prompt}";
     const answerTemplate = options.echoTemplate?.answer ?? " {answer}";
     this.echoAnswers = options.clusters.map((c) => answerTemplate.replace("{answer}", () => c.description));
@@ -488,12 +510,14 @@ export class OpenAiLanguageModel implements LanguageModel {
         this.ranking === "echo"
           ? {
               method: "echo",
+              configured: options.ranking ?? "auto",
               exact: true,
               detail:
                 "each cluster's answer written after the prompt and echoed by POST /v1/completions with prompt log-probabilities; its tokens' log-probabilities summed, softmax over the allowed clusters",
             }
           : {
               method: "first-token",
+              configured: options.ranking ?? "auto",
               exact: false,
               detail:
                 "the first answer token's top_logprobs of a chat completion, each credited to the descriptions beginning with it (split evenly); exact only when every description is one token of the server's model",
@@ -505,7 +529,7 @@ export class OpenAiLanguageModel implements LanguageModel {
     if (options.clusters.length < 2) throw new FreshrecError("BAD_INPUT", "an openai backend needs at least two clusters");
     const topLogprobs = options.topLogprobs ?? 20;
     if (!Number.isInteger(topLogprobs) || topLogprobs < 1 || topLogprobs > 20) throw new FreshrecError("BAD_INPUT", `topLogprobs: expected an integer 1..20, got ${topLogprobs}`);
-    if ((options.ranking ?? "echo") === "echo") checkEchoTemplate(options.echoTemplate, options.clusters);
+    if (resolveRanking(options.ranking, options.baseURL) === "echo") checkEchoTemplate(options.echoTemplate, options.clusters);
     return new OpenAiLanguageModel(options);
   }
 
