@@ -102,6 +102,7 @@ export const configSchema = z
       .object({
         windowDays: positiveInt().default(90).describe("Days of events before the as-of time that fine-tuning samples come from."),
         testDays: positiveInt().default(14).describe("The most recent days of that window, held out for test recall and never trained on."),
+        minTestUsers: positiveInt().default(30).describe("Held-out users the test slice needs; with fewer (a sparse log, coarse timestamps) it doubles back in time until it has them, at most half the window."),
         maxSamples: positiveInt().default(6000).describe("Training samples per run (the paper: thousands)."),
         maxPerPair: positiveInt().default(24).describe("Cap of samples per history pair."),
         maxTargetShare: z.number().gt(0).max(1).default(0.04).describe("Largest share of samples one target cluster may take."),

@@ -35,6 +35,7 @@ export function loopSettings(config: FreshrecConfig, positiveMin: number | null)
     curation: {
       windowDays: f.windowDays,
       testDays: f.testDays,
+      minTestUsers: f.minTestUsers,
       maxSamples: f.maxSamples,
       maxPerPair: f.maxPerPair,
       maxTargetShare: f.maxTargetShare,

@@ -54,6 +54,35 @@ export function writeReplayReport(reportsDir: string, result: ReplayResult, sour
           ]
         : []),
       {
+        heading: "What the jobs did",
+        paragraphs: [
+          "Runs of each strategy's jobs by outcome. A halted fine-tune kept the previous model live; a failed refresh kept the previous table live; a skipped due time fell while another run was in progress. The first reason of each is listed.",
+        ],
+        table: {
+          columns: ["strategy", "job", "succeeded", "halted", "failed", "skipped", "first halt", "first failure"],
+          rows: names.flatMap((n) =>
+            Object.entries(s[n].outcomes).map(([job, o]) => [n, job, o.succeeded, o.halted, o.failed, o.skipped, o.firstHalt ?? "-", o.firstFailure ?? "-"]),
+          ),
+        },
+      },
+      ...(names.some((n) => result.timelines[n]?.some((t) => t.priorWeight !== undefined && t.priorWeight !== null))
+        ? [
+            {
+              heading: "The LLM prior's weight over time",
+              paragraphs: [
+                "At each fusion refresh, the fitted exponent of the LLM prior in the posterior's base measure (0: the prior earns nothing against the fresh counts). It falls as the model goes stale and rises after a fine-tune: the drift signal.",
+              ],
+              chart: {
+                title: "Fitted prior weight per fusion refresh",
+                yLabel: "prior weight",
+                series: names
+                  .filter((n) => result.timelines[n]?.some((t) => t.priorWeight !== undefined && t.priorWeight !== null))
+                  .map((n) => ({ name: n, points: result.timelines[n].filter((t) => t.priorWeight != null).map((t) => ({ x: day(t.publishedAt), y: t.priorWeight! })) })),
+              },
+            },
+          ]
+        : []),
+      {
         heading: "Hit rate over time",
         chart: {
           title: "Weekly hit@1 per strategy",

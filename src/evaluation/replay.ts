@@ -104,6 +104,11 @@ export interface StrategyResult {
   readonly agreementWithNoRag: number | null;
   /** Hit@1 per week of the period, for the chart. */
   readonly weekly: { readonly week: string; readonly hit1: number; readonly transitions: number }[];
+  /**
+   * What the strategy's jobs did, per job: runs by status, and the first reason of each kind of non-success (a
+   * fine-tune halted at its gates every month, refreshes that found nothing, shows here, not only in the log).
+   */
+  readonly outcomes: Record<string, { readonly succeeded: number; readonly failed: number; readonly halted: number; readonly skipped: number; readonly firstFailure: string | null; readonly firstHalt: string | null }>;
   /** The same metrics per segment (./segments.ts): where the strategy wins or loses. */
   readonly segments: Record<string, { readonly transitions: number; readonly hit1: number; readonly hit5: number }>;
 }
@@ -122,12 +127,17 @@ export interface ReplayResult {
   readonly users: number;
   readonly strategies: Record<string, StrategyResult>;
   readonly comparisons: Comparison[];
-  /** The published tables of each strategy, in order (version, publish time). */
-  readonly timelines: Record<string, { version: string; publishedAt: number; dataAsOf: number }[]>;
+  /**
+   * The published tables of each strategy, in order (version, publish time); a fusion table also carries the fitted
+   * weight of the LLM prior and what it adds to the likelihood (nats per transition): the drift signal over time.
+   */
+  readonly timelines: Record<string, { version: string; publishedAt: number; dataAsOf: number; priorWeight?: number | null; priorGain?: number | null }[]>;
 }
 
 interface CapturedTable extends LiveTableEntry {
   readonly dataAsOf: number;
+  readonly priorWeight?: number | null;
+  readonly priorGain?: number | null;
 }
 
 export async function replay(options: ReplayOptions): Promise<ReplayResult> {
@@ -166,11 +176,16 @@ export async function replay(options: ReplayOptions): Promise<ReplayResult> {
   });
 
   for (const setup of ordered) {
-    const { captured, tops, cost, wallSeconds, score, weekly, staleness: stalenessDays, segments } = runs.get(setup.name)!;
+    const { captured, tops, cost, wallSeconds, score, weekly, staleness: stalenessDays, segments, outcomes } = runs.get(setup.name)!;
     top1s.set(setup.name, tops);
     const noRag = top1s.get(reference)?.[0];
     scores.set(setup.name, score);
-    timelines[setup.name] = captured.map((c) => ({ version: c.version, publishedAt: c.publishedAt, dataAsOf: c.dataAsOf }));
+    timelines[setup.name] = captured.map((c) => ({
+      version: c.version,
+      publishedAt: c.publishedAt,
+      dataAsOf: c.dataAsOf,
+      ...(c.priorWeight === undefined ? {} : { priorWeight: c.priorWeight, priorGain: c.priorGain ?? null }),
+    }));
     strategies[setup.name] = {
       hit1: score.hit1,
       hit5: score.hitK,
@@ -190,6 +205,7 @@ export async function replay(options: ReplayOptions): Promise<ReplayResult> {
       unserved: score.unserved,
       weekly,
       segments,
+      outcomes,
     };
   }
   return {
@@ -256,6 +272,7 @@ export async function runPool(setups: readonly StrategySetup[], parallel: number
 
 /** What replaying one strategy produced, before scoring. */
 interface StrategyRun {
+  readonly outcomes: StrategyResult["outcomes"];
   readonly captured: CapturedTable[];
   readonly tops: string[][];
   readonly cost: { trainingTokens: number; promptsScored: number; cpuSeconds: number; runs: number };
@@ -271,6 +288,8 @@ async function runStrategy(setup: StrategySetup, options: ReplayOptions): Promis
   const captured: CapturedTable[] = [];
   const tops: string[][] = [];
   const cost = { trainingTokens: 0, promptsScored: 0, cpuSeconds: 0, runs: 0 };
+  const outcomes: Record<string, { succeeded: number; failed: number; halted: number; skipped: number; firstFailure: string | null; firstHalt: string | null }> = {};
+  const outcome = (job: string) => (outcomes[job] ??= { succeeded: 0, failed: 0, halted: 0, skipped: 0, firstFailure: null, firstHalt: null });
   try {
     const scheduler = new Scheduler({
       jobs: instance.jobs,
@@ -281,6 +300,15 @@ async function runStrategy(setup: StrategySetup, options: ReplayOptions): Promis
         cost.trainingTokens += run.cost?.tokensTrained ?? 0;
         cost.promptsScored += run.cost?.promptsScored ?? 0;
         cost.cpuSeconds += run.cost?.cpuSeconds ?? 0;
+        const o = outcome(run.job);
+        if (run.status === "succeeded") o.succeeded++;
+        else if (run.status === "halted") {
+          o.halted++;
+          o.firstHalt ??= `${new Date(run.due).toISOString()}: ${run.error ?? "halted"}`;
+        } else if (run.status === "failed" || run.status === "cancelled") {
+          o.failed++;
+          o.firstFailure ??= `${new Date(run.due).toISOString()}: ${run.error ?? run.status}`;
+        }
         const published = run.status === "succeeded" ? (run.detail?.publishedTable as string | undefined) : undefined;
         if (published) {
           const lookup = TableLookup.load(instance.tables, published);
@@ -288,6 +316,7 @@ async function runStrategy(setup: StrategySetup, options: ReplayOptions): Promis
             version: published,
             publishedAt: run.due,
             dataAsOf: Number(run.detail?.dataAsOf ?? run.due),
+            ...(run.detail?.method === "fusion" ? { priorWeight: (run.detail.priorWeight as number | null) ?? null, priorGain: (run.detail.priorGain as number | null) ?? null } : {}),
             answers: (c1, c2) => (lookup.get(c1, c2) ?? []).map((a) => a.cluster),
           });
           if (options.clusters) tops.push(topOnes(options.clusters, (c1, c2) => lookup.get(c1, c2)?.[0]?.cluster ?? ""));
@@ -296,11 +325,13 @@ async function runStrategy(setup: StrategySetup, options: ReplayOptions): Promis
       },
     });
     await scheduler.simulate({ from: options.window.from, to: options.window.to });
+    // Due times dropped by the overlap policy are counted in the job states, not as runs.
+    for (const state of scheduleStore.jobStates()) outcome(state.job).skipped = state.counters.skipped;
   } finally {
     scheduleStore.close();
     await instance.close();
   }
-  return { captured, tops, cost, wallSeconds: Number(process.hrtime.bigint() - started) / 1e9 };
+  return { captured, tops, cost, outcomes, wallSeconds: Number(process.hrtime.bigint() - started) / 1e9 };
 }
 
 /** Top-1 answer of every ordered pair, in a fixed pair order. */

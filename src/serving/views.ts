@@ -249,7 +249,7 @@ export function replayResultView(result: ReplayResult) {
     ...result,
     window: windowView(result.window),
     timelines: Object.fromEntries(
-      Object.entries(result.timelines).map(([name, tables]) => [name, tables.map((t) => ({ version: t.version, publishedAt: isoTime(t.publishedAt), dataAsOf: isoTime(t.dataAsOf) }))]),
+      Object.entries(result.timelines).map(([name, tables]) => [name, tables.map((t) => ({ ...t, publishedAt: isoTime(t.publishedAt), dataAsOf: isoTime(t.dataAsOf) }))]),
     ),
   };
 }

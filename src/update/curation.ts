@@ -4,7 +4,8 @@
  * tail), and a time-based split whose test slice is the most recent part of the window and is never trained on.
  *
  * The rule, with its defaults:
- * 1. Window [asOf - windowDays, asOf) (90 days); the last `testDays` (14) are the test slice.
+ * 1. Window [asOf - windowDays, asOf) (90 days); the last `testDays` (14) are the test slice, doubled back while
+ *    it holds fewer than `minTestUsers` held-out users (at most half the window).
  * 2. Each triple of the training part contributes one sample per distinct user, at most `maxPerTriple` (8).
  * 3. Samples are visited in a seeded shuffle (deterministic for an as-of time) and kept while their pair has fewer
  *    than `maxPerPair` (24) and their target fewer than `maxPerTarget` (a share, 4%, of `maxSamples`) samples,
@@ -35,6 +36,12 @@ export interface CurationOptions extends MiningOptions {
   readonly windowDays?: number;
   /** @defaultValue 14 */
   readonly testDays?: number;
+  /**
+   * Held-out users the test slice needs: with fewer (a sparse log, or one whose timestamps are coarse, such as all
+   * events of a month stamped on its first day), the slice doubles back in time until it has them, at most half
+   * the window. @defaultValue 30
+   */
+  readonly minTestUsers?: number;
   /** @defaultValue 6000 */
   readonly maxSamples?: number;
   /** @defaultValue 24 */
@@ -57,7 +64,7 @@ export interface CurationOptions extends MiningOptions {
   readonly contextPeriod?: "previous" | "same";
 }
 
-export const CURATION_DEFAULTS = { windowDays: 90, testDays: 14, maxSamples: 6000, maxPerPair: 24, maxTargetShare: 0.04, maxPerTriple: 8, contextShare: 0.5 } as const;
+export const CURATION_DEFAULTS = { windowDays: 90, testDays: 14, minTestUsers: 30, maxSamples: 6000, maxPerPair: 24, maxTargetShare: 0.04, maxPerTriple: 8, contextShare: 0.5 } as const;
 
 export interface FineTuningSet {
   readonly asOf: number;
@@ -78,10 +85,17 @@ export async function curateFineTuningSet(store: EventStore, asOf: number, optio
   if (!(o.testDays > 0 && o.windowDays > o.testDays)) {
     throw new BadInputError(`finetune curation: testDays (${o.testDays}) must be positive and below windowDays (${o.windowDays})`);
   }
-  const split = asOf - o.testDays * DAY_MS;
+  const mining = { positiveMin: o.positiveMin ?? null };
+  // The test slice is sized by evidence, not only by days: an empty slice would halt every fine-tune on its recall.
+  let testDays = o.testDays;
+  let test = await futureExamples(store, { from: asOf - testDays * DAY_MS, to: asOf }, mining);
+  while (test.length < o.minTestUsers && testDays * 2 <= o.windowDays / 2) {
+    testDays *= 2;
+    test = await futureExamples(store, { from: asOf - testDays * DAY_MS, to: asOf }, mining);
+  }
+  const split = asOf - testDays * DAY_MS;
   const trainWindow = { from: asOf - o.windowDays * DAY_MS, to: split };
   const testWindow = { from: split, to: asOf };
-  const mining = { positiveMin: o.positiveMin ?? null };
   const pool: (TransitionCount & { context?: PromptContext })[] = [];
   const rag = { ...options.rag, positiveMin: mining.positiveMin };
   for (const step of await contextsAlong(store, trainWindow, rag)) {
@@ -89,7 +103,6 @@ export async function curateFineTuningSet(store: EventStore, asOf: number, optio
     const sameWeek = options.contextPeriod === "same" ? contextsExcludingOneUser(week, rag) : null;
     for (const t of week) pool.push({ ...t, context: sameWeek ? sameWeek(t) : contextFor(step.snapshot, t.c1, t.c2) });
   }
-  const test = await futureExamples(store, testWindow, mining);
   const chosen = diversify(pool, o, asOf);
   const coin = seededRandom((Math.floor(asOf / 1000) ^ 0x5bd1e995) >>> 0);
   const train = chosen.map((t) => sampleOf(t, t.context && coin() < o.contextShare ? t.context.successors : undefined));

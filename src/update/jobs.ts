@@ -4,6 +4,7 @@
  * `schedule run --simulate` and replay evaluation all schedule these same functions.
  */
 import type { EventStore } from "../data/event-store.js";
+import { FreshrecError } from "../domain/errors.js";
 import type { TableStore } from "../tables/index.js";
 import { PopularNovelScorer, rankNextClusters, SuccessorScorer } from "./baselines.js";
 import { SnapshotCache, type RagOptions } from "./rag.js";
@@ -37,7 +38,7 @@ export function refreshJob(
               evidenceWindowDays: fit.windowDays,
               evidenceTransitions: result.transitionsInWindow,
               fit: fit.status,
-              priorWeight: fit.params.tau,
+              priorWeight: model.prior ? fit.params.tau : null,
               alpha: fit.params.alpha,
               // Nats per transition the LLM prior adds to the fit slice's likelihood over the counts alone.
               priorGain: fit.countsOnlyPerTransition === null ? null : fit.perTransition - fit.countsOnlyPerTransition,
@@ -76,6 +77,11 @@ export function baselineRefreshJob(
     // These baselines serve the in-prompt retrieval's own contexts: the prompt method's snapshot, never a fusion.
     const rag = { ...base.rag, method: "prompt" as const };
     const snapshot = await snapshots.retrieve(base.events, context.asOf, rag);
+    if (snapshot.transitions === 0) {
+      // Nothing to rank by: a table in cluster-id order would pass for a popularity ranking. The run fails (counted
+      // and shown by the scheduler and the replay) and the last table stays live.
+      throw new FreshrecError("NOT_FOUND", `${kind}: no novel transitions in the window ${new Date(snapshot.window.from).toISOString()}..${new Date(snapshot.window.to).toISOString()}, nothing to rank by`);
+    }
     const popularity = rankNextClusters(snapshot.nextUsers, base.clusters);
     const scorer = kind === "successor-top1" ? new SuccessorScorer(popularity) : new PopularNovelScorer(popularity);
     // The version names the data: a baseline's answers change with every window, so its tables are never copied.

@@ -7,6 +7,7 @@
  * const result = await runRefresh(asOf, { events, tables, clusters, model: { version, scorer }, templateHash });
  */
 import type { EventStore } from "../data/event-store.js";
+import { FreshrecError } from "../domain/errors.js";
 import type { ProgressSink } from "../domain/types.js";
 import type { TableStore } from "../tables/index.js";
 import type { CostEstimate } from "../llm/contracts.js";
@@ -180,6 +181,10 @@ async function runFusionRefresh(asOf: number, options: RefreshOptions): Promise<
   const started = process.hrtime.bigint();
   const computed = options.model.prior ? await options.model.prior() : null;
   const fitted = await fuse(asOf, options, computed?.prior ?? null);
+  if (!computed && fitted.evidence.transitions === 0) {
+    // Without a prior and without evidence every row would be the smoothing's uniform order: say so instead.
+    throw new FreshrecError("NOT_FOUND", `fusion: no novel transitions in ${fitted.fit.windowDays} days before ${new Date(asOf).toISOString()} and no LLM prior: nothing to rank by`);
+  }
   const retrieveSeconds = Number(process.hrtime.bigint() - started) / 1e9;
   const built = await buildTable({
     store: options.tables,
