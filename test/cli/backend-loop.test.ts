@@ -1,9 +1,10 @@
 /**
  * The update loop with the non-embedded backends, from the CLI, switched by config only:
  * - `llm.backend: openai` pointed at a real OpenAI-compatible server on loopback (`freshrec llm serve`'s server over
- *   a tiny trained model): `pretrain` registers the configured model instead of training; `refresh` builds and
- *   publishes the table through HTTP, an unchanged rebuild is answered from the response cache, `--dry-run` prices a
- *   build, the Batch API builds the same table, replay runs, and a hosted fine-tune registers a new version.
+ *   a tiny trained model, declared keyless): `pretrain` registers the configured model instead of training; `refresh`
+ *   builds and publishes the table through HTTP (ranked by echo, the default on any server but OpenAI's: POST
+ *   /v1/completions), an unchanged rebuild is answered from the response cache, `--dry-run` prices a build, the Batch
+ *   API builds the same table, replay runs, and a hosted fine-tune registers a new version.
  * - `llm.backend: gguf` on a GGUF file read by node-llama-cpp: pretrain, refresh, dry run and replay.
  */
 import { spawn } from "node:child_process";
@@ -62,7 +63,11 @@ describe("the loop with the non-embedded backends, from the CLI", () => {
 
     writePlatform(ws);
     const config = join(ws, "freshrec.config.json");
-    const openai = { baseURL: `${server.url}/v1`, model: "tiny", maxRetries: 0, inputPricePerMTok: 2, outputPricePerMTok: 8, fineTunePollMs: 50 };
+    // freshrec llm serve takes no API key: the config says so (an unset key variable would be an error).
+    const openai = { baseURL: `${server.url}/v1`, model: "tiny", apiKeyEnv: null, maxRetries: 0, inputPricePerMTok: 2, outputPricePerMTok: 8, fineTunePollMs: 50 };
+    const llmServer = server;
+    /** Requests the server answered, per route: chat (answers) and text completions (echo ranking). */
+    const sent = () => ({ chat: llmServer.stats.completions, echo: llmServer.stats.textCompletions });
     writeFileSync(config, JSON.stringify({ llm: { backend: "openai", openai }, rag: { minSupport: 1 }, finetune: { testDays: 5, epochs: 1 } }));
     const cli = (...args: string[]) => freshrec(["--workspace", join(ws, "w"), "--config", config, ...args]);
 
@@ -85,13 +90,14 @@ describe("the loop with the non-embedded backends, from the CLI", () => {
     expect(table.json.createdAt).toMatch(/^\d{4}-\d{2}-\d{2}T/);
     expect(table.json.ragAsOf).toBe("2025-06-20T00:00:00.000Z");
 
+    // The table was ranked by echo: at least one text completion per pair (one request carries every cluster's text).
+    const asked = sent();
+    expect(asked.echo).toBeGreaterThanOrEqual(pairs);
     // A full rebuild asks the same questions: every answer comes from the response cache (the server is not asked).
-    const asked = server.stats.completions;
-    expect(asked).toBeGreaterThanOrEqual(pairs);
     const again = await cli("refresh", "--as-of", "2025-06-20", "--full");
     expect(again.status, again.stderr).toBe(0);
     expect(again.json).toMatchObject({ pairs, rescored: pairs });
-    expect(server.stats.completions).toBe(asked);
+    expect(sent()).toEqual(asked);
 
     // A dry run prices a build without building or sending anything: all cached, then a day whose contexts changed.
     const tablesBefore = (await cli("tables", "list")).json;
@@ -105,24 +111,30 @@ describe("the loop with the non-embedded backends, from the CLI", () => {
     expect(changed.json.rescore + changed.json.copy).toBe(pairs);
     expect(cost.prompts).toBe(changed.json.rescore);
     expect(cost.promptTokens).toBeGreaterThan(0);
+    // Echo requests generate nothing (max_tokens 0): only prompt tokens are paid, each prompt once per cluster's text.
+    expect(cost.completionTokens).toBe(0);
     expect(cost.usd).toBeCloseTo((cost.promptTokens * 2 + cost.completionTokens * 8) / 1e6, 12);
-    expect(cost.via).toMatch(/chat completions/);
+    expect(cost.via).toBe(`completions with echo (${CLUSTERS.length} texts per prompt), 4 at a time`);
     expect((await cli("tables", "list")).json).toEqual(tablesBefore);
-    expect(server.stats.completions).toBe(asked);
+    expect(sent()).toEqual(asked);
 
     // The same build through the Batch API (cache off, so every prompt goes in a batch) gives the same table.
     const batchConfig = join(ws, "batch.config.json");
     writeFileSync(batchConfig, JSON.stringify({ llm: { backend: "openai", openai: { ...openai, cache: false, batch: { enabled: true, minPrompts: 10, pollIntervalMs: 50 } } }, rag: { minSupport: 1 } }));
-    const batchesBefore = ((await (await fetch(`${server.url}/v1/batches`)).json()) as { data: unknown[] }).data.length;
+    const listBatches = async () => ((await (await fetch(`${llmServer.url}/v1/batches`)).json()) as { data: { endpoint: string; request_counts: { completed: number } }[] }).data;
+    const batchesBefore = (await listBatches()).length;
     const viaBatch = await freshrec(["--workspace", join(ws, "w"), "--config", batchConfig, "refresh", "--as-of", "2025-06-20", "--full", "--no-publish"]);
     expect(viaBatch.status, viaBatch.stderr).toBe(0);
     expect(viaBatch.json).toMatchObject({ pairs, rescored: pairs, published: false });
-    expect(((await (await fetch(`${server.url}/v1/batches`)).json()) as { data: unknown[] }).data.length).toBe(batchesBefore + 1);
+    const batches = await listBatches();
+    expect(batches.length).toBe(batchesBefore + 1);
+    // The newest batch (listed first) carried the echo requests, one line per pair.
+    expect(batches[0]).toMatchObject({ endpoint: "/v1/completions", request_counts: { completed: pairs } });
     const rowsOf = async (version: string) => (await cli("tables", "show", version, "--limit", "100")).json;
     expect((await rowsOf(viaBatch.json.tableVersion)).rows).toEqual((await rowsOf(first.json.tableVersion)).rows);
 
     // Replay runs the LLM strategies on the configured model too (start model = the server's model).
-    const before = server.stats.completions;
+    const before = sent();
     const replayed = await cli("evaluate", "replay", "--from", "2025-06-08", "--to", "2025-06-16", "--strategies", "static,rag,successor-top1", "--resamples", "10");
     expect(replayed.status, replayed.stderr).toBe(0);
     expect(replayed.json.startModel).toMatchObject({ version: "configured openai model" });
@@ -134,7 +146,7 @@ describe("the loop with the non-embedded backends, from the CLI", () => {
     expect(replayed.json.timelines.rag[0].publishedAt).toMatch(/^2025-06-\d\dT/);
     expect(JSON.parse(readFileSync(replayed.json.reports.json, "utf8")).window).toEqual(replayed.json.window);
     // Its tables were scored by the server: the RAG prompts of other days than the refreshes above were never asked.
-    expect(server.stats.completions).toBeGreaterThan(before);
+    expect(sent().echo).toBeGreaterThan(before.echo);
 
     // Fine-tuning with this backend goes through the server's fine-tuning API; no curated data yet is bad input.
     const tune = await cli("finetune", "--as-of", "2025-06-03");
