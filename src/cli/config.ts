@@ -102,6 +102,12 @@ export const configSchema = z
       .object({
         windowDays: positiveInt().default(90).describe("Days of events before the as-of time that fine-tuning samples come from."),
         testDays: positiveInt().default(14).describe("The most recent days of that window, held out for test recall and never trained on."),
+        trigger: z
+          .enum(["schedule", "drift"])
+          .default("schedule")
+          .describe("When fine-tuning runs: schedule (on schedule.finetuneCadence, monthly by default) or drift (checked after every refresh: when the live model's prior adds less than finetune.driftMinGain nats per transition to the freshest transitions' likelihood, fine-tune)."),
+        driftMinGain: z.number().min(0).default(0.01).describe("Drift trigger: nats per transition the live model's prior must add over the counts alone; below it the model is fine-tuned."),
+        driftMinDays: z.number().min(0).default(14).describe("Drift trigger: days after the live model's training data ends before it may be replaced."),
         minTestUsers: positiveInt().default(30).describe("Held-out users the test slice needs; with fewer (a sparse log, coarse timestamps) it doubles back in time until it has them, at most half the window."),
         maxSamples: positiveInt().default(6000).describe("Training samples per run (the paper: thousands)."),
         maxPerPair: positiveInt().default(24).describe("Cap of samples per history pair."),

@@ -44,6 +44,7 @@ export function loopSettings(config: FreshrecConfig, positiveMin: number | null)
       contextPeriod: f.contextPeriod,
     },
     gates: { minExactMatchRate: f.minExactMatchRate, minTestRecall: f.minTestRecall },
+    drift: f.trigger === "drift" ? { minGain: f.driftMinGain, minDays: f.driftMinDays } : null,
     training: { epochs: f.epochs, learningRate: f.learningRate ?? undefined, keepCheckpoints: f.keepCheckpoints },
     tables: config.tables,
     positiveMin,

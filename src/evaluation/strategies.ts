@@ -6,6 +6,8 @@
  * - `rag`: the start model, the paper's in-prompt RAG refresh every N days;
  * - `hybrid`: the product's hybrid: monthly fine-tunes plus a fusion refresh every N days (the live model's prior
  *   and the fresh evidence as a posterior, src/update/fusion.ts);
+ * - `hybrid-drift`: the fusion hybrid whose fine-tunes start when the live model's prior stops earning weight
+ *   against fresh evidence (`finetune.trigger: drift`), checked after every refresh, instead of monthly;
  * - `paper-hybrid`: the paper's hybrid: monthly fine-tunes plus in-prompt RAG every N days;
  * - `fusion-static`: the start model's prior fused with fresh evidence every N days, never fine-tuned;
  * - `rag-day1-frozen`: one in-prompt RAG table on the first day, then frozen (the paper's variant);
@@ -30,20 +32,20 @@ import type { LanguageModel, Trainer, TrainingEvent } from "../llm/contracts.js"
 import { ModelRegistry } from "../llm/registry.js";
 import { SqliteTableStore } from "../tables/index.js";
 import { baselineRefreshJob, type BaselineName } from "../update/jobs.js";
-import { UpdateLoop, inSequence, type LoopSettings } from "../update/loop.js";
+import { UpdateLoop, inSequence, type DriftTrigger, type LoopSettings } from "../update/loop.js";
 import type { FinetuneMemo } from "../update/finetune.js";
 import type { SnapshotCache } from "../update/rag.js";
 import type { EvidenceCache } from "../update/fusion.js";
 import type { JobDefinition } from "../update/schedule/index.js";
 import type { StrategySetup } from "./replay.js";
 
-export const LLM_STRATEGIES = ["static", "finetune-monthly", "rag", "hybrid", "paper-hybrid", "fusion-static", "rag-day1-frozen"] as const;
+export const LLM_STRATEGIES = ["static", "finetune-monthly", "rag", "hybrid", "hybrid-drift", "paper-hybrid", "fusion-static", "rag-day1-frozen"] as const;
 export const BASELINE_STRATEGIES = ["counts-backoff", "successor-top1", "popular-novel"] as const;
 export const ALL_STRATEGIES = [...LLM_STRATEGIES, ...BASELINE_STRATEGIES] as const;
 export type StrategyName = (typeof ALL_STRATEGIES)[number];
 
 /** Strategies whose cadence includes a RAG refresh every N days (the ones a refresh-days ablation varies). */
-const REFRESHING: ReadonlySet<string> = new Set(["rag", "hybrid", "paper-hybrid", "fusion-static", "counts-backoff", "successor-top1", "popular-novel"]);
+const REFRESHING: ReadonlySet<string> = new Set(["rag", "hybrid", "hybrid-drift", "paper-hybrid", "fusion-static", "counts-backoff", "successor-top1", "popular-novel"]);
 const BASELINES: ReadonlySet<string> = new Set(BASELINE_STRATEGIES);
 
 export interface StartModel {
@@ -72,12 +74,19 @@ export interface StrategyEnvironment {
   readonly snapshots?: SnapshotCache;
   /** Evidence logs and window choices shared by the fusion strategies (same instants, same store). */
   readonly evidence?: EvidenceCache;
+  /** The drift trigger of `hybrid-drift` (the config's finetune.driftMinGain and driftMinDays); required by it. */
+  readonly drift?: DriftTrigger;
   /** Curated sets and gate results shared by the fine-tuning strategies (same instants, same store). */
   readonly finetuneMemo?: FinetuneMemo;
   /** Opens model versions (the configured LLM backend). @defaultValue the embedded backend */
   readonly openModel?: (path: string) => Promise<LanguageModel>;
   readonly progress?: ProgressSink;
   readonly onTraining?: (strategy: string, event: TrainingEvent) => void;
+}
+
+function driftOf(env: StrategyEnvironment): DriftTrigger {
+  if (!env.drift) throw new BadInputError("hybrid-drift: the replay environment has no drift trigger (finetune.driftMinGain, driftMinDays)");
+  return env.drift;
 }
 
 /** Parses a comma-separated strategy list, refusing unknown names. */
@@ -128,7 +137,7 @@ function setupOf(kind: StrategyName, label: string, refreshDays: number, env: St
   return {
     name: label,
     ready: llm ? Promise.resolve(env.startModel) : undefined,
-    finetunes: kind === "finetune-monthly" || kind === "hybrid" || kind === "paper-hybrid",
+    finetunes: kind === "finetune-monthly" || kind === "hybrid" || kind === "hybrid-drift" || kind === "paper-hybrid",
     async create(clock) {
       const dir = join(env.workDir, label.replace(/[^a-zA-Z0-9@._-]/g, "_"));
       rmSync(dir, { recursive: true, force: true });
@@ -189,6 +198,11 @@ function setupOf(kind: StrategyName, label: string, refreshDays: number, env: St
         hybrid: [
           { name: "finetune", cadence: finetuneCadence, run: finetune },
           { name: "refresh", cadence: every, run: fused },
+        ],
+        // The refresh first: the drift trigger reads the fit of the table published at the same instant.
+        "hybrid-drift": [
+          { name: "refresh", cadence: every, run: fused },
+          { name: "finetune", cadence: every, run: loop.finetuneJob({ startModelAt: env.window.from, drift: driftOf(env) }) },
         ],
         "paper-hybrid": [
           { name: "finetune", cadence: finetuneCadence, run: finetune },

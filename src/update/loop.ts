@@ -18,14 +18,15 @@ import { EmbeddedLanguageModel } from "../llm/backends/embedded.js";
 import { EmbeddedTrainer } from "../llm/engine/trainer.js";
 import type { ModelRegistry } from "../llm/registry.js";
 import { PROMPT_TEMPLATE_HASH } from "../llm/prompt.js";
-import type { TableStore } from "../tables/index.js";
+import type { TableInfo, TableStore } from "../tables/index.js";
 import type { CurationOptions } from "./curation.js";
 import { runFinetune, type FinetuneMemo, type FinetuneRegistry, type FinetuneResult } from "./finetune.js";
 import type { GateOptions } from "./gates.js";
 import type { PromptScorer } from "./generate.js";
 import { refreshJob } from "./jobs.js";
 import type { RagOptions, SnapshotCache } from "./rag.js";
-import { computePrior, loadPrior, resolveFusionOptions, savePrior, type EvidenceCache, type LlmPrior } from "./fusion.js";
+import { computePrior, loadPrior, resolveFusionOptions, savePrior, type EvidenceCache, type FusionFit, type LlmPrior } from "./fusion.js";
+import { DAY_MS } from "../domain/clock.js";
 import { remembered } from "../domain/memo.js";
 import { join } from "node:path";
 import type { JobOutcome, JobRun } from "./schedule/index.js";
@@ -39,6 +40,8 @@ export interface LoopSettings {
   readonly tables: { readonly topN: number; readonly keep: number };
   /** Engagement threshold of a positive event (null: every event counts). */
   readonly positiveMin: number | null;
+  /** Fine-tune when the prior stops earning weight (`finetune.trigger: drift`); absent: on the cadence. */
+  readonly drift?: DriftTrigger | null;
 }
 
 export interface UpdateLoopOptions {
@@ -90,6 +93,32 @@ export function finetuneRegistryOf(registry: ModelRegistry): FinetuneRegistry {
       else registry.setStatus(version, "halted", reason);
     },
   };
+}
+
+/**
+ * `finetune.trigger: drift`: fine-tune when the live model's prior stops earning its place against fresh evidence
+ * (the paper's future work: choose the fine-tuning frequency from detected drift), checked at each due time.
+ */
+export interface DriftTrigger {
+  /** Nats per transition the prior must add to the fit slice's likelihood; below it the model is refreshed. */
+  readonly minGain: number;
+  /** Days after the live model's data ends before it may be replaced. */
+  readonly minDays: number;
+}
+
+/**
+ * Why a drift-triggered fine-tune need not run yet, or null when it should: the live fusion table's fit says what
+ * the live model's prior adds to the likelihood of the freshest transitions; below `minGain` nats per transition
+ * the model has gone stale. Never sooner than `minDays` after the live model's data ends.
+ */
+export function driftWait(live: { version: string; dataEnd: number }, table: TableInfo | null, asOf: number, drift: DriftTrigger): string | null {
+  if (asOf - live.dataEnd < drift.minDays * DAY_MS) return `model ${live.version} is younger than ${drift.minDays} days`;
+  const fit = table?.ragOptions?.fit as FusionFit | undefined;
+  if (!table || table.modelVersion !== live.version || !fit || fit.status !== "fitted" || fit.countsOnlyPerTransition === null) {
+    return `no fitted fusion table of model ${live.version} yet`;
+  }
+  const gain = fit.perTransition - fit.countsOnlyPerTransition;
+  return gain >= drift.minGain ? `prior of ${live.version} still earns ${gain.toFixed(4)} nats/transition (>= ${drift.minGain})` : null;
 }
 
 /** A model opened for scoring, with what a table records about it. */
@@ -168,13 +197,24 @@ export class UpdateLoop {
    * model trained on the window just before it), so a run due then or earlier has nothing to do; later ones
    * continue training it.
    */
-  finetuneJob(options: { startModelAt?: number } = {}): JobRun {
+  finetuneJob(options: { startModelAt?: number; drift?: DriftTrigger } = {}): JobRun {
     return async ({ asOf, signal }) => {
       if (options.startModelAt !== undefined && asOf <= options.startModelAt) {
         return { status: "succeeded", detail: { modelVersion: this.options.registry.live()?.version ?? null, skipped: "start model" } };
       }
+      const drift = options.drift ?? this.options.settings.drift ?? null;
+      if (drift) {
+        const waiting = this.driftWait(asOf, drift);
+        if (waiting) return { status: "succeeded", detail: { modelVersion: this.options.registry.live()?.version ?? null, skipped: waiting } };
+      }
       return finetuneOutcome(await this.finetune(asOf, signal));
     };
+  }
+
+  private driftWait(asOf: number, drift: DriftTrigger): string | null {
+    const live = this.options.registry.live();
+    if (!live) return null;
+    return driftWait({ version: live.version, dataEnd: live.window?.to ?? live.createdAt }, this.options.tables.live() ?? null, asOf, drift);
   }
 
   /** The RAG refresh job (rag null: the table of the model alone, as the fine-tuning-only strategies serve). */

@@ -14,6 +14,8 @@ import { EvidenceLog } from "../../src/mining/evidence.js";
 import { countTransitions, type TransitionColumns } from "../../src/mining/transitions.js";
 import { chooseWindow, explanationOf, fitFusion, FusionScorer, loadPrior, savePrior, type LlmPrior } from "../../src/update/fusion.js";
 import { mkdtempSync } from "node:fs";
+import { driftWait } from "../../src/update/loop.js";
+import type { TableInfo } from "../../src/tables/index.js";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
@@ -224,5 +226,28 @@ describe("evidence log", () => {
     }
     expect(() => log.counts({ from: start - DAY_MS, to: start })).toThrow(/outside the log/);
     store.close();
+  });
+});
+
+describe("drift trigger", () => {
+  const drift = { minGain: 0.01, minDays: 14 };
+  const live = { version: "m000002", dataEnd: T - 30 * DAY_MS };
+  const table = (gain: number | null, modelVersion = "m000002") =>
+    ({
+      version: "t000009",
+      modelVersion,
+      ragOptions: { method: "fusion", fit: { status: "fitted", perTransition: -3.2, countsOnlyPerTransition: gain === null ? null : -3.2 - gain } },
+    }) as unknown as TableInfo;
+
+  it("fine-tunes once the live model's prior earns less than minGain against the counts, not before", () => {
+    expect(driftWait(live, table(0.05), T, drift)).toMatch(/still earns 0.0500/);
+    expect(driftWait(live, table(0.002), T, drift)).toBeNull();
+  });
+
+  it("waits while the model is young or no fusion table of it has been fitted", () => {
+    expect(driftWait({ ...live, dataEnd: T - 3 * DAY_MS }, table(0), T, drift)).toMatch(/younger than 14 days/);
+    expect(driftWait(live, table(0, "m000001"), T, drift)).toMatch(/no fitted fusion table of model m000002/);
+    expect(driftWait(live, table(null), T, drift)).toMatch(/no fitted fusion table/);
+    expect(driftWait(live, null, T, drift)).toMatch(/no fitted fusion table/);
   });
 });

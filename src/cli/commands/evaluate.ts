@@ -119,6 +119,7 @@ export function registerEvaluate(program: Command): void {
             startModel: startModel ?? { path: "", window: null, version: "-" },
             workDir,
             finetuneCadence: ctx.config.schedule.finetuneCadence,
+            drift: { minGain: ctx.config.finetune.driftMinGain, minDays: ctx.config.finetune.driftMinDays },
             // finetune-monthly and hybrid run the same fine-tunes, and so does every re-run of a replay: train once.
             trainer: new CachingTrainer(backend.trainer() ?? cannotTrain(backend.kind), join(workDir, "training-cache"), backend.description),
             openModel: (path) => backend.openModel(path),

@@ -85,6 +85,7 @@ function jobsOf(open: OpenLoop, config: FreshrecConfig): JobDefinition[] {
     refresh: open.loop.refreshJob(),
     finetuneCadence: config.schedule.finetuneCadence,
     refreshCadence: config.schedule.refreshCadence,
+    finetuneTrigger: config.finetune.trigger,
   });
 }
 

@@ -153,7 +153,7 @@ async function startSchedule(ctx: CommandContext, events: Awaited<ReturnType<Com
   const store = SqliteScheduleStore.open(scheduleStorePath(ctx.paths.root));
   const s = ctx.config.schedule;
   const scheduler = new Scheduler({
-    jobs: hybridJobs({ finetune: loop.finetuneJob(), refresh: loop.refreshJob(), finetuneCadence: s.finetuneCadence, refreshCadence: s.refreshCadence }),
+    jobs: hybridJobs({ finetune: loop.finetuneJob(), refresh: loop.refreshJob(), finetuneCadence: s.finetuneCadence, refreshCadence: s.refreshCadence, finetuneTrigger: ctx.config.finetune.trigger }),
     store,
     clock: ctx.clock,
     overlap: s.overlap,

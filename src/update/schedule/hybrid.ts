@@ -16,11 +16,23 @@ export interface HybridJobsOptions {
   readonly finetuneCadence?: string;
   /** @defaultValue "every 2 days" (counted from the Unix epoch; add "from ISO-TIME" to anchor elsewhere) */
   readonly refreshCadence?: string;
+  /**
+   * `drift`: the fine-tune job decides at each refresh whether the live model has gone stale (UpdateLoop's drift
+   * trigger), so it is due on the refresh cadence, right after the refresh whose fit it reads. @defaultValue "schedule"
+   */
+  readonly finetuneTrigger?: "schedule" | "drift";
 }
 
 export function hybridJobs(options: HybridJobsOptions): JobDefinition[] {
+  const refreshCadence = options.refreshCadence ?? DEFAULT_REFRESH_CADENCE;
+  if (options.finetuneTrigger === "drift") {
+    return [
+      { name: "refresh", cadence: refreshCadence, run: options.refresh },
+      { name: "finetune", cadence: refreshCadence, run: options.finetune },
+    ];
+  }
   return [
     { name: "finetune", cadence: options.finetuneCadence ?? DEFAULT_FINETUNE_CADENCE, run: options.finetune },
-    { name: "refresh", cadence: options.refreshCadence ?? DEFAULT_REFRESH_CADENCE, run: options.refresh },
+    { name: "refresh", cadence: refreshCadence, run: options.refresh },
   ];
 }
