@@ -362,12 +362,22 @@ export function parseConfig(raw: unknown, source = "config"): FreshrecConfig {
     }
     const path = issue.path.map(String).join(".") || "(root)";
     const value = valueAt(raw, issue.path);
-    const found = value === undefined ? "nothing" : JSON.stringify(value);
+    const found = value === undefined ? "nothing" : SECRET_FIELDS.has(path) ? secretShape(value) : JSON.stringify(value);
     const said = issue.message.replace(/^Invalid input: /, "");
     const expected = /^expected/i.test(said) ? said : `expected ${said}`;
     return [{ path, message: `field "${path}": got ${found}; ${expected}` }];
   });
   throw new ConfigError(`${source}: ${issues.map((i) => i.message).join("; ")}`, issues);
+}
+
+/** Fields whose value an error must never print (it would land in logs and terminals); it says their shape instead. */
+const SECRET_FIELDS: ReadonlySet<string> = new Set(["serve.adminToken"]);
+
+function secretShape(value: unknown): string {
+  if (typeof value === "string") return `a string of ${value.length} characters (not shown)`;
+  if (value === null) return "null";
+  if (Array.isArray(value)) return "an array (not shown)";
+  return `${typeof value === "object" ? "an object" : `a ${typeof value}`} (not shown)`;
 }
 
 function valueAt(raw: unknown, path: readonly PropertyKey[]): unknown {

@@ -45,6 +45,31 @@ describe("the admin token", () => {
     expect(adminToken(config)).toBeNull(); // empty: none, as documented
   });
 
+  it("parseConfig never prints an invalid serve.adminToken, only what is wrong with it (its length, or its type)", () => {
+    const refusal = (raw: unknown): ConfigError => {
+      try {
+        parseConfig(raw, "freshrec.config.json");
+      } catch (error) {
+        expect(error).toBeInstanceOf(ConfigError);
+        return error as ConfigError;
+      }
+      throw new Error("the config was accepted");
+    };
+    const short = refusal({ serve: { adminToken: "short-secret" } });
+    expect(short.message).not.toContain("short-secret");
+    expect(short.message).toMatch(/serve\.adminToken/);
+    expect(short.message).toMatch(/a string of 12 characters/);
+    expect(short.message).toMatch(/16/);
+    const issue = short.issues.find((i) => i.path === "serve.adminToken");
+    expect(issue?.message).not.toContain("short-secret");
+    // A token of the wrong type is not printed either (a number can be a secret too).
+    const numeric = refusal({ serve: { adminToken: 918273645 } });
+    expect(numeric.message).not.toContain("918273645");
+    expect(numeric.message).toMatch(/serve\.adminToken": got a number/);
+    // Other fields still show what was given.
+    expect(refusal({ serve: { port: "eighty" } }).message).toContain('got "eighty"');
+  });
+
   it("freshrec serve refuses a short FRESHREC_ADMIN_TOKEN with exit 2 before it serves", () => {
     const r = freshrec(["serve", "--port", "0"], { FRESHREC_ADMIN_TOKEN: "short-secret" });
     expect(r.status).toBe(2);
