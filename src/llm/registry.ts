@@ -5,6 +5,10 @@
  * "Make live" is one IMMEDIATE transaction: the previous live model becomes retired and the new one live, so at
  * every moment readers see exactly one live model (or none before the first).
  *
+ * A model file inside the workspace is recorded relative to it ("models/m000001/model.gguf"), so a copied or moved
+ * workspace uses its own files; a file outside it (a user's GGUF) is recorded by absolute path and reported as
+ * external, because copying the workspace does not copy it.
+ *
  * @example
  * const registry = new ModelRegistry("./.freshrec", clock);
  * const v = registry.register({ kind: "base", filePath, metrics: { top1: 0.21 }, trainSamples: 9000 });
@@ -12,8 +16,8 @@
  */
 import Database from "better-sqlite3";
 import { createHash } from "node:crypto";
-import { createReadStream, mkdirSync } from "node:fs";
-import { join } from "node:path";
+import { createReadStream, existsSync, mkdirSync, realpathSync, statSync } from "node:fs";
+import { isAbsolute, join, relative, resolve, sep } from "node:path";
 import type { Clock } from "../domain/clock.js";
 import { FreshrecError } from "../domain/errors.js";
 import type { TimeWindow } from "../domain/types.js";
@@ -32,7 +36,10 @@ export interface ModelVersion {
   readonly trainSamples: number;
   readonly validationSamples: number;
   readonly metrics: Record<string, unknown>;
+  /** Absolute path of the model file (resolved against the workspace when it lies inside it). */
   readonly filePath: string;
+  /** The file lies outside the workspace: a copy of the workspace still reads it from there. */
+  readonly external: boolean;
   readonly sha256: string;
   readonly templateHash: string | null;
   readonly vocabularyHash: string | null;
@@ -88,7 +95,8 @@ interface Row {
   created_at: number;
 }
 
-function fromRow(r: Row): ModelVersion {
+function fromRow(r: Row, workspace: string): ModelVersion {
+  const external = isAbsolute(r.file_path);
   return {
     version: r.version,
     parent: r.parent,
@@ -98,7 +106,8 @@ function fromRow(r: Row): ModelVersion {
     trainSamples: r.train_samples,
     validationSamples: r.validation_samples,
     metrics: JSON.parse(r.metrics) as Record<string, unknown>,
-    filePath: r.file_path,
+    filePath: external ? r.file_path : join(workspace, ...r.file_path.split("/")),
+    external,
     sha256: r.sha256,
     templateHash: r.template_hash,
     vocabularyHash: r.vocabulary_hash,
@@ -106,16 +115,42 @@ function fromRow(r: Row): ModelVersion {
   };
 }
 
-const SCHEMA_VERSION = 1;
+/**
+ * 1: file paths absolute. 2: file paths inside the workspace relative to it, with "/" (a freshrec that reads schema 1
+ * would resolve them against its working directory, so it refuses the file instead).
+ */
+const SCHEMA_VERSION = 2;
+
+/** `path` relative to `dir` with "/" separators when it lies inside `dir`, else null. */
+function inside(dir: string, path: string): string | null {
+  const rel = relative(dir, path);
+  if (rel === "" || rel === ".." || rel.startsWith(`..${sep}`) || isAbsolute(rel)) return null;
+  return rel.split(sep).join("/");
+}
+
+function isFile(path: string): boolean {
+  return existsSync(path) && statSync(path).isFile();
+}
+
+function realPath(path: string): string | null {
+  try {
+    return realpathSync(path);
+  } catch {
+    return null;
+  }
+}
 
 export class ModelRegistry {
   private readonly db: Database.Database;
+  /** The workspace as an absolute path: what relative file paths are resolved against. */
+  private readonly root: string;
 
   /** Opens (creating if needed) `<workspace>/registry.sqlite`; models live in `<workspace>/models/`. */
   constructor(
     readonly workspace: string,
     private readonly clock: Clock,
   ) {
+    this.root = resolve(workspace);
     mkdirSync(workspace, { recursive: true });
     this.db = new Database(join(workspace, "registry.sqlite"));
     this.db.pragma("journal_mode = WAL");
@@ -126,6 +161,8 @@ export class ModelRegistry {
       throw new FreshrecError("INTERNAL", `registry.sqlite has schema ${userVersion}, newer than this freshrec (${SCHEMA_VERSION})`);
     }
     this.db.transaction(() => {
+      // Read again under the write lock: another process may have migrated the file meanwhile.
+      const found = this.db.pragma("user_version", { simple: true }) as number;
       this.db.exec(`
         CREATE TABLE IF NOT EXISTS models (
           seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -150,8 +187,44 @@ export class ModelRegistry {
           from_status TEXT, to_status TEXT NOT NULL, reason TEXT NOT NULL, at INTEGER NOT NULL
         );
       `);
+      if (found === 1) this.relativiseLegacyPaths();
       this.db.pragma(`user_version = ${SCHEMA_VERSION}`);
     }).immediate();
+  }
+
+  /**
+   * Schema 1 recorded every file by absolute path. A path inside this workspace becomes relative. So does one that
+   * points into another folder's `models/` when this workspace has a file of that name under its own `models/`: freshrec
+   * only ever wrote model files there, so that row was written while this registry lived in that other folder (a
+   * workspace copied before this migration), and its own copy is the one meant. Any other path stays absolute:
+   * external. The sha256 check when a version is opened catches a copy that differs from what was registered.
+   */
+  private relativiseLegacyPaths(): void {
+    const rows = this.db.prepare("SELECT version, file_path FROM models").all() as { version: string; file_path: string }[];
+    const update = this.db.prepare("UPDATE models SET file_path = ? WHERE version = ?");
+    for (const row of rows) {
+      if (!isAbsolute(row.file_path)) continue;
+      let stored = this.storedPath(row.file_path);
+      if (isAbsolute(stored)) {
+        const parts = row.file_path.split(/[\\/]/);
+        const at = parts.lastIndexOf("models");
+        const tail = at >= 0 ? parts.slice(at) : [];
+        if (tail.length > 1 && isFile(join(this.root, ...tail))) stored = tail.join("/");
+      }
+      if (stored !== row.file_path) update.run(stored, row.version);
+    }
+  }
+
+  /** What the registry records for a model file: relative to the workspace when inside it, else absolute. */
+  private storedPath(file: string): string {
+    const path = resolve(file);
+    const lexical = inside(this.root, path);
+    if (lexical !== null) return lexical;
+    // The workspace or the file may be reached through a symbolic link (/tmp on macOS, a mounted home).
+    const realRoot = realPath(this.root);
+    const realFile = realPath(path);
+    const real = realRoot !== null && realFile !== null ? inside(realRoot, realFile) : null;
+    return real ?? path;
   }
 
   /** Directory for model files and checkpoints. */
@@ -191,7 +264,7 @@ export class ModelRegistry {
           input.trainSamples ?? 0,
           input.validationSamples ?? 0,
           JSON.stringify(input.metrics ?? {}),
-          input.filePath,
+          this.storedPath(input.filePath),
           sha256,
           input.templateHash ?? null,
           input.vocabularyHash ?? null,
@@ -204,19 +277,19 @@ export class ModelRegistry {
 
   get(version: string): ModelVersion | null {
     const row = this.db.prepare("SELECT * FROM models WHERE version = ?").get(version) as Row | undefined;
-    return row ? fromRow(row) : null;
+    return row ? fromRow(row, this.root) : null;
   }
 
   list(filter: { status?: readonly ModelStatus[]; kind?: ModelKind } = {}): ModelVersion[] {
     const rows = this.db.prepare("SELECT * FROM models ORDER BY seq").all() as Row[];
     return rows
-      .map(fromRow)
+      .map((r) => fromRow(r, this.root))
       .filter((m) => (!filter.status || filter.status.includes(m.status)) && (!filter.kind || m.kind === filter.kind));
   }
 
   live(): ModelVersion | null {
     const row = this.db.prepare("SELECT * FROM models WHERE status = 'live'").get() as Row | undefined;
-    return row ? fromRow(row) : null;
+    return row ? fromRow(row, this.root) : null;
   }
 
   history(version?: string): StatusChange[] {
