@@ -112,7 +112,7 @@ export async function computePrior(
   options: { topM?: number; signal?: AbortSignal; onProgress?: (done: number, total: number) => void } = {},
 ): Promise<LlmPrior> {
   const K = clusters.length;
-  const topM = Math.min(options.topM ?? FUSION_DEFAULTS.priorTopM, Math.max(1, K - 2));
+  const topM = effectiveTopM(options.topM ?? FUSION_DEFAULTS.priorTopM, K);
   const index = new Map(clusters.map((c, i) => [c, i]));
   const answer = new Int32Array(K * K * topM).fill(-1);
   const probability = new Float32Array(K * K * topM);
@@ -153,6 +153,11 @@ export async function computePrior(
     options.onProgress?.(Math.min(start + perCall, prompts.length), prompts.length);
   }
   return { clusters, topM, answer, probability, rest };
+}
+
+/** Answers a prior keeps per pair: at most the K - 2 novel clusters there are. */
+function effectiveTopM(requested: number, K: number): number {
+  return Math.min(requested, Math.max(1, K - 2));
 }
 
 /** Options with defaults, validated (BadInputError naming the `rag.fusion` field). */
@@ -402,7 +407,7 @@ export interface FitFusionInput {
   readonly windowChoice?: WindowChoice;
 }
 
-/** The evidence window chosen for an instant, by the counts-only fit (it does not depend on any model). */
+/** The evidence window chosen for an instant (by the fit with the prior, when there is one). */
 export interface WindowChoice {
   readonly windowDays: number;
   readonly windows: readonly { readonly days: number; readonly perTransition: number }[];
@@ -411,11 +416,12 @@ export interface WindowChoice {
 }
 
 /**
- * Chooses the evidence window at `asOf`: for each candidate length W, the counts-only posterior with evidence
- * [slice.from - W, slice.from) is fitted to the slice; the best per-transition likelihood wins. Candidates are
+ * Chooses the evidence window at `asOf`: for each candidate length W, the posterior (with the prior, when there is
+ * one: a strong prior wants fresher, shorter windows than counts alone) with evidence [slice.from - W, slice.from)
+ * is fitted to the slice; the best per-transition likelihood wins. Candidates are
  * tried shortest first, up to the first that covers all the data there is.
  */
-export function chooseWindow(log: EvidenceLog, asOf: number, options: FusionOptions = {}): WindowChoice {
+export function chooseWindow(log: EvidenceLog, asOf: number, options: FusionOptions = {}, prior: LlmPrior | null = null): WindowChoice {
   const o = resolveFusionOptions(options);
   if (asOf > log.span.to) throw new FreshrecError("INTERNAL", `fusion: as-of ${new Date(asOf).toISOString()} lies after the evidence log`);
   const slice = fitSlice(log, asOf, o);
@@ -426,8 +432,8 @@ export function chooseWindow(log: EvidenceLog, asOf: number, options: FusionOpti
     const evidenceWindow = { from: slice.from - days * DAY_MS, to: slice.from };
     if (evidenceWindow.from < log.span.from) break;
     if (sliceCounts.transitions < o.fitFloor) break;
-    const likelihood = new SliceLikelihood(sliceCounts, log.counts(evidenceWindow), null);
-    const { ll } = maximise(likelihood, false, DEFAULT_FUSION_PARAMS, 1);
+    const likelihood = new SliceLikelihood(sliceCounts, log.counts(evidenceWindow), prior);
+    const { ll } = maximise(likelihood, prior !== null, { ...DEFAULT_FUSION_PARAMS, tau: prior ? 0.5 : 0 }, 1);
     windows.push({ days, perTransition: ll / likelihood.transitions });
     // Longer windows than the data reaches back hold the same evidence: stop once one covers it all. (No stop at
     // the first dip: on sparse logs the likelihood wobbles at short windows and keeps rising at long ones.)
@@ -446,7 +452,7 @@ export interface FusionRefresh {
 
 export function fitFusion(input: FitFusionInput): FusionRefresh {
   const o = resolveFusionOptions(input.options);
-  const choice = input.windowChoice ?? chooseWindow(input.log, input.asOf, o);
+  const choice = input.windowChoice ?? chooseWindow(input.log, input.asOf, o, input.prior);
   const W = choice.windowDays * DAY_MS;
   const fitEvidence = { from: Math.max(choice.slice.from - W, input.log.span.from), to: choice.slice.from };
   const evidence = input.log.counts({ from: Math.max(input.asOf - W, input.log.span.from), to: input.asOf });
@@ -653,8 +659,8 @@ function priorProbability(prior: LlmPrior, p: number, n: number): number {
 
 /**
  * Evidence logs and window choices shared by every fusion refresh over one unchanging store (a replay): the log of
- * the whole replay span is read once, and strategies refreshing at the same instant share the window choice (it
- * depends on the counts only). Each refresh still reads only windows before its own as-of time. In production
+ * the whole replay span is read once, and strategies refreshing at the same instant with the same prior (or none)
+ * share the window choice. Each refresh still reads only windows before its own as-of time. In production
  * (`cover` absent) every refresh reads its own log, so events ingested since the last refresh count.
  */
 export class EvidenceCache {
@@ -672,10 +678,11 @@ export class EvidenceCache {
     return remembered(this.logs, `${key}|${span.from}|${span.to}`, () => read(span));
   }
 
-  windowChoice(log: EvidenceLog, asOf: number, options: FusionOptions, key: string): WindowChoice {
-    const id = `${key}|${asOf}|${JSON.stringify(resolveFusionOptions(options))}`;
+  /** `priorKey` names the prior (its model version; "" for none): strategies with the same one share the choice. */
+  windowChoice(log: EvidenceLog, asOf: number, options: FusionOptions, key: string, prior: LlmPrior | null, priorKey: string): WindowChoice {
+    const id = `${key}|${priorKey}|${asOf}|${JSON.stringify(resolveFusionOptions(options))}`;
     let choice = this.choices.get(id);
-    if (!choice) this.choices.set(id, (choice = chooseWindow(log, asOf, options)));
+    if (!choice) this.choices.set(id, (choice = chooseWindow(log, asOf, options, prior)));
     return choice;
   }
 }
@@ -708,8 +715,9 @@ export function loadPrior(path: string, clusters: readonly string[], topM: numbe
   } catch (error) {
     throw new FreshrecError("ENGINE", `prior file ${path} is corrupt (bad header): delete it to compute the prior again`, { cause: error });
   }
-  if (header.format !== PRIOR_MAGIC || header.topM !== topM || JSON.stringify(header.clusters) !== JSON.stringify(clusters)) return null;
   const K = clusters.length;
+  if (header.format !== PRIOR_MAGIC || header.topM !== effectiveTopM(topM, K) || JSON.stringify(header.clusters) !== JSON.stringify(clusters)) return null;
+  topM = header.topM;
   const sizes = [K * K * topM * 4, K * K * topM * 4, K * K * 4];
   if (data.length - newline - 1 !== sizes[0] + sizes[1] + sizes[2]) {
     throw new FreshrecError("ENGINE", `prior file ${path} is truncated: delete it to compute the prior again`);

@@ -72,7 +72,8 @@ export function finetuneRegistryOf(registry: ModelRegistry): FinetuneRegistry {
   return {
     live: () => {
       const live = registry.live();
-      return live ? { version: live.version, path: live.filePath } : null;
+      // The file the fine-tune continues from, checked against its registered sha256.
+      return live ? { version: live.version, path: registry.modelFile(live) } : null;
     },
     registerCandidate: async (entry) =>
       (
@@ -131,6 +132,8 @@ export interface ServingModel {
   readonly prior: () => Promise<{ prior: LlmPrior; promptsScored: number }>;
   /** The prior is computed already (in memory or on disk). */
   readonly priorReady: boolean;
+  /** The model file's sha256: names the prior in evidence caches shared across strategies. */
+  readonly priorKey: string;
 }
 
 export class UpdateLoop {
@@ -147,7 +150,8 @@ export class UpdateLoop {
     if (this.open?.version !== live.version) {
       await this.open?.model.close();
       this.open = null;
-      const model = await (this.options.openModel ?? ((p: string) => EmbeddedLanguageModel.open(p)))(live.filePath);
+      const modelPath = this.options.registry.modelFile(live); // checked against its registered sha256
+      const model = await (this.options.openModel ?? ((p: string) => EmbeddedLanguageModel.open(p)))(modelPath);
       this.open = { version: live.version, model };
     }
     const { version } = live;
@@ -159,6 +163,7 @@ export class UpdateLoop {
       scorer: model,
       dataAsOf: live.window?.to ?? live.createdAt,
       priorReady: this.priors.has(version) || loadPrior(file, this.options.clusters, topM) !== null,
+      priorKey: live.sha256,
       prior: async () => {
         let promptsScored = 0;
         const prior = await remembered(this.priors, version, async () => {

@@ -32,6 +32,8 @@ export interface RefreshOptions {
     readonly prior?: (() => Promise<{ prior: LlmPrior; promptsScored: number }>) | null;
     /** The prior is already computed (a fusion refresh then scores no prompt); for the dry-run price. */
     readonly priorReady?: boolean;
+    /** Names the prior across stores (the model file's hash): refreshes sharing an evidence cache share its fits. */
+    readonly priorKey?: string;
   };
   readonly templateHash: string;
   /** Retrieval options; null builds a table without RAG context (the fine-tuned model alone). */
@@ -168,7 +170,8 @@ async function fuse(asOf: number, options: RefreshOptions, prior: LlmPrior | nul
   const cache = options.evidence ?? new EvidenceCache();
   const key = `${positiveMin}|${options.clusters.join("\u0001")}`;
   const log = await cache.log(asOf, (span) => EvidenceLog.load(options.events, span, options.clusters, { positiveMin }), fusionSpanDays(fusionOptions), key);
-  const windowChoice = cache.windowChoice(log, asOf, fusionOptions, key);
+  // Version names repeat across a replay's strategies (each has its own registry): the file's hash names the prior.
+  const windowChoice = cache.windowChoice(log, asOf, fusionOptions, key, prior, prior ? (options.model.priorKey ?? `unshared:${Math.random()}`) : "");
   return fitFusion({ log, asOf, prior, options: fusionOptions, windowChoice });
 }
 

@@ -68,7 +68,8 @@ describe("the loop with the non-embedded backends, from the CLI", () => {
     const llmServer = server;
     /** Requests the server answered, per route: chat (answers) and text completions (echo ranking). */
     const sent = () => ({ chat: llmServer.stats.completions, echo: llmServer.stats.textCompletions });
-    writeFileSync(config, JSON.stringify({ llm: { backend: "openai", openai }, rag: { minSupport: 1 }, finetune: { testDays: 5, epochs: 1 } }));
+    // The paper's in-prompt RAG: every refresh prompts the backend (fusion, the default, is checked at the end).
+    writeFileSync(config, JSON.stringify({ llm: { backend: "openai", openai }, rag: { minSupport: 1, method: "prompt" }, finetune: { testDays: 5, epochs: 1 } }));
     const cli = (...args: string[]) => freshrec(["--workspace", join(ws, "w"), "--config", config, ...args]);
 
     const ingest = await cli("ingest", "--clusters", join(ws, "clusters.csv"), "--items", join(ws, "items.csv"), "--events", join(ws, "events.csv"));
@@ -120,7 +121,7 @@ describe("the loop with the non-embedded backends, from the CLI", () => {
 
     // The same build through the Batch API (cache off, so every prompt goes in a batch) gives the same table.
     const batchConfig = join(ws, "batch.config.json");
-    writeFileSync(batchConfig, JSON.stringify({ llm: { backend: "openai", openai: { ...openai, cache: false, batch: { enabled: true, minPrompts: 10, pollIntervalMs: 50 } } }, rag: { minSupport: 1 } }));
+    writeFileSync(batchConfig, JSON.stringify({ llm: { backend: "openai", openai: { ...openai, cache: false, batch: { enabled: true, minPrompts: 10, pollIntervalMs: 50 } } }, rag: { minSupport: 1, method: "prompt" } }));
     const listBatches = async () => ((await (await fetch(`${llmServer.url}/v1/batches`)).json()) as { data: { endpoint: string; request_counts: { completed: number } }[] }).data;
     const batchesBefore = (await listBatches()).length;
     const viaBatch = await freshrec(["--workspace", join(ws, "w"), "--config", batchConfig, "refresh", "--as-of", "2025-06-20", "--full", "--no-publish"]);
@@ -148,6 +149,24 @@ describe("the loop with the non-embedded backends, from the CLI", () => {
     // Its tables were scored by the server: the RAG prompts of other days than the refreshes above were never asked.
     expect(sent().echo).toBeGreaterThan(before.echo);
 
+    // A fusion refresh (the default method) with this backend: the model's prior is asked once per model version,
+    // through the server's ranking, then kept beside the registry; later refreshes and their dry runs ask nothing.
+    const fusionConfig = join(ws, "fusion.config.json");
+    writeFileSync(fusionConfig, JSON.stringify({ llm: { backend: "openai", openai }, rag: { fusion: { fitMinTransitions: 20 } } }));
+    const fusionCli = (...args: string[]) => freshrec(["--workspace", join(ws, "w"), "--config", fusionConfig, ...args]);
+    const fused = await fusionCli("refresh", "--as-of", "2025-06-20");
+    expect(fused.status, fused.stderr).toBe(0);
+    expect(fused.json).toMatchObject({ pairs, rescored: pairs, copied: 0, published: true, fusion: { windowDays: expect.any(Number) } });
+    const afterPrior = sent();
+    const fusedAgain = await fusionCli("refresh", "--as-of", "2025-06-22");
+    expect(fusedAgain.status, fusedAgain.stderr).toBe(0);
+    expect(fusedAgain.json).toMatchObject({ pairs, rescored: 0 });
+    const fusedPlan = await fusionCli("refresh", "--as-of", "2025-06-22", "--dry-run");
+    expect(fusedPlan.json).toMatchObject({ method: "fusion", rescore: 0, copy: 0 });
+    expect(sent()).toEqual(afterPrior);
+    const explained = await fusionCli("tables", "show", "live", "--pair", `${CLUSTERS[0].id},${CLUSTERS[1].id}`);
+    expect(explained.json.rows[0].explanation.answers[0].llmPrior).toEqual(expect.any(Number));
+
     // Fine-tuning with this backend goes through the server's fine-tuning API; no curated data yet is bad input.
     const tune = await cli("finetune", "--as-of", "2025-06-03");
     expect(tune.status).toBe(2);
@@ -168,7 +187,7 @@ describe("the loop with the non-embedded backends, from the CLI", () => {
     const ws = mkdtempSync(join(tmpdir(), "freshrec-backend-gguf-"));
     writePlatform(ws);
     const config = join(ws, "freshrec.config.json");
-    writeFileSync(config, JSON.stringify({ llm: { backend: "gguf", gguf: { modelPath: await trainTinyModel(ws), contextSize: 512 } }, rag: { minSupport: 1 } }));
+    writeFileSync(config, JSON.stringify({ llm: { backend: "gguf", gguf: { modelPath: await trainTinyModel(ws), contextSize: 512 } }, rag: { minSupport: 1, method: "prompt" } }));
     const cli = (...args: string[]) => freshrec(["--workspace", join(ws, "w"), "--config", config, ...args]);
     expect((await cli("ingest", "--clusters", join(ws, "clusters.csv"), "--items", join(ws, "items.csv"), "--events", join(ws, "events.csv"))).status).toBe(0);
     const base = await cli("pretrain");

@@ -197,6 +197,10 @@ describe("prior files", () => {
     expect(loadPrior(join(dir, "m1.prior"), CLUSTERS, 1)).toEqual(prior);
     expect(loadPrior(join(dir, "m1.prior"), [...CLUSTERS, "z"], 1)).toBeNull();
     expect(loadPrior(join(dir, "absent.prior"), CLUSTERS, 1)).toBeNull();
+    // A prior asked for more answers than a pair has novel clusters keeps them all, and reads back as asked.
+    const full = { ...priorFavouring(() => 0, 0.1), topM: K - 2, answer: new Int32Array(K * K * (K - 2)).fill(-1), probability: new Float32Array(K * K * (K - 2)) };
+    savePrior(join(dir, "m2.prior"), full);
+    expect(loadPrior(join(dir, "m2.prior"), CLUSTERS, 32)).toEqual(full);
   });
 });
 
