@@ -9,6 +9,9 @@
  * workspace uses its own files; a file outside it (a user's GGUF) is recorded by absolute path and reported as
  * external, because copying the workspace does not copy it.
  *
+ * `modelFile(version)` is how a version becomes a file to open: it checks the file against the sha256 recorded at
+ * registration (once per process for each file, modification time and size) and refuses a file that changed.
+ *
  * @example
  * const registry = new ModelRegistry("./.freshrec", clock);
  * const v = registry.register({ kind: "base", filePath, metrics: { top1: 0.21 }, trainSamples: 9000 });
@@ -16,7 +19,7 @@
  */
 import Database from "better-sqlite3";
 import { createHash } from "node:crypto";
-import { createReadStream, existsSync, mkdirSync, realpathSync, statSync } from "node:fs";
+import { closeSync, createReadStream, existsSync, mkdirSync, openSync, readSync, realpathSync, statSync } from "node:fs";
 import { isAbsolute, join, relative, resolve, sep } from "node:path";
 import type { Clock } from "../domain/clock.js";
 import { FreshrecError } from "../domain/errors.js";
@@ -75,6 +78,42 @@ export interface RegisterModelInput {
 export async function fileSha256(path: string): Promise<string> {
   const hash = createHash("sha256");
   for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
+  return hash.digest("hex");
+}
+
+/**
+ * A version's model file is not the file that was registered: changed, replaced or missing. BAD_INPUT (exit 2), as a
+ * damaged store file is: freshrec cannot repair it, and serving or training from it would silently use other weights
+ * than the ones the gates passed.
+ */
+export class ModelFileError extends FreshrecError {
+  override name = "ModelFileError";
+  constructor(
+    readonly version: string,
+    readonly file: string,
+    problem: string,
+    options?: { cause?: unknown },
+  ) {
+    super("BAD_INPUT", `model ${version}: ${file} ${problem}`, options);
+  }
+}
+
+/** sha256 of files this process has hashed, by path, modification time and size: each is read once. */
+const verifiedHashes = new Map<string, string>();
+
+/**
+ * sha256 of a file, read synchronously: callers resolve a version to its file in synchronous code (the fine-tuning
+ * job's view of the registry), and each file is read once per process.
+ */
+function fileSha256Sync(path: string): string {
+  const hash = createHash("sha256");
+  const buffer = Buffer.allocUnsafe(1 << 20);
+  const fd = openSync(path, "r");
+  try {
+    for (let n = readSync(fd, buffer); n > 0; n = readSync(fd, buffer)) hash.update(buffer.subarray(0, n));
+  } finally {
+    closeSync(fd);
+  }
   return hash.digest("hex");
 }
 
@@ -232,6 +271,43 @@ export class ModelRegistry {
     const dir = join(this.workspace, "models");
     mkdirSync(dir, { recursive: true });
     return dir;
+  }
+
+  /**
+   * The file of a model version, to open it for serving, refreshing or fine-tuning: checked against the sha256
+   * recorded when it was registered. Hashed once per process for each file, modification time and size.
+   * @throws ModelFileError naming the file (and both hashes when they differ); FreshrecError NOT_FOUND for an unknown version.
+   */
+  modelFile(model: ModelVersion | string): string {
+    const found = typeof model === "string" ? this.get(model) : model;
+    if (!found) throw new FreshrecError("NOT_FOUND", `model ${String(model)} does not exist (see freshrec models list)`);
+    const { version, filePath: file, sha256: recorded } = found;
+    const where = found.external ? "external file, outside the workspace" : "in the workspace";
+    let stat: ReturnType<typeof statSync>;
+    try {
+      stat = statSync(file);
+    } catch (error) {
+      throw new ModelFileError(version, file, `is missing (${where}): restore it, or register the model again`, { cause: error });
+    }
+    if (!stat.isFile()) throw new ModelFileError(version, file, `is not a file (${where})`);
+    const key = `${file}\0${stat.mtimeMs}\0${stat.size}`;
+    let actual = verifiedHashes.get(key);
+    if (actual === undefined) {
+      try {
+        actual = fileSha256Sync(file);
+      } catch (error) {
+        throw new ModelFileError(version, file, `cannot be read (${(error as Error).message})`, { cause: error });
+      }
+      verifiedHashes.set(key, actual);
+    }
+    if (actual !== recorded) {
+      throw new ModelFileError(
+        version,
+        file,
+        `has sha256 ${actual}, but the registry recorded ${recorded} when the model was registered: the file was changed or replaced (${where}); restore the registered file, or register this one as a new model version`,
+      );
+    }
+    return file;
   }
 
   /** The version name the next registration will get (for naming files before registering). */

@@ -2,13 +2,20 @@
  * The registry's model files belong to its workspace: a file inside the workspace is recorded relative to it, so a
  * copied workspace uses its own copies (it used the original's, by absolute path); a file outside it (a user's GGUF)
  * stays absolute and is reported as external; registries written with absolute paths are migrated when opened.
+ * Opening a version for the update loop (refresh, serve --schedule, fine-tune) checks the file against the sha256
+ * recorded at registration.
  */
 import Database from "better-sqlite3";
-import { cpSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
+import { createHash } from "node:crypto";
+import { cpSync, mkdirSync, rmSync, utimesSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { VirtualClock } from "../../src/domain/clock.js";
+import type { EventStore } from "../../src/data/event-store.js";
+import { FreshrecError } from "../../src/domain/errors.js";
 import { ModelRegistry } from "../../src/llm/registry.js";
+import type { TableStore } from "../../src/tables/index.js";
+import { finetuneRegistryOf, type LoopSettings, UpdateLoop } from "../../src/update/loop.js";
 import { tempWorkspace } from "./fixtures.js";
 
 const clock = new VirtualClock(Date.parse("2025-01-01T00:00:00Z"));
@@ -72,6 +79,66 @@ describe("model registry: where model files are", () => {
     const db = new Database(join(b, "registry.sqlite"), { readonly: true });
     expect(db.prepare("SELECT file_path FROM models ORDER BY seq").pluck().all()).toEqual(["models/base.gguf", userModel]);
     db.close();
+  });
+});
+
+const sha = (text: string) => createHash("sha256").update(text).digest("hex");
+
+describe("model registry: the recorded sha256 is checked when a version is opened", () => {
+  async function liveModelIn(prefix: string) {
+    const ws = tempWorkspace(prefix);
+    const registry = new ModelRegistry(ws, clock);
+    const file = join(registry.modelsDir, "live.gguf");
+    writeFileSync(file, "the registered weights");
+    const v = await registry.register({ kind: "base", filePath: file });
+    registry.makeLive(v.version, "first");
+    return { registry, file, version: v.version };
+  }
+
+  it("modelFile gives the file while it holds what was registered, and refuses it, naming the file and both hashes, once its bytes change", async () => {
+    const { registry, file, version } = await liveModelIn("freshrec-registry-sha-");
+    expect(registry.modelFile(version)).toBe(file);
+    // One byte different, same length. The hash is kept per file, modification time and size, so the time is moved
+    // on explicitly: a write within the file system's timestamp resolution would not move it.
+    writeFileSync(file, "the registered weightz");
+    utimesSync(file, new Date(Date.now() + 5000), new Date(Date.now() + 5000));
+    let refusal: unknown = null;
+    try {
+      registry.modelFile(version);
+    } catch (error) {
+      refusal = error;
+    }
+    expect(refusal).toBeInstanceOf(FreshrecError);
+    const message = (refusal as Error).message;
+    expect(message).toContain(file);
+    expect(message).toContain(version);
+    expect(message).toContain(sha("the registered weights"));
+    expect(message).toContain(sha("the registered weightz"));
+    // A missing file is refused too, naming it.
+    rmSync(file);
+    expect(() => registry.modelFile(version)).toThrow(file);
+    registry.close();
+  });
+
+  it("the update loop refuses to open a live model whose file changed (refresh, serve --schedule) or to fine-tune from it", async () => {
+    const { registry, file } = await liveModelIn("freshrec-registry-sha-loop-");
+    writeFileSync(file, "other weights, longer than the registered ones");
+    let opened = 0;
+    const loop = new UpdateLoop({
+      events: {} as EventStore,
+      tables: {} as TableStore,
+      registry,
+      clusters: [],
+      settings: { rag: {} } as LoopSettings,
+      openModel: async () => {
+        opened++;
+        throw new Error("the model was opened");
+      },
+    });
+    await expect(loop.liveModel()).rejects.toThrow(file);
+    expect(opened).toBe(0);
+    expect(() => finetuneRegistryOf(registry).live()).toThrow(file);
+    registry.close();
   });
 });
 
