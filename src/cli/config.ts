@@ -108,7 +108,7 @@ export const configSchema = z
           .describe("When fine-tuning runs: schedule (on schedule.finetuneCadence, monthly by default) or drift (checked after every refresh: when the live model's prior adds less than finetune.driftMinGain nats per transition to the freshest transitions' likelihood, fine-tune)."),
         driftMinGain: z.number().min(0).default(0.01).describe("Drift trigger: nats per transition the live model's prior must add over the counts alone; below it the model is fine-tuned."),
         driftMinDays: z.number().min(0).default(14).describe("Drift trigger: days after the live model's training data ends before it may be replaced."),
-        minTestUsers: positiveInt().default(30).describe("Held-out users the test slice needs; with fewer (a sparse log, coarse timestamps) it doubles back in time until it has them, at most half the window."),
+        minTestUsers: positiveInt().default(5).describe("Held-out users the test slice needs; with fewer (a sparse log, coarse timestamps) it doubles back in time until it has them, at most half the window."),
         maxSamples: positiveInt().default(6000).describe("Training samples per run (the paper: thousands)."),
         maxPerPair: positiveInt().default(24).describe("Cap of samples per history pair."),
         maxTargetShare: z.number().gt(0).max(1).default(0.04).describe("Largest share of samples one target cluster may take."),

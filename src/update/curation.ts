@@ -39,7 +39,7 @@ export interface CurationOptions extends MiningOptions {
   /**
    * Held-out users the test slice needs: with fewer (a sparse log, or one whose timestamps are coarse, such as all
    * events of a month stamped on its first day), the slice doubles back in time until it has them, at most half
-   * the window. @defaultValue 30
+   * the window. @defaultValue 5
    */
   readonly minTestUsers?: number;
   /** @defaultValue 6000 */
@@ -64,7 +64,7 @@ export interface CurationOptions extends MiningOptions {
   readonly contextPeriod?: "previous" | "same";
 }
 
-export const CURATION_DEFAULTS = { windowDays: 90, testDays: 14, minTestUsers: 30, maxSamples: 6000, maxPerPair: 24, maxTargetShare: 0.04, maxPerTriple: 8, contextShare: 0.5 } as const;
+export const CURATION_DEFAULTS = { windowDays: 90, testDays: 14, minTestUsers: 5, maxSamples: 6000, maxPerPair: 24, maxTargetShare: 0.04, maxPerTriple: 8, contextShare: 0.5 } as const;
 
 export interface FineTuningSet {
   readonly asOf: number;
