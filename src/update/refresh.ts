@@ -72,6 +72,11 @@ export interface RefreshResult {
   readonly phases: BuildTableResult["phases"];
   /** The fusion fit (strengths, window, likelihoods); null for an in-prompt refresh. */
   readonly fusion: FusionFit | null;
+  /**
+   * Where a fusion refresh's seconds went: reading the log and counting windows, fitting (window choice and
+   * strengths), computing the model's prior (once per version), building and writing the table. Null otherwise.
+   */
+  readonly fusionPhases: { readonly countSeconds: number; readonly fitSeconds: number; readonly priorSeconds: number; readonly buildSeconds: number } | null;
 }
 
 /** What a refresh would do and cost, found without building or sending anything (`refresh --dry-run`). */
@@ -159,6 +164,7 @@ export async function runRefresh(asOf: number, options: RefreshOptions): Promise
     retrieveSeconds,
     phases: built.phases,
     fusion: null,
+    fusionPhases: null,
   };
 }
 
@@ -169,10 +175,17 @@ async function fuse(asOf: number, options: RefreshOptions, prior: LlmPrior | nul
   const positiveMin = options.rag?.positiveMin ?? null;
   const cache = options.evidence ?? new EvidenceCache();
   const key = `${positiveMin}|${options.clusters.join("\u0001")}`;
+  const started = process.hrtime.bigint();
   const log = await cache.log(asOf, (span) => EvidenceLog.load(options.events, span, options.clusters, { positiveMin }), fusionSpanDays(fusionOptions), key);
+  const loaded = process.hrtime.bigint();
+  const counting = log.countingSeconds;
   // Version names repeat across a replay's strategies (each has its own registry): the file's hash names the prior.
   const windowChoice = cache.windowChoice(log, asOf, fusionOptions, key, prior, prior ? (options.model.priorKey ?? `unshared:${Math.random()}`) : "");
-  return fitFusion({ log, asOf, prior, options: fusionOptions, windowChoice });
+  const fitted = fitFusion({ log, asOf, prior, options: fusionOptions, windowChoice });
+  const counted = log.countingSeconds - counting;
+  const total = Number(process.hrtime.bigint() - started) / 1e9;
+  const loadSeconds = Number(loaded - started) / 1e9;
+  return { ...fitted, countSeconds: loadSeconds + counted, fitSeconds: total - loadSeconds - counted };
 }
 
 /**
@@ -183,6 +196,7 @@ async function fuse(asOf: number, options: RefreshOptions, prior: LlmPrior | nul
 async function runFusionRefresh(asOf: number, options: RefreshOptions): Promise<RefreshResult> {
   const started = process.hrtime.bigint();
   const computed = options.model.prior ? await options.model.prior() : null;
+  const priorSeconds = Number(process.hrtime.bigint() - started) / 1e9;
   const fitted = await fuse(asOf, options, computed?.prior ?? null);
   if (!computed && fitted.evidence.transitions === 0) {
     // Without a prior and without evidence every row would be the smoothing's uniform order: say so instead.
@@ -223,6 +237,7 @@ async function runFusionRefresh(asOf: number, options: RefreshOptions): Promise<
     retrieveSeconds,
     phases: built.phases,
     fusion: fitted.fit,
+    fusionPhases: { countSeconds: fitted.countSeconds, fitSeconds: fitted.fitSeconds, priorSeconds, buildSeconds: built.seconds },
   };
 }
 
