@@ -21,6 +21,7 @@ import Database from "better-sqlite3";
 import { createHash } from "node:crypto";
 import { closeSync, createReadStream, existsSync, mkdirSync, openSync, readSync, realpathSync, statSync } from "node:fs";
 import { isAbsolute, join, relative, resolve, sep } from "node:path";
+import { type StoreFileKind, openStoreFile } from "../data/store-file.js";
 import type { Clock } from "../domain/clock.js";
 import { FreshrecError } from "../domain/errors.js";
 import type { TimeWindow } from "../domain/types.js";
@@ -160,6 +161,10 @@ function fromRow(r: Row, workspace: string): ModelVersion {
  */
 const SCHEMA_VERSION = 2;
 
+const REGISTRY_FILE = "registry.sqlite";
+/** How the registry's file errors name it (src/data/store-file.ts). */
+const REGISTRY_STORE_FILE: StoreFileKind = { store: "registry", startsOver: "an empty model registry" };
+
 /** `path` relative to `dir` with "/" separators when it lies inside `dir`, else null. */
 function inside(dir: string, path: string): string | null {
   const rel = relative(dir, path);
@@ -179,6 +184,41 @@ function realPath(path: string): string | null {
   }
 }
 
+/**
+ * Schema 1 recorded every file by absolute path. A path inside this workspace becomes relative. So does one that
+ * points into another folder's `models/` when this workspace has a file of that name under its own `models/`: freshrec
+ * only ever wrote model files there, so that row was written while this registry lived in that other folder (a
+ * workspace copied before this migration), and its own copy is the one meant. Any other path stays absolute:
+ * external. The sha256 check when a version is opened catches a copy that differs from what was registered.
+ */
+function relativiseLegacyPaths(db: Database.Database, root: string): void {
+  const rows = db.prepare("SELECT version, file_path FROM models").all() as { version: string; file_path: string }[];
+  const update = db.prepare("UPDATE models SET file_path = ? WHERE version = ?");
+  for (const row of rows) {
+    if (!isAbsolute(row.file_path)) continue;
+    let stored = storedPathIn(root, row.file_path);
+    if (isAbsolute(stored)) {
+      const parts = row.file_path.split(/[\\/]/);
+      const at = parts.lastIndexOf("models");
+      const tail = at >= 0 ? parts.slice(at) : [];
+      if (tail.length > 1 && isFile(join(root, ...tail))) stored = tail.join("/");
+    }
+    if (stored !== row.file_path) update.run(stored, row.version);
+  }
+}
+
+/** What the registry records for a model file: relative to the workspace when inside it, else absolute. */
+function storedPathIn(root: string, file: string): string {
+  const path = resolve(file);
+  const lexical = inside(root, path);
+  if (lexical !== null) return lexical;
+  // The workspace or the file may be reached through a symbolic link (/tmp on macOS, a mounted home).
+  const realRoot = realPath(root);
+  const realFile = realPath(path);
+  const real = realRoot !== null && realFile !== null ? inside(realRoot, realFile) : null;
+  return real ?? path;
+}
+
 export class ModelRegistry {
   private readonly db: Database.Database;
   /** The workspace as an absolute path: what relative file paths are resolved against. */
@@ -190,19 +230,19 @@ export class ModelRegistry {
     private readonly clock: Clock,
   ) {
     this.root = resolve(workspace);
-    mkdirSync(workspace, { recursive: true });
-    this.db = new Database(join(workspace, "registry.sqlite"));
-    this.db.pragma("journal_mode = WAL");
-    this.db.pragma("busy_timeout = 5000");
-    const userVersion = this.db.pragma("user_version", { simple: true }) as number;
+    this.db = openStoreFile(join(this.root, REGISTRY_FILE), REGISTRY_STORE_FILE, (db) => ModelRegistry.migrate(db, this.root), { timeout: 5000 });
+  }
+
+  private static migrate(db: Database.Database, root: string): void {
+    db.pragma("journal_mode = WAL");
+    const userVersion = db.pragma("user_version", { simple: true }) as number;
     if (userVersion > SCHEMA_VERSION) {
-      this.db.close();
-      throw new FreshrecError("INTERNAL", `registry.sqlite has schema ${userVersion}, newer than this freshrec (${SCHEMA_VERSION})`);
+      throw new FreshrecError("INTERNAL", `registry: ${join(root, REGISTRY_FILE)} has schema ${userVersion}, newer than this freshrec (${SCHEMA_VERSION})`);
     }
-    this.db.transaction(() => {
+    db.transaction(() => {
       // Read again under the write lock: another process may have migrated the file meanwhile.
-      const found = this.db.pragma("user_version", { simple: true }) as number;
-      this.db.exec(`
+      const found = db.pragma("user_version", { simple: true }) as number;
+      db.exec(`
         CREATE TABLE IF NOT EXISTS models (
           seq INTEGER PRIMARY KEY AUTOINCREMENT,
           version TEXT NOT NULL UNIQUE,
@@ -226,44 +266,9 @@ export class ModelRegistry {
           from_status TEXT, to_status TEXT NOT NULL, reason TEXT NOT NULL, at INTEGER NOT NULL
         );
       `);
-      if (found === 1) this.relativiseLegacyPaths();
-      this.db.pragma(`user_version = ${SCHEMA_VERSION}`);
+      if (found === 1) relativiseLegacyPaths(db, root);
+      db.pragma(`user_version = ${SCHEMA_VERSION}`);
     }).immediate();
-  }
-
-  /**
-   * Schema 1 recorded every file by absolute path. A path inside this workspace becomes relative. So does one that
-   * points into another folder's `models/` when this workspace has a file of that name under its own `models/`: freshrec
-   * only ever wrote model files there, so that row was written while this registry lived in that other folder (a
-   * workspace copied before this migration), and its own copy is the one meant. Any other path stays absolute:
-   * external. The sha256 check when a version is opened catches a copy that differs from what was registered.
-   */
-  private relativiseLegacyPaths(): void {
-    const rows = this.db.prepare("SELECT version, file_path FROM models").all() as { version: string; file_path: string }[];
-    const update = this.db.prepare("UPDATE models SET file_path = ? WHERE version = ?");
-    for (const row of rows) {
-      if (!isAbsolute(row.file_path)) continue;
-      let stored = this.storedPath(row.file_path);
-      if (isAbsolute(stored)) {
-        const parts = row.file_path.split(/[\\/]/);
-        const at = parts.lastIndexOf("models");
-        const tail = at >= 0 ? parts.slice(at) : [];
-        if (tail.length > 1 && isFile(join(this.root, ...tail))) stored = tail.join("/");
-      }
-      if (stored !== row.file_path) update.run(stored, row.version);
-    }
-  }
-
-  /** What the registry records for a model file: relative to the workspace when inside it, else absolute. */
-  private storedPath(file: string): string {
-    const path = resolve(file);
-    const lexical = inside(this.root, path);
-    if (lexical !== null) return lexical;
-    // The workspace or the file may be reached through a symbolic link (/tmp on macOS, a mounted home).
-    const realRoot = realPath(this.root);
-    const realFile = realPath(path);
-    const real = realRoot !== null && realFile !== null ? inside(realRoot, realFile) : null;
-    return real ?? path;
   }
 
   /** Directory for model files and checkpoints. */
@@ -340,7 +345,7 @@ export class ModelRegistry {
           input.trainSamples ?? 0,
           input.validationSamples ?? 0,
           JSON.stringify(input.metrics ?? {}),
-          this.storedPath(input.filePath),
+          storedPathIn(this.root, input.filePath),
           sha256,
           input.templateHash ?? null,
           input.vocabularyHash ?? null,

@@ -26,11 +26,10 @@
  * if (live) console.log(store.lookup(live.version, "baking", "running")?.answers);
  */
 import Database from "better-sqlite3";
-import { randomUUID } from "node:crypto";
-import { existsSync, linkSync, mkdirSync, renameSync, rmSync, statSync } from "node:fs";
 import { hostname } from "node:os";
-import { dirname, join, resolve } from "node:path";
+import { join, resolve } from "node:path";
 import type { Clock } from "../domain/clock.js";
+import { type StoreFileKind, prepareStoreFile, storeFileError } from "../data/store-file.js";
 import { FreshrecError } from "../domain/errors.js";
 import type { History } from "../domain/types.js";
 import { pairKey } from "../domain/types.js";
@@ -88,66 +87,8 @@ export function tableStorePath(workspace: string): string {
   return join(workspace, "tables.sqlite");
 }
 
-/**
- * The table store file cannot be used: not a SQLite database, damaged, or empty. BAD_INPUT (exit 2, like any bad file
- * the user points freshrec at): nothing freshrec does would repair it, and going on would fail later on a raw SQLite
- * error or, for an empty file, silently start a new empty store where the tables and the live pointer were.
- */
-export class TableStoreFileError extends FreshrecError {
-  override name = "TableStoreFileError";
-  constructor(
-    readonly file: string,
-    problem: string,
-    options?: { cause?: unknown },
-  ) {
-    super("BAD_INPUT", `tables: ${file} ${problem}; restore it from a backup, or move it aside to start an empty table store`, options);
-  }
-}
-
-/** SQLite's answer for a file that is not a database, or one whose pages do not read back as written. */
-function isDamagedFile(error: unknown): boolean {
-  const code = (error as { code?: unknown })?.code;
-  return typeof code === "string" && (code === "SQLITE_NOTADB" || code.startsWith("SQLITE_CORRUPT"));
-}
-
-/** Errors of opening `file` named by it: a damaged file is a TableStoreFileError, anything else keeps its cause. */
-function openError(file: string, error: unknown): Error {
-  if (error instanceof FreshrecError) return error;
-  const said = (error as Error)?.message ?? String(error);
-  if ((error as { code?: unknown })?.code === "SQLITE_NOTADB") return new TableStoreFileError(file, `is not a SQLite database (${said})`, { cause: error });
-  if (isDamagedFile(error)) return new TableStoreFileError(file, `is damaged (${said})`, { cause: error });
-  return new FreshrecError("INTERNAL", `tables: cannot open ${file}: ${said}`, { cause: error });
-}
-
-/**
- * Creates a missing store file whole: the schema is written to a temporary file which is then linked into place, so
- * the file appears complete or not at all. A 0-byte tables.sqlite is then never one another freshrec process is
- * creating, and opening can refuse it as truncated. When two processes create the file at once, the first link
- * wins and the other's (identical, empty) store is dropped.
- */
-function createStoreFile(file: string, migrate: (db: Database.Database) => void): void {
-  const temp = `${file}.${process.pid}-${randomUUID().slice(0, 8)}.creating`;
-  try {
-    const db = new Database(temp);
-    try {
-      migrate(db);
-    } finally {
-      // Closing checkpoints the WAL into the file, so the linked file holds everything.
-      db.close();
-    }
-    try {
-      linkSync(temp, file);
-    } catch (error) {
-      const code = (error as NodeJS.ErrnoException).code;
-      if (code === "EEXIST") return;
-      // A file system without hard links: a rename is atomic too, only not exclusive (a race is not refused).
-      if (code === "EPERM" || code === "ENOTSUP" || code === "EOPNOTSUPP" || code === "ENOSYS") renameSync(temp, file);
-      else throw error;
-    }
-  } finally {
-    for (const leftover of [temp, `${temp}-wal`, `${temp}-shm`]) rmSync(leftover, { force: true });
-  }
-}
+/** How the table store's file errors name it (src/data/store-file.ts). */
+const TABLE_STORE_FILE: StoreFileKind = { store: "tables", startsOver: "an empty table store" };
 
 export function versionId(seq: number): string {
   return `t${String(seq).padStart(6, "0")}`;
@@ -301,19 +242,7 @@ export class SqliteTableStore implements TableStore {
     }
     // Each ":memory:" connection is its own database, so each gets its own key for the open-build registry.
     this.file = file === ":memory:" ? `:memory:${++memoryStores}` : resolve(file);
-    if (file !== ":memory:") {
-      mkdirSync(dirname(file), { recursive: true });
-      if (!existsSync(file)) {
-        try {
-          createStoreFile(file, (db) => SqliteTableStore.migrate(db, this.file));
-        } catch (error) {
-          throw openError(this.file, error);
-        }
-      } else if (statSync(file).size === 0) {
-        // SQLite would take an empty file for a new database; freshrec never leaves one (createStoreFile).
-        throw new TableStoreFileError(this.file, "is empty (0 bytes): it was truncated or replaced, and holds no tables");
-      }
-    }
+    if (file !== ":memory:") prepareStoreFile(this.file, TABLE_STORE_FILE, (db) => SqliteTableStore.migrate(db, this.file));
     let db: Database.Database | null = null;
     try {
       db = new Database(file, { timeout: options.busyTimeoutMs ?? 5000 });
@@ -323,7 +252,7 @@ export class SqliteTableStore implements TableStore {
       if (options.recoverOnOpen ?? true) this.recoverStale();
     } catch (error) {
       db?.close();
-      throw openError(this.file, error);
+      throw storeFileError(TABLE_STORE_FILE, this.file, error);
     }
   }
 

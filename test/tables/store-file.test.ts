@@ -9,7 +9,8 @@ import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { VirtualClock } from "../../src/domain/clock.js";
 import { FreshrecError } from "../../src/domain/errors.js";
-import { SqliteTableStore, TableStoreFileError, tableStorePath } from "../../src/tables/sqlite-store.js";
+import { StoreFileError } from "../../src/data/store-file.js";
+import { SqliteTableStore, tableStorePath } from "../../src/tables/sqlite-store.js";
 import { STATS, clusterNames, tableRows } from "./fixtures/rows.js";
 
 const dir = mkdtempSync(join(tmpdir(), "freshrec-store-file-"));
@@ -18,12 +19,12 @@ let files = 0;
 const nextWorkspace = () => join(dir, `ws-${++files}`);
 const clock = new VirtualClock(Date.UTC(2025, 2, 1));
 
-function refusal(file: string): TableStoreFileError {
+function refusal(file: string): StoreFileError {
   try {
     SqliteTableStore.open(file, clock).close();
   } catch (error) {
-    expect(error).toBeInstanceOf(TableStoreFileError);
-    return error as TableStoreFileError;
+    expect(error).toBeInstanceOf(StoreFileError);
+    return error as StoreFileError;
   }
   throw new Error(`${file} was opened`);
 }

@@ -7,9 +7,10 @@
  * const store = SqliteScheduleStore.open(scheduleStorePath(".freshrec"));
  * const scheduler = new Scheduler({ jobs, store, clock: new SystemClock() });
  */
-import { mkdirSync } from "node:fs";
-import { dirname, join } from "node:path";
+import { join, resolve } from "node:path";
 import Database from "better-sqlite3";
+import { type StoreFileKind, openStoreFile } from "../../data/store-file.js";
+import { FreshrecError } from "../../domain/errors.js";
 import { ScheduleStoreError } from "./errors.js";
 import type { RunEnd, RunQuery, RunStart, ScheduleStore } from "./store.js";
 import { ZERO_COUNTERS, type JobCounters, type JobState, type RunRecord } from "./types.js";
@@ -49,6 +50,20 @@ CREATE TABLE IF NOT EXISTS schedule_jobs (
 );
 `;
 
+/** How the schedule store's file errors name it (src/data/store-file.ts). */
+const SCHEDULE_STORE: StoreFileKind = { store: "schedule", startsOver: "an empty schedule store (job cursors, pauses and run history start over)" };
+
+function migrate(db: Database.Database): void {
+  // WAL, so `schedule status` reads while `schedule run` writes (an in-memory database keeps its own journal).
+  if (db.name !== ":memory:") db.pragma("journal_mode = WAL");
+  const version = db.pragma("user_version", { simple: true }) as number;
+  if (version > SCHEMA_VERSION) {
+    throw new Error(`schema version ${version} is newer than this freshrec understands (${SCHEMA_VERSION})`);
+  }
+  db.exec(SCHEMA);
+  db.pragma(`user_version = ${SCHEMA_VERSION}`);
+}
+
 interface RunRow {
   id: number;
   job: string;
@@ -77,24 +92,26 @@ interface JobRow {
 export class SqliteScheduleStore implements ScheduleStore {
   private constructor(private readonly db: Database.Database) {}
 
-  /** Opens (creating if needed) the store at `path`; ":memory:" gives a private in-memory database. */
+  /**
+   * Opens (creating if needed) the store at `path`; ":memory:" gives a private in-memory database. A file that is
+   * empty, damaged or not a SQLite database is refused (StoreFileError, BAD_INPUT), never replaced by an empty store.
+   */
   static open(path: string): SqliteScheduleStore {
+    const file = path === ":memory:" ? path : resolve(path);
     let db: Database.Database | undefined;
     try {
-      if (path !== ":memory:") mkdirSync(dirname(path), { recursive: true });
-      db = new Database(path);
-      if (path !== ":memory:") db.pragma("journal_mode = WAL");
-      // Another process (status, resume) may hold the write lock for a moment.
-      db.pragma("busy_timeout = 5000");
-      const version = db.pragma("user_version", { simple: true }) as number;
-      if (version > SCHEMA_VERSION) {
-        throw new Error(`schema version ${version} is newer than this freshrec understands (${SCHEMA_VERSION})`);
+      if (file !== ":memory:") {
+        // Another process (status, resume) may hold the write lock for a moment: timeout.
+        db = openStoreFile(file, SCHEDULE_STORE, migrate, { timeout: 5000 });
+      } else {
+        db = new Database(file);
+        migrate(db);
       }
-      db.exec(SCHEMA);
-      db.pragma(`user_version = ${SCHEMA_VERSION}`);
     } catch (error) {
       db?.close();
-      throw new ScheduleStoreError(`cannot open the schedule store ${path}: ${String(error)}`, "open", { cause: error });
+      // A file's own problems, and failures openStoreFile names by the file, as they are.
+      if (error instanceof FreshrecError) throw error;
+      throw new ScheduleStoreError(`cannot open the schedule store ${file}: ${String(error)}`, "open", { cause: error });
     }
     return new SqliteScheduleStore(db);
   }
