@@ -28,8 +28,13 @@ export async function segmentLabels(
   options: MiningOptions = {},
 ): Promise<SegmentName[][]> {
   if (transitions.length === 0) return [];
-  const first = Math.min(...transitions.map((t) => t.ts));
-  const last = Math.max(...transitions.map((t) => t.ts));
+  // A loop, not Math.min(...): a replay scores hundreds of thousands of transitions, past the argument limit.
+  let first = Number.POSITIVE_INFINITY;
+  let last = Number.NEGATIVE_INFINITY;
+  for (const t of transitions) {
+    if (t.ts < first) first = t.ts;
+    if (t.ts > last) last = t.ts;
+  }
   const dayOf = (ts: number) => Math.floor(ts / DAY_MS) * DAY_MS;
   const log = await EvidenceLog.load(events, { from: dayOf(first) - SEGMENT_EVIDENCE_DAYS * DAY_MS, to: dayOf(last) + DAY_MS }, clusters, options);
   const index = new Map(clusters.map((c, i) => [c, i]));
