@@ -101,7 +101,8 @@ export const configSchema = z
     finetune: z
       .object({
         windowDays: positiveInt().default(90).describe("Days of events before the as-of time that fine-tuning samples come from."),
-        testDays: positiveInt().default(14).describe("The most recent days of that window, held out for test recall and never trained on."),
+        testDays: positiveInt().default(14).describe("The longest test slice: the most recent days of that window, held out for test recall and never trained on."),
+        testUsers: positiveInt().default(1000).describe("Held-out users that make the test slice long enough: it is the shortest of 1, 2, 4... days (up to testDays) holding them, so a fine-tune on a busy platform learns up to the day before it."),
         trigger: z
           .enum(["schedule", "drift"])
           .default("schedule")
@@ -120,6 +121,12 @@ export const configSchema = z
         keepCheckpoints: z.boolean().default(false).describe("Keep a fine-tune's per-epoch checkpoints (<model>.checkpoints/) after it ends; by default they are removed (nothing resumes from them)."),
         minExactMatchRate: z.number().min(0).max(1).default(0.9).describe("Gate: share of generated answers that exactly name a cluster."),
         minTestRecall: z.number().min(0).max(1).default(0.015).describe("Gate: share of held-out users whose predicted cluster appears in their later clusters."),
+        maxRegression: z
+          .number()
+          .min(0)
+          .max(1)
+          .default(0.02)
+          .describe("Regression gate: largest drop of the candidate's test recall below the live model's on the same test slice (absolute, 0.02 = 2 points); the 95% bootstrap interval over users is recorded with it. 1 turns the gate off."),
       })
       .strict()
       .prefault({}),

@@ -17,7 +17,7 @@ import { FreshrecError } from "../domain/errors.js";
 import { copyFileSync, existsSync, mkdirSync } from "node:fs";
 import { dirname, extname, join } from "node:path";
 import { measureGates } from "../update/finetune.js";
-import type { GateResult } from "../update/gates.js";
+import type { GateOptions, GateResult } from "../update/gates.js";
 import { DAY_MS } from "../domain/clock.js";
 import type { TimeWindow } from "../domain/types.js";
 import type { SqliteTableStore } from "../tables/index.js";
@@ -35,6 +35,7 @@ export function loopSettings(config: FreshrecConfig, positiveMin: number | null)
     curation: {
       windowDays: f.windowDays,
       testDays: f.testDays,
+      testUsers: f.testUsers,
       minTestUsers: f.minTestUsers,
       maxSamples: f.maxSamples,
       maxPerPair: f.maxPerPair,
@@ -43,12 +44,18 @@ export function loopSettings(config: FreshrecConfig, positiveMin: number | null)
       contextShare: f.contextShare,
       contextPeriod: f.contextPeriod,
     },
-    gates: { minExactMatchRate: f.minExactMatchRate, minTestRecall: f.minTestRecall },
+    gates: gateOptions(config),
     drift: f.trigger === "drift" ? { minGain: f.driftMinGain, minDays: f.driftMinDays } : null,
     training: { epochs: f.epochs, learningRate: f.learningRate ?? undefined, keepCheckpoints: f.keepCheckpoints },
     tables: config.tables,
     positiveMin,
   };
+}
+
+/** The gates' thresholds from the config's `finetune` section. */
+export function gateOptions(config: FreshrecConfig): GateOptions {
+  const f = config.finetune;
+  return { minExactMatchRate: f.minExactMatchRate, minTestRecall: f.minTestRecall, maxRegression: f.maxRegression };
 }
 
 /**
@@ -115,8 +122,7 @@ export async function trainBaseModel(
   if (options.heldOut) {
     const test = await futureExamples(events, { from: split, to: asOf }, { positiveMin });
     if (test.length > 0) {
-      const f = ctx.config.finetune;
-      gates = await measureGates(await EmbeddedLanguageModel.open(result.modelPath), { test }, { gates: { minExactMatchRate: f.minExactMatchRate, minTestRecall: f.minTestRecall }, signal: ctx.signal });
+      gates = await measureGates(await EmbeddedLanguageModel.open(result.modelPath), { test }, { gates: gateOptions(ctx.config), signal: ctx.signal });
     }
   }
   return { result, window, gates };

@@ -4,8 +4,9 @@
  * tail), and a time-based split whose test slice is the most recent part of the window and is never trained on.
  *
  * The rule, with its defaults:
- * 1. Window [asOf - windowDays, asOf) (90 days); the last `testDays` (14) are the test slice, doubled back while
- *    it holds fewer than `minTestUsers` held-out users (at most half the window).
+ * 1. Window [asOf - windowDays, asOf) (90 days); the test slice is its most recent part: the shortest of 1, 2, 4...
+ *    days up to `testDays` (14) holding `testUsers` (1000) held-out users, doubled back beyond testDays while it holds
+ *    fewer than `minTestUsers` (5; at most half the window).
  * 2. Each triple of the training part contributes one sample per distinct user, at most `maxPerTriple` (8).
  * 3. Samples are visited in a seeded shuffle (deterministic for an as-of time) and kept while their pair has fewer
  *    than `maxPerPair` (24) and their target fewer than `maxPerTarget` (a share, 4%, of `maxSamples`) samples,
@@ -36,6 +37,8 @@ export interface CurationOptions extends MiningOptions {
   readonly windowDays?: number;
   /** @defaultValue 14 */
   readonly testDays?: number;
+  /** Held-out users that make a test slice long enough: the slice is the shortest (1, 2, 4... days) holding them. @defaultValue 1000 */
+  readonly testUsers?: number;
   /**
    * Held-out users the test slice needs: with fewer (a sparse log, or one whose timestamps are coarse, such as all
    * events of a month stamped on its first day), the slice doubles back in time until it has them, at most half
@@ -64,7 +67,7 @@ export interface CurationOptions extends MiningOptions {
   readonly contextPeriod?: "previous" | "same";
 }
 
-export const CURATION_DEFAULTS = { windowDays: 90, testDays: 14, minTestUsers: 5, maxSamples: 6000, maxPerPair: 24, maxTargetShare: 0.04, maxPerTriple: 8, contextShare: 0.5 } as const;
+export const CURATION_DEFAULTS = { windowDays: 90, testDays: 14, testUsers: 1000, minTestUsers: 5, maxSamples: 6000, maxPerPair: 24, maxTargetShare: 0.04, maxPerTriple: 8, contextShare: 0.5 } as const;
 
 export interface FineTuningSet {
   readonly asOf: number;
@@ -86,9 +89,16 @@ export async function curateFineTuningSet(store: EventStore, asOf: number, optio
     throw new BadInputError(`finetune curation: testDays (${o.testDays}) must be positive and below windowDays (${o.windowDays})`);
   }
   const mining = { positiveMin: o.positiveMin ?? null };
-  // The test slice is sized by evidence, not only by days: an empty slice would halt every fine-tune on its recall.
-  let testDays = o.testDays;
+  // The test slice is sized by evidence, not only by days. Every day it holds is a day the candidate never trains
+  // on, so it is the shortest of 1, 2, 4... days (up to testDays) that holds `testUsers` held-out users: on a busy
+  // platform a day measures recall well, and the fine-tune learns up to the day before. An empty slice would halt
+  // every fine-tune on its recall: below `minTestUsers` it doubles back beyond testDays.
+  let testDays = Math.min(1, o.testDays);
   let test = await futureExamples(store, { from: asOf - testDays * DAY_MS, to: asOf }, mining);
+  while (test.length < o.testUsers && testDays < o.testDays) {
+    testDays = Math.min(testDays * 2, o.testDays);
+    test = await futureExamples(store, { from: asOf - testDays * DAY_MS, to: asOf }, mining);
+  }
   while (test.length < o.minTestUsers && testDays * 2 <= o.windowDays / 2) {
     testDays *= 2;
     test = await futureExamples(store, { from: asOf - testDays * DAY_MS, to: asOf }, mining);
