@@ -26,6 +26,20 @@ export interface LanguageModelInfo {
   readonly templateHash: string;
   /** Hash of the vocabulary, when the backend has its own (embedded models). */
   readonly vocabularyHash?: string;
+  /**
+   * How `generate` answers. "constrained": the answer is a cluster by construction (an argmax over cluster tokens, a
+   * grammar or a JSON-schema enum of the descriptions), so the exact-match gate cannot fail and is not measured.
+   * "free-text": the model writes text that names a cluster only if it matches a description exactly; the gate
+   * measures it. Absent is treated as free text (measured).
+   */
+  readonly answers?: AnswerConstraint;
+}
+
+/** What constrains a model's generated answers (`LanguageModelInfo.answers`). */
+export interface AnswerConstraint {
+  readonly kind: "constrained" | "free-text";
+  /** How, in words: what constrains the answer, or how free text is mapped to a cluster. */
+  readonly how: string;
 }
 
 /** One constrained generation: the text the model produced and the cluster it names, if any. */

@@ -1,7 +1,9 @@
 /**
  * The fine-tuning job (the slow path, monthly by default): curate samples from the fine-tuning window, continue
- * training the live model (or the base model), register the candidate, then run the paper's gates. Pass: the
- * candidate goes live. Fail: it is `halted`, the previous model stays live, and `freshrec review` decides.
+ * training the live model (or the base model), register the candidate, then run the gates (gates.ts: exact-match and
+ * test recall from the paper, and a regression gate against the live model on the same test slice). Pass: the
+ * candidate goes live. Fail: it is `halted` with the failed gates and their numbers in its record, the previous model
+ * stays live, and `freshrec review` shows why and decides.
  *
  * @example
  * const outcome = await runFinetune(asOf, { events, registry, trainer, openModel, clusters, modelsDir });
@@ -14,7 +16,7 @@ import { remembered } from "../domain/memo.js";
 import type { LanguageModel, TrainOptions, Trainer, TrainResult } from "../llm/contracts.js";
 import { fileSha256 } from "../llm/registry.js";
 import { curateFineTuningSet, type CurationOptions, type FineTuningSet } from "./curation.js";
-import { evaluateGates, type GateOptions, type GateResult } from "./gates.js";
+import { evaluateGates, type ExactMatchEvidence, type GateOptions, type GateResult, type LivePredictions } from "./gates.js";
 
 /** The model versions the job reads and writes: what it needs of the model registry. */
 export interface FinetuneRegistry {
@@ -75,9 +77,20 @@ export class FinetuneMemo {
     return remembered(this.sets, JSON.stringify([asOf, options]), () => curateFineTuningSet(this.events, asOf, options));
   }
 
-  /** The gates of the model at `modelPath` on the set of `asOf` and `curation`; `measure` runs them when new. */
-  async gate(modelPath: string, asOf: number, curation: CurationOptions, options: Pick<FinetuneOptions, "gates" | "generationProbes">, measure: () => Promise<GateResult>): Promise<GateResult> {
-    const key = JSON.stringify([await fileSha256(modelPath), asOf, curation, options.gates ?? {}, options.generationProbes ?? null]);
+  /**
+   * The gates of the model at `modelPath` on the set of `asOf` and `curation`, compared with the live model at
+   * `livePath` (the regression gate; null when nothing is live); `measure` runs them when new.
+   */
+  async gate(
+    modelPath: string,
+    livePath: string | null,
+    asOf: number,
+    curation: CurationOptions,
+    options: Pick<FinetuneOptions, "gates" | "generationProbes">,
+    measure: () => Promise<GateResult>,
+  ): Promise<GateResult> {
+    const live = livePath === null ? null : await fileSha256(livePath);
+    const key = JSON.stringify([await fileSha256(modelPath), live, asOf, curation, options.gates ?? {}, options.generationProbes ?? null]);
     return remembered(this.gates, key, measure);
   }
 
@@ -114,8 +127,10 @@ export async function runFinetune(asOf: number, options: FinetuneOptions): Promi
     signal: options.signal,
     onProgress: options.onProgress,
   });
-  const measure = async () => measureGates(await options.openModel(training.modelPath), set, options);
-  const gates = await (options.memo ? options.memo.gate(training.modelPath, asOf, options.curation ?? {}, options, measure) : measure());
+  // The regression gate scores the live model on the same held-out users as the candidate.
+  const live = parent ? { version: parent.version, open: () => options.openModel(parent.path) } : null;
+  const measure = async () => measureGates(await options.openModel(training.modelPath), set, options, live);
+  const gates = await (options.memo ? options.memo.gate(training.modelPath, parent?.path ?? null, asOf, options.curation ?? {}, options, measure) : measure());
   const metrics = { ...gates, bestEpoch: training.bestEpoch, trainTokens: training.trainTokens };
   const version = await options.registry.registerCandidate({
     parent: parent?.version ?? null,
@@ -147,18 +162,40 @@ export async function runFinetune(asOf: number, options: FinetuneOptions): Promi
 }
 
 /**
- * The gates on a candidate: test recall from its top-1 answer for each held-out history, exact-match rate from
- * constrained generations on a sample of those histories.
+ * The gates on a candidate: test recall from its top-1 answer for each held-out history; the exact-match rate from
+ * generations on a sample of those histories when the model answers in free text (constrained answers are clusters
+ * by construction: reported, not measured); with `live`, the live model's test recall on the same histories for the
+ * regression gate. Closes the models it is given or opens.
  */
-export async function measureGates(model: LanguageModel, set: Pick<FineTuningSet, "test">, options: Pick<FinetuneOptions, "gates" | "generationProbes" | "signal">): Promise<GateResult> {
+export async function measureGates(
+  model: LanguageModel,
+  set: Pick<FineTuningSet, "test">,
+  options: Pick<FinetuneOptions, "gates" | "generationProbes" | "signal">,
+  live: { readonly version: string; readonly open: () => Promise<LanguageModel> } | null = null,
+): Promise<GateResult> {
   try {
     const prompts = set.test.map((e) => ({ history: { c1: e.c1, c2: e.c2 } }));
-    const ranked = prompts.length ? await model.score(prompts, 1, options.signal) : [];
-    const predictions = ranked.map((r) => r[0]?.cluster ?? null);
-    const probes = prompts.slice(0, options.generationProbes ?? 200);
-    const generated: (string | null)[] = [];
-    for (const p of probes) generated.push((await model.generate(p, options.signal)).cluster);
-    return evaluateGates(generated, set.test, predictions, options.gates);
+    const top1 = async (m: LanguageModel) => (prompts.length ? await m.score(prompts, 1, options.signal) : []).map((r) => r[0]?.cluster ?? null);
+    const predictions = await top1(model);
+    let generated: ExactMatchEvidence;
+    const answers = model.info.answers;
+    if (answers?.kind === "constrained") generated = { byConstruction: answers.how };
+    else {
+      const probes = prompts.slice(0, options.generationProbes ?? 200);
+      const measured: (string | null)[] = [];
+      for (const p of probes) measured.push((await model.generate(p, options.signal)).cluster);
+      generated = measured;
+    }
+    let livePredictions: LivePredictions | null = null;
+    if (live) {
+      const liveModel = await live.open();
+      try {
+        livePredictions = { version: live.version, predictions: await top1(liveModel) };
+      } finally {
+        await liveModel.close();
+      }
+    }
+    return evaluateGates(generated, set.test, predictions, options.gates, livePredictions);
   } finally {
     await model.close();
   }

@@ -26,6 +26,9 @@ export function languageModelConformance(name: string, open: () => Promise<Confo
       const { info } = fixture.model;
       expect(info.clusters.length).toBeGreaterThanOrEqual(4);
       expect(info.templateHash).toMatch(/^[0-9a-f]{16}$/);
+      // Whether generated answers can miss every cluster decides whether the exact-match gate can bite.
+      expect(info.answers?.kind).toMatch(/^(constrained|free-text)$/);
+      expect(info.answers?.how).toBeTruthy();
     });
 
     it("ranks allowed answers best first, top-n, probabilities in (0, 1] summing to at most 1", async () => {

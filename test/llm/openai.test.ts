@@ -6,6 +6,7 @@ import { MissingApiKeyError, OpenAiLanguageModel, type OpenAiModelOptions } from
 import { OpenAiTrainer } from "../../src/llm/backends/openai-trainer.js";
 import type { TrainingEvent } from "../../src/llm/contracts.js";
 import { startLlmServer, type RunningLlmServer } from "../../src/llm/openai-server.js";
+import { measureGates } from "../../src/update/finetune.js";
 import { evaluateGates } from "../../src/update/gates.js";
 import { languageModelConformance } from "./conformance.js";
 import { CLUSTERS, tempWorkspace, toySamples } from "./fixtures.js";
@@ -117,6 +118,18 @@ describe("openai backend", () => {
     // Constrained answers always name a cluster.
     const constrained = await openModel();
     for (const p of prompts.slice(0, 4)) expect((await constrained.generate(p)).cluster).not.toBeNull();
+    // So the fine-tuning gates measure exact-match on free text only (where it can bite) and report the
+    // constrained modes as by construction.
+    expect(model.info.answers?.kind).toBe("free-text");
+    expect(constrained.info.answers?.kind).toBe("constrained");
+    expect((await openModel({ answer: "guided_choice" })).info.answers?.kind).toBe("constrained");
+    const test = prompts.map((p, k) => ({ userId: `u${k}`, ...p.history, later: [] }));
+    const measured = await measureGates(await openModel({ answer: "text", temperature: 1.5, seed: 11 }), { test }, {});
+    expect(measured.exactMatch).toMatchObject({ basis: "measured", probes: prompts.length });
+    expect(measured.checks[0]).toMatchObject({ gate: "exact-match", canBite: true });
+    const byConstruction = await measureGates(await openModel(), { test }, {});
+    expect(byConstruction.exactMatch).toMatchObject({ basis: "by construction", probes: 0 });
+    expect(byConstruction.checks[0]).toMatchObject({ gate: "exact-match", canBite: false, passed: true });
   });
 
   it("retries 429 and 5xx answers with backoff (a real loopback server that is overloaded twice)", async () => {

@@ -72,7 +72,10 @@ describe("fine-tuning memo", () => {
 
     // Side by side, as two strategies of a replay: one training, one curation, one gate measurement.
     const [a, b] = await Promise.all([finetuneIn("a", { memo, trainer }), finetuneIn("b", { memo, trainer })]);
-    expect(opened).toHaveLength(1);
+    // The candidate, and the live model it is compared with on the same test slice (the regression gate).
+    expect(opened).toHaveLength(2);
+    expect(opened[1]).toBe(start.modelPath);
+    expect(a.gates.regression).toMatchObject({ live: "m000001", users: a.set.testExamples });
     // Both loops asked for one key each: one curated set, one gate measurement.
     expect(memo.size).toEqual({ sets: 1, gates: 1 });
     expect(b.gates).toEqual(a.gates);
@@ -80,12 +83,12 @@ describe("fine-tuning memo", () => {
     expect([a.training.reused, b.training.reused].filter(Boolean)).toHaveLength(1);
     // A third, later: the set and gates come from the memo, no model is opened.
     const c = await finetuneIn("c", { memo, trainer });
-    expect(opened).toHaveLength(1);
+    expect(opened).toHaveLength(2);
     expect(memo.size).toEqual({ sets: 1, gates: 1 });
     expect(c.gates).toEqual(a.gates);
     // Without the memo (and with a training cache of its own): trained, curated and gated afresh, the same outcome.
     const alone = await finetuneIn("alone", { trainer: new CachingTrainer(new EmbeddedTrainer(), join(dir, "training-cache-2"), "embedded") });
-    expect(opened).toHaveLength(2);
+    expect(opened).toHaveLength(4);
     expect(alone.gates).toEqual(a.gates);
     expect(alone.set).toEqual(a.set);
     expect(alone.trainTokens).toBe(a.trainTokens);

@@ -5,6 +5,7 @@
 import type { Command } from "commander";
 import { BadInputError } from "../../domain/errors.js";
 import { ModelRegistry, type ModelVersion } from "../../llm/registry.js";
+import { gateReportLines, type GateResult } from "../../update/gates.js";
 import { finetuneOutcome } from "../../update/loop.js";
 import { deliveredModel, openLoop, registerConfiguredBase, resolveAsOf, trainBaseModel } from "../loop-context.js";
 import { action, positiveInt } from "../run.js";
@@ -15,6 +16,40 @@ import { modelView, statusChangeView, windowView } from "../../serving/views.js"
 function modelLine(m: ModelVersion): string {
   const window = m.window ? `data ${iso(m.window.from).slice(0, 10)}..${iso(m.window.to).slice(0, 10)}` : "data -";
   return `${m.version}  ${m.status.padEnd(9)} ${m.kind.padEnd(10)} parent ${m.parent ?? "-"}  ${window}  ${m.trainSamples} samples  ${iso(m.createdAt).slice(0, 16)}`;
+}
+
+/**
+ * What a reviewer needs about a model: why it was halted (the failed gates and their numbers, as recorded when it
+ * was), every gate with whether it could have failed, and its status history.
+ */
+function reviewRecord(registry: ModelRegistry, model: ModelVersion): { json: Record<string, unknown>; text: string } {
+  const history = registry.history(model.version);
+  const halt = [...history].reverse().find((c) => c.to === "halted") ?? null;
+  const m = model.metrics as Partial<GateResult>;
+  // Records written before the gate report existed carry the two rates and the reasons only.
+  const gates =
+    m.testRecall === undefined
+      ? null
+      : {
+          passed: m.passed ?? null,
+          reasons: m.reasons ?? [],
+          checks: m.checks ?? null,
+          exactMatch: m.exactMatch ?? null,
+          regression: m.regression ?? null,
+          exactMatchRate: m.exactMatchRate ?? null,
+          testRecall: m.testRecall,
+          testExamples: m.testExamples ?? null,
+        };
+  const lines = [modelLine(model)];
+  if (halt) lines.push(`  halted ${iso(halt.at).slice(0, 16)}: ${halt.reason}`);
+  if (gates?.checks) lines.push("  gates:", ...gateReportLines({ checks: gates.checks }).map((l) => `    ${l}`));
+  else if (gates) lines.push(`  gates: exact-match ${gates.exactMatchRate === null ? "-" : pct(gates.exactMatchRate)}, test recall ${pct(gates.testRecall)}${gates.reasons.length ? `; failed: ${gates.reasons.join("; ")}` : ""}`);
+  else lines.push("  no gate measurements recorded");
+  if (model.status === "halted" || model.status === "candidate") lines.push(`  decide with: freshrec review approve|reject ${model.version} --reason TEXT`);
+  return {
+    json: { model: modelView(model), haltedBecause: halt?.reason ?? null, gates, history: history.map(statusChangeView) },
+    text: lines.join("\n"),
+  };
 }
 
 export function registerModels(program: Command): void {
@@ -51,7 +86,7 @@ export function registerModels(program: Command): void {
                   : "")
               : "  no held-out transitions: nothing to compare",
             ...(gates
-              ? [`  gates on the held-out days: exact-match ${pct(gates.exactMatchRate)}, test recall ${pct(gates.testRecall)} on ${gates.testExamples} histories: ${gates.passed ? "would pass" : `would fail (${gates.reasons.join("; ")})`}`]
+              ? [`  gates on the held-out days: exact-match ${gates.exactMatch.basis === "by construction" ? "by construction" : pct(gates.exactMatchRate)}, test recall ${pct(gates.testRecall)} on ${gates.testExamples} histories: ${gates.passed ? "would pass" : `would fail (${gates.reasons.join("; ")})`}`]
               : []),
           ].join("\n");
           return { json: { ...result, gates, asOf: iso(asOf), window: windowView(window) }, text };
@@ -81,9 +116,8 @@ export function registerModels(program: Command): void {
             opts.model === undefined
               ? `  trained on ${result.set.trainSamples} curated samples of ${iso(result.set.trainWindow.from).slice(0, 10)}..${iso(result.set.trainWindow.to).slice(0, 10)} (${result.set.available} available), ${result.trainTokens} tokens, ${result.seconds.toFixed(1)} s`
               : `  delivered model ${opts.model} (not trained here), gated on the test slice of ${iso(result.set.testWindow.from).slice(0, 10)}..${iso(result.set.testWindow.to).slice(0, 10)}, ${result.seconds.toFixed(1)} s`,
-            `  exact-match rate ${pct(g.exactMatchRate)} (gate ${pct(ctx.config.finetune.minExactMatchRate)}), test recall ${pct(g.testRecall)} on ${g.testExamples} test histories (gate ${pct(ctx.config.finetune.minTestRecall)})`,
-            ...g.reasons.map((r) => `  gate failed: ${r}`),
-            ...(result.status === "halted" ? [`  decide with: freshrec review approve|reject ${result.modelVersion} --reason TEXT`] : []),
+            ...gateReportLines(g).map((line) => `  ${line}`),
+            ...(result.status === "halted" ? [`  see why with: freshrec review show ${result.modelVersion}; decide with: freshrec review approve|reject ${result.modelVersion} --reason TEXT`] : []),
           ].join("\n");
           const set = { ...result.set, trainWindow: windowView(result.set.trainWindow), testWindow: windowView(result.set.testWindow) };
           return { json: { ...result, set, outcome: finetuneOutcome(result).status }, text, exitCode: result.status === "live" ? 0 : 1 };
@@ -94,27 +128,46 @@ export function registerModels(program: Command): void {
     );
 
   program
-    .command("review <decision> <version>")
-    .description("decide on a halted (or candidate) model: approve makes it live, reject retires it for good")
-    .requiredOption("--reason <text>", "why (recorded with the time)")
-    .addHelpText("after", "\nExamples:\n  freshrec review approve m000003 --reason \"recall dip explained by a holiday week\"\n  freshrec review reject m000003 --reason \"answers off-list\"")
+    .command("review [decision] [version]")
+    .description("see why models were halted (no arguments: every model awaiting review; show VERSION: one), then approve (make it live) or reject (retire it for good)")
+    .option("--reason <text>", "why (required to approve or reject; recorded with the time)")
+    .addHelpText(
+      "after",
+      '\nExamples:\n  freshrec review\n  freshrec review show m000003\n  freshrec review approve m000003 --reason "recall dip explained by a holiday week"\n  freshrec review reject m000003 --reason "answers off-list"',
+    )
     .action(
       action(async (ctx, command) => {
-        const [decision, version] = command.args;
-        const { reason } = command.opts<{ reason: string }>();
-        if (decision !== "approve" && decision !== "reject") throw new BadInputError(`decision must be approve or reject, got ${JSON.stringify(decision)}`);
-        if (reason.trim() === "") throw new BadInputError("--reason must not be empty");
+        const [decision, version] = command.args as (string | undefined)[];
+        const { reason } = command.opts<{ reason?: string }>();
         const registry = new ModelRegistry(ctx.paths.root, ctx.clock);
         try {
+          if (decision === undefined) {
+            const waiting = registry.list().filter((m) => m.status === "halted" || m.status === "candidate");
+            const records = waiting.map((m) => reviewRecord(registry, m));
+            return {
+              json: { models: records.map((r) => r.json) },
+              text: records.length ? records.map((r) => r.text).join("\n\n") : "no model awaits review (none is halted or a candidate)",
+            };
+          }
+          if (decision !== "approve" && decision !== "reject" && decision !== "show") {
+            throw new BadInputError(`decision must be show, approve or reject, got ${JSON.stringify(decision)}`);
+          }
+          if (version === undefined) throw new BadInputError(`review ${decision} needs a model VERSION (see freshrec review or freshrec models list)`);
           const model = registry.get(version);
           if (!model) throw new BadInputError(`unknown model version ${JSON.stringify(version)} (see freshrec models list)`);
+          if (decision === "show") {
+            const record = reviewRecord(registry, model);
+            return { json: record.json, text: record.text };
+          }
+          if (reason === undefined || reason.trim() === "") throw new BadInputError("--reason must not be empty: say why you approve or reject");
           if (model.status !== "halted" && model.status !== "candidate") {
             throw new BadInputError(`${version} is ${model.status}: only halted or candidate models are reviewed`);
           }
+          const before = reviewRecord(registry, model);
           const decided = decision === "approve" ? registry.makeLive(version, `approved: ${reason}`) : registry.setStatus(version, "rejected", `rejected: ${reason}`);
           const change = registry.history(version).at(-1)!;
           return {
-            json: { model: modelView(decided), change: statusChangeView(change) },
+            json: { model: modelView(decided), change: statusChangeView(change), haltedBecause: before.json.haltedBecause, gates: before.json.gates },
             text: `${version} is now ${decided.status} (${change.reason}, ${iso(change.at)})`,
           };
         } finally {

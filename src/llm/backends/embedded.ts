@@ -37,6 +37,7 @@ export class EmbeddedLanguageModel implements LanguageModel {
       clusters: file.clusters,
       templateHash: file.templateHash,
       vocabularyHash: file.vocabularyHash,
+      answers: { kind: "constrained", how: "the answer is the most probable cluster token" },
     };
   }
 

@@ -89,6 +89,7 @@ export class GgufLanguageModel implements LanguageModel {
       source: `${options.modelPath}${adapters}`,
       clusters: [...options.clusters],
       templateHash: PROMPT_TEMPLATE_HASH,
+      answers: { kind: "constrained", how: "generation under a grammar that admits only the cluster descriptions" },
       ranking: {
         method: "full-answer",
         exact: true,

@@ -69,7 +69,7 @@ import OpenAI, { toFile } from "openai";
 import { SystemClock, type Clock } from "../../domain/clock.js";
 import { FreshrecError } from "../../domain/errors.js";
 import type { Cluster, ScoredCluster } from "../../domain/types.js";
-import type { CostEstimate, GeneratedAnswer, LanguageModel, LanguageModelInfo, PromptInput, ScoreOptions } from "../contracts.js";
+import type { AnswerConstraint, CostEstimate, GeneratedAnswer, LanguageModel, LanguageModelInfo, PromptInput, ScoreOptions } from "../contracts.js";
 
 export type { CostEstimate } from "../contracts.js";
 import { PROMPT_TEMPLATE_HASH, renderPrompt } from "../prompt.js";
@@ -77,6 +77,13 @@ import { RequestPacer } from "./request-pacer.js";
 import { ResponseCache } from "./response-cache.js";
 
 export type AnswerMode = "json_schema" | "guided_choice" | "text";
+
+/** What each answer mode does to `generate`'s answers (`info.answers`): only plain text can miss every cluster. */
+const ANSWER_CONSTRAINTS: Readonly<Record<AnswerMode, AnswerConstraint>> = {
+  json_schema: { kind: "constrained", how: "structured output: a JSON schema whose cluster field is an enum of the descriptions" },
+  guided_choice: { kind: "constrained", how: "vLLM guided_choice over the descriptions" },
+  text: { kind: "free-text", how: "plain text, a cluster only when it equals a description exactly" },
+};
 
 export interface OpenAiConnectionOptions {
   /** Base URL with /v1, e.g. http://127.0.0.1:8000/v1. */
@@ -506,6 +513,7 @@ export class OpenAiLanguageModel implements LanguageModel {
       source: `${options.baseURL.replace(/\/+$/, "")}#${this.model}`,
       clusters: [...options.clusters],
       templateHash: PROMPT_TEMPLATE_HASH,
+      answers: ANSWER_CONSTRAINTS[this.mode],
       ranking:
         this.ranking === "echo"
           ? {
