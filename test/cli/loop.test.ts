@@ -51,7 +51,10 @@ describe("the hybrid loop from the CLI", () => {
   };
   const passing = join(ws, "passing.json");
   const halting = join(ws, "halting.json");
+  // The paper's in-prompt RAG, whose table builds are incremental (the default fusion refresh is checked after).
+  const prompted = join(ws, "prompted.json");
   writeFileSync(passing, JSON.stringify(tiny));
+  writeFileSync(prompted, JSON.stringify({ ...tiny, rag: { ...tiny.rag, method: "prompt" } }));
   writeFileSync(halting, JSON.stringify({ ...tiny, finetune: { ...tiny.finetune, minTestRecall: 1 } }));
   const run = (config: string, ...args: string[]) => freshrec(["--workspace", ws, "--config", config, ...args]);
 
@@ -79,34 +82,50 @@ describe("the hybrid loop from the CLI", () => {
     expect(base.json.gates.testExamples).toBeGreaterThan(0);
     expect(base.json.window.to).toBe("2025-03-25T00:00:00.000Z"); // 7 held-out days before the as-of time
 
-    const first = run(passing, "refresh", "--as-of", "2025-04-01");
+    const first = run(prompted, "refresh", "--as-of", "2025-04-01");
     expect(first.status, first.stderr).toBe(0);
     expect(first.json.pairs).toBe(120 * 119);
     expect(first.json.rescored).toBe(first.json.pairs); // nothing to copy from
     expect(first.json.published).toBe(true);
     // Same model, same window: every context is unchanged, so every pair is copied.
-    const again = run(passing, "refresh", "--as-of", "2025-04-01");
+    const again = run(prompted, "refresh", "--as-of", "2025-04-01");
     expect(again.json).toMatchObject({ rescored: 0, copied: first.json.pairs });
-    const full = run(passing, "refresh", "--as-of", "2025-04-01", "--full");
+    const full = run(prompted, "refresh", "--as-of", "2025-04-01", "--full");
     expect(full.json).toMatchObject({ rescored: first.json.pairs, copied: 0 });
     // A dry run of a later refresh says what it would score; the embedded model has no per-token price; nothing is built.
-    const dry = run(passing, "refresh", "--as-of", "2025-04-03", "--dry-run");
+    const dry = run(prompted, "refresh", "--as-of", "2025-04-03", "--dry-run");
     expect(dry.status, dry.stderr).toBe(0);
     expect(dry.json).toMatchObject({ dryRun: true, pairs: first.json.pairs, copiedFrom: full.json.tableVersion, cost: null });
     expect(dry.json.rescore).toBeGreaterThan(0);
     expect(dry.json.rescore + dry.json.copy).toBe(first.json.pairs);
-    expect(run(passing, "tables", "list").json.tables.at(-1).version).toBe(full.json.tableVersion);
+    expect(run(prompted, "tables", "list").json.tables.at(-1).version).toBe(full.json.tableVersion);
 
     // Ctrl-C mid-build: the live table stays live, the partial build is marked failed, a re-run builds cleanly.
-    const stopped = await interrupted(["--workspace", ws, "--config", passing, "refresh", "--as-of", "2025-04-03", "--full"]);
+    const stopped = await interrupted(["--workspace", ws, "--config", prompted, "refresh", "--as-of", "2025-04-03", "--full"]);
     expect(stopped.status, stopped.stderr).toBe(1);
     expect(JSON.parse(stopped.stdout).error.code).toBe("CANCELLED");
-    const afterStop = run(passing, "tables", "list").json;
+    const afterStop = run(prompted, "tables", "list").json;
     expect(afterStop.live).toBe(full.json.tableVersion);
     expect(afterStop.tables.at(-1).status).toBe("failed");
-    const rerun = run(passing, "refresh", "--as-of", "2025-04-03");
+    const rerun = run(prompted, "refresh", "--as-of", "2025-04-03");
     expect(rerun.status, rerun.stderr).toBe(0);
-    expect(run(passing, "tables", "list").json.live).toBe(rerun.json.tableVersion);
+    expect(run(prompted, "tables", "list").json.live).toBe(rerun.json.tableVersion);
+
+    // The default refresh fuses the live model's prior with the fresh counts: the prior is scored once for the
+    // model version (every pair), later refreshes and dry runs prompt nothing; rows explain themselves.
+    const fused = run(passing, "refresh", "--as-of", "2025-04-05");
+    expect(fused.status, fused.stderr).toBe(0);
+    expect(fused.json).toMatchObject({ pairs: first.json.pairs, rescored: first.json.pairs, copied: 0, published: true, fusion: { status: "fitted" } });
+    expect(fused.json.fusion.slice.to).toBe("2025-04-05T00:00:00.000Z");
+    expect(fused.json.fusion.params.tau).toBeGreaterThanOrEqual(0);
+    const fusedAgain = run(passing, "refresh", "--as-of", "2025-04-07");
+    expect(fusedAgain.json).toMatchObject({ rescored: 0, copied: 0, published: true });
+    const fusedDry = run(passing, "refresh", "--as-of", "2025-04-09", "--dry-run");
+    expect(fusedDry.json).toMatchObject({ dryRun: true, method: "fusion", rescore: 0, copy: 0, cost: null });
+    const shown = run(passing, "tables", "show", "live", "--limit", "1").json.rows[0];
+    const explained = run(passing, "tables", "show", "live", "--pair", `${shown.c1},${shown.c2}`).json.rows[0];
+    expect(explained.explanation.answers.map((a: { cluster: string }) => a.cluster)).toEqual(explained.answers.map((a: { cluster: string }) => a.cluster));
+    expect(explained.explanation.answers[0].llmPrior).toEqual(expect.any(Number));
 
     const pass = run(passing, "finetune", "--as-of", "2025-04-15");
     expect(pass.status, pass.stderr).toBe(0);
