@@ -166,6 +166,8 @@ export class UpdateLoop {
       priorKey: live.sha256,
       prior: async () => {
         let promptsScored = 0;
+        // Only the live version's prior is kept in memory (a schedule that runs for months goes through many).
+        for (const held of this.priors.keys()) if (held !== version) this.priors.delete(held);
         const prior = await remembered(this.priors, version, async () => {
           const saved = loadPrior(file, this.options.clusters, topM);
           if (saved) return saved;
