@@ -126,7 +126,7 @@ export const configSchema = z
           .min(0)
           .max(1)
           .default(0.02)
-          .describe("Regression gate: largest drop of the candidate's test recall below the live model's on the same test slice (absolute, 0.02 = 2 points); the 95% bootstrap interval over users is recorded with it. 1 turns the gate off."),
+          .describe("Regression gate: largest drop of the candidate's test recall below the live model's on the same test slice (absolute, 0.02 = 2 points); a larger drop halts the candidate when its 95% bootstrap interval over users excludes 0 (a drop the slice can tell from noise). 1 turns the gate off."),
       })
       .strict()
       .prefault({}),

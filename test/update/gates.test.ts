@@ -76,6 +76,16 @@ describe("quality gates", () => {
       ]);
     });
 
+    it("passes a drop beyond maxRegression that the slice cannot tell from noise (its interval includes 0)", () => {
+      // 13 held-out users, as in a MovieLens month: the live model hits 8, the candidate 7. One user is 7.7 points.
+      const few = examples.slice(0, 13).map((e, k) => ({ ...e, later: k < 8 ? ["c"] : ["d"] }));
+      const result = evaluateGates({ byConstruction: "argmax" }, few, [...Array(7).fill("c"), ...Array(6).fill("e")], { minTestRecall: 0 }, { version: "m000001", predictions: Array(13).fill("c") });
+      expect(result.regression!.delta).toBeCloseTo(-1 / 13, 10);
+      expect(result.regression!.ci95[1]).toBeGreaterThanOrEqual(0);
+      expect(result.passed).toBe(true);
+      expect(result.checks.find((c) => c.gate === "regression")!.detail).toMatch(/beyond the 2\.00 points allowed, but the interval includes 0: not a credible drop$/);
+    });
+
     it("passes a candidate within maxRegression, a better one, and anything when nothing is live", () => {
       expect(evaluateGates({ byConstruction: "argmax" }, examples, worse, { maxRegression: 0.04 }, live).passed).toBe(true);
       const better = evaluateGates({ byConstruction: "argmax" }, examples, Array(100).fill("d"), {}, live);
