@@ -219,7 +219,8 @@ export function registerDoctor(program: Command): void {
             if (!existsSync(ctx.paths.registry)) return null;
             const registry = new ModelRegistry(ctx.paths.root, ctx.clock);
             try {
-              return registry.live()?.filePath ?? null;
+              const live = registry.live();
+              return live ? registry.modelFile(live) : null;
             } finally {
               registry.close();
             }

@@ -195,7 +195,7 @@ async function startModelFor(
     const cached = registry.live();
     if (cached && cached.window && cached.window.to <= from) {
       ctx.log(`start model: reusing ${cached.version} of ${dir}`);
-      return { path: cached.filePath, window: cached.window, version: cached.version };
+      return { path: registry.modelFile(cached), window: cached.window, version: cached.version };
     }
   } finally {
     registry.close();

@@ -12,7 +12,7 @@ import { BadInputError, FreshrecError, type ErrorCode } from "../../domain/error
 import { writeReport, type WrittenReport } from "../../evaluation/report.js";
 import { EmbeddedLanguageModel } from "../../llm/backends/embedded.js";
 import { PROMPT_TEMPLATE_HASH } from "../../llm/prompt.js";
-import { ModelRegistry } from "../../llm/registry.js";
+import { ModelRegistry, type ModelVersion } from "../../llm/registry.js";
 import {
   EXPERIMENT_METRICS,
   ExperimentLog,
@@ -134,11 +134,17 @@ export interface SimulateExperimentOptions {
 export async function simulateExperiment(ctx: CommandContext, overrides: SimulateExperimentOptions = {}): Promise<SimulatedExperimentResult & { reports: WrittenReport }> {
   const e = ctx.config.experiment;
   const registry = new ModelRegistry(ctx.paths.root, ctx.clock);
-  const live = registry.live();
-  registry.close();
-  if (!live) throw new BadInputError("no live model: run freshrec pretrain (or freshrec demo) first");
+  let live: ModelVersion | null;
+  let liveFile: string | null;
+  try {
+    live = registry.live() ?? null;
+    liveFile = live ? registry.modelFile(live) : null;
+  } finally {
+    registry.close();
+  }
+  if (!live || !liveFile) throw new BadInputError("no live model: run freshrec pretrain (or freshrec demo) first");
   const name = overrides.name ?? "simulated-hybrid-vs-finetune-monthly";
-  const model = await EmbeddedLanguageModel.open(live.filePath);
+  const model = await EmbeddedLanguageModel.open(liveFile);
   let result: SimulatedExperimentResult;
   try {
     const positiveMin = ctx.config.data.positiveMin;

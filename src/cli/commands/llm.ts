@@ -47,7 +47,7 @@ export function registerLlm(program: Command): void {
           try {
             const live = registry.live();
             if (!live) throw new BadInputError(`no live model in ${ctx.paths.root}: run freshrec pretrain (or demo) first, or pass --model FILE`);
-            modelPath = live.filePath;
+            modelPath = registry.modelFile(live);
             name ??= live.version;
           } finally {
             registry.close();
