@@ -194,6 +194,11 @@ async function fuse(asOf: number, options: RefreshOptions, prior: LlmPrior | nul
  * row moves with the evidence) through the same build, publish and gc as every other table.
  */
 async function runFusionRefresh(asOf: number, options: RefreshOptions): Promise<RefreshResult> {
+  if (options.model.prior === undefined) {
+    // null is the counts-backoff baseline on purpose; absent is a caller that forgot the model's prior, whose table
+    // would be labelled with the model but hold counts alone.
+    throw new FreshrecError("INTERNAL", `fusion refresh with model ${options.model.version}: no prior given (pass the model's prior, or null for counts alone)`);
+  }
   const started = process.hrtime.bigint();
   const computed = options.model.prior ? await options.model.prior() : null;
   const priorSeconds = Number(process.hrtime.bigint() - started) / 1e9;

@@ -20,6 +20,7 @@
  * const result = await runSimulatedExperiment({ eventsPath, workDir, model: { version, scorer }, templateHash, rag: {} });
  * console.log(result.table.join("\n"));
  */
+import { computePrior, type LlmPrior } from "../../update/fusion.js";
 import { copyFileSync, existsSync, mkdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { EventStore, eventBatchFromEvents } from "../../data/event-store.js";
@@ -136,7 +137,18 @@ export async function runSimulatedExperiment(options: SimulatedExperimentOptions
     const clusters = (await store.clusters()).map((c) => c.id);
     const positiveMin = options.positiveMin !== undefined ? options.positiveMin : world.options.positiveThreshold;
     const topN = options.topN ?? 10;
-    const base = { events: store, tables, clusters, model: options.model, templateHash: options.templateHash, topN, publish: false, signal: options.signal };
+    // The treatment is the hybrid: with the fusion method (the default) its tables fuse this model's prior, scored
+    // once here, with the fresh counts; the control's table is the same model without retrieval.
+    let prior: Promise<LlmPrior> | null = null;
+    const model = {
+      ...options.model,
+      prior: async () => {
+        const fresh = prior === null;
+        prior ??= computePrior(options.model.scorer, clusters);
+        return { prior: await prior, promptsScored: fresh ? clusters.length * (clusters.length - 1) : 0 };
+      },
+    };
+    const base = { events: store, tables, clusters, model, templateHash: options.templateHash, topN, publish: false, signal: options.signal };
     const rag = { ...options.rag, positiveMin };
     const refreshes: SimulatedRefresh[] = [];
     const record = (day: number, arm: string, r: Awaited<ReturnType<typeof runRefresh>>) => {
@@ -146,7 +158,7 @@ export async function runSimulatedExperiment(options: SimulatedExperimentOptions
     log(`building the control table (finetune-monthly: model ${options.model.version}, no retrieval) as of ${new Date(start).toISOString()}`);
     const control = await runRefresh(start, { ...base, rag: null, strategy: "finetune-monthly" });
     record(0, "control", control);
-    log("building the treatment table (hybrid: the same model with RAG)");
+    log(`building the treatment table (hybrid: the same model with ${rag.method === "prompt" ? "its RAG contexts in the prompts" : "its prior fused with the fresh counts"})`);
     let treatment = await runRefresh(start, { ...base, rag, strategy: "hybrid" });
     record(0, "treatment", treatment);
     const treatmentVersions = [treatment.tableVersion];
