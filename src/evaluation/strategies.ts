@@ -186,6 +186,8 @@ function setupOf(kind: StrategyName, label: string, refreshDays: number, env: St
       const prompted = loop.refreshJob({ rag: { method: "prompt" } });
       const fused = loop.refreshJob({ rag: { method: "fusion" } });
       const finetune = loop.finetuneJob({ startModelAt: env.window.from });
+      // Only hybrid-drift needs the trigger (the table below is built for every kind, then one entry is taken).
+      const drift = kind === "hybrid-drift" ? driftOf(env) : null;
       const jobs: JobDefinition[] = {
         static: [{ name: "refresh", cadence: once, run: noRag }],
         "finetune-monthly": [
@@ -202,7 +204,7 @@ function setupOf(kind: StrategyName, label: string, refreshDays: number, env: St
         // The refresh first: the drift trigger reads the fit of the table published at the same instant.
         "hybrid-drift": [
           { name: "refresh", cadence: every, run: fused },
-          { name: "finetune", cadence: every, run: loop.finetuneJob({ startModelAt: env.window.from, drift: driftOf(env) }) },
+          { name: "finetune", cadence: every, run: loop.finetuneJob({ startModelAt: env.window.from, drift: drift ?? undefined }) },
         ],
         "paper-hybrid": [
           { name: "finetune", cadence: finetuneCadence, run: finetune },
