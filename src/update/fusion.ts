@@ -36,7 +36,7 @@ import type { EvidenceLog, WindowCounts } from "../mining/evidence.js";
 import type { PromptScorer } from "./generate.js";
 
 export interface FusionOptions {
-  /** Evidence window lengths compared at each refresh (days); the best-fitting one serves. @defaultValue [7, 14, 28, 56, 112, 224, 448] */
+  /** Evidence window lengths compared at each refresh (days); the best-fitting one serves. @defaultValue [3, 7, 14, 28, 56, 112, 224, 448] */
   readonly windowsDays?: readonly number[];
   /** Transitions (distinct users per triple) the fit slice needs; it grows back in time until it has them. @defaultValue 2000 */
   readonly fitMinTransitions?: number;

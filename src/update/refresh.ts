@@ -13,7 +13,7 @@ import type { TableStore } from "../tables/index.js";
 import type { CostEstimate } from "../llm/contracts.js";
 import { buildTable, planTable, type BuildTableResult, type PromptScorer } from "./generate.js";
 import { EvidenceLog } from "../mining/evidence.js";
-import { EvidenceCache, FUSION_TEMPLATE, fitFusion, FusionScorer, fusionSpanDays, resolveFusionOptions, type FusionFit, type LlmPrior } from "./fusion.js";
+import { chooseWindow, EvidenceCache, FUSION_TEMPLATE, fitFusion, FusionScorer, fusionSpanDays, resolveFusionOptions, type FusionFit, type LlmPrior } from "./fusion.js";
 import { resolveRagOptions, retrieveContexts, type RagMethod, type RagOptions, type RagSnapshot, type SnapshotCache } from "./rag.js";
 import type { PromptInput } from "../llm/prompt.js";
 
@@ -179,8 +179,10 @@ async function fuse(asOf: number, options: RefreshOptions, prior: LlmPrior | nul
   const log = await cache.log(asOf, (span) => EvidenceLog.load(options.events, span, options.clusters, { positiveMin }), fusionSpanDays(fusionOptions), key);
   const loaded = process.hrtime.bigint();
   const counting = log.countingSeconds;
-  // Version names repeat across a replay's strategies (each has its own registry): the file's hash names the prior.
-  const windowChoice = cache.windowChoice(log, asOf, fusionOptions, key, prior, prior ? (options.model.priorKey ?? `unshared:${Math.random()}`) : "");
+  // Version names repeat across a replay's strategies (each has its own registry): the file's hash names the prior,
+  // and a prior without one is never shared.
+  const priorKey = prior ? options.model.priorKey : "";
+  const windowChoice = priorKey === undefined ? chooseWindow(log, asOf, fusionOptions, prior) : cache.windowChoice(log, asOf, fusionOptions, key, prior, priorKey);
   const fitted = fitFusion({ log, asOf, prior, options: fusionOptions, windowChoice });
   const counted = log.countingSeconds - counting;
   const total = Number(process.hrtime.bigint() - started) / 1e9;
