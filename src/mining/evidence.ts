@@ -2,7 +2,7 @@
  * Fresh evidence for a refresh: distinct-user transition counts of any window, cut in memory from one read of the
  * log. A fusion refresh compares several window lengths and fits on the slice just before its as-of time, so it
  * needs a dozen windows; one query (`transitionColumns`) plus this index answers them all, exactly as
- * `countTransitions` would for each (test/mining/evidence.test.ts checks it).
+ * `countTransitions` would for each (test/update/fusion.test.ts checks it).
  *
  * A transition counts in a window once per (user, triple): an occurrence is counted when the same user's previous
  * occurrence of the triple lies before the window's start, so each window is one pass over its own rows.

@@ -142,9 +142,7 @@ export async function computePrior(
         kept++;
       }
       if (mass > 1 + 1e-3) {
-        // Scores that are not probabilities (a backend ranking by another measure) are normalised to shares.
-        for (let k2 = 0; k2 < kept; k2++) probability[p * topM + k2] /= mass;
-        mass = 1;
+        throw new FreshrecError("ENGINE", `prior: the model's scores for (${prompt.history.c1}, ${prompt.history.c2}) sum to ${mass}, not a distribution over clusters`);
       }
       const others = K - 2 - kept;
       // A floor keeps every cluster possible: a prior that rules a cluster out can never be outvoted by evidence.
@@ -542,7 +540,8 @@ export function explanationOf(row: { readonly answers: readonly ScoredCluster[];
 
 /**
  * A table scorer over a fitted posterior: the build path of every other table (publish, abort, failure marking)
- * with answers computed, not prompted. `explain` returns what the last `score` call computed for the prompt.
+ * with answers computed, not prompted. `score` keeps each row's explanation for the build to store; `explain`
+ * gives one row's explanation in full.
  */
 export class FusionScorer implements PromptScorer {
   readonly promptsPerCall = 4096;
@@ -593,9 +592,10 @@ export class FusionScorer implements PromptScorer {
     return explanationOf({ answers: answers.slice(0, topN), explanation: { ...stored, a: stored.a.slice(0, topN) } })!;
   }
 
-  /** `explain`'s stored form for a prompt scored by the last `score` call (what a table build writes). */
-  storedExplanation(prompt: PromptInput): StoredExplanation | undefined {
-    return this.explained.get(pairKey(prompt.history.c1, prompt.history.c2));
+  /** `explain`'s stored form for a prompt scored by the last `score` call, for its first `answers` answers (what a table build keeps and writes). */
+  storedExplanation(prompt: PromptInput, answers: number): StoredExplanation | undefined {
+    const stored = this.explained.get(pairKey(prompt.history.c1, prompt.history.c2));
+    return stored && { ...stored, a: stored.a.slice(0, answers) };
   }
 
   private indexOf(cluster: string): number {
@@ -693,8 +693,8 @@ const PRIOR_MAGIC = "freshrec-prior-1";
  * Writes a prior next to its model (`<models>/<version>.prior`): a JSON header line (format, clusters, topM) and
  * the three arrays. Written to a temporary name and renamed, so a reader never sees half a file.
  */
-export function savePrior(path: string, prior: LlmPrior): void {
-  const header = Buffer.from(`${JSON.stringify({ format: PRIOR_MAGIC, clusters: prior.clusters, topM: prior.topM })}\n`);
+export function savePrior(path: string, prior: LlmPrior, modelSha256: string): void {
+  const header = Buffer.from(`${JSON.stringify({ format: PRIOR_MAGIC, model: modelSha256, clusters: prior.clusters, topM: prior.topM })}\n`);
   const body = [prior.answer, prior.probability, prior.rest].map((a) => Buffer.from(a.buffer, a.byteOffset, a.byteLength));
   const partial = `${path}.partial`;
   writeFileSync(partial, Buffer.concat([header, ...body]));
@@ -702,21 +702,23 @@ export function savePrior(path: string, prior: LlmPrior): void {
 }
 
 /**
- * Reads a prior saved by `savePrior`; null when there is none or it was made for other clusters or another topM
- * (it is then computed again). A file that is there but unreadable is an error naming it.
+ * Reads a prior saved by `savePrior`; null when there is none or it was made for another model file, other
+ * clusters or another topM (it is then computed again). A file that is there but unreadable is an error naming it.
  */
-export function loadPrior(path: string, clusters: readonly string[], topM: number): LlmPrior | null {
+export function loadPrior(path: string, clusters: readonly string[], topM: number, modelSha256: string): LlmPrior | null {
   if (!existsSync(path)) return null;
   const data = readFileSync(path);
   const newline = data.indexOf(10);
-  let header: { format?: string; clusters?: string[]; topM?: number };
+  let header: { format?: string; model?: string; clusters?: string[]; topM?: number };
   try {
     header = JSON.parse(data.subarray(0, newline).toString("utf8"));
   } catch (error) {
     throw new FreshrecError("ENGINE", `prior file ${path} is corrupt (bad header): delete it to compute the prior again`, { cause: error });
   }
   const K = clusters.length;
-  if (header.format !== PRIOR_MAGIC || header.topM !== effectiveTopM(topM, K) || JSON.stringify(header.clusters) !== JSON.stringify(clusters)) return null;
+  // A prior of another model file (a version name reused by a new registry), other clusters or another topM is
+  // computed again, never served as this model's.
+  if (header.format !== PRIOR_MAGIC || header.model !== modelSha256 || header.topM !== effectiveTopM(topM, K) || JSON.stringify(header.clusters) !== JSON.stringify(clusters)) return null;
   topM = header.topM;
   const sizes = [K * K * topM * 4, K * K * topM * 4, K * K * 4];
   if (data.length - newline - 1 !== sizes[0] + sizes[1] + sizes[2]) {

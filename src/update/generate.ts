@@ -36,7 +36,7 @@ export interface PromptScorer {
   /** Prices scoring these prompts before anything is sent; absent for scorers not paid per token. */
   estimateCost?(prompts: readonly PromptInput[]): CostEstimate;
   /** Why a prompt of the last `score` call got its answers (fusion: weights and counts), stored with its row. */
-  storedExplanation?(prompt: PromptInput): Readonly<Record<string, unknown>> | undefined;
+  storedExplanation?(prompt: PromptInput, answers: number): Readonly<Record<string, unknown>> | undefined;
 }
 
 export interface BuildTableOptions {
@@ -143,7 +143,7 @@ export async function buildTable(options: BuildTableOptions): Promise<BuildTable
       const rows: TableBuildRow[] = batch.map((b, k) => {
         const { c1, c2 } = b.input.history;
         const answers = ranked[k].filter((a) => a.cluster !== c1 && a.cluster !== c2).slice(0, topN);
-        const explanation = options.scorer.storedExplanation?.(b.input);
+        const explanation = options.scorer.storedExplanation?.(b.input, answers.length);
         return explanation ? { c1, c2, answers, contextKey: b.key, explanation } : { c1, c2, answers, contextKey: b.key };
       });
       builder.append(rows);

@@ -162,18 +162,18 @@ export class UpdateLoop {
       version,
       scorer: model,
       dataAsOf: live.window?.to ?? live.createdAt,
-      priorReady: this.priors.has(version) || loadPrior(file, this.options.clusters, topM) !== null,
+      priorReady: this.priors.has(version) || loadPrior(file, this.options.clusters, topM, live.sha256) !== null,
       priorKey: live.sha256,
       prior: async () => {
         let promptsScored = 0;
         // Only the live version's prior is kept in memory (a schedule that runs for months goes through many).
         for (const held of this.priors.keys()) if (held !== version) this.priors.delete(held);
         const prior = await remembered(this.priors, version, async () => {
-          const saved = loadPrior(file, this.options.clusters, topM);
+          const saved = loadPrior(file, this.options.clusters, topM, live.sha256);
           if (saved) return saved;
           const computed = await computePrior(model, this.options.clusters, { topM });
           promptsScored = this.options.clusters.length * (this.options.clusters.length - 1);
-          savePrior(file, computed);
+          savePrior(file, computed, live.sha256);
           return computed;
         });
         return { prior, promptsScored };

@@ -67,7 +67,7 @@ export interface RefreshResult {
   readonly asOf: number;
   readonly pairsWithContext: number;
   readonly transitionsInWindow: number;
-  /** Seconds spent retrieving the contexts (recounting the window), before the build's own `seconds`. */
+  /** Seconds before the build's own `seconds`: retrieving the contexts, or for fusion the prior, counting and fitting. */
   readonly retrieveSeconds: number;
   readonly phases: BuildTableResult["phases"];
   /** The fusion fit (strengths, window, likelihoods); null for an in-prompt refresh. */

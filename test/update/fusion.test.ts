@@ -99,7 +99,9 @@ describe("fusion posterior", () => {
     const scorer = new FusionScorer(evidence, prior, params);
     const [answers] = await scorer.score([{ history: { c1: "a", c2: "b" } }], K);
     // What a build stores reads back as the same explanation.
-    expect(explanationOf({ answers, explanation: scorer.storedExplanation({ history: { c1: "a", c2: "b" } }) })).toEqual(scorer.explain({ history: { c1: "a", c2: "b" } }, K));
+    expect(explanationOf({ answers, explanation: scorer.storedExplanation({ history: { c1: "a", c2: "b" } }, K) })).toEqual(scorer.explain({ history: { c1: "a", c2: "b" } }, K));
+    // A build stores the explanation of the answers it keeps only.
+    expect(scorer.storedExplanation({ history: { c1: "a", c2: "b" } }, 3)!.a).toHaveLength(3);
     expect(answers.map((a) => a.cluster)).not.toContain("a");
     expect(answers.map((a) => a.cluster)).not.toContain("b");
     expect(answers.reduce((s, a) => s + a.score, 0)).toBeCloseTo(1, 6);
@@ -190,17 +192,19 @@ describe("fusion fit", () => {
 });
 
 describe("prior files", () => {
-  it("round-trip, and are ignored when made for other clusters", () => {
+  it("round-trip, and are ignored when made for another model file or other clusters", () => {
     const dir = mkdtempSync(join(tmpdir(), "freshrec-prior-"));
     const prior = priorFavouring((c1, c2) => (c1 + c2 + 1) % K === c1 || (c1 + c2 + 1) % K === c2 ? (c1 + c2 + 2) % K : (c1 + c2 + 1) % K, 0.4);
-    savePrior(join(dir, "m1.prior"), prior);
-    expect(loadPrior(join(dir, "m1.prior"), CLUSTERS, 1)).toEqual(prior);
-    expect(loadPrior(join(dir, "m1.prior"), [...CLUSTERS, "z"], 1)).toBeNull();
-    expect(loadPrior(join(dir, "absent.prior"), CLUSTERS, 1)).toBeNull();
+    savePrior(join(dir, "m1.prior"), prior, "sha-of-m1");
+    expect(loadPrior(join(dir, "m1.prior"), CLUSTERS, 1, "sha-of-m1")).toEqual(prior);
+    // A registry recreated from scratch names its first model m000001 again: another file, another prior.
+    expect(loadPrior(join(dir, "m1.prior"), CLUSTERS, 1, "sha-of-another-m1")).toBeNull();
+    expect(loadPrior(join(dir, "m1.prior"), [...CLUSTERS, "z"], 1, "sha-of-m1")).toBeNull();
+    expect(loadPrior(join(dir, "absent.prior"), CLUSTERS, 1, "sha-of-m1")).toBeNull();
     // A prior asked for more answers than a pair has novel clusters keeps them all, and reads back as asked.
     const full = { ...priorFavouring(() => 0, 0.1), topM: K - 2, answer: new Int32Array(K * K * (K - 2)).fill(-1), probability: new Float32Array(K * K * (K - 2)) };
-    savePrior(join(dir, "m2.prior"), full);
-    expect(loadPrior(join(dir, "m2.prior"), CLUSTERS, 32)).toEqual(full);
+    savePrior(join(dir, "m2.prior"), full, "sha-of-m2");
+    expect(loadPrior(join(dir, "m2.prior"), CLUSTERS, 32, "sha-of-m2")).toEqual(full);
   });
 });
 
