@@ -56,12 +56,12 @@ export function writeReplayReport(reportsDir: string, result: ReplayResult, sour
       {
         heading: "What the jobs did",
         paragraphs: [
-          "Runs of each strategy's jobs by outcome. A halted fine-tune kept the previous model live; a failed refresh kept the previous table live; a skipped due time fell while another run was in progress. The first reason of each is listed.",
+          "Runs of each strategy's jobs by outcome (nothing to do: the run decided no work was due, as a drift check whose model still earns its weight). A halted fine-tune kept the previous model live; a failed refresh kept the previous table live; a skipped due time fell while another run was in progress. The first reason of each is listed.",
         ],
         table: {
-          columns: ["strategy", "job", "succeeded", "halted", "failed", "skipped", "first halt", "first failure"],
+          columns: ["strategy", "job", "succeeded", "nothing to do", "halted", "failed", "skipped", "first halt", "first failure"],
           rows: names.flatMap((n) =>
-            Object.entries(s[n].outcomes).map(([job, o]) => [n, job, o.succeeded, o.halted, o.failed, o.skipped, o.firstHalt ?? "-", o.firstFailure ?? "-"]),
+            Object.entries(s[n].outcomes).map(([job, o]) => [n, job, o.succeeded, o.idle, o.halted, o.failed, o.skipped, o.firstHalt ?? "-", o.firstFailure ?? "-"]),
           ),
         },
       },

@@ -108,7 +108,7 @@ export interface StrategyResult {
    * What the strategy's jobs did, per job: runs by status, and the first reason of each kind of non-success (a
    * fine-tune halted at its gates every month, refreshes that found nothing, shows here, not only in the log).
    */
-  readonly outcomes: Record<string, { readonly succeeded: number; readonly failed: number; readonly halted: number; readonly skipped: number; readonly firstFailure: string | null; readonly firstHalt: string | null }>;
+  readonly outcomes: Record<string, { readonly succeeded: number; readonly idle: number; readonly failed: number; readonly halted: number; readonly skipped: number; readonly firstFailure: string | null; readonly firstHalt: string | null }>;
   /** The same metrics per segment (./segments.ts): where the strategy wins or loses. */
   readonly segments: Record<string, { readonly transitions: number; readonly hit1: number; readonly hit5: number }>;
 }
@@ -288,8 +288,8 @@ async function runStrategy(setup: StrategySetup, options: ReplayOptions): Promis
   const captured: CapturedTable[] = [];
   const tops: string[][] = [];
   const cost = { trainingTokens: 0, promptsScored: 0, cpuSeconds: 0, runs: 0 };
-  const outcomes: Record<string, { succeeded: number; failed: number; halted: number; skipped: number; firstFailure: string | null; firstHalt: string | null }> = {};
-  const outcome = (job: string) => (outcomes[job] ??= { succeeded: 0, failed: 0, halted: 0, skipped: 0, firstFailure: null, firstHalt: null });
+  const outcomes: Record<string, { succeeded: number; idle: number; failed: number; halted: number; skipped: number; firstFailure: string | null; firstHalt: string | null }> = {};
+  const outcome = (job: string) => (outcomes[job] ??= { succeeded: 0, idle: 0, failed: 0, halted: 0, skipped: 0, firstFailure: null, firstHalt: null });
   try {
     const scheduler = new Scheduler({
       jobs: instance.jobs,
@@ -301,7 +301,9 @@ async function runStrategy(setup: StrategySetup, options: ReplayOptions): Promis
         cost.promptsScored += run.cost?.promptsScored ?? 0;
         cost.cpuSeconds += run.cost?.cpuSeconds ?? 0;
         const o = outcome(run.job);
-        if (run.status === "succeeded") o.succeeded++;
+        // A run that decided there was nothing to do (the start model's month, a drift check) did no work.
+        if (run.status === "succeeded" && run.detail?.skipped) o.idle++;
+        else if (run.status === "succeeded") o.succeeded++;
         else if (run.status === "halted") {
           o.halted++;
           o.firstHalt ??= `${new Date(run.due).toISOString()}: ${run.error ?? "halted"}`;

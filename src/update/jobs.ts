@@ -61,7 +61,11 @@ export function baselineRefreshJob(
 ): JobRun {
   if (kind === "counts-backoff") {
     // The fusion posterior with no LLM prior: the strongest counting baseline, fitted the way the hybrid is.
-    const scorer = { score: async () => { throw new Error("counts-backoff tables are computed, not prompted"); } };
+    const scorer = {
+      score: async () => {
+        throw new FreshrecError("INTERNAL", "counts-backoff tables are computed from counts, never prompted");
+      },
+    };
     return (context) =>
       refreshJob({ ...base, rag: { ...base.rag, method: "fusion" } }, async () => ({
         version: `${kind}@${new Date(context.asOf).toISOString().slice(0, 10)}`,

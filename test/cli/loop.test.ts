@@ -117,7 +117,10 @@ describe("the hybrid loop from the CLI", () => {
     expect(fused.status, fused.stderr).toBe(0);
     expect(fused.json).toMatchObject({ pairs: first.json.pairs, rescored: first.json.pairs, copied: 0, published: true, fusion: { status: "fitted" } });
     expect(fused.json.fusion.slice.to).toBe("2025-04-05T00:00:00.000Z");
-    expect(fused.json.fusion.params.tau).toBeGreaterThanOrEqual(0);
+    // The window served is the best-fitting candidate, and the fit with the prior is never below counts alone.
+    const best = fused.json.fusion.windows.reduce((b: { days: number; perTransition: number }, w: { days: number; perTransition: number }) => (w.perTransition > b.perTransition ? w : b));
+    expect(fused.json.fusion.windowDays).toBe(best.days);
+    expect(fused.json.fusion.perTransition).toBeGreaterThanOrEqual(fused.json.fusion.countsOnlyPerTransition);
     const fusedAgain = run(passing, "refresh", "--as-of", "2025-04-07");
     expect(fusedAgain.json).toMatchObject({ rescored: 0, copied: 0, published: true });
     const fusedDry = run(passing, "refresh", "--as-of", "2025-04-09", "--dry-run");

@@ -185,9 +185,11 @@ describe("fusion fit", () => {
   });
 
   it("stops lengthening the window once it covers all the data", () => {
-    const log = logOf(made("a", "b", "c", 300, 0, 3));
+    // Evidence 10 days before T, a fit slice of the last day: a 16-day window is the first to reach the oldest data.
+    const log = logOf([...made("a", "b", "c", 300, 0, 10), ...made("a", "b", "d", 50, 1000, 0.5)]);
     const choice = chooseWindow(log, T, { fitMinTransitions: 10, windowsDays: [1, 2, 4, 8, 16, 32] });
-    expect(choice.windows.at(-1)!.days).toBeLessThan(32);
+    expect(choice.slice).toEqual({ from: T - DAY_MS, to: T });
+    expect(choice.windows.map((w) => w.days)).toEqual([1, 2, 4, 8, 16]);
   });
 });
 
