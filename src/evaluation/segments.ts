@@ -11,6 +11,7 @@
 import type { EventStore } from "../data/event-store.js";
 import { DAY_MS } from "../domain/clock.js";
 import { EvidenceLog } from "../mining/evidence.js";
+import { firstSeen } from "../mining/first-seen.js";
 import type { MiningOptions, TimedTransition } from "../mining/transitions.js";
 
 /** Days of evidence a transition's pair is judged by, and how recent a "new" cluster or user is. */
@@ -50,26 +51,8 @@ export async function segmentLabels(
     }
     return users.get(p) ?? 0;
   };
-  const positive = options.positiveMin === null || options.positiveMin === undefined ? "" : "WHERE e.engagement IS NULL OR e.engagement >= $positiveMin";
-  const params = options.positiveMin === null || options.positiveMin === undefined ? {} : { positiveMin: options.positiveMin };
-  // A cluster's or user's first positive event is at or before the transition it is asked about, so reading the
-  // minimum over the whole store reveals nothing later than that transition.
-  const clusterFirst = new Map(
-    (
-      await events.query<{ id: string; first: number | bigint }>(
-        `SELECT c.cluster_id AS id, epoch_ms(min(e.ts)) AS first FROM events e JOIN items i USING (item_key) JOIN clusters c USING (cluster_key) ${positive} GROUP BY 1`,
-        params as Record<string, never>,
-      )
-    ).map((r) => [r.id, Number(r.first)]),
-  );
-  const userFirst = new Map(
-    (
-      await events.query<{ id: string; first: number | bigint }>(
-        `SELECT u.user_id AS id, epoch_ms(min(e.ts)) AS first FROM events e JOIN users u USING (user_key) ${positive} GROUP BY 1`,
-        params as Record<string, never>,
-      )
-    ).map((r) => [r.id, Number(r.first)]),
-  );
+  const clusterFirst = await firstSeen(events, "cluster", options);
+  const userFirst = await firstSeen(events, "user", options);
   return transitions.map((t) => {
     const labels: SegmentName[] = [];
     const i1 = index.get(t.c1);

@@ -5,8 +5,15 @@
  *
  *     popularity    pop(n)    = (users(n) + 1) / (users + K)                           recent novel popularity
  *     second        q2(n)     = (users(c2, n) + beta * pop(n)) / (users(c2) + beta)     backoff to the second cluster
- *     base measure  m(n)      ∝ q2(n)^gamma * llm(n | c1, c2)^tau                       over n not in {c1, c2}
+ *     backoff       b(n)      = q2(n)^gamma / sum over n' not in {c1, c2} of q2(n')^gamma
+ *     base measure  m(n)      = b(known) * b(n) * llm(n | c1, c2)^tau / sum over known n' of b(n') * llm(n')^tau
+ *                                                                                      for n the model knows,
+ *                   m(n)      = b(n)                                                   for n it does not
  *     posterior     p(n)      = (users(c1, c2, n) + alpha * m(n)) / (users(c1, c2) + alpha)
+ *
+ * The clusters a model knows are those first seen before its training data ends: the LLM prior only reorders the
+ * mass the backoff gives to them, and a cluster launched since keeps what the fresh counts give it (a product of
+ * experts over every cluster would let a prior that never saw a cluster veto it).
  *
  * Counts are distinct users per triple (as everywhere in mining). A dense pair follows its own evidence; a sparse
  * one leans on the base measure, where the LLM prior and the second cluster's fresh successors meet in a product
@@ -32,7 +39,9 @@ import { remembered } from "../domain/memo.js";
 import { BadInputError, FreshrecError } from "../domain/errors.js";
 import { pairKey, type ScoredCluster, type TimeWindow } from "../domain/types.js";
 import type { PromptInput } from "../llm/prompt.js";
+import type { EventStore } from "../data/event-store.js";
 import type { EvidenceLog, WindowCounts } from "../mining/evidence.js";
+import { firstSeen } from "../mining/first-seen.js";
 import type { PromptScorer } from "./generate.js";
 
 export interface FusionOptions {
@@ -89,6 +98,8 @@ export interface FusionFit {
   readonly perTransition: number;
   /** The same with the LLM prior left out (tau = 0, refitted): what the prior earns is the difference. */
   readonly countsOnlyPerTransition: number | null;
+  /** Clusters the LLM prior speaks for (those its model knows); null without a prior. */
+  readonly priorClusters: number | null;
   /** Evidence window length chosen (days) and the per-transition log-likelihood of each candidate. */
   readonly windowDays: number;
   readonly windows: readonly { readonly days: number; readonly perTransition: number }[];
@@ -103,6 +114,22 @@ export interface LlmPrior {
   readonly probability: Float32Array;
   /** Probability of each cluster of the pair outside its top-M (per pair). */
   readonly rest: Float32Array;
+  /**
+   * known[n] = 1 for the clusters the model's training data could hold (first seen before its data ended): the
+   * prior reorders the base measure's mass among these only (module comment). Absent: every cluster.
+   */
+  readonly known?: Uint8Array;
+}
+
+/** The prior restricted to the clusters its model knows (see `LlmPrior.known`). */
+export function scopePrior(prior: LlmPrior, known: Uint8Array): LlmPrior {
+  if (known.length !== prior.clusters.length) throw new FreshrecError("INTERNAL", `fusion: a known-cluster mask of ${known.length} for ${prior.clusters.length} clusters`);
+  return { ...prior, known };
+}
+
+/** Clusters the prior speaks for. */
+export function priorClusters(prior: LlmPrior): number {
+  return prior.known ? prior.known.reduce((n, k) => n + k, 0) : prior.clusters.length;
 }
 
 /** Scores every pair without context once (the prior of a model version). */
@@ -244,44 +271,64 @@ class SliceLikelihood {
   }
 
   /**
-   * Base-measure probability of every observation under (beta, gamma, tau). The normaliser of a pair is its second
-   * cluster's row sum less its own two clusters, corrected on the prior's top-M answers only (outside them the
-   * prior is one constant per pair), so a pair costs O(M), not O(K).
+   * Base-measure probability of every observation under (beta, gamma, tau). A pair's normalisers are its second
+   * cluster's row sums (all clusters, and the known ones) less its own two clusters, corrected on the prior's top-M
+   * answers only (outside them the prior is one constant per pair), so a pair costs O(M), not O(K).
    */
   baseOfObservations(beta: number, gamma: number, tau: number): Float64Array {
     const K = this.K;
     const logQ2 = logSecondRows(this.evidence, this.logPopularity, beta);
+    const prior = tau > 0 ? this.prior : null;
+    const known = prior?.known ?? null;
     const rowExp = new Float64Array(K * K);
     const rowSum = new Float64Array(K);
+    const rowKnown = new Float64Array(K);
     for (let c2 = 0; c2 < K; c2++) {
       let sum = 0;
-      for (let n = 0; n < K; n++) sum += rowExp[c2 * K + n] = Math.exp(gamma * logQ2[c2 * K + n]);
+      let sumKnown = 0;
+      for (let n = 0; n < K; n++) {
+        const e = (rowExp[c2 * K + n] = Math.exp(gamma * logQ2[c2 * K + n]));
+        sum += e;
+        if (!known || known[n]) sumKnown += e;
+      }
       rowSum[c2] = sum;
+      rowKnown[c2] = sumKnown;
     }
-    const prior = tau > 0 ? this.prior : null;
-    const z = new Float64Array(this.pairC1.length);
-    for (let i = 0; i < z.length; i++) {
+    // Per pair: the backoff's normaliser, and (with a prior) the known clusters' share of it and their normaliser
+    // under the prior's weights.
+    const backoffZ = new Float64Array(this.pairC1.length);
+    const knownShare = new Float64Array(this.pairC1.length);
+    const knownZ = new Float64Array(this.pairC1.length);
+    for (let i = 0; i < backoffZ.length; i++) {
       const c1 = this.pairC1[i];
       const c2 = this.pairC2[i];
       const row = c2 * K;
-      z[i] = rowSum[c2] - rowExp[row + c1] - rowExp[row + c2];
-      if (prior) {
-        const p = c1 * K + c2;
-        const rest = Math.pow(prior.rest[p] || 1e-12, tau);
-        z[i] *= rest;
-        for (let k = 0; k < prior.topM; k++) {
-          const n = prior.answer[p * prior.topM + k];
-          if (n < 0) break;
-          z[i] += rowExp[row + n] * (Math.pow(Math.max(prior.probability[p * prior.topM + k], 1e-12), tau) - rest);
-        }
+      backoffZ[i] = rowSum[c2] - rowExp[row + c1] - rowExp[row + c2];
+      if (!prior) continue;
+      const knownSum = rowKnown[c2] - (!known || known[c1] ? rowExp[row + c1] : 0) - (!known || known[c2] ? rowExp[row + c2] : 0);
+      knownShare[i] = knownSum / backoffZ[i];
+      const p = c1 * K + c2;
+      const rest = Math.pow(prior.rest[p] || 1e-12, tau);
+      let z = knownSum * rest;
+      for (let k = 0; k < prior.topM; k++) {
+        const n = prior.answer[p * prior.topM + k];
+        if (n < 0) break;
+        if (known && !known[n]) continue;
+        z += rowExp[row + n] * (Math.pow(Math.max(prior.probability[p * prior.topM + k], 1e-12), tau) - rest);
       }
+      knownZ[i] = z;
     }
     const out = new Float64Array(this.obsPair.length);
     for (let o = 0; o < out.length; o++) {
       const i = this.obsPair[o];
       const n = this.obsNext[o];
-      const weight = prior ? Math.pow(Math.max(priorProbability(prior, this.pairC1[i] * K + this.pairC2[i], n), 1e-12), tau) : 1;
-      out[o] = (rowExp[this.pairC2[i] * K + n] * weight) / z[i];
+      const e = rowExp[this.pairC2[i] * K + n];
+      if (prior && (!known || known[n])) {
+        const weight = Math.pow(Math.max(priorProbability(prior, this.pairC1[i] * K + this.pairC2[i], n), 1e-12), tau);
+        out[o] = (knownShare[i] * e * weight) / knownZ[i];
+      } else {
+        out[o] = e / backoffZ[i];
+      }
     }
     return out;
   }
@@ -320,23 +367,42 @@ function logSecondRows(evidence: WindowCounts, logPop: Float64Array, beta: numbe
   return out;
 }
 
-/** Unnormalised log base measure of pair (c1, c2) into `out`; the pair's own clusters get -Infinity. */
+/** Log base measure of pair (c1, c2) into `out` (module comment); the pair's own clusters get -Infinity. */
 function baseLogits(out: Float64Array, c1: number, c2: number, K: number, logQ2: Float64Array, prior: LlmPrior | null, gamma: number, tau: number): void {
   const row = c2 * K;
-  if (prior && tau > 0) {
-    const p = c1 * K + c2;
-    const logRest = tau * Math.log(prior.rest[p] || 1e-12);
-    for (let n = 0; n < K; n++) out[n] = gamma * logQ2[row + n] + logRest;
-    for (let k = 0; k < prior.topM; k++) {
-      const n = prior.answer[p * prior.topM + k];
-      if (n < 0) break;
-      out[n] = gamma * logQ2[row + n] + tau * Math.log(Math.max(prior.probability[p * prior.topM + k], 1e-12));
-    }
-  } else {
-    for (let n = 0; n < K; n++) out[n] = gamma * logQ2[row + n];
-  }
+  for (let n = 0; n < K; n++) out[n] = gamma * logQ2[row + n];
   out[c1] = Number.NEGATIVE_INFINITY;
   out[c2] = Number.NEGATIVE_INFINITY;
+  const logBackoffZ = logSumExp(out);
+  if (!prior || tau <= 0) {
+    for (let n = 0; n < K; n++) out[n] -= logBackoffZ;
+    return;
+  }
+  const known = prior.known ?? null;
+  const p = c1 * K + c2;
+  const logRest = tau * Math.log(prior.rest[p] || 1e-12);
+  const restWeight = Math.exp(logRest);
+  // The known clusters share the backoff mass they have, reordered by the prior's weights; the others keep theirs.
+  let knownSum = 0;
+  for (let n = 0; n < K; n++) {
+    out[n] -= logBackoffZ;
+    if (n !== c1 && n !== c2 && (!known || known[n])) knownSum += Math.exp(out[n]);
+  }
+  let knownZ = knownSum * restWeight;
+  for (let k = 0; k < prior.topM; k++) {
+    const n = prior.answer[p * prior.topM + k];
+    if (n < 0) break;
+    if (known && !known[n]) continue;
+    knownZ += Math.exp(out[n]) * (Math.pow(Math.max(prior.probability[p * prior.topM + k], 1e-12), tau) - restWeight);
+  }
+  const shift = logRest + Math.log(knownSum) - Math.log(knownZ);
+  for (let n = 0; n < K; n++) if (n !== c1 && n !== c2 && (!known || known[n])) out[n] += shift;
+  for (let k = 0; k < prior.topM; k++) {
+    const n = prior.answer[p * prior.topM + k];
+    if (n < 0) break;
+    if (known && !known[n]) continue;
+    out[n] += tau * Math.log(Math.max(prior.probability[p * prior.topM + k], 1e-12)) - logRest;
+  }
 }
 
 function logSumExp(xs: Float64Array): number {
@@ -454,7 +520,14 @@ export function fitFusion(input: FitFusionInput): FusionRefresh {
   const W = choice.windowDays * DAY_MS;
   const fitEvidence = { from: Math.max(choice.slice.from - W, input.log.span.from), to: choice.slice.from };
   const evidence = input.log.counts({ from: Math.max(input.asOf - W, input.log.span.from), to: input.asOf });
-  const base = { slice: choice.slice, fitEvidence, sliceTransitions: choice.sliceTransitions, windowDays: choice.windowDays, windows: choice.windows };
+  const base = {
+    slice: choice.slice,
+    fitEvidence,
+    sliceTransitions: choice.sliceTransitions,
+    windowDays: choice.windowDays,
+    windows: choice.windows,
+    priorClusters: input.prior ? priorClusters(input.prior) : null,
+  };
   if (choice.sliceTransitions < o.fitFloor) {
     const params = input.prior ? DEFAULT_FUSION_PARAMS : { ...DEFAULT_FUSION_PARAMS, tau: 0 };
     const reason = `only ${choice.sliceTransitions} transitions in ${days(choice.slice)} days before the refresh (fitFloor ${o.fitFloor}): default strengths`;
@@ -500,7 +573,7 @@ export type RowExplanation = {
     readonly posterior: number;
     readonly pairUsers: number;
     readonly secondUsers: number;
-    /** The LLM prior's probability (null without a prior). */
+    /** The LLM prior's probability (null without a prior, or for a cluster the model does not know). */
     readonly llmPrior: number | null;
     /** The base measure (second-cluster backoff x LLM prior). */
     readonly base: number;
@@ -637,7 +710,7 @@ export class FusionScorer implements PromptScorer {
         u: own?.total ?? 0,
         s: this.evidence.secondTotal[i2],
         w: round((own?.total ?? 0) / denominator),
-        a: top.map((n) => [users[n], this.evidence.second[i2 * K + n], this.prior ? round(priorProbability(this.prior, p, n)) : null, round(Math.exp(logm[n] - lse))] as const),
+        a: top.map((n) => [users[n], this.evidence.second[i2 * K + n], this.prior && (!this.prior.known || this.prior.known[n]) ? round(priorProbability(this.prior, p, n)) : null, round(Math.exp(logm[n] - lse))] as const),
       },
     };
   }
@@ -666,6 +739,7 @@ function priorProbability(prior: LlmPrior, p: number, n: number): number {
 export class EvidenceCache {
   private readonly logs = new Map<string, Promise<EvidenceLog>>();
   private readonly choices = new Map<string, WindowChoice>();
+  private readonly firsts = new Map<string, Promise<Map<string, number>>>();
 
   /** `cover`: the as-of times to expect (a replay's window); the log then spans it once. */
   constructor(private readonly cover: TimeWindow | null = null) {}
@@ -676,6 +750,11 @@ export class EvidenceCache {
         ? { from: this.cover.from - spanDays * DAY_MS, to: this.cover.to }
         : { from: asOf - spanDays * DAY_MS, to: asOf };
     return remembered(this.logs, `${key}|${span.from}|${span.to}`, () => read(span));
+  }
+
+  /** Each cluster's first positive event (`firstSeen`), read once per store and positive rule. */
+  firstSeen(events: EventStore, positiveMin: number | null, key: string): Promise<Map<string, number>> {
+    return remembered(this.firsts, key, () => firstSeen(events, "cluster", { positiveMin }));
   }
 
   /** `priorKey` names the prior (its model version; "" for none): strategies with the same one share the choice. */

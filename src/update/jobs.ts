@@ -39,6 +39,7 @@ export function refreshJob(
               evidenceTransitions: result.transitionsInWindow,
               fit: fit.status,
               priorWeight: model.prior ? fit.params.tau : null,
+              priorClusters: fit.priorClusters,
               alpha: fit.params.alpha,
               // Nats per transition the LLM prior adds to the fit slice's likelihood over the counts alone.
               priorGain: fit.countsOnlyPerTransition === null ? null : fit.perTransition - fit.countsOnlyPerTransition,

@@ -13,7 +13,7 @@ import type { TableStore } from "../tables/index.js";
 import type { CostEstimate } from "../llm/contracts.js";
 import { buildTable, planTable, type BuildTableResult, type PromptScorer } from "./generate.js";
 import { EvidenceLog } from "../mining/evidence.js";
-import { chooseWindow, EvidenceCache, FUSION_TEMPLATE, fitFusion, FusionScorer, fusionSpanDays, resolveFusionOptions, type FusionFit, type LlmPrior } from "./fusion.js";
+import { chooseWindow, EvidenceCache, FUSION_TEMPLATE, fitFusion, FusionScorer, fusionSpanDays, resolveFusionOptions, scopePrior, type FusionFit, type LlmPrior } from "./fusion.js";
 import { resolveRagOptions, retrieveContexts, type RagMethod, type RagOptions, type RagSnapshot, type SnapshotCache } from "./rag.js";
 import type { PromptInput } from "../llm/prompt.js";
 
@@ -34,6 +34,11 @@ export interface RefreshOptions {
     readonly priorReady?: boolean;
     /** Names the prior across stores (the model file's hash): refreshes sharing an evidence cache share its fits. */
     readonly priorKey?: string;
+    /**
+     * End of the model's training data: clusters first seen at or after it are outside what its prior knows, and
+     * keep the mass the fresh counts give them. Absent: the prior speaks for every cluster.
+     */
+    readonly dataAsOf?: number;
   };
   readonly templateHash: string;
   /** Retrieval options; null builds a table without RAG context (the fine-tuned model alone). */
@@ -177,17 +182,23 @@ async function fuse(asOf: number, options: RefreshOptions, prior: LlmPrior | nul
   const key = `${positiveMin}|${options.clusters.join("\u0001")}`;
   const started = process.hrtime.bigint();
   const log = await cache.log(asOf, (span) => EvidenceLog.load(options.events, span, options.clusters, { positiveMin }), fusionSpanDays(fusionOptions), key);
+  const dataAsOf = options.model.dataAsOf;
+  if (prior && dataAsOf !== undefined) {
+    const first = await cache.firstSeen(options.events, positiveMin, key);
+    // Only what happened before the model's data ended (at or before asOf) is read: no later knowledge leaks in.
+    prior = scopePrior(prior, Uint8Array.from(options.clusters, (c) => ((first.get(c) ?? Number.POSITIVE_INFINITY) < Math.min(dataAsOf, asOf) ? 1 : 0)));
+  }
   const loaded = process.hrtime.bigint();
   const counting = log.countingSeconds;
   // Version names repeat across a replay's strategies (each has its own registry): the file's hash names the prior,
   // and a prior without one is never shared.
-  const priorKey = prior ? options.model.priorKey : "";
+  const priorKey = prior ? (options.model.priorKey === undefined ? undefined : `${options.model.priorKey}@${dataAsOf ?? ""}`) : "";
   const windowChoice = priorKey === undefined ? chooseWindow(log, asOf, fusionOptions, prior) : cache.windowChoice(log, asOf, fusionOptions, key, prior, priorKey);
   const fitted = fitFusion({ log, asOf, prior, options: fusionOptions, windowChoice });
   const counted = log.countingSeconds - counting;
   const total = Number(process.hrtime.bigint() - started) / 1e9;
   const loadSeconds = Number(loaded - started) / 1e9;
-  return { ...fitted, countSeconds: loadSeconds + counted, fitSeconds: total - loadSeconds - counted };
+  return { ...fitted, prior, countSeconds: loadSeconds + counted, fitSeconds: total - loadSeconds - counted };
 }
 
 /**
@@ -213,7 +224,7 @@ async function runFusionRefresh(asOf: number, options: RefreshOptions): Promise<
   const built = await buildTable({
     store: options.tables,
     clusters: options.clusters,
-    scorer: new FusionScorer(fitted.evidence, computed?.prior ?? null, fitted.params),
+    scorer: new FusionScorer(fitted.evidence, fitted.prior, fitted.params),
     modelVersion: options.model.version,
     templateHash: FUSION_TEMPLATE,
     full: true,

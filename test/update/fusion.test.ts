@@ -12,7 +12,7 @@ import { DAY_MS } from "../../src/domain/clock.js";
 import { seededRandom } from "../../src/domain/random.js";
 import { EvidenceLog } from "../../src/mining/evidence.js";
 import { countTransitions, type TransitionColumns } from "../../src/mining/transitions.js";
-import { chooseWindow, explanationOf, fitFusion, FusionScorer, loadPrior, savePrior, type LlmPrior } from "../../src/update/fusion.js";
+import { chooseWindow, explanationOf, fitFusion, FusionScorer, loadPrior, savePrior, scopePrior, type LlmPrior } from "../../src/update/fusion.js";
 import { mkdtempSync } from "node:fs";
 import { driftWait } from "../../src/update/loop.js";
 import type { TableInfo } from "../../src/tables/index.js";
@@ -116,6 +116,47 @@ describe("fusion posterior", () => {
   });
 });
 
+describe("clusters the model does not know", () => {
+  // b's successors went to h (40 users through other first clusters); h was launched after the model's data ended,
+  // so the prior gives it almost nothing and puts 0.999 on f instead. (d, b) has no evidence of its own.
+  const rows = [...made("f", "b", "h", 40, 100), ...made("a", "b", "c", 5, 200)];
+  const evidence = logOf(rows).counts({ from: T - 14 * DAY_MS, to: T });
+  const prior = priorFavouring(() => CLUSTERS.indexOf("f"), 0.999);
+  const known = Uint8Array.from(CLUSTERS, (c) => (c === "h" ? 0 : 1));
+  const params = { alpha: 4, beta: 10, gamma: 1, tau: 1 };
+  const pair = { history: { c1: "d", c2: "b" } };
+
+  it("keep the mass the counts give them: the prior reorders only the clusters it knows", async () => {
+    const [vetoed] = await new FusionScorer(evidence, prior, params).score([pair], K);
+    const [scoped] = await new FusionScorer(evidence, scopePrior(prior, known), params).score([pair], K);
+    const [counts] = await new FusionScorer(evidence, null, { ...params, tau: 0 }).score([pair], K);
+    const score = (answers: { cluster: string; score: number }[], c: string) => answers.find((a) => a.cluster === c)!.score;
+    // Over every cluster, the prior's floor for h vetoes what b's successors say.
+    expect(vetoed[0].cluster).toBe("f");
+    // Scoped, h keeps exactly its counts-only mass, and the prior still decides among the clusters it knows.
+    expect(scoped[0].cluster).toBe("h");
+    expect(score(scoped, "h")).toBeCloseTo(score(counts, "h"), 9);
+    const knownOrder = scoped.filter((a) => a.cluster !== "h");
+    expect(knownOrder[0].cluster).toBe("f");
+    expect(scoped.reduce((s, a) => s + a.score, 0)).toBeCloseTo(1, 9);
+    // The row says the model has no opinion on h.
+    const scorer = new FusionScorer(evidence, scopePrior(prior, known), params);
+    await scorer.score([pair], K);
+    const e = scorer.explain(pair, K);
+    expect(e.answers.find((a) => a.cluster === "h")!.llmPrior).toBeNull();
+    expect(e.answers.find((a) => a.cluster === "f")!.llmPrior).toBeCloseTo(0.999, 6);
+  });
+
+  it("with every cluster known, scoping changes nothing", async () => {
+    const [all] = await new FusionScorer(evidence, prior, params).score([pair], K);
+    const [scoped] = await new FusionScorer(evidence, scopePrior(prior, new Uint8Array(K).fill(1)), params).score([pair], K);
+    scoped.forEach((a, k) => {
+      expect(a.cluster).toBe(all[k].cluster);
+      expect(a.score).toBeCloseTo(all[k].score, 12);
+    });
+  });
+});
+
 /**
  * A drifting world in miniature: each pair's true successor distribution puts most mass on one cluster that
  * changes every 10 days for a third of the pairs; users arrive at random times.
@@ -174,6 +215,24 @@ describe("fusion fit", () => {
     expect(poisoned.params).toEqual(full.params);
     expect(poisoned.fit).toEqual(full.fit);
     expect(poisoned.evidence.transitions).toBe(full.evidence.transitions);
+  });
+
+  it("scores the fit slice with the very posterior the table serves (a known-cluster mask included)", async () => {
+    const { rows, truth } = world(5);
+    const log = logOf(rows);
+    const known = Uint8Array.from(CLUSTERS, (c) => (c === "g" ? 0 : 1));
+    for (const prior of [null, priorFavouring(truth, 0.5), scopePrior(priorFavouring(truth, 0.5), known)]) {
+      const refresh = fitFusion({ log, asOf: T, prior, options: { fitMinTransitions: 200 } });
+      // The table's scorer over the evidence the fit scored the slice against, summed over the slice's transitions.
+      const scorer = new FusionScorer(log.counts(refresh.fit.fitEvidence), prior, refresh.params);
+      const slice = log.counts(refresh.fit.slice);
+      let ll = 0;
+      for (const [p, obs] of slice.pairs) {
+        const [answers] = await scorer.score([{ history: { c1: CLUSTERS[Math.floor(p / K)], c2: CLUSTERS[p % K] } }], K);
+        obs.next.forEach((n, k) => (ll += obs.users[k] * Math.log(answers.find((a) => a.cluster === CLUSTERS[n])!.score)));
+      }
+      expect(refresh.fit.logLikelihood).toBeCloseTo(ll, 6);
+    }
   });
 
   it("with too little data before the refresh, says so and serves default strengths", () => {
