@@ -1,7 +1,8 @@
 /**
  * Experiments: deterministic, balanced assignment; the analysis' confidence intervals on cases with known answers;
  * the log's one-active rule; and the simulated A/B end to end on a small synthetic platform (tables built by the
- * production refresh job with the successor baseline as the "model", so no training is needed).
+ * production refresh job with the successor baseline as the "model", so no training is needed), its logged outcomes
+ * equal to the platform's own counts.
  */
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
@@ -151,6 +152,22 @@ describe("simulated A/B", () => {
     expect(result.arms.control.users + result.arms.treatment.users).toBe(result.users);
     expect(result.arms.control.exposures + result.arms.treatment.exposures).toBe(result.simulated.slates);
     expect(result.arms.control.satisfied + result.arms.treatment.satisfied).toBeGreaterThan(0);
+    // The four metrics are the platform's responses read back from the experiment log: every slot the users were
+    // shown and every outcome they gave must arrive there, in the arm that showed it.
+    const { outcomes } = result.simulated;
+    const total = (k: "slots" | "satisfied" | "dissatisfied" | "negative") => result.arms.control[k] + result.arms.treatment[k];
+    expect(outcomes.slots).toBe(total("slots"));
+    expect(outcomes.satisfied).toBe(total("satisfied"));
+    expect(outcomes.dissatisfied).toBe(total("dissatisfied"));
+    expect(outcomes.negative).toBe(total("negative"));
+    expect(outcomes.slots).toBe(outcomes.satisfied + outcomes.dissatisfied + outcomes.negative + outcomes.ignored);
+    // Each kind of outcome occurs, so none of the paper's metrics is a constant 0 in either arm.
+    for (const arm of [result.arms.control, result.arms.treatment]) {
+      expect(arm.satisfied).toBeGreaterThan(0);
+      expect(arm.dissatisfied).toBeGreaterThan(0);
+      expect(arm.negative).toBeGreaterThan(0);
+    }
+    expect(result.simulated.salt).toBe("simulated-hybrid-vs-finetune-monthly");
     // Control stays the no-RAG table; the treatment was rebuilt after day 2 on the simulated traffic.
     expect(result.tables.treatment).toHaveLength(2);
     expect(result.refreshes.map((r) => [r.day, r.arm])).toEqual([

@@ -128,7 +128,7 @@ export interface SimulateExperimentOptions {
 
 /**
  * The simulated A/B of the workspace (the demo calls this): control = the table the live model builds without
- * retrieval (finetune-monthly), treatment = the same model with RAG refreshed every `refreshDays` (hybrid), on the
+ * retrieval (finetune-monthly), treatment = the same model refreshed every `refreshDays` with the workspace's rag.method (hybrid), on the
  * synthetic platform's users for `days` days. The event store must not be open elsewhere (it is copied).
  */
 export async function simulateExperiment(ctx: CommandContext, overrides: SimulateExperimentOptions = {}): Promise<SimulatedExperimentResult & { reports: WrittenReport }> {
@@ -173,11 +173,12 @@ export async function simulateExperiment(ctx: CommandContext, overrides: Simulat
   }
   const s = result.simulated;
   const reports = writeExperimentReport(ctx, name, result, {
-    title: `Simulated A/B: hybrid (RAG every ${s.refreshDays} days) vs finetune-monthly`,
+    title: `Simulated A/B: hybrid (refreshed every ${s.refreshDays} days) vs finetune-monthly`,
     paragraphs: [
-      `Synthetic platform, ${s.users} users hashed into two arms, ${s.days} simulated days from ${s.from.slice(0, 10)}; model ${s.model} in both arms.`,
-      `Control: table ${result.tables.control} (no retrieval). Treatment: tables ${result.tables.treatment.join(", ")} (RAG refreshed on the simulated traffic).`,
+      `Synthetic platform, ${s.users} users hashed into two arms (salt ${JSON.stringify(s.salt)}), ${s.days} simulated days from ${s.from.slice(0, 10)}; model ${s.model} in both arms.`,
+      `Control: table ${result.tables.control} (no retrieval). Treatment: tables ${result.tables.treatment.join(", ")} (refreshed on the simulated traffic, with the workspace's rag.method).`,
       `${s.slates} slates shown, ${s.clicks} clicks, ${s.events} events. Scratch data: ${result.workDir}.`,
+      `The platform's responses to the ${s.outcomes.slots} slots: ${s.outcomes.satisfied} satisfied, ${s.outcomes.dissatisfied} dissatisfied, ${s.outcomes.negative} negative, ${s.outcomes.ignored} ignored (a click is satisfied or dissatisfied; an unclicked slot is negative or ignored).`,
     ],
     json: result,
   });
@@ -278,14 +279,14 @@ export function registerExperiment(program: Command): void {
 
   experiment
     .command("simulate")
-    .description("a simulated A/B on the synthetic platform: control = finetune-monthly table, treatment = hybrid (RAG refreshed), same live model")
+    .description("a simulated A/B on the synthetic platform: control = finetune-monthly table, treatment = hybrid (refreshed every few days), same live model")
     .option("--days <n>", "simulated days (default: experiment.days)")
-    .option("--refresh-days <n>", "days between the treatment's RAG refreshes (default: experiment.refreshDays)")
+    .option("--refresh-days <n>", "days between the treatment's refreshes (default: experiment.refreshDays)")
     .option("--users <n>", "the first N users of the platform take part (default: all)")
     .option("--slate <n>", "clusters per exploration slate (default: experiment.slateSize)")
     .option("--name <name>", "experiment name (default: simulated-hybrid-vs-finetune-monthly)")
-    .option("--salt <text>", "assignment salt (default: the name)")
-    .addHelpText("after", "\nExamples:\n  freshrec experiment simulate --days 7\n  freshrec experiment simulate --days 14 --refresh-days 3 --json")
+    .option("--salt <text>", "assignment salt (default: the name); another salt is another random split, to repeat the test")
+    .addHelpText("after", "\nExamples:\n  freshrec experiment simulate --days 7\n  freshrec experiment simulate --days 14 --refresh-days 3 --json\n  freshrec experiment simulate --days 28 --name ab-s2 --salt s2")
     .action(
       action(async (ctx, command) => {
         const opts = command.opts<{ days?: string; refreshDays?: string; users?: string; slate?: string; name?: string; salt?: string }>();
@@ -299,7 +300,7 @@ export function registerExperiment(program: Command): void {
         });
         const s = result.simulated;
         const text = [
-          `simulated A/B, ${s.days} days from ${s.from.slice(0, 10)}, ${s.users} users, model ${s.model}: control = ${result.tables.control} (finetune-monthly, no RAG), treatment = hybrid (RAG every ${s.refreshDays} days: ${result.tables.treatment.join(", ")})`,
+          `simulated A/B, ${s.days} days from ${s.from.slice(0, 10)}, ${s.users} users (salt ${JSON.stringify(s.salt)}), model ${s.model}: control = ${result.tables.control} (finetune-monthly, no retrieval), treatment = hybrid (refreshed every ${s.refreshDays} days: ${result.tables.treatment.join(", ")})`,
           ...result.table,
           `reports: ${result.reports.html}`,
         ].join("\n");

@@ -6,9 +6,22 @@
  *
  * Arms (the paper's live test, arXiv 2510.20260 §1.7):
  * - `control` = finetune-monthly: the table the live (monthly fine-tuned) model builds without retrieval, fixed for
- *   the whole test (the next monthly fine-tune is not due inside a test of a few days);
- * - `treatment` = hybrid: the same model with RAG, rebuilt every `refreshDays` from the recent window, which by then
- *   includes the simulated traffic of both arms, exactly as a RAG refresh in production reads global traffic.
+ *   the whole test (the next monthly fine-tune is not due inside a test that stays in its month; a longer test is
+ *   logged as such, and both arms keep the model, so the delta stays the refreshes' contribution);
+ * - `treatment` = hybrid: the same model's prior fused with fresh counts (`rag.method: fusion`, the default) or with
+ *   RAG contexts in its prompts (`prompt`, the paper's), rebuilt every `refreshDays` from the recent window, which by
+ *   then includes the simulated traffic of both arms, exactly as a refresh in production reads global traffic.
+ *
+ * The paper's four live metrics come from the platform's behaviour model (src/data/synthetic/world.ts), slot by slot:
+ * a user clicks with probability 0.05 + 0.55 s (s = how well the cluster matches the kernel and the user's taste for
+ * the history); a click is *satisfied* with probability 0.25 + 0.65 s and *dissatisfied* otherwise; an unclicked
+ * slot is a *negative interaction* with probability 0.15 (1 - s) (these are a novel cluster's; a cluster already in
+ * the history has s = 0.5 and is liked 82% of the time). So a better table raises satisfied outcomes and lowers
+ * negative interactions per slot, (0.95 - 0.55 s) 0.15 (1 - s), but a slot's chance of a dissatisfied outcome,
+ * (0.05 + 0.55 s)(0.75 - 0.65 s), rises with s up to s ~ 0.53 and falls after: more clicks also means more clicks
+ * that disappoint, so the dissatisfaction rate can move either way (the paper's fell).
+ * The platform's own outcome counts are returned beside the log's (`simulated.outcomes`), so a slot lost or
+ * misattributed between the two shows.
  *
  * Both tables are built by the production refresh job (`runRefresh`) with the same model, so the delta is the
  * contribution of fresh retrieval. Nothing of the workspace changes: the event store is copied into `workDir`, the
@@ -67,7 +80,7 @@ export interface SimulatedExperimentOptions {
   readonly itemsPerCluster?: number;
   /** @defaultValue "simulated-hybrid-vs-finetune-monthly" */
   readonly name?: string;
-  /** @defaultValue the name */
+  /** Assignment salt: a new salt is a new random split of the same users, the way to repeat the A/B. @defaultValue the name */
   readonly salt?: string;
   /** @defaultValue 1000 */
   readonly resamples?: number;
@@ -98,6 +111,9 @@ export interface SimulatedExperimentResult extends ExperimentAnalysis {
     readonly clicks: number;
     readonly events: number;
     readonly model: string;
+    readonly salt: string;
+    /** Slots shown and the platform's responses to them, counted by the world (not read back from the log). */
+    readonly outcomes: { readonly slots: number; readonly satisfied: number; readonly dissatisfied: number; readonly negative: number; readonly ignored: number };
   };
   readonly tables: { readonly control: string; readonly treatment: readonly string[] };
   readonly refreshes: readonly SimulatedRefresh[];
@@ -133,6 +149,11 @@ export async function runSimulatedExperiment(options: SimulatedExperimentOptions
     const world = new SyntheticWorld(await recordedSyntheticOptions(store));
     const start = world.endMs;
     const clock = new VirtualClock(start);
+    const at = new Date(start);
+    const nextMonth = Date.UTC(at.getUTCFullYear(), at.getUTCMonth() + 1, 1);
+    if (start + days * DAY_MS > nextMonth) {
+      log(`the test runs past ${new Date(nextMonth).toISOString().slice(0, 10)}, when a monthly fine-tune would be due: both arms keep model ${options.model.version}`);
+    }
     tables = SqliteTableStore.open(join(options.workDir, "tables.sqlite"), clock);
     const clusters = (await store.clusters()).map((c) => c.id);
     const positiveMin = options.positiveMin !== undefined ? options.positiveMin : world.options.positiveThreshold;
@@ -194,6 +215,7 @@ export async function runSimulatedExperiment(options: SimulatedExperimentOptions
     let clicks = 0;
     let generated = 0;
     let pending: EngagementEvent[] = [];
+    const outcomes = { slots: 0, satisfied: 0, dissatisfied: 0, negative: 0, ignored: 0 };
     const policy: ExplorationPolicy = {
       async recommend(userId, history, at) {
         const arm = assignArm(definition, userId);
@@ -243,6 +265,8 @@ export async function runSimulatedExperiment(options: SimulatedExperimentOptions
       const span = Math.min(refreshDays, days - day);
       const result = await environment.simulateDays(span, policy, hooks);
       log(`days ${day}-${day + span}: ${result.exposures} slots shown, ${result.clicks} clicks, ${result.outcomes.satisfied} satisfied, ${result.events} events`);
+      outcomes.slots += result.exposures;
+      for (const k of ["satisfied", "dissatisfied", "negative", "ignored"] as const) outcomes[k] += result.outcomes[k];
       generated += pending.length;
       if (pending.length) await store.append({ events: eventBatchFromEvents(pending) });
       pending = [];
@@ -269,6 +293,8 @@ export async function runSimulatedExperiment(options: SimulatedExperimentOptions
         clicks,
         events: generated,
         model: options.model.version,
+        salt: definition.salt,
+        outcomes,
       },
       tables: { control: control.tableVersion, treatment: treatmentVersions },
       refreshes,
