@@ -16,7 +16,7 @@ import { REFERENCE_SHAPE, readModelFile } from "../src/llm/engine/model-file.js"
 import { descriptionGrammar } from "../src/llm/backends/gguf.js";
 
 /**
- * The naive path: node-llama-cpp, one context with one sequence and one thread (ENGINE-NOTES: two threads are
+ * The naive path: node-llama-cpp, one context with one sequence and one thread (docs/engine.md, "Threads: the pitfalls": two threads are
  * slower there), each prompt evaluated alone and its answer generated greedily under a grammar that admits exactly
  * the cluster descriptions. Prompts are given as token ids (freshrec's word-level tokenizer), so the model reads
  * what it was trained on.

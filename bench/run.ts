@@ -1,6 +1,6 @@
 /**
  * Benchmark suites: `npm run bench -- SUITE` or `freshrec bench SUITE` runs bench/SUITE.ts, prints its table and
- * writes bench/results/SUITE.json as `{ suite, machine, results: { KEY: number } }` (DESIGN.md). A suite module
+ * writes bench/results/SUITE.json as `{ suite, machine, results: { KEY: number } }` (README.md, "Benchmarks"). A suite module
  * exports `run(): Promise<BenchSuiteResult>`; targets are reported beside the numbers, never asserted in tests.
  */
 import { mkdirSync, writeFileSync } from "node:fs";

@@ -1,6 +1,6 @@
 /**
  * The event store: a DuckDB database in the workspace holding clusters, items, users and events in the generic
- * schema of DESIGN.md. Ids are the user's strings; dense integer keys sit beside them so that mining (window
+ * schema of README.md "Data" (docs/architecture.md places it). Ids are the user's strings; dense integer keys sit beside them so that mining (window
  * functions over millions of events) sorts and joins integers, not strings.
  *
  * Appending is idempotent and atomic: an event is identified by (user, item, ts), a re-ingested file adds nothing

@@ -1,5 +1,5 @@
 /**
- * One exploration answer, the serving path of DESIGN.md §7: the user's history (c1, c2), the table's ranked novel
+ * One exploration answer, the serving path of docs/architecture.md ("Data flow"): the user's history (c1, c2), the table's ranked novel
  * clusters for that pair, and each cluster grounded into items by the item policy. The HTTP route and the simulated
  * A/B both call `Explorer.explore`, so what the simulation measures is what the API serves.
  *

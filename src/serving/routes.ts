@@ -1,5 +1,5 @@
 /**
- * The HTTP routes (DESIGN.md, "Contract for users"). Each route is one spec (zod schemas for path, query and body,
+ * The HTTP routes (README.md and docs/architecture.md, "The user contract"). Each route is one spec (zod schemas for path, query and body,
  * success and error responses) registered with Fastify and listed in /openapi.json from the same object. Requests are
  * parsed with the zod schemas here rather than by Fastify's validator, so that a bad event batch answers with the
  * index and field of each problem in our error shape.

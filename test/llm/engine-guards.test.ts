@@ -16,7 +16,7 @@ import { EmbeddedLanguageModel } from "../../src/llm/backends/embedded.js";
 import { CLUSTERS, TINY_SHAPE, tempWorkspace } from "./fixtures.js";
 
 describe("engine guard rails", () => {
-  it("declares the llama.cpp v0.4.0 struct layouts with the sizes measured in C (ENGINE-NOTES.md)", () => {
+  it("declares the llama.cpp v0.4.0 struct layouts with the sizes measured in C (docs/engine.md)", () => {
     for (const [name, type] of Object.entries(DECLARED_STRUCTS)) {
       expect({ name, size: koffi.sizeof(type) }).toEqual({ name, size: EXPECTED_STRUCT_SIZES[name as keyof typeof EXPECTED_STRUCT_SIZES] });
     }

@@ -13,7 +13,7 @@ export async function trainTinyModel(workspace: string, name = "tiny.gguf"): Pro
 /** A log sink that drops everything (the servers' pino logs would flood the test output). */
 export const silentLog = { write: () => undefined };
 
-/** A LoRA adapter on every layer's attn_q (the adapter GGUF layout of ENGINE-NOTES.md). */
+/** A LoRA adapter on every layer's attn_q (the adapter GGUF layout of docs/engine.md, "Model files"). */
 export function writeLora(path: string, value: number): void {
   const d = TINY_SHAPE.embedding;
   const r = 4;

@@ -1,6 +1,6 @@
 /**
  * `freshrec ingest`: reads clusters, items and events (CSV, JSONL or Parquet in the generic format of
- * DESIGN.md, or a MovieLens folder through its adapter), validates every row, and appends everything to the
+ * README.md "Data", or a MovieLens folder through its adapter), validates every row, and appends everything to the
  * event store in one transaction. A file whose share of bad rows exceeds the threshold fails the whole ingest
  * before anything is written.
  *

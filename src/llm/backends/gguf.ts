@@ -17,7 +17,7 @@
  *   an empty context every time, so a prompt's scores never depend on what was scored before it. Longer
  *   descriptions are not normalised by length: the probability of the whole answer is what generation would follow.
  *   `info.ranking` reports the method.
- * - One context with one sequence and `threads: 1` (ENGINE-NOTES.md: two threads were 3-27x slower on 2 cores;
+ * - One context with one sequence and `threads: 1` (docs/engine.md, "Threads: the pitfalls": two threads were slower on 2 cores;
  *   multi-sequence probability maps were unreliable), calls serialised. Scale out with processes.
  * - LoRA adapters (`loraAdapters`) are applied to the context: a fine-tune delivered as an adapter file is a new
  *   model version without copying the base weights.
@@ -46,7 +46,7 @@ export interface GgufModelOptions {
 }
 
 let llamaPromise: Promise<Llama> | null = null;
-/** One llama.cpp instance per process; never a GPU probe, download or build (ENGINE-NOTES.md). */
+/** One llama.cpp instance per process; never a GPU probe, download or build (docs/engine.md, "Pinned versions"). */
 function sharedLlama(): Promise<Llama> {
   llamaPromise ??= getLlama({ gpu: false, build: "never", logLevel: LlamaLogLevel.error });
   return llamaPromise;

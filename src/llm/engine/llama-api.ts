@@ -1,8 +1,8 @@
 /**
  * The llama.cpp C API through koffi, bound to the libraries that ship with the exactly pinned node-llama-cpp
  * (3.21.1, llama.cpp release v0.4.0). The struct layouts below belong to that version only; `assertPinnedEngine`
- * refuses any other version before a single struct crosses the boundary, and test/llm/struct-layout.test.ts checks
- * the declared sizes against the sizes measured with a C sizeof program (ENGINE-NOTES.md).
+ * refuses any other version before a single struct crosses the boundary, and test/llm/engine-guards.test.ts checks
+ * the declared sizes against the sizes measured with a C sizeof program (docs/engine.md, "Struct layouts").
  *
  * @example
  * const api = loadLlamaApi();
@@ -155,7 +155,7 @@ export const llamaBatch = koffi.struct("llama_batch", {
   logits: "void *",
 });
 
-/** Sizes measured with a C sizeof program against llama.cpp v0.4.0 headers (ENGINE-NOTES.md). */
+/** Sizes measured with a C sizeof program against llama.cpp v0.4.0 headers (docs/engine.md, "Struct layouts"). */
 export const EXPECTED_STRUCT_SIZES = {
   llama_model_params: 80,
   llama_context_params: 160,

@@ -2,7 +2,7 @@
  * Batched next-token scoring through llama.cpp: many prompts (one sequence each) per `llama_decode`, logits read
  * only at each prompt's last token, and only for the answer tokens. This is what makes a full table
  * (|C|·(|C|-1) pairs) cheap: node-llama-cpp evaluates one sequence at a time and its multi-sequence probability
- * maps were measured unreliable (ENGINE-NOTES.md).
+ * maps were measured unreliable (docs/engine.md, "Threads: the pitfalls").
  *
  * `llama_decode` runs synchronously on the main thread, one batch (~10 ms) at a time with a yield to the event loop
  * in between. koffi's async path (a worker thread per call) was measured 2.2x slower: llama.cpp's CPU thread team
