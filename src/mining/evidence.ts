@@ -104,11 +104,30 @@ export class EvidenceLog {
   }
   private countingNs = 0;
 
+  /**
+   * The last windows counted: a refresh asks for the same few windows several times (the fit slice while sizing it,
+   * then for every candidate window; the chosen window again for the fit). Bounded, because a replay shares one log
+   * across all its refreshes. Callers treat counts as read-only.
+   */
+  private readonly recent = new Map<string, WindowCounts>();
+  private static readonly RECENT_WINDOWS = 16;
+
   /** Distinct-user counts of [from, to); the window must lie inside the span the log was read over. */
   counts(window: TimeWindow): WindowCounts {
+    const key = `${window.from}|${window.to}`;
+    const hit = this.recent.get(key);
+    if (hit) {
+      // Most recently used last: the oldest entry is the first to go.
+      this.recent.delete(key);
+      this.recent.set(key, hit);
+      return hit;
+    }
     const started = process.hrtime.bigint();
     try {
-      return this.countWindow(window);
+      const counts = this.countWindow(window);
+      this.recent.set(key, counts);
+      if (this.recent.size > EvidenceLog.RECENT_WINDOWS) this.recent.delete(this.recent.keys().next().value!);
+      return counts;
     } finally {
       this.countingNs += Number(process.hrtime.bigint() - started);
     }

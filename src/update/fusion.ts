@@ -218,12 +218,18 @@ function fitSlice(log: EvidenceLog, asOf: number, o: Required<FusionOptions>): T
  * The likelihood of a fit slice as a function of the parameters. The base measure's normaliser is the expensive
  * part, so for fixed (beta, gamma, tau) the base measure of each observation is computed once and alpha is profiled
  * out with a cheap one-dimensional search. Observations (distinct (pair, next) of the slice, weighted by users) are
- * flat typed arrays: the fit evaluates them a few thousand times per refresh.
+ * flat typed arrays: the fit evaluates them a few hundred times per refresh.
+ *
+ * The searches move one strength at a time, so the work is staged by what each stage depends on and the last
+ * result of each stage is kept: the second-cluster rows depend on beta, their powers and row sums on gamma too, and
+ * only the prior's weights on tau. Only the rows of second clusters the slice's pairs have are computed.
  */
 class SliceLikelihood {
   readonly K: number;
   readonly transitions: number;
   private readonly logPopularity: Float64Array;
+  /** exp(logPopularity): the popularity smoothing of the second-cluster rows. */
+  private readonly popularity: Float64Array;
   /** Per pair of the slice: its clusters and its total users in the evidence window. */
   private readonly pairC1: Int32Array;
   private readonly pairC2: Int32Array;
@@ -233,6 +239,45 @@ class SliceLikelihood {
   private readonly obsNext: Int32Array;
   private readonly obsWeight: Float64Array;
   private readonly obsEvidence: Float64Array;
+  /** Per observation: log of the LLM prior's probability of its next cluster (floored as the weights use it). */
+  private readonly obsLogPrior: Float64Array;
+  /**
+   * Per pair, its prior's top-M answers among the known clusters, copied out of the prior (pair i's are at
+   * [i * M, i * M + answerCount[i])) with the log of their floored probabilities, and the log of its rest.
+   */
+  private readonly answerNext: Int32Array;
+  private readonly answerLogP: Float64Array;
+  private readonly answerCount: Int32Array;
+  private readonly logRest: Float64Array;
+  /** The distinct second clusters of the slice's pairs: the only backoff rows the likelihood reads. */
+  private readonly rows: Int32Array;
+  /** Stage beta: log q2 of the rows above. */
+  private readonly logQ2: Float64Array;
+  private stagedBeta = Number.NaN;
+  /** Stage (beta, gamma): q2^gamma of the rows above, each row's sum and its known clusters' sum. */
+  private readonly rowExp: Float64Array;
+  private readonly rowSum: Float64Array;
+  private readonly rowKnown: Float64Array;
+  private stagedGamma = Number.NaN;
+  private stagedGammaBeta = Number.NaN;
+  /** Stage tau: the prior's weights (probability^tau) of each pair's top-M answers, its rest, each observation. */
+  private readonly answerWeight: Float64Array;
+  private readonly restWeight: Float64Array;
+  private readonly obsWeightTau: Float64Array;
+  private stagedTau = Number.NaN;
+  /**
+   * The likelihood split for the alpha search: an observation without evidence users contributes
+   * w * (log alpha + log base), a pair weight * log(evidence + alpha), grouped by the pair's evidence users.
+   */
+  private readonly obsWithEvidence: Int32Array;
+  private readonly weightWithoutEvidence: number;
+  private readonly groupEvidence: Float64Array;
+  private readonly groupWeight: Float64Array;
+  /** Per-pair normalisers and the observations' base measures of the last evaluation. */
+  private readonly backoffZ: Float64Array;
+  private readonly knownShare: Float64Array;
+  private readonly knownZ: Float64Array;
+  private readonly base: Float64Array;
 
   constructor(
     slice: WindowCounts,
@@ -249,11 +294,19 @@ class SliceLikelihood {
     this.obsNext = new Int32Array(observations);
     this.obsWeight = new Float64Array(observations);
     this.obsEvidence = new Float64Array(observations);
+    this.obsLogPrior = new Float64Array(prior ? observations : 0);
+    const topM = prior?.topM ?? 0;
+    this.answerNext = new Int32Array(pairs.length * topM);
+    this.answerLogP = new Float64Array(pairs.length * topM);
+    this.answerCount = new Int32Array(pairs.length);
+    this.logRest = new Float64Array(pairs.length);
+    const used = new Uint8Array(K);
     let o = 0;
     let total = 0;
     pairs.forEach(([p, obs], i) => {
       this.pairC1[i] = Math.floor(p / K);
       this.pairC2[i] = p % K;
+      used[p % K] = 1;
       const own = evidence.pairs.get(p);
       this.pairEvidence[i] = own?.total ?? 0;
       const at = new Map<number, number>();
@@ -263,11 +316,92 @@ class SliceLikelihood {
         this.obsNext[o] = obs.next[k];
         this.obsWeight[o] = obs.users[k];
         this.obsEvidence[o] = at.get(obs.next[k]) ?? 0;
+        if (prior) this.obsLogPrior[o] = Math.log(Math.max(priorProbability(prior, p, obs.next[k]), 1e-12));
+      }
+      if (prior) {
+        this.logRest[i] = Math.log(prior.rest[p] || 1e-12);
+        let kept = 0;
+        for (let k = 0; k < topM; k++) {
+          const n = prior.answer[p * topM + k];
+          if (n < 0) break;
+          if (prior.known && !prior.known[n]) continue;
+          this.answerNext[i * topM + kept] = n;
+          this.answerLogP[i * topM + kept] = Math.log(Math.max(prior.probability[p * topM + k], 1e-12));
+          kept++;
+        }
+        this.answerCount[i] = kept;
       }
       total += obs.total;
     });
     this.transitions = total;
+    const pairWeight = new Float64Array(pairs.length);
+    for (let k = 0; k < observations; k++) pairWeight[this.obsPair[k]] += this.obsWeight[k];
+    const groups = new Map<number, number>();
+    pairWeight.forEach((w, i) => groups.set(this.pairEvidence[i], (groups.get(this.pairEvidence[i]) ?? 0) + w));
+    this.groupEvidence = Float64Array.from(groups.keys());
+    this.groupWeight = Float64Array.from(groups.values());
+    this.obsWithEvidence = Int32Array.from(this.obsEvidence.keys()).filter((k) => this.obsEvidence[k] > 0);
+    this.weightWithoutEvidence = this.obsWeight.reduce((sum, w, k) => (this.obsEvidence[k] > 0 ? sum : sum + w), 0);
+    this.answerWeight = new Float64Array(pairs.length * topM);
+    this.restWeight = new Float64Array(pairs.length);
+    this.obsWeightTau = new Float64Array(prior ? observations : 0);
+    this.backoffZ = new Float64Array(pairs.length);
+    this.knownShare = new Float64Array(pairs.length);
+    this.knownZ = new Float64Array(pairs.length);
+    this.base = new Float64Array(observations);
     this.logPopularity = logPopularity(evidence);
+    this.popularity = this.logPopularity.map(Math.exp);
+    this.rows = Int32Array.from(used.keys()).filter((c2) => used[c2] === 1);
+    this.logQ2 = new Float64Array(K * K);
+    this.rowExp = new Float64Array(K * K);
+    this.rowSum = new Float64Array(K);
+    this.rowKnown = new Float64Array(K);
+  }
+
+  /** log q2 of the slice's second clusters for `beta` (the stage is kept for the next call with the same beta). */
+  private stageBeta(beta: number): void {
+    if (beta === this.stagedBeta) return;
+    const K = this.K;
+    const { second, secondTotal } = this.evidence;
+    for (const c2 of this.rows) {
+      const denominator = secondTotal[c2] + beta;
+      for (let n = 0; n < K; n++) this.logQ2[c2 * K + n] = Math.log((second[c2 * K + n] + beta * this.popularity[n]) / denominator);
+    }
+    this.stagedBeta = beta;
+    this.stagedGamma = Number.NaN;
+  }
+
+  /** q2^gamma and the row sums (all clusters, and the known ones) for (beta, gamma). */
+  private stageGamma(beta: number, gamma: number, known: Uint8Array | null): void {
+    this.stageBeta(beta);
+    if (gamma === this.stagedGamma && beta === this.stagedGammaBeta) return;
+    const K = this.K;
+    const { logQ2, rowExp } = this;
+    for (const c2 of this.rows) {
+      let sum = 0;
+      let sumKnown = 0;
+      for (let n = 0; n < K; n++) {
+        const e = (rowExp[c2 * K + n] = Math.exp(gamma * logQ2[c2 * K + n]));
+        sum += e;
+        if (!known || known[n]) sumKnown += e;
+      }
+      this.rowSum[c2] = sum;
+      this.rowKnown[c2] = sumKnown;
+    }
+    this.stagedGamma = gamma;
+    this.stagedGammaBeta = beta;
+  }
+
+  /** The prior's weights for tau (as exp(tau * log p): one exp per weight where pow costs several). */
+  private stageTau(tau: number): void {
+    if (tau === this.stagedTau) return;
+    const topM = this.prior!.topM;
+    for (let i = 0; i < this.pairC1.length; i++) {
+      this.restWeight[i] = Math.exp(tau * this.logRest[i]);
+      for (let k = i * topM, end = k + this.answerCount[i]; k < end; k++) this.answerWeight[k] = Math.exp(tau * this.answerLogP[k]);
+    }
+    for (let o = 0; o < this.obsWeightTau.length; o++) this.obsWeightTau[o] = Math.exp(tau * this.obsLogPrior[o]);
+    this.stagedTau = tau;
   }
 
   /**
@@ -277,28 +411,16 @@ class SliceLikelihood {
    */
   baseOfObservations(beta: number, gamma: number, tau: number): Float64Array {
     const K = this.K;
-    const logQ2 = logSecondRows(this.evidence, this.logPopularity, beta);
+    // The known-cluster sums are taken over the prior's mask; without a prior they are not read.
+    this.stageGamma(beta, gamma, this.prior?.known ?? null);
+    const { rowExp, rowSum, rowKnown } = this;
     const prior = tau > 0 ? this.prior : null;
     const known = prior?.known ?? null;
-    const rowExp = new Float64Array(K * K);
-    const rowSum = new Float64Array(K);
-    const rowKnown = new Float64Array(K);
-    for (let c2 = 0; c2 < K; c2++) {
-      let sum = 0;
-      let sumKnown = 0;
-      for (let n = 0; n < K; n++) {
-        const e = (rowExp[c2 * K + n] = Math.exp(gamma * logQ2[c2 * K + n]));
-        sum += e;
-        if (!known || known[n]) sumKnown += e;
-      }
-      rowSum[c2] = sum;
-      rowKnown[c2] = sumKnown;
-    }
+    if (prior) this.stageTau(tau);
+    const { answerWeight, answerNext, answerCount, restWeight, obsWeightTau, backoffZ, knownShare, knownZ } = this;
+    const topM = prior?.topM ?? 0;
     // Per pair: the backoff's normaliser, and (with a prior) the known clusters' share of it and their normaliser
     // under the prior's weights.
-    const backoffZ = new Float64Array(this.pairC1.length);
-    const knownShare = new Float64Array(this.pairC1.length);
-    const knownZ = new Float64Array(this.pairC1.length);
     for (let i = 0; i < backoffZ.length; i++) {
       const c1 = this.pairC1[i];
       const c2 = this.pairC2[i];
@@ -307,25 +429,19 @@ class SliceLikelihood {
       if (!prior) continue;
       const knownSum = rowKnown[c2] - (!known || known[c1] ? rowExp[row + c1] : 0) - (!known || known[c2] ? rowExp[row + c2] : 0);
       knownShare[i] = knownSum / backoffZ[i];
-      const p = c1 * K + c2;
-      const rest = Math.pow(prior.rest[p] || 1e-12, tau);
+      const rest = restWeight[i];
       let z = knownSum * rest;
-      for (let k = 0; k < prior.topM; k++) {
-        const n = prior.answer[p * prior.topM + k];
-        if (n < 0) break;
-        if (known && !known[n]) continue;
-        z += rowExp[row + n] * (Math.pow(Math.max(prior.probability[p * prior.topM + k], 1e-12), tau) - rest);
-      }
+      for (let k = i * topM, end = k + answerCount[i]; k < end; k++) z += rowExp[row + answerNext[k]] * (answerWeight[k] - rest);
       knownZ[i] = z;
     }
-    const out = new Float64Array(this.obsPair.length);
+    // Reused between calls: each result is consumed (profileAlpha) before the next evaluation.
+    const out = this.base;
     for (let o = 0; o < out.length; o++) {
       const i = this.obsPair[o];
       const n = this.obsNext[o];
       const e = rowExp[this.pairC2[i] * K + n];
       if (prior && (!known || known[n])) {
-        const weight = Math.pow(Math.max(priorProbability(prior, this.pairC1[i] * K + this.pairC2[i], n), 1e-12), tau);
-        out[o] = (knownShare[i] * e * weight) / knownZ[i];
+        out[o] = (knownShare[i] * e * obsWeightTau[o]) / knownZ[i];
       } else {
         out[o] = e / backoffZ[i];
       }
@@ -333,18 +449,26 @@ class SliceLikelihood {
     return out;
   }
 
-  /** Total log-likelihood for a given alpha and the base measures of the observations. */
-  logLikelihood(alpha: number, base: Float64Array): number {
-    let ll = 0;
-    for (let o = 0; o < base.length; o++) {
-      ll += this.obsWeight[o] * Math.log((this.obsEvidence[o] + alpha * base[o]) / (this.pairEvidence[this.obsPair[o]] + alpha));
+  /**
+   * Total log-likelihood for a given alpha: sum over observations of w * log((e + alpha * base) / (E + alpha)), e the
+   * observation's evidence users and E its pair's. `logBase` is sum of w * log(base) over the observations without
+   * evidence users (it does not depend on alpha).
+   */
+  logLikelihood(alpha: number, base: Float64Array, logBase: number): number {
+    let ll = this.weightWithoutEvidence * Math.log(alpha) + logBase;
+    for (let k = 0; k < this.obsWithEvidence.length; k++) {
+      const o = this.obsWithEvidence[k];
+      ll += this.obsWeight[o] * Math.log(this.obsEvidence[o] + alpha * base[o]);
     }
+    for (let g = 0; g < this.groupEvidence.length; g++) ll -= this.groupWeight[g] * Math.log(this.groupEvidence[g] + alpha);
     return ll;
   }
 
   /** alpha maximising the likelihood for fixed base measures (log-scale golden section). */
   profileAlpha(base: Float64Array): { alpha: number; ll: number } {
-    const best = goldenMax((a) => this.logLikelihood(Math.exp(a), base), Math.log(1e-2), Math.log(1e4), 0.05);
+    let logBase = 0;
+    for (let o = 0; o < base.length; o++) if (!(this.obsEvidence[o] > 0)) logBase += this.obsWeight[o] * Math.log(base[o]);
+    const best = goldenMax((a) => this.logLikelihood(Math.exp(a), base, logBase), Math.log(1e-2), Math.log(1e4), 0.05);
     return { alpha: Math.exp(best.x), ll: best.y };
   }
 }
