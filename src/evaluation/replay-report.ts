@@ -4,12 +4,15 @@ import { writeReport, type WrittenReport } from "./report.js";
 import { SEGMENT_EVIDENCE_DAYS, SEGMENT_NEW_DAYS } from "./segments.js";
 
 const pct = (v: number) => (Number.isFinite(v) ? `${(100 * v).toFixed(2)}%` : "-");
+const share = (v: number | null | undefined) => (v === null || v === undefined ? "-" : `${(100 * v).toFixed(1)}%`);
 
 /** `json` is what the report's JSON file holds (the CLI gives the result's wire form, times as ISO); default the result. */
 export function writeReplayReport(reportsDir: string, result: ReplayResult, source: string, json: object = result): WrittenReport {
   const names = Object.keys(result.strategies);
   const s = result.strategies;
   const day = (ms: number) => new Date(ms).toISOString().slice(0, 10);
+  const ceiling = result.ceiling ?? null;
+  const segmentNames = names.length ? Object.keys(s[names[0]].segments) : [];
   return writeReport(reportsDir, {
     name: "replay",
     title: `Replay ${day(result.window.from)} .. ${day(result.window.to)} (${source})`,
@@ -20,13 +23,33 @@ export function writeReplayReport(reportsDir: string, result: ReplayResult, sour
         paragraphs: [
           `${result.transitions} real novel transitions of ${result.users} users, each scored against the table its strategy had live at that moment. hit@1: the table's first answer is the next novel cluster; hit@5: among its five; horizon hit: the first answer appears among the user's next clusters.`,
           "Costs are what each strategy would pay alone: training tokens and CPU seconds include the training worker's; a fine-tune that two strategies run identically (finetune-monthly and hybrid share them) is trained once and charged to both. The hosted estimate prices the prompts scored at the given price per million prompt tokens.",
+          ...(ceiling
+            ? [
+                `${ceiling}: the synthetic world's true kernel ranks every pair's successors, one table at the start and one at each month boundary (when the kernel changes). It is the ceiling a table learnt from the population can reach, not a product strategy; "of ${ceiling}" is a strategy's hit rate over the ${ceiling}'s on the same transitions. Users also return to older interests and follow their own taste, which the kernel does not hold, so a share can exceed 100% on some segment.`,
+              ]
+            : []),
         ],
         table: {
-          columns: ["strategy", "hit@1", "hit@5", "horizon hit", "coverage", "popularity rank", "staleness (days)", "tables", "prompts scored", "training tokens", "CPU s", "hosted est. $"],
+          columns: [
+            "strategy",
+            "hit@1",
+            "hit@5",
+            ...(ceiling ? [`hit@1 of ${ceiling}`, `hit@5 of ${ceiling}`] : []),
+            "horizon hit",
+            "coverage",
+            "popularity rank",
+            "staleness (days)",
+            "tables",
+            "prompts scored",
+            "training tokens",
+            "CPU s",
+            "hosted est. $",
+          ],
           rows: names.map((n) => [
             n,
             pct(s[n].hit1),
             pct(s[n].hit5),
+            ...(ceiling ? [share(s[n].shareOfOracle?.hit1), share(s[n].shareOfOracle?.hit5)] : []),
             pct(s[n].horizonHit),
             s[n].coverage,
             Number(s[n].popularityRank.toFixed(1)),
@@ -39,7 +62,7 @@ export function writeReplayReport(reportsDir: string, result: ReplayResult, sour
           ]),
         },
       },
-      ...(names.length && Object.keys(s[names[0]].segments).length
+      ...(segmentNames.length
         ? [
             {
               heading: "Segments",
@@ -47,10 +70,24 @@ export function writeReplayReport(reportsDir: string, result: ReplayResult, sour
                 `hit@1 / hit@5 per segment. evidence: the pair's distinct users in the ${SEGMENT_EVIDENCE_DAYS} days before the transition's day (none 0-1, sparse 2-4, dense 5+); cluster:new, user:new: the next cluster, or the user, first seen within ${SEGMENT_NEW_DAYS} days before. A prior that carries knowledge the counts lack shows where the counts are thin.`,
               ],
               table: {
-                columns: ["strategy", ...Object.keys(s[names[0]].segments).map((g) => `${g} (${s[names[0]].segments[g].transitions})`)],
-                rows: names.map((n) => [n, ...Object.values(s[n].segments).map((g) => `${pct(g.hit1)} / ${pct(g.hit5)}`)]),
+                columns: ["strategy", ...segmentNames.map((g) => `${g} (${s[names[0]].segments[g].transitions})`)],
+                rows: names.map((n) => [n, ...segmentNames.map((g) => `${pct(s[n].segments[g].hit1)} / ${pct(s[n].segments[g].hit5)}`)]),
               },
             },
+            ...(ceiling
+              ? [
+                  {
+                    heading: `Segments as a share of the ${ceiling}`,
+                    paragraphs: [
+                      `hit@1 / hit@5 of each strategy over the ${ceiling}'s on the segment's transitions: how much of what the truth allows each strategy reaches where the evidence is thin or dense, for new clusters and new users.`,
+                    ],
+                    table: {
+                      columns: ["strategy", ...segmentNames.map((g) => `${g} (${s[names[0]].segments[g].transitions})`)],
+                      rows: names.map((n) => [n, ...segmentNames.map((g) => `${share(s[n].segments[g].shareOfOracle?.hit1)} / ${share(s[n].segments[g].shareOfOracle?.hit5)}`)]),
+                    },
+                  },
+                ]
+              : []),
           ]
         : []),
       {

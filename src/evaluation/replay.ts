@@ -9,6 +9,7 @@
  */
 import type { EventStore } from "../data/event-store.js";
 import { VirtualClock } from "../domain/clock.js";
+import { BadInputError } from "../domain/errors.js";
 import type { TimeWindow } from "../domain/types.js";
 import { timedTransitions, type MiningOptions, type TimedTransition } from "../mining/transitions.js";
 import { segmentLabels, segmentOf } from "./segments.js";
@@ -39,6 +40,11 @@ export interface StrategySetup {
    * measurement (FinetuneMemo), so the others fill the remaining slots around them.
    */
   readonly finetunes?: boolean;
+  /**
+   * The strategy's tables are the truth of the data's world (the synthetic platform's `oracle`): its hit rates are
+   * the ceiling, and every strategy's are also given as a share of them (`shareOfOracle`). At most one per replay.
+   */
+  readonly ceiling?: boolean;
 }
 
 export interface ReplayOptions extends MiningOptions {
@@ -110,7 +116,18 @@ export interface StrategyResult {
    */
   readonly outcomes: Record<string, { readonly succeeded: number; readonly idle: number; readonly failed: number; readonly halted: number; readonly skipped: number; readonly firstFailure: string | null; readonly firstHalt: string | null }>;
   /** The same metrics per segment (./segments.ts): where the strategy wins or loses. */
-  readonly segments: Record<string, { readonly transitions: number; readonly hit1: number; readonly hit5: number }>;
+  readonly segments: Record<string, { readonly transitions: number; readonly hit1: number; readonly hit5: number; readonly shareOfOracle: ShareOfCeiling | null }>;
+  /**
+   * hit@1 and hit@5 as a share of the ceiling strategy's (the oracle's) on the same transitions; null when the replay
+   * has no ceiling strategy.
+   */
+  readonly shareOfOracle: ShareOfCeiling | null;
+}
+
+/** A strategy's hits divided by the ceiling's; a share is null where the ceiling hit nothing (nothing to divide by). */
+export interface ShareOfCeiling {
+  readonly hit1: number | null;
+  readonly hit5: number | null;
 }
 
 export interface Comparison {
@@ -127,6 +144,8 @@ export interface ReplayResult {
   readonly users: number;
   readonly strategies: Record<string, StrategyResult>;
   readonly comparisons: Comparison[];
+  /** The ceiling strategy every `shareOfOracle` divides by, or null (no oracle in this replay). */
+  readonly ceiling: string | null;
   /**
    * The published tables of each strategy, in order (version, publish time); a fusion table also carries the fitted
    * weight of the LLM prior and what it adds to the likelihood (nats per transition): the drift signal over time.
@@ -141,6 +160,9 @@ interface CapturedTable extends LiveTableEntry {
 }
 
 export async function replay(options: ReplayOptions): Promise<ReplayResult> {
+  const ceilings = options.strategies.filter((s) => s.ceiling);
+  if (ceilings.length > 1) throw new BadInputError(`replay: one ceiling strategy at most, got ${ceilings.map((s) => s.name).join(", ")}`);
+  const ceiling = ceilings[0]?.name ?? null;
   const horizon = options.horizon ?? 5;
   const transitions = await timedTransitions(options.events, options.window, { positiveMin: options.positiveMin, horizon });
   const bySegment = options.clusters
@@ -161,10 +183,11 @@ export async function replay(options: ReplayOptions): Promise<ReplayResult> {
   const runs = new Map<string, StrategyRun & { score: ReplayScore; weekly: StrategyResult["weekly"]; staleness: number; segments: StrategyResult["segments"] }>();
   await runPool(ordered, options.parallel ?? 1, async (setup) => {
     const run = await runStrategy(setup, options);
-    const segments: Record<string, { transitions: number; hit1: number; hit5: number }> = {};
+    const segments: Record<string, { transitions: number; hit1: number; hit5: number; shareOfOracle: ShareOfCeiling | null }> = {};
     for (const [name, list] of bySegment) {
       const s = scoreTransitions(list, run.captured, { k: options.k ?? 5 });
-      segments[name] = { transitions: s.transitions, hit1: s.hit1, hit5: s.hitK };
+      // The share needs the ceiling's score of the segment, known once every strategy ran.
+      segments[name] = { transitions: s.transitions, hit1: s.hit1, hit5: s.hitK, shareOfOracle: null };
     }
     runs.set(setup.name, {
       ...run,
@@ -206,7 +229,19 @@ export async function replay(options: ReplayOptions): Promise<ReplayResult> {
       weekly,
       segments,
       outcomes,
+      shareOfOracle: null,
     };
+  }
+  if (ceiling !== null) {
+    const top = strategies[ceiling];
+    for (const name of Object.keys(strategies)) {
+      const s = strategies[name];
+      strategies[name] = {
+        ...s,
+        shareOfOracle: shareOf(s, top),
+        segments: Object.fromEntries(Object.entries(s.segments).map(([g, v]) => [g, { ...v, shareOfOracle: shareOf(v, top.segments[g]) }])),
+      };
+    }
   }
   return {
     window: options.window,
@@ -214,8 +249,15 @@ export async function replay(options: ReplayOptions): Promise<ReplayResult> {
     users: new Set(transitions.map((t) => t.userId)).size,
     strategies,
     comparisons: compare(scores, options.resamples ?? 1000),
+    ceiling,
     timelines,
   };
+}
+
+/** hit@1 and hit@5 over the ceiling's on the same transitions. */
+function shareOf(s: { readonly hit1: number; readonly hit5: number }, top: { readonly hit1: number; readonly hit5: number }): ShareOfCeiling {
+  const ratio = (x: number, c: number) => (c > 0 && Number.isFinite(x) ? x / c : null);
+  return { hit1: ratio(s.hit1, top.hit1), hit5: ratio(s.hit5, top.hit5) };
 }
 
 /**

@@ -13,7 +13,9 @@
  * - `rag-day1-frozen`: one in-prompt RAG table on the first day, then frozen (the paper's variant);
  * - `counts-backoff`: the fusion posterior without an LLM prior (pair, second cluster, popularity), fitted the
  *   same way: the strongest counting baseline, which the LLM must beat to earn its place;
- * - `successor-top1`, `popular-novel`: the simple non-LLM baselines, recomputed every N days from the RAG window.
+ * - `successor-top1`, `popular-novel`: the simple non-LLM baselines, recomputed every N days from the RAG window;
+ * - `oracle` (synthetic platform only, ./oracle.ts): the world's true kernel's answers, a table at the start and at
+ *   every month boundary. Not a product strategy: the ceiling every other strategy is shown as a share of.
  *
  * Every LLM strategy starts from the same start model (trained only on data before the period), registered live in
  * its own registry and table store under the replay's work directory, so strategies never see each other's state.
@@ -37,12 +39,18 @@ import type { FinetuneMemo } from "../update/finetune.js";
 import type { SnapshotCache } from "../update/rag.js";
 import type { EvidenceCache } from "../update/fusion.js";
 import type { JobDefinition } from "../update/schedule/index.js";
+import type { SyntheticWorld } from "../data/synthetic/index.js";
+import { oracleRefreshJob } from "./oracle.js";
 import type { StrategySetup } from "./replay.js";
 
 export const LLM_STRATEGIES = ["static", "finetune-monthly", "rag", "hybrid", "hybrid-drift", "paper-hybrid", "fusion-static", "rag-day1-frozen"] as const;
 export const BASELINE_STRATEGIES = ["counts-backoff", "successor-top1", "popular-novel"] as const;
+/** The strategies a product could run (what `evaluate replay` compares by default). */
 export const ALL_STRATEGIES = [...LLM_STRATEGIES, ...BASELINE_STRATEGIES] as const;
-export type StrategyName = (typeof ALL_STRATEGIES)[number];
+/** Reads the synthetic world's truth: replayable only on a workspace made by `freshrec synth` or `demo`. */
+export const ORACLE_STRATEGY = "oracle";
+export const KNOWN_STRATEGIES = [...ALL_STRATEGIES, ORACLE_STRATEGY] as const;
+export type StrategyName = (typeof KNOWN_STRATEGIES)[number];
 
 /** Strategies whose cadence includes a RAG refresh every N days (the ones a refresh-days ablation varies). */
 const REFRESHING: ReadonlySet<string> = new Set(["rag", "hybrid", "hybrid-drift", "paper-hybrid", "fusion-static", "counts-backoff", "successor-top1", "popular-novel"]);
@@ -80,6 +88,13 @@ export interface StrategyEnvironment {
   readonly finetuneMemo?: FinetuneMemo;
   /** Opens model versions (the configured LLM backend). @defaultValue the embedded backend */
   readonly openModel?: (path: string) => Promise<LanguageModel>;
+  /**
+   * The synthetic world the events came from (src/data/synthetic/recorded.ts); required by `oracle`, whose tables
+   * are its true kernel. Absent for other data.
+   */
+  readonly world?: SyntheticWorld | null;
+  /** Why there is no world (said when `oracle` is asked for without one). */
+  readonly noWorldReason?: string;
   readonly progress?: ProgressSink;
   readonly onTraining?: (strategy: string, event: TrainingEvent) => void;
 }
@@ -89,16 +104,29 @@ function driftOf(env: StrategyEnvironment): DriftTrigger {
   return env.drift;
 }
 
+function worldOf(env: StrategyEnvironment): SyntheticWorld {
+  if (!env.world) throw new BadInputError(`oracle: ${env.noWorldReason ?? "the replay environment has no synthetic world"}; the oracle exists only on the synthetic platform`);
+  return env.world;
+}
+
 /** Parses a comma-separated strategy list, refusing unknown names. */
 export function parseStrategies(list: string): StrategyName[] {
   const names = list.split(",").map((s) => s.trim()).filter((s) => s !== "");
   if (names.length === 0) throw new BadInputError("--strategies: empty list");
   for (const n of names) {
-    if (!(ALL_STRATEGIES as readonly string[]).includes(n)) {
-      throw new BadInputError(`--strategies: unknown strategy ${JSON.stringify(n)} (known: ${ALL_STRATEGIES.join(", ")})`);
+    if (!(KNOWN_STRATEGIES as readonly string[]).includes(n)) {
+      throw new BadInputError(`--strategies: unknown strategy ${JSON.stringify(n)} (known: ${KNOWN_STRATEGIES.join(", ")})`);
     }
   }
   return [...new Set(names)] as StrategyName[];
+}
+
+/**
+ * What a replay compares when no list is given: every product strategy, and on the synthetic platform the oracle
+ * too, since it costs no prompt and no training and gives every other row its share of the ceiling.
+ */
+export function defaultStrategies(synthetic: boolean): StrategyName[] {
+  return synthetic ? [...ALL_STRATEGIES, ORACLE_STRATEGY] : [...ALL_STRATEGIES];
 }
 
 /**
@@ -133,6 +161,7 @@ function setupOf(kind: StrategyName, label: string, refreshDays: number, env: St
   // "Once, at the start": an interval longer than any replay period.
   const once = `every 36500 days from ${start}`;
   const finetuneCadence = env.finetuneCadence ?? "0 0 1 * *";
+  if (kind === ORACLE_STRATEGY) return oracleSetup(label, env, once);
   const llm = !BASELINES.has(kind);
   return {
     name: label,
@@ -221,6 +250,34 @@ function setupOf(kind: StrategyName, label: string, refreshDays: number, env: St
           registry.close();
           tables.close();
         },
+      };
+    },
+  };
+}
+
+/**
+ * The oracle: the true kernel's table at the start, then at every month boundary (00:00 UTC on the 1st, when the
+ * kernel changes); the world is checked when the setup is made, so a replay without one fails before any strategy
+ * runs.
+ */
+function oracleSetup(label: string, env: StrategyEnvironment, once: string): StrategySetup {
+  const world = worldOf(env);
+  return {
+    name: label,
+    ceiling: true,
+    async create(clock) {
+      const dir = join(env.workDir, label.replace(/[^a-zA-Z0-9@._-]/g, "_"));
+      rmSync(dir, { recursive: true, force: true });
+      mkdirSync(dir, { recursive: true });
+      const tables = SqliteTableStore.open(join(dir, "tables.sqlite"), clock);
+      const run = oracleRefreshJob(world, { tables, clusters: env.clusters, topN: env.settings.tables.topN, keep: env.settings.tables.keep, strategy: label });
+      return {
+        jobs: [
+          { name: "start-table", cadence: once, run },
+          { name: "refresh", cadence: "0 0 1 * *", run },
+        ],
+        tables,
+        close: () => tables.close(),
       };
     },
   };

@@ -7,7 +7,8 @@ import { join } from "node:path";
 import { BadInputError } from "../../domain/errors.js";
 import { replay } from "../../evaluation/replay.js";
 import { writeReplayReport } from "../../evaluation/replay-report.js";
-import { ALL_STRATEGIES, LLM_STRATEGIES, parseStrategies, primeSnapshots, strategySetups, type StartModel, type StrategyEnvironment } from "../../evaluation/strategies.js";
+import { ALL_STRATEGIES, defaultStrategies, KNOWN_STRATEGIES, LLM_STRATEGIES, ORACLE_STRATEGY, parseStrategies, primeSnapshots, strategySetups, type StartModel, type StrategyEnvironment } from "../../evaluation/strategies.js";
+import { recordedSyntheticWorld, recordsSyntheticWorld } from "../../data/synthetic/index.js";
 import { ModelRegistry } from "../../llm/registry.js";
 import { CachingTrainer } from "../../llm/training-cache.js";
 import { FinetuneMemo } from "../../update/finetune.js";
@@ -27,7 +28,7 @@ import { replayResultView, windowView } from "../../serving/views.js";
 interface ReplayFlags {
   from?: string;
   to?: string;
-  strategies: string;
+  strategies?: string;
   refreshDays: string;
   ragTop?: string;
   ragMode?: string;
@@ -46,7 +47,10 @@ export function registerEvaluate(program: Command): void {
     .description("simulate each strategy's schedule over a past period and score every real transition against the table live at its moment")
     .requiredOption("--from <time>", "start of the replayed period (the start model is trained on data before it)")
     .option("--to <time>", "end of the period (default: just after the newest event)")
-    .option("--strategies <list>", `comma-separated, from: ${ALL_STRATEGIES.join(", ")}`, ALL_STRATEGIES.join(","))
+    .option(
+      "--strategies <list>",
+      `comma-separated, from: ${KNOWN_STRATEGIES.join(", ")} (default: ${ALL_STRATEGIES.join(",")}, plus ${ORACLE_STRATEGY} on a synthetic workspace)`,
+    )
     .option("--refresh-days <list>", "RAG refresh cadence in days; several (1,2,4,7) expand each refreshing strategy into one per cadence", "2")
     .option("--rag-top <n>", "retrieved successors per prompt (ablation: 1 vs 3; default rag.topN)")
     .option("--rag-mode <mode>", "frequency | trend (ablation; default rag.mode)")
@@ -58,12 +62,23 @@ export function registerEvaluate(program: Command): void {
     .option("--parallel <n>", "strategies replayed at once (fine-tuning ones share each training and wait for it; others use the time; results do not depend on it)", "3")
     .addHelpText(
       "after",
-      "\nExamples:\n  freshrec evaluate replay --from 2025-10-01 --to 2026-01-01\n  freshrec evaluate replay --from 2025-10-01 --strategies hybrid,rag,successor-top1 --refresh-days 1,2,4,7",
+      [
+        "",
+        `${ORACLE_STRATEGY}: on a workspace made by \`freshrec synth\` or \`freshrec demo\` only, the synthetic world's true kernel ranks`,
+        "every pair's successors (a table at the start and at each month boundary, when the kernel changes; no prompt,",
+        "no training). It is the ceiling a table can reach, not a product strategy: every strategy's hit@1 and hit@5 are",
+        "also shown as a share of the oracle's (shareOfOracle). Asked for on other data, the replay stops with exit code 2.",
+        "",
+        "Examples:",
+        "  freshrec evaluate replay --from 2025-10-01 --to 2026-01-01",
+        "  freshrec evaluate replay --from 2025-10-01 --strategies hybrid,rag,successor-top1 --refresh-days 1,2,4,7",
+        "  freshrec evaluate replay --from 2025-11-01 --strategies counts-backoff,hybrid,oracle",
+      ].join("\n"),
     )
     .action(
       action(async (ctx, command) => {
         const f = command.opts<ReplayFlags>();
-        const names = parseStrategies(f.strategies);
+        const asked = f.strategies === undefined ? null : parseStrategies(f.strategies);
         const refreshDays = f.refreshDays.split(",").map((d) => positiveInt("refresh-days", d.trim())!);
         const horizon = positiveInt("horizon", f.horizon)!;
         const resamples = positiveInt("resamples", f.resamples)!;
@@ -83,6 +98,11 @@ export function registerEvaluate(program: Command): void {
         try {
           const to = timeOption("to", f.to) ?? (await resolveAsOf(ctx, events, undefined));
           if (!(to > from)) throw new BadInputError(`--to (${iso(to)}) must be after --from (${iso(from)})`);
+          const names = asked ?? defaultStrategies(await recordsSyntheticWorld(events));
+          // The oracle's world is rebuilt (its kernel calibrated) before anything else runs, and its absence stops the
+          // replay before any training.
+          const recorded = names.includes(ORACLE_STRATEGY) ? await recordedSyntheticWorld(events) : null;
+          if (recorded && !recorded.world) throw new BadInputError(`--strategies ${ORACLE_STRATEGY}: ${recorded.reason}; the oracle exists only on the synthetic platform`);
           const positiveMin = await ctx.positiveMin(events);
           const rag = {
             ...ctx.config.rag,
@@ -129,6 +149,7 @@ export function registerEvaluate(program: Command): void {
             evidence: new EvidenceCache({ from, to }),
             // ...and the same curated sets and gates for their identical fine-tunes.
             finetuneMemo: new FinetuneMemo(events),
+            world: recorded?.world ?? null,
             onTraining: (strategy, e) => trainingProgress(ctx.progress, ctx.log, `${strategy} fine-tuning`)(e),
           };
           const setups = strategySetups(names, env, refreshDays);
@@ -151,9 +172,11 @@ export function registerEvaluate(program: Command): void {
           const label = f.label ?? ctx.paths.root.split("/").filter(Boolean).at(-1) ?? "workspace";
           const report = writeReplayReport(ctx.paths.reports, result, label, replayResultView(result));
           const s = result.strategies;
+          const share = (x: number | null) => (x === null ? "-" : `${(100 * x).toFixed(1)}%`);
           const rows = Object.keys(s).map(
             (n) =>
-              `  ${n.padEnd(20)} hit@1 ${pct(s[n].hit1).padStart(7)}  hit@5 ${pct(s[n].hit5).padStart(7)}  horizon ${pct(s[n].horizonHit).padStart(7)}  coverage ${String(s[n].coverage).padStart(4)}  staleness ${s[n].stalenessDays.toFixed(1).padStart(5)} d  tables ${String(s[n].tablesPublished).padStart(3)}  prompts ${String(s[n].cost.promptsScored).padStart(8)}  train tokens ${String(s[n].cost.trainingTokens).padStart(9)}`,
+              `  ${n.padEnd(20)} hit@1 ${pct(s[n].hit1).padStart(7)}  hit@5 ${pct(s[n].hit5).padStart(7)}  horizon ${pct(s[n].horizonHit).padStart(7)}  coverage ${String(s[n].coverage).padStart(4)}  staleness ${s[n].stalenessDays.toFixed(1).padStart(5)} d  tables ${String(s[n].tablesPublished).padStart(3)}  prompts ${String(s[n].cost.promptsScored).padStart(8)}  train tokens ${String(s[n].cost.trainingTokens).padStart(9)}` +
+              (s[n].shareOfOracle ? `  of ${result.ceiling}: hit@1 ${share(s[n].shareOfOracle!.hit1).padStart(6)} hit@5 ${share(s[n].shareOfOracle!.hit5).padStart(6)}` : ""),
           );
           const text = [
             `replay ${iso(from).slice(0, 10)} .. ${iso(to).slice(0, 10)}: ${result.transitions} novel transitions of ${result.users} users`,

@@ -6,3 +6,4 @@ export * from "./taxonomy.js";
 export * from "./kernel.js";
 export * from "./world.js";
 export { SeededRandom, mix32, hashString } from "./random.js";
+export * from "./recorded.js";
