@@ -31,9 +31,9 @@ function freshrec(args: string[]): { status: number; stdout: string; stderr: str
   return { status: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
 }
 
-// Mid-February to April: the replay starts inside a month and crosses two month boundaries.
+// Mid-February to mid-March: the replay starts inside a month and crosses a month boundary.
 const from = Date.UTC(2025, 1, 15);
-const to = Date.UTC(2025, 3, 1);
+const to = Date.UTC(2025, 2, 15);
 
 const settings = (positiveMin: number): LoopSettings => ({
   rag: { windowDays: 7, topN: 1, minSupport: 1, mode: "frequency", globalPairs: 100 },
