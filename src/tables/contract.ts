@@ -93,14 +93,19 @@ export interface TableInfo {
  */
 export interface TableBuildRow extends TableRow {
   readonly contextKey?: string | null;
-  /** Why the row says what it says (a fusion row: its weights and counts), stored as JSON; absent for prompted rows. */
-  readonly explanation?: Readonly<Record<string, unknown>> | null;
+  /**
+   * Why the row says what it says (a fusion row: its weights and counts), absent for prompted rows. Bytes are stored
+   * as they are (a compact encoding the writer owns, e.g. `encodeExplanation` of src/update/fusion.ts), an object as
+   * JSON.
+   */
+  readonly explanation?: Readonly<Record<string, unknown>> | Uint8Array | null;
 }
 
 /** A stored row with its context key. Scores come back as stored (32-bit floats). */
 export interface StoredTableRow extends TableRow {
   readonly contextKey: string | null;
-  readonly explanation?: Readonly<Record<string, unknown>> | null;
+  /** As written: the bytes, or the object read back from its JSON. */
+  readonly explanation?: Readonly<Record<string, unknown>> | Uint8Array | null;
 }
 
 /**

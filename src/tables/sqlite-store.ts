@@ -7,8 +7,9 @@
  *   Entries are never deleted or renumbered, so every process may cache them.
  * - `table_rows(table_seq, c1, c2, context_key, answers, explanation)`, WITHOUT ROWID, keyed by (table, c1, c2): a point
  *   lookup is one B-tree probe and a table's rows are one contiguous range (cheap to scan, copy and delete).
- *   `answers` is the 8-bytes-per-answer BLOB of ./answer-blob.ts; `explanation` the JSON a fusion row explains
- *   itself with (weights and counts, ~0.5 KB a row; NULL for prompted rows).
+ *   `answers` is the 8-bytes-per-answer BLOB of ./answer-blob.ts; `explanation` what a fusion row explains
+ *   itself with (weights and counts: a BLOB in the writer's compact encoding, JSON text in tables written before it;
+ *   NULL for prompted rows). A TEXT column holds BLOBs as they are, so old files need no migration.
  * - `table_versions`: metadata and status; the version id is "t" + the AUTOINCREMENT sequence, so ids are never
  *   reused, even after gc deletes the newest one.
  * - `live_stack`: the publish stack. Its top is the live table, the entry below is where rollback returns.
@@ -89,6 +90,13 @@ export function tableStorePath(workspace: string): string {
 
 /** How the table store's file errors name it (src/data/store-file.ts). */
 const TABLE_STORE_FILE: StoreFileKind = { store: "tables", startsOver: "an empty table store" };
+
+/** A row's explanation column: bytes as they are (a BLOB), an object as JSON text, nothing as NULL. */
+function explanationValue(explanation: TableBuildRow["explanation"]): Buffer | string | null {
+  if (!explanation) return null;
+  if (explanation instanceof Uint8Array) return Buffer.isBuffer(explanation) ? explanation : Buffer.from(explanation.buffer, explanation.byteOffset, explanation.byteLength);
+  return JSON.stringify(explanation);
+}
 
 export function versionId(seq: number): string {
   return `t${String(seq).padStart(6, "0")}`;
@@ -414,14 +422,15 @@ export class SqliteTableStore implements TableStore {
     return this.clusterIds[idx];
   }
 
-  private decodeRow(c1: number, c2: number, contextKey: string | null, answers: Buffer, explanation: string | null): StoredTableRow {
+  private decodeRow(c1: number, c2: number, contextKey: string | null, answers: Buffer, explanation: string | Buffer | null): StoredTableRow {
     const n = answers.length / ANSWER_BYTES;
     const list = new Array<{ cluster: string; score: number }>(n);
     for (let k = 0; k < n; k++) {
       list[k] = { cluster: this.clusterId(answers.readInt32LE(k * ANSWER_BYTES)), score: answers.readFloatLE(k * ANSWER_BYTES + 4) };
     }
     const row = { c1: this.clusterId(c1), c2: this.clusterId(c2), answers: list, contextKey };
-    return explanation === null ? row : { ...row, explanation: JSON.parse(explanation) };
+    if (explanation === null) return row;
+    return { ...row, explanation: typeof explanation === "string" ? JSON.parse(explanation) : explanation };
   }
 
   // ---------------------------------------------------------------------------------------------- building
@@ -475,7 +484,7 @@ export class SqliteTableStore implements TableStore {
         const c1 = this.clusterIdxForWrite(row.c1);
         const c2 = this.clusterIdxForWrite(row.c2);
         try {
-          this.sql.insertRow.run(seq, c1, c2, row.contextKey ?? null, encodeAnswers(ids, scores), row.explanation ? JSON.stringify(row.explanation) : null);
+          this.sql.insertRow.run(seq, c1, c2, row.contextKey ?? null, encodeAnswers(ids, scores), explanationValue(row.explanation));
         } catch (error) {
           if (isPrimaryKeyConflict(error)) {
             throw new FreshrecError("BAD_INPUT", `tables: pair (${row.c1}, ${row.c2}) written twice to ${versionId(seq)}`, { cause: error });
@@ -692,7 +701,7 @@ export class SqliteTableStore implements TableStore {
     for (;;) {
       // Pages, not one long-lived statement: better-sqlite3 blocks every other call on the connection while an
       // iterator is open, and a caller may well look things up while walking the rows.
-      const page = this.sql.page.all(seq, c1, c2, this.pageSize) as { c1: number; c2: number; context_key: string | null; answers: Buffer; explanation: string | null }[];
+      const page = this.sql.page.all(seq, c1, c2, this.pageSize) as { c1: number; c2: number; context_key: string | null; answers: Buffer; explanation: string | Buffer | null }[];
       for (const r of page) yield this.decodeRow(r.c1, r.c2, r.context_key, r.answers, r.explanation);
       if (page.length < this.pageSize) return;
       c1 = page[page.length - 1].c1;
@@ -705,7 +714,7 @@ export class SqliteTableStore implements TableStore {
     const i1 = this.clusterIdxForRead(c1);
     const i2 = this.clusterIdxForRead(c2);
     if (i1 === undefined || i2 === undefined) return undefined;
-    const r = this.sql.row.get(seq, i1, i2) as { context_key: string | null; answers: Buffer; explanation: string | null } | undefined;
+    const r = this.sql.row.get(seq, i1, i2) as { context_key: string | null; answers: Buffer; explanation: string | Buffer | null } | undefined;
     return r && this.decodeRow(i1, i2, r.context_key, r.answers, r.explanation);
   }
 

@@ -491,52 +491,6 @@ function logSecondRows(evidence: WindowCounts, logPop: Float64Array, beta: numbe
   return out;
 }
 
-/** Log base measure of pair (c1, c2) into `out` (module comment); the pair's own clusters get -Infinity. */
-function baseLogits(out: Float64Array, c1: number, c2: number, K: number, logQ2: Float64Array, prior: LlmPrior | null, gamma: number, tau: number): void {
-  const row = c2 * K;
-  for (let n = 0; n < K; n++) out[n] = gamma * logQ2[row + n];
-  out[c1] = Number.NEGATIVE_INFINITY;
-  out[c2] = Number.NEGATIVE_INFINITY;
-  const logBackoffZ = logSumExp(out);
-  if (!prior || tau <= 0) {
-    for (let n = 0; n < K; n++) out[n] -= logBackoffZ;
-    return;
-  }
-  const known = prior.known ?? null;
-  const p = c1 * K + c2;
-  const logRest = tau * Math.log(prior.rest[p] || 1e-12);
-  const restWeight = Math.exp(logRest);
-  // The known clusters share the backoff mass they have, reordered by the prior's weights; the others keep theirs.
-  let knownSum = 0;
-  for (let n = 0; n < K; n++) {
-    out[n] -= logBackoffZ;
-    if (n !== c1 && n !== c2 && (!known || known[n])) knownSum += Math.exp(out[n]);
-  }
-  let knownZ = knownSum * restWeight;
-  for (let k = 0; k < prior.topM; k++) {
-    const n = prior.answer[p * prior.topM + k];
-    if (n < 0) break;
-    if (known && !known[n]) continue;
-    knownZ += Math.exp(out[n]) * (Math.pow(Math.max(prior.probability[p * prior.topM + k], 1e-12), tau) - restWeight);
-  }
-  const shift = logRest + Math.log(knownSum) - Math.log(knownZ);
-  for (let n = 0; n < K; n++) if (n !== c1 && n !== c2 && (!known || known[n])) out[n] += shift;
-  for (let k = 0; k < prior.topM; k++) {
-    const n = prior.answer[p * prior.topM + k];
-    if (n < 0) break;
-    if (known && !known[n]) continue;
-    out[n] += tau * Math.log(Math.max(prior.probability[p * prior.topM + k], 1e-12)) - logRest;
-  }
-}
-
-function logSumExp(xs: Float64Array): number {
-  let max = Number.NEGATIVE_INFINITY;
-  for (const x of xs) if (x > max) max = x;
-  let sum = 0;
-  for (const x of xs) sum += Math.exp(x - max);
-  return max + Math.log(sum);
-}
-
 /** Maximum of a unimodal-enough function on [lo, hi] by golden-section search. */
 function goldenMax(f: (x: number) => number, lo: number, hi: number, tolerance: number): { x: number; y: number } {
   const ratio = (Math.sqrt(5) - 1) / 2;
@@ -718,7 +672,8 @@ export type StoredExplanation = {
 
 /** A stored row's explanation, or null for a row that has none (a prompted table's). */
 export function explanationOf(row: { readonly answers: readonly ScoredCluster[]; readonly explanation?: unknown }): RowExplanation | null {
-  const e = row.explanation as StoredExplanation | null | undefined;
+  // Bytes since the explanations were encoded; tables written before hold the JSON object form.
+  const e = row.explanation instanceof Uint8Array ? decodeExplanation(row.explanation) : (row.explanation as StoredExplanation | null | undefined);
   if (!e || !Array.isArray(e.a)) return null;
   return {
     pairUsers: e.u,
@@ -739,15 +694,27 @@ export function explanationOf(row: { readonly answers: readonly ScoredCluster[];
  * A table scorer over a fitted posterior: the build path of every other table (publish, abort, failure marking)
  * with answers computed, not prompted. `score` keeps each row's explanation for the build to store; `explain`
  * gives one row's explanation in full.
+ *
+ * A table has a row for every pair, so the second-cluster backoff's powers q2(n | c2)^gamma are computed once per
+ * second cluster; a row is then sums and products over them (the module comment's base measure in linear form,
+ * the LLM prior's weights applied to its top-M answers only).
  */
 export class FusionScorer implements PromptScorer {
   readonly promptsPerCall = 4096;
   private readonly K: number;
   private readonly index: Map<string, number>;
-  private readonly logQ2: Float64Array;
-  private readonly logm: Float64Array;
+  /** q2(n | c2)^gamma at [c2 * K + n]. */
+  private readonly powered: Float64Array;
   private readonly users: Float64Array;
-  private readonly value: Float64Array;
+  /** The prior's weight of a top-M answer relative to its rest (1 elsewhere), for the row being computed. */
+  private readonly boost: Float64Array;
+  /** The prior's probability of each of the row's top-M answers (NaN elsewhere: the pair's rest). */
+  private readonly answerPrior: Float64Array;
+  /** The prior's known-cluster mask, all ones without one (one code path for both). */
+  private readonly known: Uint8Array;
+  private readonly topCluster: Int32Array;
+  private readonly topValue: Float64Array;
+  private readonly topBase: Float64Array;
   private explained = new Map<string, StoredExplanation>();
 
   constructor(
@@ -755,15 +722,21 @@ export class FusionScorer implements PromptScorer {
     private readonly prior: LlmPrior | null,
     private readonly params: FusionParams,
   ) {
-    this.K = evidence.clusters.length;
+    const K = (this.K = evidence.clusters.length);
     this.index = new Map(evidence.clusters.map((c, i) => [c, i]));
     if (prior && (prior.clusters.length !== this.K || prior.clusters.some((c, i) => c !== evidence.clusters[i]))) {
       throw new FreshrecError("INTERNAL", "fusion: the prior and the evidence index different cluster lists");
     }
-    this.logQ2 = logSecondRows(evidence, logPopularity(evidence), params.beta);
-    this.logm = new Float64Array(this.K);
-    this.users = new Float64Array(this.K);
-    this.value = new Float64Array(this.K);
+    const logQ2 = logSecondRows(evidence, logPopularity(evidence), params.beta);
+    this.powered = new Float64Array(K * K);
+    for (let k = 0; k < K * K; k++) this.powered[k] = Math.exp(params.gamma * logQ2[k]);
+    this.users = new Float64Array(K);
+    this.boost = new Float64Array(K).fill(1);
+    this.answerPrior = new Float64Array(K).fill(Number.NaN);
+    this.known = prior?.known ?? new Uint8Array(K).fill(1);
+    this.topCluster = new Int32Array(K);
+    this.topValue = new Float64Array(K);
+    this.topBase = new Float64Array(K);
   }
 
   async score(prompts: readonly PromptInput[], topN: number): Promise<ScoredCluster[][]> {
@@ -789,10 +762,13 @@ export class FusionScorer implements PromptScorer {
     return explanationOf({ answers: answers.slice(0, topN), explanation: { ...stored, a: stored.a.slice(0, topN) } })!;
   }
 
-  /** `explain`'s stored form for a prompt scored by the last `score` call, for its first `answers` answers (what a table build keeps and writes). */
-  storedExplanation(prompt: PromptInput, answers: number): StoredExplanation | undefined {
+  /**
+   * `explain`'s stored form for a prompt scored by the last `score` call, for its first `answers` answers (what a
+   * table build keeps and writes), encoded as `encodeExplanation` does.
+   */
+  storedExplanation(prompt: PromptInput, answers: number): Uint8Array | undefined {
     const stored = this.explained.get(pairKey(prompt.history.c1, prompt.history.c2));
-    return stored && { ...stored, a: stored.a.slice(0, answers) };
+    return stored && encodeExplanation(stored, answers);
   }
 
   private indexOf(cluster: string): number {
@@ -805,45 +781,156 @@ export class FusionScorer implements PromptScorer {
     const K = this.K;
     const i1 = this.indexOf(c1);
     const i2 = this.indexOf(c2);
-    const { alpha, gamma, tau } = this.params;
-    const logm = this.logm;
-    baseLogits(logm, i1, i2, K, this.logQ2, this.prior, gamma, tau);
-    const lse = logSumExp(logm);
-    const own = this.evidence.pairs.get(i1 * K + i2);
+    const { alpha, tau } = this.params;
+    const prior = tau > 0 ? this.prior : null;
+    // Without prior weights every cluster is treated alike (the known mask only matters to the prior).
+    const known = this.known;
+    const scoped = prior !== null && prior.known !== undefined;
+    const powered = this.powered;
+    const row = i2 * K;
+    const p = i1 * K + i2;
+    // The backoff's normaliser over the novel clusters, and the part of it on clusters the prior knows.
+    let backoffZ = 0;
+    let knownSum = 0;
+    for (let n = 0; n < K; n++) {
+      if (n === i1 || n === i2) continue;
+      const e = powered[row + n];
+      backoffZ += e;
+      if (known[n]) knownSum += e;
+    }
+    // Base measure: e / backoffZ for a cluster the prior does not know; for a known one, its share of knownSum
+    // reweighted by the prior (rest^tau, or p^tau on the pair's top-M answers).
+    let knownScale = 1 / backoffZ;
+    const { boost, answerPrior } = this;
+    const boosted: number[] = [];
+    if (this.prior) {
+      // The prior's probabilities of the pair's top-M answers, for the explanation (first answer of a cluster wins).
+      for (let k = 0; k < this.prior.topM; k++) {
+        const n = this.prior.answer[p * this.prior.topM + k];
+        if (n < 0) break;
+        if (Number.isNaN(answerPrior[n])) {
+          answerPrior[n] = this.prior.probability[p * this.prior.topM + k];
+          boosted.push(n);
+        }
+      }
+    }
+    if (prior) {
+      const restWeight = Math.exp(tau * Math.log(prior.rest[p] || 1e-12));
+      let knownZ = knownSum * restWeight;
+      for (let k = 0; k < prior.topM; k++) {
+        const n = prior.answer[p * prior.topM + k];
+        if (n < 0) break;
+        if (!known[n]) continue;
+        const weight = Math.exp(tau * Math.log(Math.max(prior.probability[p * prior.topM + k], 1e-12)));
+        knownZ += powered[row + n] * (weight - restWeight);
+        boost[n] = weight / restWeight;
+      }
+      knownScale = (knownSum * restWeight) / (backoffZ * knownZ);
+    }
+    const unknownScale = 1 / backoffZ;
+    const own = this.evidence.pairs.get(p);
     const users = this.users;
-    users.fill(0);
     if (own) for (let k = 0; k < own.next.length; k++) users[own.next[k]] = own.users[k];
     const denominator = (own?.total ?? 0) + alpha;
     // Top-n by insertion into a short sorted list: K posteriors, n kept. Equal posteriors (clusters nothing has
     // ever been seen for, without a prior) keep the cluster order; their explanations show the zero counts.
-    const top: number[] = [];
-    const value = this.value;
+    const { topCluster, topValue, topBase } = this;
+    let kept = 0;
     for (let n = 0; n < K; n++) {
       if (n === i1 || n === i2) continue;
-      value[n] = (users[n] + alpha * Math.exp(logm[n] - lse)) / denominator;
-      if (top.length === topN && value[n] <= value[top[topN - 1]]) continue;
-      let at = top.length;
-      while (at > 0 && value[top[at - 1]] < value[n]) at--;
-      top.splice(at, 0, n);
-      if (top.length > topN) top.pop();
+      const base = powered[row + n] * (known[n] || !scoped ? knownScale * boost[n] : unknownScale);
+      const value = (users[n] + alpha * base) / denominator;
+      if (kept === topN && value <= topValue[topN - 1]) continue;
+      let at = kept < topN ? kept++ : topN - 1;
+      while (at > 0 && topValue[at - 1] < value) {
+        topCluster[at] = topCluster[at - 1];
+        topValue[at] = topValue[at - 1];
+        topBase[at] = topBase[at - 1];
+        at--;
+      }
+      topCluster[at] = n;
+      topValue[at] = value;
+      topBase[at] = base;
     }
-    const p = i1 * K + i2;
+    const answers: ScoredCluster[] = new Array(kept);
+    const explained: (readonly [number, number, number | null, number])[] = new Array(kept);
+    for (let k = 0; k < kept; k++) {
+      const n = topCluster[k];
+      answers[k] = { cluster: this.evidence.clusters[n], score: topValue[k] };
+      const llm = this.prior && known[n] ? round(Number.isNaN(answerPrior[n]) ? this.prior.rest[p] : answerPrior[n]) : null;
+      explained[k] = [users[n], this.evidence.second[row + n], llm, round(topBase[k])];
+    }
+    if (own) for (let k = 0; k < own.next.length; k++) users[own.next[k]] = 0;
+    for (const n of boosted) {
+      boost[n] = 1;
+      answerPrior[n] = Number.NaN;
+    }
     return {
-      answers: top.map((n) => ({ cluster: this.evidence.clusters[n], score: value[n] })),
-      explanation: {
-        u: own?.total ?? 0,
-        s: this.evidence.secondTotal[i2],
-        w: round((own?.total ?? 0) / denominator),
-        a: top.map((n) => [users[n], this.evidence.second[i2 * K + n], this.prior && (!this.prior.known || this.prior.known[n]) ? round(priorProbability(this.prior, p, n)) : null, round(Math.exp(logm[n] - lse))] as const),
-      },
+      answers,
+      explanation: { u: own?.total ?? 0, s: this.evidence.secondTotal[i2], w: round((own?.total ?? 0) / denominator), a: explained },
     };
   }
 }
 
+/** Layout version of an encoded explanation (its first byte). */
+const EXPLANATION_FORMAT = 1;
+const EXPLANATION_HEAD = 13;
+const EXPLANATION_ANSWER = 16;
+
+/**
+ * A stored explanation as bytes (a fusion table stores one per row, so it is compact and cheap to write): a format
+ * byte, then little-endian uint32 pair users, uint32 second-cluster users, float32 evidence weight, and per answer
+ * uint32 pair users, uint32 second-cluster users, float32 LLM prior (NaN for none) and float32 base measure. The
+ * rounded values (four significant digits) survive float32 exactly once rounded again, which `decodeExplanation` does.
+ */
+export function encodeExplanation(e: StoredExplanation, answers = e.a.length): Buffer {
+  const n = Math.min(answers, e.a.length);
+  const out = Buffer.allocUnsafe(EXPLANATION_HEAD + n * EXPLANATION_ANSWER);
+  out.writeUInt8(EXPLANATION_FORMAT, 0);
+  out.writeUInt32LE(e.u, 1);
+  out.writeUInt32LE(e.s, 5);
+  out.writeFloatLE(e.w, 9);
+  for (let k = 0; k < n; k++) {
+    const at = EXPLANATION_HEAD + k * EXPLANATION_ANSWER;
+    const [pairUsers, secondUsers, llmPrior, base] = e.a[k];
+    out.writeUInt32LE(pairUsers, at);
+    out.writeUInt32LE(secondUsers, at + 4);
+    out.writeFloatLE(llmPrior ?? Number.NaN, at + 8);
+    out.writeFloatLE(base, at + 12);
+  }
+  return out;
+}
+
+/** The explanation `encodeExplanation` wrote. */
+export function decodeExplanation(bytes: Uint8Array): StoredExplanation {
+  const b = Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  if (b.length < EXPLANATION_HEAD || b[0] !== EXPLANATION_FORMAT || (b.length - EXPLANATION_HEAD) % EXPLANATION_ANSWER !== 0) {
+    throw new FreshrecError("INTERNAL", `fusion: a stored explanation of ${b.length} bytes in an unknown format`);
+  }
+  const a: (readonly [number, number, number | null, number])[] = [];
+  for (let at = EXPLANATION_HEAD; at < b.length; at += EXPLANATION_ANSWER) {
+    const llmPrior = b.readFloatLE(at + 8);
+    a.push([b.readUInt32LE(at), b.readUInt32LE(at + 4), Number.isNaN(llmPrior) ? null : round(llmPrior), round(b.readFloatLE(at + 12))]);
+  }
+  return { u: b.readUInt32LE(1), s: b.readUInt32LE(5), w: round(b.readFloatLE(9)), a };
+}
+
 /** Four significant digits: what an explanation needs, at a fraction of the stored size of full doubles. */
 function round(x: number): number {
+  // Number(x.toPrecision(4)) without the string when the digits are clear: m / 10^k is the correctly rounded
+  // double of the decimal m * 10^-k, as the string's parse is; a product within 1e-6 of a half goes the slow way.
+  if (x > 0 && x < 1e15) {
+    const k = 3 - Math.floor(Math.log10(x));
+    if (k >= 0 && k <= 22) {
+      const scaled = x * POWERS_OF_TEN[k];
+      const m = Math.round(scaled);
+      if (Math.abs(Math.abs(scaled - Math.floor(scaled)) - 0.5) > 1e-6 && m >= 1000 && m <= 10000) return m / POWERS_OF_TEN[k];
+    }
+  }
   return Number(x.toPrecision(4));
 }
+
+const POWERS_OF_TEN = Array.from({ length: 23 }, (_, k) => Number(`1e${k}`));
 
 function priorProbability(prior: LlmPrior, p: number, n: number): number {
   for (let k = 0; k < prior.topM; k++) {

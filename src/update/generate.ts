@@ -36,7 +36,7 @@ export interface PromptScorer {
   /** Prices scoring these prompts before anything is sent; absent for scorers not paid per token. */
   estimateCost?(prompts: readonly PromptInput[]): CostEstimate;
   /** Why a prompt of the last `score` call got its answers (fusion: weights and counts), stored with its row. */
-  storedExplanation?(prompt: PromptInput, answers: number): Readonly<Record<string, unknown>> | undefined;
+  storedExplanation?(prompt: PromptInput, answers: number): Readonly<Record<string, unknown>> | Uint8Array | undefined;
 }
 
 export interface BuildTableOptions {

@@ -12,7 +12,7 @@ import { DAY_MS } from "../../src/domain/clock.js";
 import { seededRandom } from "../../src/domain/random.js";
 import { EvidenceLog } from "../../src/mining/evidence.js";
 import { countTransitions, type TransitionColumns } from "../../src/mining/transitions.js";
-import { chooseWindow, explanationOf, fitFusion, FusionScorer, loadPrior, savePrior, scopePrior, type LlmPrior } from "../../src/update/fusion.js";
+import { chooseWindow, decodeExplanation, explanationOf, fitFusion, FusionScorer, loadPrior, savePrior, scopePrior, type LlmPrior } from "../../src/update/fusion.js";
 import { mkdtempSync } from "node:fs";
 import { driftWait } from "../../src/update/loop.js";
 import type { TableInfo } from "../../src/tables/index.js";
@@ -101,7 +101,7 @@ describe("fusion posterior", () => {
     // What a build stores reads back as the same explanation.
     expect(explanationOf({ answers, explanation: scorer.storedExplanation({ history: { c1: "a", c2: "b" } }, K) })).toEqual(scorer.explain({ history: { c1: "a", c2: "b" } }, K));
     // A build stores the explanation of the answers it keeps only.
-    expect(scorer.storedExplanation({ history: { c1: "a", c2: "b" } }, 3)!.a).toHaveLength(3);
+    expect(decodeExplanation(scorer.storedExplanation({ history: { c1: "a", c2: "b" } }, 3)!).a).toHaveLength(3);
     expect(answers.map((a) => a.cluster)).not.toContain("a");
     expect(answers.map((a) => a.cluster)).not.toContain("b");
     expect(answers.reduce((s, a) => s + a.score, 0)).toBeCloseTo(1, 6);
