@@ -38,7 +38,7 @@ import { UpdateLoop, inSequence, type DriftTrigger, type LoopSettings } from "..
 import type { FinetuneMemo } from "../update/finetune.js";
 import type { SnapshotCache } from "../update/rag.js";
 import type { EvidenceCache } from "../update/fusion.js";
-import type { JobDefinition } from "../update/schedule/index.js";
+import { parseCadence, type JobDefinition } from "../update/schedule/index.js";
 import type { SyntheticWorld } from "../data/synthetic/index.js";
 import { oracleRefreshJob } from "./oracle.js";
 import type { StrategySetup } from "./replay.js";
@@ -260,6 +260,9 @@ function setupOf(kind: StrategyName, label: string, refreshDays: number, env: St
  * kernel changes); the world is checked when the setup is made, so a replay without one fails before any strategy
  * runs.
  */
+/** When the synthetic kernel changes: 00:00 UTC on the 1st of each month. */
+const MONTH_BOUNDARY = "0 0 1 * *";
+
 function oracleSetup(label: string, env: StrategyEnvironment, once: string): StrategySetup {
   const world = worldOf(env);
   return {
@@ -271,11 +274,10 @@ function oracleSetup(label: string, env: StrategyEnvironment, once: string): Str
       mkdirSync(dir, { recursive: true });
       const tables = SqliteTableStore.open(join(dir, "tables.sqlite"), clock);
       const run = oracleRefreshJob(world, { tables, clusters: env.clusters, topN: env.settings.tables.topN, keep: env.settings.tables.keep, strategy: label });
+      // A replay starting on a month boundary gets its first table from the monthly job alone.
+      const startsOnBoundary = parseCadence(MONTH_BOUNDARY).next(env.window.from - 1) === env.window.from;
       return {
-        jobs: [
-          { name: "start-table", cadence: once, run },
-          { name: "refresh", cadence: "0 0 1 * *", run },
-        ],
+        jobs: [...(startsOnBoundary ? [] : [{ name: "start-table", cadence: once, run }]), { name: "refresh", cadence: MONTH_BOUNDARY, run }],
         tables,
         close: () => tables.close(),
       };

@@ -95,6 +95,19 @@ describe("the oracle", () => {
       }
     }
     expect(s.oracle.shareOfOracle).toEqual({ hit1: 1, hit5: 1 });
+    // Every oracle run published: none found its month's table already live.
+    expect(Object.values(s.oracle.outcomes).map((o) => o.idle)).toEqual([0, 0]);
+    // A replay starting on a month boundary gets one table there, not two.
+    const boundary = Date.UTC(2025, 2, 1);
+    const onBoundary = await replay({
+      events,
+      window: { from: boundary, to },
+      positiveMin: 0.5,
+      resamples: 10,
+      strategies: strategySetups(["oracle"], { ...environment(events, clusters, world), window: { from: boundary, to } }),
+    });
+    expect(onBoundary.timelines.oracle.map((t) => t.publishedAt)).toEqual([boundary]);
+    expect(onBoundary.strategies.oracle.outcomes.refresh).toMatchObject({ succeeded: 1, idle: 0 });
     const md = readFileSync(writeReplayReport(mkdtempSync(join(tmpdir(), "freshrec-oracle-report-")), result, "synthetic").md, "utf8");
     expect(md).toContain("hit@1 of oracle");
     expect(md).toContain("Segments as a share of the oracle");
