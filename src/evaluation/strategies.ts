@@ -255,14 +255,14 @@ function setupOf(kind: StrategyName, label: string, refreshDays: number, env: St
   };
 }
 
+/** When the synthetic kernel changes: 00:00 UTC on the 1st of each month. */
+const MONTH_BOUNDARY = "0 0 1 * *";
+
 /**
  * The oracle: the true kernel's table at the start, then at every month boundary (00:00 UTC on the 1st, when the
  * kernel changes); the world is checked when the setup is made, so a replay without one fails before any strategy
  * runs.
  */
-/** When the synthetic kernel changes: 00:00 UTC on the 1st of each month. */
-const MONTH_BOUNDARY = "0 0 1 * *";
-
 function oracleSetup(label: string, env: StrategyEnvironment, once: string): StrategySetup {
   const world = worldOf(env);
   return {
