@@ -12,7 +12,10 @@ import { DAY_MS } from "../../src/domain/clock.js";
 import { seededRandom } from "../../src/domain/random.js";
 import { EvidenceLog } from "../../src/mining/evidence.js";
 import { countTransitions, type TransitionColumns } from "../../src/mining/transitions.js";
-import { chooseWindow, decodeExplanation, explanationOf, fitFusion, FusionScorer, loadPrior, savePrior, scopePrior, type LlmPrior } from "../../src/update/fusion.js";
+import { chooseWindow, decodeExplanation, explanationOf, fitFusion, FUSION_TEMPLATE, FusionScorer, loadPrior, savePrior, scopePrior, type LlmPrior } from "../../src/update/fusion.js";
+import { buildTable } from "../../src/update/generate.js";
+import { SqliteTableStore } from "../../src/tables/index.js";
+import { VirtualClock } from "../../src/domain/clock.js";
 import { mkdtempSync } from "node:fs";
 import { driftWait } from "../../src/update/loop.js";
 import type { TableInfo } from "../../src/tables/index.js";
@@ -249,6 +252,82 @@ describe("fusion fit", () => {
     const choice = chooseWindow(log, T, { fitMinTransitions: 10, windowsDays: [1, 2, 4, 8, 16, 32] });
     expect(choice.slice).toEqual({ from: T - DAY_MS, to: T });
     expect(choice.windows.map((w) => w.days)).toEqual([1, 2, 4, 8, 16]);
+  });
+});
+
+describe("a whole fusion table", () => {
+  // The module comment's posterior computed the plain way (every cluster, no staging or caching): what every stored
+  // row must say, with its explanation.
+  function reference(evidence: ReturnType<EvidenceLog["counts"]>, prior: LlmPrior | null, params: { alpha: number; beta: number; gamma: number; tau: number }, c1: number, c2: number) {
+    const pop = (n: number) => (evidence.popularity[n] + 1) / (evidence.transitions + K);
+    const q2 = (n: number) => (evidence.second[c2 * K + n] + params.beta * pop(n)) / (evidence.secondTotal[c2] + params.beta);
+    const novel = CLUSTERS.map((_, n) => n).filter((n) => n !== c1 && n !== c2);
+    const backoffZ = novel.reduce((z, n) => z + q2(n) ** params.gamma, 0);
+    const b = (n: number) => q2(n) ** params.gamma / backoffZ;
+    const p = c1 * K + c2;
+    const llm = (n: number) => {
+      for (let k = 0; k < prior!.topM; k++) if (prior!.answer[p * prior!.topM + k] === n) return prior!.probability[p * prior!.topM + k];
+      return prior!.rest[p];
+    };
+    const knows = (n: number) => prior !== null && (!prior.known || prior.known[n] === 1);
+    const known = novel.filter((n) => params.tau > 0 && knows(n));
+    const knownMass = known.reduce((z, n) => z + b(n), 0);
+    const knownZ = known.reduce((z, n) => z + b(n) * Math.max(llm(n), 1e-12) ** params.tau, 0);
+    const m = (n: number) => (params.tau > 0 && knows(n) ? (knownMass * b(n) * Math.max(llm(n), 1e-12) ** params.tau) / knownZ : b(n));
+    const own = evidence.pairs.get(p);
+    const users = (n: number) => (own ? (own.users[Array.from(own.next).indexOf(n)] ?? 0) : 0);
+    const U = own?.total ?? 0;
+    return novel
+      .map((n) => ({ n, posterior: (users(n) + params.alpha * m(n)) / (U + params.alpha), users: users(n), second: evidence.second[c2 * K + n], llm: knows(n) ? llm(n) : null, base: m(n) }))
+      .sort((x, y) => y.posterior - x.posterior || x.n - y.n);
+  }
+
+  it("holds the posterior of every pair with its explanation, from the fit the code before staging found", async () => {
+    const { rows, truth } = world(5);
+    const log = logOf(rows);
+    const prior = scopePrior(priorFavouring(truth, 0.5), Uint8Array.from(CLUSTERS, (c) => (c === "g" ? 0 : 1)));
+    const refresh = fitFusion({ log, asOf: T, prior, options: { fitMinTransitions: 200 } });
+    // The fit of this world and prior as the unstaged likelihood found it (bfc2d33): the same up to rounding.
+    const pinned = { alpha: 23.031335412667588, beta: 10000.00000000001, gamma: 0, tau: 1.2736154512635647 };
+    for (const key of ["alpha", "beta", "gamma", "tau"] as const) expect(refresh.params[key]).toBeCloseTo(pinned[key], 9);
+    expect(refresh.fit.windowDays).toBe(7);
+    expect(refresh.fit.logLikelihood / -300.44953309015966).toBeCloseTo(1, 12);
+    expect(refresh.fit.countsOnlyPerTransition! / -1.288464349474922).toBeCloseTo(1, 12);
+    // Besides the fit (gamma at its bound there), strengths inside their ranges, and tau = 0: every term of the posterior.
+    for (const params of [refresh.params, { alpha: 3, beta: 7, gamma: 0.8, tau: 0.6 }, { alpha: 3, beta: 7, gamma: 0.8, tau: 0 }]) {
+      const tables = SqliteTableStore.open(":memory:", new VirtualClock(T));
+      const scorer = new FusionScorer(refresh.evidence, prior, params);
+      const built = await buildTable({ store: tables, clusters: CLUSTERS, scorer, modelVersion: "m", templateHash: FUSION_TEMPLATE, full: true, topN: 4 });
+      let checked = 0;
+      for (const row of tables.rows(built.table.version)) {
+        const want = reference(refresh.evidence, prior, params, CLUSTERS.indexOf(row.c1), CLUSTERS.indexOf(row.c2)).slice(0, 4);
+        const [served] = await scorer.score([{ history: { c1: row.c1, c2: row.c2 } }], 4);
+        expect(served.map((a) => a.cluster)).toEqual(want.map((w) => CLUSTERS[w.n]));
+        served.forEach((a, k) => expect(a.score / want[k].posterior).toBeCloseTo(1, 9));
+        expect(row.answers.map((a) => a.cluster)).toEqual(want.map((w) => CLUSTERS[w.n]));
+        row.answers.forEach((a, k) => expect(a.score).toBe(Math.fround(served[k].score)));
+        const e = explanationOf(row)!;
+        e.answers.forEach((a, k) => {
+          expect([a.pairUsers, a.secondUsers]).toEqual([want[k].users, want[k].second]);
+          expect(a.llmPrior === null ? null : a.llmPrior / want[k].llm!).toBeCloseTo(want[k].llm === null ? (null as unknown as number) : 1, 3);
+          expect(a.base / want[k].base).toBeCloseTo(1, 3);
+        });
+        checked++;
+      }
+      expect(checked).toBe(K * (K - 1));
+      tables.close();
+    }
+  });
+
+  it("reads an explanation stored as JSON (tables written before explanations were bytes) as the bytes", async () => {
+    const evidence = logOf(world(3).rows).counts({ from: T - 14 * DAY_MS, to: T });
+    const scorer = new FusionScorer(evidence, priorFavouring(() => 0, 0.3), { alpha: 4, beta: 10, gamma: 1, tau: 1 });
+    const prompt = { history: { c1: "b", c2: "c" } };
+    const [answers] = await scorer.score([prompt], 5);
+    const bytes = scorer.storedExplanation(prompt, 5)!;
+    const json = JSON.parse(JSON.stringify(decodeExplanation(bytes)));
+    expect(explanationOf({ answers, explanation: json })).toEqual(explanationOf({ answers, explanation: bytes }));
+    expect(explanationOf({ answers, explanation: bytes })).toEqual(scorer.explain(prompt, 5));
   });
 });
 
