@@ -2,6 +2,11 @@
  * Event intake (POST /v1/events): a batch of events, validated, written to the event store in one transaction (all
  * or nothing) so the next RAG refresh counts them, and applied to the in-memory user state.
  *
+ * - Cost: a batch costs its own events, not a recount of the store. Batches waiting while a group is written go
+ *   together into the next group, one transaction (./intake-store.ts; the store is searched only for events whose
+ *   user already had their item), and only the events the store newly took are applied to their users' states in
+ *   place (./users.ts), in any time order, giving what a reload would give.
+ *
  * - Validation: every event must parse (zod) and pass the rules `freshrec ingest` applies (../data/ingest/event-fields.ts:
  *   ids, a time the calendar has, an engagement float32 can hold, text that was UTF-8), and its time must not be later than the server clock's now plus
  *   `futureToleranceMs` (one event from a client whose clock runs years ahead would otherwise become the store's
@@ -24,7 +29,7 @@
  */
 import { createHash } from "node:crypto";
 import { z } from "zod";
-import { eventBatchFromEvents, type EventStore } from "../data/event-store.js";
+import type { EventStore } from "../data/event-store.js";
 import { eventEngagement, eventTime, idProblem, MAX_ID_LENGTH } from "../data/ingest/event-fields.js";
 import { DAY_MS } from "../domain/clock.js";
 import { ConfigError } from "../domain/errors.js";
@@ -32,6 +37,7 @@ import type { EngagementEvent } from "../domain/types.js";
 import type { Catalog } from "./catalog.js";
 import { HttpError, type RequestIssue } from "./errors.js";
 import type { AttributableEvent } from "./experiments/log.js";
+import { DuckDbIntakeStore, type IntakeEvent, type IntakeStore, type RecordedAnswer } from "./intake-store.js";
 import type { StoreQueue } from "./store-queue.js";
 import type { UserIndex } from "./users.js";
 
@@ -77,6 +83,11 @@ export type IntakeResult = z.infer<typeof intakeResultSchema>;
 
 export interface IntakeOptions {
   readonly events: EventStore;
+  /**
+   * Where intake writes (events, idempotency keys).
+   * @defaultValue a DuckDbIntakeStore on `events`
+   */
+  readonly intakeStore?: IntakeStore;
   readonly catalog: Catalog;
   readonly users: UserIndex;
   readonly queue: StoreQueue;
@@ -110,9 +121,31 @@ interface ParsedEvent {
   readonly negative: boolean;
 }
 
+/** A validated batch waiting for its group write, with the promise its request awaits. */
+interface PendingBatch {
+  readonly events: readonly ParsedEvent[];
+  readonly received: number;
+  readonly skippedUnknownItems: number;
+  readonly key: string | null;
+  readonly bodyHash: string;
+  readonly resolve: (result: IntakeResult) => void;
+  readonly reject: (error: unknown) => void;
+}
+
+/**
+ * Most events in one group write: a group is one transaction, and every request in it waits for all of it. Enough
+ * for dozens of clients' batches at once, small enough to keep a group within a few milliseconds of appending.
+ */
+const MAX_GROUP_EVENTS = 20_000;
+
 export class EventIntake {
-  private schemaReady = false;
   private readonly futureToleranceMs: number;
+  private readonly intakeStore: IntakeStore;
+  private readonly users: UserIndex;
+  private readonly catalog: Catalog;
+  private pending: PendingBatch[] = [];
+  /** Whether a drain task sits in the store queue (one at a time: it takes everything pending when it starts). */
+  private drainQueued = false;
 
   /** @throws ConfigError when `futureToleranceMs` is not a non-negative number of milliseconds. */
   constructor(private readonly options: IntakeOptions) {
@@ -124,6 +157,9 @@ export class EventIntake {
       ]);
     }
     this.futureToleranceMs = tolerance;
+    this.intakeStore = options.intakeStore ?? new DuckDbIntakeStore(options.events, options.catalog);
+    this.users = options.users;
+    this.catalog = options.catalog;
   }
 
   async ingest(body: unknown, idempotencyKey: string | undefined): Promise<IntakeResult> {
@@ -156,60 +192,162 @@ export class EventIntake {
         .map((o) => o.issue);
       throw new HttpError("BAD_INPUT", `invalid events: ${describeIssues(ordered)}`, ordered.slice(0, 100));
     }
-    const bodyHash = createHash("sha256").update(JSON.stringify(parsed.data)).digest("hex");
-    const received = parsed.data.events.length;
-    return this.options.queue.run(() => this.write(events, received, skippedUnknownItems, idempotencyKey ?? null, bodyHash));
+    // Only a keyed request is ever compared with another body.
+    const bodyHash = idempotencyKey === undefined ? "" : createHash("sha256").update(JSON.stringify(parsed.data)).digest("hex");
+    return this.submit({ events, received: parsed.data.events.length, skippedUnknownItems, key: idempotencyKey ?? null, bodyHash });
   }
 
-  private async write(events: ParsedEvent[], received: number, skippedUnknownItems: number, key: string | null, bodyHash: string): Promise<IntakeResult> {
-    const store = this.options.events;
-    if (!this.schemaReady) {
-      await store.connection.run("CREATE TABLE IF NOT EXISTS intake_keys (key VARCHAR PRIMARY KEY, body_hash VARCHAR NOT NULL, result VARCHAR NOT NULL, created_at BIGINT NOT NULL)");
-      this.schemaReady = true;
+  /**
+   * Queues a validated batch for the next group write. Batches that arrive while a group is being written wait and
+   * go together into the next one (group commit): one transaction per group instead of per request, which is what
+   * lets single-event batches from many clients through at hundreds per second.
+   */
+  private submit(batch: Omit<PendingBatch, "resolve" | "reject">): Promise<IntakeResult> {
+    return new Promise<IntakeResult>((resolve, reject) => {
+      this.pending.push({ ...batch, resolve, reject });
+      this.scheduleDrain();
+    });
+  }
+
+  private scheduleDrain(): void {
+    if (this.drainQueued || this.pending.length === 0) return;
+    this.drainQueued = true;
+    // Through the store queue: other writers (exposure flushes, grounding rebuilds) take their turns between groups.
+    void this.options.queue.run(() => this.drain());
+  }
+
+  private async drain(): Promise<void> {
+    this.drainQueued = false;
+    const group: PendingBatch[] = [];
+    let events = 0;
+    while (this.pending.length && (group.length === 0 || events + this.pending[0].events.length <= MAX_GROUP_EVENTS)) {
+      const batch = this.pending.shift()!;
+      group.push(batch);
+      events += batch.events.length;
     }
-    if (key !== null) {
-      const [stored] = await store.query<{ body_hash: string; result: string }>("SELECT body_hash, result FROM intake_keys WHERE key = $key", { key });
-      if (stored) {
-        if (stored.body_hash !== bodyHash) throw new HttpError("CONFLICT", `Idempotency-Key ${JSON.stringify(key)} was used with a different body`);
-        return { ...(JSON.parse(stored.result) as IntakeResult), replayed: true };
+    try {
+      await this.writeGroup(group);
+    } catch (error) {
+      // writeGroup settles every batch itself; this only guards against a bug leaving a client without an answer.
+      for (const b of group) b.reject(error);
+    }
+    this.scheduleDrain();
+  }
+
+  /** Writes a group of batches and settles each one's promise (its own answer or error). */
+  private async writeGroup(group: readonly PendingBatch[]): Promise<void> {
+    const { intakeStore, users, catalog } = this;
+    const keyed = group.filter((b) => b.key !== null);
+    const recorded = keyed.length ? await intakeStore.recorded(keyed.map((b) => b.key!)) : new Map<string, RecordedAnswer>();
+    const writers: PendingBatch[] = [];
+    const keysInGroup = new Set<string>();
+    const later: PendingBatch[] = [];
+    for (const batch of group) {
+      if (batch.key !== null) {
+        const stored = recorded.get(batch.key);
+        if (stored) {
+          if (stored.bodyHash !== batch.bodyHash) batch.reject(new HttpError("CONFLICT", `Idempotency-Key ${JSON.stringify(batch.key)} was used with a different body`));
+          else batch.resolve({ ...(JSON.parse(stored.result) as IntakeResult), replayed: true });
+          continue;
+        }
+        // A second request with a key this group writes waits for the next group, which finds the first's answer.
+        if (keysInGroup.has(batch.key)) {
+          later.push(batch);
+          continue;
+        }
+        keysInGroup.add(batch.key);
+      }
+      writers.push(batch);
+    }
+    this.pending.unshift(...later);
+
+    // The group's events, each identity (user, item, ts) once: the first occurrence wins, as in the store.
+    const toAppend: IntakeEvent[] = [];
+    const owner: number[] = [];
+    const mayBeStored: boolean[] = [];
+    const identities = new Set<string>();
+    writers.forEach((batch, w) => {
+      for (const { event, negative } of batch.events) {
+        if (negative) continue;
+        const item = catalog.itemIndex.get(event.itemId)!;
+        const ts = Math.round(event.ts);
+        const identity = `${item}:${ts}:${event.userId}`;
+        if (identities.has(identity)) continue;
+        identities.add(identity);
+        toAppend.push({ userId: event.userId, item, ts, engagement: event.engagement ?? null });
+        owner.push(w);
+        mayBeStored.push(users.mayHaveStored(event.userId, item));
+      }
+    });
+    let added: boolean[];
+    try {
+      added = await intakeStore.append(toAppend, mayBeStored);
+    } catch (error) {
+      if (writers.length === 1) {
+        writers[0].reject(error);
+        return;
+      }
+      // One batch's problem must not fail the others: each is tried alone.
+      for (const batch of writers) await this.writeGroup([batch]);
+      return;
+    }
+    users.apply(toAppend.filter((_, k) => added[k]));
+
+    const eventsAdded = new Array<number>(writers.length).fill(0);
+    owner.forEach((w, k) => {
+      if (added[k]) eventsAdded[w]++;
+    });
+    const answers: { batch: PendingBatch; result: IntakeResult }[] = [];
+    for (const [w, batch] of writers.entries()) {
+      const engagement = batch.events.filter((e) => !e.negative).length;
+      const result: IntakeResult = {
+        received: batch.received,
+        eventsAdded: eventsAdded[w],
+        skippedDuplicates: engagement - eventsAdded[w],
+        skippedUnknownItems: batch.skippedUnknownItems,
+        feedback: batch.events.length - engagement,
+        outcomesAttributed: 0,
+        idempotencyKey: batch.key,
+        replayed: false,
+      };
+      try {
+        answers.push({ batch, result: { ...result, outcomesAttributed: await this.attribute(batch.events) } });
+      } catch (error) {
+        batch.reject(error);
       }
     }
-    const engagement = events.filter((e) => !e.negative).map((e) => e.event);
-    const appended = engagement.length
-      ? await store.append({ events: eventBatchFromEvents(engagement) })
-      : { eventsAdded: 0, skippedDuplicates: 0, clustersAdded: 0, itemsAdded: 0 };
-    const result: IntakeResult = {
-      received,
-      eventsAdded: appended.eventsAdded,
-      skippedDuplicates: appended.skippedDuplicates,
-      skippedUnknownItems,
-      feedback: events.length - engagement.length,
-      outcomesAttributed: 0,
-      idempotencyKey: key,
-      replayed: false,
-    };
-    await this.options.users.refresh(store, [...new Set(events.map((e) => e.event.userId))]);
-    let outcomesAttributed = 0;
-    if (this.options.attribute) {
-      const { catalog } = this.options;
-      outcomesAttributed = await this.options.attribute(
-        events.map((e) => ({
-          userId: e.event.userId,
-          itemId: e.event.itemId,
-          clusterId: catalog.clusterOfItem(e.event.itemId)!,
-          ts: e.event.ts,
-          engagement: e.event.engagement ?? null,
-          negative: e.negative,
-        })),
-      );
-    }
-    const final = { ...result, outcomesAttributed };
-    if (key !== null) {
+    const keep = answers.filter((a) => a.batch.key !== null);
+    if (keep.length) {
       const now = this.options.now();
-      await store.connection.run("INSERT INTO intake_keys VALUES ($key, $hash, $result, $at)", { key, hash: bodyHash, result: JSON.stringify(final), at: BigInt(now) });
-      await store.connection.run("DELETE FROM intake_keys WHERE created_at < $before", { before: BigInt(now - KEY_TTL_MS) });
+      try {
+        await intakeStore.record(
+          keep.map((a) => ({ key: a.batch.key!, bodyHash: a.batch.bodyHash, result: JSON.stringify(a.result) })),
+          now,
+          now - KEY_TTL_MS,
+        );
+      } catch (error) {
+        for (const a of keep) a.batch.reject(error);
+        for (const a of answers) if (a.batch.key === null) a.batch.resolve(a.result);
+        return;
+      }
     }
-    return final;
+    for (const a of answers) a.batch.resolve(a.result);
+  }
+
+  /** Outcome attribution of the active experiment for one batch (inside the queue, after its events are stored). */
+  private async attribute(events: readonly ParsedEvent[]): Promise<number> {
+    if (!this.options.attribute) return 0;
+    const { catalog } = this;
+    return this.options.attribute(
+      events.map((e) => ({
+        userId: e.event.userId,
+        itemId: e.event.itemId,
+        clusterId: catalog.clusterOfItem(e.event.itemId)!,
+        ts: e.event.ts,
+        engagement: e.event.engagement ?? null,
+        negative: e.negative,
+      })),
+    );
   }
 
   /**

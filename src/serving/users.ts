@@ -1,35 +1,50 @@
 /**
  * What serving knows about each user, held in memory so that a request costs no database query: the history (the
- * last two distinct positively engaged clusters, from the mining layer's own `historiesAsOf`, so serving and the
- * tables agree on what a history is), the most recent positively engaged items (where co-visitation starts) and
- * every item the user already had an event with (never recommended again).
+ * last two distinct positively engaged clusters, as mining defines it in ../mining/transitions.ts), the most recent
+ * positively engaged items (where co-visitation starts) and every item the user already had an event with (never
+ * recommended again).
  *
- * Loaded from the event store at start-up; after each accepted intake batch the users it touched are re-read from
- * the store, so late or out-of-order events give the same state as a fresh start.
+ * Loaded from the event store at start-up in one ordered scan; after each accepted intake batch the events the store
+ * newly took are applied to their users' states in place (`apply`), in any time order: the state keeps just enough of
+ * each user's events (./histories.ts) to give what a reload would. No other user is touched.
  *
  * @example
  * const users = await UserIndex.load(events, catalog, { positiveMin: 0.5, recentItems: 10 });
  * users.get("u000123")?.history; // { c1: 17, c2: 4 } (cluster indices) or null
- * await users.refresh(events, ["u000123"]);
+ * users.apply([{ userId: "u000123", item: 42, ts: Date.parse("2025-03-02T10:00:00Z"), engagement: 1 }]);
  */
-import { listValue } from "@duckdb/node-api";
 import type { EventStore } from "../data/event-store.js";
 import type { EngagementEvent } from "../domain/types.js";
-import { historiesAsOf } from "../mining/transitions.js";
 import type { Catalog } from "./catalog.js";
-
-/** Histories are read over every stored event: a time far enough out that nothing real lies beyond it. */
-const ALL_TIME = Date.UTC(9999, 0, 1);
+import { emptyTail, extendRecent, extendTail, insertSorted, type HistoryTail } from "./histories.js";
 
 export interface UserState {
   /** The last two distinct positively engaged clusters (cluster indices, c2 most recent), null with fewer than two. */
   history: { c1: number; c2: number } | null;
   /** Cluster of the latest positive event (the current run), -1 when there is none. */
   lastCluster: number;
-  /** Most recent positively engaged distinct items (item indices), newest first. */
-  recent: Int32Array;
+  /**
+   * Most recent positively engaged distinct items (item indices), newest first. Plain arrays here and below, changed
+   * in place: typed arrays of this size live outside the JS heap, and allocating one per event cost more than all
+   * the rest intake does per event.
+   */
+  recent: number[];
+  /** Time of each recent item's latest positive event (so a late event finds its place). */
+  recentTs: number[];
   /** Every item index the user had any event with, ascending. */
-  seen: Int32Array;
+  seen: number[];
+  /** Where the history's last two runs lie (what lets an out-of-order event update it exactly). */
+  tail: HistoryTail;
+}
+
+/** An event the store took, with its item as a catalog index. */
+export interface StoredEvent {
+  readonly userId: string;
+  readonly item: number;
+  /** Epoch milliseconds, as stored (whole milliseconds). */
+  readonly ts: number;
+  /** As stored (float32); null or absent = engaged. */
+  readonly engagement?: number | null;
 }
 
 export interface UserIndexOptions {
@@ -57,7 +72,7 @@ export class UserIndex {
 
   static async load(store: EventStore, catalog: Catalog, options: UserIndexOptions): Promise<UserIndex> {
     const index = new UserIndex(catalog, options);
-    await index.read(store, null);
+    await index.read(store);
     return index;
   }
 
@@ -85,63 +100,70 @@ export class UserIndex {
     return false;
   }
 
-  /** Re-reads the named users from the store (after their events were appended). */
-  async refresh(store: EventStore, userIds: readonly string[]): Promise<void> {
-    if (userIds.length === 0) return;
-    await this.read(store, userIds);
+  /**
+   * Whether the store may already hold an event of this user with this item. False is certain: every stored event
+   * put its item into `seen`. Intake asks the store only about events where this is true.
+   */
+  mayHaveStored(userId: string, item: number): boolean {
+    return UserIndex.hasSeen(this.states.get(userId), item);
+  }
+
+  /** Whether an engagement counts as positive, compared as the store compares it (the float32 it holds). */
+  isPositive(engagement: number | null | undefined): boolean {
+    const min = this.options.positiveMin;
+    return engagement === undefined || engagement === null || min === null || Math.fround(engagement) >= min;
   }
 
   /**
-   * Applies one event that is newer than everything the index holds for its user (the simulation's stream, which is
-   * in time order per user). Out-of-order events need `refresh`.
+   * Applies events the store has just taken (new ones only: a duplicate the store skipped must not be applied, its
+   * stored engagement may differ), in any time order, to their users' states in place.
    */
+  apply(events: readonly StoredEvent[]): void {
+    for (const e of events) this.applyOne(e.userId, e.item, e.ts, e.engagement);
+  }
+
+  /** Applies one new event of the simulation's stream (`apply` for an event given by item id). */
   observe(event: EngagementEvent): void {
     const item = this.catalog.itemIndex.get(event.itemId);
     if (item === undefined) return;
-    let state = this.states.get(event.userId);
-    if (!state) {
-      state = { history: null, lastCluster: -1, recent: new Int32Array(0), seen: new Int32Array(0) };
-      this.states.set(event.userId, state);
-    }
-    if (!UserIndex.hasSeen(state, item)) state.seen = insertSorted(state.seen, item);
-    const min = this.options.positiveMin;
-    const positive = event.engagement === undefined || min === null || event.engagement >= min;
-    if (!positive) return;
-    const cluster = this.catalog.itemCluster[item];
-    if (cluster !== state.lastCluster) {
-      if (state.lastCluster >= 0) state.history = { c1: state.lastCluster, c2: cluster };
-      state.lastCluster = cluster;
-    }
-    const recent = [item];
-    for (const r of state.recent) if (r !== item && recent.length < this.recentItems) recent.push(r);
-    state.recent = Int32Array.from(recent);
+    this.applyOne(event.userId, item, event.ts, event.engagement);
   }
 
-  private async read(store: EventStore, userIds: readonly string[] | null): Promise<void> {
+  private applyOne(userId: string, item: number, ts: number, engagement: number | null | undefined): void {
+    let state = this.states.get(userId);
+    if (!state) {
+      state = { history: null, lastCluster: -1, recent: [], recentTs: [], seen: [], tail: emptyTail() };
+      this.states.set(userId, state);
+    }
+    insertSorted(state.seen, item);
+    if (this.isPositive(engagement)) this.addPositive(state, item, ts);
+  }
+
+  private addPositive(state: UserState, item: number, ts: number): void {
+    const tail = state.tail;
+    if (extendTail(tail, ts, item, this.catalog.itemCluster[item])) state.history = tail.c1 >= 0 ? { c1: tail.c1, c2: tail.c2 } : null;
+    state.lastCluster = tail.c2;
+    extendRecent(state.recent, state.recentTs, ts, item, this.recentItems);
+  }
+
+  /**
+   * Every user's state from one scan of the events in mining's order (ts, then item key): the history through the
+   * same `extendTail` intake uses, events in order.
+   */
+  private async read(store: EventStore): Promise<void> {
     const { catalog } = this;
     const positiveMin = this.options.positiveMin;
-    const histories = await historiesAsOf(store, ALL_TIME, { positiveMin, ...(userIds ? { userIds } : {}) });
-    const only = userIds ? "WHERE e.user_key IN (SELECT user_key FROM users WHERE list_contains($ids::VARCHAR[], user_id))" : "";
     const positive = positiveMin === null ? "true" : "(e.engagement IS NULL OR e.engagement >= $positiveMin)";
-    const params: Record<string, unknown> = {};
-    if (userIds) params.ids = listValue([...userIds]);
-    if (positiveMin !== null) params.positiveMin = positiveMin;
     const users = new Map(
-      (
-        await store.query<{ k: number; id: string }>(
-          `SELECT user_key AS k, user_id AS id FROM users${userIds ? " WHERE list_contains($ids::VARCHAR[], user_id)" : ""}`,
-          userIds ? { ids: listValue([...userIds]) } : undefined,
-        )
-      ).map((r) => [r.k, r.id]),
+      (await store.query<{ k: number; id: string }>("SELECT user_key AS k, user_id AS id FROM users")).map((r) => [r.k, r.id]),
     );
-    // Newest first, ties broken by item as mining breaks them, so "recent" and the history read the same order.
     const reader = await store.connection.runAndReadAll(
-      `SELECT e.user_key, e.item_key, ${positive} AS positive FROM events e ${only}
-       ORDER BY e.user_key, e.ts DESC, e.item_key DESC`,
-      params as never,
+      `SELECT e.user_key, e.item_key, epoch_ms(e.ts)::DOUBLE AS ts, ${positive} AS positive FROM events e
+       ORDER BY e.user_key, e.ts, e.item_key`,
+      (positiveMin === null ? {} : { positiveMin }) as never,
     );
     const n = reader.currentRowCount;
-    const [userKeys, itemKeys, positives] = n ? (reader.getColumns() as [number[], number[], boolean[]]) : [[], [], []];
+    const [userKeys, itemKeys, times, positives] = n ? (reader.getColumns() as [number[], number[], number[], boolean[]]) : [[], [], [], []];
     let start = 0;
     while (start < n) {
       const key = userKeys[start];
@@ -150,25 +172,29 @@ export class UserIndex {
       const userId = users.get(key);
       if (userId !== undefined) {
         const seen: number[] = [];
-        const recent: number[] = [];
-        let lastCluster = -1;
+        const tail = emptyTail();
         for (let r = start; r < end; r++) {
           const item = catalog.itemOfKey[itemKeys[r]];
           if (item < 0) continue;
           seen.push(item);
-          if (positives[r]) {
-            if (lastCluster < 0) lastCluster = catalog.itemCluster[item];
-            if (recent.length < this.recentItems && !recent.includes(item)) recent.push(item);
-          }
+          if (positives[r]) extendTail(tail, times[r], item, catalog.itemCluster[item]);
         }
-        const h = histories.get(userId);
-        const c1 = h ? catalog.clusterIndex.get(h.c1) : undefined;
-        const c2 = h ? catalog.clusterIndex.get(h.c2) : undefined;
+        // Recent items newest first: the first time an item shows up walking back is its latest positive event.
+        const recent: number[] = [];
+        const recentTs: number[] = [];
+        for (let r = end - 1; r >= start && recent.length < this.recentItems; r--) {
+          const item = catalog.itemOfKey[itemKeys[r]];
+          if (item < 0 || !positives[r] || recent.includes(item)) continue;
+          recent.push(item);
+          recentTs.push(times[r]);
+        }
         this.states.set(userId, {
-          history: c1 !== undefined && c2 !== undefined ? { c1, c2 } : null,
-          lastCluster,
-          recent: Int32Array.from(recent),
+          history: tail.c1 >= 0 ? { c1: tail.c1, c2: tail.c2 } : null,
+          lastCluster: tail.c2,
+          recent,
+          recentTs,
           seen: uniqueSorted(seen),
+          tail,
         });
       }
       start = end;
@@ -176,21 +202,10 @@ export class UserIndex {
   }
 }
 
-function uniqueSorted(values: number[]): Int32Array {
-  const sorted = Int32Array.from(values).sort();
+function uniqueSorted(values: number[]): number[] {
+  values.sort((a, b) => a - b);
   let w = 0;
-  for (let r = 0; r < sorted.length; r++) if (r === 0 || sorted[r] !== sorted[r - 1]) sorted[w++] = sorted[r];
-  return sorted.slice(0, w);
-}
-
-function insertSorted(list: Int32Array, value: number): Int32Array {
-  const out = new Int32Array(list.length + 1);
-  let i = 0;
-  while (i < list.length && list[i] < value) {
-    out[i] = list[i];
-    i++;
-  }
-  out[i] = value;
-  out.set(list.subarray(i), i + 1);
-  return out;
+  for (let r = 0; r < values.length; r++) if (r === 0 || values[r] !== values[r - 1]) values[w++] = values[r];
+  values.length = w;
+  return values;
 }

@@ -1,0 +1,207 @@
+/**
+ * What event intake (./intake.ts) needs of the store it writes to, as a contract with one adapter per store: the
+ * embedded DuckDB event store here; a PostgreSQL store implements the same three calls (there `append` is one
+ * `INSERT ... ON CONFLICT (user, item, ts) DO NOTHING RETURNING`, and it may ignore the `mayBeStored` hints).
+ *
+ * Why intake does not call `EventStore.append`: that path is built for files of millions of rows (staging tables,
+ * a dedup join over every stored event, counts before and after: about a dozen statements and a scan of the whole
+ * event table per call, 10-50 ms on a 300k-event store). An intake group is small and its users' states are in
+ * memory, so here an append is one transaction holding one appender, and only events whose (user, item) pair the
+ * user index has already seen are looked up. The rules are the store's: an event is (user, item, ts), the first
+ * engagement value given for it is the one kept, and an event already stored is skipped and reported as such.
+ *
+ * @example
+ * const store = new DuckDbIntakeStore(events, catalog);
+ * const added = await store.append([{ userId: "u1", item: 7, ts: Date.parse("2025-03-02"), engagement: null }], [false]);
+ */
+import { BIGINT, DuckDBDataChunk, DuckDBTimestampValue, FLOAT, INTEGER, TIMESTAMP, VARCHAR, listValue } from "@duckdb/node-api";
+import type { EventStore } from "../data/event-store.js";
+import { FreshrecError } from "../domain/errors.js";
+import type { Catalog } from "./catalog.js";
+
+/** One event to append, its item as a catalog index. */
+export interface IntakeEvent {
+  readonly userId: string;
+  readonly item: number;
+  /** Epoch milliseconds (whole). */
+  readonly ts: number;
+  /** null = engaged (no value). */
+  readonly engagement: number | null;
+}
+
+/** The answer recorded for an idempotency key. */
+export interface RecordedAnswer {
+  readonly key: string;
+  readonly bodyHash: string;
+  /** The answer as JSON. */
+  readonly result: string;
+}
+
+export interface IntakeStore {
+  /**
+   * Appends the events in one transaction (all or none) and tells, per event, whether the store took it (false: it
+   * held that event already). The events' identities (user, item, ts) are distinct within one call.
+   * @param mayBeStored per event; false promises that the store holds no event of that user with that item (the
+   * caller's user index saw every stored pair), so the adapter need not look it up.
+   */
+  append(events: readonly IntakeEvent[], mayBeStored: readonly boolean[]): Promise<boolean[]>;
+  /** The answers recorded for these idempotency keys (those not expired). */
+  recorded(keys: readonly string[]): Promise<Map<string, RecordedAnswer>>;
+  /** Records answers under their keys (one transaction) and forgets those recorded before `expiredBefore`. */
+  record(answers: readonly RecordedAnswer[], now: number, expiredBefore: number): Promise<void>;
+}
+
+/** The embedded adapter: the workspace's DuckDB event store, which only this process can open while it serves. */
+export class DuckDbIntakeStore implements IntakeStore {
+  private schemaReady = false;
+  /** Event-store key of each catalog item (the inverse of `catalog.itemOfKey`). */
+  private readonly itemKeys: Int32Array;
+  /**
+   * Every user's key, read on the first append. The store's lock keeps every other process out while this one
+   * serves, and every write of this process goes through the store queue, so what was read stays right.
+   */
+  private readonly userKeys = new Map<string, number>();
+  /** The key the next new user gets; null until the keys are read. */
+  private nextUserKey: number | null = null;
+
+  constructor(
+    private readonly store: EventStore,
+    catalog: Catalog,
+  ) {
+    this.itemKeys = new Int32Array(catalog.itemCount);
+    catalog.itemOfKey.forEach((item, key) => {
+      if (item >= 0) this.itemKeys[item] = key;
+    });
+  }
+
+  async append(events: readonly IntakeEvent[], mayBeStored: readonly boolean[]): Promise<boolean[]> {
+    if (events.length === 0) return [];
+    const c = this.store.connection;
+    await c.run("BEGIN TRANSACTION");
+    try {
+      const created = await this.resolveUsers(events);
+      const stored = await this.storedAmong(events, mayBeStored, created);
+      const added = events.map((_, k) => !stored.has(k));
+      const appender = await c.createAppender("events");
+      const types = [INTEGER, INTEGER, TIMESTAMP, FLOAT];
+      const rows = events.filter((_, k) => added[k]);
+      for (let start = 0; start < rows.length; start += 2048) {
+        const slice = rows.slice(start, start + 2048);
+        const chunk = DuckDBDataChunk.create(types, slice.length);
+        chunk.setColumnValues(0, slice.map((e) => this.userKey(e.userId, created)));
+        chunk.setColumnValues(1, slice.map((e) => this.itemKeys[e.item]));
+        chunk.setColumnValues(2, slice.map((e) => new DuckDBTimestampValue(BigInt(e.ts) * 1000n)));
+        chunk.setColumnValues(3, slice.map((e) => e.engagement));
+        appender.appendDataChunk(chunk);
+      }
+      appender.closeSync();
+      await c.run("COMMIT");
+      for (const [id, key] of created) this.userKeys.set(id, key);
+      this.nextUserKey! += created.size;
+      return added;
+    } catch (error) {
+      await c.run("ROLLBACK");
+      // Read the users' keys again next time: if the table changed under this cache (a key taken), the retry heals.
+      this.userKeys.clear();
+      this.nextUserKey = null;
+      throw new FreshrecError("INTERNAL", `appending ${events.length} intake events failed, nothing was written: ${(error as Error).message}`, { cause: error });
+    }
+  }
+
+  async recorded(keys: readonly string[]): Promise<Map<string, RecordedAnswer>> {
+    await this.ensureSchema();
+    if (keys.length === 0) return new Map();
+    const rows = await this.store.query<{ key: string; body_hash: string; result: string }>(
+      "SELECT key, body_hash, result FROM intake_keys WHERE list_contains($keys::VARCHAR[], key)",
+      { keys: listValue([...keys]) },
+    );
+    return new Map(rows.map((r) => [r.key, { key: r.key, bodyHash: r.body_hash, result: r.result }]));
+  }
+
+  async record(answers: readonly RecordedAnswer[], now: number, expiredBefore: number): Promise<void> {
+    if (answers.length === 0) return;
+    await this.ensureSchema();
+    const c = this.store.connection;
+    await c.run("BEGIN TRANSACTION");
+    try {
+      const appender = await c.createAppender("intake_keys");
+      const chunk = DuckDBDataChunk.create([VARCHAR, VARCHAR, VARCHAR, BIGINT], answers.length);
+      chunk.setColumnValues(0, answers.map((a) => a.key));
+      chunk.setColumnValues(1, answers.map((a) => a.bodyHash));
+      chunk.setColumnValues(2, answers.map((a) => a.result));
+      chunk.setColumnValues(3, answers.map(() => BigInt(now)));
+      appender.appendDataChunk(chunk);
+      appender.closeSync();
+      await c.run("DELETE FROM intake_keys WHERE created_at < $before", { before: BigInt(expiredBefore) });
+      await c.run("COMMIT");
+    } catch (error) {
+      await c.run("ROLLBACK");
+      throw new FreshrecError("INTERNAL", `recording ${answers.length} idempotency keys failed: ${(error as Error).message}`, { cause: error });
+    }
+  }
+
+  private async ensureSchema(): Promise<void> {
+    if (this.schemaReady) return;
+    await this.store.connection.run(
+      "CREATE TABLE IF NOT EXISTS intake_keys (key VARCHAR PRIMARY KEY, body_hash VARCHAR NOT NULL, result VARCHAR NOT NULL, created_at BIGINT NOT NULL)",
+    );
+    this.schemaReady = true;
+  }
+
+  private userKey(userId: string, created: ReadonlyMap<string, number>): number {
+    return this.userKeys.get(userId) ?? created.get(userId)!;
+  }
+
+  /**
+   * The keys of the group's users; users the store does not have yet are appended, numbered after the largest key
+   * as `EventStore.append` numbers them. Every user's key is read once, on the first append (one scan of the users
+   * table, instead of a lookup of a whole group's ids in each transaction).
+   * @returns the keys of the users appended in this transaction (kept only once it commits).
+   */
+  private async resolveUsers(events: readonly IntakeEvent[]): Promise<Map<string, number>> {
+    if (this.nextUserKey === null) {
+      const reader = await this.store.connection.runAndReadAll("SELECT user_id, user_key FROM users");
+      const [ids, keys] = reader.currentRowCount ? (reader.getColumns() as [string[], number[]]) : [[], []];
+      let max = 0;
+      for (let r = 0; r < ids.length; r++) {
+        this.userKeys.set(ids[r], keys[r]);
+        if (keys[r] > max) max = keys[r];
+      }
+      this.nextUserKey = max + 1;
+    }
+    const created = new Map<string, number>();
+    for (const e of events) if (!this.userKeys.has(e.userId) && !created.has(e.userId)) created.set(e.userId, this.nextUserKey + created.size);
+    if (created.size) {
+      const appender = await this.store.connection.createAppender("users");
+      const chunk = DuckDBDataChunk.create([INTEGER, VARCHAR], created.size);
+      chunk.setColumnValues(0, [...created.values()]);
+      chunk.setColumnValues(1, [...created.keys()]);
+      appender.appendDataChunk(chunk);
+      appender.closeSync();
+    }
+    return created;
+  }
+
+  /** Indexes of the events the store already holds, looked up only among those flagged `mayBeStored`. */
+  private async storedAmong(events: readonly IntakeEvent[], mayBeStored: readonly boolean[], created: ReadonlyMap<string, number>): Promise<Set<number>> {
+    const candidates = events.map((_, k) => k).filter((k) => mayBeStored[k]);
+    const stored = new Set<number>();
+    if (candidates.length === 0) return stored;
+    const users = [...new Set(candidates.map((k) => this.userKey(events[k].userId, created)))];
+    const items = [...new Set(candidates.map((k) => this.itemKeys[events[k].item]))];
+    // Integers only, written into the SQL: the IN lists let DuckDB filter while scanning.
+    const rows = await this.store.connection.runAndReadAll(
+      `SELECT user_key, item_key, epoch_ms(ts)::DOUBLE AS ts FROM events WHERE user_key IN (${users.join(",")}) AND item_key IN (${items.join(",")})`,
+    );
+    const held = new Set<string>();
+    if (rows.currentRowCount) {
+      const [u, i, t] = rows.getColumns() as [number[], number[], number[]];
+      for (let r = 0; r < u.length; r++) held.add(`${u[r]}:${i[r]}:${t[r]}`);
+    }
+    for (const k of candidates) {
+      const e = events[k];
+      if (held.has(`${this.userKey(e.userId, created)}:${this.itemKeys[e.item]}:${e.ts}`)) stored.add(k);
+    }
+    return stored;
+  }
+}
