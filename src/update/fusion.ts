@@ -715,7 +715,8 @@ export class FusionScorer implements PromptScorer {
   private readonly topCluster: Int32Array;
   private readonly topValue: Float64Array;
   private readonly topBase: Float64Array;
-  private explained = new Map<string, StoredExplanation>();
+  /** The last `score` call's explanations, encoded (`encodeExplanation`), by pair. */
+  private explained = new Map<string, Buffer>();
 
   constructor(
     private readonly evidence: WindowCounts,
@@ -741,25 +742,23 @@ export class FusionScorer implements PromptScorer {
 
   async score(prompts: readonly PromptInput[], topN: number): Promise<ScoredCluster[][]> {
     this.explained = new Map();
-    return prompts.map((p) => {
+    // One buffer for the call's explanations; each row's is a view of its part.
+    const size = explanationBytes(Math.min(topN, this.K - 2));
+    const bytes = Buffer.alloc(prompts.length * size);
+    const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    return prompts.map((p, k) => {
       const { c1, c2 } = p.history;
-      const row = this.row(c1, c2, topN);
-      this.explained.set(pairKey(c1, c2), row.explanation);
-      return row.answers;
+      const answers = this.row(c1, c2, topN, view, k * size);
+      this.explained.set(pairKey(c1, c2), bytes.subarray(k * size, k * size + explanationBytes(answers.length)));
+      return answers;
     });
   }
 
   explain(prompt: PromptInput, topN: number): RowExplanation {
     const { c1, c2 } = prompt.history;
-    let stored = this.explained.get(pairKey(c1, c2));
-    let answers: ScoredCluster[] | null = null;
-    if (!stored || stored.a.length < topN) {
-      const row = this.row(c1, c2, topN);
-      stored = row.explanation;
-      answers = row.answers;
-    }
-    answers ??= this.row(c1, c2, topN).answers;
-    return explanationOf({ answers: answers.slice(0, topN), explanation: { ...stored, a: stored.a.slice(0, topN) } })!;
+    const bytes = Buffer.alloc(explanationBytes(Math.min(topN, this.K - 2)));
+    const answers = this.row(c1, c2, topN, new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength), 0);
+    return explanationOf({ answers, explanation: bytes.subarray(0, explanationBytes(answers.length)) })!;
   }
 
   /**
@@ -768,7 +767,7 @@ export class FusionScorer implements PromptScorer {
    */
   storedExplanation(prompt: PromptInput, answers: number): Uint8Array | undefined {
     const stored = this.explained.get(pairKey(prompt.history.c1, prompt.history.c2));
-    return stored && encodeExplanation(stored, answers);
+    return stored && truncateExplanation(stored, answers);
   }
 
   private indexOf(cluster: string): number {
@@ -777,7 +776,8 @@ export class FusionScorer implements PromptScorer {
     return i;
   }
 
-  private row(c1: string, c2: string, topN: number): { answers: ScoredCluster[]; explanation: StoredExplanation } {
+  /** The row's top-n answers; its explanation is encoded into `out` at `at` (`encodeExplanation`'s layout). */
+  private row(c1: string, c2: string, topN: number, out: DataView, at: number): ScoredCluster[] {
     const K = this.K;
     const i1 = this.indexOf(c1);
     const i2 = this.indexOf(c2);
@@ -853,58 +853,73 @@ export class FusionScorer implements PromptScorer {
       topBase[at] = base;
     }
     const answers: ScoredCluster[] = new Array(kept);
-    const explained: (readonly [number, number, number | null, number])[] = new Array(kept);
+    const total = own?.total ?? 0;
+    writeExplanationHead(out, at, total, this.evidence.secondTotal[i2], round(total / denominator));
     for (let k = 0; k < kept; k++) {
       const n = topCluster[k];
       answers[k] = { cluster: this.evidence.clusters[n], score: topValue[k] };
       const llm = this.prior && known[n] ? round(Number.isNaN(answerPrior[n]) ? this.prior.rest[p] : answerPrior[n]) : null;
-      explained[k] = [users[n], this.evidence.second[row + n], llm, round(topBase[k])];
+      writeExplanationAnswer(out, at, k, users[n], this.evidence.second[row + n], llm, round(topBase[k]));
     }
     if (own) for (let k = 0; k < own.next.length; k++) users[own.next[k]] = 0;
     for (const n of boosted) {
       boost[n] = 1;
       answerPrior[n] = Number.NaN;
     }
-    return {
-      answers,
-      explanation: { u: own?.total ?? 0, s: this.evidence.secondTotal[i2], w: round((own?.total ?? 0) / denominator), a: explained },
-    };
+    return answers;
   }
 }
 
-/** Layout version of an encoded explanation (its first byte). */
+/** Layout version of an encoded explanation (its first word). */
 const EXPLANATION_FORMAT = 1;
-const EXPLANATION_HEAD = 13;
+const EXPLANATION_HEAD = 16;
 const EXPLANATION_ANSWER = 16;
 
+/** Bytes of an encoded explanation of `answers` answers. */
+function explanationBytes(answers: number): number {
+  return EXPLANATION_HEAD + answers * EXPLANATION_ANSWER;
+}
+
+function writeExplanationHead(out: DataView, at: number, pairUsers: number, secondUsers: number, evidenceWeight: number): void {
+  out.setUint32(at, EXPLANATION_FORMAT, true);
+  out.setUint32(at + 4, pairUsers, true);
+  out.setUint32(at + 8, secondUsers, true);
+  out.setFloat32(at + 12, evidenceWeight, true);
+}
+
+function writeExplanationAnswer(out: DataView, at: number, k: number, pairUsers: number, secondUsers: number, llmPrior: number | null, base: number): void {
+  const o = at + EXPLANATION_HEAD + k * EXPLANATION_ANSWER;
+  out.setUint32(o, pairUsers, true);
+  out.setUint32(o + 4, secondUsers, true);
+  out.setFloat32(o + 8, llmPrior ?? Number.NaN, true);
+  out.setFloat32(o + 12, base, true);
+}
+
+/** The first `answers` answers of an encoded explanation (a view, not a copy). */
+function truncateExplanation(bytes: Buffer, answers: number): Buffer {
+  return bytes.subarray(0, Math.min(bytes.length, explanationBytes(answers)));
+}
+
 /**
- * A stored explanation as bytes (a fusion table stores one per row, so it is compact and cheap to write): a format
- * byte, then little-endian uint32 pair users, uint32 second-cluster users, float32 evidence weight, and per answer
- * uint32 pair users, uint32 second-cluster users, float32 LLM prior (NaN for none) and float32 base measure. The
- * rounded values (four significant digits) survive float32 exactly once rounded again, which `decodeExplanation` does.
+ * A stored explanation as bytes (a fusion table stores one per row, so it is compact and cheap to write):
+ * little-endian uint32 format, uint32 pair users, uint32 second-cluster users, float32 evidence weight, then per
+ * answer uint32 pair users, uint32 second-cluster users, float32 LLM prior (NaN for none) and float32 base measure.
+ * The rounded values (four significant digits) survive float32 exactly once rounded again, which
+ * `decodeExplanation` does.
  */
 export function encodeExplanation(e: StoredExplanation, answers = e.a.length): Buffer {
   const n = Math.min(answers, e.a.length);
-  const out = Buffer.allocUnsafe(EXPLANATION_HEAD + n * EXPLANATION_ANSWER);
-  out.writeUInt8(EXPLANATION_FORMAT, 0);
-  out.writeUInt32LE(e.u, 1);
-  out.writeUInt32LE(e.s, 5);
-  out.writeFloatLE(e.w, 9);
-  for (let k = 0; k < n; k++) {
-    const at = EXPLANATION_HEAD + k * EXPLANATION_ANSWER;
-    const [pairUsers, secondUsers, llmPrior, base] = e.a[k];
-    out.writeUInt32LE(pairUsers, at);
-    out.writeUInt32LE(secondUsers, at + 4);
-    out.writeFloatLE(llmPrior ?? Number.NaN, at + 8);
-    out.writeFloatLE(base, at + 12);
-  }
+  const out = Buffer.alloc(explanationBytes(n));
+  const view = new DataView(out.buffer, out.byteOffset, out.byteLength);
+  writeExplanationHead(view, 0, e.u, e.s, e.w);
+  for (let k = 0; k < n; k++) writeExplanationAnswer(view, 0, k, ...e.a[k]);
   return out;
 }
 
 /** The explanation `encodeExplanation` wrote. */
 export function decodeExplanation(bytes: Uint8Array): StoredExplanation {
   const b = Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  if (b.length < EXPLANATION_HEAD || b[0] !== EXPLANATION_FORMAT || (b.length - EXPLANATION_HEAD) % EXPLANATION_ANSWER !== 0) {
+  if (b.length < EXPLANATION_HEAD || b.readUInt32LE(0) !== EXPLANATION_FORMAT || (b.length - EXPLANATION_HEAD) % EXPLANATION_ANSWER !== 0) {
     throw new FreshrecError("INTERNAL", `fusion: a stored explanation of ${b.length} bytes in an unknown format`);
   }
   const a: (readonly [number, number, number | null, number])[] = [];
@@ -912,7 +927,7 @@ export function decodeExplanation(bytes: Uint8Array): StoredExplanation {
     const llmPrior = b.readFloatLE(at + 8);
     a.push([b.readUInt32LE(at), b.readUInt32LE(at + 4), Number.isNaN(llmPrior) ? null : round(llmPrior), round(b.readFloatLE(at + 12))]);
   }
-  return { u: b.readUInt32LE(1), s: b.readUInt32LE(5), w: round(b.readFloatLE(9)), a };
+  return { u: b.readUInt32LE(4), s: b.readUInt32LE(8), w: round(b.readFloatLE(12)), a };
 }
 
 /** Four significant digits: what an explanation needs, at a fraction of the stored size of full doubles. */
