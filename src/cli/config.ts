@@ -115,6 +115,13 @@ export const configSchema = z
         maxTargetShare: z.number().gt(0).max(1).default(0.04).describe("Largest share of samples one target cluster may take."),
         maxPerTriple: positiveInt().default(8).describe("Cap of samples per (c1, c2, next) triple (one per distinct user up to this)."),
         contextShare: z.number().min(0).max(1).default(0.5).describe("Share of samples that carry the RAG context a refresh would have retrieved just before them (the model learns both prompt forms)."),
+        rehearsalShare: z
+          .number()
+          .min(0)
+          .lt(1)
+          .default(0.5)
+          .describe("Share of a fine-tune's training set drawn from the transitions before its window (rehearsal, in proportion to their distinct users), so the model keeps what it learnt there; 0 trains on the window only, which on sparse logs unlearns the rest (README, fine-tuning)."),
+        rehearsalDays: positiveInt().default(3650).describe("Days before the fine-tuning window that rehearsal samples come from."),
         contextPeriod: z.enum(["previous", "same"]).default("previous").describe("Week a sample's context comes from: previous (as a refresh served it) or same (its own week without its own user; an experiment to teach the model to follow contexts that contradict what it learnt)."),
         epochs: positiveInt().default(4).describe("Training epochs of a fine-tune (the best validation epoch is kept; early stop on no improvement)."),
         learningRate: z.number().positive().nullable().default(null).describe("Peak AdamW learning rate of a fine-tune. null = the trainer's default."),

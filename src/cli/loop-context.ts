@@ -43,6 +43,8 @@ export function loopSettings(config: FreshrecConfig, positiveMin: number | null)
       maxPerTriple: f.maxPerTriple,
       contextShare: f.contextShare,
       contextPeriod: f.contextPeriod,
+      rehearsalShare: f.rehearsalShare,
+      rehearsalDays: f.rehearsalDays,
     },
     gates: gateOptions(config),
     drift: f.trigger === "drift" ? { minGain: f.driftMinGain, minDays: f.driftMinDays } : null,

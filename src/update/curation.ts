@@ -17,6 +17,9 @@
  *    a sample of week w gets, with probability `contextShare` (0.5), the context retrieved from the week before w
  *    (so never from its own or later data). The other samples have no context. The model thus learns to answer
  *    both prompt forms, and to use a retrieved successor as evidence rather than copy it.
+ * 5. Rehearsal: `rehearsalShare` (0.5) of the final set is drawn from the `rehearsalDays` (3650) before the training
+ *    part, in proportion to distinct users and without context, so a fine-tune keeps what its parent learnt from
+ *    them (rehearsalSamples says why).
  *
  * @example
  * const set = await curateFineTuningSet(store, Date.parse("2025-07-01"));
@@ -65,9 +68,26 @@ export interface CurationOptions extends MiningOptions {
    * @defaultValue "previous"
    */
   readonly contextPeriod?: "previous" | "same";
+  /**
+   * Where the training part starts at the earliest (ms): the end of the data the model being continued was trained
+   * on, so a fine-tune learns the transitions its parent has not seen instead of repeating the ones it has.
+   * @defaultValue no bound (the whole window)
+   */
+  readonly since?: number;
+  /**
+   * Share of the training set drawn from the transitions before the training part (rehearsal), so the fine-tune
+   * keeps practising what its parent learnt. Without it, a model trained on tens of thousands of transitions that
+   * continues on a few thousand recent ones of few users unlearns the rest: on ml-latest-small's development months
+   * (Nov 2016-Apr 2017) fine-tunes on recent transitions only raised the next month's answer loss by 0.235 nats
+   * against the model never updated (95% CI 0.064 to 0.383); with half the set rehearsed, by 0.042 (-0.013 to 0.087).
+   * @defaultValue 0.5
+   */
+  readonly rehearsalShare?: number;
+  /** Days before the training part that rehearsal samples come from. @defaultValue 3650 */
+  readonly rehearsalDays?: number;
 }
 
-export const CURATION_DEFAULTS = { windowDays: 90, testDays: 14, testUsers: 1000, minTestUsers: 5, maxSamples: 6000, maxPerPair: 24, maxTargetShare: 0.04, maxPerTriple: 8, contextShare: 0.5 } as const;
+export const CURATION_DEFAULTS = { windowDays: 90, testDays: 14, testUsers: 1000, minTestUsers: 5, maxSamples: 6000, maxPerPair: 24, maxTargetShare: 0.04, maxPerTriple: 8, contextShare: 0.5, rehearsalShare: 0.5, rehearsalDays: 3650 } as const;
 
 export interface FineTuningSet {
   readonly asOf: number;
@@ -78,11 +98,51 @@ export interface FineTuningSet {
   readonly test: readonly FutureExample[];
   /** Transitions available before diversification (distinct users per triple, summed). */
   readonly available: number;
+  /** Samples of `train` drawn from before the training part (rehearsal); they come last. */
+  readonly rehearsed: number;
+}
+
+/**
+ * Rehearsal: samples of the transitions of the `rehearsalDays` before the training part, drawn in proportion to
+ * their distinct users (the distribution the parent learnt, not diversified), with a seeded generator, so that
+ * they make `rehearsalShare` of the final set. Drawn from the counts per triple, so a long span of a busy log
+ * costs one aggregate query, not a list of every transition.
+ */
+async function rehearsalSamples(
+  store: EventStore,
+  seed: number,
+  trainWindow: TimeWindow,
+  recent: number,
+  o: { rehearsalShare: number; rehearsalDays: number },
+  mining: MiningOptions,
+): Promise<TrainingSample[]> {
+  if (!(o.rehearsalShare > 0) || recent === 0) return [];
+  if (o.rehearsalShare >= 1) throw new BadInputError(`finetune curation: rehearsalShare (${o.rehearsalShare}) must be below 1`);
+  const older = await countTransitions(store, { from: trainWindow.from - o.rehearsalDays * DAY_MS, to: trainWindow.from }, mining);
+  if (older.length === 0) return [];
+  const cumulative: number[] = [];
+  let total = 0;
+  for (const t of older) cumulative.push((total += t.users));
+  const want = Math.min(total, Math.round((recent * o.rehearsalShare) / (1 - o.rehearsalShare)));
+  const next = seededRandom((Math.floor(seed / 1000) ^ 0x27d4eb2d) >>> 0);
+  const samples: TrainingSample[] = [];
+  for (let k = 0; k < want; k++) {
+    const target = next() * total;
+    let lo = 0;
+    let hi = cumulative.length - 1;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (cumulative[mid] > target) hi = mid;
+      else lo = mid + 1;
+    }
+    samples.push(sampleOf(older[lo]));
+  }
+  return samples;
 }
 
 export async function curateFineTuningSet(store: EventStore, asOf: number, options: CurationOptions = {}): Promise<FineTuningSet> {
   const o = { ...CURATION_DEFAULTS, ...Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) } as Required<
-    Omit<CurationOptions, "positiveMin" | "rag">
+    Omit<CurationOptions, "positiveMin" | "rag" | "since">
   > &
     MiningOptions;
   if (!(o.testDays > 0 && o.windowDays > o.testDays)) {
@@ -104,7 +164,7 @@ export async function curateFineTuningSet(store: EventStore, asOf: number, optio
     test = await futureExamples(store, { from: asOf - testDays * DAY_MS, to: asOf }, mining);
   }
   const split = asOf - testDays * DAY_MS;
-  const trainWindow = { from: asOf - o.windowDays * DAY_MS, to: split };
+  const trainWindow = { from: Math.min(split, Math.max(asOf - o.windowDays * DAY_MS, options.since ?? -Infinity)), to: split };
   const testWindow = { from: split, to: asOf };
   const pool: (TransitionCount & { context?: PromptContext })[] = [];
   const rag = { ...options.rag, positiveMin: mining.positiveMin };
@@ -116,7 +176,8 @@ export async function curateFineTuningSet(store: EventStore, asOf: number, optio
   const chosen = diversify(pool, o, asOf);
   const coin = seededRandom((Math.floor(asOf / 1000) ^ 0x5bd1e995) >>> 0);
   const train = chosen.map((t) => sampleOf(t, t.context && coin() < o.contextShare ? t.context.successors : undefined));
-  return { asOf, trainWindow, testWindow, train, test, available: pool.reduce((s, t) => s + t.users, 0) };
+  const rehearsed = await rehearsalSamples(store, asOf, trainWindow, train.length, o, mining);
+  return { asOf, trainWindow, testWindow, train: [...train, ...rehearsed], test, available: pool.reduce((s, t) => s + t.users, 0), rehearsed: rehearsed.length };
 }
 
 /**

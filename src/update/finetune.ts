@@ -107,7 +107,7 @@ export interface FinetuneResult {
   readonly trainTokens: number;
   readonly seconds: number;
   readonly parent: string | null;
-  readonly set: Pick<FineTuningSet, "trainWindow" | "testWindow" | "available"> & { trainSamples: number; testExamples: number };
+  readonly set: Pick<FineTuningSet, "trainWindow" | "testWindow" | "available" | "rehearsed"> & { trainSamples: number; testExamples: number };
   readonly training: Pick<TrainResult, "bestEpoch" | "stoppedEarly" | "tokensPerSecond" | "epochs" | "cpuSeconds" | "reused">;
 }
 
@@ -149,7 +149,7 @@ export async function runFinetune(asOf: number, options: FinetuneOptions): Promi
     trainTokens: training.trainTokens,
     seconds: Number(process.hrtime.bigint() - started) / 1e9,
     parent: parent?.version ?? null,
-    set: { trainWindow: set.trainWindow, testWindow: set.testWindow, available: set.available, trainSamples: set.train.length, testExamples: set.test.length },
+    set: { trainWindow: set.trainWindow, testWindow: set.testWindow, available: set.available, rehearsed: set.rehearsed, trainSamples: set.train.length, testExamples: set.test.length },
     training: {
       bestEpoch: training.bestEpoch,
       stoppedEarly: training.stoppedEarly,
