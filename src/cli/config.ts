@@ -312,7 +312,19 @@ export const configSchema = z
       .strict()
       .prefault({}),
   })
-  .strict();
+  .strict()
+  .superRefine((config, context) => {
+    // The drift trigger reads the prior weight a fusion refresh fits; prompted refreshes fit none, so with them no
+    // fine-tune would ever start.
+    if (config.finetune.trigger === "drift" && config.rag.method === "prompt") {
+      context.addIssue({
+        code: "custom",
+        path: ["finetune", "trigger"],
+        input: config.finetune.trigger,
+        message: 'expected "schedule" with rag.method "prompt" (the drift trigger reads the prior weight that only fusion refreshes fit, so it would never fine-tune)',
+      });
+    }
+  });
 
 export type FreshrecConfig = z.infer<typeof configSchema>;
 
