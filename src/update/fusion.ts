@@ -33,7 +33,7 @@
  * const fitted = fitFusion({ log, asOf, prior, options: {} });
  * const scorer = new FusionScorer(fitted.evidence, prior, fitted.params);
  */
-import { existsSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { closeSync, existsSync, fstatSync, openSync, readFileSync, readSync, renameSync, writeFileSync } from "node:fs";
 import { DAY_MS } from "../domain/clock.js";
 import { remembered } from "../domain/memo.js";
 import { BadInputError, FreshrecError } from "../domain/errors.js";
@@ -1006,36 +1006,82 @@ export function savePrior(path: string, prior: LlmPrior, modelSha256: string): v
   renameSync(partial, path);
 }
 
+interface PriorHeader {
+  readonly format?: string;
+  readonly model?: string;
+  readonly clusters?: string[];
+  readonly topM?: number;
+}
+
+/**
+ * The header line of a prior file, the offset its body starts at and the file's size, read without the body
+ * (megabytes at 300 clusters): what `priorFileReady` needs to answer a dry run. Null when there is no file.
+ */
+function readPriorHeader(path: string): { header: PriorHeader; bodyStart: number; size: number } | null {
+  if (!existsSync(path)) return null;
+  const fd = openSync(path, "r");
+  try {
+    const size = fstatSync(fd).size;
+    const chunks: Buffer[] = [];
+    for (let at = 0; at < size; ) {
+      const chunk = Buffer.alloc(Math.min(1 << 16, size - at));
+      const read = readSync(fd, chunk, 0, chunk.length, at);
+      const newline = chunk.subarray(0, read).indexOf(10);
+      chunks.push(chunk.subarray(0, newline < 0 ? read : newline));
+      at += read;
+      if (newline >= 0 || read === 0) break;
+    }
+    const line = Buffer.concat(chunks);
+    try {
+      return { header: JSON.parse(line.toString("utf8")) as PriorHeader, bodyStart: line.length + 1, size };
+    } catch (error) {
+      throw new FreshrecError("ENGINE", `prior file ${path} is corrupt (bad header): delete it to compute the prior again`, { cause: error });
+    }
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/**
+ * The file's topM when its header is this model file's prior over these clusters (a version name reused by a new
+ * registry, other clusters or another topM: null, computed again, never served as this model's); a matching file
+ * of the wrong size is an error naming it.
+ */
+function matchingTopM(path: string, read: { header: PriorHeader; bodyStart: number; size: number }, clusters: readonly string[], topM: number, modelSha256: string): number | null {
+  const { header } = read;
+  const K = clusters.length;
+  if (header.format !== PRIOR_MAGIC || header.model !== modelSha256 || header.topM !== effectiveTopM(topM, K) || JSON.stringify(header.clusters) !== JSON.stringify(clusters)) return null;
+  if (read.size - read.bodyStart !== K * K * header.topM * 8 + K * K * 4) {
+    throw new FreshrecError("ENGINE", `prior file ${path} is truncated: delete it to compute the prior again`);
+  }
+  return header.topM;
+}
+
+/** Whether a prior saved by `savePrior` for this model file, clusters and topM is there (reads its header only). */
+export function priorFileReady(path: string, clusters: readonly string[], topM: number, modelSha256: string): boolean {
+  const read = readPriorHeader(path);
+  return read !== null && matchingTopM(path, read, clusters, topM, modelSha256) !== null;
+}
+
 /**
  * Reads a prior saved by `savePrior`; null when there is none or it was made for another model file, other
  * clusters or another topM (it is then computed again). A file that is there but unreadable is an error naming it.
  */
 export function loadPrior(path: string, clusters: readonly string[], topM: number, modelSha256: string): LlmPrior | null {
-  if (!existsSync(path)) return null;
-  const data = readFileSync(path);
-  const newline = data.indexOf(10);
-  let header: { format?: string; model?: string; clusters?: string[]; topM?: number };
-  try {
-    header = JSON.parse(data.subarray(0, newline).toString("utf8"));
-  } catch (error) {
-    throw new FreshrecError("ENGINE", `prior file ${path} is corrupt (bad header): delete it to compute the prior again`, { cause: error });
-  }
+  const read = readPriorHeader(path);
+  if (read === null) return null;
+  const kept = matchingTopM(path, read, clusters, topM, modelSha256);
+  if (kept === null) return null;
   const K = clusters.length;
-  // A prior of another model file (a version name reused by a new registry), other clusters or another topM is
-  // computed again, never served as this model's.
-  if (header.format !== PRIOR_MAGIC || header.model !== modelSha256 || header.topM !== effectiveTopM(topM, K) || JSON.stringify(header.clusters) !== JSON.stringify(clusters)) return null;
-  topM = header.topM;
-  const sizes = [K * K * topM * 4, K * K * topM * 4, K * K * 4];
-  if (data.length - newline - 1 !== sizes[0] + sizes[1] + sizes[2]) {
-    throw new FreshrecError("ENGINE", `prior file ${path} is truncated: delete it to compute the prior again`);
-  }
+  const data = readFileSync(path);
+  const sizes = [K * K * kept * 4, K * K * kept * 4, K * K * 4];
   // Copied out of the file buffer: typed arrays need aligned offsets.
-  let at = newline + 1;
+  let at = read.bodyStart;
   const take = (bytes: number) => {
     const copy = new Uint8Array(bytes);
     copy.set(data.subarray(at, at + bytes));
     at += bytes;
     return copy.buffer;
   };
-  return { clusters, topM, answer: new Int32Array(take(sizes[0])), probability: new Float32Array(take(sizes[1])), rest: new Float32Array(take(sizes[2])) };
+  return { clusters, topM: kept, answer: new Int32Array(take(sizes[0])), probability: new Float32Array(take(sizes[1])), rest: new Float32Array(take(sizes[2])) };
 }

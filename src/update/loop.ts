@@ -25,7 +25,7 @@ import type { GateOptions } from "./gates.js";
 import type { PromptScorer } from "./generate.js";
 import { refreshJob } from "./jobs.js";
 import type { RagOptions, SnapshotCache } from "./rag.js";
-import { computePrior, loadPrior, resolveFusionOptions, savePrior, type EvidenceCache, type FusionFit, type LlmPrior } from "./fusion.js";
+import { computePrior, loadPrior, priorFileReady, resolveFusionOptions, savePrior, type EvidenceCache, type FusionFit, type LlmPrior } from "./fusion.js";
 import { DAY_MS } from "../domain/clock.js";
 import { remembered } from "../domain/memo.js";
 import { join } from "node:path";
@@ -162,7 +162,7 @@ export class UpdateLoop {
       version,
       scorer: model,
       dataAsOf: live.window?.to ?? live.createdAt,
-      priorReady: this.priors.has(version) || loadPrior(file, this.options.clusters, topM, live.sha256) !== null,
+      priorReady: this.priors.has(version) || priorFileReady(file, this.options.clusters, topM, live.sha256),
       priorKey: live.sha256,
       prior: async () => {
         let promptsScored = 0;

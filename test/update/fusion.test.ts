@@ -12,11 +12,11 @@ import { DAY_MS } from "../../src/domain/clock.js";
 import { seededRandom } from "../../src/domain/random.js";
 import { EvidenceLog } from "../../src/mining/evidence.js";
 import { countTransitions, type TransitionColumns } from "../../src/mining/transitions.js";
-import { chooseWindow, decodeExplanation, explanationOf, fitFusion, FUSION_TEMPLATE, FusionScorer, loadPrior, savePrior, scopePrior, type LlmPrior } from "../../src/update/fusion.js";
+import { chooseWindow, decodeExplanation, explanationOf, fitFusion, FUSION_TEMPLATE, FusionScorer, loadPrior, priorFileReady, savePrior, scopePrior, type LlmPrior } from "../../src/update/fusion.js";
 import { buildTable } from "../../src/update/generate.js";
 import { SqliteTableStore } from "../../src/tables/index.js";
 import { VirtualClock } from "../../src/domain/clock.js";
-import { mkdtempSync } from "node:fs";
+import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { driftWait } from "../../src/update/loop.js";
 import type { TableInfo } from "../../src/tables/index.js";
 import { tmpdir } from "node:os";
@@ -345,6 +345,23 @@ describe("prior files", () => {
     const full = { ...priorFavouring(() => 0, 0.1), topM: K - 2, answer: new Int32Array(K * K * (K - 2)).fill(-1), probability: new Float32Array(K * K * (K - 2)) };
     savePrior(join(dir, "m2.prior"), full, "sha-of-m2");
     expect(loadPrior(join(dir, "m2.prior"), CLUSTERS, 32, "sha-of-m2")).toEqual(full);
+    // Readiness (a dry run's price) says the same from the header alone.
+    expect(priorFileReady(join(dir, "m1.prior"), CLUSTERS, 1, "sha-of-m1")).toBe(true);
+    expect(priorFileReady(join(dir, "m1.prior"), CLUSTERS, 1, "sha-of-another-m1")).toBe(false);
+    expect(priorFileReady(join(dir, "absent.prior"), CLUSTERS, 1, "sha-of-m1")).toBe(false);
+  });
+
+  it("that are cut short or have a broken header are errors naming the file, for loading and readiness alike", () => {
+    const dir = mkdtempSync(join(tmpdir(), "freshrec-prior-"));
+    const file = join(dir, "m1.prior");
+    savePrior(file, priorFavouring(() => 0, 0.4), "sha-of-m1");
+    const bytes = readFileSync(file);
+    writeFileSync(file, bytes.subarray(0, bytes.length - 4));
+    expect(() => loadPrior(file, CLUSTERS, 1, "sha-of-m1")).toThrow(/m1\.prior is truncated/);
+    expect(() => priorFileReady(file, CLUSTERS, 1, "sha-of-m1")).toThrow(/m1\.prior is truncated/);
+    writeFileSync(file, Buffer.concat([Buffer.from("{not json\n"), bytes.subarray(bytes.indexOf(10) + 1)]));
+    expect(() => loadPrior(file, CLUSTERS, 1, "sha-of-m1")).toThrow(/m1\.prior is corrupt \(bad header\)/);
+    expect(() => priorFileReady(file, CLUSTERS, 1, "sha-of-m1")).toThrow(/m1\.prior is corrupt/);
   });
 });
 
