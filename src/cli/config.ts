@@ -100,7 +100,7 @@ export const configSchema = z
       .prefault({}),
     finetune: z
       .object({
-        windowDays: positiveInt().default(90).describe("Days of events before the as-of time that fine-tuning samples come from."),
+        windowDays: positiveInt().default(90).describe("Days of events before the as-of time that fine-tuning samples come from at most; a fine-tune learns from the end of the live model's data when that is later (what came before is rehearsed: rehearsalShare)."),
         testDays: positiveInt().default(14).describe("The longest test slice: the most recent days of that window, held out for test recall and never trained on."),
         testUsers: positiveInt().default(1000).describe("Held-out users that make the test slice long enough: it is the shortest of 1, 2, 4... days (up to testDays) holding them, so a fine-tune on a busy platform learns up to the day before it."),
         trigger: z

@@ -77,9 +77,8 @@ export interface CurationOptions extends MiningOptions {
   /**
    * Share of the training set drawn from the transitions before the training part (rehearsal), so the fine-tune
    * keeps practising what its parent learnt. Without it, a model trained on tens of thousands of transitions that
-   * continues on a few thousand recent ones of few users unlearns the rest: on ml-latest-small's development months
-   * (Nov 2016-Apr 2017) fine-tunes on recent transitions only raised the next month's answer loss by 0.235 nats
-   * against the model never updated (95% CI 0.064 to 0.383); with half the set rehearsed, by 0.042 (-0.013 to 0.087).
+   * continues on a few thousand recent ones of few users unlearns the rest (measured on ml-latest-small's
+   * development months: README, fine-tuning).
    * @defaultValue 0.5
    */
   readonly rehearsalShare?: number;

@@ -20,8 +20,11 @@ import { evaluateGates, type ExactMatchEvidence, type GateOptions, type GateResu
 
 /** The model versions the job reads and writes: what it needs of the model registry. */
 export interface FinetuneRegistry {
-  /** The live model, or null before any model went live. */
-  live(): { readonly version: string; readonly path: string } | null;
+  /**
+   * The live model, or null before any model went live; `dataEnd` is the end of the data it was trained on (null
+   * when unknown), where a fine-tune of it starts learning.
+   */
+  live(): { readonly version: string; readonly path: string; readonly dataEnd: number | null } | null;
   /** Registers a new candidate and returns its version. */
   registerCandidate(entry: {
     readonly parent: string | null;
@@ -115,7 +118,10 @@ export async function runFinetune(asOf: number, options: FinetuneOptions): Promi
   const started = process.hrtime.bigint();
   const parent = options.registry.live();
   if (options.memo && options.memo.events !== options.events) throw new Error("FinetuneMemo: the memo belongs to another event store");
-  const set = await (options.memo ? options.memo.curate(asOf, options.curation) : curateFineTuningSet(options.events, asOf, options.curation));
+  // The training part starts where the parent's data ended (within the window): what it has not seen is learnt,
+  // what it has is rehearsed (curation's rehearsalShare), not trained on again as if new.
+  const curation: CurationOptions = { ...options.curation, since: options.curation?.since ?? parent?.dataEnd ?? undefined };
+  const set = await (options.memo ? options.memo.curate(asOf, curation) : curateFineTuningSet(options.events, asOf, curation));
   if (set.train.length === 0) {
     throw new FreshrecError("BAD_INPUT", `no novel transitions to fine-tune on in the ${(set.trainWindow.to - set.trainWindow.from) / DAY_MS} days before ${new Date(set.trainWindow.to).toISOString()}`);
   }
@@ -130,7 +136,7 @@ export async function runFinetune(asOf: number, options: FinetuneOptions): Promi
   // The regression gate scores the live model on the same held-out users as the candidate.
   const live = parent ? { version: parent.version, open: () => options.openModel(parent.path) } : null;
   const measure = async () => measureGates(await options.openModel(training.modelPath), set, options, live);
-  const gates = await (options.memo ? options.memo.gate(training.modelPath, parent?.path ?? null, asOf, options.curation ?? {}, options, measure) : measure());
+  const gates = await (options.memo ? options.memo.gate(training.modelPath, parent?.path ?? null, asOf, curation, options, measure) : measure());
   const metrics = { ...gates, bestEpoch: training.bestEpoch, trainTokens: training.trainTokens };
   const version = await options.registry.registerCandidate({
     parent: parent?.version ?? null,

@@ -73,7 +73,7 @@ export function finetuneRegistryOf(registry: ModelRegistry): FinetuneRegistry {
     live: () => {
       const live = registry.live();
       // The file the fine-tune continues from, checked against its registered sha256.
-      return live ? { version: live.version, path: registry.modelFile(live) } : null;
+      return live ? { version: live.version, path: registry.modelFile(live), dataEnd: live.window?.to ?? null } : null;
     },
     registerCandidate: async (entry) =>
       (

@@ -32,7 +32,8 @@ describe("fine-tuning memo", () => {
     const positiveMin = world.options.positiveThreshold;
     const clusters = await events.clusters();
     const asOf = Date.UTC(2025, 2, 1);
-    const startWindow = { from: asOf - 60 * DAY_MS, to: asOf - 30 * DAY_MS };
+    // The start model's data ends 20 days before the fine-tune, inside its 30-day window.
+    const startWindow = { from: asOf - 60 * DAY_MS, to: asOf - 20 * DAY_MS };
     const start = await pretrainBaseModel({
       workspace: join(dir, "start"),
       clock: new VirtualClock(startWindow.to),
@@ -80,6 +81,9 @@ describe("fine-tuning memo", () => {
     expect(memo.size).toEqual({ sets: 1, gates: 1 });
     expect(b.gates).toEqual(a.gates);
     expect(b.set).toEqual(a.set);
+    // It learns from where its parent's data ended, not from the window's start, and rehearses what came before.
+    expect(a.set.trainWindow.from).toBe(startWindow.to);
+    expect(a.set.rehearsed).toBeGreaterThan(0);
     expect([a.training.reused, b.training.reused].filter(Boolean)).toHaveLength(1);
     // A third, later: the set and gates come from the memo, no model is opened.
     const c = await finetuneIn("c", { memo, trainer });
