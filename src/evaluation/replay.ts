@@ -84,7 +84,15 @@ export interface StrategyCost {
   readonly promptsScored: number;
   readonly cpuSeconds: number;
   readonly runs: number;
+  /**
+   * What the prompts would cost on a hosted LLM: the backend's own estimate where it prices prompts (the one
+   * `refresh --dry-run` prints: its tokens, at its prices, or at `pricePerMillionTokens` when it has none), else
+   * `tokensPerPrompt` tokens per prompt at `pricePerMillionTokens`.
+   */
   readonly hostedEstimateUsd: number;
+  readonly hostedTokens: number;
+  /** Prompts whose tokens came from the backend's own estimate (the rest: `tokensPerPrompt` each). */
+  readonly pricedPrompts: number;
 }
 
 export interface StrategyResult {
@@ -215,10 +223,7 @@ export async function replay(options: ReplayOptions): Promise<ReplayResult> {
       horizonHit: score.horizonHit,
       coverage: score.coverage,
       popularityRank: meanServedRank(score.served, popularityRank),
-      cost: {
-        ...cost,
-        hostedEstimateUsd: (cost.promptsScored * (options.tokensPerPrompt ?? 40) * (options.pricePerMillionTokens ?? 0.1)) / 1e6,
-      },
+      cost: hostedCost(cost, options),
       stalenessDays,
       consecutiveAgreement: tops.length < 2 ? null : mean(tops.slice(1).map((t, i) => agreement(tops[i], t))),
       agreementWithNoRag: noRag && tops.length ? mean(tops.map((t) => agreement(noRag, t))) : null,
@@ -317,11 +322,38 @@ interface StrategyRun {
   readonly outcomes: StrategyResult["outcomes"];
   readonly captured: CapturedTable[];
   readonly tops: string[][];
-  readonly cost: { trainingTokens: number; promptsScored: number; cpuSeconds: number; runs: number };
+  readonly cost: RunCosts;
   readonly wallSeconds: number;
 }
 
 /** Drives one strategy's scheduler over the window and captures every table it publishes. */
+/** A strategy's runs' costs summed; `priced*`: runs whose prompts the backend priced itself (the dry run's estimate). */
+interface RunCosts {
+  trainingTokens: number;
+  promptsScored: number;
+  cpuSeconds: number;
+  runs: number;
+  pricedPrompts: number;
+  pricedTokens: number;
+  pricedUsd: number;
+  /** Tokens of backend-estimated prompts without a price of the backend's own. */
+  unpricedTokens: number;
+}
+
+function hostedCost(cost: RunCosts, options: ReplayOptions): StrategyCost {
+  const price = options.pricePerMillionTokens ?? 0.1;
+  const flatTokens = (cost.promptsScored - cost.pricedPrompts) * (options.tokensPerPrompt ?? 40);
+  return {
+    trainingTokens: cost.trainingTokens,
+    promptsScored: cost.promptsScored,
+    cpuSeconds: cost.cpuSeconds,
+    runs: cost.runs,
+    hostedEstimateUsd: cost.pricedUsd + ((cost.unpricedTokens + flatTokens) * price) / 1e6,
+    hostedTokens: cost.pricedTokens + flatTokens,
+    pricedPrompts: cost.pricedPrompts,
+  };
+}
+
 async function runStrategy(setup: StrategySetup, options: ReplayOptions): Promise<StrategyRun> {
   const started = process.hrtime.bigint();
   const clock = new VirtualClock(options.window.from);
@@ -329,7 +361,7 @@ async function runStrategy(setup: StrategySetup, options: ReplayOptions): Promis
   const scheduleStore = SqliteScheduleStore.open(":memory:");
   const captured: CapturedTable[] = [];
   const tops: string[][] = [];
-  const cost = { trainingTokens: 0, promptsScored: 0, cpuSeconds: 0, runs: 0 };
+  const cost: RunCosts = { trainingTokens: 0, promptsScored: 0, cpuSeconds: 0, runs: 0, pricedPrompts: 0, pricedTokens: 0, pricedUsd: 0, unpricedTokens: 0 };
   const outcomes: Record<string, { succeeded: number; idle: number; failed: number; halted: number; skipped: number; firstFailure: string | null; firstHalt: string | null }> = {};
   const outcome = (job: string) => (outcomes[job] ??= { succeeded: 0, idle: 0, failed: 0, halted: 0, skipped: 0, firstFailure: null, firstHalt: null });
   try {
@@ -341,6 +373,13 @@ async function runStrategy(setup: StrategySetup, options: ReplayOptions): Promis
         cost.runs++;
         cost.trainingTokens += run.cost?.tokensTrained ?? 0;
         cost.promptsScored += run.cost?.promptsScored ?? 0;
+        if (run.cost?.promptTokens !== undefined) {
+          const tokens = run.cost.promptTokens + (run.cost.completionTokens ?? 0);
+          cost.pricedPrompts += run.cost.promptsScored ?? 0;
+          cost.pricedTokens += tokens;
+          if (typeof run.cost.usd === "number") cost.pricedUsd += run.cost.usd;
+          else cost.unpricedTokens += tokens;
+        }
         cost.cpuSeconds += run.cost?.cpuSeconds ?? 0;
         const o = outcome(run.job);
         // A run that decided there was nothing to do (the start model's month, a drift check) did no work.

@@ -76,7 +76,7 @@ export const runRecordSchema = z.object({
   endedAt: isoSchema.nullable(),
   status: z.enum(["running", "succeeded", "failed", "halted", "cancelled"]),
   durationSeconds: z.number().nullable(),
-  cost: z.record(z.string(), z.number()).nullable(),
+  cost: z.record(z.string(), z.number().nullable()).nullable().describe("What the run spent: CPU seconds, tokens trained, prompts scored and, for a priced backend, their tokens and dollars (usd null when the backend has no prices)."),
   detail: z.record(z.string(), z.unknown()).nullable(),
   error: z.string().nullable(),
 });

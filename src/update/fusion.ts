@@ -144,8 +144,7 @@ export async function computePrior(
   const answer = new Int32Array(K * K * topM).fill(-1);
   const probability = new Float32Array(K * K * topM);
   const rest = new Float32Array(K * K);
-  const prompts: PromptInput[] = [];
-  for (const c1 of clusters) for (const c2 of clusters) if (c1 !== c2) prompts.push({ history: { c1, c2 } });
+  const prompts = priorPrompts(clusters);
   const perCall = scorer.promptsPerCall ?? 1024;
   for (let start = 0; start < prompts.length; start += perCall) {
     if (options.signal?.aborted) throw new FreshrecError("CANCELLED", "prior computation cancelled");
@@ -178,6 +177,13 @@ export async function computePrior(
     options.onProgress?.(Math.min(start + perCall, prompts.length), prompts.length);
   }
   return { clusters, topM, answer, probability, rest };
+}
+
+/** The prompts a prior scores: every ordered pair of distinct clusters, without context. */
+export function priorPrompts(clusters: readonly string[]): PromptInput[] {
+  const prompts: PromptInput[] = [];
+  for (const c1 of clusters) for (const c2 of clusters) if (c1 !== c2) prompts.push({ history: { c1, c2 } });
+  return prompts;
 }
 
 /** Answers a prior keeps per pair: at most the K - 2 novel clusters there are. */
@@ -978,7 +984,10 @@ export class EvidenceCache {
     return remembered(this.logs, `${key}|${span.from}|${span.to}`, () => read(span));
   }
 
-  /** Each cluster's first positive event (`firstSeen`), read once per store and positive rule. */
+  /**
+   * Each cluster's first positive event (`firstSeen`), read once per cache and positive rule: a cache lives over
+   * one unchanging store (a replay) or one refresh, never across ingests (a cluster launched later would be missed).
+   */
   firstSeen(events: EventStore, positiveMin: number | null, key: string): Promise<Map<string, number>> {
     return remembered(this.firsts, key, () => firstSeen(events, "cluster", { positiveMin }));
   }

@@ -70,6 +70,11 @@ export interface BuildTableResult {
   readonly promptsPerSecond: number;
   /** Where the seconds went: comparing contexts with the previous table, copying unchanged rows, scoring the rest. */
   readonly phases: { readonly diffSeconds: number; readonly copySeconds: number; readonly scoreSeconds: number };
+  /**
+   * What the scored prompts cost by the scorer's own estimate (the one `refresh --dry-run` prints), taken before
+   * they were sent; null for a scorer that prices nothing (a local model, counts).
+   */
+  readonly cost: CostEstimate | null;
 }
 
 /** The newest finished table of this model and template: what an incremental build copies from. */
@@ -114,6 +119,8 @@ export async function buildTable(options: BuildTableOptions): Promise<BuildTable
   const progress = options.progress ?? SILENT_PROGRESS;
   const rag = options.rag ?? null;
   const { previous, copy, rescore } = planTable(options);
+  // Priced before scoring: afterwards a response cache would answer every prompt for free.
+  const cost = options.scorer.estimateCost?.(rescore.map((r) => r.input)) ?? null;
 
   const builder = options.store.beginBuild({
     modelVersion: options.modelVersion,
@@ -156,7 +163,7 @@ export async function buildTable(options: BuildTableOptions): Promise<BuildTable
     const pairs = copy.length + rescore.length;
     const table = builder.finish({ pairs, rescored: rescore.length, copied, seconds, promptsPerSecond });
     const phases = { diffSeconds: Number(diffDone - started) / 1e9, copySeconds: Number(copyDone - diffDone) / 1e9, scoreSeconds: Number(done - copyDone) / 1e9 };
-    return { table, pairs, rescored: rescore.length, copied, seconds, promptsPerSecond, phases };
+    return { table, pairs, rescored: rescore.length, copied, seconds, promptsPerSecond, phases, cost };
   } catch (error) {
     progress.stop();
     builder.fail(error instanceof Error ? error.message : String(error));

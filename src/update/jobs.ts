@@ -22,7 +22,10 @@ export function refreshJob(
     const fit = result.fusion;
     return {
       status: "succeeded",
-      cost: { promptsScored: result.rescored },
+      cost: {
+        promptsScored: result.rescored,
+        ...(result.cost ? { promptTokens: result.cost.promptTokens, completionTokens: result.cost.completionTokens, usd: result.cost.usd } : {}),
+      },
       detail: {
         publishedTable: result.published ? result.tableVersion : undefined,
         tableVersion: result.tableVersion,
@@ -91,6 +94,8 @@ export function baselineRefreshJob(
     const scorer = kind === "successor-top1" ? new SuccessorScorer(popularity) : new PopularNovelScorer(popularity);
     // The version names the data: a baseline's answers change with every window, so its tables are never copied.
     const version = `${kind}@${new Date(context.asOf).toISOString().slice(0, 10)}`;
-    return refreshJob({ ...base, rag, snapshots }, async () => ({ version, scorer, dataAsOf: context.asOf }))(context);
+    const outcome = await refreshJob({ ...base, rag, snapshots }, async () => ({ version, scorer, dataAsOf: context.asOf }))(context);
+    // A baseline's rows are computed from counts, not prompted: no prompt was paid for.
+    return { ...outcome, cost: { ...outcome.cost, promptsScored: 0 } };
   };
 }

@@ -13,9 +13,8 @@ import type { TableStore } from "../tables/index.js";
 import type { CostEstimate } from "../llm/contracts.js";
 import { buildTable, planTable, type BuildTableResult, type PromptScorer } from "./generate.js";
 import { EvidenceLog } from "../mining/evidence.js";
-import { chooseWindow, EvidenceCache, FUSION_TEMPLATE, fitFusion, FusionScorer, fusionSpanDays, resolveFusionOptions, scopePrior, type FusionFit, type LlmPrior } from "./fusion.js";
+import { chooseWindow, EvidenceCache, FUSION_TEMPLATE, fitFusion, FusionScorer, fusionSpanDays, priorPrompts, resolveFusionOptions, scopePrior, type FusionFit, type LlmPrior } from "./fusion.js";
 import { resolveRagOptions, retrieveContexts, type RagMethod, type RagOptions, type RagSnapshot, type SnapshotCache } from "./rag.js";
-import type { PromptInput } from "../llm/prompt.js";
 
 export interface RefreshOptions {
   readonly events: EventStore;
@@ -82,6 +81,11 @@ export interface RefreshResult {
    * strengths), computing the model's prior (once per version), building and writing the table. Null otherwise.
    */
   readonly fusionPhases: { readonly countSeconds: number; readonly fitSeconds: number; readonly priorSeconds: number; readonly buildSeconds: number } | null;
+  /**
+   * The scorer's price of the prompts this refresh sent, by the same estimate as the dry run (taken before they
+   * were sent); null for scorers not paid per token (the embedded model, baselines) or when no prompt was sent.
+   */
+  readonly cost: CostEstimate | null;
 }
 
 /** What a refresh would do and cost, found without building or sending anything (`refresh --dry-run`). */
@@ -170,6 +174,7 @@ export async function runRefresh(asOf: number, options: RefreshOptions): Promise
     phases: built.phases,
     fusion: null,
     fusionPhases: null,
+    cost: built.rescored > 0 ? built.cost : null,
   };
 }
 
@@ -213,6 +218,9 @@ async function runFusionRefresh(asOf: number, options: RefreshOptions): Promise<
     throw new FreshrecError("INTERNAL", `fusion refresh with model ${options.model.version}: no prior given (pass the model's prior, or null for counts alone)`);
   }
   const started = process.hrtime.bigint();
+  // A prior not computed yet is priced before it is scored (afterwards a response cache answers it for free).
+  const scorer = options.model.scorer;
+  const priorCost = options.model.prior && options.model.priorReady !== true && scorer.estimateCost ? scorer.estimateCost(priorPrompts(options.clusters)) : null;
   const computed = options.model.prior ? await options.model.prior() : null;
   const priorSeconds = Number(process.hrtime.bigint() - started) / 1e9;
   const fitted = await fuse(asOf, options, computed?.prior ?? null);
@@ -256,6 +264,7 @@ async function runFusionRefresh(asOf: number, options: RefreshOptions): Promise<
     phases: built.phases,
     fusion: fitted.fit,
     fusionPhases: { countSeconds: fitted.countSeconds, fitSeconds: fitted.fitSeconds, priorSeconds, buildSeconds: built.seconds },
+    cost: computed && computed.promptsScored > 0 ? priorCost : null,
   };
 }
 
@@ -263,21 +272,18 @@ async function runFusionRefresh(asOf: number, options: RefreshOptions): Promise<
 async function planFusionRefresh(asOf: number, options: RefreshOptions): Promise<RefreshPlan> {
   const fitted = await fuse(asOf, options, null);
   const pairs = options.clusters.length * (options.clusters.length - 1);
-  const priorPrompts: PromptInput[] = [];
-  if (options.model.prior && !options.model.priorReady) {
-    for (const c1 of options.clusters) for (const c2 of options.clusters) if (c1 !== c2) priorPrompts.push({ history: { c1, c2 } });
-  }
+  const prompts = options.model.prior && !options.model.priorReady ? priorPrompts(options.clusters) : [];
   const scorer = options.model.scorer;
   return {
     asOf,
     modelVersion: options.model.version,
     pairs,
-    rescore: priorPrompts.length,
+    rescore: prompts.length,
     copy: 0,
     copiedFrom: null,
     pairsWithContext: fitted.evidence.pairs.size,
     transitionsInWindow: fitted.evidence.transitions,
-    cost: scorer.estimateCost ? scorer.estimateCost(priorPrompts) : null,
+    cost: scorer.estimateCost ? scorer.estimateCost(prompts) : null,
     method: "fusion",
   };
 }

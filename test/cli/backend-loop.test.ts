@@ -142,6 +142,17 @@ describe("the loop with the non-embedded backends, from the CLI", () => {
     expect(Object.keys(replayed.json.strategies)).toEqual(["static", "rag", "successor-top1"]);
     expect(replayed.json.strategies.rag.tablesPublished).toBe(4);
     expect(replayed.json.transitions).toBeGreaterThan(0);
+    // Priced with the dry run's estimate: the backend's tokens at its prices (echo: prompt tokens only, $2/M), not a
+    // flat number of tokens per prompt; a baseline pays for no prompt.
+    for (const name of ["static", "rag"]) {
+      const c = replayed.json.strategies[name].cost;
+      expect(c.promptsScored).toBeGreaterThan(0);
+      expect(c.pricedPrompts).toBe(c.promptsScored);
+      expect(c.hostedEstimateUsd).toBeCloseTo((c.hostedTokens * 2) / 1e6, 12);
+    }
+    // The RAG prompts of the replay's days were never sent before (the response cache has none of them).
+    expect(replayed.json.strategies.rag.cost.hostedTokens).toBeGreaterThan(0);
+    expect(replayed.json.strategies["successor-top1"].cost).toMatchObject({ promptsScored: 0, pricedPrompts: 0, hostedTokens: 0, hostedEstimateUsd: 0 });
     // Its times are ISO, in the --json output and in the report's JSON file alike.
     expect(replayed.json.window).toEqual({ from: "2025-06-08T00:00:00.000Z", to: "2025-06-16T00:00:00.000Z" });
     expect(replayed.json.timelines.rag[0].publishedAt).toMatch(/^2025-06-\d\dT/);

@@ -57,7 +57,7 @@ export function registerEvaluate(program: Command): void {
     .option("--rag-scope <scope>", "instance | global: per-pair contexts or one shared context (ablation)")
     .option("--horizon <n>", "clusters after a transition that count for the horizon hit", "5")
     .option("--resamples <n>", "bootstrap resamples for the confidence intervals", "1000")
-    .option("--price <usd>", "hosted LLM price per million prompt tokens for the cost estimate", "0.1")
+    .option("--price <usd>", "price per million tokens for the hosted-cost estimate of prompts a backend does not price itself (the embedded model: 40 tokens a prompt; a hosted backend without configured prices: its own token estimate); a hosted backend with prices is charged its own estimate, as refresh --dry-run", "0.1")
     .option("--label <text>", "data set name in the report (default: the workspace folder)")
     .option("--parallel <n>", "strategies replayed at once (fine-tuning ones share each training and wait for it; others use the time; results do not depend on it)", "3")
     .addHelpText(
@@ -98,11 +98,15 @@ export function registerEvaluate(program: Command): void {
         try {
           const to = timeOption("to", f.to) ?? (await resolveAsOf(ctx, events, undefined));
           if (!(to > from)) throw new BadInputError(`--to (${iso(to)}) must be after --from (${iso(from)})`);
-          const names = asked ?? defaultStrategies(await recordsSyntheticWorld(events));
-          // The oracle's world is rebuilt (its kernel calibrated) before anything else runs, and its absence stops the
-          // replay before any training.
+          let names = asked ?? defaultStrategies(await recordsSyntheticWorld(events));
+          // The oracle's world is rebuilt (its kernel calibrated) before anything else runs. Asked for, its absence
+          // stops the replay before any training; included by default, it is left out and the log says why.
           const recorded = names.includes(ORACLE_STRATEGY) ? await recordedSyntheticWorld(events) : null;
-          if (recorded && !recorded.world) throw new BadInputError(`--strategies ${ORACLE_STRATEGY}: ${recorded.reason}; the oracle exists only on the synthetic platform`);
+          if (recorded && !recorded.world) {
+            if (asked) throw new BadInputError(`--strategies ${ORACLE_STRATEGY}: ${recorded.reason}; the oracle exists only on the synthetic platform`);
+            ctx.log(`no oracle row: ${recorded.reason}`);
+            names = names.filter((n) => n !== ORACLE_STRATEGY);
+          }
           const positiveMin = await ctx.positiveMin(events);
           const rag = {
             ...ctx.config.rag,

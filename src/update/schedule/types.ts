@@ -28,6 +28,13 @@ export interface JobContext {
 export interface JobCost {
   readonly tokensTrained?: number;
   readonly promptsScored?: number;
+  /**
+   * The scorer's own estimate of those prompts (what `refresh --dry-run` prints): tokens, and dollars when the
+   * backend has prices (null without). Absent for a scorer that prices nothing.
+   */
+  readonly promptTokens?: number;
+  readonly completionTokens?: number;
+  readonly usd?: number | null;
   readonly cpuSeconds?: number;
   /** CPU seconds of child processes the run started (training workers), added to the measured ones. */
   readonly childCpuSeconds?: number;
