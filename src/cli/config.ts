@@ -110,7 +110,7 @@ export const configSchema = z
         driftMinGain: z.number().min(0).default(0.01).describe("Drift trigger: nats per transition the live model's prior must add over the counts alone; below it the model is fine-tuned."),
         driftMinDays: z.number().min(0).default(14).describe("Drift trigger: days after the live model's training data ends before it may be replaced."),
         minTestUsers: positiveInt().default(5).describe("Held-out users the test slice needs; with fewer (a sparse log, coarse timestamps) it doubles back in time until it has them, at most half the window."),
-        maxSamples: positiveInt().default(6000).describe("Training samples per run (the paper: thousands)."),
+        maxSamples: positiveInt().default(6000).describe("Training samples per run from the fine-tuning window (the paper: thousands); rehearsal adds rehearsalShare / (1 - rehearsalShare) times as many from before it (as many again at 0.5)."),
         maxPerPair: positiveInt().default(24).describe("Cap of samples per history pair."),
         maxTargetShare: z.number().gt(0).max(1).default(0.04).describe("Largest share of samples one target cluster may take."),
         maxPerTriple: positiveInt().default(8).describe("Cap of samples per (c1, c2, next) triple (one per distinct user up to this)."),

@@ -13,9 +13,9 @@ import type { MiningOptions } from "./transitions.js";
 
 /** First positive event time (ms) per cluster id or user id; ids without a positive event are absent. */
 export async function firstSeen(events: EventStore, by: "cluster" | "user", options: MiningOptions = {}): Promise<Map<string, number>> {
-  const positive = options.positiveMin === null || options.positiveMin === undefined;
-  const where = positive ? "" : "WHERE e.engagement IS NULL OR e.engagement >= $positiveMin";
-  const params = positive ? {} : { positiveMin: options.positiveMin! };
+  const everyEvent = options.positiveMin === null || options.positiveMin === undefined;
+  const where = everyEvent ? "" : "WHERE e.engagement IS NULL OR e.engagement >= $positiveMin";
+  const params = everyEvent ? {} : { positiveMin: options.positiveMin! };
   const sql =
     by === "cluster"
       ? `SELECT c.cluster_id AS id, epoch_ms(min(e.ts)) AS first FROM events e JOIN items i USING (item_key) JOIN clusters c USING (cluster_key) ${where} GROUP BY 1`

@@ -5,7 +5,7 @@
  *
  * Why intake does not call `EventStore.append`: that path is built for files of millions of rows (staging tables,
  * a dedup join over every stored event, counts before and after: about a dozen statements and a scan of the whole
- * event table per call, 10-50 ms on a 300k-event store). An intake group is small and its users' states are in
+ * event table per call, a cost that grows with the store). An intake group is small and its users' states are in
  * memory, so here an append is one transaction holding one appender, and only events whose (user, item) pair the
  * user index has already seen are looked up. The rules are the store's: an event is (user, item, ts), the first
  * engagement value given for it is the one kept, and an event already stored is skipped and reported as such.
@@ -45,7 +45,10 @@ export interface IntakeStore {
    * caller's user index saw every stored pair), so the adapter need not look it up.
    */
   append(events: readonly IntakeEvent[], mayBeStored: readonly boolean[]): Promise<boolean[]>;
-  /** The answers recorded for these idempotency keys (those not expired). */
+  /**
+   * The answers recorded for these idempotency keys. An expired key is forgotten at the next `record`, so until
+   * then it still answers (a retry is never told a different story within its key's lifetime).
+   */
   recorded(keys: readonly string[]): Promise<Map<string, RecordedAnswer>>;
   /** Records answers under their keys (one transaction) and forgets those recorded before `expiredBefore`. */
   record(answers: readonly RecordedAnswer[], now: number, expiredBefore: number): Promise<void>;

@@ -343,7 +343,8 @@ export class EventIntake {
         userId: e.event.userId,
         itemId: e.event.itemId,
         clusterId: catalog.clusterOfItem(e.event.itemId)!,
-        ts: e.event.ts,
+        // The time as stored (whole milliseconds), so an outcome is attributed by the event the log holds.
+        ts: Math.round(e.event.ts),
         engagement: e.event.engagement ?? null,
         negative: e.negative,
       })),

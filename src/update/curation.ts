@@ -115,8 +115,9 @@ async function rehearsalSamples(
   o: { rehearsalShare: number; rehearsalDays: number },
   mining: MiningOptions,
 ): Promise<TrainingSample[]> {
-  if (!(o.rehearsalShare > 0) || recent === 0) return [];
-  if (o.rehearsalShare >= 1) throw new BadInputError(`finetune curation: rehearsalShare (${o.rehearsalShare}) must be below 1`);
+  if (!(o.rehearsalShare >= 0 && o.rehearsalShare < 1)) throw new BadInputError(`finetune curation: rehearsalShare must be at least 0 and below 1, got ${o.rehearsalShare}`);
+  if (!(o.rehearsalDays > 0)) throw new BadInputError(`finetune curation: rehearsalDays must be a positive number of days, got ${o.rehearsalDays}`);
+  if (o.rehearsalShare === 0 || recent === 0) return [];
   const older = await countTransitions(store, { from: trainWindow.from - o.rehearsalDays * DAY_MS, to: trainWindow.from }, mining);
   if (older.length === 0) return [];
   const cumulative: number[] = [];

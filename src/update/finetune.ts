@@ -122,6 +122,12 @@ export async function runFinetune(asOf: number, options: FinetuneOptions): Promi
   // what it has is rehearsed (curation's rehearsalShare), not trained on again as if new.
   const curation: CurationOptions = { ...options.curation, since: options.curation?.since ?? parent?.dataEnd ?? undefined };
   const set = await (options.memo ? options.memo.curate(asOf, curation) : curateFineTuningSet(options.events, asOf, curation));
+  if (set.train.length === 0 && curation.since !== undefined && curation.since >= set.testWindow.from) {
+    throw new FreshrecError(
+      "BAD_INPUT",
+      `nothing new to fine-tune on: the live model ${parent?.version ?? ""} was trained on data up to ${new Date(curation.since).toISOString()}, at or after this run's test slice (from ${new Date(set.testWindow.from).toISOString()}); fine-tune later`,
+    );
+  }
   if (set.train.length === 0) {
     throw new FreshrecError("BAD_INPUT", `no novel transitions to fine-tune on in the ${(set.trainWindow.to - set.trainWindow.from) / DAY_MS} days before ${new Date(set.trainWindow.to).toISOString()}`);
   }

@@ -20,18 +20,10 @@ import { historiesAsOf } from "../../src/mining/transitions.js";
 import { emptyTail, extendRecent, extendTail } from "../../src/serving/histories.js";
 import { startServer, type RunningServer } from "../../src/serving/server.js";
 import { UserIndex, type UserState } from "../../src/serving/users.js";
+import { seededRandom } from "../../src/domain/random.js";
 
-/** A small deterministic generator (mulberry32), so a failure can be replayed. */
-function random(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** The project's seeded generator, so a failure can be replayed. */
+const random = seededRandom;
 
 /** The last two runs of a positive cluster sequence, recounted from the whole sequence. */
 function lastTwoRuns(clusters: readonly number[]): { c1: number; c2: number } {

@@ -87,9 +87,8 @@ describe("fine-tuning without forgetting", () => {
     const product = await finetune("product", CURATION);
     const parentPast = agreement(await top1(parent, pastOnlyPairs), pastOnlyPairs, 0);
 
-    // Measured (one run): the parent answers 0.87 of the past-only pairs by their successor. Curated from the
-    // recent window alone, the fine-tune learns the move (1.00 of the moved pairs) and drops to 0.63 on the rest;
-    // with the default rehearsal (132 recent + 132 rehearsed samples) 0.94 of the moved pairs and 0.86 of the rest.
+    // The margins leave room for training noise: recent-only curation learns the moved pairs but forgets a clear
+    // share of the rest; with the default rehearsal the fine-tune learns the move and keeps nearly all the parent knew.
     expect(parentPast).toBeGreaterThanOrEqual(0.75);
     expect(recentOnly.past).toBeLessThanOrEqual(parentPast - 0.15); // the forgetting this test is about
     expect(product.past).toBeGreaterThanOrEqual(parentPast - 0.08);

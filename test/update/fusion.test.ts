@@ -309,7 +309,8 @@ describe("a whole fusion table", () => {
         const e = explanationOf(row)!;
         e.answers.forEach((a, k) => {
           expect([a.pairUsers, a.secondUsers]).toEqual([want[k].users, want[k].second]);
-          expect(a.llmPrior === null ? null : a.llmPrior / want[k].llm!).toBeCloseTo(want[k].llm === null ? (null as unknown as number) : 1, 3);
+          if (want[k].llm === null) expect(a.llmPrior).toBeNull();
+          else expect(a.llmPrior! / want[k].llm!).toBeCloseTo(1, 3);
           expect(a.base / want[k].base).toBeCloseTo(1, 3);
         });
         checked++;

@@ -14,7 +14,7 @@ import { SyntheticWorld, type SyntheticOptions } from "./world.js";
 
 export type RecordedWorld = { readonly world: SyntheticWorld; readonly reason: null } | { readonly world: null; readonly reason: string };
 
-/** Whether the store records a synthetic world, without building it (building calibrates the kernel: ~1 s). */
+/** Whether the store records a synthetic world, without building it (building calibrates the kernel, which takes a while). */
 export async function recordsSyntheticWorld(store: EventStore): Promise<boolean> {
   return (await store.getMeta("synthetic_options")) !== null;
 }
