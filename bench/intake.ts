@@ -26,6 +26,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { EventStore } from "../src/data/event-store.js";
+import { seededRandom } from "../src/domain/random.js";
 import { ingestSynthetic } from "../src/data/ingest/synthetic.js";
 import { SyntheticWorld, SYNTHETIC_DEFAULTS } from "../src/data/synthetic/index.js";
 import { startServer } from "../src/serving/index.js";
@@ -70,11 +71,7 @@ async function serveChild(dir: string): Promise<void> {
 
 /** Request bodies of new events; each call gives the next batch. */
 function batches(world: SyntheticWorld, items: readonly string[], size: number, seed: number): () => string {
-  let state = seed >>> 0;
-  const next = () => {
-    state = (Math.imul(state, 1664525) + 1013904223) >>> 0;
-    return state / 4294967296;
-  };
+  const next = seededRandom(seed >>> 0);
   // Live times: from an hour before now on, one millisecond apart, so no two events of the bench are the same event.
   let ts = Date.now() - 3_600_000 + seed * 60_000;
   const span = world.endMs - world.startMs;

@@ -28,7 +28,7 @@
 import type { EventStore } from "../data/event-store.js";
 import { DAY_MS } from "../domain/clock.js";
 import { BadInputError } from "../domain/errors.js";
-import { seededRandom } from "../domain/random.js";
+import { seededRandom, shuffleInPlace } from "../domain/random.js";
 import type { TimeWindow, TransitionCount } from "../domain/types.js";
 import { sampleOf, type TrainingSample } from "../llm/contracts.js";
 import type { PromptContext } from "../llm/prompt.js";
@@ -234,9 +234,5 @@ export function diversify<T extends TransitionCount>(
 
 /** Fisher-Yates with a seeded generator, so a curation is reproducible for its as-of time. */
 function shuffle<T>(items: T[], seed: number): void {
-  const next = seededRandom((Math.floor(seed / 1000) ^ 0x9e3779b9) >>> 0);
-  for (let i = items.length - 1; i > 0; i--) {
-    const j = Math.floor(next() * (i + 1));
-    [items[i], items[j]] = [items[j], items[i]];
-  }
+  shuffleInPlace(items, seededRandom((Math.floor(seed / 1000) ^ 0x9e3779b9) >>> 0));
 }

@@ -36,7 +36,11 @@ export function hashString(text: string): number {
 
 const TWO_POW_32 = 4294967296;
 
-/** sfc32: small, fast, passes PractRand; state is four 32-bit words so it can be kept per simulated user. */
+/**
+ * sfc32: small, fast, passes PractRand; state is four 32-bit words so it can be kept per simulated user.
+ * Not src/domain/random.ts's mulberry32 on purpose: a different algorithm, so routing it there would change every draw
+ * and with it every recorded synthetic world.
+ */
 export class SeededRandom {
   private a: number;
   private b: number;

@@ -9,6 +9,7 @@
  */
 import { readFileSync } from "node:fs";
 import { FreshrecError } from "../../domain/errors.js";
+import { seededRandom } from "../../domain/random.js";
 import type { Cluster } from "../../domain/types.js";
 import { PROMPT_TEMPLATE, PROMPT_TEMPLATE_HASH } from "../prompt.js";
 import { type GgufKv, type GgufTensor, ggufArray, ggufValue, readGgufFile, restampGguf, writeGguf } from "./gguf.js";
@@ -51,14 +52,7 @@ export function freshrecVersion(): string {
 
 /** Deterministic normal samples (mulberry32 + Box-Muller): equal seeds give byte-identical model files. */
 export function normalSampler(seed: number): () => number {
-  let a = seed >>> 0 || 0x9e3779b9;
-  const uniform = (): number => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const uniform = seededRandom(seed >>> 0 || 0x9e3779b9);
   return () => {
     const u = Math.max(uniform(), 1e-12);
     return Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * uniform());

@@ -9,6 +9,7 @@
 import { renameSync, rmSync, writeSync } from "node:fs";
 import { join } from "node:path";
 import koffi from "koffi";
+import { seededRandom, shuffleInPlace } from "../../domain/random.js";
 import { readModelFile, restampModelFile } from "./model-file.js";
 import {
   type LlamaApi,
@@ -84,17 +85,9 @@ function emit(message: WorkerMessage): void {
   writeSync(EVENT_FD, JSON.stringify(message) + "\n");
 }
 
-/** Seeded Fisher-Yates shuffle (mulberry32). */
+/** Seeded Fisher-Yates shuffle (the project's mulberry32; a zero seed is read as 1). */
 function shuffle<T>(items: T[], seed: number): T[] {
-  let a = seed >>> 0 || 1;
-  for (let i = items.length - 1; i > 0; i--) {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(a ^ (a >>> 15), a | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    const j = Math.floor((((t ^ (t >>> 14)) >>> 0) / 4294967296) * (i + 1));
-    [items[i], items[j]] = [items[j], items[i]];
-  }
-  return items;
+  return shuffleInPlace(items, seededRandom(seed >>> 0 || 1));
 }
 
 async function evaluate(scorer: BatchScorer, validation: readonly ValidationPrompt[], answerCount: number): Promise<{ loss: number; accuracy: number }> {

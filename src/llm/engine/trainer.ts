@@ -27,6 +27,7 @@ import { dirname, join } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { FreshrecError } from "../../domain/errors.js";
+import { seededRandom, shuffleInPlace } from "../../domain/random.js";
 import type { Cluster } from "../../domain/types.js";
 import type { CatalogLine, EpochReport, TrainOptions, TrainResult, Trainer, TrainingSample } from "../contracts.js";
 import { renderPrompt } from "../prompt.js";
@@ -89,14 +90,7 @@ function validationPrompt(vocab: Vocabulary, s: TrainingSample): ValidationPromp
 function splitValidation(samples: readonly TrainingSample[], fraction: number, seed: number): [TrainingSample[], TrainingSample[]] {
   if (fraction <= 0 || samples.length < 10) return [[...samples], []];
   const idx = samples.map((_, i) => i);
-  let a = seed >>> 0 || 1;
-  for (let i = idx.length - 1; i > 0; i--) {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(a ^ (a >>> 15), a | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    const j = Math.floor((((t ^ (t >>> 14)) >>> 0) / 4294967296) * (i + 1));
-    [idx[i], idx[j]] = [idx[j], idx[i]];
-  }
+  shuffleInPlace(idx, seededRandom(seed >>> 0 || 1));
   const nVal = Math.max(1, Math.round(samples.length * fraction));
   const val = new Set(idx.slice(0, nVal));
   return [samples.filter((_, i) => !val.has(i)), samples.filter((_, i) => val.has(i))];
