@@ -7,6 +7,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { EventStore } from "../src/data/event-store.js";
+import { DAY_MS } from "../src/domain/clock.js";
 import { ingestSynthetic } from "../src/data/ingest/synthetic.js";
 import { SyntheticWorld, SYNTHETIC_DEFAULTS } from "../src/data/synthetic/index.js";
 import { countTransitions, countTransitionsByMonth } from "../src/mining/transitions.js";
@@ -25,7 +26,7 @@ export async function run(): Promise<BenchSuiteResult> {
     const events = (await store.counts()).events;
     const window = { from: world.startMs, to: world.endMs };
     const options = { positiveMin: world.options.positiveThreshold };
-    await countTransitions(store, { from: window.from, to: window.from + 86_400_000 }, options); // warm the file cache
+    await countTransitions(store, { from: window.from, to: window.from + DAY_MS }, options); // warm the file cache
     const runs: number[] = [];
     let triples = 0;
     for (let k = 0; k < 3; k++) {

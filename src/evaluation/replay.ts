@@ -8,7 +8,7 @@
  * const result = await replay({ events, window: { from, to }, strategies: [hybridSetup, baselineSetup] });
  */
 import type { EventStore } from "../data/event-store.js";
-import { VirtualClock } from "../domain/clock.js";
+import { DAY_MS, VirtualClock } from "../domain/clock.js";
 import { BadInputError } from "../domain/errors.js";
 import type { TimeWindow } from "../domain/types.js";
 import { timedTransitions, type MiningOptions, type TimedTransition } from "../mining/transitions.js";
@@ -452,7 +452,7 @@ function staleness(transitions: readonly { ts: number }[], tables: readonly Capt
   for (const t of [...transitions].sort((a, b) => a.ts - b.ts)) {
     while (k + 1 < sorted.length && sorted[k + 1].publishedAt <= t.ts) k++;
     if (k < 0) continue;
-    sum += (t.ts - sorted[k].dataAsOf) / 86_400_000;
+    sum += (t.ts - sorted[k].dataAsOf) / DAY_MS;
     n++;
   }
   return n ? sum / n : Number.NaN;
@@ -461,14 +461,14 @@ function staleness(transitions: readonly { ts: number }[], tables: readonly Capt
 function weeklyHits(transitions: readonly import("../mining/transitions.js").TimedTransition[], tables: readonly CapturedTable[], from: number) {
   const weeks = new Map<number, import("../mining/transitions.js").TimedTransition[]>();
   for (const t of transitions) {
-    const w = Math.floor((t.ts - from) / (7 * 86_400_000));
+    const w = Math.floor((t.ts - from) / (7 * DAY_MS));
     let list = weeks.get(w);
     if (!list) weeks.set(w, (list = []));
     list.push(t);
   }
   return [...weeks.keys()].sort((a, b) => a - b).map((w) => {
     const s = scoreTransitions(weeks.get(w)!, tables);
-    return { week: new Date(from + w * 7 * 86_400_000).toISOString().slice(0, 10), hit1: s.hit1, transitions: s.transitions };
+    return { week: new Date(from + w * 7 * DAY_MS).toISOString().slice(0, 10), hit1: s.hit1, transitions: s.transitions };
   });
 }
 

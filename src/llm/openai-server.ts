@@ -48,7 +48,7 @@ import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "
 import { basename, join } from "node:path";
 import Fastify, { type FastifyInstance, type FastifyReply } from "fastify";
 import { z } from "zod";
-import { SystemClock, type Clock } from "../domain/clock.js";
+import { DAY_MS, SystemClock, type Clock } from "../domain/clock.js";
 import { FreshrecError } from "../domain/errors.js";
 import { seededRandom } from "../domain/random.js";
 import type { TrainingSample } from "./contracts.js";
@@ -504,7 +504,7 @@ export async function startLlmServer(options: LlmServerOptions): Promise<Running
     error_file_id: b.error_file_id,
     created_at: b.created_at,
     in_progress_at: b.in_progress_at,
-    expires_at: b.created_at + 86_400,
+    expires_at: b.created_at + DAY_MS / 1000,
     finalizing_at: b.finalizing_at,
     completed_at: b.completed_at,
     failed_at: b.failed_at,

@@ -41,7 +41,7 @@ import { DuckDbIntakeStore, type IntakeEvent, type IntakeStore, type RecordedAns
 import type { StoreQueue } from "./store-queue.js";
 import type { UserIndex } from "./users.js";
 
-const KEY_TTL_MS = 7 * 86_400_000;
+const KEY_TTL_MS = 7 * DAY_MS;
 /**
  * How far past the server's now an event's time may be by default: generous for client clocks that drift or sit in
  * another time zone while writing local time as UTC (at most 14 h), tight enough that a wrong year is refused.

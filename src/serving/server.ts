@@ -54,7 +54,7 @@ export interface ServeOptions {
   /**
    * How far after the server clock's now an event's `ts` may be (client clock skew); a later one makes POST
    * /v1/events answer 400 naming the event, because one event from a clock years ahead would become the store's newest
-   * event and empty every window counted back from it (grounding, cold start). @defaultValue 86_400_000 (1 day)
+   * event and empty every window counted back from it (grounding, cold start). @defaultValue DAY_MS (one day)
    */
   readonly futureToleranceMs?: number;
   /** @defaultValue "reject" */

@@ -14,6 +14,7 @@
  * tables.publish(built.table.version);
  */
 import { pairKey, type ScoredCluster } from "../domain/types.js";
+import { DAY_MS } from "../domain/clock.js";
 import { FreshrecError } from "../domain/errors.js";
 import { SILENT_PROGRESS, type ProgressSink } from "../domain/types.js";
 import type { CostEstimate } from "../llm/contracts.js";
@@ -126,7 +127,7 @@ export async function buildTable(options: BuildTableOptions): Promise<BuildTable
     modelVersion: options.modelVersion,
     templateHash: options.templateHash,
     ragAsOf: options.evidenceMeta?.asOf ?? rag?.asOf ?? null,
-    ragWindowDays: options.evidenceMeta?.windowDays ?? (rag ? (rag.window.to - rag.window.from) / 86_400_000 : null),
+    ragWindowDays: options.evidenceMeta?.windowDays ?? (rag ? (rag.window.to - rag.window.from) / DAY_MS : null),
     ragOptions:
       options.evidenceMeta?.options ??
       (rag ? { method: "prompt", mode: rag.mode, topN: rag.topN, minSupport: rag.minSupport, pairsWithContext: rag.contexts.size, global: rag.global } : null),

@@ -2,6 +2,7 @@ import type { Command } from "commander";
 import { ingestMovieLens } from "../../data/ingest/movielens.js";
 import { ingestSynthetic } from "../../data/ingest/synthetic.js";
 import { SyntheticWorld } from "../../data/synthetic/index.js";
+import { DAY_MS } from "../../domain/clock.js";
 import { BadInputError } from "../../domain/errors.js";
 import { writeDriftReport } from "../../evaluation/drift-report.js";
 import { analyzeDrift } from "../../mining/drift.js";
@@ -29,8 +30,6 @@ async function userWithHistory(ctx: CommandContext): Promise<string | null> {
     store.close();
   }
 }
-
-const DAY_MS = 86_400_000;
 
 export function registerDemo(program: Command): void {
   addSynthFlags(

@@ -3,7 +3,7 @@
  * simulated on a virtual clock over past data).
  */
 import type { Command } from "commander";
-import { VirtualClock } from "../../domain/clock.js";
+import { DAY_MS, VirtualClock } from "../../domain/clock.js";
 import { BadInputError } from "../../domain/errors.js";
 import { planRefresh, runRefresh, type RefreshOptions, type RefreshPlan } from "../../update/refresh.js";
 import { PROMPT_TEMPLATE_HASH } from "../../llm/prompt.js";
@@ -76,7 +76,7 @@ function statusLines(status: ScheduleStatus): string[] {
 }
 
 function schedulerOptions(config: FreshrecConfig["schedule"]) {
-  return { overlap: config.overlap, catchupWindowMs: config.catchupWindowDays * 86_400_000, maxConsecutiveFailures: config.maxConsecutiveFailures };
+  return { overlap: config.overlap, catchupWindowMs: config.catchupWindowDays * DAY_MS, maxConsecutiveFailures: config.maxConsecutiveFailures };
 }
 
 function jobsOf(open: OpenLoop, config: FreshrecConfig): JobDefinition[] {

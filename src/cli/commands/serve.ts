@@ -8,6 +8,7 @@
  * or reviewed by other processes (`tables publish`, `review`) are picked up within serve.reloadIntervalMs.
  */
 import type { Command } from "commander";
+import { DAY_MS } from "../../domain/clock.js";
 import { BadInputError, ConfigError } from "../../domain/errors.js";
 import { ModelRegistry } from "../../llm/registry.js";
 import { startServer, type RunningServer, type ServeOptions } from "../../serving/index.js";
@@ -157,7 +158,7 @@ async function startSchedule(ctx: CommandContext, events: Awaited<ReturnType<Com
     store,
     clock: ctx.clock,
     overlap: s.overlap,
-    catchupWindowMs: s.catchupWindowDays * 86_400_000,
+    catchupWindowMs: s.catchupWindowDays * DAY_MS,
     maxConsecutiveFailures: s.maxConsecutiveFailures,
     onRun: (run) => ctx.log(`schedule: ${runLine(run)}`),
   });

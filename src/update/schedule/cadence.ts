@@ -15,7 +15,7 @@
  * parseCadence("every 2 days from 2025-01-01").dueBetween(from, to); // [from, from + 2 days, ...]
  */
 import { Cron } from "croner";
-import { parseTime } from "../../domain/clock.js";
+import { DAY_MS, parseTime } from "../../domain/clock.js";
 import { CadenceError } from "./errors.js";
 
 /** The fine-tuning default: 00:00 UTC on the first day of each month (the paper's monthly cadence). */
@@ -36,7 +36,7 @@ export interface Cadence {
   dueBetween(after: number, until: number, limit?: number): { readonly times: number[]; readonly older: number };
 }
 
-const UNIT_MS: Record<string, number> = { minute: 60_000, hour: 3_600_000, day: 86_400_000 };
+const UNIT_MS: Record<string, number> = { minute: 60_000, hour: 3_600_000, day: DAY_MS };
 const INTERVAL = /^every(?:\s+(\d+))?\s+(minute|hour|day)s?(?:\s+from\s+(\S+))?$/i;
 
 export function parseCadence(text: string): Cadence {
