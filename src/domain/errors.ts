@@ -51,6 +51,20 @@ export class ConfigError extends FreshrecError {
   }
 }
 
+/**
+ * The one mapping from the domain's codes to HTTP status codes, for every HTTP surface (the serving API adds its
+ * HTTP-only codes in src/serving/errors.ts; the OpenAI-compatible server uses it as is).
+ */
+export const HTTP_STATUS_OF_CODE: Readonly<Record<ErrorCode, number>> = {
+  BAD_INPUT: 400,
+  BAD_CONFIG: 500,
+  NOT_FOUND: 404,
+  ENGINE: 503,
+  GATE_FAILED: 409,
+  CANCELLED: 503,
+  INTERNAL: 500,
+};
+
 /** Exit codes of the CLI contract: 0 success, 1 failed run (e.g. a halted gate), 2 bad usage or input. */
 export function exitCodeFor(error: unknown): 1 | 2 {
   if (error instanceof FreshrecError) {

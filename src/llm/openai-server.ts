@@ -49,7 +49,7 @@ import { basename, join } from "node:path";
 import Fastify, { type FastifyInstance, type FastifyReply } from "fastify";
 import { z } from "zod";
 import { DAY_MS, SystemClock, type Clock } from "../domain/clock.js";
-import { FreshrecError } from "../domain/errors.js";
+import { FreshrecError, HTTP_STATUS_OF_CODE } from "../domain/errors.js";
 import { seededRandom } from "../domain/random.js";
 import type { TrainingSample } from "./contracts.js";
 import { loadLlamaApi } from "./engine/llama-api.js";
@@ -376,7 +376,7 @@ export async function startLlmServer(options: LlmServerOptions): Promise<Running
       error instanceof ApiError
         ? error
         : error instanceof FreshrecError
-          ? new ApiError(error.code === "BAD_INPUT" ? 400 : error.code === "NOT_FOUND" ? 404 : 500, error.message)
+          ? new ApiError(HTTP_STATUS_OF_CODE[error.code], error.message)
           : e.statusCode && e.statusCode < 500
             ? new ApiError(e.statusCode, e.message ?? "bad request")
             : new ApiError(500, "internal error (see the server log)");

@@ -8,7 +8,7 @@
  * reply.status(statusOf(error.code)).send(errorBody(error, request.id));
  */
 import { MAX_ID_LENGTH } from "../data/ingest/event-fields.js";
-import { BadInputError, FreshrecError, type ErrorCode } from "../domain/errors.js";
+import { BadInputError, FreshrecError, HTTP_STATUS_OF_CODE, type ErrorCode } from "../domain/errors.js";
 
 export type HttpErrorCode =
   | ErrorCode
@@ -19,15 +19,9 @@ export type HttpErrorCode =
   | "UNSUPPORTED_MEDIA_TYPE"
   | "NOT_READY"; // the server cannot answer yet (no catalog)
 
-/** The one mapping from error codes to HTTP status codes. */
+/** The one mapping from error codes to HTTP status codes: the domain's (src/domain/errors.ts) and the HTTP-only ones. */
 export const HTTP_STATUS: Readonly<Record<HttpErrorCode, number>> = {
-  BAD_INPUT: 400,
-  BAD_CONFIG: 500,
-  NOT_FOUND: 404,
-  ENGINE: 503,
-  GATE_FAILED: 409,
-  CANCELLED: 503,
-  INTERNAL: 500,
+  ...HTTP_STATUS_OF_CODE,
   UNAUTHORIZED: 401,
   FORBIDDEN: 403,
   PAYLOAD_TOO_LARGE: 413,
