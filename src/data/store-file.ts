@@ -1,5 +1,5 @@
 /**
- * The workspace's SQLite store files (tables.sqlite, registry.sqlite, schedule.sqlite) opened one way: a missing
+ * The workspace's SQLite store files (tables.sqlite, registry.sqlite, schedule.sqlite, the LLM response cache) opened one way: a missing
  * file is created whole, a 0-byte one is refused as truncated, and a file SQLite cannot read is refused naming the
  * file and the problem (BAD_INPUT: exit 2), never a raw SQLite error and never silently replaced by an empty store.
  *
@@ -79,7 +79,8 @@ export function prepareStoreFile(file: string, kind: StoreFileKind, migrate: (db
 
 /**
  * Opens a store file (created whole when missing) and runs `migrate` on it; failures are named by `storeFileError`
- * (a file SQLite cannot read is a StoreFileError). The connection is closed when anything throws.
+ * (a file SQLite cannot read is a StoreFileError). The connection is closed when anything throws. ":memory:" opens a
+ * private in-memory database (no file to prepare), migrated the same way.
  */
 export function openStoreFile(
   file: string,
@@ -87,7 +88,7 @@ export function openStoreFile(
   migrate: (db: Database.Database) => void,
   options: Database.Options = {},
 ): Database.Database {
-  prepareStoreFile(file, kind, migrate);
+  if (file !== ":memory:") prepareStoreFile(file, kind, migrate);
   let db: Database.Database | null = null;
   try {
     db = new Database(file, options);

@@ -30,7 +30,7 @@ import Database from "better-sqlite3";
 import { hostname } from "node:os";
 import { join, resolve } from "node:path";
 import type { Clock } from "../domain/clock.js";
-import { type StoreFileKind, prepareStoreFile, storeFileError } from "../data/store-file.js";
+import { type StoreFileKind, openStoreFile, storeFileError } from "../data/store-file.js";
 import { FreshrecError } from "../domain/errors.js";
 import type { History } from "../domain/types.js";
 import { pairKey } from "../domain/types.js";
@@ -250,16 +250,15 @@ export class SqliteTableStore implements TableStore {
     }
     // Each ":memory:" connection is its own database, so each gets its own key for the open-build registry.
     this.file = file === ":memory:" ? `:memory:${++memoryStores}` : resolve(file);
-    if (file !== ":memory:") prepareStoreFile(this.file, TABLE_STORE_FILE, (db) => SqliteTableStore.migrate(db, this.file));
-    let db: Database.Database | null = null;
+    const db = openStoreFile(file === ":memory:" ? file : this.file, TABLE_STORE_FILE, (db) => SqliteTableStore.migrate(db, this.file), {
+      timeout: options.busyTimeoutMs ?? 5000,
+    });
+    this.db = db;
     try {
-      db = new Database(file, { timeout: options.busyTimeoutMs ?? 5000 });
-      SqliteTableStore.migrate(db, this.file);
-      this.db = db;
       this.sql = prepareStatements(db);
       if (options.recoverOnOpen ?? true) this.recoverStale();
     } catch (error) {
-      db?.close();
+      db.close();
       throw storeFileError(TABLE_STORE_FILE, this.file, error);
     }
   }

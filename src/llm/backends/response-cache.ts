@@ -9,11 +9,12 @@
  * const key = ResponseCache.keyOf({ baseURL, body });
  * const hit = cache.get<Answer>(key) ?? (cache.put(key, await ask()), cache.get<Answer>(key));
  */
-import Database from "better-sqlite3";
+import type Database from "better-sqlite3";
 import { createHash } from "node:crypto";
-import { mkdirSync } from "node:fs";
-import { dirname } from "node:path";
+import { type StoreFileKind, openStoreFile } from "../../data/store-file.js";
 import type { Clock } from "../../domain/clock.js";
+
+const RESPONSE_CACHE_FILE: StoreFileKind = { store: "llm cache", startsOver: "an empty response cache (every answer is asked again)" };
 
 export class ResponseCache {
   /** Lookups answered from the file, and those that were not, since this cache was opened. */
@@ -24,15 +25,12 @@ export class ResponseCache {
     private readonly clock: Clock | null,
   ) {}
 
+  /**
+   * Opens (creating when missing) the cache at `path`. A file that is empty, damaged or not a SQLite database is
+   * refused naming it (StoreFileError, BAD_INPUT), like the workspace's other store files.
+   */
   static open(path: string, clock: Clock | null = null): ResponseCache {
-    mkdirSync(dirname(path), { recursive: true });
-    const db = new Database(path);
-    db.pragma("journal_mode = WAL");
-    db.pragma("busy_timeout = 5000");
-    db.exec("CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, value TEXT NOT NULL, created_at INTEGER)");
-    // Batch API jobs still running, by the hash of their request lines: a restarted build resumes them.
-    db.exec("CREATE TABLE IF NOT EXISTS batches (chunk TEXT PRIMARY KEY, batch_id TEXT NOT NULL, created_at INTEGER)");
-    return new ResponseCache(db, clock);
+    return new ResponseCache(openStoreFile(path, RESPONSE_CACHE_FILE, migrate, { timeout: 5000 }), clock);
   }
 
   /** sha256 of a canonical JSON rendering (object keys sorted), so key order in a request never splits the cache. */
@@ -87,4 +85,12 @@ export function canonicalJson(value: unknown): string {
     return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${canonicalJson(v)}`).join(",")}}`;
   }
   return JSON.stringify(value);
+}
+
+function migrate(db: Database.Database): void {
+  db.pragma("journal_mode = WAL");
+  db.pragma("busy_timeout = 5000");
+  db.exec("CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, value TEXT NOT NULL, created_at INTEGER)");
+  // Batch API jobs still running, by the hash of their request lines: a restarted build resumes them.
+  db.exec("CREATE TABLE IF NOT EXISTS batches (chunk TEXT PRIMARY KEY, batch_id TEXT NOT NULL, created_at INTEGER)");
 }

@@ -100,13 +100,8 @@ export class SqliteScheduleStore implements ScheduleStore {
     const file = path === ":memory:" ? path : resolve(path);
     let db: Database.Database | undefined;
     try {
-      if (file !== ":memory:") {
-        // Another process (status, resume) may hold the write lock for a moment: timeout.
-        db = openStoreFile(file, SCHEDULE_STORE, migrate, { timeout: 5000 });
-      } else {
-        db = new Database(file);
-        migrate(db);
-      }
+      // Another process (status, resume) may hold the write lock for a moment: timeout.
+      db = openStoreFile(file, SCHEDULE_STORE, migrate, { timeout: 5000 });
     } catch (error) {
       db?.close();
       // A file's own problems, and failures openStoreFile names by the file, as they are.
