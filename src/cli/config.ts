@@ -7,6 +7,15 @@ import { existsSync, readFileSync } from "node:fs";
 import { z } from "zod";
 import { DAY_MS } from "../domain/clock.js";
 import { ConfigError } from "../domain/errors.js";
+import { SYNTHETIC_DEFAULTS } from "../data/synthetic/world.js";
+import { REFERENCE_SHAPE } from "../llm/engine/model-file.js";
+import { DEFAULT_FUTURE_TOLERANCE_MS } from "../serving/intake.js";
+import { CURATION_DEFAULTS } from "../update/curation.js";
+import { FUSION_DEFAULTS } from "../update/fusion.js";
+import { GATE_DEFAULTS } from "../update/gates.js";
+import { RAG_DEFAULTS } from "../update/rag.js";
+import { DEFAULT_FINETUNE_CADENCE, DEFAULT_REFRESH_CADENCE } from "../update/schedule/cadence.js";
+import { SCHEDULER_DEFAULTS } from "../update/schedule/scheduler.js";
 
 const positiveInt = () => z.number().int().positive();
 
@@ -57,9 +66,9 @@ export const configSchema = z
       .prefault({}),
     synth: z
       .object({
-        seed: z.number().int().default(42).describe("Seed of the synthetic platform; the same seed gives the same events."),
-        start: z.iso.date().default("2025-01-01").describe("First day of the synthetic period (UTC)."),
-        months: positiveInt().max(60).default(12).describe("Length of the synthetic period in calendar months."),
+        seed: z.number().int().default(SYNTHETIC_DEFAULTS.seed).describe("Seed of the synthetic platform; the same seed gives the same events."),
+        start: z.iso.date().default(SYNTHETIC_DEFAULTS.start).describe("First day of the synthetic period (UTC)."),
+        months: positiveInt().max(60).default(SYNTHETIC_DEFAULTS.months).describe("Length of the synthetic period in calendar months."),
         users: positiveInt().nullable().default(null).describe("Simulated users. null = the scale's default (20,000; --quick 3,000)."),
         targetEvents: positiveInt()
           .nullable()
@@ -69,29 +78,29 @@ export const configSchema = z
           .number()
           .gt(0)
           .lt(1)
-          .default(0.17)
+          .default(SYNTHETIC_DEFAULTS.targetJaccard)
           .describe("Month-over-month Jaccard of top-5 successors the drift is calibrated to (the paper measured 0.17)."),
       })
       .strict()
       .prefault({}),
     rag: z
       .object({
-        windowDays: z.number().positive().default(7).describe("Days of recent events recounted at each RAG refresh."),
-        topN: positiveInt().default(1).describe("Retrieved successors put into each prompt (the paper found top-1 sufficient)."),
-        minSupport: positiveInt().default(2).describe("Distinct users a successor needs in the window to be retrieved (one account alone never sets a context)."),
-        mode: z.enum(["frequency", "trend", "global"]).default("frequency").describe("frequency (the paper's choice), trend (largest rise vs the previous window) or global (one context from the top pairs)."),
-        globalPairs: positiveInt().default(100).describe("Global mode: how many of the most frequent transitions build the shared context."),
+        windowDays: z.number().positive().default(RAG_DEFAULTS.windowDays).describe("Days of recent events recounted at each RAG refresh."),
+        topN: positiveInt().default(RAG_DEFAULTS.topN).describe("Retrieved successors put into each prompt (the paper found top-1 sufficient)."),
+        minSupport: positiveInt().default(RAG_DEFAULTS.minSupport).describe("Distinct users a successor needs in the window to be retrieved (one account alone never sets a context)."),
+        mode: z.enum(["frequency", "trend", "global"]).default(RAG_DEFAULTS.mode).describe("frequency (the paper's choice), trend (largest rise vs the previous window) or global (one context from the top pairs)."),
+        globalPairs: positiveInt().default(RAG_DEFAULTS.globalPairs).describe("Global mode: how many of the most frequent transitions build the shared context."),
         method: z
           .enum(["fusion", "prompt"])
-          .default("fusion")
+          .default(RAG_DEFAULTS.method)
           .describe("How a refresh uses fresh transitions: fusion (the product's hybrid: each row is the posterior of the LLM's prior for the pair and the fresh counts, backed off to the second cluster and to popularity, with strengths fitted just before the refresh; no prompt re-runs while the model is unchanged) or prompt (the paper's in-prompt RAG: the retrieved successors go into the prompt, rag.mode chooses which)."),
         fusion: z
           .object({
-            windowsDays: z.array(z.number().positive()).min(1).default([3, 7, 14, 28, 56, 112, 224, 448]).describe("Evidence window lengths (days) compared at each fusion refresh; the one that best predicts the transitions just before the refresh serves."),
-            fitMinTransitions: positiveInt().default(2000).describe("Transitions (distinct users per triple) the fit slice before a refresh must hold; it grows back from 1 day, doubling, until it does."),
-            fitMaxDays: z.number().positive().default(56).describe("Longest fit slice in days."),
-            fitFloor: positiveInt().default(50).describe("With fewer transitions than this before the refresh nothing is fitted: default strengths serve and the table records why."),
-            priorTopM: positiveInt().default(32).describe("Answers of the LLM prior kept per pair (top-M with probabilities; the rest of its mass is spread evenly). An OpenAI-compatible backend gives at most llm.openai.topLogprobs."),
+            windowsDays: z.array(z.number().positive()).min(1).default([...FUSION_DEFAULTS.windowsDays]).describe("Evidence window lengths (days) compared at each fusion refresh; the one that best predicts the transitions just before the refresh serves."),
+            fitMinTransitions: positiveInt().default(FUSION_DEFAULTS.fitMinTransitions).describe("Transitions (distinct users per triple) the fit slice before a refresh must hold; it grows back from 1 day, doubling, until it does."),
+            fitMaxDays: z.number().positive().default(FUSION_DEFAULTS.fitMaxDays).describe("Longest fit slice in days."),
+            fitFloor: positiveInt().default(FUSION_DEFAULTS.fitFloor).describe("With fewer transitions than this before the refresh nothing is fitted: default strengths serve and the table records why."),
+            priorTopM: positiveInt().default(FUSION_DEFAULTS.priorTopM).describe("Answers of the LLM prior kept per pair (top-M with probabilities; the rest of its mass is spread evenly). An OpenAI-compatible backend gives at most llm.openai.topLogprobs."),
           })
           .strict()
           .prefault({}),
@@ -100,49 +109,49 @@ export const configSchema = z
       .prefault({}),
     finetune: z
       .object({
-        windowDays: positiveInt().default(90).describe("Days of events before the as-of time that fine-tuning samples come from at most; a fine-tune learns from the end of the live model's data when that is later (what came before is rehearsed: rehearsalShare)."),
-        testDays: positiveInt().default(14).describe("The longest test slice: the most recent days of that window, held out for test recall and never trained on."),
-        testUsers: positiveInt().default(1000).describe("Held-out users that make the test slice long enough: it is the shortest of 1, 2, 4... days (up to testDays) holding them, so a fine-tune on a busy platform learns up to the day before it."),
+        windowDays: positiveInt().default(CURATION_DEFAULTS.windowDays).describe("Days of events before the as-of time that fine-tuning samples come from at most; a fine-tune learns from the end of the live model's data when that is later (what came before is rehearsed: rehearsalShare)."),
+        testDays: positiveInt().default(CURATION_DEFAULTS.testDays).describe("The longest test slice: the most recent days of that window, held out for test recall and never trained on."),
+        testUsers: positiveInt().default(CURATION_DEFAULTS.testUsers).describe("Held-out users that make the test slice long enough: it is the shortest of 1, 2, 4... days (up to testDays) holding them, so a fine-tune on a busy platform learns up to the day before it."),
         trigger: z
           .enum(["schedule", "drift"])
           .default("schedule")
           .describe("When fine-tuning runs: schedule (on schedule.finetuneCadence, monthly by default) or drift (checked after every refresh: when the live model's prior adds less than finetune.driftMinGain nats per transition to the freshest transitions' likelihood, fine-tune)."),
         driftMinGain: z.number().min(0).default(0.01).describe("Drift trigger: nats per transition the live model's prior must add over the counts alone; below it the model is fine-tuned."),
         driftMinDays: z.number().min(0).default(14).describe("Drift trigger: days after the live model's training data ends before it may be replaced."),
-        minTestUsers: positiveInt().default(5).describe("Held-out users the test slice needs; with fewer (a sparse log, coarse timestamps) it doubles back in time until it has them, at most half the window."),
-        maxSamples: positiveInt().default(6000).describe("Training samples per run from the fine-tuning window (the paper: thousands); rehearsal adds rehearsalShare / (1 - rehearsalShare) times as many from before it (as many again at 0.5)."),
-        maxPerPair: positiveInt().default(24).describe("Cap of samples per history pair."),
-        maxTargetShare: z.number().gt(0).max(1).default(0.04).describe("Largest share of samples one target cluster may take."),
-        maxPerTriple: positiveInt().default(8).describe("Cap of samples per (c1, c2, next) triple (one per distinct user up to this)."),
-        contextShare: z.number().min(0).max(1).default(0.5).describe("Share of samples that carry the RAG context a refresh would have retrieved just before them (the model learns both prompt forms)."),
+        minTestUsers: positiveInt().default(CURATION_DEFAULTS.minTestUsers).describe("Held-out users the test slice needs; with fewer (a sparse log, coarse timestamps) it doubles back in time until it has them, at most half the window."),
+        maxSamples: positiveInt().default(CURATION_DEFAULTS.maxSamples).describe("Training samples per run from the fine-tuning window (the paper: thousands); rehearsal adds rehearsalShare / (1 - rehearsalShare) times as many from before it (as many again at 0.5)."),
+        maxPerPair: positiveInt().default(CURATION_DEFAULTS.maxPerPair).describe("Cap of samples per history pair."),
+        maxTargetShare: z.number().gt(0).max(1).default(CURATION_DEFAULTS.maxTargetShare).describe("Largest share of samples one target cluster may take."),
+        maxPerTriple: positiveInt().default(CURATION_DEFAULTS.maxPerTriple).describe("Cap of samples per (c1, c2, next) triple (one per distinct user up to this)."),
+        contextShare: z.number().min(0).max(1).default(CURATION_DEFAULTS.contextShare).describe("Share of samples that carry the RAG context a refresh would have retrieved just before them (the model learns both prompt forms)."),
         rehearsalShare: z
           .number()
           .min(0)
           .lt(1)
-          .default(0.5)
+          .default(CURATION_DEFAULTS.rehearsalShare)
           .describe("Share of a fine-tune's training set drawn from the transitions before its window (rehearsal, in proportion to their distinct users), so the model keeps what it learnt there; 0 trains on the window only, which on sparse logs unlearns the rest (README, fine-tuning)."),
-        rehearsalDays: positiveInt().default(3650).describe("Days before the fine-tuning window that rehearsal samples come from."),
+        rehearsalDays: positiveInt().default(CURATION_DEFAULTS.rehearsalDays).describe("Days before the fine-tuning window that rehearsal samples come from."),
         contextPeriod: z.enum(["previous", "same"]).default("previous").describe("Week a sample's context comes from: previous (as a refresh served it) or same (its own week without its own user; an experiment to teach the model to follow contexts that contradict what it learnt)."),
         epochs: positiveInt().default(4).describe("Training epochs of a fine-tune (the best validation epoch is kept; early stop on no improvement)."),
         learningRate: z.number().positive().nullable().default(null).describe("Peak AdamW learning rate of a fine-tune. null = the trainer's default."),
         keepCheckpoints: z.boolean().default(false).describe("Keep a fine-tune's per-epoch checkpoints (<model>.checkpoints/) after it ends; by default they are removed (nothing resumes from them)."),
-        minExactMatchRate: z.number().min(0).max(1).default(0.9).describe("Gate: share of generated answers that exactly name a cluster."),
-        minTestRecall: z.number().min(0).max(1).default(0.015).describe("Gate: share of held-out users whose predicted cluster appears in their later clusters."),
+        minExactMatchRate: z.number().min(0).max(1).default(GATE_DEFAULTS.minExactMatchRate).describe("Gate: share of generated answers that exactly name a cluster."),
+        minTestRecall: z.number().min(0).max(1).default(GATE_DEFAULTS.minTestRecall).describe("Gate: share of held-out users whose predicted cluster appears in their later clusters."),
         maxRegression: z
           .number()
           .min(0)
           .max(1)
-          .default(0.02)
+          .default(GATE_DEFAULTS.maxRegression)
           .describe("Regression gate: largest drop of the candidate's test recall below the live model's on the same test slice (absolute, 0.02 = 2 points); a larger drop halts the candidate when its 95% bootstrap interval over users excludes 0 (a drop the slice can tell from noise). 1 turns the gate off."),
       })
       .strict()
       .prefault({}),
     model: z
       .object({
-        embedding: positiveInt().default(128).describe("Embedding width of the embedded model created by pretrain (must divide by heads)."),
-        layers: positiveInt().max(32).default(2).describe("Transformer blocks of the embedded model."),
-        heads: positiveInt().default(4).describe("Attention heads per block."),
-        feedForward: positiveInt().default(512).describe("Feed-forward width per block."),
+        embedding: positiveInt().default(REFERENCE_SHAPE.embedding).describe("Embedding width of the embedded model created by pretrain (must divide by heads)."),
+        layers: positiveInt().max(32).default(REFERENCE_SHAPE.layers).describe("Transformer blocks of the embedded model."),
+        heads: positiveInt().default(REFERENCE_SHAPE.heads).describe("Attention heads per block."),
+        feedForward: positiveInt().default(REFERENCE_SHAPE.feedForward).describe("Feed-forward width per block."),
       })
       .strict()
       .refine((m) => m.embedding % m.heads === 0, { message: "model.embedding must be a multiple of model.heads", path: ["embedding"] })
@@ -257,11 +266,11 @@ export const configSchema = z
       .prefault({}),
     schedule: z
       .object({
-        finetuneCadence: z.string().min(1).default("0 0 1 * *").describe("When fine-tuning runs: a UTC cron pattern or 'every N days [from ISO]' (default: monthly)."),
-        refreshCadence: z.string().min(1).default("every 2 days").describe("When the RAG refresh runs (default: every 2 days, the paper's sub-weekly cadence)."),
-        overlap: z.enum(["skip", "buffer-one"]).default("skip").describe("A job due while another runs is skipped (counted) or run right after."),
-        catchupWindowDays: z.number().min(0).default(365).describe("Missed runs within this window run once (coalesced) at start-up; older ones count as missed."),
-        maxConsecutiveFailures: positiveInt().default(3).describe("Failures in a row that pause a job."),
+        finetuneCadence: z.string().min(1).default(DEFAULT_FINETUNE_CADENCE).describe("When fine-tuning runs: a UTC cron pattern or 'every N days [from ISO]' (default: monthly)."),
+        refreshCadence: z.string().min(1).default(DEFAULT_REFRESH_CADENCE).describe("When the RAG refresh runs (default: every 2 days, the paper's sub-weekly cadence)."),
+        overlap: z.enum(["skip", "buffer-one"]).default(SCHEDULER_DEFAULTS.overlap).describe("A job due while another runs is skipped (counted) or run right after."),
+        catchupWindowDays: z.number().min(0).default(SCHEDULER_DEFAULTS.catchupWindowMs / DAY_MS).describe("Missed runs within this window run once (coalesced) at start-up; older ones count as missed."),
+        maxConsecutiveFailures: positiveInt().default(SCHEDULER_DEFAULTS.maxConsecutiveFailures).describe("Failures in a row that pause a job."),
       })
       .strict()
       .prefault({}),
@@ -281,7 +290,7 @@ export const configSchema = z
           .number()
           .int()
           .min(0)
-          .default(DAY_MS) // the server's own default too (DEFAULT_FUTURE_TOLERANCE_MS, src/serving/intake.ts)
+          .default(DEFAULT_FUTURE_TOLERANCE_MS)
           .describe("How far after the server's now an event's ts may be (client clock skew); a later one makes POST /v1/events answer 400, so one stray future time cannot become the data's newest event (every window counted back from it would be empty)."),
         unknownItems: z
           .enum(["reject", "skip"])

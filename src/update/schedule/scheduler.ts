@@ -129,7 +129,8 @@ export interface ScheduleStatus {
   readonly jobs: JobStatus[];
 }
 
-const DEFAULTS = {
+/** The scheduler's defaults; the config schema (src/cli/config.ts, schedule.*) takes its defaults from here. */
+export const SCHEDULER_DEFAULTS = {
   overlap: "skip" as OverlapPolicy,
   catchupWindowMs: 365 * DAY_MS,
   maxConsecutiveFailures: 3,
@@ -180,10 +181,10 @@ export class Scheduler {
     this.store = config.store;
     this.clock = config.clock;
     this.options = {
-      overlap: config.overlap ?? DEFAULTS.overlap,
-      catchupWindowMs: config.catchupWindowMs ?? DEFAULTS.catchupWindowMs,
-      maxConsecutiveFailures: config.maxConsecutiveFailures ?? DEFAULTS.maxConsecutiveFailures,
-      recheckMs: Math.min(config.recheckMs ?? DEFAULTS.recheckMs, LONGEST_TIMER_MS),
+      overlap: config.overlap ?? SCHEDULER_DEFAULTS.overlap,
+      catchupWindowMs: config.catchupWindowMs ?? SCHEDULER_DEFAULTS.catchupWindowMs,
+      maxConsecutiveFailures: config.maxConsecutiveFailures ?? SCHEDULER_DEFAULTS.maxConsecutiveFailures,
+      recheckMs: Math.min(config.recheckMs ?? SCHEDULER_DEFAULTS.recheckMs, LONGEST_TIMER_MS),
       onRun: config.onRun,
     };
     if (this.options.overlap !== "skip" && this.options.overlap !== "buffer-one") {
