@@ -8,8 +8,9 @@ import { z } from "zod";
 import { DAY_MS } from "../domain/clock.js";
 import { ConfigError } from "../domain/errors.js";
 import { SYNTHETIC_DEFAULTS } from "../data/synthetic/world.js";
+import { OPENAI_DEFAULTS } from "../llm/backends/openai-defaults.js";
 import { REFERENCE_SHAPE } from "../llm/engine/model-file.js";
-import { DEFAULT_FUTURE_TOLERANCE_MS } from "../serving/intake.js";
+import { EXPERIMENT_DEFAULTS, SERVE_DEFAULTS } from "../serving/defaults.js";
 import { CURATION_DEFAULTS } from "../update/curation.js";
 import { FUSION_DEFAULTS } from "../update/fusion.js";
 import { GATE_DEFAULTS } from "../update/gates.js";
@@ -198,12 +199,12 @@ export const configSchema = z
               ),
             answer: z
               .enum(["json_schema", "guided_choice", "text"])
-              .default("json_schema")
+              .default(OPENAI_DEFAULTS.answer)
               .describe("How answers are constrained: json_schema (structured output with an enum of cluster descriptions; OpenAI, vLLM, Ollama), guided_choice (vLLM's extension) or text (unconstrained; answers map to clusters by exact match only, which the exact-match gate measures)."),
-            topLogprobs: z.number().int().min(1).max(20).default(20).describe("Alternatives asked per answer token when scoring (OpenAI allows at most 20); ranked answers beyond them are not seen."),
+            topLogprobs: z.number().int().min(1).max(20).default(OPENAI_DEFAULTS.topLogprobs).describe("Alternatives asked per answer token when scoring (OpenAI allows at most 20); ranked answers beyond them are not seen."),
             ranking: z
               .enum(["auto", "echo", "first-token"])
-              .default("auto")
+              .default(OPENAI_DEFAULTS.ranking)
               .describe(
                 'How clusters are ranked with probabilities. echo: each description\'s whole-answer probability, from POST /v1/completions with echo and prompt log-probabilities (exact for descriptions of several tokens; vLLM and freshrec llm serve support it; the prompt is billed once per cluster). first-token: the first answer token\'s top_logprobs of a chat completion (approximate: descriptions sharing a first token share its probability, at most llm.openai.topLogprobs answers; for OpenAI\'s hosted models, Ollama and llama.cpp\'s server, which cannot echo). auto: first-token when baseURL is OpenAI\'s own API (openai.com), echo for any other server; a server that cannot echo fails the ranking with an error saying to set first-token.',
               ),
@@ -212,35 +213,35 @@ export const configSchema = z
                 prompt: z
                   .string()
                   .refine((t) => t.split("{prompt}").length === 2, { error: 'expected a text with "{prompt}" exactly once' })
-                  .default("{prompt}")
+                  .default(OPENAI_DEFAULTS.echoTemplate.prompt)
                   .describe("Text before the answer under ranking echo: {prompt} is freshrec's prompt (exactly once), {system} the instructions chat requests carry. With vLLM, the model's chat template written out (e.g. ChatML up to the assistant turn) scores answers as the model writes them in a chat."),
                 answer: z
                   .string()
                   .refine((t) => t.split("{answer}").length === 2, { error: 'expected a text with "{answer}" exactly once' })
-                  .default(" {answer}")
+                  .default(OPENAI_DEFAULTS.echoTemplate.answer)
                   .describe("The answer after it under ranking echo: {answer} is the description (exactly once). Text after {answer} (the model's end-of-turn token, e.g. <|im_end|>) ends the answer; without it a cluster set where one description begins another (\"drama\", \"drama history\") is refused."),
               })
               .strict()
               .prefault({}),
-            concurrency: positiveInt().default(4).describe("Requests in flight at once."),
+            concurrency: positiveInt().default(OPENAI_DEFAULTS.concurrency).describe("Requests in flight at once."),
             requestsPerMinute: positiveInt().nullable().default(null).describe("Client-side request rate limit. null = none."),
             tokensPerMinute: positiveInt().nullable().default(null).describe("Client-side token rate limit (prompt estimate plus the answer budget). null = none."),
-            maxRetries: z.number().int().min(0).max(20).default(5).describe("Retries of a request answered 408, 409, 429 or 5xx, or that failed to connect, with exponential backoff (0.5 s doubling to 8 s, or the server's retry-after)."),
-            timeoutMs: positiveInt().default(60_000).describe("Timeout of one request."),
-            maxTokens: positiveInt().default(64).describe("Answer budget per request, in tokens."),
-            seed: z.number().int().default(1).describe("Seed sent with every request (temperature is 0), for answers as repeatable as the server allows."),
+            maxRetries: z.number().int().min(0).max(20).default(OPENAI_DEFAULTS.maxRetries).describe("Retries of a request answered 408, 409, 429 or 5xx, or that failed to connect, with exponential backoff (0.5 s doubling to 8 s, or the server's retry-after)."),
+            timeoutMs: positiveInt().default(OPENAI_DEFAULTS.timeoutMs).describe("Timeout of one request."),
+            maxTokens: positiveInt().default(OPENAI_DEFAULTS.maxTokens).describe("Answer budget per request, in tokens."),
+            seed: z.number().int().default(OPENAI_DEFAULTS.seed).describe("Seed sent with every request (temperature is 0), for answers as repeatable as the server allows."),
             cache: z.boolean().default(true).describe("Keep every answer in <workspace>/llm-cache.sqlite keyed by a hash of the request, so an unchanged prompt is never paid for twice."),
             inputPricePerMTok: z.number().min(0).nullable().default(null).describe("Price of one million prompt tokens, for the dry-run cost estimate. null = unknown."),
             outputPricePerMTok: z.number().min(0).nullable().default(null).describe("Price of one million answer tokens, for the dry-run cost estimate. null = unknown."),
             fineTuneModel: z.string().min(1).nullable().default(null).describe("Model hosted fine-tuning starts from when there is no fine-tuned model yet. null = llm.openai.model."),
-            fineTunePollMs: positiveInt().default(10_000).describe("How often a hosted fine-tuning job is polled for progress."),
+            fineTunePollMs: positiveInt().default(OPENAI_DEFAULTS.fineTunePollMs).describe("How often a hosted fine-tuning job is polled for progress."),
             batch: z
               .object({
                 enabled: z.boolean().default(false).describe("Send table builds through the OpenAI Batch API (/v1/batches): half the price on OpenAI, answers within 24 h instead of at once."),
-                minPrompts: positiveInt().default(1000).describe("Calls with fewer distinct uncached prompts than this go as ordinary requests (small incremental refreshes, gates with few test histories)."),
-                pollIntervalMs: positiveInt().default(30_000).describe("How often a running batch is polled."),
-                maxRequestsPerBatch: z.number().int().min(1).max(50_000).default(50_000).describe("Requests per batch file (OpenAI's limit is 50,000 and 200 MB); larger builds are split into several batches."),
-                priceFactor: z.number().min(0).max(1).default(0.5).describe("Batch price relative to llm.openai.*PricePerMTok, for the dry-run cost estimate (OpenAI: 0.5)."),
+                minPrompts: positiveInt().default(OPENAI_DEFAULTS.batch.minPrompts).describe("Calls with fewer distinct uncached prompts than this go as ordinary requests (small incremental refreshes, gates with few test histories)."),
+                pollIntervalMs: positiveInt().default(OPENAI_DEFAULTS.batch.pollIntervalMs).describe("How often a running batch is polled."),
+                maxRequestsPerBatch: z.number().int().min(1).max(50_000).default(OPENAI_DEFAULTS.batch.maxRequestsPerBatch).describe("Requests per batch file (OpenAI's limit is 50,000 and 200 MB); larger builds are split into several batches."),
+                priceFactor: z.number().min(0).max(1).default(OPENAI_DEFAULTS.batch.priceFactor).describe("Batch price relative to llm.openai.*PricePerMTok, for the dry-run cost estimate (OpenAI: 0.5)."),
               })
               .strict()
               .prefault({}),
@@ -276,47 +277,47 @@ export const configSchema = z
       .prefault({}),
     serve: z
       .object({
-        port: z.number().int().min(0).max(65535).default(8080).describe("TCP port of `freshrec serve` (0 = any free port)."),
-        host: z.string().min(1).default("127.0.0.1").describe("Interface to listen on; 0.0.0.0 exposes the API beyond this machine."),
+        port: z.number().int().min(0).max(65535).default(SERVE_DEFAULTS.port).describe("TCP port of `freshrec serve` (0 = any free port)."),
+        host: z.string().min(1).default(SERVE_DEFAULTS.host).describe("Interface to listen on; 0.0.0.0 exposes the API beyond this machine."),
         adminToken: z
           .string()
           .min(16)
           .nullable()
           .default(null)
           .describe("Bearer token of the admin routes (publish, rollback, model review, schedule status, experiments); the environment variable FRESHREC_ADMIN_TOKEN wins. null = admin routes answer 403. At least 16 characters."),
-        bodyLimitBytes: positiveInt().default(1_048_576).describe("Largest request body; a bigger one gets 413."),
-        maxBatchEvents: positiveInt().default(10_000).describe("Most events one POST /v1/events may carry; more gets 413."),
+        bodyLimitBytes: positiveInt().default(SERVE_DEFAULTS.bodyLimitBytes).describe("Largest request body; a bigger one gets 413."),
+        maxBatchEvents: positiveInt().default(SERVE_DEFAULTS.maxBatchEvents).describe("Most events one POST /v1/events may carry; more gets 413."),
         futureToleranceMs: z
           .number()
           .int()
           .min(0)
-          .default(DEFAULT_FUTURE_TOLERANCE_MS)
+          .default(SERVE_DEFAULTS.futureToleranceMs)
           .describe("How far after the server's now an event's ts may be (client clock skew); a later one makes POST /v1/events answer 400, so one stray future time cannot become the data's newest event (every window counted back from it would be empty)."),
         unknownItems: z
           .enum(["reject", "skip"])
-          .default("reject")
+          .default(SERVE_DEFAULTS.unknownItems)
           .describe("Events naming an item that is not in the catalog: reject the whole batch with 400 (naming the index), or skip those events and count them."),
-        reloadIntervalMs: positiveInt().default(1000).describe("How often the server looks at the table store's live pointer and the model registry (a publish by another process shows within this)."),
-        defaultN: positiveInt().max(50).default(10).describe("Exploration clusters returned when a request has no n."),
-        maxN: positiveInt().max(50).default(50).describe("Largest n a request may ask for."),
-        itemsPerCluster: positiveInt().max(100).default(3).describe("Items grounded into each recommended cluster."),
-        logLevel: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info").describe("Level of the server's structured (pino) logs on stderr."),
-        groundingWindowDays: positiveInt().default(30).describe("Days of recent events the item grounding (co-visitation, popularity) and the cold-start answer are computed from."),
-        groundingRebuildMinutes: positiveInt().default(60).describe("How often the grounding index is rebuilt from the event store."),
-        covisitationSpan: positiveInt().max(50).default(5).describe("Two positive events of one user at most this many positive events apart count as a co-visit."),
-        recentItems: positiveInt().max(100).default(10).describe("The user's most recent positively engaged items that co-visitation starts from."),
+        reloadIntervalMs: positiveInt().default(SERVE_DEFAULTS.reloadIntervalMs).describe("How often the server looks at the table store's live pointer and the model registry (a publish by another process shows within this)."),
+        defaultN: positiveInt().max(50).default(SERVE_DEFAULTS.defaultN).describe("Exploration clusters returned when a request has no n."),
+        maxN: positiveInt().max(50).default(SERVE_DEFAULTS.maxN).describe("Largest n a request may ask for."),
+        itemsPerCluster: positiveInt().max(100).default(SERVE_DEFAULTS.itemsPerCluster).describe("Items grounded into each recommended cluster."),
+        logLevel: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default(SERVE_DEFAULTS.logLevel).describe("Level of the server's structured (pino) logs on stderr."),
+        groundingWindowDays: positiveInt().default(SERVE_DEFAULTS.groundingWindowDays).describe("Days of recent events the item grounding (co-visitation, popularity) and the cold-start answer are computed from."),
+        groundingRebuildMinutes: positiveInt().default(SERVE_DEFAULTS.groundingRebuildMinutes).describe("How often the grounding index is rebuilt from the event store."),
+        covisitationSpan: positiveInt().max(50).default(SERVE_DEFAULTS.covisitationSpan).describe("Two positive events of one user at most this many positive events apart count as a co-visit."),
+        recentItems: positiveInt().max(100).default(SERVE_DEFAULTS.recentItems).describe("The user's most recent positively engaged items that co-visitation starts from."),
       })
       .strict()
       .prefault({}),
     experiment: z
       .object({
-        attributionHours: z.number().positive().default(24).describe("An event on a recommended cluster within this many hours after the exposure is that exposure's outcome."),
-        slateSize: positiveInt().max(50).default(3).describe("Clusters shown per exploration slate in `experiment simulate`."),
-        days: positiveInt().max(120).default(14).describe("Simulated days of `experiment simulate`."),
-        refreshDays: positiveInt().default(2).describe("Days between the treatment's RAG refreshes in `experiment simulate`."),
+        attributionHours: z.number().positive().default(EXPERIMENT_DEFAULTS.attributionHours).describe("An event on a recommended cluster within this many hours after the exposure is that exposure's outcome."),
+        slateSize: positiveInt().max(50).default(EXPERIMENT_DEFAULTS.slateSize).describe("Clusters shown per exploration slate in `experiment simulate`."),
+        days: positiveInt().max(120).default(EXPERIMENT_DEFAULTS.days).describe("Simulated days of `experiment simulate`."),
+        refreshDays: positiveInt().default(EXPERIMENT_DEFAULTS.refreshDays).describe("Days between the treatment's RAG refreshes in `experiment simulate`."),
         users: positiveInt().nullable().default(null).describe("Simulated users of `experiment simulate` (the first N of the synthetic platform). null = all."),
-        resamples: positiveInt().default(1000).describe("Bootstrap resamples (over users) behind the 95% confidence intervals."),
-        flushIntervalMs: positiveInt().default(1000).describe("How often the server writes buffered exposures to the event store."),
+        resamples: positiveInt().default(EXPERIMENT_DEFAULTS.resamples).describe("Bootstrap resamples (over users) behind the 95% confidence intervals."),
+        flushIntervalMs: positiveInt().default(EXPERIMENT_DEFAULTS.flushIntervalMs).describe("How often the server writes buffered exposures to the event store."),
       })
       .strict()
       .prefault({}),

@@ -33,6 +33,7 @@ import type { EventStore } from "../data/event-store.js";
 import { eventEngagement, eventTime, idProblem, MAX_ID_LENGTH } from "../data/ingest/event-fields.js";
 import { DAY_MS } from "../domain/clock.js";
 import { ConfigError } from "../domain/errors.js";
+import { SERVE_DEFAULTS } from "./defaults.js";
 import type { EngagementEvent } from "../domain/types.js";
 import type { Catalog } from "./catalog.js";
 import { HttpError, type RequestIssue } from "./errors.js";
@@ -46,7 +47,7 @@ const KEY_TTL_MS = 7 * DAY_MS;
  * How far past the server's now an event's time may be by default: generous for client clocks that drift or sit in
  * another time zone while writing local time as UTC (at most 14 h), tight enough that a wrong year is refused.
  */
-export const DEFAULT_FUTURE_TOLERANCE_MS = DAY_MS;
+export const DEFAULT_FUTURE_TOLERANCE_MS = SERVE_DEFAULTS.futureToleranceMs;
 
 export const intakeEventSchema = z
   .object({

@@ -10,6 +10,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import type { z } from "zod";
 import { decodeUtf8KeepingErrors } from "../data/ingest/event-fields.js";
 import { BadInputError } from "../domain/errors.js";
+import { EXPERIMENT_DEFAULTS, SERVE_DEFAULTS } from "./defaults.js";
 import { HttpError, errorBody, toHttpError } from "./errors.js";
 import { analyzeExperiment, renderExperimentTable } from "./experiments/analysis.js";
 import { parseExperimentDefinition } from "./experiments/definition.js";
@@ -83,7 +84,7 @@ export function registerRoutes(app: FastifyInstance, state: ServingState): Route
   const specs: RouteSpec[] = [];
   const { metrics, tables, options } = state;
   const validate = options.validateResponses ?? false;
-  const maxN = options.maxN ?? 50;
+  const maxN = options.maxN ?? SERVE_DEFAULTS.maxN;
 
   function route<P extends z.ZodObject | undefined, Q extends z.ZodObject | undefined, B extends z.ZodType | undefined>(
     spec: RouteSpec & { params?: P; querystring?: Q; body?: B },
@@ -162,8 +163,8 @@ export function registerRoutes(app: FastifyInstance, state: ServingState): Route
       const answer = await explorer.exploreIndexed({
         userId,
         lookup,
-        n: query.n ?? options.defaultN ?? 10,
-        itemsPerCluster: query.items ?? options.itemsPerCluster ?? 3,
+        n: query.n ?? options.defaultN ?? SERVE_DEFAULTS.defaultN,
+        itemsPerCluster: query.items ?? options.itemsPerCluster ?? SERVE_DEFAULTS.itemsPerCluster,
       });
       if (answer.fallback === "cold-start") metrics.coldStarts++;
       else if (answer.fallback === "unknown-cluster") metrics.unknownClusterFallbacks++;
@@ -431,7 +432,7 @@ export function registerRoutes(app: FastifyInstance, state: ServingState): Route
     },
     async ({ params }) => {
       await state.flushExposures();
-      const analysis = await state.queue.run(async () => analyzeExperiment(state.events, await state.experiments.get(params.name), { resamples: options.resamples ?? 1000 }));
+      const analysis = await state.queue.run(async () => analyzeExperiment(state.events, await state.experiments.get(params.name), { resamples: options.resamples ?? EXPERIMENT_DEFAULTS.resamples }));
       return { ...analysis, table: renderExperimentTable(analysis) };
     },
   );

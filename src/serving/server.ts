@@ -23,6 +23,7 @@ import { ModelRegistry } from "../llm/registry.js";
 import type { ScheduleStatus } from "../update/schedule/index.js";
 import { SqliteTableStore, tableStorePath, type TableStore } from "../tables/index.js";
 import { Catalog } from "./catalog.js";
+import { EXPERIMENT_DEFAULTS, SERVE_DEFAULTS } from "./defaults.js";
 import { HttpError } from "./errors.js";
 import { assignArm, type Experiment } from "./experiments/definition.js";
 import { ExperimentLog } from "./experiments/log.js";
@@ -120,8 +121,6 @@ export interface ActiveExperiment {
   readonly experiment: Experiment;
 }
 
-const DEFAULT_BODY_LIMIT_BYTES = 1_048_576;
-
 /** Everything the routes read; built once per server. */
 export class ServingState {
   experiment: ActiveExperiment | null = null;
@@ -194,7 +193,7 @@ export class ServingState {
 
   /** The largest request body Fastify reads (serve.bodyLimitBytes). */
   get bodyLimitBytes(): number {
-    return this.options.bodyLimitBytes ?? DEFAULT_BODY_LIMIT_BYTES;
+    return this.options.bodyLimitBytes ?? SERVE_DEFAULTS.bodyLimitBytes;
   }
 
   get grounding(): GroundingIndex {
@@ -210,8 +209,8 @@ export class ServingState {
 
   groundingOptions() {
     return {
-      windowDays: this.options.groundingWindowDays ?? 30,
-      span: this.options.covisitationSpan ?? 5,
+      windowDays: this.options.groundingWindowDays ?? SERVE_DEFAULTS.groundingWindowDays,
+      span: this.options.covisitationSpan ?? SERVE_DEFAULTS.covisitationSpan,
       positiveMin: this.positiveMin,
     };
   }
@@ -294,10 +293,10 @@ export async function startServer(input: ServeOptions): Promise<RunningServer> {
     const recorded = options.positiveMin === undefined ? await events.getMeta("positive_min") : null;
     const positiveMin = options.positiveMin !== undefined ? options.positiveMin : recorded === null ? null : Number(recorded);
     const catalog = await Catalog.load(events);
-    const users = await UserIndex.load(events, catalog, { positiveMin, recentItems: options.recentItems ?? 10 });
+    const users = await UserIndex.load(events, catalog, { positiveMin, recentItems: options.recentItems ?? SERVE_DEFAULTS.recentItems });
     const grounding = await buildGroundingIndex(events, catalog, {
-      windowDays: options.groundingWindowDays ?? 30,
-      span: options.covisitationSpan ?? 5,
+      windowDays: options.groundingWindowDays ?? SERVE_DEFAULTS.groundingWindowDays,
+      span: options.covisitationSpan ?? SERVE_DEFAULTS.covisitationSpan,
       positiveMin,
     });
     // Small pages: a table loads in slices between requests (see table-loader.ts), and less garbage is alive at once.
@@ -331,8 +330,8 @@ export async function startServer(input: ServeOptions): Promise<RunningServer> {
       catalog,
       users,
       queue,
-      unknownItems: options.unknownItems ?? "reject",
-      maxBatchEvents: options.maxBatchEvents ?? 10_000,
+      unknownItems: options.unknownItems ?? SERVE_DEFAULTS.unknownItems,
+      maxBatchEvents: options.maxBatchEvents ?? SERVE_DEFAULTS.maxBatchEvents,
       ...(options.futureToleranceMs === undefined ? {} : { futureToleranceMs: options.futureToleranceMs }),
       now: () => options.clock.now(),
       attribute: async (batch) => {
@@ -340,7 +339,7 @@ export async function startServer(input: ServeOptions): Promise<RunningServer> {
         if (!active) return 0;
         // Inside the queue already: flush directly so every exposure before these events can be matched.
         await experiments.flush();
-        const n = await experiments.attributeOutcomes(active.experiment.name, batch, (options.attributionHours ?? 24) * 3_600_000, positiveMin);
+        const n = await experiments.attributeOutcomes(active.experiment.name, batch, (options.attributionHours ?? EXPERIMENT_DEFAULTS.attributionHours) * 3_600_000, positiveMin);
         metrics.outcomesAttributed += n;
         return n;
       },
@@ -352,7 +351,7 @@ export async function startServer(input: ServeOptions): Promise<RunningServer> {
     const loggedUrl = (url: string) => redactUrl(url, options.adminToken ?? null);
     app = Fastify({
       logger: {
-        level: options.logLevel ?? "info",
+        level: options.logLevel ?? SERVE_DEFAULTS.logLevel,
         // stderr: stdout belongs to the command's result (one JSON object with --json).
         stream: options.logStream ?? process.stderr,
         // Only these request fields are logged; headers (and so the Authorization token) never are, URLs redacted.
@@ -373,25 +372,25 @@ export async function startServer(input: ServeOptions): Promise<RunningServer> {
       return503OnClosing: true,
     });
     registerRoutes(app, serving);
-    await app.listen({ host: options.host ?? "127.0.0.1", port: options.port ?? 8080 });
+    await app.listen({ host: options.host ?? SERVE_DEFAULTS.host, port: options.port ?? SERVE_DEFAULTS.port });
     const address = app.server.address();
-    const port = typeof address === "object" && address ? address.port : (options.port ?? 8080);
-    const host = options.host ?? "127.0.0.1";
+    const port = typeof address === "object" && address ? address.port : (options.port ?? SERVE_DEFAULTS.port);
+    const host = options.host ?? SERVE_DEFAULTS.host;
     const url = `http://${host.includes(":") ? `[${host}]` : host === "0.0.0.0" ? "127.0.0.1" : host}:${port}`;
 
     const timers: NodeJS.Timeout[] = [];
-    timers.push(setInterval(() => void tables.poll(), options.reloadIntervalMs ?? 1000));
+    timers.push(setInterval(() => void tables.poll(), options.reloadIntervalMs ?? SERVE_DEFAULTS.reloadIntervalMs));
     timers.push(
       setInterval(() => {
         serving.flushExposures().catch((error) => app?.log.error({ err: error }, "writing exposures failed; kept for the next flush"));
-      }, options.flushIntervalMs ?? 1000),
+      }, options.flushIntervalMs ?? EXPERIMENT_DEFAULTS.flushIntervalMs),
     );
     timers.push(
       setInterval(
         () => {
           serving.rebuildGrounding().catch((error) => app?.log.error({ err: error }, "rebuilding the grounding index failed; the previous one keeps serving"));
         },
-        (options.groundingRebuildMinutes ?? 60) * 60_000,
+        (options.groundingRebuildMinutes ?? SERVE_DEFAULTS.groundingRebuildMinutes) * 60_000,
       ),
     );
     for (const t of timers) t.unref();

@@ -16,6 +16,7 @@
 import type { EventStore } from "../data/event-store.js";
 import type { EngagementEvent } from "../domain/types.js";
 import type { Catalog } from "./catalog.js";
+import { SERVE_DEFAULTS } from "./defaults.js";
 import { emptyTail, extendRecent, extendTail, insertSorted, type HistoryTail } from "./histories.js";
 
 export interface UserState {
@@ -62,7 +63,7 @@ export class UserIndex {
     private readonly catalog: Catalog,
     private readonly options: UserIndexOptions,
   ) {
-    this.recentItems = options.recentItems ?? 10;
+    this.recentItems = options.recentItems ?? SERVE_DEFAULTS.recentItems;
   }
 
   /** An index with no users (the simulation fills it with `observe`). */

@@ -19,6 +19,7 @@ import { dirname } from "node:path";
 import { toFile } from "openai";
 import type OpenAI from "openai";
 import { FreshrecError } from "../../domain/errors.js";
+import { OPENAI_DEFAULTS } from "./openai-defaults.js";
 import type { Cluster } from "../../domain/types.js";
 import type { TrainOptions, TrainResult, Trainer, TrainingSample } from "../contracts.js";
 import { type AnswerMode, type OpenAiConnectionOptions, abortableSleep, answerContent, chatMessages, hostedModelName, openAiClient, remoteError, writeHostedModelFile } from "./openai.js";
@@ -49,7 +50,7 @@ export class OpenAiTrainer implements Trainer {
   /** The chat JSONL of samples (one example per line). */
   jsonl(samples: readonly TrainingSample[]): string {
     const descriptions = new Map(this.options.clusters.map((c) => [c.id, c.description]));
-    const mode = this.options.answer ?? "json_schema";
+    const mode = this.options.answer ?? OPENAI_DEFAULTS.answer;
     return samples
       .map((s) => {
         const answer = descriptions.get(s.answer);
@@ -86,7 +87,7 @@ export class OpenAiTrainer implements Trainer {
       jobId = job.id;
       const seen = new Set<string>();
       while (!TERMINAL.has(job.status)) {
-        await abortableSleep(this.options.pollIntervalMs ?? 10_000, options.signal);
+        await abortableSleep(this.options.pollIntervalMs ?? OPENAI_DEFAULTS.fineTunePollMs, options.signal);
         job = await this.client.fineTuning.jobs.retrieve(job.id, { signal: options.signal });
         const events = await this.client.fineTuning.jobs.listEvents(job.id, { limit: 100 }, { signal: options.signal });
         for (const e of [...events.data].reverse()) {

@@ -68,6 +68,7 @@ import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import OpenAI, { toFile } from "openai";
 import { SystemClock, type Clock } from "../../domain/clock.js";
 import { FreshrecError } from "../../domain/errors.js";
+import { OPENAI_DEFAULTS } from "./openai-defaults.js";
 import type { Cluster, ScoredCluster } from "../../domain/types.js";
 import type { AnswerConstraint, CostEstimate, GeneratedAnswer, LanguageModel, LanguageModelInfo, PromptInput, ScoreOptions } from "../contracts.js";
 
@@ -358,7 +359,7 @@ const isOpenAiHost = (baseURL: string): boolean => {
  * with a RankingUnsupportedError saying to set "first-token".
  */
 export function resolveRanking(ranking: RankingOption | undefined, baseURL: string): RankingMethod {
-  const option = ranking ?? "auto";
+  const option = ranking ?? OPENAI_DEFAULTS.ranking;
   if (option !== "auto") return option;
   return isOpenAiHost(baseURL) ? "first-token" : "echo";
 }
@@ -390,8 +391,8 @@ export function openAiClient(options: OpenAiConnectionOptions, onHttpRequest?: (
     // Never pick up an admin key from the environment and send it to whatever server baseURL names.
     adminAPIKey: null,
     ...(apiKey === null ? { defaultHeaders: { Authorization: null } } : {}),
-    maxRetries: options.maxRetries ?? 5,
-    timeout: options.timeoutMs ?? 60_000,
+    maxRetries: options.maxRetries ?? OPENAI_DEFAULTS.maxRetries,
+    timeout: options.timeoutMs ?? OPENAI_DEFAULTS.timeoutMs,
     // Counting the HTTP requests the client really sends (retries included) is how retries become visible.
     fetch: (url: string | URL | Request, init?: RequestInit) => {
       onHttpRequest?.();
@@ -438,8 +439,8 @@ const estimateTokens = (chars: number) => Math.ceil(chars / 4);
  * other's), so that cluster set needs a terminator.
  */
 function checkEchoTemplate(template: EchoTemplate | undefined, clusters: readonly Cluster[]): void {
-  const prompt = template?.prompt ?? "{prompt}";
-  const answer = template?.answer ?? " {answer}";
+  const prompt = template?.prompt ?? OPENAI_DEFAULTS.echoTemplate.prompt;
+  const answer = template?.answer ?? OPENAI_DEFAULTS.echoTemplate.answer;
   const once = (text: string, slot: string) => text.split(slot).length === 2;
   if (!once(prompt, "{prompt}")) throw new FreshrecError("BAD_CONFIG", `echoTemplate.prompt: expected "{prompt}" exactly once, got ${JSON.stringify(prompt)}`);
   if (!once(answer, "{answer}")) throw new FreshrecError("BAD_CONFIG", `echoTemplate.answer: expected "{answer}" exactly once, got ${JSON.stringify(answer)}`);
@@ -476,7 +477,7 @@ export class OpenAiLanguageModel implements LanguageModel {
 
   private constructor(private readonly options: OpenAiModelOptions) {
     this.model = hostedModelName(options.model);
-    this.mode = options.answer ?? "json_schema";
+    this.mode = options.answer ?? OPENAI_DEFAULTS.answer;
     this.descriptions = new Map(options.clusters.map((c) => [c.id, c.description]));
     const idOf = new Map<string, string>();
     for (const c of options.clusters) {
@@ -505,8 +506,8 @@ export class OpenAiLanguageModel implements LanguageModel {
     this.pacer = new RequestPacer({ concurrency: options.concurrency, requestsPerMinute: options.requestsPerMinute, tokensPerMinute: options.tokensPerMinute }, clock);
     this.cache = options.cachePath ? ResponseCache.open(options.cachePath, clock) : null;
     this.ranking = resolveRanking(options.ranking, options.baseURL);
-    this.echoPrompt = options.echoTemplate?.prompt ?? "{prompt}";
-    const answerTemplate = options.echoTemplate?.answer ?? " {answer}";
+    this.echoPrompt = options.echoTemplate?.prompt ?? OPENAI_DEFAULTS.echoTemplate.prompt;
+    const answerTemplate = options.echoTemplate?.answer ?? OPENAI_DEFAULTS.echoTemplate.answer;
     this.echoAnswers = options.clusters.map((c) => answerTemplate.replace("{answer}", () => c.description));
     this.info = {
       backend: "openai",
@@ -518,14 +519,14 @@ export class OpenAiLanguageModel implements LanguageModel {
         this.ranking === "echo"
           ? {
               method: "echo",
-              configured: options.ranking ?? "auto",
+              configured: options.ranking ?? OPENAI_DEFAULTS.ranking,
               exact: true,
               detail:
                 "each cluster's answer written after the prompt and echoed by POST /v1/completions with prompt log-probabilities; its tokens' log-probabilities summed, softmax over the allowed clusters",
             }
           : {
               method: "first-token",
-              configured: options.ranking ?? "auto",
+              configured: options.ranking ?? OPENAI_DEFAULTS.ranking,
               exact: false,
               detail:
                 "the first answer token's top_logprobs of a chat completion, each credited to the descriptions beginning with it (split evenly); exact only when every description is one token of the server's model",
@@ -535,7 +536,7 @@ export class OpenAiLanguageModel implements LanguageModel {
 
   static async open(options: OpenAiModelOptions): Promise<OpenAiLanguageModel> {
     if (options.clusters.length < 2) throw new FreshrecError("BAD_INPUT", "an openai backend needs at least two clusters");
-    const topLogprobs = options.topLogprobs ?? 20;
+    const topLogprobs = options.topLogprobs ?? OPENAI_DEFAULTS.topLogprobs;
     if (!Number.isInteger(topLogprobs) || topLogprobs < 1 || topLogprobs > 20) throw new FreshrecError("BAD_INPUT", `topLogprobs: expected an integer 1..20, got ${topLogprobs}`);
     if (resolveRanking(options.ranking, options.baseURL) === "echo") checkEchoTemplate(options.echoTemplate, options.clusters);
     return new OpenAiLanguageModel(options);
@@ -560,10 +561,10 @@ export class OpenAiLanguageModel implements LanguageModel {
         { role: "user", content: renderPrompt(prompt, this.descriptions) },
       ],
       temperature: this.options.temperature ?? 0,
-      seed: this.options.seed ?? 1,
-      max_tokens: this.options.maxTokens ?? 64,
+      seed: this.options.seed ?? OPENAI_DEFAULTS.seed,
+      max_tokens: this.options.maxTokens ?? OPENAI_DEFAULTS.maxTokens,
       logprobs: true,
-      top_logprobs: this.options.topLogprobs ?? 20,
+      top_logprobs: this.options.topLogprobs ?? OPENAI_DEFAULTS.topLogprobs,
     };
     if (this.mode === "json_schema") body.response_format = this.constraint;
     else if (this.mode === "guided_choice") body.guided_choice = this.constraint;
@@ -594,7 +595,7 @@ export class OpenAiLanguageModel implements LanguageModel {
     let promptTokens = 0;
     let completionTokens = 0;
     const longest = Math.max(...[...this.descriptions.values()].map((d) => d.length));
-    const answerTokens = Math.min(this.options.maxTokens ?? 64, estimateTokens(answerContent(this.mode, "x".repeat(longest)).length));
+    const answerTokens = Math.min(this.options.maxTokens ?? OPENAI_DEFAULTS.maxTokens, estimateTokens(answerContent(this.mode, "x".repeat(longest)).length));
     // The constraint is the same object in every body: its size is measured once, not per prompt.
     const constraintChars = this.mode === "json_schema" ? JSON.stringify(this.constraint).length : 0;
     // Free as askAll sends them: prompts already in the cache, and repeats of an earlier prompt of the same call.
@@ -619,12 +620,12 @@ export class OpenAiLanguageModel implements LanguageModel {
     const outPrice = this.options.outputPricePerMTok ?? null;
     const uncached = prompts.length - cached;
     const batched = this.usesBatch(uncached);
-    const factor = batched ? (this.options.batch?.priceFactor ?? 0.5) : 1;
+    const factor = batched ? (this.options.batch?.priceFactor ?? OPENAI_DEFAULTS.batch.priceFactor) : 1;
     const usd = inPrice === null || outPrice === null ? null : (factor * (promptTokens * inPrice + completionTokens * outPrice)) / 1e6;
     const requests = route === "echo" ? `completions with echo (${this.echoAnswers.length} texts per prompt)` : "chat completions";
     const via = batched
-      ? `batch API, ${requests} (${Math.ceil(uncached / (this.options.batch?.maxRequestsPerBatch ?? 50_000))} batch(es) or more, price x ${factor})`
-      : `${requests}, ${this.options.concurrency ?? 4} at a time`;
+      ? `batch API, ${requests} (${Math.ceil(uncached / (this.options.batch?.maxRequestsPerBatch ?? OPENAI_DEFAULTS.batch.maxRequestsPerBatch))} batch(es) or more, price x ${factor})`
+      : `${requests}, ${this.options.concurrency ?? OPENAI_DEFAULTS.concurrency} at a time`;
     return { prompts: prompts.length, cached, promptTokens, completionTokens, usd, via };
   }
 
@@ -657,7 +658,7 @@ export class OpenAiLanguageModel implements LanguageModel {
   }
 
   private usesBatch(uncached: number): boolean {
-    return this.options.batch != null && uncached > 0 && uncached >= (this.options.batch.minPrompts ?? 1000);
+    return this.options.batch != null && uncached > 0 && uncached >= (this.options.batch.minPrompts ?? OPENAI_DEFAULTS.batch.minPrompts);
   }
 
   /**
@@ -716,7 +717,7 @@ export class OpenAiLanguageModel implements LanguageModel {
         onProgress(++answered);
       }
     };
-    await Promise.all(Array.from({ length: Math.min(this.options.concurrency ?? 4, bodies.length) }, worker));
+    await Promise.all(Array.from({ length: Math.min(this.options.concurrency ?? OPENAI_DEFAULTS.concurrency, bodies.length) }, worker));
     return out;
   }
 
@@ -736,7 +737,7 @@ export class OpenAiLanguageModel implements LanguageModel {
     onProgress: (done: number) => void,
   ): Promise<Answer<R>[]> {
     const settings = this.options.batch!;
-    const perBatch = settings.maxRequestsPerBatch ?? 50_000;
+    const perBatch = settings.maxRequestsPerBatch ?? OPENAI_DEFAULTS.batch.maxRequestsPerBatch;
     const where = `the openai backend's batch (model ${this.model})`;
     const endpoint = ENDPOINT[route];
     const bodyOf = new Map(keys.map((k, i) => [k, bodies[i]]));
@@ -815,7 +816,7 @@ export class OpenAiLanguageModel implements LanguageModel {
           k++;
         }
         onProgress(finished + running.reduce((s, r) => s + r.done, 0));
-        if (running.length > 0) await abortableSleep(settings.pollIntervalMs ?? 30_000, signal);
+        if (running.length > 0) await abortableSleep(settings.pollIntervalMs ?? OPENAI_DEFAULTS.batch.pollIntervalMs, signal);
       }
       finishedBeforeRetry = finished;
     } catch (error) {
@@ -888,7 +889,7 @@ export class OpenAiLanguageModel implements LanguageModel {
       }
       answer = this.echoAnswer(body, response) as Answer<R>;
     } else {
-      const estimate = estimateTokens(JSON.stringify(body.messages).length) + (this.options.maxTokens ?? 64);
+      const estimate = estimateTokens(JSON.stringify(body.messages).length) + (this.options.maxTokens ?? OPENAI_DEFAULTS.maxTokens);
       let response: OpenAI.Chat.ChatCompletion;
       try {
         response = await this.pacer.run(

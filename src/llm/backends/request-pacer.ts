@@ -9,6 +9,7 @@
  */
 import type { Clock } from "../../domain/clock.js";
 import { FreshrecError } from "../../domain/errors.js";
+import { OPENAI_DEFAULTS } from "./openai-defaults.js";
 
 export interface RequestPacerOptions {
   /** @defaultValue 4 */
@@ -45,7 +46,7 @@ export class RequestPacer {
   }
 
   private async slot(signal?: AbortSignal): Promise<void> {
-    const limit = this.options.concurrency ?? 4;
+    const limit = this.options.concurrency ?? OPENAI_DEFAULTS.concurrency;
     while (this.inFlight >= limit) {
       await new Promise<void>((resolve) => this.waiting.push(resolve));
       if (signal?.aborted) {

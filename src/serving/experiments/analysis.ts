@@ -18,6 +18,7 @@
  */
 import type { EventStore } from "../../data/event-store.js";
 import { FreshrecError } from "../../domain/errors.js";
+import { EXPERIMENT_DEFAULTS } from "../defaults.js";
 import { bootstrapRatioDelta, type PairedUnit } from "../../evaluation/bootstrap.js";
 import type { Experiment } from "./definition.js";
 
@@ -101,7 +102,7 @@ export function analyzeOutcomes(
   users: readonly UserOutcomes[],
   options: AnalysisOptions = {},
 ): ExperimentAnalysis {
-  const resamples = options.resamples ?? 1000;
+  const resamples = options.resamples ?? EXPERIMENT_DEFAULTS.resamples;
   const arms: Record<string, ArmResult> = {};
   for (const arm of experiment.arms) {
     const mine = users.filter((u) => u.arm === arm.name);

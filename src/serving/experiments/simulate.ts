@@ -40,6 +40,7 @@ import { EventStore, eventBatchFromEvents } from "../../data/event-store.js";
 import { SyntheticWorld, type ExplorationPolicy, type Exposure, type SyntheticOptions } from "../../data/synthetic/index.js";
 import { DAY_MS, VirtualClock } from "../../domain/clock.js";
 import { BadInputError } from "../../domain/errors.js";
+import { EXPERIMENT_DEFAULTS, SERVE_DEFAULTS } from "../defaults.js";
 import type { EngagementEvent } from "../../domain/types.js";
 import { SqliteTableStore, TableLookup } from "../../tables/index.js";
 import type { PromptScorer } from "../../update/generate.js";
@@ -133,8 +134,8 @@ export async function recordedSyntheticOptions(store: EventStore): Promise<Synth
 
 export async function runSimulatedExperiment(options: SimulatedExperimentOptions): Promise<SimulatedExperimentResult> {
   const log = options.log ?? (() => {});
-  const days = options.days ?? 14;
-  const refreshDays = options.refreshDays ?? 2;
+  const days = options.days ?? EXPERIMENT_DEFAULTS.days;
+  const refreshDays = options.refreshDays ?? EXPERIMENT_DEFAULTS.refreshDays;
   if (!(days > 0) || !(refreshDays > 0)) throw new BadInputError("days and refreshDays must be positive");
   if (!existsSync(options.eventsPath)) throw new BadInputError(`no event store at ${options.eventsPath}: run freshrec synth or demo first`);
   rmSync(options.workDir, { recursive: true, force: true });
@@ -186,7 +187,7 @@ export async function runSimulatedExperiment(options: SimulatedExperimentOptions
 
     const catalog = await Catalog.load(store);
     const users = await UserIndex.load(store, catalog, { positiveMin });
-    const groundingOptions = { windowDays: options.groundingWindowDays ?? 30, positiveMin };
+    const groundingOptions = { windowDays: options.groundingWindowDays ?? SERVE_DEFAULTS.groundingWindowDays, positiveMin };
     let grounding: GroundingIndex = await buildGroundingIndex(store, catalog, groundingOptions);
     const explorer = new Explorer(catalog, users, () => grounding, new CoVisitationPolicy(() => grounding));
     const experiments = await ExperimentLog.open(store);
@@ -208,8 +209,8 @@ export async function runSimulatedExperiment(options: SimulatedExperimentOptions
     const participants = Array.from({ length: count }, (_, i) => i);
     log(`advancing ${count} simulated users to ${new Date(start).toISOString().slice(0, 10)}`);
     const environment = world.createLiveEnvironment(start, participants);
-    const slateSize = options.slateSize ?? 3;
-    const itemsPerCluster = options.itemsPerCluster ?? 3;
+    const slateSize = options.slateSize ?? EXPERIMENT_DEFAULTS.slateSize;
+    const itemsPerCluster = options.itemsPerCluster ?? SERVE_DEFAULTS.itemsPerCluster;
     const current = new Map<string, { exposureId: string; arm: string }>();
     let slates = 0;
     let clicks = 0;
@@ -280,7 +281,7 @@ export async function runSimulatedExperiment(options: SimulatedExperimentOptions
         grounding = await buildGroundingIndex(store, catalog, groundingOptions);
       }
     }
-    const analysis = await analyzeExperiment(store, await experiments.get(definition.name), { resamples: options.resamples ?? 1000 });
+    const analysis = await analyzeExperiment(store, await experiments.get(definition.name), { resamples: options.resamples ?? EXPERIMENT_DEFAULTS.resamples });
     return {
       ...analysis,
       simulated: {

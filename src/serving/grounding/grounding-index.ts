@@ -20,6 +20,7 @@
  */
 import type { EventStore } from "../../data/event-store.js";
 import { DAY_MS } from "../../domain/clock.js";
+import { SERVE_DEFAULTS } from "../defaults.js";
 import { countTransitions } from "../../mining/transitions.js";
 import { novelPopularity } from "../../update/baselines.js";
 import type { Catalog } from "../catalog.js";
@@ -74,8 +75,8 @@ export interface GroundingIndex {
 
 export async function buildGroundingIndex(store: EventStore, catalog: Catalog, options: GroundingIndexOptions): Promise<GroundingIndex> {
   const started = process.hrtime.bigint();
-  const windowDays = options.windowDays ?? 30;
-  const span = options.span ?? 5;
+  const windowDays = options.windowDays ?? SERVE_DEFAULTS.groundingWindowDays;
+  const span = options.span ?? SERVE_DEFAULTS.covisitationSpan;
   const perCluster = options.neighborsPerCluster ?? 20;
   const popularPerCluster = options.popularPerCluster ?? 100;
   const minUsers = options.minCovisitUsers ?? 2;
