@@ -7,9 +7,14 @@ import { existsSync, readFileSync } from "node:fs";
 import { z } from "zod";
 import { DAY_MS } from "../domain/clock.js";
 import { ConfigError } from "../domain/errors.js";
+import { INGEST_DEFAULTS } from "../data/ingest/ingest.js";
+import { MOVIELENS_DEFAULTS } from "../data/ingest/movielens.js";
 import { SYNTHETIC_DEFAULTS } from "../data/synthetic/world.js";
-import { OPENAI_DEFAULTS } from "../llm/backends/openai-defaults.js";
+import { DRIFT_DEFAULTS } from "../mining/drift.js";
+import { GGUF_DEFAULTS, LLM_SERVE_DEFAULTS, OPENAI_DEFAULTS } from "../llm/backends/backend-defaults.js";
+import { TRAIN_DEFAULTS } from "../llm/contracts.js";
 import { REFERENCE_SHAPE } from "../llm/engine/model-file.js";
+import { TABLE_DEFAULTS } from "../tables/contract.js";
 import { EXPERIMENT_DEFAULTS, SERVE_DEFAULTS } from "../serving/defaults.js";
 import { CURATION_DEFAULTS } from "../update/curation.js";
 import { FUSION_DEFAULTS } from "../update/fusion.js";
@@ -35,15 +40,15 @@ export const configSchema = z
           .number()
           .min(0)
           .max(1)
-          .default(0.01)
+          .default(INGEST_DEFAULTS.badRowThreshold)
           .describe("Largest share of bad rows a file may have; above it the ingest fails with exit code 2 and writes nothing."),
-        reportedBadRows: positiveInt().default(20).describe("How many bad rows are listed (file, line, field) in an ingest report."),
+        reportedBadRows: positiveInt().default(INGEST_DEFAULTS.reportedBadRows).describe("How many bad rows are listed (file, line, field) in an ingest report."),
       })
       .strict()
       .prefault({}),
     movielens: z
       .object({
-        positiveRating: z.number().min(0).max(5).default(4).describe("A rating at or above this is positive engagement."),
+        positiveRating: z.number().min(0).max(5).default(MOVIELENS_DEFAULTS.positiveRating).describe("A rating at or above this is positive engagement."),
         minClusterItems: z
           .number()
           .int()
@@ -58,9 +63,9 @@ export const configSchema = z
       .prefault({}),
     drift: z
       .object({
-        topK: positiveInt().default(5).describe("How many top successors of a pair are compared month over month (the paper: 5)."),
+        topK: positiveInt().default(DRIFT_DEFAULTS.topK).describe("How many top successors of a pair are compared month over month (the paper: 5)."),
         minSupport: positiveInt()
-          .default(10)
+          .default(DRIFT_DEFAULTS.minSupport)
           .describe("Transitions (distinct users per triple) a pair needs in a month for its top successors to be compared."),
       })
       .strict()
@@ -133,7 +138,7 @@ export const configSchema = z
           .describe("Share of a fine-tune's training set drawn from the transitions before its window (rehearsal, in proportion to their distinct users), so the model keeps what it learnt there; 0 trains on the window only, which on sparse logs unlearns the rest (README, fine-tuning)."),
         rehearsalDays: positiveInt().default(CURATION_DEFAULTS.rehearsalDays).describe("Days before the fine-tuning window that rehearsal samples come from."),
         contextPeriod: z.enum(["previous", "same"]).default("previous").describe("Week a sample's context comes from: previous (as a refresh served it) or same (its own week without its own user; an experiment to teach the model to follow contexts that contradict what it learnt)."),
-        epochs: positiveInt().default(4).describe("Training epochs of a fine-tune (the best validation epoch is kept; early stop on no improvement)."),
+        epochs: positiveInt().default(TRAIN_DEFAULTS.epochs).describe("Training epochs of a fine-tune (the best validation epoch is kept; early stop on no improvement)."),
         learningRate: z.number().positive().nullable().default(null).describe("Peak AdamW learning rate of a fine-tune. null = the trainer's default."),
         keepCheckpoints: z.boolean().default(false).describe("Keep a fine-tune's per-epoch checkpoints (<model>.checkpoints/) after it ends; by default they are removed (nothing resumes from them)."),
         minExactMatchRate: z.number().min(0).max(1).default(GATE_DEFAULTS.minExactMatchRate).describe("Gate: share of generated answers that exactly name a cluster."),
@@ -161,7 +166,7 @@ export const configSchema = z
       .object({
         windowDays: positiveInt().default(90).describe("Days of events before the as-of time the base model is trained on."),
         heldOutDays: positiveInt().default(14).describe("The most recent of those days, held out to compare the model's top-1 with the most-popular-next baseline."),
-        epochs: positiveInt().default(4).describe("Training epochs of the base model (4 scored best on held-out data: 11.8% top-1 vs 10.3% at 8)."),
+        epochs: positiveInt().default(TRAIN_DEFAULTS.epochs).describe("Training epochs of the base model (4 scored best on held-out data: 11.8% top-1 vs 10.3% at 8)."),
         maxSamples: positiveInt().default(60000).describe("Most recent transitions used for pretraining at most."),
         contextShare: z.number().min(0).max(1).default(0.5).describe("Share of transitions that carry the RAG context a refresh would have retrieved just before them, so the base model already reads contexts."),
         keepCheckpoints: z.boolean().default(false).describe("Keep the base model's per-epoch checkpoints (models/<version>/checkpoints/) after it is trained; by default they are removed."),
@@ -181,7 +186,7 @@ export const configSchema = z
               .array(z.object({ path: z.string().min(1), scale: z.number().positive().default(1) }).strict())
               .default([])
               .describe("LoRA adapter GGUF files applied on top of the model (a fine-tune delivered as an adapter), with their scale."),
-            contextSize: positiveInt().default(1024).describe("Context length of the gguf backend's llama.cpp context, in tokens (prompt plus answer)."),
+            contextSize: positiveInt().default(GGUF_DEFAULTS.contextSize).describe("Context length of the gguf backend's llama.cpp context, in tokens (prompt plus answer)."),
           })
           .strict()
           .prefault({}),
@@ -250,8 +255,8 @@ export const configSchema = z
           .prefault({}),
         serve: z
           .object({
-            port: z.number().int().min(0).max(65535).default(8081).describe("TCP port of `freshrec llm serve` (0 = any free port)."),
-            host: z.string().min(1).default("127.0.0.1").describe("Interface of `freshrec llm serve`; 0.0.0.0 exposes the model beyond this machine."),
+            port: z.number().int().min(0).max(65535).default(LLM_SERVE_DEFAULTS.port).describe("TCP port of `freshrec llm serve` (0 = any free port)."),
+            host: z.string().min(1).default(LLM_SERVE_DEFAULTS.host).describe("Interface of `freshrec llm serve`; 0.0.0.0 exposes the model beyond this machine."),
           })
           .strict()
           .prefault({}),
@@ -260,8 +265,8 @@ export const configSchema = z
       .prefault({}),
     tables: z
       .object({
-        topN: positiveInt().max(50).default(10).describe("Ranked novel clusters kept per pair."),
-        keep: positiveInt().default(20).describe("Table versions kept; older ones are garbage-collected (never the live one or its rollback target)."),
+        topN: positiveInt().max(50).default(TABLE_DEFAULTS.topN).describe("Ranked novel clusters kept per pair."),
+        keep: positiveInt().default(TABLE_DEFAULTS.keep).describe("Table versions kept; older ones are garbage-collected (never the live one or its rollback target)."),
       })
       .strict()
       .prefault({}),

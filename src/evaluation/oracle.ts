@@ -17,7 +17,7 @@
 import { BadInputError } from "../domain/errors.js";
 import type { SyntheticWorld } from "../data/synthetic/index.js";
 import type { TableStore } from "../tables/index.js";
-import type { TableBuildRow } from "../tables/contract.js";
+import { TABLE_DEFAULTS, type TableBuildRow } from "../tables/contract.js";
 import type { JobRun } from "../update/schedule/index.js";
 
 export interface OracleOptions {
@@ -81,7 +81,7 @@ export function oracleRefreshJob(world: SyntheticWorld, options: OracleOptions):
       const seconds = Number(process.hrtime.bigint() - started) / 1e9;
       const table = builder.finish({ pairs: rows.length, rescored: 0, copied: 0, seconds });
       options.tables.publish(table.version, { actor: "oracle", reason: `the true kernel of ${monthLabel(world, month)}` });
-      options.tables.gc(options.keep ?? 20);
+      options.tables.gc(options.keep ?? TABLE_DEFAULTS.keep);
       return {
         status: "succeeded",
         cost: { promptsScored: 0 },

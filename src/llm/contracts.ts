@@ -142,6 +142,9 @@ export interface EpochReport {
   readonly checkpoint: string | null;
 }
 
+/** Defaults of TrainOptions; the config's finetune.epochs and pretrain.epochs come from here. */
+export const TRAIN_DEFAULTS = { epochs: 4 } as const;
+
 export interface TrainOptions {
   /**
    * Continue training this model file (fine-tuning); absent starts from the trainer's fresh initialisation.

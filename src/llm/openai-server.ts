@@ -50,6 +50,7 @@ import Fastify, { type FastifyInstance, type FastifyReply } from "fastify";
 import { z } from "zod";
 import { DAY_MS, SystemClock, type Clock } from "../domain/clock.js";
 import { FreshrecError, HTTP_STATUS_OF_CODE } from "../domain/errors.js";
+import { LLM_SERVE_DEFAULTS } from "./backends/backend-defaults.js";
 import { seededRandom } from "../domain/random.js";
 import type { TrainingSample } from "./contracts.js";
 import { loadLlamaApi } from "./engine/llama-api.js";
@@ -755,10 +756,10 @@ export async function startLlmServer(options: LlmServerOptions): Promise<Running
     return jobObject(j);
   });
 
-  await app.listen({ host: options.host ?? "127.0.0.1", port: options.port ?? 8081 });
+  await app.listen({ host: options.host ?? LLM_SERVE_DEFAULTS.host, port: options.port ?? LLM_SERVE_DEFAULTS.port });
   const address = app.server.address();
-  const port = typeof address === "object" && address ? address.port : (options.port ?? 8081);
-  const host = options.host ?? "127.0.0.1";
+  const port = typeof address === "object" && address ? address.port : (options.port ?? LLM_SERVE_DEFAULTS.port);
+  const host = options.host ?? LLM_SERVE_DEFAULTS.host;
   const url = `http://${host.includes(":") ? `[${host}]` : host === "0.0.0.0" ? "127.0.0.1" : host}:${port}`;
   app.log.info({ url, model: baseId, clusters: baseInfo.clusters.length }, "freshrec llm server listening");
 

@@ -12,7 +12,7 @@ import type { Clock } from "../domain/clock.js";
 import { FreshrecError } from "../domain/errors.js";
 import type { Cluster, Item, TimeWindow, Transition } from "../domain/types.js";
 import type { CatalogLine, LanguageModel, TrainResult, TrainingEvent } from "./contracts.js";
-import { sampleOf } from "./contracts.js";
+import { TRAIN_DEFAULTS, sampleOf } from "./contracts.js";
 import { EmbeddedLanguageModel } from "./backends/embedded.js";
 import { type ModelShape, readModelFile } from "./engine/model-file.js";
 import { EmbeddedTrainer } from "./engine/trainer.js";
@@ -140,7 +140,7 @@ export async function pretrainBaseModel(options: PretrainOptions): Promise<Pretr
         outputPath: modelPath,
         checkpointDir: join(dir, "checkpoints"),
         catalog,
-        epochs: options.epochs ?? 4,
+        epochs: options.epochs ?? TRAIN_DEFAULTS.epochs,
         keepCheckpoints: options.keepCheckpoints ?? false,
         learningRate: options.learningRate,
         signal: options.signal,

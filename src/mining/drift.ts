@@ -11,6 +11,9 @@ import type { TimeWindow } from "../domain/types.js";
 import { countTransitionsByMonth, type MiningOptions } from "./transitions.js";
 import { jaccard, successorLists } from "./successors.js";
 
+/** Defaults of DriftOptions; the config's drift.* defaults come from here. */
+export const DRIFT_DEFAULTS = { topK: 5, minSupport: 10 } as const;
+
 export interface DriftOptions extends MiningOptions {
   /** @defaultValue 5 */
   readonly topK?: number;
@@ -46,8 +49,8 @@ export function driftFromMonthlyCounts(
   byMonth: Map<string, import("../domain/types.js").TransitionCount[]>,
   options: Pick<DriftOptions, "topK" | "minSupport"> = {},
 ): DriftResult {
-  const topK = options.topK ?? 5;
-  const minSupport = options.minSupport ?? 10;
+  const topK = options.topK ?? DRIFT_DEFAULTS.topK;
+  const minSupport = options.minSupport ?? DRIFT_DEFAULTS.minSupport;
   const months = [...byMonth.keys()].sort();
   const lists = new Map(months.map((m) => [m, successorLists(byMonth.get(m)!, { topK, minSupport })]));
   const all: number[] = [];

@@ -27,6 +27,9 @@ import type { History, ScoredCluster, TableRow } from "../domain/types.js";
  * - `retired`: was live once; can be published again (rollback does exactly that).
  * - `failed`: a build that was abandoned (`fail`, or a crash found by `recoverStale`); never servable.
  */
+/** Ranked clusters kept per pair, and table versions kept by garbage collection; the config's tables.* defaults come from here. */
+export const TABLE_DEFAULTS = { topN: 10, keep: 20 } as const;
+
 export type TableStatus = "building" | "ready" | "live" | "retired" | "failed";
 
 /** What made a table: recorded when its build begins, never changed afterwards. */

@@ -20,6 +20,7 @@ import { SILENT_PROGRESS, type ProgressSink } from "../domain/types.js";
 import type { CostEstimate } from "../llm/contracts.js";
 import type { PromptInput } from "../llm/prompt.js";
 import type { TableBuildRow, TableInfo, TableStore } from "../tables/index.js";
+import { TABLE_DEFAULTS } from "../tables/contract.js";
 import { contextFor, contextKey, type RagSnapshot } from "./rag.js";
 
 /** Scores prompts over the cluster vocabulary: the part of a language model (or baseline) a table build needs. */
@@ -115,7 +116,7 @@ export function planTable(options: Pick<BuildTableOptions, "store" | "clusters" 
 
 export async function buildTable(options: BuildTableOptions): Promise<BuildTableResult> {
   const started = process.hrtime.bigint();
-  const topN = options.topN ?? 10;
+  const topN = options.topN ?? TABLE_DEFAULTS.topN;
   const batchSize = options.batchSize ?? options.scorer.promptsPerCall ?? 1024;
   const progress = options.progress ?? SILENT_PROGRESS;
   const rag = options.rag ?? null;

@@ -10,6 +10,7 @@ import type { EventStore } from "../data/event-store.js";
 import { FreshrecError } from "../domain/errors.js";
 import type { ProgressSink } from "../domain/types.js";
 import type { TableStore } from "../tables/index.js";
+import { TABLE_DEFAULTS } from "../tables/contract.js";
 import type { CostEstimate } from "../llm/contracts.js";
 import { buildTable, planTable, type BuildTableResult, type PromptScorer } from "./generate.js";
 import { EvidenceLog } from "../mining/evidence.js";
@@ -156,7 +157,7 @@ export async function runRefresh(asOf: number, options: RefreshOptions): Promise
   const publish = options.publish ?? true;
   if (publish) {
     options.tables.publish(built.table.version, { actor: "refresh", reason: `refresh as of ${new Date(asOf).toISOString()}` });
-    options.tables.gc(options.keep ?? 20);
+    options.tables.gc(options.keep ?? TABLE_DEFAULTS.keep);
   }
   return {
     tableVersion: built.table.version,
@@ -245,7 +246,7 @@ async function runFusionRefresh(asOf: number, options: RefreshOptions): Promise<
   const publish = options.publish ?? true;
   if (publish) {
     options.tables.publish(built.table.version, { actor: "refresh", reason: `fusion refresh as of ${new Date(asOf).toISOString()}` });
-    options.tables.gc(options.keep ?? 20);
+    options.tables.gc(options.keep ?? TABLE_DEFAULTS.keep);
   }
   return {
     tableVersion: built.table.version,

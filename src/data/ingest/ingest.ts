@@ -13,6 +13,9 @@ import type { EventStore } from "../event-store.js";
 import { EventColumnsBuilder, parseClusters, parseEvents, parseItems, type ParsedFile } from "./catalog-rows.js";
 import { readRecords, type RecordFile } from "./records.js";
 
+/** Defaults of IngestOptions; the config's data.* defaults come from here. */
+export const INGEST_DEFAULTS = { badRowThreshold: 0.01, reportedBadRows: 20 } as const;
+
 export interface IngestOptions {
   /** @defaultValue 0.01 */
   readonly badRowThreshold?: number;
@@ -104,8 +107,8 @@ export async function commitIngest(
   },
   options: IngestOptions = {},
 ): Promise<IngestReport> {
-  const threshold = options.badRowThreshold ?? 0.01;
-  const reported = options.reportedBadRows ?? 20;
+  const threshold = options.badRowThreshold ?? INGEST_DEFAULTS.badRowThreshold;
+  const reported = options.reportedBadRows ?? INGEST_DEFAULTS.reportedBadRows;
   const allProblems = input.parsed.flatMap((p) => p.problems);
   const failing = input.parsed.filter((p) => p.rows > 0 && p.problems.length / p.rows > threshold);
   if (failing.length) {

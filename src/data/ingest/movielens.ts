@@ -22,6 +22,9 @@ import { EventColumnsBuilder, parseEvents, type ParsedFile } from "./catalog-row
 import { commitIngest, type IngestOptions, type IngestReport } from "./ingest.js";
 import { readRecords } from "./records.js";
 
+/** Defaults of MovieLensOptions; the config's movielens.* defaults come from here. */
+export const MOVIELENS_DEFAULTS = { positiveRating: 4 } as const;
+
 export interface MovieLensOptions extends IngestOptions {
   /** @defaultValue 4 */
   readonly positiveRating?: number;
@@ -178,7 +181,7 @@ export async function ingestMovieLens(store: EventStore, dir: string, options: M
   );
   const events = new EventColumnsBuilder();
   const eventFile = parseEvents(ratingsPath, records, new Set(items.map((i) => i.id)), events);
-  const positiveRating = options.positiveRating ?? 4;
+  const positiveRating = options.positiveRating ?? MOVIELENS_DEFAULTS.positiveRating;
   const report = await commitIngest(
     store,
     {

@@ -30,6 +30,7 @@
 import { existsSync } from "node:fs";
 import { getLlama, LlamaCompletion, LlamaLogLevel, type Llama, type LlamaContext, type LlamaContextSequence, type LlamaGrammar, type LlamaModel, type Token } from "node-llama-cpp";
 import { FreshrecError } from "../../domain/errors.js";
+import { GGUF_DEFAULTS } from "./backend-defaults.js";
 import type { Cluster, ScoredCluster } from "../../domain/types.js";
 import type { GeneratedAnswer, LanguageModel, LanguageModelInfo, PromptInput, ScoreOptions } from "../contracts.js";
 import { PROMPT_TEMPLATE_HASH, renderPrompt } from "../prompt.js";
@@ -121,7 +122,7 @@ export class GgufLanguageModel implements LanguageModel {
     try {
       const adapters = options.loraAdapters ?? [];
       const context = await model.createContext({
-        contextSize: options.contextSize ?? 1024,
+        contextSize: options.contextSize ?? GGUF_DEFAULTS.contextSize,
         sequences: 1,
         threads: 1,
         ...(adapters.length > 0 ? { lora: { adapters: adapters.map((a) => ({ filePath: a.path, scale: a.scale ?? 1 })) } } : {}),

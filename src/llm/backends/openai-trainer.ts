@@ -19,7 +19,7 @@ import { dirname } from "node:path";
 import { toFile } from "openai";
 import type OpenAI from "openai";
 import { FreshrecError } from "../../domain/errors.js";
-import { OPENAI_DEFAULTS } from "./openai-defaults.js";
+import { OPENAI_DEFAULTS } from "./backend-defaults.js";
 import type { Cluster } from "../../domain/types.js";
 import type { TrainOptions, TrainResult, Trainer, TrainingSample } from "../contracts.js";
 import { type AnswerMode, type OpenAiConnectionOptions, abortableSleep, answerContent, chatMessages, hostedModelName, openAiClient, remoteError, writeHostedModelFile } from "./openai.js";

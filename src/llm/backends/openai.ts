@@ -68,7 +68,7 @@ import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import OpenAI, { toFile } from "openai";
 import { SystemClock, type Clock } from "../../domain/clock.js";
 import { FreshrecError } from "../../domain/errors.js";
-import { OPENAI_DEFAULTS } from "./openai-defaults.js";
+import { OPENAI_DEFAULTS } from "./backend-defaults.js";
 import type { Cluster, ScoredCluster } from "../../domain/types.js";
 import type { AnswerConstraint, CostEstimate, GeneratedAnswer, LanguageModel, LanguageModelInfo, PromptInput, ScoreOptions } from "../contracts.js";
 

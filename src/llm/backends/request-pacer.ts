@@ -9,7 +9,7 @@
  */
 import type { Clock } from "../../domain/clock.js";
 import { FreshrecError } from "../../domain/errors.js";
-import { OPENAI_DEFAULTS } from "./openai-defaults.js";
+import { OPENAI_DEFAULTS } from "./backend-defaults.js";
 
 export interface RequestPacerOptions {
   /** @defaultValue 4 */

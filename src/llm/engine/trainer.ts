@@ -29,7 +29,7 @@ import { fileURLToPath } from "node:url";
 import { FreshrecError } from "../../domain/errors.js";
 import { seededRandom, shuffleInPlace } from "../../domain/random.js";
 import type { Cluster } from "../../domain/types.js";
-import type { CatalogLine, EpochReport, TrainOptions, TrainResult, Trainer, TrainingSample } from "../contracts.js";
+import { type CatalogLine, type EpochReport, TRAIN_DEFAULTS, type TrainOptions, type TrainResult, type Trainer, type TrainingSample } from "../contracts.js";
 import { renderPrompt } from "../prompt.js";
 import { assertPinnedEngine } from "./llama-api.js";
 import { type ModelShape, REFERENCE_SHAPE, createModelFile, readModelFile } from "./model-file.js";
@@ -154,7 +154,7 @@ export class EmbeddedTrainer implements Trainer {
     // lines are cut to it (at least 16 tokens, so short prompts do not cut every title to a word or two).
     const rowTokens = sampleSequences.reduce((m, s) => Math.max(m, s.length), 16);
     const sequences = [...sampleSequences, ...(options.catalog ?? []).map((l) => catalogTokens(vocab, l, rowTokens))];
-    const epochs = options.epochs ?? 4;
+    const epochs = options.epochs ?? TRAIN_DEFAULTS.epochs;
     const job: TrainJob = {
       modelPath: startPath,
       outputPath: options.outputPath,

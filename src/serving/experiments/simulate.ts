@@ -40,6 +40,7 @@ import { EventStore, eventBatchFromEvents } from "../../data/event-store.js";
 import { SyntheticWorld, type ExplorationPolicy, type Exposure, type SyntheticOptions } from "../../data/synthetic/index.js";
 import { DAY_MS, VirtualClock } from "../../domain/clock.js";
 import { BadInputError } from "../../domain/errors.js";
+import { TABLE_DEFAULTS } from "../../tables/contract.js";
 import { EXPERIMENT_DEFAULTS, SERVE_DEFAULTS } from "../defaults.js";
 import type { EngagementEvent } from "../../domain/types.js";
 import { SqliteTableStore, TableLookup } from "../../tables/index.js";
@@ -158,7 +159,7 @@ export async function runSimulatedExperiment(options: SimulatedExperimentOptions
     tables = SqliteTableStore.open(join(options.workDir, "tables.sqlite"), clock);
     const clusters = (await store.clusters()).map((c) => c.id);
     const positiveMin = options.positiveMin !== undefined ? options.positiveMin : world.options.positiveThreshold;
-    const topN = options.topN ?? 10;
+    const topN = options.topN ?? TABLE_DEFAULTS.topN;
     // The treatment is the hybrid: with the fusion method (the default) its tables fuse this model's prior, scored
     // once here, with the fresh counts; the control's table is the same model without retrieval.
     let prior: Promise<LlmPrior> | null = null;
