@@ -140,7 +140,7 @@ export const configSchema = z
         contextPeriod: z.enum(["previous", "same"]).default("previous").describe("Week a sample's context comes from: previous (as a refresh served it) or same (its own week without its own user; an experiment to teach the model to follow contexts that contradict what it learnt)."),
         epochs: positiveInt().default(TRAIN_DEFAULTS.epochs).describe("Training epochs of a fine-tune (the best validation epoch is kept; early stop on no improvement)."),
         learningRate: z.number().positive().nullable().default(null).describe("Peak AdamW learning rate of a fine-tune. null = the trainer's default."),
-        keepCheckpoints: z.boolean().default(false).describe("Keep a fine-tune's per-epoch checkpoints (<model>.checkpoints/) after it ends; by default they are removed (nothing resumes from them)."),
+        keepCheckpoints: z.boolean().default(TRAIN_DEFAULTS.keepCheckpoints).describe("Keep a fine-tune's per-epoch checkpoints (<model>.checkpoints/) after it ends; by default they are removed (nothing resumes from them)."),
         minExactMatchRate: z.number().min(0).max(1).default(GATE_DEFAULTS.minExactMatchRate).describe("Gate: share of generated answers that exactly name a cluster."),
         minTestRecall: z.number().min(0).max(1).default(GATE_DEFAULTS.minTestRecall).describe("Gate: share of held-out users whose predicted cluster appears in their later clusters."),
         maxRegression: z
@@ -169,7 +169,7 @@ export const configSchema = z
         epochs: positiveInt().default(TRAIN_DEFAULTS.epochs).describe("Training epochs of the base model (4 scored best on held-out data: 11.8% top-1 vs 10.3% at 8)."),
         maxSamples: positiveInt().default(60000).describe("Most recent transitions used for pretraining at most."),
         contextShare: z.number().min(0).max(1).default(0.5).describe("Share of transitions that carry the RAG context a refresh would have retrieved just before them, so the base model already reads contexts."),
-        keepCheckpoints: z.boolean().default(false).describe("Keep the base model's per-epoch checkpoints (models/<version>/checkpoints/) after it is trained; by default they are removed."),
+        keepCheckpoints: z.boolean().default(TRAIN_DEFAULTS.keepCheckpoints).describe("Keep the base model's per-epoch checkpoints (models/<version>/checkpoints/) after it is trained; by default they are removed."),
       })
       .strict()
       .prefault({}),

@@ -142,8 +142,8 @@ export interface EpochReport {
   readonly checkpoint: string | null;
 }
 
-/** Defaults of TrainOptions; the config's finetune.epochs and pretrain.epochs come from here. */
-export const TRAIN_DEFAULTS = { epochs: 4 } as const;
+/** Defaults of TrainOptions; the config's finetune and pretrain epochs and keepCheckpoints come from here. */
+export const TRAIN_DEFAULTS = { epochs: 4, keepCheckpoints: false } as const;
 
 export interface TrainOptions {
   /**

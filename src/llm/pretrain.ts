@@ -141,7 +141,7 @@ export async function pretrainBaseModel(options: PretrainOptions): Promise<Pretr
         checkpointDir: join(dir, "checkpoints"),
         catalog,
         epochs: options.epochs ?? TRAIN_DEFAULTS.epochs,
-        keepCheckpoints: options.keepCheckpoints ?? false,
+        keepCheckpoints: options.keepCheckpoints ?? TRAIN_DEFAULTS.keepCheckpoints,
         learningRate: options.learningRate,
         signal: options.signal,
         onProgress: options.onProgress,

@@ -117,7 +117,7 @@ export class EmbeddedTrainer implements Trainer {
     const checkpointDir = options.checkpointDir ?? `${options.outputPath}.checkpoints`;
     mkdirSync(checkpointDir, { recursive: true });
     mkdirSync(dirname(options.outputPath), { recursive: true });
-    const keep = options.keepCheckpoints ?? false;
+    const keep = options.keepCheckpoints ?? TRAIN_DEFAULTS.keepCheckpoints;
     try {
       const result = await this.trainInto(samples, options, checkpointDir, started);
       return keep ? result : { ...result, epochs: result.epochs.map((e) => ({ ...e, checkpoint: null })) };
