@@ -74,6 +74,8 @@ async function checkEventStore(file: string): Promise<DoctorCheck> {
   }
 }
 
+// Not openStoreFile (src/data/store-file.ts): a check must neither create nor migrate the file it looks at, and it
+// reports what it finds (quick_check) instead of throwing.
 function checkSqliteFile(file: string): DoctorCheck {
   const name = basename(file);
   // SQLite reads an empty file as a new, empty database (quick_check says ok); freshrec never leaves one.
