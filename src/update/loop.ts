@@ -128,6 +128,8 @@ export interface ServingModel {
   readonly scorer: PromptScorer;
   /** End of the training data of the model (what a table without RAG knows up to). */
   readonly dataAsOf: number;
+  /** End of the model's training data when its window is registered (the prior's known clusters; a fine-tune's start). */
+  readonly dataEnd?: number;
   /** The model's prior over every pair, for fusion refreshes (computed once per version). */
   readonly prior: () => Promise<{ prior: LlmPrior; promptsScored: number }>;
   /** The prior is computed already (in memory or on disk). */
@@ -162,6 +164,7 @@ export class UpdateLoop {
       version,
       scorer: model,
       dataAsOf: live.window?.to ?? live.createdAt,
+      ...(live.window ? { dataEnd: live.window.to } : {}),
       priorReady: this.priors.has(version) || priorFileReady(file, this.options.clusters, topM, live.sha256),
       priorKey: live.sha256,
       prior: async () => {

@@ -35,10 +35,11 @@ export interface RefreshOptions {
     /** Names the prior across stores (the model file's hash): refreshes sharing an evidence cache share its fits. */
     readonly priorKey?: string;
     /**
-     * End of the model's training data: clusters first seen at or after it are outside what its prior knows, and
-     * keep the mass the fresh counts give them. Absent: the prior speaks for every cluster.
+     * End of the model's training data (its registered window): clusters first seen at or after it are outside
+     * what its prior knows, and keep the mass the fresh counts give them. Absent (a model registered without a
+     * window): the prior speaks for every cluster, and the fit's `priorClusters` says so.
      */
-    readonly dataAsOf?: number;
+    readonly dataEnd?: number;
   };
   readonly templateHash: string;
   /** Retrieval options; null builds a table without RAG context (the fine-tuned model alone). */
@@ -188,17 +189,17 @@ async function fuse(asOf: number, options: RefreshOptions, prior: LlmPrior | nul
   const key = `${positiveMin}|${options.clusters.join("\u0001")}`;
   const started = process.hrtime.bigint();
   const log = await cache.log(asOf, (span) => EvidenceLog.load(options.events, span, options.clusters, { positiveMin }), fusionSpanDays(fusionOptions), key);
-  const dataAsOf = options.model.dataAsOf;
-  if (prior && dataAsOf !== undefined) {
+  const dataEnd = options.model.dataEnd;
+  if (prior && dataEnd !== undefined) {
     const first = await cache.firstSeen(options.events, positiveMin, key);
     // Only what happened before the model's data ended (at or before asOf) is read: no later knowledge leaks in.
-    prior = scopePrior(prior, Uint8Array.from(options.clusters, (c) => ((first.get(c) ?? Number.POSITIVE_INFINITY) < Math.min(dataAsOf, asOf) ? 1 : 0)));
+    prior = scopePrior(prior, Uint8Array.from(options.clusters, (c) => ((first.get(c) ?? Number.POSITIVE_INFINITY) < Math.min(dataEnd, asOf) ? 1 : 0)));
   }
   const loaded = process.hrtime.bigint();
   const counting = log.countingSeconds;
   // Version names repeat across a replay's strategies (each has its own registry): the file's hash names the prior,
   // and a prior without one is never shared.
-  const priorKey = prior ? (options.model.priorKey === undefined ? undefined : `${options.model.priorKey}@${dataAsOf ?? ""}`) : "";
+  const priorKey = prior ? (options.model.priorKey === undefined ? undefined : `${options.model.priorKey}@${dataEnd ?? ""}`) : "";
   const windowChoice = priorKey === undefined ? chooseWindow(log, asOf, fusionOptions, prior) : cache.windowChoice(log, asOf, fusionOptions, key, prior, priorKey);
   const fitted = fitFusion({ log, asOf, prior, options: fusionOptions, windowChoice });
   const counted = log.countingSeconds - counting;
