@@ -168,6 +168,7 @@ export function deliveredModel(model: string, llm: FreshrecConfig["llm"]): Train
 
   return {
     modelFileExtension: isFile ? (extname(model) || ".gguf") : ".json",
+    delivers: true,
     train: async (_samples, options) => {
       mkdirSync(dirname(options.outputPath), { recursive: true });
       if (isFile) copyFileSync(model, options.outputPath);

@@ -214,6 +214,11 @@ export interface Trainer {
    * ".json" reference to the model on its server).
    */
   readonly modelFileExtension?: string;
+  /**
+   * The model comes from elsewhere (`finetune --model FILE`): the samples are not trained on, the test slice only
+   * gates it. @defaultValue false
+   */
+  readonly delivers?: boolean;
   /** Trains (or continues training `options.from`) on the samples; rejects with CANCELLED when aborted. */
   train(samples: readonly TrainingSample[], options: TrainOptions): Promise<TrainResult>;
 }

@@ -119,8 +119,10 @@ export async function runFinetune(asOf: number, options: FinetuneOptions): Promi
   const parent = options.registry.live();
   if (options.memo && options.memo.events !== options.events) throw new Error("FinetuneMemo: the memo belongs to another event store");
   // The training part starts where the parent's data ended (within the window): what it has not seen is learnt,
-  // what it has is rehearsed (curation's rehearsalShare), not trained on again as if new.
-  const curation: CurationOptions = { ...options.curation, since: options.curation?.since ?? parent?.dataEnd ?? undefined };
+  // what it has is rehearsed (curation's rehearsalShare), not trained on again as if new. A model delivered from
+  // elsewhere is not trained here: its set is the window as configured, for the test slice that gates it.
+  const since = options.trainer.delivers ? undefined : (parent?.dataEnd ?? undefined);
+  const curation: CurationOptions = { ...options.curation, since: options.curation?.since ?? since };
   const set = await (options.memo ? options.memo.curate(asOf, curation) : curateFineTuningSet(options.events, asOf, curation));
   if (set.train.length === 0 && curation.since !== undefined && curation.since >= set.testWindow.from) {
     throw new FreshrecError(
