@@ -1,6 +1,6 @@
 /**
  * The demo's hybrid loop: a base model trained on everything before the last months of the data, then the real
- * schedule (monthly fine-tunes behind the gates, RAG refresh every 2 days) simulated over those months on a virtual
+ * schedule (monthly fine-tunes behind the gates, a refresh every 2 days) simulated over those months on a virtual
  * clock, publishing into the workspace's table store, with a summary per month scored on the month's real
  * transitions against the table that was live at each moment.
  */
@@ -95,7 +95,11 @@ export async function runDemoLoop(ctx: CommandContext, end: number, months: numb
         ? `fine-tune ${String(tuned.detail?.modelVersion ?? "-")} ${tuned.status === "succeeded" ? "went live" : tuned.status.toUpperCase()} (exact-match ${pct(Number(tuned.detail?.exactMatchRate ?? 0))}, test recall ${pct(Number(tuned.detail?.testRecall ?? 0))})`
         : "no fine-tune (base model)";
       lines.push(
-        `${iso(start).slice(0, 7)}: ${fine}; ${refreshes.length} RAG refreshes, ${pairs ? pct(rescored / pairs) : "-"} of pairs re-scored; served hit@1 ${pct(score.hit1)}, hit@5 ${pct(score.hitK)} on ${score.transitions} transitions`,
+        `${iso(start).slice(0, 7)}: ${fine}; ${
+          ctx.config.rag.method === "fusion"
+            ? `${refreshes.length} fusion refreshes, ${rescored} prompts (the model's prior, once per version)`
+            : `${refreshes.length} RAG refreshes, ${pairs ? pct(rescored / pairs) : "-"} of pairs re-scored`
+        }; served hit@1 ${pct(score.hit1)}, hit@5 ${pct(score.hitK)} on ${score.transitions} transitions`,
       );
       monthly.push({ month: iso(start).slice(0, 7), finetune: tuned ? runRecordView(tuned) : null, refreshes: refreshes.length, rescored, pairs, hit1: score.hit1, hit5: score.hitK, transitions: score.transitions });
     }

@@ -102,7 +102,7 @@ export function registerDemo(program: Command): void {
           let server: Record<string, unknown> | null = null;
           if (loopMonths > 0) {
             if (dataset === "synthetic") {
-              ctx.log(`6/${steps} simulated A/B on the synthetic platform: hybrid (RAG refreshes) vs finetune-monthly, ${abDays} days`);
+              ctx.log(`6/${steps} simulated A/B on the synthetic platform: hybrid (${ctx.config.rag.method} refreshes) vs finetune-monthly, ${abDays} days`);
               const ab = await simulateExperiment(ctx, { days: abDays });
               lines.push(`simulated A/B (${ab.simulated.users} users, ${ab.simulated.days} days):`, ...ab.table.map((l) => `  ${l}`), `  report: ${ab.reports.html}`);
               experiment = { arms: ab.arms, deltas: ab.deltas, reports: ab.reports };
