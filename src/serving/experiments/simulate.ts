@@ -170,6 +170,10 @@ export async function runSimulatedExperiment(options: SimulatedExperimentOptions
         prior ??= computePrior(options.model.scorer, clusters);
         return { prior: await prior, promptsScored: fresh ? clusters.length * (clusters.length - 1) : 0 };
       },
+      // Once scored, the prior is not priced again (a hosted backend's refresh would estimate every pair for nothing).
+      get priorReady() {
+        return prior !== null;
+      },
     };
     const base = { events: store, tables, clusters, model, templateHash: options.templateHash, topN, publish: false, signal: options.signal };
     const rag = { ...options.rag, positiveMin };
