@@ -21,6 +21,10 @@
  * at every refresh on the transitions just before its as-of time T (the fit slice [T - d, T)), with the evidence
  * counted over the window before that slice, so the fit reads nothing at or after T; the window length itself is
  * chosen the same way among `windowsDays`, and the fit slice is as long as it takes to hold `fitMinTransitions`.
+ * With a prior, the slice also never reaches back before the end of its model's training data: a model scores the
+ * transitions it was trained on far better than the ones it will serve, so a slice inside them would weigh a
+ * memorised prior as if it predicted. Until `fitFloor` transitions lie after that end, the prior is not weighed: it
+ * serves with tau = 0 (the counts-backoff posterior) and the fit says so.
  * Without an LLM prior (tau = 0) the same posterior is the `counts-backoff` baseline; a fitted tau that falls
  * towards 0 says the model's prior no longer earns weight against fresh evidence: a drift signal.
  *
@@ -88,7 +92,10 @@ export interface FusionFit {
   readonly params: FusionParams;
   /** "fitted", or "default" with the reason when the slice before the refresh was too small. */
   readonly status: "fitted" | "default";
+  /** Why the fit is not the full one: default strengths, or a prior not weighed yet (module comment). */
   readonly reason: string | null;
+  /** Whether the LLM prior's weight was fitted (false: it serves with tau = 0, see `reason`); null without a prior. Absent in tables written before it existed. */
+  readonly priorWeighed?: boolean | null;
   /** The fit slice and the evidence window it was scored against. */
   readonly slice: TimeWindow;
   readonly fitEvidence: TimeWindow;
@@ -119,12 +126,17 @@ export interface LlmPrior {
    * prior reorders the base measure's mass among these only (module comment). Absent: every cluster.
    */
   readonly known?: Uint8Array;
+  /**
+   * End of the model's training data: the prior is weighed only on transitions at or after it (module comment).
+   * Absent: not known (a model registered without its data window), and the fit slice is not cut.
+   */
+  readonly dataEnd?: number;
 }
 
-/** The prior restricted to the clusters its model knows (see `LlmPrior.known`). */
-export function scopePrior(prior: LlmPrior, known: Uint8Array): LlmPrior {
+/** The prior restricted to the clusters its model knows and weighed only after its data end (see `LlmPrior`). */
+export function scopePrior(prior: LlmPrior, known: Uint8Array, dataEnd: number): LlmPrior {
   if (known.length !== prior.clusters.length) throw new FreshrecError("INTERNAL", `fusion: a known-cluster mask of ${known.length} for ${prior.clusters.length} clusters`);
-  return { ...prior, known };
+  return { ...prior, known, dataEnd };
 }
 
 /** Clusters the prior speaks for. */
@@ -210,13 +222,18 @@ export function fusionSpanDays(options: FusionOptions = {}): number {
   return Math.max(...o.windowsDays) + o.fitMaxDays;
 }
 
-/** The fit slice before `asOf`: the shortest of 1, 2, 4... days (up to fitMaxDays) holding fitMinTransitions. */
-function fitSlice(log: EvidenceLog, asOf: number, o: Required<FusionOptions>): TimeWindow {
+/**
+ * The fit slice before `asOf`: the shortest of 1, 2, 4... days (up to fitMaxDays) holding fitMinTransitions, never
+ * starting before `notBefore` (a prior's data end).
+ */
+function fitSlice(log: EvidenceLog, asOf: number, o: Required<FusionOptions>, notBefore = Number.NEGATIVE_INFINITY): TimeWindow {
+  const earliest = Math.min(notBefore, asOf);
   for (let days = 1; ; days *= 2) {
     const d = Math.min(days, o.fitMaxDays);
-    const slice = { from: asOf - d * DAY_MS, to: asOf };
+    const slice = { from: Math.max(asOf - d * DAY_MS, earliest), to: asOf };
+    if (d >= o.fitMaxDays || slice.from === earliest) return slice;
     // Occurrences bound distinct transitions from above: count only once the cheap bound is met.
-    if (d >= o.fitMaxDays || (log.occurrences(slice) >= o.fitMinTransitions && log.counts(slice).transitions >= o.fitMinTransitions)) return slice;
+    if (log.occurrences(slice) >= o.fitMinTransitions && log.counts(slice).transitions >= o.fitMinTransitions) return slice;
   }
 }
 
@@ -561,19 +578,41 @@ export interface WindowChoice {
   readonly windows: readonly { readonly days: number; readonly perTransition: number }[];
   readonly slice: TimeWindow;
   readonly sliceTransitions: number;
+  /**
+   * Why the prior given is not weighed at this instant (too few transitions after its data end), or null when it
+   * is (or there is none): the choice and the fit are then those of counts alone.
+   */
+  readonly priorNotWeighed: string | null;
+}
+
+/**
+ * The fit slice at `asOf` and the prior it can weigh: with a prior whose data end is known, the slice after that
+ * end if it holds `fitFloor` transitions; otherwise the slice of counts alone, and the reason.
+ */
+function weighableSlice(log: EvidenceLog, asOf: number, o: Required<FusionOptions>, prior: LlmPrior | null) {
+  if (prior && prior.dataEnd !== undefined) {
+    const slice = fitSlice(log, asOf, o, prior.dataEnd);
+    const counts = log.counts(slice);
+    if (counts.transitions >= o.fitFloor) return { slice, counts, prior, priorNotWeighed: null };
+    const since = new Date(Math.min(prior.dataEnd, asOf)).toISOString();
+    const priorNotWeighed = `the prior is not weighed yet: ${counts.transitions} transitions since its model's data ended (${since}), fitFloor ${o.fitFloor}; it serves with weight 0`;
+    const countsSlice = fitSlice(log, asOf, o);
+    return { slice: countsSlice, counts: log.counts(countsSlice), prior: null, priorNotWeighed };
+  }
+  const slice = fitSlice(log, asOf, o);
+  return { slice, counts: log.counts(slice), prior, priorNotWeighed: null };
 }
 
 /**
  * Chooses the evidence window at `asOf`: for each candidate length W, the posterior (with the prior, when there is
- * one: a strong prior wants fresher, shorter windows than counts alone) with evidence [slice.from - W, slice.from)
- * is fitted to the slice; the best per-transition likelihood wins. Candidates are
+ * one and it can be weighed: a strong prior wants fresher, shorter windows than counts alone) with evidence
+ * [slice.from - W, slice.from) is fitted to the slice; the best per-transition likelihood wins. Candidates are
  * tried shortest first, up to the first that covers all the data there is.
  */
-export function chooseWindow(log: EvidenceLog, asOf: number, options: FusionOptions = {}, prior: LlmPrior | null = null): WindowChoice {
+export function chooseWindow(log: EvidenceLog, asOf: number, options: FusionOptions = {}, givenPrior: LlmPrior | null = null): WindowChoice {
   const o = resolveFusionOptions(options);
   if (asOf > log.span.to) throw new FreshrecError("INTERNAL", `fusion: as-of ${new Date(asOf).toISOString()} lies after the evidence log`);
-  const slice = fitSlice(log, asOf, o);
-  const sliceCounts = log.counts(slice);
+  const { slice, counts: sliceCounts, prior, priorNotWeighed } = weighableSlice(log, asOf, o, givenPrior);
   const windows: { days: number; perTransition: number }[] = [];
   const first = log.firstTs ?? asOf;
   for (const days of o.windowsDays) {
@@ -588,7 +627,7 @@ export function chooseWindow(log: EvidenceLog, asOf: number, options: FusionOpti
     if (evidenceWindow.from <= first) break;
   }
   const best = windows.reduce<{ days: number; perTransition: number } | null>((b, w) => (b === null || w.perTransition > b.perTransition ? w : b), null);
-  return { windowDays: best?.days ?? o.windowsDays[o.windowsDays.length - 1], windows, slice, sliceTransitions: sliceCounts.transitions };
+  return { windowDays: best?.days ?? o.windowsDays[o.windowsDays.length - 1], windows, slice, sliceTransitions: sliceCounts.transitions, priorNotWeighed };
 }
 
 /** The fitted posterior at `asOf` and the evidence it serves with ([asOf - W, asOf)). */
@@ -613,19 +652,22 @@ export function fitFusion(input: FitFusionInput): FusionRefresh {
     priorClusters: input.prior ? priorClusters(input.prior) : null,
   };
   if (choice.sliceTransitions < o.fitFloor) {
-    const params = input.prior ? DEFAULT_FUSION_PARAMS : { ...DEFAULT_FUSION_PARAMS, tau: 0 };
+    // A prior that could not be weighed serves with weight 0 here too; one whose data end is unknown, with the default.
+    const params = input.prior && choice.priorNotWeighed === null ? DEFAULT_FUSION_PARAMS : { ...DEFAULT_FUSION_PARAMS, tau: 0 };
     const reason = `only ${choice.sliceTransitions} transitions in ${days(choice.slice)} days before the refresh (fitFloor ${o.fitFloor}): default strengths`;
     return {
       params,
       evidence,
-      fit: { ...base, params, status: "default", reason, logLikelihood: Number.NaN, perTransition: Number.NaN, countsOnlyPerTransition: null },
+      fit: { ...base, params, status: "default", reason, priorWeighed: input.prior ? false : null, logLikelihood: Number.NaN, perTransition: Number.NaN, countsOnlyPerTransition: null },
     };
   }
-  const likelihood = new SliceLikelihood(input.log.counts(choice.slice), input.log.counts(fitEvidence), input.prior);
+  // A prior that cannot be weighed yet is fitted as absent (tau = 0): the counts-backoff posterior serves.
+  const prior = choice.priorNotWeighed === null ? input.prior : null;
+  const likelihood = new SliceLikelihood(input.log.counts(choice.slice), input.log.counts(fitEvidence), prior);
   const countsOnly = maximise(likelihood, false, DEFAULT_FUSION_PARAMS);
-  const fitted = input.prior ? maximise(likelihood, true, { ...countsOnly.params, tau: 0.5 }) : countsOnly;
+  const fitted = prior ? maximise(likelihood, true, { ...countsOnly.params, tau: 0.5 }) : countsOnly;
   // The prior is nested (tau = 0 is the counts-only model), so a fit with it never reports less than without it.
-  const chosen = input.prior && fitted.ll < countsOnly.ll ? countsOnly : fitted;
+  const chosen = prior && fitted.ll < countsOnly.ll ? countsOnly : fitted;
   return {
     params: chosen.params,
     evidence,
@@ -633,10 +675,11 @@ export function fitFusion(input: FitFusionInput): FusionRefresh {
       ...base,
       params: chosen.params,
       status: "fitted",
-      reason: null,
+      reason: input.prior ? choice.priorNotWeighed : null,
+      priorWeighed: input.prior ? prior !== null : null,
       logLikelihood: chosen.ll,
       perTransition: chosen.ll / likelihood.transitions,
-      countsOnlyPerTransition: input.prior ? countsOnly.ll / likelihood.transitions : null,
+      countsOnlyPerTransition: prior ? countsOnly.ll / likelihood.transitions : null,
     },
   };
 }

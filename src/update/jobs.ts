@@ -41,7 +41,8 @@ export function refreshJob(
               evidenceWindowDays: fit.windowDays,
               evidenceTransitions: result.transitionsInWindow,
               fit: fit.status,
-              priorWeight: model.prior ? fit.params.tau : null,
+              // null while the prior is not weighed yet (the fit's reason says why): it serves with weight 0, unmeasured.
+              priorWeight: model.prior && fit.priorWeighed !== false ? fit.params.tau : null,
               priorClusters: fit.priorClusters,
               alpha: fit.params.alpha,
               // Nats per transition the LLM prior adds to the fit slice's likelihood over the counts alone.

@@ -193,7 +193,7 @@ async function fuse(asOf: number, options: RefreshOptions, prior: LlmPrior | nul
   if (prior && dataEnd !== undefined) {
     const first = await cache.firstSeen(options.events, positiveMin, key);
     // Only what happened before the model's data ended (at or before asOf) is read: no later knowledge leaks in.
-    prior = scopePrior(prior, Uint8Array.from(options.clusters, (c) => ((first.get(c) ?? Number.POSITIVE_INFINITY) < Math.min(dataEnd, asOf) ? 1 : 0)));
+    prior = scopePrior(prior, Uint8Array.from(options.clusters, (c) => ((first.get(c) ?? Number.POSITIVE_INFINITY) < Math.min(dataEnd, asOf) ? 1 : 0)), dataEnd);
   }
   const loaded = process.hrtime.bigint();
   const counting = log.countingSeconds;

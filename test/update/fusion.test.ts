@@ -48,6 +48,8 @@ function columns(rows: readonly Row[]): TransitionColumns {
 }
 
 const span = { from: T - 600 * DAY_MS, to: T };
+/** A model's data end before every transition of these tests: its prior is weighed on all of them. */
+const BEFORE_THE_DATA = span.from;
 const logOf = (rows: readonly Row[]) => EvidenceLog.fromColumns(columns(rows), span, CLUSTERS);
 
 /** `n` distinct users making (c1, c2) -> next a day before T. */
@@ -131,7 +133,7 @@ describe("clusters the model does not know", () => {
 
   it("keep the mass the counts give them: the prior reorders only the clusters it knows", async () => {
     const [vetoed] = await new FusionScorer(evidence, prior, params).score([pair], K);
-    const [scoped] = await new FusionScorer(evidence, scopePrior(prior, known), params).score([pair], K);
+    const [scoped] = await new FusionScorer(evidence, scopePrior(prior, known, BEFORE_THE_DATA), params).score([pair], K);
     const [counts] = await new FusionScorer(evidence, null, { ...params, tau: 0 }).score([pair], K);
     const score = (answers: { cluster: string; score: number }[], c: string) => answers.find((a) => a.cluster === c)!.score;
     // Over every cluster, the prior's floor for h vetoes what b's successors say.
@@ -143,7 +145,7 @@ describe("clusters the model does not know", () => {
     expect(knownOrder[0].cluster).toBe("f");
     expect(scoped.reduce((s, a) => s + a.score, 0)).toBeCloseTo(1, 9);
     // The row says the model has no opinion on h.
-    const scorer = new FusionScorer(evidence, scopePrior(prior, known), params);
+    const scorer = new FusionScorer(evidence, scopePrior(prior, known, BEFORE_THE_DATA), params);
     await scorer.score([pair], K);
     const e = scorer.explain(pair, K);
     expect(e.answers.find((a) => a.cluster === "h")!.llmPrior).toBeNull();
@@ -152,7 +154,7 @@ describe("clusters the model does not know", () => {
 
   it("with every cluster known, scoping changes nothing", async () => {
     const [all] = await new FusionScorer(evidence, prior, params).score([pair], K);
-    const [scoped] = await new FusionScorer(evidence, scopePrior(prior, new Uint8Array(K).fill(1)), params).score([pair], K);
+    const [scoped] = await new FusionScorer(evidence, scopePrior(prior, new Uint8Array(K).fill(1), BEFORE_THE_DATA), params).score([pair], K);
     scoped.forEach((a, k) => {
       expect(a.cluster).toBe(all[k].cluster);
       expect(a.score).toBeCloseTo(all[k].score, 12);
@@ -224,7 +226,7 @@ describe("fusion fit", () => {
     const { rows, truth } = world(5);
     const log = logOf(rows);
     const known = Uint8Array.from(CLUSTERS, (c) => (c === "g" ? 0 : 1));
-    for (const prior of [null, priorFavouring(truth, 0.5), scopePrior(priorFavouring(truth, 0.5), known)]) {
+    for (const prior of [null, priorFavouring(truth, 0.5), scopePrior(priorFavouring(truth, 0.5), known, BEFORE_THE_DATA)]) {
       const refresh = fitFusion({ log, asOf: T, prior, options: { fitMinTransitions: 200 } });
       // The table's scorer over the evidence the fit scored the slice against, summed over the slice's transitions.
       const scorer = new FusionScorer(log.counts(refresh.fit.fitEvidence), prior, refresh.params);
@@ -236,6 +238,47 @@ describe("fusion fit", () => {
       }
       expect(refresh.fit.logLikelihood).toBeCloseTo(ll, 6);
     }
+  });
+
+  it("weighs the prior only on transitions after its model's data ended", () => {
+    // Until E every pair mostly went to `before`, since E to `after`; the model was trained up to E and memorised
+    // `before`. A slice reaching back before E (1,000 transitions: about 8 days) would weigh the memory as if it
+    // predicted; the 3 days since E say it does not.
+    const random = seededRandom(3);
+    const E = T - 3 * DAY_MS;
+    const favourite = (c1: number, c2: number, shift: number) => {
+      let n = (c1 * 5 + c2 * 3 + shift) % K;
+      while (n === c1 || n === c2) n = (n + 1) % K;
+      return n;
+    };
+    const rows: Row[] = [];
+    for (let u = 0; u < 30 * 120; u++) {
+      const ts = T - 30 * DAY_MS + Math.floor(random() * 30 * DAY_MS);
+      const c1 = Math.floor(random() * K);
+      const c2 = (c1 + 1 + Math.floor(random() * (K - 1))) % K;
+      let next = random() < 0.6 ? favourite(c1, c2, ts < E ? 0 : 4) : Math.floor(random() * K);
+      while (next === c1 || next === c2) next = (next + 1) % K;
+      rows.push({ user: u, ts, c1: CLUSTERS[c1], c2: CLUSTERS[c2], next: CLUSTERS[next] });
+    }
+    const log = logOf(rows);
+    const options = { fitMinTransitions: 1000 };
+    const memorised = priorFavouring((c1, c2) => favourite(c1, c2, 0), 0.6);
+    const all = new Uint8Array(K).fill(1);
+    const unknownEnd = fitFusion({ log, asOf: T, prior: memorised, options });
+    const trainedToE = fitFusion({ log, asOf: T, prior: scopePrior(memorised, all, E), options });
+    expect(unknownEnd.fit.slice.from).toBeLessThan(E - 2 * DAY_MS);
+    expect(unknownEnd.params.tau).toBeGreaterThan(0.3);
+    expect(trainedToE.fit.slice).toEqual({ from: E, to: T });
+    expect(trainedToE.fit.priorWeighed).toBe(true);
+    expect(trainedToE.params.tau).toBeLessThan(unknownEnd.params.tau / 3);
+    // A model trained up to the refresh itself has nothing to be weighed on: counts alone serve, and the fit says so.
+    const fresh = fitFusion({ log, asOf: T, prior: scopePrior(memorised, all, T), options });
+    const countsAlone = fitFusion({ log, asOf: T, prior: null, options });
+    expect(fresh.fit.priorWeighed).toBe(false);
+    expect(fresh.fit.reason).toMatch(/not weighed yet: 0 transitions since/);
+    expect(fresh.params).toEqual(countsAlone.params);
+    expect(fresh.fit.slice).toEqual(countsAlone.fit.slice);
+    expect(fresh.fit.countsOnlyPerTransition).toBeNull();
   });
 
   it("with too little data before the refresh, says so and serves default strengths", () => {
@@ -285,7 +328,7 @@ describe("a whole fusion table", () => {
   it("holds the posterior of every pair with its explanation, from the fit the code before staging found", async () => {
     const { rows, truth } = world(5);
     const log = logOf(rows);
-    const prior = scopePrior(priorFavouring(truth, 0.5), Uint8Array.from(CLUSTERS, (c) => (c === "g" ? 0 : 1)));
+    const prior = scopePrior(priorFavouring(truth, 0.5), Uint8Array.from(CLUSTERS, (c) => (c === "g" ? 0 : 1)), BEFORE_THE_DATA);
     const refresh = fitFusion({ log, asOf: T, prior, options: { fitMinTransitions: 200 } });
     // The fit of this world and prior as the unstaged likelihood found it (bfc2d33): the same up to rounding.
     const pinned = { alpha: 23.031335412667588, beta: 10000.00000000001, gamma: 0, tau: 1.2736154512635647 };
