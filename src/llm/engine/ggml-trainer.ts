@@ -1,0 +1,187 @@
+/**
+ * Engine v2 (issue 17), under construction: trains a freshrec llama model on a ggml graph built directly
+ * (ggml-graph.ts) with many samples packed per optimizer step, a block-diagonal causal mask, the loss on answer
+ * tokens only, and every weight trained (embeddings, Q, K, V, O, FFN, norms, output) by ggml-opt's AdamW with the
+ * existing learning-rate schedule (rows.ts `learningRateAt`). It reads and writes freshrec model files with the
+ * existing GGUF reader and writer, so what it trains is served unchanged by the llama.cpp scorer.
+ *
+ * NOT the product's trainer yet: `EmbeddedTrainer` (trainer.ts) still trains through `llama_opt_epoch` in a child
+ * process, with the training cache, cancellation, progress, validation and checkpoints. This module runs
+ * synchronously in the calling process (it blocks the event loop for the whole training) and has none of those;
+ * it exists so the proof tests (test/llm/ggml-trainer.test.ts) and `npm run bench -- engine` can measure it against
+ * the old path before it replaces it.
+ *
+ * @example
+ * const model = GgmlModel.load("/ws/models/init.gguf");
+ * const stats = trainGgml(model, sequences, { epochs: 4, learningRate: 1e-3 });
+ * model.save("/ws/models/trained.gguf");
+ * model.free();
+ */
+import { FreshrecError } from "../../domain/errors.js";
+import { seededRandom, shuffleInPlace } from "../../domain/random.js";
+import { type GgufKv, ggufArray, ggufValue, readGgufFile, readTensorF32, writeGguf } from "./gguf.js";
+import { type GgmlLlamaShape, GgmlStep, GgmlWeights, type PackedWindow, llamaTensorDims, llamaTensorNames, packWindows } from "./ggml-graph.js";
+import { allocOptimizerParams } from "./llama-api.js";
+import { learningRateAt } from "./rows.js";
+import { EOS_ID } from "./vocabulary.js";
+
+/** A llama model file's weights in ggml, with the file's metadata kept for saving. */
+export class GgmlModel {
+  private constructor(
+    readonly weights: GgmlWeights,
+    private readonly kvs: readonly GgufKv[],
+  ) {}
+
+  get shape(): GgmlLlamaShape {
+    return this.weights.shape;
+  }
+
+  static load(path: string, threads = 1): GgmlModel {
+    const file = readGgufFile(path);
+    const num = (key: string): number => {
+      const kv = file.kvs.get(key);
+      const v = kv?.type === "array" ? Number(kv.value[0]) : ggufValue(file, key);
+      if (typeof v !== "number") throw new FreshrecError("ENGINE", `${path}: ${key} missing`);
+      return v;
+    };
+    const d = num("llama.embedding_length");
+    const heads = num("llama.attention.head_count");
+    if (num("llama.attention.head_count_kv") !== heads) throw new FreshrecError("ENGINE", `${path}: grouped-query attention is not supported by the ggml trainer`);
+    const tokens = ggufArray(file, "tokenizer.ggml.tokens");
+    const shape: GgmlLlamaShape = {
+      embedding: d,
+      layers: num("llama.block_count"),
+      heads,
+      feedForward: num("llama.feed_forward_length"),
+      vocabulary: tokens?.length ?? num("llama.vocab_size"),
+      contextLength: num("llama.context_length"),
+      rmsEps: (ggufValue(file, "llama.attention.layer_norm_rms_epsilon") as number | undefined) ?? 1e-5,
+      ropeFreqBase: (ggufValue(file, "llama.rope.freq_base") as number | undefined) ?? 10000,
+    };
+    const values = new Map<string, Float32Array>();
+    for (const name of llamaTensorNames(shape.layers)) values.set(name, readTensorF32(file, name));
+    return new GgmlModel(new GgmlWeights(shape, values, threads), file.kvList);
+  }
+
+  /** Writes the current weights with the source file's metadata (the existing GGUF writer). */
+  save(path: string): void {
+    const tensors = llamaTensorNames(this.shape.layers).map((name) => ({
+      name,
+      dims: llamaTensorDims(this.shape, name),
+      data: this.weights.read(name),
+    }));
+    writeGguf(path, { kvs: this.kvs, tensors });
+  }
+
+  free(): void {
+    this.weights.free();
+  }
+}
+
+export interface GgmlTrainOptions {
+  /** @defaultValue 1 */
+  readonly epochs?: number;
+  /** Peak AdamW rate (linear warm-up, cosine decay to 10%: rows.ts `learningRateAt`). @defaultValue 1e-3 */
+  readonly learningRate?: number;
+  /** @defaultValue 0 */
+  readonly weightDecay?: number;
+  /** Tokens per packed window (one optimizer step). @defaultValue 256 */
+  readonly windowTokens?: number;
+  /** Most samples per window (answer rows of the graph). @defaultValue windowTokens / 8 */
+  readonly maxSamples?: number;
+  /** Seed of the per-epoch shuffles. @defaultValue 1 */
+  readonly seed?: number;
+  /** Warm-up steps. @defaultValue 2% of the steps, at most 500 (as the llama_opt_epoch worker) */
+  readonly warmup?: number;
+  /** CPU threads of the graph computation. @defaultValue the model's (1) */
+  readonly threads?: number;
+  /** Called after every optimizer step. */
+  readonly onStep?: (step: { readonly step: number; readonly steps: number; readonly epoch: number; readonly loss: number; readonly learningRate: number }) => void;
+}
+
+export interface GgmlTrainStats {
+  readonly steps: number;
+  /** Real tokens of the samples trained (each sample's prompt and answer, padding excluded), over all epochs. */
+  readonly tokens: number;
+  readonly samples: number;
+  readonly seconds: number;
+  readonly tokensPerSecond: number;
+  /** Mean answer loss of each epoch's steps (before each step's update). */
+  readonly epochLoss: readonly number[];
+  readonly windowTokens: number;
+  readonly maxSamples: number;
+}
+
+/**
+ * Trains `model` in place on token sequences (BOS, prompt tokens, answer token: trainer.ts `sampleTokens`), many
+ * samples per step. Each epoch shuffles the samples (seeded) and packs them in that order.
+ */
+export function trainGgml(model: GgmlModel, sequences: readonly (readonly number[])[], options: GgmlTrainOptions = {}): GgmlTrainStats {
+  if (sequences.length === 0) throw new FreshrecError("BAD_INPUT", "nothing to train on");
+  const epochs = options.epochs ?? 1;
+  const windowTokens = options.windowTokens ?? 256;
+  const maxSamples = options.maxSamples ?? Math.max(1, Math.floor(windowTokens / 8));
+  const peak = options.learningRate ?? 1e-3;
+  const random = seededRandom(options.seed ?? 1);
+  if (options.threads !== undefined) model.weights.setThreads(options.threads);
+
+  const orders: number[][] = [];
+  const windowsPerEpoch: PackedWindow[][] = [];
+  for (let e = 0; e < epochs; e++) {
+    const order = shuffleInPlace(sequences.map((_, i) => i), random);
+    orders.push(order);
+    windowsPerEpoch.push(packWindows(sequences, order, windowTokens, maxSamples, EOS_ID));
+  }
+  const steps = windowsPerEpoch.reduce((a, w) => a + w.length, 0);
+  const warmup = options.warmup ?? Math.min(Math.round(steps * 0.02), 500);
+  const optimizer = allocOptimizerParams();
+  const setRate = (lr: number) =>
+    optimizer.set({ adamw_alpha: lr, adamw_beta1: 0.9, adamw_beta2: 0.999, adamw_eps: 1e-8, adamw_wd: options.weightDecay ?? 0, sgd_alpha: lr, sgd_wd: 0 });
+  setRate(learningRateAt(0, steps, peak, warmup));
+  const step = new GgmlStep(model.weights, { windowTokens, maxSamples, train: true, optimizerParams: optimizer.ptr });
+  let done = 0;
+  let tokens = 0;
+  let samples = 0;
+  const epochLoss: number[] = [];
+  const t0 = process.hrtime.bigint();
+  try {
+    for (let e = 0; e < epochs; e++) {
+      let lossSum = 0;
+      let lossSamples = 0;
+      for (const window of windowsPerEpoch[e]) {
+        const lr = learningRateAt(done, steps, peak, warmup);
+        setRate(lr);
+        const r = step.run(window);
+        lossSum += r.loss * r.samples;
+        lossSamples += r.samples;
+        samples += r.samples;
+        tokens += window.realTokens + r.samples; // + each sample's answer token (predicted, not read)
+        done++;
+        options.onStep?.({ step: done, steps, epoch: e, loss: r.loss, learningRate: lr });
+      }
+      epochLoss.push(lossSum / lossSamples);
+    }
+  } finally {
+    step.free();
+  }
+  const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+  return { steps, tokens, samples, seconds, tokensPerSecond: tokens / seconds, epochLoss, windowTokens, maxSamples };
+}
+
+/** Answer logits of each sequence's prompt (the last token is the answer and is not read), with forward graphs. */
+export function answerLogits(model: GgmlModel, sequences: readonly (readonly number[])[], windowTokens = 256, maxSamples = 32): Float32Array[] {
+  const V = model.shape.vocabulary;
+  const step = new GgmlStep(model.weights, { windowTokens, maxSamples, train: false });
+  const out: Float32Array[] = [];
+  try {
+    const windows = packWindows(sequences, sequences.map((_, i) => i), windowTokens, maxSamples, EOS_ID);
+    for (const w of windows) {
+      step.run(w);
+      const logits = step.logits();
+      for (let s = 0; s < w.answers.length; s++) out.push(logits.slice(s * V, (s + 1) * V));
+    }
+  } finally {
+    step.free();
+  }
+  return out;
+}
