@@ -7,30 +7,11 @@ import { mkdirSync, writeFileSync } from "node:fs";
 import { arch, cpus, platform, totalmem } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
-import { benchSuites, isBenchSuite } from "../src/cli/bench-suites.js";
+import { benchSuites, benchTable, isBenchSuite, type BenchOutcome, type BenchSuiteResult } from "../src/cli/bench-suites.js";
 
-export interface BenchRow {
-  /** What was measured, in words. */
-  readonly metric: string;
-  readonly value: number;
-  readonly unit: string;
-  /** The issue's target, e.g. "<= 5 s"; empty when there is none. */
-  readonly target?: string;
-  readonly met?: boolean;
-}
-
-export interface BenchSuiteResult {
-  /** The keys named by the issue, written to the JSON file. */
-  readonly results: Record<string, number>;
-  readonly rows: readonly BenchRow[];
-}
-
-export interface BenchOutcome extends BenchSuiteResult {
-  readonly suite: string;
-  readonly machine: { readonly cpus: number; readonly cpuModel: string; readonly memoryGiB: number; readonly platform: string; readonly node: string };
-  /** Where the results were written. */
-  readonly file: string;
-}
+// The suites' contract lives in src/cli/bench-suites.ts, where the CLI's `bench` command (built into dist/, which
+// cannot import bench/) reads it too; the suites keep importing it from here.
+export { benchTable, type BenchOutcome, type BenchRow, type BenchSuiteResult } from "../src/cli/bench-suites.js";
 
 const here = dirname(fileURLToPath(import.meta.url));
 
@@ -51,17 +32,6 @@ export async function runBenchSuite(suite: string): Promise<BenchOutcome> {
   const file = join(outDir, `${suite}.json`);
   writeFileSync(file, JSON.stringify({ suite, machine, results: outcome.results }, null, 2) + "\n");
   return { suite, machine, results: outcome.results, rows: outcome.rows, file };
-}
-
-/** The rows as printed: 4 significant digits, targets and whether each was met. */
-export function benchTable(rows: readonly BenchRow[]) {
-  return rows.map((r) => ({
-    metric: r.metric,
-    value: Number(r.value.toPrecision(4)),
-    unit: r.unit,
-    target: r.target ?? "",
-    met: r.met === undefined ? "" : r.met ? "yes" : "NO",
-  }));
 }
 
 async function main(): Promise<void> {
