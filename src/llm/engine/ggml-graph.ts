@@ -240,6 +240,8 @@ export interface GgmlStepOptions {
   readonly train: boolean;
   /** Pointer to a ggml_opt_optimizer_params struct (train only); rewritten by the caller between steps. */
   readonly optimizerParams?: NativePointer;
+  /** ggml-opt's optimizer (SGD lets tests read a step's gradient from the weights' change). @defaultValue "adamw" */
+  readonly optimizer?: "adamw" | "sgd";
 }
 
 export interface StepResult {
@@ -343,7 +345,7 @@ export class GgmlStep {
       params.outputs = this.outputs;
       params.build_type = GGML.BUILD_OPT;
       params.opt_period = 1;
-      params.optimizer = GGML.OPTIMIZER_ADAMW;
+      params.optimizer = options.optimizer === "sgd" ? GGML.OPTIMIZER_SGD : GGML.OPTIMIZER_ADAMW;
       if (!options.optimizerParams) throw new FreshrecError("INTERNAL", "a training step needs optimizer params");
       params.get_opt_pars = this.api.constantOptimizerParams;
       params.get_opt_pars_ud = options.optimizerParams;

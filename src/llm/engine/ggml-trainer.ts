@@ -21,6 +21,7 @@ import { FreshrecError } from "../../domain/errors.js";
 import { seededRandom, shuffleInPlace } from "../../domain/random.js";
 import { type GgufKv, ggufArray, ggufValue, readGgufFile, readTensorF32, writeGguf } from "./gguf.js";
 import { type GgmlLlamaShape, GgmlStep, GgmlWeights, type PackedWindow, llamaTensorDims, llamaTensorNames, packWindows } from "./ggml-graph.js";
+import { GgmlManualStep } from "./ggml-backward.js";
 import { allocOptimizerParams } from "./llama-api.js";
 import { learningRateAt } from "./rows.js";
 import { EOS_ID } from "./vocabulary.js";
@@ -95,6 +96,12 @@ export interface GgmlTrainOptions {
   readonly warmup?: number;
   /** CPU threads of the graph computation. @defaultValue the model's (1) */
   readonly threads?: number;
+  /**
+   * Backward pass: "manual" (ggml-backward.ts: matrix-product gradients as MUL_MATs, checked against autograd) or
+   * "autograd" (ggml_build_backward_expand through ggml-opt, whose OUT_PROD kernels dominate the step).
+   * @defaultValue "manual"
+   */
+  readonly backward?: "manual" | "autograd";
   /** Called after every optimizer step. */
   readonly onStep?: (step: { readonly step: number; readonly steps: number; readonly epoch: number; readonly loss: number; readonly learningRate: number }) => void;
 }
@@ -138,7 +145,11 @@ export function trainGgml(model: GgmlModel, sequences: readonly (readonly number
   const setRate = (lr: number) =>
     optimizer.set({ adamw_alpha: lr, adamw_beta1: 0.9, adamw_beta2: 0.999, adamw_eps: 1e-8, adamw_wd: options.weightDecay ?? 0, sgd_alpha: lr, sgd_wd: 0 });
   setRate(learningRateAt(0, steps, peak, warmup));
-  const step = new GgmlStep(model.weights, { windowTokens, maxSamples, train: true, optimizerParams: optimizer.ptr });
+  const manual = (options.backward ?? "manual") === "manual";
+  const step = manual
+    ? new GgmlManualStep(model.weights, { windowTokens, maxSamples })
+    : new GgmlStep(model.weights, { windowTokens, maxSamples, train: true, optimizerParams: optimizer.ptr });
+  const weightDecay = options.weightDecay ?? 0;
   let done = 0;
   let tokens = 0;
   let samples = 0;
@@ -151,7 +162,7 @@ export function trainGgml(model: GgmlModel, sequences: readonly (readonly number
       for (const window of windowsPerEpoch[e]) {
         const lr = learningRateAt(done, steps, peak, warmup);
         setRate(lr);
-        const r = step.run(window);
+        const r = step instanceof GgmlManualStep ? step.run(window, { learningRate: lr, weightDecay }) : step.run(window);
         lossSum += r.loss * r.samples;
         lossSamples += r.samples;
         samples += r.samples;
