@@ -105,6 +105,12 @@ export interface ServeOptions {
   readonly scheduling?: boolean;
   /** Parse every JSON response with its zod schema before sending (tests). @defaultValue false */
   readonly validateResponses?: boolean;
+  /**
+   * Registers more routes or hooks on the app before it listens (Fastify takes none after): an embedding program's
+   * own routes, or the serve bench's no-op route, measured against exploration on the same server. They get the
+   * API's hooks, error handlers and logging.
+   */
+  readonly extendApp?: (app: FastifyInstance) => void;
 }
 
 /** A running server: where it listens and how to stop it. */
@@ -372,6 +378,7 @@ export async function startServer(input: ServeOptions): Promise<RunningServer> {
       return503OnClosing: true,
     });
     registerRoutes(app, serving);
+    options.extendApp?.(app);
     await app.listen({ host: options.host ?? SERVE_DEFAULTS.host, port: options.port ?? SERVE_DEFAULTS.port });
     const address = app.server.address();
     const port = typeof address === "object" && address ? address.port : (options.port ?? SERVE_DEFAULTS.port);
