@@ -50,9 +50,9 @@ function parseInput<S extends z.ZodType>(schema: S, value: unknown, where: strin
   throw new HttpError("BAD_INPUT", `invalid ${where}: ${issues.map((i) => `${i.field}: ${i.message}`).join("; ")}`, issues);
 }
 
-/** A handler's body already written as JSON (the route checked it when `validateResponses` is on). */
+/** A handler's body already written as JSON, in UTF-8 (the route checked it when `validateResponses` is on). */
 class SerializedJson {
-  constructor(readonly json: string) {}
+  constructor(readonly json: Buffer) {}
 }
 
 type Infer<S> = S extends z.ZodType ? z.infer<S> : undefined;
@@ -105,7 +105,7 @@ export function registerRoutes(app: FastifyInstance, state: ServingState): Route
         const body = (spec.body ? request.body : undefined) as Infer<B>;
         const result = await handler({ params, query, body, request, reply });
         if (result instanceof SerializedJson) {
-          // A string with a JSON content type goes out as it is (Fastify serializes only non-strings).
+          // Bytes with a JSON content type go out as they are (Fastify serializes only objects).
           reply.type("application/json; charset=utf-8");
           return result.json;
         }
@@ -189,11 +189,12 @@ export function registerRoutes(app: FastifyInstance, state: ServingState): Route
       }
       const extras = { model: { live: tables.liveModelVersion }, experiment, requestId: request.id };
       // The body is written from the indexed answer (./exploration-json.ts); the object is built only to check it.
-      const json = ExplorationJsonWriter.of(explorer.answerCatalog).write(answer, extras);
+      const json = ExplorationJsonWriter.of(explorer.answerCatalog).bytes(answer, extras);
       if (validate) {
         const response = explorationResponse(explorer.present(answer), extras);
-        if (json !== JSON.stringify(response)) throw new Error("the exploration JSON writer wrote other JSON than JSON.stringify of the response");
-        explorationResponseSchema.parse(JSON.parse(json));
+        const text = json.toString("utf8");
+        if (text !== JSON.stringify(response)) throw new Error("the exploration JSON writer wrote other JSON than JSON.stringify of the response");
+        explorationResponseSchema.parse(JSON.parse(text));
       }
       return new SerializedJson(json);
     },

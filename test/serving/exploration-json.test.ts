@@ -69,6 +69,22 @@ describe("ExplorationJsonWriter", () => {
     expect(JSON.parse(writer.write(h1, EXTRAS[0])).recommendations.map((r: { cluster: string }) => r.cluster)).toEqual(["C", "D"]);
   });
 
+  it("hands out each body as its own bytes: bodies written later, across slabs and larger than one, never change an earlier one", async () => {
+    const { catalog, explorer } = await explorerOver();
+    const lookup = table("t000006", [["A", "B", [["C", 0.5], ["D", 1 / 3]]]]);
+    const writer = ExplorationJsonWriter.of(catalog);
+    const written: { body: Buffer; expected: string }[] = [];
+    for (let k = 0; k < 3000; k++) {
+      const userId = ["h1", "p0", "q1", "cold"][k % 4];
+      const answer = await explorer.exploreIndexed({ userId, lookup, n: 1 + (k % 4), itemsPerCluster: 1 + (k % 5) });
+      // Every 1000th request id is larger than a slab (256 KiB), with characters of 1 to 4 UTF-8 bytes.
+      const extras = { ...EXTRAS[k % 2], requestId: k % 1000 === 999 ? "é☃😀x".repeat(70_000) : `r-${k}` };
+      written.push({ body: writer.bytes(answer, extras), expected: JSON.stringify(explorationResponse(explorer.present(answer), extras)) });
+    }
+    for (const { body, expected } of written) expect(body.toString("utf8")).toBe(expected);
+    expect(written.reduce((sum, w) => sum + w.body.length, 0)).toBeGreaterThan(4 * 256 * 1024);
+  });
+
   it("writes any item policy's scores and sources as JSON.stringify does (non-finite numbers as null)", async () => {
     const scores = [0.1 + 0.2, 1e21, -0, 5e-324, Number.NaN, Number.POSITIVE_INFINITY, 42];
     const { catalog, explorer } = await explorerOver(() => ({

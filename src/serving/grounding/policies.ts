@@ -53,6 +53,11 @@ export class CoVisitationPolicy implements ItemPolicy {
   readonly name = "co-visitation";
   /** Scratch: per cluster, 1 + the position of its first request in `clusters`, 0 when not requested. */
   private slotOf = new Int32Array(0);
+  /**
+   * Scratch: the candidate lists of one request, reused by the next (emptied first): a request allocates only what
+   * it returns. `ground` runs to completion without yielding, so one request's lists are never another's.
+   */
+  private readonly lists: Candidates[] = [];
 
   constructor(private readonly index: () => GroundingIndex) {}
 
@@ -67,11 +72,15 @@ export class CoVisitationPolicy implements ItemPolicy {
     // candidates (45 on the serve bench's world), so finding one in its cluster's short list reads a line or two,
     // where a score array over the catalog cost a random memory access per candidate. A list that grows past
     // LIST_SCAN_LIMIT (many recent items, serve.recentItems up to 100) gets an index, so the cost stays linear.
-    const candidates: Candidates[] = [];
+    const candidates = this.lists;
     for (let k = 0; k < wanted.length; k++) {
       const c = wanted[k];
       if (c >= 0 && c < clusterCount && slotOf[c] === 0) slotOf[c] = k + 1;
-      candidates.push({ items: [], scores: [], index: null });
+      if (k === candidates.length) candidates.push({ items: [], scores: [], index: null });
+      const list = candidates[k];
+      list.items.length = 0;
+      list.scores.length = 0;
+      list.index = null;
     }
     // One pass over each recent item's neighbour runs (one per cluster) for all requested clusters at once: a run
     // of a cluster not requested is skipped whole. Recent items are visited in order, so every item's score is
