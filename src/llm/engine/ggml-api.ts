@@ -41,6 +41,7 @@ export const GGML_EXPECTED_STRUCT_SIZES = { ggml_init_params: 24, ggml_opt_param
 export const GGML = {
   TYPE_F32: 0,
   TYPE_I32: 26,
+  TYPE_BF16: 30,
   ROPE_TYPE_NORM: 0,
   LOSS_CROSS_ENTROPY: 2,
   BUILD_FORWARD: 10,
@@ -76,6 +77,7 @@ const NAMES = [
   "ggml_reshape_3d",
   "ggml_permute",
   "ggml_cont",
+  "ggml_cast",
   "ggml_cont_2d",
   "ggml_transpose",
   "ggml_rope_ext",
@@ -164,6 +166,7 @@ export function loadGgmlApi(): GgmlApi {
     ggml_reshape_3d: f(base, `${T}ggml_reshape_3d(void *ctx, void *a, int64_t ne0, int64_t ne1, int64_t ne2)`),
     ggml_permute: f(base, `${T}ggml_permute(void *ctx, void *a, int ax0, int ax1, int ax2, int ax3)`),
     ggml_cont: f(base, `${T}ggml_cont(void *ctx, void *a)`),
+    ggml_cast: f(base, `${T}ggml_cast(void *ctx, void *a, int type)`),
     ggml_cont_2d: f(base, `${T}ggml_cont_2d(void *ctx, void *a, int64_t ne0, int64_t ne1)`),
     ggml_transpose: f(base, `${T}ggml_transpose(void *ctx, void *a)`),
     ggml_rope_ext: f(

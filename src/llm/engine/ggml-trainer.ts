@@ -1,9 +1,11 @@
 /**
  * Engine v2 (issue 17), under construction: trains a freshrec llama model on a ggml graph built directly
  * (ggml-graph.ts) with many samples packed per optimizer step, a block-diagonal causal mask, the loss on answer
- * tokens only, and every weight trained (embeddings, Q, K, V, O, FFN, norms, output) by ggml-opt's AdamW with the
- * existing learning-rate schedule (rows.ts `learningRateAt`). It reads and writes freshrec model files with the
- * existing GGUF reader and writer, so what it trains is served unchanged by the llama.cpp scorer.
+ * tokens only, and every weight trained (embeddings, Q, K, V, O, FFN, norms, output) by AdamW (ggml's
+ * `ggml_opt_step_adamw`) with the existing learning-rate schedule (rows.ts `learningRateAt`). The backward pass is
+ * hand-written by default (ggml-backward.ts, its gradients checked against ggml's autograd); `backward: "autograd"`
+ * trains through ggml-opt instead. It reads and writes freshrec model files with the existing GGUF reader and
+ * writer, so what it trains is served unchanged by the llama.cpp scorer.
  *
  * NOT the product's trainer yet: `EmbeddedTrainer` (trainer.ts) still trains through `llama_opt_epoch` in a child
  * process, with the training cache, cancellation, progress, validation and checkpoints. This module runs
@@ -102,6 +104,8 @@ export interface GgmlTrainOptions {
    * @defaultValue "manual"
    */
   readonly backward?: "manual" | "autograd";
+  /** Matrix-product precision of the manual backward pass (ggml-backward.ts `ManualStepOptions.precision`). @defaultValue "f32" */
+  readonly precision?: "f32" | "bf16";
   /** Called after every optimizer step. */
   readonly onStep?: (step: { readonly step: number; readonly steps: number; readonly epoch: number; readonly loss: number; readonly learningRate: number }) => void;
 }
@@ -147,7 +151,7 @@ export function trainGgml(model: GgmlModel, sequences: readonly (readonly number
   setRate(learningRateAt(0, steps, peak, warmup));
   const manual = (options.backward ?? "manual") === "manual";
   const step = manual
-    ? new GgmlManualStep(model.weights, { windowTokens, maxSamples })
+    ? new GgmlManualStep(model.weights, { windowTokens, maxSamples, precision: options.precision })
     : new GgmlStep(model.weights, { windowTokens, maxSamples, train: true, optimizerParams: optimizer.ptr });
   const weightDecay = options.weightDecay ?? 0;
   let done = 0;
