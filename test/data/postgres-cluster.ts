@@ -1,0 +1,112 @@
+/**
+ * A throwaway PostgreSQL server for tests: `initdb` into a temp folder, the server on a free loopback port with its
+ * unix socket in that folder and trust authentication, one fresh database per `createDatabase()`, everything
+ * stopped and removed by `stop()`. The binaries come from Debian's `postgresql` package (`bash scripts/postgres.sh
+ * install` puts them there; .ci/run does). PostgreSQL refuses to run as root, so as root the cluster is owned and
+ * run by the package's `postgres` user through `runuser`.
+ *
+ * @example
+ * const cluster = await startPostgresCluster();
+ * const url = await cluster.createDatabase(); // postgres://postgres@127.0.0.1:PORT/t1
+ * await cluster.stop();
+ */
+import { execFileSync, spawnSync } from "node:child_process";
+import { chmodSync, chownSync, mkdtempSync, rmSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import pg from "pg";
+
+export interface PostgresCluster {
+  /** A URL of the cluster's `postgres` database (for administration). */
+  readonly adminUrl: string;
+  /** Creates an empty database and returns its URL. */
+  createDatabase(): Promise<string>;
+  stop(): Promise<void>;
+}
+
+const SCRIPT = resolve(import.meta.dirname, "../../scripts/postgres.sh");
+
+/** The folder holding initdb and pg_ctl, found the way scripts/postgres.sh finds it. */
+function binDir(): string {
+  const found = spawnSync("bash", [SCRIPT, "bindir"], { encoding: "utf8" });
+  if (found.status !== 0) {
+    throw new Error(`PostgreSQL's server binaries are missing (${found.stderr.trim()}). Install them with: bash scripts/postgres.sh install`);
+  }
+  return found.stdout.trim();
+}
+
+async function freePort(): Promise<number> {
+  return new Promise((done, fail) => {
+    const server = createServer();
+    server.once("error", fail);
+    server.listen(0, "127.0.0.1", () => {
+      const { port } = server.address() as { port: number };
+      server.close(() => done(port));
+    });
+  });
+}
+
+/** Runs a server binary as the user that may run it: `postgres` when we are root, ourselves otherwise. */
+function runAsServerUser(command: string, args: string[]): string {
+  const root = process.getuid?.() === 0;
+  const [file, argv] = root ? ["runuser", ["-u", "postgres", "--", command, ...args]] : [command, args];
+  try {
+    return execFileSync(file, argv, { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
+  } catch (error) {
+    const e = error as { stderr?: string; stdout?: string; message: string };
+    throw new Error(`${command} ${args.join(" ")} failed: ${e.stderr || e.stdout || e.message}`);
+  }
+}
+
+export async function startPostgresCluster(): Promise<PostgresCluster> {
+  const bin = binDir();
+  const root = mkdtempSync(join(tmpdir(), "freshrec-pg-"));
+  const data = join(root, "data");
+  if (process.getuid?.() === 0) {
+    const uid = Number(execFileSync("id", ["-u", "postgres"], { encoding: "utf8" }).trim());
+    const gid = Number(execFileSync("id", ["-g", "postgres"], { encoding: "utf8" }).trim());
+    chownSync(root, uid, gid);
+  }
+  chmodSync(root, 0o700);
+  runAsServerUser(join(bin, "initdb"), ["-D", data, "-U", "postgres", "--auth=trust", "--encoding=UTF8", "--locale=C", "--no-sync"]);
+  let port = 0;
+  let started = false;
+  for (let attempt = 0; attempt < 5 && !started; attempt++) {
+    port = await freePort();
+    const options = `-p ${port} -k ${root} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=50 -c shared_buffers=32MB`;
+    try {
+      runAsServerUser(join(bin, "pg_ctl"), ["-D", data, "-o", options, "-l", join(root, "server.log"), "-w", "-t", "60", "start"]);
+      started = true;
+    } catch (error) {
+      // Another process may have taken the port between the probe and the start: try another one.
+      if (attempt === 4) {
+        rmSync(root, { recursive: true, force: true });
+        throw error;
+      }
+    }
+  }
+  const adminUrl = `postgres://postgres@127.0.0.1:${port}/postgres`;
+  let databases = 0;
+  return {
+    adminUrl,
+    async createDatabase() {
+      const name = `t${++databases}`;
+      const client = new pg.Client({ connectionString: adminUrl });
+      await client.connect();
+      try {
+        await client.query(`CREATE DATABASE ${name}`);
+      } finally {
+        await client.end();
+      }
+      return `postgres://postgres@127.0.0.1:${port}/${name}`;
+    },
+    async stop() {
+      try {
+        runAsServerUser(join(bin, "pg_ctl"), ["-D", data, "-m", "immediate", "-w", "stop"]);
+      } finally {
+        rmSync(root, { recursive: true, force: true });
+      }
+    },
+  };
+}
