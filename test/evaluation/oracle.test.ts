@@ -20,7 +20,7 @@ import { VirtualClock } from "../../src/domain/clock.js";
 import { oracleRefreshJob } from "../../src/evaluation/oracle.js";
 import { EvidenceCache } from "../../src/update/fusion.js";
 import { SnapshotCache } from "../../src/update/rag.js";
-import type { LoopSettings } from "../../src/update/loop.js";
+import { tinyLoopSettings } from "./fixtures.js";
 import { readFileSync, writeFileSync } from "node:fs";
 import { spawnSync } from "node:child_process";
 import { writeReplayReport } from "../../src/evaluation/replay-report.js";
@@ -35,20 +35,12 @@ function freshrec(args: string[]): { status: number; stdout: string; stderr: str
 const from = Date.UTC(2025, 1, 15);
 const to = Date.UTC(2025, 2, 15);
 
-const settings = (positiveMin: number): LoopSettings => ({
-  rag: { windowDays: 7, topN: 1, minSupport: 1, mode: "frequency", globalPairs: 100 },
-  curation: { windowDays: 30, testDays: 7, maxSamples: 300 },
-  gates: { minExactMatchRate: 0.5, minTestRecall: 0 },
-  training: { epochs: 1 },
-  tables: { topN: 5, keep: 100 },
-  positiveMin,
-});
 
 const environment = (events: EventStore, clusters: string[], world: SyntheticWorld | null, reason?: string): StrategyEnvironment => ({
   events,
   window: { from, to },
   clusters,
-  settings: settings(0.5),
+  settings: tinyLoopSettings(0.5),
   // No LLM strategy runs here: nothing ever reads the start model.
   startModel: { path: "", window: null, version: "-" },
   workDir: mkdtempSync(join(tmpdir(), "freshrec-oracle-")),

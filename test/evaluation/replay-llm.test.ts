@@ -16,7 +16,7 @@ import { strategySetups, type StrategyEnvironment, type StrategyName } from "../
 import { pretrainBaseModel } from "../../src/llm/pretrain.js";
 import { timedTransitions } from "../../src/mining/transitions.js";
 import { SqliteTableStore } from "../../src/tables/index.js";
-import type { LoopSettings } from "../../src/update/loop.js";
+import { tinyLoopSettings } from "./fixtures.js";
 import { FinetuneMemo } from "../../src/update/finetune.js";
 import { SnapshotCache } from "../../src/update/rag.js";
 import { EvidenceCache } from "../../src/update/fusion.js";
@@ -55,14 +55,7 @@ describe("replay with LLM strategies", () => {
       shape: TINY,
       epochs: 1,
     });
-    const settings: LoopSettings = {
-      rag: { windowDays: 7, topN: 1, minSupport: 1, mode: "frequency", globalPairs: 100 },
-      curation: { windowDays: 30, testDays: 7, maxSamples: 300 },
-      gates: { minExactMatchRate: 0.5, minTestRecall: 0 },
-      training: { epochs: 1 },
-      tables: { topN: 5, keep: 100 },
-      positiveMin,
-    };
+    const settings = tinyLoopSettings(positiveMin);
     const env = (store: EventStore, name: string): StrategyEnvironment => ({
       events: store,
       window: { from, to },
