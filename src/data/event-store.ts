@@ -6,6 +6,10 @@
  * Appending is idempotent and atomic: an event is identified by (user, item, ts), a re-ingested file adds nothing
  * twice, and one `append` call commits clusters, items and events together or not at all.
  *
+ * The contract both stores keep is `EventStoreContract` below; `EventStore` is its DuckDB adapter (the embedded
+ * workspace) and `PostgresEventStore` (./postgres-event-store.ts) its PostgreSQL one (`store.url`, shared by processes
+ * and hosts). Both run the conformance suite in test/data/event-store-conformance.ts.
+ *
  * @example
  * const store = await EventStore.open(".freshrec/events.duckdb");
  * await store.append({ clusters, items, events: EventColumns.fromEvents(list) });
@@ -14,6 +18,7 @@
 import { mkdirSync } from "node:fs";
 import { dirname } from "node:path";
 import {
+  listValue,
   DuckDBConnection,
   DuckDBDataChunk,
   DuckDBInstance,
@@ -78,6 +83,41 @@ export interface StoreCounts {
   readonly lastTs: number | null;
 }
 
+
+/** A query parameter either store binds: numbers as DOUBLE, bigints as BIGINT, string lists as lists (arrays). */
+export type SqlParam = string | number | bigint | boolean | null | readonly string[];
+
+/** The SQL a store speaks; mining writes one query per dialect where DuckDB and PostgreSQL disagree. */
+export type SqlDialect = "duckdb" | "postgres";
+
+/** A result read by columns (mining reads millions of rows, and building objects row by row costs more than the query). */
+export interface QueryColumns {
+  readonly rowCount: number;
+  /** One array per selected column, in order; empty when there are no rows. */
+  readonly columns: readonly (readonly unknown[])[];
+}
+
+/**
+ * The event store contract: the catalog (clusters, items), users and events in the generic schema, with
+ * idempotent atomic appends and SQL reads. Adapters: `EventStore` (DuckDB) and `PostgresEventStore`. Queries name
+ * parameters as `$name`; results give INTEGER as number, BIGINT as bigint, TIMESTAMP as a UTC Date.
+ */
+export interface EventStoreContract {
+  readonly dialect: SqlDialect;
+  /** Where the store lives, for messages: a file path, or a PostgreSQL URL without its password. */
+  readonly location: string;
+  close(): void | Promise<void>;
+  query<Row = Record<string, unknown>>(sql: string, params?: Readonly<Record<string, SqlParam>>): Promise<Row[]>;
+  queryColumns(sql: string, params?: Readonly<Record<string, SqlParam>>): Promise<QueryColumns>;
+  counts(): Promise<StoreCounts>;
+  clusters(): Promise<Cluster[]>;
+  titledItems(limit: number): Promise<Item[]>;
+  itemClusters(): Promise<Map<string, string>>;
+  getMeta(key: string): Promise<string | null>;
+  append(request: AppendRequest): Promise<AppendResult>;
+  checkIdentity(identity: Readonly<Record<string, string>>): Promise<void>;
+}
+
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS clusters (cluster_key INTEGER PRIMARY KEY, cluster_id VARCHAR NOT NULL UNIQUE, description VARCHAR NOT NULL);
 CREATE TABLE IF NOT EXISTS items (item_key INTEGER PRIMARY KEY, item_id VARCHAR NOT NULL UNIQUE, cluster_key INTEGER NOT NULL, title VARCHAR);
@@ -89,7 +129,9 @@ CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL
 /** Rows per appender chunk: DuckDB's vector size. */
 const CHUNK_ROWS = 2048;
 
-export class EventStore {
+export class EventStore implements EventStoreContract {
+  readonly dialect = "duckdb" as const;
+
   private constructor(
     private readonly instance: DuckDBInstance,
     readonly connection: DuckDBConnection,
@@ -108,6 +150,10 @@ export class EventStore {
     const connection = await instance.connect();
     await connection.run(SCHEMA);
     return new EventStore(instance, connection, path);
+  }
+
+  get location(): string {
+    return this.path;
   }
 
   /**
@@ -144,61 +190,50 @@ export class EventStore {
     this.instance.closeSync();
   }
 
-  /** Runs a query and returns its rows as plain JS objects (BIGINT as bigint, TIMESTAMP as Date). */
-  async query<Row = Record<string, unknown>>(sql: string, params?: Record<string, DuckDBValue>): Promise<Row[]> {
+  /**
+   * Runs a query and returns its rows as plain JS objects (BIGINT as bigint, TIMESTAMP as Date). A JS array
+   * parameter is bound as a DuckDB list.
+   */
+  async query<Row = Record<string, unknown>>(sql: string, params?: Readonly<Record<string, DuckDBValue | SqlParam>>): Promise<Row[]> {
     try {
-      const reader = await this.connection.runAndReadAll(sql, params);
+      const reader = await this.connection.runAndReadAll(sql, duckdbParams(params));
       return reader.getRowObjectsJS() as Row[];
     } catch (error) {
       throw new FreshrecError("INTERNAL", `event store query failed: ${(error as Error).message}\n${sql}`, { cause: error });
     }
   }
 
+  async queryColumns(sql: string, params?: Readonly<Record<string, DuckDBValue | SqlParam>>): Promise<QueryColumns> {
+    try {
+      const reader = await this.connection.runAndReadAll(sql, duckdbParams(params));
+      // An empty result has no column vectors at all.
+      const rowCount = reader.currentRowCount;
+      return { rowCount, columns: rowCount === 0 ? [] : reader.getColumns() };
+    } catch (error) {
+      throw new FreshrecError("INTERNAL", `event store query failed: ${(error as Error).message}\n${sql}`, { cause: error });
+    }
+  }
+
   async counts(): Promise<StoreCounts> {
-    const [row] = await this.query<{ events: bigint; items: bigint; clusters: bigint; users: bigint; first: number | null; last: number | null }>(`
-      SELECT (SELECT count(*) FROM events) AS events, (SELECT count(*) FROM items) AS items,
-             (SELECT count(*) FROM clusters) AS clusters, (SELECT count(*) FROM users) AS users,
-             (SELECT epoch_ms(min(ts)) FROM events) AS first, (SELECT epoch_ms(max(ts)) FROM events) AS last`);
-    return {
-      events: Number(row.events),
-      items: Number(row.items),
-      clusters: Number(row.clusters),
-      users: Number(row.users),
-      firstTs: row.first === null ? null : Number(row.first),
-      lastTs: row.last === null ? null : Number(row.last),
-    };
+    return readCounts(this);
   }
 
   async clusters(): Promise<Cluster[]> {
-    const rows = await this.query<{ cluster_id: string; description: string }>(
-      "SELECT cluster_id, description FROM clusters ORDER BY cluster_key",
-    );
-    return rows.map((r) => ({ id: r.cluster_id, description: r.description }));
+    return readClusters(this);
   }
 
   /** Items that have a title, most engaged first (the catalog text a base model learns from). */
   async titledItems(limit: number): Promise<Item[]> {
-    const rows = await this.query<{ item_id: string; cluster_id: string; title: string }>(
-      `SELECT i.item_id, c.cluster_id, i.title FROM items i JOIN clusters c USING (cluster_key)
-       LEFT JOIN (SELECT item_key, count(*) AS n FROM events GROUP BY item_key) e USING (item_key)
-       WHERE i.title IS NOT NULL AND trim(i.title) <> ''
-       ORDER BY coalesce(e.n, 0) DESC, i.item_key LIMIT $limit`,
-      { limit },
-    );
-    return rows.map((r) => ({ id: r.item_id, clusterId: r.cluster_id, title: r.title }));
+    return readTitledItems(this, limit);
   }
 
   /** Item ids already known, mapped to their cluster ids (for validating events against the catalog). */
   async itemClusters(): Promise<Map<string, string>> {
-    const rows = await this.query<{ item_id: string; cluster_id: string }>(
-      "SELECT i.item_id, c.cluster_id FROM items i JOIN clusters c USING (cluster_key)",
-    );
-    return new Map(rows.map((r) => [r.item_id, r.cluster_id]));
+    return readItemClusters(this);
   }
 
   async getMeta(key: string): Promise<string | null> {
-    const rows = await this.query<{ value: string }>("SELECT value FROM meta WHERE key = $key", { key });
-    return rows[0]?.value ?? null;
+    return readMeta(this, key);
   }
 
   /**
@@ -236,25 +271,7 @@ export class EventStore {
    * @throws BadInputError when the store holds events of another dataset, or of this one with other settings.
    */
   async checkIdentity(identity: Readonly<Record<string, string>>): Promise<void> {
-    const { events, items } = await this.counts();
-    // A catalog without events is data too: another dataset's items would be merged into it.
-    if (events === 0 && items === 0) return;
-    const name = identity.dataset ?? "this dataset";
-    const differences: string[] = [];
-    let sameDataset = true;
-    for (const [key, value] of Object.entries(identity)) {
-      const recorded = await this.getMeta(key);
-      if (recorded === value) continue;
-      const difference = recorded === null ? `${key} is not recorded (the store holds other data)` : describeDifference(key, recorded, value);
-      if (difference === null) continue;
-      if (key === "dataset") sameDataset = false;
-      differences.push(difference);
-    }
-    if (differences.length === 0) return;
-    const what = sameDataset ? `of the ${name} dataset with other settings` : `of another dataset than ${name}`;
-    throw new BadInputError(
-      `the event store ${this.path} already holds ${events} events and ${items} items ${what}: ${differences.join("; ")}. One event store holds one dataset (a merge would mix their users and positive thresholds): use another --workspace, or delete the workspace to start over`,
-    );
+    return checkStoreIdentity(this, identity);
   }
 
   private async upsertClusters(clusters: readonly Cluster[]): Promise<number> {
@@ -364,6 +381,84 @@ export class EventStore {
     const reader = await this.connection.runAndReadAll(sql);
     return Number(reader.getRows()[0][0]);
   }
+}
+
+/*
+ * The reads both adapters answer with the same SQL (PostgreSQL gets DuckDB's epoch_ms as functions of its schema).
+ */
+
+export async function readCounts(store: EventStoreContract): Promise<StoreCounts> {
+  const [row] = await store.query<{ events: bigint; items: bigint; clusters: bigint; users: bigint; first: number | bigint | null; last: number | bigint | null }>(`
+    SELECT (SELECT count(*) FROM events) AS events, (SELECT count(*) FROM items) AS items,
+           (SELECT count(*) FROM clusters) AS clusters, (SELECT count(*) FROM users) AS users,
+           (SELECT epoch_ms(min(ts)) FROM events) AS first, (SELECT epoch_ms(max(ts)) FROM events) AS last`);
+  return {
+    events: Number(row.events),
+    items: Number(row.items),
+    clusters: Number(row.clusters),
+    users: Number(row.users),
+    firstTs: row.first === null ? null : Number(row.first),
+    lastTs: row.last === null ? null : Number(row.last),
+  };
+}
+
+export async function readClusters(store: EventStoreContract): Promise<Cluster[]> {
+  const rows = await store.query<{ cluster_id: string; description: string }>("SELECT cluster_id, description FROM clusters ORDER BY cluster_key");
+  return rows.map((r) => ({ id: r.cluster_id, description: r.description }));
+}
+
+export async function readTitledItems(store: EventStoreContract, limit: number): Promise<Item[]> {
+  const rows = await store.query<{ item_id: string; cluster_id: string; title: string }>(
+    `SELECT i.item_id, c.cluster_id, i.title FROM items i JOIN clusters c USING (cluster_key)
+     LEFT JOIN (SELECT item_key, count(*) AS n FROM events GROUP BY item_key) e USING (item_key)
+     WHERE i.title IS NOT NULL AND trim(i.title) <> ''
+     ORDER BY coalesce(e.n, 0) DESC, i.item_key LIMIT $limit`,
+    { limit },
+  );
+  return rows.map((r) => ({ id: r.item_id, clusterId: r.cluster_id, title: r.title }));
+}
+
+export async function readItemClusters(store: EventStoreContract): Promise<Map<string, string>> {
+  const rows = await store.query<{ item_id: string; cluster_id: string }>("SELECT i.item_id, c.cluster_id FROM items i JOIN clusters c USING (cluster_key)");
+  return new Map(rows.map((r) => [r.item_id, r.cluster_id]));
+}
+
+export async function readMeta(store: EventStoreContract, key: string): Promise<string | null> {
+  const rows = await store.query<{ value: string }>("SELECT value FROM meta WHERE key = $key", { key });
+  return rows[0]?.value ?? null;
+}
+
+/**
+ * Checks that an append naming `identity` (see AppendRequest.identity) may go into `store`.
+ * @throws BadInputError when the store holds events of another dataset, or of this one with other settings.
+ */
+export async function checkStoreIdentity(store: EventStoreContract, identity: Readonly<Record<string, string>>): Promise<void> {
+  const { events, items } = await store.counts();
+  // A catalog without events is data too: another dataset's items would be merged into it.
+  if (events === 0 && items === 0) return;
+  const name = identity.dataset ?? "this dataset";
+  const differences: string[] = [];
+  let sameDataset = true;
+  for (const [key, value] of Object.entries(identity)) {
+    const recorded = await store.getMeta(key);
+    if (recorded === value) continue;
+    const difference = recorded === null ? `${key} is not recorded (the store holds other data)` : describeDifference(key, recorded, value);
+    if (difference === null) continue;
+    if (key === "dataset") sameDataset = false;
+    differences.push(difference);
+  }
+  if (differences.length === 0) return;
+  const what = sameDataset ? `of the ${name} dataset with other settings` : `of another dataset than ${name}`;
+  throw new BadInputError(
+    `the event store ${store.location} already holds ${events} events and ${items} items ${what}: ${differences.join("; ")}. One event store holds one dataset (a merge would mix their users and positive thresholds): use another --workspace, or delete the workspace to start over`,
+  );
+}
+
+function duckdbParams(params: Readonly<Record<string, DuckDBValue | SqlParam>> | undefined): Record<string, DuckDBValue> | undefined {
+  if (!params) return undefined;
+  const out: Record<string, DuckDBValue> = {};
+  for (const [key, value] of Object.entries(params)) out[key] = Array.isArray(value) ? listValue([...(value as readonly string[])]) : (value as DuckDBValue);
+  return out;
 }
 
 /** Builds an EventBatch from plain events (tests, the HTTP intake, small files). */

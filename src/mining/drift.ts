@@ -6,7 +6,7 @@
  * Ties at equal counts are broken by cluster id (see successorLists), so a pair with many one-user successors
  * has a partly arbitrary top-k: that is why a minimum support matters.
  */
-import type { EventStore } from "../data/event-store.js";
+import type { EventStoreContract } from "../data/event-store.js";
 import type { TimeWindow } from "../domain/types.js";
 import { countTransitionsByMonth, type MiningOptions } from "./transitions.js";
 import { jaccard, successorLists } from "./successors.js";
@@ -39,7 +39,7 @@ export interface DriftResult {
   readonly pairsPerMonth: Record<string, number>;
 }
 
-export async function analyzeDrift(store: EventStore, window: TimeWindow, options: DriftOptions = {}): Promise<DriftResult> {
+export async function analyzeDrift(store: EventStoreContract, window: TimeWindow, options: DriftOptions = {}): Promise<DriftResult> {
   const byMonth = await countTransitionsByMonth(store, window, options);
   return driftFromMonthlyCounts(byMonth, options);
 }

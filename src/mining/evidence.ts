@@ -12,7 +12,7 @@
  * const counts = log.counts({ from: asOf - 14 * DAY_MS, to: asOf });
  * counts.pairUsers(counts.pairIndex("baking", "coffee"));
  */
-import type { EventStore } from "../data/event-store.js";
+import type { EventStoreContract } from "../data/event-store.js";
 import { FreshrecError } from "../domain/errors.js";
 import type { TimeWindow } from "../domain/types.js";
 import { transitionColumns, type MiningOptions, type TransitionColumns } from "./transitions.js";
@@ -53,7 +53,7 @@ export class EvidenceLog {
   ) {}
 
   /** Reads the transitions of `span` once; `clusters` is the vocabulary counts are indexed by (the table's). */
-  static async load(store: EventStore, span: TimeWindow, clusters: readonly string[], options: MiningOptions = {}): Promise<EvidenceLog> {
+  static async load(store: EventStoreContract, span: TimeWindow, clusters: readonly string[], options: MiningOptions = {}): Promise<EvidenceLog> {
     return EvidenceLog.fromColumns(await transitionColumns(store, span, options), span, clusters);
   }
 

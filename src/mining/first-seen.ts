@@ -8,18 +8,19 @@
  * const first = await firstSeen(store, "cluster", { positiveMin });
  * const launchedAfter = [...first].filter(([, ts]) => ts >= model.dataAsOf);
  */
-import type { EventStore } from "../data/event-store.js";
-import type { MiningOptions } from "./transitions.js";
+import type { EventStoreContract } from "../data/event-store.js";
+import { positiveFilterSql, type MiningOptions } from "./transitions.js";
 
 /** First positive event time (ms) per cluster id or user id; ids without a positive event are absent. */
-export async function firstSeen(events: EventStore, by: "cluster" | "user", options: MiningOptions = {}): Promise<Map<string, number>> {
+export async function firstSeen(events: EventStoreContract, by: "cluster" | "user", options: MiningOptions = {}): Promise<Map<string, number>> {
   const everyEvent = options.positiveMin === null || options.positiveMin === undefined;
-  const where = everyEvent ? "" : "WHERE e.engagement IS NULL OR e.engagement >= $positiveMin";
-  const params = everyEvent ? {} : { positiveMin: options.positiveMin! };
+  // The same filter as mining's, with WHERE for its leading AND.
+  const where = everyEvent ? "" : `WHERE true ${positiveFilterSql(events, options)}`;
+  const params: Record<string, number> = everyEvent ? {} : { positiveMin: options.positiveMin! };
   const sql =
     by === "cluster"
       ? `SELECT c.cluster_id AS id, epoch_ms(min(e.ts)) AS first FROM events e JOIN items i USING (item_key) JOIN clusters c USING (cluster_key) ${where} GROUP BY 1`
       : `SELECT u.user_id AS id, epoch_ms(min(e.ts)) AS first FROM events e JOIN users u USING (user_key) ${where} GROUP BY 1`;
-  const rows = await events.query<{ id: string; first: number | bigint }>(sql, params as Record<string, never>);
+  const rows = await events.query<{ id: string; first: number | bigint }>(sql, params);
   return new Map(rows.map((r) => [r.id, Number(r.first)]));
 }

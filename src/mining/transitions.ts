@@ -1,5 +1,7 @@
 /**
- * Histories and novel-interest transitions, mined with DuckDB SQL over the event store.
+ * Histories and novel-interest transitions, mined with SQL in whichever store holds the events (DuckDB or
+ * PostgreSQL: the same query where the dialects agree, a per-dialect fragment where not; the results are the same,
+ * test/data/event-store-conformance.ts checks it).
  *
  * Per user, positively engaged events in time order (ties broken by item) are mapped to clusters and
  * consecutive repeats are collapsed, so A A B A becomes A B A. A history is the last two distinct clusters
@@ -10,8 +12,7 @@
  * @example
  * const counts = await countTransitions(store, { from: Date.parse("2025-03-01"), to: Date.parse("2025-04-01") });
  */
-import { listValue } from "@duckdb/node-api";
-import type { EventStore } from "../data/event-store.js";
+import type { EventStoreContract, SqlParam } from "../data/event-store.js";
 import type { History, TimeWindow, Transition, TransitionCount } from "../domain/types.js";
 
 export interface MiningOptions {
@@ -27,14 +28,30 @@ export interface MiningOptions {
  * about 20% faster in DuckDB than sorting the pair, so the pair is packed into a BIGINT (ms << 20 | item key)
  * while the catalog's keys fit in 20 bits, and into a HUGEINT beyond that; both orders are the same.
  */
-async function orderKeySql(store: EventStore): Promise<string> {
+async function orderKeySql(store: EventStoreContract): Promise<string> {
   const [row] = await store.query<{ k: number | null }>("SELECT max(item_key) AS k FROM items");
-  return (row?.k ?? 0) < 2 ** 20 ? "epoch_ms(e.ts) * 1048576 + e.item_key" : "epoch_ms(e.ts)::HUGEINT * 4294967296 + e.item_key";
+  if ((row?.k ?? 0) < 2 ** 20) return "epoch_ms(e.ts) * 1048576 + e.item_key";
+  return store.dialect === "postgres" ? "epoch_ms(e.ts)::NUMERIC * 4294967296 + e.item_key" : "epoch_ms(e.ts)::HUGEINT * 4294967296 + e.item_key";
+}
+
+/**
+ * The positive-engagement filter on events `e` (with a leading AND), or "" when every event counts. The threshold
+ * is compared as a DOUBLE on both stores: PostgreSQL would otherwise read the parameter as REAL, the column's type,
+ * and round it before comparing.
+ */
+export function positiveFilterSql(store: EventStoreContract, options: MiningOptions): string {
+  if (options.positiveMin === null || options.positiveMin === undefined) return "";
+  return store.dialect === "postgres" ? "AND (e.engagement IS NULL OR e.engagement >= $positiveMin::FLOAT8)" : "AND (e.engagement IS NULL OR e.engagement >= $positiveMin)";
+}
+
+/** `ORDER BY` text of a string column: PostgreSQL sorts by the database's collation, DuckDB (and JS) by code point. */
+function byCodePoint(store: EventStoreContract, column: string): string {
+  return store.dialect === "postgres" ? `${column} COLLATE "C"` : column;
 }
 
 /** The collapsed cluster sequence of every user from events before `to`, as SQL (a CTE body named `seq`). */
-function sequenceSql(options: MiningOptions, orderKey: string): string {
-  const positive = options.positiveMin === null || options.positiveMin === undefined ? "" : "AND (e.engagement IS NULL OR e.engagement >= $positiveMin)";
+function sequenceSql(store: EventStoreContract, options: MiningOptions, orderKey: string): string {
+  const positive = positiveFilterSql(store, options);
   return `
     pos AS (
       SELECT e.user_key, e.ts, ${orderKey} AS order_key, i.cluster_key
@@ -49,8 +66,8 @@ function sequenceSql(options: MiningOptions, orderKey: string): string {
     seq AS (SELECT user_key, ts, order_key, cluster_key FROM runs WHERE starts)`;
 }
 
-function params(window: Partial<TimeWindow> & { to: number }, options: MiningOptions): Record<string, number | bigint> {
-  const p: Record<string, number | bigint> = { to: BigInt(Math.round(window.to)) };
+function params(window: Partial<TimeWindow> & { to: number }, options: MiningOptions): Record<string, SqlParam> {
+  const p: Record<string, SqlParam> = { to: BigInt(Math.round(window.to)) };
   if (window.from !== undefined) p.from = BigInt(Math.round(window.from));
   if (options.positiveMin !== null && options.positiveMin !== undefined) p.positiveMin = options.positiveMin;
   return p;
@@ -60,7 +77,7 @@ function params(window: Partial<TimeWindow> & { to: number }, options: MiningOpt
  * Counts novel transitions whose `next` event lies in [from, to), each user counted at most once per triple.
  * Sorted by pair, then users descending, then cluster id, so results are deterministic.
  */
-export async function countTransitions(store: EventStore, window: TimeWindow, options: MiningOptions = {}): Promise<TransitionCount[]> {
+export async function countTransitions(store: EventStoreContract, window: TimeWindow, options: MiningOptions = {}): Promise<TransitionCount[]> {
   const byMonth = await countTriples(store, window, options, { kind: "none" });
   return byMonth.get("") ?? [];
 }
@@ -72,7 +89,7 @@ export async function countTransitions(store: EventStore, window: TimeWindow, op
  * 7-day windows of refreshes every 2 days do. Windows without transitions are absent.
  */
 export async function countTransitionsForWindows(
-  store: EventStore,
+  store: EventStoreContract,
   ends: readonly number[],
   windowMs: number,
   options: MiningOptions = {},
@@ -85,7 +102,7 @@ export async function countTransitionsForWindows(
 
 /** Transition counts per calendar month (UTC) of the `next` event, for drift analysis. */
 export async function countTransitionsByMonth(
-  store: EventStore,
+  store: EventStoreContract,
   window: TimeWindow,
   options: MiningOptions = {},
 ): Promise<Map<string, TransitionCount[]>> {
@@ -98,10 +115,13 @@ type Bucket = { kind: "none" } | { kind: "month" } | { kind: "windows"; ends: re
  * The one transition query. Results come back as integer columns (cluster keys) and are mapped to cluster
  * ids here: building JS objects row by row from DuckDB costs more than the query itself at 10M events.
  */
-async function countTriples(store: EventStore, window: TimeWindow, options: MiningOptions, bucket: Bucket): Promise<Map<string, TransitionCount[]>> {
+async function countTriples(store: EventStoreContract, window: TimeWindow, options: MiningOptions, bucket: Bucket): Promise<Map<string, TransitionCount[]>> {
+  const postgres = store.dialect === "postgres";
   const month =
     bucket.kind === "month"
-      ? "strftime(date_trunc('month', ts), '%Y-%m')"
+      ? postgres
+        ? "to_char(ts, 'YYYY-MM')"
+        : "strftime(date_trunc('month', ts), '%Y-%m')"
       : bucket.kind === "windows"
         ? "window_end::VARCHAR"
         : "''";
@@ -109,11 +129,11 @@ async function countTriples(store: EventStore, window: TimeWindow, options: Mini
   // pass over the sorted ends), so overlapping windows cost one scan of the history, not one each.
   const windows =
     bucket.kind === "windows"
-      ? `JOIN (SELECT unnest([${bucket.ends.map((e) => `${Math.round(e)}`).join(",")}]::BIGINT[]) AS window_end) w
+      ? `JOIN (SELECT unnest(${postgres ? "ARRAY" : ""}[${bucket.ends.map((e) => `${Math.round(e)}`).join(",")}]::BIGINT[]) AS window_end) w
            ON epoch_ms(trip.ts) >= w.window_end - ${bucket.windowMs} AND epoch_ms(trip.ts) < w.window_end`
       : "";
-  const reader = await store.connection.runAndReadAll(
-    `WITH ${sequenceSql(options, await orderKeySql(store))},
+  const result = await store.queryColumns(
+    `WITH ${sequenceSql(store, options, await orderKeySql(store))},
      trip AS (
        SELECT user_key, ts,
               lag(cluster_key, 2) OVER w AS c1, lag(cluster_key, 1) OVER w AS c2, cluster_key AS cn
@@ -121,13 +141,12 @@ async function countTriples(store: EventStore, window: TimeWindow, options: Mini
      )
      SELECT ${month} AS month, c1, c2, cn, count(DISTINCT user_key)::INTEGER AS users FROM trip ${windows}
      WHERE c1 IS NOT NULL AND cn <> c1 AND ts >= epoch_ms($from::BIGINT)
-     GROUP BY ALL`,
+     ${postgres ? "GROUP BY 1, 2, 3, 4" : "GROUP BY ALL"}`,
     params(window, options),
   );
-  // An empty result has no column vectors at all.
-  if (reader.currentRowCount === 0) return new Map();
+  if (result.rowCount === 0) return new Map();
   const ids = new Map((await store.query<{ k: number; id: string }>("SELECT cluster_key AS k, cluster_id AS id FROM clusters")).map((r) => [r.k, r.id]));
-  const [months, c1s, c2s, cns, users] = reader.getColumns() as [string[], number[], number[], number[], number[]];
+  const [months, c1s, c2s, cns, users] = result.columns as [string[], number[], number[], number[], number[]];
   const order = Array.from(months.keys()).map((k) => ({
     month: months[k],
     c1: ids.get(c1s[k])!,
@@ -151,15 +170,16 @@ async function countTriples(store: EventStore, window: TimeWindow, options: Mini
  * Users with fewer than two distinct clusters are left out. With `userIds`, only those users.
  */
 export async function historiesAsOf(
-  store: EventStore,
+  store: EventStoreContract,
   asOf: number,
   options: MiningOptions & { userIds?: readonly string[] } = {},
 ): Promise<Map<string, History>> {
-  const only = options.userIds ? "AND user_key IN (SELECT user_key FROM users WHERE list_contains($userIds::VARCHAR[], user_id))" : "";
-  const p: Record<string, unknown> = params({ to: asOf }, options);
-  if (options.userIds) p.userIds = listValue([...options.userIds]);
+  const member = store.dialect === "postgres" ? "user_id = ANY($userIds::TEXT[])" : "list_contains($userIds::VARCHAR[], user_id)";
+  const only = options.userIds ? `AND user_key IN (SELECT user_key FROM users WHERE ${member})` : "";
+  const p: Record<string, SqlParam> = params({ to: asOf }, options);
+  if (options.userIds) p.userIds = [...options.userIds];
   const rows = await store.query<{ user_id: string; c1: string; c2: string }>(
-    `WITH ${sequenceSql(options, await orderKeySql(store))},
+    `WITH ${sequenceSql(store, options, await orderKeySql(store))},
      ranked AS (
        SELECT user_key, cluster_key, row_number() OVER (PARTITION BY user_key ORDER BY order_key DESC) AS back
        FROM seq WHERE true ${only}
@@ -171,7 +191,7 @@ export async function historiesAsOf(
      SELECT u.user_id, k1.cluster_id AS c1, k2.cluster_id AS c2
      FROM pairs JOIN users u USING (user_key)
      JOIN clusters k1 ON k1.cluster_key = pairs.c1 JOIN clusters k2 ON k2.cluster_key = pairs.c2`,
-    p as Record<string, never>,
+    p,
   );
   return new Map(rows.map((r) => [r.user_id, { c1: r.c1, c2: r.c2 }]));
 }
@@ -187,21 +207,25 @@ export interface FutureExample extends History {
  * For each user with a novel transition in [from, to): the history (c1, c2) of their first one, and the clusters
  * they went on to engage with inside the window. This is what test recall scores a table's answer against.
  */
-export async function futureExamples(store: EventStore, window: TimeWindow, options: MiningOptions = {}): Promise<FutureExample[]> {
+export async function futureExamples(store: EventStoreContract, window: TimeWindow, options: MiningOptions = {}): Promise<FutureExample[]> {
+  const postgres = store.dialect === "postgres";
+  // PostgreSQL has no arg_min or list: the first of an ordered array_agg is the same value.
+  const atFirst = (column: string) => (postgres ? `(array_agg(${column} ORDER BY order_key))[1]` : `arg_min(${column}, order_key)`);
+  const later = postgres ? `array_agg(DISTINCT k.cluster_id COLLATE "C" ORDER BY k.cluster_id COLLATE "C")` : "list(DISTINCT k.cluster_id ORDER BY k.cluster_id)";
   const rows = await store.query<{ user_id: string; c1: string; c2: string; later: string[] }>(
-    `WITH ${sequenceSql(options, await orderKeySql(store))},
+    `WITH ${sequenceSql(store, options, await orderKeySql(store))},
      trip AS (
        SELECT user_key, ts, order_key,
               lag(cluster_key, 2) OVER w AS c1, lag(cluster_key, 1) OVER w AS c2, cluster_key AS cn
        FROM seq WINDOW w AS (PARTITION BY user_key ORDER BY order_key)
      ),
      first_novel AS (
-       SELECT user_key, arg_min(c1, order_key) AS c1, arg_min(c2, order_key) AS c2, min(order_key) AS start_key
+       SELECT user_key, ${atFirst("c1")} AS c1, ${atFirst("c2")} AS c2, min(order_key) AS start_key
        FROM trip WHERE c1 IS NOT NULL AND cn <> c1 AND ts >= epoch_ms($from::BIGINT)
        GROUP BY user_key
      ),
      later AS (
-       SELECT f.user_key, list(DISTINCT k.cluster_id ORDER BY k.cluster_id) AS later
+       SELECT f.user_key, ${later} AS later
        FROM first_novel f JOIN seq s ON s.user_key = f.user_key AND s.order_key >= f.start_key
        JOIN clusters k ON k.cluster_key = s.cluster_key
        GROUP BY f.user_key
@@ -209,7 +233,7 @@ export async function futureExamples(store: EventStore, window: TimeWindow, opti
      SELECT u.user_id, k1.cluster_id AS c1, k2.cluster_id AS c2, later.later
      FROM first_novel f JOIN later USING (user_key) JOIN users u USING (user_key)
      JOIN clusters k1 ON k1.cluster_key = f.c1 JOIN clusters k2 ON k2.cluster_key = f.c2
-     ORDER BY u.user_id`,
+     ORDER BY ${byCodePoint(store, "u.user_id")}`,
     params(window, options),
   );
   return rows.map((r) => ({ userId: r.user_id, c1: r.c1, c2: r.c2, later: r.later }));
@@ -229,28 +253,30 @@ export interface TimedTransition extends Transition {
  * transition against the table that was live at its moment.
  */
 export async function timedTransitions(
-  store: EventStore,
+  store: EventStoreContract,
   window: TimeWindow,
   options: MiningOptions & { horizon?: number } = {},
 ): Promise<TimedTransition[]> {
   const horizon = options.horizon ?? 5;
   const leads = Array.from({ length: horizon - 1 }, (_, k) => `lead(cluster_key, ${k + 1}) OVER w AS h${k + 1}`).join(", ");
-  const reader = await store.connection.runAndReadAll(
-    `WITH ${sequenceSql(options, await orderKeySql(store))},
+  // PostgreSQL: ties of (ts, user) broken by the sequence's own order, which DuckDB leaves to its sort.
+  const tieBreak = store.dialect === "postgres" ? ", trip.order_key" : "";
+  const result = await store.queryColumns(
+    `WITH ${sequenceSql(store, options, await orderKeySql(store))},
      trip AS (
-       SELECT user_key, ts, lag(cluster_key, 2) OVER w AS c1, lag(cluster_key, 1) OVER w AS c2, cluster_key AS cn${leads ? `, ${leads}` : ""}
+       SELECT user_key, ts, order_key, lag(cluster_key, 2) OVER w AS c1, lag(cluster_key, 1) OVER w AS c2, cluster_key AS cn${leads ? `, ${leads}` : ""}
        FROM seq WINDOW w AS (PARTITION BY user_key ORDER BY order_key)
      )
      SELECT u.user_id, epoch_ms(trip.ts) AS ts, c1, c2, cn${Array.from({ length: horizon - 1 }, (_, k) => `, h${k + 1}`).join("")}
      FROM trip JOIN users u USING (user_key)
      WHERE c1 IS NOT NULL AND cn <> c1 AND trip.ts >= epoch_ms($from::BIGINT)
-     ORDER BY trip.ts, u.user_id`,
+     ORDER BY trip.ts, ${byCodePoint(store, "u.user_id")}${tieBreak}`,
     params(window, options),
   );
   const ids = new Map((await store.query<{ k: number; id: string }>("SELECT cluster_key AS k, cluster_id AS id FROM clusters")).map((r) => [r.k, r.id]));
-  const columns = reader.getColumns();
+  const columns = result.columns;
   const out: TimedTransition[] = [];
-  for (let r = 0; r < reader.currentRowCount; r++) {
+  for (let r = 0; r < result.rowCount; r++) {
     const after: string[] = [ids.get(columns[4][r] as number)!];
     for (let k = 0; k < horizon - 1; k++) {
       const key = columns[5 + k][r];
@@ -285,19 +311,20 @@ export interface TransitionColumns {
  * integer columns: the raw material every window count of a refresh is cut from, read in one query. Nothing at or
  * after `to` is read.
  */
-export async function transitionColumns(store: EventStore, window: TimeWindow, options: MiningOptions = {}): Promise<TransitionColumns> {
-  const reader = await store.connection.runAndReadAll(
-    `WITH ${sequenceSql(options, await orderKeySql(store))},
+export async function transitionColumns(store: EventStoreContract, window: TimeWindow, options: MiningOptions = {}): Promise<TransitionColumns> {
+  const postgres = store.dialect === "postgres";
+  const result = await store.queryColumns(
+    `WITH ${sequenceSql(store, options, await orderKeySql(store))},
      trip AS (
-       SELECT user_key, ts, lag(cluster_key, 2) OVER w AS c1, lag(cluster_key, 1) OVER w AS c2, cluster_key AS cn
+       SELECT user_key, ts,${postgres ? " order_key," : ""} lag(cluster_key, 2) OVER w AS c1, lag(cluster_key, 1) OVER w AS c2, cluster_key AS cn
        FROM seq WINDOW w AS (PARTITION BY user_key ORDER BY order_key)
      )
      SELECT user_key, epoch_ms(ts) AS ts, c1, c2, cn FROM trip
      WHERE c1 IS NOT NULL AND cn <> c1 AND ts >= epoch_ms($from::BIGINT)
-     ORDER BY ts, user_key`,
+     ORDER BY ${postgres ? "trip.ts, user_key, order_key" : "ts, user_key"}`,
     params(window, options),
   );
-  const rows = reader.currentRowCount;
+  const rows = result.rowCount;
   const clusterRows = await store.query<{ k: number; id: string }>("SELECT cluster_key AS k, cluster_id AS id FROM clusters ORDER BY cluster_key");
   const index = new Map(clusterRows.map((r, i) => [r.k, i]));
   const out = {
@@ -309,7 +336,7 @@ export async function transitionColumns(store: EventStore, window: TimeWindow, o
     clusters: clusterRows.map((r) => r.id),
   };
   if (rows === 0) return out;
-  const [u, t, a, b, n] = reader.getColumns() as [number[], (number | bigint)[], number[], number[], number[]];
+  const [u, t, a, b, n] = result.columns as [number[], (number | bigint)[], number[], number[], number[]];
   for (let r = 0; r < rows; r++) {
     out.users[r] = u[r];
     out.ts[r] = Number(t[r]);

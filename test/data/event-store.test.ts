@@ -1,60 +1,36 @@
-import { describe, expect, it } from "vitest";
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { EventStore, eventBatchFromEvents } from "../../src/data/event-store.js";
+import { describe, expect, it } from "vitest";
+import { EventStore } from "../../src/data/event-store.js";
+import { PostgresEventStore, positionalQuery, redactedUrl } from "../../src/data/postgres-event-store.js";
+import { eventStoreConformance } from "./event-store-conformance.js";
+import { usePostgresCluster } from "./postgres-cluster.js";
 
-const clusters = [
-  { id: "baking", description: "baking, desserts, pastry" },
-  { id: "hiking", description: "hiking, trails, mountains" },
-];
-const items = [
-  { id: "i1", clusterId: "baking", title: "Sourdough" },
-  { id: "i2", clusterId: "hiking" },
-];
-const events = [
-  { userId: "alice", itemId: "i1", ts: Date.UTC(2025, 0, 1), engagement: 1 },
-  { userId: "alice", itemId: "i2", ts: Date.UTC(2025, 0, 2) },
-  { userId: "bob", itemId: "i1", ts: Date.UTC(2025, 0, 3), engagement: 0.2 },
-];
+eventStoreConformance("duckdb", async () => {
+  const path = join(mkdtempSync(join(tmpdir(), "freshrec-store-")), "events.duckdb");
+  return () => EventStore.open(path);
+});
 
-describe("EventStore", () => {
-  it("appends idempotently and persists across reopen", async () => {
-    const path = join(mkdtempSync(join(tmpdir(), "freshrec-store-")), "events.duckdb");
-    let store = await EventStore.open(path);
-    const first = await store.append({ clusters, items, events: eventBatchFromEvents(events) });
-    expect(first).toEqual({ clustersAdded: 2, itemsAdded: 2, eventsAdded: 3, skippedDuplicates: 0 });
-    const again = await store.append({ clusters, items, events: eventBatchFromEvents([...events, events[0]]) });
-    expect(again).toEqual({ clustersAdded: 0, itemsAdded: 0, eventsAdded: 0, skippedDuplicates: 4 });
-    store.close();
+const database = usePostgresCluster();
+eventStoreConformance("postgres", async () => {
+  const url = await database();
+  return () => PostgresEventStore.open(url);
+});
 
-    store = await EventStore.open(path);
-    const counts = await store.counts();
-    expect(counts).toMatchObject({ events: 3, items: 2, clusters: 2, users: 2 });
-    expect(counts.firstTs).toBe(Date.UTC(2025, 0, 1));
-    expect(counts.lastTs).toBe(Date.UTC(2025, 0, 3));
-    const rows = await store.query<{ engagement: number | null }>("SELECT engagement FROM events ORDER BY ts");
-    expect(rows.map((r) => r.engagement)).toEqual([1, null, expect.closeTo(0.2, 5)]);
-    store.close();
+describe("PostgresEventStore", () => {
+  it("rewrites named parameters to positions, leaving quotes, comments and casts alone", () => {
+    expect(positionalQuery("SELECT '$a', \"$b\", $a::BIGINT, $b -- $c\n, $a, $$ $c $$", { a: 1n, b: "x" })).toEqual({
+      text: "SELECT '$a', \"$b\", $1::BIGINT, $2 -- $c\n, $1, $$ $c $$",
+      values: [1n, "x"],
+    });
+    expect(() => positionalQuery("SELECT $missing", {})).toThrow(/\$missing/);
   });
 
-  it("writes nothing when any part of an append fails", async () => {
-    const store = await EventStore.open(":memory:");
-    await store.append({ clusters, items });
-    await expect(
-      store.append({
-        items: [{ id: "i3", clusterId: "baking" }],
-        events: eventBatchFromEvents([{ userId: "carol", itemId: "nope", ts: 0 }]),
-      }),
-    ).rejects.toThrow(/item nope/);
-    expect(await store.counts()).toMatchObject({ events: 0, items: 2, users: 0 });
-    store.close();
-  });
-
-  it("rejects items of unknown clusters", async () => {
-    const store = await EventStore.open(":memory:");
-    await expect(store.append({ clusters, items: [{ id: "x", clusterId: "ghost" }] })).rejects.toThrow(/cluster ghost/);
-    expect((await store.counts()).clusters).toBe(0);
-    store.close();
+  it("refuses a database it cannot reach, naming it without the password", async () => {
+    const error = await PostgresEventStore.open("postgres://me:secret@127.0.0.1:1/nowhere").catch((e: unknown) => e);
+    expect((error as Error).message).toMatch(/^cannot open the event store postgres:\/\/me:\*\*\*@127\.0\.0\.1:1\/nowhere: /);
+    expect((error as Error).message).not.toContain("secret");
+    expect(redactedUrl("postgres://a@h/d")).toBe("postgres://a@h/d");
   });
 });

@@ -16,6 +16,7 @@ import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import pg from "pg";
+import { afterAll, beforeAll } from "vitest";
 
 export interface PostgresCluster {
   /** A URL of the cluster's `postgres` database (for administration). */
@@ -108,5 +109,23 @@ export async function startPostgresCluster(): Promise<PostgresCluster> {
         rmSync(root, { recursive: true, force: true });
       }
     },
+  };
+}
+
+/**
+ * One cluster for the test file that calls this at its top level: started before its first test, stopped after its
+ * last. The returned function gives a fresh empty database's URL.
+ */
+export function usePostgresCluster(): () => Promise<string> {
+  let cluster: PostgresCluster | null = null;
+  beforeAll(async () => {
+    cluster = await startPostgresCluster();
+  }, 120_000);
+  afterAll(async () => {
+    await cluster?.stop();
+  });
+  return () => {
+    if (!cluster) throw new Error("the PostgreSQL cluster has not started (usePostgresCluster must be called at a test file's top level)");
+    return cluster.createDatabase();
   };
 }

@@ -1,0 +1,365 @@
+/**
+ * The event store on PostgreSQL: the second adapter of `EventStoreContract` (./event-store.ts), for a deployment
+ * whose processes and hosts share one database (`store.url: postgres://...`, issue 19). Same schema, same dense
+ * integer keys, same idempotent atomic `append`, same results: test/data/event-store-conformance.ts runs every event
+ * store and mining test against both adapters on the same data.
+ *
+ * What differs from DuckDB, and why:
+ * - The schema defines DuckDB's `epoch_ms(timestamp) -> bigint` and `epoch_ms(bigint) -> timestamp` as SQL functions,
+ *   so the queries that only need those (counts, first-seen, most of mining) are the same text on both stores.
+ * - Queries name parameters `$name` as on DuckDB; they are rewritten to PostgreSQL's `$1..$n` before sending.
+ * - An append holds a table lock for its transaction: keys are dense (`max + row_number`), so two processes
+ *   appending at once must take turns; events carry a primary key on (user, item, ts), the identity of an event.
+ * - Results parse BIGINT as bigint and TIMESTAMP (without time zone, as DuckDB's) as a UTC Date, as DuckDB's do.
+ *
+ * @example
+ * const store = await PostgresEventStore.open("postgres://freshrec@db.internal/freshrec");
+ * await store.append({ clusters, items, events: eventBatchFromEvents(list) });
+ * const counts = await store.counts();
+ * await store.close();
+ */
+import pg from "pg";
+import type { Cluster, Item } from "../domain/types.js";
+import { FreshrecError } from "../domain/errors.js";
+import {
+  checkStoreIdentity,
+  readClusters,
+  readCounts,
+  readItemClusters,
+  readMeta,
+  readTitledItems,
+  type AppendRequest,
+  type AppendResult,
+  type EventBatch,
+  type EventStoreContract,
+  type QueryColumns,
+  type SqlParam,
+  type StoreCounts,
+} from "./event-store.js";
+
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS clusters (cluster_key INTEGER PRIMARY KEY, cluster_id TEXT NOT NULL UNIQUE, description TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS items (item_key INTEGER PRIMARY KEY, item_id TEXT NOT NULL UNIQUE, cluster_key INTEGER NOT NULL, title TEXT);
+CREATE TABLE IF NOT EXISTS users (user_key INTEGER PRIMARY KEY, user_id TEXT NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS events (user_key INTEGER NOT NULL, item_key INTEGER NOT NULL, ts TIMESTAMP NOT NULL, engagement REAL,
+  PRIMARY KEY (user_key, item_key, ts));
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE OR REPLACE FUNCTION epoch_ms(ts TIMESTAMP) RETURNS BIGINT LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+  AS $$ SELECT (extract(epoch FROM ts) * 1000)::BIGINT $$;
+CREATE OR REPLACE FUNCTION epoch_ms(ms BIGINT) RETURNS TIMESTAMP LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+  AS $$ SELECT TIMESTAMP '1970-01-01' + ms * INTERVAL '1 millisecond' $$;
+`;
+
+/** Any constant: the advisory lock that keeps two processes from creating the schema at once. */
+const SCHEMA_LOCK = 0x66726573;
+/** Rows per INSERT ... SELECT FROM unnest(...) while staging events. */
+const STAGE_ROWS = 20_000;
+
+const INT8 = 20;
+const FLOAT4 = 700;
+const TIMESTAMP = 1114;
+
+/**
+ * BIGINT as bigint, REAL as the float32 value itself (PostgreSQL prints 0.9 for the float nearest 0.9; DuckDB gives
+ * 0.8999999761581421) and TIMESTAMP as UTC, as the DuckDB adapter returns them; everything else as pg parses it.
+ */
+const TYPES = {
+  getTypeParser(oid: number, format?: "text" | "binary") {
+    if (oid === INT8) return (text: string) => BigInt(text);
+    if (oid === FLOAT4) return (text: string) => Math.fround(Number.parseFloat(text));
+    if (oid === TIMESTAMP) return (text: string) => new Date(`${text.replace(" ", "T")}Z`);
+    return pg.types.getTypeParser(oid, format as "text");
+  },
+} as pg.CustomTypesConfig;
+
+export class PostgresEventStore implements EventStoreContract {
+  readonly dialect = "postgres" as const;
+
+  private constructor(
+    private readonly pool: pg.Pool,
+    readonly location: string,
+  ) {}
+
+  /**
+   * Connects to the database at `url` and creates the schema when it is missing.
+   * @throws FreshrecError naming the URL (without its password) and what PostgreSQL said.
+   */
+  static async open(url: string): Promise<PostgresEventStore> {
+    const location = redactedUrl(url);
+    const pool = new pg.Pool({ connectionString: url, max: 4, types: TYPES });
+    // An idle client's error (the server went away) must not crash the process; the next query reports it.
+    pool.on("error", () => {});
+    try {
+      const client = await pool.connect();
+      try {
+        await client.query("BEGIN");
+        await client.query("SELECT pg_advisory_xact_lock($1)", [SCHEMA_LOCK]);
+        await client.query(SCHEMA);
+        await client.query("COMMIT");
+      } catch (error) {
+        await client.query("ROLLBACK").catch(() => {});
+        throw error;
+      } finally {
+        client.release();
+      }
+    } catch (error) {
+      await pool.end().catch(() => {});
+      throw new FreshrecError("INTERNAL", `cannot open the event store ${location}: ${(error as Error).message}`, { cause: error });
+    }
+    return new PostgresEventStore(pool, location);
+  }
+
+  async close(): Promise<void> {
+    await this.pool.end();
+  }
+
+  async query<Row = Record<string, unknown>>(sql: string, params?: Readonly<Record<string, SqlParam>>): Promise<Row[]> {
+    return (await this.run(this.pool, sql, params)).rows as Row[];
+  }
+
+  async queryColumns(sql: string, params?: Readonly<Record<string, SqlParam>>): Promise<QueryColumns> {
+    const result = await this.run(this.pool, sql, params, "array");
+    const rows = result.rows as unknown[][];
+    if (rows.length === 0) return { rowCount: 0, columns: [] };
+    const columns = result.fields.map((_, k) => rows.map((row) => row[k]));
+    return { rowCount: rows.length, columns };
+  }
+
+  counts(): Promise<StoreCounts> {
+    return readCounts(this);
+  }
+
+  clusters(): Promise<Cluster[]> {
+    return readClusters(this);
+  }
+
+  titledItems(limit: number): Promise<Item[]> {
+    return readTitledItems(this, limit);
+  }
+
+  itemClusters(): Promise<Map<string, string>> {
+    return readItemClusters(this);
+  }
+
+  getMeta(key: string): Promise<string | null> {
+    return readMeta(this, key);
+  }
+
+  checkIdentity(identity: Readonly<Record<string, string>>): Promise<void> {
+    return checkStoreIdentity(this, identity);
+  }
+
+  /**
+   * Appends clusters, items and events in one transaction, as the DuckDB adapter does (see `EventStore.append`):
+   * clusters and items upserted by id, events inserted unless (user, item, ts) exists, the first engagement value
+   * of an event repeated within the batch winning.
+   */
+  async append(request: AppendRequest): Promise<AppendResult> {
+    if (request.identity) await this.checkIdentity(request.identity);
+    const client = await this.pool.connect();
+    try {
+      await client.query("BEGIN");
+      // Dense keys are max + row_number: appends from other processes wait for this one to commit.
+      await client.query("LOCK TABLE clusters, items, users, events, meta IN SHARE ROW EXCLUSIVE MODE");
+      const clustersAdded = request.clusters?.length ? await this.upsertClusters(client, request.clusters) : 0;
+      const itemsAdded = request.items?.length ? await this.upsertItems(client, request.items) : 0;
+      let eventsAdded = 0;
+      let skippedDuplicates = 0;
+      if (request.events) ({ eventsAdded, skippedDuplicates } = await this.insertEvents(client, request.events));
+      for (const [key, value] of Object.entries({ ...request.meta, ...request.identity })) {
+        await this.run(client, "INSERT INTO meta VALUES ($key, $value) ON CONFLICT (key) DO UPDATE SET value = excluded.value", { key, value });
+      }
+      await client.query("COMMIT");
+      return { clustersAdded, itemsAdded, eventsAdded, skippedDuplicates };
+    } catch (error) {
+      await client.query("ROLLBACK").catch(() => {});
+      throw error instanceof FreshrecError
+        ? error
+        : new FreshrecError("INTERNAL", `appending to the event store failed, nothing was written: ${(error as Error).message}`, { cause: error });
+    } finally {
+      client.release();
+    }
+  }
+
+  private async upsertClusters(client: pg.PoolClient, clusters: readonly Cluster[]): Promise<number> {
+    await client.query("CREATE TEMP TABLE stage_clusters (pos INTEGER, cluster_id TEXT, description TEXT) ON COMMIT DROP");
+    await this.run(client, "INSERT INTO stage_clusters SELECT * FROM unnest($pos::INTEGER[], $id::TEXT[], $description::TEXT[])", {
+      pos: clusters.map((_, i) => String(i)),
+      id: clusters.map((c) => c.id),
+      description: clusters.map((c) => c.description),
+    });
+    await client.query(`UPDATE clusters SET description = s.description FROM stage_clusters s
+                        WHERE clusters.cluster_id = s.cluster_id AND clusters.description <> s.description`);
+    const inserted = await client.query(`INSERT INTO clusters
+      SELECT (SELECT coalesce(max(cluster_key), 0) FROM clusters) + row_number() OVER (ORDER BY pos), cluster_id, description
+      FROM stage_clusters s WHERE NOT EXISTS (SELECT 1 FROM clusters c WHERE c.cluster_id = s.cluster_id)`);
+    return inserted.rowCount ?? 0;
+  }
+
+  private async upsertItems(client: pg.PoolClient, items: readonly Item[]): Promise<number> {
+    await client.query("CREATE TEMP TABLE stage_items (pos INTEGER, item_id TEXT, cluster_id TEXT, title TEXT) ON COMMIT DROP");
+    await this.run(client, "INSERT INTO stage_items SELECT * FROM unnest($pos::INTEGER[], $id::TEXT[], $cluster::TEXT[], $title::TEXT[])", {
+      pos: items.map((_, i) => String(i)),
+      id: items.map((it) => it.id),
+      cluster: items.map((it) => it.clusterId),
+      title: items.map((it) => it.title ?? null) as string[],
+    });
+    const unknown = await client.query<{ cluster_id: string; item_id: string }>(
+      "SELECT s.cluster_id, s.item_id FROM stage_items s LEFT JOIN clusters c USING (cluster_id) WHERE c.cluster_key IS NULL ORDER BY s.pos LIMIT 1",
+    );
+    if (unknown.rows.length) {
+      throw new FreshrecError("BAD_INPUT", `item ${unknown.rows[0].item_id} names cluster ${unknown.rows[0].cluster_id}, which is not in the catalog`);
+    }
+    await client.query(`UPDATE items SET cluster_key = c.cluster_key, title = coalesce(s.title, items.title)
+                        FROM stage_items s JOIN clusters c USING (cluster_id)
+                        WHERE items.item_id = s.item_id AND (items.cluster_key <> c.cluster_key OR items.title IS DISTINCT FROM coalesce(s.title, items.title))`);
+    const inserted = await client.query(`INSERT INTO items
+      SELECT (SELECT coalesce(max(item_key), 0) FROM items) + row_number() OVER (ORDER BY s.pos), s.item_id, c.cluster_key, s.title
+      FROM stage_items s JOIN clusters c USING (cluster_id)
+      WHERE NOT EXISTS (SELECT 1 FROM items i WHERE i.item_id = s.item_id)`);
+    return inserted.rowCount ?? 0;
+  }
+
+  private async insertEvents(client: pg.PoolClient, batch: EventBatch): Promise<{ eventsAdded: number; skippedDuplicates: number }> {
+    await client.query("CREATE TEMP TABLE stage_users (idx INTEGER, user_id TEXT) ON COMMIT DROP");
+    await this.run(client, "INSERT INTO stage_users SELECT * FROM unnest($idx::INTEGER[], $id::TEXT[])", {
+      idx: batch.userIds.map((_, i) => String(i)),
+      id: batch.userIds,
+    });
+    await client.query(`INSERT INTO users
+      SELECT (SELECT coalesce(max(user_key), 0) FROM users) + row_number() OVER (ORDER BY idx), user_id
+      FROM stage_users s WHERE NOT EXISTS (SELECT 1 FROM users u WHERE u.user_id = s.user_id)`);
+    await client.query("CREATE TEMP TABLE stage_item_dict (idx INTEGER, item_id TEXT) ON COMMIT DROP");
+    await this.run(client, "INSERT INTO stage_item_dict SELECT * FROM unnest($idx::INTEGER[], $id::TEXT[])", {
+      idx: batch.itemIds.map((_, i) => String(i)),
+      id: batch.itemIds,
+    });
+    const missing = await client.query<{ item_id: string }>(
+      "SELECT d.item_id FROM stage_item_dict d LEFT JOIN items i USING (item_id) WHERE i.item_key IS NULL ORDER BY d.idx LIMIT 1",
+    );
+    if (missing.rows.length) throw new FreshrecError("BAD_INPUT", `events name item ${missing.rows[0].item_id}, which is not in the catalog`);
+
+    // pos keeps the batch's order, so that "the first engagement value seen wins" means the same as on DuckDB.
+    await client.query("CREATE TEMP TABLE stage_events (pos BIGINT, u INTEGER, i INTEGER, ts BIGINT, e REAL) ON COMMIT DROP");
+    let staged = 0;
+    for await (const chunk of batch.chunks) {
+      for (let start = 0; start < chunk.length; start += STAGE_ROWS) {
+        const n = Math.min(STAGE_ROWS, chunk.length - start);
+        const pos = new Array<string>(n);
+        const users = new Array<string>(n);
+        const items = new Array<string>(n);
+        const ts = new Array<string>(n);
+        const eng = new Array<string | null>(n);
+        for (let k = 0; k < n; k++) {
+          pos[k] = String(staged + start + k);
+          users[k] = String(chunk.userIndex[start + k]);
+          items[k] = String(chunk.itemIndex[start + k]);
+          ts[k] = String(Math.round(chunk.ts[start + k]));
+          const e = chunk.engagement[start + k];
+          // A float32 printed in full round-trips exactly into REAL.
+          eng[k] = Number.isNaN(e) ? null : String(e);
+        }
+        await this.run(client, "INSERT INTO stage_events SELECT * FROM unnest($pos::BIGINT[], $u::INTEGER[], $i::INTEGER[], $ts::BIGINT[], $e::REAL[])", {
+          pos,
+          u: users,
+          i: items,
+          ts,
+          e: eng as string[],
+        });
+      }
+      staged += chunk.length;
+    }
+    // An event's identity is (user, item, ts); the first engagement value seen for it wins.
+    const inserted = await client.query(`INSERT INTO events
+      SELECT DISTINCT ON (u.user_key, it.item_key, s.ts) u.user_key, it.item_key, epoch_ms(s.ts), s.e
+      FROM stage_events s
+      JOIN stage_users su ON su.idx = s.u JOIN users u ON u.user_id = su.user_id
+      JOIN stage_item_dict si ON si.idx = s.i JOIN items it ON it.item_id = si.item_id
+      ORDER BY u.user_key, it.item_key, s.ts, s.pos
+      ON CONFLICT DO NOTHING`);
+    const eventsAdded = inserted.rowCount ?? 0;
+    return { eventsAdded, skippedDuplicates: staged - eventsAdded };
+  }
+
+  private async run(
+    on: pg.Pool | pg.PoolClient,
+    sql: string,
+    params: Readonly<Record<string, SqlParam>> | undefined,
+    rowMode?: "array",
+  ): Promise<pg.QueryResult> {
+    try {
+      const { text, values } = positionalQuery(sql, params ?? {});
+      return await on.query({ text, values: values as unknown[], ...(rowMode ? { rowMode } : {}) });
+    } catch (error) {
+      if (error instanceof FreshrecError) throw error;
+      throw new FreshrecError("INTERNAL", `event store query failed (${this.location}): ${(error as Error).message}\n${sql}`, { cause: error });
+    }
+  }
+}
+
+/**
+ * Rewrites `$name` parameters (DuckDB's style, which every freshrec query uses) into PostgreSQL's `$1..$n`, each
+ * name bound once however often it appears. String literals, quoted identifiers, comments and dollar quotes are
+ * left alone.
+ * @throws FreshrecError when the SQL names a parameter that `params` lacks.
+ */
+export function positionalQuery(sql: string, params: Readonly<Record<string, SqlParam>>): { text: string; values: SqlParam[] } {
+  const positions = new Map<string, number>();
+  const values: SqlParam[] = [];
+  let text = "";
+  let k = 0;
+  while (k < sql.length) {
+    const ch = sql[k];
+    if (ch === "'" || ch === '"') {
+      const end = closingQuote(sql, k, ch);
+      text += sql.slice(k, end);
+      k = end;
+    } else if (ch === "-" && sql[k + 1] === "-") {
+      const end = sql.indexOf("\n", k);
+      const stop = end < 0 ? sql.length : end;
+      text += sql.slice(k, stop);
+      k = stop;
+    } else if (ch === "$" && sql[k + 1] === "$") {
+      const end = sql.indexOf("$$", k + 2);
+      const stop = end < 0 ? sql.length : end + 2;
+      text += sql.slice(k, stop);
+      k = stop;
+    } else if (ch === "$" && /[A-Za-z_]/.test(sql[k + 1] ?? "")) {
+      const name = /^[A-Za-z_][A-Za-z0-9_]*/.exec(sql.slice(k + 1))![0];
+      if (!Object.hasOwn(params, name)) throw new FreshrecError("INTERNAL", `event store query names $${name}, which no parameter gives\n${sql}`);
+      let position = positions.get(name);
+      if (position === undefined) {
+        values.push(params[name]);
+        positions.set(name, (position = values.length));
+      }
+      text += `$${position}`;
+      k += 1 + name.length;
+    } else {
+      text += ch;
+      k++;
+    }
+  }
+  return { text, values };
+}
+
+function closingQuote(sql: string, start: number, quote: string): number {
+  let k = start + 1;
+  while (k < sql.length) {
+    if (sql[k] === quote) {
+      if (sql[k + 1] === quote) k += 2;
+      else return k + 1;
+    } else k++;
+  }
+  return sql.length;
+}
+
+/** The URL without its password, for messages and logs. */
+export function redactedUrl(url: string): string {
+  try {
+    const parsed = new URL(url);
+    if (parsed.password) parsed.password = "***";
+    return parsed.toString();
+  } catch {
+    return "(a PostgreSQL URL that does not parse)";
+  }
+}
