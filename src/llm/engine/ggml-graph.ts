@@ -18,7 +18,9 @@
  * The loss is cross entropy on the answer only: the hidden state at each sample's last prompt token is gathered
  * (get_rows) into `maxSamples` answer rows, and only those rows reach the output matrix. Answer rows a window does
  * not fill are multiplied by 0 before the loss (their logits are all 0, so their cross entropy is exactly ln V and
- * no gradient flows back through them); `GgmlStep.run` removes them from the reported loss.
+ * no gradient flows back through them); `GgmlStep.run` removes them from the reported loss. An all-zero label row
+ * would not do: CROSS_ENTROPY_LOSS_BACK computes `(softmax(src0f) - src1f) * d / nr` per row
+ * (ggml/src/ggml-cpu/ops.cpp), which assumes labels summing to 1, so a zero row still pushes softmax back.
  *
  * Backward passes used, all present in ggml v0.4.0 `ggml_compute_backward` (ggml/src/ggml.c): GET_ROWS (to
  * get_rows_back), MUL_MAT, RMS_NORM (rms_norm_back), MUL and ADD (with repeat_back for broadcasts), ROPE
