@@ -1,6 +1,7 @@
 /**
  * A throwaway PostgreSQL server for tests: `initdb` into a temp folder, the server on a free loopback port with its
- * unix socket in that folder and trust authentication, one fresh database per `createDatabase()`, everything
+ * unix socket in that folder and trust authentication, one fresh database per `createDatabase()` (ICU's root
+ * collation, so that text sorts as in a production database, not by code point), everything
  * stopped and removed by `stop()`. The binaries come from Debian's `postgresql` package (`bash scripts/postgres.sh
  * install` puts them there; .ci/run does). PostgreSQL refuses to run as root, so as root the cluster is owned and
  * run by the package's `postgres` user through `runuser`.
@@ -96,7 +97,9 @@ export async function startPostgresCluster(): Promise<PostgresCluster> {
       const client = new pg.Client({ connectionString: adminUrl });
       await client.connect();
       try {
-        await client.query(`CREATE DATABASE ${name}`);
+        // A linguistic collation (ICU's root locale), as a production database has, not the cluster's code-point "C":
+        // queries that sort text must say how, and the tests must see it when one does not.
+        await client.query(`CREATE DATABASE ${name} TEMPLATE template0 ENCODING 'UTF8' LOCALE_PROVIDER icu ICU_LOCALE 'und' LOCALE 'C'`);
       } finally {
         await client.end();
       }

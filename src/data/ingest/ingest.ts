@@ -9,7 +9,7 @@
  */
 import { BadInputError, type RowProblem } from "../../domain/errors.js";
 import type { Cluster, Item } from "../../domain/types.js";
-import type { EventStore } from "../event-store.js";
+import type { EventStoreContract } from "../event-store.js";
 import { EventColumnsBuilder, parseClusters, parseEvents, parseItems, type ParsedFile } from "./catalog-rows.js";
 import { readRecords, type RecordFile } from "./records.js";
 
@@ -60,7 +60,7 @@ function requireRows(path: string, file: RecordFile): void {
   if (file.records.length === 0) throw new BadInputError(`${path}: no data rows`);
 }
 
-export async function ingestFiles(store: EventStore, files: GenericFiles, options: IngestOptions = {}): Promise<IngestReport> {
+export async function ingestFiles(store: EventStoreContract, files: GenericFiles, options: IngestOptions = {}): Promise<IngestReport> {
   if (!files.clusters && !files.items && !files.events?.length) {
     throw new BadInputError("nothing to ingest: give --clusters, --items and/or --events files (or --dataset movielens --path DIR)");
   }
@@ -96,7 +96,7 @@ export async function ingestFiles(store: EventStore, files: GenericFiles, option
  * Shared by the generic reader and the dataset adapters.
  */
 export async function commitIngest(
-  store: EventStore,
+  store: EventStoreContract,
   input: {
     clusters: readonly Cluster[];
     items: readonly Item[];

@@ -17,7 +17,7 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { BadInputError } from "../../domain/errors.js";
 import type { Cluster, Item } from "../../domain/types.js";
-import type { EventStore } from "../event-store.js";
+import type { EventStoreContract } from "../event-store.js";
 import { EventColumnsBuilder, parseEvents, type ParsedFile } from "./catalog-rows.js";
 import { commitIngest, type IngestOptions, type IngestReport } from "./ingest.js";
 import { readRecords } from "./records.js";
@@ -163,7 +163,7 @@ async function readMovies(dir: string, variant: MovieLensVariant): Promise<{ mov
   return { movies, genreOrder: genreNames.filter((g) => g !== "unknown").sort(), parsed: { file: path, rows: file.records.length, problems } };
 }
 
-export async function ingestMovieLens(store: EventStore, dir: string, options: MovieLensOptions = {}): Promise<IngestReport & { variant: MovieLensVariant; minClusterItems: number }> {
+export async function ingestMovieLens(store: EventStoreContract, dir: string, options: MovieLensOptions = {}): Promise<IngestReport & { variant: MovieLensVariant; minClusterItems: number }> {
   const variant = detectMovieLens(dir);
   const { movies, genreOrder, parsed: movieFile } = await readMovies(dir, variant);
   if (movies.length === 0) throw new BadInputError(`${dir}: no movies`);

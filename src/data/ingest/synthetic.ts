@@ -7,7 +7,7 @@
  * const report = await ingestSynthetic(store, world);
  */
 import { SILENT_PROGRESS, type ProgressSink } from "../../domain/types.js";
-import type { EventChunk, EventStore } from "../event-store.js";
+import type { EventChunk, EventStoreContract } from "../event-store.js";
 import type { SyntheticEventBatch, SyntheticWorld } from "../synthetic/index.js";
 
 export interface SyntheticIngestReport {
@@ -19,7 +19,7 @@ export interface SyntheticIngestReport {
   readonly positiveEvents: number;
 }
 
-export async function ingestSynthetic(store: EventStore, world: SyntheticWorld, progress: ProgressSink = SILENT_PROGRESS): Promise<SyntheticIngestReport> {
+export async function ingestSynthetic(store: EventStoreContract, world: SyntheticWorld, progress: ProgressSink = SILENT_PROGRESS): Promise<SyntheticIngestReport> {
   const items = world.items();
   const userIds = Array.from({ length: world.userCount }, (_, k) => world.userId(k));
   const itemIds = items.map((item) => item.id);
