@@ -8,7 +8,10 @@
  *   every other one, and leaves the embedding rows of tokens the window does not contain untouched;
  * - learning: a tiny model learns a deterministic mapping and answers held-out history pairs by it, scored through
  *   the product's scorer (EmbeddedLanguageModel) from the file written with the existing GGUF writer;
- * - serving: that file's top-1 through the llama.cpp scorer equals the ggml forward pass's, and the logits agree.
+ * - serving: that file's top-1 through the llama.cpp scorer equals the ggml forward pass's, and the logits agree;
+ * - the hand-written backward pass (ggml-backward.ts, the trainer's default) computes autograd's gradients;
+ * - continuing: a model trained by llama_opt_epoch loads into the ggml graph with llama.cpp's logits, trains, and is
+ *   written back as a freshrec model file the product reads.
  */
 import koffi from "koffi";
 import { join } from "node:path";
@@ -20,11 +23,12 @@ import { GgmlStep, llamaTensorNames, packWindows } from "../../src/llm/engine/gg
 import { GgmlManualStep } from "../../src/llm/engine/ggml-backward.js";
 import { GgmlModel, answerLogits, trainGgml } from "../../src/llm/engine/ggml-trainer.js";
 import { allocOptimizerParams, loadLlamaApi } from "../../src/llm/engine/llama-api.js";
-import { createModelFile } from "../../src/llm/engine/model-file.js";
+import { createModelFile, readModelFile } from "../../src/llm/engine/model-file.js";
 import { BatchScorer } from "../../src/llm/engine/scorer.js";
 import { promptTokens, sampleTokens } from "../../src/llm/engine/trainer.js";
 import { CLUSTER_BASE, EOS_ID, buildVocabulary } from "../../src/llm/engine/vocabulary.js";
 import { CLUSTERS as TOY_CLUSTERS, TINY_SHAPE, tempWorkspace, toySamples } from "./fixtures.js";
+import { trainTinyModel } from "./tiny-model.js";
 
 const ws = tempWorkspace("freshrec-ggml-");
 
@@ -281,6 +285,44 @@ describe("ggml trainer: learning, and serving the trained file through llama.cpp
       });
     } finally {
       await served.close();
+    }
+  }, 60_000);
+});
+
+describe("ggml trainer: continuing from a model trained by llama_opt_epoch", () => {
+  it("reads the old path's file, computes llama.cpp's logits on it, and writes a file the product reads after a step", async () => {
+    const parent = await trainTinyModel(ws, "old-path.gguf");
+    const info = readModelFile(parent);
+    const vocab = info.vocabulary;
+    const K = info.clusters.length;
+    const model = GgmlModel.load(parent);
+    try {
+      const prompts = toySamples(24, 11).map((s) => s.prompt);
+      const seqs = prompts.map((p) => [...promptTokens(vocab, p), EOS_ID]);
+      const ggmlLogits = answerLogits(model, seqs, 128, 8);
+      const scorer = BatchScorer.open(loadLlamaApi(), parent, { answerBase: CLUSTER_BASE, answerCount: K });
+      const llamaLogits = await scorer.score(seqs.map((s) => s.slice(0, -1)));
+      await scorer.close();
+      let maxDiff = 0;
+      seqs.forEach((_, i) => {
+        for (let j = 0; j < K; j++) maxDiff = Math.max(maxDiff, Math.abs(ggmlLogits[i][CLUSTER_BASE + j] - llamaLogits[i * K + j]));
+      });
+      expect(maxDiff).toBeLessThan(1e-3);
+      const stats = trainGgml(model, toySamples(64, 5).map((s) => sampleTokens(vocab, s)), { epochs: 1, windowTokens: 128, learningRate: 1e-3 });
+      expect(stats.steps).toBeGreaterThan(1);
+      const child = join(ws, "continued.gguf");
+      model.save(child);
+      const childInfo = readModelFile(child);
+      expect(childInfo.vocabularyHash).toBe(info.vocabularyHash);
+      expect(childInfo.shape).toEqual(info.shape);
+      const served = await EmbeddedLanguageModel.open(child);
+      try {
+        expect(await served.score(prompts.slice(0, 4), 3)).toHaveLength(4);
+      } finally {
+        await served.close();
+      }
+    } finally {
+      model.free();
     }
   }, 60_000);
 });
