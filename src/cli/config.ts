@@ -27,6 +27,19 @@ const positiveInt = () => z.number().int().positive();
 
 export const configSchema = z
   .object({
+    store: z
+      .object({
+        url: z
+          .string()
+          .regex(/^postgres(ql)?:\/\/\S+$/, "a postgres://user@host:port/database URL")
+          .nullable()
+          .default(null)
+          .describe(
+            "PostgreSQL URL of a shared event store (postgres://user:password@host:5432/db). null = the workspace's embedded events.duckdb. So far only ingest, synth and analyze drift run on PostgreSQL; every other command that reads events refuses with this set (issue 19), and tables, models, schedule and reports stay in the workspace.",
+          ),
+      })
+      .strict()
+      .prefault({}),
     data: z
       .object({
         positiveMin: z

@@ -4,7 +4,8 @@
  * command's human rendering is printed. Logs and progress go to stderr.
  */
 import type { Command } from "commander";
-import { EventStore } from "../data/event-store.js";
+import { EventStore, type EventStoreContract } from "../data/event-store.js";
+import { PostgresEventStore, redactedUrl } from "../data/postgres-event-store.js";
 import { SystemClock, type Clock } from "../domain/clock.js";
 import { FreshrecError } from "../domain/errors.js";
 import { SqliteTableStore } from "../tables/index.js";
@@ -26,7 +27,14 @@ export interface CommandContext {
   readonly progress: ProgressSink;
   /** Prints a line for people on stderr (never stdout, which belongs to the result). */
   log(line: string): void;
+  /**
+   * The embedded DuckDB event store, for commands that have not moved to the store contract yet.
+   * @throws FreshrecError (BAD_INPUT) when the config names a PostgreSQL store (`store.url`): such a command would
+   * otherwise read a local file that is not the deployment's events.
+   */
   openEvents(): Promise<EventStore>;
+  /** The event store the config names: PostgreSQL with `store.url`, else the workspace's DuckDB file. */
+  openEventStore(): Promise<EventStoreContract>;
   openTables(): SqliteTableStore;
   /**
    * Aborted by the first Ctrl-C (SIGINT) or SIGTERM, so a long job stops cleanly (a partial table is marked failed,
@@ -36,7 +44,7 @@ export interface CommandContext {
   /** The wall clock: the CLI is the one place where "now" comes from the system. */
   readonly clock: Clock;
   /** The engagement threshold for "positive": the config's, else the one the dataset recorded at ingestion. */
-  positiveMin(store: EventStore): Promise<number | null>;
+  positiveMin(store: EventStoreContract): Promise<number | null>;
 }
 
 export function contextOf(command: Command): CommandContext {
@@ -55,7 +63,16 @@ export function contextOf(command: Command): CommandContext {
     json,
     progress: progressSink(),
     log: (line) => process.stderr.write(`${line}\n`),
-    openEvents: () => EventStore.open(paths.events),
+    openEvents: async () => {
+      if (config.store.url !== null) {
+        throw new FreshrecError(
+          "BAD_INPUT",
+          `this command does not run on the PostgreSQL event store yet (store.url = ${redactedUrl(config.store.url)}): so far only ingest, synth and analyze drift do (issue 19). Remove store.url from the config to use the workspace's ${paths.events}`,
+        );
+      }
+      return EventStore.open(paths.events);
+    },
+    openEventStore: () => (config.store.url !== null ? PostgresEventStore.open(config.store.url) : EventStore.open(paths.events)),
     openTables: () => SqliteTableStore.open(paths.tables, clock),
     clock,
     positiveMin: async (store) => {

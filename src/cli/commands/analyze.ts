@@ -19,10 +19,10 @@ export function registerAnalyze(program: Command): void {
         const opts = command.opts<{ from?: string; to?: string; minSupport?: string; topK?: string }>();
         const minSupport = positiveInt("min-support", opts.minSupport) ?? ctx.config.drift.minSupport;
         const topK = positiveInt("top-k", opts.topK) ?? ctx.config.drift.topK;
-        const store = await ctx.openEvents();
+        const store = await ctx.openEventStore();
         try {
           const counts = await store.counts();
-          if (counts.events === 0) throw new BadInputError(`the event store ${ctx.paths.events} is empty: run freshrec ingest or freshrec synth first`);
+          if (counts.events === 0) throw new BadInputError(`the event store ${store.location} is empty: run freshrec ingest or freshrec synth first`);
           const window = { from: timeOption("from", opts.from) ?? counts.firstTs!, to: timeOption("to", opts.to) ?? counts.lastTs! + 1 };
           const drift = await analyzeDrift(store, window, { minSupport, topK, positiveMin: await ctx.positiveMin(store) });
           const dataset = (await store.getMeta("dataset")) ?? "events";
@@ -36,7 +36,7 @@ export function registerAnalyze(program: Command): void {
           ].join("\n");
           return { json: { ...drift, reports }, text };
         } finally {
-          store.close();
+          await store.close();
         }
       }),
     );

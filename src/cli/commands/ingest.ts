@@ -23,7 +23,7 @@ export function registerIngest(program: Command): void {
         const opts = command.opts<{ clusters?: string; items?: string; events?: string[]; dataset?: string; path?: string }>();
         const options = { badRowThreshold: ctx.config.data.badRowThreshold, reportedBadRows: ctx.config.data.reportedBadRows };
         let report: IngestReport & { variant?: string };
-        const store = await ctx.openEvents();
+        const store = await ctx.openEventStore();
         try {
           if (opts.dataset !== undefined) {
             if (opts.dataset !== "movielens") throw new BadInputError(`--dataset: unknown dataset ${JSON.stringify(opts.dataset)} (known: movielens)`);
@@ -36,7 +36,7 @@ export function registerIngest(program: Command): void {
           const totals = await store.counts();
           const json = { ...report, store: storeCountsView(totals) };
           const lines = [
-            `ingested into ${ctx.paths.events}${report.variant ? ` (${report.variant})` : ""}:`,
+            `ingested into ${store.location}${report.variant ? ` (${report.variant})` : ""}:`,
             `  events added ${report.events}, duplicates skipped ${report.skippedDuplicates}, bad rows ${report.badRows}`,
             `  items ${report.items}, clusters ${report.clusters}`,
             `  store now: ${totals.events} events, ${totals.users} users, ${totals.items} items, ${totals.clusters} clusters`,
@@ -44,7 +44,7 @@ export function registerIngest(program: Command): void {
           ];
           return { json, text: lines.join("\n") };
         } finally {
-          store.close();
+          await store.close();
         }
       }),
     );

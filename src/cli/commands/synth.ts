@@ -43,20 +43,20 @@ export function registerSynth(program: Command): void {
       action(async (ctx, command) => {
         const options = syntheticOptions(ctx.config.synth, command.opts<SynthFlags>());
         const world = new SyntheticWorld(options);
-        const store = await ctx.openEvents();
+        const store = await ctx.openEventStore();
         try {
           const started = process.hrtime.bigint();
           const report = await ingestSynthetic(store, world, ctx.progress);
           const seconds = Number(process.hrtime.bigint() - started) / 1e9;
           const json = { ...report, seconds, calibration: world.calibration, options };
           const text = [
-            `synthetic platform (seed ${options.seed}, ${options.months} months from ${options.start}) written to ${ctx.paths.events}:`,
+            `synthetic platform (seed ${options.seed}, ${options.months} months from ${options.start}) written to ${store.location}:`,
             `  ${report.events} events (${report.positiveEvents} positive), ${report.users} users, ${report.items} items, ${report.clusters} clusters in ${seconds.toFixed(1)} s`,
             `  duplicates skipped ${report.skippedDuplicates}`,
           ].join("\n");
           return { json, text };
         } finally {
-          store.close();
+          await store.close();
         }
       }),
     );
