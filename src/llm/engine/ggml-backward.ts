@@ -77,6 +77,7 @@ export class GgmlManualStep {
   private readonly labelBuf: Float32Array;
   private readonly lossBuf = new Float32Array(1);
   private iteration = 0;
+  private allocated = false;
 
   constructor(
     readonly weights: GgmlWeights,
@@ -313,8 +314,13 @@ export class GgmlManualStep {
       const params = new Float32Array([lr, b1, b2, settings.eps ?? 1e-8, wd, 1 / (1 - b1 ** this.iteration), 1 / (1 - b2 ** this.iteration)]);
       f.ggml_backend_tensor_set(this.optParams, params, 0, params.byteLength);
     }
-    f.ggml_backend_sched_reset(this.sched);
-    if (!f.ggml_backend_sched_alloc_graph(this.sched, this.graph)) throw new FreshrecError("ENGINE", "ggml could not allocate the training graph");
+    if (!this.allocated) {
+      // Once: the graph and its shapes never change, and the inputs live in this step's own buffer, so the
+      // scheduler's allocation stays valid from step to step (as ggml-opt keeps its allocated graph).
+      f.ggml_backend_sched_reset(this.sched);
+      if (!f.ggml_backend_sched_alloc_graph(this.sched, this.graph)) throw new FreshrecError("ENGINE", "ggml could not allocate the training graph");
+      this.allocated = true;
+    }
     const status = f.ggml_backend_sched_graph_compute(this.sched, this.graph);
     if (status !== 0) throw new FreshrecError("ENGINE", `ggml training graph failed with status ${status}`);
     f.ggml_backend_tensor_get(this.loss, this.lossBuf, 0, 4);
