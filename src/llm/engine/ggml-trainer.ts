@@ -141,14 +141,15 @@ export function trainGgml(model: GgmlModel, sequences: readonly (readonly number
   const random = seededRandom(options.seed ?? 1);
   if (options.threads !== undefined) model.weights.setThreads(options.threads);
 
+  // Each epoch's order is drawn up front (the schedule needs the total step count); its windows are packed when the
+  // epoch starts, so only one epoch's windows are held at a time.
   const orders: number[][] = [];
-  const windowsPerEpoch: PackedWindow[][] = [];
+  let steps = 0;
   for (let e = 0; e < epochs; e++) {
     const order = shuffleInPlace(sequences.map((_, i) => i), random);
     orders.push(order);
-    windowsPerEpoch.push(packWindows(sequences, order, windowTokens, maxSamples, EOS_ID));
+    steps += packWindows(sequences, order, windowTokens, maxSamples, EOS_ID).length;
   }
-  const steps = windowsPerEpoch.reduce((a, w) => a + w.length, 0);
   const warmup = options.warmup ?? Math.min(Math.round(steps * 0.02), 500);
   const optimizer = allocOptimizerParams();
   const setRate = (lr: number) =>
@@ -168,7 +169,8 @@ export function trainGgml(model: GgmlModel, sequences: readonly (readonly number
     for (let e = 0; e < epochs; e++) {
       let lossSum = 0;
       let lossSamples = 0;
-      for (const window of windowsPerEpoch[e]) {
+      const windows: PackedWindow[] = packWindows(sequences, orders[e], windowTokens, maxSamples, EOS_ID);
+      for (const window of windows) {
         const lr = learningRateAt(done, steps, peak, warmup);
         setRate(lr);
         const r = step instanceof GgmlManualStep ? step.run(window, { learningRate: lr, weightDecay }) : step.run(window);
