@@ -90,5 +90,11 @@ describe("the admin token", () => {
     expect(JSON.parse(json.stdout).serve.adminToken).toBe("[redacted]");
     // No token configured: nothing to hide, null stays null.
     expect(JSON.parse(freshrec(["config"]).stdout).serve.adminToken).toBeNull();
+    // The shared store's URL keeps its host and database but not its password.
+    const withStore = join(ws, "with-store.json");
+    writeFileSync(withStore, JSON.stringify({ store: { url: "postgres://freshrec:pg-secret-9@db.internal:5432/recs" } }));
+    const shown = freshrec(["--config", withStore, "--json", "config"]);
+    expect(shown.stdout).not.toContain("pg-secret-9");
+    expect(JSON.parse(shown.stdout).store.url).toBe("postgres://freshrec:***@db.internal:5432/recs");
   });
 });

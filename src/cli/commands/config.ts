@@ -1,15 +1,17 @@
 import type { Command } from "commander";
 import { defaultConfig, describeConfig, type FreshrecConfig } from "../config.js";
+import { redactedUrl } from "../../data/postgres-event-store.js";
 import { action } from "../run.js";
 
 /**
- * The config as it may be shown: the admin token replaced by a marker (terminals, CI logs and pasted bug reports keep
- * what they print). The marker is shorter than serve.adminToken's minimum, so a printed config saved as a file is
- * refused rather than served with a wrong token.
+ * The config as it may be shown: the admin token replaced by a marker and the store URL's password masked
+ * (terminals, CI logs and pasted bug reports keep what they print). The marker is shorter than serve.adminToken's
+ * minimum, so a printed config saved as a file is refused rather than served with a wrong token.
  */
 export function redactSecrets(config: FreshrecConfig): FreshrecConfig {
-  if (config.serve.adminToken === null) return config;
-  return { ...config, serve: { ...config.serve, adminToken: REDACTED } };
+  const serve = config.serve.adminToken === null ? config.serve : { ...config.serve, adminToken: REDACTED };
+  const store = config.store.url === null ? config.store : { ...config.store, url: redactedUrl(config.store.url) };
+  return { ...config, serve, store };
 }
 
 const REDACTED = "[redacted]";
