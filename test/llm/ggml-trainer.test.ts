@@ -16,7 +16,14 @@
 import koffi from "koffi";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { EventStore } from "../../src/data/event-store.js";
+import { ingestSynthetic } from "../../src/data/ingest/synthetic.js";
+import { SYNTHETIC_QUICK, SyntheticWorld } from "../../src/data/synthetic/index.js";
+import { DAY_MS } from "../../src/domain/clock.js";
 import type { Cluster } from "../../src/domain/types.js";
+import { sampleOf } from "../../src/llm/contracts.js";
+import { evaluateHeldOut } from "../../src/llm/pretrain.js";
+import { timedTransitions } from "../../src/mining/transitions.js";
 import { EmbeddedLanguageModel } from "../../src/llm/backends/embedded.js";
 import { GGML_EXPECTED_STRUCT_SIZES, ggmlInitParams, ggmlOptParams } from "../../src/llm/engine/ggml-api.js";
 import { GgmlStep, llamaTensorNames, packWindows } from "../../src/llm/engine/ggml-graph.js";
@@ -323,6 +330,45 @@ describe("ggml trainer: continuing from a model trained by llama_opt_epoch", () 
       }
     } finally {
       model.free();
+    }
+  }, 60_000);
+});
+
+describe("ggml trainer: a small synthetic world", () => {
+  it("trains a base model that beats most-popular-next on the days after its window", async () => {
+    const world = new SyntheticWorld({ ...SYNTHETIC_QUICK, clustersPerDomain: 3, users: 800, targetEvents: 80_000, months: 3 });
+    const events = await EventStore.open(":memory:");
+    try {
+      await ingestSynthetic(events, world);
+      const positiveMin = world.options.positiveThreshold;
+      const asOf = Date.UTC(2025, 2, 1);
+      const window = { from: asOf - 56 * DAY_MS, to: asOf - 14 * DAY_MS };
+      const transitions = await timedTransitions(events, window, { positiveMin, horizon: 1 });
+      const heldOutDays = await timedTransitions(events, { from: window.to, to: asOf }, { positiveMin, horizon: 1 });
+      const vocab = buildVocabulary({ clusters: await events.clusters() });
+      const init = join(ws, "synthetic-init.gguf");
+      createModelFile(init, vocab, TINY_SHAPE, { seed: 1 });
+      const model = GgmlModel.load(init);
+      const out = join(ws, "synthetic.gguf");
+      try {
+        trainGgml(model, transitions.map((t) => sampleTokens(vocab, sampleOf(t))), { epochs: 6, learningRate: 1e-3, windowTokens: 256 });
+        model.save(out);
+      } finally {
+        model.free();
+      }
+      const served = await EmbeddedLanguageModel.open(out);
+      try {
+        const e = await evaluateHeldOut(served, transitions, heldOutDays);
+        expect(e.transitions).toBeGreaterThan(2000);
+        // Measured (36 clusters, 6.9k training and 2.5k held-out transitions): these 6 epochs at 1e-3 24.2% and 8
+        // epochs 26.6%, against most-popular-next 15.6%; 4 epochs at 3e-3 21.5% (f32) and 21.4% (bf16 products), the level
+        // pretrainBaseModel reaches through llama_opt_epoch with the same 4 epochs at 3e-3 (21.6%, learning.test.ts).
+          expect(e.modelTop1 - e.mostPopularTop1).toBeGreaterThan(0.05);
+      } finally {
+        await served.close();
+      }
+    } finally {
+      events.close();
     }
   }, 60_000);
 });
