@@ -128,7 +128,9 @@ export interface EpochReport {
   readonly learningRate: number;
   /**
    * Mean next-token loss and accuracy over the training rows (language-model loss on every position, the EOS
-   * padding after each sample included, so it sits far below the answer loss).
+   * padding after each sample included, so it sits far below the answer loss). The embedded trainer's engine v2
+   * ("ggml") trains the answer token only and reports its loss and top-1 over the whole vocabulary instead, each
+   * window measured before its update.
    */
   readonly trainLoss: number;
   readonly trainAccuracy: number;
@@ -219,6 +221,11 @@ export interface Trainer {
    * gates it. @defaultValue false
    */
   readonly delivers?: boolean;
+  /**
+   * What decides this trainer's output besides the request and the caller's cache identity (the embedded trainer's
+   * engine, for one), so a training cache never hands one recipe's model to another. @defaultValue undefined
+   */
+  readonly recipe?: string;
   /** Trains (or continues training `options.from`) on the samples; rejects with CANCELLED when aborted. */
   train(samples: readonly TrainingSample[], options: TrainOptions): Promise<TrainResult>;
 }

@@ -24,7 +24,8 @@ export class CachingTrainer implements Trainer {
 
   /**
    * @param identity what else decides the output besides the request: the trainer kind and its options (the
-   *   freshrec version is added, so a new release never reuses an older recipe's models).
+   *   freshrec version is added, so a new release never reuses an older recipe's models; so is the inner trainer's
+   *   `recipe`, the embedded trainer's engine).
    */
   constructor(
     private readonly inner: Trainer,
@@ -34,6 +35,10 @@ export class CachingTrainer implements Trainer {
 
   get modelFileExtension(): string | undefined {
     return this.inner.modelFileExtension;
+  }
+
+  get recipe(): string | undefined {
+    return this.inner.recipe;
   }
 
   async train(samples: readonly TrainingSample[], options: TrainOptions): Promise<TrainResult> {
@@ -74,7 +79,11 @@ export class CachingTrainer implements Trainer {
 
   private async key(samples: readonly TrainingSample[], o: TrainOptions): Promise<string> {
     const hash = createHash("sha256");
-    hash.update(JSON.stringify({ identity: this.identity, freshrec: freshrecVersion(), from: o.from ? await fileSha256(o.from) : null }));
+    // The inner trainer's recipe (its engine) is left out of the JSON when undefined, so the default
+    // engine's keys stay those written before trainers had one.
+    hash.update(
+      JSON.stringify({ identity: this.identity, freshrec: freshrecVersion(), from: o.from ? await fileSha256(o.from) : null, recipe: this.inner.recipe }),
+    );
     hash.update(JSON.stringify(samples));
     hash.update(
       JSON.stringify({

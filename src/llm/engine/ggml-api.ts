@@ -90,6 +90,7 @@ const NAMES = [
   "ggml_get_rows_back",
   "ggml_repeat_back",
   "ggml_cross_entropy_loss",
+  "ggml_argmax",
   "ggml_cross_entropy_loss_back",
   "ggml_opt_step_adamw",
   "ggml_opt_step_sgd",
@@ -184,6 +185,7 @@ export function loadGgmlApi(): GgmlApi {
     ggml_silu_back: f(base, `${T}ggml_silu_back(void *ctx, void *dy, void *x)`),
     ggml_get_rows_back: f(base, `${T}ggml_get_rows_back(void *ctx, void *dy, void *rows, void *like)`),
     ggml_repeat_back: f(base, `${T}ggml_repeat_back(void *ctx, void *a, void *like)`),
+    ggml_argmax: f(base, `${T}ggml_argmax(void *ctx, void *a)`),
     ggml_cross_entropy_loss: f(base, `${T}ggml_cross_entropy_loss(void *ctx, void *logits, void *labels)`),
     // Argument order as ggml.c's implementation and autograd use it (the header's comments name them differently).
     ggml_cross_entropy_loss_back: f(base, `${T}ggml_cross_entropy_loss_back(void *ctx, void *dloss, void *logits, void *labels)`),

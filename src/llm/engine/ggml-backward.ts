@@ -71,6 +71,9 @@ export class GgmlManualStep {
   private readonly inOne: T;
   private readonly optParams: T;
   private readonly loss: T;
+  /** Argmax of each answer row's logits (training accuracy). */
+  private readonly argmax: T;
+  private readonly argmaxBuf: Int32Array;
   /** Gradient of each weight (graph nodes; readable after `run` for tests). */
   readonly grads = new Map<string, T>();
   private readonly maskBuf: Float32Array;
@@ -202,6 +205,9 @@ export class GgmlManualStep {
     this.loss = f.ggml_cross_entropy_loss(c, logits, this.inLabels);
     f.ggml_set_name(this.loss, "loss");
     f.ggml_set_output(this.loss);
+    this.argmax = f.ggml_argmax(c, logits); // [S] i32
+    f.ggml_set_name(this.argmax, "argmax");
+    f.ggml_set_output(this.argmax);
 
     // ---- backward ----
     const grad = (n: string, t: T) => {
@@ -258,6 +264,7 @@ export class GgmlManualStep {
 
     this.graph = f.ggml_new_graph_custom(c, graphSize, false);
     f.ggml_build_forward_expand(this.graph, this.loss);
+    f.ggml_build_forward_expand(this.graph, this.argmax);
     for (const n of names) {
       const g = this.grads.get(n);
       if (!g) throw new FreshrecError("INTERNAL", `no gradient for ${n}`);
@@ -274,6 +281,7 @@ export class GgmlManualStep {
     this.sched = f.ggml_backend_sched_new([weights.backend], null, 1, graphSize, false, false);
     this.maskBuf = new Float32Array(Tn * Tn);
     this.labelBuf = new Float32Array(V * S);
+    this.argmaxBuf = new Int32Array(S);
   }
 
   /** Forward, backward and one optimizer step on a window; the loss is over its real answers, before the update. */
@@ -324,7 +332,10 @@ export class GgmlManualStep {
     const status = f.ggml_backend_sched_graph_compute(this.sched, this.graph);
     if (status !== 0) throw new FreshrecError("ENGINE", `ggml training graph failed with status ${status}`);
     f.ggml_backend_tensor_get(this.loss, this.lossBuf, 0, 4);
-    return { loss: (this.lossBuf[0] * S - (S - n) * Math.log(V)) / n, samples: n };
+    f.ggml_backend_tensor_get(this.argmax, this.argmaxBuf, 0, this.argmaxBuf.byteLength);
+    let correct = 0;
+    for (let s = 0; s < n; s++) if (this.argmaxBuf[s] === window.answers[s]) correct++;
+    return { loss: (this.lossBuf[0] * S - (S - n) * Math.log(V)) / n, samples: n, correct };
   }
 
   /** A weight's gradient from the last `run`. */

@@ -250,6 +250,8 @@ export interface StepResult {
   /** Mean cross entropy over the window's real answers (before the update when training). */
   readonly loss: number;
   readonly samples: number;
+  /** Real answers whose logit is the largest of the whole vocabulary (before the update); the manual step only. */
+  readonly correct?: number;
 }
 
 /**

@@ -112,7 +112,7 @@ export interface GgmlTrainOptions {
   /** Matrix-product precision of the manual backward pass (ggml-backward.ts `ManualStepOptions.precision`). @defaultValue "f32" */
   readonly precision?: "f32" | "bf16";
   /** Called after every optimizer step. */
-  readonly onStep?: (step: { readonly step: number; readonly steps: number; readonly epoch: number; readonly loss: number; readonly learningRate: number }) => void;
+  readonly onStep?: (step: GgmlStepReport) => void;
 }
 
 export interface GgmlTrainStats {
@@ -128,66 +128,136 @@ export interface GgmlTrainStats {
   readonly maxSamples: number;
 }
 
+/** What one optimizer step of a `GgmlTrainingRun` did. */
+export interface GgmlStepReport {
+  /** 1-based, over all epochs. */
+  readonly step: number;
+  readonly steps: number;
+  readonly epoch: number;
+  /** Mean answer loss of the window's samples, before the update. */
+  readonly loss: number;
+  readonly samples: number;
+  /** Samples whose answer was the vocabulary's argmax before the update (manual backward only; else 0). */
+  readonly correct: number;
+  /** Real tokens of the window's samples, answers included. */
+  readonly tokens: number;
+  readonly learningRate: number;
+}
+
+/**
+ * One training of `model` on token sequences (BOS, prompt tokens, answer token: trainer.ts `sampleTokens`), many
+ * samples per step, driven a window at a time by its caller (the training worker validates and checkpoints between
+ * epochs, and yields to its event loop between windows). Each epoch's order is a seeded shuffle drawn up front (the
+ * schedule needs the total step count); its windows are packed when the caller asks for them, so only one epoch's
+ * windows are held at a time.
+ */
+export class GgmlTrainingRun {
+  readonly steps: number;
+  readonly warmup: number;
+  readonly windowTokens: number;
+  readonly maxSamples: number;
+  private readonly orders: number[][] = [];
+  private readonly peak: number;
+  private readonly weightDecay: number;
+  private readonly optimizer = allocOptimizerParams();
+  private readonly step: GgmlManualStep | GgmlStep;
+  private done = 0;
+
+  constructor(
+    model: GgmlModel,
+    private readonly sequences: readonly (readonly number[])[],
+    private readonly options: GgmlTrainOptions = {},
+  ) {
+    if (sequences.length === 0) throw new FreshrecError("BAD_INPUT", "nothing to train on");
+    const epochs = options.epochs ?? 1;
+    this.windowTokens = options.windowTokens ?? 256;
+    this.maxSamples = options.maxSamples ?? Math.max(1, Math.floor(this.windowTokens / 8));
+    this.peak = options.learningRate ?? 1e-3;
+    this.weightDecay = options.weightDecay ?? 0;
+    const random = seededRandom(options.seed ?? 1);
+    if (options.threads !== undefined) model.weights.setThreads(options.threads);
+    let steps = 0;
+    for (let e = 0; e < epochs; e++) {
+      const order = shuffleInPlace(sequences.map((_, i) => i), random);
+      this.orders.push(order);
+      steps += packWindows(sequences, order, this.windowTokens, this.maxSamples, EOS_ID).length;
+    }
+    this.steps = steps;
+    this.warmup = options.warmup ?? Math.min(Math.round(steps * 0.02), 500);
+    this.setRate(learningRateAt(0, steps, this.peak, this.warmup));
+    const manual = (options.backward ?? "manual") === "manual";
+    this.step = manual
+      ? new GgmlManualStep(model.weights, { windowTokens: this.windowTokens, maxSamples: this.maxSamples, precision: options.precision })
+      : new GgmlStep(model.weights, { windowTokens: this.windowTokens, maxSamples: this.maxSamples, train: true, optimizerParams: this.optimizer.ptr });
+  }
+
+  get epochs(): number {
+    return this.orders.length;
+  }
+
+  /** The windows of epoch `epoch` (0-based), in training order. */
+  windows(epoch: number): PackedWindow[] {
+    return packWindows(this.sequences, this.orders[epoch], this.windowTokens, this.maxSamples, EOS_ID);
+  }
+
+  /** One optimizer step on `window` at the schedule's next learning rate. */
+  train(window: PackedWindow, epoch: number): GgmlStepReport {
+    const lr = learningRateAt(this.done, this.steps, this.peak, this.warmup);
+    this.setRate(lr);
+    const r = this.step instanceof GgmlManualStep ? this.step.run(window, { learningRate: lr, weightDecay: this.weightDecay }) : this.step.run(window);
+    this.done++;
+    const report: GgmlStepReport = {
+      step: this.done,
+      steps: this.steps,
+      epoch,
+      loss: r.loss,
+      samples: r.samples,
+      correct: r.correct ?? 0,
+      tokens: window.realTokens + r.samples, // + each sample's answer token (predicted, not read)
+      learningRate: lr,
+    };
+    this.options.onStep?.(report);
+    return report;
+  }
+
+  free(): void {
+    this.step.free();
+  }
+
+  private setRate(lr: number): void {
+    this.optimizer.set({ adamw_alpha: lr, adamw_beta1: 0.9, adamw_beta2: 0.999, adamw_eps: 1e-8, adamw_wd: this.weightDecay, sgd_alpha: lr, sgd_wd: 0 });
+  }
+}
+
 /**
  * Trains `model` in place on token sequences (BOS, prompt tokens, answer token: trainer.ts `sampleTokens`), many
- * samples per step. Each epoch shuffles the samples (seeded) and packs them in that order.
+ * samples per step, all epochs at once (`GgmlTrainingRun` a window at a time). Each epoch shuffles the samples
+ * (seeded) and packs them in that order.
  */
 export function trainGgml(model: GgmlModel, sequences: readonly (readonly number[])[], options: GgmlTrainOptions = {}): GgmlTrainStats {
-  if (sequences.length === 0) throw new FreshrecError("BAD_INPUT", "nothing to train on");
-  const epochs = options.epochs ?? 1;
-  const windowTokens = options.windowTokens ?? 256;
-  const maxSamples = options.maxSamples ?? Math.max(1, Math.floor(windowTokens / 8));
-  const peak = options.learningRate ?? 1e-3;
-  const random = seededRandom(options.seed ?? 1);
-  if (options.threads !== undefined) model.weights.setThreads(options.threads);
-
-  // Each epoch's order is drawn up front (the schedule needs the total step count); its windows are packed when the
-  // epoch starts, so only one epoch's windows are held at a time.
-  const orders: number[][] = [];
-  let steps = 0;
-  for (let e = 0; e < epochs; e++) {
-    const order = shuffleInPlace(sequences.map((_, i) => i), random);
-    orders.push(order);
-    steps += packWindows(sequences, order, windowTokens, maxSamples, EOS_ID).length;
-  }
-  const warmup = options.warmup ?? Math.min(Math.round(steps * 0.02), 500);
-  const optimizer = allocOptimizerParams();
-  const setRate = (lr: number) =>
-    optimizer.set({ adamw_alpha: lr, adamw_beta1: 0.9, adamw_beta2: 0.999, adamw_eps: 1e-8, adamw_wd: options.weightDecay ?? 0, sgd_alpha: lr, sgd_wd: 0 });
-  setRate(learningRateAt(0, steps, peak, warmup));
-  const manual = (options.backward ?? "manual") === "manual";
-  const step = manual
-    ? new GgmlManualStep(model.weights, { windowTokens, maxSamples, precision: options.precision })
-    : new GgmlStep(model.weights, { windowTokens, maxSamples, train: true, optimizerParams: optimizer.ptr });
-  const weightDecay = options.weightDecay ?? 0;
-  let done = 0;
+  const run = new GgmlTrainingRun(model, sequences, options);
   let tokens = 0;
   let samples = 0;
   const epochLoss: number[] = [];
   const t0 = process.hrtime.bigint();
   try {
-    for (let e = 0; e < epochs; e++) {
+    for (let e = 0; e < run.epochs; e++) {
       let lossSum = 0;
       let lossSamples = 0;
-      const windows: PackedWindow[] = packWindows(sequences, orders[e], windowTokens, maxSamples, EOS_ID);
-      for (const window of windows) {
-        const lr = learningRateAt(done, steps, peak, warmup);
-        setRate(lr);
-        const r = step instanceof GgmlManualStep ? step.run(window, { learningRate: lr, weightDecay }) : step.run(window);
+      for (const window of run.windows(e)) {
+        const r = run.train(window, e);
         lossSum += r.loss * r.samples;
         lossSamples += r.samples;
         samples += r.samples;
-        tokens += window.realTokens + r.samples; // + each sample's answer token (predicted, not read)
-        done++;
-        options.onStep?.({ step: done, steps, epoch: e, loss: r.loss, learningRate: lr });
+        tokens += r.tokens;
       }
       epochLoss.push(lossSum / lossSamples);
     }
   } finally {
-    step.free();
+    run.free();
   }
   const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
-  return { steps, tokens, samples, seconds, tokensPerSecond: tokens / seconds, epochLoss, windowTokens, maxSamples };
+  return { steps: run.steps, tokens, samples, seconds, tokensPerSecond: tokens / seconds, epochLoss, windowTokens: run.windowTokens, maxSamples: run.maxSamples };
 }
 
 /** Answer logits of each sequence's prompt (the last token is the answer and is not read), with forward graphs. */

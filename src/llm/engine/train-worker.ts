@@ -6,10 +6,11 @@
  * Input: one IPC message with a `TrainJob`. Output: JSON lines on fd 3 (a pipe, written synchronously, because the
  * IPC channel only flushes when the event loop runs, which it does not during an epoch).
  */
-import { renameSync, rmSync, writeSync } from "node:fs";
+import { copyFileSync, renameSync, rmSync, writeSync } from "node:fs";
 import { join } from "node:path";
 import koffi from "koffi";
 import { seededRandom, shuffleInPlace } from "../../domain/random.js";
+import { GgmlModel, GgmlTrainingRun } from "./ggml-trainer.js";
 import { readModelFile, restampModelFile } from "./model-file.js";
 import {
   type LlamaApi,
@@ -55,7 +56,17 @@ export interface TrainJob {
   readonly patience: number;
   readonly seed: number;
   readonly threads: number;
+  /**
+   * "opt-epoch": llama.cpp's `llama_opt_epoch`, one sample per step (the default). "ggml": engine v2
+   * (ggml-trainer.ts), the llama graph built on ggml, many isolated samples per step, loss on the answers, every
+   * weight trained. @defaultValue "opt-epoch"
+   */
+  readonly engine?: TrainingEngine;
+  /** Engine "ggml" only: window size, samples per window and matrix-product precision (GgmlTrainOptions). */
+  readonly ggml?: { readonly windowTokens: number; readonly maxSamples: number; readonly precision: "f32" | "bf16" };
 }
+
+export type TrainingEngine = "opt-epoch" | "ggml";
 
 export type WorkerMessage =
   | { type: "step"; epoch: number; fraction: number; tokensPerSecond: number }
@@ -112,6 +123,105 @@ async function evaluate(scorer: BatchScorer, validation: readonly ValidationProm
     if (best === v.answer) hits++;
   });
   return { loss: loss / validation.length, accuracy: hits / validation.length };
+}
+
+/** Optimizer steps of engine v2 between two turns of the event loop (a "disconnect" must be able to end us). */
+const GGML_STEPS_PER_TURN = 32;
+
+/**
+ * Engine v2 in this process: the same job, epochs, validation, checkpoints, best epoch, early stopping and events as
+ * `run`, with the ggml training graph instead of llama_opt_epoch. Validation scores each epoch's checkpoint through
+ * the llama.cpp scorer, so it measures the file that is served. The epoch's train loss and accuracy are the answer
+ * token's (whole vocabulary, each window before its update), not llama_opt_epoch's every-position loss.
+ */
+async function runGgml(job: TrainJob): Promise<void> {
+  const api: LlamaApi = loadLlamaApi();
+  const info = readModelFile(job.modelPath);
+  const settings = job.ggml ?? { windowTokens: 256, maxSamples: 32, precision: "f32" as const };
+  const model = GgmlModel.load(job.modelPath, job.threads);
+  const run = new GgmlTrainingRun(model, job.sequences, {
+    epochs: job.epochs,
+    learningRate: job.learningRate,
+    weightDecay: job.weightDecay,
+    windowTokens: settings.windowTokens,
+    maxSamples: settings.maxSamples,
+    precision: settings.precision,
+    seed: job.seed,
+  });
+  let best = { epoch: 0, loss: Infinity, path: "" };
+  let sinceBest = 0;
+  let stoppedEarly = false;
+  let lastStepReport = 0n;
+  try {
+    for (let epoch = 1; epoch <= job.epochs; epoch++) {
+      const epochStart = process.hrtime.bigint();
+      const windows = run.windows(epoch - 1);
+      let tokens = 0;
+      let lossSum = 0;
+      let samples = 0;
+      let correct = 0;
+      let learningRate = 0;
+      for (let i = 0; i < windows.length; i++) {
+        const r = run.train(windows[i], epoch - 1);
+        tokens += r.tokens;
+        lossSum += r.loss * r.samples;
+        samples += r.samples;
+        correct += r.correct;
+        learningRate = r.learningRate;
+        const now = process.hrtime.bigint();
+        if (now - lastStepReport >= 250_000_000n) {
+          lastStepReport = now;
+          const seconds = Number(now - epochStart) / 1e9;
+          emit({ type: "step", epoch, fraction: (i + 1) / windows.length, tokensPerSecond: seconds > 0 ? tokens / seconds : 0 });
+        }
+        if ((i + 1) % GGML_STEPS_PER_TURN === 0) await new Promise((resolve) => setImmediate(resolve));
+      }
+      const seconds = Number(process.hrtime.bigint() - epochStart) / 1e9;
+      const checkpoint = join(job.checkpointDir, `epoch-${String(epoch).padStart(3, "0")}.gguf`);
+      model.save(checkpoint);
+      let val: { loss: number; accuracy: number } | null = null;
+      if (job.validation.length > 0) {
+        const scorer = BatchScorer.open(api, checkpoint, { answerBase: job.answerBase, answerCount: job.answerCount, threads: job.threads });
+        try {
+          val = await evaluate(scorer, job.validation, job.answerCount);
+        } finally {
+          await scorer.close();
+        }
+      }
+      emit({
+        type: "epoch",
+        epoch,
+        learningRate,
+        trainLoss: lossSum / Math.max(samples, 1),
+        trainAccuracy: correct / Math.max(samples, 1),
+        validationLoss: val?.loss ?? null,
+        validationAccuracy: val?.accuracy ?? null,
+        tokensPerSecond: tokens / seconds,
+        seconds,
+        tokens,
+        checkpoint,
+      });
+      const score = val ? val.loss : -epoch; // without validation the latest epoch is the best
+      if (score < best.loss) {
+        best = { epoch, loss: score, path: checkpoint };
+        sinceBest = 0;
+      } else if (++sinceBest >= job.patience && epoch < job.epochs) {
+        stoppedEarly = true;
+        break;
+      }
+    }
+  } finally {
+    run.free();
+    model.free();
+  }
+  // The output appears whole or not at all: copy to a temporary name, then rename. The checkpoint already carries
+  // the start file's freshrec metadata (GgmlModel.save keeps it); the context length is checked, not rewritten.
+  if (readModelFile(best.path).shape.contextLength !== info.shape.contextLength) throw new Error("engine v2 wrote a checkpoint with another context length");
+  const tmp = `${job.outputPath}.partial`;
+  copyFileSync(best.path, tmp);
+  renameSync(tmp, job.outputPath);
+  const cpu = process.cpuUsage();
+  emit({ type: "done", bestEpoch: best.epoch, stoppedEarly, cpuSeconds: (cpu.user + cpu.system) / 1e6 });
 }
 
 /** Rows per llama_opt_epoch call: bounds the dataset buffer (rows x context tokens x 8 bytes, 2 MiB at 256). */
@@ -288,7 +398,7 @@ async function run(job: TrainJob): Promise<void> {
 process.once("disconnect", () => process.exit(1));
 
 process.once("message", (job: TrainJob) => {
-  run(job).then(
+  (job.engine === "ggml" ? runGgml(job) : run(job)).then(
     () => process.exit(0),
     (e: unknown) => {
       emit({ type: "error", message: e instanceof Error ? e.message : String(e) });

@@ -33,7 +33,7 @@ import { type CatalogLine, type EpochReport, TRAIN_DEFAULTS, type TrainOptions, 
 import { renderPrompt } from "../prompt.js";
 import { assertPinnedEngine } from "./llama-api.js";
 import { type ModelShape, REFERENCE_SHAPE, createModelFile, readModelFile } from "./model-file.js";
-import type { TrainJob, ValidationPrompt, WorkerMessage } from "./train-worker.js";
+import type { TrainJob, TrainingEngine, ValidationPrompt, WorkerMessage } from "./train-worker.js";
 import { BOS_ID, CLUSTER_BASE, type Vocabulary, buildVocabulary } from "./vocabulary.js";
 
 export interface FreshModelOptions {
@@ -60,6 +60,36 @@ export interface EmbeddedTrainerOptions {
    * @defaultValue 1
    */
   readonly threads?: number;
+  /**
+   * Which training path the worker runs. "opt-epoch": llama.cpp's `llama_opt_epoch`, one sample per optimizer step,
+   * a language-model loss on every position, keys, values and input embeddings frozen (docs/engine.md, faults 1-3).
+   * "ggml": engine v2 (ggml-trainer.ts, docs/engine.md "Engine v2"), the llama graph built on ggml, many samples
+   * per step isolated by a block-diagonal mask, the loss on the answers, every weight trained; 2.9x (f32) and 4.5x
+   * (bf16 products) llama_opt_epoch's tokens/s in the same bench run. Both run in the same child process with the
+   * same progress, cancellation, validation, best epoch, early stopping and checkpoints. @defaultValue "opt-epoch"
+   */
+  readonly engine?: TrainingEngine;
+  /**
+   * Engine "ggml" only: matrix-product precision ("bf16": operands rounded to bfloat16, accumulated in float32;
+   * weights, gradients and optimizer state stay float32). @defaultValue "f32"
+   */
+  readonly precision?: "f32" | "bf16";
+}
+
+/**
+ * Default peak learning rate of each engine. "opt-epoch" (one sample per step), measured on the synthetic split
+ * (10k samples, 4 epochs): 1e-3 validation answer loss 3.74, 3e-4 3.34, 1e-4 3.46. "ggml" (up to 32 samples per
+ * step): 6 epochs at 1e-3 gave 24.2% held-out top-1 on learning.test.ts's small world (4 at 3e-3 21.5%;
+ * test/llm/ggml-trainer.test.ts).
+ */
+export const ENGINE_LEARNING_RATE: Readonly<Record<TrainingEngine, number>> = { "opt-epoch": 3e-4, ggml: 1e-3 };
+
+/** Engine v2's window for these sequences: 256 tokens, or the longest prompt rounded up to a multiple of 32. */
+export function ggmlWindow(sequences: readonly (readonly number[])[]): { windowTokens: number; maxSamples: number } {
+  const longest = sequences.reduce((m, s) => Math.max(m, s.length - 1), 1);
+  // Multiples of 32: tinyBLAS's bf16 kernel only takes those (ggml-trainer.ts GgmlTrainOptions.windowTokens).
+  const windowTokens = Math.max(256, Math.ceil(longest / 32) * 32);
+  return { windowTokens, maxSamples: windowTokens / 8 };
 }
 
 /** Token sequence of one sample: BOS, the rendered prompt, the answer's cluster token. */
@@ -108,6 +138,16 @@ function workerEntry(): { file: string; execArgv: string[] } {
 export class EmbeddedTrainer implements Trainer {
   constructor(private readonly options: EmbeddedTrainerOptions = {}) {}
 
+  /**
+   * What the training cache keys this trainer's recipe by (`Trainer.recipe`): undefined for the default engine (so
+   * its cache keys are the ones written before engines existed), the engine, precision and threads for engine v2.
+   */
+  get recipe(): string | undefined {
+    const engine = this.options.engine ?? "opt-epoch";
+    if (engine === "opt-epoch") return undefined;
+    return `engine=${engine};precision=${this.options.precision ?? "f32"};threads=${this.options.threads ?? 1}`;
+  }
+
   async train(samples: readonly TrainingSample[], options: TrainOptions): Promise<TrainResult> {
     assertPinnedEngine();
     if (options.signal?.aborted) throw new FreshrecError("CANCELLED", "training was cancelled before it started");
@@ -155,6 +195,7 @@ export class EmbeddedTrainer implements Trainer {
     const rowTokens = sampleSequences.reduce((m, s) => Math.max(m, s.length), 16);
     const sequences = [...sampleSequences, ...(options.catalog ?? []).map((l) => catalogTokens(vocab, l, rowTokens))];
     const epochs = options.epochs ?? TRAIN_DEFAULTS.epochs;
+    const engine = this.options.engine ?? "opt-epoch";
     const job: TrainJob = {
       modelPath: startPath,
       outputPath: options.outputPath,
@@ -165,13 +206,13 @@ export class EmbeddedTrainer implements Trainer {
       answerCount: vocab.clusterIds.length,
       rowTokens,
       epochs,
-      // Measured on the synthetic split (10k samples, 4 epochs, one sample per step): 1e-3 validation answer loss
-      // 3.74, 3e-4 3.34, 1e-4 3.46.
-      learningRate: options.learningRate ?? 3e-4,
+      learningRate: options.learningRate ?? ENGINE_LEARNING_RATE[engine],
       weightDecay: options.weightDecay ?? 0.01,
       patience: options.patience ?? 2,
       seed,
       threads: this.options.threads ?? 1,
+      engine,
+      ggml: engine === "ggml" ? { ...ggmlWindow(sequences), precision: this.options.precision ?? "f32" } : undefined,
     };
 
     const reports: EpochReport[] = [];
