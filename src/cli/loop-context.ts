@@ -101,7 +101,8 @@ export async function trainBaseModel(
   const items = await events.titledItems(20_000);
   ctx.log(
     `pretraining on ${transitions.length} transitions (${transitions.filter((t) => t.context).length} with a retrieved RAG context) of ${iso(window.from).slice(0, 10)}..${iso(window.to).slice(0, 10)}, ${clusters.length} clusters, ${items.length} titled items` +
-      (options.heldOut ? `; ${heldOut.length} held-out transitions` : ""),
+      (options.heldOut ? `; ${heldOut.length} held-out transitions` : "") +
+      `; training engine ${ctx.config.training.engine}${ctx.config.training.engine === "ggml" ? ` (${ctx.config.training.precision} products)` : ""}`,
   );
   const result = await pretrainBaseModel({
     workspace,
@@ -115,6 +116,7 @@ export async function trainBaseModel(
     epochs: options.epochs,
     keepCheckpoints: ctx.config.pretrain.keepCheckpoints,
     shape: { ...REFERENCE_SHAPE, ...ctx.config.model },
+    training: ctx.config.training,
     signal: options.signal ?? ctx.signal,
     onProgress: trainingProgress(ctx.progress, ctx.log, "pretraining"),
   });
@@ -230,7 +232,7 @@ export async function openLoop(ctx: CommandContext, overrides: { trainer?: Train
   const catalog = await events.clusters();
   const clusters = catalog.map((c) => c.id);
   // The configured backend opens model versions and trains new ones: the loop is the same for every backend.
-  const backend = languageModelBackend(ctx.config.llm, { clusters: catalog, workspace: ctx.paths.root, clock: ctx.clock });
+  const backend = languageModelBackend(ctx.config.llm, { clusters: catalog, workspace: ctx.paths.root, clock: ctx.clock, training: ctx.config.training });
   const loop = new UpdateLoop({
     events,
     tables,

@@ -15,7 +15,7 @@ import type { CatalogLine, LanguageModel, TrainResult, TrainingEvent } from "./c
 import { TRAIN_DEFAULTS, sampleOf } from "./contracts.js";
 import { EmbeddedLanguageModel } from "./backends/embedded.js";
 import { type ModelShape, readModelFile } from "./engine/model-file.js";
-import { EmbeddedTrainer } from "./engine/trainer.js";
+import { EmbeddedTrainer, type EmbeddedTrainerOptions } from "./engine/trainer.js";
 import { type ModelVersion, ModelRegistry } from "./registry.js";
 
 export interface PretrainOptions {
@@ -38,6 +38,8 @@ export interface PretrainOptions {
   readonly window?: TimeWindow | null;
   /** @defaultValue REFERENCE_SHAPE */
   readonly shape?: ModelShape;
+  /** Training engine and precision (the config's `training` section). @defaultValue engine "opt-epoch" */
+  readonly training?: Pick<EmbeddedTrainerOptions, "engine" | "precision">;
   /** @defaultValue 4 (see TrainOptions.epochs) */
   readonly epochs?: number;
   /** @defaultValue false (see TrainOptions.keepCheckpoints) */
@@ -132,6 +134,8 @@ export async function pretrainBaseModel(options: PretrainOptions): Promise<Pretr
     ].filter((l) => options.clusters.some((c) => c.id === l.cluster));
     const trainer = new EmbeddedTrainer({
       init: { clusters: options.clusters, extraText: titles.map((i) => i.title!), shape: options.shape },
+      engine: options.training?.engine,
+      precision: options.training?.precision,
     });
     const modelPath = join(dir, "model.gguf");
     const training = await trainer.train(

@@ -118,11 +118,20 @@ export function registerEvaluate(program: Command): void {
           const workDir = join(ctx.paths.root, "replay");
           // The start model depends on the period's start and on every setting that shapes it: one cache entry each.
           const startKey = createHash("sha256")
-            .update(JSON.stringify({ pretrain: ctx.config.pretrain, model: ctx.config.model, rag: promptRagSettings(ctx.config.rag), positiveMin }))
+            .update(
+              JSON.stringify({
+                pretrain: ctx.config.pretrain,
+                model: ctx.config.model,
+                rag: promptRagSettings(ctx.config.rag),
+                positiveMin,
+                // Absent for the default engine, so start models trained before the option existed keep their key.
+                training: ctx.config.training.engine === "opt-epoch" ? undefined : ctx.config.training,
+              }),
+            )
             .digest("hex")
             .slice(0, 8);
           const catalog = await events.clusters();
-          const backend = languageModelBackend(ctx.config.llm, { clusters: catalog, workspace: ctx.paths.root, clock: ctx.clock });
+          const backend = languageModelBackend(ctx.config.llm, { clusters: catalog, workspace: ctx.paths.root, clock: ctx.clock, training: ctx.config.training });
           const needsModel = names.some((n) => (LLM_STRATEGIES as readonly string[]).includes(n));
           // A configured external model is the start model as it is: what it was trained on is outside freshrec's
           // view, so the no-leakage guarantee covers only the tables and fine-tunes made here. The embedded one

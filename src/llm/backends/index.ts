@@ -21,7 +21,7 @@ import { FreshrecError } from "../../domain/errors.js";
 import type { Cluster } from "../../domain/types.js";
 import type { LanguageModel, Trainer } from "../contracts.js";
 import { ggufValue, readGgufFile } from "../engine/gguf.js";
-import { EmbeddedTrainer } from "../engine/trainer.js";
+import { EmbeddedTrainer, type EmbeddedTrainerOptions } from "../engine/trainer.js";
 import { EmbeddedLanguageModel } from "./embedded.js";
 import { GgufLanguageModel } from "./gguf.js";
 import { type AnswerMode, type EchoTemplate, OpenAiLanguageModel, type RankingOption, readHostedModelFile } from "./openai.js";
@@ -98,6 +98,8 @@ export interface BackendContext {
   /** The workspace folder (the openai response cache lives there). */
   readonly workspace: string;
   readonly clock?: Clock;
+  /** How the embedded backend trains (the config's `training` section). @defaultValue engine "opt-epoch" */
+  readonly training?: Pick<EmbeddedTrainerOptions, "engine" | "precision">;
 }
 
 export interface LlmBackend {
@@ -125,7 +127,7 @@ export function languageModelBackend(settings: LlmBackendSettings, context: Back
           if (path === null) throw new FreshrecError("NOT_FOUND", "no model yet: run freshrec pretrain (or demo) first");
           return EmbeddedLanguageModel.open(path);
         },
-        trainer: () => new EmbeddedTrainer(),
+        trainer: () => new EmbeddedTrainer({ engine: context.training?.engine, precision: context.training?.precision }),
       };
     case "gguf": {
       const g = settings.gguf;
