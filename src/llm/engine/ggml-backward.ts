@@ -1,5 +1,6 @@
 /**
- * Engine v2's training step with a hand-written backward pass (not the product's trainer yet; see ggml-trainer.ts).
+ * Engine v2's training step with a hand-written backward pass (ggml-trainer.ts; the product's trainer with
+ * `training.engine` "ggml").
  *
  * Why: with ggml's automatic differentiation (`ggml_build_backward_expand`, used through ggml-opt by `GgmlStep` in
  * ggml-graph.ts) every MUL_MAT's backward is two `ggml_out_prod` nodes (ggml/src/ggml.c, `ggml_compute_backward`,

@@ -1,8 +1,8 @@
 /**
  * The llama architecture as a ggml training graph built directly (not through llama.cpp's `llama_opt_*`), for
- * many samples packed into one window of tokens per optimizer step. NOT the product's trainer yet: the product
- * still trains through `llama_opt_epoch` (trainer.ts, train-worker.ts); this is engine v2 under construction
- * (issue 17), used by ggml-trainer.ts, its tests (test/llm/ggml-*.test.ts) and `npm run bench -- engine`.
+ * many samples packed into one window of tokens per optimizer step: engine v2 (issue 17), used by ggml-trainer.ts
+ * and through it by the product's trainer when `training.engine` is "ggml" (the default is still llama_opt_epoch:
+ * trainer.ts, train-worker.ts), its tests (test/llm/ggml-*.test.ts, embedded-ggml.test.ts) and the engine bench.
  *
  * The graph is the one llama.cpp v0.4.0 builds for `LLM_ARCH_LLAMA` (src/models/llama.cpp of the bundle): token
  * embeddings (get_rows), per layer RMSNorm * attn_norm, Q/K/V projections, RoPE (normal mode, freq_base from the

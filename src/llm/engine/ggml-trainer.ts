@@ -1,5 +1,5 @@
 /**
- * Engine v2 (issue 17), under construction: trains a freshrec llama model on a ggml graph built directly
+ * Engine v2 (issue 17): trains a freshrec llama model on a ggml graph built directly
  * (ggml-graph.ts) with many samples packed per optimizer step, a block-diagonal causal mask, the loss on answer
  * tokens only, and every weight trained (embeddings, Q, K, V, O, FFN, norms, output) by AdamW (ggml's
  * `ggml_opt_step_adamw`) with the existing learning-rate schedule (rows.ts `learningRateAt`). The backward pass is
@@ -7,11 +7,11 @@
  * trains through ggml-opt instead. It reads and writes freshrec model files with the existing GGUF reader and
  * writer, so what it trains is served unchanged by the llama.cpp scorer.
  *
- * NOT the product's trainer yet: `EmbeddedTrainer` (trainer.ts) still trains through `llama_opt_epoch` in a child
- * process, with the training cache, cancellation, progress, validation and checkpoints. This module runs
- * synchronously in the calling process (it blocks the event loop for the whole training) and has none of those;
- * it exists so the proof tests (test/llm/ggml-trainer.test.ts) and `npm run bench -- engine` can measure it against
- * the old path before it replaces it.
+ * The product reaches it through `EmbeddedTrainer` with `engine: "ggml"` (config `training.engine`; the default is
+ * still "opt-epoch"): train-worker.ts drives a `GgmlTrainingRun` a window at a time in its child process, with the
+ * same progress, cancellation, validation, best epoch, checkpoints and training cache as llama_opt_epoch. This
+ * module itself runs synchronously in the calling process and has none of those; `trainGgml` serves the proof tests
+ * (test/llm/ggml-trainer.test.ts) and `npm run bench -- engine`.
  *
  * @example
  * const model = GgmlModel.load("/ws/models/init.gguf");

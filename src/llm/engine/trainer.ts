@@ -1,6 +1,8 @@
 /**
  * The embedded `Trainer`: full-weight F32 training of a small llama model through llama.cpp's training API, in a
- * child process (train-worker.ts) so the caller's event loop stays free and a cancel stops it mid-epoch.
+ * child process (train-worker.ts) so the caller's event loop stays free and a cancel stops it mid-epoch. With
+ * `engine: "ggml"` the same worker trains through engine v2 instead (ggml-trainer.ts: many isolated samples per
+ * step, loss on the answers, every weight trained); the recipe below is llama_opt_epoch's (the default).
  *
  * Recipe (why each part, measured on a synthetic platform: 10k training transitions, 5k held-out ones 30 days
  * later, 120 clusters; most-popular-next baseline 7.0% top-1, most frequent successor of c2 11.3%):
