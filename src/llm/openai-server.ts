@@ -56,7 +56,7 @@ import type { TrainingSample } from "./contracts.js";
 import { loadLlamaApi } from "./engine/llama-api.js";
 import { type ModelFileInfo, readModelFile } from "./engine/model-file.js";
 import { BatchScorer } from "./engine/scorer.js";
-import { EmbeddedTrainer } from "./engine/trainer.js";
+import { ENGINE_LEARNING_RATE, EmbeddedTrainer, type EmbeddedTrainerOptions } from "./engine/trainer.js";
 import { BOS_ID, BYTE_BASE, CLUSTER_BASE, EOS_ID, type Vocabulary, WORD_PREFIX } from "./engine/vocabulary.js";
 import { parsePrompt } from "./prompt.js";
 
@@ -91,6 +91,11 @@ export interface LlmServerOptions {
   readonly descriptionTokens?: DescriptionTokens;
   /** @defaultValue the system clock */
   readonly clock?: Clock;
+  /**
+   * How fine-tuning jobs train (the config's `training` section); a job's learning_rate_multiplier scales the
+   * engine's default rate (3e-4 for opt-epoch, 1e-3 for ggml). @defaultValue engine "opt-epoch"
+   */
+  readonly training?: Pick<EmbeddedTrainerOptions, "engine" | "precision">;
 }
 
 export type DescriptionTokens = "cluster" | "words";
@@ -653,12 +658,13 @@ export async function startLlmServer(options: LlmServerOptions): Promise<Running
     const fineTuned = `ft:${j.model.replace(/^ft:/, "").split(":")[0]}:${j.suffix ?? "freshrec"}:${j.id.slice(6)}`;
     const outputPath = join(options.dataDir, "models", `${j.id}.gguf`);
     try {
-      const result = await new EmbeddedTrainer().train(j.samples, {
+      const training = { engine: options.training?.engine, precision: options.training?.precision };
+      const result = await new EmbeddedTrainer(training).train(j.samples, {
         from: from.path,
         outputPath,
         validation: j.validation,
         epochs: j.epochs,
-        learningRate: 3e-4 * j.learningRateMultiplier,
+        learningRate: ENGINE_LEARNING_RATE[training.engine ?? "opt-epoch"] * j.learningRateMultiplier,
         seed: j.seed,
         signal: j.abort.signal,
         onProgress: (e) => {

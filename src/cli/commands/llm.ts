@@ -62,6 +62,7 @@ export function registerLlm(program: Command): void {
           port: port ?? ctx.config.llm.serve.port,
           host: opts.host ?? ctx.config.llm.serve.host,
           logLevel: ctx.config.serve.logLevel,
+          training: ctx.config.training,
         });
         const models = (await (await fetch(`${server.url}/v1/models`)).json()) as { data: { id: string }[] };
         ctx.log(`freshrec llm serving ${models.data.map((m) => m.id).join(", ")} on ${server.url}/v1 (OpenAI-compatible); Ctrl-C stops`);
