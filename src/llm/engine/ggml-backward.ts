@@ -24,7 +24,7 @@
 import koffi from "koffi";
 import { FreshrecError } from "../../domain/errors.js";
 import { GGML, type GgmlApi } from "./ggml-api.js";
-import { type GgmlWeights, type PackedWindow, type StepResult, llamaTensorDims, llamaTensorNames, windowMask } from "./ggml-graph.js";
+import { type GgmlWeights, type PackedWindow, type StepResult, llamaTensorDims, llamaTensorNames, loadWindow } from "./ggml-graph.js";
 import type { NativePointer } from "./llama-api.js";
 
 export interface ManualStepOptions {
@@ -288,29 +288,10 @@ export class GgmlManualStep {
   /** Forward, backward and one optimizer step on a window; the loss is over its real answers, before the update. */
   run(window: PackedWindow, settings: OptimizerSettings): StepResult {
     const f = this.api.fn;
-    const { windowTokens: Tn, maxSamples: S } = this.options;
+    const S = this.options.maxSamples;
     const V = this.weights.shape.vocabulary;
-    const n = window.answers.length;
-    if (window.tokens.length !== Tn || n > S) throw new FreshrecError("INTERNAL", "window does not fit the graph");
-    f.ggml_backend_tensor_set(this.inTokens, window.tokens, 0, Tn * 4);
-    f.ggml_backend_tensor_set(this.inPositions, window.positions, 0, Tn * 4);
-    windowMask(window.segment, this.maskBuf);
-    f.ggml_backend_tensor_set(this.inMask, this.maskBuf, 0, this.maskBuf.byteLength);
-    const rows = new Int32Array(S);
-    const rowMask = new Float32Array(S);
-    this.labelBuf.fill(0);
-    for (let s = 0; s < S; s++) {
-      if (s < n) {
-        rows[s] = window.answerRows[s];
-        rowMask[s] = 1;
-        this.labelBuf[s * V + window.answers[s]] = 1;
-      } else {
-        this.labelBuf[s * V] = 1;
-      }
-    }
-    f.ggml_backend_tensor_set(this.inRows, rows, 0, rows.byteLength);
-    f.ggml_backend_tensor_set(this.inRowMask, rowMask, 0, rowMask.byteLength);
-    f.ggml_backend_tensor_set(this.inLabels, this.labelBuf, 0, this.labelBuf.byteLength);
+    const inputs = { tokens: this.inTokens, positions: this.inPositions, mask: this.inMask, rows: this.inRows, rowMask: this.inRowMask, labels: this.inLabels };
+    const n = loadWindow(this.api, inputs, window, this.options, V, { mask: this.maskBuf, labels: this.labelBuf });
     this.iteration++;
     const lr = settings.learningRate;
     const wd = settings.weightDecay ?? 0;

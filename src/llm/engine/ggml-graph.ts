@@ -235,6 +235,57 @@ export function windowMask(segment: Int32Array, out?: Float32Array): Float32Arra
   return mask;
 }
 
+/** A training graph's inputs for one packed window (`labels` null on a forward-only graph). */
+export interface WindowInputs {
+  readonly tokens: NativePointer;
+  readonly positions: NativePointer;
+  readonly mask: NativePointer;
+  readonly rows: NativePointer;
+  readonly rowMask: NativePointer;
+  readonly labels: NativePointer | null;
+}
+
+/**
+ * Loads a window into a graph's inputs: tokens, positions, the block-diagonal mask, the answer rows (unused rows
+ * masked out) and one-hot labels, with the caller's reusable buffers (mask T x T, labels V x S). Returns the number
+ * of samples. Both training graphs (autograd and hand-written backward) load windows this way.
+ */
+export function loadWindow(
+  api: GgmlApi,
+  inputs: WindowInputs,
+  window: PackedWindow,
+  sizes: { readonly windowTokens: number; readonly maxSamples: number },
+  vocabulary: number,
+  buffers: { readonly mask: Float32Array; readonly labels: Float32Array },
+): number {
+  const f = api.fn;
+  const { windowTokens: T, maxSamples: S } = sizes;
+  const V = vocabulary;
+  if (window.tokens.length !== T) throw new FreshrecError("INTERNAL", `window of ${window.tokens.length} tokens for a graph of ${T}`);
+  const n = window.answers.length;
+  if (n > S) throw new FreshrecError("INTERNAL", `${n} samples for a graph of ${S}`);
+  f.ggml_backend_tensor_set(inputs.tokens, window.tokens, 0, T * 4);
+  f.ggml_backend_tensor_set(inputs.positions, window.positions, 0, T * 4);
+  windowMask(window.segment, buffers.mask);
+  f.ggml_backend_tensor_set(inputs.mask, buffers.mask, 0, buffers.mask.byteLength);
+  const rows = new Int32Array(S);
+  const rowMask = new Float32Array(S);
+  buffers.labels.fill(0);
+  for (let s = 0; s < S; s++) {
+    if (s < n) {
+      rows[s] = window.answerRows[s];
+      rowMask[s] = 1;
+      buffers.labels[s * V + window.answers[s]] = 1;
+    } else {
+      buffers.labels[s * V] = 1; // logits of an unused row are 0: its loss is ln V whatever the label
+    }
+  }
+  f.ggml_backend_tensor_set(inputs.rows, rows, 0, rows.byteLength);
+  f.ggml_backend_tensor_set(inputs.rowMask, rowMask, 0, rowMask.byteLength);
+  if (inputs.labels) f.ggml_backend_tensor_set(inputs.labels, buffers.labels, 0, buffers.labels.byteLength);
+  return n;
+}
+
 export interface GgmlStepOptions {
   readonly windowTokens: number;
   readonly maxSamples: number;
@@ -371,32 +422,8 @@ export class GgmlStep {
 
   /** Loads a window into the graph's inputs (tokens, positions, mask, answer rows, labels). */
   private load(window: PackedWindow): number {
-    const f = this.api.fn;
-    const { windowTokens: T, maxSamples: S } = this.options;
-    const V = this.weights.shape.vocabulary;
-    if (window.tokens.length !== T) throw new FreshrecError("INTERNAL", `window of ${window.tokens.length} tokens for a graph of ${T}`);
-    const n = window.answers.length;
-    if (n > S) throw new FreshrecError("INTERNAL", `${n} samples for a graph of ${S}`);
-    f.ggml_backend_tensor_set(this.inTokens, window.tokens, 0, T * 4);
-    f.ggml_backend_tensor_set(this.inPositions, window.positions, 0, T * 4);
-    windowMask(window.segment, this.maskBuf);
-    f.ggml_backend_tensor_set(this.inMask, this.maskBuf, 0, this.maskBuf.byteLength);
-    const rows = new Int32Array(S);
-    const rowMask = new Float32Array(S);
-    this.labelBuf.fill(0);
-    for (let s = 0; s < S; s++) {
-      if (s < n) {
-        rows[s] = window.answerRows[s];
-        rowMask[s] = 1;
-        this.labelBuf[s * V + window.answers[s]] = 1;
-      } else {
-        this.labelBuf[s * V] = 1; // logits of an unused row are 0: its loss is ln V whatever the label
-      }
-    }
-    f.ggml_backend_tensor_set(this.inRows, rows, 0, rows.byteLength);
-    f.ggml_backend_tensor_set(this.inRowMask, rowMask, 0, rowMask.byteLength);
-    if (this.labels) f.ggml_backend_tensor_set(this.labels, this.labelBuf, 0, this.labelBuf.byteLength);
-    return n;
+    const inputs = { tokens: this.inTokens, positions: this.inPositions, mask: this.inMask, rows: this.inRows, rowMask: this.inRowMask, labels: this.labels };
+    return loadWindow(this.api, inputs, window, this.options, this.weights.shape.vocabulary, { mask: this.maskBuf, labels: this.labelBuf });
   }
 
   /**

@@ -129,6 +129,37 @@ async function evaluate(scorer: BatchScorer, validation: readonly ValidationProm
 const GGML_STEPS_PER_TURN = 32;
 
 /**
+ * The best epoch and early stopping, the same for both engines: the checkpoint with the lowest validation loss is
+ * the output (without validation, the latest epoch), and `patience` epochs in a row without a better one end the
+ * run before its last epoch.
+ */
+class EpochSelection {
+  best = { epoch: 0, loss: Infinity, path: "" };
+  stoppedEarly = false;
+  private sinceBest = 0;
+
+  constructor(
+    private readonly patience: number,
+    private readonly epochs: number,
+  ) {}
+
+  /** Records an epoch's checkpoint; true when training should stop here. */
+  record(epoch: number, validationLoss: number | null, checkpoint: string): boolean {
+    const score = validationLoss ?? -epoch;
+    if (score < this.best.loss) {
+      this.best = { epoch, loss: score, path: checkpoint };
+      this.sinceBest = 0;
+      return false;
+    }
+    if (++this.sinceBest >= this.patience && epoch < this.epochs) {
+      this.stoppedEarly = true;
+      return true;
+    }
+    return false;
+  }
+}
+
+/**
  * Engine v2 in this process: the same job, epochs, validation, checkpoints, best epoch, early stopping and events as
  * `run`, with the ggml training graph instead of llama_opt_epoch. Validation scores each epoch's checkpoint through
  * the llama.cpp scorer, so it measures the file that is served. The epoch's train loss and accuracy are the answer
@@ -148,9 +179,7 @@ async function runGgml(job: TrainJob): Promise<void> {
     precision: settings.precision,
     seed: job.seed,
   });
-  let best = { epoch: 0, loss: Infinity, path: "" };
-  let sinceBest = 0;
-  let stoppedEarly = false;
+  const selection = new EpochSelection(job.patience, job.epochs);
   let lastStepReport = 0n;
   try {
     for (let epoch = 1; epoch <= job.epochs; epoch++) {
@@ -201,14 +230,7 @@ async function runGgml(job: TrainJob): Promise<void> {
         tokens,
         checkpoint,
       });
-      const score = val ? val.loss : -epoch; // without validation the latest epoch is the best
-      if (score < best.loss) {
-        best = { epoch, loss: score, path: checkpoint };
-        sinceBest = 0;
-      } else if (++sinceBest >= job.patience && epoch < job.epochs) {
-        stoppedEarly = true;
-        break;
-      }
+      if (selection.record(epoch, val?.loss ?? null, checkpoint)) break;
     }
   } finally {
     run.free();
@@ -216,12 +238,12 @@ async function runGgml(job: TrainJob): Promise<void> {
   }
   // The output appears whole or not at all: copy to a temporary name, then rename. The checkpoint already carries
   // the start file's freshrec metadata (GgmlModel.save keeps it); the context length is checked, not rewritten.
-  if (readModelFile(best.path).shape.contextLength !== info.shape.contextLength) throw new Error("engine v2 wrote a checkpoint with another context length");
+  if (readModelFile(selection.best.path).shape.contextLength !== info.shape.contextLength) throw new Error("engine v2 wrote a checkpoint with another context length");
   const tmp = `${job.outputPath}.partial`;
-  copyFileSync(best.path, tmp);
+  copyFileSync(selection.best.path, tmp);
   renameSync(tmp, job.outputPath);
   const cpu = process.cpuUsage();
-  emit({ type: "done", bestEpoch: best.epoch, stoppedEarly, cpuSeconds: (cpu.user + cpu.system) / 1e6 });
+  emit({ type: "done", bestEpoch: selection.best.epoch, stoppedEarly: selection.stoppedEarly, cpuSeconds: (cpu.user + cpu.system) / 1e6 });
 }
 
 /** Rows per llama_opt_epoch call: bounds the dataset buffer (rows x context tokens x 8 bytes, 2 MiB at 256). */
@@ -315,9 +337,7 @@ async function run(job: TrainJob): Promise<void> {
     koffi.pointer(epochCallbackProto),
   );
 
-  let best = { epoch: 0, loss: Infinity, path: "" };
-  let sinceBest = 0;
-  let stoppedEarly = false;
+  const selection = new EpochSelection(job.patience, job.epochs);
   const order = job.sequences.map((_, i) => i);
   const totalReal = job.sequences.reduce((a, s) => a + s.length, 0);
   realTokensPerRow = totalReal / Math.max(rowsPerEpoch, 1);
@@ -371,23 +391,16 @@ async function run(job: TrainJob): Promise<void> {
       tokens: epochTokens,
       checkpoint,
     });
-    const score = val ? val.loss : -epoch; // without validation the latest epoch is the best
-    if (score < best.loss) {
-      best = { epoch, loss: score, path: checkpoint };
-      sinceBest = 0;
-    } else if (++sinceBest >= job.patience && epoch < job.epochs) {
-      stoppedEarly = true;
-      break;
-    }
+    if (selection.record(epoch, val?.loss ?? null, checkpoint)) break;
   }
   if (scorer) await scorer.close();
   api.fn.ggml_opt_result_free(resultTrain);
   // The output appears whole or not at all: copy to a temporary name, then rename.
   const tmp = `${job.outputPath}.partial`;
-  restampModelFile(best.path, tmp, info.vocabulary, info.shape.contextLength);
+  restampModelFile(selection.best.path, tmp, info.vocabulary, info.shape.contextLength);
   renameSync(tmp, job.outputPath);
   const cpu = process.cpuUsage();
-  emit({ type: "done", bestEpoch: best.epoch, stoppedEarly, cpuSeconds: (cpu.user + cpu.system) / 1e6 });
+  emit({ type: "done", bestEpoch: selection.best.epoch, stoppedEarly: selection.stoppedEarly, cpuSeconds: (cpu.user + cpu.system) / 1e6 });
   koffi.unregister(stepCallback);
   api.fn.llama_free(ctx);
   api.fn.llama_model_free(model);
