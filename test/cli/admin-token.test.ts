@@ -2,7 +2,6 @@
  * The admin token through the CLI: FRESHREC_ADMIN_TOKEN obeys the rule serve.adminToken obeys (at least 16
  * characters), and `freshrec config` never prints the token.
  */
-import { spawnSync } from "node:child_process";
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -10,14 +9,11 @@ import { afterEach, describe, expect, it } from "vitest";
 import { adminToken } from "../../src/cli/commands/serve.js";
 import { parseConfig } from "../../src/cli/config.js";
 import { ConfigError } from "../../src/domain/errors.js";
+import { runCli } from "./run.js";
 
-const BIN = join(import.meta.dirname, "../../bin/freshrec.js");
 const ws = mkdtempSync(join(tmpdir(), "freshrec-admin-token-"));
 
-function freshrec(args: string[], env: Record<string, string> = {}): { status: number | null; stdout: string; stderr: string } {
-  const r = spawnSync(process.execPath, [BIN, "--workspace", ws, ...args], { encoding: "utf8", timeout: 60_000, env: { ...process.env, ...env } });
-  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
-}
+const freshrec = (args: string[], env: Record<string, string> = {}) => runCli(["--workspace", ws, ...args], { env, timeoutMs: 60_000 });
 
 describe("the admin token", () => {
   const saved = process.env.FRESHREC_ADMIN_TOKEN;

@@ -1,19 +1,15 @@
 import type { Command } from "commander";
 import { describe, expect, it } from "vitest";
 import { buildProgram } from "../../src/cli/program.js";
-import { execFileSync, spawnSync } from "node:child_process";
+import { execFileSync } from "node:child_process";
 import { mkdtempSync, writeFileSync, existsSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { BIN, ROOT, runCli } from "./run.js";
 
-const ROOT = join(import.meta.dirname, "../..");
-const BIN = join(ROOT, "bin/freshrec.js");
 const ML_SMALL = join(ROOT, "../shared/datasets/movielens-latest-small");
 
-function freshrec(args: string[], cwd = ROOT): { status: number; stdout: string; stderr: string } {
-  const r = spawnSync(process.execPath, [BIN, ...args], { cwd, encoding: "utf8", timeout: 120_000 });
-  return { status: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
-}
+const freshrec = (args: string[], cwd = ROOT) => runCli(args, { cwd, timeoutMs: 120_000 });
 
 describe("freshrec CLI contract", () => {
   const ws = mkdtempSync(join(tmpdir(), "freshrec-cli-"));

@@ -3,24 +3,14 @@
  * finetune through the gates (pass and halt), review, a simulated month of the schedule, and replay.
  */
 import { describe, expect, it } from "vitest";
-import { spawn, spawnSync } from "node:child_process";
+import { spawn } from "node:child_process";
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { BIN, ROOT, runCli } from "./run.js";
 
-const ROOT = join(import.meta.dirname, "../..");
-const BIN = join(ROOT, "bin/freshrec.js");
 
-function freshrec(args: string[]): { status: number; json: any; stderr: string } {
-  const r = spawnSync(process.execPath, [BIN, ...args, "--json"], { cwd: ROOT, encoding: "utf8", timeout: 300_000 });
-  let json: unknown = null;
-  try {
-    json = JSON.parse(r.stdout);
-  } catch {
-    json = { unparsable: r.stdout };
-  }
-  return { status: r.status ?? -1, json, stderr: r.stderr };
-}
+const freshrec = (args: string[]) => runCli([...args, "--json"]);
 
 /** Starts a command, sends SIGINT once its progress has started, and resolves with its exit code and output. */
 function interrupted(args: string[]): Promise<{ status: number | null; stdout: string; stderr: string }> {

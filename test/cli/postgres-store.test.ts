@@ -3,14 +3,13 @@
  * they give on the workspace's DuckDB file; a command not yet on PostgreSQL refuses (exit 2, naming store.url
  * without its password) instead of reading a local events file.
  */
-import { spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { usePostgresCluster } from "../data/postgres-cluster.js";
+import { runCli } from "./run.js";
 
-const BIN = join(import.meta.dirname, "../../bin/freshrec.js");
 const MOVIELENS = join(import.meta.dirname, "../../../shared/datasets/movielens-latest-small");
 const database = usePostgresCluster();
 
@@ -21,8 +20,7 @@ function freshrec(workspace: string, args: string[], config?: object): { status:
     writeFileSync(file, JSON.stringify(config));
     extra.push("--config", file);
   }
-  const r = spawnSync(process.execPath, [BIN, "--workspace", workspace, ...extra, ...args], { encoding: "utf8", timeout: 240_000 });
-  return { status: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
+  return runCli(["--workspace", workspace, ...extra, ...args], { timeoutMs: 240_000 });
 }
 
 describe("store.url: the PostgreSQL event store through the CLI", () => {

@@ -3,7 +3,6 @@
  * transitions with every answer shuffled to another cluster) is halted by the regression gate, not by the paper's
  * gates, and `freshrec review` shows which gate and which numbers; an unchanged model passes the same gate.
  */
-import { spawnSync } from "node:child_process";
 import { copyFileSync, mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { isAbsolute, join } from "node:path";
@@ -13,20 +12,10 @@ import { DAY_MS } from "../../src/domain/clock.js";
 import { sampleOf } from "../../src/llm/contracts.js";
 import { EmbeddedTrainer } from "../../src/llm/engine/trainer.js";
 import { timedTransitions } from "../../src/mining/transitions.js";
+import { runCli } from "./run.js";
 
-const ROOT = join(import.meta.dirname, "../..");
-const BIN = join(ROOT, "bin/freshrec.js");
 
-function freshrec(args: string[]): { status: number; json: any; stdout: string; stderr: string } {
-  const r = spawnSync(process.execPath, [BIN, ...args], { cwd: ROOT, encoding: "utf8", timeout: 300_000 });
-  let json: unknown = null;
-  try {
-    json = JSON.parse(r.stdout);
-  } catch {
-    json = { unparsable: r.stdout };
-  }
-  return { status: r.status ?? -1, json, stdout: r.stdout, stderr: r.stderr };
-}
+const freshrec = (args: string[]) => runCli(args);
 
 describe("the regression gate from the CLI", () => {
   it("halts a fine-tune trained on shuffled answers, and review shows the gate and its numbers", async () => {

@@ -3,7 +3,6 @@
  * (no raw SQLite error, no stack trace), and `freshrec doctor` checks every store of the workspace (SQLite quick_check,
  * the DuckDB event store read through) and fails naming the damaged one, where the backend checks alone would pass.
  */
-import { spawnSync } from "node:child_process";
 import { closeSync, openSync, readFileSync, statSync, writeFileSync, writeSync } from "node:fs";
 import { join } from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
@@ -14,14 +13,11 @@ import { SqliteTableStore, tableStorePath } from "../../src/tables/sqlite-store.
 import { CLUSTERS, tempWorkspace } from "../llm/fixtures.js";
 import { trainTinyModel } from "../llm/tiny-model.js";
 import { STATS, tableRows } from "../tables/fixtures/rows.js";
+import { runCli } from "./run.js";
 
-const BIN = join(import.meta.dirname, "../../bin/freshrec.js");
 const ws = tempWorkspace("freshrec-stores-");
 
-function freshrec(args: string[]): { status: number; stdout: string; stderr: string } {
-  const r = spawnSync(process.execPath, [BIN, "--workspace", ws, ...args], { encoding: "utf8", timeout: 120_000 });
-  return { status: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
-}
+const freshrec = (args: string[]) => runCli(["--workspace", ws, ...args], { timeoutMs: 120_000 });
 
 interface Report {
   passed: boolean;

@@ -3,27 +3,16 @@
  * (pretrain) and a fine-tune (the backend's trainer) through the embedded trainer's worker, with its epochs reported
  * and its models registered and served as any other.
  */
-import { spawnSync } from "node:child_process";
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { parseConfig } from "../../src/cli/config.js";
 import { languageModelBackend } from "../../src/llm/backends/index.js";
+import { runCli } from "./run.js";
 
-const ROOT = join(import.meta.dirname, "../..");
-const BIN = join(ROOT, "bin/freshrec.js");
 
-function freshrec(args: string[]): { status: number; json: any; stdout: string; stderr: string } {
-  const r = spawnSync(process.execPath, [BIN, ...args], { cwd: ROOT, encoding: "utf8", timeout: 300_000 });
-  let json: unknown = null;
-  try {
-    json = JSON.parse(r.stdout);
-  } catch {
-    json = { unparsable: r.stdout };
-  }
-  return { status: r.status ?? -1, json, stdout: r.stdout, stderr: r.stderr };
-}
+const freshrec = (args: string[]) => runCli(args);
 
 describe("training.engine", () => {
   it("defaults to opt-epoch, and the embedded backend's trainer carries the configured engine as its cache recipe", () => {
