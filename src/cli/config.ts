@@ -200,6 +200,8 @@ export const configSchema = z
           .describe("Engine ggml only: precision of the matrix products (bf16: operands rounded to bfloat16 and accumulated in float32, weights, gradients and optimizer state stay float32; faster on CPUs with AVX512-BF16)."),
       })
       .strict()
+      // opt-epoch trains in float32 only: bf16 with it would be a setting that silently does nothing.
+      .refine((t) => t.precision === "f32" || t.engine === "ggml", { message: 'training.precision "bf16" needs training.engine "ggml" (opt-epoch trains in float32 only)', path: ["precision"] })
       .prefault({}),
     llm: z
       .object({

@@ -23,6 +23,8 @@ describe("training.engine", () => {
     const ggml = parseConfig({ training: { engine: "ggml", precision: "bf16" } });
     expect(languageModelBackend(ggml.llm, { ...context, training: ggml.training }).trainer()?.recipe).toBe("engine=ggml;precision=bf16;threads=1");
     expect(() => parseConfig({ training: { engine: "sgd" } })).toThrow(/training\.engine/);
+    // bf16 is engine v2's: with the default engine it would do nothing, so it is refused, naming the field.
+    expect(() => parseConfig({ training: { precision: "bf16" } })).toThrow(/training\.precision/);
   });
 
   it("ggml: pretrain and a fine-tune train through engine v2 from the CLI", () => {
