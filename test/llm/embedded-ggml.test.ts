@@ -6,33 +6,17 @@
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import type { Cluster } from "../../src/domain/types.js";
 import { EmbeddedLanguageModel } from "../../src/llm/backends/embedded.js";
 import type { TrainOptions, TrainResult, Trainer, TrainingEvent, TrainingSample } from "../../src/llm/contracts.js";
 import { readModelFile } from "../../src/llm/engine/model-file.js";
 import { EmbeddedTrainer } from "../../src/llm/engine/trainer.js";
 import { CachingTrainer } from "../../src/llm/training-cache.js";
 import { TINY_SHAPE, tempWorkspace } from "./fixtures.js";
+import { MAPPING_CLUSTERS as CLUSTERS, N, heldOut, ids, mappingSample, successor, trainPairs } from "./mapping.js";
 
 const ws = tempWorkspace("freshrec-embedded-ggml-");
 
-// The deterministic kernel of learning.test.ts and ggml-trainer.test.ts: the history's second cluster decides the
-// next one (never a history cluster); a fifth of the pairs is held out and answered by the rule only if it is learnt.
-const WORDS = ["amber", "basil", "cedar", "delta", "ember", "fjord", "grove", "harbor", "indigo", "juniper", "kelp", "lagoon", "meadow", "nectar", "onyx", "prairie", "quartz", "ridge", "saffron", "tundra"];
-const CLUSTERS: Cluster[] = WORDS.map((w, k) => ({ id: `k${k}`, description: `${w} videos` }));
-const N = CLUSTERS.length;
-const ids = CLUSTERS.map((c) => c.id);
-function successor(a: number, b: number): number {
-  let k = (b * 7 + 1) % N;
-  while (k === a || k === b) k = (k + 1) % N;
-  return k;
-}
-const pairs: [number, number][] = [];
-for (let a = 0; a < N; a++) for (let b = 0; b < N; b++) if (a !== b) pairs.push([a, b]);
-const isHeldOut = ([a, b]: [number, number]) => (a * 7 + b * 3) % 5 === 1;
-const heldOut = pairs.filter(isHeldOut);
-const sampleOf = ([a, b]: [number, number]): TrainingSample => ({ prompt: { history: { c1: ids[a], c2: ids[b] } }, answer: ids[successor(a, b)] });
-const trainSamples = pairs.filter((p) => !isHeldOut(p)).map(sampleOf);
+const trainSamples = trainPairs.map((p) => mappingSample(p));
 
 async function heldOutAccuracy(path: string): Promise<number> {
   const served = await EmbeddedLanguageModel.open(path);

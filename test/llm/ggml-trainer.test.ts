@@ -16,14 +16,8 @@
 import koffi from "koffi";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { EventStore } from "../../src/data/event-store.js";
-import { ingestSynthetic } from "../../src/data/ingest/synthetic.js";
-import { SYNTHETIC_QUICK, SyntheticWorld } from "../../src/data/synthetic/index.js";
-import { DAY_MS } from "../../src/domain/clock.js";
-import type { Cluster } from "../../src/domain/types.js";
 import { sampleOf } from "../../src/llm/contracts.js";
 import { evaluateHeldOut } from "../../src/llm/pretrain.js";
-import { timedTransitions } from "../../src/mining/transitions.js";
 import { EmbeddedLanguageModel } from "../../src/llm/backends/embedded.js";
 import { GGML_EXPECTED_STRUCT_SIZES, ggmlInitParams, ggmlOptParams } from "../../src/llm/engine/ggml-api.js";
 import { GgmlStep, llamaTensorNames, packWindows } from "../../src/llm/engine/ggml-graph.js";
@@ -35,6 +29,7 @@ import { BatchScorer } from "../../src/llm/engine/scorer.js";
 import { promptTokens, sampleTokens } from "../../src/llm/engine/trainer.js";
 import { CLUSTER_BASE, EOS_ID, buildVocabulary } from "../../src/llm/engine/vocabulary.js";
 import { CLUSTERS as TOY_CLUSTERS, TINY_SHAPE, tempWorkspace, toySamples } from "./fixtures.js";
+import { MAPPING_CLUSTERS as CLUSTERS, N, heldOut, ids, mappingSample, pairs, successor, trainPairs, withSmallWorld } from "./mapping.js";
 import { trainTinyModel } from "./tiny-model.js";
 
 const ws = tempWorkspace("freshrec-ggml-");
@@ -208,32 +203,15 @@ describe("ggml trainer: the hand-written backward pass", () => {
   });
 });
 
-const WORDS = ["amber", "basil", "cedar", "delta", "ember", "fjord", "grove", "harbor", "indigo", "juniper", "kelp", "lagoon", "meadow", "nectar", "onyx", "prairie", "quartz", "ridge", "saffron", "tundra"];
-const CLUSTERS: Cluster[] = WORDS.map((w, k) => ({ id: `k${k}`, description: `${w} videos` }));
-const N = CLUSTERS.length;
-const ids = CLUSTERS.map((c) => c.id);
-/** The kernel of learning.test.ts: the history's second cluster decides the next one, never a history cluster. */
-function successor(a: number, b: number): number {
-  let k = (b * 7 + 1) % N;
-  while (k === a || k === b) k = (k + 1) % N;
-  return k;
-}
-
 describe("ggml trainer: learning, and serving the trained file through llama.cpp", () => {
-  const pairs: [number, number][] = [];
-  for (let a = 0; a < N; a++) for (let b = 0; b < N; b++) if (a !== b) pairs.push([a, b]);
-  const isHeldOut = ([a, b]: [number, number]) => (a * 7 + b * 3) % 5 === 1;
-  const heldOut = pairs.filter(isHeldOut);
-  const trainPairs = pairs.filter((p) => !isHeldOut(p));
   const vocab = buildVocabulary({ clusters: CLUSTERS });
   const trainedPath = join(ws, "mapping.gguf");
-  const sampleOf = ([a, b]: [number, number]) => ({ prompt: { history: { c1: ids[a], c2: ids[b] } }, answer: ids[successor(a, b)] });
 
   it.each(["f32", "bf16"] as const)("learns a deterministic mapping and answers held-out history pairs by it through the product's scorer (%s products)", async (precision) => {
     const initPath = join(ws, `mapping-init-${precision}.gguf`);
     createModelFile(initPath, vocab, TINY_SHAPE, { seed: 1 });
     const model = GgmlModel.load(initPath);
-    const seqs = trainPairs.map((p) => sampleTokens(vocab, sampleOf(p)));
+    const seqs = trainPairs.map((p) => sampleTokens(vocab, mappingSample(p)));
     const stats = trainGgml(model, seqs, { epochs: 30, learningRate: 3e-3, windowTokens: 128, maxSamples: 16, seed: 2, precision });
     const outPath = precision === "f32" ? trainedPath : join(ws, "mapping-bf16.gguf");
     model.save(outPath);
@@ -336,15 +314,7 @@ describe("ggml trainer: continuing from a model trained by llama_opt_epoch", () 
 
 describe("ggml trainer: a small synthetic world", () => {
   it("trains a base model that beats most-popular-next on the days after its window", async () => {
-    const world = new SyntheticWorld({ ...SYNTHETIC_QUICK, clustersPerDomain: 3, users: 800, targetEvents: 80_000, months: 3 });
-    const events = await EventStore.open(":memory:");
-    try {
-      await ingestSynthetic(events, world);
-      const positiveMin = world.options.positiveThreshold;
-      const asOf = Date.UTC(2025, 2, 1);
-      const window = { from: asOf - 56 * DAY_MS, to: asOf - 14 * DAY_MS };
-      const transitions = await timedTransitions(events, window, { positiveMin, horizon: 1 });
-      const heldOutDays = await timedTransitions(events, { from: window.to, to: asOf }, { positiveMin, horizon: 1 });
+    await withSmallWorld(async ({ events, transitions, heldOutDays }) => {
       const vocab = buildVocabulary({ clusters: await events.clusters() });
       const init = join(ws, "synthetic-init.gguf");
       createModelFile(init, vocab, TINY_SHAPE, { seed: 1 });
@@ -367,8 +337,6 @@ describe("ggml trainer: a small synthetic world", () => {
       } finally {
         await served.close();
       }
-    } finally {
-      events.close();
-    }
+    });
   }, 60_000);
 });

@@ -12,40 +12,18 @@
  */
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { EventStore } from "../../src/data/event-store.js";
-import { ingestSynthetic } from "../../src/data/ingest/synthetic.js";
-import { SyntheticWorld, SYNTHETIC_QUICK } from "../../src/data/synthetic/index.js";
-import { DAY_MS, VirtualClock } from "../../src/domain/clock.js";
-import type { Cluster } from "../../src/domain/types.js";
+import { VirtualClock } from "../../src/domain/clock.js";
 import { EmbeddedLanguageModel } from "../../src/llm/backends/embedded.js";
 import type { TrainingSample } from "../../src/llm/contracts.js";
 import { EmbeddedTrainer } from "../../src/llm/engine/trainer.js";
 import { pretrainBaseModel } from "../../src/llm/pretrain.js";
-import { timedTransitions } from "../../src/mining/transitions.js";
 import { TINY_SHAPE, tempWorkspace } from "./fixtures.js";
+import { MAPPING_CLUSTERS as CLUSTERS, N, heldOut, ids, mappingSample, successor, trainPairs, withSmallWorld } from "./mapping.js";
 
-const WORDS = ["amber", "basil", "cedar", "delta", "ember", "fjord", "grove", "harbor", "indigo", "juniper", "kelp", "lagoon", "meadow", "nectar", "onyx", "prairie", "quartz", "ridge", "saffron", "tundra"];
-const CLUSTERS: Cluster[] = WORDS.map((w, k) => ({ id: `k${k}`, description: `${w} videos` }));
-const N = CLUSTERS.length;
-const ids = CLUSTERS.map((c) => c.id);
-
-/** The kernel: all mass on one successor decided by c2 (`shift` moves it); never a history cluster. */
-function successor(a: number, b: number, shift = 0): number {
-  let k = (b * 7 + 1 + shift) % N;
-  while (k === a || k === b) k = (k + 1) % N;
-  return k;
-}
-
-const pairs: [number, number][] = [];
-for (let a = 0; a < N; a++) for (let b = 0; b < N; b++) if (a !== b) pairs.push([a, b]);
-// A fifth of the pairs never appear in training: accuracy on them needs the rule, not a memorised pair.
-const isHeldOut = ([a, b]: [number, number]) => (a * 7 + b * 3) % 5 === 1;
-const heldOut = pairs.filter(isHeldOut);
-const trainPairs = pairs.filter((p) => !isHeldOut(p));
 
 function samplesOf(list: readonly [number, number][], repeats: number, shift = 0): TrainingSample[] {
   const out: TrainingSample[] = [];
-  for (let r = 0; r < repeats; r++) for (const [a, b] of list) out.push({ prompt: { history: { c1: ids[a], c2: ids[b] } }, answer: ids[successor(a, b, shift)] });
+  for (let r = 0; r < repeats; r++) for (const pair of list) out.push(mappingSample(pair, shift));
   return out;
 }
 
@@ -108,15 +86,7 @@ describe("learning (tiny model, real llama.cpp training)", () => {
   }, 60_000);
 
   it("pretrains a base model on a small synthetic world that beats most-popular-next on later days", async () => {
-    const world = new SyntheticWorld({ ...SYNTHETIC_QUICK, clustersPerDomain: 3, users: 800, targetEvents: 80_000, months: 3 });
-    const events = await EventStore.open(":memory:");
-    try {
-      await ingestSynthetic(events, world);
-      const positiveMin = world.options.positiveThreshold;
-      const asOf = Date.UTC(2025, 2, 1);
-      const window = { from: asOf - 56 * DAY_MS, to: asOf - 14 * DAY_MS };
-      const transitions = await timedTransitions(events, window, { positiveMin, horizon: 1 });
-      const heldOutDays = await timedTransitions(events, { from: window.to, to: asOf }, { positiveMin, horizon: 1 });
+    await withSmallWorld(async ({ events, window, transitions, heldOutDays }) => {
       const result = await pretrainBaseModel({
         workspace: join(ws, "world"),
         clock: new VirtualClock(window.to),
@@ -133,8 +103,6 @@ describe("learning (tiny model, real llama.cpp training)", () => {
       // Measured (36 clusters, 6.9k training and 2.5k held-out transitions): model 21.6% vs most-popular-next 15.6%
       // top-1; with the optimizer step disabled the model scores 1.0%.
       expect(e.modelTop1 - e.mostPopularTop1).toBeGreaterThan(0.03);
-    } finally {
-      events.close();
-    }
+    });
   }, 60_000);
 });
