@@ -30,6 +30,7 @@ export function rankNextClusters(nextUsers: ReadonlyMap<string, number>, cluster
 }
 
 export class PopularNovelScorer implements PromptScorer {
+  readonly computed = true;
   constructor(private readonly popularity: readonly ScoredCluster[]) {}
   async score(prompts: readonly PromptInput[], topN: number): Promise<ScoredCluster[][]> {
     return prompts.map((p) => this.popularity.filter((a) => a.cluster !== p.history.c1 && a.cluster !== p.history.c2).slice(0, topN));
@@ -37,6 +38,7 @@ export class PopularNovelScorer implements PromptScorer {
 }
 
 export class SuccessorScorer implements PromptScorer {
+  readonly computed = true;
   private readonly fallback: PopularNovelScorer;
   constructor(popularity: readonly ScoredCluster[]) {
     this.fallback = new PopularNovelScorer(popularity);

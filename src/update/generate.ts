@@ -37,6 +37,8 @@ export interface PromptScorer {
   readonly promptsPerCall?: number;
   /** Prices scoring these prompts before anything is sent; absent for scorers not paid per token. */
   estimateCost?(prompts: readonly PromptInput[]): CostEstimate;
+  /** Rows computed from counts, not prompted (the counting baselines): a build with this scorer pays no prompt. */
+  readonly computed?: boolean;
   /** Why a prompt of the last `score` call got its answers (fusion: weights and counts), stored with its row. */
   storedExplanation?(prompt: PromptInput, answers: number): Readonly<Record<string, unknown>> | Uint8Array | undefined;
 }

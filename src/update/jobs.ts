@@ -23,7 +23,7 @@ export function refreshJob(
     return {
       status: "succeeded",
       cost: {
-        promptsScored: result.rescored,
+        promptsScored: model.scorer.computed ? 0 : result.rescored,
         ...(result.cost ? { promptTokens: result.cost.promptTokens, completionTokens: result.cost.completionTokens, usd: result.cost.usd } : {}),
       },
       detail: {
@@ -67,6 +67,7 @@ export function baselineRefreshJob(
   if (kind === "counts-backoff") {
     // The fusion posterior with no LLM prior: the strongest counting baseline, fitted the way the hybrid is.
     const scorer = {
+      computed: true,
       score: async () => {
         throw new FreshrecError("INTERNAL", "counts-backoff tables are computed from counts, never prompted");
       },
@@ -95,8 +96,6 @@ export function baselineRefreshJob(
     const scorer = kind === "successor-top1" ? new SuccessorScorer(popularity) : new PopularNovelScorer(popularity);
     // The version names the data: a baseline's answers change with every window, so its tables are never copied.
     const version = `${kind}@${new Date(context.asOf).toISOString().slice(0, 10)}`;
-    const outcome = await refreshJob({ ...base, rag, snapshots }, async () => ({ version, scorer, dataAsOf: context.asOf }))(context);
-    // A baseline's rows are computed from counts, not prompted: no prompt was paid for.
-    return { ...outcome, cost: { ...outcome.cost, promptsScored: 0 } };
+    return refreshJob({ ...base, rag, snapshots }, async () => ({ version, scorer, dataAsOf: context.asOf }))(context);
   };
 }
