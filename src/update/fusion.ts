@@ -654,7 +654,7 @@ export function fitFusion(input: FitFusionInput): FusionRefresh {
   if (choice.sliceTransitions < o.fitFloor) {
     // A prior that could not be weighed serves with weight 0 here too; one whose data end is unknown, with the default.
     const params = input.prior && choice.priorNotWeighed === null ? DEFAULT_FUSION_PARAMS : { ...DEFAULT_FUSION_PARAMS, tau: 0 };
-    const reason = `only ${choice.sliceTransitions} transitions in ${days(choice.slice)} days before the refresh (fitFloor ${o.fitFloor}): default strengths`;
+    const reason = [`only ${choice.sliceTransitions} transitions in ${days(choice.slice)} days before the refresh (fitFloor ${o.fitFloor}): default strengths`, choice.priorNotWeighed].filter((r) => r !== null).join("; ");
     return {
       params,
       evidence,

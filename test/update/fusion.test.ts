@@ -287,6 +287,11 @@ describe("fusion fit", () => {
     expect(refresh.fit.status).toBe("default");
     expect(refresh.fit.reason).toMatch(/only 10 transitions/);
     expect(refresh.params.tau).toBe(0);
+    // A prior whose model was trained up to the refresh is not weighed either, and the reason says both.
+    const fresh = fitFusion({ log, asOf: T, prior: scopePrior(priorFavouring(() => 2, 0.6), new Uint8Array(K).fill(1), T), options: { fitMinTransitions: 200, fitFloor: 50 } });
+    expect(fresh.params.tau).toBe(0);
+    expect(fresh.fit.priorWeighed).toBe(false);
+    expect(fresh.fit.reason).toMatch(/only 10 transitions.*; the prior is not weighed yet: 0 transitions since/);
   });
 
   it("stops lengthening the window once it covers all the data", () => {
