@@ -87,8 +87,9 @@ export class PostgresEventStore implements EventStoreContract {
   static async open(url: string): Promise<PostgresEventStore> {
     const location = redactedUrl(url);
     const pool = new pg.Pool({ connectionString: url, max: 4, types: TYPES });
-    // An idle client's error (the server went away) must not crash the process; the next query reports it.
-    pool.on("error", () => {});
+    // An idle client's error (the server went away) must not crash the process: it is said on stderr, and the next
+    // query that needs the server fails with its own error.
+    pool.on("error", (error) => process.stderr.write(`freshrec: the event store ${location} lost an idle connection: ${error.message}\n`));
     try {
       const client = await pool.connect();
       try {
