@@ -6,7 +6,7 @@
 import { existsSync, readFileSync } from "node:fs";
 import { z } from "zod";
 import { DAY_MS } from "../domain/clock.js";
-import { ConfigError } from "../domain/errors.js";
+import { BadInputError, ConfigError } from "../domain/errors.js";
 import { INGEST_DEFAULTS } from "../data/ingest/ingest.js";
 import { MOVIELENS_DEFAULTS } from "../data/ingest/movielens.js";
 import { SYNTHETIC_DEFAULTS } from "../data/synthetic/world.js";
@@ -17,7 +17,7 @@ import { REFERENCE_SHAPE } from "../llm/engine/model-file.js";
 import { TABLE_DEFAULTS } from "../tables/contract.js";
 import { EXPERIMENT_DEFAULTS, SERVE_DEFAULTS } from "../serving/defaults.js";
 import { CURATION_DEFAULTS } from "../update/curation.js";
-import { FUSION_DEFAULTS } from "../update/fusion.js";
+import { FUSION_DEFAULTS, resolveFusionOptions } from "../update/fusion.js";
 import { GATE_DEFAULTS } from "../update/gates.js";
 import { RAG_DEFAULTS } from "../update/rag.js";
 import { DEFAULT_FINETUNE_CADENCE, DEFAULT_REFRESH_CADENCE } from "../update/schedule/cadence.js";
@@ -368,6 +368,14 @@ export const configSchema = z
         input: config.finetune.trigger,
         message: 'expected "schedule" with rag.method "prompt" (the drift trigger reads the prior weight that only fusion refreshes fit, so it would never fine-tune)',
       });
+    }
+    // The fusion options' rules across fields are the refresh's own: the file is judged as a refresh would judge it.
+    try {
+      resolveFusionOptions(config.rag.fusion);
+    } catch (error) {
+      if (!(error instanceof BadInputError)) throw error;
+      const [, field, message] = /^rag\.fusion\.(\w+): (.*)$/s.exec(error.message) ?? [undefined, undefined, error.message];
+      context.addIssue({ code: "custom", path: ["rag", "fusion", ...(field ? [field] : [])], input: field ? config.rag.fusion[field as keyof typeof config.rag.fusion] : config.rag.fusion, message });
     }
   });
 

@@ -18,9 +18,12 @@
  * Counts are distinct users per triple (as everywhere in mining). A dense pair follows its own evidence; a sparse
  * one leans on the base measure, where the LLM prior and the second cluster's fresh successors meet in a product
  * of experts whose exponents say how much each is worth. alpha, beta, gamma and tau are fitted by maximum likelihood
- * at every refresh on the transitions just before its as-of time T (the fit slice [T - d, T)), with the evidence
- * counted over the window before that slice, so the fit reads nothing at or after T; the window length itself is
- * chosen the same way among `windowsDays`, and the fit slice is as long as it takes to hold `fitMinTransitions`.
+ * at every refresh on the transitions just before its as-of time T (the fit slice [T - d, T)), each scored by the
+ * posterior of the very evidence window the table serves with, [T - W, T), with that transition left out; so the
+ * fit reads nothing at or after T, and a window is judged by what serving will have: the freshest days included
+ * (after a change of regime, evidence that ended before the slice would be equally stale at every length and
+ * favour long windows and the prior). The window length itself is chosen the same way among `windowsDays` (those
+ * that hold the slice), and the fit slice is as long as it takes to hold `fitMinTransitions`.
  * With a prior, the slice also never reaches back before the end of its model's training data: a model scores the
  * transitions it was trained on far better than the ones it will serve, so a slice inside them would weigh a
  * memorised prior as if it predicted. Until `fitFloor` transitions lie after that end, the prior is not weighed: it
@@ -96,7 +99,7 @@ export interface FusionFit {
   readonly reason: string | null;
   /** Whether the LLM prior's weight was fitted (false: it serves with tau = 0, see `reason`); null without a prior. Absent in tables written before it existed. */
   readonly priorWeighed?: boolean | null;
-  /** The fit slice and the evidence window it was scored against. */
+  /** The fit slice and the evidence window it was scored against (the one served: the slice lies inside it). */
   readonly slice: TimeWindow;
   readonly fitEvidence: TimeWindow;
   readonly sliceTransitions: number;
@@ -213,13 +216,16 @@ export function resolveFusionOptions(options: FusionOptions = {}): Required<Fusi
     if (!Number.isInteger(o[key]) || o[key] < 1) throw new BadInputError(`rag.fusion.${key}: expected a positive integer, got ${o[key]}`);
   }
   if (!(o.fitMaxDays > 0)) throw new BadInputError(`rag.fusion.fitMaxDays: expected a positive number of days, got ${o.fitMaxDays}`);
+  // The slice is scored inside the evidence window, so some window must be able to hold the longest slice.
+  if (Math.max(...o.windowsDays) < o.fitMaxDays) {
+    throw new BadInputError(`rag.fusion.windowsDays: expected a window that holds the longest fit slice (fitMaxDays ${o.fitMaxDays}); the longest is ${Math.max(...o.windowsDays)} days`);
+  }
   return { ...o, windowsDays: [...o.windowsDays].sort((a, b) => a - b) };
 }
 
-/** How far back a fusion refresh at T reads: the longest window before the longest fit slice. */
+/** How far back a fusion refresh at T reads: its longest evidence window (which holds the longest fit slice). */
 export function fusionSpanDays(options: FusionOptions = {}): number {
-  const o = resolveFusionOptions(options);
-  return Math.max(...o.windowsDays) + o.fitMaxDays;
+  return Math.max(...resolveFusionOptions(options).windowsDays);
 }
 
 /**
@@ -238,7 +244,10 @@ function fitSlice(log: EvidenceLog, asOf: number, o: Required<FusionOptions>, no
 }
 
 /**
- * The likelihood of a fit slice as a function of the parameters. The base measure's normaliser is the expensive
+ * The leave-one-out likelihood of a fit slice as a function of the parameters. The slice lies inside the evidence
+ * window, and each of its transitions is scored by the posterior of the evidence without that transition: its user
+ * taken out of its triple's and its pair's counts and of its second cluster's row (not of popularity, where one user
+ * among all of the window's moves nothing). The base measure's normaliser is the expensive
  * part, so for fixed (beta, gamma, tau) the base measure of each observation is computed once and alpha is profiled
  * out with a cheap one-dimensional search. Observations (distinct (pair, next) of the slice, weighted by users) are
  * flat typed arrays: the fit evaluates them a few hundred times per refresh.
@@ -253,17 +262,19 @@ class SliceLikelihood {
   private readonly logPopularity: Float64Array;
   /** exp(logPopularity): the popularity smoothing of the second-cluster rows. */
   private readonly popularity: Float64Array;
-  /** Per pair of the slice: its clusters and its total users in the evidence window. */
+  /** Per pair of the slice: its clusters and its total users in the evidence window, less the one left out. */
   private readonly pairC1: Int32Array;
   private readonly pairC2: Int32Array;
   private readonly pairEvidence: Float64Array;
-  /** Per observation: its pair (index into the arrays above), next cluster, weight and evidence users. */
+  /** Per observation: its pair (index into the arrays above), next cluster, weight and evidence users (less the one left out). */
   private readonly obsPair: Int32Array;
   private readonly obsNext: Int32Array;
   private readonly obsWeight: Float64Array;
   private readonly obsEvidence: Float64Array;
   /** Per observation: log of the LLM prior's probability of its next cluster (floored as the weights use it). */
   private readonly obsLogPrior: Float64Array;
+  /** Per observation: its users of (second cluster, next) in the evidence window, itself included. */
+  private readonly obsSecond: Float64Array;
   /**
    * Per pair, its prior's top-M answers among the known clusters, copied out of the prior (pair i's are at
    * [i * M, i * M + answerCount[i])) with the log of their floored probabilities, and the log of its rest.
@@ -274,11 +285,13 @@ class SliceLikelihood {
   private readonly logRest: Float64Array;
   /** The distinct second clusters of the slice's pairs: the only backoff rows the likelihood reads. */
   private readonly rows: Int32Array;
-  /** Stage beta: log q2 of the rows above. */
+  /** Stage beta: log q2 of the rows above, and of each observation's own entry with its user left out. */
   private readonly logQ2: Float64Array;
+  private readonly obsLogQ2: Float64Array;
   private stagedBeta = Number.NaN;
-  /** Stage (beta, gamma): q2^gamma of the rows above, each row's sum and its known clusters' sum. */
+  /** Stage (beta, gamma): q2^gamma of the rows above, each row's sum and its known clusters' sum; the observations' own. */
   private readonly rowExp: Float64Array;
+  private readonly obsExp: Float64Array;
   private readonly rowSum: Float64Array;
   private readonly rowKnown: Float64Array;
   private stagedGamma = Number.NaN;
@@ -298,7 +311,7 @@ class SliceLikelihood {
   private readonly groupWeight: Float64Array;
   /** Per-pair normalisers and the observations' base measures of the last evaluation. */
   private readonly backoffZ: Float64Array;
-  private readonly knownShare: Float64Array;
+  private readonly knownSum: Float64Array;
   private readonly knownZ: Float64Array;
   private readonly base: Float64Array;
 
@@ -318,6 +331,7 @@ class SliceLikelihood {
     this.obsWeight = new Float64Array(observations);
     this.obsEvidence = new Float64Array(observations);
     this.obsLogPrior = new Float64Array(prior ? observations : 0);
+    this.obsSecond = new Float64Array(observations);
     const topM = prior?.topM ?? 0;
     this.answerNext = new Int32Array(pairs.length * topM);
     this.answerLogP = new Float64Array(pairs.length * topM);
@@ -331,14 +345,18 @@ class SliceLikelihood {
       this.pairC2[i] = p % K;
       used[p % K] = 1;
       const own = evidence.pairs.get(p);
-      this.pairEvidence[i] = own?.total ?? 0;
+      this.pairEvidence[i] = (own?.total ?? 0) - 1;
       const at = new Map<number, number>();
       if (own) own.next.forEach((n, k) => at.set(n, own.users[k]));
       for (let k = 0; k < obs.next.length; k++, o++) {
         this.obsPair[o] = i;
         this.obsNext[o] = obs.next[k];
         this.obsWeight[o] = obs.users[k];
-        this.obsEvidence[o] = at.get(obs.next[k]) ?? 0;
+        const users = at.get(obs.next[k]) ?? 0;
+        // Every user of the slice is one of the evidence window's (the slice lies inside it).
+        if (users < obs.users[k]) throw new FreshrecError("INTERNAL", "fusion: a fit slice that does not lie inside its evidence window");
+        this.obsEvidence[o] = users - 1;
+        this.obsSecond[o] = evidence.second[(p % K) * K + obs.next[k]];
         if (prior) this.obsLogPrior[o] = Math.log(Math.max(priorProbability(prior, p, obs.next[k]), 1e-12));
       }
       if (prior) {
@@ -369,14 +387,16 @@ class SliceLikelihood {
     this.restWeight = new Float64Array(pairs.length);
     this.obsWeightTau = new Float64Array(prior ? observations : 0);
     this.backoffZ = new Float64Array(pairs.length);
-    this.knownShare = new Float64Array(pairs.length);
+    this.knownSum = new Float64Array(pairs.length);
     this.knownZ = new Float64Array(pairs.length);
     this.base = new Float64Array(observations);
     this.logPopularity = logPopularity(evidence);
     this.popularity = this.logPopularity.map(Math.exp);
     this.rows = Int32Array.from(used.keys()).filter((c2) => used[c2] === 1);
     this.logQ2 = new Float64Array(K * K);
+    this.obsLogQ2 = new Float64Array(observations);
     this.rowExp = new Float64Array(K * K);
+    this.obsExp = new Float64Array(observations);
     this.rowSum = new Float64Array(K);
     this.rowKnown = new Float64Array(K);
   }
@@ -389,6 +409,11 @@ class SliceLikelihood {
     for (const c2 of this.rows) {
       const denominator = secondTotal[c2] + beta;
       for (let n = 0; n < K; n++) this.logQ2[c2 * K + n] = Math.log((second[c2 * K + n] + beta * this.popularity[n]) / denominator);
+    }
+    // Over the full row's denominator: it cancels in the backoff's normalisation, where only the entry changes.
+    for (let o = 0; o < this.obsLogQ2.length; o++) {
+      const c2 = this.pairC2[this.obsPair[o]];
+      this.obsLogQ2[o] = Math.log((this.obsSecond[o] - 1 + beta * this.popularity[this.obsNext[o]]) / (secondTotal[c2] + beta));
     }
     this.stagedBeta = beta;
     this.stagedGamma = Number.NaN;
@@ -411,6 +436,7 @@ class SliceLikelihood {
       this.rowSum[c2] = sum;
       this.rowKnown[c2] = sumKnown;
     }
+    for (let o = 0; o < this.obsExp.length; o++) this.obsExp[o] = Math.exp(gamma * this.obsLogQ2[o]);
     this.stagedGamma = gamma;
     this.stagedGammaBeta = beta;
   }
@@ -428,9 +454,10 @@ class SliceLikelihood {
   }
 
   /**
-   * Base-measure probability of every observation under (beta, gamma, tau). A pair's normalisers are its second
-   * cluster's row sums (all clusters, and the known ones) less its own two clusters, corrected on the prior's top-M
-   * answers only (outside them the prior is one constant per pair), so a pair costs O(M), not O(K).
+   * Base-measure probability of every observation under (beta, gamma, tau), its user left out. A pair's normalisers
+   * are its second cluster's row sums (all clusters, and the known ones) less its own two clusters, corrected on the
+   * prior's top-M answers only (outside them the prior is one constant per pair), so a pair costs O(M), not O(K);
+   * leaving the user out changes one entry of the row, so each observation corrects its pair's sums by that entry.
    */
   baseOfObservations(beta: number, gamma: number, tau: number): Float64Array {
     const K = this.K;
@@ -440,7 +467,7 @@ class SliceLikelihood {
     const prior = tau > 0 ? this.prior : null;
     const known = prior?.known ?? null;
     if (prior) this.stageTau(tau);
-    const { answerWeight, answerNext, answerCount, restWeight, obsWeightTau, backoffZ, knownShare, knownZ } = this;
+    const { answerWeight, answerNext, answerCount, restWeight, obsWeightTau, backoffZ, knownSum, knownZ, obsExp } = this;
     const topM = prior?.topM ?? 0;
     // Per pair: the backoff's normaliser, and (with a prior) the known clusters' share of it and their normaliser
     // under the prior's weights.
@@ -450,10 +477,9 @@ class SliceLikelihood {
       const row = c2 * K;
       backoffZ[i] = rowSum[c2] - rowExp[row + c1] - rowExp[row + c2];
       if (!prior) continue;
-      const knownSum = rowKnown[c2] - (!known || known[c1] ? rowExp[row + c1] : 0) - (!known || known[c2] ? rowExp[row + c2] : 0);
-      knownShare[i] = knownSum / backoffZ[i];
+      knownSum[i] = rowKnown[c2] - (!known || known[c1] ? rowExp[row + c1] : 0) - (!known || known[c2] ? rowExp[row + c2] : 0);
       const rest = restWeight[i];
-      let z = knownSum * rest;
+      let z = knownSum[i] * rest;
       for (let k = i * topM, end = k + answerCount[i]; k < end; k++) z += rowExp[row + answerNext[k]] * (answerWeight[k] - rest);
       knownZ[i] = z;
     }
@@ -462,11 +488,13 @@ class SliceLikelihood {
     for (let o = 0; o < out.length; o++) {
       const i = this.obsPair[o];
       const n = this.obsNext[o];
-      const e = rowExp[this.pairC2[i] * K + n];
+      const e = obsExp[o];
+      const change = e - rowExp[this.pairC2[i] * K + n];
       if (prior && (!known || known[n])) {
-        out[o] = (knownShare[i] * e * obsWeightTau[o]) / knownZ[i];
+        const w = obsWeightTau[o];
+        out[o] = (((knownSum[i] + change) / (backoffZ[i] + change)) * e * w) / (knownZ[i] + change * w);
       } else {
-        out[o] = e / backoffZ[i];
+        out[o] = e / (backoffZ[i] + change);
       }
     }
     return out;
@@ -604,10 +632,11 @@ function weighableSlice(log: EvidenceLog, asOf: number, o: Required<FusionOption
 }
 
 /**
- * Chooses the evidence window at `asOf`: for each candidate length W, the posterior (with the prior, when there is
- * one and it can be weighed: a strong prior wants fresher, shorter windows than counts alone) with evidence
- * [slice.from - W, slice.from) is fitted to the slice; the best per-transition likelihood wins. Candidates are
- * tried shortest first, up to the first that covers all the data there is.
+ * Chooses the evidence window at `asOf`: for each candidate length W that holds the fit slice, the posterior (with
+ * the prior, when there is one and it can be weighed: a strong prior wants fresher, shorter windows than counts
+ * alone) with evidence [asOf - W, asOf), the very evidence the table would serve with, is fitted to the slice by
+ * leaving each of its transitions out in turn; the best per-transition likelihood wins. Candidates are tried
+ * shortest first, up to the first that covers all the data there is.
  */
 export function chooseWindow(log: EvidenceLog, asOf: number, options: FusionOptions = {}, givenPrior: LlmPrior | null = null): WindowChoice {
   const o = resolveFusionOptions(options);
@@ -616,7 +645,8 @@ export function chooseWindow(log: EvidenceLog, asOf: number, options: FusionOpti
   const windows: { days: number; perTransition: number }[] = [];
   const first = log.firstTs ?? asOf;
   for (const days of o.windowsDays) {
-    const evidenceWindow = { from: slice.from - days * DAY_MS, to: slice.from };
+    const evidenceWindow = { from: asOf - days * DAY_MS, to: asOf };
+    if (evidenceWindow.from > slice.from) continue;
     if (evidenceWindow.from < log.span.from) break;
     if (sliceCounts.transitions < o.fitFloor) break;
     const likelihood = new SliceLikelihood(sliceCounts, log.counts(evidenceWindow), prior);
@@ -640,9 +670,9 @@ export interface FusionRefresh {
 export function fitFusion(input: FitFusionInput): FusionRefresh {
   const o = resolveFusionOptions(input.options);
   const choice = input.windowChoice ?? chooseWindow(input.log, input.asOf, o, input.prior);
-  const W = choice.windowDays * DAY_MS;
-  const fitEvidence = { from: Math.max(choice.slice.from - W, input.log.span.from), to: choice.slice.from };
-  const evidence = input.log.counts({ from: Math.max(input.asOf - W, input.log.span.from), to: input.asOf });
+  // The slice is scored inside the evidence the table serves with (leaving each of its transitions out).
+  const fitEvidence = { from: Math.max(input.asOf - choice.windowDays * DAY_MS, input.log.span.from), to: input.asOf };
+  const evidence = input.log.counts(fitEvidence);
   const base = {
     slice: choice.slice,
     fitEvidence,
@@ -663,7 +693,7 @@ export function fitFusion(input: FitFusionInput): FusionRefresh {
   }
   // A prior that cannot be weighed yet is fitted as absent (tau = 0): the counts-backoff posterior serves.
   const prior = choice.priorNotWeighed === null ? input.prior : null;
-  const likelihood = new SliceLikelihood(input.log.counts(choice.slice), input.log.counts(fitEvidence), prior);
+  const likelihood = new SliceLikelihood(input.log.counts(choice.slice), evidence, prior);
   const countsOnly = maximise(likelihood, false, DEFAULT_FUSION_PARAMS);
   const fitted = prior ? maximise(likelihood, true, { ...countsOnly.params, tau: 0.5 }) : countsOnly;
   // The prior is nested (tau = 0 is the counts-only model), so a fit with it never reports less than without it.

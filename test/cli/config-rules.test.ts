@@ -10,4 +10,11 @@ describe("config rules across sections", () => {
     expect(parseConfig({ finetune: { trigger: "drift" } }).rag.method).toBe("fusion");
     expect(parseConfig({ rag: { method: "prompt" } }).finetune.trigger).toBe("schedule");
   });
+
+  it("refuses fusion windows none of which can hold the longest fit slice, as a refresh would", () => {
+    const file = { rag: { fusion: { windowsDays: [3, 7, 14], fitMaxDays: 28 } } };
+    expect(() => parseConfig(file, "f.json")).toThrow(ConfigError);
+    expect(() => parseConfig(file, "f.json")).toThrow(/f\.json: field "rag\.fusion\.windowsDays": got \[3,7,14\]; expected a window that holds the longest fit slice \(fitMaxDays 28\); the longest is 14 days/);
+    expect(parseConfig({ rag: { fusion: { windowsDays: [3, 7, 14], fitMaxDays: 14 } } }).rag.fusion.windowsDays).toEqual([3, 7, 14]);
+  });
 });
