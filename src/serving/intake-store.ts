@@ -1,18 +1,21 @@
 /**
  * What event intake (./intake.ts) needs of the store it writes to, as a contract with one adapter per store: the
- * embedded DuckDB event store here; a PostgreSQL store implements the same three calls (there `append` is one
- * `INSERT ... ON CONFLICT (user, item, ts) DO NOTHING RETURNING`, and it may ignore the `mayBeStored` hints).
+ * embedded DuckDB event store here; a PostgreSQL store implements the same three calls.
  *
  * Why intake does not call `EventStore.append`: that path is built for files of millions of rows (staging tables,
  * a dedup join over every stored event, counts before and after: about a dozen statements and a scan of the whole
- * event table per call, a cost that grows with the store). An intake group is small and its users' states are in
- * memory, so here an append is one transaction holding one appender, and only events whose (user, item) pair the
- * user index has already seen are looked up. The rules are the store's: an event is (user, item, ts), the first
- * engagement value given for it is the one kept, and an event already stored is skipped and reported as such.
+ * event table per call, a cost that grows with the store). An intake group is small and the server's user index
+ * knows every event it stored or loaded, so intake leaves out the events it knows stored and an append only appends:
+ * - DuckDB: one transaction holding one appender (and one for new users). Only this process writes the file while it
+ *   serves (its lock), so what the user index does not know is not stored: nothing is looked up.
+ * - PostgreSQL: one transaction of one `INSERT ... ON CONFLICT (user, item, ts) DO NOTHING RETURNING`, because other
+ *   processes may have stored an event this one has not seen; the primary key finds it without a scan.
+ * The rules are the store's: an event is (user, item, ts), the first engagement value given for it is the one kept,
+ * and an event already stored is skipped and reported as such.
  *
  * @example
  * const store = new DuckDbIntakeStore(events, catalog);
- * const added = await store.append([{ userId: "u1", item: 7, ts: Date.parse("2025-03-02"), engagement: null }], [false]);
+ * const added = await store.append([{ userId: "u1", item: 7, ts: Date.parse("2025-03-02"), engagement: null }]);
  */
 import { BIGINT, DuckDBDataChunk, DuckDBTimestampValue, FLOAT, INTEGER, TIMESTAMP, VARCHAR, listValue } from "@duckdb/node-api";
 import type { EventStore } from "../data/event-store.js";
@@ -40,11 +43,11 @@ export interface RecordedAnswer {
 export interface IntakeStore {
   /**
    * Appends the events in one transaction (all or none) and tells, per event, whether the store took it (false: it
-   * held that event already). The events' identities (user, item, ts) are distinct within one call.
-   * @param mayBeStored per event; false promises that the store holds no event of that user with that item (the
-   * caller's user index saw every stored pair), so the adapter need not look it up.
+   * held that event already). The events' identities (user, item, ts) are distinct within one call, and none is an
+   * event that this process stored or loaded (its user index knows those): an adapter whose store only this process
+   * writes may take them all as new.
    */
-  append(events: readonly IntakeEvent[], mayBeStored: readonly boolean[]): Promise<boolean[]>;
+  append(events: readonly IntakeEvent[]): Promise<boolean[]>;
   /**
    * The answers recorded for these idempotency keys. An expired key is forgotten at the next `record`, so until
    * then it still answers (a retry is never told a different story within its key's lifetime).
@@ -77,21 +80,18 @@ export class DuckDbIntakeStore implements IntakeStore {
     });
   }
 
-  async append(events: readonly IntakeEvent[], mayBeStored: readonly boolean[]): Promise<boolean[]> {
+  async append(events: readonly IntakeEvent[]): Promise<boolean[]> {
     if (events.length === 0) return [];
     const c = this.store.connection;
     await c.run("BEGIN TRANSACTION");
     try {
-      const created = await this.resolveUsers(events);
-      const stored = await this.storedAmong(events, mayBeStored, created);
-      const added = events.map((_, k) => !stored.has(k));
+      const { created, keys } = await this.resolveUsers(events);
       const appender = await c.createAppender("events");
       const types = [INTEGER, INTEGER, TIMESTAMP, FLOAT];
-      const rows = events.filter((_, k) => added[k]);
-      for (let start = 0; start < rows.length; start += 2048) {
-        const slice = rows.slice(start, start + 2048);
+      for (let start = 0; start < events.length; start += 2048) {
+        const slice = events.slice(start, start + 2048);
         const chunk = DuckDBDataChunk.create(types, slice.length);
-        chunk.setColumnValues(0, slice.map((e) => this.userKey(e.userId, created)));
+        chunk.setColumnValues(0, keys.slice(start, start + slice.length));
         chunk.setColumnValues(1, slice.map((e) => this.itemKeys[e.item]));
         chunk.setColumnValues(2, slice.map((e) => new DuckDBTimestampValue(BigInt(e.ts) * 1000n)));
         chunk.setColumnValues(3, slice.map((e) => e.engagement));
@@ -101,7 +101,7 @@ export class DuckDbIntakeStore implements IntakeStore {
       await c.run("COMMIT");
       for (const [id, key] of created) this.userKeys.set(id, key);
       this.nextUserKey! += created.size;
-      return added;
+      return events.map(() => true);
     } catch (error) {
       await c.run("ROLLBACK");
       // Read the users' keys again next time: if the table changed under this cache (a key taken), the retry heals.
@@ -151,17 +151,13 @@ export class DuckDbIntakeStore implements IntakeStore {
     this.schemaReady = true;
   }
 
-  private userKey(userId: string, created: ReadonlyMap<string, number>): number {
-    return this.userKeys.get(userId) ?? created.get(userId)!;
-  }
-
   /**
    * The keys of the group's users; users the store does not have yet are appended, numbered after the largest key
    * as `EventStore.append` numbers them. Every user's key is read once, on the first append (one scan of the users
    * table, instead of a lookup of a whole group's ids in each transaction).
-   * @returns the keys of the users appended in this transaction (kept only once it commits).
+   * @returns each event's user key, and the keys of the users appended in this transaction (kept only once it commits).
    */
-  private async resolveUsers(events: readonly IntakeEvent[]): Promise<Map<string, number>> {
+  private async resolveUsers(events: readonly IntakeEvent[]): Promise<{ created: Map<string, number>; keys: number[] }> {
     if (this.nextUserKey === null) {
       const reader = await this.store.connection.runAndReadAll("SELECT user_id, user_key FROM users");
       const [ids, keys] = reader.currentRowCount ? (reader.getColumns() as [string[], number[]]) : [[], []];
@@ -173,7 +169,12 @@ export class DuckDbIntakeStore implements IntakeStore {
       this.nextUserKey = max + 1;
     }
     const created = new Map<string, number>();
-    for (const e of events) if (!this.userKeys.has(e.userId) && !created.has(e.userId)) created.set(e.userId, this.nextUserKey + created.size);
+    // One lookup per event among every user's keys (the costly part of this loop), none more.
+    const keys = events.map((e) => {
+      let key = this.userKeys.get(e.userId) ?? created.get(e.userId);
+      if (key === undefined) created.set(e.userId, (key = this.nextUserKey! + created.size));
+      return key;
+    });
     if (created.size) {
       const appender = await this.store.connection.createAppender("users");
       const chunk = DuckDBDataChunk.create([INTEGER, VARCHAR], created.size);
@@ -182,29 +183,7 @@ export class DuckDbIntakeStore implements IntakeStore {
       appender.appendDataChunk(chunk);
       appender.closeSync();
     }
-    return created;
-  }
-
-  /** Indexes of the events the store already holds, looked up only among those flagged `mayBeStored`. */
-  private async storedAmong(events: readonly IntakeEvent[], mayBeStored: readonly boolean[], created: ReadonlyMap<string, number>): Promise<Set<number>> {
-    const candidates = events.map((_, k) => k).filter((k) => mayBeStored[k]);
-    const stored = new Set<number>();
-    if (candidates.length === 0) return stored;
-    const users = [...new Set(candidates.map((k) => this.userKey(events[k].userId, created)))];
-    const items = [...new Set(candidates.map((k) => this.itemKeys[events[k].item]))];
-    // Integers only, written into the SQL: the IN lists let DuckDB filter while scanning.
-    const rows = await this.store.connection.runAndReadAll(
-      `SELECT user_key, item_key, epoch_ms(ts)::DOUBLE AS ts FROM events WHERE user_key IN (${users.join(",")}) AND item_key IN (${items.join(",")})`,
-    );
-    const held = new Set<string>();
-    if (rows.currentRowCount) {
-      const [u, i, t] = rows.getColumns() as [number[], number[], number[]];
-      for (let r = 0; r < u.length; r++) held.add(`${u[r]}:${i[r]}:${t[r]}`);
-    }
-    for (const k of candidates) {
-      const e = events[k];
-      if (held.has(`${this.userKey(e.userId, created)}:${this.itemKeys[e.item]}:${e.ts}`)) stored.add(k);
-    }
-    return stored;
+    return { created, keys };
   }
 }
+

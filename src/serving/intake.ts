@@ -3,9 +3,11 @@
  * or nothing) so the next RAG refresh counts them, and applied to the in-memory user state.
  *
  * - Cost: a batch costs its own events, not a recount of the store. Batches waiting while a group is written go
- *   together into the next group, one transaction (./intake-store.ts; the store is searched only for events whose
- *   user already had their item), and only the events the store newly took are applied to their users' states in
- *   place (./users.ts), in any time order, giving what a reload would give.
+ *   together into the next group, one transaction (./intake-store.ts) that only appends: the user index knows every
+ *   stored event (./users.ts `holds`), so a repeated event is told from a new one without searching the store. Only
+ *   the events the store newly took are applied to their users' states in place, in any time order, giving what a
+ *   reload would give. A body that plainly fits the schema is checked field by field without zod (`plainEvents`);
+ *   any other body goes through zod, which names every problem.
  *
  * - Validation: every event must parse (zod) and pass the rules `freshrec ingest` applies (../data/ingest/event-fields.ts:
  *   ids, a time the calendar has, an engagement float32 can hold, text that was UTF-8), and its time must not be later than the server clock's now plus
@@ -40,7 +42,7 @@ import { HttpError, type RequestIssue } from "./errors.js";
 import type { AttributableEvent } from "./experiments/log.js";
 import { DuckDbIntakeStore, type IntakeEvent, type IntakeStore, type RecordedAnswer } from "./intake-store.js";
 import type { StoreQueue } from "./store-queue.js";
-import type { UserIndex } from "./users.js";
+import { UserIndex, type UserState } from "./users.js";
 
 const KEY_TTL_MS = 7 * DAY_MS;
 /**
@@ -120,6 +122,10 @@ interface ParsedEvent {
   readonly index: number;
   readonly event: EngagementEvent;
   readonly negative: boolean;
+  /** The item's catalog index. */
+  readonly item: number;
+  /** The time as stored: whole milliseconds. */
+  readonly storedTs: number;
 }
 
 /** A validated batch waiting for its group write, with the promise its request awaits. */
@@ -172,12 +178,17 @@ export class EventIntake {
     if (idempotencyKey !== undefined && !/^[\x21-\x7e]{1,200}$/.test(idempotencyKey)) {
       throw new HttpError("BAD_INPUT", "Idempotency-Key: 1-200 visible ASCII characters", [{ field: "Idempotency-Key", message: "1-200 visible ASCII characters" }]);
     }
+    const now = this.options.now();
+    const plain = this.plainEvents(body, now);
+    if (plain !== null) {
+      const bodyHash = idempotencyKey === undefined ? "" : hashBody(raw as readonly Record<string, unknown>[]);
+      return this.submit({ ...plain, received: (raw as unknown[]).length, key: idempotencyKey ?? null, bodyHash });
+    }
     const parsed = intakeBodySchema.safeParse(body);
     const issues: RequestIssue[] = parsed.success ? [] : intakeIssues(parsed.error.issues);
     // The time and catalog checks also run over the events of a body that failed the schema (field by field: see
     // `check`), so that one 400 lists every problem of the batch rather than one kind of problem per round trip.
     const rawEvents: readonly unknown[] = parsed.success ? parsed.data.events : Array.isArray(raw) ? raw : [];
-    const now = this.options.now();
     const events: ParsedEvent[] = [];
     let skippedUnknownItems = 0;
     rawEvents.forEach((rawEvent, index) => {
@@ -237,7 +248,7 @@ export class EventIntake {
 
   /** Writes a group of batches and settles each one's promise (its own answer or error). */
   private async writeGroup(group: readonly PendingBatch[]): Promise<void> {
-    const { intakeStore, users, catalog } = this;
+    const { intakeStore, users } = this;
     const keyed = group.filter((b) => b.key !== null);
     const recorded = keyed.length ? await intakeStore.recorded(keyed.map((b) => b.key!)) : new Map<string, RecordedAnswer>();
     const writers: PendingBatch[] = [];
@@ -262,27 +273,25 @@ export class EventIntake {
     }
     this.pending.unshift(...later);
 
-    // The group's events, each identity (user, item, ts) once: the first occurrence wins, as in the store.
+    // The group's new events, each identity (user, item, ts) once: the first occurrence wins, as in the store, and an
+    // event the store holds already (the user index knows every stored event) is a duplicate, not written again.
     const toAppend: IntakeEvent[] = [];
     const owner: number[] = [];
-    const mayBeStored: boolean[] = [];
-    const identities = new Set<string>();
-    writers.forEach((batch, w) => {
-      for (const { event, negative } of batch.events) {
+    const states: (UserState | undefined)[] = [];
+    const inGroup = new GroupIdentities();
+    for (let w = 0; w < writers.length; w++) {
+      for (const { event, negative, item, storedTs } of writers[w].events) {
         if (negative) continue;
-        const item = catalog.itemIndex.get(event.itemId)!;
-        const ts = Math.round(event.ts);
-        const identity = `${item}:${ts}:${event.userId}`;
-        if (identities.has(identity)) continue;
-        identities.add(identity);
-        toAppend.push({ userId: event.userId, item, ts, engagement: event.engagement ?? null });
+        const state = users.get(event.userId);
+        if (UserIndex.holdsEvent(state, item, storedTs) || !inGroup.add(event.userId, item, storedTs)) continue;
+        toAppend.push({ userId: event.userId, item, ts: storedTs, engagement: event.engagement ?? null });
         owner.push(w);
-        mayBeStored.push(users.mayHaveStored(event.userId, item));
+        states.push(state);
       }
-    });
+    }
     let added: boolean[];
     try {
-      added = await intakeStore.append(toAppend, mayBeStored);
+      added = await intakeStore.append(toAppend);
     } catch (error) {
       if (writers.length === 1) {
         writers[0].reject(error);
@@ -292,7 +301,10 @@ export class EventIntake {
       for (const batch of writers) await this.writeGroup([batch]);
       return;
     }
-    users.apply(toAppend.filter((_, k) => added[k]));
+    users.applyKnown(
+      toAppend.filter((_, k) => added[k]),
+      states.filter((_, k) => added[k]),
+    );
 
     const eventsAdded = new Array<number>(writers.length).fill(0);
     owner.forEach((w, k) => {
@@ -343,7 +355,7 @@ export class EventIntake {
       events.map((e) => ({
         userId: e.event.userId,
         itemId: e.event.itemId,
-        clusterId: catalog.clusterOfItem(e.event.itemId)!,
+        clusterId: catalog.clusterIds[catalog.itemCluster[e.item]],
         // The time as stored (whole milliseconds), so an outcome is attributed by the event the log holds.
         ts: Math.round(e.event.ts),
         engagement: e.event.engagement ?? null,
@@ -377,8 +389,9 @@ export class EventIntake {
     const itemId = fields.itemId.safeParse(e.itemId);
     const badItem = itemId.success ? idProblem(itemId.data) : null;
     let unknownItem = false;
+    const item = itemId.success ? this.catalog.itemIndex.get(itemId.data) : undefined;
     if (badItem !== null) issues.push({ index, field: "itemId", message: badItem });
-    else if (itemId.success && !this.options.catalog.itemIndex.has(itemId.data)) {
+    else if (itemId.success && item === undefined) {
       if (this.options.unknownItems === "reject") issues.push({ index, field: "itemId", message: `item ${JSON.stringify(itemId.data)} is not in the catalog` });
       else unknownItem = true;
     }
@@ -391,7 +404,102 @@ export class EventIntake {
       index,
       event: { userId: userId.data, itemId: itemId.data, ts, ...(typeof engagement === "number" ? { engagement } : {}) },
       negative: e.feedback === "negative",
+      item: item!,
+      storedTs: Math.round(ts),
     };
+  }
+
+  /**
+   * The events of a body that plainly fits `intakeBodySchema` and whose every field passes `check`'s rules, checked
+   * without zod (which costs more than all the rest of a valid batch); null for any other body, which then goes
+   * through zod and `check` to have each of its problems named. Never accepts what they would refuse.
+   */
+  private plainEvents(body: unknown, now: number): Pick<PendingBatch, "events" | "skippedUnknownItems"> | null {
+    if (!isPlainObject(body)) return null;
+    for (const key in body) if (key !== "events") return null;
+    const raw = body.events;
+    if (!Array.isArray(raw) || raw.length === 0) return null;
+    const { itemIndex } = this.catalog;
+    const latest = now + this.futureToleranceMs;
+    const events: ParsedEvent[] = [];
+    let skippedUnknownItems = 0;
+    for (let index = 0; index < raw.length; index++) {
+      const e: unknown = raw[index];
+      if (!isPlainObject(e)) return null;
+      for (const key in e) if (!EVENT_FIELDS.has(key)) return null;
+      const { userId, itemId, ts: given, engagement: rawEngagement, feedback } = e;
+      if (typeof userId !== "string" || typeof itemId !== "string" || idProblem(userId) !== null || idProblem(itemId) !== null) return null;
+      if (!(typeof given === "number" ? Number.isFinite(given) : typeof given === "string" && given.length > 0)) return null;
+      const ts = eventTime(given as number | string);
+      if (!(rawEngagement === undefined || rawEngagement === null || (typeof rawEngagement === "number" && Number.isFinite(rawEngagement)))) return null;
+      if (feedback !== undefined && feedback !== "negative") return null;
+      if (typeof ts !== "number" || ts > latest) return null;
+      const engagement = eventEngagement(rawEngagement as number | null | undefined);
+      if (engagement !== null && typeof engagement !== "number") return null;
+      const item = itemIndex.get(itemId);
+      if (item === undefined) {
+        if (this.options.unknownItems === "reject") return null;
+        skippedUnknownItems++;
+        continue;
+      }
+      events.push({
+        index,
+        event: { userId, itemId, ts, ...(typeof engagement === "number" ? { engagement } : {}) },
+        negative: feedback === "negative",
+        item,
+        storedTs: Math.round(ts),
+      });
+    }
+    return { events, skippedUnknownItems };
+  }
+}
+
+const EVENT_FIELDS: ReadonlySet<string> = new Set(Object.keys(intakeEventSchema.shape));
+
+function isPlainObject(value: unknown): value is Record<string, unknown> {
+  if (typeof value !== "object" || value === null) return false;
+  const proto = Object.getPrototypeOf(value) as unknown;
+  return proto === Object.prototype || proto === null;
+}
+
+/**
+ * The idempotency digest of a body `plainEvents` took: the JSON of what zod's parse gives for it (each event's fields
+ * in the schema's order, only those present), so a retry hashes alike whichever path checked it.
+ */
+function hashBody(events: readonly Record<string, unknown>[]): string {
+  const data = events.map((e) => {
+    const out: Record<string, unknown> = {};
+    for (const field of EVENT_FIELDS) if (field in e) out[field] = e[field];
+    return out;
+  });
+  return createHash("sha256").update(JSON.stringify({ events: data })).digest("hex");
+}
+
+/**
+ * The identities (user, item, ts) of one group's events so far, to keep the first of each: per user, a short list
+ * searched in place (a user has few events in one group), turned into a set when it grows.
+ */
+class GroupIdentities {
+  private readonly byUser = new Map<string, { items: number[]; times: number[]; keys: Set<string> | null }>();
+
+  /** @returns false when the identity was added before. */
+  add(userId: string, item: number, ts: number): boolean {
+    const mine = this.byUser.get(userId);
+    if (mine === undefined) {
+      this.byUser.set(userId, { items: [item], times: [ts], keys: null });
+      return true;
+    }
+    if (mine.keys !== null) {
+      const key = `${item}:${ts}`;
+      if (mine.keys.has(key)) return false;
+      mine.keys.add(key);
+      return true;
+    }
+    for (let k = 0; k < mine.items.length; k++) if (mine.items[k] === item && mine.times[k] === ts) return false;
+    mine.items.push(item);
+    mine.times.push(ts);
+    if (mine.items.length > 16) mine.keys = new Set(mine.items.map((it, k) => `${it}:${mine.times[k]}`));
+    return true;
   }
 }
 

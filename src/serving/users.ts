@@ -6,18 +6,23 @@
  *
  * Loaded from the event store at start-up in one ordered scan; after each accepted intake batch the events the store
  * newly took are applied to their users' states in place (`apply`), in any time order: the state keeps just enough of
- * each user's events (./histories.ts) to give what a reload would. No other user is touched.
+ * each user's events (./histories.ts) to give what a reload would. No other user is touched, and nothing costs more
+ * than the posting user's own events: an intake batch is never a recount.
+ *
+ * The index also knows every stored event's identity (user, item, ts), which is what lets intake tell a repeated event
+ * from a new one without asking the store (`holds`): a lookup there has no index to use and scans the whole event
+ * table, once per write.
  *
  * @example
  * const users = await UserIndex.load(events, catalog, { positiveMin: 0.5, recentItems: 10 });
  * users.get("u000123")?.history; // { c1: 17, c2: 4 } (cluster indices) or null
  * users.apply([{ userId: "u000123", item: 42, ts: Date.parse("2025-03-02T10:00:00Z"), engagement: 1 }]);
  */
-import type { EventStore } from "../data/event-store.js";
+import type { EventStoreContract } from "../data/event-store.js";
 import type { EngagementEvent } from "../domain/types.js";
 import type { Catalog } from "./catalog.js";
 import { SERVE_DEFAULTS } from "./defaults.js";
-import { emptyTail, extendRecent, extendTail, insertSorted, type HistoryTail } from "./histories.js";
+import { emptyTail, extendRecent, extendTail, type HistoryTail } from "./histories.js";
 
 export interface UserState {
   /** The last two distinct positively engaged clusters (cluster indices, c2 most recent), null with fewer than two. */
@@ -32,8 +37,13 @@ export interface UserState {
   recent: number[];
   /** Time of each recent item's latest positive event (so a late event finds its place). */
   recentTs: number[];
-  /** Every item index the user had any event with, ascending. */
+  /**
+   * The item of every stored event of the user, ascending by (item, time): an item repeats once per event with it.
+   * What exploration never recommends again, and with `seenTs` what tells a repeated event from a new one.
+   */
   seen: number[];
+  /** The time of each event of `seen` (epoch milliseconds, as stored), same order. */
+  seenTs: number[];
   /** Where the history's last two runs lie (what lets an out-of-order event update it exactly). */
   tail: HistoryTail;
 }
@@ -71,7 +81,7 @@ export class UserIndex {
     return new UserIndex(catalog, options);
   }
 
-  static async load(store: EventStore, catalog: Catalog, options: UserIndexOptions): Promise<UserIndex> {
+  static async load(store: EventStoreContract, catalog: Catalog, options: UserIndexOptions): Promise<UserIndex> {
     const index = new UserIndex(catalog, options);
     await index.read(store);
     return index;
@@ -102,11 +112,17 @@ export class UserIndex {
   }
 
   /**
-   * Whether the store may already hold an event of this user with this item. False is certain: every stored event
-   * put its item into `seen`. Intake asks the store only about events where this is true.
+   * Whether the store holds this event (user, item, ts): every event the index loaded or was given to `apply` is
+   * known. In the embedded store, which only this process writes while it serves, that is every stored event; a
+   * store other processes write too may hold more (its adapter checks what this does not know).
    */
-  mayHaveStored(userId: string, item: number): boolean {
-    return UserIndex.hasSeen(this.states.get(userId), item);
+  holds(userId: string, item: number, ts: number): boolean {
+    return UserIndex.holdsEvent(this.states.get(userId), item, ts);
+  }
+
+  /** `holds` for a state already looked up (a lookup among every user costs more than the rest of the check). */
+  static holdsEvent(state: UserState | undefined, item: number, ts: number): boolean {
+    return state !== undefined && eventPosition(state.seen, state.seenTs, item, ts) < 0;
   }
 
   /** Whether an engagement counts as positive, compared as the store compares it (the float32 it holds). */
@@ -120,23 +136,39 @@ export class UserIndex {
    * stored engagement may differ), in any time order, to their users' states in place.
    */
   apply(events: readonly StoredEvent[]): void {
-    for (const e of events) this.applyOne(e.userId, e.item, e.ts, e.engagement);
+    for (const e of events) this.applyOne(this.states.get(e.userId), e.userId, e.item, e.ts, e.engagement);
+  }
+
+  /**
+   * `apply` with each event's state already looked up (`get` before the write): `states[k]` is the state of
+   * `events[k].userId`, or undefined for a user the index did not have then (looked up again: an earlier event of the
+   * same call may have added the user).
+   */
+  applyKnown(events: readonly StoredEvent[], states: readonly (UserState | undefined)[]): void {
+    for (let k = 0; k < events.length; k++) {
+      const e = events[k];
+      this.applyOne(states[k] ?? this.states.get(e.userId), e.userId, e.item, e.ts, e.engagement);
+    }
   }
 
   /** Applies one new event of the simulation's stream (`apply` for an event given by item id). */
   observe(event: EngagementEvent): void {
     const item = this.catalog.itemIndex.get(event.itemId);
     if (item === undefined) return;
-    this.applyOne(event.userId, item, event.ts, event.engagement);
+    this.applyOne(this.states.get(event.userId), event.userId, item, event.ts, event.engagement);
   }
 
-  private applyOne(userId: string, item: number, ts: number, engagement: number | null | undefined): void {
-    let state = this.states.get(userId);
+  private applyOne(known: UserState | undefined, userId: string, item: number, ts: number, engagement: number | null | undefined): void {
+    let state = known;
     if (!state) {
-      state = { history: null, lastCluster: -1, recent: [], recentTs: [], seen: [], tail: emptyTail() };
+      state = { history: null, lastCluster: -1, recent: [], recentTs: [], seen: [], seenTs: [], tail: emptyTail() };
       this.states.set(userId, state);
     }
-    insertSorted(state.seen, item);
+    const at = eventPosition(state.seen, state.seenTs, item, ts);
+    // An event the index holds already changes nothing (the store keeps the first one).
+    if (at < 0) return;
+    state.seen.splice(at, 0, item);
+    state.seenTs.splice(at, 0, ts);
     if (this.isPositive(engagement)) this.addPositive(state, item, ts);
   }
 
@@ -151,20 +183,22 @@ export class UserIndex {
    * Every user's state from one scan of the events in mining's order (ts, then item key): the history through the
    * same `extendTail` intake uses, events in order.
    */
-  private async read(store: EventStore): Promise<void> {
+  private async read(store: EventStoreContract): Promise<void> {
     const { catalog } = this;
     const positiveMin = this.options.positiveMin;
-    const positive = positiveMin === null ? "true" : "(e.engagement IS NULL OR e.engagement >= $positiveMin)";
+    // The engagement compared as a double on both stores (PostgreSQL would compare a REAL with a REAL parameter).
+    const [double, min] = store.dialect === "postgres" ? ["FLOAT8", "$positiveMin::FLOAT8"] : ["DOUBLE", "$positiveMin"];
+    const positive = positiveMin === null ? "true" : `(e.engagement IS NULL OR e.engagement >= ${min})`;
     const users = new Map(
       (await store.query<{ k: number; id: string }>("SELECT user_key AS k, user_id AS id FROM users")).map((r) => [r.k, r.id]),
     );
-    const reader = await store.connection.runAndReadAll(
-      `SELECT e.user_key, e.item_key, epoch_ms(e.ts)::DOUBLE AS ts, ${positive} AS positive FROM events e
+    const read = await store.queryColumns(
+      `SELECT e.user_key, e.item_key, epoch_ms(e.ts)::${double} AS ts, ${positive} AS positive FROM events e
        ORDER BY e.user_key, e.ts, e.item_key`,
-      (positiveMin === null ? {} : { positiveMin }) as never,
+      positiveMin === null ? {} : { positiveMin },
     );
-    const n = reader.currentRowCount;
-    const [userKeys, itemKeys, times, positives] = n ? (reader.getColumns() as [number[], number[], number[], boolean[]]) : [[], [], [], []];
+    const n = read.rowCount;
+    const [userKeys, itemKeys, times, positives] = n ? (read.columns as [number[], number[], number[], boolean[]]) : [[], [], [], []];
     let start = 0;
     while (start < n) {
       const key = userKeys[start];
@@ -172,14 +206,18 @@ export class UserIndex {
       while (end < n && userKeys[end] === key) end++;
       const userId = users.get(key);
       if (userId !== undefined) {
-        const seen: number[] = [];
+        const rows: number[] = [];
         const tail = emptyTail();
         for (let r = start; r < end; r++) {
           const item = catalog.itemOfKey[itemKeys[r]];
           if (item < 0) continue;
-          seen.push(item);
+          rows.push(r);
           if (positives[r]) extendTail(tail, times[r], item, catalog.itemCluster[item]);
         }
+        // The rows are in (ts, item) order; the events' identities go in (item, ts) order.
+        rows.sort((a, b) => itemKeys[a] - itemKeys[b] || times[a] - times[b]);
+        const seen = rows.map((r) => catalog.itemOfKey[itemKeys[r]]);
+        const seenTs = rows.map((r) => times[r]);
         // Recent items newest first: the first time an item shows up walking back is its latest positive event.
         const recent: number[] = [];
         const recentTs: number[] = [];
@@ -194,7 +232,8 @@ export class UserIndex {
           lastCluster: tail.c2,
           recent,
           recentTs,
-          seen: uniqueSorted(seen),
+          seen,
+          seenTs,
           tail,
         });
       }
@@ -203,10 +242,16 @@ export class UserIndex {
   }
 }
 
-function uniqueSorted(values: number[]): number[] {
-  values.sort((a, b) => a - b);
-  let w = 0;
-  for (let r = 0; r < values.length; r++) if (r === 0 || values[r] !== values[r - 1]) values[w++] = values[r];
-  values.length = w;
-  return values;
+/**
+ * Where event (item, ts) goes in a user's (item, ts)-ordered lists, or -1 when they hold it already (binary search).
+ */
+function eventPosition(seen: readonly number[], seenTs: readonly number[], item: number, ts: number): number {
+  let lo = 0;
+  let hi = seen.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (seen[mid] < item || (seen[mid] === item && seenTs[mid] < ts)) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo < seen.length && seen[lo] === item && seenTs[lo] === ts ? -1 : lo;
 }

@@ -107,8 +107,16 @@ describe("POST /v1/events updates histories incrementally, equal to a recount", 
     return { status: response.status, body: await response.json() };
   }
 
+  interface Recounted {
+    history: { c1: number; c2: number } | null;
+    lastCluster: number;
+    recent: number[];
+    seen: number[];
+    seenTs: number[];
+  }
+
   /** Every user's state recounted from the stored events alone (no code of src/serving/users.ts). */
-  async function recount(): Promise<Map<string, { history: { c1: number; c2: number } | null; lastCluster: number; recent: number[]; seen: number[] }>> {
+  async function recount(): Promise<Map<string, Recounted>> {
     const catalog = server.state.catalog;
     const rows = await store.query<{ user_id: string; item_id: string; ts: number; engagement: number | null }>(
       "SELECT user_id, item_id, epoch_ms(ts)::DOUBLE AS ts, engagement FROM events JOIN users USING (user_key) JOIN items USING (item_key)",
@@ -119,7 +127,7 @@ describe("POST /v1/events updates histories incrementally, equal to a recount", 
       if (!list) byUser.set(r.user_id, (list = []));
       list.push({ ts: r.ts, item: catalog.itemIndex.get(r.item_id)!, positive: r.engagement === null || r.engagement >= POSITIVE_MIN });
     }
-    const out = new Map<string, { history: { c1: number; c2: number } | null; lastCluster: number; recent: number[]; seen: number[] }>();
+    const out = new Map<string, Recounted>();
     for (const [user, list] of byUser) {
       list.sort((a, b) => a.ts - b.ts || a.item - b.item);
       const positives = list.filter((e) => e.positive);
@@ -130,13 +138,17 @@ describe("POST /v1/events updates histories incrementally, equal to a recount", 
         history: c1 >= 0 ? { c1, c2 } : null,
         lastCluster: c2,
         recent,
-        seen: [...new Set(list.map((e) => e.item))].sort((a, b) => a - b),
+        // Every stored event's identity, ordered by (item, ts).
+        ...(() => {
+          const byItem = [...list].sort((a, b) => a.item - b.item || a.ts - b.ts);
+          return { seen: byItem.map((e) => e.item), seenTs: byItem.map((e) => e.ts) };
+        })(),
       });
     }
     return out;
   }
 
-  const plain = (s: UserState) => ({ ...s, recent: [...s.recent], recentTs: [...s.recentTs], seen: [...s.seen], tail: { ...s.tail } });
+  const plain = (s: UserState) => ({ ...s, recent: [...s.recent], recentTs: [...s.recentTs], seen: [...s.seen], seenTs: [...s.seenTs], tail: { ...s.tail } });
 
   async function expectEqualToRecount(): Promise<number> {
     await server.state.queue.idle();
@@ -150,7 +162,11 @@ describe("POST /v1/events updates histories incrementally, equal to a recount", 
     let withHistory = 0;
     for (const [user, expected] of counted) {
       const state = live.get(user)!;
-      expect({ user, history: state.history, lastCluster: state.lastCluster, recent: [...state.recent], seen: [...state.seen] }).toEqual({ user, ...expected });
+      expect({ user, history: state.history, lastCluster: state.lastCluster, recent: [...state.recent], seen: [...state.seen], seenTs: [...state.seenTs] }).toEqual({
+        user,
+        ...expected,
+      });
+      for (let k = 0; k < state.seen.length; k++) expect(live.holds(user, state.seen[k], state.seenTs[k])).toBe(true);
       const h = mined.get(user);
       expect(state.history && { c1: catalog.clusterIds[state.history.c1], c2: catalog.clusterIds[state.history.c2] }).toEqual(h ?? null);
       // The whole state, what lets later events be applied too, is the one a start-up builds.
