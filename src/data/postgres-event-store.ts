@@ -182,6 +182,25 @@ export class PostgresEventStore implements EventStoreContract {
     }
   }
 
+  /**
+   * Runs `work` on one connection inside one transaction: committed when it resolves, rolled back when it throws. For
+   * a writer with statements of its own on this store's tables (the server's event intake, src/serving/intake-store.ts).
+   */
+  async transaction<T>(work: (client: pg.PoolClient) => Promise<T>): Promise<T> {
+    const client = await this.pool.connect();
+    try {
+      await client.query("BEGIN");
+      const result = await work(client);
+      await client.query("COMMIT");
+      return result;
+    } catch (error) {
+      await client.query("ROLLBACK").catch(() => {});
+      throw error;
+    } finally {
+      client.release();
+    }
+  }
+
   private async upsertClusters(client: pg.PoolClient, clusters: readonly Cluster[]): Promise<number> {
     await client.query("CREATE TEMP TABLE stage_clusters (pos INTEGER, cluster_id TEXT, description TEXT) ON COMMIT DROP");
     await this.run(client, "INSERT INTO stage_clusters SELECT * FROM unnest($pos::INTEGER[], $id::TEXT[], $description::TEXT[])", {

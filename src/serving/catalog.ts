@@ -10,7 +10,7 @@
  * const i = catalog.itemIndex.get("baking-0007"); // dense index, or undefined
  * catalog.clusterIds[catalog.itemCluster[i]];     // "baking"
  */
-import type { EventStore } from "../data/event-store.js";
+import type { EventStoreContract } from "../data/event-store.js";
 
 export class Catalog {
   private constructor(
@@ -28,14 +28,12 @@ export class Catalog {
     readonly clusterOfKey: Int32Array,
   ) {}
 
-  static async load(store: EventStore): Promise<Catalog> {
+  static async load(store: EventStoreContract): Promise<Catalog> {
     const clusters = await store.query<{ k: number; id: string; d: string }>(
       "SELECT cluster_key AS k, cluster_id AS id, description AS d FROM clusters ORDER BY cluster_key",
     );
-    const reader = await store.connection.runAndReadAll("SELECT item_key, item_id, cluster_key, title FROM items ORDER BY item_key");
-    const [keys, ids, clusterKeys, titles] = reader.currentRowCount
-      ? (reader.getColumns() as [number[], string[], number[], (string | null)[]])
-      : [[], [], [], []];
+    const read = await store.queryColumns("SELECT item_key, item_id, cluster_key, title FROM items ORDER BY item_key");
+    const [keys, ids, clusterKeys, titles] = read.rowCount ? (read.columns as [number[], string[], number[], (string | null)[]]) : [[], [], [], []];
     const maxClusterKey = clusters.reduce((m, c) => Math.max(m, c.k), 0);
     const clusterOfKey = new Int32Array(maxClusterKey + 1).fill(-1);
     clusters.forEach((c, i) => (clusterOfKey[c.k] = i));

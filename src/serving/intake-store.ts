@@ -1,6 +1,6 @@
 /**
  * What event intake (./intake.ts) needs of the store it writes to, as a contract with one adapter per store: the
- * embedded DuckDB event store here; a PostgreSQL store implements the same three calls.
+ * embedded DuckDB event store and the PostgreSQL one, each with the same three calls.
  *
  * Why intake does not call `EventStore.append`: that path is built for files of millions of rows (staging tables,
  * a dedup join over every stored event, counts before and after: about a dozen statements and a scan of the whole
@@ -14,11 +14,13 @@
  * and an event already stored is skipped and reported as such.
  *
  * @example
- * const store = new DuckDbIntakeStore(events, catalog);
+ * const store = new DuckDbIntakeStore(events, catalog); // or new PostgresIntakeStore(postgresEvents, catalog)
  * const added = await store.append([{ userId: "u1", item: 7, ts: Date.parse("2025-03-02"), engagement: null }]);
  */
 import { BIGINT, DuckDBDataChunk, DuckDBTimestampValue, FLOAT, INTEGER, TIMESTAMP, VARCHAR, listValue } from "@duckdb/node-api";
 import type { EventStore } from "../data/event-store.js";
+import type { PostgresEventStore } from "../data/postgres-event-store.js";
+import type { PoolClient } from "pg";
 import { FreshrecError } from "../domain/errors.js";
 import type { Catalog } from "./catalog.js";
 
@@ -187,3 +189,122 @@ export class DuckDbIntakeStore implements IntakeStore {
   }
 }
 
+/**
+ * The PostgreSQL adapter: a store that other processes (API replicas, `freshrec ingest`) write at the same time, so
+ * an event this process does not know may be stored already; the events' primary key (user, item, ts) tells, without
+ * a scan. Items are mapped to the store's keys by id (read once: the catalog's items are the store's), users too
+ * (cached once read: a user's key never changes); a user the store does not have is added with the next dense key
+ * under the same table lock `PostgresEventStore.append` takes, so two processes never give out one key twice.
+ */
+export class PostgresIntakeStore implements IntakeStore {
+  private schemaReady = false;
+  /** Store key of each catalog item; null until read. */
+  private itemKeys: Int32Array | null = null;
+  private readonly userKeys = new Map<string, number>();
+
+  constructor(
+    private readonly store: PostgresEventStore,
+    private readonly catalog: Catalog,
+  ) {}
+
+  async append(events: readonly IntakeEvent[]): Promise<boolean[]> {
+    if (events.length === 0) return [];
+    const itemKeys = await this.readItemKeys();
+    try {
+      const { added, created } = await this.store.transaction(async (client) => {
+        const created = await this.resolveUsers(client, events);
+        const key = (userId: string) => this.userKeys.get(userId) ?? created.get(userId)!;
+        const inserted = await client.query<[number, number, number]>({
+          text: `INSERT INTO events (user_key, item_key, ts, engagement)
+                 SELECT u, i, epoch_ms(t), e FROM unnest($1::INTEGER[], $2::INTEGER[], $3::BIGINT[], $4::REAL[]) AS s(u, i, t, e)
+                 ON CONFLICT DO NOTHING RETURNING user_key, item_key, epoch_ms(ts)::FLOAT8`,
+          values: [events.map((e) => key(e.userId)), events.map((e) => itemKeys[e.item]), events.map((e) => e.ts), events.map((e) => e.engagement)],
+          rowMode: "array",
+        });
+        const taken = new Set(inserted.rows.map(([u, i, t]) => `${u}:${i}:${t}`));
+        return { added: events.map((e) => taken.has(`${key(e.userId)}:${itemKeys[e.item]}:${e.ts}`)), created };
+      });
+      for (const [id, k] of created) this.userKeys.set(id, k);
+      return added;
+    } catch (error) {
+      throw new FreshrecError("INTERNAL", `appending ${events.length} intake events failed, nothing was written: ${(error as Error).message}`, { cause: error });
+    }
+  }
+
+  async recorded(keys: readonly string[]): Promise<Map<string, RecordedAnswer>> {
+    await this.ensureSchema();
+    if (keys.length === 0) return new Map();
+    const rows = await this.store.transaction((client) =>
+      client.query<{ key: string; body_hash: string; result: string }>("SELECT key, body_hash, result FROM intake_keys WHERE key = ANY($1::TEXT[])", [[...keys]]),
+    );
+    return new Map(rows.rows.map((r) => [r.key, { key: r.key, bodyHash: r.body_hash, result: r.result }]));
+  }
+
+  async record(answers: readonly RecordedAnswer[], now: number, expiredBefore: number): Promise<void> {
+    if (answers.length === 0) return;
+    await this.ensureSchema();
+    try {
+      await this.store.transaction(async (client) => {
+        // A key another replica recorded meanwhile keeps its first answer.
+        await client.query(
+          `INSERT INTO intake_keys (key, body_hash, result, created_at)
+           SELECT k, h, r, $4 FROM unnest($1::TEXT[], $2::TEXT[], $3::TEXT[]) AS s(k, h, r) ON CONFLICT (key) DO NOTHING`,
+          [answers.map((a) => a.key), answers.map((a) => a.bodyHash), answers.map((a) => a.result), now],
+        );
+        await client.query("DELETE FROM intake_keys WHERE created_at < $1", [expiredBefore]);
+      });
+    } catch (error) {
+      throw new FreshrecError("INTERNAL", `recording ${answers.length} idempotency keys failed: ${(error as Error).message}`, { cause: error });
+    }
+  }
+
+  private async ensureSchema(): Promise<void> {
+    if (this.schemaReady) return;
+    await this.store.transaction(async (client) => {
+      // Two processes creating the table at once would collide in the catalog: they take turns.
+      await client.query("SELECT pg_advisory_xact_lock(hashtext('freshrec intake_keys'))");
+      await client.query("CREATE TABLE IF NOT EXISTS intake_keys (key TEXT PRIMARY KEY, body_hash TEXT NOT NULL, result TEXT NOT NULL, created_at BIGINT NOT NULL)");
+    });
+    this.schemaReady = true;
+  }
+
+  private async readItemKeys(): Promise<Int32Array> {
+    if (this.itemKeys) return this.itemKeys;
+    const rows = await this.store.query<{ item_id: string; item_key: number }>("SELECT item_id, item_key FROM items");
+    const byId = new Map(rows.map((r) => [r.item_id, r.item_key]));
+    const keys = new Int32Array(this.catalog.itemCount);
+    this.catalog.itemIds.forEach((id, index) => {
+      const key = byId.get(id);
+      if (key === undefined) throw new FreshrecError("INTERNAL", `the event store ${this.store.location} has no item ${JSON.stringify(id)} of the server's catalog`);
+      keys[index] = key;
+    });
+    return (this.itemKeys = keys);
+  }
+
+  /**
+   * The keys of the group's users this process has not cached: read, and those the store lacks added (with the next
+   * dense keys, under the lock that orders every process's additions).
+   * @returns the keys read or added in this transaction (cached only once it commits).
+   */
+  private async resolveUsers(client: PoolClient, events: readonly IntakeEvent[]): Promise<Map<string, number>> {
+    const unknown = [...new Set(events.filter((e) => !this.userKeys.has(e.userId)).map((e) => e.userId))];
+    const found = new Map<string, number>();
+    if (unknown.length === 0) return found;
+    const read = async () => {
+      const rows = await client.query<[string, number]>({ text: "SELECT user_id, user_key FROM users WHERE user_id = ANY($1::TEXT[])", values: [unknown], rowMode: "array" });
+      for (const [id, key] of rows.rows) found.set(id, key);
+    };
+    await read();
+    if (found.size < unknown.length) {
+      await client.query("LOCK TABLE users IN SHARE ROW EXCLUSIVE MODE");
+      await client.query(
+        `INSERT INTO users (user_key, user_id)
+         SELECT (SELECT coalesce(max(user_key), 0) FROM users) + row_number() OVER (ORDER BY n), id
+         FROM unnest($1::TEXT[]) WITH ORDINALITY AS s(id, n) WHERE NOT EXISTS (SELECT 1 FROM users u WHERE u.user_id = s.id)`,
+        [unknown.filter((id) => !found.has(id))],
+      );
+      await read();
+    }
+    return found;
+  }
+}

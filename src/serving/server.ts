@@ -17,6 +17,7 @@ import { randomUUID, createHash, timingSafeEqual } from "node:crypto";
 import { join } from "node:path";
 import Fastify, { LogController, type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
 import { EventStore } from "../data/event-store.js";
+import type { PostgresEventStore } from "../data/postgres-event-store.js";
 import { MAX_ID_LENGTH } from "../data/ingest/event-fields.js";
 import { SystemClock, type Clock } from "../domain/clock.js";
 import { ModelRegistry } from "../llm/registry.js";
@@ -30,6 +31,7 @@ import { ExperimentLog } from "./experiments/log.js";
 import { Explorer } from "./exploration.js";
 import { buildGroundingIndex, CoVisitationPolicy, type GroundingIndex, type ItemPolicy } from "./grounding/index.js";
 import { EventIntake } from "./intake.js";
+import { PostgresIntakeStore } from "./intake-store.js";
 import { ServerMetrics } from "./metrics.js";
 import { registerRoutes, replyWithError } from "./routes.js";
 import { StoreQueue } from "./store-queue.js";
@@ -42,6 +44,13 @@ export interface ServeOptions {
   readonly workspace: string;
   /** An event store already open in this process (the server then does not close it). @defaultValue <workspace>/events.duckdb */
   readonly events?: EventStore;
+  /**
+   * The event store POST /v1/events writes to and the user index loads from, in place of `events`: a deployment's
+   * PostgreSQL event store, holding the same catalog (same item keys) as `events`. A step towards serving on
+   * `store.url` (issue 19): the catalog, grounding and experiments still come from `events`. The server does not close it.
+   * @defaultValue `events`
+   */
+  readonly intakeEvents?: PostgresEventStore;
   /** @defaultValue "127.0.0.1" */
   readonly host?: string;
   /** 0 picks a free port. @defaultValue 8080 */
@@ -299,7 +308,7 @@ export async function startServer(input: ServeOptions): Promise<RunningServer> {
     const recorded = options.positiveMin === undefined ? await events.getMeta("positive_min") : null;
     const positiveMin = options.positiveMin !== undefined ? options.positiveMin : recorded === null ? null : Number(recorded);
     const catalog = await Catalog.load(events);
-    const users = await UserIndex.load(events, catalog, { positiveMin, recentItems: options.recentItems ?? SERVE_DEFAULTS.recentItems });
+    const users = await UserIndex.load(options.intakeEvents ?? events, catalog, { positiveMin, recentItems: options.recentItems ?? SERVE_DEFAULTS.recentItems });
     const grounding = await buildGroundingIndex(events, catalog, {
       windowDays: options.groundingWindowDays ?? SERVE_DEFAULTS.groundingWindowDays,
       span: options.covisitationSpan ?? SERVE_DEFAULTS.covisitationSpan,
@@ -333,6 +342,7 @@ export async function startServer(input: ServeOptions): Promise<RunningServer> {
     let state: ServingState | null = null;
     const intake = new EventIntake({
       events,
+      ...(options.intakeEvents ? { intakeStore: new PostgresIntakeStore(options.intakeEvents, catalog) } : {}),
       catalog,
       users,
       queue,
