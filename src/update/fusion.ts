@@ -794,6 +794,18 @@ export class FusionScorer implements PromptScorer {
   private readonly topCluster: Int32Array;
   private readonly topValue: Float64Array;
   private readonly topBase: Float64Array;
+  /** Per second cluster: the sum of its powered row, over every cluster and over the known ones. */
+  private readonly rowTotal: Float64Array;
+  private readonly rowKnown: Float64Array;
+  /**
+   * Per second cluster: the clusters by powered backoff, highest first (ties by index). Outside a pair's own
+   * evidence and the prior's boosted answers, a cluster's posterior is its powered backoff times one scale per
+   * class (known or not), so a row's top-n lies among those and the first n of each class in this order.
+   */
+  private readonly order: Int32Array;
+  /** The row being computed: its candidate clusters, and which are in. */
+  private readonly candidates: Int32Array;
+  private readonly candidate: Uint8Array;
   /** The last `score` call's explanations, encoded (`encodeExplanation`), by pair. */
   private explained = new Map<string, Buffer>();
 
@@ -817,6 +829,20 @@ export class FusionScorer implements PromptScorer {
     this.topCluster = new Int32Array(K);
     this.topValue = new Float64Array(K);
     this.topBase = new Float64Array(K);
+    this.rowTotal = new Float64Array(K);
+    this.rowKnown = new Float64Array(K);
+    this.order = new Int32Array(K * K);
+    const byIndex = Array.from({ length: K }, (_, n) => n);
+    for (let c2 = 0; c2 < K; c2++) {
+      const row = c2 * K;
+      for (let n = 0; n < K; n++) {
+        this.rowTotal[c2] += this.powered[row + n];
+        if (this.known[n]) this.rowKnown[c2] += this.powered[row + n];
+      }
+      this.order.set(byIndex.sort((a, b) => this.powered[row + b] - this.powered[row + a] || a - b), row);
+    }
+    this.candidates = new Int32Array(K);
+    this.candidate = new Uint8Array(K);
   }
 
   async score(prompts: readonly PromptInput[], topN: number): Promise<ScoredCluster[][]> {
@@ -869,14 +895,8 @@ export class FusionScorer implements PromptScorer {
     const row = i2 * K;
     const p = i1 * K + i2;
     // The backoff's normaliser over the novel clusters, and the part of it on clusters the prior knows.
-    let backoffZ = 0;
-    let knownSum = 0;
-    for (let n = 0; n < K; n++) {
-      if (n === i1 || n === i2) continue;
-      const e = powered[row + n];
-      backoffZ += e;
-      if (known[n]) knownSum += e;
-    }
+    const backoffZ = this.rowTotal[i2] - powered[row + i1] - powered[row + i2];
+    const knownSum = this.rowKnown[i2] - (known[i1] ? powered[row + i1] : 0) - (known[i2] ? powered[row + i2] : 0);
     // Base measure: e / backoffZ for a cluster the prior does not know; for a known one, its share of knownSum
     // reweighted by the prior (rest^tau, or p^tau on the pair's top-M answers).
     let knownScale = 1 / backoffZ;
@@ -911,12 +931,33 @@ export class FusionScorer implements PromptScorer {
     const users = this.users;
     if (own) for (let k = 0; k < own.next.length; k++) users[own.next[k]] = own.users[k];
     const denominator = (own?.total ?? 0) + alpha;
-    // Top-n by insertion into a short sorted list: K posteriors, n kept. Equal posteriors (clusters nothing has
-    // ever been seen for, without a prior) keep the cluster order; their explanations show the zero counts.
+    // The candidates (`order`): the pair's evidence, the prior's boosted answers, then the first n of each class.
+    const { candidates, candidate, order } = this;
+    let count = 0;
+    const add = (n: number) => {
+      if (candidate[n] || n === i1 || n === i2) return false;
+      candidate[n] = 1;
+      candidates[count++] = n;
+      return true;
+    };
+    if (own) for (let k = 0; k < own.next.length; k++) add(own.next[k]);
+    for (const n of boosted) if (prior && known[n]) add(n);
+    let knownLeft = topN;
+    let unknownLeft = scoped ? topN : 0;
+    for (let k = row, end = row + K; k < end && knownLeft + unknownLeft > 0; k++) {
+      const n = order[k];
+      if (!scoped || known[n]) {
+        if (knownLeft > 0 && add(n)) knownLeft--;
+      } else if (unknownLeft > 0 && add(n)) unknownLeft--;
+    }
+    // In cluster order, as if every cluster were scored: equal posteriors (clusters nothing has ever been seen
+    // for, without a prior) keep the cluster order; their explanations show the zero counts.
+    const scored = candidates.subarray(0, count).sort();
+    // Top-n by insertion into a short sorted list.
     const { topCluster, topValue, topBase } = this;
     let kept = 0;
-    for (let n = 0; n < K; n++) {
-      if (n === i1 || n === i2) continue;
+    for (const n of scored) {
+      candidate[n] = 0;
       const base = powered[row + n] * (known[n] || !scoped ? knownScale * boost[n] : unknownScale);
       const value = (users[n] + alpha * base) / denominator;
       if (kept === topN && value <= topValue[topN - 1]) continue;

@@ -354,9 +354,10 @@ describe("a whole fusion table", () => {
   // The module comment's posterior computed the plain way (every cluster, no staging or caching): what every stored
   // row must say, with its explanation.
   function reference(evidence: ReturnType<EvidenceLog["counts"]>, prior: LlmPrior | null, params: { alpha: number; beta: number; gamma: number; tau: number }, c1: number, c2: number) {
+    const K = evidence.clusters.length;
     const pop = (n: number) => (evidence.popularity[n] + 1) / (evidence.transitions + K);
     const q2 = (n: number) => (evidence.second[c2 * K + n] + params.beta * pop(n)) / (evidence.secondTotal[c2] + params.beta);
-    const novel = CLUSTERS.map((_, n) => n).filter((n) => n !== c1 && n !== c2);
+    const novel = evidence.clusters.map((_, n) => n).filter((n) => n !== c1 && n !== c2);
     const backoffZ = novel.reduce((z, n) => z + q2(n) ** params.gamma, 0);
     const b = (n: number) => q2(n) ** params.gamma / backoffZ;
     const p = c1 * K + c2;
@@ -414,6 +415,64 @@ describe("a whole fusion table", () => {
       expect(checked).toBe(K * (K - 1));
       tables.close();
     }
+  });
+
+  it("finds each row's top answers among its candidates as a score of every cluster would, with many clusters and few answers", async () => {
+    // 40 clusters, 3 answers a row: most clusters are never candidates. Sparse evidence, a prior of 5 answers a pair
+    // that knows 30 clusters, and ties (clusters no user went to share their popularity smoothing).
+    const K40 = 40;
+    const clusters = Array.from({ length: K40 }, (_, n) => `c${n}`);
+    const rand = seededRandom(5);
+    const pairs = new Map<number, { next: Int32Array; users: Float64Array; total: number }>();
+    const second = new Float64Array(K40 * K40);
+    const secondTotal = new Float64Array(K40);
+    const popularity = new Float64Array(K40);
+    let transitions = 0;
+    for (let p = 0; p < K40 * K40; p++) {
+      const c1 = Math.floor(p / K40);
+      const c2 = p % K40;
+      if (c1 === c2 || rand() < 0.6) continue;
+      const next = [...new Set(Array.from({ length: 1 + Math.floor(rand() * 3) }, () => Math.floor(rand() * K40)))].filter((n) => n !== c1 && n !== c2).sort((a, b) => a - b);
+      if (next.length === 0) continue;
+      const users = Float64Array.from(next, () => 1 + Math.floor(rand() * 4));
+      next.forEach((n, k) => {
+        second[c2 * K40 + n] += users[k];
+        secondTotal[c2] += users[k];
+        popularity[n] += users[k];
+        transitions += users[k];
+      });
+      pairs.set(p, { next: Int32Array.from(next), users, total: users.reduce((a, b) => a + b, 0) });
+    }
+    const evidence = { window: { from: T - DAY_MS, to: T }, clusters, transitions, pairs, second, secondTotal, popularity };
+    const topM = 5;
+    const answer = new Int32Array(K40 * K40 * topM).fill(-1);
+    const probability = new Float32Array(K40 * K40 * topM);
+    const rest = new Float32Array(K40 * K40).fill(0.5 / (K40 - 2 - topM));
+    // As a model's answers are: distinct novel clusters.
+    for (let p = 0; p < K40 * K40; p++) {
+      const novel = clusters.map((_, n) => n).filter((n) => n !== Math.floor(p / K40) && n !== p % K40);
+      for (let k = 0; k < topM; k++) {
+        answer[p * topM + k] = novel.splice(Math.floor(rand() * novel.length), 1)[0];
+        probability[p * topM + k] = 0.1;
+      }
+    }
+    const known = Uint8Array.from(clusters, (_, n) => (n < 30 ? 1 : 0));
+    const prior = scopePrior({ clusters, topM, answer, probability, rest }, known, BEFORE_THE_DATA);
+    let checked = 0;
+    for (const [withPrior, params] of [[prior, { alpha: 2, beta: 5, gamma: 0.7, tau: 0.8 }], [{ clusters, topM, answer, probability, rest }, { alpha: 2, beta: 5, gamma: 0.7, tau: 0.8 }], [null, { alpha: 2, beta: 5, gamma: 0.7, tau: 0 }], [null, { alpha: 2, beta: 5, gamma: 0, tau: 0 }]] as const) {
+      const scorer = new FusionScorer(evidence, withPrior, params);
+      for (let c1 = 0; c1 < K40; c1++) {
+        for (let c2 = 0; c2 < K40; c2++) {
+          if (c1 === c2) continue;
+          const want = reference(evidence, withPrior, params, c1, c2).slice(0, 3);
+          const [served] = await scorer.score([{ history: { c1: clusters[c1], c2: clusters[c2] } }], 3);
+          expect(served.map((a) => a.cluster)).toEqual(want.map((w) => clusters[w.n]));
+          served.forEach((a, k) => expect(a.score / want[k].posterior).toBeCloseTo(1, 9));
+          checked++;
+        }
+      }
+    }
+    expect(checked).toBe(4 * K40 * (K40 - 1));
   });
 
   it("reads an explanation stored as JSON (tables written before explanations were bytes) as the bytes", async () => {
