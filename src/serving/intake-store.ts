@@ -193,7 +193,7 @@ export class DuckDbIntakeStore implements IntakeStore {
  * The PostgreSQL adapter: a store that other processes (API replicas, `freshrec ingest`) write at the same time, so
  * an event this process does not know may be stored already; the events' primary key (user, item, ts) tells, without
  * a scan. Items are mapped to the store's keys by id (read once: the catalog's items are the store's), users too
- * (cached once read: a user's key never changes); a user the store does not have is added with the next dense key
+ * (every key read on the first append and cached: a user's key never changes); a user the store does not have is added with the next dense key
  * under the same table lock `PostgresEventStore.append` takes, so two processes never give out one key twice.
  */
 export class PostgresIntakeStore implements IntakeStore {
@@ -201,6 +201,7 @@ export class PostgresIntakeStore implements IntakeStore {
   /** Store key of each catalog item; null until read. */
   private itemKeys: Int32Array | null = null;
   private readonly userKeys = new Map<string, number>();
+  private usersRead = false;
 
   constructor(
     private readonly store: PostgresEventStore,
@@ -214,15 +215,17 @@ export class PostgresIntakeStore implements IntakeStore {
       const { added, created } = await this.store.transaction(async (client) => {
         const created = await this.resolveUsers(client, events);
         const key = (userId: string) => this.userKeys.get(userId) ?? created.get(userId)!;
-        const inserted = await client.query<[number, number, number]>({
-          text: `INSERT INTO events (user_key, item_key, ts, engagement)
-                 SELECT u, i, epoch_ms(t), e FROM unnest($1::INTEGER[], $2::INTEGER[], $3::BIGINT[], $4::REAL[]) AS s(u, i, t, e)
-                 ON CONFLICT DO NOTHING RETURNING user_key, item_key, epoch_ms(ts)::FLOAT8`,
+        // Answers only the positions of the events the store held already (usually none), not a row per event.
+        const held = await client.query<[string]>({
+          text: `WITH s AS (SELECT u, i, epoch_ms(t) AS ts, e, n FROM unnest($1::INTEGER[], $2::INTEGER[], $3::BIGINT[], $4::REAL[]) WITH ORDINALITY AS s(u, i, t, e, n)),
+                 taken AS (INSERT INTO events (user_key, item_key, ts, engagement) SELECT u, i, ts, e FROM s ON CONFLICT DO NOTHING RETURNING user_key, item_key, ts)
+                 SELECT n FROM s WHERE NOT EXISTS (SELECT 1 FROM taken WHERE taken.user_key = s.u AND taken.item_key = s.i AND taken.ts = s.ts)`,
           values: [events.map((e) => key(e.userId)), events.map((e) => itemKeys[e.item]), events.map((e) => e.ts), events.map((e) => e.engagement)],
           rowMode: "array",
         });
-        const taken = new Set(inserted.rows.map(([u, i, t]) => `${u}:${i}:${t}`));
-        return { added: events.map((e) => taken.has(`${key(e.userId)}:${itemKeys[e.item]}:${e.ts}`)), created };
+        const added = events.map(() => true);
+        for (const [n] of held.rows) added[Number(n) - 1] = false;
+        return { added, created };
       });
       for (const [id, k] of created) this.userKeys.set(id, k);
       return added;
@@ -287,6 +290,12 @@ export class PostgresIntakeStore implements IntakeStore {
    * @returns the keys read or added in this transaction (cached only once it commits).
    */
   private async resolveUsers(client: PoolClient, events: readonly IntakeEvent[]): Promise<Map<string, number>> {
+    if (!this.usersRead) {
+      // Every user's key, once: afterwards only users added since (by any process) are looked up.
+      const all = await client.query<[string, number]>({ text: "SELECT user_id, user_key FROM users", rowMode: "array" });
+      for (const [id, key] of all.rows) this.userKeys.set(id, key);
+      this.usersRead = true;
+    }
     const unknown = [...new Set(events.filter((e) => !this.userKeys.has(e.userId)).map((e) => e.userId))];
     const found = new Map<string, number>();
     if (unknown.length === 0) return found;
