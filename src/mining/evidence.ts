@@ -133,13 +133,17 @@ export class EvidenceLog {
     }
   }
 
-  private countWindow(window: TimeWindow): WindowCounts {
+  private inSpan(window: TimeWindow): void {
     if (window.from < this.span.from || window.to > this.span.to) {
       throw new FreshrecError(
         "INTERNAL",
         `evidence: window ${iso(window.from)}..${iso(window.to)} lies outside the log read over ${iso(this.span.from)}..${iso(this.span.to)}`,
       );
     }
+  }
+
+  private countWindow(window: TimeWindow): WindowCounts {
+    this.inSpan(window);
     const K = this.clusters.length;
     const second = new Float64Array(K * K);
     const secondTotal = new Float64Array(K);
@@ -174,6 +178,17 @@ export class EvidenceLog {
       start = end;
     }
     return { window, clusters: this.clusters, transitions, pairs, second, secondTotal, popularity };
+  }
+
+  /**
+   * The occurrences of `window` in time order (views, not copies): their time, the time of the same user's previous
+   * occurrence of the same triple, and the triple's clusters. What a count of any window inside the log reads.
+   */
+  occurrencesOf(window: TimeWindow): { readonly ts: Float64Array; readonly previous: Float64Array; readonly c1: Int32Array; readonly c2: Int32Array; readonly next: Int32Array } {
+    this.inSpan(window);
+    const from = lowerBound(this.ts, window.from);
+    const to = lowerBound(this.ts, window.to);
+    return { ts: this.ts.subarray(from, to), previous: this.previous.subarray(from, to), c1: this.c1.subarray(from, to), c2: this.c2.subarray(from, to), next: this.next.subarray(from, to) };
   }
 
   /** Occurrences (not deduplicated) with `next` in [from, to): a cheap size test before counting a window. */

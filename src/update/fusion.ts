@@ -19,10 +19,10 @@
  * one leans on the base measure, where the LLM prior and the second cluster's fresh successors meet in a product
  * of experts whose exponents say how much each is worth. alpha, beta, gamma and tau are fitted by maximum likelihood
  * at every refresh on the transitions just before its as-of time T (the fit slice [T - d, T)), each scored by the
- * posterior of the very evidence window the table serves with, [T - W, T), with that transition left out; so the
- * fit reads nothing at or after T, and a window is judged by what serving will have: the freshest days included
- * (after a change of regime, evidence that ended before the slice would be equally stale at every length and
- * favour long windows and the prior). The window length itself is chosen the same way among `windowsDays` (those
+ * posterior of the evidence window the table serves with, [T - W, T), as it stood just before that transition; so
+ * the fit reads nothing at or after T, and a window is judged as serving will use it: with the freshest days in it
+ * (after a change of successors, evidence that ended where the slice began would be equally stale at every length
+ * and favour long windows and the prior). The window length itself is chosen the same way among `windowsDays` (those
  * that hold the slice), and the fit slice is as long as it takes to hold `fitMinTransitions`.
  * With a prior, the slice also never reaches back before the end of its model's training data: a model scores the
  * transitions it was trained on far better than the ones it will serve, so a slice inside them would weigh a
@@ -99,7 +99,7 @@ export interface FusionFit {
   readonly reason: string | null;
   /** Whether the LLM prior's weight was fitted (false: it serves with tau = 0, see `reason`); null without a prior. Absent in tables written before it existed. */
   readonly priorWeighed?: boolean | null;
-  /** The fit slice and the evidence window it was scored against (the one served: the slice lies inside it). */
+  /** The fit slice and the evidence window it was scored in (the one served: the slice ends it, each transition scored on what came before it). */
   readonly slice: TimeWindow;
   readonly fitEvidence: TimeWindow;
   readonly sliceTransitions: number;
@@ -244,37 +244,49 @@ function fitSlice(log: EvidenceLog, asOf: number, o: Required<FusionOptions>, no
 }
 
 /**
- * The leave-one-out likelihood of a fit slice as a function of the parameters. The slice lies inside the evidence
- * window, and each of its transitions is scored by the posterior of the evidence without that transition: its user
- * taken out of its triple's and its pair's counts and of its second cluster's row (not of popularity, where one user
- * among all of the window's moves nothing). The base measure's normaliser is the expensive
- * part, so for fixed (beta, gamma, tau) the base measure of each observation is computed once and alpha is profiled
- * out with a cheap one-dimensional search. Observations (distinct (pair, next) of the slice, weighted by users) are
- * flat typed arrays: the fit evaluates them a few hundred times per refresh.
+ * The prequential likelihood of a fit slice as a function of the parameters: each transition of the slice is scored
+ * by the posterior of the evidence window the table serves with, [T - W, T), as it stood just before that transition,
+ * [T - W, t): what a table built at that moment would have said (the slice lies inside the window). Evidence that
+ * ended where the slice began would be equally stale at every length after a change of successors, and favour long
+ * windows and the prior.
  *
- * The searches move one strength at a time, so the work is staged by what each stage depends on and the last
- * result of each stage is kept: the second-cluster rows depend on beta, their powers and row sums on gamma too, and
- * only the prior's weights on tau. Only the rows of second clusters the slice's pairs have are computed.
+ * Counts only grow during the slice, so the likelihood walks it in time order: each observation is scored, then
+ * counted. The pair counts an observation sees do not depend on the parameters and are taken once; the
+ * second-cluster rows are kept as powered entries and row sums, updated entry by entry as the walk counts. Popularity
+ * (the rows' smoothing) is the window's before the slice: a popularity that held the slice would let a slice of a
+ * few hundred transitions (MovieLens) predict itself through it, and favour the window that is the slice.
+ *
+ * The base measure's normaliser is the expensive part, so for fixed (beta, gamma, tau) the base measure of each
+ * observation is computed in one walk and alpha is profiled out with a cheap one-dimensional search. The searches
+ * move one strength at a time, so the work is staged by what each stage depends on and the last result of each stage
+ * is kept: the rows' logs depend on beta, their powers on gamma too, and only the prior's weights on tau. Only the
+ * rows of second clusters the slice's pairs have are computed.
  */
 class SliceLikelihood {
   readonly K: number;
   readonly transitions: number;
-  private readonly logPopularity: Float64Array;
-  /** exp(logPopularity): the popularity smoothing of the second-cluster rows. */
+  /** Smoothed popularity of the window before the slice, per cluster. */
   private readonly popularity: Float64Array;
-  /** Per pair of the slice: its clusters and its total users in the evidence window, less the one left out. */
+  /** Per pair of the slice: its clusters. */
   private readonly pairC1: Int32Array;
   private readonly pairC2: Int32Array;
-  private readonly pairEvidence: Float64Array;
-  /** Per observation: its pair (index into the arrays above), next cluster, weight and evidence users (less the one left out). */
+  /**
+   * Per observation (a user's first transition of a triple in the slice): its pair (index into the arrays above),
+   * next cluster, the users of its triple and of its pair in the window before it, and the row updates counted
+   * before it (`updates` entries [0, obsUpdates[o])).
+   */
   private readonly obsPair: Int32Array;
   private readonly obsNext: Int32Array;
-  private readonly obsWeight: Float64Array;
   private readonly obsEvidence: Float64Array;
+  private readonly obsPairEvidence: Float64Array;
+  private readonly obsUpdates: Int32Array;
   /** Per observation: log of the LLM prior's probability of its next cluster (floored as the weights use it). */
   private readonly obsLogPrior: Float64Array;
-  /** Per observation: its users of (second cluster, next) in the evidence window, itself included. */
-  private readonly obsSecond: Float64Array;
+  /** Row updates in time order (a transition counted during the slice, in a row the likelihood reads): its entry and the entry's users before it. */
+  private readonly updateEntry: Int32Array;
+  private readonly updateUsers: Float64Array;
+  /** Users of each entry (second cluster, next) of the rows read, before the slice. */
+  private readonly second: Float64Array;
   /**
    * Per pair, its prior's top-M answers among the known clusters, copied out of the prior (pair i's are at
    * [i * M, i * M + answerCount[i])) with the log of their floored probabilities, and the log of its rest.
@@ -285,13 +297,13 @@ class SliceLikelihood {
   private readonly logRest: Float64Array;
   /** The distinct second clusters of the slice's pairs: the only backoff rows the likelihood reads. */
   private readonly rows: Int32Array;
-  /** Stage beta: log q2 of the rows above, and of each observation's own entry with its user left out. */
-  private readonly logQ2: Float64Array;
-  private readonly obsLogQ2: Float64Array;
+  /** Stage beta: log(users + beta * popularity) of the rows' entries before the slice, and after each update. */
+  private readonly logEntry: Float64Array;
+  private readonly updateLog: Float64Array;
   private stagedBeta = Number.NaN;
-  /** Stage (beta, gamma): q2^gamma of the rows above, each row's sum and its known clusters' sum; the observations' own. */
-  private readonly rowExp: Float64Array;
-  private readonly obsExp: Float64Array;
+  /** Stage (beta, gamma): the same powered by gamma; the rows' sums over every cluster and the known ones. */
+  private readonly entry: Float64Array;
+  private readonly updateExp: Float64Array;
   private readonly rowSum: Float64Array;
   private readonly rowKnown: Float64Array;
   private stagedGamma = Number.NaN;
@@ -303,63 +315,96 @@ class SliceLikelihood {
   private stagedTau = Number.NaN;
   /**
    * The likelihood split for the alpha search: an observation without evidence users contributes
-   * w * (log alpha + log base), a pair weight * log(evidence + alpha), grouped by the pair's evidence users.
+   * log alpha + log base, every observation -log(pair evidence + alpha), grouped by that evidence.
    */
   private readonly obsWithEvidence: Int32Array;
-  private readonly weightWithoutEvidence: number;
+  private readonly withoutEvidence: number;
   private readonly groupEvidence: Float64Array;
   private readonly groupWeight: Float64Array;
-  /** Per-pair normalisers and the observations' base measures of the last evaluation. */
-  private readonly backoffZ: Float64Array;
-  private readonly knownSum: Float64Array;
-  private readonly knownZ: Float64Array;
+  /** The walk's current entries and row sums, and the observations' base measures of the last evaluation. */
+  private readonly entryNow: Float64Array;
+  private readonly rowSumNow: Float64Array;
+  private readonly rowKnownNow: Float64Array;
   private readonly base: Float64Array;
 
-  constructor(
-    slice: WindowCounts,
-    private readonly evidence: WindowCounts,
-    private readonly prior: LlmPrior | null,
-  ) {
-    const K = (this.K = evidence.clusters.length);
-    const pairs = [...slice.pairs];
-    const observations = pairs.reduce((n, [, obs]) => n + obs.next.length, 0);
-    this.pairC1 = new Int32Array(pairs.length);
-    this.pairC2 = new Int32Array(pairs.length);
-    this.pairEvidence = new Float64Array(pairs.length);
-    this.obsPair = new Int32Array(observations);
-    this.obsNext = new Int32Array(observations);
-    this.obsWeight = new Float64Array(observations);
-    this.obsEvidence = new Float64Array(observations);
-    this.obsLogPrior = new Float64Array(prior ? observations : 0);
-    this.obsSecond = new Float64Array(observations);
+  /** `served`: the counts of [T - W, T), which holds `slice`. */
+  constructor(log: EvidenceLog, slice: TimeWindow, served: WindowCounts, private readonly prior: LlmPrior | null) {
+    const K = (this.K = served.clusters.length);
+    const window = served.window;
+    if (window.from > slice.from || window.to !== slice.to) throw new FreshrecError("INTERNAL", "fusion: a fit slice that does not end its evidence window");
+    const before = log.counts({ from: window.from, to: slice.from });
+    const walk = log.occurrencesOf(slice);
+    // First pass: the slice's pairs and the rows they read.
+    const pairIndex = new Map<number, number>();
+    const pairs: number[] = [];
+    const rowRead = new Uint8Array(K);
+    for (let k = 0; k < walk.ts.length; k++) {
+      if (walk.previous[k] >= slice.from) continue;
+      const p = walk.c1[k] * K + walk.c2[k];
+      if (!pairIndex.has(p)) pairIndex.set(p, pairs.push(p) - 1);
+      rowRead[walk.c2[k]] = 1;
+    }
+    this.rows = Int32Array.from(rowRead.keys()).filter((c2) => rowRead[c2] === 1);
+    this.second = Float64Array.from(before.second);
+    // Second pass: score each observation on the counts before it, then count it (once a user's first of its triple
+    // in the window). Pair counts by triple, for the slice's pairs only.
+    const tripleUsers = new Map<number, number>();
+    const pairUsers = new Float64Array(pairs.length);
+    pairs.forEach((p, i) => {
+      const own = before.pairs.get(p);
+      if (!own) return;
+      own.next.forEach((n, k) => tripleUsers.set(p * K + n, own.users[k]));
+      pairUsers[i] = own.total;
+    });
+    const second = Float64Array.from(before.second);
+    const obsPair: number[] = [];
+    const obsNext: number[] = [];
+    const obsEvidence: number[] = [];
+    const obsPairEvidence: number[] = [];
+    const obsUpdates: number[] = [];
+    const updateEntry: number[] = [];
+    const updateUsers: number[] = [];
+    for (let k = 0; k < walk.ts.length; k++) {
+      const p = walk.c1[k] * K + walk.c2[k];
+      const n = walk.next[k];
+      const i = pairIndex.get(p);
+      if (walk.previous[k] < slice.from) {
+        obsPair.push(i!);
+        obsNext.push(n);
+        obsEvidence.push(tripleUsers.get(p * K + n) ?? 0);
+        obsPairEvidence.push(pairUsers[i!]);
+        obsUpdates.push(updateEntry.length);
+      }
+      if (walk.previous[k] >= window.from) continue;
+      if (i !== undefined) {
+        tripleUsers.set(p * K + n, (tripleUsers.get(p * K + n) ?? 0) + 1);
+        pairUsers[i]++;
+      }
+      const at = walk.c2[k] * K + n;
+      if (rowRead[walk.c2[k]]) {
+        updateEntry.push(at);
+        updateUsers.push(second[at]);
+      }
+      second[at]++;
+    }
+    this.transitions = obsPair.length;
+    this.obsPair = Int32Array.from(obsPair);
+    this.obsNext = Int32Array.from(obsNext);
+    this.obsEvidence = Float64Array.from(obsEvidence);
+    this.obsPairEvidence = Float64Array.from(obsPairEvidence);
+    this.obsUpdates = Int32Array.from(obsUpdates);
+    this.updateEntry = Int32Array.from(updateEntry);
+    this.updateUsers = Float64Array.from(updateUsers);
+    this.obsLogPrior = Float64Array.from(obsPair, (i, o) => (prior ? Math.log(Math.max(priorProbability(prior, pairs[i], obsNext[o]), 1e-12)) : 0));
+    this.pairC1 = Int32Array.from(pairs, (p) => Math.floor(p / K));
+    this.pairC2 = Int32Array.from(pairs, (p) => p % K);
     const topM = prior?.topM ?? 0;
     this.answerNext = new Int32Array(pairs.length * topM);
     this.answerLogP = new Float64Array(pairs.length * topM);
     this.answerCount = new Int32Array(pairs.length);
     this.logRest = new Float64Array(pairs.length);
-    const used = new Uint8Array(K);
-    let o = 0;
-    let total = 0;
-    pairs.forEach(([p, obs], i) => {
-      this.pairC1[i] = Math.floor(p / K);
-      this.pairC2[i] = p % K;
-      used[p % K] = 1;
-      const own = evidence.pairs.get(p);
-      this.pairEvidence[i] = (own?.total ?? 0) - 1;
-      const at = new Map<number, number>();
-      if (own) own.next.forEach((n, k) => at.set(n, own.users[k]));
-      for (let k = 0; k < obs.next.length; k++, o++) {
-        this.obsPair[o] = i;
-        this.obsNext[o] = obs.next[k];
-        this.obsWeight[o] = obs.users[k];
-        const users = at.get(obs.next[k]) ?? 0;
-        // Every user of the slice is one of the evidence window's (the slice lies inside it).
-        if (users < obs.users[k]) throw new FreshrecError("INTERNAL", "fusion: a fit slice that does not lie inside its evidence window");
-        this.obsEvidence[o] = users - 1;
-        this.obsSecond[o] = evidence.second[(p % K) * K + obs.next[k]];
-        if (prior) this.obsLogPrior[o] = Math.log(Math.max(priorProbability(prior, p, obs.next[k]), 1e-12));
-      }
-      if (prior) {
+    if (prior) {
+      pairs.forEach((p, i) => {
         this.logRest[i] = Math.log(prior.rest[p] || 1e-12);
         let kept = 0;
         for (let k = 0; k < topM; k++) {
@@ -371,72 +416,60 @@ class SliceLikelihood {
           kept++;
         }
         this.answerCount[i] = kept;
-      }
-      total += obs.total;
-    });
-    this.transitions = total;
-    const pairWeight = new Float64Array(pairs.length);
-    for (let k = 0; k < observations; k++) pairWeight[this.obsPair[k]] += this.obsWeight[k];
+      });
+    }
     const groups = new Map<number, number>();
-    pairWeight.forEach((w, i) => groups.set(this.pairEvidence[i], (groups.get(this.pairEvidence[i]) ?? 0) + w));
+    this.obsPairEvidence.forEach((e) => groups.set(e, (groups.get(e) ?? 0) + 1));
     this.groupEvidence = Float64Array.from(groups.keys());
     this.groupWeight = Float64Array.from(groups.values());
-    this.obsWithEvidence = Int32Array.from(this.obsEvidence.keys()).filter((k) => this.obsEvidence[k] > 0);
-    this.weightWithoutEvidence = this.obsWeight.reduce((sum, w, k) => (this.obsEvidence[k] > 0 ? sum : sum + w), 0);
+    this.obsWithEvidence = Int32Array.from(this.obsEvidence.keys()).filter((o) => this.obsEvidence[o] > 0);
+    this.withoutEvidence = this.transitions - this.obsWithEvidence.length;
     this.answerWeight = new Float64Array(pairs.length * topM);
     this.restWeight = new Float64Array(pairs.length);
-    this.obsWeightTau = new Float64Array(prior ? observations : 0);
-    this.backoffZ = new Float64Array(pairs.length);
-    this.knownSum = new Float64Array(pairs.length);
-    this.knownZ = new Float64Array(pairs.length);
-    this.base = new Float64Array(observations);
-    this.logPopularity = logPopularity(evidence);
-    this.popularity = this.logPopularity.map(Math.exp);
-    this.rows = Int32Array.from(used.keys()).filter((c2) => used[c2] === 1);
-    this.logQ2 = new Float64Array(K * K);
-    this.obsLogQ2 = new Float64Array(observations);
-    this.rowExp = new Float64Array(K * K);
-    this.obsExp = new Float64Array(observations);
+    this.obsWeightTau = new Float64Array(prior ? this.transitions : 0);
+    this.popularity = logPopularity(before).map(Math.exp);
+    this.logEntry = new Float64Array(K * K);
+    this.updateLog = new Float64Array(updateEntry.length);
+    this.entry = new Float64Array(K * K);
+    this.updateExp = new Float64Array(updateEntry.length);
     this.rowSum = new Float64Array(K);
     this.rowKnown = new Float64Array(K);
+    this.entryNow = new Float64Array(K * K);
+    this.rowSumNow = new Float64Array(K);
+    this.rowKnownNow = new Float64Array(K);
+    this.base = new Float64Array(this.transitions);
   }
 
-  /** log q2 of the slice's second clusters for `beta` (the stage is kept for the next call with the same beta). */
+  /** log(users + beta * popularity) of the rows' entries and of each update's result, for `beta`. */
   private stageBeta(beta: number): void {
     if (beta === this.stagedBeta) return;
     const K = this.K;
-    const { second, secondTotal } = this.evidence;
     for (const c2 of this.rows) {
-      const denominator = secondTotal[c2] + beta;
-      for (let n = 0; n < K; n++) this.logQ2[c2 * K + n] = Math.log((second[c2 * K + n] + beta * this.popularity[n]) / denominator);
+      for (let n = 0; n < K; n++) this.logEntry[c2 * K + n] = Math.log(this.second[c2 * K + n] + beta * this.popularity[n]);
     }
-    // Over the full row's denominator: it cancels in the backoff's normalisation, where only the entry changes.
-    for (let o = 0; o < this.obsLogQ2.length; o++) {
-      const c2 = this.pairC2[this.obsPair[o]];
-      this.obsLogQ2[o] = Math.log((this.obsSecond[o] - 1 + beta * this.popularity[this.obsNext[o]]) / (secondTotal[c2] + beta));
-    }
+    for (let j = 0; j < this.updateEntry.length; j++) this.updateLog[j] = Math.log(this.updateUsers[j] + 1 + beta * this.popularity[this.updateEntry[j] % K]);
     this.stagedBeta = beta;
     this.stagedGamma = Number.NaN;
   }
 
-  /** q2^gamma and the row sums (all clusters, and the known ones) for (beta, gamma). */
+  /** The entries powered by gamma and the row sums (all clusters, and the known ones) for (beta, gamma). */
   private stageGamma(beta: number, gamma: number, known: Uint8Array | null): void {
     this.stageBeta(beta);
     if (gamma === this.stagedGamma && beta === this.stagedGammaBeta) return;
     const K = this.K;
-    const { logQ2, rowExp } = this;
+    const { logEntry, entry } = this;
     for (const c2 of this.rows) {
       let sum = 0;
       let sumKnown = 0;
       for (let n = 0; n < K; n++) {
-        const e = (rowExp[c2 * K + n] = Math.exp(gamma * logQ2[c2 * K + n]));
+        const e = (entry[c2 * K + n] = Math.exp(gamma * logEntry[c2 * K + n]));
         sum += e;
         if (!known || known[n]) sumKnown += e;
       }
       this.rowSum[c2] = sum;
       this.rowKnown[c2] = sumKnown;
     }
-    for (let o = 0; o < this.obsExp.length; o++) this.obsExp[o] = Math.exp(gamma * this.obsLogQ2[o]);
+    for (let j = 0; j < this.updateExp.length; j++) this.updateExp[j] = Math.exp(gamma * this.updateLog[j]);
     this.stagedGamma = gamma;
     this.stagedGammaBeta = beta;
   }
@@ -454,62 +487,66 @@ class SliceLikelihood {
   }
 
   /**
-   * Base-measure probability of every observation under (beta, gamma, tau), its user left out. A pair's normalisers
-   * are its second cluster's row sums (all clusters, and the known ones) less its own two clusters, corrected on the
-   * prior's top-M answers only (outside them the prior is one constant per pair), so a pair costs O(M), not O(K);
-   * leaving the user out changes one entry of the row, so each observation corrects its pair's sums by that entry.
+   * Base-measure probability of every observation under (beta, gamma, tau), on the rows as they stood before it. A
+   * pair's normalisers are its second cluster's row sums (all clusters, and the known ones) less its own two
+   * clusters, corrected on the prior's top-M answers only (outside them the prior is one constant per pair), so an
+   * observation costs O(M), not O(K).
    */
   baseOfObservations(beta: number, gamma: number, tau: number): Float64Array {
     const K = this.K;
     // The known-cluster sums are taken over the prior's mask; without a prior they are not read.
-    this.stageGamma(beta, gamma, this.prior?.known ?? null);
-    const { rowExp, rowSum, rowKnown } = this;
+    const maskKnown = this.prior?.known ?? null;
+    this.stageGamma(beta, gamma, maskKnown);
     const prior = tau > 0 ? this.prior : null;
     const known = prior?.known ?? null;
     if (prior) this.stageTau(tau);
-    const { answerWeight, answerNext, answerCount, restWeight, obsWeightTau, backoffZ, knownSum, knownZ, obsExp } = this;
+    const { answerWeight, answerNext, answerCount, restWeight, obsWeightTau, entryNow, rowSumNow, rowKnownNow, updateEntry, updateExp } = this;
     const topM = prior?.topM ?? 0;
-    // Per pair: the backoff's normaliser, and (with a prior) the known clusters' share of it and their normaliser
-    // under the prior's weights.
-    for (let i = 0; i < backoffZ.length; i++) {
-      const c1 = this.pairC1[i];
-      const c2 = this.pairC2[i];
-      const row = c2 * K;
-      backoffZ[i] = rowSum[c2] - rowExp[row + c1] - rowExp[row + c2];
-      if (!prior) continue;
-      knownSum[i] = rowKnown[c2] - (!known || known[c1] ? rowExp[row + c1] : 0) - (!known || known[c2] ? rowExp[row + c2] : 0);
-      const rest = restWeight[i];
-      let z = knownSum[i] * rest;
-      for (let k = i * topM, end = k + answerCount[i]; k < end; k++) z += rowExp[row + answerNext[k]] * (answerWeight[k] - rest);
-      knownZ[i] = z;
+    for (const c2 of this.rows) {
+      entryNow.set(this.entry.subarray(c2 * K, c2 * K + K), c2 * K);
+      rowSumNow[c2] = this.rowSum[c2];
+      rowKnownNow[c2] = this.rowKnown[c2];
     }
     // Reused between calls: each result is consumed (profileAlpha) before the next evaluation.
     const out = this.base;
+    let applied = 0;
     for (let o = 0; o < out.length; o++) {
+      for (const end = this.obsUpdates[o]; applied < end; applied++) {
+        const at = updateEntry[applied];
+        const change = updateExp[applied] - entryNow[at];
+        entryNow[at] = updateExp[applied];
+        rowSumNow[(at - (at % K)) / K] += change;
+        if (!maskKnown || maskKnown[at % K]) rowKnownNow[(at - (at % K)) / K] += change;
+      }
       const i = this.obsPair[o];
+      const c1 = this.pairC1[i];
+      const c2 = this.pairC2[i];
+      const row = c2 * K;
       const n = this.obsNext[o];
-      const e = obsExp[o];
-      const change = e - rowExp[this.pairC2[i] * K + n];
+      const z = rowSumNow[c2] - entryNow[row + c1] - entryNow[row + c2];
       if (prior && (!known || known[n])) {
-        const w = obsWeightTau[o];
-        out[o] = (((knownSum[i] + change) / (backoffZ[i] + change)) * e * w) / (knownZ[i] + change * w);
+        const knownSum = rowKnownNow[c2] - (!known || known[c1] ? entryNow[row + c1] : 0) - (!known || known[c2] ? entryNow[row + c2] : 0);
+        const rest = restWeight[i];
+        let knownZ = knownSum * rest;
+        for (let k = i * topM, end = k + answerCount[i]; k < end; k++) knownZ += entryNow[row + answerNext[k]] * (answerWeight[k] - rest);
+        out[o] = ((knownSum / z) * entryNow[row + n] * obsWeightTau[o]) / knownZ;
       } else {
-        out[o] = e / (backoffZ[i] + change);
+        out[o] = entryNow[row + n] / z;
       }
     }
     return out;
   }
 
   /**
-   * Total log-likelihood for a given alpha: sum over observations of w * log((e + alpha * base) / (E + alpha)), e the
-   * observation's evidence users and E its pair's. `logBase` is sum of w * log(base) over the observations without
+   * Total log-likelihood for a given alpha: sum over observations of log((e + alpha * base) / (E + alpha)), e the
+   * observation's evidence users and E its pair's. `logBase` is the sum of log(base) over the observations without
    * evidence users (it does not depend on alpha).
    */
   logLikelihood(alpha: number, base: Float64Array, logBase: number): number {
-    let ll = this.weightWithoutEvidence * Math.log(alpha) + logBase;
+    let ll = this.withoutEvidence * Math.log(alpha) + logBase;
     for (let k = 0; k < this.obsWithEvidence.length; k++) {
       const o = this.obsWithEvidence[k];
-      ll += this.obsWeight[o] * Math.log(this.obsEvidence[o] + alpha * base[o]);
+      ll += Math.log(this.obsEvidence[o] + alpha * base[o]);
     }
     for (let g = 0; g < this.groupEvidence.length; g++) ll -= this.groupWeight[g] * Math.log(this.groupEvidence[g] + alpha);
     return ll;
@@ -518,7 +555,7 @@ class SliceLikelihood {
   /** alpha maximising the likelihood for fixed base measures (log-scale golden section). */
   profileAlpha(base: Float64Array): { alpha: number; ll: number } {
     let logBase = 0;
-    for (let o = 0; o < base.length; o++) if (!(this.obsEvidence[o] > 0)) logBase += this.obsWeight[o] * Math.log(base[o]);
+    for (let o = 0; o < base.length; o++) if (!(this.obsEvidence[o] > 0)) logBase += Math.log(base[o]);
     const best = goldenMax((a) => this.logLikelihood(Math.exp(a), base, logBase), Math.log(1e-2), Math.log(1e4), 0.05);
     return { alpha: Math.exp(best.x), ll: best.y };
   }
@@ -634,8 +671,8 @@ function weighableSlice(log: EvidenceLog, asOf: number, o: Required<FusionOption
 /**
  * Chooses the evidence window at `asOf`: for each candidate length W that holds the fit slice, the posterior (with
  * the prior, when there is one and it can be weighed: a strong prior wants fresher, shorter windows than counts
- * alone) with evidence [asOf - W, asOf), the very evidence the table would serve with, is fitted to the slice by
- * leaving each of its transitions out in turn; the best per-transition likelihood wins. Candidates are tried
+ * alone) with evidence [asOf - W, asOf), the evidence the table would serve with, is fitted to the slice, each
+ * transition scored on that window as it stood just before it; the best per-transition likelihood wins. Candidates are tried
  * shortest first, up to the first that covers all the data there is.
  */
 export function chooseWindow(log: EvidenceLog, asOf: number, options: FusionOptions = {}, givenPrior: LlmPrior | null = null): WindowChoice {
@@ -649,7 +686,7 @@ export function chooseWindow(log: EvidenceLog, asOf: number, options: FusionOpti
     if (evidenceWindow.from > slice.from) continue;
     if (evidenceWindow.from < log.span.from) break;
     if (sliceCounts.transitions < o.fitFloor) break;
-    const likelihood = new SliceLikelihood(sliceCounts, log.counts(evidenceWindow), prior);
+    const likelihood = new SliceLikelihood(log, slice, log.counts(evidenceWindow), prior);
     const { ll } = maximise(likelihood, prior !== null, { ...DEFAULT_FUSION_PARAMS, tau: prior ? 0.5 : 0 }, 1);
     windows.push({ days, perTransition: ll / likelihood.transitions });
     // Longer windows than the data reaches back hold the same evidence: stop once one covers it all. (No stop at
@@ -670,7 +707,7 @@ export interface FusionRefresh {
 export function fitFusion(input: FitFusionInput): FusionRefresh {
   const o = resolveFusionOptions(input.options);
   const choice = input.windowChoice ?? chooseWindow(input.log, input.asOf, o, input.prior);
-  // The slice is scored inside the evidence the table serves with (leaving each of its transitions out).
+  // The slice is scored inside the evidence the table serves with (each transition on what came before it).
   const fitEvidence = { from: Math.max(input.asOf - choice.windowDays * DAY_MS, input.log.span.from), to: input.asOf };
   const evidence = input.log.counts(fitEvidence);
   const base = {
@@ -693,7 +730,7 @@ export function fitFusion(input: FitFusionInput): FusionRefresh {
   }
   // A prior that cannot be weighed yet is fitted as absent (tau = 0): the counts-backoff posterior serves.
   const prior = choice.priorNotWeighed === null ? input.prior : null;
-  const likelihood = new SliceLikelihood(input.log.counts(choice.slice), evidence, prior);
+  const likelihood = new SliceLikelihood(input.log, choice.slice, evidence, prior);
   const countsOnly = maximise(likelihood, false, DEFAULT_FUSION_PARAMS);
   const fitted = prior ? maximise(likelihood, true, { ...countsOnly.params, tau: 0.5 }) : countsOnly;
   // The prior is nested (tau = 0 is the counts-only model), so a fit with it never reports less than without it.
