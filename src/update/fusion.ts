@@ -272,8 +272,8 @@ class SliceLikelihood {
   private readonly pairC2: Int32Array;
   /**
    * Per observation (a user's first transition of a triple in the slice): its pair (index into the arrays above),
-   * next cluster, the users of its triple and of its pair in the window before it, and the row updates counted
-   * before it (`updates` entries [0, obsUpdates[o])).
+   * next cluster, the users of its triple and of its pair in the window before it, and how many row updates
+   * (`updateEntry`) were counted before it.
    */
   private readonly obsPair: Int32Array;
   private readonly obsNext: Int32Array;
