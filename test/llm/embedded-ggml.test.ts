@@ -11,7 +11,7 @@ import type { TrainOptions, TrainResult, Trainer, TrainingEvent, TrainingSample 
 import { readModelFile } from "../../src/llm/engine/model-file.js";
 import { EmbeddedTrainer } from "../../src/llm/engine/trainer.js";
 import { CachingTrainer } from "../../src/llm/training-cache.js";
-import { TINY_SHAPE, tempWorkspace } from "./fixtures.js";
+import { expectCancelledCleanly, TINY_SHAPE, tempWorkspace } from "./fixtures.js";
 import { MAPPING_CLUSTERS as CLUSTERS, N, heldOut, ids, mappingSample, successor, trainPairs } from "./mapping.js";
 
 const ws = tempWorkspace("freshrec-embedded-ggml-");
@@ -95,20 +95,7 @@ describe("embedded trainer on engine v2 (engine: ggml)", () => {
   }, 60_000);
 
   it("is cancellable: an abort rejects with CANCELLED and leaves no output nor checkpoints", async () => {
-    const controller = new AbortController();
-    const out = join(ws, "models", "cancelled.gguf");
-    const run = ggmlTrainer().train(trainSamples, {
-      outputPath: out,
-      epochs: 500,
-      patience: 999,
-      signal: controller.signal,
-      onProgress: (e) => {
-        if (e.type === "epoch") controller.abort();
-      },
-    });
-    await expect(run).rejects.toMatchObject({ code: "CANCELLED" });
-    expect(existsSync(out)).toBe(false);
-    expect(existsSync(`${out}.checkpoints`)).toBe(false);
+    await expectCancelledCleanly(ggmlTrainer(), trainSamples, join(ws, "models", "cancelled.gguf"), 500);
   }, 60_000);
 
   it("is a different recipe for the training cache than llama_opt_epoch", async () => {

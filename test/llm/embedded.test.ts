@@ -6,7 +6,7 @@ import type { TrainingEvent } from "../../src/llm/contracts.js";
 import { EmbeddedTrainer } from "../../src/llm/engine/trainer.js";
 import { readModelFile } from "../../src/llm/engine/model-file.js";
 import { languageModelConformance } from "./conformance.js";
-import { CLUSTERS, TINY_SHAPE, tempWorkspace, toySamples } from "./fixtures.js";
+import { CLUSTERS, expectCancelledCleanly, TINY_SHAPE, tempWorkspace, toySamples } from "./fixtures.js";
 
 const ws = tempWorkspace();
 let trainedPath = "";
@@ -90,20 +90,8 @@ describe("embedded trainer (real llama.cpp training, tiny model)", () => {
   });
 
   it("is cancellable: an abort rejects with CANCELLED and leaves no output", async () => {
-    const controller = new AbortController();
     const trainer = new EmbeddedTrainer({ init: { clusters: CLUSTERS, shape: TINY_SHAPE } });
-    const out = join(ws, "models", "cancelled.gguf");
-    const run = trainer.train(toySamples(2000), {
-      outputPath: out,
-      epochs: 50,
-      signal: controller.signal,
-      onProgress: (e) => {
-        if (e.type === "epoch") controller.abort();
-      },
-    });
-    await expect(run).rejects.toMatchObject({ code: "CANCELLED" });
-    expect(existsSync(out)).toBe(false);
-    expect(existsSync(`${out}.checkpoints`)).toBe(false);
+    await expectCancelledCleanly(trainer, toySamples(2000), join(ws, "models", "cancelled.gguf"), 50);
   });
 });
 

@@ -1,8 +1,9 @@
-import { mkdtempSync } from "node:fs";
+import { existsSync, mkdtempSync } from "node:fs";
+import { expect } from "vitest";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Cluster } from "../../src/domain/types.js";
-import type { TrainingSample } from "../../src/llm/contracts.js";
+import type { Trainer, TrainingSample } from "../../src/llm/contracts.js";
 
 export function tempWorkspace(prefix = "freshrec-llm-"): string {
   return mkdtempSync(join(tmpdir(), prefix));
@@ -40,3 +41,23 @@ export function toySamples(n: number, seed = 3): TrainingSample[] {
 }
 
 export const TINY_SHAPE = { embedding: 32, layers: 1, heads: 2, feedForward: 64, contextLength: 256 } as const;
+
+/**
+ * Trains until the first epoch ends, then aborts: the run must reject with CANCELLED and leave neither the output
+ * model nor its checkpoints (every trainer's cancellation contract).
+ */
+export async function expectCancelledCleanly(trainer: Trainer, samples: readonly TrainingSample[], out: string, epochs: number): Promise<void> {
+  const controller = new AbortController();
+  const run = trainer.train(samples, {
+    outputPath: out,
+    epochs,
+    patience: epochs,
+    signal: controller.signal,
+    onProgress: (e) => {
+      if (e.type === "epoch") controller.abort();
+    },
+  });
+  await expect(run).rejects.toMatchObject({ code: "CANCELLED" });
+  expect(existsSync(out)).toBe(false);
+  expect(existsSync(`${out}.checkpoints`)).toBe(false);
+}
