@@ -120,20 +120,3 @@ export function extendRecent(recent: number[], recentTs: number[], ts: number, i
   recentTs.splice(place, 0, ts);
   return true;
 }
-
-/**
- * Inserts `value` into an ascending list in place, unless it holds it already.
- * @returns whether it was inserted.
- */
-export function insertSorted(list: number[], value: number): boolean {
-  let lo = 0;
-  let hi = list.length;
-  while (lo < hi) {
-    const mid = (lo + hi) >> 1;
-    if (list[mid] < value) lo = mid + 1;
-    else hi = mid;
-  }
-  if (list[lo] === value) return false;
-  list.splice(lo, 0, value);
-  return true;
-}
