@@ -6,8 +6,13 @@
  * serving only through `publish`, a single transactional pointer flip. A crash mid-build leaves the table
  * `building`; the next open marks it `failed` and the live table never changes ("State is durable and atomic").
  *
- * Adapters: `SqliteTableStore` (./sqlite-store.ts). Every adapter runs the shared conformance suite in
- * test/tables/conformance.ts.
+ * Two surfaces:
+ * - `TableStoreContract` (asynchronous): the one contract every adapter implements, what serving and the CLI use.
+ *   Adapters: `EmbeddedTableStore` (./embedded-store.ts, the workspace's SQLite file) and `PostgresTableStore`
+ *   (./postgres-store.ts, a deployment's shared database, issue 19). Both run the shared conformance suite in
+ *   test/tables/conformance.ts.
+ * - `TableStore` (synchronous): the SQLite adapter's own surface (`SqliteTableStore`), which the in-process update
+ *   path (table builds, replay, the oracle) still calls; `EmbeddedTableStore.sync` hands it out.
  *
  * @example
  * const store = SqliteTableStore.open(tableStorePath(workspace), clock);
@@ -251,6 +256,48 @@ export interface TableStore {
    */
   packedPages(version: string, rowsPerPage: number): Generator<PackedPage, PackedTableHeader, void>;
   close(): void;
+}
+
+/** Writes the rows of one table version through a `TableStoreContract`. Not reusable after `finish` or `fail`. */
+export interface TableBuilderContract {
+  readonly version: string;
+  /** Rows written so far (appended and copied). */
+  readonly written: number;
+  /** As `TableBuilder.append`: batches of the store's batch size, each durable, invisible until publish. */
+  append(rows: Iterable<TableBuildRow>): Promise<number>;
+  /** As `TableBuilder.copyRows`: copied inside the store, pairs the source lacks skipped. */
+  copyRows(fromVersion: string, pairs?: Iterable<History>): Promise<number>;
+  finish(stats: TableBuildStats): Promise<TableInfo>;
+  fail(reason: string): Promise<TableInfo>;
+}
+
+/**
+ * The table store contract, asynchronous so that an adapter may talk to a database server. The semantics of each
+ * method are those of the same-named `TableStore` method; differences are said here.
+ */
+export interface TableStoreContract {
+  /** Where the tables are, for messages: a file path, or a database URL without its password. */
+  readonly location: string;
+  beginBuild(meta: TableBuildMeta): Promise<TableBuilderContract>;
+  publish(version: string, options?: PublishOptions): Promise<TableInfo>;
+  rollback(options?: PublishOptions): Promise<TableInfo>;
+  gc(keep: number): Promise<TableInfo[]>;
+  recoverStale(): Promise<TableInfo[]>;
+  updateMetrics(version: string, metrics: TableMetrics, options?: { readonly merge?: boolean }): Promise<TableInfo>;
+  list(filter?: TableFilter): Promise<TableInfo[]>;
+  get(version: string): Promise<TableInfo>;
+  live(): Promise<TableInfo | undefined>;
+  previousLive(): Promise<TableInfo | undefined>;
+  publishHistory(): Promise<PublishEvent[]>;
+  /** Rows of a version in a stable order, page by page; NOT_FOUND (at the first `next()`) for an unknown version. */
+  rows(version: string): AsyncIterableIterator<StoredTableRow>;
+  lookup(version: string, c1: string, c2: string): Promise<StoredTableRow | undefined>;
+  contextKeys(version: string): Promise<Map<string, string | null>>;
+  /** The whole table in columnar form, read page by page. */
+  packed(version: string): Promise<PackedTable>;
+  /** As `TableStore.packedPages`: reused columns per page, the header at the end; NOT_FOUND if collected meanwhile. */
+  packedPages(version: string, rowsPerPage: number): AsyncGenerator<PackedPage, PackedTableHeader, void>;
+  close(): Promise<void>;
 }
 
 export type { ScoredCluster };

@@ -233,6 +233,11 @@ export class SqliteTableStore implements TableStore {
   /** Builds this store began and has not finished or failed. */
   private readonly openBuilds = new Set<number>();
 
+  /** The database file (":memory:N" for an in-memory store), for messages. */
+  get location(): string {
+    return this.file;
+  }
+
   /** Opens (creating when missing) the store at `file`; ":memory:" gives a private in-memory store. */
   static open(file: string, clock: Clock, options: SqliteTableStoreOptions = {}): SqliteTableStore {
     return new SqliteTableStore(file, clock, options);

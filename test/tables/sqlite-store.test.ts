@@ -5,6 +5,7 @@ import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { VirtualClock } from "../../src/domain/clock.js";
 import { TableLookup } from "../../src/tables/lookup.js";
+import { EmbeddedTableStore } from "../../src/tables/embedded-store.js";
 import { SqliteTableStore, tableStorePath } from "../../src/tables/sqlite-store.js";
 import { tableStoreConformance } from "./conformance.js";
 import { STATS, clusterNames, tableRows } from "./fixtures/rows.js";
@@ -15,8 +16,8 @@ let files = 0;
 const nextFile = () => join(dir, `store-${++files}`, "tables.sqlite");
 const META = { modelVersion: "m000001", templateHash: "tmpl-a" };
 
-tableStoreConformance("sqlite (file)", (clock) => SqliteTableStore.open(nextFile(), clock, { pageSize: 7 }));
-tableStoreConformance("sqlite (:memory:)", (clock) => SqliteTableStore.open(":memory:", clock));
+tableStoreConformance("sqlite (file)", (clock) => EmbeddedTableStore.open(nextFile(), clock, { pageSize: 7 }));
+tableStoreConformance("sqlite (:memory:)", (clock) => EmbeddedTableStore.open(":memory:", clock));
 
 describe("SqliteTableStore on disk", () => {
   const clusters = clusterNames(12);

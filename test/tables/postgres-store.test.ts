@@ -1,0 +1,75 @@
+/**
+ * The table store on a real PostgreSQL server (a throwaway cluster): the shared conformance suite, and what only a
+ * database shared by several processes has to get right (builds whose process ended, concurrent writers of new
+ * clusters, a publish seen by another connection).
+ */
+import { describe, expect, it } from "vitest";
+import { VirtualClock } from "../../src/domain/clock.js";
+import { PostgresTableStore } from "../../src/tables/postgres-store.js";
+import { usePostgresCluster } from "../data/postgres-cluster.js";
+import { all, tableStoreConformance } from "./conformance.js";
+import { STATS, clusterNames, tableRows } from "./fixtures/rows.js";
+
+const database = usePostgresCluster();
+const META = { modelVersion: "m000001", templateHash: "tmpl-a" };
+const T0 = Date.UTC(2025, 2, 1);
+
+// Small pages and batches, so that paging and batching run on tables of 56 rows.
+tableStoreConformance("postgres", async (clock) => PostgresTableStore.open(await database(), clock, { pageSize: 7, batchSize: 20 }));
+
+describe("PostgresTableStore shared by processes", () => {
+  it("a build whose connection ended is marked failed by the next store to open; one still open is left alone", async () => {
+    const url = await database();
+    const a = await PostgresTableStore.open(url, new VirtualClock(T0));
+    const first = await a.beginBuild(META);
+    await first.append(tableRows(clusterNames(6), 0));
+    const live = (await first.finish(STATS)).version;
+    await a.publish(live);
+    const abandoned = await a.beginBuild(META);
+    await abandoned.append(tableRows(clusterNames(6), 1).slice(0, 12));
+
+    // Another store while the build is open: its lock is held, so the build is not taken for abandoned.
+    const b = await PostgresTableStore.open(url, new VirtualClock(T0 + 1));
+    expect((await b.get(abandoned.version)).status).toBe("building");
+    await a.close(); // what a crash looks like to the database: the build's session ends without finishing
+
+    expect((await b.recoverStale()).map((t) => t.version)).toEqual([abandoned.version]);
+    expect(await b.get(abandoned.version)).toMatchObject({ status: "failed", rows: 12, finishedAt: T0 + 1 });
+    expect((await b.get(abandoned.version)).failure).toMatch(/^abandoned: builder .+:\d+ ended without finishing$/);
+    expect((await b.live())?.version).toBe(live);
+    await expect(b.publish(abandoned.version)).rejects.toThrow(/is failed/);
+    await b.close();
+  });
+
+  it("two stores writing new clusters at once keep one dense dictionary, and each sees the other's publish", async () => {
+    const url = await database();
+    const a = await PostgresTableStore.open(url, new VirtualClock(T0));
+    const b = await PostgresTableStore.open(url, new VirtualClock(T0));
+    const rowsA = tableRows(clusterNames(10).map((c) => `a-${c}`), 0);
+    const rowsB = tableRows(clusterNames(10).map((c) => `b-${c}`), 1);
+    const [ba, bb] = [await a.beginBuild(META), await b.beginBuild(META)];
+    await Promise.all([ba.append(rowsA), bb.append(rowsB)]);
+    const [va, vb] = [(await ba.finish(STATS)).version, (await bb.finish(STATS)).version];
+    // b decodes a's clusters from the shared dictionary, and both read the same rows.
+    expect(await all(b.rows(va))).toEqual(await all(a.rows(va)));
+    expect((await a.lookup(vb, "b-c001", "b-c002"))?.answers).toEqual(rowsB.find((r) => r.c1 === "b-c001" && r.c2 === "b-c002")!.answers);
+    const packed = await a.packed(va);
+    expect(new Set(packed.clusters).size).toBe(20);
+    expect(packed.clusters.filter((c) => c === undefined)).toEqual([]);
+
+    await a.publish(va);
+    expect((await b.live())?.version).toBe(va);
+    await b.publish(vb);
+    expect((await a.live())?.version).toBe(vb);
+    expect((await a.rollback()).version).toBe(va);
+    expect((await b.get(vb)).status).toBe("retired");
+    await a.close();
+    await b.close();
+  });
+
+  it("refuses a database it cannot reach, naming it without the password", async () => {
+    const error = await PostgresTableStore.open("postgres://me:secret@127.0.0.1:1/nowhere", new VirtualClock(T0)).catch((e: unknown) => e);
+    expect((error as Error).message).toMatch(/^cannot open the table store postgres:\/\/me:\*\*\*@127\.0\.0\.1:1\/nowhere: /);
+    expect((error as Error).message).not.toContain("secret");
+  });
+});
