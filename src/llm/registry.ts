@@ -12,6 +12,11 @@
  * `modelFile(version)` is how a version becomes a file to open: it checks the file against the sha256 recorded at
  * registration (once per process for each file, modification time and size) and refuses a file that changed.
  *
+ * Two surfaces, as the table store has: `ModelRegistryContract` (asynchronous), the one contract both adapters
+ * implement (`EmbeddedModelRegistry` over this file, `PostgresModelRegistry` in ./postgres-registry.ts for a
+ * deployment's shared database), run by one conformance suite (test/llm/registry-conformance.ts); and the synchronous
+ * `ModelRegistry`, which the in-process paths (pretrain, the update loop, replay) still call.
+ *
  * @example
  * const registry = new ModelRegistry("./.freshrec", clock);
  * const v = registry.register({ kind: "base", filePath, metrics: { top1: 0.21 }, trainSamples: 9000 });
@@ -118,6 +123,41 @@ function fileSha256Sync(path: string): string {
   return hash.digest("hex");
 }
 
+/**
+ * The file of a model version, checked against the sha256 recorded when it was registered (each registry adapter's
+ * `modelFile`). Hashed once per process for each file, modification time and size.
+ * @throws ModelFileError naming the file (and both hashes when they differ).
+ */
+export function verifiedModelFile(found: ModelVersion): string {
+  const { version, filePath: file, sha256: recorded } = found;
+  const where = found.external ? "external file, outside the workspace" : "in the workspace";
+  let stat: ReturnType<typeof statSync>;
+  try {
+    stat = statSync(file);
+  } catch (error) {
+    throw new ModelFileError(version, file, `is missing (${where}): restore it, or register the model again`, { cause: error });
+  }
+  if (!stat.isFile()) throw new ModelFileError(version, file, `is not a file (${where})`);
+  const key = `${file}\0${stat.mtimeMs}\0${stat.size}`;
+  let actual = verifiedHashes.get(key);
+  if (actual === undefined) {
+    try {
+      actual = fileSha256Sync(file);
+    } catch (error) {
+      throw new ModelFileError(version, file, `cannot be read (${(error as Error).message})`, { cause: error });
+    }
+    verifiedHashes.set(key, actual);
+  }
+  if (actual !== recorded) {
+    throw new ModelFileError(
+      version,
+      file,
+      `has sha256 ${actual}, but the registry recorded ${recorded} when the model was registered: the file was changed or replaced (${where}); restore the registered file, or register this one as a new model version`,
+    );
+  }
+  return file;
+}
+
 interface Row {
   version: string;
   parent: string | null;
@@ -207,6 +247,19 @@ function relativiseLegacyPaths(db: Database.Database, root: string): void {
   }
 }
 
+/**
+ * `file` relative to `dir` with "/" separators when it lies inside `dir` (directly, or once symbolic links are
+ * resolved), else null.
+ */
+export function pathInside(dir: string, file: string): string | null {
+  const path = resolve(file);
+  const lexical = inside(dir, path);
+  if (lexical !== null) return lexical;
+  const realDir = realPath(dir);
+  const realFile = realPath(path);
+  return realDir !== null && realFile !== null ? inside(realDir, realFile) : null;
+}
+
 /** What the registry records for a model file: relative to the workspace when inside it, else absolute. */
 function storedPathIn(root: string, file: string): string {
   const path = resolve(file);
@@ -286,33 +339,7 @@ export class ModelRegistry {
   modelFile(model: ModelVersion | string): string {
     const found = typeof model === "string" ? this.get(model) : model;
     if (!found) throw new FreshrecError("NOT_FOUND", `model ${String(model)} does not exist (see freshrec models list)`);
-    const { version, filePath: file, sha256: recorded } = found;
-    const where = found.external ? "external file, outside the workspace" : "in the workspace";
-    let stat: ReturnType<typeof statSync>;
-    try {
-      stat = statSync(file);
-    } catch (error) {
-      throw new ModelFileError(version, file, `is missing (${where}): restore it, or register the model again`, { cause: error });
-    }
-    if (!stat.isFile()) throw new ModelFileError(version, file, `is not a file (${where})`);
-    const key = `${file}\0${stat.mtimeMs}\0${stat.size}`;
-    let actual = verifiedHashes.get(key);
-    if (actual === undefined) {
-      try {
-        actual = fileSha256Sync(file);
-      } catch (error) {
-        throw new ModelFileError(version, file, `cannot be read (${(error as Error).message})`, { cause: error });
-      }
-      verifiedHashes.set(key, actual);
-    }
-    if (actual !== recorded) {
-      throw new ModelFileError(
-        version,
-        file,
-        `has sha256 ${actual}, but the registry recorded ${recorded} when the model was registered: the file was changed or replaced (${where}); restore the registered file, or register this one as a new model version`,
-      );
-    }
-    return file;
+    return verifiedModelFile(found);
   }
 
   /** The version name the next registration will get (for naming files before registering). */
@@ -361,7 +388,7 @@ export class ModelRegistry {
     return row ? fromRow(row, this.root) : null;
   }
 
-  list(filter: { status?: readonly ModelStatus[]; kind?: ModelKind } = {}): ModelVersion[] {
+  list(filter: ModelFilter = {}): ModelVersion[] {
     const rows = this.db.prepare("SELECT * FROM models ORDER BY seq").all() as Row[];
     return rows
       .map((r) => fromRow(r, this.root))
@@ -432,5 +459,96 @@ export class ModelRegistry {
     this.db
       .prepare("INSERT INTO status_changes (version, from_status, to_status, reason, at) VALUES (?, ?, ?, ?, ?)")
       .run(version, from, to, reason, at);
+  }
+}
+
+/** Which models `list` returns; both fields optional and combined with AND. */
+export interface ModelFilter {
+  readonly status?: readonly ModelStatus[];
+  readonly kind?: ModelKind;
+}
+
+/**
+ * The model registry contract, asynchronous so that an adapter may talk to a database server. Each method means what
+ * the same-named `ModelRegistry` method means.
+ */
+export interface ModelRegistryContract {
+  /** Where the records are, for messages: a file path, or a database URL without its password. */
+  readonly location: string;
+  /** Folder of model files and checkpoints (created when missing). */
+  readonly modelsDir: string;
+  /** The version name the next registration will most likely get (for naming files before registering). */
+  nextVersion(): Promise<string>;
+  register(input: RegisterModelInput): Promise<ModelVersion>;
+  get(version: string): Promise<ModelVersion | null>;
+  list(filter?: ModelFilter): Promise<ModelVersion[]>;
+  live(): Promise<ModelVersion | null>;
+  history(version?: string): Promise<StatusChange[]>;
+  makeLive(version: string, reason: string): Promise<ModelVersion>;
+  setStatus(version: string, status: Exclude<ModelStatus, "live">, reason: string): Promise<ModelVersion>;
+  updateMetrics(version: string, metrics: Record<string, unknown>): Promise<ModelVersion>;
+  /** The version's file, checked against its registered sha256 (`verifiedModelFile`). */
+  modelFile(model: ModelVersion | string): Promise<string>;
+  close(): Promise<void>;
+}
+
+/** The workspace's registry file behind the asynchronous contract; `sync` is the synchronous registry itself. */
+export class EmbeddedModelRegistry implements ModelRegistryContract {
+  constructor(readonly sync: ModelRegistry) {}
+
+  static open(workspace: string, clock: Clock): EmbeddedModelRegistry {
+    return new EmbeddedModelRegistry(new ModelRegistry(workspace, clock));
+  }
+
+  get location(): string {
+    return join(resolve(this.sync.workspace), REGISTRY_FILE);
+  }
+
+  get modelsDir(): string {
+    return this.sync.modelsDir;
+  }
+
+  async nextVersion(): Promise<string> {
+    return this.sync.nextVersion();
+  }
+
+  register(input: RegisterModelInput): Promise<ModelVersion> {
+    return this.sync.register(input);
+  }
+
+  async get(version: string): Promise<ModelVersion | null> {
+    return this.sync.get(version);
+  }
+
+  async list(filter?: ModelFilter): Promise<ModelVersion[]> {
+    return this.sync.list(filter);
+  }
+
+  async live(): Promise<ModelVersion | null> {
+    return this.sync.live();
+  }
+
+  async history(version?: string): Promise<StatusChange[]> {
+    return this.sync.history(version);
+  }
+
+  async makeLive(version: string, reason: string): Promise<ModelVersion> {
+    return this.sync.makeLive(version, reason);
+  }
+
+  async setStatus(version: string, status: Exclude<ModelStatus, "live">, reason: string): Promise<ModelVersion> {
+    return this.sync.setStatus(version, status, reason);
+  }
+
+  async updateMetrics(version: string, metrics: Record<string, unknown>): Promise<ModelVersion> {
+    return this.sync.updateMetrics(version, metrics);
+  }
+
+  async modelFile(model: ModelVersion | string): Promise<string> {
+    return this.sync.modelFile(model);
+  }
+
+  async close(): Promise<void> {
+    this.sync.close();
   }
 }
