@@ -30,7 +30,7 @@ import { ingestSynthetic } from "../src/data/ingest/synthetic.js";
 import { SyntheticWorld, SYNTHETIC_DEFAULTS } from "../src/data/synthetic/index.js";
 import { SystemClock } from "../src/domain/clock.js";
 import { loadLookup, startServer } from "../src/serving/index.js";
-import { SqliteTableStore, TableLookup, tableStorePath, type TableBuildRow, type TableStore } from "../src/tables/index.js";
+import { EmbeddedTableStore, SqliteTableStore, TableLookup, tableStorePath, type TableBuildRow, type TableStore } from "../src/tables/index.js";
 import type { BenchSuiteResult } from "./run.js";
 
 const here = fileURLToPath(import.meta.url);
@@ -103,7 +103,7 @@ async function rssChild(file: string, version: string): Promise<void> {
   await new Promise((r) => setTimeout(r, 200));
   const before = process.memoryUsage();
   // The serving path: page by page into the dense lookup (./src/serving/table-loader.ts).
-  const lookup = await loadLookup(store, version, { rowsPerSlice: 500 });
+  const lookup = await loadLookup(new EmbeddedTableStore(store), version, { rowsPerSlice: 500 });
   store.close();
   for (let k = 0; k < 3; k++) {
     gc();
@@ -178,7 +178,7 @@ export async function run(): Promise<BenchSuiteResult> {
     tables.publish(a);
     // Loading a new 300-cluster table for serving (what a publish costs the server once).
     const loadStarted = process.hrtime.bigint();
-    await loadLookup(tables, c);
+    await loadLookup(new EmbeddedTableStore(tables), c);
     const tableLoadMs = Number(process.hrtime.bigint() - loadStarted) / 1e6;
 
     // In-process lookup speed on the 300-cluster table.

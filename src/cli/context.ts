@@ -8,7 +8,9 @@ import { EventStore, type EventStoreContract } from "../data/event-store.js";
 import { PostgresEventStore, redactedUrl } from "../data/postgres-event-store.js";
 import { SystemClock, type Clock } from "../domain/clock.js";
 import { FreshrecError } from "../domain/errors.js";
-import { SqliteTableStore } from "../tables/index.js";
+import { EmbeddedModelRegistry, type ModelRegistryContract } from "../llm/registry.js";
+import { PostgresModelRegistry } from "../llm/postgres-registry.js";
+import { EmbeddedTableStore, PostgresTableStore, SqliteTableStore, type TableStoreContract } from "../tables/index.js";
 import type { ProgressSink } from "../domain/types.js";
 import { loadConfig, type FreshrecConfig } from "./config.js";
 import { progressSink } from "./progress.js";
@@ -35,7 +37,16 @@ export interface CommandContext {
   openEvents(): Promise<EventStore>;
   /** The event store the config names: PostgreSQL with `store.url`, else the workspace's DuckDB file. */
   openEventStore(): Promise<EventStoreContract>;
+  /**
+   * The workspace's SQLite table store itself, for the in-process update path (refresh, fine-tune, schedule) that
+   * still builds tables through its synchronous surface.
+   * @throws FreshrecError (BAD_INPUT) with `store.url`, as `openEvents` does.
+   */
   openTables(): SqliteTableStore;
+  /** The table store the config names: PostgreSQL with `store.url`, else the workspace's tables.sqlite. */
+  openTableStore(): Promise<TableStoreContract>;
+  /** The model registry the config names: PostgreSQL with `store.url` (files under `<workspace>/models`), else registry.sqlite. */
+  openRegistry(): Promise<ModelRegistryContract>;
   /**
    * Aborted by the first Ctrl-C (SIGINT) or SIGTERM, so a long job stops cleanly (a partial table is marked failed,
    * training is cancelled); a second signal exits at once.
@@ -64,16 +75,16 @@ export function contextOf(command: Command): CommandContext {
     progress: progressSink(),
     log: (line) => process.stderr.write(`${line}\n`),
     openEvents: async () => {
-      if (config.store.url !== null) {
-        throw new FreshrecError(
-          "BAD_INPUT",
-          `this command does not run on the PostgreSQL event store yet (store.url = ${redactedUrl(config.store.url)}): so far only ingest, synth and analyze drift do (issue 19). Remove store.url from the config to use the workspace's ${paths.events}`,
-        );
-      }
+      if (config.store.url !== null) throw notOnPostgresYet(config.store.url, paths.events);
       return EventStore.open(paths.events);
     },
     openEventStore: () => (config.store.url !== null ? PostgresEventStore.open(config.store.url) : EventStore.open(paths.events)),
-    openTables: () => SqliteTableStore.open(paths.tables, clock),
+    openTableStore: async () => (config.store.url !== null ? PostgresTableStore.open(config.store.url, clock) : EmbeddedTableStore.open(paths.tables, clock)),
+    openTables: () => {
+      if (config.store.url !== null) throw notOnPostgresYet(config.store.url, paths.tables);
+      return SqliteTableStore.open(paths.tables, clock);
+    },
+    openRegistry: async () => (config.store.url !== null ? PostgresModelRegistry.open(config.store.url, paths.root, clock) : EmbeddedModelRegistry.open(paths.root, clock)),
     clock,
     positiveMin: async (store) => {
       if (config.data.positiveMin !== null) return config.data.positiveMin;
@@ -81,6 +92,17 @@ export function contextOf(command: Command): CommandContext {
       return recorded === null ? null : Number(recorded);
     },
   };
+}
+
+/**
+ * The refusal of a command that does not run on a PostgreSQL store yet: naming store.url (without its password) and
+ * what to do, instead of reading a workspace file that is not the deployment's state.
+ */
+function notOnPostgresYet(url: string, file: string): FreshrecError {
+  return new FreshrecError(
+    "BAD_INPUT",
+    `this command does not run on the PostgreSQL event store yet (store.url = ${redactedUrl(url)}): so far ingest, synth, analyze drift, serve, tables and models (list, review) do (issue 19). Remove store.url from the config to use the workspace's ${file}`,
+  );
 }
 
 /** The result of a command: the JSON object and, for people, the text to print instead. */

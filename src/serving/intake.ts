@@ -34,7 +34,7 @@ import { z } from "zod";
 import type { EventStore } from "../data/event-store.js";
 import { eventEngagement, eventTime, idProblem, MAX_ID_LENGTH } from "../data/ingest/event-fields.js";
 import { DAY_MS } from "../domain/clock.js";
-import { ConfigError } from "../domain/errors.js";
+import { ConfigError, FreshrecError } from "../domain/errors.js";
 import { SERVE_DEFAULTS } from "./defaults.js";
 import type { EngagementEvent } from "../domain/types.js";
 import type { Catalog } from "./catalog.js";
@@ -85,7 +85,8 @@ export const intakeResultSchema = z.object({
 export type IntakeResult = z.infer<typeof intakeResultSchema>;
 
 export interface IntakeOptions {
-  readonly events: EventStore;
+  /** The DuckDB event store intake writes to when no `intakeStore` is given. */
+  readonly events?: EventStore;
   /**
    * Where intake writes (events, idempotency keys).
    * @defaultValue a DuckDbIntakeStore on `events`
@@ -164,7 +165,8 @@ export class EventIntake {
       ]);
     }
     this.futureToleranceMs = tolerance;
-    this.intakeStore = options.intakeStore ?? new DuckDbIntakeStore(options.events, options.catalog);
+    if (!options.intakeStore && !options.events) throw new FreshrecError("INTERNAL", "EventIntake needs an intakeStore or the events it writes to");
+    this.intakeStore = options.intakeStore ?? new DuckDbIntakeStore(options.events!, options.catalog);
     this.users = options.users;
     this.catalog = options.catalog;
   }

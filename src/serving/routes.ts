@@ -174,7 +174,7 @@ export function registerRoutes(app: FastifyInstance, state: ServingState): Route
         const exposureId = randomUUID();
         const { catalog } = state;
         const slots = answer.clusters.map((c, rank) => ({ rank, cluster: catalog.clusterIds[c], items: (answer.items[rank] ?? []).map((i) => catalog.itemIds[i.item]) }));
-        state.experiments.logExposure({
+        state.requireExperiments().log.logExposure({
           exposureId,
           experiment: assignment.experiment.name,
           arm: assignment.arm.name,
@@ -233,10 +233,10 @@ export function registerRoutes(app: FastifyInstance, state: ServingState): Route
 
   route(
     { method: "GET", url: "/v1/tables", tag: "tables", summary: "Table versions, the live one, and what this server holds in memory", responses: { 200: tablesResponseSchema } },
-    () => ({
-      live: state.tableStore.live()?.version ?? null,
+    async () => ({
+      live: (await state.tableStore.live())?.version ?? null,
       serving: tables.bindings(),
-      tables: state.tableStore.list().map(tableView),
+      tables: (await state.tableStore.list()).map(tableView),
     }),
   );
 
@@ -250,7 +250,7 @@ export function registerRoutes(app: FastifyInstance, state: ServingState): Route
       responses: { 200: tableRowResponseSchema },
       errors: [404],
     },
-    ({ params }) => {
+    async ({ params }) => {
       const lookup = tables.lookup("live");
       if (!lookup) throw new HttpError("NOT_FOUND", "no table is live yet (run freshrec refresh, or publish one)");
       const answers = lookup.get(params.c1, params.c2);
@@ -265,7 +265,7 @@ export function registerRoutes(app: FastifyInstance, state: ServingState): Route
           return { cluster: a.cluster, description: c === undefined ? null : state.catalog.descriptions[c], score: a.score };
         }),
         // The explanation is read from the store (an inspection route, not the serving path).
-        explanation: explanationOf(state.tableStore.lookup(lookup.version, params.c1, params.c2) ?? { answers: [] }),
+        explanation: explanationOf((await state.tableStore.lookup(lookup.version, params.c1, params.c2)) ?? { answers: [] }),
       };
     },
   );
@@ -284,8 +284,8 @@ export function registerRoutes(app: FastifyInstance, state: ServingState): Route
     },
     async ({ params, request }) => {
       const body = parseInput(publishBodySchema, request.body ?? {}, "body");
-      const previous = state.tableStore.live()?.version ?? null;
-      const info = state.tableStore.publish(params.version, { actor: "api", reason: body.reason ?? null });
+      const previous = (await state.tableStore.live())?.version ?? null;
+      const info = await state.tableStore.publish(params.version, { actor: "api", reason: body.reason ?? null });
       await tables.poll();
       return { live: info.version, previous, serving: tables.lookup("live")?.version ?? null, table: tableView(info) };
     },
@@ -304,8 +304,8 @@ export function registerRoutes(app: FastifyInstance, state: ServingState): Route
     },
     async ({ request }) => {
       const body = parseInput(publishBodySchema, request.body ?? {}, "body");
-      const previous = state.tableStore.live()?.version ?? null;
-      const info = state.tableStore.rollback({ actor: "api", reason: body.reason ?? null });
+      const previous = (await state.tableStore.live())?.version ?? null;
+      const info = await state.tableStore.rollback({ actor: "api", reason: body.reason ?? null });
       await tables.poll();
       return { live: info.version, previous, serving: tables.lookup("live")?.version ?? null, table: tableView(info) };
     },
@@ -332,13 +332,13 @@ export function registerRoutes(app: FastifyInstance, state: ServingState): Route
       async ({ params, request }) => {
         const { reason } = parseInput(reviewBodySchema, request.body ?? {}, "body");
         const registry = state.registry;
-        const model = registry.get(params.version);
+        const model = await registry.get(params.version);
         if (!model) throw new HttpError("NOT_FOUND", `unknown model version ${JSON.stringify(params.version)}`);
         if (model.status !== "halted" && model.status !== "candidate") {
           throw new HttpError("BAD_INPUT", `${params.version} is ${model.status}: only halted or candidate models are reviewed`);
         }
-        const decided = decision === "approve" ? registry.makeLive(params.version, `approved: ${reason}`) : registry.setStatus(params.version, "rejected", `rejected: ${reason}`);
-        const change = registry.history(params.version).at(-1)!;
+        const decided = decision === "approve" ? await registry.makeLive(params.version, `approved: ${reason}`) : await registry.setStatus(params.version, "rejected", `rejected: ${reason}`);
+        const change = (await registry.history(params.version)).at(-1)!;
         await tables.poll();
         return { model: modelView(decided), change: statusChangeView(change) };
       },
@@ -365,7 +365,7 @@ export function registerRoutes(app: FastifyInstance, state: ServingState): Route
   route(
     { method: "GET", url: "/v1/experiments", tag: "experiments", admin: true, summary: "Every experiment; the active one serves its arms' tables", responses: { 200: experimentsResponseSchema } },
     async () => {
-      const list = await state.queue.run(() => state.experiments.list());
+      const list = await state.queue.run(() => state.requireExperiments().log.list());
       return { active: state.experiment?.experiment.name ?? null, experiments: list.map((e) => experimentView(e, servingVersion)) };
     },
   );
@@ -393,9 +393,10 @@ export function registerRoutes(app: FastifyInstance, state: ServingState): Route
         }
         throw error;
       }
-      for (const arm of definition.arms) resolveBinding(state.tableStore, arm.table);
+      const { log } = state.requireExperiments();
+      for (const arm of definition.arms) await resolveBinding(state.tableStore, arm.table);
       await state.flushExposures();
-      const created = await state.queue.run(() => state.experiments.create(definition, options.clock.now(), { replace: raw.replace === true }));
+      const created = await state.queue.run(() => log.create(definition, options.clock.now(), { replace: raw.replace === true }));
       await state.activate(created);
       return experimentView(created, servingVersion);
     },
@@ -413,8 +414,9 @@ export function registerRoutes(app: FastifyInstance, state: ServingState): Route
       errors: [404],
     },
     async ({ params }) => {
+      const { log } = state.requireExperiments();
       await state.flushExposures();
-      const stopped = await state.queue.run(() => state.experiments.stop(params.name, options.clock.now()));
+      const stopped = await state.queue.run(() => log.stop(params.name, options.clock.now()));
       if (state.experiment?.experiment.name === stopped.name) await state.activate(null);
       return experimentView(stopped, servingVersion);
     },
@@ -432,8 +434,9 @@ export function registerRoutes(app: FastifyInstance, state: ServingState): Route
       errors: [404],
     },
     async ({ params }) => {
+      const experiments = state.requireExperiments();
       await state.flushExposures();
-      const analysis = await state.queue.run(async () => analyzeExperiment(state.events, await state.experiments.get(params.name), { resamples: options.resamples ?? EXPERIMENT_DEFAULTS.resamples }));
+      const analysis = await state.queue.run(async () => analyzeExperiment(experiments.events, await experiments.log.get(params.name), { resamples: options.resamples ?? EXPERIMENT_DEFAULTS.resamples }));
       return { ...analysis, table: renderExperimentTable(analysis) };
     },
   );

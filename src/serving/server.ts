@@ -3,10 +3,16 @@
  * tables), starts the Fastify app and the background timers (table/model poll, exposure flush, grounding rebuild),
  * and shuts all of it down cleanly.
  *
- * The server owns the event store while it runs (a DuckDB file opens in one process at a time): exploration reads
- * histories from it and POST /v1/events appends to it. Update jobs either run inside the server (`freshrec serve
- * --schedule`, which passes its scheduler's status here) or while it is stopped; tables and models may be published
- * or reviewed from other processes at any time (SQLite WAL), and the server follows within `reloadIntervalMs`.
+ * Two ways to hold the stores:
+ * - the workspace (the default): the server owns the event store while it runs (a DuckDB file opens in one process at
+ *   a time): exploration reads histories from it and POST /v1/events appends to it. Update jobs either run inside the
+ *   server (`freshrec serve --schedule`, which passes its scheduler's status here) or while it is stopped; tables and
+ *   models may be published or reviewed from other processes at any time (SQLite WAL);
+ * - a deployment's PostgreSQL database (`storeUrl`, the config's store.url): events, tables and models all come from
+ *   it, any number of servers run on it at once, and a publish by any process reaches each of them through the
+ *   database. Model files are read under `<workspace>/models`. Experiments are not available there yet (they live in
+ *   the DuckDB event store): their routes answer 501.
+ * Either way the server follows the table store's live pointer and the registry's live model within `reloadIntervalMs`.
  *
  * @example
  * const server = await startServer({ workspace: ".freshrec", port: 0 });
@@ -16,13 +22,15 @@
 import { randomUUID, createHash, timingSafeEqual } from "node:crypto";
 import { join } from "node:path";
 import Fastify, { LogController, type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
-import { EventStore } from "../data/event-store.js";
-import type { PostgresEventStore } from "../data/postgres-event-store.js";
+import { EventStore, type EventStoreContract } from "../data/event-store.js";
+import { PostgresEventStore } from "../data/postgres-event-store.js";
 import { MAX_ID_LENGTH } from "../data/ingest/event-fields.js";
 import { SystemClock, type Clock } from "../domain/clock.js";
-import { ModelRegistry } from "../llm/registry.js";
+import { FreshrecError } from "../domain/errors.js";
+import { PostgresModelRegistry } from "../llm/postgres-registry.js";
+import { EmbeddedModelRegistry, type ModelRegistryContract } from "../llm/registry.js";
 import type { ScheduleStatus } from "../update/schedule/index.js";
-import { SqliteTableStore, tableStorePath, type TableStore } from "../tables/index.js";
+import { EmbeddedTableStore, PostgresTableStore, tableStorePath, type TableStoreContract } from "../tables/index.js";
 import { Catalog } from "./catalog.js";
 import { EXPERIMENT_DEFAULTS, SERVE_DEFAULTS } from "./defaults.js";
 import { HttpError } from "./errors.js";
@@ -31,7 +39,7 @@ import { ExperimentLog } from "./experiments/log.js";
 import { Explorer } from "./exploration.js";
 import { buildGroundingIndex, CoVisitationPolicy, type GroundingIndex, type ItemPolicy } from "./grounding/index.js";
 import { EventIntake } from "./intake.js";
-import { PostgresIntakeStore } from "./intake-store.js";
+import { DuckDbIntakeStore, PostgresIntakeStore } from "./intake-store.js";
 import { ServerMetrics } from "./metrics.js";
 import { registerRoutes, replyWithError } from "./routes.js";
 import { StoreQueue } from "./store-queue.js";
@@ -40,8 +48,16 @@ import { UserIndex } from "./users.js";
 
 /** Options of the server; the CLI builds them from the config's `serve` and `experiment` sections. */
 export interface ServeOptions {
-  /** The workspace folder: its tables.sqlite and registry.sqlite (and events.duckdb unless `events` is given). */
+  /**
+   * The workspace folder: its tables.sqlite and registry.sqlite (and events.duckdb unless `events` is given); with
+   * `storeUrl`, only its models/ folder (the registered model files).
+   */
   readonly workspace: string;
+  /**
+   * A PostgreSQL URL (the config's store.url): events, tables and models come from that database, which other
+   * servers and the job worker share; not together with `events` or `intakeEvents`. @defaultValue null (the workspace)
+   */
+  readonly storeUrl?: string | null;
   /** An event store already open in this process (the server then does not close it). @defaultValue <workspace>/events.duckdb */
   readonly events?: EventStore;
   /**
@@ -145,16 +161,17 @@ export class ServingState {
 
   constructor(
     readonly options: ServeOptions & { readonly clock: Clock },
-    readonly events: EventStore,
-    readonly tableStore: TableStore,
-    readonly registry: ModelRegistry,
+    readonly events: EventStoreContract,
+    readonly tableStore: TableStoreContract,
+    readonly registry: ModelRegistryContract,
     readonly catalog: Catalog,
     readonly users: UserIndex,
     private readonly groundingHolder: { current: GroundingIndex },
     readonly explorer: Explorer,
     readonly intake: EventIntake,
     readonly tables: ServingTables,
-    readonly experiments: ExperimentLog,
+    /** Null on a PostgreSQL store: experiments live in the DuckDB event store so far. */
+    readonly experiments: { readonly log: ExperimentLog; readonly events: EventStore } | null,
     readonly queue: StoreQueue,
     readonly metrics: ServerMetrics,
     readonly positiveMin: number | null,
@@ -186,6 +203,18 @@ export class ServingState {
     }
   }
 
+  /**
+   * The experiment log and the events it is analysed with.
+   * @throws HttpError NOT_IMPLEMENTED on a PostgreSQL store, naming why.
+   */
+  requireExperiments(): { readonly log: ExperimentLog; readonly events: EventStore } {
+    if (this.experiments) return this.experiments;
+    throw new HttpError(
+      "NOT_IMPLEMENTED",
+      "experiments do not run on a PostgreSQL store yet (store.url): they are kept in the workspace's DuckDB event store (issue 19); serve without store.url to run one",
+    );
+  }
+
   /** The arm of a user under the active experiment, or null. */
   armOf(userId: string): { experiment: Experiment; arm: { name: string; table: string } } | null {
     const active = this.experiment;
@@ -202,8 +231,9 @@ export class ServingState {
 
   /** Writes buffered exposures (through the store queue). */
   async flushExposures(): Promise<void> {
-    if (this.experiments.buffered === 0) return;
-    await this.queue.run(() => this.experiments.flush());
+    const log = this.experiments?.log;
+    if (!log || log.buffered === 0) return;
+    await this.queue.run(() => log.flush());
   }
 
   /** The largest request body Fastify reads (serve.bodyLimitBytes). */
@@ -299,27 +329,51 @@ function requestIdGenerator(): (req: { headers: Record<string, string | string[]
 
 export async function startServer(input: ServeOptions): Promise<RunningServer> {
   const options = { ...input, clock: input.clock ?? new SystemClock() };
-  const opened: { close(): void }[] = [];
-  const events = options.events ?? (await EventStore.open(join(options.workspace, "events.duckdb")));
-  if (!options.events) opened.push(events);
+  const storeUrl = options.storeUrl ?? null;
+  if (storeUrl !== null && (options.events || options.intakeEvents)) {
+    throw new FreshrecError("INTERNAL", "startServer: storeUrl names the stores; events and intakeEvents cannot be given with it");
+  }
+  // What this server opened, closed in reverse order when it stops (or fails to start).
+  const opened: (() => unknown)[] = [];
+  const closeOpened = async () => {
+    for (const close of opened.reverse()) await close();
+  };
   try {
+    let events: EventStoreContract;
+    let duckEvents: EventStore | null = null;
+    let pgEvents: PostgresEventStore | null = options.intakeEvents ?? null;
+    if (storeUrl !== null) {
+      const pg = await PostgresEventStore.open(storeUrl);
+      opened.push(() => pg.close());
+      events = pgEvents = pg;
+    } else if (options.events) {
+      events = duckEvents = options.events;
+    } else {
+      const duck = await EventStore.open(join(options.workspace, "events.duckdb"));
+      opened.push(() => duck.close());
+      events = duckEvents = duck;
+    }
     const queue = new StoreQueue();
     const metrics = new ServerMetrics();
     const recorded = options.positiveMin === undefined ? await events.getMeta("positive_min") : null;
     const positiveMin = options.positiveMin !== undefined ? options.positiveMin : recorded === null ? null : Number(recorded);
     const catalog = await Catalog.load(events);
-    const users = await UserIndex.load(options.intakeEvents ?? events, catalog, { positiveMin, recentItems: options.recentItems ?? SERVE_DEFAULTS.recentItems });
+    const users = await UserIndex.load(pgEvents ?? events, catalog, { positiveMin, recentItems: options.recentItems ?? SERVE_DEFAULTS.recentItems });
     const grounding = await buildGroundingIndex(events, catalog, {
       windowDays: options.groundingWindowDays ?? SERVE_DEFAULTS.groundingWindowDays,
       span: options.covisitationSpan ?? SERVE_DEFAULTS.covisitationSpan,
       positiveMin,
     });
     // Small pages: a table loads in slices between requests (see table-loader.ts), and less garbage is alive at once.
-    const tableStore = SqliteTableStore.open(tableStorePath(options.workspace), options.clock, { pageSize: 500 });
-    opened.push(tableStore);
-    const registry = new ModelRegistry(options.workspace, options.clock);
-    opened.push(registry);
-    const experiments = await ExperimentLog.open(events);
+    const tableStore: TableStoreContract =
+      storeUrl !== null
+        ? await PostgresTableStore.open(storeUrl, options.clock, { pageSize: 500 })
+        : EmbeddedTableStore.open(tableStorePath(options.workspace), options.clock, { pageSize: 500 });
+    opened.push(() => tableStore.close());
+    const registry: ModelRegistryContract =
+      storeUrl !== null ? await PostgresModelRegistry.open(storeUrl, options.workspace, options.clock) : EmbeddedModelRegistry.open(options.workspace, options.clock);
+    opened.push(() => registry.close());
+    const experiments = duckEvents ? { log: await ExperimentLog.open(duckEvents), events: duckEvents } : null;
 
     let app: FastifyInstance | null = null;
     const tables = new ServingTables(tableStore, registry, {
@@ -341,8 +395,7 @@ export async function startServer(input: ServeOptions): Promise<RunningServer> {
     const explorer = new Explorer(catalog, users, () => holder.current, policy);
     let state: ServingState | null = null;
     const intake = new EventIntake({
-      events,
-      ...(options.intakeEvents ? { intakeStore: new PostgresIntakeStore(options.intakeEvents, catalog) } : {}),
+      intakeStore: pgEvents ? new PostgresIntakeStore(pgEvents, catalog) : new DuckDbIntakeStore(duckEvents!, catalog),
       catalog,
       users,
       queue,
@@ -352,17 +405,17 @@ export async function startServer(input: ServeOptions): Promise<RunningServer> {
       now: () => options.clock.now(),
       attribute: async (batch) => {
         const active = state?.experiment;
-        if (!active) return 0;
+        if (!active || !experiments) return 0;
         // Inside the queue already: flush directly so every exposure before these events can be matched.
-        await experiments.flush();
-        const n = await experiments.attributeOutcomes(active.experiment.name, batch, (options.attributionHours ?? EXPERIMENT_DEFAULTS.attributionHours) * 3_600_000, positiveMin);
+        await experiments.log.flush();
+        const n = await experiments.log.attributeOutcomes(active.experiment.name, batch, (options.attributionHours ?? EXPERIMENT_DEFAULTS.attributionHours) * 3_600_000, positiveMin);
         metrics.outcomesAttributed += n;
         return n;
       },
     });
     const serving = new ServingState(options, events, tableStore, registry, catalog, users, holder, explorer, intake, tables, experiments, queue, metrics, positiveMin);
     state = serving;
-    await serving.activate(await experiments.active());
+    if (experiments) await serving.activate(await experiments.log.active());
 
     const loggedUrl = (url: string) => redactUrl(url, options.adminToken ?? null);
     app = Fastify({
@@ -425,12 +478,12 @@ export async function startServer(input: ServeOptions): Promise<RunningServer> {
           await app!.close();
           await tables.settle();
           await queue.idle();
-          await queue.run(() => experiments.flush());
-          for (const o of opened.reverse()) o.close();
+          if (experiments) await queue.run(() => experiments.log.flush());
+          await closeOpened();
         })()),
     };
   } catch (error) {
-    for (const o of opened.reverse()) o.close();
+    await closeOpened();
     throw error;
   }
 }

@@ -8,7 +8,7 @@
  * @example
  * const lookup = await loadLookup(store, "t000042");
  */
-import { TableLookup, type TableLookupOptions, type TableStore } from "../tables/index.js";
+import { TableLookup, type TableLookupOptions, type TableStoreContract } from "../tables/index.js";
 
 export interface LoadLookupOptions extends TableLookupOptions {
   /** Rows decoded between two yields to the event loop. @defaultValue 2000 */
@@ -17,12 +17,12 @@ export interface LoadLookupOptions extends TableLookupOptions {
 
 const yieldToEventLoop = () => new Promise<void>((resolve) => setImmediate(resolve));
 
-export async function loadLookup(store: TableStore, version: string, options: LoadLookupOptions = {}): Promise<TableLookup> {
+export async function loadLookup(store: TableStoreContract, version: string, options: LoadLookupOptions = {}): Promise<TableLookup> {
   const rowsPerSlice = options.rowsPerSlice ?? 2000;
   const pages = store.packedPages(version, rowsPerSlice);
   let builder: ReturnType<typeof TableLookup.builder>;
   try {
-    for (let step = pages.next(); ; step = pages.next()) {
+    for (let step = await pages.next(); ; step = await pages.next()) {
       if (step.done) {
         // A table without rows yields no page.
         builder ??= TableLookup.builder(step.value, options);
@@ -37,12 +37,7 @@ export async function loadLookup(store: TableStore, version: string, options: Lo
     }
   } finally {
     // Ends the scan however the loop ends (a full dictionary, an error), so the store's scan settings are restored.
-    pages.return(undefined as never);
+    await pages.return(undefined as never);
   }
-  const packed = store.packedInPages(version, rowsPerSlice);
-  for (;;) {
-    const step = packed.next();
-    if (step.done) return TableLookup.fromPacked(step.value, options);
-    await yieldToEventLoop();
-  }
+  return TableLookup.fromPacked(await store.packed(version), options);
 }

@@ -3,7 +3,8 @@
  * pointer), any table an experiment arm is bound to, and the registry's live model version.
  *
  * Hot reload: `poll()` (every `serve.reloadIntervalMs`) reads the live pointer, which another process may have
- * flipped (`freshrec tables publish`, a refresh; SQLite WAL makes the commit visible). A changed pointer loads the
+ * flipped (`freshrec tables publish`, a refresh): through the database for a PostgreSQL store (every replica reads
+ * the same pointer), through the file for the workspace's SQLite store (WAL makes the commit visible). A changed pointer loads the
  * new table completely (page by page, yielding to requests meanwhile: ./table-loader.ts), then swaps one reference
  * (`LiveTable`). A request takes its lookup once and reads only that object, so no response ever mixes two versions
  * and none fails because of a swap. The last few lookups stay cached, so a rollback (or a flip back) is instant.
@@ -21,8 +22,8 @@
  */
 import { SystemClock } from "../domain/clock.js";
 import { FreshrecError } from "../domain/errors.js";
-import type { ModelRegistry } from "../llm/registry.js";
-import { LiveTable, type TableInfo, type TableLookup, type TableStore } from "../tables/index.js";
+import type { ModelRegistryContract } from "../llm/registry.js";
+import { LiveTable, type TableInfo, type TableLookup, type TableStoreContract } from "../tables/index.js";
 import { loadLookup, type LoadLookupOptions } from "./table-loader.js";
 
 export interface TableChange {
@@ -63,17 +64,17 @@ export interface ServingTablesOptions extends LoadLookupOptions {
 const FINISHED = ["ready", "live", "retired"] as const;
 
 /** Validates a binding's form; NOT_FOUND when it names a version or strategy that has no finished table. */
-export function resolveBinding(store: TableStore, binding: string): TableInfo | undefined {
+export async function resolveBinding(store: TableStoreContract, binding: string): Promise<TableInfo | undefined> {
   if (binding === "live") return store.live();
   if (binding.startsWith("strategy:")) {
     const strategy = binding.slice("strategy:".length);
     if (!strategy) throw new FreshrecError("BAD_INPUT", `table binding ${JSON.stringify(binding)} names no strategy`);
-    const info = store.list({ strategy, status: [...FINISHED] }).at(-1);
+    const info = (await store.list({ strategy, status: [...FINISHED] })).at(-1);
     if (!info) throw new FreshrecError("NOT_FOUND", `no finished table has strategy ${JSON.stringify(strategy)}`);
     return info;
   }
   if (/^t\d+$/.test(binding)) {
-    const info = store.get(binding);
+    const info = await store.get(binding);
     if (!(FINISHED as readonly string[]).includes(info.status)) {
       throw new FreshrecError("BAD_INPUT", `table ${binding} is ${info.status}; only a finished table can be served`);
     }
@@ -93,8 +94,8 @@ export class ServingTables {
   private readonly now: () => number;
 
   constructor(
-    private readonly store: TableStore,
-    private readonly registry: ModelRegistry | null,
+    private readonly store: TableStoreContract,
+    private readonly registry: ModelRegistryContract | null,
     private readonly options: ServingTablesOptions = {},
   ) {
     this.holders.set("live", new LiveTable());
@@ -126,7 +127,7 @@ export class ServingTables {
   async bind(binding: string): Promise<TableLookup | undefined> {
     const added = !this.holders.has(binding);
     if (added) {
-      resolveBinding(this.store, binding);
+      await resolveBinding(this.store, binding);
       this.holders.set(binding, new LiveTable());
     }
     try {
@@ -162,7 +163,7 @@ export class ServingTables {
       try {
         for (const binding of [...this.holders.keys()]) await this.reloadBinding(binding, false);
         try {
-          this.modelVersion = this.registry?.live()?.version ?? null;
+          this.modelVersion = (await this.registry?.live())?.version ?? null;
         } catch (error) {
           this.options.onError?.(error, "model");
         }
@@ -189,7 +190,7 @@ export class ServingTables {
       const before = holder.version ?? null;
       // A fixed version never changes once loaded.
       if (/^t\d+$/.test(binding) && before === binding) return;
-      const info = resolveBinding(this.store, binding);
+      const info = await resolveBinding(this.store, binding);
       const version = info?.version ?? null;
       attempted = version;
       if (version === before) {

@@ -506,7 +506,7 @@ describe("operations", () => {
     expect(ready.body).toMatchObject({ status: "ok", ready: true, table: { version: ws.rag } });
     // The same event store, a workspace whose table store has nothing published.
     const empty = mkdtempSync(join(tmpdir(), "freshrec-readyz-"));
-    const unready = await startServer({ workspace: empty, port: 0, events: server.state.events, adminToken: TOKEN, logLevel: "silent" });
+    const unready = await startServer({ workspace: empty, port: 0, events: server.state.events as EventStore, adminToken: TOKEN, logLevel: "silent" });
     try {
       const notReady = await fetch(`${unready.url}/readyz`);
       expect(notReady.status).toBe(503);
@@ -556,7 +556,7 @@ describe("operations", () => {
   });
 
   it("unknownItems: skip drops events of unknown items and counts them", async () => {
-    const second = await startServer({ workspace: ws.dir, port: 0, events: server.state.events, unknownItems: "skip", logLevel: "silent" });
+    const second = await startServer({ workspace: ws.dir, port: 0, events: server.state.events as EventStore, unknownItems: "skip", logLevel: "silent" });
     try {
       const r = await fetch(`${second.url}/v1/events`, {
         method: "POST",
@@ -617,7 +617,7 @@ describe("a server on a virtual clock (event times, schedule status, body limit)
     clocked = await startServer({
       workspace: ws.dir,
       port: 0,
-      events: server.state.events,
+      events: server.state.events as EventStore,
       clock,
       adminToken: TOKEN,
       logLevel: "silent",
@@ -678,7 +678,7 @@ describe("a server on a virtual clock (event times, schedule status, body limit)
   });
 
   it("takes the skew tolerance from serve.futureToleranceMs and refuses a negative one at start-up", async () => {
-    const strict = await startServer({ workspace: ws.dir, port: 0, events: server.state.events, clock, logLevel: "silent", futureToleranceMs: 60_000 });
+    const strict = await startServer({ workspace: ws.dir, port: 0, events: server.state.events as EventStore, clock, logLevel: "silent", futureToleranceMs: 60_000 });
     try {
       const now = clock.now();
       const post1 = (ts: number) =>
@@ -690,7 +690,7 @@ describe("a server on a virtual clock (event times, schedule status, body limit)
     } finally {
       await strict.close();
     }
-    await expect(startServer({ workspace: ws.dir, port: 0, events: server.state.events, clock, logLevel: "silent", futureToleranceMs: -1 })).rejects.toThrow(/serve\.futureToleranceMs/);
+    await expect(startServer({ workspace: ws.dir, port: 0, events: server.state.events as EventStore, clock, logLevel: "silent", futureToleranceMs: -1 })).rejects.toThrow(/serve\.futureToleranceMs/);
   });
 
   it("GET /v1/schedule/status answers scheduling: false when only the recorded status is given, true with scheduling: true", async () => {
@@ -698,7 +698,7 @@ describe("a server on a virtual clock (event times, schedule status, body limit)
     expect(response.status).toBe(200);
     // Times as ISO, like every other time the API answers (the scheduler keeps epoch ms).
     expect(await response.json()).toEqual({ scheduling: false, status: recordedView });
-    const running = await startServer({ workspace: ws.dir, port: 0, events: server.state.events, clock, adminToken: TOKEN, logLevel: "silent", scheduleStatus: () => recorded, scheduling: true });
+    const running = await startServer({ workspace: ws.dir, port: 0, events: server.state.events as EventStore, clock, adminToken: TOKEN, logLevel: "silent", scheduleStatus: () => recorded, scheduling: true });
     try {
       expect(await (await fetch(`${running.url}/v1/schedule/status`, { headers: admin })).json()).toEqual({ scheduling: true, status: recordedView });
     } finally {

@@ -4,6 +4,7 @@ import type { TableRow } from "../../src/domain/types.js";
 import { LiveTable, TableLookup } from "../../src/tables/lookup.js";
 import { SqliteTableStore } from "../../src/tables/sqlite-store.js";
 import { loadLookup } from "../../src/serving/table-loader.js";
+import { EmbeddedTableStore } from "../../src/tables/embedded-store.js";
 import { byPair } from "./conformance.js";
 import { STATS, clusterNames, tableRows } from "./fixtures/rows.js";
 
@@ -78,7 +79,7 @@ describe("loadLookup (page by page into the dense arrays)", () => {
   it("builds the lookup fromPacked builds, in any page size", async () => {
     const { versions } = storeWith(0, 3);
     for (const rowsPerSlice of [1, 7, 380, 5000]) {
-      for (const v of versions) same(await loadLookup(store, v, { rowsPerSlice }), TableLookup.load(store, v));
+      for (const v of versions) same(await loadLookup(new EmbeddedTableStore(store), v, { rowsPerSlice }), TableLookup.load(store, v));
     }
   });
 
@@ -87,8 +88,8 @@ describe("loadLookup (page by page into the dense arrays)", () => {
     const b = store.beginBuild(META);
     b.append(tableRows(clusterNames(30).slice(20), 0, 4)); // ten clusters of their own: 30 in the dictionary
     const narrow = b.finish(STATS).version;
-    for (const v of [...versions, narrow]) same(await loadLookup(store, v, { rowsPerSlice: 13 }), TableLookup.load(store, v));
-    expect([...(await loadLookup(store, narrow)).clusters].sort()).toEqual(clusterNames(30).slice(20));
+    for (const v of [...versions, narrow]) same(await loadLookup(new EmbeddedTableStore(store), v, { rowsPerSlice: 13 }), TableLookup.load(store, v));
+    expect([...(await loadLookup(new EmbeddedTableStore(store), narrow)).clusters].sort()).toEqual(clusterNames(30).slice(20));
   });
 
   it("falls back to the packed columns when the dictionary is too wide for the dense layout, and refuses what fromPacked refuses", async () => {
@@ -97,14 +98,14 @@ describe("loadLookup (page by page into the dense arrays)", () => {
     b.append(tableRows(clusterNames(30).slice(20), 0, 4));
     const narrow = b.finish(STATS).version;
     // 30^2 x 10 slots over the dictionary, 10^2 x 10 over the table's own clusters.
-    same(await loadLookup(store, narrow, { maxSlots: 2000 }), TableLookup.load(store, narrow));
-    await expect(loadLookup(store, versions[0], { maxSlots: 1000 })).rejects.toThrow(/maxSlots 1000/);
+    same(await loadLookup(new EmbeddedTableStore(store), narrow, { maxSlots: 2000 }), TableLookup.load(store, narrow));
+    await expect(loadLookup(new EmbeddedTableStore(store), versions[0], { maxSlots: 1000 })).rejects.toThrow(/maxSlots 1000/);
   });
 
   it("loads a table without rows", async () => {
     store = SqliteTableStore.open(":memory:", new VirtualClock(Date.UTC(2025, 2, 1)));
     const empty = store.beginBuild(META).finish(STATS).version;
-    expect((await loadLookup(store, empty)).size).toBe(0);
+    expect((await loadLookup(new EmbeddedTableStore(store), empty)).size).toBe(0);
   });
 });
 

@@ -215,11 +215,11 @@ export function registerExperiment(program: Command): void {
         if (opts.server) created = await callServer(ctx, opts.server, "POST", "/v1/experiments", { definition: input, replace: Boolean(opts.replace) });
         else {
           const definition = parseExperimentDefinition(input);
-          const tables = ctx.openTables();
+          const tables = await ctx.openTableStore();
           try {
-            for (const arm of definition.arms) resolveBinding(tables, arm.table);
+            for (const arm of definition.arms) await resolveBinding(tables, arm.table);
           } finally {
-            tables.close();
+            await tables.close();
           }
           const e = await withLog(ctx, (log) => log.create(definition, ctx.clock.now(), { replace: Boolean(opts.replace) }));
           created = experimentView(e);

@@ -4,7 +4,7 @@
  */
 import type { Command } from "commander";
 import { BadInputError } from "../../domain/errors.js";
-import { ModelRegistry, type ModelVersion } from "../../llm/registry.js";
+import type { ModelRegistryContract, ModelVersion } from "../../llm/registry.js";
 import { gateReportLines, type GateResult } from "../../update/gates.js";
 import { finetuneOutcome } from "../../update/loop.js";
 import { deliveredModel, openLoop, registerConfiguredBase, resolveAsOf, trainBaseModel } from "../loop-context.js";
@@ -22,8 +22,8 @@ function modelLine(m: ModelVersion): string {
  * What a reviewer needs about a model: why it was halted (the failed gates and their numbers, as recorded when it
  * was), every gate with whether it could have failed, and its status history.
  */
-function reviewRecord(registry: ModelRegistry, model: ModelVersion): { json: Record<string, unknown>; text: string } {
-  const history = registry.history(model.version);
+async function reviewRecord(registry: ModelRegistryContract, model: ModelVersion): Promise<{ json: Record<string, unknown>; text: string }> {
+  const history = await registry.history(model.version);
   const halt = [...history].reverse().find((c) => c.to === "halted") ?? null;
   const m = model.metrics as Partial<GateResult>;
   // Records written before the gate report existed carry the two rates and the reasons only.
@@ -139,11 +139,12 @@ export function registerModels(program: Command): void {
       action(async (ctx, command) => {
         const [decision, version] = command.args as (string | undefined)[];
         const { reason } = command.opts<{ reason?: string }>();
-        const registry = new ModelRegistry(ctx.paths.root, ctx.clock);
+        const registry = await ctx.openRegistry();
         try {
           if (decision === undefined) {
-            const waiting = registry.list().filter((m) => m.status === "halted" || m.status === "candidate");
-            const records = waiting.map((m) => reviewRecord(registry, m));
+            const waiting = (await registry.list()).filter((m) => m.status === "halted" || m.status === "candidate");
+            const records: Awaited<ReturnType<typeof reviewRecord>>[] = [];
+            for (const m of waiting) records.push(await reviewRecord(registry, m));
             return {
               json: { models: records.map((r) => r.json) },
               text: records.length ? records.map((r) => r.text).join("\n\n") : "no model awaits review (none is halted or a candidate)",
@@ -153,25 +154,25 @@ export function registerModels(program: Command): void {
             throw new BadInputError(`decision must be show, approve or reject, got ${JSON.stringify(decision)}`);
           }
           if (version === undefined) throw new BadInputError(`review ${decision} needs a model VERSION (see freshrec review or freshrec models list)`);
-          const model = registry.get(version);
+          const model = await registry.get(version);
           if (!model) throw new BadInputError(`unknown model version ${JSON.stringify(version)} (see freshrec models list)`);
           if (decision === "show") {
-            const record = reviewRecord(registry, model);
+            const record = await reviewRecord(registry, model);
             return { json: record.json, text: record.text };
           }
           if (reason === undefined || reason.trim() === "") throw new BadInputError("--reason must not be empty: say why you approve or reject");
           if (model.status !== "halted" && model.status !== "candidate") {
             throw new BadInputError(`${version} is ${model.status}: only halted or candidate models are reviewed`);
           }
-          const before = reviewRecord(registry, model);
-          const decided = decision === "approve" ? registry.makeLive(version, `approved: ${reason}`) : registry.setStatus(version, "rejected", `rejected: ${reason}`);
-          const change = registry.history(version).at(-1)!;
+          const before = await reviewRecord(registry, model);
+          const decided = decision === "approve" ? await registry.makeLive(version, `approved: ${reason}`) : await registry.setStatus(version, "rejected", `rejected: ${reason}`);
+          const change = (await registry.history(version)).at(-1)!;
           return {
             json: { model: modelView(decided), change: statusChangeView(change), haltedBecause: before.json.haltedBecause, gates: before.json.gates },
             text: `${version} is now ${decided.status} (${change.reason}, ${iso(change.at)})`,
           };
         } finally {
-          registry.close();
+          await registry.close();
         }
       }),
     );
@@ -183,12 +184,12 @@ export function registerModels(program: Command): void {
     .addHelpText("after", "\nExample:\n  freshrec models list --json")
     .action(
       action(async (ctx) => {
-        const registry = new ModelRegistry(ctx.paths.root, ctx.clock);
+        const registry = await ctx.openRegistry();
         try {
-          const list = registry.list();
-          return { json: { live: registry.live()?.version ?? null, models: list.map(modelView) }, text: list.length ? list.map(modelLine).join("\n") : "no models yet: run freshrec pretrain" };
+          const list = await registry.list();
+          return { json: { live: (await registry.live())?.version ?? null, models: list.map(modelView) }, text: list.length ? list.map(modelLine).join("\n") : "no models yet: run freshrec pretrain" };
         } finally {
-          registry.close();
+          await registry.close();
         }
       }),
     );

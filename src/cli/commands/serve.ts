@@ -6,9 +6,14 @@
  * inside the server (`--schedule`: the same jobs as `schedule run`, over the server's own store connection), or stop
  * the server for them, or use the admin routes (publish, rollback, review, experiments). Tables and models published
  * or reviewed by other processes (`tables publish`, `review`) are picked up within serve.reloadIntervalMs.
+ *
+ * With store.url (a PostgreSQL database) the server holds no lock: events, tables and models come from the database,
+ * any number of `serve` processes (on any hosts) run at once, and each follows the live table a publish by any
+ * process sets. Model files are read under `<workspace>/models`.
  */
 import type { Command } from "commander";
 import { DAY_MS } from "../../domain/clock.js";
+import { redactedUrl } from "../../data/postgres-event-store.js";
 import { BadInputError, ConfigError } from "../../domain/errors.js";
 import { ModelRegistry } from "../../llm/registry.js";
 import { startServer, type RunningServer, type ServeOptions } from "../../serving/index.js";
@@ -85,6 +90,16 @@ export async function startWorkspaceServer(
   ctx: CommandContext,
   overrides: { port?: number; host?: string; schedule?: boolean; logLevel?: ServeOptions["logLevel"] } = {},
 ): Promise<WorkspaceServer> {
+  const storeUrl = ctx.config.store.url;
+  if (storeUrl !== null) {
+    if (overrides.schedule) {
+      throw new BadInputError(
+        `--schedule: the hybrid schedule does not run on a PostgreSQL store yet (store.url = ${redactedUrl(storeUrl)}); serve without --schedule, or remove store.url to run both over the workspace`,
+      );
+    }
+    const server = await startServer({ ...serveOptions(ctx), ...overridesOf(overrides), workspace: ctx.paths.root, storeUrl, scheduling: false });
+    return { ...server, scheduling: false };
+  }
   const events = await ctx.openEvents();
   const definitions = [
     { name: "finetune", cadence: ctx.config.schedule.finetuneCadence },
@@ -98,9 +113,7 @@ export async function startWorkspaceServer(
       ...serveOptions(ctx),
       workspace: ctx.paths.root,
       events,
-      ...(overrides.port === undefined ? {} : { port: overrides.port }),
-      ...(overrides.host === undefined ? {} : { host: overrides.host }),
-      ...(overrides.logLevel === undefined ? {} : { logLevel: overrides.logLevel }),
+      ...overridesOf(overrides),
       // Whether this process runs the schedule (--schedule); the status route reports it beside the recorded state.
       scheduling: scheduleParts !== null,
       scheduleStatus: () => {
@@ -129,6 +142,15 @@ export async function startWorkspaceServer(
         await server.close();
         events.close();
       })()),
+  };
+}
+
+/** The command line's port, host and log level over the config's. */
+function overridesOf(overrides: { port?: number; host?: string; logLevel?: ServeOptions["logLevel"] }): Partial<ServeOptions> {
+  return {
+    ...(overrides.port === undefined ? {} : { port: overrides.port }),
+    ...(overrides.host === undefined ? {} : { host: overrides.host }),
+    ...(overrides.logLevel === undefined ? {} : { logLevel: overrides.logLevel }),
   };
 }
 

@@ -26,16 +26,16 @@ export function registerTables(program: Command): void {
     .addHelpText("after", "\nExample:\n  freshrec tables list --json")
     .action(
       action(async (ctx) => {
-        const store = ctx.openTables();
+        const store = await ctx.openTableStore();
         try {
-          const list = store.list();
-          const live = store.live()?.version ?? null;
+          const list = await store.list();
+          const live = (await store.live())?.version ?? null;
           return {
             json: { live, tables: list.map(tableView) },
             text: list.length ? list.map(summary).join("\n") : "no tables yet: run freshrec refresh",
           };
         } finally {
-          store.close();
+          await store.close();
         }
       }),
     );
@@ -50,20 +50,20 @@ export function registerTables(program: Command): void {
         const [versionArg] = command.args;
         const opts = command.opts<{ pair?: string; limit: string }>();
         const limit = positiveInt("limit", opts.limit)!;
-        const store = ctx.openTables();
+        const store = await ctx.openTableStore();
         try {
-          const version = versionArg === "live" ? store.live()?.version : versionArg;
+          const version = versionArg === "live" ? (await store.live())?.version : versionArg;
           if (!version) throw new BadInputError("no table is live yet");
-          const info = store.get(version);
+          const info = await store.get(version);
           let rows;
           if (opts.pair) {
             const [c1, c2] = opts.pair.split(",");
             if (!c1 || !c2) throw new BadInputError(`--pair: expected c1,c2, got ${JSON.stringify(opts.pair)}`);
-            const row = store.lookup(version, c1, c2);
+            const row = await store.lookup(version, c1, c2);
             rows = row ? [row] : [];
           } else {
             rows = [];
-            for (const row of store.rows(version)) {
+            for await (const row of store.rows(version)) {
               rows.push(row);
               if (rows.length >= limit) break;
             }
@@ -77,7 +77,7 @@ export function registerTables(program: Command): void {
           ].join("\n");
           return { json: { ...tableView(info), rows: rows.map((r) => ({ c1: r.c1, c2: r.c2, answers: r.answers, explanation: explanationOf(r) })) }, text };
         } finally {
-          store.close();
+          await store.close();
         }
       }),
     );
@@ -88,12 +88,12 @@ export function registerTables(program: Command): void {
     .addHelpText("after", "\nExample:\n  freshrec tables publish t000004 --reason 'manual refresh'")
     .action(
       action(async (ctx, command) => {
-        const store = ctx.openTables();
+        const store = await ctx.openTableStore();
         try {
-          const info = store.publish(command.args[0], { actor: "cli", reason: command.opts<{ reason?: string }>().reason ?? null });
+          const info = await store.publish(command.args[0], { actor: "cli", reason: command.opts<{ reason?: string }>().reason ?? null });
           return { json: { live: info.version, table: tableView(info) }, text: `live: ${summary(info)}` };
         } finally {
-          store.close();
+          await store.close();
         }
       }),
     );
@@ -104,12 +104,12 @@ export function registerTables(program: Command): void {
     .addHelpText("after", "\nExample:\n  freshrec tables rollback --reason 'hit rate dropped'")
     .action(
       action(async (ctx, command) => {
-        const store = ctx.openTables();
+        const store = await ctx.openTableStore();
         try {
-          const info = store.rollback({ actor: "cli", reason: command.opts<{ reason?: string }>().reason ?? null });
+          const info = await store.rollback({ actor: "cli", reason: command.opts<{ reason?: string }>().reason ?? null });
           return { json: { live: info.version, table: tableView(info) }, text: `live again: ${summary(info)}` };
         } finally {
-          store.close();
+          await store.close();
         }
       }),
     );

@@ -18,7 +18,7 @@
  * const index = await buildGroundingIndex(events, catalog, { windowDays: 30, positiveMin: 0.5 });
  * index.coldStart; // cluster indices, most popular novel interest first
  */
-import type { EventStore } from "../../data/event-store.js";
+import type { EventStoreContract } from "../../data/event-store.js";
 import { DAY_MS } from "../../domain/clock.js";
 import { SERVE_DEFAULTS } from "../defaults.js";
 import { countTransitions } from "../../mining/transitions.js";
@@ -73,7 +73,7 @@ export interface GroundingIndex {
   readonly seconds: number;
 }
 
-export async function buildGroundingIndex(store: EventStore, catalog: Catalog, options: GroundingIndexOptions): Promise<GroundingIndex> {
+export async function buildGroundingIndex(store: EventStoreContract, catalog: Catalog, options: GroundingIndexOptions): Promise<GroundingIndex> {
   const started = process.hrtime.bigint();
   const windowDays = options.windowDays ?? SERVE_DEFAULTS.groundingWindowDays;
   const span = options.span ?? SERVE_DEFAULTS.covisitationSpan;
@@ -89,22 +89,24 @@ export async function buildGroundingIndex(store: EventStore, catalog: Catalog, o
 
   // SQL counts the pairs; ranking per (item, cluster) is done below in typed arrays, which is several times faster
   // than a window function over both directions of every pair.
-  const covisits = await store.connection.runAndReadAll(
+  // Plain SQL that DuckDB and PostgreSQL read alike (GROUP BY positions, not DuckDB's GROUP BY ALL): the index is the
+  // same whichever store holds the events.
+  const covisits = await store.queryColumns(
     `WITH pos AS (
        SELECT user_key, item_key, row_number() OVER (PARTITION BY user_key ORDER BY ts, item_key) AS r
        FROM events e WHERE e.ts >= epoch_ms($from::BIGINT) AND e.ts < epoch_ms($to::BIGINT) AND ${positive}
      )
      SELECT least(a.item_key, b.item_key) AS i, greatest(a.item_key, b.item_key) AS j, count(DISTINCT a.user_key)::INTEGER AS users
      FROM pos a JOIN pos b ON a.user_key = b.user_key AND b.r > a.r AND b.r <= a.r + ${Math.floor(span)}
-     WHERE a.item_key <> b.item_key GROUP BY ALL HAVING count(DISTINCT a.user_key) >= ${Math.floor(minUsers)}`,
-    params as never,
+     WHERE a.item_key <> b.item_key GROUP BY 1, 2 HAVING count(DISTINCT a.user_key) >= ${Math.floor(minUsers)}`,
+    params,
   );
-  const n = covisits.currentRowCount;
-  const [is, js, weights] = n ? (covisits.getColumns() as [number[], number[], number[]]) : [[], [], []];
+  const n = covisits.rowCount;
+  const [is, js, weights] = n ? (covisits.columns as [number[], number[], number[]]) : [[], [], []];
   const { neighborStart, neighborItem, neighborWeight, itemRuns, runCluster, runOffset } = rankNeighbors(catalog, is, js, weights, perCluster);
   const total = neighborItem.length;
 
-  const popular = await store.connection.runAndReadAll(
+  const popular = await store.queryColumns(
     `WITH recent AS (
        SELECT item_key, count(DISTINCT user_key) AS users FROM events e
        WHERE e.ts >= epoch_ms($from::BIGINT) AND e.ts < epoch_ms($to::BIGINT) AND ${positive} GROUP BY item_key
@@ -116,10 +118,10 @@ export async function buildGroundingIndex(store: EventStore, catalog: Catalog, o
        FROM items it LEFT JOIN recent r USING (item_key) LEFT JOIN alltime a USING (item_key)
      )
      SELECT item_key, cluster_key, recent_users FROM ranked WHERE k <= ${Math.floor(popularPerCluster)} ORDER BY cluster_key, k`,
-    params as never,
+    params,
   );
-  const m = popular.currentRowCount;
-  const [pItems, pClusters, pUsers] = m ? (popular.getColumns() as [number[], number[], number[]]) : [[], [], []];
+  const m = popular.rowCount;
+  const [pItems, pClusters, pUsers] = m ? (popular.columns as [number[], number[], number[]]) : [[], [], []];
   const K = catalog.clusterCount;
   const popularStart = new Int32Array(K + 1);
   for (let r = 0; r < m; r++) popularStart[catalog.clusterOfKey[pClusters[r]] + 1]++;

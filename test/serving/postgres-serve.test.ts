@@ -1,0 +1,156 @@
+/**
+ * Serving on a PostgreSQL store (store.url, issue 19): two servers on one real database (a throwaway cluster) answer
+ * exactly what a server over the embedded workspace answers for the same data and tables, a publish or rollback by
+ * any process reaches both through the database, the registry's live model comes from it too, and experiments say
+ * plainly that they do not run there.
+ */
+import { mkdirSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { PostgresEventStore } from "../../src/data/postgres-event-store.js";
+import { ingestSynthetic } from "../../src/data/ingest/synthetic.js";
+import { VirtualClock } from "../../src/domain/clock.js";
+import { PostgresModelRegistry } from "../../src/llm/postgres-registry.js";
+import { startServer, type RunningServer } from "../../src/serving/index.js";
+import { PostgresTableStore, SqliteTableStore, tableStorePath } from "../../src/tables/index.js";
+import { usePostgresCluster } from "../data/postgres-cluster.js";
+import { servingWorkspace, TOKEN, type ServingWorkspace } from "./fixtures.js";
+
+const database = usePostgresCluster();
+let ws: ServingWorkspace;
+let url: string;
+let embedded: RunningServer;
+let replicas: RunningServer[] = [];
+
+/** Copies the workspace's tables into the PostgreSQL table store in version order (same versions), live included. */
+async function copyTables(from: string, to: PostgresTableStore): Promise<void> {
+  const source = SqliteTableStore.open(tableStorePath(from), new VirtualClock(0));
+  try {
+    for (const info of source.list()) {
+      const build = await to.beginBuild(info);
+      expect(build.version).toBe(info.version);
+      await build.append(source.rows(info.version));
+      await build.finish(info.stats!);
+    }
+    await to.publish(source.live()!.version);
+  } finally {
+    source.close();
+  }
+}
+
+beforeAll(async () => {
+  ws = await servingWorkspace();
+  url = await database();
+  const events = await PostgresEventStore.open(url);
+  const tables = await PostgresTableStore.open(url, new VirtualClock(ws.world.endMs));
+  try {
+    await ingestSynthetic(events, ws.world);
+    await copyTables(ws.dir, tables);
+  } finally {
+    await events.close();
+    await tables.close();
+  }
+  const common = { port: 0, adminToken: TOKEN, logLevel: "silent", reloadIntervalMs: 3_600_000 } as const;
+  embedded = await startServer({ ...common, workspace: ws.dir });
+  // Replicas: their own workspace folders (only models/ is read there), one database.
+  replicas = [
+    await startServer({ ...common, workspace: join(ws.dir, "replica-a"), storeUrl: url }),
+    await startServer({ ...common, workspace: join(ws.dir, "replica-b"), storeUrl: url }),
+  ];
+}, 300_000);
+
+afterAll(async () => {
+  for (const s of [embedded, ...replicas]) await s?.close();
+});
+
+async function explore(server: RunningServer, user: string): Promise<{ status: number; body: Record<string, unknown> }> {
+  const res = await fetch(`${server.url}/v1/users/${encodeURIComponent(user)}/exploration?n=5`);
+  const body = (await res.json()) as Record<string, unknown>;
+  // Per request, not per answer.
+  delete body.requestId;
+  return { status: res.status, body };
+}
+
+describe("serve on a PostgreSQL store", () => {
+  it("answers every user exactly as the embedded workspace does (histories, grounding, table)", async () => {
+    const users = Array.from({ length: 60 }, (_, k) => ws.world.userId(k));
+    expect(replicas[0].state.users.size).toBe(embedded.state.users.size);
+    let withHistory = 0;
+    for (const user of users) {
+      const expected = await explore(embedded, user);
+      expect(expected.status).toBe(200);
+      if (expected.body.fallback === null && (expected.body.recommendations as unknown[]).length) withHistory++;
+      for (const replica of replicas) expect(await explore(replica, user)).toEqual(expected);
+    }
+    // The comparison means something only if most users were answered from the table.
+    expect(withHistory).toBeGreaterThan(users.length / 2);
+    expect(replicas[0].state.grounding.pairs).toBe(embedded.state.grounding.pairs);
+  });
+
+  it("a publish or rollback by any process reaches every replica through the database", async () => {
+    const other = await PostgresTableStore.open(url, new VirtualClock(ws.world.endMs));
+    try {
+      expect(replicas.map((r) => r.state.tables.lookup()?.version)).toEqual([ws.rag, ws.rag]);
+      await other.publish(ws.plain, { actor: "worker" });
+      // The servers' timers are an hour apart here: each poll below is what the timer does.
+      for (const r of replicas) await r.state.tables.poll();
+      expect(replicas.map((r) => r.state.tables.lookup()?.version)).toEqual([ws.plain, ws.plain]);
+      const user = ws.world.userId(3);
+      const [a, b] = [await explore(replicas[0], user), await explore(replicas[1], user)];
+      expect((a.body.table as { version: string }).version).toBe(ws.plain);
+      expect(b).toEqual(a);
+
+      // Through one replica's admin route: the other follows from the database.
+      const rollback = await fetch(`${replicas[0].url}/v1/tables/rollback`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${TOKEN}`, "content-type": "application/json" },
+        body: JSON.stringify({ reason: "back" }),
+      });
+      expect(rollback.status).toBe(200);
+      expect(await rollback.json()).toMatchObject({ live: ws.rag, previous: ws.plain, serving: ws.rag });
+      await replicas[1].state.tables.poll();
+      expect(replicas[1].state.tables.lookup()?.version).toBe(ws.rag);
+      const listed = (await (await fetch(`${replicas[1].url}/v1/tables`)).json()) as { live: string; tables: { version: string }[] };
+      expect(listed.live).toBe(ws.rag);
+      expect(listed.tables.map((t) => t.version)).toEqual([ws.plain, ws.rag, ws.fusion]);
+    } finally {
+      await other.close();
+    }
+  });
+
+  it("follows the live model of the shared registry, and reviews through the API land in it", async () => {
+    const registry = await PostgresModelRegistry.open(url, join(ws.dir, "worker"), new VirtualClock(ws.world.endMs));
+    try {
+      mkdirSync(join(registry.modelsDir, "m000001"), { recursive: true });
+      const file = join(registry.modelsDir, "m000001", "model.gguf");
+      writeFileSync(file, "weights");
+      const base = await registry.register({ kind: "base", filePath: file });
+      await registry.makeLive(base.version, "first");
+      const candidate = await registry.register({ kind: "fine-tuned", parent: base.version, filePath: file, status: "halted" });
+      for (const r of replicas) await r.state.tables.poll();
+      expect(replicas.map((r) => r.state.tables.liveModelVersion)).toEqual([base.version, base.version]);
+
+      const approve = await fetch(`${replicas[1].url}/v1/models/${candidate.version}/approve`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${TOKEN}`, "content-type": "application/json" },
+        body: JSON.stringify({ reason: "looked at it" }),
+      });
+      expect(approve.status).toBe(200);
+      expect((await registry.live())?.version).toBe(candidate.version);
+      await replicas[0].state.tables.poll();
+      expect(replicas[0].state.tables.liveModelVersion).toBe(candidate.version);
+    } finally {
+      await registry.close();
+    }
+  });
+
+  it("experiment routes answer 501 naming why, instead of a DuckDB store the deployment does not have", async () => {
+    const res = await fetch(`${replicas[0].url}/v1/experiments`, { headers: { authorization: `Bearer ${TOKEN}` } });
+    expect(res.status).toBe(501);
+    const body = (await res.json()) as { error: { code: string; message: string } };
+    expect(body.error.code).toBe("NOT_IMPLEMENTED");
+    expect(body.error.message).toMatch(/experiments do not run on a PostgreSQL store yet \(store\.url\)/);
+    // The rest of the API is unaffected.
+    expect((await fetch(`${replicas[0].url}/readyz`)).status).toBe(200);
+  });
+});
