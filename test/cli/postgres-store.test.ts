@@ -1,14 +1,22 @@
 /**
  * `store.url` through the CLI (issue 19): ingest and analyze drift run on a PostgreSQL event store and give what
- * they give on the workspace's DuckDB file; a command not yet on PostgreSQL refuses (exit 2, naming store.url
- * without its password) instead of reading a local events file.
+ * they give on the workspace's DuckDB file; `serve` replicas, `tables` and `models` run on the database's tables and
+ * registry; a command not yet on PostgreSQL refuses (exit 2, naming store.url without its password) instead of reading
+ * a local events file.
  */
-import { existsSync, mkdtempSync, writeFileSync } from "node:fs";
+import { spawn, type ChildProcess } from "node:child_process";
+import { existsSync, mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
+import { PostgresEventStore } from "../../src/data/postgres-event-store.js";
+import { ingestSynthetic } from "../../src/data/ingest/synthetic.js";
+import { VirtualClock } from "../../src/domain/clock.js";
+import { PostgresModelRegistry } from "../../src/llm/postgres-registry.js";
+import { PostgresTableStore, SqliteTableStore, tableStorePath } from "../../src/tables/index.js";
 import { usePostgresCluster } from "../data/postgres-cluster.js";
-import { runCli } from "./run.js";
+import { servingWorkspace } from "../serving/fixtures.js";
+import { BIN, ROOT, runCli } from "./run.js";
 
 const MOVIELENS = join(import.meta.dirname, "../../../shared/datasets/movielens-latest-small");
 const database = usePostgresCluster();
@@ -64,4 +72,106 @@ describe("store.url: the PostgreSQL event store through the CLI", () => {
     expect(r.status).toBe(2);
     expect(r.stderr).toMatch(/store\.url/);
   });
+});
+
+/** `freshrec serve --port 0` in a child process with `config`, once it says where it listens. */
+async function serve(workspace: string, configFile: string): Promise<{ child: ChildProcess; url: string; exited: Promise<number | null> }> {
+  const child = spawn(process.execPath, [BIN, "--workspace", workspace, "--config", configFile, "serve", "--port", "0", "--json"], { cwd: ROOT });
+  const exited = new Promise<number | null>((done) => child.on("exit", (code) => done(code)));
+  let stderr = "";
+  const url = await new Promise<string>((resolve, reject) => {
+    child.stderr!.on("data", (d) => {
+      stderr += d;
+      const m = /freshrec serving on (http:\/\/[^ ]+)/.exec(stderr);
+      if (m) resolve(m[1]);
+    });
+    void exited.then((code) => reject(new Error(`serve exited ${code}: ${stderr}`)));
+  });
+  return { child, url, exited };
+}
+
+/** What a server holds in memory as its live table, asked until it is `version` (each server polls the database). */
+async function servingLive(url: string, version: string): Promise<string | null> {
+  let serving: string | null = null;
+  // Bounded by the test's timeout, not by a time this asserts: the servers poll every 50 ms.
+  for (let attempt = 0; attempt < 600 && serving !== version; attempt++) {
+    if (attempt) await new Promise((r) => setTimeout(r, 50));
+    const body = (await (await fetch(`${url}/v1/tables`)).json()) as { serving: { binding: string; version: string | null }[] };
+    serving = body.serving.find((b) => b.binding === "live")?.version ?? null;
+  }
+  return serving;
+}
+
+describe("store.url: serve, tables and models on PostgreSQL through the CLI", () => {
+  it("two serve processes on one database follow tables publish/rollback run by a third; models list reads the database", async () => {
+    const ws = await servingWorkspace();
+    const url = await database();
+    const root = mkdtempSync(join(tmpdir(), "freshrec-pgserve-"));
+    const configFile = join(root, "freshrec.config.json");
+    writeFileSync(configFile, JSON.stringify({ store: { url }, serve: { reloadIntervalMs: 50 } }));
+    // The deployment's state: the workspace's events, tables (same versions, same live one) and a live model.
+    const events = await PostgresEventStore.open(url);
+    const tables = await PostgresTableStore.open(url, new VirtualClock(ws.world.endMs));
+    const registry = await PostgresModelRegistry.open(url, join(root, "worker"), new VirtualClock(ws.world.endMs));
+    const source = SqliteTableStore.open(tableStorePath(ws.dir), new VirtualClock(0));
+    try {
+      await ingestSynthetic(events, ws.world);
+      for (const info of source.list()) {
+        const build = await tables.beginBuild(info);
+        await build.append(source.rows(info.version));
+        await build.finish(info.stats!);
+      }
+      await tables.publish(source.live()!.version);
+      mkdirSync(join(registry.modelsDir, "m000001"), { recursive: true });
+      writeFileSync(join(registry.modelsDir, "m000001", "model.gguf"), "weights");
+      await registry.makeLive((await registry.register({ kind: "base", filePath: join(registry.modelsDir, "m000001", "model.gguf") })).version, "first");
+    } finally {
+      source.close();
+      await events.close();
+      await tables.close();
+      await registry.close();
+    }
+    const cli = (workspace: string, args: string[]) => runCli(["--workspace", workspace, "--config", configFile, "--json", ...args], { timeoutMs: 120_000 });
+
+    // Read from the database, not from this (empty) workspace.
+    const admin = join(root, "admin");
+    const listed = cli(admin, ["tables", "list"]);
+    expect(listed.status, listed.stderr).toBe(0);
+    expect(listed.json.live).toBe(ws.rag);
+    expect(listed.json.tables.map((t: { version: string; status: string }) => [t.version, t.status])).toEqual([
+      [ws.plain, "ready"],
+      [ws.rag, "live"],
+      [ws.fusion, "ready"],
+    ]);
+    const models = cli(admin, ["models", "list"]);
+    expect(models.status, models.stderr).toBe(0);
+    expect(models.json).toMatchObject({ live: "m000001", models: [{ version: "m000001", status: "live" }] });
+    expect(existsSync(join(admin, "tables.sqlite"))).toBe(false);
+    expect(existsSync(join(admin, "registry.sqlite"))).toBe(false);
+
+    const servers = [await serve(join(root, "host-a"), configFile), await serve(join(root, "host-b"), configFile)];
+    try {
+      const user = ws.world.userId(7);
+      const answers = await Promise.all(servers.map(async (s) => (await (await fetch(`${s.url}/v1/users/${user}/exploration?n=3`)).json()) as Record<string, unknown>));
+      for (const a of answers) delete a.requestId;
+      expect(answers[0]).toMatchObject({ table: { version: ws.rag }, model: { live: "m000001" } });
+      expect(answers[1]).toEqual(answers[0]);
+
+      const published = cli(admin, ["tables", "publish", ws.plain, "--reason", "from the worker host"]);
+      expect(published.status, published.stderr).toBe(0);
+      expect(published.json.live).toBe(ws.plain);
+      for (const s of servers) expect(await servingLive(s.url, ws.plain)).toBe(ws.plain);
+      const rolledBack = cli(admin, ["tables", "rollback", "--reason", "back"]);
+      expect(rolledBack.status, rolledBack.stderr).toBe(0);
+      for (const s of servers) expect(await servingLive(s.url, ws.rag)).toBe(ws.rag);
+
+      const scheduled = cli(join(root, "host-c"), ["serve", "--port", "0", "--schedule"]);
+      expect(scheduled.status).toBe(2);
+      expect(scheduled.stderr).toMatch(/--schedule: the hybrid schedule does not run on a PostgreSQL store yet \(store\.url = postgres:\/\/postgres@127\.0\.0\.1:\d+\/t\d+\)/);
+    } finally {
+      for (const s of servers) s.child.kill("SIGINT");
+    }
+    // Ctrl-C stops each cleanly.
+    for (const s of servers) expect(await s.exited).toBe(0);
+  }, 600_000);
 });
