@@ -367,7 +367,8 @@ export async function startServer(input: ServeOptions): Promise<RunningServer> {
     // Small pages: a table loads in slices between requests (see table-loader.ts), and less garbage is alive at once.
     const tableStore: TableStoreContract =
       storeUrl !== null
-        ? await PostgresTableStore.open(storeUrl, options.clock, { pageSize: 500 })
+        ? // Rows still reach the lookup 500 at a time; the store fetches more per round trip.
+          await PostgresTableStore.open(storeUrl, options.clock, { pageSize: 5000 })
         : EmbeddedTableStore.open(tableStorePath(options.workspace), options.clock, { pageSize: 500 });
     opened.push(() => tableStore.close());
     const registry: ModelRegistryContract =

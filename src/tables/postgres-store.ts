@@ -804,33 +804,39 @@ export class PostgresTableStore implements TableStoreContract {
     const c2 = new Int32Array(perPage);
     const answerIds = new Int32Array(perPage * topN);
     const scores = new Float32Array(perPage * topN);
+    // Each query is a round trip (milliseconds, more under load), so rows are fetched at least `pageSize` at a time
+    // and handed out `rowsPerPage` at a time: a reader that asks for small pages (the server, to yield often) does not
+    // pay a round trip per page.
+    const fetchRows = Math.max(rowsPerPage, this.pageSize);
     let i = 0;
     let last: [number, number] = [-1, -1];
     while (i < n) {
-      const page = (
+      const fetched = (
         await this.run(
           this.pool,
           "SELECT c1, c2, answers FROM table_rows WHERE table_seq = $1 AND (c1, c2) > ($2, $3) ORDER BY c1, c2 LIMIT $4",
-          [r.seq, last[0], last[1], rowsPerPage],
+          [r.seq, last[0], last[1], fetchRows],
           "array",
         )
       ).rows as unknown as [number, number, Buffer][];
-      answerIds.fill(-1);
-      scores.fill(0);
-      let count = 0;
-      for (const row of page) {
+      if (fetched.length === 0) break;
+      last = [fetched[fetched.length - 1][0], fetched[fetched.length - 1][1]];
+      for (let at = 0; at < fetched.length && i < n; at += rowsPerPage) {
+        answerIds.fill(-1);
+        scores.fill(0);
+        let count = 0;
         // Rows added after the count: only an unfinished build grows, and a caller reading one gets what was counted.
-        if (i + count >= n) break;
-        c1[count] = row[0];
-        c2[count] = row[1];
-        decodeAnswersInto(row[2], answerIds, scores, count * topN);
-        count++;
+        for (let k = at; k < Math.min(at + rowsPerPage, fetched.length) && i + count < n; k++) {
+          const row = fetched[k];
+          c1[count] = row[0];
+          c2[count] = row[1];
+          decodeAnswersInto(row[2], answerIds, scores, count * topN);
+          count++;
+        }
+        i += count;
+        yield { header, count, c1, c2, answerIds, scores };
       }
-      if (count === 0) break;
-      i += count;
-      last = [page[page.length - 1][0], page[page.length - 1][1]];
-      yield { header, count, c1, c2, answerIds, scores };
-      if (page.length < rowsPerPage) break;
+      if (fetched.length < fetchRows) break;
     }
     // Fewer rows than counted: the version was garbage-collected between pages. Never hand out a partial table.
     if (i !== n) throw new FreshrecError("NOT_FOUND", `table ${version} disappeared while loading (${i} of ${n} rows read)`);

@@ -5,6 +5,7 @@
  */
 import { describe, expect, it } from "vitest";
 import { VirtualClock } from "../../src/domain/clock.js";
+import { loadLookup } from "../../src/serving/table-loader.js";
 import { PostgresTableStore } from "../../src/tables/postgres-store.js";
 import { usePostgresCluster } from "../data/postgres-cluster.js";
 import { all, tableStoreConformance } from "./conformance.js";
@@ -72,4 +73,32 @@ describe("PostgresTableStore shared by processes", () => {
     expect((error as Error).message).toMatch(/^cannot open the table store postgres:\/\/me:\*\*\*@127\.0\.0\.1:1\/nowhere: /);
     expect((error as Error).message).not.toContain("secret");
   });
+});
+
+describe("PostgresTableStore at the size of a 300-cluster table", () => {
+  it("writes 89,700 rows x 10 answers, copies 80,000 of them into a new version and loads it for serving", async () => {
+    const store = await PostgresTableStore.open(await database(), new VirtualClock(T0));
+    const rows = tableRows(clusterNames(300), 1, 10);
+    expect(rows).toHaveLength(89_700);
+    let t = performance.now();
+    const b = await store.beginBuild(META);
+    await b.append(rows);
+    const info = await b.finish(STATS);
+    const writeMs = performance.now() - t;
+    t = performance.now();
+    const copy = await store.beginBuild({ ...META, parent: info.version });
+    expect(await copy.copyRows(info.version, rows.slice(0, 80_000))).toBe(80_000);
+    await copy.append(rows.slice(80_000));
+    const copied = await copy.finish(STATS);
+    const copyMs = performance.now() - t;
+    t = performance.now();
+    const lookup = await loadLookup(store, copied.version, { rowsPerSlice: 500 });
+    const loadMs = performance.now() - t;
+    // Reported, not asserted: a shared 2-core machine decides these.
+    console.log(`postgres tables: wrote 89,700 rows in ${writeMs.toFixed(0)} ms, copied 80,000 (+9,700 written) in ${copyMs.toFixed(0)} ms, loaded the lookup in ${loadMs.toFixed(0)} ms`);
+    expect(lookup.size).toBe(89_700);
+    expect(lookup.get("c010", "c020")).toEqual(rows.find((r) => r.c1 === "c010" && r.c2 === "c020")!.answers);
+    expect(lookup.get("c299", "c298")).toEqual(rows.find((r) => r.c1 === "c299" && r.c2 === "c298")!.answers);
+    await store.close();
+  }, 120_000);
 });
