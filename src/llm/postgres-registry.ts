@@ -8,7 +8,8 @@
  * its own path to the same bytes, and `modelFile` checks those bytes against the sha256 recorded at registration.
  * A file outside the models folder is refused at registration: another host could not find it.
  *
- * "Make live" is one transaction under an advisory lock; a partial unique index keeps at most one live model.
+ * "Make live" is one transaction under an advisory lock; a partial unique index keeps at most one live model. Status
+ * changes notify `freshrec_models` when they commit, so servers reload at once (src/serving/store-notifications.ts).
  *
  * @example
  * const registry = await PostgresModelRegistry.open("postgres://freshrec@db.internal/freshrec", ".freshrec", clock);
@@ -57,6 +58,9 @@ CREATE TABLE IF NOT EXISTS model_status_changes (
   from_status TEXT, to_status TEXT NOT NULL, reason TEXT NOT NULL, at BIGINT NOT NULL
 );
 `;
+
+/** The channel a change of the live model or a review decision notifies (with the version), when it commits. */
+export const MODELS_CHANNEL = "freshrec_models";
 
 /** Advisory lock keys (any constants, distinct from the other stores'). */
 const SCHEMA_LOCK = 0x6d646c73;
@@ -286,6 +290,7 @@ export class PostgresModelRegistry implements ModelRegistryContract {
       }
       await this.query(client, "UPDATE models SET status = 'live' WHERE version = $1", [version]);
       await this.recordChange(client, version, target.status, "live", reason, now);
+      await this.query(client, "SELECT pg_notify($1, $2)", [MODELS_CHANNEL, version]);
       return this.fromRow((await this.row(client, version))!);
     });
   }
@@ -297,6 +302,7 @@ export class PostgresModelRegistry implements ModelRegistryContract {
       if (target.status === status) return this.fromRow(target);
       await this.query(client, "UPDATE models SET status = $1 WHERE version = $2", [status, version]);
       await this.recordChange(client, version, target.status, status, reason, now);
+      await this.query(client, "SELECT pg_notify($1, $2)", [MODELS_CHANNEL, version]);
       return this.fromRow((await this.row(client, version))!);
     });
   }

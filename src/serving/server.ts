@@ -10,7 +10,7 @@
  *   models may be published or reviewed from other processes at any time (SQLite WAL);
  * - a deployment's PostgreSQL database (`storeUrl`, the config's store.url): events, tables and models all come from
  *   it, any number of servers run on it at once, and a publish by any process reaches each of them through the
- *   database. Model files are read under `<workspace>/models`. Experiments are not available there yet (they live in
+ *   database (LISTEN/NOTIFY at once, and the poll). Model files are read under `<workspace>/models`. Experiments are not available there yet (they live in
  *   the DuckDB event store): their routes answer 501.
  * Either way the server follows the table store's live pointer and the registry's live model within `reloadIntervalMs`.
  *
@@ -27,10 +27,10 @@ import { PostgresEventStore } from "../data/postgres-event-store.js";
 import { MAX_ID_LENGTH } from "../data/ingest/event-fields.js";
 import { SystemClock, type Clock } from "../domain/clock.js";
 import { FreshrecError } from "../domain/errors.js";
-import { PostgresModelRegistry } from "../llm/postgres-registry.js";
+import { MODELS_CHANNEL, PostgresModelRegistry } from "../llm/postgres-registry.js";
 import { EmbeddedModelRegistry, type ModelRegistryContract } from "../llm/registry.js";
 import type { ScheduleStatus } from "../update/schedule/index.js";
-import { EmbeddedTableStore, PostgresTableStore, tableStorePath, type TableStoreContract } from "../tables/index.js";
+import { EmbeddedTableStore, PostgresTableStore, TABLES_CHANNEL, tableStorePath, type TableStoreContract } from "../tables/index.js";
 import { Catalog } from "./catalog.js";
 import { EXPERIMENT_DEFAULTS, SERVE_DEFAULTS } from "./defaults.js";
 import { HttpError } from "./errors.js";
@@ -42,6 +42,7 @@ import { EventIntake } from "./intake.js";
 import { DuckDbIntakeStore, PostgresIntakeStore } from "./intake-store.js";
 import { ServerMetrics } from "./metrics.js";
 import { registerRoutes, replyWithError } from "./routes.js";
+import { listenForChanges, type ChangeListener } from "./store-notifications.js";
 import { StoreQueue } from "./store-queue.js";
 import { ServingTables } from "./tables.js";
 import { UserIndex } from "./users.js";
@@ -390,6 +391,19 @@ export async function startServer(input: ServeOptions): Promise<RunningServer> {
       },
     });
     await tables.poll();
+    let listener: ChangeListener | null = null;
+    if (storeUrl !== null) {
+      // A publish, rollback or review anywhere reloads this server at once; the poll below still catches what a
+      // dropped listening connection missed.
+      listener = await listenForChanges(
+        storeUrl,
+        [TABLES_CHANNEL, MODELS_CHANNEL],
+        () => void tables.poll(),
+        (error) => app?.log.error({ err: error }, "the connection that hears table and model changes failed; following them by polling only"),
+      );
+      const heard = listener;
+      opened.push(() => heard.close());
+    }
     // The grounding index is swapped whole on rebuild; readers go through this holder.
     const holder = { current: grounding };
     const policy = (options.itemPolicy ?? ((g) => new CoVisitationPolicy(g)))(() => holder.current);
@@ -476,6 +490,8 @@ export async function startServer(input: ServeOptions): Promise<RunningServer> {
       close: () =>
         (closing ??= (async () => {
           for (const t of timers) clearInterval(t);
+          // No reload may start once the stores begin to close.
+          await listener?.close();
           await app!.close();
           await tables.settle();
           await queue.idle();

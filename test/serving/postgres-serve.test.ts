@@ -144,6 +144,31 @@ describe("serve on a PostgreSQL store", () => {
     }
   });
 
+  it("hears a publish and a review as they commit (LISTEN/NOTIFY): replicas whose poll is an hour away follow at once", async () => {
+    const other = await PostgresTableStore.open(url, new VirtualClock(ws.world.endMs));
+    const registry = await PostgresModelRegistry.open(url, join(ws.dir, "worker"), new VirtualClock(ws.world.endMs));
+    try {
+      const before = replicas[0].state.tables.lookup()?.version;
+      const next = before === ws.fusion ? ws.rag : ws.fusion;
+      await other.publish(next, { actor: "worker" });
+      const file = join(registry.modelsDir, "notified.gguf");
+      writeFileSync(file, "other weights");
+      const candidate = await registry.register({ kind: "base", filePath: file });
+      await registry.makeLive(candidate.version, "gates passed");
+      // No poll is called here and the servers' timers are an hour apart: only the notifications can do this. The
+      // loop is bounded by the test's timeout, not by a time it asserts.
+      const settled = () => replicas.every((r) => r.state.tables.lookup()?.version === next && r.state.tables.liveModelVersion === candidate.version);
+      while (!settled()) await new Promise((r) => setTimeout(r, 20));
+      expect(replicas.map((r) => [r.state.tables.lookup()?.version, r.state.tables.liveModelVersion])).toEqual([
+        [next, candidate.version],
+        [next, candidate.version],
+      ]);
+    } finally {
+      await other.close();
+      await registry.close();
+    }
+  }, 60_000);
+
   it("experiment routes answer 501 naming why, instead of a DuckDB store the deployment does not have", async () => {
     const res = await fetch(`${replicas[0].url}/v1/experiments`, { headers: { authorization: `Bearer ${TOKEN}` } });
     expect(res.status).toBe(501);
