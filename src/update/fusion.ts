@@ -6,10 +6,18 @@
  *     popularity    pop(n)    = (users(n) + 1) / (users + K)                           recent novel popularity
  *     second        q2(n)     = (users(c2, n) + beta * pop(n)) / (users(c2) + beta)     backoff to the second cluster
  *     backoff       b(n)      = q2(n)^gamma / sum over n' not in {c1, c2} of q2(n')^gamma
- *     base measure  m(n)      = b(known) * b(n) * llm(n | c1, c2)^tau / sum over known n' of b(n') * llm(n')^tau
+ *     marginal      llm2(n)   = mean over c1' not in {c2, n} of llm(n | c1', c2)        the prior of c2 alone
+ *     prior         l(n)      = llm(n | c1, c2) / llm2(n)^lift                          lift in [0, 1]
+ *     base measure  m(n)      = b(known) * b(n) * l(n)^tau / sum over known n' of b(n') * l(n')^tau
  *                                                                                      for n the model knows,
  *                   m(n)      = b(n)                                                   for n it does not
  *     posterior     p(n)      = (users(c1, c2, n) + alpha * m(n)) / (users(c1, c2) + alpha)
+ *
+ * The prior says two things: what follows c2, and what the first cluster c1 changes in that (its lift,
+ * llm / llm2). The backoff says the first from fresh counts; where they are many, the model's own version of it is
+ * only older (on the synthetic platform, whose successors are redrawn monthly, even the true kernel of the month
+ * before adds to the counts only through its lift), and where they are few (MovieLens) it still informs. So `lift`
+ * is fitted too: 1 keeps only the lift, 0 the whole prior (README, "What the prior adds").
  *
  * The clusters a model knows are those first seen before its training data ends: the LLM prior only reorders the
  * mass the backoff gives to them, and a cluster launched since keeps what the fresh counts give it (a product of
@@ -82,13 +90,18 @@ export interface FusionParams {
   readonly gamma: number;
   /** Exponent of the LLM prior in the base measure (0: no LLM, the counts-backoff baseline). */
   readonly tau: number;
+  /**
+   * How much of the prior's own view of the second cluster's successors is divided out (module comment): 1 leaves
+   * only what the first cluster changes, 0 the whole prior. Absent in tables written before it existed (0).
+   */
+  readonly lift?: number;
 }
 
 /** The template hash of fusion tables: prompted tables never copy rows from them, nor they from prompted ones. */
 export const FUSION_TEMPLATE = "fusion-1";
 
 /** Used when there is too little data before the refresh to fit (recorded as such in the table). */
-export const DEFAULT_FUSION_PARAMS: FusionParams = { alpha: 5, beta: 20, gamma: 1, tau: 1 };
+export const DEFAULT_FUSION_PARAMS: FusionParams = { alpha: 5, beta: 20, gamma: 1, tau: 1, lift: 0 };
 
 /** What a fit found, recorded in the table version. */
 export interface FusionFit {
@@ -280,8 +293,11 @@ class SliceLikelihood {
   private readonly obsEvidence: Float64Array;
   private readonly obsPairEvidence: Float64Array;
   private readonly obsUpdates: Int32Array;
-  /** Per observation: log of the LLM prior's probability of its next cluster (floored as the weights use it). */
+  /** Per observation: log of the LLM prior's probability of its next cluster (floored as the weights use it), and of its marginal. */
   private readonly obsLogPrior: Float64Array;
+  private readonly obsLogMarginal: Float64Array;
+  /** log of the prior's second-cluster marginal (`priorLogMarginal`); null without a prior. */
+  private readonly logMarginal: Float64Array | null;
   /** Row updates in time order (a transition counted during the slice, in a row the likelihood reads): its entry and the entry's users before it. */
   private readonly updateEntry: Int32Array;
   private readonly updateUsers: Float64Array;
@@ -289,10 +305,12 @@ class SliceLikelihood {
   private readonly second: Float64Array;
   /**
    * Per pair, its prior's top-M answers among the known clusters, copied out of the prior (pair i's are at
-   * [i * M, i * M + answerCount[i])) with the log of their floored probabilities, and the log of its rest.
+   * [i * M, i * M + answerCount[i])) with the log of their floored probabilities and of their marginals, and the
+   * log of its rest.
    */
   private readonly answerNext: Int32Array;
   private readonly answerLogP: Float64Array;
+  private readonly answerLogMarginal: Float64Array;
   private readonly answerCount: Int32Array;
   private readonly logRest: Float64Array;
   /** The distinct second clusters of the slice's pairs: the only backoff rows the likelihood reads. */
@@ -308,11 +326,19 @@ class SliceLikelihood {
   private readonly rowKnown: Float64Array;
   private stagedGamma = Number.NaN;
   private stagedGammaBeta = Number.NaN;
-  /** Stage tau: the prior's weights (probability^tau) of each pair's top-M answers, its rest, each observation. */
+  /**
+   * Stage (tau, lift): the prior's weights (l^tau, module comment) of each pair's top-M answers and of each
+   * observation, its rest's probability^tau, and the marginal's weights (marginal^(-lift * tau)) of the rows' entries.
+   */
   private readonly answerWeight: Float64Array;
   private readonly restWeight: Float64Array;
   private readonly obsWeightTau: Float64Array;
+  private readonly marginalWeight: Float64Array;
   private stagedTau = Number.NaN;
+  private stagedLiftShare = Number.NaN;
+  /** Stage (beta, gamma, tau, lift): the rows' sums over the known clusters of entry x marginal weight. */
+  private readonly rowKnownLift: Float64Array;
+  private stagedLift = "";
   /**
    * The likelihood split for the alpha search: an observation without evidence users contributes
    * log alpha + log base, every observation -log(pair evidence + alpha), grouped by that evidence.
@@ -325,6 +351,7 @@ class SliceLikelihood {
   private readonly entryNow: Float64Array;
   private readonly rowSumNow: Float64Array;
   private readonly rowKnownNow: Float64Array;
+  private readonly rowKnownLiftNow: Float64Array;
   private readonly base: Float64Array;
 
   /** `served`: the counts of [T - W, T), which holds `slice`. */
@@ -395,12 +422,15 @@ class SliceLikelihood {
     this.obsUpdates = Int32Array.from(obsUpdates);
     this.updateEntry = Int32Array.from(updateEntry);
     this.updateUsers = Float64Array.from(updateUsers);
+    const logMarginal = (this.logMarginal = prior ? priorLogMarginal(prior) : null);
     this.obsLogPrior = Float64Array.from(obsPair, (i, o) => (prior ? Math.log(Math.max(priorProbability(prior, pairs[i], obsNext[o]), 1e-12)) : 0));
+    this.obsLogMarginal = Float64Array.from(obsPair, (i, o) => (logMarginal ? logMarginal[(pairs[i] % K) * K + obsNext[o]] : 0));
     this.pairC1 = Int32Array.from(pairs, (p) => Math.floor(p / K));
     this.pairC2 = Int32Array.from(pairs, (p) => p % K);
     const topM = prior?.topM ?? 0;
     this.answerNext = new Int32Array(pairs.length * topM);
     this.answerLogP = new Float64Array(pairs.length * topM);
+    this.answerLogMarginal = new Float64Array(pairs.length * topM);
     this.answerCount = new Int32Array(pairs.length);
     this.logRest = new Float64Array(pairs.length);
     if (prior) {
@@ -413,6 +443,7 @@ class SliceLikelihood {
           if (prior.known && !prior.known[n]) continue;
           this.answerNext[i * topM + kept] = n;
           this.answerLogP[i * topM + kept] = Math.log(Math.max(prior.probability[p * topM + k], 1e-12));
+          this.answerLogMarginal[i * topM + kept] = logMarginal![(p % K) * K + n];
           kept++;
         }
         this.answerCount[i] = kept;
@@ -427,6 +458,9 @@ class SliceLikelihood {
     this.answerWeight = new Float64Array(pairs.length * topM);
     this.restWeight = new Float64Array(pairs.length);
     this.obsWeightTau = new Float64Array(prior ? this.transitions : 0);
+    this.marginalWeight = new Float64Array(prior ? K * K : 0);
+    this.rowKnownLift = new Float64Array(K);
+    this.rowKnownLiftNow = new Float64Array(K);
     this.popularity = logPopularity(before).map(Math.exp);
     this.logEntry = new Float64Array(K * K);
     this.updateLog = new Float64Array(updateEntry.length);
@@ -474,38 +508,59 @@ class SliceLikelihood {
     this.stagedGammaBeta = beta;
   }
 
-  /** The prior's weights for tau (as exp(tau * log p): one exp per weight where pow costs several). */
-  private stageTau(tau: number): void {
-    if (tau === this.stagedTau) return;
+  /** The prior's weights for (tau, lift) (as exp(tau * log p): one exp per weight where pow costs several). */
+  private stageTau(tau: number, lift: number): void {
+    if (tau === this.stagedTau && lift === this.stagedLiftShare) return;
     const topM = this.prior!.topM;
+    const marginalPower = -lift * tau;
     for (let i = 0; i < this.pairC1.length; i++) {
       this.restWeight[i] = Math.exp(tau * this.logRest[i]);
-      for (let k = i * topM, end = k + this.answerCount[i]; k < end; k++) this.answerWeight[k] = Math.exp(tau * this.answerLogP[k]);
+      for (let k = i * topM, end = k + this.answerCount[i]; k < end; k++) this.answerWeight[k] = Math.exp(tau * this.answerLogP[k] + marginalPower * this.answerLogMarginal[k]);
     }
-    for (let o = 0; o < this.obsWeightTau.length; o++) this.obsWeightTau[o] = Math.exp(tau * this.obsLogPrior[o]);
+    for (let o = 0; o < this.obsWeightTau.length; o++) this.obsWeightTau[o] = Math.exp(tau * this.obsLogPrior[o] + marginalPower * this.obsLogMarginal[o]);
+    const K = this.K;
+    for (const c2 of this.rows) for (let at = c2 * K, end = at + K; at < end; at++) this.marginalWeight[at] = Math.exp(marginalPower * this.logMarginal![at]);
     this.stagedTau = tau;
+    this.stagedLiftShare = lift;
+  }
+
+  /** The rows' sums over the known clusters of entry x marginal weight, for the staged (beta, gamma) and (tau, lift). */
+  private stageLift(known: Uint8Array | null): void {
+    const key = `${this.stagedGammaBeta} ${this.stagedGamma} ${this.stagedTau} ${this.stagedLiftShare}`;
+    if (key === this.stagedLift) return;
+    const K = this.K;
+    for (const c2 of this.rows) {
+      let sum = 0;
+      for (let n = 0; n < K; n++) if (!known || known[n]) sum += this.entry[c2 * K + n] * this.marginalWeight[c2 * K + n];
+      this.rowKnownLift[c2] = sum;
+    }
+    this.stagedLift = key;
   }
 
   /**
-   * Base-measure probability of every observation under (beta, gamma, tau), on the rows as they stood before it. A
+   * Base-measure probability of every observation under (beta, gamma, tau, lift), on the rows as they stood before it. A
    * pair's normalisers are its second cluster's row sums (all clusters, and the known ones) less its own two
    * clusters, corrected on the prior's top-M answers only (outside them the prior is one constant per pair), so an
    * observation costs O(M), not O(K).
    */
-  baseOfObservations(beta: number, gamma: number, tau: number): Float64Array {
+  baseOfObservations(beta: number, gamma: number, tau: number, lift: number): Float64Array {
     const K = this.K;
     // The known-cluster sums are taken over the prior's mask; without a prior they are not read.
     const maskKnown = this.prior?.known ?? null;
     this.stageGamma(beta, gamma, maskKnown);
     const prior = tau > 0 ? this.prior : null;
     const known = prior?.known ?? null;
-    if (prior) this.stageTau(tau);
-    const { answerWeight, answerNext, answerCount, restWeight, obsWeightTau, entryNow, rowSumNow, rowKnownNow, updateEntry, updateExp } = this;
+    if (prior) {
+      this.stageTau(tau, lift);
+      this.stageLift(known);
+    }
+    const { answerWeight, answerNext, answerCount, restWeight, obsWeightTau, marginalWeight, entryNow, rowSumNow, rowKnownNow, rowKnownLiftNow, updateEntry, updateExp } = this;
     const topM = prior?.topM ?? 0;
     for (const c2 of this.rows) {
       entryNow.set(this.entry.subarray(c2 * K, c2 * K + K), c2 * K);
       rowSumNow[c2] = this.rowSum[c2];
       rowKnownNow[c2] = this.rowKnown[c2];
+      rowKnownLiftNow[c2] = this.rowKnownLift[c2];
     }
     // Reused between calls: each result is consumed (profileAlpha) before the next evaluation.
     const out = this.base;
@@ -515,8 +570,12 @@ class SliceLikelihood {
         const at = updateEntry[applied];
         const change = updateExp[applied] - entryNow[at];
         entryNow[at] = updateExp[applied];
-        rowSumNow[(at - (at % K)) / K] += change;
-        if (!maskKnown || maskKnown[at % K]) rowKnownNow[(at - (at % K)) / K] += change;
+        const c2 = (at - (at % K)) / K;
+        rowSumNow[c2] += change;
+        if (!maskKnown || maskKnown[at % K]) {
+          rowKnownNow[c2] += change;
+          if (prior) rowKnownLiftNow[c2] += change * marginalWeight[at];
+        }
       }
       const i = this.obsPair[o];
       const c1 = this.pairC1[i];
@@ -526,9 +585,16 @@ class SliceLikelihood {
       const z = rowSumNow[c2] - entryNow[row + c1] - entryNow[row + c2];
       if (prior && (!known || known[n])) {
         const knownSum = rowKnownNow[c2] - (!known || known[c1] ? entryNow[row + c1] : 0) - (!known || known[c2] ? entryNow[row + c2] : 0);
+        const knownLift =
+          rowKnownLiftNow[c2] -
+          (!known || known[c1] ? entryNow[row + c1] * marginalWeight[row + c1] : 0) -
+          (!known || known[c2] ? entryNow[row + c2] * marginalWeight[row + c2] : 0);
         const rest = restWeight[i];
-        let knownZ = knownSum * rest;
-        for (let k = i * topM, end = k + answerCount[i]; k < end; k++) knownZ += entryNow[row + answerNext[k]] * (answerWeight[k] - rest);
+        let knownZ = knownLift * rest;
+        for (let k = i * topM, end = k + answerCount[i]; k < end; k++) {
+          const a = row + answerNext[k];
+          knownZ += entryNow[a] * (answerWeight[k] - rest * marginalWeight[a]);
+        }
         out[o] = ((knownSum / z) * entryNow[row + n] * obsWeightTau[o]) / knownZ;
       } else {
         out[o] = entryNow[row + n] / z;
@@ -612,19 +678,23 @@ function goldenMax(f: (x: number) => number, lo: number, hi: number, tolerance: 
   return candidates.reduce((best, c) => (c.y > best.y ? c : best));
 }
 
-/** Maximum-likelihood (alpha, beta, gamma, tau) of a slice; tau stays 0 without a prior. */
+/** Maximum-likelihood (alpha, beta, gamma, tau, lift) of a slice; tau and lift stay 0 without a prior. */
 function maximise(likelihood: SliceLikelihood, withPrior: boolean, start: FusionParams, sweeps = 2): { params: FusionParams; ll: number } {
   let { beta, gamma, tau } = start;
-  if (!withPrior) tau = 0;
-  const evaluate = (b: number, g: number, t: number) => likelihood.profileAlpha(likelihood.baseOfObservations(b, g, t));
-  let current = evaluate(beta, gamma, tau);
+  let lift = start.lift ?? 0;
+  if (!withPrior) tau = lift = 0;
+  const evaluate = (b: number, g: number, t: number, l: number) => likelihood.profileAlpha(likelihood.baseOfObservations(b, g, t, l));
+  let current = evaluate(beta, gamma, tau, lift);
   for (let sweep = 0; sweep < sweeps; sweep++) {
-    beta = Math.exp(goldenMax((x) => evaluate(Math.exp(x), gamma, tau).ll, Math.log(0.1), Math.log(1e4), 0.25).x);
-    gamma = goldenMax((x) => evaluate(beta, x, tau).ll, 0, 2.5, 0.1).x;
-    if (withPrior) tau = goldenMax((x) => evaluate(beta, gamma, x).ll, 0, 3, 0.1).x;
-    current = evaluate(beta, gamma, tau);
+    beta = Math.exp(goldenMax((x) => evaluate(Math.exp(x), gamma, tau, lift).ll, Math.log(0.1), Math.log(1e4), 0.25).x);
+    gamma = goldenMax((x) => evaluate(beta, x, tau, lift).ll, 0, 2.5, 0.1).x;
+    if (withPrior) {
+      tau = goldenMax((x) => evaluate(beta, gamma, x, lift).ll, 0, 3, 0.1).x;
+      lift = goldenMax((x) => evaluate(beta, gamma, tau, x).ll, 0, 1, 0.05).x;
+    }
+    current = evaluate(beta, gamma, tau, lift);
   }
-  return { params: { alpha: current.alpha, beta, gamma, tau }, ll: current.ll };
+  return { params: { alpha: current.alpha, beta, gamma, tau, lift }, ll: current.ll };
 }
 
 export interface FitFusionInput {
@@ -687,7 +757,7 @@ export function chooseWindow(log: EvidenceLog, asOf: number, options: FusionOpti
     if (evidenceWindow.from < log.span.from) break;
     if (sliceCounts.transitions < o.fitFloor) break;
     const likelihood = new SliceLikelihood(log, slice, log.counts(evidenceWindow), prior);
-    const { ll } = maximise(likelihood, prior !== null, { ...DEFAULT_FUSION_PARAMS, tau: prior ? 0.5 : 0 }, 1);
+    const { ll } = maximise(likelihood, prior !== null, { ...DEFAULT_FUSION_PARAMS, tau: prior ? 0.5 : 0, lift: prior ? 0.5 : 0 }, 1);
     windows.push({ days, perTransition: ll / likelihood.transitions });
     // Longer windows than the data reaches back hold the same evidence: stop once one covers it all. (No stop at
     // the first dip: on sparse logs the likelihood wobbles at short windows and keeps rising at long ones.)
@@ -720,7 +790,7 @@ export function fitFusion(input: FitFusionInput): FusionRefresh {
   };
   if (choice.sliceTransitions < o.fitFloor) {
     // A prior that could not be weighed serves with weight 0 here too; one whose data end is unknown, with the default.
-    const params = input.prior && choice.priorNotWeighed === null ? DEFAULT_FUSION_PARAMS : { ...DEFAULT_FUSION_PARAMS, tau: 0 };
+    const params = input.prior && choice.priorNotWeighed === null ? DEFAULT_FUSION_PARAMS : { ...DEFAULT_FUSION_PARAMS, tau: 0, lift: 0 };
     const reason = [`only ${choice.sliceTransitions} transitions in ${days(choice.slice)} days before the refresh (fitFloor ${o.fitFloor}): default strengths`, choice.priorNotWeighed].filter((r) => r !== null).join("; ");
     return {
       params,
@@ -732,7 +802,7 @@ export function fitFusion(input: FitFusionInput): FusionRefresh {
   const prior = choice.priorNotWeighed === null ? input.prior : null;
   const likelihood = new SliceLikelihood(input.log, choice.slice, evidence, prior);
   const countsOnly = maximise(likelihood, false, DEFAULT_FUSION_PARAMS);
-  const fitted = prior ? maximise(likelihood, true, { ...countsOnly.params, tau: 0.5 }) : countsOnly;
+  const fitted = prior ? maximise(likelihood, true, { ...countsOnly.params, tau: 0.5, lift: 0.5 }) : countsOnly;
   // The prior is nested (tau = 0 is the counts-only model), so a fit with it never reports less than without it.
   const chosen = prior && fitted.ll < countsOnly.ll ? countsOnly : fitted;
   return {
@@ -812,8 +882,9 @@ export function explanationOf(row: { readonly answers: readonly ScoredCluster[];
  * gives one row's explanation in full.
  *
  * A table has a row for every pair, so the second-cluster backoff's powers q2(n | c2)^gamma are computed once per
- * second cluster; a row is then sums and products over them (the module comment's base measure in linear form,
- * the LLM prior's weights applied to its top-M answers only).
+ * second cluster, with the prior's marginal weights (marginal^(-lift * tau), module comment) on the known clusters;
+ * a row is then sums and products over them (the module comment's base measure in linear form, the prior's
+ * probabilities applied to its top-M answers only).
  */
 export class FusionScorer implements PromptScorer {
   readonly promptsPerCall = 4096;
@@ -821,6 +892,11 @@ export class FusionScorer implements PromptScorer {
   private readonly index: Map<string, number>;
   /** q2(n | c2)^gamma at [c2 * K + n]. */
   private readonly powered: Float64Array;
+  /**
+   * The same times the prior's marginal weight, marginal(n | c2)^(-lift * tau), for the clusters the prior knows (the
+   * powered backoff elsewhere, and everywhere without prior weights).
+   */
+  private readonly lifted: Float64Array;
   private readonly users: Float64Array;
   /** The prior's weight of a top-M answer relative to its rest (1 elsewhere), for the row being computed. */
   private readonly boost: Float64Array;
@@ -831,12 +907,13 @@ export class FusionScorer implements PromptScorer {
   private readonly topCluster: Int32Array;
   private readonly topValue: Float64Array;
   private readonly topBase: Float64Array;
-  /** Per second cluster: the sum of its powered row, over every cluster and over the known ones. */
+  /** Per second cluster: the sum of its powered row, over every cluster and over the known ones, and of its lifted row over the known ones. */
   private readonly rowTotal: Float64Array;
   private readonly rowKnown: Float64Array;
+  private readonly rowKnownLifted: Float64Array;
   /**
-   * Per second cluster: the clusters by powered backoff, highest first (ties by index). Outside a pair's own
-   * evidence and the prior's boosted answers, a cluster's posterior is its powered backoff times one scale per
+   * Per second cluster: the clusters by lifted backoff, highest first (ties by index). Outside a pair's own
+   * evidence and the prior's boosted answers, a cluster's posterior is its lifted backoff times one scale per
    * class (known or not), so a row's top-n lies among those and the first n of each class in this order.
    */
   private readonly order: Int32Array;
@@ -859,24 +936,34 @@ export class FusionScorer implements PromptScorer {
     const logQ2 = logSecondRows(evidence, logPopularity(evidence), params.beta);
     this.powered = new Float64Array(K * K);
     for (let k = 0; k < K * K; k++) this.powered[k] = Math.exp(params.gamma * logQ2[k]);
+    this.known = prior?.known ?? new Uint8Array(K).fill(1);
+    this.lifted = Float64Array.from(this.powered);
+    const marginalPower = -(params.lift ?? 0) * params.tau;
+    if (prior && marginalPower !== 0) {
+      const logMarginal = priorLogMarginal(prior);
+      for (let k = 0; k < K * K; k++) if (this.known[k % K]) this.lifted[k] *= Math.exp(marginalPower * logMarginal[k]);
+    }
     this.users = new Float64Array(K);
     this.boost = new Float64Array(K).fill(1);
     this.answerPrior = new Float64Array(K).fill(Number.NaN);
-    this.known = prior?.known ?? new Uint8Array(K).fill(1);
     this.topCluster = new Int32Array(K);
     this.topValue = new Float64Array(K);
     this.topBase = new Float64Array(K);
     this.rowTotal = new Float64Array(K);
     this.rowKnown = new Float64Array(K);
+    this.rowKnownLifted = new Float64Array(K);
     this.order = new Int32Array(K * K);
     const byIndex = Array.from({ length: K }, (_, n) => n);
     for (let c2 = 0; c2 < K; c2++) {
       const row = c2 * K;
       for (let n = 0; n < K; n++) {
         this.rowTotal[c2] += this.powered[row + n];
-        if (this.known[n]) this.rowKnown[c2] += this.powered[row + n];
+        if (this.known[n]) {
+          this.rowKnown[c2] += this.powered[row + n];
+          this.rowKnownLifted[c2] += this.lifted[row + n];
+        }
       }
-      this.order.set(byIndex.sort((a, b) => this.powered[row + b] - this.powered[row + a] || a - b), row);
+      this.order.set(byIndex.sort((a, b) => this.lifted[row + b] - this.lifted[row + a] || a - b), row);
     }
     this.candidates = new Int32Array(K);
     this.candidate = new Uint8Array(K);
@@ -928,14 +1015,14 @@ export class FusionScorer implements PromptScorer {
     // Without prior weights every cluster is treated alike (the known mask only matters to the prior).
     const known = this.known;
     const scoped = prior !== null && prior.known !== undefined;
-    const powered = this.powered;
+    const { powered, lifted } = this;
     const row = i2 * K;
     const p = i1 * K + i2;
     // The backoff's normaliser over the novel clusters, and the part of it on clusters the prior knows.
     const backoffZ = this.rowTotal[i2] - powered[row + i1] - powered[row + i2];
     const knownSum = this.rowKnown[i2] - (known[i1] ? powered[row + i1] : 0) - (known[i2] ? powered[row + i2] : 0);
     // Base measure: e / backoffZ for a cluster the prior does not know; for a known one, its share of knownSum
-    // reweighted by the prior (rest^tau, or p^tau on the pair's top-M answers).
+    // reweighted by the prior (rest^tau, or p^tau on the pair's top-M answers, times marginal^(-lift * tau)).
     let knownScale = 1 / backoffZ;
     const { boost, answerPrior } = this;
     const boosted: number[] = [];
@@ -952,13 +1039,14 @@ export class FusionScorer implements PromptScorer {
     }
     if (prior) {
       const restWeight = Math.exp(tau * Math.log(prior.rest[p] || 1e-12));
-      let knownZ = knownSum * restWeight;
+      const knownLifted = this.rowKnownLifted[i2] - (known[i1] ? lifted[row + i1] : 0) - (known[i2] ? lifted[row + i2] : 0);
+      let knownZ = knownLifted * restWeight;
       for (let k = 0; k < prior.topM; k++) {
         const n = prior.answer[p * prior.topM + k];
         if (n < 0) break;
         if (!known[n]) continue;
         const weight = Math.exp(tau * Math.log(Math.max(prior.probability[p * prior.topM + k], 1e-12)));
-        knownZ += powered[row + n] * (weight - restWeight);
+        knownZ += lifted[row + n] * (weight - restWeight);
         boost[n] = weight / restWeight;
       }
       knownScale = (knownSum * restWeight) / (backoffZ * knownZ);
@@ -995,7 +1083,7 @@ export class FusionScorer implements PromptScorer {
     let kept = 0;
     for (const n of scored) {
       candidate[n] = 0;
-      const base = powered[row + n] * (known[n] || !scoped ? knownScale * boost[n] : unknownScale);
+      const base = known[n] || !scoped ? lifted[row + n] * knownScale * boost[n] : powered[row + n] * unknownScale;
       const value = (users[n] + alpha * base) / denominator;
       if (kept === topN && value <= topValue[topN - 1]) continue;
       let at = kept < topN ? kept++ : topN - 1;
@@ -1103,6 +1191,50 @@ function round(x: number): number {
 }
 
 const POWERS_OF_TEN = Array.from({ length: 23 }, (_, k) => Number(`1e${k}`));
+
+/** `priorLogMarginal`'s results, per prior (keyed by its probabilities, which its scoped copies share). */
+const logMarginals = new WeakMap<Float32Array, Float64Array>();
+
+/**
+ * log of the prior's successors of the second cluster alone, the mean over c1 not in {c2, n} of llm(n | c1, c2),
+ * at [c2 * K + n] (the module comment's lift divides by it); computed once per prior. The first of a pair's
+ * answers naming a cluster counts, as everywhere the prior is read.
+ */
+export function priorLogMarginal(prior: LlmPrior): Float64Array {
+  const cached = logMarginals.get(prior.probability);
+  if (cached) return cached;
+  const K = prior.clusters.length;
+  const { topM } = prior;
+  // Every pair's rest goes to its whole second-cluster row at once, taken back where n is the pair's own c1 or
+  // replaced by the answer's probability on its top-M answers.
+  const sum = new Float64Array(K * K);
+  const rowRest = new Float64Array(K);
+  const seen = new Uint8Array(K);
+  for (let c1 = 0; c1 < K; c1++) {
+    for (let c2 = 0; c2 < K; c2++) {
+      if (c1 === c2) continue;
+      const p = c1 * K + c2;
+      const rest = prior.rest[p];
+      rowRest[c2] += rest;
+      sum[c2 * K + c1] -= rest;
+      const answers = p * topM;
+      for (let k = 0; k < topM; k++) {
+        const n = prior.answer[answers + k];
+        if (n < 0) break;
+        if (n === c1 || n === c2 || seen[n]) continue;
+        seen[n] = 1;
+        sum[c2 * K + n] += prior.probability[answers + k] - rest;
+      }
+      for (let k = 0; k < topM && prior.answer[answers + k] >= 0; k++) seen[prior.answer[answers + k]] = 0;
+    }
+  }
+  const out = new Float64Array(K * K);
+  for (let c2 = 0; c2 < K; c2++) {
+    for (let n = 0; n < K; n++) out[c2 * K + n] = n === c2 ? 0 : Math.log(Math.max((sum[c2 * K + n] + rowRest[c2]) / Math.max(K - 2, 1), 1e-12));
+  }
+  logMarginals.set(prior.probability, out);
+  return out;
+}
 
 function priorProbability(prior: LlmPrior, p: number, n: number): number {
   for (let k = 0; k < prior.topM; k++) {
