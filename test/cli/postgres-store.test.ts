@@ -15,7 +15,7 @@ import { VirtualClock } from "../../src/domain/clock.js";
 import { PostgresModelRegistry } from "../../src/llm/postgres-registry.js";
 import { PostgresTableStore, SqliteTableStore, tableStorePath } from "../../src/tables/index.js";
 import { usePostgresCluster } from "../data/postgres-cluster.js";
-import { servingWorkspace } from "../serving/fixtures.js";
+import { servingWorkspace, type ServingWorkspace } from "../serving/fixtures.js";
 import { BIN, ROOT, runCli } from "./run.js";
 
 const MOVIELENS = join(import.meta.dirname, "../../../shared/datasets/movielens-latest-small");
@@ -74,6 +74,34 @@ describe("store.url: the PostgreSQL event store through the CLI", () => {
   });
 });
 
+/**
+ * A deployment's state in the database at `url`: the serving workspace's events, its tables (same versions, same live
+ * one) and a live model whose file is `<worker>/models/m000001/model.gguf`.
+ */
+async function seedDeployment(url: string, ws: ServingWorkspace, worker: string): Promise<void> {
+  const events = await PostgresEventStore.open(url);
+  const tables = await PostgresTableStore.open(url, new VirtualClock(ws.world.endMs));
+  const registry = await PostgresModelRegistry.open(url, worker, new VirtualClock(ws.world.endMs));
+  const source = SqliteTableStore.open(tableStorePath(ws.dir), new VirtualClock(0));
+  try {
+    await ingestSynthetic(events, ws.world);
+    for (const info of source.list()) {
+      const build = await tables.beginBuild(info);
+      await build.append(source.rows(info.version));
+      await build.finish(info.stats!);
+    }
+    await tables.publish(source.live()!.version);
+    mkdirSync(join(registry.modelsDir, "m000001"), { recursive: true });
+    writeFileSync(join(registry.modelsDir, "m000001", "model.gguf"), "weights");
+    await registry.makeLive((await registry.register({ kind: "base", filePath: join(registry.modelsDir, "m000001", "model.gguf") })).version, "first");
+  } finally {
+    source.close();
+    await events.close();
+    await tables.close();
+    await registry.close();
+  }
+}
+
 /** `freshrec serve --port 0` in a child process with `config`, once it says where it listens. */
 async function serve(workspace: string, configFile: string): Promise<{ child: ChildProcess; url: string; exited: Promise<number | null> }> {
   const child = spawn(process.execPath, [BIN, "--workspace", workspace, "--config", configFile, "serve", "--port", "0", "--json"], { cwd: ROOT });
@@ -109,28 +137,7 @@ describe("store.url: serve, tables and models on PostgreSQL through the CLI", ()
     const root = mkdtempSync(join(tmpdir(), "freshrec-pgserve-"));
     const configFile = join(root, "freshrec.config.json");
     writeFileSync(configFile, JSON.stringify({ store: { url }, serve: { reloadIntervalMs: 50 } }));
-    // The deployment's state: the workspace's events, tables (same versions, same live one) and a live model.
-    const events = await PostgresEventStore.open(url);
-    const tables = await PostgresTableStore.open(url, new VirtualClock(ws.world.endMs));
-    const registry = await PostgresModelRegistry.open(url, join(root, "worker"), new VirtualClock(ws.world.endMs));
-    const source = SqliteTableStore.open(tableStorePath(ws.dir), new VirtualClock(0));
-    try {
-      await ingestSynthetic(events, ws.world);
-      for (const info of source.list()) {
-        const build = await tables.beginBuild(info);
-        await build.append(source.rows(info.version));
-        await build.finish(info.stats!);
-      }
-      await tables.publish(source.live()!.version);
-      mkdirSync(join(registry.modelsDir, "m000001"), { recursive: true });
-      writeFileSync(join(registry.modelsDir, "m000001", "model.gguf"), "weights");
-      await registry.makeLive((await registry.register({ kind: "base", filePath: join(registry.modelsDir, "m000001", "model.gguf") })).version, "first");
-    } finally {
-      source.close();
-      await events.close();
-      await tables.close();
-      await registry.close();
-    }
+    await seedDeployment(url, ws, join(root, "worker"));
     const cli = (workspace: string, args: string[]) => runCli(["--workspace", workspace, "--config", configFile, "--json", ...args], { timeoutMs: 120_000 });
 
     // Read from the database, not from this (empty) workspace.
@@ -174,4 +181,42 @@ describe("store.url: serve, tables and models on PostgreSQL through the CLI", ()
     // Ctrl-C stops each cleanly.
     for (const s of servers) expect(await s.exited).toBe(0);
   }, 600_000);
+});
+
+describe("store.url: freshrec doctor checks the database's stores", () => {
+  it("reads back the live table and checks the live model's file; a changed file fails naming it; nothing is written to the workspace", async () => {
+    const ws = await servingWorkspace({ users: 120, events: 8_000 });
+    const url = await database();
+    const root = mkdtempSync(join(tmpdir(), "freshrec-pgdoctor-"));
+    await seedDeployment(url, ws, join(root, "host"));
+    const configFile = join(root, "freshrec.config.json");
+    writeFileSync(configFile, JSON.stringify({ store: { url } }));
+    const doctor = () => runCli(["--workspace", join(root, "host"), "--config", configFile, "--json", "doctor"], { timeoutMs: 120_000 });
+
+    const healthy = doctor();
+    const byName = (run: typeof healthy): Record<string, { ok: boolean; detail: string }> => Object.fromEntries((run.json.checks as { name: string; ok: boolean; detail: string }[]).map((c) => [c.name, c]));
+    expect(byName(healthy).database).toMatchObject({ ok: true, detail: expect.stringMatching(/reachable, \d+ events/) });
+    expect(byName(healthy).tables).toMatchObject({ ok: true, detail: expect.stringContaining(`live ${ws.rag} read back whole`) });
+    expect(byName(healthy).registry).toMatchObject({ ok: true, detail: expect.stringContaining("live m000001") });
+    expect(existsSync(join(root, "host", "events.duckdb"))).toBe(false);
+    expect(existsSync(join(root, "host", "tables.sqlite"))).toBe(false);
+
+    const file = join(root, "host", "models", "m000001", "model.gguf");
+    writeFileSync(file, "other weights");
+    const changed = doctor();
+    expect(changed.status).toBe(1);
+    expect(byName(changed).registry).toMatchObject({ ok: false, detail: expect.stringContaining(file) });
+    expect(byName(changed).registry.detail).toMatch(/sha256/);
+  }, 300_000);
+
+  it("fails the database check of a server it cannot reach, naming it without the password (exit 1)", () => {
+    const root = mkdtempSync(join(tmpdir(), "freshrec-pgdoctor-"));
+    const configFile = join(root, "freshrec.config.json");
+    writeFileSync(configFile, JSON.stringify({ store: { url: "postgres://me:hunter2@127.0.0.1:1/nowhere" } }));
+    const run = runCli(["--workspace", join(root, "ws"), "--config", configFile, "--json", "doctor"], { timeoutMs: 120_000 });
+    expect(run.status).toBe(1);
+    expect(run.json.passed).toBe(false);
+    expect(run.json.checks[0]).toMatchObject({ name: "database", ok: false, detail: expect.stringMatching(/^cannot reach postgres:\/\/me:\*\*\*@127\.0\.0\.1:1\/nowhere: /) });
+    expect(run.stdout + run.stderr).not.toContain("hunter2");
+  });
 });

@@ -8,12 +8,16 @@ import Database from "better-sqlite3";
 import type { Command } from "commander";
 import { existsSync, statSync } from "node:fs";
 import { basename } from "node:path";
+import pg from "pg";
 import { EventStore } from "../../data/event-store.js";
+import { PostgresEventStore, redactedUrl } from "../../data/postgres-event-store.js";
 import type { Clock } from "../../domain/clock.js";
 import type { Cluster } from "../../domain/types.js";
 import { type LlmBackendSettings, MissingApiKeyError, languageModelBackend, openAiClient, remoteError, responseCachePath } from "../../llm/backends/index.js";
 import type { LanguageModel } from "../../llm/contracts.js";
+import { PostgresModelRegistry } from "../../llm/postgres-registry.js";
 import { ModelRegistry } from "../../llm/registry.js";
+import { PostgresTableStore } from "../../tables/index.js";
 import { scheduleStorePath } from "../../update/schedule/index.js";
 import { action } from "../run.js";
 import type { WorkspacePaths } from "../workspace.js";
@@ -72,6 +76,95 @@ async function checkEventStore(file: string): Promise<DoctorCheck> {
     if (/could not set lock/i.test(message(error))) return { name, ok: true, warning: true, detail: `${file} is held by another process (freshrec serve?): not checked` };
     return { name, ok: false, detail: `${message(error)}; ${RESTORE}` };
   }
+}
+
+/**
+ * Checks a deployment's PostgreSQL database (`store.url`), one check per store in it: reachable with its events, the
+ * live table read back whole, the live model's file (under `<workspace>/models`) against its registered sha256. A store
+ * whose tables do not exist yet has no check, and none is created: the doctor only reads. Never throws.
+ * @returns the checks, and the live model's file and the clusters for the backend checks (null when unknown).
+ */
+export async function diagnosePostgresStores(
+  url: string,
+  workspace: string,
+  clock: Clock,
+): Promise<{ checks: DoctorCheck[]; liveModel: string | null; clusters: Cluster[] | null }> {
+  const where = redactedUrl(url);
+  const checks: DoctorCheck[] = [];
+  let liveModel: string | null = null;
+  let clusters: Cluster[] | null = null;
+  const present = new Set<string>();
+  const probe = new pg.Client({ connectionString: url });
+  try {
+    await probe.connect();
+    const found = await probe.query<{ name: string }>(
+      "SELECT c.relname AS name FROM pg_class c WHERE c.relkind = 'r' AND pg_table_is_visible(c.oid) AND c.relname = ANY($1::TEXT[])",
+      [["events", "table_versions", "models"]],
+    );
+    for (const r of found.rows) present.add(r.name);
+  } catch (error) {
+    checks.push({ name: "database", ok: false, detail: `cannot reach ${where}: ${message(error)}; check store.url and that the server accepts connections from here` });
+    return { checks, liveModel, clusters };
+  } finally {
+    await probe.end().catch(() => {});
+  }
+  if (!present.has("events")) checks.push({ name: "database", ok: true, warning: true, detail: `${where}: reachable, no events yet (run freshrec ingest or synth)` });
+  else {
+    try {
+      const events = await PostgresEventStore.open(url);
+      try {
+        const counts = await events.counts();
+        clusters = await events.clusters();
+        checks.push({ name: "database", ok: true, detail: `${where}: reachable, ${counts.events} events, ${counts.items} items, ${counts.clusters} clusters` });
+      } finally {
+        await events.close();
+      }
+    } catch (error) {
+      checks.push({ name: "database", ok: false, detail: `${where}: the event store cannot be read (${message(error)})` });
+    }
+  }
+  if (present.has("table_versions")) {
+    try {
+      // No recovery of stale builds: the doctor only reads.
+      const tables = await PostgresTableStore.open(url, clock, { recoverOnOpen: false });
+      try {
+        const all = await tables.list();
+        const live = await tables.live();
+        const unfinished = all.filter((t) => t.status === "building" || t.status === "failed").length;
+        if (!live) checks.push({ name: "tables", ok: true, warning: true, detail: `${where}: ${all.length} table versions, none live yet` });
+        else {
+          const packed = await tables.packed(live.version);
+          if (packed.c1.length !== live.rows) {
+            checks.push({ name: "tables", ok: false, detail: `${where}: live table ${live.version} records ${live.rows} rows but ${packed.c1.length} read back; publish another table (freshrec tables publish) or roll back` });
+          } else {
+            checks.push({ name: "tables", ok: true, detail: `${where}: live ${live.version} read back whole (${live.rows} rows), ${all.length} versions${unfinished ? `, ${unfinished} building or failed` : ""}` });
+          }
+        }
+      } finally {
+        await tables.close();
+      }
+    } catch (error) {
+      checks.push({ name: "tables", ok: false, detail: `${where}: the table store cannot be read (${message(error)})` });
+    }
+  }
+  if (present.has("models")) {
+    try {
+      const registry = await PostgresModelRegistry.open(url, workspace, clock);
+      try {
+        const live = await registry.live();
+        if (!live) checks.push({ name: "registry", ok: true, warning: true, detail: `${where}: no live model yet (run freshrec pretrain)` });
+        else {
+          liveModel = await registry.modelFile(live);
+          checks.push({ name: "registry", ok: true, detail: `${where}: live ${live.version}, its file ${liveModel} holds what was registered (sha256)` });
+        }
+      } finally {
+        await registry.close();
+      }
+    } catch (error) {
+      checks.push({ name: "registry", ok: false, detail: message(error) });
+    }
+  }
+  return { checks, liveModel, clusters };
 }
 
 // Not openStoreFile (src/data/store-file.ts): a check must neither create nor migrate the file it looks at, and it
@@ -212,6 +305,22 @@ export function registerDoctor(program: Command): void {
     .addHelpText("after", "\nExamples:\n  freshrec doctor\n  freshrec --config vllm.json --json doctor")
     .action(
       action(async (ctx) => {
+        const storeUrl = ctx.config.store.url;
+        if (storeUrl !== null) {
+          // The deployment's state is the database's; the workspace only holds model files.
+          const database = await diagnosePostgresStores(storeUrl, ctx.paths.root, ctx.clock);
+          const backend = await diagnoseBackend({
+            settings: ctx.config.llm,
+            workspace: ctx.paths.root,
+            clock: ctx.clock,
+            liveModel: () => database.liveModel,
+            clusters: async () => {
+              if (!database.clusters?.length) throw new Error(`no clusters in ${redactedUrl(storeUrl)}: run freshrec ingest or synth first (the clusters come from it)`);
+              return database.clusters;
+            },
+          });
+          return doctorResult(`database: ${redactedUrl(storeUrl)}`, database.checks, backend);
+        }
         const stores = await diagnoseStores(ctx.paths);
         const backend = await diagnoseBackend({
           settings: ctx.config.llm,
@@ -242,16 +351,21 @@ export function registerDoctor(program: Command): void {
             }
           },
         });
-        const report: DoctorReport = { ...backend, passed: backend.passed && stores.every((c) => c.ok), checks: [...stores, ...backend.checks] };
-        const line = (c: DoctorCheck) => `  ${c.ok ? (c.warning ? "!" : "ok") : "FAIL"}  ${c.name}: ${c.detail}`;
-        const text = [
-          `workspace stores: ${ctx.paths.root}`,
-          ...(stores.length ? stores.map(line) : ["  (none yet)"]),
-          `llm backend: ${report.backend}`,
-          ...backend.checks.map(line),
-          report.passed ? "all checks passed" : "a check failed: fix it and run freshrec doctor again",
-        ].join("\n");
-        return { json: report, text, exitCode: report.passed ? 0 : 1 };
+        return doctorResult(`workspace stores: ${ctx.paths.root}`, stores, backend);
       }),
     );
+}
+
+/** The command's result: the store checks (under `heading`) and the backend's, passed only when all pass. */
+function doctorResult(heading: string, stores: readonly DoctorCheck[], backend: DoctorReport): { json: DoctorReport; text: string; exitCode: 0 | 1 } {
+  const report: DoctorReport = { ...backend, passed: backend.passed && stores.every((c) => c.ok), checks: [...stores, ...backend.checks] };
+  const line = (c: DoctorCheck) => `  ${c.ok ? (c.warning ? "!" : "ok") : "FAIL"}  ${c.name}: ${c.detail}`;
+  const text = [
+    heading,
+    ...(stores.length ? stores.map(line) : ["  (none yet)"]),
+    `llm backend: ${report.backend}`,
+    ...backend.checks.map(line),
+    report.passed ? "all checks passed" : "a check failed: fix it and run freshrec doctor again",
+  ].join("\n");
+  return { json: report, text, exitCode: report.passed ? 0 : 1 };
 }
