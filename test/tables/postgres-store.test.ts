@@ -3,6 +3,8 @@
  * database shared by several processes has to get right (builds whose process ended, concurrent writers of new
  * clusters, a publish seen by another connection).
  */
+import { spawn } from "node:child_process";
+import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { VirtualClock } from "../../src/domain/clock.js";
 import { loadLookup } from "../../src/serving/table-loader.js";
@@ -41,6 +43,49 @@ describe("PostgresTableStore shared by processes", () => {
     await expect(b.publish(abandoned.version)).rejects.toThrow(/is failed/);
     await b.close();
   });
+
+  it("a build process killed mid-append leaves the live table live; the next store to look marks the partial build failed", async () => {
+    const url = await database();
+    const store = await PostgresTableStore.open(url, new VirtualClock(T0));
+    const first = await store.beginBuild(META);
+    await first.append(tableRows(clusterNames(6), 0));
+    const live = (await first.finish(STATS)).version;
+    await store.publish(live);
+    const liveRows = await all(store.rows(live));
+
+    const child = spawn(process.execPath, ["--import", "tsx", join(import.meta.dirname, "fixtures", "crash-build-postgres.ts"), url], { stdio: ["ignore", "pipe", "inherit"] });
+    const exited = new Promise<void>((done) => child.on("exit", () => done()));
+    const version = await new Promise<string>((done, fail) => {
+      let out = "";
+      let building: string | null = null;
+      child.stdout.on("data", (chunk: Buffer) => {
+        out += chunk.toString();
+        building ??= /building (t\d+)/.exec(out)?.[1] ?? null;
+        // Killed once it has committed a few rounds, while it goes on appending.
+        const wrote = [...out.matchAll(/wrote (\d+)/g)].map((m) => Number(m[1]));
+        if (building && wrote.length && wrote[wrote.length - 1] >= 1300) done(building);
+      });
+      child.on("exit", (code) => fail(new Error(`crash-build-postgres exited early with ${code}`)));
+    });
+    child.kill("SIGKILL");
+    await exited;
+
+    // The server ends the killed client's session when it sees the connection close; until then its lock holds.
+    let recovered: string[] = [];
+    while (!recovered.includes(version)) recovered = recovered.concat((await store.recoverStale()).map((t) => t.version));
+    const crashed = await store.get(version);
+    expect(crashed.status).toBe("failed");
+    expect(crashed.failure).toMatch(/^abandoned: builder .+:\d+ ended without finishing$/);
+    expect(crashed.rows).toBeGreaterThanOrEqual(1300);
+    expect(crashed.rows % 50).toBe(0); // whole batches only: the killed transaction left nothing behind
+    expect((await store.live())?.version).toBe(live);
+    expect(await all(store.rows(live))).toEqual(liveRows);
+    // The store goes on: a new build is published over the live one.
+    const next = await store.beginBuild(META);
+    await next.append(tableRows(clusterNames(6), 2));
+    expect((await store.publish((await next.finish(STATS)).version)).status).toBe("live");
+    await store.close();
+  }, 120_000);
 
   it("two stores writing new clusters at once keep one dense dictionary, and each sees the other's publish", async () => {
     const url = await database();
