@@ -4,6 +4,7 @@
  * any process reaches both through the database, the registry's live model comes from it too, and experiments say
  * plainly that they do not run there.
  */
+import { spawn } from "node:child_process";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -12,7 +13,7 @@ import { ingestSynthetic } from "../../src/data/ingest/synthetic.js";
 import { VirtualClock } from "../../src/domain/clock.js";
 import { PostgresModelRegistry } from "../../src/llm/postgres-registry.js";
 import { startServer, type RunningServer } from "../../src/serving/index.js";
-import { PostgresTableStore, SqliteTableStore, tableStorePath } from "../../src/tables/index.js";
+import { PostgresTableStore, SqliteTableStore, TableLookup, tableStorePath } from "../../src/tables/index.js";
 import { usePostgresCluster } from "../data/postgres-cluster.js";
 import { servingWorkspace, TOKEN, type ServingWorkspace } from "./fixtures.js";
 
@@ -178,4 +179,82 @@ describe("serve on a PostgreSQL store", () => {
     // The rest of the API is unaffected.
     expect((await fetch(`${replicas[0].url}/readyz`)).status).toBe(200);
   });
+
+  it("under load, flips published by another process and through the admin routes: zero failed and zero mixed-version answers on both replicas", async () => {
+    const store = await PostgresTableStore.open(url, new VirtualClock(ws.world.endMs));
+    const lookups = { [ws.plain]: TableLookup.fromPacked(await store.packed(ws.plain)), [ws.rag]: TableLookup.fromPacked(await store.packed(ws.rag)) };
+    const state = replicas[0].state;
+    const users = Array.from({ length: 200 }, (_, k) => ws.world.userId(k)).filter((u) => state.users.get(u)?.history);
+    const expected = (version: string, user: string) => {
+      const h = state.users.get(user)!.history!;
+      const ids = state.catalog.clusterIds;
+      return lookups[version].get(ids[h.c1], ids[h.c2])!.slice(0, 5).map((a) => a.cluster);
+    };
+    // The two tables must answer differently, or a mixed answer could not be told apart.
+    expect(users.some((u) => expected(ws.plain, u).join() !== expected(ws.rag, u).join())).toBe(true);
+    await store.publish(ws.rag);
+    // Earlier tests left another table live: start once both replicas heard this publish.
+    while (!replicas.every((r) => r.state.tables.lookup()?.version === ws.rag)) await new Promise((r) => setTimeout(r, 20));
+
+    let stop = false;
+    const versions = new Map<string, number>();
+    const failures: string[] = [];
+    let requests = 0;
+    const client = async (k: number) => {
+      const server = replicas[k % 2];
+      for (let i = 0; !stop; i++) {
+        const user = users[(k * 31 + i) % users.length];
+        try {
+          const response = await fetch(`${server.url}/v1/users/${user}/exploration?n=5&items=1`);
+          requests++;
+          if (response.status !== 200) {
+            failures.push(`status ${response.status}`);
+            continue;
+          }
+          const body = (await response.json()) as { table: { version: string }; recommendations: { cluster: string }[] };
+          versions.set(body.table.version, (versions.get(body.table.version) ?? 0) + 1);
+          const got = body.recommendations.map((r) => r.cluster).join();
+          if (got !== expected(body.table.version, user).join()) failures.push(`${user}: ${got} is not ${body.table.version}'s answer`);
+        } catch (error) {
+          failures.push(String(error));
+        }
+      }
+    };
+    const clients = Array.from({ length: 8 }, (_, k) => client(k));
+    const reloadsBefore = replicas.map((r) => r.state.metrics.tableReloads);
+    const publisher = new Promise<void>((resolve, reject) => {
+      const child = spawn(process.execPath, ["--import", "tsx", join(import.meta.dirname, "fixtures/publisher.ts"), url, ws.plain, ws.rag, "16", "60"], {
+        cwd: join(import.meta.dirname, "../.."),
+        stdio: ["ignore", "pipe", "pipe"],
+      });
+      let stderr = "";
+      child.stderr.on("data", (d) => (stderr += d));
+      child.on("exit", (code) => (code === 0 ? resolve() : reject(new Error(`publisher exited ${code}: ${stderr}`))));
+    });
+    for (let k = 0; k < 10; k++) {
+      const r = await fetch(`${replicas[k % 2].url}/v1/tables/${k % 2 === 0 ? ws.plain : ws.rag}/publish`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${TOKEN}`, "content-type": "application/json" },
+        body: "{}",
+      });
+      expect(r.status).toBe(200);
+      await new Promise((resolve) => setTimeout(resolve, 45));
+    }
+    await publisher;
+    // Both replicas end on what the database says is live (heard through the notifications; bounded by the timeout).
+    const final = (await store.live())!.version;
+    while (!replicas.every((r) => r.state.tables.lookup()?.version === final)) await new Promise((r) => setTimeout(r, 20));
+    stop = true;
+    await Promise.all(clients);
+    await store.close();
+
+    expect(failures).toEqual([]);
+    expect(requests).toBeGreaterThan(200);
+    expect(versions.get(ws.plain)).toBeGreaterThan(0);
+    expect(versions.get(ws.rag)).toBeGreaterThan(0);
+    for (const [k, r] of replicas.entries()) {
+      expect(r.state.metrics.tableReloads - reloadsBefore[k]).toBeGreaterThanOrEqual(6);
+      expect(r.state.metrics.tableReloadErrors).toBe(0);
+    }
+  }, 120_000);
 });
