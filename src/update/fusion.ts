@@ -15,8 +15,7 @@
  *
  * The prior says two things: what follows c2, and what the first cluster c1 changes in that (its lift,
  * llm / llm2). The backoff says the first from fresh counts; where they are many, the model's own version of it is
- * only older (on the synthetic platform, whose successors are redrawn monthly, even the true kernel of the month
- * before adds to the counts only through its lift), and where they are few (MovieLens) it still informs. So `lift`
+ * only older, and weighing it again pulls the row towards the past; where they are few it still informs. So `lift`
  * is fitted too: 1 keeps only the lift, 0 the whole prior (README, "What the prior adds").
  *
  * The clusters a model knows are those first seen before its training data ends: the LLM prior only reorders the
