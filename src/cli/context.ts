@@ -98,10 +98,10 @@ export function contextOf(command: Command): CommandContext {
  * The refusal of a command that does not run on a PostgreSQL store yet: naming store.url (without its password) and
  * what to do, instead of reading a workspace file that is not the deployment's state.
  */
-function notOnPostgresYet(url: string, file: string): FreshrecError {
+export function notOnPostgresYet(url: string, file: string): FreshrecError {
   return new FreshrecError(
     "BAD_INPUT",
-    `this command does not run on the PostgreSQL event store yet (store.url = ${redactedUrl(url)}): so far ingest, synth, analyze drift, serve, tables and models (list, review) do (issue 19). Remove store.url from the config to use the workspace's ${file}`,
+    `this command does not run on the PostgreSQL event store yet (store.url = ${redactedUrl(url)}): so far ingest, synth, analyze drift, serve, tables, models (list, review), doctor and experiment create|list|stop|analyze do (issue 19). Remove store.url from the config to use the workspace's ${file}`,
   );
 }
 

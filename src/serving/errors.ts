@@ -17,8 +17,7 @@ export type HttpErrorCode =
   | "PAYLOAD_TOO_LARGE" // body over serve.bodyLimitBytes, or more events than serve.maxBatchEvents
   | "CONFLICT" // an idempotency key reused with a different body
   | "UNSUPPORTED_MEDIA_TYPE"
-  | "NOT_READY" // the server cannot answer yet (no catalog)
-  | "NOT_IMPLEMENTED"; // this server's store cannot do it yet (experiments on a PostgreSQL store)
+  | "NOT_READY"; // the server cannot answer yet (no catalog)
 
 /** The one mapping from error codes to HTTP status codes: the domain's (src/domain/errors.ts) and the HTTP-only ones. */
 export const HTTP_STATUS: Readonly<Record<HttpErrorCode, number>> = {
@@ -29,7 +28,6 @@ export const HTTP_STATUS: Readonly<Record<HttpErrorCode, number>> = {
   CONFLICT: 409,
   UNSUPPORTED_MEDIA_TYPE: 415,
   NOT_READY: 503,
-  NOT_IMPLEMENTED: 501,
 };
 
 /** One problem with a request: `index` is the position in a batch (events[index]), `field` the field's path. */

@@ -174,7 +174,7 @@ export function registerRoutes(app: FastifyInstance, state: ServingState): Route
         const exposureId = randomUUID();
         const { catalog } = state;
         const slots = answer.clusters.map((c, rank) => ({ rank, cluster: catalog.clusterIds[c], items: (answer.items[rank] ?? []).map((i) => catalog.itemIds[i.item]) }));
-        state.requireExperiments().log.logExposure({
+        state.experiments.logExposure({
           exposureId,
           experiment: assignment.experiment.name,
           arm: assignment.arm.name,
@@ -365,7 +365,7 @@ export function registerRoutes(app: FastifyInstance, state: ServingState): Route
   route(
     { method: "GET", url: "/v1/experiments", tag: "experiments", admin: true, summary: "Every experiment; the active one serves its arms' tables", responses: { 200: experimentsResponseSchema } },
     async () => {
-      const list = await state.queue.run(() => state.requireExperiments().log.list());
+      const list = await state.queue.run(() => state.experiments.list());
       return { active: state.experiment?.experiment.name ?? null, experiments: list.map((e) => experimentView(e, servingVersion)) };
     },
   );
@@ -393,7 +393,7 @@ export function registerRoutes(app: FastifyInstance, state: ServingState): Route
         }
         throw error;
       }
-      const { log } = state.requireExperiments();
+      const log = state.experiments;
       for (const arm of definition.arms) await resolveBinding(state.tableStore, arm.table);
       await state.flushExposures();
       const created = await state.queue.run(() => log.create(definition, options.clock.now(), { replace: raw.replace === true }));
@@ -414,7 +414,7 @@ export function registerRoutes(app: FastifyInstance, state: ServingState): Route
       errors: [404],
     },
     async ({ params }) => {
-      const { log } = state.requireExperiments();
+      const log = state.experiments;
       await state.flushExposures();
       const stopped = await state.queue.run(() => log.stop(params.name, options.clock.now()));
       if (state.experiment?.experiment.name === stopped.name) await state.activate(null);
@@ -434,9 +434,8 @@ export function registerRoutes(app: FastifyInstance, state: ServingState): Route
       errors: [404],
     },
     async ({ params }) => {
-      const experiments = state.requireExperiments();
       await state.flushExposures();
-      const analysis = await state.queue.run(async () => analyzeExperiment(experiments.events, await experiments.log.get(params.name), { resamples: options.resamples ?? EXPERIMENT_DEFAULTS.resamples }));
+      const analysis = await state.queue.run(async () => analyzeExperiment(state.events, await state.experiments.get(params.name), { resamples: options.resamples ?? EXPERIMENT_DEFAULTS.resamples }));
       return { ...analysis, table: renderExperimentTable(analysis) };
     },
   );

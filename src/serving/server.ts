@@ -10,8 +10,8 @@
  *   models may be published or reviewed from other processes at any time (SQLite WAL);
  * - a deployment's PostgreSQL database (`storeUrl`, the config's store.url): events, tables and models all come from
  *   it, any number of servers run on it at once, and a publish by any process reaches each of them through the
- *   database (LISTEN/NOTIFY at once, and the poll). Model files are read under `<workspace>/models`. Experiments are not available there yet (they live in
- *   the DuckDB event store): their routes answer 501.
+ *   database (LISTEN/NOTIFY at once, and the poll). Model files are read under `<workspace>/models`; experiments are
+ *   kept in the database too.
  * Either way the server follows the table store's live pointer and the registry's live model within `reloadIntervalMs`.
  *
  * @example
@@ -35,7 +35,8 @@ import { Catalog } from "./catalog.js";
 import { EXPERIMENT_DEFAULTS, SERVE_DEFAULTS } from "./defaults.js";
 import { HttpError } from "./errors.js";
 import { assignArm, type Experiment } from "./experiments/definition.js";
-import { ExperimentLog } from "./experiments/log.js";
+import { openExperimentLog, type ExperimentLogContract } from "./experiments/log.js";
+import { EXPERIMENTS_CHANNEL } from "./experiments/postgres-log.js";
 import { Explorer } from "./exploration.js";
 import { buildGroundingIndex, CoVisitationPolicy, type GroundingIndex, type ItemPolicy } from "./grounding/index.js";
 import { EventIntake } from "./intake.js";
@@ -171,8 +172,8 @@ export class ServingState {
     readonly explorer: Explorer,
     readonly intake: EventIntake,
     readonly tables: ServingTables,
-    /** Null on a PostgreSQL store: experiments live in the DuckDB event store so far. */
-    readonly experiments: { readonly log: ExperimentLog; readonly events: EventStore } | null,
+    /** The experiment log, kept in the event store (`events`). */
+    readonly experiments: ExperimentLogContract,
     readonly queue: StoreQueue,
     readonly metrics: ServerMetrics,
     readonly positiveMin: number | null,
@@ -204,23 +205,22 @@ export class ServingState {
     }
   }
 
-  /**
-   * The experiment log and the events it is analysed with.
-   * @throws HttpError NOT_IMPLEMENTED on a PostgreSQL store, naming why.
-   */
-  requireExperiments(): { readonly log: ExperimentLog; readonly events: EventStore } {
-    if (this.experiments) return this.experiments;
-    throw new HttpError(
-      "NOT_IMPLEMENTED",
-      "experiments do not run on a PostgreSQL store yet (store.url): they are kept in the workspace's DuckDB event store (issue 19); serve without store.url to run one",
-    );
-  }
-
   /** The arm of a user under the active experiment, or null. */
   armOf(userId: string): { experiment: Experiment; arm: { name: string; table: string } } | null {
     const active = this.experiment;
     if (!active) return null;
     return { experiment: active.experiment, arm: assignArm(active.experiment, userId) };
+  }
+
+  /**
+   * Serves the experiment the store says is active, when another process (a replica's admin route, the CLI) started
+   * or stopped one: a shared store's replicas then assign users alike.
+   */
+  async followExperiment(): Promise<void> {
+    const active = await this.experiments.active();
+    if ((active?.name ?? null) === (this.experiment?.experiment.name ?? null)) return;
+    await this.flushExposures();
+    await this.activate(active);
   }
 
   /** Makes an experiment the active one (binding its arms' tables), or clears it. */
@@ -232,9 +232,8 @@ export class ServingState {
 
   /** Writes buffered exposures (through the store queue). */
   async flushExposures(): Promise<void> {
-    const log = this.experiments?.log;
-    if (!log || log.buffered === 0) return;
-    await this.queue.run(() => log.flush());
+    if (this.experiments.buffered === 0) return;
+    await this.queue.run(() => this.experiments.flush());
   }
 
   /** The largest request body Fastify reads (serve.bodyLimitBytes). */
@@ -375,7 +374,7 @@ export async function startServer(input: ServeOptions): Promise<RunningServer> {
     const registry: ModelRegistryContract =
       storeUrl !== null ? await PostgresModelRegistry.open(storeUrl, options.workspace, options.clock) : EmbeddedModelRegistry.open(options.workspace, options.clock);
     opened.push(() => registry.close());
-    const experiments = duckEvents ? { log: await ExperimentLog.open(duckEvents), events: duckEvents } : null;
+    const experiments = await openExperimentLog(events);
 
     let app: FastifyInstance | null = null;
     const tables = new ServingTables(tableStore, registry, {
@@ -391,15 +390,19 @@ export async function startServer(input: ServeOptions): Promise<RunningServer> {
       },
     });
     await tables.poll();
+    let state: ServingState | null = null;
+    const followExperiment = () => {
+      state?.followExperiment().catch((error) => app?.log.error({ err: error }, "following the store's active experiment failed; the current one keeps serving"));
+    };
     let listener: ChangeListener | null = null;
     if (storeUrl !== null) {
       // A publish, rollback or review anywhere reloads this server at once; the poll below still catches what a
       // dropped listening connection missed.
       listener = await listenForChanges(
         storeUrl,
-        [TABLES_CHANNEL, MODELS_CHANNEL],
-        () => void tables.poll(),
-        (error) => app?.log.error({ err: error }, "the connection that hears table and model changes failed; following them by polling only"),
+        [TABLES_CHANNEL, MODELS_CHANNEL, EXPERIMENTS_CHANNEL],
+        (channel) => (channel === EXPERIMENTS_CHANNEL ? followExperiment() : void tables.poll()),
+        (error) => app?.log.error({ err: error }, "the connection that hears table, model and experiment changes failed; following them by polling only"),
       );
       const heard = listener;
       opened.push(() => heard.close());
@@ -408,7 +411,6 @@ export async function startServer(input: ServeOptions): Promise<RunningServer> {
     const holder = { current: grounding };
     const policy = (options.itemPolicy ?? ((g) => new CoVisitationPolicy(g)))(() => holder.current);
     const explorer = new Explorer(catalog, users, () => holder.current, policy);
-    let state: ServingState | null = null;
     const intake = new EventIntake({
       intakeStore: pgEvents ? new PostgresIntakeStore(pgEvents, catalog) : new DuckDbIntakeStore(duckEvents!, catalog),
       catalog,
@@ -420,17 +422,17 @@ export async function startServer(input: ServeOptions): Promise<RunningServer> {
       now: () => options.clock.now(),
       attribute: async (batch) => {
         const active = state?.experiment;
-        if (!active || !experiments) return 0;
+        if (!active) return 0;
         // Inside the queue already: flush directly so every exposure before these events can be matched.
-        await experiments.log.flush();
-        const n = await experiments.log.attributeOutcomes(active.experiment.name, batch, (options.attributionHours ?? EXPERIMENT_DEFAULTS.attributionHours) * 3_600_000, positiveMin);
+        await experiments.flush();
+        const n = await experiments.attributeOutcomes(active.experiment.name, batch, (options.attributionHours ?? EXPERIMENT_DEFAULTS.attributionHours) * 3_600_000, positiveMin);
         metrics.outcomesAttributed += n;
         return n;
       },
     });
     const serving = new ServingState(options, events, tableStore, registry, catalog, users, holder, explorer, intake, tables, experiments, queue, metrics, positiveMin);
     state = serving;
-    if (experiments) await serving.activate(await experiments.log.active());
+    await serving.activate(await experiments.active());
 
     const loggedUrl = (url: string) => redactUrl(url, options.adminToken ?? null);
     app = Fastify({
@@ -464,7 +466,13 @@ export async function startServer(input: ServeOptions): Promise<RunningServer> {
     const url = `http://${host.includes(":") ? `[${host}]` : host === "0.0.0.0" ? "127.0.0.1" : host}:${port}`;
 
     const timers: NodeJS.Timeout[] = [];
-    timers.push(setInterval(() => void tables.poll(), options.reloadIntervalMs ?? SERVE_DEFAULTS.reloadIntervalMs));
+    timers.push(
+      setInterval(() => {
+        void tables.poll();
+        // A shared store's experiments change from other processes too; the workspace's only through this server.
+        if (storeUrl !== null) followExperiment();
+      }, options.reloadIntervalMs ?? SERVE_DEFAULTS.reloadIntervalMs),
+    );
     timers.push(
       setInterval(() => {
         serving.flushExposures().catch((error) => app?.log.error({ err: error }, "writing exposures failed; kept for the next flush"));
@@ -495,7 +503,7 @@ export async function startServer(input: ServeOptions): Promise<RunningServer> {
           await app!.close();
           await tables.settle();
           await queue.idle();
-          if (experiments) await queue.run(() => experiments.log.flush());
+          await queue.run(() => experiments.flush());
           await closeOpened();
         })()),
     };

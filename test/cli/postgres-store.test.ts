@@ -172,6 +172,22 @@ describe("store.url: serve, tables and models on PostgreSQL through the CLI", ()
       expect(rolledBack.status, rolledBack.stderr).toBe(0);
       for (const s of servers) expect(await servingLive(s.url, ws.rag)).toBe(ws.rag);
 
+      // An experiment created from a third host goes into the database; both servers start serving it.
+      const experiment = cli(admin, ["experiment", "create", "pg-cli", "--arm", `control=${ws.plain}`, "--arm", "treatment=live"]);
+      expect(experiment.status, experiment.stderr).toBe(0);
+      for (const s of servers) {
+        let arm: unknown = null;
+        for (let attempt = 0; attempt < 600 && arm === null; attempt++) {
+          if (attempt) await new Promise((r) => setTimeout(r, 50));
+          arm = ((await (await fetch(`${s.url}/v1/users/${user}/exploration?n=3`)).json()) as { experiment: { arm: string } | null }).experiment?.arm ?? null;
+        }
+        expect(arm).toMatch(/^(control|treatment)$/);
+      }
+      expect(cli(admin, ["experiment", "list"]).json.experiments.map((e: { name: string }) => e.name)).toEqual(["pg-cli"]);
+      const simulate = cli(admin, ["experiment", "simulate", "--days", "1"]);
+      expect(simulate.status).toBe(2);
+      expect(simulate.stderr).toMatch(/does not run on the PostgreSQL event store yet \(store\.url = /);
+
       const scheduled = cli(join(root, "host-c"), ["serve", "--port", "0", "--schedule"]);
       expect(scheduled.status).toBe(2);
       expect(scheduled.stderr).toMatch(/--schedule: the hybrid schedule does not run on a PostgreSQL store yet \(store\.url = postgres:\/\/postgres@127\.0\.0\.1:\d+\/t\d+\)/);

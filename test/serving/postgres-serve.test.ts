@@ -170,16 +170,6 @@ describe("serve on a PostgreSQL store", () => {
     }
   }, 60_000);
 
-  it("experiment routes answer 501 naming why, instead of a DuckDB store the deployment does not have", async () => {
-    const res = await fetch(`${replicas[0].url}/v1/experiments`, { headers: { authorization: `Bearer ${TOKEN}` } });
-    expect(res.status).toBe(501);
-    const body = (await res.json()) as { error: { code: string; message: string } };
-    expect(body.error.code).toBe("NOT_IMPLEMENTED");
-    expect(body.error.message).toMatch(/experiments do not run on a PostgreSQL store yet \(store\.url\)/);
-    // The rest of the API is unaffected.
-    expect((await fetch(`${replicas[0].url}/readyz`)).status).toBe(200);
-  });
-
   it("under load, flips published by another process and through the admin routes: zero failed and zero mixed-version answers on both replicas", async () => {
     const store = await PostgresTableStore.open(url, new VirtualClock(ws.world.endMs));
     const lookups = { [ws.plain]: TableLookup.fromPacked(await store.packed(ws.plain)), [ws.rag]: TableLookup.fromPacked(await store.packed(ws.rag)) };
@@ -257,4 +247,36 @@ describe("serve on a PostgreSQL store", () => {
       expect(r.state.metrics.tableReloadErrors).toBe(0);
     }
   }, 120_000);
+
+  it("an experiment started through one replica is served by both (same arms), their exposures analysed together, and stopped everywhere", async () => {
+    const admin = { authorization: `Bearer ${TOKEN}`, "content-type": "application/json" };
+    const created = await fetch(`${replicas[0].url}/v1/experiments`, {
+      method: "POST",
+      headers: admin,
+      body: JSON.stringify({ definition: { name: "pg-ab", arms: [{ name: "control", table: ws.plain }, { name: "treatment", table: "live" }] } }),
+    });
+    expect(created.status).toBe(200);
+    // The other replica hears it from the database (bounded by the test's timeout).
+    while (replicas[1].state.experiment?.experiment.name !== "pg-ab") await new Promise((r) => setTimeout(r, 20));
+
+    const users = Array.from({ length: 30 }, (_, k) => ws.world.userId(k));
+    for (const [k, user] of users.entries()) {
+      const [a, b] = [await explore(replicas[k % 2], user), await explore(replicas[(k + 1) % 2], user)];
+      const armA = (a.body.experiment as { arm: string }).arm;
+      expect((b.body.experiment as { arm: string }).arm).toBe(armA);
+      expect((a.body.table as { version: string }).version).toBe(armA === "control" ? ws.plain : replicas[0].state.tables.lookup()?.version);
+    }
+    for (const r of replicas) await r.state.flushExposures();
+    const analysis = await fetch(`${replicas[1].url}/v1/experiments/pg-ab/analysis`, { headers: admin });
+    expect(analysis.status).toBe(200);
+    const body = (await analysis.json()) as { users: number; arms: Record<string, { exposures: number }> };
+    // Every user was served twice, once by each replica: both replicas' exposures are in the one analysis.
+    expect(body.users).toBe(users.length);
+    expect(Object.values(body.arms).reduce((n, a) => n + a.exposures, 0)).toBe(2 * users.length);
+
+    const stopped = await fetch(`${replicas[1].url}/v1/experiments/pg-ab/stop`, { method: "POST", headers: { authorization: admin.authorization } });
+    expect(stopped.status).toBe(200);
+    while (replicas[0].state.experiment !== null) await new Promise((r) => setTimeout(r, 20));
+    expect((await explore(replicas[0], users[0])).body.experiment).toBeNull();
+  }, 60_000);
 });

@@ -4,10 +4,12 @@
  *
  * create/list/stop/analyze work on the workspace's event store, so the server must be stopped, or pass
  * `--server URL` to go through the running server's admin routes (token from FRESHREC_ADMIN_TOKEN or
- * serve.adminToken).
+ * serve.adminToken). With store.url they work on the database beside running servers (which pick a new experiment up
+ * when they start; --server makes one serve it at once). simulate runs on the workspace only.
  */
 import type { Command } from "commander";
 import { join } from "node:path";
+import type { EventStoreContract } from "../../data/event-store.js";
 import { BadInputError, FreshrecError, type ErrorCode } from "../../domain/errors.js";
 import { writeReport, type WrittenReport } from "../../evaluation/report.js";
 import { EmbeddedLanguageModel } from "../../llm/backends/embedded.js";
@@ -15,7 +17,8 @@ import { PROMPT_TEMPLATE_HASH } from "../../llm/prompt.js";
 import { ModelRegistry, type ModelVersion } from "../../llm/registry.js";
 import {
   EXPERIMENT_METRICS,
-  ExperimentLog,
+  openExperimentLog,
+  type ExperimentLogContract,
   METRIC_LABELS,
   analyzeExperiment,
   parseExperimentDefinition,
@@ -25,7 +28,7 @@ import {
   type ExperimentAnalysis,
   type SimulatedExperimentResult,
 } from "../../serving/index.js";
-import type { CommandContext } from "../context.js";
+import { notOnPostgresYet, type CommandContext } from "../context.js";
 import { action, positiveInt } from "../run.js";
 import { adminToken } from "./serve.js";
 import { experimentView } from "../../serving/views.js";
@@ -54,18 +57,21 @@ async function callServer(ctx: CommandContext, server: string, method: "GET" | "
   return json;
 }
 
-/** With the event store open: the experiment log, for a command that runs while no server holds the store. */
-async function withLog<T>(ctx: CommandContext, body: (log: ExperimentLog, events: Awaited<ReturnType<CommandContext["openEvents"]>>) => Promise<T>): Promise<T> {
-  let events;
+/**
+ * With the event store open: the experiment log, for a command that runs while no server holds the store (the
+ * workspace's DuckDB file), or beside running servers (a PostgreSQL store, which they share).
+ */
+async function withLog<T>(ctx: CommandContext, body: (log: ExperimentLogContract, events: EventStoreContract) => Promise<T>): Promise<T> {
+  let events: EventStoreContract;
   try {
-    events = await ctx.openEvents();
+    events = await ctx.openEventStore();
   } catch (error) {
     throw new BadInputError(`${(error as Error).message}\n(is freshrec serve running? then pass --server URL to use its admin routes)`);
   }
   try {
-    return await body(await ExperimentLog.open(events), events);
+    return await body(await openExperimentLog(events), events);
   } finally {
-    events.close();
+    await events.close();
   }
 }
 
@@ -132,6 +138,8 @@ export interface SimulateExperimentOptions {
  * synthetic platform's users for `days` days. The event store must not be open elsewhere (it is copied).
  */
 export async function simulateExperiment(ctx: CommandContext, overrides: SimulateExperimentOptions = {}): Promise<SimulatedExperimentResult & { reports: WrittenReport }> {
+  // The simulation copies the workspace's event store and runs the update loop on it, neither of which is on PostgreSQL yet.
+  if (ctx.config.store.url !== null) throw notOnPostgresYet(ctx.config.store.url, ctx.paths.events);
   const e = ctx.config.experiment;
   const registry = new ModelRegistry(ctx.paths.root, ctx.clock);
   let live: ModelVersion | null;

@@ -16,7 +16,7 @@
  * const analysis = await analyzeExperiment(events, "rag-vs-monthly", { resamples: 1000 });
  * console.log(renderExperimentTable(analysis).join("\n"));
  */
-import type { EventStore } from "../../data/event-store.js";
+import type { EventStoreContract } from "../../data/event-store.js";
 import { FreshrecError } from "../../domain/errors.js";
 import { EXPERIMENT_DEFAULTS } from "../defaults.js";
 import { bootstrapRatioDelta, type PairedUnit } from "../../evaluation/bootstrap.js";
@@ -148,20 +148,22 @@ export function analyzeOutcomes(
 }
 
 /** Reads an experiment's exposures and outcomes per user from the event store and analyses them. */
-export async function analyzeExperiment(store: EventStore, experiment: Experiment, options: AnalysisOptions = {}): Promise<ExperimentAnalysis> {
+export async function analyzeExperiment(store: EventStoreContract, experiment: Experiment, options: AnalysisOptions = {}): Promise<ExperimentAnalysis> {
+  // Users in code point order on both stores (the bootstrap resamples them in this order), whatever the database's collation.
+  const byCodePoint = store.dialect === "postgres" ? ' COLLATE "C"' : "";
   const rows = await store.query<{ arm: string; user_id: string; slots: bigint; exposures: bigint; satisfied: bigint; dissatisfied: bigint; negative: bigint }>(
     `WITH x AS (
        SELECT arm, user_id, count(*) AS slots, count(DISTINCT exposure_id) AS exposures
-       FROM experiment_exposures WHERE experiment = $name GROUP BY ALL
+       FROM experiment_exposures WHERE experiment = $name GROUP BY 1, 2
      ),
      o AS (
        SELECT arm, user_id, count(*) FILTER (WHERE outcome = 'satisfied') AS satisfied,
               count(*) FILTER (WHERE outcome = 'dissatisfied') AS dissatisfied, count(*) FILTER (WHERE outcome = 'negative') AS negative
-       FROM experiment_outcomes WHERE experiment = $name GROUP BY ALL
+       FROM experiment_outcomes WHERE experiment = $name GROUP BY 1, 2
      )
      SELECT x.arm, x.user_id, x.slots, x.exposures, coalesce(o.satisfied, 0) AS satisfied, coalesce(o.dissatisfied, 0) AS dissatisfied,
             coalesce(o.negative, 0) AS negative
-     FROM x LEFT JOIN o USING (arm, user_id) ORDER BY x.user_id`,
+     FROM x LEFT JOIN o USING (arm, user_id) ORDER BY x.user_id${byCodePoint}`,
     { name: experiment.name },
   );
   const known = new Set(experiment.arms.map((a) => a.name));

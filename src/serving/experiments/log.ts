@@ -1,6 +1,6 @@
 /**
- * Experiments, exposures and outcomes, kept in the event store's DuckDB file beside the events they are measured
- * with (tables `experiments`, `experiment_exposures`, `experiment_outcomes`), so an analysis joins them in one place
+ * Experiments, exposures and outcomes, kept in the event store beside the events they are measured with (this file:
+ * the DuckDB adapter; ./postgres-log.ts the PostgreSQL one) (tables `experiments`, `experiment_exposures`, `experiment_outcomes`), so an analysis joins them in one place
  * and a backup of the event store holds everything.
  *
  * - An *exposure* is one slot of one served slate: (exposure id, rank, cluster, items shown), with the arm and the
@@ -18,8 +18,11 @@
  * log.logExposure({ exposureId, experiment: "e1", arm: "control", userId, ts, tableVersion, coldStart: false, slots });
  * await log.flush();
  */
-import { BIGINT, BOOLEAN, DuckDBDataChunk, FLOAT, INTEGER, VARCHAR, listValue, type DuckDBType, type DuckDBValue } from "@duckdb/node-api";
-import type { EventStore } from "../../data/event-store.js";
+import { BIGINT, BOOLEAN, DuckDBDataChunk, FLOAT, INTEGER, LIST, VARCHAR, listValue, type DuckDBType, type DuckDBValue } from "@duckdb/node-api";
+import { EventStore, type EventStoreContract } from "../../data/event-store.js";
+import { PostgresEventStore } from "../../data/postgres-event-store.js";
+// Type-only the other way (./postgres-log.ts imports this file's types), so there is no cycle when it runs.
+import { PostgresExperimentLog } from "./postgres-log.js";
 import { BadInputError, FreshrecError } from "../../domain/errors.js";
 import type { Experiment, ExperimentDefinition, ExperimentStatus } from "./definition.js";
 
@@ -90,7 +93,34 @@ function toExperiment(r: ExperimentRow): Experiment {
   return { ...d, status: r.status, createdAt: Number(r.created_at), stoppedAt: r.stopped_at === null ? null : Number(r.stopped_at) };
 }
 
-export class ExperimentLog {
+/**
+ * What the server and the CLI use of an experiment log; both adapters implement it: `ExperimentLog` (the DuckDB event
+ * store) and `PostgresExperimentLog` (./postgres-log.ts). `openExperimentLog` picks the one of a store.
+ */
+export interface ExperimentLogContract {
+  list(): Promise<Experiment[]>;
+  /** NOT_FOUND for an unknown name. */
+  get(name: string): Promise<Experiment>;
+  active(): Promise<Experiment | null>;
+  /** Stores a new experiment as the active one; BAD_INPUT for a name used before, or another active without `replace`. */
+  create(definition: ExperimentDefinition, now: number, options?: { replace?: boolean }): Promise<Experiment>;
+  stop(name: string, now: number): Promise<Experiment>;
+  logExposure(record: ExposureRecord): void;
+  logOutcome(record: OutcomeRecord): void;
+  /** Rows (exposure slots and outcomes) waiting for `flush`. */
+  readonly buffered: number;
+  flush(): Promise<number>;
+  attributeOutcomes(experiment: string, events: readonly AttributableEvent[], windowMs: number, positiveMin: number | null): Promise<number>;
+}
+
+/** The experiment log kept in `store`, whichever adapter it is. */
+export async function openExperimentLog(store: EventStoreContract): Promise<ExperimentLogContract> {
+  if (store instanceof PostgresEventStore) return PostgresExperimentLog.open(store);
+  if (store instanceof EventStore) return ExperimentLog.open(store);
+  throw new FreshrecError("INTERNAL", `no experiment log for an event store of dialect ${store.dialect}`);
+}
+
+export class ExperimentLog implements ExperimentLogContract {
   private exposures: DuckDBValue[][] = [];
   private outcomes: DuckDBValue[][] = [];
 
@@ -231,6 +261,8 @@ export class ExperimentLog {
       negative: listValue(events.map((e) => e.negative)),
     };
     if (positiveMin !== null) params.positiveMin = positiveMin;
+    // Typed lists: left to itself DuckDB types a list by its first value, so engagements [1, 0.5] failed as integers.
+    const types = { users: LIST(VARCHAR), items: LIST(VARCHAR), clusters: LIST(VARCHAR), ts: LIST(BIGINT), engagement: LIST(FLOAT), negative: LIST(BOOLEAN) };
     await this.store.connection.run(
       `INSERT INTO experiment_outcomes
        WITH b AS (
@@ -249,6 +281,7 @@ export class ExperimentLog {
        SELECT exposure_id, experiment, arm, user_id, rank, cluster_id, item_id, ts, outcome, engagement FROM matched m
        WHERE k = 1 AND NOT EXISTS (SELECT 1 FROM experiment_outcomes o WHERE o.exposure_id = m.exposure_id AND o.rank = m.rank)`,
       params,
+      types,
     );
     return (await this.count("experiment_outcomes")) - before;
   }
