@@ -64,8 +64,9 @@ export interface ServeOptions {
   readonly events?: EventStore;
   /**
    * The event store POST /v1/events writes to and the user index loads from, in place of `events`: a deployment's
-   * PostgreSQL event store, holding the same catalog (same item keys) as `events`. A step towards serving on
-   * `store.url` (issue 19): the catalog, grounding and experiments still come from `events`. The server does not close it.
+   * PostgreSQL event store, holding the same catalog (same item keys) as `events`, while the catalog, grounding and
+   * experiments come from `events` (the intake bench measures the PostgreSQL intake this way; a deployment serves on
+   * `storeUrl`, where every store is the database). The server does not close it.
    * @defaultValue `events`
    */
   readonly intakeEvents?: PostgresEventStore;
