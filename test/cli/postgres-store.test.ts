@@ -150,6 +150,14 @@ describe("store.url: serve, tables and models on PostgreSQL through the CLI", ()
       [ws.rag, "live"],
       [ws.fusion, "ready"],
     ]);
+    const shown = cli(admin, ["tables", "show", "live", "--limit", "2"]);
+    expect(shown.status, shown.stderr).toBe(0);
+    expect(shown.json).toMatchObject({ version: ws.rag, status: "live" });
+    expect(shown.json.rows).toHaveLength(2);
+    const [pair] = shown.json.rows as { c1: string; c2: string; answers: unknown[] }[];
+    const one = cli(admin, ["tables", "show", ws.plain, "--pair", `${pair.c1},${pair.c2}`]);
+    expect(one.status, one.stderr).toBe(0);
+    expect(one.json.rows).toEqual([expect.objectContaining({ c1: pair.c1, c2: pair.c2 })]);
     const models = cli(admin, ["models", "list"]);
     expect(models.status, models.stderr).toBe(0);
     expect(models.json).toMatchObject({ live: "m000001", models: [{ version: "m000001", status: "live" }] });
