@@ -66,6 +66,23 @@ describe("store.url: the PostgreSQL event store through the CLI", () => {
     expect(existsSync(join(pgWorkspace, "events.duckdb"))).toBe(false);
   }, 600_000);
 
+  it("refuses commands whose state is the workspace's (schedule status/pause, pretrain of a configured model) instead of reading or writing it", () => {
+    const workspace = join(mkdtempSync(join(tmpdir(), "freshrec-pgcli-")), "ws");
+    const url = "postgres://me:hunter2@127.0.0.1:1/deployment";
+    for (const [args, config] of [
+      [["schedule", "status"], { store: { url } }],
+      [["schedule", "pause", "refresh"], { store: { url } }],
+      [["pretrain"], { store: { url }, llm: { backend: "openai", openai: { model: "some-model" } } }],
+    ] as const) {
+      const r = freshrec(workspace, ["--json", ...args], config);
+      expect(r.status, `${args.join(" ")}: ${r.stderr}`).toBe(2);
+      expect(r.stderr).toMatch(/does not run on the PostgreSQL event store yet \(store\.url = postgres:\/\/me:\*\*\*@127\.0\.0\.1:1\/deployment\)/);
+      expect(r.stderr).not.toContain("hunter2");
+    }
+    expect(existsSync(join(workspace, "schedule.sqlite"))).toBe(false);
+    expect(existsSync(join(workspace, "registry.sqlite"))).toBe(false);
+  });
+
   it("refuses a store.url that is not a PostgreSQL URL, naming the field", () => {
     const workspace = join(mkdtempSync(join(tmpdir(), "freshrec-pgcli-")), "ws");
     const r = freshrec(workspace, ["--json", "analyze", "drift"], { store: { url: "mysql://x" } });

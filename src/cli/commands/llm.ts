@@ -8,7 +8,6 @@ import type { Command } from "commander";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { BadInputError } from "../../domain/errors.js";
-import { ModelRegistry } from "../../llm/registry.js";
 import { startLlmServer } from "../../llm/openai-server.js";
 import { action, positiveInt } from "../run.js";
 
@@ -43,14 +42,15 @@ export function registerLlm(program: Command): void {
         let modelPath = opts.model;
         let name = opts.name;
         if (modelPath === undefined) {
-          const registry = new ModelRegistry(ctx.paths.root, ctx.clock);
+          // The registry the config names: the workspace's, or with store.url the deployment's database.
+          const registry = await ctx.openRegistry();
           try {
-            const live = registry.live();
-            if (!live) throw new BadInputError(`no live model in ${ctx.paths.root}: run freshrec pretrain (or demo) first, or pass --model FILE`);
-            modelPath = registry.modelFile(live);
+            const live = await registry.live();
+            if (!live) throw new BadInputError(`no live model in ${registry.location}: run freshrec pretrain (or demo) first, or pass --model FILE`);
+            modelPath = await registry.modelFile(live);
             name ??= live.version;
           } finally {
-            registry.close();
+            await registry.close();
           }
         } else if (!existsSync(modelPath)) {
           throw new BadInputError(`--model: ${modelPath} does not exist`);

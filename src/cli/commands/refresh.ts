@@ -18,7 +18,7 @@ import {
   type ScheduleStatus,
 } from "../../update/schedule/index.js";
 import type { FreshrecConfig } from "../config.js";
-import type { CommandContext } from "../context.js";
+import { notOnPostgresYet, type CommandContext } from "../context.js";
 import { openLoop, resolveAsOf, type OpenLoop } from "../loop-context.js";
 import { action, timeOption } from "../run.js";
 import { iso } from "../format.js";
@@ -158,6 +158,8 @@ export function registerRefresh(program: Command): void {
     .addHelpText("after", "\nExample:\n  freshrec schedule status --json")
     .action(
       action(async (ctx) => {
+        // The schedule's state is the workspace's, not a deployment's (schedule run does not run on the database yet).
+        if (ctx.config.store.url !== null) throw notOnPostgresYet(ctx.config.store.url, scheduleStorePath(ctx.paths.root));
         const store = SqliteScheduleStore.open(scheduleStorePath(ctx.paths.root));
         try {
           const definitions = [
@@ -184,6 +186,7 @@ export function registerRefresh(program: Command): void {
         action(async (ctx, command) => {
           const [job] = command.args;
           if (job !== "finetune" && job !== "refresh") throw new BadInputError(`job must be finetune or refresh, got ${JSON.stringify(job)}`);
+          if (ctx.config.store.url !== null) throw notOnPostgresYet(ctx.config.store.url, scheduleStorePath(ctx.paths.root));
           const store = SqliteScheduleStore.open(scheduleStorePath(ctx.paths.root));
           try {
             const noop = async () => ({ status: "succeeded" as const });
