@@ -334,10 +334,10 @@ class SliceLikelihood {
   private readonly obsWeightTau: Float64Array;
   private readonly marginalWeight: Float64Array;
   private stagedTau = Number.NaN;
-  private stagedLiftShare = Number.NaN;
+  private stagedPriorLift = Number.NaN;
   /** Stage (beta, gamma, tau, lift): the rows' sums over the known clusters of entry x marginal weight. */
-  private readonly rowKnownLift: Float64Array;
-  private stagedLift = "";
+  private readonly rowKnownLifted: Float64Array;
+  private stagedLiftedRows = "";
   /**
    * The likelihood split for the alpha search: an observation without evidence users contributes
    * log alpha + log base, every observation -log(pair evidence + alpha), grouped by that evidence.
@@ -350,7 +350,7 @@ class SliceLikelihood {
   private readonly entryNow: Float64Array;
   private readonly rowSumNow: Float64Array;
   private readonly rowKnownNow: Float64Array;
-  private readonly rowKnownLiftNow: Float64Array;
+  private readonly rowKnownLiftedNow: Float64Array;
   private readonly base: Float64Array;
 
   /** `served`: the counts of [T - W, T), which holds `slice`. */
@@ -458,8 +458,8 @@ class SliceLikelihood {
     this.restWeight = new Float64Array(pairs.length);
     this.obsWeightTau = new Float64Array(prior ? this.transitions : 0);
     this.marginalWeight = new Float64Array(prior ? K * K : 0);
-    this.rowKnownLift = new Float64Array(K);
-    this.rowKnownLiftNow = new Float64Array(K);
+    this.rowKnownLifted = new Float64Array(K);
+    this.rowKnownLiftedNow = new Float64Array(K);
     this.popularity = logPopularity(before).map(Math.exp);
     this.logEntry = new Float64Array(K * K);
     this.updateLog = new Float64Array(updateEntry.length);
@@ -508,8 +508,8 @@ class SliceLikelihood {
   }
 
   /** The prior's weights for (tau, lift) (as exp(tau * log p): one exp per weight where pow costs several). */
-  private stageTau(tau: number, lift: number): void {
-    if (tau === this.stagedTau && lift === this.stagedLiftShare) return;
+  private stagePrior(tau: number, lift: number): void {
+    if (tau === this.stagedTau && lift === this.stagedPriorLift) return;
     const topM = this.prior!.topM;
     const marginalPower = -lift * tau;
     for (let i = 0; i < this.pairC1.length; i++) {
@@ -520,20 +520,20 @@ class SliceLikelihood {
     const K = this.K;
     for (const c2 of this.rows) for (let at = c2 * K, end = at + K; at < end; at++) this.marginalWeight[at] = Math.exp(marginalPower * this.logMarginal![at]);
     this.stagedTau = tau;
-    this.stagedLiftShare = lift;
+    this.stagedPriorLift = lift;
   }
 
   /** The rows' sums over the known clusters of entry x marginal weight, for the staged (beta, gamma) and (tau, lift). */
-  private stageLift(known: Uint8Array | null): void {
-    const key = `${this.stagedGammaBeta} ${this.stagedGamma} ${this.stagedTau} ${this.stagedLiftShare}`;
-    if (key === this.stagedLift) return;
+  private stageLiftedRows(known: Uint8Array | null): void {
+    const key = `${this.stagedGammaBeta} ${this.stagedGamma} ${this.stagedTau} ${this.stagedPriorLift}`;
+    if (key === this.stagedLiftedRows) return;
     const K = this.K;
     for (const c2 of this.rows) {
       let sum = 0;
       for (let n = 0; n < K; n++) if (!known || known[n]) sum += this.entry[c2 * K + n] * this.marginalWeight[c2 * K + n];
-      this.rowKnownLift[c2] = sum;
+      this.rowKnownLifted[c2] = sum;
     }
-    this.stagedLift = key;
+    this.stagedLiftedRows = key;
   }
 
   /**
@@ -550,16 +550,16 @@ class SliceLikelihood {
     const prior = tau > 0 ? this.prior : null;
     const known = prior?.known ?? null;
     if (prior) {
-      this.stageTau(tau, lift);
-      this.stageLift(known);
+      this.stagePrior(tau, lift);
+      this.stageLiftedRows(known);
     }
-    const { answerWeight, answerNext, answerCount, restWeight, obsWeightTau, marginalWeight, entryNow, rowSumNow, rowKnownNow, rowKnownLiftNow, updateEntry, updateExp } = this;
+    const { answerWeight, answerNext, answerCount, restWeight, obsWeightTau, marginalWeight, entryNow, rowSumNow, rowKnownNow, rowKnownLiftedNow, updateEntry, updateExp } = this;
     const topM = prior?.topM ?? 0;
     for (const c2 of this.rows) {
       entryNow.set(this.entry.subarray(c2 * K, c2 * K + K), c2 * K);
       rowSumNow[c2] = this.rowSum[c2];
       rowKnownNow[c2] = this.rowKnown[c2];
-      rowKnownLiftNow[c2] = this.rowKnownLift[c2];
+      rowKnownLiftedNow[c2] = this.rowKnownLifted[c2];
     }
     // Reused between calls: each result is consumed (profileAlpha) before the next evaluation.
     const out = this.base;
@@ -573,7 +573,7 @@ class SliceLikelihood {
         rowSumNow[c2] += change;
         if (!maskKnown || maskKnown[at % K]) {
           rowKnownNow[c2] += change;
-          if (prior) rowKnownLiftNow[c2] += change * marginalWeight[at];
+          if (prior) rowKnownLiftedNow[c2] += change * marginalWeight[at];
         }
       }
       const i = this.obsPair[o];
@@ -585,7 +585,7 @@ class SliceLikelihood {
       if (prior && (!known || known[n])) {
         const knownSum = rowKnownNow[c2] - (!known || known[c1] ? entryNow[row + c1] : 0) - (!known || known[c2] ? entryNow[row + c2] : 0);
         const knownLift =
-          rowKnownLiftNow[c2] -
+          rowKnownLiftedNow[c2] -
           (!known || known[c1] ? entryNow[row + c1] * marginalWeight[row + c1] : 0) -
           (!known || known[c2] ? entryNow[row + c2] * marginalWeight[row + c2] : 0);
         const rest = restWeight[i];
