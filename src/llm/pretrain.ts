@@ -16,11 +16,16 @@ import { TRAIN_DEFAULTS, sampleOf } from "./contracts.js";
 import { EmbeddedLanguageModel } from "./backends/embedded.js";
 import { type ModelShape, readModelFile } from "./engine/model-file.js";
 import { EmbeddedTrainer, type EmbeddedTrainerOptions } from "./engine/trainer.js";
-import { type ModelVersion, ModelRegistry } from "./registry.js";
+import { EmbeddedModelRegistry, type ModelRegistryContract, type ModelVersion } from "./registry.js";
 
 export interface PretrainOptions {
   /** Workspace directory (registry.sqlite and models/ live there). */
   readonly workspace: string;
+  /**
+   * The registry the base model is registered in (the caller closes it), for a deployment's shared one (`store.url`).
+   * @defaultValue the workspace's registry.sqlite, opened and closed here
+   */
+  readonly registry?: ModelRegistryContract;
   readonly clock: Clock;
   readonly clusters: readonly Cluster[];
   /** Items with titles: their words enter the vocabulary and catalog lines tie them to their cluster. */
@@ -123,9 +128,9 @@ export async function evaluateHeldOut(
 export async function pretrainBaseModel(options: PretrainOptions): Promise<PretrainResult> {
   const started = process.hrtime.bigint();
   if (options.transitions.length === 0) throw new FreshrecError("BAD_INPUT", "pretraining needs transitions mined before the as-of time");
-  const registry = new ModelRegistry(options.workspace, options.clock);
+  const registry = options.registry ?? EmbeddedModelRegistry.open(options.workspace, options.clock);
   try {
-    const version = registry.nextVersion();
+    const version = await registry.nextVersion();
     const dir = join(registry.modelsDir, version);
     const titles = (options.items ?? []).filter((i) => i.title && i.title.trim() !== "");
     const catalog: CatalogLine[] = [
@@ -173,7 +178,7 @@ export async function pretrainBaseModel(options: PretrainOptions): Promise<Pretr
       reason: "pretrained base model",
     });
     const final =
-      (options.makeLiveIfNone ?? true) && !registry.live() ? registry.makeLive(registered.version, "first model") : registered;
+      (options.makeLiveIfNone ?? true) && !(await registry.live()) ? await registry.makeLive(registered.version, "first model") : registered;
     return {
       modelVersion: final.version,
       status: final.status,
@@ -184,6 +189,6 @@ export async function pretrainBaseModel(options: PretrainOptions): Promise<Pretr
       seconds: Number(process.hrtime.bigint() - started) / 1e9,
     };
   } finally {
-    registry.close();
+    if (!options.registry) await registry.close();
   }
 }

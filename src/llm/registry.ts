@@ -15,7 +15,8 @@
  * Two surfaces, as the table store has: `ModelRegistryContract` (asynchronous), the one contract both adapters
  * implement (`EmbeddedModelRegistry` over this file, `PostgresModelRegistry` in ./postgres-registry.ts for a
  * deployment's shared database), run by one conformance suite (test/llm/registry-conformance.ts); and the synchronous
- * `ModelRegistry`, which the in-process paths (pretrain, the update loop, replay) still call.
+ * `ModelRegistry`, which replay and `serve --schedule` still hold (the update loop takes either through
+ * `modelRegistryContract`).
  *
  * @example
  * const registry = new ModelRegistry("./.freshrec", clock);
@@ -551,4 +552,15 @@ export class EmbeddedModelRegistry implements ModelRegistryContract {
   async close(): Promise<void> {
     this.sync.close();
   }
+}
+
+/** What the update path (the update loop, fine-tuning) is handed: any adapter, or the synchronous registry replay keeps. */
+export type UpdateModelRegistry = ModelRegistryContract | ModelRegistry;
+
+/**
+ * The contract over an `UpdateModelRegistry`: a synchronous registry is wrapped (same file, same calls), an adapter is
+ * returned as it is. The wrapper is never closed: its owner closes the registry.
+ */
+export function modelRegistryContract(registry: UpdateModelRegistry): ModelRegistryContract {
+  return registry instanceof ModelRegistry ? new EmbeddedModelRegistry(registry) : registry;
 }

@@ -11,8 +11,9 @@
  *   Adapters: `EmbeddedTableStore` (./embedded-store.ts, the workspace's SQLite file) and `PostgresTableStore`
  *   (./postgres-store.ts, a deployment's shared database, issue 19). Both run the shared conformance suite in
  *   test/tables/conformance.ts.
- * - `TableStore` (synchronous): the SQLite adapter's own surface (`SqliteTableStore`), which the in-process update
- *   path (table builds, replay, the oracle) still calls; `EmbeddedTableStore.sync` hands it out.
+ * - `TableStore` (synchronous): the SQLite adapter's own surface (`SqliteTableStore`), which replay, the oracle and
+ *   `serve --schedule` still hold; `EmbeddedTableStore.sync` hands it out. The update path (table builds, refresh,
+ *   the update loop) takes either and works through the contract (`tableStoreContract` of ./embedded-store.ts).
  *
  * @example
  * const store = SqliteTableStore.open(tableStorePath(workspace), clock);

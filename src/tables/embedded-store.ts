@@ -4,8 +4,8 @@
  * `SqliteTableStore` (./sqlite-store.ts) underneath; the only calls that could hold the event loop for long, reading
  * a whole table, give it back between pages.
  *
- * `sync` is the synchronous store itself, for the in-process update path (table builds, replay) that still calls
- * it directly.
+ * `sync` is the synchronous store itself, for the callers that still hold it (replay, the oracle, the demo's
+ * timeline, `serve --schedule`).
  *
  * @example
  * const store = EmbeddedTableStore.open(tableStorePath(".freshrec"), new SystemClock());
@@ -158,4 +158,18 @@ class EmbeddedTableBuilder implements TableBuilderContract {
   async fail(reason: string): Promise<TableInfo> {
     return this.builder.fail(reason);
   }
+}
+
+/**
+ * What the update path (table builds, refresh jobs, the update loop) is handed: any adapter of the contract, or the
+ * workspace's synchronous store itself, which replay and the oracle keep using (`SqliteTableStore`).
+ */
+export type UpdateTableStore = TableStoreContract | SqliteTableStore;
+
+/**
+ * The contract over an `UpdateTableStore`: a synchronous store is wrapped (same file, same calls, so a replay builds
+ * the same tables as before), an adapter is returned as it is. The wrapper is never closed: its owner closes the store.
+ */
+export function tableStoreContract(store: UpdateTableStore): TableStoreContract {
+  return store instanceof SqliteTableStore ? new EmbeddedTableStore(store) : store;
 }

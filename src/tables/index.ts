@@ -1,7 +1,7 @@
 /** The versioned table store: contract, adapters (SQLite, PostgreSQL), serving lookup. See ./contract.ts for the lifecycle. */
 export * from "./contract.js";
 export * from "./errors.js";
-export { EmbeddedTableStore } from "./embedded-store.js";
+export { EmbeddedTableStore, tableStoreContract, type UpdateTableStore } from "./embedded-store.js";
 export { PostgresTableStore, TABLES_CHANNEL, type PostgresTableStoreOptions } from "./postgres-store.js";
 export { SqliteTableStore, tableStorePath, versionId, type SqliteTableStoreOptions } from "./sqlite-store.js";
 export { LiveTable, TableLookup, TableLookupBuilder, type AnswerBuffer, type TableLookupOptions } from "./lookup.js";

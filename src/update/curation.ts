@@ -25,7 +25,7 @@
  * const set = await curateFineTuningSet(store, Date.parse("2025-07-01"));
  * set.train.length; set.test.length; set.window;
  */
-import type { EventStore } from "../data/event-store.js";
+import type { EventStoreContract } from "../data/event-store.js";
 import { DAY_MS } from "../domain/clock.js";
 import { BadInputError } from "../domain/errors.js";
 import { seededRandom, shuffleInPlace } from "../domain/random.js";
@@ -108,7 +108,7 @@ export interface FineTuningSet {
  * costs one aggregate query, not a list of every transition.
  */
 async function rehearsalSamples(
-  store: EventStore,
+  store: EventStoreContract,
   seed: number,
   trainWindow: TimeWindow,
   recent: number,
@@ -140,7 +140,7 @@ async function rehearsalSamples(
   return samples;
 }
 
-export async function curateFineTuningSet(store: EventStore, asOf: number, options: CurationOptions = {}): Promise<FineTuningSet> {
+export async function curateFineTuningSet(store: EventStoreContract, asOf: number, options: CurationOptions = {}): Promise<FineTuningSet> {
   const o = { ...CURATION_DEFAULTS, ...Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) } as Required<
     Omit<CurationOptions, "positiveMin" | "rag" | "since">
   > &

@@ -9,7 +9,7 @@
  * const outcome = await runFinetune(asOf, { events, registry, trainer, openModel, clusters, modelsDir });
  */
 import { join } from "node:path";
-import type { EventStore } from "../data/event-store.js";
+import type { EventStoreContract } from "../data/event-store.js";
 import { DAY_MS } from "../domain/clock.js";
 import { FreshrecError } from "../domain/errors.js";
 import { remembered } from "../domain/memo.js";
@@ -24,7 +24,7 @@ export interface FinetuneRegistry {
    * The live model, or null before any model went live; `dataEnd` is the end of the data it was trained on (null
    * when unknown), where a fine-tune of it starts learning.
    */
-  live(): { readonly version: string; readonly path: string; readonly dataEnd: number | null } | null;
+  live(): Promise<{ readonly version: string; readonly path: string; readonly dataEnd: number | null } | null>;
   /** Registers a new candidate and returns its version. */
   registerCandidate(entry: {
     readonly parent: string | null;
@@ -35,11 +35,11 @@ export interface FinetuneRegistry {
     readonly metrics: Readonly<Record<string, unknown>>;
   }): Promise<string>;
   /** Moves a candidate to live (the previous live model retires) or to halted, with the reason. */
-  decide(version: string, decision: "live" | "halted", reason: string, metrics: Readonly<Record<string, unknown>>): void;
+  decide(version: string, decision: "live" | "halted", reason: string, metrics: Readonly<Record<string, unknown>>): Promise<void>;
 }
 
 export interface FinetuneOptions {
-  readonly events: EventStore;
+  readonly events: EventStoreContract;
   readonly registry: FinetuneRegistry;
   readonly trainer: Trainer;
   /** Opens a model file for the gates' scoring and generation. */
@@ -74,7 +74,7 @@ export class FinetuneMemo {
   private readonly gates = new Map<string, Promise<GateResult>>();
 
   /** @param events the store every set and gate of this memo comes from (it must not change while the memo lives) */
-  constructor(readonly events: EventStore) {}
+  constructor(readonly events: EventStoreContract) {}
 
   curate(asOf: number, options: CurationOptions = {}): Promise<FineTuningSet> {
     return remembered(this.sets, JSON.stringify([asOf, options]), () => curateFineTuningSet(this.events, asOf, options));
@@ -116,7 +116,7 @@ export interface FinetuneResult {
 
 export async function runFinetune(asOf: number, options: FinetuneOptions): Promise<FinetuneResult> {
   const started = process.hrtime.bigint();
-  const parent = options.registry.live();
+  const parent = await options.registry.live();
   if (options.memo && options.memo.events !== options.events) throw new Error("FinetuneMemo: the memo belongs to another event store");
   // The training part starts where the parent's data ended (within the window): what it has not seen is learnt,
   // what it has is rehearsed (curation's rehearsalShare), not trained on again as if new. A model delivered from
@@ -155,7 +155,7 @@ export async function runFinetune(asOf: number, options: FinetuneOptions): Promi
     metrics,
   });
   const status = gates.passed ? "live" : "halted";
-  options.registry.decide(version, status, gates.passed ? "gates passed" : gates.reasons.join("; "), metrics);
+  await options.registry.decide(version, status, gates.passed ? "gates passed" : gates.reasons.join("; "), metrics);
   return {
     modelVersion: version,
     status,

@@ -53,7 +53,7 @@ import { remembered } from "../domain/memo.js";
 import { BadInputError, FreshrecError } from "../domain/errors.js";
 import { pairKey, type ScoredCluster, type TimeWindow } from "../domain/types.js";
 import type { PromptInput } from "../llm/prompt.js";
-import type { EventStore } from "../data/event-store.js";
+import type { EventStoreContract } from "../data/event-store.js";
 import type { EvidenceLog, WindowCounts } from "../mining/evidence.js";
 import { firstSeen } from "../mining/first-seen.js";
 import type { PromptScorer } from "./generate.js";
@@ -1270,7 +1270,7 @@ export class EvidenceCache {
    * Each cluster's first positive event (`firstSeen`), read once per cache and positive rule: a cache lives over
    * one unchanging store (a replay) or one refresh, never across ingests (a cluster launched later would be missed).
    */
-  firstSeen(events: EventStore, positiveMin: number | null, key: string): Promise<Map<string, number>> {
+  firstSeen(events: EventStoreContract, positiveMin: number | null, key: string): Promise<Map<string, number>> {
     return remembered(this.firsts, key, () => firstSeen(events, "cluster", { positiveMin }));
   }
 

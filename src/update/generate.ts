@@ -11,7 +11,7 @@
  *
  * @example
  * const built = await buildTable({ store: tables, clusters, scorer, modelVersion: "m000002", templateHash, rag: snapshot });
- * tables.publish(built.table.version);
+ * await tables.publish(built.table.version);
  */
 import { pairKey, type ScoredCluster } from "../domain/types.js";
 import { DAY_MS } from "../domain/clock.js";
@@ -19,8 +19,9 @@ import { FreshrecError } from "../domain/errors.js";
 import { SILENT_PROGRESS, type ProgressSink } from "../domain/types.js";
 import type { CostEstimate } from "../llm/contracts.js";
 import type { PromptInput } from "../llm/prompt.js";
-import type { TableBuildRow, TableInfo, TableStore } from "../tables/index.js";
+import type { TableBuildRow, TableInfo, TableStoreContract } from "../tables/contract.js";
 import { TABLE_DEFAULTS } from "../tables/contract.js";
+import { tableStoreContract, type UpdateTableStore } from "../tables/embedded-store.js";
 import { contextFor, contextKey, type RagSnapshot } from "./rag.js";
 
 /** Scores prompts over the cluster vocabulary: the part of a language model (or baseline) a table build needs. */
@@ -44,7 +45,8 @@ export interface PromptScorer {
 }
 
 export interface BuildTableOptions {
-  readonly store: TableStore;
+  /** Any table store adapter, or the workspace's synchronous SQLite store (replay keeps that one). */
+  readonly store: UpdateTableStore;
   /** Cluster ids of the vocabulary; every ordered pair of them gets a row. */
   readonly clusters: readonly string[];
   readonly scorer: PromptScorer;
@@ -82,8 +84,8 @@ export interface BuildTableResult {
 }
 
 /** The newest finished table of this model and template: what an incremental build copies from. */
-export function previousTable(store: TableStore, modelVersion: string, templateHash: string): TableInfo | null {
-  return store.list({ modelVersion, templateHash, status: ["ready", "live", "retired"] }).at(-1) ?? null;
+export async function previousTable(store: UpdateTableStore, modelVersion: string, templateHash: string): Promise<TableInfo | null> {
+  return (await tableStoreContract(store).list({ modelVersion, templateHash, status: ["ready", "live", "retired"] })).at(-1) ?? null;
 }
 
 /** What a build will do: the rows it copies from the previous table and the prompts it scores. */
@@ -98,10 +100,11 @@ export interface TablePlan {
  * Compares every pair's context with the previous table's (module comment). `buildTable` runs this plan;
  * `refresh --dry-run` prices it without building anything.
  */
-export function planTable(options: Pick<BuildTableOptions, "store" | "clusters" | "modelVersion" | "templateHash" | "rag" | "full">): TablePlan {
+export async function planTable(options: Pick<BuildTableOptions, "store" | "clusters" | "modelVersion" | "templateHash" | "rag" | "full">): Promise<TablePlan> {
   const rag = options.rag ?? null;
-  const previous = options.full ? null : previousTable(options.store, options.modelVersion, options.templateHash);
-  const previousKeys = previous ? options.store.contextKeys(previous.version) : null;
+  const store = tableStoreContract(options.store);
+  const previous = options.full ? null : await previousTable(store, options.modelVersion, options.templateHash);
+  const previousKeys = previous ? await store.contextKeys(previous.version) : null;
   const copy: { c1: string; c2: string }[] = [];
   const rescore: { input: PromptInput; key: string }[] = [];
   for (const c1 of options.clusters) {
@@ -122,11 +125,12 @@ export async function buildTable(options: BuildTableOptions): Promise<BuildTable
   const batchSize = options.batchSize ?? options.scorer.promptsPerCall ?? 1024;
   const progress = options.progress ?? SILENT_PROGRESS;
   const rag = options.rag ?? null;
-  const { previous, copy, rescore } = planTable(options);
+  const store: TableStoreContract = tableStoreContract(options.store);
+  const { previous, copy, rescore } = await planTable({ ...options, store });
   // Priced before scoring: afterwards a response cache would answer every prompt for free.
   const cost = options.scorer.estimateCost?.(rescore.map((r) => r.input)) ?? null;
 
-  const builder = options.store.beginBuild({
+  const builder = await store.beginBuild({
     modelVersion: options.modelVersion,
     templateHash: options.templateHash,
     ragAsOf: options.evidenceMeta?.asOf ?? rag?.asOf ?? null,
@@ -139,7 +143,7 @@ export async function buildTable(options: BuildTableOptions): Promise<BuildTable
   });
   const diffDone = process.hrtime.bigint();
   try {
-    const copied = copy.length && previous ? builder.copyRows(previous.version, copy) : 0;
+    const copied = copy.length && previous ? await builder.copyRows(previous.version, copy) : 0;
     const copyDone = process.hrtime.bigint();
     progress.start(`scoring ${rescore.length} pairs`, rescore.length);
     for (let start = 0; start < rescore.length; start += batchSize) {
@@ -157,7 +161,7 @@ export async function buildTable(options: BuildTableOptions): Promise<BuildTable
         const explanation = options.scorer.storedExplanation?.(b.input, answers.length);
         return explanation ? { c1, c2, answers, contextKey: b.key, explanation } : { c1, c2, answers, contextKey: b.key };
       });
-      builder.append(rows);
+      await builder.append(rows);
       progress.update(Math.min(start + batchSize, rescore.length), { pairs: start + batch.length });
     }
     progress.stop();
@@ -165,12 +169,12 @@ export async function buildTable(options: BuildTableOptions): Promise<BuildTable
     const seconds = Number(done - started) / 1e9;
     const promptsPerSecond = rescore.length / Math.max(seconds, 1e-9);
     const pairs = copy.length + rescore.length;
-    const table = builder.finish({ pairs, rescored: rescore.length, copied, seconds, promptsPerSecond });
+    const table = await builder.finish({ pairs, rescored: rescore.length, copied, seconds, promptsPerSecond });
     const phases = { diffSeconds: Number(diffDone - started) / 1e9, copySeconds: Number(copyDone - diffDone) / 1e9, scoreSeconds: Number(done - copyDone) / 1e9 };
     return { table, pairs, rescored: rescore.length, copied, seconds, promptsPerSecond, phases, cost };
   } catch (error) {
     progress.stop();
-    builder.fail(error instanceof Error ? error.message : String(error));
+    await builder.fail(error instanceof Error ? error.message : String(error));
     throw error;
   }
 }

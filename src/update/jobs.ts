@@ -3,9 +3,9 @@
  * (`runRefresh`, later fine-tuning), reporting status, cost and what was published. `schedule run`,
  * `schedule run --simulate` and replay evaluation all schedule these same functions.
  */
-import type { EventStore } from "../data/event-store.js";
+import type { EventStoreContract } from "../data/event-store.js";
 import { FreshrecError } from "../domain/errors.js";
-import type { TableStore } from "../tables/index.js";
+import type { UpdateTableStore } from "../tables/embedded-store.js";
 import { PopularNovelScorer, rankNextClusters, SuccessorScorer } from "./baselines.js";
 import { SnapshotCache, type RagOptions } from "./rag.js";
 import { runRefresh, type RefreshOptions } from "./refresh.js";
@@ -62,7 +62,7 @@ export type BaselineName = "successor-top1" | "popular-novel" | "counts-backoff"
  */
 export function baselineRefreshJob(
   kind: BaselineName,
-  base: Omit<RefreshOptions, "model" | "signal"> & { events: EventStore; tables: TableStore; rag: RagOptions & { positiveMin?: number | null } },
+  base: Omit<RefreshOptions, "model" | "signal"> & { events: EventStoreContract; tables: UpdateTableStore; rag: RagOptions & { positiveMin?: number | null } },
 ): JobRun {
   if (kind === "counts-backoff") {
     // The fusion posterior with no LLM prior: the strongest counting baseline, fitted the way the hybrid is.

@@ -10,15 +10,16 @@
  * await new Scheduler({ jobs, store, clock }).simulate({ from, to });
  * await loop.close();
  */
-import type { EventStore } from "../data/event-store.js";
+import type { EventStoreContract } from "../data/event-store.js";
 import { FreshrecError } from "../domain/errors.js";
 import type { ProgressSink } from "../domain/types.js";
 import type { LanguageModel, Trainer, TrainingEvent } from "../llm/contracts.js";
 import { EmbeddedLanguageModel } from "../llm/backends/embedded.js";
 import { EmbeddedTrainer } from "../llm/engine/trainer.js";
-import type { ModelRegistry } from "../llm/registry.js";
+import { modelRegistryContract, type ModelRegistryContract, type UpdateModelRegistry } from "../llm/registry.js";
 import { PROMPT_TEMPLATE_HASH } from "../llm/prompt.js";
-import type { TableInfo, TableStore } from "../tables/index.js";
+import type { TableInfo, TableStoreContract } from "../tables/contract.js";
+import { tableStoreContract, type UpdateTableStore } from "../tables/embedded-store.js";
 import type { CurationOptions } from "./curation.js";
 import { runFinetune, type FinetuneMemo, type FinetuneRegistry, type FinetuneResult } from "./finetune.js";
 import type { GateOptions } from "./gates.js";
@@ -45,9 +46,12 @@ export interface LoopSettings {
 }
 
 export interface UpdateLoopOptions {
-  readonly events: EventStore;
-  readonly tables: TableStore;
-  readonly registry: ModelRegistry;
+  /** DuckDB (the workspace) or PostgreSQL (`store.url`). */
+  readonly events: EventStoreContract;
+  /** Any table store adapter, or the workspace's synchronous SQLite store (replay keeps that one). */
+  readonly tables: UpdateTableStore;
+  /** Any registry adapter, or the workspace's synchronous registry (replay keeps that one). */
+  readonly registry: UpdateModelRegistry;
   /** Cluster ids; every ordered pair of them gets a table row. */
   readonly clusters: readonly string[];
   readonly settings: LoopSettings;
@@ -68,12 +72,13 @@ export interface UpdateLoopOptions {
 }
 
 /** The registry as the fine-tuning job sees it: live model, candidates, gate decisions. */
-export function finetuneRegistryOf(registry: ModelRegistry): FinetuneRegistry {
+export function finetuneRegistryOf(models: UpdateModelRegistry): FinetuneRegistry {
+  const registry = modelRegistryContract(models);
   return {
-    live: () => {
-      const live = registry.live();
+    live: async () => {
+      const live = await registry.live();
       // The file the fine-tune continues from, checked against its registered sha256.
-      return live ? { version: live.version, path: registry.modelFile(live), dataEnd: live.window?.to ?? null } : null;
+      return live ? { version: live.version, path: await registry.modelFile(live), dataEnd: live.window?.to ?? null } : null;
     },
     registerCandidate: async (entry) =>
       (
@@ -88,10 +93,10 @@ export function finetuneRegistryOf(registry: ModelRegistry): FinetuneRegistry {
           reason: "fine-tuned candidate",
         })
       ).version,
-    decide: (version, decision, reason, metrics) => {
-      registry.updateMetrics(version, { ...metrics });
-      if (decision === "live") registry.makeLive(version, reason);
-      else registry.setStatus(version, "halted", reason);
+    decide: async (version, decision, reason, metrics) => {
+      await registry.updateMetrics(version, { ...metrics });
+      if (decision === "live") await registry.makeLive(version, reason);
+      else await registry.setStatus(version, "halted", reason);
     },
   };
 }
@@ -142,24 +147,29 @@ export class UpdateLoop {
   private open: { version: string; model: LanguageModel } | null = null;
   /** Priors by model version: computed once, kept on disk beside the models (`<version>.prior`). */
   private readonly priors = new Map<string, Promise<LlmPrior>>();
+  private readonly tables: TableStoreContract;
+  private readonly registry: ModelRegistryContract;
 
-  constructor(private readonly options: UpdateLoopOptions) {}
+  constructor(private readonly options: UpdateLoopOptions) {
+    this.tables = tableStoreContract(options.tables);
+    this.registry = modelRegistryContract(options.registry);
+  }
 
   /** The registry's live model, opened once per version (a refresh after a fine-tune picks up the new one). */
   async liveModel(): Promise<ServingModel> {
-    const live = this.options.registry.live();
+    const live = await this.registry.live();
     if (!live) throw new FreshrecError("BAD_INPUT", "no live model yet: run `freshrec pretrain` first");
     if (this.open?.version !== live.version) {
       await this.open?.model.close();
       this.open = null;
-      const modelPath = this.options.registry.modelFile(live); // checked against its registered sha256
+      const modelPath = await this.registry.modelFile(live); // checked against its registered sha256
       const model = await (this.options.openModel ?? ((p: string) => EmbeddedLanguageModel.open(p)))(modelPath);
       this.open = { version: live.version, model };
     }
     const { version } = live;
     const model = this.open.model;
     const topM = resolveFusionOptions(this.options.settings.rag.fusion).priorTopM;
-    const file = join(this.options.registry.modelsDir, `${version}.prior`);
+    const file = join(this.registry.modelsDir, `${version}.prior`);
     return {
       version,
       scorer: model,
@@ -189,10 +199,10 @@ export class UpdateLoop {
     const { settings } = this.options;
     return runFinetune(asOf, {
       events: this.options.events,
-      registry: finetuneRegistryOf(this.options.registry),
+      registry: finetuneRegistryOf(this.registry),
       trainer: this.options.trainer ?? new EmbeddedTrainer(),
       openModel: this.options.openModel ?? ((p) => EmbeddedLanguageModel.open(p)),
-      modelsDir: this.options.registry.modelsDir,
+      modelsDir: this.registry.modelsDir,
       curation: { ...settings.curation, rag: { ...settings.rag, positiveMin: settings.positiveMin } },
       gates: settings.gates,
       train: settings.training,
@@ -210,21 +220,21 @@ export class UpdateLoop {
   finetuneJob(options: { startModelAt?: number; drift?: DriftTrigger } = {}): JobRun {
     return async ({ asOf, signal }) => {
       if (options.startModelAt !== undefined && asOf <= options.startModelAt) {
-        return { status: "succeeded", detail: { modelVersion: this.options.registry.live()?.version ?? null, skipped: "start model" } };
+        return { status: "succeeded", detail: { modelVersion: (await this.registry.live())?.version ?? null, skipped: "start model" } };
       }
       const drift = options.drift ?? this.options.settings.drift ?? null;
       if (drift) {
-        const waiting = this.driftWait(asOf, drift);
-        if (waiting) return { status: "succeeded", detail: { modelVersion: this.options.registry.live()?.version ?? null, skipped: waiting } };
+        const waiting = await this.driftWait(asOf, drift);
+        if (waiting) return { status: "succeeded", detail: { modelVersion: (await this.registry.live())?.version ?? null, skipped: waiting } };
       }
       return finetuneOutcome(await this.finetune(asOf, signal));
     };
   }
 
-  private driftWait(asOf: number, drift: DriftTrigger): string | null {
-    const live = this.options.registry.live();
+  private async driftWait(asOf: number, drift: DriftTrigger): Promise<string | null> {
+    const live = await this.registry.live();
     if (!live) return null;
-    return driftWait({ version: live.version, dataEnd: live.window?.to ?? live.createdAt }, this.options.tables.live() ?? null, asOf, drift);
+    return driftWait({ version: live.version, dataEnd: live.window?.to ?? live.createdAt }, (await this.tables.live()) ?? null, asOf, drift);
   }
 
   /** The RAG refresh job (rag null: the table of the model alone, as the fine-tuning-only strategies serve). */
@@ -234,7 +244,7 @@ export class UpdateLoop {
     return refreshJob(
       {
         events: this.options.events,
-        tables: this.options.tables,
+        tables: this.tables,
         clusters: this.options.clusters,
         templateHash: PROMPT_TEMPLATE_HASH,
         rag,

@@ -15,7 +15,7 @@
  * const context = contextFor(snapshot, "baking", "coffee"); // { successors: ["latte-art"] } or undefined
  */
 import { createHash } from "node:crypto";
-import type { EventStore } from "../data/event-store.js";
+import type { EventStoreContract } from "../data/event-store.js";
 import { DAY_MS } from "../domain/clock.js";
 import { BadInputError } from "../domain/errors.js";
 import type { TimeWindow, Transition, TransitionCount } from "../domain/types.js";
@@ -77,7 +77,7 @@ export interface RagSnapshot {
 
 /** Retrieves contexts from events in [asOf - windowDays, asOf); nothing at or after asOf is read. */
 export async function retrieveContexts(
-  store: EventStore,
+  store: EventStoreContract,
   asOf: number,
   options: RagOptions = {},
   /** Windows counted earlier (SnapshotCache.prime); a window it does not know is counted here. */
@@ -107,7 +107,7 @@ export class SnapshotCache {
    * refreshes: a replay year of refreshes every 2 days is 183 windows, ~0.5 s each counted one by one over the whole
    * history, and those queries take both cores from the training running beside them.
    */
-  async prime(store: EventStore, asOfs: readonly number[], options: RagOptions = {}): Promise<void> {
+  async prime(store: EventStoreContract, asOfs: readonly number[], options: RagOptions = {}): Promise<void> {
     const o = resolveRagOptions(options);
     const windowMs = o.windowDays * DAY_MS;
     const positiveMin = options.positiveMin ?? null;
@@ -117,7 +117,7 @@ export class SnapshotCache {
     for (const end of missing) this.counts.set(countsKey(end, windowMs, positiveMin), counted.get(Math.round(end)) ?? []);
   }
 
-  retrieve(store: EventStore, asOf: number, options: RagOptions = {}): Promise<RagSnapshot> {
+  retrieve(store: EventStoreContract, asOf: number, options: RagOptions = {}): Promise<RagSnapshot> {
     const key = JSON.stringify([asOf, resolveRagOptions(options), options.positiveMin ?? null]);
     const positiveMin = options.positiveMin ?? null;
     // A failed retrieval is not remembered: the next refresh tries again.
@@ -146,7 +146,7 @@ export interface ContextStep {
  * so never from its own or later data). Training samples given these contexts read exactly what a refresh builds,
  * for fine-tuning (curation.ts) and the base model alike.
  */
-export async function contextsAlong(store: EventStore, window: TimeWindow, options: RagOptions = {}): Promise<ContextStep[]> {
+export async function contextsAlong(store: EventStoreContract, window: TimeWindow, options: RagOptions = {}): Promise<ContextStep[]> {
   const o = resolveRagOptions(options);
   const stepMs = o.windowDays * DAY_MS;
   // One query for all the steps' windows (as SnapshotCache.prime counts a replay's): a base model's window may span
@@ -172,7 +172,7 @@ export async function contextsAlong(store: EventStore, window: TimeWindow, optio
  * no reason to read one, and RAG refreshes on top of it would change nothing. `transitions` are in time order.
  */
 export async function withRetrievedContexts<T extends Transition & { readonly ts: number }>(
-  store: EventStore,
+  store: EventStoreContract,
   transitions: readonly T[],
   window: TimeWindow,
   options: RagOptions,

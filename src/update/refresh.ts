@@ -6,11 +6,11 @@
  * @example
  * const result = await runRefresh(asOf, { events, tables, clusters, model: { version, scorer }, templateHash });
  */
-import type { EventStore } from "../data/event-store.js";
+import type { EventStoreContract } from "../data/event-store.js";
 import { FreshrecError } from "../domain/errors.js";
 import type { ProgressSink } from "../domain/types.js";
-import type { TableStore } from "../tables/index.js";
 import { TABLE_DEFAULTS } from "../tables/contract.js";
+import { tableStoreContract, type UpdateTableStore } from "../tables/embedded-store.js";
 import type { CostEstimate } from "../llm/contracts.js";
 import { buildTable, planTable, type BuildTableResult, type PromptScorer } from "./generate.js";
 import { EvidenceLog } from "../mining/evidence.js";
@@ -18,8 +18,10 @@ import { chooseWindow, EvidenceCache, FUSION_TEMPLATE, fitFusion, FusionScorer, 
 import { resolveRagOptions, retrieveContexts, type RagMethod, type RagOptions, type RagSnapshot, type SnapshotCache } from "./rag.js";
 
 export interface RefreshOptions {
-  readonly events: EventStore;
-  readonly tables: TableStore;
+  /** The event store the window is counted in: DuckDB (the workspace) or PostgreSQL (`store.url`). */
+  readonly events: EventStoreContract;
+  /** Any table store adapter, or the workspace's synchronous SQLite store (replay keeps that one). */
+  readonly tables: UpdateTableStore;
   readonly clusters: readonly string[];
   /**
    * The model (or baseline) that scores the prompts, with the version recorded in the table. `prior` gives a fusion
@@ -121,7 +123,7 @@ export function refreshMethod(options: Pick<RefreshOptions, "rag">): RagMethod {
 export async function planRefresh(asOf: number, options: RefreshOptions): Promise<RefreshPlan> {
   if (refreshMethod(options) === "fusion") return planFusionRefresh(asOf, options);
   const snapshot = await retrieve(asOf, options);
-  const plan = planTable({ store: options.tables, clusters: options.clusters, modelVersion: options.model.version, templateHash: options.templateHash, rag: snapshot, full: options.full });
+  const plan = await planTable({ store: options.tables, clusters: options.clusters, modelVersion: options.model.version, templateHash: options.templateHash, rag: snapshot, full: options.full });
   const scorer = options.model.scorer;
   return {
     asOf,
@@ -156,10 +158,7 @@ export async function runRefresh(asOf: number, options: RefreshOptions): Promise
     signal: options.signal,
   });
   const publish = options.publish ?? true;
-  if (publish) {
-    options.tables.publish(built.table.version, { actor: "refresh", reason: `refresh as of ${new Date(asOf).toISOString()}` });
-    options.tables.gc(options.keep ?? TABLE_DEFAULTS.keep);
-  }
+  if (publish) await publishBuilt(options, built.table.version, `refresh as of ${new Date(asOf).toISOString()}`);
   return {
     tableVersion: built.table.version,
     modelVersion: options.model.version,
@@ -178,6 +177,13 @@ export async function runRefresh(asOf: number, options: RefreshOptions): Promise
     fusionPhases: null,
     cost: built.rescored > 0 ? built.cost : null,
   };
+}
+
+/** Makes a refresh's table live and collects old versions beyond `keep`. */
+async function publishBuilt(options: RefreshOptions, version: string, reason: string): Promise<void> {
+  const tables = tableStoreContract(options.tables);
+  await tables.publish(version, { actor: "refresh", reason });
+  await tables.gc(options.keep ?? TABLE_DEFAULTS.keep);
 }
 
 /** The evidence of a fusion refresh at `asOf`: the log (shared in a replay) and the fitted posterior. */
@@ -245,10 +251,7 @@ async function runFusionRefresh(asOf: number, options: RefreshOptions): Promise<
     signal: options.signal,
   });
   const publish = options.publish ?? true;
-  if (publish) {
-    options.tables.publish(built.table.version, { actor: "refresh", reason: `fusion refresh as of ${new Date(asOf).toISOString()}` });
-    options.tables.gc(options.keep ?? TABLE_DEFAULTS.keep);
-  }
+  if (publish) await publishBuilt(options, built.table.version, `fusion refresh as of ${new Date(asOf).toISOString()}`);
   return {
     tableVersion: built.table.version,
     modelVersion: options.model.version,

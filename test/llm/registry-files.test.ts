@@ -14,7 +14,7 @@ import { VirtualClock } from "../../src/domain/clock.js";
 import type { EventStore } from "../../src/data/event-store.js";
 import { FreshrecError } from "../../src/domain/errors.js";
 import { ModelRegistry } from "../../src/llm/registry.js";
-import type { TableStore } from "../../src/tables/index.js";
+import type { TableStoreContract } from "../../src/tables/index.js";
 import { finetuneRegistryOf, type LoopSettings, UpdateLoop } from "../../src/update/loop.js";
 import { tempWorkspace } from "./fixtures.js";
 
@@ -126,7 +126,7 @@ describe("model registry: the recorded sha256 is checked when a version is opene
     let opened = 0;
     const loop = new UpdateLoop({
       events: {} as EventStore,
-      tables: {} as TableStore,
+      tables: {} as TableStoreContract,
       registry,
       clusters: [],
       settings: { rag: {} } as LoopSettings,
@@ -137,7 +137,7 @@ describe("model registry: the recorded sha256 is checked when a version is opene
     });
     await expect(loop.liveModel()).rejects.toThrow(file);
     expect(opened).toBe(0);
-    expect(() => finetuneRegistryOf(registry).live()).toThrow(file);
+    await expect(finetuneRegistryOf(registry).live()).rejects.toThrow(file);
     registry.close();
   });
 });
