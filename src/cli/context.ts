@@ -38,8 +38,8 @@ export interface CommandContext {
   /** The event store the config names: PostgreSQL with `store.url`, else the workspace's DuckDB file. */
   openEventStore(): Promise<EventStoreContract>;
   /**
-   * The workspace's SQLite table store itself, for the in-process update path (refresh, fine-tune, schedule) that
-   * still builds tables through its synchronous surface.
+   * The workspace's SQLite table store itself, for `serve --schedule`, which still builds tables through its
+   * synchronous surface.
    * @throws FreshrecError (BAD_INPUT) with `store.url`, as `openEvents` does.
    */
   openTables(): SqliteTableStore;
@@ -101,7 +101,7 @@ export function contextOf(command: Command): CommandContext {
 export function notOnPostgresYet(url: string, file: string): FreshrecError {
   return new FreshrecError(
     "BAD_INPUT",
-    `this command does not run on the PostgreSQL event store yet (store.url = ${redactedUrl(url)}): so far ingest, synth, analyze drift, serve, tables, models (list, review), doctor and experiment create|list|stop|analyze do (issue 19). Remove store.url from the config to use the workspace's ${file}`,
+    `this command does not run on the PostgreSQL event store yet (store.url = ${redactedUrl(url)}): so far ingest, synth, analyze drift, pretrain (embedded backend), refresh, finetune, serve, tables, models (list, review), doctor and experiment create|list|stop|analyze do (issue 19). Remove store.url from the config to use the workspace's ${file}`,
   );
 }
 

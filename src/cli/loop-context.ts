@@ -1,10 +1,10 @@
 /**
- * What the update commands (pretrain, finetune, review, refresh, schedule) share: the workspace's stores opened
- * together, the loop settings from the config, and the as-of time rule.
+ * What the update commands (pretrain, finetune, review, refresh, schedule) share: the stores the config names (the
+ * workspace's, or a deployment's database) opened together, the loop settings from the config, and the as-of time rule.
  */
-import type { EventStore } from "../data/event-store.js";
+import type { EventStoreContract } from "../data/event-store.js";
 import { BadInputError } from "../domain/errors.js";
-import { ModelRegistry } from "../llm/registry.js";
+import { ModelRegistry, type ModelRegistryContract } from "../llm/registry.js";
 import { pretrainBaseModel, type PretrainResult } from "../llm/pretrain.js";
 import { REFERENCE_SHAPE } from "../llm/engine/model-file.js";
 import { readGgufFile } from "../llm/engine/gguf.js";
@@ -20,7 +20,7 @@ import { measureGates } from "../update/finetune.js";
 import type { GateOptions, GateResult } from "../update/gates.js";
 import { DAY_MS } from "../domain/clock.js";
 import type { TimeWindow } from "../domain/types.js";
-import type { SqliteTableStore } from "../tables/index.js";
+import type { TableStoreContract } from "../tables/index.js";
 import { UpdateLoop, type LoopSettings } from "../update/loop.js";
 import type { FreshrecConfig } from "./config.js";
 import type { CommandContext } from "./context.js";
@@ -64,7 +64,7 @@ export function gateOptions(config: FreshrecConfig): GateOptions {
  * The as-of time of a command: `--as-of` when given, else "now", but never later than just after the newest event
  * (a workspace of past data, like the synthetic platform, is then treated as if it ran at its end).
  */
-export async function resolveAsOf(ctx: CommandContext, events: EventStore, value: string | undefined): Promise<number> {
+export async function resolveAsOf(ctx: CommandContext, events: EventStoreContract, value: string | undefined): Promise<number> {
   const given = timeOption("as-of", value);
   if (given !== undefined) return given;
   const counts = await events.counts();
@@ -74,14 +74,15 @@ export async function resolveAsOf(ctx: CommandContext, events: EventStore, value
 
 /**
  * Trains a base model on the transitions of the `pretrain.windowDays` before `asOf` (the last `heldOutDays` held out
- * to compare its top-1 with the most-popular-next baseline when `heldOut`), registered in `workspace`.
+ * to compare its top-1 with the most-popular-next baseline when `heldOut`), registered in `options.registry` (a
+ * deployment's) or else in `workspace`'s registry file; the model file goes under `workspace`'s models folder either way.
  */
 export async function trainBaseModel(
   ctx: CommandContext,
-  events: EventStore,
+  events: EventStoreContract,
   asOf: number,
   workspace: string,
-  options: { epochs: number; heldOut: boolean; maxSamples?: number; signal?: AbortSignal },
+  options: { epochs: number; heldOut: boolean; maxSamples?: number; signal?: AbortSignal; registry?: ModelRegistryContract },
 ): Promise<{ result: PretrainResult; window: TimeWindow; gates: GateResult | null }> {
   const { windowDays, heldOutDays } = ctx.config.pretrain;
   const maxSamples = Math.min(ctx.config.pretrain.maxSamples, options.maxSamples ?? Infinity);
@@ -106,6 +107,7 @@ export async function trainBaseModel(
   );
   const result = await pretrainBaseModel({
     workspace,
+    registry: options.registry,
     clock: ctx.clock,
     clusters,
     items,
@@ -214,20 +216,38 @@ export function configuredModelFile(ctx: CommandContext, dir: string, name: stri
 }
 
 export interface OpenLoop {
-  readonly events: EventStore;
-  readonly tables: SqliteTableStore;
-  readonly registry: ModelRegistry;
+  readonly events: EventStoreContract;
+  readonly tables: TableStoreContract;
+  readonly registry: ModelRegistryContract;
   readonly loop: UpdateLoop;
   readonly positiveMin: number | null;
   readonly clusters: readonly string[];
   close(): Promise<void>;
 }
 
-/** Opens the event store, table store and model registry of the workspace and the loop over them. */
+/**
+ * Opens the event store, table store and model registry the config names (the workspace's files, or with `store.url`
+ * the deployment's database) and the loop over them.
+ */
 export async function openLoop(ctx: CommandContext, overrides: { trainer?: Trainer } = {}): Promise<OpenLoop> {
-  const events = await ctx.openEvents();
-  const tables = ctx.openTables();
-  const registry = new ModelRegistry(ctx.paths.root, ctx.clock);
+  const opened: { close(): unknown }[] = [];
+  try {
+    const events = await ctx.openEventStore();
+    opened.push(events);
+    const tables = await ctx.openTableStore();
+    opened.push(tables);
+    const registry = await ctx.openRegistry();
+    opened.push(registry);
+    return await loopOver(ctx, overrides, events, tables, registry);
+  } catch (error) {
+    // A failure here (an unreachable database, a bad backend setting) leaves no store open: an open PostgreSQL pool
+    // would keep the command's process from exiting.
+    for (const store of opened.reverse()) await store.close();
+    throw error;
+  }
+}
+
+async function loopOver(ctx: CommandContext, overrides: { trainer?: Trainer }, events: EventStoreContract, tables: TableStoreContract, registry: ModelRegistryContract): Promise<OpenLoop> {
   const positiveMin = await ctx.positiveMin(events);
   const catalog = await events.clusters();
   const clusters = catalog.map((c) => c.id);
@@ -253,9 +273,9 @@ export async function openLoop(ctx: CommandContext, overrides: { trainer?: Train
     clusters,
     close: async () => {
       await loop.close();
-      registry.close();
-      tables.close();
-      events.close();
+      await registry.close();
+      await tables.close();
+      await events.close();
     },
   };
 }

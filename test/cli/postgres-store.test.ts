@@ -1,7 +1,7 @@
 /**
  * `store.url` through the CLI (issue 19): ingest and analyze drift run on a PostgreSQL event store and give what
  * they give on the workspace's DuckDB file; `serve` replicas, `tables` and `models` run on the database's tables and
- * registry; a command not yet on PostgreSQL refuses (exit 2, naming store.url without its password) instead of reading
+ * registry (the update commands: ./postgres-update.test.ts); a command not yet on PostgreSQL refuses (exit 2, naming store.url without its password) instead of reading
  * a local events file.
  */
 import { spawn, type ChildProcess } from "node:child_process";
@@ -59,7 +59,7 @@ describe("store.url: the PostgreSQL event store through the CLI", () => {
     expect(strip(driftPg.stdout)).toEqual(strip(driftDuck.stdout));
     expect((strip(driftPg.stdout) as { pairsCompared: number }).pairsCompared).toBeGreaterThan(0);
 
-    const refused = freshrec(pgWorkspace, ["--json", "refresh"], config);
+    const refused = freshrec(pgWorkspace, ["--json", "schedule", "run"], config);
     expect(refused.status).toBe(2);
     expect(refused.stderr).toMatch(/does not run on the PostgreSQL event store yet \(store\.url = postgres:\/\/postgres:\*\*\*@127\.0\.0\.1:\d+\/t\d+\)/);
     expect(refused.stderr).not.toContain("hunter2");
@@ -70,6 +70,8 @@ describe("store.url: the PostgreSQL event store through the CLI", () => {
     const workspace = join(mkdtempSync(join(tmpdir(), "freshrec-pgcli-")), "ws");
     const url = "postgres://me:hunter2@127.0.0.1:1/deployment";
     for (const [args, config] of [
+      [["schedule", "run"], { store: { url } }],
+      [["schedule", "run", "--simulate", "--from", "2025-01-01"], { store: { url } }],
       [["schedule", "status"], { store: { url } }],
       [["schedule", "pause", "refresh"], { store: { url } }],
       [["pretrain"], { store: { url }, llm: { backend: "openai", openai: { model: "some-model" } } }],

@@ -7,7 +7,8 @@
 import { VirtualClock } from "../../domain/clock.js";
 import { scoreTransitions, type LiveTableEntry } from "../../evaluation/scoring.js";
 import { timedTransitions } from "../../mining/transitions.js";
-import { TableLookup } from "../../tables/index.js";
+import { EmbeddedTableStore, TableLookup } from "../../tables/index.js";
+import { FreshrecError } from "../../domain/errors.js";
 import { Scheduler, SqliteScheduleStore, hybridJobs, scheduleStorePath, type RunRecord } from "../../update/schedule/index.js";
 import type { CommandContext } from "../context.js";
 import { openLoop, registerConfiguredBase, trainBaseModel } from "../loop-context.js";
@@ -25,7 +26,11 @@ export async function runDemoLoop(ctx: CommandContext, end: number, months: numb
   const lines: string[] = [];
   const open = await openLoop(ctx);
   try {
-    const live = open.registry.live();
+    // The demo runs on the workspace (it refuses store.url before this): each published table is read synchronously
+    // as its run is reported, before a later refresh's gc can collect it.
+    if (!(open.tables instanceof EmbeddedTableStore)) throw new FreshrecError("INTERNAL", `the demo loop runs on the workspace's table store, not ${open.tables.location}`);
+    const tables = open.tables.sync;
+    const live = await open.registry.live();
     let base: Record<string, unknown>;
     if (ctx.config.llm.backend !== "embedded") {
       // Another backend's model is used as it is (its training is outside freshrec): the demo registers it as the
@@ -34,7 +39,7 @@ export async function runDemoLoop(ctx: CommandContext, end: number, months: numb
       // seen the months it would be scored on.
       const reusable = live && live.kind === "base" && (live.window === null || live.window.to <= from);
       const version = reusable ? live.version : (await registerConfiguredBase(ctx)).version;
-      if (open.registry.live()?.version !== version) open.registry.makeLive(version, "demo: the configured model");
+      if ((await open.registry.live())?.version !== version) await open.registry.makeLive(version, "demo: the configured model");
       ctx.log(`4/${steps} using the configured ${ctx.config.llm.backend} model as the base model (${version})`);
       base = { modelVersion: version, backend: ctx.config.llm.backend, trained: false };
       lines.push(`base model: ${version}, the configured ${ctx.config.llm.backend} model (not trained here)`);
@@ -46,7 +51,7 @@ export async function runDemoLoop(ctx: CommandContext, end: number, months: numb
       ctx.log(`4/${steps} pretraining the base model on data before ${iso(from).slice(0, 10)}`);
       // pretrain registers through its own connection to the registry; this one sees the new version at once.
       const { result } = await trainBaseModel(ctx, open.events, from, ctx.paths.root, { epochs, heldOut: true, maxSamples: DEMO_PRETRAIN_SAMPLES });
-      if (open.registry.live()?.version !== result.modelVersion) open.registry.makeLive(result.modelVersion, "demo: new base model");
+      if ((await open.registry.live())?.version !== result.modelVersion) await open.registry.makeLive(result.modelVersion, "demo: new base model");
       const e = result.evaluation;
       base = { modelVersion: result.modelVersion, evaluation: e, trainTokens: result.trainTokens, seconds: result.seconds };
       lines.push(
@@ -70,7 +75,7 @@ export async function runDemoLoop(ctx: CommandContext, end: number, months: numb
           ctx.log(runLine(run));
           const published = run.status === "succeeded" ? (run.detail?.publishedTable as string | undefined) : undefined;
           if (published) {
-            const lookup = TableLookup.load(open.tables, published);
+            const lookup = TableLookup.load(tables, published);
             timeline.push({ version: published, publishedAt: run.due, answers: (c1, c2) => (lookup.get(c1, c2) ?? []).map((a) => a.cluster) });
           }
         },
@@ -103,7 +108,7 @@ export async function runDemoLoop(ctx: CommandContext, end: number, months: numb
       );
       monthly.push({ month: iso(start).slice(0, 7), finetune: tuned ? runRecordView(tuned) : null, refreshes: refreshes.length, rescored, pairs, hit1: score.hit1, hit5: score.hitK, transitions: score.transitions });
     }
-    lines.push(`live table ${open.tables.live()?.version ?? "-"}, live model ${open.registry.live()?.version ?? "-"}; inspect with: freshrec tables list, freshrec models list`);
+    lines.push(`live table ${tables.live()?.version ?? "-"}, live model ${(await open.registry.live())?.version ?? "-"}; inspect with: freshrec tables list, freshrec models list`);
     return { lines, json: { from: iso(from), to: iso(end), base, monthly, runs: runs.length } };
   } finally {
     await open.close();

@@ -75,10 +75,15 @@ export function registerModels(program: Command): void {
             text: `base model ${base.version} (${base.status}): the configured ${base.backend} model (${base.filePath}), registered without training`,
           };
         }
-        const events = await ctx.openEvents();
+        const events = await ctx.openEventStore();
+        let registry: ModelRegistryContract | null = null;
         try {
+          // The deployment's registry; without store.url pretrain opens the workspace's file itself once the model is
+          // trained, as it always did (a failed pretrain leaves no registry file behind).
+          registry = ctx.config.store.url !== null ? await ctx.openRegistry() : null;
           const asOf = await resolveAsOf(ctx, events, opts.asOf);
-          const { result, window, gates } = await trainBaseModel(ctx, events, asOf, ctx.paths.root, { epochs, heldOut: true });
+          // The model file goes under this workspace's models folder, where a shared registry records it (relative).
+          const { result, window, gates } = await trainBaseModel(ctx, events, asOf, ctx.paths.root, { epochs, heldOut: true, registry: registry ?? undefined });
           const e = result.evaluation;
           const text = [
             `base model ${result.modelVersion} (${result.status}) written to ${result.modelPath}`,
@@ -95,7 +100,8 @@ export function registerModels(program: Command): void {
           ].join("\n");
           return { json: { ...result, gates, asOf: iso(asOf), window: windowView(window) }, text };
         } finally {
-          events.close();
+          await registry?.close();
+          await events.close();
         }
       }),
     );
@@ -112,7 +118,7 @@ export function registerModels(program: Command): void {
         const open = await openLoop(ctx, opts.model === undefined ? {} : { trainer: deliveredModel(opts.model, ctx.config.llm) });
         try {
           const asOf = await resolveAsOf(ctx, open.events, opts.asOf);
-          if (!open.registry.live()) throw new BadInputError("no live model to fine-tune: run freshrec pretrain first");
+          if (!(await open.registry.live())) throw new BadInputError("no live model to fine-tune: run freshrec pretrain first");
           const result = await open.loop.finetune(asOf, ctx.signal);
           const g = result.gates;
           const text = [

@@ -206,9 +206,12 @@ export function registerRefresh(program: Command): void {
 }
 
 async function runSchedule(ctx: CommandContext, opts: { simulate?: boolean; from?: string; to?: string }) {
+  // The schedule's run log is still the workspace's file (schedule.sqlite), and a simulation would publish its tables
+  // into the deployment's live store: neither may run against a shared database yet.
+  if (ctx.config.store.url !== null) throw notOnPostgresYet(ctx.config.store.url, scheduleStorePath(ctx.paths.root));
   const open = await openLoop(ctx);
   try {
-    if (!open.registry.live()) throw new BadInputError("no live model: run freshrec pretrain first");
+    if (!(await open.registry.live())) throw new BadInputError("no live model: run freshrec pretrain first");
     const jobs = jobsOf(open, ctx.config);
     const lines: string[] = [];
     const onRun = (run: RunRecord) => {
