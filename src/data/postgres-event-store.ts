@@ -19,6 +19,7 @@
  * await store.close();
  */
 import pg from "pg";
+import { openStorePool, redactedUrl } from "./postgres-pool.js";
 import type { Cluster, Item } from "../domain/types.js";
 import { FreshrecError } from "../domain/errors.js";
 import {
@@ -85,28 +86,7 @@ export class PostgresEventStore implements EventStoreContract {
    * @throws FreshrecError naming the URL (without its password) and what PostgreSQL said.
    */
   static async open(url: string): Promise<PostgresEventStore> {
-    const location = redactedUrl(url);
-    const pool = new pg.Pool({ connectionString: url, max: 4, types: TYPES });
-    // An idle client's error (the server went away) must not crash the process: it is said on stderr, and the next
-    // query that needs the server fails with its own error.
-    pool.on("error", (error) => process.stderr.write(`freshrec: the event store ${location} lost an idle connection: ${error.message}\n`));
-    try {
-      const client = await pool.connect();
-      try {
-        await client.query("BEGIN");
-        await client.query("SELECT pg_advisory_xact_lock($1)", [SCHEMA_LOCK]);
-        await client.query(SCHEMA);
-        await client.query("COMMIT");
-      } catch (error) {
-        await client.query("ROLLBACK").catch(() => {});
-        throw error;
-      } finally {
-        client.release();
-      }
-    } catch (error) {
-      await pool.end().catch(() => {});
-      throw new FreshrecError("INTERNAL", `cannot open the event store ${location}: ${(error as Error).message}`, { cause: error });
-    }
+    const { pool, location } = await openStorePool({ url, store: "event store", schema: SCHEMA, schemaLock: SCHEMA_LOCK, max: 4, types: TYPES });
     return new PostgresEventStore(pool, location);
   }
 
@@ -373,13 +353,5 @@ function closingQuote(sql: string, start: number, quote: string): number {
   return sql.length;
 }
 
-/** The URL without its password, for messages and logs. */
-export function redactedUrl(url: string): string {
-  try {
-    const parsed = new URL(url);
-    if (parsed.password) parsed.password = "***";
-    return parsed.toString();
-  } catch {
-    return "(a PostgreSQL URL that does not parse)";
-  }
-}
+// Serving, the CLI and the tests import it from the event store, the first PostgreSQL store.
+export { redactedUrl };

@@ -19,7 +19,7 @@
 import { mkdirSync } from "node:fs";
 import { join, resolve } from "node:path";
 import pg from "pg";
-import { redactedUrl } from "../data/postgres-event-store.js";
+import { openStorePool } from "../data/postgres-pool.js";
 import type { Clock } from "../domain/clock.js";
 import { FreshrecError } from "../domain/errors.js";
 import {
@@ -115,26 +115,7 @@ export class PostgresModelRegistry implements ModelRegistryContract {
    * @throws FreshrecError naming the URL (without its password) and what PostgreSQL said.
    */
   static async open(url: string, workspace: string, clock: Clock): Promise<PostgresModelRegistry> {
-    const location = redactedUrl(url);
-    const pool = new pg.Pool({ connectionString: url, max: 2, types: TYPES });
-    pool.on("error", (error) => process.stderr.write(`freshrec: the model registry ${location} lost an idle connection: ${error.message}\n`));
-    try {
-      const client = await pool.connect();
-      try {
-        await client.query("BEGIN");
-        await client.query("SELECT pg_advisory_xact_lock($1)", [SCHEMA_LOCK]);
-        await client.query(SCHEMA);
-        await client.query("COMMIT");
-      } catch (error) {
-        await client.query("ROLLBACK").catch(() => {});
-        throw error;
-      } finally {
-        client.release();
-      }
-    } catch (error) {
-      await pool.end().catch(() => {});
-      throw new FreshrecError("INTERNAL", `cannot open the model registry ${location}: ${(error as Error).message}`, { cause: error });
-    }
+    const { pool, location } = await openStorePool({ url, store: "model registry", schema: SCHEMA, schemaLock: SCHEMA_LOCK, max: 2, types: TYPES });
     return new PostgresModelRegistry(pool, location, workspace, clock);
   }
 

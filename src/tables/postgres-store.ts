@@ -28,7 +28,7 @@
  */
 import { hostname } from "node:os";
 import pg from "pg";
-import { redactedUrl } from "../data/postgres-event-store.js";
+import { openStorePool } from "../data/postgres-pool.js";
 import type { Clock } from "../domain/clock.js";
 import { FreshrecError } from "../domain/errors.js";
 import { pairKey, type History } from "../domain/types.js";
@@ -216,26 +216,7 @@ export class PostgresTableStore implements TableStoreContract {
     const batchSize = options.batchSize ?? 5000;
     const pageSize = options.pageSize ?? 2000;
     if (!(batchSize >= 1) || !(pageSize >= 1)) throw new FreshrecError("BAD_INPUT", "tables: batchSize and pageSize must be at least 1");
-    const location = redactedUrl(url);
-    const pool = new pg.Pool({ connectionString: url, max: 4, types: TYPES });
-    pool.on("error", (error) => process.stderr.write(`freshrec: the table store ${location} lost an idle connection: ${error.message}\n`));
-    try {
-      const client = await pool.connect();
-      try {
-        await client.query("BEGIN");
-        await client.query("SELECT pg_advisory_xact_lock($1)", [SCHEMA_LOCK]);
-        await client.query(SCHEMA);
-        await client.query("COMMIT");
-      } catch (error) {
-        await client.query("ROLLBACK").catch(() => {});
-        throw error;
-      } finally {
-        client.release();
-      }
-    } catch (error) {
-      await pool.end().catch(() => {});
-      throw new FreshrecError("INTERNAL", `cannot open the table store ${location}: ${(error as Error).message}`, { cause: error });
-    }
+    const { pool, location } = await openStorePool({ url, store: "table store", schema: SCHEMA, schemaLock: SCHEMA_LOCK, max: 4, types: TYPES });
     const store = new PostgresTableStore(pool, url, location, clock, options);
     if (options.recoverOnOpen ?? true) {
       try {

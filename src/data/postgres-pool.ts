@@ -1,0 +1,68 @@
+/**
+ * How every PostgreSQL store of a deployment (`store.url`: events, tables, the model registry) connects: one pool per
+ * store, its schema created in one transaction under an advisory lock (two processes starting at once would otherwise
+ * race on CREATE ... IF NOT EXISTS and one of them fail on a duplicate type or index), and every message naming the
+ * database without its password.
+ *
+ * @example
+ * const { pool, location } = await openStorePool({ url, store: "table store", schema: SCHEMA, schemaLock: 0x74626c73, max: 4, types: TYPES });
+ */
+import pg from "pg";
+import { FreshrecError } from "../domain/errors.js";
+
+export interface StorePoolOptions {
+  /** postgres://user:password@host:port/database */
+  readonly url: string;
+  /** What the store is, for messages: "event store", "table store", "model registry". */
+  readonly store: string;
+  /** Statements that create the store's tables when missing (idempotent). */
+  readonly schema: string;
+  /** Advisory lock key the schema is created under; any constant, distinct per store. */
+  readonly schemaLock: number;
+  /** Connections the pool opens at most. */
+  readonly max: number;
+  /** How the store reads column types (each store reads BIGINT its own way). */
+  readonly types: pg.CustomTypesConfig;
+}
+
+/**
+ * Connects to `url` and creates the store's schema when missing.
+ * @returns the pool and the URL without its password (the store's `location`).
+ * @throws FreshrecError naming the store and the URL (without its password) and what PostgreSQL said; no pool is left open.
+ */
+export async function openStorePool(options: StorePoolOptions): Promise<{ pool: pg.Pool; location: string }> {
+  const location = redactedUrl(options.url);
+  const pool = new pg.Pool({ connectionString: options.url, max: options.max, types: options.types });
+  // An idle client's error (the server went away) must not crash the process: it is said on stderr, and the next
+  // query that needs the server fails with its own error.
+  pool.on("error", (error) => process.stderr.write(`freshrec: the ${options.store} ${location} lost an idle connection: ${error.message}\n`));
+  try {
+    const client = await pool.connect();
+    try {
+      await client.query("BEGIN");
+      await client.query("SELECT pg_advisory_xact_lock($1)", [options.schemaLock]);
+      await client.query(options.schema);
+      await client.query("COMMIT");
+    } catch (error) {
+      await client.query("ROLLBACK").catch(() => {});
+      throw error;
+    } finally {
+      client.release();
+    }
+  } catch (error) {
+    await pool.end().catch(() => {});
+    throw new FreshrecError("INTERNAL", `cannot open the ${options.store} ${location}: ${(error as Error).message}`, { cause: error });
+  }
+  return { pool, location };
+}
+
+/** The URL without its password, for messages and logs. */
+export function redactedUrl(url: string): string {
+  try {
+    const parsed = new URL(url);
+    if (parsed.password) parsed.password = "***";
+    return parsed.toString();
+  } catch {
+    return "(a PostgreSQL URL that does not parse)";
+  }
+}
