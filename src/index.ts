@@ -4,16 +4,19 @@
  * run. Curated on purpose: internal modules are not re-exported wholesale, so what is listed here is the surface
  * kept stable. docs/architecture.md places each part; README.md is the user contract.
  *
- * - **Event store and ingestion**: `EventStore` (DuckDB), `ingestFiles` (generic CSV/JSONL/Parquet), `ingestMovieLens`,
+ * - **Event store and ingestion**: `EventStoreContract` with `EventStore` (DuckDB, the workspace) and
+ *   `PostgresEventStore` (a deployment's shared database), `ingestFiles` (generic CSV/JSONL/Parquet), `ingestMovieLens`,
  *   `ingestSynthetic` with `SyntheticWorld` (the synthetic platform, for trying things without data).
  * - **Mining**: novel-interest transitions per window, successor lists, drift.
  * - **Update loop**: `runRefresh` (one refresh: fusion by default, `model.prior: null` for the counts-backoff
  *   baseline), `runFinetune` (behind the gates), `UpdateLoop` (both over a workspace's stores and its live model),
  *   the job adapters, and the `Scheduler` that runs them on cadences, live or on a virtual clock.
- * - **Tables**: the versioned table store (`SqliteTableStore`): build, publish, rollback, lookup.
+ * - **Tables**: the versioned table store: build, publish, rollback, lookup. `TableStoreContract` with
+ *   `EmbeddedTableStore` (over the workspace's `SqliteTableStore`) and `PostgresTableStore`.
  * - **Serving**: `startServer` (the HTTP API over a workspace) and the item policies.
  * - **Evaluation**: `replay` of strategies on a virtual clock, bootstrap intervals.
- * - **LLM contracts**: `LanguageModel`, `Trainer`, the prompt template, the three backends and the model registry.
+ * - **LLM contracts**: `LanguageModel`, `Trainer`, the prompt template, the three backends and the model registry
+ *   (`ModelRegistryContract` with `EmbeddedModelRegistry` and `PostgresModelRegistry`).
  *
  * @example
  * // A counts-backoff refresh (no LLM) over a small synthetic world, run by the scheduler on a virtual clock.
@@ -53,9 +56,11 @@ export {
   type AppendRequest,
   type AppendResult,
   EventStore,
+  type EventStoreContract,
   type StoreCounts,
   eventBatchFromEvents,
 } from "./data/event-store.js";
+export { PostgresEventStore } from "./data/postgres-event-store.js";
 export { type GenericFiles, type IngestOptions, type IngestReport, ingestFiles } from "./data/ingest/ingest.js";
 export { type MovieLensOptions, ingestMovieLens } from "./data/ingest/movielens.js";
 export { type SyntheticIngestReport, ingestSynthetic } from "./data/ingest/synthetic.js";
@@ -93,11 +98,14 @@ export {
 
 // ---- tables ----
 export {
+  EmbeddedTableStore,
+  PostgresTableStore,
   type PublishOptions,
   SqliteTableStore,
   type StoredTableRow,
   type TableInfo,
   type TableStore,
+  type TableStoreContract,
   tableStorePath,
 } from "./tables/index.js";
 
@@ -134,6 +142,8 @@ export {
   languageModelBackend,
   pretrainBaseModel,
 } from "./llm/index.js";
+export { EmbeddedModelRegistry, type ModelRegistryContract } from "./llm/registry.js";
+export { PostgresModelRegistry } from "./llm/postgres-registry.js";
 
 // ---- a workspace's layout (where the CLI keeps each store) ----
 export { DEFAULT_WORKSPACE, type WorkspacePaths, workspacePaths } from "./cli/workspace.js";

@@ -164,10 +164,9 @@ describe("the prior's lift", () => {
 
 describe("clusters the model does not know", () => {
   // b's successors went to h (40 users through other first clusters); h was launched after the model's data ended.
-  // The prior puts 0.999 on f after d and on h after the other first clusters (a model trained before h existed
-  // would not, but an unscoped prior's floor for h is what matters here): its lift gives h almost nothing for (d, b),
-  // which has no evidence of its own.
-  // f is popular elsewhere (after c), so with its lift it leads the clusters the model knows.
+  // The prior puts 0.999 on f after d and on h after the other first clusters, so its lift gives h almost nothing
+  // for (d, b), which has no evidence of its own: over every cluster that vetoes h; scoped to the clusters the model
+  // knows, h keeps its counts. f is popular elsewhere (after c), so with its lift it leads the clusters the model knows.
   const rows = [...made("f", "b", "h", 40, 100), ...made("a", "b", "c", 5, 200), ...made("a", "c", "f", 10, 300)];
   const evidence = logOf(rows).counts({ from: T - 14 * DAY_MS, to: T });
   const [D, F, H] = ["d", "f", "h"].map((c) => CLUSTERS.indexOf(c));
@@ -409,12 +408,12 @@ describe("a whole fusion table", () => {
     const llm = (n: number) => llmOf(p, n);
     // The pair's prior over the lift-th power of its second cluster's (the mean over every other first cluster).
     const others = (n: number) => evidence.clusters.map((_, c) => c).filter((c) => c !== c2 && c !== n);
-    const lift = (n: number) => Math.max(llm(n), 1e-12) / (others(n).reduce((z, c) => z + llmOf(c * K + c2, n), 0) / (K - 2)) ** (params.lift ?? 0);
+    const l = (n: number) => Math.max(llm(n), 1e-12) / (others(n).reduce((z, c) => z + llmOf(c * K + c2, n), 0) / (K - 2)) ** (params.lift ?? 0);
     const knows = (n: number) => prior !== null && (!prior.known || prior.known[n] === 1);
     const known = novel.filter((n) => params.tau > 0 && knows(n));
     const knownMass = known.reduce((z, n) => z + b(n), 0);
-    const knownZ = known.reduce((z, n) => z + b(n) * lift(n) ** params.tau, 0);
-    const m = (n: number) => (params.tau > 0 && knows(n) ? (knownMass * b(n) * lift(n) ** params.tau) / knownZ : b(n));
+    const knownZ = known.reduce((z, n) => z + b(n) * l(n) ** params.tau, 0);
+    const m = (n: number) => (params.tau > 0 && knows(n) ? (knownMass * b(n) * l(n) ** params.tau) / knownZ : b(n));
     const own = evidence.pairs.get(p);
     const users = (n: number) => (own ? (own.users[Array.from(own.next).indexOf(n)] ?? 0) : 0);
     const U = own?.total ?? 0;
