@@ -78,13 +78,13 @@ export function contextOf(command: Command): CommandContext {
       if (config.store.url !== null) throw notOnPostgresYet(config.store.url, paths.events);
       return EventStore.open(paths.events);
     },
-    openEventStore: () => (config.store.url !== null ? PostgresEventStore.open(config.store.url) : EventStore.open(paths.events)),
-    openTableStore: async () => (config.store.url !== null ? PostgresTableStore.open(config.store.url, clock) : EmbeddedTableStore.open(paths.tables, clock)),
+    openEventStore: () => (config.store.url !== null ? onDeployment(() => PostgresEventStore.open(config.store.url!)) : EventStore.open(paths.events)),
+    openTableStore: async () => (config.store.url !== null ? onDeployment(() => PostgresTableStore.open(config.store.url!, clock)) : EmbeddedTableStore.open(paths.tables, clock)),
     openTables: () => {
       if (config.store.url !== null) throw notOnPostgresYet(config.store.url, paths.tables);
       return SqliteTableStore.open(paths.tables, clock);
     },
-    openRegistry: async () => (config.store.url !== null ? PostgresModelRegistry.open(config.store.url, paths.root, clock) : EmbeddedModelRegistry.open(paths.root, clock)),
+    openRegistry: async () => (config.store.url !== null ? onDeployment(() => PostgresModelRegistry.open(config.store.url!, paths.root, clock)) : EmbeddedModelRegistry.open(paths.root, clock)),
     clock,
     positiveMin: async (store) => {
       if (config.data.positiveMin !== null) return config.data.positiveMin;
@@ -92,6 +92,19 @@ export function contextOf(command: Command): CommandContext {
       return recorded === null ? null : Number(recorded);
     },
   };
+}
+
+/**
+ * Opens one of the deployment's stores; a failure (the server unreachable, a wrong password or database) says that
+ * the database is the config's `store.url`, so the user knows which setting to check. The error's code is kept.
+ */
+async function onDeployment<T>(open: () => Promise<T>): Promise<T> {
+  try {
+    return await open();
+  } catch (error) {
+    if (!(error instanceof FreshrecError)) throw error;
+    throw new FreshrecError(error.code, `${error.message} (the database of store.url: check it, and that the server accepts connections from here)`, { cause: error });
+  }
 }
 
 /**

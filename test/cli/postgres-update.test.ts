@@ -158,4 +158,17 @@ describe("store.url: pretrain, refresh and finetune on PostgreSQL through the CL
     }
     for (const file of ["events.duckdb", "tables.sqlite", "registry.sqlite", "schedule.sqlite"]) expect(existsSync(join(deployment, file)), file).toBe(false);
   }, 1_800_000);
+
+  it("against a database that cannot be reached, pretrain, refresh and finetune fail naming store.url without its password (exit 1) and write nothing", () => {
+    const workspace = join(mkdtempSync(join(tmpdir(), "freshrec-pgupdate-")), "ws");
+    const config = join(workspace, "..", "freshrec.config.json");
+    writeFileSync(config, JSON.stringify({ store: { url: "postgres://me:hunter2@127.0.0.1:1/deployment" } }));
+    for (const command of ["pretrain", "refresh", "finetune"]) {
+      const r = runCli(["--workspace", workspace, "--config", config, "--json", command], { timeoutMs: 120_000 });
+      expect(r.status, `${command}: ${r.stderr}`).toBe(1);
+      expect(r.stderr).toMatch(/cannot open the event store postgres:\/\/me:\*\*\*@127\.0\.0\.1:1\/deployment: .*\(the database of store\.url/);
+      expect(r.stdout + r.stderr).not.toContain("hunter2");
+    }
+    for (const file of ["events.duckdb", "tables.sqlite", "registry.sqlite"]) expect(existsSync(join(workspace, file)), file).toBe(false);
+  });
 });
