@@ -156,14 +156,16 @@ export interface ReplayResult {
   readonly ceiling: string | null;
   /**
    * The published tables of each strategy, in order (version, publish time); a fusion table also carries the fitted
-   * weight of the LLM prior and what it adds to the likelihood (nats per transition): the drift signal over time.
+   * weight of the LLM prior, how much of it enters as its lift, and what it adds to the likelihood (nats per
+   * transition): the drift signal over time.
    */
-  readonly timelines: Record<string, { version: string; publishedAt: number; dataAsOf: number; priorWeight?: number | null; priorGain?: number | null }[]>;
+  readonly timelines: Record<string, { version: string; publishedAt: number; dataAsOf: number; priorWeight?: number | null; priorLift?: number | null; priorGain?: number | null }[]>;
 }
 
 interface CapturedTable extends LiveTableEntry {
   readonly dataAsOf: number;
   readonly priorWeight?: number | null;
+  readonly priorLift?: number | null;
   readonly priorGain?: number | null;
 }
 
@@ -215,7 +217,7 @@ export async function replay(options: ReplayOptions): Promise<ReplayResult> {
       version: c.version,
       publishedAt: c.publishedAt,
       dataAsOf: c.dataAsOf,
-      ...(c.priorWeight === undefined ? {} : { priorWeight: c.priorWeight, priorGain: c.priorGain ?? null }),
+      ...(c.priorWeight === undefined ? {} : { priorWeight: c.priorWeight, priorLift: c.priorLift ?? null, priorGain: c.priorGain ?? null }),
     }));
     strategies[setup.name] = {
       hit1: score.hit1,
@@ -399,7 +401,13 @@ async function runStrategy(setup: StrategySetup, options: ReplayOptions): Promis
             version: published,
             publishedAt: run.due,
             dataAsOf: Number(run.detail?.dataAsOf ?? run.due),
-            ...(run.detail?.method === "fusion" ? { priorWeight: (run.detail.priorWeight as number | null) ?? null, priorGain: (run.detail.priorGain as number | null) ?? null } : {}),
+            ...(run.detail?.method === "fusion"
+              ? {
+                  priorWeight: (run.detail.priorWeight as number | null) ?? null,
+                  priorLift: (run.detail.priorLift as number | null) ?? null,
+                  priorGain: (run.detail.priorGain as number | null) ?? null,
+                }
+              : {}),
             answers: (c1, c2) => (lookup.get(c1, c2) ?? []).map((a) => a.cluster),
           });
           if (options.clusters) tops.push(topOnes(options.clusters, (c1, c2) => lookup.get(c1, c2)?.[0]?.cluster ?? ""));

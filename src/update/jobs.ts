@@ -43,6 +43,8 @@ export function refreshJob(
               fit: fit.status,
               // null while the prior is not weighed yet (the fit's reason says why): it serves with weight 0, unmeasured.
               priorWeight: model.prior && fit.priorWeighed !== false ? fit.params.tau : null,
+              // How much of the prior enters as its lift over its own view of the second cluster (fusion.ts); null with priorWeight.
+              priorLift: model.prior && fit.priorWeighed !== false ? (fit.params.lift ?? 0) : null,
               priorClusters: fit.priorClusters,
               alpha: fit.params.alpha,
               // Nats per transition the LLM prior adds to the fit slice's likelihood over the counts alone.

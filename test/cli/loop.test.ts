@@ -111,6 +111,9 @@ describe("the hybrid loop from the CLI", () => {
     const best = fused.json.fusion.windows.reduce((b: { days: number; perTransition: number }, w: { days: number; perTransition: number }) => (w.perTransition > b.perTransition ? w : b));
     expect(fused.json.fusion.windowDays).toBe(best.days);
     expect(fused.json.fusion.perTransition).toBeGreaterThanOrEqual(fused.json.fusion.countsOnlyPerTransition);
+    // The fit records how much of the prior entered as its lift (fusion.ts), between the whole prior and the lift alone.
+    expect(fused.json.fusion.params.lift).toBeGreaterThanOrEqual(0);
+    expect(fused.json.fusion.params.lift).toBeLessThanOrEqual(1);
     const fusedAgain = run(passing, "refresh", "--as-of", "2025-04-07");
     expect(fusedAgain.json).toMatchObject({ rescored: 0, copied: 0, published: true });
     const fusedDry = run(passing, "refresh", "--as-of", "2025-04-09", "--dry-run");

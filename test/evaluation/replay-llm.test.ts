@@ -101,6 +101,13 @@ describe("replay with LLM strategies", () => {
     expect(result.timelines.static).toHaveLength(1);
     expect(result.timelines.rag).toHaveLength(refreshes);
     expect(result.timelines.hybrid).toHaveLength(refreshes);
+    // Each fusion table says its prior's weight and how much of it entered as its lift (null together while the
+    // prior is not weighed yet).
+    for (const t of result.timelines.hybrid) {
+      expect(t.priorLift === null).toBe(t.priorWeight === null);
+      if (t.priorLift != null) expect(t.priorLift >= 0 && t.priorLift <= 1).toBe(true);
+    }
+    expect(result.timelines.hybrid.some((t) => typeof t.priorLift === "number")).toBe(true);
     expect(result.timelines["successor-top1"]).toHaveLength(refreshes);
     const s = result.strategies;
     // Only the hybrid trains during the period: its March 1st fine-tune (the start model stands for February's).

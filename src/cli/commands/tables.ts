@@ -8,12 +8,12 @@ import { tableView } from "../../serving/views.js";
 const day = (ms: number | null) => (ms === null ? "-" : new Date(ms).toISOString().slice(0, 16).replace("T", " "));
 
 function summary(t: TableInfo): string {
-  const fit = t.ragOptions?.method === "fusion" ? (t.ragOptions.fit as { params?: { tau?: number } } | undefined) : undefined;
+  const fit = t.ragOptions?.method === "fusion" ? (t.ragOptions.fit as { params?: { tau?: number; lift?: number } } | undefined) : undefined;
   const rag =
     t.ragAsOf === null
       ? "no RAG"
       : t.ragOptions?.method === "fusion"
-        ? `fusion as of ${day(t.ragAsOf)} (${t.ragWindowDays} d evidence${t.ragOptions.prior ? `, prior weight ${fit?.params?.tau?.toFixed(2) ?? "-"}` : ", no prior"})`
+        ? `fusion as of ${day(t.ragAsOf)} (${t.ragWindowDays} d evidence${t.ragOptions.prior ? `, prior weight ${fit?.params?.tau?.toFixed(2) ?? "-"}${typeof fit?.params?.lift === "number" ? ` (lift ${fit.params.lift.toFixed(2)})` : ""}` : ", no prior"})`
         : `RAG as of ${day(t.ragAsOf)} (${t.ragWindowDays} d)`;
   return `${t.version}  ${t.status.padEnd(8)} model ${t.modelVersion}  ${rag}  ${t.rows} pairs  built ${day(t.createdAt)}${t.strategy ? `  [${t.strategy}]` : ""}`;
 }
