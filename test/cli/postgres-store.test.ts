@@ -4,7 +4,6 @@
  * registry (the update commands: ./postgres-update.test.ts); a command not yet on PostgreSQL refuses (exit 2, naming store.url without its password) instead of reading
  * a local events file.
  */
-import { spawn, type ChildProcess } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -16,7 +15,7 @@ import { PostgresModelRegistry } from "../../src/llm/postgres-registry.js";
 import { PostgresTableStore, SqliteTableStore, tableStorePath } from "../../src/tables/index.js";
 import { usePostgresCluster } from "../data/postgres-cluster.js";
 import { servingWorkspace, type ServingWorkspace } from "../serving/fixtures.js";
-import { BIN, ROOT, runCli } from "./run.js";
+import { runCli, serveCli, servingLive } from "./run.js";
 
 const MOVIELENS = join(import.meta.dirname, "../../../shared/datasets/movielens-latest-small");
 const database = usePostgresCluster();
@@ -121,34 +120,6 @@ async function seedDeployment(url: string, ws: ServingWorkspace, worker: string)
   }
 }
 
-/** `freshrec serve --port 0` in a child process with `config`, once it says where it listens. */
-async function serve(workspace: string, configFile: string): Promise<{ child: ChildProcess; url: string; exited: Promise<number | null> }> {
-  const child = spawn(process.execPath, [BIN, "--workspace", workspace, "--config", configFile, "serve", "--port", "0", "--json"], { cwd: ROOT });
-  const exited = new Promise<number | null>((done) => child.on("exit", (code) => done(code)));
-  let stderr = "";
-  const url = await new Promise<string>((resolve, reject) => {
-    child.stderr!.on("data", (d) => {
-      stderr += d;
-      const m = /freshrec serving on (http:\/\/[^ ]+)/.exec(stderr);
-      if (m) resolve(m[1]);
-    });
-    void exited.then((code) => reject(new Error(`serve exited ${code}: ${stderr}`)));
-  });
-  return { child, url, exited };
-}
-
-/** What a server holds in memory as its live table, asked until it is `version` (each server polls the database). */
-async function servingLive(url: string, version: string): Promise<string | null> {
-  let serving: string | null = null;
-  // Bounded by the test's timeout, not by a time this asserts: the servers poll every 50 ms.
-  for (let attempt = 0; attempt < 600 && serving !== version; attempt++) {
-    if (attempt) await new Promise((r) => setTimeout(r, 50));
-    const body = (await (await fetch(`${url}/v1/tables`)).json()) as { serving: { binding: string; version: string | null }[] };
-    serving = body.serving.find((b) => b.binding === "live")?.version ?? null;
-  }
-  return serving;
-}
-
 describe("store.url: serve, tables and models on PostgreSQL through the CLI", () => {
   it("two serve processes on one database follow tables publish/rollback run by a third; models list reads the database", async () => {
     const ws = await servingWorkspace();
@@ -183,7 +154,7 @@ describe("store.url: serve, tables and models on PostgreSQL through the CLI", ()
     expect(existsSync(join(admin, "tables.sqlite"))).toBe(false);
     expect(existsSync(join(admin, "registry.sqlite"))).toBe(false);
 
-    const servers = [await serve(join(root, "host-a"), configFile), await serve(join(root, "host-b"), configFile)];
+    const servers = [await serveCli(join(root, "host-a"), configFile), await serveCli(join(root, "host-b"), configFile)];
     try {
       const user = ws.world.userId(7);
       const answers = await Promise.all(servers.map(async (s) => (await (await fetch(`${s.url}/v1/users/${user}/exploration?n=3`)).json()) as Record<string, unknown>));

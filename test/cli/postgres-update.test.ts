@@ -5,7 +5,6 @@
  * a fine-tune curates the same set and registers its candidate in the database; a running `serve` replica follows
  * the table a refresh publishes. Nothing is written to the deployment's workspace but model files.
  */
-import { spawn, type ChildProcess } from "node:child_process";
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -15,7 +14,7 @@ import { ModelRegistry } from "../../src/llm/registry.js";
 import { PostgresModelRegistry } from "../../src/llm/postgres-registry.js";
 import { PostgresTableStore, SqliteTableStore, tableStorePath, type StoredTableRow, type TableStoreContract } from "../../src/tables/index.js";
 import { usePostgresCluster } from "../data/postgres-cluster.js";
-import { BIN, ROOT, runCli } from "./run.js";
+import { runCli, serveCli, servingLive } from "./run.js";
 
 const database = usePostgresCluster();
 
@@ -24,34 +23,6 @@ async function rowsOf(store: TableStoreContract | SqliteTableStore, version: str
   const rows: Omit<StoredTableRow, "explanation">[] = [];
   for await (const { c1, c2, answers, contextKey } of store.rows(version)) rows.push({ c1, c2, answers, contextKey });
   return rows.sort((a, b) => (a.c1 + "\u0000" + a.c2 < b.c1 + "\u0000" + b.c2 ? -1 : 1));
-}
-
-/** `freshrec serve --port 0` in a child process, once it says where it listens. */
-async function serve(workspace: string, configFile: string): Promise<{ child: ChildProcess; url: string; exited: Promise<number | null> }> {
-  const child = spawn(process.execPath, [BIN, "--workspace", workspace, "--config", configFile, "serve", "--port", "0", "--json"], { cwd: ROOT });
-  const exited = new Promise<number | null>((done) => child.on("exit", (code) => done(code)));
-  let stderr = "";
-  const url = await new Promise<string>((resolve, reject) => {
-    child.stderr!.on("data", (d) => {
-      stderr += d;
-      const m = /freshrec serving on (http:\/\/[^ ]+)/.exec(stderr);
-      if (m) resolve(m[1]);
-    });
-    void exited.then((code) => reject(new Error(`serve exited ${code}: ${stderr}`)));
-  });
-  return { child, url, exited };
-}
-
-/** The live table a server holds in memory, asked until it is `version` (a publish reaches it through the database). */
-async function servingLive(url: string, version: string): Promise<string | null> {
-  let serving: string | null = null;
-  // Bounded by the test's timeout, not by a time this asserts: the server polls every 50 ms besides listening.
-  for (let attempt = 0; attempt < 600 && serving !== version; attempt++) {
-    if (attempt) await new Promise((r) => setTimeout(r, 50));
-    const body = (await (await fetch(`${url}/v1/tables`)).json()) as { serving: { binding: string; version: string | null }[] };
-    serving = body.serving.find((b) => b.binding === "live")?.version ?? null;
-  }
-  return serving;
 }
 
 describe("store.url: pretrain, refresh and finetune on PostgreSQL through the CLI", () => {
@@ -130,7 +101,7 @@ describe("store.url: pretrain, refresh and finetune on PostgreSQL through the CL
       expect(again.json).toMatchObject({ tableVersion: "t000003", rescored: 0, copied: 120 * 119 });
       expect(await rowsOf(pgTables, "t000003")).toEqual(await rowsOf(pgTables, "t000002"));
 
-      const replica = await serve(join(root, "host-a"), configs.pg);
+      const replica = await serveCli(join(root, "host-a"), configs.pg);
       try {
         expect(await servingLive(replica.url, "t000003")).toBe("t000003");
 
