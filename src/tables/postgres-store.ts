@@ -51,7 +51,7 @@ import type {
   TableStoreContract,
 } from "./contract.js";
 import { TableNotFoundError, TableStateError } from "./errors.js";
-import { versionId } from "./sqlite-store.js";
+import { parseVersion, tableInfoOf, versionId, type VersionColumns } from "./versions.js";
 
 export interface PostgresTableStoreOptions {
   /**
@@ -134,52 +134,8 @@ const TYPES = {
   },
 } as pg.CustomTypesConfig;
 
-interface VersionRecord {
-  seq: number;
-  status: TableStatus;
-  model_version: string;
-  template_hash: string;
-  rag_as_of: number | null;
-  rag_window_days: number | null;
-  rag_options: string | null;
-  strategy: string | null;
-  parent: string | null;
-  stats: string | null;
-  metrics: string | null;
-  created_at: number;
-  finished_at: number | null;
-  failure: string | null;
-  row_count: number;
-  top_n: number;
+interface VersionRecord extends VersionColumns {
   builder: string | null;
-}
-
-function toInfo(r: VersionRecord): TableInfo {
-  return {
-    version: versionId(r.seq),
-    status: r.status,
-    modelVersion: r.model_version,
-    templateHash: r.template_hash,
-    ragAsOf: r.rag_as_of,
-    ragWindowDays: r.rag_window_days,
-    ragOptions: r.rag_options === null ? null : JSON.parse(r.rag_options),
-    strategy: r.strategy,
-    parent: r.parent,
-    stats: r.stats === null ? null : JSON.parse(r.stats),
-    metrics: r.metrics === null ? null : JSON.parse(r.metrics),
-    createdAt: r.created_at,
-    finishedAt: r.finished_at,
-    failure: r.failure,
-    rows: r.row_count,
-    topN: r.top_n,
-  };
-}
-
-function parseVersion(version: string): number {
-  const m = /^t(\d+)$/.exec(version);
-  // Beyond INTEGER: no such version, and the query would fail on the cast instead of answering NOT_FOUND.
-  if (!m || Number(m[1]) > 2_147_483_647) throw new TableNotFoundError(version);
-  return Number(m[1]);
 }
 
 type Queryable = pg.Pool | pg.PoolClient | pg.Client;
@@ -274,7 +230,7 @@ export class PostgresTableStore implements TableStoreContract {
   // ---------------------------------------------------------------------------------------------- reading state
 
   async get(version: string): Promise<TableInfo> {
-    return toInfo(await this.record(this.pool, version));
+    return tableInfoOf(await this.record(this.pool, version));
   }
 
   async list(filter: TableFilter = {}): Promise<TableInfo[]> {
@@ -287,7 +243,7 @@ export class PostgresTableStore implements TableStoreContract {
           (filter.templateHash === undefined || r.template_hash === filter.templateHash) &&
           (filter.strategy === undefined || r.strategy === filter.strategy),
       )
-      .map(toInfo);
+      .map(tableInfoOf);
   }
 
   async live(): Promise<TableInfo | undefined> {
@@ -296,7 +252,7 @@ export class PostgresTableStore implements TableStoreContract {
       this.pool,
       `SELECT v.* FROM (SELECT table_seq FROM table_live_stack ORDER BY pos DESC LIMIT 1) top JOIN table_versions v ON v.seq = top.table_seq`,
     );
-    return r.rows.length ? toInfo(r.rows[0]) : undefined;
+    return r.rows.length ? tableInfoOf(r.rows[0]) : undefined;
   }
 
   async previousLive(): Promise<TableInfo | undefined> {
@@ -306,7 +262,7 @@ export class PostgresTableStore implements TableStoreContract {
             below AS (SELECT s.table_seq FROM table_live_stack s, top WHERE s.table_seq <> top.table_seq ORDER BY s.pos DESC LIMIT 1)
        SELECT v.* FROM below JOIN table_versions v ON v.seq = below.table_seq`,
     );
-    return r.rows.length ? toInfo(r.rows[0]) : undefined;
+    return r.rows.length ? tableInfoOf(r.rows[0]) : undefined;
   }
 
   async publishHistory(): Promise<PublishEvent[]> {
@@ -599,7 +555,7 @@ export class PostgresTableStore implements TableStoreContract {
           n,
           r.seq,
         ]);
-        recovered.push(toInfo((await client.query<VersionRecord>("SELECT * FROM table_versions WHERE seq = $1", [r.seq])).rows[0]));
+        recovered.push(tableInfoOf((await client.query<VersionRecord>("SELECT * FROM table_versions WHERE seq = $1", [r.seq])).rows[0]));
       }
       return recovered;
     });
@@ -610,7 +566,7 @@ export class PostgresTableStore implements TableStoreContract {
       const r = await this.record(client, version, true);
       const base = options.merge === false || r.metrics === null ? {} : JSON.parse(r.metrics);
       await client.query("UPDATE table_versions SET metrics = $1 WHERE seq = $2", [JSON.stringify({ ...base, ...metrics }), r.seq]);
-      return toInfo(await this.record(client, version));
+      return tableInfoOf(await this.record(client, version));
     });
   }
 
@@ -620,7 +576,7 @@ export class PostgresTableStore implements TableStoreContract {
     return this.transaction(async (client) => {
       await client.query("SELECT pg_advisory_xact_lock($1)", [PUBLISH_LOCK]);
       const r = await this.record(client, version, true);
-      if (r.status === "live") return toInfo(r);
+      if (r.status === "live") return tableInfoOf(r);
       if (!PUBLISHABLE.includes(r.status)) {
         throw new TableStateError(`tables: ${version} is ${r.status}; only a ready or retired table can be published`, version, r.status);
       }
@@ -630,7 +586,7 @@ export class PostgresTableStore implements TableStoreContract {
       await client.query("UPDATE table_versions SET status = 'live' WHERE seq = $1", [r.seq]);
       await this.log(client, "publish", version, live === null ? null : versionId(live), options);
       await client.query("SELECT pg_notify($1, $2)", [TABLES_CHANNEL, version]);
-      return toInfo(await this.record(client, version));
+      return tableInfoOf(await this.record(client, version));
     });
   }
 
@@ -647,7 +603,7 @@ export class PostgresTableStore implements TableStoreContract {
       await client.query("UPDATE table_versions SET status = 'live' WHERE seq = $1", [previous]);
       await this.log(client, "rollback", versionId(previous), versionId(live), options);
       await client.query("SELECT pg_notify($1, $2)", [TABLES_CHANNEL, versionId(previous)]);
-      return toInfo(await this.record(client, versionId(previous)));
+      return tableInfoOf(await this.record(client, versionId(previous)));
     });
   }
 
@@ -687,7 +643,7 @@ export class PostgresTableStore implements TableStoreContract {
       const stack = (await client.query<{ pos: number; table_seq: number }>("SELECT pos, table_seq FROM table_live_stack ORDER BY pos")).rows;
       const repeats = stack.filter((e, i) => i > 0 && e.table_seq === stack[i - 1].table_seq).map((e) => e.pos);
       if (repeats.length) await client.query("DELETE FROM table_live_stack WHERE pos = ANY($1::BIGINT[])", [repeats]);
-      return victims.map(toInfo);
+      return victims.map(tableInfoOf);
     });
   }
 

@@ -56,6 +56,7 @@ import type {
   TableStore,
 } from "./contract.js";
 import { TableNotFoundError, TableStateError } from "./errors.js";
+import { parseVersion, tableInfoOf, versionId, type VersionColumns } from "./versions.js";
 
 export interface SqliteTableStoreOptions {
   /**
@@ -98,16 +99,6 @@ function explanationValue(explanation: TableBuildRow["explanation"]): Buffer | s
   return JSON.stringify(explanation);
 }
 
-export function versionId(seq: number): string {
-  return `t${String(seq).padStart(6, "0")}`;
-}
-
-function parseVersion(version: string): number {
-  const m = /^t(\d+)$/.exec(version);
-  if (!m) throw new TableNotFoundError(version);
-  return Number(m[1]);
-}
-
 /**
  * Builds open in this process, per database file. A build row whose pid is this process but which is not in
  * here was left by a builder that was dropped without `finish`/`fail` (a closed store): it is stale too.
@@ -115,46 +106,9 @@ function parseVersion(version: string): number {
 const activeBuilds = new Map<string, Set<number>>();
 let memoryStores = 0;
 
-interface VersionRecord {
-  seq: number;
-  status: TableStatus;
-  model_version: string;
-  template_hash: string;
-  rag_as_of: number | null;
-  rag_window_days: number | null;
-  rag_options: string | null;
-  strategy: string | null;
-  parent: string | null;
-  stats: string | null;
-  metrics: string | null;
-  created_at: number;
-  finished_at: number | null;
-  failure: string | null;
-  row_count: number;
-  top_n: number;
+interface VersionRecord extends VersionColumns {
   builder_pid: number | null;
   builder_host: string | null;
-}
-
-function toInfo(r: VersionRecord): TableInfo {
-  return {
-    version: versionId(r.seq),
-    status: r.status,
-    modelVersion: r.model_version,
-    templateHash: r.template_hash,
-    ragAsOf: r.rag_as_of,
-    ragWindowDays: r.rag_window_days,
-    ragOptions: r.rag_options === null ? null : JSON.parse(r.rag_options),
-    strategy: r.strategy,
-    parent: r.parent,
-    stats: r.stats === null ? null : JSON.parse(r.stats),
-    metrics: r.metrics === null ? null : JSON.parse(r.metrics),
-    createdAt: r.created_at,
-    finishedAt: r.finished_at,
-    failure: r.failure,
-    rows: r.row_count,
-    topN: r.top_n,
-  };
 }
 
 function isProcessAlive(pid: number): boolean {
@@ -353,7 +307,7 @@ export class SqliteTableStore implements TableStore {
   }
 
   get(version: string): TableInfo {
-    return toInfo(this.record(version));
+    return tableInfoOf(this.record(version));
   }
 
   list(filter: TableFilter = {}): TableInfo[] {
@@ -366,7 +320,7 @@ export class SqliteTableStore implements TableStore {
           (filter.templateHash === undefined || r.template_hash === filter.templateHash) &&
           (filter.strategy === undefined || r.strategy === filter.strategy),
       )
-      .map(toInfo);
+      .map(tableInfoOf);
   }
 
   live(): TableInfo | undefined {
@@ -628,7 +582,7 @@ export class SqliteTableStore implements TableStore {
     return this.db
       .transaction(() => {
         const r = this.record(version);
-        if (r.status === "live") return toInfo(r);
+        if (r.status === "live") return tableInfoOf(r);
         if (!PUBLISHABLE.includes(r.status)) {
           throw new TableStateError(`tables: ${version} is ${r.status}; only a ready or retired table can be published`, version, r.status);
         }
@@ -685,7 +639,7 @@ export class SqliteTableStore implements TableStore {
         for (let i = 1; i < stack.length; i++) {
           if (stack[i].table_seq === stack[i - 1].table_seq) this.sql.dropStackPos.run(stack[i].pos);
         }
-        return victims.map(toInfo);
+        return victims.map(tableInfoOf);
       })
       .immediate();
     if (deleted.length) this.db.pragma("incremental_vacuum");

@@ -1,0 +1,59 @@
+/**
+ * What the table store adapters share about a table version: its id ("t" and six digits of its sequence number) and
+ * its record as stored, the same columns in SQLite and PostgreSQL, read back as a `TableInfo`.
+ */
+import type { TableInfo, TableStatus } from "./contract.js";
+import { TableNotFoundError } from "./errors.js";
+
+export function versionId(seq: number): string {
+  return `t${String(seq).padStart(6, "0")}`;
+}
+
+/** The sequence number of a version id; an id no store can hold is a version that does not exist. */
+export function parseVersion(version: string): number {
+  const m = /^t(\d+)$/.exec(version);
+  // Beyond a 32-bit integer no version exists: NOT_FOUND, where PostgreSQL's INTEGER cast would fail the query.
+  if (!m || Number(m[1]) > 2_147_483_647) throw new TableNotFoundError(version);
+  return Number(m[1]);
+}
+
+/** The columns of a version's record that both stores keep alike (each adds how it tracks its builder). */
+export interface VersionColumns {
+  seq: number;
+  status: TableStatus;
+  model_version: string;
+  template_hash: string;
+  rag_as_of: number | null;
+  rag_window_days: number | null;
+  rag_options: string | null;
+  strategy: string | null;
+  parent: string | null;
+  stats: string | null;
+  metrics: string | null;
+  created_at: number;
+  finished_at: number | null;
+  failure: string | null;
+  row_count: number;
+  top_n: number;
+}
+
+export function tableInfoOf(r: VersionColumns): TableInfo {
+  return {
+    version: versionId(r.seq),
+    status: r.status,
+    modelVersion: r.model_version,
+    templateHash: r.template_hash,
+    ragAsOf: r.rag_as_of,
+    ragWindowDays: r.rag_window_days,
+    ragOptions: r.rag_options === null ? null : JSON.parse(r.rag_options),
+    strategy: r.strategy,
+    parent: r.parent,
+    stats: r.stats === null ? null : JSON.parse(r.stats),
+    metrics: r.metrics === null ? null : JSON.parse(r.metrics),
+    createdAt: r.created_at,
+    finishedAt: r.finished_at,
+    failure: r.failure,
+    rows: r.row_count,
+    topN: r.top_n,
+  };
+}
