@@ -24,11 +24,12 @@ import type { Clock } from "../domain/clock.js";
 import { FreshrecError } from "../domain/errors.js";
 import {
   fileSha256,
+  modelVersionOf,
   pathInside,
   verifiedModelFile,
   type ModelFilter,
-  type ModelKind,
   type ModelRegistryContract,
+  type ModelRow,
   type ModelStatus,
   type ModelVersion,
   type RegisterModelInput,
@@ -75,22 +76,8 @@ const TYPES = {
   },
 } as pg.CustomTypesConfig;
 
-interface Row {
+interface Row extends ModelRow {
   seq: number;
-  version: string;
-  parent: string | null;
-  kind: ModelKind;
-  status: ModelStatus;
-  window_from: number | null;
-  window_to: number | null;
-  train_samples: number;
-  validation_samples: number;
-  metrics: string;
-  file_path: string;
-  sha256: string;
-  template_hash: string | null;
-  vocabulary_hash: string | null;
-  created_at: number;
 }
 
 function versionName(seq: number): string {
@@ -125,22 +112,7 @@ export class PostgresModelRegistry implements ModelRegistryContract {
   }
 
   private fromRow(r: Row): ModelVersion {
-    return {
-      version: r.version,
-      parent: r.parent,
-      kind: r.kind,
-      status: r.status,
-      window: r.window_from !== null && r.window_to !== null ? { from: r.window_from, to: r.window_to } : null,
-      trainSamples: r.train_samples,
-      validationSamples: r.validation_samples,
-      metrics: JSON.parse(r.metrics) as Record<string, unknown>,
-      filePath: join(this.models, ...r.file_path.split("/")),
-      external: false,
-      sha256: r.sha256,
-      templateHash: r.template_hash,
-      vocabularyHash: r.vocabulary_hash,
-      createdAt: r.created_at,
-    };
+    return modelVersionOf(r, { filePath: join(this.models, ...r.file_path.split("/")), external: false });
   }
 
   private async query<R extends pg.QueryResultRow>(on: pg.Pool | pg.PoolClient, text: string, values: unknown[] = []): Promise<R[]> {

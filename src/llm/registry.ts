@@ -159,7 +159,8 @@ export function verifiedModelFile(found: ModelVersion): string {
   return file;
 }
 
-interface Row {
+/** A registry row as both adapters store it (the PostgreSQL one adds its sequence number). */
+export interface ModelRow {
   version: string;
   parent: string | null;
   kind: ModelKind;
@@ -176,8 +177,8 @@ interface Row {
   created_at: number;
 }
 
-function fromRow(r: Row, workspace: string): ModelVersion {
-  const external = isAbsolute(r.file_path);
+/** A stored row read back; `file` is where its recorded path points and whether that lies outside the store's folder. */
+export function modelVersionOf(r: ModelRow, file: { readonly filePath: string; readonly external: boolean }): ModelVersion {
   return {
     version: r.version,
     parent: r.parent,
@@ -187,13 +188,18 @@ function fromRow(r: Row, workspace: string): ModelVersion {
     trainSamples: r.train_samples,
     validationSamples: r.validation_samples,
     metrics: JSON.parse(r.metrics) as Record<string, unknown>,
-    filePath: external ? r.file_path : join(workspace, ...r.file_path.split("/")),
-    external,
+    filePath: file.filePath,
+    external: file.external,
     sha256: r.sha256,
     templateHash: r.template_hash,
     vocabularyHash: r.vocabulary_hash,
     createdAt: r.created_at,
   };
+}
+
+function fromRow(r: ModelRow, workspace: string): ModelVersion {
+  const external = isAbsolute(r.file_path);
+  return modelVersionOf(r, { filePath: external ? r.file_path : join(workspace, ...r.file_path.split("/")), external });
 }
 
 /**
@@ -385,19 +391,19 @@ export class ModelRegistry {
   }
 
   get(version: string): ModelVersion | null {
-    const row = this.db.prepare("SELECT * FROM models WHERE version = ?").get(version) as Row | undefined;
+    const row = this.db.prepare("SELECT * FROM models WHERE version = ?").get(version) as ModelRow | undefined;
     return row ? fromRow(row, this.root) : null;
   }
 
   list(filter: ModelFilter = {}): ModelVersion[] {
-    const rows = this.db.prepare("SELECT * FROM models ORDER BY seq").all() as Row[];
+    const rows = this.db.prepare("SELECT * FROM models ORDER BY seq").all() as ModelRow[];
     return rows
       .map((r) => fromRow(r, this.root))
       .filter((m) => (!filter.status || filter.status.includes(m.status)) && (!filter.kind || m.kind === filter.kind));
   }
 
   live(): ModelVersion | null {
-    const row = this.db.prepare("SELECT * FROM models WHERE status = 'live'").get() as Row | undefined;
+    const row = this.db.prepare("SELECT * FROM models WHERE status = 'live'").get() as ModelRow | undefined;
     return row ? fromRow(row, this.root) : null;
   }
 
