@@ -51,7 +51,7 @@ import type {
   TableStoreContract,
 } from "./contract.js";
 import { TableNotFoundError, TableStateError } from "./errors.js";
-import { parseVersion, tableInfoOf, versionId, type VersionColumns } from "./versions.js";
+import { PackedTableGatherer, parseVersion, tableInfoOf, versionId, type VersionColumns } from "./versions.js";
 
 export interface PostgresTableStoreOptions {
   /**
@@ -693,34 +693,11 @@ export class PostgresTableStore implements TableStoreContract {
 
   async packed(version: string): Promise<PackedTable> {
     const pages = this.packedPages(version, this.pageSize);
-    let c1 = new Int32Array(0);
-    let c2 = c1;
-    let answerIds = c1;
-    let scores = new Float32Array(0);
-    let i = 0;
+    const gatherer = new PackedTableGatherer();
     for (;;) {
       const step = await pages.next();
-      if (step.done) {
-        const { rows, ...header } = step.value;
-        if (i === 0) {
-          c1 = new Int32Array(rows);
-          c2 = new Int32Array(rows);
-        }
-        return { ...header, c1, c2, answerIds, scores };
-      }
-      const page = step.value;
-      const { topN, rows } = page.header;
-      if (i === 0) {
-        c1 = new Int32Array(rows);
-        c2 = new Int32Array(rows);
-        answerIds = new Int32Array(rows * topN);
-        scores = new Float32Array(rows * topN);
-      }
-      c1.set(page.c1.subarray(0, page.count), i);
-      c2.set(page.c2.subarray(0, page.count), i);
-      answerIds.set(page.answerIds.subarray(0, page.count * topN), i * topN);
-      scores.set(page.scores.subarray(0, page.count * topN), i * topN);
-      i += page.count;
+      if (step.done) return gatherer.finish(step.value);
+      gatherer.add(step.value);
     }
   }
 

@@ -1,8 +1,9 @@
 /**
- * What the table store adapters share about a table version: its id ("t" and six digits of its sequence number) and
- * its record as stored, the same columns in SQLite and PostgreSQL, read back as a `TableInfo`.
+ * What the table store adapters share about a table version: its id ("t" and six digits of its sequence number),
+ * its record as stored (the same columns in SQLite and PostgreSQL) read back as a `TableInfo`, and its packed pages
+ * gathered into one `PackedTable`.
  */
-import type { TableInfo, TableStatus } from "./contract.js";
+import type { PackedPage, PackedTable, PackedTableHeader, TableInfo, TableStatus } from "./contract.js";
 import { TableNotFoundError } from "./errors.js";
 
 export function versionId(seq: number): string {
@@ -56,4 +57,35 @@ export function tableInfoOf(r: VersionColumns): TableInfo {
     rows: r.row_count,
     topN: r.top_n,
   };
+}
+
+/** Gathers a table's `packedPages`, in order, into one `PackedTable` (each adapter reads its pages its own way). */
+export class PackedTableGatherer {
+  private c1 = new Int32Array(0);
+  private c2 = new Int32Array(0);
+  private answerIds = new Int32Array(0);
+  private scores = new Float32Array(0);
+  /** Rows gathered so far. */
+  gathered = 0;
+
+  add(page: PackedPage): void {
+    const { topN, rows } = page.header;
+    if (this.gathered === 0) {
+      this.c1 = new Int32Array(rows);
+      this.c2 = new Int32Array(rows);
+      this.answerIds = new Int32Array(rows * topN);
+      this.scores = new Float32Array(rows * topN);
+    }
+    const i = this.gathered;
+    this.c1.set(page.c1.subarray(0, page.count), i);
+    this.c2.set(page.c2.subarray(0, page.count), i);
+    this.answerIds.set(page.answerIds.subarray(0, page.count * topN), i * topN);
+    this.scores.set(page.scores.subarray(0, page.count * topN), i * topN);
+    this.gathered += page.count;
+  }
+
+  finish(header: PackedTableHeader): PackedTable {
+    const { rows: _rows, ...rest } = header;
+    return { ...rest, c1: this.c1, c2: this.c2, answerIds: this.answerIds, scores: this.scores };
+  }
 }
