@@ -66,3 +66,13 @@ export function redactedUrl(url: string): string {
     return "(a PostgreSQL URL that does not parse)";
   }
 }
+
+const INT8 = 20;
+
+/** BIGINT as a number (epoch ms and counts fit a double exactly); everything else as pg parses it. */
+export const BIGINT_AS_NUMBER = {
+  getTypeParser(oid: number, format?: "text" | "binary") {
+    if (oid === INT8) return (text: string) => Number(text);
+    return pg.types.getTypeParser(oid, format as "text");
+  },
+} as pg.CustomTypesConfig;

@@ -19,7 +19,7 @@
 import { mkdirSync } from "node:fs";
 import { join, resolve } from "node:path";
 import pg from "pg";
-import { openStorePool } from "../data/postgres-pool.js";
+import { BIGINT_AS_NUMBER, openStorePool } from "../data/postgres-pool.js";
 import type { Clock } from "../domain/clock.js";
 import { FreshrecError } from "../domain/errors.js";
 import {
@@ -68,13 +68,6 @@ const SCHEMA_LOCK = 0x6d646c73;
 /** Held by every write: versions are numbered max + 1, and going live retires the previous live model. */
 const WRITE_LOCK = 0x6d646c77;
 
-const INT8 = 20;
-const TYPES = {
-  getTypeParser(oid: number, format?: "text" | "binary") {
-    if (oid === INT8) return (text: string) => Number(text);
-    return pg.types.getTypeParser(oid, format as "text");
-  },
-} as pg.CustomTypesConfig;
 
 interface Row extends ModelRow {
   seq: number;
@@ -102,7 +95,7 @@ export class PostgresModelRegistry implements ModelRegistryContract {
    * @throws FreshrecError naming the URL (without its password) and what PostgreSQL said.
    */
   static async open(url: string, workspace: string, clock: Clock): Promise<PostgresModelRegistry> {
-    const { pool, location } = await openStorePool({ url, store: "model registry", schema: SCHEMA, schemaLock: SCHEMA_LOCK, max: 2, types: TYPES });
+    const { pool, location } = await openStorePool({ url, store: "model registry", schema: SCHEMA, schemaLock: SCHEMA_LOCK, max: 2, types: BIGINT_AS_NUMBER });
     return new PostgresModelRegistry(pool, location, workspace, clock);
   }
 

@@ -28,7 +28,7 @@
  */
 import { hostname } from "node:os";
 import pg from "pg";
-import { openStorePool } from "../data/postgres-pool.js";
+import { BIGINT_AS_NUMBER, openStorePool } from "../data/postgres-pool.js";
 import type { Clock } from "../domain/clock.js";
 import { FreshrecError } from "../domain/errors.js";
 import { pairKey, type History } from "../domain/types.js";
@@ -51,7 +51,7 @@ import type {
   TableStoreContract,
 } from "./contract.js";
 import { TableNotFoundError, TableStateError } from "./errors.js";
-import { PackedTableGatherer, parseVersion, tableInfoOf, versionId, type VersionColumns } from "./versions.js";
+import { matchesFilter, PackedTableGatherer, parseVersion, tableInfoOf, versionId, type VersionColumns } from "./versions.js";
 
 export interface PostgresTableStoreOptions {
   /**
@@ -125,14 +125,6 @@ const CLUSTER_LOCK = 0x74626c63;
 const BUILD_LOCK_CLASS = 0x74626c62;
 
 const PUBLISHABLE: readonly TableStatus[] = ["ready", "retired"];
-const INT8 = 20;
-/** BIGINT as a number (epoch ms and counts fit a double exactly); everything else as pg parses it. */
-const TYPES = {
-  getTypeParser(oid: number, format?: "text" | "binary") {
-    if (oid === INT8) return (text: string) => Number(text);
-    return pg.types.getTypeParser(oid, format as "text");
-  },
-} as pg.CustomTypesConfig;
 
 interface VersionRecord extends VersionColumns {
   builder: string | null;
@@ -172,7 +164,7 @@ export class PostgresTableStore implements TableStoreContract {
     const batchSize = options.batchSize ?? 5000;
     const pageSize = options.pageSize ?? 2000;
     if (!(batchSize >= 1) || !(pageSize >= 1)) throw new FreshrecError("BAD_INPUT", "tables: batchSize and pageSize must be at least 1");
-    const { pool, location } = await openStorePool({ url, store: "table store", schema: SCHEMA, schemaLock: SCHEMA_LOCK, max: 4, types: TYPES });
+    const { pool, location } = await openStorePool({ url, store: "table store", schema: SCHEMA, schemaLock: SCHEMA_LOCK, max: 4, types: BIGINT_AS_NUMBER });
     const store = new PostgresTableStore(pool, url, location, clock, options);
     if (options.recoverOnOpen ?? true) {
       try {
@@ -234,15 +226,8 @@ export class PostgresTableStore implements TableStoreContract {
   }
 
   async list(filter: TableFilter = {}): Promise<TableInfo[]> {
-    const statuses = filter.status === undefined ? undefined : ([] as TableStatus[]).concat(filter.status);
     return (await this.run<VersionRecord>(this.pool, "SELECT * FROM table_versions ORDER BY seq")).rows
-      .filter(
-        (r) =>
-          (!statuses || statuses.includes(r.status)) &&
-          (filter.modelVersion === undefined || r.model_version === filter.modelVersion) &&
-          (filter.templateHash === undefined || r.template_hash === filter.templateHash) &&
-          (filter.strategy === undefined || r.strategy === filter.strategy),
-      )
+      .filter((r) => matchesFilter(r, filter))
       .map(tableInfoOf);
   }
 
@@ -348,7 +333,7 @@ export class PostgresTableStore implements TableStoreContract {
     }
     if (meta.parent) await this.record(this.pool, meta.parent);
     // The build's own connection holds its lock for as long as the builder lives; see recoverStale.
-    const client = new pg.Client({ connectionString: this.url, types: TYPES });
+    const client = new pg.Client({ connectionString: this.url, types: BIGINT_AS_NUMBER });
     client.on("error", (error) => process.stderr.write(`freshrec: a table build's connection to ${this.location} failed: ${error.message}\n`));
     try {
       await client.connect();

@@ -56,7 +56,7 @@ import type {
   TableStore,
 } from "./contract.js";
 import { TableNotFoundError, TableStateError } from "./errors.js";
-import { PackedTableGatherer, parseVersion, tableInfoOf, versionId, type VersionColumns } from "./versions.js";
+import { matchesFilter, PackedTableGatherer, parseVersion, tableInfoOf, versionId, type VersionColumns } from "./versions.js";
 
 export interface SqliteTableStoreOptions {
   /**
@@ -311,15 +311,8 @@ export class SqliteTableStore implements TableStore {
   }
 
   list(filter: TableFilter = {}): TableInfo[] {
-    const statuses = filter.status === undefined ? undefined : ([] as TableStatus[]).concat(filter.status);
     return (this.sql.versions.all() as VersionRecord[])
-      .filter(
-        (r) =>
-          (!statuses || statuses.includes(r.status)) &&
-          (filter.modelVersion === undefined || r.model_version === filter.modelVersion) &&
-          (filter.templateHash === undefined || r.template_hash === filter.templateHash) &&
-          (filter.strategy === undefined || r.strategy === filter.strategy),
-      )
+      .filter((r) => matchesFilter(r, filter))
       .map(tableInfoOf);
   }
 

@@ -3,7 +3,7 @@
  * its record as stored (the same columns in SQLite and PostgreSQL) read back as a `TableInfo`, and its packed pages
  * gathered into one `PackedTable`.
  */
-import type { PackedPage, PackedTable, PackedTableHeader, TableInfo, TableStatus } from "./contract.js";
+import type { PackedPage, PackedTable, PackedTableHeader, TableFilter, TableInfo, TableStatus } from "./contract.js";
 import { TableNotFoundError } from "./errors.js";
 
 export function versionId(seq: number): string {
@@ -36,6 +36,17 @@ export interface VersionColumns {
   failure: string | null;
   row_count: number;
   top_n: number;
+}
+
+/** Whether a version's record passes a `list` filter. */
+export function matchesFilter(r: VersionColumns, filter: TableFilter): boolean {
+  const statuses = filter.status === undefined ? undefined : ([] as TableStatus[]).concat(filter.status);
+  return (
+    (!statuses || statuses.includes(r.status)) &&
+    (filter.modelVersion === undefined || r.model_version === filter.modelVersion) &&
+    (filter.templateHash === undefined || r.template_hash === filter.templateHash) &&
+    (filter.strategy === undefined || r.strategy === filter.strategy)
+  );
 }
 
 export function tableInfoOf(r: VersionColumns): TableInfo {
