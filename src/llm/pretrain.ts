@@ -17,6 +17,7 @@ import { EmbeddedLanguageModel } from "./backends/embedded.js";
 import { type ModelShape, readModelFile } from "./engine/model-file.js";
 import { EmbeddedTrainer, type EmbeddedTrainerOptions } from "./engine/trainer.js";
 import { EmbeddedModelRegistry, type ModelRegistryContract, type ModelVersion } from "./registry.js";
+import { relabelContextSamples } from "./relabel.js";
 
 export interface PretrainOptions {
   /** Workspace directory (registry.sqlite and models/ live there). */
@@ -35,6 +36,11 @@ export interface PretrainOptions {
    * is the retrieved successors the transition's prompt carries (RAG form of the template).
    */
   readonly transitions: readonly (Transition & { readonly context?: readonly string[] })[];
+  /**
+   * Share of the transitions with a context that are trained relabelled (relabel.ts), so the model learns to read a
+   * context that contradicts what it memorised. @defaultValue 0
+   */
+  readonly relabelShare?: number;
   /** Held-out transitions (later than the training ones) for the accuracy report; absent skips it. */
   readonly heldOut?: readonly Transition[];
   /** Retrieved successors per held-out pair, to report the model's top-1 with RAG contexts as well. */
@@ -144,7 +150,11 @@ export async function pretrainBaseModel(options: PretrainOptions): Promise<Pretr
     });
     const modelPath = join(dir, "model.gguf");
     const training = await trainer.train(
-      options.transitions.map((t) => sampleOf(t, t.context)),
+      relabelContextSamples(
+        options.transitions.map((t) => sampleOf(t, t.context)),
+        options.clusters.map((c) => c.id),
+        { share: options.relabelShare ?? 0, seed: options.window?.to ?? 0 },
+      ),
       {
         outputPath: modelPath,
         checkpointDir: join(dir, "checkpoints"),

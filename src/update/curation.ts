@@ -16,7 +16,9 @@
  * 4. Samples carry RAG context the way refreshes will: the training part is cut into weeks (`rag.windowDays`), and
  *    a sample of week w gets, with probability `contextShare` (0.5), the context retrieved from the week before w
  *    (so never from its own or later data). The other samples have no context. The model thus learns to answer
- *    both prompt forms, and to use a retrieved successor as evidence rather than copy it.
+ *    both prompt forms, and to use a retrieved successor as evidence rather than copy it. `relabelShare` of the
+ *    samples with a context have their clusters renamed (src/llm/relabel.ts), so that memory cannot answer them
+ *    and the context can: the model learns to follow a context that contradicts what it learnt.
  * 5. Rehearsal: `rehearsalShare` (0.5) of the final set is drawn from the `rehearsalDays` (3650) before the training
  *    part, in proportion to distinct users and without context, so a fine-tune keeps what its parent learnt from
  *    them (rehearsalSamples says why).
@@ -31,6 +33,7 @@ import { BadInputError } from "../domain/errors.js";
 import { seededRandom, shuffleInPlace } from "../domain/random.js";
 import type { TimeWindow, TransitionCount } from "../domain/types.js";
 import { sampleOf, type TrainingSample } from "../llm/contracts.js";
+import { relabelContextSamples } from "../llm/relabel.js";
 import type { PromptContext } from "../llm/prompt.js";
 import { contextFor, contextsAlong, resolveRagOptions, type RagOptions } from "./rag.js";
 import { countTransitions, futureExamples, type FutureExample, type MiningOptions } from "../mining/transitions.js";
@@ -61,6 +64,11 @@ export interface CurationOptions extends MiningOptions {
   /** How the context of a sample is retrieved (the refresh's own options). @defaultValue RAG defaults */
   readonly rag?: RagOptions;
   /**
+   * Share of the samples with a context that are relabelled (src/llm/relabel.ts: every cluster they name renamed by
+   * one random map), so the model learns to read a context that contradicts what it memorised. @defaultValue 0
+   */
+  readonly relabelShare?: number;
+  /**
    * Which week a sample's context comes from. `previous` (the default): the week before the sample's, as a refresh
    * would have served it. `same`: the sample's own week without the sample's own user, so the context is evidence
    * from the answer's own period; an experiment for teaching the model to follow a context that contradicts what it
@@ -86,7 +94,7 @@ export interface CurationOptions extends MiningOptions {
   readonly rehearsalDays?: number;
 }
 
-export const CURATION_DEFAULTS = { windowDays: 90, testDays: 14, testUsers: 1000, minTestUsers: 5, maxSamples: 6000, maxPerPair: 24, maxTargetShare: 0.04, maxPerTriple: 8, contextShare: 0.5, rehearsalShare: 0.5, rehearsalDays: 3650 } as const;
+export const CURATION_DEFAULTS = { windowDays: 90, testDays: 14, testUsers: 1000, minTestUsers: 5, maxSamples: 6000, maxPerPair: 24, maxTargetShare: 0.04, maxPerTriple: 8, contextShare: 0.5, relabelShare: 0, rehearsalShare: 0.5, rehearsalDays: 3650 } as const;
 
 export interface FineTuningSet {
   readonly asOf: number;
@@ -175,7 +183,8 @@ export async function curateFineTuningSet(store: EventStoreContract, asOf: numbe
   }
   const chosen = diversify(pool, o, asOf);
   const coin = seededRandom((Math.floor(asOf / 1000) ^ 0x5bd1e995) >>> 0);
-  const train = chosen.map((t) => sampleOf(t, t.context && coin() < o.contextShare ? t.context.successors : undefined));
+  const withContexts = chosen.map((t) => sampleOf(t, t.context && coin() < o.contextShare ? t.context.successors : undefined));
+  const train = relabelContextSamples(withContexts, (await store.clusters()).map((c) => c.id), { share: o.relabelShare, seed: asOf });
   const rehearsed = await rehearsalSamples(store, asOf, trainWindow, train.length, o, mining);
   return { asOf, trainWindow, testWindow, train: [...train, ...rehearsed], test, available: pool.reduce((s, t) => s + t.users, 0), rehearsed: rehearsed.length };
 }

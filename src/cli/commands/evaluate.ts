@@ -120,7 +120,8 @@ export function registerEvaluate(program: Command): void {
           const startKey = createHash("sha256")
             .update(
               JSON.stringify({
-                pretrain: ctx.config.pretrain,
+                // Without relabelling, as before the option existed, so the start models trained then keep their key.
+                pretrain: ctx.config.pretrain.relabelShare === 0 ? { ...ctx.config.pretrain, relabelShare: undefined } : ctx.config.pretrain,
                 model: ctx.config.model,
                 rag: promptRagSettings(ctx.config.rag),
                 positiveMin,
