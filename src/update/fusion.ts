@@ -354,7 +354,12 @@ class SliceLikelihood {
   private readonly base: Float64Array;
 
   /** `served`: the counts of [T - W, T), which holds `slice`. */
-  constructor(log: EvidenceLog, slice: TimeWindow, served: WindowCounts, private readonly prior: LlmPrior | null) {
+  constructor(
+    log: EvidenceLog,
+    readonly slice: TimeWindow,
+    readonly served: WindowCounts,
+    readonly prior: LlmPrior | null,
+  ) {
     const K = (this.K = served.clusters.length);
     const window = served.window;
     if (window.from > slice.from || window.to !== slice.to) throw new FreshrecError("INTERNAL", "fusion: a fit slice that does not end its evidence window");
@@ -617,6 +622,23 @@ class SliceLikelihood {
     return ll;
   }
 
+  /**
+   * The likelihood at (beta, gamma, tau, lift) with alpha profiled out. The searches come back to points they have
+   * been at (a search's best is where the next one starts, and tau = 0 makes lift irrelevant), so the last few
+   * evaluations are kept.
+   */
+  evaluate(beta: number, gamma: number, tau: number, lift: number): { alpha: number; ll: number } {
+    const key = `${beta} ${gamma} ${tau} ${tau > 0 ? lift : 0}`;
+    const known = this.evaluated.get(key);
+    if (known) return known;
+    const result = this.profileAlpha(this.baseOfObservations(beta, gamma, tau, lift));
+    this.evaluated.set(key, result);
+    if (this.evaluated.size > SliceLikelihood.EVALUATIONS_KEPT) this.evaluated.delete(this.evaluated.keys().next().value!);
+    return result;
+  }
+  private readonly evaluated = new Map<string, { alpha: number; ll: number }>();
+  private static readonly EVALUATIONS_KEPT = 8;
+
   /** alpha maximising the likelihood for fixed base measures (log-scale golden section). */
   profileAlpha(base: Float64Array): { alpha: number; ll: number } {
     let logBase = 0;
@@ -677,23 +699,71 @@ function goldenMax(f: (x: number) => number, lo: number, hi: number, tolerance: 
   return candidates.reduce((best, c) => (c.y > best.y ? c : best));
 }
 
+/** The strengths a sweep searches, in order, with their ranges and tolerances (beta on a log scale). */
+const STRENGTHS = [
+  { name: "beta", lo: Math.log(0.1), hi: Math.log(1e4), tolerance: 0.25, logScale: true, prior: false },
+  { name: "gamma", lo: 0, hi: 2.5, tolerance: 0.1, logScale: false, prior: false },
+  { name: "tau", lo: 0, hi: 3, tolerance: 0.1, logScale: false, prior: true },
+  { name: "lift", lo: 0, hi: 1, tolerance: 0.05, logScale: false, prior: true },
+] as const;
+
+type Strengths = { beta: number; gamma: number; tau: number; lift: number };
+
+/**
+ * Coordinate ascent on (beta, gamma, tau, lift), alpha profiled at every point; tau and lift stay 0 without a prior.
+ * A sweep searches each strength in turn (`STRENGTHS`); `step` runs the next search, so a caller can stop after a
+ * few (the window choice's coarse pass) and resume later with the same result as an uninterrupted sweep.
+ */
+class StrengthSearch {
+  private readonly at: Strengths;
+  private readonly strengths: readonly (typeof STRENGTHS)[number][];
+  private next = 0;
+
+  constructor(
+    private readonly likelihood: SliceLikelihood,
+    withPrior: boolean,
+    start: FusionParams,
+  ) {
+    this.at = { beta: start.beta, gamma: start.gamma, tau: withPrior ? start.tau : 0, lift: withPrior ? (start.lift ?? 0) : 0 };
+    this.strengths = withPrior ? STRENGTHS : STRENGTHS.filter((s) => !s.prior);
+  }
+
+  /** Searches the next strength of the sweep; returns the likelihood at what it found. */
+  step(): number {
+    const strength = this.strengths[this.next];
+    this.next = (this.next + 1) % this.strengths.length;
+    const at = { ...this.at };
+    const best = goldenMax(
+      (x) => {
+        at[strength.name] = strength.logScale ? Math.exp(x) : x;
+        return this.likelihood.evaluate(at.beta, at.gamma, at.tau, at.lift).ll;
+      },
+      strength.lo,
+      strength.hi,
+      strength.tolerance,
+    );
+    this.at[strength.name] = strength.logScale ? Math.exp(best.x) : best.x;
+    return best.y;
+  }
+
+  /** Runs the rest of the current sweep. */
+  finishSweep(): void {
+    do this.step();
+    while (this.next !== 0);
+  }
+
+  get result(): { params: FusionParams; ll: number } {
+    const { beta, gamma, tau, lift } = this.at;
+    const { alpha, ll } = this.likelihood.evaluate(beta, gamma, tau, lift);
+    return { params: { alpha, beta, gamma, tau, lift }, ll };
+  }
+}
+
 /** Maximum-likelihood (alpha, beta, gamma, tau, lift) of a slice; tau and lift stay 0 without a prior. */
 function maximise(likelihood: SliceLikelihood, withPrior: boolean, start: FusionParams, sweeps = 2): { params: FusionParams; ll: number } {
-  let { beta, gamma, tau } = start;
-  let lift = start.lift ?? 0;
-  if (!withPrior) tau = lift = 0;
-  const evaluate = (b: number, g: number, t: number, l: number) => likelihood.profileAlpha(likelihood.baseOfObservations(b, g, t, l));
-  let current = evaluate(beta, gamma, tau, lift);
-  for (let sweep = 0; sweep < sweeps; sweep++) {
-    beta = Math.exp(goldenMax((x) => evaluate(Math.exp(x), gamma, tau, lift).ll, Math.log(0.1), Math.log(1e4), 0.25).x);
-    gamma = goldenMax((x) => evaluate(beta, x, tau, lift).ll, 0, 2.5, 0.1).x;
-    if (withPrior) {
-      tau = goldenMax((x) => evaluate(beta, gamma, x, lift).ll, 0, 3, 0.1).x;
-      lift = goldenMax((x) => evaluate(beta, gamma, tau, x).ll, 0, 1, 0.05).x;
-    }
-    current = evaluate(beta, gamma, tau, lift);
-  }
-  return { params: { alpha: current.alpha, beta, gamma, tau, lift }, ll: current.ll };
+  const search = new StrengthSearch(likelihood, withPrior, start);
+  for (let sweep = 0; sweep < sweeps; sweep++) search.finishSweep();
+  return search.result;
 }
 
 export interface FitFusionInput {
@@ -748,7 +818,7 @@ export function chooseWindow(log: EvidenceLog, asOf: number, options: FusionOpti
   const o = resolveFusionOptions(options);
   if (asOf > log.span.to) throw new FreshrecError("INTERNAL", `fusion: as-of ${new Date(asOf).toISOString()} lies after the evidence log`);
   const { slice, counts: sliceCounts, prior, priorNotWeighed } = weighableSlice(log, asOf, o, givenPrior);
-  const windows: { days: number; perTransition: number }[] = [];
+  const candidates: { days: number; likelihood: SliceLikelihood; search: StrengthSearch; ll: number }[] = [];
   const first = log.firstTs ?? asOf;
   for (const days of o.windowsDays) {
     const evidenceWindow = { from: asOf - days * DAY_MS, to: asOf };
@@ -756,14 +826,46 @@ export function chooseWindow(log: EvidenceLog, asOf: number, options: FusionOpti
     if (evidenceWindow.from < log.span.from) break;
     if (sliceCounts.transitions < o.fitFloor) break;
     const likelihood = new SliceLikelihood(log, slice, log.counts(evidenceWindow), prior);
-    const { ll } = maximise(likelihood, prior !== null, { ...DEFAULT_FUSION_PARAMS, tau: prior ? 0.5 : 0, lift: prior ? 0.5 : 0 }, 1);
-    windows.push({ days, perTransition: ll / likelihood.transitions });
+    const search = new StrengthSearch(likelihood, prior !== null, { ...DEFAULT_FUSION_PARAMS, tau: prior ? 0.5 : 0, lift: prior ? 0.5 : 0 });
+    // The coarse pass: the sweep's first search (beta, the strength that moves most with the window's counts).
+    candidates.push({ days, likelihood, search, ll: search.step() });
     // Longer windows than the data reaches back hold the same evidence: stop once one covers it all. (No stop at
     // the first dip: on sparse logs the likelihood wobbles at short windows and keeps rising at long ones.)
     if (evidenceWindow.from <= first) break;
   }
-  const best = windows.reduce<{ days: number; perTransition: number } | null>((b, w) => (b === null || w.perTransition > b.perTransition ? w : b), null);
+  // The rest of the sweep for the candidates the coarse pass leaves in reach of the best: the other strengths move
+  // a window's likelihood by less than the margin more than they move another's, so the others cannot overtake.
+  const reach = Math.max(...candidates.map((c) => c.ll)) - CHOICE_MARGIN * sliceCounts.transitions;
+  for (const c of candidates) {
+    if (c.ll < reach) continue;
+    c.search.finishSweep();
+    c.ll = c.search.result.ll;
+  }
+  const windows = candidates.map((c) => ({ days: c.days, perTransition: c.ll / c.likelihood.transitions }));
+  const best = candidates.reduce<(typeof candidates)[number] | null>((b, c) => (b === null || c.ll > b.ll ? c : b), null);
+  if (best) chosenLikelihoods.set(log, best.likelihood);
   return { windowDays: best?.days ?? o.windowsDays[o.windowsDays.length - 1], windows, slice, sliceTransitions: sliceCounts.transitions, priorNotWeighed };
+}
+
+/**
+ * Per-transition log-likelihood within which a window's coarse fit (`chooseWindow`) stays a candidate for the full
+ * sweep: wide enough that the strengths after beta, which favour no window length much, cannot reorder the windows
+ * outside it.
+ */
+const CHOICE_MARGIN = 0.05;
+
+/**
+ * The likelihood of the window each log's last choice chose, for the fit that follows it (one per log, so a replay
+ * sharing a log over hundreds of refreshes keeps one).
+ */
+const chosenLikelihoods = new WeakMap<EvidenceLog, SliceLikelihood>();
+
+/** The slice's likelihood in `served`: the chosen window's own when the choice made it with this prior. */
+function sliceLikelihood(log: EvidenceLog, slice: TimeWindow, served: WindowCounts, prior: LlmPrior | null): SliceLikelihood {
+  const chosen = chosenLikelihoods.get(log);
+  const same = (a: TimeWindow, b: TimeWindow) => a.from === b.from && a.to === b.to;
+  if (chosen && chosen.prior === prior && same(chosen.slice, slice) && same(chosen.served.window, served.window)) return chosen;
+  return new SliceLikelihood(log, slice, served, prior);
 }
 
 /** The fitted posterior at `asOf` and the evidence it serves with ([asOf - W, asOf)). */
@@ -799,7 +901,7 @@ export function fitFusion(input: FitFusionInput): FusionRefresh {
   }
   // A prior that cannot be weighed yet is fitted as absent (tau = 0): the counts-backoff posterior serves.
   const prior = choice.priorNotWeighed === null ? input.prior : null;
-  const likelihood = new SliceLikelihood(input.log, choice.slice, evidence, prior);
+  const likelihood = sliceLikelihood(input.log, choice.slice, evidence, prior);
   const countsOnly = maximise(likelihood, false, DEFAULT_FUSION_PARAMS);
   const fitted = prior ? maximise(likelihood, true, { ...countsOnly.params, tau: 0.5, lift: 0.5 }) : countsOnly;
   // The prior is nested (tau = 0 is the counts-only model), so a fit with it never reports less than without it.
