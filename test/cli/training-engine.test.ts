@@ -1,7 +1,7 @@
 /**
- * `training.engine` from the CLI: the default stays llama_opt_epoch, and "ggml" (engine v2) trains the base model
+ * `training.engine` from the CLI: the default is "ggml" (engine v2) with bf16 products, which trains the base model
  * (pretrain) and a fine-tune (the backend's trainer) through the embedded trainer's worker, with its epochs reported
- * and its models registered and served as any other.
+ * and its models registered and served as any other; "opt-epoch" (llama_opt_epoch) is still chosen by name.
  */
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -15,16 +15,18 @@ import { runCli } from "./run.js";
 const freshrec = (args: string[]) => runCli(args);
 
 describe("training.engine", () => {
-  it("defaults to opt-epoch, and the embedded backend's trainer carries the configured engine as its cache recipe", () => {
+  it("defaults to ggml with bf16 products, and the embedded backend's trainer carries the configured engine as its cache recipe", () => {
     const defaults = parseConfig({});
-    expect(defaults.training).toEqual({ engine: "opt-epoch", precision: "f32" });
+    expect(defaults.training).toEqual({ engine: "ggml", precision: "bf16" });
     const context = { clusters: [], workspace: tmpdir() };
-    expect(languageModelBackend(defaults.llm, { ...context, training: defaults.training }).trainer()?.recipe).toBeUndefined();
-    const ggml = parseConfig({ training: { engine: "ggml", precision: "bf16" } });
-    expect(languageModelBackend(ggml.llm, { ...context, training: ggml.training }).trainer()?.recipe).toBe("engine=ggml;precision=bf16;threads=1");
+    expect(languageModelBackend(defaults.llm, { ...context, training: defaults.training }).trainer()?.recipe).toBe("engine=ggml;precision=bf16;threads=1");
+    expect(parseConfig({ training: { engine: "ggml", precision: "f32" } }).training).toEqual({ engine: "ggml", precision: "f32" });
+    const optEpoch = parseConfig({ training: { engine: "opt-epoch" } });
+    expect(optEpoch.training).toEqual({ engine: "opt-epoch", precision: "f32" });
+    expect(languageModelBackend(optEpoch.llm, { ...context, training: optEpoch.training }).trainer()?.recipe).toBeUndefined();
     expect(() => parseConfig({ training: { engine: "sgd" } })).toThrow(/training\.engine/);
-    // bf16 is engine v2's: with the default engine it would do nothing, so it is refused, naming the field.
-    expect(() => parseConfig({ training: { precision: "bf16" } })).toThrow(/training\.precision/);
+    // bf16 is engine v2's: with opt-epoch it would do nothing, so it is refused, naming the field.
+    expect(() => parseConfig({ training: { engine: "opt-epoch", precision: "bf16" } })).toThrow(/training\.precision/);
   });
 
   it("ggml: pretrain and a fine-tune train through engine v2 from the CLI", () => {
