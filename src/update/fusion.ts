@@ -51,7 +51,7 @@ import { closeSync, existsSync, fstatSync, openSync, readFileSync, readSync, ren
 import { DAY_MS } from "../domain/clock.js";
 import { remembered } from "../domain/memo.js";
 import { BadInputError, FreshrecError } from "../domain/errors.js";
-import { pairKey, type ScoredCluster, type TimeWindow } from "../domain/types.js";
+import type { ScoredCluster, TimeWindow } from "../domain/types.js";
 import type { PromptInput } from "../llm/prompt.js";
 import type { EventStoreContract } from "../data/event-store.js";
 import type { EvidenceLog, WindowCounts } from "../mining/evidence.js";
@@ -344,6 +344,9 @@ class SliceLikelihood {
    */
   private readonly obsWithEvidence: Int32Array;
   private readonly withoutEvidence: number;
+  /** The evidence users of the observations with some, and their base measures of the evaluation at hand. */
+  private readonly evidenceWith: Float64Array;
+  private readonly baseWith: Float64Array;
   private readonly groupEvidence: Float64Array;
   private readonly groupWeight: Float64Array;
   /** The walk's current entries and row sums, and the observations' base measures of the last evaluation. */
@@ -459,6 +462,8 @@ class SliceLikelihood {
     this.groupWeight = Float64Array.from(groups.values());
     this.obsWithEvidence = Int32Array.from(this.obsEvidence.keys()).filter((o) => this.obsEvidence[o] > 0);
     this.withoutEvidence = this.transitions - this.obsWithEvidence.length;
+    this.evidenceWith = Float64Array.from(this.obsWithEvidence, (o) => this.obsEvidence[o]);
+    this.baseWith = new Float64Array(this.obsWithEvidence.length);
     this.answerWeight = new Float64Array(pairs.length * topM);
     this.restWeight = new Float64Array(pairs.length);
     this.obsWeightTau = new Float64Array(prior ? this.transitions : 0);
@@ -610,14 +615,22 @@ class SliceLikelihood {
   /**
    * Total log-likelihood for a given alpha: sum over observations of log((e + alpha * base) / (E + alpha)), e the
    * observation's evidence users and E its pair's. `logBase` is the sum of log(base) over the observations without
-   * evidence users (it does not depend on alpha).
+   * evidence users (it does not depend on alpha); `baseWith` holds the base measures of those with some.
    */
-  logLikelihood(alpha: number, base: Float64Array, logBase: number): number {
+  logLikelihood(alpha: number, logBase: number): number {
     let ll = this.withoutEvidence * Math.log(alpha) + logBase;
-    for (let k = 0; k < this.obsWithEvidence.length; k++) {
-      const o = this.obsWithEvidence[k];
-      ll += Math.log(this.obsEvidence[o] + alpha * base[o]);
+    // One log per product of a few terms (a log costs many products): each term lies between 1 and a few
+    // thousand users plus alpha, so a product of eight stays far inside the range of a double.
+    const { evidenceWith, baseWith } = this;
+    let product = 1;
+    for (let k = 0; k < evidenceWith.length; k++) {
+      product *= evidenceWith[k] + alpha * baseWith[k];
+      if ((k & 7) === 7) {
+        ll += Math.log(product);
+        product = 1;
+      }
     }
+    ll += Math.log(product);
     for (let g = 0; g < this.groupEvidence.length; g++) ll -= this.groupWeight[g] * Math.log(this.groupEvidence[g] + alpha);
     return ll;
   }
@@ -643,7 +656,8 @@ class SliceLikelihood {
   profileAlpha(base: Float64Array): { alpha: number; ll: number } {
     let logBase = 0;
     for (let o = 0; o < base.length; o++) if (!(this.obsEvidence[o] > 0)) logBase += Math.log(base[o]);
-    const best = goldenMax((a) => this.logLikelihood(Math.exp(a), base, logBase), Math.log(1e-2), Math.log(1e4), 0.05);
+    for (let k = 0; k < this.obsWithEvidence.length; k++) this.baseWith[k] = base[this.obsWithEvidence[k]];
+    const best = goldenMax((a) => this.logLikelihood(Math.exp(a), logBase), Math.log(1e-2), Math.log(1e4), 0.05);
     return { alpha: Math.exp(best.x), ll: best.y };
   }
 }
@@ -1018,11 +1032,16 @@ export class FusionScorer implements PromptScorer {
    * class (known or not), so a row's top-n lies among those and the first n of each class in this order.
    */
   private readonly order: Int32Array;
-  /** The row being computed: its candidate clusters, and which are in. */
+  /** The row being computed: its candidate clusters, which are in, and the prior's answers it boosts. */
   private readonly candidates: Int32Array;
   private readonly candidate: Uint8Array;
-  /** The last `score` call's explanations, encoded (`encodeExplanation`), by pair. */
-  private explained = new Map<string, Buffer>();
+  private readonly boosted: Int32Array;
+  /**
+   * The last `score` call's explanations, encoded (`encodeExplanation`): one buffer of `size` bytes a row, each row's
+   * pair (c1 * K + c2) and how many answers it has; `rowOfPair` finds a pair's row (-1 for a pair it did not score).
+   */
+  private explained: { readonly bytes: Buffer; readonly size: number; readonly pairs: Int32Array; readonly answered: Int32Array } | null = null;
+  private readonly rowOfPair: Int32Array;
 
   constructor(
     private readonly evidence: WindowCounts,
@@ -1068,20 +1087,29 @@ export class FusionScorer implements PromptScorer {
     }
     this.candidates = new Int32Array(K);
     this.candidate = new Uint8Array(K);
+    this.boosted = new Int32Array(K);
+    this.rowOfPair = new Int32Array(K * K).fill(-1);
   }
 
   async score(prompts: readonly PromptInput[], topN: number): Promise<ScoredCluster[][]> {
-    this.explained = new Map();
     // One buffer for the call's explanations; each row's is a view of its part.
     const size = explanationBytes(Math.min(topN, this.K - 2));
     const bytes = Buffer.alloc(prompts.length * size);
     const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-    return prompts.map((p, k) => {
+    const { rowOfPair } = this;
+    if (this.explained) for (const pair of this.explained.pairs) rowOfPair[pair] = -1;
+    const pairs = new Int32Array(prompts.length);
+    const answered = new Int32Array(prompts.length);
+    const scored = prompts.map((p, k) => {
       const { c1, c2 } = p.history;
       const answers = this.row(c1, c2, topN, view, k * size);
-      this.explained.set(pairKey(c1, c2), bytes.subarray(k * size, k * size + explanationBytes(answers.length)));
+      pairs[k] = this.indexOf(c1) * this.K + this.indexOf(c2);
+      rowOfPair[pairs[k]] = k;
+      answered[k] = answers.length;
       return answers;
     });
+    this.explained = { bytes, size, pairs, answered };
+    return scored;
   }
 
   explain(prompt: PromptInput, topN: number): RowExplanation {
@@ -1096,8 +1124,12 @@ export class FusionScorer implements PromptScorer {
    * table build keeps and writes), encoded as `encodeExplanation` does.
    */
   storedExplanation(prompt: PromptInput, answers: number): Uint8Array | undefined {
-    const stored = this.explained.get(pairKey(prompt.history.c1, prompt.history.c2));
-    return stored && truncateExplanation(stored, answers);
+    const last = this.explained;
+    const i1 = this.index.get(prompt.history.c1);
+    const i2 = this.index.get(prompt.history.c2);
+    const k = last && i1 !== undefined && i2 !== undefined ? this.rowOfPair[i1 * this.K + i2] : -1;
+    if (k < 0) return undefined;
+    return last!.bytes.subarray(k * last!.size, k * last!.size + explanationBytes(Math.min(answers, last!.answered[k])));
   }
 
   private indexOf(cluster: string): number {
@@ -1125,28 +1157,30 @@ export class FusionScorer implements PromptScorer {
     // Base measure: e / backoffZ for a cluster the prior does not know; for a known one, its share of knownSum
     // reweighted by the prior (rest^tau, or p^tau on the pair's top-M answers, times marginal^(-lift * tau)).
     let knownScale = 1 / backoffZ;
-    const { boost, answerPrior } = this;
-    const boosted: number[] = [];
+    const { boost, answerPrior, boosted } = this;
+    let boostedCount = 0;
     if (this.prior) {
       // The prior's probabilities of the pair's top-M answers, for the explanation (first answer of a cluster wins).
-      for (let k = 0; k < this.prior.topM; k++) {
-        const n = this.prior.answer[p * this.prior.topM + k];
+      const { answer, probability, topM } = this.prior;
+      for (let k = p * topM, end = k + topM; k < end; k++) {
+        const n = answer[k];
         if (n < 0) break;
         if (Number.isNaN(answerPrior[n])) {
-          answerPrior[n] = this.prior.probability[p * this.prior.topM + k];
-          boosted.push(n);
+          answerPrior[n] = probability[k];
+          boosted[boostedCount++] = n;
         }
       }
     }
     if (prior) {
+      const { answer, probability, topM } = prior;
       const restWeight = Math.exp(tau * Math.log(prior.rest[p] || 1e-12));
       const knownLifted = this.rowKnownLifted[i2] - (known[i1] ? lifted[row + i1] : 0) - (known[i2] ? lifted[row + i2] : 0);
       let knownZ = knownLifted * restWeight;
-      for (let k = 0; k < prior.topM; k++) {
-        const n = prior.answer[p * prior.topM + k];
+      for (let k = p * topM, end = k + topM; k < end; k++) {
+        const n = answer[k];
         if (n < 0) break;
         if (!known[n]) continue;
-        const weight = Math.exp(tau * Math.log(Math.max(prior.probability[p * prior.topM + k], 1e-12)));
+        const weight = Math.exp(tau * Math.log(Math.max(probability[k], 1e-12)));
         knownZ += lifted[row + n] * (weight - restWeight);
         boost[n] = weight / restWeight;
       }
@@ -1159,36 +1193,52 @@ export class FusionScorer implements PromptScorer {
     const denominator = (own?.total ?? 0) + alpha;
     // The candidates (`order`): the pair's evidence, the prior's boosted answers, then the first n of each class.
     const { candidates, candidate, order } = this;
+    candidate[i1] = candidate[i2] = 1;
     let count = 0;
-    const add = (n: number) => {
-      if (candidate[n] || n === i1 || n === i2) return false;
-      candidate[n] = 1;
-      candidates[count++] = n;
-      return true;
-    };
-    if (own) for (let k = 0; k < own.next.length; k++) add(own.next[k]);
-    for (const n of boosted) if (prior && known[n]) add(n);
+    if (own) {
+      for (let k = 0; k < own.next.length; k++) {
+        const n = own.next[k];
+        if (!candidate[n]) candidates[count++] = n;
+        candidate[n] = 1;
+      }
+    }
+    if (prior) {
+      for (let k = 0; k < boostedCount; k++) {
+        const n = boosted[k];
+        if (!candidate[n] && known[n]) {
+          candidates[count++] = n;
+          candidate[n] = 1;
+        }
+      }
+    }
     let knownLeft = topN;
     let unknownLeft = scoped ? topN : 0;
     for (let k = row, end = row + K; k < end && knownLeft + unknownLeft > 0; k++) {
       const n = order[k];
+      if (candidate[n]) continue;
       if (!scoped || known[n]) {
-        if (knownLeft > 0 && add(n)) knownLeft--;
-      } else if (unknownLeft > 0 && add(n)) unknownLeft--;
+        if (knownLeft === 0) continue;
+        knownLeft--;
+      } else {
+        if (unknownLeft === 0) continue;
+        unknownLeft--;
+      }
+      candidates[count++] = n;
+      candidate[n] = 1;
     }
-    // In cluster order, as if every cluster were scored: equal posteriors (clusters nothing has ever been seen
-    // for, without a prior) keep the cluster order; their explanations show the zero counts.
-    const scored = candidates.subarray(0, count).sort();
-    // Top-n by insertion into a short sorted list.
+    candidate[i1] = candidate[i2] = 0;
+    // Top-n by insertion into a short sorted list; equal posteriors (clusters nothing has ever been seen for,
+    // without a prior) in cluster order, as if every cluster were scored. Their explanations show the zero counts.
     const { topCluster, topValue, topBase } = this;
     let kept = 0;
-    for (const n of scored) {
+    for (let c = 0; c < count; c++) {
+      const n = candidates[c];
       candidate[n] = 0;
       const base = known[n] || !scoped ? lifted[row + n] * knownScale * boost[n] : powered[row + n] * unknownScale;
       const value = (users[n] + alpha * base) / denominator;
-      if (kept === topN && value <= topValue[topN - 1]) continue;
+      if (kept === topN && !ranksBefore(value, n, topValue[topN - 1], topCluster[topN - 1])) continue;
       let at = kept < topN ? kept++ : topN - 1;
-      while (at > 0 && topValue[at - 1] < value) {
+      while (at > 0 && ranksBefore(value, n, topValue[at - 1], topCluster[at - 1])) {
         topCluster[at] = topCluster[at - 1];
         topValue[at] = topValue[at - 1];
         topBase[at] = topBase[at - 1];
@@ -1208,12 +1258,17 @@ export class FusionScorer implements PromptScorer {
       writeExplanationAnswer(out, at, k, users[n], this.evidence.second[row + n], llm, round(topBase[k]));
     }
     if (own) for (let k = 0; k < own.next.length; k++) users[own.next[k]] = 0;
-    for (const n of boosted) {
-      boost[n] = 1;
-      answerPrior[n] = Number.NaN;
+    for (let k = 0; k < boostedCount; k++) {
+      boost[boosted[k]] = 1;
+      answerPrior[boosted[k]] = Number.NaN;
     }
     return answers;
   }
+}
+
+/** Whether a posterior `value` of cluster `n` ranks before `other` of cluster `m`: higher first, ties by index. */
+function ranksBefore(value: number, n: number, other: number, m: number): boolean {
+  return value > other || (value === other && n < m);
 }
 
 /** Layout version of an encoded explanation (its first word). */
@@ -1239,11 +1294,6 @@ function writeExplanationAnswer(out: DataView, at: number, k: number, pairUsers:
   out.setUint32(o + 4, secondUsers, true);
   out.setFloat32(o + 8, llmPrior ?? Number.NaN, true);
   out.setFloat32(o + 12, base, true);
-}
-
-/** The first `answers` answers of an encoded explanation (a view, not a copy). */
-function truncateExplanation(bytes: Buffer, answers: number): Buffer {
-  return bytes.subarray(0, Math.min(bytes.length, explanationBytes(answers)));
 }
 
 /**
