@@ -256,6 +256,116 @@ function fitSlice(log: EvidenceLog, asOf: number, o: Required<FusionOptions>, no
 }
 
 /**
+ * What a fit slice's likelihood needs that no evidence window changes (`SliceLikelihood`): its observations (a
+ * user's first transition of a triple in the slice) in time order, their pairs and triples, and the prior's view of
+ * them. The candidate windows of a choice share one.
+ */
+class SliceObservations {
+  readonly K: number;
+  readonly transitions: number;
+  /** Per pair of the slice: its clusters. */
+  readonly pairC1: Int32Array;
+  readonly pairC2: Int32Array;
+  /**
+   * Per observation: its pair (index into the arrays above), next cluster, triple (index into the arrays below),
+   * and when its user's previous occurrence of the triple was (-Infinity for none).
+   */
+  readonly obsPair: Int32Array;
+  readonly obsNext: Int32Array;
+  readonly obsTriple: Int32Array;
+  readonly obsPrevious: Float64Array;
+  /** Per distinct triple of the observations: its pair and next cluster. */
+  readonly triplePair: Int32Array;
+  readonly tripleNext: Int32Array;
+  /** Per observation: log of the LLM prior's probability of its next cluster (floored as the weights use it), and of its marginal. */
+  readonly obsLogPrior: Float64Array;
+  readonly obsLogMarginal: Float64Array;
+  /** log of the prior's second-cluster marginal (`priorLogMarginal`); null without a prior. */
+  readonly logMarginal: Float64Array | null;
+  /**
+   * Per pair, its prior's top-M answers among the known clusters, copied out of the prior (pair i's are at
+   * [i * M, i * M + answerCount[i])) with the log of their floored probabilities and of their marginals, and the
+   * log of its rest.
+   */
+  readonly answerNext: Int32Array;
+  readonly answerLogP: Float64Array;
+  readonly answerLogMarginal: Float64Array;
+  readonly answerCount: Int32Array;
+  readonly logRest: Float64Array;
+  /** The distinct second clusters of the slice's pairs: the only backoff rows the likelihood reads. */
+  readonly rows: Int32Array;
+
+  constructor(
+    readonly log: EvidenceLog,
+    readonly slice: TimeWindow,
+    readonly prior: LlmPrior | null,
+  ) {
+    const K = (this.K = log.clusters.length);
+    const walk = log.occurrencesOf(slice);
+    let n = 0;
+    for (let k = 0; k < walk.ts.length; k++) if (walk.previous[k] < slice.from) n++;
+    this.transitions = n;
+    this.obsPair = new Int32Array(n);
+    this.obsNext = new Int32Array(n);
+    this.obsTriple = new Int32Array(n);
+    this.obsPrevious = new Float64Array(n);
+    const pairIndex = new Int32Array(K * K).fill(-1);
+    const pairs: number[] = [];
+    const tripleIndex = new Map<number, number>();
+    const triplePair: number[] = [];
+    const tripleNext: number[] = [];
+    const rowRead = new Uint8Array(K);
+    for (let k = 0, o = 0; k < walk.ts.length; k++) {
+      if (walk.previous[k] >= slice.from) continue;
+      const p = walk.c1[k] * K + walk.c2[k];
+      const next = walk.next[k];
+      if (pairIndex[p] < 0) pairIndex[p] = pairs.push(p) - 1;
+      rowRead[walk.c2[k]] = 1;
+      let t = tripleIndex.get(p * K + next);
+      if (t === undefined) {
+        tripleIndex.set(p * K + next, (t = triplePair.push(pairIndex[p]) - 1));
+        tripleNext.push(next);
+      }
+      this.obsPair[o] = pairIndex[p];
+      this.obsNext[o] = next;
+      this.obsTriple[o] = t;
+      this.obsPrevious[o++] = walk.previous[k];
+    }
+    this.triplePair = Int32Array.from(triplePair);
+    this.tripleNext = Int32Array.from(tripleNext);
+    this.rows = Int32Array.from(rowRead.keys()).filter((c2) => rowRead[c2] === 1);
+    const { obsPair, obsNext } = this;
+    const logMarginal = (this.logMarginal = prior ? priorLogMarginal(prior) : null);
+    this.obsLogPrior = Float64Array.from(obsPair, (i, o) => (prior ? Math.log(Math.max(priorProbability(prior, pairs[i], obsNext[o]), 1e-12)) : 0));
+    this.obsLogMarginal = Float64Array.from(obsPair, (i, o) => (logMarginal ? logMarginal[(pairs[i] % K) * K + obsNext[o]] : 0));
+    this.pairC1 = Int32Array.from(pairs, (p) => Math.floor(p / K));
+    this.pairC2 = Int32Array.from(pairs, (p) => p % K);
+    const topM = prior?.topM ?? 0;
+    this.answerNext = new Int32Array(pairs.length * topM);
+    this.answerLogP = new Float64Array(pairs.length * topM);
+    this.answerLogMarginal = new Float64Array(pairs.length * topM);
+    this.answerCount = new Int32Array(pairs.length);
+    this.logRest = new Float64Array(pairs.length);
+    if (prior) {
+      pairs.forEach((p, i) => {
+        this.logRest[i] = Math.log(prior.rest[p] || 1e-12);
+        let kept = 0;
+        for (let k = 0; k < topM; k++) {
+          const n = prior.answer[p * topM + k];
+          if (n < 0) break;
+          if (prior.known && !prior.known[n]) continue;
+          this.answerNext[i * topM + kept] = n;
+          this.answerLogP[i * topM + kept] = Math.log(Math.max(prior.probability[p * topM + k], 1e-12));
+          this.answerLogMarginal[i * topM + kept] = logMarginal![(p % K) * K + n];
+          kept++;
+        }
+        this.answerCount[i] = kept;
+      });
+    }
+  }
+}
+
+/**
  * The prequential likelihood of a fit slice as a function of the parameters: each transition of the slice is scored
  * by the posterior of the evidence window the table serves with, [T - W, T), as it stood just before that transition,
  * [T - W, t): what a table built at that moment would have said (the slice lies inside the window). Evidence that
@@ -279,41 +389,32 @@ class SliceLikelihood {
   readonly transitions: number;
   /** Smoothed popularity of the window before the slice, per cluster. */
   private readonly popularity: Float64Array;
-  /** Per pair of the slice: its clusters. */
+  /** The slice's observations and pairs, and the prior's view of them (`SliceObservations`). */
   private readonly pairC1: Int32Array;
   private readonly pairC2: Int32Array;
-  /**
-   * Per observation (a user's first transition of a triple in the slice): its pair (index into the arrays above),
-   * next cluster, the users of its triple and of its pair in the window before it, and how many row updates
-   * (`updateEntry`) were counted before it.
-   */
   private readonly obsPair: Int32Array;
   private readonly obsNext: Int32Array;
-  private readonly obsEvidence: Float64Array;
-  private readonly obsPairEvidence: Float64Array;
-  private readonly obsUpdates: Int32Array;
-  /** Per observation: log of the LLM prior's probability of its next cluster (floored as the weights use it), and of its marginal. */
   private readonly obsLogPrior: Float64Array;
   private readonly obsLogMarginal: Float64Array;
-  /** log of the prior's second-cluster marginal (`priorLogMarginal`); null without a prior. */
   private readonly logMarginal: Float64Array | null;
-  /** Row updates in time order (a transition counted during the slice, in a row the likelihood reads): its entry and the entry's users before it. */
-  private readonly updateEntry: Int32Array;
-  private readonly updateUsers: Float64Array;
-  /** Users of each entry (second cluster, next) of the rows read, before the slice. */
-  private readonly second: Float64Array;
-  /**
-   * Per pair, its prior's top-M answers among the known clusters, copied out of the prior (pair i's are at
-   * [i * M, i * M + answerCount[i])) with the log of their floored probabilities and of their marginals, and the
-   * log of its rest.
-   */
   private readonly answerNext: Int32Array;
   private readonly answerLogP: Float64Array;
   private readonly answerLogMarginal: Float64Array;
   private readonly answerCount: Int32Array;
   private readonly logRest: Float64Array;
-  /** The distinct second clusters of the slice's pairs: the only backoff rows the likelihood reads. */
   private readonly rows: Int32Array;
+  /**
+   * Per observation: the users of its triple and of its pair in the window before it, and how many row updates
+   * (`updateEntry`) were counted before it.
+   */
+  private readonly obsEvidence: Float64Array;
+  private readonly obsPairEvidence: Float64Array;
+  private readonly obsUpdates: Int32Array;
+  /** Row updates in time order (a transition counted during the slice, in a row the likelihood reads): its entry and the entry's users before it. */
+  private readonly updateEntry: Int32Array;
+  private readonly updateUsers: Float64Array;
+  /** Users of each entry (second cluster, next) of the rows read, before the slice. */
+  private readonly second: Float64Array;
   /** Stage beta: log(users + beta * popularity) of the rows' entries before the slice, and after each update. */
   private readonly logEntry: Float64Array;
   private readonly updateLog: Float64Array;
@@ -356,106 +457,58 @@ class SliceLikelihood {
   private readonly rowKnownLiftedNow: Float64Array;
   private readonly base: Float64Array;
 
-  /** `served`: the counts of [T - W, T), which holds `slice`. */
+  /** `served`: the counts of [T - W, T), which holds the observations' slice. */
   constructor(
-    log: EvidenceLog,
-    readonly slice: TimeWindow,
+    readonly observations: SliceObservations,
     readonly served: WindowCounts,
-    readonly prior: LlmPrior | null,
   ) {
-    const K = (this.K = served.clusters.length);
+    const { log, slice, K } = observations;
+    this.K = K;
     const window = served.window;
     if (window.from > slice.from || window.to !== slice.to) throw new FreshrecError("INTERNAL", "fusion: a fit slice that does not end its evidence window");
+    ({ pairC1: this.pairC1, pairC2: this.pairC2, obsPair: this.obsPair, obsNext: this.obsNext, obsLogPrior: this.obsLogPrior, obsLogMarginal: this.obsLogMarginal } = observations);
+    ({ logMarginal: this.logMarginal, answerNext: this.answerNext, answerLogP: this.answerLogP, answerLogMarginal: this.answerLogMarginal } = observations);
+    ({ answerCount: this.answerCount, logRest: this.logRest, rows: this.rows, transitions: this.transitions } = observations);
     const before = log.counts({ from: window.from, to: slice.from });
-    const walk = log.occurrencesOf(slice);
-    // First pass: the slice's pairs and the rows they read.
-    const pairIndex = new Map<number, number>();
-    const pairs: number[] = [];
-    const rowRead = new Uint8Array(K);
-    for (let k = 0; k < walk.ts.length; k++) {
-      if (walk.previous[k] >= slice.from) continue;
-      const p = walk.c1[k] * K + walk.c2[k];
-      if (!pairIndex.has(p)) pairIndex.set(p, pairs.push(p) - 1);
-      rowRead[walk.c2[k]] = 1;
-    }
-    this.rows = Int32Array.from(rowRead.keys()).filter((c2) => rowRead[c2] === 1);
     this.second = Float64Array.from(before.second);
-    // Second pass: score each observation on the counts before it, then count it (once a user's first of its triple
-    // in the window). Pair counts by triple, for the slice's pairs only.
-    const tripleUsers = new Map<number, number>();
-    const pairUsers = new Float64Array(pairs.length);
-    pairs.forEach((p, i) => {
-      const own = before.pairs.get(p);
-      if (!own) return;
-      own.next.forEach((n, k) => tripleUsers.set(p * K + n, own.users[k]));
-      pairUsers[i] = own.total;
+    // The users of each triple and pair the observations read, before the slice.
+    const { triplePair, tripleNext, obsTriple, obsPrevious } = observations;
+    const pairUsers = new Float64Array(this.pairC1.length);
+    const owns = Array.from(this.pairC1, (c1, i) => before.pairs.get(c1 * K + this.pairC2[i]));
+    owns.forEach((own, i) => (pairUsers[i] = own?.total ?? 0));
+    const tripleUsers = Float64Array.from(triplePair, (i, t) => {
+      const own = owns[i];
+      const k = own ? own.next.indexOf(tripleNext[t]) : -1;
+      return k < 0 ? 0 : own!.users[k];
     });
+    // Score each observation on the counts before it, then count it (once a user's first of its triple in the
+    // window): every transition counted during the slice is an observation, in a row the likelihood reads.
     const second = Float64Array.from(before.second);
-    const obsPair: number[] = [];
-    const obsNext: number[] = [];
-    const obsEvidence: number[] = [];
-    const obsPairEvidence: number[] = [];
-    const obsUpdates: number[] = [];
-    const updateEntry: number[] = [];
-    const updateUsers: number[] = [];
-    for (let k = 0; k < walk.ts.length; k++) {
-      const p = walk.c1[k] * K + walk.c2[k];
-      const n = walk.next[k];
-      const i = pairIndex.get(p);
-      if (walk.previous[k] < slice.from) {
-        obsPair.push(i!);
-        obsNext.push(n);
-        obsEvidence.push(tripleUsers.get(p * K + n) ?? 0);
-        obsPairEvidence.push(pairUsers[i!]);
-        obsUpdates.push(updateEntry.length);
-      }
-      if (walk.previous[k] >= window.from) continue;
-      if (i !== undefined) {
-        tripleUsers.set(p * K + n, (tripleUsers.get(p * K + n) ?? 0) + 1);
-        pairUsers[i]++;
-      }
-      const at = walk.c2[k] * K + n;
-      if (rowRead[walk.c2[k]]) {
-        updateEntry.push(at);
-        updateUsers.push(second[at]);
-      }
+    const n = this.transitions;
+    this.obsEvidence = new Float64Array(n);
+    this.obsPairEvidence = new Float64Array(n);
+    this.obsUpdates = new Int32Array(n);
+    const updateEntry = new Int32Array(n);
+    const updateUsers = new Float64Array(n);
+    let updates = 0;
+    for (let o = 0; o < n; o++) {
+      const t = obsTriple[o];
+      const i = this.obsPair[o];
+      this.obsEvidence[o] = tripleUsers[t];
+      this.obsPairEvidence[o] = pairUsers[i];
+      this.obsUpdates[o] = updates;
+      if (obsPrevious[o] >= window.from) continue;
+      tripleUsers[t]++;
+      pairUsers[i]++;
+      const at = this.pairC2[i] * K + this.obsNext[o];
+      updateEntry[updates] = at;
+      updateUsers[updates++] = second[at];
       second[at]++;
     }
-    this.transitions = obsPair.length;
-    this.obsPair = Int32Array.from(obsPair);
-    this.obsNext = Int32Array.from(obsNext);
-    this.obsEvidence = Float64Array.from(obsEvidence);
-    this.obsPairEvidence = Float64Array.from(obsPairEvidence);
-    this.obsUpdates = Int32Array.from(obsUpdates);
-    this.updateEntry = Int32Array.from(updateEntry);
-    this.updateUsers = Float64Array.from(updateUsers);
-    const logMarginal = (this.logMarginal = prior ? priorLogMarginal(prior) : null);
-    this.obsLogPrior = Float64Array.from(obsPair, (i, o) => (prior ? Math.log(Math.max(priorProbability(prior, pairs[i], obsNext[o]), 1e-12)) : 0));
-    this.obsLogMarginal = Float64Array.from(obsPair, (i, o) => (logMarginal ? logMarginal[(pairs[i] % K) * K + obsNext[o]] : 0));
-    this.pairC1 = Int32Array.from(pairs, (p) => Math.floor(p / K));
-    this.pairC2 = Int32Array.from(pairs, (p) => p % K);
-    const topM = prior?.topM ?? 0;
-    this.answerNext = new Int32Array(pairs.length * topM);
-    this.answerLogP = new Float64Array(pairs.length * topM);
-    this.answerLogMarginal = new Float64Array(pairs.length * topM);
-    this.answerCount = new Int32Array(pairs.length);
-    this.logRest = new Float64Array(pairs.length);
-    if (prior) {
-      pairs.forEach((p, i) => {
-        this.logRest[i] = Math.log(prior.rest[p] || 1e-12);
-        let kept = 0;
-        for (let k = 0; k < topM; k++) {
-          const n = prior.answer[p * topM + k];
-          if (n < 0) break;
-          if (prior.known && !prior.known[n]) continue;
-          this.answerNext[i * topM + kept] = n;
-          this.answerLogP[i * topM + kept] = Math.log(Math.max(prior.probability[p * topM + k], 1e-12));
-          this.answerLogMarginal[i * topM + kept] = logMarginal![(p % K) * K + n];
-          kept++;
-        }
-        this.answerCount[i] = kept;
-      });
-    }
+    this.updateEntry = updateEntry.slice(0, updates);
+    this.updateUsers = updateUsers.slice(0, updates);
+    const topM = observations.prior?.topM ?? 0;
+    const pairs = this.pairC1.length;
     const groups = new Map<number, number>();
     this.obsPairEvidence.forEach((e) => groups.set(e, (groups.get(e) ?? 0) + 1));
     this.groupEvidence = Float64Array.from(groups.keys());
@@ -464,23 +517,31 @@ class SliceLikelihood {
     this.withoutEvidence = this.transitions - this.obsWithEvidence.length;
     this.evidenceWith = Float64Array.from(this.obsWithEvidence, (o) => this.obsEvidence[o]);
     this.baseWith = new Float64Array(this.obsWithEvidence.length);
-    this.answerWeight = new Float64Array(pairs.length * topM);
-    this.restWeight = new Float64Array(pairs.length);
-    this.obsWeightTau = new Float64Array(prior ? this.transitions : 0);
-    this.marginalWeight = new Float64Array(prior ? K * K : 0);
+    this.answerWeight = new Float64Array(pairs * topM);
+    this.restWeight = new Float64Array(pairs);
+    this.obsWeightTau = new Float64Array(observations.prior ? this.transitions : 0);
+    this.marginalWeight = new Float64Array(observations.prior ? K * K : 0);
     this.rowKnownLifted = new Float64Array(K);
     this.rowKnownLiftedNow = new Float64Array(K);
     this.popularity = logPopularity(before).map(Math.exp);
     this.logEntry = new Float64Array(K * K);
-    this.updateLog = new Float64Array(updateEntry.length);
+    this.updateLog = new Float64Array(updates);
     this.entry = new Float64Array(K * K);
-    this.updateExp = new Float64Array(updateEntry.length);
+    this.updateExp = new Float64Array(updates);
     this.rowSum = new Float64Array(K);
     this.rowKnown = new Float64Array(K);
     this.entryNow = new Float64Array(K * K);
     this.rowSumNow = new Float64Array(K);
     this.rowKnownNow = new Float64Array(K);
     this.base = new Float64Array(this.transitions);
+  }
+
+  get prior(): LlmPrior | null {
+    return this.observations.prior;
+  }
+
+  get slice(): TimeWindow {
+    return this.observations.slice;
   }
 
   /** log(users + beta * popularity) of the rows' entries and of each update's result, for `beta`. */
@@ -833,13 +894,15 @@ export function chooseWindow(log: EvidenceLog, asOf: number, options: FusionOpti
   if (asOf > log.span.to) throw new FreshrecError("INTERNAL", `fusion: as-of ${new Date(asOf).toISOString()} lies after the evidence log`);
   const { slice, counts: sliceCounts, prior, priorNotWeighed } = weighableSlice(log, asOf, o, givenPrior);
   const candidates: { days: number; likelihood: SliceLikelihood; search: StrengthSearch; ll: number }[] = [];
+  let observations: SliceObservations | undefined;
   const first = log.firstTs ?? asOf;
   for (const days of o.windowsDays) {
     const evidenceWindow = { from: asOf - days * DAY_MS, to: asOf };
     if (evidenceWindow.from > slice.from) continue;
     if (evidenceWindow.from < log.span.from) break;
     if (sliceCounts.transitions < o.fitFloor) break;
-    const likelihood = new SliceLikelihood(log, slice, log.counts(evidenceWindow), prior);
+    observations ??= new SliceObservations(log, slice, prior);
+    const likelihood = new SliceLikelihood(observations, log.counts(evidenceWindow));
     const search = new StrengthSearch(likelihood, prior !== null, { ...DEFAULT_FUSION_PARAMS, tau: prior ? 0.5 : 0, lift: prior ? 0.5 : 0 });
     // The coarse pass: the sweep's first search (beta, the strength that moves most with the window's counts).
     candidates.push({ days, likelihood, search, ll: search.step() });
@@ -879,7 +942,7 @@ function sliceLikelihood(log: EvidenceLog, slice: TimeWindow, served: WindowCoun
   const chosen = chosenLikelihoods.get(log);
   const same = (a: TimeWindow, b: TimeWindow) => a.from === b.from && a.to === b.to;
   if (chosen && chosen.prior === prior && same(chosen.slice, slice) && same(chosen.served.window, served.window)) return chosen;
-  return new SliceLikelihood(log, slice, served, prior);
+  return new SliceLikelihood(new SliceObservations(log, slice, prior), served);
 }
 
 /** The fitted posterior at `asOf` and the evidence it serves with ([asOf - W, asOf)). */
