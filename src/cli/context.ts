@@ -12,6 +12,7 @@ import { EmbeddedModelRegistry, type ModelRegistryContract } from "../llm/regist
 import { PostgresModelRegistry } from "../llm/postgres-registry.js";
 import { EmbeddedTableStore, PostgresTableStore, SqliteTableStore, type TableStoreContract } from "../tables/index.js";
 import type { ProgressSink } from "../domain/types.js";
+import { PostgresScheduleStore, SqliteScheduleStore, scheduleStorePath, type ScheduleStoreContract } from "../update/schedule/index.js";
 import { loadConfig, type FreshrecConfig } from "./config.js";
 import { progressSink } from "./progress.js";
 import { workspacePaths, type WorkspacePaths } from "./workspace.js";
@@ -47,6 +48,8 @@ export interface CommandContext {
   openTableStore(): Promise<TableStoreContract>;
   /** The model registry the config names: PostgreSQL with `store.url` (files under `<workspace>/models`), else registry.sqlite. */
   openRegistry(): Promise<ModelRegistryContract>;
+  /** The schedule store the config names: PostgreSQL with `store.url`, else the workspace's schedule.sqlite. */
+  openScheduleStore(): Promise<ScheduleStoreContract>;
   /**
    * Aborted by the first Ctrl-C (SIGINT) or SIGTERM, so a long job stops cleanly (a partial table is marked failed,
    * training is cancelled); a second signal exits at once.
@@ -85,6 +88,7 @@ export function contextOf(command: Command): CommandContext {
       return SqliteTableStore.open(paths.tables, clock);
     },
     openRegistry: async () => (config.store.url !== null ? onDeployment(() => PostgresModelRegistry.open(config.store.url!, paths.root, clock)) : EmbeddedModelRegistry.open(paths.root, clock)),
+    openScheduleStore: async () => (config.store.url !== null ? onDeployment(() => PostgresScheduleStore.open(config.store.url!)) : SqliteScheduleStore.open(scheduleStorePath(paths.root))),
     clock,
     positiveMin: async (store) => {
       if (config.data.positiveMin !== null) return config.data.positiveMin;
@@ -114,7 +118,7 @@ async function onDeployment<T>(open: () => Promise<T>): Promise<T> {
 export function notOnPostgresYet(url: string, file: string): FreshrecError {
   return new FreshrecError(
     "BAD_INPUT",
-    `this command does not run on the PostgreSQL event store yet (store.url = ${redactedUrl(url)}): so far ingest, synth, analyze drift, pretrain (embedded backend), refresh, finetune, serve, tables, models (list, review), doctor and experiment create|list|stop|analyze do (issue 19). Remove store.url from the config to use the workspace's ${file}`,
+    `this command does not run on the PostgreSQL event store yet (store.url = ${redactedUrl(url)}): so far ingest, synth, analyze drift, pretrain (embedded backend), refresh, finetune, schedule run|status|pause|resume, serve (also --schedule), tables, models (list, review), doctor and experiment create|list|stop|analyze do (issue 19). Remove store.url from the config to use the workspace's ${file}`,
   );
 }
 

@@ -417,9 +417,9 @@ async function runStrategy(setup: StrategySetup, options: ReplayOptions): Promis
     });
     await scheduler.simulate({ from: options.window.from, to: options.window.to });
     // Due times dropped by the overlap policy are counted in the job states, not as runs.
-    for (const state of scheduleStore.jobStates()) outcome(state.job).skipped = state.counters.skipped;
+    for (const state of await scheduleStore.jobStates()) outcome(state.job).skipped = state.counters.skipped;
   } finally {
-    scheduleStore.close();
+    await scheduleStore.close();
     await instance.close();
   }
   return { captured, tops, cost, outcomes, wallSeconds: Number(process.hrtime.bigint() - started) / 1e9 };

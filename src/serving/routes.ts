@@ -355,7 +355,7 @@ export function registerRoutes(app: FastifyInstance, state: ServingState): Route
       responses: { 200: scheduleStatusResponseSchema },
     },
     // `scheduling` comes from its own option: the CLI passes `scheduleStatus` with or without --schedule.
-    () => ({ scheduling: options.scheduling ?? false, status: options.scheduleStatus ? scheduleStatusView(options.scheduleStatus()) : null }),
+    async () => ({ scheduling: options.scheduling ?? false, status: options.scheduleStatus ? scheduleStatusView(await options.scheduleStatus()) : null }),
   );
 
   // ------------------------------------------------------------------------------------------------ experiments

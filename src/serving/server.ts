@@ -124,7 +124,7 @@ export interface ServeOptions {
    * The hybrid schedule's status for GET /v1/schedule/status: the running scheduler's (serve --schedule), or the one
    * recorded in the workspace's schedule store by `schedule run` when this process does not run it.
    */
-  readonly scheduleStatus?: () => ScheduleStatus;
+  readonly scheduleStatus?: () => ScheduleStatus | Promise<ScheduleStatus>;
   /**
    * Whether this process runs the hybrid schedule (serve --schedule), as GET /v1/schedule/status reports it. Kept
    * apart from `scheduleStatus`, which is also given without --schedule (to show the recorded status).

@@ -1,8 +1,8 @@
 /**
  * `store.url` through the CLI (issue 19): ingest and analyze drift run on a PostgreSQL event store and give what
  * they give on the workspace's DuckDB file; `serve` replicas, `tables` and `models` run on the database's tables and
- * registry (the update commands: ./postgres-update.test.ts); a command not yet on PostgreSQL refuses (exit 2, naming store.url without its password) instead of reading
- * a local events file.
+ * registry (the update commands: ./postgres-update.test.ts; the schedule: ./postgres-schedule.test.ts); a command not yet
+ * on PostgreSQL refuses (exit 2, naming store.url without its password) instead of reading a local events file.
  */
 import { existsSync, mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -58,26 +58,24 @@ describe("store.url: the PostgreSQL event store through the CLI", () => {
     expect(strip(driftPg.stdout)).toEqual(strip(driftDuck.stdout));
     expect((strip(driftPg.stdout) as { pairsCompared: number }).pairsCompared).toBeGreaterThan(0);
 
-    const refused = freshrec(pgWorkspace, ["--json", "schedule", "run"], config);
+    const refused = freshrec(pgWorkspace, ["--json", "experiment", "simulate", "--days", "1"], config);
     expect(refused.status).toBe(2);
     expect(refused.stderr).toMatch(/does not run on the PostgreSQL event store yet \(store\.url = postgres:\/\/postgres:\*\*\*@127\.0\.0\.1:\d+\/t\d+\)/);
     expect(refused.stderr).not.toContain("hunter2");
     expect(existsSync(join(pgWorkspace, "events.duckdb"))).toBe(false);
   }, 600_000);
 
-  it("refuses commands whose state is the workspace's (schedule status/pause, pretrain of a configured model) instead of reading or writing it", () => {
+  it("refuses commands whose state is the workspace's (pretrain of a configured model) or that would publish past data into the deployment (schedule run --simulate) instead of reading or writing it", () => {
     const workspace = join(mkdtempSync(join(tmpdir(), "freshrec-pgcli-")), "ws");
     const url = "postgres://me:hunter2@127.0.0.1:1/deployment";
-    for (const [args, config] of [
-      [["schedule", "run"], { store: { url } }],
-      [["schedule", "run", "--simulate", "--from", "2025-01-01"], { store: { url } }],
-      [["schedule", "status"], { store: { url } }],
-      [["schedule", "pause", "refresh"], { store: { url } }],
-      [["pretrain"], { store: { url }, llm: { backend: "openai", openai: { model: "some-model" } } }],
+    for (const [args, config, said] of [
+      [["pretrain"], { store: { url }, llm: { backend: "openai", openai: { model: "some-model" } } }, /does not run on the PostgreSQL event store yet \(store\.url = postgres:\/\/me:\*\*\*@127\.0\.0\.1:1\/deployment\)/],
+      // The schedule itself runs on the database (./postgres-schedule.test.ts); a simulation would publish its tables of past data there.
+      [["schedule", "run", "--simulate", "--from", "2025-01-01"], { store: { url } }, /--simulate: on store\.url \(postgres:\/\/me:\*\*\*@127\.0\.0\.1:1\/deployment\) the simulated refreshes would publish tables of past data/],
     ] as const) {
       const r = freshrec(workspace, ["--json", ...args], config);
       expect(r.status, `${args.join(" ")}: ${r.stderr}`).toBe(2);
-      expect(r.stderr).toMatch(/does not run on the PostgreSQL event store yet \(store\.url = postgres:\/\/me:\*\*\*@127\.0\.0\.1:1\/deployment\)/);
+      expect(r.stderr).toMatch(said);
       expect(r.stderr).not.toContain("hunter2");
     }
     expect(existsSync(join(workspace, "schedule.sqlite"))).toBe(false);
@@ -185,10 +183,6 @@ describe("store.url: serve, tables and models on PostgreSQL through the CLI", ()
       const simulate = cli(admin, ["experiment", "simulate", "--days", "1"]);
       expect(simulate.status).toBe(2);
       expect(simulate.stderr).toMatch(/does not run on the PostgreSQL event store yet \(store\.url = /);
-
-      const scheduled = cli(join(root, "host-c"), ["serve", "--port", "0", "--schedule"]);
-      expect(scheduled.status).toBe(2);
-      expect(scheduled.stderr).toMatch(/--schedule: the hybrid schedule does not run on a PostgreSQL store yet \(store\.url = postgres:\/\/postgres@127\.0\.0\.1:\d+\/t\d+\)/);
     } finally {
       for (const s of servers) s.child.kill("SIGINT");
     }

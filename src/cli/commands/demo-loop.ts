@@ -82,7 +82,7 @@ export async function runDemoLoop(ctx: CommandContext, end: number, months: numb
       });
       await scheduler.simulate({ from, to: end });
     } finally {
-      store.close();
+      await store.close();
     }
 
     const transitions = await timedTransitions(open.events, { from, to: end }, { positiveMin: open.positiveMin });

@@ -17,8 +17,9 @@ import {
   type RunRecord,
   type ScheduleStatus,
 } from "../../update/schedule/index.js";
+import { redactedUrl } from "../../data/postgres-pool.js";
 import type { FreshrecConfig } from "../config.js";
-import { notOnPostgresYet, type CommandContext } from "../context.js";
+import type { CommandContext } from "../context.js";
 import { openLoop, resolveAsOf, type OpenLoop } from "../loop-context.js";
 import { action, timeOption } from "../run.js";
 import { iso } from "../format.js";
@@ -154,23 +155,23 @@ export function registerRefresh(program: Command): void {
 
   schedule
     .command("status")
-    .description("each job's cadence, last run, next due time, counters and pause state")
+    .description("each job's cadence, last run, next due time, counters and pause state, and which process drives the schedule")
     .addHelpText("after", "\nExample:\n  freshrec schedule status --json")
     .action(
       action(async (ctx) => {
-        // The schedule's state is the workspace's, not a deployment's (schedule run does not run on the database yet).
-        if (ctx.config.store.url !== null) throw notOnPostgresYet(ctx.config.store.url, scheduleStorePath(ctx.paths.root));
-        const store = SqliteScheduleStore.open(scheduleStorePath(ctx.paths.root));
+        // The schedule the config names: the workspace's file, or with store.url the deployment's, whichever host runs it.
+        const store = await ctx.openScheduleStore();
         try {
-          const definitions = [
-            { name: "finetune", cadence: ctx.config.schedule.finetuneCadence },
-            { name: "refresh", cadence: ctx.config.schedule.refreshCadence },
-          ];
-          const status = readScheduleStatus(store, definitions, ctx.clock.now(), null);
-          const recent = store.runs({ limit: 10 });
-          return { json: { ...scheduleStatusView(status), recent: recent.map(runRecordView) }, text: [...statusLines(status), ...(recent.length ? ["recent runs:", ...recent.map(runLine)] : [])].join("\n") };
+          const status = await readScheduleStatus(store, scheduleDefinitions(ctx.config), ctx.clock.now(), null);
+          const recent = await store.runs({ limit: 10 });
+          const driver = await store.driver();
+          const drivenBy = driver === null ? "no process drives the schedule now (freshrec schedule run, or serve --schedule)" : `driven by host ${driver.host} pid ${driver.pid} since ${iso(driver.since)}`;
+          return {
+            json: { ...scheduleStatusView(status), driver: driver && { ...driver, since: iso(driver.since) }, recent: recent.map(runRecordView) },
+            text: [drivenBy, ...statusLines(status), ...(recent.length ? ["recent runs:", ...recent.map(runLine)] : [])].join("\n"),
+          };
         } finally {
-          store.close();
+          await store.close();
         }
       }),
     );
@@ -186,8 +187,8 @@ export function registerRefresh(program: Command): void {
         action(async (ctx, command) => {
           const [job] = command.args;
           if (job !== "finetune" && job !== "refresh") throw new BadInputError(`job must be finetune or refresh, got ${JSON.stringify(job)}`);
-          if (ctx.config.store.url !== null) throw notOnPostgresYet(ctx.config.store.url, scheduleStorePath(ctx.paths.root));
-          const store = SqliteScheduleStore.open(scheduleStorePath(ctx.paths.root));
+          // No lease: a pause or resume is one transaction beside the running worker, which honours it at its next look.
+          const store = await ctx.openScheduleStore();
           try {
             const noop = async () => ({ status: "succeeded" as const });
             const scheduler = new Scheduler({
@@ -195,20 +196,32 @@ export function registerRefresh(program: Command): void {
               store,
               clock: ctx.clock,
             });
-            const state = verb === "pause" ? scheduler.pause(job, command.opts<{ reason?: string }>().reason ?? "paused by hand") : scheduler.resume(job);
+            const state = verb === "pause" ? await scheduler.pause(job, command.opts<{ reason?: string }>().reason ?? "paused by hand") : await scheduler.resume(job);
             return { json: jobStateView(state), text: `${job}: ${state.paused ? `paused (${state.pauseReason})` : "running on its cadence"}` };
           } finally {
-            store.close();
+            await store.close();
           }
         }),
       );
   }
 }
 
+/** The two jobs' names and cadences: all a process that does not run them needs to read the schedule's status. */
+export function scheduleDefinitions(config: FreshrecConfig): { name: string; cadence: string }[] {
+  return [
+    { name: "finetune", cadence: config.schedule.finetuneCadence },
+    { name: "refresh", cadence: config.schedule.refreshCadence },
+  ];
+}
+
 async function runSchedule(ctx: CommandContext, opts: { simulate?: boolean; from?: string; to?: string }) {
-  // The schedule's run log is still the workspace's file (schedule.sqlite), and a simulation would publish its tables
-  // into the deployment's live store: neither may run against a shared database yet.
-  if (ctx.config.store.url !== null) throw notOnPostgresYet(ctx.config.store.url, scheduleStorePath(ctx.paths.root));
+  if (opts.simulate && ctx.config.store.url !== null) {
+    // Not the schedule store's doing: the simulated jobs publish their tables, built from past data, into the table store
+    // every serve replica of the deployment follows.
+    throw new BadInputError(
+      `schedule run --simulate: on store.url (${redactedUrl(ctx.config.store.url)}) the simulated refreshes would publish tables of past data into the deployment's live table store, which every serve replica follows. Simulate on an embedded workspace (a config without store.url), or measure with freshrec evaluate replay`,
+    );
+  }
   const open = await openLoop(ctx);
   try {
     if (!(await open.registry.live())) throw new BadInputError("no live model: run freshrec pretrain first");
@@ -234,26 +247,31 @@ async function runSchedule(ctx: CommandContext, opts: { simulate?: boolean; from
           text: [`simulated ${iso(from)} .. ${iso(to)}: ${result.runs.length} runs`, ...lines, ...statusLines(result.status)].join("\n"),
         };
       } finally {
-        store.close();
+        await store.close();
       }
     }
-    const store = SqliteScheduleStore.open(scheduleStorePath(ctx.paths.root));
+    const store = await ctx.openScheduleStore();
     try {
       const scheduler = new Scheduler({ jobs, store, clock: ctx.clock, ...schedulerOptions(ctx.config.schedule), onRun });
+      // Before anything is said or run: a second worker on the same schedule is refused here, naming the first.
+      await scheduler.claim();
       const stop = () => {
         ctx.log("stopping: the running job is cancelled, its partial table is marked failed");
         void scheduler.stop();
       };
       ctx.signal.addEventListener("abort", stop, { once: true });
-      for (const line of statusLines(scheduler.status())) ctx.log(line);
       try {
+        for (const line of statusLines(await scheduler.status())) ctx.log(line);
         await scheduler.start();
       } finally {
         ctx.signal.removeEventListener("abort", stop);
+        // start() gives the lease up when it ends; this covers a failure before it started.
+        await scheduler.release();
       }
-      return { json: { runs: lines.length, status: scheduleStatusView(scheduler.status()) }, text: [`stopped after ${lines.length} runs`, ...statusLines(scheduler.status())].join("\n") };
+      const status = await scheduler.status();
+      return { json: { runs: lines.length, status: scheduleStatusView(status) }, text: [`stopped after ${lines.length} runs`, ...statusLines(status)].join("\n") };
     } finally {
-      store.close();
+      await store.close();
     }
   } finally {
     await open.close();

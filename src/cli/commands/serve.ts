@@ -9,22 +9,23 @@
  *
  * With store.url (a PostgreSQL database) the server holds no lock: events, tables and models come from the database,
  * any number of `serve` processes (on any hosts) run at once, and each follows the live table a publish by any
- * process sets. Model files are read under `<workspace>/models`.
+ * process sets. Model files are read under `<workspace>/models`. `--schedule` then runs the schedule over the
+ * database's stores and its schedule store; one process drives a database's schedule (this server or a `schedule
+ * run` worker), so a second one is refused at start, naming the first.
  */
 import type { Command } from "commander";
 import { DAY_MS } from "../../domain/clock.js";
-import { redactedUrl } from "../../data/postgres-event-store.js";
 import { BadInputError, ConfigError } from "../../domain/errors.js";
 import { ModelRegistry } from "../../llm/registry.js";
 import { startServer, type RunningServer, type ServeOptions } from "../../serving/index.js";
 import { UpdateLoop } from "../../update/loop.js";
-import { Scheduler, SqliteScheduleStore, hybridJobs, readScheduleStatus, scheduleStorePath } from "../../update/schedule/index.js";
+import { Scheduler, hybridJobs, readScheduleStatus, type ScheduleStoreContract } from "../../update/schedule/index.js";
 import { configSchema, type FreshrecConfig } from "../config.js";
 import type { CommandContext } from "../context.js";
-import { loopSettings } from "../loop-context.js";
+import { loopSettings, openLoop } from "../loop-context.js";
 import { trainingProgress } from "../progress.js";
 import { action, positiveInt } from "../run.js";
-import { runLine } from "./refresh.js";
+import { runLine, scheduleDefinitions } from "./refresh.js";
 
 /** serve.adminToken's own rule, so a token from the environment is held to exactly what the config file is. */
 const adminTokenRule = configSchema.shape.serve.unwrap().shape.adminToken;
@@ -91,57 +92,69 @@ export async function startWorkspaceServer(
   overrides: { port?: number; host?: string; schedule?: boolean; logLevel?: ServeOptions["logLevel"] } = {},
 ): Promise<WorkspaceServer> {
   const storeUrl = ctx.config.store.url;
-  if (storeUrl !== null) {
-    if (overrides.schedule) {
-      throw new BadInputError(
-        `--schedule: the hybrid schedule does not run on a PostgreSQL store yet (store.url = ${redactedUrl(storeUrl)}); serve without --schedule, or remove store.url to run both over the workspace`,
-      );
-    }
-    const server = await startServer({ ...serveOptions(ctx), ...overridesOf(overrides), workspace: ctx.paths.root, storeUrl, scheduling: false });
-    return { ...server, scheduling: false };
-  }
-  const events = await ctx.openEvents();
-  const definitions = [
-    { name: "finetune", cadence: ctx.config.schedule.finetuneCadence },
-    { name: "refresh", cadence: ctx.config.schedule.refreshCadence },
-  ];
-  let scheduleParts: { scheduler: Scheduler; running: Promise<void>; close: () => Promise<void> } | null = null;
+  // The events the server reads: with store.url the server opens the database's itself; on the workspace this process
+  // opens the DuckDB file once, for the server and the schedule alike (one process per file).
+  const events = storeUrl === null ? await ctx.openEvents() : null;
+  const recorded = recordedScheduleStatus(ctx);
+  let scheduleParts: RunningSchedule | null = null;
   let server: RunningServer;
   try {
-    if (overrides.schedule) scheduleParts = await startSchedule(ctx, events);
+    if (overrides.schedule) scheduleParts = await startSchedule(ctx, events === null ? await openLoop(ctx) : await workspaceLoop(ctx, events));
+    const parts = scheduleParts;
     server = await startServer({
       ...serveOptions(ctx),
       workspace: ctx.paths.root,
-      events,
+      ...(events === null ? { storeUrl: storeUrl! } : { events }),
       ...overridesOf(overrides),
       // Whether this process runs the schedule (--schedule); the status route reports it beside the recorded state.
-      scheduling: scheduleParts !== null,
-      scheduleStatus: () => {
-        if (scheduleParts) return scheduleParts.scheduler.status();
-        const store = SqliteScheduleStore.open(scheduleStorePath(ctx.paths.root));
-        try {
-          return readScheduleStatus(store, definitions, ctx.clock.now(), null);
-        } finally {
-          store.close();
-        }
-      },
+      scheduling: parts !== null,
+      scheduleStatus: () => (parts ? parts.scheduler.status() : recorded.read()),
     });
   } catch (error) {
     await scheduleParts?.close();
-    events.close();
+    await recorded.close();
+    events?.close();
     throw error;
   }
   let closing: Promise<void> | null = null;
+  const parts = scheduleParts;
   return {
     ...server,
-    scheduling: scheduleParts !== null,
+    scheduling: parts !== null,
     close: () =>
       (closing ??= (async () => {
         // The schedule first: its jobs read the event store the server is about to release.
-        await scheduleParts?.close();
+        await parts?.close();
         await server.close();
-        events.close();
+        await recorded.close();
+        events?.close();
       })()),
+  };
+}
+
+/**
+ * The schedule's status as recorded in the store the config names, for a server that does not run the schedule:
+ * the workspace's file is opened per request (a worker may write it meanwhile), the database's store once, on the
+ * first request, and closed with the server.
+ */
+function recordedScheduleStatus(ctx: CommandContext) {
+  let shared: Promise<ScheduleStoreContract> | null = null;
+  const read = async (store: ScheduleStoreContract) => readScheduleStatus(store, scheduleDefinitions(ctx.config), ctx.clock.now(), null);
+  return {
+    read: async () => {
+      if (ctx.config.store.url !== null) return read(await (shared ??= ctx.openScheduleStore()));
+      const store = await ctx.openScheduleStore();
+      try {
+        return await read(store);
+      } finally {
+        await store.close();
+      }
+    },
+    close: async () => {
+      const opened = shared;
+      shared = null;
+      await (await opened?.catch(() => null))?.close();
+    },
   };
 }
 
@@ -154,47 +167,86 @@ function overridesOf(overrides: { port?: number; host?: string; logLevel?: Serve
   };
 }
 
-/** The hybrid schedule over the server's event store (one DuckDB instance per file and process). */
-async function startSchedule(ctx: CommandContext, events: Awaited<ReturnType<CommandContext["openEvents"]>>) {
+/** What the schedule runs on: the loop (its jobs), the registry it asks for a live model, and how to close both. */
+interface ScheduledLoop {
+  readonly loop: UpdateLoop;
+  readonly registry: { live(): Promise<unknown> };
+  close(): Promise<void>;
+}
+
+interface RunningSchedule {
+  readonly scheduler: Scheduler;
+  close(): Promise<void>;
+}
+
+/** The update loop over the server's own workspace event store (one DuckDB instance per file and process). */
+async function workspaceLoop(ctx: CommandContext, events: Awaited<ReturnType<CommandContext["openEvents"]>>): Promise<ScheduledLoop> {
   const tables = ctx.openTables();
   const registry = new ModelRegistry(ctx.paths.root, ctx.clock);
-  if (!registry.live()) {
+  const close = async () => {
     registry.close();
     tables.close();
-    throw new BadInputError("--schedule needs a live model: run freshrec pretrain first");
+  };
+  try {
+    const positiveMin = await ctx.positiveMin(events);
+    const loop = new UpdateLoop({
+      events,
+      tables,
+      registry,
+      clusters: (await events.clusters()).map((c) => c.id),
+      settings: loopSettings(ctx.config, positiveMin),
+      progress: ctx.progress,
+      onTraining: trainingProgress(ctx.progress, ctx.log, "fine-tuning"),
+    });
+    return {
+      loop,
+      registry: { live: async () => registry.live() },
+      close: async () => {
+        await loop.close();
+        await close();
+      },
+    };
+  } catch (error) {
+    await close();
+    throw error;
   }
-  const positiveMin = await ctx.positiveMin(events);
-  const loop = new UpdateLoop({
-    events,
-    tables,
-    registry,
-    clusters: (await events.clusters()).map((c) => c.id),
-    settings: loopSettings(ctx.config, positiveMin),
-    progress: ctx.progress,
-    onTraining: trainingProgress(ctx.progress, ctx.log, "fine-tuning"),
-  });
-  const store = SqliteScheduleStore.open(scheduleStorePath(ctx.paths.root));
-  const s = ctx.config.schedule;
-  const scheduler = new Scheduler({
-    jobs: hybridJobs({ finetune: loop.finetuneJob(), refresh: loop.refreshJob(), finetuneCadence: s.finetuneCadence, refreshCadence: s.refreshCadence, finetuneTrigger: ctx.config.finetune.trigger }),
-    store,
-    clock: ctx.clock,
-    overlap: s.overlap,
-    catchupWindowMs: s.catchupWindowDays * DAY_MS,
-    maxConsecutiveFailures: s.maxConsecutiveFailures,
-    onRun: (run) => ctx.log(`schedule: ${runLine(run)}`),
-  });
+}
+
+/**
+ * The hybrid schedule over `opened`'s loop and the schedule store the config names, running until close(). Refused
+ * (and `opened` closed) when there is no live model, or when another process drives the schedule.
+ */
+async function startSchedule(ctx: CommandContext, opened: ScheduledLoop): Promise<RunningSchedule> {
+  let store: ScheduleStoreContract | null = null;
+  let scheduler: Scheduler;
+  try {
+    if (!(await opened.registry.live())) throw new BadInputError("--schedule needs a live model: run freshrec pretrain first");
+    store = await ctx.openScheduleStore();
+    const s = ctx.config.schedule;
+    scheduler = new Scheduler({
+      jobs: hybridJobs({ finetune: opened.loop.finetuneJob(), refresh: opened.loop.refreshJob(), finetuneCadence: s.finetuneCadence, refreshCadence: s.refreshCadence, finetuneTrigger: ctx.config.finetune.trigger }),
+      store,
+      clock: ctx.clock,
+      overlap: s.overlap,
+      catchupWindowMs: s.catchupWindowDays * DAY_MS,
+      maxConsecutiveFailures: s.maxConsecutiveFailures,
+      onRun: (run) => ctx.log(`schedule: ${runLine(run)}`),
+    });
+    // Before the server listens: a schedule another process drives is refused here, naming it.
+    await scheduler.claim();
+  } catch (error) {
+    await store?.close();
+    await opened.close();
+    throw error;
+  }
   const running = scheduler.start().catch((error) => ctx.log(`schedule: stopped on an error: ${(error as Error).message}`));
   return {
     scheduler,
-    running,
     close: async () => {
       await scheduler.stop();
       await running;
-      await loop.close();
-      store.close();
-      registry.close();
-      tables.close();
+      await opened.close();
+      await store!.close();
     },
   };
 }

@@ -24,8 +24,10 @@
  *   saved in the same transactions, so a restarted scheduler continues where it stopped. A run left `running` by a
  *   crash is marked failed ("interrupted") on the next start and is not retried: catch-up brings the next one.
  *
- * Only one scheduler may drive a store at a time (a second one would fail the first one's running run as
- * interrupted); `status()`, `pause()` and `resume()` may come from other processes.
+ * Only one scheduler may drive a store at a time (a second one would run the same due times and fail the first one's
+ * running run as interrupted): `simulate()` and `start()` hold the store's driver lease (ScheduleStoreContract's
+ * claimDriver) while they run, and a second driver is refused naming the first. `status()`, `pause()` and `resume()`
+ * need no lease and may come from other processes (on PostgreSQL, other hosts).
  *
  * @example
  * const store = SqliteScheduleStore.open(scheduleStorePath(workspace));
@@ -39,11 +41,12 @@
  * });
  * const { runs } = await scheduler.simulate({ from, to });
  */
+import { hostname } from "node:os";
 import { DAY_MS, elapsedSeconds, VirtualClock, type Clock } from "../../domain/clock.js";
 import { FreshrecError } from "../../domain/errors.js";
 import { parseCadence, type Cadence } from "./cadence.js";
 import { ScheduleUsageError, UnknownJobError } from "./errors.js";
-import type { ScheduleStore } from "./store.js";
+import type { DriverLease, ScheduleRecord, ScheduleStoreContract } from "./store.js";
 import {
   ZERO_COUNTERS,
   type JobCost,
@@ -86,7 +89,7 @@ export interface SchedulerOptions {
 
 export interface SchedulerConfig extends SchedulerOptions {
   readonly jobs: readonly JobDefinition[];
-  readonly store: ScheduleStore;
+  readonly store: ScheduleStoreContract;
   /**
    * One clock for the scheduler's whole life: due times, pauses and status all read it. A VirtualClock for
    * `simulate`, a SystemClock for `start` (tests of the live driver use SystemClock under fake timers).
@@ -151,6 +154,12 @@ interface PlannedRun {
   readonly trigger: RunTrigger;
 }
 
+interface LiveDriver {
+  timer: NodeJS.Timeout | null;
+  stopping: boolean;
+  settle: (error?: unknown) => void;
+}
+
 interface CurrentRun {
   readonly job: JobName;
   readonly due: number;
@@ -160,16 +169,18 @@ interface CurrentRun {
 
 export class Scheduler {
   private readonly jobs: ScheduledJob[];
-  private readonly store: ScheduleStore;
+  private readonly store: ScheduleStoreContract;
   private readonly clock: Clock;
   private readonly options: Required<Omit<SchedulerOptions, "onRun">> & Pick<SchedulerOptions, "onRun">;
   private current: CurrentRun | null = null;
   /** Set while simulate() drives the clock: runs may then advance it by their simulated duration. */
   private simulating: VirtualClock | null = null;
   private recovered = false;
+  /** The store's driver lease while simulate() or the live driver runs (or after claim()). */
+  private lease: DriverLease | null = null;
   private inTick = false;
   private ticking: Promise<RunRecord[]> | null = null;
-  private live: { timer: NodeJS.Timeout | null; stopping: boolean; settle: (error?: unknown) => void } | null = null;
+  private live: LiveDriver | null = null;
 
   constructor(config: SchedulerConfig) {
     const names = new Set<string>();
@@ -213,13 +224,14 @@ export class Scheduler {
       throw new ScheduleUsageError(`the virtual clock (${clock.now()}) is already past from (${from})`);
     }
     if (this.live !== null || this.simulating !== null) throw new ScheduleUsageError("the scheduler is already running");
+    const claimed = await this.claimIfNeeded();
     clock.set(from);
     this.simulating = clock;
     const runs: RunRecord[] = [];
     try {
       for (;;) {
         runs.push(...(await this.tick()));
-        const next = this.nextWake();
+        const next = await this.nextWake();
         if (next === null || next >= to) break;
         // A tick consumes every due time up to now, so the next one is strictly later; anything else would loop.
         if (next <= clock.now()) throw new FreshrecError("INTERNAL", `scheduler did not consume due time ${next}`);
@@ -228,23 +240,60 @@ export class Scheduler {
       if (clock.now() < to) clock.set(to);
     } finally {
       this.simulating = null;
+      if (claimed) await this.release();
     }
-    return { from, to, runs, status: this.status() };
+    return { from, to, runs, status: await this.status() };
   }
 
   /**
-   * Live driver: looks at once (catching up what was missed), then sleeps until the next due time with one timer at
-   * a time. Resolves when `stop()` is called; rejects if the store fails.
+   * Takes the store's driver lease now, ahead of `start()` or `simulate()` (which otherwise take it themselves), so a
+   * caller can refuse before doing anything else when another process drives the schedule. Kept until `stop()` (or
+   * `release()`).
+   * @throws ScheduleDriverHeldError naming the process that drives the schedule.
+   */
+  async claim(): Promise<void> {
+    if (this.lease !== null) return;
+    this.lease = await this.store.claimDriver({ host: hostname(), pid: process.pid, since: this.clock.now() });
+    // Whatever the log shows running now was begun by a driver that is gone (only the lease holder begins runs).
+    this.recovered = false;
+  }
+
+  /** Gives up the driver lease (a no-op without one); stop() does it too. */
+  async release(): Promise<void> {
+    const lease = this.lease;
+    this.lease = null;
+    await lease?.release();
+  }
+
+  /** Claims the lease unless it is held already; says whether it did, so the caller releases only what it took. */
+  private async claimIfNeeded(): Promise<boolean> {
+    if (this.lease !== null) return false;
+    await this.claim();
+    return true;
+  }
+
+  /**
+   * Live driver: takes the driver lease (unless `claim()` did), looks at once (catching up what was missed), then
+   * sleeps until the next due time with one timer at a time. Resolves when `stop()` is called; rejects if the lease
+   * is refused or lost, or the store fails (the lease is then given up).
    */
   start(): Promise<void> {
     if (this.live !== null || this.simulating !== null) throw new ScheduleUsageError("the scheduler is already running");
     return new Promise<void>((resolve, reject) => {
-      this.live = {
+      const live: LiveDriver = {
         timer: null,
         stopping: false,
         settle: (error?: unknown) => (error === undefined ? resolve() : reject(error)),
       };
-      this.wake();
+      this.live = live;
+      const claiming = this.claim().then(
+        () => {
+          if (!live.stopping) this.wake();
+          return [];
+        },
+        (error: unknown) => this.fail(live, error),
+      );
+      this.ticking = claiming;
     });
   }
 
@@ -261,8 +310,18 @@ export class Scheduler {
     } catch {
       // the failure has already been reported through start()'s promise
     }
+    if (this.live !== live) return; // it failed meanwhile, and fail() settled it
     this.live = null;
+    await this.release().catch(() => {});
     live.settle();
+  }
+
+  /** Ends the live driver on an error: the lease is given up, then start()'s promise rejects. */
+  private async fail(live: LiveDriver, error: unknown): Promise<never[]> {
+    if (this.live === live) this.live = null;
+    await this.release().catch(() => {});
+    live.settle(error);
+    return [];
   }
 
   private wake(): void {
@@ -273,17 +332,22 @@ export class Scheduler {
     this.ticking = ticking;
     ticking.then(
       () => this.arm(),
-      (error: unknown) => {
-        this.live = null;
-        live.settle(error);
-      },
+      (error: unknown) => this.fail(live, error),
     );
   }
 
-  private arm(): void {
+  private async arm(): Promise<void> {
     const live = this.live;
     if (live === null || live.stopping) return;
-    const next = this.nextWake();
+    let next: number | null;
+    try {
+      next = await this.nextWake();
+    } catch (error) {
+      await this.fail(live, error);
+      return;
+    }
+    // stop() may have come while the store answered.
+    if (this.live !== live || live.stopping) return;
     const delay = next === null ? this.options.recheckMs : Math.min(Math.max(0, next - this.clock.now()), this.options.recheckMs);
     live.timer = setTimeout(() => this.wake(), delay);
   }
@@ -291,12 +355,12 @@ export class Scheduler {
   // ---------------------------------------------------------------- control
 
   /** Pauses a job: its due times are counted as skippedWhilePaused until resume. A running run is not aborted. */
-  pause(job: JobName, reason = "paused by hand"): JobState {
+  async pause(job: JobName, reason = "paused by hand"): Promise<JobState> {
     const scheduled = this.jobNamed(job);
     const now = this.clock.now();
-    return this.store.transaction(() => {
-      const state = { ...this.stateOf(scheduled, now), paused: true, pauseReason: reason, pausedAt: now };
-      this.store.saveJobState(state);
+    return this.store.transaction(async (tx) => {
+      const state = { ...(await this.stateOf(tx, scheduled, now)), paused: true, pauseReason: reason, pausedAt: now };
+      await tx.saveJobState(state);
       return state;
     });
   }
@@ -305,16 +369,16 @@ export class Scheduler {
    * Resumes a paused job from now on: due times that fell while paused are counted, not caught up, and the
    * failure streak starts over. The next run is the job's next due time.
    */
-  resume(job: JobName): JobState {
+  async resume(job: JobName): Promise<JobState> {
     const scheduled = this.jobNamed(job);
     const now = this.clock.now();
-    const state = this.store.transaction(() => {
-      const before = this.stateOf(scheduled, now);
+    const state = await this.store.transaction(async (tx) => {
+      const before = await this.stateOf(tx, scheduled, now);
       // Not paused: nothing to resume, and its open due times must stay open for catch-up.
       if (!before.paused) return before;
       // Up to just before now: a due time at exactly now (the end of a simulated window) still runs.
       const resumed = { ...this.consumeWhilePaused(scheduled, before, now - 1), paused: false, pauseReason: null, pausedAt: null, consecutiveFailures: 0 };
-      this.store.saveJobState(resumed);
+      await tx.saveJobState(resumed);
       return resumed;
     });
     // A sleeping live scheduler may have no timer for this job's next due time: look again now.
@@ -326,7 +390,7 @@ export class Scheduler {
     return state;
   }
 
-  status(): ScheduleStatus {
+  status(): Promise<ScheduleStatus> {
     return readScheduleStatus(
       this.store,
       this.jobs.map((j) => j.definition),
@@ -354,11 +418,11 @@ export class Scheduler {
   private async tickOnce(): Promise<RunRecord[]> {
     const made: RunRecord[] = [];
     if (!this.recovered) {
-      this.failInterruptedRuns();
+      await this.failInterruptedRuns();
       this.recovered = true;
     }
     let planTime = this.clock.now();
-    let batch = this.planDue(planTime);
+    let batch = await this.planDue(planTime);
     while (batch.length > 0) {
       for (const planned of batch) {
         if (this.live?.stopping) return made;
@@ -366,20 +430,20 @@ export class Scheduler {
         if (record !== null) made.push(record);
       }
       const ended = this.clock.now();
-      batch = this.resolveOverlap(planTime, ended);
+      batch = await this.resolveOverlap(planTime, ended);
       planTime = ended;
     }
     return made;
   }
 
   /** Decides, at `now`, what each job runs (catch-up) and counts what it missed or skipped while paused. */
-  private planDue(now: number): PlannedRun[] {
+  private async planDue(now: number): Promise<PlannedRun[]> {
     const planned: PlannedRun[] = [];
-    this.store.transaction(() => {
+    await this.store.transaction(async (tx) => {
       for (const job of this.jobs) {
-        const state = this.stateOf(job, now);
+        const state = await this.stateOf(tx, job, now);
         if (state.paused) {
-          this.store.saveJobState(this.consumeWhilePaused(job, state, now));
+          await tx.saveJobState(this.consumeWhilePaused(job, state, now));
           continue;
         }
         const { times, older } = job.cadence.dueBetween(state.cursor, now, 1);
@@ -388,9 +452,9 @@ export class Scheduler {
         if (now - latest <= this.options.catchupWindowMs) {
           planned.push({ job, due: latest, trigger: older > 0 ? "catch-up" : "scheduled" });
           // Leave only `latest` open until the run starts, so a crash before then still catches it up.
-          this.store.saveJobState({ ...state, cursor: latest - 1, counters: add(state.counters, { missed: older }) });
+          await tx.saveJobState({ ...state, cursor: latest - 1, counters: add(state.counters, { missed: older }) });
         } else {
-          this.store.saveJobState({ ...state, cursor: latest, counters: add(state.counters, { missed: older + 1 }) });
+          await tx.saveJobState({ ...state, cursor: latest, counters: add(state.counters, { missed: older + 1 }) });
         }
       }
     });
@@ -398,14 +462,14 @@ export class Scheduler {
   }
 
   /** Applies the overlap policy to due times that fell in (batchStart, batchEnd], while a batch was running. */
-  private resolveOverlap(batchStart: number, batchEnd: number): PlannedRun[] {
+  private async resolveOverlap(batchStart: number, batchEnd: number): Promise<PlannedRun[]> {
     if (batchEnd <= batchStart) return [];
     const buffered: PlannedRun[] = [];
-    this.store.transaction(() => {
+    await this.store.transaction(async (tx) => {
       for (const job of this.jobs) {
-        const state = this.stateOf(job, batchEnd);
+        const state = await this.stateOf(tx, job, batchEnd);
         if (state.paused) {
-          this.store.saveJobState(this.consumeWhilePaused(job, state, batchEnd));
+          await tx.saveJobState(this.consumeWhilePaused(job, state, batchEnd));
           continue;
         }
         const { times, older } = job.cadence.dueBetween(Math.max(state.cursor, batchStart), batchEnd, 1);
@@ -413,9 +477,9 @@ export class Scheduler {
         const latest = times[0];
         if (this.options.overlap === "buffer-one") {
           buffered.push({ job, due: latest, trigger: "buffered" });
-          this.store.saveJobState({ ...state, cursor: latest - 1, counters: add(state.counters, { skipped: older }) });
+          await tx.saveJobState({ ...state, cursor: latest - 1, counters: add(state.counters, { skipped: older }) });
         } else {
-          this.store.saveJobState({ ...state, cursor: latest, counters: add(state.counters, { skipped: older + 1 }) });
+          await tx.saveJobState({ ...state, cursor: latest, counters: add(state.counters, { skipped: older + 1 }) });
         }
       }
     });
@@ -428,15 +492,17 @@ export class Scheduler {
     const startedAt = this.clock.now();
     // The one rule replay depends on: a run never sees an as-of time ahead of the clock.
     if (due > startedAt) throw new FreshrecError("INTERNAL", `job ${name} planned for ${due} before it was due (now ${startedAt})`);
-    const id = this.store.transaction(() => {
-      const state = this.stateOf(job, startedAt);
+    // A driver that lost its lease (PostgreSQL: its connection dropped) must not begin another run: stop instead.
+    await this.lease?.check();
+    const id = await this.store.transaction(async (tx) => {
+      const state = await this.stateOf(tx, job, startedAt);
       if (state.paused) {
         // Paused between planning and starting (by another process, or a stop): count it, do not run it.
-        this.store.saveJobState({ ...state, cursor: Math.max(state.cursor, due), counters: add(state.counters, { skippedWhilePaused: 1 }) });
+        await tx.saveJobState({ ...state, cursor: Math.max(state.cursor, due), counters: add(state.counters, { skippedWhilePaused: 1 }) });
         return null;
       }
-      const runId = this.store.begin({ job: name, due, trigger, startedAt });
-      this.store.saveJobState({ ...state, cursor: Math.max(state.cursor, due), counters: add(state.counters, { runs: 1 }), lastRunId: runId });
+      const runId = await tx.begin({ job: name, due, trigger, startedAt });
+      await tx.saveJobState({ ...state, cursor: Math.max(state.cursor, due), counters: add(state.counters, { runs: 1 }), lastRunId: runId });
       return runId;
     });
     if (id === null) return null;
@@ -466,11 +532,11 @@ export class Scheduler {
     const cost: JobCost = { cpuSeconds: (cpu.user + cpu.system) / 1e6 + (childCpuSeconds ?? 0), ...given };
     const endedAt = this.clock.now();
 
-    this.store.transaction(() => {
-      this.store.finish(id, { endedAt, status, durationSeconds, cost, detail: outcome?.detail ?? null, error });
-      this.store.saveJobState(this.afterRun(this.stateOf(job, endedAt), id, status, error, endedAt));
+    await this.store.transaction(async (tx) => {
+      await tx.finish(id, { endedAt, status, durationSeconds, cost, detail: outcome?.detail ?? null, error });
+      await tx.saveJobState(this.afterRun(await this.stateOf(tx, job, endedAt), id, status, error, endedAt));
     });
-    const record = this.store.run(id);
+    const record = await this.store.run(id);
     if (record === undefined) throw new FreshrecError("INTERNAL", `run ${id} vanished from the run log`);
     this.options.onRun?.(record);
     return record;
@@ -508,15 +574,15 @@ export class Scheduler {
   }
 
   /** Runs still `running` in the log were cut off by a crash: fail them so the failure streak sees them. */
-  private failInterruptedRuns(): void {
+  private async failInterruptedRuns(): Promise<void> {
     const now = this.clock.now();
-    this.store.transaction(() => {
-      for (const run of this.store.runs({ status: "running" })) {
+    await this.store.transaction(async (tx) => {
+      for (const run of await tx.runs({ status: "running" })) {
         const error = "interrupted: the scheduler stopped before the run ended";
-        this.store.finish(run.id, { endedAt: null, status: "failed", durationSeconds: null, cost: null, detail: null, error });
+        await tx.finish(run.id, { endedAt: null, status: "failed", durationSeconds: null, cost: null, detail: null, error });
         const job = this.jobs.find((j) => j.definition.name === run.job);
-        const state = job === undefined ? this.store.jobState(run.job) : this.stateOf(job, now);
-        if (state !== undefined) this.store.saveJobState(this.afterRun(state, run.id, "failed", error, now));
+        const state = job === undefined ? await tx.jobState(run.job) : await this.stateOf(tx, job, now);
+        if (state !== undefined) await tx.saveJobState(this.afterRun(state, run.id, "failed", error, now));
       }
     });
   }
@@ -528,8 +594,8 @@ export class Scheduler {
   }
 
   /** A job's saved state, or a fresh one whose first due time is the first at or after `now`. */
-  private stateOf(job: ScheduledJob, now: number): JobState {
-    const saved = this.store.jobState(job.definition.name);
+  private async stateOf(tx: ScheduleRecord, job: ScheduledJob, now: number): Promise<JobState> {
+    const saved = await tx.jobState(job.definition.name);
     if (saved !== undefined) return saved;
     const fresh: JobState = {
       job: job.definition.name,
@@ -541,16 +607,17 @@ export class Scheduler {
       counters: ZERO_COUNTERS,
       lastRunId: null,
     };
-    this.store.saveJobState(fresh);
+    await tx.saveJobState(fresh);
     return fresh;
   }
 
   /** The earliest open due time of any job, paused ones included so their counters stay current. */
-  private nextWake(): number | null {
+  private async nextWake(): Promise<number | null> {
     const now = this.clock.now();
     let next: number | null = null;
+    const states = new Map((await this.store.jobStates()).map((state) => [state.job, state]));
     for (const job of this.jobs) {
-      const state = this.store.jobState(job.definition.name);
+      const state = states.get(job.definition.name);
       const due = job.cadence.next(state?.cursor ?? now - 1);
       if (due !== null && (next === null || due < next)) next = due;
     }
@@ -568,18 +635,19 @@ export class Scheduler {
  * The status snapshot from the store alone, for `freshrec schedule status` in a process that does not run the
  * jobs: only names and cadences are needed.
  */
-export function readScheduleStatus(
-  store: ScheduleStore,
+export async function readScheduleStatus(
+  store: ScheduleRecord,
   jobs: ReadonlyArray<{ readonly name: JobName; readonly cadence: string }>,
   now: number,
   running: ScheduleStatus["running"] = null,
-): ScheduleStatus {
+): Promise<ScheduleStatus> {
+  const states = new Map((await store.jobStates()).map((state) => [state.job, state]));
   return {
     now,
     running,
-    jobs: jobs.map(({ name, cadence }) => {
-      const state = store.jobState(name);
-      const lastRun = state?.lastRunId == null ? null : (store.run(state.lastRunId) ?? null);
+    jobs: await Promise.all(jobs.map(async ({ name, cadence }) => {
+      const state = states.get(name);
+      const lastRun = state?.lastRunId == null ? null : ((await store.run(state.lastRunId)) ?? null);
       const paused = state?.paused ?? false;
       return {
         job: name,
@@ -592,7 +660,7 @@ export function readScheduleStatus(
         lastRun,
         nextDue: paused ? null : parseCadence(cadence).next(state?.cursor ?? now - 1),
       };
-    }),
+    })),
   };
 }
 

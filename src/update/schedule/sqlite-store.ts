@@ -1,19 +1,39 @@
 /**
- * SQLite adapter of the schedule store (better-sqlite3, synchronous, so each state change is one short
- * transaction). The file is `<workspace>/schedule.sqlite`, in WAL mode so `schedule status` can read while
- * `schedule run` writes.
+ * SQLite adapter of the schedule store (better-sqlite3). The file is `<workspace>/schedule.sqlite`, in WAL mode so
+ * `schedule status` can read while `schedule run` writes; ":memory:" gives a private store (replay, tests).
+ *
+ * better-sqlite3 is synchronous and has one connection, while the contract's transactions take an asynchronous body:
+ * a transaction is BEGIN IMMEDIATE ... COMMIT around the awaited body, and every other call on the store waits its
+ * turn in this process (otherwise it would run inside the open transaction and be rolled back with it). IMMEDIATE
+ * takes the file's write lock at the start, so another process's read-modify-write (a pause) waits instead of failing
+ * at commit.
+ *
+ * The driver lease is a row naming the driving process: on an embedded workspace every process runs on one host (its
+ * DuckDB file admits one process), so a row naming a process that no longer exists, or another host (a copied
+ * workspace), is stale and taken over.
  *
  * @example
  * const store = SqliteScheduleStore.open(scheduleStorePath(".freshrec"));
  * const scheduler = new Scheduler({ jobs, store, clock: new SystemClock() });
  */
+import { hostname } from "node:os";
 import { join, resolve } from "node:path";
 import Database from "better-sqlite3";
 import { type StoreFileKind, openStoreFile } from "../../data/store-file.js";
 import { FreshrecError } from "../../domain/errors.js";
 import { ScheduleStoreError } from "./errors.js";
-import type { RunEnd, RunQuery, RunStart, ScheduleStore } from "./store.js";
-import { ZERO_COUNTERS, type JobCounters, type JobState, type RunRecord } from "./types.js";
+import { SqlScheduleRecord, type ScheduleStatement } from "./schedule-sql.js";
+import {
+  ScheduleDriverHeldError,
+  type DriverLease,
+  type RunEnd,
+  type RunQuery,
+  type RunStart,
+  type ScheduleDriver,
+  type ScheduleRecord,
+  type ScheduleStoreContract,
+} from "./store.js";
+import type { JobState, RunRecord } from "./types.js";
 
 export const SCHEDULE_STORE_FILE = "schedule.sqlite";
 
@@ -21,6 +41,10 @@ export function scheduleStorePath(workspace: string): string {
   return join(workspace, SCHEDULE_STORE_FILE);
 }
 
+/**
+ * Still 1: what was added since (the driver table, the unique index) is created on open and ignored by older freshrec
+ * versions, which would otherwise refuse the file as newer.
+ */
 const SCHEMA_VERSION = 1;
 
 const SCHEMA = `
@@ -37,7 +61,9 @@ CREATE TABLE IF NOT EXISTS schedule_runs (
   detail TEXT,
   error TEXT
 );
-CREATE INDEX IF NOT EXISTS schedule_runs_job_due ON schedule_runs (job, due);
+-- A job runs each due time once (schedule-sql.ts's begin relies on it); it replaces the plain index of the first files.
+CREATE UNIQUE INDEX IF NOT EXISTS schedule_runs_once ON schedule_runs (job, due);
+DROP INDEX IF EXISTS schedule_runs_job_due;
 CREATE TABLE IF NOT EXISTS schedule_jobs (
   job TEXT PRIMARY KEY,
   cursor INTEGER NOT NULL,
@@ -47,6 +73,12 @@ CREATE TABLE IF NOT EXISTS schedule_jobs (
   consecutive_failures INTEGER NOT NULL,
   counters TEXT NOT NULL,
   last_run_id INTEGER
+);
+CREATE TABLE IF NOT EXISTS schedule_driver (
+  slot INTEGER PRIMARY KEY CHECK (slot = 1),
+  host TEXT NOT NULL,
+  pid INTEGER NOT NULL,
+  since INTEGER NOT NULL
 );
 `;
 
@@ -64,33 +96,17 @@ function migrate(db: Database.Database): void {
   db.pragma(`user_version = ${SCHEMA_VERSION}`);
 }
 
-interface RunRow {
-  id: number;
-  job: string;
-  due: number;
-  trigger: string;
-  started_at: number;
-  ended_at: number | null;
-  status: string;
-  duration_seconds: number | null;
-  cost: string | null;
-  detail: string | null;
-  error: string | null;
-}
+export class SqliteScheduleStore implements ScheduleStoreContract {
+  private readonly record: SqlScheduleRecord;
+  /** The end of the last call queued on the one connection: each call, and each whole transaction, takes its turn. */
+  private turn: Promise<unknown> = Promise.resolve();
 
-interface JobRow {
-  job: string;
-  cursor: number;
-  paused: number;
-  pause_reason: string | null;
-  paused_at: number | null;
-  consecutive_failures: number;
-  counters: string;
-  last_run_id: number | null;
-}
-
-export class SqliteScheduleStore implements ScheduleStore {
-  private constructor(private readonly db: Database.Database) {}
+  private constructor(
+    private readonly db: Database.Database,
+    readonly location: string,
+  ) {
+    this.record = new SqlScheduleRecord(this.statement, location);
+  }
 
   /**
    * Opens (creating if needed) the store at `path`; ":memory:" gives a private in-memory database. A file that is
@@ -108,144 +124,119 @@ export class SqliteScheduleStore implements ScheduleStore {
       if (error instanceof FreshrecError) throw error;
       throw new ScheduleStoreError(`cannot open the schedule store ${file}: ${String(error)}`, "open", { cause: error });
     }
-    return new SqliteScheduleStore(db);
+    return new SqliteScheduleStore(db, file);
   }
 
-  begin(run: RunStart): number {
-    const sql =
-      "INSERT INTO schedule_runs (job, due, trigger, started_at, status) VALUES (?, ?, ?, ?, 'running')";
-    const result = this.exec(sql, () => this.db.prepare(sql).run(run.job, run.due, run.trigger, run.startedAt));
-    return Number(result.lastInsertRowid);
-  }
-
-  finish(id: number, end: RunEnd): void {
-    const sql =
-      "UPDATE schedule_runs SET ended_at = ?, status = ?, duration_seconds = ?, cost = ?, detail = ?, error = ? WHERE id = ?";
-    const result = this.exec(sql, () =>
-      this.db
-        .prepare(sql)
-        .run(
-          end.endedAt,
-          end.status,
-          end.durationSeconds,
-          end.cost === null ? null : jsonOf(end.cost),
-          end.detail === null ? null : jsonOf(end.detail),
-          end.error,
-          id,
-        ),
-    );
-    if (result.changes !== 1) throw new ScheduleStoreError(`no run ${id} to finish`, sql);
-  }
-
-  run(id: number): RunRecord | undefined {
-    const sql = "SELECT * FROM schedule_runs WHERE id = ?";
-    const row = this.exec(sql, () => this.db.prepare(sql).get(id) as RunRow | undefined);
-    return row === undefined ? undefined : toRunRecord(row);
-  }
-
-  runs(query: RunQuery = {}): RunRecord[] {
-    const where: string[] = [];
-    const params: (string | number)[] = [];
-    if (query.job !== undefined) (where.push("job = ?"), params.push(query.job));
-    if (query.status !== undefined) (where.push("status = ?"), params.push(query.status));
-    if (query.dueFrom !== undefined) (where.push("due >= ?"), params.push(query.dueFrom));
-    if (query.dueTo !== undefined) (where.push("due < ?"), params.push(query.dueTo));
-    const filter = where.length === 0 ? "" : `WHERE ${where.join(" AND ")}`;
-    const limit = query.limit === undefined ? "" : `LIMIT ${Math.max(0, Math.floor(query.limit))}`;
-    // Newest first for LIMIT, then flipped so callers always read oldest first.
-    const sql = `SELECT * FROM schedule_runs ${filter} ORDER BY started_at DESC, id DESC ${limit}`;
-    const rows = this.exec(sql, () => this.db.prepare(sql).all(...params) as RunRow[]);
-    return rows.reverse().map(toRunRecord);
-  }
-
-  jobState(job: string): JobState | undefined {
-    const sql = "SELECT * FROM schedule_jobs WHERE job = ?";
-    const row = this.exec(sql, () => this.db.prepare(sql).get(job) as JobRow | undefined);
-    return row === undefined ? undefined : toJobState(row);
-  }
-
-  jobStates(): JobState[] {
-    const sql = "SELECT * FROM schedule_jobs ORDER BY job";
-    return this.exec(sql, () => this.db.prepare(sql).all() as JobRow[]).map(toJobState);
-  }
-
-  saveJobState(state: JobState): void {
-    const sql = `INSERT INTO schedule_jobs (job, cursor, paused, pause_reason, paused_at, consecutive_failures, counters, last_run_id)
-      VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-      ON CONFLICT (job) DO UPDATE SET cursor = excluded.cursor, paused = excluded.paused,
-        pause_reason = excluded.pause_reason, paused_at = excluded.paused_at,
-        consecutive_failures = excluded.consecutive_failures, counters = excluded.counters,
-        last_run_id = excluded.last_run_id`;
-    this.exec(sql, () =>
-      this.db
-        .prepare(sql)
-        .run(
-          state.job,
-          state.cursor,
-          state.paused ? 1 : 0,
-          state.pauseReason,
-          state.pausedAt,
-          state.consecutiveFailures,
-          JSON.stringify(state.counters),
-          state.lastRunId,
-        ),
-    );
-  }
-
-  transaction<T>(body: () => T): T {
-    return this.db.transaction(body)();
-  }
-
-  close(): void {
-    if (this.db.open) this.db.close();
-  }
-
-  private exec<T>(statement: string, body: () => T): T {
+  private readonly statement: ScheduleStatement = async <R>(sql: string, params: readonly (string | number | null)[] = []) => {
     try {
-      return body();
+      const prepared = this.db.prepare(sql);
+      if (prepared.reader) return prepared.all(...params) as R[];
+      prepared.run(...params);
+      return [];
     } catch (error) {
-      if (error instanceof ScheduleStoreError) throw error;
-      throw new ScheduleStoreError(`schedule store: ${String(error)}`, statement, { cause: error });
+      throw new ScheduleStoreError(`schedule store ${this.location}: ${String(error)}`, sql, { cause: error });
+    }
+  };
+
+  private inTurn<T>(work: () => Promise<T>): Promise<T> {
+    const result = this.turn.then(work);
+    this.turn = result.catch(() => undefined);
+    return result;
+  }
+
+  begin(run: RunStart): Promise<number> {
+    return this.inTurn(() => this.record.begin(run));
+  }
+
+  finish(id: number, end: RunEnd): Promise<void> {
+    return this.inTurn(() => this.record.finish(id, end));
+  }
+
+  run(id: number): Promise<RunRecord | undefined> {
+    return this.inTurn(() => this.record.run(id));
+  }
+
+  runs(query?: RunQuery): Promise<RunRecord[]> {
+    return this.inTurn(() => this.record.runs(query));
+  }
+
+  jobState(job: string): Promise<JobState | undefined> {
+    return this.inTurn(() => this.record.jobState(job));
+  }
+
+  jobStates(): Promise<JobState[]> {
+    return this.inTurn(() => this.record.jobStates());
+  }
+
+  saveJobState(state: JobState): Promise<void> {
+    return this.inTurn(() => this.record.saveJobState(state));
+  }
+
+  transaction<T>(body: (tx: ScheduleRecord) => Promise<T>): Promise<T> {
+    return this.inTurn(() => this.atomically(() => body(this.record)));
+  }
+
+  /** `work` between BEGIN IMMEDIATE and COMMIT, rolled back if it throws; the caller holds the turn. */
+  private async atomically<T>(work: () => Promise<T>): Promise<T> {
+    await this.statement("BEGIN IMMEDIATE");
+    try {
+      const result = await work();
+      await this.statement("COMMIT");
+      return result;
+    } catch (error) {
+      if (this.db.inTransaction) this.db.exec("ROLLBACK");
+      throw error;
     }
   }
-}
 
-/** A job's detail is its own business: one that JSON cannot hold must not lose the run's record. */
-function jsonOf(value: unknown): string {
-  try {
-    return JSON.stringify(value);
-  } catch (error) {
-    return JSON.stringify({ unserialisable: error instanceof Error ? error.message : String(error) });
+  claimDriver(driver: ScheduleDriver): Promise<DriverLease> {
+    return this.inTurn(() =>
+      this.atomically(async () => {
+        const held = await this.liveDriver();
+        if (held !== null) throw new ScheduleDriverHeldError(this.location, held);
+        await this.record.recordDriver(driver);
+        return {
+          driver,
+          check: () =>
+            this.inTurn(async () => {
+              const recorded = await this.record.recordedDriver();
+              if (recorded === null || !sameDriver(recorded, driver)) {
+                throw new ScheduleStoreError(`${this.location}: this process no longer drives the schedule (the record names ${recorded === null ? "no one" : `host ${recorded.host} pid ${recorded.pid}`})`, "check");
+              }
+            }),
+          release: () => this.inTurn(() => this.record.forgetDriver(driver)),
+        };
+      }),
+    );
+  }
+
+  driver(): Promise<ScheduleDriver | null> {
+    return this.inTurn(() => this.liveDriver());
+  }
+
+  /** The recorded driver if its process still runs on this host. */
+  private async liveDriver(): Promise<ScheduleDriver | null> {
+    const recorded = await this.record.recordedDriver();
+    return recorded !== null && recorded.host === hostname() && processRuns(recorded.pid) ? recorded : null;
+  }
+
+  async close(): Promise<void> {
+    // After whatever is queued, so a caller's last write is not cut off.
+    await this.turn;
+    if (this.db.open) this.db.close();
   }
 }
 
-function toRunRecord(row: RunRow): RunRecord {
-  return {
-    id: row.id,
-    job: row.job,
-    due: row.due,
-    trigger: row.trigger as RunRecord["trigger"],
-    startedAt: row.started_at,
-    endedAt: row.ended_at,
-    status: row.status as RunRecord["status"],
-    durationSeconds: row.duration_seconds,
-    cost: row.cost === null ? null : JSON.parse(row.cost),
-    detail: row.detail === null ? null : JSON.parse(row.detail),
-    error: row.error,
-  };
+function sameDriver(a: ScheduleDriver, b: ScheduleDriver): boolean {
+  return a.host === b.host && a.pid === b.pid && a.since === b.since;
 }
 
-function toJobState(row: JobRow): JobState {
-  // Counters added in later versions read as zero from older rows.
-  const counters: JobCounters = { ...ZERO_COUNTERS, ...(JSON.parse(row.counters) as Partial<JobCounters>) };
-  return {
-    job: row.job,
-    cursor: row.cursor,
-    paused: row.paused === 1,
-    pauseReason: row.pause_reason,
-    pausedAt: row.paused_at,
-    consecutiveFailures: row.consecutive_failures,
-    counters,
-    lastRunId: row.last_run_id,
-  };
+/** Whether a process with this id exists (EPERM: it does, under another user). */
+function processRuns(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === "EPERM";
+  }
 }

@@ -12,7 +12,7 @@ import {
   type JobDefinition,
   type JobOutcome,
   type SchedulerOptions,
-  type ScheduleStore,
+  type ScheduleStoreContract,
 } from "../../../src/update/schedule/index.js";
 
 const t = (iso: string) => Date.parse(iso);
@@ -41,7 +41,7 @@ function job(name: string, cadence: string, calls: Call[], ms = 0, outcome: JobO
   };
 }
 
-let stores: ScheduleStore[] = [];
+let stores: ScheduleStoreContract[] = [];
 let running: Scheduler[] = [];
 
 beforeEach(() => {
@@ -51,10 +51,10 @@ beforeEach(() => {
 afterEach(async () => {
   for (const s of running.splice(0)) await s.stop();
   vi.useRealTimers();
-  for (const store of stores.splice(0)) store.close();
+  for (const store of stores.splice(0)) await store.close();
 });
 
-function live(jobs: JobDefinition[], options: SchedulerOptions = {}, store?: ScheduleStore) {
+function live(jobs: JobDefinition[], options: SchedulerOptions = {}, store?: ScheduleStoreContract) {
   const own = store ?? SqliteScheduleStore.open(":memory:");
   if (store === undefined) stores.push(own);
   const scheduler = new Scheduler({ jobs, store: own, clock: new SystemClock(), recheckMs: HOUR, ...options });
@@ -77,7 +77,7 @@ describe("live driver (fake timers)", () => {
       ["refresh", "scheduled", "2025-01-03T06:00:00.000Z", "2025-01-03T06:00:00.000Z"],
     ]);
     expect(calls[0].endedAt).toBe(t("2025-01-02T04:00:00Z"));
-    const [finetune, refresh] = scheduler.status().jobs;
+    const [finetune, refresh] = (await scheduler.status()).jobs;
     expect(refresh.counters).toMatchObject({ runs: 2, skipped: 1, missed: 0 });
     expect(finetune.counters).toMatchObject({ runs: 1, succeeded: 1 });
     expect(finetune.lastRun).toMatchObject({ startedAt: t("2025-01-01"), endedAt: t("2025-01-02T04:00:00Z"), status: "succeeded" });
@@ -91,10 +91,10 @@ describe("live driver (fake timers)", () => {
     const calls: Call[] = [];
     const { scheduler } = live([job("finetune", DEFAULT_FINETUNE_CADENCE, calls, 10 * HOUR)]);
     await vi.advanceTimersByTimeAsync(2 * HOUR);
-    expect(scheduler.status().running).toEqual({ job: "finetune", due: t("2025-01-01"), startedAt: t("2025-01-01") });
+    expect((await scheduler.status()).running).toEqual({ job: "finetune", due: t("2025-01-01"), startedAt: t("2025-01-01") });
     expect(vi.getTimerCount()).toBe(1); // the job's 10-hour sleep
     await vi.advanceTimersByTimeAsync(10 * HOUR);
-    expect(scheduler.status().running).toBeNull();
+    expect((await scheduler.status()).running).toBeNull();
     expect(vi.getTimerCount()).toBe(1); // the scheduler's one timer
   });
 
@@ -110,7 +110,7 @@ describe("live driver (fake timers)", () => {
       ["refresh", "buffered", t("2025-01-01T06:00:00Z"), t("2025-01-02T04:00:00Z")],
       ["refresh", "scheduled", t("2025-01-02T06:00:00Z"), t("2025-01-02T06:00:00Z")],
     ]);
-    expect(scheduler.status().jobs[1].counters.skipped).toBe(0);
+    expect((await scheduler.status()).jobs[1].counters.skipped).toBe(0);
   });
 
   it("stop() aborts the running job's signal, records it cancelled and leaves no timer", async () => {
@@ -137,8 +137,8 @@ describe("live driver (fake timers)", () => {
     await scheduler.stop();
     await expect(done).resolves.toBeUndefined();
     expect(vi.getTimerCount()).toBe(0);
-    expect(store.runs()).toMatchObject([{ job: "finetune", status: "cancelled", error: "the scheduler is stopping" }]);
-    expect(scheduler.status().jobs[0].counters).toMatchObject({ runs: 1, cancelled: 1, failed: 0 });
+    expect(await store.runs()).toMatchObject([{ job: "finetune", status: "cancelled", error: "the scheduler is stopping" }]);
+    expect((await scheduler.status()).jobs[0].counters).toMatchObject({ runs: 1, cancelled: 1, failed: 0 });
   });
 
   it("a restart after a gap catches up once (coalesced) and counts the older due times as missed", async () => {
@@ -157,7 +157,7 @@ describe("live driver (fake timers)", () => {
       ["scheduled", t("2025-01-02"), t("2025-01-02")],
       ["catch-up", t("2025-01-10"), t("2025-01-10T12:00:00Z")],
     ]);
-    expect(second.scheduler.status().jobs[0].counters).toMatchObject({ runs: 3, missed: 7 }); // 01-03 .. 01-09
+    expect((await second.scheduler.status()).jobs[0].counters).toMatchObject({ runs: 3, missed: 7 }); // 01-03 .. 01-09
     await vi.advanceTimersByTimeAsync(DAY_MS);
     expect(calls.at(-1)).toMatchObject({ trigger: "scheduled", asOf: t("2025-01-11"), startedAt: t("2025-01-11") });
   });
@@ -183,8 +183,8 @@ describe("live driver (fake timers)", () => {
     await vi.advanceTimersByTimeAsync(3 * DAY_MS); // until 01-03T23:00
     expect(calls.filter((c) => c.job === "finetune")).toHaveLength(1);
     expect(calls.filter((c) => c.job === "refresh")).toHaveLength(3);
-    expect(scheduler.status().jobs[0]).toMatchObject({ paused: true, counters: { halted: 1, skippedWhilePaused: 2 } });
-    scheduler.resume("finetune");
+    expect((await scheduler.status()).jobs[0]).toMatchObject({ paused: true, counters: { halted: 1, skippedWhilePaused: 2 } });
+    await scheduler.resume("finetune");
     await vi.advanceTimersByTimeAsync(HOUR + 1);
     expect(calls.at(-1)).toMatchObject({ job: "finetune", asOf: t("2025-01-04"), startedAt: t("2025-01-04") });
   });
@@ -204,10 +204,10 @@ describe("live driver (fake timers)", () => {
     const { store } = live(jobs, { recheckMs: HOUR });
     await vi.advanceTimersByTimeAsync(2 * HOUR); // 01-01 ran
     // `freshrec schedule pause refresh` in another process: its own Scheduler over the same store.
-    new Scheduler({ jobs, store, clock: new SystemClock() }).pause("refresh", "operator");
+    await new Scheduler({ jobs, store, clock: new SystemClock() }).pause("refresh", "operator");
     await vi.advanceTimersByTimeAsync(3 * DAY_MS);
     expect(calls.map((c) => c.asOf)).toEqual([t("2025-01-01")]);
-    expect(store.jobState("refresh")).toMatchObject({ paused: true, pauseReason: "operator" });
+    expect(await store.jobState("refresh")).toMatchObject({ paused: true, pauseReason: "operator" });
   });
 
   it("resuming a job that is not paused changes nothing (its missed due times stay open for catch-up)", async () => {
@@ -219,8 +219,8 @@ describe("live driver (fake timers)", () => {
     await vi.advanceTimersByTimeAsync(2 * HOUR);
     await first.scheduler.stop();
     vi.setSystemTime(t("2025-01-05T12:00:00Z"));
-    const before = store.jobState("refresh");
-    expect(new Scheduler({ jobs, store, clock: new SystemClock() }).resume("refresh")).toEqual(before);
+    const before = await store.jobState("refresh");
+    expect(await new Scheduler({ jobs, store, clock: new SystemClock() }).resume("refresh")).toEqual(before);
     live(jobs, {}, store);
     await vi.advanceTimersByTimeAsync(0);
     expect(calls.at(-1)).toMatchObject({ trigger: "catch-up", asOf: t("2025-01-05") });

@@ -18,7 +18,7 @@ import {
   type JobDefinition,
   type JobOutcome,
   type SchedulerOptions,
-  type ScheduleStore,
+  type ScheduleStoreContract,
 } from "../../../src/update/schedule/index.js";
 
 const t = (iso: string) => Date.parse(iso);
@@ -48,14 +48,14 @@ function job(
   };
 }
 
-const stores: ScheduleStore[] = [];
+const stores: ScheduleStoreContract[] = [];
 const dirs: string[] = [];
-afterEach(() => {
-  for (const store of stores.splice(0)) store.close();
+afterEach(async () => {
+  for (const store of stores.splice(0)) await store.close();
   for (const dir of dirs.splice(0)) rmSync(dir, { recursive: true, force: true });
 });
 
-function memoryStore(): ScheduleStore {
+function memoryStore(): ScheduleStoreContract {
   const store = SqliteScheduleStore.open(":memory:");
   stores.push(store);
   return store;
@@ -124,7 +124,7 @@ describe("simulate: cadence", () => {
     expect(asOfs(two, "finetune")).toEqual(["2025-01-01"]);
     await s.simulate({ from: t("2025-02-01"), to: t("2025-04-01") });
     expect(two.map((c) => [c.job, c.asOf])).toEqual(one.map((c) => [c.job, c.asOf]));
-    expect(s.status().jobs[0].counters.missed).toBe(0);
+    expect((await s.status()).jobs[0].counters.missed).toBe(0);
   });
 
   it("refuses a clock that is not virtual, a reversed window and a clock already past from", async () => {
@@ -137,7 +137,7 @@ describe("simulate: cadence", () => {
     await expect(s.simulate({ from: t("2025-03-01"), to: t("2025-02-01") })).rejects.toThrow(/from <= to/);
     await expect(s.simulate({ from: t("2025-01-01"), to: t("2025-02-01") })).rejects.toThrow(/already past/);
     expect(() => scheduler([job("r", "every 1 day", calls), job("r", "every 2 days", calls)], clock)).toThrow(/twice/);
-    expect(() => s.pause("nope")).toThrow(UnknownJobError);
+    await expect(s.pause("nope")).rejects.toThrow(UnknownJobError);
     expect(calls).toEqual([]);
   });
 });
@@ -161,7 +161,7 @@ describe("simulate: pause on halt and on failures", () => {
     expect(asOfs(calls, "finetune")).toEqual(["2025-01-01", "2025-02-01"]);
     expect(asOfs(calls, "refresh")).toHaveLength(45);
 
-    let [finetune] = s.status().jobs;
+    let [finetune] = (await s.status()).jobs;
     expect(finetune.paused).toBe(true);
     expect(finetune.pauseReason).toMatch(/halted by run \d+: exact-match rate 0.82 < 0.90/);
     expect(finetune.pausedAt).toBe(t("2025-02-01"));
@@ -169,8 +169,8 @@ describe("simulate: pause on halt and on failures", () => {
     expect(finetune.counters).toMatchObject({ runs: 2, succeeded: 1, halted: 1, skippedWhilePaused: 1 });
     expect(finetune.lastRun).toMatchObject({ status: "halted", due: t("2025-02-01"), detail: { modelVersion: "m-2" } });
 
-    s.resume("finetune");
-    [finetune] = s.status().jobs;
+    await s.resume("finetune");
+    [finetune] = (await s.status()).jobs;
     expect(finetune.paused).toBe(false);
     expect(finetune.nextDue).toBe(t("2025-04-01"));
     await s.simulate({ from: t("2025-04-01"), to: t("2025-06-01") });
@@ -217,14 +217,14 @@ describe("simulate: pause on halt and on failures", () => {
     // Days 1..7 run; 5, 6, 7 are three failures in a row, so the job pauses after day 7.
     expect(asOfs(calls, "refresh")).toEqual(["2025-01-01", "2025-01-02", "2025-01-03", "2025-01-04", "2025-01-05", "2025-01-06", "2025-01-07"]);
     expect(asOfs(calls, "other")).toHaveLength(14);
-    const [refresh] = s.status().jobs;
+    const [refresh] = (await s.status()).jobs;
     expect(refresh.counters).toMatchObject({ runs: 7, succeeded: 2, failed: 5, skippedWhilePaused: 7 });
     expect(refresh.consecutiveFailures).toBe(3);
     expect(refresh.paused).toBe(true);
     expect(refresh.pauseReason).toMatch(/failed 3 times in a row \(last, run \d+: day 7 failed\)/);
-    const thrown = s.status().jobs[0];
+    const thrown = (await s.status()).jobs[0];
     expect(thrown.lastRun?.error).toBe("day 7 failed");
-    const log = stores[0].runs({ job: "refresh", dueFrom: t("2025-01-06"), dueTo: t("2025-01-07") });
+    const log = await stores[0].runs({ job: "refresh", dueFrom: t("2025-01-06"), dueTo: t("2025-01-07") });
     expect(log.map((r) => [r.status, r.error])).toEqual([["failed", "disk full"]]);
   });
 
@@ -233,14 +233,14 @@ describe("simulate: pause on halt and on failures", () => {
     const clock = new VirtualClock(0);
     const s = scheduler([job("a", "every 1 day from 2025-01-01", calls), job("b", "every 1 day from 2025-01-01", calls)], clock);
     await s.simulate({ from: t("2025-01-01"), to: t("2025-01-03") });
-    s.pause("a", "maintenance");
-    expect(s.status().jobs[0]).toMatchObject({ paused: true, pauseReason: "maintenance", nextDue: null });
+    await s.pause("a", "maintenance");
+    expect((await s.status()).jobs[0]).toMatchObject({ paused: true, pauseReason: "maintenance", nextDue: null });
     await s.simulate({ from: t("2025-01-03"), to: t("2025-01-06") });
-    s.resume("a");
+    await s.resume("a");
     await s.simulate({ from: t("2025-01-06"), to: t("2025-01-08") });
     expect(asOfs(calls, "a")).toEqual(["2025-01-01", "2025-01-02", "2025-01-06", "2025-01-07"]);
     expect(asOfs(calls, "b")).toHaveLength(7);
-    expect(s.status().jobs[0].counters.skippedWhilePaused).toBe(3);
+    expect((await s.status()).jobs[0].counters.skippedWhilePaused).toBe(3);
   });
 });
 
@@ -263,7 +263,7 @@ describe("simulate: overlap with simulated durations", () => {
       ["refresh", "2025-01-01", "2025-01-04"],
       ...["05", "06", "07", "08", "09"].map((d) => ["refresh", `2025-01-${d}`, `2025-01-${d}`]),
     ]);
-    const [, refresh] = s.status().jobs;
+    const [, refresh] = (await s.status()).jobs;
     expect(refresh.counters).toMatchObject({ runs: 6, skipped: 3, missed: 0 });
     for (const call of calls) expect(call.asOf).toBeLessThanOrEqual(call.now);
   });
@@ -287,7 +287,7 @@ describe("simulate: overlap with simulated durations", () => {
       ["refresh", "buffered", t("2025-01-03"), t("2025-01-03T12:00:00Z")],
       ["refresh", "scheduled", t("2025-01-04"), t("2025-01-04")],
     ]);
-    expect(s.status().jobs[1].counters.skipped).toBe(1); // 01-02, older than the buffered 01-03
+    expect((await s.status()).jobs[1].counters.skipped).toBe(1); // 01-02, older than the buffered 01-03
   });
 });
 
@@ -308,7 +308,7 @@ describe("catch-up and persistence", () => {
       ["refresh", "catch-up", "2025-03-14", t("2025-03-15T12:00:00Z")],
     ]);
     expect(asOfs(calls, "refresh")).toEqual(["2025-03-14", "2025-03-16", "2025-03-18"]);
-    const [finetune, refresh] = s.status().jobs;
+    const [finetune, refresh] = (await s.status()).jobs;
     expect(finetune.counters).toMatchObject({ runs: 2, missed: 1 }); // 02-01 missed, 03-01 caught up
     // Refreshes due 01-11 .. 03-12 (every other day) are missed: 31 of them.
     expect(refresh.counters).toMatchObject({ runs: 5 + 3, missed: 31 });
@@ -329,7 +329,7 @@ describe("catch-up and persistence", () => {
     const { runs } = await s.simulate({ from: t("2025-03-15T12:00:00Z"), to: t("2025-03-16") });
     // Fine-tune 03-01 is 14.5 days late: missed with 02-01. Refresh 03-14 is 1.5 days late: caught up.
     expect(runs.map((r) => [r.job, r.trigger, day(r.due)])).toEqual([["refresh", "catch-up", "2025-03-14"]]);
-    const [finetune, refresh] = s.status().jobs;
+    const [finetune, refresh] = (await s.status()).jobs;
     expect(finetune.counters).toMatchObject({ runs: 1, missed: 2 });
     expect(finetune.nextDue).toBe(t("2025-04-01"));
     expect(refresh.counters).toMatchObject({ runs: 2, missed: 35 }); // 01-03 .. 03-12
@@ -354,28 +354,28 @@ describe("catch-up and persistence", () => {
 
     let store = SqliteScheduleStore.open(path);
     await new Scheduler({ jobs, store, clock: new VirtualClock(0) }).simulate({ from: t("2025-01-01"), to: t("2025-02-15") });
-    const before = readScheduleStatus(store, jobs, t("2025-02-15"));
-    store.close();
+    const before = await readScheduleStatus(store, jobs, t("2025-02-15"));
+    await store.close();
 
     // A new process: new store handle, new scheduler, a clock that starts where the last one stopped.
     store = SqliteScheduleStore.open(path);
     stores.push(store);
-    expect(readScheduleStatus(store, jobs, t("2025-02-15"))).toEqual(before);
+    expect(await readScheduleStatus(store, jobs, t("2025-02-15"))).toEqual(before);
     const s = new Scheduler({ jobs, store, clock: new VirtualClock(0) });
-    expect(s.status().jobs[0]).toMatchObject({ paused: true, counters: { halted: 1 } });
+    expect((await s.status()).jobs[0]).toMatchObject({ paused: true, counters: { halted: 1 } });
     await s.simulate({ from: t("2025-02-15"), to: t("2025-04-01") });
 
     expect(asOfs(calls, "finetune")).toEqual(["2025-01-01", "2025-02-01"]); // still paused
     expect(asOfs(calls, "refresh")).toHaveLength(45); // no refresh twice, none lost
     expect(new Set(asOfs(calls, "refresh")).size).toBe(45);
-    const log = store.runs();
+    const log = await store.runs();
     expect(log).toHaveLength(47);
     expect(log.every((r) => r.status !== "running" && r.durationSeconds !== null && r.durationSeconds >= 0)).toBe(true);
-    const refreshRun = store.runs({ job: "refresh", limit: 1 })[0];
+    const refreshRun = (await store.runs({ job: "refresh", limit: 1 }))[0];
     expect(refreshRun).toMatchObject({ due: t("2025-03-30"), status: "succeeded", detail: { tableVersion: "t-1" } });
     expect(refreshRun.cost).toMatchObject({ promptsScored: 42 });
     expect(typeof refreshRun.cost?.cpuSeconds).toBe("number");
-    expect(store.runs({ job: "finetune" })[0].cost).toMatchObject({ tokensTrained: 1000 });
+    expect((await store.runs({ job: "finetune" }))[0].cost).toMatchObject({ tokensTrained: 1000 });
   });
 
   it("a run left running by a crash is failed as interrupted on the next start and not run again", async () => {
@@ -385,13 +385,13 @@ describe("catch-up and persistence", () => {
     const first = new Scheduler({ jobs, store, clock: new VirtualClock(0) });
     await first.simulate({ from: t("2025-01-01"), to: t("2025-01-02") });
     // What a crash mid-run leaves behind: the begin of the 01-02 run and its advanced cursor, no end.
-    const id = store.begin({ job: "refresh", due: t("2025-01-02"), trigger: "scheduled", startedAt: t("2025-01-02") });
-    store.saveJobState({ ...store.jobState("refresh")!, cursor: t("2025-01-02"), lastRunId: id });
+    const id = await store.begin({ job: "refresh", due: t("2025-01-02"), trigger: "scheduled", startedAt: t("2025-01-02") });
+    await store.saveJobState({ ...(await store.jobState("refresh"))!, cursor: t("2025-01-02"), lastRunId: id });
 
     const second = new Scheduler({ jobs, store, clock: new VirtualClock(0) });
     await second.simulate({ from: t("2025-01-02T06:00:00Z"), to: t("2025-01-04") });
-    expect(store.run(id)).toMatchObject({ status: "failed", endedAt: null, error: expect.stringMatching(/interrupted/) });
+    expect(await store.run(id)).toMatchObject({ status: "failed", endedAt: null, error: expect.stringMatching(/interrupted/) });
     expect(asOfs(calls, "refresh")).toEqual(["2025-01-01", "2025-01-03"]);
-    expect(second.status().jobs[0].counters).toMatchObject({ failed: 1, succeeded: 2 });
+    expect((await second.status()).jobs[0].counters).toMatchObject({ failed: 1, succeeded: 2 });
   });
 });

@@ -29,20 +29,20 @@ function refusal(file: string): StoreFileError {
 }
 
 /** A schedule store with a job's state and one run in it. */
-function storeWithState(): { workspace: string; file: string } {
+async function storeWithState(): Promise<{ workspace: string; file: string }> {
   const workspace = nextWorkspace();
   const file = scheduleStorePath(workspace);
   const store = SqliteScheduleStore.open(file);
-  const id = store.begin({ job: "refresh", due: 1000, trigger: "scheduled", startedAt: 1000 });
-  store.finish(id, { endedAt: 2000, status: "succeeded", durationSeconds: 1, cost: null, detail: null, error: null });
-  store.saveJobState({ job: "refresh", cursor: 2000, paused: false, pauseReason: null, pausedAt: null, consecutiveFailures: 0, counters: ZERO_COUNTERS, lastRunId: id });
-  store.close();
+  const id = await store.begin({ job: "refresh", due: 1000, trigger: "scheduled", startedAt: 1000 });
+  await store.finish(id, { endedAt: 2000, status: "succeeded", durationSeconds: 1, cost: null, detail: null, error: null });
+  await store.saveJobState({ job: "refresh", cursor: 2000, paused: false, pauseReason: null, pausedAt: null, consecutiveFailures: 0, counters: ZERO_COUNTERS, lastRunId: id });
+  await store.close();
   return { workspace, file };
 }
 
 describe("SqliteScheduleStore: the store file", () => {
-  it("refuses a file that is not a SQLite database, naming the file and the problem", () => {
-    const { file } = storeWithState();
+  it("refuses a file that is not a SQLite database, naming the file and the problem", async () => {
+    const { file } = await storeWithState();
     writeFileSync(file, Buffer.from(Array.from({ length: 8192 }, (_, k) => (k * 37 + 11) % 256)));
     const error = refusal(file);
     expect(error.code).toBe("BAD_INPUT");
@@ -52,8 +52,8 @@ describe("SqliteScheduleStore: the store file", () => {
     expect(error.message).toMatch(/backup/);
   });
 
-  it("refuses a store whose schema page is damaged, naming the file", () => {
-    const { file } = storeWithState();
+  it("refuses a store whose schema page is damaged, naming the file", async () => {
+    const { file } = await storeWithState();
     const fd = openSync(file, "r+");
     writeSync(fd, Buffer.alloc(3000, 0x5a), 0, 3000, 100);
     closeSync(fd);
@@ -63,8 +63,8 @@ describe("SqliteScheduleStore: the store file", () => {
     expect(error.message).toMatch(/damaged/);
   });
 
-  it("refuses a 0-byte file instead of starting an empty store in it (it was a store that got truncated)", () => {
-    const { file } = storeWithState();
+  it("refuses a 0-byte file instead of starting an empty store in it (it was a store that got truncated)", async () => {
+    const { file } = await storeWithState();
     writeFileSync(file, "");
     const error = refusal(file);
     expect(error.code).toBe("BAD_INPUT");
@@ -73,18 +73,18 @@ describe("SqliteScheduleStore: the store file", () => {
     expect(statSync(file).size).toBe(0);
   });
 
-  it("creates a missing store file whole: never 0 bytes, no temporary file left", () => {
+  it("creates a missing store file whole: never 0 bytes, no temporary file left", async () => {
     const workspace = nextWorkspace();
     const file = scheduleStorePath(workspace);
     const store = SqliteScheduleStore.open(file);
     expect(statSync(file).size).toBeGreaterThan(0);
     expect(readdirSync(workspace).filter((f) => !/^schedule\.sqlite(-wal|-shm)?$/.test(f))).toEqual([]);
-    store.close();
-    SqliteScheduleStore.open(file).close();
+    await store.close();
+    await SqliteScheduleStore.open(file).close();
   });
 
-  it("freshrec schedule status on a damaged store exits 2 naming the file, without a stack trace", () => {
-    const { workspace, file } = storeWithState();
+  it("freshrec schedule status on a damaged store exits 2 naming the file, without a stack trace", async () => {
+    const { workspace, file } = await storeWithState();
     writeFileSync(file, Buffer.alloc(8192, 0x42));
     const r = spawnSync(process.execPath, [BIN, "--workspace", workspace, "schedule", "status"], { encoding: "utf8", timeout: 60_000 });
     expect(r.stderr).toContain(file);

@@ -1,152 +1,114 @@
 /**
- * The schedule store contract, written once so any further adapter runs the same suite (as the other stores'
- * conformance suites do). SQLite runs it in memory and on a file.
+ * The schedule store contract on both adapters (the workspace's SQLite file, PostgreSQL on a real throwaway server),
+ * and what each adapter does its own way: SQLite refuses a newer schema and takes over the lease of a process that
+ * is gone; PostgreSQL frees the lease when the driver's session ends and tells a driver whose session dropped.
  */
+import { spawnSync } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { hostname, tmpdir } from "node:os";
 import { join } from "node:path";
 import Database from "better-sqlite3";
+import pg from "pg";
 import { afterAll, describe, expect, it } from "vitest";
-import {
-  ScheduleStoreError,
-  SqliteScheduleStore,
-  ZERO_COUNTERS,
-  type JobState,
-  type ScheduleStore,
-} from "../../../src/update/schedule/index.js";
+import { PostgresScheduleStore, ScheduleDriverHeldError, SqliteScheduleStore } from "../../../src/update/schedule/index.js";
+import { usePostgresCluster } from "../../data/postgres-cluster.js";
+import { scheduleStoreConformance } from "./store-conformance.js";
 
-function describeScheduleStore(adapter: string, open: () => ScheduleStore) {
-  describe(`schedule store conformance: ${adapter}`, () => {
-    it("logs a run at its start and completes it once at its end", () => {
-      const store = open();
-      const id = store.begin({ job: "refresh", due: 1000, trigger: "scheduled", startedAt: 1005 });
-      expect(store.run(id)).toEqual({
-        id,
-        job: "refresh",
-        due: 1000,
-        trigger: "scheduled",
-        startedAt: 1005,
-        endedAt: null,
-        status: "running",
-        durationSeconds: null,
-        cost: null,
-        detail: null,
-        error: null,
-      });
-      store.finish(id, {
-        endedAt: 2000,
-        status: "succeeded",
-        durationSeconds: 1.5,
-        cost: { promptsScored: 90_000, cpuSeconds: 3.25 },
-        detail: { tableVersion: "t-7", nested: { pairs: [1, 2] } },
-        error: null,
-      });
-      expect(store.run(id)).toMatchObject({
-        endedAt: 2000,
-        status: "succeeded",
-        durationSeconds: 1.5,
-        cost: { promptsScored: 90_000, cpuSeconds: 3.25 },
-        detail: { tableVersion: "t-7", nested: { pairs: [1, 2] } },
-      });
-      expect(store.run(id + 1000)).toBeUndefined();
-      expect(() => store.finish(id + 1000, { endedAt: 1, status: "failed", durationSeconds: 0, cost: null, detail: null, error: "x" })).toThrow(
-        ScheduleStoreError,
-      );
-      store.close();
-    });
-
-    it("keeps the run even when the job's detail is not JSON", () => {
-      const store = open();
-      const id = store.begin({ job: "j", due: 1, trigger: "scheduled", startedAt: 1 });
-      store.finish(id, { endedAt: 2, status: "succeeded", durationSeconds: 0, cost: null, detail: { big: 1n }, error: null });
-      expect(store.run(id)?.detail).toMatchObject({ unserialisable: expect.any(String) });
-      store.close();
-    });
-
-    it("queries runs by job, status and due window; limit keeps the newest, returned oldest first", () => {
-      const store = open();
-      for (let day = 1; day <= 5; day++) {
-        for (const job of ["finetune", "refresh"]) {
-          const id = store.begin({ job, due: day * 100, trigger: "scheduled", startedAt: day * 100 + (job === "refresh" ? 1 : 0) });
-          if (day < 5) store.finish(id, { endedAt: day * 100 + 50, status: "succeeded", durationSeconds: 0, cost: null, detail: null, error: null });
-        }
-      }
-      expect(store.runs()).toHaveLength(10);
-      expect(store.runs({ job: "refresh" }).map((r) => r.due)).toEqual([100, 200, 300, 400, 500]);
-      expect(store.runs({ job: "refresh", limit: 2 }).map((r) => r.due)).toEqual([400, 500]);
-      expect(store.runs({ dueFrom: 200, dueTo: 400 }).map((r) => `${r.job}@${r.due}`)).toEqual([
-        "finetune@200",
-        "refresh@200",
-        "finetune@300",
-        "refresh@300",
-      ]);
-      expect(store.runs({ status: "running" }).map((r) => r.job)).toEqual(["finetune", "refresh"]);
-      store.close();
-    });
-
-    it("saves and replaces job state", () => {
-      const store = open();
-      const state: JobState = {
-        job: "finetune",
-        cursor: 123,
-        paused: true,
-        pauseReason: "halted",
-        pausedAt: 120,
-        consecutiveFailures: 2,
-        counters: { ...ZERO_COUNTERS, runs: 4, halted: 1, missed: 3 },
-        lastRunId: 9,
-      };
-      expect(store.jobState("finetune")).toBeUndefined();
-      store.saveJobState(state);
-      expect(store.jobState("finetune")).toEqual(state);
-      store.saveJobState({ ...state, paused: false, pauseReason: null, pausedAt: null, cursor: 456 });
-      expect(store.jobState("finetune")).toMatchObject({ paused: false, pauseReason: null, cursor: 456 });
-      store.saveJobState({ ...state, job: "refresh" });
-      expect(store.jobStates().map((s) => s.job)).toEqual(["finetune", "refresh"]);
-      store.close();
-    });
-
-    it("a transaction that throws leaves nothing behind", () => {
-      const store = open();
-      expect(() =>
-        store.transaction(() => {
-          store.begin({ job: "j", due: 1, trigger: "scheduled", startedAt: 1 });
-          store.saveJobState({
-            job: "j",
-            cursor: 1,
-            paused: false,
-            pauseReason: null,
-            pausedAt: null,
-            consecutiveFailures: 0,
-            counters: ZERO_COUNTERS,
-            lastRunId: null,
-          });
-          throw new Error("crash between the two writes");
-        }),
-      ).toThrow("crash");
-      expect(store.runs()).toEqual([]);
-      expect(store.jobState("j")).toBeUndefined();
-      expect(store.transaction(() => 42)).toBe(42);
-      store.close();
-    });
-  });
-}
-
+const database = usePostgresCluster();
 const dir = mkdtempSync(join(tmpdir(), "freshrec-schedule-store-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 let files = 0;
 
-describeScheduleStore("sqlite :memory:", () => SqliteScheduleStore.open(":memory:"));
-describeScheduleStore("sqlite file", () => SqliteScheduleStore.open(join(dir, `nested/${files++}/schedule.sqlite`)));
+scheduleStoreConformance("sqlite file", async () => {
+  const file = join(dir, `nested/${files++}/schedule.sqlite`);
+  return async () => SqliteScheduleStore.open(file);
+});
+scheduleStoreConformance("postgres", async () => {
+  const url = await database();
+  return () => PostgresScheduleStore.open(url);
+});
 
 describe("sqlite schedule store", () => {
-  it("refuses a file written by a newer schema, naming the file", () => {
+  it("refuses a file written by a newer schema, naming the file", async () => {
     const path = join(dir, "newer.sqlite");
-    SqliteScheduleStore.open(path).close();
+    await SqliteScheduleStore.open(path).close();
     // A newer freshrec having migrated the file.
     const raw = new Database(path);
     raw.pragma("user_version = 99");
     raw.close();
     expect(() => SqliteScheduleStore.open(path)).toThrow(/newer.sqlite.*schema version 99/);
+  });
+
+  it("takes over the lease of a process that is gone, not of one that runs", async () => {
+    const path = join(dir, "lease.sqlite");
+    const store = SqliteScheduleStore.open(path);
+    try {
+      // A process that has exited: its pid is free (reused pids aside, which the refusal would name).
+      const gone = spawnSync(process.execPath, ["-e", "process.stdout.write(String(process.pid))"], { encoding: "utf8" });
+      const dead = { host: hostname(), pid: Number(gone.stdout), since: 1 };
+      const raw = new Database(path);
+      raw.prepare("INSERT INTO schedule_driver (slot, host, pid, since) VALUES (1, ?, ?, ?)").run(dead.host, dead.pid, dead.since);
+      raw.close();
+      expect(await store.driver()).toBeNull();
+      const lease = await store.claimDriver({ host: hostname(), pid: process.pid, since: 2 });
+      expect(await store.driver()).toEqual({ host: hostname(), pid: process.pid, since: 2 });
+      // The lease's own record replaced behind its back (a copied workspace's process took it): the check says so.
+      const other = new Database(path);
+      other.prepare("UPDATE schedule_driver SET since = 3").run();
+      other.close();
+      await expect(lease.check()).rejects.toThrow(/no longer drives the schedule/);
+      await lease.release();
+    } finally {
+      await store.close();
+    }
+  });
+
+  it("an in-memory store is private to its handle", async () => {
+    const a = SqliteScheduleStore.open(":memory:");
+    const b = SqliteScheduleStore.open(":memory:");
+    await a.begin({ job: "refresh", due: 1, trigger: "scheduled", startedAt: 1 });
+    expect(await b.runs()).toEqual([]);
+    await a.close();
+    await b.close();
+  });
+});
+
+describe("postgres schedule store", () => {
+  it("a driver whose session ends frees the schedule at once; its own check then fails", async () => {
+    const url = await database();
+    const [a, b] = [await PostgresScheduleStore.open(url), await PostgresScheduleStore.open(url)];
+    try {
+      const lease = await a.claimDriver({ host: "worker-a", pid: 11, since: 1 });
+      await expect(b.claimDriver({ host: "worker-b", pid: 22, since: 2 })).rejects.toBeInstanceOf(ScheduleDriverHeldError);
+      // The worker's host dies: its session is gone (terminated here from outside, as the server does on a lost client).
+      const admin = new pg.Client({ connectionString: url });
+      await admin.connect();
+      try {
+        const { rows } = await admin.query("SELECT backend_pid FROM schedule_driver");
+        expect(rows).toHaveLength(1);
+        await admin.query("SELECT pg_terminate_backend($1)", [rows[0].backend_pid]);
+      } finally {
+        await admin.end();
+      }
+      expect(await b.driver()).toBeNull();
+      const taken = await b.claimDriver({ host: "worker-b", pid: 22, since: 2 });
+      expect(await a.driver()).toEqual({ host: "worker-b", pid: 22, since: 2 });
+      await expect(lease.check()).rejects.toThrow(/lost the schedule's driver lock/);
+      await lease.release();
+      // The lost lease's release took nothing from the new driver.
+      expect(await b.driver()).toEqual({ host: "worker-b", pid: 22, since: 2 });
+      await taken.release();
+    } finally {
+      await a.close();
+      await b.close();
+    }
+  });
+
+  it("several processes opening a new database at once create the schema once", async () => {
+    const url = await database();
+    const stores = await Promise.all(Array.from({ length: 4 }, () => PostgresScheduleStore.open(url)));
+    await stores[0].begin({ job: "refresh", due: 1, trigger: "scheduled", startedAt: 1 });
+    expect(await stores[3].runs()).toHaveLength(1);
+    for (const store of stores) await store.close();
   });
 });
