@@ -38,7 +38,7 @@ export interface PretrainOptions {
   readonly transitions: readonly (Transition & { readonly context?: readonly string[] })[];
   /**
    * Share of the transitions with a context that are trained relabelled (relabel.ts), so the model learns to read a
-   * context that contradicts what it memorised. @defaultValue 0
+   * context that contradicts what it memorised. @defaultValue 1
    */
   readonly relabelShare?: number;
   /** Held-out transitions (later than the training ones) for the accuracy report; absent skips it. */
@@ -153,7 +153,7 @@ export async function pretrainBaseModel(options: PretrainOptions): Promise<Pretr
       relabelContextSamples(
         options.transitions.map((t) => sampleOf(t, t.context)),
         options.clusters.map((c) => c.id),
-        { share: options.relabelShare ?? 0, seed: options.window?.to ?? 0 },
+        { share: options.relabelShare ?? 1, seed: options.window?.to ?? 0 },
       ),
       {
         outputPath: modelPath,

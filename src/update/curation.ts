@@ -16,9 +16,9 @@
  * 4. Samples carry RAG context the way refreshes will: the training part is cut into weeks (`rag.windowDays`), and
  *    a sample of week w gets, with probability `contextShare` (0.5), the context retrieved from the week before w
  *    (so never from its own or later data). The other samples have no context. The model thus learns to answer
- *    both prompt forms, and to use a retrieved successor as evidence rather than copy it. `relabelShare` of the
- *    samples with a context have their clusters renamed (src/llm/relabel.ts), so that memory cannot answer them
- *    and the context can: the model learns to follow a context that contradicts what it learnt.
+ *    both prompt forms. `relabelShare` (1: all) of the samples with a context have their clusters renamed
+ *    (src/llm/relabel.ts), so that memory cannot answer them and the context can: the model learns to follow a
+ *    context as far as the context deserves, also where it contradicts what the model learnt.
  * 5. Rehearsal: `rehearsalShare` (0.5) of the final set is drawn from the `rehearsalDays` (3650) before the training
  *    part, in proportion to distinct users and without context, so a fine-tune keeps what its parent learnt from
  *    them (rehearsalSamples says why).
@@ -65,7 +65,7 @@ export interface CurationOptions extends MiningOptions {
   readonly rag?: RagOptions;
   /**
    * Share of the samples with a context that are relabelled (src/llm/relabel.ts: every cluster they name renamed by
-   * one random map), so the model learns to read a context that contradicts what it memorised. @defaultValue 0
+   * one random map), so the model learns to read a context that contradicts what it memorised. @defaultValue 1
    */
   readonly relabelShare?: number;
   /**
@@ -94,7 +94,7 @@ export interface CurationOptions extends MiningOptions {
   readonly rehearsalDays?: number;
 }
 
-export const CURATION_DEFAULTS = { windowDays: 90, testDays: 14, testUsers: 1000, minTestUsers: 5, maxSamples: 6000, maxPerPair: 24, maxTargetShare: 0.04, maxPerTriple: 8, contextShare: 0.5, relabelShare: 0, rehearsalShare: 0.5, rehearsalDays: 3650 } as const;
+export const CURATION_DEFAULTS = { windowDays: 90, testDays: 14, testUsers: 1000, minTestUsers: 5, maxSamples: 6000, maxPerPair: 24, maxTargetShare: 0.04, maxPerTriple: 8, contextShare: 0.5, relabelShare: 1, rehearsalShare: 0.5, rehearsalDays: 3650 } as const;
 
 export interface FineTuningSet {
   readonly asOf: number;

@@ -68,7 +68,8 @@ describe("context of training samples", () => {
     ];
     const store = await EventStore.open(":memory:");
     await store.append({ clusters, items, events: eventBatchFromEvents(events) });
-    const set = await curateFineTuningSet(store, asOf, { windowDays: 28, testDays: 14, contextShare: 1, rag: { windowDays: 7, minSupport: 2 } });
+    // Unrelabelled (relabelShare 0), so each sample still names its own clusters and its context can be traced.
+    const set = await curateFineTuningSet(store, asOf, { windowDays: 28, testDays: 14, contextShare: 1, relabelShare: 0, rag: { windowDays: 7, minSupport: 2 } });
     // Train part: Jan 1-15. Week-1 samples have no earlier data (no context); week-2 samples carry week 1's c.
     const toD = set.train.filter((s) => s.answer === "d");
     const toC = set.train.filter((s) => s.answer === "c");
@@ -76,6 +77,11 @@ describe("context of training samples", () => {
     expect(toC).toHaveLength(3);
     for (const s of toD) expect(s.prompt.context).toEqual({ successors: ["c"] });
     for (const s of toC) expect(s.prompt.context).toBeUndefined();
+    // By default every sample with a context is relabelled: renamed, with its context still not its answer.
+    const relabelled = (await curateFineTuningSet(store, asOf, { windowDays: 28, testDays: 14, contextShare: 1, rag: { windowDays: 7, minSupport: 2 } })).train.filter((s) => s.prompt.context);
+    expect(relabelled).toHaveLength(3);
+    for (const s of relabelled) expect(s.prompt.context!.successors[0]).not.toBe(s.answer);
+    expect(relabelled.some((s) => JSON.stringify(s) !== JSON.stringify(toD[0]))).toBe(true);
     store.close();
   });
 });
