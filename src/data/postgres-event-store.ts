@@ -19,7 +19,7 @@
  * await store.close();
  */
 import pg from "pg";
-import { openStorePool, redactedUrl } from "./postgres-pool.js";
+import { inTransaction, openStorePool, redactedUrl } from "./postgres-pool.js";
 import type { Cluster, Item } from "../domain/types.js";
 import { FreshrecError } from "../domain/errors.js";
 import {
@@ -166,19 +166,8 @@ export class PostgresEventStore implements EventStoreContract {
    * Runs `work` on one connection inside one transaction: committed when it resolves, rolled back when it throws. For
    * a writer with statements of its own on this store's tables (the server's event intake, src/serving/intake-store.ts).
    */
-  async transaction<T>(work: (client: pg.PoolClient) => Promise<T>): Promise<T> {
-    const client = await this.pool.connect();
-    try {
-      await client.query("BEGIN");
-      const result = await work(client);
-      await client.query("COMMIT");
-      return result;
-    } catch (error) {
-      await client.query("ROLLBACK").catch(() => {});
-      throw error;
-    } finally {
-      client.release();
-    }
+  transaction<T>(work: (client: pg.PoolClient) => Promise<T>): Promise<T> {
+    return inTransaction(this.pool, work);
   }
 
   private async upsertClusters(client: pg.PoolClient, clusters: readonly Cluster[]): Promise<number> {

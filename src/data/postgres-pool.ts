@@ -37,23 +37,33 @@ export async function openStorePool(options: StorePoolOptions): Promise<{ pool: 
   // query that needs the server fails with its own error.
   pool.on("error", (error) => process.stderr.write(`freshrec: the ${options.store} ${location} lost an idle connection: ${error.message}\n`));
   try {
-    const client = await pool.connect();
-    try {
-      await client.query("BEGIN");
-      await client.query("SELECT pg_advisory_xact_lock($1)", [options.schemaLock]);
-      await client.query(options.schema);
-      await client.query("COMMIT");
-    } catch (error) {
-      await client.query("ROLLBACK").catch(() => {});
-      throw error;
-    } finally {
-      client.release();
-    }
+    await inTransaction(pool, (client) => client.query(options.schema), options.schemaLock);
   } catch (error) {
     await pool.end().catch(() => {});
     throw new FreshrecError("INTERNAL", `cannot open the ${options.store} ${location}: ${(error as Error).message}`, { cause: error });
   }
   return { pool, location };
+}
+
+/**
+ * Runs `work` on one connection inside one transaction, committed when it resolves and rolled back when it throws;
+ * with `lock`, holding that transaction-level advisory lock first (so such transactions of every process run one at
+ * a time).
+ */
+export async function inTransaction<T>(pool: pg.Pool, work: (client: pg.PoolClient) => Promise<T>, lock?: number): Promise<T> {
+  const client = await pool.connect();
+  try {
+    await client.query("BEGIN");
+    if (lock !== undefined) await client.query("SELECT pg_advisory_xact_lock($1)", [lock]);
+    const result = await work(client);
+    await client.query("COMMIT");
+    return result;
+  } catch (error) {
+    await client.query("ROLLBACK").catch(() => {});
+    throw error;
+  } finally {
+    client.release();
+  }
 }
 
 /** The URL without its password, for messages and logs. */

@@ -19,7 +19,7 @@
 import { mkdirSync } from "node:fs";
 import { join, resolve } from "node:path";
 import pg from "pg";
-import { BIGINT_AS_NUMBER, openStorePool } from "../data/postgres-pool.js";
+import { BIGINT_AS_NUMBER, inTransaction, openStorePool } from "../data/postgres-pool.js";
 import type { Clock } from "../domain/clock.js";
 import { FreshrecError } from "../domain/errors.js";
 import {
@@ -117,20 +117,8 @@ export class PostgresModelRegistry implements ModelRegistryContract {
   }
 
   /** Runs `work` in one transaction holding the write lock. */
-  private async write<T>(work: (client: pg.PoolClient) => Promise<T>): Promise<T> {
-    const client = await this.pool.connect();
-    try {
-      await client.query("BEGIN");
-      await client.query("SELECT pg_advisory_xact_lock($1)", [WRITE_LOCK]);
-      const result = await work(client);
-      await client.query("COMMIT");
-      return result;
-    } catch (error) {
-      await client.query("ROLLBACK").catch(() => {});
-      throw error;
-    } finally {
-      client.release();
-    }
+  private write<T>(work: (client: pg.PoolClient) => Promise<T>): Promise<T> {
+    return inTransaction(this.pool, work, WRITE_LOCK);
   }
 
   private async row(on: pg.Pool | pg.PoolClient, version: string): Promise<Row | null> {

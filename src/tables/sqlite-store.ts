@@ -111,7 +111,8 @@ interface VersionRecord extends VersionColumns {
   builder_host: string | null;
 }
 
-function isProcessAlive(pid: number): boolean {
+/** Whether a process with this id runs on this host (a builder's, or the schedule's driver, src/update/schedule/sqlite-store.ts). */
+export function isProcessAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;

@@ -24,20 +24,10 @@
  * await scheduler.start(); // refused with ScheduleDriverHeldError while another worker drives this database
  */
 import pg from "pg";
-import { BIGINT_AS_NUMBER, openStorePool } from "../../data/postgres-pool.js";
+import { BIGINT_AS_NUMBER, inTransaction, openStorePool } from "../../data/postgres-pool.js";
 import { ScheduleStoreError } from "./errors.js";
-import { SqlScheduleRecord, type ScheduleStatement } from "./schedule-sql.js";
-import {
-  ScheduleDriverHeldError,
-  type DriverLease,
-  type RunEnd,
-  type RunQuery,
-  type RunStart,
-  type ScheduleDriver,
-  type ScheduleRecord,
-  type ScheduleStoreContract,
-} from "./store.js";
-import type { JobState, RunRecord } from "./types.js";
+import { ScheduleStoreOverSql, SqlScheduleRecord, type ScheduleStatement } from "./schedule-sql.js";
+import { ScheduleDriverHeldError, type DriverLease, type ScheduleDriver, type ScheduleRecord, type ScheduleStoreContract } from "./store.js";
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS schedule_runs (
@@ -87,14 +77,15 @@ function numbered(sql: string): string {
   return sql.replace(/\?/g, () => `$${++n}`);
 }
 
-export class PostgresScheduleStore implements ScheduleStoreContract {
-  private readonly record: SqlScheduleRecord;
+export class PostgresScheduleStore extends ScheduleStoreOverSql implements ScheduleStoreContract {
+  protected readonly record: SqlScheduleRecord;
   private readonly leases = new Set<DriverLease>();
 
   private constructor(
     private readonly pool: pg.Pool,
     readonly location: string,
   ) {
+    super();
     this.record = new SqlScheduleRecord(this.on(pool), location);
   }
 
@@ -119,49 +110,13 @@ export class PostgresScheduleStore implements ScheduleStoreContract {
     };
   }
 
-  begin(run: RunStart): Promise<number> {
-    return this.record.begin(run);
+  /** Each call on whichever pooled connection is free: PostgreSQL isolates them from any open transaction. */
+  protected within<T>(call: () => Promise<T>): Promise<T> {
+    return call();
   }
 
-  finish(id: number, end: RunEnd): Promise<void> {
-    return this.record.finish(id, end);
-  }
-
-  run(id: number): Promise<RunRecord | undefined> {
-    return this.record.run(id);
-  }
-
-  runs(query?: RunQuery): Promise<RunRecord[]> {
-    return this.record.runs(query);
-  }
-
-  jobState(job: string): Promise<JobState | undefined> {
-    return this.record.jobState(job);
-  }
-
-  jobStates(): Promise<JobState[]> {
-    return this.record.jobStates();
-  }
-
-  saveJobState(state: JobState): Promise<void> {
-    return this.record.saveJobState(state);
-  }
-
-  async transaction<T>(body: (tx: ScheduleRecord) => Promise<T>): Promise<T> {
-    const client = await this.connect();
-    const exec = this.on(client);
-    try {
-      await exec("BEGIN");
-      await exec("SELECT pg_advisory_xact_lock(?)", [WRITE_LOCK]);
-      const result = await body(new SqlScheduleRecord(exec, this.location));
-      await exec("COMMIT");
-      return result;
-    } catch (error) {
-      await client.query("ROLLBACK").catch(() => {});
-      throw error;
-    } finally {
-      client.release();
-    }
+  transaction<T>(body: (tx: ScheduleRecord) => Promise<T>): Promise<T> {
+    return inTransaction(this.pool, (client) => body(new SqlScheduleRecord(this.on(client), this.location)), WRITE_LOCK);
   }
 
   async claimDriver(driver: ScheduleDriver): Promise<DriverLease> {

@@ -132,6 +132,43 @@ export class SqlScheduleRecord implements ScheduleRecord {
   }
 }
 
+/**
+ * The run log and job-state calls of a store adapter, each one its SqlScheduleRecord's, made the adapter's way
+ * (`within`: SQLite queues it behind any open transaction, PostgreSQL just runs it on its pool).
+ */
+export abstract class ScheduleStoreOverSql implements ScheduleRecord {
+  protected abstract readonly record: SqlScheduleRecord;
+  protected abstract within<T>(call: () => Promise<T>): Promise<T>;
+
+  begin(run: RunStart): Promise<number> {
+    return this.within(() => this.record.begin(run));
+  }
+
+  finish(id: number, end: RunEnd): Promise<void> {
+    return this.within(() => this.record.finish(id, end));
+  }
+
+  run(id: number): Promise<RunRecord | undefined> {
+    return this.within(() => this.record.run(id));
+  }
+
+  runs(query?: RunQuery): Promise<RunRecord[]> {
+    return this.within(() => this.record.runs(query));
+  }
+
+  jobState(job: string): Promise<JobState | undefined> {
+    return this.within(() => this.record.jobState(job));
+  }
+
+  jobStates(): Promise<JobState[]> {
+    return this.within(() => this.record.jobStates());
+  }
+
+  saveJobState(state: JobState): Promise<void> {
+    return this.within(() => this.record.saveJobState(state));
+  }
+}
+
 /** A job's detail is its own business: one that JSON cannot hold must not lose the run's record. */
 function jsonOf(value: unknown): string {
   try {

@@ -21,19 +21,10 @@ import { join, resolve } from "node:path";
 import Database from "better-sqlite3";
 import { type StoreFileKind, openStoreFile } from "../../data/store-file.js";
 import { FreshrecError } from "../../domain/errors.js";
+import { isProcessAlive } from "../../tables/sqlite-store.js";
 import { ScheduleStoreError } from "./errors.js";
-import { SqlScheduleRecord, type ScheduleStatement } from "./schedule-sql.js";
-import {
-  ScheduleDriverHeldError,
-  type DriverLease,
-  type RunEnd,
-  type RunQuery,
-  type RunStart,
-  type ScheduleDriver,
-  type ScheduleRecord,
-  type ScheduleStoreContract,
-} from "./store.js";
-import type { JobState, RunRecord } from "./types.js";
+import { ScheduleStoreOverSql, SqlScheduleRecord, type ScheduleStatement } from "./schedule-sql.js";
+import { ScheduleDriverHeldError, type DriverLease, type ScheduleDriver, type ScheduleRecord, type ScheduleStoreContract } from "./store.js";
 
 export const SCHEDULE_STORE_FILE = "schedule.sqlite";
 
@@ -96,8 +87,8 @@ function migrate(db: Database.Database): void {
   db.pragma(`user_version = ${SCHEMA_VERSION}`);
 }
 
-export class SqliteScheduleStore implements ScheduleStoreContract {
-  private readonly record: SqlScheduleRecord;
+export class SqliteScheduleStore extends ScheduleStoreOverSql implements ScheduleStoreContract {
+  protected readonly record: SqlScheduleRecord;
   /** The end of the last call queued on the one connection: each call, and each whole transaction, takes its turn. */
   private turn: Promise<unknown> = Promise.resolve();
 
@@ -105,6 +96,7 @@ export class SqliteScheduleStore implements ScheduleStoreContract {
     private readonly db: Database.Database,
     readonly location: string,
   ) {
+    super();
     this.record = new SqlScheduleRecord(this.statement, location);
   }
 
@@ -138,38 +130,14 @@ export class SqliteScheduleStore implements ScheduleStoreContract {
     }
   };
 
+  protected within<T>(call: () => Promise<T>): Promise<T> {
+    return this.inTurn(call);
+  }
+
   private inTurn<T>(work: () => Promise<T>): Promise<T> {
     const result = this.turn.then(work);
     this.turn = result.catch(() => undefined);
     return result;
-  }
-
-  begin(run: RunStart): Promise<number> {
-    return this.inTurn(() => this.record.begin(run));
-  }
-
-  finish(id: number, end: RunEnd): Promise<void> {
-    return this.inTurn(() => this.record.finish(id, end));
-  }
-
-  run(id: number): Promise<RunRecord | undefined> {
-    return this.inTurn(() => this.record.run(id));
-  }
-
-  runs(query?: RunQuery): Promise<RunRecord[]> {
-    return this.inTurn(() => this.record.runs(query));
-  }
-
-  jobState(job: string): Promise<JobState | undefined> {
-    return this.inTurn(() => this.record.jobState(job));
-  }
-
-  jobStates(): Promise<JobState[]> {
-    return this.inTurn(() => this.record.jobStates());
-  }
-
-  saveJobState(state: JobState): Promise<void> {
-    return this.inTurn(() => this.record.saveJobState(state));
   }
 
   transaction<T>(body: (tx: ScheduleRecord) => Promise<T>): Promise<T> {
@@ -217,7 +185,7 @@ export class SqliteScheduleStore implements ScheduleStoreContract {
   /** The recorded driver if its process still runs on this host. */
   private async liveDriver(): Promise<ScheduleDriver | null> {
     const recorded = await this.record.recordedDriver();
-    return recorded !== null && recorded.host === hostname() && processRuns(recorded.pid) ? recorded : null;
+    return recorded !== null && recorded.host === hostname() && isProcessAlive(recorded.pid) ? recorded : null;
   }
 
   async close(): Promise<void> {
@@ -231,12 +199,3 @@ function sameDriver(a: ScheduleDriver, b: ScheduleDriver): boolean {
   return a.host === b.host && a.pid === b.pid && a.since === b.since;
 }
 
-/** Whether a process with this id exists (EPERM: it does, under another user). */
-function processRuns(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === "EPERM";
-  }
-}
