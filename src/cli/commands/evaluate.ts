@@ -1,6 +1,7 @@
 /**
  * `freshrec evaluate replay`: the paper's comparison (fine-tuning, RAG, hybrid and the non-LLM baselines) on the
- * workspace's own logs, through the production scheduler on a virtual clock.
+ * workspace's own logs, through the production scheduler on a virtual clock. `freshrec evaluate context`: whether
+ * a model reads its RAG context (src/evaluation/context-use.ts).
  */
 import type { Command } from "commander";
 import { join } from "node:path";
@@ -16,7 +17,9 @@ import { SnapshotCache } from "../../update/rag.js";
 import { EvidenceCache } from "../../update/fusion.js";
 import type { FreshrecConfig } from "../config.js";
 import { createHash } from "node:crypto";
-import { cannotTrain, configuredModelFile, loopSettings, resolveAsOf, trainBaseModel } from "../loop-context.js";
+import { cannotTrain, configuredModelFile, loopSettings, openLoop, resolveAsOf, trainBaseModel } from "../loop-context.js";
+import { measureContextUse, type ContextUse } from "../../evaluation/context-use.js";
+import type { LanguageModel } from "../../llm/contracts.js";
 import { languageModelBackend } from "../../llm/backends/index.js";
 import { trainingProgress } from "../progress.js";
 import { action, positiveInt, timeOption } from "../run.js";
@@ -208,6 +211,42 @@ export function registerEvaluate(program: Command): void {
           ctx.signal.removeEventListener("abort", onInterrupt);
           await startModel?.catch(() => undefined);
           events.close();
+        }
+      }),
+    );
+
+  evaluate
+    .command("context")
+    .description("does the model read its RAG context? On the days after each time: hit@1 of the retrieved successor, of the model without and with the context, and how often it follows the context")
+    .requiredOption("--at <times>", "refresh times the contexts are retrieved at, comma-separated (e.g. the days after month boundaries)")
+    .option("--days <n>", "days after each time whose novel transitions are asked", "2")
+    .option("--model <file>", "model file of the configured backend (default: the live model)")
+    .addHelpText("after", "\nExamples:\n  freshrec evaluate context --at 2025-10-09,2025-11-09\n  freshrec evaluate context --at 2025-10-09 --model models/m000003/model.gguf --json")
+    .action(
+      action(async (ctx, command) => {
+        const opts = command.opts<{ at: string; days: string; model?: string }>();
+        const times = opts.at.split(",").map((t) => timeOption("at", t.trim())!);
+        const days = positiveInt("days", opts.days)!;
+        const open = await openLoop(ctx);
+        let external: LanguageModel | null = null;
+        try {
+          const model = opts.model
+            ? (external = await languageModelBackend(ctx.config.llm, { clusters: await open.events.clusters(), workspace: ctx.paths.root, clock: ctx.clock, training: ctx.config.training }).openModel(opts.model))
+            : (await open.loop.liveModel()).scorer;
+          const rows: ContextUse[] = [];
+          for (const at of times) rows.push(await measureContextUse(open.events, model, at, { days, rag: { ...ctx.config.rag, positiveMin: open.positiveMin }, signal: ctx.signal }));
+          const rate = (v: number | null) => (v === null ? "-" : pct(v));
+          const text = rows
+            .map(
+              (r) =>
+                `${iso(r.at).slice(0, 10)} +${r.days} d: ${r.transitions} novel transitions, ${r.withContext} on pairs with a context; on those hit@1: successor itself ${rate(r.successorHit1)}, ` +
+                `model ${rate(r.modelHit1)}, model with the context ${rate(r.modelWithContextHit1)}; follows the context ${rate(r.followsContext)}`,
+            )
+            .join("\n");
+          return { json: { periods: rows.map((r) => ({ ...r, at: iso(r.at) })) }, text };
+        } finally {
+          await external?.close();
+          await open.close();
         }
       }),
     );
