@@ -427,10 +427,11 @@ class SliceLikelihood {
   private stagedGamma = Number.NaN;
   private stagedGammaBeta = Number.NaN;
   /**
-   * Stage (tau, lift): the prior's weights (l^tau, module comment) of each pair's top-M answers and of each
-   * observation, its rest's probability^tau, and the marginal's weights (marginal^(-lift * tau)) of the rows' entries.
+   * Stage (tau, lift): the prior's weights (l^tau, module comment) of each observation, each pair's rest's
+   * probability^tau, the marginal's weights (marginal^(-lift * tau)) of the rows' entries, and what each of a pair's
+   * top-M answers weighs beyond the rest's weight there (its l^tau less rest^tau x its marginal weight).
    */
-  private readonly answerWeight: Float64Array;
+  private readonly answerExcess: Float64Array;
   private readonly restWeight: Float64Array;
   private readonly obsWeightTau: Float64Array;
   private readonly marginalWeight: Float64Array;
@@ -517,7 +518,7 @@ class SliceLikelihood {
     this.withoutEvidence = this.transitions - this.obsWithEvidence.length;
     this.evidenceWith = Float64Array.from(this.obsWithEvidence, (o) => this.obsEvidence[o]);
     this.baseWith = new Float64Array(this.obsWithEvidence.length);
-    this.answerWeight = new Float64Array(pairs * topM);
+    this.answerExcess = new Float64Array(pairs * topM);
     this.restWeight = new Float64Array(pairs);
     this.obsWeightTau = new Float64Array(observations.prior ? this.transitions : 0);
     this.marginalWeight = new Float64Array(observations.prior ? K * K : 0);
@@ -583,13 +584,17 @@ class SliceLikelihood {
     if (tau === this.stagedTau && lift === this.stagedPriorLift) return;
     const topM = this.prior!.topM;
     const marginalPower = -lift * tau;
-    for (let i = 0; i < this.pairC1.length; i++) {
-      this.restWeight[i] = Math.exp(tau * this.logRest[i]);
-      for (let k = i * topM, end = k + this.answerCount[i]; k < end; k++) this.answerWeight[k] = Math.exp(tau * this.answerLogP[k] + marginalPower * this.answerLogMarginal[k]);
-    }
-    for (let o = 0; o < this.obsWeightTau.length; o++) this.obsWeightTau[o] = Math.exp(tau * this.obsLogPrior[o] + marginalPower * this.obsLogMarginal[o]);
     const K = this.K;
     for (const c2 of this.rows) for (let at = c2 * K, end = at + K; at < end; at++) this.marginalWeight[at] = Math.exp(marginalPower * this.logMarginal![at]);
+    for (let i = 0; i < this.pairC1.length; i++) {
+      const rest = (this.restWeight[i] = Math.exp(tau * this.logRest[i]));
+      const row = this.pairC2[i] * K;
+      for (let k = i * topM, end = k + this.answerCount[i]; k < end; k++) {
+        const weight = Math.exp(tau * this.answerLogP[k] + marginalPower * this.answerLogMarginal[k]);
+        this.answerExcess[k] = weight - rest * this.marginalWeight[row + this.answerNext[k]];
+      }
+    }
+    for (let o = 0; o < this.obsWeightTau.length; o++) this.obsWeightTau[o] = Math.exp(tau * this.obsLogPrior[o] + marginalPower * this.obsLogMarginal[o]);
     this.stagedTau = tau;
     this.stagedPriorLift = lift;
   }
@@ -624,7 +629,7 @@ class SliceLikelihood {
       this.stagePrior(tau, lift);
       this.stageLiftedRows(known);
     }
-    const { answerWeight, answerNext, answerCount, restWeight, obsWeightTau, marginalWeight, entryNow, rowSumNow, rowKnownNow, rowKnownLiftedNow, updateEntry, updateExp } = this;
+    const { answerExcess, answerNext, answerCount, restWeight, obsWeightTau, marginalWeight, entryNow, rowSumNow, rowKnownNow, rowKnownLiftedNow, updateEntry, updateExp } = this;
     const topM = prior?.topM ?? 0;
     for (const c2 of this.rows) {
       entryNow.set(this.entry.subarray(c2 * K, c2 * K + K), c2 * K);
@@ -661,10 +666,7 @@ class SliceLikelihood {
           (!known || known[c2] ? entryNow[row + c2] * marginalWeight[row + c2] : 0);
         const rest = restWeight[i];
         let knownZ = knownLift * rest;
-        for (let k = i * topM, end = k + answerCount[i]; k < end; k++) {
-          const a = row + answerNext[k];
-          knownZ += entryNow[a] * (answerWeight[k] - rest * marginalWeight[a]);
-        }
+        for (let k = i * topM, end = k + answerCount[i]; k < end; k++) knownZ += entryNow[row + answerNext[k]] * answerExcess[k];
         out[o] = ((knownSum / z) * entryNow[row + n] * obsWeightTau[o]) / knownZ;
       } else {
         out[o] = entryNow[row + n] / z;
