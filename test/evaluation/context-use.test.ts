@@ -8,25 +8,15 @@ import { describe, expect, it } from "vitest";
 import { join } from "node:path";
 import { EventStore, eventBatchFromEvents } from "../../src/data/event-store.js";
 import { DAY_MS } from "../../src/domain/clock.js";
-import type { Cluster, EngagementEvent } from "../../src/domain/types.js";
+import type { EngagementEvent } from "../../src/domain/types.js";
 import { measureContextUse } from "../../src/evaluation/context-use.js";
 import { EmbeddedLanguageModel } from "../../src/llm/backends/embedded.js";
 import type { TrainingSample } from "../../src/llm/contracts.js";
 import { EmbeddedTrainer } from "../../src/llm/engine/trainer.js";
 import { relabelContextSamples } from "../../src/llm/relabel.js";
-import { TINY_SHAPE, tempWorkspace } from "../llm/fixtures.js";
+import { PAIR_WORLD, TINY_SHAPE, tempWorkspace } from "../llm/fixtures.js";
 
-const WORDS = ["amber", "basil", "cedar", "delta", "ember", "fjord", "grove", "harbor", "indigo", "juniper", "kelp", "lagoon"];
-const CLUSTERS: Cluster[] = WORDS.map((w, k) => ({ id: `k${k}`, description: `${w} videos` }));
-const N = CLUSTERS.length;
-const ids = CLUSTERS.map((c) => c.id);
-const successor = (a: number, b: number, shift = 0): number => {
-  let k = (b * 5 + 1 + shift) % N;
-  while (k === a || k === b) k = (k + 1) % N;
-  return k;
-};
-const pairs: [number, number][] = [];
-for (let a = 0; a < N; a++) for (let b = 0; b < N; b++) if (a !== b) pairs.push([a, b]);
+const { clusters: CLUSTERS, ids, successor, pairs } = PAIR_WORLD;
 const at = Date.UTC(2025, 9, 9);
 /** The pairs with a context at `at`: 40 of them, seen by two users each in the week before. */
 const retrieved = pairs.slice(0, 40);

@@ -61,3 +61,22 @@ export async function expectCancelledCleanly(trainer: Trainer, samples: readonly
   expect(existsSync(out)).toBe(false);
   expect(existsSync(`${out}.checkpoints`)).toBe(false);
 }
+
+/**
+ * A deterministic 12-cluster world for tests that train a tiny model on every history pair: cluster `k<i>` is
+ * described by a word, and the successor of a pair (a, b) is decided by b (`shift` picks another), never a history
+ * cluster.
+ */
+export const PAIR_WORLD = (() => {
+  const words = ["amber", "basil", "cedar", "delta", "ember", "fjord", "grove", "harbor", "indigo", "juniper", "kelp", "lagoon"];
+  const clusters: Cluster[] = words.map((w, k) => ({ id: `k${k}`, description: `${w} videos` }));
+  const n = clusters.length;
+  const successor = (a: number, b: number, shift = 0): number => {
+    let k = (b * 5 + 1 + shift) % n;
+    while (k === a || k === b) k = (k + 1) % n;
+    return k;
+  };
+  const pairs: [number, number][] = [];
+  for (let a = 0; a < n; a++) for (let b = 0; b < n; b++) if (a !== b) pairs.push([a, b]);
+  return { clusters, ids: clusters.map((c) => c.id), n, successor, pairs };
+})();

@@ -5,26 +5,13 @@
  */
 import { describe, expect, it } from "vitest";
 import { join } from "node:path";
-import type { Cluster } from "../../src/domain/types.js";
 import { EmbeddedLanguageModel } from "../../src/llm/backends/embedded.js";
 import type { TrainingSample } from "../../src/llm/contracts.js";
 import { EmbeddedTrainer } from "../../src/llm/engine/trainer.js";
 import { relabelContextSamples } from "../../src/llm/relabel.js";
-import { TINY_SHAPE, tempWorkspace } from "./fixtures.js";
+import { PAIR_WORLD, TINY_SHAPE, tempWorkspace } from "./fixtures.js";
 
-const WORDS = ["amber", "basil", "cedar", "delta", "ember", "fjord", "grove", "harbor", "indigo", "juniper", "kelp", "lagoon"];
-const CLUSTERS: Cluster[] = WORDS.map((w, k) => ({ id: `k${k}`, description: `${w} videos` }));
-const N = CLUSTERS.length;
-const ids = CLUSTERS.map((c) => c.id);
-
-/** The successor of (a, b) the world shows (never a history cluster); `shift` gives another one. */
-function successor(a: number, b: number, shift = 0): number {
-  let k = (b * 5 + 1 + shift) % N;
-  while (k === a || k === b) k = (k + 1) % N;
-  return k;
-}
-const pairs: [number, number][] = [];
-for (let a = 0; a < N; a++) for (let b = 0; b < N; b++) if (a !== b) pairs.push([a, b]);
+const { clusters: CLUSTERS, ids, successor, pairs } = PAIR_WORLD;
 
 /**
  * A log without drift: each pair's users go on to its successor; the retrieved context (the top successor of the

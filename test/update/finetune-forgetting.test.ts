@@ -10,27 +10,14 @@ import { describe, expect, it } from "vitest";
 import { join } from "node:path";
 import { EventStore, eventBatchFromEvents } from "../../src/data/event-store.js";
 import { DAY_MS } from "../../src/domain/clock.js";
-import type { Cluster, EngagementEvent } from "../../src/domain/types.js";
+import type { EngagementEvent } from "../../src/domain/types.js";
 import { EmbeddedLanguageModel } from "../../src/llm/backends/embedded.js";
 import type { TrainingSample } from "../../src/llm/contracts.js";
 import { EmbeddedTrainer } from "../../src/llm/engine/trainer.js";
 import { curateFineTuningSet, type CurationOptions } from "../../src/update/curation.js";
-import { TINY_SHAPE, tempWorkspace } from "../llm/fixtures.js";
+import { PAIR_WORLD, TINY_SHAPE, tempWorkspace } from "../llm/fixtures.js";
 
-const WORDS = ["amber", "basil", "cedar", "delta", "ember", "fjord", "grove", "harbor", "indigo", "juniper", "kelp", "lagoon"];
-const CLUSTERS: Cluster[] = WORDS.map((w, k) => ({ id: `k${k}`, description: `${w} videos` }));
-const N = CLUSTERS.length;
-const ids = CLUSTERS.map((c) => c.id);
-
-/** The successor of (a, b): decided by b, `shift` moves it; never a history cluster. */
-function successor(a: number, b: number, shift = 0): number {
-  let k = (b * 5 + 1 + shift) % N;
-  while (k === a || k === b) k = (k + 1) % N;
-  return k;
-}
-
-const pairs: [number, number][] = [];
-for (let a = 0; a < N; a++) for (let b = 0; b < N; b++) if (a !== b) pairs.push([a, b]);
+const { clusters: CLUSTERS, ids, successor, pairs } = PAIR_WORLD;
 /** The pairs the recent window holds (their successors moved); the others only the past holds. */
 const isRecent = ([, b]: [number, number]) => b < 3;
 const recentPairs = pairs.filter(isRecent);
