@@ -541,6 +541,9 @@ class SliceLikelihood {
     return this.observations.prior;
   }
 
+  /** The fit of this likelihood (`fittedStrengths`), once made. */
+  fitted: { readonly countsOnly: { params: FusionParams; ll: number }; readonly chosen: { params: FusionParams; ll: number } } | null = null;
+
   get slice(): TimeWindow {
     return this.observations.slice;
   }
@@ -843,6 +846,20 @@ function maximise(likelihood: SliceLikelihood, withPrior: boolean, start: Fusion
   return search.result;
 }
 
+/**
+ * The maximum-likelihood strengths of a slice in its window: without the prior (the counts-backoff baseline, and
+ * where the fit with the prior starts), with it, and the better of the two. Computed once per likelihood: the window
+ * choice fits its best candidates in full, and the refresh serves with the chosen one's fit.
+ */
+function fittedStrengths(likelihood: SliceLikelihood): { countsOnly: { params: FusionParams; ll: number }; chosen: { params: FusionParams; ll: number } } {
+  if (likelihood.fitted) return likelihood.fitted;
+  const countsOnly = maximise(likelihood, false, DEFAULT_FUSION_PARAMS);
+  const fitted = likelihood.prior ? maximise(likelihood, true, { ...countsOnly.params, tau: 0.5, lift: 0.5 }) : countsOnly;
+  // The prior is nested (tau = 0 is the counts-only model), so a fit with it never reports less than without it.
+  const chosen = likelihood.prior && fitted.ll < countsOnly.ll ? countsOnly : fitted;
+  return (likelihood.fitted = { countsOnly, chosen });
+}
+
 export interface FitFusionInput {
   readonly log: EvidenceLog;
   readonly asOf: number;
@@ -889,13 +906,15 @@ function weighableSlice(log: EvidenceLog, asOf: number, o: Required<FusionOption
  * the prior, when there is one and it can be weighed: a strong prior wants fresher, shorter windows than counts
  * alone) with evidence [asOf - W, asOf), the evidence the table would serve with, is fitted to the slice, each
  * transition scored on that window as it stood just before it; the best per-transition likelihood wins. Candidates are tried
- * shortest first, up to the first that covers all the data there is.
+ * shortest first, up to the first that covers all the data there is. Each is fitted coarsely first (beta alone) and
+ * in full only when that leaves it within `CHOICE_MARGIN` of the best; a candidate's recorded likelihood is the one
+ * it got.
  */
 export function chooseWindow(log: EvidenceLog, asOf: number, options: FusionOptions = {}, givenPrior: LlmPrior | null = null): WindowChoice {
   const o = resolveFusionOptions(options);
   if (asOf > log.span.to) throw new FreshrecError("INTERNAL", `fusion: as-of ${new Date(asOf).toISOString()} lies after the evidence log`);
   const { slice, counts: sliceCounts, prior, priorNotWeighed } = weighableSlice(log, asOf, o, givenPrior);
-  const candidates: { days: number; likelihood: SliceLikelihood; search: StrengthSearch; ll: number }[] = [];
+  const candidates: { days: number; likelihood: SliceLikelihood; ll: number }[] = [];
   let observations: SliceObservations | undefined;
   const first = log.firstTs ?? asOf;
   for (const days of o.windowsDays) {
@@ -905,21 +924,18 @@ export function chooseWindow(log: EvidenceLog, asOf: number, options: FusionOpti
     if (sliceCounts.transitions < o.fitFloor) break;
     observations ??= new SliceObservations(log, slice, prior);
     const likelihood = new SliceLikelihood(observations, log.counts(evidenceWindow));
-    const search = new StrengthSearch(likelihood, prior !== null, { ...DEFAULT_FUSION_PARAMS, tau: prior ? 0.5 : 0, lift: prior ? 0.5 : 0 });
-    // The coarse pass: the sweep's first search (beta, the strength that moves most with the window's counts).
-    candidates.push({ days, likelihood, search, ll: search.step() });
+    // The coarse pass: beta alone (the strength that moves most with the window's counts), the others at their start.
+    const coarse = new StrengthSearch(likelihood, prior !== null, { ...DEFAULT_FUSION_PARAMS, tau: prior ? 0.5 : 0, lift: prior ? 0.5 : 0 });
+    candidates.push({ days, likelihood, ll: coarse.step() });
     // Longer windows than the data reaches back hold the same evidence: stop once one covers it all. (No stop at
     // the first dip: on sparse logs the likelihood wobbles at short windows and keeps rising at long ones.)
     if (evidenceWindow.from <= first) break;
   }
-  // The rest of the sweep for the candidates the coarse pass leaves in reach of the best: the other strengths move
-  // a window's likelihood by less than the margin more than they move another's, so the others cannot overtake.
+  // The full fit for the candidates the coarse pass leaves in reach of the best: the strengths after beta move a
+  // window's likelihood by less than the margin more than they move another's, so the others cannot overtake. The
+  // chosen window's fit is the one the refresh serves with (`fitFusion` takes it from its likelihood).
   const reach = Math.max(...candidates.map((c) => c.ll)) - CHOICE_MARGIN * sliceCounts.transitions;
-  for (const c of candidates) {
-    if (c.ll < reach) continue;
-    c.search.finishSweep();
-    c.ll = c.search.result.ll;
-  }
+  for (const c of candidates) if (c.ll >= reach) c.ll = fittedStrengths(c.likelihood).chosen.ll;
   const windows = candidates.map((c) => ({ days: c.days, perTransition: c.ll / c.likelihood.transitions }));
   const best = candidates.reduce<(typeof candidates)[number] | null>((b, c) => (b === null || c.ll > b.ll ? c : b), null);
   if (best) chosenLikelihoods.set(log, best.likelihood);
@@ -928,7 +944,7 @@ export function chooseWindow(log: EvidenceLog, asOf: number, options: FusionOpti
 
 /**
  * Per-transition log-likelihood within which a window's coarse fit (`chooseWindow`) stays a candidate for the full
- * sweep: wide enough that the strengths after beta, which favour no window length much, cannot reorder the windows
+ * fit: wide enough that the strengths after beta, which favour no window length much, cannot reorder the windows
  * outside it.
  */
 const CHOICE_MARGIN = 0.05;
@@ -981,10 +997,7 @@ export function fitFusion(input: FitFusionInput): FusionRefresh {
   // A prior that cannot be weighed yet is fitted as absent (tau = 0): the counts-backoff posterior serves.
   const prior = choice.priorNotWeighed === null ? input.prior : null;
   const likelihood = sliceLikelihood(input.log, choice.slice, evidence, prior);
-  const countsOnly = maximise(likelihood, false, DEFAULT_FUSION_PARAMS);
-  const fitted = prior ? maximise(likelihood, true, { ...countsOnly.params, tau: 0.5, lift: 0.5 }) : countsOnly;
-  // The prior is nested (tau = 0 is the counts-only model), so a fit with it never reports less than without it.
-  const chosen = prior && fitted.ll < countsOnly.ll ? countsOnly : fitted;
+  const { countsOnly, chosen } = fittedStrengths(likelihood);
   return {
     params: chosen.params,
     evidence,
