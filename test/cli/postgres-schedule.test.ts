@@ -2,7 +2,7 @@
  * The schedule on `store.url` (issue 19) through the CLI, as a deployment runs it: one `schedule run` worker process on
  * the database, and from other processes `schedule status` (reading the worker's runs and naming it), `schedule
  * pause|resume` (which the running worker honours), a second worker and `serve --schedule` refused while it runs
- * (exit 2, naming it). Nothing of the schedule is written to a workspace file.
+ * (exit 2, naming it); then `serve --schedule` as the one driver. Nothing of the schedule is written to a workspace file.
  *
  * The worker runs live, on the system clock: the refresh falls due every two seconds (a six-field cron pattern), so
  * runs happen within the test; the events are in the past, and each refresh runs as of its due time, as it would live.
@@ -17,6 +17,7 @@ import { usePostgresCluster } from "../data/postgres-cluster.js";
 import { BIN, ROOT, runCli } from "./run.js";
 
 const database = usePostgresCluster();
+const TOKEN = "schedule-admin-token-0123456789";
 
 interface Worker {
   readonly child: ChildProcess;
@@ -25,8 +26,9 @@ interface Worker {
   stdout(): string;
 }
 
-function startWorker(workspace: string, config: string): Worker {
-  const child = spawn(process.execPath, [BIN, "--workspace", workspace, "--config", config, "--json", "schedule", "run"], { cwd: ROOT });
+/** `freshrec schedule run` (or other `args`) as a long-running process. */
+function startWorker(workspace: string, config: string, args = ["schedule", "run"]): Worker {
+  const child = spawn(process.execPath, [BIN, "--workspace", workspace, "--config", config, "--json", ...args], { cwd: ROOT, env: { ...process.env, FRESHREC_ADMIN_TOKEN: TOKEN } });
   let stderr = "";
   let stdout = "";
   child.stderr!.on("data", (d) => (stderr += d));
@@ -144,7 +146,27 @@ describe("store.url: the schedule on PostgreSQL through the CLI", () => {
       await store.close();
     }
     expect(after.jobs).toEqual(stopped.status.jobs);
-    for (const dir of [worker, join(root, "admin"), join(root, "other"), join(root, "second")]) {
+
+    // The schedule driven by a server instead (serve --schedule): it runs the jobs, answers its status as scheduling,
+    // and a worker started beside it is refused naming it.
+    const server = startWorker(join(root, "api"), config, ["serve", "--port", "0", "--schedule"]);
+    try {
+      const url = await until(() => /freshrec serving on (http:\/\/\S+)/.exec(server.stderr())?.[1], "the server listens", server);
+      const served = (await (await fetch(`${url}/v1/schedule/status`, { headers: { authorization: `Bearer ${TOKEN}` } })).json()) as any;
+      expect(served.scheduling).toBe(true);
+      expect(served.status.jobs.map((j: { job: string }) => j.job)).toEqual(["finetune", "refresh"]);
+      expect(status().driver).toMatchObject({ host: hostname(), pid: server.child.pid });
+      const refused = cli(join(root, "second"), "schedule", "run");
+      expect(refused.status, refused.stderr).toBe(2);
+      expect(refused.json.error.message).toContain(`already driven by host ${hostname()} pid ${server.child.pid}`);
+      const before = refreshOf(after).counters.runs;
+      await until(() => refreshOf(status()).counters.runs > before, "the server ran a refresh", server);
+    } finally {
+      server.child.kill("SIGINT");
+    }
+    expect(await server.exited, server.stderr()).toBe(0);
+    expect(status().driver).toBeNull();
+    for (const dir of [worker, join(root, "admin"), join(root, "other"), join(root, "second"), join(root, "api")]) {
       expect(existsSync(join(dir, "schedule.sqlite")), dir).toBe(false);
     }
   }, 900_000);
