@@ -457,6 +457,8 @@ class SliceLikelihood {
   private readonly rowKnownNow: Float64Array;
   private readonly rowKnownLiftedNow: Float64Array;
   private readonly base: Float64Array;
+  /** The fit of this likelihood (`fittedStrengths`), once made. */
+  fitted: { readonly countsOnly: { params: FusionParams; ll: number }; readonly chosen: { params: FusionParams; ll: number } } | null = null;
 
   /** `served`: the counts of [T - W, T), which holds the observations' slice. */
   constructor(
@@ -540,9 +542,6 @@ class SliceLikelihood {
   get prior(): LlmPrior | null {
     return this.observations.prior;
   }
-
-  /** The fit of this likelihood (`fittedStrengths`), once made. */
-  fitted: { readonly countsOnly: { params: FusionParams; ll: number }; readonly chosen: { params: FusionParams; ll: number } } | null = null;
 
   get slice(): TimeWindow {
     return this.observations.slice;
