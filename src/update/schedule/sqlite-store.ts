@@ -130,18 +130,15 @@ export class SqliteScheduleStore extends ScheduleStoreOverSql implements Schedul
     }
   };
 
+  /** `call` in its turn: after every call and transaction queued before it on the one connection. */
   protected within<T>(call: () => Promise<T>): Promise<T> {
-    return this.inTurn(call);
-  }
-
-  private inTurn<T>(work: () => Promise<T>): Promise<T> {
-    const result = this.turn.then(work);
+    const result = this.turn.then(call);
     this.turn = result.catch(() => undefined);
     return result;
   }
 
   transaction<T>(body: (tx: ScheduleRecord) => Promise<T>): Promise<T> {
-    return this.inTurn(() => this.atomically(() => body(this.record)));
+    return this.within(() => this.atomically(() => body(this.record)));
   }
 
   /** `work` between BEGIN IMMEDIATE and COMMIT, rolled back if it throws; the caller holds the turn. */
@@ -158,7 +155,7 @@ export class SqliteScheduleStore extends ScheduleStoreOverSql implements Schedul
   }
 
   claimDriver(driver: ScheduleDriver): Promise<DriverLease> {
-    return this.inTurn(() =>
+    return this.within(() =>
       this.atomically(async () => {
         const held = await this.liveDriver();
         if (held !== null) throw new ScheduleDriverHeldError(this.location, held);
@@ -166,20 +163,20 @@ export class SqliteScheduleStore extends ScheduleStoreOverSql implements Schedul
         return {
           driver,
           check: () =>
-            this.inTurn(async () => {
+            this.within(async () => {
               const recorded = await this.record.recordedDriver();
               if (recorded === null || !sameDriver(recorded, driver)) {
                 throw new ScheduleStoreError(`${this.location}: this process no longer drives the schedule (the record names ${recorded === null ? "no one" : `host ${recorded.host} pid ${recorded.pid}`})`, "check");
               }
             }),
-          release: () => this.inTurn(() => this.record.forgetDriver(driver)),
+          release: () => this.within(() => this.record.forgetDriver(driver)),
         };
       }),
     );
   }
 
   driver(): Promise<ScheduleDriver | null> {
-    return this.inTurn(() => this.liveDriver());
+    return this.within(() => this.liveDriver());
   }
 
   /** The recorded driver if its process still runs on this host. */
