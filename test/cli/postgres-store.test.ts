@@ -208,6 +208,12 @@ describe("store.url: freshrec doctor checks the database's stores", () => {
     expect(byName(healthy).registry).toMatchObject({ ok: true, detail: expect.stringContaining("live m000001") });
     expect(existsSync(join(root, "host", "events.duckdb"))).toBe(false);
     expect(existsSync(join(root, "host", "tables.sqlite"))).toBe(false);
+    // No schedule in the database yet: nothing to check. A paused job is named with what to do; no worker drives it.
+    expect(byName(healthy).schedule).toBeUndefined();
+    expect(runCli(["--workspace", join(root, "host"), "--config", configFile, "schedule", "pause", "refresh", "--reason", "pipeline outage"]).status).toBe(0);
+    const paused = byName(doctor()).schedule;
+    expect(paused).toMatchObject({ ok: true, detail: expect.stringContaining("refresh paused (pipeline outage): freshrec schedule resume refresh") });
+    expect(paused.detail).toContain("no process drives it");
 
     const file = join(root, "host", "models", "m000001", "model.gguf");
     writeFileSync(file, "other weights");

@@ -18,7 +18,7 @@ import type { LanguageModel } from "../../llm/contracts.js";
 import { PostgresModelRegistry } from "../../llm/postgres-registry.js";
 import { ModelRegistry } from "../../llm/registry.js";
 import { PostgresTableStore } from "../../tables/index.js";
-import { scheduleStorePath } from "../../update/schedule/index.js";
+import { PostgresScheduleStore, scheduleStorePath } from "../../update/schedule/index.js";
 import { action } from "../run.js";
 import type { WorkspacePaths } from "../workspace.js";
 
@@ -80,7 +80,8 @@ async function checkEventStore(file: string): Promise<DoctorCheck> {
 
 /**
  * Checks a deployment's PostgreSQL database (`store.url`), one check per store in it: reachable with its events, the
- * live table read back whole, the live model's file (under `<workspace>/models`) against its registered sha256. A store
+ * live table read back whole, the live model's file (under `<workspace>/models`) against its registered sha256, the
+ * schedule's jobs (paused or failing ones named) and which process drives it. A store
  * whose tables do not exist yet has no check, and none is created: the doctor only reads. Never throws.
  * @returns the checks, and the live model's file and the clusters for the backend checks (null when unknown).
  */
@@ -99,7 +100,7 @@ export async function diagnosePostgresStores(
     await probe.connect();
     const found = await probe.query<{ name: string }>(
       "SELECT c.relname AS name FROM pg_class c WHERE c.relkind = 'r' AND pg_table_is_visible(c.oid) AND c.relname = ANY($1::TEXT[])",
-      [["events", "table_versions", "models"]],
+      [["events", "table_versions", "models", "schedule_jobs"]],
     );
     for (const r of found.rows) present.add(r.name);
   } catch (error) {
@@ -162,6 +163,26 @@ export async function diagnosePostgresStores(
       }
     } catch (error) {
       checks.push({ name: "registry", ok: false, detail: message(error) });
+    }
+  }
+  if (present.has("schedule_jobs")) {
+    try {
+      const schedule = await PostgresScheduleStore.open(url);
+      try {
+        const [jobs, driver] = await Promise.all([schedule.jobStates(), schedule.driver()]);
+        const paused = jobs.filter((j) => j.paused);
+        const failing = jobs.filter((j) => j.consecutiveFailures > 0);
+        const by = driver ? `driven by host ${driver.host} pid ${driver.pid}` : "no process drives it (start freshrec schedule run on one worker)";
+        const issues = [
+          ...paused.map((j) => `${j.job} paused${j.pauseReason ? ` (${j.pauseReason})` : ""}: freshrec schedule resume ${j.job}`),
+          ...failing.map((j) => `${j.job} failed its last ${j.consecutiveFailures} run(s): freshrec schedule status`),
+        ];
+        checks.push({ name: "schedule", ok: true, ...(issues.length || !driver ? { warning: true } : {}), detail: `${where}: ${jobs.length} jobs, ${by}${issues.length ? `; ${issues.join("; ")}` : ""}` });
+      } finally {
+        await schedule.close();
+      }
+    } catch (error) {
+      checks.push({ name: "schedule", ok: false, detail: `${where}: the schedule store cannot be read (${message(error)})` });
     }
   }
   return { checks, liveModel, clusters };
