@@ -6,15 +6,13 @@
  */
 import { describe, expect, it } from "vitest";
 import { join } from "node:path";
-import { EventStore, eventBatchFromEvents } from "../../src/data/event-store.js";
 import { DAY_MS } from "../../src/domain/clock.js";
-import type { EngagementEvent } from "../../src/domain/types.js";
 import { measureContextUse } from "../../src/evaluation/context-use.js";
 import { EmbeddedLanguageModel } from "../../src/llm/backends/embedded.js";
 import type { TrainingSample } from "../../src/llm/contracts.js";
 import { EmbeddedTrainer } from "../../src/llm/engine/trainer.js";
 import { relabelContextSamples } from "../../src/llm/relabel.js";
-import { PAIR_WORLD, TINY_SHAPE, tempWorkspace } from "../llm/fixtures.js";
+import { PAIR_WORLD, TINY_SHAPE, pairWorldLog, tempWorkspace } from "../llm/fixtures.js";
 
 const { clusters: CLUSTERS, ids, successor, pairs } = PAIR_WORLD;
 const at = Date.UTC(2025, 9, 9);
@@ -24,26 +22,21 @@ const retrieved = pairs.slice(0, 40);
 /** What users after `at` choose: the first 10 retrieved pairs the retrieved successor, the others another one. */
 const after = (i: number, [a, b]: [number, number]) => successor(a, b, i < 10 ? 2 : 4);
 
-function log(): EngagementEvent[] {
-  const events: EngagementEvent[] = [];
-  let user = 0;
-  const visit = (a: number, b: number, next: number, ts: number) => {
-    const u = `u${user++}`;
-    [a, b, next].forEach((c, k) => events.push({ userId: u, itemId: `i${c}`, ts: ts + k * 1000 }));
-  };
+/** The log, in an in-memory event store. */
+function openLog() {
+  const { visit, open } = pairWorldLog();
   // The week before: each retrieved pair's successor has moved away from the one the models learnt (shift 2), two
   // users each (the support minimum).
   retrieved.forEach(([a, b], i) => [0, 1].forEach((r) => visit(a, b, successor(a, b, 2), at - 6 * DAY_MS + (2 * i + r) * 3_600_000)));
   // The two days after: one user per retrieved pair, and 20 transitions of pairs without a context.
   retrieved.forEach((p, i) => visit(p[0], p[1], after(i, p), at + i * 600_000));
   pairs.slice(60, 80).forEach(([a, b], i) => visit(a, b, successor(a, b), at + DAY_MS + i * 600_000));
-  return events;
+  return open();
 }
 
 describe("measureContextUse", () => {
   it("counts the transitions with a context and the successor's hits, and measures how often a model follows it", async () => {
-    const store = await EventStore.open(":memory:");
-    await store.append({ clusters: CLUSTERS, items: CLUSTERS.map((c, k) => ({ id: `i${k}`, clusterId: c.id })), events: eventBatchFromEvents(log()) });
+    const store = await openLog();
     const ws = tempWorkspace("freshrec-context-use-");
     const trainer = new EmbeddedTrainer({ init: { clusters: CLUSTERS, shape: TINY_SHAPE } });
     // Every pair's successor, with and without a context that names it in 3 of 5 samples.

@@ -2,7 +2,8 @@ import { existsSync, mkdtempSync } from "node:fs";
 import { expect } from "vitest";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import type { Cluster } from "../../src/domain/types.js";
+import { EventStore, eventBatchFromEvents } from "../../src/data/event-store.js";
+import type { Cluster, EngagementEvent } from "../../src/domain/types.js";
 import type { Trainer, TrainingSample } from "../../src/llm/contracts.js";
 
 export function tempWorkspace(prefix = "freshrec-llm-"): string {
@@ -80,3 +81,23 @@ export const PAIR_WORLD = (() => {
   for (let a = 0; a < n; a++) for (let b = 0; b < n; b++) if (a !== b) pairs.push([a, b]);
   return { clusters, ids: clusters.map((c) => c.id), n, successor, pairs };
 })();
+
+/**
+ * A log of PAIR_WORLD: `visit(a, b, next, at)` records one new user's three events (item `i<k>` of cluster `k<k>`),
+ * `open()` an in-memory event store with the world's catalog and the visits so far.
+ */
+export function pairWorldLog(): { visit: (a: number, b: number, next: number, at: number) => void; open: () => Promise<EventStore> } {
+  const events: EngagementEvent[] = [];
+  let user = 0;
+  return {
+    visit: (a, b, next, at) => {
+      const u = `u${user++}`;
+      [a, b, next].forEach((c, k) => events.push({ userId: u, itemId: `i${c}`, ts: at + k * 1000 }));
+    },
+    open: async () => {
+      const store = await EventStore.open(":memory:");
+      await store.append({ clusters: PAIR_WORLD.clusters, items: PAIR_WORLD.clusters.map((c, k) => ({ id: `i${k}`, clusterId: c.id })), events: eventBatchFromEvents(events) });
+      return store;
+    },
+  };
+}

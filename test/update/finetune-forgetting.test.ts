@@ -8,14 +8,12 @@
  */
 import { describe, expect, it } from "vitest";
 import { join } from "node:path";
-import { EventStore, eventBatchFromEvents } from "../../src/data/event-store.js";
 import { DAY_MS } from "../../src/domain/clock.js";
-import type { EngagementEvent } from "../../src/domain/types.js";
 import { EmbeddedLanguageModel } from "../../src/llm/backends/embedded.js";
 import type { TrainingSample } from "../../src/llm/contracts.js";
 import { EmbeddedTrainer } from "../../src/llm/engine/trainer.js";
 import { curateFineTuningSet, type CurationOptions } from "../../src/update/curation.js";
-import { PAIR_WORLD, TINY_SHAPE, tempWorkspace } from "../llm/fixtures.js";
+import { PAIR_WORLD, TINY_SHAPE, pairWorldLog, tempWorkspace } from "../llm/fixtures.js";
 
 const { clusters: CLUSTERS, ids, successor, pairs } = PAIR_WORLD;
 /** The pairs the recent window holds (their successors moved); the others only the past holds. */
@@ -26,21 +24,16 @@ const pastOnlyPairs = pairs.filter((p) => !isRecent(p));
 const asOf = Date.UTC(2025, 6, 1);
 const CURATION: CurationOptions = { windowDays: 40, testDays: 7, minTestUsers: 1, contextShare: 0 };
 
-/** Each transition is one user's three events: a, b, then the successor. */
-function worldEvents(): EngagementEvent[] {
-  const events: EngagementEvent[] = [];
-  let user = 0;
-  const visit = (a: number, b: number, next: number, at: number) => {
-    const u = `u${user++}`;
-    [a, b, next].forEach((c, k) => events.push({ userId: u, itemId: `i${c}`, ts: at + k * 1000 }));
-  };
+/** The world's log in an in-memory event store; each transition is one user's three events: a, b, then the successor. */
+function openWorld() {
+  const { visit, open } = pairWorldLog();
   // The past (200 to 41 days before the as-of time): every pair, the old successors, four users each.
   for (let r = 0; r < 4; r++) pairs.forEach(([a, b], i) => visit(a, b, successor(a, b), asOf - 200 * DAY_MS + (r * pairs.length + i) * 3_600_000));
   // The recent window (40 to 8 days before) holds the recent pairs only, with moved successors; the test slice
   // (the last 7 days) a few of them.
   for (let r = 0; r < 4; r++) recentPairs.forEach(([a, b], i) => visit(a, b, successor(a, b, 1), asOf - 40 * DAY_MS + (r * recentPairs.length + i) * 3_600_000));
   recentPairs.slice(0, 6).forEach(([a, b], i) => visit(a, b, successor(a, b, 1), asOf - 5 * DAY_MS + i * 3_600_000));
-  return events;
+  return open();
 }
 
 async function top1(modelPath: string, list: readonly [number, number][]): Promise<string[]> {
@@ -58,8 +51,7 @@ const agreement = (answers: readonly string[], list: readonly [number, number][]
 describe("fine-tuning without forgetting", () => {
   it("learns what moved and keeps what the recent window no longer shows, where recent-only curation forgets it", async () => {
     const ws = tempWorkspace("freshrec-forgetting-");
-    const store = await EventStore.open(":memory:");
-    await store.append({ clusters: CLUSTERS, items: CLUSTERS.map((c, k) => ({ id: `i${k}`, clusterId: c.id })), events: eventBatchFromEvents(worldEvents()) });
+    const store = await openWorld();
     const trainer = new EmbeddedTrainer({ init: { clusters: CLUSTERS, shape: TINY_SHAPE } });
     const past: TrainingSample[] = [];
     for (let r = 0; r < 4; r++) for (const [a, b] of pairs) past.push({ prompt: { history: { c1: ids[a], c2: ids[b] } }, answer: ids[successor(a, b)] });
@@ -87,8 +79,7 @@ describe("fine-tuning without forgetting", () => {
   }, 600_000);
 
   it("draws rehearsal from before the training part only, as the set's share, reproducibly", async () => {
-    const store = await EventStore.open(":memory:");
-    await store.append({ clusters: CLUSTERS, items: CLUSTERS.map((c, k) => ({ id: `i${k}`, clusterId: c.id })), events: eventBatchFromEvents(worldEvents()) });
+    const store = await openWorld();
     const set = await curateFineTuningSet(store, asOf, { ...CURATION, rehearsalShare: 0.75 });
     const recent = set.train.slice(0, set.train.length - set.rehearsed);
     const rehearsed = set.train.slice(set.train.length - set.rehearsed);
@@ -110,8 +101,7 @@ describe("fine-tuning without forgetting", () => {
   });
 
   it("rehearses reading a context too: the rehearsal part holds the window's share of relabelled context samples", async () => {
-    const store = await EventStore.open(":memory:");
-    await store.append({ clusters: CLUSTERS, items: CLUSTERS.map((c, k) => ({ id: `i${k}`, clusterId: c.id })), events: eventBatchFromEvents(worldEvents()) });
+    const store = await openWorld();
     // Contexts from the sample's own week (the recent transitions fill one week, so the week before has none).
     const withContexts = { ...CURATION, contextShare: 1, contextPeriod: "same" as const };
     const plain = await curateFineTuningSet(store, asOf, withContexts);
