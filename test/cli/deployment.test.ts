@@ -1,17 +1,18 @@
 /**
  * The process model of a deployment (issue 19, item 2), as docs/deploying.md tells a user to run it: on one database
  * (store.url), two `freshrec serve` replicas under continuous exploration load and event intake, one `freshrec schedule
- * run` worker that runs refreshes and a fine-tune meanwhile, and `freshrec ingest` appending a file meanwhile. Every
+ * run` worker that runs a fine-tune and refreshes meanwhile and is then killed (kill -9) and replaced by a second worker
+ * (the first one's lease ends with its database session), and `freshrec ingest` appending a file meanwhile. Every
  * process is the built CLI on loopback; the database is a throwaway PostgreSQL cluster.
  *
  * What it holds them to: no request fails; every answer comes from one table, whole (its clusters are the row of the
  * table version it names, for the history it names) and from a table the worker (or the operator before it) published;
  * a replica never answers from an older table once it has answered from a newer one; both replicas end on the worker's
- * last table; every event acknowledged by a replica or by ingest is stored exactly once.
+ * last table (the second worker's); every event acknowledged by a replica or by ingest is stored exactly once.
  *
  * The worker runs live, on the system clock, so the synthetic history ends in the current month (its start is computed
- * from today): the refresh falls due every three seconds and the fine-tune once, as the worker starts,
- * and both read data from before their due time as they would in production.
+ * from today): the refresh falls due every three seconds and the fine-tune once, as the worker starts, and both read
+ * data from before their due time as they would in production.
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync, writeFileSync } from "node:fs";
@@ -21,7 +22,7 @@ import pg from "pg";
 import { describe, expect, it } from "vitest";
 import { SystemClock } from "../../src/domain/clock.js";
 import { PostgresTableStore, TableLookup } from "../../src/tables/index.js";
-import { PostgresScheduleStore } from "../../src/update/schedule/index.js";
+import { PostgresScheduleStore, type RunRecord } from "../../src/update/schedule/index.js";
 import { usePostgresCluster } from "../data/postgres-cluster.js";
 import { BIN, ROOT, runCli, serveCli, servingLive } from "./run.js";
 
@@ -173,21 +174,33 @@ describe("a deployment: serve replicas, a schedule worker and ingest on one data
         const finetuneDue = new Date(Date.now()).toISOString();
         const workerConfig = join(root, "worker.config.json");
         writeFileSync(workerConfig, JSON.stringify({ ...settings, schedule: { ...settings.schedule, finetuneCadence: `every 1 days from ${finetuneDue}` } }));
-        worker = startCli(["--workspace", join(root, "worker"), "--config", workerConfig, "--json", "schedule", "run"]);
+        const workerArgs = ["--workspace", join(root, "worker"), "--config", workerConfig, "--json", "schedule", "run"];
+        worker = startCli(workerArgs);
         const ingest = startCli([...on("ingest-host"), "ingest", "--events", file]);
 
-        // Until the fine-tune has run and two refreshes have published tables after it (with the new model, if it went live).
         const schedule = await PostgresScheduleStore.open(url);
-        let runs: Awaited<ReturnType<PostgresScheduleStore["runs"]>> = [];
-        try {
+        let runs: RunRecord[] = [];
+        const until = async (what: string, done: (runs: RunRecord[]) => boolean) => {
           for (let waited = 0; ; waited += 250) {
-            if (waited > 300_000) throw new Error(`no fine-tune and refresh after it within 5 minutes: ${JSON.stringify(runs)}\n${worker.output.stderr}`);
-            if (worker.child.exitCode !== null) throw new Error(`the worker exited (${worker.child.exitCode}): ${worker.output.stderr}`);
+            if (waited > 300_000) throw new Error(`not within 5 minutes: ${what}: ${JSON.stringify(runs)}\n${worker!.output.stderr}`);
+            if (worker!.child.exitCode !== null) throw new Error(`the worker exited (${worker!.child.exitCode}) before ${what}: ${worker!.output.stderr}`);
             runs = await schedule.runs();
-            const tuned = runs.find((r) => r.job === "finetune" && r.endedAt !== null);
-            if (tuned && runs.filter((r) => r.job === "refresh" && r.status === "succeeded" && r.startedAt >= tuned.endedAt!).length >= 2) break;
+            if (done(runs)) return;
             await sleep(250);
           }
+        };
+        try {
+          await until("the fine-tune, and two refreshes publishing tables after it (with the new model, if it went live)", (runs) => {
+            const tuned = runs.find((r) => r.job === "finetune" && r.endedAt !== null);
+            return tuned !== undefined && runs.filter((r) => r.job === "refresh" && r.status === "succeeded" && r.startedAt >= tuned.endedAt!).length >= 2;
+          });
+          // The worker dies (kill -9) amid its refreshes: its database session ends and with it the schedule's lease, so
+          // a new worker starts at once (a lease still held would refuse it, exit 2) and runs the refreshes on.
+          worker.child.kill("SIGKILL");
+          await worker.exited;
+          const killedAt = Date.now();
+          worker = startCli(workerArgs);
+          await until("a refresh by the worker started after the first was killed", (runs) => runs.some((r) => r.job === "refresh" && r.status === "succeeded" && r.startedAt >= killedAt));
         } finally {
           await schedule.close();
         }
@@ -196,7 +209,7 @@ describe("a deployment: serve replicas, a schedule worker and ingest on one data
         expect(await worker.exited, worker.output.stderr).toBe(0);
         worker = null;
 
-        // The worker's log, read after it stopped: every run ended well, the fine-tune among them.
+        // The workers' log, read after the second stopped: the fine-tune ran, and every refresh published its table.
         const log = await PostgresScheduleStore.open(url);
         try {
           runs = await log.runs();
@@ -205,8 +218,12 @@ describe("a deployment: serve replicas, a schedule worker and ingest on one data
         }
         const finetune = runs.find((r) => r.job === "finetune")!;
         expect(finetune.status, finetune.error ?? "").toMatch(/^(succeeded|halted)$/);
-        // Ctrl-C cancels the refresh running at that moment (its partial table is never published); none other fails.
-        const refreshes = runs.filter((r) => r.job === "refresh" && !(r.status === "cancelled" && r === runs.at(-1)));
+        // kill -9 cut off the run then going on, if one was: the next worker marked it failed as interrupted. Ctrl-C
+        // cancelled the one going on at the end. Neither's table was published; no other run failed.
+        const cut = runs.filter((r) => r.status === "failed");
+        expect(cut.length).toBeLessThanOrEqual(1);
+        for (const r of cut) expect(r.error).toMatch(/^interrupted/);
+        const refreshes = runs.filter((r) => r.job === "refresh" && !cut.includes(r) && !(r.status === "cancelled" && r === runs.at(-1)));
         expect(refreshes.length).toBeGreaterThanOrEqual(2);
         for (const r of refreshes) expect(r.status, r.error ?? "").toBe("succeeded");
         const published = [first, ...refreshes.map((r) => String(r.detail!.tableVersion))];
