@@ -145,7 +145,20 @@ export class EventStore implements EventStoreContract {
     try {
       instance = await DuckDBInstance.create(path);
     } catch (error) {
-      throw new FreshrecError("INTERNAL", `cannot open the event store ${path}: ${(error as Error).message}`, { cause: error });
+      const message = (error as Error).message;
+      // DuckDB opens a file in one process at a time: another freshrec process (most often `serve`) holds it. That is
+      // how the commands were run, not a fault of the store, so it is answered as bad usage with what to do instead.
+      const holder = /Could not set lock on file[\s\S]*?Conflicting lock is held in (.*?) \(PID (\d+)\)/.exec(message);
+      if (holder) {
+        throw new FreshrecError(
+          "BAD_INPUT",
+          `the event store ${path} is in use by another process (PID ${holder[2]}, ${holder[1]}): DuckDB opens it in one process at a time. ` +
+            "Stop that process first; or, while it is freshrec serve, run the update loop inside it (serve --schedule) and send events to its POST /v1/events; " +
+            "or put the stores on PostgreSQL (store.url) so that several processes share them",
+          { cause: error },
+        );
+      }
+      throw new FreshrecError("INTERNAL", `cannot open the event store ${path}: ${message}`, { cause: error });
     }
     const connection = await instance.connect();
     await connection.run(SCHEMA);
