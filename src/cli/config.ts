@@ -151,7 +151,6 @@ export const configSchema = z
           .default(CURATION_DEFAULTS.rehearsalShare)
           .describe("Share of a fine-tune's training set drawn from the transitions before its window (rehearsal, in proportion to their distinct users), so the model keeps what it learnt there; 0 trains on the window only, which on sparse logs unlearns the rest (README, fine-tuning)."),
         rehearsalDays: positiveInt().default(CURATION_DEFAULTS.rehearsalDays).describe("Days before the fine-tuning window that rehearsal samples come from."),
-        rehearseContexts: z.boolean().default(false).describe("Rehearse reading contexts too: as many rehearsal samples as the window's share of samples with a context are relabelled context samples drawn from the window, so a fine-tune practises the context prompt form as much as its parent did."),
         contextPeriod: z.enum(["previous", "same"]).default("previous").describe("Week a sample's context comes from: previous (as a refresh served it) or same (its own week without its own user; an experiment to teach the model to follow contexts that contradict what it learnt)."),
         epochs: positiveInt().default(TRAIN_DEFAULTS.epochs).describe("Training epochs of a fine-tune (the best validation epoch is kept; early stop on no improvement)."),
         learningRate: z.number().positive().nullable().default(null).describe("Peak AdamW learning rate of a fine-tune. null = the trainer's default."),

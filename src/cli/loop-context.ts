@@ -46,7 +46,6 @@ export function loopSettings(config: FreshrecConfig, positiveMin: number | null)
       relabelShare: f.relabelShare,
       rehearsalShare: f.rehearsalShare,
       rehearsalDays: f.rehearsalDays,
-      rehearseContexts: f.rehearseContexts,
     },
     gates: gateOptions(config),
     drift: f.trigger === "drift" ? { minGain: f.driftMinGain, minDays: f.driftMinDays } : null,

@@ -92,11 +92,6 @@ export interface CurationOptions extends MiningOptions {
   readonly rehearsalShare?: number;
   /** Days before the training part that rehearsal samples come from. @defaultValue 3650 */
   readonly rehearsalDays?: number;
-  /**
-   * Rehearse reading contexts too: the window's share of samples with a context, among the rehearsal samples, are
-   * relabelled context samples drawn from the window (withReadingDrills). @defaultValue false
-   */
-  readonly rehearseContexts?: boolean;
 }
 
 export const CURATION_DEFAULTS = { windowDays: 90, testDays: 14, testUsers: 1000, minTestUsers: 5, maxSamples: 6000, maxPerPair: 24, maxTargetShare: 0.04, maxPerTriple: 8, contextShare: 0.5, relabelShare: 1, rehearsalShare: 0.5, rehearsalDays: 3650 } as const;
@@ -189,26 +184,9 @@ export async function curateFineTuningSet(store: EventStoreContract, asOf: numbe
   const chosen = diversify(pool, o, asOf);
   const coin = seededRandom((Math.floor(asOf / 1000) ^ 0x5bd1e995) >>> 0);
   const withContexts = chosen.map((t) => sampleOf(t, t.context && coin() < o.contextShare ? t.context.successors : undefined));
-  const catalogIds = (await store.clusters()).map((c) => c.id);
-  const train = relabelContextSamples(withContexts, catalogIds, { share: o.relabelShare, seed: asOf });
-  const older = await rehearsalSamples(store, asOf, trainWindow, train.length, o, mining);
-  const rehearsed = options.rehearseContexts ? withReadingDrills(older, withContexts, catalogIds, asOf) : older;
+  const train = relabelContextSamples(withContexts, (await store.clusters()).map((c) => c.id), { share: o.relabelShare, seed: asOf });
+  const rehearsed = await rehearsalSamples(store, asOf, trainWindow, train.length, o, mining);
   return { asOf, trainWindow, testWindow, train: [...train, ...rehearsed], test, available: pool.reduce((s, t) => s + t.users, 0), rehearsed: rehearsed.length };
-}
-
-/**
- * Rehearsal in both prompt forms: as many of the rehearsal samples as the window's share of samples with a context
- * are replaced by relabelled context samples (drills) drawn from the window's, so that a fine-tune practises reading
- * a context as much as its parent did instead of only what the old transitions say. A relabelled sample carries no
- * period's knowledge (its names are random), so drawing drills from the window teaches reading without repeating it.
- */
-function withReadingDrills(rehearsal: readonly TrainingSample[], window: readonly TrainingSample[], catalogIds: readonly string[], seed: number): TrainingSample[] {
-  const contextual = window.filter((s) => s.prompt.context);
-  if (contextual.length === 0 || rehearsal.length === 0) return [...rehearsal];
-  const drills = Math.round((rehearsal.length * contextual.length) / window.length);
-  const pick = seededRandom((Math.floor(seed / 1000) ^ 0x3c6ef372) >>> 0);
-  const drawn = Array.from({ length: drills }, () => contextual[Math.floor(pick() * contextual.length)]);
-  return [...relabelContextSamples(drawn, catalogIds, { share: 1, seed: seed + 1000 }), ...rehearsal.slice(drills)];
 }
 
 /**

@@ -99,24 +99,4 @@ describe("fine-tuning without forgetting", () => {
     await expect(curateFineTuningSet(store, asOf, { ...CURATION, rehearsalShare: 1 })).rejects.toThrow(/rehearsalShare/);
     store.close();
   });
-
-  it("rehearses reading a context too: the rehearsal part holds the window's share of relabelled context samples", async () => {
-    const store = await openWorld();
-    // Contexts from the sample's own week (the recent transitions fill one week, so the week before has none).
-    const withContexts = { ...CURATION, contextShare: 1, contextPeriod: "same" as const };
-    const plain = await curateFineTuningSet(store, asOf, withContexts);
-    const drilled = await curateFineTuningSet(store, asOf, { ...withContexts, rehearseContexts: true });
-    const recent = (set: typeof plain) => set.train.slice(0, set.train.length - set.rehearsed);
-    const rehearsed = (set: typeof plain) => set.train.slice(set.train.length - set.rehearsed);
-    expect(recent(drilled)).toEqual(recent(plain));
-    const windowShare = recent(plain).filter((s) => s.prompt.context).length / recent(plain).length;
-    expect(windowShare).toBeGreaterThan(0.2);
-    expect(rehearsed(plain).some((s) => s.prompt.context)).toBe(false);
-    expect(rehearsed(drilled)).toHaveLength(rehearsed(plain).length);
-    const drills = rehearsed(drilled).filter((s) => s.prompt.context);
-    expect(drills).toHaveLength(Math.round(rehearsed(plain).length * windowShare));
-    // Relabelled: each names clusters of the catalog, its context still the answer exactly when the window's was.
-    for (const s of drills) for (const id of [s.prompt.history.c1, s.prompt.history.c2, s.answer]) expect(ids).toContain(id);
-    store.close();
-  });
 });
