@@ -45,7 +45,7 @@ describe("training.engine", () => {
     expect(run("synth", "--quick", "--users", "500", "--events", "60000", "--months", "4").status).toBe(0);
     const base = run("pretrain", "--as-of", "2025-04-01");
     expect(base.status, base.stderr).toBe(0);
-    expect(base.stderr).toContain("training engine ggml (f32 products)");
+    expect(base.stderr).toContain("training engine ggml (bf16 products)"); // the precision engine v2 defaults to
     expect(base.json.training.epochs).toHaveLength(2);
     // Engine v2 reports the answer token's loss and top-1 over the vocabulary. Measured on this workspace: ggml
     // 4.94 / 0.037 and 4.30 / 0.049; the default engine's every-position loss and accuracy 1.68 / 0.72 and
