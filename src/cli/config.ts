@@ -13,6 +13,7 @@ import { SYNTHETIC_DEFAULTS } from "../data/synthetic/world.js";
 import { DRIFT_DEFAULTS } from "../mining/drift.js";
 import { GGUF_DEFAULTS, LLM_SERVE_DEFAULTS, OPENAI_DEFAULTS } from "../llm/backends/backend-defaults.js";
 import { TRAIN_DEFAULTS } from "../llm/contracts.js";
+import { DEFAULT_RELABEL_SHARE } from "../llm/relabel.js";
 import { REFERENCE_SHAPE } from "../llm/engine/model-file.js";
 import { TABLE_DEFAULTS } from "../tables/contract.js";
 import { EXPERIMENT_DEFAULTS, SERVE_DEFAULTS } from "../serving/defaults.js";
@@ -183,7 +184,7 @@ export const configSchema = z
         epochs: positiveInt().default(TRAIN_DEFAULTS.epochs).describe("Training epochs of the base model (4 scored best on held-out data: 11.8% top-1 vs 10.3% at 8)."),
         maxSamples: positiveInt().default(60000).describe("Most recent transitions used for pretraining at most."),
         contextShare: z.number().min(0).max(1).default(0.5).describe("Share of transitions that carry the RAG context a refresh would have retrieved just before them, so the base model already reads contexts."),
-        relabelShare: z.number().min(0).max(1).default(1).describe("Share of the transitions with a context whose clusters are renamed by one random map (history, context and answer alike), so the base model learns to read a context that contradicts what it memorised."),
+        relabelShare: z.number().min(0).max(1).default(DEFAULT_RELABEL_SHARE).describe("Share of the transitions with a context whose clusters are renamed by one random map (history, context and answer alike), so the base model learns to read a context that contradicts what it memorised."),
         keepCheckpoints: z.boolean().default(TRAIN_DEFAULTS.keepCheckpoints).describe("Keep the base model's per-epoch checkpoints (models/<version>/checkpoints/) after it is trained; by default they are removed."),
       })
       .strict()

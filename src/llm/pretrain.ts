@@ -17,7 +17,7 @@ import { EmbeddedLanguageModel } from "./backends/embedded.js";
 import { type ModelShape, readModelFile } from "./engine/model-file.js";
 import { EmbeddedTrainer, type EmbeddedTrainerOptions } from "./engine/trainer.js";
 import { EmbeddedModelRegistry, type ModelRegistryContract, type ModelVersion } from "./registry.js";
-import { relabelContextSamples } from "./relabel.js";
+import { DEFAULT_RELABEL_SHARE, relabelContextSamples } from "./relabel.js";
 
 export interface PretrainOptions {
   /** Workspace directory (registry.sqlite and models/ live there). */
@@ -153,7 +153,7 @@ export async function pretrainBaseModel(options: PretrainOptions): Promise<Pretr
       relabelContextSamples(
         options.transitions.map((t) => sampleOf(t, t.context)),
         options.clusters.map((c) => c.id),
-        { share: options.relabelShare ?? 1, seed: options.window?.to ?? 0 },
+        { share: options.relabelShare ?? DEFAULT_RELABEL_SHARE, seed: options.window?.to ?? 0 },
       ),
       {
         outputPath: modelPath,

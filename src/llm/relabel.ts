@@ -18,6 +18,9 @@ import { BadInputError } from "../domain/errors.js";
 import { seededRandom } from "../domain/random.js";
 import type { TrainingSample } from "./contracts.js";
 
+/** Share of the samples with a context relabelled by default (pretrain and fine-tunes): all of them (README, "In-prompt RAG"). */
+export const DEFAULT_RELABEL_SHARE = 1;
+
 export interface RelabelOptions {
   /** Share of the context-carrying samples that are relabelled, in [0, 1]. */
   readonly share: number;

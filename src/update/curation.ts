@@ -33,7 +33,7 @@ import { BadInputError } from "../domain/errors.js";
 import { seededRandom, shuffleInPlace } from "../domain/random.js";
 import type { TimeWindow, TransitionCount } from "../domain/types.js";
 import { sampleOf, type TrainingSample } from "../llm/contracts.js";
-import { relabelContextSamples } from "../llm/relabel.js";
+import { DEFAULT_RELABEL_SHARE, relabelContextSamples } from "../llm/relabel.js";
 import type { PromptContext } from "../llm/prompt.js";
 import { contextFor, contextsAlong, resolveRagOptions, type RagOptions } from "./rag.js";
 import { countTransitions, futureExamples, type FutureExample, type MiningOptions } from "../mining/transitions.js";
@@ -94,7 +94,7 @@ export interface CurationOptions extends MiningOptions {
   readonly rehearsalDays?: number;
 }
 
-export const CURATION_DEFAULTS = { windowDays: 90, testDays: 14, testUsers: 1000, minTestUsers: 5, maxSamples: 6000, maxPerPair: 24, maxTargetShare: 0.04, maxPerTriple: 8, contextShare: 0.5, relabelShare: 1, rehearsalShare: 0.5, rehearsalDays: 3650 } as const;
+export const CURATION_DEFAULTS = { windowDays: 90, testDays: 14, testUsers: 1000, minTestUsers: 5, maxSamples: 6000, maxPerPair: 24, maxTargetShare: 0.04, maxPerTriple: 8, contextShare: 0.5, relabelShare: DEFAULT_RELABEL_SHARE, rehearsalShare: 0.5, rehearsalDays: 3650 } as const;
 
 export interface FineTuningSet {
   readonly asOf: number;
