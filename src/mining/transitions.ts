@@ -250,7 +250,8 @@ export interface TimedTransition extends Transition {
 /**
  * Every novel transition whose `next` event lies in [from, to), with the user's following clusters up to
  * `horizon` runs, read only from events before `to`. Not deduplicated per user: replay scores each real
- * transition against the table that was live at its moment.
+ * transition against the table that was live at its moment. In time order, ties by user id, then by the sequence's
+ * own order, on both stores: the same log gives the same list every time, so a model trained on it repeats.
  */
 export async function timedTransitions(
   store: EventStoreContract,
@@ -259,8 +260,6 @@ export async function timedTransitions(
 ): Promise<TimedTransition[]> {
   const horizon = options.horizon ?? 5;
   const leads = Array.from({ length: horizon - 1 }, (_, k) => `lead(cluster_key, ${k + 1}) OVER w AS h${k + 1}`).join(", ");
-  // PostgreSQL: ties of (ts, user) broken by the sequence's own order, which DuckDB leaves to its sort.
-  const tieBreak = store.dialect === "postgres" ? ", trip.order_key" : "";
   const result = await store.queryColumns(
     `WITH ${sequenceSql(store, options, await orderKeySql(store))},
      trip AS (
@@ -270,7 +269,7 @@ export async function timedTransitions(
      SELECT u.user_id, epoch_ms(trip.ts) AS ts, c1, c2, cn${Array.from({ length: horizon - 1 }, (_, k) => `, h${k + 1}`).join("")}
      FROM trip JOIN users u USING (user_key)
      WHERE c1 IS NOT NULL AND cn <> c1 AND trip.ts >= epoch_ms($from::BIGINT)
-     ORDER BY trip.ts, ${byCodePoint(store, "u.user_id")}${tieBreak}`,
+     ORDER BY trip.ts, ${byCodePoint(store, "u.user_id")}, trip.order_key`,
     params(window, options),
   );
   const ids = new Map((await store.query<{ k: number; id: string }>("SELECT cluster_key AS k, cluster_id AS id FROM clusters")).map((r) => [r.k, r.id]));
@@ -295,7 +294,7 @@ export async function timedTransitions(
   return out;
 }
 
-/** Every novel transition of a window in columnar form, in time order (ties by user key): what `EvidenceLog` holds. */
+/** Every novel transition of a window in columnar form, in time order (ties by user key, then the sequence's order): what `EvidenceLog` holds. */
 export interface TransitionColumns {
   readonly users: Int32Array;
   readonly ts: Float64Array;
@@ -312,16 +311,17 @@ export interface TransitionColumns {
  * after `to` is read.
  */
 export async function transitionColumns(store: EventStoreContract, window: TimeWindow, options: MiningOptions = {}): Promise<TransitionColumns> {
-  const postgres = store.dialect === "postgres";
+  // Ties of (time, user) in the sequence's own order on both stores, so that the same log gives the same rows in the
+  // same order every time (a model trained on them repeats; DuckDB's parallel sort alone does not).
   const result = await store.queryColumns(
     `WITH ${sequenceSql(store, options, await orderKeySql(store))},
      trip AS (
-       SELECT user_key, ts,${postgres ? " order_key," : ""} lag(cluster_key, 2) OVER w AS c1, lag(cluster_key, 1) OVER w AS c2, cluster_key AS cn
+       SELECT user_key, ts, order_key, lag(cluster_key, 2) OVER w AS c1, lag(cluster_key, 1) OVER w AS c2, cluster_key AS cn
        FROM seq WINDOW w AS (PARTITION BY user_key ORDER BY order_key)
      )
      SELECT user_key, epoch_ms(ts) AS ts, c1, c2, cn FROM trip
      WHERE c1 IS NOT NULL AND cn <> c1 AND ts >= epoch_ms($from::BIGINT)
-     ORDER BY ${postgres ? "trip.ts, user_key, order_key" : "ts, user_key"}`,
+     ORDER BY trip.ts, user_key, order_key`,
     params(window, options),
   );
   const rows = result.rowCount;
