@@ -30,7 +30,7 @@ import { CLUSTERS, DAY, ITEMS, T0 } from "./transitions-conformance.js";
 const DATASETS = join(import.meta.dirname, "../../../shared/datasets");
 const database = usePostgresCluster();
 
-/** DuckDB leaves the order of transitions at one (time, user) to its sort; everything else must match as listed. */
+/** Sorted within one (time, user): the random log's parity is checked as a set there; ml-latest-small's below in order. */
 function canonicalTimed(list: TimedTransition[]): TimedTransition[] {
   const key = (t: TimedTransition) => JSON.stringify([t.c1, t.c2, t.next, t.horizon]);
   return [...list].sort((a, b) => a.ts - b.ts || (a.userId < b.userId ? -1 : a.userId > b.userId ? 1 : 0) || (key(a) < key(b) ? -1 : key(a) > key(b) ? 1 : 0));
