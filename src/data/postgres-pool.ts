@@ -46,23 +46,30 @@ export async function openStorePool(options: StorePoolOptions): Promise<{ pool: 
 }
 
 /**
- * Runs `work` on one connection inside one transaction, committed when it resolves and rolled back when it throws;
- * with `lock`, holding that transaction-level advisory lock first (so such transactions of every process run one at
- * a time).
+ * Runs `work` on one connection of `pool` inside one transaction, committed when it resolves and rolled back when it
+ * throws; with `lock`, holding that transaction-level advisory lock first (so such transactions of every process run
+ * one at a time).
  */
 export async function inTransaction<T>(pool: pg.Pool, work: (client: pg.PoolClient) => Promise<T>, lock?: number): Promise<T> {
   const client = await pool.connect();
   try {
-    await client.query("BEGIN");
+    return await transactionOn(client, () => work(client), lock);
+  } finally {
+    client.release();
+  }
+}
+
+/** The same on a connection the caller holds (a table build's, which keeps its session lock across transactions). */
+export async function transactionOn<T>(client: pg.ClientBase, work: () => Promise<T>, lock?: number): Promise<T> {
+  await client.query("BEGIN");
+  try {
     if (lock !== undefined) await client.query("SELECT pg_advisory_xact_lock($1)", [lock]);
-    const result = await work(client);
+    const result = await work();
     await client.query("COMMIT");
     return result;
   } catch (error) {
     await client.query("ROLLBACK").catch(() => {});
     throw error;
-  } finally {
-    client.release();
   }
 }
 

@@ -28,7 +28,7 @@
  */
 import { hostname } from "node:os";
 import pg from "pg";
-import { BIGINT_AS_NUMBER, openStorePool } from "../data/postgres-pool.js";
+import { BIGINT_AS_NUMBER, inTransaction, openStorePool, transactionOn } from "../data/postgres-pool.js";
 import type { Clock } from "../domain/clock.js";
 import { FreshrecError } from "../domain/errors.js";
 import { pairKey, type History } from "../domain/types.js";
@@ -195,12 +195,7 @@ export class PostgresTableStore implements TableStoreContract {
   }
 
   private async transaction<T>(work: (client: pg.PoolClient) => Promise<T>): Promise<T> {
-    const client = await this.pool.connect();
-    try {
-      return await inTransaction(client, () => work(client));
-    } finally {
-      client.release();
-    }
+    return inTransaction(this.pool, work);
   }
 
   private async record(on: Queryable, version: string, forUpdate = false): Promise<VersionRecord> {
@@ -342,7 +337,7 @@ export class PostgresTableStore implements TableStoreContract {
     }
     try {
       // Row and lock in one transaction: no other process sees the building row before its lock is held.
-      const seq = await inTransaction(client, async () => {
+      const seq = await transactionOn(client, async () => {
         const inserted = await this.run<{ seq: number }>(
           client,
           `INSERT INTO table_versions (status, model_version, template_hash, rag_as_of, rag_window_days, rag_options, strategy, parent, created_at, builder)
@@ -413,7 +408,7 @@ export class PostgresTableStore implements TableStoreContract {
     }
     let index: Map<string, number> = new Map();
     try {
-      await inTransaction(client, async () => {
+      await transactionOn(client, async () => {
         await this.assertBuilding(client, seq);
         index = await this.clusterIdxForWrite(client, names);
         const c1 = new Array<number>(batch.length);
@@ -473,7 +468,7 @@ export class PostgresTableStore implements TableStoreContract {
       }
     }
     try {
-      return await inTransaction(client, async () => {
+      return await transactionOn(client, async () => {
         await this.assertBuilding(client, seq);
         const copied = pairs
           ? await client.query(
@@ -500,7 +495,7 @@ export class PostgresTableStore implements TableStoreContract {
 
   /** @internal used by PostgresTableBuilder: marks the build ready or failed, then ends its connection (and lock). */
   async endBuild(client: pg.Client, seq: number, outcome: { stats: TableBuildStats } | { failure: string }): Promise<TableInfo> {
-    await inTransaction(client, async () => {
+    await transactionOn(client, async () => {
       await this.assertBuilding(client, seq);
       const shape = (await client.query<{ n: number; bytes: number }>(
         "SELECT count(*)::INTEGER AS n, coalesce(max(octet_length(answers)), 0)::INTEGER AS bytes FROM table_rows WHERE table_seq = $1",
@@ -748,19 +743,6 @@ export class PostgresTableStore implements TableStoreContract {
     for (const client of this.buildClients) await client.end().catch(() => {});
     this.buildClients.clear();
     await this.pool.end();
-  }
-}
-
-/** Runs `work` between BEGIN and COMMIT on `client`, rolling back when it throws. */
-async function inTransaction<T>(client: pg.ClientBase, work: () => Promise<T>): Promise<T> {
-  await client.query("BEGIN");
-  try {
-    const result = await work();
-    await client.query("COMMIT");
-    return result;
-  } catch (error) {
-    await client.query("ROLLBACK").catch(() => {});
-    throw error;
   }
 }
 
