@@ -56,7 +56,7 @@ import type { TrainingSample } from "./contracts.js";
 import { loadLlamaApi } from "./engine/llama-api.js";
 import { type ModelFileInfo, readModelFile } from "./engine/model-file.js";
 import { BatchScorer } from "./engine/scorer.js";
-import { ENGINE_LEARNING_RATE, EmbeddedTrainer, type EmbeddedTrainerOptions } from "./engine/trainer.js";
+import { ENGINE_CONTINUED_LEARNING_RATE, EmbeddedTrainer, type EmbeddedTrainerOptions } from "./engine/trainer.js";
 import { BOS_ID, BYTE_BASE, CLUSTER_BASE, EOS_ID, type Vocabulary, WORD_PREFIX } from "./engine/vocabulary.js";
 import { parsePrompt } from "./prompt.js";
 
@@ -664,7 +664,7 @@ export async function startLlmServer(options: LlmServerOptions): Promise<Running
         outputPath,
         validation: j.validation,
         epochs: j.epochs,
-        learningRate: ENGINE_LEARNING_RATE[training.engine ?? "opt-epoch"] * j.learningRateMultiplier,
+        learningRate: ENGINE_CONTINUED_LEARNING_RATE[training.engine ?? "opt-epoch"] * j.learningRateMultiplier,
         seed: j.seed,
         signal: j.abort.signal,
         onProgress: (e) => {

@@ -19,7 +19,7 @@ describe("training.engine", () => {
     const defaults = parseConfig({});
     expect(defaults.training).toEqual({ engine: "ggml", precision: "bf16" });
     const context = { clusters: [], workspace: tmpdir() };
-    expect(languageModelBackend(defaults.llm, { ...context, training: defaults.training }).trainer()?.recipe).toBe("engine=ggml;precision=bf16;threads=1");
+    expect(languageModelBackend(defaults.llm, { ...context, training: defaults.training }).trainer()?.recipe).toBe("engine=ggml;precision=bf16;threads=1;continued-lr=0.0003");
     expect(parseConfig({ training: { engine: "ggml", precision: "f32" } }).training).toEqual({ engine: "ggml", precision: "f32" });
     const optEpoch = parseConfig({ training: { engine: "opt-epoch" } });
     expect(optEpoch.training).toEqual({ engine: "opt-epoch", precision: "f32" });

@@ -9,7 +9,7 @@ import { describe, expect, it } from "vitest";
 import { EmbeddedLanguageModel } from "../../src/llm/backends/embedded.js";
 import type { TrainOptions, TrainResult, Trainer, TrainingEvent, TrainingSample } from "../../src/llm/contracts.js";
 import { readModelFile } from "../../src/llm/engine/model-file.js";
-import { EmbeddedTrainer } from "../../src/llm/engine/trainer.js";
+import { ENGINE_CONTINUED_LEARNING_RATE, ENGINE_LEARNING_RATE, EmbeddedTrainer } from "../../src/llm/engine/trainer.js";
 import { CachingTrainer } from "../../src/llm/training-cache.js";
 import { expectCancelledCleanly, TINY_SHAPE, tempWorkspace } from "./fixtures.js";
 import { MAPPING_CLUSTERS as CLUSTERS, N, heldOut, ids, mappingSample, successor, trainPairs } from "./mapping.js";
@@ -92,6 +92,16 @@ describe("embedded trainer on engine v2 (engine: ggml)", () => {
     expect(readModelFile(out).vocabularyHash).toBe(readModelFile(trainedPath).vocabularyHash);
     expect(existsSync(`${out}.checkpoints`)).toBe(false);
     expect(await heldOutAccuracy(out)).toBeGreaterThanOrEqual(0.5);
+  }, 60_000);
+
+  it("continues a model at the continued-training rate by default, a third of a pretrain's (it keeps what the model learnt, README)", async () => {
+    expect(trainedPath).not.toBe("");
+    const samples = trainSamples.slice(0, 120);
+    const scratch = await ggmlTrainer().train(samples, { outputPath: join(ws, "models", "scratch-default.gguf"), epochs: 1 });
+    const continued = await ggmlTrainer().train(samples, { from: trainedPath, outputPath: join(ws, "models", "continued-default.gguf"), epochs: 1 });
+    // Same samples and epochs, so the same steps of the same schedule: the rates differ by the peaks' ratio.
+    expect(continued.epochs[0].learningRate / scratch.epochs[0].learningRate).toBeCloseTo(ENGINE_CONTINUED_LEARNING_RATE.ggml / ENGINE_LEARNING_RATE.ggml, 6);
+    expect(ENGINE_CONTINUED_LEARNING_RATE.ggml).toBeLessThan(ENGINE_LEARNING_RATE.ggml);
   }, 60_000);
 
   it("is cancellable: an abort rejects with CANCELLED and leaves no output nor checkpoints", async () => {
