@@ -11,6 +11,8 @@
  * - An append holds a table lock for its transaction: keys are dense (`max + row_number`), so two processes
  *   appending at once must take turns; events carry a primary key on (user, item, ts), the identity of an event.
  * - Results parse BIGINT as bigint and TIMESTAMP (without time zone, as DuckDB's) as a UTC Date, as DuckDB's do.
+ * - Appends are numbered in commit order and notified (`EVENTS_CHANNEL`), and `readAppends` reads what came after a
+ *   number: other processes write the store while an API replica serves from memory, and this is how it follows.
  *
  * @example
  * const store = await PostgresEventStore.open("postgres://freshrec@db.internal/freshrec");
@@ -38,6 +40,27 @@ import {
   type StoreCounts,
 } from "./event-store.js";
 
+/**
+ * Notified (payload: the append's number) as each transaction that appended events, items or clusters commits; API
+ * replicas follow the store through it (src/serving/store-follower.ts).
+ */
+export const EVENTS_CHANNEL = "freshrec_events";
+
+/**
+ * Appends are numbered in commit order, so a reader that has everything up to number n misses nothing by asking for
+ * what came after n (a plain sequence would not do: its numbers are taken in start order, and a transaction that took
+ * a smaller one may commit later than one a reader already saw).
+ * - `event_appends.last` is the number of the latest committed append. A transaction takes the next one at its first
+ *   event (the default of `events.append_seq`, evaluated per row: its first row calls `freshrec_append_seq()`, which
+ *   increments the counter and remembers the number for the rest of the transaction). The counter's row stays locked
+ *   until the transaction ends, so the next writer takes its number after this one committed: numbers are commit order.
+ * - Every writer gets this without knowing of it, because it is the column's default (intake's INSERT, `append`'s, a
+ *   writer of an older version). Rows stored before the column existed have none; a reader loads them in full at start.
+ * - The cost: writers of events take turns from their first event row to their commit. `append` holds the events
+ *   table's lock for as long anyway; intake's insert is its transaction's last statement.
+ * - The column is added only when missing, checked first: ALTER TABLE would take the events table's exclusive lock
+ *   at every open, and wait behind (and hold up) every query on it.
+ */
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS clusters (cluster_key INTEGER PRIMARY KEY, cluster_id TEXT NOT NULL UNIQUE, description TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS items (item_key INTEGER PRIMARY KEY, item_id TEXT NOT NULL UNIQUE, cluster_key INTEGER NOT NULL, title TEXT);
@@ -49,6 +72,26 @@ CREATE OR REPLACE FUNCTION epoch_ms(ts TIMESTAMP) RETURNS BIGINT LANGUAGE sql IM
   AS $$ SELECT (extract(epoch FROM ts) * 1000)::BIGINT $$;
 CREATE OR REPLACE FUNCTION epoch_ms(ms BIGINT) RETURNS TIMESTAMP LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
   AS $$ SELECT TIMESTAMP '1970-01-01' + ms * INTERVAL '1 millisecond' $$;
+CREATE TABLE IF NOT EXISTS event_appends (one BOOLEAN PRIMARY KEY DEFAULT true CHECK (one), last BIGINT NOT NULL);
+INSERT INTO event_appends VALUES (true, 0) ON CONFLICT DO NOTHING;
+CREATE OR REPLACE FUNCTION freshrec_append_seq() RETURNS BIGINT LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+  taken TEXT := current_setting('freshrec.append_seq', true);
+  seq BIGINT;
+BEGIN
+  IF taken IS NOT NULL AND taken <> '' THEN RETURN taken::BIGINT; END IF;
+  UPDATE event_appends SET last = last + 1 RETURNING last INTO seq;
+  PERFORM pg_notify('${EVENTS_CHANNEL}', seq::TEXT);
+  PERFORM set_config('freshrec.append_seq', seq::TEXT, true);
+  RETURN seq;
+END $$;
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'events'::regclass AND attname = 'append_seq' AND NOT attisdropped) THEN
+    ALTER TABLE events ADD COLUMN append_seq BIGINT;
+    ALTER TABLE events ALTER COLUMN append_seq SET DEFAULT coalesce(nullif(current_setting('freshrec.append_seq', true), '')::BIGINT, freshrec_append_seq());
+    CREATE INDEX events_append_seq ON events (append_seq);
+  END IF;
+END $$;
 `;
 
 /** Any constant: the advisory lock that keeps two processes from creating the schema at once. */
@@ -72,6 +115,31 @@ const TYPES = {
     return pg.types.getTypeParser(oid, format as "text");
   },
 } as pg.CustomTypesConfig;
+
+/** A cluster added by an append (`readAppends`). */
+export interface AppendedCluster {
+  readonly key: number;
+  readonly id: string;
+  readonly description: string;
+}
+
+/** An item added by an append. */
+export interface AppendedItem {
+  readonly key: number;
+  readonly id: string;
+  readonly clusterKey: number;
+  readonly title: string | null;
+}
+
+/** An event as stored by an append. */
+export interface AppendedEvent {
+  readonly userId: string;
+  readonly itemKey: number;
+  /** Epoch milliseconds. */
+  readonly ts: number;
+  /** As stored (a float32); null = engaged. */
+  readonly engagement: number | null;
+}
 
 export class PostgresEventStore implements EventStoreContract {
   readonly dialect = "postgres" as const;
@@ -147,6 +215,8 @@ export class PostgresEventStore implements EventStoreContract {
       let eventsAdded = 0;
       let skippedDuplicates = 0;
       if (request.events) ({ eventsAdded, skippedDuplicates } = await this.insertEvents(client, request.events));
+      // A catalog change without events numbers its append too, so that replicas hear of the new items.
+      if (clustersAdded + itemsAdded > 0) await client.query("SELECT freshrec_append_seq()");
       for (const [key, value] of Object.entries({ ...request.meta, ...request.identity })) {
         await this.run(client, "INSERT INTO meta VALUES ($key, $value) ON CONFLICT (key) DO UPDATE SET value = excluded.value", { key, value });
       }
@@ -168,6 +238,68 @@ export class PostgresEventStore implements EventStoreContract {
    */
   transaction<T>(work: (client: pg.PoolClient) => Promise<T>): Promise<T> {
     return inTransaction(this.pool, work);
+  }
+
+  /** The number of the latest committed append (0 before the first). */
+  async lastAppend(): Promise<number> {
+    const rows = await this.query<{ last: bigint }>("SELECT last FROM event_appends");
+    return Number(rows[0]?.last ?? 0);
+  }
+
+  /**
+   * What was appended after append number `after`, read in one snapshot up to the latest committed append: the
+   * clusters and items with keys above the given ones (keys grow with each append: `max + row_number` under the
+   * append's lock), then the events, `pageRows` at a time through a cursor, each page handed to `onEvents` before the
+   * next is read. An event may be one a reader has already (its own intake's, or one it read at start): readers apply
+   * them as they would apply any event, where a known one changes nothing.
+   * @returns the number of the latest append read (`after` when nothing was appended since).
+   */
+  async readAppends(
+    after: number,
+    known: { readonly clusterKey: number; readonly itemKey: number },
+    handlers: {
+      readonly onCatalog: (clusters: readonly AppendedCluster[], items: readonly AppendedItem[]) => void;
+      readonly onEvents: (events: readonly AppendedEvent[]) => void | Promise<void>;
+    },
+    pageRows = 10_000,
+  ): Promise<number> {
+    try {
+      return await inTransaction(this.pool, async (client) => {
+        // One snapshot for the counter, the catalog and the events: whatever the counter counts is visible here.
+        await client.query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY");
+        const last = Number((await client.query<{ last: bigint }>("SELECT last FROM event_appends")).rows[0]?.last ?? 0);
+        if (last <= after) return after;
+        const clusters = await client.query<[number, string, string]>({
+          text: "SELECT cluster_key, cluster_id, description FROM clusters WHERE cluster_key > $1 ORDER BY cluster_key",
+          values: [known.clusterKey],
+          rowMode: "array",
+        });
+        const items = await client.query<[number, string, number, string | null]>({
+          text: "SELECT item_key, item_id, cluster_key, title FROM items WHERE item_key > $1 ORDER BY item_key",
+          values: [known.itemKey],
+          rowMode: "array",
+        });
+        handlers.onCatalog(
+          clusters.rows.map(([key, id, description]) => ({ key, id, description })),
+          items.rows.map(([key, id, clusterKey, title]) => ({ key, id, clusterKey, title })),
+        );
+        await client.query({
+          text: `DECLARE appended NO SCROLL CURSOR FOR
+                 SELECT u.user_id, e.item_key, epoch_ms(e.ts)::FLOAT8, e.engagement FROM events e JOIN users u USING (user_key)
+                 WHERE e.append_seq > $1 AND e.append_seq <= $2`,
+          values: [after, last],
+        });
+        for (;;) {
+          const page = await client.query<[string, number, number, number | null]>({ text: `FETCH ${Math.max(1, Math.floor(pageRows))} FROM appended`, rowMode: "array" });
+          if (page.rows.length === 0) break;
+          await handlers.onEvents(page.rows.map(([userId, itemKey, ts, engagement]) => ({ userId, itemKey, ts, engagement })));
+        }
+        return last;
+      });
+    } catch (error) {
+      if (error instanceof FreshrecError) throw error;
+      throw new FreshrecError("INTERNAL", `reading the appends after ${after} from the event store ${this.location} failed: ${(error as Error).message}`, { cause: error });
+    }
   }
 
   private async upsertClusters(client: pg.PoolClient, clusters: readonly Cluster[]): Promise<number> {
