@@ -1,9 +1,13 @@
 /**
- * The catalog as serving holds it: clusters and items with dense indices, read once from the event store. Serving
+ * The catalog as serving holds it: clusters and items with dense indices, read from the event store at start. Serving
  * works on indices (typed arrays, no per-request allocation of strings); ids go in and out at the edges.
  *
- * Items only enter the catalog through `freshrec ingest`/`synth`, which cannot run while the server holds the event
- * store, so the catalog never changes while serving.
+ * On the embedded workspace items only enter the catalog through `freshrec ingest`/`synth`, which cannot run while the
+ * server holds the event store, so the catalog never changes while serving. On a shared PostgreSQL store other
+ * processes add clusters and items at any time: the store follower (./store-follower.ts) appends them here (`extend`).
+ * Indices only grow: an index once given keeps naming the same cluster or item, so whatever holds one (a user's
+ * state, a grounding index, a cached answer fragment) stays right; structures sized by the counts of their time
+ * treat a larger index as one they do not know.
  *
  * @example
  * const catalog = await Catalog.load(events);
@@ -12,20 +16,31 @@
  */
 import type { EventStoreContract } from "../data/event-store.js";
 
+/** A cluster or item as the store holds it, with its store key. */
+export interface StoredCluster {
+  readonly key: number;
+  readonly id: string;
+  readonly description: string;
+}
+
+export interface StoredItem {
+  readonly key: number;
+  readonly id: string;
+  readonly clusterKey: number;
+  readonly title: string | null;
+}
+
 export class Catalog {
   private constructor(
-    readonly clusterIds: readonly string[],
-    readonly descriptions: readonly string[],
-    readonly clusterIndex: ReadonlyMap<string, number>,
-    readonly itemIds: readonly string[],
-    readonly itemTitles: readonly (string | null)[],
-    readonly itemIndex: ReadonlyMap<string, number>,
-    /** Cluster index of each item. */
-    readonly itemCluster: Int32Array,
-    /** Event-store item key -> dense item index (-1 for none); keys are small dense integers. */
-    readonly itemOfKey: Int32Array,
-    /** Event-store cluster key -> dense cluster index. */
-    readonly clusterOfKey: Int32Array,
+    private readonly clusterIdList: string[],
+    private readonly descriptionList: string[],
+    private readonly clusterIndexMap: Map<string, number>,
+    private readonly itemIdList: string[],
+    private readonly itemTitleList: (string | null)[],
+    private readonly itemIndexMap: Map<string, number>,
+    private itemClusterArray: Int32Array,
+    private itemOfKeyArray: Int32Array,
+    private clusterOfKeyArray: Int32Array,
   ) {}
 
   static async load(store: EventStoreContract): Promise<Catalog> {
@@ -34,40 +49,121 @@ export class Catalog {
     );
     const read = await store.queryColumns("SELECT item_key, item_id, cluster_key, title FROM items ORDER BY item_key");
     const [keys, ids, clusterKeys, titles] = read.rowCount ? (read.columns as [number[], string[], number[], (string | null)[]]) : [[], [], [], []];
-    const maxClusterKey = clusters.reduce((m, c) => Math.max(m, c.k), 0);
-    const clusterOfKey = new Int32Array(maxClusterKey + 1).fill(-1);
-    clusters.forEach((c, i) => (clusterOfKey[c.k] = i));
-    const maxItemKey = keys.reduce((m, k) => Math.max(m, k), 0);
-    const itemOfKey = new Int32Array(maxItemKey + 1).fill(-1);
-    const itemCluster = new Int32Array(keys.length);
-    for (let i = 0; i < keys.length; i++) {
-      itemOfKey[keys[i]] = i;
-      itemCluster[i] = clusterOfKey[clusterKeys[i]];
-    }
-    return new Catalog(
-      clusters.map((c) => c.id),
-      clusters.map((c) => c.d),
-      new Map(clusters.map((c, i) => [c.id, i])),
-      ids,
-      titles,
-      new Map(ids.map((id, i) => [id, i])),
-      itemCluster,
-      itemOfKey,
-      clusterOfKey,
+    const catalog = new Catalog([], [], new Map(), [], [], new Map(), new Int32Array(0), new Int32Array(1).fill(-1), new Int32Array(1).fill(-1));
+    catalog.extend(
+      clusters.map((c) => ({ key: c.k, id: c.id, description: c.d })),
+      keys.map((key, i) => ({ key, id: ids[i], clusterKey: clusterKeys[i], title: titles[i] })),
     );
+    return catalog;
+  }
+
+  /**
+   * Appends clusters and items the store added after those the catalog holds, each list in key order with keys above
+   * `lastClusterKey` and `lastItemKey` (the store gives keys in append order, and `Catalog.load` reads them in that
+   * order too). An item whose cluster neither the catalog nor `clusters` holds is left out.
+   * @returns how many clusters and items were added.
+   */
+  extend(clusters: readonly StoredCluster[], items: readonly StoredItem[]): { clusters: number; items: number } {
+    let clustersAdded = 0;
+    let itemsAdded = 0;
+    const lastClusterKey = clusters.reduce((m, c) => Math.max(m, c.key), this.lastClusterKey);
+    if (lastClusterKey > this.lastClusterKey) {
+      const grown = new Int32Array(lastClusterKey + 1).fill(-1);
+      grown.set(this.clusterOfKeyArray);
+      this.clusterOfKeyArray = grown;
+    }
+    for (const c of clusters) {
+      if (this.clusterOfKeyArray[c.key] >= 0 || this.clusterIndexMap.has(c.id)) continue;
+      const index = this.clusterIdList.length;
+      this.clusterIdList.push(c.id);
+      this.descriptionList.push(c.description);
+      this.clusterIndexMap.set(c.id, index);
+      this.clusterOfKeyArray[c.key] = index;
+      clustersAdded++;
+    }
+    const fresh = items.filter((it) => it.key > this.lastItemKey && (this.clusterOfKeyArray[it.clusterKey] ?? -1) >= 0 && !this.itemIndexMap.has(it.id));
+    if (fresh.length) {
+      const lastItemKey = fresh.reduce((m, it) => Math.max(m, it.key), this.lastItemKey);
+      const itemOfKey = new Int32Array(lastItemKey + 1).fill(-1);
+      itemOfKey.set(this.itemOfKeyArray);
+      const itemCluster = new Int32Array(this.itemIdList.length + fresh.length);
+      itemCluster.set(this.itemClusterArray);
+      for (const it of fresh) {
+        const index = this.itemIdList.length;
+        this.itemIdList.push(it.id);
+        this.itemTitleList.push(it.title);
+        this.itemIndexMap.set(it.id, index);
+        itemOfKey[it.key] = index;
+        itemCluster[index] = this.clusterOfKeyArray[it.clusterKey];
+        itemsAdded++;
+      }
+      // Swapped whole: a reader holding the old arrays still reads every index it knew.
+      this.itemOfKeyArray = itemOfKey;
+      this.itemClusterArray = itemCluster;
+    }
+    return { clusters: clustersAdded, items: itemsAdded };
+  }
+
+  get clusterIds(): readonly string[] {
+    return this.clusterIdList;
+  }
+
+  get descriptions(): readonly string[] {
+    return this.descriptionList;
+  }
+
+  get clusterIndex(): ReadonlyMap<string, number> {
+    return this.clusterIndexMap;
+  }
+
+  get itemIds(): readonly string[] {
+    return this.itemIdList;
+  }
+
+  get itemTitles(): readonly (string | null)[] {
+    return this.itemTitleList;
+  }
+
+  get itemIndex(): ReadonlyMap<string, number> {
+    return this.itemIndexMap;
+  }
+
+  /** Cluster index of each item. */
+  get itemCluster(): Int32Array {
+    return this.itemClusterArray;
+  }
+
+  /** Event-store item key -> dense item index (-1 for none; undefined past the largest key read). */
+  get itemOfKey(): Int32Array {
+    return this.itemOfKeyArray;
+  }
+
+  /** Event-store cluster key -> dense cluster index (-1 for none; undefined past the largest key read). */
+  get clusterOfKey(): Int32Array {
+    return this.clusterOfKeyArray;
+  }
+
+  /** The largest item key read from the store (0 before any). */
+  get lastItemKey(): number {
+    return this.itemOfKeyArray.length - 1;
+  }
+
+  /** The largest cluster key read from the store (0 before any). */
+  get lastClusterKey(): number {
+    return this.clusterOfKeyArray.length - 1;
   }
 
   get clusterCount(): number {
-    return this.clusterIds.length;
+    return this.clusterIdList.length;
   }
 
   get itemCount(): number {
-    return this.itemIds.length;
+    return this.itemIdList.length;
   }
 
   /** Cluster id of an item id, or undefined for an item not in the catalog. */
   clusterOfItem(itemId: string): string | undefined {
-    const i = this.itemIndex.get(itemId);
-    return i === undefined ? undefined : this.clusterIds[this.itemCluster[i]];
+    const i = this.itemIndexMap.get(itemId);
+    return i === undefined ? undefined : this.clusterIdList[this.itemCluster[i]];
   }
 }

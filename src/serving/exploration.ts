@@ -194,7 +194,8 @@ export class Explorer {
   /** Index maps between a table's clusters and the catalog's, made once per table (a lookup never changes). */
   private indicesOf(lookup: TableLookup): { readonly toCatalog: Int32Array; readonly toLocal: Int32Array } {
     let known = this.tableIndices.get(lookup);
-    if (known === undefined) {
+    // Made again when the catalog has grown (a shared store's follower adds clusters): a table may know the new ones.
+    if (known === undefined || known.toLocal.length !== this.catalog.clusterCount) {
       const toCatalog = Int32Array.from(lookup.clusters, (id) => this.catalog.clusterIndex.get(id) ?? -1);
       const toLocal = new Int32Array(this.catalog.clusterCount).fill(-1);
       toCatalog.forEach((c, local) => {

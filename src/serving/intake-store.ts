@@ -272,7 +272,8 @@ export class PostgresIntakeStore implements IntakeStore {
   }
 
   private async readItemKeys(): Promise<Int32Array> {
-    if (this.itemKeys) return this.itemKeys;
+    // Read again when the catalog has grown (a shared store's follower adds the items other processes append).
+    if (this.itemKeys && this.itemKeys.length === this.catalog.itemCount) return this.itemKeys;
     const rows = await this.store.query<{ item_id: string; item_key: number }>("SELECT item_id, item_key FROM items");
     const byId = new Map(rows.map((r) => [r.item_id, r.item_key]));
     const keys = new Int32Array(this.catalog.itemCount);

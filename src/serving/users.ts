@@ -7,7 +7,9 @@
  * Loaded from the event store at start-up in one ordered scan; after each accepted intake batch the events the store
  * newly took are applied to their users' states in place (`apply`), in any time order: the state keeps just enough of
  * each user's events (./histories.ts) to give what a reload would. No other user is touched, and nothing costs more
- * than the posting user's own events: an intake batch is never a recount.
+ * than the posting user's own events: an intake batch is never a recount. On a shared PostgreSQL store the events
+ * other processes append are applied the same way (./store-follower.ts); applying an event the index holds changes
+ * nothing, so the two paths may bring the same event in either order.
  *
  * The index also knows every stored event's identity (user, item, ts), which is what lets intake tell a repeated event
  * from a new one without asking the store (`holds`): a lookup there has no index to use and scans the whole event
@@ -209,7 +211,8 @@ export class UserIndex {
         const rows: number[] = [];
         const tail = emptyTail();
         for (let r = start; r < end; r++) {
-          const item = catalog.itemOfKey[itemKeys[r]];
+          // An item added after the catalog was read is not known yet (the store follower brings it and its events).
+          const item = catalog.itemOfKey[itemKeys[r]] ?? -1;
           if (item < 0) continue;
           rows.push(r);
           if (positives[r]) extendTail(tail, times[r], item, catalog.itemCluster[item]);
@@ -222,7 +225,7 @@ export class UserIndex {
         const recent: number[] = [];
         const recentTs: number[] = [];
         for (let r = end - 1; r >= start && recent.length < this.recentItems; r--) {
-          const item = catalog.itemOfKey[itemKeys[r]];
+          const item = catalog.itemOfKey[itemKeys[r]] ?? -1;
           if (item < 0 || !positives[r] || recent.includes(item)) continue;
           recent.push(item);
           recentTs.push(times[r]);

@@ -120,8 +120,12 @@ export async function buildGroundingIndex(store: EventStoreContract, catalog: Ca
      SELECT item_key, cluster_key, recent_users FROM ranked WHERE k <= ${Math.floor(popularPerCluster)} ORDER BY cluster_key, k`,
     params,
   );
-  const m = popular.rowCount;
-  const [pItems, pClusters, pUsers] = m ? (popular.columns as [number[], number[], number[]]) : [[], [], []];
+  const read = popular.rowCount;
+  const [readItems, readClusters, readUsers] = read ? (popular.columns as [number[], number[], number[]]) : [[], [], []];
+  // Items (and clusters) a shared store gained after the catalog was read are left out until the catalog has them.
+  const known = Array.from({ length: read }, (_, r) => r).filter((r) => (catalog.itemOfKey[readItems[r]] ?? -1) >= 0 && (catalog.clusterOfKey[readClusters[r]] ?? -1) >= 0);
+  const [pItems, pClusters, pUsers] = [known.map((r) => readItems[r]), known.map((r) => readClusters[r]), known.map((r) => readUsers[r])];
+  const m = known.length;
   const K = catalog.clusterCount;
   const popularStart = new Int32Array(K + 1);
   for (let r = 0; r < m; r++) popularStart[catalog.clusterOfKey[pClusters[r]] + 1]++;
@@ -169,8 +173,8 @@ function rankNeighbors(catalog: Catalog, is: readonly number[], js: readonly num
   const items = catalog.itemCount;
   const degree = new Int32Array(items + 1);
   for (let r = 0; r < is.length; r++) {
-    const i = catalog.itemOfKey[is[r]];
-    const j = catalog.itemOfKey[js[r]];
+    const i = catalog.itemOfKey[is[r]] ?? -1;
+    const j = catalog.itemOfKey[js[r]] ?? -1;
     if (i < 0 || j < 0) continue;
     degree[i + 1]++;
     degree[j + 1]++;
@@ -182,8 +186,8 @@ function rankNeighbors(catalog: Catalog, is: readonly number[], js: readonly num
   const nWeight = new Float32Array(all);
   const fill = start.slice(0, items);
   for (let r = 0; r < is.length; r++) {
-    const i = catalog.itemOfKey[is[r]];
-    const j = catalog.itemOfKey[js[r]];
+    const i = catalog.itemOfKey[is[r]] ?? -1;
+    const j = catalog.itemOfKey[js[r]] ?? -1;
     if (i < 0 || j < 0) continue;
     nItem[fill[i]] = j;
     nWeight[fill[i]++] = weights[r];
