@@ -42,6 +42,21 @@ export interface MetricsSnapshot {
   readonly groundingAgeSeconds: number | null;
   /** Every table binding the server follows, and whether its latest reload failed. */
   readonly tableBindings: readonly { readonly binding: string; readonly reloadFailing: boolean }[];
+  /** How the server follows a shared store's appends; null or absent on the embedded workspace. */
+  readonly storeFollow?: {
+    readonly listening: boolean;
+    readonly disconnects: number;
+    readonly appliedThrough: number;
+    readonly storeLatest: number;
+    readonly failing: number;
+    readonly lastCaughtUpAt: number | null;
+    readonly catchUps: number;
+    readonly catchUpErrors: number;
+    readonly eventsApplied: number;
+    readonly itemsAdded: number;
+  } | null;
+  /** The server clock's now (epoch ms), for ages. */
+  readonly now?: number;
 }
 
 const escapeLabel = (v: string) => v.replace(/\\/g, "\\\\").replace(/\n/g, "\\n").replace(/"/g, '\\"');
@@ -130,6 +145,33 @@ export class ServerMetrics {
     }
     family("freshrec_table_reload_failing", "gauge", "1 while the latest reload of a binding's table failed (it serves an older table than the store says; GET /readyz answers 503), else 0.");
     for (const b of snapshot.tableBindings) out.push(`freshrec_table_reload_failing${labels({ binding: b.binding })} ${b.reloadFailing ? 1 : 0}`);
+    const follow = snapshot.storeFollow;
+    if (follow) {
+      const gauges: [string, string, number][] = [
+        ["freshrec_store_listener_connected", "1 while the connection that hears the shared store's notifications is up; 0 while it reconnects (the poll still follows).", follow.listening ? 1 : 0],
+        ["freshrec_store_appends_behind", "Appends the store committed that this replica knows of and has not applied yet.", Math.max(0, follow.storeLatest - follow.appliedThrough)],
+        ["freshrec_store_applied_append", "The last append (the store's commit-ordered number) applied to this replica's histories and catalog.", follow.appliedThrough],
+        ["freshrec_store_catchup_failing", "Failed catch-ups with the store's appends in a row (0 while following).", follow.failing],
+      ];
+      if (follow.lastCaughtUpAt !== null && snapshot.now !== undefined) {
+        gauges.push(["freshrec_store_last_catchup_age_seconds", "Seconds since the last successful catch-up with the store's appends.", (snapshot.now - follow.lastCaughtUpAt) / 1000]);
+      }
+      for (const [name, help, value] of gauges) {
+        family(name, "gauge", help);
+        out.push(`${name} ${value}`);
+      }
+      const followCounters: [string, string, number][] = [
+        ["freshrec_store_listener_disconnects_total", "Losses of the connection that hears the shared store's notifications.", follow.disconnects],
+        ["freshrec_store_catchups_total", "Catch-ups with the store's appends that succeeded (including those that found nothing new).", follow.catchUps],
+        ["freshrec_store_catchup_errors_total", "Catch-ups with the store's appends that failed (retried at the next notification or poll).", follow.catchUpErrors],
+        ["freshrec_store_events_followed_total", "Events appended to the store (by any process) applied to this replica's histories by following it.", follow.eventsApplied],
+        ["freshrec_store_items_followed_total", "Items other processes added to the store that this replica's catalog took.", follow.itemsAdded],
+      ];
+      for (const [name, help, value] of followCounters) {
+        family(name, "counter", help);
+        out.push(`${name} ${value}`);
+      }
+    }
     family("freshrec_users_known", "gauge", "Users with events held in memory.");
     out.push(`freshrec_users_known ${snapshot.users}`);
     family("freshrec_grounding_index_age_seconds", "gauge", "Seconds since the grounding index was built.");

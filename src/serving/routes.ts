@@ -461,6 +461,8 @@ export function registerRoutes(app: FastifyInstance, state: ServingState): Route
         experiment: state.experiment ? { name: state.experiment.experiment.name, arms: state.experiment.experiment.arms.map((a) => a.name) } : null,
         groundingAgeSeconds: (options.clock.now() - state.groundingBuiltAt) / 1000,
         tableBindings: tables.bindings().map((b) => ({ binding: b.binding, reloadFailing: failing.has(b.binding) })),
+        storeFollow: state.storeFollow(),
+        now: options.clock.now(),
       });
     },
   );
@@ -503,6 +505,7 @@ export function registerRoutes(app: FastifyInstance, state: ServingState): Route
   function health() {
     const lookup = tables.lookup("live");
     const reloadFailures = tables.failures().map((f) => ({ ...f, since: isoTime(f.since) }));
+    const follow = state.storeFollow();
     return {
       status: "ok" as const,
       ready: lookup !== undefined && reloadFailures.length === 0,
@@ -513,6 +516,7 @@ export function registerRoutes(app: FastifyInstance, state: ServingState): Route
       clusters: state.catalog.clusterCount,
       items: state.catalog.itemCount,
       uptimeSeconds: (options.clock.now() - state.startedAt) / 1000,
+      storeFollow: follow && { ...follow, lastCaughtUpAt: follow.lastCaughtUpAt === null ? null : isoTime(follow.lastCaughtUpAt) },
     };
   }
 

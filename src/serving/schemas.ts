@@ -182,6 +182,29 @@ export const reloadFailureSchema = z
   })
   .describe("A table the server should serve but cannot load; the table it served before keeps serving.");
 
+export const storeFollowSchema = z
+  .object({
+    state: z
+      .enum(["following", "catching-up", "disconnected", "failing"])
+      .describe(
+        "following: hearing the store's notifications, nothing known to be missing; catching-up: appends committed that are not applied yet; disconnected: the listening connection is down (reconnecting; the poll every serve.reloadIntervalMs still follows); failing: the last catch-up failed (retried at the next notification or poll).",
+      ),
+    listening: z.boolean().describe("Whether the connection that hears the store's notifications is up."),
+    disconnects: z.number().int().describe("Times that connection was lost since start."),
+    appliedThrough: z.number().int().describe("The last append (the store's commit-ordered number) whose events this replica applied."),
+    storeLatest: z.number().int().describe("The latest append this replica knows the store committed."),
+    catchingUp: z.boolean(),
+    lastCaughtUpAt: z.string().nullable().describe("When the last successful catch-up ended (ISO-8601)."),
+    failing: z.number().int().describe("Failed catch-ups in a row."),
+    lastError: z.string().nullable(),
+    catchUps: z.number().int(),
+    catchUpErrors: z.number().int(),
+    eventsApplied: z.number().int().describe("Events appended by other processes (or read again) applied to users' histories since start."),
+    itemsAdded: z.number().int(),
+    clustersAdded: z.number().int(),
+  })
+  .describe("How this replica follows what other processes append to the shared store (events, items, clusters); null on the embedded workspace.");
+
 export const healthResponseSchema = z.object({
   status: z.literal("ok"),
   ready: z
@@ -194,6 +217,7 @@ export const healthResponseSchema = z.object({
   clusters: z.number().int(),
   items: z.number().int(),
   uptimeSeconds: z.number(),
+  storeFollow: storeFollowSchema.nullable(),
 });
 
 export const errorResponseSchema = z.object({

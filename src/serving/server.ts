@@ -10,8 +10,9 @@
  *   models may be published or reviewed from other processes at any time (SQLite WAL);
  * - a deployment's PostgreSQL database (`storeUrl`, the config's store.url): events, tables and models all come from
  *   it, any number of servers run on it at once, and a publish by any process reaches each of them through the
- *   database (LISTEN/NOTIFY at once, and the poll). Model files are read under `<workspace>/models`; experiments are
- *   kept in the database too.
+ *   database (LISTEN/NOTIFY at once, and the poll). The events, items and clusters that other processes append (other
+ *   replicas' intake, `freshrec ingest`) reach this server's users and catalog the same way (./store-follower.ts).
+ *   Model files are read under `<workspace>/models`; experiments are kept in the database too.
  * Either way the server follows the table store's live pointer and the registry's live model within `reloadIntervalMs`.
  *
  * @example
@@ -23,7 +24,7 @@ import { randomUUID, createHash, timingSafeEqual } from "node:crypto";
 import { join } from "node:path";
 import Fastify, { LogController, type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
 import { EventStore, type EventStoreContract } from "../data/event-store.js";
-import { PostgresEventStore } from "../data/postgres-event-store.js";
+import { EVENTS_CHANNEL, PostgresEventStore } from "../data/postgres-event-store.js";
 import { MAX_ID_LENGTH } from "../data/ingest/event-fields.js";
 import { SystemClock, type Clock } from "../domain/clock.js";
 import { FreshrecError } from "../domain/errors.js";
@@ -44,6 +45,7 @@ import { DuckDbIntakeStore, PostgresIntakeStore } from "./intake-store.js";
 import { ServerMetrics } from "./metrics.js";
 import { registerRoutes, replyWithError } from "./routes.js";
 import { listenForChanges, type ChangeListener } from "./store-notifications.js";
+import { StoreFollower, type FollowStatus } from "./store-follower.js";
 import { StoreQueue } from "./store-queue.js";
 import { ServingTables } from "./tables.js";
 import { UserIndex } from "./users.js";
@@ -155,9 +157,32 @@ export interface ActiveExperiment {
   readonly experiment: Experiment;
 }
 
+/** How a replica on a shared store follows what other processes append (null on the embedded workspace). */
+export interface StoreFollowing {
+  readonly follower: StoreFollower;
+  /** Whether the connection that hears the store's notifications is up. */
+  listening(): boolean;
+  /** Times that connection was lost since start. */
+  disconnects(): number;
+}
+
+/** What /healthz and /metrics say about following the store. */
+export interface StoreFollowReport extends FollowStatus {
+  /**
+   * following: listening and nothing known to be missing; catching-up: appends committed that are not applied yet (or
+   * a catch-up runs); disconnected: not hearing notifications (reconnecting; the poll still follows, every
+   * serve.reloadIntervalMs); failing: the last catch-up failed (retried at the next notification or poll).
+   */
+  readonly state: "following" | "catching-up" | "disconnected" | "failing";
+  readonly listening: boolean;
+  readonly disconnects: number;
+}
+
 /** Everything the routes read; built once per server. */
 export class ServingState {
   experiment: ActiveExperiment | null = null;
+  /** Set by startServer on a shared store. */
+  storeFollowing: StoreFollowing | null = null;
   groundingBuiltAt: number;
   readonly startedAt: number;
   private readonly tokenDigest: Buffer | null;
@@ -235,6 +260,16 @@ export class ServingState {
   async flushExposures(): Promise<void> {
     if (this.experiments.buffered === 0) return;
     await this.queue.run(() => this.experiments.flush());
+  }
+
+  /** How this replica follows the shared store, or null (the embedded workspace: this process is its only writer). */
+  storeFollow(): StoreFollowReport | null {
+    const following = this.storeFollowing;
+    if (!following) return null;
+    const status = following.follower.status();
+    const listening = following.listening();
+    const state = status.failing > 0 ? "failing" : !listening ? "disconnected" : status.catchingUp || status.storeLatest > status.appliedThrough ? "catching-up" : "following";
+    return { ...status, state, listening, disconnects: following.disconnects() };
   }
 
   /** The largest request body Fastify reads (serve.bodyLimitBytes). */
@@ -343,10 +378,14 @@ export async function startServer(input: ServeOptions): Promise<RunningServer> {
     let events: EventStoreContract;
     let duckEvents: EventStore | null = null;
     let pgEvents: PostgresEventStore | null = options.intakeEvents ?? null;
+    // The store's last append before the catalog and the users are read: following the store starts from it, so
+    // whatever is appended while they are read is applied after (again, if they read it too: that changes nothing).
+    let followFrom = 0;
     if (storeUrl !== null) {
       const pg = await PostgresEventStore.open(storeUrl);
       opened.push(() => pg.close());
       events = pgEvents = pg;
+      followFrom = await pg.lastAppend();
     } else if (options.events) {
       events = duckEvents = options.events;
     } else {
@@ -396,17 +435,50 @@ export async function startServer(input: ServeOptions): Promise<RunningServer> {
       state?.followExperiment().catch((error) => app?.log.error({ err: error }, "following the store's active experiment failed; the current one keeps serving"));
     };
     let listener: ChangeListener | null = null;
-    if (storeUrl !== null) {
-      // A publish, rollback or review anywhere reloads this server at once; the poll below still catches what a
-      // dropped listening connection missed.
+    let follower: StoreFollower | null = null;
+    if (storeUrl !== null && pgEvents !== null) {
+      // Events, items and clusters that other processes append reach this replica's memory (see store-follower.ts).
+      follower = new StoreFollower(pgEvents, catalog, users, followFrom, {
+        now: () => options.clock.now(),
+        onApplied: (applied) => {
+          const entry = { from: applied.from, to: applied.to, events: applied.events, items: applied.items, clusters: applied.clusters, trigger: applied.trigger };
+          // One line per append would flood a busy deployment's logs; a start or reconnect catch-up is worth a line.
+          if (applied.trigger === "reconnect" || applied.trigger === "start") app?.log.info(entry, "caught up with the store's appends");
+          else app?.log.debug(entry, "applied the store's appends");
+        },
+        onError: (error, trigger) =>
+          app?.log.error({ err: error, trigger, appliedThrough: follower?.status().appliedThrough }, "following the store's appends failed; histories stay as they are until the next notification or poll retries"),
+      });
+      const following = follower;
+      // A publish, rollback or review anywhere reloads this server at once, an append updates its users; the poll
+      // below still catches what a dropped listening connection missed, and a reconnection catches up at once.
       listener = await listenForChanges(
         storeUrl,
-        [TABLES_CHANNEL, MODELS_CHANNEL, EXPERIMENTS_CHANNEL],
-        (channel) => (channel === EXPERIMENTS_CHANNEL ? followExperiment() : void tables.poll()),
-        (error) => app?.log.error({ err: error }, "the connection that hears table, model and experiment changes failed; following them by polling only"),
+        [TABLES_CHANNEL, MODELS_CHANNEL, EXPERIMENTS_CHANNEL, EVENTS_CHANNEL],
+        (channel, payload) => {
+          if (channel === EVENTS_CHANNEL) following.heard(payload);
+          else if (channel === EXPERIMENTS_CHANNEL) followExperiment();
+          else void tables.poll();
+        },
+        (error) =>
+          app?.log.error(
+            { err: error, appliedThrough: following.status().appliedThrough },
+            "the connection that hears the store's changes (tables, models, experiments, events) failed; reconnecting, and following by polling meanwhile",
+          ),
+        {
+          onConnect: () => {
+            app?.log.info({ appliedThrough: following.status().appliedThrough }, "listening to the store's changes again; catching up with what was missed");
+            void tables.poll();
+            followExperiment();
+            void following.catchUp("reconnect");
+          },
+          applicationName: `freshrec serve ${process.pid}`,
+        },
       );
       const heard = listener;
       opened.push(() => heard.close());
+      // What was appended between the read of the users and the start of listening.
+      await follower.catchUp("start");
     }
     // The grounding index is swapped whole on rebuild; readers go through this holder.
     const holder = { current: grounding };
@@ -433,6 +505,10 @@ export async function startServer(input: ServeOptions): Promise<RunningServer> {
     });
     const serving = new ServingState(options, events, tableStore, registry, catalog, users, holder, explorer, intake, tables, experiments, queue, metrics, positiveMin);
     state = serving;
+    if (follower && listener) {
+      const [following, heard] = [follower, listener];
+      serving.storeFollowing = { follower: following, listening: () => heard.connected, disconnects: () => heard.disconnects };
+    }
     await serving.activate(await experiments.active());
 
     const loggedUrl = (url: string) => redactUrl(url, options.adminToken ?? null);
@@ -472,6 +548,7 @@ export async function startServer(input: ServeOptions): Promise<RunningServer> {
         void tables.poll();
         // A shared store's experiments change from other processes too; the workspace's only through this server.
         if (storeUrl !== null) followExperiment();
+        void follower?.catchUp("poll");
       }, options.reloadIntervalMs ?? SERVE_DEFAULTS.reloadIntervalMs),
     );
     timers.push(
@@ -501,6 +578,7 @@ export async function startServer(input: ServeOptions): Promise<RunningServer> {
           for (const t of timers) clearInterval(t);
           // No reload may start once the stores begin to close.
           await listener?.close();
+          await follower?.close();
           await app!.close();
           await tables.settle();
           await queue.idle();
