@@ -59,7 +59,8 @@ export const EVENTS_CHANNEL = "freshrec_events";
  * - The cost: writers of events take turns from their first event row to their commit. `append` holds the events
  *   table's lock for as long anyway; intake's insert is its transaction's last statement.
  * - The column is added only when missing, checked first: ALTER TABLE would take the events table's exclusive lock
- *   at every open, and wait behind (and hold up) every query on it.
+ *   at every open, and wait behind (and hold up) every query on it. The counter's row is seeded the same way: an
+ *   INSERT ... ON CONFLICT would wait for a writer holding that row, for as long as a large ingest runs.
  */
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS clusters (cluster_key INTEGER PRIMARY KEY, cluster_id TEXT NOT NULL UNIQUE, description TEXT NOT NULL);
@@ -73,7 +74,7 @@ CREATE OR REPLACE FUNCTION epoch_ms(ts TIMESTAMP) RETURNS BIGINT LANGUAGE sql IM
 CREATE OR REPLACE FUNCTION epoch_ms(ms BIGINT) RETURNS TIMESTAMP LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
   AS $$ SELECT TIMESTAMP '1970-01-01' + ms * INTERVAL '1 millisecond' $$;
 CREATE TABLE IF NOT EXISTS event_appends (one BOOLEAN PRIMARY KEY DEFAULT true CHECK (one), last BIGINT NOT NULL);
-INSERT INTO event_appends VALUES (true, 0) ON CONFLICT DO NOTHING;
+INSERT INTO event_appends SELECT true, 0 WHERE NOT EXISTS (SELECT 1 FROM event_appends);
 CREATE OR REPLACE FUNCTION freshrec_append_seq() RETURNS BIGINT LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
   taken TEXT := current_setting('freshrec.append_seq', true);
