@@ -109,4 +109,38 @@ describe("a server follows another writer's appends", () => {
     // The new items were met by some users, so the comparison covers them.
     expect(changed).toBeGreaterThan(0);
   }, 180_000);
+
+  it("upgrades a database from before append numbers: its events are read at start, and appends after are followed", async () => {
+    const old = await database();
+    const store = await PostgresEventStore.open(old);
+    let upgraded: RunningServer | null = null;
+    try {
+      await ingestSynthetic(store, world);
+      // What a database written by the previous version looks like: no counter, no column.
+      await store.query("DROP TABLE event_appends");
+      await store.query("ALTER TABLE events DROP COLUMN append_seq");
+    } finally {
+      await store.close();
+    }
+    const reopened = await PostgresEventStore.open(old);
+    try {
+      const [{ n }] = await reopened.query<{ n: bigint }>("SELECT count(*) AS n FROM events WHERE append_seq IS NULL");
+      expect(Number(n)).toBeGreaterThan(1000);
+      expect(await reopened.lastAppend()).toBe(0);
+      upgraded = await startServer({ workspace: mkdtempSync(join(tmpdir(), "freshrec-follow-")), storeUrl: old, port: 0, logLevel: "silent", reloadIntervalMs: 3_600_000 });
+      const user = world.userId(3);
+      const before = upgraded.state.users.get(user)!;
+      const seen = before.seen.length;
+      const itemId = [...(await reopened.itemClusters()).keys()].find((id) => !UserIndex.hasSeen(before, upgraded!.state.catalog.itemIndex.get(id)!))!;
+      await reopened.append({ events: eventBatchFromEvents([{ userId: user, itemId, ts: world.endMs + 60_000, engagement: 1 }]) });
+      expect(await reopened.lastAppend()).toBe(1);
+      for (let attempt = 0; attempt < 600 && upgraded.state.storeFollow()!.appliedThrough < 1; attempt++) await new Promise((r) => setTimeout(r, 100));
+      expect(upgraded.state.users.get(user)!.seen.length).toBe(seen + 1);
+      const fresh = await UserIndex.load(reopened, await Catalog.load(reopened), { positiveMin: Number(await reopened.getMeta("positive_min")), recentItems: 10 });
+      expect(upgraded.state.users.get(user)!.history).toEqual(fresh.get(user)!.history);
+    } finally {
+      await upgraded?.close();
+      await reopened.close();
+    }
+  }, 180_000);
 });
