@@ -60,7 +60,9 @@ export class Catalog {
   /**
    * Appends clusters and items the store added after those the catalog holds, each list in key order with keys above
    * `lastClusterKey` and `lastItemKey` (the store gives keys in append order, and `Catalog.load` reads them in that
-   * order too). An item whose cluster neither the catalog nor `clusters` holds is left out.
+   * order too). Items are taken up to the first whose cluster neither the catalog nor `clusters` holds (its cluster
+   * was committed after the clusters were read): it and the items after it come with a later `extend`, which asks
+   * for the keys above the last one taken.
    * @returns how many clusters and items were added.
    */
   extend(clusters: readonly StoredCluster[], items: readonly StoredItem[]): { clusters: number; items: number } {
@@ -81,7 +83,12 @@ export class Catalog {
       this.clusterOfKeyArray[c.key] = index;
       clustersAdded++;
     }
-    const fresh = items.filter((it) => it.key > this.lastItemKey && (this.clusterOfKeyArray[it.clusterKey] ?? -1) >= 0 && !this.itemIndexMap.has(it.id));
+    const fresh: StoredItem[] = [];
+    for (const it of items) {
+      if (it.key <= this.lastItemKey || this.itemIndexMap.has(it.id)) continue;
+      if ((this.clusterOfKeyArray[it.clusterKey] ?? -1) < 0) break;
+      fresh.push(it);
+    }
     if (fresh.length) {
       const lastItemKey = fresh.reduce((m, it) => Math.max(m, it.key), this.lastItemKey);
       const itemOfKey = new Int32Array(lastItemKey + 1).fill(-1);
