@@ -7,7 +7,7 @@
  * A notification sent while the connection is down is lost for good, so:
  * - a dropped connection is reported (`onError`), and reopened after a pause that doubles from `retryMs` up to
  *   `maxRetryMs`, for as long as the listener is open; `connected` says which state it is in;
- * - every (re)connection calls `onConnect` once it listens again: the server then catches up from what it holds
+ * - every reconnection calls `onConnect` once it listens again: the server then catches up from what it holds
  *   (the live pointer, the last append it applied), which is what makes a lost notification cost a delay, never a
  *   change;
  * - the server's poll goes on meanwhile, and covers the time the connection is down.
