@@ -336,7 +336,7 @@ export const configSchema = z
           .enum(["reject", "skip"])
           .default(SERVE_DEFAULTS.unknownItems)
           .describe("Events naming an item that is not in the catalog: reject the whole batch with 400 (naming the index), or skip those events and count them."),
-        reloadIntervalMs: positiveInt().default(SERVE_DEFAULTS.reloadIntervalMs).describe("How often the server looks at the table store's live pointer and the model registry (a publish by another process shows within this)."),
+        reloadIntervalMs: positiveInt().default(SERVE_DEFAULTS.reloadIntervalMs).describe("How often the server looks at the table store's live pointer and the model registry, and on store.url at the events, items and clusters other processes appended (a publish or an append by another process shows within this when its notification is lost)."),
         defaultN: positiveInt().max(50).default(SERVE_DEFAULTS.defaultN).describe("Exploration clusters returned when a request has no n."),
         maxN: positiveInt().max(50).default(SERVE_DEFAULTS.maxN).describe("Largest n a request may ask for."),
         itemsPerCluster: positiveInt().max(100).default(SERVE_DEFAULTS.itemsPerCluster).describe("Items grounded into each recommended cluster."),
