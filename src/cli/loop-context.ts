@@ -4,7 +4,7 @@
  */
 import type { EventStoreContract } from "../data/event-store.js";
 import { BadInputError } from "../domain/errors.js";
-import { ModelRegistry, type ModelRegistryContract } from "../llm/registry.js";
+import type { ModelRegistryContract } from "../llm/registry.js";
 import { pretrainBaseModel, type PretrainResult } from "../llm/pretrain.js";
 import { REFERENCE_SHAPE } from "../llm/engine/model-file.js";
 import { readGgufFile } from "../llm/engine/gguf.js";
@@ -14,7 +14,7 @@ import { EmbeddedLanguageModel } from "../llm/backends/embedded.js";
 import { hostedModelName, languageModelBackend, writeHostedModelFile } from "../llm/backends/index.js";
 import type { Trainer } from "../llm/contracts.js";
 import { FreshrecError } from "../domain/errors.js";
-import { copyFileSync, existsSync, mkdirSync } from "node:fs";
+import { copyFileSync, existsSync, linkSync, mkdirSync, renameSync, rmSync } from "node:fs";
 import { dirname, extname, join } from "node:path";
 import { measureGates } from "../update/finetune.js";
 import type { GateOptions, GateResult } from "../update/gates.js";
@@ -189,15 +189,38 @@ export function deliveredModel(model: string, llm: FreshrecConfig["llm"]): Train
  * OpenAI-compatible server) becomes the base version, registered like a trained one, live when nothing is.
  */
 export async function registerConfiguredBase(ctx: CommandContext): Promise<{ version: string; status: string; filePath: string; backend: string }> {
-  const registry = new ModelRegistry(ctx.paths.root, ctx.clock);
+  // The registry the config names: the workspace's, or with store.url the deployment's database (the model-reference
+  // file of a server model goes under this workspace's models folder, which the database records relative to it).
+  const registry = await ctx.openRegistry();
   try {
-    const filePath = configuredModelFile(ctx, registry.modelsDir, registry.nextVersion());
+    const version = await registry.nextVersion();
+    let filePath = configuredModelFile(ctx, registry.modelsDir, version);
+    if (ctx.config.store.url !== null && ctx.config.llm.backend === "gguf") {
+      // A shared registry records files relative to the models folder every host has (postgres-registry.ts), so the
+      // user's GGUF is placed there, linked when the filesystem allows and copied otherwise.
+      filePath = placeUnder(filePath, join(registry.modelsDir, version, "model.gguf"));
+    }
     const registered = await registry.register({ kind: "base", filePath, reason: `the configured ${ctx.config.llm.backend} model` });
-    const final = registry.live() ? registered : registry.makeLive(registered.version, "first model");
+    const final = (await registry.live()) ? registered : await registry.makeLive(registered.version, "first model");
     return { version: final.version, status: final.status, filePath, backend: ctx.config.llm.backend };
   } finally {
-    registry.close();
+    await registry.close();
   }
+}
+
+/** `file` at `target` (a hard link, or a copy across filesystems), written whole or not at all. */
+function placeUnder(file: string, target: string): string {
+  if (!existsSync(file)) throw new BadInputError(`field "llm.gguf.modelPath": ${file} does not exist`);
+  mkdirSync(dirname(target), { recursive: true });
+  const partial = `${target}.partial`;
+  rmSync(partial, { force: true });
+  try {
+    linkSync(file, partial);
+  } catch {
+    copyFileSync(file, partial);
+  }
+  renameSync(partial, target);
+  return target;
 }
 
 /**

@@ -13,6 +13,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { startLlmServer, type RunningLlmServer } from "../../src/llm/openai-server.js";
+import { usePostgresCluster } from "../data/postgres-cluster.js";
 import { CLUSTERS } from "../llm/fixtures.js";
 import { silentLog, trainTinyModel, writeLora } from "../llm/tiny-model.js";
 
@@ -51,6 +52,7 @@ function writePlatform(ws: string): void {
   writeFileSync(join(ws, "events.csv"), events.join("\n"));
 }
 
+const database = usePostgresCluster();
 let server: RunningLlmServer | null = null;
 afterAll(async () => {
   await server?.close();
@@ -242,5 +244,32 @@ describe("the loop with the non-embedded backends, from the CLI", () => {
     const notGguf = await cli("finetune", "--model", join(ws, "events.csv"));
     expect(notGguf.status).toBe(2);
     expect(notGguf.json.error.message).toMatch(/events\.csv is not a GGUF file/);
+  }, 600_000);
+
+  it("registers a configured GGUF in a deployment's database (store.url) and refreshes through it there", async () => {
+    const url = await database();
+    const ws = mkdtempSync(join(tmpdir(), "freshrec-backend-gguf-pg-"));
+    writePlatform(ws);
+    const modelPath = await trainTinyModel(ws);
+    const config = join(ws, "freshrec.config.json");
+    writeFileSync(config, JSON.stringify({ store: { url }, llm: { backend: "gguf", gguf: { modelPath, contextSize: 512 } }, rag: { minSupport: 1, method: "prompt" } }));
+    const deployment = join(ws, "deployment");
+    const cli = (...args: string[]) => freshrec(["--workspace", deployment, "--config", config, ...args]);
+    expect((await cli("ingest", "--clusters", join(ws, "clusters.csv"), "--items", join(ws, "items.csv"), "--events", join(ws, "events.csv"))).status).toBe(0);
+    const base = await cli("pretrain");
+    expect(base.status, base.stderr).toBe(0);
+    // The database records model files relative to the models folder every host has: the GGUF is placed there.
+    const placed = join(deployment, "models", "m000001", "model.gguf");
+    expect(base.json).toMatchObject({ modelVersion: "m000001", status: "live", backend: "gguf", trained: false, modelPath: placed });
+    expect(readFileSync(placed).equals(readFileSync(modelPath))).toBe(true);
+    const listed = await cli("models", "list");
+    expect(listed.json.models).toMatchObject([{ version: "m000001", status: "live" }]);
+    const pairs = CLUSTERS.length * (CLUSTERS.length - 1);
+    const refreshed = await cli("refresh", "--as-of", "2025-06-20");
+    expect(refreshed.status, refreshed.stderr).toBe(0);
+    expect(refreshed.json).toMatchObject({ pairs, rescored: pairs, published: true });
+    // Nothing of the deployment's state is in the workspace: the registry and the tables are in the database.
+    expect(existsSync(join(deployment, "registry.sqlite"))).toBe(false);
+    expect(existsSync(join(deployment, "tables.sqlite"))).toBe(false);
   }, 600_000);
 });

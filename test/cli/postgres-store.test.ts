@@ -65,19 +65,20 @@ describe("store.url: the PostgreSQL event store through the CLI", () => {
     expect(existsSync(join(pgWorkspace, "events.duckdb"))).toBe(false);
   }, 600_000);
 
-  it("refuses commands whose state is the workspace's (pretrain of a configured model) or that would publish past data into the deployment (schedule run --simulate) instead of reading or writing it", () => {
+  it("refuses what would publish past data into the deployment (schedule run --simulate), and registers a configured model in the database, never in the workspace", () => {
     const workspace = join(mkdtempSync(join(tmpdir(), "freshrec-pgcli-")), "ws");
     const url = "postgres://me:hunter2@127.0.0.1:1/deployment";
-    for (const [args, config, said] of [
-      [["pretrain"], { store: { url }, llm: { backend: "openai", openai: { model: "some-model" } } }, /does not run on the PostgreSQL event store yet \(store\.url = postgres:\/\/me:\*\*\*@127\.0\.0\.1:1\/deployment\)/],
-      // The schedule itself runs on the database (./postgres-schedule.test.ts); a simulation would publish its tables of past data there.
-      [["schedule", "run", "--simulate", "--from", "2025-01-01"], { store: { url } }, /--simulate: on store\.url \(postgres:\/\/me:\*\*\*@127\.0\.0\.1:1\/deployment\) the simulated refreshes would publish tables of past data/],
-    ] as const) {
-      const r = freshrec(workspace, ["--json", ...args], config);
-      expect(r.status, `${args.join(" ")}: ${r.stderr}`).toBe(2);
-      expect(r.stderr).toMatch(said);
-      expect(r.stderr).not.toContain("hunter2");
-    }
+    // The schedule itself runs on the database (./postgres-schedule.test.ts); a simulation would publish its tables of past data there.
+    const simulated = freshrec(workspace, ["--json", "schedule", "run", "--simulate", "--from", "2025-01-01"], { store: { url } });
+    expect(simulated.status, simulated.stderr).toBe(2);
+    expect(simulated.stderr).toMatch(/--simulate: on store\.url \(postgres:\/\/me:\*\*\*@127\.0\.0\.1:1\/deployment\) the simulated refreshes would publish tables of past data/);
+    expect(simulated.stderr).not.toContain("hunter2");
+    // A configured model's base version goes to the deployment's registry (./backend-loop.test.ts registers one there):
+    // with the database down, pretrain says which database it could not reach and writes nothing to the workspace.
+    const pretrained = freshrec(workspace, ["--json", "pretrain"], { store: { url }, llm: { backend: "openai", openai: { model: "some-model" } } });
+    expect(pretrained.status, pretrained.stderr).not.toBe(0);
+    expect(pretrained.stderr).toMatch(/cannot open the model registry postgres:\/\/me:\*\*\*@127\.0\.0\.1:1\/deployment.*the database of store\.url/);
+    expect(pretrained.stderr).not.toContain("hunter2");
     expect(existsSync(join(workspace, "schedule.sqlite"))).toBe(false);
     expect(existsSync(join(workspace, "registry.sqlite"))).toBe(false);
   });

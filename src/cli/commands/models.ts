@@ -8,7 +8,6 @@ import type { ModelRegistryContract, ModelVersion } from "../../llm/registry.js"
 import { gateReportLines, type GateResult } from "../../update/gates.js";
 import { finetuneOutcome } from "../../update/loop.js";
 import { deliveredModel, openLoop, registerConfiguredBase, resolveAsOf, trainBaseModel } from "../loop-context.js";
-import { notOnPostgresYet } from "../context.js";
 import { action, positiveInt } from "../run.js";
 import { iso, pct } from "../format.js";
 import { modelView, statusChangeView, windowView } from "../../serving/views.js";
@@ -65,9 +64,6 @@ export function registerModels(program: Command): void {
         const opts = command.opts<{ asOf?: string; epochs?: string }>();
         const epochs = positiveInt("epochs", opts.epochs) ?? ctx.config.pretrain.epochs;
         if (ctx.config.llm.backend !== "embedded") {
-          // The workspace's registry is not the deployment's; the update jobs that would use the model are not on the
-          // database yet either.
-          if (ctx.config.store.url !== null) throw notOnPostgresYet(ctx.config.store.url, ctx.paths.registry);
           // Nothing to train from scratch: the user's model is the base; fine-tunes and refreshes continue from it.
           const base = await registerConfiguredBase(ctx);
           return {
