@@ -7,7 +7,7 @@
  * @example
  * const result = await replay({ events, window: { from, to }, strategies: [hybridSetup, baselineSetup] });
  */
-import type { EventStore } from "../data/event-store.js";
+import type { EventStoreContract } from "../data/event-store.js";
 import { DAY_MS, VirtualClock } from "../domain/clock.js";
 import { BadInputError } from "../domain/errors.js";
 import type { TimeWindow } from "../domain/types.js";
@@ -48,7 +48,7 @@ export interface StrategySetup {
 }
 
 export interface ReplayOptions extends MiningOptions {
-  readonly events: EventStore;
+  readonly events: EventStoreContract;
   readonly window: TimeWindow;
   readonly strategies: readonly StrategySetup[];
   /** Clusters after a transition that count for the horizon hit. @defaultValue 5 */

@@ -8,7 +8,7 @@
  * const labels = await segmentLabels(events, transitions, clusters, { positiveMin });
  * const bySegment = segmentOf(transitions, labels); // Map<"evidence:sparse", TimedTransition[]>
  */
-import type { EventStore } from "../data/event-store.js";
+import type { EventStoreContract } from "../data/event-store.js";
 import { DAY_MS } from "../domain/clock.js";
 import { EvidenceLog } from "../mining/evidence.js";
 import { firstSeen } from "../mining/first-seen.js";
@@ -23,7 +23,7 @@ export type SegmentName = (typeof SEGMENTS)[number];
 
 /** The segments each transition (by index) belongs to. */
 export async function segmentLabels(
-  events: EventStore,
+  events: EventStoreContract,
   transitions: readonly TimedTransition[],
   clusters: readonly string[],
   options: MiningOptions = {},

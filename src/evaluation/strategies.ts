@@ -26,7 +26,7 @@
  */
 import { mkdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
-import type { EventStore } from "../data/event-store.js";
+import type { EventStoreContract } from "../data/event-store.js";
 import { DAY_MS } from "../domain/clock.js";
 import { BadInputError } from "../domain/errors.js";
 import type { ProgressSink, TimeWindow } from "../domain/types.js";
@@ -63,7 +63,7 @@ export interface StartModel {
 }
 
 export interface StrategyEnvironment {
-  readonly events: EventStore;
+  readonly events: EventStoreContract;
   readonly window: TimeWindow;
   readonly clusters: readonly string[];
   readonly settings: LoopSettings;

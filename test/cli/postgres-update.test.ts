@@ -143,3 +143,47 @@ describe("store.url: pretrain, refresh and finetune on PostgreSQL through the CL
     for (const file of ["events.duckdb", "tables.sqlite", "registry.sqlite"]) expect(existsSync(join(workspace, file)), file).toBe(false);
   });
 });
+
+describe("store.url: evaluate replay reads the deployment's events", () => {
+  it("gives the embedded workspace's replay on the same data, with the per-strategy state in the workspace, not the database", async () => {
+    const url = await database();
+    const root = mkdtempSync(join(tmpdir(), "freshrec-pgreplay-"));
+    const config = { pg: join(root, "pg.json"), embedded: join(root, "embedded.json") };
+    writeFileSync(config.pg, JSON.stringify({ store: { url } }));
+    writeFileSync(config.embedded, JSON.stringify({}));
+    const cli = (workspace: string, configFile: string, ...args: string[]) => runCli(["--workspace", join(root, workspace), "--config", configFile, "--json", ...args], { timeoutMs: 600_000 });
+    const replayArgs = ["evaluate", "replay", "--from", "2025-03-01", "--to", "2025-04-01", "--strategies", "counts-backoff,successor-top1,popular-novel,oracle", "--resamples", "20"];
+    const results: Record<string, any> = {};
+    for (const [workspace, configFile] of [["deployment", config.pg], ["embedded", config.embedded]] as const) {
+      const synth = cli(workspace, configFile, "synth", "--quick", "--users", "400", "--events", "40000", "--months", "4");
+      expect(synth.status, synth.stderr).toBe(0);
+      const replayed = cli(workspace, configFile, ...replayArgs);
+      expect(replayed.status, replayed.stderr).toBe(0);
+      results[workspace] = replayed.json;
+    }
+    const { deployment, embedded } = results;
+    expect(deployment.transitions).toBeGreaterThan(1000);
+    expect(deployment.transitions).toBe(embedded.transitions);
+    expect(Object.keys(deployment.strategies)).toEqual(["counts-backoff", "successor-top1", "popular-novel", "oracle"]);
+    for (const name of Object.keys(embedded.strategies)) {
+      const [a, b] = [deployment.strategies[name], embedded.strategies[name]];
+      expect({ name, hit1: a.hit1, hit5: a.hit5, coverage: a.coverage, tables: a.tablesPublished, segments: a.segments }).toEqual({
+        name,
+        hit1: b.hit1,
+        hit5: b.hit5,
+        coverage: b.coverage,
+        tables: b.tablesPublished,
+        segments: b.segments,
+      });
+    }
+    expect(deployment.strategies["counts-backoff"].hit1).toBeGreaterThan(0);
+    // The replay's own tables are the workspace's scratch; the deployment's live table store is untouched.
+    expect(existsSync(join(root, "deployment", "replay", "counts-backoff", "tables.sqlite"))).toBe(true);
+    const tables = await PostgresTableStore.open(url, new SystemClock());
+    try {
+      expect(await tables.list()).toEqual([]);
+    } finally {
+      await tables.close();
+    }
+  }, 600_000);
+});

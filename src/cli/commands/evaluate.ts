@@ -91,7 +91,7 @@ export function registerEvaluate(program: Command): void {
         if (f.ragMode !== undefined && f.ragMode !== "frequency" && f.ragMode !== "trend") throw new BadInputError(`--rag-mode: expected frequency or trend, got ${JSON.stringify(f.ragMode)}`);
         if (f.ragScope !== undefined && f.ragScope !== "instance" && f.ragScope !== "global") throw new BadInputError(`--rag-scope: expected instance or global, got ${JSON.stringify(f.ragScope)}`);
         const from = timeOption("from", f.from)!;
-        const events = await ctx.openEvents();
+        const events = await ctx.openEventStore();
         // The embedded start model trains while the baselines replay; a failure elsewhere stops it before the
         // events store closes under it.
         const stopStart = new AbortController();

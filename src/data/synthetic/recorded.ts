@@ -9,13 +9,13 @@
  * if (!recorded.world) throw new BadInputError(`no oracle: ${recorded.reason}`);
  * recorded.world.topSuccessors(recorded.world.monthIndexAt(ts), "baking", "coffee");
  */
-import type { EventStore } from "../event-store.js";
+import type { EventStoreContract } from "../event-store.js";
 import { SyntheticWorld, type SyntheticOptions } from "./world.js";
 
 export type RecordedWorld = { readonly world: SyntheticWorld; readonly reason: null } | { readonly world: null; readonly reason: string };
 
 /** Whether the store records a synthetic world, without building it (building calibrates the kernel, which takes a while). */
-export async function recordsSyntheticWorld(store: EventStore): Promise<boolean> {
+export async function recordsSyntheticWorld(store: EventStoreContract): Promise<boolean> {
   return (await store.getMeta("synthetic_options")) !== null;
 }
 
@@ -24,7 +24,7 @@ export async function recordsSyntheticWorld(store: EventStore): Promise<boolean>
  * platform, or its catalog is not the rebuilt world's (the taxonomy changed since the store was generated), in
  * which case the rebuilt kernel would be the truth of another world.
  */
-export async function recordedSyntheticWorld(store: EventStore): Promise<RecordedWorld> {
+export async function recordedSyntheticWorld(store: EventStoreContract): Promise<RecordedWorld> {
   const raw = await store.getMeta("synthetic_options");
   if (raw === null) {
     const dataset = await store.getMeta("dataset");
