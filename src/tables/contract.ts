@@ -110,6 +110,27 @@ export interface TableBuildRow extends TableRow {
   readonly explanation?: Readonly<Record<string, unknown>> | Uint8Array | null;
 }
 
+/**
+ * Rows already in their stored form, for a build that computes every row in bulk (a fusion table's 89,700): no
+ * object per row or answer between the scorer and the store. Row r is the pair (clusters[c1[r]], clusters[c2[r]]);
+ * its answers are answers[answerEnd[r - 1] .. answerEnd[r]) (0 before the first row) in the layout of
+ * ./answer-blob.ts with cluster indices into `clusters`, its explanation the bytes
+ * explanation[explanationEnd[r - 1] .. explanationEnd[r]) (stored as bytes, as `TableBuildRow.explanation`; none
+ * when empty), its context key contextKeys[r]. The store rewrites the answers' cluster indices in place into its own
+ * dictionary's, so the buffers are the store's once handed over.
+ */
+export interface PackedBuildRows {
+  readonly clusters: readonly string[];
+  readonly count: number;
+  readonly c1: Int32Array;
+  readonly c2: Int32Array;
+  readonly answers: Buffer;
+  readonly answerEnd: Int32Array;
+  readonly explanation: Buffer;
+  readonly explanationEnd: Int32Array;
+  readonly contextKeys: readonly (string | null)[];
+}
+
 /** A stored row with its context key. Scores come back as stored (32-bit floats). */
 export interface StoredTableRow extends TableRow {
   readonly contextKey: string | null;
@@ -197,6 +218,8 @@ export interface TableBuilder {
    * @returns the number of rows written by this call.
    */
   append(rows: Iterable<TableBuildRow>): number;
+  /** `append` for rows in their stored form (`PackedBuildRows`): the same checks, batches and errors. */
+  appendPacked(rows: PackedBuildRows): number;
   /**
    * Copies rows of another table version unchanged (answers and context keys) inside the store, for incremental
    * builds. `pairs` omitted copies every row. Pairs the source does not have are skipped.
@@ -266,6 +289,8 @@ export interface TableBuilderContract {
   readonly written: number;
   /** As `TableBuilder.append`: batches of the store's batch size, each durable, invisible until publish. */
   append(rows: Iterable<TableBuildRow>): Promise<number>;
+  /** As `TableBuilder.appendPacked`. */
+  appendPacked(rows: PackedBuildRows): Promise<number>;
   /** As `TableBuilder.copyRows`: copied inside the store, pairs the source lacks skipped. */
   copyRows(fromVersion: string, pairs?: Iterable<History>): Promise<number>;
   finish(stats: TableBuildStats): Promise<TableInfo>;

@@ -16,6 +16,7 @@
 import type { Clock } from "../domain/clock.js";
 import type { History } from "../domain/types.js";
 import type {
+  PackedBuildRows,
   PackedPage,
   PackedTable,
   PackedTableHeader,
@@ -145,6 +146,10 @@ class EmbeddedTableBuilder implements TableBuilderContract {
 
   async append(rows: Iterable<TableBuildRow>): Promise<number> {
     return this.builder.append(rows);
+  }
+
+  async appendPacked(rows: PackedBuildRows): Promise<number> {
+    return this.builder.appendPacked(rows);
   }
 
   async copyRows(fromVersion: string, pairs?: Iterable<History>): Promise<number> {

@@ -32,8 +32,9 @@ import { BIGINT_AS_NUMBER, inTransaction, openStorePool, transactionOn } from ".
 import type { Clock } from "../domain/clock.js";
 import { FreshrecError } from "../domain/errors.js";
 import { pairKey, type History } from "../domain/types.js";
-import { ANSWER_BYTES, decodeAnswersInto, encodeAnswers } from "./answer-blob.js";
+import { ANSWER_BYTES, checkPackedRows, decodeAnswersInto, encodeAnswers, newClustersInOrder, remapPackedAnswers } from "./answer-blob.js";
 import type {
+  PackedBuildRows,
   PackedPage,
   PackedTable,
   PackedTableHeader,
@@ -392,6 +393,41 @@ export class PostgresTableStore implements TableStoreContract {
     return written;
   }
 
+  /**
+   * @internal used by PostgresTableBuilder: `appendRows` for rows in stored form, in the same batches, clusters added
+   * to the dictionary in the same order, with the same checks and errors.
+   */
+  async appendPackedRows(client: pg.Client, seq: number, rows: PackedBuildRows): Promise<number> {
+    let written = 0;
+    for (let from = 0; from < rows.count; from += this.batchSize) {
+      const to = Math.min(from + this.batchSize, rows.count);
+      checkPackedRows(rows, from, to);
+      // Names in the order an object batch meets them (each row's answers, then c1, c2): new ones are numbered so.
+      const names = new Set(newClustersInOrder(rows, from, to, new Uint8Array(rows.clusters.length)).map((i) => rows.clusters[i]));
+      await this.insertRows(client, seq, names, (index) => {
+        const dictionary = Int32Array.from(rows.clusters, (id) => index.get(id) ?? -1);
+        remapPackedAnswers(rows, from, to, dictionary);
+        const part = (end: Int32Array, bytes: Buffer, r: number) => bytes.subarray(r === 0 ? 0 : end[r - 1], end[r]);
+        const c1: number[] = [];
+        const c2: number[] = [];
+        const keys: (string | null)[] = [];
+        const answers: Buffer[] = [];
+        const explanations: (Buffer | null)[] = [];
+        for (let r = from; r < to; r++) {
+          c1.push(dictionary[rows.c1[r]]);
+          c2.push(dictionary[rows.c2[r]]);
+          keys.push(rows.contextKeys[r] ?? null);
+          answers.push(part(rows.answerEnd, rows.answers, r));
+          const explanation = part(rows.explanationEnd, rows.explanation, r);
+          explanations.push(explanation.length > 0 ? explanation : null);
+        }
+        return { c1, c2, keys, answers, bytes: explanations, json: explanations.map(() => null) };
+      });
+      written += to - from;
+    }
+    return written;
+  }
+
   private async writeBatch(client: pg.Client, seq: number, batch: readonly TableBuildRow[]): Promise<void> {
     const names = new Set<string>();
     for (const row of batch) {
@@ -406,29 +442,52 @@ export class PostgresTableStore implements TableStoreContract {
       names.add(row.c1);
       names.add(row.c2);
     }
+    await this.insertRows(client, seq, names, (index) => {
+      const c1 = new Array<number>(batch.length);
+      const c2 = new Array<number>(batch.length);
+      const keys = new Array<string | null>(batch.length);
+      const answers = new Array<Buffer>(batch.length);
+      const bytes = new Array<Buffer | null>(batch.length);
+      const json = new Array<string | null>(batch.length);
+      batch.forEach((row, r) => {
+        c1[r] = index.get(row.c1)!;
+        c2[r] = index.get(row.c2)!;
+        keys[r] = row.contextKey ?? null;
+        answers[r] = encodeAnswers(
+          row.answers.map((a) => index.get(a.cluster)!),
+          row.answers.map((a) => a.score),
+        );
+        const e = row.explanation;
+        bytes[r] = e instanceof Uint8Array ? Buffer.from(e.buffer, e.byteOffset, e.byteLength) : null;
+        json[r] = e && !(e instanceof Uint8Array) ? JSON.stringify(e) : null;
+      });
+      return { c1, c2, keys, answers, bytes, json };
+    });
+  }
+
+  /**
+   * One batch of rows in one transaction: the clusters `names` (in the order new ones are numbered) added to the
+   * dictionary, then `columns` (given the dictionary) inserted in one statement; a pair written twice is named.
+   */
+  private async insertRows(
+    client: pg.Client,
+    seq: number,
+    names: ReadonlySet<string>,
+    columns: (index: Map<string, number>) => {
+      c1: number[];
+      c2: number[];
+      keys: (string | null)[];
+      answers: Buffer[];
+      bytes: (Buffer | null)[];
+      json: (string | null)[];
+    },
+  ): Promise<void> {
     let index: Map<string, number> = new Map();
     try {
       await transactionOn(client, async () => {
         await this.assertBuilding(client, seq);
         index = await this.clusterIdxForWrite(client, names);
-        const c1 = new Array<number>(batch.length);
-        const c2 = new Array<number>(batch.length);
-        const keys = new Array<string | null>(batch.length);
-        const answers = new Array<Buffer>(batch.length);
-        const bytes = new Array<Buffer | null>(batch.length);
-        const json = new Array<string | null>(batch.length);
-        batch.forEach((row, r) => {
-          c1[r] = index.get(row.c1)!;
-          c2[r] = index.get(row.c2)!;
-          keys[r] = row.contextKey ?? null;
-          answers[r] = encodeAnswers(
-            row.answers.map((a) => index.get(a.cluster)!),
-            row.answers.map((a) => a.score),
-          );
-          const e = row.explanation;
-          bytes[r] = e instanceof Uint8Array ? Buffer.from(e.buffer, e.byteOffset, e.byteLength) : null;
-          json[r] = e && !(e instanceof Uint8Array) ? JSON.stringify(e) : null;
-        });
+        const { c1, c2, keys, answers, bytes, json } = columns(index);
         await client.query(
           `INSERT INTO table_rows (table_seq, c1, c2, context_key, answers, explanation_bytes, explanation_json)
            SELECT $1, * FROM unnest($2::INTEGER[], $3::INTEGER[], $4::TEXT[], $5::BYTEA[], $6::BYTEA[], $7::TEXT[])`,
@@ -767,6 +826,13 @@ class PostgresTableBuilder implements TableBuilderContract {
   async append(rows: Iterable<TableBuildRow>): Promise<number> {
     if (this.ended) return this.store.refuseEnded(this.seq);
     const n = await this.store.appendRows(this.client, this.seq, rows);
+    this.count += n;
+    return n;
+  }
+
+  async appendPacked(rows: PackedBuildRows): Promise<number> {
+    if (this.ended) return this.store.refuseEnded(this.seq);
+    const n = await this.store.appendPackedRows(this.client, this.seq, rows);
     this.count += n;
     return n;
   }

@@ -34,11 +34,12 @@ import { type StoreFileKind, openStoreFile, storeFileError } from "../data/store
 import { FreshrecError } from "../domain/errors.js";
 import type { History } from "../domain/types.js";
 import { pairKey } from "../domain/types.js";
-import { ANSWER_BYTES, decodeAnswersInto, encodeAnswers } from "./answer-blob.js";
+import { ANSWER_BYTES, checkPackedRows, decodeAnswersInto, encodeAnswers, remapPackedAnswers } from "./answer-blob.js";
 
 /** Page cache of a table scan (`packedPages`), in SQLite's units (negative: KiB). */
 const SCAN_CACHE_SIZE = -1024;
 import type {
+  PackedBuildRows,
   PackedPage,
   PackedTable,
   PackedTableHeader,
@@ -468,6 +469,59 @@ export class SqliteTableStore implements TableStore {
     return written;
   }
 
+  /**
+   * @internal used by SqliteTableBuilder: `appendRows` for rows in stored form, in the same transactions of
+   * `batchSize`, clusters added to the dictionary in the same order, with the same checks and errors.
+   */
+  appendPackedRows(seq: number, rows: PackedBuildRows): number {
+    const { clusters, c1, c2, answers, answerEnd, explanation, explanationEnd, contextKeys } = rows;
+    const dictionary = new Int32Array(clusters.length).fill(-1);
+    const idx = (i: number) => (dictionary[i] >= 0 ? dictionary[i] : (dictionary[i] = this.clusterIdxForWrite(clusters[i])));
+    const writeBatch = this.db.transaction((from: number, to: number) => {
+      this.assertBuilding(seq);
+      // The dictionary learns clusters in the order an object build meets them: each row's answers, then c1, c2.
+      for (let r = from; r < to; r++) {
+        for (let at = r === 0 ? 0 : answerEnd[r - 1]; at < answerEnd[r]; at += ANSWER_BYTES) idx(answers.readInt32LE(at));
+        idx(c1[r]);
+        idx(c2[r]);
+      }
+      remapPackedAnswers(rows, from, to, dictionary);
+      for (let r = from; r < to; r++) {
+        const explained = explanationEnd[r] > (r === 0 ? 0 : explanationEnd[r - 1]);
+        try {
+          this.sql.insertRow.run(
+            seq,
+            dictionary[c1[r]],
+            dictionary[c2[r]],
+            contextKeys[r] ?? null,
+            answers.subarray(r === 0 ? 0 : answerEnd[r - 1], answerEnd[r]),
+            explained ? explanation.subarray(r === 0 ? 0 : explanationEnd[r - 1], explanationEnd[r]) : null,
+          );
+        } catch (error) {
+          if (isPrimaryKeyConflict(error)) {
+            throw new FreshrecError("BAD_INPUT", `tables: pair (${clusters[c1[r]]}, ${clusters[c2[r]]}) written twice to ${versionId(seq)}`, { cause: error });
+          }
+          throw error;
+        }
+      }
+    });
+    let written = 0;
+    for (let from = 0; from < rows.count; from += this.batchSize) {
+      const to = Math.min(from + this.batchSize, rows.count);
+      checkPackedRows(rows, from, to);
+      const known = this.clusterIds.length;
+      try {
+        writeBatch.immediate(from, to);
+      } catch (error) {
+        // As in appendRows: the rollback undid the dictionary entries this batch added.
+        this.forgetClustersFrom(known);
+        throw error;
+      }
+      written += to - from;
+    }
+    return written;
+  }
+
   /** @internal used by SqliteTableBuilder */
   copyRowsInto(seq: number, fromVersion: string, pairs?: Iterable<History>): number {
     const from = this.record(fromVersion).seq;
@@ -782,6 +836,12 @@ class SqliteTableBuilder implements TableBuilder {
 
   append(rows: Iterable<TableBuildRow>): number {
     const n = this.store.appendRows(this.seq, rows);
+    this.count += n;
+    return n;
+  }
+
+  appendPacked(rows: PackedBuildRows): number {
+    const n = this.store.appendPackedRows(this.seq, rows);
     this.count += n;
     return n;
   }

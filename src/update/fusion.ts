@@ -57,6 +57,8 @@ import type { EventStoreContract } from "../data/event-store.js";
 import type { EvidenceLog, WindowCounts } from "../mining/evidence.js";
 import { firstSeen } from "../mining/first-seen.js";
 import type { PromptScorer } from "./generate.js";
+import { ANSWER_BYTES } from "../tables/answer-blob.js";
+import type { PackedBuildRows } from "../tables/contract.js";
 
 export interface FusionOptions {
   /** Evidence window lengths compared at each refresh (days); the best-fitting one serves. @defaultValue [3, 7, 14, 28, 56, 112, 224, 448] */
@@ -1179,7 +1181,7 @@ export class FusionScorer implements PromptScorer {
     const answered = new Int32Array(prompts.length);
     const scored = prompts.map((p, k) => {
       const { c1, c2 } = p.history;
-      const answers = this.row(c1, c2, topN, view, k * size);
+      const answers = this.answersOf(this.row(this.indexOf(c1), this.indexOf(c2), topN, view, k * size));
       pairs[k] = this.indexOf(c1) * this.K + this.indexOf(c2);
       rowOfPair[pairs[k]] = k;
       answered[k] = answers.length;
@@ -1189,11 +1191,52 @@ export class FusionScorer implements PromptScorer {
     return scored;
   }
 
+  /**
+   * The rows of `prompts` straight into their stored form (`PackedBuildRows` without the context keys): at most `topN`
+   * answers a row, as `score` ranks them, and each row's explanation as `storedExplanation` gives it, with no object
+   * per row or answer (a table build's path).
+   */
+  scorePacked(prompts: readonly PromptInput[], topN: number): PackedScores {
+    const count = prompts.length;
+    const width = Math.max(0, Math.min(topN, this.K - 2));
+    const answers = Buffer.alloc(count * width * ANSWER_BYTES);
+    const explanation = Buffer.alloc(count * explanationBytes(width));
+    const answerView = new DataView(answers.buffer, answers.byteOffset, answers.byteLength);
+    const explanationView = new DataView(explanation.buffer, explanation.byteOffset, explanation.byteLength);
+    const c1 = new Int32Array(count);
+    const c2 = new Int32Array(count);
+    const answerEnd = new Int32Array(count);
+    const explanationEnd = new Int32Array(count);
+    const { topCluster, topValue } = this;
+    let answerAt = 0;
+    let explanationAt = 0;
+    for (let k = 0; k < count; k++) {
+      const { history } = prompts[k];
+      const i1 = (c1[k] = this.indexOf(history.c1));
+      const i2 = (c2[k] = this.indexOf(history.c2));
+      const kept = this.row(i1, i2, width, explanationView, explanationAt);
+      for (let j = 0; j < kept; j++, answerAt += ANSWER_BYTES) {
+        answerView.setInt32(answerAt, topCluster[j], true);
+        answerView.setFloat32(answerAt + 4, topValue[j], true);
+      }
+      answerEnd[k] = answerAt;
+      explanationEnd[k] = explanationAt += explanationBytes(kept);
+    }
+    return { clusters: this.evidence.clusters, count, c1, c2, answers, answerEnd, explanation, explanationEnd };
+  }
+
   explain(prompt: PromptInput, topN: number): RowExplanation {
     const { c1, c2 } = prompt.history;
     const bytes = Buffer.alloc(explanationBytes(Math.min(topN, this.K - 2)));
-    const answers = this.row(c1, c2, topN, new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength), 0);
+    const answers = this.answersOf(this.row(this.indexOf(c1), this.indexOf(c2), topN, new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength), 0));
     return explanationOf({ answers, explanation: bytes.subarray(0, explanationBytes(answers.length)) })!;
+  }
+
+  /** The first `kept` answers of the row `row` ranked last, as objects. */
+  private answersOf(kept: number): ScoredCluster[] {
+    const answers: ScoredCluster[] = new Array(kept);
+    for (let k = 0; k < kept; k++) answers[k] = { cluster: this.evidence.clusters[this.topCluster[k]], score: this.topValue[k] };
+    return answers;
   }
 
   /**
@@ -1215,11 +1258,12 @@ export class FusionScorer implements PromptScorer {
     return i;
   }
 
-  /** The row's top-n answers; its explanation is encoded into `out` at `at` (`encodeExplanation`'s layout). */
-  private row(c1: string, c2: string, topN: number, out: DataView, at: number): ScoredCluster[] {
+  /**
+   * Ranks the row of (i1, i2): its top-n answers, best first, into `topCluster` and `topValue` (how many: returned);
+   * its explanation is encoded into `out` at `at` (`encodeExplanation`'s layout).
+   */
+  private row(i1: number, i2: number, topN: number, out: DataView, at: number): number {
     const K = this.K;
-    const i1 = this.indexOf(c1);
-    const i2 = this.indexOf(c2);
     const { alpha, tau } = this.params;
     const prior = tau > 0 ? this.prior : null;
     // Without prior weights every cluster is treated alike (the known mask only matters to the prior).
@@ -1325,12 +1369,10 @@ export class FusionScorer implements PromptScorer {
       topValue[at] = value;
       topBase[at] = base;
     }
-    const answers: ScoredCluster[] = new Array(kept);
     const total = own?.total ?? 0;
     writeExplanationHead(out, at, total, this.evidence.secondTotal[i2], round(total / denominator));
     for (let k = 0; k < kept; k++) {
       const n = topCluster[k];
-      answers[k] = { cluster: this.evidence.clusters[n], score: topValue[k] };
       const llm = this.prior && known[n] ? round(Number.isNaN(answerPrior[n]) ? this.prior.rest[p] : answerPrior[n]) : null;
       writeExplanationAnswer(out, at, k, users[n], this.evidence.second[row + n], llm, round(topBase[k]));
     }
@@ -1339,9 +1381,12 @@ export class FusionScorer implements PromptScorer {
       boost[boosted[k]] = 1;
       answerPrior[boosted[k]] = Number.NaN;
     }
-    return answers;
+    return kept;
   }
 }
+
+/** `FusionScorer.scorePacked`'s rows: `PackedBuildRows` of src/tables/contract.ts but for the context keys. */
+export type PackedScores = Omit<PackedBuildRows, "contextKeys">;
 
 /** Whether a posterior `value` of cluster `n` ranks before `other` of cluster `m`: higher first, ties by index. */
 function ranksBefore(value: number, n: number, other: number, m: number): boolean {

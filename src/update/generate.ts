@@ -19,7 +19,7 @@ import { FreshrecError } from "../domain/errors.js";
 import { SILENT_PROGRESS, type ProgressSink } from "../domain/types.js";
 import type { CostEstimate } from "../llm/contracts.js";
 import type { PromptInput } from "../llm/prompt.js";
-import type { TableBuildRow, TableInfo, TableStoreContract } from "../tables/contract.js";
+import type { PackedBuildRows, TableBuildRow, TableInfo, TableStoreContract } from "../tables/contract.js";
 import { TABLE_DEFAULTS } from "../tables/contract.js";
 import { tableStoreContract, type UpdateTableStore } from "../tables/embedded-store.js";
 import { contextFor, contextKey, type RagSnapshot } from "./rag.js";
@@ -42,6 +42,12 @@ export interface PromptScorer {
   readonly computed?: boolean;
   /** Why a prompt of the last `score` call got its answers (fusion: weights and counts), stored with its row. */
   storedExplanation?(prompt: PromptInput, answers: number): Readonly<Record<string, unknown>> | Uint8Array | undefined;
+  /**
+   * For scorers that compute rows rather than prompt for them (fusion): the rows of `prompts` straight in the form
+   * the store keeps (at most `topN` answers a row, never c1 or c2, best first, with their explanations), which a
+   * build then writes without an object per row or answer. A build uses it instead of `score` when it is there.
+   */
+  scorePacked?(prompts: readonly PromptInput[], topN: number): Omit<PackedBuildRows, "contextKeys">;
 }
 
 export interface BuildTableOptions {
@@ -149,6 +155,15 @@ export async function buildTable(options: BuildTableOptions): Promise<BuildTable
     for (let start = 0; start < rescore.length; start += batchSize) {
       if (options.signal?.aborted) throw new FreshrecError("CANCELLED", "table build cancelled");
       const batch = rescore.slice(start, start + batchSize);
+      if (options.scorer.scorePacked) {
+        const packed = options.scorer.scorePacked(
+          batch.map((b) => b.input),
+          topN,
+        );
+        await builder.appendPacked({ ...packed, contextKeys: batch.map((b) => b.key) });
+        progress.update(Math.min(start + batchSize, rescore.length), { pairs: start + batch.length });
+        continue;
+      }
       const ranked = await options.scorer.score(
         batch.map((b) => b.input),
         topN + 2,

@@ -8,7 +8,7 @@ import { VirtualClock } from "../../src/domain/clock.js";
 import { FreshrecError } from "../../src/domain/errors.js";
 import type { History } from "../../src/domain/types.js";
 import type { TableBuildMeta, TableStoreContract } from "../../src/tables/contract.js";
-import { STATS, clusterNames, tableRows } from "./fixtures/rows.js";
+import { STATS, clusterNames, packedRows, tableRows } from "./fixtures/rows.js";
 
 const META: TableBuildMeta = { modelVersion: "m000001", templateHash: "tmpl-a" };
 const T0 = Date.UTC(2025, 2, 1);
@@ -255,6 +255,40 @@ export function tableStoreConformance(adapter: string, open: (clock: VirtualCloc
       expect(await store.lookup(b.version, "p", "q")).toEqual({ c1: "p", c2: "q", answers: [{ cluster: "r", score: 0.75 }], contextKey: null });
       expect(byPair(await all(store.rows(b.version))).map((r) => `${r.c1}${r.c2}`)).toEqual(["ab", "pq"]);
       expect(await code(() => all(store.rows("t000404")))).toBe("NOT_FOUND");
+    });
+
+    it("writes rows in stored form (appendPacked) as it writes the same rows as objects, with the same checks", async () => {
+      const store = await fresh();
+      const rows = tableRows(clusters, 3).map((r, k) => (k % 3 === 0 ? { ...r, explanation: new Uint8Array([k, 7, 250]) } : r));
+      // A vocabulary in another order than the store's dictionary, with a cluster no row uses.
+      const vocabulary = ["unused", ...[...clusters].reverse()];
+      const a = await store.beginBuild(META);
+      await a.append(rows);
+      const b = await store.beginBuild(META);
+      expect(await b.appendPacked(packedRows(rows.slice(0, 20), vocabulary))).toBe(20);
+      expect(await b.appendPacked(packedRows(rows.slice(20), vocabulary))).toBe(rows.length - 20);
+      expect(b.written).toBe(rows.length);
+      const [va, vb] = [(await a.finish(STATS)).version, (await b.finish(STATS)).version];
+      const stored = async (v: string) => byPair(await all(store.rows(v))).map((r) => ({ ...r, explanation: r.explanation ? [...(r.explanation as Uint8Array)] : r.explanation }));
+      expect(await stored(vb)).toEqual(await stored(va));
+      expect((await store.get(vb)).topN).toBe((await store.get(va)).topN);
+
+      const c = await store.beginBuild(META);
+      const bad = (row: (typeof rows)[number]) => code(() => c.appendPacked(packedRows([row], ["a", "b", "c"])));
+      expect(await bad({ c1: "a", c2: "a", answers: [] })).toBe("BAD_INPUT");
+      expect(await bad({ c1: "a", c2: "b", answers: [{ cluster: "b", score: 0.5 }] })).toBe("BAD_INPUT");
+      expect(await bad({ c1: "a", c2: "b", answers: [{ cluster: "c", score: Number.NaN }] })).toBe("BAD_INPUT");
+      // A pair written twice is named, within one append (in its second batch on a store of small batches) or across two.
+      const many = tableRows(clusters, 1);
+      await expect(c.appendPacked(packedRows([...many.slice(0, 20), many[5], ...many.slice(20)], clusters))).rejects.toThrow(new RegExp(`\\(${many[5].c1}, ${many[5].c2}\\) written twice`));
+      // (A store with small batches has committed the batches before the one that failed.)
+      await c.appendPacked(packedRows([{ c1: "a", c2: "b", answers: [] }], ["a", "b"]));
+      await expect(c.appendPacked(packedRows([{ c1: "x", c2: "y", answers: [{ cluster: "z", score: 0.5 }] }, { c1: "a", c2: "b", answers: [] }], ["a", "b", "x", "y", "z"]))).rejects.toThrow(
+        /\(a, b\) written twice/,
+      );
+      await c.appendPacked(packedRows([{ c1: "p", c2: "q", answers: [{ cluster: "r", score: 0.75 }] }], ["r", "q", "p"]));
+      expect(await store.lookup(c.version, "x", "y")).toBeUndefined();
+      expect(await store.lookup(c.version, "p", "q")).toEqual({ c1: "p", c2: "q", answers: [{ cluster: "r", score: 0.75 }], contextKey: null });
     });
 
     it("stores evaluation metrics after the build, merging by default", async () => {
