@@ -420,6 +420,18 @@ class SliceLikelihood {
   /** Stage beta: log(users + beta * popularity) of the rows' entries before the slice, and after each update. */
   private readonly logEntry: Float64Array;
   private readonly updateLog: Float64Array;
+  /**
+   * An entry's log and power depend only on its users and its cluster, and most entries (and updates) share them with
+   * entries of other rows: the distinct (users, cluster) pairs of few users are levels, whose log (stage beta) and
+   * power (stage gamma) are computed once each. Per entry of the rows read and per update: its level, or -1 (many
+   * users: computed on its own).
+   */
+  private readonly entryLevel: Int32Array;
+  private readonly updateLevel: Int32Array;
+  private readonly levelUsers: Float64Array;
+  private readonly levelCluster: Int32Array;
+  private readonly levelLog: Float64Array;
+  private readonly levelEntry: Float64Array;
   private stagedBeta = Number.NaN;
   /** Stage (beta, gamma): the same powered by gamma; the rows' sums over every cluster and the known ones. */
   private readonly entry: Float64Array;
@@ -531,6 +543,26 @@ class SliceLikelihood {
     this.popularity = logPopularity(before).map(Math.exp);
     this.logEntry = new Float64Array(K * K);
     this.updateLog = new Float64Array(updates);
+    const levelOf = new Int32Array(LEVEL_USERS * K).fill(-1);
+    const levelUsers: number[] = [];
+    const levelCluster: number[] = [];
+    const level = (users: number, n: number) => {
+      if (users >= LEVEL_USERS) return -1;
+      const key = users * K + n;
+      if (levelOf[key] < 0) {
+        levelOf[key] = levelUsers.push(users) - 1;
+        levelCluster.push(n);
+      }
+      return levelOf[key];
+    };
+    this.entryLevel = new Int32Array(K * K).fill(-1);
+    for (const c2 of this.rows) for (let n = 0, at = c2 * K; n < K; n++, at++) this.entryLevel[at] = level(this.second[at], n);
+    // An update's entry after it has its users before it plus one.
+    this.updateLevel = Int32Array.from(this.updateEntry, (at, j) => level(this.updateUsers[j] + 1, at % K));
+    this.levelUsers = Float64Array.from(levelUsers);
+    this.levelCluster = Int32Array.from(levelCluster);
+    this.levelLog = new Float64Array(levelUsers.length);
+    this.levelEntry = new Float64Array(levelUsers.length);
     this.entry = new Float64Array(K * K);
     this.updateExp = new Float64Array(updates);
     this.rowSum = new Float64Array(K);
@@ -553,10 +585,14 @@ class SliceLikelihood {
   private stageBeta(beta: number): void {
     if (beta === this.stagedBeta) return;
     const K = this.K;
+    const { second, popularity, logEntry, entryLevel, updateLevel, levelUsers, levelCluster, levelLog } = this;
+    for (let l = 0; l < levelLog.length; l++) levelLog[l] = Math.log(levelUsers[l] + beta * popularity[levelCluster[l]]);
     for (const c2 of this.rows) {
-      for (let n = 0; n < K; n++) this.logEntry[c2 * K + n] = Math.log(this.second[c2 * K + n] + beta * this.popularity[n]);
+      for (let n = 0, at = c2 * K; n < K; n++, at++) if (entryLevel[at] < 0) logEntry[at] = Math.log(second[at] + beta * popularity[n]);
     }
-    for (let j = 0; j < this.updateEntry.length; j++) this.updateLog[j] = Math.log(this.updateUsers[j] + 1 + beta * this.popularity[this.updateEntry[j] % K]);
+    for (let j = 0; j < this.updateEntry.length; j++) {
+      if (updateLevel[j] < 0) this.updateLog[j] = Math.log(this.updateUsers[j] + 1 + beta * popularity[this.updateEntry[j] % K]);
+    }
     this.stagedBeta = beta;
     this.stagedGamma = Number.NaN;
   }
@@ -566,19 +602,21 @@ class SliceLikelihood {
     this.stageBeta(beta);
     if (gamma === this.stagedGamma && beta === this.stagedGammaBeta) return;
     const K = this.K;
-    const { logEntry, entry } = this;
+    const { logEntry, entry, entryLevel, updateLevel, levelLog, levelEntry } = this;
+    for (let l = 0; l < levelEntry.length; l++) levelEntry[l] = Math.exp(gamma * levelLog[l]);
     for (const c2 of this.rows) {
       let sum = 0;
       let sumKnown = 0;
-      for (let n = 0; n < K; n++) {
-        const e = (entry[c2 * K + n] = Math.exp(gamma * logEntry[c2 * K + n]));
+      for (let n = 0, at = c2 * K; n < K; n++, at++) {
+        const level = entryLevel[at];
+        const e = (entry[at] = level >= 0 ? levelEntry[level] : Math.exp(gamma * logEntry[at]));
         sum += e;
         if (!known || known[n]) sumKnown += e;
       }
       this.rowSum[c2] = sum;
       this.rowKnown[c2] = sumKnown;
     }
-    for (let j = 0; j < this.updateExp.length; j++) this.updateExp[j] = Math.exp(gamma * this.updateLog[j]);
+    for (let j = 0; j < this.updateExp.length; j++) this.updateExp[j] = updateLevel[j] >= 0 ? levelEntry[updateLevel[j]] : Math.exp(gamma * this.updateLog[j]);
     this.stagedGamma = gamma;
     this.stagedGammaBeta = beta;
   }
@@ -704,8 +742,9 @@ class SliceLikelihood {
 
   /**
    * The likelihood at (beta, gamma, tau, lift) with alpha profiled out. The searches come back to points they have
-   * been at (a search's best is where the next one starts, and tau = 0 makes lift irrelevant), so the last few
-   * evaluations are kept.
+   * been at (a search's best is where the next one starts, a bound is a candidate of every search of its strength,
+   * and tau = 0 makes lift irrelevant), also many evaluations later, so every evaluation is kept: a fit makes a few
+   * hundred.
    */
   evaluate(beta: number, gamma: number, tau: number, lift: number): { alpha: number; ll: number } {
     const key = `${beta} ${gamma} ${tau} ${tau > 0 ? lift : 0}`;
@@ -713,11 +752,9 @@ class SliceLikelihood {
     if (known) return known;
     const result = this.profileAlpha(this.baseOfObservations(beta, gamma, tau, lift));
     this.evaluated.set(key, result);
-    if (this.evaluated.size > SliceLikelihood.EVALUATIONS_KEPT) this.evaluated.delete(this.evaluated.keys().next().value!);
     return result;
   }
   private readonly evaluated = new Map<string, { alpha: number; ll: number }>();
-  private static readonly EVALUATIONS_KEPT = 8;
 
   /** alpha maximising the likelihood for fixed base measures (log-scale golden section). */
   profileAlpha(base: Float64Array): { alpha: number; ll: number } {
@@ -728,6 +765,9 @@ class SliceLikelihood {
     return { alpha: Math.exp(best.x), ll: best.y };
   }
 }
+
+/** Users below which a (users, cluster) pair of the fit's backoff rows is a level (`SliceLikelihood.entryLevel`). */
+const LEVEL_USERS = 64;
 
 /** log of smoothed popularity, per cluster. */
 function logPopularity(evidence: WindowCounts): Float64Array {
