@@ -448,6 +448,8 @@ describe("a whole fusion table", () => {
         served.forEach((a, k) => expect(a.score / want[k].posterior).toBeCloseTo(1, 9));
         expect(row.answers.map((a) => a.cluster)).toEqual(want.map((w) => CLUSTERS[w.n]));
         row.answers.forEach((a, k) => expect(a.score).toBe(Math.fround(served[k].score)));
+        // The build writes rows in stored form (`scorePacked`): the explanation bytes the object path keeps.
+        expect([...(row.explanation as Uint8Array)]).toEqual([...(scorer.storedExplanation({ history: { c1: row.c1, c2: row.c2 } }, served.length) as Uint8Array)]);
         const e = explanationOf(row)!;
         e.answers.forEach((a, k) => {
           expect([a.pairUsers, a.secondUsers]).toEqual([want[k].users, want[k].second]);
