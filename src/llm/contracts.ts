@@ -84,7 +84,7 @@ export interface LanguageModel {
   /** Prompts a table build should hand over per `score` call (generate.ts PromptScorer). @defaultValue 1024 */
   readonly promptsPerCall?: number;
   /** Prices scoring these prompts before it runs; absent for backends that are not paid per token. */
-  estimateCost?(prompts: readonly PromptInput[]): CostEstimate;
+  estimateCost?(prompts: readonly PromptInput[]): Promise<CostEstimate>;
   /** One answer generated under a grammar that only admits cluster descriptions (greedy, deterministic). */
   generate(prompt: PromptInput, signal?: AbortSignal): Promise<GeneratedAnswer>;
   close(): Promise<void>;

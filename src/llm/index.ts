@@ -21,7 +21,9 @@ export {
   GgufLanguageModel,
   OpenAiLanguageModel,
   OpenAiTrainer,
-  ResponseCache,
+  PostgresResponseCache,
+  SqliteResponseCache,
+  type ResponseCacheContract,
   hostedModelName,
   writeHostedModelFile,
 } from "./backends/index.js";

@@ -37,7 +37,7 @@ export interface PromptScorer {
    */
   readonly promptsPerCall?: number;
   /** Prices scoring these prompts before anything is sent; absent for scorers not paid per token. */
-  estimateCost?(prompts: readonly PromptInput[]): CostEstimate;
+  estimateCost?(prompts: readonly PromptInput[]): Promise<CostEstimate>;
   /** Rows computed from counts, not prompted (the counting baselines): a build with this scorer pays no prompt. */
   readonly computed?: boolean;
   /** Why a prompt of the last `score` call got its answers (fusion: weights and counts), stored with its row. */
@@ -134,7 +134,7 @@ export async function buildTable(options: BuildTableOptions): Promise<BuildTable
   const store: TableStoreContract = tableStoreContract(options.store);
   const { previous, copy, rescore } = await planTable({ ...options, store });
   // Priced before scoring: afterwards a response cache would answer every prompt for free.
-  const cost = options.scorer.estimateCost?.(rescore.map((r) => r.input)) ?? null;
+  const cost = (await options.scorer.estimateCost?.(rescore.map((r) => r.input))) ?? null;
 
   const builder = await store.beginBuild({
     modelVersion: options.modelVersion,

@@ -134,7 +134,7 @@ export async function planRefresh(asOf: number, options: RefreshOptions): Promis
     copiedFrom: plan.copy.length ? (plan.previous?.version ?? null) : null,
     pairsWithContext: snapshot ? (snapshot.global ? plan.copy.length + plan.rescore.length : snapshot.contexts.size) : 0,
     transitionsInWindow: snapshot?.transitions ?? 0,
-    cost: scorer.estimateCost ? scorer.estimateCost(plan.rescore.map((r) => r.input)) : null,
+    cost: scorer.estimateCost ? await scorer.estimateCost(plan.rescore.map((r) => r.input)) : null,
     method: "prompt",
   };
 }
@@ -228,7 +228,7 @@ async function runFusionRefresh(asOf: number, options: RefreshOptions): Promise<
   const started = process.hrtime.bigint();
   // A prior not computed yet is priced before it is scored (afterwards a response cache answers it for free).
   const scorer = options.model.scorer;
-  const priorCost = options.model.prior && options.model.priorReady !== true && scorer.estimateCost ? scorer.estimateCost(priorPrompts(options.clusters)) : null;
+  const priorCost = options.model.prior && options.model.priorReady !== true && scorer.estimateCost ? await scorer.estimateCost(priorPrompts(options.clusters)) : null;
   const computed = options.model.prior ? await options.model.prior() : null;
   const priorSeconds = Number(process.hrtime.bigint() - started) / 1e9;
   const fitted = await fuse(asOf, options, computed?.prior ?? null);
@@ -288,7 +288,7 @@ async function planFusionRefresh(asOf: number, options: RefreshOptions): Promise
     copiedFrom: null,
     pairsWithContext: fitted.evidence.pairs.size,
     transitionsInWindow: fitted.evidence.transitions,
-    cost: scorer.estimateCost ? scorer.estimateCost(prompts) : null,
+    cost: scorer.estimateCost ? await scorer.estimateCost(prompts) : null,
     method: "fusion",
   };
 }

@@ -75,7 +75,7 @@ describe("openai backend", () => {
     await first.generate(prompts[0]);
     await first.generate(prompts[0]);
     expect(first.cacheStats).toEqual({ hits: 1, misses: prompts.length + 1 });
-    expect(first.estimateCost(prompts).cached).toBe(prompts.length);
+    expect((await first.estimateCost(prompts)).cached).toBe(prompts.length);
     await first.close();
     const second = await openModel({ cachePath });
     expect(await second.score(prompts, 3)).toEqual(a);
@@ -95,12 +95,12 @@ describe("openai backend", () => {
 
   it("estimates the cost of a build before it runs (prompts x tokens x price)", async () => {
     const model = await openModel({ inputPricePerMTok: 0.15, outputPricePerMTok: 0.6 });
-    const estimate = model.estimateCost(prompts);
+    const estimate = await model.estimateCost(prompts);
     expect(estimate.prompts).toBe(prompts.length);
     expect(estimate.cached).toBe(0);
     expect(estimate.promptTokens).toBeGreaterThan(prompts.length * 50);
     expect(estimate.usd).toBeCloseTo((estimate.promptTokens * 0.15 + estimate.completionTokens * 0.6) / 1e6, 10);
-    expect((await openModel()).estimateCost(prompts).usd).toBeNull();
+    expect((await (await openModel()).estimateCost(prompts)).usd).toBeNull();
   });
 
   it("maps plain-text answers by exact match only; off-list answers fail the exact-match gate", async () => {
@@ -440,7 +440,7 @@ describe("the Batch API (freshrec llm serve's /v1/batches and the backend's batc
     // The estimate says how the build would go and prices it at the batch discount.
     const priced = await openModel({ inputPricePerMTok: 1, outputPricePerMTok: 4, batch: { minPrompts: 10 } });
     const unbatched = await openModel({ inputPricePerMTok: 1, outputPricePerMTok: 4 });
-    const [b, u] = [priced.estimateCost(prompts), unbatched.estimateCost(prompts)];
+    const [b, u] = [await priced.estimateCost(prompts), await unbatched.estimateCost(prompts)];
     expect(b.via).toMatch(/batch API/);
     expect(u.via).toMatch(/completions with echo \(8 texts per prompt\), 4 at a time/);
     expect(b.usd).toBeCloseTo(u.usd! * 0.5, 12);

@@ -9,14 +9,14 @@ import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { StoreFileError } from "../../src/data/store-file.js";
 import { exitCodeFor } from "../../src/domain/errors.js";
-import { ResponseCache } from "../../src/llm/backends/response-cache.js";
+import { SqliteResponseCache } from "../../src/llm/backends/response-cache.js";
 
 const dir = mkdtempSync(join(tmpdir(), "freshrec-response-cache-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 function refusal(file: string): StoreFileError {
   try {
-    ResponseCache.open(file).close();
+    void SqliteResponseCache.open(file).close();
   } catch (error) {
     expect(error).toBeInstanceOf(StoreFileError);
     return error as StoreFileError;
@@ -24,15 +24,15 @@ function refusal(file: string): StoreFileError {
   throw new Error(`${file} was opened`);
 }
 
-describe("ResponseCache.open", () => {
-  it("creates a missing file (and its folder) and keeps answers across a reopen", () => {
+describe("SqliteResponseCache.open", () => {
+  it("creates a missing file (and its folder) and keeps answers across a reopen", async () => {
     const file = join(dir, "nested", "llm-cache.sqlite");
-    const cache = ResponseCache.open(file);
-    cache.put("k", { answer: 1 });
-    cache.close();
-    const again = ResponseCache.open(file);
-    expect(again.get<{ answer: number }>("k")).toEqual({ answer: 1 });
-    again.close();
+    const cache = SqliteResponseCache.open(file);
+    await cache.put("k", { answer: 1 });
+    await cache.close();
+    const again = SqliteResponseCache.open(file);
+    expect(await again.get<{ answer: number }>("k")).toEqual({ answer: 1 });
+    await again.close();
   });
 
   it("refuses a file that is not a SQLite database, naming it, with exit code 2", () => {

@@ -26,6 +26,7 @@ import { EmbeddedLanguageModel } from "./embedded.js";
 import { GgufLanguageModel } from "./gguf.js";
 import { type AnswerMode, type EchoTemplate, OpenAiLanguageModel, type RankingOption, readHostedModelFile } from "./openai.js";
 import { OpenAiTrainer } from "./openai-trainer.js";
+import type { ResponseCacheOpener } from "./response-cache.js";
 
 export { EmbeddedLanguageModel } from "./embedded.js";
 export { GgufLanguageModel, type GgufModelOptions } from "./gguf.js";
@@ -52,7 +53,8 @@ export {
   HostedModelFileError,
 } from "./openai.js";
 export { OpenAiTrainer, type OpenAiTrainerOptions } from "./openai-trainer.js";
-export { ResponseCache } from "./response-cache.js";
+export { PostgresResponseCache } from "./postgres-response-cache.js";
+export { type ResponseCacheContract, type ResponseCacheOpener, SqliteResponseCache, responseCacheKey } from "./response-cache.js";
 export { RequestPacer, type RequestPacerOptions } from "./request-pacer.js";
 
 export type BackendKind = "embedded" | "gguf" | "openai";
@@ -95,8 +97,10 @@ export interface LlmBackendSettings {
 export interface BackendContext {
   /** The clusters answers are chosen from (the event store's); the embedded backend reads them from its file. */
   readonly clusters: readonly Cluster[];
-  /** The workspace folder (the openai response cache lives there). */
+  /** The workspace folder (the openai response cache lives there unless `responseCache` says otherwise). */
   readonly workspace: string;
+  /** Opens the openai backend's response cache (the deployment's database with store.url); absent: the workspace's file. */
+  readonly responseCache?: ResponseCacheOpener;
   readonly clock?: Clock;
   /** How the embedded backend trains (the config's `training` section). @defaultValue engine "opt-epoch" */
   readonly training?: Pick<EmbeddedTrainerOptions, "engine" | "precision">;
@@ -171,7 +175,8 @@ export function languageModelBackend(settings: LlmBackendSettings, context: Back
             tokensPerMinute: o.tokensPerMinute,
             maxTokens: o.maxTokens,
             seed: o.seed,
-            cachePath: o.cache ? responseCachePath(context.workspace) : null,
+            cachePath: o.cache && !context.responseCache ? responseCachePath(context.workspace) : null,
+            openCache: o.cache ? (context.responseCache ?? null) : null,
             inputPricePerMTok: o.inputPricePerMTok,
             outputPricePerMTok: o.outputPricePerMTok,
             batch: o.batch.enabled ? o.batch : null,

@@ -46,9 +46,10 @@
  * (MissingApiKeyError) when the model or trainer is opened; a server that takes no key is declared with
  * `apiKeyEnv: null`, and then no Authorization header is sent. There is no placeholder key.
  *
- * Costs: one request per prompt, kept in a SQLite response cache keyed by the request's hash (`cachePath`), so an
- * unchanged pair is never paid twice (and with first-token ranking, `generate` after `score` on the same prompt is
- * free: it is the same request). `estimateCost` prices a build before it runs. Requests are paced (`RequestPacer`)
+ * Costs: one request per prompt, kept in a response cache keyed by the request's hash (the workspace's SQLite file
+ * `cachePath`, or the deployment's database through `openCache`: ./response-cache.ts), so an unchanged pair is
+ * never paid twice (and with first-token ranking, `generate` after `score` on the same prompt is free: it is the same
+ * request). `estimateCost` prices a build before it runs. Requests are paced (`RequestPacer`)
  * and retried by the client on 408/409/429/5xx and connection errors with exponential backoff (0.5 s doubling to
  * 8 s, or the server's retry-after).
  *
@@ -75,7 +76,7 @@ import type { AnswerConstraint, CostEstimate, GeneratedAnswer, LanguageModel, La
 export type { CostEstimate } from "../contracts.js";
 import { PROMPT_TEMPLATE_HASH, renderPrompt } from "../prompt.js";
 import { RequestPacer } from "./request-pacer.js";
-import { ResponseCache } from "./response-cache.js";
+import { type ResponseCacheContract, type ResponseCacheOpener, SqliteResponseCache, responseCacheKey } from "./response-cache.js";
 
 export type AnswerMode = "json_schema" | "guided_choice" | "text";
 
@@ -127,6 +128,8 @@ export interface OpenAiModelOptions extends OpenAiConnectionOptions {
   readonly seed?: number;
   /** SQLite file of the response cache; null disables it. @defaultValue null */
   readonly cachePath?: string | null;
+  /** Opens the response cache (the deployment's database with store.url); takes the place of `cachePath`. */
+  readonly openCache?: ResponseCacheOpener | null;
   /** Prices per million tokens, for `estimateCost`. @defaultValue null (unknown) */
   readonly inputPricePerMTok?: number | null;
   readonly outputPricePerMTok?: number | null;
@@ -462,7 +465,7 @@ export class OpenAiLanguageModel implements LanguageModel {
   readonly stats = { requests: 0, cacheHits: 0, httpRequests: 0, promptTokens: 0, completionTokens: 0, batches: 0, batchedRequests: 0 };
   private readonly client: OpenAI;
   private readonly pacer: RequestPacer;
-  private readonly cache: ResponseCache | null;
+  private readonly cache: ResponseCacheContract | null;
   private readonly descriptions: ReadonlyMap<string, string>;
   private readonly idOf: ReadonlyMap<string, string>;
   private readonly model: string;
@@ -475,7 +478,10 @@ export class OpenAiLanguageModel implements LanguageModel {
   /** Each cluster's answer text under "echo", in option order. */
   private readonly echoAnswers: readonly string[];
 
-  private constructor(private readonly options: OpenAiModelOptions) {
+  private constructor(
+    private readonly options: OpenAiModelOptions,
+    cache: ResponseCacheContract | null,
+  ) {
     this.model = hostedModelName(options.model);
     this.mode = options.answer ?? OPENAI_DEFAULTS.answer;
     this.descriptions = new Map(options.clusters.map((c) => [c.id, c.description]));
@@ -504,7 +510,7 @@ export class OpenAiLanguageModel implements LanguageModel {
     this.client = openAiClient(options, () => this.stats.httpRequests++);
     const clock = options.clock ?? new SystemClock();
     this.pacer = new RequestPacer({ concurrency: options.concurrency, requestsPerMinute: options.requestsPerMinute, tokensPerMinute: options.tokensPerMinute }, clock);
-    this.cache = options.cachePath ? ResponseCache.open(options.cachePath, clock) : null;
+    this.cache = cache;
     this.ranking = resolveRanking(options.ranking, options.baseURL);
     this.echoPrompt = options.echoTemplate?.prompt ?? OPENAI_DEFAULTS.echoTemplate.prompt;
     const answerTemplate = options.echoTemplate?.answer ?? OPENAI_DEFAULTS.echoTemplate.answer;
@@ -539,7 +545,13 @@ export class OpenAiLanguageModel implements LanguageModel {
     const topLogprobs = options.topLogprobs ?? OPENAI_DEFAULTS.topLogprobs;
     if (!Number.isInteger(topLogprobs) || topLogprobs < 1 || topLogprobs > 20) throw new FreshrecError("BAD_INPUT", `topLogprobs: expected an integer 1..20, got ${topLogprobs}`);
     if (resolveRanking(options.ranking, options.baseURL) === "echo") checkEchoTemplate(options.echoTemplate, options.clusters);
-    return new OpenAiLanguageModel(options);
+    const cache = options.openCache ? await options.openCache() : options.cachePath ? SqliteResponseCache.open(options.cachePath, options.clock ?? new SystemClock()) : null;
+    try {
+      return new OpenAiLanguageModel(options, cache);
+    } catch (error) {
+      await cache?.close();
+      throw error;
+    }
   }
 
   /** With the Batch API a table build hands over all its prompts at once: one batch (or a few) per build. */
@@ -589,7 +601,7 @@ export class OpenAiLanguageModel implements LanguageModel {
   }
 
   /** Prices a build of these prompts before it runs (the requests `score` sends); cached prompts are free. */
-  estimateCost(prompts: readonly PromptInput[]): CostEstimate {
+  async estimateCost(prompts: readonly PromptInput[]): Promise<CostEstimate> {
     const route: Route = this.ranking === "echo" ? "echo" : "chat";
     let cached = 0;
     let promptTokens = 0;
@@ -599,11 +611,14 @@ export class OpenAiLanguageModel implements LanguageModel {
     // The constraint is the same object in every body: its size is measured once, not per prompt.
     const constraintChars = this.mode === "json_schema" ? JSON.stringify(this.constraint).length : 0;
     // Free as askAll sends them: prompts already in the cache, and repeats of an earlier prompt of the same call.
-    const seen = new Set<string>();
-    for (const p of prompts) {
+    const requests = prompts.map((p) => {
       const body = route === "echo" ? this.echoBody(p) : this.requestBody(p);
-      const key = this.keyOf(route, body);
-      if (seen.has(key) || this.cache?.has(key)) {
+      return { body, key: this.keyOf(route, body) };
+    });
+    const stored = (await this.cache?.hasMany(requests.map((r) => r.key))) ?? new Set<string>();
+    const seen = new Set<string>();
+    for (const { body, key } of requests) {
+      if (seen.has(key) || stored.has(key)) {
         cached++;
         continue;
       }
@@ -622,10 +637,10 @@ export class OpenAiLanguageModel implements LanguageModel {
     const batched = this.usesBatch(uncached);
     const factor = batched ? (this.options.batch?.priceFactor ?? OPENAI_DEFAULTS.batch.priceFactor) : 1;
     const usd = inPrice === null || outPrice === null ? null : (factor * (promptTokens * inPrice + completionTokens * outPrice)) / 1e6;
-    const requests = route === "echo" ? `completions with echo (${this.echoAnswers.length} texts per prompt)` : "chat completions";
+    const sent = route === "echo" ? `completions with echo (${this.echoAnswers.length} texts per prompt)` : "chat completions";
     const via = batched
-      ? `batch API, ${requests} (${Math.ceil(uncached / (this.options.batch?.maxRequestsPerBatch ?? OPENAI_DEFAULTS.batch.maxRequestsPerBatch))} batch(es) or more, price x ${factor})`
-      : `${requests}, ${this.options.concurrency ?? OPENAI_DEFAULTS.concurrency} at a time`;
+      ? `batch API, ${sent} (${Math.ceil(uncached / (this.options.batch?.maxRequestsPerBatch ?? OPENAI_DEFAULTS.batch.maxRequestsPerBatch))} batch(es) or more, price x ${factor})`
+      : `${sent}, ${this.options.concurrency ?? OPENAI_DEFAULTS.concurrency} at a time`;
     return { prompts: prompts.length, cached, promptTokens, completionTokens, usd, via };
   }
 
@@ -648,13 +663,13 @@ export class OpenAiLanguageModel implements LanguageModel {
   }
 
   async close(): Promise<void> {
-    this.cache?.close();
+    await this.cache?.close();
   }
 
   private keyOf(route: Route, body: Record<string, unknown>): string {
     const baseURL = this.options.baseURL.replace(/\/+$/, "");
     // Chat keys keep their original form, so response caches written before echo ranking existed stay valid.
-    return ResponseCache.keyOf(route === "chat" ? { baseURL, body } : { baseURL, endpoint: ENDPOINT[route], body });
+    return responseCacheKey(route === "chat" ? { baseURL, body } : { baseURL, endpoint: ENDPOINT[route], body });
   }
 
   private usesBatch(uncached: number): boolean {
@@ -677,8 +692,10 @@ export class OpenAiLanguageModel implements LanguageModel {
     const out: Answer<R>[] = new Array(bodies.length);
     const missing: { key: string; body: Record<string, unknown>; at: number[] }[] = [];
     let done = 0;
+    // One lookup for the whole call (a table build hands over thousands of prompts), not one per prompt.
+    const hits = (await this.cache?.getMany<Answer<R>>([...byKey.keys()])) ?? new Map<string, Answer<R>>();
     for (const [key, entry] of byKey) {
-      const hit = this.cache?.get<Answer<R>>(key);
+      const hit = hits.get(key);
       if (!hit) {
         missing.push({ key, ...entry });
         continue;
@@ -724,7 +741,7 @@ export class OpenAiLanguageModel implements LanguageModel {
   /**
    * The Batch API path: the requests as JSONL lines (custom_id = the cache key), split into files of at most
    * `maxRequestsPerBatch` lines and 190 MB, uploaded and submitted together, polled until they end. Each batch is
-   * recorded in the response cache's file under the hash of its lines, so a build that is interrupted (or whose
+   * recorded in the response cache under the hash of its lines, so a build that is interrupted (or whose
    * process dies) picks up the batches already running instead of paying for them again. Lines that fail inside a
    * batch, and lines of a batch that expired, are sent again as ordinary requests; a batch that fails as a whole
    * (its file rejected) fails the build with the server's reasons. Cancelling the build cancels its batches.
@@ -760,8 +777,8 @@ export class OpenAiLanguageModel implements LanguageModel {
           bytes += size;
           end++;
         }
-        const chunk = ResponseCache.keyOf(keys.slice(start, end));
-        let id = this.cache?.batchOf(chunk) ?? null;
+        const chunk = responseCacheKey(keys.slice(start, end));
+        let id = (await this.cache?.batchOf(chunk)) ?? null;
         if (id !== null) {
           // A batch the server no longer knows (deleted, or a restarted local server) is submitted again.
           const earlier = await this.client.batches.retrieve(id, { signal }).catch((error: unknown) => {
@@ -769,7 +786,7 @@ export class OpenAiLanguageModel implements LanguageModel {
             throw error;
           });
           if (earlier === null || earlier.status === "failed" || earlier.status === "cancelling" || earlier.status === "cancelled") {
-            this.cache?.forgetBatch(chunk);
+            await this.cache?.forgetBatch(chunk);
             id = null;
           }
         }
@@ -781,7 +798,7 @@ export class OpenAiLanguageModel implements LanguageModel {
             { signal },
           );
           id = batch.id;
-          this.cache?.recordBatch(chunk, id);
+          await this.cache?.recordBatch(chunk, id);
           this.stats.batches++;
         }
         running.push({ id, chunk, start, end, done: 0 });
@@ -794,7 +811,7 @@ export class OpenAiLanguageModel implements LanguageModel {
           const batch = await this.client.batches.retrieve(r.id, { signal });
           r.done = batch.request_counts?.completed ?? 0;
           if (batch.status === "failed" || batch.status === "cancelling" || batch.status === "cancelled") {
-            this.cache?.forgetBatch(r.chunk);
+            await this.cache?.forgetBatch(r.chunk);
             running.splice(k, 1);
             const reasons = batch.errors?.data?.map((e) => `${e.line ? `line ${e.line}: ` : ""}${e.message ?? e.code ?? ""}`).join("; ");
             throw new FreshrecError("ENGINE", `${where}: batch ${r.id} ${batch.status}${reasons ? `: ${reasons}` : ""}`);
@@ -803,13 +820,13 @@ export class OpenAiLanguageModel implements LanguageModel {
             for (const fileId of [batch.output_file_id, batch.error_file_id]) {
               if (!fileId) continue;
               const text = await (await this.client.files.content(fileId, { signal })).text();
-              for (const line of text.split("\n")) if (line.trim() !== "") this.takeBatchLine(route, line, bodyOf, results);
+              for (const line of text.split("\n")) if (line.trim() !== "") await this.takeBatchLine(route, line, bodyOf, results);
             }
             for (let i = r.start; i < r.end; i++) {
               if (results.has(keys[i])) finished++;
               else retry.push(i);
             }
-            this.cache?.forgetBatch(r.chunk);
+            await this.cache?.forgetBatch(r.chunk);
             running.splice(k, 1);
             continue;
           }
@@ -823,7 +840,7 @@ export class OpenAiLanguageModel implements LanguageModel {
       if (signal?.aborted) {
         for (const r of running) {
           await this.client.batches.cancel(r.id).catch(() => undefined);
-          this.cache?.forgetBatch(r.chunk);
+          await this.cache?.forgetBatch(r.chunk).catch(() => undefined);
         }
         throw new FreshrecError("CANCELLED", "the table build's batches were cancelled", { cause: error });
       }
@@ -841,7 +858,7 @@ export class OpenAiLanguageModel implements LanguageModel {
   }
 
   /** One line of a batch's output or error file: a successful answer is kept (and cached); a failure is left for a retry. */
-  private takeBatchLine<R extends Route>(route: R, line: string, bodyOf: ReadonlyMap<string, Record<string, unknown>>, results: Map<string, Answer<R>>): void {
+  private async takeBatchLine<R extends Route>(route: R, line: string, bodyOf: ReadonlyMap<string, Record<string, unknown>>, results: Map<string, Answer<R>>): Promise<void> {
     const parsed = JSON.parse(line) as { custom_id?: string; response?: { status_code?: number; body?: OpenAI.Chat.ChatCompletion | OpenAI.Completions.Completion } | null };
     const body = parsed.response?.body;
     const request = parsed.custom_id === undefined ? undefined : bodyOf.get(parsed.custom_id);
@@ -849,7 +866,7 @@ export class OpenAiLanguageModel implements LanguageModel {
     this.stats.requests++;
     this.stats.batchedRequests++;
     const answer = (route === "echo" ? this.echoAnswer(request, body as OpenAI.Completions.Completion) : this.rawAnswer(body as OpenAI.Chat.ChatCompletion)) as Answer<R>;
-    this.cache?.put(parsed.custom_id, answer);
+    await this.cache?.put(parsed.custom_id, answer);
     results.set(parsed.custom_id, answer);
   }
 
@@ -902,7 +919,7 @@ export class OpenAiLanguageModel implements LanguageModel {
       }
       answer = this.rawAnswer(response) as Answer<R>;
     }
-    this.cache?.put(key, answer);
+    await this.cache?.put(key, answer);
     return answer;
   }
 
