@@ -10,6 +10,7 @@ import { SystemClock, type Clock } from "../domain/clock.js";
 import { FreshrecError } from "../domain/errors.js";
 import { EmbeddedModelRegistry, type ModelRegistryContract } from "../llm/registry.js";
 import { PostgresModelRegistry } from "../llm/postgres-registry.js";
+import { PostgresResponseCache, SqliteResponseCache, responseCachePath, type ResponseCacheContract } from "../llm/backends/index.js";
 import { EmbeddedTableStore, PostgresTableStore, SqliteTableStore, type TableStoreContract } from "../tables/index.js";
 import type { ProgressSink } from "../domain/types.js";
 import { PostgresScheduleStore, SqliteScheduleStore, scheduleStorePath, type ScheduleStoreContract } from "../update/schedule/index.js";
@@ -50,6 +51,8 @@ export interface CommandContext {
   openRegistry(): Promise<ModelRegistryContract>;
   /** The schedule store the config names: PostgreSQL with `store.url`, else the workspace's schedule.sqlite. */
   openScheduleStore(): Promise<ScheduleStoreContract>;
+  /** The openai backend's response cache the config names: PostgreSQL with `store.url`, else llm-cache.sqlite. */
+  openResponseCache(): Promise<ResponseCacheContract>;
   /**
    * Aborted by the first Ctrl-C (SIGINT) or SIGTERM, so a long job stops cleanly (a partial table is marked failed,
    * training is cancelled); a second signal exits at once.
@@ -89,6 +92,8 @@ export function contextOf(command: Command): CommandContext {
     },
     openRegistry: async () => (config.store.url !== null ? onDeployment(() => PostgresModelRegistry.open(config.store.url!, paths.root, clock)) : EmbeddedModelRegistry.open(paths.root, clock)),
     openScheduleStore: async () => (config.store.url !== null ? onDeployment(() => PostgresScheduleStore.open(config.store.url!)) : SqliteScheduleStore.open(scheduleStorePath(paths.root))),
+    openResponseCache: async () =>
+      config.store.url !== null ? onDeployment(() => PostgresResponseCache.open(config.store.url!, clock)) : SqliteResponseCache.open(responseCachePath(paths.root), clock),
     clock,
     positiveMin: async (store) => {
       if (config.data.positiveMin !== null) return config.data.positiveMin;

@@ -277,7 +277,13 @@ async function loopOver(ctx: CommandContext, overrides: { trainer?: Trainer }, e
   const catalog = await events.clusters();
   const clusters = catalog.map((c) => c.id);
   // The configured backend opens model versions and trains new ones: the loop is the same for every backend.
-  const backend = languageModelBackend(ctx.config.llm, { clusters: catalog, workspace: ctx.paths.root, clock: ctx.clock, training: ctx.config.training });
+  const backend = languageModelBackend(ctx.config.llm, {
+    clusters: catalog,
+    workspace: ctx.paths.root,
+    responseCache: ctx.openResponseCache,
+    clock: ctx.clock,
+    training: ctx.config.training,
+  });
   const loop = new UpdateLoop({
     events,
     tables,

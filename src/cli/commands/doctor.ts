@@ -13,7 +13,7 @@ import { EventStore } from "../../data/event-store.js";
 import { PostgresEventStore, redactedUrl } from "../../data/postgres-event-store.js";
 import type { Clock } from "../../domain/clock.js";
 import type { Cluster } from "../../domain/types.js";
-import { type LlmBackendSettings, MissingApiKeyError, languageModelBackend, openAiClient, remoteError, responseCachePath } from "../../llm/backends/index.js";
+import { type LlmBackendSettings, MissingApiKeyError, PostgresResponseCache, languageModelBackend, openAiClient, remoteError, responseCachePath } from "../../llm/backends/index.js";
 import type { LanguageModel } from "../../llm/contracts.js";
 import { PostgresModelRegistry } from "../../llm/postgres-registry.js";
 import { ModelRegistry } from "../../llm/registry.js";
@@ -81,7 +81,7 @@ async function checkEventStore(file: string): Promise<DoctorCheck> {
 /**
  * Checks a deployment's PostgreSQL database (`store.url`), one check per store in it: reachable with its events, the
  * live table read back whole, the live model's file (under `<workspace>/models`) against its registered sha256, the
- * schedule's jobs (paused or failing ones named) and which process drives it. A store
+ * schedule's jobs (paused or failing ones named) and which process drives it, the response cache read. A store
  * whose tables do not exist yet has no check, and none is created: the doctor only reads. Never throws.
  * @returns the checks, and the live model's file and the clusters for the backend checks (null when unknown).
  */
@@ -100,7 +100,7 @@ export async function diagnosePostgresStores(
     await probe.connect();
     const found = await probe.query<{ name: string }>(
       "SELECT c.relname AS name FROM pg_class c WHERE c.relkind = 'r' AND pg_table_is_visible(c.oid) AND c.relname = ANY($1::TEXT[])",
-      [["events", "table_versions", "models", "schedule_jobs"]],
+      [["events", "table_versions", "models", "schedule_jobs", "llm_responses"]],
     );
     for (const r of found.rows) present.add(r.name);
   } catch (error) {
@@ -183,6 +183,19 @@ export async function diagnosePostgresStores(
       }
     } catch (error) {
       checks.push({ name: "schedule", ok: false, detail: `${where}: the schedule store cannot be read (${message(error)})` });
+    }
+  }
+  if (present.has("llm_responses")) {
+    try {
+      // Its two tables are created together, so opening it finds them and creates nothing.
+      const cache = await PostgresResponseCache.open(url, clock);
+      try {
+        checks.push({ name: "response cache", ok: true, detail: `${where}: ${await cache.size()} answers of the openai backend` });
+      } finally {
+        await cache.close();
+      }
+    } catch (error) {
+      checks.push({ name: "response cache", ok: false, detail: `${where}: the response cache cannot be read (${message(error)})` });
     }
   }
   return { checks, liveModel, clusters };

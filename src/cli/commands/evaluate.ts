@@ -135,7 +135,7 @@ export function registerEvaluate(program: Command): void {
             .digest("hex")
             .slice(0, 8);
           const catalog = await events.clusters();
-          const backend = languageModelBackend(ctx.config.llm, { clusters: catalog, workspace: ctx.paths.root, clock: ctx.clock, training: ctx.config.training });
+          const backend = languageModelBackend(ctx.config.llm, { clusters: catalog, workspace: ctx.paths.root, responseCache: ctx.openResponseCache, clock: ctx.clock, training: ctx.config.training });
           const needsModel = names.some((n) => (LLM_STRATEGIES as readonly string[]).includes(n));
           // A configured external model is the start model as it is: what it was trained on is outside freshrec's
           // view, so the no-leakage guarantee covers only the tables and fine-tunes made here. The embedded one
@@ -231,7 +231,7 @@ export function registerEvaluate(program: Command): void {
         let external: LanguageModel | null = null;
         try {
           const model = opts.model
-            ? (external = await languageModelBackend(ctx.config.llm, { clusters: await open.events.clusters(), workspace: ctx.paths.root, clock: ctx.clock, training: ctx.config.training }).openModel(opts.model))
+            ? (external = await languageModelBackend(ctx.config.llm, { clusters: await open.events.clusters(), workspace: ctx.paths.root, responseCache: ctx.openResponseCache, clock: ctx.clock, training: ctx.config.training }).openModel(opts.model))
             : (await open.loop.liveModel()).scorer;
           const rows: ContextUse[] = [];
           for (const at of times) rows.push(await measureContextUse(open.events, model, at, { days, rag: { ...ctx.config.rag, positiveMin: open.positiveMin }, signal: ctx.signal }));
