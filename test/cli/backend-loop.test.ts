@@ -8,7 +8,7 @@
  * - `llm.backend: gguf` on a GGUF file read by node-llama-cpp: pretrain, refresh, dry run and replay.
  */
 import { spawn } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { cpSync, existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
@@ -244,6 +244,55 @@ describe("the loop with the non-embedded backends, from the CLI", () => {
     const notGguf = await cli("finetune", "--model", join(ws, "events.csv"));
     expect(notGguf.status).toBe(2);
     expect(notGguf.json.error.message).toMatch(/events\.csv is not a GGUF file/);
+  }, 600_000);
+
+  it("keeps the openai backend's response cache in a deployment's database (store.url): another host's refresh is answered from it", async () => {
+    const url = await database();
+    const ws = mkdtempSync(join(tmpdir(), "freshrec-backend-cache-pg-"));
+    const llm = await startLlmServer({ modelPath: await trainTinyModel(ws), modelName: "tiny", dataDir: join(ws, "llm-server"), port: 0, logStream: silentLog });
+    try {
+      writePlatform(ws);
+      const config = join(ws, "freshrec.config.json");
+      const openai = { baseURL: `${llm.url}/v1`, model: "tiny", apiKeyEnv: null, maxRetries: 0 };
+      writeFileSync(config, JSON.stringify({ store: { url }, llm: { backend: "openai", openai }, rag: { minSupport: 1, method: "prompt" } }));
+      const [hostA, hostB] = [join(ws, "host-a"), join(ws, "host-b")];
+      const on = (host: string, ...args: string[]) => freshrec(["--workspace", host, "--config", config, ...args]);
+      const sent = () => ({ chat: llm.stats.completions, echo: llm.stats.textCompletions });
+      expect((await on(hostA, "ingest", "--clusters", join(ws, "clusters.csv"), "--items", join(ws, "items.csv"), "--events", join(ws, "events.csv"))).status).toBe(0);
+      const base = await on(hostA, "pretrain");
+      expect(base.status, base.stderr).toBe(0);
+      // Every host has the models folder (a shared mount in a deployment, a copy here).
+      cpSync(join(hostA, "models"), join(hostB, "models"), { recursive: true });
+
+      const pairs = CLUSTERS.length * (CLUSTERS.length - 1);
+      const first = await on(hostA, "refresh", "--as-of", "2025-06-20");
+      expect(first.status, first.stderr).toBe(0);
+      expect(first.json).toMatchObject({ pairs, rescored: pairs, published: true });
+      const asked = sent();
+      expect(asked.echo).toBeGreaterThanOrEqual(pairs);
+
+      // Another host rebuilds the same table: every answer comes from the database, the server is not asked.
+      const again = await on(hostB, "refresh", "--as-of", "2025-06-20", "--full");
+      expect(again.status, again.stderr).toBe(0);
+      expect(again.json).toMatchObject({ pairs, rescored: pairs, published: true });
+      expect(sent()).toEqual(asked);
+      const rowsOf = async (version: string) => (await on(hostB, "tables", "show", version, "--limit", "100")).json.rows;
+      expect(await rowsOf(again.json.tableVersion)).toEqual(await rowsOf(first.json.tableVersion));
+      // Its dry run prices nothing: the database has every prompt.
+      const plan = await on(hostB, "refresh", "--as-of", "2025-06-20", "--full", "--dry-run");
+      expect(plan.json).toMatchObject({ dryRun: true, cost: { prompts: pairs, cached: pairs, promptTokens: 0 } });
+      // Neither workspace has a cache file.
+      for (const host of [hostA, hostB]) expect(existsSync(join(host, "llm-cache.sqlite"))).toBe(false);
+
+      // The doctor reads the cache table like the other stores of the database.
+      const doctor = await on(hostB, "doctor");
+      const check = (doctor.json.checks as { name: string; ok: boolean; detail: string }[]).find((c) => c.name === "response cache");
+      expect(check, JSON.stringify(doctor.json)).toMatchObject({ ok: true, detail: expect.stringMatching(/: \d+ answers of the openai backend$/) });
+      expect(Number(/: (\d+) answers/.exec(check!.detail)![1])).toBeGreaterThanOrEqual(pairs);
+      for (const host of [hostA, hostB]) expect(existsSync(join(host, "llm-cache.sqlite"))).toBe(false);
+    } finally {
+      await llm.close();
+    }
   }, 600_000);
 
   it("registers a configured GGUF in a deployment's database (store.url) and refreshes through it there", async () => {
