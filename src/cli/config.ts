@@ -192,20 +192,23 @@ export const configSchema = z
     training: z
       .object({
         engine: z
-          .enum(["opt-epoch", "ggml"])
+          .enum(["ggml"], {
+            // The first engine's name gets its own answer: a config written for it must say what to use instead.
+            error: (issue) =>
+              issue.input === "opt-epoch"
+                ? 'expected "ggml": the "opt-epoch" engine (llama.cpp\'s llama_opt_epoch) was removed; engine v2 ("ggml") replaced it (set "ggml" or leave training.engine out)'
+                : undefined,
+          })
           .default("ggml")
           .describe(
-            "How the embedded backend trains (pretrain and fine-tunes): ggml (engine v2, the default: the llama graph built on ggml, many samples per step isolated by a block-diagonal mask, the loss on the answer token, every weight trained; 4.5x opt-epoch's training tokens/s with bf16 products, 2.9x with f32, and a base model above opt-epoch's held-out top-1 in a fifth of its time, README) or opt-epoch (llama.cpp's llama_opt_epoch, one sample per optimizer step, keys, values and input embeddings frozen; kept until its removal). Both run in a child process with the same progress, cancellation, validation, best epoch and checkpoints; ggml's default peak learning rate is 1e-3 (opt-epoch's 3e-4).",
+            "How the embedded backend trains (pretrain and fine-tunes): ggml, engine v2, the only engine: the llama graph built on ggml, many samples per step isolated by a block-diagonal mask, the loss on the answer token, every weight trained, in a child process with progress, cancellation, validation, best epoch and checkpoints; default peak learning rate 1e-3 (3e-4 when continuing a model). The first engine, opt-epoch (llama.cpp's llama_opt_epoch), was removed once engine v2 beat it (README, Benchmarks).",
           ),
         precision: z
           .enum(["f32", "bf16"])
-          .optional()
-          .describe("Engine ggml only: precision of the matrix products (bf16, the default with ggml: operands rounded to bfloat16 and accumulated in float32, weights, gradients and optimizer state stay float32; fastest on CPUs with AVX512-BF16). Always f32 with opt-epoch."),
+          .default("bf16")
+          .describe("Precision of the matrix products: bf16 (the default: operands rounded to bfloat16 and accumulated in float32, weights, gradients and optimizer state stay float32; fastest on CPUs with AVX512-BF16) or f32."),
       })
       .strict()
-      // opt-epoch trains in float32 only: bf16 with it would be a setting that silently does nothing.
-      .refine((t) => t.precision !== "bf16" || t.engine === "ggml", { message: 'training.precision "bf16" needs training.engine "ggml" (opt-epoch trains in float32 only)', path: ["precision"] })
-      .transform((t) => ({ engine: t.engine, precision: t.precision ?? (t.engine === "ggml" ? ("bf16" as const) : ("f32" as const)) }))
       .prefault({}),
     llm: z
       .object({

@@ -104,7 +104,7 @@ export async function trainBaseModel(
   ctx.log(
     `pretraining on ${transitions.length} transitions (${transitions.filter((t) => t.context).length} with a retrieved RAG context) of ${iso(window.from).slice(0, 10)}..${iso(window.to).slice(0, 10)}, ${clusters.length} clusters, ${items.length} titled items` +
       (options.heldOut ? `; ${heldOut.length} held-out transitions` : "") +
-      `; training engine ${ctx.config.training.engine}${ctx.config.training.engine === "ggml" ? ` (${ctx.config.training.precision} products)` : ""}`,
+      `; training engine ${ctx.config.training.engine} (${ctx.config.training.precision} products)`,
   );
   const result = await pretrainBaseModel({
     workspace,

@@ -93,7 +93,7 @@ export interface LlmServerOptions {
   readonly clock?: Clock;
   /**
    * How fine-tuning jobs train (the config's `training` section); a job's learning_rate_multiplier scales the
-   * engine's default rate (3e-4 for opt-epoch, 1e-3 for ggml). @defaultValue engine "opt-epoch"
+   * trainer's default rate of a continued training (`ENGINE_CONTINUED_LEARNING_RATE`). @defaultValue f32 products
    */
   readonly training?: Pick<EmbeddedTrainerOptions, "engine" | "precision">;
 }
@@ -664,7 +664,7 @@ export async function startLlmServer(options: LlmServerOptions): Promise<Running
         outputPath,
         validation: j.validation,
         epochs: j.epochs,
-        learningRate: ENGINE_CONTINUED_LEARNING_RATE[training.engine ?? "opt-epoch"] * j.learningRateMultiplier,
+        learningRate: ENGINE_CONTINUED_LEARNING_RATE * j.learningRateMultiplier,
         seed: j.seed,
         signal: j.abort.signal,
         onProgress: (e) => {

@@ -49,13 +49,13 @@ export interface PretrainOptions {
   readonly window?: TimeWindow | null;
   /** @defaultValue REFERENCE_SHAPE */
   readonly shape?: ModelShape;
-  /** Training engine and precision (the config's `training` section). @defaultValue engine "opt-epoch" */
+  /** Training engine and precision (the config's `training` section). @defaultValue engine v2, f32 products */
   readonly training?: Pick<EmbeddedTrainerOptions, "engine" | "precision">;
   /** @defaultValue 4 (see TrainOptions.epochs) */
   readonly epochs?: number;
   /** @defaultValue false (see TrainOptions.keepCheckpoints) */
   readonly keepCheckpoints?: boolean;
-  /** @defaultValue the trainer's (3e-4) */
+  /** @defaultValue the trainer's (ENGINE_LEARNING_RATE, 1e-3) */
   readonly learningRate?: number;
   /** Upper bound on catalog lines from item titles. @defaultValue 5000 */
   readonly maxCatalogLines?: number;

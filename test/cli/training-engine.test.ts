@@ -1,7 +1,8 @@
 /**
- * `training.engine` from the CLI: the default is "ggml" (engine v2) with bf16 products, which trains the base model
- * (pretrain) and a fine-tune (the backend's trainer) through the embedded trainer's worker, with its epochs reported
- * and its models registered and served as any other; "opt-epoch" (llama_opt_epoch) is still chosen by name.
+ * `training.engine` from the CLI: "ggml" (engine v2, the only engine) with bf16 products by default, which trains
+ * the base model (pretrain) and a fine-tune (the backend's trainer) through the embedded trainer's worker, with its
+ * epochs reported and its models registered and served as any other. A config naming the removed "opt-epoch" engine
+ * is refused with a message that says so and what to use.
  */
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -15,18 +16,28 @@ import { runCli } from "./run.js";
 const freshrec = (args: string[]) => runCli(args);
 
 describe("training.engine", () => {
-  it("defaults to ggml with bf16 products, and the embedded backend's trainer carries the configured engine as its cache recipe", () => {
+  it("defaults to ggml with bf16 products, and the embedded backend's trainer carries the configured training as its cache recipe", () => {
     const defaults = parseConfig({});
     expect(defaults.training).toEqual({ engine: "ggml", precision: "bf16" });
     const context = { clusters: [], workspace: tmpdir() };
     expect(languageModelBackend(defaults.llm, { ...context, training: defaults.training }).trainer()?.recipe).toBe("engine=ggml;precision=bf16;threads=1;continued-lr=0.0003");
-    expect(parseConfig({ training: { engine: "ggml", precision: "f32" } }).training).toEqual({ engine: "ggml", precision: "f32" });
-    const optEpoch = parseConfig({ training: { engine: "opt-epoch" } });
-    expect(optEpoch.training).toEqual({ engine: "opt-epoch", precision: "f32" });
-    expect(languageModelBackend(optEpoch.llm, { ...context, training: optEpoch.training }).trainer()?.recipe).toBeUndefined();
+    const f32 = parseConfig({ training: { engine: "ggml", precision: "f32" } });
+    expect(f32.training).toEqual({ engine: "ggml", precision: "f32" });
+    expect(languageModelBackend(f32.llm, { ...context, training: f32.training }).trainer()?.recipe).toBe("engine=ggml;precision=f32;threads=1;continued-lr=0.0003");
     expect(() => parseConfig({ training: { engine: "sgd" } })).toThrow(/training\.engine/);
-    // bf16 is engine v2's: with opt-epoch it would do nothing, so it is refused, naming the field.
-    expect(() => parseConfig({ training: { engine: "opt-epoch", precision: "bf16" } })).toThrow(/training\.precision/);
+    expect(() => parseConfig({ training: { precision: "f16" } })).toThrow(/training\.precision/);
+  });
+
+  it("refuses a config naming the removed opt-epoch engine, naming the field and what to use (exit 2 from the CLI)", () => {
+    for (const training of [{ engine: "opt-epoch" }, { engine: "opt-epoch", precision: "f32" }]) {
+      expect(() => parseConfig({ training })).toThrow(/field "training\.engine": got "opt-epoch"; expected "ggml": the "opt-epoch" engine .* was removed; engine v2 \("ggml"\) replaced it/);
+    }
+    const ws = mkdtempSync(join(tmpdir(), "freshrec-training-engine-removed-"));
+    const config = join(ws, "config.json");
+    writeFileSync(config, JSON.stringify({ training: { engine: "opt-epoch" } }));
+    const r = freshrec(["--workspace", ws, "--config", config, "models", "list", "--json"]);
+    expect(r.status).toBe(2);
+    expect(r.stderr).toMatch(/training\.engine.*"opt-epoch" engine .* was removed/);
   });
 
   it("ggml: pretrain and a fine-tune train through engine v2 from the CLI", () => {
@@ -47,9 +58,8 @@ describe("training.engine", () => {
     expect(base.status, base.stderr).toBe(0);
     expect(base.stderr).toContain("training engine ggml (bf16 products)"); // the precision engine v2 defaults to
     expect(base.json.training.epochs).toHaveLength(2);
-    // Engine v2 reports the answer token's loss and top-1 over the vocabulary. Measured on this workspace: ggml
-    // 4.94 / 0.037 and 4.30 / 0.049; the default engine's every-position loss and accuracy 1.68 / 0.72 and
-    // 0.94 / 0.81 (the template's words are easy), so this fails if the configured engine is not used.
+    // Engine v2 reports the answer token's loss and top-1 over the vocabulary (measured on this workspace: 4.94 /
+    // 0.037 and 4.30 / 0.049), not a language-model loss over the template's easy words.
     for (const e of base.json.training.epochs) {
       expect(e.trainLoss).toBeGreaterThan(2.5);
       expect(e.trainAccuracy).toBeLessThan(0.3);

@@ -1,7 +1,8 @@
 /**
- * The product's trainer (EmbeddedTrainer, child-process worker) on engine v2 (`engine: "ggml"`): the ggml training
- * graph behind the same progress, cancellation, validation / best epoch, checkpoints and training cache as
- * llama_opt_epoch (embedded.test.ts covers that path). Tiny model, real training.
+ * The product's trainer (EmbeddedTrainer, child-process worker) on engine v2, its only engine: learning (with a
+ * control that disables the step), step and epoch progress, validation and the best epoch, checkpoints, a bf16
+ * fine-tune, the continued-training rate and the training cache's recipe. Cancellation and the checkpoint folders
+ * are in embedded.test.ts. Tiny model, real training.
  */
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
@@ -11,7 +12,7 @@ import type { TrainOptions, TrainResult, Trainer, TrainingEvent, TrainingSample 
 import { readModelFile } from "../../src/llm/engine/model-file.js";
 import { ENGINE_CONTINUED_LEARNING_RATE, ENGINE_LEARNING_RATE, EmbeddedTrainer } from "../../src/llm/engine/trainer.js";
 import { CachingTrainer } from "../../src/llm/training-cache.js";
-import { expectCancelledCleanly, TINY_SHAPE, tempWorkspace } from "./fixtures.js";
+import { TINY_SHAPE, tempWorkspace } from "./fixtures.js";
 import { MAPPING_CLUSTERS as CLUSTERS, N, heldOut, ids, mappingSample, successor, trainPairs } from "./mapping.js";
 
 const ws = tempWorkspace("freshrec-embedded-ggml-");
@@ -28,10 +29,10 @@ async function heldOutAccuracy(path: string): Promise<number> {
   }
 }
 
-const ggmlTrainer = (precision?: "f32" | "bf16") => new EmbeddedTrainer({ init: { clusters: CLUSTERS, shape: TINY_SHAPE }, engine: "ggml", precision });
+const ggmlTrainer = (precision?: "f32" | "bf16") => new EmbeddedTrainer({ init: { clusters: CLUSTERS, shape: TINY_SHAPE }, precision });
 let trainedPath = "";
 
-describe("embedded trainer on engine v2 (engine: ggml)", () => {
+describe("embedded trainer on engine v2", () => {
   it("learns the held-out mapping in the worker, with step and epoch progress and checkpoints, into a file the product serves", async () => {
     const events: TrainingEvent[] = [];
     const out = join(ws, "models", "mapping.gguf");
@@ -100,18 +101,14 @@ describe("embedded trainer on engine v2 (engine: ggml)", () => {
     const scratch = await ggmlTrainer().train(samples, { outputPath: join(ws, "models", "scratch-default.gguf"), epochs: 1 });
     const continued = await ggmlTrainer().train(samples, { from: trainedPath, outputPath: join(ws, "models", "continued-default.gguf"), epochs: 1 });
     // Same samples and epochs, so the same steps of the same schedule: the rates differ by the peaks' ratio.
-    expect(continued.epochs[0].learningRate / scratch.epochs[0].learningRate).toBeCloseTo(ENGINE_CONTINUED_LEARNING_RATE.ggml / ENGINE_LEARNING_RATE.ggml, 6);
-    expect(ENGINE_CONTINUED_LEARNING_RATE.ggml).toBeLessThan(ENGINE_LEARNING_RATE.ggml);
+    expect(continued.epochs[0].learningRate / scratch.epochs[0].learningRate).toBeCloseTo(ENGINE_CONTINUED_LEARNING_RATE / ENGINE_LEARNING_RATE, 6);
+    expect(ENGINE_CONTINUED_LEARNING_RATE).toBeLessThan(ENGINE_LEARNING_RATE);
   }, 60_000);
 
-  it("is cancellable: an abort rejects with CANCELLED and leaves no output nor checkpoints", async () => {
-    await expectCancelledCleanly(ggmlTrainer(), trainSamples, join(ws, "models", "cancelled.gguf"), 500);
-  }, 60_000);
-
-  it("is a different recipe for the training cache than llama_opt_epoch", async () => {
+  it("keys the training cache on its recipe: engine, precision, threads and the continued-training rate", async () => {
     expect(trainedPath).not.toBe("");
     let runs = 0;
-    const counting = (inner: EmbeddedTrainer): Trainer => ({
+    const counting = (inner: Trainer & { recipe?: string }): Trainer => ({
       recipe: inner.recipe,
       train: (s: readonly TrainingSample[], o: TrainOptions): Promise<TrainResult> => {
         runs++;
@@ -121,15 +118,22 @@ describe("embedded trainer on engine v2 (engine: ggml)", () => {
     const cache = join(ws, "cache");
     const samples = trainSamples.slice(0, 60);
     const request = (name: string) => ({ from: trainedPath, outputPath: join(ws, "cached", `${name}.gguf`), epochs: 1 });
-    expect(new EmbeddedTrainer().recipe).toBeUndefined(); // the default engine keeps its earlier cache keys
-    await new CachingTrainer(counting(new EmbeddedTrainer()), cache, "embedded").train(samples, request("opt-epoch"));
-    await new CachingTrainer(counting(new EmbeddedTrainer({ engine: "ggml" })), cache, "embedded").train(samples, request("ggml"));
+    expect(new EmbeddedTrainer().recipe).toBe(`engine=ggml;precision=f32;threads=1;continued-lr=${ENGINE_CONTINUED_LEARNING_RATE}`);
+    expect(new EmbeddedTrainer({ engine: "ggml" }).recipe).toBe(new EmbeddedTrainer().recipe);
+    // An entry of the removed llama_opt_epoch engine had no recipe: an engine v2 request never takes it.
+    const noRecipe: Trainer = { train: (s, o) => new EmbeddedTrainer().train(s, o) };
+    await new CachingTrainer(counting(noRecipe), cache, "embedded").train(samples, request("no-recipe"));
+    await new CachingTrainer(counting(new EmbeddedTrainer()), cache, "embedded").train(samples, request("f32"));
     expect(runs).toBe(2);
-    const again = await new CachingTrainer(counting(new EmbeddedTrainer({ engine: "ggml" })), cache, "embedded").train(samples, request("ggml-again"));
+    const again = await new CachingTrainer(counting(new EmbeddedTrainer()), cache, "embedded").train(samples, request("f32-again"));
     expect(runs).toBe(2);
     expect(again.reused).toBe(true);
-    // bf16 products are another recipe again.
-    await new CachingTrainer(counting(new EmbeddedTrainer({ engine: "ggml", precision: "bf16" })), cache, "embedded").train(samples, request("bf16"));
+    // bf16 products are another recipe.
+    await new CachingTrainer(counting(new EmbeddedTrainer({ precision: "bf16" })), cache, "embedded").train(samples, request("bf16"));
     expect(runs).toBe(3);
   }, 120_000);
+
+  it("refuses the removed opt-epoch engine by name", () => {
+    expect(() => new EmbeddedTrainer({ engine: "opt-epoch" as never })).toThrow(/"opt-epoch"\) was removed; engine v2 \("ggml"\) is the only one/);
+  });
 });

@@ -19,7 +19,7 @@ async function trainTiny(epochs = 2): Promise<string> {
   return trainedPath;
 }
 
-describe("embedded trainer (real llama.cpp training, tiny model)", () => {
+describe("embedded trainer (real engine v2 training, tiny model)", () => {
   it("trains in a child process with per-epoch progress, checkpoints and a loadable output", async () => {
     const events: TrainingEvent[] = [];
     const trainer = new EmbeddedTrainer({ init: { clusters: CLUSTERS, shape: TINY_SHAPE } });
@@ -37,7 +37,7 @@ describe("embedded trainer (real llama.cpp training, tiny model)", () => {
       expect(existsSync(e.checkpoint!)).toBe(true);
       const info = readModelFile(e.checkpoint!);
       expect(info.clusters).toHaveLength(CLUSTERS.length);
-      // llama_opt_init overwrites the model's context length with the training row size; the file keeps its own.
+      // Training windows are not the model's context: every checkpoint keeps the file's own context length.
       expect(info.shape.contextLength).toBe(TINY_SHAPE.contextLength);
     }
     // The learning-rate schedule decays from the peak.

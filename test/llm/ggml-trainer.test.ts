@@ -1,36 +1,32 @@
 /**
  * Proofs for engine v2 (src/llm/engine/ggml-trainer.ts, ggml-graph.ts: the llama training graph built directly on
- * ggml, many samples per optimizer step; not the product's trainer yet):
+ * ggml, many samples per optimizer step), below the product's trainer (embedded*.test.ts and learning.test.ts train
+ * through EmbeddedTrainer):
  * - isolation: a packed window's loss equals the mean of the same samples' losses computed one at a time, both in
  *   the forward graph and as the loss of a training step before its update; changing one sample of a window does
  *   not change another sample's logits;
- * - gradients: one optimizer step changes every weight the old path leaves frozen (attn_k, attn_v, token_embd) and
- *   every other one, and leaves the embedding rows of tokens the window does not contain untouched;
+ * - gradients: one optimizer step changes every weight, attn_k, attn_v and token_embd included (the removed
+ *   llama_opt_epoch path left those frozen), and leaves the embedding rows of tokens the window does not contain untouched;
  * - learning: a tiny model learns a deterministic mapping and answers held-out history pairs by it, scored through
  *   the product's scorer (EmbeddedLanguageModel) from the file written with the existing GGUF writer;
  * - serving: that file's top-1 through the llama.cpp scorer equals the ggml forward pass's, and the logits agree;
- * - the hand-written backward pass (ggml-backward.ts, the trainer's default) computes autograd's gradients;
- * - continuing: a model trained by llama_opt_epoch loads into the ggml graph with llama.cpp's logits, trains, and is
- *   written back as a freshrec model file the product reads.
+ * - the hand-written backward pass (ggml-backward.ts, the trainer's default) computes autograd's gradients.
  */
 import koffi from "koffi";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { sampleOf } from "../../src/llm/contracts.js";
-import { evaluateHeldOut } from "../../src/llm/pretrain.js";
 import { EmbeddedLanguageModel } from "../../src/llm/backends/embedded.js";
 import { GGML_EXPECTED_STRUCT_SIZES, ggmlInitParams, ggmlOptParams } from "../../src/llm/engine/ggml-api.js";
 import { GgmlStep, llamaTensorNames, packWindows } from "../../src/llm/engine/ggml-graph.js";
 import { GgmlManualStep } from "../../src/llm/engine/ggml-backward.js";
 import { GgmlModel, answerLogits, trainGgml } from "../../src/llm/engine/ggml-trainer.js";
 import { allocOptimizerParams, loadLlamaApi } from "../../src/llm/engine/llama-api.js";
-import { createModelFile, readModelFile } from "../../src/llm/engine/model-file.js";
+import { createModelFile } from "../../src/llm/engine/model-file.js";
 import { BatchScorer } from "../../src/llm/engine/scorer.js";
 import { promptTokens, sampleTokens } from "../../src/llm/engine/trainer.js";
 import { CLUSTER_BASE, EOS_ID, buildVocabulary } from "../../src/llm/engine/vocabulary.js";
 import { CLUSTERS as TOY_CLUSTERS, TINY_SHAPE, tempWorkspace, toySamples } from "./fixtures.js";
-import { MAPPING_CLUSTERS as CLUSTERS, N, heldOut, ids, mappingSample, pairs, successor, trainPairs, withSmallWorld } from "./mapping.js";
-import { trainTinyModel } from "./tiny-model.js";
+import { MAPPING_CLUSTERS as CLUSTERS, N, heldOut, ids, mappingSample, pairs, successor, trainPairs } from "./mapping.js";
 
 const ws = tempWorkspace("freshrec-ggml-");
 
@@ -139,7 +135,7 @@ describe("ggml trainer: isolation of packed samples", () => {
       const b = model.weights.read(n);
       let changed = 0;
       for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) changed++;
-      // llama_opt_epoch never trains attn_k, attn_v or token_embd (docs/engine.md fault 2); here every tensor moves.
+      // The removed llama_opt_epoch path never trained attn_k, attn_v or token_embd (docs/engine.md fault 2); here every tensor moves.
       expect(changed, n).toBeGreaterThan(0);
     }
     // Embedding rows: the rows of tokens in the window move, the others get no gradient and stay exactly as they were.
@@ -224,7 +220,7 @@ describe("ggml trainer: learning, and serving the trained file through llama.cpp
       // Measured: f32 0.80 (answer loss 4.79 -> 0.35 over 30 epochs, 1,020 steps of up to 16 samples), the same
       // with the autograd step; bf16 products 0.84 (loss 4.79 -> 0.34); with the
       // step disabled (learning rate 1e-30) the loss stays at 5.76 and the assertion above fails. The best constant
-      // answer is below 0.1 (learning.test.ts); the llama_opt_epoch path reached 0.78 there.
+      // answer is below 0.1 (learning.test.ts).
       expect(accuracy).toBeGreaterThanOrEqual(0.6);
     } finally {
       await served.close();
@@ -271,72 +267,5 @@ describe("ggml trainer: learning, and serving the trained file through llama.cpp
     } finally {
       await served.close();
     }
-  }, 60_000);
-});
-
-describe("ggml trainer: continuing from a model trained by llama_opt_epoch", () => {
-  it("reads the old path's file, computes llama.cpp's logits on it, and writes a file the product reads after a step", async () => {
-    const parent = await trainTinyModel(ws, "old-path.gguf");
-    const info = readModelFile(parent);
-    const vocab = info.vocabulary;
-    const K = info.clusters.length;
-    const model = GgmlModel.load(parent);
-    try {
-      const prompts = toySamples(24, 11).map((s) => s.prompt);
-      const seqs = prompts.map((p) => [...promptTokens(vocab, p), EOS_ID]);
-      const ggmlLogits = answerLogits(model, seqs, 128, 8);
-      const scorer = BatchScorer.open(loadLlamaApi(), parent, { answerBase: CLUSTER_BASE, answerCount: K });
-      const llamaLogits = await scorer.score(seqs.map((s) => s.slice(0, -1)));
-      await scorer.close();
-      let maxDiff = 0;
-      seqs.forEach((_, i) => {
-        for (let j = 0; j < K; j++) maxDiff = Math.max(maxDiff, Math.abs(ggmlLogits[i][CLUSTER_BASE + j] - llamaLogits[i * K + j]));
-      });
-      expect(maxDiff).toBeLessThan(1e-3);
-      const stats = trainGgml(model, toySamples(64, 5).map((s) => sampleTokens(vocab, s)), { epochs: 1, windowTokens: 128, learningRate: 1e-3 });
-      expect(stats.steps).toBeGreaterThan(1);
-      const child = join(ws, "continued.gguf");
-      model.save(child);
-      const childInfo = readModelFile(child);
-      expect(childInfo.vocabularyHash).toBe(info.vocabularyHash);
-      expect(childInfo.shape).toEqual(info.shape);
-      const served = await EmbeddedLanguageModel.open(child);
-      try {
-        expect(await served.score(prompts.slice(0, 4), 3)).toHaveLength(4);
-      } finally {
-        await served.close();
-      }
-    } finally {
-      model.free();
-    }
-  }, 60_000);
-});
-
-describe("ggml trainer: a small synthetic world", () => {
-  it("trains a base model that beats most-popular-next on the days after its window", async () => {
-    await withSmallWorld(async ({ events, transitions, heldOutDays }) => {
-      const vocab = buildVocabulary({ clusters: await events.clusters() });
-      const init = join(ws, "synthetic-init.gguf");
-      createModelFile(init, vocab, TINY_SHAPE, { seed: 1 });
-      const model = GgmlModel.load(init);
-      const out = join(ws, "synthetic.gguf");
-      try {
-        trainGgml(model, transitions.map((t) => sampleTokens(vocab, sampleOf(t))), { epochs: 6, learningRate: 1e-3, windowTokens: 256 });
-        model.save(out);
-      } finally {
-        model.free();
-      }
-      const served = await EmbeddedLanguageModel.open(out);
-      try {
-        const e = await evaluateHeldOut(served, transitions, heldOutDays);
-        expect(e.transitions).toBeGreaterThan(2000);
-        // Measured (36 clusters, 6.9k training and 2.5k held-out transitions): these 6 epochs at 1e-3 24.2% and 8
-        // epochs 26.6%, against most-popular-next 15.6%; 4 epochs at 3e-3 21.5% (f32) and 21.4% (bf16 products), the level
-        // pretrainBaseModel reaches through llama_opt_epoch with the same 4 epochs at 3e-3 (21.6%, learning.test.ts).
-          expect(e.modelTop1 - e.mostPopularTop1).toBeGreaterThan(0.05);
-      } finally {
-        await served.close();
-      }
-    });
   }, 60_000);
 });

@@ -128,8 +128,8 @@ export function registerEvaluate(program: Command): void {
                 model: ctx.config.model,
                 rag: promptRagSettings(ctx.config.rag),
                 positiveMin,
-                // Absent for the default engine, so start models trained before the option existed keep their key.
-                training: ctx.config.training.engine === "opt-epoch" ? undefined : ctx.config.training,
+                // Engine v2's start models keep the key they had while a second engine existed.
+                training: ctx.config.training,
               }),
             )
             .digest("hex")

@@ -102,7 +102,7 @@ export interface BackendContext {
   /** Opens the openai backend's response cache (the deployment's database with store.url); absent: the workspace's file. */
   readonly responseCache?: ResponseCacheOpener;
   readonly clock?: Clock;
-  /** How the embedded backend trains (the config's `training` section). @defaultValue engine "opt-epoch" */
+  /** How the embedded backend trains (the config's `training` section). @defaultValue engine v2, f32 products */
   readonly training?: Pick<EmbeddedTrainerOptions, "engine" | "precision">;
 }
 

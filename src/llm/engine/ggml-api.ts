@@ -2,7 +2,7 @@
  * ggml's own C API (tensors, graph ops, the CPU backend, the backend scheduler and ggml-opt) through koffi, from the
  * same prebuilt libraries as llama-api.ts (node-llama-cpp 3.21.1, llama.cpp v0.4.0: `libggml-base.so` and
  * `libggml.v0.4.0.so`). Used by the direct ggml trainer (ggml-trainer.ts), which builds the llama training graph
- * itself instead of going through `llama_opt_epoch`.
+ * itself (llama.cpp's own training API, `llama_opt_epoch`, was the removed first engine).
  *
  * Version-bound like llama-api.ts: `loadLlamaApi` refuses any other node-llama-cpp before anything is bound here,
  * and the two structs passed by value were measured with a C sizeof/offsetof program against the v0.4.0 headers of

@@ -1,15 +1,15 @@
 /**
  * The llama architecture as a ggml training graph built directly (not through llama.cpp's `llama_opt_*`), for
  * many samples packed into one window of tokens per optimizer step: engine v2 (issue 17), used by ggml-trainer.ts
- * and through it by the product's trainer when `training.engine` is "ggml" (the default is still llama_opt_epoch:
- * trainer.ts, train-worker.ts), its tests (test/llm/ggml-*.test.ts, embedded-ggml.test.ts) and the engine bench.
+ * and through it by the product's trainer (trainer.ts, train-worker.ts), its tests (test/llm/ggml-trainer.test.ts,
+ * embedded.test.ts) and the engine bench.
  *
  * The graph is the one llama.cpp v0.4.0 builds for `LLM_ARCH_LLAMA` (src/models/llama.cpp of the bundle): token
  * embeddings (get_rows), per layer RMSNorm * attn_norm, Q/K/V projections, RoPE (normal mode, freq_base from the
  * file, no YaRN: ext_factor 0, attn_factor 1), softmax(K^T Q / sqrt(head_dim) + mask), V, output projection,
  * residual, RMSNorm * ffn_norm, SwiGLU (silu(gate) * up, down), residual; final RMSNorm * output_norm and the separate
  * output matrix. Every one of these tensors is a ggml parameter, so AdamW updates all of them: embeddings, K and V
- * included (llama_opt_epoch leaves them out, docs/engine.md faults 2).
+ * included (the removed llama_opt_epoch path left them out, docs/engine.md fault 2).
  *
  * Packing (one window = one optimizer step): samples are laid end to end in a window of `windowTokens` tokens;
  * positions restart at 0 for each sample (so RoPE sees what the scorer sees), and the attention mask is

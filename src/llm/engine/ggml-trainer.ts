@@ -7,11 +7,11 @@
  * trains through ggml-opt instead. It reads and writes freshrec model files with the existing GGUF reader and
  * writer, so what it trains is served unchanged by the llama.cpp scorer.
  *
- * The product reaches it through `EmbeddedTrainer` with `engine: "ggml"` (config `training.engine`; the default is
- * still "opt-epoch"): train-worker.ts drives a `GgmlTrainingRun` a window at a time in its child process, with the
- * same progress, cancellation, validation, best epoch, checkpoints and training cache as llama_opt_epoch. This
- * module itself runs synchronously in the calling process and has none of those; `trainGgml` serves the proof tests
- * (test/llm/ggml-trainer.test.ts) and `npm run bench -- engine`.
+ * The product reaches it through `EmbeddedTrainer` (trainer.ts; engine v2 is its only engine): train-worker.ts
+ * drives a `GgmlTrainingRun` a window at a time in its child process, with progress, cancellation, validation, best
+ * epoch and checkpoints, and the training cache keys on the trainer's recipe. This module itself runs synchronously
+ * in the calling process and has none of those; `trainGgml` serves the proof tests (test/llm/ggml-trainer.test.ts)
+ * and `npm run bench -- engine`.
  *
  * @example
  * const model = GgmlModel.load("/ws/models/init.gguf");
@@ -99,7 +99,7 @@ export interface GgmlTrainOptions {
   readonly maxSamples?: number;
   /** Seed of the per-epoch shuffles. @defaultValue 1 */
   readonly seed?: number;
-  /** Warm-up steps. @defaultValue 2% of the steps, at most 500 (as the llama_opt_epoch worker) */
+  /** Warm-up steps. @defaultValue 2% of the steps, at most 500 */
   readonly warmup?: number;
   /** CPU threads of the graph computation. @defaultValue the model's (1) */
   readonly threads?: number;

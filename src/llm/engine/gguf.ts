@@ -7,7 +7,7 @@
  * writeGguf("/tmp/m.gguf", { kvs: [{ key: "general.architecture", type: "string", value: "llama" }], tensors: [] });
  * const file = readGgufFile("/tmp/m.gguf"); // throws FreshrecError("ENGINE") on corrupt or foreign files
  */
-import { closeSync, openSync, readSync, statSync, writeSync, fstatSync } from "node:fs";
+import { closeSync, openSync, readSync, writeSync, fstatSync } from "node:fs";
 import { FreshrecError } from "../../domain/errors.js";
 
 export const GGUF_MAGIC = 0x46554747; // "GGUF" little-endian
@@ -402,46 +402,4 @@ export function readTensorF32(file: GgufFile, name: string): Float32Array {
     closeSync(fd);
   }
   return out;
-}
-
-/**
- * Rewrites a GGUF with some metadata replaced or added, copying the tensor table and data unchanged.
- * llama.cpp's own saver drops keys it does not know, so freshrec re-stamps its metadata after each save.
- */
-export function restampGguf(sourcePath: string, targetPath: string, replace: readonly GgufKv[]): void {
-  const src = readGgufFile(sourcePath);
-  const replaced = new Set(replace.map((k) => k.key));
-  const kvs = [...src.kvList.filter((k) => !replaced.has(k.key)), ...replace];
-  const alignment = alignmentOf(kvs);
-  if (alignment !== src.alignment) throw new FreshrecError("INTERNAL", "restamping cannot change the alignment");
-  const header = new ByteSink();
-  header.u32(GGUF_MAGIC);
-  header.u32(GGUF_VERSION);
-  header.u64(src.tensors.length);
-  header.u64(kvs.length);
-  for (const kv of kvs) writeKv(header, kv);
-  for (const t of src.tensors) {
-    header.str(t.name);
-    header.u32(t.dims.length);
-    for (const d of t.dims) header.u64(d);
-    header.u32(t.type);
-    header.u64(t.offset);
-  }
-  header.pad(alignment);
-  const inFd = openSync(sourcePath, "r");
-  const outFd = openSync(targetPath, "w");
-  try {
-    writeSync(outFd, header.view());
-    const total = statSync(sourcePath).size - src.dataOffset;
-    const chunk = Buffer.alloc(1 << 22);
-    for (let done = 0; done < total; ) {
-      const n = readSync(inFd, chunk, 0, Math.min(chunk.length, total - done), src.dataOffset + done);
-      if (n <= 0) break;
-      writeSync(outFd, chunk, 0, n);
-      done += n;
-    }
-  } finally {
-    closeSync(inFd);
-    closeSync(outFd);
-  }
 }

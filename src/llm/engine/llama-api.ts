@@ -6,7 +6,7 @@
  *
  * @example
  * const api = loadLlamaApi();
- * const model = api.loadModel("/tmp/m.gguf", { writable: false });
+ * const model = loadModel(api, "/tmp/m.gguf");
  */
 import koffi from "koffi";
 import { existsSync, readFileSync } from "node:fs";
@@ -126,15 +126,6 @@ export const llamaContextParams = koffi.struct("llama_context_params", {
   ctx_other: "void *",
 });
 
-export const llamaOptParams = koffi.struct("llama_opt_params", {
-  n_ctx_train: "uint32_t",
-  param_filter: "void *",
-  param_filter_ud: "void *",
-  get_opt_pars: "void *",
-  get_opt_pars_ud: "void *",
-  optimizer_type: "int",
-});
-
 export const ggmlOptOptimizerParams = koffi.struct("ggml_opt_optimizer_params", {
   adamw_alpha: "float",
   adamw_beta1: "float",
@@ -159,7 +150,6 @@ export const llamaBatch = koffi.struct("llama_batch", {
 export const EXPECTED_STRUCT_SIZES = {
   llama_model_params: 80,
   llama_context_params: 160,
-  llama_opt_params: 48,
   ggml_opt_optimizer_params: 28,
   llama_batch: 56,
 } as const;
@@ -167,7 +157,6 @@ export const EXPECTED_STRUCT_SIZES = {
 export const DECLARED_STRUCTS = {
   llama_model_params: llamaModelParams,
   llama_context_params: llamaContextParams,
-  llama_opt_params: llamaOptParams,
   ggml_opt_optimizer_params: ggmlOptOptimizerParams,
   llama_batch: llamaBatch,
 } as const;
@@ -201,7 +190,6 @@ export interface LlamaApi {
     | "llama_model_free"
     | "llama_init_from_model"
     | "llama_free"
-    | "llama_model_save_to_file"
     | "llama_decode"
     | "llama_batch_init"
     | "llama_batch_free"
@@ -210,30 +198,9 @@ export interface LlamaApi {
     | "llama_memory_clear"
     | "llama_model_get_vocab"
     | "llama_vocab_n_tokens"
-    | "llama_model_n_embd"
-    | "llama_opt_init"
-    | "llama_opt_epoch"
-    | "llama_opt_param_filter_all"
-    | "ggml_opt_get_constant_optimizer_params"
-    | "ggml_opt_dataset_init"
-    | "ggml_opt_dataset_free"
-    | "ggml_opt_dataset_data"
-    | "ggml_opt_dataset_labels"
-    | "ggml_get_data"
-    | "ggml_opt_result_init"
-    | "ggml_opt_result_free"
-    | "ggml_opt_result_reset"
-    | "ggml_opt_result_loss"
-    | "ggml_opt_result_accuracy"
-    | "ggml_get_first_tensor"
-    | "ggml_get_next_tensor"
-    | "ggml_get_name"
-    | "ggml_nelements"
-    | "ggml_set_zero",
+    | "llama_model_n_embd",
     Fn
   >;
-  /** Pointer to a C function exported by the libraries (for callbacks llama.cpp expects as pointers). */
-  symbol(name: "llama_opt_param_filter_all" | "ggml_opt_get_constant_optimizer_params"): NativePointer;
   /** Last lines llama.cpp logged, kept so a refusal can say what llama.cpp complained about. */
   recentLog(): string;
 }
@@ -250,7 +217,7 @@ export function loadLlamaApi(): LlamaApi {
   const binsDir = llamaBinsDir();
   // Dependency order: base, then ggml (registers backends), then llama; each resolves its DT_NEEDED against
   // the libraries already loaded.
-  const ggmlBase = koffi.load(join(binsDir, "libggml-base.so"));
+  koffi.load(join(binsDir, "libggml-base.so"));
   const ggml = koffi.load(join(binsDir, "libggml.v0.4.0.so"));
   const llama = koffi.load(join(binsDir, "libllama.v0.4.0.so"));
 
@@ -265,7 +232,6 @@ export function loadLlamaApi(): LlamaApi {
     llama_model_free: f(llama, "void llama_model_free(void *model)"),
     llama_init_from_model: f(llama, "void *llama_init_from_model(void *model, llama_context_params params)"),
     llama_free: f(llama, "void llama_free(void *ctx)"),
-    llama_model_save_to_file: f(llama, "void llama_model_save_to_file(void *model, const char *path)"),
     llama_decode: f(llama, "int32_t llama_decode(void *ctx, llama_batch batch)"),
     llama_batch_init: f(llama, "llama_batch llama_batch_init(int32_t n_tokens, int32_t embd, int32_t n_seq_max)"),
     llama_batch_free: f(llama, "void llama_batch_free(llama_batch batch)"),
@@ -275,37 +241,6 @@ export function loadLlamaApi(): LlamaApi {
     llama_model_get_vocab: f(llama, "void *llama_model_get_vocab(void *model)"),
     llama_vocab_n_tokens: f(llama, "int32_t llama_vocab_n_tokens(void *vocab)"),
     llama_model_n_embd: f(llama, "int32_t llama_model_n_embd(void *model)"),
-    llama_opt_init: f(llama, "void llama_opt_init(void *ctx, void *model, llama_opt_params params)"),
-    llama_opt_epoch: f(
-      llama,
-      "void llama_opt_epoch(void *ctx, void *dataset, void *result_train, void *result_eval, int64_t idata_split, void *cb_train, void *cb_eval)",
-    ),
-    llama_opt_param_filter_all: f(llama, "bool llama_opt_param_filter_all(void *tensor, void *ud)"),
-    ggml_opt_get_constant_optimizer_params: f(
-      ggmlBase,
-      "ggml_opt_optimizer_params ggml_opt_get_constant_optimizer_params(void *ud)",
-    ),
-    ggml_opt_dataset_init: f(
-      ggmlBase,
-      "void *ggml_opt_dataset_init(int type_data, int type_label, int64_t ne_datapoint, int64_t ne_label, int64_t ndata, int64_t ndata_shard)",
-    ),
-    ggml_opt_dataset_free: f(ggmlBase, "void ggml_opt_dataset_free(void *dataset)"),
-    ggml_opt_dataset_data: f(ggmlBase, "void *ggml_opt_dataset_data(void *dataset)"),
-    ggml_opt_dataset_labels: f(ggmlBase, "void *ggml_opt_dataset_labels(void *dataset)"),
-    ggml_get_data: f(ggmlBase, "void *ggml_get_data(void *tensor)"),
-    ggml_opt_result_init: f(ggmlBase, "void *ggml_opt_result_init(void)"),
-    ggml_opt_result_free: f(ggmlBase, "void ggml_opt_result_free(void *result)"),
-    ggml_opt_result_reset: f(ggmlBase, "void ggml_opt_result_reset(void *result)"),
-    ggml_opt_result_loss: f(ggmlBase, "void ggml_opt_result_loss(void *result, _Out_ double *loss, _Out_ double *unc)"),
-    ggml_opt_result_accuracy: f(
-      ggmlBase,
-      "void ggml_opt_result_accuracy(void *result, _Out_ double *accuracy, _Out_ double *unc)",
-    ),
-    ggml_get_first_tensor: f(ggmlBase, "void *ggml_get_first_tensor(void *ctx)"),
-    ggml_get_next_tensor: f(ggmlBase, "void *ggml_get_next_tensor(void *ctx, void *tensor)"),
-    ggml_get_name: f(ggmlBase, "const char *ggml_get_name(void *tensor)"),
-    ggml_nelements: f(ggmlBase, "int64_t ggml_nelements(void *tensor)"),
-    ggml_set_zero: f(ggmlBase, "void *ggml_set_zero(void *tensor)"),
   };
 
   const ring: string[] = [];
@@ -322,10 +257,6 @@ export function loadLlamaApi(): LlamaApi {
   cached = {
     binsDir,
     fn,
-    symbol(name) {
-      // A symbol's address is the function pointer llama.cpp wants; koffi function objects are not pointers.
-      return (name.startsWith("llama_") ? llama : ggmlBase).symbol(name, "char");
-    },
     recentLog() {
       return ring.join("").trim().split("\n").slice(-8).join("\n");
     },
@@ -333,12 +264,11 @@ export function loadLlamaApi(): LlamaApi {
   return cached;
 }
 
-/** Default model params with weights loaded into writable memory (training) or mmapped (inference). */
-export function modelParams(api: LlamaApi, writable: boolean): Record<string, unknown> {
+/** Default model params with the weights mmapped (llama.cpp only reads them: training is engine v2's, on ggml). */
+export function modelParams(api: LlamaApi): Record<string, unknown> {
   const p = api.fn.llama_model_default_params() as Record<string, unknown>;
   p.n_gpu_layers = 0;
-  // mmapped weights are read-only pages: the optimizer would segfault writing them.
-  p.load_mode = writable ? 0 : 1;
+  p.load_mode = 1;
   p.use_extra_bufts = false;
   return p;
 }
@@ -362,8 +292,8 @@ export function contextParams(api: LlamaApi, shape: ContextShape): Record<string
   p.n_outputs_max_per_seq = 1;
   p.n_threads = shape.threads;
   p.n_threads_batch = shape.threads;
-  p.flash_attn_type = 0; // disabled: FLASH_ATTN_EXT has no backward pass, and results stay identical across modes
-  p.type_k = 0; // F32 KV cache: training backpropagates through it
+  p.flash_attn_type = 0; // disabled, so results stay identical across modes
+  p.type_k = 0; // F32 KV cache: the logits match engine v2's float32 forward pass (test/llm/ggml-trainer.test.ts)
   p.type_v = 0;
   p.no_perf = true;
   p.kv_unified = shape.kvUnified;
@@ -373,8 +303,8 @@ export function contextParams(api: LlamaApi, shape: ContextShape): Record<string
 }
 
 /** Loads a model or throws an ENGINE error quoting llama.cpp's own complaint. */
-export function loadModel(api: LlamaApi, path: string, options: { writable: boolean }): NativePointer {
-  const model = api.fn.llama_model_load_from_file(path, modelParams(api, options.writable));
+export function loadModel(api: LlamaApi, path: string): NativePointer {
+  const model = api.fn.llama_model_load_from_file(path, modelParams(api));
   if (!model) {
     throw new FreshrecError("ENGINE", `llama.cpp could not load the model ${path}: ${api.recentLog() || "no detail"}`);
   }
@@ -418,30 +348,9 @@ export function freeBatch(api: LlamaApi, batch: BatchViews): void {
   api.fn.llama_batch_free(batch.value);
 }
 
-/**
- * The thread fix a training context needs before `llama_opt_init`: ggml_opt_eval never passes n_threads to the CPU
- * backend (default 4, 17-44x slower on 2 cores); one ordinary 1-token decode pushes the context's thread count into
- * the backend, and it sticks.
- */
-export function pushThreadCount(api: LlamaApi, ctx: NativePointer, token: number): void {
-  const batch = allocBatch(api, 1);
-  batch.token[0] = token;
-  batch.pos[0] = 0;
-  batch.nSeqId[0] = 1;
-  batch.seqId[0][0] = 0;
-  batch.logits[0] = 1;
-  batch.value.n_tokens = 1;
-  api.fn.llama_decode(ctx, batch.value);
-  freeBatch(api, batch);
-}
-
 /** A float32 view over `count` floats at a native address. */
 export function floatView(ptr: NativePointer, count: number): Float32Array {
   return new Float32Array(koffi.view(ptr, count * 4));
-}
-
-export function int32View(ptr: NativePointer, count: number): Int32Array {
-  return new Int32Array(koffi.view(ptr, count * 4));
 }
 
 export function allocOptimizerParams(): { ptr: NativePointer; set(p: Record<string, number>): void } {
@@ -452,52 +361,4 @@ export function allocOptimizerParams(): { ptr: NativePointer; set(p: Record<stri
       koffi.encode(ptr, ggmlOptOptimizerParams, p);
     },
   };
-}
-
-/**
- * Byte offset of `ctx_static` in llama.cpp v0.4.0's `struct ggml_opt_context` (ggml/src/ggml-opt.cpp): it follows
- * three pointers (backend_sched, allocated_graph, allocated_graph_copy).
- */
-export const OPT_CTX_STATIC_OFFSET = 24;
-
-/**
- * The gradient accumulators of a training run, for `resetGradients`.
- *
- * Why: llama.cpp v0.4.0 trains with non-static graphs, for which ggml_opt allocates one persistent gradient
- * accumulator per parameter (in `ctx_static`) and adds every backward pass into it, but never zeroes it again
- * after the first step (its reset in `ggml_opt_alloc` runs on `gb_grad`, which `ggml_opt_eval` has already set to
- * null, and only when opt_period > 1). So optimizer step t used the SUM of all gradients since step 1: measured
- * with SGD on one repeated window, the weight change of step k was exactly k times that of step 1. With AdamW this
- * acts like momentum without decay: training overshoots and the validation loss ran away (10.1 nats over 120
- * answers after one epoch; 127 with 16x more steps).
- *
- * Layout knowledge (pinned version only): `ctx_static` holds, in creation order, one accumulator per parameter and
- * one scalar for the loss, then the AdamW momenta named "AdamW m/v for ...". Everything non-scalar that is not a
- * momentum is an accumulator; the loss scalar must keep its seed value 1. Call after the first optimizer step
- * (the context exists from then on), for example from the first epoch callback.
- */
-export function gradientAccumulators(api: LlamaApi, optCtx: NativePointer): NativePointer[] {
-  const ctxStatic = koffi.decode(optCtx, OPT_CTX_STATIC_OFFSET, "void *") as NativePointer;
-  if (!ctxStatic) throw new FreshrecError("ENGINE", "the optimizer has no static context yet (no training step ran)");
-  const accumulators: NativePointer[] = [];
-  let momenta = 0;
-  for (let t = api.fn.ggml_get_first_tensor(ctxStatic); t; t = api.fn.ggml_get_next_tensor(ctxStatic, t)) {
-    const name = String(api.fn.ggml_get_name(t));
-    if (name.startsWith("AdamW m for ")) momenta++;
-    else if (!name.startsWith("AdamW v for ") && Number(api.fn.ggml_nelements(t)) > 1) accumulators.push(t);
-  }
-  // AdamW keeps one first moment per parameter, and every parameter has one accumulator: a mismatch means the
-  // layout is not the one this code was written for, and zeroing would hit the wrong tensors.
-  if (momenta > 0 && momenta !== accumulators.length) {
-    throw new FreshrecError(
-      "ENGINE",
-      `unexpected llama.cpp optimizer layout: ${accumulators.length} gradient accumulators for ${momenta} parameters`,
-    );
-  }
-  return accumulators;
-}
-
-/** Zeroes the gradient accumulators (see `gradientAccumulators`): call after every optimizer step. */
-export function resetGradients(api: LlamaApi, accumulators: readonly NativePointer[]): void {
-  for (const t of accumulators) api.fn.ggml_set_zero(t);
 }

@@ -12,7 +12,7 @@ import { FreshrecError } from "../../domain/errors.js";
 import { seededRandom } from "../../domain/random.js";
 import type { Cluster } from "../../domain/types.js";
 import { PROMPT_TEMPLATE, PROMPT_TEMPLATE_HASH } from "../prompt.js";
-import { type GgufKv, type GgufTensor, ggufArray, ggufValue, readGgufFile, restampGguf, writeGguf } from "./gguf.js";
+import { type GgufKv, type GgufTensor, ggufArray, ggufValue, readGgufFile, writeGguf } from "./gguf.js";
 import { BOS_ID, CLUSTER_BASE, EOS_ID, UNK_ID, Vocabulary } from "./vocabulary.js";
 
 /** Transformer shape of an embedded model. */
@@ -202,7 +202,8 @@ export function readModelFile(path: string): ModelFileInfo {
     return v;
   };
   const ffKv = file.kvs.get("llama.feed_forward_length");
-  // llama.cpp's saver writes per-layer arrays for some keys; the first element is the shape of every layer here.
+  // llama.cpp's saver writes per-layer arrays for some keys (models trained by the removed llama_opt_epoch path were
+  // saved by it and still load); the first element is the shape of every layer here.
   const ff = ffKv?.type === "array" ? Number(ffKv.value[0]) : num("llama.feed_forward_length");
   const headKv = file.kvs.get("llama.attention.head_count");
   const heads = headKv?.type === "array" ? Number(headKv.value[0]) : num("llama.attention.head_count");
@@ -226,18 +227,4 @@ export function readModelFile(path: string): ModelFileInfo {
     templateHash,
     templateId: String(ggufValue(file, "freshrec.template_id")),
   };
-}
-
-/**
- * After llama.cpp saved a trained model (dropping unknown keys), writes it again with freshrec's metadata.
- * `contextLength` restores llama.context_length: llama_opt_init overwrites the model's n_ctx_train with the
- * training row size, and the saver writes that value.
- */
-export function restampModelFile(savedPath: string, targetPath: string, vocab: Vocabulary, contextLength?: number): void {
-  const clusters = vocab.clusterIds.map((id) => ({ id, description: vocab.descriptions.get(id) ?? "" }));
-  restampGguf(savedPath, targetPath, [
-    { key: "general.alignment", type: "u32", value: 32 },
-    ...(contextLength !== undefined ? [{ key: "llama.context_length", type: "u32", value: contextLength } as const] : []),
-    ...freshrecKvs(vocab, clusters),
-  ]);
 }

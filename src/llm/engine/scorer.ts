@@ -56,7 +56,6 @@ export class BatchScorer {
   private constructor(
     private readonly api: LlamaApi,
     private readonly model: NativePointer,
-    private readonly ownsModel: boolean,
     private readonly ctx: NativePointer,
     private readonly batch: BatchViews,
     private readonly options: Required<BatchScorerOptions>,
@@ -66,17 +65,17 @@ export class BatchScorer {
 
   /** Opens a model file read-only (mmapped) and a scoring context on it. */
   static open(api: LlamaApi, modelPath: string, options: BatchScorerOptions): BatchScorer {
-    const model = loadModel(api, modelPath, { writable: false });
+    const model = loadModel(api, modelPath);
     try {
-      return BatchScorer.onModel(api, model, options, true);
+      return BatchScorer.onModel(api, model, options);
     } catch (e) {
       api.fn.llama_model_free(model);
       throw e;
     }
   }
 
-  /** A scorer on an already loaded model (the trainer scores its validation set on the weights it trains). */
-  static onModel(api: LlamaApi, model: NativePointer, options: BatchScorerOptions, ownsModel = false): BatchScorer {
+  /** A scorer on a model `open` loaded; the scorer frees it on close. */
+  private static onModel(api: LlamaApi, model: NativePointer, options: BatchScorerOptions): BatchScorer {
     const full: Required<BatchScorerOptions> = {
       answerBase: options.answerBase,
       answerCount: options.answerCount,
@@ -96,7 +95,7 @@ export class BatchScorer {
       kvUnified: true,
     });
     const batch = allocBatch(api, capacity, full.sequences);
-    return new BatchScorer(api, model, ownsModel, ctx, batch, full);
+    return new BatchScorer(api, model, ctx, batch, full);
   }
 
   get answerCount(): number {
@@ -176,14 +175,14 @@ export class BatchScorer {
     return out;
   }
 
-  /** Frees the context (and the model when this scorer loaded it). Waits for a running batch first. */
+  /** Frees the context and the model. Waits for a running batch first. */
   async close(): Promise<void> {
     if (this.closed) return;
     await this.queue;
     this.closed = true;
     freeBatch(this.api, this.batch);
     this.api.fn.llama_free(this.ctx);
-    if (this.ownsModel) this.api.fn.llama_model_free(this.model);
+    this.api.fn.llama_model_free(this.model);
   }
 }
 

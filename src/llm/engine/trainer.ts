@@ -1,23 +1,15 @@
 /**
- * The embedded `Trainer`: full-weight F32 training of a small llama model through llama.cpp's training API, in a
- * child process (train-worker.ts) so the caller's event loop stays free and a cancel stops it mid-epoch. With
- * `engine: "ggml"` the same worker trains through engine v2 instead (ggml-trainer.ts: many isolated samples per
- * step, loss on the answers, every weight trained); the recipe below is llama_opt_epoch's (the default).
+ * The embedded `Trainer`: full-weight training of a small llama model through engine v2 (ggml-trainer.ts: the llama
+ * graph built on ggml, many samples per optimizer step isolated by a block-diagonal causal mask, the loss on the
+ * answer token, every weight trained by AdamW), in a child process (train-worker.ts) so the caller's event loop
+ * stays free and a cancel stops it mid-epoch. It replaced llama.cpp's `llama_opt_epoch` path (one sample per step,
+ * keys, values and input embeddings frozen; docs/engine.md), which was removed once engine v2 beat it.
  *
- * Recipe (why each part, measured on a synthetic platform: 10k training transitions, 5k held-out ones 30 days
- * later, 120 clusters; most-popular-next baseline 7.0% top-1, most frequent successor of c2 11.3%):
- * - One sample per training row, trained alone as it is served (train-worker.ts): packed 512-token windows let
- *   every prompt attend to ~30 earlier samples, and the model stayed at the baseline.
- * - Gradients cleared after every step (llama-api.ts `gradientAccumulators`): llama.cpp v0.4.0 otherwise sums
- *   all gradients since the first step.
- * - AdamW at 3e-4 per one-sample step, short warm-up, cosine decay. With both fixes: 11.8% held-out top-1 after
- *   4 epochs (validation answer loss 3.34 vs ln(118) = 4.77 for uniform).
- *
- * Loss: llama.cpp's training API takes a dense next-token label for every position (a label of -1 would write
- * outside its label row), so answer-only masking is impossible; the model is trained as a full language model on
- * the prompts. The template words are learnt quickly and then cost nothing; the answer token after each prompt is
- * what validation measures (answer-token loss and top-1 over the allowed answers), and the best validation epoch
- * becomes the model.
+ * Recipe: prompts are rendered and tokenized here (`sampleTokens`), packed into windows of `ggmlWindow` tokens by
+ * the worker, trained at a peak rate of `ENGINE_LEARNING_RATE` (or `ENGINE_CONTINUED_LEARNING_RATE` when continuing
+ * from a model file) with a short linear warm-up and cosine decay; after each epoch the checkpoint is scored on the
+ * validation samples (answer-token loss and top-1 over the allowed answers) by the llama.cpp scorer, and the best
+ * validation epoch becomes the model.
  *
  * @example
  * const trainer = new EmbeddedTrainer({ init: { clusters } });
@@ -35,7 +27,7 @@ import { type CatalogLine, type EpochReport, TRAIN_DEFAULTS, type TrainOptions, 
 import { renderPrompt } from "../prompt.js";
 import { assertPinnedEngine } from "./llama-api.js";
 import { type ModelShape, REFERENCE_SHAPE, createModelFile, readModelFile } from "./model-file.js";
-import type { TrainJob, TrainingEngine, ValidationPrompt, WorkerMessage } from "./train-worker.js";
+import type { TrainJob, ValidationPrompt, WorkerMessage } from "./train-worker.js";
 import { BOS_ID, CLUSTER_BASE, type Vocabulary, buildVocabulary } from "./vocabulary.js";
 
 export interface FreshModelOptions {
@@ -54,45 +46,41 @@ export interface EmbeddedTrainerOptions {
   /** How to create the first model when `TrainOptions.from` is absent. */
   readonly init?: FreshModelOptions;
   /**
-   * CPU threads of the training context. One: a training step is one short sample (~14 tokens), so each node of
-   * the step's graph carries little work, and with two threads every node ends in a spin barrier. On the quiet
-   * 2-core reference machine two threads were no faster (2.2-2.3k vs 2.4-2.7k tokens/s), and as soon as another
-   * process competed for the cores (a table refresh, a second training, tests) a 10k-sample epoch went from ~45 s
-   * to 11 minutes once and did not finish in 19 minutes another time; one thread stayed at 2.1-2.7k tokens/s.
+   * CPU threads of the training graph. One: ggml's CPU backend waits in spinning barriers, and on the shared 2-core
+   * reference machine a second thread stalled whenever another process held a core (docs/engine.md, "Threads").
    * @defaultValue 1
    */
   readonly threads?: number;
   /**
-   * Which training path the worker runs. "opt-epoch": llama.cpp's `llama_opt_epoch`, one sample per optimizer step,
-   * a language-model loss on every position, keys, values and input embeddings frozen (docs/engine.md, faults 1-3).
-   * "ggml": engine v2 (ggml-trainer.ts, docs/engine.md "Engine v2"), the llama graph built on ggml, many samples
-   * per step isolated by a block-diagonal mask, the loss on the answers, every weight trained; 2.9x (f32) and 4.5x
-   * (bf16 products) llama_opt_epoch's tokens/s in the same bench run. Both run in the same child process with the
-   * same progress, cancellation, validation, best epoch, early stopping and checkpoints. @defaultValue "opt-epoch"
+   * The training engine. Engine v2 ("ggml") is the only one; the option stays so the config's `training` section
+   * passes through unchanged, and a caller still naming the removed "opt-epoch" engine gets an error instead of
+   * another engine's results. @defaultValue "ggml"
    */
   readonly engine?: TrainingEngine;
   /**
-   * Engine "ggml" only: matrix-product precision ("bf16": operands rounded to bfloat16, accumulated in float32;
-   * weights, gradients and optimizer state stay float32). @defaultValue "f32"
+   * Matrix-product precision ("bf16": operands rounded to bfloat16, accumulated in float32; weights, gradients and
+   * optimizer state stay float32). The product's config defaults to bf16; the library keeps f32, which is exact on
+   * every CPU (bf16 products are only fast with AVX512-BF16). @defaultValue "f32"
    */
   readonly precision?: "f32" | "bf16";
 }
 
-/**
- * Default peak learning rate of each engine. "opt-epoch" (one sample per step), measured on the synthetic split
- * (10k samples, 4 epochs): 1e-3 validation answer loss 3.74, 3e-4 3.34, 1e-4 3.46. "ggml" (up to 32 samples per
- * step): 6 epochs at 1e-3 gave 24.2% held-out top-1 on learning.test.ts's small world (4 at 3e-3 21.5%;
- * test/llm/ggml-trainer.test.ts).
- */
-export const ENGINE_LEARNING_RATE: Readonly<Record<TrainingEngine, number>> = { "opt-epoch": 3e-4, ggml: 1e-3 };
+/** The training engines `EmbeddedTrainerOptions.engine` accepts (the config's `training.engine`). */
+export type TrainingEngine = "ggml";
 
 /**
- * Default peak learning rate of a training that continues from a model file (a fine-tune). Engine v2 continuing at
- * its pretrain's 1e-3 unlearns reading the RAG context within a month (README, "In-prompt RAG"): measured on the
- * synthetic development period, the fine-tunes followed their context 41-66% of the time at 1e-3 and 90-97% at
- * 3e-4, with finetune-monthly level. "opt-epoch" keeps its pretrain rate.
+ * Default peak learning rate of a training from scratch (up to 32 samples per step): on learning.test.ts's small
+ * world, 6 epochs at 1e-3 through `pretrainBaseModel` reach 22.8% held-out top-1 against most-popular-next's 15.6%.
  */
-export const ENGINE_CONTINUED_LEARNING_RATE: Readonly<Record<TrainingEngine, number>> = { "opt-epoch": 3e-4, ggml: 3e-4 };
+export const ENGINE_LEARNING_RATE = 1e-3;
+
+/**
+ * Default peak learning rate of a training that continues from a model file (a fine-tune). Continuing at the
+ * pretrain's 1e-3 unlearns reading the RAG context within a month (README, "In-prompt RAG"): measured on the
+ * synthetic development period, the fine-tunes followed their context 41-66% of the time at 1e-3 and 90-97% at
+ * 3e-4, with finetune-monthly level.
+ */
+export const ENGINE_CONTINUED_LEARNING_RATE = 3e-4;
 
 /** Engine v2's window for these sequences: 256 tokens, or the longest prompt rounded up to a multiple of 32. */
 export function ggmlWindow(sequences: readonly (readonly number[])[]): { windowTokens: number; maxSamples: number } {
@@ -146,18 +134,24 @@ function workerEntry(): { file: string; execArgv: string[] } {
 }
 
 export class EmbeddedTrainer implements Trainer {
-  constructor(private readonly options: EmbeddedTrainerOptions = {}) {}
+  constructor(private readonly options: EmbeddedTrainerOptions = {}) {
+    const engine: string | undefined = options.engine;
+    if (engine !== undefined && engine !== "ggml") {
+      throw new FreshrecError(
+        "BAD_INPUT",
+        `EmbeddedTrainerOptions.engine "${engine}": the llama_opt_epoch engine ("opt-epoch") was removed; engine v2 ("ggml") is the only one (leave engine out)`,
+      );
+    }
+  }
 
   /**
-   * What the training cache keys this trainer's recipe by (`Trainer.recipe`): undefined for the default engine (so
-   * its cache keys are the ones written before engines existed), the engine, precision and threads for engine v2,
-   * and its default rate of a continued training (a fine-tune that leaves the rate to the trainer must not be served
-   * from a cache entry trained at an earlier default).
+   * What the training cache keys this trainer's recipe by (`Trainer.recipe`): the engine, precision and threads,
+   * and the default rate of a continued training (a fine-tune that leaves the rate to the trainer must not be served
+   * from a cache entry trained at an earlier default). Entries of the removed llama_opt_epoch engine had no recipe,
+   * so none of them is ever reused.
    */
-  get recipe(): string | undefined {
-    const engine = this.options.engine ?? "opt-epoch";
-    if (engine === "opt-epoch") return undefined;
-    return `engine=${engine};precision=${this.options.precision ?? "f32"};threads=${this.options.threads ?? 1};continued-lr=${ENGINE_CONTINUED_LEARNING_RATE[engine]}`;
+  get recipe(): string {
+    return `engine=ggml;precision=${this.options.precision ?? "f32"};threads=${this.options.threads ?? 1};continued-lr=${ENGINE_CONTINUED_LEARNING_RATE}`;
   }
 
   async train(samples: readonly TrainingSample[], options: TrainOptions): Promise<TrainResult> {
@@ -202,12 +196,11 @@ export class EmbeddedTrainer implements Trainer {
       : splitValidation(samples, options.validationFraction ?? 0.1, seed);
     if (trainSamples.length === 0) throw new FreshrecError("BAD_INPUT", "no training samples");
     const sampleSequences = trainSamples.map((s) => sampleTokens(vocab, s));
-    // One sample per training row (train-worker.ts explains why); the row fits the longest sample, and catalog
-    // lines are cut to it (at least 16 tokens, so short prompts do not cut every title to a word or two).
-    const rowTokens = sampleSequences.reduce((m, s) => Math.max(m, s.length), 16);
-    const sequences = [...sampleSequences, ...(options.catalog ?? []).map((l) => catalogTokens(vocab, l, rowTokens))];
+    // Catalog lines are cut to the longest sample, so they never widen the window (at least 16 tokens, so short
+    // prompts do not cut every title to a word or two).
+    const longestSample = sampleSequences.reduce((m, s) => Math.max(m, s.length), 16);
+    const sequences = [...sampleSequences, ...(options.catalog ?? []).map((l) => catalogTokens(vocab, l, longestSample))];
     const epochs = options.epochs ?? TRAIN_DEFAULTS.epochs;
-    const engine = this.options.engine ?? "opt-epoch";
     const job: TrainJob = {
       modelPath: startPath,
       outputPath: options.outputPath,
@@ -216,15 +209,13 @@ export class EmbeddedTrainer implements Trainer {
       validation: validationSamples.map((s) => validationPrompt(vocab, s)),
       answerBase: CLUSTER_BASE,
       answerCount: vocab.clusterIds.length,
-      rowTokens,
       epochs,
-      learningRate: options.learningRate ?? (options.from ? ENGINE_CONTINUED_LEARNING_RATE : ENGINE_LEARNING_RATE)[engine],
+      learningRate: options.learningRate ?? (options.from ? ENGINE_CONTINUED_LEARNING_RATE : ENGINE_LEARNING_RATE),
       weightDecay: options.weightDecay ?? 0.01,
       patience: options.patience ?? 2,
       seed,
       threads: this.options.threads ?? 1,
-      engine,
-      ggml: engine === "ggml" ? { ...ggmlWindow(sequences), precision: this.options.precision ?? "f32" } : undefined,
+      ggml: { ...ggmlWindow(sequences), precision: this.options.precision ?? "f32" },
     };
 
     const reports: EpochReport[] = [];
@@ -268,8 +259,8 @@ export class EmbeddedTrainer implements Trainer {
 }
 
 /**
- * Removes what a training wrote into its checkpoint folder (the initial model, the epochs and an epoch's unfinished
- * save), and the folder when nothing else is in it: the folder may be one the caller named, so only the trainer's
+ * Removes what a training wrote into its checkpoint folder (the initial model and the epochs, an unfinished save
+ * included), and the folder when nothing else is in it: the folder may be one the caller named, so only the trainer's
  * own file names are touched.
  */
 function removeCheckpoints(dir: string): void {
@@ -279,7 +270,7 @@ function removeCheckpoints(dir: string): void {
   } catch {
     return;
   }
-  for (const name of names) if (/^(init\.gguf|epoch-\d{3,}\.gguf(\.llama)?)$/.test(name)) rmSync(join(dir, name), { force: true });
+  for (const name of names) if (/^(init\.gguf|epoch-\d{3,}\.gguf)$/.test(name)) rmSync(join(dir, name), { force: true });
   try {
     rmdirSync(dir);
   } catch {
