@@ -223,7 +223,7 @@ export interface Trainer {
   readonly delivers?: boolean;
   /**
    * What decides this trainer's output besides the request and the caller's cache identity (the embedded trainer's
-   * engine, for one), so a training cache never hands one recipe's model to another. @defaultValue undefined
+   * engine and precision, for one), so a training cache never hands one recipe's model to another. @defaultValue undefined
    */
   readonly recipe?: string;
   /** Trains (or continues training `options.from`) on the samples; rejects with CANCELLED when aborted. */

@@ -25,7 +25,7 @@ export class CachingTrainer implements Trainer {
   /**
    * @param identity what else decides the output besides the request: the trainer kind and its options (the
    *   freshrec version is added, so a new release never reuses an older recipe's models; so is the inner trainer's
-   *   `recipe`, the embedded trainer's engine).
+   *   `recipe`, the embedded trainer's engine and precision).
    */
   constructor(
     private readonly inner: Trainer,
@@ -79,8 +79,9 @@ export class CachingTrainer implements Trainer {
 
   private async key(samples: readonly TrainingSample[], o: TrainOptions): Promise<string> {
     const hash = createHash("sha256");
-    // The inner trainer's recipe (its engine) is left out of the JSON when undefined, so the default
-    // engine's keys stay those written before trainers had one.
+    // The inner trainer's recipe is left out of the JSON when undefined (trainers without one keep the keys written
+    // before recipes existed); the embedded trainer always has one, so entries of its removed first engine, which
+    // had none, are never reused.
     hash.update(
       JSON.stringify({ identity: this.identity, freshrec: freshrecVersion(), from: o.from ? await fileSha256(o.from) : null, recipe: this.inner.recipe }),
     );
