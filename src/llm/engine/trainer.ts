@@ -59,8 +59,8 @@ export interface EmbeddedTrainerOptions {
   readonly engine?: TrainingEngine;
   /**
    * Matrix-product precision ("bf16": operands rounded to bfloat16, accumulated in float32; weights, gradients and
-   * optimizer state stay float32). The product's config defaults to bf16; the library keeps f32, which is exact on
-   * every CPU (bf16 products are only fast with AVX512-BF16). @defaultValue "f32"
+   * optimizer state stay float32). The product's config defaults to bf16; the library keeps f32, which rounds nothing
+   * and runs at full speed on any CPU (bf16 products are only fast with AVX512-BF16). @defaultValue "f32"
    */
   readonly precision?: "f32" | "bf16";
 }
@@ -69,16 +69,16 @@ export interface EmbeddedTrainerOptions {
 export type TrainingEngine = "ggml";
 
 /**
- * Default peak learning rate of a training from scratch (up to 32 samples per step): on learning.test.ts's small
- * world, 6 epochs at 1e-3 through `pretrainBaseModel` reach 22.8% held-out top-1 against most-popular-next's 15.6%.
+ * Default peak learning rate of a training from scratch (up to 32 samples per step), chosen on small synthetic
+ * worlds; learning.test.ts's pretrain trains at it and must beat most-popular-next (docs/engine.md, "What remains":
+ * not yet tuned on the reference shape).
  */
 export const ENGINE_LEARNING_RATE = 1e-3;
 
 /**
- * Default peak learning rate of a training that continues from a model file (a fine-tune). Continuing at the
- * pretrain's 1e-3 unlearns reading the RAG context within a month (README, "In-prompt RAG"): measured on the
- * synthetic development period, the fine-tunes followed their context 41-66% of the time at 1e-3 and 90-97% at
- * 3e-4, with finetune-monthly level.
+ * Default peak learning rate of a training that continues from a model file (a fine-tune), a third of a pretrain's:
+ * continuing at the pretrain's rate unlearns reading the RAG context within a month, while this rate keeps it at
+ * the same finetune-monthly level (README, "In-prompt RAG", has the measurements).
  */
 export const ENGINE_CONTINUED_LEARNING_RATE = 3e-4;
 
