@@ -1,8 +1,8 @@
 /**
  * `npm run bench -- engine`: training throughput of the product's trainer (EmbeddedTrainer: engine v2 in its child
  * process, bf16 products as the config's default) on the reference shape, one epoch of 20,000 samples, in real
- * tokens per second (padding of the packed windows not counted), with 1 thread (the trainer's default) and again
- * with 2; the top-1 the 1-thread model reaches on history pairs it did not train on; batched scoring throughput; a
+ * tokens per second (padding of the packed windows not counted), with 1 thread (the trainer's default) and, on the
+ * first 5,000 samples, with 2; the top-1 the 1-thread model reaches on history pairs it did not train on; batched scoring throughput; a
  * full 300-cluster table (89,700 ordered pairs, top-10); and the naive baseline: node-llama-cpp (`threads: 1`, one
  * prompt at a time) generating each answer under a GBNF grammar of the cluster descriptions.
  *
@@ -71,22 +71,23 @@ export async function run(): Promise<BenchSuiteResult> {
     samples.push({ prompt: { history: { c1: `c${a}`, c2: `c${b}` } }, answer: `c${n}` });
   }
   // The product's trainer as the config builds it (training.precision "bf16"), one epoch, no validation split.
-  const train = async (threads: number, name: string) => {
+  const train = async (threads: number, name: string, list: readonly TrainingSample[]) => {
     const trainer = new EmbeddedTrainer({
       init: { clusters, extraText: words.slice(3 * K).map((w) => w), shape: REFERENCE_SHAPE },
       threads,
       precision: "bf16",
     });
-    return trainer.train(samples, { outputPath: join(dir, `${name}.gguf`), epochs: 1, validationFraction: 0, patience: 99 });
+    return trainer.train(list, { outputPath: join(dir, `${name}.gguf`), epochs: 1, validationFraction: 0, patience: 99 });
   };
   // One thread first: it is the default, and its model is the one scored below.
-  const trained = await train(1, "bench");
+  const trained = await train(1, "bench", samples);
   const trainTps = trained.tokensPerSecond;
   // Per CPU-second of the training process (model load and save included): wall-clock rates on a shared 2-core
   // machine say as much about the other processes as about the trainer.
   const trainTpc = trained.trainTokens / (trained.cpuSeconds ?? Number.NaN);
-  // Two threads spin in ggml's barriers whenever another process holds a core: a second number, not the default.
-  const twoThreads = await train(2, "bench-2-threads");
+  // Two threads spin in ggml's barriers whenever another process holds a core: a second number, not the default,
+  // on a quarter of the samples, because on a loaded host the collapse makes a full epoch take many minutes.
+  const twoThreads = await train(2, "bench-2-threads", samples.slice(0, 5000));
   const trainTps2 = twoThreads.tokensPerSecond;
   // What the epoch taught: top-1 over the allowed answers on 2,000 history pairs that are not in the training
   // samples (the rule n = 7b + 1 mod K decides their answer).
@@ -130,7 +131,7 @@ export async function run(): Promise<BenchSuiteResult> {
 
   const rows: BenchRow[] = [
     { metric: "training tokens/s, engine v2 (d=128, 2 layers, 4 heads, ff=512, V~2k, bf16 products, 1 thread, real tokens)", value: trainTps, unit: "tokens/s", target: ">= 10000", met: trainTps >= 10000 },
-    { metric: "training tokens/s, same with 2 threads", value: trainTps2, unit: "tokens/s" },
+    { metric: "training tokens/s, same with 2 threads (the first 5,000 samples)", value: trainTps2, unit: "tokens/s" },
     { metric: "training tokens per CPU-second, 1 thread (training process, load and save included)", value: trainTpc, unit: "tokens/cpu-s" },
     { metric: "held-out top-1 (2,000 unseen pairs) after the epoch, 1 thread", value: trainTop1, unit: "share" },
     { metric: "batched scoring prompts/s", value: scoreRate, unit: "prompts/s", target: ">= 5000", met: scoreRate >= 5000 },
