@@ -19,8 +19,9 @@
  *
  * The program (CONSUMER below) ingests a small synthetic world into a real DuckDB event store, runs a counts-backoff
  * refresh (the fusion posterior without an LLM) through the scheduler on a virtual clock into a real SQLite table
- * store, then trains a tiny embedded model with llama.cpp in the package's training worker and ranks one prompt with
- * it (the worker file and the native libraries must be found from an installed package). It prints one JSON object.
+ * store, then trains a tiny embedded model (engine v2, on the ggml library llama.cpp ships) in the package's training
+ * worker and ranks one prompt with it through llama.cpp (the worker file and the native libraries must be found from
+ * an installed package). It prints one JSON object.
  */
 import { spawnSync } from "node:child_process";
 import { chmodSync, cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, symlinkSync, utimesSync, writeFileSync } from "node:fs";
