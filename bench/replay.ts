@@ -39,7 +39,8 @@ import type { BenchSuiteResult, BenchRow } from "./run.js";
 const FINETUNE = { maxSamples: 2000, epochs: 2 };
 const START = { maxSamples: 10_000, epochs: 2, windowDays: 90 };
 /** How the product trains (the config's `training` defaults), for the start model and the fine-tunes. */
-const TRAINING = parseConfig({}).training;
+const DEFAULTS = parseConfig({});
+const TRAINING = DEFAULTS.training;
 /** Strategies replayed side by side, as `evaluate replay` does by default (`--parallel 3`). */
 const PARALLEL = 3;
 
@@ -98,6 +99,8 @@ export async function run(): Promise<BenchSuiteResult> {
       trainer: new CachingTrainer(new EmbeddedTrainer(TRAINING), join(dir, "replay", "training-cache"), "embedded"),
       snapshots: new SnapshotCache(),
       finetuneMemo: new FinetuneMemo(events),
+      // hybrid-drift's trigger, as `evaluate replay` takes it from the config.
+      drift: { minGain: DEFAULTS.finetune.driftMinGain, minDays: DEFAULTS.finetune.driftMinDays },
     };
     const setups = strategySetups([...ALL_STRATEGIES], env);
     await primeSnapshots([...ALL_STRATEGIES], env);
