@@ -8,13 +8,10 @@ import { existsSync, mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { PostgresEventStore } from "../../src/data/postgres-event-store.js";
-import { ingestSynthetic } from "../../src/data/ingest/synthetic.js";
 import { VirtualClock } from "../../src/domain/clock.js";
 import { PostgresModelRegistry } from "../../src/llm/postgres-registry.js";
-import { PostgresTableStore, SqliteTableStore, tableStorePath } from "../../src/tables/index.js";
 import { usePostgresCluster } from "../data/postgres-cluster.js";
-import { servingWorkspace, type ServingWorkspace } from "../serving/fixtures.js";
+import { seedPostgres, servingWorkspace, type ServingWorkspace } from "../serving/fixtures.js";
 import { runCli, serveCli, servingLive } from "./run.js";
 
 const MOVIELENS = join(import.meta.dirname, "../../../shared/datasets/movielens-latest-small");
@@ -96,25 +93,13 @@ describe("store.url: the PostgreSQL event store through the CLI", () => {
  * one) and a live model whose file is `<worker>/models/m000001/model.gguf`.
  */
 async function seedDeployment(url: string, ws: ServingWorkspace, worker: string): Promise<void> {
-  const events = await PostgresEventStore.open(url);
-  const tables = await PostgresTableStore.open(url, new VirtualClock(ws.world.endMs));
+  await seedPostgres(url, ws);
   const registry = await PostgresModelRegistry.open(url, worker, new VirtualClock(ws.world.endMs));
-  const source = SqliteTableStore.open(tableStorePath(ws.dir), new VirtualClock(0));
   try {
-    await ingestSynthetic(events, ws.world);
-    for (const info of source.list()) {
-      const build = await tables.beginBuild(info);
-      await build.append(source.rows(info.version));
-      await build.finish(info.stats!);
-    }
-    await tables.publish(source.live()!.version);
     mkdirSync(join(registry.modelsDir, "m000001"), { recursive: true });
     writeFileSync(join(registry.modelsDir, "m000001", "model.gguf"), "weights");
     await registry.makeLive((await registry.register({ kind: "base", filePath: join(registry.modelsDir, "m000001", "model.gguf") })).version, "first");
   } finally {
-    source.close();
-    await events.close();
-    await tables.close();
     await registry.close();
   }
 }

@@ -15,12 +15,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { PostgresEventStore } from "../../src/data/postgres-event-store.js";
-import { ingestSynthetic } from "../../src/data/ingest/synthetic.js";
-import { VirtualClock } from "../../src/domain/clock.js";
-import { PostgresTableStore, SqliteTableStore, tableStorePath } from "../../src/tables/index.js";
 import { usePostgresCluster } from "../data/postgres-cluster.js";
-import { servingWorkspace, type ServingWorkspace } from "../serving/fixtures.js";
+import { seedPostgres, servingWorkspace, type ServingWorkspace } from "../serving/fixtures.js";
 import { runCli, serveCli } from "./run.js";
 
 const database = usePostgresCluster();
@@ -95,22 +91,7 @@ async function usersWithHistory(from: number, count: number): Promise<{ user: st
 beforeAll(async () => {
   ws = await servingWorkspace({ users: 200, events: 15_000 });
   url = await database();
-  const events = await PostgresEventStore.open(url);
-  const tables = await PostgresTableStore.open(url, new VirtualClock(ws.world.endMs));
-  const source = SqliteTableStore.open(tableStorePath(ws.dir), new VirtualClock(0));
-  try {
-    await ingestSynthetic(events, ws.world);
-    for (const info of source.list()) {
-      const build = await tables.beginBuild(info);
-      await build.append(source.rows(info.version));
-      await build.finish(info.stats!);
-    }
-    await tables.publish(source.live()!.version);
-  } finally {
-    source.close();
-    await events.close();
-    await tables.close();
-  }
+  await seedPostgres(url, ws);
   root = mkdtempSync(join(tmpdir(), "freshrec-follow-"));
   config = join(root, "freshrec.config.json");
   // An hour between polls: what reaches a replica within a test comes through the notifications or a reconnection.

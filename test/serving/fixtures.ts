@@ -7,11 +7,12 @@ import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { EventStore } from "../../src/data/event-store.js";
+import { PostgresEventStore } from "../../src/data/postgres-event-store.js";
 import { ingestSynthetic } from "../../src/data/ingest/synthetic.js";
 import { SyntheticWorld } from "../../src/data/synthetic/index.js";
 import { DAY_MS, VirtualClock } from "../../src/domain/clock.js";
 import { countTransitions } from "../../src/mining/transitions.js";
-import { SqliteTableStore, tableStorePath } from "../../src/tables/index.js";
+import { PostgresTableStore, SqliteTableStore, tableStorePath } from "../../src/tables/index.js";
 import { novelPopularity, PopularNovelScorer, SuccessorScorer } from "../../src/update/baselines.js";
 import { runRefresh } from "../../src/update/refresh.js";
 
@@ -63,5 +64,29 @@ export async function servingWorkspace(options: { users?: number; events?: numbe
     }
   } finally {
     events.close();
+  }
+}
+
+/**
+ * A deployment's database at `url` holding the serving workspace's state: its synthetic events, and its tables in
+ * version order (same versions), the live one published.
+ */
+export async function seedPostgres(url: string, ws: ServingWorkspace): Promise<void> {
+  const events = await PostgresEventStore.open(url);
+  const tables = await PostgresTableStore.open(url, new VirtualClock(ws.world.endMs));
+  const source = SqliteTableStore.open(tableStorePath(ws.dir), new VirtualClock(0));
+  try {
+    await ingestSynthetic(events, ws.world);
+    for (const info of source.list()) {
+      const build = await tables.beginBuild(info);
+      if (build.version !== info.version) throw new Error(`seedPostgres: table ${info.version} became ${build.version}`);
+      await build.append(source.rows(info.version));
+      await build.finish(info.stats!);
+    }
+    await tables.publish(source.live()!.version);
+  } finally {
+    source.close();
+    await events.close();
+    await tables.close();
   }
 }

@@ -8,14 +8,12 @@ import { spawn } from "node:child_process";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { PostgresEventStore } from "../../src/data/postgres-event-store.js";
-import { ingestSynthetic } from "../../src/data/ingest/synthetic.js";
 import { VirtualClock } from "../../src/domain/clock.js";
 import { PostgresModelRegistry } from "../../src/llm/postgres-registry.js";
 import { startServer, type RunningServer } from "../../src/serving/index.js";
-import { PostgresTableStore, SqliteTableStore, TableLookup, tableStorePath } from "../../src/tables/index.js";
+import { PostgresTableStore, TableLookup } from "../../src/tables/index.js";
 import { usePostgresCluster } from "../data/postgres-cluster.js";
-import { servingWorkspace, TOKEN, type ServingWorkspace } from "./fixtures.js";
+import { seedPostgres, servingWorkspace, TOKEN, type ServingWorkspace } from "./fixtures.js";
 
 const database = usePostgresCluster();
 let ws: ServingWorkspace;
@@ -23,34 +21,10 @@ let url: string;
 let embedded: RunningServer;
 let replicas: RunningServer[] = [];
 
-/** Copies the workspace's tables into the PostgreSQL table store in version order (same versions), live included. */
-async function copyTables(from: string, to: PostgresTableStore): Promise<void> {
-  const source = SqliteTableStore.open(tableStorePath(from), new VirtualClock(0));
-  try {
-    for (const info of source.list()) {
-      const build = await to.beginBuild(info);
-      expect(build.version).toBe(info.version);
-      await build.append(source.rows(info.version));
-      await build.finish(info.stats!);
-    }
-    await to.publish(source.live()!.version);
-  } finally {
-    source.close();
-  }
-}
-
 beforeAll(async () => {
   ws = await servingWorkspace();
   url = await database();
-  const events = await PostgresEventStore.open(url);
-  const tables = await PostgresTableStore.open(url, new VirtualClock(ws.world.endMs));
-  try {
-    await ingestSynthetic(events, ws.world);
-    await copyTables(ws.dir, tables);
-  } finally {
-    await events.close();
-    await tables.close();
-  }
+  await seedPostgres(url, ws);
   const common = { port: 0, adminToken: TOKEN, logLevel: "silent", reloadIntervalMs: 3_600_000 } as const;
   embedded = await startServer({ ...common, workspace: ws.dir });
   // Replicas: their own workspace folders (only models/ is read there), one database.
