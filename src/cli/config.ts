@@ -154,7 +154,7 @@ export const configSchema = z
         rehearsalDays: positiveInt().default(CURATION_DEFAULTS.rehearsalDays).describe("Days before the fine-tuning window that rehearsal samples come from."),
         contextPeriod: z.enum(["previous", "same"]).default("previous").describe("Week a sample's context comes from: previous (as a refresh served it) or same (its own week without its own user; an experiment to teach the model to follow contexts that contradict what it learnt)."),
         epochs: positiveInt().default(TRAIN_DEFAULTS.epochs).describe("Training epochs of a fine-tune (the best validation epoch is kept; early stop on no improvement)."),
-        learningRate: z.number().positive().nullable().default(null).describe("Peak AdamW learning rate of a fine-tune. null = the trainer's default for a continued training (3e-4 on both engines; engine v2 pretrains at 1e-3)."),
+        learningRate: z.number().positive().nullable().default(null).describe("Peak AdamW learning rate of a fine-tune. null = the trainer's default for a continued training, 3e-4 (a pretrain's is 1e-3)."),
         keepCheckpoints: z.boolean().default(TRAIN_DEFAULTS.keepCheckpoints).describe("Keep a fine-tune's per-epoch checkpoints (<model>.checkpoints/) after it ends; by default they are removed (nothing resumes from them)."),
         minExactMatchRate: z.number().min(0).max(1).default(GATE_DEFAULTS.minExactMatchRate).describe("Gate: share of generated answers that exactly name a cluster."),
         minTestRecall: z.number().min(0).max(1).default(GATE_DEFAULTS.minTestRecall).describe("Gate: share of held-out users whose predicted cluster appears in their later clusters."),

@@ -216,7 +216,11 @@ function placeUnder(file: string, target: string): string {
   rmSync(partial, { force: true });
   try {
     linkSync(file, partial);
-  } catch {
+  } catch (error) {
+    // Only a filesystem that cannot link here (another device, no hard links) falls back to a copy; any other
+    // failure is the user's to see.
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code !== "EXDEV" && code !== "EPERM" && code !== "ENOTSUP") throw error;
     copyFileSync(file, partial);
   }
   renameSync(partial, target);
