@@ -7,7 +7,7 @@
  *
  * One contract (`ResponseCacheContract`), two adapters: the workspace's SQLite file (`llm-cache.sqlite`, WAL, shared
  * by the processes of one host) here, and the deployment's PostgreSQL database (`store.url`, shared by every host) in
- * ./postgres-response-cache.ts. Both run test/llm/response-cache-contract.test.ts.
+ * ./postgres-response-cache.ts. Both run the conformance suite of test/llm/response-cache-conformance.ts (response-cache-stores.test.ts).
  *
  * @example
  * const cache = SqliteResponseCache.open("/ws/llm-cache.sqlite");
