@@ -61,6 +61,14 @@ export const EVENTS_CHANNEL = "freshrec_events";
  * - The column is added only when missing, checked first: ALTER TABLE would take the events table's exclusive lock
  *   at every open, and wait behind (and hold up) every query on it. The counter's row is seeded the same way: an
  *   INSERT ... ON CONFLICT would wait for a writer holding that row, for as long as a large ingest runs.
+ *
+ * Changes to what the catalog held are numbered the same way: an item that an ingest gives another cluster (or another
+ * title), a cluster given another description. `changed_seq` on items and clusters holds the number of the append
+ * that last changed the row, set by a trigger (so every writer numbers its changes without knowing of it, as with the
+ * events' default); rows never changed since the column was added have none, and a reader loads them at start. A
+ * move matters beyond the catalog: events name items, not clusters, so an item's cluster is its events' cluster, past
+ * ones included (mining, `Catalog.load` and `UserIndex.load` join the items as they are now, on both stores).
+ * Column, index and triggers are created only when missing, checked first, for the same reason as the events' column.
  */
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS clusters (cluster_key INTEGER PRIMARY KEY, cluster_id TEXT NOT NULL UNIQUE, description TEXT NOT NULL);
@@ -91,6 +99,30 @@ DO $$ BEGIN
     ALTER TABLE events ADD COLUMN append_seq BIGINT;
     ALTER TABLE events ALTER COLUMN append_seq SET DEFAULT coalesce(nullif(current_setting('freshrec.append_seq', true), '')::BIGINT, freshrec_append_seq());
     CREATE INDEX events_append_seq ON events (append_seq);
+  END IF;
+END $$;
+CREATE OR REPLACE FUNCTION freshrec_catalog_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  NEW.changed_seq := freshrec_append_seq();
+  RETURN NEW;
+END $$;
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'items'::regclass AND attname = 'changed_seq' AND NOT attisdropped) THEN
+    ALTER TABLE items ADD COLUMN changed_seq BIGINT;
+    CREATE INDEX items_changed_seq ON items (changed_seq);
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = 'items'::regclass AND tgname = 'items_changed') THEN
+    CREATE TRIGGER items_changed BEFORE UPDATE OF cluster_key, title ON items FOR EACH ROW
+      WHEN (OLD.cluster_key IS DISTINCT FROM NEW.cluster_key OR OLD.title IS DISTINCT FROM NEW.title)
+      EXECUTE FUNCTION freshrec_catalog_change();
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'clusters'::regclass AND attname = 'changed_seq' AND NOT attisdropped) THEN
+    ALTER TABLE clusters ADD COLUMN changed_seq BIGINT;
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = 'clusters'::regclass AND tgname = 'clusters_changed') THEN
+    CREATE TRIGGER clusters_changed BEFORE UPDATE OF description ON clusters FOR EACH ROW
+      WHEN (OLD.description IS DISTINCT FROM NEW.description)
+      EXECUTE FUNCTION freshrec_catalog_change();
   END IF;
 END $$;
 `;
@@ -130,6 +162,25 @@ export interface AppendedItem {
   readonly id: string;
   readonly clusterKey: number;
   readonly title: string | null;
+}
+
+/**
+ * The catalog as appends left it (`readAppends`): the clusters and items added, and those the reader held already
+ * that an append changed (an item's cluster or title, a cluster's description), each as it is now.
+ */
+export interface AppendedCatalog {
+  readonly clusters: readonly AppendedCluster[];
+  readonly items: readonly AppendedItem[];
+  readonly changedClusters: readonly AppendedCluster[];
+  readonly changedItems: readonly AppendedItem[];
+}
+
+/** Users whose every event a reader asks for after reading the catalog's changes (`readAppends`), by item key. */
+export interface HistoriesWanted {
+  /** Every user with an event of one of these items. */
+  readonly ofItems?: readonly number[];
+  /** Every user with an event of one of these items among the appends read. */
+  readonly appendedOfItems?: readonly number[];
 }
 
 /** An event as stored by an append. */
@@ -216,7 +267,8 @@ export class PostgresEventStore implements EventStoreContract {
       let eventsAdded = 0;
       let skippedDuplicates = 0;
       if (request.events) ({ eventsAdded, skippedDuplicates } = await this.insertEvents(client, request.events));
-      // A catalog change without events numbers its append too, so that replicas hear of the new items.
+      // A catalog change without events numbers its append too, so that replicas hear of the new items (a changed
+      // row numbers it through its trigger).
       if (clustersAdded + itemsAdded > 0) await client.query("SELECT freshrec_append_seq()");
       for (const [key, value] of Object.entries({ ...request.meta, ...request.identity })) {
         await this.run(client, "INSERT INTO meta VALUES ($key, $value) ON CONFLICT (key) DO UPDATE SET value = excluded.value", { key, value });
@@ -250,40 +302,88 @@ export class PostgresEventStore implements EventStoreContract {
   /**
    * What was appended after append number `after`, read in one snapshot up to the latest committed append: the
    * clusters and items with keys above the given ones (keys grow with each append: `max + row_number` under the
-   * append's lock), then the events, `pageRows` at a time through a cursor, each page handed to `onEvents` before the
-   * next is read. An event may be one a reader has already (its own intake's, or one it read at start): readers apply
-   * them as they would apply any event, where a known one changes nothing.
+   * append's lock) and those up to them that an append changed (`onCatalog`); then, when `onCatalog` asks for them,
+   * every event of some users (`onHistories`: a move changes the cluster of every event of the item, past ones too);
+   * then the appended events, `pageRows` at a time through a cursor, each page handed to `onEvents` before the next is
+   * read. An event may be one a reader has already (its own intake's, or one it read at start): readers apply them as
+   * they would apply any event, where a known one changes nothing.
    * @returns the number of the latest append read (`after` when nothing was appended since).
    */
   async readAppends(
     after: number,
     known: { readonly clusterKey: number; readonly itemKey: number },
     handlers: {
-      readonly onCatalog: (clusters: readonly AppendedCluster[], items: readonly AppendedItem[]) => void;
+      readonly onCatalog: (catalog: AppendedCatalog) => HistoriesWanted | void;
+      /** Pages of users, each user's every event in (ts, item key) order (the order of a load), a user never split. */
+      readonly onHistories?: (histories: readonly (readonly AppendedEvent[])[]) => void | Promise<void>;
       readonly onEvents: (events: readonly AppendedEvent[]) => void | Promise<void>;
     },
     pageRows = 10_000,
   ): Promise<number> {
+    const fetchRows = Math.max(1, Math.floor(pageRows));
     try {
       return await inTransaction(this.pool, async (client) => {
         // One snapshot for the counter, the catalog and the events: whatever the counter counts is visible here.
         await client.query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY");
         const last = Number((await client.query<{ last: bigint }>("SELECT last FROM event_appends")).rows[0]?.last ?? 0);
         if (last <= after) return after;
-        const clusters = await client.query<[number, string, string]>({
-          text: "SELECT cluster_key, cluster_id, description FROM clusters WHERE cluster_key > $1 ORDER BY cluster_key",
-          values: [known.clusterKey],
-          rowMode: "array",
+        const clusterRows = (text: string, values: unknown[]) =>
+          client.query<[number, string, string]>({ text: `SELECT cluster_key, cluster_id, description FROM clusters WHERE ${text} ORDER BY cluster_key`, values, rowMode: "array" });
+        const itemRows = (text: string, values: unknown[]) =>
+          client.query<[number, string, number, string | null]>({ text: `SELECT item_key, item_id, cluster_key, title FROM items WHERE ${text} ORDER BY item_key`, values, rowMode: "array" });
+        const changed = "changed_seq > $2 AND changed_seq <= $3";
+        const [clusters, items, changedClusters, changedItems] = [
+          await clusterRows("cluster_key > $1", [known.clusterKey]),
+          await itemRows("item_key > $1", [known.itemKey]),
+          await clusterRows(`cluster_key <= $1 AND ${changed}`, [known.clusterKey, after, last]),
+          await itemRows(`item_key <= $1 AND ${changed}`, [known.itemKey, after, last]),
+        ];
+        const asCluster = ([key, id, description]: [number, string, string]): AppendedCluster => ({ key, id, description });
+        const asItem = ([key, id, clusterKey, title]: [number, string, number, string | null]): AppendedItem => ({ key, id, clusterKey, title });
+        const wanted = handlers.onCatalog({
+          clusters: clusters.rows.map(asCluster),
+          items: items.rows.map(asItem),
+          changedClusters: changedClusters.rows.map(asCluster),
+          changedItems: changedItems.rows.map(asItem),
         });
-        const items = await client.query<[number, string, number, string | null]>({
-          text: "SELECT item_key, item_id, cluster_key, title FROM items WHERE item_key > $1 ORDER BY item_key",
-          values: [known.itemKey],
-          rowMode: "array",
-        });
-        handlers.onCatalog(
-          clusters.rows.map(([key, id, description]) => ({ key, id, description })),
-          items.rows.map(([key, id, clusterKey, title]) => ({ key, id, clusterKey, title })),
-        );
+        const whose: string[] = [];
+        const values: unknown[] = [];
+        if (wanted?.ofItems?.length) {
+          values.push(wanted.ofItems);
+          whose.push(`SELECT user_key FROM events WHERE item_key = ANY($${values.length}::INTEGER[])`);
+        }
+        if (wanted?.appendedOfItems?.length) {
+          values.push(wanted.appendedOfItems, after, last);
+          const n = values.length;
+          whose.push(`SELECT user_key FROM events WHERE item_key = ANY($${n - 2}::INTEGER[]) AND append_seq > $${n - 1} AND append_seq <= $${n}`);
+        }
+        if (whose.length) {
+          const onHistories = handlers.onHistories;
+          if (!onHistories) throw new FreshrecError("INTERNAL", "readAppends: onCatalog asked for users' histories, and no onHistories takes them");
+          await client.query({
+            text: `DECLARE histories NO SCROLL CURSOR FOR
+                   SELECT u.user_id, e.item_key, epoch_ms(e.ts)::FLOAT8, e.engagement FROM events e JOIN users u USING (user_key)
+                   WHERE e.user_key IN (${whose.join(" UNION ")})
+                   ORDER BY e.user_key, e.ts, e.item_key`,
+            values,
+          });
+          let user: AppendedEvent[] = [];
+          for (;;) {
+            const page = await client.query<[string, number, number, number | null]>({ text: `FETCH ${fetchRows} FROM histories`, rowMode: "array" });
+            const whole: AppendedEvent[][] = [];
+            for (const [userId, itemKey, ts, engagement] of page.rows) {
+              if (user.length > 0 && user[0].userId !== userId) {
+                whole.push(user);
+                user = [];
+              }
+              user.push({ userId, itemKey, ts, engagement });
+            }
+            // The page's last user may go on in the next page.
+            if (page.rows.length === 0 && user.length > 0) whole.push(user);
+            if (whole.length) await onHistories(whole);
+            if (page.rows.length === 0) break;
+          }
+        }
         await client.query({
           text: `DECLARE appended NO SCROLL CURSOR FOR
                  SELECT u.user_id, e.item_key, epoch_ms(e.ts)::FLOAT8, e.engagement FROM events e JOIN users u USING (user_key)
@@ -291,7 +391,7 @@ export class PostgresEventStore implements EventStoreContract {
           values: [after, last],
         });
         for (;;) {
-          const page = await client.query<[string, number, number, number | null]>({ text: `FETCH ${Math.max(1, Math.floor(pageRows))} FROM appended`, rowMode: "array" });
+          const page = await client.query<[string, number, number, number | null]>({ text: `FETCH ${fetchRows} FROM appended`, rowMode: "array" });
           if (page.rows.length === 0) break;
           await handlers.onEvents(page.rows.map(([userId, itemKey, ts, engagement]) => ({ userId, itemKey, ts, engagement })));
         }

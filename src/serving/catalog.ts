@@ -4,10 +4,13 @@
  *
  * On the embedded workspace items only enter the catalog through `freshrec ingest`/`synth`, which cannot run while the
  * server holds the event store, so the catalog never changes while serving. On a shared PostgreSQL store other
- * processes add clusters and items at any time: the store follower (./store-follower.ts) appends them here (`extend`).
- * Indices only grow: an index once given keeps naming the same cluster or item, so whatever holds one (a user's
- * state, a grounding index, a cached answer fragment) stays right; structures sized by the counts of their time
- * treat a larger index as one they do not know.
+ * processes add clusters and items at any time, and change those there are (an ingest that gives an item another
+ * cluster or title, a cluster another description): the store follower (./store-follower.ts) appends the new ones
+ * here (`extend`) and takes the changes (`revise`). Indices only grow: an index once given keeps naming the same
+ * cluster or item, so whatever holds one (a user's state, a grounding index, a cached answer fragment) stays right;
+ * structures sized by the counts of their time treat a larger index as one they do not know. What an item's index
+ * does not keep is its cluster: after a move, what was derived from the old one (users' histories, the grounding
+ * index) is derived again by whoever holds it.
  *
  * @example
  * const catalog = await Catalog.load(events);
@@ -15,6 +18,7 @@
  * catalog.clusterIds[catalog.itemCluster[i]];     // "baking"
  */
 import type { EventStoreContract } from "../data/event-store.js";
+import { FreshrecError } from "../domain/errors.js";
 
 /** A cluster or item as the store holds it, with its store key. */
 export interface StoredCluster {
@@ -109,6 +113,40 @@ export class Catalog {
       this.itemClusterArray = itemCluster;
     }
     return { clusters: clustersAdded, items: itemsAdded };
+  }
+
+  /**
+   * Takes the store's changes to clusters and items the catalog holds, each as the store holds it now: a cluster's
+   * description, an item's cluster (a move) or title. A row the catalog does not hold is left to `extend`.
+   * @returns how many clusters and items changed here, and the store keys of the items that changed cluster (every
+   * event of such an item is now in its new cluster, past ones too: the histories holding one are no longer right).
+   * @throws FreshrecError when an item's new cluster is one the catalog does not hold (`extend` the catalog first).
+   */
+  revise(clusters: readonly StoredCluster[], items: readonly StoredItem[]): { clusters: number; items: number; moved: number[] } {
+    let clustersChanged = 0;
+    for (const c of clusters) {
+      const index = this.clusterOfKeyArray[c.key] ?? -1;
+      if (index < 0 || this.descriptionList[index] === c.description) continue;
+      this.descriptionList[index] = c.description;
+      clustersChanged++;
+    }
+    let itemsChanged = 0;
+    const moved: number[] = [];
+    for (const it of items) {
+      const index = this.itemOfKeyArray[it.key] ?? -1;
+      if (index < 0) continue;
+      const cluster = this.clusterOfKeyArray[it.clusterKey] ?? -1;
+      if (cluster < 0) {
+        throw new FreshrecError("INTERNAL", `item ${it.id} moved to the cluster of store key ${it.clusterKey}, which the catalog does not hold`);
+      }
+      const movedHere = this.itemClusterArray[index] !== cluster;
+      if (!movedHere && this.itemTitleList[index] === it.title) continue;
+      this.itemClusterArray[index] = cluster;
+      this.itemTitleList[index] = it.title;
+      if (movedHere) moved.push(it.key);
+      itemsChanged++;
+    }
+    return { clusters: clustersChanged, items: itemsChanged, moved };
   }
 
   get clusterIds(): readonly string[] {

@@ -5,9 +5,19 @@
  *
  * How: the store numbers its appends in commit order (src/data/postgres-event-store.ts, `event_appends`), so the
  * replica keeps one number, the last append it applied (its watermark), and `catchUp` reads what came after it, in
- * one snapshot: new clusters and items into the catalog first, then the appended events, applied to their users'
- * states in place (`UserIndex.apply`, the path the replica's own intake takes: only the users whose events were
- * appended are touched, never a recount). Then the watermark moves to the last append read. What triggers it:
+ * one snapshot: new clusters and items into the catalog first, with the changes appends made to those it holds (an
+ * item's cluster or title, a cluster's description: `Catalog.revise`); then the appended events, applied to their
+ * users' states in place (`UserIndex.apply`, the path the replica's own intake takes: only the users whose events
+ * were appended are touched, never a recount). Then the watermark moves to the last append read.
+ *
+ * An item moved to another cluster moves every event of it, past ones too (events name items; a fresh load joins the
+ * items as they are now), so the histories holding one are wrong, and a state keeps too little of a user's events to
+ * mend them. The users with an event of a moved item, they alone, are read again in full from the same snapshot
+ * and their states set to what a load computes (`UserIndex.reload`), before the appended events are applied. One
+ * race remains, and the next catch-up closes it: this replica's intake may commit an event of the item after the
+ * snapshot and apply it, under the item's old cluster, before the catalog took the move; that event's append comes
+ * after the snapshot's, so the next catch-up reads again the users with an appended event of the items this one moved.
+ * What triggers a catch-up:
  * - the store's notification (`EVENTS_CHANNEL`) as each append commits, through the server's listener;
  * - the server's poll (every serve.reloadIntervalMs), which costs one small query when nothing was appended;
  * - the listener's reconnection: a notification sent while it was down is lost, the watermark is not.
@@ -48,6 +58,12 @@ export interface FollowStatus {
   readonly eventsApplied: number;
   readonly itemsAdded: number;
   readonly clustersAdded: number;
+  /** Items the catalog held that an append changed (moved to another cluster, or retitled). */
+  readonly itemsChanged: number;
+  /** Clusters the catalog held whose description an append changed. */
+  readonly clustersChanged: number;
+  /** Users read again from the store because an item of their events moved. */
+  readonly usersReloaded: number;
 }
 
 export interface StoreFollowerOptions {
@@ -56,10 +72,20 @@ export interface StoreFollowerOptions {
   /** The server clock's now (epoch ms). */
   readonly now: () => number;
   /** After a catch-up that applied something. */
-  readonly onApplied?: (applied: { from: number; to: number; events: number; items: number; clusters: number; trigger: CatchUpTrigger }) => void;
+  readonly onApplied?: (applied: {
+    from: number;
+    to: number;
+    events: number;
+    items: number;
+    clusters: number;
+    itemsChanged: number;
+    clustersChanged: number;
+    usersReloaded: number;
+    trigger: CatchUpTrigger;
+  }) => void;
   /** After a catch-up that failed (the next trigger retries). */
   readonly onError?: (error: Error, trigger: CatchUpTrigger) => void;
-  /** After the catalog gained clusters or items (before their events are applied). */
+  /** After the catalog gained or changed clusters or items (before their events are applied). */
   readonly onCatalogChange?: () => void;
 }
 
@@ -78,6 +104,16 @@ export class StoreFollower {
   private eventsApplied = 0;
   private itemsAdded = 0;
   private clustersAdded = 0;
+  private itemsChanged = 0;
+  private clustersChanged = 0;
+  private usersReloaded = 0;
+  /**
+   * Store keys of items the catalog moved whose users were not read again yet: kept until a catch-up that reads them
+   * succeeds (the catalog has the move from the first try on, so a retry would not see it as one).
+   */
+  private readonly unreloaded = new Set<number>();
+  /** Store keys of the items the last catch-up moved: the next one reads again the users with appended events of them. */
+  private movedLately: number[] = [];
   private closed = false;
 
   /** @param since the store's last append read before the catalog and the users were loaded (`lastAppend`). */
@@ -136,6 +172,9 @@ export class StoreFollower {
       eventsApplied: this.eventsApplied,
       itemsAdded: this.itemsAdded,
       clustersAdded: this.clustersAdded,
+      itemsChanged: this.itemsChanged,
+      clustersChanged: this.clustersChanged,
+      usersReloaded: this.usersReloaded,
     };
   }
 
@@ -150,21 +189,45 @@ export class StoreFollower {
     let events = 0;
     let items = 0;
     let clusters = 0;
+    let itemsChanged = 0;
+    let clustersChanged = 0;
+    let usersReloaded = 0;
+    const count = () => {
+      this.eventsApplied += events;
+      this.itemsAdded += items;
+      this.clustersAdded += clusters;
+      this.itemsChanged += itemsChanged;
+      this.clustersChanged += clustersChanged;
+      this.usersReloaded += usersReloaded;
+    };
     try {
       // The cheap question first: a poll that finds nothing new costs one row.
       const latest = await this.store.lastAppend();
       if (latest > this.latest) this.latest = latest;
       if (latest > from) {
         const { catalog, users } = this;
+        let reloadedItems: number[] = [];
         const to = await this.store.readAppends(
           from,
           { clusterKey: catalog.lastClusterKey, itemKey: catalog.lastItemKey },
           {
-            onCatalog: (newClusters, newItems) => {
-              const added = catalog.extend(newClusters, newItems);
+            onCatalog: (appended) => {
+              const added = catalog.extend(appended.clusters, appended.items);
+              // After `extend`: an item may move to a cluster added by the same appends.
+              const revised = catalog.revise(appended.changedClusters, appended.changedItems);
               clusters += added.clusters;
               items += added.items;
-              if (added.clusters + added.items > 0) this.options.onCatalogChange?.();
+              clustersChanged += revised.clusters;
+              itemsChanged += revised.items;
+              for (const key of revised.moved) this.unreloaded.add(key);
+              if (added.clusters + added.items + revised.clusters + revised.items > 0) this.options.onCatalogChange?.();
+              reloadedItems = [...this.unreloaded];
+              return { ofItems: reloadedItems, appendedOfItems: this.movedLately };
+            },
+            onHistories: async (histories) => {
+              users.reload(histories);
+              usersReloaded += histories.length;
+              await yieldToEventLoop();
             },
             onEvents: async (page) => {
               const stored: StoredEvent[] = [];
@@ -182,20 +245,23 @@ export class StoreFollower {
         );
         this.applied = to;
         if (to > this.latest) this.latest = to;
+        if (to > from) {
+          this.unreloaded.clear();
+          this.movedLately = reloadedItems;
+        }
       }
       this.catchUps++;
-      this.eventsApplied += events;
-      this.itemsAdded += items;
-      this.clustersAdded += clusters;
+      count();
       this.failing = 0;
       this.lastError = null;
       this.lastCaughtUpAt = this.options.now();
-      if (this.applied > from) this.options.onApplied?.({ from, to: this.applied, events, items, clusters, trigger });
+      if (this.applied > from) {
+        this.options.onApplied?.({ from, to: this.applied, events, items, clusters, itemsChanged, clustersChanged, usersReloaded, trigger });
+      }
     } catch (error) {
-      // Events of a page applied before the failure stay applied: reading them again changes nothing.
-      this.eventsApplied += events;
-      this.itemsAdded += items;
-      this.clustersAdded += clusters;
+      // Events of a page applied before the failure stay applied: reading them again changes nothing. Users read
+      // again stay so, and the moved items stay in `unreloaded`: the retry reads all their users again.
+      count();
       this.catchUpErrors++;
       this.failing++;
       this.lastError = (error as Error).message;

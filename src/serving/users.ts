@@ -9,7 +9,8 @@
  * each user's events (./histories.ts) to give what a reload would. No other user is touched, and nothing costs more
  * than the posting user's own events: an intake batch is never a recount. On a shared PostgreSQL store the events
  * other processes append are applied the same way (./store-follower.ts); applying an event the index holds changes
- * nothing, so the two paths may bring the same event in either order.
+ * nothing, so the two paths may bring the same event in either order. An item moved to another cluster there changes
+ * the cluster of events already applied: the users holding one are read again from the store (`reload`), they alone.
  *
  * The index also knows every stored event's identity (user, item, ts), which is what lets intake tell a repeated event
  * from a new one without asking the store (`holds`): a lookup there has no index to use and scans the whole event
@@ -21,6 +22,7 @@
  * users.apply([{ userId: "u000123", item: 42, ts: Date.parse("2025-03-02T10:00:00Z"), engagement: 1 }]);
  */
 import type { EventStoreContract } from "../data/event-store.js";
+import type { AppendedEvent } from "../data/postgres-event-store.js";
 import type { EngagementEvent } from "../domain/types.js";
 import type { Catalog } from "./catalog.js";
 import { SERVE_DEFAULTS } from "./defaults.js";
@@ -153,6 +155,31 @@ export class UserIndex {
     }
   }
 
+  /**
+   * Sets users' states to what a load computes from their stored events, for a catalog change that alters the
+   * clusters of events already applied: an item moved to another cluster moves every event of it, past ones too, and
+   * that can change a history anywhere along it, beyond what a state keeps. Each entry is every event the store holds
+   * of one user, in mining's order (ts, then item key), as a load reads them; an item the catalog lacks is left out,
+   * as a load leaves it out. Changed in place: whoever holds a user's state (intake, between its lookup and its
+   * write) holds the new one. Events the state held that the list lacks (stored after the list was read) are dropped
+   * with the rest: `apply` brings them again when they are read, which it would skip as known if they stayed.
+   */
+  reload(histories: readonly (readonly AppendedEvent[])[]): void {
+    for (const events of histories) {
+      if (events.length === 0) continue;
+      const fresh = this.stateOf(
+        events.map((e) => e.itemKey),
+        events.map((e) => e.ts),
+        events.map((e) => this.isPositive(e.engagement)),
+        0,
+        events.length,
+      );
+      const state = this.states.get(events[0].userId);
+      if (state) Object.assign(state, fresh);
+      else this.states.set(events[0].userId, fresh);
+    }
+  }
+
   /** Applies one new event of the simulation's stream (`apply` for an event given by item id). */
   observe(event: EngagementEvent): void {
     const item = this.catalog.itemIndex.get(event.itemId);
@@ -186,7 +213,6 @@ export class UserIndex {
    * same `extendTail` intake uses, events in order.
    */
   private async read(store: EventStoreContract): Promise<void> {
-    const { catalog } = this;
     const positiveMin = this.options.positiveMin;
     // The engagement compared as a double on both stores (PostgreSQL would compare a REAL with a REAL parameter).
     const [double, min] = store.dialect === "postgres" ? ["FLOAT8", "$positiveMin::FLOAT8"] : ["DOUBLE", "$positiveMin"];
@@ -207,41 +233,48 @@ export class UserIndex {
       let end = start;
       while (end < n && userKeys[end] === key) end++;
       const userId = users.get(key);
-      if (userId !== undefined) {
-        const rows: number[] = [];
-        const tail = emptyTail();
-        for (let r = start; r < end; r++) {
-          // An item added after the catalog was read is not known yet (the store follower brings it and its events).
-          const item = catalog.itemOfKey[itemKeys[r]] ?? -1;
-          if (item < 0) continue;
-          rows.push(r);
-          if (positives[r]) extendTail(tail, times[r], item, catalog.itemCluster[item]);
-        }
-        // The rows are in (ts, item) order; the events' identities go in (item, ts) order.
-        rows.sort((a, b) => itemKeys[a] - itemKeys[b] || times[a] - times[b]);
-        const seen = rows.map((r) => catalog.itemOfKey[itemKeys[r]]);
-        const seenTs = rows.map((r) => times[r]);
-        // Recent items newest first: the first time an item shows up walking back is its latest positive event.
-        const recent: number[] = [];
-        const recentTs: number[] = [];
-        for (let r = end - 1; r >= start && recent.length < this.recentItems; r--) {
-          const item = catalog.itemOfKey[itemKeys[r]] ?? -1;
-          if (item < 0 || !positives[r] || recent.includes(item)) continue;
-          recent.push(item);
-          recentTs.push(times[r]);
-        }
-        this.states.set(userId, {
-          history: tail.c1 >= 0 ? { c1: tail.c1, c2: tail.c2 } : null,
-          lastCluster: tail.c2,
-          recent,
-          recentTs,
-          seen,
-          seenTs,
-          tail,
-        });
-      }
+      if (userId !== undefined) this.states.set(userId, this.stateOf(itemKeys, times, positives, start, end));
       start = end;
     }
+  }
+
+  /**
+   * A user's state from every stored event of the user: rows start..end-1 of the columns, in mining's order (ts, then
+   * item key), items as store keys.
+   */
+  private stateOf(itemKeys: ArrayLike<number>, times: ArrayLike<number>, positives: ArrayLike<boolean>, start: number, end: number): UserState {
+    const { catalog } = this;
+    const rows: number[] = [];
+    const tail = emptyTail();
+    for (let r = start; r < end; r++) {
+      // An item added after the catalog was read is not known yet (the store follower brings it and its events).
+      const item = catalog.itemOfKey[itemKeys[r]] ?? -1;
+      if (item < 0) continue;
+      rows.push(r);
+      if (positives[r]) extendTail(tail, times[r], item, catalog.itemCluster[item]);
+    }
+    // The rows are in (ts, item) order; the events' identities go in (item, ts) order.
+    rows.sort((a, b) => itemKeys[a] - itemKeys[b] || times[a] - times[b]);
+    const seen = rows.map((r) => catalog.itemOfKey[itemKeys[r]]);
+    const seenTs = rows.map((r) => times[r]);
+    // Recent items newest first: the first time an item shows up walking back is its latest positive event.
+    const recent: number[] = [];
+    const recentTs: number[] = [];
+    for (let r = end - 1; r >= start && recent.length < this.recentItems; r--) {
+      const item = catalog.itemOfKey[itemKeys[r]] ?? -1;
+      if (item < 0 || !positives[r] || recent.includes(item)) continue;
+      recent.push(item);
+      recentTs.push(times[r]);
+    }
+    return {
+      history: tail.c1 >= 0 ? { c1: tail.c1, c2: tail.c2 } : null,
+      lastCluster: tail.c2,
+      recent,
+      recentTs,
+      seen,
+      seenTs,
+      tail,
+    };
   }
 }
 
