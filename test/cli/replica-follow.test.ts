@@ -2,7 +2,8 @@
  * Replicas follow the shared store's appends (issue 19, item 2): two `freshrec serve` processes on one PostgreSQL
  * database (a throwaway cluster), each holding the users' histories and the catalog in memory. What another process
  * appends reaches both without a restart: events posted to one replica change the other's answer for that user,
- * `freshrec ingest` of a file (a new item and events on it) changes both replicas' answers and catalogs, and a replica
+ * `freshrec ingest` of a file (a new item and events on it) changes both replicas' answers and catalogs, an ingest
+ * that moves an item to another cluster changes the answers of a user who had the item, and a replica
  * whose listening connection was cut (pg_terminate_backend, and no new connection allowed meanwhile) says so in
  * /healthz and /metrics and catches up with what was appended while it could not hear, once it reconnects.
  *
@@ -43,7 +44,7 @@ async function explore(replica: number, user: string): Promise<Answer> {
   return body;
 }
 
-async function health(replica: number): Promise<{ storeFollow: { state: string; listening: boolean; disconnects: number; appliedThrough: number } }> {
+async function health(replica: number): Promise<{ storeFollow: { state: string; listening: boolean; disconnects: number; appliedThrough: number; itemsChanged: number } }> {
   return (await (await fetch(`${replicas[replica].url}/healthz`)).json()) as never;
 }
 
@@ -159,6 +160,44 @@ describe("serve replicas follow the shared store's appends", () => {
       body: JSON.stringify({ events: [{ userId: other.user, itemId: "followed-new-item", ts: await after(other.user) }] }),
     });
     expect(posted.status, await posted.clone().text()).toBe(200);
+  }, 120_000);
+
+  it("freshrec ingest of an item file that moves an item to another cluster changes both replicas' answers for a user who had it", async () => {
+    const [p, q, r] = ws.clusters;
+    const user = "follow-move-user";
+    const items = join(root, "moving-items.csv");
+    const events = join(root, "moving-events.csv");
+    const [{ t }] = (await db.query<{ t: string }>("SELECT max(epoch_ms(ts)) AS t FROM events")).rows;
+    const at = (hours: number) => new Date(Number(t) + hours * 3_600_000).toISOString();
+    writeFileSync(items, `item_id,cluster_id,title\nfollowed-moving-item,${q},An item that moves\n`);
+    writeFileSync(events, `user_id,item_id,ts\n${user},${await itemOf(p)},${at(1)}\n${user},followed-moving-item,${at(2)}\n`);
+    const first = runCli(["--workspace", join(root, "ingest-host"), "--config", config, "--json", "ingest", "--items", items, "--events", events]);
+    expect(first.status, first.stderr).toBe(0);
+    const before: Answer[] = [];
+    for (const replica of [0, 1]) {
+      before.push(
+        await eventually(
+          () => explore(replica, user),
+          (a) => a.history?.c2 === q,
+        ),
+      );
+      expect(before[replica].history, `replica ${replica}`).toEqual({ c1: p, c2: q });
+    }
+
+    // The same item, now in r: the user's latest event (and every event of the item) is in r.
+    writeFileSync(items, `item_id,cluster_id,title\nfollowed-moving-item,${r},An item that moves\n`);
+    const moved = runCli(["--workspace", join(root, "ingest-host"), "--config", config, "--json", "ingest", "--items", items]);
+    expect(moved.status, moved.stderr).toBe(0);
+    for (const replica of [0, 1]) {
+      const answer = await eventually(
+        () => explore(replica, user),
+        (a) => a.history?.c2 === r,
+      );
+      expect(answer.history, `replica ${replica}`).toEqual({ c1: p, c2: r });
+      expect(answer).not.toEqual(before[replica]);
+      expect((await health(replica)).storeFollow).toMatchObject({ state: "following", itemsChanged: 1 });
+    }
+    expect(await explore(1, user)).toEqual(await explore(0, user));
   }, 120_000);
 
   it("a replica cut off from notifications says so, and catches up with what was appended meanwhile once it reconnects", async () => {
