@@ -1,8 +1,9 @@
 /**
  * `store.url` through the CLI (issue 19): ingest and analyze drift run on a PostgreSQL event store and give what
  * they give on the workspace's DuckDB file; `serve` replicas, `tables` and `models` run on the database's tables and
- * registry (the update commands: ./postgres-update.test.ts; the schedule: ./postgres-schedule.test.ts); a command not yet
- * on PostgreSQL refuses (exit 2, naming store.url without its password) instead of reading a local events file.
+ * registry (the update commands: ./postgres-update.test.ts; the schedule: ./postgres-schedule.test.ts; demo and
+ * experiment simulate: ./postgres-demo.test.ts); what would publish past data into the deployment refuses (exit 2,
+ * naming store.url without its password).
  */
 import { existsSync, mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -28,7 +29,7 @@ function freshrec(workspace: string, args: string[], config?: object): { status:
 }
 
 describe("store.url: the PostgreSQL event store through the CLI", () => {
-  it("ingests MovieLens and analyzes drift as on the embedded store, and refuses commands not yet on PostgreSQL", async () => {
+  it("ingests MovieLens and analyzes drift as on the embedded store, and reads the database's registry for experiment simulate", async () => {
     const url = (await database()).replace("postgres://postgres@", "postgres://postgres:hunter2@");
     const pgWorkspace = join(mkdtempSync(join(tmpdir(), "freshrec-pgcli-")), "ws");
     const duckWorkspace = join(mkdtempSync(join(tmpdir(), "freshrec-duckcli-")), "ws");
@@ -55,9 +56,10 @@ describe("store.url: the PostgreSQL event store through the CLI", () => {
     expect(strip(driftPg.stdout)).toEqual(strip(driftDuck.stdout));
     expect((strip(driftPg.stdout) as { pairsCompared: number }).pairsCompared).toBeGreaterThan(0);
 
+    // experiment simulate reads the database's registry: without a live model there it says what to run first.
     const refused = freshrec(pgWorkspace, ["--json", "experiment", "simulate", "--days", "1"], config);
     expect(refused.status).toBe(2);
-    expect(refused.stderr).toMatch(/does not run on the PostgreSQL event store yet \(store\.url = postgres:\/\/postgres:\*\*\*@127\.0\.0\.1:\d+\/t\d+\)/);
+    expect(refused.stderr).toMatch(/no live model: run freshrec pretrain/);
     expect(refused.stderr).not.toContain("hunter2");
     expect(existsSync(join(pgWorkspace, "events.duckdb"))).toBe(false);
   }, 600_000);
@@ -166,9 +168,6 @@ describe("store.url: serve, tables and models on PostgreSQL through the CLI", ()
         expect(arm).toMatch(/^(control|treatment)$/);
       }
       expect(cli(admin, ["experiment", "list"]).json.experiments.map((e: { name: string }) => e.name)).toEqual(["pg-cli"]);
-      const simulate = cli(admin, ["experiment", "simulate", "--days", "1"]);
-      expect(simulate.status).toBe(2);
-      expect(simulate.stderr).toMatch(/does not run on the PostgreSQL event store yet \(store\.url = /);
     } finally {
       for (const s of servers) s.child.kill("SIGINT");
     }

@@ -5,7 +5,9 @@
  * create/list/stop/analyze work on the workspace's event store, so the server must be stopped, or pass
  * `--server URL` to go through the running server's admin routes (token from FRESHREC_ADMIN_TOKEN or
  * serve.adminToken). With store.url they work on the database beside running servers (which pick a new experiment up
- * when they start; --server makes one serve it at once). simulate runs on the workspace only.
+ * when they start; --server makes one serve it at once). simulate reads the events and the live model the config
+ * names (the workspace's, or the deployment's database) and keeps its simulated traffic, tables and log under
+ * <workspace>/experiments/NAME, so neither the workspace nor the deployment changes.
  */
 import type { Command } from "commander";
 import { join } from "node:path";
@@ -14,7 +16,6 @@ import { BadInputError, FreshrecError, type ErrorCode } from "../../domain/error
 import { writeReport, type WrittenReport } from "../../evaluation/report.js";
 import { EmbeddedLanguageModel } from "../../llm/backends/embedded.js";
 import { PROMPT_TEMPLATE_HASH } from "../../llm/prompt.js";
-import { ModelRegistry, type ModelVersion } from "../../llm/registry.js";
 import {
   EXPERIMENT_METRICS,
   openExperimentLog,
@@ -28,7 +29,7 @@ import {
   type ExperimentAnalysis,
   type SimulatedExperimentResult,
 } from "../../serving/index.js";
-import { notOnPostgresYet, type CommandContext } from "../context.js";
+import type { CommandContext } from "../context.js";
 import { action, positiveInt } from "../run.js";
 import { adminToken } from "./serve.js";
 import { experimentView } from "../../serving/views.js";
@@ -133,51 +134,57 @@ export interface SimulateExperimentOptions {
 }
 
 /**
- * The simulated A/B of the workspace (the demo calls this): control = the table the live model builds without
- * retrieval (finetune-monthly), treatment = the same model refreshed every `refreshDays` with the workspace's rag.method (hybrid), on the
- * synthetic platform's users for `days` days. The event store must not be open elsewhere (it is copied).
+ * The simulated A/B of the workspace or deployment (the demo calls this): control = the table the live model builds
+ * without retrieval (finetune-monthly), treatment = the same model refreshed every `refreshDays` with the config's
+ * rag.method (hybrid), on the synthetic platform's users for `days` days. The events are copied into
+ * <workspace>/experiments/NAME: the workspace's file (it must not be open elsewhere), or with store.url the
+ * deployment's database, read through the event store contract and never written.
  */
 export async function simulateExperiment(ctx: CommandContext, overrides: SimulateExperimentOptions = {}): Promise<SimulatedExperimentResult & { reports: WrittenReport }> {
-  // The simulation copies the workspace's event store and runs the update loop on it, neither of which is on PostgreSQL yet.
-  if (ctx.config.store.url !== null) throw notOnPostgresYet(ctx.config.store.url, ctx.paths.events);
   const e = ctx.config.experiment;
-  const registry = new ModelRegistry(ctx.paths.root, ctx.clock);
-  let live: ModelVersion | null;
+  const registry = await ctx.openRegistry();
+  let live: Awaited<ReturnType<typeof registry.live>>;
   let liveFile: string | null;
   try {
-    live = registry.live() ?? null;
-    liveFile = live ? registry.modelFile(live) : null;
+    live = await registry.live();
+    liveFile = live ? await registry.modelFile(live) : null;
   } finally {
-    registry.close();
+    await registry.close();
   }
   if (!live || !liveFile) throw new BadInputError("no live model: run freshrec pretrain (or freshrec demo) first");
   const name = overrides.name ?? "simulated-hybrid-vs-finetune-monthly";
-  const model = await EmbeddedLanguageModel.open(liveFile);
+  // The deployment's events are read through the store contract; the workspace's file is copied whole (faster).
+  const events = ctx.config.store.url !== null ? await ctx.openEventStore() : null;
   let result: SimulatedExperimentResult;
   try {
-    const positiveMin = ctx.config.data.positiveMin;
-    result = await runSimulatedExperiment({
-      eventsPath: ctx.paths.events,
-      workDir: join(ctx.paths.root, "experiments", name),
-      model: { version: live.version, scorer: model },
-      templateHash: PROMPT_TEMPLATE_HASH,
-      rag: ctx.config.rag,
-      ...(positiveMin === null ? {} : { positiveMin }),
-      topN: ctx.config.tables.topN,
-      days: overrides.days ?? e.days,
-      refreshDays: overrides.refreshDays ?? e.refreshDays,
-      users: overrides.users !== undefined ? overrides.users : e.users,
-      slateSize: overrides.slateSize ?? e.slateSize,
-      itemsPerCluster: ctx.config.serve.itemsPerCluster,
-      name,
-      salt: overrides.salt,
-      resamples: e.resamples,
-      groundingWindowDays: ctx.config.serve.groundingWindowDays,
-      log: ctx.log,
-      signal: ctx.signal,
-    });
+    const model = await EmbeddedLanguageModel.open(liveFile);
+    try {
+      const positiveMin = ctx.config.data.positiveMin;
+      result = await runSimulatedExperiment({
+        ...(events === null ? { eventsPath: ctx.paths.events } : { events }),
+        workDir: join(ctx.paths.root, "experiments", name),
+        model: { version: live.version, scorer: model },
+        templateHash: PROMPT_TEMPLATE_HASH,
+        rag: ctx.config.rag,
+        ...(positiveMin === null ? {} : { positiveMin }),
+        topN: ctx.config.tables.topN,
+        days: overrides.days ?? e.days,
+        refreshDays: overrides.refreshDays ?? e.refreshDays,
+        users: overrides.users !== undefined ? overrides.users : e.users,
+        slateSize: overrides.slateSize ?? e.slateSize,
+        itemsPerCluster: ctx.config.serve.itemsPerCluster,
+        name,
+        salt: overrides.salt,
+        resamples: e.resamples,
+        groundingWindowDays: ctx.config.serve.groundingWindowDays,
+        log: ctx.log,
+        signal: ctx.signal,
+      });
+    } finally {
+      await model.close();
+    }
   } finally {
-    await model.close();
+    await events?.close();
   }
   const s = result.simulated;
   const reports = writeExperimentReport(ctx, name, result, {
