@@ -1,15 +1,16 @@
 /**
  * The demo's hybrid loop: a base model trained on everything before the last months of the data, then the real
  * schedule (monthly fine-tunes behind the gates, a refresh every 2 days) simulated over those months on a virtual
- * clock, publishing into the workspace's table store, with a summary per month scored on the month's real
- * transitions against the table that was live at each moment.
+ * clock, publishing into the table store the config names (the workspace's, or with store.url the deployment's
+ * database), with a summary per month scored on the month's real transitions against the table that was live at
+ * each moment.
  */
 import { VirtualClock } from "../../domain/clock.js";
 import { scoreTransitions, type LiveTableEntry } from "../../evaluation/scoring.js";
 import { timedTransitions } from "../../mining/transitions.js";
-import { EmbeddedTableStore, TableLookup } from "../../tables/index.js";
-import { FreshrecError } from "../../domain/errors.js";
-import { Scheduler, SqliteScheduleStore, hybridJobs, scheduleStorePath, type RunRecord } from "../../update/schedule/index.js";
+import type { TableLookup } from "../../tables/index.js";
+import { loadLookup } from "../../serving/table-loader.js";
+import { Scheduler, SqliteScheduleStore, hybridJobs, scheduleStorePath, type JobRun, type RunRecord } from "../../update/schedule/index.js";
 import type { CommandContext } from "../context.js";
 import { openLoop, registerConfiguredBase, trainBaseModel } from "../loop-context.js";
 import { runLine } from "./refresh.js";
@@ -26,10 +27,6 @@ export async function runDemoLoop(ctx: CommandContext, end: number, months: numb
   const lines: string[] = [];
   const open = await openLoop(ctx);
   try {
-    // The demo runs on the workspace (it refuses store.url before this): each published table is read synchronously
-    // as its run is reported, before a later refresh's gc can collect it.
-    if (!(open.tables instanceof EmbeddedTableStore)) throw new FreshrecError("INTERNAL", `the demo loop runs on the workspace's table store, not ${open.tables.location}`);
-    const tables = open.tables.sync;
     const live = await open.registry.live();
     let base: Record<string, unknown>;
     if (ctx.config.llm.backend !== "embedded") {
@@ -49,8 +46,8 @@ export async function runDemoLoop(ctx: CommandContext, end: number, months: numb
       lines.push(`base model: ${live.version} (reused)`);
     } else {
       ctx.log(`4/${steps} pretraining the base model on data before ${iso(from).slice(0, 10)}`);
-      // pretrain registers through its own connection to the registry; this one sees the new version at once.
-      const { result } = await trainBaseModel(ctx, open.events, from, ctx.paths.root, { epochs, heldOut: true, maxSamples: DEMO_PRETRAIN_SAMPLES });
+      // Registered in the loop's registry (the workspace's, or the deployment's), which sees the new version at once.
+      const { result } = await trainBaseModel(ctx, open.events, from, ctx.paths.root, { epochs, heldOut: true, maxSamples: DEMO_PRETRAIN_SAMPLES, registry: open.registry });
       if ((await open.registry.live())?.version !== result.modelVersion) await open.registry.makeLive(result.modelVersion, "demo: new base model");
       const e = result.evaluation;
       base = { modelVersion: result.modelVersion, evaluation: e, trainTokens: result.trainTokens, seconds: result.seconds };
@@ -64,19 +61,30 @@ export async function runDemoLoop(ctx: CommandContext, end: number, months: numb
     const finetune = open.loop.finetuneJob({ startModelAt: from });
     const timeline: LiveTableEntry[] = [];
     const runs: RunRecord[] = [];
-    const store = SqliteScheduleStore.open(scheduleStorePath(ctx.paths.root).replace(/\.sqlite$/, ".demo.sqlite"));
+    // Each published table is read inside its refresh run, before a later refresh's gc can collect it.
+    const published = new Map<string, TableLookup>();
+    const refresh = open.loop.refreshJob();
+    const refreshAndRead: JobRun = async (context) => {
+      const outcome = await refresh(context);
+      const version = outcome.detail?.publishedTable;
+      if (typeof version === "string") published.set(version, await loadLookup(open.tables, version));
+      return outcome;
+    };
+    // The simulated months' run log is the demo's own, never the live schedule's: a file beside it in the workspace,
+    // and with store.url a private one (the database's schedule is the deployment worker's).
+    const store = SqliteScheduleStore.open(ctx.config.store.url !== null ? ":memory:" : scheduleStorePath(ctx.paths.root).replace(/\.sqlite$/, ".demo.sqlite"));
     try {
       const scheduler = new Scheduler({
-        jobs: hybridJobs({ finetune, refresh: open.loop.refreshJob(), finetuneCadence: ctx.config.schedule.finetuneCadence, refreshCadence: `every 2 days from ${iso(from)}` }),
+        jobs: hybridJobs({ finetune, refresh: refreshAndRead, finetuneCadence: ctx.config.schedule.finetuneCadence, refreshCadence: `every 2 days from ${iso(from)}` }),
         store,
         clock: new VirtualClock(from),
         onRun: (run) => {
           runs.push(run);
           ctx.log(runLine(run));
-          const published = run.status === "succeeded" ? (run.detail?.publishedTable as string | undefined) : undefined;
-          if (published) {
-            const lookup = TableLookup.load(tables, published);
-            timeline.push({ version: published, publishedAt: run.due, answers: (c1, c2) => (lookup.get(c1, c2) ?? []).map((a) => a.cluster) });
+          const version = run.status === "succeeded" ? (run.detail?.publishedTable as string | undefined) : undefined;
+          if (version !== undefined) {
+            const lookup = published.get(version)!;
+            timeline.push({ version, publishedAt: run.due, answers: (c1, c2) => (lookup.get(c1, c2) ?? []).map((a) => a.cluster) });
           }
         },
       });
@@ -108,7 +116,7 @@ export async function runDemoLoop(ctx: CommandContext, end: number, months: numb
       );
       monthly.push({ month: iso(start).slice(0, 7), finetune: tuned ? runRecordView(tuned) : null, refreshes: refreshes.length, rescored, pairs, hit1: score.hit1, hit5: score.hitK, transitions: score.transitions });
     }
-    lines.push(`live table ${tables.live()?.version ?? "-"}, live model ${(await open.registry.live())?.version ?? "-"}; inspect with: freshrec tables list, freshrec models list`);
+    lines.push(`live table ${(await open.tables.live())?.version ?? "-"}, live model ${(await open.registry.live())?.version ?? "-"}; inspect with: freshrec tables list, freshrec models list`);
     return { lines, json: { from: iso(from), to: iso(end), base, monthly, runs: runs.length } };
   } finally {
     await open.close();

@@ -13,21 +13,20 @@ import { runDemoLoop } from "./demo-loop.js";
 import { simulateExperiment } from "./experiment.js";
 import { startWorkspaceServer } from "./serve.js";
 import { explorationResponseSchema } from "../../serving/schemas.js";
-import { EventStore } from "../../data/event-store.js";
 import type { CommandContext } from "../context.js";
 import { addSynthFlags, syntheticOptions, type SynthFlags } from "./synth.js";
 import { storeCountsView } from "../../serving/views.js";
 
 /** A user with at least two distinct clusters, for the example request. */
 async function userWithHistory(ctx: CommandContext): Promise<string | null> {
-  const store = await EventStore.open(ctx.paths.events);
+  const store = await ctx.openEventStore();
   try {
     const rows = await store.query<{ user_id: string }>(
       "SELECT u.user_id FROM events e JOIN users u USING (user_key) JOIN items i USING (item_key) GROUP BY u.user_id HAVING count(DISTINCT i.cluster_key) >= 2 ORDER BY u.user_id LIMIT 1",
     );
     return rows[0]?.user_id ?? null;
   } finally {
-    store.close();
+    await store.close();
   }
 }
 
@@ -52,7 +51,9 @@ export function registerDemo(program: Command): void {
         const epochs = positiveInt("epochs", opts.epochs)!;
         const steps = loopMonths > 0 ? 7 : 3;
         const dataset = opts.dataset ?? "synthetic";
-        const store = await ctx.openEvents();
+        // The store the config names: the workspace's, or with store.url the deployment's database, which then holds
+        // the demo's data, tables and models as the workspace would (the simulated A/B keeps its scratch in the workspace).
+        const store = await ctx.openEventStore();
         let closed = false;
         try {
           const lines: string[] = [];
@@ -93,7 +94,7 @@ export function registerDemo(program: Command): void {
           );
           let loop: Awaited<ReturnType<typeof runDemoLoop>> | null = null;
           if (loopMonths > 0) {
-            store.close();
+            await store.close();
             closed = true;
             loop = await runDemoLoop(ctx, end, loopMonths, epochs, steps);
             lines.push(...loop.lines);
@@ -135,7 +136,7 @@ export function registerDemo(program: Command): void {
           const json = { dataset, data, store: storeCountsView(counts), recentTransitions: recent.length, drift: { ...drift, reports }, loop: loop?.json ?? null, experiment, server };
           return { json, text: lines.join("\n") };
         } finally {
-          if (!closed) store.close();
+          if (!closed) await store.close();
         }
       }),
     );
