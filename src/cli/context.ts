@@ -123,7 +123,7 @@ async function onDeployment<T>(open: () => Promise<T>): Promise<T> {
 export function notOnPostgresYet(url: string, file: string): FreshrecError {
   return new FreshrecError(
     "BAD_INPUT",
-    `this command does not run on the PostgreSQL event store yet (store.url = ${redactedUrl(url)}): so far ingest, synth, analyze drift, pretrain, refresh, finetune, schedule run|status|pause|resume, serve (also --schedule), tables, models (list, review), doctor, evaluate replay|context and experiment create|list|stop|analyze do (issue 19). Remove store.url from the config to use the workspace's ${file}`,
+    `this command does not run on the PostgreSQL event store yet (store.url = ${redactedUrl(url)}): so far ingest, synth, analyze drift, pretrain, refresh, finetune, schedule run|status|pause|resume, serve (also --schedule), tables, models (list, review), doctor, evaluate replay|context, experiment create|list|stop|analyze|simulate and demo do (issue 19). Remove store.url from the config to use the workspace's ${file}`,
   );
 }
 
