@@ -15,7 +15,7 @@
  * await store.append({ clusters, items, events: EventColumns.fromEvents(list) });
  * const counts = await store.counts();
  */
-import { mkdirSync } from "node:fs";
+import { existsSync, mkdirSync } from "node:fs";
 import { dirname } from "node:path";
 import {
   listValue,
@@ -129,6 +129,42 @@ CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL
 /** Rows per appender chunk: DuckDB's vector size. */
 const CHUNK_ROWS = 2048;
 
+/**
+ * Another process holds the event store's file (DuckDB opens a file to write in one process at a time, and no reader
+ * beside such a writer). That is how the commands were run, not a fault of the store, so it is bad usage, with what to
+ * do instead. `holderPid` is the holder's process id as DuckDB reports it.
+ */
+export class EventStoreBusyError extends FreshrecError {
+  override name = "EventStoreBusyError";
+  constructor(
+    readonly path: string,
+    readonly holderPid: number,
+    holderProgram: string,
+    options?: { cause?: unknown },
+  ) {
+    super(
+      "BAD_INPUT",
+      `the event store ${path} is in use by another process (PID ${holderPid}, ${holderProgram}): DuckDB opens it in one process at a time. ` +
+        "Stop that process first; or, while it is freshrec serve, run the update loop inside it (serve --schedule) and send events to its POST /v1/events; " +
+        "or put the stores on PostgreSQL (store.url) so that several processes share them",
+      options,
+    );
+  }
+}
+
+/** Opens the DuckDB database at `path`; a file another process holds is an EventStoreBusyError naming that process. */
+async function openInstance(path: string, options: Record<string, string>): Promise<DuckDBInstance> {
+  try {
+    return await DuckDBInstance.create(path, options);
+  } catch (error) {
+    const message = (error as Error).message;
+    // Most often `freshrec serve`, which holds the store while it runs.
+    const holder = /Could not set lock on file[\s\S]*?Conflicting lock is held in (.*?) \(PID (\d+)\)/.exec(message);
+    if (holder) throw new EventStoreBusyError(path, Number(holder[2]), holder[1], { cause: error });
+    throw new FreshrecError("INTERNAL", `cannot open the event store ${path}: ${message}`, { cause: error });
+  }
+}
+
 export class EventStore implements EventStoreContract {
   readonly dialect = "duckdb" as const;
 
@@ -141,28 +177,30 @@ export class EventStore implements EventStoreContract {
   /** Opens (creating if needed) the store at `path`; ":memory:" gives a throwaway store. */
   static async open(path: string): Promise<EventStore> {
     if (path !== ":memory:") mkdirSync(dirname(path), { recursive: true });
-    let instance: DuckDBInstance;
-    try {
-      instance = await DuckDBInstance.create(path);
-    } catch (error) {
-      const message = (error as Error).message;
-      // DuckDB opens a file in one process at a time: another freshrec process (most often `serve`) holds it. That is
-      // how the commands were run, not a fault of the store, so it is answered as bad usage with what to do instead.
-      const holder = /Could not set lock on file[\s\S]*?Conflicting lock is held in (.*?) \(PID (\d+)\)/.exec(message);
-      if (holder) {
-        throw new FreshrecError(
-          "BAD_INPUT",
-          `the event store ${path} is in use by another process (PID ${holder[2]}, ${holder[1]}): DuckDB opens it in one process at a time. ` +
-            "Stop that process first; or, while it is freshrec serve, run the update loop inside it (serve --schedule) and send events to its POST /v1/events; " +
-            "or put the stores on PostgreSQL (store.url) so that several processes share them",
-          { cause: error },
-        );
-      }
-      throw new FreshrecError("INTERNAL", `cannot open the event store ${path}: ${message}`, { cause: error });
-    }
+    const instance = await openInstance(path, {});
     const connection = await instance.connect();
     await connection.run(SCHEMA);
     return new EventStore(instance, connection, path);
+  }
+
+  /**
+   * Opens the store at `path` for reading only: any number of readers open a file at once, but none beside a process
+   * that opened it to write (`open`); see ./event-store-share.ts for reading through such a holder. The store is not
+   * created: a missing file is bad input. Its appends fail (DuckDB refuses writes to a read-only database).
+   * @throws EventStoreBusyError when another process holds the file to write.
+   */
+  static async openReadOnly(path: string): Promise<EventStore> {
+    if (!existsSync(path)) throw new BadInputError(`there is no event store at ${path}: run freshrec ingest or freshrec synth first`);
+    const instance = await openInstance(path, { access_mode: "READ_ONLY" });
+    return new EventStore(instance, await instance.connect(), path);
+  }
+
+  /**
+   * A new connection to this store's database, for reads that must not share the main connection's transactions
+   * (./event-store-share.ts answers other processes' reads on one each). The caller closes it.
+   */
+  async connectReader(): Promise<DuckDBConnection> {
+    return this.instance.connect();
   }
 
   get location(): string {

@@ -1,18 +1,24 @@
 /**
  * The embedded workspace's process model (issue 19, item 2): `freshrec serve` owns the workspace's event store while
- * it runs (DuckDB opens a file in one process at a time), so another process that needs the events is refused naming
- * the holder, while the commands that read only the SQLite stores (tables, models, schedule) work beside it.
+ * it runs (DuckDB opens a file in one process at a time), so another process that writes the events is refused naming
+ * the holder, while the commands that read only the SQLite stores (tables, models, schedule) work beside it, and
+ * `analyze drift` reads the events through the server (src/data/event-store-share.ts).
  * test/serving/cli.test.ts covers the other way round: experiment commands reach a running server with --server.
  */
-import { writeFileSync } from "node:fs";
+import { spawn } from "node:child_process";
+import { existsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
+import { EventStore } from "../../src/data/event-store.js";
+import { shareFilePath } from "../../src/data/event-store-share.js";
 import { servingWorkspace, type ServingWorkspace } from "../serving/fixtures.js";
-import { runCli, serveCli } from "./run.js";
+import { ROOT, runCli, serveCli } from "./run.js";
 
 let ws: ServingWorkspace;
+let config: string;
 beforeAll(async () => {
   ws = await servingWorkspace({ users: 200, events: 15_000 });
+  config = join(ws.dir, "freshrec.config.json");
 }, 120_000);
 
 describe("the embedded workspace while freshrec serve runs", () => {
@@ -47,6 +53,122 @@ describe("the embedded workspace while freshrec serve runs", () => {
     expect(await server.exited).toBe(0);
   }, 120_000);
 
-  // Not so yet (see docs/deploying.md): analyze cannot read the events beside a server.
-  it.todo("analyze drift works while serve runs (DuckDB refuses even a read-only open beside a writer)");
+  it("analyze drift reads the events through serve while it runs: the same analysis as without it, then with the events posted to it", async () => {
+    const { cli, drift } = commands();
+    const before = cli(...drift);
+    expect(before.status, before.stderr).toBe(0);
+    expect(before.json.readThrough).toBeNull();
+    expect(before.json.pairsCompared).toBeGreaterThan(0);
+    const server = await serveCli(ws.dir, config);
+    try {
+      const beside = cli(...drift);
+      expect(beside.status, beside.stderr).toBe(0);
+      expect(beside.json.readThrough).toEqual({ pid: server.child.pid });
+      expect(analysis(beside.json)).toEqual(analysis(before.json));
+      const text = runCli(["--workspace", ws.dir, "--config", config, ...drift]);
+      expect(text.status, text.stderr).toBe(0);
+      expect(text.stdout).toContain(`${before.json.events} events read through freshrec serve (PID ${server.child.pid})`);
+
+      // What intake acknowledged is what a reader reads next.
+      const posted = await post(server.url, newEvents(0, 6));
+      expect(posted).toMatchObject({ eventsAdded: 6, skippedDuplicates: 0 });
+      const after = cli(...drift);
+      expect(after.status, after.stderr).toBe(0);
+      expect(after.json.events).toBe(before.json.events + 6);
+
+      // ...while a writer is still refused, naming the server.
+      const refused = cli("ingest", "--events", join(ws.dir, "more-events.csv"));
+      expect(refused.status).toBe(2);
+      expect(refused.json.error.message).toContain(`PID ${server.child.pid}`);
+    } finally {
+      server.child.kill("SIGINT");
+    }
+    expect(await server.exited).toBe(0);
+    expect(existsSync(shareFilePath(join(ws.dir, "events.duckdb")))).toBe(false);
+    // Without the server, the file itself: the events it stored are there.
+    const alone = cli(...drift);
+    expect(alone.json).toMatchObject({ events: before.json.events + 6, readThrough: null });
+  }, 120_000);
+
+  it("a process that holds the store without sharing it refuses analyze, naming it, even beside a killed server's share file", async () => {
+    const { cli, drift } = commands();
+    const server = await serveCli(ws.dir, config);
+    server.child.kill("SIGKILL");
+    await server.exited;
+    const store = join(ws.dir, "events.duckdb");
+    expect(existsSync(shareFilePath(store))).toBe(true);
+    const holder = spawn(
+      process.execPath,
+      ["--input-type=module", "-e", `const { EventStore } = await import(${JSON.stringify(join(ROOT, "dist/data/event-store.js"))}); await EventStore.open(${JSON.stringify(store)}); console.log("holding"); setInterval(() => {}, 1000);`],
+      { stdio: ["ignore", "pipe", "inherit"] },
+    );
+    const exited = new Promise((done) => holder.on("exit", done));
+    try {
+      await new Promise<void>((resolve) => holder.stdout!.once("data", () => resolve()));
+      const refused = cli(...drift);
+      expect(refused.status).toBe(2);
+      expect(refused.json.error.message).toContain(`the event store ${store} is in use by another process (PID ${holder.pid}`);
+    } finally {
+      holder.kill("SIGKILL");
+    }
+    await exited;
+    // With nobody holding it, the killed server's share file is not used either: the file is read.
+    const read = cli(...drift);
+    expect(read.status, read.stderr).toBe(0);
+    expect(read.json.readThrough).toBeNull();
+  }, 120_000);
+
+  it("stores each acknowledged event once when serve is killed (SIGKILL) and started again", async () => {
+    const { cli, drift } = commands();
+    const stored = (cli(...drift).json as { events: number }).events;
+    const events = newEvents(100, 8);
+    const first = await serveCli(ws.dir, config);
+    const posted = await post(first.url, events);
+    expect(posted).toMatchObject({ eventsAdded: 8, skippedDuplicates: 0 });
+    first.child.kill("SIGKILL");
+    await first.exited;
+
+    const second = await serveCli(ws.dir, config);
+    try {
+      // The restarted server loaded them from the store: sent again, they are duplicates.
+      const again = await post(second.url, events);
+      expect(again).toMatchObject({ eventsAdded: 0, skippedDuplicates: 8 });
+      expect((cli(...drift).json as { events: number }).events).toBe(stored + 8);
+    } finally {
+      second.child.kill("SIGINT");
+    }
+    expect(await second.exited).toBe(0);
+    const store = await EventStore.openReadOnly(join(ws.dir, "events.duckdb"));
+    try {
+      const [twice] = await store.query<{ n: bigint }>("SELECT count(*) AS n FROM (SELECT user_key, item_key, ts FROM events GROUP BY ALL HAVING count(*) > 1)");
+      expect(twice.n).toBe(0n);
+      expect((await store.counts()).events).toBe(stored + 8);
+    } finally {
+      store.close();
+    }
+  }, 120_000);
 });
+
+/** The workspace's CLI with the test's config, and the drift analysis the tests run. */
+function commands() {
+  writeFileSync(config, "{}");
+  const cli = (...args: string[]) => runCli(["--workspace", ws.dir, "--config", config, "--json", ...args]);
+  return { cli, drift: ["analyze", "drift", "--min-support", "3"] };
+}
+
+/** An analysis's result without where it was read and where its reports went. */
+function analysis(result: Record<string, unknown>) {
+  const { reports: _reports, readThrough: _readThrough, ...rest } = result;
+  return rest;
+}
+
+/** `count` events the store does not hold (odd milliseconds before the world's end), from `from` on. */
+function newEvents(from: number, count: number) {
+  return Array.from({ length: count }, (_, k) => ({ userId: ws.world.userId(from + k), itemId: ws.world.itemId((from + k) * 7), ts: ws.world.endMs - 60_000 * (from + k + 1) - 7 }));
+}
+
+async function post(url: string, events: readonly object[]): Promise<Record<string, unknown>> {
+  const response = await fetch(`${url}/v1/events`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ events }) });
+  expect(response.status, await response.clone().text()).toBe(200);
+  return (await response.json()) as Record<string, unknown>;
+}

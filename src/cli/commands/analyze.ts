@@ -2,7 +2,20 @@ import type { Command } from "commander";
 import { writeDriftReport } from "../../evaluation/drift-report.js";
 import { analyzeDrift } from "../../mining/drift.js";
 import { BadInputError } from "../../domain/errors.js";
+import { openEventStoreReader } from "../../data/event-store-share.js";
+import type { CommandContext } from "../context.js";
 import { action, positiveInt, timeOption } from "../run.js";
+
+/**
+ * The event store an analysis reads: the database with store.url; else the workspace's file, opened read-only (so
+ * analyses run beside each other), or read through the process that holds it, `freshrec serve`, which answers for it
+ * (../../data/event-store-share.ts).
+ * @returns the store and the PID of the process it is read through (null: no other process).
+ */
+async function openForReading(ctx: CommandContext) {
+  if (ctx.config.store.url !== null) return { store: await ctx.openEventStore(), heldBy: null };
+  return openEventStoreReader(ctx.paths.events);
+}
 
 export function registerAnalyze(program: Command): void {
   const analyze = program.command("analyze").description("analyses of the event store");
@@ -19,7 +32,7 @@ export function registerAnalyze(program: Command): void {
         const opts = command.opts<{ from?: string; to?: string; minSupport?: string; topK?: string }>();
         const minSupport = positiveInt("min-support", opts.minSupport) ?? ctx.config.drift.minSupport;
         const topK = positiveInt("top-k", opts.topK) ?? ctx.config.drift.topK;
-        const store = await ctx.openEventStore();
+        const { store, heldBy } = await openForReading(ctx);
         try {
           const counts = await store.counts();
           if (counts.events === 0) throw new BadInputError(`the event store ${store.location} is empty: run freshrec ingest or freshrec synth first`);
@@ -32,9 +45,11 @@ export function registerAnalyze(program: Command): void {
               ? `drift (${dataset}): mean Jaccard ${drift.meanJaccard.toFixed(3)}, variance ${drift.varianceJaccard.toFixed(3)}, ${drift.pairsCompared} pair-months compared (paper: 0.17)`
               : `drift (${dataset}): nothing to compare: no history pair had ${minSupport} or more novel transitions in two consecutive months (lower --min-support, now ${minSupport}, or use more data)`,
             ...drift.months.map((m) => `  ${m.month}  ${m.meanJaccard.toFixed(3)}  (${m.pairs} pairs)`),
+            `${counts.events} events read${heldBy === null ? "" : ` through freshrec serve (PID ${heldBy}), which holds the event store: every event it has acknowledged included`}`,
             `reports: ${reports.html}, ${reports.md}`,
           ].join("\n");
-          return { json: { ...drift, reports }, text };
+          // events: what the analysis read; readThrough: the process it was read through while that process held the store.
+          return { json: { ...drift, reports, events: counts.events, readThrough: heldBy === null ? null : { pid: heldBy } }, text };
         } finally {
           await store.close();
         }

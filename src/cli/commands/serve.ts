@@ -1,11 +1,13 @@
 /**
  * `freshrec serve [--port N] [--host H] [--schedule]`: the HTTP API over the workspace until Ctrl-C.
  *
- * The server owns the workspace's event store while it runs (DuckDB allows one process per file): `refresh`,
- * `finetune`, `schedule run` and `experiment create|analyze` cannot open it meanwhile. Either run the hybrid schedule
- * inside the server (`--schedule`: the same jobs as `schedule run`, over the server's own store connection), or stop
- * the server for them, or use the admin routes (publish, rollback, review, experiments). Tables and models published
- * or reviewed by other processes (`tables publish`, `review`) are picked up within serve.reloadIntervalMs.
+ * The server owns the workspace's event store while it runs (DuckDB allows one process per file): `ingest`,
+ * `refresh`, `finetune`, `schedule run` and `experiment create|analyze` cannot open it meanwhile. Either run the hybrid
+ * schedule inside the server (`--schedule`: the same jobs as `schedule run`, over the server's own store connection),
+ * or stop the server for them, or use the admin routes (publish, rollback, review, experiments). Read-only commands
+ * (`analyze drift`) read the events through the server, which shares its store for reading
+ * (../../data/event-store-share.ts). Tables and models published or reviewed by other processes (`tables publish`,
+ * `review`) are picked up within serve.reloadIntervalMs.
  *
  * With store.url (a PostgreSQL database) the server holds no lock: events, tables and models come from the database,
  * any number of `serve` processes (on any hosts) run at once, and each follows the live table a publish by any
@@ -14,6 +16,7 @@
  * run` worker), so a second one is refused at start, naming the first.
  */
 import type { Command } from "commander";
+import { EventStoreShare } from "../../data/event-store-share.js";
 import { DAY_MS } from "../../domain/clock.js";
 import { BadInputError, ConfigError } from "../../domain/errors.js";
 import { ModelRegistry } from "../../llm/registry.js";
@@ -97,8 +100,11 @@ export async function startWorkspaceServer(
   const events = storeUrl === null ? await ctx.openEvents() : null;
   const recorded = recordedScheduleStatus(ctx);
   let scheduleParts: RunningSchedule | null = null;
+  let share: EventStoreShare | null = null;
   let server: RunningServer;
   try {
+    // Before anything slow (loading users): a read-only command started meanwhile reads through this process.
+    if (events !== null) share = await EventStoreShare.start(events);
     if (overrides.schedule) scheduleParts = await startSchedule(ctx, events === null ? await openLoop(ctx) : await workspaceLoop(ctx, events));
     const parts = scheduleParts;
     server = await startServer({
@@ -113,11 +119,13 @@ export async function startWorkspaceServer(
   } catch (error) {
     await scheduleParts?.close();
     await recorded.close();
+    await share?.close();
     events?.close();
     throw error;
   }
   let closing: Promise<void> | null = null;
   const parts = scheduleParts;
+  const shared = share;
   return {
     ...server,
     scheduling: parts !== null,
@@ -127,6 +135,7 @@ export async function startWorkspaceServer(
         await parts?.close();
         await server.close();
         await recorded.close();
+        await shared?.close();
         events?.close();
       })()),
   };
@@ -268,7 +277,8 @@ export function registerServe(program: Command): void {
         "  curl localhost:8080/v1/users/u000123/exploration?n=5",
         "",
         "The server holds the event store: run refresh/finetune with --schedule, or while it is stopped, or use the",
-        "admin routes (POST /v1/tables/{v}/publish, /v1/tables/rollback, /v1/models/{v}/approve|reject). API: /openapi.json",
+        "admin routes (POST /v1/tables/{v}/publish, /v1/tables/rollback, /v1/models/{v}/approve|reject). analyze drift",
+        "reads the events through the server meanwhile. API: /openapi.json",
       ].join("\n"),
     )
     .action(
