@@ -54,6 +54,8 @@ export interface MetricsSnapshot {
     readonly catchUpErrors: number;
     readonly eventsApplied: number;
     readonly itemsAdded: number;
+    readonly itemsChanged: number;
+    readonly usersReloaded: number;
   } | null;
   /** The server clock's now (epoch ms), for ages. */
   readonly now?: number;
@@ -166,6 +168,8 @@ export class ServerMetrics {
         ["freshrec_store_catchup_errors_total", "Catch-ups with the store's appends that failed (retried at the next notification or poll).", follow.catchUpErrors],
         ["freshrec_store_events_followed_total", "Events appended to the store (by any process) applied to this replica's histories by following it.", follow.eventsApplied],
         ["freshrec_store_items_followed_total", "Items other processes added to the store that this replica's catalog took.", follow.itemsAdded],
+        ["freshrec_store_items_changed_total", "Items this replica's catalog held that another process moved to another cluster or retitled, taken in place.", follow.itemsChanged],
+        ["freshrec_store_users_reloaded_total", "Users whose histories were read again from the store because an item of their events moved to another cluster.", follow.usersReloaded],
       ];
       for (const [name, help, value] of followCounters) {
         family(name, "counter", help);

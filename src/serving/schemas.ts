@@ -202,6 +202,9 @@ export const storeFollowSchema = z
     eventsApplied: z.number().int().describe("Events appended by other processes (or read again) applied to users' histories since start."),
     itemsAdded: z.number().int(),
     clustersAdded: z.number().int(),
+    itemsChanged: z.number().int().describe("Items this replica's catalog held that an append changed (moved to another cluster, or retitled)."),
+    clustersChanged: z.number().int().describe("Clusters this replica's catalog held whose description an append changed."),
+    usersReloaded: z.number().int().describe("Users read again from the store because an item of their events moved to another cluster."),
   })
   .describe("How this replica follows what other processes append to the shared store (events, items, clusters); null on the embedded workspace.");
 

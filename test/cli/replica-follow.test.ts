@@ -44,7 +44,7 @@ async function explore(replica: number, user: string): Promise<Answer> {
   return body;
 }
 
-async function health(replica: number): Promise<{ storeFollow: { state: string; listening: boolean; disconnects: number; appliedThrough: number; itemsChanged: number } }> {
+async function health(replica: number): Promise<{ storeFollow: { state: string; listening: boolean; disconnects: number; appliedThrough: number; itemsChanged: number; usersReloaded: number } }> {
   return (await (await fetch(`${replicas[replica].url}/healthz`)).json()) as never;
 }
 
@@ -195,7 +195,10 @@ describe("serve replicas follow the shared store's appends", () => {
       );
       expect(answer.history, `replica ${replica}`).toEqual({ c1: p, c2: r });
       expect(answer).not.toEqual(before[replica]);
-      expect((await health(replica)).storeFollow).toMatchObject({ state: "following", itemsChanged: 1 });
+      expect((await health(replica)).storeFollow).toMatchObject({ state: "following", itemsChanged: 1, usersReloaded: 1 });
+      const metrics = await (await fetch(`${replicas[replica].url}/metrics`)).text();
+      expect(metrics).toMatch(/^freshrec_store_items_changed_total 1$/m);
+      expect(metrics).toMatch(/^freshrec_store_users_reloaded_total 1$/m);
     }
     expect(await explore(1, user)).toEqual(await explore(0, user));
   }, 120_000);
