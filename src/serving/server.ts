@@ -11,7 +11,8 @@
  * - a deployment's PostgreSQL database (`storeUrl`, the config's store.url): events, tables and models all come from
  *   it, any number of servers run on it at once, and a publish by any process reaches each of them through the
  *   database (LISTEN/NOTIFY at once, and the poll). The events, items and clusters that other processes append (other
- *   replicas' intake, `freshrec ingest`) reach this server's users and catalog the same way (./store-follower.ts).
+ *   replicas' intake, `freshrec ingest`) reach this server's users and catalog the same way (./store-follower.ts),
+ *   and a change of the catalog rebuilds the grounding index at once (./grounding/live-grounding.ts).
  *   Model files are read under `<workspace>/models`; experiments are kept in the database too.
  * Either way the server follows the table store's live pointer and the registry's live model within `reloadIntervalMs`.
  *
@@ -39,7 +40,7 @@ import { assignArm, type Experiment } from "./experiments/definition.js";
 import { openExperimentLog, type ExperimentLogContract } from "./experiments/log.js";
 import { EXPERIMENTS_CHANNEL } from "./experiments/postgres-log.js";
 import { Explorer } from "./exploration.js";
-import { buildGroundingIndex, CoVisitationPolicy, type GroundingIndex, type ItemPolicy } from "./grounding/index.js";
+import { buildGroundingIndex, CoVisitationPolicy, LiveGrounding, type GroundingIndex, type ItemPolicy } from "./grounding/index.js";
 import { EventIntake } from "./intake.js";
 import { DuckDbIntakeStore, PostgresIntakeStore } from "./intake-store.js";
 import { ServerMetrics } from "./metrics.js";
@@ -183,7 +184,6 @@ export class ServingState {
   experiment: ActiveExperiment | null = null;
   /** Set by startServer on a shared store. */
   storeFollowing: StoreFollowing | null = null;
-  groundingBuiltAt: number;
   readonly startedAt: number;
   private readonly tokenDigest: Buffer | null;
 
@@ -194,7 +194,8 @@ export class ServingState {
     readonly registry: ModelRegistryContract,
     readonly catalog: Catalog,
     readonly users: UserIndex,
-    private readonly groundingHolder: { current: GroundingIndex },
+    /** The grounding index and its rebuilds (periodic, and on a catalog change). */
+    readonly liveGrounding: LiveGrounding,
     readonly explorer: Explorer,
     readonly intake: EventIntake,
     readonly tables: ServingTables,
@@ -204,7 +205,6 @@ export class ServingState {
     readonly metrics: ServerMetrics,
     readonly positiveMin: number | null,
   ) {
-    this.groundingBuiltAt = options.clock.now();
     this.startedAt = options.clock.now();
     const token = options.adminToken ?? null;
     this.tokenDigest = token ? createHash("sha256").update(token).digest() : null;
@@ -278,22 +278,12 @@ export class ServingState {
   }
 
   get grounding(): GroundingIndex {
-    return this.groundingHolder.current;
+    return this.liveGrounding.current;
   }
 
-  async rebuildGrounding(): Promise<void> {
-    const next = await this.queue.run(() => buildGroundingIndex(this.events, this.catalog, this.groundingOptions()));
-    this.groundingHolder.current = next;
-    this.groundingBuiltAt = this.options.clock.now();
-    this.metrics.groundingRebuilds++;
-  }
-
-  groundingOptions() {
-    return {
-      windowDays: this.options.groundingWindowDays ?? SERVE_DEFAULTS.groundingWindowDays,
-      span: this.options.covisitationSpan ?? SERVE_DEFAULTS.covisitationSpan,
-      positiveMin: this.positiveMin,
-    };
+  /** When the grounding index requests read was built (epoch ms, the server clock). */
+  get groundingBuiltAt(): number {
+    return this.liveGrounding.builtAt;
   }
 }
 
@@ -399,11 +389,35 @@ export async function startServer(input: ServeOptions): Promise<RunningServer> {
     const positiveMin = options.positiveMin !== undefined ? options.positiveMin : recorded === null ? null : Number(recorded);
     const catalog = await Catalog.load(events);
     const users = await UserIndex.load(pgEvents ?? events, catalog, { positiveMin, recentItems: options.recentItems ?? SERVE_DEFAULTS.recentItems });
-    const grounding = await buildGroundingIndex(events, catalog, {
+    const groundingOptions = {
       windowDays: options.groundingWindowDays ?? SERVE_DEFAULTS.groundingWindowDays,
       span: options.covisitationSpan ?? SERVE_DEFAULTS.covisitationSpan,
       positiveMin,
+    };
+    const groundEvents = events;
+    // The DuckDB store has one connection, which the queue hands out; a PostgreSQL store reads on a pool of its own, so
+    // a rebuild there (after each catalog change a follower applies) does not hold up intake meanwhile.
+    const buildGrounding = () =>
+      groundEvents instanceof PostgresEventStore ? buildGroundingIndex(groundEvents, catalog, groundingOptions) : queue.run(() => buildGroundingIndex(groundEvents, catalog, groundingOptions));
+    // The grounding index is swapped whole on rebuild; readers go through `grounding.current`.
+    const grounding = new LiveGrounding(await buildGrounding(), buildGrounding, {
+      now: () => options.clock.now(),
+      onRebuilt: () => metrics.groundingRebuilds++,
     });
+    opened.push(() => grounding.close());
+    let app: FastifyInstance | null = null;
+    /** Rebuilds in the background: on a catalog change, every serve.groundingRebuildMinutes, and at a poll while stale. */
+    const rebuildGrounding = (why: "catalog-change" | "period" | "stale") => {
+      const rebuilt = why === "catalog-change" ? grounding.catalogChanged() : why === "stale" ? grounding.rebuildIfStale() : grounding.rebuild();
+      rebuilt.catch((error) =>
+        app?.log.error(
+          { err: error, why },
+          why === "period"
+            ? "rebuilding the grounding index failed; the previous one keeps serving"
+            : "rebuilding the grounding index after a catalog change failed; the previous one keeps serving (items moved or added since are grounded as before them) until the next poll retries",
+        ),
+      );
+    };
     // Small pages: a table loads in slices between requests (see table-loader.ts), and less garbage is alive at once.
     const tableStore: TableStoreContract =
       storeUrl !== null
@@ -416,7 +430,6 @@ export async function startServer(input: ServeOptions): Promise<RunningServer> {
     opened.push(() => registry.close());
     const experiments = await openExperimentLog(events);
 
-    let app: FastifyInstance | null = null;
     const tables = new ServingTables(tableStore, registry, {
       rowsPerSlice: 500,
       now: () => options.clock.now(),
@@ -446,6 +459,9 @@ export async function startServer(input: ServeOptions): Promise<RunningServer> {
           if (applied.trigger === "reconnect" || applied.trigger === "start") app?.log.info(entry, "caught up with the store's appends");
           else app?.log.debug(entry, "applied the store's appends");
         },
+        // The grounding index files items under the catalog's clusters: it catches up with a move or a new item now,
+        // not at the next periodic rebuild.
+        onCatalogChange: () => rebuildGrounding("catalog-change"),
         onError: (error, trigger) =>
           app?.log.error({ err: error, trigger, appliedThrough: follower?.status().appliedThrough }, "following the store's appends failed; histories stay as they are until the next notification or poll retries"),
       });
@@ -480,10 +496,8 @@ export async function startServer(input: ServeOptions): Promise<RunningServer> {
       // What was appended between the read of the users and the start of listening.
       await follower.catchUp("start");
     }
-    // The grounding index is swapped whole on rebuild; readers go through this holder.
-    const holder = { current: grounding };
-    const policy = (options.itemPolicy ?? ((g) => new CoVisitationPolicy(g)))(() => holder.current);
-    const explorer = new Explorer(catalog, users, () => holder.current, policy);
+    const policy = (options.itemPolicy ?? ((g) => new CoVisitationPolicy(g)))(() => grounding.current);
+    const explorer = new Explorer(catalog, users, () => grounding.current, policy);
     const intake = new EventIntake({
       intakeStore: pgEvents ? new PostgresIntakeStore(pgEvents, catalog) : new DuckDbIntakeStore(duckEvents!, catalog),
       catalog,
@@ -503,7 +517,7 @@ export async function startServer(input: ServeOptions): Promise<RunningServer> {
         return n;
       },
     });
-    const serving = new ServingState(options, events, tableStore, registry, catalog, users, holder, explorer, intake, tables, experiments, queue, metrics, positiveMin);
+    const serving = new ServingState(options, events, tableStore, registry, catalog, users, grounding, explorer, intake, tables, experiments, queue, metrics, positiveMin);
     state = serving;
     if (follower && listener) {
       const [following, heard] = [follower, listener];
@@ -549,6 +563,7 @@ export async function startServer(input: ServeOptions): Promise<RunningServer> {
         // A shared store's experiments change from other processes too; the workspace's only through this server.
         if (storeUrl !== null) followExperiment();
         void follower?.catchUp("poll");
+        rebuildGrounding("stale");
       }, options.reloadIntervalMs ?? SERVE_DEFAULTS.reloadIntervalMs),
     );
     timers.push(
@@ -559,7 +574,7 @@ export async function startServer(input: ServeOptions): Promise<RunningServer> {
     timers.push(
       setInterval(
         () => {
-          serving.rebuildGrounding().catch((error) => app?.log.error({ err: error }, "rebuilding the grounding index failed; the previous one keeps serving"));
+          rebuildGrounding("period");
         },
         (options.groundingRebuildMinutes ?? SERVE_DEFAULTS.groundingRebuildMinutes) * 60_000,
       ),

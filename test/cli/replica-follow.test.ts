@@ -3,13 +3,15 @@
  * database (a throwaway cluster), each holding the users' histories and the catalog in memory. What another process
  * appends reaches both without a restart: events posted to one replica change the other's answer for that user,
  * `freshrec ingest` of a file (a new item and events on it) changes both replicas' answers and catalogs, an ingest
- * that moves an item to another cluster changes the answers of a user who had the item, and a replica
+ * that moves an item to another cluster changes the answers of a user who had the item and the items each cluster is
+ * grounded into (the new item, the moved one under its new cluster and no longer under its old), and a replica
  * whose listening connection was cut (pg_terminate_backend, and no new connection allowed meanwhile) says so in
  * /healthz and /metrics and catches up with what was appended while it could not hear, once it reconnects.
  *
  * The replicas poll the store once an hour here, so only the notifications and the catch-up on reconnection can make
  * these tests pass within their time (each waits by asking again, bounded by the test's timeout, never a time it
- * asserts).
+ * asserts). Likewise the grounding index is rebuilt once a day here: only a rebuild on the catalog change grounds a new
+ * or moved item within a test.
  */
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -46,6 +48,28 @@ async function explore(replica: number, user: string): Promise<Answer> {
 
 async function health(replica: number): Promise<{ storeFollow: { state: string; listening: boolean; disconnects: number; appliedThrough: number; itemsChanged: number; usersReloaded: number } }> {
   return (await (await fetch(`${replicas[replica].url}/healthz`)).json()) as never;
+}
+
+/**
+ * The items a replica grounds each cluster into, for a user it has never seen: the cold-start answer names every
+ * cluster, and with no recent items every item of a cluster (up to 100) comes from its popularity ranking.
+ */
+async function groundedItems(replica: number): Promise<Map<string, string[]>> {
+  const res = await fetch(`${replicas[replica].url}/v1/users/follow-nobody/exploration?n=50&items=100`);
+  expect(res.status).toBe(200);
+  const body = (await res.json()) as Answer;
+  expect(body.recommendations.length).toBe(ws.clusters.length);
+  return new Map(body.recommendations.map((r) => [r.cluster, r.items.map((i) => i.itemId)]));
+}
+
+/** Whether `item` is grounded under `cluster` and under no other. */
+function groundedUnder(grounded: Map<string, string[]>, item: string, cluster: string): boolean {
+  return [...grounded].every(([c, items]) => items.includes(item) === (c === cluster));
+}
+
+async function groundingRebuilds(replica: number): Promise<number> {
+  const metrics = await (await fetch(`${replicas[replica].url}/metrics`)).text();
+  return Number(/^freshrec_grounding_rebuilds_total (\d+)$/m.exec(metrics)![1]);
 }
 
 /** Asks until `done` holds of the answer, at most a minute (the test's timeout bounds it; no time is asserted). */
@@ -96,7 +120,7 @@ beforeAll(async () => {
   root = mkdtempSync(join(tmpdir(), "freshrec-follow-"));
   config = join(root, "freshrec.config.json");
   // An hour between polls: what reaches a replica within a test comes through the notifications or a reconnection.
-  writeFileSync(config, JSON.stringify({ store: { url }, serve: { reloadIntervalMs: 3_600_000 } }));
+  writeFileSync(config, JSON.stringify({ store: { url }, serve: { reloadIntervalMs: 3_600_000, groundingRebuildMinutes: 1440 } }));
   replicas = [await serveCli(join(root, "host-a"), config), await serveCli(join(root, "host-b"), config)];
   db = new pg.Client({ connectionString: url });
   await db.connect();
@@ -151,6 +175,12 @@ describe("serve replicas follow the shared store's appends", () => {
       expect(answer.history, `replica ${replica}`).toEqual({ c1: history.c2, c2: next });
       // The item reached the catalog too: it is the user's, so never recommended to them again.
       expect(answer.recommendations.flatMap((r) => r.items.map((i) => i.itemId))).not.toContain("followed-new-item");
+      // And the grounding: recommended under its cluster to a user who has not seen it.
+      const grounded = await eventually(
+        () => groundedItems(replica),
+        (g) => groundedUnder(g, "followed-new-item", next),
+      );
+      expect(grounded.get(next), `replica ${replica}`).toContain("followed-new-item");
     }
     expect(await explore(1, user)).toEqual(await explore(0, user));
     // And each replica's intake takes the new item (a catalog read at start would refuse it: 400, not in the catalog).
@@ -182,7 +212,13 @@ describe("serve replicas follow the shared store's appends", () => {
         ),
       );
       expect(before[replica].history, `replica ${replica}`).toEqual({ c1: p, c2: q });
+      const grounded = await eventually(
+        () => groundedItems(replica),
+        (g) => groundedUnder(g, "followed-moving-item", q),
+      );
+      expect(grounded.get(q), `replica ${replica}`).toContain("followed-moving-item");
     }
+    const rebuildsBefore = [await groundingRebuilds(0), await groundingRebuilds(1)];
 
     // The same item, now in r: the user's latest event (and every event of the item) is in r.
     writeFileSync(items, `item_id,cluster_id,title\nfollowed-moving-item,${r},An item that moves\n`);
@@ -199,6 +235,15 @@ describe("serve replicas follow the shared store's appends", () => {
       const metrics = await (await fetch(`${replicas[replica].url}/metrics`)).text();
       expect(metrics).toMatch(/^freshrec_store_items_changed_total 1$/m);
       expect(metrics).toMatch(/^freshrec_store_users_reloaded_total 1$/m);
+      // Grounded under its new cluster, no longer under its old one: the move rebuilt the grounding index, without
+      // waiting for the periodic rebuild.
+      const grounded = await eventually(
+        () => groundedItems(replica),
+        (g) => groundedUnder(g, "followed-moving-item", r),
+      );
+      expect(grounded.get(r), `replica ${replica}`).toContain("followed-moving-item");
+      expect(grounded.get(q), `replica ${replica}`).not.toContain("followed-moving-item");
+      expect(await groundingRebuilds(replica)).toBeGreaterThan(rebuildsBefore[replica]);
     }
     expect(await explore(1, user)).toEqual(await explore(0, user));
   }, 120_000);

@@ -2,3 +2,4 @@
 export * from "./contract.js";
 export * from "./grounding-index.js";
 export * from "./policies.js";
+export * from "./live-grounding.js";
