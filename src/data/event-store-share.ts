@@ -7,8 +7,11 @@
  * holder has committed, every event intake acknowledged included, as the holder's own queries do; nothing is copied
  * and nothing waits to be folded in.
  *
+ * - The holders are the commands that hold the store for their whole life, `freshrec serve` and the `freshrec schedule
+ *   run` worker; each shares it through `EventStoreShare.startFor` as soon as it has opened the store, and closes the
+ *   share before the store.
  * - The holder (`EventStoreShare.start`) listens on loopback only, on a free port, and writes `<store>.share` (JSON:
- *   its PID, the port and a random token) with mode 0600: whoever can read that file is the workspace's owner, who
+ *   its PID, the command it runs, the port and a random token) with mode 0600: whoever can read that file is the workspace's owner, who
  *   can open the store's file anyway. Each request carries the token; each statement runs on a connection of its own
  *   and must be exactly one SELECT (DuckDB's own parse says so), so a reader cannot write through the share.
  * - A reader (`openEventStoreReader`) opens the file read-only when no process holds it to write (readers run beside
@@ -19,8 +22,8 @@
  *   holder's writers are never blocked by a reader (DuckDB reads a snapshot).
  *
  * @example
- * const share = await EventStoreShare.start(store); // in the holder (freshrec serve)
- * const { store, heldBy } = await openEventStoreReader(".freshrec/events.duckdb"); // in a reader
+ * const share = await EventStoreShare.startFor(store, "freshrec serve"); // in the holder
+ * const { store, heldBy, holder } = await openEventStoreReader(".freshrec/events.duckdb"); // in a reader
  * await share.close();
  */
 import { randomBytes, timingSafeEqual } from "node:crypto";
@@ -54,6 +57,8 @@ export function shareFilePath(storePath: string): string {
 /** What the share file holds. */
 interface ShareFile {
   readonly pid: number;
+  /** The command the holder runs ("freshrec serve"), for a reader to say what it read through. */
+  readonly holder?: string;
   readonly port: number;
   readonly token: string;
 }
@@ -90,8 +95,17 @@ export class EventStoreShare {
     private readonly file: string,
   ) {}
 
-  /** Starts sharing `store` (a file, not ":memory:") and writes its share file. */
-  static async start(store: EventStore): Promise<EventStoreShare> {
+  /**
+   * Shares the event store a command holds for its whole life (`holder`: "freshrec serve", "freshrec schedule run")
+   * when no other process could read it meanwhile: a DuckDB file. Null for any other store (PostgreSQL: every process
+   * opens it itself; an in-memory one: nobody else can). Close the share before the store.
+   */
+  static async startFor(store: EventStoreContract, holder: string): Promise<EventStoreShare | null> {
+    return store instanceof EventStore && store.path !== ":memory:" ? EventStoreShare.start(store, holder) : null;
+  }
+
+  /** Starts sharing `store` (a file, not ":memory:") and writes its share file, naming the command this process runs. */
+  static async start(store: EventStore, holder?: string): Promise<EventStoreShare> {
     const token = randomBytes(32).toString("hex");
     const expected = Buffer.from(`Bearer ${token}`);
     let share: EventStoreShare | null = null;
@@ -112,7 +126,7 @@ export class EventStoreShare {
       server.listen(0, "127.0.0.1", () => resolve());
     });
     share = new EventStoreShare(server, shareFilePath(store.path));
-    const content: ShareFile = { pid: process.pid, port: (server.address() as AddressInfo).port, token };
+    const content: ShareFile = { pid: process.pid, ...(holder === undefined ? {} : { holder }), port: (server.address() as AddressInfo).port, token };
     // Written whole under another name, then renamed: a reader never reads half a file.
     const temporary = `${share.file}.${process.pid}`;
     try {
@@ -187,6 +201,8 @@ export class SharedEventStore implements EventStoreContract {
     readonly location: string,
     /** The process that holds the store and answers its reads. */
     readonly holderPid: number,
+    /** The command that process runs, as its share file names it (null: it does not say). */
+    readonly holder: string | null,
     private readonly url: string,
     private readonly token: string,
   ) {}
@@ -195,7 +211,7 @@ export class SharedEventStore implements EventStoreContract {
   static connect(path: string, holderPid: number): SharedEventStore | null {
     const share = readShareFile(shareFilePath(path));
     if (share === null || share.pid !== holderPid) return null;
-    return new SharedEventStore(path, holderPid, `http://127.0.0.1:${share.port}/`, share.token);
+    return new SharedEventStore(path, holderPid, share.holder ?? null, `http://127.0.0.1:${share.port}/`, share.token);
   }
 
   close(): void {}
@@ -238,7 +254,7 @@ export class SharedEventStore implements EventStoreContract {
   }
 
   append(): Promise<AppendResult> {
-    return Promise.reject(new FreshrecError("BAD_INPUT", `the event store ${this.location} is read here through the process that holds it (PID ${this.holderPid}): appends go to that process`));
+    return Promise.reject(new FreshrecError("BAD_INPUT", `the event store ${this.location} is read here through ${this.holder ?? "the process that holds it"} (PID ${this.holderPid}): appends go to that process`));
   }
 
   async checkIdentity(identity: Readonly<Record<string, string>>): Promise<void> {
@@ -246,7 +262,7 @@ export class SharedEventStore implements EventStoreContract {
   }
 
   private async read(request: ShareRequest): Promise<ShareAnswer> {
-    const holder = `through the process that holds it (PID ${this.holderPid})`;
+    const holder = `through ${this.holder ?? "the process that holds it"} (PID ${this.holderPid})`;
     let response: Response;
     try {
       response = await fetch(this.url, { method: "POST", headers: { authorization: `Bearer ${this.token}`, "content-type": "application/json" }, body: JSON.stringify(request) });
@@ -265,18 +281,19 @@ export class SharedEventStore implements EventStoreContract {
 
 /**
  * The event store at `path` for a command that only reads it: opened read-only, or, while a process that shares it
- * (freshrec serve) holds it, read through that process.
- * @returns the store and the PID of the process it is read through (null: the file itself).
+ * (freshrec serve, a freshrec schedule run worker) holds it, read through that process.
+ * @returns the store, the PID of the process it is read through and the command that process runs (null: the file
+ * itself; a holder null when the share file does not name it).
  * @throws EventStoreBusyError when a process that does not share the store holds it; BadInputError when there is none.
  */
-export async function openEventStoreReader(path: string): Promise<{ store: EventStoreContract; heldBy: number | null }> {
+export async function openEventStoreReader(path: string): Promise<{ store: EventStoreContract; heldBy: number | null; holder: string | null }> {
   try {
-    return { store: await EventStore.openReadOnly(path), heldBy: null };
+    return { store: await EventStore.openReadOnly(path), heldBy: null, holder: null };
   } catch (error) {
     if (!(error instanceof EventStoreBusyError)) throw error;
     const shared = SharedEventStore.connect(path, error.holderPid);
     if (shared === null) throw error;
-    return { store: shared, heldBy: error.holderPid };
+    return { store: shared, heldBy: error.holderPid, holder: shared.holder };
   }
 }
 
@@ -289,6 +306,7 @@ function readShareFile(file: string): ShareFile | null {
   }
   try {
     const parsed = JSON.parse(text) as Partial<ShareFile>;
+    if (parsed.holder !== undefined && typeof parsed.holder !== "string") return null;
     return typeof parsed.pid === "number" && typeof parsed.port === "number" && typeof parsed.token === "string" ? (parsed as ShareFile) : null;
   } catch {
     return null;

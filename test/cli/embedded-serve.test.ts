@@ -63,7 +63,7 @@ describe("the embedded workspace while freshrec serve runs", () => {
     try {
       const beside = cli(...drift);
       expect(beside.status, beside.stderr).toBe(0);
-      expect(beside.json.readThrough).toEqual({ pid: server.child.pid });
+      expect(beside.json.readThrough).toEqual({ pid: server.child.pid, command: "freshrec serve" });
       expect(analysis(beside.json)).toEqual(analysis(before.json));
       const text = runCli(["--workspace", ws.dir, "--config", config, ...drift]);
       expect(text.status, text.stderr).toBe(0);

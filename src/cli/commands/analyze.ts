@@ -8,12 +8,12 @@ import { action, positiveInt, timeOption } from "../run.js";
 
 /**
  * The event store an analysis reads: the database with store.url; else the workspace's file, opened read-only (so
- * analyses run beside each other), or read through the process that holds it, `freshrec serve`, which answers for it
- * (../../data/event-store-share.ts).
- * @returns the store and the PID of the process it is read through (null: no other process).
+ * analyses run beside each other), or read through the process that holds it, `freshrec serve` or a `freshrec schedule
+ * run` worker, which answers for it (../../data/event-store-share.ts).
+ * @returns the store, the PID of the process it is read through (null: no other process) and the command it runs.
  */
 async function openForReading(ctx: CommandContext) {
-  if (ctx.config.store.url !== null) return { store: await ctx.openEventStore(), heldBy: null };
+  if (ctx.config.store.url !== null) return { store: await ctx.openEventStore(), heldBy: null, holder: null };
   return openEventStoreReader(ctx.paths.events);
 }
 
@@ -32,7 +32,7 @@ export function registerAnalyze(program: Command): void {
         const opts = command.opts<{ from?: string; to?: string; minSupport?: string; topK?: string }>();
         const minSupport = positiveInt("min-support", opts.minSupport) ?? ctx.config.drift.minSupport;
         const topK = positiveInt("top-k", opts.topK) ?? ctx.config.drift.topK;
-        const { store, heldBy } = await openForReading(ctx);
+        const { store, heldBy, holder } = await openForReading(ctx);
         try {
           const counts = await store.counts();
           if (counts.events === 0) throw new BadInputError(`the event store ${store.location} is empty: run freshrec ingest or freshrec synth first`);
@@ -45,11 +45,12 @@ export function registerAnalyze(program: Command): void {
               ? `drift (${dataset}): mean Jaccard ${drift.meanJaccard.toFixed(3)}, variance ${drift.varianceJaccard.toFixed(3)}, ${drift.pairsCompared} pair-months compared (paper: 0.17)`
               : `drift (${dataset}): nothing to compare: no history pair had ${minSupport} or more novel transitions in two consecutive months (lower --min-support, now ${minSupport}, or use more data)`,
             ...drift.months.map((m) => `  ${m.month}  ${m.meanJaccard.toFixed(3)}  (${m.pairs} pairs)`),
-            `${counts.events} events read${heldBy === null ? "" : ` through freshrec serve (PID ${heldBy}), which holds the event store: every event it has acknowledged included`}`,
+            `${counts.events} events read${heldBy === null ? "" : ` through ${holder ?? "the process"} (PID ${heldBy}), which holds the event store: everything it has committed included`}`,
             `reports: ${reports.html}, ${reports.md}`,
           ].join("\n");
-          // events: what the analysis read; readThrough: the process it was read through while that process held the store.
-          return { json: { ...drift, reports, events: counts.events, readThrough: heldBy === null ? null : { pid: heldBy } }, text };
+          // events: what the analysis read; readThrough: the process it was read through while that process held the store
+          // (command: what it runs, "freshrec serve" or "freshrec schedule run").
+          return { json: { ...drift, reports, events: counts.events, readThrough: heldBy === null ? null : { pid: heldBy, command: holder } }, text };
         } finally {
           await store.close();
         }

@@ -1,6 +1,10 @@
 /**
  * `refresh` (one RAG refresh now) and `schedule run|status|pause|resume` (the two jobs on their cadences, live or
  * simulated on a virtual clock over past data).
+ *
+ * The `schedule run` worker holds the workspace's event store for its whole life (DuckDB opens a file in one process
+ * at a time), so it shares it for reading as `freshrec serve` does: `analyze drift` beside it reads the events
+ * through it (../../data/event-store-share.ts); commands that write the events are refused, naming it.
  */
 import type { Command } from "commander";
 import { DAY_MS, VirtualClock } from "../../domain/clock.js";
@@ -17,6 +21,7 @@ import {
   type RunRecord,
   type ScheduleStatus,
 } from "../../update/schedule/index.js";
+import { EventStoreShare } from "../../data/event-store-share.js";
 import { redactedUrl } from "../../data/postgres-pool.js";
 import type { FreshrecConfig } from "../config.js";
 import type { CommandContext } from "../context.js";
@@ -223,7 +228,10 @@ async function runSchedule(ctx: CommandContext, opts: { simulate?: boolean; from
     );
   }
   const open = await openLoop(ctx);
+  let share: EventStoreShare | null = null;
   try {
+    // Before anything slow: a read-only command started meanwhile reads through this process.
+    share = await EventStoreShare.startFor(open.events, opts.simulate ? "freshrec schedule run --simulate" : "freshrec schedule run");
     if (!(await open.registry.live())) throw new BadInputError("no live model: run freshrec pretrain first");
     const jobs = jobsOf(open, ctx.config);
     const lines: string[] = [];
@@ -274,6 +282,7 @@ async function runSchedule(ctx: CommandContext, opts: { simulate?: boolean; from
       await store.close();
     }
   } finally {
+    await share?.close();
     await open.close();
   }
 }

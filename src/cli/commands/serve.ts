@@ -104,7 +104,7 @@ export async function startWorkspaceServer(
   let server: RunningServer;
   try {
     // Before anything slow (loading users): a read-only command started meanwhile reads through this process.
-    if (events !== null) share = await EventStoreShare.start(events);
+    if (events !== null) share = await EventStoreShare.startFor(events, "freshrec serve");
     if (overrides.schedule) scheduleParts = await startSchedule(ctx, events === null ? await openLoop(ctx) : await workspaceLoop(ctx, events));
     const parts = scheduleParts;
     server = await startServer({
