@@ -594,6 +594,8 @@ export async function startServer(input: ServeOptions): Promise<RunningServer> {
           // No reload may start once the stores begin to close.
           await listener?.close();
           await follower?.close();
+          // A rebuild running now ends before the event store closes; none starts after.
+          await grounding.close();
           await app!.close();
           await tables.settle();
           await queue.idle();
