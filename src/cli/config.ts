@@ -25,6 +25,11 @@ import { DEFAULT_FINETUNE_CADENCE, DEFAULT_REFRESH_CADENCE } from "../update/sch
 import { SCHEDULER_DEFAULTS } from "../update/schedule/scheduler.js";
 
 const positiveInt = () => z.number().int().positive();
+/** Node's timers take at most 2^31 - 1 ms; a longer delay is not refused but fires after 1 ms, over and over. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+/** A period the server waits on a timer, in milliseconds or minutes. */
+const timerMs = () => positiveInt().max(MAX_TIMER_MS, `at most ${MAX_TIMER_MS} ms (about 24.8 days), the longest a timer can wait`);
+const timerMinutes = () => positiveInt().max(Math.floor(MAX_TIMER_MS / 60_000), `at most ${Math.floor(MAX_TIMER_MS / 60_000)} minutes (about 24.8 days), the longest a timer can wait`);
 
 export const configSchema = z
   .object({
@@ -281,7 +286,7 @@ export const configSchema = z
               .object({
                 enabled: z.boolean().default(false).describe("Send table builds through the OpenAI Batch API (/v1/batches): half the price on OpenAI, answers within 24 h instead of at once."),
                 minPrompts: positiveInt().default(OPENAI_DEFAULTS.batch.minPrompts).describe("Calls with fewer distinct uncached prompts than this go as ordinary requests (small incremental refreshes, gates with few test histories)."),
-                pollIntervalMs: positiveInt().default(OPENAI_DEFAULTS.batch.pollIntervalMs).describe("How often a running batch is polled."),
+                pollIntervalMs: timerMs().default(OPENAI_DEFAULTS.batch.pollIntervalMs).describe("How often a running batch is polled."),
                 maxRequestsPerBatch: z.number().int().min(1).max(50_000).default(OPENAI_DEFAULTS.batch.maxRequestsPerBatch).describe("Requests per batch file (OpenAI's limit is 50,000 and 200 MB); larger builds are split into several batches."),
                 priceFactor: z.number().min(0).max(1).default(OPENAI_DEFAULTS.batch.priceFactor).describe("Batch price relative to llm.openai.*PricePerMTok, for the dry-run cost estimate (OpenAI: 0.5)."),
               })
@@ -339,13 +344,13 @@ export const configSchema = z
           .enum(["reject", "skip"])
           .default(SERVE_DEFAULTS.unknownItems)
           .describe("Events naming an item that is not in the catalog: reject the whole batch with 400 (naming the index), or skip those events and count them."),
-        reloadIntervalMs: positiveInt().default(SERVE_DEFAULTS.reloadIntervalMs).describe("How often the server looks at the table store's live pointer and the model registry, and on store.url at the events, items and clusters other processes appended (a publish or an append by another process shows within this when its notification is lost)."),
+        reloadIntervalMs: timerMs().default(SERVE_DEFAULTS.reloadIntervalMs).describe("How often the server looks at the table store's live pointer and the model registry, and on store.url at the events, items and clusters other processes appended (a publish or an append by another process shows within this when its notification is lost)."),
         defaultN: positiveInt().max(50).default(SERVE_DEFAULTS.defaultN).describe("Exploration clusters returned when a request has no n."),
         maxN: positiveInt().max(50).default(SERVE_DEFAULTS.maxN).describe("Largest n a request may ask for."),
         itemsPerCluster: positiveInt().max(100).default(SERVE_DEFAULTS.itemsPerCluster).describe("Items grounded into each recommended cluster."),
         logLevel: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default(SERVE_DEFAULTS.logLevel).describe("Level of the server's structured (pino) logs on stderr."),
         groundingWindowDays: positiveInt().default(SERVE_DEFAULTS.groundingWindowDays).describe("Days of recent events the item grounding (co-visitation, popularity) and the cold-start answer are computed from."),
-        groundingRebuildMinutes: positiveInt().default(SERVE_DEFAULTS.groundingRebuildMinutes).describe("How often the grounding index is rebuilt from the event store."),
+        groundingRebuildMinutes: timerMinutes().default(SERVE_DEFAULTS.groundingRebuildMinutes).describe("How often the grounding index is rebuilt from the event store."),
         covisitationSpan: positiveInt().max(50).default(SERVE_DEFAULTS.covisitationSpan).describe("Two positive events of one user at most this many positive events apart count as a co-visit."),
         recentItems: positiveInt().max(100).default(SERVE_DEFAULTS.recentItems).describe("The user's most recent positively engaged items that co-visitation starts from."),
       })
@@ -359,7 +364,7 @@ export const configSchema = z
         refreshDays: positiveInt().default(EXPERIMENT_DEFAULTS.refreshDays).describe("Days between the treatment's RAG refreshes in `experiment simulate`."),
         users: positiveInt().nullable().default(null).describe("Simulated users of `experiment simulate` (the first N of the synthetic platform). null = all."),
         resamples: positiveInt().default(EXPERIMENT_DEFAULTS.resamples).describe("Bootstrap resamples (over users) behind the 95% confidence intervals."),
-        flushIntervalMs: positiveInt().default(EXPERIMENT_DEFAULTS.flushIntervalMs).describe("How often the server writes buffered exposures to the event store."),
+        flushIntervalMs: timerMs().default(EXPERIMENT_DEFAULTS.flushIntervalMs).describe("How often the server writes buffered exposures to the event store."),
       })
       .strict()
       .prefault({}),

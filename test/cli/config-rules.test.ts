@@ -17,4 +17,10 @@ describe("config rules across sections", () => {
     expect(() => parseConfig(file, "f.json")).toThrow(/f\.json: field "rag\.fusion\.windowsDays": got \[3,7,14\]; expected a window that holds the longest fit slice \(fitMaxDays 28\); the longest is 14 days/);
     expect(parseConfig({ rag: { fusion: { windowsDays: [3, 7, 14], fitMaxDays: 14 } } }).rag.fusion.windowsDays).toEqual([3, 7, 14]);
   });
+
+  it("refuses a server period longer than a timer can wait (Node would fire it every millisecond instead)", () => {
+    expect(() => parseConfig({ serve: { groundingRebuildMinutes: 40_000 } }, "f.json")).toThrow(/f\.json: field "serve\.groundingRebuildMinutes": .*at most 35791 minutes/);
+    expect(() => parseConfig({ serve: { reloadIntervalMs: 2 ** 31 } }, "f.json")).toThrow(/field "serve\.reloadIntervalMs": .*at most 2147483647 ms/);
+    expect(parseConfig({ serve: { groundingRebuildMinutes: 35_791, reloadIntervalMs: 2 ** 31 - 1 } }).serve.groundingRebuildMinutes).toBe(35_791);
+  });
 });
