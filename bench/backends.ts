@@ -32,6 +32,8 @@ import type { Cluster } from "../src/domain/types.js";
 import { EmbeddedLanguageModel } from "../src/llm/backends/embedded.js";
 import { GgufLanguageModel } from "../src/llm/backends/gguf.js";
 import { OpenAiLanguageModel, type RankingMethod } from "../src/llm/backends/openai.js";
+import { sqliteResponseCache } from "../src/llm/backends/response-cache.js";
+import { SystemClock } from "../src/domain/clock.js";
 import type { LanguageModel, PromptInput, TrainingSample } from "../src/llm/contracts.js";
 import { EmbeddedTrainer } from "../src/llm/engine/trainer.js";
 import { startLlmServer } from "../src/llm/openai-server.js";
@@ -84,7 +86,7 @@ export async function run(): Promise<BenchSuiteResult> {
   const server = await startLlmServer({ modelPath: trained.modelPath, modelName: "bench", dataDir: join(dir, "server"), port: 0, logLevel: "silent" });
   // llm serve takes no key: declared keyless, as a config for it says.
   const remoteOptions = (ranking: RankingMethod, cachePath: string) =>
-    ({ baseURL: `${server.url}/v1`, model: "bench", clusters: cs, concurrency: 4, cachePath, maxRetries: 0, apiKeyEnv: null, ranking }) as const;
+    ({ baseURL: `${server.url}/v1`, model: "bench", clusters: cs, concurrency: 4, openCache: sqliteResponseCache(cachePath, new SystemClock()), maxRetries: 0, apiKeyEnv: null, ranking }) as const;
   const firstToken = await OpenAiLanguageModel.open(remoteOptions("first-token", join(dir, "llm-cache-first-token.sqlite")));
   const openaiRate = await build(firstToken, pairs);
   await firstToken.close();

@@ -17,6 +17,8 @@ import { readModelFile } from "../../src/llm/engine/model-file.js";
 import { BatchScorer } from "../../src/llm/engine/scorer.js";
 import { BOS_ID, BYTE_BASE, EOS_ID } from "../../src/llm/engine/vocabulary.js";
 import { renderPrompt } from "../../src/llm/prompt.js";
+import { sqliteResponseCache } from "../../src/llm/backends/response-cache.js";
+import { SystemClock } from "../../src/domain/clock.js";
 
 const ws = tempWorkspace("freshrec-openai-");
 let serverPromise: Promise<RunningLlmServer> | null = null;
@@ -25,10 +27,12 @@ function llmServer(): Promise<RunningLlmServer> {
   serverPromise ??= trainTinyModel(ws).then((modelPath) => startLlmServer({ modelPath, modelName: "tiny", dataDir: join(ws, "llm-server"), port: 0, logStream: silentLog }));
   return serverPromise;
 }
-async function openModel(extra: Partial<OpenAiModelOptions> = {}): Promise<OpenAiLanguageModel> {
+/** `cachePath`: the response cache in that SQLite file. */
+async function openModel({ cachePath, ...extra }: Partial<OpenAiModelOptions> & { cachePath?: string } = {}): Promise<OpenAiLanguageModel> {
   const server = await llmServer();
+  const openCache = cachePath === undefined ? undefined : sqliteResponseCache(cachePath, new SystemClock());
   // freshrec llm serve takes no API key: declared keyless (apiKeyEnv null), as a config for it would say.
-  return OpenAiLanguageModel.open({ baseURL: `${server.url}/v1`, model: "tiny", clusters: CLUSTERS, maxRetries: 0, apiKeyEnv: null, ...extra });
+  return OpenAiLanguageModel.open({ baseURL: `${server.url}/v1`, model: "tiny", clusters: CLUSTERS, maxRetries: 0, apiKeyEnv: null, openCache, ...extra });
 }
 afterAll(async () => {
   await (await serverPromise)?.close();

@@ -16,7 +16,7 @@
  * const model = await backend.openModel(registry.live()?.filePath ?? null);
  */
 import { join } from "node:path";
-import type { Clock } from "../../domain/clock.js";
+import { SystemClock, type Clock } from "../../domain/clock.js";
 import { FreshrecError } from "../../domain/errors.js";
 import type { Cluster } from "../../domain/types.js";
 import type { LanguageModel, Trainer } from "../contracts.js";
@@ -26,7 +26,7 @@ import { EmbeddedLanguageModel } from "./embedded.js";
 import { GgufLanguageModel } from "./gguf.js";
 import { type AnswerMode, type EchoTemplate, OpenAiLanguageModel, type RankingOption, readHostedModelFile } from "./openai.js";
 import { OpenAiTrainer } from "./openai-trainer.js";
-import type { ResponseCacheOpener } from "./response-cache.js";
+import { sqliteResponseCache, type ResponseCacheOpener } from "./response-cache.js";
 
 export { EmbeddedLanguageModel } from "./embedded.js";
 export { GgufLanguageModel, type GgufModelOptions } from "./gguf.js";
@@ -54,7 +54,7 @@ export {
 } from "./openai.js";
 export { OpenAiTrainer, type OpenAiTrainerOptions } from "./openai-trainer.js";
 export { PostgresResponseCache } from "./postgres-response-cache.js";
-export { type ResponseCacheContract, type ResponseCacheOpener, SqliteResponseCache, responseCacheKey } from "./response-cache.js";
+export { type ResponseCacheContract, type ResponseCacheOpener, SqliteResponseCache, sqliteResponseCache, responseCacheKey } from "./response-cache.js";
 export { RequestPacer, type RequestPacerOptions } from "./request-pacer.js";
 
 export type BackendKind = "embedded" | "gguf" | "openai";
@@ -175,8 +175,7 @@ export function languageModelBackend(settings: LlmBackendSettings, context: Back
             tokensPerMinute: o.tokensPerMinute,
             maxTokens: o.maxTokens,
             seed: o.seed,
-            cachePath: o.cache && !context.responseCache ? responseCachePath(context.workspace) : null,
-            openCache: o.cache ? (context.responseCache ?? null) : null,
+            openCache: o.cache ? (context.responseCache ?? sqliteResponseCache(responseCachePath(context.workspace), context.clock ?? new SystemClock())) : null,
             inputPricePerMTok: o.inputPricePerMTok,
             outputPricePerMTok: o.outputPricePerMTok,
             batch: o.batch.enabled ? o.batch : null,

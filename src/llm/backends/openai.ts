@@ -47,7 +47,7 @@
  * `apiKeyEnv: null`, and then no Authorization header is sent. There is no placeholder key.
  *
  * Costs: one request per prompt, kept in a response cache keyed by the request's hash (the workspace's SQLite file
- * `cachePath`, or the deployment's database through `openCache`: ./response-cache.ts), so an unchanged pair is
+ * or the deployment's database, whichever `openCache` opens: ./response-cache.ts), so an unchanged pair is
  * never paid twice (and with first-token ranking, `generate` after `score` on the same prompt is free: it is the same
  * request). `estimateCost` prices a build before it runs. Requests are paced (`RequestPacer`)
  * and retried by the client on 408/409/429/5xx and connection errors with exponential backoff (0.5 s doubling to
@@ -76,7 +76,7 @@ import type { AnswerConstraint, CostEstimate, GeneratedAnswer, LanguageModel, La
 export type { CostEstimate } from "../contracts.js";
 import { PROMPT_TEMPLATE_HASH, renderPrompt } from "../prompt.js";
 import { RequestPacer } from "./request-pacer.js";
-import { type ResponseCacheContract, type ResponseCacheOpener, SqliteResponseCache, responseCacheKey } from "./response-cache.js";
+import { type ResponseCacheContract, type ResponseCacheOpener, responseCacheKey } from "./response-cache.js";
 
 export type AnswerMode = "json_schema" | "guided_choice" | "text";
 
@@ -126,9 +126,10 @@ export interface OpenAiModelOptions extends OpenAiConnectionOptions {
   readonly temperature?: number;
   /** @defaultValue 1 */
   readonly seed?: number;
-  /** SQLite file of the response cache; null disables it. @defaultValue null */
-  readonly cachePath?: string | null;
-  /** Opens the response cache (the deployment's database with store.url); takes the place of `cachePath`. */
+  /**
+   * Opens the response cache: a SQLite file (`sqliteResponseCache`) or the deployment's database with store.url;
+   * null disables it. @defaultValue null
+   */
   readonly openCache?: ResponseCacheOpener | null;
   /** Prices per million tokens, for `estimateCost`. @defaultValue null (unknown) */
   readonly inputPricePerMTok?: number | null;
@@ -545,7 +546,7 @@ export class OpenAiLanguageModel implements LanguageModel {
     const topLogprobs = options.topLogprobs ?? OPENAI_DEFAULTS.topLogprobs;
     if (!Number.isInteger(topLogprobs) || topLogprobs < 1 || topLogprobs > 20) throw new FreshrecError("BAD_INPUT", `topLogprobs: expected an integer 1..20, got ${topLogprobs}`);
     if (resolveRanking(options.ranking, options.baseURL) === "echo") checkEchoTemplate(options.echoTemplate, options.clusters);
-    const cache = options.openCache ? await options.openCache() : options.cachePath ? SqliteResponseCache.open(options.cachePath, options.clock ?? new SystemClock()) : null;
+    const cache = options.openCache ? await options.openCache() : null;
     try {
       return new OpenAiLanguageModel(options, cache);
     } catch (error) {

@@ -49,6 +49,11 @@ export interface ResponseCacheContract {
 /** Opens the cache a backend uses; called once per opened model, which closes it with itself. */
 export type ResponseCacheOpener = () => Promise<ResponseCacheContract>;
 
+/** The opener of a workspace's SQLite response cache at `path`. */
+export function sqliteResponseCache(path: string, clock: Clock | null = null): ResponseCacheOpener {
+  return async () => SqliteResponseCache.open(path, clock);
+}
+
 /** sha256 of a canonical JSON rendering (object keys sorted), so key order in a request never splits the cache. */
 export function responseCacheKey(request: unknown): string {
   return createHash("sha256").update(canonicalJson(request)).digest("hex");
