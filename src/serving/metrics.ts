@@ -40,6 +40,8 @@ export interface MetricsSnapshot {
   readonly users: number;
   readonly experiment: { readonly name: string; readonly arms: readonly string[] } | null;
   readonly groundingAgeSeconds: number | null;
+  /** Whether the catalog has changes the grounding index does not hold yet. */
+  readonly groundingStale?: boolean;
   /** Every table binding the server follows, and whether its latest reload failed. */
   readonly tableBindings: readonly { readonly binding: string; readonly reloadFailing: boolean }[];
   /** How the server follows a shared store's appends; null or absent on the embedded workspace. */
@@ -180,6 +182,10 @@ export class ServerMetrics {
     out.push(`freshrec_users_known ${snapshot.users}`);
     family("freshrec_grounding_index_age_seconds", "gauge", "Seconds since the grounding index was built.");
     if (snapshot.groundingAgeSeconds !== null) out.push(`freshrec_grounding_index_age_seconds ${snapshot.groundingAgeSeconds}`);
+    if (snapshot.groundingStale !== undefined) {
+      family("freshrec_grounding_stale", "gauge", "1 while the catalog has changes the grounding index does not hold yet (a rebuild runs, or the one after the change failed and the next poll retries it), else 0.");
+      out.push(`freshrec_grounding_stale ${snapshot.groundingStale ? 1 : 0}`);
+    }
     return `${out.join("\n")}\n`;
   }
 }

@@ -460,6 +460,7 @@ export function registerRoutes(app: FastifyInstance, state: ServingState): Route
         users: state.users.size,
         experiment: state.experiment ? { name: state.experiment.experiment.name, arms: state.experiment.experiment.arms.map((a) => a.name) } : null,
         groundingAgeSeconds: (options.clock.now() - state.groundingBuiltAt) / 1000,
+        groundingStale: state.liveGrounding.stale,
         tableBindings: tables.bindings().map((b) => ({ binding: b.binding, reloadFailing: failing.has(b.binding) })),
         storeFollow: state.storeFollow(),
         now: options.clock.now(),
@@ -516,6 +517,7 @@ export function registerRoutes(app: FastifyInstance, state: ServingState): Route
       clusters: state.catalog.clusterCount,
       items: state.catalog.itemCount,
       uptimeSeconds: (options.clock.now() - state.startedAt) / 1000,
+      grounding: { builtAt: isoTime(state.liveGrounding.builtAt), stale: state.liveGrounding.stale },
       storeFollow: follow && { ...follow, lastCaughtUpAt: follow.lastCaughtUpAt === null ? null : isoTime(follow.lastCaughtUpAt) },
     };
   }

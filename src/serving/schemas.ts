@@ -220,6 +220,12 @@ export const healthResponseSchema = z.object({
   clusters: z.number().int(),
   items: z.number().int(),
   uptimeSeconds: z.number(),
+  grounding: z
+    .object({
+      builtAt: z.string().describe("When the grounding index serving now was built (ISO-8601)."),
+      stale: z.boolean().describe("True while the catalog has changes the index does not hold yet: a rebuild runs, or the one after the change failed and the next poll retries it."),
+    })
+    .describe("The item grounding index (which items answer for a cluster)."),
   storeFollow: storeFollowSchema.nullable(),
 });
 

@@ -46,7 +46,7 @@ async function explore(replica: number, user: string): Promise<Answer> {
   return body;
 }
 
-async function health(replica: number): Promise<{ storeFollow: { state: string; listening: boolean; disconnects: number; appliedThrough: number; itemsChanged: number; usersReloaded: number } }> {
+async function health(replica: number): Promise<{ storeFollow: { state: string; listening: boolean; disconnects: number; appliedThrough: number; itemsChanged: number; usersReloaded: number }; grounding: { builtAt: string; stale: boolean } }> {
   return (await (await fetch(`${replicas[replica].url}/healthz`)).json()) as never;
 }
 
@@ -222,6 +222,7 @@ describe("serve replicas follow the shared store's appends", () => {
 
     // The same item, now in r: the user's latest event (and every event of the item) is in r.
     writeFileSync(items, `item_id,cluster_id,title\nfollowed-moving-item,${r},An item that moves\n`);
+    const movedAt = Date.now();
     const moved = runCli(["--workspace", join(root, "ingest-host"), "--config", config, "--json", "ingest", "--items", items]);
     expect(moved.status, moved.stderr).toBe(0);
     for (const replica of [0, 1]) {
@@ -244,6 +245,11 @@ describe("serve replicas follow the shared store's appends", () => {
       expect(grounded.get(r), `replica ${replica}`).toContain("followed-moving-item");
       expect(grounded.get(q), `replica ${replica}`).not.toContain("followed-moving-item");
       expect(await groundingRebuilds(replica)).toBeGreaterThan(rebuildsBefore[replica]);
+      // ...and says the index holds every change: built after the move was ingested, not stale.
+      const { grounding } = await health(replica);
+      expect(grounding.stale).toBe(false);
+      expect(Date.parse(grounding.builtAt)).toBeGreaterThanOrEqual(movedAt);
+      expect(await (await fetch(`${replicas[replica].url}/metrics`)).text()).toMatch(/^freshrec_grounding_stale 0$/m);
     }
     expect(await explore(1, user)).toEqual(await explore(0, user));
   }, 120_000);
