@@ -145,9 +145,9 @@ export const configSchema = z
         driftMinDays: z.number().min(0).default(14).describe("Drift trigger: days after the live model's training data ends before it may be replaced."),
         minTestUsers: positiveInt().default(CURATION_DEFAULTS.minTestUsers).describe("Held-out users the test slice needs; with fewer (a sparse log, coarse timestamps) it doubles back in time until it has them, at most half the window."),
         maxSamples: positiveInt().default(CURATION_DEFAULTS.maxSamples).describe("Training samples per run from the fine-tuning window (the paper: thousands); rehearsal adds rehearsalShare / (1 - rehearsalShare) times as many from before it (as many again at 0.5)."),
-        maxPerPair: positiveInt().default(CURATION_DEFAULTS.maxPerPair).describe("Cap of samples per history pair."),
-        maxTargetShare: z.number().gt(0).max(1).default(CURATION_DEFAULTS.maxTargetShare).describe("Largest share of samples one target cluster may take."),
-        maxPerTriple: positiveInt().default(CURATION_DEFAULTS.maxPerTriple).describe("Cap of samples per (c1, c2, next) triple (one per distinct user up to this)."),
+        maxPerPair: positiveInt().nullable().default(CURATION_DEFAULTS.maxPerPair).describe("Cap of samples per history pair; null (the default): no cap, so pairs keep their share of distinct users."),
+        maxTargetShare: z.number().gt(0).max(1).default(CURATION_DEFAULTS.maxTargetShare).describe("Largest share of samples one target cluster may take; 1 (the default): no cap, so the model learns how often each cluster is the answer (a cap teaches a popular answer as a rare one)."),
+        maxPerTriple: positiveInt().nullable().default(CURATION_DEFAULTS.maxPerTriple).describe("Cap of samples per (c1, c2, next) triple and week; null (the default): one per distinct user, so a pair's successors keep their shares."),
         contextShare: z.number().min(0).max(1).default(CURATION_DEFAULTS.contextShare).describe("Share of samples that carry the RAG context a refresh would have retrieved just before them (the model learns both prompt forms)."),
         relabelShare: z.number().min(0).max(1).default(CURATION_DEFAULTS.relabelShare).describe("Share of the samples with a context whose clusters are renamed by one random map (history, context and answer alike), so memory cannot answer them and the context can: the model learns to read a context that contradicts what it learnt."),
         rehearsalShare: z

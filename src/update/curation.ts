@@ -1,18 +1,22 @@
 /**
- * Fine-tuning data curation: [(c1, c2) -> next] samples from the fine-tuning window, diversified as the 2024 paper
- * describes ("a diverse and balanced set of novel interest transitions", so head transitions do not drown the
- * tail), and a time-based split whose test slice is the most recent part of the window and is never trained on.
+ * Fine-tuning data curation: [(c1, c2) -> next] samples from the fine-tuning window, one per distinct user of each
+ * transition (optionally capped, the 2024 paper's "diverse and balanced set of novel interest transitions"), and a
+ * time-based split whose test slice is the most recent part of the window and is never trained on.
  *
  * The rule, with its defaults:
  * 1. Window [asOf - windowDays, asOf) (90 days); the test slice is its most recent part: the shortest of 1, 2, 4...
  *    days up to `testDays` (14) holding `testUsers` (1000) held-out users, doubled back beyond testDays while it holds
  *    fewer than `minTestUsers` (5; at most half the window).
- * 2. Each triple of the training part contributes one sample per distinct user, at most `maxPerTriple` (8).
+ * 2. Each triple of the training part contributes one sample per distinct user, at most `maxPerTriple` (no cap by
+ *    default).
  * 3. Samples are visited in a seeded shuffle (deterministic for an as-of time) and kept while their pair has fewer
- *    than `maxPerPair` (24) and their target fewer than `maxPerTarget` (a share, 4%, of `maxSamples`) samples,
- *    until `maxSamples` (6,000, the paper's "thousands") are kept.
- * So a pair keeps its frequency ranking (a popular successor still has more samples), but no pair, target or
- * single transition can take over the set.
+ *    than `maxPerPair` (no cap by default) and their target fewer than `maxPerTarget` (a share of `maxSamples`; 1,
+ *    no cap, by default) samples, until `maxSamples` (6,000, the paper's "thousands") are kept.
+ * Uncapped, the set is a uniform sample of the window's transitions by distinct users, so the model learns the
+ * successors' true shares: the table ranks by them. The caps diversify the set (no pair, target or single
+ * transition can take it over) at the price of those shares: a target capped at 4% that 13% of users chose is
+ * learnt as a rare answer, and a triple capped at 8 users ties with a pair's lesser successors. Measured on the
+ * development periods (README, fine-tuning), the caps made fine-tunes worse than the model they continue.
  * 4. Samples carry RAG context the way refreshes will: the training part is cut into weeks (`rag.windowDays`), and
  *    a sample of week w gets, with probability `contextShare` (0.5), the context retrieved from the week before w
  *    (so never from its own or later data). The other samples have no context. The model thus learns to answer
@@ -53,12 +57,12 @@ export interface CurationOptions extends MiningOptions {
   readonly minTestUsers?: number;
   /** @defaultValue 6000 */
   readonly maxSamples?: number;
-  /** @defaultValue 24 */
-  readonly maxPerPair?: number;
-  /** Share of maxSamples one target cluster may take. @defaultValue 0.04 */
+  /** Cap of samples per history pair; null: no cap. @defaultValue null */
+  readonly maxPerPair?: number | null;
+  /** Share of maxSamples one target cluster may take (1: no cap). @defaultValue 1 */
   readonly maxTargetShare?: number;
-  /** Cap of samples per triple and week. @defaultValue 8 */
-  readonly maxPerTriple?: number;
+  /** Cap of samples per triple and week; null: one per distinct user. @defaultValue null */
+  readonly maxPerTriple?: number | null;
   /** Share of samples that carry their week's retrieved context. @defaultValue 0.5 */
   readonly contextShare?: number;
   /** How the context of a sample is retrieved (the refresh's own options). @defaultValue RAG defaults */
@@ -94,7 +98,7 @@ export interface CurationOptions extends MiningOptions {
   readonly rehearsalDays?: number;
 }
 
-export const CURATION_DEFAULTS = { windowDays: 90, testDays: 14, testUsers: 1000, minTestUsers: 5, maxSamples: 6000, maxPerPair: 24, maxTargetShare: 0.04, maxPerTriple: 8, contextShare: 0.5, relabelShare: DEFAULT_RELABEL_SHARE, rehearsalShare: 0.5, rehearsalDays: 3650 } as const;
+export const CURATION_DEFAULTS = { windowDays: 90, testDays: 14, testUsers: 1000, minTestUsers: 5, maxSamples: 6000, maxPerPair: null, maxTargetShare: 1, maxPerTriple: null, contextShare: 0.5, relabelShare: DEFAULT_RELABEL_SHARE, rehearsalShare: 0.5, rehearsalDays: 3650 } as const;
 
 export interface FineTuningSet {
   readonly asOf: number;
@@ -222,7 +226,7 @@ export function diversify<T extends TransitionCount>(
 ): T[] {
   const pool: T[] = [];
   for (const t of counts) {
-    const n = Math.min(t.users, options.maxPerTriple);
+    const n = Math.min(t.users, options.maxPerTriple ?? Infinity);
     for (let k = 0; k < n; k++) pool.push(t);
   }
   shuffle(pool, seed);
@@ -233,7 +237,7 @@ export function diversify<T extends TransitionCount>(
   for (const s of pool) {
     if (kept.length >= options.maxSamples) break;
     const pair = `${s.c1}\u0000${s.c2}`;
-    if ((perPair.get(pair) ?? 0) >= options.maxPerPair || (perTarget.get(s.next) ?? 0) >= maxPerTarget) continue;
+    if ((perPair.get(pair) ?? 0) >= (options.maxPerPair ?? Infinity) || (perTarget.get(s.next) ?? 0) >= maxPerTarget) continue;
     perPair.set(pair, (perPair.get(pair) ?? 0) + 1);
     perTarget.set(s.next, (perTarget.get(s.next) ?? 0) + 1);
     kept.push(s);

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { contextsExcludingOneUser, diversify, curateFineTuningSet } from "../../src/update/curation.js";
+import { CURATION_DEFAULTS, contextsExcludingOneUser, diversify, curateFineTuningSet } from "../../src/update/curation.js";
 import { EventStore, eventBatchFromEvents } from "../../src/data/event-store.js";
 import { ingestSynthetic } from "../../src/data/ingest/synthetic.js";
 import { SyntheticWorld, SYNTHETIC_QUICK } from "../../src/data/synthetic/index.js";
@@ -29,6 +29,20 @@ describe("fine-tuning curation", () => {
     expect(new Set(kept.filter((s) => s.c1.startsWith("p")).map((s) => s.c1)).size).toBeGreaterThan(40);
     expect(diversify(counts, options, 42)).toEqual(kept);
     expect(diversify(counts, options, 43_000)).not.toEqual(kept);
+  });
+
+  it("by default caps nothing: a sample of distinct users' transitions keeps each target's and each successor's share", () => {
+    const { maxPerPair, maxTargetShare, maxPerTriple } = CURATION_DEFAULTS;
+    const kept = diversify(counts, { maxSamples: 400, maxPerPair, maxTargetShare, maxPerTriple }, 42);
+    const users = counts.reduce((sum, t) => sum + t.users, 0);
+    const share = (keep: (t: { c1: string; next: string }) => boolean, of: readonly { c1: string; next: string }[]) => of.filter(keep).length / of.length;
+    // c is the answer of 800 of the 1,060 users' transitions; capped at a tenth (the test above) it would be taught as rare.
+    const cShare = counts.filter((t) => t.next === "c").reduce((sum, t) => sum + t.users, 0) / users;
+    expect(Math.abs(share((t) => t.next === "c", kept) - cShare)).toBeLessThan(0.06);
+    // Within the head pair, c keeps its lead over d (500 users against 40), which a triple cap of 8 would erase.
+    const head = kept.filter((t) => t.c1 === "a");
+    expect(share((t) => t.next === "c", head)).toBeGreaterThan(0.85);
+    expect(kept.length).toBe(400);
   });
 
   it("splits by time: the test slice is the most recent part and is never trained on", async () => {
