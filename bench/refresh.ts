@@ -8,8 +8,11 @@
  * version): target <= 1 s beyond its counting (reading the log and counting the windows it compares), run three
  * times (the median by time beyond counting serves; the others are printed, and the spread is in the keys).
  * Keys: refresh_full_300_seconds, refresh_incremental_300_seconds, refresh_incremental_rescored_share,
- * refresh_fusion_300_seconds, refresh_fusion_300_beyond_counting_seconds (and its _min and _max over the runs).
+ * refresh_fusion_300_seconds, refresh_fusion_300_beyond_counting_seconds (and its _min and _max over the runs), and
+ * the CPU seconds of the median run's fit and build (the process's, every thread's: on a shared host the wall
+ * seconds also measure the host) with the load average before the runs.
  */
+import { loadavg } from "node:os";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -61,6 +64,7 @@ export async function run(): Promise<BenchSuiteResult> {
     // Three fusion refreshes of the same instant, each reading and counting afresh (no shared evidence cache): the
     // machine is shared, so the median serves and the spread is reported beside it.
     const fusedRuns: Awaited<ReturnType<typeof runRefresh>>[] = [];
+    const load = loadavg()[0];
     for (let run = 0; run < FUSION_RUNS; run++) {
       fusedRuns.push(
         await runRefresh(asOf + 4 * DAY_MS, {
@@ -100,6 +104,9 @@ export async function run(): Promise<BenchSuiteResult> {
         refresh_fusion_300_beyond_counting_seconds: fusion.fitSeconds + fusion.buildSeconds,
         refresh_fusion_300_fit_seconds: fusion.fitSeconds,
         refresh_fusion_300_build_seconds: fusion.buildSeconds,
+        refresh_fusion_300_fit_cpu_seconds: fusion.fitCpuSeconds,
+        refresh_fusion_300_build_cpu_seconds: fusion.buildCpuSeconds,
+        refresh_fusion_load_average: load,
         refresh_fusion_prior_300_seconds: priorSeconds,
         refresh_fusion_300_beyond_counting_min_seconds: beyond(byBeyond[0]),
         refresh_fusion_300_beyond_counting_max_seconds: beyond(byBeyond[byBeyond.length - 1]),
@@ -140,8 +147,11 @@ export async function run(): Promise<BenchSuiteResult> {
         },
         { metric: "    of which fitting the window and strengths", value: fusion.fitSeconds, unit: "s" },
         { metric: "    of which computing and writing the rows", value: fusion.buildSeconds, unit: "s" },
+        { metric: "    CPU seconds of the fit (the process's, every thread's)", value: fusion.fitCpuSeconds, unit: "s" },
+        { metric: "    CPU seconds of the build", value: fusion.buildCpuSeconds, unit: "s" },
+        { metric: "load average (1 min) before the fusion runs", value: load, unit: "" },
         ...fusedRuns.map((r, k) => ({
-          metric: `  fusion run ${k + 1}: beyond counting (fit ${r.fusionPhases!.fitSeconds.toFixed(2)} + build ${r.fusionPhases!.buildSeconds.toFixed(2)} s; counting ${r.fusionPhases!.countSeconds.toFixed(2)} s)`,
+          metric: `  fusion run ${k + 1}: beyond counting (fit ${r.fusionPhases!.fitSeconds.toFixed(2)} + build ${r.fusionPhases!.buildSeconds.toFixed(2)} s, CPU ${r.fusionPhases!.fitCpuSeconds.toFixed(2)} + ${r.fusionPhases!.buildCpuSeconds.toFixed(2)} s; counting ${r.fusionPhases!.countSeconds.toFixed(2)} s)`,
           value: beyond(r),
           unit: "s",
         })),

@@ -104,6 +104,12 @@ export class EvidenceLog {
   }
   private countingNs = 0;
 
+  /** CPU seconds (the process's) spent counting windows so far. */
+  get countingCpuSeconds(): number {
+    return this.countingCpuUs / 1e6;
+  }
+  private countingCpuUs = 0;
+
   /**
    * The last windows counted: a refresh asks for the same few windows several times (the fit slice while sizing it,
    * then for every candidate window; the chosen window again for the fit). Bounded, because a replay shares one log
@@ -123,6 +129,7 @@ export class EvidenceLog {
       return hit;
     }
     const started = process.hrtime.bigint();
+    const cpu = process.cpuUsage();
     try {
       const counts = this.countWindow(window);
       this.recent.set(key, counts);
@@ -130,6 +137,8 @@ export class EvidenceLog {
       return counts;
     } finally {
       this.countingNs += Number(process.hrtime.bigint() - started);
+      const used = process.cpuUsage(cpu);
+      this.countingCpuUs += used.user + used.system;
     }
   }
 

@@ -82,9 +82,18 @@ export interface RefreshResult {
   readonly fusion: FusionFit | null;
   /**
    * Where a fusion refresh's seconds went: reading the log and counting windows, fitting (window choice and
-   * strengths), computing the model's prior (once per version), building and writing the table. Null otherwise.
+   * strengths), computing the model's prior (once per version), building and writing the table; and the CPU seconds
+   * of the fit and the build (the process's, every thread's: on a shared host, wall seconds say more about the host).
+   * Null otherwise.
    */
-  readonly fusionPhases: { readonly countSeconds: number; readonly fitSeconds: number; readonly priorSeconds: number; readonly buildSeconds: number } | null;
+  readonly fusionPhases: {
+    readonly countSeconds: number;
+    readonly fitSeconds: number;
+    readonly priorSeconds: number;
+    readonly buildSeconds: number;
+    readonly fitCpuSeconds: number;
+    readonly buildCpuSeconds: number;
+  } | null;
   /**
    * The scorer's price of the prompts this refresh sent, by the same estimate as the dry run (taken before they
    * were sent); null for scorers not paid per token (the embedded model, baselines) or when no prompt was sent.
@@ -186,6 +195,12 @@ async function publishBuilt(options: RefreshOptions, version: string, reason: st
   await tables.gc(options.keep ?? TABLE_DEFAULTS.keep);
 }
 
+/** CPU seconds of the process so far (user and system, every thread). */
+function cpuSeconds(): number {
+  const { user, system } = process.cpuUsage();
+  return (user + system) / 1e6;
+}
+
 /** The evidence of a fusion refresh at `asOf`: the log (shared in a replay) and the fitted posterior. */
 async function fuse(asOf: number, options: RefreshOptions, prior: LlmPrior | null) {
   const rag = resolveRagOptions(options.rag ?? {});
@@ -202,16 +217,19 @@ async function fuse(asOf: number, options: RefreshOptions, prior: LlmPrior | nul
     prior = scopePrior(prior, Uint8Array.from(options.clusters, (c) => ((first.get(c) ?? Number.POSITIVE_INFINITY) < Math.min(dataEnd, asOf) ? 1 : 0)), dataEnd);
   }
   const loaded = process.hrtime.bigint();
+  const loadedCpu = cpuSeconds();
   const counting = log.countingSeconds;
+  const countingCpu = log.countingCpuSeconds;
   // Version names repeat across a replay's strategies (each has its own registry): the file's hash names the prior,
   // and a prior without one is never shared.
   const priorKey = prior ? (options.model.priorKey === undefined ? undefined : `${options.model.priorKey}@${dataEnd ?? ""}`) : "";
   const windowChoice = priorKey === undefined ? chooseWindow(log, asOf, fusionOptions, prior) : cache.windowChoice(log, asOf, fusionOptions, key, prior, priorKey);
   const fitted = fitFusion({ log, asOf, prior, options: fusionOptions, windowChoice });
   const counted = log.countingSeconds - counting;
+  const fitCpuSeconds = cpuSeconds() - loadedCpu - (log.countingCpuSeconds - countingCpu);
   const total = Number(process.hrtime.bigint() - started) / 1e9;
   const loadSeconds = Number(loaded - started) / 1e9;
-  return { ...fitted, prior, countSeconds: loadSeconds + counted, fitSeconds: total - loadSeconds - counted };
+  return { ...fitted, prior, countSeconds: loadSeconds + counted, fitSeconds: total - loadSeconds - counted, fitCpuSeconds };
 }
 
 /**
@@ -237,6 +255,7 @@ async function runFusionRefresh(asOf: number, options: RefreshOptions): Promise<
     throw new FreshrecError("NOT_FOUND", `fusion: no novel transitions in ${fitted.fit.windowDays} days before ${new Date(asOf).toISOString()} and no LLM prior: nothing to rank by`);
   }
   const retrieveSeconds = Number(process.hrtime.bigint() - started) / 1e9;
+  const buildCpu = cpuSeconds();
   const built = await buildTable({
     store: options.tables,
     clusters: options.clusters,
@@ -250,6 +269,7 @@ async function runFusionRefresh(asOf: number, options: RefreshOptions): Promise<
     progress: options.progress,
     signal: options.signal,
   });
+  const buildCpuSeconds = cpuSeconds() - buildCpu;
   const publish = options.publish ?? true;
   if (publish) await publishBuilt(options, built.table.version, `fusion refresh as of ${new Date(asOf).toISOString()}`);
   return {
@@ -268,7 +288,14 @@ async function runFusionRefresh(asOf: number, options: RefreshOptions): Promise<
     retrieveSeconds,
     phases: built.phases,
     fusion: fitted.fit,
-    fusionPhases: { countSeconds: fitted.countSeconds, fitSeconds: fitted.fitSeconds, priorSeconds, buildSeconds: built.seconds },
+    fusionPhases: {
+      countSeconds: fitted.countSeconds,
+      fitSeconds: fitted.fitSeconds,
+      priorSeconds,
+      buildSeconds: built.seconds,
+      fitCpuSeconds: fitted.fitCpuSeconds,
+      buildCpuSeconds,
+    },
     cost: computed && computed.promptsScored > 0 ? priorCost : null,
   };
 }
