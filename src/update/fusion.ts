@@ -54,7 +54,7 @@ import { BadInputError, FreshrecError } from "../domain/errors.js";
 import type { ScoredCluster, TimeWindow } from "../domain/types.js";
 import type { PromptInput } from "../llm/prompt.js";
 import type { EventStoreContract } from "../data/event-store.js";
-import type { EvidenceLog, WindowCounts } from "../mining/evidence.js";
+import type { EvidenceLog, PairEvidence, WindowCounts } from "../mining/evidence.js";
 import { firstSeen } from "../mining/first-seen.js";
 import type { PromptScorer } from "./generate.js";
 import { ANSWER_BYTES } from "../tables/answer-blob.js";
@@ -296,6 +296,18 @@ class SliceObservations {
   readonly logRest: Float64Array;
   /** The distinct second clusters of the slice's pairs: the only backoff rows the likelihood reads. */
   readonly rows: Int32Array;
+  /**
+   * Stage (tau, lift) of every likelihood of these observations (no evidence window changes it, so the candidate
+   * windows of a choice share it): the prior's weights (l^tau, module comment) of each observation, each pair's
+   * rest's probability^tau, the marginal's weights (marginal^(-lift * tau)) of the rows' entries, and what each of a
+   * pair's top-M answers weighs beyond the rest's weight there (its l^tau less rest^tau x its marginal weight).
+   */
+  readonly answerExcess: Float64Array;
+  readonly restWeight: Float64Array;
+  readonly obsWeightTau: Float64Array;
+  readonly marginalWeight: Float64Array;
+  private stagedTau = Number.NaN;
+  private stagedLift = Number.NaN;
 
   constructor(
     readonly log: EvidenceLog,
@@ -364,6 +376,31 @@ class SliceObservations {
         this.answerCount[i] = kept;
       });
     }
+    this.answerExcess = new Float64Array(pairs.length * topM);
+    this.restWeight = new Float64Array(pairs.length);
+    this.obsWeightTau = new Float64Array(prior ? n : 0);
+    this.marginalWeight = new Float64Array(prior ? K * K : 0);
+  }
+
+  /** The prior's weights for (tau, lift) (as exp(tau * log p): one exp per weight where pow costs several). */
+  stagePrior(tau: number, lift: number): void {
+    if (tau === this.stagedTau && lift === this.stagedLift) return;
+    const topM = this.prior!.topM;
+    const marginalPower = -lift * tau;
+    const K = this.K;
+    const { marginalWeight, restWeight, answerExcess, obsWeightTau, logMarginal, logRest, answerLogP, answerLogMarginal, answerNext, answerCount, pairC2 } = this;
+    for (const c2 of this.rows) for (let at = c2 * K, end = at + K; at < end; at++) marginalWeight[at] = Math.exp(marginalPower * logMarginal![at]);
+    for (let i = 0; i < pairC2.length; i++) {
+      const rest = (restWeight[i] = Math.exp(tau * logRest[i]));
+      const row = pairC2[i] * K;
+      for (let k = i * topM, end = k + answerCount[i]; k < end; k++) {
+        const weight = Math.exp(tau * answerLogP[k] + marginalPower * answerLogMarginal[k]);
+        answerExcess[k] = weight - rest * marginalWeight[row + answerNext[k]];
+      }
+    }
+    for (let o = 0; o < obsWeightTau.length; o++) obsWeightTau[o] = Math.exp(tau * this.obsLogPrior[o] + marginalPower * this.obsLogMarginal[o]);
+    this.stagedTau = tau;
+    this.stagedLift = lift;
   }
 }
 
@@ -396,14 +433,8 @@ class SliceLikelihood {
   private readonly pairC2: Int32Array;
   private readonly obsPair: Int32Array;
   private readonly obsNext: Int32Array;
-  private readonly obsLogPrior: Float64Array;
-  private readonly obsLogMarginal: Float64Array;
-  private readonly logMarginal: Float64Array | null;
   private readonly answerNext: Int32Array;
-  private readonly answerLogP: Float64Array;
-  private readonly answerLogMarginal: Float64Array;
   private readonly answerCount: Int32Array;
-  private readonly logRest: Float64Array;
   private readonly rows: Int32Array;
   /**
    * Per observation: the users of its triple and of its pair in the window before it, and how many row updates
@@ -440,17 +471,6 @@ class SliceLikelihood {
   private readonly rowKnown: Float64Array;
   private stagedGamma = Number.NaN;
   private stagedGammaBeta = Number.NaN;
-  /**
-   * Stage (tau, lift): the prior's weights (l^tau, module comment) of each observation, each pair's rest's
-   * probability^tau, the marginal's weights (marginal^(-lift * tau)) of the rows' entries, and what each of a pair's
-   * top-M answers weighs beyond the rest's weight there (its l^tau less rest^tau x its marginal weight).
-   */
-  private readonly answerExcess: Float64Array;
-  private readonly restWeight: Float64Array;
-  private readonly obsWeightTau: Float64Array;
-  private readonly marginalWeight: Float64Array;
-  private stagedTau = Number.NaN;
-  private stagedPriorLift = Number.NaN;
   /** Stage (beta, gamma, tau, lift): the rows' sums over the known clusters of entry x marginal weight. */
   private readonly rowKnownLifted: Float64Array;
   private stagedLiftedRows = "";
@@ -471,6 +491,8 @@ class SliceLikelihood {
   private readonly rowKnownNow: Float64Array;
   private readonly rowKnownLiftedNow: Float64Array;
   private readonly base: Float64Array;
+  /** The staged entries entryNow holds (null: none yet, or restaged since). */
+  private entryNowOf: Float64Array | null = null;
   /** The fit of this likelihood (`fittedStrengths`), once made. */
   fitted: { readonly countsOnly: { params: FusionParams; ll: number }; readonly chosen: { params: FusionParams; ll: number } } | null = null;
 
@@ -483,24 +505,25 @@ class SliceLikelihood {
     this.K = K;
     const window = served.window;
     if (window.from > slice.from || window.to !== slice.to) throw new FreshrecError("INTERNAL", "fusion: a fit slice that does not end its evidence window");
-    ({ pairC1: this.pairC1, pairC2: this.pairC2, obsPair: this.obsPair, obsNext: this.obsNext, obsLogPrior: this.obsLogPrior, obsLogMarginal: this.obsLogMarginal } = observations);
-    ({ logMarginal: this.logMarginal, answerNext: this.answerNext, answerLogP: this.answerLogP, answerLogMarginal: this.answerLogMarginal } = observations);
-    ({ answerCount: this.answerCount, logRest: this.logRest, rows: this.rows, transitions: this.transitions } = observations);
+    ({ pairC1: this.pairC1, pairC2: this.pairC2, obsPair: this.obsPair, obsNext: this.obsNext } = observations);
+    ({ answerNext: this.answerNext, answerCount: this.answerCount, rows: this.rows, transitions: this.transitions } = observations);
     const before = log.counts({ from: window.from, to: slice.from });
-    this.second = Float64Array.from(before.second);
+    // Counts are read-only (`EvidenceLog.counts`): the likelihood reads the window's own.
+    this.second = before.second;
     // The users of each triple and pair the observations read, before the slice.
     const { triplePair, tripleNext, obsTriple, obsPrevious } = observations;
     const pairUsers = new Float64Array(this.pairC1.length);
     const owns = Array.from(this.pairC1, (c1, i) => before.pairs.get(c1 * K + this.pairC2[i]));
     owns.forEach((own, i) => (pairUsers[i] = own?.total ?? 0));
-    const tripleUsers = Float64Array.from(triplePair, (i, t) => {
-      const own = owns[i];
+    const tripleUsers = new Float64Array(triplePair.length);
+    for (let t = 0; t < triplePair.length; t++) {
+      const own = owns[triplePair[t]];
       const k = own ? own.next.indexOf(tripleNext[t]) : -1;
-      return k < 0 ? 0 : own!.users[k];
-    });
+      if (k >= 0) tripleUsers[t] = own!.users[k];
+    }
     // Score each observation on the counts before it, then count it (once a user's first of its triple in the
     // window): every transition counted during the slice is an observation, in a row the likelihood reads.
-    const second = Float64Array.from(before.second);
+    const second = before.second.slice();
     const n = this.transitions;
     this.obsEvidence = new Float64Array(n);
     this.obsPairEvidence = new Float64Array(n);
@@ -524,8 +547,6 @@ class SliceLikelihood {
     }
     this.updateEntry = updateEntry.slice(0, updates);
     this.updateUsers = updateUsers.slice(0, updates);
-    const topM = observations.prior?.topM ?? 0;
-    const pairs = this.pairC1.length;
     const groups = new Map<number, number>();
     this.obsPairEvidence.forEach((e) => groups.set(e, (groups.get(e) ?? 0) + 1));
     this.groupEvidence = Float64Array.from(groups.keys());
@@ -534,10 +555,6 @@ class SliceLikelihood {
     this.withoutEvidence = this.transitions - this.obsWithEvidence.length;
     this.evidenceWith = Float64Array.from(this.obsWithEvidence, (o) => this.obsEvidence[o]);
     this.baseWith = new Float64Array(this.obsWithEvidence.length);
-    this.answerExcess = new Float64Array(pairs * topM);
-    this.restWeight = new Float64Array(pairs);
-    this.obsWeightTau = new Float64Array(observations.prior ? this.transitions : 0);
-    this.marginalWeight = new Float64Array(observations.prior ? K * K : 0);
     this.rowKnownLifted = new Float64Array(K);
     this.rowKnownLiftedNow = new Float64Array(K);
     this.popularity = logPopularity(before).map(Math.exp);
@@ -556,7 +573,9 @@ class SliceLikelihood {
       return levelOf[key];
     };
     this.entryLevel = new Int32Array(K * K).fill(-1);
-    for (const c2 of this.rows) for (let n = 0, at = c2 * K; n < K; n++, at++) this.entryLevel[at] = level(this.second[at], n);
+    for (const c2 of this.rows) {
+      for (let n = 0, at = c2 * K; n < K; n++, at++) if (this.second[at] < LEVEL_USERS) this.entryLevel[at] = level(this.second[at], n);
+    }
     // An update's entry after it has its users before it plus one.
     this.updateLevel = Int32Array.from(this.updateEntry, (at, j) => level(this.updateUsers[j] + 1, at % K));
     this.levelUsers = Float64Array.from(levelUsers);
@@ -617,38 +636,20 @@ class SliceLikelihood {
       this.rowKnown[c2] = sumKnown;
     }
     for (let j = 0; j < this.updateExp.length; j++) this.updateExp[j] = updateLevel[j] >= 0 ? levelEntry[updateLevel[j]] : Math.exp(gamma * this.updateLog[j]);
+    this.entryNowOf = null;
     this.stagedGamma = gamma;
     this.stagedGammaBeta = beta;
   }
 
-  /** The prior's weights for (tau, lift) (as exp(tau * log p): one exp per weight where pow costs several). */
-  private stagePrior(tau: number, lift: number): void {
-    if (tau === this.stagedTau && lift === this.stagedPriorLift) return;
-    const topM = this.prior!.topM;
-    const marginalPower = -lift * tau;
-    const K = this.K;
-    for (const c2 of this.rows) for (let at = c2 * K, end = at + K; at < end; at++) this.marginalWeight[at] = Math.exp(marginalPower * this.logMarginal![at]);
-    for (let i = 0; i < this.pairC1.length; i++) {
-      const rest = (this.restWeight[i] = Math.exp(tau * this.logRest[i]));
-      const row = this.pairC2[i] * K;
-      for (let k = i * topM, end = k + this.answerCount[i]; k < end; k++) {
-        const weight = Math.exp(tau * this.answerLogP[k] + marginalPower * this.answerLogMarginal[k]);
-        this.answerExcess[k] = weight - rest * this.marginalWeight[row + this.answerNext[k]];
-      }
-    }
-    for (let o = 0; o < this.obsWeightTau.length; o++) this.obsWeightTau[o] = Math.exp(tau * this.obsLogPrior[o] + marginalPower * this.obsLogMarginal[o]);
-    this.stagedTau = tau;
-    this.stagedPriorLift = lift;
-  }
-
   /** The rows' sums over the known clusters of entry x marginal weight, for the staged (beta, gamma) and (tau, lift). */
-  private stageLiftedRows(known: Uint8Array | null): void {
-    const key = `${this.stagedGammaBeta} ${this.stagedGamma} ${this.stagedTau} ${this.stagedPriorLift}`;
+  private stageLiftedRows(known: Uint8Array | null, tau: number, lift: number): void {
+    const key = `${this.stagedGammaBeta} ${this.stagedGamma} ${tau} ${lift}`;
     if (key === this.stagedLiftedRows) return;
     const K = this.K;
+    const { marginalWeight } = this.observations;
     for (const c2 of this.rows) {
       let sum = 0;
-      for (let n = 0; n < K; n++) if (!known || known[n]) sum += this.entry[c2 * K + n] * this.marginalWeight[c2 * K + n];
+      for (let n = 0; n < K; n++) if (!known || known[n]) sum += this.entry[c2 * K + n] * marginalWeight[c2 * K + n];
       this.rowKnownLifted[c2] = sum;
     }
     this.stagedLiftedRows = key;
@@ -668,13 +669,19 @@ class SliceLikelihood {
     const prior = tau > 0 ? this.prior : null;
     const known = prior?.known ?? null;
     if (prior) {
-      this.stagePrior(tau, lift);
-      this.stageLiftedRows(known);
+      this.observations.stagePrior(tau, lift);
+      this.stageLiftedRows(known, tau, lift);
     }
-    const { answerExcess, answerNext, answerCount, restWeight, obsWeightTau, marginalWeight, entryNow, rowSumNow, rowKnownNow, rowKnownLiftedNow, updateEntry, updateExp } = this;
+    const { answerExcess, restWeight, obsWeightTau, marginalWeight } = this.observations;
+    const { answerNext, answerCount, entryNow, rowSumNow, rowKnownNow, rowKnownLiftedNow, updateEntry, updateExp } = this;
+    const { obsUpdates, obsPair, obsNext, pairC1, pairC2, entry } = this;
     const topM = prior?.topM ?? 0;
+    // entryNow holds the staged entries between walks: a walk changes only its updates' entries and puts them back.
+    if (this.entryNowOf !== entry) {
+      for (const c2 of this.rows) entryNow.set(entry.subarray(c2 * K, c2 * K + K), c2 * K);
+      this.entryNowOf = entry;
+    }
     for (const c2 of this.rows) {
-      entryNow.set(this.entry.subarray(c2 * K, c2 * K + K), c2 * K);
       rowSumNow[c2] = this.rowSum[c2];
       rowKnownNow[c2] = this.rowKnown[c2];
       rowKnownLiftedNow[c2] = this.rowKnownLifted[c2];
@@ -683,7 +690,7 @@ class SliceLikelihood {
     const out = this.base;
     let applied = 0;
     for (let o = 0; o < out.length; o++) {
-      for (const end = this.obsUpdates[o]; applied < end; applied++) {
+      for (const end = obsUpdates[o]; applied < end; applied++) {
         const at = updateEntry[applied];
         const change = updateExp[applied] - entryNow[at];
         entryNow[at] = updateExp[applied];
@@ -694,11 +701,11 @@ class SliceLikelihood {
           if (prior) rowKnownLiftedNow[c2] += change * marginalWeight[at];
         }
       }
-      const i = this.obsPair[o];
-      const c1 = this.pairC1[i];
-      const c2 = this.pairC2[i];
+      const i = obsPair[o];
+      const c1 = pairC1[i];
+      const c2 = pairC2[i];
       const row = c2 * K;
-      const n = this.obsNext[o];
+      const n = obsNext[o];
       const z = rowSumNow[c2] - entryNow[row + c1] - entryNow[row + c2];
       if (prior && (!known || known[n])) {
         const knownSum = rowKnownNow[c2] - (!known || known[c1] ? entryNow[row + c1] : 0) - (!known || known[c2] ? entryNow[row + c2] : 0);
@@ -714,6 +721,7 @@ class SliceLikelihood {
         out[o] = entryNow[row + n] / z;
       }
     }
+    for (let u = 0; u < applied; u++) entryNow[updateEntry[u]] = entry[updateEntry[u]];
     return out;
   }
 
@@ -780,9 +788,10 @@ function logPopularity(evidence: WindowCounts): Float64Array {
 function logSecondRows(evidence: WindowCounts, logPop: Float64Array, beta: number): Float64Array {
   const K = evidence.clusters.length;
   const out = new Float64Array(K * K);
+  const popularity = logPop.map(Math.exp);
   for (let c2 = 0; c2 < K; c2++) {
     const denominator = evidence.secondTotal[c2] + beta;
-    for (let n = 0; n < K; n++) out[c2 * K + n] = Math.log((evidence.second[c2 * K + n] + beta * Math.exp(logPop[n])) / denominator);
+    for (let n = 0; n < K; n++) out[c2 * K + n] = Math.log((evidence.second[c2 * K + n] + beta * popularity[n]) / denominator);
   }
   return out;
 }
@@ -1161,6 +1170,10 @@ export class FusionScorer implements PromptScorer {
    */
   private explained: { readonly bytes: Buffer; readonly size: number; readonly pairs: Int32Array; readonly answered: Int32Array } | null = null;
   private readonly rowOfPair: Int32Array;
+  /** The evidence of each pair (c1 * K + c2), undefined for a pair without any. */
+  private readonly pairEvidence: (PairEvidence | undefined)[];
+  /** The prior's logs (`priorLogs`), when it weighs (tau > 0). */
+  private readonly logs: ReturnType<typeof priorLogs> | null;
 
   constructor(
     private readonly evidence: WindowCounts,
@@ -1176,6 +1189,9 @@ export class FusionScorer implements PromptScorer {
     this.powered = new Float64Array(K * K);
     for (let k = 0; k < K * K; k++) this.powered[k] = Math.exp(params.gamma * logQ2[k]);
     this.known = prior?.known ?? new Uint8Array(K).fill(1);
+    this.logs = prior && params.tau > 0 ? priorLogs(prior) : null;
+    this.pairEvidence = new Array<PairEvidence | undefined>(K * K).fill(undefined);
+    for (const [p, own] of evidence.pairs) this.pairEvidence[p] = own;
     this.lifted = Float64Array.from(this.powered);
     const marginalPower = -(params.lift ?? 0) * params.tau;
     if (prior && marginalPower !== 0) {
@@ -1214,19 +1230,20 @@ export class FusionScorer implements PromptScorer {
     // One buffer for the call's explanations; each row's is a view of its part.
     const size = explanationBytes(Math.min(topN, this.K - 2));
     const bytes = Buffer.alloc(prompts.length * size);
-    const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    const words = new Words(bytes);
     const { rowOfPair } = this;
     if (this.explained) for (const pair of this.explained.pairs) rowOfPair[pair] = -1;
     const pairs = new Int32Array(prompts.length);
     const answered = new Int32Array(prompts.length);
     const scored = prompts.map((p, k) => {
       const { c1, c2 } = p.history;
-      const answers = this.answersOf(this.row(this.indexOf(c1), this.indexOf(c2), topN, view, k * size));
+      const answers = this.answersOf(this.row(this.indexOf(c1), this.indexOf(c2), topN, words, (k * size) >> 2));
       pairs[k] = this.indexOf(c1) * this.K + this.indexOf(c2);
       rowOfPair[pairs[k]] = k;
       answered[k] = answers.length;
       return answers;
     });
+    words.toLittleEndian();
     this.explained = { bytes, size, pairs, answered };
     return scored;
   }
@@ -1241,8 +1258,8 @@ export class FusionScorer implements PromptScorer {
     const width = Math.max(0, Math.min(topN, this.K - 2));
     const answers = Buffer.alloc(count * width * ANSWER_BYTES);
     const explanation = Buffer.alloc(count * explanationBytes(width));
-    const answerView = new DataView(answers.buffer, answers.byteOffset, answers.byteLength);
-    const explanationView = new DataView(explanation.buffer, explanation.byteOffset, explanation.byteLength);
+    const answerWords = new Words(answers);
+    const explanationWords = new Words(explanation);
     const c1 = new Int32Array(count);
     const c2 = new Int32Array(count);
     const answerEnd = new Int32Array(count);
@@ -1254,21 +1271,25 @@ export class FusionScorer implements PromptScorer {
       const { history } = prompts[k];
       const i1 = (c1[k] = this.indexOf(history.c1));
       const i2 = (c2[k] = this.indexOf(history.c2));
-      const kept = this.row(i1, i2, width, explanationView, explanationAt);
-      for (let j = 0; j < kept; j++, answerAt += ANSWER_BYTES) {
-        answerView.setInt32(answerAt, topCluster[j], true);
-        answerView.setFloat32(answerAt + 4, topValue[j], true);
+      const kept = this.row(i1, i2, width, explanationWords, explanationAt >> 2);
+      for (let j = 0, word = answerAt >> 2; j < kept; j++, answerAt += ANSWER_BYTES, word += 2) {
+        answerWords.i32[word] = topCluster[j];
+        answerWords.f32[word + 1] = topValue[j];
       }
       answerEnd[k] = answerAt;
       explanationEnd[k] = explanationAt += explanationBytes(kept);
     }
+    answerWords.toLittleEndian();
+    explanationWords.toLittleEndian();
     return { clusters: this.evidence.clusters, count, c1, c2, answers, answerEnd, explanation, explanationEnd };
   }
 
   explain(prompt: PromptInput, topN: number): RowExplanation {
     const { c1, c2 } = prompt.history;
     const bytes = Buffer.alloc(explanationBytes(Math.min(topN, this.K - 2)));
-    const answers = this.answersOf(this.row(this.indexOf(c1), this.indexOf(c2), topN, new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength), 0));
+    const words = new Words(bytes);
+    const answers = this.answersOf(this.row(this.indexOf(c1), this.indexOf(c2), topN, words, 0));
+    words.toLittleEndian();
     return explanationOf({ answers, explanation: bytes.subarray(0, explanationBytes(answers.length)) })!;
   }
 
@@ -1300,9 +1321,9 @@ export class FusionScorer implements PromptScorer {
 
   /**
    * Ranks the row of (i1, i2): its top-n answers, best first, into `topCluster` and `topValue` (how many: returned);
-   * its explanation is encoded into `out` at `at` (`encodeExplanation`'s layout).
+   * its explanation is encoded into `out` from word `at` on (`encodeExplanation`'s layout).
    */
-  private row(i1: number, i2: number, topN: number, out: DataView, at: number): number {
+  private row(i1: number, i2: number, topN: number, out: Words, at: number): number {
     const K = this.K;
     const { alpha, tau } = this.params;
     const prior = tau > 0 ? this.prior : null;
@@ -1321,8 +1342,13 @@ export class FusionScorer implements PromptScorer {
     const { boost, answerPrior, boosted } = this;
     let boostedCount = 0;
     if (this.prior) {
-      // The prior's probabilities of the pair's top-M answers, for the explanation (first answer of a cluster wins).
+      // The prior's probabilities of the pair's top-M answers, for the explanation (first answer of a cluster wins),
+      // and with prior weights the reweighting of the known clusters (rest^tau, or p^tau on the pair's top-M
+      // answers, times marginal^(-lift * tau)); a repeated answer weighs each time, its last weight boosts it.
       const { answer, probability, topM } = this.prior;
+      const logs = prior ? this.logs : null;
+      const restWeight = logs ? Math.exp(tau * logs.rest[p]) : 1;
+      let knownZ = logs ? (this.rowKnownLifted[i2] - (known[i1] ? lifted[row + i1] : 0) - (known[i2] ? lifted[row + i2] : 0)) * restWeight : 0;
       for (let k = p * topM, end = k + topM; k < end; k++) {
         const n = answer[k];
         if (n < 0) break;
@@ -1330,25 +1356,15 @@ export class FusionScorer implements PromptScorer {
           answerPrior[n] = probability[k];
           boosted[boostedCount++] = n;
         }
-      }
-    }
-    if (prior) {
-      const { answer, probability, topM } = prior;
-      const restWeight = Math.exp(tau * Math.log(prior.rest[p] || 1e-12));
-      const knownLifted = this.rowKnownLifted[i2] - (known[i1] ? lifted[row + i1] : 0) - (known[i2] ? lifted[row + i2] : 0);
-      let knownZ = knownLifted * restWeight;
-      for (let k = p * topM, end = k + topM; k < end; k++) {
-        const n = answer[k];
-        if (n < 0) break;
-        if (!known[n]) continue;
-        const weight = Math.exp(tau * Math.log(Math.max(probability[k], 1e-12)));
+        if (!logs || !known[n]) continue;
+        const weight = Math.exp(tau * logs.probability[k]);
         knownZ += lifted[row + n] * (weight - restWeight);
         boost[n] = weight / restWeight;
       }
-      knownScale = (knownSum * restWeight) / (backoffZ * knownZ);
+      if (logs) knownScale = (knownSum * restWeight) / (backoffZ * knownZ);
     }
     const unknownScale = 1 / backoffZ;
-    const own = this.evidence.pairs.get(p);
+    const own = this.pairEvidence[p];
     const users = this.users;
     if (own) for (let k = 0; k < own.next.length; k++) users[own.next[k]] = own.users[k];
     const denominator = (own?.total ?? 0) + alpha;
@@ -1443,19 +1459,47 @@ function explanationBytes(answers: number): number {
   return EXPLANATION_HEAD + answers * EXPLANATION_ANSWER;
 }
 
-function writeExplanationHead(out: DataView, at: number, pairUsers: number, secondUsers: number, evidenceWeight: number): void {
-  out.setUint32(at, EXPLANATION_FORMAT, true);
-  out.setUint32(at + 4, pairUsers, true);
-  out.setUint32(at + 8, secondUsers, true);
-  out.setFloat32(at + 12, evidenceWeight, true);
+/** An explanation's head at word `at` of `out`. */
+function writeExplanationHead(out: Words, at: number, pairUsers: number, secondUsers: number, evidenceWeight: number): void {
+  out.u32[at] = EXPLANATION_FORMAT;
+  out.u32[at + 1] = pairUsers;
+  out.u32[at + 2] = secondUsers;
+  out.f32[at + 3] = evidenceWeight;
 }
 
-function writeExplanationAnswer(out: DataView, at: number, k: number, pairUsers: number, secondUsers: number, llmPrior: number | null, base: number): void {
-  const o = at + EXPLANATION_HEAD + k * EXPLANATION_ANSWER;
-  out.setUint32(o, pairUsers, true);
-  out.setUint32(o + 4, secondUsers, true);
-  out.setFloat32(o + 8, llmPrior ?? Number.NaN, true);
-  out.setFloat32(o + 12, base, true);
+/** Answer `k` of the explanation at word `at` of `out`. */
+function writeExplanationAnswer(out: Words, at: number, k: number, pairUsers: number, secondUsers: number, llmPrior: number | null, base: number): void {
+  const o = at + (EXPLANATION_HEAD + k * EXPLANATION_ANSWER) / 4;
+  out.u32[o] = pairUsers;
+  out.u32[o + 1] = secondUsers;
+  out.f32[o + 2] = llmPrior ?? Number.NaN;
+  out.f32[o + 3] = base;
+}
+
+/** Whether this platform's typed arrays are little-endian, the stored order of answers and explanations. */
+const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
+
+/**
+ * A buffer of 32-bit fields written through typed arrays in the platform's order (a DataView call per field costs
+ * more than the row's arithmetic); `toLittleEndian` then puts them in the stored order. Every field of the stored
+ * answers and explanations is 32 bits wide, so one swap per word is the conversion.
+ */
+class Words {
+  readonly u32: Uint32Array;
+  readonly i32: Int32Array;
+  readonly f32: Float32Array;
+
+  constructor(private readonly bytes: Buffer) {
+    if (bytes.byteOffset % 4 !== 0 || bytes.byteLength % 4 !== 0) throw new FreshrecError("INTERNAL", "fusion: a buffer of words that is not word-aligned");
+    const words = bytes.byteLength / 4;
+    this.u32 = new Uint32Array(bytes.buffer, bytes.byteOffset, words);
+    this.i32 = new Int32Array(bytes.buffer, bytes.byteOffset, words);
+    this.f32 = new Float32Array(bytes.buffer, bytes.byteOffset, words);
+  }
+
+  toLittleEndian(): void {
+    if (!LITTLE_ENDIAN) this.bytes.swap32();
+  }
 }
 
 /**
@@ -1468,9 +1512,10 @@ function writeExplanationAnswer(out: DataView, at: number, k: number, pairUsers:
 export function encodeExplanation(e: StoredExplanation, answers = e.a.length): Buffer {
   const n = Math.min(answers, e.a.length);
   const out = Buffer.alloc(explanationBytes(n));
-  const view = new DataView(out.buffer, out.byteOffset, out.byteLength);
-  writeExplanationHead(view, 0, e.u, e.s, e.w);
-  for (let k = 0; k < n; k++) writeExplanationAnswer(view, 0, k, ...e.a[k]);
+  const words = new Words(out);
+  writeExplanationHead(words, 0, e.u, e.s, e.w);
+  for (let k = 0; k < n; k++) writeExplanationAnswer(words, 0, k, ...e.a[k]);
+  words.toLittleEndian();
   return out;
 }
 
@@ -1492,8 +1537,18 @@ export function decodeExplanation(bytes: Uint8Array): StoredExplanation {
 function round(x: number): number {
   // Number(x.toPrecision(4)) without the string when the digits are clear: m / 10^k is the correctly rounded
   // double of the decimal m * 10^-k, as the string's parse is; a product within 1e-6 of a half goes the slow way.
+  // The decimal exponent comes from comparisons with the powers of ten (a row rounds some twenty numbers, and a
+  // logarithm costs more than the rest of the rounding); next to a power of ten, where it could differ from the
+  // exact one by one, both give m / 10^k equal to that power.
   if (x > 0 && x < 1e15) {
-    const k = 3 - Math.floor(Math.log10(x));
+    let e = 0;
+    if (x < 1) {
+      e = -1;
+      while (e > -EXPONENT_FLOOR && x < TENTHS[-e]) e--;
+    } else {
+      while (x >= POWERS_OF_TEN[e + 1]) e++;
+    }
+    const k = 3 - e;
     if (k >= 0 && k <= 22) {
       const scaled = x * POWERS_OF_TEN[k];
       const m = Math.round(scaled);
@@ -1504,6 +1559,27 @@ function round(x: number): number {
 }
 
 const POWERS_OF_TEN = Array.from({ length: 23 }, (_, k) => Number(`1e${k}`));
+/** TENTHS[j] = 10^-j (as its double) down to 10^-EXPONENT_FLOOR; a number below goes the slow way (k > 22). */
+const EXPONENT_FLOOR = 20;
+const TENTHS = Array.from({ length: EXPONENT_FLOOR + 1 }, (_, j) => Number(`1e-${j}`));
+
+/**
+ * The logs of a prior's probabilities (floored at 1e-12, at the index of each answer) and of its rests (a zero rest
+ * read as 1e-12), as the fit and the rows weigh them (p^tau as exp(tau * log p)); computed once per prior (keyed by
+ * its probabilities, which its scoped copies share), so a refresh while the model is unchanged takes no log of them.
+ */
+export function priorLogs(prior: LlmPrior): { readonly probability: Float64Array; readonly rest: Float64Array } {
+  const cached = priorLogCache.get(prior.probability);
+  if (cached) return cached;
+  const probability = new Float64Array(prior.probability.length);
+  for (let k = 0; k < probability.length; k++) if (prior.answer[k] >= 0) probability[k] = Math.log(Math.max(prior.probability[k], 1e-12));
+  const rest = Float64Array.from(prior.rest, (r) => Math.log(r || 1e-12));
+  const logs = { probability, rest };
+  priorLogCache.set(prior.probability, logs);
+  return logs;
+}
+
+const priorLogCache = new WeakMap<Float32Array, { readonly probability: Float64Array; readonly rest: Float64Array }>();
 
 /** `priorLogMarginal`'s results, per prior (keyed by its probabilities, which its scoped copies share). */
 const logMarginals = new WeakMap<Float32Array, Float64Array>();
