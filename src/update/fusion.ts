@@ -205,7 +205,17 @@ export async function computePrior(
     });
     options.onProgress?.(Math.min(start + perCall, prompts.length), prompts.length);
   }
-  return { clusters, topM, answer, probability, rest };
+  return derived({ clusters, topM, answer, probability, rest });
+}
+
+/**
+ * What every refresh with a prior reads of it and no refresh changes (its logs and its second-cluster marginal),
+ * computed with the prior, once per model version, rather than by the first refresh that needs it.
+ */
+function derived(prior: LlmPrior): LlmPrior {
+  priorLogs(prior);
+  priorLogMarginal(prior);
+  return prior;
 }
 
 /** The prompts a prior scores: every ordered pair of distinct clusters, without context. */
@@ -361,15 +371,16 @@ class SliceObservations {
     this.answerCount = new Int32Array(pairs.length);
     this.logRest = new Float64Array(pairs.length);
     if (prior) {
+      const logs = priorLogs(prior);
       pairs.forEach((p, i) => {
-        this.logRest[i] = Math.log(prior.rest[p] || 1e-12);
+        this.logRest[i] = logs.rest[p];
         let kept = 0;
         for (let k = 0; k < topM; k++) {
           const n = prior.answer[p * topM + k];
           if (n < 0) break;
           if (prior.known && !prior.known[n]) continue;
           this.answerNext[i * topM + kept] = n;
-          this.answerLogP[i * topM + kept] = Math.log(Math.max(prior.probability[p * topM + k], 1e-12));
+          this.answerLogP[i * topM + kept] = logs.probability[p * topM + k];
           this.answerLogMarginal[i * topM + kept] = logMarginal![(p % K) * K + n];
           kept++;
         }
@@ -1426,11 +1437,11 @@ export class FusionScorer implements PromptScorer {
       topBase[at] = base;
     }
     const total = own?.total ?? 0;
-    writeExplanationHead(out, at, total, this.evidence.secondTotal[i2], round(total / denominator));
+    writeExplanationHead(out, at, total, this.evidence.secondTotal[i2], fourDigits(total / denominator));
     for (let k = 0; k < kept; k++) {
       const n = topCluster[k];
-      const llm = this.prior && known[n] ? round(Number.isNaN(answerPrior[n]) ? this.prior.rest[p] : answerPrior[n]) : null;
-      writeExplanationAnswer(out, at, k, users[n], this.evidence.second[row + n], llm, round(topBase[k]));
+      const llm = this.prior && known[n] ? fourDigits(Number.isNaN(answerPrior[n]) ? this.prior.rest[p] : answerPrior[n]) : null;
+      writeExplanationAnswer(out, at, k, users[n], this.evidence.second[row + n], llm, fourDigits(topBase[k]));
     }
     if (own) for (let k = 0; k < own.next.length; k++) users[own.next[k]] = 0;
     for (let k = 0; k < boostedCount; k++) {
@@ -1528,13 +1539,13 @@ export function decodeExplanation(bytes: Uint8Array): StoredExplanation {
   const a: (readonly [number, number, number | null, number])[] = [];
   for (let at = EXPLANATION_HEAD; at < b.length; at += EXPLANATION_ANSWER) {
     const llmPrior = b.readFloatLE(at + 8);
-    a.push([b.readUInt32LE(at), b.readUInt32LE(at + 4), Number.isNaN(llmPrior) ? null : round(llmPrior), round(b.readFloatLE(at + 12))]);
+    a.push([b.readUInt32LE(at), b.readUInt32LE(at + 4), Number.isNaN(llmPrior) ? null : fourDigits(llmPrior), fourDigits(b.readFloatLE(at + 12))]);
   }
-  return { u: b.readUInt32LE(4), s: b.readUInt32LE(8), w: round(b.readFloatLE(12)), a };
+  return { u: b.readUInt32LE(4), s: b.readUInt32LE(8), w: fourDigits(b.readFloatLE(12)), a };
 }
 
 /** Four significant digits: what an explanation needs, at a fraction of the stored size of full doubles. */
-function round(x: number): number {
+export function fourDigits(x: number): number {
   // Number(x.toPrecision(4)) without the string when the digits are clear: m / 10^k is the correctly rounded
   // double of the decimal m * 10^-k, as the string's parse is; a product within 1e-6 of a half goes the slow way.
   // The decimal exponent comes from comparisons with the powers of ten (a row rounds some twenty numbers, and a
@@ -1571,8 +1582,10 @@ const TENTHS = Array.from({ length: EXPONENT_FLOOR + 1 }, (_, j) => Number(`1e-$
 export function priorLogs(prior: LlmPrior): { readonly probability: Float64Array; readonly rest: Float64Array } {
   const cached = priorLogCache.get(prior.probability);
   if (cached) return cached;
+  const { answer } = prior;
   const probability = new Float64Array(prior.probability.length);
-  for (let k = 0; k < probability.length; k++) if (prior.answer[k] >= 0) probability[k] = Math.log(Math.max(prior.probability[k], 1e-12));
+  const given = prior.probability;
+  for (let k = 0; k < probability.length; k++) if (answer[k] >= 0) probability[k] = Math.log(Math.max(given[k], 1e-12));
   const rest = Float64Array.from(prior.rest, (r) => Math.log(r || 1e-12));
   const logs = { probability, rest };
   priorLogCache.set(prior.probability, logs);
@@ -1764,5 +1777,5 @@ export function loadPrior(path: string, clusters: readonly string[], topM: numbe
     at += bytes;
     return copy.buffer;
   };
-  return { clusters, topM: kept, answer: new Int32Array(take(sizes[0])), probability: new Float32Array(take(sizes[1])), rest: new Float32Array(take(sizes[2])) };
+  return derived({ clusters, topM: kept, answer: new Int32Array(take(sizes[0])), probability: new Float32Array(take(sizes[1])), rest: new Float32Array(take(sizes[2])) });
 }

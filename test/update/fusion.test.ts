@@ -12,7 +12,22 @@ import { DAY_MS } from "../../src/domain/clock.js";
 import { seededRandom } from "../../src/domain/random.js";
 import { EvidenceLog } from "../../src/mining/evidence.js";
 import { countTransitions, type TransitionColumns } from "../../src/mining/transitions.js";
-import { chooseWindow, decodeExplanation, explanationOf, fitFusion, FUSION_TEMPLATE, FusionScorer, loadPrior, priorFileReady, savePrior, scopePrior, type FusionParams, type LlmPrior } from "../../src/update/fusion.js";
+import {
+  chooseWindow,
+  decodeExplanation,
+  explanationOf,
+  fitFusion,
+  fourDigits,
+  FUSION_TEMPLATE,
+  FusionScorer,
+  loadPrior,
+  priorFileReady,
+  priorLogs,
+  savePrior,
+  scopePrior,
+  type FusionParams,
+  type LlmPrior,
+} from "../../src/update/fusion.js";
 import { buildTable } from "../../src/update/generate.js";
 import { SqliteTableStore } from "../../src/tables/index.js";
 import { VirtualClock } from "../../src/domain/clock.js";
@@ -531,6 +546,40 @@ describe("a whole fusion table", () => {
     const json = JSON.parse(JSON.stringify(decodeExplanation(bytes)));
     expect(explanationOf({ answers, explanation: json })).toEqual(explanationOf({ answers, explanation: bytes }));
     expect(explanationOf({ answers, explanation: bytes })).toEqual(scorer.explain(prompt, 5));
+  });
+});
+
+describe("explanation digits", () => {
+  it("round to four significant digits as the decimal string does, next to powers of ten too", () => {
+    const random = seededRandom(7);
+    const values: number[] = [0, 1, 1e-21, 5e-20, 0.5, 1e15, 2e15];
+    // Each power of ten and the doubles beside it, where a decimal exponent found by comparisons could be off by one.
+    for (let e = -21; e <= 15; e++) {
+      const p = Number(`1e${e}`);
+      const bits = new Float64Array([p]);
+      const words = new BigInt64Array(bits.buffer);
+      for (const step of [-2n, -1n, 0n, 1n, 2n]) {
+        const near = new BigInt64Array([words[0] + step]);
+        values.push(new Float64Array(near.buffer)[0]);
+      }
+      values.push(p * 0.99995, p * 0.999949, p * 9.9995, p * 1.00005);
+    }
+    for (let k = 0; k < 20_000; k++) values.push(10 ** (random() * 24 - 20) * (1 + random()));
+    for (const x of values) expect(fourDigits(x)).toBe(Number(x.toPrecision(4)));
+  });
+});
+
+describe("a prior's logs", () => {
+  it("are the floored logs of its answers and rests, computed with the prior and shared by its scoped copies", () => {
+    const prior = priorFavouring((c1, c2) => novel(c1 + 1, c1, c2), 0.7);
+    // topM is 1, so a pair's answer sits at its own index: pairs (a, b), (a, c) and (a, d) are 1, 2 and 3.
+    const withZero = { ...prior, probability: Float32Array.from(prior.probability, (p, k) => (k === 2 ? 0 : p)), rest: Float32Array.from(prior.rest, (r, k) => (k === 3 ? 0 : r)) };
+    const logs = priorLogs(withZero);
+    expect(logs.probability[1]).toBe(Math.log(withZero.probability[1]));
+    expect(logs.probability[2]).toBe(Math.log(1e-12));
+    expect(logs.rest[1]).toBe(Math.log(withZero.rest[1]));
+    expect(logs.rest[3]).toBe(Math.log(1e-12));
+    expect(priorLogs(scopePrior(withZero, new Uint8Array(K).fill(1), 0))).toBe(logs);
   });
 });
 
