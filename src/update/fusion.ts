@@ -1578,6 +1578,7 @@ const TENTHS = Array.from({ length: EXPONENT_FLOOR + 1 }, (_, j) => Number(`1e-$
  * The logs of a prior's probabilities (floored at 1e-12, at the index of each answer) and of its rests (a zero rest
  * read as 1e-12), as the fit and the rows weigh them (p^tau as exp(tau * log p)); computed once per prior (keyed by
  * its probabilities, which its scoped copies share), so a refresh while the model is unchanged takes no log of them.
+ * They hold a double per answer: as much memory again as the prior's answers and probabilities together.
  */
 export function priorLogs(prior: LlmPrior): { readonly probability: Float64Array; readonly rest: Float64Array } {
   const cached = priorLogCache.get(prior.probability);
