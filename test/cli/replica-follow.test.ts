@@ -152,7 +152,12 @@ describe("serve replicas follow the shared store's appends", () => {
     );
     // The whole answer, not only the history: B's row, items and fallback are A's.
     expect(onB).toEqual(onA);
-    const follow = (await health(1)).storeFollow;
+    // B's answer can show the append while the catch-up that applied it is still finishing (it applies a page,
+    // then yields to requests): it settles to following, listening.
+    const { storeFollow: follow } = await eventually(
+      () => health(1),
+      (h) => h.storeFollow.state !== "catching-up",
+    );
     expect(follow.state).toBe("following");
     expect(follow.listening).toBe(true);
   }, 120_000);
