@@ -14,9 +14,9 @@
  *    no cap, by default) samples, until `maxSamples` (6,000, the paper's "thousands") are kept.
  * Uncapped, the set is a uniform sample of the window's transitions by distinct users, so the model learns the
  * successors' true shares: the table ranks by them. The caps diversify the set (no pair, target or single
- * transition can take it over) at the price of those shares: a target capped at 4% that 13% of users chose is
- * learnt as a rare answer, and a triple capped at 8 users ties with a pair's lesser successors. Measured on the
- * development periods (README, fine-tuning), the caps made fine-tunes worse than the model they continue.
+ * transition can take it over) at the price of those shares: a popular target capped below its share is learnt as
+ * a rarer answer than it is, and a capped triple ties with its pair's lesser successors. On the development periods
+ * (README, fine-tuning) the caps made fine-tunes worse than the model they continue.
  * 4. Samples carry RAG context the way refreshes will: the training part is cut into weeks (`rag.windowDays`), and
  *    a sample of week w gets, with probability `contextShare` (0.5), the context retrieved from the week before w
  *    (so never from its own or later data). The other samples have no context. The model thus learns to answer
