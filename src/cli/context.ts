@@ -5,6 +5,7 @@
  */
 import type { Command } from "commander";
 import { EventStore, type EventStoreContract } from "../data/event-store.js";
+import { openEventStoreReader, type EventStoreReading } from "../data/event-store-share.js";
 import { PostgresEventStore, redactedUrl } from "../data/postgres-event-store.js";
 import { SystemClock, type Clock } from "../domain/clock.js";
 import { FreshrecError } from "../domain/errors.js";
@@ -39,6 +40,14 @@ export interface CommandContext {
   openEvents(): Promise<EventStore>;
   /** The event store the config names: PostgreSQL with `store.url`, else the workspace's DuckDB file. */
   openEventStore(): Promise<EventStoreContract>;
+  /**
+   * The event store the config names, for a command that only reads it (`analyze drift`, `doctor`, `experiment
+   * analyze`): the database with store.url; else the workspace's file opened read-only (readers run beside each other),
+   * or read through the process that holds it and shares it, `freshrec serve` or a `freshrec schedule run` worker
+   * (../data/event-store-share.ts). `heldBy` and `holder` name that process (null: none), for the command to say so.
+   * @throws EventStoreBusyError (exit 2) when a process that does not share the file holds it, naming it.
+   */
+  openEventStoreForReading(): Promise<EventStoreReading>;
   /**
    * The workspace's SQLite table store itself, for `serve --schedule`, which still builds tables through its
    * synchronous surface.
@@ -85,6 +94,8 @@ export function contextOf(command: Command): CommandContext {
       return EventStore.open(paths.events);
     },
     openEventStore: () => (config.store.url !== null ? onDeployment(() => PostgresEventStore.open(config.store.url!)) : EventStore.open(paths.events)),
+    openEventStoreForReading: async () =>
+      config.store.url !== null ? { store: await onDeployment(() => PostgresEventStore.open(config.store.url!)), heldBy: null, holder: null } : openEventStoreReader(paths.events),
     openTableStore: async () => (config.store.url !== null ? onDeployment(() => PostgresTableStore.open(config.store.url!, clock)) : EmbeddedTableStore.open(paths.tables, clock)),
     openTables: () => {
       if (config.store.url !== null) throw notOnPostgresYet(config.store.url, paths.tables);

@@ -279,6 +279,15 @@ export class SharedEventStore implements EventStoreContract {
   }
 }
 
+/** An event store opened for reading, and the process it is read through (both null: the store itself). */
+export interface EventStoreReading {
+  readonly store: EventStoreContract;
+  /** The PID of the process that holds the store and answers its reads. */
+  readonly heldBy: number | null;
+  /** The command that process runs ("freshrec serve"), as its share file names it. */
+  readonly holder: string | null;
+}
+
 /**
  * The event store at `path` for a command that only reads it: opened read-only, or, while a process that shares it
  * (freshrec serve, a freshrec schedule run worker) holds it, read through that process.
@@ -286,7 +295,7 @@ export class SharedEventStore implements EventStoreContract {
  * itself; a holder null when the share file does not name it).
  * @throws EventStoreBusyError when a process that does not share the store holds it; BadInputError when there is none.
  */
-export async function openEventStoreReader(path: string): Promise<{ store: EventStoreContract; heldBy: number | null; holder: string | null }> {
+export async function openEventStoreReader(path: string): Promise<EventStoreReading> {
   try {
     return { store: await EventStore.openReadOnly(path), heldBy: null, holder: null };
   } catch (error) {

@@ -208,31 +208,26 @@ export class EventStore implements EventStoreContract {
   }
 
   /**
-   * Checks a store file without changing it (`freshrec doctor`): opens it read-only and reads every column of every
-   * table, which makes DuckDB verify the checksum of each block it reads; a plain count is answered from metadata and
-   * would pass a store whose data blocks are damaged.
+   * Checks a DuckDB event store without changing it (`freshrec doctor`): reads every column of every table, which makes
+   * DuckDB verify the checksum of each block it reads; a plain count is answered from metadata and would pass a store
+   * whose data blocks are damaged. `store` is the file opened read-only, or read through the process that holds it
+   * (./event-store-share.ts), whose DuckDB then reads the blocks (those it holds in memory already are not read again).
    * @returns rows per table.
-   * @throws FreshrecError naming the file and what DuckDB said (also when another process holds the file).
+   * @throws FreshrecError naming the store and what DuckDB said.
    */
-  static async verify(path: string): Promise<Record<string, number>> {
-    let instance: DuckDBInstance | null = null;
-    let connection: DuckDBConnection | null = null;
+  static async verify(store: EventStoreContract): Promise<Record<string, number>> {
+    if (store.dialect !== "duckdb") throw new FreshrecError("INTERNAL", `EventStore.verify checks DuckDB stores, not ${store.location}`);
     try {
-      instance = await DuckDBInstance.create(path, { access_mode: "READ_ONLY" });
-      connection = await instance.connect();
-      const tables = (await connection.runAndReadAll("SELECT table_name FROM duckdb_tables() ORDER BY table_name")).getRowObjectsJS();
+      const tables = await store.query<{ table_name: string }>("SELECT table_name FROM duckdb_tables() ORDER BY table_name");
       const rows: Record<string, number> = {};
-      for (const { table_name: name } of tables as { table_name: string }[]) {
+      for (const { table_name: name } of tables) {
         const quoted = `"${name.replace(/"/g, '""')}"`;
-        const [row] = (await connection.runAndReadAll(`SELECT count(*) AS n, sum(hash(COLUMNS(*))) FROM ${quoted}`)).getRowObjectsJS();
+        const [row] = await store.query<{ n: bigint }>(`SELECT count(*) AS n, sum(hash(COLUMNS(*))) FROM ${quoted}`);
         rows[name] = Number(row.n);
       }
       return rows;
     } catch (error) {
-      throw new FreshrecError("INTERNAL", `event store ${path}: ${(error as Error).message}`, { cause: error });
-    } finally {
-      connection?.closeSync();
-      instance?.closeSync();
+      throw new FreshrecError("INTERNAL", `event store ${store.location}: ${(error as Error).message}`, { cause: error });
     }
   }
 

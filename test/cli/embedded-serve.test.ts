@@ -2,7 +2,8 @@
  * The embedded workspace's process model (issue 19, item 2): `freshrec serve` owns the workspace's event store while
  * it runs (DuckDB opens a file in one process at a time), so another process that writes the events is refused naming
  * the holder, while the commands that read only the SQLite stores (tables, models, schedule) work beside it, and
- * `analyze drift` reads the events through the server (src/data/event-store-share.ts).
+ * `analyze drift`, `doctor` (its integrity check of the events included) and `experiment analyze` read the event store
+ * through the server (src/data/event-store-share.ts).
  * test/serving/cli.test.ts covers the other way round: experiment commands reach a running server with --server.
  */
 import { spawn } from "node:child_process";
@@ -11,6 +12,9 @@ import { join } from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
 import { EventStore } from "../../src/data/event-store.js";
 import { shareFilePath } from "../../src/data/event-store-share.js";
+import { SystemClock } from "../../src/domain/clock.js";
+import { ModelRegistry } from "../../src/llm/registry.js";
+import { trainTinyModel } from "../llm/tiny-model.js";
 import { servingWorkspace, type ServingWorkspace } from "../serving/fixtures.js";
 import { ROOT, runCli, serveCli } from "./run.js";
 
@@ -147,6 +151,60 @@ describe("the embedded workspace while freshrec serve runs", () => {
       store.close();
     }
   }, 120_000);
+
+  it("doctor and experiment analyze read through serve while it runs: every check passes, the analysis is the one made after it stops", async () => {
+    const { cli } = commands();
+    // A live model for the doctor's backend checks: any model of the engine answers, with its own clusters.
+    const registry = new ModelRegistry(ws.dir, new SystemClock());
+    try {
+      registry.makeLive((await registry.register({ kind: "base", filePath: await trainTinyModel(ws.dir) })).version, "test");
+    } finally {
+      registry.close();
+    }
+    const created = cli("experiment", "create", "beside-serve", "--arm", `control=${ws.plain}`, "--arm", "treatment=live");
+    expect(created.status, created.stderr).toBe(0);
+    const server = await serveCli(ws.dir, config);
+    let beside: Record<string, any>;
+    try {
+      // Exposures for 12 users, then an engagement of each with the first cluster shown: the intake writes the
+      // exposures and attributes these events to them as outcomes, in the server's store.
+      const engaged = [];
+      for (let k = 0; k < 12; k++) {
+        const answer = (await (await fetch(`${server.url}/v1/users/${ws.world.userId(k)}/exploration?n=3`)).json()) as any;
+        const itemId = answer.recommendations[0].items[0]?.itemId;
+        if (itemId) engaged.push({ userId: ws.world.userId(k), itemId, ts: Date.now(), engagement: 1 });
+      }
+      expect(engaged.length).toBeGreaterThan(0);
+      expect(await post(server.url, engaged)).toMatchObject({ eventsAdded: engaged.length });
+
+      const doctor = cli("doctor");
+      expect(doctor.status, JSON.stringify(doctor.json)).toBe(0);
+      expect(doctor.json.passed).toBe(true);
+      const events = doctor.json.checks.find((c: { name: string }) => c.name === "events.duckdb");
+      expect(events).toMatchObject({ ok: true, detail: expect.stringContaining(`every table read back through freshrec serve (PID ${server.child.pid}), which holds it`) });
+      expect(events.warning).toBeUndefined();
+
+      const analyzed = cli("experiment", "analyze", "beside-serve");
+      expect(analyzed.status, analyzed.stderr).toBe(0);
+      expect(analyzed.json.readThrough).toEqual({ pid: server.child.pid, command: "freshrec serve" });
+      expect(analyzed.json.users).toBe(12);
+      const arms = Object.values(analyzed.json.arms as Record<string, { exposures: number; satisfied: number }>);
+      expect(arms.reduce((n, a) => n + a.exposures, 0)).toBe(12);
+      expect(arms.reduce((n, a) => n + a.satisfied, 0)).toBe(engaged.length);
+      beside = analyzed.json;
+      const text = runCli(["--workspace", ws.dir, "--config", config, "experiment", "analyze", "beside-serve"]);
+      expect(text.status, text.stderr).toBe(0);
+      expect(text.stdout).toContain(`read through freshrec serve (PID ${server.child.pid}), which holds the event store`);
+    } finally {
+      server.child.kill("SIGINT");
+    }
+    expect(await server.exited).toBe(0);
+    // Without the server, the file itself holds the same log.
+    const alone = cli("experiment", "analyze", "beside-serve");
+    expect(alone.status, alone.stderr).toBe(0);
+    expect(alone.json.readThrough).toBeNull();
+    expect(analysis(alone.json)).toEqual(analysis(beside));
+  }, 180_000);
 });
 
 /** The workspace's CLI with the test's config, and the drift analysis the tests run. */

@@ -168,6 +168,13 @@ describe("store.url: serve, tables and models on PostgreSQL through the CLI", ()
         expect(arm).toMatch(/^(control|treatment)$/);
       }
       expect(cli(admin, ["experiment", "list"]).json.experiments.map((e: { name: string }) => e.name)).toEqual(["pg-cli"]);
+      // Its analysis reads the database beside the servers; an unknown name is NOT_FOUND (exit 2).
+      const analyzed = cli(admin, ["experiment", "analyze", "pg-cli"]);
+      expect(analyzed.status, analyzed.stderr).toBe(0);
+      expect(analyzed.json).toMatchObject({ experiment: "pg-cli", control: "control", readThrough: null });
+      const unknown = cli(admin, ["experiment", "analyze", "pg-nope"]);
+      expect(unknown.status).toBe(2);
+      expect(unknown.json.error).toMatchObject({ code: "NOT_FOUND", message: expect.stringContaining('"pg-nope" does not exist') });
     } finally {
       for (const s of servers) s.child.kill("SIGINT");
     }

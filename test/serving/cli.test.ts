@@ -1,6 +1,7 @@
 /**
  * `freshrec serve` and `freshrec experiment` as a user runs them: the server holds the workspace's event store, the
- * experiment commands go through its admin routes with --server, and Ctrl-C stops it cleanly.
+ * experiment commands that write go through its admin routes with --server (analyze reads through the server without
+ * it), and Ctrl-C stops it cleanly.
  */
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { mkdirSync, writeFileSync } from "node:fs";
@@ -68,9 +69,13 @@ describe("freshrec experiment and serve", () => {
       expect(explored.experiment).toMatchObject({ name: "cli-e1" });
       expect(explored.table.version).toBe(explored.experiment.arm === "control" ? ws.plain : ws.rag);
 
-      const locked = freshrec(["--workspace", ws.dir, "experiment", "analyze", "cli-e1"]);
+      // A command that writes the log needs --server; analyze only reads, through the server that holds the store.
+      const locked = freshrec(["--workspace", ws.dir, "experiment", "stop", "cli-e1"]);
       expect(locked.status).toBe(2);
       expect(locked.stderr).toMatch(/--server/);
+      const beside = freshrec(["--workspace", ws.dir, "experiment", "analyze", "cli-e1"]);
+      expect(beside.status, beside.stderr).toBe(0);
+      expect(beside.json.readThrough).toEqual({ pid: child.pid, command: "freshrec serve" });
       const analysis = freshrec(["--workspace", ws.dir, "experiment", "analyze", "cli-e1", "--server", url]);
       expect(analysis.status, analysis.stderr).toBe(0);
       expect(analysis.json).toMatchObject({ experiment: "cli-e1", users: 1, arms: { control: expect.any(Object), treatment: expect.any(Object) } });

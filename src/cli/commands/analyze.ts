@@ -2,20 +2,7 @@ import type { Command } from "commander";
 import { writeDriftReport } from "../../evaluation/drift-report.js";
 import { analyzeDrift } from "../../mining/drift.js";
 import { BadInputError } from "../../domain/errors.js";
-import { openEventStoreReader } from "../../data/event-store-share.js";
-import type { CommandContext } from "../context.js";
 import { action, positiveInt, timeOption } from "../run.js";
-
-/**
- * The event store an analysis reads: the database with store.url; else the workspace's file, opened read-only (so
- * analyses run beside each other), or read through the process that holds it, `freshrec serve` or a `freshrec schedule
- * run` worker, which answers for it (../../data/event-store-share.ts).
- * @returns the store, the PID of the process it is read through (null: no other process) and the command it runs.
- */
-async function openForReading(ctx: CommandContext) {
-  if (ctx.config.store.url !== null) return { store: await ctx.openEventStore(), heldBy: null, holder: null };
-  return openEventStoreReader(ctx.paths.events);
-}
 
 export function registerAnalyze(program: Command): void {
   const analyze = program.command("analyze").description("analyses of the event store");
@@ -32,7 +19,7 @@ export function registerAnalyze(program: Command): void {
         const opts = command.opts<{ from?: string; to?: string; minSupport?: string; topK?: string }>();
         const minSupport = positiveInt("min-support", opts.minSupport) ?? ctx.config.drift.minSupport;
         const topK = positiveInt("top-k", opts.topK) ?? ctx.config.drift.topK;
-        const { store, heldBy, holder } = await openForReading(ctx);
+        const { store, heldBy, holder } = await ctx.openEventStoreForReading();
         try {
           const counts = await store.counts();
           if (counts.events === 0) throw new BadInputError(`the event store ${store.location} is empty: run freshrec ingest or freshrec synth first`);

@@ -9,7 +9,8 @@ import type { Command } from "commander";
 import { existsSync, statSync } from "node:fs";
 import { basename } from "node:path";
 import pg from "pg";
-import { EventStore } from "../../data/event-store.js";
+import { EventStore, EventStoreBusyError } from "../../data/event-store.js";
+import { openEventStoreReader, type EventStoreReading } from "../../data/event-store-share.js";
 import { PostgresEventStore, redactedUrl } from "../../data/postgres-event-store.js";
 import type { Clock } from "../../domain/clock.js";
 import type { Cluster } from "../../domain/types.js";
@@ -54,27 +55,39 @@ const RESTORE = "restore it from a backup, or move it aside (freshrec starts an 
 /**
  * Checks every store file the workspace has (one check each, named by the file; a store not created yet has none):
  * SQLite files with PRAGMA quick_check, the DuckDB event store read through (`EventStore.verify`). Files are opened
- * read-only, so the doctor never repairs, creates or migrates anything it looks at.
+ * read-only, so the doctor never repairs, creates or migrates anything it looks at. The event store comes from
+ * `openEvents` (the CLI's reader: the file read-only, or read through `freshrec serve` or a `schedule run` worker while
+ * one holds it, ../../data/event-store-share.ts).
  */
-export async function diagnoseStores(paths: WorkspacePaths): Promise<DoctorCheck[]> {
+export async function diagnoseStores(paths: WorkspacePaths, openEvents: () => Promise<EventStoreReading> = () => openEventStoreReader(paths.events)): Promise<DoctorCheck[]> {
   const checks: DoctorCheck[] = [];
-  if (existsSync(paths.events)) checks.push(await checkEventStore(paths.events));
+  if (existsSync(paths.events)) checks.push(await checkEventStore(paths.events, openEvents));
   for (const file of [paths.tables, paths.registry, scheduleStorePath(paths.root), responseCachePath(paths.root)]) {
     if (existsSync(file)) checks.push(checkSqliteFile(file));
   }
   return checks;
 }
 
-async function checkEventStore(file: string): Promise<DoctorCheck> {
+async function checkEventStore(file: string, openEvents: () => Promise<EventStoreReading>): Promise<DoctorCheck> {
   const name = basename(file);
   if (statSync(file).size === 0) return { name, ok: false, detail: `${file} is empty (0 bytes): it was truncated or replaced; ${RESTORE}` };
+  let reading: EventStoreReading;
   try {
-    const rows = await EventStore.verify(file);
-    return { name, ok: true, detail: `${file}: every table read back (${rows.events ?? 0} events)` };
+    reading = await openEvents();
   } catch (error) {
-    // DuckDB opens a file in one process at a time: a running server is no damage, only a check that cannot run.
-    if (/could not set lock/i.test(message(error))) return { name, ok: true, warning: true, detail: `${file} is held by another process (freshrec serve?): not checked` };
+    // A process that holds the file without sharing it (an ingest running): no damage, only a check that cannot run now.
+    if (error instanceof EventStoreBusyError) return { name, ok: true, warning: true, detail: `${file} is held by another process (PID ${error.holderPid}) that does not share it for reading: not checked (run freshrec doctor again when it has ended)` };
     return { name, ok: false, detail: `${message(error)}; ${RESTORE}` };
+  }
+  const { store, heldBy, holder } = reading;
+  const through = heldBy === null ? "" : ` through ${holder ?? "the process"} (PID ${heldBy}), which holds it`;
+  try {
+    const rows = await EventStore.verify(store);
+    return { name, ok: true, detail: `${file}: every table read back${through} (${rows.events ?? 0} events)` };
+  } catch (error) {
+    return { name, ok: false, detail: `${message(error)}${through ? ` (read${through})` : ""}; ${RESTORE}` };
+  } finally {
+    await store.close();
   }
 }
 
@@ -355,7 +368,7 @@ export function registerDoctor(program: Command): void {
           });
           return doctorResult(`database: ${redactedUrl(storeUrl)}`, database.checks, backend);
         }
-        const stores = await diagnoseStores(ctx.paths);
+        const stores = await diagnoseStores(ctx.paths, () => ctx.openEventStoreForReading());
         const backend = await diagnoseBackend({
           settings: ctx.config.llm,
           workspace: ctx.paths.root,
@@ -372,16 +385,12 @@ export function registerDoctor(program: Command): void {
           },
           clusters: async () => {
             if (!existsSync(ctx.paths.events)) throw new Error(`no event store at ${ctx.paths.events}: run freshrec ingest, synth or demo first (the clusters come from it)`);
-            let store: EventStore;
-            try {
-              store = await EventStore.open(ctx.paths.events);
-            } catch (error) {
-              throw new Error(`cannot open ${ctx.paths.events} (is freshrec serve holding it?): ${message(error)}`);
-            }
+            // Read-only, or through freshrec serve (or a schedule run worker) while it holds the file.
+            const { store } = await ctx.openEventStoreForReading();
             try {
               return await store.clusters();
             } finally {
-              store.close();
+              await store.close();
             }
           },
         });

@@ -2,9 +2,9 @@
  * `freshrec experiment create|list|stop|analyze|simulate`: live A/B experiments over table versions or strategies,
  * and a simulated A/B on the synthetic platform (control = finetune-monthly, treatment = hybrid).
  *
- * create/list/stop/analyze work on the workspace's event store, so the server must be stopped, or pass
- * `--server URL` to go through the running server's admin routes (token from FRESHREC_ADMIN_TOKEN or
- * serve.adminToken). With store.url they work on the database beside running servers (which pick a new experiment up
+ * create/list/stop work on the workspace's event store, so the server must be stopped, or pass `--server URL` to go
+ * through the running server's admin routes (token from FRESHREC_ADMIN_TOKEN or serve.adminToken); analyze only
+ * reads, so beside a running server it reads the log through it (../../data/event-store-share.ts). With store.url they work on the database beside running servers (which pick a new experiment up
  * when they start; --server makes one serve it at once). simulate reads the events and the live model the config
  * names (the workspace's, or the deployment's database) and keeps its simulated traffic, tables and log under
  * <workspace>/experiments/NAME, so neither the workspace nor the deployment changes.
@@ -19,6 +19,7 @@ import { PROMPT_TEMPLATE_HASH } from "../../llm/prompt.js";
 import {
   EXPERIMENT_METRICS,
   openExperimentLog,
+  readExperiment,
   type ExperimentLogContract,
   METRIC_LABELS,
   analyzeExperiment,
@@ -283,12 +284,24 @@ export function registerExperiment(program: Command): void {
       action(async (ctx, command) => {
         const [name] = command.args;
         const { server } = command.opts<{ server?: string }>();
-        const analysis: ExperimentAnalysis = server
-          ? await callServer(ctx, server, "GET", `/v1/experiments/${encodeURIComponent(name)}/analysis`)
-          : await withLog(ctx, async (log, events) => analyzeExperiment(events, await log.get(name), { resamples: ctx.config.experiment.resamples }));
+        let analysis: ExperimentAnalysis;
+        let readThrough: { pid: number; command: string | null } | null = null;
+        if (server) analysis = await callServer(ctx, server, "GET", `/v1/experiments/${encodeURIComponent(name)}/analysis`);
+        else {
+          // Only reads: beside a running freshrec serve (or schedule run worker) the log is read through it.
+          const { store, heldBy, holder } = await ctx.openEventStoreForReading();
+          try {
+            analysis = await analyzeExperiment(store, await readExperiment(store, name), { resamples: ctx.config.experiment.resamples });
+          } finally {
+            await store.close();
+          }
+          if (heldBy !== null) readThrough = { pid: heldBy, command: holder };
+        }
         const table = renderExperimentTable(analysis);
         const reports = writeExperimentReport(ctx, name, analysis, { title: `Experiment ${name}`, paragraphs: [], json: analysis });
-        return { json: { ...analysis, table, reports }, text: [`experiment ${name}`, ...table, `reports: ${reports.html}`].join("\n") };
+        const through = readThrough === null ? [] : [`read through ${readThrough.command ?? "the process"} (PID ${readThrough.pid}), which holds the event store: every exposure and outcome it has written included`];
+        // readThrough: the process the log was read through while it held the event store (null: the store itself, or --server).
+        return { json: { ...analysis, table, reports, readThrough }, text: [`experiment ${name}`, ...table, ...through, `reports: ${reports.html}`].join("\n") };
       }),
     );
 

@@ -113,6 +113,21 @@ export interface ExperimentLogContract {
   attributeOutcomes(experiment: string, events: readonly AttributableEvent[], windowMs: number, positiveMin: number | null): Promise<number>;
 }
 
+/**
+ * The experiment `name` as any event store holds it, read with one SELECT and nothing created: also from a store opened
+ * read-only or read through the process that holds it (`freshrec experiment analyze` beside `freshrec serve`).
+ * @throws FreshrecError (NOT_FOUND) for a name the store never had (or a store without experiments at all).
+ */
+export async function readExperiment(store: EventStoreContract, name: string): Promise<Experiment> {
+  // information_schema is in both dialects: a store where no experiment was ever made has no table to read.
+  const [found] = await store.query<{ n: bigint | number }>(
+    "SELECT count(*) AS n FROM information_schema.tables WHERE table_name = 'experiments' AND table_schema = current_schema()",
+  );
+  const [row] = Number(found.n) === 0 ? [] : await store.query<ExperimentRow>("SELECT * FROM experiments WHERE name = $name", { name });
+  if (!row) throw new FreshrecError("NOT_FOUND", `experiment ${JSON.stringify(name)} does not exist`);
+  return toExperiment(row);
+}
+
 /** The experiment log kept in `store`, whichever adapter it is. */
 export async function openExperimentLog(store: EventStoreContract): Promise<ExperimentLogContract> {
   if (store instanceof PostgresEventStore) return PostgresExperimentLog.open(store);
@@ -137,9 +152,7 @@ export class ExperimentLog implements ExperimentLogContract {
   }
 
   async get(name: string): Promise<Experiment> {
-    const [row] = await this.store.query<ExperimentRow>("SELECT * FROM experiments WHERE name = $name", { name });
-    if (!row) throw new FreshrecError("NOT_FOUND", `experiment ${JSON.stringify(name)} does not exist`);
-    return toExperiment(row);
+    return readExperiment(this.store, name);
   }
 
   /** The one active experiment, if any. */
