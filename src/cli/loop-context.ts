@@ -11,7 +11,7 @@ import { readGgufFile } from "../llm/engine/gguf.js";
 import { futureExamples, timedTransitions } from "../mining/transitions.js";
 import { contextFor, retrieveContexts, withRetrievedContexts } from "../update/rag.js";
 import { EmbeddedLanguageModel } from "../llm/backends/embedded.js";
-import { hostedModelName, languageModelBackend, writeHostedModelFile } from "../llm/backends/index.js";
+import { hostedModelName, languageModelBackend, writeHostedModelFile, type LlmBackend } from "../llm/backends/index.js";
 import type { Trainer } from "../llm/contracts.js";
 import { FreshrecError } from "../domain/errors.js";
 import { copyFileSync, existsSync, linkSync, mkdirSync, renameSync, rmSync } from "node:fs";
@@ -19,7 +19,7 @@ import { dirname, extname, join } from "node:path";
 import { measureGates } from "../update/finetune.js";
 import type { GateOptions, GateResult } from "../update/gates.js";
 import { DAY_MS } from "../domain/clock.js";
-import type { TimeWindow } from "../domain/types.js";
+import type { Cluster, TimeWindow } from "../domain/types.js";
 import type { TableStoreContract } from "../tables/index.js";
 import { UpdateLoop, type LoopSettings } from "../update/loop.js";
 import type { FreshrecConfig } from "./config.js";
@@ -244,6 +244,15 @@ export function configuredModelFile(ctx: CommandContext, dir: string, name: stri
   return file;
 }
 
+/**
+ * The language-model backend the config names (`llm.backend`: embedded, gguf or openai), answering with `clusters`
+ * (the event store's): what every command opens model versions with and trains through, so that no command
+ * silently scores with another backend than the configured one.
+ */
+export function configuredBackend(ctx: CommandContext, clusters: readonly Cluster[]): LlmBackend {
+  return languageModelBackend(ctx.config.llm, { clusters, workspace: ctx.paths.root, responseCache: ctx.openResponseCache, clock: ctx.clock, training: ctx.config.training });
+}
+
 export interface OpenLoop {
   readonly events: EventStoreContract;
   readonly tables: TableStoreContract;
@@ -281,13 +290,7 @@ async function loopOver(ctx: CommandContext, overrides: { trainer?: Trainer }, e
   const catalog = await events.clusters();
   const clusters = catalog.map((c) => c.id);
   // The configured backend opens model versions and trains new ones: the loop is the same for every backend.
-  const backend = languageModelBackend(ctx.config.llm, {
-    clusters: catalog,
-    workspace: ctx.paths.root,
-    responseCache: ctx.openResponseCache,
-    clock: ctx.clock,
-    training: ctx.config.training,
-  });
+  const backend = configuredBackend(ctx, catalog);
   const loop = new UpdateLoop({
     events,
     tables,

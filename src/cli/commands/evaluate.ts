@@ -17,10 +17,9 @@ import { SnapshotCache } from "../../update/rag.js";
 import { EvidenceCache } from "../../update/fusion.js";
 import type { FreshrecConfig } from "../config.js";
 import { createHash } from "node:crypto";
-import { cannotTrain, configuredModelFile, loopSettings, openLoop, resolveAsOf, trainBaseModel } from "../loop-context.js";
+import { cannotTrain, configuredBackend, configuredModelFile, loopSettings, openLoop, resolveAsOf, trainBaseModel } from "../loop-context.js";
 import { measureContextUse, type ContextUse } from "../../evaluation/context-use.js";
 import type { LanguageModel } from "../../llm/contracts.js";
-import { languageModelBackend } from "../../llm/backends/index.js";
 import { trainingProgress } from "../progress.js";
 import { action, positiveInt, timeOption } from "../run.js";
 import { runLine } from "./refresh.js";
@@ -135,7 +134,7 @@ export function registerEvaluate(program: Command): void {
             .digest("hex")
             .slice(0, 8);
           const catalog = await events.clusters();
-          const backend = languageModelBackend(ctx.config.llm, { clusters: catalog, workspace: ctx.paths.root, responseCache: ctx.openResponseCache, clock: ctx.clock, training: ctx.config.training });
+          const backend = configuredBackend(ctx, catalog);
           const needsModel = names.some((n) => (LLM_STRATEGIES as readonly string[]).includes(n));
           // A configured external model is the start model as it is: what it was trained on is outside freshrec's
           // view, so the no-leakage guarantee covers only the tables and fine-tunes made here. The embedded one
@@ -231,7 +230,7 @@ export function registerEvaluate(program: Command): void {
         let external: LanguageModel | null = null;
         try {
           const model = opts.model
-            ? (external = await languageModelBackend(ctx.config.llm, { clusters: await open.events.clusters(), workspace: ctx.paths.root, responseCache: ctx.openResponseCache, clock: ctx.clock, training: ctx.config.training }).openModel(opts.model))
+            ? (external = await configuredBackend(ctx, await open.events.clusters()).openModel(opts.model))
             : (await open.loop.liveModel()).scorer;
           const rows: ContextUse[] = [];
           for (const at of times) rows.push(await measureContextUse(open.events, model, at, { days, rag: { ...ctx.config.rag, positiveMin: open.positiveMin }, signal: ctx.signal }));

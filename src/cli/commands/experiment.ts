@@ -14,7 +14,7 @@ import { join } from "node:path";
 import type { EventStoreContract } from "../../data/event-store.js";
 import { BadInputError, FreshrecError, type ErrorCode } from "../../domain/errors.js";
 import { writeReport, type WrittenReport } from "../../evaluation/report.js";
-import { EmbeddedLanguageModel } from "../../llm/backends/embedded.js";
+import type { LlmBackend } from "../../llm/backends/index.js";
 import { PROMPT_TEMPLATE_HASH } from "../../llm/prompt.js";
 import {
   EXPERIMENT_METRICS,
@@ -31,6 +31,7 @@ import {
   type SimulatedExperimentResult,
 } from "../../serving/index.js";
 import type { CommandContext } from "../context.js";
+import { configuredBackend } from "../loop-context.js";
 import { action, positiveInt } from "../run.js";
 import { adminToken } from "./serve.js";
 import { experimentView } from "../../serving/views.js";
@@ -141,7 +142,10 @@ export interface SimulateExperimentOptions {
  * <workspace>/experiments/NAME: the workspace's file (it must not be open elsewhere), or with store.url the
  * deployment's database, read through the event store contract and never written.
  */
-export async function simulateExperiment(ctx: CommandContext, overrides: SimulateExperimentOptions = {}): Promise<SimulatedExperimentResult & { reports: WrittenReport }> {
+export async function simulateExperiment(
+  ctx: CommandContext,
+  overrides: SimulateExperimentOptions = {},
+): Promise<SimulatedExperimentResult & { reports: WrittenReport; backend: { kind: string; description: string } }> {
   const e = ctx.config.experiment;
   const registry = await ctx.openRegistry();
   let live: Awaited<ReturnType<typeof registry.live>>;
@@ -157,8 +161,12 @@ export async function simulateExperiment(ctx: CommandContext, overrides: Simulat
   // The deployment's events are read through the store contract; the workspace's file is copied whole (faster).
   const events = ctx.config.store.url !== null ? await ctx.openEventStore() : null;
   let result: SimulatedExperimentResult;
+  let backend: LlmBackend;
   try {
-    const model = await EmbeddedLanguageModel.open(liveFile);
+    // The backend llm.backend names, as every command opens the live model: a gguf or openai model scores the arms'
+    // tables as it scores the deployment's (the copy has the same clusters, read here from the store it copies).
+    backend = configuredBackend(ctx, events === null ? await workspaceClusters(ctx) : await events.clusters());
+    const model = await backend.openModel(liveFile);
     try {
       const positiveMin = ctx.config.data.positiveMin;
       result = await runSimulatedExperiment({
@@ -191,14 +199,25 @@ export async function simulateExperiment(ctx: CommandContext, overrides: Simulat
   const reports = writeExperimentReport(ctx, name, result, {
     title: `Simulated A/B: hybrid (refreshed every ${s.refreshDays} days) vs finetune-monthly`,
     paragraphs: [
-      `Synthetic platform, ${s.users} users hashed into two arms (salt ${JSON.stringify(s.salt)}), ${s.days} simulated days from ${s.from.slice(0, 10)}; model ${s.model} in both arms.`,
+      `Synthetic platform, ${s.users} users hashed into two arms (salt ${JSON.stringify(s.salt)}), ${s.days} simulated days from ${s.from.slice(0, 10)}; model ${s.model} in both arms (${backend.description}).`,
       `Control: table ${result.tables.control} (no retrieval). Treatment: tables ${result.tables.treatment.join(", ")} (refreshed on the simulated traffic, with the workspace's rag.method).`,
       `${s.slates} slates shown, ${s.clicks} clicks, ${s.events} events. Scratch data: ${result.workDir}.`,
       `The platform's responses to the ${s.outcomes.slots} slots: ${s.outcomes.satisfied} satisfied, ${s.outcomes.dissatisfied} dissatisfied, ${s.outcomes.negative} negative, ${s.outcomes.ignored} ignored (a click is satisfied or dissatisfied; an unclicked slot is negative or ignored).`,
     ],
     json: result,
   });
-  return { ...result, reports };
+  // backend: what scored the arms' tables (llm.backend).
+  return { ...result, reports, backend: { kind: backend.kind, description: backend.description } };
+}
+
+/** The clusters of the workspace's event store, read before the simulation copies it. */
+async function workspaceClusters(ctx: CommandContext) {
+  const { store } = await ctx.openEventStoreForReading();
+  try {
+    return await store.clusters();
+  } finally {
+    await store.close();
+  }
 }
 
 export function registerExperiment(program: Command): void {
@@ -328,7 +347,7 @@ export function registerExperiment(program: Command): void {
         });
         const s = result.simulated;
         const text = [
-          `simulated A/B, ${s.days} days from ${s.from.slice(0, 10)}, ${s.users} users (salt ${JSON.stringify(s.salt)}), model ${s.model}: control = ${result.tables.control} (finetune-monthly, no retrieval), treatment = hybrid (refreshed every ${s.refreshDays} days: ${result.tables.treatment.join(", ")})`,
+          `simulated A/B, ${s.days} days from ${s.from.slice(0, 10)}, ${s.users} users (salt ${JSON.stringify(s.salt)}), model ${s.model} (${result.backend.description}): control = ${result.tables.control} (finetune-monthly, no retrieval), treatment = hybrid (refreshed every ${s.refreshDays} days: ${result.tables.treatment.join(", ")})`,
           ...result.table,
           `reports: ${result.reports.html}`,
         ].join("\n");

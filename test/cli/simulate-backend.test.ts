@@ -1,0 +1,55 @@
+/**
+ * `experiment simulate` opens the live model with the backend the config names (`llm.backend`), as every other
+ * command does: the embedded engine by default, and with `llm.backend: openai` the server the config names, whose
+ * failure is the command's (never the embedded engine quietly scoring in its place).
+ */
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import { runCli } from "./run.js";
+
+const WORLD = ["--quick", "--users", "200", "--events", "12000", "--months", "2"];
+
+function workspace(config: object) {
+  const root = mkdtempSync(join(tmpdir(), "freshrec-simulate-backend-"));
+  const file = join(root, "freshrec.config.json");
+  writeFileSync(file, JSON.stringify(config));
+  const ws = join(root, "ws");
+  return { ws, cli: (...args: string[]) => runCli(["--workspace", ws, "--config", file, "--json", ...args], { timeoutMs: 600_000 }) };
+}
+
+describe("experiment simulate and llm.backend", () => {
+  it("scores the arms with the embedded engine when the config says so, and says which backend it used", () => {
+    const { cli } = workspace({
+      model: { embedding: 32, layers: 1, heads: 2, feedForward: 64 },
+      pretrain: { epochs: 1, windowDays: 45, heldOutDays: 7, maxSamples: 2000 },
+      rag: { minSupport: 1 },
+      experiment: { resamples: 100 },
+    });
+    for (const args of [["synth", ...WORLD], ["pretrain"]]) {
+      const r = cli(...args);
+      expect(r.status, r.stderr).toBe(0);
+    }
+    const simulated = cli("experiment", "simulate", "--days", "1");
+    expect(simulated.status, simulated.stderr).toBe(0);
+    expect(simulated.json.backend).toEqual({ kind: "embedded", description: expect.stringContaining("embedded") });
+    expect(simulated.json.simulated.slates).toBeGreaterThan(0);
+  }, 600_000);
+
+  it("with llm.backend openai it asks the configured server for the live model's answers: a server that is down fails the command, naming it", () => {
+    // Nothing listens on the discard port: what the simulation would have asked reaches no one.
+    const baseURL = "http://127.0.0.1:9/v1";
+    const { cli } = workspace({ llm: { backend: "openai", openai: { baseURL, model: "tiny", apiKeyEnv: null, maxRetries: 0 } }, rag: { minSupport: 1 } });
+    const synth = cli("synth", ...WORLD);
+    expect(synth.status, synth.stderr).toBe(0);
+    // The configured server model becomes the live version (a hosted-model file in the registry; no request sent).
+    const base = cli("pretrain");
+    expect(base.status, base.stderr).toBe(0);
+    expect(base.json).toMatchObject({ status: "live", backend: "openai" });
+
+    const simulated = cli("experiment", "simulate", "--days", "1");
+    expect(simulated.status).not.toBe(0);
+    expect(simulated.json.error.message).toContain(`cannot reach ${baseURL}`);
+  }, 600_000);
+});
