@@ -41,7 +41,7 @@ export const configSchema = z
           .nullable()
           .default(null)
           .describe(
-            "PostgreSQL URL of a deployment's shared database (postgres://user:password@host:5432/db): events, tables, the model registry, experiments, the schedule and the openai backend's response cache live there (model files stay under <workspace>/models on every host). null = the embedded workspace (events.duckdb, tables.sqlite, registry.sqlite, schedule.sqlite). Commands not on PostgreSQL yet refuse with this set, naming it (issue 19): schedule run --simulate, experiment simulate and demo.",
+            "PostgreSQL URL of a deployment's shared database (postgres://user:password@host:5432/db): events, tables, the model registry, experiments, the schedule and the openai backend's response cache live there (model files stay under <workspace>/models on every host). null = the embedded workspace (events.duckdb, tables.sqlite, registry.sqlite, schedule.sqlite). Every command runs on it; the simulations (schedule run --simulate, experiment simulate, the demo's A/B) read it and run on a copy under <workspace>, writing nothing to it but the openai backend's cached answers.",
           ),
       })
       .strict()

@@ -33,9 +33,9 @@ export interface CommandContext {
   /** Prints a line for people on stderr (never stdout, which belongs to the result). */
   log(line: string): void;
   /**
-   * The embedded DuckDB event store, for commands that have not moved to the store contract yet.
-   * @throws FreshrecError (BAD_INPUT) when the config names a PostgreSQL store (`store.url`): such a command would
-   * otherwise read a local file that is not the deployment's events.
+   * The embedded DuckDB event store itself, for `serve` on the workspace (one DuckDB instance per file and process).
+   * @throws FreshrecError (INTERNAL, `embeddedOnly`) when the config names a PostgreSQL store (`store.url`): a caller
+   * would otherwise read a local file that is not the deployment's events.
    */
   openEvents(): Promise<EventStore>;
   /** The event store the config names: PostgreSQL with `store.url`, else the workspace's DuckDB file. */
@@ -51,7 +51,7 @@ export interface CommandContext {
   /**
    * The workspace's SQLite table store itself, for `serve --schedule`, which still builds tables through its
    * synchronous surface.
-   * @throws FreshrecError (BAD_INPUT) with `store.url`, as `openEvents` does.
+   * @throws FreshrecError (INTERNAL) with `store.url`, as `openEvents` does.
    */
   openTables(): SqliteTableStore;
   /** The table store the config names: PostgreSQL with `store.url`, else the workspace's tables.sqlite. */
@@ -76,8 +76,23 @@ export interface CommandContext {
 export function contextOf(command: Command): CommandContext {
   const globals = command.optsWithGlobals<GlobalOptions>();
   const { config } = loadConfig(globals.config);
-  const paths = workspacePaths(globals.workspace);
-  const json = Boolean(globals.json);
+  return contextOver(workspacePaths(globals.workspace), config, Boolean(globals.json));
+}
+
+/**
+ * The context of a command run on the embedded workspace at `root` with `ctx`'s settings otherwise (store.url left
+ * out): for a command that works on a scratch copy of a deployment's state (`schedule run --simulate` on store.url), so
+ * that the very code of the embedded workspace runs on it and nothing it does reaches the deployment's stores (but
+ * the response cache, `ctx`'s).
+ */
+export function scratchContext(ctx: CommandContext, root: string): CommandContext {
+  // The openai backend's answers stay the deployment's to share: an answer depends on the prompt and the server's model
+  // only, and a simulation must not pay again for what the deployment already asked.
+  return contextOver(workspacePaths(root), { ...ctx.config, store: { ...ctx.config.store, url: null } }, ctx.json, ctx.openResponseCache);
+}
+
+/** The context over `paths` and `config`; `responseCache` opens the response cache instead of the config's. */
+function contextOver(paths: WorkspacePaths, config: FreshrecConfig, json: boolean, responseCache?: () => Promise<ResponseCacheContract>): CommandContext {
   const clock = new SystemClock();
   return {
     paths,
@@ -90,7 +105,7 @@ export function contextOf(command: Command): CommandContext {
     progress: progressSink(),
     log: (line) => process.stderr.write(`${line}\n`),
     openEvents: async () => {
-      if (config.store.url !== null) throw notOnPostgresYet(config.store.url, paths.events);
+      if (config.store.url !== null) throw embeddedOnly(config.store.url, paths.events);
       return EventStore.open(paths.events);
     },
     openEventStore: () => (config.store.url !== null ? onDeployment(() => PostgresEventStore.open(config.store.url!)) : EventStore.open(paths.events)),
@@ -98,13 +113,13 @@ export function contextOf(command: Command): CommandContext {
       config.store.url !== null ? { store: await onDeployment(() => PostgresEventStore.open(config.store.url!)), heldBy: null, holder: null } : openEventStoreReader(paths.events),
     openTableStore: async () => (config.store.url !== null ? onDeployment(() => PostgresTableStore.open(config.store.url!, clock)) : EmbeddedTableStore.open(paths.tables, clock)),
     openTables: () => {
-      if (config.store.url !== null) throw notOnPostgresYet(config.store.url, paths.tables);
+      if (config.store.url !== null) throw embeddedOnly(config.store.url, paths.tables);
       return SqliteTableStore.open(paths.tables, clock);
     },
     openRegistry: async () => (config.store.url !== null ? onDeployment(() => PostgresModelRegistry.open(config.store.url!, paths.root, clock)) : EmbeddedModelRegistry.open(paths.root, clock)),
     openScheduleStore: async () => (config.store.url !== null ? onDeployment(() => PostgresScheduleStore.open(config.store.url!)) : SqliteScheduleStore.open(scheduleStorePath(paths.root))),
-    openResponseCache: async () =>
-      config.store.url !== null ? onDeployment(() => PostgresResponseCache.open(config.store.url!, clock)) : SqliteResponseCache.open(responseCachePath(paths.root), clock),
+    openResponseCache: responseCache ?? (async () =>
+      config.store.url !== null ? onDeployment(() => PostgresResponseCache.open(config.store.url!, clock)) : SqliteResponseCache.open(responseCachePath(paths.root), clock)),
     clock,
     positiveMin: async (store) => {
       if (config.data.positiveMin !== null) return config.data.positiveMin;
@@ -128,13 +143,15 @@ async function onDeployment<T>(open: () => Promise<T>): Promise<T> {
 }
 
 /**
- * The refusal of a command that does not run on a PostgreSQL store yet: naming store.url (without its password) and
- * what to do, instead of reading a workspace file that is not the deployment's state.
+ * The refusal of a part that works on the embedded workspace's files only (`openEvents`, `openTables`: `serve` and
+ * `serve --schedule` over events.duckdb and tables.sqlite) when the config names a PostgreSQL store: every command runs
+ * on store.url (issue 19), each opening the deployment's stores through the contracts, so reaching this is a fault of
+ * freshrec's, said as such instead of reading a workspace file that is not the deployment's state.
  */
-export function notOnPostgresYet(url: string, file: string): FreshrecError {
+export function embeddedOnly(url: string, file: string): FreshrecError {
   return new FreshrecError(
-    "BAD_INPUT",
-    `this command does not run on the PostgreSQL event store yet (store.url = ${redactedUrl(url)}): so far ingest, synth, analyze drift, pretrain, refresh, finetune, schedule run|status|pause|resume, serve (also --schedule), tables, models (list, review), doctor, evaluate replay|context, experiment create|list|stop|analyze|simulate and demo do (issue 19). Remove store.url from the config to use the workspace's ${file}`,
+    "INTERNAL",
+    `the workspace's ${file} was to be opened while store.url names the deployment's database (${redactedUrl(url)}): every command runs on store.url, so this is a bug in freshrec (please report it with the command you ran); remove store.url from the config to work on the workspace's files meanwhile`,
   );
 }
 

@@ -2,6 +2,9 @@
  * `refresh` (one RAG refresh now) and `schedule run|status|pause|resume` (the two jobs on their cadences, live or
  * simulated on a virtual clock over past data).
  *
+ * `schedule run --simulate` on store.url runs on a copy of the deployment (`simulateOnCopy`): its jobs publish and
+ * promote as they would live, which must not reach the deployment's replicas.
+ *
  * The `schedule run` worker holds the workspace's event store for its whole life (DuckDB opens a file in one process
  * at a time), so it shares it for reading as `freshrec serve` does: `analyze drift` beside it reads the events
  * through it (../../data/event-store-share.ts); commands that write the events are refused, naming it.
@@ -22,9 +25,14 @@ import {
   type ScheduleStatus,
 } from "../../update/schedule/index.js";
 import { EventStoreShare } from "../../data/event-store-share.js";
+import { EventStore } from "../../data/event-store.js";
+import type { ModelVersion } from "../../llm/registry.js";
+import { copyEvents } from "../../serving/experiments/simulate.js";
+import { mkdirSync, rmSync } from "node:fs";
+import { join } from "node:path";
 import { redactedUrl } from "../../data/postgres-pool.js";
 import type { FreshrecConfig } from "../config.js";
-import type { CommandContext } from "../context.js";
+import { scratchContext, type CommandContext, type CommandResult } from "../context.js";
 import { openLoop, resolveAsOf, type OpenLoop } from "../loop-context.js";
 import { action, timeOption } from "../run.js";
 import { iso } from "../format.js";
@@ -152,7 +160,7 @@ export function registerRefresh(program: Command): void {
   schedule
     .command("run")
     .description("run both jobs on their cadences until stopped (Ctrl-C), or --simulate them over past data on a virtual clock")
-    .option("--simulate", "replay the schedule over [--from, --to) on a virtual clock, with the real jobs")
+    .option("--simulate", "replay the schedule over [--from, --to) on a virtual clock, with the real jobs (with store.url: on a copy of the deployment under <workspace>/simulations/schedule)")
     .option("--from <time>", "start of the simulated period")
     .option("--to <time>", "end of the simulated period (default: just after the newest event)")
     .addHelpText("after", "\nExamples:\n  freshrec schedule run\n  freshrec schedule run --simulate --from 2025-10-01 --to 2025-12-01")
@@ -219,14 +227,15 @@ export function scheduleDefinitions(config: FreshrecConfig): { name: string; cad
   ];
 }
 
-async function runSchedule(ctx: CommandContext, opts: { simulate?: boolean; from?: string; to?: string }) {
-  if (opts.simulate && ctx.config.store.url !== null) {
-    // Not the schedule store's doing: the simulated jobs publish their tables, built from past data, into the table store
-    // every serve replica of the deployment follows.
-    throw new BadInputError(
-      `schedule run --simulate: on store.url (${redactedUrl(ctx.config.store.url)}) the simulated refreshes would publish tables of past data into the deployment's live table store, which every serve replica follows. Simulate on an embedded workspace (a config without store.url), or measure with freshrec evaluate replay`,
-    );
-  }
+/** Where `schedule run --simulate` on store.url keeps its copy of the deployment: tables, models and run log of its own. */
+export function scheduleSimulationDir(workspace: string): string {
+  return join(workspace, "simulations", "schedule");
+}
+
+type ScheduleOptions = { simulate?: boolean; from?: string; to?: string };
+
+async function runSchedule(ctx: CommandContext, opts: ScheduleOptions): Promise<CommandResult> {
+  if (opts.simulate && ctx.config.store.url !== null) return simulateOnCopy(ctx, opts);
   const open = await openLoop(ctx);
   let share: EventStoreShare | null = null;
   try {
@@ -285,4 +294,71 @@ async function runSchedule(ctx: CommandContext, opts: { simulate?: boolean; from
     await share?.close();
     await open.close();
   }
+}
+
+/**
+ * `schedule run --simulate` on store.url. The simulated jobs are the real ones: their refreshes publish tables built
+ * from past data and a fine-tune that passes its gates goes live, which in the deployment's stores every serve replica
+ * would follow. So the simulation runs on a copy, an embedded workspace at scheduleSimulationDir (emptied first), as
+ * `experiment simulate` does: the deployment's events copied through the event store contract, its live model
+ * registered there as the live version (its file read where it is, checked against the registered sha256), and
+ * tables, models, run log and response cache of the copy's own. The deployment's database is only read.
+ */
+async function simulateOnCopy(ctx: CommandContext, opts: ScheduleOptions): Promise<CommandResult> {
+  // What is wrong with the window is said before anything is copied.
+  if (timeOption("from", opts.from) === undefined) throw new BadInputError("--simulate needs --from TIME");
+  timeOption("to", opts.to);
+  const registry = await ctx.openRegistry();
+  let live: ModelVersion | null;
+  let liveFile: string | null;
+  try {
+    live = await registry.live();
+    liveFile = live ? await registry.modelFile(live) : null;
+  } finally {
+    await registry.close();
+  }
+  if (!live || !liveFile) throw new BadInputError(`no live model in the deployment's registry (store.url = ${redactedUrl(ctx.config.store.url!)}): run freshrec pretrain first`);
+  const dir = scheduleSimulationDir(ctx.paths.root);
+  rmSync(dir, { recursive: true, force: true });
+  mkdirSync(dir, { recursive: true });
+  const copy = scratchContext(ctx, dir);
+  const events = await ctx.openEventStore();
+  try {
+    const target = await EventStore.open(copy.paths.events);
+    try {
+      ctx.log(`simulating on a copy of the deployment in ${dir}: copying the events of ${events.location}`);
+      await copyEvents(events, target);
+    } finally {
+      target.close();
+    }
+  } finally {
+    await events.close();
+  }
+  const copied = await copy.openRegistry();
+  let model: ModelVersion;
+  try {
+    const registered = await copied.register({
+      kind: live.kind,
+      filePath: liveFile,
+      sha256: live.sha256,
+      window: live.window,
+      trainSamples: live.trainSamples,
+      validationSamples: live.validationSamples,
+      metrics: live.metrics,
+      templateHash: live.templateHash,
+      vocabularyHash: live.vocabularyHash,
+      reason: `the deployment's live model ${live.version}`,
+    });
+    model = await copied.makeLive(registered.version, `the deployment's live model ${live.version}`);
+  } finally {
+    await copied.close();
+  }
+  const result = await runSchedule(copy, opts);
+  // copy: where the simulation ran, and the deployment's live model under the version it has there.
+  const where = { dir, deploymentModel: live.version, model: model.version };
+  return {
+    ...result,
+    json: { ...result.json, copy: where },
+    text: `${result.text}\nsimulated on a copy of the deployment in ${dir} (its live model ${live.version} is ${model.version} there); the deployment was only read`,
+  };
 }

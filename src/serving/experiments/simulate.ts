@@ -335,7 +335,7 @@ const COPY_USERS_PER_PAGE = 5_000;
  * be appended to meanwhile (a deployment's intake): the copy holds the users and items read first and only their
  * events, so an event is never attributed to another user or item; an event appended during the copy may or may not be in it.
  */
-async function copyEvents(source: EventStoreContract, target: EventStore): Promise<void> {
+export async function copyEvents(source: EventStoreContract, target: EventStore): Promise<void> {
   const clusters = await source.clusters();
   const items = await source.query<{ item_key: number; item_id: string; cluster_id: string; title: string | null }>(
     "SELECT i.item_key, i.item_id, c.cluster_id, i.title FROM items i JOIN clusters c USING (cluster_key) ORDER BY i.item_key",
