@@ -89,5 +89,14 @@ describe("store.url: schedule run --simulate", () => {
     expect(onEmbedded.status, onEmbedded.stderr).toBe(0);
     expect(onPg.json.runs.map(run)).toEqual(onEmbedded.json.runs.map(run));
     expect(onPg.json.simulated).toEqual(onEmbedded.json.simulated);
+
+    // Each simulation is a new schedule over its window: the same window again runs the same due times (the jobs
+    // first fall due at their first due time at or after --from), not nothing after the last simulation's.
+    const again = cli(embedded, configs.embedded, ...window);
+    expect(again.status, again.stderr).toBe(0);
+    const due = (runs: { job: string; due: string; status: string; trigger: string }[]) => runs.map((r) => [r.job, r.due, r.status, r.trigger]);
+    expect(due(again.json.runs)).toEqual(due(onEmbedded.json.runs));
+    // "every 2 days" counts from the Unix epoch: its first due time at or after 2025-03-24 is the 25th.
+    expect(again.json.runs[0]).toMatchObject({ job: "refresh", due: "2025-03-25T00:00:00.000Z", trigger: "scheduled" });
   }, 900_000);
 });

@@ -160,7 +160,7 @@ export function registerRefresh(program: Command): void {
   schedule
     .command("run")
     .description("run both jobs on their cadences until stopped (Ctrl-C), or --simulate them over past data on a virtual clock")
-    .option("--simulate", "replay the schedule over [--from, --to) on a virtual clock, with the real jobs (with store.url: on a copy of the deployment under <workspace>/simulations/schedule)")
+    .option("--simulate", "replay the schedule over [--from, --to) on a virtual clock, with the real jobs, as a new schedule: each job first falls due at its first due time at or after --from (with store.url: on a copy of the deployment under <workspace>/simulations/schedule)")
     .option("--from <time>", "start of the simulated period")
     .option("--to <time>", "end of the simulated period (default: just after the newest event)")
     .addHelpText("after", "\nExamples:\n  freshrec schedule run\n  freshrec schedule run --simulate --from 2025-10-01 --to 2025-12-01")
@@ -254,8 +254,14 @@ async function runSchedule(ctx: CommandContext, opts: ScheduleOptions): Promise<
       if (from === undefined) throw new BadInputError("--simulate needs --from TIME");
       const to = timeOption("to", opts.to) ?? (await resolveAsOf(ctx, open.events, undefined));
       if (!(to > from)) throw new BadInputError(`--to (${iso(to)}) must be after --from (${iso(from)})`);
-      // The simulation's run log is its own file, so a simulated month never pollutes the live schedule's state.
-      const store = SqliteScheduleStore.open(scheduleStorePath(ctx.paths.root).replace(/\.sqlite$/, ".simulated.sqlite"));
+      // The simulation's run log is its own file, so a simulated month never pollutes the live schedule's state. Each
+      // simulation is a schedule of its own over [from, to): the last one's log is replaced, so every job is new at
+      // `from` and first falls due at its first due time at or after it (the rule for a job the scheduler has never
+      // seen). Continuing the last simulation's log instead would find its jobs past an earlier window: nothing would run.
+      // No other process has this file: the simulation holds the workspace's event store, opened above.
+      const log = scheduleStorePath(ctx.paths.root).replace(/\.sqlite$/, ".simulated.sqlite");
+      for (const file of [log, `${log}-wal`, `${log}-shm`]) rmSync(file, { force: true });
+      const store = SqliteScheduleStore.open(log);
       try {
         const scheduler = new Scheduler({ jobs, store, clock: new VirtualClock(from), ...schedulerOptions(ctx.config.schedule), onRun });
         const result = await scheduler.simulate({ from, to });
