@@ -10,7 +10,7 @@ import { existsSync, statSync } from "node:fs";
 import { basename } from "node:path";
 import pg from "pg";
 import { EventStore, EventStoreBusyError } from "../../data/event-store.js";
-import { openEventStoreReader, type EventStoreReading } from "../../data/event-store-share.js";
+import type { EventStoreReading } from "../../data/event-store-share.js";
 import { PostgresEventStore, redactedUrl } from "../../data/postgres-event-store.js";
 import type { Clock } from "../../domain/clock.js";
 import type { Cluster } from "../../domain/types.js";
@@ -56,10 +56,10 @@ const RESTORE = "restore it from a backup, or move it aside (freshrec starts an 
  * Checks every store file the workspace has (one check each, named by the file; a store not created yet has none):
  * SQLite files with PRAGMA quick_check, the DuckDB event store read through (`EventStore.verify`). Files are opened
  * read-only, so the doctor never repairs, creates or migrates anything it looks at. The event store comes from
- * `openEvents` (the CLI's reader: the file read-only, or read through `freshrec serve` or a `schedule run` worker while
- * one holds it, ../../data/event-store-share.ts).
+ * `openEvents`, the CLI's reader (`openEventStoreForReading`: the file read-only, or read through `freshrec serve` or a
+ * `schedule run` worker while one holds it, ../../data/event-store-share.ts).
  */
-export async function diagnoseStores(paths: WorkspacePaths, openEvents: () => Promise<EventStoreReading> = () => openEventStoreReader(paths.events)): Promise<DoctorCheck[]> {
+export async function diagnoseStores(paths: WorkspacePaths, openEvents: () => Promise<EventStoreReading>): Promise<DoctorCheck[]> {
   const checks: DoctorCheck[] = [];
   if (existsSync(paths.events)) checks.push(await checkEventStore(paths.events, openEvents));
   for (const file of [paths.tables, paths.registry, scheduleStorePath(paths.root), responseCachePath(paths.root)]) {
