@@ -1,13 +1,14 @@
 /**
  * `experiment simulate` opens the live model with the backend the config names (`llm.backend`), as every other
  * command does: the embedded engine by default, and with `llm.backend: openai` the server the config names, whose
- * failure is the command's (never the embedded engine quietly scoring in its place).
+ * failure is the command's (never the embedded engine quietly scoring in its place). Beside a running `freshrec
+ * serve` it copies the events through the server that holds them.
  */
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { runCli } from "./run.js";
+import { runCli, serveCli } from "./run.js";
 
 const WORLD = ["--quick", "--users", "200", "--events", "12000", "--months", "2"];
 
@@ -16,12 +17,12 @@ function workspace(config: object) {
   const file = join(root, "freshrec.config.json");
   writeFileSync(file, JSON.stringify(config));
   const ws = join(root, "ws");
-  return { ws, cli: (...args: string[]) => runCli(["--workspace", ws, "--config", file, "--json", ...args], { timeoutMs: 600_000 }) };
+  return { ws, file, cli: (...args: string[]) => runCli(["--workspace", ws, "--config", file, "--json", ...args], { timeoutMs: 600_000 }) };
 }
 
 describe("experiment simulate and llm.backend", () => {
-  it("scores the arms with the embedded engine when the config says so, and says which backend it used", () => {
-    const { cli } = workspace({
+  it("scores the arms with the embedded engine when the config says so, and says which backend it used; beside a running serve too", async () => {
+    const { ws, file: config, cli } = workspace({
       model: { embedding: 32, layers: 1, heads: 2, feedForward: 64 },
       pretrain: { epochs: 1, windowDays: 45, heldOutDays: 7, maxSamples: 2000 },
       rag: { minSupport: 1 },
@@ -35,6 +36,20 @@ describe("experiment simulate and llm.backend", () => {
     expect(simulated.status, simulated.stderr).toBe(0);
     expect(simulated.json.backend).toEqual({ kind: "embedded", description: expect.stringContaining("embedded") });
     expect(simulated.json.simulated.slates).toBeGreaterThan(0);
+
+    // Beside a running serve, which holds the workspace's event store: the copy is read through it, and the test on
+    // the same users and events is the same test.
+    const server = await serveCli(ws, config);
+    try {
+      const beside = cli("experiment", "simulate", "--days", "1");
+      expect(beside.status, beside.stderr).toBe(0);
+      expect(beside.stderr).toContain(`reading the events through freshrec serve (PID ${server.child.pid})`);
+      expect(beside.json.simulated).toEqual(simulated.json.simulated);
+      expect(beside.json.deltas).toEqual(simulated.json.deltas);
+    } finally {
+      server.child.kill("SIGINT");
+    }
+    expect(await server.exited).toBe(0);
   }, 600_000);
 
   it("with llm.backend openai it asks the configured server for the live model's answers: a server that is down fails the command, naming it", () => {

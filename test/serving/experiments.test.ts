@@ -136,8 +136,10 @@ describe("simulated A/B", () => {
     const counts = await countTransitions(events, { from: ws.world.endMs - 30 * 86_400_000, to: ws.world.endMs }, { positiveMin: 0.5 });
     events.close();
     const lines: string[] = [];
+    // Read only, as the CLI reads the workspace's file.
+    const source = await EventStore.openReadOnly(eventsPath);
     const result = await runSimulatedExperiment({
-      eventsPath,
+      events: source,
       workDir: join(ws.dir, "simulation"),
       model: { version: "successor", scorer: new SuccessorScorer(novelPopularity(counts, ws.clusters)) },
       templateHash: "baseline",
@@ -181,6 +183,7 @@ describe("simulated A/B", () => {
     for (const d of result.deltas) expect(d.ci95[0]).toBeLessThanOrEqual(d.ci95[1]);
     expect(result.table[0]).toContain("treatment vs control");
     expect(lines.some((l) => /days 0-2/.test(l))).toBe(true);
+    source.close();
     const after = await EventStore.open(eventsPath);
     expect(await after.counts()).toEqual(before);
     after.close();

@@ -45,7 +45,8 @@ describe("simulated A/B on PostgreSQL", () => {
         refreshDays: 2,
         resamples: 200,
       };
-      const embedded = await runSimulatedExperiment({ ...common, eventsPath, workDir: join(scratch, "embedded") });
+      const source = await EventStore.openReadOnly(eventsPath);
+      const embedded = await runSimulatedExperiment({ ...common, events: source, workDir: join(scratch, "embedded") }).finally(() => source.close());
       const lines: string[] = [];
       const onPostgres = await runSimulatedExperiment({ ...common, events: deployment, workDir: join(scratch, "postgres"), log: (line) => lines.push(line) });
 

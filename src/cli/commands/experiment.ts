@@ -139,8 +139,9 @@ export interface SimulateExperimentOptions {
  * The simulated A/B of the workspace or deployment (the demo calls this): control = the table the live model builds
  * without retrieval (finetune-monthly), treatment = the same model refreshed every `refreshDays` with the config's
  * rag.method (hybrid), on the synthetic platform's users for `days` days. The events are copied into
- * <workspace>/experiments/NAME: the workspace's file (it must not be open elsewhere), or with store.url the
- * deployment's database, read through the event store contract and never written.
+ * <workspace>/experiments/NAME through the event store contract from the store the command reads: with store.url the
+ * deployment's database, else the workspace's file, or that file read through the `freshrec serve` or worker holding
+ * it. The source is never written.
  */
 export async function simulateExperiment(
   ctx: CommandContext,
@@ -158,19 +159,20 @@ export async function simulateExperiment(
   }
   if (!live || !liveFile) throw new BadInputError("no live model: run freshrec pretrain (or freshrec demo) first");
   const name = overrides.name ?? "simulated-hybrid-vs-finetune-monthly";
-  // The deployment's events are read through the store contract; the workspace's file is copied whole (faster).
-  const events = ctx.config.store.url !== null ? await ctx.openEventStore() : null;
+  const reading = await ctx.openEventStoreForReading();
+  const events = reading.store;
+  if (reading.heldBy !== null) ctx.log(`reading the events through ${reading.holder ?? "the process"} (PID ${reading.heldBy}), which holds the event store`);
   let result: SimulatedExperimentResult;
   let backend: LlmBackend;
   try {
     // The backend llm.backend names, as every command opens the live model: a gguf or openai model scores the arms'
     // tables as it scores the deployment's (the copy has the same clusters, read here from the store it copies).
-    backend = configuredBackend(ctx, events === null ? await workspaceClusters(ctx) : await events.clusters());
+    backend = configuredBackend(ctx, await events.clusters());
     const model = await backend.openModel(liveFile);
     try {
       const positiveMin = ctx.config.data.positiveMin;
       result = await runSimulatedExperiment({
-        ...(events === null ? { eventsPath: ctx.paths.events } : { events }),
+        events,
         workDir: join(ctx.paths.root, "experiments", name),
         model: { version: live.version, scorer: model },
         templateHash: PROMPT_TEMPLATE_HASH,
@@ -193,7 +195,7 @@ export async function simulateExperiment(
       await model.close();
     }
   } finally {
-    await events?.close();
+    await events.close();
   }
   const s = result.simulated;
   const reports = writeExperimentReport(ctx, name, result, {
@@ -208,16 +210,6 @@ export async function simulateExperiment(
   });
   // backend: what scored the arms' tables (llm.backend).
   return { ...result, reports, backend: { kind: backend.kind, description: backend.description } };
-}
-
-/** The clusters of the workspace's event store, read before the simulation copies it. */
-async function workspaceClusters(ctx: CommandContext) {
-  const { store } = await ctx.openEventStoreForReading();
-  try {
-    return await store.clusters();
-  } finally {
-    await store.close();
-  }
 }
 
 export function registerExperiment(program: Command): void {

@@ -27,7 +27,7 @@ import {
 import { EventStoreShare } from "../../data/event-store-share.js";
 import { EventStore } from "../../data/event-store.js";
 import type { ModelVersion } from "../../llm/registry.js";
-import { copyEvents } from "../../serving/experiments/simulate.js";
+import { copyEvents } from "../../data/copy-events.js";
 import { mkdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { redactedUrl } from "../../data/postgres-pool.js";

@@ -32,16 +32,17 @@
  * its event log would reach every refresh and replica, and the simulated experiment would replace its active one.
  *
  * @example
- * const result = await runSimulatedExperiment({ eventsPath, workDir, model: { version, scorer }, templateHash, rag: {} });
+ * const result = await runSimulatedExperiment({ events, workDir, model: { version, scorer }, templateHash, rag: {} });
  * console.log(result.table.join("\n"));
  */
 import { computePrior, type LlmPrior } from "../../update/fusion.js";
-import { copyFileSync, existsSync, mkdirSync, rmSync } from "node:fs";
+import { mkdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
-import { EventStore, eventBatchFromEvents, type EventBatch, type EventChunk, type EventStoreContract } from "../../data/event-store.js";
+import { copyEvents } from "../../data/copy-events.js";
+import { EventStore, eventBatchFromEvents, type EventStoreContract } from "../../data/event-store.js";
 import { SyntheticWorld, type ExplorationPolicy, type Exposure, type SyntheticOptions } from "../../data/synthetic/index.js";
 import { DAY_MS, VirtualClock } from "../../domain/clock.js";
-import { BadInputError, FreshrecError } from "../../domain/errors.js";
+import { BadInputError } from "../../domain/errors.js";
 import { TABLE_DEFAULTS } from "../../tables/contract.js";
 import { EXPERIMENT_DEFAULTS, SERVE_DEFAULTS } from "../defaults.js";
 import type { EngagementEvent } from "../../domain/types.js";
@@ -58,10 +59,12 @@ import { assignArm, parseExperimentDefinition } from "./definition.js";
 import { ExperimentLog } from "./log.js";
 
 export interface SimulatedExperimentOptions {
-  /** The workspace's event store file, made by `freshrec synth`/`demo` (closed: it is copied). Or `events`. */
-  readonly eventsPath?: string;
-  /** The event store to copy instead of a file: a deployment's database (`store.url`), read only. */
-  readonly events?: EventStoreContract;
+  /**
+   * The event store made by `freshrec synth`/`demo` whose users the test runs on, read only and copied through the
+   * contract: a deployment's database (`store.url`), the workspace's file, or the file read through the process that
+   * holds it (a running `freshrec serve`), so the copy never reads a file another process is writing.
+   */
+  readonly events: EventStoreContract;
   /** Scratch folder, wiped first: the copied event store with the simulated traffic and the arms' tables. */
   readonly workDir: string;
   /** The model both arms' tables are built with (the live fine-tuned model, or a baseline scorer). */
@@ -142,25 +145,17 @@ export async function runSimulatedExperiment(options: SimulatedExperimentOptions
   const days = options.days ?? EXPERIMENT_DEFAULTS.days;
   const refreshDays = options.refreshDays ?? EXPERIMENT_DEFAULTS.refreshDays;
   if (!(days > 0) || !(refreshDays > 0)) throw new BadInputError("days and refreshDays must be positive");
-  if ((options.eventsPath === undefined) === (options.events === undefined)) throw new BadInputError("a simulated A/B copies one event store: give eventsPath or events");
-  if (options.eventsPath !== undefined && !existsSync(options.eventsPath)) throw new BadInputError(`no event store at ${options.eventsPath}: run freshrec synth or demo first`);
-  // Other data than the synthetic platform's is refused before anything is copied out of the deployment.
-  if (options.events) await recordedSyntheticOptions(options.events);
+  // Other data than the synthetic platform's is refused before anything is copied.
+  await recordedSyntheticOptions(options.events);
   rmSync(options.workDir, { recursive: true, force: true });
   mkdirSync(options.workDir, { recursive: true });
   const eventsCopy = join(options.workDir, "events.duckdb");
-  if (options.eventsPath !== undefined) {
-    copyFileSync(options.eventsPath, eventsCopy);
-    if (existsSync(`${options.eventsPath}.wal`)) copyFileSync(`${options.eventsPath}.wal`, `${eventsCopy}.wal`);
-  }
 
   const store = await EventStore.open(eventsCopy);
   let tables: SqliteTableStore | null = null;
   try {
-    if (options.events) {
-      log(`copying the events of ${options.events.location} into ${eventsCopy}`);
-      await copyEvents(options.events, store);
-    }
+    log(`copying the events of ${options.events.location} into ${eventsCopy}`);
+    await copyEvents(options.events, store);
     const world = new SyntheticWorld(await recordedSyntheticOptions(store));
     const start = world.endMs;
     const clock = new VirtualClock(start);
@@ -324,56 +319,4 @@ export async function runSimulatedExperiment(options: SimulatedExperimentOptions
     tables?.close();
     store.close();
   }
-}
-
-/** Users per page when copying events: one page of their events is read and staged at a time. */
-const COPY_USERS_PER_PAGE = 5_000;
-
-/**
- * Copies `source`'s catalog, users, events and dataset facts into the empty `target` in one append (whole or not at
- * all), in `source`'s key order, so that the copy numbers clusters, items and users as `source` does. The source may
- * be appended to meanwhile (a deployment's intake): the copy holds the users and items read first and only their
- * events, so an event is never attributed to another user or item; an event appended during the copy may or may not be in it.
- */
-export async function copyEvents(source: EventStoreContract, target: EventStore): Promise<void> {
-  const clusters = await source.clusters();
-  const items = await source.query<{ item_key: number; item_id: string; cluster_id: string; title: string | null }>(
-    "SELECT i.item_key, i.item_id, c.cluster_id, i.title FROM items i JOIN clusters c USING (cluster_key) ORDER BY i.item_key",
-  );
-  const users = await source.query<{ user_key: number; user_id: string }>("SELECT user_key, user_id FROM users ORDER BY user_key");
-  const meta = await source.query<{ key: string; value: string }>("SELECT key, value FROM meta ORDER BY key");
-  const itemIndex = new Map(items.map((row, k) => [Number(row.item_key), k]));
-  const userIndex = new Map(users.map((row, k) => [Number(row.user_key), k]));
-  const lastUser = users.length ? Number(users[users.length - 1].user_key) : 0;
-  const lastItem = items.length ? Number(items[items.length - 1].item_key) : 0;
-  const indexOf = (index: Map<number, number>, key: unknown, what: string): number => {
-    const found = index.get(Number(key));
-    if (found === undefined) throw new FreshrecError("INTERNAL", `copying ${source.location}: an event names ${what} key ${String(key)}, which the copy did not read`);
-    return found;
-  };
-  async function* chunks(): AsyncIterable<EventChunk> {
-    for (let after = 0; after < lastUser; after += COPY_USERS_PER_PAGE) {
-      const { rowCount, columns } = await source.queryColumns(
-        "SELECT user_key, item_key, epoch_ms(ts) AS ts, engagement FROM events WHERE user_key > $after AND user_key <= $upto AND item_key <= $lastItem ORDER BY user_key, ts, item_key",
-        { after, upto: Math.min(after + COPY_USERS_PER_PAGE, lastUser), lastItem },
-      );
-      if (rowCount === 0) continue;
-      const [u, i, ts, engagement] = columns;
-      const chunk = { length: rowCount, userIndex: new Int32Array(rowCount), itemIndex: new Int32Array(rowCount), ts: new Float64Array(rowCount), engagement: new Float32Array(rowCount) };
-      for (let k = 0; k < rowCount; k++) {
-        chunk.userIndex[k] = indexOf(userIndex, u[k], "user");
-        chunk.itemIndex[k] = indexOf(itemIndex, i[k], "item");
-        chunk.ts[k] = Number(ts[k]);
-        chunk.engagement[k] = engagement[k] === null ? Number.NaN : Number(engagement[k]);
-      }
-      yield chunk;
-    }
-  }
-  const batch: EventBatch = { userIds: users.map((row) => row.user_id), itemIds: items.map((row) => row.item_id), chunks: chunks() };
-  await target.append({
-    clusters,
-    items: items.map((row) => ({ id: row.item_id, clusterId: row.cluster_id, ...(row.title === null ? {} : { title: row.title }) })),
-    events: batch,
-    meta: Object.fromEntries(meta.map((row) => [row.key, row.value])),
-  });
 }
