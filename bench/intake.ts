@@ -32,10 +32,12 @@
 import autocannon from "autocannon";
 import { fork } from "node:child_process";
 import http from "node:http";
-import { cpSync, mkdtempSync, rmSync } from "node:fs";
+import { cpSync, mkdtempSync, rmSync, statSync } from "node:fs";
+import { constants, PerformanceObserver, type PerformanceEntry } from "node:perf_hooks";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import pg from "pg";
 import { EventStore } from "../src/data/event-store.js";
 import { PostgresEventStore } from "../src/data/postgres-event-store.js";
 import { seededRandom } from "../src/domain/random.js";
@@ -60,12 +62,58 @@ const LOADS: readonly Load[] = [
   { batch: 1, connections: 16, targetRate: 500 },
 ];
 
-/** Child process: serves the workspace (intake on PostgreSQL when given its URL); answers "metrics" with the events-ingested counter. */
+/** What the server process saw during one load, measured inside it (the host's other work cannot make these numbers). */
+export interface ServerSide {
+  /** POST /v1/events answered, and their times from the request's arrival at the server to its reply's end (ms). */
+  readonly requests: number;
+  readonly p50: number;
+  readonly p99: number;
+  readonly max: number;
+  /** Garbage-collection pauses of the main thread: count, total and longest (ms), and the young generation's share. */
+  readonly gcCount: number;
+  readonly gcMs: number;
+  readonly gcMaxMs: number;
+  readonly gcMinorMs: number;
+  /** The process's CPU time (all its threads) during the load (ms). */
+  readonly cpuMs: number;
+}
+
+/** Percentile `q` of ascending `sorted`, to 0.1 ms; NaN when empty. */
+function percentile(sorted: readonly number[], q: number): number {
+  return sorted.length ? Math.round(sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] * 10) / 10 : Number.NaN;
+}
+
+/**
+ * Child process: serves the workspace (intake on PostgreSQL when given its URL); answers "metrics" with the
+ * events-ingested counter, "cpu" with its CPU time, and "load-start" / "load-end" with what it saw in between
+ * (`ServerSide`).
+ */
 async function serveChild(dir: string, postgresUrl: string | undefined): Promise<void> {
   const started = process.hrtime.bigint();
   const intakeEvents = postgresUrl ? await PostgresEventStore.open(postgresUrl) : undefined;
   const server = await startServer({ workspace: dir, port: 0, logLevel: "warn", ...(intakeEvents ? { intakeEvents } : {}) });
   const stored = (await (intakeEvents ?? server.state.events).counts()).events;
+  // Before Fastify's own listener: the time runs from the request's arrival, its body's reading included.
+  let latencies: number[] = [];
+  server.app.server.prependListener("request", (request: http.IncomingMessage, response: http.ServerResponse) => {
+    if (request.method !== "POST" || request.url !== "/v1/events") return;
+    const arrived = performance.now();
+    response.once("finish", () => latencies.push(performance.now() - arrived));
+  });
+  const gc = { count: 0, ms: 0, maxMs: 0, minorMs: 0 };
+  new PerformanceObserver((list) => {
+    for (const entry of list.getEntries()) {
+      gc.count++;
+      gc.ms += entry.duration;
+      gc.maxMs = Math.max(gc.maxMs, entry.duration);
+      if ((entry as PerformanceEntry & { detail?: { kind?: number } }).detail?.kind === constants.NODE_PERFORMANCE_GC_MINOR) gc.minorMs += entry.duration;
+    }
+  }).observe({ entryTypes: ["gc"] });
+  const cpuMs = () => {
+    const { user, system } = process.cpuUsage();
+    return (user + system) / 1000;
+  };
+  let loadCpu = 0;
   process.send!({ url: server.url, users: server.state.users.size, startSeconds: Number(process.hrtime.bigint() - started) / 1e9, stored });
   process.once("disconnect", () => process.exit(1));
   process.on("message", async (m) => {
@@ -73,9 +121,28 @@ async function serveChild(dir: string, postgresUrl: string | undefined): Promise
       await server.state.queue.idle();
       process.send!({ eventsIngested: server.state.metrics.eventsIngested });
     }
-    if (m === "cpu") {
-      const { user, system } = process.cpuUsage();
-      process.send!({ cpuMs: (user + system) / 1000 });
+    if (m === "cpu") process.send!({ cpuMs: cpuMs() });
+    if (m === "load-start") {
+      latencies = [];
+      Object.assign(gc, { count: 0, ms: 0, maxMs: 0, minorMs: 0 });
+      loadCpu = cpuMs();
+      process.send!({});
+    }
+    if (m === "load-end") {
+      const sorted = [...latencies].sort((a, b) => a - b);
+      const round = (x: number) => Math.round(x * 10) / 10;
+      const side: ServerSide = {
+        requests: sorted.length,
+        p50: percentile(sorted, 0.5),
+        p99: percentile(sorted, 0.99),
+        max: percentile(sorted, 1),
+        gcCount: gc.count,
+        gcMs: round(gc.ms),
+        gcMaxMs: round(gc.maxMs),
+        gcMinorMs: round(gc.minorMs),
+        cpuMs: round(cpuMs() - loadCpu),
+      };
+      process.send!(side);
     }
     if (m === "stop") {
       await server.close();
@@ -86,7 +153,7 @@ async function serveChild(dir: string, postgresUrl: string | undefined): Promise
 }
 
 /** Request bodies of new events; each call gives the next batch. */
-function batches(world: SyntheticWorld, items: readonly string[], size: number, seed: number): () => string {
+export function batches(world: SyntheticWorld, items: readonly string[], size: number, seed: number): () => string {
   const next = seededRandom(seed >>> 0);
   // Live times: from an hour before now on, one millisecond apart, so no two events of the bench are the same event.
   let ts = Date.now() - 3_600_000 + seed * 60_000;
@@ -150,7 +217,7 @@ interface PacedResult {
  * as needed) whatever the earlier ones are doing; a request's latency runs from when it was due to its answer. The
  * bodies are made before the clock starts, so making them delays nothing.
  */
-async function paced(url: string, body: () => string, rate: number, seconds: number): Promise<PacedResult> {
+export async function paced(url: string, body: () => string, rate: number, seconds: number): Promise<PacedResult> {
   const { hostname, port } = new URL(url);
   const agent = new http.Agent({ keepAlive: true, maxSockets: 1024 });
   const bodies = Array.from({ length: Math.round(rate * seconds) }, body);
@@ -190,9 +257,54 @@ async function paced(url: string, body: () => string, rate: number, seconds: num
   return { achieved: latencies.length / seconds, p50: at(0.5), p99: at(0.99), max: at(1), ok: latencies.length, failed };
 }
 
+/**
+ * Counts the store's checkpoints while it runs: DuckDB's as the drops of its write-ahead log's size (a checkpoint
+ * moves the log into the database file and empties it), PostgreSQL's from its own counters.
+ */
+export function checkpointCounter(dir: string, postgresUrl: string | undefined): () => Promise<{ stop: () => Promise<number> }> {
+  if (postgresUrl) {
+    const read = async () => {
+      const client = new pg.Client(postgresUrl);
+      await client.connect();
+      try {
+        const { rows } = await client.query<{ n: string }>("SELECT checkpoints_timed + checkpoints_req AS n FROM pg_stat_bgwriter");
+        return Number(rows[0].n);
+      } finally {
+        await client.end();
+      }
+    };
+    return async () => {
+      const before = await read();
+      return { stop: async () => (await read()) - before };
+    };
+  }
+  const wal = join(dir, "events.duckdb.wal");
+  const size = () => statSync(wal, { throwIfNoEntry: false })?.size ?? 0;
+  return async () => {
+    let last = size();
+    let drops = 0;
+    const timer = setInterval(() => {
+      const now = size();
+      if (now < last) drops++;
+      last = now;
+    }, 5);
+    return {
+      stop: async () => {
+        clearInterval(timer);
+        if (size() < last) drops++;
+        return drops;
+      },
+    };
+  };
+}
+
 interface RunResult {
   readonly saturated: autocannon.Result;
   readonly atTarget: PacedResult;
+  /** What the server saw during the load at the target rate. */
+  readonly server: ServerSide;
+  /** The store's checkpoints during the load at the target rate. */
+  readonly checkpoints: number;
   /** The server process's CPU time (all its threads, DuckDB's included) per batch answered in the saturated load. */
   readonly cpuMsPerBatch: number;
 }
@@ -239,6 +351,7 @@ async function measure(store: Store, dir: string, postgresUrl: string | undefine
   try {
     server = child<{ url: string; users: number; startSeconds: number; stored: number }>(["--serve-child", dir, ...(postgresUrl ? [postgresUrl] : [])]);
     const { url, users, startSeconds, stored } = await server.first;
+    const checkpoints = checkpointCounter(dir, postgresUrl);
     let seed = 1;
     // Warm-up: JIT, the appender path, the first users' keys.
     for (const load of LOADS) await post(url, batches(world, items, load.batch, seed++), load.connections, 2);
@@ -255,11 +368,15 @@ async function measure(store: Store, dir: string, postgresUrl: string | undefine
         const cpuBefore = (await server.ask<{ cpuMs: number }>("cpu")).cpuMs;
         const saturated = await post(url, batches(world, items, load.batch, seed++), load.connections, SECONDS);
         const cpuMsPerBatch = ((await server.ask<{ cpuMs: number }>("cpu")).cpuMs - cpuBefore) / Math.max(1, saturated["2xx"]);
+        await server.ask("load-start");
+        const counting = await checkpoints();
         const atTarget = await paced(url, batches(world, items, load.batch, seed++), load.targetRate, SECONDS);
+        const checkpointsAtTarget = await counting.stop();
+        const serverSide = await server.ask<ServerSide>("load-end");
         count(saturated, load.batch);
         acknowledged += atTarget.ok * load.batch;
         failed += atTarget.failed;
-        runs.get(load.batch)!.push({ saturated, atTarget, cpuMsPerBatch });
+        runs.get(load.batch)!.push({ saturated, atTarget, cpuMsPerBatch, server: serverSide, checkpoints: checkpointsAtTarget });
       }
     }
     // Warm-up requests were acknowledged too; the counter is compared with all 2xx answers since start.
@@ -282,6 +399,12 @@ async function measure(store: Store, dir: string, postgresUrl: string | undefine
       intake_failed_requests: failed,
       intake_server_cpu_ms_per_batch500: median(big.map((x) => x.cpuMsPerBatch)),
       intake_server_cpu_ms_per_batch1: median(single.map((x) => x.cpuMsPerBatch)),
+      intake_server_p99_ms: Math.max(...[...big, ...single].map((x) => x.server.p99)),
+      intake_server_p99_ms_batch500: Math.max(...big.map((x) => x.server.p99)),
+      intake_server_p99_ms_batch1: Math.max(...single.map((x) => x.server.p99)),
+      intake_gc_max_pause_ms: Math.max(...[...big, ...single].map((x) => x.server.gcMaxMs)),
+      intake_gc_ms_per_s_batch500: median(big.map((x) => x.server.gcMs / SECONDS)),
+      intake_checkpoints_at_target: [...big, ...single].reduce((sum, x) => sum + x.checkpoints, 0),
       intake_store_events: stored,
       intake_server_users: users,
       intake_server_start_seconds: startSeconds,
@@ -295,6 +418,15 @@ async function measure(store: Store, dir: string, postgresUrl: string | undefine
             [`intake_batch${batch}_target_p50_ms_run${k + 1}`, x.atTarget.p50],
             [`intake_batch${batch}_target_p99_ms_run${k + 1}`, x.atTarget.p99],
             [`intake_batch${batch}_target_max_ms_run${k + 1}`, x.atTarget.max],
+            [`intake_batch${batch}_target_server_p50_ms_run${k + 1}`, x.server.p50],
+            [`intake_batch${batch}_target_server_p99_ms_run${k + 1}`, x.server.p99],
+            [`intake_batch${batch}_target_server_max_ms_run${k + 1}`, x.server.max],
+            [`intake_batch${batch}_target_server_cpu_ms_per_batch_run${k + 1}`, x.server.cpuMs / Math.max(1, x.server.requests)],
+            [`intake_batch${batch}_target_gc_count_run${k + 1}`, x.server.gcCount],
+            [`intake_batch${batch}_target_gc_ms_run${k + 1}`, x.server.gcMs],
+            [`intake_batch${batch}_target_gc_minor_ms_run${k + 1}`, x.server.gcMinorMs],
+            [`intake_batch${batch}_target_gc_max_pause_ms_run${k + 1}`, x.server.gcMaxMs],
+            [`intake_batch${batch}_target_checkpoints_run${k + 1}`, x.checkpoints],
           ]),
         ),
       ),
@@ -311,6 +443,20 @@ async function measure(store: Store, dir: string, postgresUrl: string | undefine
         list.map((x, k) => ({
           metric: `  batches of ${batch} at ${LOADS.find((l) => l.batch === batch)!.targetRate}/s (open loop), run ${k + 1}: achieved ${x.atTarget.achieved.toFixed(0)}/s, p50 ${x.atTarget.p50} ms, max ${x.atTarget.max} ms`,
           value: x.atTarget.p99,
+          unit: "ms p99",
+        })),
+      ),
+      {
+        metric: "server-side p99 at the target rates (a request's arrival at the server to its reply; no client, no network), worst run",
+        value: results.intake_server_p99_ms,
+        unit: "ms",
+      },
+      ...[...runs].flatMap(([batch, list]) =>
+        list.map((x, k) => ({
+          metric:
+            `  batches of ${batch}, run ${k + 1}: server p50 ${x.server.p50} ms, max ${x.server.max} ms; GC ${x.server.gcCount} pauses, ${x.server.gcMs} ms ` +
+            `(young generation ${x.server.gcMinorMs} ms), longest ${x.server.gcMaxMs} ms; ${x.checkpoints} store checkpoints; server CPU ${(x.server.cpuMs / Math.max(1, x.server.requests)).toFixed(2)} ms/batch`,
+          value: x.server.p99,
           unit: "ms p99",
         })),
       ),
