@@ -21,6 +21,7 @@
  * extendTail(tail, Date.parse("2025-03-02"), item, catalog.itemCluster[item]);
  * tail.c1; tail.c2; // the history (c1 = -1 until there are two runs)
  */
+import type { EventLists } from "./event-lists.js";
 
 /** What the history needs of a user's positive events. */
 export interface HistoryTail {
@@ -97,26 +98,31 @@ export function extendTail(tail: HistoryTail, ts: number, item: number, cluster:
 
 /**
  * The `limit` most recently positively engaged distinct items, newest first, each with the time of its latest positive
- * event, after one more positive event (any time order), changed in place. An item's latest time only grows, so the
- * top `limit` by it can be kept without the items that fell out.
- * @returns whether the lists changed.
+ * event, after one more positive event (any time order): list `u` of `recent`, changed in place. An item's latest
+ * time only grows, so the top `limit` by it can be kept without the items that fell out.
+ * @returns whether the list changed.
  */
-export function extendRecent(recent: number[], recentTs: number[], ts: number, item: number, limit: number): boolean {
-  const at = recent.indexOf(item);
-  if (at >= 0) {
-    if (recentTs[at] >= ts) return false;
-    // Taken out; it goes back in at its new place below.
-    recent.splice(at, 1);
-    recentTs.splice(at, 1);
-  } else if (recent.length >= limit) {
-    const last = recent.length - 1;
-    if (limit === 0 || !precedes(recentTs[last], recent[last], ts, item)) return false;
-    recent.pop();
-    recentTs.pop();
+export function extendRecent(recent: EventLists, u: number, ts: number, item: number, limit: number): boolean {
+  const n = recent.length(u);
+  let at = -1;
+  for (let k = 0; k < n; k++) {
+    if (recent.item(u, k) === item) {
+      at = k;
+      break;
+    }
   }
+  if (at >= 0) {
+    if (recent.time(u, at) >= ts) return false;
+    // Taken out; it goes back in at its new place below.
+    recent.remove(u, at);
+  } else if (n >= limit) {
+    const last = n - 1;
+    if (limit === 0 || !precedes(recent.time(u, last), recent.item(u, last), ts, item)) return false;
+    recent.remove(u, last);
+  }
+  const left = recent.length(u);
   let place = 0;
-  while (place < recent.length && !precedes(recentTs[place], recent[place], ts, item)) place++;
-  recent.splice(place, 0, item);
-  recentTs.splice(place, 0, ts);
+  while (place < left && !precedes(recent.time(u, place), recent.item(u, place), ts, item)) place++;
+  recent.insert(u, place, item, ts);
   return true;
 }

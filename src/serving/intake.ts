@@ -42,7 +42,7 @@ import { HttpError, type RequestIssue } from "./errors.js";
 import type { AttributableEvent } from "./experiments/log.js";
 import { DuckDbIntakeStore, type IntakeEvent, type IntakeStore, type RecordedAnswer } from "./intake-store.js";
 import type { StoreQueue } from "./store-queue.js";
-import { UserIndex, type UserState } from "./users.js";
+import type { UserIndex } from "./users.js";
 
 const KEY_TTL_MS = 7 * DAY_MS;
 /**
@@ -279,16 +279,16 @@ export class EventIntake {
     // event the store holds already (the user index knows every stored event) is a duplicate, not written again.
     const toAppend: IntakeEvent[] = [];
     const owner: number[] = [];
-    const states: (UserState | undefined)[] = [];
+    const found: number[] = [];
     const inGroup = new GroupIdentities();
     for (let w = 0; w < writers.length; w++) {
       for (const { event, negative, item, storedTs } of writers[w].events) {
         if (negative) continue;
-        const state = users.get(event.userId);
-        if (UserIndex.holdsEvent(state, item, storedTs) || !inGroup.add(event.userId, item, storedTs)) continue;
+        const user = users.find(event.userId);
+        if (users.holdsEvent(user, item, storedTs) || !inGroup.add(event.userId, item, storedTs)) continue;
         toAppend.push({ userId: event.userId, item, ts: storedTs, engagement: event.engagement ?? null });
         owner.push(w);
-        states.push(state);
+        found.push(user);
       }
     }
     let added: boolean[];
@@ -303,9 +303,9 @@ export class EventIntake {
       for (const batch of writers) await this.writeGroup([batch]);
       return;
     }
-    users.applyKnown(
+    users.applyFound(
       toAppend.filter((_, k) => added[k]),
-      states.filter((_, k) => added[k]),
+      found.filter((_, k) => added[k]),
     );
 
     const eventsAdded = new Array<number>(writers.length).fill(0);

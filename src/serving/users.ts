@@ -26,30 +26,51 @@ import type { AppendedEvent } from "../data/postgres-event-store.js";
 import type { EngagementEvent } from "../domain/types.js";
 import type { Catalog } from "./catalog.js";
 import { SERVE_DEFAULTS } from "./defaults.js";
+import { EventLists, grown } from "./event-lists.js";
 import { emptyTail, extendRecent, extendTail, type HistoryTail } from "./histories.js";
 
-export interface UserState {
+/**
+ * A user's state as serving reads it, taken when `UserIndex.get` is called: the history, the current run's cluster
+ * and the recent items as they were then; the events (`seen`, `hasSeen`) as they are when asked.
+ */
+export class UserState {
   /** The last two distinct positively engaged clusters (cluster indices, c2 most recent), null with fewer than two. */
-  history: { c1: number; c2: number } | null;
+  readonly history: { c1: number; c2: number } | null;
   /** Cluster of the latest positive event (the current run), -1 when there is none. */
-  lastCluster: number;
-  /**
-   * Most recent positively engaged distinct items (item indices), newest first. Plain arrays here and below, changed
-   * in place: typed arrays of this size live outside the JS heap, and allocating one per event cost more than all
-   * the rest intake does per event.
-   */
-  recent: number[];
-  /** Time of each recent item's latest positive event (so a late event finds its place). */
-  recentTs: number[];
-  /**
-   * The item of every stored event of the user, ascending by (item, time): an item repeats once per event with it.
-   * What exploration never recommends again, and with `seenTs` what tells a repeated event from a new one.
-   */
-  seen: number[];
-  /** The time of each event of `seen` (epoch milliseconds, as stored), same order. */
-  seenTs: number[];
+  readonly lastCluster: number;
+  /** Most recent positively engaged distinct items (item indices), newest first. */
+  readonly recent: number[];
+  /** Time of each recent item's latest positive event. */
+  readonly recentTs: number[];
   /** Where the history's last two runs lie (what lets an out-of-order event update it exactly). */
-  tail: HistoryTail;
+  readonly tail: HistoryTail;
+  readonly #users: UserIndex;
+  readonly #user: number;
+
+  constructor(users: UserIndex, user: number, tail: HistoryTail, recent: { items: number[]; times: number[] }) {
+    this.#users = users;
+    this.#user = user;
+    this.tail = tail;
+    this.history = tail.c1 >= 0 ? { c1: tail.c1, c2: tail.c2 } : null;
+    this.lastCluster = tail.c2;
+    this.recent = recent.items;
+    this.recentTs = recent.times;
+  }
+
+  /** The item of every stored event of the user, ascending by (item, time): an item repeats once per event with it. */
+  get seen(): number[] {
+    return this.#users.events(this.#user).items;
+  }
+
+  /** The time of each event of `seen` (epoch milliseconds, as stored), same order. */
+  get seenTs(): number[] {
+    return this.#users.events(this.#user).times;
+  }
+
+  /** Whether the user had an event with the item: what exploration never recommends again. */
+  hasSeen(item: number): boolean {
+    return this.#users.hasSeen(this.#user, item);
+  }
 }
 
 /** An event the store took, with its item as a catalog index. */
@@ -69,50 +90,110 @@ export interface UserIndexOptions {
   readonly recentItems?: number;
 }
 
+/**
+ * Every user's state, by the user's number in the index (given in order of arrival, never changed or reused): the
+ * events and the recent items as lists in shared typed arrays (./event-lists.ts says why), the history's tail as
+ * columns. Nothing here is an object per user but the user's id, the key of the map to the number.
+ */
 export class UserIndex {
-  private readonly states = new Map<string, UserState>();
+  private readonly numbers = new Map<string, number>();
   private readonly recentItems: number;
+  /** Per user, every stored event (item, ts), ascending by (item, ts). */
+  private readonly seen: EventLists;
+  /** Per user, the recent positive items (item, time of its latest positive event), newest first. */
+  private readonly recent: EventLists;
+  /** Per user, the history's tail (./histories.ts), one column per field. */
+  private c1: Int32Array = new Int32Array(1024);
+  private c2: Int32Array = new Int32Array(1024);
+  private boundaryTs: Float64Array = new Float64Array(1024);
+  private boundaryItem: Int32Array = new Int32Array(1024);
+  private newestTs: Float64Array = new Float64Array(1024);
+  private newestItem: Int32Array = new Int32Array(1024);
+  /** The tail `extendTail` works on: one user's columns copied in and back. */
+  private readonly tail = emptyTail();
 
   private constructor(
     private readonly catalog: Catalog,
     private readonly options: UserIndexOptions,
+    expectedEvents: number,
+    expectedUsers: number,
   ) {
     this.recentItems = options.recentItems ?? SERVE_DEFAULTS.recentItems;
+    this.seen = new EventLists(expectedEvents);
+    this.recent = new EventLists(expectedUsers * Math.min(this.recentItems, 4));
   }
 
   /** An index with no users (the simulation fills it with `observe`). */
   static empty(catalog: Catalog, options: UserIndexOptions): UserIndex {
-    return new UserIndex(catalog, options);
+    return new UserIndex(catalog, options, 0, 0);
   }
 
   static async load(store: EventStoreContract, catalog: Catalog, options: UserIndexOptions): Promise<UserIndex> {
-    const index = new UserIndex(catalog, options);
-    await index.read(store);
+    const positiveMin = options.positiveMin;
+    // The engagement compared as a double on both stores (PostgreSQL would compare a REAL with a REAL parameter).
+    const [double, min] = store.dialect === "postgres" ? ["FLOAT8", "$positiveMin::FLOAT8"] : ["DOUBLE", "$positiveMin"];
+    const positive = positiveMin === null ? "true" : `(e.engagement IS NULL OR e.engagement >= ${min})`;
+    const users = new Map(
+      (await store.query<{ k: number; id: string }>("SELECT user_key AS k, user_id AS id FROM users")).map((r) => [r.k, r.id]),
+    );
+    const read = await store.queryColumns(
+      `SELECT e.user_key, e.item_key, epoch_ms(e.ts)::${double} AS ts, ${positive} AS positive FROM events e
+       ORDER BY e.user_key, e.ts, e.item_key`,
+      positiveMin === null ? {} : { positiveMin },
+    );
+    const n = read.rowCount;
+    const index = new UserIndex(catalog, options, n, users.size);
+    const [userKeys, itemKeys, times, positives] = n ? (read.columns as [number[], number[], number[], boolean[]]) : [[], [], [], []];
+    const items = index.itemsOfKeys(itemKeys);
+    let start = 0;
+    while (start < n) {
+      const key = userKeys[start];
+      let end = start;
+      while (end < n && userKeys[end] === key) end++;
+      const userId = users.get(key);
+      if (userId !== undefined) index.setEvents(index.add(userId), items, times, positives, start, end);
+      start = end;
+    }
     return index;
   }
 
   get size(): number {
-    return this.states.size;
+    return this.numbers.size;
   }
 
   get(userId: string): UserState | undefined {
-    return this.states.get(userId);
+    const user = this.numbers.get(userId);
+    return user === undefined ? undefined : this.state(user);
   }
 
-  /** Whether the user had an event with the item (binary search over the sorted list). */
+  /** The user's number in the index, -1 for a user it does not have (yet). */
+  find(userId: string): number {
+    return this.numbers.get(userId) ?? -1;
+  }
+
+  /** Whether the user had an event with the item (exploration never recommends it again). */
   static hasSeen(state: UserState | undefined, item: number): boolean {
-    if (!state) return false;
-    const seen = state.seen;
+    return state !== undefined && state.hasSeen(item);
+  }
+
+  /** `UserState.hasSeen` of user number `user`: a binary search over the user's events, ordered by item. */
+  hasSeen(user: number, item: number): boolean {
+    const seen = this.seen;
     let lo = 0;
-    let hi = seen.length - 1;
+    let hi = seen.length(user) - 1;
     while (lo <= hi) {
       const mid = (lo + hi) >> 1;
-      const v = seen[mid];
+      const v = seen.item(user, mid);
       if (v === item) return true;
       if (v < item) lo = mid + 1;
       else hi = mid - 1;
     }
     return false;
+  }
+
+  /** Copies of the user's events, ascending by (item, ts). */
+  events(user: number): { items: number[]; times: number[] } {
+    return this.seen.copy(user);
   }
 
   /**
@@ -121,12 +202,12 @@ export class UserIndex {
    * store other processes write too may hold more (its adapter checks what this does not know).
    */
   holds(userId: string, item: number, ts: number): boolean {
-    return UserIndex.holdsEvent(this.states.get(userId), item, ts);
+    return this.holdsEvent(this.find(userId), item, ts);
   }
 
-  /** `holds` for a state already looked up (a lookup among every user costs more than the rest of the check). */
-  static holdsEvent(state: UserState | undefined, item: number, ts: number): boolean {
-    return state !== undefined && eventPosition(state.seen, state.seenTs, item, ts) < 0;
+  /** `holds` for a user already looked up (`find`; -1 holds nothing): a lookup among every user costs more than the rest. */
+  holdsEvent(user: number, item: number, ts: number): boolean {
+    return user >= 0 && this.position(user, item, ts) < 0;
   }
 
   /** Whether an engagement counts as positive, compared as the store compares it (the float32 it holds). */
@@ -140,18 +221,18 @@ export class UserIndex {
    * stored engagement may differ), in any time order, to their users' states in place.
    */
   apply(events: readonly StoredEvent[]): void {
-    for (const e of events) this.applyOne(this.states.get(e.userId), e.userId, e.item, e.ts, e.engagement);
+    for (const e of events) this.applyOne(this.find(e.userId), e.userId, e.item, e.ts, e.engagement);
   }
 
   /**
-   * `apply` with each event's state already looked up (`get` before the write): `states[k]` is the state of
-   * `events[k].userId`, or undefined for a user the index did not have then (looked up again: an earlier event of the
-   * same call may have added the user).
+   * `apply` with each event's user already looked up (`find` before the write): `users[k]` is the number of
+   * `events[k].userId`, or -1 for a user the index did not have then (looked up again: an earlier event of the same
+   * call may have added the user).
    */
-  applyKnown(events: readonly StoredEvent[], states: readonly (UserState | undefined)[]): void {
+  applyFound(events: readonly StoredEvent[], users: readonly number[]): void {
     for (let k = 0; k < events.length; k++) {
       const e = events[k];
-      this.applyOne(states[k] ?? this.states.get(e.userId), e.userId, e.item, e.ts, e.engagement);
+      this.applyOne(users[k], e.userId, e.item, e.ts, e.engagement);
     }
   }
 
@@ -160,23 +241,23 @@ export class UserIndex {
    * clusters of events already applied: an item moved to another cluster moves every event of it, past ones too, and
    * that can change a history anywhere along it, beyond what a state keeps. Each entry is every event the store holds
    * of one user, in mining's order (ts, then item key), as a load reads them; an item the catalog lacks is left out,
-   * as a load leaves it out. Changed in place: whoever holds a user's state (intake, between its lookup and its
-   * write) holds the new one. Events the state held that the list lacks (stored after the list was read) are dropped
+   * as a load leaves it out. In place: whoever looked the user up (intake, between its lookup and its write) finds
+   * the new state. Events the state held that the list lacks (stored after the list was read) are dropped
    * with the rest: `apply` brings them again when they are read, which it would skip as known if they stayed.
    */
   reload(histories: readonly (readonly AppendedEvent[])[]): void {
     for (const events of histories) {
       if (events.length === 0) continue;
-      const fresh = this.stateOf(
-        events.map((e) => e.itemKey),
+      const userId = events[0].userId;
+      const user = this.numbers.get(userId) ?? this.add(userId);
+      this.setEvents(
+        user,
+        this.itemsOfKeys(events.map((e) => e.itemKey)),
         events.map((e) => e.ts),
         events.map((e) => this.isPositive(e.engagement)),
         0,
         events.length,
       );
-      const state = this.states.get(events[0].userId);
-      if (state) Object.assign(state, fresh);
-      else this.states.set(events[0].userId, fresh);
     }
   }
 
@@ -184,110 +265,126 @@ export class UserIndex {
   observe(event: EngagementEvent): void {
     const item = this.catalog.itemIndex.get(event.itemId);
     if (item === undefined) return;
-    this.applyOne(this.states.get(event.userId), event.userId, item, event.ts, event.engagement);
+    this.applyOne(this.find(event.userId), event.userId, item, event.ts, event.engagement);
   }
 
-  private applyOne(known: UserState | undefined, userId: string, item: number, ts: number, engagement: number | null | undefined): void {
-    let state = known;
-    if (!state) {
-      state = { history: null, lastCluster: -1, recent: [], recentTs: [], seen: [], seenTs: [], tail: emptyTail() };
-      this.states.set(userId, state);
-    }
-    const at = eventPosition(state.seen, state.seenTs, item, ts);
+  private applyOne(found: number, userId: string, item: number, ts: number, engagement: number | null | undefined): void {
+    let user = found >= 0 ? found : this.find(userId);
+    if (user < 0) user = this.add(userId);
+    const at = this.position(user, item, ts);
     // An event the index holds already changes nothing (the store keeps the first one).
     if (at < 0) return;
-    state.seen.splice(at, 0, item);
-    state.seenTs.splice(at, 0, ts);
-    if (this.isPositive(engagement)) this.addPositive(state, item, ts);
+    this.seen.insert(user, at, item, ts);
+    if (this.isPositive(engagement)) this.addPositive(user, item, ts);
   }
 
-  private addPositive(state: UserState, item: number, ts: number): void {
-    const tail = state.tail;
-    if (extendTail(tail, ts, item, this.catalog.itemCluster[item])) state.history = tail.c1 >= 0 ? { c1: tail.c1, c2: tail.c2 } : null;
-    state.lastCluster = tail.c2;
-    extendRecent(state.recent, state.recentTs, ts, item, this.recentItems);
+  private addPositive(user: number, item: number, ts: number): void {
+    const tail = this.readTail(user);
+    extendTail(tail, ts, item, this.catalog.itemCluster[item]);
+    this.writeTail(user, tail);
+    extendRecent(this.recent, user, ts, item, this.recentItems);
   }
 
-  /**
-   * Every user's state from one scan of the events in mining's order (ts, then item key): the history through the
-   * same `extendTail` intake uses, events in order.
-   */
-  private async read(store: EventStoreContract): Promise<void> {
-    const positiveMin = this.options.positiveMin;
-    // The engagement compared as a double on both stores (PostgreSQL would compare a REAL with a REAL parameter).
-    const [double, min] = store.dialect === "postgres" ? ["FLOAT8", "$positiveMin::FLOAT8"] : ["DOUBLE", "$positiveMin"];
-    const positive = positiveMin === null ? "true" : `(e.engagement IS NULL OR e.engagement >= ${min})`;
-    const users = new Map(
-      (await store.query<{ k: number; id: string }>("SELECT user_key AS k, user_id AS id FROM users")).map((r) => [r.k, r.id]),
-    );
-    const read = await store.queryColumns(
-      `SELECT e.user_key, e.item_key, epoch_ms(e.ts)::${double} AS ts, ${positive} AS positive FROM events e
-       ORDER BY e.user_key, e.ts, e.item_key`,
-      positiveMin === null ? {} : { positiveMin },
-    );
-    const n = read.rowCount;
-    const [userKeys, itemKeys, times, positives] = n ? (read.columns as [number[], number[], number[], boolean[]]) : [[], [], [], []];
-    let start = 0;
-    while (start < n) {
-      const key = userKeys[start];
-      let end = start;
-      while (end < n && userKeys[end] === key) end++;
-      const userId = users.get(key);
-      if (userId !== undefined) this.states.set(userId, this.stateOf(itemKeys, times, positives, start, end));
-      start = end;
+  /** A new user with no events; @returns the user's number. */
+  private add(userId: string): number {
+    const user = this.seen.add(0);
+    // Both lists are added together, so a user's number is the same in each.
+    this.recent.add(0);
+    if (user === this.c1.length) {
+      const size = user * 2;
+      this.c1 = grown(this.c1, size);
+      this.c2 = grown(this.c2, size);
+      this.boundaryItem = grown(this.boundaryItem, size);
+      this.newestItem = grown(this.newestItem, size);
+      this.boundaryTs = grown(this.boundaryTs, size);
+      this.newestTs = grown(this.newestTs, size);
     }
+    this.writeTail(user, emptyTail());
+    this.numbers.set(userId, user);
+    return user;
+  }
+
+  /** The user's state as `get` gives it. */
+  private state(user: number): UserState {
+    return new UserState(this, user, { ...this.readTail(user) }, this.recent.copy(user));
+  }
+
+  /** The shared tail object, holding user `user`'s tail. */
+  private readTail(user: number): HistoryTail {
+    const tail = this.tail;
+    tail.c1 = this.c1[user];
+    tail.c2 = this.c2[user];
+    tail.boundaryTs = this.boundaryTs[user];
+    tail.boundaryItem = this.boundaryItem[user];
+    tail.newestTs = this.newestTs[user];
+    tail.newestItem = this.newestItem[user];
+    return tail;
+  }
+
+  private writeTail(user: number, tail: HistoryTail): void {
+    this.c1[user] = tail.c1;
+    this.c2[user] = tail.c2;
+    this.boundaryTs[user] = tail.boundaryTs;
+    this.boundaryItem[user] = tail.boundaryItem;
+    this.newestTs[user] = tail.newestTs;
+    this.newestItem[user] = tail.newestItem;
+  }
+
+  /** Each store item key's catalog index, -1 for an item the catalog does not know yet. */
+  private itemsOfKeys(keys: ArrayLike<number>): Int32Array {
+    const { itemOfKey } = this.catalog;
+    const items = new Int32Array(keys.length);
+    // An item added after the catalog was read is not known yet (the store follower brings it and its events).
+    for (let r = 0; r < keys.length; r++) items[r] = itemOfKey[keys[r]] ?? -1;
+    return items;
   }
 
   /**
-   * A user's state from every stored event of the user: rows start..end-1 of the columns, in mining's order (ts, then
-   * item key), items as store keys.
+   * Sets user `user`'s state from every stored event of the user: rows start..end-1 of the columns, in mining's
+   * order (ts, then item key), items as catalog indices (-1: unknown, left out). The history goes through the same
+   * `extendTail` intake uses, events in order.
    */
-  private stateOf(itemKeys: ArrayLike<number>, times: ArrayLike<number>, positives: ArrayLike<boolean>, start: number, end: number): UserState {
-    const { catalog } = this;
+  private setEvents(user: number, items: ArrayLike<number>, times: ArrayLike<number>, positives: ArrayLike<boolean>, start: number, end: number): void {
     const rows: number[] = [];
     const tail = emptyTail();
     for (let r = start; r < end; r++) {
-      // An item added after the catalog was read is not known yet (the store follower brings it and its events).
-      const item = catalog.itemOfKey[itemKeys[r]] ?? -1;
+      const item = items[r];
       if (item < 0) continue;
       rows.push(r);
-      if (positives[r]) extendTail(tail, times[r], item, catalog.itemCluster[item]);
+      if (positives[r]) extendTail(tail, times[r], item, this.catalog.itemCluster[item]);
     }
-    // The rows are in (ts, item) order; the events' identities go in (item, ts) order.
-    rows.sort((a, b) => itemKeys[a] - itemKeys[b] || times[a] - times[b]);
-    const seen = rows.map((r) => catalog.itemOfKey[itemKeys[r]]);
-    const seenTs = rows.map((r) => times[r]);
+    this.writeTail(user, tail);
+    // The rows are in (ts, item) order; the events' identities go in (item, ts) order (the catalog numbers items in
+    // the store's key order, so comparing indices is comparing keys).
+    rows.sort((a, b) => items[a] - items[b] || times[a] - times[b]);
+    this.seen.assign(user, items, times, rows);
     // Recent items newest first: the first time an item shows up walking back is its latest positive event.
     const recent: number[] = [];
-    const recentTs: number[] = [];
+    const recentItems: number[] = [];
     for (let r = end - 1; r >= start && recent.length < this.recentItems; r--) {
-      const item = catalog.itemOfKey[itemKeys[r]] ?? -1;
-      if (item < 0 || !positives[r] || recent.includes(item)) continue;
-      recent.push(item);
-      recentTs.push(times[r]);
+      const item = items[r];
+      if (item < 0 || !positives[r] || recentItems.includes(item)) continue;
+      recent.push(r);
+      recentItems.push(item);
     }
-    return {
-      history: tail.c1 >= 0 ? { c1: tail.c1, c2: tail.c2 } : null,
-      lastCluster: tail.c2,
-      recent,
-      recentTs,
-      seen,
-      seenTs,
-      tail,
-    };
+    this.recent.assign(user, items, times, recent);
   }
-}
 
-/**
- * Where event (item, ts) goes in a user's (item, ts)-ordered lists, or -1 when they hold it already (binary search).
- */
-function eventPosition(seen: readonly number[], seenTs: readonly number[], item: number, ts: number): number {
-  let lo = 0;
-  let hi = seen.length;
-  while (lo < hi) {
-    const mid = (lo + hi) >> 1;
-    if (seen[mid] < item || (seen[mid] === item && seenTs[mid] < ts)) lo = mid + 1;
-    else hi = mid;
+  /**
+   * Where event (item, ts) goes in user `user`'s (item, ts)-ordered events, or -1 when they hold it already (binary
+   * search).
+   */
+  private position(user: number, item: number, ts: number): number {
+    const seen = this.seen;
+    const n = seen.length(user);
+    let lo = 0;
+    let hi = n;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      const v = seen.item(user, mid);
+      if (v < item || (v === item && seen.time(user, mid) < ts)) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo < n && seen.item(user, lo) === item && seen.time(user, lo) === ts ? -1 : lo;
   }
-  return lo < seen.length && seen[lo] === item && seenTs[lo] === ts ? -1 : lo;
 }

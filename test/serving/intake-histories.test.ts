@@ -17,6 +17,7 @@ import { ingestSynthetic } from "../../src/data/ingest/synthetic.js";
 import { SyntheticWorld } from "../../src/data/synthetic/index.js";
 import { DAY_MS } from "../../src/domain/clock.js";
 import { historiesAsOf } from "../../src/mining/transitions.js";
+import { EventLists } from "../../src/serving/event-lists.js";
 import { emptyTail, extendRecent, extendTail } from "../../src/serving/histories.js";
 import { startServer, type RunningServer } from "../../src/serving/server.js";
 import { UserIndex, type UserState } from "../../src/serving/users.js";
@@ -59,18 +60,18 @@ describe("histories.ts against a recount of the whole sequence", () => {
     const next = random(23);
     for (let trial = 0; trial < 1000; trial++) {
       const limit = Math.floor(next() * 4);
-      const recent: number[] = [];
-      const recentTs: number[] = [];
+      const recent = new EventLists(0);
+      const u = recent.add(0);
       const inserted: { ts: number; item: number }[] = [];
       for (let k = 0; k < 15; k++) {
         const e = { ts: Math.floor(next() * 8), item: Math.floor(next() * 7) };
         if (inserted.some((x) => x.ts === e.ts && x.item === e.item)) continue;
         inserted.push(e);
-        extendRecent(recent, recentTs, e.ts, e.item, limit);
+        extendRecent(recent, u, e.ts, e.item, limit);
         const newestFirst = [...inserted].sort((a, b) => b.ts - a.ts || b.item - a.item);
         const expected: number[] = [];
         for (const x of newestFirst) if (expected.length < limit && !expected.includes(x.item)) expected.push(x.item);
-        expect([...recent]).toEqual(expected);
+        expect(recent.copy(u).items).toEqual(expected);
       }
     }
   });
