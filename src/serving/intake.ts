@@ -22,6 +22,9 @@
  *   and writes nothing; the same key with another body is 409. Keys are kept for 7 days. Independently of keys,
  *   the event store never stores an event (user, item, time) twice, so even a retry after a crash between the append
  *   and the key's record (two statements) adds nothing twice.
+ * - Upkeep: once no batch has come for a while (`settleAfterMs`), the store's own upkeep runs through the queue
+ *   (`IntakeStore.settle`: DuckDB's checkpoint), so that it does not run inside some batch's commit with every batch
+ *   behind that one waiting for it.
  * - Feedback events (`feedback: "negative"`, "not interested") are not engagement: they are not stored as events
  *   (they would count as positive on a dataset without engagement values), only as experiment outcomes.
  *
@@ -108,6 +111,25 @@ export interface IntakeOptions {
   readonly now: () => number;
   /** Runs after the append, inside the queue: outcome attribution of the active experiment. */
   readonly attribute?: (events: readonly AttributableEvent[]) => Promise<number>;
+  /**
+   * How long no batch must have come before the store's upkeep runs (`IntakeStore.settle`, through the queue).
+   * @defaultValue DEFAULT_SETTLE_AFTER_MS
+   */
+  readonly settleAfterMs?: number;
+}
+
+/**
+ * How long intake waits without a batch before the store's upkeep (a DuckDB checkpoint): long enough that a pause
+ * in the traffic, not the gap between two batches of a steady stream, is taken for one, since a batch that arrives
+ * while a checkpoint runs waits for it.
+ */
+export const DEFAULT_SETTLE_AFTER_MS = 1000;
+
+/** What the store's upkeep (`IntakeStore.settle`) did so far: runs that did work, failures and the last one's error. */
+export interface IntakeUpkeep {
+  ran: number;
+  failed: number;
+  lastError: unknown;
 }
 
 /** zod issues as (index, field) pairs: events.3.ts -> { index: 3, field: "ts" }. */
@@ -154,6 +176,15 @@ export class EventIntake {
   private pending: PendingBatch[] = [];
   /** Whether a drain task sits in the store queue (one at a time: it takes everything pending when it starts). */
   private drainQueued = false;
+  /** When the last batch came (performance.now()). */
+  private lastArrival = 0;
+  private settleTimer: NodeJS.Timeout | null = null;
+  private readonly settleAfterMs: number;
+  /**
+   * The store's upkeep so far. A failure is kept here, not thrown: no request waits for the upkeep, and the store
+   * does the same work by itself inside a later append, whose request gets any error it meets.
+   */
+  readonly upkeep: IntakeUpkeep = { ran: 0, failed: 0, lastError: null };
 
   /** @throws ConfigError when `futureToleranceMs` is not a non-negative number of milliseconds. */
   constructor(private readonly options: IntakeOptions) {
@@ -165,6 +196,7 @@ export class EventIntake {
       ]);
     }
     this.futureToleranceMs = tolerance;
+    this.settleAfterMs = options.settleAfterMs ?? DEFAULT_SETTLE_AFTER_MS;
     if (!options.intakeStore && !options.events) throw new FreshrecError("INTERNAL", "EventIntake needs an intakeStore or the events it writes to");
     this.intakeStore = options.intakeStore ?? new DuckDbIntakeStore(options.events!, options.catalog);
     this.users = options.users;
@@ -217,10 +249,41 @@ export class EventIntake {
    * lets single-event batches from many clients through at hundreds per second.
    */
   private submit(batch: Omit<PendingBatch, "resolve" | "reject">): Promise<IntakeResult> {
+    this.lastArrival = performance.now();
     return new Promise<IntakeResult>((resolve, reject) => {
       this.pending.push({ ...batch, resolve, reject });
       this.scheduleDrain();
     });
+  }
+
+  /**
+   * Once no batch has come for `settleAfterMs`, the store's upkeep runs through the queue: a checkpoint then holds
+   * up no batch, where the one DuckDB runs by itself holds up every batch behind the commit that started it. Armed
+   * after each group write; a batch coming meanwhile puts it off.
+   */
+  private armSettle(delay: number): void {
+    if (this.settleTimer !== null) return;
+    this.settleTimer = setTimeout(() => {
+      this.settleTimer = null;
+      // A drain pending or running arms it again when it ends.
+      if (this.pending.length || this.drainQueued) return;
+      const quiet = performance.now() - this.lastArrival;
+      if (quiet < this.settleAfterMs) {
+        this.armSettle(this.settleAfterMs - quiet);
+        return;
+      }
+      this.options.queue.run(() => this.intakeStore.settle()).then(
+        (ran) => {
+          if (ran) this.upkeep.ran++;
+        },
+        (error: unknown) => {
+          this.upkeep.failed++;
+          this.upkeep.lastError = error;
+        },
+      );
+    }, delay);
+    // Upkeep never keeps a process alive that has nothing else to do.
+    this.settleTimer.unref();
   }
 
   private scheduleDrain(): void {
@@ -246,6 +309,7 @@ export class EventIntake {
       for (const b of group) b.reject(error);
     }
     this.scheduleDrain();
+    if (!this.drainQueued) this.armSettle(this.settleAfterMs);
   }
 
   /** Writes a group of batches and settles each one's promise (its own answer or error). */

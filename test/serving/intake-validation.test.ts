@@ -29,6 +29,9 @@ class MemoryIntakeStore implements IntakeStore {
   async record(answers: readonly RecordedAnswer[]): Promise<void> {
     for (const a of answers) this.keys.set(a.key, a);
   }
+  async settle(): Promise<boolean> {
+    return false;
+  }
 }
 
 describe("intake validation: the plain-body check agrees with the schema", () => {
