@@ -1,41 +1,47 @@
 /**
- * One ordered list of events (item, time) per user, every user's list held in the same two typed arrays. Why not an
+ * One ordered list of events (item, time) per user, every user's list held in a few large typed arrays. Why not an
  * array or two per user: the server keeps every user of the store in memory, and intake inserts into their lists all
  * the time. JS arrays per user are millions of small objects for the garbage collector, and each insertion that
  * outgrows one allocates a new backing store that outlives the young generation, so every minor collection copied
  * them and its pauses grew with the intake rate. Here the lists live in array buffers the collector never scans or
  * copies; an insertion allocates nothing on the JS heap.
  *
- * Each list has a region (start, capacity) in the shared arrays. A list that outgrows its region moves to a larger
- * one at the end of the used part; the region it leaves is not reused (a view taken of a list before the move keeps
- * showing that list's events, never another's). When the arrays are full, every list is copied into new, larger
- * arrays, side by side (compaction): that copy costs a pass over all lists, and the arrays are then made twice what
- * the lists hold, so that it comes again only after about as many events as the lists hold have been added.
+ * Each list has a region in one page (a pair of typed arrays): its capacity is one of a ladder of sizes (size
+ * classes). A list that outgrows its region moves to a region of the next size, and the region it leaves is kept for
+ * the next list of that size that needs one; a new region is cut from the end of the last page, and a new page is
+ * added when that one is full. So no step ever copies more than one list: there is no compaction of all lists (a
+ * pass over every list, a pause that grows with the store), and pages are never copied to grow. A list larger than a
+ * page gets a page of its own.
+ *
+ * Readers get copies (`copy`), never views: a region a list left may hold another list's events later.
  *
  * @example
- * const lists = new EventLists(1000);
+ * const lists = new EventLists();
  * const u = lists.add(0);              // an empty list
  * lists.insert(u, 0, 42, Date.parse("2025-03-02"));
  * lists.item(u, 0); // 42
  */
 export class EventLists {
-  /** Every list's items and times; list `u`'s are at [start[u], start[u] + length[u]). */
-  private items: Int32Array;
-  private times: Float64Array;
-  private start: Int32Array = new Int32Array(1024);
+  private readonly pageEntries: number;
+  /** The pages: `items[p]` and `times[p]` hold the regions of page `p`. */
+  private readonly items: Int32Array[] = [];
+  private readonly times: Float64Array[] = [];
+  /** Where the unused end of the last shared page begins. */
+  private cut = 0;
+  /** The page being cut, -1 before the first. */
+  private cutting = -1;
+  /** Per size class, regions lists left: page * 2^32 + offset. */
+  private readonly free: number[][] = CAPACITIES.map(() => []);
+  /** Per list: its region's page and offset, its size class and its length. */
+  private page: Int32Array = new Int32Array(1024);
+  private offset: Int32Array = new Int32Array(1024);
+  private sizeClass: Int32Array = new Int32Array(1024);
   private lengths: Int32Array = new Int32Array(1024);
-  private capacity: Int32Array = new Int32Array(1024);
   private lists = 0;
-  /** The end of the used part of `items` and `times`. */
-  private end = 0;
-  /** The sum of the lists' capacities (the used part minus the regions lists left). */
-  private held = 0;
 
-  /** @param expected the events the lists will hold at first (a hint for the arrays' first size). */
-  constructor(expected: number) {
-    const size = Math.max(1024, Math.ceil(expected * 1.5));
-    this.items = new Int32Array(size);
-    this.times = new Float64Array(size);
+  /** @param pageEntries events per page. @defaultValue 2^20 */
+  constructor(pageEntries = 2 ** 20) {
+    this.pageEntries = pageEntries;
   }
 
   /** How many lists there are; list numbers run from 0 to count - 1. */
@@ -43,19 +49,26 @@ export class EventLists {
     return this.lists;
   }
 
+  /** Events the pages have room for, in use or not (what the lists cost in memory, over 12 bytes an event). */
+  get entries(): number {
+    let sum = 0;
+    for (const page of this.items) sum += page.length;
+    return sum;
+  }
+
   /** Adds an empty list with room for `room` events; @returns its number. */
   add(room: number): number {
-    if (this.lists === this.start.length) {
+    if (this.lists === this.page.length) {
       const size = this.lists * 2;
-      this.start = grown(this.start, size);
+      this.page = grown(this.page, size);
+      this.offset = grown(this.offset, size);
+      this.sizeClass = grown(this.sizeClass, size);
       this.lengths = grown(this.lengths, size);
-      this.capacity = grown(this.capacity, size);
     }
     const u = this.lists++;
-    this.start[u] = this.end;
+    this.sizeClass[u] = 0;
     this.lengths[u] = 0;
-    this.capacity[u] = 0;
-    this.move(u, room);
+    if (room > 0) this.move(u, classFor(room));
     return u;
   }
 
@@ -64,34 +77,36 @@ export class EventLists {
   }
 
   item(u: number, k: number): number {
-    return this.items[this.start[u] + k];
+    return this.items[this.page[u]][this.offset[u] + k];
   }
 
   time(u: number, k: number): number {
-    return this.times[this.start[u] + k];
+    return this.times[this.page[u]][this.offset[u] + k];
   }
 
   /** Inserts (item, ts) at position `at` (0..length) of list `u`, moving the later events up by one. */
   insert(u: number, at: number, item: number, ts: number): void {
     const n = this.lengths[u];
-    if (n === this.capacity[u]) this.move(u, n + (n >> 1) + 4);
-    const s = this.start[u];
+    if (n === CAPACITIES[this.sizeClass[u]]) this.move(u, this.sizeClass[u] + 1);
+    const items = this.items[this.page[u]];
+    const times = this.times[this.page[u]];
+    const s = this.offset[u];
     if (at < n) {
-      this.items.copyWithin(s + at + 1, s + at, s + n);
-      this.times.copyWithin(s + at + 1, s + at, s + n);
+      items.copyWithin(s + at + 1, s + at, s + n);
+      times.copyWithin(s + at + 1, s + at, s + n);
     }
-    this.items[s + at] = item;
-    this.times[s + at] = ts;
+    items[s + at] = item;
+    times[s + at] = ts;
     this.lengths[u] = n + 1;
   }
 
   /** Removes the event at position `at` of list `u`, moving the later events down by one. */
   remove(u: number, at: number): void {
-    const s = this.start[u];
+    const s = this.offset[u];
     const n = this.lengths[u];
     if (at < n - 1) {
-      this.items.copyWithin(s + at, s + at + 1, s + n);
-      this.times.copyWithin(s + at, s + at + 1, s + n);
+      this.items[this.page[u]].copyWithin(s + at, s + at + 1, s + n);
+      this.times[this.page[u]].copyWithin(s + at, s + at + 1, s + n);
     }
     this.lengths[u] = n - 1;
   }
@@ -100,79 +115,113 @@ export class EventLists {
   assign(u: number, items: ArrayLike<number>, times: ArrayLike<number>, rows: readonly number[]): void {
     const n = rows.length;
     this.lengths[u] = 0;
-    if (n > this.capacity[u]) this.move(u, n + (n >> 2) + 4);
-    const s = this.start[u];
+    // Room for a quarter more: a list given whole (a load) usually grows next.
+    const wanted = classFor(n + (n >> 2));
+    if (wanted > this.sizeClass[u] || (n === 0 && this.sizeClass[u] > 0)) this.move(u, wanted);
+    if (n === 0) return;
+    const to = this.items[this.page[u]];
+    const toTimes = this.times[this.page[u]];
+    const s = this.offset[u];
     for (let k = 0; k < n; k++) {
-      this.items[s + k] = items[rows[k]];
-      this.times[s + k] = times[rows[k]];
+      to[s + k] = items[rows[k]];
+      toTimes[s + k] = times[rows[k]];
     }
     this.lengths[u] = n;
   }
 
-  /** Copies of list `u`'s items and times (for callers that keep them). */
+  /** Copies of list `u`'s items and times. */
   copy(u: number): { items: number[]; times: number[] } {
-    const s = this.start[u];
     const n = this.lengths[u];
-    const items = new Array<number>(n);
-    const times = new Array<number>(n);
+    const result = { items: new Array<number>(n), times: new Array<number>(n) };
+    if (n === 0) return result;
+    const items = this.items[this.page[u]];
+    const times = this.times[this.page[u]];
+    const s = this.offset[u];
     for (let k = 0; k < n; k++) {
-      items[k] = this.items[s + k];
-      times[k] = this.times[s + k];
+      result.items[k] = items[s + k];
+      result.times[k] = times[s + k];
     }
-    return { items, times };
+    return result;
   }
 
-  /** Gives list `u` a region of `room` events (at least its length) at the end of the used part, with its events. */
-  private move(u: number, room: number): void {
-    if (this.end + room > this.items.length) {
-      this.compact(u, room);
+  /** Gives list `u` a region of size class `c` with its events, and keeps the region it leaves for reuse. */
+  private move(u: number, c: number): void {
+    const n = this.lengths[u];
+    const old = this.sizeClass[u];
+    const [page, offset] = c === 0 ? [0, 0] : this.region(c);
+    if (n > 0) {
+      const s = this.offset[u];
+      const fromItems = this.items[this.page[u]];
+      const fromTimes = this.times[this.page[u]];
+      const toItems = this.items[page];
+      const toTimes = this.times[page];
+      if (n > 64) {
+        toItems.set(fromItems.subarray(s, s + n), offset);
+        toTimes.set(fromTimes.subarray(s, s + n), offset);
+      } else {
+        for (let k = 0; k < n; k++) {
+          toItems[offset + k] = fromItems[s + k];
+          toTimes[offset + k] = fromTimes[s + k];
+        }
+      }
+    }
+    if (old > 0) this.release(this.page[u], this.offset[u], old);
+    this.page[u] = page;
+    this.offset[u] = offset;
+    this.sizeClass[u] = c;
+  }
+
+  /** A region of size class `c`: one a list left, else cut from the last page (a new one when it is full). */
+  private region(c: number): [number, number] {
+    const reused = this.free[c].pop();
+    if (reused !== undefined) return [Math.floor(reused / 2 ** 32), reused % 2 ** 32];
+    const capacity = CAPACITIES[c];
+    if (capacity > this.pageEntries) {
+      // A page of its own, dropped when the list leaves it.
+      this.items.push(new Int32Array(capacity));
+      this.times.push(new Float64Array(capacity));
+      return [this.items.length - 1, 0];
+    }
+    if (this.cutting < 0 || this.cut + capacity > this.pageEntries) {
+      // The rest of the last page is left unused: less than one region of the largest shared size.
+      this.items.push(new Int32Array(this.pageEntries));
+      this.times.push(new Float64Array(this.pageEntries));
+      this.cutting = this.items.length - 1;
+      this.cut = 0;
+    }
+    const offset = this.cut;
+    this.cut += capacity;
+    return [this.cutting, offset];
+  }
+
+  private release(page: number, offset: number, c: number): void {
+    if (CAPACITIES[c] > this.pageEntries) {
+      this.items[page] = EMPTY_ITEMS;
+      this.times[page] = EMPTY_TIMES;
       return;
     }
-    const from = this.start[u];
-    const to = this.end;
-    const n = this.lengths[u];
-    // The new region lies after every used one, so it never overlaps the old.
-    for (let k = 0; k < n; k++) {
-      this.items[to + k] = this.items[from + k];
-      this.times[to + k] = this.times[from + k];
-    }
-    this.start[u] = to;
-    this.held += room - this.capacity[u];
-    this.capacity[u] = room;
-    this.end += room;
+    this.free[c].push(page * 2 ** 32 + offset);
   }
+}
 
-  /**
-   * Copies every list into new arrays side by side, each keeping its capacity but `u`, which gets `room` and goes
-   * last; the new arrays have room for twice what the lists then hold.
-   */
-  private compact(u: number, room: number): void {
-    const size = Math.max(1024, (this.held - this.capacity[u] + room) * 2);
-    const items = new Int32Array(size);
-    const times = new Float64Array(size);
-    let end = 0;
-    const copy = (v: number) => {
-      const s = this.start[v];
-      const n = this.lengths[v];
-      for (let k = 0; k < n; k++) {
-        items[end + k] = this.items[s + k];
-        times[end + k] = this.times[s + k];
-      }
-      this.start[v] = end;
-    };
-    for (let v = 0; v < this.lists; v++) {
-      if (v === u) continue;
-      copy(v);
-      end += this.capacity[v];
-    }
-    copy(u);
-    this.capacity[u] = room;
-    end += room;
-    this.items = items;
-    this.times = times;
-    this.end = end;
-    this.held = end;
-  }
+/**
+ * The size classes' capacities: 0 (no region), then from 4 up by about half each step, so a list that grows by one
+ * event at a time moves about once per third of its length, and a region is at most about a third unused.
+ */
+const CAPACITIES: readonly number[] = (() => {
+  const list = [0, 4];
+  while (list[list.length - 1] < 2 ** 31) list.push(Math.ceil((list[list.length - 1] * 1.5) / 2) * 2);
+  return list;
+})();
+
+const EMPTY_ITEMS = new Int32Array(0);
+const EMPTY_TIMES = new Float64Array(0);
+
+/** The smallest size class with room for `n` events. */
+function classFor(n: number): number {
+  let c = 0;
+  while (CAPACITIES[c] < n) c++;
+  return c;
 }
 
 /** A copy of `a` in a larger array of `size` (the rest zeros). */

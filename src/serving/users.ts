@@ -115,17 +115,15 @@ export class UserIndex {
   private constructor(
     private readonly catalog: Catalog,
     private readonly options: UserIndexOptions,
-    expectedEvents: number,
-    expectedUsers: number,
   ) {
     this.recentItems = options.recentItems ?? SERVE_DEFAULTS.recentItems;
-    this.seen = new EventLists(expectedEvents);
-    this.recent = new EventLists(expectedUsers * Math.min(this.recentItems, 4));
+    this.seen = new EventLists();
+    this.recent = new EventLists();
   }
 
   /** An index with no users (the simulation fills it with `observe`). */
   static empty(catalog: Catalog, options: UserIndexOptions): UserIndex {
-    return new UserIndex(catalog, options, 0, 0);
+    return new UserIndex(catalog, options);
   }
 
   static async load(store: EventStoreContract, catalog: Catalog, options: UserIndexOptions): Promise<UserIndex> {
@@ -142,7 +140,7 @@ export class UserIndex {
       positiveMin === null ? {} : { positiveMin },
     );
     const n = read.rowCount;
-    const index = new UserIndex(catalog, options, n, users.size);
+    const index = new UserIndex(catalog, options);
     const [userKeys, itemKeys, times, positives] = n ? (read.columns as [number[], number[], number[], boolean[]]) : [[], [], [], []];
     const items = index.itemsOfKeys(itemKeys);
     let start = 0;
