@@ -27,7 +27,9 @@
  * Targets (issue 19): intake_events_per_s >= 20,000, intake_batches_per_s >= 500, intake_p99_ms <= 50.
  * Checked too: no failed request, and every acknowledged event stored (the server's events-ingested counter).
  * Beside the rates, the server process's CPU time per batch (all threads): what the server costs whatever else the
- * shared machine runs at that moment, and so what one core of it would take.
+ * shared machine runs at that moment, and so what one core of it would take. And at the target rates, what the server
+ * itself saw (`ServerSide`): each request's time from its arrival to its reply, its garbage-collection pauses, and
+ * the store's checkpoints (keys `intake_server_p99_ms`, `intake_gc_*`, `intake_checkpoints_at_target`, and per run).
  */
 import autocannon from "autocannon";
 import { fork } from "node:child_process";
