@@ -7,10 +7,11 @@
  * processes add clusters and items at any time, and change those there are (an ingest that gives an item another
  * cluster or title, a cluster another description): the store follower (./store-follower.ts) appends the new ones
  * here (`extend`) and takes the changes (`revise`). Indices only grow: an index once given keeps naming the same
- * cluster or item, so whatever holds one (a user's state, a grounding index, a cached answer fragment) stays right;
- * structures sized by the counts of their time treat a larger index as one they do not know. What an item's index
- * does not keep is its cluster: after a move, what was derived from the old one (users' histories, the grounding
- * index) is derived again by whoever holds it.
+ * cluster or item, so whatever holds one (a user's state, a grounding index) stays right; structures sized by the
+ * counts of their time treat a larger index as one they do not know. What an item's index does not keep is its
+ * cluster and its title, nor a cluster's its description: after a revision (`revision` moves), what was derived from
+ * them (users' histories, the grounding index, the exploration JSON writer's cached text) is derived again by
+ * whoever holds it.
  *
  * @example
  * const catalog = await Catalog.load(events);
@@ -46,6 +47,9 @@ export class Catalog {
     private itemOfKeyArray: Int32Array,
     private clusterOfKeyArray: Int32Array,
   ) {}
+
+  /** Times `revise` changed something: what text derived from descriptions and titles is made again after. */
+  private revisions = 0;
 
   static async load(store: EventStoreContract): Promise<Catalog> {
     const clusters = await store.query<{ k: number; id: string; d: string }>(
@@ -146,7 +150,16 @@ export class Catalog {
       if (movedHere) moved.push(it.key);
       itemsChanged++;
     }
+    if (clustersChanged + itemsChanged > 0) this.revisions++;
     return { clusters: clustersChanged, items: itemsChanged, moved };
+  }
+
+  /**
+   * How many times `revise` changed a description, title or cluster in place: what caches text by index (the
+   * exploration JSON writer's fragments) makes it again when this moves.
+   */
+  get revision(): number {
+    return this.revisions;
   }
 
   get clusterIds(): readonly string[] {

@@ -13,8 +13,9 @@
  * The output is byte for byte `JSON.stringify(explorationResponse(...))` (same key order, escaping and numbers),
  * which the tests check on real and adversarial answers, and the server on every response with `validateResponses`.
  *
- * Fragments belong to one `Catalog` (immutable while serving, see ./catalog.ts): `ExplorationJsonWriter.of(catalog)`
- * gives each catalog its own, so a catalog with other titles or descriptions never reads another's fragments.
+ * Fragments belong to one `Catalog`: `ExplorationJsonWriter.of(catalog)` gives each catalog its own, so a catalog with
+ * other titles or descriptions never reads another's fragments; and a catalog that takes new descriptions or titles in
+ * place (a shared store's, see ./catalog.ts) moves its `revision`, upon which the writer forgets its fragments.
  *
  * @example
  * const body = ExplorationJsonWriter.of(catalog).bytes(answer, { model: { live: null }, experiment: null, requestId }); // a Buffer
@@ -58,12 +59,14 @@ const NUMBER_WORDS = new Uint32Array(NUMBER_BITS.buffer);
 
 export class ExplorationJsonWriter {
   /** Per cluster index: `"cluster":ID,"description":TEXT,"score":` */
-  private readonly clusterJson: (Buffer | undefined)[];
+  private clusterJson: (Buffer | undefined)[];
   /** Per item index: `{"itemId":ID,"title":TEXT,"score":` */
-  private readonly itemJson: (Buffer | undefined)[];
+  private itemJson: (Buffer | undefined)[];
   /** Per cluster index: `{"c1":ID` and `,"c2":ID}` of a history. */
-  private readonly c1Json: (Buffer | undefined)[];
-  private readonly c2Json: (Buffer | undefined)[];
+  private c1Json: (Buffer | undefined)[];
+  private c2Json: (Buffer | undefined)[];
+  /** The catalog's revision the fragments were made at: a shared store's catalog takes new descriptions and titles in place. */
+  private revision: number;
   private readonly sourceTail = new Map<string, Buffer>();
   /** `{"version":…,"modelVersion":…}` of the last table written (a server answers from one or a few). */
   private lastTable: { readonly version: string; readonly modelVersion: string } | null = null;
@@ -84,10 +87,20 @@ export class ExplorationJsonWriter {
   private readonly numberTexts = new Array<string>(NUMBER_CACHE_SIZE).fill("");
 
   private constructor(private readonly catalog: Catalog) {
+    this.revision = catalog.revision;
     this.clusterJson = new Array<Buffer | undefined>(catalog.clusterCount);
     this.itemJson = new Array<Buffer | undefined>(catalog.itemCount);
     this.c1Json = new Array<Buffer | undefined>(catalog.clusterCount);
     this.c2Json = new Array<Buffer | undefined>(catalog.clusterCount);
+  }
+
+  /** Forgets every fragment (the catalog's text changed in place): they are made again as requests need them. */
+  private forgetFragments(): void {
+    this.revision = this.catalog.revision;
+    this.clusterJson = new Array<Buffer | undefined>(this.catalog.clusterCount);
+    this.itemJson = new Array<Buffer | undefined>(this.catalog.itemCount);
+    this.c1Json = new Array<Buffer | undefined>(this.catalog.clusterCount);
+    this.c2Json = new Array<Buffer | undefined>(this.catalog.clusterCount);
   }
 
   /** The writer of a catalog (one per catalog object). */
@@ -108,6 +121,7 @@ export class ExplorationJsonWriter {
    */
   bytes(answer: IndexedExplorationAnswer, extras: ExplorationResponseExtras): Buffer {
     const { catalog } = this;
+    if (catalog.revision !== this.revision) this.forgetFragments();
     const { history, table } = answer;
     const { experiment } = extras;
     this.start = this.at;

@@ -121,6 +121,28 @@ describe("ExplorationJsonWriter", () => {
     expect(ExplorationJsonWriter.of(before.catalog).write(answerBefore, EXTRAS[0])).toBe(jsonBefore);
   });
 
+  it("writes a description or title the catalog took in place (a shared store's revision), not the text it wrote before", async () => {
+    const { catalog, explorer } = await explorerOver();
+    const lookup = table("t000007", [["A", "B", [["C", 0.5], ["D", 0.25]]]]);
+    const writer = ExplorationJsonWriter.of(catalog);
+    const answer = await explorer.exploreIndexed({ userId: "h1", lookup, n: 10, itemsPerCluster: 6 });
+    const before = writer.write(answer, EXTRAS[0]);
+    const c = catalog.clusterIndex.get("C")!;
+    const clusterKey = Array.from(catalog.clusterOfKey).indexOf(c);
+    const item = answer.items[0][0].item;
+    expect(catalog.itemCluster[item]).toBe(c);
+    const revised = catalog.revise(
+      [{ key: clusterKey, id: "C", description: "C: revised in place" }],
+      [{ key: Array.from(catalog.itemOfKey).indexOf(item), id: catalog.itemIds[item], clusterKey, title: "title revised in place" }],
+    );
+    expect(revised).toMatchObject({ clusters: 1, items: 1 });
+    const after = writer.write(answer, EXTRAS[0]);
+    expect(after).not.toBe(before);
+    expect(after).toBe(JSON.stringify(explorationResponse(explorer.present(answer), EXTRAS[0])));
+    expect(after).toContain('"description":"C: revised in place"');
+    expect(after).toContain('"title":"title revised in place"');
+  });
+
   it("answers from whichever table it is given: a newly published table's clusters, scores and version show at once", async () => {
     const { catalog, explorer } = await explorerOver();
     const writer = ExplorationJsonWriter.of(catalog);
