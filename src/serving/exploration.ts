@@ -83,6 +83,11 @@ export interface IndexedExplorationAnswer {
 export class Explorer {
   /** Per table: its local cluster index -> catalog index, and catalog index -> local (-1: not in the table). */
   private readonly tableIndices = new WeakMap<TableLookup, { readonly toCatalog: Int32Array; readonly toLocal: Int32Array }>();
+  /**
+   * Per table: the `table` of its answers, one object per table, so that what writes answers can tell a table it
+   * wrote before by identity (./exploration-json.ts keeps its JSON).
+   */
+  private readonly tableRefs = new WeakMap<TableLookup, { readonly version: string; readonly modelVersion: string }>();
   /** Scratch for one table row (requests run one at a time on the event loop). */
   private rowIds = new Int32Array(0);
   private rowScores = new Float64Array(0);
@@ -140,7 +145,7 @@ export class Explorer {
       history,
       coldStart: fallback === "cold-start",
       fallback,
-      table: lookup ? { version: lookup.version, modelVersion: lookup.modelVersion } : null,
+      table: lookup ? this.tableRef(lookup) : null,
       clusters,
       scores,
       items,
@@ -189,6 +194,12 @@ export class Explorer {
       scores.push(this.rowScores[a]);
     }
     return null;
+  }
+
+  private tableRef(lookup: TableLookup): { readonly version: string; readonly modelVersion: string } {
+    let ref = this.tableRefs.get(lookup);
+    if (ref === undefined) this.tableRefs.set(lookup, (ref = { version: lookup.version, modelVersion: lookup.modelVersion }));
+    return ref;
   }
 
   /** Index maps between a table's clusters and the catalog's, made once per table (a lookup never changes). */
