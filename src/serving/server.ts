@@ -322,6 +322,9 @@ export function redactUrl(url: string, adminToken: string | null): string {
   return out;
 }
 
+/** pino's levels by name (a logger's `level` is one of these names). */
+const LOG_LEVELS: Readonly<Record<string, number>> = { trace: 10, debug: 20, info: 30, warn: 40, error: 50, fatal: 60, silent: Number.POSITIVE_INFINITY };
+
 /** One log line per request (at completion, with status and time); the "incoming" line only at debug level. */
 class OneLinePerRequest extends LogController {
   constructor(
@@ -336,6 +339,8 @@ class OneLinePerRequest extends LogController {
   }
 
   override requestCompleted(error: Error | null | undefined, request: FastifyRequest, reply: FastifyReply): void {
+    // The line, and the redacted URL in it, is made only when it will be written (every request pays for it otherwise).
+    if ((LOG_LEVELS[reply.log.level] ?? 0) > (error ? LOG_LEVELS.error : LOG_LEVELS.info)) return;
     const entry = { method: request.method, url: this.loggedUrl(request.url), statusCode: reply.statusCode, responseTime: reply.elapsedTime };
     if (error) reply.log.error({ ...entry, err: error }, "request errored");
     else reply.log.info(entry, "request completed");
