@@ -12,26 +12,36 @@
  *   from one 2 s slice to the next, a trivial route's throughput 12.6k-27.7k req/s between runs), and two
  *   adjacent 2 s slices see nearly the same host. Targets: ratio >= 0.5, exploration p99 <= 10 ms (the worst slice's).
  *   serve_rps is the best exploration slice, serve_rps_median the median one (absolute numbers: the host decides them).
+ * - The same ratio and p99 with every store on PostgreSQL (keys ending `_postgres`): the platform's events and a
+ *   table of the same rows in a throwaway cluster (test/data/postgres-cluster.ts, as the intake bench runs one), the
+ *   server started on its URL (`store.url`), as a deployment's replica runs. The request path must not wait on the
+ *   database: `serve_db_transactions_per_request_postgres` is the database's transactions during the slices
+ *   (pg_stat_database, every session's) beyond those of the server's polls (their rate measured while idle), per
+ *   request served; a request that waited on the database would make it at least 1.
  * - In-process table lookup (TableLookup.read, what a request does per history): >= 1M/s.
  * - Resident memory of a 1,000-cluster table (999,000 pairs, top-10) loaded for serving, in a fresh process: <= 100 MB.
  * - Publish under load: the live table flipped every 200 ms by another process (this one, through SQLite) during a
  *   load run; failed requests counted. Target 0.
- * Keys: serve_ratio_vs_noop, serve_rps, serve_p99_ms, lookup_per_s, table_1000_rss_mb, publish_under_load_errors.
+ * Keys: serve_ratio_vs_noop, serve_rps, serve_p99_ms, lookup_per_s, table_1000_rss_mb, publish_under_load_errors,
+ * serve_ratio_vs_noop_postgres, serve_p99_ms_postgres, serve_db_transactions_per_request_postgres.
  * Tables are written directly through the table store with synthetic rows (their answers do not matter for speed).
  */
 import autocannon from "autocannon";
 import { fork } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import pg from "pg";
 import { EventStore } from "../src/data/event-store.js";
+import { PostgresEventStore } from "../src/data/postgres-event-store.js";
 import { ingestSynthetic } from "../src/data/ingest/synthetic.js";
 import { SyntheticWorld, SYNTHETIC_DEFAULTS } from "../src/data/synthetic/index.js";
 import { SystemClock } from "../src/domain/clock.js";
 import { loadLookup, startServer } from "../src/serving/index.js";
-import { EmbeddedTableStore, SqliteTableStore, TableLookup, tableStorePath, type TableBuildRow, type TableStore } from "../src/tables/index.js";
-import type { BenchSuiteResult } from "./run.js";
+import { EmbeddedTableStore, PostgresTableStore, SqliteTableStore, TableLookup, tableStorePath, type TableBuildRow, type TableStore } from "../src/tables/index.js";
+import { startPostgresCluster, type PostgresCluster } from "../test/data/postgres-cluster.js";
+import type { BenchRow, BenchSuiteResult } from "./run.js";
 
 const here = fileURLToPath(import.meta.url);
 const TOKEN = "bench-admin-token-0123456789";
@@ -62,11 +72,12 @@ function writeTable(store: TableStore, clusters: readonly string[], salt: number
   return build.finish({ pairs, rescored: pairs, copied: 0, seconds: 0 }).version;
 }
 
-/** Child process: serves the workspace and reports its URL and the users it holds a history for. */
-async function serveChild(dir: string): Promise<void> {
+/** Child process: serves the workspace (every store on PostgreSQL when given its URL) and reports its URL and the users it holds a history for. */
+async function serveChild(dir: string, storeUrl: string | undefined): Promise<void> {
   const started = process.hrtime.bigint();
   const server = await startServer({
     workspace: dir,
+    ...(storeUrl ? { storeUrl } : {}),
     port: 0,
     adminToken: TOKEN,
     logLevel: "warn",
@@ -160,9 +171,117 @@ async function load(url: string, users: readonly string[], seconds: number, path
   });
 }
 
+interface RatioRun {
+  readonly slices: readonly { noop: autocannon.Result; explore: autocannon.Result; ratio: number }[];
+  readonly ratio: number;
+  readonly exploreRps: readonly number[];
+  readonly noopRps: readonly number[];
+  readonly worstP99: number;
+  readonly medianP99: number;
+  readonly errors: number;
+  readonly requests: number;
+}
+
+/** The ratio's measurement: a warm-up, then SLICES alternating pairs of no-op and exploration slices. */
+async function measureRatio(url: string, users: readonly string[]): Promise<RatioRun> {
+  await load(url, users, 3); // warm-up: JIT, caches
+  await load(url, users, 1, NOOP_PATH);
+  const slices: { noop: autocannon.Result; explore: autocannon.Result; ratio: number }[] = [];
+  for (let k = 0; k < SLICES; k++) {
+    let noop: autocannon.Result;
+    let explore: autocannon.Result;
+    if (k % 2 === 0) {
+      noop = await load(url, users, SLICE_SECONDS, NOOP_PATH);
+      explore = await load(url, users, SLICE_SECONDS);
+    } else {
+      explore = await load(url, users, SLICE_SECONDS);
+      noop = await load(url, users, SLICE_SECONDS, NOOP_PATH);
+    }
+    slices.push({ noop, explore, ratio: rpsOf(explore) / rpsOf(noop) });
+  }
+  return {
+    slices,
+    ratio: median(slices.map((s) => s.ratio)),
+    exploreRps: slices.map((s) => rpsOf(s.explore)),
+    noopRps: slices.map((s) => rpsOf(s.noop)),
+    worstP99: Math.max(...slices.map((s) => s.explore.latency.p99)),
+    medianP99: median(slices.map((s) => s.explore.latency.p99)),
+    errors: slices.reduce((sum, s) => sum + s.explore.errors + s.explore.timeouts + s.explore.non2xx + s.noop.errors + s.noop.timeouts + s.noop.non2xx, 0),
+    requests: slices.reduce((sum, s) => sum + s.explore.requests.total + s.noop.requests.total, 0),
+  };
+}
+
+/** Result keys and rows of a ratio run; keys end in `suffix`, rows start with `label`. */
+function ratioReport(run: RatioRun, suffix: string, label: string, context: string): { results: Record<string, number>; rows: BenchRow[] } {
+  const { slices, ratio, exploreRps, noopRps, worstP99, medianP99, errors } = run;
+  const ratios = slices.map((s) => s.ratio);
+  return {
+    results: {
+      [`serve_ratio_vs_noop${suffix}`]: ratio,
+      [`serve_rps${suffix}`]: Math.max(...exploreRps),
+      [`serve_p99_ms${suffix}`]: worstP99,
+      [`serve_ratio_vs_noop_min${suffix}`]: Math.min(...ratios),
+      [`serve_ratio_vs_noop_max${suffix}`]: Math.max(...ratios),
+      [`serve_rps_median${suffix}`]: median(exploreRps),
+      [`serve_noop_rps_median${suffix}`]: median(noopRps),
+      [`serve_p99_ms_median${suffix}`]: medianP99,
+      [`serve_p50_ms_median${suffix}`]: median(slices.map((s) => s.explore.latency.p50)),
+      ...Object.fromEntries(
+        slices.flatMap((s, k) => [
+          [`serve_slice${k + 1}_ratio${suffix}`, s.ratio],
+          [`serve_slice${k + 1}_rps${suffix}`, rpsOf(s.explore)],
+          [`serve_slice${k + 1}_noop_rps${suffix}`, rpsOf(s.noop)],
+          [`serve_slice${k + 1}_p99_ms${suffix}`, s.explore.latency.p99],
+        ]),
+      ),
+      [`serve_errors${suffix}`]: errors,
+    },
+    rows: [
+      {
+        metric: `${label}exploration req/s over a no-op route's on the same server and client: median of ${SLICES} alternating pairs of ${SLICE_SECONDS} s slices (${context})`,
+        value: ratio,
+        unit: "ratio",
+        target: ">= 0.5",
+        met: ratio >= 0.5,
+      },
+      ...slices.map((s, k) => ({
+        metric: `  pair ${k + 1}: exploration ${Math.round(rpsOf(s.explore))} req/s (p99 ${s.explore.latency.p99} ms), no-op ${Math.round(rpsOf(s.noop))} req/s`,
+        value: s.ratio,
+        unit: "ratio",
+      })),
+      { metric: `${label}exploration latency p99, worst slice`, value: worstP99, unit: "ms", target: "<= 10", met: worstP99 <= 10 },
+      { metric: `${label}exploration latency p99, median slice`, value: medianP99, unit: "ms" },
+      { metric: `${label}exploration throughput, median slice (the host decides it)`, value: median(exploreRps), unit: "req/s" },
+      { metric: `${label}no-op throughput, median slice`, value: median(noopRps), unit: "req/s" },
+      { metric: `${label}failed requests in the ${2 * SLICES} slices`, value: errors, unit: "requests", target: "0", met: errors === 0 },
+    ],
+  };
+}
+
+/** Transactions the database has counted (every session's), after waiting for sessions to report them, and when. */
+async function databaseTransactions(url: string): Promise<{ n: number; at: number }> {
+  // Sessions report their counts at most once a second (and when idle).
+  await new Promise((r) => setTimeout(r, 1500));
+  const client = new pg.Client({ connectionString: url });
+  await client.connect();
+  try {
+    const { rows } = await client.query<{ n: string }>("SELECT (xact_commit + xact_rollback)::TEXT AS n FROM pg_stat_database WHERE datname = current_database()");
+    return { n: Number(rows[0].n), at: Number(process.hrtime.bigint() / 1_000_000n) };
+  } finally {
+    await client.end();
+  }
+}
+
+/** Transactions per second between two readings. */
+const transactionRate = (from: { n: number; at: number }, to: { n: number; at: number }) => ((to.n - from.n) * 1000) / (to.at - from.at);
+
+type ServeChild = ReturnType<typeof child<{ url: string; users: number; withHistory: string[]; startSeconds: number }>>;
+
 export async function run(): Promise<BenchSuiteResult> {
   const dir = mkdtempSync(join(tmpdir(), "freshrec-bench-serve-"));
-  let server: ReturnType<typeof child<{ url: string; users: number; withHistory: string[]; startSeconds: number }>> | undefined;
+  let server: ServeChild | undefined;
+  let pgServer: ServeChild | undefined;
+  let cluster: PostgresCluster | undefined;
   try {
     // 300 clusters; 150k users with ~16 events each in a month, of whom about two thirds have a history (two distinct
     // positive clusters): the 100k users with histories the issue asks for, checked below.
@@ -204,27 +323,7 @@ export async function run(): Promise<BenchSuiteResult> {
     server = child<{ url: string; users: number; withHistory: string[]; startSeconds: number }>(["--serve-child", dir]);
     const { url, users: knownUsers, withHistory: users, startSeconds } = await server.message;
     if (users.length < 100_000) throw new Error(`the serve bench's world gave ${users.length} users with histories; it must have 100k`);
-    await load(url, users, 3); // warm-up: JIT, caches
-    await load(url, users, 1, NOOP_PATH);
-    const slices: { noop: autocannon.Result; explore: autocannon.Result; ratio: number }[] = [];
-    for (let k = 0; k < SLICES; k++) {
-      let noop: autocannon.Result;
-      let explore: autocannon.Result;
-      if (k % 2 === 0) {
-        noop = await load(url, users, SLICE_SECONDS, NOOP_PATH);
-        explore = await load(url, users, SLICE_SECONDS);
-      } else {
-        explore = await load(url, users, SLICE_SECONDS);
-        noop = await load(url, users, SLICE_SECONDS, NOOP_PATH);
-      }
-      slices.push({ noop, explore, ratio: rpsOf(explore) / rpsOf(noop) });
-    }
-    const ratio = median(slices.map((s) => s.ratio));
-    const exploreRps = slices.map((s) => rpsOf(s.explore));
-    const noopRps = slices.map((s) => rpsOf(s.noop));
-    const worstP99 = Math.max(...slices.map((s) => s.explore.latency.p99));
-    const medianP99 = median(slices.map((s) => s.explore.latency.p99));
-    const serveErrors = slices.reduce((sum, s) => sum + s.explore.errors + s.explore.timeouts + s.explore.non2xx + s.noop.errors + s.noop.timeouts + s.noop.non2xx, 0);
+    const embedded = await measureRatio(url, users);
 
     // Publish under load: this process flips the live pointer through SQLite every 200 ms while the load runs, first
     // to a table the server never loaded, then back and forth (the previous lookup stays cached: instant rollback).
@@ -246,34 +345,60 @@ export async function run(): Promise<BenchSuiteResult> {
     big.close();
     const rss = await child<{ rssMb: number; arrayBuffersMb: number; rows: number }>(["--rss-child", join(dir, "tables-1000.sqlite"), bigVersion], ["--expose-gc"]).message;
 
-    const rps = Math.max(...exploreRps);
-    const p99 = worstP99;
-    const ratios = slices.map((s) => s.ratio);
+    // Every store on PostgreSQL: the same events and table rows in a throwaway cluster, the server on its URL.
+    cluster = await startPostgresCluster();
+    const pgUrl = await cluster.createDatabase();
+    const pgLoadStarted = process.hrtime.bigint();
+    const pgEvents = await PostgresEventStore.open(pgUrl);
+    try {
+      await ingestSynthetic(pgEvents, world);
+    } finally {
+      await pgEvents.close();
+    }
+    const pgTables = await PostgresTableStore.open(pgUrl, new SystemClock());
+    try {
+      const build = await pgTables.beginBuild({ modelVersion: "bench-1", templateHash: "bench" });
+      const pairs = await build.append(syntheticRows(clusters, 10, 1));
+      await pgTables.publish((await build.finish({ pairs, rescored: pairs, copied: 0, seconds: 0 })).version);
+    } finally {
+      await pgTables.close();
+    }
+    const pgLoadSeconds = Number(process.hrtime.bigint() - pgLoadStarted) / 1e9;
+    // The replica's workspace holds only its models/ folder.
+    const pgWorkspace = join(dir, "postgres-replica");
+    mkdirSync(pgWorkspace);
+    pgServer = child<{ url: string; users: number; withHistory: string[]; startSeconds: number }>(["--serve-child", pgWorkspace, pgUrl]);
+    const pgChild = await pgServer.message;
+    if (pgChild.withHistory.length !== users.length) throw new Error(`the PostgreSQL replica holds ${pgChild.withHistory.length} users with histories; the embedded server ${users.length}`);
+    // The server's own polls run whatever the load: their rate while idle, then the rate under load; a request path
+    // that waited on the database would add at least one transaction per request to it.
+    const idleFrom = await databaseTransactions(pgUrl);
+    await new Promise((r) => setTimeout(r, 4000));
+    const idleTo = await databaseTransactions(pgUrl);
+    const postgres = await measureRatio(pgChild.url, pgChild.withHistory);
+    const loadedTo = await databaseTransactions(pgUrl);
+    const idleRate = transactionRate(idleFrom, idleTo);
+    const loadedRate = transactionRate(idleTo, loadedTo);
+    const dbPerRequest = Math.max(0, ((loadedRate - idleRate) * (loadedTo.at - idleTo.at)) / 1000) / postgres.requests;
+    await pgServer.stop();
+
+    const context = (n: number, known: number) => `300 clusters, ${n} users with histories, ${known} in memory, ${CONNECTIONS} connections, n=10 x 3 items`;
+    const embeddedReport = ratioReport(embedded, "", "", context(users.length, knownUsers));
+    const postgresReport = ratioReport(postgres, "_postgres", "PostgreSQL: ", `every store on PostgreSQL, ${context(pgChild.withHistory.length, pgChild.users)}`);
     return {
       results: {
-        serve_ratio_vs_noop: ratio,
-        serve_rps: rps,
-        serve_p99_ms: p99,
+        ...embeddedReport.results,
         lookup_per_s: lookupPerS,
         table_1000_rss_mb: rss.rssMb,
         publish_under_load_errors: publishErrors,
-        serve_ratio_vs_noop_min: Math.min(...ratios),
-        serve_ratio_vs_noop_max: Math.max(...ratios),
-        serve_rps_median: median(exploreRps),
-        serve_noop_rps_median: median(noopRps),
-        serve_p99_ms_median: medianP99,
-        serve_p50_ms_median: median(slices.map((s) => s.explore.latency.p50)),
-        ...Object.fromEntries(
-          slices.flatMap((s, k) => [
-            [`serve_slice${k + 1}_ratio`, s.ratio],
-            [`serve_slice${k + 1}_rps`, rpsOf(s.explore)],
-            [`serve_slice${k + 1}_noop_rps`, rpsOf(s.noop)],
-            [`serve_slice${k + 1}_p99_ms`, s.explore.latency.p99],
-          ]),
-        ),
+        ...postgresReport.results,
+        serve_db_transactions_per_request_postgres: dbPerRequest,
+        serve_db_transactions_per_s_idle_postgres: idleRate,
+        serve_db_transactions_per_s_loaded_postgres: loadedRate,
+        serve_start_seconds_postgres: pgChild.startSeconds,
+        serve_postgres_load_seconds: pgLoadSeconds,
         serve_start_seconds: startSeconds,
         table_300_load_ms: tableLoadMs,
-        serve_errors: serveErrors,
         serve_users_with_state: knownUsers,
         serve_users_with_history: users.length,
         publish_under_load_flips: flips,
@@ -282,23 +407,15 @@ export async function run(): Promise<BenchSuiteResult> {
         table_1000_array_buffers_mb: rss.arrayBuffersMb,
       },
       rows: [
+        ...embeddedReport.rows,
+        ...postgresReport.rows,
         {
-          metric: `exploration req/s over a no-op route's on the same server and client: median of ${SLICES} alternating pairs of ${SLICE_SECONDS} s slices (300 clusters, ${users.length} users with histories, ${knownUsers} in memory, ${CONNECTIONS} connections, n=10 x 3 items)`,
-          value: ratio,
-          unit: "ratio",
-          target: ">= 0.5",
-          met: ratio >= 0.5,
+          metric: `PostgreSQL: database transactions per request during the slices, beyond the server's polls (${idleRate.toFixed(1)}/s idle, ${loadedRate.toFixed(1)}/s under load)`,
+          value: dbPerRequest,
+          unit: "transactions",
+          target: "< 0.01 (a request that waited on the database would add >= 1)",
+          met: dbPerRequest < 0.01,
         },
-        ...slices.map((s, k) => ({
-          metric: `  pair ${k + 1}: exploration ${Math.round(rpsOf(s.explore))} req/s (p99 ${s.explore.latency.p99} ms), no-op ${Math.round(rpsOf(s.noop))} req/s`,
-          value: s.ratio,
-          unit: "ratio",
-        })),
-        { metric: "exploration latency p99, worst slice", value: p99, unit: "ms", target: "<= 10", met: p99 <= 10 },
-        { metric: "exploration latency p99, median slice", value: medianP99, unit: "ms" },
-        { metric: "exploration throughput, median slice (the host decides it)", value: median(exploreRps), unit: "req/s" },
-        { metric: "no-op throughput, median slice", value: median(noopRps), unit: "req/s" },
-        { metric: `failed requests in the ${2 * SLICES} slices`, value: serveErrors, unit: "requests", target: "0", met: serveErrors === 0 },
         { metric: "in-process table lookup (read of top-10)", value: lookupPerS, unit: "lookups/s", target: ">= 1e6", met: lookupPerS >= 1e6 },
         { metric: `RSS growth of a 1,000-cluster table (${rss.rows} pairs, top-10)`, value: rss.rssMb, unit: "MB", target: "<= 100", met: rss.rssMb <= 100 },
         { metric: `failed requests while the live table flipped ${flips} times`, value: publishErrors, unit: "requests", target: "0", met: publishErrors === 0 },
@@ -310,9 +427,11 @@ export async function run(): Promise<BenchSuiteResult> {
     };
   } finally {
     await server?.stop();
+    await pgServer?.stop();
+    await cluster?.stop();
     rmSync(dir, { recursive: true, force: true });
   }
 }
 
-if (process.argv[2] === "--serve-child") await serveChild(process.argv[3]);
+if (process.argv[2] === "--serve-child") await serveChild(process.argv[3], process.argv[4]);
 if (process.argv[2] === "--rss-child") await rssChild(process.argv[3], process.argv[4]);
