@@ -116,6 +116,8 @@ export interface IntakeOptions {
    * @defaultValue DEFAULT_SETTLE_AFTER_MS
    */
   readonly settleAfterMs?: number;
+  /** Told of each failed upkeep (the server logs it); it is also counted in `upkeep`, which /metrics and /healthz show. */
+  readonly onUpkeepError?: (error: unknown) => void;
 }
 
 /**
@@ -181,8 +183,9 @@ export class EventIntake {
   private settleTimer: NodeJS.Timeout | null = null;
   private readonly settleAfterMs: number;
   /**
-   * The store's upkeep so far. A failure is kept here, not thrown: no request waits for the upkeep, and the store
-   * does the same work by itself inside a later append, whose request gets any error it meets.
+   * The store's upkeep so far. A failure is not thrown (no request waits for the upkeep, and the store does the same
+   * work by itself inside a later append, whose request gets any error it meets): it is counted here, shown by
+   * /metrics and /healthz, and passed to `onUpkeepError`.
    */
   readonly upkeep: IntakeUpkeep = { ran: 0, failed: 0, lastError: null };
 
@@ -279,6 +282,7 @@ export class EventIntake {
         (error: unknown) => {
           this.upkeep.failed++;
           this.upkeep.lastError = error;
+          this.options.onUpkeepError?.(error);
         },
       );
     }, delay);

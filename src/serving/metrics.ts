@@ -42,6 +42,8 @@ export interface MetricsSnapshot {
   readonly groundingAgeSeconds: number | null;
   /** Whether the catalog has changes the grounding index does not hold yet. */
   readonly groundingStale?: boolean;
+  /** The intake store's upkeep in quiet moments (a DuckDB checkpoint): runs that did work, and failures. */
+  readonly intakeUpkeep?: { readonly ran: number; readonly failed: number };
   /** Every table binding the server follows, and whether its latest reload failed. */
   readonly tableBindings: readonly { readonly binding: string; readonly reloadFailing: boolean }[];
   /** How the server follows a shared store's appends; null or absent on the embedded workspace. */
@@ -185,6 +187,12 @@ export class ServerMetrics {
     if (snapshot.groundingStale !== undefined) {
       family("freshrec_grounding_stale", "gauge", "1 while the catalog has changes the grounding index does not hold yet (a rebuild runs, or the one after the change failed and the next poll retries it), else 0.");
       out.push(`freshrec_grounding_stale ${snapshot.groundingStale ? 1 : 0}`);
+    }
+    if (snapshot.intakeUpkeep !== undefined) {
+      family("freshrec_intake_upkeep_total", "counter", "Upkeep runs of the event store in intake's quiet moments that did work (a DuckDB checkpoint).");
+      out.push(`freshrec_intake_upkeep_total ${snapshot.intakeUpkeep.ran}`);
+      family("freshrec_intake_upkeep_failures_total", "counter", "Upkeep runs of the event store in intake's quiet moments that failed (the store then does the work inside a later append).");
+      out.push(`freshrec_intake_upkeep_failures_total ${snapshot.intakeUpkeep.failed}`);
     }
     return `${out.join("\n")}\n`;
   }

@@ -461,6 +461,7 @@ export function registerRoutes(app: FastifyInstance, state: ServingState): Route
         experiment: state.experiment ? { name: state.experiment.experiment.name, arms: state.experiment.experiment.arms.map((a) => a.name) } : null,
         groundingAgeSeconds: (options.clock.now() - state.groundingBuiltAt) / 1000,
         groundingStale: state.liveGrounding.stale,
+        intakeUpkeep: { ran: state.intake.upkeep.ran, failed: state.intake.upkeep.failed },
         tableBindings: tables.bindings().map((b) => ({ binding: b.binding, reloadFailing: failing.has(b.binding) })),
         storeFollow: state.storeFollow(),
         now: options.clock.now(),
@@ -502,6 +503,12 @@ export function registerRoutes(app: FastifyInstance, state: ServingState): Route
     },
   );
 
+  /** The last upkeep failure's message, or null. */
+  function upkeepError(error: unknown): string | null {
+    if (error === null) return null;
+    return error instanceof Error ? error.message : String(error);
+  }
+
   /** What /healthz and /readyz answer. */
   function health() {
     const lookup = tables.lookup("live");
@@ -518,6 +525,11 @@ export function registerRoutes(app: FastifyInstance, state: ServingState): Route
       items: state.catalog.itemCount,
       uptimeSeconds: (options.clock.now() - state.startedAt) / 1000,
       grounding: { builtAt: isoTime(state.liveGrounding.builtAt), stale: state.liveGrounding.stale },
+      intakeUpkeep: {
+        ran: state.intake.upkeep.ran,
+        failed: state.intake.upkeep.failed,
+        lastError: upkeepError(state.intake.upkeep.lastError),
+      },
       storeFollow: follow && { ...follow, lastCaughtUpAt: follow.lastCaughtUpAt === null ? null : isoTime(follow.lastCaughtUpAt) },
     };
   }

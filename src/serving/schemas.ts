@@ -226,6 +226,13 @@ export const healthResponseSchema = z.object({
       stale: z.boolean().describe("True while the catalog has changes the index does not hold yet: a rebuild runs, or the one after the change failed and the next poll retries it."),
     })
     .describe("The item grounding index (which items answer for a cluster)."),
+  intakeUpkeep: z
+    .object({
+      ran: z.number().int().describe("Upkeep runs that did work (a DuckDB checkpoint while no intake batch came)."),
+      failed: z.number().int().describe("Upkeep runs that failed; the store then does the work inside a later append, which every batch behind it waits for."),
+      lastError: z.string().nullable().describe("The last failure's message, or null."),
+    })
+    .describe("The event store's upkeep in intake's quiet moments (nothing to do on PostgreSQL, which checkpoints in its own process)."),
   storeFollow: storeFollowSchema.nullable(),
 });
 

@@ -512,6 +512,8 @@ export async function startServer(input: ServeOptions): Promise<RunningServer> {
       maxBatchEvents: options.maxBatchEvents ?? SERVE_DEFAULTS.maxBatchEvents,
       ...(options.futureToleranceMs === undefined ? {} : { futureToleranceMs: options.futureToleranceMs }),
       now: () => options.clock.now(),
+      onUpkeepError: (error) =>
+        app?.log.error({ err: error }, "the event store's upkeep in a quiet moment (a checkpoint) failed; the store does it inside a later append instead"),
       attribute: async (batch) => {
         const active = state?.experiment;
         if (!active) return 0;

@@ -498,6 +498,11 @@ describe("operations", () => {
     expect(status).toBe(200);
     healthResponseSchema.parse(body);
     expect(body).toMatchObject({ status: "ok", ready: true, table: { version: ws.rag } });
+    // The event store's upkeep in intake's quiet moments is shown, failures included (none here).
+    expect(body.intakeUpkeep).toMatchObject({ failed: 0, lastError: null });
+    const metrics = await (await fetch(`${server.url}/metrics`)).text();
+    expect(metrics).toMatch(/^freshrec_intake_upkeep_total \d+$/m);
+    expect(metrics).toMatch(/^freshrec_intake_upkeep_failures_total 0$/m);
   });
 
   it("GET /readyz answers 200 with the health body when a table is live, 503 NOT_READY before any is (GET /healthz stays 200)", async () => {
