@@ -54,11 +54,12 @@ import { BadInputError, FreshrecError } from "../domain/errors.js";
 import type { ScoredCluster, TimeWindow } from "../domain/types.js";
 import type { PromptInput } from "../llm/prompt.js";
 import type { EventStoreContract } from "../data/event-store.js";
-import type { EvidenceLog, PairEvidence, WindowCounts } from "../mining/evidence.js";
+import type { EvidenceLog, WindowCounts } from "../mining/evidence.js";
 import { firstSeen } from "../mining/first-seen.js";
 import type { PromptScorer } from "./generate.js";
 import { ANSWER_BYTES } from "../tables/answer-blob.js";
 import type { PackedBuildRows } from "../tables/contract.js";
+import type { FusionThread } from "./fusion-thread.js";
 
 export interface FusionOptions {
   /** Evidence window lengths compared at each refresh (days); the best-fitting one serves. @defaultValue [3, 7, 14, 28, 56, 112, 224, 448] */
@@ -170,9 +171,9 @@ export async function computePrior(
   const K = clusters.length;
   const topM = effectiveTopM(options.topM ?? FUSION_DEFAULTS.priorTopM, K);
   const index = new Map(clusters.map((c, i) => [c, i]));
-  const answer = new Int32Array(K * K * topM).fill(-1);
-  const probability = new Float32Array(K * K * topM);
-  const rest = new Float32Array(K * K);
+  const answer = new Int32Array(sharedBytes(K * K * topM * 4)).fill(-1);
+  const probability = new Float32Array(sharedBytes(K * K * topM * 4));
+  const rest = new Float32Array(sharedBytes(K * K * 4));
   const prompts = priorPrompts(clusters);
   const perCall = scorer.promptsPerCall ?? 1024;
   for (let start = 0; start < prompts.length; start += perCall) {
@@ -206,6 +207,14 @@ export async function computePrior(
     options.onProgress?.(Math.min(start + perCall, prompts.length), prompts.length);
   }
   return derived({ clusters, topM, answer, probability, rest });
+}
+
+/**
+ * Memory for a prior's arrays and their logs: shared, so a refresh's second thread (`FusionThread`) reads them
+ * without a copy (tens of megabytes at 300 clusters).
+ */
+function sharedBytes(bytes: number): SharedArrayBuffer {
+  return new SharedArrayBuffer(bytes);
 }
 
 /**
@@ -268,12 +277,13 @@ function fitSlice(log: EvidenceLog, asOf: number, o: Required<FusionOptions>, no
 }
 
 /**
- * What a fit slice's likelihood needs that no evidence window changes (`SliceLikelihood`): its observations (a
- * user's first transition of a triple in the slice) in time order, their pairs and triples, and the prior's view of
- * them. The candidate windows of a choice share one.
+ * What a fit slice's likelihood needs that no evidence window changes (`SliceLikelihood`), as plain typed arrays (a
+ * second thread receives them as they are): its observations (a user's first transition of a triple in the slice)
+ * in time order, their pairs and triples, and the prior's view of them.
  */
-class SliceObservations {
+export interface SliceObservationsData {
   readonly K: number;
+  readonly slice: TimeWindow;
   readonly transitions: number;
   /** Per pair of the slice: its clusters. */
   readonly pairC1: Int32Array;
@@ -292,8 +302,6 @@ class SliceObservations {
   /** Per observation: log of the LLM prior's probability of its next cluster (floored as the weights use it), and of its marginal. */
   readonly obsLogPrior: Float64Array;
   readonly obsLogMarginal: Float64Array;
-  /** log of the prior's second-cluster marginal (`priorLogMarginal`); null without a prior. */
-  readonly logMarginal: Float64Array | null;
   /**
    * Per pair, its prior's top-M answers among the known clusters, copied out of the prior (pair i's are at
    * [i * M, i * M + answerCount[i])) with the log of their floored probabilities and of their marginals, and the
@@ -306,11 +314,121 @@ class SliceObservations {
   readonly logRest: Float64Array;
   /** The distinct second clusters of the slice's pairs: the only backoff rows the likelihood reads. */
   readonly rows: Int32Array;
+  /** log of the prior's second-cluster marginal (`priorLogMarginal`); null without a prior. */
+  readonly logMarginal: Float64Array | null;
+}
+
+/** A slice's observations (`SliceObservationsData`) read from the log. */
+function observationsOf(log: EvidenceLog, slice: TimeWindow, prior: LlmPrior | null): SliceObservationsData {
+  const K = log.clusters.length;
+  const walk = log.occurrencesOf(slice);
+  let n = 0;
+  for (let k = 0; k < walk.ts.length; k++) if (walk.previous[k] < slice.from) n++;
+  const obsPair = new Int32Array(n);
+  const obsNext = new Int32Array(n);
+  const obsTriple = new Int32Array(n);
+  const obsPrevious = new Float64Array(n);
+  const pairIndex = new Int32Array(K * K).fill(-1);
+  const pairs: number[] = [];
+  const tripleIndex = new Map<number, number>();
+  const triplePair: number[] = [];
+  const tripleNext: number[] = [];
+  const rowRead = new Uint8Array(K);
+  for (let k = 0, o = 0; k < walk.ts.length; k++) {
+    if (walk.previous[k] >= slice.from) continue;
+    const p = walk.c1[k] * K + walk.c2[k];
+    const next = walk.next[k];
+    if (pairIndex[p] < 0) pairIndex[p] = pairs.push(p) - 1;
+    rowRead[walk.c2[k]] = 1;
+    let t = tripleIndex.get(p * K + next);
+    if (t === undefined) {
+      tripleIndex.set(p * K + next, (t = triplePair.push(pairIndex[p]) - 1));
+      tripleNext.push(next);
+    }
+    obsPair[o] = pairIndex[p];
+    obsNext[o] = next;
+    obsTriple[o] = t;
+    obsPrevious[o++] = walk.previous[k];
+  }
+  const logMarginal = prior ? priorLogMarginal(prior) : null;
+  const topM = prior?.topM ?? 0;
+  const answerNext = new Int32Array(pairs.length * topM);
+  const answerLogP = new Float64Array(pairs.length * topM);
+  const answerLogMarginal = new Float64Array(pairs.length * topM);
+  const answerCount = new Int32Array(pairs.length);
+  const logRest = new Float64Array(pairs.length);
+  if (prior) {
+    const logs = priorLogs(prior);
+    pairs.forEach((p, i) => {
+      logRest[i] = logs.rest[p];
+      let kept = 0;
+      for (let k = 0; k < topM; k++) {
+        const n = prior.answer[p * topM + k];
+        if (n < 0) break;
+        if (prior.known && !prior.known[n]) continue;
+        answerNext[i * topM + kept] = n;
+        answerLogP[i * topM + kept] = logs.probability[p * topM + k];
+        answerLogMarginal[i * topM + kept] = logMarginal![(p % K) * K + n];
+        kept++;
+      }
+      answerCount[i] = kept;
+    });
+  }
+  return {
+    K,
+    slice,
+    transitions: n,
+    pairC1: Int32Array.from(pairs, (p) => Math.floor(p / K)),
+    pairC2: Int32Array.from(pairs, (p) => p % K),
+    obsPair,
+    obsNext,
+    obsTriple,
+    obsPrevious,
+    triplePair: Int32Array.from(triplePair),
+    tripleNext: Int32Array.from(tripleNext),
+    obsLogPrior: Float64Array.from(obsPair, (i, o) => (prior ? Math.log(Math.max(priorProbability(prior, pairs[i], obsNext[o]), 1e-12)) : 0)),
+    obsLogMarginal: Float64Array.from(obsPair, (i, o) => (logMarginal ? logMarginal[(pairs[i] % K) * K + obsNext[o]] : 0)),
+    answerNext,
+    answerLogP,
+    answerLogMarginal,
+    answerCount,
+    logRest,
+    rows: Int32Array.from(rowRead.keys()).filter((c2) => rowRead[c2] === 1),
+    logMarginal,
+  };
+}
+
+/**
+ * A slice's observations (`SliceObservationsData`) with the stage of the prior's weights the candidate windows of a
+ * choice share (no evidence window changes it).
+ */
+export class SliceObservations {
+  readonly K: number;
+  readonly transitions: number;
+  readonly slice: TimeWindow;
+  readonly pairC1: Int32Array;
+  readonly pairC2: Int32Array;
+  readonly obsPair: Int32Array;
+  readonly obsNext: Int32Array;
+  readonly obsTriple: Int32Array;
+  readonly obsPrevious: Float64Array;
+  readonly triplePair: Int32Array;
+  readonly tripleNext: Int32Array;
+  readonly obsLogPrior: Float64Array;
+  readonly obsLogMarginal: Float64Array;
+  /** log of the prior's second-cluster marginal (`priorLogMarginal`); null without a prior. */
+  readonly logMarginal: Float64Array | null;
+  readonly answerNext: Int32Array;
+  readonly answerLogP: Float64Array;
+  readonly answerLogMarginal: Float64Array;
+  readonly answerCount: Int32Array;
+  readonly logRest: Float64Array;
+  readonly rows: Int32Array;
   /**
-   * Stage (tau, lift) of every likelihood of these observations (no evidence window changes it, so the candidate
-   * windows of a choice share it): the prior's weights (l^tau, module comment) of each observation, each pair's
-   * rest's probability^tau, the marginal's weights (marginal^(-lift * tau)) of the rows' entries, and what each of a
-   * pair's top-M answers weighs beyond the rest's weight there (its l^tau less rest^tau x its marginal weight).
+   * Stage (tau, lift) of every likelihood of these observations: the prior's weights (l^tau, module comment) of each
+   * observation, each pair's rest's probability^tau, the marginal's weights (marginal^(-lift * tau)) of the rows'
+   * entries, and what each of a pair's top-M answers weighs beyond the rest's weight there (its l^tau less rest^tau x
+   * its marginal weight).
    */
   readonly answerExcess: Float64Array;
   readonly restWeight: Float64Array;
@@ -320,77 +438,25 @@ class SliceObservations {
   private stagedLift = Number.NaN;
 
   constructor(
-    readonly log: EvidenceLog,
-    readonly slice: TimeWindow,
+    readonly data: SliceObservationsData,
     readonly prior: LlmPrior | null,
   ) {
-    const K = (this.K = log.clusters.length);
-    const walk = log.occurrencesOf(slice);
-    let n = 0;
-    for (let k = 0; k < walk.ts.length; k++) if (walk.previous[k] < slice.from) n++;
-    this.transitions = n;
-    this.obsPair = new Int32Array(n);
-    this.obsNext = new Int32Array(n);
-    this.obsTriple = new Int32Array(n);
-    this.obsPrevious = new Float64Array(n);
-    const pairIndex = new Int32Array(K * K).fill(-1);
-    const pairs: number[] = [];
-    const tripleIndex = new Map<number, number>();
-    const triplePair: number[] = [];
-    const tripleNext: number[] = [];
-    const rowRead = new Uint8Array(K);
-    for (let k = 0, o = 0; k < walk.ts.length; k++) {
-      if (walk.previous[k] >= slice.from) continue;
-      const p = walk.c1[k] * K + walk.c2[k];
-      const next = walk.next[k];
-      if (pairIndex[p] < 0) pairIndex[p] = pairs.push(p) - 1;
-      rowRead[walk.c2[k]] = 1;
-      let t = tripleIndex.get(p * K + next);
-      if (t === undefined) {
-        tripleIndex.set(p * K + next, (t = triplePair.push(pairIndex[p]) - 1));
-        tripleNext.push(next);
-      }
-      this.obsPair[o] = pairIndex[p];
-      this.obsNext[o] = next;
-      this.obsTriple[o] = t;
-      this.obsPrevious[o++] = walk.previous[k];
-    }
-    this.triplePair = Int32Array.from(triplePair);
-    this.tripleNext = Int32Array.from(tripleNext);
-    this.rows = Int32Array.from(rowRead.keys()).filter((c2) => rowRead[c2] === 1);
-    const { obsPair, obsNext } = this;
-    const logMarginal = (this.logMarginal = prior ? priorLogMarginal(prior) : null);
-    this.obsLogPrior = Float64Array.from(obsPair, (i, o) => (prior ? Math.log(Math.max(priorProbability(prior, pairs[i], obsNext[o]), 1e-12)) : 0));
-    this.obsLogMarginal = Float64Array.from(obsPair, (i, o) => (logMarginal ? logMarginal[(pairs[i] % K) * K + obsNext[o]] : 0));
-    this.pairC1 = Int32Array.from(pairs, (p) => Math.floor(p / K));
-    this.pairC2 = Int32Array.from(pairs, (p) => p % K);
+    ({ K: this.K, transitions: this.transitions, slice: this.slice, pairC1: this.pairC1, pairC2: this.pairC2, obsPair: this.obsPair, obsNext: this.obsNext } = data);
+    ({ obsTriple: this.obsTriple, obsPrevious: this.obsPrevious, triplePair: this.triplePair, tripleNext: this.tripleNext } = data);
+    ({ obsLogPrior: this.obsLogPrior, obsLogMarginal: this.obsLogMarginal, answerNext: this.answerNext, answerLogP: this.answerLogP } = data);
+    ({ answerLogMarginal: this.answerLogMarginal, answerCount: this.answerCount, logRest: this.logRest, rows: this.rows } = data);
+    const K = this.K;
+    this.logMarginal = data.logMarginal;
+    const pairs = this.pairC1.length;
     const topM = prior?.topM ?? 0;
-    this.answerNext = new Int32Array(pairs.length * topM);
-    this.answerLogP = new Float64Array(pairs.length * topM);
-    this.answerLogMarginal = new Float64Array(pairs.length * topM);
-    this.answerCount = new Int32Array(pairs.length);
-    this.logRest = new Float64Array(pairs.length);
-    if (prior) {
-      const logs = priorLogs(prior);
-      pairs.forEach((p, i) => {
-        this.logRest[i] = logs.rest[p];
-        let kept = 0;
-        for (let k = 0; k < topM; k++) {
-          const n = prior.answer[p * topM + k];
-          if (n < 0) break;
-          if (prior.known && !prior.known[n]) continue;
-          this.answerNext[i * topM + kept] = n;
-          this.answerLogP[i * topM + kept] = logs.probability[p * topM + k];
-          this.answerLogMarginal[i * topM + kept] = logMarginal![(p % K) * K + n];
-          kept++;
-        }
-        this.answerCount[i] = kept;
-      });
-    }
-    this.answerExcess = new Float64Array(pairs.length * topM);
-    this.restWeight = new Float64Array(pairs.length);
-    this.obsWeightTau = new Float64Array(prior ? n : 0);
+    this.answerExcess = new Float64Array(pairs * topM);
+    this.restWeight = new Float64Array(pairs);
+    this.obsWeightTau = new Float64Array(prior ? this.transitions : 0);
     this.marginalWeight = new Float64Array(prior ? K * K : 0);
+  }
+
+  static of(log: EvidenceLog, slice: TimeWindow, prior: LlmPrior | null): SliceObservations {
+    return new SliceObservations(observationsOf(log, slice, prior), prior);
   }
 
   /** The prior's weights for (tau, lift) (as exp(tau * log p): one exp per weight where pow costs several). */
@@ -434,7 +500,7 @@ class SliceObservations {
  * is kept: the rows' logs depend on beta, their powers on gamma too, and only the prior's weights on tau. Only the
  * rows of second clusters the slice's pairs have are computed.
  */
-class SliceLikelihood {
+export class SliceLikelihood {
   readonly K: number;
   readonly transitions: number;
   /** Smoothed popularity of the window before the slice, per cluster. */
@@ -507,34 +573,26 @@ class SliceLikelihood {
   /** The fit of this likelihood (`fittedStrengths`), once made. */
   fitted: { readonly countsOnly: { params: FusionParams; ll: number }; readonly chosen: { params: FusionParams; ll: number } } | null = null;
 
-  /** `served`: the counts of [T - W, T), which holds the observations' slice. */
+  /** `start`: what the window [T - W, T) that holds the observations' slice had before it (`sliceStart`). */
   constructor(
     readonly observations: SliceObservations,
-    readonly served: WindowCounts,
+    readonly start: SliceStart,
   ) {
-    const { log, slice, K } = observations;
+    const { slice, K } = observations;
     this.K = K;
-    const window = served.window;
+    const window = start.served;
     if (window.from > slice.from || window.to !== slice.to) throw new FreshrecError("INTERNAL", "fusion: a fit slice that does not end its evidence window");
     ({ pairC1: this.pairC1, pairC2: this.pairC2, obsPair: this.obsPair, obsNext: this.obsNext } = observations);
     ({ answerNext: this.answerNext, answerCount: this.answerCount, rows: this.rows, transitions: this.transitions } = observations);
-    const before = log.counts({ from: window.from, to: slice.from });
-    // Counts are read-only (`EvidenceLog.counts`): the likelihood reads the window's own.
-    this.second = before.second;
-    // The users of each triple and pair the observations read, before the slice.
-    const { triplePair, tripleNext, obsTriple, obsPrevious } = observations;
-    const pairUsers = new Float64Array(this.pairC1.length);
-    const owns = Array.from(this.pairC1, (c1, i) => before.pairs.get(c1 * K + this.pairC2[i]));
-    owns.forEach((own, i) => (pairUsers[i] = own?.total ?? 0));
-    const tripleUsers = new Float64Array(triplePair.length);
-    for (let t = 0; t < triplePair.length; t++) {
-      const own = owns[triplePair[t]];
-      const k = own ? own.next.indexOf(tripleNext[t]) : -1;
-      if (k >= 0) tripleUsers[t] = own!.users[k];
-    }
+    // Read-only (the window's own counts, `EvidenceLog.counts`).
+    this.second = start.second;
+    const { obsTriple, obsPrevious } = observations;
+    // Counted below as the walk counts the slice.
+    const pairUsers = start.pairUsers.slice();
+    const tripleUsers = start.tripleUsers.slice();
     // Score each observation on the counts before it, then count it (once a user's first of its triple in the
     // window): every transition counted during the slice is an observation, in a row the likelihood reads.
-    const second = before.second.slice();
+    const second = start.second.slice();
     const n = this.transitions;
     this.obsEvidence = new Float64Array(n);
     this.obsPairEvidence = new Float64Array(n);
@@ -568,7 +626,7 @@ class SliceLikelihood {
     this.baseWith = new Float64Array(this.obsWithEvidence.length);
     this.rowKnownLifted = new Float64Array(K);
     this.rowKnownLiftedNow = new Float64Array(K);
-    this.popularity = logPopularity(before).map(Math.exp);
+    this.popularity = logPopularityOf(start.popularity, start.transitions).map(Math.exp);
     this.logEntry = new Float64Array(K * K);
     this.updateLog = new Float64Array(updates);
     const levelOf = new Int32Array(LEVEL_USERS * K).fill(-1);
@@ -788,21 +846,51 @@ class SliceLikelihood {
 /** Users below which a (users, cluster) pair of the fit's backoff rows is a level (`SliceLikelihood.entryLevel`). */
 const LEVEL_USERS = 64;
 
-/** log of smoothed popularity, per cluster. */
-function logPopularity(evidence: WindowCounts): Float64Array {
-  const K = evidence.clusters.length;
-  const total = evidence.transitions + K;
-  return Float64Array.from(evidence.popularity, (u) => Math.log((u + 1) / total));
+/** log of smoothed popularity, per cluster, of a window's popularity counts and its transitions. */
+function logPopularityOf(popularity: Float64Array, transitions: number): Float64Array {
+  const total = transitions + popularity.length;
+  return Float64Array.from(popularity, (u) => Math.log((u + 1) / total));
+}
+
+/**
+ * What a slice's likelihood in the evidence window `served` reads of the window's counts before the slice, as plain
+ * typed arrays (a second thread receives them as they are): the second-cluster rows, popularity and its total, and
+ * the users of each pair and triple of the slice's observations.
+ */
+export interface SliceStart {
+  readonly served: TimeWindow;
+  readonly second: Float64Array;
+  readonly popularity: Float64Array;
+  readonly transitions: number;
+  readonly pairUsers: Float64Array;
+  readonly tripleUsers: Float64Array;
+}
+
+/** The `SliceStart` of `observations` in the evidence window `served` (counted from the log: counting, not fitting). */
+export function sliceStart(log: EvidenceLog, observations: SliceObservations, served: TimeWindow): SliceStart {
+  const K = observations.K;
+  const before = log.counts({ from: served.from, to: observations.slice.from });
+  const { pairC1, pairC2, triplePair, tripleNext } = observations;
+  const pairUsers = new Float64Array(pairC1.length);
+  const owns = Array.from(pairC1, (c1, i) => before.pairs.get(c1 * K + pairC2[i]));
+  owns.forEach((own, i) => (pairUsers[i] = own?.total ?? 0));
+  const tripleUsers = new Float64Array(triplePair.length);
+  for (let t = 0; t < triplePair.length; t++) {
+    const own = owns[triplePair[t]];
+    const k = own ? own.next.indexOf(tripleNext[t]) : -1;
+    if (k >= 0) tripleUsers[t] = own!.users[k];
+  }
+  return { served, second: before.second, popularity: before.popularity, transitions: before.transitions, pairUsers, tripleUsers };
 }
 
 /** log q2(n | c2) for every c2 and n (module comment), for one beta. */
-function logSecondRows(evidence: WindowCounts, logPop: Float64Array, beta: number): Float64Array {
-  const K = evidence.clusters.length;
+function logSecondRowsOf(second: Float64Array, secondTotal: Float64Array, logPop: Float64Array, beta: number): Float64Array {
+  const K = secondTotal.length;
   const out = new Float64Array(K * K);
   const popularity = logPop.map(Math.exp);
   for (let c2 = 0; c2 < K; c2++) {
-    const denominator = evidence.secondTotal[c2] + beta;
-    for (let n = 0; n < K; n++) out[c2 * K + n] = Math.log((evidence.second[c2 * K + n] + beta * popularity[n]) / denominator);
+    const denominator = secondTotal[c2] + beta;
+    for (let n = 0; n < K; n++) out[c2 * K + n] = Math.log((second[c2 * K + n] + beta * popularity[n]) / denominator);
   }
   return out;
 }
@@ -929,6 +1017,8 @@ export interface FitFusionInput {
   readonly options?: FusionOptions;
   /** A window length already chosen for this instant (shared by strategies refreshing at the same time). */
   readonly windowChoice?: WindowChoice;
+  /** The second thread the window choice shares its coarse pass with (`FusionThread`); absent: this thread alone. */
+  readonly thread?: FusionThread | null;
 }
 
 /** The evidence window chosen for an instant (by the fit with the prior, when there is one). */
@@ -971,11 +1061,18 @@ function weighableSlice(log: EvidenceLog, asOf: number, o: Required<FusionOption
  * in full only when that leaves it within `CHOICE_MARGIN` of the best; a candidate's recorded likelihood is the one
  * it got.
  */
-export function chooseWindow(log: EvidenceLog, asOf: number, options: FusionOptions = {}, givenPrior: LlmPrior | null = null): WindowChoice {
+export async function chooseWindow(
+  log: EvidenceLog,
+  asOf: number,
+  options: FusionOptions = {},
+  givenPrior: LlmPrior | null = null,
+  thread: FusionThread | null = null,
+): Promise<WindowChoice> {
   const o = resolveFusionOptions(options);
   if (asOf > log.span.to) throw new FreshrecError("INTERNAL", `fusion: as-of ${new Date(asOf).toISOString()} lies after the evidence log`);
   const { slice, counts: sliceCounts, prior, priorNotWeighed } = weighableSlice(log, asOf, o, givenPrior);
-  const candidates: { days: number; likelihood: SliceLikelihood; ll: number }[] = [];
+  // The candidates and what each one's likelihood reads of the log (counting), before any is fitted.
+  const candidates: { days: number; start: SliceStart; likelihood: SliceLikelihood | null; ll: number }[] = [];
   let observations: SliceObservations | undefined;
   const first = log.firstTs ?? asOf;
   for (const days of o.windowsDays) {
@@ -983,24 +1080,47 @@ export function chooseWindow(log: EvidenceLog, asOf: number, options: FusionOpti
     if (evidenceWindow.from > slice.from) continue;
     if (evidenceWindow.from < log.span.from) break;
     if (sliceCounts.transitions < o.fitFloor) break;
-    observations ??= new SliceObservations(log, slice, prior);
-    const likelihood = new SliceLikelihood(observations, log.counts(evidenceWindow));
-    // The coarse pass: beta alone (the strength that moves most with the window's counts), the others at their start.
-    const coarse = new StrengthSearch(likelihood, prior !== null, { ...DEFAULT_FUSION_PARAMS, tau: prior ? 0.5 : 0, lift: prior ? 0.5 : 0 });
-    candidates.push({ days, likelihood, ll: coarse.step() });
+    observations ??= SliceObservations.of(log, slice, prior);
+    candidates.push({ days, start: sliceStart(log, observations, evidenceWindow), likelihood: null, ll: Number.NaN });
     // Longer windows than the data reaches back hold the same evidence: stop once one covers it all. (No stop at
     // the first dip: on sparse logs the likelihood wobbles at short windows and keeps rising at long ones.)
     if (evidenceWindow.from <= first) break;
   }
+  // The coarse pass: beta alone (the strength that moves most with the window's counts), the others at their start.
+  // With a second thread both take the next candidate from one shared counter until none is left: each candidate's
+  // likelihood is the same whichever thread computes it.
+  const coarseStart = { ...DEFAULT_FUSION_PARAMS, tau: prior ? 0.5 : 0, lift: prior ? 0.5 : 0 };
+  const next = new Int32Array(new SharedArrayBuffer(4));
+  const remote =
+    thread && observations && candidates.length > 1
+      ? thread.coarsePass({ observations: observations.data, prior, starts: candidates.map((c) => c.start), coarseStart, next })
+      : null;
+  for (let k = Atomics.add(next, 0, 1); k < candidates.length; k = Atomics.add(next, 0, 1)) {
+    const c = candidates[k];
+    c.likelihood = new SliceLikelihood(observations!, c.start);
+    c.ll = coarsePassOf(c.likelihood, coarseStart);
+  }
+  if (remote) for (const [k, ll] of await remote) candidates[k].ll = ll;
+  const missing = candidates.find((c) => Number.isNaN(c.ll));
+  if (missing) throw new FreshrecError("INTERNAL", `fusion: the coarse pass left the ${missing.days}-day window unscored`);
   // The full fit for the candidates the coarse pass leaves in reach of the best: the strengths after beta move a
   // window's likelihood by less than the margin more than they move another's, so the others cannot overtake. The
   // chosen window's fit is the one the refresh serves with (`fitFusion` takes it from its likelihood).
   const reach = Math.max(...candidates.map((c) => c.ll)) - CHOICE_MARGIN * sliceCounts.transitions;
-  for (const c of candidates) if (c.ll >= reach) c.ll = fittedStrengths(c.likelihood).chosen.ll;
-  const windows = candidates.map((c) => ({ days: c.days, perTransition: c.ll / c.likelihood.transitions }));
+  for (const c of candidates) {
+    if (c.ll < reach) continue;
+    c.likelihood ??= new SliceLikelihood(observations!, c.start);
+    c.ll = fittedStrengths(c.likelihood).chosen.ll;
+  }
+  const windows = candidates.map((c) => ({ days: c.days, perTransition: c.ll / observations!.transitions }));
   const best = candidates.reduce<(typeof candidates)[number] | null>((b, c) => (b === null || c.ll > b.ll ? c : b), null);
-  if (best) chosenLikelihoods.set(log, best.likelihood);
+  if (best) chosenLikelihoods.set(log, best.likelihood!);
   return { windowDays: best?.days ?? o.windowsDays[o.windowsDays.length - 1], windows, slice, sliceTransitions: sliceCounts.transitions, priorNotWeighed };
+}
+
+/** A candidate window's coarse fit (`chooseWindow`): the likelihood after the first strength's search from `start`. */
+export function coarsePassOf(likelihood: SliceLikelihood, start: FusionParams): number {
+  return new StrengthSearch(likelihood, likelihood.prior !== null, start).step();
 }
 
 /**
@@ -1017,11 +1137,12 @@ const CHOICE_MARGIN = 0.05;
 const chosenLikelihoods = new WeakMap<EvidenceLog, SliceLikelihood>();
 
 /** The slice's likelihood in `served`: the chosen window's own when the choice made it with this prior. */
-function sliceLikelihood(log: EvidenceLog, slice: TimeWindow, served: WindowCounts, prior: LlmPrior | null): SliceLikelihood {
+function sliceLikelihood(log: EvidenceLog, slice: TimeWindow, served: TimeWindow, prior: LlmPrior | null): SliceLikelihood {
   const chosen = chosenLikelihoods.get(log);
   const same = (a: TimeWindow, b: TimeWindow) => a.from === b.from && a.to === b.to;
-  if (chosen && chosen.prior === prior && same(chosen.slice, slice) && same(chosen.served.window, served.window)) return chosen;
-  return new SliceLikelihood(new SliceObservations(log, slice, prior), served);
+  if (chosen && chosen.prior === prior && same(chosen.slice, slice) && same(chosen.start.served, served)) return chosen;
+  const observations = SliceObservations.of(log, slice, prior);
+  return new SliceLikelihood(observations, sliceStart(log, observations, served));
 }
 
 /** The fitted posterior at `asOf` and the evidence it serves with ([asOf - W, asOf)). */
@@ -1031,9 +1152,9 @@ export interface FusionRefresh {
   readonly evidence: WindowCounts;
 }
 
-export function fitFusion(input: FitFusionInput): FusionRefresh {
+export async function fitFusion(input: FitFusionInput): Promise<FusionRefresh> {
   const o = resolveFusionOptions(input.options);
-  const choice = input.windowChoice ?? chooseWindow(input.log, input.asOf, o, input.prior);
+  const choice = input.windowChoice ?? (await chooseWindow(input.log, input.asOf, o, input.prior, input.thread ?? null));
   // The slice is scored inside the evidence the table serves with (each transition on what came before it).
   const fitEvidence = { from: Math.max(input.asOf - choice.windowDays * DAY_MS, input.log.span.from), to: input.asOf };
   const evidence = input.log.counts(fitEvidence);
@@ -1057,7 +1178,7 @@ export function fitFusion(input: FitFusionInput): FusionRefresh {
   }
   // A prior that cannot be weighed yet is fitted as absent (tau = 0): the counts-backoff posterior serves.
   const prior = choice.priorNotWeighed === null ? input.prior : null;
-  const likelihood = sliceLikelihood(input.log, choice.slice, evidence, prior);
+  const likelihood = sliceLikelihood(input.log, choice.slice, evidence.window, prior);
   const { countsOnly, chosen } = fittedStrengths(likelihood);
   return {
     params: chosen.params,
@@ -1131,19 +1252,195 @@ export function explanationOf(row: { readonly answers: readonly ScoredCluster[];
 }
 
 /**
+ * What the rows of a fitted posterior are computed from, as plain typed arrays (a second thread receives them as
+ * they are): the evidence window's counts with each pair's evidence in one column (pair p's successors at
+ * [pairStart[p], pairStart[p + 1])), the prior with its logs and second-cluster marginal, and the strengths.
+ */
+export interface FusionRowsInput {
+  readonly clusters: readonly string[];
+  readonly transitions: number;
+  readonly second: Float64Array;
+  readonly secondTotal: Float64Array;
+  readonly popularity: Float64Array;
+  readonly pairStart: Int32Array;
+  readonly pairNext: Int32Array;
+  readonly pairUsers: Float64Array;
+  /** Users of each pair (0 for a pair without evidence). */
+  readonly pairTotal: Float64Array;
+  readonly prior: LlmPrior | null;
+  /** `priorLogs` and `priorLogMarginal` of the prior (null without one). */
+  readonly priorLogs: { readonly probability: Float64Array; readonly rest: Float64Array } | null;
+  readonly priorLogMarginal: Float64Array | null;
+  readonly params: FusionParams;
+}
+
+/** The `FusionRowsInput` of an evidence window, a prior and strengths. */
+export function fusionRowsInput(evidence: WindowCounts, prior: LlmPrior | null, params: FusionParams): FusionRowsInput {
+  const K = evidence.clusters.length;
+  const pairStart = new Int32Array(K * K + 1);
+  let entries = 0;
+  for (const own of evidence.pairs.values()) entries += own.next.length;
+  const pairNext = new Int32Array(entries);
+  const pairUsers = new Float64Array(entries);
+  const pairTotal = new Float64Array(K * K);
+  for (const [p, own] of evidence.pairs) pairStart[p + 1] = own.next.length;
+  for (let p = 0; p < K * K; p++) pairStart[p + 1] += pairStart[p];
+  for (const [p, own] of evidence.pairs) {
+    pairNext.set(own.next, pairStart[p]);
+    pairUsers.set(own.users, pairStart[p]);
+    pairTotal[p] = own.total;
+  }
+  const { clusters, transitions, second, secondTotal, popularity } = evidence;
+  return {
+    clusters,
+    transitions,
+    second,
+    secondTotal,
+    popularity,
+    pairStart,
+    pairNext,
+    pairUsers,
+    pairTotal,
+    prior,
+    priorLogs: prior ? priorLogs(prior) : null,
+    priorLogMarginal: prior ? priorLogMarginal(prior) : null,
+    params,
+  };
+}
+
+/**
  * A table scorer over a fitted posterior: the build path of every other table (publish, abort, failure marking)
  * with answers computed, not prompted. `score` keeps each row's explanation for the build to store; `explain`
- * gives one row's explanation in full.
+ * gives one row's explanation in full; `scorePacked` gives rows in their stored form, computed on the second
+ * thread when there is one (`FusionThread`), so a build writes a batch while the next is computed.
+ */
+export class FusionScorer implements PromptScorer {
+  readonly promptsPerCall = 4096;
+  private readonly input: FusionRowsInput;
+  private readonly index: Map<string, number>;
+  private local: FusionRows | null = null;
+  private remote: Promise<void> | null = null;
+  /**
+   * The last `score` call's explanations, encoded (`encodeExplanation`): one buffer of `size` bytes a row, each row's
+   * pair (c1 * K + c2) and how many answers it has; `rowOfPair` finds a pair's row (-1 for a pair it did not score).
+   */
+  private explained: { readonly bytes: Buffer; readonly size: number; readonly pairs: Int32Array; readonly answered: Int32Array } | null = null;
+  private rowOfPair: Int32Array | null = null;
+
+  constructor(
+    private readonly evidence: WindowCounts,
+    prior: LlmPrior | null,
+    params: FusionParams,
+    private readonly thread: FusionThread | null = null,
+  ) {
+    this.index = new Map(evidence.clusters.map((c, i) => [c, i]));
+    if (prior && (prior.clusters.length !== evidence.clusters.length || prior.clusters.some((c, i) => c !== evidence.clusters[i]))) {
+      throw new FreshrecError("INTERNAL", "fusion: the prior and the evidence index different cluster lists");
+    }
+    this.input = fusionRowsInput(evidence, prior, params);
+    // The second thread sets up the rows while the build plans its batches; a failure surfaces at the first batch.
+    if (thread) {
+      this.remote = thread.beginRows(this.input);
+      this.remote.catch(() => undefined);
+    }
+  }
+
+  /** The rows computed on this thread. */
+  private get rows(): FusionRows {
+    return (this.local ??= new FusionRows(this.input));
+  }
+
+  async score(prompts: readonly PromptInput[], topN: number): Promise<ScoredCluster[][]> {
+    const rows = this.rows;
+    const K = this.evidence.clusters.length;
+    // One buffer for the call's explanations; each row's is a view of its part.
+    const size = explanationBytes(Math.min(topN, K - 2));
+    const bytes = Buffer.alloc(prompts.length * size);
+    const words = new Words(bytes);
+    const rowOfPair = (this.rowOfPair ??= new Int32Array(K * K).fill(-1));
+    if (this.explained) for (const pair of this.explained.pairs) rowOfPair[pair] = -1;
+    const pairs = new Int32Array(prompts.length);
+    const answered = new Int32Array(prompts.length);
+    const scored = prompts.map((p, k) => {
+      const { c1, c2 } = p.history;
+      const answers = this.answersOf(rows.row(this.indexOf(c1), this.indexOf(c2), topN, words, (k * size) >> 2));
+      pairs[k] = this.indexOf(c1) * K + this.indexOf(c2);
+      rowOfPair[pairs[k]] = k;
+      answered[k] = answers.length;
+      return answers;
+    });
+    words.toLittleEndian();
+    this.explained = { bytes, size, pairs, answered };
+    return scored;
+  }
+
+  /**
+   * The rows of `prompts` straight into their stored form (`PackedBuildRows` without the context keys): at most `topN`
+   * answers a row, as `score` ranks them, and each row's explanation as `storedExplanation` gives it, with no object
+   * per row or answer (a table build's path). With a second thread the rows are computed there (`FusionRows`, the
+   * same code), and the caller may ask for the next batch before this one is written.
+   */
+  async scorePacked(prompts: readonly PromptInput[], topN: number): Promise<PackedScores> {
+    const c1 = new Int32Array(prompts.length);
+    const c2 = new Int32Array(prompts.length);
+    for (let k = 0; k < prompts.length; k++) {
+      c1[k] = this.indexOf(prompts[k].history.c1);
+      c2[k] = this.indexOf(prompts[k].history.c2);
+    }
+    if (!this.thread) return { ...this.rows.scorePairs(c1, c2, topN), clusters: this.evidence.clusters };
+    await this.remote;
+    return { ...(await this.thread.scoreRows(c1, c2, topN)), clusters: this.evidence.clusters };
+  }
+
+  explain(prompt: PromptInput, topN: number): RowExplanation {
+    const { c1, c2 } = prompt.history;
+    const bytes = Buffer.alloc(explanationBytes(Math.min(topN, this.evidence.clusters.length - 2)));
+    const words = new Words(bytes);
+    const answers = this.answersOf(this.rows.row(this.indexOf(c1), this.indexOf(c2), topN, words, 0));
+    words.toLittleEndian();
+    return explanationOf({ answers, explanation: bytes.subarray(0, explanationBytes(answers.length)) })!;
+  }
+
+  /** The first `kept` answers of the row ranked last, as objects. */
+  private answersOf(kept: number): ScoredCluster[] {
+    const answers: ScoredCluster[] = new Array(kept);
+    const { topCluster, topValue } = this.rows;
+    for (let k = 0; k < kept; k++) answers[k] = { cluster: this.evidence.clusters[topCluster[k]], score: topValue[k] };
+    return answers;
+  }
+
+  /**
+   * `explain`'s stored form for a prompt scored by the last `score` call, for its first `answers` answers (what a
+   * table build keeps and writes), encoded as `encodeExplanation` does.
+   */
+  storedExplanation(prompt: PromptInput, answers: number): Uint8Array | undefined {
+    const last = this.explained;
+    const i1 = this.index.get(prompt.history.c1);
+    const i2 = this.index.get(prompt.history.c2);
+    const k = last && i1 !== undefined && i2 !== undefined ? this.rowOfPair![i1 * this.evidence.clusters.length + i2] : -1;
+    if (k < 0) return undefined;
+    return last!.bytes.subarray(k * last!.size, k * last!.size + explanationBytes(Math.min(answers, last!.answered[k])));
+  }
+
+  private indexOf(cluster: string): number {
+    const i = this.index.get(cluster);
+    if (i === undefined) throw new FreshrecError("BAD_INPUT", `fusion: cluster ${JSON.stringify(cluster)} is not in the table's vocabulary`);
+    return i;
+  }
+}
+
+/**
+ * The rows of a fitted posterior (`FusionRowsInput`), on whichever thread holds them.
  *
  * A table has a row for every pair, so the second-cluster backoff's powers q2(n | c2)^gamma are computed once per
  * second cluster, with the prior's marginal weights (marginal^(-lift * tau), module comment) on the known clusters;
  * a row is then sums and products over them (the module comment's base measure in linear form, the prior's
  * probabilities applied to its top-M answers only).
  */
-export class FusionScorer implements PromptScorer {
-  readonly promptsPerCall = 4096;
+export class FusionRows {
   private readonly K: number;
-  private readonly index: Map<string, number>;
+  private readonly params: FusionParams;
+  private readonly prior: LlmPrior | null;
   /** q2(n | c2)^gamma at [c2 * K + n]. */
   private readonly powered: Float64Array;
   /**
@@ -1158,8 +1455,9 @@ export class FusionScorer implements PromptScorer {
   private readonly answerPrior: Float64Array;
   /** The prior's known-cluster mask, all ones without one (one code path for both). */
   private readonly known: Uint8Array;
-  private readonly topCluster: Int32Array;
-  private readonly topValue: Float64Array;
+  /** The last row's answers, best first (`row`). */
+  readonly topCluster: Int32Array;
+  readonly topValue: Float64Array;
   private readonly topBase: Float64Array;
   /** Per second cluster: the sum of its powered row, over every cluster and over the known ones, and of its lifted row over the known ones. */
   private readonly rowTotal: Float64Array;
@@ -1175,38 +1473,31 @@ export class FusionScorer implements PromptScorer {
   private readonly candidates: Int32Array;
   private readonly candidate: Uint8Array;
   private readonly boosted: Int32Array;
-  /**
-   * The last `score` call's explanations, encoded (`encodeExplanation`): one buffer of `size` bytes a row, each row's
-   * pair (c1 * K + c2) and how many answers it has; `rowOfPair` finds a pair's row (-1 for a pair it did not score).
-   */
-  private explained: { readonly bytes: Buffer; readonly size: number; readonly pairs: Int32Array; readonly answered: Int32Array } | null = null;
-  private readonly rowOfPair: Int32Array;
-  /** The evidence of each pair (c1 * K + c2), undefined for a pair without any. */
-  private readonly pairEvidence: (PairEvidence | undefined)[];
+  /** The evidence of each pair, in one column (`FusionRowsInput`). */
+  private readonly pairStart: Int32Array;
+  private readonly pairNext: Int32Array;
+  private readonly pairUsers: Float64Array;
+  private readonly pairTotal: Float64Array;
+  private readonly second: Float64Array;
+  private readonly secondTotal: Float64Array;
   /** The prior's logs (`priorLogs`), when it weighs (tau > 0). */
-  private readonly logs: ReturnType<typeof priorLogs> | null;
+  private readonly logs: FusionRowsInput["priorLogs"];
 
-  constructor(
-    private readonly evidence: WindowCounts,
-    private readonly prior: LlmPrior | null,
-    private readonly params: FusionParams,
-  ) {
-    const K = (this.K = evidence.clusters.length);
-    this.index = new Map(evidence.clusters.map((c, i) => [c, i]));
-    if (prior && (prior.clusters.length !== this.K || prior.clusters.some((c, i) => c !== evidence.clusters[i]))) {
-      throw new FreshrecError("INTERNAL", "fusion: the prior and the evidence index different cluster lists");
-    }
-    const logQ2 = logSecondRows(evidence, logPopularity(evidence), params.beta);
+  constructor(input: FusionRowsInput) {
+    const { prior, params } = input;
+    const K = (this.K = input.clusters.length);
+    this.params = params;
+    this.prior = prior;
+    ({ pairStart: this.pairStart, pairNext: this.pairNext, pairUsers: this.pairUsers, pairTotal: this.pairTotal, second: this.second, secondTotal: this.secondTotal } = input);
+    const logQ2 = logSecondRowsOf(input.second, input.secondTotal, logPopularityOf(input.popularity, input.transitions), params.beta);
     this.powered = new Float64Array(K * K);
     for (let k = 0; k < K * K; k++) this.powered[k] = Math.exp(params.gamma * logQ2[k]);
     this.known = prior?.known ?? new Uint8Array(K).fill(1);
-    this.logs = prior && params.tau > 0 ? priorLogs(prior) : null;
-    this.pairEvidence = new Array<PairEvidence | undefined>(K * K).fill(undefined);
-    for (const [p, own] of evidence.pairs) this.pairEvidence[p] = own;
+    this.logs = prior && params.tau > 0 ? input.priorLogs : null;
     this.lifted = Float64Array.from(this.powered);
     const marginalPower = -(params.lift ?? 0) * params.tau;
     if (prior && marginalPower !== 0) {
-      const logMarginal = priorLogMarginal(prior);
+      const logMarginal = input.priorLogMarginal!;
       for (let k = 0; k < K * K; k++) if (this.known[k % K]) this.lifted[k] *= Math.exp(marginalPower * logMarginal[k]);
     }
     this.users = new Float64Array(K);
@@ -1234,55 +1525,23 @@ export class FusionScorer implements PromptScorer {
     this.candidates = new Int32Array(K);
     this.candidate = new Uint8Array(K);
     this.boosted = new Int32Array(K);
-    this.rowOfPair = new Int32Array(K * K).fill(-1);
   }
 
-  async score(prompts: readonly PromptInput[], topN: number): Promise<ScoredCluster[][]> {
-    // One buffer for the call's explanations; each row's is a view of its part.
-    const size = explanationBytes(Math.min(topN, this.K - 2));
-    const bytes = Buffer.alloc(prompts.length * size);
-    const words = new Words(bytes);
-    const { rowOfPair } = this;
-    if (this.explained) for (const pair of this.explained.pairs) rowOfPair[pair] = -1;
-    const pairs = new Int32Array(prompts.length);
-    const answered = new Int32Array(prompts.length);
-    const scored = prompts.map((p, k) => {
-      const { c1, c2 } = p.history;
-      const answers = this.answersOf(this.row(this.indexOf(c1), this.indexOf(c2), topN, words, (k * size) >> 2));
-      pairs[k] = this.indexOf(c1) * this.K + this.indexOf(c2);
-      rowOfPair[pairs[k]] = k;
-      answered[k] = answers.length;
-      return answers;
-    });
-    words.toLittleEndian();
-    this.explained = { bytes, size, pairs, answered };
-    return scored;
-  }
-
-  /**
-   * The rows of `prompts` straight into their stored form (`PackedBuildRows` without the context keys): at most `topN`
-   * answers a row, as `score` ranks them, and each row's explanation as `storedExplanation` gives it, with no object
-   * per row or answer (a table build's path).
-   */
-  scorePacked(prompts: readonly PromptInput[], topN: number): PackedScores {
-    const count = prompts.length;
+  /** The rows of the pairs (c1[k], c2[k]) in their stored form (`FusionScorer.scorePacked`) but for the cluster list. */
+  scorePairs(c1: Int32Array, c2: Int32Array, topN: number): Omit<PackedScores, "clusters"> {
+    const count = c1.length;
     const width = Math.max(0, Math.min(topN, this.K - 2));
     const answers = Buffer.alloc(count * width * ANSWER_BYTES);
     const explanation = Buffer.alloc(count * explanationBytes(width));
     const answerWords = new Words(answers);
     const explanationWords = new Words(explanation);
-    const c1 = new Int32Array(count);
-    const c2 = new Int32Array(count);
     const answerEnd = new Int32Array(count);
     const explanationEnd = new Int32Array(count);
     const { topCluster, topValue } = this;
     let answerAt = 0;
     let explanationAt = 0;
     for (let k = 0; k < count; k++) {
-      const { history } = prompts[k];
-      const i1 = (c1[k] = this.indexOf(history.c1));
-      const i2 = (c2[k] = this.indexOf(history.c2));
-      const kept = this.row(i1, i2, width, explanationWords, explanationAt >> 2);
+      const kept = this.row(c1[k], c2[k], width, explanationWords, explanationAt >> 2);
       for (let j = 0, word = answerAt >> 2; j < kept; j++, answerAt += ANSWER_BYTES, word += 2) {
         answerWords.i32[word] = topCluster[j];
         answerWords.f32[word + 1] = topValue[j];
@@ -1292,49 +1551,14 @@ export class FusionScorer implements PromptScorer {
     }
     answerWords.toLittleEndian();
     explanationWords.toLittleEndian();
-    return { clusters: this.evidence.clusters, count, c1, c2, answers, answerEnd, explanation, explanationEnd };
-  }
-
-  explain(prompt: PromptInput, topN: number): RowExplanation {
-    const { c1, c2 } = prompt.history;
-    const bytes = Buffer.alloc(explanationBytes(Math.min(topN, this.K - 2)));
-    const words = new Words(bytes);
-    const answers = this.answersOf(this.row(this.indexOf(c1), this.indexOf(c2), topN, words, 0));
-    words.toLittleEndian();
-    return explanationOf({ answers, explanation: bytes.subarray(0, explanationBytes(answers.length)) })!;
-  }
-
-  /** The first `kept` answers of the row `row` ranked last, as objects. */
-  private answersOf(kept: number): ScoredCluster[] {
-    const answers: ScoredCluster[] = new Array(kept);
-    for (let k = 0; k < kept; k++) answers[k] = { cluster: this.evidence.clusters[this.topCluster[k]], score: this.topValue[k] };
-    return answers;
-  }
-
-  /**
-   * `explain`'s stored form for a prompt scored by the last `score` call, for its first `answers` answers (what a
-   * table build keeps and writes), encoded as `encodeExplanation` does.
-   */
-  storedExplanation(prompt: PromptInput, answers: number): Uint8Array | undefined {
-    const last = this.explained;
-    const i1 = this.index.get(prompt.history.c1);
-    const i2 = this.index.get(prompt.history.c2);
-    const k = last && i1 !== undefined && i2 !== undefined ? this.rowOfPair[i1 * this.K + i2] : -1;
-    if (k < 0) return undefined;
-    return last!.bytes.subarray(k * last!.size, k * last!.size + explanationBytes(Math.min(answers, last!.answered[k])));
-  }
-
-  private indexOf(cluster: string): number {
-    const i = this.index.get(cluster);
-    if (i === undefined) throw new FreshrecError("BAD_INPUT", `fusion: cluster ${JSON.stringify(cluster)} is not in the table's vocabulary`);
-    return i;
+    return { count, c1, c2, answers, answerEnd, explanation, explanationEnd };
   }
 
   /**
    * Ranks the row of (i1, i2): its top-n answers, best first, into `topCluster` and `topValue` (how many: returned);
    * its explanation is encoded into `out` from word `at` on (`encodeExplanation`'s layout).
    */
-  private row(i1: number, i2: number, topN: number, out: Words, at: number): number {
+  row(i1: number, i2: number, topN: number, out: Words, at: number): number {
     const K = this.K;
     const { alpha, tau } = this.params;
     const prior = tau > 0 ? this.prior : null;
@@ -1375,20 +1599,21 @@ export class FusionScorer implements PromptScorer {
       if (logs) knownScale = (knownSum * restWeight) / (backoffZ * knownZ);
     }
     const unknownScale = 1 / backoffZ;
-    const own = this.pairEvidence[p];
+    const { pairNext, pairUsers } = this;
+    const ownFrom = this.pairStart[p];
+    const ownTo = this.pairStart[p + 1];
     const users = this.users;
-    if (own) for (let k = 0; k < own.next.length; k++) users[own.next[k]] = own.users[k];
-    const denominator = (own?.total ?? 0) + alpha;
+    for (let k = ownFrom; k < ownTo; k++) users[pairNext[k]] = pairUsers[k];
+    const total = this.pairTotal[p];
+    const denominator = total + alpha;
     // The candidates (`order`): the pair's evidence, the prior's boosted answers, then the first n of each class.
     const { candidates, candidate, order } = this;
     candidate[i1] = candidate[i2] = 1;
     let count = 0;
-    if (own) {
-      for (let k = 0; k < own.next.length; k++) {
-        const n = own.next[k];
-        if (!candidate[n]) candidates[count++] = n;
-        candidate[n] = 1;
-      }
+    for (let k = ownFrom; k < ownTo; k++) {
+      const n = pairNext[k];
+      if (!candidate[n]) candidates[count++] = n;
+      candidate[n] = 1;
     }
     if (prior) {
       for (let k = 0; k < boostedCount; k++) {
@@ -1436,14 +1661,13 @@ export class FusionScorer implements PromptScorer {
       topValue[at] = value;
       topBase[at] = base;
     }
-    const total = own?.total ?? 0;
-    writeExplanationHead(out, at, total, this.evidence.secondTotal[i2], fourDigits(total / denominator));
+    writeExplanationHead(out, at, total, this.secondTotal[i2], fourDigits(total / denominator));
     for (let k = 0; k < kept; k++) {
       const n = topCluster[k];
       const llm = this.prior && known[n] ? fourDigits(Number.isNaN(answerPrior[n]) ? this.prior.rest[p] : answerPrior[n]) : null;
-      writeExplanationAnswer(out, at, k, users[n], this.evidence.second[row + n], llm, fourDigits(topBase[k]));
+      writeExplanationAnswer(out, at, k, users[n], this.second[row + n], llm, fourDigits(topBase[k]));
     }
-    if (own) for (let k = 0; k < own.next.length; k++) users[own.next[k]] = 0;
+    for (let k = ownFrom; k < ownTo; k++) users[pairNext[k]] = 0;
     for (let k = 0; k < boostedCount; k++) {
       boost[boosted[k]] = 1;
       answerPrior[boosted[k]] = Number.NaN;
@@ -1584,10 +1808,11 @@ export function priorLogs(prior: LlmPrior): { readonly probability: Float64Array
   const cached = priorLogCache.get(prior.probability);
   if (cached) return cached;
   const { answer } = prior;
-  const probability = new Float64Array(prior.probability.length);
+  const probability = new Float64Array(sharedBytes(prior.probability.length * 8));
   const given = prior.probability;
   for (let k = 0; k < probability.length; k++) if (answer[k] >= 0) probability[k] = Math.log(Math.max(given[k], 1e-12));
-  const rest = Float64Array.from(prior.rest, (r) => Math.log(r || 1e-12));
+  const rest = new Float64Array(sharedBytes(prior.rest.length * 8));
+  for (let p = 0; p < rest.length; p++) rest[p] = Math.log(prior.rest[p] || 1e-12);
   const logs = { probability, rest };
   priorLogCache.set(prior.probability, logs);
   return logs;
@@ -1631,7 +1856,7 @@ export function priorLogMarginal(prior: LlmPrior): Float64Array {
       for (let k = 0; k < topM && prior.answer[answers + k] >= 0; k++) seen[prior.answer[answers + k]] = 0;
     }
   }
-  const out = new Float64Array(K * K);
+  const out = new Float64Array(sharedBytes(K * K * 8));
   for (let c2 = 0; c2 < K; c2++) {
     for (let n = 0; n < K; n++) out[c2 * K + n] = n === c2 ? 0 : Math.log(Math.max((sum[c2 * K + n] + rowRest[c2]) / Math.max(K - 2, 1), 1e-12));
   }
@@ -1656,7 +1881,7 @@ function priorProbability(prior: LlmPrior, p: number, n: number): number {
  */
 export class EvidenceCache {
   private readonly logs = new Map<string, Promise<EvidenceLog>>();
-  private readonly choices = new Map<string, WindowChoice>();
+  private readonly choices = new Map<string, Promise<WindowChoice>>();
   private readonly firsts = new Map<string, Promise<Map<string, number>>>();
 
   /** `cover`: the as-of times to expect (a replay's window); the log then spans it once. */
@@ -1679,10 +1904,10 @@ export class EvidenceCache {
   }
 
   /** `priorKey` names the prior (its model version; "" for none): strategies with the same one share the choice. */
-  windowChoice(log: EvidenceLog, asOf: number, options: FusionOptions, key: string, prior: LlmPrior | null, priorKey: string): WindowChoice {
+  windowChoice(log: EvidenceLog, asOf: number, options: FusionOptions, key: string, prior: LlmPrior | null, priorKey: string, thread: FusionThread | null = null): Promise<WindowChoice> {
     const id = `${key}|${priorKey}|${asOf}|${JSON.stringify(resolveFusionOptions(options))}`;
     let choice = this.choices.get(id);
-    if (!choice) this.choices.set(id, (choice = chooseWindow(log, asOf, options, prior)));
+    if (!choice) this.choices.set(id, (choice = chooseWindow(log, asOf, options, prior, thread)));
     return choice;
   }
 }
@@ -1773,7 +1998,7 @@ export function loadPrior(path: string, clusters: readonly string[], topM: numbe
   // Copied out of the file buffer: typed arrays need aligned offsets.
   let at = read.bodyStart;
   const take = (bytes: number) => {
-    const copy = new Uint8Array(bytes);
+    const copy = new Uint8Array(sharedBytes(bytes));
     copy.set(data.subarray(at, at + bytes));
     at += bytes;
     return copy.buffer;

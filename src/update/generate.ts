@@ -45,9 +45,10 @@ export interface PromptScorer {
   /**
    * For scorers that compute rows rather than prompt for them (fusion): the rows of `prompts` straight in the form
    * the store keeps (at most `topN` answers a row, never c1 or c2, best first, with their explanations), which a
-   * build then writes without an object per row or answer. A build uses it instead of `score` when it is there.
+   * build then writes without an object per row or answer. A build uses it instead of `score` when it is there,
+   * and asks for the next batch before it writes the last one (a scorer on another thread computes while it writes).
    */
-  scorePacked?(prompts: readonly PromptInput[], topN: number): Omit<PackedBuildRows, "contextKeys">;
+  scorePacked?(prompts: readonly PromptInput[], topN: number): Promise<Omit<PackedBuildRows, "contextKeys">>;
 }
 
 export interface BuildTableOptions {
@@ -152,15 +153,26 @@ export async function buildTable(options: BuildTableOptions): Promise<BuildTable
     const copied = copy.length && previous ? await builder.copyRows(previous.version, copy) : 0;
     const copyDone = process.hrtime.bigint();
     progress.start(`scoring ${rescore.length} pairs`, rescore.length);
+    const scorePacked = options.scorer.scorePacked?.bind(options.scorer);
+    // Packed rows: the next batch is asked for before this one is written.
+    const packedBatch = (start: number) => (scorePacked && start < rescore.length ? scorePacked(rescore.slice(start, start + batchSize).map((b) => b.input), topN) : null);
+    let nextPacked = packedBatch(0);
     for (let start = 0; start < rescore.length; start += batchSize) {
-      if (options.signal?.aborted) throw new FreshrecError("CANCELLED", "table build cancelled");
+      if (options.signal?.aborted) {
+        // Settled before the build fails, so no batch is left unawaited.
+        await nextPacked?.catch(() => undefined);
+        throw new FreshrecError("CANCELLED", "table build cancelled");
+      }
       const batch = rescore.slice(start, start + batchSize);
-      if (options.scorer.scorePacked) {
-        const packed = options.scorer.scorePacked(
-          batch.map((b) => b.input),
-          topN,
-        );
-        await builder.appendPacked({ ...packed, contextKeys: batch.map((b) => b.key) });
+      if (nextPacked) {
+        const packed = await nextPacked;
+        nextPacked = packedBatch(start + batchSize);
+        try {
+          await builder.appendPacked({ ...packed, contextKeys: batch.map((b) => b.key) });
+        } catch (error) {
+          await nextPacked?.catch(() => undefined);
+          throw error;
+        }
         progress.update(Math.min(start + batchSize, rescore.length), { pairs: start + batch.length });
         continue;
       }

@@ -14,6 +14,7 @@ import { tableStoreContract, type UpdateTableStore } from "../tables/embedded-st
 import type { CostEstimate } from "../llm/contracts.js";
 import { buildTable, planTable, type BuildTableResult, type PromptScorer } from "./generate.js";
 import { EvidenceLog } from "../mining/evidence.js";
+import { FusionThread } from "./fusion-thread.js";
 import { chooseWindow, EvidenceCache, FUSION_TEMPLATE, fitFusion, FusionScorer, fusionSpanDays, priorPrompts, resolveFusionOptions, scopePrior, type FusionFit, type LlmPrior } from "./fusion.js";
 import { resolveRagOptions, retrieveContexts, type RagMethod, type RagOptions, type RagSnapshot, type SnapshotCache } from "./rag.js";
 
@@ -201,8 +202,11 @@ function cpuSeconds(): number {
   return (user + system) / 1e6;
 }
 
-/** The evidence of a fusion refresh at `asOf`: the log (shared in a replay) and the fitted posterior. */
-async function fuse(asOf: number, options: RefreshOptions, prior: LlmPrior | null) {
+/**
+ * The evidence of a fusion refresh at `asOf`: the log (shared in a replay) and the fitted posterior, the window
+ * choice shared with the refresh's second thread (`thread`, started before the log is read; null for a small table).
+ */
+async function fuse(asOf: number, options: RefreshOptions, prior: LlmPrior | null, threadStarting: Promise<FusionThread> | null) {
   const rag = resolveRagOptions(options.rag ?? {});
   const fusionOptions = resolveFusionOptions(rag.fusion);
   const positiveMin = options.rag?.positiveMin ?? null;
@@ -223,13 +227,15 @@ async function fuse(asOf: number, options: RefreshOptions, prior: LlmPrior | nul
   // Version names repeat across a replay's strategies (each has its own registry): the file's hash names the prior,
   // and a prior without one is never shared.
   const priorKey = prior ? (options.model.priorKey === undefined ? undefined : `${options.model.priorKey}@${dataEnd ?? ""}`) : "";
-  const windowChoice = priorKey === undefined ? chooseWindow(log, asOf, fusionOptions, prior) : cache.windowChoice(log, asOf, fusionOptions, key, prior, priorKey);
-  const fitted = fitFusion({ log, asOf, prior, options: fusionOptions, windowChoice });
+  // Waiting for the thread, if it is not up yet, is the fit's time.
+  const thread = threadStarting ? await threadStarting : null;
+  const windowChoice = await (priorKey === undefined ? chooseWindow(log, asOf, fusionOptions, prior, thread) : cache.windowChoice(log, asOf, fusionOptions, key, prior, priorKey, thread));
+  const fitted = await fitFusion({ log, asOf, prior, options: fusionOptions, windowChoice, thread });
   const counted = log.countingSeconds - counting;
   const fitCpuSeconds = cpuSeconds() - loadedCpu - (log.countingCpuSeconds - countingCpu);
   const total = Number(process.hrtime.bigint() - started) / 1e9;
   const loadSeconds = Number(loaded - started) / 1e9;
-  return { ...fitted, prior, countSeconds: loadSeconds + counted, fitSeconds: total - loadSeconds - counted, fitCpuSeconds };
+  return { ...fitted, prior, thread, countSeconds: loadSeconds + counted, fitSeconds: total - loadSeconds - counted, fitCpuSeconds };
 }
 
 /**
@@ -243,13 +249,32 @@ async function runFusionRefresh(asOf: number, options: RefreshOptions): Promise<
     // would be labelled with the model but hold counts alone.
     throw new FreshrecError("INTERNAL", `fusion refresh with model ${options.model.version}: no prior given (pass the model's prior, or null for counts alone)`);
   }
+  return withFusionThread(options.clusters.length, (threadStarting) => fusionRefreshWith(asOf, options, threadStarting));
+}
+
+/**
+ * Runs `work` with the second thread of a table of `clusters` clusters (`FusionThread.forTable`) starting: it starts
+ * while the prior is loaded and the log read, and is closed when `work` is done.
+ */
+async function withFusionThread<T>(clusters: number, work: (threadStarting: Promise<FusionThread> | null) => Promise<T>): Promise<T> {
+  const threadStarting = FusionThread.forTable(clusters);
+  // Handled where it is awaited (fuse); until then a failed start must not count as unhandled.
+  threadStarting?.catch(() => undefined);
+  try {
+    return await work(threadStarting);
+  } finally {
+    await (await threadStarting?.catch(() => null))?.close();
+  }
+}
+
+async function fusionRefreshWith(asOf: number, options: RefreshOptions, threadStarting: Promise<FusionThread> | null): Promise<RefreshResult> {
   const started = process.hrtime.bigint();
   // A prior not computed yet is priced before it is scored (afterwards a response cache answers it for free).
   const scorer = options.model.scorer;
   const priorCost = options.model.prior && options.model.priorReady !== true && scorer.estimateCost ? await scorer.estimateCost(priorPrompts(options.clusters)) : null;
   const computed = options.model.prior ? await options.model.prior() : null;
   const priorSeconds = Number(process.hrtime.bigint() - started) / 1e9;
-  const fitted = await fuse(asOf, options, computed?.prior ?? null);
+  const fitted = await fuse(asOf, options, computed?.prior ?? null, threadStarting);
   if (!computed && fitted.evidence.transitions === 0) {
     // Without a prior and without evidence every row would be the smoothing's uniform order: say so instead.
     throw new FreshrecError("NOT_FOUND", `fusion: no novel transitions in ${fitted.fit.windowDays} days before ${new Date(asOf).toISOString()} and no LLM prior: nothing to rank by`);
@@ -259,7 +284,7 @@ async function runFusionRefresh(asOf: number, options: RefreshOptions): Promise<
   const built = await buildTable({
     store: options.tables,
     clusters: options.clusters,
-    scorer: new FusionScorer(fitted.evidence, fitted.prior, fitted.params),
+    scorer: new FusionScorer(fitted.evidence, fitted.prior, fitted.params, fitted.thread),
     modelVersion: options.model.version,
     templateHash: FUSION_TEMPLATE,
     full: true,
@@ -302,7 +327,7 @@ async function runFusionRefresh(asOf: number, options: RefreshOptions): Promise<
 
 /** A fusion refresh's dry run: counting costs nothing to price; prompts are paid only for a prior not yet computed. */
 async function planFusionRefresh(asOf: number, options: RefreshOptions): Promise<RefreshPlan> {
-  const fitted = await fuse(asOf, options, null);
+  const fitted = await withFusionThread(options.clusters.length, (threadStarting) => fuse(asOf, options, null, threadStarting));
   const pairs = options.clusters.length * (options.clusters.length - 1);
   const prompts = options.model.prior && !options.model.priorReady ? priorPrompts(options.clusters) : [];
   const scorer = options.model.scorer;

@@ -14,6 +14,7 @@ import { EvidenceLog } from "../../src/mining/evidence.js";
 import { countTransitions, type TransitionColumns } from "../../src/mining/transitions.js";
 import {
   chooseWindow,
+  coarsePassOf,
   decodeExplanation,
   explanationOf,
   fitFusion,
@@ -25,9 +26,14 @@ import {
   priorLogs,
   savePrior,
   scopePrior,
+  SliceLikelihood,
+  SliceObservations,
+  sliceStart,
+  DEFAULT_FUSION_PARAMS,
   type FusionParams,
   type LlmPrior,
 } from "../../src/update/fusion.js";
+import { FusionThread } from "../../src/update/fusion-thread.js";
 import { buildTable } from "../../src/update/generate.js";
 import { SqliteTableStore } from "../../src/tables/index.js";
 import { VirtualClock } from "../../src/domain/clock.js";
@@ -249,13 +255,13 @@ function world(seed: number, days = 60, perDay = 120): { rows: Row[]; truth: (c1
 }
 
 describe("fusion fit", () => {
-  it("gives an informative prior weight and a misleading one little, and beats counting alone only with the first", () => {
+  it("gives an informative prior weight and a misleading one little, and beats counting alone only with the first", async () => {
     const { rows, truth } = world(7);
     const log = logOf(rows);
     const options = { fitMinTransitions: 200 };
-    const informed = fitFusion({ log, asOf: T, prior: priorFavouring(truth, 0.6), options });
+    const informed = await fitFusion({ log, asOf: T, prior: priorFavouring(truth, 0.6), options });
     // A favourite per pair that is not the truth's and moves with the first cluster otherwise than the truth does.
-    const misled = fitFusion({ log, asOf: T, prior: priorFavouring((c1, c2) => [0, 1, 2].map((k) => novel(c1 * 7 + c2 * 2 + 3 + k, c1, c2)).find((n) => n !== truth(c1, c2))!, 0.6), options });
+    const misled = await fitFusion({ log, asOf: T, prior: priorFavouring((c1, c2) => [0, 1, 2].map((k) => novel(c1 * 7 + c2 * 2 + 3 + k, c1, c2)).find((n) => n !== truth(c1, c2))!, 0.6), options });
     expect(informed.fit.status).toBe("fitted");
     expect(informed.params.tau).toBeGreaterThan(0.3);
     expect(misled.params.tau).toBeLessThan(informed.params.tau / 2);
@@ -268,15 +274,15 @@ describe("fusion fit", () => {
     expect(informed.evidence.window).toEqual({ from: T - best.days * DAY_MS, to: T });
   });
 
-  it("never reads at or after the refresh time: a log cut at T fits the same strengths", () => {
+  it("never reads at or after the refresh time: a log cut at T fits the same strengths", async () => {
     const { rows, truth } = world(11, 80);
     const asOf = T - 10 * DAY_MS;
     const prior = priorFavouring(truth, 0.5);
-    const full = fitFusion({ log: logOf(rows), asOf, prior, options: { fitMinTransitions: 200 } });
+    const full = await fitFusion({ log: logOf(rows), asOf, prior, options: { fitMinTransitions: 200 } });
     // Everything at or after asOf replaced by a burst that would move every strength if it were read.
     const cut = rows.filter((r) => r.ts < asOf);
     const burst = Array.from({ length: 3000 }, (_, k) => ({ user: 10_000 + k, ts: asOf + (k % 5) * DAY_MS, c1: "a", c2: "b", next: "h" }));
-    const poisoned = fitFusion({ log: logOf([...cut, ...burst]), asOf, prior, options: { fitMinTransitions: 200 } });
+    const poisoned = await fitFusion({ log: logOf([...cut, ...burst]), asOf, prior, options: { fitMinTransitions: 200 } });
     expect(poisoned.params).toEqual(full.params);
     expect(poisoned.fit).toEqual(full.fit);
     expect(poisoned.evidence.transitions).toBe(full.evidence.transitions);
@@ -289,7 +295,7 @@ describe("fusion fit", () => {
     const log = logOf(rows);
     const known = Uint8Array.from(CLUSTERS, (c) => (c === "g" ? 0 : 1));
     for (const prior of [null, priorFavouring(truth, 0.5), scopePrior(priorFavouring(truth, 0.5), known, BEFORE_THE_DATA)]) {
-      const refresh = fitFusion({ log, asOf: T, prior, options: { fitMinTransitions: 200 } });
+      const refresh = await fitFusion({ log, asOf: T, prior, options: { fitMinTransitions: 200 } });
       // The slice ends the evidence the table serves with, and the fit scored it there.
       expect(refresh.fit.fitEvidence).toEqual(refresh.evidence.window);
       expect(refresh.fit.fitEvidence.from).toBeLessThanOrEqual(refresh.fit.slice.from);
@@ -312,7 +318,7 @@ describe("fusion fit", () => {
     }
   });
 
-  it("judges a window by the evidence served, so the first days after a change of successors count", () => {
+  it("judges a window by the evidence served, so the first days after a change of successors count", async () => {
     // Every pair goes to a lasting successor about a third of the time, and until T - 2 days to `before` about a
     // third, since then to `after`. Evidence that ended before the slice (the last 2 days) would hold only `before`
     // at every length, and the long windows, knowing the lasting successor best, would win (they do: 16 days); the
@@ -332,7 +338,7 @@ describe("fusion fit", () => {
         rows.push({ user: user++, ts: T - day * DAY_MS + k * 1000, c1: CLUSTERS[i], c2: CLUSTERS[j], next: CLUSTERS[next] });
       }
     }
-    const choice = chooseWindow(logOf(rows), T, { fitMinTransitions: 250, windowsDays: [2, 4, 8, 16, 32, 64], fitMaxDays: 8 });
+    const choice = await chooseWindow(logOf(rows), T, { fitMinTransitions: 250, windowsDays: [2, 4, 8, 16, 32, 64], fitMaxDays: 8 });
     expect(choice.slice).toEqual({ from: T - 2 * DAY_MS, to: T });
     expect(choice.windowDays).toBe(2);
     // Every candidate holds the slice, and the longer ones, diluting the change, explain it worse.
@@ -342,7 +348,7 @@ describe("fusion fit", () => {
     expect(ll[1]).toBeGreaterThan(ll[ll.length - 1]);
   });
 
-  it("weighs the prior only on transitions after its model's data ended", () => {
+  it("weighs the prior only on transitions after its model's data ended", async () => {
     // Until E every pair mostly went to `before`, since E to `after`; the model was trained up to E and memorised
     // `before`. A slice reaching back before E (1,000 transitions: about 8 days) would weigh the memory as if it
     // predicted; the 3 days since E say it does not.
@@ -366,16 +372,16 @@ describe("fusion fit", () => {
     const options = { fitMinTransitions: 1000 };
     const memorised = priorFavouring((c1, c2) => favourite(c1, c2, 0), 0.6);
     const all = new Uint8Array(K).fill(1);
-    const unknownEnd = fitFusion({ log, asOf: T, prior: memorised, options });
-    const trainedToE = fitFusion({ log, asOf: T, prior: scopePrior(memorised, all, E), options });
+    const unknownEnd = await fitFusion({ log, asOf: T, prior: memorised, options });
+    const trainedToE = await fitFusion({ log, asOf: T, prior: scopePrior(memorised, all, E), options });
     expect(unknownEnd.fit.slice.from).toBeLessThan(E - 2 * DAY_MS);
     expect(unknownEnd.params.tau).toBeGreaterThan(0.3);
     expect(trainedToE.fit.slice).toEqual({ from: E, to: T });
     expect(trainedToE.fit.priorWeighed).toBe(true);
     expect(trainedToE.params.tau).toBeLessThan(unknownEnd.params.tau / 3);
     // A model trained up to the refresh itself has nothing to be weighed on: counts alone serve, and the fit says so.
-    const fresh = fitFusion({ log, asOf: T, prior: scopePrior(memorised, all, T), options });
-    const countsAlone = fitFusion({ log, asOf: T, prior: null, options });
+    const fresh = await fitFusion({ log, asOf: T, prior: scopePrior(memorised, all, T), options });
+    const countsAlone = await fitFusion({ log, asOf: T, prior: null, options });
     expect(fresh.fit.priorWeighed).toBe(false);
     expect(fresh.fit.reason).toMatch(/not weighed yet: 0 transitions since/);
     expect(fresh.params).toEqual(countsAlone.params);
@@ -383,23 +389,23 @@ describe("fusion fit", () => {
     expect(fresh.fit.countsOnlyPerTransition).toBeNull();
   });
 
-  it("with too little data before the refresh, says so and serves default strengths", () => {
+  it("with too little data before the refresh, says so and serves default strengths", async () => {
     const log = logOf(made("a", "b", "c", 10));
-    const refresh = fitFusion({ log, asOf: T, prior: null, options: { fitMinTransitions: 200, fitFloor: 50 } });
+    const refresh = await fitFusion({ log, asOf: T, prior: null, options: { fitMinTransitions: 200, fitFloor: 50 } });
     expect(refresh.fit.status).toBe("default");
     expect(refresh.fit.reason).toMatch(/only 10 transitions/);
     expect(refresh.params.tau).toBe(0);
     // A prior whose model was trained up to the refresh is not weighed either, and the reason says both.
-    const fresh = fitFusion({ log, asOf: T, prior: scopePrior(priorFavouring(() => 2, 0.6), new Uint8Array(K).fill(1), T), options: { fitMinTransitions: 200, fitFloor: 50 } });
+    const fresh = await fitFusion({ log, asOf: T, prior: scopePrior(priorFavouring(() => 2, 0.6), new Uint8Array(K).fill(1), T), options: { fitMinTransitions: 200, fitFloor: 50 } });
     expect(fresh.params.tau).toBe(0);
     expect(fresh.fit.priorWeighed).toBe(false);
     expect(fresh.fit.reason).toMatch(/only 10 transitions.*; the prior is not weighed yet: 0 transitions since/);
   });
 
-  it("stops lengthening the window once it covers all the data", () => {
+  it("stops lengthening the window once it covers all the data", async () => {
     // Evidence 10 days before T, a fit slice of the last day: a 16-day window is the first to reach the oldest data.
     const log = logOf([...made("a", "b", "c", 300, 0, 10), ...made("a", "b", "d", 50, 1000, 0.5)]);
-    const choice = chooseWindow(log, T, { fitMinTransitions: 10, windowsDays: [1, 2, 4, 8, 16, 32], fitMaxDays: 16 });
+    const choice = await chooseWindow(log, T, { fitMinTransitions: 10, windowsDays: [1, 2, 4, 8, 16, 32], fitMaxDays: 16 });
     expect(choice.slice).toEqual({ from: T - DAY_MS, to: T });
     expect(choice.windows.map((w) => w.days)).toEqual([1, 2, 4, 8, 16]);
   });
@@ -441,7 +447,7 @@ describe("a whole fusion table", () => {
     const { rows, truth } = world(5);
     const log = logOf(rows);
     const prior = scopePrior(priorFavouring(truth, 0.5), Uint8Array.from(CLUSTERS, (c) => (c === "g" ? 0 : 1)), BEFORE_THE_DATA);
-    const refresh = fitFusion({ log, asOf: T, prior, options: { fitMinTransitions: 200 } });
+    const refresh = await fitFusion({ log, asOf: T, prior, options: { fitMinTransitions: 200 } });
     // The fit of this world and prior as the prequential likelihood with a fitted lift first found it (its value is
     // checked against the serving posterior above): any change to the search or its staging must find the same up to
     // rounding.
@@ -643,6 +649,65 @@ describe("evidence log", () => {
     }
     expect(() => log.counts({ from: start - DAY_MS, to: start })).toThrow(/outside the log/);
     store.close();
+  });
+});
+
+describe("a refresh's second thread", () => {
+  // Hand-made counts (60 days, six candidate windows) and a prior that knows all but one cluster.
+  const { rows, truth } = world(5);
+  const prior = scopePrior(priorFavouring(truth, 0.5), Uint8Array.from(CLUSTERS, (c) => (c === "g" ? 0 : 1)), BEFORE_THE_DATA);
+  const options = { fitMinTransitions: 200 };
+
+  it("gives every candidate window of the coarse pass the likelihood this thread gives it", async () => {
+    const log = logOf(rows);
+    const slice = { from: T - 2 * DAY_MS, to: T };
+    const observations = SliceObservations.of(log, slice, prior);
+    const starts = [3, 7, 14, 28, 56].map((days) => sliceStart(log, observations, { from: T - days * DAY_MS, to: T }));
+    const coarseStart = { ...DEFAULT_FUSION_PARAMS, tau: 0.5, lift: 0.5 };
+    const here = starts.map((start) => coarsePassOf(new SliceLikelihood(observations, start), coarseStart));
+    const thread = await FusionThread.start();
+    try {
+      // With this thread taking none, the second takes every candidate: each one's likelihood, bit for bit.
+      const there = await thread.coarsePass({ observations: observations.data, prior, starts, coarseStart, next: new Int32Array(new SharedArrayBuffer(4)) });
+      expect(there).toEqual(here.map((ll, k) => [k, ll]));
+      // The window choice and the fit with the second thread are those of one thread, whichever took which window.
+      for (const given of [prior, null]) {
+        const alone = await fitFusion({ log: logOf(rows), asOf: T, prior: given, options });
+        const shared = await fitFusion({ log: logOf(rows), asOf: T, prior: given, options, thread });
+        expect(shared.fit.windows).toHaveLength(6);
+        expect(shared.fit).toEqual(alone.fit);
+        expect(shared.params).toEqual(alone.params);
+      }
+    } finally {
+      await thread.close();
+    }
+  });
+
+  it("computes the rows the build writes as this thread does, and fails loudly", async () => {
+    const refresh = await fitFusion({ log: logOf(rows), asOf: T, prior, options });
+    const prompts = CLUSTERS.flatMap((c1) => CLUSTERS.filter((c2) => c2 !== c1).map((c2) => ({ history: { c1, c2 } })));
+    const thread = await FusionThread.start();
+    try {
+      const there = new FusionScorer(refresh.evidence, prior, refresh.params, thread);
+      const here = new FusionScorer(refresh.evidence, prior, refresh.params);
+      for (const batch of [prompts.slice(0, 20), prompts.slice(20)]) {
+        const [a, b] = [await there.scorePacked(batch, 4), await here.scorePacked(batch, 4)];
+        expect(a.count).toBe(batch.length);
+        for (const key of ["c1", "c2", "answers", "answerEnd", "explanation", "explanationEnd"] as const) expect([...a[key]]).toEqual([...b[key]]);
+        expect(a.clusters).toEqual(b.clusters);
+      }
+    } finally {
+      await thread.close();
+    }
+    // A request the thread cannot answer rejects with its reason, and so does one after it closed: nothing is
+    // computed on this thread instead.
+    const fresh = await FusionThread.start();
+    try {
+      await expect(fresh.scoreRows(new Int32Array([0]), new Int32Array([1]), 4)).rejects.toThrow(/second thread failed: .*rows asked for before their posterior was set up/);
+    } finally {
+      await fresh.close();
+    }
+    await expect(new FusionScorer(refresh.evidence, prior, refresh.params, thread).scorePacked(prompts.slice(0, 1), 4)).rejects.toThrow(/second thread was closed/);
   });
 });
 

@@ -1,0 +1,40 @@
+/**
+ * The second thread's side of `FusionThread` (src/update/fusion-thread.ts): it answers the requests with the same
+ * code the refresh's own thread runs.
+ */
+import { parentPort } from "node:worker_threads";
+import { coarsePassOf, FusionRows, SliceLikelihood, SliceObservations } from "./fusion.js";
+import type { CoarsePassRequest } from "./fusion-thread.js";
+
+const port = parentPort;
+if (!port) throw new Error("fusion-thread-entry runs as a worker thread (FusionThread.start)");
+
+let rows: FusionRows | null = null;
+
+port.on("message", (message: { id: number; kind: string } & Record<string, unknown>) => {
+  try {
+    if (message.kind === "coarse") {
+      const request = message as unknown as CoarsePassRequest;
+      const observations = new SliceObservations(request.observations, request.prior);
+      const taken: [number, number][] = [];
+      for (let k = Atomics.add(request.next, 0, 1); k < request.starts.length; k = Atomics.add(request.next, 0, 1)) {
+        taken.push([k, coarsePassOf(new SliceLikelihood(observations, request.starts[k]), request.coarseStart)]);
+      }
+      port.postMessage({ id: message.id, result: taken });
+    } else if (message.kind === "rows") {
+      rows = new FusionRows(message.input as ConstructorParameters<typeof FusionRows>[0]);
+      port.postMessage({ id: message.id, result: null });
+    } else if (message.kind === "score") {
+      if (!rows) throw new Error("rows asked for before their posterior was set up");
+      const packed = rows.scorePairs(message.c1 as Int32Array, message.c2 as Int32Array, message.topN as number);
+      const { count, answers, answerEnd, explanation, explanationEnd } = packed;
+      port.postMessage({ id: message.id, result: { count, answers, answerEnd, explanation, explanationEnd } }, [answers.buffer, explanation.buffer, answerEnd.buffer, explanationEnd.buffer] as ArrayBuffer[]);
+    } else {
+      throw new Error(`unknown request ${message.kind}`);
+    }
+  } catch (error) {
+    port.postMessage({ id: message.id, error: error instanceof Error ? (error.stack ?? error.message) : String(error) });
+  }
+});
+
+port.postMessage({ kind: "ready" });

@@ -1,0 +1,144 @@
+/**
+ * The second thread of a fusion refresh. A 300-cluster refresh's work beyond counting is the window choice's coarse
+ * pass (one likelihood per candidate window), the chosen window's full fit, and 89,700 rows computed and written to
+ * the store. The store's writes stay on the thread that owns the store, so the second thread takes what has no
+ * order: candidate windows of the coarse pass (both threads take the next one from one shared counter) and the rows
+ * of the next batch while this thread writes the last one. It runs the same code (`SliceLikelihood`, `FusionRows`) on
+ * the same inputs, so every strength, likelihood and row is the same bit for bit as on one thread.
+ *
+ * A refresh starts it before reading its log, so the thread is up by the time the fit needs it, and closes it when
+ * the table is built. Small tables (fewer than `FUSION_THREAD_MIN_CLUSTERS` clusters) are fitted and built on one
+ * thread: there the work is a few milliseconds and a thread's start costs more. A thread that does not start, or
+ * fails, fails the refresh (`FreshrecError` naming the cause): nothing is computed again elsewhere.
+ *
+ * @example
+ * const thread = await FusionThread.start();
+ * try {
+ *   const fitted = await fitFusion({ log, asOf, prior, thread });
+ *   const scorer = new FusionScorer(fitted.evidence, prior, fitted.params, thread);
+ * } finally {
+ *   await thread.close();
+ * }
+ */
+import { createRequire } from "node:module";
+import { pathToFileURL } from "node:url";
+import { Worker } from "node:worker_threads";
+import { FreshrecError } from "../domain/errors.js";
+import type { FusionParams, FusionRowsInput, LlmPrior, PackedScores, SliceObservationsData, SliceStart } from "./fusion.js";
+
+/** Tables of fewer clusters are fitted and built on one thread (module comment). */
+export const FUSION_THREAD_MIN_CLUSTERS = 64;
+
+/** What the coarse pass sends (`chooseWindow`): the slice, its candidate windows and the counter both threads take from. */
+export interface CoarsePassRequest {
+  readonly observations: SliceObservationsData;
+  readonly prior: LlmPrior | null;
+  readonly starts: readonly SliceStart[];
+  readonly coarseStart: FusionParams;
+  /** next[0]: the next candidate to take (shared memory: `Atomics.add`). */
+  readonly next: Int32Array;
+}
+
+/** tsx's loader API (its ES module build, beside the CommonJS one `require` resolves), for a thread started from source. */
+function sourceLoader(): string {
+  return pathToFileURL(createRequire(import.meta.url).resolve("tsx/esm/api").replace(/\.cjs$/, ".mjs")).href;
+}
+
+type Reply = { readonly id: number; readonly error?: string; readonly result?: unknown };
+
+export class FusionThread {
+  private nextId = 0;
+  private readonly pending = new Map<number, { resolve: (value: unknown) => void; reject: (error: Error) => void }>();
+  private failure: Error | null = null;
+  private closed = false;
+
+  private constructor(private readonly worker: Worker) {
+    worker.on("message", (reply: Reply) => {
+      const waiting = this.pending.get(reply.id);
+      if (!waiting) return;
+      this.pending.delete(reply.id);
+      if (reply.error !== undefined) waiting.reject(new FreshrecError("INTERNAL", `fusion: the second thread failed: ${reply.error}`));
+      else waiting.resolve(reply.result);
+    });
+    const fail = (error: Error) => {
+      this.failure ??= error;
+      for (const waiting of this.pending.values()) waiting.reject(error);
+      this.pending.clear();
+    };
+    worker.on("error", (error) => fail(new FreshrecError("INTERNAL", `fusion: the second thread failed: ${error.message}`, { cause: error })));
+    worker.on("exit", (code) => {
+      if (!this.closed) fail(new FreshrecError("INTERNAL", `fusion: the second thread exited (code ${code}) while a refresh needed it`));
+    });
+  }
+
+  /** Starts a thread; rejects (`FreshrecError`) when it cannot start. */
+  static start(): Promise<FusionThread> {
+    // From dist the thread runs the compiled module; from source (tsx, vitest) it registers tsx's loader first.
+    const source = import.meta.url.endsWith(".ts");
+    const entry = new URL(source ? "./fusion-thread-entry.ts" : "./fusion-thread-entry.js", import.meta.url);
+    return new Promise((resolve, reject) => {
+      let worker: Worker;
+      try {
+        worker = source
+          ? new Worker(`import(${JSON.stringify(sourceLoader())}).then((tsx) => { tsx.register(); return import(${JSON.stringify(entry.href)}); })`, { eval: true })
+          : new Worker(entry);
+      } catch (error) {
+        reject(new FreshrecError("INTERNAL", `fusion: the second thread did not start: ${(error as Error).message}`, { cause: error }));
+        return;
+      }
+      const notStarted = (error: Error) => {
+        worker.off("message", started);
+        reject(new FreshrecError("INTERNAL", `fusion: the second thread did not start: ${error.message}`, { cause: error }));
+      };
+      const exited = (code: number) => notStarted(new Error(`it exited with code ${code}`));
+      const started = (message: unknown) => {
+        if ((message as { kind?: string }).kind !== "ready") return;
+        worker.off("message", started);
+        worker.off("error", notStarted);
+        worker.off("exit", exited);
+        resolve(new FusionThread(worker));
+      };
+      worker.on("message", started);
+      worker.once("error", notStarted);
+      worker.once("exit", exited);
+    });
+  }
+
+  /** A started thread for a table of `clusters` clusters, or null below `FUSION_THREAD_MIN_CLUSTERS`. */
+  static forTable(clusters: number): Promise<FusionThread> | null {
+    return clusters >= FUSION_THREAD_MIN_CLUSTERS ? FusionThread.start() : null;
+  }
+
+  /** The candidates this thread takes from `request.next`, each with its coarse likelihood ([index, ll]). */
+  coarsePass(request: CoarsePassRequest): Promise<[number, number][]> {
+    return this.call({ kind: "coarse", ...request }) as Promise<[number, number][]>;
+  }
+
+  /** Sets up the rows of a fitted posterior (`FusionRows`) for `scoreRows`. */
+  async beginRows(input: FusionRowsInput): Promise<void> {
+    await this.call({ kind: "rows", input });
+  }
+
+  /** The rows of the pairs (c1[k], c2[k]) of the posterior `beginRows` set up (`FusionRows.scorePairs`). */
+  async scoreRows(c1: Int32Array, c2: Int32Array, topN: number): Promise<Omit<PackedScores, "clusters">> {
+    const r = (await this.call({ kind: "score", c1, c2, topN })) as { count: number; answers: Uint8Array; answerEnd: Int32Array; explanation: Uint8Array; explanationEnd: Int32Array };
+    // Transferred buffers arrive as plain byte arrays: the store reads them as Buffers.
+    const buffer = (b: Uint8Array) => Buffer.from(b.buffer, b.byteOffset, b.byteLength);
+    return { count: r.count, c1, c2, answers: buffer(r.answers), answerEnd: r.answerEnd, explanation: buffer(r.explanation), explanationEnd: r.explanationEnd };
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    await this.worker.terminate();
+  }
+
+  private call(message: Record<string, unknown>): Promise<unknown> {
+    if (this.failure) return Promise.reject(this.failure);
+    if (this.closed) return Promise.reject(new FreshrecError("INTERNAL", "fusion: the second thread was closed"));
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { resolve, reject });
+      this.worker.postMessage({ ...message, id });
+    });
+  }
+}
