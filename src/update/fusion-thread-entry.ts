@@ -9,7 +9,8 @@ import type { CoarsePassRequest } from "./fusion-thread.js";
 const port = parentPort;
 if (!port) throw new Error("fusion-thread-entry runs as a worker thread (FusionThread.start)");
 
-let rows: FusionRows | null = null;
+/** The rows of the posteriors being built, by handle (`FusionThread.beginRows`). */
+const rowsOf = new Map<number, FusionRows>();
 
 port.on("message", (message: { id: number; kind: string } & Record<string, unknown>) => {
   try {
@@ -22,9 +23,13 @@ port.on("message", (message: { id: number; kind: string } & Record<string, unkno
       }
       port.postMessage({ id: message.id, result: taken });
     } else if (message.kind === "rows") {
-      rows = new FusionRows(message.input as ConstructorParameters<typeof FusionRows>[0]);
+      rowsOf.set(message.rows as number, new FusionRows(message.input as ConstructorParameters<typeof FusionRows>[0]));
+      port.postMessage({ id: message.id, result: null });
+    } else if (message.kind === "end") {
+      rowsOf.delete(message.rows as number);
       port.postMessage({ id: message.id, result: null });
     } else if (message.kind === "score") {
+      const rows = rowsOf.get(message.rows as number);
       if (!rows) throw new Error("rows asked for before their posterior was set up");
       const packed = rows.scorePairs(message.c1 as Int32Array, message.c2 as Int32Array, message.topN as number);
       const { count, answers, answerEnd, explanation, explanationEnd } = packed;

@@ -6,10 +6,11 @@
  * of the next batch while this thread writes the last one. It runs the same code (`SliceLikelihood`, `FusionRows`) on
  * the same inputs, so every strength, likelihood and row is the same bit for bit as on one thread.
  *
- * A refresh starts it before reading its log, so the thread is up by the time the fit needs it, and closes it when
- * the table is built. Small tables (fewer than `FUSION_THREAD_MIN_CLUSTERS` clusters) are fitted and built on one
- * thread: there the work is a few milliseconds and a thread's start costs more. A thread that does not start, or
- * fails, fails the refresh (`FreshrecError` naming the cause): nothing is computed again elsewhere.
+ * A process's refreshes share one thread (`shared`), started by the first refresh that needs it before it reads
+ * its log, and kept (compiled and warm) for the next; it keeps no process alive while idle. Small tables (fewer than
+ * `FUSION_THREAD_MIN_CLUSTERS` clusters) are fitted and built on one thread: there the work is a few milliseconds.
+ * A thread that does not start, or fails, fails the refresh (`FreshrecError` naming the cause): nothing is computed
+ * again elsewhere, and the next refresh starts a new thread.
  *
  * @example
  * const thread = await FusionThread.start();
@@ -51,17 +52,25 @@ export class FusionThread {
   private readonly pending = new Map<number, { resolve: (value: unknown) => void; reject: (error: Error) => void }>();
   private failure: Error | null = null;
   private closed = false;
+  private nextRows = 0;
 
-  private constructor(private readonly worker: Worker) {
+  private constructor(
+    private readonly worker: Worker,
+    shared: boolean,
+  ) {
+    // Referenced only while a request waits: an idle thread keeps no process alive.
+    worker.unref();
     worker.on("message", (reply: Reply) => {
       const waiting = this.pending.get(reply.id);
       if (!waiting) return;
       this.pending.delete(reply.id);
+      if (this.pending.size === 0) worker.unref();
       if (reply.error !== undefined) waiting.reject(new FreshrecError("INTERNAL", `fusion: the second thread failed: ${reply.error}`));
       else waiting.resolve(reply.result);
     });
     const fail = (error: Error) => {
       this.failure ??= error;
+      if (shared && FusionThread.sharedThread === this) FusionThread.sharedStart = null;
       for (const waiting of this.pending.values()) waiting.reject(error);
       this.pending.clear();
     };
@@ -71,8 +80,28 @@ export class FusionThread {
     });
   }
 
-  /** Starts a thread; rejects (`FreshrecError`) when it cannot start. */
+  private static sharedStart: Promise<FusionThread> | null = null;
+  private static sharedThread: FusionThread | null = null;
+
+  /** The process's shared thread (module comment), started on first use; rejects (`FreshrecError`) when it cannot start. */
+  static shared(): Promise<FusionThread> {
+    if (!FusionThread.sharedStart) {
+      const starting = FusionThread.launch(true).then((thread) => (FusionThread.sharedThread = thread));
+      // A start that failed is not kept: the next refresh tries again (this one fails with the reason).
+      starting.catch(() => {
+        if (FusionThread.sharedStart === starting) FusionThread.sharedStart = null;
+      });
+      FusionThread.sharedStart = starting;
+    }
+    return FusionThread.sharedStart;
+  }
+
+  /** Starts a thread of its own (closed by the caller); rejects (`FreshrecError`) when it cannot start. */
   static start(): Promise<FusionThread> {
+    return FusionThread.launch(false);
+  }
+
+  private static launch(shared: boolean): Promise<FusionThread> {
     // From dist the thread runs the compiled module; from source (tsx, vitest) it registers tsx's loader first.
     const source = import.meta.url.endsWith(".ts");
     const entry = new URL(source ? "./fusion-thread-entry.ts" : "./fusion-thread-entry.js", import.meta.url);
@@ -96,7 +125,7 @@ export class FusionThread {
         worker.off("message", started);
         worker.off("error", notStarted);
         worker.off("exit", exited);
-        resolve(new FusionThread(worker));
+        resolve(new FusionThread(worker, shared));
       };
       worker.on("message", started);
       worker.once("error", notStarted);
@@ -104,9 +133,9 @@ export class FusionThread {
     });
   }
 
-  /** A started thread for a table of `clusters` clusters, or null below `FUSION_THREAD_MIN_CLUSTERS`. */
+  /** The shared thread for a table of `clusters` clusters, or null below `FUSION_THREAD_MIN_CLUSTERS`. */
   static forTable(clusters: number): Promise<FusionThread> | null {
-    return clusters >= FUSION_THREAD_MIN_CLUSTERS ? FusionThread.start() : null;
+    return clusters >= FUSION_THREAD_MIN_CLUSTERS ? FusionThread.shared() : null;
   }
 
   /** The candidates this thread takes from `request.next`, each with its coarse likelihood ([index, ll]). */
@@ -114,17 +143,24 @@ export class FusionThread {
     return this.call({ kind: "coarse", ...request }) as Promise<[number, number][]>;
   }
 
-  /** Sets up the rows of a fitted posterior (`FusionRows`) for `scoreRows`. */
-  async beginRows(input: FusionRowsInput): Promise<void> {
-    await this.call({ kind: "rows", input });
+  /** Sets up the rows of a fitted posterior (`FusionRows`) for `scoreRows`; returns their handle. */
+  async beginRows(input: FusionRowsInput): Promise<number> {
+    const rows = this.nextRows++;
+    await this.call({ kind: "rows", rows, input });
+    return rows;
   }
 
   /** The rows of the pairs (c1[k], c2[k]) of the posterior `beginRows` set up (`FusionRows.scorePairs`). */
-  async scoreRows(c1: Int32Array, c2: Int32Array, topN: number): Promise<Omit<PackedScores, "clusters">> {
-    const r = (await this.call({ kind: "score", c1, c2, topN })) as { count: number; answers: Uint8Array; answerEnd: Int32Array; explanation: Uint8Array; explanationEnd: Int32Array };
+  async scoreRows(rows: number, c1: Int32Array, c2: Int32Array, topN: number): Promise<Omit<PackedScores, "clusters">> {
+    const r = (await this.call({ kind: "score", rows, c1, c2, topN })) as { count: number; answers: Uint8Array; answerEnd: Int32Array; explanation: Uint8Array; explanationEnd: Int32Array };
     // Transferred buffers arrive as plain byte arrays: the store reads them as Buffers.
     const buffer = (b: Uint8Array) => Buffer.from(b.buffer, b.byteOffset, b.byteLength);
     return { count: r.count, c1, c2, answers: buffer(r.answers), answerEnd: r.answerEnd, explanation: buffer(r.explanation), explanationEnd: r.explanationEnd };
+  }
+
+  /** Lets the thread forget rows `beginRows` set up. */
+  async endRows(rows: number): Promise<void> {
+    await this.call({ kind: "end", rows });
   }
 
   async close(): Promise<void> {
@@ -138,6 +174,7 @@ export class FusionThread {
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
       this.pending.set(id, { resolve, reject });
+      if (this.pending.size === 1) this.worker.ref();
       this.worker.postMessage({ ...message, id });
     });
   }

@@ -1319,7 +1319,8 @@ export class FusionScorer implements PromptScorer {
   private readonly input: FusionRowsInput;
   private readonly index: Map<string, number>;
   private local: FusionRows | null = null;
-  private remote: Promise<void> | null = null;
+  /** The rows' handle on the second thread (`FusionThread.beginRows`). */
+  private remote: Promise<number> | null = null;
   /**
    * The last `score` call's explanations, encoded (`encodeExplanation`): one buffer of `size` bytes a row, each row's
    * pair (c1 * K + c2) and how many answers it has; `rowOfPair` finds a pair's row (-1 for a pair it did not score).
@@ -1388,8 +1389,15 @@ export class FusionScorer implements PromptScorer {
       c2[k] = this.indexOf(prompts[k].history.c2);
     }
     if (!this.thread) return { ...this.rows.scorePairs(c1, c2, topN), clusters: this.evidence.clusters };
-    await this.remote;
-    return { ...(await this.thread.scoreRows(c1, c2, topN)), clusters: this.evidence.clusters };
+    return { ...(await this.thread.scoreRows(await this.remote!, c1, c2, topN)), clusters: this.evidence.clusters };
+  }
+
+  /** Lets the second thread forget this posterior's rows (a build calls it when it is done, failed or not). */
+  async release(): Promise<void> {
+    const remote = this.remote;
+    this.remote = null;
+    const rows = await remote?.catch(() => null);
+    if (rows !== null && rows !== undefined) await this.thread!.endRows(rows);
   }
 
   explain(prompt: PromptInput, topN: number): RowExplanation {

@@ -253,18 +253,14 @@ async function runFusionRefresh(asOf: number, options: RefreshOptions): Promise<
 }
 
 /**
- * Runs `work` with the second thread of a table of `clusters` clusters (`FusionThread.forTable`) starting: it starts
- * while the prior is loaded and the log read, and is closed when `work` is done.
+ * Runs `work` with the second thread of a table of `clusters` clusters (`FusionThread.forTable`, the process's
+ * shared one) starting, so that it is up (started while the prior is loaded and the log read) when the fit needs it.
  */
 async function withFusionThread<T>(clusters: number, work: (threadStarting: Promise<FusionThread> | null) => Promise<T>): Promise<T> {
   const threadStarting = FusionThread.forTable(clusters);
   // Handled where it is awaited (fuse); until then a failed start must not count as unhandled.
   threadStarting?.catch(() => undefined);
-  try {
-    return await work(threadStarting);
-  } finally {
-    await (await threadStarting?.catch(() => null))?.close();
-  }
+  return work(threadStarting);
 }
 
 async function fusionRefreshWith(asOf: number, options: RefreshOptions, threadStarting: Promise<FusionThread> | null): Promise<RefreshResult> {
@@ -281,10 +277,11 @@ async function fusionRefreshWith(asOf: number, options: RefreshOptions, threadSt
   }
   const retrieveSeconds = Number(process.hrtime.bigint() - started) / 1e9;
   const buildCpu = cpuSeconds();
+  const rows = new FusionScorer(fitted.evidence, fitted.prior, fitted.params, fitted.thread);
   const built = await buildTable({
     store: options.tables,
     clusters: options.clusters,
-    scorer: new FusionScorer(fitted.evidence, fitted.prior, fitted.params, fitted.thread),
+    scorer: rows,
     modelVersion: options.model.version,
     templateHash: FUSION_TEMPLATE,
     full: true,
@@ -293,7 +290,7 @@ async function fusionRefreshWith(asOf: number, options: RefreshOptions, threadSt
     evidenceMeta: { asOf, windowDays: fitted.fit.windowDays, options: { method: "fusion", prior: computed ? options.model.version : null, fit: fitted.fit } },
     progress: options.progress,
     signal: options.signal,
-  });
+  }).finally(() => rows.release());
   const buildCpuSeconds = cpuSeconds() - buildCpu;
   const publish = options.publish ?? true;
   if (publish) await publishBuilt(options, built.table.version, `fusion refresh as of ${new Date(asOf).toISOString()}`);

@@ -688,14 +688,21 @@ describe("a refresh's second thread", () => {
     const prompts = CLUSTERS.flatMap((c1) => CLUSTERS.filter((c2) => c2 !== c1).map((c2) => ({ history: { c1, c2 } })));
     const thread = await FusionThread.start();
     try {
-      const there = new FusionScorer(refresh.evidence, prior, refresh.params, thread);
-      const here = new FusionScorer(refresh.evidence, prior, refresh.params);
+      // Two posteriors' rows on the thread at once (two refreshes of one process), batch by batch.
+      const params = [refresh.params, { ...refresh.params, tau: 0 }];
+      const there = params.map((p) => new FusionScorer(refresh.evidence, prior, p, thread));
+      const here = params.map((p) => new FusionScorer(refresh.evidence, prior, p));
       for (const batch of [prompts.slice(0, 20), prompts.slice(20)]) {
-        const [a, b] = [await there.scorePacked(batch, 4), await here.scorePacked(batch, 4)];
-        expect(a.count).toBe(batch.length);
-        for (const key of ["c1", "c2", "answers", "answerEnd", "explanation", "explanationEnd"] as const) expect([...a[key]]).toEqual([...b[key]]);
-        expect(a.clusters).toEqual(b.clusters);
+        for (let k = 0; k < params.length; k++) {
+          const [a, b] = [await there[k].scorePacked(batch, 4), await here[k].scorePacked(batch, 4)];
+          expect(a.count).toBe(batch.length);
+          for (const key of ["c1", "c2", "answers", "answerEnd", "explanation", "explanationEnd"] as const) expect([...a[key]]).toEqual([...b[key]]);
+          expect(a.clusters).toEqual(b.clusters);
+        }
       }
+      expect([...(await there[0].scorePacked(prompts, 4)).answers]).not.toEqual([...(await there[1].scorePacked(prompts, 4)).answers]);
+      await there[0].release();
+      await expect(there[0].scorePacked(prompts, 4)).rejects.toThrow();
     } finally {
       await thread.close();
     }
@@ -703,11 +710,13 @@ describe("a refresh's second thread", () => {
     // computed on this thread instead.
     const fresh = await FusionThread.start();
     try {
-      await expect(fresh.scoreRows(new Int32Array([0]), new Int32Array([1]), 4)).rejects.toThrow(/second thread failed: .*rows asked for before their posterior was set up/);
+      await expect(fresh.scoreRows(7, new Int32Array([0]), new Int32Array([1]), 4)).rejects.toThrow(/second thread failed: .*rows asked for before their posterior was set up/);
     } finally {
       await fresh.close();
     }
     await expect(new FusionScorer(refresh.evidence, prior, refresh.params, thread).scorePacked(prompts.slice(0, 1), 4)).rejects.toThrow(/second thread was closed/);
+    // A process's refreshes share one thread.
+    expect(await FusionThread.shared()).toBe(await FusionThread.shared());
   });
 });
 
