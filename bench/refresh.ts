@@ -6,7 +6,9 @@
  * into the fixed ones (retrieval, copying unchanged rows) and the model's work, which is what scales with changes.
  * Then a fusion refresh of the same world with the model's prior computed beforehand (as it is once per model
  * version): target <= 1 s beyond its counting (reading the log and counting the windows it compares), run three
- * times (the median by time beyond counting serves; the others are printed, and the spread is in the keys).
+ * times (the median by time beyond counting serves; the others are printed, and the spread is in the keys). At 300
+ * clusters a refresh works on two threads (src/update/fusion-thread.ts): the process's second thread starts with the
+ * first refresh, while it reads its log, and serves the three.
  * Keys: refresh_full_300_seconds, refresh_incremental_300_seconds, refresh_incremental_rescored_share,
  * refresh_fusion_300_seconds, refresh_fusion_300_beyond_counting_seconds (and its _min and _max over the runs), and
  * the CPU seconds of the median run's fit and build (the process's, every thread's: on a shared host the wall
@@ -28,6 +30,7 @@ import { timedTransitions } from "../src/mining/transitions.js";
 import { SqliteTableStore } from "../src/tables/index.js";
 import { runRefresh } from "../src/update/refresh.js";
 import { computePrior } from "../src/update/fusion.js";
+import { FUSION_THREAD_MIN_CLUSTERS } from "../src/update/fusion-thread.js";
 import type { BenchSuiteResult } from "./run.js";
 
 const FUSION_RUNS = 3;
@@ -107,6 +110,7 @@ export async function run(): Promise<BenchSuiteResult> {
         refresh_fusion_300_fit_cpu_seconds: fusion.fitCpuSeconds,
         refresh_fusion_300_build_cpu_seconds: fusion.buildCpuSeconds,
         refresh_fusion_load_average: load,
+        refresh_fusion_threads: base.clusters.length >= FUSION_THREAD_MIN_CLUSTERS ? 2 : 1,
         refresh_fusion_prior_300_seconds: priorSeconds,
         refresh_fusion_300_beyond_counting_min_seconds: beyond(byBeyond[0]),
         refresh_fusion_300_beyond_counting_max_seconds: beyond(byBeyond[byBeyond.length - 1]),
@@ -150,6 +154,7 @@ export async function run(): Promise<BenchSuiteResult> {
         { metric: "    CPU seconds of the fit (the process's, every thread's)", value: fusion.fitCpuSeconds, unit: "s" },
         { metric: "    CPU seconds of the build", value: fusion.buildCpuSeconds, unit: "s" },
         { metric: "load average (1 min) before the fusion runs", value: load, unit: "" },
+        { metric: "threads of the fusion refresh (the second: coarse pass shared, rows computed while the last batch is written)", value: base.clusters.length >= FUSION_THREAD_MIN_CLUSTERS ? 2 : 1, unit: "" },
         ...fusedRuns.map((r, k) => ({
           metric: `  fusion run ${k + 1}: beyond counting (fit ${r.fusionPhases!.fitSeconds.toFixed(2)} + build ${r.fusionPhases!.buildSeconds.toFixed(2)} s, CPU ${r.fusionPhases!.fitCpuSeconds.toFixed(2)} + ${r.fusionPhases!.buildCpuSeconds.toFixed(2)} s; counting ${r.fusionPhases!.countSeconds.toFixed(2)} s)`,
           value: beyond(r),
