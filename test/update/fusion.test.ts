@@ -701,6 +701,18 @@ describe("a refresh's second thread", () => {
         }
       }
       expect([...(await there[0].scorePacked(prompts, 4)).answers]).not.toEqual([...(await there[1].scorePacked(prompts, 4)).answers]);
+      // A build in batches, each written while the thread computes the next: the table of one thread.
+      const tables = (scorer: FusionScorer) => {
+        const store = SqliteTableStore.open(":memory:", new VirtualClock(T));
+        return buildTable({ store, clusters: CLUSTERS, scorer, modelVersion: "m", templateHash: FUSION_TEMPLATE, full: true, topN: 4, batchSize: 10 }).then((built) => {
+          const rows = [...store.rows(built.table.version)];
+          store.close();
+          return rows;
+        });
+      };
+      const [threaded, alone] = [await tables(there[0]), await tables(here[0])];
+      expect(threaded).toHaveLength(K * (K - 1));
+      expect(threaded).toEqual(alone);
       await there[0].release();
       await expect(there[0].scorePacked(prompts, 4)).rejects.toThrow();
     } finally {
