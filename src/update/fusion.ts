@@ -44,7 +44,7 @@
  *
  * @example
  * const prior = await computePrior(model, clusters, { topM: 32 });
- * const fitted = fitFusion({ log, asOf, prior, options: {} });
+ * const fitted = await fitFusion({ log, asOf, prior, options: {} });
  * const scorer = new FusionScorer(fitted.evidence, prior, fitted.params);
  */
 import { closeSync, existsSync, fstatSync, openSync, readFileSync, readSync, renameSync, writeFileSync } from "node:fs";
@@ -1059,7 +1059,8 @@ function weighableSlice(log: EvidenceLog, asOf: number, o: Required<FusionOption
  * transition scored on that window as it stood just before it; the best per-transition likelihood wins. Candidates are tried
  * shortest first, up to the first that covers all the data there is. Each is fitted coarsely first (beta alone) and
  * in full only when that leaves it within `CHOICE_MARGIN` of the best; a candidate's recorded likelihood is the one
- * it got.
+ * it got. With `thread` (a refresh's second thread, src/update/fusion-thread.ts) the coarse fits are shared between
+ * the two threads; the choice is the same.
  */
 export async function chooseWindow(
   log: EvidenceLog,
