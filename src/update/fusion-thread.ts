@@ -165,6 +165,11 @@ export class FusionThread {
 
   async close(): Promise<void> {
     this.closed = true;
+    // A closed shared thread is not handed out again: the next refresh starts a new one.
+    if (FusionThread.sharedThread === this) {
+      FusionThread.sharedStart = null;
+      FusionThread.sharedThread = null;
+    }
     await this.worker.terminate();
   }
 

@@ -727,8 +727,13 @@ describe("a refresh's second thread", () => {
       await fresh.close();
     }
     await expect(new FusionScorer(refresh.evidence, prior, refresh.params, thread).scorePacked(prompts.slice(0, 1), 4)).rejects.toThrow(/second thread was closed/);
-    // A process's refreshes share one thread.
-    expect(await FusionThread.shared()).toBe(await FusionThread.shared());
+    // A process's refreshes share one thread; once closed, the next refresh gets a new one.
+    const shared = await FusionThread.shared();
+    expect(await FusionThread.shared()).toBe(shared);
+    await shared.close();
+    const next = await FusionThread.shared();
+    expect(next).not.toBe(shared);
+    await next.close();
   });
 });
 
