@@ -143,14 +143,19 @@ export class FusionThread {
     return this.call({ kind: "coarse", ...request }) as Promise<[number, number][]>;
   }
 
-  /** Sets up the rows of a fitted posterior (`FusionRows`) for `scoreRows`; returns their handle. */
-  async beginRows(input: FusionRowsInput): Promise<number> {
+  /**
+   * Sets up the rows of a fitted posterior (`FusionRows`) for `scoreRows`: their handle at once (requests are answered
+   * in order, so rows may be asked for before `ready`), and `ready` when they are set up.
+   */
+  beginRows(input: FusionRowsInput): { readonly rows: number; readonly ready: Promise<void> } {
     const rows = this.nextRows++;
-    await this.call({ kind: "rows", rows, input });
-    return rows;
+    return { rows, ready: this.call({ kind: "rows", rows, input }).then(() => undefined) };
   }
 
-  /** The rows of the pairs (c1[k], c2[k]) of the posterior `beginRows` set up (`FusionRows.scorePairs`). */
+  /**
+   * The rows of the pairs (c1[k], c2[k]) of the posterior `beginRows` set up (`FusionRows.scorePairs`). The request
+   * is sent before this returns, so the thread computes while the caller goes on (writing the last batch).
+   */
   async scoreRows(rows: number, c1: Int32Array, c2: Int32Array, topN: number): Promise<Omit<PackedScores, "clusters">> {
     const r = (await this.call({ kind: "score", rows, c1, c2, topN })) as { count: number; answers: Uint8Array; answerEnd: Int32Array; explanation: Uint8Array; explanationEnd: Int32Array };
     // Transferred buffers arrive as plain byte arrays: the store reads them as Buffers.

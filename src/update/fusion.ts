@@ -1320,8 +1320,8 @@ export class FusionScorer implements PromptScorer {
   private readonly input: FusionRowsInput;
   private readonly index: Map<string, number>;
   private local: FusionRows | null = null;
-  /** The rows' handle on the second thread (`FusionThread.beginRows`). */
-  private remote: Promise<number> | null = null;
+  /** The rows' handle on the second thread and their setup (`FusionThread.beginRows`). */
+  private remote: { readonly rows: number; readonly ready: Promise<void> } | null = null;
   /**
    * The last `score` call's explanations, encoded (`encodeExplanation`): one buffer of `size` bytes a row, each row's
    * pair (c1 * K + c2) and how many answers it has; `rowOfPair` finds a pair's row (-1 for a pair it did not score).
@@ -1343,7 +1343,7 @@ export class FusionScorer implements PromptScorer {
     // The second thread sets up the rows while the build plans its batches; a failure surfaces at the first batch.
     if (thread) {
       this.remote = thread.beginRows(this.input);
-      this.remote.catch(() => undefined);
+      this.remote.ready.catch(() => undefined);
     }
   }
 
@@ -1390,15 +1390,20 @@ export class FusionScorer implements PromptScorer {
       c2[k] = this.indexOf(prompts[k].history.c2);
     }
     if (!this.thread) return { ...this.rows.scorePairs(c1, c2, topN), clusters: this.evidence.clusters };
-    return { ...(await this.thread.scoreRows(await this.remote!, c1, c2, topN)), clusters: this.evidence.clusters };
+    if (!this.remote) throw new FreshrecError("INTERNAL", "fusion: rows asked for after their scorer was released");
+    // Sent before the first await: the thread computes this batch while the build writes the last one.
+    const scored = this.thread.scoreRows(this.remote.rows, c1, c2, topN);
+    scored.catch(() => undefined);
+    // A failed setup is the reason to report (the batch then fails for want of its rows).
+    await this.remote.ready;
+    return { ...(await scored), clusters: this.evidence.clusters };
   }
 
   /** Lets the second thread forget this posterior's rows (a build calls it when it is done, failed or not). */
   async release(): Promise<void> {
     const remote = this.remote;
     this.remote = null;
-    const rows = await remote?.catch(() => null);
-    if (rows !== null && rows !== undefined) await this.thread!.endRows(rows);
+    if (remote && (await remote.ready.then(() => true, () => false))) await this.thread!.endRows(remote.rows);
   }
 
   explain(prompt: PromptInput, topN: number): RowExplanation {

@@ -714,7 +714,7 @@ describe("a refresh's second thread", () => {
       expect(threaded).toHaveLength(K * (K - 1));
       expect(threaded).toEqual(alone);
       await there[0].release();
-      await expect(there[0].scorePacked(prompts, 4)).rejects.toThrow();
+      await expect(there[0].scorePacked(prompts, 4)).rejects.toThrow(/released/);
     } finally {
       await thread.close();
     }
