@@ -4,7 +4,7 @@
  */
 import type { EventStoreContract } from "../data/event-store.js";
 import { BadInputError } from "../domain/errors.js";
-import type { ModelRegistryContract } from "../llm/registry.js";
+import type { ModelRegistryContract, ModelVersion } from "../llm/registry.js";
 import { pretrainBaseModel, type PretrainResult } from "../llm/pretrain.js";
 import { REFERENCE_SHAPE } from "../llm/engine/model-file.js";
 import { readGgufFile } from "../llm/engine/gguf.js";
@@ -242,6 +242,20 @@ export function configuredModelFile(ctx: CommandContext, dir: string, name: stri
   mkdirSync(dir, { recursive: true });
   writeHostedModelFile(file, { baseURL: llm.openai.baseURL, model: llm.openai.model });
   return file;
+}
+
+/**
+ * The live model version of the registry the config names and its file (checked against its registered sha256), or
+ * null when no model is live; the registry is closed again.
+ */
+export async function liveModelFile(ctx: CommandContext): Promise<{ readonly live: ModelVersion; readonly file: string } | null> {
+  const registry = await ctx.openRegistry();
+  try {
+    const live = await registry.live();
+    return live ? { live, file: await registry.modelFile(live) } : null;
+  } finally {
+    await registry.close();
+  }
 }
 
 /**

@@ -31,7 +31,7 @@ import {
   type SimulatedExperimentResult,
 } from "../../serving/index.js";
 import type { CommandContext } from "../context.js";
-import { configuredBackend } from "../loop-context.js";
+import { configuredBackend, liveModelFile } from "../loop-context.js";
 import { action, positiveInt } from "../run.js";
 import { adminToken } from "./serve.js";
 import { experimentView } from "../../serving/views.js";
@@ -148,16 +148,9 @@ export async function simulateExperiment(
   overrides: SimulateExperimentOptions = {},
 ): Promise<SimulatedExperimentResult & { reports: WrittenReport; backend: { kind: string; description: string } }> {
   const e = ctx.config.experiment;
-  const registry = await ctx.openRegistry();
-  let live: Awaited<ReturnType<typeof registry.live>>;
-  let liveFile: string | null;
-  try {
-    live = await registry.live();
-    liveFile = live ? await registry.modelFile(live) : null;
-  } finally {
-    await registry.close();
-  }
-  if (!live || !liveFile) throw new BadInputError("no live model: run freshrec pretrain (or freshrec demo) first");
+  const deployed = await liveModelFile(ctx);
+  if (!deployed) throw new BadInputError("no live model: run freshrec pretrain (or freshrec demo) first");
+  const { live, file: liveFile } = deployed;
   const name = overrides.name ?? "simulated-hybrid-vs-finetune-monthly";
   const reading = await ctx.openEventStoreForReading();
   const events = reading.store;

@@ -33,7 +33,7 @@ import { join } from "node:path";
 import { redactedUrl } from "../../data/postgres-pool.js";
 import type { FreshrecConfig } from "../config.js";
 import { scratchContext, type CommandContext, type CommandResult } from "../context.js";
-import { openLoop, resolveAsOf, type OpenLoop } from "../loop-context.js";
+import { liveModelFile, openLoop, resolveAsOf, type OpenLoop } from "../loop-context.js";
 import { action, timeOption } from "../run.js";
 import { iso } from "../format.js";
 import { fusionFitView, jobStateView, runRecordView, scheduleStatusView } from "../../serving/views.js";
@@ -314,16 +314,9 @@ async function simulateOnCopy(ctx: CommandContext, opts: ScheduleOptions): Promi
   // What is wrong with the window is said before anything is copied.
   if (timeOption("from", opts.from) === undefined) throw new BadInputError("--simulate needs --from TIME");
   timeOption("to", opts.to);
-  const registry = await ctx.openRegistry();
-  let live: ModelVersion | null;
-  let liveFile: string | null;
-  try {
-    live = await registry.live();
-    liveFile = live ? await registry.modelFile(live) : null;
-  } finally {
-    await registry.close();
-  }
-  if (!live || !liveFile) throw new BadInputError(`no live model in the deployment's registry (store.url = ${redactedUrl(ctx.config.store.url!)}): run freshrec pretrain first`);
+  const deployed = await liveModelFile(ctx);
+  if (!deployed) throw new BadInputError(`no live model in the deployment's registry (store.url = ${redactedUrl(ctx.config.store.url!)}): run freshrec pretrain first`);
+  const { live, file: liveFile } = deployed;
   const dir = scheduleSimulationDir(ctx.paths.root);
   rmSync(dir, { recursive: true, force: true });
   mkdirSync(dir, { recursive: true });
