@@ -68,19 +68,16 @@ export class CoVisitationPolicy implements ItemPolicy {
     if (this.slotOf.length !== clusterCount) this.slotOf = new Int32Array(clusterCount);
     const slotOf = this.slotOf;
     const wanted = request.clusters;
-    // Per requested cluster, its candidates and their summed scores, side by side. A request meets a few dozen
-    // candidates (45 on the serve bench's world), so finding one in its cluster's short list reads a line or two,
-    // where a score array over the catalog cost a random memory access per candidate. A list that grows past
+    // Per requested cluster, its candidates and their summed scores, side by side in typed arrays. A request meets a
+    // few dozen candidates (45 on the serve bench's world), so finding one in its cluster's short list reads a line
+    // or two, where a score array over the catalog cost a random memory access per candidate. A list that grows past
     // LIST_SCAN_LIMIT (many recent items, serve.recentItems up to 100) gets an index, so the cost stays linear.
     const candidates = this.lists;
     for (let k = 0; k < wanted.length; k++) {
       const c = wanted[k];
       if (c >= 0 && c < clusterCount && slotOf[c] === 0) slotOf[c] = k + 1;
-      if (k === candidates.length) candidates.push({ items: [], scores: [], index: null });
-      const list = candidates[k];
-      list.items.length = 0;
-      list.scores.length = 0;
-      list.index = null;
+      if (k === candidates.length) candidates.push(new Candidates());
+      candidates[k].clear();
     }
     // One pass over each recent item's neighbour runs (one per cluster) for all requested clusters at once: a run
     // of a cluster not requested is skipped whole. Recent items are visited in order, so every item's score is
@@ -97,18 +94,7 @@ export class CoVisitationPolicy implements ItemPolicy {
         if (slot === 0) continue;
         const list = candidates[slot - 1];
         const end = runOffset[q + 1];
-        for (let p = runOffset[q]; p < end; p++) {
-          const item = neighborItem[p];
-          const at = list.index ? (list.index.get(item) ?? -1) : list.items.indexOf(item);
-          if (at >= 0) {
-            list.scores[at] += weight * neighborWeight[p];
-            continue;
-          }
-          list.index?.set(item, list.items.length);
-          list.items.push(item);
-          list.scores.push(weight * neighborWeight[p]);
-          if (list.index === null && list.items.length > LIST_SCAN_LIMIT) list.index = new Map(list.items.map((it, k) => [it, k]));
-        }
+        for (let p = runOffset[q]; p < end; p++) list.add(neighborItem[p], weight * neighborWeight[p]);
       }
     }
     const result: GroundedItem[][] = [];
@@ -117,9 +103,9 @@ export class CoVisitationPolicy implements ItemPolicy {
       // A cluster asked for twice is ranked from its first slot's candidates: the same list again.
       const list = c >= 0 && c < clusterCount ? candidates[slotOf[c] - 1] : NO_CANDIDATES;
       const out: GroundedItem[] = [];
-      for (let t = 0; t < list.items.length && out.length < request.n; t++) {
+      for (let t = 0; t < list.size && out.length < request.n; t++) {
         // The best remaining candidate moves to t: only as much of the list is ordered as n unseen items need.
-        takeBest(list, t);
+        list.takeBest(t);
         const item = list.items[t];
         if (request.isSeen(item)) continue;
         out.push({ item, score: list.scores[t], source: "co-visitation" });
@@ -135,28 +121,81 @@ export class CoVisitationPolicy implements ItemPolicy {
   }
 }
 
-/** A requested cluster's candidates: `scores[i]` is the summed co-visitation score of `items[i]`. */
-interface Candidates {
-  readonly items: number[];
-  readonly scores: number[];
+/**
+ * A requested cluster's candidates: `scores[i]` is the summed co-visitation score of `items[i]`, for i < size. Typed
+ * arrays reused from request to request: emptying one is setting `size` (emptying a JS array is a call into the
+ * runtime), and finding an item scans a typed array in place.
+ */
+class Candidates {
+  items = new Int32Array(64);
+  scores = new Float64Array(64);
+  size = 0;
   /** item -> position, once the list is longer than LIST_SCAN_LIMIT (valid until ranking reorders the list). */
-  index: Map<number, number> | null;
+  private index: Map<number, number> | null = null;
+
+  clear(): void {
+    this.size = 0;
+    this.index = null;
+  }
+
+  /** Adds `score` to the item's sum, or appends the item with it. */
+  add(item: number, score: number): void {
+    const { items, size } = this;
+    const index = this.index;
+    let at = -1;
+    if (index !== null) at = index.get(item) ?? -1;
+    else {
+      for (let i = 0; i < size; i++) {
+        if (items[i] === item) {
+          at = i;
+          break;
+        }
+      }
+    }
+    if (at >= 0) {
+      this.scores[at] += score;
+      return;
+    }
+    if (size === items.length) this.grow();
+    this.items[size] = item;
+    this.scores[size] = score;
+    this.size = size + 1;
+    if (index !== null) index.set(item, size);
+    else if (size + 1 > LIST_SCAN_LIMIT) {
+      const made = new Map<number, number>();
+      for (let i = 0; i <= size; i++) made.set(this.items[i], i);
+      this.index = made;
+    }
+  }
+
+  /**
+   * Swaps the best of the candidates from `from` on to `from`: highest score, ties by lower item index (one step of
+   * a selection sort, so the first k steps give the first k items of the fully sorted list).
+   */
+  takeBest(from: number): void {
+    const { items, scores, size } = this;
+    let best = from;
+    for (let j = from + 1; j < size; j++) {
+      if (scores[j] > scores[best] || (scores[j] === scores[best] && items[j] < items[best])) best = j;
+    }
+    if (best === from) return;
+    const item = items[best];
+    const score = scores[best];
+    items[best] = items[from];
+    scores[best] = scores[from];
+    items[from] = item;
+    scores[from] = score;
+  }
+
+  private grow(): void {
+    const items = new Int32Array(2 * this.items.length);
+    const scores = new Float64Array(2 * this.scores.length);
+    items.set(this.items);
+    scores.set(this.scores);
+    this.items = items;
+    this.scores = scores;
+  }
 }
 
 const LIST_SCAN_LIMIT = 32;
-const NO_CANDIDATES: Candidates = { items: [], scores: [], index: null };
-
-/**
- * Swaps the best of the candidates from `from` on to `from`: highest score, ties by lower item index (one step of a
- * selection sort, so the first k steps give the first k items of the fully sorted list).
- */
-function takeBest(list: Candidates, from: number): void {
-  const { items, scores } = list;
-  let best = from;
-  for (let j = from + 1; j < items.length; j++) {
-    if (scores[j] > scores[best] || (scores[j] === scores[best] && items[j] < items[best])) best = j;
-  }
-  if (best === from) return;
-  [items[best], items[from]] = [items[from], items[best]];
-  [scores[best], scores[from]] = [scores[from], scores[best]];
-}
+const NO_CANDIDATES = new Candidates();
