@@ -50,10 +50,18 @@ const str = JSON.stringify as (value: string) => string;
 const utf8 = (text: string) => Buffer.from(text, "utf8");
 const FALLBACK_JSON = new Map<string | null, Buffer>([null, "cold-start", "unknown-cluster", "lookup-miss", "no-table"].map((f) => [f, utf8(f === null ? "null" : str(f))]));
 
+const EMPTY_BYTES = Buffer.alloc(0);
 const writers = new WeakMap<Catalog, ExplorationJsonWriter>();
 const SLAB_BYTES = 256 * 1024;
 const NUMBER_CACHE_SIZE = 1 << 14;
 const NUMBER_CACHE_SHIFT = 32 - 14;
+/**
+ * A number's cache slot: its value (8 bytes), its text's length (1 byte) and its text (the rest), so that a hit reads
+ * one cache line where a value array, a text array and the text were three. Longer texts (23+ characters: a negative
+ * 17-digit score with an exponent) are not kept.
+ */
+const NUMBER_SLOT_BYTES = 32;
+const NUMBER_TEXT_MAX = NUMBER_SLOT_BYTES - 9;
 const NUMBER_BITS = new Float64Array(1);
 const NUMBER_WORDS = new Uint32Array(NUMBER_BITS.buffer);
 
@@ -68,6 +76,9 @@ export class ExplorationJsonWriter {
   /** The catalog's revision the fragments were made at: a shared store's catalog takes new descriptions and titles in place. */
   private revision: number;
   private readonly sourceTail = new Map<string, Buffer>();
+  /** The two sources written last and their fragments. */
+  private readonly lastSources: (string | null)[] = [null, null];
+  private readonly lastSourceTails: Buffer[] = [EMPTY_BYTES, EMPTY_BYTES];
   /** `{"version":…,"modelVersion":…}` of the last table written (a server answers from one or a few). */
   private lastTable: { readonly version: string; readonly modelVersion: string } | null = null;
   private lastTableJson = utf8("null");
@@ -82,9 +93,13 @@ export class ExplorationJsonWriter {
   /** Where the body being written starts in `out`, and where it is up to. */
   private start = 0;
   private at = 0;
-  /** Number texts by value, direct-mapped on the value's bits: scores repeat (float32 table scores, co-visitation sums of counts). */
-  private readonly numberKeys = new Float64Array(NUMBER_CACHE_SIZE).fill(Number.NaN);
-  private readonly numberTexts = new Array<string>(NUMBER_CACHE_SIZE).fill("");
+  /**
+   * Number texts by value, direct-mapped on the value's bits: scores repeat (float32 table scores, co-visitation sums
+   * of counts). Slots of NUMBER_SLOT_BYTES: the value as a double (read through `numberKeys`), its text's length, the text.
+   */
+  private readonly numberSlots = new ArrayBuffer(NUMBER_CACHE_SIZE * NUMBER_SLOT_BYTES);
+  private readonly numberKeys = new Float64Array(this.numberSlots).fill(Number.NaN);
+  private readonly numberBytes = new Uint8Array(this.numberSlots);
 
   private constructor(private readonly catalog: Catalog) {
     this.revision = catalog.revision;
@@ -186,17 +201,29 @@ export class ExplorationJsonWriter {
 
   /** `{"itemId":ID,"title":TEXT,"score":` */
   private item(i: number): Buffer {
+    // The title is read only to make the fragment: a catalog-sized array read per item is a cache miss on a server.
+    return (this.itemJson[i] ??= this.itemFragment(i));
+  }
+
+  private itemFragment(i: number): Buffer {
     const title = this.catalog.itemTitles[i];
-    return (this.itemJson[i] ??= utf8(`{"itemId":${str(this.catalog.itemIds[i])},"title":${title === null ? "null" : str(title)},"score":`));
+    return utf8(`{"itemId":${str(this.catalog.itemIds[i])},"title":${title === null ? "null" : str(title)},"score":`);
   }
 
   /** `,"source":NAME}` (a policy names a handful of sources). */
   private source(source: string): Buffer {
+    // The embedded policies name two sources, each one string: compared by identity first, no Map lookup.
+    if (source === this.lastSources[0]) return this.lastSourceTails[0];
+    if (source === this.lastSources[1]) return this.lastSourceTails[1];
     let tail = this.sourceTail.get(source);
     if (tail === undefined) {
       tail = utf8(`,"source":${str(source)}}`);
       if (this.sourceTail.size < 64) this.sourceTail.set(source, tail);
     }
+    this.lastSources[1] = this.lastSources[0];
+    this.lastSourceTails[1] = this.lastSourceTails[0];
+    this.lastSources[0] = source;
+    this.lastSourceTails[0] = tail;
     return tail;
   }
 
@@ -267,13 +294,23 @@ export class ExplorationJsonWriter {
     // String(value) is most of the writer's time when every score is formatted afresh.
     NUMBER_BITS[0] = value;
     const slot = Math.imul(NUMBER_WORDS[0] ^ NUMBER_WORDS[1], 0x9e3779b1) >>> NUMBER_CACHE_SHIFT;
-    let text: string;
+    const at = slot * NUMBER_SLOT_BYTES;
+    const bytes = this.numberBytes;
     // Neither NaN (never equal to a key, the empty slots' value) nor 0 / -0 (written above) reaches here.
-    if (this.numberKeys[slot] === value) text = this.numberTexts[slot];
-    else {
-      text = String(value);
-      this.numberKeys[slot] = value;
-      this.numberTexts[slot] = text;
+    if (this.numberKeys[slot * (NUMBER_SLOT_BYTES / 8)] === value) {
+      const length = bytes[at + 8];
+      this.reserve(length);
+      const out = this.out;
+      let to = this.at;
+      for (let i = at + 9; i < at + 9 + length; i++) out[to++] = bytes[i];
+      this.at = to;
+      return;
+    }
+    const text = String(value);
+    if (text.length <= NUMBER_TEXT_MAX) {
+      this.numberKeys[slot * (NUMBER_SLOT_BYTES / 8)] = value;
+      bytes[at + 8] = text.length;
+      for (let i = 0; i < text.length; i++) bytes[at + 9 + i] = text.charCodeAt(i);
     }
     this.ascii(text);
   }
