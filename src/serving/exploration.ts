@@ -110,6 +110,14 @@ export class Explorer {
 
   /** `explore`, in catalog indices. */
   async exploreIndexed(request: ExploreRequest): Promise<IndexedExplorationAnswer> {
+    return this.answer(request);
+  }
+
+  /**
+   * `exploreIndexed`, answered at once when the item policy grounds synchronously (the embedded ones do): the HTTP
+   * route then takes no trip through the microtask queue per request; a promise only for a policy that returns one.
+   */
+  answer(request: ExploreRequest): IndexedExplorationAnswer | Promise<IndexedExplorationAnswer> {
     const state = this.users.get(request.userId);
     const lookup = request.lookup;
     const clusters: number[] = [];
@@ -133,23 +141,25 @@ export class Explorer {
     }
     if (fallback !== null) this.coldStartAnswer(request.n, own, state, clusters, scores);
 
-    const items = await this.policy.ground({
+    const grounded = this.policy.ground({
       userId: request.userId,
       clusters,
       n: request.itemsPerCluster,
       recent: state?.recent ?? EMPTY,
       isSeen: state ? (item) => UserIndex.hasSeen(state, item) : NEVER_SEEN,
     });
-    return {
+    const table = lookup ? this.tableRef(lookup) : null;
+    const answer = (items: readonly (readonly GroundedItem[])[]): IndexedExplorationAnswer => ({
       userId: request.userId,
       history,
       coldStart: fallback === "cold-start",
       fallback,
-      table: lookup ? this.tableRef(lookup) : null,
+      table,
       clusters,
       scores,
       items,
-    };
+    });
+    return Array.isArray(grounded) ? answer(grounded) : grounded.then(answer);
   }
 
   /** Ids, descriptions and titles for an indexed answer. */

@@ -38,8 +38,10 @@ import {
   tablesResponseSchema,
   versionParamsSchema,
 } from "./schemas.js";
+import type { Explorer, IndexedExplorationAnswer } from "./exploration.js";
 import type { ServingState } from "./server.js";
 import { resolveBinding } from "./tables.js";
+import { TurnBatch } from "./turn-batch.js";
 import { experimentView, isoTime, modelView, scheduleStatusView, statusChangeView, tableView } from "./views.js";
 
 /** Parses a request part with its schema; a failure is a 400 naming each field. */
@@ -85,6 +87,7 @@ export function registerRoutes(app: FastifyInstance, state: ServingState): Route
   const { metrics, tables, options } = state;
   const validate = options.validateResponses ?? false;
   const maxN = options.maxN ?? SERVE_DEFAULTS.maxN;
+  const explorations = new TurnBatch();
 
   function route<P extends z.ZodObject | undefined, Q extends z.ZodObject | undefined, B extends z.ZodType | undefined>(
     spec: RouteSpec & { params?: P; querystring?: Q; body?: B },
@@ -99,20 +102,29 @@ export function registerRoutes(app: FastifyInstance, state: ServingState): Route
       // Before the body is read: an unauthenticated caller learns nothing about its body (400, 413, 415) and cannot
       // make the server parse up to serve.bodyLimitBytes.
       ...(spec.admin ? { onRequest: async (request: FastifyRequest) => state.authorize(request.headers.authorization) } : {}),
-      handler: async (request, reply) => {
+      // Not an async function: a handler that answers synchronously (exploration with the embedded item policies)
+      // is sent without a trip through the microtask queue; one that returns a promise is sent when it settles.
+      handler: (request, reply) => {
         const params = (spec.params ? parseInput(spec.params, request.params, "path parameters") : undefined) as Infer<P>;
         const query = (spec.querystring ? parseInput(spec.querystring, request.query ?? {}, "query") : undefined) as Infer<Q>;
         const body = (spec.body ? request.body : undefined) as Infer<B>;
-        const result = await handler({ params, query, body, request, reply });
-        if (result instanceof SerializedJson) {
-          // Bytes with a JSON content type go out as they are (Fastify serializes only objects).
-          reply.type("application/json; charset=utf-8");
-          return result.json;
-        }
-        if (validate && successSchema && result !== undefined) successSchema.parse(JSON.parse(JSON.stringify(result)));
-        return result;
+        const result = handler({ params, query, body, request, reply });
+        if (result instanceof Promise) return result.then((settled) => respond(settled, reply));
+        // Fastify sends nothing for a synchronous undefined; as a promise's value, it answers an error as before.
+        return result === undefined ? Promise.resolve(result) : respond(result, reply);
       },
     });
+
+    /** What the route sends for a handler's result. */
+    function respond(result: unknown, reply: FastifyReply): unknown {
+      if (result instanceof SerializedJson) {
+        // Bytes with a JSON content type go out as they are (Fastify serializes only objects).
+        reply.type("application/json; charset=utf-8");
+        return result.json;
+      }
+      if (validate && successSchema && result !== undefined) successSchema.parse(JSON.parse(JSON.stringify(result)));
+      return result;
+    }
   }
 
   app.addHook("onRequest", (request, reply, done) => {
@@ -154,51 +166,62 @@ export function registerRoutes(app: FastifyInstance, state: ServingState): Route
       responses: { 200: explorationResponseSchema },
       errors: [400],
     },
-    async ({ params, query, request }) => {
+    ({ params, query, request }) => {
       const userId = params.id;
       const assignment = state.armOf(userId);
       // Taken once: the whole answer comes from this one table version, whatever is published meanwhile.
       const lookup = tables.lookup(assignment ? assignment.arm.table : "live");
       const explorer = state.explorer;
-      const answer = await explorer.exploreIndexed({
+      const ask = {
         userId,
         lookup,
         n: query.n ?? options.defaultN ?? SERVE_DEFAULTS.defaultN,
         itemsPerCluster: query.items ?? options.itemsPerCluster ?? SERVE_DEFAULTS.itemsPerCluster,
+      };
+      // Found and written with the other exploration requests of this event-loop turn (./turn-batch.ts says why).
+      return explorations.run(() => {
+        const answer = explorer.answer(ask);
+        const body = (found: IndexedExplorationAnswer) => explorationBody(explorer, found, assignment, request.id);
+        return answer instanceof Promise ? answer.then(body) : body(answer);
       });
-      if (answer.fallback === "cold-start") metrics.coldStarts++;
-      else if (answer.fallback === "unknown-cluster") metrics.unknownClusterFallbacks++;
-      else if (answer.fallback === "lookup-miss") metrics.lookupMisses++;
-      let experiment: { name: string; arm: string; exposureId: string } | null = null;
-      if (assignment) {
-        const exposureId = randomUUID();
-        const { catalog } = state;
-        const slots = answer.clusters.map((c, rank) => ({ rank, cluster: catalog.clusterIds[c], items: (answer.items[rank] ?? []).map((i) => catalog.itemIds[i.item]) }));
-        state.experiments.logExposure({
-          exposureId,
-          experiment: assignment.experiment.name,
-          arm: assignment.arm.name,
-          userId,
-          ts: options.clock.now(),
-          tableVersion: answer.table?.version ?? null,
-          coldStart: answer.coldStart,
-          slots,
-        });
-        metrics.exposuresLogged += slots.length;
-        experiment = { name: assignment.experiment.name, arm: assignment.arm.name, exposureId };
-      }
-      const extras = { model: { live: tables.liveModelVersion }, experiment, requestId: request.id };
-      // The body is written from the indexed answer (./exploration-json.ts); the object is built only to check it.
-      const json = ExplorationJsonWriter.of(explorer.answerCatalog).bytes(answer, extras);
-      if (validate) {
-        const response = explorationResponse(explorer.present(answer), extras);
-        const text = json.toString("utf8");
-        if (text !== JSON.stringify(response)) throw new Error("the exploration JSON writer wrote other JSON than JSON.stringify of the response");
-        explorationResponseSchema.parse(JSON.parse(text));
-      }
-      return new SerializedJson(json);
     },
   );
+
+  /** The exploration route's body for an answer: metrics and the experiment's exposure logged, the JSON written. */
+  function explorationBody(explorer: Explorer, answer: IndexedExplorationAnswer, assignment: ReturnType<ServingState["armOf"]>, requestId: string): SerializedJson {
+    if (answer.fallback === "cold-start") metrics.coldStarts++;
+    else if (answer.fallback === "unknown-cluster") metrics.unknownClusterFallbacks++;
+    else if (answer.fallback === "lookup-miss") metrics.lookupMisses++;
+    let experiment: { name: string; arm: string; exposureId: string } | null = null;
+    if (assignment) {
+      const userId = answer.userId;
+      const exposureId = randomUUID();
+      const { catalog } = state;
+      const slots = answer.clusters.map((c, rank) => ({ rank, cluster: catalog.clusterIds[c], items: (answer.items[rank] ?? []).map((i) => catalog.itemIds[i.item]) }));
+      state.experiments.logExposure({
+        exposureId,
+        experiment: assignment.experiment.name,
+        arm: assignment.arm.name,
+        userId,
+        ts: options.clock.now(),
+        tableVersion: answer.table?.version ?? null,
+        coldStart: answer.coldStart,
+        slots,
+      });
+      metrics.exposuresLogged += slots.length;
+      experiment = { name: assignment.experiment.name, arm: assignment.arm.name, exposureId };
+    }
+    const extras = { model: { live: tables.liveModelVersion }, experiment, requestId };
+    // The body is written from the indexed answer (./exploration-json.ts); the object is built only to check it.
+    const json = ExplorationJsonWriter.of(explorer.answerCatalog).bytes(answer, extras);
+    if (validate) {
+      const response = explorationResponse(explorer.present(answer), extras);
+      const text = json.toString("utf8");
+      if (text !== JSON.stringify(response)) throw new Error("the exploration JSON writer wrote other JSON than JSON.stringify of the response");
+      explorationResponseSchema.parse(JSON.parse(text));
+    }
+    return new SerializedJson(json);
+  }
 
   // ------------------------------------------------------------------------------------------------ intake
 

@@ -2,7 +2,9 @@
  * The HTTP API over a real workspace (DuckDB event store, SQLite table store and registry), on loopback: every
  * route, its error paths, and the response schemas the OpenAPI document advertises.
  */
+import { once } from "node:events";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -37,6 +39,31 @@ async function get(path: string, headers: Record<string, string> = {}) {
 async function post(path: string, body: unknown, headers: Record<string, string> = { "content-type": "application/json" }) {
   const response = await fetch(`${server.url}${path}`, { method: "POST", headers, body: typeof body === "string" ? body : JSON.stringify(body) });
   return { status: response.status, headers: response.headers, body: (await response.json()) as any };
+}
+
+/** GETs sent pipelined on one connection, in one write; the responses in order (JSON bodies). */
+async function pipelined(url: string, paths: readonly string[]): Promise<{ status: number; body: any }[]> {
+  const { hostname, port } = new URL(url);
+  const socket = connect(Number(port), hostname);
+  await once(socket, "connect");
+  socket.write(paths.map((path) => `GET ${path} HTTP/1.1\r\nHost: ${hostname}\r\n\r\n`).join(""));
+  let buffered = Buffer.alloc(0);
+  const responses: { status: number; body: any }[] = [];
+  for await (const chunk of socket) {
+    buffered = Buffer.concat([buffered, chunk as Buffer]);
+    for (;;) {
+      const end = buffered.indexOf("\r\n\r\n");
+      if (end < 0) break;
+      const head = buffered.subarray(0, end).toString("latin1");
+      const length = Number(/content-length: (\d+)/i.exec(head)![1]);
+      if (buffered.length < end + 4 + length) break;
+      responses.push({ status: Number(head.split(" ")[1]), body: JSON.parse(buffered.subarray(end + 4, end + 4 + length).toString("utf8")) });
+      buffered = buffered.subarray(end + 4 + length);
+    }
+    if (responses.length === paths.length) break;
+  }
+  socket.destroy();
+  return responses;
 }
 
 /** A user of the fixture with a history, and one with a single cluster (a cold start). */
@@ -118,6 +145,20 @@ describe("GET /v1/users/{id}/exploration", () => {
     expect(stranger.body.recommendations).toHaveLength(10); // serve.defaultN
     const order = [...server.state.grounding.coldStart].slice(0, 10).map((c) => server.state.catalog.clusterIds[c]);
     expect(stranger.body.recommendations.map((r: any) => r.cluster)).toEqual(order);
+  });
+
+  it("answers requests that arrive together (one event-loop turn, answered as a batch) each with its own user's answer", async () => {
+    const users = [warm, lonely, "never-seen-anywhere", ...Array.from({ length: 40 }, (_, k) => `u${String(k).padStart(6, "0")}`)];
+    const paths = users.map((id, k) => `/v1/users/${encodeURIComponent(id)}/exploration?n=${1 + (k % 10)}&items=${k % 4}`);
+    const withoutRequestId = (body: any) => ({ ...body, requestId: undefined });
+    const alone = [];
+    for (const path of paths) alone.push(withoutRequestId((await get(path)).body));
+    // Pipelined on one connection in one write: the server reads and routes them all in one turn of its event loop.
+    const together = await pipelined(server.url, [...paths, ...paths]);
+    expect(together.map((r) => r.status)).toEqual(together.map(() => 200));
+    expect(new Set(together.map((r) => r.body.requestId)).size).toBe(together.length);
+    expect(together.map((r) => withoutRequestId(r.body))).toEqual([...alone, ...alone]);
+    expect(alone.filter((a) => a.history !== null).length).toBeGreaterThan(10);
   });
 
   it("answers fewer than n when n exceeds the table's topN (documented on the route and on n)", async () => {
