@@ -97,6 +97,13 @@ describe("grounding on known data", () => {
         if (q > itemRuns[i]) expect(runCluster[q]).not.toBe(runCluster[q - 1]);
       }
     }
+    // The cluster bits name exactly the clusters of the item's runs.
+    const { itemClusterBits, clusterWords } = index;
+    for (let i = 0; i < catalog.itemCount; i++) {
+      const named = [];
+      for (let c = 0; c < catalog.clusterCount; c++) if (itemClusterBits[i * clusterWords + (c >> 5)] & (1 << (c & 31))) named.push(c);
+      expect(named).toEqual(Array.from(runCluster.subarray(itemRuns[i], itemRuns[i + 1])));
+    }
     // User h's a2, b2, a3, c1 gives a2 neighbours in three clusters.
     expect(itemRuns[item("a2") + 1] - itemRuns[item("a2")]).toBe(3);
     expect(multi).toBeGreaterThan(1);

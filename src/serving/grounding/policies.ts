@@ -58,6 +58,8 @@ export class CoVisitationPolicy implements ItemPolicy {
    * it returns. `ground` runs to completion without yielding, so one request's lists are never another's.
    */
   private readonly lists: Candidates[] = [];
+  /** Scratch: the positions in `clusters` of the distinct requested clusters the index knows. */
+  private distinct = new Int32Array(64);
 
   constructor(private readonly index: () => GroundingIndex) {}
 
@@ -73,26 +75,40 @@ export class CoVisitationPolicy implements ItemPolicy {
     // or two, where a score array over the catalog cost a random memory access per candidate. A list that grows past
     // LIST_SCAN_LIMIT (many recent items, serve.recentItems up to 100) gets an index, so the cost stays linear.
     const candidates = this.lists;
+    if (this.distinct.length < wanted.length) this.distinct = new Int32Array(wanted.length);
     for (let k = 0; k < wanted.length; k++) {
       const c = wanted[k];
       if (c >= 0 && c < clusterCount && slotOf[c] === 0) slotOf[c] = k + 1;
       if (k === candidates.length) candidates.push(new Candidates());
       candidates[k].clear();
     }
-    // One pass over each recent item's neighbour runs (one per cluster) for all requested clusters at once: a run
-    // of a cluster not requested is skipped whole. Recent items are visited in order, so every item's score is
-    // summed in the same order as one cluster at a time would: the same floats.
-    const { itemRuns, runCluster, runOffset, neighborItem, neighborWeight } = index;
+    // The distinct requested clusters the index knows, by their first position in `clusters`.
+    let distinct = 0;
+    for (let k = 0; k < wanted.length; k++) {
+      const c = wanted[k];
+      if (c >= 0 && c < clusterCount && slotOf[c] === k + 1) this.distinct[distinct++] = k;
+    }
+    // For each recent item, its run of each requested cluster, found through the item's cluster bits. Recent items
+    // are visited in order, so every item's score is summed in the same order as one cluster at a time would: the
+    // same floats.
+    const { itemRuns, runOffset, neighborItem, neighborWeight, itemClusterBits, clusterWords } = index;
     const recent = request.recent;
     for (let r = 0; r < recent.length; r++) {
       const source = recent[r];
       if (source < 0 || source >= items) continue;
       const weight = 1 / (1 + r);
-      const lastRun = itemRuns[source + 1];
-      for (let q = itemRuns[source]; q < lastRun; q++) {
-        const slot = slotOf[runCluster[q]];
-        if (slot === 0) continue;
-        const list = candidates[slot - 1];
+      const bits = source * clusterWords;
+      for (let d = 0; d < distinct; d++) {
+        const k = this.distinct[d];
+        const c = wanted[k];
+        const word = itemClusterBits[bits + (c >> 5)];
+        const bit = 1 << (c & 31);
+        if ((word & bit) === 0) continue;
+        // The run's number among the item's runs: how many of its clusters are below c.
+        let rank = bitCount(word & (bit - 1));
+        for (let w = bits; w < bits + (c >> 5); w++) rank += bitCount(itemClusterBits[w]);
+        const q = itemRuns[source] + rank;
+        const list = candidates[k];
         const end = runOffset[q + 1];
         for (let p = runOffset[q]; p < end; p++) list.add(neighborItem[p], weight * neighborWeight[p]);
       }
@@ -195,6 +211,13 @@ class Candidates {
     this.items = items;
     this.scores = scores;
   }
+}
+
+/** Bits set in a 32-bit word. */
+function bitCount(x: number): number {
+  x -= (x >>> 1) & 0x55555555;
+  x = (x & 0x33333333) + ((x >>> 2) & 0x33333333);
+  return Math.imul((x + (x >>> 4)) & 0x0f0f0f0f, 0x01010101) >>> 24;
 }
 
 const LIST_SCAN_LIMIT = 32;
