@@ -115,7 +115,8 @@ export class Explorer {
 
   /**
    * `exploreIndexed`, answered at once when the item policy grounds synchronously (the embedded ones do): the HTTP
-   * route then takes no trip through the microtask queue per request; a promise only for a policy that returns one.
+   * route's turn batch then answers its requests one after another with no promise each; a promise only for a policy
+   * that returns one.
    */
   answer(request: ExploreRequest): IndexedExplorationAnswer | Promise<IndexedExplorationAnswer> {
     const state = this.users.get(request.userId);

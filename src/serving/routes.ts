@@ -102,8 +102,8 @@ export function registerRoutes(app: FastifyInstance, state: ServingState): Route
       // Before the body is read: an unauthenticated caller learns nothing about its body (400, 413, 415) and cannot
       // make the server parse up to serve.bodyLimitBytes.
       ...(spec.admin ? { onRequest: async (request: FastifyRequest) => state.authorize(request.headers.authorization) } : {}),
-      // Not an async function: a handler that answers synchronously (exploration with the embedded item policies)
-      // is sent without a trip through the microtask queue; one that returns a promise is sent when it settles.
+      // Not an async function: a handler that answers synchronously (/healthz, /metrics) is sent without a trip
+      // through the microtask queue; one that returns a promise (exploration's turn batch) is sent when it settles.
       handler: (request, reply) => {
         const params = (spec.params ? parseInput(spec.params, request.params, "path parameters") : undefined) as Infer<P>;
         const query = (spec.querystring ? parseInput(spec.querystring, request.query ?? {}, "query") : undefined) as Infer<Q>;
