@@ -104,6 +104,10 @@ describe("grounding on known data", () => {
       for (let c = 0; c < catalog.clusterCount; c++) if (itemClusterBits[i * clusterWords + (c >> 5)] & (1 << (c & 31))) named.push(c);
       expect(named).toEqual(Array.from(runCluster.subarray(itemRuns[i], itemRuns[i + 1])));
     }
+    // Popular entries side by side are the same entries as the separate arrays.
+    for (let p = 0; p < index.popularItem.length; p++) {
+      expect([index.popularEntries[2 * p], index.popularEntryWeights[2 * p + 1]]).toEqual([index.popularItem[p], index.popularWeight[p]]);
+    }
     // User h's a2, b2, a3, c1 gives a2 neighbours in three clusters.
     expect(itemRuns[item("a2") + 1] - itemRuns[item("a2")]).toBe(3);
     expect(multi).toBeGreaterThan(1);

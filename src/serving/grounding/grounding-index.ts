@@ -74,6 +74,12 @@ export interface GroundingIndex {
   readonly popularStart: Int32Array;
   readonly popularItem: Int32Array;
   readonly popularWeight: Float32Array;
+  /**
+   * The same entries side by side, what a request reads: entry p's item at popularEntries[2p], its weight at
+   * popularEntryWeights[2p + 1] (a Float32Array over the same buffer), so an entry is one cache line, not two.
+   */
+  readonly popularEntries: Int32Array;
+  readonly popularEntryWeights: Float32Array;
   /** Cluster indices, most popular novel interest first, with their share of novel transitions. */
   readonly coldStart: Int32Array;
   readonly coldStartScore: Float32Array;
@@ -140,6 +146,8 @@ export async function buildGroundingIndex(store: EventStoreContract, catalog: Ca
   for (let c = 0; c < K; c++) popularStart[c + 1] += popularStart[c];
   const popularItem = new Int32Array(m);
   const popularWeight = new Float32Array(m);
+  const popularEntries = new Int32Array(2 * m);
+  const popularEntryWeights = new Float32Array(popularEntries.buffer);
   const pFill = popularStart.slice(0, K);
   const clusterUsers = new Float64Array(K);
   for (let r = 0; r < m; r++) {
@@ -147,6 +155,8 @@ export async function buildGroundingIndex(store: EventStoreContract, catalog: Ca
     const at = pFill[c]++;
     popularItem[at] = catalog.itemOfKey[pItems[r]];
     popularWeight[at] = pUsers[r];
+    popularEntries[2 * at] = popularItem[at];
+    popularEntryWeights[2 * at + 1] = pUsers[r];
     clusterUsers[c] += pUsers[r];
   }
 
@@ -168,6 +178,8 @@ export async function buildGroundingIndex(store: EventStoreContract, catalog: Ca
     popularStart,
     popularItem,
     popularWeight,
+    popularEntries,
+    popularEntryWeights,
     coldStart: Int32Array.from(order),
     coldStartScore: Float32Array.from(order, (c) => novel.get(catalog.clusterIds[c]) ?? 0),
     pairs: total,

@@ -27,9 +27,9 @@ function chosen(out: readonly GroundedItem[], item: number): boolean {
 function fillFromPopularity(index: GroundingIndex, c: number, n: number, request: GroundingRequest, out: GroundedItem[]): void {
   const end = index.popularStart[c + 1];
   for (let p = index.popularStart[c]; p < end && out.length < n; p++) {
-    const item = index.popularItem[p];
+    const item = index.popularEntries[2 * p];
     if (chosen(out, item) || request.isSeen(item)) continue;
-    out.push({ item, score: index.popularWeight[p], source: "popularity" });
+    out.push({ item, score: index.popularEntryWeights[2 * p + 1], source: "popularity" });
   }
 }
 
