@@ -80,7 +80,7 @@ describe("grounding on known data", () => {
   });
 
   it("groups each item's neighbours into one run per cluster, covering the list in order", () => {
-    const { itemRuns, runCluster, runOffset, neighborStart, neighborItem } = index;
+    const { itemRuns, runCluster, runOffset, neighborStart, neighbors } = index;
     let multi = 0;
     for (let i = 0; i < catalog.itemCount; i++) {
       const runs = itemRuns[i + 1] - itemRuns[i];
@@ -93,7 +93,7 @@ describe("grounding on known data", () => {
       expect(runOffset[itemRuns[i + 1]]).toBe(neighborStart[i + 1]);
       for (let q = itemRuns[i]; q < itemRuns[i + 1]; q++) {
         expect(runOffset[q + 1]).toBeGreaterThan(runOffset[q]);
-        for (let p = runOffset[q]; p < runOffset[q + 1]; p++) expect(catalog.itemCluster[neighborItem[p]]).toBe(runCluster[q]);
+        for (let p = runOffset[q]; p < runOffset[q + 1]; p++) expect(catalog.itemCluster[neighbors[2 * p]]).toBe(runCluster[q]);
         if (q > itemRuns[i]) expect(runCluster[q]).not.toBe(runCluster[q - 1]);
       }
     }
@@ -178,8 +178,8 @@ describe("conformance", () => {
       const scores = new Map<number, number>();
       recent.forEach((source, r) => {
         for (let p = index.neighborStart[source]; p < index.neighborStart[source + 1]; p++) {
-          const item = index.neighborItem[p];
-          if (catalog.itemCluster[item] === c) scores.set(item, (scores.get(item) ?? 0) + (1 / (1 + r)) * index.neighborWeight[p]);
+          const item = index.neighbors[2 * p];
+          if (catalog.itemCluster[item] === c) scores.set(item, (scores.get(item) ?? 0) + (1 / (1 + r)) * index.neighborWeights[2 * p + 1]);
         }
       });
       longest = Math.max(longest, scores.size);

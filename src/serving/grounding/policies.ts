@@ -91,7 +91,7 @@ export class CoVisitationPolicy implements ItemPolicy {
     // For each recent item, its run of each requested cluster, found through the item's cluster bits. Recent items
     // are visited in order, so every item's score is summed in the same order as one cluster at a time would: the
     // same floats.
-    const { itemRuns, runOffset, neighborItem, neighborWeight, itemClusterBits, clusterWords } = index;
+    const { itemRuns, runOffset, neighbors, neighborWeights, itemClusterBits, clusterWords } = index;
     const recent = request.recent;
     for (let r = 0; r < recent.length; r++) {
       const source = recent[r];
@@ -110,7 +110,7 @@ export class CoVisitationPolicy implements ItemPolicy {
         const q = itemRuns[source] + rank;
         const list = candidates[k];
         const end = runOffset[q + 1];
-        for (let p = runOffset[q]; p < end; p++) list.add(neighborItem[p], weight * neighborWeight[p]);
+        for (let p = runOffset[q]; p < end; p++) list.add(neighbors[2 * p], weight * neighborWeights[2 * p + 1]);
       }
     }
     const result: GroundedItem[][] = [];
