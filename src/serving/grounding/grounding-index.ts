@@ -60,8 +60,8 @@ export interface GroundingIndex {
   /**
    * The neighbours of one item in one cluster form a run: item i's runs are k = itemRuns[i] .. itemRuns[i+1]-1, run
    * k holds the entries runOffset[k] .. runOffset[k+1]-1, all of cluster runCluster[k]. A request restricted to a
-   * few clusters reads only their runs (an item has neighbours in dozens of clusters: ~43 runs per recent item on
-   * the serve bench's world, of which a request of 10 clusters reads one or two).
+   * few clusters reads only their runs (an item has neighbours in dozens of clusters, of which a request's few are
+   * one or two).
    */
   readonly itemRuns: Int32Array;
   readonly runCluster: Int32Array;
