@@ -5,7 +5,9 @@
  * include the retrieval (recounting the window) that precedes each build; the incremental build's parts are split
  * into the fixed ones (retrieval, copying unchanged rows) and the model's work, which is what scales with changes.
  * Then a fusion refresh of the same world with the model's prior computed beforehand (as it is once per model
- * version): target <= 1 s beyond its counting (reading the log and counting the windows it compares), run three
+ * version): target <= 1 s beyond its counting (reading the log and counting the windows it compares; beyond it, the
+ * fit and the build up to the finished table, its rows committed durably: the build's last commit, which syncs the
+ * table store's log, is counted too), run three
  * times (the median by time beyond counting serves; the others are printed, and the spread is in the keys). At 300
  * clusters a refresh works on two threads (src/update/fusion-thread.ts): the process's second thread starts with the
  * first refresh, while it reads its log, and serves the three.
@@ -143,14 +145,14 @@ export async function run(): Promise<BenchSuiteResult> {
         },
         { metric: "  of which reading the log and counting its windows", value: fusion.countSeconds, unit: "s" },
         {
-          metric: "  beyond counting: fitting the window and strengths, computing and writing the 89,700 rows",
+          metric: "  beyond counting: fitting the window and strengths, computing and writing the 89,700 rows (up to the finished table)",
           value: fusion.fitSeconds + fusion.buildSeconds,
           unit: "s",
           target: "<= 1",
           met: fusion.fitSeconds + fusion.buildSeconds <= 1,
         },
         { metric: "    of which fitting the window and strengths", value: fusion.fitSeconds, unit: "s" },
-        { metric: "    of which computing and writing the rows", value: fusion.buildSeconds, unit: "s" },
+        { metric: "    of which computing and writing the rows, and finishing the table", value: fusion.buildSeconds, unit: "s" },
         { metric: "    CPU seconds of the fit (the process's, every thread's)", value: fusion.fitCpuSeconds, unit: "s" },
         { metric: "    CPU seconds of the build", value: fusion.buildCpuSeconds, unit: "s" },
         { metric: "load average (1 min) before the fusion runs", value: load, unit: "" },

@@ -83,7 +83,8 @@ export interface RefreshResult {
   readonly fusion: FusionFit | null;
   /**
    * Where a fusion refresh's seconds went: reading the log and counting windows, fitting (window choice and
-   * strengths), computing the model's prior (once per version), building and writing the table; and the CPU seconds
+   * strengths), computing the model's prior (once per version), building and writing the table up to its finished
+   * version (rows committed durably; publishing and collecting old versions follow); and the CPU seconds
    * of the fit and the build (the process's, every thread's: on a shared host, wall seconds say more about the host).
    * Null otherwise.
    */
@@ -276,6 +277,7 @@ async function fusionRefreshWith(asOf: number, options: RefreshOptions, threadSt
     throw new FreshrecError("NOT_FOUND", `fusion: no novel transitions in ${fitted.fit.windowDays} days before ${new Date(asOf).toISOString()} and no LLM prior: nothing to rank by`);
   }
   const retrieveSeconds = Number(process.hrtime.bigint() - started) / 1e9;
+  const buildStarted = process.hrtime.bigint();
   const buildCpu = cpuSeconds();
   const rows = new FusionScorer(fitted.evidence, fitted.prior, fitted.params, fitted.thread);
   const built = await buildTable({
@@ -292,6 +294,8 @@ async function fusionRefreshWith(asOf: number, options: RefreshOptions, threadSt
     signal: options.signal,
   }).finally(() => rows.release());
   const buildCpuSeconds = cpuSeconds() - buildCpu;
+  // Up to the finished table (its rows durable in the store), which the build's own seconds stop short of.
+  const buildSeconds = Number(process.hrtime.bigint() - buildStarted) / 1e9;
   const publish = options.publish ?? true;
   if (publish) await publishBuilt(options, built.table.version, `fusion refresh as of ${new Date(asOf).toISOString()}`);
   return {
@@ -314,7 +318,7 @@ async function fusionRefreshWith(asOf: number, options: RefreshOptions, threadSt
       countSeconds: fitted.countSeconds,
       fitSeconds: fitted.fitSeconds,
       priorSeconds,
-      buildSeconds: built.seconds,
+      buildSeconds,
       fitCpuSeconds: fitted.fitCpuSeconds,
       buildCpuSeconds,
     },
