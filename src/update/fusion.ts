@@ -400,30 +400,11 @@ function observationsOf(log: EvidenceLog, slice: TimeWindow, prior: LlmPrior | n
 
 /**
  * A slice's observations (`SliceObservationsData`) with the stage of the prior's weights the candidate windows of a
- * choice share (no evidence window changes it).
+ * choice share (no evidence window changes it). The data's fields are the class's own (this interface merges with
+ * the class; the constructor copies them in), read by the likelihood's loops without a hop through `data`.
  */
+export interface SliceObservations extends SliceObservationsData {}
 export class SliceObservations {
-  readonly K: number;
-  readonly transitions: number;
-  readonly slice: TimeWindow;
-  readonly pairC1: Int32Array;
-  readonly pairC2: Int32Array;
-  readonly obsPair: Int32Array;
-  readonly obsNext: Int32Array;
-  readonly obsTriple: Int32Array;
-  readonly obsPrevious: Float64Array;
-  readonly triplePair: Int32Array;
-  readonly tripleNext: Int32Array;
-  readonly obsLogPrior: Float64Array;
-  readonly obsLogMarginal: Float64Array;
-  /** log of the prior's second-cluster marginal (`priorLogMarginal`); null without a prior. */
-  readonly logMarginal: Float64Array | null;
-  readonly answerNext: Int32Array;
-  readonly answerLogP: Float64Array;
-  readonly answerLogMarginal: Float64Array;
-  readonly answerCount: Int32Array;
-  readonly logRest: Float64Array;
-  readonly rows: Int32Array;
   /**
    * Stage (tau, lift) of every likelihood of these observations: the prior's weights (l^tau, module comment) of each
    * observation, each pair's rest's probability^tau, the marginal's weights (marginal^(-lift * tau)) of the rows'
@@ -441,12 +422,8 @@ export class SliceObservations {
     readonly data: SliceObservationsData,
     readonly prior: LlmPrior | null,
   ) {
-    ({ K: this.K, transitions: this.transitions, slice: this.slice, pairC1: this.pairC1, pairC2: this.pairC2, obsPair: this.obsPair, obsNext: this.obsNext } = data);
-    ({ obsTriple: this.obsTriple, obsPrevious: this.obsPrevious, triplePair: this.triplePair, tripleNext: this.tripleNext } = data);
-    ({ obsLogPrior: this.obsLogPrior, obsLogMarginal: this.obsLogMarginal, answerNext: this.answerNext, answerLogP: this.answerLogP } = data);
-    ({ answerLogMarginal: this.answerLogMarginal, answerCount: this.answerCount, logRest: this.logRest, rows: this.rows } = data);
+    Object.assign(this, data);
     const K = this.K;
-    this.logMarginal = data.logMarginal;
     const pairs = this.pairC1.length;
     const topM = prior?.topM ?? 0;
     this.answerExcess = new Float64Array(pairs * topM);
