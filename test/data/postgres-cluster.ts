@@ -2,7 +2,10 @@
  * A throwaway PostgreSQL server for tests: `initdb` into a temp folder, the server on a free loopback port with its
  * unix socket in that folder and trust authentication, one fresh database per `createDatabase()` (ICU's root
  * collation, so that text sorts as in a production database, not by code point), everything
- * stopped and removed by `stop()`. The binaries come from Debian's `postgresql` package (`bash scripts/postgres.sh
+ * stopped and removed by `stop()`. Tests run it without durability (fsync, synchronous commit and full-page writes off:
+ * nothing there survives the run anyway); a benchmark that times commits asks for a `durable` one, configured as a
+ * deployment's database is (PostgreSQL's defaults), so that an acknowledged commit has reached the disk there too.
+ * The binaries come from Debian's `postgresql` package (`bash scripts/postgres.sh
  * install` puts them there; .ci/run does). PostgreSQL refuses to run as root, so as root the cluster is owned and
  * run by the package's `postgres` user through `runuser`.
  *
@@ -61,7 +64,15 @@ function runAsServerUser(command: string, args: string[]): string {
   }
 }
 
-export async function startPostgresCluster(): Promise<PostgresCluster> {
+export interface PostgresClusterOptions {
+  /**
+   * fsync, synchronous commit and full-page writes on, and PostgreSQL's default 128 MB of shared buffers: commits
+   * wait for the disk as in a deployment. Off (the tests'): they never do. @defaultValue false
+   */
+  readonly durable?: boolean;
+}
+
+export async function startPostgresCluster(clusterOptions: PostgresClusterOptions = {}): Promise<PostgresCluster> {
   const bin = binDir();
   const root = mkdtempSync(join(tmpdir(), "freshrec-pg-"));
   const data = join(root, "data");
@@ -76,7 +87,10 @@ export async function startPostgresCluster(): Promise<PostgresCluster> {
   let started = false;
   for (let attempt = 0; attempt < 5 && !started; attempt++) {
     port = await freePort();
-    const options = `-p ${port} -k ${root} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=50 -c shared_buffers=32MB`;
+    const durability = clusterOptions.durable
+      ? "-c fsync=on -c synchronous_commit=on -c full_page_writes=on -c shared_buffers=128MB"
+      : "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=32MB";
+    const options = `-p ${port} -k ${root} -c listen_addresses=127.0.0.1 ${durability} -c max_connections=50`;
     try {
       runAsServerUser(join(bin, "pg_ctl"), ["-D", data, "-o", options, "-l", join(root, "server.log"), "-w", "-t", "60", "start"]);
       started = true;
