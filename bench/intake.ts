@@ -7,8 +7,8 @@
  *   as a deployment's database is: fsync, synchronous commit and full-page writes on, so an acknowledged batch has
  *   reached the disk as with DuckDB), the server's intake writing there and its user index loaded from there
  *   (`ServeOptions.intakeEvents`); keys end in `_postgres`. The embedded store is measured first, before the cluster
- *   starts; the cluster's load is vacuumed, analysed and checkpointed before its server starts. Serving does not run on `store.url` yet, so the
- *   catalog and grounding index still come from a copy of the embedded workspace.
+ *   starts; the cluster's load is vacuumed, analysed and checkpointed before its server starts. Serving does not run
+ *   on `store.url` yet, so the catalog and grounding index still come from a copy of the embedded workspace.
  * - Every request carries new events: users drawn from the platform's users (1 in 20 a new user), items from the
  *   catalog, times just before the server's now and 1 in 10 late (anywhere in the platform's month, so it lands
  *   inside a user's history, not after it); engagement values around the platform's positive threshold.
@@ -385,7 +385,7 @@ export async function run(): Promise<BenchSuiteResult> {
     // The PostgreSQL server's other stores: a copy of the workspace as it is before the embedded server's writes.
     cpSync(dirs.duckdb, dirs.postgres, { recursive: true });
     // The embedded store first, before the PostgreSQL cluster exists: an idle cluster beside it still writes (its
-    // checkpoint after the load wrote ~125 MiB in the middle of the embedded runs, every bench).
+    // writes after the load, 122-129 MiB, reached the disk in the middle of the embedded runs in 3 of 4 benches).
     const duckdb = await measure("duckdb", dirs.duckdb, undefined, world, items);
     cluster = await startPostgresCluster({ durable: true });
     const url = await cluster.createDatabase();
