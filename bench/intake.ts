@@ -27,9 +27,9 @@
  * - 3 runs; the keys are the median run's rates and the worst run's p99 (the machine is shared and noisy: every
  *   run's numbers are printed and written as *_runN keys).
  * - Before each store's server starts, the host's pending writes reach the disk (`sync`): the bench's own set-up
- *   leaves the page cache full of unwritten pages (the workspace copies are plain file copies, the PostgreSQL load's
- *   pages leave shared buffers faster than the disk takes them), which the kernel writes back in bursts about half a
- *   minute later, in the middle of the first runs. A commit ends in an fsync of a write-ahead log, and an fsync waits
+ *   leaves the page cache full of unwritten pages (the DuckDB load and the workspace copy are plain file writes; the
+ *   PostgreSQL load's own checkpoint writes its pages), which the kernel writes back in bursts about half a minute
+ *   later, in the middle of the first runs. A commit ends in an fsync of a write-ahead log, and an fsync waits
  *   for the disk's cache flush, which waits for every write queued before it: each burst held one commit, and every
  *   batch behind it, far longer than any work of the server.
  *   A served workspace does not start in that state (its writers, ingest included, fsync what they write), so the set-up's
