@@ -234,6 +234,12 @@ export interface TableBuilder {
 
 export interface TableStore {
   beginBuild(meta: TableBuildMeta): TableBuilder;
+  /**
+   * `clusters` in the order the store's dictionary numbers them, those it has not numbered yet last in their given
+   * order: a build that lists its pairs in this order (c1 outer) writes each row after the last in the table's key
+   * order, where any other order writes them all over its range.
+   */
+  clusterOrder(clusters: readonly string[]): string[];
   /** Makes a `ready` or `retired` table live in one transaction; the previously live one becomes `retired`. */
   publish(version: string, options?: PublishOptions): TableInfo;
   /** Makes the table that was live before the current one live again; repeated calls walk further back. */
@@ -305,6 +311,8 @@ export interface TableStoreContract {
   /** Where the tables are, for messages: a file path, or a database URL without its password. */
   readonly location: string;
   beginBuild(meta: TableBuildMeta): Promise<TableBuilderContract>;
+  /** As `TableStore.clusterOrder`. */
+  clusterOrder(clusters: readonly string[]): Promise<string[]>;
   publish(version: string, options?: PublishOptions): Promise<TableInfo>;
   rollback(options?: PublishOptions): Promise<TableInfo>;
   gc(keep: number): Promise<TableInfo[]>;

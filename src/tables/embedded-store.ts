@@ -53,6 +53,10 @@ export class EmbeddedTableStore implements TableStoreContract {
     return new EmbeddedTableBuilder(this.sync.beginBuild(meta));
   }
 
+  async clusterOrder(clusters: readonly string[]): Promise<string[]> {
+    return this.sync.clusterOrder(clusters);
+  }
+
   async publish(version: string, options?: PublishOptions): Promise<TableInfo> {
     return this.sync.publish(version, options);
   }

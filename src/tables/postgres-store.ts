@@ -52,7 +52,7 @@ import type {
   TableStoreContract,
 } from "./contract.js";
 import { TableNotFoundError, TableStateError } from "./errors.js";
-import { matchesFilter, PackedTableGatherer, parseVersion, tableInfoOf, versionId, type VersionColumns } from "./versions.js";
+import { matchesFilter, orderByDictionary, PackedTableGatherer, parseVersion, tableInfoOf, versionId, type VersionColumns } from "./versions.js";
 
 export interface PostgresTableStoreOptions {
   /**
@@ -322,6 +322,11 @@ export class PostgresTableStore implements TableStoreContract {
   }
 
   // ---------------------------------------------------------------------------------------------- building
+
+  async clusterOrder(clusters: readonly string[]): Promise<string[]> {
+    await this.loadClusters();
+    return orderByDictionary(clusters, this.clusterIndex);
+  }
 
   async beginBuild(meta: TableBuildMeta): Promise<TableBuilderContract> {
     if (!meta.modelVersion || !meta.templateHash) {

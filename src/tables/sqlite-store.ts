@@ -57,7 +57,7 @@ import type {
   TableStore,
 } from "./contract.js";
 import { TableNotFoundError, TableStateError } from "./errors.js";
-import { matchesFilter, PackedTableGatherer, parseVersion, tableInfoOf, versionId, type VersionColumns } from "./versions.js";
+import { matchesFilter, orderByDictionary, PackedTableGatherer, parseVersion, tableInfoOf, versionId, type VersionColumns } from "./versions.js";
 
 export interface SqliteTableStoreOptions {
   /**
@@ -344,6 +344,11 @@ export class SqliteTableStore implements TableStore {
       this.clusterIds[r.idx] = r.id;
       this.clusterIndex.set(r.id, r.idx);
     }
+  }
+
+  clusterOrder(clusters: readonly string[]): string[] {
+    this.loadClusters();
+    return orderByDictionary(clusters, this.clusterIndex);
   }
 
   /** Index of a cluster id, adding it to the dictionary; call inside a write transaction. */

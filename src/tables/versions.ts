@@ -100,3 +100,12 @@ export class PackedTableGatherer {
     return { ...rest, c1: this.c1, c2: this.c2, answerIds: this.answerIds, scores: this.scores };
   }
 }
+
+/**
+ * `clusters` ordered by their index in a store's dictionary (`TableStore.clusterOrder`), those without one last in
+ * their given order.
+ */
+export function orderByDictionary(clusters: readonly string[], index: ReadonlyMap<string, number>): string[] {
+  const numbered = clusters.filter((c) => index.has(c)).sort((a, b) => index.get(a)! - index.get(b)!);
+  return [...numbered, ...clusters.filter((c) => !index.has(c))];
+}

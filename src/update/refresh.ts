@@ -280,9 +280,11 @@ async function fusionRefreshWith(asOf: number, options: RefreshOptions, threadSt
   const buildStarted = process.hrtime.bigint();
   const buildCpu = cpuSeconds();
   const rows = new FusionScorer(fitted.evidence, fitted.prior, fitted.params, fitted.thread);
+  // Pairs listed in the store's own order: each row is written after the last in its key order.
+  const inStoreOrder = await tableStoreContract(options.tables).clusterOrder(options.clusters);
   const built = await buildTable({
     store: options.tables,
-    clusters: options.clusters,
+    clusters: inStoreOrder,
     scorer: rows,
     modelVersion: options.model.version,
     templateHash: FUSION_TEMPLATE,

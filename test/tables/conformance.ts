@@ -291,6 +291,18 @@ export function tableStoreConformance(adapter: string, open: (clock: VirtualCloc
       expect(await store.lookup(c.version, "p", "q")).toEqual({ c1: "p", c2: "q", answers: [{ cluster: "r", score: 0.75 }], contextKey: null });
     });
 
+    it("orders clusters as its dictionary numbers them (those it has not numbered last, as given), for a build to write in key order", async () => {
+      const store = await fresh();
+      // Before any table, nothing is numbered: the order given.
+      expect(await store.clusterOrder(["q", "p", "r"])).toEqual(["q", "p", "r"]);
+      // A row's answers are numbered before its own clusters: r, then p, q.
+      const b = await store.beginBuild(META);
+      await b.append([{ c1: "p", c2: "q", answers: [{ cluster: "r", score: 0.5 }] }]);
+      await b.finish(STATS);
+      expect(await store.clusterOrder(["p", "x", "q", "r", "w"])).toEqual(["r", "p", "q", "x", "w"]);
+      expect(await store.clusterOrder([])).toEqual([]);
+    });
+
     it("stores evaluation metrics after the build, merging by default", async () => {
       const store = await fresh();
       const v = await built(0);
