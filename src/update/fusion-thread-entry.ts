@@ -3,8 +3,8 @@
  * code the refresh's own thread runs.
  */
 import { parentPort } from "node:worker_threads";
-import { coarsePassOf, FusionRows, SliceLikelihood, SliceObservations } from "./fusion.js";
-import type { CoarsePassRequest } from "./fusion-thread.js";
+import { coarsePassOf, countsOnlyFit, FusionRows, SliceLikelihood, SliceObservations, type CoarsePass } from "./fusion.js";
+import type { CoarsePassRequest, CountsOnlyFitRequest } from "./fusion-thread.js";
 
 const port = parentPort;
 if (!port) throw new Error("fusion-thread-entry runs as a worker thread (FusionThread.start)");
@@ -17,11 +17,15 @@ port.on("message", (message: { id: number; kind: string } & Record<string, unkno
     if (message.kind === "coarse") {
       const request = message as unknown as CoarsePassRequest;
       const observations = new SliceObservations(request.observations, request.prior);
-      const taken: [number, number][] = [];
+      const taken: [number, CoarsePass][] = [];
       for (let k = Atomics.add(request.next, 0, 1); k < request.starts.length; k = Atomics.add(request.next, 0, 1)) {
-        taken.push([k, coarsePassOf(new SliceLikelihood(observations, request.starts[k]), request.coarseStart)]);
+        taken.push([k, coarsePassOf(new SliceLikelihood(observations, request.starts[k]))]);
       }
       port.postMessage({ id: message.id, result: taken });
+    } else if (message.kind === "countsOnly") {
+      const request = message as unknown as CountsOnlyFitRequest;
+      const likelihood = new SliceLikelihood(new SliceObservations(request.observations, request.prior), request.start);
+      port.postMessage({ id: message.id, result: countsOnlyFit(likelihood) });
     } else if (message.kind === "rows") {
       rowsOf.set(message.rows as number, new FusionRows(message.input as ConstructorParameters<typeof FusionRows>[0]));
       port.postMessage({ id: message.id, result: null });

@@ -4,7 +4,8 @@
  * the store. The store's writes stay on the thread that owns the store, so the second thread takes what has no
  * order: candidate windows of the coarse pass (both threads take the next one from one shared counter) and the rows
  * of the next batch while this thread writes the last one. It runs the same code (`SliceLikelihood`, `FusionRows`) on
- * the same inputs, so every strength, likelihood and row is the same bit for bit as on one thread.
+ * the same inputs, so every strength, likelihood and row is the same bit for bit as on one thread. The chosen
+ * window's fit without the prior also runs there, while the refresh's own thread fits the one with it.
  *
  * A process's refreshes share one thread (`shared`), started by the first refresh that needs it before it reads
  * its log, and kept (compiled and warm) for the next; it keeps no process alive while idle. Small tables (fewer than
@@ -25,7 +26,7 @@ import { createRequire } from "node:module";
 import { pathToFileURL } from "node:url";
 import { Worker } from "node:worker_threads";
 import { FreshrecError } from "../domain/errors.js";
-import type { FusionParams, FusionRowsInput, LlmPrior, PackedScores, SliceObservationsData, SliceStart } from "./fusion.js";
+import type { CoarsePass, FusionParams, FusionRowsInput, LlmPrior, PackedScores, SliceObservationsData, SliceStart } from "./fusion.js";
 
 /** Tables of fewer clusters are fitted and built on one thread (module comment). */
 export const FUSION_THREAD_MIN_CLUSTERS = 64;
@@ -35,9 +36,15 @@ export interface CoarsePassRequest {
   readonly observations: SliceObservationsData;
   readonly prior: LlmPrior | null;
   readonly starts: readonly SliceStart[];
-  readonly coarseStart: FusionParams;
   /** next[0]: the next candidate to take (shared memory: `Atomics.add`). */
   readonly next: Int32Array;
+}
+
+/** What the fit without the prior sends (`fittedStrengths`): the slice and the window of the likelihood to fit. */
+export interface CountsOnlyFitRequest {
+  readonly observations: SliceObservationsData;
+  readonly prior: LlmPrior | null;
+  readonly start: SliceStart;
 }
 
 /** tsx's loader API (its ES module build, beside the CommonJS one `require` resolves), for a thread started from source. */
@@ -138,9 +145,14 @@ export class FusionThread {
     return clusters >= FUSION_THREAD_MIN_CLUSTERS ? FusionThread.shared() : null;
   }
 
-  /** The candidates this thread takes from `request.next`, each with its coarse likelihood ([index, ll]). */
-  coarsePass(request: CoarsePassRequest): Promise<[number, number][]> {
-    return this.call({ kind: "coarse", ...request }) as Promise<[number, number][]>;
+  /** The candidates this thread takes from `request.next`, each with its coarse pass ([index, pass]). */
+  coarsePass(request: CoarsePassRequest): Promise<[number, CoarsePass][]> {
+    return this.call({ kind: "coarse", ...request }) as Promise<[number, CoarsePass][]>;
+  }
+
+  /** The fit without the prior (`countsOnlyFit`) of the likelihood of `request`, computed on this thread. */
+  countsOnlyFit(request: CountsOnlyFitRequest): Promise<{ params: FusionParams; ll: number }> {
+    return this.call({ kind: "countsOnly", ...request }) as Promise<{ params: FusionParams; ll: number }>;
   }
 
   /**

@@ -547,8 +547,8 @@ export class SliceLikelihood {
   private readonly base: Float64Array;
   /** The staged entries entryNow holds (null: none yet, or restaged since). */
   private entryNowOf: Float64Array | null = null;
-  /** The fit of this likelihood (`fittedStrengths`), once made. */
-  fitted: { readonly countsOnly: { params: FusionParams; ll: number }; readonly chosen: { params: FusionParams; ll: number } } | null = null;
+  /** The fit of this likelihood (`fittedStrengths`), once started. */
+  fitted: Promise<FittedStrengths> | null = null;
 
   /** `start`: what the window [T - W, T) that holds the observations' slice had before it (`sliceStart`). */
   constructor(
@@ -1005,13 +1005,27 @@ class StrengthSearch {
   private next = 0;
   private sweeps = 0;
 
+  /**
+   * `coarse`: the result of this search's first step (`coarsePassOf` from the same start, on this thread or the
+   * second), which it then does not repeat.
+   */
   constructor(
     private readonly likelihood: SliceLikelihood,
     withPrior: boolean,
     start: FusionParams,
+    coarse: CoarsePass | null = null,
   ) {
     this.at = { beta: start.beta, gamma: start.gamma, tau: withPrior ? start.tau : 0, lift: withPrior ? (start.lift ?? 0) : 0 };
     this.strengths = withPrior ? STRENGTHS : STRENGTHS.filter((s) => !s.prior);
+    if (coarse) {
+      this.at[this.strengths[0].name] = coarse.found;
+      this.next = 1;
+    }
+  }
+
+  /** The value the last step found for its strength. */
+  get found(): number {
+    return this.at[this.strengths[(this.next + this.strengths.length - 1) % this.strengths.length].name];
   }
 
   /** Searches the next strength of the sweep; returns the likelihood at what it found. */
@@ -1045,24 +1059,48 @@ class StrengthSearch {
 }
 
 /** Maximum-likelihood (alpha, beta, gamma, tau, lift) of a slice; tau and lift stay 0 without a prior. */
-function maximise(likelihood: SliceLikelihood, withPrior: boolean, start: FusionParams, sweeps = 2): { params: FusionParams; ll: number } {
-  const search = new StrengthSearch(likelihood, withPrior, start);
+function maximise(likelihood: SliceLikelihood, withPrior: boolean, coarse: CoarsePass | null = null, sweeps = 2): { params: FusionParams; ll: number } {
+  const search = new StrengthSearch(likelihood, withPrior, searchStart(withPrior), coarse);
   for (let sweep = 0; sweep < sweeps; sweep++) search.finishSweep();
   return search.result;
 }
 
+/** Where every search of the strengths starts (`coarsePassOf`, `maximise`). */
+export function searchStart(withPrior: boolean): FusionParams {
+  return { ...DEFAULT_FUSION_PARAMS, tau: withPrior ? 0.5 : 0, lift: withPrior ? 0.5 : 0 };
+}
+
+/** The maximum-likelihood strengths of a slice without the prior (tau = 0: the counts-backoff posterior). */
+export function countsOnlyFit(likelihood: SliceLikelihood, coarse: CoarsePass | null = null): { params: FusionParams; ll: number } {
+  return maximise(likelihood, false, likelihood.prior ? null : coarse);
+}
+
+interface FittedStrengths {
+  readonly countsOnly: { params: FusionParams; ll: number };
+  readonly chosen: { params: FusionParams; ll: number };
+}
+
 /**
- * The maximum-likelihood strengths of a slice in its window: without the prior (the counts-backoff baseline, and
- * where the fit with the prior starts), with it, and the better of the two. Computed once per likelihood: the window
- * choice fits its best candidates in full, and the refresh serves with the chosen one's fit.
+ * The maximum-likelihood strengths of a slice in its window: without the prior (the counts-backoff baseline), with
+ * it, and the better of the two. Computed once per likelihood: the window choice fits its best candidates in full,
+ * and the refresh serves with the chosen one's fit. The two fits are independent: with a second thread the one
+ * without the prior runs there while this thread fits the one with it (the same code on the same inputs, so the same
+ * strengths bit for bit). `coarse`: the window choice's coarse pass of this likelihood, the first step of the fit
+ * that starts where it started (the one with the prior, or without one the only one).
  */
-function fittedStrengths(likelihood: SliceLikelihood): { countsOnly: { params: FusionParams; ll: number }; chosen: { params: FusionParams; ll: number } } {
-  if (likelihood.fitted) return likelihood.fitted;
-  const countsOnly = maximise(likelihood, false, DEFAULT_FUSION_PARAMS);
-  const fitted = likelihood.prior ? maximise(likelihood, true, { ...countsOnly.params, tau: 0.5, lift: 0.5 }) : countsOnly;
-  // The prior is nested (tau = 0 is the counts-only model), so a fit with it never reports less than without it.
-  const chosen = likelihood.prior && fitted.ll < countsOnly.ll ? countsOnly : fitted;
-  return (likelihood.fitted = { countsOnly, chosen });
+function fittedStrengths(likelihood: SliceLikelihood, coarse: CoarsePass | null, thread: FusionThread | null): Promise<FittedStrengths> {
+  likelihood.fitted ??= (async () => {
+    const prior = likelihood.prior;
+    const remote = prior && thread ? thread.countsOnlyFit({ observations: likelihood.observations.data, prior, start: likelihood.start }) : null;
+    // Settled before this thread's fit can throw, so a failure here leaves no rejection unawaited.
+    remote?.catch(() => undefined);
+    const fitted = prior ? maximise(likelihood, true, coarse) : null;
+    const countsOnly = remote ? await remote : countsOnlyFit(likelihood, coarse);
+    // The prior is nested (tau = 0 is the counts-only model), so a fit with it never reports less than without it.
+    const chosen = fitted && fitted.ll >= countsOnly.ll ? fitted : countsOnly;
+    return { countsOnly, chosen };
+  })();
+  return likelihood.fitted;
 }
 
 export interface FitFusionInput {
@@ -1129,7 +1167,7 @@ export async function chooseWindow(
   if (asOf > log.span.to) throw new FreshrecError("INTERNAL", `fusion: as-of ${new Date(asOf).toISOString()} lies after the evidence log`);
   const { slice, counts: sliceCounts, prior, priorNotWeighed } = weighableSlice(log, asOf, o, givenPrior);
   // The candidates and what each one's likelihood reads of the log (counting), before any is fitted.
-  const candidates: { days: number; start: SliceStart; likelihood: SliceLikelihood | null; ll: number }[] = [];
+  const candidates: { days: number; start: SliceStart; likelihood: SliceLikelihood | null; coarse: CoarsePass | null; ll: number }[] = [];
   let observations: SliceObservations | undefined;
   const first = log.firstTs ?? asOf;
   for (const days of o.windowsDays) {
@@ -1138,7 +1176,7 @@ export async function chooseWindow(
     if (evidenceWindow.from < log.span.from) break;
     if (sliceCounts.transitions < o.fitFloor) break;
     observations ??= SliceObservations.of(log, slice, prior);
-    candidates.push({ days, start: sliceStart(log, observations, evidenceWindow), likelihood: null, ll: Number.NaN });
+    candidates.push({ days, start: sliceStart(log, observations, evidenceWindow), likelihood: null, coarse: null, ll: Number.NaN });
     // Longer windows than the data reaches back hold the same evidence: stop once one covers it all. (No stop at
     // the first dip: on sparse logs the likelihood wobbles at short windows and keeps rising at long ones.)
     if (evidenceWindow.from <= first) break;
@@ -1146,18 +1184,21 @@ export async function chooseWindow(
   // The coarse pass: beta alone (the strength that moves most with the window's counts), the others at their start.
   // With a second thread both take the next candidate from one shared counter until none is left: each candidate's
   // likelihood is the same whichever thread computes it.
-  const coarseStart = { ...DEFAULT_FUSION_PARAMS, tau: prior ? 0.5 : 0, lift: prior ? 0.5 : 0 };
   const next = new Int32Array(new SharedArrayBuffer(4));
   const remote =
-    thread && observations && candidates.length > 1
-      ? thread.coarsePass({ observations: observations.data, prior, starts: candidates.map((c) => c.start), coarseStart, next })
-      : null;
+    thread && observations && candidates.length > 1 ? thread.coarsePass({ observations: observations.data, prior, starts: candidates.map((c) => c.start), next }) : null;
   for (let k = Atomics.add(next, 0, 1); k < candidates.length; k = Atomics.add(next, 0, 1)) {
     const c = candidates[k];
     c.likelihood = new SliceLikelihood(observations!, c.start);
-    c.ll = coarsePassOf(c.likelihood, coarseStart);
+    c.coarse = coarsePassOf(c.likelihood);
+    c.ll = c.coarse.ll;
   }
-  if (remote) for (const [k, ll] of await remote) candidates[k].ll = ll;
+  if (remote) {
+    for (const [k, coarse] of await remote) {
+      candidates[k].coarse = coarse;
+      candidates[k].ll = coarse.ll;
+    }
+  }
   const missing = candidates.find((c) => Number.isNaN(c.ll));
   if (missing) throw new FreshrecError("INTERNAL", `fusion: the coarse pass left the ${missing.days}-day window unscored`);
   // The full fit for the candidates the coarse pass leaves in reach of the best: the strengths after beta move a
@@ -1167,7 +1208,7 @@ export async function chooseWindow(
   for (const c of candidates) {
     if (c.ll < reach) continue;
     c.likelihood ??= new SliceLikelihood(observations!, c.start);
-    c.ll = fittedStrengths(c.likelihood).chosen.ll;
+    c.ll = (await fittedStrengths(c.likelihood, c.coarse, thread)).chosen.ll;
   }
   const windows = candidates.map((c) => ({ days: c.days, perTransition: c.ll / observations!.transitions }));
   const best = candidates.reduce<(typeof candidates)[number] | null>((b, c) => (b === null || c.ll > b.ll ? c : b), null);
@@ -1175,9 +1216,19 @@ export async function chooseWindow(
   return { windowDays: best?.days ?? o.windowsDays[o.windowsDays.length - 1], windows, slice, sliceTransitions: sliceCounts.transitions, priorNotWeighed };
 }
 
-/** A candidate window's coarse fit (`chooseWindow`): the likelihood after the first strength's search from `start`. */
-export function coarsePassOf(likelihood: SliceLikelihood, start: FusionParams): number {
-  return new StrengthSearch(likelihood, likelihood.prior !== null, start).step();
+/** A candidate window's coarse fit (`chooseWindow`): the first strength's search from `searchStart`. */
+export interface CoarsePass {
+  /** The likelihood at what the search found. */
+  readonly ll: number;
+  /** The value it found for the strength (beta), where the full fit's search goes on from. */
+  readonly found: number;
+}
+
+/** A candidate window's coarse fit (`chooseWindow`), the first step of its full fit (`fittedStrengths`). */
+export function coarsePassOf(likelihood: SliceLikelihood): CoarsePass {
+  const search = new StrengthSearch(likelihood, likelihood.prior !== null, searchStart(likelihood.prior !== null));
+  const ll = search.step();
+  return { ll, found: search.found };
 }
 
 /**
@@ -1236,7 +1287,7 @@ export async function fitFusion(input: FitFusionInput): Promise<FusionRefresh> {
   // A prior that cannot be weighed yet is fitted as absent (tau = 0): the counts-backoff posterior serves.
   const prior = choice.priorNotWeighed === null ? input.prior : null;
   const likelihood = sliceLikelihood(input.log, choice.slice, evidence.window, prior);
-  const { countsOnly, chosen } = fittedStrengths(likelihood);
+  const { countsOnly, chosen } = await fittedStrengths(likelihood, null, input.thread ?? null);
   return {
     params: chosen.params,
     evidence,
