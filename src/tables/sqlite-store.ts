@@ -225,7 +225,11 @@ export class SqliteTableStore implements TableStore {
   }
 
   private static migrate(db: Database.Database, file: string): void {
-    // auto_vacuum must be set before the first table exists; it lets gc hand freed pages back to the OS.
+    // page_size and auto_vacuum must be set before the first table exists (a file made before keeps its own).
+    // 16 KiB pages: a table's rows are written in key order, tens of megabytes per build, and larger pages cost that
+    // build fewer page splits and log frames (a fusion build of 89,700 rows writes faster with them than with 4 KiB).
+    // auto_vacuum lets gc hand freed pages back to the OS.
+    db.pragma("page_size = 16384");
     db.pragma("auto_vacuum = INCREMENTAL");
     db.pragma("journal_mode = WAL");
     // FULL: a committed publish survives power loss too; it costs one sync per transaction, and rows are written in

@@ -1,7 +1,8 @@
 import { spawn } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import Database from "better-sqlite3";
+import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { VirtualClock } from "../../src/domain/clock.js";
 import { TableLookup } from "../../src/tables/lookup.js";
@@ -42,6 +43,32 @@ describe("SqliteTableStore on disk", () => {
     expect(again.publishHistory()).toHaveLength(1);
     expect(again.lookup(live, "c003", "c007")?.answers).toEqual(tableRows(clusters, 0).find((r) => r.c1 === "c003" && r.c2 === "c007")!.answers);
     again.close();
+  });
+
+  it("makes a new file with 16 KiB pages and incremental vacuum; a file made with other pages keeps them and works", () => {
+    const pragmas = (file: string) => {
+      const db = new Database(file, { readonly: true });
+      try {
+        return { pageSize: db.pragma("page_size", { simple: true }), autoVacuum: db.pragma("auto_vacuum", { simple: true }) };
+      } finally {
+        db.close();
+      }
+    };
+    const fresh = nextFile();
+    storeWithLiveTable(fresh).store.close();
+    // auto_vacuum 2: INCREMENTAL.
+    expect(pragmas(fresh)).toEqual({ pageSize: 16384, autoVacuum: 2 });
+    // A file whose pages were fixed before (as by an earlier version of this store): opened, built into, read back.
+    const older = nextFile();
+    mkdirSync(dirname(older), { recursive: true });
+    const db = new Database(older);
+    db.pragma("page_size = 4096");
+    db.exec("CREATE TABLE made_before (x)");
+    db.close();
+    const { store, live } = storeWithLiveTable(older);
+    expect(store.lookup(live, "c003", "c007")?.answers).toEqual(tableRows(clusters, 0).find((r) => r.c1 === "c003" && r.c2 === "c007")!.answers);
+    store.close();
+    expect(pragmas(older).pageSize).toBe(4096);
   });
 
   it("two connections to one file see each other's builds, publishes and rollbacks", () => {
