@@ -979,9 +979,10 @@ function localMax(f: (x: number) => number, x0: number, lo: number, hi: number, 
     fb = f(b);
   }
   // Either the function falls on both sides of x, or it still rises towards a bound the bracket has reached: the
-  // maximum lies in [a, b] (whose ends brentMax weighs as candidates) in both cases.
-  if (b - a > tolerance) return brentMax(f, a, b, tolerance, x);
-  return [{ x: a, y: fa }, { x: b, y: fb }].reduce((best, c) => (c.y > best.y ? c : best), { x, y: fx });
+  // maximum lies in [a, b] (whose ends brentMax weighs as candidates) in both cases. The best point so far wins ties,
+  // so a strength the likelihood does not depend on (lift at tau = 0) stays where it was instead of drifting.
+  const found = b - a > tolerance ? brentMax(f, a, b, tolerance, x) : [{ x: a, y: fa }, { x: b, y: fb }].reduce((best, c) => (c.y > best.y ? c : best), { x, y: fx });
+  return found.y > fx ? found : { x, y: fx };
 }
 
 /** The strengths a sweep searches, in order, with their ranges and tolerances (beta on a log scale). */
@@ -1111,7 +1112,10 @@ export interface FitFusionInput {
   readonly options?: FusionOptions;
   /** A window length already chosen for this instant (shared by strategies refreshing at the same time). */
   readonly windowChoice?: WindowChoice;
-  /** The second thread the window choice shares its coarse pass with (`FusionThread`); absent: this thread alone. */
+  /**
+   * The second thread (`FusionThread`) the window choice shares its coarse pass with, and that fits the chosen
+   * window's counts-only strengths; absent: this thread alone.
+   */
   readonly thread?: FusionThread | null;
 }
 
@@ -1154,7 +1158,7 @@ function weighableSlice(log: EvidenceLog, asOf: number, o: Required<FusionOption
  * shortest first, up to the first that covers all the data there is. Each is fitted coarsely first (beta alone) and
  * in full only when that leaves it within `CHOICE_MARGIN` of the best; a candidate's recorded likelihood is the one
  * it got. With `thread` (a refresh's second thread, src/update/fusion-thread.ts) the coarse fits are shared between
- * the two threads; the choice is the same.
+ * the two threads, and each full fit's counts-only strengths are fitted there; the choice is the same.
  */
 export async function chooseWindow(
   log: EvidenceLog,

@@ -279,9 +279,11 @@ async function fusionRefreshWith(asOf: number, options: RefreshOptions, threadSt
   const retrieveSeconds = Number(process.hrtime.bigint() - started) / 1e9;
   const buildStarted = process.hrtime.bigint();
   const buildCpu = cpuSeconds();
-  const rows = new FusionScorer(fitted.evidence, fitted.prior, fitted.params, fitted.thread);
-  // Pairs listed in the store's own order: each row is written after the last in its key order.
+  // Pairs listed in the store's own order: each row is written after the last in its key order (but for clusters the
+  // dictionary numbers during this build). Asked before the rows are set up on the second thread, which only the
+  // build's end releases.
   const inStoreOrder = await tableStoreContract(options.tables).clusterOrder(options.clusters);
+  const rows = new FusionScorer(fitted.evidence, fitted.prior, fitted.params, fitted.thread);
   const built = await buildTable({
     store: options.tables,
     clusters: inStoreOrder,
