@@ -995,9 +995,12 @@ const STRENGTHS = [
 
 type Strengths = { beta: number; gamma: number; tau: number; lift: number };
 
+/** Where every search of the strengths starts (`coarsePassOf`, `maximise`); without a prior, tau and lift at 0. */
+const SEARCH_START: Readonly<Strengths> = { beta: DEFAULT_FUSION_PARAMS.beta, gamma: DEFAULT_FUSION_PARAMS.gamma, tau: 0.5, lift: 0.5 };
+
 /**
- * Coordinate ascent on (beta, gamma, tau, lift), alpha profiled at every point; tau and lift stay 0 without a prior.
- * A sweep searches each strength in turn (`STRENGTHS`); `step` runs the next search, so a caller can stop after a
+ * Coordinate ascent on (beta, gamma, tau, lift) from `SEARCH_START`, alpha profiled at every point; tau and lift
+ * stay 0 without a prior. A sweep searches each strength in turn (`STRENGTHS`); `step` runs the next search, so a caller can stop after a
  * few (the window choice's coarse pass) and resume later with the same result as an uninterrupted sweep.
  */
 class StrengthSearch {
@@ -1007,16 +1010,15 @@ class StrengthSearch {
   private sweeps = 0;
 
   /**
-   * `coarse`: the result of this search's first step (`coarsePassOf` from the same start, on this thread or the
-   * second), which it then does not repeat.
+   * `coarse`: the result of this search's first step (`coarsePassOf`, on this thread or the second), which it then
+   * does not repeat.
    */
   constructor(
     private readonly likelihood: SliceLikelihood,
     withPrior: boolean,
-    start: FusionParams,
     coarse: CoarsePass | null = null,
   ) {
-    this.at = { beta: start.beta, gamma: start.gamma, tau: withPrior ? start.tau : 0, lift: withPrior ? (start.lift ?? 0) : 0 };
+    this.at = withPrior ? { ...SEARCH_START } : { ...SEARCH_START, tau: 0, lift: 0 };
     this.strengths = withPrior ? STRENGTHS : STRENGTHS.filter((s) => !s.prior);
     if (coarse) {
       this.at[this.strengths[0].name] = coarse.found;
@@ -1061,15 +1063,11 @@ class StrengthSearch {
 
 /** Maximum-likelihood (alpha, beta, gamma, tau, lift) of a slice; tau and lift stay 0 without a prior. */
 function maximise(likelihood: SliceLikelihood, withPrior: boolean, coarse: CoarsePass | null = null, sweeps = 2): { params: FusionParams; ll: number } {
-  const search = new StrengthSearch(likelihood, withPrior, searchStart(withPrior), coarse);
+  const search = new StrengthSearch(likelihood, withPrior, coarse);
   for (let sweep = 0; sweep < sweeps; sweep++) search.finishSweep();
   return search.result;
 }
 
-/** Where every search of the strengths starts (`coarsePassOf`, `maximise`). */
-export function searchStart(withPrior: boolean): FusionParams {
-  return { ...DEFAULT_FUSION_PARAMS, tau: withPrior ? 0.5 : 0, lift: withPrior ? 0.5 : 0 };
-}
 
 /** The maximum-likelihood strengths of a slice without the prior (tau = 0: the counts-backoff posterior). */
 export function countsOnlyFit(likelihood: SliceLikelihood, coarse: CoarsePass | null = null): { params: FusionParams; ll: number } {
@@ -1220,7 +1218,7 @@ export async function chooseWindow(
   return { windowDays: best?.days ?? o.windowsDays[o.windowsDays.length - 1], windows, slice, sliceTransitions: sliceCounts.transitions, priorNotWeighed };
 }
 
-/** A candidate window's coarse fit (`chooseWindow`): the first strength's search from `searchStart`. */
+/** A candidate window's coarse fit (`chooseWindow`): the first strength's search from `SEARCH_START`. */
 export interface CoarsePass {
   /** The likelihood at what the search found. */
   readonly ll: number;
@@ -1230,7 +1228,7 @@ export interface CoarsePass {
 
 /** A candidate window's coarse fit (`chooseWindow`), the first step of its full fit (`fittedStrengths`). */
 export function coarsePassOf(likelihood: SliceLikelihood): CoarsePass {
-  const search = new StrengthSearch(likelihood, likelihood.prior !== null, searchStart(likelihood.prior !== null));
+  const search = new StrengthSearch(likelihood, likelihood.prior !== null);
   const ll = search.step();
   return { ll, found: search.found };
 }

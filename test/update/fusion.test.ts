@@ -472,7 +472,7 @@ describe("a whole fusion table", () => {
     const log = logOf(rows);
     const prior = scopePrior(priorFavouring(truth, 0.5), Uint8Array.from(CLUSTERS, (c) => (c === "g" ? 0 : 1)), BEFORE_THE_DATA);
     const refresh = await fitFusion({ log, asOf: T, prior, options: { fitMinTransitions: 200 } });
-    // The fit of this world and prior as the line searches of Brent's method from `searchStart` found it (its value is
+    // The fit of this world and prior as the line searches of Brent's method from `SEARCH_START` found it (its value is
     // checked against the serving posterior above): any change to the staging must find the same up to rounding. (On
     // this small slice the likelihood is flat in beta once gamma is 0, and beta stays where the first sweep left it:
     // the search from the counts-only fit found -299.45 with beta 0.1 and gamma 0.076, within 0.0006 nats per
