@@ -36,30 +36,87 @@ export function decodeAnswersInto(blob: Buffer, ids: Int32Array, scores: Float32
   return n;
 }
 
+/** Whether this platform's typed arrays are little-endian, the stored order of answers and explanations. */
+const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
+
+/**
+ * A buffer of 32-bit fields read and written through typed arrays in the platform's order (a Buffer or DataView
+ * call per field costs more than the work done with it); `toLittleEndian` puts them in the stored order. Every field
+ * of the stored answers and explanations is 32 bits wide, so one swap per word is the conversion.
+ */
+export class Words {
+  readonly u32: Uint32Array;
+  readonly i32: Int32Array;
+  readonly f32: Float32Array;
+
+  constructor(private readonly bytes: Buffer) {
+    if (bytes.byteOffset % 4 !== 0 || bytes.byteLength % 4 !== 0) throw new FreshrecError("INTERNAL", "tables: a buffer of words that is not word-aligned");
+    const words = bytes.byteLength / 4;
+    this.u32 = new Uint32Array(bytes.buffer, bytes.byteOffset, words);
+    this.i32 = new Int32Array(bytes.buffer, bytes.byteOffset, words);
+    this.f32 = new Float32Array(bytes.buffer, bytes.byteOffset, words);
+  }
+
+  toLittleEndian(): void {
+    if (!LITTLE_ENDIAN) this.bytes.swap32();
+  }
+
+  /**
+   * Runs `work` on the words of little-endian `bytes` (stored answers or explanations) in the platform's order, and
+   * leaves what it wrote in `bytes` in the stored order. Bytes that do not start on a word are worked on in an
+   * aligned copy, written back after; a last partial word is left out (the callers' checks name it).
+   */
+  static ofStored<T>(bytes: Buffer, work: (words: Words) => T): T {
+    const whole = bytes.subarray(0, bytes.byteLength - (bytes.byteLength % 4));
+    const copy = whole.byteOffset % 4 === 0 ? null : new Uint8Array(whole);
+    const aligned = copy ? Buffer.from(copy.buffer, 0, copy.byteLength) : whole;
+    const words = new Words(aligned);
+    words.toLittleEndian();
+    try {
+      return work(words);
+    } finally {
+      words.toLittleEndian();
+      if (copy) aligned.copy(whole);
+    }
+  }
+}
+
+/**
+ * Runs `work` on the answers of rows [from, to) as words (`Words.ofStored`); `word(at)` is the word of the answers'
+ * byte offset `at` (an `answerEnd` value).
+ */
+function answerWordsOf<T>(rows: PackedBuildRows, from: number, to: number, work: (words: Words, word: (at: number) => number) => T): T {
+  const first = from === 0 ? 0 : rows.answerEnd[from - 1];
+  const last = to === 0 ? 0 : rows.answerEnd[to - 1];
+  return Words.ofStored(rows.answers.subarray(first, Math.max(first, last)), (words) => work(words, (at) => (at - first) >> 2));
+}
+
 /**
  * Checks rows [from, to) of rows in stored form as `append` checks row objects, with the same messages: a row never
  * repeats its cluster nor answers one of its own, scores are finite, indices lie inside the vocabulary.
  */
 export function checkPackedRows(rows: PackedBuildRows, from: number, to: number): void {
-  const { clusters, c1, c2, answers, answerEnd } = rows;
+  const { clusters, c1, c2, answerEnd } = rows;
   const name = (i: number) => (i >= 0 && i < clusters.length ? clusters[i] : `#${i}`);
-  for (let r = from; r < to; r++) {
-    const a = c1[r];
-    const b = c2[r];
-    if (!(a >= 0 && a < clusters.length && b >= 0 && b < clusters.length)) {
-      throw new FreshrecError("BAD_INPUT", `tables: row (${name(a)}, ${name(b)}) names a cluster outside its vocabulary`);
+  answerWordsOf(rows, from, to, ({ i32, f32 }, word) => {
+    for (let r = from; r < to; r++) {
+      const a = c1[r];
+      const b = c2[r];
+      if (!(a >= 0 && a < clusters.length && b >= 0 && b < clusters.length)) {
+        throw new FreshrecError("BAD_INPUT", `tables: row (${name(a)}, ${name(b)}) names a cluster outside its vocabulary`);
+      }
+      if (a === b) throw new FreshrecError("BAD_INPUT", `tables: row (${name(a)}, ${name(b)}) repeats its cluster`);
+      const start = r === 0 ? 0 : answerEnd[r - 1];
+      if ((answerEnd[r] - start) % ANSWER_BYTES !== 0 || answerEnd[r] < start) throw new FreshrecError("BAD_INPUT", `tables: row (${name(a)}, ${name(b)}) has answers of ${answerEnd[r] - start} bytes`);
+      for (let w = word(start), end = word(answerEnd[r]); w < end; w += 2) {
+        const n = i32[w];
+        if (!(n >= 0 && n < clusters.length)) throw new FreshrecError("BAD_INPUT", `tables: row (${name(a)}, ${name(b)}) answers a cluster outside its vocabulary`);
+        if (n === a || n === b) throw new FreshrecError("BAD_INPUT", `tables: row (${name(a)}, ${name(b)}) answers ${name(n)}, a cluster of its own history`);
+        const score = f32[w + 1];
+        if (!Number.isFinite(score)) throw new FreshrecError("BAD_INPUT", `tables: row (${name(a)}, ${name(b)}) has score ${score} for ${name(n)}`);
+      }
     }
-    if (a === b) throw new FreshrecError("BAD_INPUT", `tables: row (${name(a)}, ${name(b)}) repeats its cluster`);
-    const start = r === 0 ? 0 : answerEnd[r - 1];
-    if ((answerEnd[r] - start) % ANSWER_BYTES !== 0 || answerEnd[r] < start) throw new FreshrecError("BAD_INPUT", `tables: row (${name(a)}, ${name(b)}) has answers of ${answerEnd[r] - start} bytes`);
-    for (let at = start; at < answerEnd[r]; at += ANSWER_BYTES) {
-      const n = answers.readInt32LE(at);
-      if (!(n >= 0 && n < clusters.length)) throw new FreshrecError("BAD_INPUT", `tables: row (${name(a)}, ${name(b)}) answers a cluster outside its vocabulary`);
-      if (n === a || n === b) throw new FreshrecError("BAD_INPUT", `tables: row (${name(a)}, ${name(b)}) answers ${name(n)}, a cluster of its own history`);
-      const score = answers.readFloatLE(at + 4);
-      if (!Number.isFinite(score)) throw new FreshrecError("BAD_INPUT", `tables: row (${name(a)}, ${name(b)}) has score ${score} for ${name(n)}`);
-    }
-  }
+  });
 }
 
 /**
@@ -75,16 +132,19 @@ export function newClustersInOrder(rows: PackedBuildRows, from: number, to: numb
       found.push(i);
     }
   };
-  for (let r = from; r < to; r++) {
-    for (let at = r === 0 ? 0 : rows.answerEnd[r - 1]; at < rows.answerEnd[r]; at += ANSWER_BYTES) meet(rows.answers.readInt32LE(at));
-    meet(rows.c1[r]);
-    meet(rows.c2[r]);
-  }
+  answerWordsOf(rows, from, to, ({ i32 }, word) => {
+    for (let r = from; r < to; r++) {
+      for (let w = word(r === 0 ? 0 : rows.answerEnd[r - 1]), end = word(rows.answerEnd[r]); w < end; w += 2) meet(i32[w]);
+      meet(rows.c1[r]);
+      meet(rows.c2[r]);
+    }
+  });
   return found;
 }
 
 /** Rewrites the answers' cluster indices of rows [from, to) in place from the vocabulary's to the dictionary's (`dictionary[i]`). */
 export function remapPackedAnswers(rows: PackedBuildRows, from: number, to: number, dictionary: Int32Array): void {
-  const end = to === 0 ? 0 : rows.answerEnd[to - 1];
-  for (let at = from === 0 ? 0 : rows.answerEnd[from - 1]; at < end; at += ANSWER_BYTES) rows.answers.writeInt32LE(dictionary[rows.answers.readInt32LE(at)], at);
+  answerWordsOf(rows, from, to, ({ i32 }) => {
+    for (let w = 0; w < i32.length; w += 2) i32[w] = dictionary[i32[w]];
+  });
 }

@@ -34,7 +34,7 @@ import { type StoreFileKind, openStoreFile, storeFileError } from "../data/store
 import { FreshrecError } from "../domain/errors.js";
 import type { History } from "../domain/types.js";
 import { pairKey } from "../domain/types.js";
-import { ANSWER_BYTES, checkPackedRows, decodeAnswersInto, encodeAnswers, remapPackedAnswers } from "./answer-blob.js";
+import { ANSWER_BYTES, checkPackedRows, decodeAnswersInto, encodeAnswers, newClustersInOrder, remapPackedAnswers } from "./answer-blob.js";
 
 /** Page cache of a table scan (`packedPages`), in SQLite's units (negative: KiB). */
 const SCAN_CACHE_SIZE = -1024;
@@ -485,15 +485,11 @@ export class SqliteTableStore implements TableStore {
   appendPackedRows(seq: number, rows: PackedBuildRows): number {
     const { clusters, c1, c2, answers, answerEnd, explanation, explanationEnd, contextKeys } = rows;
     const dictionary = new Int32Array(clusters.length).fill(-1);
-    const idx = (i: number) => (dictionary[i] >= 0 ? dictionary[i] : (dictionary[i] = this.clusterIdxForWrite(clusters[i])));
+    const seen = new Uint8Array(clusters.length);
     const writeBatch = this.db.transaction((from: number, to: number) => {
       this.assertBuilding(seq);
       // The dictionary learns clusters in the order an object build meets them: each row's answers, then c1, c2.
-      for (let r = from; r < to; r++) {
-        for (let at = r === 0 ? 0 : answerEnd[r - 1]; at < answerEnd[r]; at += ANSWER_BYTES) idx(answers.readInt32LE(at));
-        idx(c1[r]);
-        idx(c2[r]);
-      }
+      for (const i of newClustersInOrder(rows, from, to, seen)) dictionary[i] = this.clusterIdxForWrite(clusters[i]);
       remapPackedAnswers(rows, from, to, dictionary);
       for (let r = from; r < to; r++) {
         const explained = explanationEnd[r] > (r === 0 ? 0 : explanationEnd[r - 1]);

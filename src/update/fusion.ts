@@ -57,7 +57,7 @@ import type { EventStoreContract } from "../data/event-store.js";
 import type { EvidenceLog, WindowCounts } from "../mining/evidence.js";
 import { firstSeen } from "../mining/first-seen.js";
 import type { PromptScorer } from "./generate.js";
-import { ANSWER_BYTES } from "../tables/answer-blob.js";
+import { ANSWER_BYTES, Words } from "../tables/answer-blob.js";
 import type { PackedBuildRows } from "../tables/contract.js";
 import type { FusionThread } from "./fusion-thread.js";
 
@@ -1832,32 +1832,6 @@ function writeExplanationAnswer(out: Words, at: number, k: number, pairUsers: nu
   out.u32[o + 1] = secondUsers;
   out.f32[o + 2] = llmPrior ?? Number.NaN;
   out.f32[o + 3] = base;
-}
-
-/** Whether this platform's typed arrays are little-endian, the stored order of answers and explanations. */
-const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
-
-/**
- * A buffer of 32-bit fields written through typed arrays in the platform's order (a DataView call per field costs
- * more than the row's arithmetic); `toLittleEndian` then puts them in the stored order. Every field of the stored
- * answers and explanations is 32 bits wide, so one swap per word is the conversion.
- */
-class Words {
-  readonly u32: Uint32Array;
-  readonly i32: Int32Array;
-  readonly f32: Float32Array;
-
-  constructor(private readonly bytes: Buffer) {
-    if (bytes.byteOffset % 4 !== 0 || bytes.byteLength % 4 !== 0) throw new FreshrecError("INTERNAL", "fusion: a buffer of words that is not word-aligned");
-    const words = bytes.byteLength / 4;
-    this.u32 = new Uint32Array(bytes.buffer, bytes.byteOffset, words);
-    this.i32 = new Int32Array(bytes.buffer, bytes.byteOffset, words);
-    this.f32 = new Float32Array(bytes.buffer, bytes.byteOffset, words);
-  }
-
-  toLittleEndian(): void {
-    if (!LITTLE_ENDIAN) this.bytes.swap32();
-  }
 }
 
 /**
