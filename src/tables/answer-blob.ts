@@ -63,10 +63,10 @@ export class Words {
 
   /**
    * Runs `work` on the words of little-endian `bytes` (stored answers or explanations) in the platform's order, and
-   * leaves what it wrote in `bytes` in the stored order. Bytes that do not start on a word are worked on in an
-   * aligned copy, written back after; a last partial word is left out (the callers' checks name it).
+   * leaves what it wrote (`writes`) in `bytes` in the stored order. Bytes that do not start on a word are worked on
+   * in an aligned copy; a last partial word is left out.
    */
-  static ofStored<T>(bytes: Buffer, work: (words: Words) => T): T {
+  static ofStored<T>(bytes: Buffer, writes: boolean, work: (words: Words) => T): T {
     const whole = bytes.subarray(0, bytes.byteLength - (bytes.byteLength % 4));
     const copy = whole.byteOffset % 4 === 0 ? null : new Uint8Array(whole);
     const aligned = copy ? Buffer.from(copy.buffer, 0, copy.byteLength) : whole;
@@ -76,19 +76,21 @@ export class Words {
       return work(words);
     } finally {
       words.toLittleEndian();
-      if (copy) aligned.copy(whole);
+      if (copy && writes) aligned.copy(whole);
     }
   }
 }
 
 /**
  * Runs `work` on the answers of rows [from, to) as words (`Words.ofStored`); `word(at)` is the word of the answers'
- * byte offset `at` (an `answerEnd` value).
+ * byte offset `at` (an `answerEnd` value). The words reach as far as any of the rows' ends (within the bytes there
+ * are), so rows whose ends go back are read as far as the check that names them.
  */
-function answerWordsOf<T>(rows: PackedBuildRows, from: number, to: number, work: (words: Words, word: (at: number) => number) => T): T {
+function answerWordsOf<T>(rows: PackedBuildRows, from: number, to: number, writes: boolean, work: (words: Words, word: (at: number) => number) => T): T {
   const first = from === 0 ? 0 : rows.answerEnd[from - 1];
-  const last = to === 0 ? 0 : rows.answerEnd[to - 1];
-  return Words.ofStored(rows.answers.subarray(first, Math.max(first, last)), (words) => work(words, (at) => (at - first) >> 2));
+  let last = first;
+  for (let r = from; r < to; r++) last = Math.max(last, rows.answerEnd[r]);
+  return Words.ofStored(rows.answers.subarray(first, Math.min(last, rows.answers.length)), writes, (words) => work(words, (at) => (at - first) >> 2));
 }
 
 /**
@@ -98,7 +100,7 @@ function answerWordsOf<T>(rows: PackedBuildRows, from: number, to: number, work:
 export function checkPackedRows(rows: PackedBuildRows, from: number, to: number): void {
   const { clusters, c1, c2, answerEnd } = rows;
   const name = (i: number) => (i >= 0 && i < clusters.length ? clusters[i] : `#${i}`);
-  answerWordsOf(rows, from, to, ({ i32, f32 }, word) => {
+  answerWordsOf(rows, from, to, false, ({ i32, f32 }, word) => {
     for (let r = from; r < to; r++) {
       const a = c1[r];
       const b = c2[r];
@@ -108,6 +110,9 @@ export function checkPackedRows(rows: PackedBuildRows, from: number, to: number)
       if (a === b) throw new FreshrecError("BAD_INPUT", `tables: row (${name(a)}, ${name(b)}) repeats its cluster`);
       const start = r === 0 ? 0 : answerEnd[r - 1];
       if ((answerEnd[r] - start) % ANSWER_BYTES !== 0 || answerEnd[r] < start) throw new FreshrecError("BAD_INPUT", `tables: row (${name(a)}, ${name(b)}) has answers of ${answerEnd[r] - start} bytes`);
+      if (answerEnd[r] > rows.answers.length) {
+        throw new FreshrecError("BAD_INPUT", `tables: row (${name(a)}, ${name(b)}) has answers up to byte ${answerEnd[r]} of ${rows.answers.length}`);
+      }
       for (let w = word(start), end = word(answerEnd[r]); w < end; w += 2) {
         const n = i32[w];
         if (!(n >= 0 && n < clusters.length)) throw new FreshrecError("BAD_INPUT", `tables: row (${name(a)}, ${name(b)}) answers a cluster outside its vocabulary`);
@@ -132,7 +137,7 @@ export function newClustersInOrder(rows: PackedBuildRows, from: number, to: numb
       found.push(i);
     }
   };
-  answerWordsOf(rows, from, to, ({ i32 }, word) => {
+  answerWordsOf(rows, from, to, false, ({ i32 }, word) => {
     for (let r = from; r < to; r++) {
       for (let w = word(r === 0 ? 0 : rows.answerEnd[r - 1]), end = word(rows.answerEnd[r]); w < end; w += 2) meet(i32[w]);
       meet(rows.c1[r]);
@@ -144,7 +149,7 @@ export function newClustersInOrder(rows: PackedBuildRows, from: number, to: numb
 
 /** Rewrites the answers' cluster indices of rows [from, to) in place from the vocabulary's to the dictionary's (`dictionary[i]`). */
 export function remapPackedAnswers(rows: PackedBuildRows, from: number, to: number, dictionary: Int32Array): void {
-  answerWordsOf(rows, from, to, ({ i32 }) => {
+  answerWordsOf(rows, from, to, true, ({ i32 }) => {
     for (let w = 0; w < i32.length; w += 2) i32[w] = dictionary[i32[w]];
   });
 }

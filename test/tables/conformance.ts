@@ -285,6 +285,10 @@ export function tableStoreConformance(adapter: string, open: (clock: VirtualCloc
       expect(await bad({ c1: "a", c2: "a", answers: [] })).toBe("BAD_INPUT");
       expect(await bad({ c1: "a", c2: "b", answers: [{ cluster: "b", score: 0.5 }] })).toBe("BAD_INPUT");
       expect(await bad({ c1: "a", c2: "b", answers: [{ cluster: "c", score: Number.NaN }] })).toBe("BAD_INPUT");
+      // Rows whose answers' ends go back, or past the bytes there are, are named as such.
+      const two = packedRows([{ c1: "a", c2: "b", answers: [{ cluster: "c", score: 0.5 }, { cluster: "d", score: 0.25 }] }, { c1: "b", c2: "a", answers: [] }], ["a", "b", "c", "d"]);
+      await expect(c.appendPacked({ ...two, answerEnd: Int32Array.of(16, 8) })).rejects.toThrow(/row \(b, a\) has answers of -8 bytes/);
+      await expect(c.appendPacked({ ...two, answerEnd: Int32Array.of(16, 24) })).rejects.toThrow(/row \(b, a\) has answers up to byte 24 of 16/);
       // A pair written twice is named, within one append (in its second batch on a store of small batches) or across two.
       const many = tableRows(clusters, 1);
       await expect(c.appendPacked(packedRows([...many.slice(0, 20), many[5], ...many.slice(20)], clusters))).rejects.toThrow(new RegExp(`\\(${many[5].c1}, ${many[5].c2}\\) written twice`));
