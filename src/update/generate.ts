@@ -18,7 +18,7 @@ import { DAY_MS } from "../domain/clock.js";
 import { FreshrecError } from "../domain/errors.js";
 import { SILENT_PROGRESS, type ProgressSink } from "../domain/types.js";
 import type { CostEstimate } from "../llm/contracts.js";
-import type { PromptInput } from "../llm/prompt.js";
+import type { PromptContext, PromptInput } from "../llm/prompt.js";
 import type { PackedBuildRows, TableBuildRow, TableInfo, TableStoreContract } from "../tables/contract.js";
 import { TABLE_DEFAULTS } from "../tables/contract.js";
 import { tableStoreContract, type UpdateTableStore } from "../tables/embedded-store.js";
@@ -100,7 +100,49 @@ export interface TablePlan {
   /** The table unchanged rows are copied from (null: a full build). */
   readonly previous: TableInfo | null;
   readonly copy: readonly { readonly c1: string; readonly c2: string }[];
-  readonly rescore: readonly { readonly input: PromptInput; readonly key: string }[];
+  readonly rescore: RescorePairs;
+}
+
+/**
+ * The pairs a build scores, in order, in columns (cluster indices, context, context key); their prompts are made a
+ * batch at a time (`slice`). A table's worth of prompt objects made up front would live through the whole build,
+ * and every young-generation collection of it would copy them.
+ */
+export class RescorePairs {
+  private readonly c1: number[] = [];
+  private readonly c2: number[] = [];
+  private readonly contexts: (PromptContext | undefined)[] = [];
+  private readonly keys: string[] = [];
+
+  constructor(private readonly clusters: readonly string[]) {}
+
+  get length(): number {
+    return this.c1.length;
+  }
+
+  /** Adds the pair of clusters[i1], clusters[i2]. */
+  add(i1: number, i2: number, context: PromptContext | undefined, key: string): void {
+    this.c1.push(i1);
+    this.c2.push(i2);
+    this.contexts.push(context);
+    this.keys.push(key);
+  }
+
+  /** Pairs [from, to) as prompts with their context keys. */
+  slice(from: number, to: number): { readonly input: PromptInput; readonly key: string }[] {
+    const out: { input: PromptInput; key: string }[] = [];
+    for (let k = from, end = Math.min(to, this.length); k < end; k++) {
+      const history = { c1: this.clusters[this.c1[k]], c2: this.clusters[this.c2[k]] };
+      const context = this.contexts[k];
+      out.push({ input: context ? { history, context } : { history }, key: this.keys[k] });
+    }
+    return out;
+  }
+
+  /** Every pair's prompt (what a dry run prices). */
+  inputs(): PromptInput[] {
+    return this.slice(0, this.length).map((r) => r.input);
+  }
 }
 
 /**
@@ -113,16 +155,16 @@ export async function planTable(options: Pick<BuildTableOptions, "store" | "clus
   const previous = options.full ? null : await previousTable(store, options.modelVersion, options.templateHash);
   const previousKeys = previous ? await store.contextKeys(previous.version) : null;
   const copy: { c1: string; c2: string }[] = [];
-  const rescore: { input: PromptInput; key: string }[] = [];
-  for (const c1 of options.clusters) {
-    for (const c2 of options.clusters) {
-      if (c1 === c2) continue;
+  const rescore = new RescorePairs(options.clusters);
+  options.clusters.forEach((c1, i1) =>
+    options.clusters.forEach((c2, i2) => {
+      if (c1 === c2) return;
       const context = rag ? contextFor(rag, c1, c2) : undefined;
       const key = contextKey(context);
       if (previousKeys && previousKeys.get(pairKey(c1, c2)) === key) copy.push({ c1, c2 });
-      else rescore.push({ input: context ? { history: { c1, c2 }, context } : { history: { c1, c2 } }, key });
-    }
-  }
+      else rescore.add(i1, i2, context, key);
+    }),
+  );
   return { previous, copy, rescore };
 }
 
@@ -135,7 +177,7 @@ export async function buildTable(options: BuildTableOptions): Promise<BuildTable
   const store: TableStoreContract = tableStoreContract(options.store);
   const { previous, copy, rescore } = await planTable({ ...options, store });
   // Priced before scoring: afterwards a response cache would answer every prompt for free.
-  const cost = (await options.scorer.estimateCost?.(rescore.map((r) => r.input))) ?? null;
+  const cost = (await options.scorer.estimateCost?.(rescore.inputs())) ?? null;
 
   const builder = await store.beginBuild({
     modelVersion: options.modelVersion,
@@ -155,27 +197,32 @@ export async function buildTable(options: BuildTableOptions): Promise<BuildTable
     progress.start(`scoring ${rescore.length} pairs`, rescore.length);
     const scorePacked = options.scorer.scorePacked?.bind(options.scorer);
     // Packed rows: the next batch is asked for before this one is written.
-    const packedBatch = (start: number) => (scorePacked && start < rescore.length ? scorePacked(rescore.slice(start, start + batchSize).map((b) => b.input), topN) : null);
+    const packedBatch = (start: number) => {
+      if (!scorePacked || start >= rescore.length) return null;
+      const batch = rescore.slice(start, start + batchSize);
+      return { batch, rows: scorePacked(batch.map((b) => b.input), topN) };
+    };
     let nextPacked = packedBatch(0);
     for (let start = 0; start < rescore.length; start += batchSize) {
       if (options.signal?.aborted) {
         // Settled before the build fails, so no batch is left unawaited.
-        await nextPacked?.catch(() => undefined);
+        await nextPacked?.rows.catch(() => undefined);
         throw new FreshrecError("CANCELLED", "table build cancelled");
       }
-      const batch = rescore.slice(start, start + batchSize);
       if (nextPacked) {
-        const packed = await nextPacked;
+        const { batch, rows } = nextPacked;
+        const packed = await rows;
         nextPacked = packedBatch(start + batchSize);
         try {
           await builder.appendPacked({ ...packed, contextKeys: batch.map((b) => b.key) });
         } catch (error) {
-          await nextPacked?.catch(() => undefined);
+          await nextPacked?.rows.catch(() => undefined);
           throw error;
         }
         progress.update(Math.min(start + batchSize, rescore.length), { pairs: start + batch.length });
         continue;
       }
+      const batch = rescore.slice(start, start + batchSize);
       const ranked = await options.scorer.score(
         batch.map((b) => b.input),
         topN + 2,

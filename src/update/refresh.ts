@@ -145,7 +145,7 @@ export async function planRefresh(asOf: number, options: RefreshOptions): Promis
     copiedFrom: plan.copy.length ? (plan.previous?.version ?? null) : null,
     pairsWithContext: snapshot ? (snapshot.global ? plan.copy.length + plan.rescore.length : snapshot.contexts.size) : 0,
     transitionsInWindow: snapshot?.transitions ?? 0,
-    cost: scorer.estimateCost ? await scorer.estimateCost(plan.rescore.map((r) => r.input)) : null,
+    cost: scorer.estimateCost ? await scorer.estimateCost(plan.rescore.inputs()) : null,
     method: "prompt",
   };
 }
