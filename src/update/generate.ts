@@ -109,23 +109,37 @@ export interface TablePlan {
  * and every young-generation collection of it would copy them.
  */
 export class RescorePairs {
-  private readonly c1: number[] = [];
-  private readonly c2: number[] = [];
-  private readonly contexts: (PromptContext | undefined)[] = [];
-  private readonly keys: string[] = [];
+  private readonly c1: Int32Array;
+  private readonly c2: Int32Array;
+  private count = 0;
+  /** Per pair, with contexts (a RAG build); without, every pair's context is none and its key the same. */
+  private readonly contexts: (PromptContext | undefined)[] | null;
+  private readonly keys: string[] | null;
+  private readonly noContextKey = contextKey(undefined);
 
-  constructor(private readonly clusters: readonly string[]) {}
-
-  get length(): number {
-    return this.c1.length;
+  /** Room for `capacity` pairs of `clusters`; `withContexts`: pairs may carry a context. */
+  constructor(
+    private readonly clusters: readonly string[],
+    capacity: number,
+    withContexts: boolean,
+  ) {
+    this.c1 = new Int32Array(capacity);
+    this.c2 = new Int32Array(capacity);
+    this.contexts = withContexts ? [] : null;
+    this.keys = withContexts ? [] : null;
   }
 
-  /** Adds the pair of clusters[i1], clusters[i2]. */
+  get length(): number {
+    return this.count;
+  }
+
+  /** Adds the pair of clusters[i1], clusters[i2], with its context and key when the pairs carry them. */
   add(i1: number, i2: number, context: PromptContext | undefined, key: string): void {
-    this.c1.push(i1);
-    this.c2.push(i2);
-    this.contexts.push(context);
-    this.keys.push(key);
+    if (!this.contexts && (context !== undefined || key !== this.noContextKey)) throw new FreshrecError("INTERNAL", "table plan: a context for a build without contexts");
+    this.c1[this.count] = i1;
+    this.c2[this.count++] = i2;
+    this.contexts?.push(context);
+    this.keys?.push(key);
   }
 
   /** Pairs [from, to) as prompts with their context keys. */
@@ -133,8 +147,8 @@ export class RescorePairs {
     const out: { input: PromptInput; key: string }[] = [];
     for (let k = from, end = Math.min(to, this.length); k < end; k++) {
       const history = { c1: this.clusters[this.c1[k]], c2: this.clusters[this.c2[k]] };
-      const context = this.contexts[k];
-      out.push({ input: context ? { history, context } : { history }, key: this.keys[k] });
+      const context = this.contexts?.[k];
+      out.push({ input: context ? { history, context } : { history }, key: this.keys?.[k] ?? this.noContextKey });
     }
     return out;
   }
@@ -155,7 +169,7 @@ export async function planTable(options: Pick<BuildTableOptions, "store" | "clus
   const previous = options.full ? null : await previousTable(store, options.modelVersion, options.templateHash);
   const previousKeys = previous ? await store.contextKeys(previous.version) : null;
   const copy: { c1: string; c2: string }[] = [];
-  const rescore = new RescorePairs(options.clusters);
+  const rescore = new RescorePairs(options.clusters, options.clusters.length * options.clusters.length, rag !== null);
   options.clusters.forEach((c1, i1) =>
     options.clusters.forEach((c2, i2) => {
       if (c1 === c2) return;
