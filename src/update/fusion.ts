@@ -1068,7 +1068,6 @@ function maximise(likelihood: SliceLikelihood, withPrior: boolean, coarse: Coars
   return search.result;
 }
 
-
 /** The maximum-likelihood strengths of a slice without the prior (tau = 0: the counts-backoff posterior). */
 export function countsOnlyFit(likelihood: SliceLikelihood, coarse: CoarsePass | null = null): { params: FusionParams; ll: number } {
   return maximise(likelihood, false, likelihood.prior ? null : coarse);
