@@ -1,14 +1,15 @@
 import { spawn } from "node:child_process";
 import Database from "better-sqlite3";
 import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { hostname, tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { VirtualClock } from "../../src/domain/clock.js";
 import { TableLookup } from "../../src/tables/lookup.js";
 import { EmbeddedTableStore } from "../../src/tables/embedded-store.js";
+import { encodeAnswers } from "../../src/tables/answer-blob.js";
 import { SqliteTableStore, tableStorePath } from "../../src/tables/sqlite-store.js";
-import { tableStoreConformance } from "./conformance.js";
+import { byPair, tableStoreConformance } from "./conformance.js";
 import { STATS, clusterNames, tableRows } from "./fixtures/rows.js";
 
 const dir = mkdtempSync(join(tmpdir(), "freshrec-tables-"));
@@ -146,6 +147,87 @@ describe("SqliteTableStore on disk", () => {
     b.append(tableRows(clusters, 2));
     expect(reopened.publish(b.finish(STATS).version).status).toBe("live");
     reopened.close();
+  });
+
+  it("converts a file of one SQL row per pair (schema 1) to blocks on open: every row reads back as it was written", () => {
+    // Written through raw SQL as the store of schema 1 wrote it: its tables, a dictionary numbering clusters as a
+    // build meets them, rows with BLOB answers, explanations as BLOBs (bytes), JSON text (objects) or NULL.
+    const file = nextFile();
+    mkdirSync(dirname(file), { recursive: true });
+    const db = new Database(file);
+    db.pragma("journal_mode = WAL");
+    db.exec(`
+      CREATE TABLE store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+      CREATE TABLE clusters (idx INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE);
+      CREATE TABLE table_versions (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        status TEXT NOT NULL CHECK (status IN ('building', 'ready', 'live', 'retired', 'failed')),
+        model_version TEXT NOT NULL, template_hash TEXT NOT NULL, rag_as_of INTEGER, rag_window_days REAL, rag_options TEXT,
+        strategy TEXT, parent TEXT, stats TEXT, metrics TEXT, created_at INTEGER NOT NULL, finished_at INTEGER, failure TEXT,
+        row_count INTEGER NOT NULL DEFAULT 0, top_n INTEGER NOT NULL DEFAULT 0, builder_pid INTEGER, builder_host TEXT
+      );
+      CREATE TABLE table_rows (
+        table_seq INTEGER NOT NULL, c1 INTEGER NOT NULL, c2 INTEGER NOT NULL, context_key TEXT, answers BLOB NOT NULL,
+        explanation TEXT, PRIMARY KEY (table_seq, c1, c2)
+      ) WITHOUT ROWID;
+      CREATE TABLE live_stack (pos INTEGER PRIMARY KEY AUTOINCREMENT, table_seq INTEGER NOT NULL);
+      CREATE TABLE publish_log (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, action TEXT NOT NULL CHECK (action IN ('publish', 'rollback')), version TEXT NOT NULL,
+        previous TEXT, at INTEGER NOT NULL, actor TEXT, reason TEXT
+      );
+      INSERT INTO store_meta (key, value) VALUES ('schema', '1');
+    `);
+    const names = clusterNames(7);
+    const index = new Map<string, number>();
+    const idx = (c: string) => {
+      if (!index.has(c)) {
+        index.set(c, index.size);
+        db.prepare("INSERT INTO clusters (idx, id) VALUES (?, ?)").run(index.get(c), c);
+      }
+      return index.get(c)!;
+    };
+    // Two versions: the second's rows differ (variant) and it was still building when the old store last ran.
+    const written = [tableRows(names, 0, 4), tableRows(names, 1, 3)].map((rows) =>
+      rows.map((r, k) => ({
+        ...r,
+        contextKey: k % 4 === 0 ? null : k % 4 === 1 ? "" : r.contextKey,
+        explanation: k % 3 === 0 ? new Uint8Array([k, 0, 255, 7]) : k % 3 === 1 ? { tau: k / 4, counts: [k, 1] } : undefined,
+      })),
+    );
+    written.forEach((rows, v) => {
+      db.prepare(`INSERT INTO table_versions (status, model_version, template_hash, created_at, row_count, top_n, builder_pid, builder_host)
+        VALUES (?, 'm000001', 'tmpl-a', 1000, ?, ?, ?, ?)`).run(v === 0 ? "live" : "building", v === 0 ? rows.length : 0, v === 0 ? 4 : 0, v === 0 ? null : 2 ** 22 + 1, v === 0 ? null : hostname());
+      // Rows in another order than their keys: the file's order is the primary key's whatever the writes.
+      for (const r of [...rows].reverse()) {
+        const answers = encodeAnswers(r.answers.map((a) => idx(a.cluster)), r.answers.map((a) => a.score));
+        const explanation = r.explanation instanceof Uint8Array ? Buffer.from(r.explanation) : r.explanation ? JSON.stringify(r.explanation) : null;
+        db.prepare("INSERT INTO table_rows (table_seq, c1, c2, context_key, answers, explanation) VALUES (?, ?, ?, ?, ?, ?)").run(v + 1, idx(r.c1), idx(r.c2), r.contextKey, answers, explanation);
+      }
+    });
+    db.prepare("INSERT INTO live_stack (table_seq) VALUES (1)").run();
+    db.close();
+
+    const store = SqliteTableStore.open(file, new VirtualClock(Date.UTC(2025, 2, 5)));
+    const expected = (rows: (typeof written)[number]) =>
+      byPair(rows.map(({ explanation, ...r }) => (explanation === undefined ? r : { ...r, explanation: explanation instanceof Uint8Array ? Buffer.from(explanation) : explanation })));
+    expect(store.live()).toMatchObject({ version: "t000001", rows: written[0].length, topN: 4 });
+    // The build left behind is found abandoned, with the rows it had written counted from the blocks.
+    expect(store.get("t000002")).toMatchObject({ status: "failed", rows: written[1].length, failure: expect.stringMatching(/abandoned/) });
+    written.forEach((rows, v) => {
+      const version = `t00000${v + 1}`;
+      expect(byPair([...store.rows(version)])).toEqual(expected(rows));
+      for (const r of expected(rows)) expect(store.lookup(version, r.c1, r.c2)).toEqual(r);
+      expect(store.contextKeys(version)).toEqual(new Map(rows.map((r) => [`${r.c1}\u0000${r.c2}`, r.contextKey])));
+      const packed = store.packed(version);
+      expect(packed.c1).toHaveLength(rows.length);
+    });
+    // Converted whole: the rows are gone from their old table and the file says it holds blocks.
+    store.close();
+    const after = new Database(file, { readonly: true });
+    expect(after.prepare("SELECT name FROM sqlite_master WHERE name = 'table_rows'").all()).toEqual([]);
+    expect(after.prepare("SELECT value FROM store_meta WHERE key = 'schema'").pluck().get()).toBe("2");
+    expect(after.prepare("SELECT sum(row_count) FROM table_blocks").pluck().get()).toBe(written[0].length + written[1].length);
+    after.close();
   });
 
   it("writes 89,700 rows x 10 answers and loads them into a lookup quickly", () => {
