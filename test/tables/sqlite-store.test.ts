@@ -10,7 +10,7 @@ import { EmbeddedTableStore } from "../../src/tables/embedded-store.js";
 import { encodeAnswers } from "../../src/tables/answer-blob.js";
 import { SqliteTableStore, tableStorePath } from "../../src/tables/sqlite-store.js";
 import { byPair, tableStoreConformance } from "./conformance.js";
-import { STATS, clusterNames, tableRows } from "./fixtures/rows.js";
+import { STATS, clusterNames, packedRows, tableRows } from "./fixtures/rows.js";
 
 const dir = mkdtempSync(join(tmpdir(), "freshrec-tables-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -147,6 +147,44 @@ describe("SqliteTableStore on disk", () => {
     b.append(tableRows(clusters, 2));
     expect(reopened.publish(b.finish(STATS).version).status).toBe("live");
     reopened.close();
+  });
+
+  it("reads rows of one c1 written in several batches, in any order, in (c1, c2) order; a pair written twice across batches is named", () => {
+    const file = nextFile();
+    const rows = tableRows(clusters, 2);
+    // A deterministic shuffle: every c1's rows land in several batches of 5, out of order within and across them.
+    const shuffled = rows.map((r, k) => ({ r, key: (k * 7919) % rows.length })).sort((a, b) => a.key - b.key).map((x) => x.r);
+    const small = SqliteTableStore.open(file, new VirtualClock(0), { batchSize: 5, pageSize: 3 });
+    const b = small.beginBuild(META);
+    b.append(shuffled.slice(0, 60));
+    b.appendPacked(packedRows(shuffled.slice(60), [...clusters].reverse()));
+    const others = tableRows(clusters.map((c) => `${c}-x`), 3);
+    expect(() => b.append([...others.slice(0, 7), shuffled[17]])).toThrow(new RegExp(`\\(${shuffled[17].c1}, ${shuffled[17].c2}\\) written twice`));
+    const v = b.finish(STATS).version;
+    // Several parts per c1: the table's rows are more blocks than c1s.
+    const db = new Database(file, { readonly: true });
+    expect(db.prepare("SELECT count(*) FROM table_blocks WHERE table_seq = 1").pluck().get()).toBeGreaterThan(clusters.length * 2);
+    db.close();
+    // The batch that failed wrote nothing, and the batch before it (5 other rows) stays in the build.
+    // In the order of the store's dictionary (numbered as the shuffled rows met clusters), c1 then c2.
+    const number = new Map(small.clusterOrder([...clusters, ...clusters.map((c) => `${c}-x`)]).map((c, k) => [c, k]));
+    const expected = [...rows, ...others.slice(0, 5)].sort((x, y) => number.get(x.c1)! - number.get(y.c1)! || number.get(x.c2)! - number.get(y.c2)!);
+    expect(small.get(v).rows).toBe(expected.length);
+    expect([...small.rows(v)]).toEqual(expected);
+    for (const r of expected) expect(small.lookup(v, r.c1, r.c2)?.answers).toEqual(r.answers);
+    const packed = small.packed(v);
+    expect(Array.from(packed.c1, (c, k) => `${packed.clusters[c]}/${packed.clusters[packed.c2[k]]}`)).toEqual(expected.map((r) => `${r.c1}/${r.c2}`));
+    small.close();
+  });
+
+  it("refuses a stored block of a layout it does not read, naming the table", () => {
+    const file = nextFile();
+    const { store, live } = storeWithLiveTable(file);
+    const db = new Database(file);
+    db.prepare("UPDATE table_blocks SET block = CAST(x'07000000' || substr(block, 5) AS BLOB) WHERE table_seq = 1 AND c1 = (SELECT min(c1) FROM table_blocks WHERE table_seq = 1)").run();
+    db.close();
+    expect(() => store.packed(live)).toThrow(/t000001 \(c1 #\d+\) have block layout 7, this freshrec reads 1/);
+    store.close();
   });
 
   it("converts a file of one SQL row per pair (schema 1) to blocks on open: every row reads back as it was written", () => {
