@@ -3,7 +3,8 @@
  *
  * Storage layout, chosen for a 300-cluster table of 89,700 pairs x top-10 answers:
  * - `clusters(idx, id)`: one global dictionary of cluster ids, dense integers from 0. Global rather than per
- *   table so that an incremental build copies rows between versions as opaque values in one SQL statement.
+ *   table so that an incremental build copies rows between versions as opaque bytes (all of them: whole blocks in
+ *   one SQL statement).
  *   Entries are never deleted or renumbered, so every process may cache them.
  * - `table_blocks(id, table_seq, c1, row_count, top_n, block)`: a table's rows in blocks, not one SQL row per pair,
  *   because SQLite's cost of writing a table is per SQL row, whatever its bytes. `block` is one BLOB of ./table-block.ts
@@ -93,7 +94,8 @@ export interface SqliteTableStoreOptions {
    */
   readonly recoverOnOpen?: boolean;
   /**
-   * Rows fetched per query while iterating `rows()`.
+   * Rows fetched per query while iterating `rows()` (and `contextKeys`, `packed`): whole c1s, as many as this many
+   * rows need, at least one.
    * @defaultValue 2000
    */
   readonly pageSize?: number;
