@@ -295,10 +295,13 @@ export class SqliteTableStore implements TableStore {
     // large batches, so it is cheap here.
     db.pragma("synchronous = FULL");
     // One IMMEDIATE transaction, so two processes opening a new file at once do not both write the schema row.
-    db.transaction(() => SqliteTableStore.createSchema(db, file)).immediate();
+    const converted = db.transaction(() => SqliteTableStore.createSchema(db, file)).immediate();
+    // The rows a conversion dropped leave their pages free: hand them back rather than keep a file twice its size.
+    if (converted) db.pragma("incremental_vacuum");
   }
 
-  private static createSchema(db: Database.Database, file: string): void {
+  /** Creates what is missing; returns whether a schema-1 file was converted to blocks. */
+  private static createSchema(db: Database.Database, file: string): boolean {
     db.exec(`
       CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
       CREATE TABLE IF NOT EXISTS clusters (idx INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE);
@@ -347,9 +350,11 @@ export class SqliteTableStore implements TableStore {
     else if (row.value === ROWS_SCHEMA_VERSION) {
       SqliteTableStore.convertRowsToBlocks(db);
       db.prepare("UPDATE store_meta SET value = ? WHERE key = 'schema'").run(SCHEMA_VERSION);
+      return true;
     } else if (row.value !== SCHEMA_VERSION) {
       throw new FreshrecError("INTERNAL", `tables: ${file} has schema ${row.value}, this freshrec reads ${SCHEMA_VERSION}`);
     }
+    return false;
   }
 
   /**

@@ -193,6 +193,8 @@ describe("SqliteTableStore on disk", () => {
     const file = nextFile();
     mkdirSync(dirname(file), { recursive: true });
     const db = new Database(file);
+    db.pragma("page_size = 16384");
+    db.pragma("auto_vacuum = INCREMENTAL");
     db.pragma("journal_mode = WAL");
     db.exec(`
       CREATE TABLE store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -265,6 +267,8 @@ describe("SqliteTableStore on disk", () => {
     expect(after.prepare("SELECT name FROM sqlite_master WHERE name = 'table_rows'").all()).toEqual([]);
     expect(after.prepare("SELECT value FROM store_meta WHERE key = 'schema'").pluck().get()).toBe("2");
     expect(after.prepare("SELECT sum(row_count) FROM table_blocks").pluck().get()).toBe(written[0].length + written[1].length);
+    // The pages of the dropped rows were handed back, not left free in the file.
+    expect(after.pragma("freelist_count", { simple: true })).toBe(0);
     after.close();
   });
 
