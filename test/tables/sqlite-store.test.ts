@@ -187,6 +187,24 @@ describe("SqliteTableStore on disk", () => {
     store.close();
   });
 
+  it("refuses a pair appended after it was copied, naming it, and a copy overlapping appended rows", () => {
+    const { store, live } = storeWithLiveTable(nextFile());
+    const rows = tableRows(clusters, 0);
+    const b = store.beginBuild({ ...META, parent: live });
+    expect(b.copyRows(live, rows.slice(0, 30))).toBe(30);
+    expect(() => b.append([rows[30], rows[12]])).toThrow(new RegExp(`\\(${rows[12].c1}, ${rows[12].c2}\\) written twice`));
+    expect(() => b.appendPacked(packedRows([rows[31], rows[12]], clusters))).toThrow(new RegExp(`\\(${rows[12].c1}, ${rows[12].c2}\\) written twice`));
+    // The failed batches wrote nothing: rows 30 and 31 can still be appended, and then a copy of them overlaps.
+    b.append([rows[30], rows[31]]);
+    expect(() => b.copyRows(live, [rows[31]])).toThrow(/copying from t000001 overlaps rows already in t000002/);
+    expect(() => b.copyRows(live)).toThrow(/overlaps rows already in t000002/);
+    expect(b.copyRows(live, rows.slice(32))).toBe(rows.length - 32);
+    const done = b.finish(STATS);
+    expect(done.rows).toBe(rows.length);
+    expect([...store.rows(done.version)]).toEqual([...store.rows(live)]);
+    store.close();
+  });
+
   it("converts a file of one SQL row per pair (schema 1) to blocks on open: every row reads back as it was written", () => {
     // Written through raw SQL as the store of schema 1 wrote it: its tables, a dictionary numbering clusters as a
     // build meets them, rows with BLOB answers, explanations as BLOBs (bytes), JSON text (objects) or NULL.
