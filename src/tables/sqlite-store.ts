@@ -560,8 +560,8 @@ export class SqliteTableStore implements TableStore {
   appendRows(seq: number, rows: Iterable<TableBuildRow>): number {
     const ids: number[] = [];
     const scores: number[] = [];
-    const writeBatch = this.db.transaction((batch: TableBuildRow[], written: WrittenPairs) => {
-      this.openBuild(seq);
+    const writeBatch = this.db.transaction((batch: TableBuildRow[]) => {
+      const written = this.openBuild(seq);
       const c1s = new Int32Array(batch.length);
       const c2s = new Int32Array(batch.length);
       const answers: Buffer[] = [];
@@ -593,7 +593,7 @@ export class SqliteTableStore implements TableStore {
     let written = 0;
     let batch: TableBuildRow[] = [];
     const flush = () => {
-      this.inBatch(seq, (pairs) => writeBatch.immediate(batch, pairs));
+      this.inBatch(seq, () => writeBatch.immediate(batch));
       written += batch.length;
       batch = [];
     };
@@ -610,17 +610,15 @@ export class SqliteTableStore implements TableStore {
    * build's written pairs (its rollback undid them in the file): or a later insert could reuse the dictionary indices
    * for other clusters while the cache still maps the old ids to them.
    */
-  private inBatch<T>(seq: number, write: (pairs: WrittenPairs) => T): T {
+  private inBatch<T>(seq: number, write: () => T): T {
     const known = this.clusterIds.length;
-    // A build that is not open here has no pairs: its transaction then fails on its status, naming it.
-    const pairs = this.openBuilds.get(seq) ?? new WrittenPairs();
     try {
-      const result = write(pairs);
-      pairs.commit();
+      const result = write();
+      this.openBuilds.get(seq)?.commit();
       return result;
     } catch (error) {
       this.forgetClustersFrom(known);
-      pairs.rollback();
+      this.openBuilds.get(seq)?.rollback();
       throw error;
     }
   }
@@ -649,8 +647,8 @@ export class SqliteTableStore implements TableStore {
     // Each row's clusters in the store's numbering.
     const c1s = new Int32Array(rows.count);
     const c2s = new Int32Array(rows.count);
-    const writeBatch = this.db.transaction((from: number, to: number, written: WrittenPairs) => {
-      this.openBuild(seq);
+    const writeBatch = this.db.transaction((from: number, to: number) => {
+      const written = this.openBuild(seq);
       // The dictionary learns clusters in the order an object build meets them: each row's answers, then c1, c2.
       for (const i of newClustersInOrder(rows, from, to, seen)) dictionary[i] = this.clusterIdxForWrite(clusters[i]);
       remapPackedAnswers(rows, from, to, dictionary);
@@ -670,7 +668,7 @@ export class SqliteTableStore implements TableStore {
       const to = Math.min(from + this.batchSize, rows.count);
       checkPackedRows(rows, from, to);
       // As in appendRows: the rollback undid the dictionary entries and pairs this batch added.
-      this.inBatch(seq, (pairs) => writeBatch.immediate(from, to, pairs));
+      this.inBatch(seq, () => writeBatch.immediate(from, to));
       written += to - from;
     }
     return written;
@@ -681,8 +679,8 @@ export class SqliteTableStore implements TableStore {
     const from = this.record(fromVersion).seq;
     if (from === seq) throw new TableStateError(`tables: ${versionId(seq)} cannot copy rows from itself`, versionId(seq));
     const overlap = () => new FreshrecError("BAD_INPUT", `tables: copying from ${fromVersion} overlaps rows already in ${versionId(seq)}`);
-    const copy = this.db.transaction((written: WrittenPairs) => {
-      this.openBuild(seq);
+    const copy = this.db.transaction(() => {
+      const written = this.openBuild(seq);
       if (!pairs) {
         // Whole blocks, copied in SQL; their pairs are read only to be known as written.
         let n = 0;
@@ -724,7 +722,7 @@ export class SqliteTableStore implements TableStore {
       }
       return n;
     });
-    return this.inBatch(seq, (written) => copy.immediate(written));
+    return this.inBatch(seq, () => copy.immediate());
   }
 
   private assertBuilding(seq: number): VersionRecord {
