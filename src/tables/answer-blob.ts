@@ -26,12 +26,15 @@ export function answerCount(blob: Uint8Array): number {
   return blob.length / ANSWER_BYTES;
 }
 
-/** Decodes into caller-owned arrays at `offset`; returns the number of answers. */
-export function decodeAnswersInto(blob: Buffer, ids: Int32Array, scores: Float32Array, offset: number): number {
-  const n = blob.length / ANSWER_BYTES;
+/**
+ * Decodes the answers in blob[from .. to) (the whole blob by default; a row's answers inside a larger stored block,
+ * ./table-block.ts) into caller-owned arrays at `offset`; returns the number of answers.
+ */
+export function decodeAnswersInto(blob: Buffer, ids: Int32Array, scores: Float32Array, offset: number, from = 0, to = blob.length): number {
+  const n = (to - from) / ANSWER_BYTES;
   for (let k = 0; k < n; k++) {
-    ids[offset + k] = blob.readInt32LE(k * ANSWER_BYTES);
-    scores[offset + k] = blob.readFloatLE(k * ANSWER_BYTES + 4);
+    ids[offset + k] = blob.readInt32LE(from + k * ANSWER_BYTES);
+    scores[offset + k] = blob.readFloatLE(from + k * ANSWER_BYTES + 4);
   }
   return n;
 }

@@ -3,13 +3,22 @@
  *
  * Storage layout, chosen for a 300-cluster table of 89,700 pairs x top-10 answers:
  * - `clusters(idx, id)`: one global dictionary of cluster ids, dense integers from 0. Global rather than per
- *   table so that an incremental build copies rows between versions as opaque values in one SQL statement.
+ *   table so that an incremental build copies rows between versions as opaque bytes (all of them: whole blocks in
+ *   one SQL statement).
  *   Entries are never deleted or renumbered, so every process may cache them.
- * - `table_rows(table_seq, c1, c2, context_key, answers, explanation)`, WITHOUT ROWID, keyed by (table, c1, c2): a point
- *   lookup is one B-tree probe and a table's rows are one contiguous range (cheap to scan, copy and delete).
- *   `answers` is the 8-bytes-per-answer BLOB of ./answer-blob.ts; `explanation` what a fusion row explains
- *   itself with (weights and counts: a BLOB in the writer's compact encoding, JSON text in tables written before it;
- *   NULL for prompted rows). A TEXT column holds BLOBs as they are, so old files need no migration.
+ * - `table_blocks(id, table_seq, c1, row_count, top_n, block)`: a table's rows in blocks, not one SQL row per pair,
+ *   because SQLite's cost of writing a table is per SQL row, whatever its bytes. `block` is one BLOB of ./table-block.ts
+ *   holding rows of one c1, sorted by c2, each with its c2, its answers (the 8-bytes-per-answer form of
+ *   ./answer-blob.ts), its explanation (what a fusion row explains itself with: bytes in the writer's compact
+ *   encoding, or JSON text for an object and for every explanation of a table written before bytes; none for
+ *   prompted rows) and its context key. Each batch an append commits writes one block per c1 it holds, so a c1
+ *   whose rows came in several batches has several blocks (parts), which readers merge by c2; `row_count` and
+ *   `top_n` (the most answers of a row) let SQL sum a version's shape without reading blocks. Indexed by
+ *   (table_seq, c1): a lookup reads one c1's parts, a table's blocks are one contiguous range (cheap to scan, copy
+ *   whole in SQL and delete).
+ *   A build refuses a pair written twice from the pairs it has written, kept in memory by the store that began it
+ *   (a build is written by one process; `recoverStale` fails one whose process is gone).
+ *   Files of schema 1 held one SQL row per pair (`table_rows`); opening one converts it to blocks in one transaction.
  * - `table_versions`: metadata and status; the version id is "t" + the AUTOINCREMENT sequence, so ids are never
  *   reused, even after gc deletes the newest one.
  * - `live_stack`: the publish stack. Its top is the live table, the entry below is where rollback returns.
@@ -35,6 +44,15 @@ import { FreshrecError } from "../domain/errors.js";
 import type { History } from "../domain/types.js";
 import { pairKey } from "../domain/types.js";
 import { ANSWER_BYTES, checkPackedRows, decodeAnswersInto, encodeAnswers, newClustersInOrder, remapPackedAnswers } from "./answer-blob.js";
+import {
+  EXPLANATION_BYTES,
+  EXPLANATION_JSON,
+  EXPLANATION_NONE,
+  type ExplanationKind,
+  mergeBlockParts,
+  TableBlock,
+  TableBlockWriter,
+} from "./table-block.js";
 
 /** Page cache of a table scan (`packedPages`), in SQLite's units (negative: KiB). */
 const SCAN_CACHE_SIZE = -1024;
@@ -76,13 +94,16 @@ export interface SqliteTableStoreOptions {
    */
   readonly recoverOnOpen?: boolean;
   /**
-   * Rows fetched per query while iterating `rows()`.
+   * Rows fetched per query while iterating `rows()` (and `contextKeys`, `packed`): whole c1s, as many as this many
+   * rows need, at least one.
    * @defaultValue 2000
    */
   readonly pageSize?: number;
 }
 
-const SCHEMA_VERSION = "1";
+const SCHEMA_VERSION = "2";
+/** The schema of files that stored one SQL row per pair (`table_rows`); opening one converts it to blocks. */
+const ROWS_SCHEMA_VERSION = "1";
 const PUBLISHABLE: readonly TableStatus[] = ["ready", "retired"];
 
 /** The table store file inside a workspace. */
@@ -93,11 +114,56 @@ export function tableStorePath(workspace: string): string {
 /** How the table store's file errors name it (src/data/store-file.ts). */
 const TABLE_STORE_FILE: StoreFileKind = { store: "tables", startsOver: "an empty table store" };
 
-/** A row's explanation column: bytes as they are (a BLOB), an object as JSON text, nothing as NULL. */
-function explanationValue(explanation: TableBuildRow["explanation"]): Buffer | string | null {
-  if (!explanation) return null;
-  if (explanation instanceof Uint8Array) return Buffer.isBuffer(explanation) ? explanation : Buffer.from(explanation.buffer, explanation.byteOffset, explanation.byteLength);
-  return JSON.stringify(explanation);
+/** A row's explanation as a block stores it: bytes as they are, an object as JSON text, nothing as none. */
+function storedExplanation(explanation: TableBuildRow["explanation"] | string | null): { kind: ExplanationKind; bytes: Uint8Array | null } {
+  if (explanation === undefined || explanation === null) return { kind: EXPLANATION_NONE, bytes: null };
+  if (explanation instanceof Uint8Array) return { kind: EXPLANATION_BYTES, bytes: explanation };
+  return { kind: EXPLANATION_JSON, bytes: Buffer.from(typeof explanation === "string" ? explanation : JSON.stringify(explanation), "utf8") };
+}
+
+/**
+ * Rows [from, to) in the order of a table's blocks, (c1, c2) in the store's numbering. A build lists its pairs in
+ * that order (`clusterOrder`), so the sort is mostly skipped.
+ */
+function pairOrder(from: number, to: number, c1Of: (r: number) => number, c2Of: (r: number) => number): Int32Array {
+  const order = new Int32Array(to - from);
+  let sorted = true;
+  for (let r = from; r < to; r++) {
+    order[r - from] = r;
+    if (r > from && sorted) {
+      const d = c1Of(r) - c1Of(r - 1);
+      sorted = d > 0 || (d === 0 && c2Of(r) > c2Of(r - 1));
+    }
+  }
+  return sorted ? order : order.sort((a, b) => c1Of(a) - c1Of(b) || c2Of(a) - c2Of(b));
+}
+
+/**
+ * The pairs written to a build this store has open, per c1 (dictionary indices), so a pair written twice is refused
+ * before it is stored. Pairs added since the last `commit` are taken back by `rollback` when their transaction fails.
+ */
+class WrittenPairs {
+  private readonly byC1 = new Map<number, Set<number>>();
+  private readonly pending: number[] = [];
+
+  /** Adds a pair; false when it was written before. */
+  add(c1: number, c2: number): boolean {
+    let c2s = this.byC1.get(c1);
+    if (!c2s) this.byC1.set(c1, (c2s = new Set()));
+    if (c2s.has(c2)) return false;
+    c2s.add(c2);
+    this.pending.push(c1, c2);
+    return true;
+  }
+
+  commit(): void {
+    this.pending.length = 0;
+  }
+
+  rollback(): void {
+    for (let k = 0; k < this.pending.length; k += 2) this.byC1.get(this.pending[k])?.delete(this.pending[k + 1]);
+    this.pending.length = 0;
+  }
 }
 
 /**
@@ -123,8 +189,9 @@ export function isProcessAlive(pid: number): boolean {
   }
 }
 
-function isPrimaryKeyConflict(error: unknown): boolean {
-  return (error as { code?: string })?.code === "SQLITE_CONSTRAINT_PRIMARYKEY";
+/** How errors name a block of a version: the store's index of its c1 (the dictionary may be what is damaged). */
+function blockName(seq: number, c1: number): string {
+  return `${versionId(seq)} (c1 #${c1})`;
 }
 
 function prepareStatements(db: Database.Database) {
@@ -141,25 +208,17 @@ function prepareStatements(db: Database.Database) {
     fail: db.prepare(`UPDATE table_versions SET status = 'failed', failure = ?, finished_at = ?, row_count = ?,
       builder_pid = NULL, builder_host = NULL WHERE seq = ?`),
     setMetrics: db.prepare("UPDATE table_versions SET metrics = ? WHERE seq = ?"),
-    rowShape: db.prepare(`SELECT count(*) AS n, coalesce(max(length(answers)), 0) AS bytes FROM table_rows WHERE table_seq = ?`),
+    rowShape: db.prepare("SELECT coalesce(sum(row_count), 0) AS n, coalesce(max(top_n), 0) AS topN FROM table_blocks WHERE table_seq = ?"),
     clusterByIdx: db.prepare("SELECT idx, id FROM clusters WHERE idx >= ? ORDER BY idx"),
     clusterById: db.prepare("SELECT idx FROM clusters WHERE id = ?"),
     insertCluster: db.prepare("INSERT INTO clusters (idx, id) VALUES ((SELECT coalesce(max(idx) + 1, 0) FROM clusters), ?)"),
-    insertRow: db.prepare("INSERT INTO table_rows (table_seq, c1, c2, context_key, answers, explanation) VALUES (?, ?, ?, ?, ?, ?)"),
-    row: db.prepare("SELECT context_key, answers, explanation FROM table_rows WHERE table_seq = ? AND c1 = ? AND c2 = ?"),
-    page: db.prepare(`SELECT c1, c2, context_key, answers, explanation FROM table_rows
-      WHERE table_seq = ? AND (c1, c2) > (?, ?) ORDER BY c1, c2 LIMIT ?`),
-    keys: db.prepare("SELECT c1, c2, context_key FROM table_rows WHERE table_seq = ?").raw(),
-    packedSize: db.prepare("SELECT count(*) AS n, coalesce(max(length(answers)), 0) AS bytes FROM table_rows WHERE table_seq = ?"),
-    packedPage: db.prepare(`SELECT c1, c2, answers FROM table_rows
-      WHERE table_seq = ? AND (c1, c2) > (?, ?) ORDER BY c1, c2 LIMIT ?`).raw(),
-    clearCopyPairs: db.prepare("DELETE FROM temp.copy_pairs"),
-    insertCopyPair: db.prepare("INSERT OR IGNORE INTO temp.copy_pairs (c1, c2) VALUES (?, ?)"),
-    copyPairs: db.prepare(`INSERT INTO table_rows (table_seq, c1, c2, context_key, answers, explanation)
-      SELECT ?, r.c1, r.c2, r.context_key, r.answers, r.explanation FROM temp.copy_pairs p
-      JOIN table_rows r ON r.table_seq = ? AND r.c1 = p.c1 AND r.c2 = p.c2`),
-    copyAll: db.prepare(`INSERT INTO table_rows (table_seq, c1, c2, context_key, answers, explanation)
-      SELECT ?, c1, c2, context_key, answers, explanation FROM table_rows WHERE table_seq = ?`),
+    insertBlock: db.prepare("INSERT INTO table_blocks (table_seq, c1, row_count, top_n, block) VALUES (?, ?, ?, ?, ?)"),
+    partsOf: db.prepare("SELECT block FROM table_blocks WHERE table_seq = ? AND c1 = ? ORDER BY id").pluck(),
+    firstClusters: db.prepare(`SELECT c1, sum(row_count) FROM table_blocks WHERE table_seq = ? AND c1 > ?
+      GROUP BY c1 ORDER BY c1 LIMIT ?`).raw(),
+    blocksBetween: db.prepare("SELECT c1, block FROM table_blocks WHERE table_seq = ? AND c1 > ? AND c1 <= ? ORDER BY c1, id").raw(),
+    copyBlocks: db.prepare(`INSERT INTO table_blocks (table_seq, c1, row_count, top_n, block)
+      SELECT ?, c1, row_count, top_n, block FROM table_blocks WHERE table_seq = ? ORDER BY c1, id`),
     stack: db.prepare("SELECT pos, table_seq FROM live_stack ORDER BY pos DESC"),
     push: db.prepare("INSERT INTO live_stack (table_seq) VALUES (?)"),
     popAbove: db.prepare("DELETE FROM live_stack WHERE pos > ?"),
@@ -167,7 +226,7 @@ function prepareStatements(db: Database.Database) {
     dropStackPos: db.prepare("DELETE FROM live_stack WHERE pos = ?"),
     log: db.prepare("INSERT INTO publish_log (action, version, previous, at, actor, reason) VALUES (?, ?, ?, ?, ?, ?)"),
     history: db.prepare("SELECT action, version, previous, at, actor, reason FROM publish_log ORDER BY id"),
-    deleteRows: db.prepare("DELETE FROM table_rows WHERE table_seq = ?"),
+    deleteBlocks: db.prepare("DELETE FROM table_blocks WHERE table_seq = ?"),
     deleteVersion: db.prepare("DELETE FROM table_versions WHERE seq = ?"),
   };
 }
@@ -186,8 +245,8 @@ export class SqliteTableStore implements TableStore {
   private readonly clusterIndex = new Map<string, number>();
   private readonly sql: Statements;
   private readonly db: Database.Database;
-  /** Builds this store began and has not finished or failed. */
-  private readonly openBuilds = new Set<number>();
+  /** Builds this store began and has not finished or failed, with the pairs written to each. */
+  private readonly openBuilds = new Map<number, WrittenPairs>();
 
   /** The database file (":memory:N" for an in-memory store), for messages. */
   get location(): string {
@@ -236,10 +295,13 @@ export class SqliteTableStore implements TableStore {
     // large batches, so it is cheap here.
     db.pragma("synchronous = FULL");
     // One IMMEDIATE transaction, so two processes opening a new file at once do not both write the schema row.
-    db.transaction(() => SqliteTableStore.createSchema(db, file)).immediate();
+    const converted = db.transaction(() => SqliteTableStore.createSchema(db, file)).immediate();
+    // The rows a conversion dropped leave their pages free: hand them back rather than keep a file twice its size.
+    if (converted) db.pragma("incremental_vacuum");
   }
 
-  private static createSchema(db: Database.Database, file: string): void {
+  /** Creates what is missing; returns whether a schema-1 file was converted to blocks. */
+  private static createSchema(db: Database.Database, file: string): boolean {
     db.exec(`
       CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
       CREATE TABLE IF NOT EXISTS clusters (idx INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE);
@@ -263,15 +325,15 @@ export class SqliteTableStore implements TableStore {
         builder_pid INTEGER,
         builder_host TEXT
       );
-      CREATE TABLE IF NOT EXISTS table_rows (
+      CREATE TABLE IF NOT EXISTS table_blocks (
+        id INTEGER PRIMARY KEY,
         table_seq INTEGER NOT NULL,
         c1 INTEGER NOT NULL,
-        c2 INTEGER NOT NULL,
-        context_key TEXT,
-        answers BLOB NOT NULL,
-        explanation TEXT,
-        PRIMARY KEY (table_seq, c1, c2)
-      ) WITHOUT ROWID;
+        row_count INTEGER NOT NULL,
+        top_n INTEGER NOT NULL,
+        block BLOB NOT NULL
+      );
+      CREATE INDEX IF NOT EXISTS table_blocks_by_c1 ON table_blocks (table_seq, c1);
       CREATE TABLE IF NOT EXISTS live_stack (pos INTEGER PRIMARY KEY AUTOINCREMENT, table_seq INTEGER NOT NULL);
       CREATE TABLE IF NOT EXISTS publish_log (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -282,16 +344,41 @@ export class SqliteTableStore implements TableStore {
         actor TEXT,
         reason TEXT
       );
-      CREATE TEMP TABLE IF NOT EXISTS copy_pairs (c1 INTEGER NOT NULL, c2 INTEGER NOT NULL, PRIMARY KEY (c1, c2)) WITHOUT ROWID;
     `);
-    // Files written before rows could explain themselves get the (nullable) column; old readers ignore it.
-    const columns = db.prepare("PRAGMA table_info(table_rows)").all() as { name: string }[];
-    if (!columns.some((c) => c.name === "explanation")) db.exec("ALTER TABLE table_rows ADD COLUMN explanation TEXT");
     const row = db.prepare("SELECT value FROM store_meta WHERE key = 'schema'").get() as { value: string } | undefined;
     if (!row) db.prepare("INSERT INTO store_meta (key, value) VALUES ('schema', ?)").run(SCHEMA_VERSION);
-    else if (row.value !== SCHEMA_VERSION) {
+    else if (row.value === ROWS_SCHEMA_VERSION) {
+      SqliteTableStore.convertRowsToBlocks(db);
+      db.prepare("UPDATE store_meta SET value = ? WHERE key = 'schema'").run(SCHEMA_VERSION);
+      return true;
+    } else if (row.value !== SCHEMA_VERSION) {
       throw new FreshrecError("INTERNAL", `tables: ${file} has schema ${row.value}, this freshrec reads ${SCHEMA_VERSION}`);
     }
+    return false;
+  }
+
+  /**
+   * Rewrites the rows of a schema-1 file (`table_rows`, one SQL row per pair) as blocks, one per (version, c1), and
+   * drops them; runs inside the schema's transaction, so a file is converted whole or not at all. Explanations keep
+   * their kind: BLOBs stay bytes, text (the JSON of tables written before bytes) stays JSON.
+   */
+  private static convertRowsToBlocks(db: Database.Database): void {
+    if (!db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'table_rows'").get()) return;
+    // Files written before rows could explain themselves have no explanation column.
+    const columns = db.prepare("PRAGMA table_info(table_rows)").all() as { name: string }[];
+    const explanation = columns.some((c) => c.name === "explanation") ? "explanation" : "NULL";
+    const firstClusters = db.prepare("SELECT DISTINCT table_seq, c1 FROM table_rows ORDER BY table_seq, c1").raw();
+    const rowsOf = db.prepare(`SELECT c2, context_key, answers, ${explanation} FROM table_rows WHERE table_seq = ? AND c1 = ? ORDER BY c2`).raw();
+    const insert = db.prepare("INSERT INTO table_blocks (table_seq, c1, row_count, top_n, block) VALUES (?, ?, ?, ?, ?)");
+    for (const [seq, c1] of firstClusters.all() as [number, number][]) {
+      const writer = new TableBlockWriter();
+      for (const [c2, key, answers, stored] of rowsOf.all(seq, c1) as [number, string | null, Buffer, Buffer | string | null][]) {
+        const { kind, bytes } = storedExplanation(stored);
+        writer.add(c2, answers, 0, answers.length, kind, bytes, 0, bytes?.length ?? 0, key);
+      }
+      insert.run(seq, c1, writer.count, writer.topN, writer.finish());
+    }
+    db.exec("DROP TABLE table_rows");
   }
 
   // ---------------------------------------------------------------------------------------------- lookups of state
@@ -384,15 +471,61 @@ export class SqliteTableStore implements TableStore {
     return this.clusterIds[idx];
   }
 
-  private decodeRow(c1: number, c2: number, contextKey: string | null, answers: Buffer, explanation: string | Buffer | null): StoredTableRow {
-    const n = answers.length / ANSWER_BYTES;
+  /** Row i of a block of c1 as a stored row. */
+  private decodeRow(c1: number, block: TableBlock, i: number): StoredTableRow {
+    const { bytes } = block;
+    const start = block.answersStart(i);
+    const n = (block.answersEnd(i) - start) / ANSWER_BYTES;
     const list = new Array<{ cluster: string; score: number }>(n);
-    for (let k = 0; k < n; k++) {
-      list[k] = { cluster: this.clusterId(answers.readInt32LE(k * ANSWER_BYTES)), score: answers.readFloatLE(k * ANSWER_BYTES + 4) };
+    for (let k = 0, at = start; k < n; k++, at += ANSWER_BYTES) {
+      list[k] = { cluster: this.clusterId(bytes.readInt32LE(at)), score: bytes.readFloatLE(at + 4) };
     }
-    const row = { c1: this.clusterId(c1), c2: this.clusterId(c2), answers: list, contextKey };
-    if (explanation === null) return row;
-    return { ...row, explanation: typeof explanation === "string" ? JSON.parse(explanation) : explanation };
+    const row = { c1: this.clusterId(c1), c2: this.clusterId(block.c2(i)), answers: list, contextKey: block.contextKey(i) };
+    const explanation = block.explanation(i);
+    return explanation === undefined ? row : { ...row, explanation };
+  }
+
+  /** The stored parts of one c1 of a version, in the order they were written. */
+  private partsOf(seq: number, c1: number): TableBlock[] {
+    return (this.sql.partsOf.all(seq, c1) as Buffer[]).map((bytes) => new TableBlock(bytes, blockName(seq, c1)));
+  }
+
+  /**
+   * A version's c1s in order, each with its parts, fetched by whole c1s of about `rowsPerQuery` rows per query: pages,
+   * not one long-lived statement, as better-sqlite3 blocks every other call on the connection while an iterator is
+   * open, and a caller may well look things up while walking the rows.
+   */
+  private *firstClusters(seq: number, rowsPerQuery: number): Generator<{ c1: number; parts: TableBlock[] }, void, void> {
+    let after = -1;
+    for (;;) {
+      const counts = this.sql.firstClusters.all(seq, after, rowsPerQuery) as [number, number][];
+      if (counts.length === 0) return;
+      let last = counts.length - 1;
+      for (let j = 0, rows = 0; j < counts.length; j++) {
+        rows += counts[j][1];
+        if (rows >= rowsPerQuery) {
+          last = j;
+          break;
+        }
+      }
+      const upTo = counts[last][0];
+      const blocks = this.sql.blocksBetween.all(seq, after, upTo) as [number, Buffer][];
+      for (let j = 0; j < blocks.length; ) {
+        const c1 = blocks[j][0];
+        const parts: TableBlock[] = [];
+        for (; j < blocks.length && blocks[j][0] === c1; j++) parts.push(new TableBlock(blocks[j][1], blockName(seq, c1)));
+        yield { c1, parts };
+      }
+      after = upTo;
+    }
+  }
+
+  /** The written pairs of a build this store has open, once it is checked to be still building; call in a transaction. */
+  private openBuild(seq: number): WrittenPairs {
+    this.assertBuilding(seq);
+    const pairs = this.openBuilds.get(seq);
+    if (!pairs) throw new TableStateError(`tables: ${versionId(seq)} is being built through another store`, versionId(seq), "building");
+    return pairs;
   }
 
   // ---------------------------------------------------------------------------------------------- building
@@ -419,7 +552,7 @@ export class SqliteTableStore implements TableStore {
     let open = activeBuilds.get(this.file);
     if (!open) activeBuilds.set(this.file, (open = new Set()));
     open.add(seq);
-    this.openBuilds.add(seq);
+    this.openBuilds.set(seq, new WrittenPairs());
     return new SqliteTableBuilder(this, seq);
   }
 
@@ -428,8 +561,11 @@ export class SqliteTableStore implements TableStore {
     const ids: number[] = [];
     const scores: number[] = [];
     const writeBatch = this.db.transaction((batch: TableBuildRow[]) => {
-      this.assertBuilding(seq);
-      for (const row of batch) {
+      const written = this.openBuild(seq);
+      const c1s = new Int32Array(batch.length);
+      const c2s = new Int32Array(batch.length);
+      const answers: Buffer[] = [];
+      batch.forEach((row, r) => {
         if (row.c1 === row.c2) throw new FreshrecError("BAD_INPUT", `tables: row (${row.c1}, ${row.c2}) repeats its cluster`);
         ids.length = 0;
         scores.length = 0;
@@ -443,30 +579,21 @@ export class SqliteTableStore implements TableStore {
           ids.push(this.clusterIdxForWrite(a.cluster));
           scores.push(a.score);
         }
-        const c1 = this.clusterIdxForWrite(row.c1);
-        const c2 = this.clusterIdxForWrite(row.c2);
-        try {
-          this.sql.insertRow.run(seq, c1, c2, row.contextKey ?? null, encodeAnswers(ids, scores), explanationValue(row.explanation));
-        } catch (error) {
-          if (isPrimaryKeyConflict(error)) {
-            throw new FreshrecError("BAD_INPUT", `tables: pair (${row.c1}, ${row.c2}) written twice to ${versionId(seq)}`, { cause: error });
-          }
-          throw error;
-        }
-      }
+        c1s[r] = this.clusterIdxForWrite(row.c1);
+        c2s[r] = this.clusterIdxForWrite(row.c2);
+        if (!written.add(c1s[r], c2s[r])) throw new FreshrecError("BAD_INPUT", `tables: pair (${row.c1}, ${row.c2}) written twice to ${versionId(seq)}`);
+        answers.push(encodeAnswers(ids, scores));
+      });
+      const explanations = batch.map((row) => storedExplanation(row.explanation));
+      this.writeBlocks(seq, pairOrder(0, batch.length, (r) => c1s[r], (r) => c2s[r]), c1s, (writer, r) => {
+        const { kind, bytes } = explanations[r];
+        writer.add(c2s[r], answers[r], 0, answers[r].length, kind, bytes, 0, bytes?.length ?? 0, batch[r].contextKey ?? null);
+      });
     });
     let written = 0;
     let batch: TableBuildRow[] = [];
     const flush = () => {
-      const known = this.clusterIds.length;
-      try {
-        writeBatch.immediate(batch);
-      } catch (error) {
-        // The rollback also undid the dictionary entries this batch added; forget them, or a later insert could
-        // reuse their indices for other clusters while this cache still maps the old ids to them.
-        this.forgetClustersFrom(known);
-        throw error;
-      }
+      this.inBatch(seq, () => writeBatch.immediate(batch));
       written += batch.length;
       batch = [];
     };
@@ -479,6 +606,37 @@ export class SqliteTableStore implements TableStore {
   }
 
   /**
+   * Runs one write transaction of a build; when it fails, forgets what it added to the dictionary cache and to the
+   * build's written pairs (its rollback undid them in the file): or a later insert could reuse the dictionary indices
+   * for other clusters while the cache still maps the old ids to them.
+   */
+  private inBatch<T>(seq: number, write: () => T): T {
+    const known = this.clusterIds.length;
+    try {
+      const result = write();
+      this.openBuilds.get(seq)?.commit();
+      return result;
+    } catch (error) {
+      this.forgetClustersFrom(known);
+      this.openBuilds.get(seq)?.rollback();
+      throw error;
+    }
+  }
+
+  /**
+   * Writes rows in `order` (by c1, then c2, in the store's numbering) as one block per c1: `add` adds row r to its
+   * c1's block.
+   */
+  private writeBlocks(seq: number, order: Int32Array, c1Of: Int32Array, add: (writer: TableBlockWriter, r: number) => void): void {
+    for (let j = 0; j < order.length; ) {
+      const c1 = c1Of[order[j]];
+      const writer = new TableBlockWriter();
+      for (; j < order.length && c1Of[order[j]] === c1; j++) add(writer, order[j]);
+      this.sql.insertBlock.run(seq, c1, writer.count, writer.topN, writer.finish());
+    }
+  }
+
+  /**
    * @internal used by SqliteTableBuilder: `appendRows` for rows in stored form, in the same transactions of
    * `batchSize`, clusters added to the dictionary in the same order, with the same checks and errors.
    */
@@ -486,42 +644,31 @@ export class SqliteTableStore implements TableStore {
     const { clusters, c1, c2, answers, answerEnd, explanation, explanationEnd, contextKeys } = rows;
     const dictionary = new Int32Array(clusters.length).fill(-1);
     const seen = new Uint8Array(clusters.length);
+    // Each row's clusters in the store's numbering.
+    const c1s = new Int32Array(rows.count);
+    const c2s = new Int32Array(rows.count);
     const writeBatch = this.db.transaction((from: number, to: number) => {
-      this.assertBuilding(seq);
+      const written = this.openBuild(seq);
       // The dictionary learns clusters in the order an object build meets them: each row's answers, then c1, c2.
       for (const i of newClustersInOrder(rows, from, to, seen)) dictionary[i] = this.clusterIdxForWrite(clusters[i]);
       remapPackedAnswers(rows, from, to, dictionary);
       for (let r = from; r < to; r++) {
-        const explained = explanationEnd[r] > (r === 0 ? 0 : explanationEnd[r - 1]);
-        try {
-          this.sql.insertRow.run(
-            seq,
-            dictionary[c1[r]],
-            dictionary[c2[r]],
-            contextKeys[r] ?? null,
-            answers.subarray(r === 0 ? 0 : answerEnd[r - 1], answerEnd[r]),
-            explained ? explanation.subarray(r === 0 ? 0 : explanationEnd[r - 1], explanationEnd[r]) : null,
-          );
-        } catch (error) {
-          if (isPrimaryKeyConflict(error)) {
-            throw new FreshrecError("BAD_INPUT", `tables: pair (${clusters[c1[r]]}, ${clusters[c2[r]]}) written twice to ${versionId(seq)}`, { cause: error });
-          }
-          throw error;
-        }
+        c1s[r] = dictionary[c1[r]];
+        c2s[r] = dictionary[c2[r]];
+        if (!written.add(c1s[r], c2s[r])) throw new FreshrecError("BAD_INPUT", `tables: pair (${clusters[c1[r]]}, ${clusters[c2[r]]}) written twice to ${versionId(seq)}`);
       }
+      this.writeBlocks(seq, pairOrder(from, to, (r) => c1s[r], (r) => c2s[r]), c1s, (writer, r) => {
+        const explanationFrom = r === 0 ? 0 : explanationEnd[r - 1];
+        const kind = explanationEnd[r] > explanationFrom ? EXPLANATION_BYTES : EXPLANATION_NONE;
+        writer.add(c2s[r], answers, r === 0 ? 0 : answerEnd[r - 1], answerEnd[r], kind, explanation, explanationFrom, explanationEnd[r], contextKeys[r] ?? null);
+      });
     });
     let written = 0;
     for (let from = 0; from < rows.count; from += this.batchSize) {
       const to = Math.min(from + this.batchSize, rows.count);
       checkPackedRows(rows, from, to);
-      const known = this.clusterIds.length;
-      try {
-        writeBatch.immediate(from, to);
-      } catch (error) {
-        // As in appendRows: the rollback undid the dictionary entries this batch added.
-        this.forgetClustersFrom(known);
-        throw error;
-      }
+      // As in appendRows: the rollback undid the dictionary entries and pairs this batch added.
+      this.inBatch(seq, () => writeBatch.immediate(from, to));
       written += to - from;
     }
     return written;
@@ -531,28 +678,51 @@ export class SqliteTableStore implements TableStore {
   copyRowsInto(seq: number, fromVersion: string, pairs?: Iterable<History>): number {
     const from = this.record(fromVersion).seq;
     if (from === seq) throw new TableStateError(`tables: ${versionId(seq)} cannot copy rows from itself`, versionId(seq));
+    const overlap = () => new FreshrecError("BAD_INPUT", `tables: copying from ${fromVersion} overlaps rows already in ${versionId(seq)}`);
     const copy = this.db.transaction(() => {
-      this.assertBuilding(seq);
-      if (!pairs) return this.sql.copyAll.run(seq, from).changes;
-      this.sql.clearCopyPairs.run();
+      const written = this.openBuild(seq);
+      if (!pairs) {
+        // Whole blocks, copied in SQL; their pairs are read only to be known as written.
+        let n = 0;
+        for (const { c1, parts } of this.firstClusters(from, this.pageSize)) {
+          for (const part of parts) {
+            for (let i = 0; i < part.count; i++) if (!written.add(c1, part.c2(i))) throw overlap();
+            n += part.count;
+          }
+        }
+        this.sql.copyBlocks.run(seq, from);
+        return n;
+      }
+      const wanted = new Map<number, Set<number>>();
       for (const p of pairs) {
         const c1 = this.clusterIdxForRead(p.c1);
         const c2 = this.clusterIdxForRead(p.c2);
         // A cluster no table ever used cannot be in the source either.
-        if (c1 !== undefined && c2 !== undefined) this.sql.insertCopyPair.run(c1, c2);
+        if (c1 === undefined || c2 === undefined) continue;
+        let c2s = wanted.get(c1);
+        if (!c2s) wanted.set(c1, (c2s = new Set()));
+        c2s.add(c2);
       }
-      const changes = this.sql.copyPairs.run(seq, from).changes;
-      this.sql.clearCopyPairs.run();
-      return changes;
+      let n = 0;
+      for (const c1 of [...wanted.keys()].sort((a, b) => a - b)) {
+        const c2s = wanted.get(c1)!;
+        const parts = this.partsOf(from, c1);
+        const merged = mergeBlockParts(parts, blockName(from, c1));
+        const writer = new TableBlockWriter();
+        for (let j = 0; j < merged.count; j++) {
+          const part = parts[merged.part[j]];
+          const i = merged.row[j];
+          if (!c2s.has(part.c2(i))) continue;
+          if (!written.add(c1, part.c2(i))) throw overlap();
+          part.copyRowTo(i, writer);
+        }
+        if (writer.count === 0) continue;
+        this.sql.insertBlock.run(seq, c1, writer.count, writer.topN, writer.finish());
+        n += writer.count;
+      }
+      return n;
     });
-    try {
-      return copy.immediate();
-    } catch (error) {
-      if (isPrimaryKeyConflict(error)) {
-        throw new FreshrecError("BAD_INPUT", `tables: copying from ${fromVersion} overlaps rows already in ${versionId(seq)}`, { cause: error });
-      }
-      throw error;
-    }
+    return this.inBatch(seq, () => copy.immediate());
   }
 
   private assertBuilding(seq: number): VersionRecord {
@@ -574,8 +744,8 @@ export class SqliteTableStore implements TableStore {
     const info = this.db
       .transaction(() => {
         this.assertBuilding(seq);
-        const shape = this.sql.rowShape.get(seq) as { n: number; bytes: number };
-        this.sql.finish.run(JSON.stringify(stats), this.clock.now(), shape.n, shape.bytes / ANSWER_BYTES, seq);
+        const shape = this.sql.rowShape.get(seq) as { n: number; topN: number };
+        this.sql.finish.run(JSON.stringify(stats), this.clock.now(), shape.n, shape.topN, seq);
         return this.get(versionId(seq));
       })
       .immediate();
@@ -683,7 +853,7 @@ export class SqliteTableStore implements TableStore {
           (r) => r.status !== "building" && r.seq !== live && r.seq !== previous && !newestFinished.has(r.seq),
         );
         for (const r of victims) {
-          this.sql.deleteRows.run(r.seq);
+          this.sql.deleteBlocks.run(r.seq);
           this.sql.deleteVersion.run(r.seq);
           this.sql.dropFromStack.run(r.seq);
         }
@@ -707,16 +877,9 @@ export class SqliteTableStore implements TableStore {
   }
 
   private *pages(seq: number): IterableIterator<StoredTableRow> {
-    let c1 = -1;
-    let c2 = -1;
-    for (;;) {
-      // Pages, not one long-lived statement: better-sqlite3 blocks every other call on the connection while an
-      // iterator is open, and a caller may well look things up while walking the rows.
-      const page = this.sql.page.all(seq, c1, c2, this.pageSize) as { c1: number; c2: number; context_key: string | null; answers: Buffer; explanation: string | Buffer | null }[];
-      for (const r of page) yield this.decodeRow(r.c1, r.c2, r.context_key, r.answers, r.explanation);
-      if (page.length < this.pageSize) return;
-      c1 = page[page.length - 1].c1;
-      c2 = page[page.length - 1].c2;
+    for (const { c1, parts } of this.firstClusters(seq, this.pageSize)) {
+      const merged = mergeBlockParts(parts, blockName(seq, c1));
+      for (let j = 0; j < merged.count; j++) yield this.decodeRow(c1, parts[merged.part[j]], merged.row[j]);
     }
   }
 
@@ -725,15 +888,23 @@ export class SqliteTableStore implements TableStore {
     const i1 = this.clusterIdxForRead(c1);
     const i2 = this.clusterIdxForRead(c2);
     if (i1 === undefined || i2 === undefined) return undefined;
-    const r = this.sql.row.get(seq, i1, i2) as { context_key: string | null; answers: Buffer; explanation: string | Buffer | null } | undefined;
-    return r && this.decodeRow(i1, i2, r.context_key, r.answers, r.explanation);
+    for (const part of this.partsOf(seq, i1)) {
+      const i = part.find(i2);
+      if (i >= 0) return this.decodeRow(i1, part, i);
+    }
+    return undefined;
   }
 
   contextKeys(version: string): Map<string, string | null> {
     const seq = this.record(version).seq;
     const keys = new Map<string, string | null>();
-    for (const [c1, c2, key] of this.sql.keys.all(seq) as [number, number, string | null][]) {
-      keys.set(pairKey(this.clusterId(c1), this.clusterId(c2)), key);
+    for (const { c1, parts } of this.firstClusters(seq, this.pageSize)) {
+      const merged = mergeBlockParts(parts, blockName(seq, c1));
+      const first = this.clusterId(c1);
+      for (let j = 0; j < merged.count; j++) {
+        const part = parts[merged.part[j]];
+        keys.set(pairKey(first, this.clusterId(part.c2(merged.row[j]))), part.contextKey(merged.row[j]));
+      }
     }
     return keys;
   }
@@ -759,9 +930,7 @@ export class SqliteTableStore implements TableStore {
 
   *packedPages(version: string, rowsPerPage: number): Generator<PackedPage, PackedTableHeader, void> {
     const r = this.record(version);
-    const size = this.sql.packedSize.get(r.seq) as { n: number; bytes: number };
-    const n = size.n;
-    const topN = size.bytes / ANSWER_BYTES;
+    const { n, topN } = this.sql.rowShape.get(r.seq) as { n: number; topN: number };
     // Rows are committed after the clusters they name, so the dictionary read now covers every row.
     this.loadClusters();
     const header: PackedTableHeader = { version, modelVersion: r.model_version, topN, clusters: this.clusterIds.slice(), rows: n };
@@ -775,40 +944,45 @@ export class SqliteTableStore implements TableStore {
       this.db.pragma(`cache_size = ${SCAN_CACHE_SIZE}`);
     }
     try {
-      return yield* this.scanPages(r.seq, header, perPage, rowsPerPage);
+      return yield* this.scanPages(r.seq, header, perPage);
     } finally {
       if (--this.openScans === 0) this.db.pragma(`cache_size = ${this.cacheSizeOutsideScans}`);
     }
   }
 
-  private *scanPages(seq: number, header: PackedTableHeader, perPage: number, rowsPerPage: number): Generator<PackedPage, PackedTableHeader, void> {
+  private *scanPages(seq: number, header: PackedTableHeader, perPage: number): Generator<PackedPage, PackedTableHeader, void> {
     const { version, topN, rows: n } = header;
     const c1 = new Int32Array(perPage);
     const c2 = new Int32Array(perPage);
-    const answerIds = new Int32Array(perPage * topN);
+    const answerIds = new Int32Array(perPage * topN).fill(-1);
     const scores = new Float32Array(perPage * topN);
     let i = 0;
-    let last: [number, number] = [-1, -1];
-    while (i < n) {
-      // Raw pages of (c1, c2, blob) decoded straight into the columns: no row or answer objects, so loading a
-      // million-row table leaves no heap garbage behind (what the resident memory of a served table would pay).
-      const page = this.sql.packedPage.all(seq, last[0], last[1], rowsPerPage) as [number, number, Buffer][];
-      answerIds.fill(-1);
-      scores.fill(0);
-      let count = 0;
-      for (const row of page) {
+    let count = 0;
+    // Blocks decoded straight into the columns: no row or answer objects, so loading a million-row table leaves no
+    // heap garbage behind (what the resident memory of a served table would pay).
+    scan: for (const group of this.firstClusters(seq, perPage)) {
+      const { parts } = group;
+      const merged = mergeBlockParts(parts, blockName(seq, group.c1));
+      for (let j = 0; j < merged.count; j++) {
         // Rows added after the count: only an unfinished build grows, and a caller reading one gets what was counted.
-        if (i + count >= n) break;
-        c1[count] = row[0];
-        c2[count] = row[1];
-        decodeAnswersInto(row[2], answerIds, scores, count * topN);
-        count++;
+        if (i + count >= n) break scan;
+        const part = parts[merged.part[j]];
+        const row = merged.row[j];
+        c1[count] = group.c1;
+        c2[count] = part.c2(row);
+        decodeAnswersInto(part.bytes, answerIds, scores, count * topN, part.answersStart(row), part.answersEnd(row));
+        if (++count === perPage) {
+          i += count;
+          yield { header, count, c1, c2, answerIds, scores };
+          count = 0;
+          answerIds.fill(-1);
+          scores.fill(0);
+        }
       }
-      if (count === 0) break;
+    }
+    if (count > 0) {
       i += count;
-      last = [page[page.length - 1][0], page[page.length - 1][1]];
       yield { header, count, c1, c2, answerIds, scores };
-      if (page.length < rowsPerPage) break;
     }
     // Fewer rows than counted: the version was garbage-collected between pages. Never hand out a partial table.
     if (i !== n) throw new FreshrecError("NOT_FOUND", `table ${version} disappeared while loading (${i} of ${n} rows read)`);
@@ -818,7 +992,7 @@ export class SqliteTableStore implements TableStore {
   close(): void {
     // Builds left open are not failed here: closing without finishing is what a crash looks like, and the next
     // open's recoverStale handles both the same way.
-    for (const seq of this.openBuilds) activeBuilds.get(this.file)?.delete(seq);
+    for (const seq of this.openBuilds.keys()) activeBuilds.get(this.file)?.delete(seq);
     this.openBuilds.clear();
     this.db.close();
   }

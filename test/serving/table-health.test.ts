@@ -3,13 +3,13 @@
  * the reason, while the last good table keeps answering), and an answer for a history naming a cluster the table
  * does not know says so (fallback "unknown-cluster"), each metered.
  */
-import Database from "better-sqlite3";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { EventStore, eventBatchFromEvents } from "../../src/data/event-store.js";
 import { SystemClock } from "../../src/domain/clock.js";
 import { errorResponseSchema, explorationResponseSchema, healthResponseSchema, startServer, type RunningServer } from "../../src/serving/index.js";
 import { SqliteTableStore, tableStorePath } from "../../src/tables/index.js";
+import { setFirstAnswers } from "../tables/fixtures/blocks.js";
 import { STATS, tableRows } from "../tables/fixtures/rows.js";
 import { servingWorkspace, type ServingWorkspace } from "./fixtures.js";
 
@@ -54,12 +54,7 @@ describe("readiness follows table reloads", () => {
       build.append(tableRows(ws.clusters, 3));
       broken = build.finish(STATS).version;
       // Its answers name a cluster index no dictionary has: the table cannot be loaded.
-      const db = new Database(tableStorePath(ws.dir));
-      const blob = Buffer.alloc(8);
-      blob.writeInt32LE(30_000, 0);
-      blob.writeFloatLE(0.5, 4);
-      db.prepare("UPDATE table_rows SET answers = ? WHERE table_seq = ?").run(blob, Number(broken.slice(1)));
-      db.close();
+      expect(setFirstAnswers(tableStorePath(ws.dir), broken, 30_000)).toBeGreaterThan(0);
       store.publish(broken);
       await server.state.tables.poll();
 

@@ -1,15 +1,16 @@
 import { spawn } from "node:child_process";
 import Database from "better-sqlite3";
 import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { hostname, tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { VirtualClock } from "../../src/domain/clock.js";
 import { TableLookup } from "../../src/tables/lookup.js";
 import { EmbeddedTableStore } from "../../src/tables/embedded-store.js";
+import { encodeAnswers } from "../../src/tables/answer-blob.js";
 import { SqliteTableStore, tableStorePath } from "../../src/tables/sqlite-store.js";
-import { tableStoreConformance } from "./conformance.js";
-import { STATS, clusterNames, tableRows } from "./fixtures/rows.js";
+import { byPair, tableStoreConformance } from "./conformance.js";
+import { STATS, clusterNames, packedRows, tableRows } from "./fixtures/rows.js";
 
 const dir = mkdtempSync(join(tmpdir(), "freshrec-tables-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -146,6 +147,147 @@ describe("SqliteTableStore on disk", () => {
     b.append(tableRows(clusters, 2));
     expect(reopened.publish(b.finish(STATS).version).status).toBe("live");
     reopened.close();
+  });
+
+  it("reads rows of one c1 written in several batches, in any order, in (c1, c2) order; a pair written twice across batches is named", () => {
+    const file = nextFile();
+    const rows = tableRows(clusters, 2);
+    // A deterministic shuffle: every c1's rows land in several batches of 5, out of order within and across them.
+    const shuffled = rows.map((r, k) => ({ r, key: (k * 7919) % rows.length })).sort((a, b) => a.key - b.key).map((x) => x.r);
+    const small = SqliteTableStore.open(file, new VirtualClock(0), { batchSize: 5, pageSize: 3 });
+    const b = small.beginBuild(META);
+    b.append(shuffled.slice(0, 60));
+    b.appendPacked(packedRows(shuffled.slice(60), [...clusters].reverse()));
+    const others = tableRows(clusters.map((c) => `${c}-x`), 3);
+    expect(() => b.append([...others.slice(0, 7), shuffled[17]])).toThrow(new RegExp(`\\(${shuffled[17].c1}, ${shuffled[17].c2}\\) written twice`));
+    const v = b.finish(STATS).version;
+    // Several parts per c1: the table's rows are more blocks than c1s.
+    const db = new Database(file, { readonly: true });
+    expect(db.prepare("SELECT count(*) FROM table_blocks WHERE table_seq = 1").pluck().get()).toBeGreaterThan(clusters.length * 2);
+    db.close();
+    // The batch that failed wrote nothing, and the batch before it (5 other rows) stays in the build.
+    // In the order of the store's dictionary (numbered as the shuffled rows met clusters), c1 then c2.
+    const number = new Map(small.clusterOrder([...clusters, ...clusters.map((c) => `${c}-x`)]).map((c, k) => [c, k]));
+    const expected = [...rows, ...others.slice(0, 5)].sort((x, y) => number.get(x.c1)! - number.get(y.c1)! || number.get(x.c2)! - number.get(y.c2)!);
+    expect(small.get(v).rows).toBe(expected.length);
+    expect([...small.rows(v)]).toEqual(expected);
+    for (const r of expected) expect(small.lookup(v, r.c1, r.c2)?.answers).toEqual(r.answers);
+    const packed = small.packed(v);
+    expect(Array.from(packed.c1, (c, k) => `${packed.clusters[c]}/${packed.clusters[packed.c2[k]]}`)).toEqual(expected.map((r) => `${r.c1}/${r.c2}`));
+    small.close();
+  });
+
+  it("refuses a stored block of a layout it does not read, naming the table", () => {
+    const file = nextFile();
+    const { store, live } = storeWithLiveTable(file);
+    const db = new Database(file);
+    db.prepare("UPDATE table_blocks SET block = CAST(x'07000000' || substr(block, 5) AS BLOB) WHERE table_seq = 1 AND c1 = (SELECT min(c1) FROM table_blocks WHERE table_seq = 1)").run();
+    db.close();
+    expect(() => store.packed(live)).toThrow(/t000001 \(c1 #\d+\) have block layout 7, this freshrec reads 1/);
+    store.close();
+  });
+
+  it("refuses a pair appended after it was copied, naming it, and a copy overlapping appended rows", () => {
+    const { store, live } = storeWithLiveTable(nextFile());
+    const rows = tableRows(clusters, 0);
+    const b = store.beginBuild({ ...META, parent: live });
+    expect(b.copyRows(live, rows.slice(0, 30))).toBe(30);
+    expect(() => b.append([rows[30], rows[12]])).toThrow(new RegExp(`\\(${rows[12].c1}, ${rows[12].c2}\\) written twice`));
+    expect(() => b.appendPacked(packedRows([rows[31], rows[12]], clusters))).toThrow(new RegExp(`\\(${rows[12].c1}, ${rows[12].c2}\\) written twice`));
+    // The failed batches wrote nothing: rows 30 and 31 can still be appended, and then a copy of them overlaps.
+    b.append([rows[30], rows[31]]);
+    expect(() => b.copyRows(live, [rows[31]])).toThrow(/copying from t000001 overlaps rows already in t000002/);
+    expect(() => b.copyRows(live)).toThrow(/overlaps rows already in t000002/);
+    expect(b.copyRows(live, rows.slice(32))).toBe(rows.length - 32);
+    const done = b.finish(STATS);
+    expect(done.rows).toBe(rows.length);
+    expect([...store.rows(done.version)]).toEqual([...store.rows(live)]);
+    store.close();
+  });
+
+  it("converts a file of one SQL row per pair (schema 1) to blocks on open: every row reads back as it was written", () => {
+    // Written through raw SQL as the store of schema 1 wrote it: its tables, a dictionary numbering clusters as a
+    // build meets them, rows with BLOB answers, explanations as BLOBs (bytes), JSON text (objects) or NULL.
+    const file = nextFile();
+    mkdirSync(dirname(file), { recursive: true });
+    const db = new Database(file);
+    db.pragma("page_size = 16384");
+    db.pragma("auto_vacuum = INCREMENTAL");
+    db.pragma("journal_mode = WAL");
+    db.exec(`
+      CREATE TABLE store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+      CREATE TABLE clusters (idx INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE);
+      CREATE TABLE table_versions (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        status TEXT NOT NULL CHECK (status IN ('building', 'ready', 'live', 'retired', 'failed')),
+        model_version TEXT NOT NULL, template_hash TEXT NOT NULL, rag_as_of INTEGER, rag_window_days REAL, rag_options TEXT,
+        strategy TEXT, parent TEXT, stats TEXT, metrics TEXT, created_at INTEGER NOT NULL, finished_at INTEGER, failure TEXT,
+        row_count INTEGER NOT NULL DEFAULT 0, top_n INTEGER NOT NULL DEFAULT 0, builder_pid INTEGER, builder_host TEXT
+      );
+      CREATE TABLE table_rows (
+        table_seq INTEGER NOT NULL, c1 INTEGER NOT NULL, c2 INTEGER NOT NULL, context_key TEXT, answers BLOB NOT NULL,
+        explanation TEXT, PRIMARY KEY (table_seq, c1, c2)
+      ) WITHOUT ROWID;
+      CREATE TABLE live_stack (pos INTEGER PRIMARY KEY AUTOINCREMENT, table_seq INTEGER NOT NULL);
+      CREATE TABLE publish_log (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, action TEXT NOT NULL CHECK (action IN ('publish', 'rollback')), version TEXT NOT NULL,
+        previous TEXT, at INTEGER NOT NULL, actor TEXT, reason TEXT
+      );
+      INSERT INTO store_meta (key, value) VALUES ('schema', '1');
+    `);
+    const names = clusterNames(7);
+    const index = new Map<string, number>();
+    const idx = (c: string) => {
+      if (!index.has(c)) {
+        index.set(c, index.size);
+        db.prepare("INSERT INTO clusters (idx, id) VALUES (?, ?)").run(index.get(c), c);
+      }
+      return index.get(c)!;
+    };
+    // Two versions: the second's rows differ (variant) and it was still building when the old store last ran.
+    const written = [tableRows(names, 0, 4), tableRows(names, 1, 3)].map((rows) =>
+      rows.map((r, k) => ({
+        ...r,
+        contextKey: k % 4 === 0 ? null : k % 4 === 1 ? "" : r.contextKey,
+        explanation: k % 3 === 0 ? new Uint8Array([k, 0, 255, 7]) : k % 3 === 1 ? { tau: k / 4, counts: [k, 1] } : undefined,
+      })),
+    );
+    written.forEach((rows, v) => {
+      db.prepare(`INSERT INTO table_versions (status, model_version, template_hash, created_at, row_count, top_n, builder_pid, builder_host)
+        VALUES (?, 'm000001', 'tmpl-a', 1000, ?, ?, ?, ?)`).run(v === 0 ? "live" : "building", v === 0 ? rows.length : 0, v === 0 ? 4 : 0, v === 0 ? null : 2 ** 22 + 1, v === 0 ? null : hostname());
+      // Rows in another order than their keys: the file's order is the primary key's whatever the writes.
+      for (const r of [...rows].reverse()) {
+        const answers = encodeAnswers(r.answers.map((a) => idx(a.cluster)), r.answers.map((a) => a.score));
+        const explanation = r.explanation instanceof Uint8Array ? Buffer.from(r.explanation) : r.explanation ? JSON.stringify(r.explanation) : null;
+        db.prepare("INSERT INTO table_rows (table_seq, c1, c2, context_key, answers, explanation) VALUES (?, ?, ?, ?, ?, ?)").run(v + 1, idx(r.c1), idx(r.c2), r.contextKey, answers, explanation);
+      }
+    });
+    db.prepare("INSERT INTO live_stack (table_seq) VALUES (1)").run();
+    db.close();
+
+    const store = SqliteTableStore.open(file, new VirtualClock(Date.UTC(2025, 2, 5)));
+    const expected = (rows: (typeof written)[number]) =>
+      byPair(rows.map(({ explanation, ...r }) => (explanation === undefined ? r : { ...r, explanation: explanation instanceof Uint8Array ? Buffer.from(explanation) : explanation })));
+    expect(store.live()).toMatchObject({ version: "t000001", rows: written[0].length, topN: 4 });
+    // The build left behind is found abandoned, with the rows it had written counted from the blocks.
+    expect(store.get("t000002")).toMatchObject({ status: "failed", rows: written[1].length, failure: expect.stringMatching(/abandoned/) });
+    written.forEach((rows, v) => {
+      const version = `t00000${v + 1}`;
+      expect(byPair([...store.rows(version)])).toEqual(expected(rows));
+      for (const r of expected(rows)) expect(store.lookup(version, r.c1, r.c2)).toEqual(r);
+      expect(store.contextKeys(version)).toEqual(new Map(rows.map((r) => [`${r.c1}\u0000${r.c2}`, r.contextKey])));
+      const packed = store.packed(version);
+      expect(packed.c1).toHaveLength(rows.length);
+    });
+    // Converted whole: the rows are gone from their old table and the file says it holds blocks.
+    store.close();
+    const after = new Database(file, { readonly: true });
+    expect(after.prepare("SELECT name FROM sqlite_master WHERE name = 'table_rows'").all()).toEqual([]);
+    expect(after.prepare("SELECT value FROM store_meta WHERE key = 'schema'").pluck().get()).toBe("2");
+    expect(after.prepare("SELECT sum(row_count) FROM table_blocks").pluck().get()).toBe(written[0].length + written[1].length);
+    // The pages of the dropped rows were handed back, not left free in the file.
+    expect(after.pragma("freelist_count", { simple: true })).toBe(0);
+    after.close();
   });
 
   it("writes 89,700 rows x 10 answers and loads them into a lookup quickly", () => {
