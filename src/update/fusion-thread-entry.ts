@@ -3,7 +3,7 @@
  * code the refresh's own thread runs.
  */
 import { parentPort } from "node:worker_threads";
-import { coarsePassOf, countsOnlyFit, epochMs, FusionRows, SliceLikelihood, SliceObservations, type CoarsePass } from "./fusion.js";
+import { coarsePassOf, countsOnlyFit, FusionRows, SliceLikelihood, SliceObservations, type CoarsePass } from "./fusion.js";
 import type { CoarsePassRequest, CountsOnlyFitRequest } from "./fusion-thread.js";
 
 const port = parentPort;
@@ -37,7 +37,7 @@ port.on("message", (message: { id: number; kind: string } & Record<string, unkno
       if (!rows) throw new Error("rows asked for before their posterior was set up");
       const packed = rows.scorePairs(message.c1 as Int32Array, message.c2 as Int32Array, message.topN as number);
       const { count, answers, answerEnd, explanation, explanationEnd } = packed;
-      port.postMessage({ id: message.id, result: { count, answers, answerEnd, explanation, explanationEnd, finishedAt: epochMs() } }, [answers.buffer, explanation.buffer, answerEnd.buffer, explanationEnd.buffer] as ArrayBuffer[]);
+      port.postMessage({ id: message.id, result: { count, answers, answerEnd, explanation, explanationEnd } }, [answers.buffer, explanation.buffer, answerEnd.buffer, explanationEnd.buffer] as ArrayBuffer[]);
     } else {
       throw new Error(`unknown request ${message.kind}`);
     }

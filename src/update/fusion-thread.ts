@@ -165,15 +165,14 @@ export class FusionThread {
   }
 
   /**
-   * The rows of the pairs (c1[k], c2[k]) of the posterior `beginRows` set up (`FusionRows.scorePairs`), and when the
-   * thread finished them (epoch milliseconds). The request is sent before this returns, so the thread computes while
-   * the caller goes on (writing the last batch).
+   * The rows of the pairs (c1[k], c2[k]) of the posterior `beginRows` set up (`FusionRows.scorePairs`). The request
+   * is sent before this returns, so the thread computes while the caller goes on (writing the last batch).
    */
-  async scoreRows(rows: number, c1: Int32Array, c2: Int32Array, topN: number): Promise<Omit<PackedScores, "clusters"> & { readonly finishedAt: number }> {
-    const r = (await this.call({ kind: "score", rows, c1, c2, topN })) as { count: number; answers: Uint8Array; answerEnd: Int32Array; explanation: Uint8Array; explanationEnd: Int32Array; finishedAt: number };
+  async scoreRows(rows: number, c1: Int32Array, c2: Int32Array, topN: number): Promise<Omit<PackedScores, "clusters">> {
+    const r = (await this.call({ kind: "score", rows, c1, c2, topN })) as { count: number; answers: Uint8Array; answerEnd: Int32Array; explanation: Uint8Array; explanationEnd: Int32Array };
     // Transferred buffers arrive as plain byte arrays: the store reads them as Buffers.
     const buffer = (b: Uint8Array) => Buffer.from(b.buffer, b.byteOffset, b.byteLength);
-    return { count: r.count, c1, c2, answers: buffer(r.answers), answerEnd: r.answerEnd, explanation: buffer(r.explanation), explanationEnd: r.explanationEnd, finishedAt: r.finishedAt };
+    return { count: r.count, c1, c2, answers: buffer(r.answers), answerEnd: r.answerEnd, explanation: buffer(r.explanation), explanationEnd: r.explanationEnd };
   }
 
   /** Lets the thread forget rows `beginRows` set up. */

@@ -1436,7 +1436,6 @@ export class FusionScorer implements PromptScorer {
    */
   private explained: { readonly bytes: Buffer; readonly size: number; readonly pairs: Int32Array; readonly answered: Int32Array } | null = null;
   private rowOfPair: Int32Array | null = null;
-  private readonly share = new RowShare();
 
   constructor(
     private readonly evidence: WindowCounts,
@@ -1500,27 +1499,12 @@ export class FusionScorer implements PromptScorer {
     }
     if (!this.thread) return { ...this.rows.scorePairs(c1, c2, topN), clusters: this.evidence.clusters };
     if (!this.remote) throw new FreshrecError("INTERNAL", "fusion: rows asked for after their scorer was released");
-    // The batch's first rows go to the second thread, sent before anything else: it computes them while this thread
-    // computes the rest (`RowShare` says how many) and then writes the last batch.
-    const here = this.share.here(prompts.length);
-    const there = prompts.length - here;
-    const scored = there > 0 ? this.thread.scoreRows(this.remote.rows, c1.subarray(0, there), c2.subarray(0, there), topN) : null;
-    scored?.catch(() => undefined);
-    let mine: Omit<PackedScores, "clusters"> | null = null;
-    if (here > 0) {
-      const started = performance.now();
-      mine = this.rows.scorePairs(c1.subarray(there), c2.subarray(there), topN);
-      this.share.computedHere(here, performance.now() - started);
-    }
+    // Sent before the first await: the thread computes this batch while the build writes the last one.
+    const scored = this.thread.scoreRows(this.remote.rows, c1, c2, topN);
+    scored.catch(() => undefined);
     // A failed setup is the reason to report (the batch then fails for want of its rows).
     await this.remote.ready;
-    if (!scored) return { ...mine!, c1, c2, clusters: this.evidence.clusters };
-    // From here this thread waits for the second's rows: a build resumes this after its (synchronous) write of the
-    // last batch, when it has nothing else to do (with a store that writes asynchronously, from the write's start).
-    const waitFrom = epochMs();
-    const { finishedAt, ...theirs } = await scored;
-    this.share.settled(epochMs() - waitFrom, waitFrom - finishedAt);
-    return { ...joinPacked(theirs, mine, c1, c2), clusters: this.evidence.clusters };
+    return { ...(await scored), clusters: this.evidence.clusters };
   }
 
   /** Lets the second thread forget this posterior's rows (a build calls it when it is done, failed or not). */
@@ -1565,73 +1549,6 @@ export class FusionScorer implements PromptScorer {
     if (i === undefined) throw new FreshrecError("BAD_INPUT", `fusion: cluster ${JSON.stringify(cluster)} is not in the table's vocabulary`);
     return i;
   }
-}
-
-/** Milliseconds since the epoch, with a fraction: comparable between the two threads of a refresh. */
-export function epochMs(): number {
-  return performance.timeOrigin + performance.now();
-}
-
-/**
- * How many of a batch's rows a build computes on its own thread while the second computes the others
- * (`FusionScorer.scorePacked`). This thread also writes each batch, so the share that keeps both busy depends on how
- * fast the table store writes against how fast rows are computed, which differ by host and store: it starts at half
- * (nothing is written before the first batch) and after each batch moves by what the two threads' idle times say.
- * When this thread waited w ms for the second's rows, or the second's rows waited i ms for this thread, moving
- * (w - i) / 2 ms of rows here evens them out. Which thread computes a row never changes it.
- */
-export class RowShare {
-  private rows = Number.NaN;
-  /** Milliseconds a row takes on this thread (its last measure; NaN before any). */
-  private perRow = Number.NaN;
-
-  /** Rows of a batch of `count` to compute on this thread. */
-  here(count: number): number {
-    if (Number.isNaN(this.rows)) this.rows = count / 2;
-    return Math.max(0, Math.min(count, Math.round(this.rows)));
-  }
-
-  /** This thread computed `rows` rows in `ms`. */
-  computedHere(rows: number, ms: number): void {
-    if (rows > 0 && ms > 0) this.perRow = ms / rows;
-  }
-
-  /**
-   * A batch's rows from the second thread came `waited` ms after this thread was ready for them, or were ready
-   * `early` ms before (the other is then at most 0).
-   */
-  settled(waited: number, early: number): void {
-    if (Number.isNaN(this.perRow)) return;
-    this.rows = Math.max(0, this.rows + (Math.max(0, waited) - Math.max(0, early)) / (2 * this.perRow));
-  }
-}
-
-/** The rows the second thread computed for a batch's first pairs, then this thread's for the rest, as one batch. */
-function joinPacked(
-  theirs: Omit<PackedScores, "clusters">,
-  mine: Omit<PackedScores, "clusters"> | null,
-  c1: Int32Array,
-  c2: Int32Array,
-): Omit<PackedScores, "clusters"> {
-  if (!mine) return { ...theirs, c1, c2 };
-  const shifted = (ends: Int32Array, by: number) => ends.map((end) => end + by);
-  const answerBase = theirs.count ? theirs.answerEnd[theirs.count - 1] : 0;
-  const explanationBase = theirs.count ? theirs.explanationEnd[theirs.count - 1] : 0;
-  const answerEnd = new Int32Array(theirs.count + mine.count);
-  answerEnd.set(theirs.answerEnd.subarray(0, theirs.count));
-  answerEnd.set(shifted(mine.answerEnd.subarray(0, mine.count), answerBase), theirs.count);
-  const explanationEnd = new Int32Array(theirs.count + mine.count);
-  explanationEnd.set(theirs.explanationEnd.subarray(0, theirs.count));
-  explanationEnd.set(shifted(mine.explanationEnd.subarray(0, mine.count), explanationBase), theirs.count);
-  return {
-    count: theirs.count + mine.count,
-    c1,
-    c2,
-    answers: Buffer.concat([theirs.answers.subarray(0, answerBase), mine.answers.subarray(0, mine.count ? mine.answerEnd[mine.count - 1] : 0)]),
-    answerEnd,
-    explanation: Buffer.concat([theirs.explanation.subarray(0, explanationBase), mine.explanation.subarray(0, mine.count ? mine.explanationEnd[mine.count - 1] : 0)]),
-    explanationEnd,
-  };
 }
 
 /**

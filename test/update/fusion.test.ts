@@ -25,7 +25,6 @@ import {
   loadPrior,
   priorFileReady,
   priorLogs,
-  RowShare,
   savePrior,
   scopePrior,
   SliceLikelihood,
@@ -676,28 +675,6 @@ describe("evidence log", () => {
     }
     expect(() => log.counts({ from: start - DAY_MS, to: start })).toThrow(/outside the log/);
     store.close();
-  });
-});
-
-describe("RowShare: a batch's rows between the two threads of a build", () => {
-  it("starts at half and moves rows to whichever thread waited less", () => {
-    const share = new RowShare();
-    expect(share.here(1000)).toBe(500);
-    // No rate measured on this thread yet: nothing to move by.
-    share.settled(10, 0);
-    expect(share.here(1000)).toBe(500);
-    share.computedHere(500, 5); // 0.01 ms a row
-    // This thread waited 4 ms for the other's rows: 2 ms of rows (200) come here.
-    share.settled(4, 0);
-    expect(share.here(1000)).toBe(700);
-    // The other's rows waited 6 ms for this thread: 300 rows go back.
-    share.settled(0, 6);
-    expect(share.here(1000)).toBe(400);
-    // Never fewer than none, never more than the batch.
-    share.settled(0, 1000);
-    expect(share.here(1000)).toBe(0);
-    share.settled(1000, 0);
-    expect(share.here(300)).toBe(300);
   });
 });
 
