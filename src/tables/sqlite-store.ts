@@ -143,15 +143,20 @@ function pairOrder(from: number, to: number, c1Of: (r: number) => number, c2Of: 
  * before it is stored. Pairs added since the last `commit` are taken back by `rollback` when their transaction fails.
  */
 class WrittenPairs {
-  private readonly byC1 = new Map<number, Set<number>>();
+  /** Per c1, a byte per c2 (1: written), grown as larger indices come. */
+  private readonly byC1: Uint8Array[] = [];
   private readonly pending: number[] = [];
 
   /** Adds a pair; false when it was written before. */
   add(c1: number, c2: number): boolean {
-    let c2s = this.byC1.get(c1);
-    if (!c2s) this.byC1.set(c1, (c2s = new Set()));
-    if (c2s.has(c2)) return false;
-    c2s.add(c2);
+    let c2s = this.byC1[c1];
+    if (!c2s || c2 >= c2s.length) {
+      const grown = new Uint8Array(Math.max(64, 2 * c2 + 1));
+      if (c2s) grown.set(c2s);
+      this.byC1[c1] = c2s = grown;
+    }
+    if (c2s[c2] === 1) return false;
+    c2s[c2] = 1;
     this.pending.push(c1, c2);
     return true;
   }
@@ -161,7 +166,7 @@ class WrittenPairs {
   }
 
   rollback(): void {
-    for (let k = 0; k < this.pending.length; k += 2) this.byC1.get(this.pending[k])?.delete(this.pending[k + 1]);
+    for (let k = 0; k < this.pending.length; k += 2) this.byC1[this.pending[k]][this.pending[k + 1]] = 0;
     this.pending.length = 0;
   }
 }
@@ -245,6 +250,8 @@ export class SqliteTableStore implements TableStore {
   private readonly clusterIndex = new Map<string, number>();
   private readonly sql: Statements;
   private readonly db: Database.Database;
+  /** Where blocks are written before SQLite copies them in (`writeBlocks`). */
+  private blockScratch = Buffer.allocUnsafe(0);
   /** Builds this store began and has not finished or failed, with the pairs written to each. */
   private readonly openBuilds = new Map<number, WrittenPairs>();
 
@@ -632,7 +639,10 @@ export class SqliteTableStore implements TableStore {
       const c1 = c1Of[order[j]];
       const writer = new TableBlockWriter();
       for (; j < order.length && c1Of[order[j]] === c1; j++) add(writer, order[j]);
-      this.sql.insertBlock.run(seq, c1, writer.count, writer.topN, writer.finish());
+      // SQLite copies a bound BLOB, so one scratch buffer serves every block of the store's writes.
+      const block = writer.finishInto(this.blockScratch);
+      if (block.buffer !== this.blockScratch.buffer) this.blockScratch = Buffer.allocUnsafe(Math.max(block.length, 2 * this.blockScratch.length));
+      this.sql.insertBlock.run(seq, c1, writer.count, writer.topN, block);
     }
   }
 

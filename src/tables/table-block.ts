@@ -112,25 +112,36 @@ export class TableBlockWriter {
     return this.lastKeyEntry;
   }
 
-  /** The block's bytes. */
+  /** The block's bytes, in a buffer of its own. */
   finish(): Buffer {
+    return this.finishInto(null);
+  }
+
+  /**
+   * The block's bytes written at the start of `scratch` when it is long enough (a view of it, valid until `scratch` is
+   * written again), else in a buffer of its own. A store that hands each block to SQLite at once, which copies it,
+   * reuses one scratch buffer for a whole build instead of allocating its every byte anew.
+   */
+  finishInto(scratch: Buffer | null): Buffer {
     const n = this.c2.length;
     const k = this.keys.length;
     const keyBytes = this.keys.map((key) => Buffer.from(key, "utf8"));
     const keyTotal = keyBytes.reduce((sum, b) => sum + b.length, 0);
     const answersAt = HEADER_BYTES + n * ENTRY_BYTES + k * 4;
-    const block = Buffer.allocUnsafe(answersAt + this.answerBytes + this.explanationBytes + keyTotal);
-    block.writeUInt32LE(TABLE_BLOCK_LAYOUT, 0);
-    block.writeUInt32LE(n, 4);
-    block.writeUInt32LE(k, 8);
+    const size = answersAt + this.answerBytes + this.explanationBytes + keyTotal;
+    const block = scratch && scratch.length >= size ? scratch.subarray(0, size) : Buffer.allocUnsafe(size);
+    const words = new DataView(block.buffer, block.byteOffset, answersAt);
+    words.setUint32(0, TABLE_BLOCK_LAYOUT, true);
+    words.setUint32(4, n, true);
+    words.setUint32(8, k, true);
     for (let i = 0, at = HEADER_BYTES; i < n; i++, at += ENTRY_BYTES) {
-      block.writeInt32LE(this.c2[i], at);
-      block.writeUInt32LE(this.answerEnd[i], at + 4);
-      block.writeUInt32LE(this.explanationEnd[i], at + 8);
-      block.writeUInt32LE(this.kind[i], at + 12);
+      words.setInt32(at, this.c2[i], true);
+      words.setUint32(at + 4, this.answerEnd[i], true);
+      words.setUint32(at + 8, this.explanationEnd[i], true);
+      words.setUint32(at + 12, this.kind[i], true);
     }
     let keyEnd = 0;
-    for (let j = 0; j < k; j++) block.writeUInt32LE((keyEnd += keyBytes[j].length), HEADER_BYTES + n * ENTRY_BYTES + 4 * j);
+    for (let j = 0; j < k; j++) words.setUint32(HEADER_BYTES + n * ENTRY_BYTES + 4 * j, (keyEnd += keyBytes[j].length), true);
     let at = copyPieces(this.answerPieces, block, answersAt);
     at = copyPieces(this.explanationPieces, block, at);
     for (const b of keyBytes) at += b.copy(block, at);
