@@ -98,10 +98,11 @@ function answerWordsOf<T>(rows: PackedBuildRows, from: number, to: number, write
 
 /**
  * Checks rows [from, to) of rows in stored form as `append` checks row objects, with the same messages: a row never
- * repeats its cluster nor answers one of its own, scores are finite, indices lie inside the vocabulary.
+ * repeats its cluster nor answers one of its own, scores are finite, indices lie inside the vocabulary; and each row's
+ * answers and explanation lie inside the bytes given.
  */
 export function checkPackedRows(rows: PackedBuildRows, from: number, to: number): void {
-  const { clusters, c1, c2, answerEnd } = rows;
+  const { clusters, c1, c2, answerEnd, explanationEnd } = rows;
   const name = (i: number) => (i >= 0 && i < clusters.length ? clusters[i] : `#${i}`);
   answerWordsOf(rows, from, to, false, ({ i32, f32 }, word) => {
     for (let r = from; r < to; r++) {
@@ -115,6 +116,13 @@ export function checkPackedRows(rows: PackedBuildRows, from: number, to: number)
       if ((answerEnd[r] - start) % ANSWER_BYTES !== 0 || answerEnd[r] < start) throw new FreshrecError("BAD_INPUT", `tables: row (${name(a)}, ${name(b)}) has answers of ${answerEnd[r] - start} bytes`);
       if (answerEnd[r] > rows.answers.length) {
         throw new FreshrecError("BAD_INPUT", `tables: row (${name(a)}, ${name(b)}) has answers up to byte ${answerEnd[r]} of ${rows.answers.length}`);
+      }
+      const explanationStart = r === 0 ? 0 : explanationEnd[r - 1];
+      if (explanationEnd[r] < explanationStart) {
+        throw new FreshrecError("BAD_INPUT", `tables: row (${name(a)}, ${name(b)}) has an explanation of ${explanationEnd[r] - explanationStart} bytes`);
+      }
+      if (explanationEnd[r] > rows.explanation.length) {
+        throw new FreshrecError("BAD_INPUT", `tables: row (${name(a)}, ${name(b)}) has an explanation up to byte ${explanationEnd[r]} of ${rows.explanation.length}`);
       }
       for (let w = word(start), end = word(answerEnd[r]); w < end; w += 2) {
         const n = i32[w];

@@ -289,6 +289,10 @@ export function tableStoreConformance(adapter: string, open: (clock: VirtualCloc
       const two = packedRows([{ c1: "a", c2: "b", answers: [{ cluster: "c", score: 0.5 }, { cluster: "d", score: 0.25 }] }, { c1: "b", c2: "a", answers: [] }], ["a", "b", "c", "d"]);
       await expect(c.appendPacked({ ...two, answerEnd: Int32Array.of(16, 8) })).rejects.toThrow(/row \(b, a\) has answers of -8 bytes/);
       await expect(c.appendPacked({ ...two, answerEnd: Int32Array.of(16, 24) })).rejects.toThrow(/row \(b, a\) has answers up to byte 24 of 16/);
+      // And so are rows whose explanations end before they start or past the bytes given (never stored as read past them).
+      const explained = { ...two, explanation: Buffer.from("ok"), explanationEnd: Int32Array.of(2, 2) };
+      await expect(c.appendPacked({ ...explained, explanationEnd: Int32Array.of(2, 1) })).rejects.toThrow(/row \(b, a\) has an explanation of -1 bytes/);
+      await expect(c.appendPacked({ ...explained, explanationEnd: Int32Array.of(200, 200) })).rejects.toThrow(/row \(a, b\) has an explanation up to byte 200 of 2/);
       // A pair written twice is named, within one append (in its second batch on a store of small batches) or across two.
       const many = tableRows(clusters, 1);
       await expect(c.appendPacked(packedRows([...many.slice(0, 20), many[5], ...many.slice(20)], clusters))).rejects.toThrow(new RegExp(`\\(${many[5].c1}, ${many[5].c2}\\) written twice`));
