@@ -251,7 +251,7 @@ export class SqliteTableStore implements TableStore {
   private readonly sql: Statements;
   private readonly db: Database.Database;
   /** Where blocks are written before SQLite copies them in (`writeBlocks`). */
-  private blockScratch = Buffer.allocUnsafe(0);
+  private blockScratch = Buffer.allocUnsafeSlow(0);
   /** Builds this store began and has not finished or failed, with the pairs written to each. */
   private readonly openBuilds = new Map<number, WrittenPairs>();
 
@@ -641,7 +641,8 @@ export class SqliteTableStore implements TableStore {
       for (; j < order.length && c1Of[order[j]] === c1; j++) add(writer, order[j]);
       // SQLite copies a bound BLOB, so one scratch buffer serves every block of the store's writes.
       const block = writer.finishInto(this.blockScratch);
-      if (block.buffer !== this.blockScratch.buffer) this.blockScratch = Buffer.allocUnsafe(Math.max(block.length, 2 * this.blockScratch.length));
+      // Its own memory, never a slice of Node's shared pool, so a block written elsewhere is told apart by its buffer.
+      if (block.buffer !== this.blockScratch.buffer) this.blockScratch = Buffer.allocUnsafeSlow(Math.max(block.length, 2 * this.blockScratch.length));
       this.sql.insertBlock.run(seq, c1, writer.count, writer.topN, block);
     }
   }
