@@ -955,13 +955,13 @@ export class SqliteTableStore implements TableStore {
       this.db.pragma(`cache_size = ${SCAN_CACHE_SIZE}`);
     }
     try {
-      return yield* this.scanPages(r.seq, header, perPage);
+      return yield* this.scanPages(r.seq, header, perPage, r.status === "building");
     } finally {
       if (--this.openScans === 0) this.db.pragma(`cache_size = ${this.cacheSizeOutsideScans}`);
     }
   }
 
-  private *scanPages(seq: number, header: PackedTableHeader, perPage: number): Generator<PackedPage, PackedTableHeader, void> {
+  private *scanPages(seq: number, header: PackedTableHeader, perPage: number, building: boolean): Generator<PackedPage, PackedTableHeader, void> {
     const { version, topN, rows: n } = header;
     const c1 = new Int32Array(perPage);
     const c2 = new Int32Array(perPage);
@@ -976,9 +976,17 @@ export class SqliteTableStore implements TableStore {
       const merged = mergeBlockParts(parts, blockName(seq, group.c1));
       for (let j = 0; j < merged.count; j++) {
         // Rows added after the count: only an unfinished build grows, and a caller reading one gets what was counted.
-        if (i + count >= n) break scan;
+        // A finished table with more rows than its blocks count is damaged: never a table cut short without a word.
+        if (i + count >= n) {
+          if (building) break scan;
+          throw new FreshrecError("INTERNAL", `tables: the stored rows of ${version} are damaged (more rows than the ${n} its blocks count)`);
+        }
         const part = parts[merged.part[j]];
         const row = merged.row[j];
+        // The columns hold topN answers a row (the most any block records): a wider row would spill into the next.
+        if (part.answersEnd(row) - part.answersStart(row) > topN * ANSWER_BYTES) {
+          throw new FreshrecError("INTERNAL", `tables: the stored rows of ${blockName(seq, group.c1)} are damaged (a row of more than the ${topN} answers its blocks record)`);
+        }
         c1[count] = group.c1;
         c2[count] = part.c2(row);
         decodeAnswersInto(part.bytes, answerIds, scores, count * topN, part.answersStart(row), part.answersEnd(row));

@@ -187,6 +187,21 @@ describe("SqliteTableStore on disk", () => {
     store.close();
   });
 
+  it("refuses to load a table whose blocks record fewer rows or narrower rows than they hold, naming it", () => {
+    const oneBlock = "WHERE table_seq = 1 AND c1 = (SELECT min(c1) FROM table_blocks WHERE table_seq = 1)";
+    for (const damage of [`row_count = row_count - 1 ${oneBlock}`, "top_n = 1 WHERE table_seq = 1"]) {
+      const file = nextFile();
+      const { store, live } = storeWithLiveTable(file);
+      expect(store.packed(live).c1.length).toBe(store.get(live).rows);
+      const db = new Database(file);
+      db.prepare(`UPDATE table_blocks SET ${damage}`).run();
+      db.close();
+      // A table cut short, or rows spilling into the next row's answers, would be served without a word.
+      expect(() => store.packed(live)).toThrow(/the stored rows of t000001.* are damaged/);
+      store.close();
+    }
+  });
+
   it("refuses a pair appended after it was copied, naming it, and a copy overlapping appended rows", () => {
     const { store, live } = storeWithLiveTable(nextFile());
     const rows = tableRows(clusters, 0);
