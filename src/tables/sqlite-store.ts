@@ -639,12 +639,17 @@ export class SqliteTableStore implements TableStore {
       const c1 = c1Of[order[j]];
       const writer = new TableBlockWriter();
       for (; j < order.length && c1Of[order[j]] === c1; j++) add(writer, order[j]);
-      // SQLite copies a bound BLOB, so one scratch buffer serves every block of the store's writes.
-      const block = writer.finishInto(this.blockScratch);
-      // Its own memory, never a slice of Node's shared pool, so a block written elsewhere is told apart by its buffer.
-      if (block.buffer !== this.blockScratch.buffer) this.blockScratch = Buffer.allocUnsafeSlow(Math.max(block.length, 2 * this.blockScratch.length));
-      this.sql.insertBlock.run(seq, c1, writer.count, writer.topN, block);
+      this.insertBlock(seq, c1, writer);
     }
+  }
+
+  /** Stores the block `writer` holds as a part of c1 of version `seq`. */
+  private insertBlock(seq: number, c1: number, writer: TableBlockWriter): void {
+    // SQLite copies a bound BLOB, so one scratch buffer serves every block of the store's writes.
+    const block = writer.finishInto(this.blockScratch);
+    // Its own memory, never a slice of Node's shared pool, so a block written elsewhere is told apart by its buffer.
+    if (block.buffer !== this.blockScratch.buffer) this.blockScratch = Buffer.allocUnsafeSlow(Math.max(block.length, 2 * this.blockScratch.length));
+    this.sql.insertBlock.run(seq, c1, writer.count, writer.topN, block);
   }
 
   /**
@@ -728,7 +733,7 @@ export class SqliteTableStore implements TableStore {
           part.copyRowTo(i, writer);
         }
         if (writer.count === 0) continue;
-        this.sql.insertBlock.run(seq, c1, writer.count, writer.topN, writer.finish());
+        this.insertBlock(seq, c1, writer);
         n += writer.count;
       }
       return n;
