@@ -214,7 +214,8 @@ export interface TableBuilder {
   readonly written: number;
   /**
    * Writes rows in transactions of the store's `batchSize`. Each committed batch is durable, but the table stays
-   * invisible until `finish` and `publish`. A pair written twice is a BAD_INPUT error.
+   * invisible until `finish` and `publish`. A pair written twice is a BAD_INPUT error. When a batch fails, the batches
+   * of the call before it stay written: counted in `written`, and their pairs refused if written again.
    * @returns the number of rows written by this call.
    */
   append(rows: Iterable<TableBuildRow>): number;

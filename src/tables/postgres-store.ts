@@ -381,12 +381,16 @@ export class PostgresTableStore implements TableStoreContract {
     return r;
   }
 
-  /** @internal used by PostgresTableBuilder */
-  async appendRows(client: pg.Client, seq: number, rows: Iterable<TableBuildRow>): Promise<number> {
+  /**
+   * @internal used by PostgresTableBuilder: `committed` hears of each batch as it commits, so a builder counts the
+   * batches committed before one that fails.
+   */
+  async appendRows(client: pg.Client, seq: number, rows: Iterable<TableBuildRow>, committed: (rows: number) => void): Promise<number> {
     let written = 0;
     let batch: TableBuildRow[] = [];
     const flush = async () => {
       await this.writeBatch(client, seq, batch);
+      committed(batch.length);
       written += batch.length;
       batch = [];
     };
@@ -402,7 +406,7 @@ export class PostgresTableStore implements TableStoreContract {
    * @internal used by PostgresTableBuilder: `appendRows` for rows in stored form, in the same batches, clusters added
    * to the dictionary in the same order, with the same checks and errors.
    */
-  async appendPackedRows(client: pg.Client, seq: number, rows: PackedBuildRows): Promise<number> {
+  async appendPackedRows(client: pg.Client, seq: number, rows: PackedBuildRows, committed: (rows: number) => void): Promise<number> {
     let written = 0;
     for (let from = 0; from < rows.count; from += this.batchSize) {
       const to = Math.min(from + this.batchSize, rows.count);
@@ -428,6 +432,7 @@ export class PostgresTableStore implements TableStoreContract {
         }
         return { c1, c2, keys, answers, bytes: explanations, json: explanations.map(() => null) };
       });
+      committed(to - from);
       written += to - from;
     }
     return written;
@@ -830,16 +835,12 @@ class PostgresTableBuilder implements TableBuilderContract {
 
   async append(rows: Iterable<TableBuildRow>): Promise<number> {
     if (this.ended) return this.store.refuseEnded(this.seq);
-    const n = await this.store.appendRows(this.client, this.seq, rows);
-    this.count += n;
-    return n;
+    return this.store.appendRows(this.client, this.seq, rows, (n) => (this.count += n));
   }
 
   async appendPacked(rows: PackedBuildRows): Promise<number> {
     if (this.ended) return this.store.refuseEnded(this.seq);
-    const n = await this.store.appendPackedRows(this.client, this.seq, rows);
-    this.count += n;
-    return n;
+    return this.store.appendPackedRows(this.client, this.seq, rows, (n) => (this.count += n));
   }
 
   async copyRows(fromVersion: string, pairs?: Iterable<History>): Promise<number> {

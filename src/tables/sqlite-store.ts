@@ -563,8 +563,11 @@ export class SqliteTableStore implements TableStore {
     return new SqliteTableBuilder(this, seq);
   }
 
-  /** @internal used by SqliteTableBuilder */
-  appendRows(seq: number, rows: Iterable<TableBuildRow>): number {
+  /**
+   * @internal used by SqliteTableBuilder: `committed` hears of each batch as it commits, so a builder counts the
+   * batches committed before one that fails.
+   */
+  appendRows(seq: number, rows: Iterable<TableBuildRow>, committed: (rows: number) => void): number {
     const ids: number[] = [];
     const scores: number[] = [];
     const writeBatch = this.db.transaction((batch: TableBuildRow[]) => {
@@ -601,6 +604,7 @@ export class SqliteTableStore implements TableStore {
     let batch: TableBuildRow[] = [];
     const flush = () => {
       this.inBatch(seq, () => writeBatch.immediate(batch));
+      committed(batch.length);
       written += batch.length;
       batch = [];
     };
@@ -656,7 +660,7 @@ export class SqliteTableStore implements TableStore {
    * @internal used by SqliteTableBuilder: `appendRows` for rows in stored form, in the same transactions of
    * `batchSize`, clusters added to the dictionary in the same order, with the same checks and errors.
    */
-  appendPackedRows(seq: number, rows: PackedBuildRows): number {
+  appendPackedRows(seq: number, rows: PackedBuildRows, committed: (rows: number) => void): number {
     const { clusters, c1, c2, answers, answerEnd, explanation, explanationEnd, contextKeys } = rows;
     const dictionary = new Int32Array(clusters.length).fill(-1);
     const seen = new Uint8Array(clusters.length);
@@ -685,6 +689,7 @@ export class SqliteTableStore implements TableStore {
       checkPackedRows(rows, from, to);
       // As in appendRows: the rollback undid the dictionary entries and pairs this batch added.
       this.inBatch(seq, () => writeBatch.immediate(from, to));
+      committed(to - from);
       written += to - from;
     }
     return written;
@@ -1038,15 +1043,11 @@ class SqliteTableBuilder implements TableBuilder {
   }
 
   append(rows: Iterable<TableBuildRow>): number {
-    const n = this.store.appendRows(this.seq, rows);
-    this.count += n;
-    return n;
+    return this.store.appendRows(this.seq, rows, (n) => (this.count += n));
   }
 
   appendPacked(rows: PackedBuildRows): number {
-    const n = this.store.appendPackedRows(this.seq, rows);
-    this.count += n;
-    return n;
+    return this.store.appendPackedRows(this.seq, rows, (n) => (this.count += n));
   }
 
   copyRows(fromVersion: string, pairs?: Iterable<History>): number {

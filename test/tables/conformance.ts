@@ -306,6 +306,26 @@ export function tableStoreConformance(adapter: string, open: (clock: VirtualCloc
       expect(await store.lookup(c.version, "p", "q")).toEqual({ c1: "p", c2: "q", answers: [{ cluster: "r", score: 0.75 }], contextKey: null });
     });
 
+    it("after an append whose later batch fails, counts and refuses the rows of the batches it committed", async () => {
+      // The adapters run this suite with batches smaller than these rows, so the batches before the failing one commit.
+      const store = await fresh();
+      const rows = tableRows(clusters, 2);
+      const vocabulary = ["unused", ...[...clusters].reverse()];
+      for (const append of ["append", "appendPacked"] as const) {
+        const b = await store.beginBuild(META);
+        const write = (some: typeof rows) => (append === "append" ? b.append(some) : b.appendPacked(packedRows(some, vocabulary)));
+        await expect(write([...rows, rows[3]])).rejects.toThrow(new RegExp(`\\(${rows[3].c1}, ${rows[3].c2}\\) written twice`));
+        const stored = await all(store.rows(b.version));
+        expect(b.written).toBe(stored.length);
+        // Every committed pair is written: appending it again is refused, whatever batch it comes in.
+        const committed = new Set(stored.map((r) => `${r.c1}/${r.c2}`));
+        for (const r of rows.filter((r) => committed.has(`${r.c1}/${r.c2}`))) await expect(write([r])).rejects.toThrow(/written twice/);
+        expect(await write(rows.filter((r) => !committed.has(`${r.c1}/${r.c2}`)))).toBe(rows.length - stored.length);
+        expect(b.written).toBe(rows.length);
+        expect((await b.finish(STATS)).rows).toBe(rows.length);
+      }
+    });
+
     it("orders clusters as its dictionary numbers them (those it has not numbered last, as given), for a build to write in key order", async () => {
       const store = await fresh();
       // Before any table, nothing is numbered: the order given.

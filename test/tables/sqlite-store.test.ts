@@ -18,7 +18,7 @@ let files = 0;
 const nextFile = () => join(dir, `store-${++files}`, "tables.sqlite");
 const META = { modelVersion: "m000001", templateHash: "tmpl-a" };
 
-tableStoreConformance("sqlite (file)", (clock) => EmbeddedTableStore.open(nextFile(), clock, { pageSize: 7 }));
+tableStoreConformance("sqlite (file)", (clock) => EmbeddedTableStore.open(nextFile(), clock, { pageSize: 7, batchSize: 20 }));
 tableStoreConformance("sqlite (:memory:)", (clock) => EmbeddedTableStore.open(":memory:", clock));
 
 describe("SqliteTableStore on disk", () => {
