@@ -32,7 +32,7 @@ import { BIGINT_AS_NUMBER, inTransaction, openStorePool, transactionOn } from ".
 import type { Clock } from "../domain/clock.js";
 import { FreshrecError } from "../domain/errors.js";
 import { pairKey, type History } from "../domain/types.js";
-import { ANSWER_BYTES, checkPackedRows, decodeAnswersInto, encodeAnswers, newClustersInOrder, remapPackedAnswers } from "./answer-blob.js";
+import { ANSWER_BYTES, checkPackedRows, decodeAnswersInto, encodeAnswers, newClustersInOrder, remappedPackedAnswers } from "./answer-blob.js";
 import type {
   PackedBuildRows,
   PackedPage,
@@ -415,7 +415,9 @@ export class PostgresTableStore implements TableStoreContract {
       const names = new Set(newClustersInOrder(rows, from, to, new Uint8Array(rows.clusters.length)).map((i) => rows.clusters[i]));
       await this.insertRows(client, seq, names, (index) => {
         const dictionary = Int32Array.from(rows.clusters, (id) => index.get(id) ?? -1);
-        remapPackedAnswers(rows, from, to, dictionary);
+        // A buffer of the batch's own: the query reads the answers after this returns.
+        const remapped = remappedPackedAnswers(rows, from, to, dictionary, null);
+        const first = from === 0 ? 0 : rows.answerEnd[from - 1];
         const part = (end: Int32Array, bytes: Buffer, r: number) => bytes.subarray(r === 0 ? 0 : end[r - 1], end[r]);
         const c1: number[] = [];
         const c2: number[] = [];
@@ -426,7 +428,7 @@ export class PostgresTableStore implements TableStoreContract {
           c1.push(dictionary[rows.c1[r]]);
           c2.push(dictionary[rows.c2[r]]);
           keys.push(rows.contextKeys[r] ?? null);
-          answers.push(part(rows.answerEnd, rows.answers, r));
+          answers.push(remapped.subarray((r === 0 ? 0 : rows.answerEnd[r - 1]) - first, rows.answerEnd[r] - first));
           const explanation = part(rows.explanationEnd, rows.explanation, r);
           explanations.push(explanation.length > 0 ? explanation : null);
         }

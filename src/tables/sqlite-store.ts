@@ -43,7 +43,7 @@ import { type StoreFileKind, openStoreFile, storeFileError } from "../data/store
 import { FreshrecError } from "../domain/errors.js";
 import type { History } from "../domain/types.js";
 import { pairKey } from "../domain/types.js";
-import { ANSWER_BYTES, checkPackedRows, decodeAnswersInto, encodeAnswers, newClustersInOrder, remapPackedAnswers } from "./answer-blob.js";
+import { ANSWER_BYTES, checkPackedRows, decodeAnswersInto, encodeAnswers, newClustersInOrder, remappedPackedAnswers } from "./answer-blob.js";
 import {
   EXPLANATION_BYTES,
   EXPLANATION_JSON,
@@ -661,17 +661,21 @@ export class SqliteTableStore implements TableStore {
    * `batchSize`, clusters added to the dictionary in the same order, with the same checks and errors.
    */
   appendPackedRows(seq: number, rows: PackedBuildRows, committed: (rows: number) => void): number {
-    const { clusters, c1, c2, answers, answerEnd, explanation, explanationEnd, contextKeys } = rows;
+    const { clusters, c1, c2, answerEnd, explanation, explanationEnd, contextKeys } = rows;
     const dictionary = new Int32Array(clusters.length).fill(-1);
     const seen = new Uint8Array(clusters.length);
     // Each row's clusters in the store's numbering.
     const c1s = new Int32Array(rows.count);
     const c2s = new Int32Array(rows.count);
+    // The batch's answers in the store's numbering, in memory reused from batch to batch (the blocks copy them).
+    let remapped: Buffer | null = null;
     const writeBatch = this.db.transaction((from: number, to: number) => {
       const written = this.openBuild(seq);
       // The dictionary learns clusters in the order an object build meets them: each row's answers, then c1, c2.
       for (const i of newClustersInOrder(rows, from, to, seen)) dictionary[i] = this.clusterIdxForWrite(clusters[i]);
-      remapPackedAnswers(rows, from, to, dictionary);
+      const batchAnswers = remappedPackedAnswers(rows, from, to, dictionary, remapped);
+      if (remapped === null || batchAnswers.buffer !== remapped.buffer) remapped = batchAnswers;
+      const first = from === 0 ? 0 : answerEnd[from - 1];
       for (let r = from; r < to; r++) {
         c1s[r] = dictionary[c1[r]];
         c2s[r] = dictionary[c2[r]];
@@ -680,7 +684,7 @@ export class SqliteTableStore implements TableStore {
       this.writeBlocks(seq, pairOrder(from, to, (r) => c1s[r], (r) => c2s[r]), c1s, (writer, r) => {
         const explanationFrom = r === 0 ? 0 : explanationEnd[r - 1];
         const kind = explanationEnd[r] > explanationFrom ? EXPLANATION_BYTES : EXPLANATION_NONE;
-        writer.add(c2s[r], answers, r === 0 ? 0 : answerEnd[r - 1], answerEnd[r], kind, explanation, explanationFrom, explanationEnd[r], contextKeys[r] ?? null);
+        writer.add(c2s[r], batchAnswers, (r === 0 ? 0 : answerEnd[r - 1]) - first, answerEnd[r] - first, kind, explanation, explanationFrom, explanationEnd[r], contextKeys[r] ?? null);
       });
     });
     let written = 0;
