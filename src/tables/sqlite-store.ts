@@ -473,22 +473,42 @@ export class SqliteTableStore implements TableStore {
     return this.clusterIndex.get(id);
   }
 
-  private clusterId(idx: number): string {
+  /** The id of a dictionary index, or undefined when the dictionary has no such index (a damaged block). */
+  private clusterId(idx: number): string | undefined {
     if (idx >= this.clusterIds.length) this.loadClusters();
     return this.clusterIds[idx];
   }
 
+  /** How errors name row i of a block of c1: its pair, by id where the dictionary has one. */
+  private rowName(c1: number, block: TableBlock, i: number): string {
+    const c2 = block.c2(i);
+    return `row (${this.clusterId(c1) ?? `#${c1}`}, ${this.clusterId(c2) ?? `#${c2}`})`;
+  }
+
+  /**
+   * The id of a cluster index stored in row i of a block of c1 (`what`: "has c2 #7"). An index the dictionary lacks
+   * is a damaged block, named with the row: a reader must not hand out a row without its cluster.
+   */
+  private storedClusterId(idx: number, c1: number, block: TableBlock, i: number, what: () => string): string {
+    const id = this.clusterId(idx);
+    if (id === undefined) throw block.damaged(`${this.rowName(c1, block, i)} ${what()}, not one of the ${this.clusterIds.length} clusters of the dictionary`);
+    return id;
+  }
+
   /** Row i of a block of c1 as a stored row. */
   private decodeRow(c1: number, block: TableBlock, i: number): StoredTableRow {
+    const first = this.storedClusterId(c1, c1, block, i, () => `has c1 #${c1}`);
+    const second = this.storedClusterId(block.c2(i), c1, block, i, () => `has c2 #${block.c2(i)}`);
     const { bytes } = block;
     const start = block.answersStart(i);
     const n = (block.answersEnd(i) - start) / ANSWER_BYTES;
     const list = new Array<{ cluster: string; score: number }>(n);
     for (let k = 0, at = start; k < n; k++, at += ANSWER_BYTES) {
-      list[k] = { cluster: this.clusterId(bytes.readInt32LE(at)), score: bytes.readFloatLE(at + 4) };
+      const idx = bytes.readInt32LE(at);
+      list[k] = { cluster: this.storedClusterId(idx, c1, block, i, () => `answers cluster #${idx}`), score: bytes.readFloatLE(at + 4) };
     }
-    const row = { c1: this.clusterId(c1), c2: this.clusterId(block.c2(i)), answers: list, contextKey: block.contextKey(i) };
-    const explanation = block.explanation(i);
+    const row = { c1: first, c2: second, answers: list, contextKey: block.contextKey(i) };
+    const explanation = block.explanation(i, () => this.rowName(c1, block, i));
     return explanation === undefined ? row : { ...row, explanation };
   }
 
@@ -925,10 +945,11 @@ export class SqliteTableStore implements TableStore {
     const keys = new Map<string, string | null>();
     for (const { c1, parts } of this.firstClusters(seq, this.pageSize)) {
       const merged = mergeBlockParts(parts, blockName(seq, c1));
-      const first = this.clusterId(c1);
       for (let j = 0; j < merged.count; j++) {
         const part = parts[merged.part[j]];
-        keys.set(pairKey(first, this.clusterId(part.c2(merged.row[j]))), part.contextKey(merged.row[j]));
+        const i = merged.row[j];
+        const first = this.storedClusterId(c1, c1, part, i, () => `has c1 #${c1}`);
+        keys.set(pairKey(first, this.storedClusterId(part.c2(i), c1, part, i, () => `has c2 #${part.c2(i)}`)), part.contextKey(i));
       }
     }
     return keys;

@@ -5,11 +5,13 @@ import { hostname, tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { VirtualClock } from "../../src/domain/clock.js";
+import { FreshrecError } from "../../src/domain/errors.js";
 import { TableLookup } from "../../src/tables/lookup.js";
 import { EmbeddedTableStore } from "../../src/tables/embedded-store.js";
 import { encodeAnswers } from "../../src/tables/answer-blob.js";
 import { SqliteTableStore, tableStorePath } from "../../src/tables/sqlite-store.js";
 import { byPair, tableStoreConformance } from "./conformance.js";
+import { garbleJsonExplanations, setFirstAnswers, setLastC2 } from "./fixtures/blocks.js";
 import { STATS, clusterNames, packedRows, tableRows } from "./fixtures/rows.js";
 
 const dir = mkdtempSync(join(tmpdir(), "freshrec-tables-"));
@@ -200,6 +202,62 @@ describe("SqliteTableStore on disk", () => {
       expect(() => store.packed(live)).toThrow(/the stored rows of t000001.* are damaged/);
       store.close();
     }
+  });
+
+  it("refuses a stored cluster index the dictionary does not hold (an answer, a c2, a c1), naming the table, the c1 and the pair", () => {
+    const outside = /the stored rows of t000001 \(c1 #\d+\) are damaged .*not one of the 12 clusters of the dictionary/;
+    const answers = nextFile();
+    const a = storeWithLiveTable(answers);
+    expect(setFirstAnswers(answers, a.live, 999)).toBeGreaterThan(0);
+    expect(() => a.store.lookup(a.live, "c003", "c007")).toThrow(/t000001 \(c1 #\d+\) are damaged \(row \(c003, c007\) answers cluster #999, not one of the 12 clusters/);
+    expect(() => [...a.store.rows(a.live)]).toThrow(outside);
+    a.store.close();
+
+    const c2 = nextFile();
+    const b = storeWithLiveTable(c2);
+    setLastC2(c2, b.live, 999);
+    expect(() => [...b.store.rows(b.live)]).toThrow(/t000001 \(c1 #0\) are damaged \(row \(c\d+, #999\) has c2 #999, not one of the 12 clusters/);
+    expect(() => b.store.contextKeys(b.live)).toThrow(outside);
+    b.store.close();
+
+    const c1 = nextFile();
+    const c = storeWithLiveTable(c1);
+    const db = new Database(c1);
+    db.prepare("UPDATE table_blocks SET c1 = 999 WHERE table_seq = 1 AND c1 = (SELECT max(c1) FROM table_blocks WHERE table_seq = 1)").run();
+    db.close();
+    expect(() => [...c.store.rows(c.live)]).toThrow(/t000001 \(c1 #999\) are damaged \(row \(#999, c\d+\) has c1 #999, not one of the 12 clusters/);
+    expect(() => c.store.contextKeys(c.live)).toThrow(/c1 #999/);
+    c.store.close();
+  });
+
+  it("refuses a stored JSON explanation that does not parse, and a block stored as TEXT, naming the table, the c1 and the pair", () => {
+    const file = nextFile();
+    const store = SqliteTableStore.open(file, new VirtualClock(0));
+    const b = store.beginBuild(META);
+    b.append(tableRows(clusters, 0).map((r) => ({ ...r, explanation: { why: `${r.c1}/${r.c2}` } })));
+    const v = b.finish(STATS).version;
+    expect(garbleJsonExplanations(file, v)).toBe(132);
+    const damaged = (error: unknown) => {
+      expect(error).toBeInstanceOf(FreshrecError);
+      return (error as Error).message;
+    };
+    const thrown = (fn: () => unknown) => {
+      try {
+        fn();
+      } catch (error) {
+        return damaged(error);
+      }
+      throw new Error("no error");
+    };
+    expect(thrown(() => store.lookup(v, "c003", "c007"))).toMatch(/the stored rows of t000001 \(c1 #\d+\) are damaged \(row \(c003, c007\) has an explanation that is not JSON: /);
+    expect(thrown(() => [...store.rows(v)])).toMatch(/t000001 \(c1 #0\) are damaged \(row \(c\d+, c\d+\) has an explanation that is not JSON/);
+
+    const db = new Database(file);
+    db.prepare("UPDATE table_blocks SET block = hex(block) WHERE table_seq = 1 AND c1 = 0").run();
+    db.close();
+    expect(thrown(() => [...store.rows(v)])).toMatch(/the stored rows of t000001 \(c1 #0\) are damaged \(a block stored as TEXT, not a BLOB\)/);
+    expect(thrown(() => store.packed(v))).toMatch(/t000001 \(c1 #0\) are damaged \(a block stored as TEXT/);
+    store.close();
   });
 
   it("refuses a pair appended after it was copied, naming it, and a copy overlapping appended rows", () => {
