@@ -39,7 +39,7 @@ import Database from "better-sqlite3";
 import { hostname } from "node:os";
 import { join, resolve } from "node:path";
 import type { Clock } from "../domain/clock.js";
-import { type StoreFileKind, openStoreFile, storeFileError } from "../data/store-file.js";
+import { type StoreFileKind, StoreFileError, openStoreFile, storeFileError } from "../data/store-file.js";
 import { FreshrecError } from "../domain/errors.js";
 import type { History } from "../domain/types.js";
 import { pairKey } from "../domain/types.js";
@@ -50,6 +50,7 @@ import {
   EXPLANATION_NONE,
   type ExplanationKind,
   mergeBlockParts,
+  storedType,
   TableBlock,
   TableBlockWriter,
 } from "./table-block.js";
@@ -119,6 +120,17 @@ function storedExplanation(explanation: TableBuildRow["explanation"] | string | 
   if (explanation === undefined || explanation === null) return { kind: EXPLANATION_NONE, bytes: null };
   if (explanation instanceof Uint8Array) return { kind: EXPLANATION_BYTES, bytes: explanation };
   return { kind: EXPLANATION_JSON, bytes: Buffer.from(typeof explanation === "string" ? explanation : JSON.stringify(explanation), "utf8") };
+}
+
+/** What a block cannot hold of a schema-1 row (a file written by hand or by another program), or null. */
+function unconvertible(c1: unknown, c2: unknown, key: unknown, answers: unknown, explanation: unknown): string | null {
+  if (!Number.isInteger(c1)) return `c1 stored as ${storedType(c1)}`;
+  if (!Number.isInteger(c2)) return `c2 stored as ${storedType(c2)}`;
+  if (!Buffer.isBuffer(answers)) return `answers stored as ${storedType(answers)}`;
+  if (answers.length % ANSWER_BYTES !== 0) return `answers of ${answers.length} bytes, not whole answers of ${ANSWER_BYTES}`;
+  if (key !== null && typeof key !== "string") return `a context key stored as ${storedType(key)}`;
+  if (explanation !== null && typeof explanation !== "string" && !Buffer.isBuffer(explanation)) return `an explanation stored as ${storedType(explanation)}`;
+  return null;
 }
 
 /**
@@ -355,7 +367,7 @@ export class SqliteTableStore implements TableStore {
     const row = db.prepare("SELECT value FROM store_meta WHERE key = 'schema'").get() as { value: string } | undefined;
     if (!row) db.prepare("INSERT INTO store_meta (key, value) VALUES ('schema', ?)").run(SCHEMA_VERSION);
     else if (row.value === ROWS_SCHEMA_VERSION) {
-      SqliteTableStore.convertRowsToBlocks(db);
+      SqliteTableStore.convertRowsToBlocks(db, file);
       db.prepare("UPDATE store_meta SET value = ? WHERE key = 'schema'").run(SCHEMA_VERSION);
       return true;
     } else if (row.value !== SCHEMA_VERSION) {
@@ -367,9 +379,10 @@ export class SqliteTableStore implements TableStore {
   /**
    * Rewrites the rows of a schema-1 file (`table_rows`, one SQL row per pair) as blocks, one per (version, c1), and
    * drops them; runs inside the schema's transaction, so a file is converted whole or not at all. Explanations keep
-   * their kind: BLOBs stay bytes, text (the JSON of tables written before bytes) stays JSON.
+   * their kind: BLOBs stay bytes, text (the JSON of tables written before bytes) stays JSON. A row a block cannot hold
+   * fails the conversion, naming the file and the row, and leaves the file as it was.
    */
-  private static convertRowsToBlocks(db: Database.Database): void {
+  private static convertRowsToBlocks(db: Database.Database, file: string): void {
     if (!db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'table_rows'").get()) return;
     // Files written before rows could explain themselves have no explanation column.
     const columns = db.prepare("PRAGMA table_info(table_rows)").all() as { name: string }[];
@@ -377,9 +390,20 @@ export class SqliteTableStore implements TableStore {
     const firstClusters = db.prepare("SELECT DISTINCT table_seq, c1 FROM table_rows ORDER BY table_seq, c1").raw();
     const rowsOf = db.prepare(`SELECT c2, context_key, answers, ${explanation} FROM table_rows WHERE table_seq = ? AND c1 = ? ORDER BY c2`).raw();
     const insert = db.prepare("INSERT INTO table_blocks (table_seq, c1, row_count, top_n, block) VALUES (?, ?, ?, ?, ?)");
+    const clusterIdAt = db.prepare("SELECT id FROM clusters WHERE idx = ?").pluck();
+    const refuse = (seq: number, c1: unknown, c2: unknown, problem: string) => {
+      const name = (idx: unknown) => (Number.isInteger(idx) ? (clusterIdAt.get(idx) as string | undefined) : undefined) ?? `#${String(idx)}`;
+      return new StoreFileError(
+        TABLE_STORE_FILE,
+        file,
+        `cannot be converted to blocks (schema 1 to 2): ${versionId(seq)} row (${name(c1)}, ${name(c2)}) has ${problem}; it is left as it was`,
+      );
+    };
     for (const [seq, c1] of firstClusters.all() as [number, number][]) {
       const writer = new TableBlockWriter();
       for (const [c2, key, answers, stored] of rowsOf.all(seq, c1) as [number, string | null, Buffer, Buffer | string | null][]) {
+        const problem = unconvertible(c1, c2, key, answers, stored);
+        if (problem !== null) throw refuse(seq, c1, c2, problem);
         const { kind, bytes } = storedExplanation(stored);
         writer.add(c2, answers, 0, answers.length, kind, bytes, 0, bytes?.length ?? 0, key);
       }

@@ -149,10 +149,11 @@ export class TableBlockWriter {
   }
 }
 
-/** The SQL type of a value SQLite handed back, for messages. */
-function storedType(value: unknown): string {
+/** The SQL type of a value SQLite handed back, for messages ("TEXT" where a BLOB should be). */
+export function storedType(value: unknown): string {
   if (typeof value === "string") return "TEXT";
   if (value === null) return "NULL";
+  if (Buffer.isBuffer(value)) return "a BLOB";
   return typeof value === "number" || typeof value === "bigint" ? "a number" : typeof value;
 }
 

@@ -23,6 +23,37 @@ const META = { modelVersion: "m000001", templateHash: "tmpl-a" };
 tableStoreConformance("sqlite (file)", (clock) => EmbeddedTableStore.open(nextFile(), clock, { pageSize: 7, batchSize: 20 }));
 tableStoreConformance("sqlite (:memory:)", (clock) => EmbeddedTableStore.open(":memory:", clock));
 
+/** A store file of schema 1 (one SQL row per pair, `table_rows`) with its tables and no rows, as that store wrote it; left open. */
+function schemaOneFile(file: string): Database.Database {
+  mkdirSync(dirname(file), { recursive: true });
+  const db = new Database(file);
+  db.pragma("page_size = 16384");
+  db.pragma("auto_vacuum = INCREMENTAL");
+  db.pragma("journal_mode = WAL");
+  db.exec(`
+    CREATE TABLE store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE clusters (idx INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE);
+    CREATE TABLE table_versions (
+      seq INTEGER PRIMARY KEY AUTOINCREMENT,
+      status TEXT NOT NULL CHECK (status IN ('building', 'ready', 'live', 'retired', 'failed')),
+      model_version TEXT NOT NULL, template_hash TEXT NOT NULL, rag_as_of INTEGER, rag_window_days REAL, rag_options TEXT,
+      strategy TEXT, parent TEXT, stats TEXT, metrics TEXT, created_at INTEGER NOT NULL, finished_at INTEGER, failure TEXT,
+      row_count INTEGER NOT NULL DEFAULT 0, top_n INTEGER NOT NULL DEFAULT 0, builder_pid INTEGER, builder_host TEXT
+    );
+    CREATE TABLE table_rows (
+      table_seq INTEGER NOT NULL, c1 INTEGER NOT NULL, c2 INTEGER NOT NULL, context_key TEXT, answers BLOB NOT NULL,
+      explanation TEXT, PRIMARY KEY (table_seq, c1, c2)
+    ) WITHOUT ROWID;
+    CREATE TABLE live_stack (pos INTEGER PRIMARY KEY AUTOINCREMENT, table_seq INTEGER NOT NULL);
+    CREATE TABLE publish_log (
+      id INTEGER PRIMARY KEY AUTOINCREMENT, action TEXT NOT NULL CHECK (action IN ('publish', 'rollback')), version TEXT NOT NULL,
+      previous TEXT, at INTEGER NOT NULL, actor TEXT, reason TEXT
+    );
+    INSERT INTO store_meta (key, value) VALUES ('schema', '1');
+  `);
+  return db;
+}
+
 describe("SqliteTableStore on disk", () => {
   const clusters = clusterNames(12);
 
@@ -282,32 +313,7 @@ describe("SqliteTableStore on disk", () => {
     // Written through raw SQL as the store of schema 1 wrote it: its tables, a dictionary numbering clusters as a
     // build meets them, rows with BLOB answers, explanations as BLOBs (bytes), JSON text (objects) or NULL.
     const file = nextFile();
-    mkdirSync(dirname(file), { recursive: true });
-    const db = new Database(file);
-    db.pragma("page_size = 16384");
-    db.pragma("auto_vacuum = INCREMENTAL");
-    db.pragma("journal_mode = WAL");
-    db.exec(`
-      CREATE TABLE store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-      CREATE TABLE clusters (idx INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE);
-      CREATE TABLE table_versions (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        status TEXT NOT NULL CHECK (status IN ('building', 'ready', 'live', 'retired', 'failed')),
-        model_version TEXT NOT NULL, template_hash TEXT NOT NULL, rag_as_of INTEGER, rag_window_days REAL, rag_options TEXT,
-        strategy TEXT, parent TEXT, stats TEXT, metrics TEXT, created_at INTEGER NOT NULL, finished_at INTEGER, failure TEXT,
-        row_count INTEGER NOT NULL DEFAULT 0, top_n INTEGER NOT NULL DEFAULT 0, builder_pid INTEGER, builder_host TEXT
-      );
-      CREATE TABLE table_rows (
-        table_seq INTEGER NOT NULL, c1 INTEGER NOT NULL, c2 INTEGER NOT NULL, context_key TEXT, answers BLOB NOT NULL,
-        explanation TEXT, PRIMARY KEY (table_seq, c1, c2)
-      ) WITHOUT ROWID;
-      CREATE TABLE live_stack (pos INTEGER PRIMARY KEY AUTOINCREMENT, table_seq INTEGER NOT NULL);
-      CREATE TABLE publish_log (
-        id INTEGER PRIMARY KEY AUTOINCREMENT, action TEXT NOT NULL CHECK (action IN ('publish', 'rollback')), version TEXT NOT NULL,
-        previous TEXT, at INTEGER NOT NULL, actor TEXT, reason TEXT
-      );
-      INSERT INTO store_meta (key, value) VALUES ('schema', '1');
-    `);
+    const db = schemaOneFile(file);
     const names = clusterNames(7);
     const index = new Map<string, number>();
     const idx = (c: string) => {
@@ -361,6 +367,40 @@ describe("SqliteTableStore on disk", () => {
     // The pages of the dropped rows were handed back, not left free in the file.
     expect(after.pragma("freelist_count", { simple: true })).toBe(0);
     after.close();
+  });
+
+  it("refuses to convert a schema-1 file with a row blocks cannot hold, naming the file, the table and the pair; the file stays as it was", () => {
+    const bad: [string, string][] = [
+      ["answers = x'00000000000000'", "row (b, a) has answers of 7 bytes"],
+      ["answers = 'abcdefgh'", "row (b, a) has answers stored as TEXT"],
+      ["context_key = x'01'", "row (b, a) has a context key stored as a BLOB"],
+      ["c2 = 'x'", "row (b, #x) has c2 stored as TEXT"],
+    ];
+    for (const [damage, problem] of bad) {
+      const file = nextFile();
+      const db = schemaOneFile(file);
+      ["a", "b", "c"].forEach((id, idx) => db.prepare("INSERT INTO clusters (idx, id) VALUES (?, ?)").run(idx, id));
+      db.prepare("INSERT INTO table_versions (status, model_version, template_hash, created_at, row_count, top_n) VALUES ('live', 'm000001', 'tmpl-a', 1000, 2, 1)").run();
+      const insert = db.prepare("INSERT INTO table_rows (table_seq, c1, c2, context_key, answers, explanation) VALUES (1, ?, ?, '', ?, NULL)");
+      insert.run(0, 1, encodeAnswers([2], [0.5]));
+      insert.run(1, 0, encodeAnswers([2], [0.25]));
+      db.prepare(`UPDATE table_rows SET ${damage} WHERE c1 = 1`).run();
+      db.close();
+      let message = "";
+      try {
+        SqliteTableStore.open(file, new VirtualClock(0)).close();
+      } catch (error) {
+        expect(error).toBeInstanceOf(FreshrecError);
+        expect((error as FreshrecError).code).toBe("BAD_INPUT");
+        message = (error as Error).message;
+      }
+      expect(message).toContain(`tables: ${file} cannot be converted to blocks (schema 1 to 2): t000001 ${problem}`);
+      const after = new Database(file, { readonly: true });
+      expect(after.prepare("SELECT value FROM store_meta WHERE key = 'schema'").pluck().get()).toBe("1");
+      expect(after.prepare("SELECT count(*) FROM table_rows").pluck().get()).toBe(2);
+      expect(after.prepare("SELECT name FROM sqlite_master WHERE name = 'table_blocks'").all()).toEqual([]);
+      after.close();
+    }
   });
 
   it("writes 89,700 rows x 10 answers and loads them into a lookup quickly", () => {
