@@ -307,16 +307,49 @@ export class SqliteTableStore implements TableStore {
     // 16 KiB pages: a table's rows are written in key order, tens of megabytes per build, and larger pages cost that
     // build fewer page splits and log frames (a fusion build of 89,700 rows writes faster with them than with 4 KiB).
     // auto_vacuum lets gc hand freed pages back to the OS.
-    db.pragma("page_size = 16384");
-    db.pragma("auto_vacuum = INCREMENTAL");
+    // Set on a file without tables only: on any other they change nothing, and setting auto_vacuum writes the file's
+    // header, so it would wait for (and fail on) another process's write lock, such as a conversion's, on every open.
+    if (db.prepare("SELECT count(*) FROM sqlite_master").pluck().get() === 0) {
+      db.pragma("page_size = 16384");
+      db.pragma("auto_vacuum = INCREMENTAL");
+    }
     db.pragma("journal_mode = WAL");
     // FULL: a committed publish survives power loss too; it costs one sync per transaction, and rows are written in
     // large batches, so it is cheap here.
     db.pragma("synchronous = FULL");
     // One IMMEDIATE transaction, so two processes opening a new file at once do not both write the schema row.
-    const converted = db.transaction(() => SqliteTableStore.createSchema(db, file)).immediate();
+    let converted: boolean;
+    try {
+      converted = db.transaction(() => SqliteTableStore.createSchema(db, file)).immediate();
+    } catch (error) {
+      throw SqliteTableStore.convertingElsewhere(db, file, error) ?? error;
+    }
     // The rows a conversion dropped leave their pages free: hand them back rather than keep a file twice its size.
     if (converted) db.pragma("incremental_vacuum");
+  }
+
+  /**
+   * The error for a schema transaction that waited out the busy timeout on a file another process is converting to
+   * blocks (its committed schema, which WAL lets this connection read meanwhile, is still 1), or null for any other
+   * failure. A conversion holds the file's write lock for as long as it takes, which a large file makes longer than
+   * a busy timeout; SQLite's own "database is locked" would not say why or what to do.
+   */
+  private static convertingElsewhere(db: Database.Database, file: string, error: unknown): FreshrecError | null {
+    const code = (error as { code?: unknown })?.code;
+    if (typeof code !== "string" || !code.startsWith("SQLITE_BUSY")) return null;
+    let schema: unknown;
+    try {
+      schema = db.prepare("SELECT value FROM store_meta WHERE key = 'schema'").pluck().get();
+    } catch {
+      return null;
+    }
+    if (schema !== ROWS_SCHEMA_VERSION) return null;
+    const waited = db.pragma("busy_timeout", { simple: true });
+    return new FreshrecError(
+      "INTERNAL",
+      `tables: ${file} is being converted to blocks (schema ${ROWS_SCHEMA_VERSION} to ${SCHEMA_VERSION}) by another process, which held it past the ${waited} ms this one waits; wait for that process to finish converting, then retry`,
+      { cause: error },
+    );
   }
 
   /** Creates what is missing; returns whether a schema-1 file was converted to blocks. */

@@ -403,6 +403,33 @@ describe("SqliteTableStore on disk", () => {
     }
   });
 
+  it("a second connection opening a schema-1 file while another converts it is told so, and what to do", () => {
+    const file = nextFile();
+    const db = schemaOneFile(file);
+    ["a", "b", "c"].forEach((id, idx) => db.prepare("INSERT INTO clusters (idx, id) VALUES (?, ?)").run(idx, id));
+    db.prepare("INSERT INTO table_versions (status, model_version, template_hash, created_at, row_count, top_n) VALUES ('ready', 'm000001', 'tmpl-a', 1000, 1, 1)").run();
+    db.prepare("INSERT INTO table_rows (table_seq, c1, c2, context_key, answers) VALUES (1, 0, 1, '', ?)").run(encodeAnswers([2], [0.5]));
+    // The converting store's transaction, as it stands while the conversion runs: the write lock held, schema 1 committed.
+    db.exec("BEGIN IMMEDIATE");
+    db.exec("CREATE TABLE table_blocks (id INTEGER PRIMARY KEY, table_seq INTEGER NOT NULL, c1 INTEGER NOT NULL, row_count INTEGER NOT NULL, top_n INTEGER NOT NULL, block BLOB NOT NULL)");
+    let message = "";
+    try {
+      SqliteTableStore.open(file, new VirtualClock(0), { busyTimeoutMs: 100 }).close();
+    } catch (error) {
+      expect(error).toBeInstanceOf(FreshrecError);
+      message = (error as Error).message;
+    }
+    expect(message).toBe(
+      `tables: ${file} is being converted to blocks (schema 1 to 2) by another process, which held it past the 100 ms this one waits; wait for that process to finish converting, then retry`,
+    );
+    // Once the other connection lets go, the file opens (and is converted) as usual.
+    db.exec("ROLLBACK");
+    db.close();
+    const store = SqliteTableStore.open(file, new VirtualClock(0), { busyTimeoutMs: 100 });
+    expect(store.lookup("t000001", "a", "b")?.answers).toEqual([{ cluster: "c", score: 0.5 }]);
+    store.close();
+  });
+
   it("writes 89,700 rows x 10 answers and loads them into a lookup quickly", () => {
     const store = SqliteTableStore.open(nextFile(), new VirtualClock(0));
     const rows = tableRows(clusterNames(300), 1, 10);
