@@ -429,7 +429,7 @@ export class SqliteTableStore implements TableStore {
       return new StoreFileError(
         TABLE_STORE_FILE,
         file,
-        `cannot be converted to blocks (schema 1 to 2): ${versionId(seq)} row (${name(c1)}, ${name(c2)}) has ${problem}; it is left as it was`,
+        `cannot be converted to blocks (schema ${ROWS_SCHEMA_VERSION} to ${SCHEMA_VERSION}): ${versionId(seq)} row (${name(c1)}, ${name(c2)}) has ${problem}; it is left as it was`,
       );
     };
     for (const [seq, c1] of firstClusters.all() as [number, number][]) {
