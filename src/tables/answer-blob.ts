@@ -89,11 +89,11 @@ export class Words {
  * byte offset `at` (an `answerEnd` value). The words reach as far as any of the rows' ends (within the bytes there
  * are), so rows whose ends go back are read as far as the check that names them.
  */
-function answerWordsOf<T>(rows: PackedBuildRows, from: number, to: number, writes: boolean, work: (words: Words, word: (at: number) => number) => T): T {
+function answerWordsOf<T>(rows: PackedBuildRows, from: number, to: number, work: (words: Words, word: (at: number) => number) => T): T {
   const first = from === 0 ? 0 : rows.answerEnd[from - 1];
   let last = first;
   for (let r = from; r < to; r++) last = Math.max(last, rows.answerEnd[r]);
-  return Words.ofStored(rows.answers.subarray(first, Math.min(last, rows.answers.length)), writes, (words) => work(words, (at) => (at - first) >> 2));
+  return Words.ofStored(rows.answers.subarray(first, Math.min(last, rows.answers.length)), false, (words) => work(words, (at) => (at - first) >> 2));
 }
 
 /**
@@ -104,7 +104,7 @@ function answerWordsOf<T>(rows: PackedBuildRows, from: number, to: number, write
 export function checkPackedRows(rows: PackedBuildRows, from: number, to: number): void {
   const { clusters, c1, c2, answerEnd, explanationEnd } = rows;
   const name = (i: number) => (i >= 0 && i < clusters.length ? clusters[i] : `#${i}`);
-  answerWordsOf(rows, from, to, false, ({ i32, f32 }, word) => {
+  answerWordsOf(rows, from, to, ({ i32, f32 }, word) => {
     for (let r = from; r < to; r++) {
       const a = c1[r];
       const b = c2[r];
@@ -148,7 +148,7 @@ export function newClustersInOrder(rows: PackedBuildRows, from: number, to: numb
       found.push(i);
     }
   };
-  answerWordsOf(rows, from, to, false, ({ i32 }, word) => {
+  answerWordsOf(rows, from, to, ({ i32 }, word) => {
     for (let r = from; r < to; r++) {
       for (let w = word(r === 0 ? 0 : rows.answerEnd[r - 1]), end = word(rows.answerEnd[r]); w < end; w += 2) meet(i32[w]);
       meet(rows.c1[r]);
@@ -158,9 +158,21 @@ export function newClustersInOrder(rows: PackedBuildRows, from: number, to: numb
   return found;
 }
 
-/** Rewrites the answers' cluster indices of rows [from, to) in place from the vocabulary's to the dictionary's (`dictionary[i]`). */
-export function remapPackedAnswers(rows: PackedBuildRows, from: number, to: number, dictionary: Int32Array): void {
-  answerWordsOf(rows, from, to, true, ({ i32 }) => {
+/**
+ * The answers of rows [from, to), checked by `checkPackedRows`, with their cluster indices rewritten from the
+ * vocabulary's to the dictionary's (`dictionary[i]`) in a copy: the caller's rows stay as given, whether the rows are
+ * then stored or refused. Byte b of the copy is byte b + answerEnd[from - 1] (0 for the first row) of `rows.answers`.
+ * The copy is written at the start of `scratch` when it is long enough (a view of it, valid until `scratch` is written
+ * again), else in a buffer of its own.
+ */
+export function remappedPackedAnswers(rows: PackedBuildRows, from: number, to: number, dictionary: Int32Array, scratch: Buffer | null): Buffer {
+  const first = from === 0 ? 0 : rows.answerEnd[from - 1];
+  const size = (to === from ? first : rows.answerEnd[to - 1]) - first;
+  // Memory of its own (never a slice of Node's pool), so the copy starts on a word.
+  const copy = scratch && scratch.length >= size ? scratch.subarray(0, size) : Buffer.allocUnsafeSlow(size);
+  rows.answers.copy(copy, 0, first, first + size);
+  Words.ofStored(copy, true, ({ i32 }) => {
     for (let w = 0; w < i32.length; w += 2) i32[w] = dictionary[i32[w]];
   });
+  return copy;
 }

@@ -116,8 +116,8 @@ export interface TableBuildRow extends TableRow {
  * its answers are answers[answerEnd[r - 1] .. answerEnd[r]) (0 before the first row) in the layout of
  * ./answer-blob.ts with cluster indices into `clusters`, its explanation the bytes
  * explanation[explanationEnd[r - 1] .. explanationEnd[r]) (stored as bytes, as `TableBuildRow.explanation`; none
- * when empty), its context key contextKeys[r]. The store rewrites the answers' cluster indices in place into its own
- * dictionary's, so the buffers are the store's once handed over.
+ * when empty), its context key contextKeys[r]. The store never writes into these buffers (it numbers the answers'
+ * clusters in its own dictionary in a copy), so they are as given after the call, whether it succeeds or fails.
  */
 export interface PackedBuildRows {
   readonly clusters: readonly string[];
@@ -214,7 +214,8 @@ export interface TableBuilder {
   readonly written: number;
   /**
    * Writes rows in transactions of the store's `batchSize`. Each committed batch is durable, but the table stays
-   * invisible until `finish` and `publish`. A pair written twice is a BAD_INPUT error.
+   * invisible until `finish` and `publish`. A pair written twice is a BAD_INPUT error. When a batch fails, the batches
+   * of the call before it stay written: counted in `written`, and their pairs refused if written again.
    * @returns the number of rows written by this call.
    */
   append(rows: Iterable<TableBuildRow>): number;

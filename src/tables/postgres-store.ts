@@ -32,7 +32,7 @@ import { BIGINT_AS_NUMBER, inTransaction, openStorePool, transactionOn } from ".
 import type { Clock } from "../domain/clock.js";
 import { FreshrecError } from "../domain/errors.js";
 import { pairKey, type History } from "../domain/types.js";
-import { ANSWER_BYTES, checkPackedRows, decodeAnswersInto, encodeAnswers, newClustersInOrder, remapPackedAnswers } from "./answer-blob.js";
+import { ANSWER_BYTES, checkPackedRows, decodeAnswersInto, encodeAnswers, newClustersInOrder, remappedPackedAnswers } from "./answer-blob.js";
 import type {
   PackedBuildRows,
   PackedPage,
@@ -381,12 +381,16 @@ export class PostgresTableStore implements TableStoreContract {
     return r;
   }
 
-  /** @internal used by PostgresTableBuilder */
-  async appendRows(client: pg.Client, seq: number, rows: Iterable<TableBuildRow>): Promise<number> {
+  /**
+   * @internal used by PostgresTableBuilder: `committed` hears of each batch as it commits, so a builder counts the
+   * batches committed before one that fails.
+   */
+  async appendRows(client: pg.Client, seq: number, rows: Iterable<TableBuildRow>, committed: (rows: number) => void): Promise<number> {
     let written = 0;
     let batch: TableBuildRow[] = [];
     const flush = async () => {
       await this.writeBatch(client, seq, batch);
+      committed(batch.length);
       written += batch.length;
       batch = [];
     };
@@ -402,7 +406,7 @@ export class PostgresTableStore implements TableStoreContract {
    * @internal used by PostgresTableBuilder: `appendRows` for rows in stored form, in the same batches, clusters added
    * to the dictionary in the same order, with the same checks and errors.
    */
-  async appendPackedRows(client: pg.Client, seq: number, rows: PackedBuildRows): Promise<number> {
+  async appendPackedRows(client: pg.Client, seq: number, rows: PackedBuildRows, committed: (rows: number) => void): Promise<number> {
     let written = 0;
     for (let from = 0; from < rows.count; from += this.batchSize) {
       const to = Math.min(from + this.batchSize, rows.count);
@@ -411,7 +415,9 @@ export class PostgresTableStore implements TableStoreContract {
       const names = new Set(newClustersInOrder(rows, from, to, new Uint8Array(rows.clusters.length)).map((i) => rows.clusters[i]));
       await this.insertRows(client, seq, names, (index) => {
         const dictionary = Int32Array.from(rows.clusters, (id) => index.get(id) ?? -1);
-        remapPackedAnswers(rows, from, to, dictionary);
+        // A buffer of the batch's own: the query reads the answers after this returns.
+        const remapped = remappedPackedAnswers(rows, from, to, dictionary, null);
+        const first = from === 0 ? 0 : rows.answerEnd[from - 1];
         const part = (end: Int32Array, bytes: Buffer, r: number) => bytes.subarray(r === 0 ? 0 : end[r - 1], end[r]);
         const c1: number[] = [];
         const c2: number[] = [];
@@ -422,12 +428,13 @@ export class PostgresTableStore implements TableStoreContract {
           c1.push(dictionary[rows.c1[r]]);
           c2.push(dictionary[rows.c2[r]]);
           keys.push(rows.contextKeys[r] ?? null);
-          answers.push(part(rows.answerEnd, rows.answers, r));
+          answers.push(remapped.subarray((r === 0 ? 0 : rows.answerEnd[r - 1]) - first, rows.answerEnd[r] - first));
           const explanation = part(rows.explanationEnd, rows.explanation, r);
           explanations.push(explanation.length > 0 ? explanation : null);
         }
         return { c1, c2, keys, answers, bytes: explanations, json: explanations.map(() => null) };
       });
+      committed(to - from);
       written += to - from;
     }
     return written;
@@ -830,16 +837,12 @@ class PostgresTableBuilder implements TableBuilderContract {
 
   async append(rows: Iterable<TableBuildRow>): Promise<number> {
     if (this.ended) return this.store.refuseEnded(this.seq);
-    const n = await this.store.appendRows(this.client, this.seq, rows);
-    this.count += n;
-    return n;
+    return this.store.appendRows(this.client, this.seq, rows, (n) => (this.count += n));
   }
 
   async appendPacked(rows: PackedBuildRows): Promise<number> {
     if (this.ended) return this.store.refuseEnded(this.seq);
-    const n = await this.store.appendPackedRows(this.client, this.seq, rows);
-    this.count += n;
-    return n;
+    return this.store.appendPackedRows(this.client, this.seq, rows, (n) => (this.count += n));
   }
 
   async copyRows(fromVersion: string, pairs?: Iterable<History>): Promise<number> {

@@ -39,17 +39,18 @@ import Database from "better-sqlite3";
 import { hostname } from "node:os";
 import { join, resolve } from "node:path";
 import type { Clock } from "../domain/clock.js";
-import { type StoreFileKind, openStoreFile, storeFileError } from "../data/store-file.js";
+import { type StoreFileKind, StoreFileError, openStoreFile, storeFileError } from "../data/store-file.js";
 import { FreshrecError } from "../domain/errors.js";
 import type { History } from "../domain/types.js";
 import { pairKey } from "../domain/types.js";
-import { ANSWER_BYTES, checkPackedRows, decodeAnswersInto, encodeAnswers, newClustersInOrder, remapPackedAnswers } from "./answer-blob.js";
+import { ANSWER_BYTES, checkPackedRows, decodeAnswersInto, encodeAnswers, newClustersInOrder, remappedPackedAnswers } from "./answer-blob.js";
 import {
   EXPLANATION_BYTES,
   EXPLANATION_JSON,
   EXPLANATION_NONE,
   type ExplanationKind,
   mergeBlockParts,
+  storedType,
   TableBlock,
   TableBlockWriter,
 } from "./table-block.js";
@@ -119,6 +120,17 @@ function storedExplanation(explanation: TableBuildRow["explanation"] | string | 
   if (explanation === undefined || explanation === null) return { kind: EXPLANATION_NONE, bytes: null };
   if (explanation instanceof Uint8Array) return { kind: EXPLANATION_BYTES, bytes: explanation };
   return { kind: EXPLANATION_JSON, bytes: Buffer.from(typeof explanation === "string" ? explanation : JSON.stringify(explanation), "utf8") };
+}
+
+/** What a block cannot hold of a schema-1 row (a file written by hand or by another program), or null. */
+function unconvertible(c1: unknown, c2: unknown, key: unknown, answers: unknown, explanation: unknown): string | null {
+  if (!Number.isInteger(c1)) return `c1 stored as ${storedType(c1)}`;
+  if (!Number.isInteger(c2)) return `c2 stored as ${storedType(c2)}`;
+  if (!Buffer.isBuffer(answers)) return `answers stored as ${storedType(answers)}`;
+  if (answers.length % ANSWER_BYTES !== 0) return `answers of ${answers.length} bytes, not whole answers of ${ANSWER_BYTES}`;
+  if (key !== null && typeof key !== "string") return `a context key stored as ${storedType(key)}`;
+  if (explanation !== null && typeof explanation !== "string" && !Buffer.isBuffer(explanation)) return `an explanation stored as ${storedType(explanation)}`;
+  return null;
 }
 
 /**
@@ -295,16 +307,49 @@ export class SqliteTableStore implements TableStore {
     // 16 KiB pages: a table's rows are written in key order, tens of megabytes per build, and larger pages cost that
     // build fewer page splits and log frames (a fusion build of 89,700 rows writes faster with them than with 4 KiB).
     // auto_vacuum lets gc hand freed pages back to the OS.
-    db.pragma("page_size = 16384");
-    db.pragma("auto_vacuum = INCREMENTAL");
+    // Set on a file without tables only: on any other they change nothing, and setting auto_vacuum writes the file's
+    // header, so it would wait for (and fail on) another process's write lock, such as a conversion's, on every open.
+    if (db.prepare("SELECT count(*) FROM sqlite_master").pluck().get() === 0) {
+      db.pragma("page_size = 16384");
+      db.pragma("auto_vacuum = INCREMENTAL");
+    }
     db.pragma("journal_mode = WAL");
     // FULL: a committed publish survives power loss too; it costs one sync per transaction, and rows are written in
     // large batches, so it is cheap here.
     db.pragma("synchronous = FULL");
     // One IMMEDIATE transaction, so two processes opening a new file at once do not both write the schema row.
-    const converted = db.transaction(() => SqliteTableStore.createSchema(db, file)).immediate();
+    let converted: boolean;
+    try {
+      converted = db.transaction(() => SqliteTableStore.createSchema(db, file)).immediate();
+    } catch (error) {
+      throw SqliteTableStore.convertingElsewhere(db, file, error) ?? error;
+    }
     // The rows a conversion dropped leave their pages free: hand them back rather than keep a file twice its size.
     if (converted) db.pragma("incremental_vacuum");
+  }
+
+  /**
+   * The error for a schema transaction that waited out the busy timeout on a file another process is converting to
+   * blocks (its committed schema, which WAL lets this connection read meanwhile, is still 1), or null for any other
+   * failure. A conversion holds the file's write lock for as long as it takes, which a large file makes longer than
+   * a busy timeout; SQLite's own "database is locked" would not say why or what to do.
+   */
+  private static convertingElsewhere(db: Database.Database, file: string, error: unknown): FreshrecError | null {
+    const code = (error as { code?: unknown })?.code;
+    if (typeof code !== "string" || !code.startsWith("SQLITE_BUSY")) return null;
+    let schema: unknown;
+    try {
+      schema = db.prepare("SELECT value FROM store_meta WHERE key = 'schema'").pluck().get();
+    } catch {
+      return null;
+    }
+    if (schema !== ROWS_SCHEMA_VERSION) return null;
+    const waited = db.pragma("busy_timeout", { simple: true });
+    return new FreshrecError(
+      "INTERNAL",
+      `tables: ${file} is being converted to blocks (schema ${ROWS_SCHEMA_VERSION} to ${SCHEMA_VERSION}) by another process, which held it past the ${waited} ms this one waits; wait for that process to finish converting, then retry`,
+      { cause: error },
+    );
   }
 
   /** Creates what is missing; returns whether a schema-1 file was converted to blocks. */
@@ -355,7 +400,7 @@ export class SqliteTableStore implements TableStore {
     const row = db.prepare("SELECT value FROM store_meta WHERE key = 'schema'").get() as { value: string } | undefined;
     if (!row) db.prepare("INSERT INTO store_meta (key, value) VALUES ('schema', ?)").run(SCHEMA_VERSION);
     else if (row.value === ROWS_SCHEMA_VERSION) {
-      SqliteTableStore.convertRowsToBlocks(db);
+      SqliteTableStore.convertRowsToBlocks(db, file);
       db.prepare("UPDATE store_meta SET value = ? WHERE key = 'schema'").run(SCHEMA_VERSION);
       return true;
     } else if (row.value !== SCHEMA_VERSION) {
@@ -367,9 +412,10 @@ export class SqliteTableStore implements TableStore {
   /**
    * Rewrites the rows of a schema-1 file (`table_rows`, one SQL row per pair) as blocks, one per (version, c1), and
    * drops them; runs inside the schema's transaction, so a file is converted whole or not at all. Explanations keep
-   * their kind: BLOBs stay bytes, text (the JSON of tables written before bytes) stays JSON.
+   * their kind: BLOBs stay bytes, text (the JSON of tables written before bytes) stays JSON. A row a block cannot hold
+   * fails the conversion, naming the file and the row, and leaves the file as it was.
    */
-  private static convertRowsToBlocks(db: Database.Database): void {
+  private static convertRowsToBlocks(db: Database.Database, file: string): void {
     if (!db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'table_rows'").get()) return;
     // Files written before rows could explain themselves have no explanation column.
     const columns = db.prepare("PRAGMA table_info(table_rows)").all() as { name: string }[];
@@ -377,9 +423,20 @@ export class SqliteTableStore implements TableStore {
     const firstClusters = db.prepare("SELECT DISTINCT table_seq, c1 FROM table_rows ORDER BY table_seq, c1").raw();
     const rowsOf = db.prepare(`SELECT c2, context_key, answers, ${explanation} FROM table_rows WHERE table_seq = ? AND c1 = ? ORDER BY c2`).raw();
     const insert = db.prepare("INSERT INTO table_blocks (table_seq, c1, row_count, top_n, block) VALUES (?, ?, ?, ?, ?)");
+    const clusterIdAt = db.prepare("SELECT id FROM clusters WHERE idx = ?").pluck();
+    const refuse = (seq: number, c1: unknown, c2: unknown, problem: string) => {
+      const name = (idx: unknown) => (Number.isInteger(idx) ? (clusterIdAt.get(idx) as string | undefined) : undefined) ?? `#${String(idx)}`;
+      return new StoreFileError(
+        TABLE_STORE_FILE,
+        file,
+        `cannot be converted to blocks (schema ${ROWS_SCHEMA_VERSION} to ${SCHEMA_VERSION}): ${versionId(seq)} row (${name(c1)}, ${name(c2)}) has ${problem}; it is left as it was`,
+      );
+    };
     for (const [seq, c1] of firstClusters.all() as [number, number][]) {
       const writer = new TableBlockWriter();
       for (const [c2, key, answers, stored] of rowsOf.all(seq, c1) as [number, string | null, Buffer, Buffer | string | null][]) {
+        const problem = unconvertible(c1, c2, key, answers, stored);
+        if (problem !== null) throw refuse(seq, c1, c2, problem);
         const { kind, bytes } = storedExplanation(stored);
         writer.add(c2, answers, 0, answers.length, kind, bytes, 0, bytes?.length ?? 0, key);
       }
@@ -473,22 +530,42 @@ export class SqliteTableStore implements TableStore {
     return this.clusterIndex.get(id);
   }
 
-  private clusterId(idx: number): string {
+  /** The id of a dictionary index, or undefined when the dictionary has no such index (a damaged block). */
+  private clusterId(idx: number): string | undefined {
     if (idx >= this.clusterIds.length) this.loadClusters();
     return this.clusterIds[idx];
   }
 
+  /** How errors name row i of a block of c1: its pair, by id where the dictionary has one. */
+  private rowName(c1: number, block: TableBlock, i: number): string {
+    const c2 = block.c2(i);
+    return `row (${this.clusterId(c1) ?? `#${c1}`}, ${this.clusterId(c2) ?? `#${c2}`})`;
+  }
+
+  /**
+   * The id of a cluster index stored in row i of a block of c1 (`what`: "has c2 #7"). An index the dictionary lacks
+   * is a damaged block, named with the row: a reader must not hand out a row without its cluster.
+   */
+  private storedClusterId(idx: number, c1: number, block: TableBlock, i: number, what: () => string): string {
+    const id = this.clusterId(idx);
+    if (id === undefined) throw block.damaged(`${this.rowName(c1, block, i)} ${what()}, not one of the ${this.clusterIds.length} clusters of the dictionary`);
+    return id;
+  }
+
   /** Row i of a block of c1 as a stored row. */
   private decodeRow(c1: number, block: TableBlock, i: number): StoredTableRow {
+    const first = this.storedClusterId(c1, c1, block, i, () => `has c1 #${c1}`);
+    const second = this.storedClusterId(block.c2(i), c1, block, i, () => `has c2 #${block.c2(i)}`);
     const { bytes } = block;
     const start = block.answersStart(i);
     const n = (block.answersEnd(i) - start) / ANSWER_BYTES;
     const list = new Array<{ cluster: string; score: number }>(n);
     for (let k = 0, at = start; k < n; k++, at += ANSWER_BYTES) {
-      list[k] = { cluster: this.clusterId(bytes.readInt32LE(at)), score: bytes.readFloatLE(at + 4) };
+      const idx = bytes.readInt32LE(at);
+      list[k] = { cluster: this.storedClusterId(idx, c1, block, i, () => `answers cluster #${idx}`), score: bytes.readFloatLE(at + 4) };
     }
-    const row = { c1: this.clusterId(c1), c2: this.clusterId(block.c2(i)), answers: list, contextKey: block.contextKey(i) };
-    const explanation = block.explanation(i);
+    const row = { c1: first, c2: second, answers: list, contextKey: block.contextKey(i) };
+    const explanation = block.explanation(i, () => this.rowName(c1, block, i));
     return explanation === undefined ? row : { ...row, explanation };
   }
 
@@ -563,8 +640,11 @@ export class SqliteTableStore implements TableStore {
     return new SqliteTableBuilder(this, seq);
   }
 
-  /** @internal used by SqliteTableBuilder */
-  appendRows(seq: number, rows: Iterable<TableBuildRow>): number {
+  /**
+   * @internal used by SqliteTableBuilder: `committed` hears of each batch as it commits, so a builder counts the
+   * batches committed before one that fails.
+   */
+  appendRows(seq: number, rows: Iterable<TableBuildRow>, committed: (rows: number) => void): number {
     const ids: number[] = [];
     const scores: number[] = [];
     const writeBatch = this.db.transaction((batch: TableBuildRow[]) => {
@@ -601,6 +681,7 @@ export class SqliteTableStore implements TableStore {
     let batch: TableBuildRow[] = [];
     const flush = () => {
       this.inBatch(seq, () => writeBatch.immediate(batch));
+      committed(batch.length);
       written += batch.length;
       batch = [];
     };
@@ -656,18 +737,22 @@ export class SqliteTableStore implements TableStore {
    * @internal used by SqliteTableBuilder: `appendRows` for rows in stored form, in the same transactions of
    * `batchSize`, clusters added to the dictionary in the same order, with the same checks and errors.
    */
-  appendPackedRows(seq: number, rows: PackedBuildRows): number {
-    const { clusters, c1, c2, answers, answerEnd, explanation, explanationEnd, contextKeys } = rows;
+  appendPackedRows(seq: number, rows: PackedBuildRows, committed: (rows: number) => void): number {
+    const { clusters, c1, c2, answerEnd, explanation, explanationEnd, contextKeys } = rows;
     const dictionary = new Int32Array(clusters.length).fill(-1);
     const seen = new Uint8Array(clusters.length);
     // Each row's clusters in the store's numbering.
     const c1s = new Int32Array(rows.count);
     const c2s = new Int32Array(rows.count);
+    // The batch's answers in the store's numbering, in memory reused from batch to batch (the blocks copy them).
+    let remapped: Buffer | null = null;
     const writeBatch = this.db.transaction((from: number, to: number) => {
       const written = this.openBuild(seq);
       // The dictionary learns clusters in the order an object build meets them: each row's answers, then c1, c2.
       for (const i of newClustersInOrder(rows, from, to, seen)) dictionary[i] = this.clusterIdxForWrite(clusters[i]);
-      remapPackedAnswers(rows, from, to, dictionary);
+      const batchAnswers = remappedPackedAnswers(rows, from, to, dictionary, remapped);
+      if (remapped === null || batchAnswers.buffer !== remapped.buffer) remapped = batchAnswers;
+      const first = from === 0 ? 0 : answerEnd[from - 1];
       for (let r = from; r < to; r++) {
         c1s[r] = dictionary[c1[r]];
         c2s[r] = dictionary[c2[r]];
@@ -676,7 +761,7 @@ export class SqliteTableStore implements TableStore {
       this.writeBlocks(seq, pairOrder(from, to, (r) => c1s[r], (r) => c2s[r]), c1s, (writer, r) => {
         const explanationFrom = r === 0 ? 0 : explanationEnd[r - 1];
         const kind = explanationEnd[r] > explanationFrom ? EXPLANATION_BYTES : EXPLANATION_NONE;
-        writer.add(c2s[r], answers, r === 0 ? 0 : answerEnd[r - 1], answerEnd[r], kind, explanation, explanationFrom, explanationEnd[r], contextKeys[r] ?? null);
+        writer.add(c2s[r], batchAnswers, (r === 0 ? 0 : answerEnd[r - 1]) - first, answerEnd[r] - first, kind, explanation, explanationFrom, explanationEnd[r], contextKeys[r] ?? null);
       });
     });
     let written = 0;
@@ -685,6 +770,7 @@ export class SqliteTableStore implements TableStore {
       checkPackedRows(rows, from, to);
       // As in appendRows: the rollback undid the dictionary entries and pairs this batch added.
       this.inBatch(seq, () => writeBatch.immediate(from, to));
+      committed(to - from);
       written += to - from;
     }
     return written;
@@ -916,10 +1002,11 @@ export class SqliteTableStore implements TableStore {
     const keys = new Map<string, string | null>();
     for (const { c1, parts } of this.firstClusters(seq, this.pageSize)) {
       const merged = mergeBlockParts(parts, blockName(seq, c1));
-      const first = this.clusterId(c1);
       for (let j = 0; j < merged.count; j++) {
         const part = parts[merged.part[j]];
-        keys.set(pairKey(first, this.clusterId(part.c2(merged.row[j]))), part.contextKey(merged.row[j]));
+        const i = merged.row[j];
+        const first = this.storedClusterId(c1, c1, part, i, () => `has c1 #${c1}`);
+        keys.set(pairKey(first, this.storedClusterId(part.c2(i), c1, part, i, () => `has c2 #${part.c2(i)}`)), part.contextKey(i));
       }
     }
     return keys;
@@ -1038,15 +1125,11 @@ class SqliteTableBuilder implements TableBuilder {
   }
 
   append(rows: Iterable<TableBuildRow>): number {
-    const n = this.store.appendRows(this.seq, rows);
-    this.count += n;
-    return n;
+    return this.store.appendRows(this.seq, rows, (n) => (this.count += n));
   }
 
   appendPacked(rows: PackedBuildRows): number {
-    const n = this.store.appendPackedRows(this.seq, rows);
-    this.count += n;
-    return n;
+    return this.store.appendPackedRows(this.seq, rows, (n) => (this.count += n));
   }
 
   copyRows(fromVersion: string, pairs?: Iterable<History>): number {

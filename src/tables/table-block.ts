@@ -149,6 +149,14 @@ export class TableBlockWriter {
   }
 }
 
+/** The SQL type of a value SQLite handed back, for messages ("TEXT" where a BLOB should be). */
+export function storedType(value: unknown): string {
+  if (typeof value === "string") return "TEXT";
+  if (value === null) return "NULL";
+  if (Buffer.isBuffer(value)) return "a BLOB";
+  return typeof value === "number" || typeof value === "bigint" ? "a number" : typeof value;
+}
+
 function addPiece(pieces: (Uint8Array | number)[], source: Uint8Array, from: number, to: number): void {
   if (to === from) return;
   const last = pieces.length - 3;
@@ -177,9 +185,11 @@ export class TableBlock {
 
   constructor(
     readonly bytes: Buffer,
-    what: string,
+    private readonly what: string,
   ) {
-    const damaged = (why: string) => new FreshrecError("INTERNAL", `tables: the stored rows of ${what} are damaged (${why})`);
+    const damaged = (why: string) => this.damaged(why);
+    // A file written by hand or by another program may hold any SQL type where a block should be.
+    if (!Buffer.isBuffer(bytes)) throw damaged(`a block stored as ${storedType(bytes)}, not a BLOB`);
     if (bytes.length < HEADER_BYTES) throw damaged(`a block of ${bytes.length} bytes`);
     const layout = bytes.readUInt32LE(0);
     if (layout !== TABLE_BLOCK_LAYOUT) throw new FreshrecError("INTERNAL", `tables: the stored rows of ${what} have block layout ${layout}, this freshrec reads ${TABLE_BLOCK_LAYOUT}`);
@@ -217,6 +227,11 @@ export class TableBlock {
     this.keys = [null, ...keyEnds.map((end, j) => bytes.toString("utf8", keysAt + (j === 0 ? 0 : keyEnds[j - 1]), keysAt + end))];
   }
 
+  /** The error for damage found in the block, naming it. */
+  damaged(why: string): FreshrecError {
+    return new FreshrecError("INTERNAL", `tables: the stored rows of ${this.what} are damaged (${why})`);
+  }
+
   c2(i: number): number {
     return this.bytes.readInt32LE(HEADER_BYTES + i * ENTRY_BYTES);
   }
@@ -243,11 +258,20 @@ export class TableBlock {
     return (this.bytes.readUInt32LE(HEADER_BYTES + i * ENTRY_BYTES + 12) & 3) as ExplanationKind;
   }
 
-  /** Row i's explanation as written: bytes as bytes (a copy), JSON text as the object, none as undefined. */
-  explanation(i: number): Readonly<Record<string, unknown>> | Uint8Array | undefined {
+  /**
+   * Row i's explanation as written: bytes as bytes (a copy), JSON text as the object, none as undefined. `row` names
+   * the row in errors ("row (c003, c007)", when the reader knows its pair).
+   */
+  explanation(i: number, row: () => string = () => `row c2 #${this.c2(i)}`): Readonly<Record<string, unknown>> | Uint8Array | undefined {
     const kind = this.explanationKind(i);
     if (kind === EXPLANATION_NONE) return undefined;
-    if (kind === EXPLANATION_JSON) return JSON.parse(this.bytes.toString("utf8", this.explanationStart(i), this.explanationEnd(i)));
+    if (kind === EXPLANATION_JSON) {
+      try {
+        return JSON.parse(this.bytes.toString("utf8", this.explanationStart(i), this.explanationEnd(i)));
+      } catch (error) {
+        throw this.damaged(`${row()} has an explanation that is not JSON: ${(error as Error).message}`);
+      }
+    }
     return Buffer.from(this.bytes.subarray(this.explanationStart(i), this.explanationEnd(i)));
   }
 

@@ -306,6 +306,47 @@ export function tableStoreConformance(adapter: string, open: (clock: VirtualCloc
       expect(await store.lookup(c.version, "p", "q")).toEqual({ c1: "p", c2: "q", answers: [{ cluster: "r", score: 0.75 }], contextKey: null });
     });
 
+    it("after an append whose later batch fails, counts and refuses the rows of the batches it committed", async () => {
+      // The adapters run this suite with batches smaller than these rows, so the batches before the failing one commit.
+      const store = await fresh();
+      const rows = tableRows(clusters, 2);
+      const vocabulary = ["unused", ...[...clusters].reverse()];
+      for (const append of ["append", "appendPacked"] as const) {
+        const b = await store.beginBuild(META);
+        const write = (some: typeof rows) => (append === "append" ? b.append(some) : b.appendPacked(packedRows(some, vocabulary)));
+        await expect(write([...rows, rows[3]])).rejects.toThrow(new RegExp(`\\(${rows[3].c1}, ${rows[3].c2}\\) written twice`));
+        const stored = await all(store.rows(b.version));
+        expect(b.written).toBe(stored.length);
+        // Every committed pair is written: appending it again is refused, whatever batch it comes in.
+        const committed = new Set(stored.map((r) => `${r.c1}/${r.c2}`));
+        for (const r of rows.filter((r) => committed.has(`${r.c1}/${r.c2}`))) await expect(write([r])).rejects.toThrow(/written twice/);
+        expect(await write(rows.filter((r) => !committed.has(`${r.c1}/${r.c2}`)))).toBe(rows.length - stored.length);
+        expect(b.written).toBe(rows.length);
+        expect((await b.finish(STATS)).rows).toBe(rows.length);
+      }
+    });
+
+    it("leaves the caller's packed rows as given (appendPacked never writes into them), whether the append succeeds or fails", async () => {
+      const store = await fresh();
+      const rows = tableRows(clusters, 4).map((r, k) => (k % 2 === 0 ? { ...r, explanation: new Uint8Array([k, 1]) } : r));
+      // A vocabulary numbered unlike the store's dictionary, so the stored answers differ from the given ones.
+      const vocabulary = ["unused", ...[...clusters].reverse()];
+      const copyOf = (p: ReturnType<typeof packedRows>) => ({ ...p, c1: p.c1.slice(), c2: p.c2.slice(), answers: Buffer.from(p.answers), answerEnd: p.answerEnd.slice(), explanation: Buffer.from(p.explanation), explanationEnd: p.explanationEnd.slice() });
+      const b = await store.beginBuild(META);
+      const failing = packedRows([...rows, rows[0]], vocabulary);
+      const given = copyOf(failing);
+      await expect(b.appendPacked(failing)).rejects.toThrow(/written twice/);
+      expect(failing).toEqual(given);
+      await b.fail("test");
+      const c = await store.beginBuild(META);
+      const packed = packedRows(rows, vocabulary);
+      const before = copyOf(packed);
+      expect(await c.appendPacked(packed)).toBe(rows.length);
+      expect(packed).toEqual(before);
+      const v = (await c.finish(STATS)).version;
+      for (const r of rows) expect((await store.lookup(v, r.c1, r.c2))?.answers).toEqual(r.answers);
+    });
+
     it("orders clusters as its dictionary numbers them (those it has not numbered last, as given), for a build to write in key order", async () => {
       const store = await fresh();
       // Before any table, nothing is numbered: the order given.

@@ -5,11 +5,13 @@ import { hostname, tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { VirtualClock } from "../../src/domain/clock.js";
+import { FreshrecError } from "../../src/domain/errors.js";
 import { TableLookup } from "../../src/tables/lookup.js";
 import { EmbeddedTableStore } from "../../src/tables/embedded-store.js";
 import { encodeAnswers } from "../../src/tables/answer-blob.js";
 import { SqliteTableStore, tableStorePath } from "../../src/tables/sqlite-store.js";
 import { byPair, tableStoreConformance } from "./conformance.js";
+import { garbleJsonExplanations, setFirstAnswers, setLastC2 } from "./fixtures/blocks.js";
 import { STATS, clusterNames, packedRows, tableRows } from "./fixtures/rows.js";
 
 const dir = mkdtempSync(join(tmpdir(), "freshrec-tables-"));
@@ -18,8 +20,39 @@ let files = 0;
 const nextFile = () => join(dir, `store-${++files}`, "tables.sqlite");
 const META = { modelVersion: "m000001", templateHash: "tmpl-a" };
 
-tableStoreConformance("sqlite (file)", (clock) => EmbeddedTableStore.open(nextFile(), clock, { pageSize: 7 }));
+tableStoreConformance("sqlite (file)", (clock) => EmbeddedTableStore.open(nextFile(), clock, { pageSize: 7, batchSize: 20 }));
 tableStoreConformance("sqlite (:memory:)", (clock) => EmbeddedTableStore.open(":memory:", clock));
+
+/** A store file of schema 1 (one SQL row per pair, `table_rows`) with its tables and no rows, as that store wrote it; left open. */
+function schemaOneFile(file: string): Database.Database {
+  mkdirSync(dirname(file), { recursive: true });
+  const db = new Database(file);
+  db.pragma("page_size = 16384");
+  db.pragma("auto_vacuum = INCREMENTAL");
+  db.pragma("journal_mode = WAL");
+  db.exec(`
+    CREATE TABLE store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE clusters (idx INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE);
+    CREATE TABLE table_versions (
+      seq INTEGER PRIMARY KEY AUTOINCREMENT,
+      status TEXT NOT NULL CHECK (status IN ('building', 'ready', 'live', 'retired', 'failed')),
+      model_version TEXT NOT NULL, template_hash TEXT NOT NULL, rag_as_of INTEGER, rag_window_days REAL, rag_options TEXT,
+      strategy TEXT, parent TEXT, stats TEXT, metrics TEXT, created_at INTEGER NOT NULL, finished_at INTEGER, failure TEXT,
+      row_count INTEGER NOT NULL DEFAULT 0, top_n INTEGER NOT NULL DEFAULT 0, builder_pid INTEGER, builder_host TEXT
+    );
+    CREATE TABLE table_rows (
+      table_seq INTEGER NOT NULL, c1 INTEGER NOT NULL, c2 INTEGER NOT NULL, context_key TEXT, answers BLOB NOT NULL,
+      explanation TEXT, PRIMARY KEY (table_seq, c1, c2)
+    ) WITHOUT ROWID;
+    CREATE TABLE live_stack (pos INTEGER PRIMARY KEY AUTOINCREMENT, table_seq INTEGER NOT NULL);
+    CREATE TABLE publish_log (
+      id INTEGER PRIMARY KEY AUTOINCREMENT, action TEXT NOT NULL CHECK (action IN ('publish', 'rollback')), version TEXT NOT NULL,
+      previous TEXT, at INTEGER NOT NULL, actor TEXT, reason TEXT
+    );
+    INSERT INTO store_meta (key, value) VALUES ('schema', '1');
+  `);
+  return db;
+}
 
 describe("SqliteTableStore on disk", () => {
   const clusters = clusterNames(12);
@@ -202,6 +235,62 @@ describe("SqliteTableStore on disk", () => {
     }
   });
 
+  it("refuses a stored cluster index the dictionary does not hold (an answer, a c2, a c1), naming the table, the c1 and the pair", () => {
+    const outside = /the stored rows of t000001 \(c1 #\d+\) are damaged .*not one of the 12 clusters of the dictionary/;
+    const answers = nextFile();
+    const a = storeWithLiveTable(answers);
+    expect(setFirstAnswers(answers, a.live, 999)).toBeGreaterThan(0);
+    expect(() => a.store.lookup(a.live, "c003", "c007")).toThrow(/t000001 \(c1 #\d+\) are damaged \(row \(c003, c007\) answers cluster #999, not one of the 12 clusters/);
+    expect(() => [...a.store.rows(a.live)]).toThrow(outside);
+    a.store.close();
+
+    const c2 = nextFile();
+    const b = storeWithLiveTable(c2);
+    setLastC2(c2, b.live, 999);
+    expect(() => [...b.store.rows(b.live)]).toThrow(/t000001 \(c1 #0\) are damaged \(row \(c\d+, #999\) has c2 #999, not one of the 12 clusters/);
+    expect(() => b.store.contextKeys(b.live)).toThrow(outside);
+    b.store.close();
+
+    const c1 = nextFile();
+    const c = storeWithLiveTable(c1);
+    const db = new Database(c1);
+    db.prepare("UPDATE table_blocks SET c1 = 999 WHERE table_seq = 1 AND c1 = (SELECT max(c1) FROM table_blocks WHERE table_seq = 1)").run();
+    db.close();
+    expect(() => [...c.store.rows(c.live)]).toThrow(/t000001 \(c1 #999\) are damaged \(row \(#999, c\d+\) has c1 #999, not one of the 12 clusters/);
+    expect(() => c.store.contextKeys(c.live)).toThrow(/c1 #999/);
+    c.store.close();
+  });
+
+  it("refuses a stored JSON explanation that does not parse, and a block stored as TEXT, naming the table, the c1 and the pair", () => {
+    const file = nextFile();
+    const store = SqliteTableStore.open(file, new VirtualClock(0));
+    const b = store.beginBuild(META);
+    b.append(tableRows(clusters, 0).map((r) => ({ ...r, explanation: { why: `${r.c1}/${r.c2}` } })));
+    const v = b.finish(STATS).version;
+    expect(garbleJsonExplanations(file, v)).toBe(132);
+    const damaged = (error: unknown) => {
+      expect(error).toBeInstanceOf(FreshrecError);
+      return (error as Error).message;
+    };
+    const thrown = (fn: () => unknown) => {
+      try {
+        fn();
+      } catch (error) {
+        return damaged(error);
+      }
+      throw new Error("no error");
+    };
+    expect(thrown(() => store.lookup(v, "c003", "c007"))).toMatch(/the stored rows of t000001 \(c1 #\d+\) are damaged \(row \(c003, c007\) has an explanation that is not JSON: /);
+    expect(thrown(() => [...store.rows(v)])).toMatch(/t000001 \(c1 #0\) are damaged \(row \(c\d+, c\d+\) has an explanation that is not JSON/);
+
+    const db = new Database(file);
+    db.prepare("UPDATE table_blocks SET block = hex(block) WHERE table_seq = 1 AND c1 = 0").run();
+    db.close();
+    expect(thrown(() => [...store.rows(v)])).toMatch(/the stored rows of t000001 \(c1 #0\) are damaged \(a block stored as TEXT, not a BLOB\)/);
+    expect(thrown(() => store.packed(v))).toMatch(/t000001 \(c1 #0\) are damaged \(a block stored as TEXT/);
+    store.close();
+  });
+
   it("refuses a pair appended after it was copied, naming it, and a copy overlapping appended rows", () => {
     const { store, live } = storeWithLiveTable(nextFile());
     const rows = tableRows(clusters, 0);
@@ -224,32 +313,7 @@ describe("SqliteTableStore on disk", () => {
     // Written through raw SQL as the store of schema 1 wrote it: its tables, a dictionary numbering clusters as a
     // build meets them, rows with BLOB answers, explanations as BLOBs (bytes), JSON text (objects) or NULL.
     const file = nextFile();
-    mkdirSync(dirname(file), { recursive: true });
-    const db = new Database(file);
-    db.pragma("page_size = 16384");
-    db.pragma("auto_vacuum = INCREMENTAL");
-    db.pragma("journal_mode = WAL");
-    db.exec(`
-      CREATE TABLE store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-      CREATE TABLE clusters (idx INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE);
-      CREATE TABLE table_versions (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        status TEXT NOT NULL CHECK (status IN ('building', 'ready', 'live', 'retired', 'failed')),
-        model_version TEXT NOT NULL, template_hash TEXT NOT NULL, rag_as_of INTEGER, rag_window_days REAL, rag_options TEXT,
-        strategy TEXT, parent TEXT, stats TEXT, metrics TEXT, created_at INTEGER NOT NULL, finished_at INTEGER, failure TEXT,
-        row_count INTEGER NOT NULL DEFAULT 0, top_n INTEGER NOT NULL DEFAULT 0, builder_pid INTEGER, builder_host TEXT
-      );
-      CREATE TABLE table_rows (
-        table_seq INTEGER NOT NULL, c1 INTEGER NOT NULL, c2 INTEGER NOT NULL, context_key TEXT, answers BLOB NOT NULL,
-        explanation TEXT, PRIMARY KEY (table_seq, c1, c2)
-      ) WITHOUT ROWID;
-      CREATE TABLE live_stack (pos INTEGER PRIMARY KEY AUTOINCREMENT, table_seq INTEGER NOT NULL);
-      CREATE TABLE publish_log (
-        id INTEGER PRIMARY KEY AUTOINCREMENT, action TEXT NOT NULL CHECK (action IN ('publish', 'rollback')), version TEXT NOT NULL,
-        previous TEXT, at INTEGER NOT NULL, actor TEXT, reason TEXT
-      );
-      INSERT INTO store_meta (key, value) VALUES ('schema', '1');
-    `);
+    const db = schemaOneFile(file);
     const names = clusterNames(7);
     const index = new Map<string, number>();
     const idx = (c: string) => {
@@ -303,6 +367,67 @@ describe("SqliteTableStore on disk", () => {
     // The pages of the dropped rows were handed back, not left free in the file.
     expect(after.pragma("freelist_count", { simple: true })).toBe(0);
     after.close();
+  });
+
+  it("refuses to convert a schema-1 file with a row blocks cannot hold, naming the file, the table and the pair; the file stays as it was", () => {
+    const bad: [string, string][] = [
+      ["answers = x'00000000000000'", "row (b, a) has answers of 7 bytes"],
+      ["answers = 'abcdefgh'", "row (b, a) has answers stored as TEXT"],
+      ["context_key = x'01'", "row (b, a) has a context key stored as a BLOB"],
+      ["c2 = 'x'", "row (b, #x) has c2 stored as TEXT"],
+    ];
+    for (const [damage, problem] of bad) {
+      const file = nextFile();
+      const db = schemaOneFile(file);
+      ["a", "b", "c"].forEach((id, idx) => db.prepare("INSERT INTO clusters (idx, id) VALUES (?, ?)").run(idx, id));
+      db.prepare("INSERT INTO table_versions (status, model_version, template_hash, created_at, row_count, top_n) VALUES ('live', 'm000001', 'tmpl-a', 1000, 2, 1)").run();
+      const insert = db.prepare("INSERT INTO table_rows (table_seq, c1, c2, context_key, answers, explanation) VALUES (1, ?, ?, '', ?, NULL)");
+      insert.run(0, 1, encodeAnswers([2], [0.5]));
+      insert.run(1, 0, encodeAnswers([2], [0.25]));
+      db.prepare(`UPDATE table_rows SET ${damage} WHERE c1 = 1`).run();
+      db.close();
+      let message = "";
+      try {
+        SqliteTableStore.open(file, new VirtualClock(0)).close();
+      } catch (error) {
+        expect(error).toBeInstanceOf(FreshrecError);
+        expect((error as FreshrecError).code).toBe("BAD_INPUT");
+        message = (error as Error).message;
+      }
+      expect(message).toContain(`tables: ${file} cannot be converted to blocks (schema 1 to 2): t000001 ${problem}`);
+      const after = new Database(file, { readonly: true });
+      expect(after.prepare("SELECT value FROM store_meta WHERE key = 'schema'").pluck().get()).toBe("1");
+      expect(after.prepare("SELECT count(*) FROM table_rows").pluck().get()).toBe(2);
+      expect(after.prepare("SELECT name FROM sqlite_master WHERE name = 'table_blocks'").all()).toEqual([]);
+      after.close();
+    }
+  });
+
+  it("a second connection opening a schema-1 file while another converts it is told so, and what to do", () => {
+    const file = nextFile();
+    const db = schemaOneFile(file);
+    ["a", "b", "c"].forEach((id, idx) => db.prepare("INSERT INTO clusters (idx, id) VALUES (?, ?)").run(idx, id));
+    db.prepare("INSERT INTO table_versions (status, model_version, template_hash, created_at, row_count, top_n) VALUES ('ready', 'm000001', 'tmpl-a', 1000, 1, 1)").run();
+    db.prepare("INSERT INTO table_rows (table_seq, c1, c2, context_key, answers) VALUES (1, 0, 1, '', ?)").run(encodeAnswers([2], [0.5]));
+    // The converting store's transaction, as it stands while the conversion runs: the write lock held, schema 1 committed.
+    db.exec("BEGIN IMMEDIATE");
+    db.exec("CREATE TABLE table_blocks (id INTEGER PRIMARY KEY, table_seq INTEGER NOT NULL, c1 INTEGER NOT NULL, row_count INTEGER NOT NULL, top_n INTEGER NOT NULL, block BLOB NOT NULL)");
+    let message = "";
+    try {
+      SqliteTableStore.open(file, new VirtualClock(0), { busyTimeoutMs: 100 }).close();
+    } catch (error) {
+      expect(error).toBeInstanceOf(FreshrecError);
+      message = (error as Error).message;
+    }
+    expect(message).toBe(
+      `tables: ${file} is being converted to blocks (schema 1 to 2) by another process, which held it past the 100 ms this one waits; wait for that process to finish converting, then retry`,
+    );
+    // Once the other connection lets go, the file opens (and is converted) as usual.
+    db.exec("ROLLBACK");
+    db.close();
+    const store = SqliteTableStore.open(file, new VirtualClock(0), { busyTimeoutMs: 100 });
+    expect(store.lookup("t000001", "a", "b")?.answers).toEqual([{ cluster: "c", score: 0.5 }]);
+    store.close();
   });
 
   it("writes 89,700 rows x 10 answers and loads them into a lookup quickly", () => {
