@@ -297,26 +297,57 @@ export class PostgresTableStore implements TableStoreContract {
     return found;
   }
 
-  private clusterId(idx: number): string {
+  /** The id of a dictionary index, or undefined when the dictionary has no such index (a damaged row). */
+  private clusterId(idx: number): string | undefined {
     return this.clusterIds[idx];
   }
 
-  private async decodeRows(rows: readonly { c1: number; c2: number; context_key: string | null; answers: Buffer; explanation_bytes: Buffer | null; explanation_json: string | null }[]): Promise<StoredTableRow[]> {
+  /**
+   * The id of a cluster index stored in a row of `version` (`what`: "has c2 #7"). An index the dictionary lacks is a
+   * damaged row, named with its pair, as the SQLite store names it: a reader must not hand out a row without its cluster.
+   */
+  private storedClusterId(version: string, r: { c1: number; c2: number }, idx: number, what: () => string): string {
+    const id = this.clusterId(idx);
+    if (id === undefined) throw this.damagedRow(version, r, `${what()}, not one of the ${this.clusterIds.length} clusters of the dictionary`);
+    return id;
+  }
+
+  private damagedRow(version: string, r: { c1: number; c2: number }, problem: string): FreshrecError {
+    const name = (idx: number) => this.clusterId(idx) ?? `#${idx}`;
+    return new FreshrecError("INTERNAL", `tables: the stored rows of ${version} are damaged (row (${name(r.c1)}, ${name(r.c2)}) ${problem})`);
+  }
+
+  private async decodeRows(
+    version: string,
+    rows: readonly { c1: number; c2: number; context_key: string | null; answers: Buffer; explanation_bytes: Buffer | null; explanation_json: string | null }[],
+  ): Promise<StoredTableRow[]> {
     let top = -1;
     for (const r of rows) {
       top = Math.max(top, r.c1, r.c2);
-      for (let k = 0; k < r.answers.length; k += ANSWER_BYTES) top = Math.max(top, r.answers.readInt32LE(k));
+      for (let k = 0; k + ANSWER_BYTES <= r.answers.length; k += ANSWER_BYTES) top = Math.max(top, r.answers.readInt32LE(k));
     }
     await this.knowIndex(top);
     return rows.map((r) => {
+      if (r.answers.length % ANSWER_BYTES !== 0) throw this.damagedRow(version, r, `has answers of ${r.answers.length} bytes, not whole answers of ${ANSWER_BYTES}`);
       const n = r.answers.length / ANSWER_BYTES;
       const answers = new Array<{ cluster: string; score: number }>(n);
       for (let k = 0; k < n; k++) {
-        answers[k] = { cluster: this.clusterId(r.answers.readInt32LE(k * ANSWER_BYTES)), score: r.answers.readFloatLE(k * ANSWER_BYTES + 4) };
+        const idx = r.answers.readInt32LE(k * ANSWER_BYTES);
+        answers[k] = { cluster: this.storedClusterId(version, r, idx, () => `answers cluster #${idx}`), score: r.answers.readFloatLE(k * ANSWER_BYTES + 4) };
       }
-      const row = { c1: this.clusterId(r.c1), c2: this.clusterId(r.c2), answers, contextKey: r.context_key };
+      const c1 = this.storedClusterId(version, r, r.c1, () => `has c1 #${r.c1}`);
+      const c2 = this.storedClusterId(version, r, r.c2, () => `has c2 #${r.c2}`);
+      const row = { c1, c2, answers, contextKey: r.context_key };
       if (r.explanation_bytes !== null) return { ...row, explanation: r.explanation_bytes };
-      if (r.explanation_json !== null) return { ...row, explanation: JSON.parse(r.explanation_json) as Record<string, unknown> };
+      if (r.explanation_json !== null) {
+        let explanation: Record<string, unknown>;
+        try {
+          explanation = JSON.parse(r.explanation_json) as Record<string, unknown>;
+        } catch (error) {
+          throw this.damagedRow(version, r, `has an explanation that is not JSON: ${(error as Error).message}`);
+        }
+        return { ...row, explanation };
+      }
       return row;
     });
   }
@@ -713,7 +744,7 @@ export class PostgresTableStore implements TableStoreContract {
           [seq, c1, c2, this.pageSize],
         )
       ).rows;
-      for (const row of await this.decodeRows(page)) yield row;
+      for (const row of await this.decodeRows(version, page)) yield row;
       if (page.length < this.pageSize) return;
       c1 = page[page.length - 1].c1;
       c2 = page[page.length - 1].c2;
@@ -730,7 +761,7 @@ export class PostgresTableStore implements TableStoreContract {
       "SELECT c1, c2, context_key, answers, explanation_bytes, explanation_json FROM table_rows WHERE table_seq = $1 AND c1 = $2 AND c2 = $3",
       [seq, i1, i2],
     );
-    return r.rows.length ? (await this.decodeRows(r.rows))[0] : undefined;
+    return r.rows.length ? (await this.decodeRows(version, r.rows))[0] : undefined;
   }
 
   async contextKeys(version: string): Promise<Map<string, string | null>> {
@@ -738,7 +769,9 @@ export class PostgresTableStore implements TableStoreContract {
     const rows = (await this.run<{ c1: number; c2: number; context_key: string | null }>(this.pool, "SELECT c1, c2, context_key FROM table_rows WHERE table_seq = $1", [seq])).rows;
     await this.loadClusters();
     const keys = new Map<string, string | null>();
-    for (const r of rows) keys.set(pairKey(this.clusterId(r.c1), this.clusterId(r.c2)), r.context_key);
+    for (const r of rows) {
+      keys.set(pairKey(this.storedClusterId(version, r, r.c1, () => `has c1 #${r.c1}`), this.storedClusterId(version, r, r.c2, () => `has c2 #${r.c2}`)), r.context_key);
+    }
     return keys;
   }
 

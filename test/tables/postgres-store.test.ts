@@ -5,6 +5,7 @@
  */
 import { spawn } from "node:child_process";
 import { join } from "node:path";
+import pg from "pg";
 import { describe, expect, it } from "vitest";
 import { VirtualClock } from "../../src/domain/clock.js";
 import { loadLookup } from "../../src/serving/table-loader.js";
@@ -111,6 +112,38 @@ describe("PostgresTableStore shared by processes", () => {
     expect((await b.get(vb)).status).toBe("retired");
     await a.close();
     await b.close();
+  });
+
+  it("names a damaged row instead of handing out a row without its cluster or throwing a bare SyntaxError, as the SQLite store does", async () => {
+    const url = await database();
+    const store = await PostgresTableStore.open(url, new VirtualClock(T0));
+    const build = await store.beginBuild(META);
+    await build.append(tableRows(clusterNames(6), 0).map((r) => (r.c1 === "c002" && r.c2 === "c003" ? { ...r, explanation: { why: "counts" } } : r)));
+    const version = (await build.finish(STATS)).version;
+    const client = new pg.Client({ connectionString: url });
+    await client.connect();
+    try {
+      const seq = Number(version.slice(1));
+      const idx = async (id: string) => (await client.query<{ idx: number }>("SELECT idx FROM table_clusters WHERE id = $1", [id])).rows[0].idx;
+      const [c1, c3, c2] = [await idx("c001"), await idx("c003"), await idx("c002")];
+      // An answer outside the dictionary.
+      const answers = Buffer.alloc(8);
+      answers.writeInt32LE(999, 0);
+      answers.writeFloatLE(0.5, 4);
+      await client.query("UPDATE table_rows SET answers = $1 WHERE table_seq = $2 AND c1 = $3 AND c2 = $4", [answers, seq, c1, c3]);
+      const outside = /^tables: the stored rows of t000001 are damaged \(row \(c001, c003\) answers cluster #999, not one of the 6 clusters of the dictionary\)$/;
+      await expect(store.lookup(version, "c001", "c003")).rejects.toThrow(outside);
+      await expect(all(store.rows(version))).rejects.toThrow(outside);
+      // An explanation that does not parse.
+      await client.query("UPDATE table_rows SET explanation_json = '{\"why\": co' WHERE table_seq = $1 AND c1 = $2 AND c2 = $3", [seq, c2, c3]);
+      await expect(store.lookup(version, "c002", "c003")).rejects.toThrow(/^tables: the stored rows of t000001 are damaged \(row \(c002, c003\) has an explanation that is not JSON: /);
+      // A second cluster outside the dictionary, in the context keys too.
+      await client.query("UPDATE table_rows SET c2 = 999 WHERE table_seq = $1 AND c1 = $2 AND c2 = $3", [seq, c1, c2]);
+      await expect(store.contextKeys(version)).rejects.toThrow(/damaged \(row \(c001, #999\) has c2 #999, not one of the 6 clusters/);
+    } finally {
+      await client.end();
+      await store.close();
+    }
   });
 
   it("refuses a database it cannot reach, naming it without the password", async () => {
