@@ -4,13 +4,10 @@
  */
 import { parentPort } from "node:worker_threads";
 import { coarsePassOf, countsOnlyFit, FusionRows, SliceLikelihood, SliceObservations, type CoarsePass } from "./fusion.js";
-import type { CoarsePassRequest, CountsOnlyFitRequest, EvaluateRequest } from "./fusion-thread.js";
+import type { CoarsePassRequest, CountsOnlyFitRequest } from "./fusion-thread.js";
 
 const port = parentPort;
 if (!port) throw new Error("fusion-thread-entry runs as a worker thread (FusionThread.start)");
-
-/** The likelihoods kept for shared batches of points, by handle (`CountsOnlyFitRequest.keep`). */
-const kept = new Map<number, SliceLikelihood>();
 
 /** The rows of the posteriors being built, by handle (`FusionThread.beginRows`). */
 const rowsOf = new Map<number, FusionRows>();
@@ -28,24 +25,7 @@ port.on("message", (message: { id: number; kind: string } & Record<string, unkno
     } else if (message.kind === "countsOnly") {
       const request = message as unknown as CountsOnlyFitRequest;
       const likelihood = new SliceLikelihood(new SliceObservations(request.observations, request.prior), request.start);
-      if (request.keep !== undefined) kept.set(request.keep, likelihood);
       port.postMessage({ id: message.id, result: countsOnlyFit(likelihood) });
-    } else if (message.kind === "evaluate") {
-      const request = message as unknown as EvaluateRequest;
-      const likelihood = kept.get(request.handle);
-      if (!likelihood) throw new Error(`points asked of likelihood ${request.handle}, which is not kept`);
-      const { points, groupStart, next } = request;
-      const taken: [number, number, number][] = [];
-      for (let g = Atomics.add(next, 0, 1); g < groupStart.length - 1; g = Atomics.add(next, 0, 1)) {
-        for (let k = groupStart[g]; k < groupStart[g + 1]; k++) {
-          const { ll, alpha } = likelihood.evaluate(points[4 * k], points[4 * k + 1], points[4 * k + 2], points[4 * k + 3]);
-          taken.push([k, ll, alpha]);
-        }
-      }
-      port.postMessage({ id: message.id, result: taken });
-    } else if (message.kind === "forget") {
-      kept.delete(message.handle as number);
-      port.postMessage({ id: message.id, result: null });
     } else if (message.kind === "rows") {
       rowsOf.set(message.rows as number, new FusionRows(message.input as ConstructorParameters<typeof FusionRows>[0]));
       port.postMessage({ id: message.id, result: null });

@@ -5,8 +5,7 @@
  * order: candidate windows of the coarse pass (both threads take the next one from one shared counter) and the rows
  * of the next batch while this thread writes the last one. It runs the same code (`SliceLikelihood`, `FusionRows`) on
  * the same inputs, so every strength, likelihood and row is the same bit for bit as on one thread. The chosen
- * window's fit without the prior also runs there, while the refresh's own thread fits the one with it; then it
- * keeps that window's likelihood and takes its share of each batch of the Newton steps' points (the same counter).
+ * window's fit without the prior also runs there, while the refresh's own thread fits the one with it.
  *
  * A process's refreshes share one thread (`shared`), started by the first refresh that needs it before it reads
  * its log, and kept (compiled and warm) for the next; it keeps no process alive while idle. Small tables (fewer than
@@ -46,19 +45,6 @@ export interface CountsOnlyFitRequest {
   readonly observations: SliceObservationsData;
   readonly prior: LlmPrior | null;
   readonly start: SliceStart;
-  /** A handle (`likelihoodHandle`) under which the thread keeps the likelihood for `evaluate`, until `forget`. */
-  readonly keep?: number;
-}
-
-/** A batch of points of a kept likelihood (`SliceLikelihood.evaluateShared`). */
-export interface EvaluateRequest {
-  readonly handle: number;
-  /** (beta, gamma, tau, lift) of each point, one after another. */
-  readonly points: Float64Array;
-  /** Group g: points groupStart[g] to groupStart[g + 1] (those that share the prior's weights), taken whole. */
-  readonly groupStart: Int32Array;
-  /** next[0]: the next group to take (shared memory: `Atomics.add`). */
-  readonly next: Int32Array;
 }
 
 /** tsx's loader API (its ES module build, beside the CommonJS one `require` resolves), for a thread started from source. */
@@ -74,7 +60,6 @@ export class FusionThread {
   private failure: Error | null = null;
   private closed = false;
   private nextRows = 0;
-  private nextLikelihood = 0;
 
   private constructor(
     private readonly worker: Worker,
@@ -168,21 +153,6 @@ export class FusionThread {
   /** The fit without the prior (`countsOnlyFit`) of the likelihood of `request`, computed on this thread. */
   countsOnlyFit(request: CountsOnlyFitRequest): Promise<{ params: FusionParams; ll: number }> {
     return this.call({ kind: "countsOnly", ...request }) as Promise<{ params: FusionParams; ll: number }>;
-  }
-
-  /** A new handle for a likelihood the thread is to keep (`CountsOnlyFitRequest.keep`). */
-  likelihoodHandle(): number {
-    return this.nextLikelihood++;
-  }
-
-  /** The points of the groups of `request` this thread takes from its counter, each as [index, log-likelihood, alpha]. */
-  evaluate(request: EvaluateRequest): Promise<[number, number, number][]> {
-    return this.call({ kind: "evaluate", ...request }) as Promise<[number, number, number][]>;
-  }
-
-  /** Lets the thread forget a likelihood it kept. */
-  async forget(handle: number): Promise<void> {
-    await this.call({ kind: "forget", handle });
   }
 
   /**

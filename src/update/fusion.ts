@@ -801,7 +801,7 @@ export class SliceLikelihood {
    * hundred.
    */
   evaluate(beta: number, gamma: number, tau: number, lift: number): { alpha: number; ll: number } {
-    const key = evaluationKey(beta, gamma, tau, lift);
+    const key = `${beta} ${gamma} ${tau} ${tau > 0 ? lift : 0}`;
     const known = this.evaluated.get(key);
     if (known) return known;
     const result = this.profileAlpha(this.baseOfObservations(beta, gamma, tau, lift));
@@ -809,53 +809,6 @@ export class SliceLikelihood {
     return result;
   }
   private readonly evaluated = new Map<string, { alpha: number; ll: number }>();
-
-  /**
-   * The log-likelihoods of a batch of points, shared with the second thread, which holds this slice's likelihood as
-   * `handle` (`FusionThread.evaluate`): both take the next group of points from one shared counter, and the second
-   * thread's results are kept as this thread's evaluations are (the same code on the same inputs: the same values bit
-   * for bit). A second thread still busy with other work takes none, and this thread does not wait for it.
-   */
-  async evaluateShared(points: readonly Strengths[], thread: FusionThread, handle: number): Promise<number[]> {
-    // The prior's weights are staged per (tau, lift) (`SliceObservations.stagePrior`), the costliest stage: points
-    // that share them go to one thread together, one group per take from the counter.
-    const order = points.map((_, k) => k).sort((a, b) => points[a].tau - points[b].tau || priorLift(points[a]) - priorLift(points[b]) || a - b);
-    const groupStart = [0];
-    for (let k = 1; k < order.length; k++) {
-      const [a, b] = [points[order[k - 1]], points[order[k]]];
-      if (a.tau !== b.tau || priorLift(a) !== priorLift(b)) groupStart.push(k);
-    }
-    groupStart.push(order.length);
-    const groups = groupStart.length - 1;
-    const next = new Int32Array(new SharedArrayBuffer(4));
-    const remote = thread.evaluate({
-      handle,
-      points: Float64Array.from(order.flatMap((k) => [points[k].beta, points[k].gamma, points[k].tau, points[k].lift])),
-      groupStart: Int32Array.from(groupStart),
-      next,
-    });
-    // Settled before this thread's evaluations can throw, so a failure here leaves no rejection unawaited.
-    remote.catch(() => undefined);
-    const out = new Array<number>(points.length).fill(Number.NaN);
-    let here = 0;
-    for (let g = Atomics.add(next, 0, 1); g < groups; g = Atomics.add(next, 0, 1), here++) {
-      for (let at = groupStart[g]; at < groupStart[g + 1]; at++) {
-        const p = points[order[at]];
-        out[order[at]] = this.evaluate(p.beta, p.gamma, p.tau, p.lift).ll;
-      }
-    }
-    if (here < groups) {
-      for (const [at, ll, alpha] of await remote) {
-        const k = order[at];
-        const p = points[k];
-        this.evaluated.set(evaluationKey(p.beta, p.gamma, p.tau, p.lift), { alpha, ll });
-        out[k] = ll;
-      }
-    }
-    const missing = out.findIndex((ll) => Number.isNaN(ll));
-    if (missing >= 0) throw new FreshrecError("INTERNAL", `fusion: a shared batch of the fit left point ${missing} of ${points.length} unevaluated`);
-    return out;
-  }
 
   /** alpha maximising the likelihood for fixed base measures (log-scale line search). */
   profileAlpha(base: Float64Array): { alpha: number; ll: number } {
@@ -865,16 +818,6 @@ export class SliceLikelihood {
     const best = brentMax((a) => this.logLikelihood(Math.exp(a), logBase), Math.log(1e-2), Math.log(1e4), 0.05);
     return { alpha: Math.exp(best.x), ll: best.y };
   }
-}
-
-/** The key of an evaluation of the strengths (`SliceLikelihood.evaluate`): lift does not matter at tau = 0. */
-function evaluationKey(beta: number, gamma: number, tau: number, lift: number): string {
-  return `${beta} ${gamma} ${tau} ${priorLift({ tau, lift })}`;
-}
-
-/** The lift that weighs at a point: none at tau = 0. */
-function priorLift(at: { readonly tau: number; readonly lift: number }): number {
-  return at.tau > 0 ? at.lift : 0;
 }
 
 /** Users below which a (users, cluster) pair of the fit's backoff rows is a level (`SliceLikelihood.entryLevel`). */
@@ -933,15 +876,15 @@ function logSecondRowsOf(second: Float64Array, secondTotal: Float64Array, logPop
  * Maximum of a unimodal-enough function on [lo, hi] by Brent's method: a parabola through the last three points
  * where its vertex falls well inside the bracket, a golden-section step where it does not, until the bracket is
  * `tolerance` wide. On the likelihood's smooth strengths the parabola lands close, so it takes fewer evaluations than
- * golden sections alone for the same bracket.
+ * golden sections alone for the same bracket. `from`: the first point (default: the bracket's golden section).
  */
-function brentMax(f: (x: number) => number, lo: number, hi: number, tolerance: number): { x: number; y: number } {
+function brentMax(f: (x: number) => number, lo: number, hi: number, tolerance: number, from?: number): { x: number; y: number } {
   const golden = (3 - Math.sqrt(5)) / 2;
   const tol1 = tolerance / 4;
   const tol2 = 2 * tol1;
   let a = lo;
   let b = hi;
-  let x = a + golden * (b - a);
+  let x = from ?? a + golden * (b - a);
   let w = x;
   let v = x;
   let fx = f(x);
@@ -1004,6 +947,44 @@ function brentMax(f: (x: number) => number, lo: number, hi: number, tolerance: n
   return candidates.reduce((best, c) => (c.y > best.y ? c : best));
 }
 
+/**
+ * The maximum near `x0` on [lo, hi]: a bracket grown from x0 (steps of twice the tolerance, doubling) until the
+ * function falls on both sides of its best point or reaches a bound, then Brent's method inside it. For a search that
+ * starts at its last optimum: when that is still close, a few evaluations instead of a search of the whole range.
+ */
+function localMax(f: (x: number) => number, x0: number, lo: number, hi: number, tolerance: number): { x: number; y: number } {
+  let h = 2 * tolerance;
+  let x = Math.min(hi, Math.max(lo, x0));
+  let fx = f(x);
+  let a = Math.max(lo, x - h);
+  let b = Math.min(hi, x + h);
+  let fa = a < x ? f(a) : fx;
+  let fb = b > x ? f(b) : fx;
+  while (fa > fx && a > lo) {
+    b = x;
+    fb = fx;
+    x = a;
+    fx = fa;
+    h *= 2;
+    a = Math.max(lo, x - h);
+    fa = f(a);
+  }
+  while (fb > fx && b < hi) {
+    a = x;
+    fa = fx;
+    x = b;
+    fx = fb;
+    h *= 2;
+    b = Math.min(hi, x + h);
+    fb = f(b);
+  }
+  // Either the function falls on both sides of x, or it still rises towards a bound the bracket has reached: the
+  // maximum lies in [a, b] (whose ends brentMax weighs as candidates) in both cases. The best point so far wins ties,
+  // so a strength the likelihood does not depend on (lift at tau = 0) stays where it was instead of drifting.
+  const found = b - a > tolerance ? brentMax(f, a, b, tolerance, x) : [{ x: a, y: fa }, { x: b, y: fb }].reduce((best, c) => (c.y > best.y ? c : best), { x, y: fx });
+  return found.y > fx ? found : { x, y: fx };
+}
+
 /** The strengths a sweep searches, in order, with their ranges and tolerances (beta on a log scale). */
 const STRENGTHS = [
   { name: "beta", lo: Math.log(0.1), hi: Math.log(1e4), tolerance: 0.25, logScale: true, prior: false },
@@ -1018,17 +999,15 @@ type Strengths = { beta: number; gamma: number; tau: number; lift: number };
 const SEARCH_START: Readonly<Strengths> = { beta: DEFAULT_FUSION_PARAMS.beta, gamma: DEFAULT_FUSION_PARAMS.gamma, tau: 0.5, lift: 0.5 };
 
 /**
- * The maximum of the likelihood over (beta, gamma, tau, lift) from `SEARCH_START`, alpha profiled at every point; tau
- * and lift stay 0 without a prior. First a sweep of coordinate searches, each strength over its whole range in turn
- * (`STRENGTHS`); `step` runs the next search, so a caller can stop after a few (the window choice's coarse pass) and
- * resume later with the same result as an uninterrupted sweep. Then Newton steps (`polish`): the strengths move
- * together along the ridges where one of them alone cannot climb (a stronger prior wants more smoothing of the
- * backoff: tau, beta and gamma rise together), which more coordinate sweeps climb a tolerance at a time.
+ * Coordinate ascent on (beta, gamma, tau, lift) from `SEARCH_START`, alpha profiled at every point; tau and lift
+ * stay 0 without a prior. A sweep searches each strength in turn (`STRENGTHS`); `step` runs the next search, so a caller can stop after a
+ * few (the window choice's coarse pass) and resume later with the same result as an uninterrupted sweep.
  */
 class StrengthSearch {
-  private at: Strengths;
+  private readonly at: Strengths;
   private readonly strengths: readonly (typeof STRENGTHS)[number][];
   private next = 0;
+  private sweeps = 0;
 
   /**
    * `coarse`: the result of this search's first step (`coarsePassOf`, on this thread or the second), which it then
@@ -1061,97 +1040,18 @@ class StrengthSearch {
       at[strength.name] = strength.logScale ? Math.exp(x) : x;
       return this.likelihood.evaluate(at.beta, at.gamma, at.tau, at.lift).ll;
     };
-    const best = brentMax(f, strength.lo, strength.hi, strength.tolerance);
+    const x0 = strength.logScale ? Math.log(this.at[strength.name]) : this.at[strength.name];
+    // The first sweep searches each strength's whole range; later ones start where the last left it.
+    const best = this.sweeps > 0 ? localMax(f, x0, strength.lo, strength.hi, strength.tolerance) : brentMax(f, strength.lo, strength.hi, strength.tolerance);
+    if (this.next === 0) this.sweeps++;
     this.at[strength.name] = strength.logScale ? Math.exp(best.x) : best.x;
     return best.y;
   }
 
-  /** Runs the rest of the sweep. */
+  /** Runs the rest of the current sweep. */
   finishSweep(): void {
     do this.step();
     while (this.next !== 0);
-  }
-
-  /**
-   * Newton steps from where the sweep left the strengths, on a quadratic model of the likelihood fitted to points
-   * one tolerance apart (each strength in units of its tolerance, `STRENGTHS`): central differences inside the range,
-   * one-sided at a bound, and one point per pair of strengths for the cross terms (measured again at every step: they
-   * change along the ridges). A strength at a bound that the
-   * gradient pushes outward stays there; a model that is not concave is damped (Levenberg-Marquardt) until it is. A
-   * step longer than `NEWTON_REACH` tolerances is shortened to it, and halved while it does not climb; the steps stop
-   * once one moves no strength by a tolerance (the coordinate searches' precision), or none climbs.
-   *
-   * A generator: it yields each batch of points whose likelihoods it needs (the model's points, which do not depend
-   * on each other, then each trial step alone) and is given their log-likelihoods back, so a caller can share a batch
-   * with a second thread (`polishShared`) or evaluate it here (`polishHere`); the strengths it reaches are the same.
-   */
-  *polish(): Generator<readonly Strengths[], void, readonly number[]> {
-    const strengths = this.strengths;
-    const n = strengths.length;
-    const lo = strengths.map((s) => s.lo / s.tolerance);
-    const hi = strengths.map((s) => s.hi / s.tolerance);
-    const pointOf = (u: readonly number[]): Strengths => {
-      const at = { ...this.at };
-      strengths.forEach((s, j) => {
-        const x = Math.min(s.hi, Math.max(s.lo, u[j] * s.tolerance));
-        at[s.name] = s.logScale ? Math.exp(x) : x;
-      });
-      return at;
-    };
-    let u = strengths.map((s) => (s.logScale ? Math.log(this.at[s.name]) : this.at[s.name]) / s.tolerance);
-    let fu = (yield [pointOf(u)])[0];
-    for (let iteration = 0; iteration < NEWTON_STEPS; iteration++) {
-      // Each strength's stencil: central inside its range, else from its bound inward (offsets d and 2d, d = +1 or -1).
-      const central = u.map((v, j) => v - 1 >= lo[j] && v + 1 <= hi[j]);
-      const side = u.map((v, j) => (v + 1 > hi[j] ? -1 : 1));
-      const moved = (offsets: readonly (readonly [number, number])[]) => {
-        const w = [...u];
-        for (const [j, d] of offsets) w[j] += d;
-        return w;
-      };
-      const design: number[][] = [];
-      for (let j = 0; j < n; j++) design.push(moved([[j, side[j]]]), moved([[j, central[j] ? -side[j] : 2 * side[j]]]));
-      for (let j = 0; j < n; j++) for (let k = j + 1; k < n; k++) design.push(moved([[j, side[j]], [k, side[k]]]));
-      const values = yield design.map(pointOf);
-      const first = (j: number) => values[2 * j];
-      const second = (j: number) => values[2 * j + 1];
-      const gradient = side.map((d, j) => (central[j] ? (first(j) - second(j)) / 2 : (d * (-3 * fu + 4 * first(j) - second(j))) / 2));
-      const hessian = side.map((_, j) => side.map(() => 0));
-      for (let j = 0; j < n; j++) hessian[j][j] = central[j] ? first(j) - 2 * fu + second(j) : fu - 2 * first(j) + second(j);
-      for (let j = 0, at = 2 * n; j < n; j++) {
-        for (let k = j + 1; k < n; k++, at++) hessian[j][k] = hessian[k][j] = side[j] * side[k] * (values[at] - first(j) - first(k) + fu);
-      }
-      const free = side.map((_, j) => !((u[j] <= lo[j] && gradient[j] <= 0) || (u[j] >= hi[j] && gradient[j] >= 0)));
-      let step = newtonStep(hessian, gradient, free);
-      const longest = Math.max(...step.map(Math.abs));
-      if (longest > NEWTON_REACH) step = step.map((s) => (s * NEWTON_REACH) / longest);
-      let climbed = false;
-      for (let halving = 0; halving <= NEWTON_HALVINGS && !climbed; halving++) {
-        const w = u.map((v, j) => Math.min(hi[j], Math.max(lo[j], v + step[j])));
-        const fw = (yield [pointOf(w)])[0];
-        if (fw > fu) {
-          climbed = true;
-          u = w;
-          fu = fw;
-        } else {
-          step = step.map((s) => s / 2);
-        }
-      }
-      if (!climbed || Math.max(...step.map(Math.abs)) < 1) break;
-    }
-    this.at = pointOf(u);
-  }
-
-  /** `polish` with every point evaluated on this thread. */
-  polishHere(): void {
-    const steps = this.polish();
-    for (let batch = steps.next(); !batch.done; ) batch = steps.next(batch.value.map((at) => this.likelihood.evaluate(at.beta, at.gamma, at.tau, at.lift).ll));
-  }
-
-  /** `polish` with each batch shared with the second thread (`FusionThread.evaluate`), which holds this likelihood as `handle`. */
-  async polishShared(thread: FusionThread, handle: number): Promise<void> {
-    const steps = this.polish();
-    for (let batch = steps.next(); !batch.done; ) batch = steps.next(batch.value.length === 1 ? batch.value.map((at) => this.likelihood.evaluate(at.beta, at.gamma, at.tau, at.lift).ll) : await this.likelihood.evaluateShared(batch.value, thread, handle));
   }
 
   get result(): { params: FusionParams; ll: number } {
@@ -1161,73 +1061,10 @@ class StrengthSearch {
   }
 }
 
-/** Newton steps of a search at most (`StrengthSearch.polish`). */
-const NEWTON_STEPS = 4;
-/** Tolerances a Newton step moves a strength at most: the quadratic model is fitted one tolerance around its point. */
-const NEWTON_REACH = 8;
-/** Times a Newton step that does not climb is halved before the steps stop. */
-const NEWTON_HALVINGS = 3;
-
-/**
- * The step s maximising g.s + s.H.s / 2 over the `free` coordinates (0 on the others): the solution of (-H + lambda
- * I) s = g, lambda raised from 0 until -H + lambda I is positive definite (Cholesky), so a model that is not concave
- * gives a shorter step along the gradient instead of a step towards a saddle or a minimum.
- */
-function newtonStep(hessian: readonly (readonly number[])[], gradient: readonly number[], free: readonly boolean[]): number[] {
-  const index = free.flatMap((f, j) => (f ? [j] : []));
-  const m = index.length;
-  const step = gradient.map(() => 0);
-  if (m === 0) return step;
-  const scale = Math.max(1, ...index.map((j) => Math.abs(hessian[j][j])));
-  for (let lambda = 0; ; lambda = lambda === 0 ? 1e-6 * scale : lambda * 10) {
-    // Cholesky of A = -H + lambda I on the free coordinates: A = L L^T.
-    const l = index.map(() => new Array<number>(m).fill(0));
-    let definite = true;
-    for (let a = 0; a < m && definite; a++) {
-      for (let b = 0; b <= a; b++) {
-        let sum = -hessian[index[a]][index[b]] + (a === b ? lambda : 0);
-        for (let c = 0; c < b; c++) sum -= l[a][c] * l[b][c];
-        if (a === b) {
-          if (!(sum > 0)) definite = false;
-          else l[a][a] = Math.sqrt(sum);
-        } else {
-          l[a][b] = sum / l[b][b];
-        }
-      }
-    }
-    if (!definite) {
-      if (lambda > 1e12 * scale) return step;
-      continue;
-    }
-    // L y = g, then L^T s = y.
-    const y = new Array<number>(m).fill(0);
-    for (let a = 0; a < m; a++) {
-      let sum = gradient[index[a]];
-      for (let c = 0; c < a; c++) sum -= l[a][c] * y[c];
-      y[a] = sum / l[a][a];
-    }
-    for (let a = m - 1; a >= 0; a--) {
-      let sum = y[a];
-      for (let c = a + 1; c < m; c++) sum -= l[c][a] * step[index[c]];
-      step[index[a]] = sum / l[a][a];
-    }
-    return step;
-  }
-}
-
 /** Maximum-likelihood (alpha, beta, gamma, tau, lift) of a slice; tau and lift stay 0 without a prior. */
-function maximise(likelihood: SliceLikelihood, withPrior: boolean, coarse: CoarsePass | null = null): { params: FusionParams; ll: number } {
+function maximise(likelihood: SliceLikelihood, withPrior: boolean, coarse: CoarsePass | null = null, sweeps = 2): { params: FusionParams; ll: number } {
   const search = new StrengthSearch(likelihood, withPrior, coarse);
-  search.finishSweep();
-  search.polishHere();
-  return search.result;
-}
-
-/** `maximise` with the Newton steps' points shared with the second thread, which holds the likelihood as `handle`. */
-async function maximiseShared(likelihood: SliceLikelihood, coarse: CoarsePass | null, thread: FusionThread, handle: number): Promise<{ params: FusionParams; ll: number }> {
-  const search = new StrengthSearch(likelihood, true, coarse);
-  search.finishSweep();
-  await search.polishShared(thread, handle);
+  for (let sweep = 0; sweep < sweeps; sweep++) search.finishSweep();
   return search.result;
 }
 
@@ -1245,25 +1082,17 @@ interface FittedStrengths {
  * The maximum-likelihood strengths of a slice in its window: without the prior (the counts-backoff baseline), with
  * it, and the better of the two. Computed once per likelihood: the window choice fits its best candidates in full,
  * and the refresh serves with the chosen one's fit. The two fits are independent: with a second thread the one
- * without the prior runs there while this thread fits the one with it, and then it takes its share of each batch of
- * the Newton steps' points (the same code on the same inputs, so the same strengths bit for bit). `coarse`: the window choice's coarse pass of this likelihood, the first step of the fit
+ * without the prior runs there while this thread fits the one with it (the same code on the same inputs, so the same
+ * strengths bit for bit). `coarse`: the window choice's coarse pass of this likelihood, the first step of the fit
  * that starts where it started (the one with the prior, or without one the only one).
  */
 function fittedStrengths(likelihood: SliceLikelihood, coarse: CoarsePass | null, thread: FusionThread | null): Promise<FittedStrengths> {
   likelihood.fitted ??= (async () => {
     const prior = likelihood.prior;
-    // The second thread keeps its likelihood of the slice (with the prior) for the Newton steps' shared batches.
-    const handle = prior && thread ? thread.likelihoodHandle() : -1;
-    const remote = prior && thread ? thread.countsOnlyFit({ observations: likelihood.observations.data, prior, start: likelihood.start, keep: handle }) : null;
+    const remote = prior && thread ? thread.countsOnlyFit({ observations: likelihood.observations.data, prior, start: likelihood.start }) : null;
     // Settled before this thread's fit can throw, so a failure here leaves no rejection unawaited.
     remote?.catch(() => undefined);
-    let fitted: { params: FusionParams; ll: number } | null = null;
-    try {
-      fitted = prior ? (thread ? await maximiseShared(likelihood, coarse, thread, handle) : maximise(likelihood, true, coarse)) : null;
-    } finally {
-      // A thread that fails to forget has failed: its next request (the rows) fails the refresh, not this fit.
-      if (remote) await thread!.forget(handle).catch(() => undefined);
-    }
+    const fitted = prior ? maximise(likelihood, true, coarse) : null;
     const countsOnly = remote ? await remote : countsOnlyFit(likelihood, coarse);
     // The prior is nested (tau = 0 is the counts-only model), so a fit with it never reports less than without it.
     const chosen = fitted && fitted.ll >= countsOnly.ll ? fitted : countsOnly;
