@@ -25,3 +25,11 @@ export class TableStateError extends FreshrecError {
     super("BAD_INPUT", message, options);
   }
 }
+
+/**
+ * The error for stored rows that cannot be what a store wrote (a file or database damaged, or written by another
+ * program): `what` names them (a version, or a version's block of a first cluster), `why` says what is wrong.
+ */
+export function damagedRowsError(what: string, why: string): FreshrecError {
+  return new FreshrecError("INTERNAL", `tables: the stored rows of ${what} are damaged (${why})`);
+}

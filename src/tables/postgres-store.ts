@@ -51,7 +51,7 @@ import type {
   TableStatus,
   TableStoreContract,
 } from "./contract.js";
-import { TableNotFoundError, TableStateError } from "./errors.js";
+import { damagedRowsError, TableNotFoundError, TableStateError } from "./errors.js";
 import { matchesFilter, orderByDictionary, PackedTableGatherer, parseVersion, tableInfoOf, versionId, type VersionColumns } from "./versions.js";
 
 export interface PostgresTableStoreOptions {
@@ -314,7 +314,7 @@ export class PostgresTableStore implements TableStoreContract {
 
   private damagedRow(version: string, r: { c1: number; c2: number }, problem: string): FreshrecError {
     const name = (idx: number) => this.clusterId(idx) ?? `#${idx}`;
-    return new FreshrecError("INTERNAL", `tables: the stored rows of ${version} are damaged (row (${name(r.c1)}, ${name(r.c2)}) ${problem})`);
+    return damagedRowsError(version, `row (${name(r.c1)}, ${name(r.c2)}) ${problem}`);
   }
 
   private async decodeRows(

@@ -75,7 +75,7 @@ import type {
   TableStatus,
   TableStore,
 } from "./contract.js";
-import { TableNotFoundError, TableStateError } from "./errors.js";
+import { damagedRowsError, TableNotFoundError, TableStateError } from "./errors.js";
 import { matchesFilter, orderByDictionary, PackedTableGatherer, parseVersion, tableInfoOf, versionId, type VersionColumns } from "./versions.js";
 
 export interface SqliteTableStoreOptions {
@@ -1071,13 +1071,13 @@ export class SqliteTableStore implements TableStore {
         // A finished table with more rows than its blocks count is damaged: never a table cut short without a word.
         if (i + count >= n) {
           if (building) break scan;
-          throw new FreshrecError("INTERNAL", `tables: the stored rows of ${version} are damaged (more rows than the ${n} its blocks count)`);
+          throw damagedRowsError(version, `more rows than the ${n} its blocks count`);
         }
         const part = parts[merged.part[j]];
         const row = merged.row[j];
         // The columns hold topN answers a row (the most any block records): a wider row would spill into the next.
         if (part.answersEnd(row) - part.answersStart(row) > topN * ANSWER_BYTES) {
-          throw new FreshrecError("INTERNAL", `tables: the stored rows of ${blockName(seq, group.c1)} are damaged (a row of more than the ${topN} answers its blocks record)`);
+          throw damagedRowsError(blockName(seq, group.c1), `a row of more than the ${topN} answers its blocks record`);
         }
         c1[count] = group.c1;
         c2[count] = part.c2(row);

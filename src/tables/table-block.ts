@@ -21,6 +21,7 @@
  */
 import { FreshrecError } from "../domain/errors.js";
 import { ANSWER_BYTES } from "./answer-blob.js";
+import { damagedRowsError } from "./errors.js";
 
 /** The layout word of a block this code writes and reads. */
 export const TABLE_BLOCK_LAYOUT = 1;
@@ -187,16 +188,15 @@ export class TableBlock {
     readonly bytes: Buffer,
     private readonly what: string,
   ) {
-    const damaged = (why: string) => this.damaged(why);
     // A file written by hand or by another program may hold any SQL type where a block should be.
-    if (!Buffer.isBuffer(bytes)) throw damaged(`a block stored as ${storedType(bytes)}, not a BLOB`);
-    if (bytes.length < HEADER_BYTES) throw damaged(`a block of ${bytes.length} bytes`);
+    if (!Buffer.isBuffer(bytes)) throw this.damaged(`a block stored as ${storedType(bytes)}, not a BLOB`);
+    if (bytes.length < HEADER_BYTES) throw this.damaged(`a block of ${bytes.length} bytes`);
     const layout = bytes.readUInt32LE(0);
     if (layout !== TABLE_BLOCK_LAYOUT) throw new FreshrecError("INTERNAL", `tables: the stored rows of ${what} have block layout ${layout}, this freshrec reads ${TABLE_BLOCK_LAYOUT}`);
     const n = bytes.readUInt32LE(4);
     const k = bytes.readUInt32LE(8);
     const answersAt = HEADER_BYTES + n * ENTRY_BYTES + k * 4;
-    if (answersAt > bytes.length) throw damaged(`${n} rows and ${k} keys do not fit in ${bytes.length} bytes`);
+    if (answersAt > bytes.length) throw this.damaged(`${n} rows and ${k} keys do not fit in ${bytes.length} bytes`);
     let answerEnd = 0;
     let explanationEnd = 0;
     let c2 = -1;
@@ -205,9 +205,9 @@ export class TableBlock {
       const a = bytes.readUInt32LE(at + 4);
       const e = bytes.readUInt32LE(at + 8);
       const kind = bytes.readUInt32LE(at + 12);
-      if (!(next > c2)) throw damaged(`row ${i} is out of c2 order`);
-      if (a < answerEnd || (a - answerEnd) % ANSWER_BYTES !== 0 || e < explanationEnd) throw damaged(`row ${i} has bad ends`);
-      if ((kind & 3) > EXPLANATION_JSON || kind >>> 2 > k) throw damaged(`row ${i} has kind word ${kind}`);
+      if (!(next > c2)) throw this.damaged(`row ${i} is out of c2 order`);
+      if (a < answerEnd || (a - answerEnd) % ANSWER_BYTES !== 0 || e < explanationEnd) throw this.damaged(`row ${i} has bad ends`);
+      if ((kind & 3) > EXPLANATION_JSON || kind >>> 2 > k) throw this.damaged(`row ${i} has kind word ${kind}`);
       c2 = next;
       answerEnd = a;
       explanationEnd = e;
@@ -216,10 +216,10 @@ export class TableBlock {
     const keyEnds: number[] = [];
     for (let j = 0; j < k; j++) {
       const end = bytes.readUInt32LE(HEADER_BYTES + n * ENTRY_BYTES + 4 * j);
-      if (end < keyEnd) throw damaged(`key ${j} has a bad end`);
+      if (end < keyEnd) throw this.damaged(`key ${j} has a bad end`);
       keyEnds.push((keyEnd = end));
     }
-    if (answersAt + answerEnd + explanationEnd + keyEnd !== bytes.length) throw damaged(`its sections do not add up to ${bytes.length} bytes`);
+    if (answersAt + answerEnd + explanationEnd + keyEnd !== bytes.length) throw this.damaged(`its sections do not add up to ${bytes.length} bytes`);
     this.count = n;
     this.answersAt = answersAt;
     this.explanationsAt = answersAt + answerEnd;
@@ -229,7 +229,7 @@ export class TableBlock {
 
   /** The error for damage found in the block, naming it. */
   damaged(why: string): FreshrecError {
-    return new FreshrecError("INTERNAL", `tables: the stored rows of ${this.what} are damaged (${why})`);
+    return damagedRowsError(this.what, why);
   }
 
   c2(i: number): number {
