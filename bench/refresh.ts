@@ -156,7 +156,7 @@ export async function run(): Promise<BenchSuiteResult> {
         { metric: "    CPU seconds of the fit (the process's, every thread's)", value: fusion.fitCpuSeconds, unit: "s" },
         { metric: "    CPU seconds of the build", value: fusion.buildCpuSeconds, unit: "s" },
         { metric: "load average (1 min) before the fusion runs", value: load, unit: "" },
-        { metric: "threads of the fusion refresh (the second: coarse pass shared, rows computed while the last batch is written)", value: base.clusters.length >= FUSION_THREAD_MIN_CLUSTERS ? 2 : 1, unit: "" },
+        { metric: "threads of the fusion refresh (coarse pass and each batch's rows shared, a batch written while the next is computed)", value: base.clusters.length >= FUSION_THREAD_MIN_CLUSTERS ? 2 : 1, unit: "" },
         ...fusedRuns.map((r, k) => ({
           metric: `  fusion run ${k + 1}: beyond counting (fit ${r.fusionPhases!.fitSeconds.toFixed(2)} + build ${r.fusionPhases!.buildSeconds.toFixed(2)} s, CPU ${r.fusionPhases!.fitCpuSeconds.toFixed(2)} + ${r.fusionPhases!.buildCpuSeconds.toFixed(2)} s; counting ${r.fusionPhases!.countSeconds.toFixed(2)} s)`,
           value: beyond(r),

@@ -4,7 +4,7 @@
  */
 import { parentPort } from "node:worker_threads";
 import { coarsePassOf, countsOnlyFit, FusionRows, SliceLikelihood, SliceObservations, type CoarsePass } from "./fusion.js";
-import type { CoarsePassRequest, CountsOnlyFitRequest } from "./fusion-thread.js";
+import type { CoarsePassRequest, CountsOnlyFitRequest, RowsPart, RowsRequest } from "./fusion-thread.js";
 
 const port = parentPort;
 if (!port) throw new Error("fusion-thread-entry runs as a worker thread (FusionThread.start)");
@@ -33,11 +33,19 @@ port.on("message", (message: { id: number; kind: string } & Record<string, unkno
       rowsOf.delete(message.rows as number);
       port.postMessage({ id: message.id, result: null });
     } else if (message.kind === "score") {
-      const rows = rowsOf.get(message.rows as number);
+      const request = message as unknown as RowsRequest;
+      const rows = rowsOf.get(request.rows);
       if (!rows) throw new Error("rows asked for before their posterior was set up");
-      const packed = rows.scorePairs(message.c1 as Int32Array, message.c2 as Int32Array, message.topN as number);
-      const { count, answers, answerEnd, explanation, explanationEnd } = packed;
-      port.postMessage({ id: message.id, result: { count, answers, answerEnd, explanation, explanationEnd } }, [answers.buffer, explanation.buffer, answerEnd.buffer, explanationEnd.buffer] as ArrayBuffer[]);
+      const taken: [number, RowsPart][] = [];
+      const transfer: ArrayBuffer[] = [];
+      const chunks = Math.ceil(request.c1.length / request.chunk);
+      for (let k = Atomics.add(request.next, 0, 1); k < chunks; k = Atomics.add(request.next, 0, 1)) {
+        const [from, to] = [k * request.chunk, (k + 1) * request.chunk];
+        const { count, answers, answerEnd, explanation, explanationEnd } = rows.scorePairs(request.c1.subarray(from, to), request.c2.subarray(from, to), request.topN);
+        taken.push([k, { count, answers, answerEnd, explanation, explanationEnd }]);
+        transfer.push(...([answers.buffer, explanation.buffer, answerEnd.buffer, explanationEnd.buffer] as ArrayBuffer[]));
+      }
+      port.postMessage({ id: message.id, result: taken }, transfer);
     } else {
       throw new Error(`unknown request ${message.kind}`);
     }

@@ -3,7 +3,9 @@
  * pass (one likelihood per candidate window), the chosen window's full fit, and 89,700 rows computed and written to
  * the store. The store's writes stay on the thread that owns the store, so the second thread takes what has no
  * order: candidate windows of the coarse pass (both threads take the next one from one shared counter) and the rows
- * of the next batch while this thread writes the last one. It runs the same code (`SliceLikelihood`, `FusionRows`) on
+ * of each batch, in chunks taken from one shared counter: the second thread from the moment the batch is asked for,
+ * this one once it has written the last batch (writing is a third of the rows' work; the second thread alone left
+ * this one idle half the build). It runs the same code (`SliceLikelihood`, `FusionRows`) on
  * the same inputs, so every strength, likelihood and row is the same bit for bit as on one thread. The chosen
  * window's fit without the prior also runs there, while the refresh's own thread fits the one with it.
  *
@@ -46,6 +48,23 @@ export interface CountsOnlyFitRequest {
   readonly prior: LlmPrior | null;
   readonly start: SliceStart;
 }
+
+/**
+ * What a batch's rows request sends (`FusionThread.scoreRows`): the rows' handle, the pairs (c1[k], c2[k]), and the
+ * counter of their chunks (`chunk` pairs each, the last one shorter) both threads take from.
+ */
+export interface RowsRequest {
+  readonly rows: number;
+  readonly c1: Int32Array;
+  readonly c2: Int32Array;
+  readonly topN: number;
+  readonly chunk: number;
+  /** next[0]: the next chunk to take (shared memory: `Atomics.add`). */
+  readonly next: Int32Array;
+}
+
+/** The rows of one chunk of a batch (`FusionRows.scorePairs`), without the pairs the request has. */
+export type RowsPart = Omit<PackedScores, "clusters" | "c1" | "c2">;
 
 /** tsx's loader API (its ES module build, beside the CommonJS one `require` resolves), for a thread started from source. */
 function sourceLoader(): string {
@@ -165,14 +184,15 @@ export class FusionThread {
   }
 
   /**
-   * The rows of the pairs (c1[k], c2[k]) of the posterior `beginRows` set up (`FusionRows.scorePairs`). The request
-   * is sent before this returns, so the thread computes while the caller goes on (writing the last batch).
+   * The chunks of `request` this thread takes from its counter, each with its rows of the posterior `beginRows` set
+   * up (`FusionRows.scorePairs`): [chunk, rows]. The request is sent before this returns, so the thread computes
+   * while the caller goes on (writing the last batch, then taking chunks of this one).
    */
-  async scoreRows(rows: number, c1: Int32Array, c2: Int32Array, topN: number): Promise<Omit<PackedScores, "clusters">> {
-    const r = (await this.call({ kind: "score", rows, c1, c2, topN })) as { count: number; answers: Uint8Array; answerEnd: Int32Array; explanation: Uint8Array; explanationEnd: Int32Array };
+  async scoreRows(request: RowsRequest): Promise<[number, RowsPart][]> {
+    const taken = (await this.call({ kind: "score", ...request })) as [number, RowsPart][];
     // Transferred buffers arrive as plain byte arrays: the store reads them as Buffers.
     const buffer = (b: Uint8Array) => Buffer.from(b.buffer, b.byteOffset, b.byteLength);
-    return { count: r.count, c1, c2, answers: buffer(r.answers), answerEnd: r.answerEnd, explanation: buffer(r.explanation), explanationEnd: r.explanationEnd };
+    return taken.map(([k, r]) => [k, { count: r.count, answers: buffer(r.answers), answerEnd: r.answerEnd, explanation: buffer(r.explanation), explanationEnd: r.explanationEnd }]);
   }
 
   /** Lets the thread forget rows `beginRows` set up. */

@@ -59,7 +59,7 @@ import { firstSeen } from "../mining/first-seen.js";
 import type { PromptScorer } from "./generate.js";
 import { ANSWER_BYTES, Words } from "../tables/answer-blob.js";
 import type { PackedBuildRows } from "../tables/contract.js";
-import type { FusionThread } from "./fusion-thread.js";
+import type { FusionThread, RowsPart } from "./fusion-thread.js";
 
 export interface FusionOptions {
   /** Evidence window lengths compared at each refresh (days); the best-fitting one serves. @defaultValue [3, 7, 14, 28, 56, 112, 224, 448] */
@@ -1437,11 +1437,16 @@ export class FusionScorer implements PromptScorer {
   private explained: { readonly bytes: Buffer; readonly size: number; readonly pairs: Int32Array; readonly answered: Int32Array } | null = null;
   private rowOfPair: Int32Array | null = null;
 
+  /**
+   * @param chunk pairs a thread takes at a time of a batch `scorePacked` shares with the second thread: small enough
+   *   that neither waits long for the other at a batch's end, large enough that taking one costs nothing.
+   */
   constructor(
     private readonly evidence: WindowCounts,
     prior: LlmPrior | null,
     params: FusionParams,
     private readonly thread: FusionThread | null = null,
+    private readonly chunk = 256,
   ) {
     this.index = new Map(evidence.clusters.map((c, i) => [c, i]));
     if (prior && (prior.clusters.length !== evidence.clusters.length || prior.clusters.some((c, i) => c !== evidence.clusters[i]))) {
@@ -1487,8 +1492,9 @@ export class FusionScorer implements PromptScorer {
   /**
    * The rows of `prompts` straight into their stored form (`PackedBuildRows` without the context keys): at most `topN`
    * answers a row, as `score` ranks them, and each row's explanation as `storedExplanation` gives it, with no object
-   * per row or answer (a table build's path). With a second thread the rows are computed there (`FusionRows`, the
-   * same code), and the caller may ask for the next batch before this one is written.
+   * per row or answer (a table build's path). With a second thread both threads compute them (`FusionRows`, the same
+   * code), in chunks of `chunk` pairs taken from one counter: the second thread from the start, this one from the
+   * next turn of the event loop, so the caller may ask for the next batch and write this one meanwhile.
    */
   async scorePacked(prompts: readonly PromptInput[], topN: number): Promise<PackedScores> {
     const c1 = new Int32Array(prompts.length);
@@ -1499,12 +1505,20 @@ export class FusionScorer implements PromptScorer {
     }
     if (!this.thread) return { ...this.rows.scorePairs(c1, c2, topN), clusters: this.evidence.clusters };
     if (!this.remote) throw new FreshrecError("INTERNAL", "fusion: rows asked for after their scorer was released");
-    // Sent before the first await: the thread computes this batch while the build writes the last one.
-    const scored = this.thread.scoreRows(this.remote.rows, c1, c2, topN);
-    scored.catch(() => undefined);
+    const { chunk } = this;
+    const next = new Int32Array(new SharedArrayBuffer(4));
+    // Sent before the first await: the thread starts on this batch while the build writes the last one.
+    const theirs = this.thread.scoreRows({ rows: this.remote.rows, c1, c2, topN, chunk, next });
+    theirs.catch(() => undefined);
     // A failed setup is the reason to report (the batch then fails for want of its rows).
     await this.remote.ready;
-    return { ...(await scored), clusters: this.evidence.clusters };
+    await new Promise<void>((resolve) => setImmediate(resolve));
+    const parts: RowsPart[] = new Array(Math.ceil(c1.length / chunk));
+    for (let k = Atomics.add(next, 0, 1); k < parts.length; k = Atomics.add(next, 0, 1)) {
+      parts[k] = this.rows.scorePairs(c1.subarray(k * chunk, (k + 1) * chunk), c2.subarray(k * chunk, (k + 1) * chunk), topN);
+    }
+    for (const [k, part] of await theirs) parts[k] = part;
+    return { ...joinedRows(parts), count: c1.length, c1, c2, clusters: this.evidence.clusters };
   }
 
   /** Lets the second thread forget this posterior's rows (a build calls it when it is done, failed or not). */
@@ -1800,6 +1814,31 @@ export class FusionRows {
 
 /** `FusionScorer.scorePacked`'s rows: `PackedBuildRows` of src/tables/contract.ts but for the context keys. */
 export type PackedScores = Omit<PackedBuildRows, "contextKeys">;
+
+/** The rows of consecutive chunks of a batch (`FusionScorer.scorePacked`) as one: their bytes end to end, their ends shifted. */
+export function joinedRows(parts: readonly RowsPart[]): RowsPart {
+  if (parts.length === 1) return parts[0];
+  const count = parts.reduce((sum, p) => sum + p.count, 0);
+  const answerEnd = new Int32Array(count);
+  const explanationEnd = new Int32Array(count);
+  const answers: Uint8Array[] = [];
+  const explanation: Uint8Array[] = [];
+  let row = 0;
+  let answerAt = 0;
+  let explanationAt = 0;
+  for (const p of parts) {
+    for (let k = 0; k < p.count; k++, row++) {
+      answerEnd[row] = answerAt + p.answerEnd[k];
+      explanationEnd[row] = explanationAt + p.explanationEnd[k];
+    }
+    const [answersUsed, explanationUsed] = p.count ? [p.answerEnd[p.count - 1], p.explanationEnd[p.count - 1]] : [0, 0];
+    answers.push(p.answers.subarray(0, answersUsed));
+    explanation.push(p.explanation.subarray(0, explanationUsed));
+    answerAt += answersUsed;
+    explanationAt += explanationUsed;
+  }
+  return { count, answers: Buffer.concat(answers, answerAt), answerEnd, explanation: Buffer.concat(explanation, explanationAt), explanationEnd };
+}
 
 /** Whether a posterior `value` of cluster `n` ranks before `other` of cluster `m`: higher first, ties by index. */
 function ranksBefore(value: number, n: number, other: number, m: number): boolean {

@@ -21,7 +21,10 @@ import {
   fitFusion,
   fourDigits,
   FUSION_TEMPLATE,
+  FusionRows,
+  fusionRowsInput,
   FusionScorer,
+  joinedRows,
   loadPrior,
   priorFileReady,
   priorLogs,
@@ -32,6 +35,7 @@ import {
   sliceStart,
   type FusionParams,
   type LlmPrior,
+  type PackedScores,
 } from "../../src/update/fusion.js";
 import { FusionThread } from "../../src/update/fusion-thread.js";
 import { buildTable } from "../../src/update/generate.js";
@@ -678,6 +682,20 @@ describe("evidence log", () => {
   });
 });
 
+/** Packed rows as plain arrays, each buffer up to its last row's end (a buffer may hold room for more answers). */
+function used(rows: Omit<PackedScores, "clusters">) {
+  const end = (ends: Int32Array) => (rows.count ? ends[rows.count - 1] : 0);
+  return {
+    count: rows.count,
+    c1: [...rows.c1],
+    c2: [...rows.c2],
+    answers: [...rows.answers.subarray(0, end(rows.answerEnd))],
+    answerEnd: [...rows.answerEnd],
+    explanation: [...rows.explanation.subarray(0, end(rows.explanationEnd))],
+    explanationEnd: [...rows.explanationEnd],
+  };
+}
+
 describe("a refresh's second thread", () => {
   // Hand-made counts (60 days, six candidate windows) and a prior that knows all but one cluster.
   const { rows, truth } = world(5);
@@ -722,16 +740,32 @@ describe("a refresh's second thread", () => {
     try {
       // Two posteriors' rows on the thread at once (two refreshes of one process), batch by batch.
       const params = [refresh.params, { ...refresh.params, tau: 0 }];
-      const there = params.map((p) => new FusionScorer(refresh.evidence, prior, p, thread));
+      // Chunks of 3 pairs: each batch's rows come from both threads, whichever took which chunk.
+      const there = params.map((p) => new FusionScorer(refresh.evidence, prior, p, thread, 3));
       const here = params.map((p) => new FusionScorer(refresh.evidence, prior, p));
       for (const batch of [prompts.slice(0, 20), prompts.slice(20)]) {
         for (let k = 0; k < params.length; k++) {
           const [a, b] = [await there[k].scorePacked(batch, 4), await here[k].scorePacked(batch, 4)];
           expect(a.count).toBe(batch.length);
-          for (const key of ["c1", "c2", "answers", "answerEnd", "explanation", "explanationEnd"] as const) expect([...a[key]]).toEqual([...b[key]]);
+          expect(used(a)).toEqual(used(b));
           expect(a.clusters).toEqual(b.clusters);
         }
       }
+      // A batch split at a known chunk: the second thread takes chunk 2 on, this one computes chunks 0 and 1; joined,
+      // the rows of one thread.
+      const c1 = Int32Array.from(prompts, (p) => refresh.evidence.clusters.indexOf(p.history.c1));
+      const c2 = Int32Array.from(prompts, (p) => refresh.evidence.clusters.indexOf(p.history.c2));
+      const input = fusionRowsInput(refresh.evidence, prior, refresh.params);
+      const oneThread = new FusionRows(input);
+      const handle = thread.beginRows(input);
+      await handle.ready;
+      const next = new Int32Array(new SharedArrayBuffer(4));
+      next[0] = 2;
+      const theirs = await thread.scoreRows({ rows: handle.rows, c1, c2, topN: 4, chunk: 5, next });
+      expect(theirs.map(([k]) => k)).toEqual(Array.from({ length: Math.ceil(c1.length / 5) - 2 }, (_, k) => k + 2));
+      const mine = [0, 1].map((k) => oneThread.scorePairs(c1.subarray(5 * k, 5 * k + 5), c2.subarray(5 * k, 5 * k + 5), 4));
+      expect(used({ ...joinedRows([...mine, ...theirs.map(([, part]) => part)]), c1, c2 })).toEqual(used(oneThread.scorePairs(c1, c2, 4)));
+      await thread.endRows(handle.rows);
       expect([...(await there[0].scorePacked(prompts, 4)).answers]).not.toEqual([...(await there[1].scorePacked(prompts, 4)).answers]);
       // A build in batches, each written while the thread computes the next: the table of one thread.
       const tables = (scorer: FusionScorer) => {
@@ -754,7 +788,8 @@ describe("a refresh's second thread", () => {
     // computed on this thread instead.
     const fresh = await FusionThread.start();
     try {
-      await expect(fresh.scoreRows(7, new Int32Array([0]), new Int32Array([1]), 4)).rejects.toThrow(/second thread failed: .*rows asked for before their posterior was set up/);
+      const request = { rows: 7, c1: new Int32Array([0]), c2: new Int32Array([1]), topN: 4, chunk: 256, next: new Int32Array(new SharedArrayBuffer(4)) };
+      await expect(fresh.scoreRows(request)).rejects.toThrow(/second thread failed: .*rows asked for before their posterior was set up/);
     } finally {
       await fresh.close();
     }
