@@ -8,8 +8,8 @@
  * - The schema defines DuckDB's `epoch_ms(timestamp) -> bigint` and `epoch_ms(bigint) -> timestamp` as SQL functions,
  *   so the queries that only need those (counts, first-seen, most of mining) are the same text on both stores.
  * - Queries name parameters `$name` as on DuckDB; they are rewritten to PostgreSQL's `$1..$n` before sending.
- * - An append holds a table lock for its transaction: keys are dense (`max + row_number`), so two processes
- *   appending at once must take turns; events carry a primary key on (user, item, ts), the identity of an event.
+ * - An append holds an advisory lock for its transaction (`lockDenseKeys`): keys are dense (`max + row_number`), so two
+ *   processes appending at once must take turns; events carry a primary key on (user, item, ts), the identity of an event.
  * - Results parse BIGINT as bigint and TIMESTAMP (without time zone, as DuckDB's) as a UTC Date, as DuckDB's do.
  * - Appends are numbered in commit order and notified (`EVENTS_CHANNEL`), and `readAppends` reads what came after a
  *   number: other processes write the store while an API replica serves from memory, and this is how it follows.
@@ -129,6 +129,19 @@ END $$;
 
 /** Any constant: the advisory lock that keeps two processes from creating the schema at once. */
 const SCHEMA_LOCK = 0x66726573;
+/** Any other constant: the advisory lock under which every writer gives out dense keys (`lockDenseKeys`). */
+const DENSE_KEYS_LOCK = 0x66726574;
+
+/**
+ * Takes, until the transaction ends, the lock every writer of this store holds while it gives out dense keys to new
+ * clusters, items and users (max + row_number): a writer waits for the one before it to commit, so no key is given
+ * twice and keys grow in commit order (what `readAppends` reads by). An advisory lock, not a table lock: every table
+ * lock that excludes other writers also waits for (auto)vacuum and analyze of that table, which hold it for as long as
+ * they run, so intake stalled for each pass (100-180 ms, about once a minute on a busy store).
+ */
+export async function lockDenseKeys(client: pg.ClientBase): Promise<void> {
+  await client.query("SELECT pg_advisory_xact_lock($1)", [DENSE_KEYS_LOCK]);
+}
 /** Rows per INSERT ... SELECT FROM unnest(...) while staging events. */
 const STAGE_ROWS = 20_000;
 
@@ -261,7 +274,7 @@ export class PostgresEventStore implements EventStoreContract {
     try {
       await client.query("BEGIN");
       // Dense keys are max + row_number: appends from other processes wait for this one to commit.
-      await client.query("LOCK TABLE clusters, items, users, events, meta IN SHARE ROW EXCLUSIVE MODE");
+      await lockDenseKeys(client);
       const clustersAdded = request.clusters?.length ? await this.upsertClusters(client, request.clusters) : 0;
       const itemsAdded = request.items?.length ? await this.upsertItems(client, request.items) : 0;
       let eventsAdded = 0;
@@ -302,7 +315,7 @@ export class PostgresEventStore implements EventStoreContract {
   /**
    * What was appended after append number `after`, read in one snapshot up to the latest committed append: the
    * clusters and items with keys above the given ones (keys grow with each append: `max + row_number` under the
-   * append's lock) and those up to them that an append changed (`onCatalog`); then, when `onCatalog` asks for them,
+   * append's lock, `lockDenseKeys`) and those up to them that an append changed (`onCatalog`); then, when `onCatalog` asks for them,
    * every event of some users (`onHistories`: a move changes the cluster of every event of the item, past ones too);
    * then the appended events, `pageRows` at a time through a cursor, each page handed to `onEvents` before the next is
    * read. An event may be one a reader has already (its own intake's, or one it read at start): readers apply them as

@@ -19,7 +19,7 @@
  */
 import { BIGINT, DuckDBDataChunk, DuckDBTimestampValue, FLOAT, INTEGER, TIMESTAMP, VARCHAR, listValue } from "@duckdb/node-api";
 import type { EventStore } from "../data/event-store.js";
-import type { PostgresEventStore } from "../data/postgres-event-store.js";
+import { lockDenseKeys, type PostgresEventStore } from "../data/postgres-event-store.js";
 import type { PoolClient } from "pg";
 import { FreshrecError } from "../domain/errors.js";
 import type { Catalog } from "./catalog.js";
@@ -238,7 +238,7 @@ export class DuckDbIntakeStore implements IntakeStore {
  * an event this process does not know may be stored already; the events' primary key (user, item, ts) tells, without
  * a scan. Items are mapped to the store's keys by id (read once: the catalog's items are the store's), users too
  * (every key read on the first append and cached: a user's key never changes); a user the store does not have is added with the next dense key
- * under the same table lock `PostgresEventStore.append` takes, so two processes never give out one key twice.
+ * under the lock `PostgresEventStore.append` takes (`lockDenseKeys`), so two processes never give out one key twice.
  */
 export class PostgresIntakeStore implements IntakeStore {
   private schemaReady = false;
@@ -355,7 +355,7 @@ export class PostgresIntakeStore implements IntakeStore {
     };
     await read();
     if (found.size < unknown.length) {
-      await client.query("LOCK TABLE users IN SHARE ROW EXCLUSIVE MODE");
+      await lockDenseKeys(client);
       await client.query(
         `INSERT INTO users (user_key, user_id)
          SELECT (SELECT coalesce(max(user_key), 0) FROM users) + row_number() OVER (ORDER BY n), id

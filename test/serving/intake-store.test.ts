@@ -7,6 +7,7 @@
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { EventStore, type EventStoreContract } from "../../src/data/event-store.js";
 import { ingestSynthetic } from "../../src/data/ingest/synthetic.js";
@@ -128,6 +129,46 @@ for (const [name, open] of Object.entries(adapters)) {
           "SELECT engagement AS e FROM events JOIN users USING (user_key) WHERE user_id = 'intake-shared' ORDER BY ts",
         );
         expect(rows.map((r) => r.e)).toEqual([Math.fround(0.8), Math.fround(0.8)]);
+      });
+
+      it("adds new users while a vacuum or analyze works on the tables, two writers never giving out one key", async () => {
+        const { events, catalog, stores } = opened;
+        const maxKey = await count(events, "SELECT max(user_key) AS n FROM users");
+        // (Auto)vacuum and analyze hold this lock on the table they work on for as long as they run.
+        const vacuum = new pg.Client({ connectionString: events.location });
+        await vacuum.connect();
+        await vacuum.query("BEGIN");
+        await vacuum.query("LOCK TABLE clusters, items, users, events, meta IN SHARE UPDATE EXCLUSIVE MODE");
+        try {
+          const ts = Date.UTC(2025, 5, 4);
+          const ingest = {
+            userIds: ["vacuum-c"],
+            itemIds: [catalog.itemIds[1]],
+            chunks: [{ length: 1, userIndex: Int32Array.of(0), itemIndex: Int32Array.of(0), ts: Float64Array.of(ts), engagement: Float32Array.of(Number.NaN) }],
+          };
+          const writes = Promise.all([
+            stores[0].append([{ userId: "vacuum-a", item: 0, ts, engagement: null }]),
+            stores[1].append([{ userId: "vacuum-b", item: 0, ts, engagement: null }]),
+            events.append({ events: ingest }),
+          ]);
+          // Until they are done: a write waiting for a table's lock (the writers wait for each other on an advisory one).
+          let done = false;
+          const waiting = async (): Promise<never> => {
+            while (!done) {
+              const { rows } = await vacuum.query<{ n: number }>("SELECT count(*)::INTEGER AS n FROM pg_locks WHERE NOT granted AND locktype = 'relation'");
+              if (rows[0].n > 0) throw new Error("a write waits for the vacuum's lock on a table");
+              await new Promise((resolve) => setTimeout(resolve, 10));
+            }
+            return new Promise<never>(() => {});
+          };
+          const [a, b, c] = await Promise.race([writes, waiting()]).finally(() => (done = true));
+          expect([a, b, c.eventsAdded]).toEqual([[true], [true], 1]);
+        } finally {
+          await vacuum.query("ROLLBACK");
+          await vacuum.end();
+        }
+        const keys = await events.query<{ k: number }>("SELECT user_key AS k FROM users WHERE user_id LIKE 'vacuum-%' ORDER BY user_key");
+        expect(keys.map((r) => Number(r.k))).toEqual([maxKey + 1, maxKey + 2, maxKey + 3]);
       });
     }
   });
