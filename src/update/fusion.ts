@@ -1420,13 +1420,14 @@ export function fusionRowsInput(evidence: WindowCounts, prior: LlmPrior | null, 
 /**
  * A table scorer over a fitted posterior: the build path of every other table (publish, abort, failure marking)
  * with answers computed, not prompted. `score` keeps each row's explanation for the build to store; `explain`
- * gives one row's explanation in full; `scorePacked` gives rows in their stored form, computed on the second
- * thread when there is one (`FusionThread`), so a build writes a batch while the next is computed.
+ * gives one row's explanation in full; `scorePacked` gives rows in their stored form, computed on both threads when
+ * there is a second (`FusionThread`), so a build writes a batch while the next is computed.
  */
 export class FusionScorer implements PromptScorer {
   readonly promptsPerCall = 4096;
   private readonly input: FusionRowsInput;
   private readonly index: Map<string, number>;
+  private readonly chunk: number;
   private local: FusionRows | null = null;
   /** The rows' handle on the second thread and their setup (`FusionThread.beginRows`). */
   private remote: { readonly rows: number; readonly ready: Promise<void> } | null = null;
@@ -1446,8 +1447,9 @@ export class FusionScorer implements PromptScorer {
     prior: LlmPrior | null,
     params: FusionParams,
     private readonly thread: FusionThread | null = null,
-    private readonly chunk = 256,
+    chunk = 256,
   ) {
+    this.chunk = Math.max(1, Math.floor(chunk));
     this.index = new Map(evidence.clusters.map((c, i) => [c, i]));
     if (prior && (prior.clusters.length !== evidence.clusters.length || prior.clusters.some((c, i) => c !== evidence.clusters[i]))) {
       throw new FreshrecError("INTERNAL", "fusion: the prior and the evidence index different cluster lists");
@@ -1493,8 +1495,8 @@ export class FusionScorer implements PromptScorer {
    * The rows of `prompts` straight into their stored form (`PackedBuildRows` without the context keys): at most `topN`
    * answers a row, as `score` ranks them, and each row's explanation as `storedExplanation` gives it, with no object
    * per row or answer (a table build's path). With a second thread both threads compute them (`FusionRows`, the same
-   * code), in chunks of `chunk` pairs taken from one counter: the second thread from the start, this one from the
-   * next turn of the event loop, so the caller may ask for the next batch and write this one meanwhile.
+   * code), in chunks of `chunk` pairs taken from one counter: the second thread from the start, this one a chunk per
+   * turn of the event loop from the next turn on, so the caller may ask for the next batch and write this one meanwhile.
    */
   async scorePacked(prompts: readonly PromptInput[], topN: number): Promise<PackedScores> {
     const c1 = new Int32Array(prompts.length);
@@ -1512,10 +1514,12 @@ export class FusionScorer implements PromptScorer {
     theirs.catch(() => undefined);
     // A failed setup is the reason to report (the batch then fails for want of its rows).
     await this.remote.ready;
-    await new Promise<void>((resolve) => setImmediate(resolve));
     const parts: RowsPart[] = new Array(Math.ceil(c1.length / chunk));
-    for (let k = Atomics.add(next, 0, 1); k < parts.length; k = Atomics.add(next, 0, 1)) {
-      parts[k] = this.rows.scorePairs(c1.subarray(k * chunk, (k + 1) * chunk), c2.subarray(k * chunk, (k + 1) * chunk), topN);
+    // A turn of the event loop before each chunk: the caller writes the last batch first, and a store that writes
+    // asynchronously (PostgreSQL) goes on writing it between chunks instead of after this thread's share.
+    for (let k = -1; k < parts.length; k = Atomics.add(next, 0, 1)) {
+      if (k >= 0) parts[k] = this.rows.scorePairs(c1.subarray(k * chunk, (k + 1) * chunk), c2.subarray(k * chunk, (k + 1) * chunk), topN);
+      await new Promise<void>((resolve) => setImmediate(resolve));
     }
     for (const [k, part] of await theirs) parts[k] = part;
     return { ...joinedRows(parts), count: c1.length, c1, c2, clusters: this.evidence.clusters };

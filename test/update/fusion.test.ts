@@ -751,6 +751,12 @@ describe("a refresh's second thread", () => {
           expect(a.clusters).toEqual(b.clusters);
         }
       }
+      // This thread's own chunks: while the second thread answers another request, this one takes every chunk.
+      const observations = SliceObservations.of(logOf(rows), { from: T - 2 * DAY_MS, to: T }, prior);
+      const busy = thread.countsOnlyFit({ observations: observations.data, prior, start: sliceStart(logOf(rows), observations, { from: T - 28 * DAY_MS, to: T }) });
+      const allHere = await there[0].scorePacked(prompts, 4);
+      await busy;
+      expect(used(allHere)).toEqual(used(await here[0].scorePacked(prompts, 4)));
       // A batch split at a known chunk: the second thread takes chunk 2 on, this one computes chunks 0 and 1; joined,
       // the rows of one thread.
       const c1 = Int32Array.from(prompts, (p) => refresh.evidence.clusters.indexOf(p.history.c1));
