@@ -214,7 +214,10 @@ export async function buildTable(options: BuildTableOptions): Promise<BuildTable
     const packedBatch = (start: number) => {
       if (!scorePacked || start >= rescore.length) return null;
       const batch = rescore.slice(start, start + batchSize);
-      return { batch, rows: scorePacked(batch.map((b) => b.input), topN) };
+      const rows = scorePacked(batch.map((b) => b.input), topN);
+      // Awaited after the write of the batch before it: a failure meanwhile is not unhandled (it fails the build then).
+      rows.catch(() => undefined);
+      return { batch, rows };
     };
     let nextPacked = packedBatch(0);
     for (let start = 0; start < rescore.length; start += batchSize) {

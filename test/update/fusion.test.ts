@@ -38,8 +38,8 @@ import {
   type PackedScores,
 } from "../../src/update/fusion.js";
 import { FusionThread } from "../../src/update/fusion-thread.js";
-import { buildTable } from "../../src/update/generate.js";
-import { SqliteTableStore } from "../../src/tables/index.js";
+import { buildTable, type PromptScorer } from "../../src/update/generate.js";
+import { SqliteTableStore, tableStoreContract } from "../../src/tables/index.js";
 import { VirtualClock } from "../../src/domain/clock.js";
 import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { driftWait } from "../../src/update/loop.js";
@@ -807,6 +807,38 @@ describe("a refresh's second thread", () => {
     const next = await FusionThread.shared();
     expect(next).not.toBe(shared);
     await next.close();
+  });
+});
+
+describe("a build in batches", () => {
+  it("fails when a batch's rows fail while the batch before is being written, leaving nothing unhandled", async () => {
+    const { rows } = world(5);
+    const refresh = await fitFusion({ log: logOf(rows), asOf: T, prior: null, options: { fitMinTransitions: 200 } });
+    const scorer = new FusionScorer(refresh.evidence, null, refresh.params);
+    let batches = 0;
+    const failing: PromptScorer = {
+      promptsPerCall: 10,
+      score: (prompts, topN) => scorer.score(prompts, topN),
+      scorePacked: (prompts, topN) =>
+        ++batches === 2 ? new Promise((_, reject) => setTimeout(() => reject(new Error("the second batch's rows failed")), 5)) : scorer.scorePacked(prompts, topN),
+    };
+    const sqlite = SqliteTableStore.open(":memory:", new VirtualClock(T));
+    // A store that writes asynchronously, as PostgreSQL's does: each batch's write waits 50 ms first.
+    const wait = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+    const delegate = <O extends object>(target: O, own: Partial<O>) =>
+      new Proxy(target, { get: (t, key) => (key in own ? own[key as keyof O] : typeof t[key as keyof O] === "function" ? (t[key as keyof O] as Function).bind(t) : t[key as keyof O]) });
+    const embedded = tableStoreContract(sqlite);
+    const store = delegate(embedded, {
+      beginBuild: async (meta) => {
+        const builder = await embedded.beginBuild(meta);
+        return delegate(builder, { appendPacked: async (packed) => (await wait(50), builder.appendPacked(packed)) });
+      },
+    });
+    await expect(buildTable({ store, clusters: CLUSTERS, scorer: failing, modelVersion: "m", templateHash: FUSION_TEMPLATE, full: true, topN: 4 })).rejects.toThrow(
+      /the second batch's rows failed/,
+    );
+    expect(sqlite.list().map((t) => t.status)).toEqual(["failed"]);
+    sqlite.close();
   });
 });
 
