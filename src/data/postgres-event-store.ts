@@ -21,7 +21,7 @@
  * await store.close();
  */
 import pg from "pg";
-import { inTransaction, openStorePool, redactedUrl } from "./postgres-pool.js";
+import { BEGIN_READ_COMMITTED, inTransaction, openStorePool, redactedUrl } from "./postgres-pool.js";
 import type { Cluster, Item } from "../domain/types.js";
 import { FreshrecError } from "../domain/errors.js";
 import {
@@ -56,8 +56,8 @@ export const EVENTS_CHANNEL = "freshrec_events";
  *   until the transaction ends, so the next writer takes its number after this one committed: numbers are commit order.
  * - Every writer gets this without knowing of it, because it is the column's default (intake's INSERT, `append`'s, a
  *   writer of an older version). Rows stored before the column existed have none; a reader loads them in full at start.
- * - The cost: writers of events take turns from their first event row to their commit. `append` holds the events
- *   table's lock for as long anyway; intake's insert is its transaction's last statement.
+ * - The cost: writers of events take turns from their first event row (or catalog change) to their commit: an ingest's
+ *   `append` for the rest of its transaction, intake's insert being its transaction's last statement.
  * - The column is added only when missing, checked first: ALTER TABLE would take the events table's exclusive lock
  *   at every open, and wait behind (and hold up) every query on it. The counter's row is seeded the same way: an
  *   INSERT ... ON CONFLICT would wait for a writer holding that row, for as long as a large ingest runs.
@@ -272,7 +272,7 @@ export class PostgresEventStore implements EventStoreContract {
     if (request.identity) await this.checkIdentity(request.identity);
     const client = await this.pool.connect();
     try {
-      await client.query("BEGIN");
+      await client.query(BEGIN_READ_COMMITTED);
       // Dense keys are max + row_number: appends from other processes wait for this one to commit.
       await lockDenseKeys(client);
       const clustersAdded = request.clusters?.length ? await this.upsertClusters(client, request.clusters) : 0;

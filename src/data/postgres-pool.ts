@@ -59,9 +59,17 @@ export async function inTransaction<T>(pool: pg.Pool, work: (client: pg.PoolClie
   }
 }
 
+/**
+ * Every transaction of the stores begins at READ COMMITTED whatever the database's default (a reader that wants one
+ * snapshot says so first, as `readAppends` does): a transaction that takes an advisory lock and then reads what the
+ * writer before it committed (max + row_number keys) needs each statement's own snapshot, and at REPEATABLE READ the
+ * lock's SELECT would fix the snapshot before the lock was granted.
+ */
+export const BEGIN_READ_COMMITTED = "BEGIN ISOLATION LEVEL READ COMMITTED";
+
 /** The same on a connection the caller holds (a table build's, which keeps its session lock across transactions). */
 export async function transactionOn<T>(client: pg.ClientBase, work: () => Promise<T>, lock?: number): Promise<T> {
-  await client.query("BEGIN");
+  await client.query(BEGIN_READ_COMMITTED);
   try {
     if (lock !== undefined) await client.query("SELECT pg_advisory_xact_lock($1)", [lock]);
     const result = await work();

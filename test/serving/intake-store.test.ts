@@ -11,7 +11,7 @@ import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { EventStore, type EventStoreContract } from "../../src/data/event-store.js";
 import { ingestSynthetic } from "../../src/data/ingest/synthetic.js";
-import { PostgresEventStore } from "../../src/data/postgres-event-store.js";
+import { lockDenseKeys, PostgresEventStore } from "../../src/data/postgres-event-store.js";
 import { SyntheticWorld } from "../../src/data/synthetic/index.js";
 import { Catalog } from "../../src/serving/catalog.js";
 import { DuckDbIntakeStore, PostgresIntakeStore, type IntakeStore } from "../../src/serving/intake-store.js";
@@ -169,6 +169,61 @@ for (const [name, open] of Object.entries(adapters)) {
         }
         const keys = await events.query<{ k: number }>("SELECT user_key AS k FROM users WHERE user_id LIKE 'vacuum-%' ORDER BY user_key");
         expect(keys.map((r) => Number(r.k))).toEqual([maxKey + 1, maxKey + 2, maxKey + 3]);
+      });
+
+      it("gives out the key after the one the writer before it gave, also where the database's default isolation is repeatable read", async () => {
+        const { events, catalog } = opened;
+        const database = new URL(events.location).pathname.slice(1);
+        const maxKey = await count(events, "SELECT max(user_key) AS n FROM users");
+        const admin = new pg.Client({ connectionString: events.location });
+        await admin.connect();
+        await admin.query(`ALTER DATABASE ${database} SET default_transaction_isolation = 'repeatable read'`);
+        // Connections opened from now on begin their transactions at the database's default.
+        const store = await PostgresEventStore.open(events.location);
+        const before = new pg.Client({ connectionString: events.location });
+        await before.connect();
+        try {
+          const intake = new PostgresIntakeStore(store, catalog);
+          const ts = Date.UTC(2025, 5, 5);
+          const writes: [string, (userId: string) => Promise<unknown>][] = [
+            ["intake", (userId) => intake.append([{ userId, item: 0, ts, engagement: null }])],
+            [
+              "ingest",
+              (userId) =>
+                store.append({
+                  events: {
+                    userIds: [userId],
+                    itemIds: [catalog.itemIds[0]],
+                    chunks: [{ length: 1, userIndex: Int32Array.of(0), itemIndex: Int32Array.of(0), ts: Float64Array.of(ts), engagement: Float32Array.of(Number.NaN) }],
+                  },
+                }),
+            ],
+          ];
+          for (const [name, write] of writes) {
+            // The writer before holds the keys' lock, adds a user, and commits once the write waits for the lock: the
+            // write's transaction began before that user existed.
+            await before.query("BEGIN");
+            await lockDenseKeys(before);
+            await before.query("INSERT INTO users (user_key, user_id) SELECT max(user_key) + 1, $1 FROM users", [`isolation-before-${name}`]);
+            const writing = write(`isolation-${name}`);
+            writing.catch(() => undefined);
+            while (Number((await before.query<{ n: number }>("SELECT count(*)::INTEGER AS n FROM pg_locks WHERE NOT granted AND locktype = 'advisory'")).rows[0].n) === 0) {
+              await new Promise((resolve) => setTimeout(resolve, 5));
+            }
+            await before.query("COMMIT");
+            await writing;
+          }
+        } finally {
+          await admin.query(`ALTER DATABASE ${database} RESET default_transaction_isolation`);
+          await Promise.all([admin.end(), before.end(), store.close()]);
+        }
+        const keys = await events.query<{ user_id: string; k: number }>("SELECT user_id, user_key AS k FROM users WHERE user_id LIKE 'isolation-%' ORDER BY user_key");
+        expect(keys.map((r) => [r.user_id, Number(r.k)])).toEqual([
+          ["isolation-before-intake", maxKey + 1],
+          ["isolation-intake", maxKey + 2],
+          ["isolation-before-ingest", maxKey + 3],
+          ["isolation-ingest", maxKey + 4],
+        ]);
       });
     }
   });
