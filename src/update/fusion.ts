@@ -1449,7 +1449,8 @@ export class FusionScorer implements PromptScorer {
     private readonly thread: FusionThread | null = null,
     chunk = 256,
   ) {
-    this.chunk = Math.max(1, Math.floor(chunk));
+    if (!(Number.isInteger(chunk) && chunk >= 1)) throw new FreshrecError("INTERNAL", `fusion: a chunk of ${chunk} pairs (a whole number from 1)`);
+    this.chunk = chunk;
     this.index = new Map(evidence.clusters.map((c, i) => [c, i]));
     if (prior && (prior.clusters.length !== evidence.clusters.length || prior.clusters.some((c, i) => c !== evidence.clusters[i]))) {
       throw new FreshrecError("INTERNAL", "fusion: the prior and the evidence index different cluster lists");

@@ -177,12 +177,13 @@ for (const [name, open] of Object.entries(adapters)) {
         const maxKey = await count(events, "SELECT max(user_key) AS n FROM users");
         const admin = new pg.Client({ connectionString: events.location });
         await admin.connect();
-        await admin.query(`ALTER DATABASE ${database} SET default_transaction_isolation = 'repeatable read'`);
-        // Connections opened from now on begin their transactions at the database's default.
-        const store = await PostgresEventStore.open(events.location);
         const before = new pg.Client({ connectionString: events.location });
-        await before.connect();
+        let store: PostgresEventStore | undefined;
         try {
+          await admin.query(`ALTER DATABASE ${database} SET default_transaction_isolation = 'repeatable read'`);
+          // Connections opened from now on begin their transactions at the database's default.
+          store = await PostgresEventStore.open(events.location);
+          await before.connect();
           const intake = new PostgresIntakeStore(store, catalog);
           const ts = Date.UTC(2025, 5, 5);
           const writes: [string, (userId: string) => Promise<unknown>][] = [
@@ -190,7 +191,7 @@ for (const [name, open] of Object.entries(adapters)) {
             [
               "ingest",
               (userId) =>
-                store.append({
+                store!.append({
                   events: {
                     userIds: [userId],
                     itemIds: [catalog.itemIds[0]],
@@ -205,17 +206,18 @@ for (const [name, open] of Object.entries(adapters)) {
             await before.query("BEGIN");
             await lockDenseKeys(before);
             await before.query("INSERT INTO users (user_key, user_id) SELECT max(user_key) + 1, $1 FROM users", [`isolation-before-${name}`]);
-            const writing = write(`isolation-${name}`);
+            let settled = false;
+            const writing = write(`isolation-${name}`).finally(() => (settled = true));
             writing.catch(() => undefined);
-            while (Number((await before.query<{ n: number }>("SELECT count(*)::INTEGER AS n FROM pg_locks WHERE NOT granted AND locktype = 'advisory'")).rows[0].n) === 0) {
-              await new Promise((resolve) => setTimeout(resolve, 5));
-            }
+            // Until the write waits for an advisory lock in this database (or ends without waiting: then it says why).
+            const waiting = "SELECT count(*)::INTEGER AS n FROM pg_locks WHERE NOT granted AND locktype = 'advisory' AND database = (SELECT oid FROM pg_database WHERE datname = current_database())";
+            while (!settled && Number((await before.query<{ n: number }>(waiting)).rows[0].n) === 0) await new Promise((resolve) => setTimeout(resolve, 5));
             await before.query("COMMIT");
             await writing;
           }
         } finally {
           await admin.query(`ALTER DATABASE ${database} RESET default_transaction_isolation`);
-          await Promise.all([admin.end(), before.end(), store.close()]);
+          await Promise.all([admin.end(), before.end(), store?.close()]);
         }
         const keys = await events.query<{ user_id: string; k: number }>("SELECT user_id, user_key AS k FROM users WHERE user_id LIKE 'isolation-%' ORDER BY user_key");
         expect(keys.map((r) => [r.user_id, Number(r.k)])).toEqual([

@@ -751,7 +751,8 @@ describe("a refresh's second thread", () => {
           expect(a.clusters).toEqual(b.clusters);
         }
       }
-      // This thread's own chunks: while the second thread answers another request, this one takes every chunk.
+      // This thread's own chunks: while the second thread answers another request, this one takes the batch's chunks
+      // (a chunk computed from the wrong pairs here fails the comparison).
       const observations = SliceObservations.of(logOf(rows), { from: T - 2 * DAY_MS, to: T }, prior);
       const busy = thread.countsOnlyFit({ observations: observations.data, prior, start: sliceStart(logOf(rows), observations, { from: T - 28 * DAY_MS, to: T }) });
       const allHere = await there[0].scorePacked(prompts, 4);
