@@ -137,7 +137,7 @@ const DENSE_KEYS_LOCK = 0x66726574;
  * clusters, items and users (max + row_number): a writer waits for the one before it to commit, so no key is given
  * twice and keys grow in commit order (what `readAppends` reads by). An advisory lock, not a table lock: every table
  * lock that excludes other writers also waits for (auto)vacuum and analyze of that table, which hold it for as long as
- * they run, so intake stalled for each pass (100-180 ms, about once a minute on a busy store).
+ * they run: intake stalled for every pass of theirs.
  */
 export async function lockDenseKeys(client: pg.ClientBase): Promise<void> {
   await client.query("SELECT pg_advisory_xact_lock($1)", [DENSE_KEYS_LOCK]);

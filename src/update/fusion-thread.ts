@@ -5,8 +5,8 @@
  * order: candidate windows of the coarse pass (both threads take the next one from one shared counter) and the rows
  * of each batch, in chunks taken from one shared counter: the second thread from the moment the batch is asked for,
  * this one a chunk per turn of its event loop once the build has written (or, on an asynchronous store, started
- * writing) the last batch (writing is a third of the rows' work; the second thread alone left this one idle half the
- * build). It runs the same code (`SliceLikelihood`, `FusionRows`) on
+ * writing) the last batch (writing takes less than the rows: the second thread alone left this one waiting for much
+ * of the build). It runs the same code (`SliceLikelihood`, `FusionRows`) on
  * the same inputs, so every strength, likelihood and row is the same bit for bit as on one thread. The chosen
  * window's fit without the prior also runs there, while the refresh's own thread fits the one with it.
  *
