@@ -65,6 +65,19 @@ const adapters: Record<"duckdb" | "postgres", () => Promise<Opened>> = {
   },
 };
 
+/**
+ * Polls until some connection waits for a lock of one of `locktypes` in `client`'s database (true), or `settled` says
+ * the writes being watched ended first (false).
+ */
+async function lockWaited(client: pg.Client, locktypes: readonly ("relation" | "advisory")[], settled: () => boolean): Promise<boolean> {
+  const waiting = "SELECT count(*)::INTEGER AS n FROM pg_locks WHERE NOT granted AND locktype = ANY($1) AND database = (SELECT oid FROM pg_database WHERE datname = current_database())";
+  while (!settled()) {
+    if ((await client.query<{ n: number }>(waiting, [locktypes])).rows[0].n > 0) return true;
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+  return false;
+}
+
 const count = async (store: EventStoreContract, sql: string) => Number((await store.query<{ n: number | bigint }>(sql))[0].n);
 
 for (const [name, open] of Object.entries(adapters)) {
@@ -151,17 +164,11 @@ for (const [name, open] of Object.entries(adapters)) {
             stores[1].append([{ userId: "vacuum-b", item: 0, ts, engagement: null }]),
             events.append({ events: ingest }),
           ]);
-          // Until they are done: a write waiting for a table's lock (the writers wait for each other on an advisory one).
+          // Until they are done, no write may wait for a table's lock (the writers wait for each other on an advisory one).
           let done = false;
-          const waiting = async (): Promise<never> => {
-            while (!done) {
-              const { rows } = await vacuum.query<{ n: number }>("SELECT count(*)::INTEGER AS n FROM pg_locks WHERE NOT granted AND locktype = 'relation'");
-              if (rows[0].n > 0) throw new Error("a write waits for the vacuum's lock on a table");
-              await new Promise((resolve) => setTimeout(resolve, 10));
-            }
-            return new Promise<never>(() => {});
-          };
-          const [a, b, c] = await Promise.race([writes, waiting()]).finally(() => (done = true));
+          writes.finally(() => (done = true)).catch(() => undefined);
+          if (await lockWaited(vacuum, ["relation"], () => done)) throw new Error("a write waits for the vacuum's lock on a table");
+          const [a, b, c] = await writes;
           expect([a, b, c.eventsAdded]).toEqual([[true], [true], 1]);
         } finally {
           await vacuum.query("ROLLBACK");
@@ -209,9 +216,8 @@ for (const [name, open] of Object.entries(adapters)) {
             let settled = false;
             const writing = write(`isolation-${name}`).finally(() => (settled = true));
             writing.catch(() => undefined);
-            // Until the write waits for an advisory lock in this database (or ends without waiting: then it says why).
-            const waiting = "SELECT count(*)::INTEGER AS n FROM pg_locks WHERE NOT granted AND locktype = 'advisory' AND database = (SELECT oid FROM pg_database WHERE datname = current_database())";
-            while (!settled && Number((await before.query<{ n: number }>(waiting)).rows[0].n) === 0) await new Promise((resolve) => setTimeout(resolve, 5));
+            // Until the write waits for the lock the writer before holds (or ends without waiting: then it says why).
+            await lockWaited(before, ["advisory", "relation"], () => settled);
             await before.query("COMMIT");
             await writing;
           }
