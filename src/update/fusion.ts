@@ -299,17 +299,14 @@ export interface SliceObservationsData {
   /** Per distinct triple of the observations: its pair and next cluster. */
   readonly triplePair: Int32Array;
   readonly tripleNext: Int32Array;
-  /** Per observation: log of the LLM prior's probability of its next cluster (floored as the weights use it), and of its marginal. */
-  readonly obsLogPrior: Float64Array;
-  readonly obsLogMarginal: Float64Array;
+  /** Per distinct triple: log of the LLM prior's probability of its next cluster (floored as the weights use it). */
+  readonly tripleLogPrior: Float64Array;
   /**
    * Per pair, its prior's top-M answers among the known clusters, copied out of the prior (pair i's are at
-   * [i * M, i * M + answerCount[i])) with the log of their floored probabilities and of their marginals, and the
-   * log of its rest.
+   * [i * M, i * M + answerCount[i])) with the log of their floored probabilities, and the log of its rest.
    */
   readonly answerNext: Int32Array;
   readonly answerLogP: Float64Array;
-  readonly answerLogMarginal: Float64Array;
   readonly answerCount: Int32Array;
   readonly logRest: Float64Array;
   /** The distinct second clusters of the slice's pairs: the only backoff rows the likelihood reads. */
@@ -354,7 +351,6 @@ function observationsOf(log: EvidenceLog, slice: TimeWindow, prior: LlmPrior | n
   const topM = prior?.topM ?? 0;
   const answerNext = new Int32Array(pairs.length * topM);
   const answerLogP = new Float64Array(pairs.length * topM);
-  const answerLogMarginal = new Float64Array(pairs.length * topM);
   const answerCount = new Int32Array(pairs.length);
   const logRest = new Float64Array(pairs.length);
   if (prior) {
@@ -368,7 +364,6 @@ function observationsOf(log: EvidenceLog, slice: TimeWindow, prior: LlmPrior | n
         if (prior.known && !prior.known[n]) continue;
         answerNext[i * topM + kept] = n;
         answerLogP[i * topM + kept] = logs.probability[p * topM + k];
-        answerLogMarginal[i * topM + kept] = logMarginal![(p % K) * K + n];
         kept++;
       }
       answerCount[i] = kept;
@@ -386,11 +381,9 @@ function observationsOf(log: EvidenceLog, slice: TimeWindow, prior: LlmPrior | n
     obsPrevious,
     triplePair: Int32Array.from(triplePair),
     tripleNext: Int32Array.from(tripleNext),
-    obsLogPrior: Float64Array.from(obsPair, (i, o) => (prior ? Math.log(Math.max(priorProbability(prior, pairs[i], obsNext[o]), 1e-12)) : 0)),
-    obsLogMarginal: Float64Array.from(obsPair, (i, o) => (logMarginal ? logMarginal[(pairs[i] % K) * K + obsNext[o]] : 0)),
+    tripleLogPrior: Float64Array.from(triplePair, (i, t) => (prior ? Math.log(Math.max(priorProbability(prior, pairs[i], tripleNext[t]), 1e-12)) : 0)),
     answerNext,
     answerLogP,
-    answerLogMarginal,
     answerCount,
     logRest,
     rows: Int32Array.from(rowRead.keys()).filter((c2) => rowRead[c2] === 1),
@@ -415,6 +408,14 @@ export class SliceObservations {
   readonly restWeight: Float64Array;
   readonly obsWeightTau: Float64Array;
   readonly marginalWeight: Float64Array;
+  /**
+   * Stage tau alone: each answer's and each triple's probability^tau. A weight is its probability^tau times its
+   * marginal's weight, so a search of lift, which moves only the marginal's weights, takes no exponential per answer
+   * or observation.
+   */
+  private readonly answerPower: Float64Array;
+  private readonly triplePower: Float64Array;
+  private stagedPowerTau = Number.NaN;
   private stagedTau = Number.NaN;
   private stagedLift = Number.NaN;
 
@@ -427,9 +428,11 @@ export class SliceObservations {
     const pairs = this.pairC1.length;
     const topM = prior?.topM ?? 0;
     this.answerExcess = new Float64Array(pairs * topM);
+    this.answerPower = new Float64Array(pairs * topM);
     this.restWeight = new Float64Array(pairs);
     this.obsWeightTau = new Float64Array(prior ? this.transitions : 0);
     this.marginalWeight = new Float64Array(prior ? K * K : 0);
+    this.triplePower = new Float64Array(prior ? this.triplePair.length : 0);
   }
 
   static of(log: EvidenceLog, slice: TimeWindow, prior: LlmPrior | null): SliceObservations {
@@ -440,19 +443,26 @@ export class SliceObservations {
   stagePrior(tau: number, lift: number): void {
     if (tau === this.stagedTau && lift === this.stagedLift) return;
     const topM = this.prior!.topM;
-    const marginalPower = -lift * tau;
     const K = this.K;
-    const { marginalWeight, restWeight, answerExcess, obsWeightTau, logMarginal, logRest, answerLogP, answerLogMarginal, answerNext, answerCount, pairC2 } = this;
+    const { marginalWeight, restWeight, answerExcess, answerPower, triplePower, obsWeightTau, logMarginal, answerNext, answerCount, pairC2 } = this;
+    if (tau !== this.stagedPowerTau) {
+      const { logRest, answerLogP, tripleLogPrior } = this;
+      for (let i = 0; i < pairC2.length; i++) {
+        restWeight[i] = Math.exp(tau * logRest[i]);
+        for (let k = i * topM, end = k + answerCount[i]; k < end; k++) answerPower[k] = Math.exp(tau * answerLogP[k]);
+      }
+      for (let t = 0; t < triplePower.length; t++) triplePower[t] = Math.exp(tau * tripleLogPrior[t]);
+      this.stagedPowerTau = tau;
+    }
+    const marginalPower = -lift * tau;
     for (const c2 of this.rows) for (let at = c2 * K, end = at + K; at < end; at++) marginalWeight[at] = Math.exp(marginalPower * logMarginal![at]);
     for (let i = 0; i < pairC2.length; i++) {
-      const rest = (restWeight[i] = Math.exp(tau * logRest[i]));
+      const rest = restWeight[i];
       const row = pairC2[i] * K;
-      for (let k = i * topM, end = k + answerCount[i]; k < end; k++) {
-        const weight = Math.exp(tau * answerLogP[k] + marginalPower * answerLogMarginal[k]);
-        answerExcess[k] = weight - rest * marginalWeight[row + answerNext[k]];
-      }
+      for (let k = i * topM, end = k + answerCount[i]; k < end; k++) answerExcess[k] = marginalWeight[row + answerNext[k]] * (answerPower[k] - rest);
     }
-    for (let o = 0; o < obsWeightTau.length; o++) obsWeightTau[o] = Math.exp(tau * this.obsLogPrior[o] + marginalPower * this.obsLogMarginal[o]);
+    const { obsTriple, obsPair, obsNext } = this;
+    for (let o = 0; o < obsWeightTau.length; o++) obsWeightTau[o] = triplePower[obsTriple[o]] * marginalWeight[pairC2[obsPair[o]] * K + obsNext[o]];
     this.stagedTau = tau;
     this.stagedLift = lift;
   }
