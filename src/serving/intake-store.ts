@@ -68,11 +68,12 @@ export interface IntakeStore {
 
 /**
  * DuckDB's `checkpoint_threshold` while intake writes: the size of write-ahead log at which DuckDB checkpoints inside
- * the commit that reaches it, every append waiting meanwhile (a checkpoint holds the events table, and the store
- * queue sends one statement at a time). Intake checkpoints in its quiet moments (`settle`) long before; under a load
- * that never pauses, a larger log makes these stalls rarer, and since most of a checkpoint's cost does not grow with
- * the log, fewer requests wait in all. What it costs: the log's data waits in memory, and a start after a crash
- * replays a longer log.
+ * the commit that reaches it, every append waiting meanwhile (a checkpoint holds every table of the file, whichever
+ * connection appends to it; only a separately attached file takes appends meanwhile). Intake checkpoints in
+ * its quiet moments (`settle`) long before; under a load that never pauses, a larger log makes these stalls rarer and
+ * longer: a checkpoint's time grows with the log it moves, but less than in proportion (the users' index it rewrites
+ * and the row group it completes cost the same for a small log), so fewer batches wait in all, each longer. What it
+ * costs besides: the log's data waits in memory, and a start after a crash replays a longer log.
  */
 const CHECKPOINT_LOG_BYTES = 64 * 2 ** 20;
 /**
