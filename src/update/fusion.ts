@@ -400,19 +400,18 @@ export interface SliceObservations extends SliceObservationsData {}
 export class SliceObservations {
   /**
    * Stage (tau, lift) of every likelihood of these observations: the prior's weights (l^tau, module comment) of each
-   * observation, each pair's rest's probability^tau, the marginal's weights (marginal^(-lift * tau)) of the rows'
-   * entries, and what each of a pair's top-M answers weighs beyond the rest's weight there (its l^tau less rest^tau x
-   * its marginal weight).
+   * observation, the marginal's weights (marginal^(-lift * tau)) of the rows' entries, and what each of a pair's top-M
+   * answers weighs beyond the rest's weight there (its l^tau less rest^tau x its marginal weight).
    */
   readonly answerExcess: Float64Array;
-  readonly restWeight: Float64Array;
   readonly obsWeightTau: Float64Array;
   readonly marginalWeight: Float64Array;
   /**
-   * Stage tau alone: each answer's and each triple's probability^tau. A weight is its probability^tau times its
-   * marginal's weight, so a search of lift, which moves only the marginal's weights, takes no exponential per answer
-   * or observation.
+   * Stage tau alone: each pair's rest's probability^tau, and each answer's and each triple's probability^tau. A weight
+   * is its probability^tau times its marginal's weight, so a search of lift, which moves only the marginal's weights,
+   * takes no exponential per answer or observation.
    */
+  readonly restWeight: Float64Array;
   private readonly answerPower: Float64Array;
   private readonly triplePower: Float64Array;
   private stagedPowerTau = Number.NaN;
@@ -439,7 +438,7 @@ export class SliceObservations {
     return new SliceObservations(observationsOf(log, slice, prior), prior);
   }
 
-  /** The prior's weights for (tau, lift) (as exp(tau * log p): one exp per weight where pow costs several). */
+  /** The prior's weights for (tau, lift) (each probability^tau as exp(tau * log p): one exp where pow costs several). */
   stagePrior(tau: number, lift: number): void {
     if (tau === this.stagedTau && lift === this.stagedLift) return;
     const topM = this.prior!.topM;
