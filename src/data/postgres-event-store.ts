@@ -21,7 +21,7 @@
  * await store.close();
  */
 import pg from "pg";
-import { BEGIN_READ_COMMITTED, inTransaction, openStorePool, redactedUrl } from "./postgres-pool.js";
+import { inTransaction, openStorePool, redactedUrl } from "./postgres-pool.js";
 import type { Cluster, Item } from "../domain/types.js";
 import { FreshrecError } from "../domain/errors.js";
 import {
@@ -270,32 +270,30 @@ export class PostgresEventStore implements EventStoreContract {
    */
   async append(request: AppendRequest): Promise<AppendResult> {
     if (request.identity) await this.checkIdentity(request.identity);
-    const client = await this.pool.connect();
     try {
-      await client.query(BEGIN_READ_COMMITTED);
       // Dense keys are max + row_number: appends from other processes wait for this one to commit.
-      await lockDenseKeys(client);
-      const clustersAdded = request.clusters?.length ? await this.upsertClusters(client, request.clusters) : 0;
-      const itemsAdded = request.items?.length ? await this.upsertItems(client, request.items) : 0;
-      let eventsAdded = 0;
-      let skippedDuplicates = 0;
-      if (request.events) ({ eventsAdded, skippedDuplicates } = await this.insertEvents(client, request.events));
-      // A catalog change without events numbers its append too, so that replicas hear of the new items (a changed
-      // row numbers it through its trigger).
-      if (clustersAdded + itemsAdded > 0) await client.query("SELECT freshrec_append_seq()");
-      for (const [key, value] of Object.entries({ ...request.meta, ...request.identity })) {
-        await this.run(client, "INSERT INTO meta VALUES ($key, $value) ON CONFLICT (key) DO UPDATE SET value = excluded.value", { key, value });
-      }
-      await client.query("COMMIT");
-      return { clustersAdded, itemsAdded, eventsAdded, skippedDuplicates };
+      return await inTransaction(this.pool, (client) => this.appendOn(client, request), DENSE_KEYS_LOCK);
     } catch (error) {
-      await client.query("ROLLBACK").catch(() => {});
       throw error instanceof FreshrecError
         ? error
         : new FreshrecError("INTERNAL", `appending to the event store failed, nothing was written: ${(error as Error).message}`, { cause: error });
-    } finally {
-      client.release();
     }
+  }
+
+  /** `append`'s statements, inside its transaction. */
+  private async appendOn(client: pg.PoolClient, request: AppendRequest): Promise<AppendResult> {
+    const clustersAdded = request.clusters?.length ? await this.upsertClusters(client, request.clusters) : 0;
+    const itemsAdded = request.items?.length ? await this.upsertItems(client, request.items) : 0;
+    let eventsAdded = 0;
+    let skippedDuplicates = 0;
+    if (request.events) ({ eventsAdded, skippedDuplicates } = await this.insertEvents(client, request.events));
+    // A catalog change without events numbers its append too, so that replicas hear of the new items (a changed
+    // row numbers it through its trigger).
+    if (clustersAdded + itemsAdded > 0) await client.query("SELECT freshrec_append_seq()");
+    for (const [key, value] of Object.entries({ ...request.meta, ...request.identity })) {
+      await this.run(client, "INSERT INTO meta VALUES ($key, $value) ON CONFLICT (key) DO UPDATE SET value = excluded.value", { key, value });
+    }
+    return { clustersAdded, itemsAdded, eventsAdded, skippedDuplicates };
   }
 
   /**

@@ -65,7 +65,7 @@ export async function inTransaction<T>(pool: pg.Pool, work: (client: pg.PoolClie
  * writer before it committed (max + row_number keys) needs each statement's own snapshot, and at REPEATABLE READ the
  * lock's SELECT would fix the snapshot before the lock was granted.
  */
-export const BEGIN_READ_COMMITTED = "BEGIN ISOLATION LEVEL READ COMMITTED";
+const BEGIN_READ_COMMITTED = "BEGIN ISOLATION LEVEL READ COMMITTED";
 
 /** The same on a connection the caller holds (a table build's, which keeps its session lock across transactions). */
 export async function transactionOn<T>(client: pg.ClientBase, work: () => Promise<T>, lock?: number): Promise<T> {
