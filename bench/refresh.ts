@@ -8,11 +8,13 @@
  * version): target <= 1 s beyond its counting (reading the log and counting the windows it compares; beyond it, the
  * fit and the build up to the finished table, its rows committed durably: the build's last commit, which syncs the
  * table store's log, is counted too), run three
- * times (the median by time beyond counting serves; the others are printed, and the spread is in the keys). At 300
+ * times (the median by time beyond counting serves; the others are printed, and the spread is in the keys; the first,
+ * whose code is not compiled yet, is what a one-off `freshrec refresh` pays, so it is a row of its own). At 300
  * clusters a refresh works on two threads (src/update/fusion-thread.ts): the process's second thread starts with the
  * first refresh, while it reads its log, and serves the three.
  * Keys: refresh_full_300_seconds, refresh_incremental_300_seconds, refresh_incremental_rescored_share,
- * refresh_fusion_300_seconds, refresh_fusion_300_beyond_counting_seconds (and its _min and _max over the runs), and
+ * refresh_fusion_300_seconds, refresh_fusion_300_beyond_counting_seconds (and its _min and _max over the runs, and
+ * refresh_fusion_300_first_beyond_counting_seconds for the first), and
  * the CPU seconds of the median run's fit and build (the process's, every thread's: on a shared host the wall
  * seconds also measure the host) with the load average before the runs.
  */
@@ -116,6 +118,7 @@ export async function run(): Promise<BenchSuiteResult> {
         refresh_fusion_prior_300_seconds: priorSeconds,
         refresh_fusion_300_beyond_counting_min_seconds: beyond(byBeyond[0]),
         refresh_fusion_300_beyond_counting_max_seconds: beyond(byBeyond[byBeyond.length - 1]),
+        refresh_fusion_300_first_beyond_counting_seconds: beyond(fusedRuns[0]),
       },
       rows: [
         {
@@ -150,6 +153,15 @@ export async function run(): Promise<BenchSuiteResult> {
           unit: "s",
           target: "<= 1",
           met: fusion.fitSeconds + fusion.buildSeconds <= 1,
+        },
+        {
+          // A one-off `freshrec refresh` is a new process: its refresh runs code not compiled yet, as this first run
+          // does (a serving scheduler's later refreshes are the warm ones the median stands for).
+          metric: "  beyond counting, the process's first fusion refresh (the fusion code not yet compiled by the JIT, as in a one-off `freshrec refresh`)",
+          value: beyond(fusedRuns[0]),
+          unit: "s",
+          target: "<= 1",
+          met: beyond(fusedRuns[0]) <= 1,
         },
         { metric: "    of which fitting the window and strengths", value: fusion.fitSeconds, unit: "s" },
         { metric: "    of which computing and writing the rows, and finishing the table", value: fusion.buildSeconds, unit: "s" },
