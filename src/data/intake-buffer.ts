@@ -1,0 +1,325 @@
+/**
+ * The intake buffer: a DuckDB file attached beside the workspace's event store (`events.duckdb` ->
+ * `events.intake.duckdb`), where the server's event intake writes what it acknowledges, and a mover that moves those
+ * rows into the event store off intake's path.
+ *
+ * Why: a DuckDB checkpoint of a file holds every append to that file, on any connection and to any table, for its
+ * whole time (hundreds of milliseconds for the event store), while appends to a separately attached file go on. With
+ * intake writing here, the event store's checkpoints (DuckDB's own, at `checkpoint_threshold`, and those the server
+ * runs in quiet moments) hold only the mover; this file's are small, since every move empties it.
+ *
+ * - Rows: each buffered table is the event store's table of the same name plus `seq`, the number of the commit that
+ *   wrote it (one per transaction, increasing: `allocate`). Intake writes `events` and `users` (new users keyed from
+ *   its own counter, the next after every key of both files: only this process writes either while it serves); the
+ *   server's experiment log writes `experiment_exposures` and `experiment_outcomes`. `intake_keys` (idempotency
+ *   keys) live here for good: nothing else reads them.
+ * - A move: one transaction on the event store inserts every buffered row with `seq` in (moved, X] and records X
+ *   (`meta` key `intake_moved_seq`); a second deletes the moved rows from this file (DuckDB lets one transaction
+ *   write one attached database only). A crash between the two moves nothing twice: rows at or below the recorded
+ *   seq are never moved again, and `attach` deletes them. A failed move is rolled back, counted and retried; no row
+ *   is dropped.
+ * - Readers: `EventStore` moves everything buffered before each read and each append (./event-store.ts), so
+ *   whatever reads the store (grounding, analysis, scheduled refreshes, readers through ./event-store-share.ts) sees
+ *   every acknowledged event, and an append numbers its new users after the buffered ones.
+ * - The mover runs on a connection of its own, one move at a time, never through the server's store queue: an intake
+ *   append never waits for a move's commit or the checkpoint it runs.
+ *
+ * @example
+ * const buffer = await store.intakeBuffer(); // attached on first use; a leftover one is moved at EventStore.open
+ * const seq = buffer.allocate(); // ... intake appends rows with this seq on buffer.connection, commits ...
+ * buffer.committed(rows);
+ * await buffer.drain(); // everything buffered is in the event store
+ */
+import { existsSync, statSync } from "node:fs";
+import type { DuckDBConnection, DuckDBInstance } from "@duckdb/node-api";
+import { FreshrecError } from "../domain/errors.js";
+
+/** The name the buffer is attached under (a file named after it could not be the event store: ours ends in .duckdb). */
+export const INTAKE_BUFFER = "freshrec_intake";
+
+/** The `meta` key (in the event store) of the last seq moved. */
+export const MOVED_SEQ_KEY = "intake_moved_seq";
+
+/**
+ * The write-ahead log at which the mover checkpoints the buffer after a move: it holds appends that every move
+ * deleted again, so a checkpoint has little to write, and a small log keeps it that way (an intake append waits for
+ * a checkpoint of this file while it runs).
+ */
+export const BUFFER_CHECKPOINT_LOG_BYTES = 4 * 2 ** 20;
+
+/** How long after a buffered write the mover moves it, at most (readers move before they read, whatever this is). */
+export const DEFAULT_MOVE_AFTER_MS = 1000;
+
+/** The buffer file of the event store at `eventsPath` (beside it); null for a store in memory (buffered in memory). */
+export function intakeBufferPath(eventsPath: string): string | null {
+  if (eventsPath === ":memory:") return null;
+  return eventsPath.endsWith(".duckdb") ? `${eventsPath.slice(0, -".duckdb".length)}.intake.duckdb` : `${eventsPath}.intake`;
+}
+
+/** What the mover did so far (the server's /metrics and /healthz). */
+export interface IntakeBufferStatus {
+  /** Rows written to the buffer and not moved yet. */
+  readonly backlog: number;
+  readonly moves: number;
+  readonly rowsMoved: number;
+  readonly moveFailures: number;
+  readonly lastMoveError: string | null;
+  /** Checkpoints of the buffer file the mover ran. */
+  readonly bufferCheckpoints: number;
+}
+
+export class IntakeBuffer {
+  /** The last seq given out by `allocate`. */
+  private lastSeq: number;
+  private movedSeq: number;
+  private backlogRows = 0;
+  /** The running move (or drain), which the next one waits for. */
+  private moving: Promise<unknown> = Promise.resolve();
+  private moveTimer: NodeJS.Timeout | null = null;
+  private closed = false;
+  private readonly tables = new Set<string>();
+  moves = 0;
+  rowsMoved = 0;
+  moveFailures = 0;
+  lastMoveError: unknown = null;
+  bufferCheckpoints = 0;
+  /** Told of each failed move (the server logs it); the move is retried. */
+  onMoveError: ((error: unknown) => void) | null = null;
+  moveAfterMs = DEFAULT_MOVE_AFTER_MS;
+
+  private constructor(
+    /** Intake's connection, whose default database is the buffer: its statements never touch the event store's file. */
+    readonly connection: DuckDBConnection,
+    private readonly mover: DuckDBConnection,
+    /** The event store's database name (quoted), as statements on the buffer's connection name it. */
+    readonly store: string,
+    readonly path: string | null,
+    private readonly storePath: string,
+    movedSeq: number,
+    lastSeq: number,
+  ) {
+    this.movedSeq = movedSeq;
+    this.lastSeq = lastSeq;
+  }
+
+  /**
+   * Attaches the buffer (creating its file if needed) to the instance of the event store at `storePath`, deletes
+   * rows a crash left behind after moving them, and counts the rest as the backlog (moved by the next `drain`).
+   * `main` is a connection to the event store (its default database).
+   */
+  static async attach(instance: DuckDBInstance, main: DuckDBConnection, storePath: string): Promise<IntakeBuffer> {
+    const path = intakeBufferPath(storePath);
+    const fresh = path === null || !existsSync(path);
+    try {
+      const [[database]] = (await main.runAndReadAll("SELECT current_database()")).getRows() as [[string]];
+      const store = quote(database);
+      await main.run(`ATTACH '${(path ?? ":memory:").replace(/'/g, "''")}' AS ${INTAKE_BUFFER}`);
+      const connection = await instance.connect();
+      await connection.run(`USE ${INTAKE_BUFFER}`);
+      const mover = await instance.connect();
+      await connection.run(
+        "CREATE TABLE IF NOT EXISTS intake_keys (key VARCHAR PRIMARY KEY, body_hash VARCHAR NOT NULL, result VARCHAR NOT NULL, created_at BIGINT NOT NULL)",
+      );
+      // Keys recorded in the event store before intake wrote here still answer.
+      const oldKeys = await connection.runAndReadAll(`SELECT count(*) FROM duckdb_tables() WHERE database_name = '${database.replace(/'/g, "''")}' AND table_name = 'intake_keys'`);
+      if (fresh && Number(oldKeys.getRows()[0][0]) > 0) await connection.run(`INSERT INTO intake_keys SELECT * FROM ${store}.main.intake_keys ON CONFLICT DO NOTHING`);
+      const moved = await main.runAndReadAll(`SELECT value FROM meta WHERE key = '${MOVED_SEQ_KEY}'`);
+      const movedSeq = moved.currentRowCount ? Number(moved.getRows()[0][0]) : 0;
+      const buffer = new IntakeBuffer(connection, mover, store, path, storePath, movedSeq, movedSeq);
+      for (const table of await buffer.bufferedTables()) buffer.tables.add(table);
+      await buffer.table("events");
+      await buffer.table("users");
+      // A crash between a move's two transactions: those rows are in the event store already.
+      await buffer.deleteMoved();
+      let backlog = 0;
+      for (const table of buffer.tables) {
+        const [[rows, last]] = (await mover.runAndReadAll(`SELECT count(*), coalesce(max(seq), 0) FROM ${INTAKE_BUFFER}.${quote(table)}`)).getRows() as [[bigint, bigint]];
+        backlog += Number(rows);
+        buffer.lastSeq = Math.max(buffer.lastSeq, Number(last));
+      }
+      buffer.backlogRows = backlog;
+      return buffer;
+    } catch (error) {
+      throw new FreshrecError("INTERNAL", `cannot attach the intake buffer ${path ?? "(in memory)"} of the event store ${storePath}: ${(error as Error).message}`, { cause: error });
+    }
+  }
+
+  /**
+   * Makes sure the buffer has the table `name`: the event store's table of that name (which must exist) with `seq`
+   * first, so a move copies every other column in order.
+   * @returns the table's name as the buffer's connection names it.
+   */
+  async table(name: string): Promise<string> {
+    if (!this.tables.has(name)) {
+      await this.connection.run(`CREATE TABLE IF NOT EXISTS ${quote(name)} AS SELECT 0::BIGINT AS seq, * FROM ${this.store}.main.${quote(name)} LIMIT 0`);
+      this.tables.add(name);
+    }
+    return quote(name);
+  }
+
+  /** The seq of the next transaction that writes to the buffer (all its rows carry it). */
+  allocate(): number {
+    return ++this.lastSeq;
+  }
+
+  /** Tells the buffer a transaction committed `rows` rows; the mover moves them within `moveAfterMs`. */
+  committed(rows: number): void {
+    this.backlogRows += rows;
+    if (rows > 0) this.scheduleMove();
+  }
+
+  /** Whether rows wait to be moved. */
+  get pending(): boolean {
+    return this.lastSeq > this.movedSeq || this.backlogRows > 0;
+  }
+
+  status(): IntakeBufferStatus {
+    return {
+      backlog: this.backlogRows,
+      moves: this.moves,
+      rowsMoved: this.rowsMoved,
+      moveFailures: this.moveFailures,
+      lastMoveError: this.lastMoveError === null ? null : this.lastMoveError instanceof Error ? this.lastMoveError.message : String(this.lastMoveError),
+      bufferCheckpoints: this.bufferCheckpoints,
+    };
+  }
+
+  /**
+   * Moves everything buffered so far into the event store (after any move running now).
+   * @throws FreshrecError when the move fails (rolled back: the rows stay buffered, and the next move takes them).
+   */
+  async drain(): Promise<void> {
+    if (this.closed) return;
+    await this.exclusive(async () => {
+      if (!this.pending) return;
+      await this.moveCommitted();
+      await this.deleteMoved();
+      await this.checkpointBuffer();
+    });
+  }
+
+  /**
+   * Runs `task` while no move runs (and none starts): intake reads both files' users this way, so that no user is
+   * between them (moved, not yet deleted) while it reads.
+   */
+  exclusive<T>(task: () => Promise<T>): Promise<T> {
+    const result = this.moving.then(task, task);
+    this.moving = result.catch(() => undefined);
+    return result;
+  }
+
+  /**
+   * Checkpoints the event store on the mover's connection when its write-ahead log holds at least `minLogBytes`,
+   * after a move (a checkpoint of the event store now holds only the mover).
+   * @returns whether it ran.
+   */
+  async settle(minLogBytes: number): Promise<boolean> {
+    await this.drain();
+    return this.exclusive(async () => {
+      if (this.closed || this.storePath === ":memory:") return false;
+      const logged = statSync(`${this.storePath}.wal`, { throwIfNoEntry: false })?.size ?? 0;
+      if (logged === 0 || logged < minLogBytes) return false;
+      await this.mover.run(`CHECKPOINT ${this.store}`);
+      return true;
+    });
+  }
+
+  /**
+   * The first step of a move, alone (a move is this, then `deleteMoved`): copies every buffered row above the
+   * recorded seq into the event store and records the largest seq copied, in one transaction.
+   * @returns the rows copied.
+   */
+  async moveCommitted(): Promise<number> {
+    const m = this.mover;
+    await m.run("BEGIN TRANSACTION");
+    try {
+      // Read inside the transaction: its snapshot of the buffer is the one the copies below read.
+      const parts = [...this.tables].map((t) => `SELECT max(seq) AS s FROM ${INTAKE_BUFFER}.${quote(t)}`).join(" UNION ALL ");
+      const [[top]] = (await m.runAndReadAll(`SELECT coalesce(max(s), 0) FROM (${parts})`)).getRows() as [[bigint]];
+      const through = Number(top);
+      if (through <= this.movedSeq) {
+        await m.run("ROLLBACK");
+        return 0;
+      }
+      let rows = 0;
+      for (const table of this.tables) {
+        const t = quote(table);
+        const inserted = await m.run(`INSERT INTO ${this.store}.main.${t} SELECT * EXCLUDE (seq) FROM ${INTAKE_BUFFER}.${t} WHERE seq > $moved AND seq <= $through ORDER BY seq`, {
+          moved: this.movedSeq,
+          through,
+        });
+        rows += Number(inserted.rowsChanged);
+      }
+      await m.run(`INSERT OR REPLACE INTO ${this.store}.main.meta VALUES ('${MOVED_SEQ_KEY}', $through)`, { through: String(through) });
+      await m.run("COMMIT");
+      this.movedSeq = through;
+      this.backlogRows = Math.max(0, this.backlogRows - rows);
+      this.rowsMoved += rows;
+      this.moves++;
+      return rows;
+    } catch (error) {
+      await m.run("ROLLBACK").catch(() => undefined);
+      this.moveFailures++;
+      this.lastMoveError = error;
+      throw new FreshrecError("INTERNAL", `moving the intake buffer ${this.path ?? "(in memory)"} into the event store ${this.storePath} failed, nothing was moved (retried): ${(error as Error).message}`, {
+        cause: error,
+      });
+    }
+  }
+
+  /** The second step of a move: deletes from the buffer the rows the event store holds (seq at or below the recorded one). */
+  async deleteMoved(): Promise<void> {
+    const m = this.mover;
+    await m.run("BEGIN TRANSACTION");
+    try {
+      for (const table of this.tables) await m.run(`DELETE FROM ${INTAKE_BUFFER}.${quote(table)} WHERE seq <= $moved`, { moved: this.movedSeq });
+      await m.run("COMMIT");
+    } catch (error) {
+      await m.run("ROLLBACK").catch(() => undefined);
+      throw new FreshrecError("INTERNAL", `deleting moved rows from the intake buffer ${this.path ?? "(in memory)"} failed (they are not moved again): ${(error as Error).message}`, {
+        cause: error,
+      });
+    }
+  }
+
+  /** Stops the mover's timer; `EventStore.close` closes the connections. Drain first to leave nothing buffered. */
+  close(): void {
+    this.closed = true;
+    if (this.moveTimer !== null) clearTimeout(this.moveTimer);
+    this.moveTimer = null;
+    this.connection.closeSync();
+    this.mover.closeSync();
+  }
+
+  private scheduleMove(): void {
+    if (this.moveTimer !== null || this.closed) return;
+    this.moveTimer = setTimeout(() => {
+      this.moveTimer = null;
+      this.drain().catch((error: unknown) => {
+        this.onMoveError?.(error);
+        // Retried: the rows stay buffered until a move succeeds.
+        this.scheduleMove();
+      });
+    }, this.moveAfterMs);
+    // A buffer never keeps a process alive: whoever closes the store drains it.
+    this.moveTimer.unref();
+  }
+
+  private async checkpointBuffer(): Promise<void> {
+    if (this.path === null) return;
+    const logged = statSync(`${this.path}.wal`, { throwIfNoEntry: false })?.size ?? 0;
+    if (logged < BUFFER_CHECKPOINT_LOG_BYTES) return;
+    await this.mover.run(`CHECKPOINT ${INTAKE_BUFFER}`);
+    this.bufferCheckpoints++;
+  }
+
+  /** The buffer's tables that have a `seq` column (what a leftover file holds). */
+  private async bufferedTables(): Promise<string[]> {
+    const rows = await this.mover.runAndReadAll(`SELECT table_name FROM duckdb_columns() WHERE database_name = '${INTAKE_BUFFER}' AND column_name = 'seq' ORDER BY table_name`);
+    return (rows.getRows() as [string][]).map(([name]) => name);
+  }
+}
+
+function quote(name: string): string {
+  return `"${name.replace(/"/g, '""')}"`;
+}
