@@ -233,6 +233,17 @@ export const healthResponseSchema = z.object({
       lastError: z.string().nullable().describe("The last failure's message, or null."),
     })
     .describe("The event store's upkeep in intake's quiet moments (nothing to do on PostgreSQL, which checkpoints in its own process)."),
+  intakeBuffer: z
+    .object({
+      backlog: z.number().int().describe("Rows written to the buffer that are not in the event store yet."),
+      moves: z.number().int().describe("Moves into the event store that moved rows."),
+      rowsMoved: z.number().int(),
+      moveFailures: z.number().int().describe("Moves that failed (rolled back and retried: no row is dropped)."),
+      lastMoveError: z.string().nullable().describe("The last failed move's message, or null."),
+      bufferCheckpoints: z.number().int().describe("Checkpoints of the buffer's file."),
+    })
+    .nullable()
+    .describe("The embedded store's intake buffer: intake writes to a file beside the event store, moved into it off intake's path (null on PostgreSQL)."),
   storeFollow: storeFollowSchema.nullable(),
 });
 
