@@ -135,6 +135,24 @@ describe("the intake buffer behind POST /v1/events", () => {
     }
   });
 
+  it("still answers the idempotency keys an earlier server recorded in the event store's file", async () => {
+    const events = [{ userId: "old-keyed-user", itemId: ws.world.itemId(8), ts: ws.world.endMs - 90_000 }];
+    let server = await startServer({ workspace: ws.dir, port: 0, logLevel: "silent" });
+    const first = await post(server, events, "old-key");
+    await server.close();
+    // The layout before the buffer: the keys in the event store's file, no buffer file.
+    const store = await EventStore.open(eventsPath);
+    await store.connection.run("CREATE TABLE intake_keys AS SELECT * FROM freshrec_intake.intake_keys");
+    store.close();
+    for (const file of [intakeBufferPath(eventsPath)!, `${intakeBufferPath(eventsPath)!}.wal`]) rmSync(file, { force: true });
+    server = await startServer({ workspace: ws.dir, port: 0, logLevel: "silent" });
+    try {
+      expect((await post(server, events, "old-key")).body).toEqual({ ...first.body, replayed: true });
+    } finally {
+      await server.close();
+    }
+  });
+
   it("attributes outcomes inside intake without writing the store's file, and an analysis sees them", async () => {
     const server = await startServer({ workspace: ws.dir, port: 0, logLevel: "silent", adminToken: TOKEN, flushIntervalMs: 3_600_000 });
     try {
