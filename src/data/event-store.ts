@@ -241,14 +241,17 @@ export class EventStore implements EventStoreContract {
 
   /**
    * A reader cannot move an intake buffer (it may not write): when one holds rows the store does not, what it would
-   * read lacks events a server acknowledged, so it is refused, saying how to move them.
-   * @throws BadInputError naming the buffer file.
+   * read lacks events a server acknowledged, so it is refused, saying how to move them. An empty one stays attached
+   * (read-only), so that `verify` reads it too.
+   * @throws BadInputError naming the buffer file; FreshrecError naming it when it cannot be read.
    */
   private async refuseUnmovedIntake(): Promise<void> {
     const buffered = intakeBufferPath(this.path);
     if (buffered === null || !existsSync(buffered)) return;
-    await this.connection.run(`ATTACH '${buffered.replace(/'/g, "''")}' AS ${INTAKE_BUFFER} (READ_ONLY)`);
+    let attached = false;
     try {
+      await this.connection.run(`ATTACH '${buffered.replace(/'/g, "''")}' AS ${INTAKE_BUFFER} (READ_ONLY)`);
+      attached = true;
       const [recorded] = await this.queryHere<{ value: string }>("SELECT value FROM meta WHERE key = $key", { key: MOVED_SEQ_KEY });
       const moved = Number(recorded?.value ?? 0);
       const tables = await this.queryHere<{ table_name: string }>(
@@ -265,8 +268,10 @@ export class EventStore implements EventStoreContract {
             "run a command that opens the store to write (freshrec serve, ingest or refresh), which moves them first, then read again",
         );
       }
-    } finally {
-      await this.connection.run(`DETACH ${INTAKE_BUFFER}`);
+    } catch (error) {
+      if (attached) await this.connection.run(`DETACH ${INTAKE_BUFFER}`);
+      if (error instanceof BadInputError) throw error;
+      throw new FreshrecError("INTERNAL", `cannot read the intake buffer ${buffered} of the event store ${this.path}: ${(error as Error).message}`, { cause: error });
     }
   }
 
@@ -293,12 +298,15 @@ export class EventStore implements EventStoreContract {
   static async verify(store: EventStoreContract): Promise<Record<string, number>> {
     if (store.dialect !== "duckdb") throw new FreshrecError("INTERNAL", `EventStore.verify checks DuckDB stores, not ${store.location}`);
     try {
-      const tables = await store.query<{ table_name: string }>("SELECT table_name FROM duckdb_tables() ORDER BY table_name");
+      // Every database attached: the store's own, and the intake buffer beside it when the holder has it attached.
+      const tables = await store.query<{ database_name: string; schema_name: string; table_name: string; own: boolean }>(
+        "SELECT database_name, schema_name, table_name, database_name = current_database() AS own FROM duckdb_tables() WHERE NOT temporary ORDER BY NOT own, database_name, table_name",
+      );
       const rows: Record<string, number> = {};
-      for (const { table_name: name } of tables) {
-        const quoted = `"${name.replace(/"/g, '""')}"`;
-        const [row] = await store.query<{ n: bigint }>(`SELECT count(*) AS n, sum(hash(COLUMNS(*))) FROM ${quoted}`);
-        rows[name] = Number(row.n);
+      const quote = (name: string) => `"${name.replace(/"/g, '""')}"`;
+      for (const { database_name: database, schema_name: schema, table_name: name, own } of tables) {
+        const [row] = await store.query<{ n: bigint }>(`SELECT count(*) AS n, sum(hash(COLUMNS(*))) FROM ${quote(database)}.${quote(schema)}.${quote(name)}`);
+        rows[own ? name : `${database}.${name}`] = Number(row.n);
       }
       return rows;
     } catch (error) {
