@@ -309,7 +309,13 @@ export class IntakeBuffer {
     if (this.path === null) return;
     const logged = statSync(`${this.path}.wal`, { throwIfNoEntry: false })?.size ?? 0;
     if (logged < BUFFER_CHECKPOINT_LOG_BYTES) return;
-    await this.mover.run(`CHECKPOINT ${INTAKE_BUFFER}`);
+    try {
+      await this.mover.run(`CHECKPOINT ${INTAKE_BUFFER}`);
+    } catch (error) {
+      throw new FreshrecError("INTERNAL", `checkpointing the intake buffer ${this.path} failed (what was moved stays moved; retried after the next move): ${(error as Error).message}`, {
+        cause: error,
+      });
+    }
     this.bufferCheckpoints++;
   }
 

@@ -75,7 +75,7 @@ describe("the intake buffer behind POST /v1/events", () => {
       expect(status).toBe(200);
       expect(body.eventsAdded).toBe(3);
       expect(buffer.status().backlog).toBe(5); // 3 events and 2 new users
-      const health = await (await fetch(`${server.url}/healthz`)).json();
+      const health: any = await (await fetch(`${server.url}/healthz`)).json();
       expect(health.intakeBuffer).toMatchObject({ backlog: 5, moves: 0, moveFailures: 0 });
       const metrics = await (await fetch(`${server.url}/metrics`)).text();
       expect(metrics).toMatch(/^freshrec_intake_buffer_backlog_rows 5$/m);
@@ -165,7 +165,7 @@ describe("the intake buffer behind POST /v1/events", () => {
       });
       expect(created.status).toBe(200);
       const user = "u000003";
-      const served = await (await fetch(`${server.url}/v1/users/${user}/exploration?n=3`)).json();
+      const served: any = await (await fetch(`${server.url}/v1/users/${user}/exploration?n=3`)).json();
       const slot = served.recommendations[0];
       const moves = server.state.intakeBuffer!.status().moves;
       const { body } = await post(server, [{ userId: user, itemId: slot.items[0].itemId, ts: server.state.options.clock.now(), engagement: 0.95 }]);
@@ -173,7 +173,7 @@ describe("the intake buffer behind POST /v1/events", () => {
       // The exposure and the outcome wait in the buffer: no move ran for them.
       expect(server.state.intakeBuffer!.status().moves).toBe(moves);
       expect(server.state.intakeBuffer!.status().backlog).toBeGreaterThanOrEqual(3); // exposure slots, the event, the outcome
-      const analysis = await (await fetch(`${server.url}/v1/experiments/buffered-exp/analysis`, { headers: { authorization: `Bearer ${TOKEN}` } })).json();
+      const analysis: any = await (await fetch(`${server.url}/v1/experiments/buffered-exp/analysis`, { headers: { authorization: `Bearer ${TOKEN}` } })).json();
       const arms = Object.values(analysis.arms) as { exposures: number; satisfied: number }[];
       expect(arms.reduce((n, a) => n + a.exposures, 0)).toBe(1);
       expect(arms.reduce((n, a) => n + a.satisfied, 0)).toBe(1);
