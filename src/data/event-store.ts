@@ -15,7 +15,7 @@
  * await store.append({ clusters, items, events: EventColumns.fromEvents(list) });
  * const counts = await store.counts();
  */
-import { existsSync, mkdirSync, statSync } from "node:fs";
+import { existsSync, mkdirSync } from "node:fs";
 import { dirname } from "node:path";
 import {
   listValue,
@@ -211,7 +211,7 @@ export class EventStore implements EventStoreContract {
    */
   async intakeBuffer(): Promise<IntakeBuffer> {
     if (this.buffer) return this.buffer;
-    this.attaching ??= IntakeBuffer.attach(this.instance, this.connection, this.path).then((buffer) => (this.buffer = buffer));
+    this.attaching ??= IntakeBuffer.attach(this.instance, this.path).then((buffer) => (this.buffer = buffer));
     return this.attaching;
   }
 
@@ -321,22 +321,6 @@ export class EventStore implements EventStoreContract {
     this.buffer?.close();
     this.connection.closeSync();
     this.instance.closeSync();
-  }
-
-  /**
-   * Moves what the write-ahead log holds into the database file (DuckDB's CHECKPOINT) when the log holds at least
-   * `minLogBytes`. DuckDB also does this by itself, inside the commit that fills the log to its
-   * `checkpoint_threshold`, and every write waits for it meanwhile: a writer that knows when nothing waits (the
-   * server's intake, when no event has come for a while) calls this then. Nothing committed is lost or repeated by it:
-   * the log is emptied only once the file holds what it held.
-   * @returns whether it ran: false when the log holds less, for a store in memory (no log) and once the store is closed.
-   */
-  async checkpoint(minLogBytes: number): Promise<boolean> {
-    if (this.closed || this.path === ":memory:") return false;
-    const logged = statSync(`${this.path}.wal`, { throwIfNoEntry: false })?.size ?? 0;
-    if (logged === 0 || logged < minLogBytes) return false;
-    await this.connection.run("CHECKPOINT");
-    return true;
   }
 
   /**

@@ -105,11 +105,12 @@ export class IntakeBuffer {
   /**
    * Attaches the buffer (creating its file if needed) to the instance of the event store at `storePath`, deletes
    * rows a crash left behind after moving them, and counts the rest as the backlog (moved by the next `drain`).
-   * `main` is a connection to the event store (its default database).
    */
-  static async attach(instance: DuckDBInstance, main: DuckDBConnection, storePath: string): Promise<IntakeBuffer> {
+  static async attach(instance: DuckDBInstance, storePath: string): Promise<IntakeBuffer> {
     const path = intakeBufferPath(storePath);
     const fresh = path === null || !existsSync(path);
+    // A connection of its own (an attachment is the instance's): the store's main one may be inside a transaction.
+    const main = await instance.connect();
     try {
       const [[database]] = (await main.runAndReadAll("SELECT current_database()")).getRows() as [[string]];
       const store = quote(database);
@@ -141,6 +142,8 @@ export class IntakeBuffer {
       return buffer;
     } catch (error) {
       throw new FreshrecError("INTERNAL", `cannot attach the intake buffer ${path ?? "(in memory)"} of the event store ${storePath}: ${(error as Error).message}`, { cause: error });
+    } finally {
+      main.closeSync();
     }
   }
 
