@@ -27,7 +27,7 @@
  * @example
  * const buffer = await store.intakeBuffer(); // attached on first use; a leftover one is moved at EventStore.open
  * const seq = buffer.allocate(); // ... intake appends rows with this seq on buffer.connection, commits ...
- * buffer.committed(rows);
+ * buffer.committed(seq, rows);
  * await buffer.drain(); // everything buffered is in the event store
  */
 import { existsSync, statSync } from "node:fs";
@@ -71,6 +71,8 @@ export interface IntakeBufferStatus {
 export class IntakeBuffer {
   /** The last seq given out by `allocate`. */
   private lastSeq: number;
+  /** The largest seq of a transaction that committed rows (what a move must reach). */
+  private committedSeq: number;
   private movedSeq: number;
   private backlogRows = 0;
   /** The running move (or drain), which the next one waits for. */
@@ -100,6 +102,7 @@ export class IntakeBuffer {
   ) {
     this.movedSeq = movedSeq;
     this.lastSeq = lastSeq;
+    this.committedSeq = lastSeq;
   }
 
   /**
@@ -137,6 +140,7 @@ export class IntakeBuffer {
         const [[rows, last]] = (await mover.runAndReadAll(`SELECT count(*), coalesce(max(seq), 0) FROM ${INTAKE_BUFFER}.${quote(table)}`)).getRows() as [[bigint, bigint]];
         backlog += Number(rows);
         buffer.lastSeq = Math.max(buffer.lastSeq, Number(last));
+        buffer.committedSeq = buffer.lastSeq;
       }
       buffer.backlogRows = backlog;
       return buffer;
@@ -165,15 +169,20 @@ export class IntakeBuffer {
     return ++this.lastSeq;
   }
 
-  /** Tells the buffer a transaction committed `rows` rows; the mover moves them within `moveAfterMs`. */
-  committed(rows: number): void {
+  /**
+   * Tells the buffer that the transaction of `seq` committed `rows` rows; the mover moves them within `moveAfterMs`.
+   * (A transaction that rolled back, or wrote nothing, is not told: nothing waits for a move then.)
+   */
+  committed(seq: number, rows: number): void {
+    if (rows <= 0) return;
     this.backlogRows += rows;
-    if (rows > 0) this.scheduleMove();
+    this.committedSeq = Math.max(this.committedSeq, seq);
+    this.scheduleMove();
   }
 
   /** Whether rows wait to be moved. */
   get pending(): boolean {
-    return this.lastSeq > this.movedSeq || this.backlogRows > 0;
+    return this.committedSeq > this.movedSeq;
   }
 
   status(): IntakeBufferStatus {

@@ -158,7 +158,7 @@ export class DuckDbIntakeStore implements IntakeStore {
       }
       appender.closeSync();
       await c.run("COMMIT");
-      buffer.committed(events.length + created.size);
+      buffer.committed(seq, events.length + created.size);
       for (const [id, key] of created) this.userKeys.set(id, key);
       this.nextUserKey! += created.size;
       return events.map(() => true);

@@ -235,6 +235,10 @@ describe("the intake buffer's moves", () => {
       // A read moves the buffer first.
       expect((await store.counts()).events).toBe(before + 2);
       expect(buffer.pending).toBe(false);
+      // A buffer transaction that wrote nothing (an attribution without outcomes, a rolled-back append) leaves
+      // nothing for a read to move.
+      buffer.allocate();
+      expect(buffer.pending).toBe(false);
       await intake.append([event("reader-new-3", 3, 18)]);
       // An append numbers its new users after the buffered ones: it moves them first.
       const itemId = ws.world.itemId(9);

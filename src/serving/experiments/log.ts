@@ -305,7 +305,8 @@ export class ExperimentLog implements ExperimentLogContract {
     if (positiveMin !== null) params.positiveMin = positiveMin;
     // Typed lists: left to itself DuckDB types a list by its first value, so engagements [1, 0.5] failed as integers.
     const types = { users: LIST(VARCHAR), items: LIST(VARCHAR), clusters: LIST(VARCHAR), ts: LIST(BIGINT), engagement: LIST(FLOAT), negative: LIST(BOOLEAN) };
-    if (buffer) params.seq = BigInt(buffer.allocate());
+    const seq = buffer ? buffer.allocate() : 0;
+    if (buffer) params.seq = BigInt(seq);
     await run.run(
       `INSERT INTO ${target} FROM (
        WITH b AS (
@@ -327,7 +328,7 @@ export class ExperimentLog implements ExperimentLogContract {
       types,
     );
     const added = (await count()) - before;
-    buffer?.committed(added);
+    buffer?.committed(seq, added);
     return added;
   }
 
@@ -335,17 +336,18 @@ export class ExperimentLog implements ExperimentLogContract {
   private async appendBuffered(buffer: IntakeBuffer, exposures: readonly DuckDBValue[][], outcomes: readonly DuckDBValue[][]): Promise<void> {
     if (exposures.length + outcomes.length === 0) return;
     const c = buffer.connection;
+    const seq = buffer.allocate();
     await c.run("BEGIN TRANSACTION");
     try {
-      const seq = BigInt(buffer.allocate());
-      if (exposures.length) await appendTo(c, "experiment_exposures", [BIGINT, ...EXPOSURE_TYPES], exposures.map((r) => [seq, ...r]));
-      if (outcomes.length) await appendTo(c, "experiment_outcomes", [BIGINT, ...OUTCOME_TYPES], outcomes.map((r) => [seq, ...r]));
+      const value = BigInt(seq);
+      if (exposures.length) await appendTo(c, "experiment_exposures", [BIGINT, ...EXPOSURE_TYPES], exposures.map((r) => [value, ...r]));
+      if (outcomes.length) await appendTo(c, "experiment_outcomes", [BIGINT, ...OUTCOME_TYPES], outcomes.map((r) => [value, ...r]));
       await c.run("COMMIT");
     } catch (error) {
       await c.run("ROLLBACK");
       throw error;
     }
-    buffer.committed(exposures.length + outcomes.length);
+    buffer.committed(seq, exposures.length + outcomes.length);
   }
 
   private async appendRows(table: string, types: DuckDBType[], rows: readonly DuckDBValue[][]): Promise<void> {
