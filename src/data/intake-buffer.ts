@@ -202,12 +202,18 @@ export class IntakeBuffer {
    */
   async drain(): Promise<void> {
     if (this.closed) return;
-    await this.exclusive(async () => {
-      if (!this.pending) return;
-      await this.moveCommitted();
-      await this.deleteMoved();
-      await this.checkpointBuffer();
-    });
+    try {
+      await this.exclusive(async () => {
+        if (!this.pending) return;
+        await this.moveCommitted();
+        await this.deleteMoved();
+        await this.checkpointBuffer();
+      });
+    } catch (error) {
+      // Whoever asked (a reader, the timer), the mover tries again.
+      this.scheduleMove();
+      throw error;
+    }
   }
 
   /**
@@ -307,11 +313,8 @@ export class IntakeBuffer {
     if (this.moveTimer !== null || this.closed) return;
     this.moveTimer = setTimeout(() => {
       this.moveTimer = null;
-      this.drain().catch((error: unknown) => {
-        this.onMoveError?.(error);
-        // Retried: the rows stay buffered until a move succeeds.
-        this.scheduleMove();
-      });
+      // A failed move is retried (`drain` arms this again): the rows stay buffered until a move succeeds.
+      this.drain().catch((error: unknown) => this.onMoveError?.(error));
     }, this.moveAfterMs);
     // A buffer never keeps a process alive: whoever closes the store drains it.
     this.moveTimer.unref();

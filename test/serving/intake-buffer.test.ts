@@ -226,6 +226,41 @@ describe("the intake buffer's moves", () => {
     reader.close();
   });
 
+  it("retries a failed move until it succeeds, dropping no row, and tells of each failure", async () => {
+    const { store, intake, buffer, event } = await openIntake();
+    const told: unknown[] = [];
+    buffer.onMoveError = (error) => told.push(error);
+    buffer.moveAfterMs = 20;
+    const until = async (done: () => boolean) => {
+      for (let k = 0; k < 100 && !done(); k++) await new Promise((resolve) => setTimeout(resolve, 20));
+    };
+    try {
+      await intake.append([event("u000001", 1, 41)]);
+      await until(() => !buffer.pending);
+      // Another writer takes the key intake gives its next new user (on the store's own connection, which does not
+      // move the buffer, and without telling intake).
+      const [[next]] = (await store.connection.runAndReadAll("SELECT max(user_key) + 1 FROM users")).getRows() as [[number]];
+      await store.connection.run("INSERT INTO users VALUES ($key, 'squatter')", { key: next });
+      await intake.append([event("retry-new", 1, 40), event("retry-new", 2, 39)]);
+      await until(() => told.length >= 2);
+      expect(told.length).toBeGreaterThanOrEqual(2);
+      expect(String(told[0])).toMatch(/moving the intake buffer .* failed, nothing was moved \(retried\).*Duplicate key/s);
+      await expect(buffer.drain()).rejects.toThrow(/Duplicate key/);
+      expect(buffer.status()).toMatchObject({ backlog: 3, lastMoveError: expect.stringMatching(/Duplicate key/) });
+      expect(buffer.status().moveFailures).toBeGreaterThanOrEqual(3);
+      // Once the key is free, the timer's retry moves everything.
+      await store.connection.run("DELETE FROM users WHERE user_id = 'squatter'");
+      await until(() => !buffer.pending);
+      expect(buffer.status().backlog).toBe(0);
+      expect(await stored(store, ["retry-new"])).toHaveLength(2);
+    } finally {
+      buffer.onMoveError = null;
+      await store.connection.run("DELETE FROM users WHERE user_id = 'squatter'");
+      await store.drainIntake();
+      store.close();
+    }
+  });
+
   it("lets readers and an in-process append see buffered events first; new users' keys never clash", async () => {
     const { store, intake, buffer, event } = await openIntake();
     try {
