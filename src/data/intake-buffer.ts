@@ -30,15 +30,19 @@
  * buffer.committed(seq, rows);
  * await buffer.drain(); // everything buffered is in the event store
  */
+import { randomUUID } from "node:crypto";
 import { existsSync, statSync } from "node:fs";
 import type { DuckDBConnection, DuckDBInstance } from "@duckdb/node-api";
-import { FreshrecError } from "../domain/errors.js";
+import { BadInputError, FreshrecError } from "../domain/errors.js";
 
 /** The name the buffer is attached under (a file named after it could not be the event store: ours ends in .duckdb). */
 export const INTAKE_BUFFER = "freshrec_intake";
 
 /** The `meta` key (in the event store) of the last seq moved. */
 export const MOVED_SEQ_KEY = "intake_moved_seq";
+
+/** The `meta` key (in the event store) of the id its intake buffer records too (`IntakeBuffer.claim`). */
+const STORE_ID_KEY = "intake_buffer_id";
 
 /**
  * The write-ahead log at which the mover checkpoints the buffer after a move: it holds appends that every move
@@ -114,13 +118,15 @@ export class IntakeBuffer {
     const fresh = path === null || !existsSync(path);
     // A connection of its own (an attachment is the instance's): the store's main one may be inside a transaction.
     const main = await instance.connect();
+    let connection: DuckDBConnection | null = null;
+    let mover: DuckDBConnection | null = null;
     try {
       const [[database]] = (await main.runAndReadAll("SELECT current_database()")).getRows() as [[string]];
       const store = quote(database);
       await main.run(`ATTACH '${(path ?? ":memory:").replace(/'/g, "''")}' AS ${INTAKE_BUFFER}`);
-      const connection = await instance.connect();
+      connection = await instance.connect();
       await connection.run(`USE ${INTAKE_BUFFER}`);
-      const mover = await instance.connect();
+      mover = await instance.connect();
       await connection.run(
         "CREATE TABLE IF NOT EXISTS intake_keys (key VARCHAR PRIMARY KEY, body_hash VARCHAR NOT NULL, result VARCHAR NOT NULL, created_at BIGINT NOT NULL)",
       );
@@ -131,6 +137,7 @@ export class IntakeBuffer {
       const movedSeq = moved.currentRowCount ? Number(moved.getRows()[0][0]) : 0;
       const buffer = new IntakeBuffer(connection, mover, store, path, storePath, movedSeq, movedSeq);
       for (const table of await buffer.bufferedTables()) buffer.tables.add(table);
+      await buffer.claim(main);
       await buffer.table("events");
       await buffer.table("users");
       // A crash between a move's two transactions: those rows are in the event store already.
@@ -145,10 +152,49 @@ export class IntakeBuffer {
       buffer.backlogRows = backlog;
       return buffer;
     } catch (error) {
+      connection?.closeSync();
+      mover?.closeSync();
+      await main.run(`DETACH DATABASE IF EXISTS ${INTAKE_BUFFER}`).catch(() => undefined);
+      if (error instanceof BadInputError) throw error;
       throw new FreshrecError("INTERNAL", `cannot attach the intake buffer ${path ?? "(in memory)"} of the event store ${storePath}: ${(error as Error).message}`, { cause: error });
     } finally {
       main.closeSync();
     }
+  }
+
+  /**
+   * Pairs the buffer with its event store: each records the same id (the store in `meta`, the buffer in
+   * `buffer_meta`), so that a buffer left beside a store that has since been replaced (moved aside, restored from a
+   * backup) is never moved into it: its rows' user and item keys are another store's.
+   * @throws BadInputError naming both files when the buffer holds rows of another store.
+   */
+  private async claim(main: DuckDBConnection): Promise<void> {
+    await this.connection.run("CREATE TABLE IF NOT EXISTS buffer_meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)");
+    const read = async (c: DuckDBConnection, sql: string) => {
+      const r = await c.runAndReadAll(sql);
+      return r.currentRowCount ? String(r.getRows()[0][0]) : null;
+    };
+    let storeId = await read(main, `SELECT value FROM meta WHERE key = '${STORE_ID_KEY}'`);
+    const bufferId = await read(this.connection, "SELECT value FROM buffer_meta WHERE key = 'store_id'");
+    if (bufferId !== null && bufferId === storeId) return;
+    if (bufferId !== null) {
+      let rows = 0;
+      for (const table of this.tables) rows += Number((await this.connection.runAndReadAll(`SELECT count(*) FROM ${quote(table)}`)).getRows()[0][0]);
+      if (rows > 0) {
+        throw new BadInputError(
+          `the intake buffer ${this.path} holds ${rows} rows of another event store than ${this.storePath} (one that was replaced since: moved aside or restored): ` +
+            `put back the store it was made beside to have them moved into it, or move ${this.path} aside too`,
+        );
+      }
+      // Empty, but its idempotency keys answered for the other store's events.
+      await this.connection.run("DELETE FROM intake_keys");
+    }
+    // The store's id first: a crash before the buffer records it leaves a buffer that adopts it next time.
+    if (storeId === null) {
+      storeId = randomUUID();
+      await main.run(`INSERT OR REPLACE INTO meta VALUES ('${STORE_ID_KEY}', $id)`, { id: storeId });
+    }
+    await this.connection.run("INSERT OR REPLACE INTO buffer_meta VALUES ('store_id', $id)", { id: storeId });
   }
 
   /**

@@ -10,7 +10,8 @@
  * - idempotency keys answer the same before and after a move and after a restart;
  * - the outcome attribution writes to the buffer, and an analysis sees its outcomes.
  */
-import { existsSync, rmSync } from "node:fs";
+import { copyFileSync, existsSync, mkdtempSync, renameSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { EventStore, eventBatchFromEvents } from "../../src/data/event-store.js";
@@ -19,6 +20,8 @@ import { Catalog } from "../../src/serving/catalog.js";
 import { DuckDbIntakeStore, type IntakeEvent } from "../../src/serving/intake-store.js";
 import { startServer, type RunningServer } from "../../src/serving/index.js";
 import { servingWorkspace, TOKEN, type ServingWorkspace } from "./fixtures.js";
+
+const escape = (text: string) => text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
 
 let ws: ServingWorkspace;
 let eventsPath: string;
@@ -207,7 +210,7 @@ describe("the intake buffer's moves", () => {
     await intake.append([event("crash-c", 6, 25)]);
     store.close(); // a crash: nothing drained or deleted
     // A reader cannot move the rows, so it refuses, naming the file.
-    await expect(EventStore.openReadOnly(eventsPath)).rejects.toThrow(new RegExp(`intake buffer ${intakeBufferPath(eventsPath)!.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")} holds 2 rows`));
+    await expect(EventStore.openReadOnly(eventsPath)).rejects.toThrow(new RegExp(`intake buffer ${escape(intakeBufferPath(eventsPath)!)} holds 2 rows`));
     // A cold start deletes the moved rows and moves the rest.
     store = await EventStore.open(eventsPath);
     try {
@@ -224,6 +227,35 @@ describe("the intake buffer's moves", () => {
     }
     const reader = await EventStore.openReadOnly(eventsPath);
     reader.close();
+  });
+
+  it("never moves a buffer into a store that replaced the one it was made beside", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "freshrec-intake-replaced-"));
+    const path = join(dir, "events.duckdb");
+    try {
+      copyFileSync(eventsPath, path);
+      let store = await EventStore.open(path);
+      const intake = new DuckDbIntakeStore(store, await Catalog.load(store));
+      (await intake.buffer()).moveAfterMs = 3_600_000;
+      await intake.append([{ userId: "replaced-new", item: 1, ts: ws.world.endMs - 60_000, engagement: null }]);
+      store.close(); // a crash: the rows stay buffered
+      renameSync(path, join(dir, "aside.duckdb"));
+      rmSync(`${path}.wal`, { force: true });
+      // An empty store in its place (what freshrec makes when the old one was moved aside).
+      await expect(EventStore.open(path)).rejects.toThrow(new RegExp(`intake buffer ${escape(intakeBufferPath(path)!)} holds 2 rows of another event store than ${escape(path)}`));
+      rmSync(path, { force: true });
+      rmSync(`${path}.wal`, { force: true });
+      // The store it belongs to, put back: the rows move into it.
+      renameSync(join(dir, "aside.duckdb"), path);
+      store = await EventStore.open(path);
+      try {
+        expect(await stored(store, ["replaced-new"])).toHaveLength(1);
+      } finally {
+        store.close();
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it("retries a failed move until it succeeds, dropping no row, and tells of each failure", async () => {
