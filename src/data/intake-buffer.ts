@@ -4,7 +4,7 @@
  * rows into the event store off intake's path.
  *
  * Why: a DuckDB checkpoint of a file holds every append to that file, on any connection and to any table, for its
- * whole time (hundreds of milliseconds for the event store), while appends to a separately attached file go on. With
+ * whole time, which grows with the event store's log, while appends to a separately attached file go on. With
  * intake writing here, the event store's checkpoints (DuckDB's own, at `checkpoint_threshold`, and those the server
  * runs in quiet moments) hold only the mover; this file's are small, since every move empties it.
  *
@@ -12,7 +12,7 @@
  *   wrote it (one per transaction, increasing: `allocate`). Intake writes `events` and `users` (new users keyed from
  *   its own counter, the next after every key of both files: only this process writes either while it serves); the
  *   server's experiment log writes `experiment_exposures` and `experiment_outcomes`. `intake_keys` (idempotency
- *   keys) live here for good: nothing else reads them.
+ *   keys) live here for good: nothing else reads them. `buffer_meta` pairs the file with its store (`claim`).
  * - A move: one transaction on the event store inserts every buffered row with `seq` in (moved, X] and records X
  *   (`meta` key `intake_moved_seq`); a second deletes the moved rows from this file (DuckDB lets one transaction
  *   write one attached database only). A crash between the two moves nothing twice: rows at or below the recorded
@@ -21,8 +21,8 @@
  * - Readers: `EventStore` moves everything buffered before each read and each append (./event-store.ts), so
  *   whatever reads the store (grounding, analysis, scheduled refreshes, readers through ./event-store-share.ts) sees
  *   every acknowledged event, and an append numbers its new users after the buffered ones.
- * - The mover runs on a connection of its own, one move at a time, never through the server's store queue: an intake
- *   append never waits for a move's commit or the checkpoint it runs.
+ * - The mover runs on a connection of its own, one move at a time, and is not a task of the server's store queue
+ *   (../serving/store-queue.ts): intake appends to this file while a move commits to the store or checkpoints it.
  *
  * @example
  * const buffer = await store.intakeBuffer(); // attached on first use; a leftover one is moved at EventStore.open
@@ -35,7 +35,7 @@ import { existsSync, statSync } from "node:fs";
 import type { DuckDBConnection, DuckDBInstance } from "@duckdb/node-api";
 import { BadInputError, FreshrecError } from "../domain/errors.js";
 
-/** The name the buffer is attached under (a file named after it could not be the event store: ours ends in .duckdb). */
+/** The name the buffer is attached under in the event store's DuckDB instance. */
 export const INTAKE_BUFFER = "freshrec_intake";
 
 /** The `meta` key (in the event store) of the last seq moved. */
@@ -164,8 +164,9 @@ export class IntakeBuffer {
 
   /**
    * Pairs the buffer with its event store: each records the same id (the store in `meta`, the buffer in
-   * `buffer_meta`), so that a buffer left beside a store that has since been replaced (moved aside, restored from a
-   * backup) is never moved into it: its rows' user and item keys are another store's.
+   * `buffer_meta`), so that a buffer left beside a store that has since been replaced by another (the old one moved
+   * aside, a new one made or copied in) is never moved into it: its rows' user and item keys are another store's. A
+   * backup of the same store put back keeps its id: the buffer's rows past its recorded seq move into it.
    * @throws BadInputError naming both files when the buffer holds rows of another store.
    */
   private async claim(main: DuckDBConnection): Promise<void> {
@@ -182,7 +183,7 @@ export class IntakeBuffer {
       for (const table of this.tables) rows += Number((await this.connection.runAndReadAll(`SELECT count(*) FROM ${quote(table)}`)).getRows()[0][0]);
       if (rows > 0) {
         throw new BadInputError(
-          `the intake buffer ${this.path} holds ${rows} rows of another event store than ${this.storePath} (one that was replaced since: moved aside or restored): ` +
+          `the intake buffer ${this.path} holds ${rows} rows of another event store than ${this.storePath} (the store it was made beside was replaced since): ` +
             `put back the store it was made beside to have them moved into it, or move ${this.path} aside too`,
         );
       }
