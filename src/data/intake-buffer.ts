@@ -5,8 +5,9 @@
  *
  * Why: a DuckDB checkpoint of a file holds every append to that file, on any connection and to any table, for its
  * whole time, which grows with the event store's log, while appends to a separately attached file go on. With
- * intake writing here, the event store's checkpoints (DuckDB's own, at `checkpoint_threshold`, and those the server
- * runs in quiet moments) hold only the mover; this file's are small, since every move empties it.
+ * intake writing here, the event store's checkpoints hold only the mover, which runs them (once the store's log is
+ * full, `storeCheckpointLogBytes`, and in intake's quiet moments, `settle`); this file's are small, since every move
+ * empties it.
  *
  * - Rows: each buffered table is the event store's table of the same name plus `seq`, the number of the commit that
  *   wrote it (one per transaction, increasing: `allocate`). Intake writes `events` and `users` (new users keyed from
@@ -70,6 +71,8 @@ export interface IntakeBufferStatus {
   readonly lastMoveError: string | null;
   /** Checkpoints of the buffer file the mover ran. */
   readonly bufferCheckpoints: number;
+  /** Checkpoints of the event store the mover ran after a timed move (`storeCheckpointLogBytes`). */
+  readonly storeCheckpoints: number;
 }
 
 export class IntakeBuffer {
@@ -89,6 +92,13 @@ export class IntakeBuffer {
   moveFailures = 0;
   lastMoveError: unknown = null;
   bufferCheckpoints = 0;
+  /** Checkpoints of the event store after a timed move (`storeCheckpointLogBytes`). */
+  storeCheckpoints = 0;
+  /**
+   * The event store's write-ahead log at which the mover checkpoints it after a timed move (not after a move a reader
+   * asked for, which may run inside the server's store queue); null: never, DuckDB's own `checkpoint_threshold` does.
+   */
+  storeCheckpointLogBytes: number | null = null;
   /** Told of each failed move (the server logs it); the move is retried. */
   onMoveError: ((error: unknown) => void) | null = null;
   moveAfterMs = DEFAULT_MOVE_AFTER_MS;
@@ -240,6 +250,7 @@ export class IntakeBuffer {
       moveFailures: this.moveFailures,
       lastMoveError: this.lastMoveError === null ? null : this.lastMoveError instanceof Error ? this.lastMoveError.message : String(this.lastMoveError),
       bufferCheckpoints: this.bufferCheckpoints,
+      storeCheckpoints: this.storeCheckpoints,
     };
   }
 
@@ -361,7 +372,15 @@ export class IntakeBuffer {
     this.moveTimer = setTimeout(() => {
       this.moveTimer = null;
       // A failed move is retried (`drain` arms this again): the rows stay buffered until a move succeeds.
-      this.drain().catch((error: unknown) => this.onMoveError?.(error));
+      const limit = this.storeCheckpointLogBytes;
+      this.drain()
+        .then(() => (limit === null ? false : this.settle(limit)))
+        .then(
+          (ran) => {
+            if (ran) this.storeCheckpoints++;
+          },
+          (error: unknown) => this.onMoveError?.(error),
+        );
     }, this.moveAfterMs);
     // A buffer never keeps a process alive: whoever closes the store drains it.
     this.moveTimer.unref();

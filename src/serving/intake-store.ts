@@ -69,14 +69,18 @@ export interface IntakeStore {
 }
 
 /**
- * DuckDB's `checkpoint_threshold` while intake writes (a setting of the whole DuckDB instance: the event store's file
- * and the intake buffer's): the size of write-ahead log at which DuckDB checkpoints a file inside the commit that
- * reaches it, every append to that file waiting meanwhile. For the event store that commit is now the mover's, and
- * intake appends to the buffer meanwhile; the mover checkpoints the buffer at a far smaller log
- * (`BUFFER_CHECKPOINT_LOG_BYTES`). A larger log makes the store's checkpoints rarer and longer; what it costs
- * besides: the log's data waits in memory, and a start after a crash replays a longer log.
+ * The event store's write-ahead log at which the mover checkpoints it, after a timed move
+ * (`IntakeBuffer.storeCheckpointLogBytes`). DuckDB would do it by itself inside whichever commit fills the log to its
+ * `checkpoint_threshold`, holding every write to the file meanwhile: besides the mover's, a read's move of what came
+ * since its own (inside the store queue, where intake batches wait behind it) or an admin write. So while intake
+ * writes, DuckDB's threshold is out of reach (`NO_AUTOMATIC_CHECKPOINT`, a setting of the whole instance: both files)
+ * and the mover checkpoints both files itself (the buffer at `BUFFER_CHECKPOINT_LOG_BYTES`). A larger log makes the
+ * store's checkpoints rarer and longer; what it costs besides: the log's data waits in memory, and a start after a
+ * crash replays a longer log.
  */
 const CHECKPOINT_LOG_BYTES = 64 * 2 ** 20;
+/** A `checkpoint_threshold` no write-ahead log reaches. */
+const NO_AUTOMATIC_CHECKPOINT = "1000TB";
 /**
  * The least write-ahead log `settle` checkpoints: a checkpoint has a cost that does not shrink with the log, and the
  * moves that come while one runs wait for it, so quiet moments are taken only once there is enough to move.
@@ -134,7 +138,8 @@ export class DuckDbIntakeStore implements IntakeStore {
     const buffer = await this.buffer();
     const c = buffer.connection;
     if (!this.logThresholdSet) {
-      await c.run(`SET checkpoint_threshold = '${CHECKPOINT_LOG_BYTES}B'`);
+      await c.run(`SET checkpoint_threshold = '${NO_AUTOMATIC_CHECKPOINT}'`);
+      buffer.storeCheckpointLogBytes = CHECKPOINT_LOG_BYTES;
       this.logThresholdSet = true;
     }
     if (this.usersAddedSeen !== this.store.usersAdded) this.forgetUsers();

@@ -45,7 +45,14 @@ export interface MetricsSnapshot {
   /** The intake store's upkeep in quiet moments (a DuckDB checkpoint): runs that did work, and failures. */
   readonly intakeUpkeep?: { readonly ran: number; readonly failed: number };
   /** The DuckDB store's intake buffer and its mover (../data/intake-buffer.ts); null or absent on PostgreSQL. */
-  readonly intakeBuffer?: { readonly backlog: number; readonly moves: number; readonly rowsMoved: number; readonly moveFailures: number; readonly bufferCheckpoints: number } | null;
+  readonly intakeBuffer?: {
+    readonly backlog: number;
+    readonly moves: number;
+    readonly rowsMoved: number;
+    readonly moveFailures: number;
+    readonly bufferCheckpoints: number;
+    readonly storeCheckpoints: number;
+  } | null;
   /** Every table binding the server follows, and whether its latest reload failed. */
   readonly tableBindings: readonly { readonly binding: string; readonly reloadFailing: boolean }[];
   /** How the server follows a shared store's appends; null or absent on the embedded workspace. */
@@ -204,6 +211,7 @@ export class ServerMetrics {
         ["freshrec_intake_buffer_rows_moved_total", "counter", "Rows the mover moved into the event store.", buffer.rowsMoved],
         ["freshrec_intake_buffer_move_failures_total", "counter", "Moves that failed (rolled back: the rows stay buffered, and the move is retried).", buffer.moveFailures],
         ["freshrec_intake_buffer_checkpoints_total", "counter", "Checkpoints of the intake buffer's file the mover ran.", buffer.bufferCheckpoints],
+        ["freshrec_intake_buffer_store_checkpoints_total", "counter", "Checkpoints of the event store the mover ran once its log reached the size DuckDB would have checkpointed it at.", buffer.storeCheckpoints],
       ];
       for (const [name, type, help, value] of series) {
         family(name, type, help);

@@ -241,6 +241,7 @@ export const healthResponseSchema = z.object({
       moveFailures: z.number().int().describe("Moves that failed (rolled back and retried: no row is dropped)."),
       lastMoveError: z.string().nullable().describe("The last failed move's message, or null."),
       bufferCheckpoints: z.number().int().describe("Checkpoints of the buffer's file."),
+      storeCheckpoints: z.number().int().describe("Checkpoints of the event store the mover ran once its log was full (besides intake's quiet-moment upkeep)."),
     })
     .nullable()
     .describe("The embedded store's intake buffer: intake writes to a file beside the event store, moved into it off intake's path (null on PostgreSQL)."),

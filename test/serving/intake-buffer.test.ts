@@ -10,7 +10,7 @@
  * - idempotency keys answer the same before and after a move and after a restart;
  * - the outcome attribution writes to the buffer, and an analysis sees its outcomes.
  */
-import { copyFileSync, existsSync, mkdtempSync, renameSync, rmSync } from "node:fs";
+import { copyFileSync, existsSync, mkdtempSync, renameSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -255,6 +255,28 @@ describe("the intake buffer's moves", () => {
       }
     } finally {
       rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("checkpoints the store itself after a timed move once its log is full, with DuckDB's own checkpoint out of reach while intake writes", async () => {
+    const { store, intake, buffer, event } = await openIntake();
+    buffer.moveAfterMs = 20;
+    try {
+      await intake.append([event("u000004", 1, 50)]);
+      const [[threshold]] = (await store.connection.runAndReadAll("SELECT current_setting('checkpoint_threshold')")).getRows() as [[string]];
+      expect(threshold).toMatch(/TiB$/);
+      // The timed move of that append: the store's log is far from full.
+      for (let k = 0; k < 100 && buffer.pending; k++) await new Promise((resolve) => setTimeout(resolve, 20));
+      expect(buffer.status()).toMatchObject({ backlog: 0, storeCheckpoints: 0 });
+      // Any log is full now; the next timed move checkpoints the store after it.
+      buffer.storeCheckpointLogBytes = 1;
+      await intake.append([event("u000004", 2, 49)]);
+      for (let k = 0; k < 100 && buffer.status().storeCheckpoints === 0; k++) await new Promise((resolve) => setTimeout(resolve, 20));
+      expect(buffer.status()).toMatchObject({ backlog: 0, storeCheckpoints: 1 });
+      expect(existsSync(`${eventsPath}.wal`) ? statSync(`${eventsPath}.wal`).size : 0).toBe(0);
+    } finally {
+      await store.drainIntake();
+      store.close();
     }
   });
 
