@@ -183,9 +183,9 @@ export class EventIntake {
   private settleTimer: NodeJS.Timeout | null = null;
   private readonly settleAfterMs: number;
   /**
-   * The store's upkeep so far. A failure is not thrown (no request waits for the upkeep, and the store does the same
-   * work by itself inside a later append, whose request gets any error it meets): it is counted here, shown by
-   * /metrics and /healthz, and passed to `onUpkeepError`.
+   * The store's upkeep so far. A failure is not thrown (no request waits for the upkeep, and the same work is done
+   * later anyway: on DuckDB by the intake buffer's mover, after a move once the store's log is full): it is counted
+   * here, shown by /metrics and /healthz, and passed to `onUpkeepError`.
    */
   readonly upkeep: IntakeUpkeep = { ran: 0, failed: 0, lastError: null };
 

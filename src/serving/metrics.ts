@@ -200,7 +200,7 @@ export class ServerMetrics {
     if (snapshot.intakeUpkeep !== undefined) {
       family("freshrec_intake_upkeep_total", "counter", "Upkeep runs of the event store in intake's quiet moments that did work (a DuckDB checkpoint).");
       out.push(`freshrec_intake_upkeep_total ${snapshot.intakeUpkeep.ran}`);
-      family("freshrec_intake_upkeep_failures_total", "counter", "Upkeep runs of the event store in intake's quiet moments that failed (the store then does the work inside a later append).");
+      family("freshrec_intake_upkeep_failures_total", "counter", "Upkeep runs of the event store in intake's quiet moments that failed (the intake buffer's mover then checkpoints the store after a later move, once its log is full).");
       out.push(`freshrec_intake_upkeep_failures_total ${snapshot.intakeUpkeep.failed}`);
     }
     const buffer = snapshot.intakeBuffer;

@@ -229,7 +229,7 @@ export const healthResponseSchema = z.object({
   intakeUpkeep: z
     .object({
       ran: z.number().int().describe("Upkeep runs that did work (a DuckDB checkpoint while no intake batch came)."),
-      failed: z.number().int().describe("Upkeep runs that failed; the store then does the work inside a later append, which every batch behind it waits for."),
+      failed: z.number().int().describe("Upkeep runs that failed; the intake buffer's mover then checkpoints the store after a later move, once its log is full (intake appends to the buffer meanwhile)."),
       lastError: z.string().nullable().describe("The last failure's message, or null."),
     })
     .describe("The event store's upkeep in intake's quiet moments (nothing to do on PostgreSQL, which checkpoints in its own process)."),

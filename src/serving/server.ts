@@ -537,7 +537,7 @@ export async function startServer(input: ServeOptions): Promise<RunningServer> {
       ...(options.futureToleranceMs === undefined ? {} : { futureToleranceMs: options.futureToleranceMs }),
       now: () => options.clock.now(),
       onUpkeepError: (error) =>
-        app?.log.error({ err: error }, "the event store's upkeep in a quiet moment (a checkpoint) failed; the store does it inside a later append instead"),
+        app?.log.error({ err: error }, "the event store's upkeep in a quiet moment (a move of the intake buffer and a checkpoint) failed; the mover moves at its next turn and checkpoints once the store's log is full"),
       attribute: async (batch) => {
         const active = state?.experiment;
         if (!active) return 0;
