@@ -92,6 +92,8 @@ export class IntakeBuffer {
   moveFailures = 0;
   lastMoveError: unknown = null;
   bufferCheckpoints = 0;
+  /** The buffer's write-ahead log at which a move checkpoints it. */
+  bufferCheckpointLogBytes = BUFFER_CHECKPOINT_LOG_BYTES;
   /** Checkpoints of the event store after a timed move (`storeCheckpointLogBytes`). */
   storeCheckpoints = 0;
   /**
@@ -285,12 +287,24 @@ export class IntakeBuffer {
   }
 
   /**
-   * Checkpoints the event store on the mover's connection when its write-ahead log holds at least `minLogBytes`,
-   * after a move (a checkpoint of the event store now holds only the mover).
-   * @returns whether it ran.
+   * A quiet moment's upkeep (intake calls it when no batch has come for a while): a move, then a checkpoint of the
+   * event store when its write-ahead log holds at least `minLogBytes`, and of the buffer's file whatever its log holds
+   * (so that a burst of intake starts with an empty log here, and meets no checkpoint of this file sooner than it must).
+   * @returns whether a checkpoint ran.
    */
   async settle(minLogBytes: number): Promise<boolean> {
     await this.drain();
+    const store = await this.checkpointStore(minLogBytes);
+    const buffer = await this.exclusive(() => this.checkpointBuffer(1));
+    return store || buffer;
+  }
+
+  /**
+   * Checkpoints the event store on the mover's connection when its write-ahead log holds at least `minLogBytes` (a
+   * checkpoint of the event store holds only the mover).
+   * @returns whether it ran.
+   */
+  private checkpointStore(minLogBytes: number): Promise<boolean> {
     return this.exclusive(async () => {
       if (this.closed || this.storePath === ":memory:") return false;
       const logged = statSync(`${this.storePath}.wal`, { throwIfNoEntry: false })?.size ?? 0;
@@ -374,7 +388,7 @@ export class IntakeBuffer {
       // A failed move is retried (`drain` arms this again): the rows stay buffered until a move succeeds.
       const limit = this.storeCheckpointLogBytes;
       this.drain()
-        .then(() => (limit === null ? false : this.settle(limit)))
+        .then(() => (limit === null ? false : this.checkpointStore(limit)))
         .then(
           (ran) => {
             if (ran) this.storeCheckpoints++;
@@ -386,10 +400,15 @@ export class IntakeBuffer {
     this.moveTimer.unref();
   }
 
-  private async checkpointBuffer(): Promise<void> {
-    if (this.path === null) return;
+  /**
+   * Checkpoints the buffer's file when its write-ahead log holds at least `minLogBytes` (an intake append waits while
+   * it runs; right after a move's delete it has least to write).
+   * @returns whether it ran.
+   */
+  private async checkpointBuffer(minLogBytes = this.bufferCheckpointLogBytes): Promise<boolean> {
+    if (this.path === null || this.closed) return false;
     const logged = statSync(`${this.path}.wal`, { throwIfNoEntry: false })?.size ?? 0;
-    if (logged < BUFFER_CHECKPOINT_LOG_BYTES) return;
+    if (logged === 0 || logged < minLogBytes) return false;
     try {
       await this.mover.run(`CHECKPOINT ${INTAKE_BUFFER}`);
     } catch (error) {
@@ -398,6 +417,7 @@ export class IntakeBuffer {
       });
     }
     this.bufferCheckpoints++;
+    return true;
   }
 
   /** The buffer's tables that have a `seq` column (what a leftover file holds). */

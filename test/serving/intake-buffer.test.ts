@@ -258,7 +258,7 @@ describe("the intake buffer's moves", () => {
     }
   });
 
-  it("checkpoints the store itself after a timed move once its log is full, with DuckDB's own checkpoint out of reach while intake writes", async () => {
+  it("checkpoints the store itself after a timed move once its log is full (DuckDB's own checkpoint out of reach while intake writes), and the buffer in quiet moments", async () => {
     const { store, intake, buffer, event } = await openIntake();
     buffer.moveAfterMs = 20;
     try {
@@ -274,6 +274,14 @@ describe("the intake buffer's moves", () => {
       for (let k = 0; k < 100 && buffer.status().storeCheckpoints === 0; k++) await new Promise((resolve) => setTimeout(resolve, 20));
       expect(buffer.status()).toMatchObject({ backlog: 0, storeCheckpoints: 1 });
       expect(existsSync(`${eventsPath}.wal`) ? statSync(`${eventsPath}.wal`).size : 0).toBe(0);
+      // A quiet moment's upkeep also empties the buffer's log, whatever it holds.
+      await intake.append([event("u000004", 3, 48)]);
+      const walOf = (file: string) => (existsSync(`${file}.wal`) ? statSync(`${file}.wal`).size : 0);
+      expect(walOf(intakeBufferPath(eventsPath)!)).toBeGreaterThan(0);
+      const before = buffer.status().bufferCheckpoints;
+      expect(await buffer.settle(Number.POSITIVE_INFINITY)).toBe(true);
+      expect(buffer.status()).toMatchObject({ backlog: 0, bufferCheckpoints: before + 1 });
+      expect(walOf(intakeBufferPath(eventsPath)!)).toBe(0);
     } finally {
       await store.drainIntake();
       store.close();
