@@ -372,7 +372,7 @@ export class IntakeBuffer {
     }
   }
 
-  /** Stops the mover's timer; `EventStore.close` closes the connections. Drain first to leave nothing buffered. */
+  /** Stops the mover's timer and closes the buffer's connections (`EventStore.close` calls it). Drain first to leave nothing buffered. */
   close(): void {
     this.closed = true;
     if (this.moveTimer !== null) clearTimeout(this.moveTimer);
