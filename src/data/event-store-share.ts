@@ -4,8 +4,8 @@
  * events.duckdb for its whole life (intake appends to it, experiments log to it, `--schedule` refreshes from it). So
  * the holder shares its store for reading: it answers other processes' SELECTs on its own DuckDB instance, and a
  * read-only command (`analyze drift`) that finds the file held reads through it. A reader then sees exactly what the
- * holder has committed, every event intake acknowledged included, as the holder's own queries do; nothing is copied
- * and nothing waits to be folded in.
+ * holder has committed, every event intake acknowledged included (the holder moves its intake buffer, ./intake-buffer.ts,
+ * into the store before each read), as the holder's own queries do.
  *
  * - The holders are the commands that hold the store for their whole life, `freshrec serve` and the `freshrec schedule
  *   run` worker; each shares it through `EventStoreShare.startFor` as soon as it has opened the store, and closes the
@@ -162,6 +162,12 @@ export class EventStoreShare {
       read = JSON.parse(await body(request)) as ShareRequest;
     } catch (error) {
       return reply(400, { error: (error as Error).message });
+    }
+    try {
+      // A reader sees every event intake acknowledged, as the holder's own reads do (./intake-buffer.ts).
+      await store.drainIntake();
+    } catch (error) {
+      return reply(500, { error: (error as Error).message });
     }
     const connection = await store.connectReader();
     this.running.add(connection);

@@ -15,7 +15,7 @@
  * await store.append({ clusters, items, events: EventColumns.fromEvents(list) });
  * const counts = await store.counts();
  */
-import { existsSync, mkdirSync, statSync } from "node:fs";
+import { existsSync, mkdirSync } from "node:fs";
 import { dirname } from "node:path";
 import {
   listValue,
@@ -31,6 +31,7 @@ import {
 } from "@duckdb/node-api";
 import type { Cluster, EngagementEvent, Item } from "../domain/types.js";
 import { BadInputError, FreshrecError } from "../domain/errors.js";
+import { INTAKE_BUFFER, IntakeBuffer, MOVED_SEQ_KEY, intakeBufferPath } from "./intake-buffer.js";
 
 /** A block of events in columns; user and item are indexes into the batch's dictionaries. */
 export interface EventChunk {
@@ -169,6 +170,13 @@ export class EventStore implements EventStoreContract {
   readonly dialect = "duckdb" as const;
 
   private closed = false;
+  private buffer: IntakeBuffer | null = null;
+  private attaching: Promise<IntakeBuffer> | null = null;
+  /**
+   * Counts the appends that added users: the intake buffer numbers its new users after every key it read, and reads
+   * them again when this changes.
+   */
+  usersAdded = 0;
 
   private constructor(
     private readonly instance: DuckDBInstance,
@@ -176,13 +184,40 @@ export class EventStore implements EventStoreContract {
     readonly path: string,
   ) {}
 
-  /** Opens (creating if needed) the store at `path`; ":memory:" gives a throwaway store. */
+  /**
+   * Opens (creating if needed) the store at `path`; ":memory:" gives a throwaway store. An intake buffer left beside
+   * it (./intake-buffer.ts: a server that stopped without moving it, or crashed) is moved into it first, so every
+   * command sees the events a server acknowledged.
+   */
   static async open(path: string): Promise<EventStore> {
     if (path !== ":memory:") mkdirSync(dirname(path), { recursive: true });
     const instance = await openInstance(path, {});
     const connection = await instance.connect();
-    await connection.run(SCHEMA);
-    return new EventStore(instance, connection, path);
+    const store = new EventStore(instance, connection, path);
+    try {
+      await connection.run(SCHEMA);
+      const buffered = intakeBufferPath(path);
+      if (buffered !== null && existsSync(buffered)) await (await store.intakeBuffer()).drain();
+    } catch (error) {
+      store.close();
+      throw error;
+    }
+    return store;
+  }
+
+  /**
+   * The intake buffer beside this store (./intake-buffer.ts), attached (its file created) on the first call. Only
+   * a store opened to write has one.
+   */
+  async intakeBuffer(): Promise<IntakeBuffer> {
+    if (this.buffer) return this.buffer;
+    this.attaching ??= IntakeBuffer.attach(this.instance, this.path).then((buffer) => (this.buffer = buffer));
+    return this.attaching;
+  }
+
+  /** Moves what the intake buffer holds into this store (nothing to do without one). */
+  async drainIntake(): Promise<void> {
+    if (this.buffer?.pending) await this.buffer.drain();
   }
 
   /**
@@ -194,7 +229,50 @@ export class EventStore implements EventStoreContract {
   static async openReadOnly(path: string): Promise<EventStore> {
     if (!existsSync(path)) throw new BadInputError(`there is no event store at ${path}: run freshrec ingest or freshrec synth first`);
     const instance = await openInstance(path, { access_mode: "READ_ONLY" });
-    return new EventStore(instance, await instance.connect(), path);
+    const store = new EventStore(instance, await instance.connect(), path);
+    try {
+      await store.refuseUnmovedIntake();
+    } catch (error) {
+      store.close();
+      throw error;
+    }
+    return store;
+  }
+
+  /**
+   * A reader cannot move an intake buffer (it may not write): when one holds rows the store does not, what it would
+   * read lacks events a server acknowledged, so it is refused, saying how to move them. An empty one stays attached
+   * (read-only), so that `verify` reads it too.
+   * @throws BadInputError naming the buffer file; FreshrecError naming it when it cannot be read.
+   */
+  private async refuseUnmovedIntake(): Promise<void> {
+    const buffered = intakeBufferPath(this.path);
+    if (buffered === null || !existsSync(buffered)) return;
+    let attached = false;
+    try {
+      await this.connection.run(`ATTACH '${buffered.replace(/'/g, "''")}' AS ${INTAKE_BUFFER} (READ_ONLY)`);
+      attached = true;
+      const [recorded] = await this.queryHere<{ value: string }>("SELECT value FROM meta WHERE key = $key", { key: MOVED_SEQ_KEY });
+      const moved = Number(recorded?.value ?? 0);
+      const tables = await this.queryHere<{ table_name: string }>(
+        `SELECT table_name FROM duckdb_columns() WHERE database_name = '${INTAKE_BUFFER}' AND column_name = 'seq'`,
+      );
+      let rows = 0;
+      for (const { table_name: table } of tables) {
+        const [row] = await this.queryHere<{ n: bigint }>(`SELECT count(*) AS n FROM ${INTAKE_BUFFER}."${table.replace(/"/g, '""')}" WHERE seq > $moved`, { moved });
+        rows += Number(row.n);
+      }
+      if (rows > 0) {
+        throw new BadInputError(
+          `the intake buffer ${buffered} holds ${rows} rows a server acknowledged that the event store ${this.path} does not hold yet (the server stopped without moving them): ` +
+            "run a command that opens the store to write (freshrec serve, ingest or refresh), which moves them first, then read again",
+        );
+      }
+    } catch (error) {
+      if (attached) await this.connection.run(`DETACH ${INTAKE_BUFFER}`);
+      if (error instanceof BadInputError) throw error;
+      throw new FreshrecError("INTERNAL", `cannot read the intake buffer ${buffered} of the event store ${this.path}: ${(error as Error).message}`, { cause: error });
+    }
   }
 
   /**
@@ -220,12 +298,15 @@ export class EventStore implements EventStoreContract {
   static async verify(store: EventStoreContract): Promise<Record<string, number>> {
     if (store.dialect !== "duckdb") throw new FreshrecError("INTERNAL", `EventStore.verify checks DuckDB stores, not ${store.location}`);
     try {
-      const tables = await store.query<{ table_name: string }>("SELECT table_name FROM duckdb_tables() ORDER BY table_name");
+      // Every database attached: the store's own, and the intake buffer beside it when the holder has it attached.
+      const tables = await store.query<{ database_name: string; schema_name: string; table_name: string; own: boolean }>(
+        "SELECT database_name, schema_name, table_name, database_name = current_database() AS own FROM duckdb_tables() WHERE NOT temporary ORDER BY NOT own, database_name, table_name",
+      );
       const rows: Record<string, number> = {};
-      for (const { table_name: name } of tables) {
-        const quoted = `"${name.replace(/"/g, '""')}"`;
-        const [row] = await store.query<{ n: bigint }>(`SELECT count(*) AS n, sum(hash(COLUMNS(*))) FROM ${quoted}`);
-        rows[name] = Number(row.n);
+      const quote = (name: string) => `"${name.replace(/"/g, '""')}"`;
+      for (const { database_name: database, schema_name: schema, table_name: name, own } of tables) {
+        const [row] = await store.query<{ n: bigint }>(`SELECT count(*) AS n, sum(hash(COLUMNS(*))) FROM ${quote(database)}.${quote(schema)}.${quote(name)}`);
+        rows[own ? name : `${database}.${name}`] = Number(row.n);
       }
       return rows;
     } catch (error) {
@@ -233,26 +314,13 @@ export class EventStore implements EventStoreContract {
     }
   }
 
+  /** Closes the store (and its intake buffer's connections: drain it first, `drainIntake`, to leave nothing in it). */
   close(): void {
+    if (this.closed) return;
     this.closed = true;
+    this.buffer?.close();
     this.connection.closeSync();
     this.instance.closeSync();
-  }
-
-  /**
-   * Moves what the write-ahead log holds into the database file (DuckDB's CHECKPOINT) when the log holds at least
-   * `minLogBytes`. DuckDB also does this by itself, inside the commit that fills the log to its
-   * `checkpoint_threshold`, and every write waits for it meanwhile: a writer that knows when nothing waits (the
-   * server's intake, when no event has come for a while) calls this then. Nothing committed is lost or repeated by it:
-   * the log is emptied only once the file holds what it held.
-   * @returns whether it ran: false when the log holds less, for a store in memory (no log) and once the store is closed.
-   */
-  async checkpoint(minLogBytes: number): Promise<boolean> {
-    if (this.closed || this.path === ":memory:") return false;
-    const logged = statSync(`${this.path}.wal`, { throwIfNoEntry: false })?.size ?? 0;
-    if (logged === 0 || logged < minLogBytes) return false;
-    await this.connection.run("CHECKPOINT");
-    return true;
   }
 
   /**
@@ -260,6 +328,12 @@ export class EventStore implements EventStoreContract {
    * parameter is bound as a DuckDB list.
    */
   async query<Row = Record<string, unknown>>(sql: string, params?: Readonly<Record<string, DuckDBValue | SqlParam>>): Promise<Row[]> {
+    await this.drainIntake();
+    return this.queryHere(sql, params);
+  }
+
+  /** `query` without moving the intake buffer first: inside `append`'s transaction, whose snapshot a move would miss. */
+  private async queryHere<Row = Record<string, unknown>>(sql: string, params?: Readonly<Record<string, DuckDBValue | SqlParam>>): Promise<Row[]> {
     try {
       const reader = await this.connection.runAndReadAll(sql, duckdbParams(params));
       return reader.getRowObjectsJS() as Row[];
@@ -269,6 +343,7 @@ export class EventStore implements EventStoreContract {
   }
 
   async queryColumns(sql: string, params?: Readonly<Record<string, DuckDBValue | SqlParam>>): Promise<QueryColumns> {
+    await this.drainIntake();
     try {
       const reader = await this.connection.runAndReadAll(sql, duckdbParams(params));
       // An empty result has no column vectors at all.
@@ -308,6 +383,8 @@ export class EventStore implements EventStoreContract {
   async append(request: AppendRequest): Promise<AppendResult> {
     const c = this.connection;
     if (request.identity) await this.checkIdentity(request.identity);
+    // New users are numbered after the largest key here: the buffered users must be here first.
+    await this.drainIntake();
     await c.run("BEGIN TRANSACTION");
     try {
       const clustersAdded = request.clusters?.length ? await this.upsertClusters(request.clusters) : 0;
@@ -319,6 +396,7 @@ export class EventStore implements EventStoreContract {
         await c.run("INSERT OR REPLACE INTO meta VALUES ($key, $value)", { key, value });
       }
       await c.run("COMMIT");
+      if (request.events?.userIds.length) this.usersAdded++;
       return { clustersAdded, itemsAdded, eventsAdded, skippedDuplicates };
     } catch (error) {
       await c.run("ROLLBACK");
@@ -356,7 +434,7 @@ export class EventStore implements EventStoreContract {
     const c = this.connection;
     await c.run("CREATE OR REPLACE TEMP TABLE stage_items (pos INTEGER, item_id VARCHAR, cluster_id VARCHAR, title VARCHAR)");
     await this.appendRows("stage_items", [INTEGER, VARCHAR, VARCHAR, VARCHAR], items.map((it, i) => [i, it.id, it.clusterId, it.title ?? null]));
-    const unknown = await this.query<{ cluster_id: string; item_id: string }>(
+    const unknown = await this.queryHere<{ cluster_id: string; item_id: string }>(
       `SELECT s.cluster_id, s.item_id FROM stage_items s LEFT JOIN clusters c USING (cluster_id) WHERE c.cluster_key IS NULL LIMIT 1`,
     );
     if (unknown.length) {
@@ -382,7 +460,7 @@ export class EventStore implements EventStoreContract {
       FROM stage_users s WHERE NOT EXISTS (SELECT 1 FROM users u WHERE u.user_id = s.user_id)`);
     await c.run("CREATE OR REPLACE TEMP TABLE stage_item_dict (idx INTEGER, item_id VARCHAR)");
     await this.appendRows("stage_item_dict", [INTEGER, VARCHAR], batch.itemIds.map((id, i) => [i, id]));
-    const missing = await this.query<{ item_id: string }>(
+    const missing = await this.queryHere<{ item_id: string }>(
       "SELECT d.item_id FROM stage_item_dict d LEFT JOIN items i USING (item_id) WHERE i.item_key IS NULL LIMIT 1",
     );
     if (missing.length) throw new FreshrecError("BAD_INPUT", `events name item ${missing[0].item_id}, which is not in the catalog`);

@@ -6,8 +6,9 @@
  * a dedup join over every stored event, counts before and after: about a dozen statements and a scan of the whole
  * event table per call, a cost that grows with the store). An intake group is small and the server's user index
  * knows every event it stored or loaded, so intake leaves out the events it knows stored and an append only appends:
- * - DuckDB: one transaction holding one appender (and one for new users). Only this process writes the file while it
- *   serves (its lock), so what the user index does not know is not stored: nothing is looked up.
+ * - DuckDB: one transaction holding one appender (and one for new users), on the intake buffer attached beside the
+ *   store's file (../data/intake-buffer.ts), whose mover moves the rows into the store. Only this process writes
+ *   either file while it serves (its lock), so what the user index does not know is not stored: nothing is looked up.
  * - PostgreSQL: one transaction of one `INSERT ... ON CONFLICT (user, item, ts) DO NOTHING RETURNING`, because other
  *   processes may have stored an event this one has not seen; the primary key finds it without a scan.
  * The rules are the store's: an event is (user, item, ts), the first engagement value given for it is the one kept,
@@ -19,6 +20,7 @@
  */
 import { BIGINT, DuckDBDataChunk, DuckDBTimestampValue, FLOAT, INTEGER, TIMESTAMP, VARCHAR, listValue } from "@duckdb/node-api";
 import type { EventStore } from "../data/event-store.js";
+import type { IntakeBuffer } from "../data/intake-buffer.js";
 import { lockDenseKeys, type PostgresEventStore } from "../data/postgres-event-store.js";
 import type { PoolClient } from "pg";
 import { FreshrecError } from "../domain/errors.js";
@@ -58,27 +60,30 @@ export interface IntakeStore {
   /** Records answers under their keys (one transaction) and forgets those recorded before `expiredBefore`. */
   record(answers: readonly RecordedAnswer[], now: number, expiredBefore: number): Promise<void>;
   /**
-   * The store's own upkeep, at a moment when no intake waits (intake calls it, through the store queue, once no event
-   * has come for a while): work the store would otherwise do inside some later append, which every batch behind
-   * that one would wait for.
+   * The store's own upkeep, at a quiet moment (intake calls it once no event has come for a while, not through the
+   * store queue: it must not hold up the batches that come meanwhile): work the store would otherwise do inside some
+   * later write.
    * @returns whether it did any.
    */
   settle(): Promise<boolean>;
 }
 
 /**
- * DuckDB's `checkpoint_threshold` while intake writes: the size of write-ahead log at which DuckDB checkpoints inside
- * the commit that reaches it, every append waiting meanwhile (a checkpoint holds every table of the file, whichever
- * connection appends to it; only a separately attached file takes appends meanwhile). Intake checkpoints in
- * its quiet moments (`settle`) long before; under a load that never pauses, a larger log makes these stalls rarer and
- * longer: a checkpoint's time grows with the log it moves, but less than in proportion (the users' index it rewrites
- * and the row group it completes cost the same for a small log), so fewer batches wait in all, each longer. What it
- * costs besides: the log's data waits in memory, and a start after a crash replays a longer log.
+ * The event store's write-ahead log at which the mover checkpoints it, after a timed move
+ * (`IntakeBuffer.storeCheckpointLogBytes`). DuckDB would do it by itself inside whichever commit fills the log to its
+ * `checkpoint_threshold`, holding every write to the file meanwhile: besides the mover's, a read's move of what came
+ * since its own (inside the store queue, where intake batches wait behind it) or an admin write. So while intake
+ * writes, DuckDB's threshold is out of reach (`NO_AUTOMATIC_CHECKPOINT`, a setting of the whole instance: both files)
+ * and the mover checkpoints both files itself (the buffer at `BUFFER_CHECKPOINT_LOG_BYTES`). A larger log makes the
+ * store's checkpoints rarer and longer; what it costs besides: the log's data waits in memory, and a start after a
+ * crash replays a longer log.
  */
 const CHECKPOINT_LOG_BYTES = 64 * 2 ** 20;
+/** A `checkpoint_threshold` no write-ahead log reaches. */
+const NO_AUTOMATIC_CHECKPOINT = "1000TB";
 /**
- * The least write-ahead log `settle` checkpoints: a checkpoint has a cost that does not shrink with the log, and a
- * batch that arrives while one runs waits for it, so quiet moments are taken only once there is enough to move.
+ * The least write-ahead log `settle` checkpoints: a checkpoint has a cost that does not shrink with the log, and the
+ * moves that come while one runs wait for it, so quiet moments are taken only once there is enough to move.
  */
 const SETTLE_MIN_LOG_BYTES = 8 * 2 ** 20;
 
@@ -87,18 +92,25 @@ export interface DuckDbIntakeStoreOptions {
   readonly settleMinLogBytes?: number;
 }
 
-/** The embedded adapter: the workspace's DuckDB event store, which only this process can open while it serves. */
+/**
+ * The embedded adapter: the workspace's DuckDB event store, which only this process can open while it serves. Intake
+ * writes to the store's intake buffer (../data/intake-buffer.ts), a file attached beside it whose mover moves the rows
+ * into the store off intake's path: a checkpoint of the store, which holds every append to its file, then holds no
+ * intake append. The idempotency keys live in the buffer file for good.
+ */
 export class DuckDbIntakeStore implements IntakeStore {
-  private schemaReady = false;
   /** Event-store key of each catalog item (the inverse of `catalog.itemOfKey`). */
   private readonly itemKeys: Int32Array;
   /**
-   * Every user's key, read on the first append. The store's lock keeps every other process out while this one
-   * serves, and every write of this process goes through the store queue, so what was read stays right.
+   * Every user's key, read on the first append (from the store and the buffer). The store's lock keeps every other
+   * process out while this one serves, every intake write of this process goes through the store queue, and an
+   * append by `EventStore.append` makes them read again (`EventStore.usersAdded`), so what was read stays right.
    */
   private readonly userKeys = new Map<string, number>();
   /** The key the next new user gets; null until the keys are read. */
   private nextUserKey: number | null = null;
+  /** `EventStore.usersAdded` when the keys were read. */
+  private usersAddedSeen = 0;
   private logThresholdSet = false;
   private readonly settleMinLogBytes: number;
   /** Checkpoints `settle` ran. */
@@ -116,55 +128,66 @@ export class DuckDbIntakeStore implements IntakeStore {
     });
   }
 
+  /** The buffer intake writes to (attached on first use). */
+  buffer(): Promise<IntakeBuffer> {
+    return this.store.intakeBuffer();
+  }
+
   async append(events: readonly IntakeEvent[]): Promise<boolean[]> {
     if (events.length === 0) return [];
-    const c = this.store.connection;
+    const buffer = await this.buffer();
+    const c = buffer.connection;
     if (!this.logThresholdSet) {
-      await c.run(`SET checkpoint_threshold = '${CHECKPOINT_LOG_BYTES}B'`);
+      await c.run(`SET checkpoint_threshold = '${NO_AUTOMATIC_CHECKPOINT}'`);
+      buffer.storeCheckpointLogBytes = CHECKPOINT_LOG_BYTES;
       this.logThresholdSet = true;
     }
+    if (this.usersAddedSeen !== this.store.usersAdded) this.forgetUsers();
+    if (this.nextUserKey === null) await this.readUsers(buffer);
     await c.run("BEGIN TRANSACTION");
     try {
-      const { created, keys } = await this.resolveUsers(events);
+      const seq = buffer.allocate();
+      const { created, keys } = await this.resolveUsers(buffer, seq, events);
       const appender = await c.createAppender("events");
-      const types = [INTEGER, INTEGER, TIMESTAMP, FLOAT];
+      const types = [BIGINT, INTEGER, INTEGER, TIMESTAMP, FLOAT];
+      const seqValue = BigInt(seq);
       for (let start = 0; start < events.length; start += 2048) {
         const slice = events.slice(start, start + 2048);
         const chunk = DuckDBDataChunk.create(types, slice.length);
-        chunk.setColumnValues(0, keys.slice(start, start + slice.length));
-        chunk.setColumnValues(1, slice.map((e) => this.itemKeys[e.item]));
-        chunk.setColumnValues(2, slice.map((e) => new DuckDBTimestampValue(BigInt(e.ts) * 1000n)));
-        chunk.setColumnValues(3, slice.map((e) => e.engagement));
+        chunk.setColumnValues(0, slice.map(() => seqValue));
+        chunk.setColumnValues(1, keys.slice(start, start + slice.length));
+        chunk.setColumnValues(2, slice.map((e) => this.itemKeys[e.item]));
+        chunk.setColumnValues(3, slice.map((e) => new DuckDBTimestampValue(BigInt(e.ts) * 1000n)));
+        chunk.setColumnValues(4, slice.map((e) => e.engagement));
         appender.appendDataChunk(chunk);
       }
       appender.closeSync();
       await c.run("COMMIT");
+      buffer.committed(seq, events.length + created.size);
       for (const [id, key] of created) this.userKeys.set(id, key);
       this.nextUserKey! += created.size;
       return events.map(() => true);
     } catch (error) {
       await c.run("ROLLBACK");
       // Read the users' keys again next time: if the table changed under this cache (a key taken), the retry heals.
-      this.userKeys.clear();
-      this.nextUserKey = null;
+      this.forgetUsers();
       throw new FreshrecError("INTERNAL", `appending ${events.length} intake events failed, nothing was written: ${(error as Error).message}`, { cause: error });
     }
   }
 
   async recorded(keys: readonly string[]): Promise<Map<string, RecordedAnswer>> {
-    await this.ensureSchema();
     if (keys.length === 0) return new Map();
-    const rows = await this.store.query<{ key: string; body_hash: string; result: string }>(
-      "SELECT key, body_hash, result FROM intake_keys WHERE list_contains($keys::VARCHAR[], key)",
-      { keys: listValue([...keys]) },
-    );
+    const buffer = await this.buffer();
+    const reader = await buffer.connection.runAndReadAll("SELECT key, body_hash, result FROM intake_keys WHERE list_contains($keys::VARCHAR[], key)", {
+      keys: listValue([...keys]),
+    });
+    const rows = reader.getRowObjectsJS() as { key: string; body_hash: string; result: string }[];
     return new Map(rows.map((r) => [r.key, { key: r.key, bodyHash: r.body_hash, result: r.result }]));
   }
 
   async record(answers: readonly RecordedAnswer[], now: number, expiredBefore: number): Promise<void> {
     if (answers.length === 0) return;
-    await this.ensureSchema();
-    const c = this.store.connection;
+    const c = (await this.buffer()).connection;
     await c.run("BEGIN TRANSACTION");
     try {
       const appender = await c.createAppender("intake_keys");
@@ -183,30 +206,29 @@ export class DuckDbIntakeStore implements IntakeStore {
     }
   }
 
-  /** Checkpoints the write-ahead log once it holds enough (`EventStore.checkpoint`). */
+  /**
+   * Moves the buffer into the store, then checkpoints the store once its write-ahead log holds enough
+   * (`IntakeBuffer.settle`, on the mover's connection: intake appends meanwhile).
+   */
   async settle(): Promise<boolean> {
-    const ran = await this.store.checkpoint(this.settleMinLogBytes);
+    const ran = await (await this.buffer()).settle(this.settleMinLogBytes);
     if (ran) this.checkpoints++;
     return ran;
   }
 
-  private async ensureSchema(): Promise<void> {
-    if (this.schemaReady) return;
-    await this.store.connection.run(
-      "CREATE TABLE IF NOT EXISTS intake_keys (key VARCHAR PRIMARY KEY, body_hash VARCHAR NOT NULL, result VARCHAR NOT NULL, created_at BIGINT NOT NULL)",
-    );
-    this.schemaReady = true;
+  private forgetUsers(): void {
+    this.userKeys.clear();
+    this.nextUserKey = null;
   }
 
   /**
-   * The keys of the group's users; users the store does not have yet are appended, numbered after the largest key
-   * as `EventStore.append` numbers them. Every user's key is read once, on the first append (one scan of the users
-   * table, instead of a lookup of a whole group's ids in each transaction).
-   * @returns each event's user key, and the keys of the users appended in this transaction (kept only once it commits).
+   * Every user's key, of the store and of the buffer, read while no move runs (a user being moved is in one of them
+   * or both, never in neither); the next new user's key is the next after all of them.
    */
-  private async resolveUsers(events: readonly IntakeEvent[]): Promise<{ created: Map<string, number>; keys: number[] }> {
-    if (this.nextUserKey === null) {
-      const reader = await this.store.connection.runAndReadAll("SELECT user_id, user_key FROM users");
+  private async readUsers(buffer: IntakeBuffer): Promise<void> {
+    this.usersAddedSeen = this.store.usersAdded;
+    await buffer.exclusive(async () => {
+      const reader = await buffer.connection.runAndReadAll(`SELECT user_id, user_key FROM ${buffer.store}.main.users UNION ALL SELECT user_id, user_key FROM users`);
       const [ids, keys] = reader.currentRowCount ? (reader.getColumns() as [string[], number[]]) : [[], []];
       let max = 0;
       for (let r = 0; r < ids.length; r++) {
@@ -214,19 +236,27 @@ export class DuckDbIntakeStore implements IntakeStore {
         if (keys[r] > max) max = keys[r];
       }
       this.nextUserKey = max + 1;
-    }
+    });
+  }
+
+  /**
+   * The keys of the group's users; users neither file has yet are appended to the buffer, numbered after the
+   * largest key as `EventStore.append` numbers them. One lookup per event among the keys read once, none more.
+   * @returns each event's user key, and the keys of the users appended in this transaction (kept only once it commits).
+   */
+  private async resolveUsers(buffer: IntakeBuffer, seq: number, events: readonly IntakeEvent[]): Promise<{ created: Map<string, number>; keys: number[] }> {
     const created = new Map<string, number>();
-    // One lookup per event among every user's keys (the costly part of this loop), none more.
     const keys = events.map((e) => {
       let key = this.userKeys.get(e.userId) ?? created.get(e.userId);
       if (key === undefined) created.set(e.userId, (key = this.nextUserKey! + created.size));
       return key;
     });
     if (created.size) {
-      const appender = await this.store.connection.createAppender("users");
-      const chunk = DuckDBDataChunk.create([INTEGER, VARCHAR], created.size);
-      chunk.setColumnValues(0, [...created.values()]);
-      chunk.setColumnValues(1, [...created.keys()]);
+      const appender = await buffer.connection.createAppender("users");
+      const chunk = DuckDBDataChunk.create([BIGINT, INTEGER, VARCHAR], created.size);
+      chunk.setColumnValues(0, [...created.keys()].map(() => BigInt(seq)));
+      chunk.setColumnValues(1, [...created.values()]);
+      chunk.setColumnValues(2, [...created.keys()]);
       appender.appendDataChunk(chunk);
       appender.closeSync();
     }

@@ -22,9 +22,9 @@
  *   and writes nothing; the same key with another body is 409. Keys are kept for 7 days. Independently of keys,
  *   the event store never stores an event (user, item, time) twice, so even a retry after a crash between the append
  *   and the key's record (two statements) adds nothing twice.
- * - Upkeep: once no batch has come for a while (`settleAfterMs`), the store's own upkeep runs through the queue
- *   (`IntakeStore.settle`: DuckDB's checkpoint), so that it does not run inside some batch's commit with every batch
- *   behind that one waiting for it.
+ * - Upkeep: once no batch has come for a while (`settleAfterMs`), the store's own upkeep runs (`IntakeStore.settle`:
+ *   on DuckDB, a move of the intake buffer and a checkpoint of the event store, on the mover's connection, beside the
+ *   batches), so that it does not run inside the commit of some later move.
  * - Feedback events (`feedback: "negative"`, "not interested") are not engagement: they are not stored as events
  *   (they would count as positive on a dataset without engagement values), only as experiment outcomes.
  *
@@ -112,7 +112,7 @@ export interface IntakeOptions {
   /** Runs after the append, inside the queue: outcome attribution of the active experiment. */
   readonly attribute?: (events: readonly AttributableEvent[]) => Promise<number>;
   /**
-   * How long no batch must have come before the store's upkeep runs (`IntakeStore.settle`, through the queue).
+   * How long no batch must have come before the store's upkeep runs (`IntakeStore.settle`).
    * @defaultValue DEFAULT_SETTLE_AFTER_MS
    */
   readonly settleAfterMs?: number;
@@ -183,9 +183,9 @@ export class EventIntake {
   private settleTimer: NodeJS.Timeout | null = null;
   private readonly settleAfterMs: number;
   /**
-   * The store's upkeep so far. A failure is not thrown (no request waits for the upkeep, and the store does the same
-   * work by itself inside a later append, whose request gets any error it meets): it is counted here, shown by
-   * /metrics and /healthz, and passed to `onUpkeepError`.
+   * The store's upkeep so far. A failure is not thrown (no request waits for the upkeep, and the same work is done
+   * later anyway: on DuckDB by the intake buffer's mover, after a move once the store's log is full): it is counted
+   * here, shown by /metrics and /healthz, and passed to `onUpkeepError`.
    */
   readonly upkeep: IntakeUpkeep = { ran: 0, failed: 0, lastError: null };
 
@@ -275,7 +275,9 @@ export class EventIntake {
         this.armSettle(this.settleAfterMs - quiet);
         return;
       }
-      this.options.queue.run(() => this.intakeStore.settle()).then(
+      // Not through the store queue: the DuckDB store settles on its intake buffer's mover connection, and a batch
+      // must not wait behind it.
+      this.intakeStore.settle().then(
         (ran) => {
           if (ran) this.upkeep.ran++;
         },

@@ -44,6 +44,15 @@ export interface MetricsSnapshot {
   readonly groundingStale?: boolean;
   /** The intake store's upkeep in quiet moments (a DuckDB checkpoint): runs that did work, and failures. */
   readonly intakeUpkeep?: { readonly ran: number; readonly failed: number };
+  /** The DuckDB store's intake buffer and its mover (../data/intake-buffer.ts); null or absent on PostgreSQL. */
+  readonly intakeBuffer?: {
+    readonly backlog: number;
+    readonly moves: number;
+    readonly rowsMoved: number;
+    readonly moveFailures: number;
+    readonly bufferCheckpoints: number;
+    readonly storeCheckpoints: number;
+  } | null;
   /** Every table binding the server follows, and whether its latest reload failed. */
   readonly tableBindings: readonly { readonly binding: string; readonly reloadFailing: boolean }[];
   /** How the server follows a shared store's appends; null or absent on the embedded workspace. */
@@ -191,8 +200,23 @@ export class ServerMetrics {
     if (snapshot.intakeUpkeep !== undefined) {
       family("freshrec_intake_upkeep_total", "counter", "Upkeep runs of the event store in intake's quiet moments that did work (a DuckDB checkpoint).");
       out.push(`freshrec_intake_upkeep_total ${snapshot.intakeUpkeep.ran}`);
-      family("freshrec_intake_upkeep_failures_total", "counter", "Upkeep runs of the event store in intake's quiet moments that failed (the store then does the work inside a later append).");
+      family("freshrec_intake_upkeep_failures_total", "counter", "Upkeep runs of the event store in intake's quiet moments that failed (the intake buffer's mover then checkpoints the store after a later move, once its log is full).");
       out.push(`freshrec_intake_upkeep_failures_total ${snapshot.intakeUpkeep.failed}`);
+    }
+    const buffer = snapshot.intakeBuffer;
+    if (buffer) {
+      const series: [string, string, string, number][] = [
+        ["freshrec_intake_buffer_backlog_rows", "gauge", "Rows intake (and the experiment log) wrote to the intake buffer that the mover has not moved into the event store yet.", buffer.backlog],
+        ["freshrec_intake_buffer_moves_total", "counter", "Moves of the intake buffer into the event store that moved rows.", buffer.moves],
+        ["freshrec_intake_buffer_rows_moved_total", "counter", "Rows the mover moved into the event store.", buffer.rowsMoved],
+        ["freshrec_intake_buffer_move_failures_total", "counter", "Moves that failed (rolled back: the rows stay buffered, and the move is retried).", buffer.moveFailures],
+        ["freshrec_intake_buffer_checkpoints_total", "counter", "Checkpoints of the intake buffer's file the mover ran.", buffer.bufferCheckpoints],
+        ["freshrec_intake_buffer_store_checkpoints_total", "counter", "Checkpoints of the event store the mover ran once its log reached the size DuckDB would have checkpointed it at.", buffer.storeCheckpoints],
+      ];
+      for (const [name, type, help, value] of series) {
+        family(name, type, help);
+        out.push(`${name} ${value}`);
+      }
     }
     return `${out.join("\n")}\n`;
   }

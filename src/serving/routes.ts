@@ -458,6 +458,7 @@ export function registerRoutes(app: FastifyInstance, state: ServingState): Route
     },
     async ({ params }) => {
       await state.flushExposures();
+      await state.moveIntake();
       const analysis = await state.queue.run(async () => analyzeExperiment(state.events, await state.experiments.get(params.name), { resamples: options.resamples ?? EXPERIMENT_DEFAULTS.resamples }));
       return { ...analysis, table: renderExperimentTable(analysis) };
     },
@@ -485,6 +486,7 @@ export function registerRoutes(app: FastifyInstance, state: ServingState): Route
         groundingAgeSeconds: (options.clock.now() - state.groundingBuiltAt) / 1000,
         groundingStale: state.liveGrounding.stale,
         intakeUpkeep: { ran: state.intake.upkeep.ran, failed: state.intake.upkeep.failed },
+        intakeBuffer: state.intakeBuffer?.status() ?? null,
         tableBindings: tables.bindings().map((b) => ({ binding: b.binding, reloadFailing: failing.has(b.binding) })),
         storeFollow: state.storeFollow(),
         now: options.clock.now(),
@@ -553,6 +555,7 @@ export function registerRoutes(app: FastifyInstance, state: ServingState): Route
         failed: state.intake.upkeep.failed,
         lastError: upkeepError(state.intake.upkeep.lastError),
       },
+      intakeBuffer: state.intakeBuffer?.status() ?? null,
       storeFollow: follow && { ...follow, lastCaughtUpAt: follow.lastCaughtUpAt === null ? null : isoTime(follow.lastCaughtUpAt) },
     };
   }

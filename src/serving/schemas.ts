@@ -229,10 +229,22 @@ export const healthResponseSchema = z.object({
   intakeUpkeep: z
     .object({
       ran: z.number().int().describe("Upkeep runs that did work (a DuckDB checkpoint while no intake batch came)."),
-      failed: z.number().int().describe("Upkeep runs that failed; the store then does the work inside a later append, which every batch behind it waits for."),
+      failed: z.number().int().describe("Upkeep runs that failed; the intake buffer's mover then checkpoints the store after a later move, once its log is full (intake appends to the buffer meanwhile)."),
       lastError: z.string().nullable().describe("The last failure's message, or null."),
     })
     .describe("The event store's upkeep in intake's quiet moments (nothing to do on PostgreSQL, which checkpoints in its own process)."),
+  intakeBuffer: z
+    .object({
+      backlog: z.number().int().describe("Rows written to the buffer that are not in the event store yet."),
+      moves: z.number().int().describe("Moves into the event store that moved rows."),
+      rowsMoved: z.number().int(),
+      moveFailures: z.number().int().describe("Moves that failed (rolled back and retried: no row is dropped)."),
+      lastMoveError: z.string().nullable().describe("The last failed move's message, or null."),
+      bufferCheckpoints: z.number().int().describe("Checkpoints of the buffer's file."),
+      storeCheckpoints: z.number().int().describe("Checkpoints of the event store the mover ran once its log was full (besides intake's quiet-moment upkeep)."),
+    })
+    .nullable()
+    .describe("The embedded store's intake buffer: intake writes to a file beside the event store, moved into it off intake's path (null on PostgreSQL)."),
   storeFollow: storeFollowSchema.nullable(),
 });
 

@@ -26,6 +26,7 @@ import { join } from "node:path";
 import Fastify, { LogController, type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
 import { EventStore, type EventStoreContract } from "../data/event-store.js";
 import { EVENTS_CHANNEL, PostgresEventStore } from "../data/postgres-event-store.js";
+import type { IntakeBuffer } from "../data/intake-buffer.js";
 import { MAX_ID_LENGTH } from "../data/ingest/event-fields.js";
 import { SystemClock, type Clock } from "../domain/clock.js";
 import { FreshrecError } from "../domain/errors.js";
@@ -184,6 +185,8 @@ export class ServingState {
   experiment: ActiveExperiment | null = null;
   /** Set by startServer on a shared store. */
   storeFollowing: StoreFollowing | null = null;
+  /** The embedded store's intake buffer, which intake writes to (set by startServer; null on PostgreSQL). */
+  intakeBuffer: IntakeBuffer | null = null;
   readonly startedAt: number;
   private readonly tokenDigest: Buffer | null;
 
@@ -254,6 +257,15 @@ export class ServingState {
     if (experiment) for (const arm of experiment.arms) await this.tables.bind(arm.table);
     this.tables.retain(experiment ? experiment.arms.map((a) => a.table) : []);
     this.experiment = experiment ? { experiment } : null;
+  }
+
+  /**
+   * Moves the DuckDB store's intake buffer into it (nothing on PostgreSQL). A reader through the store queue calls
+   * this before it queues: every read of the store moves the buffer first anyway, and a move done inside the queue
+   * would hold up the intake batches behind it.
+   */
+  async moveIntake(): Promise<void> {
+    if (this.events instanceof EventStore) await this.events.drainIntake();
   }
 
   /** Writes buffered exposures (through the store queue). */
@@ -402,8 +414,12 @@ export async function startServer(input: ServeOptions): Promise<RunningServer> {
     const groundEvents = events;
     // The DuckDB store has one connection, which the queue hands out; a PostgreSQL store reads on a pool of its own, so
     // a rebuild there (after each catalog change a follower applies) does not hold up intake meanwhile.
-    const buildGrounding = () =>
-      groundEvents instanceof PostgresEventStore ? buildGroundingIndex(groundEvents, catalog, groundingOptions) : queue.run(() => buildGroundingIndex(groundEvents, catalog, groundingOptions));
+    // On DuckDB the intake buffer is moved first, outside the queue (a move is no batch's business); what a batch adds
+    // meanwhile is moved by the build's own first read.
+    const buildGrounding = async () =>
+      groundEvents instanceof PostgresEventStore
+        ? buildGroundingIndex(groundEvents, catalog, groundingOptions)
+        : (await duckEvents?.drainIntake(), queue.run(() => buildGroundingIndex(groundEvents, catalog, groundingOptions)));
     // The grounding index is swapped whole on rebuild; readers go through `grounding.current`.
     const grounding = new LiveGrounding(await buildGrounding(), buildGrounding, {
       now: () => options.clock.now(),
@@ -433,7 +449,15 @@ export async function startServer(input: ServeOptions): Promise<RunningServer> {
     const registry: ModelRegistryContract =
       storeUrl !== null ? await PostgresModelRegistry.open(storeUrl, options.workspace, options.clock) : EmbeddedModelRegistry.open(options.workspace, options.clock);
     opened.push(() => registry.close());
-    const experiments = await openExperimentLog(events);
+    // On DuckDB intake writes to the store's intake buffer, moved into the store by its mover (see
+    // ../data/intake-buffer.ts); a move that fails is logged here and retried.
+    const intakeBuffer = pgEvents === null && duckEvents !== null ? await duckEvents.intakeBuffer() : null;
+    if (intakeBuffer) {
+      intakeBuffer.onMoveError = (error) =>
+        app?.log.error({ err: error, backlog: intakeBuffer.status().backlog }, "moving the intake buffer into the event store failed; the rows stay buffered and the move is retried");
+    }
+    // The experiment log writes exposures and outcomes to that buffer too: intake's attribution writes them.
+    const experiments = await openExperimentLog(events, { intakeBuffer });
 
     const tables = new ServingTables(tableStore, registry, {
       rowsPerSlice: 500,
@@ -513,7 +537,7 @@ export async function startServer(input: ServeOptions): Promise<RunningServer> {
       ...(options.futureToleranceMs === undefined ? {} : { futureToleranceMs: options.futureToleranceMs }),
       now: () => options.clock.now(),
       onUpkeepError: (error) =>
-        app?.log.error({ err: error }, "the event store's upkeep in a quiet moment (a checkpoint) failed; the store does it inside a later append instead"),
+        app?.log.error({ err: error }, "the event store's upkeep in a quiet moment (a move of the intake buffer and a checkpoint) failed; the mover moves at its next turn and checkpoints once the store's log is full"),
       attribute: async (batch) => {
         const active = state?.experiment;
         if (!active) return 0;
@@ -526,6 +550,7 @@ export async function startServer(input: ServeOptions): Promise<RunningServer> {
     });
     const serving = new ServingState(options, events, tableStore, registry, catalog, users, grounding, explorer, intake, tables, experiments, queue, metrics, positiveMin);
     state = serving;
+    serving.intakeBuffer = intakeBuffer;
     if (follower && listener) {
       const [following, heard] = [follower, listener];
       serving.storeFollowing = { follower: following, listening: () => heard.connected, disconnects: () => heard.disconnects };
@@ -607,6 +632,8 @@ export async function startServer(input: ServeOptions): Promise<RunningServer> {
           await tables.settle();
           await queue.idle();
           await queue.run(() => experiments.flush());
+          // Whoever opens the store next (a command, a cold start) finds nothing buffered.
+          await duckEvents?.drainIntake();
           await closeOpened();
         })()),
     };

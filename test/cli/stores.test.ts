@@ -3,10 +3,11 @@
  * (no raw SQLite error, no stack trace), and `freshrec doctor` checks every store of the workspace (SQLite quick_check,
  * the DuckDB event store read through) and fails naming the damaged one, where the backend checks alone would pass.
  */
-import { closeSync, openSync, readFileSync, statSync, writeFileSync, writeSync } from "node:fs";
+import { closeSync, openSync, readFileSync, rmSync, statSync, writeFileSync, writeSync } from "node:fs";
 import { join } from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
 import { EventStore, eventBatchFromEvents } from "../../src/data/event-store.js";
+import { intakeBufferPath } from "../../src/data/intake-buffer.js";
 import { SystemClock, VirtualClock } from "../../src/domain/clock.js";
 import { ModelRegistry } from "../../src/llm/registry.js";
 import { SqliteTableStore, tableStorePath } from "../../src/tables/sqlite-store.js";
@@ -106,6 +107,21 @@ describe("damaged stores", () => {
       expect(report.checks.find((c) => c.name === "tables.sqlite")).toMatchObject({ ok: false, detail: expect.stringMatching(/empty \(0 bytes\)/) });
       expect(statSync(tableStorePath(ws)).size).toBe(0);
     });
+  });
+
+  it("doctor reads the intake buffer beside events.duckdb, and fails naming it when its blocks are damaged", async () => {
+    const events = await EventStore.open(join(ws, "events.duckdb"));
+    await events.intakeBuffer();
+    events.close();
+    const file = intakeBufferPath(join(ws, "events.duckdb"))!;
+    const healthy = doctor();
+    expect(healthy.status, healthy.stdout).toBe(0);
+    whileDamaged(file, overwriteAfter(12_288), () => {
+      const { status, report } = doctor();
+      expect(status).toBe(1);
+      expect(report.checks.find((c) => c.name === "events.duckdb")).toMatchObject({ ok: false, detail: expect.stringContaining(file) });
+    });
+    rmSync(file);
   });
 
   it("doctor fails (exit 1) naming events.duckdb when its blocks are damaged", () => {

@@ -18,8 +18,9 @@
  * log.logExposure({ exposureId, experiment: "e1", arm: "control", userId, ts, tableVersion, coldStart: false, slots });
  * await log.flush();
  */
-import { BIGINT, BOOLEAN, DuckDBDataChunk, FLOAT, INTEGER, LIST, VARCHAR, listValue, type DuckDBType, type DuckDBValue } from "@duckdb/node-api";
+import { BIGINT, BOOLEAN, DuckDBDataChunk, FLOAT, INTEGER, LIST, VARCHAR, listValue, type DuckDBConnection, type DuckDBType, type DuckDBValue } from "@duckdb/node-api";
 import { EventStore, type EventStoreContract } from "../../data/event-store.js";
+import type { IntakeBuffer } from "../../data/intake-buffer.js";
 import { PostgresEventStore } from "../../data/postgres-event-store.js";
 // Type-only the other way (./postgres-log.ts imports this file's types), so there is no cycle when it runs.
 import { PostgresExperimentLog } from "./postgres-log.js";
@@ -128,10 +129,13 @@ export async function readExperiment(store: EventStoreContract, name: string): P
   return toExperiment(row);
 }
 
-/** The experiment log kept in `store`, whichever adapter it is. */
-export async function openExperimentLog(store: EventStoreContract): Promise<ExperimentLogContract> {
+/**
+ * The experiment log kept in `store`, whichever adapter it is. `intakeBuffer`: the DuckDB store's intake buffer, which
+ * the log then writes its exposures and outcomes to (the server's: see `ExperimentLog.open`).
+ */
+export async function openExperimentLog(store: EventStoreContract, options: { intakeBuffer?: IntakeBuffer | null } = {}): Promise<ExperimentLogContract> {
   if (store instanceof PostgresEventStore) return PostgresExperimentLog.open(store);
-  if (store instanceof EventStore) return ExperimentLog.open(store);
+  if (store instanceof EventStore) return ExperimentLog.open(store, options.intakeBuffer ?? null);
   throw new FreshrecError("INTERNAL", `no experiment log for an event store of dialect ${store.dialect}`);
 }
 
@@ -139,12 +143,22 @@ export class ExperimentLog implements ExperimentLogContract {
   private exposures: DuckDBValue[][] = [];
   private outcomes: DuckDBValue[][] = [];
 
-  private constructor(private readonly store: EventStore) {}
+  private constructor(
+    private readonly store: EventStore,
+    private readonly buffer: IntakeBuffer | null,
+  ) {}
 
-  /** Creates the tables when missing. */
-  static async open(store: EventStore): Promise<ExperimentLog> {
+  /**
+   * Creates the tables when missing. With `buffer` (the store's intake buffer, ../../data/intake-buffer.ts), exposures
+   * and outcomes are written to it, the mover moving them into the store like intake's events: the server attributes
+   * outcomes inside intake's write, which must not wait for a write to the store's file (a checkpoint of the store
+   * holds every write to it). Reads of the log's tables through the store (an analysis) move the buffer first; the
+   * attribution reads both files.
+   */
+  static async open(store: EventStore, buffer: IntakeBuffer | null = null): Promise<ExperimentLog> {
     await store.connection.run(SCHEMA);
-    return new ExperimentLog(store);
+    if (buffer) for (const table of ["experiment_exposures", "experiment_outcomes"]) await buffer.table(table);
+    return new ExperimentLog(store, buffer);
   }
 
   async list(): Promise<Experiment[]> {
@@ -243,8 +257,11 @@ export class ExperimentLog implements ExperimentLogContract {
     this.exposures = [];
     this.outcomes = [];
     try {
-      if (exposures.length) await this.appendRows("experiment_exposures", EXPOSURE_TYPES, exposures);
-      if (outcomes.length) await this.appendRows("experiment_outcomes", OUTCOME_TYPES, outcomes);
+      if (this.buffer) await this.appendBuffered(this.buffer, exposures, outcomes);
+      else {
+        if (exposures.length) await this.appendRows("experiment_exposures", EXPOSURE_TYPES, exposures);
+        if (outcomes.length) await this.appendRows("experiment_outcomes", OUTCOME_TYPES, outcomes);
+      }
     } catch (error) {
       // Kept for the next flush rather than lost.
       this.exposures = exposures.concat(this.exposures);
@@ -261,7 +278,19 @@ export class ExperimentLog implements ExperimentLogContract {
    */
   async attributeOutcomes(experiment: string, events: readonly AttributableEvent[], windowMs: number, positiveMin: number | null): Promise<number> {
     if (events.length === 0) return 0;
-    const before = await this.count("experiment_outcomes");
+    const buffer = this.buffer;
+    // Buffered: exposures and outcomes are in the buffer or already moved into the store, so both are read, and the
+    // new outcomes are written to the buffer, as one buffer transaction (its own seq).
+    const run = buffer ? buffer.connection : this.store.connection;
+    const [exposures, outcomes, target] = buffer
+      ? [
+          `(SELECT * FROM ${buffer.store}.main.experiment_exposures UNION ALL SELECT * EXCLUDE (seq) FROM experiment_exposures)`,
+          `(SELECT exposure_id, rank FROM ${buffer.store}.main.experiment_outcomes UNION ALL SELECT exposure_id, rank FROM experiment_outcomes)`,
+          "experiment_outcomes SELECT $seq::BIGINT AS seq, *",
+        ]
+      : ["experiment_exposures", "experiment_outcomes", "experiment_outcomes SELECT *"];
+    const count = async () => Number((await run.runAndReadAll("SELECT count(*) FROM experiment_outcomes")).getRows()[0][0]);
+    const before = await count();
     const positive = positiveMin === null ? "true" : "(b.engagement IS NULL OR b.engagement >= $positiveMin)";
     const params: Record<string, DuckDBValue> = {
       experiment,
@@ -276,8 +305,10 @@ export class ExperimentLog implements ExperimentLogContract {
     if (positiveMin !== null) params.positiveMin = positiveMin;
     // Typed lists: left to itself DuckDB types a list by its first value, so engagements [1, 0.5] failed as integers.
     const types = { users: LIST(VARCHAR), items: LIST(VARCHAR), clusters: LIST(VARCHAR), ts: LIST(BIGINT), engagement: LIST(FLOAT), negative: LIST(BOOLEAN) };
-    await this.store.connection.run(
-      `INSERT INTO experiment_outcomes
+    const seq = buffer ? buffer.allocate() : 0;
+    if (buffer) params.seq = BigInt(seq);
+    await run.run(
+      `INSERT INTO ${target} FROM (
        WITH b AS (
          SELECT unnest($users::VARCHAR[]) AS user_id, unnest($items::VARCHAR[]) AS item_id, unnest($clusters::VARCHAR[]) AS cluster_id,
                 unnest($ts::BIGINT[]) AS ts, unnest($engagement::FLOAT[]) AS engagement, unnest($negative::BOOLEAN[]) AS negative
@@ -287,32 +318,51 @@ export class ExperimentLog implements ExperimentLogContract {
                 CASE WHEN b.negative THEN 'negative' WHEN ${positive} THEN 'satisfied' ELSE 'dissatisfied' END AS outcome,
                 b.engagement,
                 row_number() OVER (PARTITION BY x.exposure_id, x.rank ORDER BY b.ts, b.item_id) AS k
-         FROM experiment_exposures x JOIN b ON b.user_id = x.user_id AND b.cluster_id = x.cluster_id
+         FROM ${exposures} x JOIN b ON b.user_id = x.user_id AND b.cluster_id = x.cluster_id
            AND b.ts >= x.ts AND b.ts < x.ts + $window
          WHERE x.experiment = $experiment
        )
        SELECT exposure_id, experiment, arm, user_id, rank, cluster_id, item_id, ts, outcome, engagement FROM matched m
-       WHERE k = 1 AND NOT EXISTS (SELECT 1 FROM experiment_outcomes o WHERE o.exposure_id = m.exposure_id AND o.rank = m.rank)`,
+       WHERE k = 1 AND NOT EXISTS (SELECT 1 FROM ${outcomes} o WHERE o.exposure_id = m.exposure_id AND o.rank = m.rank))`,
       params,
       types,
     );
-    return (await this.count("experiment_outcomes")) - before;
+    const added = (await count()) - before;
+    buffer?.committed(seq, added);
+    return added;
   }
 
-  private async count(table: string): Promise<number> {
-    const [row] = await this.store.query<{ n: bigint }>(`SELECT count(*) AS n FROM ${table}`);
-    return Number(row.n);
+  /** Appends exposures and outcomes to the intake buffer in one transaction (its own seq). */
+  private async appendBuffered(buffer: IntakeBuffer, exposures: readonly DuckDBValue[][], outcomes: readonly DuckDBValue[][]): Promise<void> {
+    if (exposures.length + outcomes.length === 0) return;
+    const c = buffer.connection;
+    const seq = buffer.allocate();
+    await c.run("BEGIN TRANSACTION");
+    try {
+      const value = BigInt(seq);
+      if (exposures.length) await appendTo(c, "experiment_exposures", [BIGINT, ...EXPOSURE_TYPES], exposures.map((r) => [value, ...r]));
+      if (outcomes.length) await appendTo(c, "experiment_outcomes", [BIGINT, ...OUTCOME_TYPES], outcomes.map((r) => [value, ...r]));
+      await c.run("COMMIT");
+    } catch (error) {
+      await c.run("ROLLBACK");
+      throw error;
+    }
+    buffer.committed(seq, exposures.length + outcomes.length);
   }
 
   private async appendRows(table: string, types: DuckDBType[], rows: readonly DuckDBValue[][]): Promise<void> {
-    const appender = await this.store.connection.createAppender(table);
-    const size = 2048;
-    for (let start = 0; start < rows.length; start += size) {
-      const slice = rows.slice(start, start + size);
-      const chunk = DuckDBDataChunk.create(types, slice.length);
-      for (let col = 0; col < types.length; col++) chunk.setColumnValues(col, slice.map((r) => r[col]));
-      appender.appendDataChunk(chunk);
-    }
-    appender.closeSync();
+    await appendTo(this.store.connection, table, types, rows);
   }
+}
+
+async function appendTo(connection: DuckDBConnection, table: string, types: DuckDBType[], rows: readonly DuckDBValue[][]): Promise<void> {
+  const appender = await connection.createAppender(table);
+  const size = 2048;
+  for (let start = 0; start < rows.length; start += size) {
+    const slice = rows.slice(start, start + size);
+    const chunk = DuckDBDataChunk.create(types, slice.length);
+    for (let col = 0; col < types.length; col++) chunk.setColumnValues(col, slice.map((r) => r[col]));
+    appender.appendDataChunk(chunk);
+  }
+  appender.closeSync();
 }
