@@ -40,7 +40,9 @@
  * Beside the rates, the server process's CPU time per batch (all threads): what the server costs whatever else the
  * shared machine runs at that moment, and so what one core of it would take. And at the target rates, what the server
  * itself saw (`ServerSide`): each request's time from its arrival to its reply, its garbage-collection pauses, and
- * the store's checkpoints (keys `intake_server_p99_ms`, `intake_gc_*`, `intake_checkpoints_at_target`, and per run).
+ * the store's checkpoints (keys `intake_server_p99_ms`, `intake_gc_*`, `intake_checkpoints_at_target`, and per run),
+ * and on the embedded store the checkpoints of its intake buffer's file (`intake_*_target_buffer_checkpoints_runN`),
+ * the only ones an intake append waits for there.
  */
 import autocannon from "autocannon";
 import { execFileSync, fork } from "node:child_process";
@@ -89,6 +91,12 @@ export interface ServerSide {
   readonly gcMinorMs: number;
   /** The process's CPU time (all its threads) during the load (ms). */
   readonly cpuMs: number;
+  /**
+   * On the embedded store, checkpoints the intake buffer's mover ran during the load: of the buffer's file (an intake
+   * append waits while one runs) and of the event store's (none does); null on PostgreSQL.
+   */
+  readonly bufferCheckpoints: number | null;
+  readonly moverStoreCheckpoints: number | null;
 }
 
 /** Percentile `q` of ascending `sorted`, to 0.1 ms; NaN when empty. */
@@ -127,6 +135,8 @@ async function serveChild(dir: string, postgresUrl: string | undefined): Promise
     return (user + system) / 1000;
   };
   let loadCpu = 0;
+  const mover = () => server.state.intakeBuffer?.status() ?? null;
+  let moverAtStart = mover();
   process.send!({ url: server.url, users: server.state.users.size, startSeconds: Number(process.hrtime.bigint() - started) / 1e9, stored });
   process.once("disconnect", () => process.exit(1));
   process.on("message", async (m) => {
@@ -139,6 +149,7 @@ async function serveChild(dir: string, postgresUrl: string | undefined): Promise
       latencies = [];
       Object.assign(gc, { count: 0, ms: 0, maxMs: 0, minorMs: 0 });
       loadCpu = cpuMs();
+      moverAtStart = mover();
       process.send!({});
     }
     if (m === "load-end") {
@@ -154,6 +165,8 @@ async function serveChild(dir: string, postgresUrl: string | undefined): Promise
         gcMaxMs: round(gc.maxMs),
         gcMinorMs: round(gc.minorMs),
         cpuMs: round(cpuMs() - loadCpu),
+        bufferCheckpoints: moverAtStart ? mover()!.bufferCheckpoints - moverAtStart.bufferCheckpoints : null,
+        moverStoreCheckpoints: moverAtStart ? mover()!.storeCheckpoints - moverAtStart.storeCheckpoints : null,
       };
       process.send!(side);
     }
@@ -499,6 +512,7 @@ async function measure(store: Store, dir: string, postgresUrl: string | undefine
             [`intake_batch${batch}_target_gc_minor_ms_run${k + 1}`, x.server.gcMinorMs],
             [`intake_batch${batch}_target_gc_max_pause_ms_run${k + 1}`, x.server.gcMaxMs],
             [`intake_batch${batch}_target_checkpoints_run${k + 1}`, x.checkpoints],
+            ...(x.server.bufferCheckpoints === null ? [] : [[`intake_batch${batch}_target_buffer_checkpoints_run${k + 1}`, x.server.bufferCheckpoints] as [string, number]]),
             [`intake_batch${batch}_target_host_writeback_mib_run${k + 1}`, x.hostWritebackMiB],
           ]),
         ),
@@ -528,7 +542,9 @@ async function measure(store: Store, dir: string, postgresUrl: string | undefine
         list.map((x, k) => ({
           metric:
             `  batches of ${batch}, run ${k + 1}: server p50 ${x.server.p50} ms, max ${x.server.max} ms; GC ${x.server.gcCount} pauses, ${x.server.gcMs} ms ` +
-            `(young generation ${x.server.gcMinorMs} ms), longest ${x.server.gcMaxMs} ms; ${x.checkpoints} store checkpoints; server CPU ${(x.server.cpuMs / Math.max(1, x.server.requests)).toFixed(2)} ms/batch; ` +
+            `(young generation ${x.server.gcMinorMs} ms), longest ${x.server.gcMaxMs} ms; ${x.checkpoints} store checkpoints` +
+            (x.server.bufferCheckpoints === null ? "" : ` (the mover's ${x.server.moverStoreCheckpoints}), ${x.server.bufferCheckpoints} intake buffer checkpoints`) +
+            `; server CPU ${(x.server.cpuMs / Math.max(1, x.server.requests)).toFixed(2)} ms/batch; ` +
             `host wrote back ${x.hostWritebackMiB} MiB`,
           value: x.server.p99,
           unit: "ms p99",
