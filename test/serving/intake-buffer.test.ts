@@ -17,6 +17,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { EventStore, eventBatchFromEvents } from "../../src/data/event-store.js";
 import { intakeBufferPath } from "../../src/data/intake-buffer.js";
 import { Catalog } from "../../src/serving/catalog.js";
+import { ExperimentLog } from "../../src/serving/experiments/log.js";
 import { DuckDbIntakeStore, type IntakeEvent } from "../../src/serving/intake-store.js";
 import { startServer, type RunningServer } from "../../src/serving/index.js";
 import { servingWorkspace, TOKEN, type ServingWorkspace } from "./fixtures.js";
@@ -348,6 +349,54 @@ describe("the intake buffer's moves", () => {
     } finally {
       await store.drainIntake();
       store.close();
+    }
+  });
+});
+
+describe("the intake buffer on a store of its own", () => {
+  /** A new store in a temp folder, its buffer never moving by itself, and an experiment log on the buffer. */
+  async function fresh() {
+    const dir = mkdtempSync(join(tmpdir(), "freshrec-intake-"));
+    const path = join(dir, "events.duckdb");
+    const store = await EventStore.open(path);
+    const buffer = await store.intakeBuffer();
+    buffer.moveAfterMs = 3_600_000;
+    const log = await ExperimentLog.open(store, buffer);
+    const done = async () => {
+      store.close();
+      rmSync(dir, { recursive: true, force: true });
+    };
+    return { dir, path, store, buffer, log, done };
+  }
+  const exposure = (log: ExperimentLog, id: string, user: string) =>
+    log.logExposure({ exposureId: id, experiment: "e", arm: "a", userId: user, ts: 1000, tableVersion: null, coldStart: false, slots: [{ rank: 1, cluster: "c1", items: ["i1"] }] });
+  const engaged = (user: string) => [{ userId: user, itemId: "i1", clusterId: "c1", ts: 2000, engagement: 1, negative: false }];
+
+  it("counts an attribution's outcomes by what it inserted, whatever the mover deletes meanwhile", async () => {
+    const { store, buffer, log, done } = await fresh();
+    try {
+      exposure(log, "x1", "u1");
+      exposure(log, "x2", "u2");
+      await log.flush();
+      expect(await log.attributeOutcomes("e", engaged("u1"), 10_000, null)).toBe(1);
+      // A timed move's first step: the first outcome is in the store and still in the buffer...
+      await buffer.moveCommitted();
+      // ...and its delete lands right after the next attribution's INSERT, on the mover's connection.
+      const c = buffer.connection;
+      const run = c.run.bind(c);
+      c.run = (async (sql: string, ...rest: unknown[]) => {
+        const result = await (run as (...a: unknown[]) => Promise<unknown>)(sql, ...rest);
+        if (sql.startsWith("INSERT INTO experiment_outcomes")) await buffer.deleteMoved();
+        return result;
+      }) as typeof c.run;
+      const added = await log.attributeOutcomes("e", engaged("u2"), 10_000, null);
+      c.run = run;
+      expect(added).toBe(1);
+      expect(buffer.pending).toBe(true);
+      const [row] = await store.query<{ n: bigint }>("SELECT count(*) AS n FROM experiment_outcomes");
+      expect(Number(row.n)).toBe(2);
+    } finally {
+      await done();
     }
   });
 });

@@ -289,8 +289,6 @@ export class ExperimentLog implements ExperimentLogContract {
           "experiment_outcomes SELECT $seq::BIGINT AS seq, *",
         ]
       : ["experiment_exposures", "experiment_outcomes", "experiment_outcomes SELECT *"];
-    const count = async () => Number((await run.runAndReadAll("SELECT count(*) FROM experiment_outcomes")).getRows()[0][0]);
-    const before = await count();
     const positive = positiveMin === null ? "true" : "(b.engagement IS NULL OR b.engagement >= $positiveMin)";
     const params: Record<string, DuckDBValue> = {
       experiment,
@@ -307,7 +305,9 @@ export class ExperimentLog implements ExperimentLogContract {
     const types = { users: LIST(VARCHAR), items: LIST(VARCHAR), clusters: LIST(VARCHAR), ts: LIST(BIGINT), engagement: LIST(FLOAT), negative: LIST(BOOLEAN) };
     const seq = buffer ? buffer.allocate() : 0;
     if (buffer) params.seq = BigInt(seq);
-    await run.run(
+    // The INSERT's own count: counting the table before and after would miss rows, since the mover deletes moved
+    // rows from the buffer on its own connection at any time.
+    const inserted = await run.run(
       `INSERT INTO ${target} FROM (
        WITH b AS (
          SELECT unnest($users::VARCHAR[]) AS user_id, unnest($items::VARCHAR[]) AS item_id, unnest($clusters::VARCHAR[]) AS cluster_id,
@@ -327,7 +327,7 @@ export class ExperimentLog implements ExperimentLogContract {
       params,
       types,
     );
-    const added = (await count()) - before;
+    const added = Number(inserted.rowsChanged);
     buffer?.committed(seq, added);
     return added;
   }
