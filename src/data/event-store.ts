@@ -314,11 +314,24 @@ export class EventStore implements EventStoreContract {
     }
   }
 
-  /** Closes the store (and its intake buffer's connections: drain it first, `drainIntake`, to leave nothing in it). */
+  /**
+   * Stops the intake buffer's mover, after the move or checkpoint it runs now, and closes the buffer's connections
+   * (nothing to do without one). Whoever may have a move running (a server, whose mover moves on a timer) awaits it
+   * before `close`; drain first (`drainIntake`) to leave nothing buffered.
+   */
+  async closeIntake(): Promise<void> {
+    const buffer = this.buffer ?? (this.attaching ? await this.attaching.catch(() => null) : null);
+    await buffer?.close();
+  }
+
+  /**
+   * Closes the store, and its intake buffer's connections at once: when a move may be running, `closeIntake` first
+   * (closing a connection under a running statement leaves it unsettled for good).
+   */
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    this.buffer?.close();
+    this.buffer?.closeNow();
     this.connection.closeSync();
     this.instance.closeSync();
   }

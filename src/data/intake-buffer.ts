@@ -86,6 +86,7 @@ export class IntakeBuffer {
   private moving: Promise<unknown> = Promise.resolve();
   private moveTimer: NodeJS.Timeout | null = null;
   private closed = false;
+  private connectionsClosed = false;
   private readonly tables = new Set<string>();
   moves = 0;
   rowsMoved = 0;
@@ -264,7 +265,7 @@ export class IntakeBuffer {
     if (this.closed) return;
     try {
       await this.exclusive(async () => {
-        if (!this.pending) return;
+        if (this.closed || !this.pending) return;
         await this.moveCommitted();
         await this.deleteMoved();
         await this.checkpointBuffer();
@@ -372,8 +373,31 @@ export class IntakeBuffer {
     }
   }
 
-  /** Stops the mover's timer and closes the buffer's connections (`EventStore.close` calls it). Drain first to leave nothing buffered. */
-  close(): void {
+  /**
+   * Stops the mover and closes the buffer's connections (`EventStore.closeIntake` calls it): no move starts after it,
+   * and the running one (a move, a checkpoint of either file) ends first, since closing a connection while a
+   * statement runs on it leaves that statement unsettled for good. What is still buffered is moved at the next open;
+   * drain first to leave nothing buffered.
+   */
+  async close(): Promise<void> {
+    this.closed = true;
+    if (this.moveTimer !== null) clearTimeout(this.moveTimer);
+    this.moveTimer = null;
+    // Until no task joined the chain meanwhile (each one started after this does nothing: they check `closed`).
+    for (let running = this.moving; ; running = this.moving) {
+      await running;
+      if (running === this.moving) break;
+    }
+    this.closeNow();
+  }
+
+  /**
+   * Closes the buffer's connections at once (`EventStore.close`): only for a buffer nothing runs on, which
+   * `close` waits for.
+   */
+  closeNow(): void {
+    if (this.connectionsClosed) return;
+    this.connectionsClosed = true;
     this.closed = true;
     if (this.moveTimer !== null) clearTimeout(this.moveTimer);
     this.moveTimer = null;

@@ -363,6 +363,7 @@ describe("the intake buffer on a store of its own", () => {
     buffer.moveAfterMs = 3_600_000;
     const log = await ExperimentLog.open(store, buffer);
     const done = async () => {
+      await store.closeIntake();
       store.close();
       rmSync(dir, { recursive: true, force: true });
     };
@@ -399,4 +400,39 @@ describe("the intake buffer on a store of its own", () => {
       await done();
     }
   });
+
+  it("closes while a move or a checkpoint runs: the close waits for it, and what is buffered is moved exactly once at the next open", async () => {
+    const { path, store, buffer, log, done } = await fresh();
+    const exposures = async (s: EventStore) => Number((await s.query<{ n: bigint }>("SELECT count(*) AS n FROM experiment_exposures"))[0].n);
+    const within = <T>(p: Promise<T>, what: string) =>
+      Promise.race([p, new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`${what} did not end`)), 20_000).unref())]);
+    let reopened: EventStore | null = null;
+    try {
+      // A log for a checkpoint of the store to write for a while (DuckDB's own checkpoint kept off, as intake does).
+      await store.connection.run("SET checkpoint_threshold = '1000TB'");
+      await store.connection.run("INSERT INTO events SELECT range % 1000, range % 777, TIMESTAMP '2024-01-01' + INTERVAL (range) SECOND, random() FROM range(1500000)");
+      exposure(log, "x1", "u1");
+      await log.flush();
+      // A quiet moment's upkeep: a move, then a checkpoint of the store; the store closes meanwhile.
+      let settled = false;
+      const settling = buffer.settle(1).finally(() => (settled = true));
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      exposure(log, "x2", "u2");
+      await log.flush();
+      // A drain asked for just before the close: it does not start once the buffer closes.
+      const draining = buffer.drain();
+      await within(store.closeIntake(), "closing the intake buffer");
+      expect(settled).toBe(true);
+      await settling;
+      await draining;
+      store.close();
+      reopened = await within(EventStore.open(path), "opening the store again");
+      expect(await exposures(reopened)).toBe(2);
+      const [left] = await reopened.query<{ n: bigint }>("SELECT count(*) AS n FROM freshrec_intake.experiment_exposures");
+      expect(Number(left.n)).toBe(0);
+    } finally {
+      reopened?.close();
+      await done();
+    }
+  }, 60_000);
 });
