@@ -10,7 +10,7 @@
  * empties it.
  *
  * - Rows: each buffered table is the event store's table of the same name plus `seq`, the number of the commit that
- *   wrote it (one per transaction, increasing: `allocate`). Intake writes `events` and `users` (new users keyed from
+ *   wrote it (one per transaction, increasing, one transaction at a time: `allocate`). Intake writes `events` and `users` (new users keyed from
  *   its own counter, the next after every key of both files: only this process writes either while it serves); the
  *   server's experiment log writes `experiment_exposures` and `experiment_outcomes`. `intake_keys` (idempotency
  *   keys) live here for good: nothing else reads them. `buffer_meta` pairs the file with its store (`claim`).
@@ -28,7 +28,7 @@
  * @example
  * const buffer = await store.intakeBuffer(); // attached on first use; a leftover one is moved at EventStore.open
  * const seq = buffer.allocate(); // ... intake appends rows with this seq on buffer.connection, commits ...
- * buffer.committed(seq, rows);
+ * buffer.committed(seq, rows); // or buffer.abandoned(seq) after a rollback
  * await buffer.drain(); // everything buffered is in the event store
  */
 import { randomUUID } from "node:crypto";
@@ -78,6 +78,8 @@ export interface IntakeBufferStatus {
 export class IntakeBuffer {
   /** The last seq given out by `allocate`. */
   private lastSeq: number;
+  /** The seq given out and not yet committed or abandoned (`allocate`). */
+  private openSeq: number | null = null;
   /** The largest seq of a transaction that committed rows (what a move must reach). */
   private committedSeq: number;
   private movedSeq: number;
@@ -224,16 +226,31 @@ export class IntakeBuffer {
     return quote(name);
   }
 
-  /** The seq of the next transaction that writes to the buffer (all its rows carry it). */
+  /**
+   * The seq of the next transaction that writes to the buffer (all its rows carry it). One at a time: a move takes
+   * every row up to the largest seq it sees, so a lower seq committing after it would be deleted unmoved. Every
+   * writer writes through the server's store queue, one after another; this checks it.
+   * @throws FreshrecError (INTERNAL) while the seq given out before is neither `committed` nor `abandoned`.
+   */
   allocate(): number {
-    return ++this.lastSeq;
+    if (this.openSeq !== null) {
+      throw new FreshrecError("INTERNAL", `the intake buffer ${this.path ?? "(in memory)"} gave out seq ${this.openSeq}, not committed or abandoned yet: its writers must write one at a time`);
+    }
+    this.openSeq = ++this.lastSeq;
+    return this.openSeq;
+  }
+
+  /** Tells the buffer that the transaction of `seq` rolled back or never started: the next writer may allocate. */
+  abandoned(seq: number): void {
+    if (this.openSeq === seq) this.openSeq = null;
   }
 
   /**
-   * Tells the buffer that the transaction of `seq` committed `rows` rows; the mover moves them within `moveAfterMs`.
-   * (A transaction that rolled back, or wrote nothing, is not told: nothing waits for a move then.)
+   * Tells the buffer that the transaction of `seq` committed `rows` rows (none: nothing waits for a move); the mover
+   * moves them within `moveAfterMs`.
    */
   committed(seq: number, rows: number): void {
+    this.abandoned(seq);
     if (rows <= 0) return;
     this.backlogRows += rows;
     this.committedSeq = Math.max(this.committedSeq, seq);

@@ -144,9 +144,9 @@ export class DuckDbIntakeStore implements IntakeStore {
     }
     if (this.usersAddedSeen !== this.store.usersAdded) this.forgetUsers();
     if (this.nextUserKey === null) await this.readUsers(buffer);
-    await c.run("BEGIN TRANSACTION");
+    const seq = buffer.allocate();
     try {
-      const seq = buffer.allocate();
+      await c.run("BEGIN TRANSACTION");
       const { created, keys } = await this.resolveUsers(buffer, seq, events);
       const appender = await c.createAppender("events");
       const types = [BIGINT, INTEGER, INTEGER, TIMESTAMP, FLOAT];
@@ -168,7 +168,8 @@ export class DuckDbIntakeStore implements IntakeStore {
       this.nextUserKey! += created.size;
       return events.map(() => true);
     } catch (error) {
-      await c.run("ROLLBACK");
+      await c.run("ROLLBACK").catch(() => undefined);
+      buffer.abandoned(seq);
       // Read the users' keys again next time: if the table changed under this cache (a key taken), the retry heals.
       this.forgetUsers();
       throw new FreshrecError("INTERNAL", `appending ${events.length} intake events failed, nothing was written: ${(error as Error).message}`, { cause: error });

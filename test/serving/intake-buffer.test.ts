@@ -335,7 +335,7 @@ describe("the intake buffer's moves", () => {
       expect(buffer.pending).toBe(false);
       // A buffer transaction that wrote nothing (an attribution without outcomes, a rolled-back append) leaves
       // nothing for a read to move.
-      buffer.allocate();
+      buffer.abandoned(buffer.allocate());
       expect(buffer.pending).toBe(false);
       await intake.append([event("reader-new-3", 3, 18)]);
       // An append numbers its new users after the buffered ones: it moves them first.
@@ -435,4 +435,28 @@ describe("the intake buffer on a store of its own", () => {
       await done();
     }
   }, 60_000);
+
+  it("gives out one seq at a time: a second writer is refused until the first commits or abandons its seq, and a failed write abandons it", async () => {
+    const { buffer, log, done } = await fresh();
+    try {
+      const seq = buffer.allocate();
+      expect(() => buffer.allocate()).toThrow(new RegExp(`gave out seq ${seq}, not committed or abandoned yet`));
+      buffer.abandoned(seq);
+      buffer.committed(buffer.allocate(), 0);
+      // An exposure flush whose transaction fails tells the buffer, so the next one writes.
+      const c = buffer.connection;
+      const run = c.run.bind(c);
+      c.run = (async (sql: string, ...rest: unknown[]) => {
+        if (sql === "COMMIT") throw new Error("commit refused");
+        return (run as (...a: unknown[]) => Promise<unknown>)(sql, ...rest);
+      }) as typeof c.run;
+      exposure(log, "x1", "u1");
+      await expect(log.flush()).rejects.toThrow(/commit refused/);
+      c.run = run;
+      await log.flush();
+      expect(buffer.pending).toBe(true);
+    } finally {
+      await done();
+    }
+  });
 });

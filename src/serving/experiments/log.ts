@@ -307,26 +307,32 @@ export class ExperimentLog implements ExperimentLogContract {
     if (buffer) params.seq = BigInt(seq);
     // The INSERT's own count: counting the table before and after would miss rows, since the mover deletes moved
     // rows from the buffer on its own connection at any time.
-    const inserted = await run.run(
-      `INSERT INTO ${target} FROM (
-       WITH b AS (
-         SELECT unnest($users::VARCHAR[]) AS user_id, unnest($items::VARCHAR[]) AS item_id, unnest($clusters::VARCHAR[]) AS cluster_id,
-                unnest($ts::BIGINT[]) AS ts, unnest($engagement::FLOAT[]) AS engagement, unnest($negative::BOOLEAN[]) AS negative
-       ),
-       matched AS (
-         SELECT x.exposure_id, x.experiment, x.arm, x.user_id, x.rank, x.cluster_id, b.item_id, b.ts,
-                CASE WHEN b.negative THEN 'negative' WHEN ${positive} THEN 'satisfied' ELSE 'dissatisfied' END AS outcome,
-                b.engagement,
-                row_number() OVER (PARTITION BY x.exposure_id, x.rank ORDER BY b.ts, b.item_id) AS k
-         FROM ${exposures} x JOIN b ON b.user_id = x.user_id AND b.cluster_id = x.cluster_id
-           AND b.ts >= x.ts AND b.ts < x.ts + $window
-         WHERE x.experiment = $experiment
-       )
-       SELECT exposure_id, experiment, arm, user_id, rank, cluster_id, item_id, ts, outcome, engagement FROM matched m
-       WHERE k = 1 AND NOT EXISTS (SELECT 1 FROM ${outcomes} o WHERE o.exposure_id = m.exposure_id AND o.rank = m.rank))`,
-      params,
-      types,
-    );
+    let inserted: Awaited<ReturnType<typeof run.run>>;
+    try {
+      inserted = await run.run(
+        `INSERT INTO ${target} FROM (
+         WITH b AS (
+           SELECT unnest($users::VARCHAR[]) AS user_id, unnest($items::VARCHAR[]) AS item_id, unnest($clusters::VARCHAR[]) AS cluster_id,
+                  unnest($ts::BIGINT[]) AS ts, unnest($engagement::FLOAT[]) AS engagement, unnest($negative::BOOLEAN[]) AS negative
+         ),
+         matched AS (
+           SELECT x.exposure_id, x.experiment, x.arm, x.user_id, x.rank, x.cluster_id, b.item_id, b.ts,
+                  CASE WHEN b.negative THEN 'negative' WHEN ${positive} THEN 'satisfied' ELSE 'dissatisfied' END AS outcome,
+                  b.engagement,
+                  row_number() OVER (PARTITION BY x.exposure_id, x.rank ORDER BY b.ts, b.item_id) AS k
+           FROM ${exposures} x JOIN b ON b.user_id = x.user_id AND b.cluster_id = x.cluster_id
+             AND b.ts >= x.ts AND b.ts < x.ts + $window
+           WHERE x.experiment = $experiment
+         )
+         SELECT exposure_id, experiment, arm, user_id, rank, cluster_id, item_id, ts, outcome, engagement FROM matched m
+         WHERE k = 1 AND NOT EXISTS (SELECT 1 FROM ${outcomes} o WHERE o.exposure_id = m.exposure_id AND o.rank = m.rank))`,
+        params,
+        types,
+      );
+    } catch (error) {
+      buffer?.abandoned(seq);
+      throw error;
+    }
     const added = Number(inserted.rowsChanged);
     buffer?.committed(seq, added);
     return added;
@@ -337,14 +343,15 @@ export class ExperimentLog implements ExperimentLogContract {
     if (exposures.length + outcomes.length === 0) return;
     const c = buffer.connection;
     const seq = buffer.allocate();
-    await c.run("BEGIN TRANSACTION");
     try {
+      await c.run("BEGIN TRANSACTION");
       const value = BigInt(seq);
       if (exposures.length) await appendTo(c, "experiment_exposures", [BIGINT, ...EXPOSURE_TYPES], exposures.map((r) => [value, ...r]));
       if (outcomes.length) await appendTo(c, "experiment_outcomes", [BIGINT, ...OUTCOME_TYPES], outcomes.map((r) => [value, ...r]));
       await c.run("COMMIT");
     } catch (error) {
-      await c.run("ROLLBACK");
+      await c.run("ROLLBACK").catch(() => undefined);
+      buffer.abandoned(seq);
       throw error;
     }
     buffer.committed(seq, exposures.length + outcomes.length);
