@@ -67,6 +67,7 @@ export interface IntakeBufferStatus {
   readonly backlog: number;
   readonly moves: number;
   readonly rowsMoved: number;
+  /** Failed moves, and failed deletes or buffer checkpoints after a move (`drain`). */
   readonly moveFailures: number;
   readonly lastMoveError: string | null;
   /** Checkpoints of the buffer file the mover ran. */
@@ -104,7 +105,10 @@ export class IntakeBuffer {
    * asked for, which may run inside the server's store queue); null: never, DuckDB's own `checkpoint_threshold` does.
    */
   storeCheckpointLogBytes: number | null = null;
-  /** Told of each failed move (the server logs it); the move is retried. */
+  /**
+   * Told of each failed move (the server logs it), which is retried, and of each failed delete or buffer checkpoint
+   * after a move, which the next move does.
+   */
   onMoveError: ((error: unknown) => void) | null = null;
   moveAfterMs = DEFAULT_MOVE_AFTER_MS;
 
@@ -275,7 +279,9 @@ export class IntakeBuffer {
   }
 
   /**
-   * Moves everything buffered so far into the event store (after any move running now).
+   * Moves everything buffered so far into the event store (after any move running now). Once the rows are in the
+   * store, a failure to delete them from the buffer or to checkpoint it is counted and told to `onMoveError`, not
+   * thrown: the next move does both (nothing moved is moved again).
    * @throws FreshrecError when the move fails (rolled back: the rows stay buffered, and the next move takes them).
    */
   async drain(): Promise<void> {
@@ -284,8 +290,14 @@ export class IntakeBuffer {
       await this.exclusive(async () => {
         if (this.closed || !this.pending) return;
         await this.moveCommitted();
-        await this.deleteMoved();
-        await this.checkpointBuffer();
+        try {
+          await this.deleteMoved();
+          await this.checkpointBuffer();
+        } catch (error) {
+          this.moveFailures++;
+          this.lastMoveError = error;
+          this.onMoveError?.(error);
+        }
       });
     } catch (error) {
       // Whoever asked (a reader, the timer), the mover tries again.

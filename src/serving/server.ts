@@ -458,7 +458,7 @@ export async function startServer(input: ServeOptions): Promise<RunningServer> {
     const intakeBuffer = pgEvents === null && duckEvents !== null ? await duckEvents.intakeBuffer() : null;
     if (intakeBuffer) {
       intakeBuffer.onMoveError = (error) =>
-        app?.log.error({ err: error, backlog: intakeBuffer.status().backlog }, "moving the intake buffer into the event store failed; the rows stay buffered and the move is retried");
+        app?.log.error({ err: error, backlog: intakeBuffer.status().backlog }, "moving the intake buffer into the event store failed; the rows stay buffered and the move is retried (or, after a move, deleting them from the buffer or checkpointing it failed; the next move does it)");
     }
     // The experiment log writes exposures and outcomes to that buffer too: intake's attribution writes them.
     const experiments = await openExperimentLog(events, { intakeBuffer });

@@ -459,4 +459,36 @@ describe("the intake buffer on a store of its own", () => {
       await done();
     }
   });
+
+  it("after a move, a failed delete from the buffer is counted and told, not thrown to readers, and the next move deletes it", async () => {
+    const { store, buffer, log, done } = await fresh();
+    try {
+      const told: unknown[] = [];
+      buffer.onMoveError = (error) => told.push(error);
+      const mover = (buffer as unknown as { mover: { run: (sql: string, ...rest: unknown[]) => Promise<unknown> } }).mover;
+      const run = mover.run.bind(mover);
+      mover.run = async (sql, ...rest) => {
+        if (sql.startsWith("DELETE FROM")) throw new Error("delete refused");
+        return run(sql, ...rest);
+      };
+      exposure(log, "x1", "u1");
+      await log.flush();
+      // A reader: the move succeeded, so it reads the exposure.
+      const [row] = await store.query<{ n: bigint }>("SELECT count(*) AS n FROM experiment_exposures");
+      expect(Number(row.n)).toBe(1);
+      expect(told).toHaveLength(1);
+      expect(String(told[0])).toMatch(/delete refused/);
+      expect(buffer.status()).toMatchObject({ moveFailures: 1, backlog: 0 });
+      mover.run = run;
+      exposure(log, "x2", "u2");
+      await log.flush();
+      await store.drainIntake();
+      const [after] = await store.query<{ stored: bigint; buffered: bigint }>(
+        "SELECT (SELECT count(*) FROM experiment_exposures) AS stored, (SELECT count(*) FROM freshrec_intake.experiment_exposures) AS buffered",
+      );
+      expect([Number(after.stored), Number(after.buffered)]).toEqual([2, 0]);
+    } finally {
+      await done();
+    }
+  });
 });
