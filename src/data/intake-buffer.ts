@@ -306,11 +306,8 @@ export class IntakeBuffer {
     }
   }
 
-  /**
-   * Runs `task` while no move runs (and none starts): intake reads both files' users this way, so that no user is
-   * between them (moved, not yet deleted) while it reads.
-   */
-  exclusive<T>(task: () => Promise<T>): Promise<T> {
+  /** Runs `task` on the mover's connection after the mover's running task, alone: one statement at a time there. */
+  private exclusive<T>(task: () => Promise<T>): Promise<T> {
     const result = this.moving.then(task, task);
     this.moving = result.catch(() => undefined);
     return result;

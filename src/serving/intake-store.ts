@@ -223,21 +223,35 @@ export class DuckDbIntakeStore implements IntakeStore {
   }
 
   /**
-   * Every user's key, of the store and of the buffer, read while no move runs (a user being moved is in one of them
-   * or both, never in neither); the next new user's key is the next after all of them.
+   * Every user's key, of the buffer and of the store, read in one transaction on intake's connection and not while
+   * the mover waits (a move's checkpoint of the store would hold this append up). A user being moved is in one of
+   * them or both, never in neither: the buffer is read first, and each attached file's snapshot starts when the
+   * transaction first reads it, so a user the mover has deleted from the buffer was already committed to the store
+   * when the store is read. The next new user's key is the next after all of them.
    */
   private async readUsers(buffer: IntakeBuffer): Promise<void> {
     this.usersAddedSeen = this.store.usersAdded;
-    await buffer.exclusive(async () => {
-      const reader = await buffer.connection.runAndReadAll(`SELECT user_id, user_key FROM ${buffer.store}.main.users UNION ALL SELECT user_id, user_key FROM users`);
-      const [ids, keys] = reader.currentRowCount ? (reader.getColumns() as [string[], number[]]) : [[], []];
-      let max = 0;
-      for (let r = 0; r < ids.length; r++) {
-        this.userKeys.set(ids[r], keys[r]);
-        if (keys[r] > max) max = keys[r];
+    const c = buffer.connection;
+    const ids: string[] = [];
+    const keys: number[] = [];
+    await c.run("BEGIN TRANSACTION");
+    try {
+      for (const table of ["users", `${buffer.store}.main.users`]) {
+        const reader = await c.runAndReadAll(`SELECT user_id, user_key FROM ${table}`);
+        if (reader.currentRowCount === 0) continue;
+        const [i, k] = reader.getColumns() as [string[], number[]];
+        ids.push(...i);
+        keys.push(...k);
       }
-      this.nextUserKey = max + 1;
-    });
+    } finally {
+      await c.run("COMMIT");
+    }
+    let max = 0;
+    for (let r = 0; r < ids.length; r++) {
+      this.userKeys.set(ids[r], keys[r]);
+      if (keys[r] > max) max = keys[r];
+    }
+    this.nextUserKey = max + 1;
   }
 
   /**

@@ -324,6 +324,28 @@ describe("the intake buffer's moves", () => {
     }
   });
 
+  it("reads the users for a cold append without waiting for the mover (whose store checkpoint may run long)", async () => {
+    const { store, intake, buffer, event } = await openIntake();
+    const exclusive = (buffer as unknown as { exclusive: (task: () => Promise<void>) => Promise<void> }).exclusive.bind(buffer);
+    let release = () => {};
+    const held = exclusive(() => new Promise<void>((resolve) => (release = resolve)));
+    // The first append of this intake store reads every user's key.
+    const appended = intake.append([event("cold-read-1", 1, 14)]).then(() => "appended");
+    try {
+      const waited = new Promise<string>((resolve) => setTimeout(() => resolve("waited"), 5_000).unref());
+      expect(await Promise.race([appended, waited])).toBe("appended");
+    } finally {
+      release();
+      await held;
+      await appended;
+      await store.drainIntake();
+      expect(await duplicateKeys(store)).toBe(0);
+      expect(await stored(store, ["cold-read-1"])).toHaveLength(1);
+      await store.closeIntake();
+      store.close();
+    }
+  });
+
   it("lets readers and an in-process append see buffered events first; new users' keys never clash", async () => {
     const { store, intake, buffer, event } = await openIntake();
     try {
