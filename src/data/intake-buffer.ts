@@ -327,16 +327,21 @@ export class IntakeBuffer {
   }
 
   /**
-   * Checkpoints the event store on the mover's connection when its write-ahead log holds at least `minLogBytes` (a
-   * checkpoint of the event store holds only the mover).
+   * Checkpoints the event store on the mover's connection when its write-ahead log holds at least `minLogBytes`
+   * (intake appends meanwhile: they write the buffer's file).
    * @returns whether it ran.
+   * @throws FreshrecError naming the store's file.
    */
   private checkpointStore(minLogBytes: number): Promise<boolean> {
     return this.exclusive(async () => {
       if (this.closed || this.storePath === ":memory:") return false;
       const logged = statSync(`${this.storePath}.wal`, { throwIfNoEntry: false })?.size ?? 0;
       if (logged === 0 || logged < minLogBytes) return false;
-      await this.mover.run(`CHECKPOINT ${this.store}`);
+      try {
+        await this.mover.run(`CHECKPOINT ${this.store}`);
+      } catch (error) {
+        throw new FreshrecError("INTERNAL", `checkpointing the event store ${this.storePath} failed (retried after a later move): ${(error as Error).message}`, { cause: error });
+      }
       return true;
     });
   }

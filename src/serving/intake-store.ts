@@ -179,9 +179,14 @@ export class DuckDbIntakeStore implements IntakeStore {
   async recorded(keys: readonly string[]): Promise<Map<string, RecordedAnswer>> {
     if (keys.length === 0) return new Map();
     const buffer = await this.buffer();
-    const reader = await buffer.connection.runAndReadAll("SELECT key, body_hash, result FROM intake_keys WHERE list_contains($keys::VARCHAR[], key)", {
-      keys: listValue([...keys]),
-    });
+    let reader;
+    try {
+      reader = await buffer.connection.runAndReadAll("SELECT key, body_hash, result FROM intake_keys WHERE list_contains($keys::VARCHAR[], key)", {
+        keys: listValue([...keys]),
+      });
+    } catch (error) {
+      throw new FreshrecError("INTERNAL", `reading idempotency keys from the intake buffer ${buffer.path ?? "(in memory)"} failed: ${(error as Error).message}`, { cause: error });
+    }
     const rows = reader.getRowObjectsJS() as { key: string; body_hash: string; result: string }[];
     return new Map(rows.map((r) => [r.key, { key: r.key, bodyHash: r.body_hash, result: r.result }]));
   }
@@ -243,8 +248,12 @@ export class DuckDbIntakeStore implements IntakeStore {
         ids.push(...i);
         keys.push(...k);
       }
-    } finally {
       await c.run("COMMIT");
+    } catch (error) {
+      await c.run("ROLLBACK").catch(() => undefined);
+      throw new FreshrecError("INTERNAL", `reading the users of the intake buffer ${buffer.path ?? "(in memory)"} and of the event store ${this.store.location} failed: ${(error as Error).message}`, {
+        cause: error,
+      });
     }
     let max = 0;
     for (let r = 0; r < ids.length; r++) {

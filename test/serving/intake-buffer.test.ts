@@ -513,4 +513,26 @@ describe("the intake buffer on a store of its own", () => {
       await done();
     }
   });
+
+  it("names the file in the errors of the store's checkpoint and of the idempotency keys' read", async () => {
+    const { path, store, buffer, log, done } = await fresh();
+    try {
+      exposure(log, "x1", "u1");
+      await log.flush();
+      await store.drainIntake();
+      const mover = (buffer as unknown as { mover: { run: (sql: string, ...rest: unknown[]) => Promise<unknown> } }).mover;
+      const run = mover.run.bind(mover);
+      mover.run = async (sql, ...rest) => {
+        if (sql.startsWith("CHECKPOINT")) throw new Error("checkpoint refused");
+        return run(sql, ...rest);
+      };
+      await expect(buffer.settle(1)).rejects.toThrow(new RegExp(`checkpointing the event store ${escape(path)} failed .*checkpoint refused`));
+      mover.run = run;
+      const intake = new DuckDbIntakeStore(store, { itemCount: 0, itemOfKey: [] } as unknown as Catalog);
+      await buffer.connection.run("DROP TABLE intake_keys");
+      await expect(intake.recorded(["k"])).rejects.toThrow(new RegExp(`idempotency keys from the intake buffer ${escape(intakeBufferPath(path)!)} failed`));
+    } finally {
+      await done();
+    }
+  });
 });
