@@ -5,9 +5,11 @@
  *
  * Why: a DuckDB checkpoint of a file holds every append to that file, on any connection and to any table, for its
  * whole time, which grows with the event store's log, while appends to a separately attached file go on. With
- * intake writing here, the event store's checkpoints hold only the mover, which runs them (once the store's log is
- * full, `storeCheckpointLogBytes`, and in intake's quiet moments, `settle`); this file's are small, since every move
- * empties it.
+ * intake writing here, no intake append waits for a checkpoint of the event store; what does are the other writers
+ * of the store's file: the mover (a move a reader asks for may run inside the server's store queue, and holds it up
+ * meanwhile) and the store's own connection (experiment changes, an in-process append). The mover runs the store's
+ * checkpoints itself (once its log is full, `storeCheckpointLogBytes`, and in intake's quiet moments, `settle`); this
+ * file's are small, since every move empties it.
  *
  * - Rows: each buffered table is the event store's table of the same name plus `seq`, the number of the commit that
  *   wrote it (one per transaction, increasing, one transaction at a time: `allocate`). Intake writes `events` and `users` (new users keyed from

@@ -263,9 +263,10 @@ export class EventIntake {
   }
 
   /**
-   * Once no batch has come for `settleAfterMs`, the store's upkeep runs through the queue: a checkpoint then holds
-   * up no batch, where the one DuckDB runs by itself holds up every batch behind the commit that started it. Armed
-   * after each group write; a batch coming meanwhile puts it off.
+   * Once no batch has come for `settleAfterMs`, the store's upkeep runs, outside the store queue (on DuckDB on the
+   * intake buffer's mover connection): a checkpoint then holds up no batch, where the one DuckDB runs by itself holds
+   * up every batch behind the commit that started it. Armed after each group write; a batch coming meanwhile puts it
+   * off.
    */
   private armSettle(delay: number): void {
     if (this.settleTimer !== null || this.closed) return;
