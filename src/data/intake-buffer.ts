@@ -44,6 +44,9 @@ export const INTAKE_BUFFER = "freshrec_intake";
 /** The `meta` key (in the event store) of the last seq moved. */
 export const MOVED_SEQ_KEY = "intake_moved_seq";
 
+/** The `buffer_meta` key of the seq through which the buffer deleted moved rows (`IntakeBuffer.claim`). */
+const DELETED_SEQ_KEY = "deleted_seq";
+
 /** The `meta` key (in the event store) of the id its intake buffer records too (`IntakeBuffer.claim`). */
 const STORE_ID_KEY = "intake_buffer_id";
 
@@ -187,8 +190,10 @@ export class IntakeBuffer {
    * Pairs the buffer with its event store: each records the same id (the store in `meta`, the buffer in
    * `buffer_meta`), so that a buffer left beside a store that has since been replaced by another (the old one moved
    * aside, a new one made or copied in) is never moved into it: its rows' user and item keys are another store's. A
-   * backup of the same store put back keeps its id: the buffer's rows past its recorded seq move into it.
-   * @throws BadInputError naming both files when the buffer holds rows of another store.
+   * backup of the same store put back keeps its id, but records an older moved seq than the one the buffer deleted
+   * through (`deleteMoved` records it): the buffer's rows may then be keyed to users only the newer store has, so
+   * they are not moved into it either.
+   * @throws BadInputError naming both files when the buffer holds rows of another store, or of a newer state of this one.
    */
   private async claim(main: DuckDBConnection): Promise<void> {
     await this.connection.run("CREATE TABLE IF NOT EXISTS buffer_meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)");
@@ -198,10 +203,27 @@ export class IntakeBuffer {
     };
     let storeId = await read(main, `SELECT value FROM meta WHERE key = '${STORE_ID_KEY}'`);
     const bufferId = await read(this.connection, "SELECT value FROM buffer_meta WHERE key = 'store_id'");
-    if (bufferId !== null && bufferId === storeId) return;
-    if (bufferId !== null) {
+    const buffered = async () => {
       let rows = 0;
       for (const table of this.tables) rows += Number((await this.connection.runAndReadAll(`SELECT count(*) FROM ${quote(table)}`)).getRows()[0][0]);
+      return rows;
+    };
+    if (bufferId !== null && bufferId === storeId) {
+      const deleted = Number((await read(this.connection, `SELECT value FROM buffer_meta WHERE key = '${DELETED_SEQ_KEY}'`)) ?? 0);
+      if (deleted <= this.movedSeq) return;
+      const rows = await buffered();
+      if (rows > 0) {
+        throw new BadInputError(
+          `the intake buffer ${this.path} holds ${rows} rows written after the event store ${this.storePath} was moved into through seq ${deleted}, but that store records seq ${this.movedSeq} (an older copy of it was put back): ` +
+            `its rows may name users only the newer store has; put back the newer store to have them moved into it, or move ${this.path} aside to drop them`,
+        );
+      }
+      // Empty, but its idempotency keys answered for events the older store does not hold.
+      await this.connection.run("DELETE FROM intake_keys");
+      return;
+    }
+    if (bufferId !== null) {
+      const rows = await buffered();
       if (rows > 0) {
         throw new BadInputError(
           `the intake buffer ${this.path} holds ${rows} rows of another event store than ${this.storePath} (the store it was made beside was replaced since): ` +
@@ -391,12 +413,16 @@ export class IntakeBuffer {
     }
   }
 
-  /** The second step of a move: deletes from the buffer the rows the event store holds (seq at or below the recorded one). */
+  /**
+   * The second step of a move: deletes from the buffer the rows the event store holds (seq at or below the recorded
+   * one), and records that seq in the buffer (an older copy of the store put back records a lower one: `claim`).
+   */
   async deleteMoved(): Promise<void> {
     const m = this.mover;
     await m.run("BEGIN TRANSACTION");
     try {
       for (const table of this.tables) await m.run(`DELETE FROM ${INTAKE_BUFFER}.${quote(table)} WHERE seq <= $moved`, { moved: this.movedSeq });
+      await m.run(`INSERT OR REPLACE INTO ${INTAKE_BUFFER}.buffer_meta VALUES ('${DELETED_SEQ_KEY}', $moved)`, { moved: String(this.movedSeq) });
       await m.run("COMMIT");
     } catch (error) {
       await m.run("ROLLBACK").catch(() => undefined);

@@ -535,4 +535,50 @@ describe("the intake buffer on a store of its own", () => {
       await done();
     }
   });
+
+  it("refuses to move a buffer into an older copy of its store put back, naming both files", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "freshrec-intake-"));
+    const path = join(dir, "events.duckdb");
+    const open = async () => {
+      const store = await EventStore.open(path);
+      const intake = new DuckDbIntakeStore(store, await Catalog.load(store));
+      (await intake.buffer()).moveAfterMs = 3_600_000;
+      return { store, intake };
+    };
+    try {
+      let store = await EventStore.open(path);
+      await store.append({
+        clusters: [{ id: "c1", description: "c" }],
+        items: [{ id: "i1", clusterId: "c1", title: "t" }, { id: "i2", clusterId: "c1", title: "t" }],
+        events: eventBatchFromEvents([{ userId: "old", itemId: "i1", ts: 1_000_000, engagement: 1 }]),
+      });
+      store.close();
+      let intake;
+      ({ store, intake } = await open());
+      await intake.append([{ userId: "old", item: 0, ts: 2_000_000, engagement: 1 }]);
+      await store.drainIntake();
+      store.close();
+      copyFileSync(path, join(dir, "backup.duckdb"));
+      ({ store, intake } = await open());
+      // A user the backup never had, moved into the live store; then an event of that user, left buffered.
+      await intake.append([{ userId: "gap-user", item: 0, ts: 3_000_000, engagement: 1 }]);
+      await store.drainIntake();
+      await intake.append([{ userId: "gap-user", item: 1, ts: 4_000_000, engagement: 1 }]);
+      await store.closeIntake();
+      store.close();
+      rmSync(`${path}.wal`, { force: true });
+      copyFileSync(join(dir, "backup.duckdb"), path);
+      const buffer = escape(intakeBufferPath(path)!);
+      await expect(EventStore.open(path)).rejects.toThrow(new RegExp(`intake buffer ${buffer} holds 1 rows .*event store ${escape(path)} .*an older copy of it was put back.*move ${buffer} aside`));
+      // The way out named: with the buffer moved aside, the backup opens and holds no event of a user it lacks.
+      renameSync(intakeBufferPath(path)!, join(dir, "aside.duckdb"));
+      rmSync(`${intakeBufferPath(path)!}.wal`, { force: true });
+      store = await EventStore.open(path);
+      const [orphans] = await store.query<{ n: bigint }>("SELECT count(*) AS n FROM events e ANTI JOIN users u USING (user_key)");
+      expect(Number(orphans.n)).toBe(0);
+      store.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
 });
