@@ -197,7 +197,21 @@ export class EventStore implements EventStoreContract {
     try {
       await connection.run(SCHEMA);
       const buffered = intakeBufferPath(path);
-      if (buffered !== null && existsSync(buffered)) await (await store.intakeBuffer()).drain();
+      if (buffered !== null && existsSync(buffered)) {
+        const buffer = await store.intakeBuffer();
+        try {
+          await buffer.drain();
+        } catch (error) {
+          // What the move ran into, without the mover's "retried": nothing retries it here.
+          const reason = ((error as Error).cause as Error | undefined)?.message ?? (error as Error).message;
+          throw new FreshrecError(
+            "INTERNAL",
+            `the intake buffer ${buffered} holds rows a server acknowledged that cannot be moved into the event store ${path} (nothing was moved, the store is not opened): ${reason}. ` +
+              `To open the store without them, move ${buffered} aside (its rows stay in it)`,
+            { cause: error },
+          );
+        }
+      }
     } catch (error) {
       store.close();
       throw error;

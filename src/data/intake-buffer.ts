@@ -20,7 +20,7 @@
  *   (`meta` key `intake_moved_seq`); a second deletes the moved rows from this file (DuckDB lets one transaction
  *   write one attached database only). A crash between the two moves nothing twice: rows at or below the recorded
  *   seq are never moved again, and `attach` deletes them. A failed move is rolled back, counted and retried; no row
- *   is dropped.
+ *   is dropped. One that fails at `EventStore.open` fails the open, naming the way out (the buffer moved aside).
  * - Readers: `EventStore` moves everything buffered before each read and each append (./event-store.ts), so
  *   whatever reads the store (grounding, analysis, scheduled refreshes, readers through ./event-store-share.ts) sees
  *   every acknowledged event, and an append numbers its new users after the buffered ones.

@@ -581,4 +581,36 @@ describe("the intake buffer on a store of its own", () => {
       rmSync(dir, { recursive: true, force: true });
     }
   });
+
+  it("says, when an open cannot move a leftover buffer, what failed and the way out", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "freshrec-intake-"));
+    const path = join(dir, "events.duckdb");
+    const bufferPath = intakeBufferPath(path)!;
+    try {
+      let store = await EventStore.open(path);
+      await store.append({
+        clusters: [{ id: "c1", description: "c" }],
+        items: [{ id: "i1", clusterId: "c1", title: "t" }],
+        events: eventBatchFromEvents([{ userId: "dup", itemId: "i1", ts: 1_000_000, engagement: 1 }]),
+      });
+      const buffer = await store.intakeBuffer();
+      // A buffered user the store has under another key: every move of it fails.
+      await buffer.connection.run("INSERT INTO users VALUES (1, 99, 'dup')");
+      await store.closeIntake();
+      store.close();
+      const error = await EventStore.open(path).then(
+        () => null,
+        (e: unknown) => e as Error,
+      );
+      expect(error?.message).toMatch(new RegExp(`intake buffer ${escape(bufferPath)} holds rows .* cannot be moved into the event store ${escape(path)} .*move ${escape(bufferPath)} aside`));
+      expect(error?.message).not.toMatch(/retried/);
+      renameSync(bufferPath, join(dir, "aside.duckdb"));
+      rmSync(`${bufferPath}.wal`, { force: true });
+      store = await EventStore.open(path);
+      expect((await store.counts()).events).toBe(1);
+      store.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
 });
