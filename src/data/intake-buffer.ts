@@ -146,7 +146,7 @@ export class IntakeBuffer {
     let mover: DuckDBConnection | null = null;
     try {
       const [[database]] = (await main.runAndReadAll("SELECT current_database()")).getRows() as [[string]];
-      const store = quote(database);
+      const store = quoteIdentifier(database);
       await main.run(`ATTACH '${(path ?? ":memory:").replace(/'/g, "''")}' AS ${INTAKE_BUFFER}`);
       connection = await instance.connect();
       await connection.run(`USE ${INTAKE_BUFFER}`);
@@ -160,7 +160,7 @@ export class IntakeBuffer {
       const moved = await main.runAndReadAll(`SELECT value FROM meta WHERE key = '${MOVED_SEQ_KEY}'`);
       const movedSeq = moved.currentRowCount ? Number(moved.getRows()[0][0]) : 0;
       const buffer = new IntakeBuffer(connection, mover, store, path, storePath, movedSeq, movedSeq);
-      for (const table of await buffer.bufferedTables()) buffer.tables.add(table);
+      for (const table of await bufferedTables(mover)) buffer.tables.add(table);
       await buffer.claim(main);
       await buffer.table("events");
       await buffer.table("users");
@@ -168,7 +168,7 @@ export class IntakeBuffer {
       await buffer.deleteMoved();
       let backlog = 0;
       for (const table of buffer.tables) {
-        const [[rows, last]] = (await mover.runAndReadAll(`SELECT count(*), coalesce(max(seq), 0) FROM ${INTAKE_BUFFER}.${quote(table)}`)).getRows() as [[bigint, bigint]];
+        const [[rows, last]] = (await mover.runAndReadAll(`SELECT count(*), coalesce(max(seq), 0) FROM ${INTAKE_BUFFER}.${quoteIdentifier(table)}`)).getRows() as [[bigint, bigint]];
         backlog += Number(rows);
         buffer.lastSeq = Math.max(buffer.lastSeq, Number(last));
         buffer.committedSeq = buffer.lastSeq;
@@ -205,7 +205,7 @@ export class IntakeBuffer {
     const bufferId = await read(this.connection, "SELECT value FROM buffer_meta WHERE key = 'store_id'");
     const buffered = async () => {
       let rows = 0;
-      for (const table of this.tables) rows += Number((await this.connection.runAndReadAll(`SELECT count(*) FROM ${quote(table)}`)).getRows()[0][0]);
+      for (const table of this.tables) rows += Number((await this.connection.runAndReadAll(`SELECT count(*) FROM ${quoteIdentifier(table)}`)).getRows()[0][0]);
       return rows;
     };
     if (bufferId !== null && bufferId === storeId) {
@@ -248,10 +248,10 @@ export class IntakeBuffer {
    */
   async table(name: string): Promise<string> {
     if (!this.tables.has(name)) {
-      await this.connection.run(`CREATE TABLE IF NOT EXISTS ${quote(name)} AS SELECT 0::BIGINT AS seq, * FROM ${this.store}.main.${quote(name)} LIMIT 0`);
+      await this.connection.run(`CREATE TABLE IF NOT EXISTS ${quoteIdentifier(name)} AS SELECT 0::BIGINT AS seq, * FROM ${this.store}.main.${quoteIdentifier(name)} LIMIT 0`);
       this.tables.add(name);
     }
-    return quote(name);
+    return quoteIdentifier(name);
   }
 
   /**
@@ -380,7 +380,7 @@ export class IntakeBuffer {
     await m.run("BEGIN TRANSACTION");
     try {
       // Read inside the transaction: its snapshot of the buffer is the one the copies below read.
-      const parts = [...this.tables].map((t) => `SELECT max(seq) AS s FROM ${INTAKE_BUFFER}.${quote(t)}`).join(" UNION ALL ");
+      const parts = [...this.tables].map((t) => `SELECT max(seq) AS s FROM ${INTAKE_BUFFER}.${quoteIdentifier(t)}`).join(" UNION ALL ");
       const [[top]] = (await m.runAndReadAll(`SELECT coalesce(max(s), 0) FROM (${parts})`)).getRows() as [[bigint]];
       const through = Number(top);
       if (through <= this.movedSeq) {
@@ -389,7 +389,7 @@ export class IntakeBuffer {
       }
       let rows = 0;
       for (const table of this.tables) {
-        const t = quote(table);
+        const t = quoteIdentifier(table);
         const inserted = await m.run(`INSERT INTO ${this.store}.main.${t} SELECT * EXCLUDE (seq) FROM ${INTAKE_BUFFER}.${t} WHERE seq > $moved AND seq <= $through ORDER BY seq`, {
           moved: this.movedSeq,
           through,
@@ -421,7 +421,7 @@ export class IntakeBuffer {
     const m = this.mover;
     await m.run("BEGIN TRANSACTION");
     try {
-      for (const table of this.tables) await m.run(`DELETE FROM ${INTAKE_BUFFER}.${quote(table)} WHERE seq <= $moved`, { moved: this.movedSeq });
+      for (const table of this.tables) await m.run(`DELETE FROM ${INTAKE_BUFFER}.${quoteIdentifier(table)} WHERE seq <= $moved`, { moved: this.movedSeq });
       await m.run(`INSERT OR REPLACE INTO ${INTAKE_BUFFER}.buffer_meta VALUES ('${DELETED_SEQ_KEY}', $moved)`, { moved: String(this.movedSeq) });
       await m.run("COMMIT");
     } catch (error) {
@@ -503,13 +503,25 @@ export class IntakeBuffer {
     return true;
   }
 
-  /** The buffer's tables that have a `seq` column (what a leftover file holds). */
-  private async bufferedTables(): Promise<string[]> {
-    const rows = await this.mover.runAndReadAll(`SELECT table_name FROM duckdb_columns() WHERE database_name = '${INTAKE_BUFFER}' AND column_name = 'seq' ORDER BY table_name`);
-    return (rows.getRows() as [string][]).map(([name]) => name);
-  }
 }
 
-function quote(name: string): string {
+/** A DuckDB identifier (table, database) as SQL names it, whatever characters it holds. */
+export function quoteIdentifier(name: string): string {
   return `"${name.replace(/"/g, '""')}"`;
+}
+
+/** The tables of the attached buffer that have a `seq` column (what a leftover file holds), on any connection. */
+async function bufferedTables(connection: DuckDBConnection): Promise<string[]> {
+  const rows = await connection.runAndReadAll(`SELECT table_name FROM duckdb_columns() WHERE database_name = '${INTAKE_BUFFER}' AND column_name = 'seq' ORDER BY table_name`);
+  return (rows.getRows() as [string][]).map(([name]) => name);
+}
+
+/** The rows of the attached buffer above `movedSeq` (not in the event store yet), on any connection. */
+export async function unmovedIntakeRows(connection: DuckDBConnection, movedSeq: number): Promise<number> {
+  let rows = 0;
+  for (const table of await bufferedTables(connection)) {
+    const counted = await connection.runAndReadAll(`SELECT count(*) FROM ${INTAKE_BUFFER}.${quoteIdentifier(table)} WHERE seq > $moved`, { moved: movedSeq });
+    rows += Number(counted.getRows()[0][0]);
+  }
+  return rows;
 }

@@ -18,8 +18,8 @@
  * log.logExposure({ exposureId, experiment: "e1", arm: "control", userId, ts, tableVersion, coldStart: false, slots });
  * await log.flush();
  */
-import { BIGINT, BOOLEAN, DuckDBDataChunk, FLOAT, INTEGER, LIST, VARCHAR, listValue, type DuckDBConnection, type DuckDBType, type DuckDBValue } from "@duckdb/node-api";
-import { EventStore, type EventStoreContract } from "../../data/event-store.js";
+import { BIGINT, BOOLEAN, FLOAT, INTEGER, LIST, VARCHAR, listValue, type DuckDBType, type DuckDBValue } from "@duckdb/node-api";
+import { EventStore, appendChunks, type EventStoreContract } from "../../data/event-store.js";
 import type { IntakeBuffer } from "../../data/intake-buffer.js";
 import { PostgresEventStore } from "../../data/postgres-event-store.js";
 // Type-only the other way (./postgres-log.ts imports this file's types), so there is no cycle when it runs.
@@ -346,8 +346,8 @@ export class ExperimentLog implements ExperimentLogContract {
     try {
       await c.run("BEGIN TRANSACTION");
       const value = BigInt(seq);
-      if (exposures.length) await appendTo(c, "experiment_exposures", [BIGINT, ...EXPOSURE_TYPES], exposures.map((r) => [value, ...r]));
-      if (outcomes.length) await appendTo(c, "experiment_outcomes", [BIGINT, ...OUTCOME_TYPES], outcomes.map((r) => [value, ...r]));
+      if (exposures.length) await appendChunks(c, "experiment_exposures", [BIGINT, ...EXPOSURE_TYPES], exposures.map((r) => [value, ...r]));
+      if (outcomes.length) await appendChunks(c, "experiment_outcomes", [BIGINT, ...OUTCOME_TYPES], outcomes.map((r) => [value, ...r]));
       await c.run("COMMIT");
     } catch (error) {
       await c.run("ROLLBACK").catch(() => undefined);
@@ -358,18 +358,6 @@ export class ExperimentLog implements ExperimentLogContract {
   }
 
   private async appendRows(table: string, types: DuckDBType[], rows: readonly DuckDBValue[][]): Promise<void> {
-    await appendTo(this.store.connection, table, types, rows);
+    await appendChunks(this.store.connection, table, types, rows);
   }
-}
-
-async function appendTo(connection: DuckDBConnection, table: string, types: DuckDBType[], rows: readonly DuckDBValue[][]): Promise<void> {
-  const appender = await connection.createAppender(table);
-  const size = 2048;
-  for (let start = 0; start < rows.length; start += size) {
-    const slice = rows.slice(start, start + size);
-    const chunk = DuckDBDataChunk.create(types, slice.length);
-    for (let col = 0; col < types.length; col++) chunk.setColumnValues(col, slice.map((r) => r[col]));
-    appender.appendDataChunk(chunk);
-  }
-  appender.closeSync();
 }
