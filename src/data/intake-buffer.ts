@@ -12,9 +12,9 @@
  * file's are small, since every move empties it.
  *
  * - Rows: each buffered table is the event store's table of the same name plus `seq`, the number of the commit that
- *   wrote it (one per transaction, increasing, one transaction at a time: `allocate`). Intake writes `events` and `users` (new users keyed from
- *   its own counter, the next after every key of both files: only this process writes either while it serves); the
- *   server's experiment log writes `experiment_exposures` and `experiment_outcomes`. `intake_keys` (idempotency
+ *   wrote it (one per transaction, increasing, one transaction at a time: `allocate`). Intake writes `events` and
+ *   `users` (new users keyed from its own counter, the next after every key of both files: only this process writes
+ *   either while it serves); the server's experiment log writes `experiment_exposures` and `experiment_outcomes`. `intake_keys` (idempotency
  *   keys) live here for good: nothing else reads them. `buffer_meta` pairs the file with its store (`claim`).
  * - A move: one transaction on the event store inserts every buffered row with `seq` in (moved, X] and records X
  *   (`meta` key `intake_moved_seq`); a second deletes the moved rows from this file (DuckDB lets one transaction
