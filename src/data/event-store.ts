@@ -31,7 +31,7 @@ import {
 } from "@duckdb/node-api";
 import type { Cluster, EngagementEvent, Item } from "../domain/types.js";
 import { BadInputError, FreshrecError } from "../domain/errors.js";
-import { INTAKE_BUFFER, IntakeBuffer, MOVED_SEQ_KEY, intakeBufferPath } from "./intake-buffer.js";
+import { INTAKE_BUFFER, IntakeBuffer, MOVED_SEQ_KEY, intakeBufferPath, quoteIdentifier, unmovedIntakeRows } from "./intake-buffer.js";
 
 /** A block of events in columns; user and item are indexes into the batch's dictionaries. */
 export interface EventChunk {
@@ -130,6 +130,18 @@ CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL
 /** Rows per appender chunk: DuckDB's vector size. */
 const CHUNK_ROWS = 2048;
 
+/** Appends `rows` (columns of `types`, in order) to `table` on `connection`, one appender chunk at a time. */
+export async function appendChunks(connection: DuckDBConnection, table: string, types: DuckDBType[], rows: readonly (readonly DuckDBValue[])[]): Promise<void> {
+  const appender = await connection.createAppender(table);
+  for (let start = 0; start < rows.length; start += CHUNK_ROWS) {
+    const slice = rows.slice(start, start + CHUNK_ROWS);
+    const chunk = DuckDBDataChunk.create(types, slice.length);
+    for (let col = 0; col < types.length; col++) chunk.setColumnValues(col, slice.map((r) => r[col]));
+    appender.appendDataChunk(chunk);
+  }
+  appender.closeSync();
+}
+
 /**
  * Another process holds the event store's file (DuckDB opens a file to write in one process at a time, and no reader
  * beside such a writer). That is how the commands were run, not a fault of the store, so it is bad usage, with what to
@@ -197,7 +209,21 @@ export class EventStore implements EventStoreContract {
     try {
       await connection.run(SCHEMA);
       const buffered = intakeBufferPath(path);
-      if (buffered !== null && existsSync(buffered)) await (await store.intakeBuffer()).drain();
+      if (buffered !== null && existsSync(buffered)) {
+        const buffer = await store.intakeBuffer();
+        try {
+          await buffer.drain();
+        } catch (error) {
+          // What the move ran into, without the mover's "retried": nothing retries it here.
+          const reason = ((error as Error).cause as Error | undefined)?.message ?? (error as Error).message;
+          throw new FreshrecError(
+            "INTERNAL",
+            `the intake buffer ${buffered} holds rows a server acknowledged that cannot be moved into the event store ${path} (nothing was moved, the store is not opened): ${reason}. ` +
+              `To open the store without them, move ${buffered} aside (its rows stay in it)`,
+            { cause: error },
+          );
+        }
+      }
     } catch (error) {
       store.close();
       throw error;
@@ -253,15 +279,7 @@ export class EventStore implements EventStoreContract {
       await this.connection.run(`ATTACH '${buffered.replace(/'/g, "''")}' AS ${INTAKE_BUFFER} (READ_ONLY)`);
       attached = true;
       const [recorded] = await this.queryHere<{ value: string }>("SELECT value FROM meta WHERE key = $key", { key: MOVED_SEQ_KEY });
-      const moved = Number(recorded?.value ?? 0);
-      const tables = await this.queryHere<{ table_name: string }>(
-        `SELECT table_name FROM duckdb_columns() WHERE database_name = '${INTAKE_BUFFER}' AND column_name = 'seq'`,
-      );
-      let rows = 0;
-      for (const { table_name: table } of tables) {
-        const [row] = await this.queryHere<{ n: bigint }>(`SELECT count(*) AS n FROM ${INTAKE_BUFFER}."${table.replace(/"/g, '""')}" WHERE seq > $moved`, { moved });
-        rows += Number(row.n);
-      }
+      const rows = await unmovedIntakeRows(this.connection, Number(recorded?.value ?? 0));
       if (rows > 0) {
         throw new BadInputError(
           `the intake buffer ${buffered} holds ${rows} rows a server acknowledged that the event store ${this.path} does not hold yet (the server stopped without moving them): ` +
@@ -303,9 +321,8 @@ export class EventStore implements EventStoreContract {
         "SELECT database_name, schema_name, table_name, database_name = current_database() AS own FROM duckdb_tables() WHERE NOT temporary ORDER BY NOT own, database_name, table_name",
       );
       const rows: Record<string, number> = {};
-      const quote = (name: string) => `"${name.replace(/"/g, '""')}"`;
       for (const { database_name: database, schema_name: schema, table_name: name, own } of tables) {
-        const [row] = await store.query<{ n: bigint }>(`SELECT count(*) AS n, sum(hash(COLUMNS(*))) FROM ${quote(database)}.${quote(schema)}.${quote(name)}`);
+        const [row] = await store.query<{ n: bigint }>(`SELECT count(*) AS n, sum(hash(COLUMNS(*))) FROM ${quoteIdentifier(database)}.${quoteIdentifier(schema)}.${quoteIdentifier(name)}`);
         rows[own ? name : `${database}.${name}`] = Number(row.n);
       }
       return rows;
@@ -314,11 +331,24 @@ export class EventStore implements EventStoreContract {
     }
   }
 
-  /** Closes the store (and its intake buffer's connections: drain it first, `drainIntake`, to leave nothing in it). */
+  /**
+   * Stops the intake buffer's mover, after the move or checkpoint it runs now, and closes the buffer's connections
+   * (nothing to do without one). Whoever may have a move running (a server, whose mover moves on a timer) awaits it
+   * before `close`; drain first (`drainIntake`) to leave nothing buffered.
+   */
+  async closeIntake(): Promise<void> {
+    const buffer = this.buffer ?? (this.attaching ? await this.attaching.catch(() => null) : null);
+    await buffer?.close();
+  }
+
+  /**
+   * Closes the store, and its intake buffer's connections at once: when a move may be running, `closeIntake` first
+   * (closing a connection under a running statement leaves it unsettled for good).
+   */
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    this.buffer?.close();
+    this.buffer?.closeNow();
     this.connection.closeSync();
     this.instance.closeSync();
   }
@@ -510,14 +540,7 @@ export class EventStore implements EventStoreContract {
   }
 
   private async appendRows(table: string, types: DuckDBType[], rows: readonly (readonly DuckDBValue[])[]): Promise<void> {
-    const appender = await this.connection.createAppender(table);
-    for (let start = 0; start < rows.length; start += CHUNK_ROWS) {
-      const slice = rows.slice(start, start + CHUNK_ROWS);
-      const chunk = DuckDBDataChunk.create(types, slice.length);
-      for (let col = 0; col < types.length; col++) chunk.setColumnValues(col, slice.map((r) => r[col]));
-      appender.appendDataChunk(chunk);
-    }
-    appender.closeSync();
+    await appendChunks(this.connection, table, types, rows);
   }
 
   private async scalar(sql: string): Promise<number> {

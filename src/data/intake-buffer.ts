@@ -5,20 +5,22 @@
  *
  * Why: a DuckDB checkpoint of a file holds every append to that file, on any connection and to any table, for its
  * whole time, which grows with the event store's log, while appends to a separately attached file go on. With
- * intake writing here, the event store's checkpoints hold only the mover, which runs them (once the store's log is
- * full, `storeCheckpointLogBytes`, and in intake's quiet moments, `settle`); this file's are small, since every move
- * empties it.
+ * intake writing here, no intake append waits for a checkpoint of the event store; what does are the other writers
+ * of the store's file: the mover (a move a reader asks for may run inside the server's store queue, and holds it up
+ * meanwhile) and the store's own connection (experiment changes, an in-process append). The mover runs the store's
+ * checkpoints itself (once its log is full, `storeCheckpointLogBytes`, and in intake's quiet moments, `settle`); this
+ * file's are small, since every move empties it.
  *
  * - Rows: each buffered table is the event store's table of the same name plus `seq`, the number of the commit that
- *   wrote it (one per transaction, increasing: `allocate`). Intake writes `events` and `users` (new users keyed from
- *   its own counter, the next after every key of both files: only this process writes either while it serves); the
- *   server's experiment log writes `experiment_exposures` and `experiment_outcomes`. `intake_keys` (idempotency
+ *   wrote it (one per transaction, increasing, one transaction at a time: `allocate`). Intake writes `events` and
+ *   `users` (new users keyed from its own counter, the next after every key of both files: only this process writes
+ *   either while it serves); the server's experiment log writes `experiment_exposures` and `experiment_outcomes`. `intake_keys` (idempotency
  *   keys) live here for good: nothing else reads them. `buffer_meta` pairs the file with its store (`claim`).
  * - A move: one transaction on the event store inserts every buffered row with `seq` in (moved, X] and records X
  *   (`meta` key `intake_moved_seq`); a second deletes the moved rows from this file (DuckDB lets one transaction
  *   write one attached database only). A crash between the two moves nothing twice: rows at or below the recorded
  *   seq are never moved again, and `attach` deletes them. A failed move is rolled back, counted and retried; no row
- *   is dropped.
+ *   is dropped. One that fails at `EventStore.open` fails the open, naming the way out (the buffer moved aside).
  * - Readers: `EventStore` moves everything buffered before each read and each append (./event-store.ts), so
  *   whatever reads the store (grounding, analysis, scheduled refreshes, readers through ./event-store-share.ts) sees
  *   every acknowledged event, and an append numbers its new users after the buffered ones.
@@ -28,7 +30,7 @@
  * @example
  * const buffer = await store.intakeBuffer(); // attached on first use; a leftover one is moved at EventStore.open
  * const seq = buffer.allocate(); // ... intake appends rows with this seq on buffer.connection, commits ...
- * buffer.committed(seq, rows);
+ * buffer.committed(seq, rows); // or buffer.abandoned(seq) after a rollback
  * await buffer.drain(); // everything buffered is in the event store
  */
 import { randomUUID } from "node:crypto";
@@ -41,6 +43,9 @@ export const INTAKE_BUFFER = "freshrec_intake";
 
 /** The `meta` key (in the event store) of the last seq moved. */
 export const MOVED_SEQ_KEY = "intake_moved_seq";
+
+/** The `buffer_meta` key of the seq through which the buffer deleted moved rows (`IntakeBuffer.claim`). */
+const DELETED_SEQ_KEY = "deleted_seq";
 
 /** The `meta` key (in the event store) of the id its intake buffer records too (`IntakeBuffer.claim`). */
 const STORE_ID_KEY = "intake_buffer_id";
@@ -67,6 +72,7 @@ export interface IntakeBufferStatus {
   readonly backlog: number;
   readonly moves: number;
   readonly rowsMoved: number;
+  /** Failed moves, and failed deletes or buffer checkpoints after a move (`drain`). */
   readonly moveFailures: number;
   readonly lastMoveError: string | null;
   /** Checkpoints of the buffer file the mover ran. */
@@ -78,6 +84,8 @@ export interface IntakeBufferStatus {
 export class IntakeBuffer {
   /** The last seq given out by `allocate`. */
   private lastSeq: number;
+  /** The seq given out and not yet committed or abandoned (`allocate`). */
+  private openSeq: number | null = null;
   /** The largest seq of a transaction that committed rows (what a move must reach). */
   private committedSeq: number;
   private movedSeq: number;
@@ -86,6 +94,7 @@ export class IntakeBuffer {
   private moving: Promise<unknown> = Promise.resolve();
   private moveTimer: NodeJS.Timeout | null = null;
   private closed = false;
+  private connectionsClosed = false;
   private readonly tables = new Set<string>();
   moves = 0;
   rowsMoved = 0;
@@ -101,7 +110,10 @@ export class IntakeBuffer {
    * asked for, which may run inside the server's store queue); null: never, DuckDB's own `checkpoint_threshold` does.
    */
   storeCheckpointLogBytes: number | null = null;
-  /** Told of each failed move (the server logs it); the move is retried. */
+  /**
+   * Told of each failed move (the server logs it), which is retried, and of each failed delete or buffer checkpoint
+   * after a move, which the next move does.
+   */
   onMoveError: ((error: unknown) => void) | null = null;
   moveAfterMs = DEFAULT_MOVE_AFTER_MS;
 
@@ -134,7 +146,7 @@ export class IntakeBuffer {
     let mover: DuckDBConnection | null = null;
     try {
       const [[database]] = (await main.runAndReadAll("SELECT current_database()")).getRows() as [[string]];
-      const store = quote(database);
+      const store = quoteIdentifier(database);
       await main.run(`ATTACH '${(path ?? ":memory:").replace(/'/g, "''")}' AS ${INTAKE_BUFFER}`);
       connection = await instance.connect();
       await connection.run(`USE ${INTAKE_BUFFER}`);
@@ -148,7 +160,7 @@ export class IntakeBuffer {
       const moved = await main.runAndReadAll(`SELECT value FROM meta WHERE key = '${MOVED_SEQ_KEY}'`);
       const movedSeq = moved.currentRowCount ? Number(moved.getRows()[0][0]) : 0;
       const buffer = new IntakeBuffer(connection, mover, store, path, storePath, movedSeq, movedSeq);
-      for (const table of await buffer.bufferedTables()) buffer.tables.add(table);
+      for (const table of await bufferedTables(mover)) buffer.tables.add(table);
       await buffer.claim(main);
       await buffer.table("events");
       await buffer.table("users");
@@ -156,7 +168,7 @@ export class IntakeBuffer {
       await buffer.deleteMoved();
       let backlog = 0;
       for (const table of buffer.tables) {
-        const [[rows, last]] = (await mover.runAndReadAll(`SELECT count(*), coalesce(max(seq), 0) FROM ${INTAKE_BUFFER}.${quote(table)}`)).getRows() as [[bigint, bigint]];
+        const [[rows, last]] = (await mover.runAndReadAll(`SELECT count(*), coalesce(max(seq), 0) FROM ${INTAKE_BUFFER}.${quoteIdentifier(table)}`)).getRows() as [[bigint, bigint]];
         backlog += Number(rows);
         buffer.lastSeq = Math.max(buffer.lastSeq, Number(last));
         buffer.committedSeq = buffer.lastSeq;
@@ -178,8 +190,10 @@ export class IntakeBuffer {
    * Pairs the buffer with its event store: each records the same id (the store in `meta`, the buffer in
    * `buffer_meta`), so that a buffer left beside a store that has since been replaced by another (the old one moved
    * aside, a new one made or copied in) is never moved into it: its rows' user and item keys are another store's. A
-   * backup of the same store put back keeps its id: the buffer's rows past its recorded seq move into it.
-   * @throws BadInputError naming both files when the buffer holds rows of another store.
+   * backup of the same store put back keeps its id, but records an older moved seq than the one the buffer deleted
+   * through (`deleteMoved` records it): the buffer's rows may then be keyed to users only the newer store has, so
+   * they are not moved into it either.
+   * @throws BadInputError naming both files when the buffer holds rows of another store, or of a newer state of this one.
    */
   private async claim(main: DuckDBConnection): Promise<void> {
     await this.connection.run("CREATE TABLE IF NOT EXISTS buffer_meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)");
@@ -189,10 +203,27 @@ export class IntakeBuffer {
     };
     let storeId = await read(main, `SELECT value FROM meta WHERE key = '${STORE_ID_KEY}'`);
     const bufferId = await read(this.connection, "SELECT value FROM buffer_meta WHERE key = 'store_id'");
-    if (bufferId !== null && bufferId === storeId) return;
-    if (bufferId !== null) {
+    const buffered = async () => {
       let rows = 0;
-      for (const table of this.tables) rows += Number((await this.connection.runAndReadAll(`SELECT count(*) FROM ${quote(table)}`)).getRows()[0][0]);
+      for (const table of this.tables) rows += Number((await this.connection.runAndReadAll(`SELECT count(*) FROM ${quoteIdentifier(table)}`)).getRows()[0][0]);
+      return rows;
+    };
+    if (bufferId !== null && bufferId === storeId) {
+      const deleted = Number((await read(this.connection, `SELECT value FROM buffer_meta WHERE key = '${DELETED_SEQ_KEY}'`)) ?? 0);
+      if (deleted <= this.movedSeq) return;
+      const rows = await buffered();
+      if (rows > 0) {
+        throw new BadInputError(
+          `the intake buffer ${this.path} holds ${rows} rows written after the event store ${this.storePath} was moved into through seq ${deleted}, but that store records seq ${this.movedSeq} (an older copy of it was put back): ` +
+            `its rows may name users only the newer store has; put back the newer store to have them moved into it, or move ${this.path} aside to drop them`,
+        );
+      }
+      // Empty, but its idempotency keys answered for events the older store does not hold.
+      await this.connection.run("DELETE FROM intake_keys");
+      return;
+    }
+    if (bufferId !== null) {
+      const rows = await buffered();
       if (rows > 0) {
         throw new BadInputError(
           `the intake buffer ${this.path} holds ${rows} rows of another event store than ${this.storePath} (the store it was made beside was replaced since): ` +
@@ -217,22 +248,37 @@ export class IntakeBuffer {
    */
   async table(name: string): Promise<string> {
     if (!this.tables.has(name)) {
-      await this.connection.run(`CREATE TABLE IF NOT EXISTS ${quote(name)} AS SELECT 0::BIGINT AS seq, * FROM ${this.store}.main.${quote(name)} LIMIT 0`);
+      await this.connection.run(`CREATE TABLE IF NOT EXISTS ${quoteIdentifier(name)} AS SELECT 0::BIGINT AS seq, * FROM ${this.store}.main.${quoteIdentifier(name)} LIMIT 0`);
       this.tables.add(name);
     }
-    return quote(name);
-  }
-
-  /** The seq of the next transaction that writes to the buffer (all its rows carry it). */
-  allocate(): number {
-    return ++this.lastSeq;
+    return quoteIdentifier(name);
   }
 
   /**
-   * Tells the buffer that the transaction of `seq` committed `rows` rows; the mover moves them within `moveAfterMs`.
-   * (A transaction that rolled back, or wrote nothing, is not told: nothing waits for a move then.)
+   * The seq of the next transaction that writes to the buffer (all its rows carry it). One at a time: a move takes
+   * every row up to the largest seq it sees, so a lower seq committing after it would be deleted unmoved. Every
+   * writer writes through the server's store queue, one after another; this checks it.
+   * @throws FreshrecError (INTERNAL) while the seq given out before is neither `committed` nor `abandoned`.
+   */
+  allocate(): number {
+    if (this.openSeq !== null) {
+      throw new FreshrecError("INTERNAL", `the intake buffer ${this.path ?? "(in memory)"} gave out seq ${this.openSeq}, not committed or abandoned yet: its writers must write one at a time`);
+    }
+    this.openSeq = ++this.lastSeq;
+    return this.openSeq;
+  }
+
+  /** Tells the buffer that the transaction of `seq` rolled back or never started: the next writer may allocate. */
+  abandoned(seq: number): void {
+    if (this.openSeq === seq) this.openSeq = null;
+  }
+
+  /**
+   * Tells the buffer that the transaction of `seq` committed `rows` rows (none: nothing waits for a move); the mover
+   * moves them within `moveAfterMs`.
    */
   committed(seq: number, rows: number): void {
+    this.abandoned(seq);
     if (rows <= 0) return;
     this.backlogRows += rows;
     this.committedSeq = Math.max(this.committedSeq, seq);
@@ -257,17 +303,25 @@ export class IntakeBuffer {
   }
 
   /**
-   * Moves everything buffered so far into the event store (after any move running now).
+   * Moves everything buffered so far into the event store (after any move running now). Once the rows are in the
+   * store, a failure to delete them from the buffer or to checkpoint it is counted and told to `onMoveError`, not
+   * thrown: the next move does both (nothing moved is moved again).
    * @throws FreshrecError when the move fails (rolled back: the rows stay buffered, and the next move takes them).
    */
   async drain(): Promise<void> {
     if (this.closed) return;
     try {
       await this.exclusive(async () => {
-        if (!this.pending) return;
+        if (this.closed || !this.pending) return;
         await this.moveCommitted();
-        await this.deleteMoved();
-        await this.checkpointBuffer();
+        try {
+          await this.deleteMoved();
+          await this.checkpointBuffer();
+        } catch (error) {
+          this.moveFailures++;
+          this.lastMoveError = error;
+          this.onMoveError?.(error);
+        }
       });
     } catch (error) {
       // Whoever asked (a reader, the timer), the mover tries again.
@@ -276,11 +330,8 @@ export class IntakeBuffer {
     }
   }
 
-  /**
-   * Runs `task` while no move runs (and none starts): intake reads both files' users this way, so that no user is
-   * between them (moved, not yet deleted) while it reads.
-   */
-  exclusive<T>(task: () => Promise<T>): Promise<T> {
+  /** Runs `task` on the mover's connection after the mover's running task, alone: one statement at a time there. */
+  private exclusive<T>(task: () => Promise<T>): Promise<T> {
     const result = this.moving.then(task, task);
     this.moving = result.catch(() => undefined);
     return result;
@@ -300,16 +351,21 @@ export class IntakeBuffer {
   }
 
   /**
-   * Checkpoints the event store on the mover's connection when its write-ahead log holds at least `minLogBytes` (a
-   * checkpoint of the event store holds only the mover).
+   * Checkpoints the event store on the mover's connection when its write-ahead log holds at least `minLogBytes`
+   * (intake appends meanwhile: they write the buffer's file).
    * @returns whether it ran.
+   * @throws FreshrecError naming the store's file.
    */
   private checkpointStore(minLogBytes: number): Promise<boolean> {
     return this.exclusive(async () => {
       if (this.closed || this.storePath === ":memory:") return false;
       const logged = statSync(`${this.storePath}.wal`, { throwIfNoEntry: false })?.size ?? 0;
       if (logged === 0 || logged < minLogBytes) return false;
-      await this.mover.run(`CHECKPOINT ${this.store}`);
+      try {
+        await this.mover.run(`CHECKPOINT ${this.store}`);
+      } catch (error) {
+        throw new FreshrecError("INTERNAL", `checkpointing the event store ${this.storePath} failed (retried after a later move): ${(error as Error).message}`, { cause: error });
+      }
       return true;
     });
   }
@@ -324,7 +380,7 @@ export class IntakeBuffer {
     await m.run("BEGIN TRANSACTION");
     try {
       // Read inside the transaction: its snapshot of the buffer is the one the copies below read.
-      const parts = [...this.tables].map((t) => `SELECT max(seq) AS s FROM ${INTAKE_BUFFER}.${quote(t)}`).join(" UNION ALL ");
+      const parts = [...this.tables].map((t) => `SELECT max(seq) AS s FROM ${INTAKE_BUFFER}.${quoteIdentifier(t)}`).join(" UNION ALL ");
       const [[top]] = (await m.runAndReadAll(`SELECT coalesce(max(s), 0) FROM (${parts})`)).getRows() as [[bigint]];
       const through = Number(top);
       if (through <= this.movedSeq) {
@@ -333,7 +389,7 @@ export class IntakeBuffer {
       }
       let rows = 0;
       for (const table of this.tables) {
-        const t = quote(table);
+        const t = quoteIdentifier(table);
         const inserted = await m.run(`INSERT INTO ${this.store}.main.${t} SELECT * EXCLUDE (seq) FROM ${INTAKE_BUFFER}.${t} WHERE seq > $moved AND seq <= $through ORDER BY seq`, {
           moved: this.movedSeq,
           through,
@@ -357,12 +413,16 @@ export class IntakeBuffer {
     }
   }
 
-  /** The second step of a move: deletes from the buffer the rows the event store holds (seq at or below the recorded one). */
+  /**
+   * The second step of a move: deletes from the buffer the rows the event store holds (seq at or below the recorded
+   * one), and records that seq in the buffer (an older copy of the store put back records a lower one: `claim`).
+   */
   async deleteMoved(): Promise<void> {
     const m = this.mover;
     await m.run("BEGIN TRANSACTION");
     try {
-      for (const table of this.tables) await m.run(`DELETE FROM ${INTAKE_BUFFER}.${quote(table)} WHERE seq <= $moved`, { moved: this.movedSeq });
+      for (const table of this.tables) await m.run(`DELETE FROM ${INTAKE_BUFFER}.${quoteIdentifier(table)} WHERE seq <= $moved`, { moved: this.movedSeq });
+      await m.run(`INSERT OR REPLACE INTO ${INTAKE_BUFFER}.buffer_meta VALUES ('${DELETED_SEQ_KEY}', $moved)`, { moved: String(this.movedSeq) });
       await m.run("COMMIT");
     } catch (error) {
       await m.run("ROLLBACK").catch(() => undefined);
@@ -372,8 +432,31 @@ export class IntakeBuffer {
     }
   }
 
-  /** Stops the mover's timer and closes the buffer's connections (`EventStore.close` calls it). Drain first to leave nothing buffered. */
-  close(): void {
+  /**
+   * Stops the mover and closes the buffer's connections (`EventStore.closeIntake` calls it): no move starts after it,
+   * and the running one (a move, a checkpoint of either file) ends first, since closing a connection while a
+   * statement runs on it leaves that statement unsettled for good. What is still buffered is moved at the next open;
+   * drain first to leave nothing buffered.
+   */
+  async close(): Promise<void> {
+    this.closed = true;
+    if (this.moveTimer !== null) clearTimeout(this.moveTimer);
+    this.moveTimer = null;
+    // Until no task joined the chain meanwhile (each one started after this does nothing: they check `closed`).
+    for (let running = this.moving; ; running = this.moving) {
+      await running;
+      if (running === this.moving) break;
+    }
+    this.closeNow();
+  }
+
+  /**
+   * Closes the buffer's connections at once (`EventStore.close`): only for a buffer nothing runs on, which
+   * `close` waits for.
+   */
+  closeNow(): void {
+    if (this.connectionsClosed) return;
+    this.connectionsClosed = true;
     this.closed = true;
     if (this.moveTimer !== null) clearTimeout(this.moveTimer);
     this.moveTimer = null;
@@ -420,13 +503,25 @@ export class IntakeBuffer {
     return true;
   }
 
-  /** The buffer's tables that have a `seq` column (what a leftover file holds). */
-  private async bufferedTables(): Promise<string[]> {
-    const rows = await this.mover.runAndReadAll(`SELECT table_name FROM duckdb_columns() WHERE database_name = '${INTAKE_BUFFER}' AND column_name = 'seq' ORDER BY table_name`);
-    return (rows.getRows() as [string][]).map(([name]) => name);
-  }
 }
 
-function quote(name: string): string {
+/** A DuckDB identifier (table, database) as SQL names it, whatever characters it holds. */
+export function quoteIdentifier(name: string): string {
   return `"${name.replace(/"/g, '""')}"`;
+}
+
+/** The tables of the attached buffer that have a `seq` column (what a leftover file holds), on any connection. */
+async function bufferedTables(connection: DuckDBConnection): Promise<string[]> {
+  const rows = await connection.runAndReadAll(`SELECT table_name FROM duckdb_columns() WHERE database_name = '${INTAKE_BUFFER}' AND column_name = 'seq' ORDER BY table_name`);
+  return (rows.getRows() as [string][]).map(([name]) => name);
+}
+
+/** The rows of the attached buffer above `movedSeq` (not in the event store yet), on any connection. */
+export async function unmovedIntakeRows(connection: DuckDBConnection, movedSeq: number): Promise<number> {
+  let rows = 0;
+  for (const table of await bufferedTables(connection)) {
+    const counted = await connection.runAndReadAll(`SELECT count(*) FROM ${INTAKE_BUFFER}.${quoteIdentifier(table)} WHERE seq > $moved`, { moved: movedSeq });
+    rows += Number(counted.getRows()[0][0]);
+  }
+  return rows;
 }

@@ -144,9 +144,9 @@ export class DuckDbIntakeStore implements IntakeStore {
     }
     if (this.usersAddedSeen !== this.store.usersAdded) this.forgetUsers();
     if (this.nextUserKey === null) await this.readUsers(buffer);
-    await c.run("BEGIN TRANSACTION");
+    const seq = buffer.allocate();
     try {
-      const seq = buffer.allocate();
+      await c.run("BEGIN TRANSACTION");
       const { created, keys } = await this.resolveUsers(buffer, seq, events);
       const appender = await c.createAppender("events");
       const types = [BIGINT, INTEGER, INTEGER, TIMESTAMP, FLOAT];
@@ -168,7 +168,8 @@ export class DuckDbIntakeStore implements IntakeStore {
       this.nextUserKey! += created.size;
       return events.map(() => true);
     } catch (error) {
-      await c.run("ROLLBACK");
+      await c.run("ROLLBACK").catch(() => undefined);
+      buffer.abandoned(seq);
       // Read the users' keys again next time: if the table changed under this cache (a key taken), the retry heals.
       this.forgetUsers();
       throw new FreshrecError("INTERNAL", `appending ${events.length} intake events failed, nothing was written: ${(error as Error).message}`, { cause: error });
@@ -178,9 +179,14 @@ export class DuckDbIntakeStore implements IntakeStore {
   async recorded(keys: readonly string[]): Promise<Map<string, RecordedAnswer>> {
     if (keys.length === 0) return new Map();
     const buffer = await this.buffer();
-    const reader = await buffer.connection.runAndReadAll("SELECT key, body_hash, result FROM intake_keys WHERE list_contains($keys::VARCHAR[], key)", {
-      keys: listValue([...keys]),
-    });
+    let reader;
+    try {
+      reader = await buffer.connection.runAndReadAll("SELECT key, body_hash, result FROM intake_keys WHERE list_contains($keys::VARCHAR[], key)", {
+        keys: listValue([...keys]),
+      });
+    } catch (error) {
+      throw new FreshrecError("INTERNAL", `reading idempotency keys from the intake buffer ${buffer.path ?? "(in memory)"} failed: ${(error as Error).message}`, { cause: error });
+    }
     const rows = reader.getRowObjectsJS() as { key: string; body_hash: string; result: string }[];
     return new Map(rows.map((r) => [r.key, { key: r.key, bodyHash: r.body_hash, result: r.result }]));
   }
@@ -222,21 +228,39 @@ export class DuckDbIntakeStore implements IntakeStore {
   }
 
   /**
-   * Every user's key, of the store and of the buffer, read while no move runs (a user being moved is in one of them
-   * or both, never in neither); the next new user's key is the next after all of them.
+   * Every user's key, of the buffer and of the store, read in one transaction on intake's connection and not while
+   * the mover waits (a move's checkpoint of the store would hold this append up). A user being moved is in one of
+   * them or both, never in neither: the buffer is read first, and each attached file's snapshot starts when the
+   * transaction first reads it, so a user the mover has deleted from the buffer was already committed to the store
+   * when the store is read. The next new user's key is the next after all of them.
    */
   private async readUsers(buffer: IntakeBuffer): Promise<void> {
     this.usersAddedSeen = this.store.usersAdded;
-    await buffer.exclusive(async () => {
-      const reader = await buffer.connection.runAndReadAll(`SELECT user_id, user_key FROM ${buffer.store}.main.users UNION ALL SELECT user_id, user_key FROM users`);
-      const [ids, keys] = reader.currentRowCount ? (reader.getColumns() as [string[], number[]]) : [[], []];
-      let max = 0;
-      for (let r = 0; r < ids.length; r++) {
-        this.userKeys.set(ids[r], keys[r]);
-        if (keys[r] > max) max = keys[r];
+    const c = buffer.connection;
+    const ids: string[] = [];
+    const keys: number[] = [];
+    await c.run("BEGIN TRANSACTION");
+    try {
+      for (const table of ["users", `${buffer.store}.main.users`]) {
+        const reader = await c.runAndReadAll(`SELECT user_id, user_key FROM ${table}`);
+        if (reader.currentRowCount === 0) continue;
+        const [i, k] = reader.getColumns() as [string[], number[]];
+        ids.push(...i);
+        keys.push(...k);
       }
-      this.nextUserKey = max + 1;
-    });
+      await c.run("COMMIT");
+    } catch (error) {
+      await c.run("ROLLBACK").catch(() => undefined);
+      throw new FreshrecError("INTERNAL", `reading the users of the intake buffer ${buffer.path ?? "(in memory)"} and of the event store ${this.store.location} failed: ${(error as Error).message}`, {
+        cause: error,
+      });
+    }
+    let max = 0;
+    for (let r = 0; r < ids.length; r++) {
+      this.userKeys.set(ids[r], keys[r]);
+      if (keys[r] > max) max = keys[r];
+    }
+    this.nextUserKey = max + 1;
   }
 
   /**

@@ -181,6 +181,9 @@ export class EventIntake {
   /** When the last batch came (performance.now()). */
   private lastArrival = 0;
   private settleTimer: NodeJS.Timeout | null = null;
+  /** The upkeep running now (`close` waits for it). */
+  private settling: Promise<void> | null = null;
+  private closed = false;
   private readonly settleAfterMs: number;
   /**
    * The store's upkeep so far. A failure is not thrown (no request waits for the upkeep, and the same work is done
@@ -260,12 +263,13 @@ export class EventIntake {
   }
 
   /**
-   * Once no batch has come for `settleAfterMs`, the store's upkeep runs through the queue: a checkpoint then holds
-   * up no batch, where the one DuckDB runs by itself holds up every batch behind the commit that started it. Armed
-   * after each group write; a batch coming meanwhile puts it off.
+   * Once no batch has come for `settleAfterMs`, the store's upkeep runs, outside the store queue (on DuckDB on the
+   * intake buffer's mover connection): a checkpoint then holds up no batch, where the one DuckDB runs by itself holds
+   * up every batch behind the commit that started it. Armed after each group write; a batch coming meanwhile puts it
+   * off.
    */
   private armSettle(delay: number): void {
-    if (this.settleTimer !== null) return;
+    if (this.settleTimer !== null || this.closed) return;
     this.settleTimer = setTimeout(() => {
       this.settleTimer = null;
       // A drain pending or running arms it again when it ends.
@@ -277,7 +281,7 @@ export class EventIntake {
       }
       // Not through the store queue: the DuckDB store settles on its intake buffer's mover connection, and a batch
       // must not wait behind it.
-      this.intakeStore.settle().then(
+      const settling = this.intakeStore.settle().then(
         (ran) => {
           if (ran) this.upkeep.ran++;
         },
@@ -287,9 +291,23 @@ export class EventIntake {
           this.options.onUpkeepError?.(error);
         },
       );
+      this.settling = settling.finally(() => {
+        if (this.settling === settling) this.settling = null;
+      });
     }, delay);
     // Upkeep never keeps a process alive that has nothing else to do.
     this.settleTimer.unref();
+  }
+
+  /**
+   * Stops the upkeep: no run starts after it, and the running one ends first (the server closes the store after
+   * this). Batches still queued are written as usual.
+   */
+  async close(): Promise<void> {
+    this.closed = true;
+    if (this.settleTimer !== null) clearTimeout(this.settleTimer);
+    this.settleTimer = null;
+    await this.settling;
   }
 
   private scheduleDrain(): void {

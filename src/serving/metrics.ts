@@ -198,7 +198,7 @@ export class ServerMetrics {
       out.push(`freshrec_grounding_stale ${snapshot.groundingStale ? 1 : 0}`);
     }
     if (snapshot.intakeUpkeep !== undefined) {
-      family("freshrec_intake_upkeep_total", "counter", "Upkeep runs of the event store in intake's quiet moments that did work (a DuckDB checkpoint).");
+      family("freshrec_intake_upkeep_total", "counter", "Upkeep runs of the event store in intake's quiet moments that did work (a DuckDB checkpoint of the event store or of its intake buffer).");
       out.push(`freshrec_intake_upkeep_total ${snapshot.intakeUpkeep.ran}`);
       family("freshrec_intake_upkeep_failures_total", "counter", "Upkeep runs of the event store in intake's quiet moments that failed (the intake buffer's mover then checkpoints the store after a later move, once its log is full).");
       out.push(`freshrec_intake_upkeep_failures_total ${snapshot.intakeUpkeep.failed}`);

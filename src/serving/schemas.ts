@@ -228,7 +228,7 @@ export const healthResponseSchema = z.object({
     .describe("The item grounding index (which items answer for a cluster)."),
   intakeUpkeep: z
     .object({
-      ran: z.number().int().describe("Upkeep runs that did work (a DuckDB checkpoint while no intake batch came)."),
+      ran: z.number().int().describe("Upkeep runs that did work (a DuckDB checkpoint of the event store or of its intake buffer while no intake batch came)."),
       failed: z.number().int().describe("Upkeep runs that failed; the intake buffer's mover then checkpoints the store after a later move, once its log is full (intake appends to the buffer meanwhile)."),
       lastError: z.string().nullable().describe("The last failure's message, or null."),
     })

@@ -397,7 +397,11 @@ export async function startServer(input: ServeOptions): Promise<RunningServer> {
       events = duckEvents = options.events;
     } else {
       const duck = await EventStore.open(join(options.workspace, "events.duckdb"));
-      opened.push(() => duck.close());
+      // Its intake buffer's mover first: a move or checkpoint running now ends before the connections close.
+      opened.push(async () => {
+        await duck.closeIntake();
+        duck.close();
+      });
       events = duckEvents = duck;
     }
     const queue = new StoreQueue();
@@ -454,7 +458,7 @@ export async function startServer(input: ServeOptions): Promise<RunningServer> {
     const intakeBuffer = pgEvents === null && duckEvents !== null ? await duckEvents.intakeBuffer() : null;
     if (intakeBuffer) {
       intakeBuffer.onMoveError = (error) =>
-        app?.log.error({ err: error, backlog: intakeBuffer.status().backlog }, "moving the intake buffer into the event store failed; the rows stay buffered and the move is retried");
+        app?.log.error({ err: error, backlog: intakeBuffer.status().backlog }, "moving the intake buffer into the event store failed; the rows stay buffered and the move is retried (or, after a move, deleting them from the buffer or checkpointing it failed; the next move does it)");
     }
     // The experiment log writes exposures and outcomes to that buffer too: intake's attribution writes them.
     const experiments = await openExperimentLog(events, { intakeBuffer });
@@ -629,6 +633,8 @@ export async function startServer(input: ServeOptions): Promise<RunningServer> {
           // A rebuild running now ends before the event store closes; none starts after.
           await grounding.close();
           await app!.close();
+          // No upkeep starts now, and the running one ends before the stores close.
+          await intake.close();
           await tables.settle();
           await queue.idle();
           await queue.run(() => experiments.flush());

@@ -17,6 +17,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { EventStore, eventBatchFromEvents } from "../../src/data/event-store.js";
 import { intakeBufferPath } from "../../src/data/intake-buffer.js";
 import { Catalog } from "../../src/serving/catalog.js";
+import { ExperimentLog } from "../../src/serving/experiments/log.js";
 import { DuckDbIntakeStore, type IntakeEvent } from "../../src/serving/intake-store.js";
 import { startServer, type RunningServer } from "../../src/serving/index.js";
 import { servingWorkspace, TOKEN, type ServingWorkspace } from "./fixtures.js";
@@ -323,6 +324,28 @@ describe("the intake buffer's moves", () => {
     }
   });
 
+  it("reads the users for a cold append without waiting for the mover (whose store checkpoint may run long)", async () => {
+    const { store, intake, buffer, event } = await openIntake();
+    const exclusive = (buffer as unknown as { exclusive: (task: () => Promise<void>) => Promise<void> }).exclusive.bind(buffer);
+    let release = () => {};
+    const held = exclusive(() => new Promise<void>((resolve) => (release = resolve)));
+    // The first append of this intake store reads every user's key.
+    const appended = intake.append([event("cold-read-1", 1, 14)]).then(() => "appended");
+    try {
+      const waited = new Promise<string>((resolve) => setTimeout(() => resolve("waited"), 5_000).unref());
+      expect(await Promise.race([appended, waited])).toBe("appended");
+    } finally {
+      release();
+      await held;
+      await appended;
+      await store.drainIntake();
+      expect(await duplicateKeys(store)).toBe(0);
+      expect(await stored(store, ["cold-read-1"])).toHaveLength(1);
+      await store.closeIntake();
+      store.close();
+    }
+  });
+
   it("lets readers and an in-process append see buffered events first; new users' keys never clash", async () => {
     const { store, intake, buffer, event } = await openIntake();
     try {
@@ -334,7 +357,7 @@ describe("the intake buffer's moves", () => {
       expect(buffer.pending).toBe(false);
       // A buffer transaction that wrote nothing (an attribution without outcomes, a rolled-back append) leaves
       // nothing for a read to move.
-      buffer.allocate();
+      buffer.abandoned(buffer.allocate());
       expect(buffer.pending).toBe(false);
       await intake.append([event("reader-new-3", 3, 18)]);
       // An append numbers its new users after the buffered ones: it moves them first.
@@ -348,6 +371,246 @@ describe("the intake buffer's moves", () => {
     } finally {
       await store.drainIntake();
       store.close();
+    }
+  });
+});
+
+describe("the intake buffer on a store of its own", () => {
+  /** A new store in a temp folder, its buffer never moving by itself, and an experiment log on the buffer. */
+  async function fresh() {
+    const dir = mkdtempSync(join(tmpdir(), "freshrec-intake-"));
+    const path = join(dir, "events.duckdb");
+    const store = await EventStore.open(path);
+    const buffer = await store.intakeBuffer();
+    buffer.moveAfterMs = 3_600_000;
+    const log = await ExperimentLog.open(store, buffer);
+    const done = async () => {
+      await store.closeIntake();
+      store.close();
+      rmSync(dir, { recursive: true, force: true });
+    };
+    return { dir, path, store, buffer, log, done };
+  }
+  const exposure = (log: ExperimentLog, id: string, user: string) =>
+    log.logExposure({ exposureId: id, experiment: "e", arm: "a", userId: user, ts: 1000, tableVersion: null, coldStart: false, slots: [{ rank: 1, cluster: "c1", items: ["i1"] }] });
+  const engaged = (user: string) => [{ userId: user, itemId: "i1", clusterId: "c1", ts: 2000, engagement: 1, negative: false }];
+
+  it("counts an attribution's outcomes by what it inserted, whatever the mover deletes meanwhile", async () => {
+    const { store, buffer, log, done } = await fresh();
+    try {
+      exposure(log, "x1", "u1");
+      exposure(log, "x2", "u2");
+      await log.flush();
+      expect(await log.attributeOutcomes("e", engaged("u1"), 10_000, null)).toBe(1);
+      // A timed move's first step: the first outcome is in the store and still in the buffer...
+      await buffer.moveCommitted();
+      // ...and its delete lands right after the next attribution's INSERT, on the mover's connection.
+      const c = buffer.connection;
+      const run = c.run.bind(c);
+      c.run = (async (sql: string, ...rest: unknown[]) => {
+        const result = await (run as (...a: unknown[]) => Promise<unknown>)(sql, ...rest);
+        if (sql.startsWith("INSERT INTO experiment_outcomes")) await buffer.deleteMoved();
+        return result;
+      }) as typeof c.run;
+      const added = await log.attributeOutcomes("e", engaged("u2"), 10_000, null);
+      c.run = run;
+      expect(added).toBe(1);
+      expect(buffer.pending).toBe(true);
+      const [row] = await store.query<{ n: bigint }>("SELECT count(*) AS n FROM experiment_outcomes");
+      expect(Number(row.n)).toBe(2);
+    } finally {
+      await done();
+    }
+  });
+
+  it("closes while a move or a checkpoint runs: the close waits for it, and what is buffered is moved exactly once at the next open", async () => {
+    const { path, store, buffer, log, done } = await fresh();
+    const exposures = async (s: EventStore) => Number((await s.query<{ n: bigint }>("SELECT count(*) AS n FROM experiment_exposures"))[0].n);
+    const within = <T>(p: Promise<T>, what: string) =>
+      Promise.race([p, new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`${what} did not end`)), 20_000).unref())]);
+    let reopened: EventStore | null = null;
+    try {
+      // A log for a checkpoint of the store to write for a while (DuckDB's own checkpoint kept off, as intake does).
+      await store.connection.run("SET checkpoint_threshold = '1000TB'");
+      await store.connection.run("INSERT INTO events SELECT range % 1000, range % 777, TIMESTAMP '2024-01-01' + INTERVAL (range) SECOND, random() FROM range(1500000)");
+      exposure(log, "x1", "u1");
+      await log.flush();
+      // A quiet moment's upkeep: a move, then a checkpoint of the store; the store closes meanwhile.
+      let settled = false;
+      const settling = buffer.settle(1).finally(() => (settled = true));
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      exposure(log, "x2", "u2");
+      await log.flush();
+      // A drain asked for just before the close: it does not start once the buffer closes.
+      const draining = buffer.drain();
+      await within(store.closeIntake(), "closing the intake buffer");
+      expect(settled).toBe(true);
+      await settling;
+      await draining;
+      store.close();
+      reopened = await within(EventStore.open(path), "opening the store again");
+      expect(await exposures(reopened)).toBe(2);
+      const [left] = await reopened.query<{ n: bigint }>("SELECT count(*) AS n FROM freshrec_intake.experiment_exposures");
+      expect(Number(left.n)).toBe(0);
+    } finally {
+      reopened?.close();
+      await done();
+    }
+  }, 60_000);
+
+  it("gives out one seq at a time: a second writer is refused until the first commits or abandons its seq, and a failed write abandons it", async () => {
+    const { buffer, log, done } = await fresh();
+    try {
+      const seq = buffer.allocate();
+      expect(() => buffer.allocate()).toThrow(new RegExp(`gave out seq ${seq}, not committed or abandoned yet`));
+      buffer.abandoned(seq);
+      buffer.committed(buffer.allocate(), 0);
+      // An exposure flush whose transaction fails tells the buffer, so the next one writes.
+      const c = buffer.connection;
+      const run = c.run.bind(c);
+      c.run = (async (sql: string, ...rest: unknown[]) => {
+        if (sql === "COMMIT") throw new Error("commit refused");
+        return (run as (...a: unknown[]) => Promise<unknown>)(sql, ...rest);
+      }) as typeof c.run;
+      exposure(log, "x1", "u1");
+      await expect(log.flush()).rejects.toThrow(/commit refused/);
+      c.run = run;
+      await log.flush();
+      expect(buffer.pending).toBe(true);
+    } finally {
+      await done();
+    }
+  });
+
+  it("after a move, a failed delete from the buffer is counted and told, not thrown to readers, and the next move deletes it", async () => {
+    const { store, buffer, log, done } = await fresh();
+    try {
+      const told: unknown[] = [];
+      buffer.onMoveError = (error) => told.push(error);
+      const mover = (buffer as unknown as { mover: { run: (sql: string, ...rest: unknown[]) => Promise<unknown> } }).mover;
+      const run = mover.run.bind(mover);
+      mover.run = async (sql, ...rest) => {
+        if (sql.startsWith("DELETE FROM")) throw new Error("delete refused");
+        return run(sql, ...rest);
+      };
+      exposure(log, "x1", "u1");
+      await log.flush();
+      // A reader: the move succeeded, so it reads the exposure.
+      const [row] = await store.query<{ n: bigint }>("SELECT count(*) AS n FROM experiment_exposures");
+      expect(Number(row.n)).toBe(1);
+      expect(told).toHaveLength(1);
+      expect(String(told[0])).toMatch(/delete refused/);
+      expect(buffer.status()).toMatchObject({ moveFailures: 1, backlog: 0 });
+      mover.run = run;
+      exposure(log, "x2", "u2");
+      await log.flush();
+      await store.drainIntake();
+      const [after] = await store.query<{ stored: bigint; buffered: bigint }>(
+        "SELECT (SELECT count(*) FROM experiment_exposures) AS stored, (SELECT count(*) FROM freshrec_intake.experiment_exposures) AS buffered",
+      );
+      expect([Number(after.stored), Number(after.buffered)]).toEqual([2, 0]);
+    } finally {
+      await done();
+    }
+  });
+
+  it("names the file in the errors of the store's checkpoint and of the idempotency keys' read", async () => {
+    const { path, store, buffer, log, done } = await fresh();
+    try {
+      exposure(log, "x1", "u1");
+      await log.flush();
+      await store.drainIntake();
+      const mover = (buffer as unknown as { mover: { run: (sql: string, ...rest: unknown[]) => Promise<unknown> } }).mover;
+      const run = mover.run.bind(mover);
+      mover.run = async (sql, ...rest) => {
+        if (sql.startsWith("CHECKPOINT")) throw new Error("checkpoint refused");
+        return run(sql, ...rest);
+      };
+      await expect(buffer.settle(1)).rejects.toThrow(new RegExp(`checkpointing the event store ${escape(path)} failed .*checkpoint refused`));
+      mover.run = run;
+      const intake = new DuckDbIntakeStore(store, { itemCount: 0, itemOfKey: [] } as unknown as Catalog);
+      await buffer.connection.run("DROP TABLE intake_keys");
+      await expect(intake.recorded(["k"])).rejects.toThrow(new RegExp(`idempotency keys from the intake buffer ${escape(intakeBufferPath(path)!)} failed`));
+    } finally {
+      await done();
+    }
+  });
+
+  it("refuses to move a buffer into an older copy of its store put back, naming both files", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "freshrec-intake-"));
+    const path = join(dir, "events.duckdb");
+    const open = async () => {
+      const store = await EventStore.open(path);
+      const intake = new DuckDbIntakeStore(store, await Catalog.load(store));
+      (await intake.buffer()).moveAfterMs = 3_600_000;
+      return { store, intake };
+    };
+    try {
+      let store = await EventStore.open(path);
+      await store.append({
+        clusters: [{ id: "c1", description: "c" }],
+        items: [{ id: "i1", clusterId: "c1", title: "t" }, { id: "i2", clusterId: "c1", title: "t" }],
+        events: eventBatchFromEvents([{ userId: "old", itemId: "i1", ts: 1_000_000, engagement: 1 }]),
+      });
+      store.close();
+      let intake;
+      ({ store, intake } = await open());
+      await intake.append([{ userId: "old", item: 0, ts: 2_000_000, engagement: 1 }]);
+      await store.drainIntake();
+      store.close();
+      copyFileSync(path, join(dir, "backup.duckdb"));
+      ({ store, intake } = await open());
+      // A user the backup never had, moved into the live store; then an event of that user, left buffered.
+      await intake.append([{ userId: "gap-user", item: 0, ts: 3_000_000, engagement: 1 }]);
+      await store.drainIntake();
+      await intake.append([{ userId: "gap-user", item: 1, ts: 4_000_000, engagement: 1 }]);
+      await store.closeIntake();
+      store.close();
+      rmSync(`${path}.wal`, { force: true });
+      copyFileSync(join(dir, "backup.duckdb"), path);
+      const buffer = escape(intakeBufferPath(path)!);
+      await expect(EventStore.open(path)).rejects.toThrow(new RegExp(`intake buffer ${buffer} holds 1 rows .*event store ${escape(path)} .*an older copy of it was put back.*move ${buffer} aside`));
+      // The way out named: with the buffer moved aside, the backup opens and holds no event of a user it lacks.
+      renameSync(intakeBufferPath(path)!, join(dir, "aside.duckdb"));
+      rmSync(`${intakeBufferPath(path)!}.wal`, { force: true });
+      store = await EventStore.open(path);
+      const [orphans] = await store.query<{ n: bigint }>("SELECT count(*) AS n FROM events e ANTI JOIN users u USING (user_key)");
+      expect(Number(orphans.n)).toBe(0);
+      store.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("says, when an open cannot move a leftover buffer, what failed and the way out", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "freshrec-intake-"));
+    const path = join(dir, "events.duckdb");
+    const bufferPath = intakeBufferPath(path)!;
+    try {
+      let store = await EventStore.open(path);
+      await store.append({
+        clusters: [{ id: "c1", description: "c" }],
+        items: [{ id: "i1", clusterId: "c1", title: "t" }],
+        events: eventBatchFromEvents([{ userId: "dup", itemId: "i1", ts: 1_000_000, engagement: 1 }]),
+      });
+      const buffer = await store.intakeBuffer();
+      // A buffered user the store has under another key: every move of it fails.
+      await buffer.connection.run("INSERT INTO users VALUES (1, 99, 'dup')");
+      await store.closeIntake();
+      store.close();
+      const error = await EventStore.open(path).then(
+        () => null,
+        (e: unknown) => e as Error,
+      );
+      expect(error?.message).toMatch(new RegExp(`intake buffer ${escape(bufferPath)} holds rows .* cannot be moved into the event store ${escape(path)} .*move ${escape(bufferPath)} aside`));
+      expect(error?.message).not.toMatch(/retried/);
+      renameSync(bufferPath, join(dir, "aside.duckdb"));
+      rmSync(`${bufferPath}.wal`, { force: true });
+      store = await EventStore.open(path);
+      expect((await store.counts()).events).toBe(1);
+      store.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 });

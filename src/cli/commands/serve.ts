@@ -120,6 +120,7 @@ export async function startWorkspaceServer(
     await scheduleParts?.close();
     await recorded.close();
     await share?.close();
+    await events?.closeIntake();
     events?.close();
     throw error;
   }
@@ -136,6 +137,8 @@ export async function startWorkspaceServer(
         await server.close();
         await recorded.close();
         await shared?.close();
+        // The intake buffer's mover ends its running move or checkpoint before the store closes.
+        await events?.closeIntake();
         events?.close();
       })()),
   };

@@ -18,8 +18,8 @@
  * log.logExposure({ exposureId, experiment: "e1", arm: "control", userId, ts, tableVersion, coldStart: false, slots });
  * await log.flush();
  */
-import { BIGINT, BOOLEAN, DuckDBDataChunk, FLOAT, INTEGER, LIST, VARCHAR, listValue, type DuckDBConnection, type DuckDBType, type DuckDBValue } from "@duckdb/node-api";
-import { EventStore, type EventStoreContract } from "../../data/event-store.js";
+import { BIGINT, BOOLEAN, FLOAT, INTEGER, LIST, VARCHAR, listValue, type DuckDBType, type DuckDBValue } from "@duckdb/node-api";
+import { EventStore, appendChunks, type EventStoreContract } from "../../data/event-store.js";
 import type { IntakeBuffer } from "../../data/intake-buffer.js";
 import { PostgresEventStore } from "../../data/postgres-event-store.js";
 // Type-only the other way (./postgres-log.ts imports this file's types), so there is no cycle when it runs.
@@ -289,8 +289,6 @@ export class ExperimentLog implements ExperimentLogContract {
           "experiment_outcomes SELECT $seq::BIGINT AS seq, *",
         ]
       : ["experiment_exposures", "experiment_outcomes", "experiment_outcomes SELECT *"];
-    const count = async () => Number((await run.runAndReadAll("SELECT count(*) FROM experiment_outcomes")).getRows()[0][0]);
-    const before = await count();
     const positive = positiveMin === null ? "true" : "(b.engagement IS NULL OR b.engagement >= $positiveMin)";
     const params: Record<string, DuckDBValue> = {
       experiment,
@@ -307,27 +305,35 @@ export class ExperimentLog implements ExperimentLogContract {
     const types = { users: LIST(VARCHAR), items: LIST(VARCHAR), clusters: LIST(VARCHAR), ts: LIST(BIGINT), engagement: LIST(FLOAT), negative: LIST(BOOLEAN) };
     const seq = buffer ? buffer.allocate() : 0;
     if (buffer) params.seq = BigInt(seq);
-    await run.run(
-      `INSERT INTO ${target} FROM (
-       WITH b AS (
-         SELECT unnest($users::VARCHAR[]) AS user_id, unnest($items::VARCHAR[]) AS item_id, unnest($clusters::VARCHAR[]) AS cluster_id,
-                unnest($ts::BIGINT[]) AS ts, unnest($engagement::FLOAT[]) AS engagement, unnest($negative::BOOLEAN[]) AS negative
-       ),
-       matched AS (
-         SELECT x.exposure_id, x.experiment, x.arm, x.user_id, x.rank, x.cluster_id, b.item_id, b.ts,
-                CASE WHEN b.negative THEN 'negative' WHEN ${positive} THEN 'satisfied' ELSE 'dissatisfied' END AS outcome,
-                b.engagement,
-                row_number() OVER (PARTITION BY x.exposure_id, x.rank ORDER BY b.ts, b.item_id) AS k
-         FROM ${exposures} x JOIN b ON b.user_id = x.user_id AND b.cluster_id = x.cluster_id
-           AND b.ts >= x.ts AND b.ts < x.ts + $window
-         WHERE x.experiment = $experiment
-       )
-       SELECT exposure_id, experiment, arm, user_id, rank, cluster_id, item_id, ts, outcome, engagement FROM matched m
-       WHERE k = 1 AND NOT EXISTS (SELECT 1 FROM ${outcomes} o WHERE o.exposure_id = m.exposure_id AND o.rank = m.rank))`,
-      params,
-      types,
-    );
-    const added = (await count()) - before;
+    // The INSERT's own count: counting the table before and after would miss rows, since the mover deletes moved
+    // rows from the buffer on its own connection at any time.
+    let inserted: Awaited<ReturnType<typeof run.run>>;
+    try {
+      inserted = await run.run(
+        `INSERT INTO ${target} FROM (
+         WITH b AS (
+           SELECT unnest($users::VARCHAR[]) AS user_id, unnest($items::VARCHAR[]) AS item_id, unnest($clusters::VARCHAR[]) AS cluster_id,
+                  unnest($ts::BIGINT[]) AS ts, unnest($engagement::FLOAT[]) AS engagement, unnest($negative::BOOLEAN[]) AS negative
+         ),
+         matched AS (
+           SELECT x.exposure_id, x.experiment, x.arm, x.user_id, x.rank, x.cluster_id, b.item_id, b.ts,
+                  CASE WHEN b.negative THEN 'negative' WHEN ${positive} THEN 'satisfied' ELSE 'dissatisfied' END AS outcome,
+                  b.engagement,
+                  row_number() OVER (PARTITION BY x.exposure_id, x.rank ORDER BY b.ts, b.item_id) AS k
+           FROM ${exposures} x JOIN b ON b.user_id = x.user_id AND b.cluster_id = x.cluster_id
+             AND b.ts >= x.ts AND b.ts < x.ts + $window
+           WHERE x.experiment = $experiment
+         )
+         SELECT exposure_id, experiment, arm, user_id, rank, cluster_id, item_id, ts, outcome, engagement FROM matched m
+         WHERE k = 1 AND NOT EXISTS (SELECT 1 FROM ${outcomes} o WHERE o.exposure_id = m.exposure_id AND o.rank = m.rank))`,
+        params,
+        types,
+      );
+    } catch (error) {
+      buffer?.abandoned(seq);
+      throw error;
+    }
+    const added = Number(inserted.rowsChanged);
     buffer?.committed(seq, added);
     return added;
   }
@@ -337,32 +343,21 @@ export class ExperimentLog implements ExperimentLogContract {
     if (exposures.length + outcomes.length === 0) return;
     const c = buffer.connection;
     const seq = buffer.allocate();
-    await c.run("BEGIN TRANSACTION");
     try {
+      await c.run("BEGIN TRANSACTION");
       const value = BigInt(seq);
-      if (exposures.length) await appendTo(c, "experiment_exposures", [BIGINT, ...EXPOSURE_TYPES], exposures.map((r) => [value, ...r]));
-      if (outcomes.length) await appendTo(c, "experiment_outcomes", [BIGINT, ...OUTCOME_TYPES], outcomes.map((r) => [value, ...r]));
+      if (exposures.length) await appendChunks(c, "experiment_exposures", [BIGINT, ...EXPOSURE_TYPES], exposures.map((r) => [value, ...r]));
+      if (outcomes.length) await appendChunks(c, "experiment_outcomes", [BIGINT, ...OUTCOME_TYPES], outcomes.map((r) => [value, ...r]));
       await c.run("COMMIT");
     } catch (error) {
-      await c.run("ROLLBACK");
+      await c.run("ROLLBACK").catch(() => undefined);
+      buffer.abandoned(seq);
       throw error;
     }
     buffer.committed(seq, exposures.length + outcomes.length);
   }
 
   private async appendRows(table: string, types: DuckDBType[], rows: readonly DuckDBValue[][]): Promise<void> {
-    await appendTo(this.store.connection, table, types, rows);
+    await appendChunks(this.store.connection, table, types, rows);
   }
-}
-
-async function appendTo(connection: DuckDBConnection, table: string, types: DuckDBType[], rows: readonly DuckDBValue[][]): Promise<void> {
-  const appender = await connection.createAppender(table);
-  const size = 2048;
-  for (let start = 0; start < rows.length; start += size) {
-    const slice = rows.slice(start, start + size);
-    const chunk = DuckDBDataChunk.create(types, slice.length);
-    for (let col = 0; col < types.length; col++) chunk.setColumnValues(col, slice.map((r) => r[col]));
-    appender.appendDataChunk(chunk);
-  }
-  appender.closeSync();
 }
