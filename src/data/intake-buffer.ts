@@ -14,8 +14,9 @@
  * - Rows: each buffered table is the event store's table of the same name plus `seq`, the number of the commit that
  *   wrote it (one per transaction, increasing, one transaction at a time: `allocate`). Intake writes `events` and
  *   `users` (new users keyed from its own counter, the next after every key of both files: only this process writes
- *   either while it serves); the server's experiment log writes `experiment_exposures` and `experiment_outcomes`. `intake_keys` (idempotency
- *   keys) live here for good: nothing else reads them. `buffer_meta` pairs the file with its store (`claim`).
+ *   either while it serves); the server's experiment log writes `experiment_exposures` and `experiment_outcomes`.
+ *   `intake_keys` (idempotency keys) live here for good: nothing else reads them. `buffer_meta` pairs the file with
+ *   its store (`claim`).
  * - A move: one transaction on the event store inserts every buffered row with `seq` in (moved, X] and records X
  *   (`meta` key `intake_moved_seq`); a second deletes the moved rows from this file (DuckDB lets one transaction
  *   write one attached database only). A crash between the two moves nothing twice: rows at or below the recorded
