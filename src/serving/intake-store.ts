@@ -237,16 +237,13 @@ export class DuckDbIntakeStore implements IntakeStore {
   private async readUsers(buffer: IntakeBuffer): Promise<void> {
     this.usersAddedSeen = this.store.usersAdded;
     const c = buffer.connection;
-    const ids: string[] = [];
-    const keys: number[] = [];
+    // Each file's columns as read (a store holds millions of users: never spread into arguments).
+    const read: [string[], number[]][] = [];
     await c.run("BEGIN TRANSACTION");
     try {
       for (const table of ["users", `${buffer.store}.main.users`]) {
         const reader = await c.runAndReadAll(`SELECT user_id, user_key FROM ${table}`);
-        if (reader.currentRowCount === 0) continue;
-        const [i, k] = reader.getColumns() as [string[], number[]];
-        ids.push(...i);
-        keys.push(...k);
+        if (reader.currentRowCount > 0) read.push(reader.getColumns() as [string[], number[]]);
       }
       await c.run("COMMIT");
     } catch (error) {
@@ -256,9 +253,11 @@ export class DuckDbIntakeStore implements IntakeStore {
       });
     }
     let max = 0;
-    for (let r = 0; r < ids.length; r++) {
-      this.userKeys.set(ids[r], keys[r]);
-      if (keys[r] > max) max = keys[r];
+    for (const [ids, keys] of read) {
+      for (let r = 0; r < ids.length; r++) {
+        this.userKeys.set(ids[r], keys[r]);
+        if (keys[r] > max) max = keys[r];
+      }
     }
     this.nextUserKey = max + 1;
   }

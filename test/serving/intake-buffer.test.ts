@@ -346,6 +346,28 @@ describe("the intake buffer's moves", () => {
     }
   });
 
+  it("reads the keys of a store of hundreds of thousands of users for a cold append, and keys a new user after them", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "freshrec-intake-many-users-"));
+    const path = join(dir, "events.duckdb");
+    copyFileSync(eventsPath, path);
+    const store = await EventStore.open(path);
+    try {
+      // More users than a call's arguments can hold (what the bench's store of 150,000 users ran into).
+      await store.connection.run("INSERT INTO users SELECT 1000000 + i, 'bulk-' || i FROM range(300000) t(i)");
+      const intake = new DuckDbIntakeStore(store, await Catalog.load(store));
+      (await intake.buffer()).moveAfterMs = 3_600_000;
+      await intake.append([{ userId: "after-bulk", item: 1, ts: ws.world.endMs - 60_000, engagement: null }]);
+      await store.drainIntake();
+      const [row] = await store.query<{ user_key: number }>("SELECT user_key FROM users WHERE user_id = 'after-bulk'");
+      expect(Number(row.user_key)).toBe(1_300_000);
+      expect(await duplicateKeys(store)).toBe(0);
+    } finally {
+      await store.closeIntake();
+      store.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it("lets readers and an in-process append see buffered events first; new users' keys never clash", async () => {
     const { store, intake, buffer, event } = await openIntake();
     try {
