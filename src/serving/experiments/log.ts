@@ -280,7 +280,10 @@ export class ExperimentLog implements ExperimentLogContract {
     if (events.length === 0) return 0;
     const buffer = this.buffer;
     // Buffered: exposures and outcomes are in the buffer or already moved into the store, so both are read, and the
-    // new outcomes are written to the buffer, as one buffer transaction (its own seq).
+    // new outcomes are written to the buffer, as one buffer transaction (its own seq). A move (insert into the store,
+    // then delete from the buffer) cannot hide a row from both reads as long as the buffer's snapshot is not later
+    // than the store's: so if DuckDB starts an attached file's snapshot when a statement first touches it, the
+    // buffer must come first, as the INSERT's target does here (intake's read of the users orders it explicitly).
     const run = buffer ? buffer.connection : this.store.connection;
     const [exposures, outcomes, target] = buffer
       ? [
