@@ -31,7 +31,7 @@ import {
 } from "@duckdb/node-api";
 import type { Cluster, EngagementEvent, Item } from "../domain/types.js";
 import { BadInputError, FreshrecError } from "../domain/errors.js";
-import { INTAKE_BUFFER, IntakeBuffer, MOVED_SEQ_KEY, intakeBufferPath, quoteIdentifier, unmovedIntakeRows } from "./intake-buffer.js";
+import { INTAKE_BUFFER, IntakeBuffer, MOVED_SEQ_KEY, intakeBufferPath, quoteIdentifier, quoteLiteral, unmovedIntakeRows } from "./intake-buffer.js";
 
 /** A block of events in columns; user and item are indexes into the batch's dictionaries. */
 export interface EventChunk {
@@ -276,7 +276,7 @@ export class EventStore implements EventStoreContract {
     if (buffered === null || !existsSync(buffered)) return;
     let attached = false;
     try {
-      await this.connection.run(`ATTACH '${buffered.replace(/'/g, "''")}' AS ${INTAKE_BUFFER} (READ_ONLY)`);
+      await this.connection.run(`ATTACH ${quoteLiteral(buffered)} AS ${INTAKE_BUFFER} (READ_ONLY)`);
       attached = true;
       const [recorded] = await this.queryHere<{ value: string }>("SELECT value FROM meta WHERE key = $key", { key: MOVED_SEQ_KEY });
       const rows = await unmovedIntakeRows(this.connection, Number(recorded?.value ?? 0));

@@ -134,6 +134,11 @@ export class IntakeBuffer {
     this.committedSeq = lastSeq;
   }
 
+  /** The buffer's file, or that it is in memory, for messages. */
+  get location(): string {
+    return this.path ?? "(in memory)";
+  }
+
   /**
    * Attaches the buffer (creating its file if needed) to the instance of the event store at `storePath`, deletes
    * rows a crash left behind after moving them, and counts the rest as the backlog (moved by the next `drain`).
@@ -148,7 +153,7 @@ export class IntakeBuffer {
     try {
       const [[database]] = (await main.runAndReadAll("SELECT current_database()")).getRows() as [[string]];
       const store = quoteIdentifier(database);
-      await main.run(`ATTACH '${(path ?? ":memory:").replace(/'/g, "''")}' AS ${INTAKE_BUFFER}`);
+      await main.run(`ATTACH ${quoteLiteral(path ?? ":memory:")} AS ${INTAKE_BUFFER}`);
       connection = await instance.connect();
       await connection.run(`USE ${INTAKE_BUFFER}`);
       mover = await instance.connect();
@@ -156,7 +161,7 @@ export class IntakeBuffer {
         "CREATE TABLE IF NOT EXISTS intake_keys (key VARCHAR PRIMARY KEY, body_hash VARCHAR NOT NULL, result VARCHAR NOT NULL, created_at BIGINT NOT NULL)",
       );
       // Keys recorded in the event store before intake wrote here still answer.
-      const oldKeys = await connection.runAndReadAll(`SELECT count(*) FROM duckdb_tables() WHERE database_name = '${database.replace(/'/g, "''")}' AND table_name = 'intake_keys'`);
+      const oldKeys = await connection.runAndReadAll(`SELECT count(*) FROM duckdb_tables() WHERE database_name = ${quoteLiteral(database)} AND table_name = 'intake_keys'`);
       if (fresh && Number(oldKeys.getRows()[0][0]) > 0) await connection.run(`INSERT INTO intake_keys SELECT * FROM ${store}.main.intake_keys ON CONFLICT DO NOTHING`);
       const moved = await main.runAndReadAll(`SELECT value FROM meta WHERE key = '${MOVED_SEQ_KEY}'`);
       const movedSeq = moved.currentRowCount ? Number(moved.getRows()[0][0]) : 0;
@@ -263,7 +268,7 @@ export class IntakeBuffer {
    */
   allocate(): number {
     if (this.openSeq !== null) {
-      throw new FreshrecError("INTERNAL", `the intake buffer ${this.path ?? "(in memory)"} gave out seq ${this.openSeq}, not committed or abandoned yet: its writers must write one at a time`);
+      throw new FreshrecError("INTERNAL", `the intake buffer ${this.location} gave out seq ${this.openSeq}, not committed or abandoned yet: its writers must write one at a time`);
     }
     this.openSeq = ++this.lastSeq;
     return this.openSeq;
@@ -408,7 +413,7 @@ export class IntakeBuffer {
       await m.run("ROLLBACK").catch(() => undefined);
       this.moveFailures++;
       this.lastMoveError = error;
-      throw new FreshrecError("INTERNAL", `moving the intake buffer ${this.path ?? "(in memory)"} into the event store ${this.storePath} failed, nothing was moved (retried): ${(error as Error).message}`, {
+      throw new FreshrecError("INTERNAL", `moving the intake buffer ${this.location} into the event store ${this.storePath} failed, nothing was moved (retried): ${(error as Error).message}`, {
         cause: error,
       });
     }
@@ -427,7 +432,7 @@ export class IntakeBuffer {
       await m.run("COMMIT");
     } catch (error) {
       await m.run("ROLLBACK").catch(() => undefined);
-      throw new FreshrecError("INTERNAL", `deleting moved rows from the intake buffer ${this.path ?? "(in memory)"} failed (they are not moved again): ${(error as Error).message}`, {
+      throw new FreshrecError("INTERNAL", `deleting moved rows from the intake buffer ${this.location} failed (they are not moved again): ${(error as Error).message}`, {
         cause: error,
       });
     }
@@ -503,12 +508,16 @@ export class IntakeBuffer {
     this.bufferCheckpoints++;
     return true;
   }
-
 }
 
 /** A DuckDB identifier (table, database) as SQL names it, whatever characters it holds. */
 export function quoteIdentifier(name: string): string {
   return `"${name.replace(/"/g, '""')}"`;
+}
+
+/** A string as a DuckDB SQL literal (for statements that take no parameter, such as ATTACH). */
+export function quoteLiteral(text: string): string {
+  return `'${text.replace(/'/g, "''")}'`;
 }
 
 /** The tables of the attached buffer that have a `seq` column (what a leftover file holds), on any connection. */

@@ -185,7 +185,7 @@ export class DuckDbIntakeStore implements IntakeStore {
         keys: listValue([...keys]),
       });
     } catch (error) {
-      throw new FreshrecError("INTERNAL", `reading idempotency keys from the intake buffer ${buffer.path ?? "(in memory)"} failed: ${(error as Error).message}`, { cause: error });
+      throw new FreshrecError("INTERNAL", `reading idempotency keys from the intake buffer ${buffer.location} failed: ${(error as Error).message}`, { cause: error });
     }
     const rows = reader.getRowObjectsJS() as { key: string; body_hash: string; result: string }[];
     return new Map(rows.map((r) => [r.key, { key: r.key, bodyHash: r.body_hash, result: r.result }]));
@@ -229,10 +229,10 @@ export class DuckDbIntakeStore implements IntakeStore {
 
   /**
    * Every user's key, of the buffer and of the store, read in one transaction on intake's connection and not while
-   * the mover waits (a move's checkpoint of the store would hold this append up). A user being moved is in one of
-   * them or both, never in neither: the buffer is read first, and each attached file's snapshot starts when the
-   * transaction first reads it, so a user the mover has deleted from the buffer was already committed to the store
-   * when the store is read. The next new user's key is the next after all of them.
+   * the mover waits (a move's checkpoint of the store would hold this append up). A user being moved (inserted into
+   * the store, then deleted from the buffer) is in one of them or both, never in neither, as long as the buffer's
+   * snapshot is not later than the store's: the buffer is read first, for the case that DuckDB starts an attached
+   * file's snapshot when a transaction first reads it. The next new user's key is the next after all of them.
    */
   private async readUsers(buffer: IntakeBuffer): Promise<void> {
     this.usersAddedSeen = this.store.usersAdded;
@@ -248,7 +248,7 @@ export class DuckDbIntakeStore implements IntakeStore {
       await c.run("COMMIT");
     } catch (error) {
       await c.run("ROLLBACK").catch(() => undefined);
-      throw new FreshrecError("INTERNAL", `reading the users of the intake buffer ${buffer.path ?? "(in memory)"} and of the event store ${this.store.location} failed: ${(error as Error).message}`, {
+      throw new FreshrecError("INTERNAL", `reading the users of the intake buffer ${buffer.location} and of the event store ${this.store.location} failed: ${(error as Error).message}`, {
         cause: error,
       });
     }

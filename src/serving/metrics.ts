@@ -9,6 +9,7 @@
  * metrics.coldStarts++;
  * reply.type(PROMETHEUS_CONTENT_TYPE).send(metrics.render({ liveTable: "t000004", ... }));
  */
+import type { IntakeBufferStatus } from "../data/intake-buffer.js";
 
 export const PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -45,14 +46,7 @@ export interface MetricsSnapshot {
   /** The intake store's upkeep in quiet moments (a DuckDB checkpoint): runs that did work, and failures. */
   readonly intakeUpkeep?: { readonly ran: number; readonly failed: number };
   /** The DuckDB store's intake buffer and its mover (../data/intake-buffer.ts); null or absent on PostgreSQL. */
-  readonly intakeBuffer?: {
-    readonly backlog: number;
-    readonly moves: number;
-    readonly rowsMoved: number;
-    readonly moveFailures: number;
-    readonly bufferCheckpoints: number;
-    readonly storeCheckpoints: number;
-  } | null;
+  readonly intakeBuffer?: IntakeBufferStatus | null;
   /** Every table binding the server follows, and whether its latest reload failed. */
   readonly tableBindings: readonly { readonly binding: string; readonly reloadFailing: boolean }[];
   /** How the server follows a shared store's appends; null or absent on the embedded workspace. */
