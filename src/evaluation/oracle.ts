@@ -14,11 +14,17 @@
  * const run = oracleRefreshJob(world, { tables, clusters, topN: 10 });
  * const jobs = [{ name: "start-table", cadence: "every 36500 days from 2025-11-01", run }, { name: "month", cadence: "0 0 1 * *", run }];
  */
-import { BadInputError } from "../domain/errors.js";
+import { BadInputError, FreshrecError } from "../domain/errors.js";
+import type { ScoredCluster } from "../domain/types.js";
 import type { SyntheticWorld } from "../data/synthetic/index.js";
+import type { PromptInput } from "../llm/prompt.js";
 import type { TableStore } from "../tables/index.js";
 import { TABLE_DEFAULTS, type TableBuildRow } from "../tables/contract.js";
-import type { JobRun } from "../update/schedule/index.js";
+import { computePrior, resolveFusionOptions, type LlmPrior } from "../update/fusion.js";
+import type { PromptScorer } from "../update/generate.js";
+import { refreshJob } from "../update/jobs.js";
+import type { RefreshOptions } from "../update/refresh.js";
+import { parseCadence, type JobRun } from "../update/schedule/index.js";
 
 export interface OracleOptions {
   readonly tables: TableStore;
@@ -43,11 +49,7 @@ function monthLabel(world: SyntheticWorld, month: number): string {
  * boundary gives one table, not two.
  */
 export function oracleRefreshJob(world: SyntheticWorld, options: OracleOptions): JobRun {
-  const index = options.clusters.map((id) => world.clusterIndex(id));
-  const unknown = options.clusters.filter((_, k) => index[k] < 0);
-  if (unknown.length > 0) {
-    throw new BadInputError(`oracle: clusters ${unknown.slice(0, 3).join(", ")} are not the synthetic world's: its kernel says nothing about them`);
-  }
+  const index = worldIndex(world, options.clusters, "oracle");
   const modelOf = (month: number) => `world kernel ${monthLabel(world, month)}`;
   return async ({ asOf }) => {
     const month = world.monthIndexAt(asOf);
@@ -58,23 +60,11 @@ export function oracleRefreshJob(world: SyntheticWorld, options: OracleOptions):
     const started = process.hrtime.bigint();
     const builder = options.tables.beginBuild({ modelVersion: model, templateHash: "oracle", strategy: options.strategy ?? "oracle" });
     try {
-      const weights = new Float64Array(world.kernel.size);
-      const order: number[] = [];
+      const answers = kernelAnswers(world, month, options.clusters, index);
       const rows: TableBuildRow[] = [];
       for (let a = 0; a < options.clusters.length; a++) {
         for (let b = 0; b < options.clusters.length; b++) {
-          if (a === b) continue;
-          const sum = world.kernel.weightsInto(month, index[a], index[b], weights);
-          order.length = 0;
-          // Only the store's clusters can be answered; weight 0 marks c1, c2 and clusters absent this month.
-          for (let k = 0; k < index.length; k++) if (weights[index[k]] > 0) order.push(k);
-          order.sort((x, y) => weights[index[y]] - weights[index[x]] || x - y);
-          rows.push({
-            c1: options.clusters[a],
-            c2: options.clusters[b],
-            answers: order.slice(0, options.topN).map((k) => ({ cluster: options.clusters[k], score: weights[index[k]] / sum })),
-            contextKey: null,
-          });
+          if (a !== b) rows.push({ c1: options.clusters[a], c2: options.clusters[b], answers: answers(a, b, options.topN), contextKey: null });
         }
       }
       builder.append(rows);
@@ -92,5 +82,93 @@ export function oracleRefreshJob(world: SyntheticWorld, options: OracleOptions):
       builder.fail(error instanceof Error ? error.message : String(error));
       throw error;
     }
+  };
+}
+
+/** Each of `clusters`' index in the world, or the refusal naming those the world does not have. */
+function worldIndex(world: SyntheticWorld, clusters: readonly string[], strategy: string): number[] {
+  const index = clusters.map((id) => world.clusterIndex(id));
+  const unknown = clusters.filter((_, k) => index[k] < 0);
+  if (unknown.length > 0) {
+    throw new BadInputError(`${strategy}: clusters ${unknown.slice(0, 3).join(", ")} are not the synthetic world's: its kernel says nothing about them`);
+  }
+  return index;
+}
+
+/**
+ * The kernel's successors of the pair (clusters[a], clusters[b]) in `month`, most probable first (ties by the
+ * store's order), at most `n`, each with its probability.
+ */
+function kernelAnswers(world: SyntheticWorld, month: number, clusters: readonly string[], index: readonly number[]): (a: number, b: number, n: number) => ScoredCluster[] {
+  const weights = new Float64Array(world.kernel.size);
+  const order: number[] = [];
+  return (a, b, n) => {
+    const sum = world.kernel.weightsInto(month, index[a], index[b], weights);
+    order.length = 0;
+    // Only the store's clusters can be answered; weight 0 marks c1, c2 and clusters absent this month.
+    for (let k = 0; k < index.length; k++) if (weights[index[k]] > 0) order.push(k);
+    order.sort((x, y) => weights[index[y]] - weights[index[x]] || x - y);
+    return order.slice(0, n).map((k) => ({ cluster: clusters[k], score: weights[index[k]] / sum }));
+  };
+}
+
+/** The kernel of one month as a model's prior: each pair's answers are the kernel's (`computePrior` keeps its top-M). */
+class KernelScorer implements PromptScorer {
+  readonly computed = true;
+  readonly promptsPerCall = 100_000;
+  private readonly position: Map<string, number>;
+  private readonly answers: (a: number, b: number, n: number) => ScoredCluster[];
+
+  constructor(world: SyntheticWorld, month: number, clusters: readonly string[], index: readonly number[]) {
+    this.position = new Map(clusters.map((c, k) => [c, k]));
+    this.answers = kernelAnswers(world, month, clusters, index);
+  }
+
+  async score(prompts: readonly PromptInput[], topN: number): Promise<ScoredCluster[][]> {
+    return prompts.map((p) => this.answers(this.position.get(p.history.c1)!, this.position.get(p.history.c2)!, topN));
+  }
+}
+
+/** What `oraclePriorRefreshJob` needs beyond a fusion refresh's options. */
+export interface OraclePriorOptions extends Omit<RefreshOptions, "model" | "signal"> {
+  /** When the perfect model is fine-tuned (the hybrid's cadence: `schedule.finetuneCadence`). */
+  readonly finetuneCadence: string;
+  /** When the replay starts: the start model's data ends there. */
+  readonly start: number;
+}
+
+/**
+ * The fusion refresh of a perfect model: its prior is the true kernel as a model fine-tuned on the hybrid's cadence
+ * could at best know it, the kernel of the month its data ended in (the last fine-tune instant at or before the
+ * refresh, the replay's start before the first), and the fresh evidence is fused with it exactly as the hybrid's
+ * refresh fuses a real model's prior. So the hybrid's distance to it is what better fine-tunes could still add, and
+ * its distance to `fusion-static` all that fine-tuning on that cadence can add. Not a product strategy: it reads the
+ * truth, which no model has.
+ */
+export function oraclePriorRefreshJob(world: SyntheticWorld, options: OraclePriorOptions): JobRun {
+  const index = worldIndex(world, options.clusters, "oracle-prior");
+  const cadence = parseCadence(options.finetuneCadence);
+  const priors = new Map<number, Promise<LlmPrior>>();
+  // As many answers a pair as a model's prior keeps (rag.fusion.priorTopM).
+  const topM = resolveFusionOptions(options.rag?.fusion).priorTopM;
+  const priorOf = (month: number) => {
+    let prior = priors.get(month);
+    if (!prior) priors.set(month, (prior = computePrior(new KernelScorer(world, month, options.clusters, index), options.clusters, { topM })));
+    return prior;
+  };
+  return async (context) => {
+    if (context.asOf < options.start) throw new FreshrecError("INTERNAL", `oracle-prior: a refresh at ${new Date(context.asOf).toISOString()} before the replay's start`);
+    let tuned = options.start;
+    for (let next = cadence.next(tuned); next !== null && next <= context.asOf; next = cadence.next(next)) tuned = next;
+    // The month of the last instant before the data's end: what a model whose data ends at `tuned` has seen last.
+    const month = world.monthIndexAt(tuned - 1);
+    return refreshJob({ ...options, rag: { ...options.rag, method: "fusion" } }, async () => ({
+      version: `world kernel ${monthLabel(world, month)}`,
+      scorer: new KernelScorer(world, month, options.clusters, index),
+      prior: async () => ({ prior: await priorOf(month), promptsScored: 0 }),
+      priorKey: `world kernel ${monthLabel(world, month)}`,
+      dataEnd: tuned,
+      dataAsOf: tuned,
+    }))(context);
   };
 }

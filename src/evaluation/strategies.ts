@@ -15,7 +15,10 @@
  *   same way: the strongest counting baseline, which the LLM must beat to earn its place;
  * - `successor-top1`, `popular-novel`: the simple non-LLM baselines, recomputed every N days from the RAG window;
  * - `oracle` (synthetic platform only, ./oracle.ts): the world's true kernel's answers, a table at the start and at
- *   every month boundary. Not a product strategy: the ceiling every other strategy is shown as a share of.
+ *   every month boundary. Not a product strategy: the ceiling every other strategy is shown as a share of;
+ * - `oracle-prior` (synthetic platform only, ./oracle.ts): the hybrid with a perfect model, a fusion refresh every N
+ *   days whose prior is the true kernel of the month the last fine-tune's data (on the hybrid's cadence) ended in.
+ *   Not a product strategy: the most that better fine-tunes on that cadence could add to the hybrid.
  *
  * Every LLM strategy starts from the same start model (trained only on data before the period), registered live in
  * its own registry and table store under the replay's work directory, so strategies never see each other's state.
@@ -40,7 +43,7 @@ import type { SnapshotCache } from "../update/rag.js";
 import type { EvidenceCache } from "../update/fusion.js";
 import { parseCadence, type JobDefinition } from "../update/schedule/index.js";
 import type { SyntheticWorld } from "../data/synthetic/index.js";
-import { oracleRefreshJob } from "./oracle.js";
+import { oraclePriorRefreshJob, oracleRefreshJob } from "./oracle.js";
 import type { StrategySetup } from "./replay.js";
 
 export const LLM_STRATEGIES = ["static", "finetune-monthly", "rag", "hybrid", "hybrid-drift", "paper-hybrid", "fusion-static", "rag-day1-frozen"] as const;
@@ -49,11 +52,13 @@ export const BASELINE_STRATEGIES = ["counts-backoff", "successor-top1", "popular
 export const ALL_STRATEGIES = [...LLM_STRATEGIES, ...BASELINE_STRATEGIES] as const;
 /** Reads the synthetic world's truth: replayable only on a workspace made by `freshrec synth` or `demo`. */
 export const ORACLE_STRATEGY = "oracle";
-export const KNOWN_STRATEGIES = [...ALL_STRATEGIES, ORACLE_STRATEGY] as const;
+/** Strategies that read the synthetic world's true kernel: they exist only on the synthetic platform. */
+export const WORLD_STRATEGIES = [ORACLE_STRATEGY, "oracle-prior"] as const;
+export const KNOWN_STRATEGIES = [...ALL_STRATEGIES, ...WORLD_STRATEGIES] as const;
 export type StrategyName = (typeof KNOWN_STRATEGIES)[number];
 
 /** Strategies whose cadence includes a RAG refresh every N days (the ones a refresh-days ablation varies). */
-const REFRESHING: ReadonlySet<string> = new Set(["rag", "hybrid", "hybrid-drift", "paper-hybrid", "fusion-static", "counts-backoff", "successor-top1", "popular-novel"]);
+const REFRESHING: ReadonlySet<string> = new Set(["rag", "hybrid", "hybrid-drift", "paper-hybrid", "fusion-static", "counts-backoff", "successor-top1", "popular-novel", "oracle-prior"]);
 const BASELINES: ReadonlySet<string> = new Set(BASELINE_STRATEGIES);
 
 export interface StartModel {
@@ -89,11 +94,11 @@ export interface StrategyEnvironment {
   /** Opens model versions (the configured LLM backend). @defaultValue the embedded backend */
   readonly openModel?: (path: string) => Promise<LanguageModel>;
   /**
-   * The synthetic world the events came from (src/data/synthetic/recorded.ts); required by `oracle`, whose tables
-   * are its true kernel. Absent for other data.
+   * The synthetic world the events came from (src/data/synthetic/recorded.ts); required by `oracle` and
+   * `oracle-prior`, which read its true kernel. Absent for other data.
    */
   readonly world?: SyntheticWorld | null;
-  /** Why there is no world (said when `oracle` is asked for without one). */
+  /** Why there is no world (said when `oracle` or `oracle-prior` is asked for without one). */
   readonly noWorldReason?: string;
   readonly progress?: ProgressSink;
   readonly onTraining?: (strategy: string, event: TrainingEvent) => void;
@@ -104,8 +109,8 @@ function driftOf(env: StrategyEnvironment): DriftTrigger {
   return env.drift;
 }
 
-function worldOf(env: StrategyEnvironment): SyntheticWorld {
-  if (!env.world) throw new BadInputError(`oracle: ${env.noWorldReason ?? "the replay environment has no synthetic world"}; the oracle exists only on the synthetic platform`);
+function worldOf(env: StrategyEnvironment, strategy: string): SyntheticWorld {
+  if (!env.world) throw new BadInputError(`${strategy}: ${env.noWorldReason ?? "the replay environment has no synthetic world"}; it exists only on the synthetic platform`);
   return env.world;
 }
 
@@ -123,10 +128,11 @@ export function parseStrategies(list: string): StrategyName[] {
 
 /**
  * What a replay compares when no list is given: every product strategy, and on the synthetic platform the oracle
- * too, since it costs no prompt and no training and gives every other row its share of the ceiling.
+ * and the oracle prior too: they cost no prompt and no training, the oracle gives every other row its share of the
+ * ceiling, and the oracle prior says how much of the hybrid's distance to it better fine-tunes could close.
  */
 export function defaultStrategies(synthetic: boolean): StrategyName[] {
-  return synthetic ? [...ALL_STRATEGIES, ORACLE_STRATEGY] : [...ALL_STRATEGIES];
+  return synthetic ? [...ALL_STRATEGIES, ...WORLD_STRATEGIES] : [...ALL_STRATEGIES];
 }
 
 /**
@@ -162,6 +168,7 @@ function setupOf(kind: StrategyName, label: string, refreshDays: number, env: St
   const once = `every 36500 days from ${start}`;
   const finetuneCadence = env.finetuneCadence ?? "0 0 1 * *";
   if (kind === ORACLE_STRATEGY) return oracleSetup(label, env, once);
+  if (kind === "oracle-prior") return oraclePriorSetup(label, env, every, finetuneCadence);
   const llm = !BASELINES.has(kind);
   return {
     name: label,
@@ -264,7 +271,7 @@ const MONTH_BOUNDARY = "0 0 1 * *";
  * runs.
  */
 function oracleSetup(label: string, env: StrategyEnvironment, once: string): StrategySetup {
-  const world = worldOf(env);
+  const world = worldOf(env, label);
   return {
     name: label,
     ceiling: true,
@@ -281,6 +288,38 @@ function oracleSetup(label: string, env: StrategyEnvironment, once: string): Str
         tables,
         close: () => tables.close(),
       };
+    },
+  };
+}
+
+/**
+ * The oracle prior: a fusion refresh on the refresh cadence, whose prior is the kernel a perfect model fine-tuned on
+ * the hybrid's cadence would know (./oracle.ts); the same evidence, counting and fit as the hybrid's refreshes.
+ */
+function oraclePriorSetup(label: string, env: StrategyEnvironment, every: string, finetuneCadence: string): StrategySetup {
+  const world = worldOf(env, label);
+  return {
+    name: label,
+    async create(clock) {
+      const dir = join(env.workDir, label.replace(/[^a-zA-Z0-9@._-]/g, "_"));
+      rmSync(dir, { recursive: true, force: true });
+      mkdirSync(dir, { recursive: true });
+      const tables = SqliteTableStore.open(join(dir, "tables.sqlite"), clock);
+      const run = oraclePriorRefreshJob(world, {
+        events: env.events,
+        tables,
+        clusters: env.clusters,
+        templateHash: "oracle-prior",
+        topN: env.settings.tables.topN,
+        keep: env.settings.tables.keep,
+        strategy: label,
+        snapshots: env.snapshots,
+        evidence: env.evidence,
+        rag: { ...env.settings.rag, positiveMin: env.settings.positiveMin },
+        finetuneCadence,
+        start: env.window.from,
+      });
+      return { jobs: [{ name: "refresh", cadence: every, run }], tables, close: () => tables.close() };
     },
   };
 }

@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { BadInputError } from "../../domain/errors.js";
 import { replay } from "../../evaluation/replay.js";
 import { writeReplayReport } from "../../evaluation/replay-report.js";
-import { ALL_STRATEGIES, defaultStrategies, KNOWN_STRATEGIES, LLM_STRATEGIES, ORACLE_STRATEGY, parseStrategies, primeSnapshots, strategySetups, type StartModel, type StrategyEnvironment } from "../../evaluation/strategies.js";
+import { ALL_STRATEGIES, defaultStrategies, KNOWN_STRATEGIES, LLM_STRATEGIES, ORACLE_STRATEGY, parseStrategies, WORLD_STRATEGIES, primeSnapshots, strategySetups, type StartModel, type StrategyEnvironment } from "../../evaluation/strategies.js";
 import { recordedSyntheticWorld, recordsSyntheticWorld } from "../../data/synthetic/index.js";
 import { ModelRegistry } from "../../llm/registry.js";
 import { CachingTrainer } from "../../llm/training-cache.js";
@@ -51,7 +51,7 @@ export function registerEvaluate(program: Command): void {
     .option("--to <time>", "end of the period (default: just after the newest event)")
     .option(
       "--strategies <list>",
-      `comma-separated, from: ${KNOWN_STRATEGIES.join(", ")} (default: ${ALL_STRATEGIES.join(",")}, plus ${ORACLE_STRATEGY} on a synthetic workspace)`,
+      `comma-separated, from: ${KNOWN_STRATEGIES.join(", ")} (default: ${ALL_STRATEGIES.join(",")}, plus ${WORLD_STRATEGIES.join(",")} on a synthetic workspace)`,
     )
     .option("--refresh-days <list>", "RAG refresh cadence in days; several (1,2,4,7) expand each refreshing strategy into one per cadence", "2")
     .option("--rag-top <n>", "retrieved successors per prompt (ablation: 1 vs 3; default rag.topN)")
@@ -69,7 +69,9 @@ export function registerEvaluate(program: Command): void {
         `${ORACLE_STRATEGY}: on a workspace made by \`freshrec synth\` or \`freshrec demo\` only, the synthetic world's true kernel ranks`,
         "every pair's successors (a table at the start and at each month boundary, when the kernel changes; no prompt,",
         "no training). It is the ceiling a table can reach, not a product strategy: every strategy's hit@1 and hit@5 are",
-        "also shown as a share of the oracle's (shareOfOracle). Asked for on other data, the replay stops with exit code 2.",
+        "also shown as a share of the oracle's (shareOfOracle). oracle-prior, also synthetic only: the hybrid with a perfect",
+        "model, its fusion refreshes fusing the kernel of the month each fine-tune's data ended in (schedule.finetuneCadence)",
+        "with the fresh evidence: the most better fine-tunes could add. Asked for on other data, the replay stops with exit code 2.",
         "",
         "Examples:",
         "  freshrec evaluate replay --from 2025-10-01 --to 2026-01-01",
@@ -101,13 +103,15 @@ export function registerEvaluate(program: Command): void {
           const to = timeOption("to", f.to) ?? (await resolveAsOf(ctx, events, undefined));
           if (!(to > from)) throw new BadInputError(`--to (${iso(to)}) must be after --from (${iso(from)})`);
           let names = asked ?? defaultStrategies(await recordsSyntheticWorld(events));
-          // The oracle's world is rebuilt (its kernel calibrated) before anything else runs. Asked for, its absence
-          // stops the replay before any training; included by default, it is left out and the log says why.
-          const recorded = names.includes(ORACLE_STRATEGY) ? await recordedSyntheticWorld(events) : null;
+          // The world of the oracle and the oracle prior is rebuilt (its kernel calibrated) before anything else
+          // runs. Asked for, its absence stops the replay before any training; included by default, they are left
+          // out and the log says why.
+          const readsWorld = names.filter((n) => (WORLD_STRATEGIES as readonly string[]).includes(n));
+          const recorded = readsWorld.length > 0 ? await recordedSyntheticWorld(events) : null;
           if (recorded && !recorded.world) {
-            if (asked) throw new BadInputError(`--strategies ${ORACLE_STRATEGY}: ${recorded.reason}; the oracle exists only on the synthetic platform`);
-            ctx.log(`no oracle row: ${recorded.reason}`);
-            names = names.filter((n) => n !== ORACLE_STRATEGY);
+            if (asked) throw new BadInputError(`--strategies ${readsWorld.join(",")}: ${recorded.reason}; they exist only on the synthetic platform`);
+            ctx.log(`no ${readsWorld.join(" or ")} row: ${recorded.reason}`);
+            names = names.filter((n) => !readsWorld.includes(n));
           }
           const positiveMin = await ctx.positiveMin(events);
           const rag = {

@@ -1,0 +1,120 @@
+/**
+ * The replay's oracle prior on the synthetic platform: fusion refreshes whose prior is the true kernel of the month
+ * the last fine-tune's data ended in (the hybrid's cadence), fused with the fresh evidence as the hybrid fuses a
+ * real model's prior: the kernel it uses moves only at a fine-tune instant, it earns weight against the counts, and it
+ * is refused where there is no synthetic world.
+ */
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import { EventStore } from "../../src/data/event-store.js";
+import { ingestSynthetic } from "../../src/data/ingest/synthetic.js";
+import { recordedSyntheticWorld, SyntheticWorld, SYNTHETIC_QUICK } from "../../src/data/synthetic/index.js";
+import { DAY_MS, VirtualClock } from "../../src/domain/clock.js";
+import { BadInputError } from "../../src/domain/errors.js";
+import { oraclePriorRefreshJob } from "../../src/evaluation/oracle.js";
+import { replay } from "../../src/evaluation/replay.js";
+import { defaultStrategies, strategySetups, type StrategyEnvironment } from "../../src/evaluation/strategies.js";
+import { SqliteTableStore } from "../../src/tables/index.js";
+import { EvidenceCache } from "../../src/update/fusion.js";
+import { SnapshotCache } from "../../src/update/rag.js";
+import { tinyLoopSettings } from "./fixtures.js";
+
+// Mid-February to early April: the replay starts inside a month and crosses two month boundaries.
+const from = Date.UTC(2025, 1, 15);
+const to = Date.UTC(2025, 3, 5);
+
+const environment = (events: EventStore, clusters: string[], world: SyntheticWorld | null, reason?: string): StrategyEnvironment => ({
+  events,
+  window: { from, to },
+  clusters,
+  settings: tinyLoopSettings(0.5),
+  // No LLM strategy runs here: nothing ever reads the start model.
+  startModel: { path: "", window: null, version: "-" },
+  workDir: mkdtempSync(join(tmpdir(), "freshrec-oracle-prior-")),
+  world,
+  noWorldReason: reason,
+  snapshots: new SnapshotCache(),
+  evidence: new EvidenceCache({ from, to }),
+});
+
+async function syntheticStore() {
+  const events = await EventStore.open(":memory:");
+  await ingestSynthetic(events, new SyntheticWorld({ ...SYNTHETIC_QUICK, users: 1500, targetEvents: 150_000, months: 5 }));
+  const recorded = await recordedSyntheticWorld(events);
+  expect(recorded.reason).toBeNull();
+  return { events, world: recorded.world!, clusters: (await events.clusters()).map((c) => c.id) };
+}
+
+describe("the oracle prior", () => {
+  it("fuses the kernel of the month the last fine-tune's data ended in, moving only at a fine-tune instant", async () => {
+    const { events, world, clusters } = await syntheticStore();
+    const tables = SqliteTableStore.open(":memory:", new VirtualClock(from));
+    const settings = tinyLoopSettings(0.5);
+    const run = oraclePriorRefreshJob(world, {
+      events,
+      tables,
+      clusters,
+      templateHash: "oracle-prior",
+      topN: 5,
+      rag: { ...settings.rag, positiveMin: 0.5 },
+      finetuneCadence: "0 0 1 * *",
+      start: from,
+    });
+    const at = (ts: number) => run({ asOf: ts, clock: new VirtualClock(ts), signal: new AbortController().signal, job: "refresh", trigger: "scheduled" });
+    // From the replay's start (Feb 15) the start model's data ends in February; the fine-tune of Mar 1 has seen
+    // February last, the one of Apr 1 March: the kernel moves at a fine-tune, not at the month boundary itself.
+    // At a fine-tune instant no transition lies after the data's end yet: the prior is not weighed (fitFloor).
+    const expected: [number, string, boolean][] = [
+      [from, "world kernel 2025-02", false],
+      [Date.UTC(2025, 1, 27), "world kernel 2025-02", true],
+      [Date.UTC(2025, 2, 3), "world kernel 2025-02", true],
+      [Date.UTC(2025, 2, 31), "world kernel 2025-02", true],
+      [Date.UTC(2025, 3, 1), "world kernel 2025-03", false],
+      [Date.UTC(2025, 3, 3), "world kernel 2025-03", true],
+    ];
+    for (const [ts, model, weighed] of expected) {
+      const outcome = await at(ts);
+      expect(outcome.detail, new Date(ts).toISOString()).toMatchObject({ modelVersion: model, method: "fusion", fit: "fitted" });
+      expect(outcome.cost.promptsScored).toBe(0);
+      // A prior that knows a kernel of the world earns weight against the counts once there is data to weigh it on.
+      if (weighed) expect(outcome.detail!.priorWeight as number, new Date(ts).toISOString()).toBeGreaterThan(0);
+      else expect(outcome.detail!.priorWeight, new Date(ts).toISOString()).toBeNull();
+    }
+    // Asked before the replay's start, it refuses: it would not know which data the start model had.
+    await expect(at(from - DAY_MS)).rejects.toThrow(/before the replay's start/);
+    tables.close();
+    events.close();
+  });
+
+  it("beats the counting posterior it is fused with, by a margin the bootstrap can tell", async () => {
+    const { events, world, clusters } = await syntheticStore();
+    const result = await replay({
+      events,
+      window: { from, to },
+      positiveMin: 0.5,
+      resamples: 200,
+      clusters,
+      strategies: strategySetups(["counts-backoff", "oracle-prior"], environment(events, clusters, world)),
+    });
+    const s = result.strategies;
+    expect(s["oracle-prior"].cost).toMatchObject({ promptsScored: 0, trainingTokens: 0 });
+    expect(s["oracle-prior"].hit1).toBeGreaterThan(s["counts-backoff"].hit1);
+    const cmp = result.comparisons.find((c) => c.a === "counts-backoff" && c.b === "oracle-prior" && c.metric === "hit1")!;
+    expect(cmp.ci95[0]).toBeGreaterThan(0);
+    // Not a ceiling: shares are of the oracle alone.
+    expect(result.ceiling).toBeNull();
+    events.close();
+  });
+
+  it("is refused without a synthetic world, naming why, and is in the default list only where it can run", async () => {
+    const events = await EventStore.open(":memory:");
+    const env = environment(events, ["a", "b", "c"], null, "the event store records no synthetic world");
+    expect(() => strategySetups(["counts-backoff", "oracle-prior"], env)).toThrow(BadInputError);
+    expect(() => strategySetups(["oracle-prior"], env)).toThrow(/oracle-prior: the event store records no synthetic world.*only on the synthetic platform/);
+    expect(defaultStrategies(false)).not.toContain("oracle-prior");
+    expect(defaultStrategies(true)).toContain("oracle-prior");
+    events.close();
+  });
+});
