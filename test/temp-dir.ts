@@ -24,6 +24,13 @@ export function tempDir(prefix: string): string {
   return dir;
 }
 
+/** Leaves `dir`, made by `tempDir`, in place after the file's tests (what a failed test made, for a look) and says where. */
+export function keepTempDir(dir: string): void {
+  const at = made.indexOf(dir);
+  if (at >= 0) made.splice(at, 1);
+  process.stderr.write(`kept the test directory ${dir}\n`);
+}
+
 /** Whether the developer asked to keep the tests' directories for a look after the run. */
 export function keepingTempDirs(): boolean {
   const value = process.env[KEEP_TEST_DIRS];
