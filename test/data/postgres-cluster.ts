@@ -20,7 +20,7 @@ import { createServer } from "node:net";
 import { join, resolve } from "node:path";
 import pg from "pg";
 import { afterAll, beforeAll } from "vitest";
-import { tempDir } from "../temp-dir.js";
+import { keepingTempDirs, tempDir } from "../temp-dir.js";
 
 export interface PostgresCluster {
   /** A URL of the cluster's `postgres` database (for administration). */
@@ -123,7 +123,8 @@ export async function startPostgresCluster(clusterOptions: PostgresClusterOption
       try {
         runAsServerUser(join(bin, "pg_ctl"), ["-D", data, "-m", "immediate", "-w", "stop"]);
       } finally {
-        rmSync(root, { recursive: true, force: true });
+        // Outside vitest nothing else removes it; FRESHREC_KEEP_TEST_DIRS keeps the server's log and data for a look.
+        if (!keepingTempDirs()) rmSync(root, { recursive: true, force: true });
       }
     },
   };
