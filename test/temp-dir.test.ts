@@ -6,7 +6,7 @@ import { spawnSync } from "node:child_process";
 import { existsSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { KEEP_TEST_DIRS, tempDir } from "./temp-dir.js";
+import { KEEP_TEST_DIRS, keepTempDir, removeTempDirs, tempDir } from "./temp-dir.js";
 
 const ROOT = join(import.meta.dirname, "..");
 const VITEST = join(ROOT, "node_modules/vitest/vitest.mjs");
@@ -61,4 +61,20 @@ describe("tempDir", () => {
       for (const dir of all) rmSync(dir, { recursive: true, force: true });
     }
   }, 120_000);
+
+  it("leaves a directory given to keepTempDir (what a failed test made) and removes the file's others", () => {
+    const kept = tempDir("freshrec-temp-dir-kept-");
+    const gone = tempDir("freshrec-temp-dir-gone-");
+    const asked = process.env[KEEP_TEST_DIRS];
+    delete process.env[KEEP_TEST_DIRS];
+    try {
+      keepTempDir(kept);
+      removeTempDirs();
+      expect(existsSync(gone)).toBe(false);
+      expect(existsSync(kept)).toBe(true);
+    } finally {
+      if (asked !== undefined) process.env[KEEP_TEST_DIRS] = asked;
+      rmSync(kept, { recursive: true, force: true });
+    }
+  });
 });
