@@ -23,7 +23,7 @@
  * `BENCH_BACKENDS_PAIRS` limits the pairs of the embedded and openai builds (smoke runs).
  */
 import { fork } from "node:child_process";
-import { mkdtempSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -70,6 +70,15 @@ async function build(model: LanguageModel, prompts: readonly PromptInput[]): Pro
 
 export async function run(): Promise<BenchSuiteResult> {
   const dir = mkdtempSync(join(tmpdir(), "freshrec-bench-backends-"));
+  try {
+    return await runIn(dir);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** The suite, its models and stores in `dir`. */
+async function runIn(dir: string): Promise<BenchSuiteResult> {
   const cs = clusters();
   const ids = cs.map((c) => c.id);
   const trainer = new EmbeddedTrainer({ init: { clusters: cs, shape: { embedding: 64, layers: 1, heads: 2, feedForward: 128, contextLength: 256 } } });

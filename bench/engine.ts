@@ -9,7 +9,7 @@
  * The llama_opt_epoch path this bench once compared engine v2 with was removed (one trainer), so nothing here is a
  * speedup: the comparison's measured runs stay in README "Benchmarks" and docs/engine.md.
  */
-import { mkdtempSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { LlamaCompletion, type Token, getLlama } from "node-llama-cpp";
@@ -56,6 +56,15 @@ async function naivePromptsPerSecond(modelPath: string, prompts: readonly Prompt
 
 export async function run(): Promise<BenchSuiteResult> {
   const dir = mkdtempSync(join(tmpdir(), "freshrec-bench-engine-"));
+  try {
+    return await runIn(dir);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** The suite, its models and stores in `dir`. */
+async function runIn(dir: string): Promise<BenchSuiteResult> {
   const K = 300;
   const words = Array.from({ length: 1500 }, (_, i) => `w${i}`);
   // Three words per description and 1,500 extra words: a vocabulary of ~2k, the issue's reference size.

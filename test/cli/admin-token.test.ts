@@ -2,16 +2,16 @@
  * The admin token through the CLI: FRESHREC_ADMIN_TOKEN obeys the rule serve.adminToken obeys (at least 16
  * characters), and `freshrec config` never prints the token.
  */
-import { mkdtempSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { adminToken } from "../../src/cli/commands/serve.js";
 import { parseConfig } from "../../src/cli/config.js";
 import { ConfigError } from "../../src/domain/errors.js";
 import { runCli } from "./run.js";
+import { tempDir } from "../temp-dir.js";
 
-const ws = mkdtempSync(join(tmpdir(), "freshrec-admin-token-"));
+const ws = tempDir("freshrec-admin-token-");
 
 const freshrec = (args: string[], env: Record<string, string> = {}) => runCli(["--workspace", ws, ...args], { env, timeoutMs: 60_000 });
 

@@ -8,14 +8,14 @@
  * - `llm.backend: gguf` on a GGUF file read by node-llama-cpp: pretrain, refresh, dry run and replay.
  */
 import { spawn } from "node:child_process";
-import { cpSync, existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { cpSync, existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { startLlmServer, type RunningLlmServer } from "../../src/llm/openai-server.js";
 import { usePostgresCluster } from "../data/postgres-cluster.js";
 import { CLUSTERS } from "../llm/fixtures.js";
 import { silentLog, trainTinyModel, writeLora } from "../llm/tiny-model.js";
+import { tempDir } from "../temp-dir.js";
 
 const ROOT = join(import.meta.dirname, "../..");
 const BIN = join(ROOT, "bin/freshrec.js");
@@ -60,7 +60,7 @@ afterAll(async () => {
 
 describe("the loop with the non-embedded backends, from the CLI", () => {
   it("registers the configured model as the base, then builds, publishes and rebuilds tables through it", async () => {
-    const ws = mkdtempSync(join(tmpdir(), "freshrec-backend-loop-"));
+    const ws = tempDir("freshrec-backend-loop-");
     server = await startLlmServer({ modelPath: await trainTinyModel(ws), modelName: "tiny", dataDir: join(ws, "llm-server"), port: 0, logStream: silentLog });
 
     writePlatform(ws);
@@ -197,7 +197,7 @@ describe("the loop with the non-embedded backends, from the CLI", () => {
   it("runs the same loop on a GGUF file through node-llama-cpp (llm.backend gguf): pretrain, refresh, replay", async () => {
     // The GGUF is one written by freshrec's own engine (no other model ships with the repository); llama.cpp reads it
     // as text with its own tokenizer, which is what the gguf backend does with any model.
-    const ws = mkdtempSync(join(tmpdir(), "freshrec-backend-gguf-"));
+    const ws = tempDir("freshrec-backend-gguf-");
     writePlatform(ws);
     const config = join(ws, "freshrec.config.json");
     writeFileSync(config, JSON.stringify({ llm: { backend: "gguf", gguf: { modelPath: await trainTinyModel(ws), contextSize: 512 } }, rag: { minSupport: 1, method: "prompt" } }));
@@ -248,7 +248,7 @@ describe("the loop with the non-embedded backends, from the CLI", () => {
 
   it("keeps the openai backend's response cache in a deployment's database (store.url): another host's refresh is answered from it", async () => {
     const url = await database();
-    const ws = mkdtempSync(join(tmpdir(), "freshrec-backend-cache-pg-"));
+    const ws = tempDir("freshrec-backend-cache-pg-");
     const llm = await startLlmServer({ modelPath: await trainTinyModel(ws), modelName: "tiny", dataDir: join(ws, "llm-server"), port: 0, logStream: silentLog });
     try {
       writePlatform(ws);
@@ -297,7 +297,7 @@ describe("the loop with the non-embedded backends, from the CLI", () => {
 
   it("registers a configured GGUF in a deployment's database (store.url) and refreshes through it there", async () => {
     const url = await database();
-    const ws = mkdtempSync(join(tmpdir(), "freshrec-backend-gguf-pg-"));
+    const ws = tempDir("freshrec-backend-gguf-pg-");
     writePlatform(ws);
     const modelPath = await trainTinyModel(ws);
     const config = join(ws, "freshrec.config.json");

@@ -2,17 +2,17 @@ import type { Command } from "commander";
 import { describe, expect, it } from "vitest";
 import { buildProgram } from "../../src/cli/program.js";
 import { execFileSync } from "node:child_process";
-import { mkdtempSync, writeFileSync, existsSync, readFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { writeFileSync, existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { BIN, ROOT, runCli } from "./run.js";
+import { tempDir } from "../temp-dir.js";
 
 const ML_SMALL = join(ROOT, "../shared/datasets/movielens-latest-small");
 
 const freshrec = (args: string[], cwd = ROOT) => runCli(args, { cwd, timeoutMs: 120_000 });
 
 describe("freshrec CLI contract", () => {
-  const ws = mkdtempSync(join(tmpdir(), "freshrec-cli-"));
+  const ws = tempDir("freshrec-cli-");
 
   it("ingests MovieLens and prints exactly one JSON object with --json", () => {
     const r = freshrec(["--workspace", ws, "--json", "ingest", "--dataset", "movielens", "--path", ML_SMALL]);

@@ -15,8 +15,7 @@
  * data from before their due time as they would in production.
  */
 import { spawn, type ChildProcess } from "node:child_process";
-import { mkdtempSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import pg from "pg";
 import { describe, expect, it } from "vitest";
@@ -25,6 +24,7 @@ import { PostgresTableStore, TableLookup } from "../../src/tables/index.js";
 import { PostgresScheduleStore, type RunRecord } from "../../src/update/schedule/index.js";
 import { usePostgresCluster } from "../data/postgres-cluster.js";
 import { BIN, ROOT, runCli, serveCli, servingLive } from "./run.js";
+import { tempDir } from "../temp-dir.js";
 
 const database = usePostgresCluster();
 
@@ -53,7 +53,7 @@ interface Answer {
 describe("a deployment: serve replicas, a schedule worker and ingest on one database", () => {
   it("serves every request whole from a published table while the worker refreshes and fine-tunes and events arrive, and stores every acknowledged event once", async () => {
     const url = await database();
-    const root = mkdtempSync(join(tmpdir(), "freshrec-deploy-"));
+    const root = tempDir("freshrec-deploy-");
     const config = join(root, "freshrec.config.json");
     const now = Date.now();
     const month = new Date(now);

@@ -9,12 +9,12 @@
  * two seconds, so the analysis reads through a worker that is running its jobs.
  */
 import { spawn, type ChildProcess } from "node:child_process";
-import { existsSync, mkdtempSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { existsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { shareFilePath } from "../../src/data/event-store-share.js";
 import { BIN, ROOT, runCli } from "./run.js";
+import { tempDir } from "../temp-dir.js";
 
 interface Worker {
   readonly child: ChildProcess;
@@ -50,7 +50,7 @@ function analysis(result: Record<string, unknown>) {
 
 describe("the embedded workspace while a schedule run worker runs", () => {
   it("analyze drift reads the events through the worker: the same analysis as without it, naming the worker; a writer is refused", async () => {
-    const root = mkdtempSync(join(tmpdir(), "freshrec-worker-"));
+    const root = tempDir("freshrec-worker-");
     const ws = join(root, "ws");
     const config = join(root, "freshrec.config.json");
     writeFileSync(

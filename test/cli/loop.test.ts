@@ -4,10 +4,10 @@
  */
 import { describe, expect, it } from "vitest";
 import { spawn } from "node:child_process";
-import { mkdtempSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { BIN, ROOT, runCli } from "./run.js";
+import { tempDir } from "../temp-dir.js";
 
 
 const freshrec = (args: string[]) => runCli([...args, "--json"]);
@@ -32,7 +32,7 @@ function interrupted(args: string[]): Promise<{ status: number | null; stdout: s
 }
 
 describe("the hybrid loop from the CLI", () => {
-  const ws = mkdtempSync(join(tmpdir(), "freshrec-loop-"));
+  const ws = tempDir("freshrec-loop-");
   const tiny = {
     model: { embedding: 32, layers: 1, heads: 2, feedForward: 64 },
     pretrain: { epochs: 1, windowDays: 45, heldOutDays: 7, maxSamples: 3000 },

@@ -6,8 +6,7 @@
  * live model and gives what an embedded workspace with the same events and model gives, writing nothing to the
  * deployment.
  */
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { copyFileSync, existsSync, mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { PostgresEventStore } from "../../src/data/postgres-event-store.js";
@@ -18,6 +17,7 @@ import { openExperimentLog } from "../../src/serving/index.js";
 import { PostgresTableStore } from "../../src/tables/index.js";
 import { usePostgresCluster } from "../data/postgres-cluster.js";
 import { runCli } from "./run.js";
+import { tempDir } from "../temp-dir.js";
 
 const database = usePostgresCluster();
 
@@ -30,7 +30,7 @@ function simulated(json: Record<string, any>): object {
 describe("store.url: demo and experiment simulate on PostgreSQL through the CLI", () => {
   it("the demo leaves its data, tables and models in the database; simulate gives the embedded result for the same events and model", async () => {
     const url = await database();
-    const root = mkdtempSync(join(tmpdir(), "freshrec-pgdemo-"));
+    const root = tempDir("freshrec-pgdemo-");
     const deployment = join(root, "deployment");
     const embedded = join(root, "embedded");
     const tiny = {

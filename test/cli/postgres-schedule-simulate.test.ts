@@ -5,14 +5,14 @@
  * run log of its own. The runs are those of an embedded workspace holding the same events and model; the deployment's
  * tables, models, schedule and events are as they were.
  */
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { copyFileSync, existsSync, mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { SystemClock } from "../../src/domain/clock.js";
 import { ModelRegistry } from "../../src/llm/registry.js";
 import { usePostgresCluster } from "../data/postgres-cluster.js";
 import { runCli } from "./run.js";
+import { tempDir } from "../temp-dir.js";
 
 const database = usePostgresCluster();
 
@@ -27,7 +27,7 @@ function run(r: Record<string, any>) {
 describe("store.url: schedule run --simulate", () => {
   it("simulates on a copy of the deployment: the runs an embedded workspace with the same events and model gives, the deployment only read", async () => {
     const url = await database();
-    const root = mkdtempSync(join(tmpdir(), "freshrec-pgsimulate-"));
+    const root = tempDir("freshrec-pgsimulate-");
     const deployment = join(root, "deployment");
     const embedded = join(root, "embedded");
     const tiny = {

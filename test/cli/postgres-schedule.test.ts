@@ -8,13 +8,14 @@
  * runs happen within the test; the events are in the past, and each refresh runs as of its due time, as it would live.
  */
 import { spawn, type ChildProcess } from "node:child_process";
-import { existsSync, mkdtempSync, writeFileSync } from "node:fs";
-import { hostname, tmpdir } from "node:os";
+import { existsSync, writeFileSync } from "node:fs";
+import { hostname } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { PostgresScheduleStore } from "../../src/update/schedule/index.js";
 import { usePostgresCluster } from "../data/postgres-cluster.js";
 import { BIN, ROOT, runCli } from "./run.js";
+import { tempDir } from "../temp-dir.js";
 
 const database = usePostgresCluster();
 const TOKEN = "schedule-admin-token-0123456789";
@@ -51,7 +52,7 @@ async function until<T>(probe: () => T | null | undefined | false, what: string,
 describe("store.url: the schedule on PostgreSQL through the CLI", () => {
   it("one worker runs the schedule on the database; status, pause and resume from other processes; a second worker is refused", async () => {
     const url = await database();
-    const root = mkdtempSync(join(tmpdir(), "freshrec-pgschedule-"));
+    const root = tempDir("freshrec-pgschedule-");
     const worker = join(root, "worker");
     const config = join(root, "freshrec.config.json");
     writeFileSync(

@@ -5,8 +5,7 @@
  * experiment simulate: ./postgres-demo.test.ts; schedule run --simulate: ./postgres-schedule-simulate.test.ts); a
  * database that cannot be reached is named, without its password.
  */
-import { existsSync, mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { existsSync, mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { VirtualClock } from "../../src/domain/clock.js";
@@ -14,6 +13,7 @@ import { PostgresModelRegistry } from "../../src/llm/postgres-registry.js";
 import { usePostgresCluster } from "../data/postgres-cluster.js";
 import { seedPostgres, servingWorkspace, type ServingWorkspace } from "../serving/fixtures.js";
 import { runCli, serveCli, servingLive } from "./run.js";
+import { tempDir } from "../temp-dir.js";
 
 const MOVIELENS = join(import.meta.dirname, "../../../shared/datasets/movielens-latest-small");
 const database = usePostgresCluster();
@@ -31,8 +31,8 @@ function freshrec(workspace: string, args: string[], config?: object): { status:
 describe("store.url: the PostgreSQL event store through the CLI", () => {
   it("ingests MovieLens and analyzes drift as on the embedded store, and reads the database's registry for experiment simulate", async () => {
     const url = (await database()).replace("postgres://postgres@", "postgres://postgres:hunter2@");
-    const pgWorkspace = join(mkdtempSync(join(tmpdir(), "freshrec-pgcli-")), "ws");
-    const duckWorkspace = join(mkdtempSync(join(tmpdir(), "freshrec-duckcli-")), "ws");
+    const pgWorkspace = join(tempDir("freshrec-pgcli-"), "ws");
+    const duckWorkspace = join(tempDir("freshrec-duckcli-"), "ws");
     const config = { store: { url } };
 
     const ingest = ["--json", "ingest", "--dataset", "movielens", "--path", MOVIELENS];
@@ -65,7 +65,7 @@ describe("store.url: the PostgreSQL event store through the CLI", () => {
   }, 600_000);
 
   it("simulates the schedule only from the deployment's live model (with the database down: names it, copies nothing), and registers a configured model in the database, never in the workspace", () => {
-    const workspace = join(mkdtempSync(join(tmpdir(), "freshrec-pgcli-")), "ws");
+    const workspace = join(tempDir("freshrec-pgcli-"), "ws");
     const url = "postgres://me:hunter2@127.0.0.1:1/deployment";
     // A simulation runs on a copy of the deployment (./postgres-schedule-simulate.test.ts): with the database down it
     // says which database it could not read, and makes no copy.
@@ -85,7 +85,7 @@ describe("store.url: the PostgreSQL event store through the CLI", () => {
   });
 
   it("refuses a store.url that is not a PostgreSQL URL, naming the field", () => {
-    const workspace = join(mkdtempSync(join(tmpdir(), "freshrec-pgcli-")), "ws");
+    const workspace = join(tempDir("freshrec-pgcli-"), "ws");
     const r = freshrec(workspace, ["--json", "analyze", "drift"], { store: { url: "mysql://x" } });
     expect(r.status).toBe(2);
     expect(r.stderr).toMatch(/store\.url/);
@@ -112,7 +112,7 @@ describe("store.url: serve, tables and models on PostgreSQL through the CLI", ()
   it("two serve processes on one database follow tables publish/rollback run by a third; models list reads the database", async () => {
     const ws = await servingWorkspace();
     const url = await database();
-    const root = mkdtempSync(join(tmpdir(), "freshrec-pgserve-"));
+    const root = tempDir("freshrec-pgserve-");
     const configFile = join(root, "freshrec.config.json");
     writeFileSync(configFile, JSON.stringify({ store: { url }, serve: { reloadIntervalMs: 50 } }));
     await seedDeployment(url, ws, join(root, "worker"));
@@ -189,7 +189,7 @@ describe("store.url: freshrec doctor checks the database's stores", () => {
   it("reads back the live table and checks the live model's file; a changed file fails naming it; nothing is written to the workspace", async () => {
     const ws = await servingWorkspace({ users: 120, events: 8_000 });
     const url = await database();
-    const root = mkdtempSync(join(tmpdir(), "freshrec-pgdoctor-"));
+    const root = tempDir("freshrec-pgdoctor-");
     await seedDeployment(url, ws, join(root, "host"));
     const configFile = join(root, "freshrec.config.json");
     writeFileSync(configFile, JSON.stringify({ store: { url } }));
@@ -218,7 +218,7 @@ describe("store.url: freshrec doctor checks the database's stores", () => {
   }, 300_000);
 
   it("fails the database check of a server it cannot reach, naming it without the password (exit 1)", () => {
-    const root = mkdtempSync(join(tmpdir(), "freshrec-pgdoctor-"));
+    const root = tempDir("freshrec-pgdoctor-");
     const configFile = join(root, "freshrec.config.json");
     writeFileSync(configFile, JSON.stringify({ store: { url: "postgres://me:hunter2@127.0.0.1:1/nowhere" } }));
     const run = runCli(["--workspace", join(root, "ws"), "--config", configFile, "--json", "doctor"], { timeoutMs: 120_000 });

@@ -5,8 +5,7 @@
  * a fine-tune curates the same set and registers its candidate in the database; a running `serve` replica follows
  * the table a refresh publishes. Nothing is written to the deployment's workspace but model files.
  */
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { copyFileSync, existsSync, mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { SystemClock } from "../../src/domain/clock.js";
@@ -15,6 +14,7 @@ import { PostgresModelRegistry } from "../../src/llm/postgres-registry.js";
 import { PostgresTableStore, SqliteTableStore, tableStorePath, type StoredTableRow, type TableStoreContract } from "../../src/tables/index.js";
 import { usePostgresCluster } from "../data/postgres-cluster.js";
 import { runCli, serveCli, servingLive } from "./run.js";
+import { tempDir } from "../temp-dir.js";
 
 const database = usePostgresCluster();
 
@@ -28,7 +28,7 @@ async function rowsOf(store: TableStoreContract | SqliteTableStore, version: str
 describe("store.url: pretrain, refresh and finetune on PostgreSQL through the CLI", () => {
   it("build the embedded workspace's tables on the same data and model, register fine-tunes there, and reach a running replica", async () => {
     const url = await database();
-    const root = mkdtempSync(join(tmpdir(), "freshrec-pgupdate-"));
+    const root = tempDir("freshrec-pgupdate-");
     const deployment = join(root, "deployment");
     const embedded = join(root, "embedded");
     const tiny = {
@@ -131,7 +131,7 @@ describe("store.url: pretrain, refresh and finetune on PostgreSQL through the CL
   }, 1_800_000);
 
   it("against a database that cannot be reached, pretrain, refresh and finetune fail naming store.url without its password (exit 1) and write nothing", () => {
-    const workspace = join(mkdtempSync(join(tmpdir(), "freshrec-pgupdate-")), "ws");
+    const workspace = join(tempDir("freshrec-pgupdate-"), "ws");
     const config = join(workspace, "..", "freshrec.config.json");
     writeFileSync(config, JSON.stringify({ store: { url: "postgres://me:hunter2@127.0.0.1:1/deployment" } }));
     for (const command of ["pretrain", "refresh", "finetune"]) {
@@ -147,7 +147,7 @@ describe("store.url: pretrain, refresh and finetune on PostgreSQL through the CL
 describe("store.url: evaluate replay reads the deployment's events", () => {
   it("gives the embedded workspace's replay on the same data, with the per-strategy state in the workspace, not the database", async () => {
     const url = await database();
-    const root = mkdtempSync(join(tmpdir(), "freshrec-pgreplay-"));
+    const root = tempDir("freshrec-pgreplay-");
     const config = { pg: join(root, "pg.json"), embedded: join(root, "embedded.json") };
     writeFileSync(config.pg, JSON.stringify({ store: { url } }));
     writeFileSync(config.embedded, JSON.stringify({}));

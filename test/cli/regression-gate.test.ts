@@ -3,8 +3,7 @@
  * transitions with every answer shuffled to another cluster) is halted by the regression gate, not by the paper's
  * gates, and `freshrec review` shows which gate and which numbers; an unchanged model passes the same gate.
  */
-import { copyFileSync, mkdtempSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { copyFileSync, writeFileSync } from "node:fs";
 import { isAbsolute, join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { EventStore } from "../../src/data/event-store.js";
@@ -13,13 +12,14 @@ import { sampleOf } from "../../src/llm/contracts.js";
 import { EmbeddedTrainer } from "../../src/llm/engine/trainer.js";
 import { timedTransitions } from "../../src/mining/transitions.js";
 import { runCli } from "./run.js";
+import { tempDir } from "../temp-dir.js";
 
 
 const freshrec = (args: string[]) => runCli(args);
 
 describe("the regression gate from the CLI", () => {
   it("halts a fine-tune trained on shuffled answers, and review shows the gate and its numbers", async () => {
-    const ws = mkdtempSync(join(tmpdir(), "freshrec-regression-"));
+    const ws = tempDir("freshrec-regression-");
     const config = join(ws, "config.json");
     // Only the regression gate can halt here: test recall has no floor, and the embedded model's answers are
     // clusters by construction. maxRegression stays at its default (2 points).

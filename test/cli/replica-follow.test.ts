@@ -13,14 +13,14 @@
  * asserts). Likewise the grounding index is rebuilt once a day here: only a rebuild on the catalog change grounds a new
  * or moved item within a test.
  */
-import { mkdtempSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { usePostgresCluster } from "../data/postgres-cluster.js";
 import { seedPostgres, servingWorkspace, type ServingWorkspace } from "../serving/fixtures.js";
 import { runCli, serveCli } from "./run.js";
+import { tempDir } from "../temp-dir.js";
 
 const database = usePostgresCluster();
 let ws: ServingWorkspace;
@@ -117,7 +117,7 @@ beforeAll(async () => {
   ws = await servingWorkspace({ users: 200, events: 15_000 });
   url = await database();
   await seedPostgres(url, ws);
-  root = mkdtempSync(join(tmpdir(), "freshrec-follow-"));
+  root = tempDir("freshrec-follow-");
   config = join(root, "freshrec.config.json");
   // An hour between polls: what reaches a replica within a test comes through the notifications or a reconnection.
   writeFileSync(config, JSON.stringify({ store: { url }, serve: { reloadIntervalMs: 3_600_000, groundingRebuildMinutes: 1440 } }));

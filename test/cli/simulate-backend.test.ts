@@ -4,16 +4,16 @@
  * failure is the command's (never the embedded engine quietly scoring in its place). Beside a running `freshrec
  * serve` it copies the events through the server that holds them.
  */
-import { mkdtempSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { runCli, serveCli } from "./run.js";
+import { tempDir } from "../temp-dir.js";
 
 const WORLD = ["--quick", "--users", "200", "--events", "12000", "--months", "2"];
 
 function workspace(config: object) {
-  const root = mkdtempSync(join(tmpdir(), "freshrec-simulate-backend-"));
+  const root = tempDir("freshrec-simulate-backend-");
   const file = join(root, "freshrec.config.json");
   writeFileSync(file, JSON.stringify(config));
   const ws = join(root, "ws");

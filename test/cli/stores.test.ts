@@ -11,12 +11,13 @@ import { intakeBufferPath } from "../../src/data/intake-buffer.js";
 import { SystemClock, VirtualClock } from "../../src/domain/clock.js";
 import { ModelRegistry } from "../../src/llm/registry.js";
 import { SqliteTableStore, tableStorePath } from "../../src/tables/sqlite-store.js";
-import { CLUSTERS, tempWorkspace } from "../llm/fixtures.js";
+import { CLUSTERS } from "../llm/fixtures.js";
 import { trainTinyModel } from "../llm/tiny-model.js";
 import { STATS, tableRows } from "../tables/fixtures/rows.js";
 import { runCli } from "./run.js";
+import { tempDir } from "../temp-dir.js";
 
-const ws = tempWorkspace("freshrec-stores-");
+const ws = tempDir("freshrec-stores-");
 
 const freshrec = (args: string[]) => runCli(["--workspace", ws, ...args], { timeoutMs: 120_000 });
 

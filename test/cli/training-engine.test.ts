@@ -4,13 +4,14 @@
  * epochs reported and its models registered and served as any other. A config naming the removed "opt-epoch" engine
  * is refused with a message that says so and what to use.
  */
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { parseConfig } from "../../src/cli/config.js";
 import { languageModelBackend } from "../../src/llm/backends/index.js";
 import { runCli } from "./run.js";
+import { tempDir } from "../temp-dir.js";
 
 
 const freshrec = (args: string[]) => runCli(args);
@@ -32,7 +33,7 @@ describe("training.engine", () => {
     for (const training of [{ engine: "opt-epoch" }, { engine: "opt-epoch", precision: "f32" }]) {
       expect(() => parseConfig({ training })).toThrow(/field "training\.engine": got "opt-epoch"; expected "ggml": the "opt-epoch" engine .* was removed; engine v2 \("ggml"\) replaced it/);
     }
-    const ws = mkdtempSync(join(tmpdir(), "freshrec-training-engine-removed-"));
+    const ws = tempDir("freshrec-training-engine-removed-");
     const config = join(ws, "config.json");
     writeFileSync(config, JSON.stringify({ training: { engine: "opt-epoch" } }));
     const r = freshrec(["--workspace", ws, "--config", config, "models", "list", "--json"]);
@@ -41,7 +42,7 @@ describe("training.engine", () => {
   });
 
   it("ggml: pretrain and a fine-tune train through engine v2 from the CLI", () => {
-    const ws = mkdtempSync(join(tmpdir(), "freshrec-training-engine-"));
+    const ws = tempDir("freshrec-training-engine-");
     const config = join(ws, "config.json");
     writeFileSync(
       config,

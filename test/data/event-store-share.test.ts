@@ -2,13 +2,13 @@
  * Reading an event store through the process that holds it (src/data/event-store-share.ts): every read of the
  * conformance suite through a share gives what the store itself gives, and a share never writes.
  */
-import { existsSync, mkdtempSync, readFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { EventStore, eventBatchFromEvents, type EventStoreContract } from "../../src/data/event-store.js";
 import { EventStoreShare, SharedEventStore, shareFilePath } from "../../src/data/event-store-share.js";
 import { eventStoreConformance } from "./event-store-conformance.js";
+import { tempDir } from "../temp-dir.js";
 
 /**
  * The contract with every read through a share of the store (this process holds it and shares it) and the appends
@@ -37,7 +37,7 @@ async function readThroughShare(path: string): Promise<EventStoreContract> {
   } as EventStoreContract;
 }
 
-const newPath = () => join(mkdtempSync(join(tmpdir(), "freshrec-share-")), "events.duckdb");
+const newPath = () => join(tempDir("freshrec-share-"), "events.duckdb");
 
 eventStoreConformance("duckdb, read through its holder's share", async () => {
   const path = newPath();

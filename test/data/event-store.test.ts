@@ -1,14 +1,13 @@
-import { mkdtempSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { EventStore } from "../../src/data/event-store.js";
 import { PostgresEventStore, positionalQuery, redactedUrl } from "../../src/data/postgres-event-store.js";
 import { eventStoreConformance } from "./event-store-conformance.js";
 import { usePostgresCluster } from "./postgres-cluster.js";
+import { tempDir } from "../temp-dir.js";
 
 eventStoreConformance("duckdb", async () => {
-  const path = join(mkdtempSync(join(tmpdir(), "freshrec-store-")), "events.duckdb");
+  const path = join(tempDir("freshrec-store-"), "events.duckdb");
   return () => EventStore.open(path);
 });
 

@@ -15,12 +15,12 @@
  * await cluster.stop();
  */
 import { execFileSync, spawnSync } from "node:child_process";
-import { chmodSync, chownSync, mkdtempSync, rmSync } from "node:fs";
+import { chmodSync, chownSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
-import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import pg from "pg";
 import { afterAll, beforeAll } from "vitest";
+import { keepingTempDirs, tempDir } from "../temp-dir.js";
 
 export interface PostgresCluster {
   /** A URL of the cluster's `postgres` database (for administration). */
@@ -74,7 +74,7 @@ export interface PostgresClusterOptions {
 
 export async function startPostgresCluster(clusterOptions: PostgresClusterOptions = {}): Promise<PostgresCluster> {
   const bin = binDir();
-  const root = mkdtempSync(join(tmpdir(), "freshrec-pg-"));
+  const root = tempDir("freshrec-pg-");
   const data = join(root, "data");
   if (process.getuid?.() === 0) {
     const uid = Number(execFileSync("id", ["-u", "postgres"], { encoding: "utf8" }).trim());
@@ -123,7 +123,8 @@ export async function startPostgresCluster(clusterOptions: PostgresClusterOption
       try {
         runAsServerUser(join(bin, "pg_ctl"), ["-D", data, "-m", "immediate", "-w", "stop"]);
       } finally {
-        rmSync(root, { recursive: true, force: true });
+        // Outside vitest nothing else removes it; FRESHREC_KEEP_TEST_DIRS keeps the server's log and data for a look.
+        if (!keepingTempDirs()) rmSync(root, { recursive: true, force: true });
       }
     },
   };

@@ -12,7 +12,8 @@ import { EmbeddedLanguageModel } from "../../src/llm/backends/embedded.js";
 import type { TrainingSample } from "../../src/llm/contracts.js";
 import { EmbeddedTrainer } from "../../src/llm/engine/trainer.js";
 import { relabelContextSamples } from "../../src/llm/relabel.js";
-import { PAIR_WORLD, TINY_SHAPE, pairWorldLog, tempWorkspace } from "../llm/fixtures.js";
+import { PAIR_WORLD, TINY_SHAPE, pairWorldLog } from "../llm/fixtures.js";
+import { tempDir } from "../temp-dir.js";
 
 const { clusters: CLUSTERS, ids, successor, pairs } = PAIR_WORLD;
 const at = Date.UTC(2025, 9, 9);
@@ -37,7 +38,7 @@ function openLog() {
 describe("measureContextUse", () => {
   it("counts the transitions with a context and the successor's hits, and measures how often a model follows it", async () => {
     const store = await openLog();
-    const ws = tempWorkspace("freshrec-context-use-");
+    const ws = tempDir("freshrec-context-use-");
     const trainer = new EmbeddedTrainer({ init: { clusters: CLUSTERS, shape: TINY_SHAPE } });
     // Every pair's successor, with and without a context that names it in 3 of 5 samples.
     const samples: TrainingSample[] = [];

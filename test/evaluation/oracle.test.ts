@@ -3,8 +3,6 @@
  * month boundary, beating the strongest counting baseline; every strategy's share of it is its hits over the
  * oracle's; a store the synthetic platform did not make refuses it, naming why.
  */
-import { mkdtempSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { EventStore } from "../../src/data/event-store.js";
@@ -24,6 +22,7 @@ import { tinyLoopSettings } from "./fixtures.js";
 import { readFileSync, writeFileSync } from "node:fs";
 import { spawnSync } from "node:child_process";
 import { writeReplayReport } from "../../src/evaluation/replay-report.js";
+import { tempDir } from "../temp-dir.js";
 
 const BIN = join(import.meta.dirname, "../../bin/freshrec.js");
 function freshrec(args: string[]): { status: number; stdout: string; stderr: string } {
@@ -43,7 +42,7 @@ const environment = (events: EventStore, clusters: string[], world: SyntheticWor
   settings: tinyLoopSettings(0.5),
   // No LLM strategy runs here: nothing ever reads the start model.
   startModel: { path: "", window: null, version: "-" },
-  workDir: mkdtempSync(join(tmpdir(), "freshrec-oracle-")),
+  workDir: tempDir("freshrec-oracle-"),
   world,
   noWorldReason: reason,
   snapshots: new SnapshotCache(),
@@ -100,7 +99,7 @@ describe("the oracle", () => {
     });
     expect(onBoundary.timelines.oracle.map((t) => t.publishedAt)).toEqual([boundary]);
     expect(onBoundary.strategies.oracle.outcomes.refresh).toMatchObject({ succeeded: 1, idle: 0 });
-    const md = readFileSync(writeReplayReport(mkdtempSync(join(tmpdir(), "freshrec-oracle-report-")), result, "synthetic").md, "utf8");
+    const md = readFileSync(writeReplayReport(tempDir("freshrec-oracle-report-"), result, "synthetic").md, "utf8");
     expect(md).toContain("hit@1 of oracle");
     expect(md).toContain("Segments as a share of the oracle");
     events.close();
@@ -126,7 +125,7 @@ describe("the oracle", () => {
   });
 
   it("is refused on a store the synthetic platform did not make, naming why", async () => {
-    const dir = mkdtempSync(join(tmpdir(), "freshrec-oracle-files-"));
+    const dir = tempDir("freshrec-oracle-files-");
     writeFileSync(join(dir, "clusters.csv"), "cluster_id,description\na,alpha\nb,beta\nc,gamma\n");
     writeFileSync(join(dir, "items.csv"), "item_id,cluster_id\ni1,a\ni2,b\ni3,c\n");
     writeFileSync(join(dir, "events.csv"), "user_id,item_id,ts\nu1,i1,2025-02-01T00:00:00Z\nu1,i2,2025-02-02T00:00:00Z\nu1,i3,2025-02-20T00:00:00Z\n");
@@ -145,7 +144,7 @@ describe("the oracle", () => {
   });
 
   it("on the CLI: shares in the JSON and the text on a synthetic workspace, exit 2 on other data", () => {
-    const ws = mkdtempSync(join(tmpdir(), "freshrec-oracle-cli-"));
+    const ws = tempDir("freshrec-oracle-cli-");
     expect(freshrec(["--workspace", ws, "synth", "--quick", "--users", "600", "--events", "40000", "--months", "3"]).status).toBe(0);
     const args = ["--workspace", ws, "evaluate", "replay", "--from", "2025-02-20", "--to", "2025-03-10", "--strategies", "successor-top1,oracle", "--resamples", "20"];
     // One run: the text on stdout, the JSON (the --json object's wire form) in the report it writes.
@@ -159,11 +158,11 @@ describe("the oracle", () => {
     expect(top.shareOfOracle.hit1).toBeCloseTo(top.hit1 / json.strategies.oracle.hit1, 12);
     expect(top.segments["evidence:dense"].shareOfOracle.hit5).toBeCloseTo(top.segments["evidence:dense"].hit5 / json.strategies.oracle.segments["evidence:dense"].hit5, 12);
 
-    const files = mkdtempSync(join(tmpdir(), "freshrec-oracle-files-"));
+    const files = tempDir("freshrec-oracle-files-");
     writeFileSync(join(files, "clusters.csv"), "cluster_id,description\na,alpha\nb,beta\nc,gamma\n");
     writeFileSync(join(files, "items.csv"), "item_id,cluster_id\ni1,a\ni2,b\ni3,c\n");
     writeFileSync(join(files, "events.csv"), "user_id,item_id,ts\nu1,i1,2025-02-01T00:00:00Z\nu1,i2,2025-02-02T00:00:00Z\nu1,i3,2025-02-20T00:00:00Z\n");
-    const other = mkdtempSync(join(tmpdir(), "freshrec-oracle-other-"));
+    const other = tempDir("freshrec-oracle-other-");
     expect(freshrec(["--workspace", other, "ingest", "--clusters", join(files, "clusters.csv"), "--items", join(files, "items.csv"), "--events", join(files, "events.csv")]).status).toBe(0);
     const refused = freshrec(["--workspace", other, "--json", "evaluate", "replay", "--from", "2025-02-10", "--strategies", "counts-backoff,oracle"]);
     expect(refused.status).toBe(2);

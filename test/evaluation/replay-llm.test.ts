@@ -3,8 +3,7 @@
  * scheduler, and no table depends on events at or after its as-of time (the same replay on a store cut at T gives
  * byte-identical tables up to T).
  */
-import { copyFileSync, mkdtempSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { copyFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { EventStore } from "../../src/data/event-store.js";
@@ -22,6 +21,7 @@ import { SnapshotCache } from "../../src/update/rag.js";
 import { EvidenceCache } from "../../src/update/fusion.js";
 import { CachingTrainer } from "../../src/llm/training-cache.js";
 import { EmbeddedTrainer } from "../../src/llm/engine/trainer.js";
+import { tempDir } from "../temp-dir.js";
 
 const TINY = { embedding: 32, layers: 1, heads: 2, feedForward: 64, contextLength: 256 } as const;
 const from = Date.UTC(2025, 1, 1);
@@ -30,7 +30,7 @@ const cut = Date.UTC(2025, 1, 14);
 
 describe("replay with LLM strategies", () => {
   it("replays static, rag, hybrid and a baseline from one start model, without reading the future", async () => {
-    const dir = mkdtempSync(join(tmpdir(), "freshrec-replay-llm-"));
+    const dir = tempDir("freshrec-replay-llm-");
     const world = new SyntheticWorld({ ...SYNTHETIC_QUICK, clustersPerDomain: 3, users: 800, targetEvents: 80_000, months: 3 });
     const fullPath = join(dir, "full.duckdb");
     const full = await EventStore.open(fullPath);

@@ -9,9 +9,8 @@ import { baselineRefreshJob, type BaselineName } from "../../src/update/jobs.js"
 import { countTransitions } from "../../src/mining/transitions.js";
 import { writeReplayReport } from "../../src/evaluation/replay-report.js";
 import { EvidenceCache } from "../../src/update/fusion.js";
-import { mkdtempSync, readFileSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { readFileSync } from "node:fs";
+import { tempDir } from "../temp-dir.js";
 
 describe("replay evaluation", () => {
   it("replays baseline strategies through the scheduler and scores against the live table", async () => {
@@ -76,7 +75,7 @@ describe("replay evaluation", () => {
     expect(cmp.delta).toBeCloseTo(s["successor-top1"].hit1 - s["popular-novel"].hit1, 10);
     expect(cmp.ci95[0]).toBeLessThanOrEqual(cmp.delta);
     expect(cmp.ci95[1]).toBeGreaterThanOrEqual(cmp.delta);
-    const paths = writeReplayReport(mkdtempSync(join(tmpdir(), "freshrec-replay-")), result, "synthetic");
+    const paths = writeReplayReport(tempDir("freshrec-replay-"), result, "synthetic");
     const html = readFileSync(paths.html, "utf8");
     expect(html.match(/<svg/g)).toHaveLength(3);
     expect(html).toContain("successor-frozen");

@@ -7,10 +7,11 @@ import { parseConfig } from "../../src/cli/config.js";
 import { type OpenAiLanguageModel, languageModelBackend, responseCachePath, writeHostedModelFile } from "../../src/llm/backends/index.js";
 import { writeGguf } from "../../src/llm/engine/gguf.js";
 import { startLlmServer, type RunningLlmServer } from "../../src/llm/openai-server.js";
-import { CLUSTERS, TINY_SHAPE, tempWorkspace } from "./fixtures.js";
+import { CLUSTERS, TINY_SHAPE } from "./fixtures.js";
 import { silentLog, trainTinyModel } from "./tiny-model.js";
+import { tempDir } from "../temp-dir.js";
 
-const ws = tempWorkspace("freshrec-backends-");
+const ws = tempDir("freshrec-backends-");
 let tiny: Promise<string> | null = null;
 const tinyModel = () => (tiny ??= trainTinyModel(ws));
 let server: RunningLlmServer | null = null;

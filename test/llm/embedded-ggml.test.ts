@@ -12,10 +12,11 @@ import type { TrainOptions, TrainResult, Trainer, TrainingEvent, TrainingSample 
 import { readModelFile } from "../../src/llm/engine/model-file.js";
 import { ENGINE_CONTINUED_LEARNING_RATE, ENGINE_LEARNING_RATE, EmbeddedTrainer } from "../../src/llm/engine/trainer.js";
 import { CachingTrainer } from "../../src/llm/training-cache.js";
-import { TINY_SHAPE, tempWorkspace } from "./fixtures.js";
+import { TINY_SHAPE } from "./fixtures.js";
 import { MAPPING_CLUSTERS as CLUSTERS, N, heldOut, ids, mappingSample, successor, trainPairs } from "./mapping.js";
+import { tempDir } from "../temp-dir.js";
 
-const ws = tempWorkspace("freshrec-embedded-ggml-");
+const ws = tempDir("freshrec-embedded-ggml-");
 
 const trainSamples = trainPairs.map((p) => mappingSample(p));
 

@@ -6,9 +6,10 @@ import type { TrainingEvent } from "../../src/llm/contracts.js";
 import { EmbeddedTrainer } from "../../src/llm/engine/trainer.js";
 import { readModelFile } from "../../src/llm/engine/model-file.js";
 import { languageModelConformance } from "./conformance.js";
-import { CLUSTERS, expectCancelledCleanly, TINY_SHAPE, tempWorkspace, toySamples } from "./fixtures.js";
+import { CLUSTERS, expectCancelledCleanly, TINY_SHAPE, toySamples } from "./fixtures.js";
+import { tempDir } from "../temp-dir.js";
 
-const ws = tempWorkspace();
+const ws = tempDir("freshrec-llm-");
 let trainedPath = "";
 
 async function trainTiny(epochs = 2): Promise<string> {

@@ -13,7 +13,8 @@ import { writeGguf, readGgufFile } from "../../src/llm/engine/gguf.js";
 import { createModelFile, readModelFile } from "../../src/llm/engine/model-file.js";
 import { buildVocabulary } from "../../src/llm/engine/vocabulary.js";
 import { EmbeddedLanguageModel } from "../../src/llm/backends/embedded.js";
-import { CLUSTERS, TINY_SHAPE, tempWorkspace } from "./fixtures.js";
+import { CLUSTERS, TINY_SHAPE } from "./fixtures.js";
+import { tempDir } from "../temp-dir.js";
 
 describe("engine guard rails", () => {
   it("declares the llama.cpp v0.4.0 struct layouts with the sizes measured in C (docs/engine.md)", () => {
@@ -34,7 +35,7 @@ describe("engine guard rails", () => {
   });
 
   it("refuses corrupt, truncated and foreign GGUF files with an ENGINE error, never a crash", async () => {
-    const dir = tempWorkspace();
+    const dir = tempDir("freshrec-llm-");
     const vocab = buildVocabulary({ clusters: CLUSTERS });
     const good = join(dir, "good.gguf");
     createModelFile(good, vocab, TINY_SHAPE);

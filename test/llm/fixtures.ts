@@ -1,14 +1,8 @@
-import { existsSync, mkdtempSync } from "node:fs";
+import { existsSync } from "node:fs";
 import { expect } from "vitest";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { EventStore, eventBatchFromEvents } from "../../src/data/event-store.js";
 import type { Cluster, EngagementEvent } from "../../src/domain/types.js";
 import type { Trainer, TrainingSample } from "../../src/llm/contracts.js";
-
-export function tempWorkspace(prefix = "freshrec-llm-"): string {
-  return mkdtempSync(join(tmpdir(), prefix));
-}
 
 export const CLUSTERS: Cluster[] = [
   { id: "baking", description: "baking, desserts, pastry" },

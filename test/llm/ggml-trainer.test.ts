@@ -25,10 +25,11 @@ import { createModelFile } from "../../src/llm/engine/model-file.js";
 import { BatchScorer } from "../../src/llm/engine/scorer.js";
 import { promptTokens, sampleTokens } from "../../src/llm/engine/trainer.js";
 import { CLUSTER_BASE, EOS_ID, buildVocabulary } from "../../src/llm/engine/vocabulary.js";
-import { CLUSTERS as TOY_CLUSTERS, TINY_SHAPE, tempWorkspace, toySamples } from "./fixtures.js";
+import { CLUSTERS as TOY_CLUSTERS, TINY_SHAPE, toySamples } from "./fixtures.js";
 import { MAPPING_CLUSTERS as CLUSTERS, N, heldOut, ids, mappingSample, pairs, successor, trainPairs } from "./mapping.js";
+import { tempDir } from "../temp-dir.js";
 
-const ws = tempWorkspace("freshrec-ggml-");
+const ws = tempDir("freshrec-ggml-");
 
 /** Prompts of different lengths (real prompts cut or padded with their own words), so positions and blocks differ. */
 function unevenSequences(vocab: ReturnType<typeof buildVocabulary>): number[][] {

@@ -5,11 +5,12 @@ import type { Cluster } from "../../src/domain/types.js";
 import { GgufLanguageModel, descriptionGrammar, needsTerminator } from "../../src/llm/backends/gguf.js";
 import { renderPrompt } from "../../src/llm/prompt.js";
 import { languageModelConformance } from "./conformance.js";
-import { CLUSTERS, tempWorkspace } from "./fixtures.js";
+import { CLUSTERS } from "./fixtures.js";
 import { GENRES, GENRES_WITH_PREFIX, writeWordPieceGguf } from "./multi-token-model.js";
 import { trainTinyModel, writeLora } from "./tiny-model.js";
+import { tempDir } from "../temp-dir.js";
 
-const ws = tempWorkspace("freshrec-gguf-");
+const ws = tempDir("freshrec-gguf-");
 let modelPromise: Promise<string> | null = null;
 /** A GGUF written and trained by freshrec's own engine: to node-llama-cpp it is just another llama GGUF file. */
 const tinyGguf = () => (modelPromise ??= trainTinyModel(ws));

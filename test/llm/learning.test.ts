@@ -17,8 +17,9 @@ import { EmbeddedLanguageModel } from "../../src/llm/backends/embedded.js";
 import type { TrainingSample } from "../../src/llm/contracts.js";
 import { EmbeddedTrainer } from "../../src/llm/engine/trainer.js";
 import { pretrainBaseModel } from "../../src/llm/pretrain.js";
-import { TINY_SHAPE, tempWorkspace } from "./fixtures.js";
+import { TINY_SHAPE } from "./fixtures.js";
 import { MAPPING_CLUSTERS as CLUSTERS, N, heldOut, ids, mappingSample, successor, trainPairs, withSmallWorld } from "./mapping.js";
+import { tempDir } from "../temp-dir.js";
 
 
 function samplesOf(list: readonly [number, number][], repeats: number, shift = 0): TrainingSample[] {
@@ -42,7 +43,7 @@ const share = (xs: readonly boolean[]) => xs.filter(Boolean).length / xs.length;
 const mean = (xs: readonly number[]) => xs.reduce((s, x) => s + x, 0) / xs.length;
 
 describe("learning (tiny model, real engine v2 training)", () => {
-  const ws = tempWorkspace("freshrec-learning-");
+  const ws = tempDir("freshrec-learning-");
   let mappingModel = "";
 
   it("learns a deterministic mapping and answers held-out history pairs by it", async () => {

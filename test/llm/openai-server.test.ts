@@ -3,8 +3,9 @@ import OpenAI, { toFile } from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { renderPrompt } from "../../src/llm/prompt.js";
 import { startLlmServer, type RunningLlmServer } from "../../src/llm/openai-server.js";
-import { CLUSTERS, tempWorkspace, toySamples } from "./fixtures.js";
+import { CLUSTERS, toySamples } from "./fixtures.js";
 import { silentLog, trainTinyModel } from "./tiny-model.js";
+import { tempDir } from "../temp-dir.js";
 
 const descriptions = new Map(CLUSTERS.map((c) => [c.id, c.description]));
 const allDescriptions = CLUSTERS.map((c) => c.description);
@@ -16,7 +17,7 @@ describe("freshrec llm serve (OpenAI-compatible routes over the embedded model, 
   let ws: string;
   let modelPath: string;
   beforeAll(async () => {
-    ws = tempWorkspace();
+    ws = tempDir("freshrec-llm-");
     modelPath = await trainTinyModel(ws);
     server = await startLlmServer({ modelPath, modelName: "tiny", dataDir: join(ws, "llm-server"), port: 0, logStream: silentLog });
     client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "unused", maxRetries: 0 });

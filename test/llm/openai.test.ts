@@ -9,7 +9,7 @@ import { startLlmServer, type RunningLlmServer } from "../../src/llm/openai-serv
 import { measureGates } from "../../src/update/finetune.js";
 import { evaluateGates } from "../../src/update/gates.js";
 import { languageModelConformance } from "./conformance.js";
-import { CLUSTERS, tempWorkspace, toySamples } from "./fixtures.js";
+import { CLUSTERS, toySamples } from "./fixtures.js";
 import { silentLog, trainTinyModel } from "./tiny-model.js";
 import { GENRES, writeWordsModel } from "./multi-token-model.js";
 import { loadLlamaApi } from "../../src/llm/engine/llama-api.js";
@@ -19,8 +19,9 @@ import { BOS_ID, BYTE_BASE, EOS_ID } from "../../src/llm/engine/vocabulary.js";
 import { renderPrompt } from "../../src/llm/prompt.js";
 import { sqliteResponseCache } from "../../src/llm/backends/response-cache.js";
 import { SystemClock } from "../../src/domain/clock.js";
+import { tempDir } from "../temp-dir.js";
 
-const ws = tempWorkspace("freshrec-openai-");
+const ws = tempDir("freshrec-openai-");
 let serverPromise: Promise<RunningLlmServer> | null = null;
 /** One `freshrec llm serve` server (in process, port 0) over a tiny trained model, for every test of this file. */
 function llmServer(): Promise<RunningLlmServer> {

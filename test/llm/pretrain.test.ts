@@ -2,11 +2,12 @@ import { describe, expect, it } from "vitest";
 import { VirtualClock } from "../../src/domain/clock.js";
 import { ModelRegistry } from "../../src/llm/registry.js";
 import { pretrainBaseModel } from "../../src/llm/pretrain.js";
-import { CLUSTERS, TINY_SHAPE, tempWorkspace, toySamples } from "./fixtures.js";
+import { CLUSTERS, TINY_SHAPE, toySamples } from "./fixtures.js";
+import { tempDir } from "../temp-dir.js";
 
 describe("pretrainBaseModel", () => {
   it("trains a base model, evaluates it against the most-popular baseline and registers it live", async () => {
-    const ws = tempWorkspace();
+    const ws = tempDir("freshrec-llm-");
     const clock = new VirtualClock(Date.parse("2025-02-01T00:00:00Z"));
     const toTransition = (s: ReturnType<typeof toySamples>[number]) => ({ ...s.prompt.history, next: s.answer });
     const result = await pretrainBaseModel({

@@ -11,7 +11,7 @@ import { afterEach, describe, expect, it } from "vitest";
 import { VirtualClock } from "../../src/domain/clock.js";
 import { FreshrecError } from "../../src/domain/errors.js";
 import type { ModelRegistryContract } from "../../src/llm/registry.js";
-import { tempWorkspace } from "./fixtures.js";
+import { tempDir } from "../temp-dir.js";
 
 export type RegistryPlace = () => Promise<(workspace: string, clock: VirtualClock) => Promise<ModelRegistryContract>>;
 
@@ -49,7 +49,7 @@ export function registryConformance(adapter: string, place: RegistryPlace): void
     }
 
     it("registers versions with lineage, sha256 and metrics, keeps exactly one live model, and keeps it all across reopen", async () => {
-      const ws = tempWorkspace("freshrec-registry-conf-");
+      const ws = tempDir("freshrec-registry-conf-");
       const clock = new VirtualClock(T0);
       const opener = await place();
       const registry = await registryIn(ws, clock, opener);
@@ -91,7 +91,7 @@ export function registryConformance(adapter: string, place: RegistryPlace): void
     });
 
     it("refuses what the lifecycle forbids: unknown versions (NOT_FOUND), registering as live (BAD_INPUT)", async () => {
-      const registry = await registryIn(tempWorkspace("freshrec-registry-conf-"), new VirtualClock(T0));
+      const registry = await registryIn(tempDir("freshrec-registry-conf-"), new VirtualClock(T0));
       const file = modelFile(registry, "m000001", "weights");
       expect(await code(registry.register({ kind: "base", filePath: file, status: "live" }))).toBe("BAD_INPUT");
       expect(await code(registry.register({ kind: "fine-tuned", parent: "m000404", filePath: file }))).toBe("NOT_FOUND");
@@ -103,7 +103,7 @@ export function registryConformance(adapter: string, place: RegistryPlace): void
     });
 
     it("modelFile gives the file while it holds what was registered, and refuses it, naming the file and both hashes, once it changes", async () => {
-      const registry = await registryIn(tempWorkspace("freshrec-registry-conf-"), new VirtualClock(T0));
+      const registry = await registryIn(tempDir("freshrec-registry-conf-"), new VirtualClock(T0));
       const file = modelFile(registry, "m000001", "the registered weights");
       const v = await registry.register({ kind: "base", filePath: file });
       expect(await registry.modelFile(v.version)).toBe(file);

@@ -16,13 +16,13 @@ import { FreshrecError } from "../../src/domain/errors.js";
 import { ModelRegistry } from "../../src/llm/registry.js";
 import type { TableStoreContract } from "../../src/tables/index.js";
 import { finetuneRegistryOf, type LoopSettings, UpdateLoop } from "../../src/update/loop.js";
-import { tempWorkspace } from "./fixtures.js";
+import { tempDir } from "../temp-dir.js";
 
 const clock = new VirtualClock(Date.parse("2025-01-01T00:00:00Z"));
 
 describe("model registry: where model files are", () => {
   it("a copied workspace resolves its own model files, not the original's", async () => {
-    const root = tempWorkspace("freshrec-registry-copy-");
+    const root = tempDir("freshrec-registry-copy-");
     const a = join(root, "a");
     const registry = new ModelRegistry(a, clock);
     mkdirSync(join(registry.modelsDir, "m000001"), { recursive: true });
@@ -43,7 +43,7 @@ describe("model registry: where model files are", () => {
   });
 
   it("a file outside the workspace stays absolute and is reported as external", async () => {
-    const root = tempWorkspace("freshrec-registry-external-");
+    const root = tempDir("freshrec-registry-external-");
     const userModel = join(root, "downloads", "user.gguf");
     mkdirSync(join(root, "downloads"), { recursive: true });
     writeFileSync(userModel, "a user's gguf");
@@ -56,7 +56,7 @@ describe("model registry: where model files are", () => {
   });
 
   it("migrates a registry written with absolute paths: rows inside the workspace become relative", () => {
-    const root = tempWorkspace("freshrec-registry-migrate-");
+    const root = tempDir("freshrec-registry-migrate-");
     const a = join(root, "a");
     mkdirSync(join(a, "models"), { recursive: true });
     writeFileSync(join(a, "models", "base.gguf"), "base");
@@ -86,7 +86,7 @@ const sha = (text: string) => createHash("sha256").update(text).digest("hex");
 
 describe("model registry: the recorded sha256 is checked when a version is opened", () => {
   async function liveModelIn(prefix: string) {
-    const ws = tempWorkspace(prefix);
+    const ws = tempDir(prefix);
     const registry = new ModelRegistry(ws, clock);
     const file = join(registry.modelsDir, "live.gguf");
     writeFileSync(file, "the registered weights");

@@ -10,7 +10,7 @@ import { describe, expect, it } from "vitest";
 import { VirtualClock } from "../../src/domain/clock.js";
 import { StoreFileError } from "../../src/data/store-file.js";
 import { ModelRegistry } from "../../src/llm/registry.js";
-import { tempWorkspace } from "./fixtures.js";
+import { tempDir } from "../temp-dir.js";
 
 const BIN = join(import.meta.dirname, "../../bin/freshrec.js");
 const clock = new VirtualClock(Date.UTC(2025, 2, 1));
@@ -27,7 +27,7 @@ function refusal(workspace: string): StoreFileError {
 }
 
 async function registryWithAModel(): Promise<{ workspace: string; file: string }> {
-  const workspace = tempWorkspace("freshrec-registry-file-");
+  const workspace = tempDir("freshrec-registry-file-");
   const registry = new ModelRegistry(workspace, clock);
   const model = join(registry.modelsDir, "a.gguf");
   writeFileSync(model, "weights");
@@ -70,7 +70,7 @@ describe("ModelRegistry: the registry file", () => {
   });
 
   it("creates a missing registry file whole: never 0 bytes, no temporary file left", () => {
-    const workspace = tempWorkspace("freshrec-registry-new-");
+    const workspace = tempDir("freshrec-registry-new-");
     const registry = new ModelRegistry(workspace, clock);
     expect(statSync(join(workspace, "registry.sqlite")).size).toBeGreaterThan(0);
     expect(readdirSync(workspace).filter((f) => !/^registry\.sqlite(-wal|-shm)?$/.test(f))).toEqual([]);

@@ -11,8 +11,8 @@ import { FreshrecError } from "../../src/domain/errors.js";
 import { PostgresModelRegistry } from "../../src/llm/postgres-registry.js";
 import { EmbeddedModelRegistry } from "../../src/llm/registry.js";
 import { usePostgresCluster } from "../data/postgres-cluster.js";
-import { tempWorkspace } from "./fixtures.js";
 import { registryConformance } from "./registry-conformance.js";
+import { tempDir } from "../temp-dir.js";
 
 const database = usePostgresCluster();
 const T0 = Date.parse("2025-01-01T00:00:00Z");
@@ -26,7 +26,7 @@ registryConformance("postgres", async () => {
 describe("PostgresModelRegistry shared by hosts", () => {
   it("records files relative to the models folder, so each host opens its own copy; a file outside it is refused", async () => {
     const url = await database();
-    const root = tempWorkspace("freshrec-pg-registry-");
+    const root = tempDir("freshrec-pg-registry-");
     const a = await PostgresModelRegistry.open(url, join(root, "host-a"), new VirtualClock(T0));
     mkdirSync(join(a.modelsDir, "m000001"), { recursive: true });
     const file = join(a.modelsDir, "m000001", "model.gguf");
@@ -56,7 +56,7 @@ describe("PostgresModelRegistry shared by hosts", () => {
 
   it("two processes registering and making models live at once: distinct versions, exactly one live model", async () => {
     const url = await database();
-    const ws = tempWorkspace("freshrec-pg-registry-");
+    const ws = tempDir("freshrec-pg-registry-");
     const [a, b] = [await PostgresModelRegistry.open(url, ws, new VirtualClock(T0)), await PostgresModelRegistry.open(url, ws, new VirtualClock(T0))];
     const file = join(a.modelsDir, "model.gguf");
     writeFileSync(file, "weights");
@@ -70,7 +70,7 @@ describe("PostgresModelRegistry shared by hosts", () => {
   });
 
   it("refuses a database it cannot reach, naming it without the password", async () => {
-    const error = await PostgresModelRegistry.open("postgres://me:secret@127.0.0.1:1/nowhere", tempWorkspace(), new VirtualClock(T0)).catch((e: unknown) => e);
+    const error = await PostgresModelRegistry.open("postgres://me:secret@127.0.0.1:1/nowhere", tempDir("freshrec-llm-"), new VirtualClock(T0)).catch((e: unknown) => e);
     expect((error as Error).message).toMatch(/^cannot open the model registry postgres:\/\/me:\*\*\*@127\.0\.0\.1:1\/nowhere: /);
     expect((error as Error).message).not.toContain("secret");
   });

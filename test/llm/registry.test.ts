@@ -3,11 +3,11 @@ import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { VirtualClock } from "../../src/domain/clock.js";
 import { ModelRegistry } from "../../src/llm/registry.js";
-import { tempWorkspace } from "./fixtures.js";
+import { tempDir } from "../temp-dir.js";
 
 describe("model registry", () => {
   it("registers versions with lineage, sha256 and metrics, and keeps exactly one live model", async () => {
-    const ws = tempWorkspace();
+    const ws = tempDir("freshrec-llm-");
     const clock = new VirtualClock(Date.parse("2025-01-01T00:00:00Z"));
     const registry = new ModelRegistry(ws, clock);
     const file = join(registry.modelsDir, "a.gguf");

@@ -9,7 +9,8 @@ import { EmbeddedLanguageModel } from "../../src/llm/backends/embedded.js";
 import type { TrainingSample } from "../../src/llm/contracts.js";
 import { EmbeddedTrainer } from "../../src/llm/engine/trainer.js";
 import { relabelContextSamples } from "../../src/llm/relabel.js";
-import { PAIR_WORLD, TINY_SHAPE, tempWorkspace } from "./fixtures.js";
+import { PAIR_WORLD, TINY_SHAPE } from "./fixtures.js";
+import { tempDir } from "../temp-dir.js";
 
 const { clusters: CLUSTERS, ids, successor, pairs } = PAIR_WORLD;
 
@@ -64,7 +65,7 @@ describe("relabelled context samples", () => {
   });
 
   it("teach a model to follow a context that contradicts its memory, which the same samples unrelabelled do not", async () => {
-    const ws = tempWorkspace("freshrec-relabel-");
+    const ws = tempDir("freshrec-relabel-");
     const trainer = new EmbeddedTrainer({ init: { clusters: CLUSTERS, shape: TINY_SHAPE } });
     const set = samples();
     const train = async (name: string, list: readonly TrainingSample[]) =>

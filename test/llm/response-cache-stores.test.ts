@@ -11,14 +11,15 @@ import { PostgresResponseCache } from "../../src/llm/backends/postgres-response-
 import { SqliteResponseCache } from "../../src/llm/backends/response-cache.js";
 import { usePostgresCluster } from "../data/postgres-cluster.js";
 import { startLlmServer, type RunningLlmServer } from "../../src/llm/openai-server.js";
-import { CLUSTERS, tempWorkspace } from "./fixtures.js";
+import { CLUSTERS } from "./fixtures.js";
 import { responseCacheConformance } from "./response-cache-conformance.js";
 import { silentLog, trainTinyModel } from "./tiny-model.js";
+import { tempDir } from "../temp-dir.js";
 
 const database = usePostgresCluster();
 
 responseCacheConformance("sqlite", async () => {
-  const file = join(tempWorkspace("freshrec-cache-sqlite-"), "llm-cache.sqlite");
+  const file = join(tempDir("freshrec-cache-sqlite-"), "llm-cache.sqlite");
   return async () => SqliteResponseCache.open(file);
 });
 responseCacheConformance("postgres", async () => {
@@ -53,7 +54,7 @@ describe("a Batch-API job on a cache in the deployment's database", () => {
 
   it("is resumed by another host after the host that submitted it died, instead of paying again", async () => {
     const url = await database();
-    const ws = tempWorkspace("freshrec-cache-batch-pg-");
+    const ws = tempDir("freshrec-cache-batch-pg-");
     server = await startLlmServer({ modelPath: await trainTinyModel(ws), modelName: "tiny", dataDir: join(ws, "llm-server"), port: 0, logStream: silentLog });
     const baseURL = `${server.url}/v1`;
     const batches = async () => ((await (await fetch(`${baseURL}/batches`)).json()) as { data: unknown[] }).data.length;

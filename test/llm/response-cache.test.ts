@@ -3,16 +3,15 @@
  * survive a reopen, and an empty, foreign or damaged file is refused naming the file (BAD_INPUT: exit 2), never a raw
  * SQLite error.
  */
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { afterAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { StoreFileError } from "../../src/data/store-file.js";
 import { exitCodeFor } from "../../src/domain/errors.js";
 import { SqliteResponseCache } from "../../src/llm/backends/response-cache.js";
+import { tempDir } from "../temp-dir.js";
 
-const dir = mkdtempSync(join(tmpdir(), "freshrec-response-cache-"));
-afterAll(() => rmSync(dir, { recursive: true, force: true }));
+const dir = tempDir("freshrec-response-cache-");
 
 function refusal(file: string): StoreFileError {
   try {

@@ -4,7 +4,8 @@ import { describe, expect, it } from "vitest";
 import type { TrainOptions, TrainResult, Trainer, TrainingSample } from "../../src/llm/contracts.js";
 import { EmbeddedTrainer } from "../../src/llm/engine/trainer.js";
 import { CachingTrainer } from "../../src/llm/training-cache.js";
-import { CLUSTERS, TINY_SHAPE, tempWorkspace, toySamples } from "./fixtures.js";
+import { CLUSTERS, TINY_SHAPE, toySamples } from "./fixtures.js";
+import { tempDir } from "../temp-dir.js";
 
 /** The real embedded trainer, counting the runs it actually does. */
 class CountingTrainer implements Trainer {
@@ -18,7 +19,7 @@ class CountingTrainer implements Trainer {
 
 describe("training cache (real tiny training runs)", () => {
   it("reuses an identical fine-tune, charging the original run's costs, and trains again when anything differs", async () => {
-    const ws = tempWorkspace();
+    const ws = tempDir("freshrec-llm-");
     const base = await new EmbeddedTrainer({ init: { clusters: CLUSTERS, shape: TINY_SHAPE } }).train(toySamples(200), {
       outputPath: join(ws, "base.gguf"),
       epochs: 1,
@@ -54,7 +55,7 @@ describe("training cache (real tiny training runs)", () => {
   });
 
   it("runs an identical request made while the first is still training once (strategies replayed side by side)", async () => {
-    const ws = tempWorkspace();
+    const ws = tempDir("freshrec-llm-");
     const base = await new EmbeddedTrainer({ init: { clusters: CLUSTERS, shape: TINY_SHAPE } }).train(toySamples(200), { outputPath: join(ws, "base.gguf"), epochs: 1 });
     const counting = new CountingTrainer(new EmbeddedTrainer());
     const trainer = new CachingTrainer(counting, join(ws, "cache"), "embedded");

@@ -2,9 +2,8 @@ import { describe, expect, it } from "vitest";
 import { driftFromMonthlyCounts } from "../../src/mining/drift.js";
 import type { TransitionCount } from "../../src/domain/types.js";
 import { writeDriftReport } from "../../src/evaluation/drift-report.js";
-import { mkdtempSync, readFileSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { readFileSync } from "node:fs";
+import { tempDir } from "../temp-dir.js";
 
 /** Counts for pair (a,b) whose successors get `users` each. */
 const month = (pairs: Record<string, Record<string, number>>): TransitionCount[] =>
@@ -51,7 +50,7 @@ describe("drift analysis", () => {
       ]),
       { topK: 2, minSupport: 1 },
     );
-    const paths = writeDriftReport(mkdtempSync(join(tmpdir(), "freshrec-report-")), drift, "test <data>");
+    const paths = writeDriftReport(tempDir("freshrec-report-"), drift, "test <data>");
     const html = readFileSync(paths.html, "utf8");
     expect(html).toMatch(/^<!DOCTYPE html>/);
     expect(html).toContain("<svg");

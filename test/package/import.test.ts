@@ -24,10 +24,10 @@
  * an installed package). It prints one JSON object.
  */
 import { spawnSync } from "node:child_process";
-import { chmodSync, cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, symlinkSync, utimesSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { chmodSync, cpSync, existsSync, mkdirSync, readFileSync, readdirSync, symlinkSync, utimesSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { keepTempDir, tempDir } from "../temp-dir.js";
 
 const ROOT = join(import.meta.dirname, "../..");
 
@@ -166,7 +166,7 @@ function copySources(into: string): void {
 }
 
 describe("the packed package", () => {
-  const tmp = mkdtempSync(join(tmpdir(), "freshrec-package-"));
+  const tmp = tempDir("freshrec-package-");
   const checkout = join(tmp, "checkout");
   const project = join(tmp, "project");
   const installed = join(project, "node_modules", "freshrec");
@@ -200,7 +200,7 @@ describe("the packed package", () => {
   }, 600_000);
 
   afterAll(() => {
-    if (!keep) rmSync(tmp, { recursive: true, force: true });
+    if (keep) keepTempDir(tmp);
   });
 
   it("a checkout's CLI refuses to run without a build, and with a build older than a source (exit 2)", (context) => {

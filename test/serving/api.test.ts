@@ -3,9 +3,8 @@
  * route, its error paths, and the response schemas the OpenAPI document advertises.
  */
 import { once } from "node:events";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { rmSync, writeFileSync } from "node:fs";
 import { connect } from "node:net";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { EventStore, eventBatchFromEvents } from "../../src/data/event-store.js";
@@ -25,6 +24,7 @@ import {
 import { SqliteTableStore, TableLookup, tableStorePath } from "../../src/tables/index.js";
 import { ZERO_COUNTERS, type ScheduleStatus } from "../../src/update/schedule/index.js";
 import { servingWorkspace, TOKEN, type ServingWorkspace } from "./fixtures.js";
+import { tempDir } from "../temp-dir.js";
 
 let ws: ServingWorkspace;
 let server: RunningServer;
@@ -551,7 +551,7 @@ describe("operations", () => {
     expect(ready.status).toBe(200);
     expect(ready.body).toMatchObject({ status: "ok", ready: true, table: { version: ws.rag } });
     // The same event store, a workspace whose table store has nothing published.
-    const empty = mkdtempSync(join(tmpdir(), "freshrec-readyz-"));
+    const empty = tempDir("freshrec-readyz-");
     const unready = await startServer({ workspace: empty, port: 0, events: server.state.events as EventStore, adminToken: TOKEN, logLevel: "silent" });
     try {
       const notReady = await fetch(`${unready.url}/readyz`);

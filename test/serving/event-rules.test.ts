@@ -5,12 +5,12 @@
  * UTF-8 as U+FFFD.
  */
 import { spawnSync } from "node:child_process";
-import { mkdtempSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { errorResponseSchema, startServer, type RunningServer } from "../../src/serving/index.js";
 import { servingWorkspace, type ServingWorkspace } from "./fixtures.js";
+import { tempDir } from "../temp-dir.js";
 
 const BIN = join(import.meta.dirname, "../../bin/freshrec.js");
 
@@ -45,7 +45,7 @@ const BAD: readonly [string, RawEvent][] = [
 
 /** `freshrec ingest` of the events as a CSV file into a workspace of its own (a catalog holding the item). */
 function ingestCli(events: readonly RawEvent[]): { status: number | null; stdout: string; stderr: string; file: string } {
-  const dir = mkdtempSync(join(tmpdir(), "freshrec-rules-cli-"));
+  const dir = tempDir("freshrec-rules-cli-");
   writeFileSync(join(dir, "clusters.csv"), "cluster_id,description\nc,some cluster\n");
   writeFileSync(join(dir, "items.csv"), `item_id,cluster_id\n${item},c\n`);
   const file = join(dir, "events.csv");

@@ -3,8 +3,6 @@
  * production refresh job with the non-LLM scorers (no model training needed): a table without retrieval
  * (popular-novel answers), a RAG table (the retrieved top successor first) and a fusion table of the counts.
  */
-import { mkdtempSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { EventStore } from "../../src/data/event-store.js";
 import { PostgresEventStore } from "../../src/data/postgres-event-store.js";
@@ -15,6 +13,7 @@ import { countTransitions } from "../../src/mining/transitions.js";
 import { PostgresTableStore, SqliteTableStore, tableStorePath } from "../../src/tables/index.js";
 import { novelPopularity, PopularNovelScorer, SuccessorScorer } from "../../src/update/baselines.js";
 import { runRefresh } from "../../src/update/refresh.js";
+import { tempDir } from "../temp-dir.js";
 
 export interface ServingWorkspace {
   readonly dir: string;
@@ -31,7 +30,7 @@ export interface ServingWorkspace {
 export const TOKEN = "test-admin-token-0123456789";
 
 export async function servingWorkspace(options: { users?: number; events?: number } = {}): Promise<ServingWorkspace> {
-  const dir = mkdtempSync(join(tmpdir(), "freshrec-serving-"));
+  const dir = tempDir("freshrec-serving-");
   const world = new SyntheticWorld({ seed: 5, months: 2, users: options.users ?? 400, targetEvents: options.events ?? 40_000, clustersPerDomain: 3, itemsPerCluster: 20 });
   const events = await EventStore.open(join(dir, "events.duckdb"));
   try {

@@ -10,10 +10,9 @@
  * - idempotency keys answer the same before and after a move and after a restart;
  * - the outcome attribution writes to the buffer, and an analysis sees its outcomes.
  */
-import { copyFileSync, existsSync, mkdtempSync, renameSync, rmSync, statSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { copyFileSync, existsSync, renameSync, rmSync, statSync } from "node:fs";
 import { join } from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { beforeAll, describe, expect, it } from "vitest";
 import { EventStore, eventBatchFromEvents } from "../../src/data/event-store.js";
 import { intakeBufferPath } from "../../src/data/intake-buffer.js";
 import { Catalog } from "../../src/serving/catalog.js";
@@ -21,6 +20,7 @@ import { ExperimentLog } from "../../src/serving/experiments/log.js";
 import { DuckDbIntakeStore, type IntakeEvent } from "../../src/serving/intake-store.js";
 import { startServer, type RunningServer } from "../../src/serving/index.js";
 import { servingWorkspace, TOKEN, type ServingWorkspace } from "./fixtures.js";
+import { tempDir } from "../temp-dir.js";
 
 const escape = (text: string) => text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
 
@@ -31,10 +31,6 @@ beforeAll(async () => {
   ws = await servingWorkspace({ users: 150, events: 6_000 });
   eventsPath = join(ws.dir, "events.duckdb");
 }, 120_000);
-
-afterAll(() => {
-  rmSync(ws.dir, { recursive: true, force: true });
-});
 
 async function post(server: RunningServer, events: unknown[], key?: string): Promise<{ status: number; body: any }> {
   const res = await fetch(`${server.url}/v1/events`, {
@@ -231,7 +227,7 @@ describe("the intake buffer's moves", () => {
   });
 
   it("never moves a buffer into a store that replaced the one it was made beside", async () => {
-    const dir = mkdtempSync(join(tmpdir(), "freshrec-intake-replaced-"));
+    const dir = tempDir("freshrec-intake-replaced-");
     const path = join(dir, "events.duckdb");
     try {
       copyFileSync(eventsPath, path);
@@ -347,7 +343,7 @@ describe("the intake buffer's moves", () => {
   });
 
   it("reads the keys of a store of hundreds of thousands of users for a cold append, and keys a new user after them", async () => {
-    const dir = mkdtempSync(join(tmpdir(), "freshrec-intake-many-users-"));
+    const dir = tempDir("freshrec-intake-many-users-");
     const path = join(dir, "events.duckdb");
     copyFileSync(eventsPath, path);
     const store = await EventStore.open(path);
@@ -400,7 +396,7 @@ describe("the intake buffer's moves", () => {
 describe("the intake buffer on a store of its own", () => {
   /** A new store in a temp folder, its buffer never moving by itself, and an experiment log on the buffer. */
   async function fresh() {
-    const dir = mkdtempSync(join(tmpdir(), "freshrec-intake-"));
+    const dir = tempDir("freshrec-intake-");
     const path = join(dir, "events.duckdb");
     const store = await EventStore.open(path);
     const buffer = await store.intakeBuffer();
@@ -559,7 +555,7 @@ describe("the intake buffer on a store of its own", () => {
   });
 
   it("refuses to move a buffer into an older copy of its store put back, naming both files", async () => {
-    const dir = mkdtempSync(join(tmpdir(), "freshrec-intake-"));
+    const dir = tempDir("freshrec-intake-");
     const path = join(dir, "events.duckdb");
     const open = async () => {
       const store = await EventStore.open(path);
@@ -605,7 +601,7 @@ describe("the intake buffer on a store of its own", () => {
   });
 
   it("says, when an open cannot move a leftover buffer, what failed and the way out", async () => {
-    const dir = mkdtempSync(join(tmpdir(), "freshrec-intake-"));
+    const dir = tempDir("freshrec-intake-");
     const path = join(dir, "events.duckdb");
     const bufferPath = intakeBufferPath(path)!;
     try {

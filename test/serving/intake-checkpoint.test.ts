@@ -5,10 +5,8 @@
  * stored exactly once, in the store as the server leaves it and as a fresh open reads it (the log replayed or
  * checkpointed), and the live user index equals a fresh load of the store.
  */
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { afterAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { EventStore } from "../../src/data/event-store.js";
 import { ingestSynthetic } from "../../src/data/ingest/synthetic.js";
 import { SyntheticWorld } from "../../src/data/synthetic/index.js";
@@ -19,6 +17,7 @@ import { EventIntake } from "../../src/serving/intake.js";
 import { DuckDbIntakeStore } from "../../src/serving/intake-store.js";
 import { StoreQueue } from "../../src/serving/store-queue.js";
 import { UserIndex, type UserState } from "../../src/serving/users.js";
+import { tempDir } from "../temp-dir.js";
 
 const POSITIVE_MIN = 0.5;
 const RECENT = 4;
@@ -30,9 +29,8 @@ function plain(s: UserState | undefined) {
 }
 
 describe("intake's checkpoints in quiet moments", () => {
-  const dir = mkdtempSync(join(tmpdir(), "freshrec-intake-checkpoint-"));
+  const dir = tempDir("freshrec-intake-checkpoint-");
   const path = join(dir, "events.duckdb");
-  afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
   it("keep every acknowledged event stored exactly once, and the users a fresh load gives", async () => {
     const world = new SyntheticWorld({ seed: 13, months: 1, users: 150, targetEvents: 4_000, clustersPerDomain: 3, itemsPerCluster: 6 });

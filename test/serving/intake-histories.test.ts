@@ -7,9 +7,6 @@
  * stored value wins), engagement at and around positiveMin (0.7 is not a float32: stored, it is just below 0.7),
  * negative feedback, new users, and idempotency keys (repeated, and sent twice at once).
  */
-import { rmSync } from "node:fs";
-import { mkdtempSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { EventStore } from "../../src/data/event-store.js";
@@ -22,6 +19,7 @@ import { emptyTail, extendRecent, extendTail } from "../../src/serving/histories
 import { startServer, type RunningServer } from "../../src/serving/server.js";
 import { UserIndex, type UserState } from "../../src/serving/users.js";
 import { seededRandom } from "../../src/domain/random.js";
+import { tempDir } from "../temp-dir.js";
 
 /** The project's seeded generator, so a failure can be replayed. */
 const random = seededRandom;
@@ -86,7 +84,7 @@ describe("POST /v1/events updates histories incrementally, equal to a recount", 
   let world: SyntheticWorld;
 
   beforeAll(async () => {
-    dir = mkdtempSync(join(tmpdir(), "freshrec-intake-histories-"));
+    dir = tempDir("freshrec-intake-histories-");
     world = new SyntheticWorld({ seed: 11, months: 1, users: 120, targetEvents: 4_000, clustersPerDomain: 3, itemsPerCluster: 6 });
     store = await EventStore.open(join(dir, "events.duckdb"));
     await ingestSynthetic(store, world);
@@ -96,7 +94,6 @@ describe("POST /v1/events updates histories incrementally, equal to a recount", 
   afterAll(async () => {
     await server?.close();
     store?.close();
-    if (dir) rmSync(dir, { recursive: true, force: true });
   });
 
   async function post(body: unknown, key?: string): Promise<{ status: number; body: any }> {

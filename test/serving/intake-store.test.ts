@@ -4,8 +4,7 @@
  * an event another process stored first is a duplicate (the first engagement stays), idempotency keys answer again
  * and expire, and the server's in-memory users equal a fresh load from the store after the batches.
  */
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { rmSync } from "node:fs";
 import { join } from "node:path";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -18,6 +17,7 @@ import { DuckDbIntakeStore, PostgresIntakeStore, type IntakeStore } from "../../
 import { startServer } from "../../src/serving/server.js";
 import { UserIndex } from "../../src/serving/users.js";
 import { usePostgresCluster } from "../data/postgres-cluster.js";
+import { tempDir } from "../temp-dir.js";
 
 const database = usePostgresCluster();
 const world = () => new SyntheticWorld({ seed: 5, months: 1, users: 40, targetEvents: 1_500, clustersPerDomain: 3, itemsPerCluster: 5 });
@@ -32,7 +32,7 @@ interface Opened {
 
 const adapters: Record<"duckdb" | "postgres", () => Promise<Opened>> = {
   duckdb: async () => {
-    const dir = mkdtempSync(join(tmpdir(), "freshrec-intake-store-"));
+    const dir = tempDir("freshrec-intake-store-");
     const events = await EventStore.open(join(dir, "events.duckdb"));
     await ingestSynthetic(events, world());
     const catalog = await Catalog.load(events);
@@ -239,7 +239,7 @@ for (const [name, open] of Object.entries(adapters)) {
 
 describe("POST /v1/events with the intake on PostgreSQL", () => {
   it("stores every acknowledged event once in PostgreSQL, and the server's users equal a load from it", async () => {
-    const dir = mkdtempSync(join(tmpdir(), "freshrec-intake-pg-"));
+    const dir = tempDir("freshrec-intake-pg-");
     const embedded = await EventStore.open(join(dir, "events.duckdb"));
     const postgres = await PostgresEventStore.open(await database());
     await ingestSynthetic(embedded, world());

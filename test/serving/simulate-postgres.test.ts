@@ -3,8 +3,7 @@
  * store contract into the simulation's scratch folder, so the result is the one the embedded workspace gives for the
  * same events, and the deployment's events and experiment log are left exactly as they were.
  */
-import { existsSync, mkdtempSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { EventStore } from "../../src/data/event-store.js";
@@ -15,6 +14,7 @@ import { openExperimentLog, runSimulatedExperiment, type SimulatedExperimentResu
 import { novelPopularity, SuccessorScorer } from "../../src/update/baselines.js";
 import { usePostgresCluster } from "../data/postgres-cluster.js";
 import { servingWorkspace } from "./fixtures.js";
+import { tempDir } from "../temp-dir.js";
 
 const database = usePostgresCluster();
 
@@ -36,7 +36,7 @@ describe("simulated A/B on PostgreSQL", () => {
       const counts = await countTransitions(local, { from: ws.world.endMs - 30 * 86_400_000, to: ws.world.endMs }, { positiveMin: 0.5 });
       local.close();
       const before = await deployment.counts();
-      const scratch = mkdtempSync(join(tmpdir(), "freshrec-simulate-pg-"));
+      const scratch = tempDir("freshrec-simulate-pg-");
       const common = {
         model: { version: "successor", scorer: new SuccessorScorer(novelPopularity(counts, ws.clusters)) },
         templateHash: "baseline",
@@ -72,7 +72,7 @@ describe("simulated A/B on PostgreSQL", () => {
 
   it("refuses a database that does not hold the synthetic platform's events before copying anything", async () => {
     const deployment = await PostgresEventStore.open(await database());
-    const workDir = join(mkdtempSync(join(tmpdir(), "freshrec-simulate-pg-")), "scratch");
+    const workDir = join(tempDir("freshrec-simulate-pg-"), "scratch");
     try {
       await expect(
         runSimulatedExperiment({ events: deployment, workDir, model: { version: "none", scorer: new SuccessorScorer([]) }, templateHash: "baseline", rag: {} }),

@@ -15,9 +15,7 @@ import type { EngagementEvent } from "../../src/domain/types.js";
 import { Catalog, startServer, UserIndex, type RunningServer } from "../../src/serving/index.js";
 import { StoreFollower } from "../../src/serving/store-follower.js";
 import { usePostgresCluster } from "../data/postgres-cluster.js";
-import { mkdtempSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { tempDir } from "../temp-dir.js";
 
 const database = usePostgresCluster();
 let url: string;
@@ -31,7 +29,7 @@ beforeAll(async () => {
   writer = await PostgresEventStore.open(url);
   await ingestSynthetic(writer, world);
   // Polls an hour apart: what the server gets here comes through the notifications.
-  server = await startServer({ workspace: mkdtempSync(join(tmpdir(), "freshrec-follow-")), storeUrl: url, port: 0, logLevel: "silent", reloadIntervalMs: 3_600_000 });
+  server = await startServer({ workspace: tempDir("freshrec-follow-"), storeUrl: url, port: 0, logLevel: "silent", reloadIntervalMs: 3_600_000 });
 }, 120_000);
 
 afterAll(async () => {
@@ -257,7 +255,7 @@ describe("a server follows another writer's appends", () => {
       const [{ n }] = await reopened.query<{ n: bigint }>("SELECT count(*) AS n FROM events WHERE append_seq IS NULL");
       expect(Number(n)).toBeGreaterThan(1000);
       expect(await reopened.lastAppend()).toBe(0);
-      upgraded = await startServer({ workspace: mkdtempSync(join(tmpdir(), "freshrec-follow-")), storeUrl: old, port: 0, logLevel: "silent", reloadIntervalMs: 3_600_000 });
+      upgraded = await startServer({ workspace: tempDir("freshrec-follow-"), storeUrl: old, port: 0, logLevel: "silent", reloadIntervalMs: 3_600_000 });
       const user = world.userId(3);
       const before = upgraded.state.users.get(user)!;
       const seen = before.seen.length;

@@ -1,9 +1,9 @@
 import { spawn } from "node:child_process";
 import Database from "better-sqlite3";
-import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
-import { hostname, tmpdir } from "node:os";
+import { mkdirSync } from "node:fs";
+import { hostname } from "node:os";
 import { dirname, join } from "node:path";
-import { afterAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { VirtualClock } from "../../src/domain/clock.js";
 import { FreshrecError } from "../../src/domain/errors.js";
 import { TableLookup } from "../../src/tables/lookup.js";
@@ -13,9 +13,9 @@ import { SqliteTableStore, tableStorePath } from "../../src/tables/sqlite-store.
 import { byPair, tableStoreConformance } from "./conformance.js";
 import { garbleJsonExplanations, setFirstAnswers, setLastC2 } from "./fixtures/blocks.js";
 import { STATS, clusterNames, packedRows, tableRows } from "./fixtures/rows.js";
+import { tempDir } from "../temp-dir.js";
 
-const dir = mkdtempSync(join(tmpdir(), "freshrec-tables-"));
-afterAll(() => rmSync(dir, { recursive: true, force: true }));
+const dir = tempDir("freshrec-tables-");
 let files = 0;
 const nextFile = () => join(dir, `store-${++files}`, "tables.sqlite");
 const META = { modelVersion: "m000001", templateHash: "tmpl-a" };

@@ -3,18 +3,17 @@
  * naming the file and the problem (BAD_INPUT: exit 2), never a raw SQLite error, and never silently replaced by an
  * empty store.
  */
-import { closeSync, mkdtempSync, openSync, readdirSync, rmSync, statSync, writeFileSync, writeSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { closeSync, openSync, readdirSync, statSync, writeFileSync, writeSync } from "node:fs";
 import { join } from "node:path";
-import { afterAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { VirtualClock } from "../../src/domain/clock.js";
 import { FreshrecError } from "../../src/domain/errors.js";
 import { StoreFileError } from "../../src/data/store-file.js";
 import { SqliteTableStore, tableStorePath } from "../../src/tables/sqlite-store.js";
 import { STATS, clusterNames, tableRows } from "./fixtures/rows.js";
+import { tempDir } from "../temp-dir.js";
 
-const dir = mkdtempSync(join(tmpdir(), "freshrec-store-file-"));
-afterAll(() => rmSync(dir, { recursive: true, force: true }));
+const dir = tempDir("freshrec-store-file-");
 let files = 0;
 const nextWorkspace = () => join(dir, `ws-${++files}`);
 const clock = new VirtualClock(Date.UTC(2025, 2, 1));

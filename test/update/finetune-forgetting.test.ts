@@ -13,7 +13,8 @@ import { EmbeddedLanguageModel } from "../../src/llm/backends/embedded.js";
 import type { TrainingSample } from "../../src/llm/contracts.js";
 import { EmbeddedTrainer } from "../../src/llm/engine/trainer.js";
 import { curateFineTuningSet, type CurationOptions } from "../../src/update/curation.js";
-import { PAIR_WORLD, TINY_SHAPE, pairWorldLog, tempWorkspace } from "../llm/fixtures.js";
+import { PAIR_WORLD, TINY_SHAPE, pairWorldLog } from "../llm/fixtures.js";
+import { tempDir } from "../temp-dir.js";
 
 const { clusters: CLUSTERS, ids, successor, pairs } = PAIR_WORLD;
 /** The pairs the recent window holds (their successors moved); the others only the past holds. */
@@ -50,7 +51,7 @@ const agreement = (answers: readonly string[], list: readonly [number, number][]
 
 describe("fine-tuning without forgetting", () => {
   it("learns what moved and keeps what the recent window no longer shows, where recent-only curation forgets it", async () => {
-    const ws = tempWorkspace("freshrec-forgetting-");
+    const ws = tempDir("freshrec-forgetting-");
     const store = await openWorld();
     const trainer = new EmbeddedTrainer({ init: { clusters: CLUSTERS, shape: TINY_SHAPE } });
     const past: TrainingSample[] = [];

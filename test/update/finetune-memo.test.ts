@@ -3,8 +3,6 @@
  * set and the gates of their identical candidate (same bytes through the training cache), and get what a loop
  * without the memo gets.
  */
-import { mkdtempSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { EventStore } from "../../src/data/event-store.js";
@@ -20,12 +18,13 @@ import { timedTransitions } from "../../src/mining/transitions.js";
 import { SqliteTableStore } from "../../src/tables/index.js";
 import { FinetuneMemo } from "../../src/update/finetune.js";
 import { UpdateLoop, type LoopSettings } from "../../src/update/loop.js";
+import { tempDir } from "../temp-dir.js";
 
 const TINY = { embedding: 32, layers: 1, heads: 2, feedForward: 64, contextLength: 256 } as const;
 
 describe("fine-tuning memo", () => {
   it("shares the curated set and the gates of an identical fine-tune, with the results of a run without it", async () => {
-    const dir = mkdtempSync(join(tmpdir(), "freshrec-finetune-memo-"));
+    const dir = tempDir("freshrec-finetune-memo-");
     const world = new SyntheticWorld({ ...SYNTHETIC_QUICK, clustersPerDomain: 3, users: 800, targetEvents: 80_000, months: 3 });
     const events = await EventStore.open(join(dir, "events.duckdb"));
     await ingestSynthetic(events, world);

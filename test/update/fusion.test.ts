@@ -41,11 +41,11 @@ import { FusionThread } from "../../src/update/fusion-thread.js";
 import { buildTable, type PromptScorer } from "../../src/update/generate.js";
 import { SqliteTableStore, tableStoreContract } from "../../src/tables/index.js";
 import { VirtualClock } from "../../src/domain/clock.js";
-import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { driftWait } from "../../src/update/loop.js";
 import type { TableInfo } from "../../src/tables/index.js";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { tempDir } from "../temp-dir.js";
 
 const CLUSTERS = ["a", "b", "c", "d", "e", "f", "g", "h"];
 const K = CLUSTERS.length;
@@ -621,7 +621,7 @@ describe("a prior's logs", () => {
 
 describe("prior files", () => {
   it("round-trip, and are ignored when made for another model file or other clusters", () => {
-    const dir = mkdtempSync(join(tmpdir(), "freshrec-prior-"));
+    const dir = tempDir("freshrec-prior-");
     const prior = priorFavouring((c1, c2) => (c1 + c2 + 1) % K === c1 || (c1 + c2 + 1) % K === c2 ? (c1 + c2 + 2) % K : (c1 + c2 + 1) % K, 0.4);
     savePrior(join(dir, "m1.prior"), prior, "sha-of-m1");
     expect(loadPrior(join(dir, "m1.prior"), CLUSTERS, 1, "sha-of-m1")).toEqual(prior);
@@ -640,7 +640,7 @@ describe("prior files", () => {
   });
 
   it("that are cut short or have a broken header are errors naming the file, for loading and readiness alike", () => {
-    const dir = mkdtempSync(join(tmpdir(), "freshrec-prior-"));
+    const dir = tempDir("freshrec-prior-");
     const file = join(dir, "m1.prior");
     savePrior(file, priorFavouring(() => 0, 0.4), "sha-of-m1");
     const bytes = readFileSync(file);

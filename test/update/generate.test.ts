@@ -1,6 +1,4 @@
 import { describe, expect, it } from "vitest";
-import { mkdtempSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { VirtualClock } from "../../src/domain/clock.js";
 import { SqliteTableStore } from "../../src/tables/index.js";
@@ -8,6 +6,7 @@ import { buildTable, type PromptScorer } from "../../src/update/generate.js";
 import { contextsFromCounts } from "../../src/update/rag.js";
 import { novelPopularity, PopularNovelScorer, SuccessorScorer } from "../../src/update/baselines.js";
 import type { PromptInput } from "../../src/llm/prompt.js";
+import { tempDir } from "../temp-dir.js";
 
 const CLUSTERS = ["a", "b", "c", "d", "e", "f"];
 const counts = [
@@ -30,7 +29,7 @@ class CountingScorer implements PromptScorer {
 }
 
 function store() {
-  return SqliteTableStore.open(join(mkdtempSync(join(tmpdir(), "freshrec-gen-")), "tables.sqlite"), new VirtualClock(Date.UTC(2025, 0, 1)));
+  return SqliteTableStore.open(join(tempDir("freshrec-gen-"), "tables.sqlite"), new VirtualClock(Date.UTC(2025, 0, 1)));
 }
 
 const snapshot = (c: typeof counts) => ({ asOf: 1, window: { from: 0, to: 1 }, ...contextsFromCounts(c, [], { minSupport: 1 }) });

@@ -4,9 +4,6 @@
  * same jobs: the same tables row for row (fusion and in-prompt RAG, an incremental build copying inside the
  * database), the same fit and the same curated set.
  */
-import { mkdtempSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { EventStore, type EventStoreContract } from "../../src/data/event-store.js";
 import { PostgresEventStore } from "../../src/data/postgres-event-store.js";
@@ -20,6 +17,7 @@ import { curateFineTuningSet } from "../../src/update/curation.js";
 import { baselineRefreshJob } from "../../src/update/jobs.js";
 import { runRefresh } from "../../src/update/refresh.js";
 import { usePostgresCluster } from "../data/postgres-cluster.js";
+import { tempDir } from "../temp-dir.js";
 
 const database = usePostgresCluster();
 
@@ -47,7 +45,7 @@ describe("the update path on PostgreSQL", () => {
     const url = await database();
     const embedded: Stores = await (async () => {
       const events = await EventStore.open(":memory:");
-      const tables = SqliteTableStore.open(tableStorePath(mkdtempSync(join(tmpdir(), "freshrec-pgrefresh-"))), clock);
+      const tables = SqliteTableStore.open(tableStorePath(tempDir("freshrec-pgrefresh-")), clock);
       return { events, tables, close: async () => (tables.close(), events.close()) };
     })();
     const deployment: Stores = await (async () => {

@@ -1,14 +1,14 @@
 import { describe, expect, it } from "vitest";
-import { mkdtempSync, writeFileSync, readFileSync, copyFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { writeFileSync, readFileSync, copyFileSync } from "node:fs";
 import { join } from "node:path";
 import { EventStore } from "../../../src/data/event-store.js";
 import { ingestFiles } from "../../../src/data/ingest/ingest.js";
 import { ingestMovieLens, clusterByGenres } from "../../../src/data/ingest/movielens.js";
 import { BadInputError } from "../../../src/domain/errors.js";
+import { tempDir } from "../../temp-dir.js";
 
 const DATASETS = join(import.meta.dirname, "../../../../shared/datasets");
-const dir = () => mkdtempSync(join(tmpdir(), "freshrec-ingest-"));
+const dir = () => tempDir("freshrec-ingest-");
 
 function lineCount(path: string): number {
   return readFileSync(path, "utf8").split("\n").filter((l) => l.trim() !== "").length;

@@ -1,5 +1,3 @@
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { DAY_MS, SystemClock, VirtualClock, type Clock } from "../../../src/domain/clock.js";
@@ -20,6 +18,7 @@ import {
   type SchedulerOptions,
   type ScheduleStoreContract,
 } from "../../../src/update/schedule/index.js";
+import { tempDir } from "../../temp-dir.js";
 
 const t = (iso: string) => Date.parse(iso);
 const day = (ms: number) => new Date(ms).toISOString().slice(0, 10);
@@ -49,10 +48,8 @@ function job(
 }
 
 const stores: ScheduleStoreContract[] = [];
-const dirs: string[] = [];
 afterEach(async () => {
   for (const store of stores.splice(0)) await store.close();
-  for (const dir of dirs.splice(0)) rmSync(dir, { recursive: true, force: true });
 });
 
 function memoryStore(): ScheduleStoreContract {
@@ -336,8 +333,7 @@ describe("catch-up and persistence", () => {
   });
 
   it("state and run log survive closing and reopening the SQLite file; a restarted schedule continues", async () => {
-    const dir = mkdtempSync(join(tmpdir(), "freshrec-schedule-"));
-    dirs.push(dir);
+    const dir = tempDir("freshrec-schedule-");
     const path = scheduleStorePath(dir);
     expect(path).toBe(join(dir, "schedule.sqlite"));
     const calls: Call[] = [];

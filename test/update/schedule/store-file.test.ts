@@ -4,16 +4,15 @@
  * silently replaced by an empty store (as tables.sqlite is, test/tables/store-file.test.ts).
  */
 import { spawnSync } from "node:child_process";
-import { closeSync, mkdtempSync, openSync, readdirSync, rmSync, statSync, writeFileSync, writeSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { closeSync, openSync, readdirSync, statSync, writeFileSync, writeSync } from "node:fs";
 import { join } from "node:path";
-import { afterAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { StoreFileError } from "../../../src/data/store-file.js";
 import { SqliteScheduleStore, ZERO_COUNTERS, scheduleStorePath } from "../../../src/update/schedule/index.js";
+import { tempDir } from "../../temp-dir.js";
 
 const BIN = join(import.meta.dirname, "../../../bin/freshrec.js");
-const dir = mkdtempSync(join(tmpdir(), "freshrec-schedule-file-"));
-afterAll(() => rmSync(dir, { recursive: true, force: true }));
+const dir = tempDir("freshrec-schedule-file-");
 let workspaces = 0;
 const nextWorkspace = () => join(dir, `ws-${++workspaces}`);
 

@@ -4,19 +4,18 @@
  * is gone; PostgreSQL frees the lease when the driver's session ends and tells a driver whose session dropped.
  */
 import { spawnSync } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
-import { hostname, tmpdir } from "node:os";
+import { hostname } from "node:os";
 import { join } from "node:path";
 import Database from "better-sqlite3";
 import pg from "pg";
-import { afterAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { PostgresScheduleStore, ScheduleDriverHeldError, SqliteScheduleStore } from "../../../src/update/schedule/index.js";
 import { usePostgresCluster } from "../../data/postgres-cluster.js";
 import { scheduleStoreConformance } from "./store-conformance.js";
+import { tempDir } from "../../temp-dir.js";
 
 const database = usePostgresCluster();
-const dir = mkdtempSync(join(tmpdir(), "freshrec-schedule-store-"));
-afterAll(() => rmSync(dir, { recursive: true, force: true }));
+const dir = tempDir("freshrec-schedule-store-");
 let files = 0;
 
 scheduleStoreConformance("sqlite file", async () => {
