@@ -4,9 +4,6 @@
  * real model's prior: the kernel it uses moves only at a fine-tune instant, it earns weight against the counts, and it
  * is refused where there is no synthetic world.
  */
-import { mkdtempSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { EventStore } from "../../src/data/event-store.js";
 import { ingestSynthetic } from "../../src/data/ingest/synthetic.js";
@@ -19,6 +16,7 @@ import { defaultStrategies, strategySetups, type StrategyEnvironment } from "../
 import { SqliteTableStore } from "../../src/tables/index.js";
 import { EvidenceCache } from "../../src/update/fusion.js";
 import { SnapshotCache } from "../../src/update/rag.js";
+import { tempDir } from "../temp-dir.js";
 import { tinyLoopSettings } from "./fixtures.js";
 
 // Mid-February to early April: the replay starts inside a month and crosses two month boundaries.
@@ -32,7 +30,7 @@ const environment = (events: EventStore, clusters: string[], world: SyntheticWor
   settings: tinyLoopSettings(0.5),
   // No LLM strategy runs here: nothing ever reads the start model.
   startModel: { path: "", window: null, version: "-" },
-  workDir: mkdtempSync(join(tmpdir(), "freshrec-oracle-prior-")),
+  workDir: tempDir("freshrec-oracle-prior-"),
   world,
   noWorldReason: reason,
   snapshots: new SnapshotCache(),
@@ -77,7 +75,7 @@ describe("the oracle prior", () => {
     for (const [ts, model, weighed] of expected) {
       const outcome = await at(ts);
       expect(outcome.detail, new Date(ts).toISOString()).toMatchObject({ modelVersion: model, method: "fusion", fit: "fitted" });
-      expect(outcome.cost.promptsScored).toBe(0);
+      expect(outcome.cost!.promptsScored).toBe(0);
       // A prior that knows a kernel of the world earns weight against the counts once there is data to weigh it on.
       if (weighed) expect(outcome.detail!.priorWeight as number, new Date(ts).toISOString()).toBeGreaterThan(0);
       else expect(outcome.detail!.priorWeight, new Date(ts).toISOString()).toBeNull();

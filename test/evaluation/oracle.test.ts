@@ -167,5 +167,9 @@ describe("the oracle", () => {
     const refused = freshrec(["--workspace", other, "--json", "evaluate", "replay", "--from", "2025-02-10", "--strategies", "counts-backoff,oracle"]);
     expect(refused.status).toBe(2);
     expect(JSON.parse(refused.stdout).error).toMatchObject({ code: "BAD_INPUT", message: expect.stringMatching(/oracle: the event store records no synthetic world/) });
+    // The oracle prior reads the same world: refused the same way, naming it.
+    const refusedPrior = freshrec(["--workspace", other, "--json", "evaluate", "replay", "--from", "2025-02-10", "--strategies", "counts-backoff,oracle-prior"]);
+    expect(refusedPrior.status).toBe(2);
+    expect(JSON.parse(refusedPrior.stdout).error).toMatchObject({ code: "BAD_INPUT", message: expect.stringMatching(/--strategies oracle-prior: the event store records no synthetic world/) });
   }, 900_000);
 });
