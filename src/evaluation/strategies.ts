@@ -30,7 +30,7 @@
 import { mkdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import type { EventStoreContract } from "../data/event-store.js";
-import { DAY_MS } from "../domain/clock.js";
+import { DAY_MS, type VirtualClock } from "../domain/clock.js";
 import { BadInputError } from "../domain/errors.js";
 import type { ProgressSink, TimeWindow } from "../domain/types.js";
 import type { LanguageModel, Trainer, TrainingEvent } from "../llm/contracts.js";
@@ -161,6 +161,29 @@ export async function primeSnapshots(names: readonly StrategyName[], env: Strate
   await env.snapshots.prime(env.events, [...asOfs], { ...env.settings.rag, positiveMin: env.settings.positiveMin });
 }
 
+/** A strategy's own folder under the replay's work directory, made anew, and its table store there. */
+function strategyStores(env: StrategyEnvironment, label: string, clock: VirtualClock): { dir: string; tables: SqliteTableStore } {
+  const dir = join(env.workDir, label.replace(/[^a-zA-Z0-9@._-]/g, "_"));
+  rmSync(dir, { recursive: true, force: true });
+  mkdirSync(dir, { recursive: true });
+  return { dir, tables: SqliteTableStore.open(join(dir, "tables.sqlite"), clock) };
+}
+
+/** The refresh options of a strategy whose rows are computed, not prompted (the counting baselines, the oracle prior). */
+function computedRefreshOptions(env: StrategyEnvironment, tables: SqliteTableStore, label: string) {
+  return {
+    events: env.events,
+    tables,
+    clusters: env.clusters,
+    topN: env.settings.tables.topN,
+    keep: env.settings.tables.keep,
+    strategy: label,
+    snapshots: env.snapshots,
+    evidence: env.evidence,
+    rag: { ...env.settings.rag, positiveMin: env.settings.positiveMin },
+  };
+}
+
 function setupOf(kind: StrategyName, label: string, refreshDays: number, env: StrategyEnvironment): StrategySetup {
   const start = new Date(env.window.from).toISOString();
   const every = `every ${refreshDays} days from ${start}`;
@@ -175,23 +198,9 @@ function setupOf(kind: StrategyName, label: string, refreshDays: number, env: St
     ready: llm ? Promise.resolve(env.startModel) : undefined,
     finetunes: kind === "finetune-monthly" || kind === "hybrid" || kind === "hybrid-drift" || kind === "paper-hybrid",
     async create(clock) {
-      const dir = join(env.workDir, label.replace(/[^a-zA-Z0-9@._-]/g, "_"));
-      rmSync(dir, { recursive: true, force: true });
-      mkdirSync(dir, { recursive: true });
-      const tables = SqliteTableStore.open(join(dir, "tables.sqlite"), clock);
+      const { dir, tables } = strategyStores(env, label, clock);
       if (kind === "successor-top1" || kind === "popular-novel" || kind === "counts-backoff") {
-        const run = baselineRefreshJob(kind satisfies BaselineName, {
-          events: env.events,
-          tables,
-          clusters: env.clusters,
-          templateHash: "baseline",
-          topN: env.settings.tables.topN,
-          keep: env.settings.tables.keep,
-          strategy: label,
-          snapshots: env.snapshots,
-          evidence: env.evidence,
-          rag: { ...env.settings.rag, positiveMin: env.settings.positiveMin },
-        });
+        const run = baselineRefreshJob(kind satisfies BaselineName, { ...computedRefreshOptions(env, tables, label), templateHash: "baseline" });
         return { jobs: [{ name: "refresh", cadence: every, run }], tables, close: () => tables.close() };
       }
       const startModel = await env.startModel;
@@ -276,10 +285,7 @@ function oracleSetup(label: string, env: StrategyEnvironment, once: string): Str
     name: label,
     ceiling: true,
     async create(clock) {
-      const dir = join(env.workDir, label.replace(/[^a-zA-Z0-9@._-]/g, "_"));
-      rmSync(dir, { recursive: true, force: true });
-      mkdirSync(dir, { recursive: true });
-      const tables = SqliteTableStore.open(join(dir, "tables.sqlite"), clock);
+      const { tables } = strategyStores(env, label, clock);
       const run = oracleRefreshJob(world, { tables, clusters: env.clusters, topN: env.settings.tables.topN, keep: env.settings.tables.keep, strategy: label });
       // A replay starting on a month boundary gets its first table from the monthly job alone.
       const startsOnBoundary = parseCadence(MONTH_BOUNDARY).next(env.window.from - 1) === env.window.from;
@@ -301,24 +307,8 @@ function oraclePriorSetup(label: string, env: StrategyEnvironment, every: string
   return {
     name: label,
     async create(clock) {
-      const dir = join(env.workDir, label.replace(/[^a-zA-Z0-9@._-]/g, "_"));
-      rmSync(dir, { recursive: true, force: true });
-      mkdirSync(dir, { recursive: true });
-      const tables = SqliteTableStore.open(join(dir, "tables.sqlite"), clock);
-      const run = oraclePriorRefreshJob(world, {
-        events: env.events,
-        tables,
-        clusters: env.clusters,
-        templateHash: "oracle-prior",
-        topN: env.settings.tables.topN,
-        keep: env.settings.tables.keep,
-        strategy: label,
-        snapshots: env.snapshots,
-        evidence: env.evidence,
-        rag: { ...env.settings.rag, positiveMin: env.settings.positiveMin },
-        finetuneCadence,
-        start: env.window.from,
-      });
+      const { tables } = strategyStores(env, label, clock);
+      const run = oraclePriorRefreshJob(world, { ...computedRefreshOptions(env, tables, label), templateHash: "oracle-prior", finetuneCadence, start: env.window.from });
       return { jobs: [{ name: "refresh", cadence: every, run }], tables, close: () => tables.close() };
     },
   };
