@@ -1,5 +1,15 @@
-/** What the replay tests share: loop settings sized for tiny worlds and models (one epoch, a 30-day window). */
+/**
+ * What the replay tests share: loop settings sized for tiny worlds and models (one epoch, a 30-day window), and the
+ * environment of strategies that run no model.
+ */
+import type { EventStore } from "../../src/data/event-store.js";
+import type { SyntheticWorld } from "../../src/data/synthetic/index.js";
+import type { TimeWindow } from "../../src/domain/types.js";
+import type { StrategyEnvironment } from "../../src/evaluation/strategies.js";
+import { EvidenceCache } from "../../src/update/fusion.js";
 import type { LoopSettings } from "../../src/update/loop.js";
+import { SnapshotCache } from "../../src/update/rag.js";
+import { tempDir } from "../temp-dir.js";
 
 export const tinyLoopSettings = (positiveMin: number): LoopSettings => ({
   rag: { windowDays: 7, topN: 1, minSupport: 1, mode: "frequency", globalPairs: 100 },
@@ -11,4 +21,21 @@ export const tinyLoopSettings = (positiveMin: number): LoopSettings => ({
   training: { epochs: 1 },
   tables: { topN: 5, keep: 100 },
   positiveMin,
+});
+
+/**
+ * A replay environment for strategies that run no model (the counting baselines, the oracle, the oracle prior):
+ * nothing reads its start model. `world` null: a store the synthetic platform did not make, for `reason`.
+ */
+export const modelFreeEnvironment = (events: EventStore, clusters: string[], window: TimeWindow, world: SyntheticWorld | null, reason?: string): StrategyEnvironment => ({
+  events,
+  window,
+  clusters,
+  settings: tinyLoopSettings(0.5),
+  startModel: { path: "", window: null, version: "-" },
+  workDir: tempDir("freshrec-replay-"),
+  world,
+  noWorldReason: reason,
+  snapshots: new SnapshotCache(),
+  evidence: new EvidenceCache(window),
 });

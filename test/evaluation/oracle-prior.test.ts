@@ -12,30 +12,15 @@ import { DAY_MS, VirtualClock } from "../../src/domain/clock.js";
 import { BadInputError } from "../../src/domain/errors.js";
 import { oraclePriorRefreshJob } from "../../src/evaluation/oracle.js";
 import { replay } from "../../src/evaluation/replay.js";
-import { defaultStrategies, strategySetups, type StrategyEnvironment } from "../../src/evaluation/strategies.js";
+import { defaultStrategies, strategySetups } from "../../src/evaluation/strategies.js";
 import { SqliteTableStore } from "../../src/tables/index.js";
-import { EvidenceCache } from "../../src/update/fusion.js";
-import { SnapshotCache } from "../../src/update/rag.js";
-import { tempDir } from "../temp-dir.js";
-import { tinyLoopSettings } from "./fixtures.js";
+import { modelFreeEnvironment, tinyLoopSettings } from "./fixtures.js";
 
 // Mid-February to early April: the replay starts inside a month and crosses two month boundaries.
 const from = Date.UTC(2025, 1, 15);
 const to = Date.UTC(2025, 3, 5);
 
-const environment = (events: EventStore, clusters: string[], world: SyntheticWorld | null, reason?: string): StrategyEnvironment => ({
-  events,
-  window: { from, to },
-  clusters,
-  settings: tinyLoopSettings(0.5),
-  // No LLM strategy runs here: nothing ever reads the start model.
-  startModel: { path: "", window: null, version: "-" },
-  workDir: tempDir("freshrec-oracle-prior-"),
-  world,
-  noWorldReason: reason,
-  snapshots: new SnapshotCache(),
-  evidence: new EvidenceCache({ from, to }),
-});
+const environment = (events: EventStore, clusters: string[], world: SyntheticWorld | null, reason?: string) => modelFreeEnvironment(events, clusters, { from, to }, world, reason);
 
 async function syntheticStore() {
   const events = await EventStore.open(":memory:");

@@ -11,14 +11,12 @@ import { ingestSynthetic } from "../../src/data/ingest/synthetic.js";
 import { recordedSyntheticWorld, SyntheticWorld, SYNTHETIC_QUICK } from "../../src/data/synthetic/index.js";
 import { BadInputError } from "../../src/domain/errors.js";
 import { replay } from "../../src/evaluation/replay.js";
-import { defaultStrategies, strategySetups, type StrategyEnvironment } from "../../src/evaluation/strategies.js";
+import { defaultStrategies, strategySetups } from "../../src/evaluation/strategies.js";
 import { TableLookup } from "../../src/tables/index.js";
 import { SqliteTableStore } from "../../src/tables/index.js";
 import { VirtualClock } from "../../src/domain/clock.js";
 import { oracleRefreshJob } from "../../src/evaluation/oracle.js";
-import { EvidenceCache } from "../../src/update/fusion.js";
-import { SnapshotCache } from "../../src/update/rag.js";
-import { tinyLoopSettings } from "./fixtures.js";
+import { modelFreeEnvironment } from "./fixtures.js";
 import { readFileSync, writeFileSync } from "node:fs";
 import { spawnSync } from "node:child_process";
 import { writeReplayReport } from "../../src/evaluation/replay-report.js";
@@ -35,19 +33,7 @@ const from = Date.UTC(2025, 1, 15);
 const to = Date.UTC(2025, 2, 15);
 
 
-const environment = (events: EventStore, clusters: string[], world: SyntheticWorld | null, reason?: string): StrategyEnvironment => ({
-  events,
-  window: { from, to },
-  clusters,
-  settings: tinyLoopSettings(0.5),
-  // No LLM strategy runs here: nothing ever reads the start model.
-  startModel: { path: "", window: null, version: "-" },
-  workDir: tempDir("freshrec-oracle-"),
-  world,
-  noWorldReason: reason,
-  snapshots: new SnapshotCache(),
-  evidence: new EvidenceCache({ from, to }),
-});
+const environment = (events: EventStore, clusters: string[], world: SyntheticWorld | null, reason?: string) => modelFreeEnvironment(events, clusters, { from, to }, world, reason);
 
 describe("the oracle", () => {
   it("serves the true kernel of each month and beats the counting baseline; shares are hits over the oracle's", async () => {
