@@ -28,6 +28,11 @@ export function writeReplayReport(reportsDir: string, result: ReplayResult, sour
                 `${ceiling}: the synthetic world's true kernel ranks every pair's successors, one table at the start and one at each month boundary (when the kernel changes). It is the ceiling a table learnt from the population can reach, not a product strategy; "of ${ceiling}" is a strategy's hit rate over the ${ceiling}'s on the same transitions. Users also return to older interests and follow their own taste, which the kernel does not hold, so a share can exceed 100% on some segment.`,
               ]
             : []),
+          ...(names.includes("oracle-prior")
+            ? [
+                "oracle-prior: the hybrid with a perfect model. Its fusion refreshes fuse, in place of a fine-tuned model's prior, the synthetic world's true kernel of the month in which the last fine-tune's data ended (on the fine-tune cadence), the most a model fine-tuned then could know; the hybrid's distance to it is what better fine-tunes could still add. Not a product strategy.",
+              ]
+            : []),
         ],
         table: {
           columns: [

@@ -4,6 +4,7 @@
  * real model's prior: the kernel it uses moves only at a fine-tune instant, it earns weight against the counts, and it
  * is refused where there is no synthetic world.
  */
+import { readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
 import { EventStore } from "../../src/data/event-store.js";
 import { ingestSynthetic } from "../../src/data/ingest/synthetic.js";
@@ -12,8 +13,10 @@ import { DAY_MS, VirtualClock } from "../../src/domain/clock.js";
 import { BadInputError } from "../../src/domain/errors.js";
 import { oraclePriorRefreshJob } from "../../src/evaluation/oracle.js";
 import { replay } from "../../src/evaluation/replay.js";
+import { writeReplayReport } from "../../src/evaluation/replay-report.js";
 import { defaultStrategies, strategySetups } from "../../src/evaluation/strategies.js";
 import { SqliteTableStore } from "../../src/tables/index.js";
+import { tempDir } from "../temp-dir.js";
 import { modelFreeEnvironment, tinyLoopSettings } from "./fixtures.js";
 
 // Mid-February to early April: the replay starts inside a month and crosses two month boundaries.
@@ -88,6 +91,9 @@ describe("the oracle prior", () => {
     expect(cmp.ci95[0]).toBeGreaterThan(0);
     // Not a ceiling: shares are of the oracle alone.
     expect(result.ceiling).toBeNull();
+    // The report says what it is.
+    const md = readFileSync(writeReplayReport(tempDir("freshrec-oracle-prior-report-"), result, "synthetic").md, "utf8");
+    expect(md).toContain("oracle-prior: the hybrid with a perfect model");
     events.close();
   });
 
