@@ -13,7 +13,7 @@
  */
 import { createHash } from "node:crypto";
 import { copyFileSync, existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
-import { dirname, join } from "node:path";
+import { basename, dirname, join } from "node:path";
 import type { TrainOptions, TrainResult, Trainer, TrainingSample } from "./contracts.js";
 import { freshrecVersion } from "./engine/model-file.js";
 import { fileSha256 } from "./registry.js";
@@ -64,7 +64,10 @@ export class CachingTrainer implements Trainer {
       mkdirSync(entry, { recursive: true });
       // The result first, the model last: an entry counts only when its model exists, so a crash in between leaves
       // a result without a model, which is ignored and overwritten.
-      writeFileSync(`${meta}.partial`, JSON.stringify(result));
+      // Without the run's own file paths (its output, its checkpoints): the entry's model is the file beside it, and
+      // workspace state holds no absolute path of the machine that wrote it.
+      const kept: TrainResult = { ...result, modelPath: basename(model), epochs: result.epochs.map((e) => ({ ...e, checkpoint: null })) };
+      writeFileSync(`${meta}.partial`, JSON.stringify(kept));
       renameSync(`${meta}.partial`, meta);
       placeAtomically(result.modelPath, model);
       return result;

@@ -1,4 +1,4 @@
-import { readFileSync } from "node:fs";
+import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import type { TrainOptions, TrainResult, Trainer, TrainingSample } from "../../src/llm/contracts.js";
@@ -39,6 +39,13 @@ describe("training cache (real tiny training runs)", () => {
     expect(readFileSync(second.modelPath).equals(readFileSync(first.modelPath))).toBe(true);
     expect(second.trainTokens).toBe(first.trainTokens);
     expect(second.cpuSeconds).toBe(first.cpuSeconds);
+    // The entry names no path of the run that wrote it: a workspace copied or moved keeps a cache that says nothing
+    // of where it was.
+    const entries = readdirSync(cache);
+    expect(entries).toHaveLength(1);
+    const stored = readFileSync(join(cache, entries[0], "result.json"), "utf8");
+    expect(stored).not.toContain(ws);
+    expect(JSON.parse(stored).modelPath).toBe("model.gguf");
     // Other samples, other hyper-parameters, another parent or another trainer identity: trained for real.
     await trainer.train(toySamples(150, 4), { from: base.modelPath, outputPath: join(ws, "c.gguf"), epochs: 1 });
     await trainer.train(samples, { from: base.modelPath, outputPath: join(ws, "d.gguf"), epochs: 1, learningRate: 1e-4 });
