@@ -4,7 +4,7 @@
  */
 import type { EventStoreContract } from "../data/event-store.js";
 import { BadInputError } from "../domain/errors.js";
-import type { ModelRegistryContract, ModelVersion } from "../llm/registry.js";
+import { placeModelFile, type ModelRegistryContract, type ModelVersion } from "../llm/registry.js";
 import { pretrainBaseModel, type PretrainResult } from "../llm/pretrain.js";
 import { REFERENCE_SHAPE } from "../llm/engine/model-file.js";
 import { readGgufFile } from "../llm/engine/gguf.js";
@@ -14,7 +14,7 @@ import { EmbeddedLanguageModel } from "../llm/backends/embedded.js";
 import { hostedModelName, languageModelBackend, writeHostedModelFile, type LlmBackend } from "../llm/backends/index.js";
 import type { Trainer } from "../llm/contracts.js";
 import { FreshrecError } from "../domain/errors.js";
-import { copyFileSync, existsSync, linkSync, mkdirSync, renameSync, rmSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync } from "node:fs";
 import { dirname, extname, join } from "node:path";
 import { measureGates } from "../update/finetune.js";
 import type { GateOptions, GateResult } from "../update/gates.js";
@@ -198,7 +198,8 @@ export async function registerConfiguredBase(ctx: CommandContext): Promise<{ ver
     if (ctx.config.store.url !== null && ctx.config.llm.backend === "gguf") {
       // A shared registry records files relative to the models folder every host has (postgres-registry.ts), so the
       // user's GGUF is placed there, linked when the filesystem allows and copied otherwise.
-      filePath = placeUnder(filePath, join(registry.modelsDir, version, "model.gguf"));
+      if (!existsSync(filePath)) throw new BadInputError(`field "llm.gguf.modelPath": ${filePath} does not exist`);
+      filePath = placeModelFile(filePath, join(registry.modelsDir, version, "model.gguf"));
     }
     const registered = await registry.register({ kind: "base", filePath, reason: `the configured ${ctx.config.llm.backend} model` });
     const final = (await registry.live()) ? registered : await registry.makeLive(registered.version, "first model");
@@ -208,24 +209,6 @@ export async function registerConfiguredBase(ctx: CommandContext): Promise<{ ver
   }
 }
 
-/** `file` at `target` (a hard link, or a copy across filesystems), written whole or not at all. */
-function placeUnder(file: string, target: string): string {
-  if (!existsSync(file)) throw new BadInputError(`field "llm.gguf.modelPath": ${file} does not exist`);
-  mkdirSync(dirname(target), { recursive: true });
-  const partial = `${target}.partial`;
-  rmSync(partial, { force: true });
-  try {
-    linkSync(file, partial);
-  } catch (error) {
-    // Only a filesystem that cannot link here (another device, no hard links) falls back to a copy; any other
-    // failure is the user's to see.
-    const code = (error as NodeJS.ErrnoException).code;
-    if (code !== "EXDEV" && code !== "EPERM" && code !== "ENOTSUP") throw error;
-    copyFileSync(file, partial);
-  }
-  renameSync(partial, target);
-  return target;
-}
 
 /**
  * The file that stands for the configured model of a non-embedded backend in a registry: the GGUF itself, or for a

@@ -28,13 +28,13 @@
  * const result = await replay({ events, window, strategies: setups });
  */
 import { mkdirSync, rmSync } from "node:fs";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import type { EventStoreContract } from "../data/event-store.js";
 import { DAY_MS, type VirtualClock } from "../domain/clock.js";
 import { BadInputError } from "../domain/errors.js";
 import type { ProgressSink, TimeWindow } from "../domain/types.js";
 import type { LanguageModel, Trainer, TrainingEvent } from "../llm/contracts.js";
-import { ModelRegistry } from "../llm/registry.js";
+import { ModelRegistry, placeModelFile } from "../llm/registry.js";
 import { SqliteTableStore } from "../tables/index.js";
 import { baselineRefreshJob, type BaselineName } from "../update/jobs.js";
 import { UpdateLoop, inSequence, type DriftTrigger, type LoopSettings } from "../update/loop.js";
@@ -207,7 +207,8 @@ function setupOf(kind: StrategyName, label: string, refreshDays: number, env: St
       const registry = new ModelRegistry(dir, clock);
       const registered = await registry.register({
         kind: "base",
-        filePath: startModel.path,
+        // Placed under this strategy's models folder (linked), so its registry records it relative to the folder.
+        filePath: placeModelFile(startModel.path, join(registry.modelsDir, "start", basename(startModel.path))),
         window: startModel.window,
         reason: `start model ${startModel.version} of the replay`,
       });

@@ -25,8 +25,8 @@
  */
 import Database from "better-sqlite3";
 import { createHash } from "node:crypto";
-import { closeSync, createReadStream, existsSync, mkdirSync, openSync, readSync, realpathSync, statSync } from "node:fs";
-import { isAbsolute, join, relative, resolve, sep } from "node:path";
+import { closeSync, copyFileSync, createReadStream, existsSync, linkSync, mkdirSync, openSync, readSync, realpathSync, renameSync, rmSync, statSync } from "node:fs";
+import { dirname, isAbsolute, join, relative, resolve, sep } from "node:path";
 import { type StoreFileKind, openStoreFile } from "../data/store-file.js";
 import type { Clock } from "../domain/clock.js";
 import { FreshrecError } from "../domain/errors.js";
@@ -252,6 +252,27 @@ function relativiseLegacyPaths(db: Database.Database, root: string): void {
     }
     if (stored !== row.file_path) update.run(stored, row.version);
   }
+}
+
+/**
+ * `file` at `target` (a hard link, or a copy across filesystems), written whole or not at all: a model file from
+ * outside a registry's workspace placed under its models folder, so that the registry records it relative to it.
+ */
+export function placeModelFile(file: string, target: string): string {
+  mkdirSync(dirname(target), { recursive: true });
+  const partial = `${target}.partial`;
+  rmSync(partial, { force: true });
+  try {
+    linkSync(file, partial);
+  } catch (error) {
+    // Only a filesystem that cannot link here (another device, no hard links) falls back to a copy; any other
+    // failure is the caller's to see.
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code !== "EXDEV" && code !== "EPERM" && code !== "ENOTSUP") throw error;
+    copyFileSync(file, partial);
+  }
+  renameSync(partial, target);
+  return target;
 }
 
 /**

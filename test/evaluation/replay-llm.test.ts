@@ -4,7 +4,8 @@
  * byte-identical tables up to T).
  */
 import { copyFileSync } from "node:fs";
-import { join } from "node:path";
+import { isAbsolute, join } from "node:path";
+import Database from "better-sqlite3";
 import { describe, expect, it } from "vitest";
 import { EventStore } from "../../src/data/event-store.js";
 import { ingestSynthetic } from "../../src/data/ingest/synthetic.js";
@@ -94,6 +95,15 @@ describe("replay with LLM strategies", () => {
     });
     const result = await result0;
     expect(started[0]).toBe("successor-top1");
+    // Each strategy's registry records its models relative to its folder, the start model included: workspace state
+    // holds no absolute path.
+    for (const name of ["static", "rag", "hybrid"]) {
+      const db = new Database(join(dir, "all", name, "registry.sqlite"), { readonly: true });
+      const paths = (db.prepare("SELECT file_path FROM models").all() as { file_path: string }[]).map((r) => r.file_path);
+      db.close();
+      expect(paths.length, name).toBeGreaterThan(0);
+      for (const path of paths) expect(isAbsolute(path), `${name}: ${path}`).toBe(false);
+    }
 
     const refreshes = Math.ceil((to - from) / (2 * DAY_MS)); // every 2 days from Feb 1: Feb 1, 3, ..., Mar 7
     // rag and the baseline retrieved at the same instants: one snapshot each (the hybrid fuses evidence instead).
