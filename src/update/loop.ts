@@ -203,7 +203,8 @@ export class UpdateLoop {
       trainer: this.options.trainer ?? new EmbeddedTrainer(),
       openModel: this.options.openModel ?? ((p) => EmbeddedLanguageModel.open(p)),
       modelsDir: this.registry.modelsDir,
-      curation: { ...settings.curation, rag: { ...settings.rag, positiveMin: settings.positiveMin } },
+      // The transitions the tables serve and the replay scores: through positive events only, as the base model's.
+      curation: { ...settings.curation, positiveMin: settings.positiveMin, rag: { ...settings.rag, positiveMin: settings.positiveMin } },
       gates: settings.gates,
       train: settings.training,
       onProgress: this.options.onTraining,

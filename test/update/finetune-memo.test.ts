@@ -16,6 +16,7 @@ import { ModelRegistry } from "../../src/llm/registry.js";
 import { CachingTrainer } from "../../src/llm/training-cache.js";
 import { timedTransitions } from "../../src/mining/transitions.js";
 import { SqliteTableStore } from "../../src/tables/index.js";
+import { curateFineTuningSet } from "../../src/update/curation.js";
 import { FinetuneMemo } from "../../src/update/finetune.js";
 import { UpdateLoop, type LoopSettings } from "../../src/update/loop.js";
 import { tempDir } from "../temp-dir.js";
@@ -84,6 +85,13 @@ describe("fine-tuning memo", () => {
     expect(a.set.trainWindow.from).toBe(startWindow.to);
     expect(a.set.rehearsed).toBeGreaterThan(0);
     expect([a.training.reused, b.training.reused].filter(Boolean)).toHaveLength(1);
+    // It learns and is tested on the transitions the tables serve and the replay scores: through positive events only
+    // (the loop's positiveMin), not every engagement.
+    const curated = (minimum: number | null) => curateFineTuningSet(events, asOf, { ...settings.curation, positiveMin: minimum, since: startWindow.to });
+    const [positive, every] = await Promise.all([curated(positiveMin), curated(null)]);
+    expect(every.available).toBeGreaterThan(positive.available);
+    expect(a.set.available).toBe(positive.available);
+    expect(a.set.testExamples).toBe(positive.test.length);
     // A third, later: the set and gates come from the memo, no model is opened.
     const c = await finetuneIn("c", { memo, trainer });
     expect(opened).toHaveLength(2);
