@@ -25,6 +25,11 @@ import type { PromptScorer } from "../update/generate.js";
 import { refreshJob } from "../update/jobs.js";
 import type { RefreshOptions } from "../update/refresh.js";
 import { parseCadence, type JobRun } from "../update/schedule/index.js";
+import { fineTuningDataEnd, type CurationOptions } from "../update/curation.js";
+import { remembered } from "../domain/memo.js";
+
+/** The oracle prior's strategy name (src/evaluation/strategies.ts), also in its messages. */
+export const ORACLE_PRIOR_STRATEGY = "oracle-prior";
 
 export interface OracleOptions {
   readonly tables: TableStore;
@@ -133,42 +138,53 @@ class KernelScorer implements PromptScorer {
 export interface OraclePriorOptions extends Omit<RefreshOptions, "model" | "signal"> {
   /** When the perfect model is fine-tuned (the hybrid's cadence: `schedule.finetuneCadence`). */
   readonly finetuneCadence: string;
+  /** The hybrid's fine-tuning curation (its test slice says where a fine-tune's data ends). */
+  readonly curation: CurationOptions;
   /** When the replay starts: the start model's data ends there. */
   readonly start: number;
 }
 
 /**
  * The fusion refresh of a perfect model: its prior is the true kernel as a model fine-tuned on the hybrid's cadence
- * could at best know it, the kernel of the month its data ended in (the last fine-tune instant at or before the
- * refresh, the replay's start before the first), and the fresh evidence is fused with it exactly as the hybrid's
- * refresh fuses a real model's prior. So the hybrid's distance to it is what better fine-tunes could still add, and
- * its distance to `fusion-static` all that fine-tuning on that cadence can add. Not a product strategy: it reads the
- * truth, which no model has.
+ * could at best know it, the kernel of the month its data ended in. Its data ends where the hybrid's would at the
+ * last fine-tune instant at or before the refresh (the start of that fine-tune's test slice, `fineTuningDataEnd`;
+ * the replay's start before the first), and the fresh evidence is fused with it through the hybrid's refresh, the
+ * prior weighed from that data end on. So the hybrid's distance to it is what better fine-tunes could still add, and
+ * its distance to `fusion-static` all that fine-tuning on that cadence can add. Unlike the hybrid, it changes its
+ * model at every fine-tune instant: a fine-tune the gates halt, or one that `finetune.trigger: drift` skips, is not
+ * mirrored. Not a product strategy: it reads the truth, which no model has.
+ *
+ * @example
+ * const run = oraclePriorRefreshJob(world, { events, tables, clusters, templateHash: "oracle-prior", rag, curation, finetuneCadence: "0 0 1 * *", start });
  */
 export function oraclePriorRefreshJob(world: SyntheticWorld, options: OraclePriorOptions): JobRun {
-  const index = worldIndex(world, options.clusters, "oracle-prior");
+  const index = worldIndex(world, options.clusters, ORACLE_PRIOR_STRATEGY);
   const cadence = parseCadence(options.finetuneCadence);
-  const priors = new Map<number, Promise<LlmPrior>>();
   // As many answers a pair as a model's prior keeps (rag.fusion.priorTopM).
   const topM = resolveFusionOptions(options.rag?.fusion).priorTopM;
+  // Only the live model's prior is kept, as the update loop keeps only the live model's.
+  let live: { readonly month: number; readonly prior: Promise<LlmPrior> } | null = null;
   const priorOf = (month: number) => {
-    let prior = priors.get(month);
-    if (!prior) priors.set(month, (prior = computePrior(new KernelScorer(world, month, options.clusters, index), options.clusters, { topM })));
-    return prior;
+    if (live?.month !== month) live = { month, prior: computePrior(new KernelScorer(world, month, options.clusters, index), options.clusters, { topM }) };
+    return live.prior;
   };
+  const dataEnds = new Map<string, Promise<number>>();
+  const dataEndAt = (tuned: number) =>
+    tuned === options.start ? Promise.resolve(tuned) : remembered(dataEnds, String(tuned), () => fineTuningDataEnd(options.events, tuned, options.curation));
   return async (context) => {
-    if (context.asOf < options.start) throw new FreshrecError("INTERNAL", `oracle-prior: a refresh at ${new Date(context.asOf).toISOString()} before the replay's start`);
+    if (context.asOf < options.start) throw new FreshrecError("INTERNAL", `${ORACLE_PRIOR_STRATEGY}: a refresh at ${new Date(context.asOf).toISOString()} before the replay's start`);
     let tuned = options.start;
     for (let next = cadence.next(tuned); next !== null && next <= context.asOf; next = cadence.next(next)) tuned = next;
-    // The month of the last instant before the data's end: what a model whose data ends at `tuned` has seen last.
-    const month = world.monthIndexAt(tuned - 1);
+    const dataEnd = await dataEndAt(tuned);
+    // The month of the last instant before the data's end: what a model whose data ends there has seen last.
+    const month = world.monthIndexAt(dataEnd - 1);
     return refreshJob({ ...options, rag: { ...options.rag, method: "fusion" } }, async () => ({
       version: `world kernel ${monthLabel(world, month)}`,
       scorer: new KernelScorer(world, month, options.clusters, index),
       prior: async () => ({ prior: await priorOf(month), promptsScored: 0 }),
       priorKey: `world kernel ${monthLabel(world, month)}`,
-      dataEnd: tuned,
-      dataAsOf: tuned,
+      dataEnd,
+      dataAsOf: dataEnd,
     }))(context);
   };
 }

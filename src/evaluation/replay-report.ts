@@ -1,4 +1,5 @@
 /** The replay report: strategies side by side (quality, cost, staleness), differences with 95% CIs, charts. */
+import { ORACLE_PRIOR_STRATEGY } from "./oracle.js";
 import type { ReplayResult } from "./replay.js";
 import { writeReport, type WrittenReport } from "./report.js";
 import { SEGMENT_EVIDENCE_DAYS, SEGMENT_NEW_DAYS } from "./segments.js";
@@ -28,7 +29,8 @@ export function writeReplayReport(reportsDir: string, result: ReplayResult, sour
                 `${ceiling}: the synthetic world's true kernel ranks every pair's successors, one table at the start and one at each month boundary (when the kernel changes). It is the ceiling a table learnt from the population can reach, not a product strategy; "of ${ceiling}" is a strategy's hit rate over the ${ceiling}'s on the same transitions. Users also return to older interests and follow their own taste, which the kernel does not hold, so a share can exceed 100% on some segment.`,
               ]
             : []),
-          ...(names.includes("oracle-prior")
+          // Under a refresh-days ablation its rows are labelled oracle-prior@2d and so on.
+          ...(names.some((n) => n.split("@")[0] === ORACLE_PRIOR_STRATEGY)
             ? [
                 "oracle-prior: the hybrid with a perfect model. Its fusion refreshes fuse, in place of a fine-tuned model's prior, the synthetic world's true kernel of the month in which the last fine-tune's data ended (on the fine-tune cadence), the most a model fine-tuned then could know; the hybrid's distance to it is what better fine-tunes could still add. Not a product strategy.",
               ]

@@ -37,13 +37,13 @@ import type { LanguageModel, Trainer, TrainingEvent } from "../llm/contracts.js"
 import { ModelRegistry, placeModelFile } from "../llm/registry.js";
 import { SqliteTableStore } from "../tables/index.js";
 import { baselineRefreshJob, type BaselineName } from "../update/jobs.js";
-import { UpdateLoop, inSequence, type DriftTrigger, type LoopSettings } from "../update/loop.js";
+import { finetuneCuration, UpdateLoop, inSequence, type DriftTrigger, type LoopSettings } from "../update/loop.js";
 import type { FinetuneMemo } from "../update/finetune.js";
 import type { SnapshotCache } from "../update/rag.js";
 import type { EvidenceCache } from "../update/fusion.js";
 import { parseCadence, type JobDefinition } from "../update/schedule/index.js";
 import type { SyntheticWorld } from "../data/synthetic/index.js";
-import { oraclePriorRefreshJob, oracleRefreshJob } from "./oracle.js";
+import { ORACLE_PRIOR_STRATEGY, oraclePriorRefreshJob, oracleRefreshJob } from "./oracle.js";
 import type { StrategySetup } from "./replay.js";
 
 export const LLM_STRATEGIES = ["static", "finetune-monthly", "rag", "hybrid", "hybrid-drift", "paper-hybrid", "fusion-static", "rag-day1-frozen"] as const;
@@ -53,12 +53,12 @@ export const ALL_STRATEGIES = [...LLM_STRATEGIES, ...BASELINE_STRATEGIES] as con
 /** Reads the synthetic world's truth: replayable only on a workspace made by `freshrec synth` or `demo`. */
 export const ORACLE_STRATEGY = "oracle";
 /** Strategies that read the synthetic world's true kernel: they exist only on the synthetic platform. */
-export const WORLD_STRATEGIES = [ORACLE_STRATEGY, "oracle-prior"] as const;
+export const WORLD_STRATEGIES = [ORACLE_STRATEGY, ORACLE_PRIOR_STRATEGY] as const;
 export const KNOWN_STRATEGIES = [...ALL_STRATEGIES, ...WORLD_STRATEGIES] as const;
 export type StrategyName = (typeof KNOWN_STRATEGIES)[number];
 
 /** Strategies whose cadence includes a RAG refresh every N days (the ones a refresh-days ablation varies). */
-const REFRESHING: ReadonlySet<string> = new Set(["rag", "hybrid", "hybrid-drift", "paper-hybrid", "fusion-static", "counts-backoff", "successor-top1", "popular-novel", "oracle-prior"]);
+const REFRESHING: ReadonlySet<string> = new Set(["rag", "hybrid", "hybrid-drift", "paper-hybrid", "fusion-static", "counts-backoff", "successor-top1", "popular-novel", ORACLE_PRIOR_STRATEGY]);
 const BASELINES: ReadonlySet<string> = new Set(BASELINE_STRATEGIES);
 
 export interface StartModel {
@@ -191,7 +191,7 @@ function setupOf(kind: StrategyName, label: string, refreshDays: number, env: St
   const once = `every 36500 days from ${start}`;
   const finetuneCadence = env.finetuneCadence ?? "0 0 1 * *";
   if (kind === ORACLE_STRATEGY) return oracleSetup(label, env, once);
-  if (kind === "oracle-prior") return oraclePriorSetup(label, env, every, finetuneCadence);
+  if (kind === ORACLE_PRIOR_STRATEGY) return oraclePriorSetup(label, env, every, finetuneCadence);
   const llm = !BASELINES.has(kind);
   return {
     name: label,
@@ -309,7 +309,9 @@ function oraclePriorSetup(label: string, env: StrategyEnvironment, every: string
     name: label,
     async create(clock) {
       const { tables } = strategyStores(env, label, clock);
-      const run = oraclePriorRefreshJob(world, { ...computedRefreshOptions(env, tables, label), templateHash: "oracle-prior", finetuneCadence, start: env.window.from });
+      // The hybrid's curation: where each of its fine-tunes' data would end.
+      const curation = finetuneCuration(env.settings);
+      const run = oraclePriorRefreshJob(world, { ...computedRefreshOptions(env, tables, label), templateHash: "oracle-prior", finetuneCadence, curation, start: env.window.from });
       return { jobs: [{ name: "refresh", cadence: every, run }], tables, close: () => tables.close() };
     },
   };

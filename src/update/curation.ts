@@ -152,7 +152,8 @@ async function rehearsalSamples(
   return samples;
 }
 
-export async function curateFineTuningSet(store: EventStoreContract, asOf: number, options: CurationOptions = {}): Promise<FineTuningSet> {
+/** The options with their defaults, checked. */
+function curationOptions(options: CurationOptions) {
   const o = { ...CURATION_DEFAULTS, ...Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) } as Required<
     Omit<CurationOptions, "positiveMin" | "rag" | "since">
   > &
@@ -160,11 +161,22 @@ export async function curateFineTuningSet(store: EventStoreContract, asOf: numbe
   if (!(o.testDays > 0 && o.windowDays > o.testDays)) {
     throw new BadInputError(`finetune curation: testDays (${o.testDays}) must be positive and below windowDays (${o.windowDays})`);
   }
-  const mining = { positiveMin: o.positiveMin ?? null };
-  // The test slice is sized by evidence, not only by days. Every day it holds is a day the candidate never trains
-  // on, so it is the shortest of 1, 2, 4... days (up to testDays) that holds `testUsers` held-out users: on a busy
-  // platform a day measures recall well, and the fine-tune learns up to the day before. An empty slice would halt
-  // every fine-tune on its recall: below `minTestUsers` it doubles back beyond testDays.
+  return o;
+}
+
+/**
+ * The test slice of a fine-tune at `asOf`, [split, asOf), and its held-out examples. It is sized by evidence, not
+ * only by days. Every day it holds is a day the candidate never trains on, so it is the shortest of 1, 2, 4... days
+ * (up to testDays) that holds `testUsers` held-out users: on a busy platform a day measures recall well, and the
+ * fine-tune learns up to the day before. An empty slice would halt every fine-tune on its recall: below
+ * `minTestUsers` it doubles back beyond testDays.
+ */
+async function testSliceOf(
+  store: EventStoreContract,
+  asOf: number,
+  o: { testDays: number; testUsers: number; minTestUsers: number; windowDays: number },
+  mining: MiningOptions,
+): Promise<{ split: number; test: FutureExample[] }> {
   let testDays = Math.min(1, o.testDays);
   let test = await futureExamples(store, { from: asOf - testDays * DAY_MS, to: asOf }, mining);
   while (test.length < o.testUsers && testDays < o.testDays) {
@@ -175,7 +187,18 @@ export async function curateFineTuningSet(store: EventStoreContract, asOf: numbe
     testDays *= 2;
     test = await futureExamples(store, { from: asOf - testDays * DAY_MS, to: asOf }, mining);
   }
-  const split = asOf - testDays * DAY_MS;
+  return { split: asOf - testDays * DAY_MS, test };
+}
+
+/** Where the training data of a fine-tune at `asOf` ends: the start of its test slice (`curateFineTuningSet`). */
+export async function fineTuningDataEnd(store: EventStoreContract, asOf: number, options: CurationOptions = {}): Promise<number> {
+  return (await testSliceOf(store, asOf, curationOptions(options), { positiveMin: options.positiveMin ?? null })).split;
+}
+
+export async function curateFineTuningSet(store: EventStoreContract, asOf: number, options: CurationOptions = {}): Promise<FineTuningSet> {
+  const o = curationOptions(options);
+  const mining = { positiveMin: o.positiveMin ?? null };
+  const { split, test } = await testSliceOf(store, asOf, o, mining);
   const trainWindow = { from: Math.min(split, Math.max(asOf - o.windowDays * DAY_MS, options.since ?? -Infinity)), to: split };
   const testWindow = { from: split, to: asOf };
   const pool: (TransitionCount & { context?: PromptContext })[] = [];

@@ -127,6 +127,14 @@ export function driftWait(live: { version: string; dataEnd: number }, table: Tab
   return gain >= drift.minGain ? `prior of ${live.version} still earns ${gain.toFixed(4)} nats/transition (>= ${drift.minGain})` : null;
 }
 
+/**
+ * The curation options of the loop's fine-tunes: the transitions the tables serve and the replay scores, through
+ * positive events only (as the base model's training), with contexts retrieved as the refreshes retrieve them.
+ */
+export function finetuneCuration(settings: LoopSettings): CurationOptions {
+  return { ...settings.curation, positiveMin: settings.positiveMin, rag: { ...settings.rag, positiveMin: settings.positiveMin } };
+}
+
 /** A model opened for scoring, with what a table records about it. */
 export interface ServingModel {
   readonly version: string;
@@ -203,8 +211,7 @@ export class UpdateLoop {
       trainer: this.options.trainer ?? new EmbeddedTrainer(),
       openModel: this.options.openModel ?? ((p) => EmbeddedLanguageModel.open(p)),
       modelsDir: this.registry.modelsDir,
-      // The transitions the tables serve and the replay scores: through positive events only, as the base model's.
-      curation: { ...settings.curation, positiveMin: settings.positiveMin, rag: { ...settings.rag, positiveMin: settings.positiveMin } },
+      curation: finetuneCuration(settings),
       gates: settings.gates,
       train: settings.training,
       onProgress: this.options.onTraining,

@@ -16,6 +16,7 @@ import { replay } from "../../src/evaluation/replay.js";
 import { writeReplayReport } from "../../src/evaluation/replay-report.js";
 import { defaultStrategies, strategySetups } from "../../src/evaluation/strategies.js";
 import { SqliteTableStore } from "../../src/tables/index.js";
+import { finetuneCuration } from "../../src/update/loop.js";
 import { tempDir } from "../temp-dir.js";
 import { modelFreeEnvironment, tinyLoopSettings } from "./fixtures.js";
 
@@ -46,18 +47,20 @@ describe("the oracle prior", () => {
       topN: 5,
       rag: { ...settings.rag, positiveMin: 0.5 },
       finetuneCadence: "0 0 1 * *",
+      curation: finetuneCuration(settings),
       start: from,
     });
     const at = (ts: number) => run({ asOf: ts, clock: new VirtualClock(ts), signal: new AbortController().signal, job: "refresh", trigger: "scheduled" });
     // From the replay's start (Feb 15) the start model's data ends in February; the fine-tune of Mar 1 has seen
     // February last, the one of Apr 1 March: the kernel moves at a fine-tune, not at the month boundary itself.
-    // At a fine-tune instant no transition lies after the data's end yet: the prior is not weighed (fitFloor).
+    // A fine-tune's data ends where its test slice begins (days before the fine-tune), so its prior is weighed from
+    // the fine-tune on; the start model's ends at the replay's start, where no transition lies after it yet.
     const expected: [number, string, boolean][] = [
       [from, "world kernel 2025-02", false],
       [Date.UTC(2025, 1, 27), "world kernel 2025-02", true],
       [Date.UTC(2025, 2, 3), "world kernel 2025-02", true],
       [Date.UTC(2025, 2, 31), "world kernel 2025-02", true],
-      [Date.UTC(2025, 3, 1), "world kernel 2025-03", false],
+      [Date.UTC(2025, 3, 1), "world kernel 2025-03", true],
       [Date.UTC(2025, 3, 3), "world kernel 2025-03", true],
     ];
     for (const [ts, model, weighed] of expected) {
@@ -74,24 +77,27 @@ describe("the oracle prior", () => {
     events.close();
   });
 
-  it("beats the counting posterior it is fused with, by a margin the bootstrap can tell", async () => {
+  it("beats the counting posterior it is fused with, by a margin the bootstrap can tell; the report says what it is", async () => {
     const { events, world, clusters } = await syntheticStore();
+    // Refreshes every 2 and every 4 days (a refresh-days ablation): the rows are labelled by cadence.
     const result = await replay({
       events,
       window: { from, to },
       positiveMin: 0.5,
       resamples: 200,
       clusters,
-      strategies: strategySetups(["counts-backoff", "oracle-prior"], environment(events, clusters, world)),
+      strategies: strategySetups(["counts-backoff", "oracle-prior"], environment(events, clusters, world), [2, 4]),
     });
     const s = result.strategies;
-    expect(s["oracle-prior"].cost).toMatchObject({ promptsScored: 0, trainingTokens: 0 });
-    expect(s["oracle-prior"].hit1).toBeGreaterThan(s["counts-backoff"].hit1);
-    const cmp = result.comparisons.find((c) => c.a === "counts-backoff" && c.b === "oracle-prior" && c.metric === "hit1")!;
+    expect(Object.keys(s).sort()).toEqual(["counts-backoff@2d", "counts-backoff@4d", "oracle-prior@2d", "oracle-prior@4d"]);
+    for (const days of [2, 4]) {
+      expect(s[`oracle-prior@${days}d`].cost).toMatchObject({ promptsScored: 0, trainingTokens: 0 });
+      expect(s[`oracle-prior@${days}d`].hit1).toBeGreaterThan(s[`counts-backoff@${days}d`].hit1);
+    }
+    const cmp = result.comparisons.find((c) => c.a === "counts-backoff@2d" && c.b === "oracle-prior@2d" && c.metric === "hit1")!;
     expect(cmp.ci95[0]).toBeGreaterThan(0);
     // Not a ceiling: shares are of the oracle alone.
     expect(result.ceiling).toBeNull();
-    // The report says what it is.
     const md = readFileSync(writeReplayReport(tempDir("freshrec-oracle-prior-report-"), result, "synthetic").md, "utf8");
     expect(md).toContain("oracle-prior: the hybrid with a perfect model");
     events.close();
