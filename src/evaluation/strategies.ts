@@ -169,6 +169,22 @@ function strategyStores(env: StrategyEnvironment, label: string, clock: VirtualC
   return { dir, tables: SqliteTableStore.open(join(dir, "tables.sqlite"), clock) };
 }
 
+/** The start model's file placed once under a replay's work folder, by replay environment. */
+const startModelsInReplay = new WeakMap<StrategyEnvironment, string>();
+
+/**
+ * The start model under the replay's work folder: linked there once (or, from another filesystem, copied once) so
+ * that each strategy links its own from it rather than copying a configured model file of gigabytes again.
+ */
+function startModelInReplay(env: StrategyEnvironment, path: string): string {
+  let placed = startModelsInReplay.get(env);
+  if (placed === undefined) {
+    placed = placeModelFile(path, join(env.workDir, "start-model", basename(path)));
+    startModelsInReplay.set(env, placed);
+  }
+  return placed;
+}
+
 /** The refresh options of a strategy whose rows are computed, not prompted (the counting baselines, the oracle prior). */
 function computedRefreshOptions(env: StrategyEnvironment, tables: SqliteTableStore, label: string) {
   return {
@@ -208,7 +224,7 @@ function setupOf(kind: StrategyName, label: string, refreshDays: number, env: St
       const registered = await registry.register({
         kind: "base",
         // Placed under this strategy's models folder (linked), so its registry records it relative to the folder.
-        filePath: placeModelFile(startModel.path, join(registry.modelsDir, "start", basename(startModel.path))),
+        filePath: placeModelFile(startModelInReplay(env, startModel.path), join(registry.modelsDir, "start", basename(startModel.path))),
         window: startModel.window,
         reason: `start model ${startModel.version} of the replay`,
       });
