@@ -209,7 +209,6 @@ export async function registerConfiguredBase(ctx: CommandContext): Promise<{ ver
   }
 }
 
-
 /**
  * The file that stands for the configured model of a non-embedded backend in a registry: the GGUF itself, or for a
  * server model a small model-reference file written into `dir` (what hosted fine-tunes produce too).

@@ -109,7 +109,7 @@ export function registerEvaluate(program: Command): void {
           const readsWorld = names.filter((n) => (WORLD_STRATEGIES as readonly string[]).includes(n));
           const recorded = readsWorld.length > 0 ? await recordedSyntheticWorld(events) : null;
           if (recorded && !recorded.world) {
-            if (asked) throw new BadInputError(`--strategies ${readsWorld.join(",")}: ${recorded.reason}; they exist only on the synthetic platform`);
+            if (asked) throw new BadInputError(`--strategies ${readsWorld.join(",")}: ${recorded.reason}; ${readsWorld.length === 1 ? "it exists" : "they exist"} only on the synthetic platform`);
             ctx.log(`no ${readsWorld.join(" or ")} row: ${recorded.reason}`);
             names = names.filter((n) => !readsWorld.includes(n));
           }
