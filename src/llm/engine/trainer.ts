@@ -124,14 +124,28 @@ function splitValidation(samples: readonly TrainingSample[], fraction: number, s
   return [samples.filter((_, i) => !val.has(i)), samples.filter((_, i) => val.has(i))];
 }
 
+/**
+ * V8 compiles hot JavaScript on background threads; when the worker exits while such a compile waits for a
+ * collection, Node's shutdown joins that thread forever (nodejs/node#54918, open in Node 20): a replay hung for good
+ * after a fine-tune had written its model. The worker's JavaScript is light (ggml does the training), so it compiles
+ * on its own thread.
+ */
+const WORKER_V8_FLAGS = ["--no-concurrent-recompilation"];
+
 function workerEntry(): { file: string; execArgv: string[] } {
   const self = fileURLToPath(import.meta.url);
   if (self.endsWith(".ts")) {
     // Running from source (tsx, vitest): the child needs the TypeScript loader too.
-    return { file: join(dirname(self), "train-worker.ts"), execArgv: ["--import", "tsx"] };
+    return { file: join(dirname(self), "train-worker.ts"), execArgv: [...WORKER_V8_FLAGS, "--import", "tsx"] };
   }
-  return { file: join(dirname(self), "train-worker.js"), execArgv: [] };
+  return { file: join(dirname(self), "train-worker.js"), execArgv: [...WORKER_V8_FLAGS] };
 }
+
+/**
+ * How long a worker that has reported its model written may take to exit before it is killed: the model is whole
+ * by then (renamed into place before "done"), so a worker stuck in its own shutdown costs nothing but a warning.
+ */
+export const WORKER_EXIT_GRACE_MS = 10_000;
 
 export class EmbeddedTrainer implements Trainer {
   constructor(private readonly options: EmbeddedTrainerOptions = {}) {
@@ -278,12 +292,16 @@ function removeCheckpoints(dir: string): void {
   }
 }
 
-function runWorker(
+/**
+ * Runs one training job in a worker process. `entry` is the worker's script (tests give one of their own).
+ * @internal
+ */
+export function runWorker(
   job: TrainJob,
   options: TrainOptions,
   onMessage: (m: WorkerMessage) => void,
+  entry: { file: string; execArgv: string[] } = workerEntry(),
 ): Promise<{ bestEpoch: number; stoppedEarly: boolean; cpuSeconds: number }> {
-  const entry = workerEntry();
   return new Promise((resolve, reject) => {
     const child = fork(entry.file, [], {
       execArgv: entry.execArgv,
@@ -311,13 +329,20 @@ function runWorker(
     });
     let exit: { code: number | null; signal: NodeJS.Signals | null } | null = null;
     let eventsClosed = false;
+    let killedAfterDone = false;
+    let exitGrace: NodeJS.Timeout | null = null;
     const finish = () => {
       // Both the exit and the end of the event pipe: the "done" line may arrive after the exit event.
       if (!exit || !eventsClosed || settled) return;
       settled = true;
+      if (exitGrace) clearTimeout(exitGrace);
       options.signal?.removeEventListener("abort", onAbort);
       const { code, signal } = exit;
       if (code === 0 && done) resolve(done);
+      else if (killedAfterDone && done) {
+        process.emitWarning(`the training process wrote its model and did not exit within ${WORKER_EXIT_GRACE_MS / 1000} s (a Node.js shutdown deadlock, nodejs/node#54918): killed`, { code: "FRESHREC_TRAIN_WORKER_KILLED" });
+        resolve(done);
+      }
       else {
         const tail = stderr.join("").trim().split("\n").slice(-6).join("\n");
         reject(
@@ -343,7 +368,14 @@ function runWorker(
         } catch {
           return;
         }
-        if (m.type === "done") done = { bestEpoch: m.bestEpoch, stoppedEarly: m.stoppedEarly, cpuSeconds: m.cpuSeconds };
+        if (m.type === "done") {
+          done = { bestEpoch: m.bestEpoch, stoppedEarly: m.stoppedEarly, cpuSeconds: m.cpuSeconds };
+          exitGrace = setTimeout(() => {
+            if (exit) return;
+            killedAfterDone = true;
+            child.kill("SIGKILL");
+          }, WORKER_EXIT_GRACE_MS);
+        }
         else if (m.type === "error") workerError = m.message;
         else if (!settled) onMessage(m);
       });
