@@ -316,6 +316,7 @@ export function runWorker(
     const onAbort = () => {
       if (settled) return;
       settled = true;
+      if (exitGrace) clearTimeout(exitGrace);
       child.kill("SIGKILL");
       // Rejected once the child is gone, so the caller's clean-up never races a worker still writing checkpoints.
       const cancelled = () => reject(new FreshrecError("CANCELLED", "training was cancelled"));
@@ -342,8 +343,7 @@ export function runWorker(
       else if (killedAfterDone && done) {
         process.emitWarning(`the training process wrote its model and did not exit within ${WORKER_EXIT_GRACE_MS / 1000} s (a Node.js shutdown deadlock, nodejs/node#54918): killed`, { code: "FRESHREC_TRAIN_WORKER_KILLED" });
         resolve(done);
-      }
-      else {
+      } else {
         const tail = stderr.join("").trim().split("\n").slice(-6).join("\n");
         reject(
           new FreshrecError(
@@ -375,8 +375,7 @@ export function runWorker(
             killedAfterDone = true;
             child.kill("SIGKILL");
           }, WORKER_EXIT_GRACE_MS);
-        }
-        else if (m.type === "error") workerError = m.message;
+        } else if (m.type === "error") workerError = m.message;
         else if (!settled) onMessage(m);
       });
     }
