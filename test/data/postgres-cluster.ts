@@ -97,7 +97,8 @@ export async function startPostgresCluster(clusterOptions: PostgresClusterOption
     } catch (error) {
       // Another process may have taken the port between the probe and the start: try another one.
       if (attempt === 4) {
-        rmSync(root, { recursive: true, force: true });
+        // Its server log says why it did not start: kept with the other test folders when asked.
+        if (!keepingTempDirs()) rmSync(root, { recursive: true, force: true });
         throw error;
       }
     }
