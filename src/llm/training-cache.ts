@@ -12,11 +12,11 @@
  * const trainer = new CachingTrainer(new EmbeddedTrainer(), join(workspace, "replay", "training-cache"), "embedded");
  */
 import { createHash } from "node:crypto";
-import { copyFileSync, existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
-import { basename, dirname, join } from "node:path";
+import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { basename, join } from "node:path";
 import type { TrainOptions, TrainResult, Trainer, TrainingSample } from "./contracts.js";
 import { freshrecVersion } from "./engine/model-file.js";
-import { fileSha256 } from "./registry.js";
+import { fileSha256, placeModelFile } from "./registry.js";
 
 export class CachingTrainer implements Trainer {
   /** Runs in progress by key: an identical request waits for the run instead of training the same model twice. */
@@ -54,7 +54,7 @@ export class CachingTrainer implements Trainer {
     const meta = join(entry, "result.json");
     if (existsSync(model) && existsSync(meta)) {
       const earlier = JSON.parse(readFileSync(meta, "utf8")) as TrainResult;
-      placeAtomically(model, options.outputPath);
+      placeModelFile(model, options.outputPath);
       // The earlier run's epoch checkpoints were its own (and are removed unless it kept them): none for this output.
       return { ...earlier, epochs: earlier.epochs.map((e) => ({ ...e, checkpoint: null })), modelPath: options.outputPath, reused: true };
     }
@@ -69,7 +69,7 @@ export class CachingTrainer implements Trainer {
       const kept: TrainResult = { ...result, modelPath: basename(model), epochs: result.epochs.map((e) => ({ ...e, checkpoint: null })) };
       writeFileSync(`${meta}.partial`, JSON.stringify(kept));
       renameSync(`${meta}.partial`, meta);
-      placeAtomically(result.modelPath, model);
+      placeModelFile(result.modelPath, model);
       return result;
     })();
     this.running.set(key, run);
@@ -103,11 +103,4 @@ export class CachingTrainer implements Trainer {
     );
     return hash.digest("hex").slice(0, 32);
   }
-}
-
-/** Copies `from` to `to` through a temporary name, so `to` appears whole or not at all. */
-function placeAtomically(from: string, to: string): void {
-  mkdirSync(dirname(to), { recursive: true });
-  copyFileSync(from, `${to}.partial`);
-  renameSync(`${to}.partial`, to);
 }
